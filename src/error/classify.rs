@@ -1,0 +1,103 @@
+//! Turning a `BoxError` into a [`Problem`].
+
+use std::error::Error;
+
+use http::StatusCode;
+
+use super::grpc::GrpcCode;
+use super::problem::{Problem, types};
+use super::WebhookProcessingError;
+
+/// A function that recognises one error type in an error chain.
+pub(crate) type Recognizer = fn(&(dyn Error + 'static)) -> Option<Problem>;
+
+/// Recognises `E` by downcasting.
+pub(crate) fn recognize_as<E: super::HttpError>(error: &(dyn Error + 'static)) -> Option<Problem> {
+    error.downcast_ref::<E>().map(Problem::from_error)
+}
+
+/// Classifies `error`, looking at each error in its `source()` chain, first match wins.
+pub(crate) fn classify(
+    error: &(dyn Error + Send + Sync + 'static),
+    timeout_status: StatusCode,
+    extra: &[Recognizer],
+) -> Option<Problem> {
+    let mut current: Option<&(dyn Error + 'static)> = Some(error);
+    while let Some(err) = current {
+        if let Some(problem) = classify_one(err, timeout_status, extra) {
+            return Some(problem);
+        }
+        current = err.source();
+    }
+    None
+}
+
+fn classify_one(
+    err: &(dyn Error + 'static),
+    timeout_status: StatusCode,
+    extra: &[Recognizer],
+) -> Option<Problem> {
+    if let Some(problem) = err.downcast_ref::<Problem>() {
+        return Some(problem.clone());
+    }
+    if let Some(e) = err.downcast_ref::<WebhookProcessingError>() {
+        return Some(Problem::from_error(e));
+    }
+    #[cfg(feature = "signature")]
+    if let Some(problem) = crate::signature::recognize(err) {
+        return Some(problem);
+    }
+    #[cfg(feature = "circuit-breaker")]
+    if let Some(problem) = crate::circuit_breaker::recognize(err) {
+        return Some(problem);
+    }
+    if err.is::<tower::timeout::error::Elapsed>() {
+        let title = if timeout_status == StatusCode::REQUEST_TIMEOUT {
+            "Request Timeout"
+        } else {
+            "Gateway Timeout"
+        };
+        return Some(
+            Problem::from_static(timeout_status, types::TIMEOUT, title)
+                .with_grpc_code(GrpcCode::DeadlineExceeded),
+        );
+    }
+    if err.is::<tower::load_shed::error::Overloaded>() {
+        return Some(Problem::from_static(
+            StatusCode::SERVICE_UNAVAILABLE,
+            types::OVERLOADED,
+            "Service Overloaded",
+        ));
+    }
+    if err.is::<http_body_util::LengthLimitError>() {
+        return Some(Problem::from_static(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            types::PAYLOAD_TOO_LARGE,
+            "Payload Too Large",
+        ));
+    }
+    #[cfg(feature = "tonic")]
+    if let Some(status) = err.downcast_ref::<tonic::Status>() {
+        let code = GrpcCode::from(status.code());
+        let mut problem = Problem::from_static(code.to_http_status(), types::GRPC_STATUS, "gRPC Error")
+            .with_grpc_code(code);
+        if !status.message().is_empty() {
+            problem = problem
+                .with_detail(status.message().to_owned())
+                .with_grpc_message(status.message().to_owned());
+        }
+        return Some(problem);
+    }
+    extra.iter().find_map(|recognize| recognize(err))
+}
+
+/// The problem for an error nobody recognised: 500 and nothing else.
+pub(crate) fn unknown() -> Problem {
+    Problem::new(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+/// The problem for a panic: 500 / `Internal`, never the panic message.
+pub(crate) fn panicked() -> Problem {
+    Problem::from_static(StatusCode::INTERNAL_SERVER_ERROR, types::PANIC, "Internal Server Error")
+        .with_grpc_code(GrpcCode::Internal)
+}

@@ -1,0 +1,171 @@
+//! gRPC status codes and the HTTP <-> gRPC mapping.
+
+use http::StatusCode;
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+
+/// A gRPC status code (`grpc-status`), as defined by the gRPC protocol.
+///
+/// Kept here so that the error model does not need tonic; with the `tonic` feature it converts
+/// to and from `tonic::Code`.
+///
+/// # Example
+///
+/// ```
+/// use http::StatusCode;
+/// use tower_webhook::error::GrpcCode;
+///
+/// assert_eq!(GrpcCode::from_http_status(StatusCode::UNAUTHORIZED), GrpcCode::Unauthenticated);
+/// assert_eq!(GrpcCode::from_http_status(StatusCode::PAYLOAD_TOO_LARGE), GrpcCode::OutOfRange);
+/// assert_eq!(GrpcCode::Unavailable.to_http_status(), StatusCode::SERVICE_UNAVAILABLE);
+/// assert_eq!(GrpcCode::Unauthenticated as u16, 16);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u16)]
+#[non_exhaustive]
+pub enum GrpcCode {
+    /// 0: not an error.
+    Ok = 0,
+    /// 1: the operation was cancelled.
+    Cancelled = 1,
+    /// 2: unknown error.
+    Unknown = 2,
+    /// 3: the client specified an invalid argument.
+    InvalidArgument = 3,
+    /// 4: the deadline expired before the operation could complete.
+    DeadlineExceeded = 4,
+    /// 5: some requested entity was not found.
+    NotFound = 5,
+    /// 6: the entity already exists.
+    AlreadyExists = 6,
+    /// 7: the caller is not permitted to do this.
+    PermissionDenied = 7,
+    /// 8: some resource has been exhausted (rate limit, quota).
+    ResourceExhausted = 8,
+    /// 9: the system is not in a state required for the operation.
+    FailedPrecondition = 9,
+    /// 10: the operation was aborted (concurrency conflict).
+    Aborted = 10,
+    /// 11: the operation was attempted past the valid range.
+    OutOfRange = 11,
+    /// 12: the operation is not implemented.
+    Unimplemented = 12,
+    /// 13: internal error.
+    Internal = 13,
+    /// 14: the service is currently unavailable; retrying may help.
+    Unavailable = 14,
+    /// 15: unrecoverable data loss.
+    DataLoss = 15,
+    /// 16: the request does not have valid authentication credentials.
+    Unauthenticated = 16,
+}
+
+impl GrpcCode {
+    /// The gRPC code for an HTTP status, as this crate answers gRPC callers:
+    ///
+    /// | HTTP | gRPC |
+    /// |---|---|
+    /// | 2xx | `Ok` |
+    /// | 400, 422 | `InvalidArgument` |
+    /// | 401 | `Unauthenticated` |
+    /// | 403 | `PermissionDenied` |
+    /// | 404 | `NotFound` |
+    /// | 405, 501 | `Unimplemented` |
+    /// | 408, 504 | `DeadlineExceeded` |
+    /// | 409 | `AlreadyExists` (a replayed delivery) |
+    /// | 412 | `FailedPrecondition` |
+    /// | 413, 416 | `OutOfRange` |
+    /// | 429 | `ResourceExhausted` |
+    /// | 499 | `Cancelled` |
+    /// | 502, 503 | `Unavailable` |
+    /// | other 4xx | `FailedPrecondition` |
+    /// | other 5xx | `Internal` |
+    /// | 1xx, 3xx | `Unknown` |
+    pub fn from_http_status(status: StatusCode) -> Self {
+        match status.as_u16() {
+            200..=299 => Self::Ok,
+            400 | 422 => Self::InvalidArgument,
+            401 => Self::Unauthenticated,
+            403 => Self::PermissionDenied,
+            404 => Self::NotFound,
+            405 | 501 => Self::Unimplemented,
+            408 | 504 => Self::DeadlineExceeded,
+            409 => Self::AlreadyExists,
+            412 => Self::FailedPrecondition,
+            413 | 416 => Self::OutOfRange,
+            429 => Self::ResourceExhausted,
+            499 => Self::Cancelled,
+            502 | 503 => Self::Unavailable,
+            400..=498 => Self::FailedPrecondition,
+            500..=599 => Self::Internal,
+            _ => Self::Unknown,
+        }
+    }
+
+    /// The HTTP status an HTTP client is answered with for this gRPC code (the mapping of
+    /// `google.rpc.Code`).
+    pub fn to_http_status(self) -> StatusCode {
+        match self {
+            Self::Ok => StatusCode::OK,
+            Self::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+            Self::InvalidArgument | Self::OutOfRange | Self::FailedPrecondition => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::AlreadyExists | Self::Aborted => StatusCode::CONFLICT,
+            Self::PermissionDenied => StatusCode::FORBIDDEN,
+            Self::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::Unknown | Self::Internal | Self::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The code for a `grpc-status` number; unknown numbers are `Unknown`.
+    pub fn from_u16(code: u16) -> Self {
+        match code {
+            0 => Self::Ok,
+            1 => Self::Cancelled,
+            3 => Self::InvalidArgument,
+            4 => Self::DeadlineExceeded,
+            5 => Self::NotFound,
+            6 => Self::AlreadyExists,
+            7 => Self::PermissionDenied,
+            8 => Self::ResourceExhausted,
+            9 => Self::FailedPrecondition,
+            10 => Self::Aborted,
+            11 => Self::OutOfRange,
+            12 => Self::Unimplemented,
+            13 => Self::Internal,
+            14 => Self::Unavailable,
+            15 => Self::DataLoss,
+            16 => Self::Unauthenticated,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+#[cfg(feature = "tonic")]
+impl From<tonic::Code> for GrpcCode {
+    fn from(code: tonic::Code) -> Self {
+        Self::from_u16(code as u16)
+    }
+}
+
+#[cfg(feature = "tonic")]
+impl From<GrpcCode> for tonic::Code {
+    fn from(code: GrpcCode) -> Self {
+        tonic::Code::from_i32(code as i32)
+    }
+}
+
+/// Bytes the gRPC spec requires percent-encoded in `grpc-message`: everything outside
+/// printable ASCII (0x20..=0x7E), and `%` itself.
+const GRPC_MESSAGE: &AsciiSet = &CONTROLS.add(b'%');
+
+/// Percent-encodes a `grpc-message` value as the gRPC HTTP/2 protocol requires.
+pub(crate) fn encode_message(message: &str) -> std::borrow::Cow<'_, str> {
+    // utf8_percent_encode always encodes non-ASCII bytes.
+    utf8_percent_encode(message, GRPC_MESSAGE).into()
+}

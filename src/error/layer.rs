@@ -1,0 +1,482 @@
+use std::any::Any;
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use pin_project::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::classify::{self, Recognizer};
+use super::problem::{HttpError, Problem};
+use crate::BoxError;
+use crate::body::ResponseBody;
+
+/// Marks a problem response whose cause was already logged by the middleware that made it, so
+/// [`WebhookErrorLayer`] does not log it a second time.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AlreadyLogged;
+
+/// Renders a [`Problem`] for an HTTP (non-gRPC) client.
+///
+/// The default, [`ProblemJson`], writes `application/problem+json`. Any
+/// `Fn(&Problem) -> Response<Bytes>` closure is a renderer too. gRPC callers always get a
+/// trailers-only gRPC response, whatever the renderer.
+///
+/// # Example
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use std::convert::Infallible;
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_webhook::error::{Problem, WebhookErrorLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let layer = WebhookErrorLayer::new().render_with(|problem: &Problem| {
+///     let mut res = Response::new(Bytes::from(format!("error {}", problem.status().as_u16())));
+///     *res.status_mut() = problem.status();
+///     res
+/// });
+/// let svc = ServiceBuilder::new().layer(layer).service_fn(|_req: Request<String>| async {
+///     Err::<Response<String>, _>(Problem::new(http::StatusCode::CONFLICT))
+/// });
+/// let res = svc.oneshot(Request::new(String::new())).await.unwrap();
+/// assert_eq!(res.status(), 409);
+/// # }
+/// ```
+pub trait RenderProblem {
+    /// Builds the response for `problem`. Its status should be `problem.status()`.
+    fn render(&self, problem: &Problem) -> Response<Bytes>;
+}
+
+impl<F> RenderProblem for F
+where
+    F: Fn(&Problem) -> Response<Bytes>,
+{
+    fn render(&self, problem: &Problem) -> Response<Bytes> {
+        self(problem)
+    }
+}
+
+/// The default renderer: an RFC 9457 `application/problem+json` document.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProblemJson;
+
+impl RenderProblem for ProblemJson {
+    fn render(&self, problem: &Problem) -> Response<Bytes> {
+        problem.to_response()
+    }
+}
+
+/// Settings shared by every clone of a layer and its services.
+struct Config {
+    timeout_status: StatusCode,
+    request_id_header: HeaderName,
+    recognizers: Vec<Recognizer>,
+}
+
+static DEFAULT_CONFIG: Config = Config {
+    timeout_status: StatusCode::GATEWAY_TIMEOUT,
+    request_id_header: HeaderName::from_static("x-request-id"),
+    recognizers: Vec::new(),
+};
+
+/// The configuration handle: the default one is a `&'static`, so the common case costs no
+/// reference counting per request.
+#[derive(Clone)]
+enum Shared {
+    Static(&'static Config),
+    Owned(Arc<Config>),
+}
+
+impl Shared {
+    fn get(&self) -> &Config {
+        match self {
+            Shared::Static(config) => config,
+            Shared::Owned(config) => config,
+        }
+    }
+
+    fn update(&mut self, f: impl FnOnce(&mut Config)) {
+        let current = self.get();
+        let mut config = Config {
+            timeout_status: current.timeout_status,
+            request_id_header: current.request_id_header.clone(),
+            recognizers: current.recognizers.clone(),
+        };
+        f(&mut config);
+        *self = Shared::Owned(Arc::new(config));
+    }
+}
+
+/// Layer that turns every error and panic of the inner service into a correct response.
+///
+/// See the [module docs](super) for what it maps and how.
+#[derive(Clone)]
+pub struct WebhookErrorLayer<R = ProblemJson> {
+    shared: Shared,
+    renderer: R,
+}
+
+impl WebhookErrorLayer {
+    /// A layer with the default settings: timeouts answer 504, request ids are read from
+    /// `x-request-id`, problems are rendered as `application/problem+json`.
+    pub fn new() -> Self {
+        Self {
+            shared: Shared::Static(&DEFAULT_CONFIG),
+            renderer: ProblemJson,
+        }
+    }
+}
+
+impl Default for WebhookErrorLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<R> WebhookErrorLayer<R> {
+    /// Answers `tower::timeout` expiries with this status instead of 504 Gateway Timeout.
+    ///
+    /// 504 fits when the deadline protects an upstream call; use 408 Request Timeout when the
+    /// timeout measures the client's own request.
+    pub fn timeout_status(mut self, status: StatusCode) -> Self {
+        self.shared.update(|c| c.timeout_status = status);
+        self
+    }
+
+    /// Reads the request id, used as the problem's `instance`, from this header
+    /// (default `x-request-id`).
+    pub fn request_id_header(mut self, name: HeaderName) -> Self {
+        self.shared.update(|c| c.request_id_header = name);
+        self
+    }
+
+    /// Recognises errors of type `E` anywhere in an error's `source()` chain and renders them
+    /// through their [`HttpError`] implementation.
+    pub fn recognize<E: HttpError>(mut self) -> Self {
+        self.shared
+            .update(|c| c.recognizers.push(classify::recognize_as::<E>));
+        self
+    }
+
+    /// Renders problems for HTTP clients with `renderer` instead of `application/problem+json`.
+    pub fn render_with<R2: RenderProblem>(self, renderer: R2) -> WebhookErrorLayer<R2> {
+        WebhookErrorLayer {
+            shared: self.shared,
+            renderer,
+        }
+    }
+}
+
+impl<R> fmt::Debug for WebhookErrorLayer<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let config = self.shared.get();
+        f.debug_struct("WebhookErrorLayer")
+            .field("timeout_status", &config.timeout_status)
+            .field("request_id_header", &config.request_id_header)
+            .field("recognizers", &config.recognizers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, R: Clone> Layer<S> for WebhookErrorLayer<R> {
+    type Service = WebhookError<S, R>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        WebhookError {
+            inner,
+            shared: self.shared.clone(),
+            renderer: self.renderer.clone(),
+            ready_error: None,
+        }
+    }
+}
+
+/// Middleware that turns every error and panic of the inner service into a response.
+///
+/// See the [module docs](super) for more details.
+pub struct WebhookError<S, R = ProblemJson> {
+    inner: S,
+    shared: Shared,
+    renderer: R,
+    ready_error: Option<BoxError>,
+}
+
+impl<S: Clone, R: Clone> Clone for WebhookError<S, R> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+            renderer: self.renderer.clone(),
+            ready_error: None,
+        }
+    }
+}
+
+impl<S: fmt::Debug, R> fmt::Debug for WebhookError<S, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookError")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> WebhookError<S> {
+    /// Wraps `inner` with the default settings.
+    pub fn new(inner: S) -> Self {
+        WebhookErrorLayer::new().layer(inner)
+    }
+}
+
+/// What the response future needs to know about the request, captured before it is moved.
+struct RequestInfo {
+    grpc: bool,
+    request_id: Option<HeaderValue>,
+}
+
+impl RequestInfo {
+    #[inline]
+    fn of<B>(req: &Request<B>, config: &Config) -> Self {
+        let headers = req.headers();
+        if headers.is_empty() {
+            return Self {
+                grpc: false,
+                request_id: None,
+            };
+        }
+        Self {
+            grpc: headers
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc")),
+            request_id: headers.get(&config.request_id_header).cloned(),
+        }
+    }
+}
+
+impl<S, R, ReqBody, ResBody> Service<Request<ReqBody>> for WebhookError<S, R>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+    R: RenderProblem + Clone,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = Infallible;
+    type Future = ResponseFuture<S::Future, R>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.ready_error.is_none() {
+            if let Err(err) = ready!(self.inner.poll_ready(cx)) {
+                // The error is answered to the next request instead of closing the connection.
+                self.ready_error = Some(err.into());
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let info = RequestInfo::of(&req, self.shared.get());
+        let kind = if let Some(err) = self.ready_error.take() {
+            Kind::Ready(Some(Outcome::Error(err)))
+        } else {
+            match catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
+                Ok(future) => Kind::Inner { future },
+                Err(payload) => Kind::Ready(Some(Outcome::Panic(payload))),
+            }
+        };
+        ResponseFuture {
+            kind,
+            info,
+            shared: self.shared.clone(),
+            renderer: self.renderer.clone(),
+        }
+    }
+}
+
+enum Outcome {
+    Error(BoxError),
+    Panic(Box<dyn Any + Send>),
+}
+
+/// Response future of [`WebhookError`].
+#[pin_project]
+pub struct ResponseFuture<F, R> {
+    #[pin]
+    kind: Kind<F>,
+    info: RequestInfo,
+    shared: Shared,
+    renderer: R,
+}
+
+#[pin_project(project = KindProj)]
+enum Kind<F> {
+    Inner {
+        #[pin]
+        future: F,
+    },
+    Ready(Option<Outcome>),
+}
+
+impl<F, R> fmt::Debug for ResponseFuture<F, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, E, ResBody, R> Future for ResponseFuture<F, R>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    E: Into<BoxError>,
+    R: RenderProblem,
+{
+    type Output = Result<Response<ResponseBody<ResBody>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let outcome = match this.kind.as_mut().project() {
+            KindProj::Inner { future } => {
+                match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+                    Ok(Poll::Pending) => return Poll::Pending,
+                    Ok(Poll::Ready(Ok(response))) => {
+                        return Poll::Ready(Ok(on_response(
+                            response,
+                            this.info,
+                            this.shared.get(),
+                            this.renderer,
+                        )));
+                    }
+                    Ok(Poll::Ready(Err(err))) => Outcome::Error(err.into()),
+                    Err(payload) => {
+                        // The inner future may not be polled again after a panic.
+                        this.kind.set(Kind::Ready(None));
+                        Outcome::Panic(payload)
+                    }
+                }
+            }
+            KindProj::Ready(outcome) => match outcome.take() {
+                Some(outcome) => outcome,
+                None => panic!("ResponseFuture polled after completion"),
+            },
+        };
+        let config = this.shared.get();
+        let problem = match outcome {
+            Outcome::Error(err) => {
+                let problem = classify::classify(&*err, config.timeout_status, &config.recognizers)
+                    .unwrap_or_else(classify::unknown);
+                log_error(&problem, &*err, this.info);
+                problem
+            }
+            Outcome::Panic(payload) => {
+                let problem = classify::panicked();
+                tracing::error!(
+                    status = problem.status().as_u16(),
+                    request_id = request_id_str(this.info),
+                    panic = panic_message(&*payload),
+                    "handler panicked"
+                );
+                problem
+            }
+        };
+        Poll::Ready(Ok(render(problem, this.info, this.renderer)))
+    }
+}
+
+/// The success path: pass the response through, unless it carries a [`Problem`] made by a
+/// handler or an inner middleware, which is rendered here like any other error.
+#[inline]
+fn on_response<B, R: RenderProblem>(
+    mut response: Response<B>,
+    info: &RequestInfo,
+    _config: &Config,
+    renderer: &R,
+) -> Response<ResponseBody<B>> {
+    if let Some(problem) = response.extensions_mut().remove::<Problem>() {
+        if response.extensions().get::<AlreadyLogged>().is_none() {
+            log_problem(&problem, info, None);
+        }
+        let mut rendered = render(problem, info, renderer);
+        // Keep what the inner service put in the extensions (request ids, verified webhooks).
+        std::mem::swap(rendered.extensions_mut(), response.extensions_mut());
+        return rendered;
+    }
+    response.map(ResponseBody::new)
+}
+
+fn render<B, R: RenderProblem>(
+    mut problem: Problem,
+    info: &RequestInfo,
+    renderer: &R,
+) -> Response<ResponseBody<B>> {
+    if problem.instance().is_none() {
+        if let Some(id) = info.request_id.as_ref().and_then(|v| v.to_str().ok()) {
+            problem = problem.with_instance(id);
+        }
+    }
+    let mut response = if info.grpc {
+        problem.to_grpc_response::<ResponseBody<B>>()
+    } else {
+        renderer.render(&problem).map(ResponseBody::full)
+    };
+    if let Some(id) = &info.request_id {
+        response
+            .headers_mut()
+            .entry(HeaderName::from_static("x-request-id"))
+            .or_insert_with(|| id.clone());
+    }
+    response.extensions_mut().insert(problem);
+    response
+}
+
+fn request_id_str(info: &RequestInfo) -> &str {
+    info.request_id
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+fn log_error(problem: &Problem, err: &(dyn std::error::Error + Send + Sync + 'static), info: &RequestInfo) {
+    log_problem(problem, info, Some(err));
+}
+
+/// Logs once, at a level that fits the class: 5xx are errors, 404/405 debug, other 4xx warnings.
+fn log_problem(problem: &Problem, info: &RequestInfo, err: Option<&(dyn std::error::Error + Send + Sync + 'static)>) {
+    let status = problem.status().as_u16();
+    let error = err.map(|e| ErrorChain(e).to_string()).unwrap_or_default();
+    let request_id = request_id_str(info);
+    let problem_type = problem.problem_type();
+    match status {
+        500..=599 => tracing::error!(status, problem_type, request_id, grpc = info.grpc, error, "request failed"),
+        404 | 405 => tracing::debug!(status, problem_type, request_id, grpc = info.grpc, error, "request rejected"),
+        _ => tracing::warn!(status, problem_type, request_id, grpc = info.grpc, error, "request rejected"),
+    }
+}
+
+/// Displays an error and its sources, `a: b: c`.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(err) = source {
+            write!(f, ": {err}")?;
+            source = err.source();
+        }
+        Ok(())
+    }
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&'static str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("<non-string panic payload>")
+}

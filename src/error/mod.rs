@@ -1,0 +1,78 @@
+//! Turn every error and panic into a correct response.
+//!
+//! [`WebhookErrorLayer`] is the one place where errors become responses. Its service's error type
+//! is [`Infallible`](std::convert::Infallible), so it can be the outermost layer of an axum
+//! `Router`, a hyper `service_fn` stack or a tonic server.
+//!
+//! # What it answers
+//!
+//! | inner outcome | HTTP caller | gRPC caller (`content-type: application/grpc*`) |
+//! |---|---|---|
+//! | `Ok(response)` | the response, untouched | the response, untouched |
+//! | `Ok(response)` with a [`Problem`] in its extensions (a handler returned one) | the problem, rendered | trailers-only, code of the problem |
+//! | `Err(`[`Problem`]`)` or any [`HttpError`] registered with [`WebhookErrorLayer::recognize`] | its status | its [`HttpError::grpc_code`] |
+//! | signature rejected | 401 / 413 / 400 / 409 | `Unauthenticated` / `OutOfRange` / `InvalidArgument` / `AlreadyExists` |
+//! | circuit open | 503 + `Retry-After` | `Unavailable` |
+//! | [`WebhookProcessingError`] | 500, or 503 + `Retry-After` when retryable | `Internal` / `Unavailable` |
+//! | `tower::timeout::error::Elapsed` | 504 (or 408, see [`WebhookErrorLayer::timeout_status`]) | `DeadlineExceeded` |
+//! | `tower::load_shed::error::Overloaded` | 503 | `Unavailable` |
+//! | `http_body_util::LengthLimitError` | 413 | `OutOfRange` |
+//! | `tonic::Status` (feature `tonic`) | the [`GrpcCode::to_http_status`] of its code | its own code and message |
+//! | anything else | 500, no detail | `Internal` |
+//! | a panic in `call` or in the response future | 500, no detail | `Internal` |
+//!
+//! Every error is looked for along its whole `source()` chain, so wrapped errors are still
+//! recognised.
+//!
+//! HTTP callers get an RFC 9457 `application/problem+json` body: `type`, `title`, `status`
+//! (always equal to the response status), `detail` (only text meant for clients) and `instance`
+//! (the request id from `x-request-id`, when there is one). gRPC callers get HTTP 200 with
+//! `grpc-status` and a percent-encoded `grpc-message` in the headers and no body (a
+//! "trailers-only" response), as the gRPC protocol requires. See [`GrpcCode::from_http_status`]
+//! for the HTTP to gRPC mapping.
+//!
+//! Each error is logged once with `tracing`: 5xx at `error`, 404 and 405 at `debug`, other 4xx at
+//! `warn`, with the status, problem type, request id and the error chain as fields. A panic's
+//! message goes to the log, never to the client.
+//!
+//! # Example
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::{BodyExt, Full};
+//! use tower::{BoxError, ServiceBuilder, ServiceExt};
+//! use tower_webhook::error::WebhookErrorLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let svc = ServiceBuilder::new()
+//!     .layer(WebhookErrorLayer::new())
+//!     .service_fn(|_req: Request<Full<Bytes>>| async {
+//!         Err::<Response<Full<Bytes>>, BoxError>("database password is hunter2".into())
+//!     });
+//!
+//! let req = Request::builder().header("x-request-id", "req-42").body(Full::default()).unwrap();
+//! let res = svc.oneshot(req).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+//! assert_eq!(res.headers()["content-type"], "application/problem+json");
+//!
+//! let body = res.into_body().collect().await.unwrap().to_bytes();
+//! let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+//! assert_eq!(problem["status"], 500);
+//! assert_eq!(problem["instance"], "req-42");
+//! assert!(!String::from_utf8_lossy(&body).contains("hunter2"));
+//! # }
+//! ```
+
+mod classify;
+mod grpc;
+mod layer;
+mod problem;
+mod processing;
+
+pub use grpc::GrpcCode;
+pub(crate) use layer::AlreadyLogged;
+pub use layer::{ProblemJson, RenderProblem, ResponseFuture, WebhookError, WebhookErrorLayer};
+pub use problem::{HttpError, PROBLEM_JSON, Problem, types};
+pub(crate) use problem::retry_after_value;
+pub use processing::WebhookProcessingError;

@@ -1,0 +1,1 @@
+//! Retry policy (work in progress on this branch).

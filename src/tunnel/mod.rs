@@ -1,0 +1,1 @@
+//! Tunnels (work in progress on this branch).
