@@ -272,11 +272,11 @@ where
     type Future = ResponseFuture<S::Future, R>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.ready_error.is_none() {
-            if let Err(err) = ready!(self.inner.poll_ready(cx)) {
-                // The error is answered to the next request instead of closing the connection.
-                self.ready_error = Some(err.into());
-            }
+        if self.ready_error.is_none()
+            && let Err(err) = ready!(self.inner.poll_ready(cx))
+        {
+            // The error is answered to the next request instead of closing the connection.
+            self.ready_error = Some(err.into());
         }
         Poll::Ready(Ok(()))
     }
@@ -345,12 +345,7 @@ where
                 match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
                     Ok(Poll::Pending) => return Poll::Pending,
                     Ok(Poll::Ready(Ok(response))) => {
-                        return Poll::Ready(Ok(on_response(
-                            response,
-                            this.info,
-                            this.shared.get(),
-                            this.renderer,
-                        )));
+                        return Poll::Ready(Ok(on_response(response, this.info, this.renderer)));
                     }
                     Ok(Poll::Ready(Err(err))) => Outcome::Error(err.into()),
                     Err(payload) => {
@@ -370,7 +365,7 @@ where
             Outcome::Error(err) => {
                 let problem = classify::classify(&*err, config.timeout_status, &config.recognizers)
                     .unwrap_or_else(classify::unknown);
-                log_error(&problem, &*err, this.info);
+                log_problem(&problem, this.info, Some(&*err));
                 problem
             }
             Outcome::Panic(payload) => {
@@ -394,7 +389,6 @@ where
 fn on_response<B, R: RenderProblem>(
     mut response: Response<B>,
     info: &RequestInfo,
-    _config: &Config,
     renderer: &R,
 ) -> Response<ResponseBody<B>> {
     if let Some(problem) = response.extensions_mut().remove::<Problem>() {
@@ -414,10 +408,10 @@ fn render<B, R: RenderProblem>(
     info: &RequestInfo,
     renderer: &R,
 ) -> Response<ResponseBody<B>> {
-    if problem.instance().is_none() {
-        if let Some(id) = info.request_id.as_ref().and_then(|v| v.to_str().ok()) {
-            problem = problem.with_instance(id);
-        }
+    if problem.instance().is_none()
+        && let Some(id) = info.request_id.as_ref().and_then(|v| v.to_str().ok())
+    {
+        problem = problem.with_instance(id);
     }
     let mut response = if info.grpc {
         problem.to_grpc_response::<ResponseBody<B>>()
@@ -441,20 +435,41 @@ fn request_id_str(info: &RequestInfo) -> &str {
         .unwrap_or("")
 }
 
-fn log_error(problem: &Problem, err: &(dyn std::error::Error + Send + Sync + 'static), info: &RequestInfo) {
-    log_problem(problem, info, Some(err));
-}
-
 /// Logs once, at a level that fits the class: 5xx are errors, 404/405 debug, other 4xx warnings.
-fn log_problem(problem: &Problem, info: &RequestInfo, err: Option<&(dyn std::error::Error + Send + Sync + 'static)>) {
+fn log_problem(
+    problem: &Problem,
+    info: &RequestInfo,
+    err: Option<&(dyn std::error::Error + Send + Sync + 'static)>,
+) {
     let status = problem.status().as_u16();
     let error = err.map(|e| ErrorChain(e).to_string()).unwrap_or_default();
     let request_id = request_id_str(info);
     let problem_type = problem.problem_type();
     match status {
-        500..=599 => tracing::error!(status, problem_type, request_id, grpc = info.grpc, error, "request failed"),
-        404 | 405 => tracing::debug!(status, problem_type, request_id, grpc = info.grpc, error, "request rejected"),
-        _ => tracing::warn!(status, problem_type, request_id, grpc = info.grpc, error, "request rejected"),
+        500..=599 => tracing::error!(
+            status,
+            problem_type,
+            request_id,
+            grpc = info.grpc,
+            error,
+            "request failed"
+        ),
+        404 | 405 => tracing::debug!(
+            status,
+            problem_type,
+            request_id,
+            grpc = info.grpc,
+            error,
+            "request rejected"
+        ),
+        _ => tracing::warn!(
+            status,
+            problem_type,
+            request_id,
+            grpc = info.grpc,
+            error,
+            "request rejected"
+        ),
     }
 }
 
