@@ -281,6 +281,7 @@ where
         Poll::Ready(Ok(()))
     }
 
+    #[inline]
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let info = RequestInfo::of(&req, self.shared.get());
         let kind = if let Some(err) = self.ready_error.take() {
@@ -338,6 +339,7 @@ where
 {
     type Output = Result<Response<ResponseBody<ResBody>>, Infallible>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let outcome = match this.kind.as_mut().project() {
@@ -360,27 +362,43 @@ where
                 None => panic!("ResponseFuture polled after completion"),
             },
         };
-        let config = this.shared.get();
-        let problem = match outcome {
-            Outcome::Error(err) => {
-                let problem = classify::classify(&*err, config.timeout_status, &config.recognizers)
-                    .unwrap_or_else(classify::unknown);
-                log_problem(&problem, this.info, Some(&*err));
-                problem
-            }
-            Outcome::Panic(payload) => {
-                let problem = classify::panicked();
-                tracing::error!(
-                    status = problem.status().as_u16(),
-                    request_id = request_id_str(this.info),
-                    panic = panic_message(&*payload),
-                    "handler panicked"
-                );
-                problem
-            }
-        };
-        Poll::Ready(Ok(render(problem, this.info, this.renderer)))
+        Poll::Ready(Ok(on_error(
+            outcome,
+            this.info,
+            this.shared.get(),
+            this.renderer,
+        )))
     }
+}
+
+/// The error path: classify, log once, render. Kept out of line so the success path stays small.
+#[cold]
+#[inline(never)]
+fn on_error<B, R: RenderProblem>(
+    outcome: Outcome,
+    info: &RequestInfo,
+    config: &Config,
+    renderer: &R,
+) -> Response<ResponseBody<B>> {
+    let problem = match outcome {
+        Outcome::Error(err) => {
+            let problem = classify::classify(&*err, config.timeout_status, &config.recognizers)
+                .unwrap_or_else(classify::unknown);
+            log_problem(&problem, info, Some(&*err));
+            problem
+        }
+        Outcome::Panic(payload) => {
+            let problem = classify::panicked();
+            tracing::error!(
+                status = problem.status().as_u16(),
+                request_id = request_id_str(info),
+                panic = panic_message(&*payload),
+                "handler panicked"
+            );
+            problem
+        }
+    };
+    render(problem, info, renderer)
 }
 
 /// The success path: pass the response through, unless it carries a [`Problem`] made by a
@@ -391,16 +409,28 @@ fn on_response<B, R: RenderProblem>(
     info: &RequestInfo,
     renderer: &R,
 ) -> Response<ResponseBody<B>> {
-    if let Some(problem) = response.extensions_mut().remove::<Problem>() {
-        if response.extensions().get::<AlreadyLogged>().is_none() {
-            log_problem(&problem, info, None);
-        }
-        let mut rendered = render(problem, info, renderer);
-        // Keep what the inner service put in the extensions (request ids, verified webhooks).
-        std::mem::swap(rendered.extensions_mut(), response.extensions_mut());
-        return rendered;
+    match response.extensions_mut().remove::<Problem>() {
+        None => response.map(ResponseBody::new),
+        Some(problem) => rerender(problem, response, info, renderer),
     }
-    response.map(ResponseBody::new)
+}
+
+/// A response that carries a [`Problem`]: render it like an error (request id, gRPC, renderer).
+#[cold]
+#[inline(never)]
+fn rerender<B, R: RenderProblem>(
+    problem: Problem,
+    mut response: Response<B>,
+    info: &RequestInfo,
+    renderer: &R,
+) -> Response<ResponseBody<B>> {
+    if response.extensions().get::<AlreadyLogged>().is_none() {
+        log_problem(&problem, info, None);
+    }
+    let mut rendered = render(problem, info, renderer);
+    // Keep what the inner service put in the extensions (request ids, verified webhooks).
+    std::mem::swap(rendered.extensions_mut(), response.extensions_mut());
+    rendered
 }
 
 fn render<B, R: RenderProblem>(

@@ -1,0 +1,73 @@
+//! Cost of WebhookErrorLayer on the success path, against the bare service in the same run.
+
+// criterion's macros generate undocumented items.
+#![allow(missing_docs)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{Request, Response};
+use http_body_util::Full;
+use tower::{Layer, Service, service_fn};
+use tower_webhook::error::WebhookErrorLayer;
+
+/// Polls a future that is ready at once, without a runtime, so only the service is measured.
+fn ready<F: Future>(fut: F) -> F::Output {
+    let mut cx = Context::from_waker(Waker::noop());
+    match pin!(fut).poll(&mut cx) {
+        Poll::Ready(out) => out,
+        Poll::Pending => unreachable!("the benchmarked service is always ready"),
+    }
+}
+
+fn request() -> Request<Full<Bytes>> {
+    let mut req = Request::new(Full::new(Bytes::from_static(b"{\"action\":\"opened\"}")));
+    // Pre-parsed names: only the services should be measured, not header-name parsing.
+    static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+    req.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    req.headers_mut()
+        .insert(&X_REQUEST_ID, http::HeaderValue::from_static("bench-1"));
+    req
+}
+
+async fn handler(_req: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, Infallible> {
+    Ok(Response::new(Full::new(Bytes::from_static(b"ok"))))
+}
+
+fn error_layer(c: &mut Criterion) {
+    let mut group = c.benchmark_group("error_layer");
+    let mut bare = service_fn(handler);
+    group.bench_function("bare", |b| {
+        b.iter(|| {
+            ready(bare.ready_now()).unwrap();
+            black_box(ready(bare.call(black_box(request())))).unwrap()
+        })
+    });
+    let mut layered = WebhookErrorLayer::new().layer(service_fn(handler));
+    group.bench_function("layer", |b| {
+        b.iter(|| {
+            ready(layered.ready_now()).unwrap();
+            black_box(ready(layered.call(black_box(request())))).unwrap()
+        })
+    });
+    group.finish();
+}
+
+/// `poll_ready` as a future, like `ServiceExt::ready`, without borrowing helpers.
+trait ReadyNow<R>: Service<R> {
+    fn ready_now(&mut self) -> impl Future<Output = Result<(), Self::Error>> {
+        std::future::poll_fn(move |cx| self.poll_ready(cx))
+    }
+}
+impl<S: Service<R>, R> ReadyNow<R> for S {}
+
+criterion_group!(benches, error_layer);
+criterion_main!(benches);

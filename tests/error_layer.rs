@@ -1,0 +1,835 @@
+//! WebhookErrorLayer through its public API: every mapping, panics, axum, tonic.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use serde_json::Value;
+use tower::{BoxError, Service, ServiceBuilder, ServiceExt, service_fn};
+use tower_webhook::body::ResponseBody;
+use tower_webhook::error::{
+    GrpcCode, HttpError, Problem, WebhookErrorLayer, WebhookProcessingError, types,
+};
+
+type Res = Response<Full<Bytes>>;
+
+fn ok_response() -> Res {
+    Response::new(Full::from("ok"))
+}
+
+/// Sends `req` through `WebhookErrorLayer` around a service that fails with `err`.
+async fn answer_error(
+    layer: WebhookErrorLayer,
+    req: Request<Full<Bytes>>,
+    err: BoxError,
+) -> Response<ResponseBody<Full<Bytes>>> {
+    let mut err = Some(err);
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(move |_req: Request<Full<Bytes>>| {
+            let err = err.take().expect("called once");
+            async move { Err::<Res, BoxError>(err) }
+        });
+    svc.oneshot(req).await.unwrap()
+}
+
+fn http_req() -> Request<Full<Bytes>> {
+    Request::builder()
+        .uri("/hook")
+        .body(Full::default())
+        .unwrap()
+}
+
+fn grpc_req() -> Request<Full<Bytes>> {
+    Request::builder()
+        .uri("/pkg.Svc/Method")
+        .header("content-type", "application/grpc+proto")
+        .body(Full::default())
+        .unwrap()
+}
+
+/// Reads a problem+json response, checking the invariants every problem response must hold.
+async fn problem_of<B>(res: Response<B>) -> (StatusCode, http::HeaderMap, Value)
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
+{
+    let status = res.status();
+    assert_ne!(
+        status,
+        StatusCode::OK,
+        "an error must never be answered 200"
+    );
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let json: Value = serde_json::from_slice(&body).expect("problem body is JSON");
+    assert_eq!(
+        json["status"],
+        status.as_u16(),
+        "status member equals the HTTP status"
+    );
+    assert!(json["type"].is_string(), "type is present");
+    assert!(json["title"].is_string(), "title is present");
+    (status, headers, json)
+}
+
+#[tokio::test]
+async fn success_passes_through_untouched() {
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .service_fn(|_req: Request<Full<Bytes>>| async {
+            Ok::<_, BoxError>(
+                Response::builder()
+                    .status(201)
+                    .header("x-a", "1")
+                    .body(Full::from("made"))
+                    .unwrap(),
+            )
+        });
+    let res = svc.oneshot(http_req()).await.unwrap();
+    assert_eq!(res.status(), 201);
+    assert_eq!(res.headers()["x-a"], "1");
+    assert_eq!(
+        &res.into_body().collect().await.unwrap().to_bytes()[..],
+        b"made"
+    );
+}
+
+#[tokio::test]
+async fn unknown_error_is_500_without_internals() {
+    let req = Request::builder()
+        .header("x-request-id", "abc-123")
+        .body(Full::default())
+        .unwrap();
+    let res = answer_error(
+        WebhookErrorLayer::new(),
+        req,
+        "connection to db at 10.0.0.5 refused, password=hunter2".into(),
+    )
+    .await;
+    assert_eq!(res.headers()["x-request-id"], "abc-123");
+    let (status, _, json) = problem_of(res).await;
+    assert_eq!(status, 500);
+    assert_eq!(json["type"], "about:blank");
+    assert_eq!(json["title"], "Internal Server Error");
+    assert_eq!(json["instance"], "abc-123");
+    assert!(json.get("detail").is_none());
+    assert!(!json.to_string().contains("hunter2"));
+    assert!(!json.to_string().contains("10.0.0.5"));
+}
+
+#[tokio::test]
+async fn problem_error_keeps_every_member() {
+    let problem = Problem::new(StatusCode::CONFLICT)
+        .with_type("urn:example:busy")
+        .with_title("Already Running")
+        .with_detail("A review for this commit is already running.")
+        .with_retry_after(Duration::from_millis(1500));
+    let (status, headers, json) =
+        problem_of(answer_error(WebhookErrorLayer::new(), http_req(), problem.into()).await).await;
+    assert_eq!(status, 409);
+    assert_eq!(headers["retry-after"], "2", "rounded up, never early");
+    assert_eq!(json["type"], "urn:example:busy");
+    assert_eq!(json["title"], "Already Running");
+    assert_eq!(
+        json["detail"],
+        "A review for this commit is already running."
+    );
+    assert!(json.get("instance").is_none(), "no request id, no instance");
+}
+
+#[tokio::test]
+async fn processing_error_permanent_and_retryable() {
+    let err = WebhookProcessingError::new("model API returned garbage: sk-live-123");
+    let (status, headers, json) =
+        problem_of(answer_error(WebhookErrorLayer::new(), http_req(), err.into()).await).await;
+    assert_eq!(status, 500);
+    assert_eq!(json["type"], types::PROCESSING_FAILED);
+    assert!(headers.get("retry-after").is_none());
+    assert!(!json.to_string().contains("sk-live"));
+
+    let err = WebhookProcessingError::retryable("queue full", Duration::from_secs(7));
+    let (status, headers, json) =
+        problem_of(answer_error(WebhookErrorLayer::new(), http_req(), err.into()).await).await;
+    assert_eq!(status, 503);
+    assert_eq!(headers["retry-after"], "7");
+    assert_eq!(json["type"], types::PROCESSING_FAILED);
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeout_is_504_by_default_and_408_when_configured() {
+    for (layer, expected, title) in [
+        (WebhookErrorLayer::new(), 504, "Gateway Timeout"),
+        (
+            WebhookErrorLayer::new().timeout_status(StatusCode::REQUEST_TIMEOUT),
+            408,
+            "Request Timeout",
+        ),
+    ] {
+        let svc = ServiceBuilder::new()
+            .layer(layer)
+            .timeout(Duration::from_secs(1))
+            .service_fn(|_req: Request<Full<Bytes>>| async {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Ok::<_, BoxError>(ok_response())
+            });
+        let (status, _, json) = problem_of(svc.oneshot(http_req()).await.unwrap()).await;
+        assert_eq!(status, expected);
+        assert_eq!(json["type"], types::TIMEOUT);
+        assert_eq!(json["title"], title);
+    }
+}
+
+#[tokio::test]
+async fn load_shed_is_503() {
+    // One permit, held by a slow request: the concurrent one is shed.
+    let inner =
+        tower::service_fn(|_req: Request<Full<Bytes>>| async { Ok::<_, BoxError>(ok_response()) });
+    let mut limited = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .load_shed()
+        .concurrency_limit(1)
+        .service(service_fn(move |req: Request<Full<Bytes>>| {
+            let mut svc = inner;
+            async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                svc.call(req).await
+            }
+        }));
+    // Occupy the only permit, then the next request is shed.
+    let first = limited.ready().await.unwrap().call(http_req());
+    let second = limited.ready().await.unwrap().call(http_req());
+    let (first, second) = tokio::join!(first, second);
+    assert_eq!(first.unwrap().status(), 200);
+    let (status, _, json) = problem_of(second.unwrap()).await;
+    assert_eq!(status, 503);
+    assert_eq!(json["type"], types::OVERLOADED);
+}
+
+#[tokio::test]
+async fn length_limit_is_413() {
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .service_fn(|req: Request<Full<Bytes>>| async move {
+            let body = Limited::new(req.into_body(), 8).collect().await?;
+            Ok::<_, BoxError>(Response::new(Full::new(body.to_bytes())))
+        });
+    let req = Request::new(Full::from("this body is longer than eight bytes"));
+    let (status, _, json) = problem_of(svc.oneshot(req).await.unwrap()).await;
+    assert_eq!(status, 413);
+    assert_eq!(json["type"], types::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn tonic_status_maps_for_http_callers() {
+    let cases = [
+        (tonic::Status::unauthenticated("who are you"), 401),
+        (tonic::Status::permission_denied("no"), 403),
+        (tonic::Status::not_found("gone"), 404),
+        (tonic::Status::resource_exhausted("slow down"), 429),
+        (tonic::Status::unavailable("later"), 503),
+        (tonic::Status::deadline_exceeded("late"), 504),
+        (tonic::Status::internal("oops"), 500),
+        (tonic::Status::invalid_argument("bad"), 400),
+    ];
+    for (status, expected) in cases {
+        let message = status.message().to_owned();
+        let (got, _, json) =
+            problem_of(answer_error(WebhookErrorLayer::new(), http_req(), status.into()).await)
+                .await;
+        assert_eq!(got, expected, "{message}");
+        assert_eq!(json["type"], types::GRPC_STATUS);
+        assert_eq!(json["detail"], message);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("installation {0} has no access to the repository")]
+struct NotInstalled(u64);
+
+impl HttpError for NotInstalled {
+    fn status(&self) -> StatusCode {
+        StatusCode::FORBIDDEN
+    }
+    fn problem_type(&self) -> &str {
+        "urn:example:not-installed"
+    }
+    fn title(&self) -> &str {
+        "App Not Installed"
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("while handling the delivery")]
+struct Wrapper(#[source] NotInstalled);
+
+#[tokio::test]
+async fn user_error_types_are_recognised_along_the_source_chain() {
+    let layer = WebhookErrorLayer::new().recognize::<NotInstalled>();
+    let (status, _, json) = problem_of(
+        answer_error(
+            layer.clone(),
+            http_req(),
+            Box::new(Wrapper(NotInstalled(7))),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert_eq!(json["type"], "urn:example:not-installed");
+    assert_eq!(json["title"], "App Not Installed");
+    assert!(
+        !json.to_string().contains("installation 7"),
+        "Display text is for the log only"
+    );
+
+    // Without registration the same error is an unknown 500.
+    let (status, _, _) = problem_of(
+        answer_error(
+            WebhookErrorLayer::new(),
+            http_req(),
+            Box::new(NotInstalled(7)),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 500);
+}
+
+#[tokio::test]
+async fn grpc_callers_get_trailers_only_status() {
+    let cases: Vec<(BoxError, GrpcCode)> = vec![
+        (
+            Problem::new(StatusCode::UNAUTHORIZED).into(),
+            GrpcCode::Unauthenticated,
+        ),
+        (
+            Problem::new(StatusCode::FORBIDDEN).into(),
+            GrpcCode::PermissionDenied,
+        ),
+        (
+            Problem::new(StatusCode::PAYLOAD_TOO_LARGE).into(),
+            GrpcCode::OutOfRange,
+        ),
+        (
+            Problem::new(StatusCode::TOO_MANY_REQUESTS).into(),
+            GrpcCode::ResourceExhausted,
+        ),
+        (
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE).into(),
+            GrpcCode::Unavailable,
+        ),
+        (
+            Problem::new(StatusCode::GATEWAY_TIMEOUT).into(),
+            GrpcCode::DeadlineExceeded,
+        ),
+        (
+            Problem::new(StatusCode::BAD_REQUEST).into(),
+            GrpcCode::InvalidArgument,
+        ),
+        ("boom".into(), GrpcCode::Internal),
+        (
+            WebhookProcessingError::retryable("x", Duration::from_secs(1)).into(),
+            GrpcCode::Unavailable,
+        ),
+        (tonic::Status::aborted("race").into(), GrpcCode::Aborted),
+    ];
+    for (err, code) in cases {
+        let res = answer_error(WebhookErrorLayer::new(), grpc_req(), err).await;
+        assert_eq!(res.status(), 200, "gRPC errors travel in grpc-status");
+        assert_eq!(res.headers()["content-type"], "application/grpc");
+        assert_eq!(
+            res.headers()["grpc-status"],
+            (code as u16).to_string().as_str()
+        );
+        assert!(res.headers().contains_key("grpc-message"));
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert!(body.is_empty(), "trailers-only response has no body");
+    }
+}
+
+#[tokio::test]
+async fn grpc_message_is_percent_encoded() {
+    let problem = Problem::new(StatusCode::UNAUTHORIZED).with_detail("firma inválida: 100%\nretry");
+    let res = answer_error(WebhookErrorLayer::new(), grpc_req(), problem.into()).await;
+    assert_eq!(
+        res.headers()["grpc-message"],
+        "firma inv%C3%A1lida: 100%25%0Aretry"
+    );
+}
+
+#[tokio::test]
+async fn panic_in_call_becomes_500() {
+    #[derive(Clone)]
+    struct PanicsInCall;
+    impl Service<Request<Full<Bytes>>> for PanicsInCall {
+        type Response = Res;
+        type Error = BoxError;
+        type Future = std::future::Ready<Result<Res, BoxError>>;
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), BoxError>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: Request<Full<Bytes>>) -> Self::Future {
+            panic!("secret token abc in a panic message")
+        }
+    }
+    let svc = WebhookErrorLayer::new().layer_service(PanicsInCall);
+    let (status, _, json) = problem_of(svc.clone().oneshot(http_req()).await.unwrap()).await;
+    assert_eq!(status, 500);
+    assert_eq!(json["type"], types::PANIC);
+    assert!(!json.to_string().contains("secret"));
+
+    let res = svc.oneshot(grpc_req()).await.unwrap();
+    assert_eq!(res.headers()["grpc-status"], "13");
+}
+
+trait LayerExt {
+    fn layer_service<S: Clone>(&self, s: S) -> tower_webhook::error::WebhookError<S>;
+}
+impl LayerExt for WebhookErrorLayer {
+    fn layer_service<S: Clone>(&self, s: S) -> tower_webhook::error::WebhookError<S> {
+        tower::Layer::layer(self, s)
+    }
+}
+
+#[tokio::test]
+async fn panic_in_future_becomes_500() {
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .service_fn(|_req: Request<Full<Bytes>>| async {
+            tokio::task::yield_now().await;
+            if true {
+                panic!("index out of bounds in the handler");
+            }
+            Ok::<Res, BoxError>(ok_response())
+        });
+    let req = Request::builder()
+        .header("x-request-id", "r-9")
+        .body(Full::default())
+        .unwrap();
+    let (status, _, json) = problem_of(svc.oneshot(req).await.unwrap()).await;
+    assert_eq!(status, 500);
+    assert_eq!(json["instance"], "r-9");
+    assert!(!json.to_string().contains("index out of bounds"));
+}
+
+#[tokio::test]
+async fn poll_ready_error_answers_the_next_request() {
+    #[derive(Clone)]
+    struct Broken;
+    impl Service<Request<Full<Bytes>>> for Broken {
+        type Response = Res;
+        type Error = BoxError;
+        type Future = std::future::Ready<Result<Res, BoxError>>;
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), BoxError>> {
+            std::task::Poll::Ready(Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE).into()))
+        }
+        fn call(&mut self, _: Request<Full<Bytes>>) -> Self::Future {
+            unreachable!("never ready")
+        }
+    }
+    let mut svc = WebhookErrorLayer::new().layer_service(Broken);
+    let res = svc
+        .ready()
+        .await
+        .expect("poll_ready never fails")
+        .call(http_req())
+        .await
+        .unwrap();
+    let (status, _, _) = problem_of(res).await;
+    assert_eq!(status, 503);
+}
+
+#[tokio::test]
+async fn custom_renderer_is_used_for_http_but_not_grpc() {
+    let layer = WebhookErrorLayer::new().render_with(|p: &Problem| {
+        let mut res = Response::new(Bytes::from(format!("<h1>{}</h1>", p.title())));
+        *res.status_mut() = p.status();
+        res.headers_mut()
+            .insert("content-type", "text/html".parse().unwrap());
+        res
+    });
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|_req: Request<Full<Bytes>>| async {
+            Err::<Res, BoxError>(Problem::new(StatusCode::UNAUTHORIZED).into())
+        });
+    let res = svc.clone().oneshot(http_req()).await.unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(res.headers()["content-type"], "text/html");
+    assert_eq!(
+        &res.into_body().collect().await.unwrap().to_bytes()[..],
+        b"<h1>Unauthorized</h1>"
+    );
+
+    let res = svc.oneshot(grpc_req()).await.unwrap();
+    assert_eq!(res.headers()["grpc-status"], "16");
+}
+
+#[tokio::test]
+async fn request_id_header_is_configurable() {
+    let layer = WebhookErrorLayer::new()
+        .request_id_header(http::HeaderName::from_static("x-github-delivery"));
+    let req = Request::builder()
+        .header("x-github-delivery", "72d3162e")
+        .body(Full::default())
+        .unwrap();
+    let (_, _, json) = problem_of(answer_error(layer, req, "x".into()).await).await;
+    assert_eq!(json["instance"], "72d3162e");
+}
+
+// ---------------------------------------------------------------------------------------------
+// axum
+
+mod axum_router {
+    use super::*;
+    use axum::Router;
+    use axum::routing::{get, post};
+
+    #[derive(Debug, thiserror::Error)]
+    enum HandlerError {
+        #[error("unknown repository {0}")]
+        UnknownRepo(String),
+        #[error("rate limited by provider")]
+        RateLimited,
+    }
+
+    impl HttpError for HandlerError {
+        fn status(&self) -> StatusCode {
+            match self {
+                Self::UnknownRepo(_) => StatusCode::NOT_FOUND,
+                Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            }
+        }
+        fn problem_type(&self) -> &str {
+            match self {
+                Self::UnknownRepo(_) => "urn:example:unknown-repo",
+                Self::RateLimited => "urn:example:rate-limited",
+            }
+        }
+        fn retry_after(&self) -> Option<Duration> {
+            matches!(self, Self::RateLimited).then(|| Duration::from_secs(60))
+        }
+    }
+
+    async fn review(
+        axum::extract::Path(repo): axum::extract::Path<String>,
+    ) -> Result<&'static str, Problem> {
+        match repo.as_str() {
+            "known" => Ok("queued"),
+            "busy" => Err(HandlerError::RateLimited)?,
+            other => Err(HandlerError::UnknownRepo(other.to_owned()))?,
+        }
+    }
+
+    fn router() -> Router {
+        Router::new()
+            .route("/review/{repo}", post(review))
+            .route(
+                "/panic",
+                get(|| async {
+                    if true {
+                        panic!("handler bug");
+                    }
+                    "unreachable"
+                }),
+            )
+            .layer(WebhookErrorLayer::new())
+    }
+
+    impl From<HandlerError> for Problem {
+        fn from(err: HandlerError) -> Self {
+            tracing::debug!(error = %err, "handler error");
+            Problem::from_error(&err)
+        }
+    }
+
+    fn post_to(uri: &str) -> Request<axum::body::Body> {
+        Request::post(uri)
+            .header("x-request-id", "ax-1")
+            .body(axum::body::Body::empty())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn handler_error_types_become_problems() {
+        let res = router().oneshot(post_to("/review/known")).await.unwrap();
+        assert_eq!(res.status(), 200);
+
+        let (status, _, json) =
+            problem_of(router().oneshot(post_to("/review/nope")).await.unwrap()).await;
+        assert_eq!(status, 404);
+        assert_eq!(json["type"], "urn:example:unknown-repo");
+        assert_eq!(
+            json["instance"], "ax-1",
+            "the outer layer adds the request id"
+        );
+
+        let (status, headers, json) =
+            problem_of(router().oneshot(post_to("/review/busy")).await.unwrap()).await;
+        assert_eq!(status, 429);
+        assert_eq!(headers["retry-after"], "60");
+        assert_eq!(json["type"], "urn:example:rate-limited");
+    }
+
+    #[tokio::test]
+    async fn handler_panic_becomes_500() {
+        let req = Request::get("/panic")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let (status, _, json) = problem_of(router().oneshot(req).await.unwrap()).await;
+        assert_eq!(status, 500);
+        assert_eq!(json["type"], types::PANIC);
+    }
+
+    #[tokio::test]
+    async fn problems_render_over_a_real_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, router()).await });
+
+        let client = reqwest::Client::new();
+        let res = client
+            .post(format!("http://{addr}/review/nope"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 404);
+        assert_eq!(res.headers()["content-type"], "application/problem+json");
+        let json: Value = res.json().await.unwrap();
+        assert_eq!(json["status"], 404);
+
+        // A panicking handler does not take the connection down: the client gets a 500.
+        let res = client
+            .get(format!("http://{addr}/panic"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 500);
+        let json: Value = res.json().await.unwrap();
+        assert_eq!(json["status"], 500);
+        server.abort();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// tonic
+
+mod tonic_server {
+    use super::*;
+    use std::future::Future;
+    use std::pin::Pin;
+    use tonic::codegen::http::uri::PathAndQuery;
+    use tonic::{Code, Status};
+    use tonic_prost::ProstCodec;
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct Echo {
+        #[prost(string, tag = "1")]
+        pub(super) message: String,
+    }
+
+    #[derive(Clone)]
+    struct EchoService;
+
+    impl tonic::server::NamedService for EchoService {
+        const NAME: &'static str = "test.Echo";
+    }
+
+    struct Say;
+
+    impl tonic::server::UnaryService<Echo> for Say {
+        type Response = Echo;
+        type Future = Pin<Box<dyn Future<Output = Result<tonic::Response<Echo>, Status>> + Send>>;
+
+        fn call(&mut self, request: tonic::Request<Echo>) -> Self::Future {
+            Box::pin(async move {
+                let message = request.into_inner().message;
+                match message.as_str() {
+                    "panic" => panic!("the echo handler panicked"),
+                    "slow" => {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        Ok(tonic::Response::new(Echo { message }))
+                    }
+                    _ => Ok(tonic::Response::new(Echo { message })),
+                }
+            })
+        }
+    }
+
+    impl Service<Request<tonic::body::Body>> for EchoService {
+        type Response = Response<tonic::body::Body>;
+        type Error = Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Infallible>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: Request<tonic::body::Body>) -> Self::Future {
+            Box::pin(async move {
+                let mut grpc = tonic::server::Grpc::new(ProstCodec::<Echo, Echo>::default());
+                Ok(grpc.unary(Say, req).await)
+            })
+        }
+    }
+
+    /// Rejects requests carrying `x-deny` with a problem, as an authentication middleware would.
+    fn deny(req: Request<tonic::body::Body>) -> Result<Request<tonic::body::Body>, BoxError> {
+        if req.headers().contains_key("x-deny") {
+            Err(Problem::new(StatusCode::UNAUTHORIZED)
+                .with_detail("signature 100% wrong")
+                .into())
+        } else {
+            Ok(req)
+        }
+    }
+
+    async fn start() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let incoming = tokio_stream_like(listener);
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .layer(WebhookErrorLayer::new())
+                .layer(tower::timeout::TimeoutLayer::new(Duration::from_millis(
+                    300,
+                )))
+                .layer(tower::filter::FilterLayer::new(deny))
+                .add_service(EchoService)
+                .serve_with_incoming(incoming)
+                .await
+                .unwrap();
+        });
+        addr
+    }
+
+    fn tokio_stream_like(
+        listener: tokio::net::TcpListener,
+    ) -> impl futures_core::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+        futures_util::stream::unfold(listener, |listener| async move {
+            let conn = listener.accept().await.map(|(s, _)| s);
+            Some((conn, listener))
+        })
+    }
+
+    async fn say(addr: std::net::SocketAddr, message: &str, deny: bool) -> Result<String, Status> {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = tonic::client::Grpc::new(channel);
+        client.ready().await.unwrap();
+        let mut request = tonic::Request::new(Echo {
+            message: message.to_owned(),
+        });
+        if deny {
+            request
+                .metadata_mut()
+                .insert("x-deny", "1".parse().unwrap());
+        }
+        client
+            .unary(
+                request,
+                PathAndQuery::from_static("/test.Echo/Say"),
+                ProstCodec::<Echo, Echo>::default(),
+            )
+            .await
+            .map(|res| res.into_inner().message)
+    }
+
+    #[tokio::test]
+    async fn real_tonic_client_sees_mapped_codes() {
+        let addr = start().await;
+        assert_eq!(say(addr, "hello", false).await.unwrap(), "hello");
+
+        let status = say(addr, "hello", true).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert_eq!(status.message(), "signature 100% wrong");
+
+        let status = say(addr, "panic", false).await.unwrap_err();
+        assert_eq!(status.code(), Code::Internal);
+        assert!(
+            !status.message().contains("echo handler"),
+            "{}",
+            status.message()
+        );
+
+        let status = say(addr, "slow", false).await.unwrap_err();
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+
+        // The server is still healthy after a panic.
+        assert_eq!(say(addr, "again", false).await.unwrap(), "again");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// logging
+
+mod logging {
+    use super::*;
+
+    #[tokio::test]
+    #[tracing_test::traced_test]
+    async fn panic_message_goes_to_the_log_not_the_client() {
+        let svc = ServiceBuilder::new()
+            .layer(WebhookErrorLayer::new())
+            .service_fn(|_req: Request<Full<Bytes>>| async {
+                if true {
+                    panic!("widget 42 exploded");
+                }
+                Ok::<Res, BoxError>(ok_response())
+            });
+        let res = svc.oneshot(http_req()).await.unwrap();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert!(!String::from_utf8_lossy(&body).contains("widget"));
+        assert!(logs_contain("widget 42 exploded"));
+        assert!(logs_contain("ERROR"));
+    }
+
+    #[tokio::test]
+    #[tracing_test::traced_test]
+    async fn each_error_is_logged_once_at_its_level() {
+        let _ = answer_error(
+            WebhookErrorLayer::new(),
+            http_req(),
+            Problem::new(StatusCode::UNAUTHORIZED).into(),
+        )
+        .await;
+        let _ = answer_error(WebhookErrorLayer::new(), http_req(), "storage down".into()).await;
+        logs_assert(|lines: &[&str]| {
+            let rejected: Vec<_> = lines
+                .iter()
+                .filter(|l| l.contains("request rejected"))
+                .collect();
+            let failed: Vec<_> = lines
+                .iter()
+                .filter(|l| l.contains("request failed"))
+                .collect();
+            match (rejected.as_slice(), failed.as_slice()) {
+                ([r], [f])
+                    if r.contains("WARN")
+                        && r.contains("status=401")
+                        && f.contains("ERROR")
+                        && f.contains("storage down") =>
+                {
+                    Ok(())
+                }
+                _ => Err(format!("unexpected log lines: {lines:?}")),
+            }
+        });
+    }
+}
