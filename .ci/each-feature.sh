@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Checks that the library builds with no features, with each feature alone, and with all of them
+# (what `cargo hack check --each-feature --no-dev-deps` does, without installing it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+features=$(cargo metadata --no-deps --format-version 1 \
+  | python3 -c 'import json,sys; m=json.load(sys.stdin); print(" ".join(sorted(m["packages"][0]["features"])))')
+# Dev-dependencies would unify extra features into the library; check it as users build it.
+cargo check --lib --no-default-features -q
+for feature in $features; do
+  echo "-- --features $feature"
+  cargo check --lib --no-default-features --features "$feature" -q
+done
