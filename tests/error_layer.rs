@@ -45,6 +45,7 @@ fn http_req() -> Request<Full<Bytes>> {
 fn grpc_req() -> Request<Full<Bytes>> {
     Request::builder()
         .uri("/pkg.Svc/Method")
+        .version(http::Version::HTTP_2)
         .header("content-type", "application/grpc+proto")
         .body(Full::default())
         .unwrap()

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Version, header};
 use pin_project::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -253,9 +253,11 @@ impl RequestInfo {
             };
         }
         Self {
-            grpc: headers
-                .get(header::CONTENT_TYPE)
-                .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc")),
+            // gRPC runs over HTTP/2 only: HTTP/1.1 webhooks skip the header lookup.
+            grpc: req.version() == Version::HTTP_2
+                && headers
+                    .get(header::CONTENT_TYPE)
+                    .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc")),
             request_id: headers.get(&config.request_id_header).cloned(),
         }
     }
@@ -409,6 +411,9 @@ fn on_response<B, R: RenderProblem>(
     info: &RequestInfo,
     renderer: &R,
 ) -> Response<ResponseBody<B>> {
+    if response.extensions().is_empty() {
+        return response.map(ResponseBody::new);
+    }
     match response.extensions_mut().remove::<Problem>() {
         None => response.map(ResponseBody::new),
         Some(problem) => rerender(problem, response, info, renderer),
