@@ -1,0 +1,715 @@
+//! The PR-Agent-style webhook server: settings, router, background worker.
+//!
+//! `main.rs` runs it; `tests/pr_agent_server.rs` builds the same router against a fake provider
+//! API on 127.0.0.1.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::{Semaphore, mpsc};
+use tower::{BoxError, ServiceBuilder, ServiceExt};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use tower_webhook::circuit_breaker::{
+    CircuitBreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer, CircuitOpen,
+};
+use tower_webhook::error::{Problem, WebhookErrorLayer, WebhookProcessingError, types};
+use tower_webhook::retry::RetryPolicy;
+use tower_webhook::signature::{OnReplay, RecordDelivery, SignatureLayer, VerifiedWebhook};
+
+/// The five providers the server answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Forge {
+    /// GitHub (`X-Hub-Signature-256`).
+    GitHub,
+    /// GitLab (`X-Gitlab-Token`).
+    GitLab,
+    /// Bitbucket Cloud (`X-Hub-Signature`).
+    Bitbucket,
+    /// Gitea and Forgejo (`X-Gitea-Signature`).
+    Gitea,
+    /// Azure DevOps (Basic authentication).
+    AzureDevOps,
+}
+
+impl Forge {
+    /// Every provider, in route order.
+    pub const ALL: [Forge; 5] = [
+        Forge::GitHub,
+        Forge::GitLab,
+        Forge::Bitbucket,
+        Forge::Gitea,
+        Forge::AzureDevOps,
+    ];
+
+    /// The short name used in routes, logs and `/status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Forge::GitHub => "github",
+            Forge::GitLab => "gitlab",
+            Forge::Bitbucket => "bitbucket",
+            Forge::Gitea => "gitea",
+            Forge::AzureDevOps => "azuredevops",
+        }
+    }
+
+    /// The webhook route, e.g. `/api/v1/github_webhooks`.
+    pub fn route(self) -> String {
+        format!("/api/v1/{}_webhooks", self.name())
+    }
+
+    fn api_url_var(self) -> &'static str {
+        match self {
+            Forge::GitHub => "GITHUB_API_URL",
+            Forge::GitLab => "GITLAB_API_URL",
+            Forge::Bitbucket => "BITBUCKET_API_URL",
+            Forge::Gitea => "GITEA_API_URL",
+            Forge::AzureDevOps => "AZURE_DEVOPS_API_URL",
+        }
+    }
+
+    fn token_var(self) -> &'static str {
+        match self {
+            Forge::GitHub => "GITHUB_TOKEN",
+            Forge::GitLab => "GITLAB_TOKEN",
+            Forge::Bitbucket => "BITBUCKET_TOKEN",
+            Forge::Gitea => "GITEA_TOKEN",
+            Forge::AzureDevOps => "AZURE_DEVOPS_TOKEN",
+        }
+    }
+}
+
+/// How one provider's deliveries are verified.
+#[derive(Clone)]
+pub enum Verification {
+    /// HMAC or token secrets; several for rotation.
+    Secrets(Vec<String>),
+    /// Azure DevOps Basic credentials: a user name and one or more passwords.
+    Basic { username: String, passwords: Vec<String> },
+}
+
+impl std::fmt::Debug for Verification {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verification::Secrets(s) => write!(f, "Secrets([{} redacted])", s.len()),
+            Verification::Basic { username, passwords } => {
+                write!(f, "Basic({username}, [{} redacted])", passwords.len())
+            }
+        }
+    }
+}
+
+/// Where comments for one provider are posted.
+#[derive(Clone)]
+pub struct ApiTarget {
+    /// Base URL of the provider API, e.g. `https://api.github.com`.
+    pub base_url: String,
+    /// The API token (never logged).
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for ApiTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiTarget")
+            .field("base_url", &self.base_url)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// Everything the server reads from its environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Address to bind (`HOST`, `PORT`; default 127.0.0.1:3000).
+    pub addr: SocketAddr,
+    /// Enabled providers and how they are verified.
+    pub forges: BTreeMap<Forge, Verification>,
+    /// Provider APIs; a provider without one has its comments logged instead.
+    pub apis: BTreeMap<Forge, ApiTarget>,
+    /// The outbound circuit breaker settings (`CIRCUIT_BREAKER_*`).
+    pub breaker: CircuitBreakerConfig,
+    /// Deadline of one webhook request (`REQUEST_TIMEOUT_SECS`, default 10).
+    pub request_timeout: Duration,
+    /// Largest accepted body (`MAX_BODY_BYTES`, default 25 MiB, GitHub's largest payload).
+    pub max_body_bytes: u64,
+    /// Set when no secret was configured and a development secret was made for GitHub.
+    pub generated_github_secret: Option<String>,
+}
+
+/// Splits a comma-separated setting into its non-empty values.
+fn list(value: Option<String>) -> Vec<String> {
+    value
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Settings {
+    /// Reads the settings from the process environment.
+    pub fn from_env() -> Result<Self, String> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the settings through `lookup` (tests pass a map).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let host: IpAddr = match lookup("HOST") {
+            Some(h) => h
+                .parse()
+                .map_err(|_| format!("HOST={h:?} is not an IP address (e.g. 127.0.0.1 or 0.0.0.0)"))?,
+            None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        };
+        let port: u16 = match lookup("PORT") {
+            Some(p) => p
+                .parse()
+                .map_err(|_| format!("PORT={p:?} is not a port number (0-65535)"))?,
+            None => 3000,
+        };
+        let secs = |name: &str, default: u64| -> Result<u64, String> {
+            match lookup(name) {
+                Some(v) => v
+                    .parse()
+                    .map_err(|_| format!("{name}={v:?} is not a whole number")),
+                None => Ok(default),
+            }
+        };
+        let mut forges = BTreeMap::new();
+        for (forge, var) in [
+            (Forge::GitHub, "GITHUB_WEBHOOK_SECRET"),
+            (Forge::GitLab, "GITLAB_WEBHOOK_TOKEN"),
+            (Forge::Bitbucket, "BITBUCKET_WEBHOOK_SECRET"),
+            (Forge::Gitea, "GITEA_WEBHOOK_SECRET"),
+        ] {
+            let secrets = list(lookup(var));
+            if !secrets.is_empty() {
+                forges.insert(forge, Verification::Secrets(secrets));
+            }
+        }
+        match (
+            lookup("AZURE_DEVOPS_WEBHOOK_USERNAME"),
+            list(lookup("AZURE_DEVOPS_WEBHOOK_PASSWORD")),
+        ) {
+            (Some(username), passwords) if !passwords.is_empty() => {
+                forges.insert(Forge::AzureDevOps, Verification::Basic { username, passwords });
+            }
+            (None, passwords) if passwords.is_empty() => {}
+            _ => {
+                return Err("set both AZURE_DEVOPS_WEBHOOK_USERNAME and AZURE_DEVOPS_WEBHOOK_PASSWORD, or neither".into());
+            }
+        }
+        let mut generated_github_secret = None;
+        if forges.is_empty() {
+            let secret = development_secret();
+            forges.insert(Forge::GitHub, Verification::Secrets(vec![secret.clone()]));
+            generated_github_secret = Some(secret);
+        }
+        let mut apis = BTreeMap::new();
+        for forge in Forge::ALL {
+            if let Some(base_url) = lookup(forge.api_url_var()).filter(|u| !u.is_empty()) {
+                let token = lookup(forge.token_var()).filter(|t| !t.is_empty());
+                apis.insert(forge, ApiTarget { base_url: base_url.trim_end_matches('/').to_owned(), token });
+            }
+        }
+        let breaker = CircuitBreakerConfig::from_env_with(&lookup).map_err(|e| e.to_string())?;
+        Ok(Self {
+            addr: SocketAddr::new(host, port),
+            forges,
+            apis,
+            breaker,
+            request_timeout: Duration::from_secs(secs("REQUEST_TIMEOUT_SECS", 10)?),
+            max_body_bytes: secs("MAX_BODY_BYTES", 25 * 1024 * 1024)?,
+            generated_github_secret,
+        })
+    }
+}
+
+/// A random development secret: 256 bits from the operating system's generator.
+fn development_secret() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// Counters shown by `/status`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Verified deliveries handed to the handler.
+    pub accepted: AtomicU64,
+    /// Deliveries refused (bad signature, too large, malformed).
+    pub rejected: AtomicU64,
+    /// Deliveries whose id was seen before: acknowledged, not processed.
+    pub duplicates: AtomicU64,
+    /// Pull-request events turned into a comment job.
+    pub jobs: AtomicU64,
+    /// Comments the provider API accepted.
+    pub comments_posted: AtomicU64,
+    /// Comments logged because no API is configured.
+    pub comments_logged: AtomicU64,
+    /// Comments the provider refused for good (4xx).
+    pub comments_failed: AtomicU64,
+    /// Comment attempts that failed transiently and were scheduled again.
+    pub comment_retries: AtomicU64,
+    /// Jobs waiting or in flight.
+    pub pending: AtomicU64,
+}
+
+/// A comment to post.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Which provider.
+    pub forge: Forge,
+    /// The delivery that asked for it.
+    pub delivery: String,
+    /// Where and what.
+    pub comment: Comment,
+    /// Attempts made so far.
+    pub attempts: u32,
+}
+
+/// An API call that posts one comment.
+#[derive(Debug, Clone)]
+pub struct Comment {
+    /// Path below the API base URL.
+    pub path: String,
+    /// JSON body.
+    pub body: Value,
+    /// A human-readable target, for logs ("octo/repo#7").
+    pub target: String,
+}
+
+/// Shared state of the server.
+#[derive(Debug)]
+pub struct AppState {
+    /// Delivery and comment counters.
+    pub counters: Counters,
+    /// One breaker per provider API.
+    pub breakers: BTreeMap<Forge, CircuitBreakerHandle>,
+    jobs: mpsc::Sender<Job>,
+}
+
+/// The running application: its router and state.
+#[derive(Debug)]
+pub struct App {
+    /// The router, with every layer in place.
+    pub router: Router,
+    /// Counters and breakers.
+    pub state: Arc<AppState>,
+}
+
+/// How many comment jobs may wait; past that, deliveries are answered 503 + `Retry-After` so the
+/// provider delivers them again later (nothing is dropped).
+const QUEUE_CAPACITY: usize = 4096;
+/// Comments posted at once.
+const MAX_IN_FLIGHT: usize = 16;
+
+/// Builds the router and starts the background worker (on the current tokio runtime).
+pub fn build(settings: &Settings) -> Result<App, BoxError> {
+    let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+    let client = reqwest::Client::builder()
+        .user_agent(concat!("pr-agent-server/", env!("CARGO_PKG_VERSION")))
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let mut breakers = BTreeMap::new();
+    let mut callers = BTreeMap::new();
+    for (&forge, api) in &settings.apis {
+        let config = settings.breaker.clone().name(forge.name());
+        let (layer, handle) = CircuitBreakerLayer::pair(config)?;
+        let svc = ServiceBuilder::new()
+            .layer(
+                RetryPolicy::new()
+                    .max_retries(3)
+                    .backoff(Duration::from_millis(100), Duration::from_secs(2))
+                    .into_layer(),
+            )
+            .layer(layer)
+            .service(client.clone());
+        breakers.insert(forge, handle);
+        callers.insert(forge, (api.clone(), tower::util::BoxCloneSyncService::new(svc)));
+    }
+    let state = Arc::new(AppState {
+        counters: Counters::default(),
+        breakers,
+        jobs: tx.clone(),
+    });
+    tokio::spawn(worker(rx, tx, callers, state.clone()));
+
+    let mut hooks = Router::new();
+    for (&forge, verification) in &settings.forges {
+        let layer = signature_layer(forge, verification)?
+            .max_body_size(settings.max_body_bytes)
+            .record_delivery(RecordDelivery::AfterSuccess)
+            .on_replay(OnReplay::Acknowledge(StatusCode::OK));
+        let route = Router::new()
+            .route(&forge.route(), post(move |s, h, hd, b| handle(forge, s, h, hd, b)))
+            .route_layer(layer);
+        hooks = hooks.merge(route);
+    }
+    let hooks = hooks.layer(middleware::from_fn_with_state(state.clone(), count));
+
+    let x_request_id = HeaderName::from_static("x-request-id");
+    let router = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .route("/status", get(status))
+        .merge(hooks)
+        .with_state(state.clone())
+        .layer(
+            ServiceBuilder::new()
+                .layer(WebhookErrorLayer::new())
+                .layer(SetRequestIdLayer::new(x_request_id.clone(), MakeRequestUuid))
+                .layer(PropagateRequestIdLayer::new(x_request_id))
+                .layer(TraceLayer::new_for_http())
+                .layer(tower::timeout::TimeoutLayer::new(settings.request_timeout)),
+        );
+    Ok(App { router, state })
+}
+
+fn signature_layer(forge: Forge, verification: &Verification) -> Result<SignatureLayer, BoxError> {
+    Ok(match (forge, verification) {
+        (Forge::GitHub, Verification::Secrets(s)) => SignatureLayer::github_with_secrets(s.clone())?,
+        (Forge::GitLab, Verification::Secrets(s)) => with_rotation(SignatureLayer::gitlab(s[0].clone())?, s)?,
+        (Forge::Bitbucket, Verification::Secrets(s)) => {
+            with_rotation(SignatureLayer::bitbucket_cloud(s[0].clone())?, s)?
+        }
+        (Forge::Gitea, Verification::Secrets(s)) => with_rotation(SignatureLayer::gitea(s[0].clone())?, s)?,
+        (Forge::AzureDevOps, Verification::Basic { username, passwords }) => {
+            let mut layer = SignatureLayer::azure_devops(username.clone(), passwords[0].clone())?;
+            for extra in &passwords[1..] {
+                layer = layer.secret(extra.clone())?;
+            }
+            layer
+        }
+        (forge, v) => return Err(format!("{} cannot be verified with {v:?}", forge.name()).into()),
+    })
+}
+
+/// Adds the second and later secrets of a rotation.
+fn with_rotation(mut layer: SignatureLayer, secrets: &[String]) -> Result<SignatureLayer, BoxError> {
+    for extra in &secrets[1..] {
+        layer = layer.secret(extra.clone())?;
+    }
+    Ok(layer)
+}
+
+/// Counts what the webhook routes answered: 202 accepted, 200 duplicate (acknowledged by the
+/// signature layer without calling the handler), 4xx rejected.
+async fn count(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    let counter = match res.status() {
+        StatusCode::ACCEPTED => &state.counters.accepted,
+        StatusCode::OK => &state.counters.duplicates,
+        s if s.is_client_error() => &state.counters.rejected,
+        _ => return res,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    res
+}
+
+/// Answers a verified delivery at once: 202, and a comment job when it opened a pull request.
+async fn handle(
+    forge: Forge,
+    State(state): State<Arc<AppState>>,
+    hook: VerifiedWebhook,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, Problem> {
+    let payload: Value = serde_json::from_slice(&body).map_err(|_| {
+        Problem::new(StatusCode::BAD_REQUEST)
+            .with_type(types::MALFORMED_DELIVERY)
+            .with_title("Malformed Delivery")
+            .with_detail("The body is not JSON.")
+    })?;
+    let event = hook.event().map(str::to_owned).or_else(|| {
+        headers
+            .get("x-event-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    });
+    let delivery = hook.delivery_id().unwrap_or("-").to_owned();
+    let Some(comment) = comment_for(forge, event.as_deref(), &payload) else {
+        tracing::debug!(provider = forge.name(), ?event, %delivery, "delivery needs no comment");
+        return Ok(StatusCode::ACCEPTED);
+    };
+    let job = Job { forge, delivery, comment, attempts: 0 };
+    match state.jobs.try_send(job) {
+        Ok(()) => {
+            state.counters.jobs.fetch_add(1, Ordering::Relaxed);
+            state.counters.pending.fetch_add(1, Ordering::Relaxed);
+            Ok(StatusCode::ACCEPTED)
+        }
+        // Full queue: the provider delivers again later; the delivery id is released because
+        // the answer is not 2xx (RecordDelivery::AfterSuccess).
+        Err(_) => Err(Problem::from_error(&WebhookProcessingError::retryable(
+            "comment queue is full",
+            Duration::from_secs(30),
+        ))),
+    }
+}
+
+/// The comment a pull-request-opened event asks for, per provider.
+pub fn comment_for(forge: Forge, event: Option<&str>, p: &Value) -> Option<Comment> {
+    let text = |title: &str| format!("Thanks for the pull request! Review of \"{title}\" is queued.");
+    match forge {
+        Forge::GitHub => {
+            let action = p["action"].as_str()?;
+            if event != Some("pull_request") || !matches!(action, "opened" | "reopened" | "ready_for_review") {
+                return None;
+            }
+            let repo = p["repository"]["full_name"].as_str()?;
+            let number = p["pull_request"]["number"].as_u64().or_else(|| p["number"].as_u64())?;
+            Some(Comment {
+                path: format!("/repos/{repo}/issues/{number}/comments"),
+                body: json!({ "body": text(p["pull_request"]["title"].as_str().unwrap_or("")) }),
+                target: format!("{repo}#{number}"),
+            })
+        }
+        Forge::GitLab => {
+            let attrs = &p["object_attributes"];
+            if p["object_kind"].as_str()? != "merge_request"
+                || !matches!(attrs["action"].as_str()?, "open" | "reopen")
+            {
+                return None;
+            }
+            let project = p["project"]["id"].as_u64()?;
+            let iid = attrs["iid"].as_u64()?;
+            Some(Comment {
+                path: format!("/projects/{project}/merge_requests/{iid}/notes"),
+                body: json!({ "body": text(attrs["title"].as_str().unwrap_or("")) }),
+                target: format!("project {project}!{iid}"),
+            })
+        }
+        Forge::Bitbucket => {
+            if event != Some("pullrequest:created") {
+                return None;
+            }
+            let repo = p["repository"]["full_name"].as_str()?;
+            let id = p["pullrequest"]["id"].as_u64()?;
+            Some(Comment {
+                path: format!("/repositories/{repo}/pullrequests/{id}/comments"),
+                body: json!({ "content": { "raw": text(p["pullrequest"]["title"].as_str().unwrap_or("")) } }),
+                target: format!("{repo}#{id}"),
+            })
+        }
+        Forge::Gitea => {
+            if event != Some("pull_request") || p["action"].as_str()? != "opened" {
+                return None;
+            }
+            let repo = p["repository"]["full_name"].as_str()?;
+            let number = p["number"].as_u64().or_else(|| p["pull_request"]["number"].as_u64())?;
+            Some(Comment {
+                path: format!("/repos/{repo}/issues/{number}/comments"),
+                body: json!({ "body": text(p["pull_request"]["title"].as_str().unwrap_or("")) }),
+                target: format!("{repo}#{number}"),
+            })
+        }
+        Forge::AzureDevOps => {
+            if p["eventType"].as_str()? != "git.pullrequest.created" {
+                return None;
+            }
+            let r = &p["resource"];
+            let project = r["repository"]["project"]["id"].as_str()?;
+            let repo = r["repository"]["id"].as_str()?;
+            let id = r["pullRequestId"].as_u64()?;
+            Some(Comment {
+                path: format!(
+                    "/{project}/_apis/git/repositories/{repo}/pullRequests/{id}/threads?api-version=7.1"
+                ),
+                body: json!({
+                    "comments": [{ "parentCommentId": 0, "content": text(r["title"].as_str().unwrap_or("")), "commentType": 1 }],
+                    "status": 1,
+                }),
+                target: format!("{repo}!{id}"),
+            })
+        }
+    }
+}
+
+/// `GET /status`: breakers and counters as JSON.
+async fn status(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let c = &state.counters;
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let breakers: BTreeMap<&str, _> = state
+        .breakers
+        .iter()
+        .map(|(forge, handle)| (forge.name(), handle.snapshot()))
+        .collect();
+    Json(json!({
+        "deliveries": {
+            "accepted": get(&c.accepted),
+            "rejected": get(&c.rejected),
+            "duplicates": get(&c.duplicates),
+        },
+        "comments": {
+            "jobs": get(&c.jobs),
+            "posted": get(&c.comments_posted),
+            "logged": get(&c.comments_logged),
+            "failed": get(&c.comments_failed),
+            "retries": get(&c.comment_retries),
+            "pending": get(&c.pending),
+        },
+        "breakers": breakers,
+    }))
+}
+
+type Caller = tower::util::BoxCloneSyncService<reqwest::Request, reqwest::Response, BoxError>;
+
+/// Posts comments in the background, at most [`MAX_IN_FLIGHT`] at once. A comment that fails
+/// transiently (upstream 5xx or 429 after retries, connection error, open breaker) is scheduled
+/// again after the breaker's `retry_after` or a capped backoff: comments are not lost, and an
+/// upstream that is down is not stormed.
+async fn worker(
+    mut rx: mpsc::Receiver<Job>,
+    tx: mpsc::Sender<Job>,
+    callers: BTreeMap<Forge, (ApiTarget, Caller)>,
+    state: Arc<AppState>,
+) {
+    let callers = Arc::new(callers);
+    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    while let Some(mut job) = rx.recv().await {
+        let Ok(permit) = permits.clone().acquire_owned().await else { break };
+        let (callers, state, tx) = (callers.clone(), state.clone(), tx.clone());
+        tokio::spawn(async move {
+            let permit = permit;
+            job.attempts += 1;
+            match post_comment(&callers, &state, &job).await {
+                Outcome::Done => {
+                    state.counters.pending.fetch_sub(1, Ordering::Relaxed);
+                }
+                Outcome::Later(delay) => {
+                    state.counters.comment_retries.fetch_add(1, Ordering::Relaxed);
+                    let backoff = Duration::from_millis(200 << job.attempts.min(8)).min(Duration::from_secs(60));
+                    drop(permit);
+                    tokio::time::sleep(delay.unwrap_or(backoff)).await;
+                    // The queue only closes at shutdown, when pending work is given up.
+                    let _ = tx.send(job).await;
+                }
+            }
+        });
+    }
+}
+
+enum Outcome {
+    Done,
+    Later(Option<Duration>),
+}
+
+async fn post_comment(
+    callers: &BTreeMap<Forge, (ApiTarget, Caller)>,
+    state: &AppState,
+    job: &Job,
+) -> Outcome {
+    let forge = job.forge.name();
+    let Some((api, caller)) = callers.get(&job.forge) else {
+        tracing::info!(provider = forge, target = %job.comment.target, body = %job.comment.body, "no API configured: comment not posted");
+        state.counters.comments_logged.fetch_add(1, Ordering::Relaxed);
+        return Outcome::Done;
+    };
+    let request = match build_request(job, api) {
+        Ok(r) => r,
+        Err(err) => {
+            tracing::error!(provider = forge, error = %err, "cannot build the comment request");
+            state.counters.comments_failed.fetch_add(1, Ordering::Relaxed);
+            return Outcome::Done;
+        }
+    };
+    match caller.clone().oneshot(request).await {
+        Ok(res) if res.status().is_success() => {
+            tracing::info!(provider = forge, target = %job.comment.target, delivery = %job.delivery, "comment posted");
+            state.counters.comments_posted.fetch_add(1, Ordering::Relaxed);
+            Outcome::Done
+        }
+        Ok(res) if res.status().is_server_error() || res.status() == StatusCode::TOO_MANY_REQUESTS || res.status() == StatusCode::REQUEST_TIMEOUT => {
+            tracing::warn!(provider = forge, status = res.status().as_u16(), "provider API failing; comment scheduled again");
+            Outcome::Later(None)
+        }
+        Ok(res) => {
+            tracing::error!(provider = forge, status = res.status().as_u16(), target = %job.comment.target, "provider refused the comment");
+            state.counters.comments_failed.fetch_add(1, Ordering::Relaxed);
+            Outcome::Done
+        }
+        Err(err) => {
+            let err: &(dyn std::error::Error + 'static) = &*err;
+            match CircuitOpen::find(err) {
+                Some(open) => {
+                    tracing::debug!(provider = forge, retry_after = ?open.retry_after(), "breaker open; comment waits");
+                    Outcome::Later(Some(open.retry_after().unwrap_or(Duration::from_secs(1))))
+                }
+                None => {
+                    tracing::warn!(provider = forge, error = %err, "provider API unreachable; comment scheduled again");
+                    Outcome::Later(None)
+                }
+            }
+        }
+    }
+}
+
+fn build_request(job: &Job, api: &ApiTarget) -> Result<reqwest::Request, BoxError> {
+    let url = reqwest::Url::parse(&format!("{}{}", api.base_url, job.comment.path))?;
+    let mut req = reqwest::Request::new(Method::POST, url);
+    let headers = req.headers_mut();
+    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(http::header::ACCEPT, HeaderValue::from_static("application/json"));
+    // Lets the retry policy send the POST again: the provider sees one logical comment.
+    headers.insert(
+        "idempotency-key",
+        HeaderValue::from_str(&format!("{}-{}", job.forge.name(), job.delivery))?,
+    );
+    if let Some(token) = &api.token {
+        let value = match job.forge {
+            Forge::GitHub | Forge::Bitbucket => format!("Bearer {token}"),
+            Forge::Gitea => format!("token {token}"),
+            Forge::GitLab => String::new(),
+            Forge::AzureDevOps => {
+                use base64::Engine;
+                format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!(":{token}")))
+            }
+        };
+        if job.forge == Forge::GitLab {
+            let mut v = HeaderValue::from_str(token)?;
+            v.set_sensitive(true);
+            headers.insert("private-token", v);
+        } else {
+            let mut v = HeaderValue::from_str(&value)?;
+            v.set_sensitive(true);
+            headers.insert(http::header::AUTHORIZATION, v);
+        }
+    }
+    if job.forge == Forge::GitHub {
+        headers.insert("x-github-api-version", HeaderValue::from_static("2022-11-28"));
+    }
+    *req.body_mut() = Some(serde_json::to_vec(&job.comment.body)?.into());
+    Ok(req)
+}
+
+/// A signed sample `pull_request` delivery, for the printed `curl` commands.
+pub fn sample_github_delivery(secret: &str) -> (String, String) {
+    use hmac::{KeyInit, Mac};
+    let body = json!({
+        "action": "opened",
+        "number": 1,
+        "pull_request": { "number": 1, "title": "Add a README" },
+        "repository": { "full_name": "octo-org/hello-world" },
+    })
+    .to_string();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(body.as_bytes());
+    let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    (body, signature)
+}
+

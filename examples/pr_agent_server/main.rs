@@ -1,0 +1,107 @@
+//! A PR-Agent-style webhook server: verified deliveries from GitHub, GitLab, Bitbucket, Gitea and
+//! Azure DevOps, answered at once and processed in the background, with comments posted back
+//! through a circuit breaker and retries.
+//!
+//! ```text
+//! cargo run --example pr_agent_server                 # development mode, prints test commands
+//! cargo run --example pr_agent_server -- --use-tunnel # plus a public URL (TUNNEL_SERVICE=...)
+//! ```
+//!
+//! Settings (all optional): `HOST`, `PORT`, `GITHUB_WEBHOOK_SECRET`, `GITLAB_WEBHOOK_TOKEN`,
+//! `BITBUCKET_WEBHOOK_SECRET`, `GITEA_WEBHOOK_SECRET`, `AZURE_DEVOPS_WEBHOOK_USERNAME` /
+//! `AZURE_DEVOPS_WEBHOOK_PASSWORD` (comma-separated values are several secrets, for rotation),
+//! `GITHUB_API_URL` + `GITHUB_TOKEN` (and `GITLAB_`, `BITBUCKET_`, `GITEA_`, `AZURE_DEVOPS_`
+//! `API_URL` / `TOKEN`), `CIRCUIT_BREAKER_FAILURE_THRESHOLD`, `CIRCUIT_BREAKER_RECOVERY_TIMEOUT`,
+//! `REQUEST_TIMEOUT_SECS`, `MAX_BODY_BYTES`, `TUNNEL_SERVICE`, `TUNNEL_AUTH_TOKEN`,
+//! `TUNNEL_REGION`, `TUNNEL_SERVER`, `TUNNEL_SECRET`, `RUST_LOG`.
+
+mod app;
+
+use std::process::ExitCode;
+
+use app::{Forge, Settings};
+use tower_webhook::tunnel::{Server, TunnelConfig};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let use_tunnel = std::env::args().skip(1).any(|arg| arg == "--use-tunnel");
+    let settings = Settings::from_env()?;
+    let app = app::build(&settings)?;
+
+    let mut server = Server::bind(settings.addr).await?;
+    let addr = server.local_addr()?;
+    if use_tunnel {
+        server = server.tunnel(TunnelConfig::from_env()?.builder());
+    }
+    let running = server.spawn(app.router).await?;
+
+    let local = format!("http://{addr}");
+    println!("pr_agent_server listening on {local}");
+    println!("  GET  {local}/        health");
+    println!("  GET  {local}/status  breakers and counters");
+    for forge in settings.forges.keys() {
+        println!("  POST {local}{}", forge.route());
+    }
+    if let Some(public) = running.tunnel_url() {
+        println!("public webhook URLs (give these to the provider):");
+        for forge in settings.forges.keys() {
+            println!("  {public}{}", forge.route());
+        }
+    }
+    for forge in Forge::ALL {
+        if settings.forges.contains_key(&forge) && !settings.apis.contains_key(&forge) {
+            println!(
+                "note: no {} API configured: comments for {} are logged, not posted",
+                forge.name(),
+                forge.name()
+            );
+        }
+    }
+    if let Some(secret) = &settings.generated_github_secret {
+        print_development_help(&local, secret);
+    }
+    running.wait().await;
+    Ok(())
+}
+
+/// Development mode: the secret that was made up, and two commands to try the server with.
+fn print_development_help(local: &str, secret: &str) {
+    let (body, signature) = app::sample_github_delivery(secret);
+    let delivery = uuid::Uuid::new_v4();
+    let mut forged = signature.clone();
+    let last = if forged.ends_with('0') { '1' } else { '0' };
+    forged.pop();
+    forged.push(last);
+    let route = Forge::GitHub.route();
+    println!();
+    println!("No webhook secret is set: development mode with a random GitHub secret:");
+    println!("  GITHUB_WEBHOOK_SECRET={secret}");
+    println!();
+    println!("Send a correctly signed pull_request delivery (expect 202 Accepted):");
+    println!(
+        "  curl -i -X POST {local}{route} -H 'Content-Type: application/json' -H 'X-GitHub-Event: pull_request' -H 'X-GitHub-Delivery: {delivery}' -H 'X-Hub-Signature-256: {signature}' --data '{body}'"
+    );
+    println!();
+    println!("Send it with a bad signature (expect 401 and a problem+json body):");
+    println!(
+        "  curl -i -X POST {local}{route} -H 'Content-Type: application/json' -H 'X-GitHub-Event: pull_request' -H 'X-GitHub-Delivery: {}' -H 'X-Hub-Signature-256: {forged}' --data '{body}'",
+        uuid::Uuid::new_v4()
+    );
+    println!();
+}

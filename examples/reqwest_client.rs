@@ -1,0 +1,129 @@
+//! reqwest through tower, protected by a circuit breaker and a retry policy.
+//!
+//! Starts a local "provider API" on 127.0.0.1 that fails on command, then calls it through
+//! `RetryPolicy` -> `CircuitBreakerLayer` -> `reqwest::Client` and prints what happens: the
+//! retries, the breaker opening (calls rejected without touching the API), the half-open probe
+//! and the recovery. Exits non-zero if the breaker did not behave.
+//!
+//! ```text
+//! cargo run --example reqwest_client
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::post;
+use http::StatusCode;
+use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+use tower_webhook::circuit_breaker::{
+    CircuitBreakerConfig, CircuitBreakerLayer, CircuitOpen, CircuitState, OpenDuration,
+};
+use tower_webhook::retry::RetryPolicy;
+
+#[derive(Clone, Default)]
+struct Api {
+    failing: Arc<AtomicBool>,
+    hits: Arc<AtomicUsize>,
+}
+
+async fn comments(State(api): State<Api>) -> StatusCode {
+    api.hits.fetch_add(1, Ordering::SeqCst);
+    if api.failing.load(Ordering::SeqCst) {
+        StatusCode::BAD_GATEWAY
+    } else {
+        StatusCode::CREATED
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), BoxError> {
+    // The provider API, on loopback.
+    let api = Api::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/repos/octo/repo/issues/1/comments", listener.local_addr()?);
+    let router = Router::new()
+        .route("/repos/octo/repo/issues/1/comments", post(comments))
+        .with_state(api.clone());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    // The client: retry outside the breaker, so every attempt counts and an open breaker
+    // stops the retries at once.
+    let config = CircuitBreakerConfig::default()
+        .name("github-api")
+        .consecutive_failures(3)
+        .open_duration(OpenDuration::Fixed(Duration::from_millis(500)));
+    let (breaker, handle) = CircuitBreakerLayer::pair(config)?;
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let mut svc = ServiceBuilder::new()
+        .layer(
+            RetryPolicy::new()
+                .max_retries(2)
+                .backoff(Duration::from_millis(10), Duration::from_millis(50))
+                .into_layer(),
+        )
+        .layer(breaker)
+        .service(client);
+
+    let post = |url: &str| {
+        let mut req = reqwest::Request::new(reqwest::Method::POST, url.parse().expect("valid URL"));
+        // An idempotency key makes the POST safe to send again.
+        req.headers_mut().insert("idempotency-key", "comment-1".parse().expect("valid header"));
+        *req.body_mut() = Some(r#"{"body":"LGTM"}"#.into());
+        req
+    };
+
+    let mut call = async |label: &str| -> Result<Option<StatusCode>, BoxError> {
+        let before = api.hits.load(Ordering::SeqCst);
+        let result = svc.ready().await?.call(post(&url)).await;
+        let hits = api.hits.load(Ordering::SeqCst) - before;
+        let outcome = match &result {
+            Ok(res) => format!("HTTP {}", res.status().as_u16()),
+            Err(err) => match CircuitOpen::find(&**err) {
+                Some(open) => format!("rejected: circuit open, retry after {:?}", open.retry_after()),
+                None => format!("error: {err}"),
+            },
+        };
+        println!(
+            "{label:<28} {outcome:<48} api calls: {hits}  breaker: {}",
+            handle.state()
+        );
+        Ok(result.ok().map(|r| r.status()))
+    };
+
+    println!("-- the API works");
+    let first = call("comment").await?;
+    println!("-- the API starts failing (502)");
+    api.failing.store(true, Ordering::SeqCst);
+    let failing = call("comment (retried)").await?;
+    let rejected = call("comment").await?;
+    let state_while_down = handle.state();
+    let hits_while_open = api.hits.load(Ordering::SeqCst);
+    let _ = call("comment").await?;
+    let untouched = api.hits.load(Ordering::SeqCst) == hits_while_open;
+
+    println!("-- the API recovers; waiting for the open duration");
+    api.failing.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let probe = call("comment (half-open probe)").await?;
+    let after = call("comment").await?;
+    let snapshot = handle.snapshot();
+    println!("-- final snapshot: {}", serde_json::to_string(&snapshot)?);
+
+    let ok = first == Some(StatusCode::CREATED)
+        && failing == Some(StatusCode::BAD_GATEWAY)
+        && rejected.is_none()
+        && state_while_down == CircuitState::Open
+        && untouched
+        && probe == Some(StatusCode::CREATED)
+        && after == Some(StatusCode::CREATED)
+        && handle.state() == CircuitState::Closed;
+    if ok {
+        println!("breaker opened, protected the API, and recovered");
+        Ok(())
+    } else {
+        Err("the breaker did not behave as expected".into())
+    }
+}

@@ -1,0 +1,60 @@
+//! CircuitBreakerLayer on a tonic `Channel`: gRPC failures (read from `grpc-status`, in headers
+//! or trailers) open the breaker, and an open breaker answers `UNAVAILABLE` without a request.
+//!
+//! Run `cargo run --example tonic_server` first (or set ADDR to another echo server). Exits
+//! non-zero if the calls did not turn out as printed.
+
+#[path = "common/echo.rs"]
+#[allow(dead_code)]
+mod echo;
+
+use std::time::Duration;
+
+use http::uri::PathAndQuery;
+use tonic::Code;
+use tower::{BoxError, ServiceBuilder};
+use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState, OpenDuration};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), BoxError> {
+    let addr = std::env::var("ADDR").unwrap_or_else(|_| "127.0.0.1:50051".into());
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await?;
+    let config = CircuitBreakerConfig::default()
+        .name("echo")
+        .consecutive_failures(2)
+        .open_duration(OpenDuration::Fixed(Duration::from_millis(500)));
+    let (breaker, handle) = CircuitBreakerLayer::pair(config)?;
+    let mut client = tonic::client::Grpc::new(ServiceBuilder::new().layer(breaker).service(channel));
+
+    let mut say = async |message: &str| -> Result<String, tonic::Status> {
+        client.ready().await.map_err(tonic::Status::from_error)?;
+        let request = tonic::Request::new(echo::Echo { message: message.to_owned() });
+        let reply = client.unary(request, PathAndQuery::from_static(echo::SAY), echo::codec()).await;
+        let shown = match &reply {
+            Ok(r) => format!("OK {:?}", r.get_ref().message),
+            Err(s) => format!("{:?} {:?}", s.code(), s.message()),
+        };
+        println!("say({message:?}) -> {shown:<50} breaker: {}", handle.state());
+        reply.map(|r| r.into_inner().message)
+    };
+
+    let mut ok = say("hello").await.as_deref() == Ok("hello");
+    // The server's WebhookErrorLayer turns the handler's panic into INTERNAL.
+    ok &= say("panic").await.is_err_and(|s| s.code() == Code::Internal);
+    ok &= say("fail").await.is_err_and(|s| s.code() == Code::Unavailable);
+    ok &= handle.state() == CircuitState::Open;
+    // Rejected by the breaker, without a request.
+    ok &= say("hello").await.is_err_and(|s| s.code() == Code::Unavailable && s.message().contains("circuit"));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    ok &= say("hello again").await.as_deref() == Ok("hello again");
+    ok &= handle.state() == CircuitState::Closed;
+    if ok {
+        println!("all calls turned out as expected");
+        Ok(())
+    } else {
+        Err("unexpected results, see above".into())
+    }
+}

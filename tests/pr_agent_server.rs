@@ -1,0 +1,393 @@
+//! End to end: the pr_agent_server example's router on 127.0.0.1, against a fake provider API
+//! on 127.0.0.1, driven by a real HTTP client.
+
+#[path = "../examples/pr_agent_server/app.rs"]
+#[allow(dead_code)]
+mod app;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use base64::Engine;
+use bytes::Bytes;
+use hmac::{KeyInit, Mac};
+use http::StatusCode;
+use serde_json::{Value, json};
+
+// ---------------------------------------------------------------------------------------------
+// A fake provider API: records comments, fails on command.
+
+#[derive(Default)]
+struct FakeApi {
+    comments: Mutex<Vec<(String, HashMap<String, String>, Value)>>,
+    requests: AtomicUsize,
+    failing: AtomicBool,
+}
+
+async fn fake_api_handler(State(api): State<Arc<FakeApi>>, req: Request) -> StatusCode {
+    api.requests.fetch_add(1, Ordering::SeqCst);
+    if api.failing.load(Ordering::SeqCst) {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    let path = req.uri().to_string();
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    let body = axum::body::to_bytes(req.into_body(), 1 << 20).await.unwrap();
+    let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    api.comments.lock().unwrap().push((path, headers, json));
+    StatusCode::CREATED
+}
+
+async fn start_fake_api() -> (SocketAddr, Arc<FakeApi>) {
+    let api = Arc::new(FakeApi::default());
+    let router = Router::new().fallback(fake_api_handler).with_state(api.clone());
+    (serve(router).await, api)
+}
+
+async fn serve(router: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    addr
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server under test.
+
+const GH: &str = "gh-secret-new,gh-secret-old";
+const GL: &str = "gitlab-token";
+const BB: &str = "bitbucket-secret";
+const GT: &str = "gitea-secret";
+
+fn settings(api: SocketAddr, extra: &[(&str, &str)]) -> app::Settings {
+    let base = format!("http://{api}");
+    let mut env: HashMap<String, String> = [
+        ("GITHUB_WEBHOOK_SECRET", GH),
+        ("GITLAB_WEBHOOK_TOKEN", GL),
+        ("BITBUCKET_WEBHOOK_SECRET", BB),
+        ("GITEA_WEBHOOK_SECRET", GT),
+        ("AZURE_DEVOPS_WEBHOOK_USERNAME", "azure"),
+        ("AZURE_DEVOPS_WEBHOOK_PASSWORD", "azure-pass"),
+        ("GITHUB_TOKEN", "ghp_token"),
+        ("GITLAB_TOKEN", "glpat"),
+        ("BITBUCKET_TOKEN", "bb-token"),
+        ("GITEA_TOKEN", "gitea-token"),
+        ("AZURE_DEVOPS_TOKEN", "ado-pat"),
+        ("CIRCUIT_BREAKER_FAILURE_THRESHOLD", "3"),
+        ("CIRCUIT_BREAKER_RECOVERY_TIMEOUT", "1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    for var in ["GITHUB_API_URL", "GITLAB_API_URL", "BITBUCKET_API_URL", "GITEA_API_URL", "AZURE_DEVOPS_API_URL"] {
+        env.insert(var.to_owned(), base.clone());
+    }
+    for (k, v) in extra {
+        env.insert((*k).to_owned(), (*v).to_owned());
+    }
+    app::Settings::from_lookup(|name| env.get(name).cloned()).unwrap()
+}
+
+async fn start_server(settings: &app::Settings) -> (String, Arc<app::AppState>) {
+    let app = app::build(settings).unwrap();
+    let addr = serve(app.router).await;
+    (format!("http://{addr}"), app.state)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deliveries, signed as each provider signs them.
+
+fn hmac_hex(secret: &str, body: &[u8]) -> String {
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+struct Delivery {
+    route: &'static str,
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+}
+
+fn delivery(forge: app::Forge, id: &str, pr: u64) -> Delivery {
+    match forge {
+        app::Forge::GitHub => {
+            let body = json!({"action": "opened", "number": pr, "pull_request": {"number": pr, "title": "Fix"}, "repository": {"full_name": "octo/repo"}}).to_string().into_bytes();
+            // Signed with the older secret of the rotation: still accepted.
+            let sig = format!("sha256={}", hmac_hex("gh-secret-old", &body));
+            Delivery {
+                route: "/api/v1/github_webhooks",
+                headers: vec![("x-github-event", "pull_request".into()), ("x-github-delivery", id.into()), ("x-hub-signature-256", sig)],
+                body,
+            }
+        }
+        app::Forge::GitLab => {
+            let body = json!({"object_kind": "merge_request", "project": {"id": 42}, "object_attributes": {"iid": pr, "action": "open", "title": "Fix"}}).to_string().into_bytes();
+            Delivery {
+                route: "/api/v1/gitlab_webhooks",
+                headers: vec![("x-gitlab-event", "Merge Request Hook".into()), ("x-gitlab-event-uuid", id.into()), ("x-gitlab-token", GL.into())],
+                body,
+            }
+        }
+        app::Forge::Bitbucket => {
+            let body = json!({"pullrequest": {"id": pr, "title": "Fix"}, "repository": {"full_name": "team/repo"}}).to_string().into_bytes();
+            let sig = format!("sha256={}", hmac_hex(BB, &body));
+            Delivery {
+                route: "/api/v1/bitbucket_webhooks",
+                headers: vec![("x-event-key", "pullrequest:created".into()), ("x-request-uuid", id.into()), ("x-hub-signature", sig)],
+                body,
+            }
+        }
+        app::Forge::Gitea => {
+            let body = json!({"action": "opened", "number": pr, "pull_request": {"number": pr, "title": "Fix"}, "repository": {"full_name": "org/repo"}}).to_string().into_bytes();
+            let sig = hmac_hex(GT, &body);
+            Delivery {
+                route: "/api/v1/gitea_webhooks",
+                headers: vec![("x-gitea-event", "pull_request".into()), ("x-gitea-delivery", id.into()), ("x-gitea-signature", sig)],
+                body,
+            }
+        }
+        app::Forge::AzureDevOps => {
+            let body = json!({"id": id, "eventType": "git.pullrequest.created", "resource": {"pullRequestId": pr, "title": "Fix", "repository": {"id": "repo-guid", "project": {"id": "proj-guid"}}}}).to_string().into_bytes();
+            let auth = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("azure:azure-pass"));
+            Delivery { route: "/api/v1/azuredevops_webhooks", headers: vec![("authorization", auth)], body }
+        }
+    }
+}
+
+async fn send(client: &reqwest::Client, base: &str, d: &Delivery) -> reqwest::Response {
+    let mut req = client
+        .post(format!("{base}{}", d.route))
+        .header("content-type", "application/json")
+        .body(d.body.clone());
+    for (k, v) in &d.headers {
+        req = req.header(*k, v);
+    }
+    req.send().await.unwrap()
+}
+
+async fn status(client: &reqwest::Client, base: &str) -> Value {
+    client.get(format!("{base}/status")).send().await.unwrap().json().await.unwrap()
+}
+
+/// Waits (bounded) until `f` holds.
+async fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn comment_count(api: &FakeApi) -> usize {
+    api.comments.lock().unwrap().len()
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn every_provider_is_accepted_and_processed_exactly_once() {
+    let (api_addr, api) = start_fake_api().await;
+    let (base, _) = start_server(&settings(api_addr, &[])).await;
+    let client = reqwest::Client::new();
+
+    for (i, forge) in app::Forge::ALL.into_iter().enumerate() {
+        let d = delivery(forge, &format!("0b8c7a52-1c0e-4c1f-9a55-00000000000{i}"), 7);
+        let res = send(&client, &base, &d).await;
+        assert_eq!(res.status(), StatusCode::ACCEPTED, "{forge:?}");
+        // The same delivery again: acknowledged, not processed.
+        let res = send(&client, &base, &d).await;
+        assert_eq!(res.status(), StatusCode::OK, "{forge:?} duplicate");
+    }
+    eventually("five comments", Duration::from_secs(10), || comment_count(&api) == 5).await;
+    // Nothing more arrives: every delivery was processed exactly once.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let comments = api.comments.lock().unwrap().clone();
+    assert_eq!(comments.len(), 5);
+
+    let by_path: HashMap<&str, &HashMap<String, String>> = comments.iter().map(|(p, h, _)| (p.as_str(), h)).collect();
+    assert_eq!(by_path["/repos/octo/repo/issues/7/comments"]["authorization"], "Bearer ghp_token");
+    assert_eq!(by_path["/projects/42/merge_requests/7/notes"]["private-token"], "glpat");
+    assert_eq!(by_path["/repositories/team/repo/pullrequests/7/comments"]["authorization"], "Bearer bb-token");
+    assert_eq!(by_path["/repos/org/repo/issues/7/comments"]["authorization"], "token gitea-token");
+    let ado = "/proj-guid/_apis/git/repositories/repo-guid/pullRequests/7/threads?api-version=7.1";
+    assert!(by_path[ado]["authorization"].starts_with("Basic "));
+    for (path, _, body) in &comments {
+        assert!(body.to_string().contains("Thanks for the pull request"), "{path}: {body}");
+    }
+
+    let s = status(&client, &base).await;
+    assert_eq!(s["deliveries"]["accepted"], 5);
+    assert_eq!(s["deliveries"]["duplicates"], 5);
+    assert_eq!(s["deliveries"]["rejected"], 0);
+    assert_eq!(s["comments"]["posted"], 5);
+    assert_eq!(s["comments"]["pending"], 0);
+}
+
+#[tokio::test]
+async fn bad_deliveries_are_rejected_and_never_processed() {
+    let (api_addr, api) = start_fake_api().await;
+    let (base, _) = start_server(&settings(api_addr, &[("MAX_BODY_BYTES", "65536")])).await;
+    let client = reqwest::Client::new();
+
+    for forge in app::Forge::ALL {
+        // One byte of the body changed after signing.
+        let mut d = delivery(forge, "5d1f3f4e-0000-4000-8000-000000000001", 9);
+        if forge == app::Forge::GitLab || forge == app::Forge::AzureDevOps {
+            // Token schemes: a wrong token instead.
+            for (k, v) in d.headers.iter_mut() {
+                if *k == "x-gitlab-token" {
+                    *v = "wrong-token".into();
+                }
+                if *k == "authorization" {
+                    *v = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("azure:wrong"));
+                }
+            }
+        } else {
+            let last = d.body.len() - 2;
+            d.body[last] ^= 0x01;
+        }
+        let res = send(&client, &base, &d).await;
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{forge:?}");
+        assert_eq!(res.headers()["content-type"], "application/problem+json");
+        assert!(res.headers().contains_key("x-request-id"));
+        let problem: Value = res.json().await.unwrap();
+        assert_eq!(problem["status"], 401);
+        assert!(problem["instance"].is_string(), "the request id is the instance");
+    }
+
+    // Oversize: 413 before the handler.
+    let big = vec![b' '; 100 * 1024];
+    let sig = format!("sha256={}", hmac_hex("gh-secret-new", &big));
+    let res = client
+        .post(format!("{base}/api/v1/github_webhooks"))
+        .header("x-github-event", "pull_request")
+        .header("x-github-delivery", "5d1f3f4e-0000-4000-8000-000000000002")
+        .header("x-hub-signature-256", sig)
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    // Authentic but not JSON: 400.
+    let body = b"not json".to_vec();
+    let sig = format!("sha256={}", hmac_hex("gh-secret-new", &body));
+    let res = client
+        .post(format!("{base}/api/v1/github_webhooks"))
+        .header("x-github-event", "pull_request")
+        .header("x-github-delivery", "5d1f3f4e-0000-4000-8000-000000000003")
+        .header("x-hub-signature-256", sig)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(comment_count(&api), 0, "nothing unverified was processed");
+    assert_eq!(api.requests.load(Ordering::SeqCst), 0);
+    let s = status(&client, &base).await;
+    assert_eq!(s["deliveries"]["rejected"], 7);
+    assert_eq!(s["deliveries"]["accepted"], 0);
+}
+
+#[tokio::test]
+async fn failing_api_opens_the_breaker_and_no_comment_is_lost() {
+    let (api_addr, api) = start_fake_api().await;
+    api.failing.store(true, Ordering::SeqCst);
+    let (base, state) = start_server(&settings(api_addr, &[])).await;
+    let client = reqwest::Client::new();
+
+    const N: u64 = 12;
+    for pr in 1..=N {
+        let d = delivery(app::Forge::GitHub, &format!("9f0c2b8e-0000-4000-8000-{pr:012}"), pr);
+        assert_eq!(send(&client, &base, &d).await.status(), StatusCode::ACCEPTED);
+    }
+
+    // The breaker opens, and /status shows it.
+    let open = async {
+        loop {
+            let s = status(&client, &base).await;
+            if s["breakers"]["github"]["state"] == json!("OPEN") || s["breakers"]["github"]["state"] == json!("open") {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let s = tokio::time::timeout(Duration::from_secs(10), open).await.expect("breaker opened");
+    assert!(s["breakers"]["github"]["not_permitted_calls"].as_u64().is_some());
+
+    // No storm: while the API is down, the upstream sees a handful of calls per recovery
+    // period (3 failures to open, then one probe per second), not one per pending comment.
+    let before = api.requests.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let during = api.requests.load(Ordering::SeqCst) - before;
+    assert!(during <= 12, "{during} upstream calls in 2.5 s while the breaker is open");
+    assert_eq!(comment_count(&api), 0);
+
+    // The API comes back: the breaker closes and every comment is posted, once.
+    api.failing.store(false, Ordering::SeqCst);
+    eventually("all comments posted", Duration::from_secs(30), || comment_count(&api) == N as usize).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let comments = api.comments.lock().unwrap().clone();
+    let mut prs: Vec<&str> = comments.iter().map(|(p, _, _)| p.as_str()).collect();
+    prs.sort();
+    prs.dedup();
+    assert_eq!(prs.len(), N as usize, "each comment exactly once");
+    let s = status(&client, &base).await;
+    assert_eq!(s["comments"]["posted"], N);
+    assert_eq!(s["comments"]["pending"], 0);
+    assert!(s["comments"]["retries"].as_u64().unwrap() > 0);
+    assert_eq!(state.breakers[&app::Forge::GitHub].snapshot().state.to_string().to_lowercase(), "closed");
+}
+
+#[tokio::test]
+async fn development_mode_generates_a_secret_and_its_sample_delivery_works() {
+    let settings = app::Settings::from_lookup(|_| None).unwrap();
+    assert_eq!(settings.addr.to_string(), "127.0.0.1:3000");
+    let secret = settings.generated_github_secret.clone().expect("a development secret");
+    assert_eq!(secret.len(), 64);
+    assert_eq!(settings.forges.len(), 1, "only GitHub is enabled");
+
+    let (base, _) = start_server(&settings).await;
+    let client = reqwest::Client::new();
+    let (body, signature) = app::sample_github_delivery(&secret);
+    let post = |sig: String, id: &'static str| {
+        client
+            .post(format!("{base}/api/v1/github_webhooks"))
+            .header("content-type", "application/json")
+            .header("x-github-event", "pull_request")
+            .header("x-github-delivery", id)
+            .header("x-hub-signature-256", sig)
+            .body(body.clone())
+            .send()
+    };
+    assert_eq!(post(signature.clone(), "d-1").await.unwrap().status(), StatusCode::ACCEPTED);
+    let mut forged = signature;
+    forged.replace_range(forged.len() - 1.., "x");
+    assert_eq!(post(forged, "d-2").await.unwrap().status(), StatusCode::UNAUTHORIZED);
+
+    // Health, and routes of disabled providers do not exist.
+    assert_eq!(client.get(format!("{base}/")).send().await.unwrap().status(), StatusCode::OK);
+    let res = client.post(format!("{base}/api/v1/gitlab_webhooks")).body(Bytes::new()).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+}
+
+#[test]
+fn settings_errors_name_the_variable() {
+    let err = app::Settings::from_lookup(|n| (n == "PORT").then(|| "http".to_owned())).unwrap_err();
+    assert!(err.contains("PORT"), "{err}");
+    let err = app::Settings::from_lookup(|n| (n == "AZURE_DEVOPS_WEBHOOK_USERNAME").then(|| "u".to_owned())).unwrap_err();
+    assert!(err.contains("AZURE_DEVOPS_WEBHOOK_PASSWORD"), "{err}");
+    let err = app::Settings::from_lookup(|n| (n == "CIRCUIT_BREAKER_FAILURE_THRESHOLD").then(|| "many".to_owned())).unwrap_err();
+    assert!(err.contains("CIRCUIT_BREAKER_FAILURE_THRESHOLD"), "{err}");
+}
