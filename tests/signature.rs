@@ -900,8 +900,9 @@ async fn standard_webhooks_reference_vector_is_accepted() {
 #[tokio::test]
 async fn standard_webhooks_bad_inputs_are_rejected() {
     let ts = SW_TS.to_string();
-    let many = vec![SW_SIG; 9].join(" ");
-    let cases: Vec<(&str, Vec<(&'static str, String)>, &[u8])> = vec![
+    let many = [SW_SIG; 9].join(" ");
+    type Case<'a> = (&'a str, Vec<(&'static str, String)>, &'a [u8]);
+    let cases: Vec<Case<'_>> = vec![
         (
             "tampered body",
             sw_headers(SW_ID, &ts, SW_SIG),

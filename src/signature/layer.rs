@@ -546,7 +546,7 @@ fn check_headers(shared: &Shared, headers: &HeaderMap) -> Result<Checked, E> {
     let limits = Limits {
         max_signatures: shared.max_signatures,
         tolerance: shared.tolerance,
-        now: shared.clock.now(),
+        clock: &shared.clock,
     };
     shared.scheme.check_headers(&shared.keys, headers, &limits)
 }
@@ -666,7 +666,7 @@ where
                 body,
                 buf: Collected::Empty,
                 parts: Some(parts),
-                checked: Some(Box::new(checked)),
+                checked: Some(checked),
                 inner: Some(inner),
             },
             shared: self.shared.clone(),
@@ -751,7 +751,7 @@ where
         body: ReqBody,
         buf: Collected,
         parts: Option<http::request::Parts>,
-        checked: Option<Box<Checked>>,
+        checked: Option<Checked>,
         inner: Option<S>,
     },
     Replay {

@@ -1,8 +1,10 @@
 //! Replay protection: remembering delivery ids.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -172,14 +174,38 @@ pub struct MemoryReplayStore {
     inner: Mutex<Entries>,
     capacity: usize,
     clock: Clock,
+    /// Two independently keyed hashers: a key is remembered as its 128-bit keyed fingerprint,
+    /// so an insert allocates nothing and an attacker cannot aim for collisions.
+    hashers: (RandomState, RandomState),
 }
 
+/// Expiry times in milliseconds since the Unix epoch, by key fingerprint.
 #[derive(Default)]
 struct Entries {
-    map: HashMap<Arc<str>, Duration>,
+    map: HashMap<u128, u64, BuildHasherDefault<FingerprintHasher>>,
     /// Insertion order, for expiry and eviction; may hold stale entries (removed or re-inserted
     /// keys), recognised by an expiry that differs from the map's.
-    order: VecDeque<(Arc<str>, Duration)>,
+    order: VecDeque<(u128, u64)>,
+}
+
+/// The fingerprints are already keyed hashes: use their low bits as the hash.
+#[derive(Default)]
+struct FingerprintHasher(u64);
+
+impl Hasher for FingerprintHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
+        }
+    }
+    fn write_u128(&mut self, value: u128) {
+        self.0 = value as u64;
+    }
 }
 
 /// Default capacity of [`MemoryReplayStore`].
@@ -197,6 +223,7 @@ impl MemoryReplayStore {
             inner: Mutex::new(Entries::default()),
             capacity: capacity.max(1),
             clock: Clock::system(),
+            hashers: (RandomState::new(), RandomState::new()),
         }
     }
 
@@ -221,35 +248,41 @@ impl MemoryReplayStore {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn now(&self) -> Duration {
-        self.clock
+    fn fingerprint(&self, key: &str) -> u128 {
+        (u128::from(self.hashers.0.hash_one(key)) << 64) | u128::from(self.hashers.1.hash_one(key))
+    }
+
+    fn now_ms(&self) -> u64 {
+        let since = self
+            .clock
             .now()
             .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
+            .unwrap_or_default();
+        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
     }
 
     fn insert_now(&self, key: &str, ttl: Duration) -> bool {
-        let now = self.now();
-        let expiry = now.saturating_add(ttl);
+        let fp = self.fingerprint(key);
+        let now = self.now_ms();
+        let expiry = now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
         let mut e = self.lock();
         let Entries { map, order } = &mut *e;
-        if map.get(key).is_some_and(|&exp| exp > now) {
+        if map.get(&fp).is_some_and(|&exp| exp > now) {
             return false;
         }
         // Purge expired entries at the front, then evict the oldest while full.
-        while let Some((k, exp)) = order.front() {
-            let live = map.get(k) == Some(exp);
-            if live && *exp > now && map.len() < self.capacity {
+        while let Some(&(k, exp)) = order.front() {
+            let live = map.get(&k) == Some(&exp);
+            if live && exp > now && map.len() < self.capacity {
                 break;
             }
             if live {
-                map.remove(k);
+                map.remove(&k);
             }
             order.pop_front();
         }
-        let key: Arc<str> = Arc::from(key);
-        map.insert(key.clone(), expiry);
-        order.push_back((key, expiry));
+        map.insert(fp, expiry);
+        order.push_back((fp, expiry));
         if order.len() > 2 * self.capacity {
             order.retain(|(k, exp)| map.get(k) == Some(exp));
         }
@@ -278,7 +311,8 @@ impl ReplayStore for MemoryReplayStore {
     }
 
     fn remove(&self, key: &str) -> ReplayFuture {
-        ReplayFuture::ready(Ok(self.lock().map.remove(key).is_some()))
+        let fp = self.fingerprint(key);
+        ReplayFuture::ready(Ok(self.lock().map.remove(&fp).is_some()))
     }
 }
 

@@ -474,25 +474,42 @@ impl Scheme {
     }
 }
 
-/// Decoded candidate signatures, kept inline.
+/// One decoded signature.
+#[derive(Clone, Copy)]
+struct Sig {
+    len: u8,
+    bytes: [u8; MAX_TAG],
+}
+
+/// Decoded candidate signatures: the first inline (the common case, no allocation), the rest
+/// (Stripe `v1` lists, Standard Webhooks lists) on the heap.
 #[derive(Clone)]
 pub(crate) struct Candidates {
-    len: usize,
-    sigs: [[u8; MAX_TAG]; MAX_SIGNATURES],
-    lens: [u8; MAX_SIGNATURES],
+    first: Option<Sig>,
+    rest: Vec<Sig>,
 }
 
 impl Candidates {
     fn new() -> Self {
         Self {
-            len: 0,
-            sigs: [[0; MAX_TAG]; MAX_SIGNATURES],
-            lens: [0; MAX_SIGNATURES],
+            first: None,
+            rest: Vec::new(),
         }
     }
 
-    /// Adds a decoded signature. Malformed encodings are skipped (they can never match) but
-    /// counted against the cap, and a value longer than any MAC is refused.
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.first
+            .iter()
+            .chain(self.rest.iter())
+            .map(|s| &s.bytes[..usize::from(s.len)])
+    }
+
+    /// Adds a decoded signature; a value that is not valid in its encoding or longer than
+    /// any MAC is refused.
     fn push(
         &mut self,
         encoded: &[u8],
@@ -500,17 +517,20 @@ impl Candidates {
         cap: usize,
         header: &HeaderName,
     ) -> Result<(), E> {
-        if self.len >= cap {
+        if self.len() >= cap {
             return Err(E::TooManySignatures(cap));
         }
-        let slot = &mut self.sigs[self.len];
+        let mut sig = Sig {
+            len: 0,
+            bytes: [0; MAX_TAG],
+        };
         let n = match encoding {
             Encoding::Hex => {
                 if !encoded.len().is_multiple_of(2) || encoded.len() > 2 * MAX_TAG {
                     return Err(E::MalformedHeader(header.clone()));
                 }
                 let n = encoded.len() / 2;
-                hex::decode_to_slice(encoded, &mut slot[..n])
+                hex::decode_to_slice(encoded, &mut sig.bytes[..n])
                     .map_err(|_| E::MalformedHeader(header.clone()))?;
                 n
             }
@@ -518,12 +538,16 @@ impl Candidates {
                 if encoded.len() > 4 * MAX_TAG.div_ceil(3) {
                     return Err(E::MalformedHeader(header.clone()));
                 }
-                B64.decode_slice(encoded, &mut slot[..])
+                B64.decode_slice(encoded, &mut sig.bytes[..])
                     .map_err(|_| E::MalformedHeader(header.clone()))?
             }
         };
-        self.lens[self.len] = n as u8;
-        self.len += 1;
+        sig.len = n as u8;
+        if self.first.is_none() {
+            self.first = Some(sig);
+        } else {
+            self.rest.push(sig);
+        }
         Ok(())
     }
 }
@@ -608,10 +632,10 @@ pub(crate) fn check_window(timestamp: u64, now: SystemTime, tolerance: Duration)
 }
 
 /// Settings the header check needs.
-pub(crate) struct Limits {
+pub(crate) struct Limits<'a> {
     pub(crate) max_signatures: usize,
     pub(crate) tolerance: Duration,
-    pub(crate) now: SystemTime,
+    pub(crate) clock: &'a super::clock::Clock,
 }
 
 impl Scheme {
@@ -620,7 +644,7 @@ impl Scheme {
         &self,
         keys: &Keys,
         headers: &HeaderMap,
-        limits: &Limits,
+        limits: &Limits<'_>,
     ) -> Result<Checked, E> {
         let mut checked = Checked {
             sigs: Candidates::new(),
@@ -648,7 +672,7 @@ impl Scheme {
                     let ts = single(headers, ts_name)?
                         .ok_or_else(|| E::MissingHeader(ts_name.clone()))?;
                     let t = parse_timestamp(ts.as_bytes(), ts_name)?;
-                    check_window(t, limits.now, limits.tolerance)?;
+                    check_window(t, limits.clock.now(), limits.tolerance)?;
                     checked.timestamp = Some(t);
                     checked.prefix.extend_from_slice(ts.as_bytes());
                     checked.prefix.push(b'.');
@@ -682,11 +706,11 @@ impl Scheme {
                     }
                 }
                 let ts = ts.ok_or_else(|| E::MalformedHeader(name.clone()))?;
-                if checked.sigs.len == 0 {
+                if checked.sigs.len() == 0 {
                     return Err(E::MalformedHeader(name.clone()));
                 }
                 let t = parse_timestamp(ts, name)?;
-                check_window(t, limits.now, limits.tolerance)?;
+                check_window(t, limits.clock.now(), limits.tolerance)?;
                 checked.timestamp = Some(t);
                 checked.prefix.extend_from_slice(ts);
                 checked.prefix.push(b'.');
@@ -706,7 +730,7 @@ impl Scheme {
                 let ts =
                     single(headers, ts_name)?.ok_or_else(|| E::MissingHeader(ts_name.clone()))?;
                 let t = parse_timestamp(ts.as_bytes(), ts_name)?;
-                check_window(t, limits.now, limits.tolerance)?;
+                check_window(t, limits.clock.now(), limits.tolerance)?;
                 checked.timestamp = Some(t);
                 checked.prefix.extend_from_slice(b"v0:");
                 checked.prefix.extend_from_slice(ts.as_bytes());
@@ -750,10 +774,10 @@ impl Scheme {
                         checked.sigs.push(val, Encoding::Base64, cap, sig_name)?;
                     }
                 }
-                if checked.sigs.len == 0 {
+                if checked.sigs.len() == 0 {
                     return Err(E::MalformedHeader(sig_name.clone()));
                 }
-                check_window(t, limits.now, limits.tolerance)?;
+                check_window(t, limits.clock.now(), limits.tolerance)?;
                 checked.timestamp = Some(t);
                 checked.prefix.extend_from_slice(id.as_bytes());
                 checked.prefix.push(b'.');
@@ -968,12 +992,12 @@ fn match_mac(keys: &Keys, sigs: &Candidates, prefix: &[u8], body: &[u8]) -> Resu
             mac.update(prefix);
             mac.update(body);
             let tag = mac.finalize().into_bytes();
-            for s in 0..sigs.len {
+            for sig in sigs.iter() {
                 // Lengths are public: a signature of the wrong length never matches.
-                if usize::from(sigs.lens[s]) != tag_len {
+                if sig.len() != tag_len {
                     continue;
                 }
-                let eq = tag.as_slice().ct_eq(&sigs.sigs[s][..tag_len]);
+                let eq = tag.as_slice().ct_eq(sig);
                 index.conditional_assign(&(i as u32), eq & !found);
                 found |= eq;
             }
