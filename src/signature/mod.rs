@@ -123,9 +123,25 @@
 //!
 //! The inner service receives the same body type as the outer one (any `B: From<Bytes>`, such
 //! as `axum::body::Body` or `http_body_util::Full<Bytes>`). On plain hyper, whose request body
-//! `Incoming` cannot be built from bytes, map the body first:
-//! `ServiceBuilder::new().map_request(|r: Request<Incoming>| r.map(axum::body::Body::new)).layer(SignatureLayer::github(..)?)`,
-//! or map it to `http_body_util::combinators::BoxBody`-free `Full<Bytes>` after collecting.
+//! `hyper::body::Incoming` cannot be built from bytes, map the body to one that can first
+//! (`axum_core::body::Body::new` wraps any body, without buffering it):
+//!
+//! ```no_run
+//! use http::Request;
+//! use hyper::body::Incoming;
+//! use tower::ServiceBuilder;
+//! use tower_webhook::signature::SignatureLayer;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let svc = ServiceBuilder::new()
+//!     .map_request(|req: Request<Incoming>| req.map(axum::body::Body::new))
+//!     .layer(SignatureLayer::github("secret")?)
+//!     .service_fn(|req: Request<axum::body::Body>| async move {
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(req.into_body()))
+//!     });
+//! // Serve `svc` with `hyper_util::service::TowerToHyperService`.
+//! # let _ = svc; Ok(()) }
+//! ```
 //!
 //! [`SignatureLayer::verify`] checks a delivery held in memory, outside tower.
 

@@ -58,7 +58,7 @@ pub enum Provider {
     /// A [`CustomScheme`].
     Custom,
     /// Verification was switched off with
-    /// [`SignatureLayer::insecure_skip_verification`](super::SignatureLayer::insecure_skip_verification).
+    /// [`SignatureLayer::dangerously_skip_verification`](super::SignatureLayer::dangerously_skip_verification).
     Unverified,
 }
 
