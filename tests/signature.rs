@@ -1465,6 +1465,32 @@ async fn bitbucket_gitea_forgejo_shopify_and_custom() {
         StatusCode::UNAUTHORIZED,
         types::INVALID_SIGNATURE,
     );
+    // Fields the signature does not cover are refused, whatever their order.
+    for form in [
+        format!("{form}&admin=true"),
+        format!("{form}&payload=%7B%7D"),
+        format!("admin=true&{form}"),
+    ] {
+        let seen = Seen::default();
+        let out = send(
+            &gitea,
+            &seen,
+            post(
+                &[
+                    ("x-gitea-signature", &hex),
+                    ("content-type", "application/x-www-form-urlencoded"),
+                ],
+                form,
+            ),
+        )
+        .await;
+        assert_rejected(
+            &out,
+            &seen,
+            StatusCode::UNAUTHORIZED,
+            types::INVALID_SIGNATURE,
+        );
+    }
     let seen = Seen::default();
     let out = send(
         &gitea,

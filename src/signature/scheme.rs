@@ -828,7 +828,7 @@ impl Scheme {
                 None,
             ) if is_form(headers) => {
                 // Gitea/Forgejo sign the JSON payload, which a form delivery carries URL-encoded.
-                let payload = form_field(body, b"payload").ok_or(E::Mismatch)?;
+                let payload = form_payload(body).ok_or(E::Mismatch)?;
                 Some(match_mac(keys, &checked.sigs, &[], &payload)?)
             }
             (_, None) => Some(match_mac(keys, &checked.sigs, &checked.prefix, body)?),
@@ -931,12 +931,15 @@ fn is_form(headers: &HeaderMap) -> bool {
     })
 }
 
-/// The decoded value of `name` in an `application/x-www-form-urlencoded` body.
-pub(crate) fn form_field(body: &[u8], name: &[u8]) -> Option<Vec<u8>> {
-    let raw = body.split(|b| *b == b'&').find_map(|pair| {
-        let eq = pair.iter().position(|b| *b == b'=')?;
-        (pair[..eq] == *name).then(|| &pair[eq + 1..])
-    })?;
+/// The decoded JSON of a Gitea/Forgejo form delivery, which is exactly `payload=<urlencoded>`.
+///
+/// Anything else (other fields, a second `payload`) is refused: those bytes would reach the
+/// handler's form extractor without being covered by the signature.
+pub(crate) fn form_payload(body: &[u8]) -> Option<Vec<u8>> {
+    let raw = body.strip_prefix(b"payload=")?;
+    if raw.contains(&b'&') {
+        return None;
+    }
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
     while i < raw.len() {
