@@ -66,8 +66,16 @@ fn headers_of(target: Target) -> &'static [&'static str] {
         Target::Gitea => &["x-forgejo-signature", "x-gitea-signature", "content-type"],
         Target::AzureDevOps => &["authorization", "authorization", "content-type"],
         Target::Stripe => &["stripe-signature", "stripe-signature", "content-type"],
-        Target::Slack => &["x-slack-signature", "x-slack-request-timestamp", "content-type"],
-        Target::Shopify => &["x-shopify-hmac-sha256", "x-shopify-webhook-id", "x-shopify-topic"],
+        Target::Slack => &[
+            "x-slack-signature",
+            "x-slack-request-timestamp",
+            "content-type",
+        ],
+        Target::Shopify => &[
+            "x-shopify-hmac-sha256",
+            "x-shopify-webhook-id",
+            "x-shopify-topic",
+        ],
         Target::StandardWebhooks => &["webhook-signature", "webhook-timestamp", "webhook-id"],
         Target::Custom => &["x-signature", "x-timestamp", "x-delivery"],
     }
