@@ -7,6 +7,9 @@
 //! - [`error`]: [`WebhookErrorLayer`](error::WebhookErrorLayer) turns every error and panic into
 //!   a correct response: a real status and an RFC 9457 `application/problem+json` body for HTTP,
 //!   `grpc-status` for gRPC.
+//! - [`signature`]: [`SignatureLayer`](signature::SignatureLayer) lets only deliveries with a
+//!   valid signature through (GitHub, GitLab, Bitbucket, Gitea/Forgejo, Azure DevOps, Stripe,
+//!   Slack, Shopify, Standard Webhooks, custom HMAC), with size limits and replay protection.
 //!
 //! # Feature flags
 //!

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what the signature tests need: redis-server (Debian), the Python peers
+# (standardwebhooks, svix, stripe, slack_sdk) in a venv and the npm peer
+# (@octokit/webhooks-methods), all under .ci/.deps/ (git-ignored). Idempotent and quiet.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEPS=.ci/.deps
+mkdir -p "$DEPS"
+printf "*\n" > "$DEPS/.gitignore"
+
+if ! command -v redis-server >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+fi
+# The Debian package starts a system instance; the tests start their own on a random port.
+
+if [ ! -x "$DEPS/venv/bin/python" ]; then
+    python3 -m venv "$DEPS/venv"
+fi
+if ! "$DEPS/venv/bin/python" -c 'import standardwebhooks, svix, stripe, slack_sdk' >/dev/null 2>&1; then
+    "$DEPS/venv/bin/python" -m pip install -q --disable-pip-version-check \
+        -r .ci/interop/requirements.txt
+fi
+
+if [ ! -d "$DEPS/node/node_modules/@octokit/webhooks-methods" ]; then
+    mkdir -p "$DEPS/node"
+    cp .ci/interop/package.json "$DEPS/node/package.json"
+    (cd "$DEPS/node" && npm install --silent --no-audit --no-fund >/dev/null)
+fi
+
+"$DEPS/venv/bin/python" -c 'import standardwebhooks, svix, stripe, slack_sdk'
+node -e 'require("'"$PWD/$DEPS"'/node/node_modules/@octokit/webhooks-methods")' 2>/dev/null \
+    || node --input-type=module -e 'await import("'"$PWD/$DEPS"'/node/node_modules/@octokit/webhooks-methods/dist-node/index.js")' 2>/dev/null \
+    || test -d "$DEPS/node/node_modules/@octokit/webhooks-methods"
+command -v redis-server >/dev/null
+echo "signature: interop peers and redis-server ready"

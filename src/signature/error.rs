@@ -1,0 +1,170 @@
+//! Rejections and configuration errors.
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::error::{GrpcCode, HttpError, types};
+
+/// Why a delivery was rejected.
+///
+/// [`SignatureLayer`](super::SignatureLayer) answers each of these itself with an RFC 9457
+/// problem response (its `Display` text goes to the log, never to the client), and
+/// [`SignatureLayer::verify`](super::SignatureLayer::verify) returns them. It implements
+/// [`HttpError`], so an outer [`WebhookErrorLayer`](crate::error::WebhookErrorLayer) renders it
+/// wherever it shows up in an error chain.
+///
+/// | variant | status | problem type |
+/// |---|---|---|
+/// | missing, duplicated or malformed header, too many signatures, stale timestamp, no match | 401 | [`types::INVALID_SIGNATURE`] |
+/// | [`PayloadTooLarge`](Self::PayloadTooLarge) | 413 | [`types::PAYLOAD_TOO_LARGE`] |
+/// | [`MalformedDelivery`](Self::MalformedDelivery), [`Body`](Self::Body) | 400 | [`types::MALFORMED_DELIVERY`] |
+/// | [`Replayed`](Self::Replayed) | 409 | [`types::REPLAYED_DELIVERY`] |
+/// | [`ReplayStore`](Self::ReplayStore) | 503 + `Retry-After` | [`types::PROCESSING_FAILED`] |
+///
+/// # Example
+///
+/// ```
+/// use tower_webhook::error::HttpError;
+/// use tower_webhook::signature::SignatureValidationError;
+///
+/// let err = SignatureValidationError::Mismatch;
+/// assert_eq!(err.status(), 401);
+/// assert_eq!(err.detail(), None); // nothing for the client
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignatureValidationError {
+    /// A required header is absent.
+    #[error("missing header `{0}`")]
+    MissingHeader(http::HeaderName),
+    /// A header that must appear once appears several times.
+    #[error("header `{0}` appears more than once")]
+    DuplicateHeader(http::HeaderName),
+    /// A header's value does not follow the provider's format.
+    #[error("malformed header `{0}`")]
+    MalformedHeader(http::HeaderName),
+    /// More signatures than the configured cap.
+    #[error("more than {0} signatures in one delivery")]
+    TooManySignatures(usize),
+    /// The signed timestamp is outside the accepted window.
+    #[error("timestamp {timestamp} is outside the {tolerance:?} window around {now}")]
+    TimestampOutOfWindow {
+        /// The timestamp sent, in Unix seconds.
+        timestamp: u64,
+        /// The receiver's clock, in Unix seconds.
+        now: u64,
+        /// The window.
+        tolerance: Duration,
+    },
+    /// No signature matched any secret.
+    #[error("no signature matches any configured secret")]
+    Mismatch,
+    /// The body is larger than the limit.
+    #[error("body larger than the {limit} byte limit")]
+    PayloadTooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// Reading the request body failed.
+    #[error("could not read the request body")]
+    Body(#[source] crate::BoxError),
+    /// The delivery is authentic but lacks what the layer needs (e.g. a delivery id).
+    #[error("authenticated delivery is malformed: {0}")]
+    MalformedDelivery(&'static str),
+    /// The delivery id was seen before.
+    #[error("delivery `{0}` was already received")]
+    Replayed(String),
+    /// The replay store could not be reached; the delivery is refused (fail closed).
+    #[error("replay store unavailable")]
+    ReplayStore(#[source] crate::BoxError),
+}
+
+impl HttpError for SignatureValidationError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::MalformedDelivery(_) | Self::Body(_) => StatusCode::BAD_REQUEST,
+            Self::Replayed(_) => StatusCode::CONFLICT,
+            Self::ReplayStore(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::UNAUTHORIZED,
+        }
+    }
+
+    fn problem_type(&self) -> &str {
+        match self {
+            Self::PayloadTooLarge { .. } => types::PAYLOAD_TOO_LARGE,
+            Self::MalformedDelivery(_) | Self::Body(_) => types::MALFORMED_DELIVERY,
+            Self::Replayed(_) => types::REPLAYED_DELIVERY,
+            Self::ReplayStore(_) => types::PROCESSING_FAILED,
+            _ => types::INVALID_SIGNATURE,
+        }
+    }
+
+    fn title(&self) -> &str {
+        match self {
+            Self::PayloadTooLarge { .. } => "Payload Too Large",
+            Self::MalformedDelivery(_) | Self::Body(_) => "Malformed Delivery",
+            Self::Replayed(_) => "Replayed Delivery",
+            Self::ReplayStore(_) => "Webhook Processing Failed",
+            _ => "Invalid Signature",
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::ReplayStore(_) => Some(Duration::from_secs(5)),
+            _ => None,
+        }
+    }
+
+    fn grpc_code(&self) -> GrpcCode {
+        match self {
+            Self::PayloadTooLarge { .. } => GrpcCode::OutOfRange,
+            Self::MalformedDelivery(_) | Self::Body(_) => GrpcCode::InvalidArgument,
+            Self::Replayed(_) => GrpcCode::AlreadyExists,
+            Self::ReplayStore(_) => GrpcCode::Unavailable,
+            _ => GrpcCode::Unauthenticated,
+        }
+    }
+}
+
+/// A [`SignatureLayer`](super::SignatureLayer) could not be built: the layer fails closed
+/// instead of accepting unverified deliveries.
+///
+/// # Example
+///
+/// ```
+/// use tower_webhook::signature::{SignatureConfigError, SignatureLayer};
+///
+/// let err = SignatureLayer::github("").unwrap_err();
+/// assert!(matches!(err, SignatureConfigError::EmptySecret));
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignatureConfigError {
+    /// A secret is empty, or none was given.
+    #[error(
+        "webhook secret is empty: set the secret the provider signs with (refusing to run unverified)"
+    )]
+    EmptySecret,
+    /// An environment variable holding secrets is unset or empty.
+    #[error(
+        "environment variable `{0}` is unset or empty: set it to the webhook secret (comma-separated for several)"
+    )]
+    MissingEnv(String),
+    /// A Standard Webhooks secret is not `whsec_` followed by base64.
+    #[error("Standard Webhooks secret must be base64, optionally prefixed with `whsec_`")]
+    InvalidStandardWebhooksSecret,
+    /// A header name given to a custom scheme is not a valid header name.
+    #[error("`{0}` is not a valid header name")]
+    InvalidHeaderName(String),
+    /// A setting is out of range.
+    #[error("invalid setting `{name}`: {reason}")]
+    InvalidSetting {
+        /// The setting.
+        name: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}

@@ -1,0 +1,949 @@
+//! `SignatureLayer`, its service and response future.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http_body::Body;
+use pin_project::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::clock::Clock;
+use super::error::{SignatureConfigError, SignatureValidationError as E};
+use super::replay::{MemoryReplayStore, OnReplay, RecordDelivery, ReplayFuture, ReplayStore};
+use super::scheme::{
+    self, Algorithm, Checked, CustomScheme, Keys, Limits, MAX_SIGNATURES, Provider, Scheme,
+};
+use super::secret::{Secret, Secrets};
+use crate::BoxError;
+use crate::body::ResponseBody;
+use crate::error::{AlreadyLogged, Problem};
+
+/// Default body limit: 25 MiB, the largest payload GitHub sends.
+pub const DEFAULT_MAX_BODY_SIZE: u64 = 25 * 1024 * 1024;
+/// Default window for signed timestamps: 5 minutes either side.
+pub const DEFAULT_TIMESTAMP_TOLERANCE: Duration = Duration::from_secs(300);
+/// Default time a delivery id is remembered: 24 hours.
+pub const DEFAULT_REPLAY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// What the layer learned about a delivery it let through, found in the request extensions.
+///
+/// With axum, extract it in a handler (`Extension<VerifiedWebhook>`, or the type itself with the
+/// `axum` feature). See the [module docs](super) for replay handling: a handler only ever sees
+/// a delivery id once (within the replay TTL), unless [`RecordDelivery::AfterSuccess`] released
+/// it after a failure.
+///
+/// # Example
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::Full;
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_webhook::signature::{Provider, SignatureLayer, VerifiedWebhook};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let svc = ServiceBuilder::new()
+///     .layer(SignatureLayer::github("It's a Secret to Everybody").unwrap())
+///     .service_fn(|req: Request<Full<Bytes>>| async move {
+///         let hook = req.extensions().get::<VerifiedWebhook>().unwrap();
+///         assert_eq!(hook.provider(), Provider::GitHub);
+///         assert_eq!(hook.event(), Some("push"));
+///         assert_eq!(hook.delivery_id(), Some("72d3162e-cc78-11e3-81ab-4c9367dc0958"));
+///         assert_eq!(hook.secret_index(), Some(0));
+///         Ok::<_, std::convert::Infallible>(Response::new(Full::<Bytes>::default()))
+///     });
+/// let req = Request::post("/hook")
+///     .header("x-github-event", "push")
+///     .header("x-github-delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958")
+///     .header("x-hub-signature-256", "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17")
+///     .body(Full::new(Bytes::from_static(b"Hello, World!")))
+///     .unwrap();
+/// assert_eq!(svc.oneshot(req).await.unwrap().status(), 200);
+/// # }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedWebhook {
+    provider: Provider,
+    delivery_id: Option<String>,
+    event: Option<String>,
+    timestamp: Option<SystemTime>,
+    secret_index: Option<usize>,
+}
+
+impl VerifiedWebhook {
+    /// Who signed it.
+    pub fn provider(&self) -> Provider {
+        self.provider
+    }
+
+    /// The delivery id (e.g. `X-GitHub-Delivery`, `webhook-id`, a Stripe event id), if the
+    /// provider sent one.
+    pub fn delivery_id(&self) -> Option<&str> {
+        self.delivery_id.as_deref()
+    }
+
+    /// The event name (e.g. `X-GitHub-Event`, `X-Gitlab-Event`, Stripe's `type`), if known.
+    pub fn event(&self) -> Option<&str> {
+        self.event.as_deref()
+    }
+
+    /// The signed timestamp, for schemes that sign one.
+    pub fn timestamp(&self) -> Option<SystemTime> {
+        self.timestamp
+    }
+
+    /// Which configured secret matched (0 = the first), for rotation bookkeeping; `None` when
+    /// verification was skipped.
+    pub fn secret_index(&self) -> Option<usize> {
+        self.secret_index
+    }
+}
+
+#[cfg(feature = "axum")]
+impl<St: Send + Sync> axum_core::extract::FromRequestParts<St> for VerifiedWebhook {
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &St,
+    ) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<VerifiedWebhook>()
+            .cloned()
+            .ok_or_else(|| {
+                tracing::error!("VerifiedWebhook extractor used on a route without SignatureLayer");
+                Problem::new(StatusCode::INTERNAL_SERVER_ERROR)
+            })
+    }
+}
+
+#[derive(Clone)]
+struct Shared {
+    scheme: Scheme,
+    algorithm: Algorithm,
+    secrets: Vec<Secret>,
+    keys: Keys,
+    max_body: u64,
+    tolerance: Duration,
+    max_signatures: usize,
+    clock: Clock,
+    replay: Option<Arc<dyn ReplayStore>>,
+    replay_ttl: Duration,
+    record: RecordDelivery,
+    on_replay: OnReplay,
+    handshakes: bool,
+}
+
+/// Layer that lets only deliveries with a valid signature reach the inner service.
+///
+/// Build it with the constructor named after the provider; every setting has a safe default.
+/// See the [module docs](super) for the schemes, the order of checks and the responses.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_webhook::signature::{OnReplay, SignatureLayer};
+///
+/// let layer = SignatureLayer::stripe("whsec_test_secret")
+///     .unwrap()
+///     .secret("whsec_previous_secret")
+///     .unwrap()
+///     .max_body_size(1024 * 1024)
+///     .timestamp_tolerance(Duration::from_secs(120))
+///     .on_replay(OnReplay::Acknowledge(http::StatusCode::OK));
+/// assert!(!format!("{layer:?}").contains("whsec_test_secret"));
+/// ```
+#[derive(Clone)]
+pub struct SignatureLayer {
+    shared: Arc<Shared>,
+}
+
+impl SignatureLayer {
+    fn build(
+        scheme: Scheme,
+        algorithm: Algorithm,
+        secrets: Vec<Secret>,
+    ) -> Result<Self, SignatureConfigError> {
+        let provider = scheme.provider;
+        let mut prepared = Vec::with_capacity(secrets.len());
+        for secret in secrets {
+            prepared.push(prepare_secret(provider, secret)?);
+        }
+        if prepared.is_empty() && !scheme.is_unverified() {
+            return Err(SignatureConfigError::EmptySecret);
+        }
+        let keys = scheme.keys(&prepared, algorithm);
+        Ok(Self {
+            shared: Arc::new(Shared {
+                scheme,
+                algorithm,
+                secrets: prepared,
+                keys,
+                max_body: DEFAULT_MAX_BODY_SIZE,
+                tolerance: DEFAULT_TIMESTAMP_TOLERANCE,
+                max_signatures: MAX_SIGNATURES,
+                clock: Clock::system(),
+                replay: Some(Arc::new(MemoryReplayStore::new())),
+                replay_ttl: DEFAULT_REPLAY_TTL,
+                record: RecordDelivery::AfterVerification,
+                on_replay: OnReplay::Reject,
+                handshakes: true,
+            }),
+        })
+    }
+
+    /// A layer for `provider`, accepting a signature made with any of `secrets`.
+    ///
+    /// For [`Provider::AzureDevOps`] each secret is `username:password`; for
+    /// [`Provider::StandardWebhooks`] it is the `whsec_...` string. Fails on an empty list or
+    /// an empty secret, and for [`Provider::Custom`] / [`Provider::Unverified`] (use
+    /// [`custom`](Self::custom) / [`dangerously_skip_verification`](Self::dangerously_skip_verification)).
+    pub fn with_secrets(
+        provider: Provider,
+        secrets: impl Into<Secrets>,
+    ) -> Result<Self, SignatureConfigError> {
+        if matches!(provider, Provider::Custom | Provider::Unverified) {
+            return Err(SignatureConfigError::InvalidSetting {
+                name: "provider",
+                reason: "use SignatureLayer::custom or SignatureLayer::dangerously_skip_verification",
+            });
+        }
+        Self::build(
+            Scheme::builtin(provider),
+            Algorithm::Sha256,
+            secrets.into().into_vec(),
+        )
+    }
+
+    fn one(provider: Provider, secret: impl Into<Secret>) -> Result<Self, SignatureConfigError> {
+        Self::with_secrets(provider, Secrets::new().with(secret))
+    }
+
+    /// GitHub: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(secret, body)>`; delivery id
+    /// `X-GitHub-Delivery`, event `X-GitHub-Event`.
+    pub fn github(secret: impl Into<Secret>) -> Result<Self, SignatureConfigError> {
+        Self::one(Provider::GitHub, secret)
+    }
+
+    /// GitHub with several secrets at once (rotation).
+    pub fn github_with_secrets(secrets: impl Into<Secrets>) -> Result<Self, SignatureConfigError> {
+        Self::with_secrets(Provider::GitHub, secrets)
+    }
+
+    /// GitLab: `X-Gitlab-Token: <token>`, compared in constant time (as SHA-256 digests);
+    /// delivery id `Idempotency-Key` (else `X-Gitlab-Event-UUID`), event `X-Gitlab-Event`.
+    pub fn gitlab(token: impl Into<Secret>) -> Result<Self, SignatureConfigError> {
+        Self::one(Provider::GitLab, token)
+    }
+
+    /// Bitbucket Cloud: `X-Hub-Signature: sha256=<hex>`; delivery id `X-Request-UUID`, event
+    /// `X-Event-Key`.
+    pub fn bitbucket_cloud(secret: impl Into<Secret>) -> Result<Self, SignatureConfigError> {
+        Self::one(Provider::BitbucketCloud, secret)
+    }
+
+    /// Bitbucket Data Center / Server: `X-Hub-Signature: sha256=<hex>`; delivery id
+    /// `X-Request-Id`, event `X-Event-Key`.
+    pub fn bitbucket_data_center(secret: impl Into<Secret>) -> Result<Self, SignatureConfigError> {
+        Self::one(Provider::BitbucketDataCenter, secret)
+    }
+
+    /// Gitea: `X-Gitea-Signature: <hex>` over the JSON payload (for form deliveries, the decoded
+    /// `payload` field); delivery id `X-Gitea-Delivery`, event `X-Gitea-Event`.
+    pub fn gitea(secret: impl Into<Secret>) -> Result<Self, SignatureConfigError> {
+        Self::one(Provider::Gitea, secret)
+    }
+
+    /// Forgejo: as [`gitea`](Self::gitea) with the `X-Forgejo-*` headers (the `X-Gitea-*` ones
+    /// are accepted too).
+    pub fn forgejo(secret: impl Into<Secret>) -> Result<Self, SignatureConfigError> {
+        Self::one(Provider::Forgejo, secret)
+    }
+
+    /// Azure DevOps service hooks with basic authentication: `Authorization: Basic`, compared in
+    /// constant time; delivery id and event from the body's `id` and `eventType`.
+    pub fn azure_devops(
+        username: &str,
+        password: impl Into<Secret>,
+    ) -> Result<Self, SignatureConfigError> {
+        let password = password.into();
+        if password.is_empty() {
+            return Err(SignatureConfigError::EmptySecret);
+        }
+        let mut credential = Vec::with_capacity(username.len() + 1 + password.len());
+        credential.extend_from_slice(username.as_bytes());
+        credential.push(b':');
+        credential.extend_from_slice(password.expose());
+        Self::one(Provider::AzureDevOps, Secret::from_vec(credential))
+    }
+
+    /// Stripe: `Stripe-Signature: t=<ts>,v1=<hex>[,v1=...]` over `<ts>.<body>`, the `whsec_...`
+    /// secret used as is; timestamp window applies; delivery id and event from the body's `id`
+    /// and `type`.
+    pub fn stripe(secret: impl Into<Secret>) -> Result<Self, SignatureConfigError> {
+        Self::one(Provider::Stripe, secret)
+    }
+
+    /// Slack: `X-Slack-Signature: v0=<hex>` over `v0:<ts>:<body>` with
+    /// `X-Slack-Request-Timestamp`; answers the `url_verification` challenge itself.
+    pub fn slack(signing_secret: impl Into<Secret>) -> Result<Self, SignatureConfigError> {
+        Self::one(Provider::Slack, signing_secret)
+    }
+
+    /// Shopify: `X-Shopify-Hmac-Sha256: <base64>`; delivery id `X-Shopify-Webhook-Id`, event
+    /// `X-Shopify-Topic`.
+    pub fn shopify(secret: impl Into<Secret>) -> Result<Self, SignatureConfigError> {
+        Self::one(Provider::Shopify, secret)
+    }
+
+    /// Standard Webhooks (Svix and the services built on it): `webhook-signature: v1,<base64>
+    /// [v1,<base64> ...]` over `<webhook-id>.<webhook-timestamp>.<body>`, key = base64 of the
+    /// `whsec_`-stripped secret. The `svix-*` header names are accepted too.
+    pub fn standard_webhooks(secret: impl Into<Secret>) -> Result<Self, SignatureConfigError> {
+        Self::one(Provider::StandardWebhooks, secret)
+    }
+
+    /// Your own scheme, see [`CustomScheme`].
+    pub fn custom(
+        scheme: CustomScheme,
+        secret: impl Into<Secret>,
+    ) -> Result<Self, SignatureConfigError> {
+        let algorithm = scheme_algorithm(&scheme);
+        Self::build(Scheme::custom(&scheme)?, algorithm, vec![secret.into()])
+    }
+
+    /// **Accepts every delivery without verifying anything.** Only for local experiments: any
+    /// caller can then trigger the handler. Size limits still apply, and the
+    /// [`VerifiedWebhook`] says [`Provider::Unverified`]. Logs an error when built.
+    pub fn dangerously_skip_verification() -> Self {
+        tracing::error!(
+            "SignatureLayer built with dangerously_skip_verification: webhook signatures are NOT checked"
+        );
+        let mut layer = Self::build(
+            Scheme::builtin(Provider::Unverified),
+            Algorithm::Sha256,
+            Vec::new(),
+        )
+        .unwrap_or_else(|_| unreachable!("an unverified scheme needs no secret"));
+        layer.update(|s| s.replay = None);
+        layer
+    }
+
+    /// Adds one more accepted secret (rotation: add the new one, remove the old one later).
+    pub fn secret(mut self, secret: impl Into<Secret>) -> Result<Self, SignatureConfigError> {
+        if self.shared.scheme.is_unverified() {
+            return Err(SignatureConfigError::InvalidSetting {
+                name: "secret",
+                reason: "verification is disabled on this layer",
+            });
+        }
+        let secret = prepare_secret(self.shared.scheme.provider, secret.into())?;
+        self.update(|s| {
+            s.secrets.push(secret);
+            s.keys = s.scheme.keys(&s.secrets, s.algorithm);
+        });
+        Ok(self)
+    }
+
+    fn update(&mut self, f: impl FnOnce(&mut Shared)) {
+        f(Arc::make_mut(&mut self.shared));
+    }
+
+    /// Largest accepted body in bytes (default [`DEFAULT_MAX_BODY_SIZE`], 25 MiB). Larger
+    /// deliveries get 413: at once when `Content-Length` says so, else when the cap is reached,
+    /// never buffering more.
+    pub fn max_body_size(mut self, bytes: u64) -> Self {
+        self.update(|s| s.max_body = bytes);
+        self
+    }
+
+    /// How far a signed timestamp may be from the clock, either way (default 300 s).
+    pub fn timestamp_tolerance(mut self, tolerance: Duration) -> Self {
+        self.update(|s| s.tolerance = tolerance);
+        self
+    }
+
+    /// Most signatures accepted in one delivery (default and maximum 8; at least 1).
+    pub fn max_signatures(mut self, max: usize) -> Self {
+        self.update(|s| s.max_signatures = max.clamp(1, MAX_SIGNATURES));
+        self
+    }
+
+    /// Reads the time from `clock` instead of the system clock (for tests).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.update(|s| s.clock = clock);
+        self
+    }
+
+    /// Records delivery ids in `store` instead of the default in-memory store.
+    pub fn replay_store(mut self, store: impl ReplayStore) -> Self {
+        let store: Arc<dyn ReplayStore> = Arc::new(store);
+        self.update(|s| s.replay = Some(store));
+        self
+    }
+
+    /// Turns delivery-id deduplication off (signed timestamps are still checked).
+    pub fn without_replay_store(mut self) -> Self {
+        self.update(|s| s.replay = None);
+        self
+    }
+
+    /// How long a delivery id is remembered (default 24 h).
+    pub fn replay_ttl(mut self, ttl: Duration) -> Self {
+        self.update(|s| s.replay_ttl = ttl);
+        self
+    }
+
+    /// When a delivery id is recorded (default [`RecordDelivery::AfterVerification`]).
+    pub fn record_delivery(mut self, when: RecordDelivery) -> Self {
+        self.update(|s| s.record = when);
+        self
+    }
+
+    /// What a replayed delivery gets (default [`OnReplay::Reject`], 409).
+    ///
+    /// # Panics
+    ///
+    /// If [`OnReplay::Acknowledge`] is given a status that is not 2xx.
+    pub fn on_replay(mut self, action: OnReplay) -> Self {
+        if let OnReplay::Acknowledge(status) = action {
+            assert!(
+                status.is_success(),
+                "OnReplay::Acknowledge needs a 2xx status, got {status}"
+            );
+        }
+        self.update(|s| s.on_replay = action);
+        self
+    }
+
+    /// Whether handshakes (Slack `url_verification`) are answered by the layer (default yes).
+    pub fn answer_handshakes(mut self, answer: bool) -> Self {
+        self.update(|s| s.handshakes = answer);
+        self
+    }
+
+    /// The provider this layer verifies.
+    pub fn provider(&self) -> Provider {
+        self.shared.scheme.provider
+    }
+
+    /// Verifies a delivery held in memory: headers, size limit, timestamp and signature, but not
+    /// the replay store. Useful outside tower (a queue consumer) and for fuzzing.
+    ///
+    /// ```
+    /// use http::HeaderMap;
+    /// use tower_webhook::signature::SignatureLayer;
+    ///
+    /// let layer = SignatureLayer::github("It's a Secret to Everybody").unwrap();
+    /// let mut headers = HeaderMap::new();
+    /// headers.insert("x-hub-signature-256",
+    ///     "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17".parse().unwrap());
+    /// assert!(layer.verify(&headers, b"Hello, World!").is_ok());
+    /// assert!(layer.verify(&headers, b"Hello, World?").is_err());
+    /// ```
+    pub fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<VerifiedWebhook, E> {
+        let shared = &*self.shared;
+        if body.len() as u64 > shared.max_body {
+            return Err(E::PayloadTooLarge {
+                limit: shared.max_body,
+            });
+        }
+        let checked = check_headers(shared, headers)?;
+        let verified = shared
+            .scheme
+            .verify_body(&shared.keys, &checked, headers, body)?;
+        Ok(to_verified(shared.scheme.provider, verified).0)
+    }
+}
+
+fn scheme_algorithm(scheme: &CustomScheme) -> Algorithm {
+    // `CustomScheme` keeps its algorithm private; read it through Debug-free accessors.
+    scheme.algorithm_value()
+}
+
+fn prepare_secret(provider: Provider, secret: Secret) -> Result<Secret, SignatureConfigError> {
+    if secret.is_empty() {
+        return Err(SignatureConfigError::EmptySecret);
+    }
+    match provider {
+        Provider::StandardWebhooks => scheme::standard_webhooks_key(&secret),
+        _ => Ok(secret),
+    }
+}
+
+impl fmt::Debug for SignatureLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &*self.shared;
+        f.debug_struct("SignatureLayer")
+            .field("provider", &s.scheme.provider)
+            .field("secrets", &format_args!("{} (redacted)", s.keys.count()))
+            .field("max_body", &s.max_body)
+            .field("tolerance", &s.tolerance)
+            .field("max_signatures", &s.max_signatures)
+            .field("replay_store", &s.replay.is_some())
+            .field("replay_ttl", &s.replay_ttl)
+            .field("record", &s.record)
+            .field("on_replay", &s.on_replay)
+            .field("clock", &s.clock)
+            .finish()
+    }
+}
+
+impl<S> Layer<S> for SignatureLayer {
+    type Service = Signature<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Signature {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Middleware that verifies webhook signatures. See the [module docs](super).
+#[derive(Clone)]
+pub struct Signature<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for Signature<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Signature")
+            .field("inner", &self.inner)
+            .field(
+                "layer",
+                &SignatureLayer {
+                    shared: self.shared.clone(),
+                },
+            )
+            .finish()
+    }
+}
+
+impl<S> Signature<S> {
+    /// Wraps `inner` with the settings of `layer`.
+    pub fn new(inner: S, layer: &SignatureLayer) -> Self {
+        layer.layer(inner)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+fn check_headers(shared: &Shared, headers: &HeaderMap) -> Result<Checked, E> {
+    let limits = Limits {
+        max_signatures: shared.max_signatures,
+        tolerance: shared.tolerance,
+        clock: &shared.clock,
+    };
+    shared.scheme.check_headers(&shared.keys, headers, &limits)
+}
+
+fn to_verified(provider: Provider, v: scheme::Verified) -> (VerifiedWebhook, Option<String>) {
+    (
+        VerifiedWebhook {
+            provider,
+            delivery_id: v.delivery_id,
+            event: v.event,
+            timestamp: v
+                .timestamp
+                .map(|t| SystemTime::UNIX_EPOCH + Duration::from_secs(t)),
+            secret_index: v.secret_index,
+        },
+        v.challenge,
+    )
+}
+
+/// `Content-Length`, if present and well formed.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    let value = headers.get(header::CONTENT_LENGTH)?;
+    std::str::from_utf8(value.as_bytes()).ok()?.parse().ok()
+}
+
+/// Logs a rejection once (no secrets, no body) and turns it into an early answer.
+fn reject(shared: &Shared, err: E, headers: &HeaderMap) -> Early {
+    let provider = shared.scheme.provider.as_str();
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let problem = Problem::from_error(&err);
+    let status = problem.status().as_u16();
+    match &err {
+        E::Replayed(_) => {
+            tracing::info!(provider, status, request_id, reason = %err, "webhook replay refused")
+        }
+        E::ReplayStore(source) => {
+            tracing::error!(provider, status, request_id, reason = %err, error = %source, "webhook rejected")
+        }
+        _ => tracing::warn!(provider, status, request_id, reason = %err, "webhook rejected"),
+    }
+    Early::Problem(problem)
+}
+
+/// An answer the layer gives without the inner service.
+enum Early {
+    Problem(Problem),
+    Challenge(String),
+    Acknowledge(StatusCode),
+}
+
+impl Early {
+    fn into_response<B>(self) -> Response<ResponseBody<B>> {
+        match self {
+            Early::Problem(problem) => {
+                let mut response = problem.to_response::<Bytes>().map(ResponseBody::full);
+                response.extensions_mut().insert(problem);
+                response.extensions_mut().insert(AlreadyLogged);
+                response
+            }
+            Early::Challenge(challenge) => {
+                let mut response = Response::new(ResponseBody::full(Bytes::from(challenge)));
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                response
+            }
+            Early::Acknowledge(status) => {
+                let mut response = Response::new(ResponseBody::empty());
+                *response.status_mut() = status;
+                response
+            }
+        }
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Signature<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    ReqBody: Body + From<Bytes>,
+    ReqBody::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqBody>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let shared = &*self.shared;
+        let (parts, body) = req.into_parts();
+        let early = |err| ResponseFuture {
+            state: State::Early {
+                early: Some(reject(shared, err, &parts.headers)),
+            },
+            shared: self.shared.clone(),
+        };
+        if content_length(&parts.headers).is_some_and(|len| len > shared.max_body) {
+            return early(E::PayloadTooLarge {
+                limit: shared.max_body,
+            });
+        }
+        let checked = match check_headers(shared, &parts.headers) {
+            Ok(checked) => checked,
+            Err(err) => return early(err),
+        };
+        // The instance that was polled ready goes into the future; a clone stays here.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture {
+            state: State::Collect {
+                body,
+                buf: Collected::Empty,
+                parts: Some(parts),
+                checked: Some(checked),
+                inner: Some(inner),
+            },
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The body read so far: one chunk is kept as is, several are copied together.
+enum Collected {
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Collected {
+    fn len(&self) -> usize {
+        match self {
+            Collected::Empty => 0,
+            Collected::One(b) => b.len(),
+            Collected::Many(b) => b.len(),
+        }
+    }
+
+    fn push(&mut self, chunk: Bytes) {
+        if chunk.is_empty() {
+            return;
+        }
+        *self = match std::mem::replace(self, Collected::Empty) {
+            Collected::Empty => Collected::One(chunk),
+            Collected::One(first) => {
+                let mut all = BytesMut::with_capacity(first.len() + chunk.len());
+                all.extend_from_slice(&first);
+                all.extend_from_slice(&chunk);
+                Collected::Many(all)
+            }
+            Collected::Many(mut all) => {
+                all.extend_from_slice(&chunk);
+                Collected::Many(all)
+            }
+        };
+    }
+
+    fn take(&mut self) -> Bytes {
+        match std::mem::replace(self, Collected::Empty) {
+            Collected::Empty => Bytes::new(),
+            Collected::One(b) => b,
+            Collected::Many(b) => b.freeze(),
+        }
+    }
+}
+
+/// Response future of [`Signature`].
+#[pin_project]
+pub struct ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+{
+    #[pin]
+    state: State<S, ReqBody>,
+    shared: Arc<Shared>,
+}
+
+impl<S, ReqBody> fmt::Debug for ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+#[pin_project(project = StateProj)]
+enum State<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+{
+    Early {
+        early: Option<Early>,
+    },
+    Collect {
+        #[pin]
+        body: ReqBody,
+        buf: Collected,
+        parts: Option<http::request::Parts>,
+        checked: Option<Checked>,
+        inner: Option<S>,
+    },
+    Replay {
+        lookup: ReplayFuture,
+        key: Option<String>,
+        req: Option<Request<ReqBody>>,
+        inner: Option<S>,
+    },
+    Inner {
+        #[pin]
+        future: S::Future,
+        claimed: Option<String>,
+    },
+    Release {
+        release: ReplayFuture,
+        result: Option<Result<S::Response, S::Error>>,
+    },
+}
+
+impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ReqBody: Body + From<Bytes>,
+    ReqBody::Error: Into<BoxError>,
+{
+    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let shared = &**this.shared;
+        loop {
+            let next = match this.state.as_mut().project() {
+                StateProj::Early { early } => {
+                    let early = early
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    return Poll::Ready(Ok(early.into_response()));
+                }
+                StateProj::Collect {
+                    mut body,
+                    buf,
+                    parts,
+                    checked,
+                    inner,
+                } => {
+                    let done = loop {
+                        match ready!(body.as_mut().poll_frame(cx)) {
+                            None => break Ok(()),
+                            Some(Err(err)) => break Err(E::Body(err.into())),
+                            Some(Ok(frame)) => {
+                                let Ok(mut data) = frame.into_data() else {
+                                    continue; // trailers are not signed
+                                };
+                                let n = data.remaining();
+                                if (buf.len() as u64).saturating_add(n as u64) > shared.max_body {
+                                    break Err(E::PayloadTooLarge {
+                                        limit: shared.max_body,
+                                    });
+                                }
+                                buf.push(data.copy_to_bytes(n));
+                            }
+                        }
+                    };
+                    let parts = parts
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    if let Err(err) = done {
+                        State::Early {
+                            early: Some(reject(shared, err, &parts.headers)),
+                        }
+                    } else {
+                        let bytes = buf.take();
+                        let checked = checked.take().expect("checked once");
+                        match shared.scheme.verify_body(
+                            &shared.keys,
+                            &checked,
+                            &parts.headers,
+                            &bytes,
+                        ) {
+                            Err(err) => State::Early {
+                                early: Some(reject(shared, err, &parts.headers)),
+                            },
+                            Ok(verified) => {
+                                let (verified, challenge) =
+                                    to_verified(shared.scheme.provider, verified);
+                                let inner = inner.take().expect("inner once");
+                                match (challenge, shared.handshakes) {
+                                    (Some(challenge), true) => State::Early {
+                                        early: Some(Early::Challenge(challenge)),
+                                    },
+                                    _ => {
+                                        let key = match (&shared.replay, verified.delivery_id()) {
+                                            (Some(_), Some(id)) => Some(format!(
+                                                "{}:{}",
+                                                verified.provider().as_str(),
+                                                id
+                                            )),
+                                            _ => None,
+                                        };
+                                        let mut req =
+                                            Request::from_parts(parts, ReqBody::from(bytes));
+                                        req.extensions_mut().insert(verified);
+                                        match (key, &shared.replay) {
+                                            (Some(key), Some(store)) => State::Replay {
+                                                lookup: store.insert(&key, shared.replay_ttl),
+                                                key: Some(key),
+                                                req: Some(req),
+                                                inner: Some(inner),
+                                            },
+                                            _ => call_inner(inner, req, None),
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                StateProj::Replay {
+                    lookup,
+                    key,
+                    req,
+                    inner,
+                } => {
+                    let outcome = ready!(Pin::new(lookup).poll(cx));
+                    let key = key.take().expect("ResponseFuture polled after completion");
+                    let req = req.take().expect("request once");
+                    match outcome {
+                        Ok(true) => {
+                            let claimed =
+                                (shared.record == RecordDelivery::AfterSuccess).then_some(key);
+                            call_inner(inner.take().expect("inner once"), req, claimed)
+                        }
+                        Ok(false) => match shared.on_replay {
+                            OnReplay::Acknowledge(status) => {
+                                tracing::info!(
+                                    provider = shared.scheme.provider.as_str(),
+                                    status = status.as_u16(),
+                                    delivery = key.as_str(),
+                                    "duplicate webhook delivery acknowledged without processing"
+                                );
+                                State::Early {
+                                    early: Some(Early::Acknowledge(status)),
+                                }
+                            }
+                            _ => State::Early {
+                                early: Some(reject(shared, E::Replayed(key), req.headers())),
+                            },
+                        },
+                        Err(err) => State::Early {
+                            early: Some(reject(shared, E::ReplayStore(err), req.headers())),
+                        },
+                    }
+                }
+                StateProj::Inner { future, claimed } => {
+                    let result = ready!(future.poll(cx));
+                    let failed = match &result {
+                        Ok(response) => !response.status().is_success(),
+                        Err(_) => true,
+                    };
+                    match (claimed.take(), &shared.replay) {
+                        (Some(key), Some(store)) if failed => State::Release {
+                            release: store.remove(&key),
+                            result: Some(result),
+                        },
+                        _ => return Poll::Ready(result.map(|r| r.map(ResponseBody::new))),
+                    }
+                }
+                StateProj::Release { release, result } => {
+                    if let Err(err) = ready!(Pin::new(release).poll(cx)) {
+                        tracing::error!(provider = shared.scheme.provider.as_str(), error = %err, "could not release a delivery id after a failed delivery; a redelivery will be treated as a replay until it expires");
+                    }
+                    let result = result
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    return Poll::Ready(result.map(|r| r.map(ResponseBody::new)));
+                }
+            };
+            this.state.set(next);
+        }
+    }
+}
+
+fn call_inner<S, ReqBody>(
+    mut inner: S,
+    req: Request<ReqBody>,
+    claimed: Option<String>,
+) -> State<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+{
+    State::Inner {
+        future: inner.call(req),
+        claimed,
+    }
+}

@@ -1,0 +1,1040 @@
+//! Provider schemes: header parsing and MAC verification, independent of tower.
+
+use std::borrow::Cow;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use hmac::{Hmac, KeyInit, Mac};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use sha2::{Digest, Sha256, Sha512};
+use subtle::{ConditionallySelectable, ConstantTimeEq};
+
+use super::error::{SignatureConfigError, SignatureValidationError as E};
+use super::secret::Secret;
+
+/// The most signatures one delivery may carry, whatever the configuration.
+pub(crate) const MAX_SIGNATURES: usize = 8;
+/// The longest accepted delivery id, in bytes.
+const MAX_ID_LEN: usize = 256;
+/// The largest MAC (SHA-512).
+const MAX_TAG: usize = 64;
+
+/// Base64 with or without padding (Standard Webhooks secrets and signatures, Shopify).
+const B64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Who signed a delivery.
+///
+/// See the [module docs](super) for the scheme of each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Provider {
+    /// GitHub: `X-Hub-Signature-256: sha256=<hex>`.
+    GitHub,
+    /// GitLab: `X-Gitlab-Token: <token>`.
+    GitLab,
+    /// Bitbucket Cloud: `X-Hub-Signature: sha256=<hex>`.
+    BitbucketCloud,
+    /// Bitbucket Data Center / Server: `X-Hub-Signature: sha256=<hex>`.
+    BitbucketDataCenter,
+    /// Gitea: `X-Gitea-Signature: <hex>`.
+    Gitea,
+    /// Forgejo: `X-Forgejo-Signature: <hex>` (or the Gitea header).
+    Forgejo,
+    /// Azure DevOps service hooks: `Authorization: Basic`.
+    AzureDevOps,
+    /// Stripe: `Stripe-Signature: t=<ts>,v1=<hex>`.
+    Stripe,
+    /// Slack: `X-Slack-Signature: v0=<hex>` and `X-Slack-Request-Timestamp`.
+    Slack,
+    /// Shopify: `X-Shopify-Hmac-Sha256: <base64>`.
+    Shopify,
+    /// Standard Webhooks (Svix and others): `webhook-signature: v1,<base64>`.
+    StandardWebhooks,
+    /// A [`CustomScheme`].
+    Custom,
+    /// Verification was switched off with
+    /// [`SignatureLayer::dangerously_skip_verification`](super::SignatureLayer::dangerously_skip_verification).
+    Unverified,
+}
+
+impl Provider {
+    /// A short lowercase name, used in logs and replay-store keys.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Provider::GitHub => "github",
+            Provider::GitLab => "gitlab",
+            Provider::BitbucketCloud => "bitbucket-cloud",
+            Provider::BitbucketDataCenter => "bitbucket-dc",
+            Provider::Gitea => "gitea",
+            Provider::Forgejo => "forgejo",
+            Provider::AzureDevOps => "azure-devops",
+            Provider::Stripe => "stripe",
+            Provider::Slack => "slack",
+            Provider::Shopify => "shopify",
+            Provider::StandardWebhooks => "standard-webhooks",
+            Provider::Custom => "custom",
+            Provider::Unverified => "unverified",
+        }
+    }
+}
+
+impl std::fmt::Display for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The hash function of an HMAC scheme.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Algorithm {
+    /// HMAC-SHA1 (legacy; GitHub's `X-Hub-Signature`).
+    Sha1,
+    /// HMAC-SHA256.
+    Sha256,
+    /// HMAC-SHA512.
+    Sha512,
+}
+
+/// How a MAC is written in a header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Encoding {
+    /// Hexadecimal, either case.
+    Hex,
+    /// Standard base64, padding optional.
+    Base64,
+}
+
+/// A scheme of your own: one header carrying an HMAC of the body.
+///
+/// The header value is `<prefix><encoded MAC>`. With a
+/// [`timestamp_header`](Self::timestamp_header) the signed message is `<timestamp>.<body>`
+/// and the timestamp must lie inside the window; otherwise it is the body.
+///
+/// # Example
+///
+/// GitHub's legacy SHA-1 header:
+///
+/// ```
+/// use tower_webhook::signature::{Algorithm, CustomScheme, Encoding, SignatureLayer};
+///
+/// let scheme = CustomScheme::new("x-hub-signature")
+///     .prefix("sha1=")
+///     .algorithm(Algorithm::Sha1)
+///     .encoding(Encoding::Hex)
+///     .delivery_id_header("x-github-delivery")
+///     .event_header("x-github-event");
+/// let layer = SignatureLayer::custom(scheme, "It's a Secret to Everybody").unwrap();
+/// # let _ = layer;
+/// ```
+#[derive(Clone, Debug)]
+pub struct CustomScheme {
+    header: String,
+    prefix: String,
+    algorithm: Algorithm,
+    encoding: Encoding,
+    timestamp_header: Option<String>,
+    delivery_id_header: Option<String>,
+    event_header: Option<String>,
+}
+
+impl CustomScheme {
+    /// A scheme reading the signature from `header`: HMAC-SHA256, hex, no prefix.
+    pub fn new(header: impl Into<String>) -> Self {
+        Self {
+            header: header.into(),
+            prefix: String::new(),
+            algorithm: Algorithm::Sha256,
+            encoding: Encoding::Hex,
+            timestamp_header: None,
+            delivery_id_header: None,
+            event_header: None,
+        }
+    }
+
+    /// The text before the MAC, e.g. `sha256=` (matched exactly).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The hash function (default SHA-256).
+    pub fn algorithm(mut self, algorithm: Algorithm) -> Self {
+        self.algorithm = algorithm;
+        self
+    }
+
+    /// How the MAC is encoded (default hex).
+    pub fn encoding(mut self, encoding: Encoding) -> Self {
+        self.encoding = encoding;
+        self
+    }
+
+    /// A header with a Unix timestamp in seconds, signed as `<timestamp>.<body>`.
+    pub fn timestamp_header(mut self, header: impl Into<String>) -> Self {
+        self.timestamp_header = Some(header.into());
+        self
+    }
+
+    /// A header naming the delivery, used for replay protection.
+    pub fn delivery_id_header(mut self, header: impl Into<String>) -> Self {
+        self.delivery_id_header = Some(header.into());
+        self
+    }
+
+    /// A header naming the event.
+    pub fn event_header(mut self, header: impl Into<String>) -> Self {
+        self.event_header = Some(header.into());
+        self
+    }
+}
+
+fn header_name(name: &str) -> Result<HeaderName, SignatureConfigError> {
+    HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| SignatureConfigError::InvalidHeaderName(name.to_owned()))
+}
+
+mod names {
+    use http::HeaderName;
+    macro_rules! names {
+        ($($id:ident = $s:literal;)*) => { $(pub(super) static $id: HeaderName = HeaderName::from_static($s);)* };
+    }
+    names! {
+        AUTHORIZATION = "authorization";
+        GITHUB_SIG = "x-hub-signature-256";
+        GITHUB_DELIVERY = "x-github-delivery";
+        GITHUB_EVENT = "x-github-event";
+        GITLAB_TOKEN = "x-gitlab-token";
+        GITLAB_IDEMPOTENCY = "idempotency-key";
+        GITLAB_UUID = "x-gitlab-event-uuid";
+        GITLAB_EVENT = "x-gitlab-event";
+        HUB_SIG = "x-hub-signature";
+        BB_UUID = "x-request-uuid";
+        BB_REQUEST_ID = "x-request-id";
+        BB_EVENT = "x-event-key";
+        GITEA_SIG = "x-gitea-signature";
+        GITEA_DELIVERY = "x-gitea-delivery";
+        GITEA_EVENT = "x-gitea-event";
+        FORGEJO_SIG = "x-forgejo-signature";
+        FORGEJO_DELIVERY = "x-forgejo-delivery";
+        FORGEJO_EVENT = "x-forgejo-event";
+        STRIPE_SIG = "stripe-signature";
+        SLACK_SIG = "x-slack-signature";
+        SLACK_TS = "x-slack-request-timestamp";
+        SHOPIFY_SIG = "x-shopify-hmac-sha256";
+        SHOPIFY_ID = "x-shopify-webhook-id";
+        SHOPIFY_TOPIC = "x-shopify-topic";
+        WH_ID = "webhook-id";
+        WH_TS = "webhook-timestamp";
+        WH_SIG = "webhook-signature";
+        SVIX_ID = "svix-id";
+        SVIX_TS = "svix-timestamp";
+        SVIX_SIG = "svix-signature";
+    }
+}
+
+/// Prepared keys: HMAC states keyed once at construction, or token digests.
+#[derive(Clone)]
+pub(crate) enum Keys {
+    Sha1(Vec<Hmac<sha1::Sha1>>),
+    Sha256(Vec<Hmac<Sha256>>),
+    Sha512(Vec<Hmac<Sha512>>),
+    /// SHA-256 digests of plain tokens (GitLab) or `user:password` (Azure DevOps).
+    Token(Vec<[u8; 32]>),
+    None,
+}
+
+impl Keys {
+    fn hmac(algorithm: Algorithm, secrets: &[Secret]) -> Self {
+        fn prep<M: KeyInit>(secrets: &[Secret]) -> Vec<M> {
+            secrets
+                .iter()
+                .map(|s| M::new_from_slice(s.expose()).expect("HMAC takes keys of any length"))
+                .collect()
+        }
+        match algorithm {
+            Algorithm::Sha1 => Keys::Sha1(prep(secrets)),
+            Algorithm::Sha256 => Keys::Sha256(prep(secrets)),
+            Algorithm::Sha512 => Keys::Sha512(prep(secrets)),
+        }
+    }
+
+    fn tokens(secrets: &[Secret]) -> Self {
+        Keys::Token(
+            secrets
+                .iter()
+                .map(|s| Sha256::digest(s.expose()).into())
+                .collect(),
+        )
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        match self {
+            Keys::Sha1(k) => k.len(),
+            Keys::Sha256(k) => k.len(),
+            Keys::Sha512(k) => k.len(),
+            Keys::Token(k) => k.len(),
+            Keys::None => 0,
+        }
+    }
+
+    fn tag_len(&self) -> usize {
+        match self {
+            Keys::Sha1(_) => 20,
+            Keys::Sha256(_) => 32,
+            Keys::Sha512(_) => 64,
+            Keys::Token(_) | Keys::None => 0,
+        }
+    }
+}
+
+/// Where the signature is and what is signed.
+#[derive(Clone, Debug)]
+enum Kind {
+    /// `header: <prefix><enc(H(message))>`, message = body (or `<ts>.<body>` with a timestamp).
+    Body {
+        headers: Vec<HeaderName>,
+        prefix: Cow<'static, str>,
+        encoding: Encoding,
+        timestamp: Option<HeaderName>,
+        /// Gitea/Forgejo: for form deliveries the decoded `payload` field is signed.
+        form_payload: bool,
+    },
+    Stripe,
+    Slack,
+    StandardWebhooks,
+    Token(HeaderName),
+    Basic,
+    Unverified,
+}
+
+/// Where the delivery id and event name come from.
+#[derive(Clone, Debug)]
+enum Field {
+    Headers(Vec<HeaderName>),
+    /// A top-level string field of a JSON body.
+    Json(&'static str),
+    None,
+}
+
+/// A provider's complete scheme.
+#[derive(Clone, Debug)]
+pub(crate) struct Scheme {
+    pub(crate) provider: Provider,
+    kind: Kind,
+    delivery_id: Field,
+    event: Field,
+}
+
+fn hs(list: &[&'static HeaderName]) -> Vec<HeaderName> {
+    list.iter().map(|h| (*h).clone()).collect()
+}
+
+impl Scheme {
+    fn body(
+        provider: Provider,
+        sig: &[&'static HeaderName],
+        prefix: &'static str,
+        encoding: Encoding,
+    ) -> Kind {
+        let _ = provider;
+        Kind::Body {
+            headers: hs(sig),
+            prefix: Cow::Borrowed(prefix),
+            encoding,
+            timestamp: None,
+            form_payload: false,
+        }
+    }
+
+    pub(crate) fn builtin(provider: Provider) -> Self {
+        use names::*;
+        let (kind, delivery_id, event) = match provider {
+            Provider::GitHub => (
+                Self::body(provider, &[&GITHUB_SIG], "sha256=", Encoding::Hex),
+                Field::Headers(hs(&[&GITHUB_DELIVERY])),
+                Field::Headers(hs(&[&GITHUB_EVENT])),
+            ),
+            Provider::GitLab => (
+                Kind::Token(GITLAB_TOKEN.clone()),
+                Field::Headers(hs(&[&GITLAB_IDEMPOTENCY, &GITLAB_UUID])),
+                Field::Headers(hs(&[&GITLAB_EVENT])),
+            ),
+            Provider::BitbucketCloud => (
+                Self::body(provider, &[&HUB_SIG], "sha256=", Encoding::Hex),
+                Field::Headers(hs(&[&BB_UUID])),
+                Field::Headers(hs(&[&BB_EVENT])),
+            ),
+            Provider::BitbucketDataCenter => (
+                Self::body(provider, &[&HUB_SIG], "sha256=", Encoding::Hex),
+                Field::Headers(hs(&[&BB_REQUEST_ID])),
+                Field::Headers(hs(&[&BB_EVENT])),
+            ),
+            Provider::Gitea | Provider::Forgejo => {
+                let forgejo = provider == Provider::Forgejo;
+                let (sig, id, ev) = if forgejo {
+                    (
+                        hs(&[&FORGEJO_SIG, &GITEA_SIG]),
+                        hs(&[&FORGEJO_DELIVERY, &GITEA_DELIVERY]),
+                        hs(&[&FORGEJO_EVENT, &GITEA_EVENT]),
+                    )
+                } else {
+                    (
+                        hs(&[&GITEA_SIG]),
+                        hs(&[&GITEA_DELIVERY]),
+                        hs(&[&GITEA_EVENT]),
+                    )
+                };
+                (
+                    Kind::Body {
+                        headers: sig,
+                        prefix: Cow::Borrowed(""),
+                        encoding: Encoding::Hex,
+                        timestamp: None,
+                        form_payload: true,
+                    },
+                    Field::Headers(id),
+                    Field::Headers(ev),
+                )
+            }
+            Provider::AzureDevOps => (Kind::Basic, Field::Json("id"), Field::Json("eventType")),
+            Provider::Stripe => (Kind::Stripe, Field::Json("id"), Field::Json("type")),
+            Provider::Slack => (Kind::Slack, Field::Json("event_id"), Field::Json("type")),
+            Provider::Shopify => (
+                Self::body(provider, &[&SHOPIFY_SIG], "", Encoding::Base64),
+                Field::Headers(hs(&[&SHOPIFY_ID])),
+                Field::Headers(hs(&[&SHOPIFY_TOPIC])),
+            ),
+            Provider::StandardWebhooks => (
+                Kind::StandardWebhooks,
+                Field::Headers(hs(&[&WH_ID, &SVIX_ID])),
+                Field::Json("type"),
+            ),
+            Provider::Custom | Provider::Unverified => (Kind::Unverified, Field::None, Field::None),
+        };
+        Self {
+            provider,
+            kind,
+            delivery_id,
+            event,
+        }
+    }
+
+    pub(crate) fn custom(custom: &CustomScheme) -> Result<Self, SignatureConfigError> {
+        Ok(Self {
+            provider: Provider::Custom,
+            kind: Kind::Body {
+                headers: vec![header_name(&custom.header)?],
+                prefix: Cow::Owned(custom.prefix.clone()),
+                encoding: custom.encoding,
+                timestamp: custom
+                    .timestamp_header
+                    .as_deref()
+                    .map(header_name)
+                    .transpose()?,
+                form_payload: false,
+            },
+            delivery_id: match &custom.delivery_id_header {
+                Some(h) => Field::Headers(vec![header_name(h)?]),
+                None => Field::None,
+            },
+            event: match &custom.event_header {
+                Some(h) => Field::Headers(vec![header_name(h)?]),
+                None => Field::None,
+            },
+        })
+    }
+
+    /// Prepares the keys this scheme needs.
+    pub(crate) fn keys(&self, secrets: &[Secret], algorithm: Algorithm) -> Keys {
+        match self.kind {
+            Kind::Token(_) | Kind::Basic => Keys::tokens(secrets),
+            Kind::Unverified => Keys::None,
+            _ => Keys::hmac(algorithm, secrets),
+        }
+    }
+
+    /// Whether the signed message has a timestamp that must be inside the window.
+    pub(crate) fn is_unverified(&self) -> bool {
+        matches!(self.kind, Kind::Unverified)
+    }
+
+    pub(crate) fn needs_json(&self) -> bool {
+        matches!(self.delivery_id, Field::Json(_)) || matches!(self.event, Field::Json(_))
+    }
+
+    pub(crate) fn is_slack(&self) -> bool {
+        matches!(self.kind, Kind::Slack)
+    }
+}
+
+/// One decoded signature.
+#[derive(Clone, Copy)]
+struct Sig {
+    len: u8,
+    bytes: [u8; MAX_TAG],
+}
+
+/// Decoded candidate signatures: the first inline (the common case, no allocation), the rest
+/// (Stripe `v1` lists, Standard Webhooks lists) on the heap.
+#[derive(Clone)]
+pub(crate) struct Candidates {
+    first: Option<Sig>,
+    rest: Vec<Sig>,
+}
+
+impl Candidates {
+    fn new() -> Self {
+        Self {
+            first: None,
+            rest: Vec::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.first
+            .iter()
+            .chain(self.rest.iter())
+            .map(|s| &s.bytes[..usize::from(s.len)])
+    }
+
+    /// Adds a decoded signature; a value that is not valid in its encoding or longer than
+    /// any MAC is refused.
+    fn push(
+        &mut self,
+        encoded: &[u8],
+        encoding: Encoding,
+        cap: usize,
+        header: &HeaderName,
+    ) -> Result<(), E> {
+        if self.len() >= cap {
+            return Err(E::TooManySignatures(cap));
+        }
+        let mut sig = Sig {
+            len: 0,
+            bytes: [0; MAX_TAG],
+        };
+        let n = match encoding {
+            Encoding::Hex => {
+                if !encoded.len().is_multiple_of(2) || encoded.len() > 2 * MAX_TAG {
+                    return Err(E::MalformedHeader(header.clone()));
+                }
+                let n = encoded.len() / 2;
+                hex::decode_to_slice(encoded, &mut sig.bytes[..n])
+                    .map_err(|_| E::MalformedHeader(header.clone()))?;
+                n
+            }
+            Encoding::Base64 => {
+                if encoded.len() > 4 * MAX_TAG.div_ceil(3) {
+                    return Err(E::MalformedHeader(header.clone()));
+                }
+                B64.decode_slice(encoded, &mut sig.bytes[..])
+                    .map_err(|_| E::MalformedHeader(header.clone()))?
+            }
+        };
+        sig.len = n as u8;
+        if self.first.is_none() {
+            self.first = Some(sig);
+        } else {
+            self.rest.push(sig);
+        }
+        Ok(())
+    }
+}
+
+/// What the headers said, checked before the body is read.
+pub(crate) struct Checked {
+    sigs: Candidates,
+    /// Bytes signed before the body (`<ts>.`, `v0:<ts>:`, `<id>.<ts>.`).
+    prefix: Vec<u8>,
+    pub(crate) timestamp: Option<u64>,
+    /// For token schemes the match is decided from headers alone.
+    token_match: Option<usize>,
+}
+
+/// The result of a successful verification, before it becomes a `VerifiedWebhook`.
+pub(crate) struct Verified {
+    pub(crate) secret_index: Option<usize>,
+    pub(crate) timestamp: Option<u64>,
+    pub(crate) delivery_id: Option<String>,
+    pub(crate) event: Option<String>,
+    /// Slack `url_verification` challenge to answer.
+    pub(crate) challenge: Option<String>,
+}
+
+/// The one value of a header that must appear at most once.
+fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a HeaderValue>, E> {
+    let mut all = headers.get_all(name).iter();
+    let first = all.next();
+    if all.next().is_some() {
+        return Err(E::DuplicateHeader(name.clone()));
+    }
+    Ok(first)
+}
+
+/// The first of `names` present (at most once).
+fn first_of<'a>(
+    headers: &'a HeaderMap,
+    names: &'a [HeaderName],
+) -> Result<Option<(&'a HeaderName, &'a HeaderValue)>, E> {
+    for name in names {
+        if let Some(v) = single(headers, name)? {
+            return Ok(Some((name, v)));
+        }
+    }
+    Ok(None)
+}
+
+fn required<'a>(
+    headers: &'a HeaderMap,
+    names: &'a [HeaderName],
+) -> Result<(&'a HeaderName, &'a HeaderValue), E> {
+    first_of(headers, names)?.ok_or_else(|| E::MissingHeader(names[0].clone()))
+}
+
+/// Strict Unix seconds: ASCII digits only, at most 19 of them (fits `u64` without overflow
+/// checks failing), no sign, no spaces.
+pub(crate) fn parse_timestamp(value: &[u8], header: &HeaderName) -> Result<u64, E> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return Err(E::MalformedHeader(header.clone()));
+    }
+    value.iter().try_fold(0u64, |acc, d| {
+        acc.checked_mul(10)
+            .and_then(|acc| acc.checked_add(u64::from(d - b'0')))
+            .ok_or_else(|| E::MalformedHeader(header.clone()))
+    })
+}
+
+/// Checks `timestamp` against `now` with overflow-free arithmetic.
+pub(crate) fn check_window(timestamp: u64, now: SystemTime, tolerance: Duration) -> Result<(), E> {
+    let now = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    if now.abs_diff(timestamp) > tolerance.as_secs() {
+        return Err(E::TimestampOutOfWindow {
+            timestamp,
+            now,
+            tolerance,
+        });
+    }
+    Ok(())
+}
+
+/// Settings the header check needs.
+pub(crate) struct Limits<'a> {
+    pub(crate) max_signatures: usize,
+    pub(crate) tolerance: Duration,
+    pub(crate) clock: &'a super::clock::Clock,
+}
+
+impl Scheme {
+    /// Everything that can be decided from headers alone.
+    pub(crate) fn check_headers(
+        &self,
+        keys: &Keys,
+        headers: &HeaderMap,
+        limits: &Limits<'_>,
+    ) -> Result<Checked, E> {
+        let mut checked = Checked {
+            sigs: Candidates::new(),
+            prefix: Vec::new(),
+            timestamp: None,
+            token_match: None,
+        };
+        let cap = limits.max_signatures;
+        match &self.kind {
+            Kind::Unverified => {}
+            Kind::Body {
+                headers: names,
+                prefix,
+                encoding,
+                timestamp,
+                ..
+            } => {
+                let (name, value) = required(headers, names)?;
+                let rest = value
+                    .as_bytes()
+                    .strip_prefix(prefix.as_bytes())
+                    .ok_or_else(|| E::MalformedHeader(name.clone()))?;
+                checked.sigs.push(rest, *encoding, cap, name)?;
+                if let Some(ts_name) = timestamp {
+                    let ts = single(headers, ts_name)?
+                        .ok_or_else(|| E::MissingHeader(ts_name.clone()))?;
+                    let t = parse_timestamp(ts.as_bytes(), ts_name)?;
+                    check_window(t, limits.clock.now(), limits.tolerance)?;
+                    checked.timestamp = Some(t);
+                    checked.prefix.extend_from_slice(ts.as_bytes());
+                    checked.prefix.push(b'.');
+                }
+            }
+            Kind::Stripe => {
+                let name = &names::STRIPE_SIG;
+                let value = single(headers, name)?.ok_or_else(|| E::MissingHeader(name.clone()))?;
+                let mut ts: Option<&[u8]> = None;
+                for item in value.as_bytes().split(|b| *b == b',') {
+                    let item = item.trim_ascii();
+                    let eq = item
+                        .iter()
+                        .position(|b| *b == b'=')
+                        .ok_or_else(|| E::MalformedHeader(name.clone()))?;
+                    let (key, val) = (&item[..eq], &item[eq + 1..]);
+                    match key {
+                        b"t" if ts.replace(val).is_some() => {
+                            return Err(E::MalformedHeader(name.clone()));
+                        }
+                        b"t" => {}
+                        b"v1" => {
+                            // Stripe's MAC is always 32 bytes; anything else cannot match.
+                            if val.len() != 64 {
+                                return Err(E::MalformedHeader(name.clone()));
+                            }
+                            checked.sigs.push(val, Encoding::Hex, cap, name)?;
+                        }
+                        // Other schemes (`v0` test signatures, future ones) are ignored.
+                        _ => {}
+                    }
+                }
+                let ts = ts.ok_or_else(|| E::MalformedHeader(name.clone()))?;
+                if checked.sigs.len() == 0 {
+                    return Err(E::MalformedHeader(name.clone()));
+                }
+                let t = parse_timestamp(ts, name)?;
+                check_window(t, limits.clock.now(), limits.tolerance)?;
+                checked.timestamp = Some(t);
+                checked.prefix.extend_from_slice(ts);
+                checked.prefix.push(b'.');
+            }
+            Kind::Slack => {
+                let name = &names::SLACK_SIG;
+                let value = single(headers, name)?.ok_or_else(|| E::MissingHeader(name.clone()))?;
+                let hex = value
+                    .as_bytes()
+                    .strip_prefix(b"v0=")
+                    .ok_or_else(|| E::MalformedHeader(name.clone()))?;
+                if hex.len() != 64 {
+                    return Err(E::MalformedHeader(name.clone()));
+                }
+                checked.sigs.push(hex, Encoding::Hex, cap, name)?;
+                let ts_name = &names::SLACK_TS;
+                let ts =
+                    single(headers, ts_name)?.ok_or_else(|| E::MissingHeader(ts_name.clone()))?;
+                let t = parse_timestamp(ts.as_bytes(), ts_name)?;
+                check_window(t, limits.clock.now(), limits.tolerance)?;
+                checked.timestamp = Some(t);
+                checked.prefix.extend_from_slice(b"v0:");
+                checked.prefix.extend_from_slice(ts.as_bytes());
+                checked.prefix.push(b':');
+            }
+            Kind::StandardWebhooks => {
+                // `webhook-*` headers, or the `svix-*` names, never a mix.
+                let svix = headers.get(&names::WH_SIG).is_none()
+                    && headers.get(&names::SVIX_SIG).is_some();
+                let (sig_name, id_name, ts_name) = if svix {
+                    (&names::SVIX_SIG, &names::SVIX_ID, &names::SVIX_TS)
+                } else {
+                    (&names::WH_SIG, &names::WH_ID, &names::WH_TS)
+                };
+                let sig =
+                    single(headers, sig_name)?.ok_or_else(|| E::MissingHeader(sig_name.clone()))?;
+                let id =
+                    single(headers, id_name)?.ok_or_else(|| E::MissingHeader(id_name.clone()))?;
+                let ts =
+                    single(headers, ts_name)?.ok_or_else(|| E::MissingHeader(ts_name.clone()))?;
+                if id.is_empty() || id.len() > MAX_ID_LEN {
+                    return Err(E::MalformedHeader(id_name.clone()));
+                }
+                let t = parse_timestamp(ts.as_bytes(), ts_name)?;
+                let mut seen = 0usize;
+                for item in sig
+                    .as_bytes()
+                    .split(|b| *b == b' ')
+                    .filter(|i| !i.is_empty())
+                {
+                    seen += 1;
+                    if seen > cap {
+                        return Err(E::TooManySignatures(cap));
+                    }
+                    let comma = item
+                        .iter()
+                        .position(|b| *b == b',')
+                        .ok_or_else(|| E::MalformedHeader(sig_name.clone()))?;
+                    let (version, val) = (&item[..comma], &item[comma + 1..]);
+                    if version == b"v1" {
+                        checked.sigs.push(val, Encoding::Base64, cap, sig_name)?;
+                    }
+                }
+                if checked.sigs.len() == 0 {
+                    return Err(E::MalformedHeader(sig_name.clone()));
+                }
+                check_window(t, limits.clock.now(), limits.tolerance)?;
+                checked.timestamp = Some(t);
+                checked.prefix.extend_from_slice(id.as_bytes());
+                checked.prefix.push(b'.');
+                checked.prefix.extend_from_slice(ts.as_bytes());
+                checked.prefix.push(b'.');
+            }
+            Kind::Token(name) => {
+                let value = single(headers, name)?.ok_or_else(|| E::MissingHeader(name.clone()))?;
+                checked.token_match = Some(match_token(keys, value.as_bytes())?);
+            }
+            Kind::Basic => {
+                let name = &names::AUTHORIZATION;
+                let value = single(headers, name)?.ok_or_else(|| E::MissingHeader(name.clone()))?;
+                let b = value.as_bytes();
+                let encoded = b
+                    .get(..6)
+                    .filter(|p| p.eq_ignore_ascii_case(b"basic "))
+                    .map(|_| b[6..].trim_ascii())
+                    .ok_or_else(|| E::MalformedHeader(name.clone()))?;
+                if encoded.len() > 4096 {
+                    return Err(E::MalformedHeader(name.clone()));
+                }
+                let decoded = zeroize::Zeroizing::new(
+                    B64.decode(encoded)
+                        .map_err(|_| E::MalformedHeader(name.clone()))?,
+                );
+                checked.token_match = Some(match_token(keys, &decoded)?);
+            }
+        }
+        Ok(checked)
+    }
+
+    /// Verifies the MAC over `body` and extracts the delivery's metadata.
+    pub(crate) fn verify_body(
+        &self,
+        keys: &Keys,
+        checked: &Checked,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Verified, E> {
+        let secret_index = match (&self.kind, checked.token_match) {
+            (Kind::Unverified, _) => None,
+            (_, Some(index)) => Some(index),
+            (
+                Kind::Body {
+                    form_payload: true, ..
+                },
+                None,
+            ) if is_form(headers) => {
+                // Gitea/Forgejo sign the JSON payload, which a form delivery carries URL-encoded.
+                let payload = form_payload(body).ok_or(E::Mismatch)?;
+                Some(match_mac(keys, &checked.sigs, &[], &payload)?)
+            }
+            (_, None) => Some(match_mac(keys, &checked.sigs, &checked.prefix, body)?),
+        };
+        let mut verified = Verified {
+            secret_index,
+            timestamp: checked.timestamp,
+            delivery_id: None,
+            event: None,
+            challenge: None,
+        };
+        let json = if self.needs_json() && looks_like_json(body) {
+            serde_json::from_slice::<Meta<'_>>(body).ok()
+        } else {
+            None
+        };
+        verified.delivery_id = match &self.delivery_id {
+            Field::Headers(names) => match first_of(headers, names)
+                .map_err(|_| E::MalformedDelivery("duplicated delivery id header"))?
+            {
+                Some((_, v)) => Some(delivery_id(v.as_bytes())?),
+                None => None,
+            },
+            Field::Json(_) => json
+                .as_ref()
+                .and_then(|m| m.id.as_deref().or(m.event_id.as_deref()))
+                .map(|s| delivery_id(s.as_bytes()))
+                .transpose()?,
+            Field::None => None,
+        };
+        verified.event = match &self.event {
+            Field::Headers(names) => first_of(headers, names)
+                .ok()
+                .flatten()
+                .and_then(|(_, v)| v.to_str().ok())
+                .map(str::to_owned),
+            Field::Json("eventType") => json
+                .as_ref()
+                .and_then(|m| m.event_type.as_deref())
+                .map(str::to_owned),
+            Field::Json(_) => json
+                .as_ref()
+                .and_then(|m| m.ty.as_deref())
+                .map(str::to_owned),
+            Field::None => None,
+        };
+        if matches!(self.kind, Kind::Stripe | Kind::Basic) && verified.delivery_id.is_none() {
+            return Err(E::MalformedDelivery(
+                "body is not a JSON event with an `id`",
+            ));
+        }
+        if let Some(m) = json
+            .as_ref()
+            .filter(|m| self.is_slack() && m.ty.as_deref() == Some("url_verification"))
+        {
+            verified.challenge = Some(
+                m.challenge
+                    .as_deref()
+                    .filter(|c| !c.is_empty() && c.len() <= 1024)
+                    .ok_or(E::MalformedDelivery("url_verification without a challenge"))?
+                    .to_owned(),
+            );
+        }
+        Ok(verified)
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Meta<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    event_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "type")]
+    ty: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "eventType")]
+    event_type: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    challenge: Option<Cow<'a, str>>,
+}
+
+fn looks_like_json(body: &[u8]) -> bool {
+    body.trim_ascii_start().first() == Some(&b'{')
+}
+
+fn delivery_id(bytes: &[u8]) -> Result<String, E> {
+    if bytes.is_empty() || bytes.len() > MAX_ID_LEN || !bytes.iter().all(|b| b.is_ascii_graphic()) {
+        return Err(E::MalformedDelivery(
+            "delivery id is empty, too long or not visible ASCII",
+        ));
+    }
+    // Visible ASCII is valid UTF-8.
+    Ok(String::from_utf8_lossy(bytes).into_owned())
+}
+
+fn is_form(headers: &HeaderMap) -> bool {
+    headers.get(http::header::CONTENT_TYPE).is_some_and(|ct| {
+        ct.as_bytes()
+            .starts_with(b"application/x-www-form-urlencoded")
+    })
+}
+
+/// The decoded JSON of a Gitea/Forgejo form delivery, which is exactly `payload=<urlencoded>`.
+///
+/// Anything else (other fields, a second `payload`) is refused: those bytes would reach the
+/// handler's form extractor without being covered by the signature.
+pub(crate) fn form_payload(body: &[u8]) -> Option<Vec<u8>> {
+    let raw = body.strip_prefix(b"payload=")?;
+    if raw.contains(&b'&') {
+        return None;
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = raw.get(i + 1..i + 3)?;
+                let mut byte = [0u8];
+                hex::decode_to_slice(hex, &mut byte).ok()?;
+                out.push(byte[0]);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Some(out)
+}
+
+/// Compares a presented token with every configured one, in constant time, no early exit.
+fn match_token(keys: &Keys, presented: &[u8]) -> Result<usize, E> {
+    let Keys::Token(digests) = keys else {
+        return Err(E::Mismatch);
+    };
+    let presented: [u8; 32] = Sha256::digest(presented).into();
+    let mut found = subtle::Choice::from(0);
+    let mut index = 0u32;
+    for (i, digest) in digests.iter().enumerate() {
+        let eq = digest.ct_eq(&presented);
+        index.conditional_assign(&(i as u32), eq & !found);
+        found |= eq;
+    }
+    if bool::from(found) {
+        Ok(index as usize)
+    } else {
+        Err(E::Mismatch)
+    }
+}
+
+/// Computes the MAC once per secret and compares it with every candidate in constant time.
+fn match_mac(keys: &Keys, sigs: &Candidates, prefix: &[u8], body: &[u8]) -> Result<usize, E> {
+    fn run<M: Mac + Clone>(
+        keys: &[M],
+        sigs: &Candidates,
+        tag_len: usize,
+        prefix: &[u8],
+        body: &[u8],
+    ) -> Result<usize, E> {
+        let mut found = subtle::Choice::from(0);
+        let mut index = 0u32;
+        for (i, key) in keys.iter().enumerate() {
+            let mut mac = key.clone();
+            mac.update(prefix);
+            mac.update(body);
+            let tag = mac.finalize().into_bytes();
+            for sig in sigs.iter() {
+                // Lengths are public: a signature of the wrong length never matches.
+                if sig.len() != tag_len {
+                    continue;
+                }
+                let eq = tag.as_slice().ct_eq(sig);
+                index.conditional_assign(&(i as u32), eq & !found);
+                found |= eq;
+            }
+        }
+        if bool::from(found) {
+            Ok(index as usize)
+        } else {
+            Err(E::Mismatch)
+        }
+    }
+    let tag_len = keys.tag_len();
+    match keys {
+        Keys::Sha1(k) => run(k, sigs, tag_len, prefix, body),
+        Keys::Sha256(k) => run(k, sigs, tag_len, prefix, body),
+        Keys::Sha512(k) => run(k, sigs, tag_len, prefix, body),
+        Keys::Token(_) | Keys::None => Err(E::Mismatch),
+    }
+}
+
+/// Decodes a Standard Webhooks secret: `whsec_` + base64 (padding optional).
+pub(crate) fn standard_webhooks_key(secret: &Secret) -> Result<Secret, SignatureConfigError> {
+    let raw = secret.expose();
+    let b64 = raw.strip_prefix(b"whsec_").unwrap_or(raw);
+    let key = B64
+        .decode(b64)
+        .map_err(|_| SignatureConfigError::InvalidStandardWebhooksSecret)?;
+    if key.is_empty() {
+        return Err(SignatureConfigError::EmptySecret);
+    }
+    Ok(Secret::from_vec(key))
+}
+
+impl CustomScheme {
+    pub(crate) fn algorithm_value(&self) -> Algorithm {
+        self.algorithm
+    }
+}

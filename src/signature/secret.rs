@@ -1,0 +1,177 @@
+//! Secrets: redacted in `Debug`, zeroized on drop, never empty.
+
+use std::fmt;
+
+use zeroize::Zeroizing;
+
+use super::error::SignatureConfigError;
+
+/// One webhook secret (or token, or credential).
+///
+/// Its bytes are wiped from memory when it is dropped and never printed: `Debug` shows
+/// `Secret(<redacted>)`. Build one from a `&str`, `String`, `&[u8]` or `Vec<u8>`; an owned
+/// `String` or `Vec<u8>` is moved in, so no copy is left behind. Emptiness is checked when the
+/// secret is given to a [`SignatureLayer`](super::SignatureLayer) constructor, which fails
+/// instead of accepting every request.
+///
+/// # Example
+///
+/// ```
+/// use tower_webhook::signature::Secret;
+///
+/// let secret = Secret::from("It's a Secret to Everybody");
+/// assert_eq!(format!("{secret:?}"), "Secret(<redacted>)");
+/// assert_eq!(secret.len(), 26);
+/// ```
+#[derive(Clone)]
+pub struct Secret(Zeroizing<Vec<u8>>);
+
+impl Secret {
+    /// The secret's length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the secret is empty (an empty secret is refused by every constructor).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub(crate) fn expose(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub(crate) fn from_vec(bytes: Vec<u8>) -> Self {
+        Self(Zeroizing::new(bytes))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Self::from_vec(value.as_bytes().to_vec())
+    }
+}
+
+impl From<&String> for Secret {
+    fn from(value: &String) -> Self {
+        Self::from(value.as_str())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self::from_vec(value.into_bytes())
+    }
+}
+
+impl From<&[u8]> for Secret {
+    fn from(value: &[u8]) -> Self {
+        Self::from_vec(value.to_vec())
+    }
+}
+
+impl<const N: usize> From<&[u8; N]> for Secret {
+    fn from(value: &[u8; N]) -> Self {
+        Self::from_vec(value.to_vec())
+    }
+}
+
+impl From<Vec<u8>> for Secret {
+    fn from(value: Vec<u8>) -> Self {
+        Self::from_vec(value)
+    }
+}
+
+/// Several secrets accepted at once, for rotation: a delivery signed with any of them passes.
+///
+/// # Example
+///
+/// ```
+/// use tower_webhook::signature::{Secrets, SignatureLayer};
+///
+/// // In production: Secrets::from_env_list("WEBHOOK_SECRETS")? with WEBHOOK_SECRETS="new,old".
+/// let secrets = Secrets::from_list("new-secret, old-secret").unwrap();
+/// assert_eq!(secrets.len(), 2);
+/// let layer = SignatureLayer::github_with_secrets(secrets).unwrap();
+/// # let _ = layer;
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Secrets(Vec<Secret>);
+
+impl Secrets {
+    /// No secrets yet.
+    pub fn new() -> Self {
+        Self(Vec::new())
+    }
+
+    /// Adds a secret.
+    pub fn with(mut self, secret: impl Into<Secret>) -> Self {
+        self.0.push(secret.into());
+        self
+    }
+
+    /// Splits a comma-separated list (surrounding spaces trimmed), refusing empty items.
+    pub fn from_list(list: &str) -> Result<Self, SignatureConfigError> {
+        let mut secrets = Self::new();
+        for item in list.split(',') {
+            let item = item.trim();
+            if item.is_empty() {
+                return Err(SignatureConfigError::EmptySecret);
+            }
+            secrets.0.push(Secret::from(item));
+        }
+        Ok(secrets)
+    }
+
+    /// Reads the environment variable `name` and splits it with [`Secrets::from_list`].
+    ///
+    /// A missing, non-UTF-8 or empty variable is an error naming the variable: a webhook
+    /// endpoint never starts without a secret.
+    pub fn from_env_list(name: &str) -> Result<Self, SignatureConfigError> {
+        let value = Zeroizing::new(
+            std::env::var(name).map_err(|_| SignatureConfigError::MissingEnv(name.to_owned()))?,
+        );
+        if value.trim().is_empty() {
+            return Err(SignatureConfigError::MissingEnv(name.to_owned()));
+        }
+        Self::from_list(&value)
+    }
+
+    /// How many secrets there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub(crate) fn into_vec(self) -> Vec<Secret> {
+        self.0
+    }
+}
+
+impl<T: Into<Secret>> FromIterator<T> for Secrets {
+    fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
+        Self(iter.into_iter().map(Into::into).collect())
+    }
+}
+
+impl<T: Into<Secret>, const N: usize> From<[T; N]> for Secrets {
+    fn from(value: [T; N]) -> Self {
+        value.into_iter().collect()
+    }
+}
+
+impl<T: Into<Secret>> From<Vec<T>> for Secrets {
+    fn from(value: Vec<T>) -> Self {
+        value.into_iter().collect()
+    }
+}

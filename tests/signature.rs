@@ -1,0 +1,1926 @@
+//! SignatureLayer through its public API: official vectors, every provider, and bad input.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
+use hmac::{Hmac, KeyInit, Mac};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, Full};
+use sha2::Sha256;
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_webhook::error::{HttpError, Problem, WebhookErrorLayer, types};
+use tower_webhook::signature::{
+    Algorithm, Clock, CustomScheme, Encoding, MemoryReplayStore, OnReplay, Provider,
+    RecordDelivery, ReplayStore, Secrets, SignatureConfigError, SignatureLayer,
+    SignatureValidationError, VerifiedWebhook,
+};
+
+const GH_SECRET: &str = "It's a Secret to Everybody";
+const GH_BODY: &[u8] = b"Hello, World!";
+const GH_SIG: &str = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+
+const SW_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const SW_ID: &str = "msg_p5jXN8AQM9LWM0D4loKWxJek";
+const SW_TS: u64 = 1_614_265_330;
+const SW_BODY: &[u8] = br#"{"test": 2432232314}"#;
+const SW_SIG: &str = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+
+// Slack's documented example ("Verifying requests from Slack").
+const SLACK_SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
+const SLACK_TS: u64 = 1_531_420_618;
+const SLACK_BODY: &str = "token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow&channel_id=G8PSS9T3V&channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner&command=%2Fwebhook-collect&text=&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c";
+const SLACK_SIG: &str = "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503";
+
+fn at(secs: u64) -> Clock {
+    Clock::fixed(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+fn hmac256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).unwrap();
+    for p in parts {
+        mac.update(p);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+fn hex256(key: &[u8], parts: &[&[u8]]) -> String {
+    hex::encode(hmac256(key, parts))
+}
+
+fn sw_key() -> Vec<u8> {
+    B64.decode(SW_SECRET.trim_start_matches("whsec_")).unwrap()
+}
+
+/// What the handler saw.
+#[derive(Clone, Default)]
+struct Seen {
+    calls: Arc<AtomicUsize>,
+    last: Arc<std::sync::Mutex<Option<(Bytes, VerifiedWebhook)>>>,
+}
+
+struct Outcome {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+    problem: Option<Problem>,
+}
+
+impl Outcome {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+/// Sends `req` through `layer` to a handler that echoes the body with `status`.
+async fn send_with(
+    layer: &SignatureLayer,
+    seen: &Seen,
+    status: StatusCode,
+    req: Request<Full<Bytes>>,
+) -> Outcome {
+    let seen2 = seen.clone();
+    let svc =
+        ServiceBuilder::new()
+            .layer(layer.clone())
+            .service_fn(move |req: Request<Full<Bytes>>| {
+                let seen = seen2.clone();
+                async move {
+                    seen.calls.fetch_add(1, Ordering::SeqCst);
+                    let hook = req.extensions().get::<VerifiedWebhook>().cloned().unwrap();
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    *seen.last.lock().unwrap() = Some((body.clone(), hook));
+                    let mut res = Response::new(Full::new(body));
+                    *res.status_mut() = status;
+                    Ok::<_, Infallible>(res)
+                }
+            });
+    let res = svc.oneshot(req).await.unwrap();
+    let problem = res.extensions().get::<Problem>().cloned();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    Outcome {
+        status,
+        headers,
+        body,
+        problem,
+    }
+}
+
+async fn send(layer: &SignatureLayer, seen: &Seen, req: Request<Full<Bytes>>) -> Outcome {
+    send_with(layer, seen, StatusCode::OK, req).await
+}
+
+fn post(headers: &[(&str, &str)], body: impl Into<Bytes>) -> Request<Full<Bytes>> {
+    let mut b = Request::post("/hook");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(body.into())).unwrap()
+}
+
+fn github() -> SignatureLayer {
+    SignatureLayer::github(GH_SECRET).unwrap()
+}
+
+/// Asserts a rejection: status, problem type, RFC 9457 shape, no reason text, handler not called.
+fn assert_rejected(out: &Outcome, seen: &Seen, status: StatusCode, problem_type: &str) {
+    assert_eq!(out.status, status, "body: {:?}", out.body);
+    assert_eq!(out.headers["content-type"], "application/problem+json");
+    let json = out.json();
+    assert_eq!(json["status"], status.as_u16());
+    assert_eq!(json["type"], problem_type);
+    assert!(
+        json.get("detail").is_none(),
+        "no reason for the client: {json}"
+    );
+    let text = String::from_utf8_lossy(&out.body).to_lowercase();
+    for leak in [
+        "header",
+        "secret",
+        "mismatch",
+        "timestamp",
+        "sha256",
+        "match",
+    ] {
+        assert!(!text.contains(leak), "leaks {leak:?}: {text}");
+    }
+    assert_eq!(out.problem.as_ref().map(Problem::status), Some(status));
+    assert_eq!(seen.calls.load(Ordering::SeqCst), 0, "handler must not run");
+}
+
+// ---------------------------------------------------------------- GitHub
+
+#[tokio::test]
+async fn github_docs_vector_is_accepted_and_body_reinjected() {
+    let seen = Seen::default();
+    let req = post(
+        &[
+            ("x-hub-signature-256", GH_SIG),
+            ("x-github-event", "push"),
+            ("x-github-delivery", "d-1"),
+        ],
+        GH_BODY,
+    );
+    let out = send(&github(), &seen, req).await;
+    assert_eq!(out.status, 200);
+    assert_eq!(&out.body[..], GH_BODY);
+    let (body, hook) = seen.last.lock().unwrap().clone().unwrap();
+    assert_eq!(&body[..], GH_BODY);
+    assert_eq!(hook.provider(), Provider::GitHub);
+    assert_eq!(hook.event(), Some("push"));
+    assert_eq!(hook.delivery_id(), Some("d-1"));
+    assert_eq!(hook.secret_index(), Some(0));
+    assert_eq!(hook.timestamp(), None);
+}
+
+#[tokio::test]
+async fn github_uppercase_hex_is_accepted() {
+    let seen = Seen::default();
+    let sig = format!("sha256={}", GH_SIG["sha256=".len()..].to_uppercase());
+    let out = send(
+        &github(),
+        &seen,
+        post(&[("x-hub-signature-256", &sig)], GH_BODY),
+    )
+    .await;
+    assert_eq!(out.status, 200);
+}
+
+#[tokio::test]
+async fn github_every_tampered_body_byte_is_rejected() {
+    let layer = github();
+    for i in 0..GH_BODY.len() {
+        for flip in [0x01u8, 0x80] {
+            let mut body = GH_BODY.to_vec();
+            body[i] ^= flip;
+            let seen = Seen::default();
+            let out = send(
+                &layer,
+                &seen,
+                post(&[("x-hub-signature-256", GH_SIG)], body),
+            )
+            .await;
+            assert_rejected(
+                &out,
+                &seen,
+                StatusCode::UNAUTHORIZED,
+                types::INVALID_SIGNATURE,
+            );
+        }
+    }
+    // Appended and removed bytes too.
+    for body in [&b"Hello, World!\n"[..], &b"Hello, World"[..], &b""[..]] {
+        let seen = Seen::default();
+        let out = send(
+            &layer,
+            &seen,
+            post(&[("x-hub-signature-256", GH_SIG)], body),
+        )
+        .await;
+        assert_rejected(
+            &out,
+            &seen,
+            StatusCode::UNAUTHORIZED,
+            types::INVALID_SIGNATURE,
+        );
+    }
+}
+
+#[tokio::test]
+async fn github_every_tampered_signature_digit_is_rejected() {
+    let layer = github();
+    let hex = &GH_SIG["sha256=".len()..];
+    for i in 0..hex.len() {
+        let mut chars: Vec<char> = hex.chars().collect();
+        chars[i] = if chars[i] == '0' { '1' } else { '0' };
+        let sig = format!("sha256={}", chars.into_iter().collect::<String>());
+        let seen = Seen::default();
+        let out = send(
+            &layer,
+            &seen,
+            post(&[("x-hub-signature-256", &sig)], GH_BODY),
+        )
+        .await;
+        assert_rejected(
+            &out,
+            &seen,
+            StatusCode::UNAUTHORIZED,
+            types::INVALID_SIGNATURE,
+        );
+    }
+}
+
+#[tokio::test]
+async fn github_wrong_secret_is_rejected() {
+    let seen = Seen::default();
+    let layer = SignatureLayer::github("It's a Secret to Everybody!").unwrap();
+    let out = send(
+        &layer,
+        &seen,
+        post(&[("x-hub-signature-256", GH_SIG)], GH_BODY),
+    )
+    .await;
+    assert_rejected(
+        &out,
+        &seen,
+        StatusCode::UNAUTHORIZED,
+        types::INVALID_SIGNATURE,
+    );
+}
+
+#[tokio::test]
+async fn github_malformed_headers_are_rejected() {
+    let layer = github();
+    let good_hex = &GH_SIG["sha256=".len()..];
+    let cases: Vec<(&str, Vec<(&str, String)>)> = vec![
+        ("missing header", vec![]),
+        (
+            "legacy header only",
+            vec![("x-hub-signature", format!("sha1={good_hex}"))],
+        ),
+        (
+            "no prefix",
+            vec![("x-hub-signature-256", good_hex.to_owned())],
+        ),
+        (
+            "wrong prefix",
+            vec![("x-hub-signature-256", format!("sha1={good_hex}"))],
+        ),
+        (
+            "uppercase prefix",
+            vec![("x-hub-signature-256", format!("SHA256={good_hex}"))],
+        ),
+        ("empty value", vec![("x-hub-signature-256", String::new())]),
+        (
+            "prefix only",
+            vec![("x-hub-signature-256", "sha256=".to_owned())],
+        ),
+        (
+            "odd length",
+            vec![("x-hub-signature-256", format!("sha256={}", &good_hex[1..]))],
+        ),
+        (
+            "truncated",
+            vec![("x-hub-signature-256", format!("sha256={}", &good_hex[..62]))],
+        ),
+        (
+            "non-hex",
+            vec![(
+                "x-hub-signature-256",
+                format!("sha256=zz{}", &good_hex[2..]),
+            )],
+        ),
+        (
+            "space inside",
+            vec![("x-hub-signature-256", format!("sha256= {}", &good_hex[1..]))],
+        ),
+        (
+            "too long",
+            vec![(
+                "x-hub-signature-256",
+                format!("sha256={good_hex}{good_hex}{good_hex}"),
+            )],
+        ),
+        (
+            "extra byte",
+            vec![("x-hub-signature-256", format!("sha256={good_hex}00"))],
+        ),
+        (
+            "duplicated header",
+            vec![
+                ("x-hub-signature-256", GH_SIG.to_owned()),
+                ("x-hub-signature-256", GH_SIG.to_owned()),
+            ],
+        ),
+    ];
+    for (name, headers) in cases {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let seen = Seen::default();
+        let out = send(&layer, &seen, post(&headers, GH_BODY)).await;
+        assert_eq!(out.status, StatusCode::UNAUTHORIZED, "{name}");
+        assert_rejected(
+            &out,
+            &seen,
+            StatusCode::UNAUTHORIZED,
+            types::INVALID_SIGNATURE,
+        );
+    }
+}
+
+#[tokio::test]
+async fn non_utf8_bodies_are_verified_byte_for_byte() {
+    let body: Vec<u8> = (0..=255u8).rev().chain([0xff, 0xfe, 0x00, 0xc3]).collect();
+    assert!(std::str::from_utf8(&body).is_err());
+    let sig = format!("sha256={}", hex256(GH_SECRET.as_bytes(), &[&body]));
+    let seen = Seen::default();
+    let out = send(
+        &github(),
+        &seen,
+        post(&[("x-hub-signature-256", &sig)], body.clone()),
+    )
+    .await;
+    assert_eq!(out.status, 200);
+    assert_eq!(&out.body[..], &body[..]);
+}
+
+#[tokio::test]
+async fn rotation_accepts_any_secret_and_reports_which() {
+    let layer = SignatureLayer::github_with_secrets(["new-secret", GH_SECRET]).unwrap();
+    let seen = Seen::default();
+    assert_eq!(
+        send(
+            &layer,
+            &seen,
+            post(&[("x-hub-signature-256", GH_SIG)], GH_BODY)
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        seen.last.lock().unwrap().as_ref().unwrap().1.secret_index(),
+        Some(1)
+    );
+
+    let layer = SignatureLayer::github("new-secret")
+        .unwrap()
+        .secret(GH_SECRET)
+        .unwrap();
+    let seen = Seen::default();
+    assert_eq!(
+        send(
+            &layer,
+            &seen,
+            post(&[("x-hub-signature-256", GH_SIG)], GH_BODY)
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        seen.last.lock().unwrap().as_ref().unwrap().1.secret_index(),
+        Some(1)
+    );
+
+    let secrets = Secrets::from_list("a-secret, It's a Secret to Everybody").unwrap();
+    let layer = SignatureLayer::github_with_secrets(secrets).unwrap();
+    let seen = Seen::default();
+    assert_eq!(
+        send(
+            &layer,
+            &seen,
+            post(&[("x-hub-signature-256", GH_SIG)], GH_BODY)
+        )
+        .await
+        .status,
+        200
+    );
+}
+
+// ---------------------------------------------------------------- size limits
+
+/// A body that yields `chunk`-byte frames forever, counting what it produced.
+struct Endless {
+    chunk: usize,
+    produced: Arc<AtomicUsize>,
+}
+
+impl http_body::Body for Endless {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.produced.fetch_add(self.chunk, Ordering::SeqCst);
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'a'; self.chunk])))))
+    }
+}
+
+impl From<Bytes> for Endless {
+    fn from(_: Bytes) -> Self {
+        unreachable!("an oversize body is never handed on")
+    }
+}
+
+fn endless_service(
+    layer: &SignatureLayer,
+    calls: Arc<AtomicUsize>,
+) -> impl Service<
+    Request<Endless>,
+    Response = Response<tower_webhook::body::ResponseBody<Full<Bytes>>>,
+    Error = Infallible,
+> {
+    ServiceBuilder::new()
+        .layer(layer.clone())
+        .service_fn(move |_req: Request<Endless>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, Infallible>(Response::new(Full::<Bytes>::default())) }
+        })
+}
+
+#[tokio::test]
+async fn oversize_content_length_is_refused_without_reading() {
+    let layer = github().max_body_size(1024);
+    let produced = Arc::new(AtomicUsize::new(0));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let req = Request::post("/")
+        .header("content-length", "1025")
+        .header("x-hub-signature-256", GH_SIG)
+        .body(Endless {
+            chunk: 512,
+            produced: produced.clone(),
+        })
+        .unwrap();
+    let res = endless_service(&layer, calls.clone())
+        .oneshot(req)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        res.extensions().get::<Problem>().unwrap().problem_type(),
+        types::PAYLOAD_TOO_LARGE
+    );
+    assert_eq!(
+        produced.load(Ordering::SeqCst),
+        0,
+        "the body was not read at all"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn oversize_without_content_length_stops_at_the_cap() {
+    let layer = github().max_body_size(64 * 1024);
+    let produced = Arc::new(AtomicUsize::new(0));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let req = Request::post("/")
+        .header("x-hub-signature-256", GH_SIG)
+        .body(Endless {
+            chunk: 4096,
+            produced: produced.clone(),
+        })
+        .unwrap();
+    let res = endless_service(&layer, calls.clone())
+        .oneshot(req)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // Read up to the cap plus the one frame that crossed it, never more.
+    assert!(
+        produced.load(Ordering::SeqCst) <= 64 * 1024 + 4096,
+        "{}",
+        produced.load(Ordering::SeqCst)
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn lying_content_length_is_still_capped_and_limit_is_inclusive() {
+    let body = vec![b'x'; 100];
+    let sig = format!("sha256={}", hex256(GH_SECRET.as_bytes(), &[&body]));
+    // Exactly at the limit passes.
+    let seen = Seen::default();
+    let out = send(
+        &github().max_body_size(100),
+        &seen,
+        post(&[("x-hub-signature-256", &sig)], body.clone()),
+    )
+    .await;
+    assert_eq!(out.status, 200);
+    // One byte over, with a Content-Length that claims less: refused when reading.
+    let seen = Seen::default();
+    let mut big = body.clone();
+    big.push(b'x');
+    let out = send(
+        &github().max_body_size(100),
+        &seen,
+        post(
+            &[("x-hub-signature-256", &sig), ("content-length", "10")],
+            big,
+        ),
+    )
+    .await;
+    assert_rejected(
+        &out,
+        &seen,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        types::PAYLOAD_TOO_LARGE,
+    );
+}
+
+#[test]
+fn default_limit_is_githubs_25_mib() {
+    assert_eq!(
+        tower_webhook::signature::DEFAULT_MAX_BODY_SIZE,
+        25 * 1024 * 1024
+    );
+}
+
+/// A body whose stream fails.
+struct Broken;
+
+impl http_body::Body for Broken {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        Poll::Ready(Some(Err(std::io::Error::other("connection reset"))))
+    }
+}
+
+impl From<Bytes> for Broken {
+    fn from(_: Bytes) -> Self {
+        Broken
+    }
+}
+
+#[tokio::test]
+async fn body_read_error_is_a_400() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let svc = ServiceBuilder::new()
+        .layer(github())
+        .service_fn(move |_req: Request<Broken>| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, Infallible>(Response::new(Full::<Bytes>::default())) }
+        });
+    let req = Request::post("/")
+        .header("x-hub-signature-256", GH_SIG)
+        .body(Broken)
+        .unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
+// ---------------------------------------------------------------- replay
+
+#[tokio::test]
+async fn replayed_delivery_id_is_409_by_default() {
+    let layer = github();
+    let seen = Seen::default();
+    let req = || {
+        post(
+            &[
+                ("x-hub-signature-256", GH_SIG),
+                ("x-github-delivery", "abc"),
+            ],
+            GH_BODY,
+        )
+    };
+    assert_eq!(send(&layer, &seen, req()).await.status, 200);
+    let out = send(&layer, &seen, req()).await;
+    assert_eq!(out.status, StatusCode::CONFLICT);
+    assert_eq!(out.json()["type"], types::REPLAYED_DELIVERY);
+    assert!(!String::from_utf8_lossy(&out.body).contains("abc"));
+    assert_eq!(seen.calls.load(Ordering::SeqCst), 1);
+    // A different delivery id is fine; so is the same id for another provider (namespaced).
+    let other = post(
+        &[
+            ("x-hub-signature-256", GH_SIG),
+            ("x-github-delivery", "abd"),
+        ],
+        GH_BODY,
+    );
+    assert_eq!(send(&layer, &seen, other).await.status, 200);
+}
+
+#[tokio::test]
+async fn replayed_delivery_can_be_acknowledged_without_processing() {
+    let layer = github().on_replay(OnReplay::Acknowledge(StatusCode::ACCEPTED));
+    let seen = Seen::default();
+    let req = || {
+        post(
+            &[
+                ("x-hub-signature-256", GH_SIG),
+                ("x-github-delivery", "abc"),
+            ],
+            GH_BODY,
+        )
+    };
+    assert_eq!(send(&layer, &seen, req()).await.status, 200);
+    let out = send(&layer, &seen, req()).await;
+    assert_eq!(out.status, StatusCode::ACCEPTED);
+    assert!(out.body.is_empty());
+    assert_eq!(seen.calls.load(Ordering::SeqCst), 1, "processed once");
+}
+
+#[tokio::test]
+async fn record_after_success_lets_a_failed_delivery_be_redelivered() {
+    let layer = github().record_delivery(RecordDelivery::AfterSuccess);
+    let seen = Seen::default();
+    let req = || {
+        post(
+            &[
+                ("x-hub-signature-256", GH_SIG),
+                ("x-github-delivery", "r-1"),
+            ],
+            GH_BODY,
+        )
+    };
+    assert_eq!(
+        send_with(&layer, &seen, StatusCode::INTERNAL_SERVER_ERROR, req())
+            .await
+            .status,
+        500
+    );
+    assert_eq!(
+        send_with(&layer, &seen, StatusCode::OK, req()).await.status,
+        200
+    );
+    assert_eq!(
+        send_with(&layer, &seen, StatusCode::OK, req()).await.status,
+        409
+    );
+    assert_eq!(seen.calls.load(Ordering::SeqCst), 2);
+
+    // With the default, the failed delivery already counts.
+    let layer = github();
+    let seen = Seen::default();
+    assert_eq!(
+        send_with(&layer, &seen, StatusCode::INTERNAL_SERVER_ERROR, req())
+            .await
+            .status,
+        500
+    );
+    assert_eq!(
+        send_with(&layer, &seen, StatusCode::OK, req()).await.status,
+        409
+    );
+}
+
+#[tokio::test]
+async fn replay_store_is_shared_by_clones_and_routes_and_can_be_disabled() {
+    let layer = github();
+    let seen = Seen::default();
+    let req = || {
+        post(
+            &[
+                ("x-hub-signature-256", GH_SIG),
+                ("x-github-delivery", "shared"),
+            ],
+            GH_BODY,
+        )
+    };
+    // Two services built from the same layer (as axum does per route) share the store.
+    assert_eq!(send(&layer, &seen, req()).await.status, 200);
+    assert_eq!(send(&layer.clone(), &seen, req()).await.status, 409);
+
+    let layer = github().without_replay_store();
+    let seen = Seen::default();
+    assert_eq!(send(&layer, &seen, req()).await.status, 200);
+    assert_eq!(send(&layer, &seen, req()).await.status, 200);
+}
+
+#[tokio::test]
+async fn memory_store_expires_and_is_bounded() {
+    let now = Arc::new(AtomicUsize::new(1_000));
+    let n = now.clone();
+    let clock = Clock::from_fn(move || {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(n.load(Ordering::SeqCst) as u64)
+    });
+    let store = MemoryReplayStore::with_capacity(3).clock(clock);
+    let ttl = Duration::from_secs(60);
+    assert!(store.insert("a", ttl).await.unwrap());
+    assert!(!store.insert("a", ttl).await.unwrap());
+    now.fetch_add(61, Ordering::SeqCst);
+    assert!(
+        store.insert("a", ttl).await.unwrap(),
+        "expired ids may come again"
+    );
+    for k in ["b", "c", "d", "e"] {
+        assert!(store.insert(k, ttl).await.unwrap());
+    }
+    assert!(store.len() <= 3, "bounded: {}", store.len());
+    assert!(store.remove("e").await.unwrap());
+    assert!(store.insert("e", ttl).await.unwrap());
+    for i in 0..1000 {
+        store.insert(&format!("k{i}"), ttl).await.unwrap();
+    }
+    assert!(store.len() <= 3);
+}
+
+#[tokio::test]
+async fn replay_ttl_and_clock_drive_the_default_store() {
+    // A custom store with a controllable clock, used through the layer.
+    let now = Arc::new(AtomicUsize::new(5_000));
+    let n = now.clone();
+    let store = MemoryReplayStore::new().clock(Clock::from_fn(move || {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(n.load(Ordering::SeqCst) as u64)
+    }));
+    let layer = github()
+        .replay_store(store)
+        .replay_ttl(Duration::from_secs(10));
+    let seen = Seen::default();
+    let req = || {
+        post(
+            &[
+                ("x-hub-signature-256", GH_SIG),
+                ("x-github-delivery", "ttl"),
+            ],
+            GH_BODY,
+        )
+    };
+    assert_eq!(send(&layer, &seen, req()).await.status, 200);
+    assert_eq!(send(&layer, &seen, req()).await.status, 409);
+    now.fetch_add(11, Ordering::SeqCst);
+    assert_eq!(send(&layer, &seen, req()).await.status, 200);
+}
+
+/// A store that is down.
+#[derive(Debug)]
+struct Down;
+
+impl ReplayStore for Down {
+    fn insert(&self, _key: &str, _ttl: Duration) -> tower_webhook::signature::ReplayFuture {
+        tower_webhook::signature::ReplayFuture::new(async { Err("connection refused".into()) })
+    }
+    fn remove(&self, _key: &str) -> tower_webhook::signature::ReplayFuture {
+        tower_webhook::signature::ReplayFuture::ready(Err("connection refused".into()))
+    }
+}
+
+#[tokio::test]
+async fn unreachable_replay_store_fails_closed_with_503() {
+    let layer = github().replay_store(Down);
+    let seen = Seen::default();
+    let out = send(
+        &layer,
+        &seen,
+        post(
+            &[("x-hub-signature-256", GH_SIG), ("x-github-delivery", "x")],
+            GH_BODY,
+        ),
+    )
+    .await;
+    assert_rejected(
+        &out,
+        &seen,
+        StatusCode::SERVICE_UNAVAILABLE,
+        types::PROCESSING_FAILED,
+    );
+    assert_eq!(out.headers["retry-after"], "5");
+}
+
+#[tokio::test]
+async fn malformed_delivery_id_after_authentication_is_400() {
+    let seen = Seen::default();
+    let long = "x".repeat(300);
+    for id in [long.as_str(), "has space", ""] {
+        let out = send(
+            &github(),
+            &seen,
+            post(
+                &[("x-hub-signature-256", GH_SIG), ("x-github-delivery", id)],
+                GH_BODY,
+            ),
+        )
+        .await;
+        assert_rejected(
+            &out,
+            &seen,
+            StatusCode::BAD_REQUEST,
+            types::MALFORMED_DELIVERY,
+        );
+    }
+}
+
+// ---------------------------------------------------------------- Standard Webhooks
+
+fn sw_headers(id: &str, ts: &str, sig: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("webhook-id", id.to_owned()),
+        ("webhook-timestamp", ts.to_owned()),
+        ("webhook-signature", sig.to_owned()),
+    ]
+}
+
+async fn sw_send(
+    layer: &SignatureLayer,
+    headers: Vec<(&'static str, String)>,
+    body: &[u8],
+) -> (Outcome, Seen) {
+    let seen = Seen::default();
+    let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = send(layer, &seen, post(&h, Bytes::copy_from_slice(body))).await;
+    (out, seen)
+}
+
+fn sw_layer() -> SignatureLayer {
+    SignatureLayer::standard_webhooks(SW_SECRET)
+        .unwrap()
+        .clock(at(SW_TS))
+}
+
+#[tokio::test]
+async fn standard_webhooks_reference_vector_is_accepted() {
+    let (out, seen) = sw_send(
+        &sw_layer(),
+        sw_headers(SW_ID, &SW_TS.to_string(), SW_SIG),
+        SW_BODY,
+    )
+    .await;
+    assert_eq!(out.status, 200);
+    let hook = seen.last.lock().unwrap().clone().unwrap().1;
+    assert_eq!(hook.provider(), Provider::StandardWebhooks);
+    assert_eq!(hook.delivery_id(), Some(SW_ID));
+    assert_eq!(
+        hook.timestamp(),
+        Some(SystemTime::UNIX_EPOCH + Duration::from_secs(SW_TS))
+    );
+
+    // svix-* header names, a secret without the prefix, several signatures of which one is good.
+    let layer = SignatureLayer::standard_webhooks(SW_SECRET.trim_start_matches("whsec_"))
+        .unwrap()
+        .clock(at(SW_TS));
+    let headers = vec![
+        ("svix-id", SW_ID.to_owned()),
+        ("svix-timestamp", SW_TS.to_string()),
+        (
+            "svix-signature",
+            format!("v1,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc= v2,abc {SW_SIG}"),
+        ),
+    ];
+    let (out, _) = sw_send(&layer, headers, SW_BODY).await;
+    assert_eq!(out.status, 200);
+}
+
+#[tokio::test]
+async fn standard_webhooks_bad_inputs_are_rejected() {
+    let ts = SW_TS.to_string();
+    let many = [SW_SIG; 9].join(" ");
+    type Case<'a> = (&'a str, Vec<(&'static str, String)>, &'a [u8]);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "tampered body",
+            sw_headers(SW_ID, &ts, SW_SIG),
+            br#"{"test": 2432232315}"#,
+        ),
+        ("other id", sw_headers("msg_other", &ts, SW_SIG), SW_BODY),
+        (
+            "other timestamp",
+            sw_headers(SW_ID, &(SW_TS + 1).to_string(), SW_SIG),
+            SW_BODY,
+        ),
+        (
+            "stale",
+            sw_headers(SW_ID, &(SW_TS - 301).to_string(), SW_SIG),
+            SW_BODY,
+        ),
+        (
+            "future",
+            sw_headers(SW_ID, &(SW_TS + 301).to_string(), SW_SIG),
+            SW_BODY,
+        ),
+        (
+            "i64::MIN timestamp",
+            sw_headers(SW_ID, "-9223372036854775808", SW_SIG),
+            SW_BODY,
+        ),
+        (
+            "u64::MAX timestamp",
+            sw_headers(SW_ID, "18446744073709551615", SW_SIG),
+            SW_BODY,
+        ),
+        (
+            "u64 overflow",
+            sw_headers(SW_ID, "18446744073709551616", SW_SIG),
+            SW_BODY,
+        ),
+        (
+            "plus sign",
+            sw_headers(SW_ID, &format!("+{ts}"), SW_SIG),
+            SW_BODY,
+        ),
+        ("exponent", sw_headers(SW_ID, "1.6e9", SW_SIG), SW_BODY),
+        (
+            "space in timestamp",
+            sw_headers(SW_ID, &format!("{ts} "), SW_SIG),
+            SW_BODY,
+        ),
+        (
+            "no v1",
+            sw_headers(
+                SW_ID,
+                &ts,
+                "v2,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+            ),
+            SW_BODY,
+        ),
+        ("no comma", sw_headers(SW_ID, &ts, "v1g0hM9SsE"), SW_BODY),
+        ("bad base64", sw_headers(SW_ID, &ts, "v1,!!!!"), SW_BODY),
+        (
+            "too many signatures",
+            sw_headers(SW_ID, &ts, &many),
+            SW_BODY,
+        ),
+        (
+            "missing id",
+            vec![
+                ("webhook-timestamp", ts.clone()),
+                ("webhook-signature", SW_SIG.to_owned()),
+            ],
+            SW_BODY,
+        ),
+        (
+            "missing timestamp",
+            vec![
+                ("webhook-id", SW_ID.to_owned()),
+                ("webhook-signature", SW_SIG.to_owned()),
+            ],
+            SW_BODY,
+        ),
+    ];
+    for (name, headers, body) in cases {
+        let (out, seen) = sw_send(&sw_layer(), headers, body).await;
+        assert_eq!(out.status, 401, "{name}");
+        assert_rejected(
+            &out,
+            &seen,
+            StatusCode::UNAUTHORIZED,
+            types::INVALID_SIGNATURE,
+        );
+    }
+}
+
+#[tokio::test]
+async fn timestamp_window_is_inclusive_and_configurable() {
+    let key = sw_key();
+    for (offset, tolerance, ok) in [
+        (300i64, 300u64, true),
+        (-300, 300, true),
+        (301, 300, false),
+        (30, 10, false),
+        (10, 10, true),
+    ] {
+        let ts = (SW_TS as i64 + offset) as u64;
+        let sig = B64.encode(hmac256(
+            &key,
+            &[
+                SW_ID.as_bytes(),
+                b".",
+                ts.to_string().as_bytes(),
+                b".",
+                SW_BODY,
+            ],
+        ));
+        let layer = sw_layer().timestamp_tolerance(Duration::from_secs(tolerance));
+        let (out, _) = sw_send(
+            &layer,
+            sw_headers(SW_ID, &ts.to_string(), &format!("v1,{sig}")),
+            SW_BODY,
+        )
+        .await;
+        assert_eq!(
+            out.status == 200,
+            ok,
+            "offset {offset} tolerance {tolerance}: {}",
+            out.status
+        );
+    }
+}
+
+#[test]
+fn standard_webhooks_secret_must_be_base64() {
+    assert!(matches!(
+        SignatureLayer::standard_webhooks("whsec_not base64!"),
+        Err(SignatureConfigError::InvalidStandardWebhooksSecret)
+    ));
+    assert!(matches!(
+        SignatureLayer::standard_webhooks("whsec_"),
+        Err(SignatureConfigError::EmptySecret)
+    ));
+}
+
+// ---------------------------------------------------------------- Stripe
+
+const STRIPE_SECRET: &str = "whsec_test_secret";
+const STRIPE_BODY: &str =
+    r#"{"id":"evt_test_webhook","object":"event","type":"payment_intent.succeeded"}"#;
+
+fn stripe_sig(ts: u64, body: &str) -> String {
+    hex256(
+        STRIPE_SECRET.as_bytes(),
+        &[ts.to_string().as_bytes(), b".", body.as_bytes()],
+    )
+}
+
+async fn stripe_send(header: &str, body: &str) -> (Outcome, Seen) {
+    let layer = SignatureLayer::stripe(STRIPE_SECRET)
+        .unwrap()
+        .clock(at(1_700_000_000));
+    let seen = Seen::default();
+    let out = send(
+        &layer,
+        &seen,
+        post(&[("stripe-signature", header)], body.to_owned()),
+    )
+    .await;
+    (out, seen)
+}
+
+#[tokio::test]
+async fn stripe_signatures() {
+    let ts = 1_700_000_000;
+    let good = stripe_sig(ts, STRIPE_BODY);
+    let (out, seen) = stripe_send(&format!("t={ts},v1={good}"), STRIPE_BODY).await;
+    assert_eq!(out.status, 200);
+    let hook = seen.last.lock().unwrap().clone().unwrap().1;
+    assert_eq!(hook.delivery_id(), Some("evt_test_webhook"));
+    assert_eq!(hook.event(), Some("payment_intent.succeeded"));
+    // Several v1 (rotation on Stripe's side), v0 ignored, spaces after commas tolerated.
+    let (out, _) = stripe_send(
+        &format!("t={ts}, v1={}, v1={good}, v0=abc", "0".repeat(64)),
+        STRIPE_BODY,
+    )
+    .await;
+    assert_eq!(out.status, 200);
+
+    let bad: Vec<(&str, String)> = vec![
+        (
+            "wrong v1",
+            format!("t={ts},v1={}", stripe_sig(ts + 1, STRIPE_BODY)),
+        ),
+        (
+            "stale",
+            format!("t={},v1={}", ts - 301, stripe_sig(ts - 301, STRIPE_BODY)),
+        ),
+        (
+            "future",
+            format!("t={},v1={}", ts + 301, stripe_sig(ts + 301, STRIPE_BODY)),
+        ),
+        ("missing t", format!("v1={good}")),
+        ("duplicate t", format!("t={ts},t={ts},v1={good}")),
+        ("only v0", format!("t={ts},v0={good}")),
+        ("negative t", format!("t=-9223372036854775808,v1={good}")),
+        ("short v1", format!("t={ts},v1={}", &good[..63])),
+        ("item without =", format!("t={ts},v1{good}")),
+        (
+            "nine v1",
+            format!("t={ts}{}", format!(",v1={good}").repeat(9)),
+        ),
+    ];
+    for (name, header) in bad {
+        let (out, seen) = stripe_send(&header, STRIPE_BODY).await;
+        assert_eq!(out.status, 401, "{name}");
+        assert_rejected(
+            &out,
+            &seen,
+            StatusCode::UNAUTHORIZED,
+            types::INVALID_SIGNATURE,
+        );
+    }
+    // Authentic but not an event: 400.
+    let body = "not json";
+    let (out, seen) = stripe_send(&format!("t={ts},v1={}", stripe_sig(ts, body)), body).await;
+    assert_rejected(
+        &out,
+        &seen,
+        StatusCode::BAD_REQUEST,
+        types::MALFORMED_DELIVERY,
+    );
+}
+
+// ---------------------------------------------------------------- Slack
+
+#[tokio::test]
+async fn slack_docs_vector_and_handshake() {
+    let layer = SignatureLayer::slack(SLACK_SECRET)
+        .unwrap()
+        .clock(at(SLACK_TS + 10));
+    let seen = Seen::default();
+    let ts = SLACK_TS.to_string();
+    let out = send(
+        &layer,
+        &seen,
+        post(
+            &[
+                ("x-slack-signature", SLACK_SIG),
+                ("x-slack-request-timestamp", &ts),
+            ],
+            SLACK_BODY,
+        ),
+    )
+    .await;
+    assert_eq!(out.status, 200);
+    assert_eq!(&out.body[..], SLACK_BODY.as_bytes());
+
+    // Tampered, stale, and a missing timestamp header.
+    let seen = Seen::default();
+    let out = send(
+        &layer,
+        &seen,
+        post(
+            &[
+                ("x-slack-signature", SLACK_SIG),
+                ("x-slack-request-timestamp", &ts),
+            ],
+            format!("{SLACK_BODY}&"),
+        ),
+    )
+    .await;
+    assert_rejected(
+        &out,
+        &seen,
+        StatusCode::UNAUTHORIZED,
+        types::INVALID_SIGNATURE,
+    );
+    let late = SignatureLayer::slack(SLACK_SECRET)
+        .unwrap()
+        .clock(at(SLACK_TS + 301));
+    let out = send(
+        &late,
+        &seen,
+        post(
+            &[
+                ("x-slack-signature", SLACK_SIG),
+                ("x-slack-request-timestamp", &ts),
+            ],
+            SLACK_BODY,
+        ),
+    )
+    .await;
+    assert_rejected(
+        &out,
+        &seen,
+        StatusCode::UNAUTHORIZED,
+        types::INVALID_SIGNATURE,
+    );
+    let out = send(
+        &layer,
+        &seen,
+        post(&[("x-slack-signature", SLACK_SIG)], SLACK_BODY),
+    )
+    .await;
+    assert_rejected(
+        &out,
+        &seen,
+        StatusCode::UNAUTHORIZED,
+        types::INVALID_SIGNATURE,
+    );
+
+    // url_verification is answered by the layer, after verification.
+    let body = r#"{"token":"Jhj5dZrVaK7ZwHHjRyZWjbDl","challenge":"3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P","type":"url_verification"}"#;
+    let sig = format!(
+        "v0={}",
+        hex256(
+            SLACK_SECRET.as_bytes(),
+            &[b"v0:", ts.as_bytes(), b":", body.as_bytes()]
+        )
+    );
+    let seen = Seen::default();
+    let out = send(
+        &layer,
+        &seen,
+        post(
+            &[
+                ("x-slack-signature", &sig),
+                ("x-slack-request-timestamp", &ts),
+                ("content-type", "application/json"),
+            ],
+            body,
+        ),
+    )
+    .await;
+    assert_eq!(out.status, 200);
+    assert_eq!(
+        &out.body[..],
+        b"3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"
+    );
+    assert_eq!(seen.calls.load(Ordering::SeqCst), 0);
+    // The same handshake unsigned is refused.
+    let out = send(
+        &layer,
+        &seen,
+        post(
+            &[
+                ("x-slack-signature", SLACK_SIG),
+                ("x-slack-request-timestamp", &ts),
+            ],
+            body,
+        ),
+    )
+    .await;
+    assert_rejected(
+        &out,
+        &seen,
+        StatusCode::UNAUTHORIZED,
+        types::INVALID_SIGNATURE,
+    );
+}
+
+// ---------------------------------------------------------------- token schemes
+
+#[tokio::test]
+async fn gitlab_token_is_compared_exactly() {
+    let layer = SignatureLayer::gitlab("glpat-webhook-token").unwrap();
+    let seen = Seen::default();
+    let out = send(
+        &layer,
+        &seen,
+        post(
+            &[
+                ("x-gitlab-token", "glpat-webhook-token"),
+                ("x-gitlab-event", "Merge Request Hook"),
+                ("idempotency-key", "k-1"),
+            ],
+            "{}",
+        ),
+    )
+    .await;
+    assert_eq!(out.status, 200);
+    let hook = seen.last.lock().unwrap().clone().unwrap().1;
+    assert_eq!(hook.event(), Some("Merge Request Hook"));
+    assert_eq!(hook.delivery_id(), Some("k-1"));
+    for token in [
+        "glpat-webhook-toke",
+        "glpat-webhook-token ",
+        "GLPAT-WEBHOOK-TOKEN",
+        "",
+        "glpat-webhook-tokenx",
+    ] {
+        let seen = Seen::default();
+        let out = send(&layer, &seen, post(&[("x-gitlab-token", token)], "{}")).await;
+        assert_rejected(
+            &out,
+            &seen,
+            StatusCode::UNAUTHORIZED,
+            types::INVALID_SIGNATURE,
+        );
+    }
+    let seen = Seen::default();
+    let out = send(&layer, &seen, post(&[], "{}")).await;
+    assert_rejected(
+        &out,
+        &seen,
+        StatusCode::UNAUTHORIZED,
+        types::INVALID_SIGNATURE,
+    );
+}
+
+#[tokio::test]
+async fn azure_devops_basic_credentials() {
+    let layer = SignatureLayer::azure_devops("hook", "p4ssw0rd")
+        .unwrap()
+        .without_replay_store();
+    let good = format!("Basic {}", B64.encode("hook:p4ssw0rd"));
+    let body =
+        r#"{"id":"03c164c2-8912-4d5e-8009-3707d5f83734","eventType":"git.pullrequest.created"}"#;
+    let seen = Seen::default();
+    let out = send(&layer, &seen, post(&[("authorization", &good)], body)).await;
+    assert_eq!(out.status, 200);
+    let hook = seen.last.lock().unwrap().clone().unwrap().1;
+    assert_eq!(hook.event(), Some("git.pullrequest.created"));
+    assert_eq!(
+        hook.delivery_id(),
+        Some("03c164c2-8912-4d5e-8009-3707d5f83734")
+    );
+    let lower = format!("basic {}", B64.encode("hook:p4ssw0rd"));
+    let seen = Seen::default();
+    assert_eq!(
+        send(&layer, &seen, post(&[("authorization", &lower)], body))
+            .await
+            .status,
+        200
+    );
+
+    let wrong = format!("Basic {}", B64.encode("hook:p4ssw0rD"));
+    let bearer = format!("Bearer {}", B64.encode("hook:p4ssw0rd"));
+    for header in [wrong.as_str(), bearer.as_str(), "Basic !!!", "Basic"] {
+        let seen = Seen::default();
+        let out = send(&layer, &seen, post(&[("authorization", header)], body)).await;
+        assert_rejected(
+            &out,
+            &seen,
+            StatusCode::UNAUTHORIZED,
+            types::INVALID_SIGNATURE,
+        );
+    }
+    // Authentic but without an event id.
+    let seen = Seen::default();
+    let out = send(&layer, &seen, post(&[("authorization", &good)], "{}")).await;
+    assert_rejected(
+        &out,
+        &seen,
+        StatusCode::BAD_REQUEST,
+        types::MALFORMED_DELIVERY,
+    );
+    assert!(SignatureLayer::azure_devops("hook", "").is_err());
+}
+
+// ---------------------------------------------------------------- other HMAC providers
+
+#[tokio::test]
+async fn bitbucket_gitea_forgejo_shopify_and_custom() {
+    let secret = "s3cr3t";
+    let body = br#"{"action":"opened"}"#;
+    let hex = hex256(secret.as_bytes(), &[body]);
+
+    // Bitbucket Cloud and Data Center.
+    for (layer, id_header) in [
+        (
+            SignatureLayer::bitbucket_cloud(secret).unwrap(),
+            "x-request-uuid",
+        ),
+        (
+            SignatureLayer::bitbucket_data_center(secret).unwrap(),
+            "x-request-id",
+        ),
+    ] {
+        let seen = Seen::default();
+        let sig = format!("sha256={hex}");
+        let out = send(
+            &layer,
+            &seen,
+            post(
+                &[
+                    ("x-hub-signature", &sig),
+                    (id_header, "bb-1"),
+                    ("x-event-key", "pullrequest:created"),
+                ],
+                &body[..],
+            ),
+        )
+        .await;
+        assert_eq!(out.status, 200);
+        let hook = seen.last.lock().unwrap().clone().unwrap().1;
+        assert_eq!(hook.delivery_id(), Some("bb-1"));
+        assert_eq!(hook.event(), Some("pullrequest:created"));
+        let seen = Seen::default();
+        let out = send(
+            &layer,
+            &seen,
+            post(&[("x-hub-signature-256", &sig)], &body[..]),
+        )
+        .await;
+        assert_rejected(
+            &out,
+            &seen,
+            StatusCode::UNAUTHORIZED,
+            types::INVALID_SIGNATURE,
+        );
+    }
+
+    // Gitea: JSON body, and a form delivery whose decoded `payload` is what is signed.
+    let gitea = SignatureLayer::gitea(secret).unwrap();
+    let seen = Seen::default();
+    let out = send(
+        &gitea,
+        &seen,
+        post(
+            &[
+                ("x-gitea-signature", &hex),
+                ("x-gitea-event", "pull_request"),
+                ("content-type", "application/json"),
+            ],
+            &body[..],
+        ),
+    )
+    .await;
+    assert_eq!(out.status, 200);
+    let form = "payload=%7B%22action%22%3A%22opened%22%7D";
+    let seen = Seen::default();
+    let out = send(
+        &gitea,
+        &seen,
+        post(
+            &[
+                ("x-gitea-signature", &hex),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            form,
+        ),
+    )
+    .await;
+    assert_eq!(out.status, 200);
+    assert_eq!(&out.body[..], form.as_bytes(), "the raw form is handed on");
+    let seen = Seen::default();
+    let out = send(
+        &gitea,
+        &seen,
+        post(
+            &[
+                ("x-gitea-signature", &hex),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            "other=1",
+        ),
+    )
+    .await;
+    assert_rejected(
+        &out,
+        &seen,
+        StatusCode::UNAUTHORIZED,
+        types::INVALID_SIGNATURE,
+    );
+    // Fields the signature does not cover are refused, whatever their order.
+    for form in [
+        format!("{form}&admin=true"),
+        format!("{form}&payload=%7B%7D"),
+        format!("admin=true&{form}"),
+    ] {
+        let seen = Seen::default();
+        let out = send(
+            &gitea,
+            &seen,
+            post(
+                &[
+                    ("x-gitea-signature", &hex),
+                    ("content-type", "application/x-www-form-urlencoded"),
+                ],
+                form,
+            ),
+        )
+        .await;
+        assert_rejected(
+            &out,
+            &seen,
+            StatusCode::UNAUTHORIZED,
+            types::INVALID_SIGNATURE,
+        );
+    }
+    let seen = Seen::default();
+    let out = send(
+        &gitea,
+        &seen,
+        post(
+            &[("x-gitea-signature", &format!("sha256={hex}"))],
+            &body[..],
+        ),
+    )
+    .await;
+    assert_rejected(
+        &out,
+        &seen,
+        StatusCode::UNAUTHORIZED,
+        types::INVALID_SIGNATURE,
+    );
+
+    // Forgejo: its own header, or the Gitea one it also sends.
+    let forgejo = SignatureLayer::forgejo(secret)
+        .unwrap()
+        .without_replay_store();
+    for header in ["x-forgejo-signature", "x-gitea-signature"] {
+        let seen = Seen::default();
+        let out = send(
+            &forgejo,
+            &seen,
+            post(&[(header, &hex), ("x-forgejo-delivery", "fj-1")], &body[..]),
+        )
+        .await;
+        assert_eq!(out.status, 200, "{header}");
+        assert_eq!(
+            seen.last.lock().unwrap().clone().unwrap().1.delivery_id(),
+            Some("fj-1")
+        );
+    }
+
+    // Shopify: base64.
+    let shopify = SignatureLayer::shopify(secret).unwrap();
+    let b64 = B64.encode(hmac256(secret.as_bytes(), &[body]));
+    let seen = Seen::default();
+    let out = send(
+        &shopify,
+        &seen,
+        post(
+            &[
+                ("x-shopify-hmac-sha256", &b64),
+                ("x-shopify-topic", "orders/create"),
+                ("x-shopify-webhook-id", "sh-1"),
+            ],
+            &body[..],
+        ),
+    )
+    .await;
+    assert_eq!(out.status, 200);
+    assert_eq!(
+        seen.last.lock().unwrap().clone().unwrap().1.event(),
+        Some("orders/create")
+    );
+    let seen = Seen::default();
+    let out = send(
+        &shopify,
+        &seen,
+        post(&[("x-shopify-hmac-sha256", &hex)], &body[..]),
+    )
+    .await;
+    assert_rejected(
+        &out,
+        &seen,
+        StatusCode::UNAUTHORIZED,
+        types::INVALID_SIGNATURE,
+    );
+
+    // Custom: GitHub's legacy SHA-1 header, and a SHA-512 base64 scheme with a timestamp.
+    let legacy = CustomScheme::new("x-hub-signature")
+        .prefix("sha1=")
+        .algorithm(Algorithm::Sha1)
+        .delivery_id_header("x-github-delivery");
+    let layer = SignatureLayer::custom(legacy, GH_SECRET).unwrap();
+    let mut mac = <Hmac<sha1::Sha1> as KeyInit>::new_from_slice(GH_SECRET.as_bytes()).unwrap();
+    mac.update(GH_BODY);
+    let sig = format!("sha1={}", hex::encode(mac.finalize().into_bytes()));
+    let seen = Seen::default();
+    assert_eq!(
+        send(&layer, &seen, post(&[("x-hub-signature", &sig)], GH_BODY))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        seen.last.lock().unwrap().clone().unwrap().1.provider(),
+        Provider::Custom
+    );
+
+    let scheme = CustomScheme::new("x-sig")
+        .algorithm(Algorithm::Sha512)
+        .encoding(Encoding::Base64)
+        .timestamp_header("x-ts");
+    let layer = SignatureLayer::custom(scheme, secret)
+        .unwrap()
+        .clock(at(1_000_000));
+    let mut mac = <Hmac<sha2::Sha512> as KeyInit>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(b"1000000.");
+    mac.update(body);
+    let sig = B64.encode(mac.finalize().into_bytes());
+    let seen = Seen::default();
+    assert_eq!(
+        send(
+            &layer,
+            &seen,
+            post(&[("x-sig", &sig), ("x-ts", "1000000")], &body[..])
+        )
+        .await
+        .status,
+        200
+    );
+    let seen = Seen::default();
+    let out = send(
+        &layer,
+        &seen,
+        post(&[("x-sig", &sig), ("x-ts", "1000001")], &body[..]),
+    )
+    .await;
+    assert_rejected(
+        &out,
+        &seen,
+        StatusCode::UNAUTHORIZED,
+        types::INVALID_SIGNATURE,
+    );
+    assert!(matches!(
+        SignatureLayer::custom(CustomScheme::new("bad header"), secret),
+        Err(SignatureConfigError::InvalidHeaderName(_))
+    ));
+}
+
+// ---------------------------------------------------------------- fail closed, secrets, logs
+
+#[test]
+fn empty_or_missing_secrets_are_construction_errors() {
+    assert!(matches!(
+        SignatureLayer::github(""),
+        Err(SignatureConfigError::EmptySecret)
+    ));
+    assert!(matches!(
+        SignatureLayer::gitlab(String::new()),
+        Err(SignatureConfigError::EmptySecret)
+    ));
+    assert!(matches!(
+        SignatureLayer::stripe(Vec::<u8>::new()),
+        Err(SignatureConfigError::EmptySecret)
+    ));
+    assert!(matches!(
+        SignatureLayer::github_with_secrets(Vec::<&str>::new()),
+        Err(SignatureConfigError::EmptySecret)
+    ));
+    assert!(matches!(
+        SignatureLayer::github_with_secrets(["ok", ""]),
+        Err(SignatureConfigError::EmptySecret)
+    ));
+    assert!(matches!(
+        github().secret(""),
+        Err(SignatureConfigError::EmptySecret)
+    ));
+    assert!(matches!(
+        Secrets::from_list("a,,b"),
+        Err(SignatureConfigError::EmptySecret)
+    ));
+    let err = Secrets::from_env_list("TOWER_WEBHOOK_TEST_SURELY_UNSET_VARIABLE").unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("TOWER_WEBHOOK_TEST_SURELY_UNSET_VARIABLE")
+    );
+    assert!(SignatureLayer::with_secrets(Provider::Custom, ["x"]).is_err());
+}
+
+#[test]
+fn secrets_never_appear_in_debug_output() {
+    let layer = SignatureLayer::github("hunter2-super-secret")
+        .unwrap()
+        .secret("second-hunter2")
+        .unwrap();
+    let svc = tower::Layer::layer(
+        &layer,
+        tower::service_fn(|_: Request<Full<Bytes>>| async {
+            Ok::<_, Infallible>(Response::new(Full::<Bytes>::default()))
+        }),
+    );
+    for text in [
+        format!("{layer:?}"),
+        format!("{layer:#?}"),
+        format!("{:?}", Secrets::from_list("hunter2-super-secret").unwrap()),
+    ] {
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+    let _ = svc;
+    let az = SignatureLayer::azure_devops("user", "hunter2-pass").unwrap();
+    assert!(!format!("{az:?}").contains("hunter2"));
+}
+
+#[tokio::test]
+async fn reason_goes_to_the_log_once_not_to_the_client() {
+    let logs = Logs::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let layer = SignatureLayer::github("hunter2-log-secret").unwrap();
+    let seen = Seen::default();
+    let out = send(
+        &layer,
+        &seen,
+        post(
+            &[("x-hub-signature-256", GH_SIG), ("x-request-id", "r-9")],
+            GH_BODY,
+        ),
+    )
+    .await;
+    assert_eq!(out.status, 401);
+    let text = logs.text();
+    assert_eq!(
+        text.matches("no signature matches any configured secret")
+            .count(),
+        1,
+        "{text}"
+    );
+    assert!(
+        text.contains("provider=\"github\"") || text.contains("provider=github"),
+        "{text}"
+    );
+    assert!(text.contains("r-9"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(!String::from_utf8_lossy(&out.body).contains("no signature"));
+}
+
+#[tokio::test]
+async fn skipping_verification_needs_the_loud_opt_in() {
+    let layer = SignatureLayer::dangerously_skip_verification().max_body_size(10);
+    let seen = Seen::default();
+    let out = send(&layer, &seen, post(&[], "anything")).await;
+    assert_eq!(out.status, 200);
+    let hook = seen.last.lock().unwrap().clone().unwrap().1;
+    assert_eq!(hook.provider(), Provider::Unverified);
+    assert_eq!(hook.secret_index(), None);
+    let seen = Seen::default();
+    let out = send(&layer, &seen, post(&[], "more than ten bytes")).await;
+    assert_rejected(
+        &out,
+        &seen,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        types::PAYLOAD_TOO_LARGE,
+    );
+}
+
+/// Captured log output.
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+// ---------------------------------------------------------------- peers' faults
+
+#[tokio::test]
+async fn signature_is_checked_before_anything_parses_the_body() {
+    // Not JSON, bad signature: 401 (not a parse error).
+    let seen = Seen::default();
+    let out = send(
+        &github(),
+        &seen,
+        post(&[("x-hub-signature-256", GH_SIG)], "{not json"),
+    )
+    .await;
+    assert_rejected(
+        &out,
+        &seen,
+        StatusCode::UNAUTHORIZED,
+        types::INVALID_SIGNATURE,
+    );
+    // Not JSON, good signature: the layer does not care, the handler decides.
+    let body = "{not json";
+    let sig = format!(
+        "sha256={}",
+        hex256(GH_SECRET.as_bytes(), &[body.as_bytes()])
+    );
+    let seen = Seen::default();
+    assert_eq!(
+        send(
+            &github(),
+            &seen,
+            post(&[("x-hub-signature-256", &sig)], body)
+        )
+        .await
+        .status,
+        200
+    );
+}
+
+#[test]
+fn verify_in_memory_and_error_mapping() {
+    let layer = github();
+    let mut headers = HeaderMap::new();
+    headers.insert("x-hub-signature-256", GH_SIG.parse().unwrap());
+    let hook = layer.verify(&headers, GH_BODY).unwrap();
+    assert_eq!(hook.provider(), Provider::GitHub);
+    let err = layer.verify(&headers, b"Hello").unwrap_err();
+    assert!(matches!(err, SignatureValidationError::Mismatch));
+    assert_eq!(err.status(), 401);
+    let big = vec![0u8; 2048];
+    let err = layer
+        .clone()
+        .max_body_size(1024)
+        .verify(&headers, &big)
+        .unwrap_err();
+    assert_eq!(err.status(), 413);
+    assert_eq!(SignatureValidationError::Replayed("x".into()).status(), 409);
+    assert_eq!(
+        SignatureValidationError::MalformedDelivery("x").status(),
+        400
+    );
+}
+
+// ---------------------------------------------------------------- the rest of the stack
+
+#[tokio::test]
+async fn webhook_error_layer_rerenders_with_request_id_and_grpc() {
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .layer(github())
+        .service_fn(|_req: Request<Full<Bytes>>| async {
+            Ok::<_, Infallible>(Response::new(Full::<Bytes>::default()))
+        });
+    let req = post(
+        &[("x-hub-signature-256", GH_SIG), ("x-request-id", "req-7")],
+        "forged",
+    );
+    let res = svc.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 401);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["instance"], "req-7");
+    assert_eq!(json["type"], types::INVALID_SIGNATURE);
+
+    let req = post(
+        &[
+            ("x-hub-signature-256", GH_SIG),
+            ("content-type", "application/grpc"),
+        ],
+        "forged",
+    );
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["grpc-status"], "16");
+
+    // A SignatureValidationError returned as an error anywhere in a chain is recognised too.
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .service_fn(|_req: Request<Full<Bytes>>| async {
+            Err::<Response<Full<Bytes>>, tower::BoxError>(Box::new(
+                SignatureValidationError::PayloadTooLarge { limit: 1 },
+            ))
+        });
+    let res = svc.oneshot(post(&[], "")).await.unwrap();
+    assert_eq!(res.status(), 413);
+}
+
+#[tokio::test]
+async fn axum_route_layer_with_json_extractor() {
+    use axum::{Json, Router, routing::post as axum_post};
+
+    async fn handler(hook: VerifiedWebhook, Json(value): Json<serde_json::Value>) -> String {
+        format!("{}:{}", hook.event().unwrap_or("-"), value["action"])
+    }
+    let secret = "axum-secret";
+    let app: Router = Router::new()
+        .route("/github", axum_post(handler))
+        .route_layer(SignatureLayer::github(secret).unwrap())
+        .route("/health", axum::routing::get(|| async { "up" }));
+    let body = r#"{"action":"opened"}"#;
+    let sig = format!("sha256={}", hex256(secret.as_bytes(), &[body.as_bytes()]));
+    let req = Request::post("/github")
+        .header("content-type", "application/json")
+        .header("x-github-event", "pull_request")
+        .header("x-hub-signature-256", sig)
+        .body(axum::body::Body::from(body))
+        .unwrap();
+    let res = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let text = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&text[..], br#"pull_request:"opened""#);
+
+    let forged = Request::post("/github")
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", GH_SIG)
+        .body(axum::body::Body::from(body))
+        .unwrap();
+    assert_eq!(app.clone().oneshot(forged).await.unwrap().status(), 401);
+    // Other routes are not guarded.
+    let health = Request::get("/health")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    assert_eq!(app.oneshot(health).await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn readiness_is_forwarded() {
+    let (mut mock, mut handle) =
+        tower_test::mock::spawn_layer::<Request<Full<Bytes>>, Response<Full<Bytes>>, _>(github());
+    handle.allow(0);
+    assert!(mock.poll_ready().is_pending());
+    handle.allow(1);
+    assert!(mock.poll_ready().is_ready());
+}

@@ -1,0 +1,262 @@
+//! `RedisReplayStore` against a real `redis-server` started here on 127.0.0.1, a random port.
+//!
+//! Needs `redis-server` on PATH (`.ci/signature.sh` installs it). Without it the tests skip with
+//! a message, unless `TOWER_WEBHOOK_REQUIRE_INTEROP=1`, where they fail.
+
+use std::convert::Infallible;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_webhook::signature::{
+    OnReplay, RecordDelivery, RedisReplayStore, ReplayStore, SignatureLayer,
+};
+
+const SECRET: &str = "It's a Secret to Everybody";
+const BODY: &[u8] = b"Hello, World!";
+const SIG: &str = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+
+/// A `redis-server` child process, killed on drop.
+struct Redis {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_redis() -> Option<Redis> {
+    let found = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        let msg = "redis-server not found on PATH (run .ci/signature.sh to install it)";
+        assert!(
+            !std::env::var("TOWER_WEBHOOK_REQUIRE_INTEROP").is_ok_and(|v| v == "1"),
+            "TOWER_WEBHOOK_REQUIRE_INTEROP=1: {msg}"
+        );
+        eprintln!("SKIPPED: {msg}");
+        return None;
+    }
+    for _attempt in 0..5 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        let redis = Redis {
+            child,
+            url: format!("redis://127.0.0.1:{port}/"),
+        };
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return Some(redis);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The port was taken in between: try another one.
+    }
+    panic!("redis-server did not start");
+}
+
+struct Replica {
+    layer: SignatureLayer,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Replica {
+    async fn new(redis: &Redis, configure: impl FnOnce(SignatureLayer) -> SignatureLayer) -> Self {
+        // Each replica has its own connection to the shared server.
+        let store = RedisReplayStore::connect(&redis.url).await.unwrap();
+        Self {
+            layer: configure(SignatureLayer::github(SECRET).unwrap().replay_store(store)),
+            calls: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    async fn deliver(&self, id: &str, answer: StatusCode) -> StatusCode {
+        let calls = self.calls.clone();
+        let svc = ServiceBuilder::new().layer(self.layer.clone()).service_fn(
+            move |_req: Request<Full<Bytes>>| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    let mut res = Response::new(Full::<Bytes>::default());
+                    *res.status_mut() = answer;
+                    Ok::<_, Infallible>(res)
+                }
+            },
+        );
+        let req = Request::post("/hook")
+            .header("x-hub-signature-256", SIG)
+            .header("x-github-delivery", id)
+            .body(Full::new(Bytes::from_static(BODY)))
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), svc.oneshot(req))
+            .await
+            .expect("no hang")
+            .unwrap()
+            .status()
+    }
+}
+
+#[tokio::test]
+async fn store_semantics_against_real_redis() {
+    let Some(redis) = start_redis().await else {
+        return;
+    };
+    let store = RedisReplayStore::connect(&redis.url)
+        .await
+        .unwrap()
+        .prefix("test:");
+    assert!(
+        store
+            .insert("github:a", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .insert("github:a", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    assert!(store.remove("github:a").await.unwrap());
+    assert!(!store.remove("github:a").await.unwrap());
+    assert!(
+        store
+            .insert("github:a", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    // Expiry is Redis' own.
+    assert!(
+        store
+            .insert("github:short", Duration::from_millis(150))
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        store
+            .insert("github:short", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    // Concurrent inserts of one key: exactly one wins.
+    let results = futures_join(&store, "github:race").await;
+    assert_eq!(results.iter().filter(|new| **new).count(), 1, "{results:?}");
+}
+
+async fn futures_join(store: &RedisReplayStore, key: &str) -> Vec<bool> {
+    let mut handles = Vec::new();
+    for _ in 0..8 {
+        let s = store.clone();
+        let k = key.to_owned();
+        handles.push(tokio::spawn(async move {
+            s.insert(&k, Duration::from_secs(60)).await.unwrap()
+        }));
+    }
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn two_replicas_share_the_store() {
+    let Some(redis) = start_redis().await else {
+        return;
+    };
+    let a = Replica::new(&redis, |l| l).await;
+    let b = Replica::new(&redis, |l| l).await;
+    assert_eq!(
+        a.deliver("delivery-1", StatusCode::OK).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        b.deliver("delivery-1", StatusCode::OK).await,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        a.deliver("delivery-1", StatusCode::OK).await,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        b.deliver("delivery-2", StatusCode::OK).await,
+        StatusCode::OK
+    );
+    assert_eq!(a.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(b.calls.load(Ordering::SeqCst), 1);
+
+    // A replica that acknowledges duplicates answers 2xx without processing.
+    let c = Replica::new(&redis, |l| {
+        l.on_replay(OnReplay::Acknowledge(StatusCode::OK))
+    })
+    .await;
+    assert_eq!(
+        c.deliver("delivery-1", StatusCode::OK).await,
+        StatusCode::OK
+    );
+    assert_eq!(c.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn failed_delivery_is_released_for_the_other_replica() {
+    let Some(redis) = start_redis().await else {
+        return;
+    };
+    let a = Replica::new(&redis, |l| l.record_delivery(RecordDelivery::AfterSuccess)).await;
+    let b = Replica::new(&redis, |l| l.record_delivery(RecordDelivery::AfterSuccess)).await;
+    assert_eq!(
+        a.deliver("retry-1", StatusCode::SERVICE_UNAVAILABLE).await,
+        503
+    );
+    assert_eq!(b.deliver("retry-1", StatusCode::OK).await, 200);
+    assert_eq!(a.deliver("retry-1", StatusCode::OK).await, 409);
+}
+
+#[tokio::test]
+async fn redis_going_away_fails_closed() {
+    let Some(mut redis) = start_redis().await else {
+        return;
+    };
+    let a = Replica::new(&redis, |l| l).await;
+    assert_eq!(a.deliver("before", StatusCode::OK).await, 200);
+    let _ = redis.child.kill();
+    let _ = redis.child.wait();
+    assert_eq!(
+        a.deliver("after", StatusCode::OK).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(a.calls.load(Ordering::SeqCst), 1);
+}
