@@ -244,10 +244,7 @@ async fn tonic_channel_behind_the_breaker_sees_unavailable() {
     let mut client = tonic::client::Grpc::new(ServiceBuilder::new().layer(layer).service(channel));
     let path = http::uri::PathAndQuery::from_static("/test.Pinger/Ping");
     let mut ping = async |text: &str| {
-        client
-            .ready()
-            .await
-            .map_err(|e| tonic::Status::from_error(e.into()))?;
+        client.ready().await.map_err(tonic::Status::from_error)?;
         timeout(client.unary(
             tonic::Request::new(Ping {
                 text: text.to_owned(),

@@ -418,8 +418,8 @@ fn half_open_never_admits_more_than_n_under_contention() {
                     while !stop.load(Ordering::Relaxed) {
                         i += 1;
                         let mut svc = svc.clone();
-                        let fut = svc.ready().await.unwrap().call(i % 7 == 0);
-                        if (i + t) % 5 == 0 {
+                        let fut = svc.ready().await.unwrap().call(i.is_multiple_of(7));
+                        if (i + t).is_multiple_of(5) {
                             // Dropped before completion: the permit must come back.
                             let _ = tokio::time::timeout(Duration::from_micros(50), fut).await;
                         } else {

@@ -355,14 +355,14 @@ impl<B: Body> Body for ResponseBody<B> {
         let frame = std::task::ready!(this.inner.poll_frame(cx));
         match &frame {
             Some(Ok(frame)) => {
-                if let Some(trailers) = frame.trailers_ref() {
-                    if let Some((recorder, eos)) = this.eos.take() {
-                        let outcome = match eos.classify_eos(Some(trailers)) {
-                            Ok(()) => Outcome::Success,
-                            Err(class) => grpc_outcome(&class),
-                        };
-                        recorder.record(outcome);
-                    }
+                if let Some(trailers) = frame.trailers_ref()
+                    && let Some((recorder, eos)) = this.eos.take()
+                {
+                    let outcome = match eos.classify_eos(Some(trailers)) {
+                        Ok(()) => Outcome::Success,
+                        Err(class) => grpc_outcome(&class),
+                    };
+                    recorder.record(outcome);
                 }
             }
             Some(Err(_)) => {

@@ -394,13 +394,13 @@ impl CircuitBreakerConfig {
             ("failure_rate_threshold", self.failure_rate),
             ("slow_call_rate_threshold", self.slow_rate),
         ] {
-            if let Some(rate) = rate {
-                if !(rate > 0.0 && rate <= 100.0) {
-                    return Err(ConfigError::invalid(
-                        name,
-                        format!("a percentage greater than 0 and at most 100, got {rate}"),
-                    ));
-                }
+            if let Some(rate) = rate
+                && !(rate > 0.0 && rate <= 100.0)
+            {
+                return Err(ConfigError::invalid(
+                    name,
+                    format!("a percentage greater than 0 and at most 100, got {rate}"),
+                ));
             }
         }
         if self.minimum_calls == 0 {

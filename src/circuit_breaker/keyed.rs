@@ -198,7 +198,7 @@ impl<S, K, F: Clone, C: Clone> Layer<S> for KeyedCircuitBreakerLayer<K, F, C> {
 /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, KeyedCircuitBreakerLayer};
 /// use tower_layer::Layer;
 ///
-/// let layer = KeyedCircuitBreakerLayer::new(CircuitBreakerConfig::default(), 16, |r: &String| r.clone()).unwrap();
+/// let layer = KeyedCircuitBreakerLayer::<String, _>::new(CircuitBreakerConfig::default(), 16, |r: &String| r.clone()).unwrap();
 /// let svc = layer.layer(tower::service_fn(|r: String| async move { Ok::<_, std::io::Error>(r) }));
 /// # let _ = svc;
 /// ```
@@ -274,7 +274,7 @@ where
 /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, KeyedCircuitBreakerLayer};
 ///
 /// let (_layer, handle) =
-///     KeyedCircuitBreakerLayer::pair(CircuitBreakerConfig::default(), 16, |r: &String| r.clone()).unwrap();
+///     KeyedCircuitBreakerLayer::<String, _>::pair(CircuitBreakerConfig::default(), 16, |r: &String| r.clone()).unwrap();
 /// assert!(handle.is_empty());
 /// assert!(handle.snapshots().is_empty());
 /// ```

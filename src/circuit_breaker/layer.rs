@@ -233,6 +233,7 @@ impl<S, C> CircuitBreaker<S, C> {
 
 /// Shared by the single and the keyed breaker: readiness that never polls the inner service
 /// to reject.
+#[inline]
 pub(crate) fn poll_ready_with<S, Req>(
     core: &Core,
     inner: &mut S,

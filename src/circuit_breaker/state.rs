@@ -114,11 +114,11 @@ fn register(weak: Weak<Core>) -> RegId {
 
 fn unregister(id: RegId) {
     let mut reg = registry();
-    if let Some(slot) = reg.slots.get_mut(id.index as usize) {
-        if slot.0 == id.tag {
-            slot.1 = Weak::new();
-            reg.free.push(id.index);
-        }
+    if let Some(slot) = reg.slots.get_mut(id.index as usize)
+        && slot.0 == id.tag
+    {
+        slot.1 = Weak::new();
+        reg.free.push(id.index);
     }
 }
 
@@ -263,7 +263,7 @@ impl Core {
 
     fn ms_of(d: Duration) -> u64 {
         // Round up so a deadline is never early.
-        let ms = d.as_millis() + u128::from(d.as_nanos() % 1_000_000 != 0);
+        let ms = d.as_millis() + u128::from(!d.as_nanos().is_multiple_of(1_000_000));
         u64::try_from(ms).unwrap_or(u64::MAX)
     }
 
@@ -842,6 +842,7 @@ impl std::fmt::Debug for Recorder {
 }
 
 impl Recorder {
+    #[inline]
     pub(crate) fn new(admission: Admission) -> Self {
         Self { admission }
     }
@@ -855,6 +856,7 @@ impl Recorder {
     /// Records how the call ended, with the upstream's `Retry-After` (used when this failure
     /// opens the breaker and [`honor_retry_after`](super::CircuitBreakerConfig::honor_retry_after)
     /// is set).
+    #[inline]
     pub fn record_with_retry_after(self, outcome: Outcome, retry_after: Option<Duration>) {
         self.finish(outcome, retry_after);
     }
@@ -868,12 +870,21 @@ impl Recorder {
             // The window is full of successes: one more changes nothing.
             return;
         }
+        Self::record_slow(core, &self.admission, outcome, retry_after);
+    }
+
+    fn record_slow(
+        core: CoreRef,
+        admission: &Admission,
+        outcome: Outcome,
+        retry_after: Option<Duration>,
+    ) {
         if let Some(core) = core.resolve() {
             core.record(
-                self.admission.generation,
-                self.admission.probe,
+                admission.generation,
+                admission.probe,
                 outcome,
-                self.admission.start_nanos,
+                admission.start_nanos,
                 retry_after,
             );
         }
@@ -881,13 +892,21 @@ impl Recorder {
 }
 
 impl Drop for Recorder {
+    #[inline]
     fn drop(&mut self) {
-        if let Some(core) = self.admission.core.take() {
-            if self.admission.probe {
-                if let Some(core) = core.resolve() {
-                    core.release_permit(self.admission.generation);
-                }
-            }
+        if self.admission.probe {
+            self.release();
+        }
+    }
+}
+
+impl Recorder {
+    #[cold]
+    fn release(&mut self) {
+        if let Some(core) = self.admission.core.take()
+            && let Some(core) = core.resolve()
+        {
+            core.release_permit(self.admission.generation);
         }
     }
 }

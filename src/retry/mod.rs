@@ -191,10 +191,10 @@ fn is_circuit_open(err: &(dyn Error + 'static)) -> bool {
             return true;
         }
         #[cfg(feature = "error")]
-        if let Some(problem) = e.downcast_ref::<crate::error::Problem>() {
-            if problem.problem_type() == crate::error::types::CIRCUIT_OPEN {
-                return true;
-            }
+        if let Some(problem) = e.downcast_ref::<crate::error::Problem>()
+            && problem.problem_type() == crate::error::types::CIRCUIT_OPEN
+        {
+            return true;
         }
         current = e.source();
     }
@@ -404,11 +404,11 @@ where
                 Duration::from_nanos(fastrand::u64(0..=nanos))
             }
         };
-        if let Some(budget) = &self.budget {
-            if !budget.withdraw() {
-                tracing::debug!("retry budget exhausted; not retrying");
-                return None;
-            }
+        if let Some(budget) = &self.budget
+            && !budget.withdraw()
+        {
+            tracing::debug!("retry budget exhausted; not retrying");
+            return None;
         }
         self.attempt += 1;
         tracing::debug!(
@@ -420,10 +420,10 @@ where
     }
 
     fn clone_request(&mut self, req: &Req) -> Option<Req> {
-        if self.attempt == 0 {
-            if let Some(budget) = &self.budget {
-                budget.deposit();
-            }
+        if self.attempt == 0
+            && let Some(budget) = &self.budget
+        {
+            budget.deposit();
         }
         if !self.may_retry(req) {
             return None;
