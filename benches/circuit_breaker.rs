@@ -37,6 +37,9 @@ trait Caller: Clone + Send + 'static {
     fn run(&mut self, iters: u64) -> impl std::future::Future<Output = ()>;
 }
 
+#[repr(align(128))]
+struct Padded<T>([u8; 0], T);
+
 #[derive(Clone)]
 struct Svc<S>(S);
 
@@ -86,11 +89,13 @@ type MakeTimed = Box<dyn Fn() -> Timed + Sync>;
 fn callers() -> Vec<(&'static str, MakeTimed)> {
     fn timed<C: Caller>(caller: C) -> Timed {
         let rt = runtime();
-        let mut caller = caller;
+        // Each thread's service on its own cache lines, as it would be in its own task: two
+        // small boxes side by side would otherwise share a line and measure false sharing.
+        let mut caller = Box::new(Padded([], caller));
         Box::new(move |iters| {
             rt.block_on(async {
                 let start = Instant::now();
-                caller.run(iters).await;
+                caller.1.run(iters).await;
                 start.elapsed()
             })
         })

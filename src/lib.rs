@@ -7,6 +7,11 @@
 //! - [`error`]: [`WebhookErrorLayer`](error::WebhookErrorLayer) turns every error and panic into
 //!   a correct response: a real status and an RFC 9457 `application/problem+json` body for HTTP,
 //!   `grpc-status` for gRPC.
+//! - [`circuit_breaker`]: [`CircuitBreakerLayer`](circuit_breaker::CircuitBreakerLayer) stops
+//!   calling an upstream that keeps failing (HTTP, gRPC, `reqwest`), lock-free, with
+//!   resilience4j's states and rules, per-key breakers and a `/status`-ready snapshot.
+//! - [`retry`]: [`RetryPolicy`](retry::RetryPolicy), a `tower::retry` policy with exponential
+//!   backoff, full jitter, a retry budget and `Retry-After`, for idempotent requests only.
 //!
 //! # Feature flags
 //!

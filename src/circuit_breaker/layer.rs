@@ -292,11 +292,11 @@ where
         return ResponseFuture::rejected(core.reject_unready());
     }
     match core.admit() {
-        Ok(admission) => ResponseFuture {
+        Ok(recorder) => ResponseFuture {
             kind: Kind::Called {
                 future: inner.call(req),
                 classifier: classifier.clone(),
-                recorder: Some(Recorder::new(admission)),
+                recorder,
             },
         },
         Err(open) => ResponseFuture::rejected(open),
@@ -351,7 +351,7 @@ enum Kind<F, C> {
         #[pin]
         future: F,
         classifier: C,
-        recorder: Option<Recorder>,
+        recorder: Recorder,
     },
     Rejected {
         error: Option<CircuitOpen>,
@@ -395,9 +395,7 @@ where
                 recorder,
             } => {
                 let result = ready!(future.poll(cx));
-                let recorder = recorder
-                    .take()
-                    .expect("circuit breaker ResponseFuture polled after completion");
+                let recorder = std::mem::replace(recorder, Recorder::untracked());
                 Poll::Ready(classifier.classify(result, recorder).map_err(Into::into))
             }
             KindProj::Rejected { error } => {

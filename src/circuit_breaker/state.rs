@@ -92,6 +92,24 @@ pub(crate) struct RegId {
     tag: u32,
 }
 
+const REG_INDEX_BITS: u32 = 20;
+const REG_TAG_MASK: u32 = (1 << 20) - 1;
+
+impl RegId {
+    /// index (20) | tag (20), or `None` when the index does not fit.
+    fn pack(self) -> Option<u64> {
+        (self.index < 1 << REG_INDEX_BITS)
+            .then(|| u64::from(self.index) | (u64::from(self.tag & REG_TAG_MASK) << REG_INDEX_BITS))
+    }
+
+    fn unpack(bits: u64) -> Self {
+        Self {
+            index: (bits & ((1 << REG_INDEX_BITS) - 1)) as u32,
+            tag: ((bits >> REG_INDEX_BITS) as u32) & REG_TAG_MASK,
+        }
+    }
+}
+
 fn registry() -> std::sync::MutexGuard<'static, Registry> {
     REGISTRY
         .lock()
@@ -126,7 +144,7 @@ fn lookup(id: RegId) -> Option<Arc<Core>> {
     let reg = registry();
     reg.slots
         .get(id.index as usize)
-        .filter(|slot| slot.0 == id.tag)
+        .filter(|slot| slot.0 & REG_TAG_MASK == id.tag)
         .and_then(|slot| slot.1.upgrade())
 }
 
@@ -154,6 +172,8 @@ fn half_pack(tag: u16, f: [u64; 4]) -> u64 {
 pub(crate) struct Core {
     pub(crate) config: CircuitBreakerConfig,
     id: RegId,
+    /// The registry id packed for a fast-path recorder, if it fits.
+    fast_id: Option<u64>,
     base: Instant,
     word: AtomicU64,
     window: Window,
@@ -184,27 +204,18 @@ impl Drop for Core {
     }
 }
 
-/// The decision for one admitted call, turned into a [`Recorder`] by the service.
-pub(crate) struct Admission {
-    core: Option<CoreRef>,
-    generation: u32,
-    start_nanos: u64,
-    probe: bool,
-    fast: bool,
-}
+/// Recorder bits: fast (1) | probe (1) | tracked (1) | generation (21) | 40 bits of payload:
+/// for a fast recorder the registry id, else the start time in units of 1024 ns (it wraps
+/// after 13 days, far beyond any slow-call threshold). All zero: records nothing.
+const FAST: u64 = 1 << 63;
+const PROBE: u64 = 1 << 62;
+const TRACKED: u64 = 1 << 61;
+const GEN_SHIFT: u32 = 40;
+const PAYLOAD: u64 = (1 << GEN_SHIFT) - 1;
 
-enum CoreRef {
-    Shared(Arc<Core>),
-    Registered(RegId),
-}
-
-impl CoreRef {
-    fn resolve(&self) -> Option<std::borrow::Cow<'_, Arc<Core>>> {
-        match self {
-            Self::Shared(core) => Some(std::borrow::Cow::Borrowed(core)),
-            Self::Registered(id) => lookup(*id).map(std::borrow::Cow::Owned),
-        }
-    }
+#[inline]
+fn recorder_bits(generation: u32, payload: u64) -> u64 {
+    TRACKED | ((u64::from(generation) & GEN_MASK) << GEN_SHIFT) | (payload & PAYLOAD)
 }
 
 impl Core {
@@ -225,19 +236,23 @@ impl Core {
         let slow_nanos = config
             .slow_rate
             .map(|_| u64::try_from(config.slow_duration.as_nanos()).unwrap_or(u64::MAX));
-        Arc::new_cyclic(|weak| Core {
-            id: register(weak.clone()),
-            base: Instant::now(),
-            word: AtomicU64::new(pack(CircuitState::Closed, 0, 0)),
-            window,
-            consecutive: AtomicU64::new(0),
-            half: AtomicU64::new(0),
-            attempts: AtomicU32::new(0),
-            upstream_until_ms: AtomicU64::new(0),
-            not_permitted: AtomicU64::new(0),
-            min_calls,
-            slow_nanos,
-            config,
+        Arc::new_cyclic(|weak| {
+            let id = register(weak.clone());
+            Core {
+                id,
+                fast_id: id.pack(),
+                base: Instant::now(),
+                word: AtomicU64::new(pack(CircuitState::Closed, 0, 0)),
+                window,
+                consecutive: AtomicU64::new(0),
+                half: AtomicU64::new(0),
+                attempts: AtomicU32::new(0),
+                upstream_until_ms: AtomicU64::new(0),
+                not_permitted: AtomicU64::new(0),
+                min_calls,
+                slow_nanos,
+                config,
+            }
         })
     }
 
@@ -249,6 +264,16 @@ impl Core {
                 .as_nanos(),
         )
         .unwrap_or(u64::MAX)
+    }
+
+    /// The start time of a call, for the slow-call rule (0 when the rule is off).
+    #[inline]
+    fn start_units(&self) -> u64 {
+        if self.slow_nanos.is_some() {
+            self.now_nanos() >> 10
+        } else {
+            0
+        }
     }
 
     #[inline]
@@ -292,61 +317,40 @@ impl Core {
 
     /// Decides whether a call may go through.
     #[inline]
-    pub(crate) fn admit(self: &Arc<Self>) -> Result<Admission, CircuitOpen> {
+    pub(crate) fn admit(self: &Arc<Self>) -> Result<Recorder, CircuitOpen> {
         let word = unpack(self.word.load(Ordering::Acquire));
         match word.state {
             CircuitState::Closed | CircuitState::MetricsOnly => Ok(self.admit_closed(word)),
-            CircuitState::Disabled => Ok(Admission {
-                core: None,
-                generation: word.generation,
-                start_nanos: 0,
-                probe: false,
-                fast: false,
-            }),
+            CircuitState::Disabled => Ok(Recorder::untracked()),
             _ => self.admit_slow(),
         }
     }
 
     #[inline]
-    fn admit_closed(self: &Arc<Self>, word: Word) -> Admission {
-        let fast = match &self.window {
-            Window::Count(w) => self.slow_nanos.is_none() && w.all_ok(tag(word.generation)),
-            Window::Time(_) => false,
-        };
-        Admission {
-            core: Some(if fast {
-                CoreRef::Registered(self.id)
-            } else {
-                CoreRef::Shared(Arc::clone(self))
-            }),
-            generation: word.generation,
-            start_nanos: if self.slow_nanos.is_some() {
-                self.now_nanos()
-            } else {
-                0
-            },
-            probe: false,
-            fast,
+    fn admit_closed(self: &Arc<Self>, word: Word) -> Recorder {
+        if let (Window::Count(w), None, Some(id)) = (&self.window, self.slow_nanos, self.fast_id)
+            && w.all_ok(tag(word.generation))
+        {
+            return Recorder {
+                core: None,
+                bits: FAST | recorder_bits(word.generation, id),
+            };
+        }
+        Recorder {
+            core: Some(Arc::clone(self)),
+            bits: recorder_bits(word.generation, self.start_units()),
         }
     }
 
     #[cold]
-    fn admit_slow(self: &Arc<Self>) -> Result<Admission, CircuitOpen> {
+    fn admit_slow(self: &Arc<Self>) -> Result<Recorder, CircuitOpen> {
         loop {
             let word = unpack(self.word.load(Ordering::Acquire));
             match word.state {
                 CircuitState::Closed | CircuitState::MetricsOnly => {
                     return Ok(self.admit_closed(word));
                 }
-                CircuitState::Disabled => {
-                    return Ok(Admission {
-                        core: None,
-                        generation: word.generation,
-                        start_nanos: 0,
-                        probe: false,
-                        fast: false,
-                    });
-                }
+                CircuitState::Disabled => return Ok(Recorder::untracked()),
                 CircuitState::ForcedOpen => return Err(self.reject(CircuitState::ForcedOpen, None)),
                 CircuitState::Open => {
                     let now = self.now_ms();
@@ -374,16 +378,9 @@ impl Core {
                         if now_word.generation != word.generation {
                             continue;
                         }
-                        return Ok(Admission {
-                            core: Some(CoreRef::Shared(Arc::clone(self))),
-                            generation: word.generation,
-                            start_nanos: if self.slow_nanos.is_some() {
-                                self.now_nanos()
-                            } else {
-                                0
-                            },
-                            probe: true,
-                            fast: false,
+                        return Ok(Recorder {
+                            core: Some(Arc::clone(self)),
+                            bits: PROBE | recorder_bits(word.generation, self.start_units()),
                         });
                     }
                     return Err(self.reject(CircuitState::HalfOpen, None));
@@ -549,7 +546,7 @@ impl Core {
         generation: u32,
         probe: bool,
         outcome: Outcome,
-        start_nanos: u64,
+        start_units: u64,
         upstream_retry_after: Option<Duration>,
     ) {
         if outcome == Outcome::Neutral {
@@ -559,9 +556,10 @@ impl Core {
             return;
         }
         let now = self.now_nanos();
-        let slow = self
-            .slow_nanos
-            .is_some_and(|limit| now.saturating_sub(start_nanos) >= limit);
+        let slow = self.slow_nanos.is_some_and(|limit| {
+            let elapsed = ((now >> 10).wrapping_sub(start_units) & PAYLOAD) << 10;
+            elapsed >= limit
+        });
         let failed = outcome == Outcome::Failure;
         if let (true, Some(after), Some(_)) =
             (failed, upstream_retry_after, self.config.retry_after_cap)
@@ -829,22 +827,27 @@ impl Core {
 /// }
 /// ```
 pub struct Recorder {
-    admission: Admission,
+    core: Option<Arc<Core>>,
+    bits: u64,
 }
 
 impl std::fmt::Debug for Recorder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Recorder")
-            .field("generation", &self.admission.generation)
-            .field("probe", &self.admission.probe)
+            .field("generation", &((self.bits >> GEN_SHIFT) & GEN_MASK))
+            .field("probe", &(self.bits & PROBE != 0))
             .finish_non_exhaustive()
     }
 }
 
 impl Recorder {
+    /// A recorder that records nothing (DISABLED, or already used).
     #[inline]
-    pub(crate) fn new(admission: Admission) -> Self {
-        Self { admission }
+    pub(crate) const fn untracked() -> Self {
+        Self {
+            core: None,
+            bits: 0,
+        }
     }
 
     /// Records how the call ended.
@@ -863,38 +866,45 @@ impl Recorder {
 
     #[inline]
     fn finish(mut self, outcome: Outcome, retry_after: Option<Duration>) {
-        let Some(core) = self.admission.core.take() else {
-            return;
-        };
-        if self.admission.fast && outcome == Outcome::Success {
+        let bits = std::mem::take(&mut self.bits);
+        if bits & FAST != 0 && outcome == Outcome::Success {
             // The window is full of successes: one more changes nothing.
             return;
         }
-        Self::record_slow(core, &self.admission, outcome, retry_after);
+        let core = self.core.take();
+        if bits != 0 {
+            Self::record_slow(core, bits, outcome, retry_after);
+        }
     }
 
     fn record_slow(
-        core: CoreRef,
-        admission: &Admission,
+        core: Option<Arc<Core>>,
+        bits: u64,
         outcome: Outcome,
         retry_after: Option<Duration>,
     ) {
-        if let Some(core) = core.resolve() {
-            core.record(
-                admission.generation,
-                admission.probe,
-                outcome,
-                admission.start_nanos,
-                retry_after,
-            );
-        }
+        let core = match core {
+            Some(core) => core,
+            None => match lookup(RegId::unpack(bits & PAYLOAD)) {
+                Some(core) => core,
+                None => return,
+            },
+        };
+        let start = if bits & FAST != 0 { 0 } else { bits & PAYLOAD };
+        core.record(
+            ((bits >> GEN_SHIFT) & GEN_MASK) as u32,
+            bits & PROBE != 0,
+            outcome,
+            start,
+            retry_after,
+        );
     }
 }
 
 impl Drop for Recorder {
     #[inline]
     fn drop(&mut self) {
-        if self.admission.probe {
+        if self.bits & PROBE != 0 {
             self.release();
         }
     }
@@ -903,10 +913,8 @@ impl Drop for Recorder {
 impl Recorder {
     #[cold]
     fn release(&mut self) {
-        if let Some(core) = self.admission.core.take()
-            && let Some(core) = core.resolve()
-        {
-            core.release_permit(self.admission.generation);
+        if let Some(core) = self.core.take() {
+            core.release_permit(((self.bits >> GEN_SHIFT) & GEN_MASK) as u32);
         }
     }
 }
