@@ -555,12 +555,16 @@ impl Core {
             }
             return;
         }
-        let now = self.now_nanos();
+        let failed = outcome == Outcome::Failure;
+        // The clock is read only when something needs it.
+        let needs_clock = self.slow_nanos.is_some()
+            || matches!(self.window, Window::Time(_))
+            || (failed && upstream_retry_after.is_some() && self.config.retry_after_cap.is_some());
+        let now = if needs_clock { self.now_nanos() } else { 0 };
         let slow = self.slow_nanos.is_some_and(|limit| {
             let elapsed = ((now >> 10).wrapping_sub(start_units) & PAYLOAD) << 10;
             elapsed >= limit
         });
-        let failed = outcome == Outcome::Failure;
         if let (true, Some(after), Some(_)) =
             (failed, upstream_retry_after, self.config.retry_after_cap)
         {
