@@ -795,7 +795,7 @@ impl Core {
             slow_call_rate: rate(counts.slow),
             buffered_calls: counts.calls,
             failed_calls: counts.failures,
-            successful_calls: counts.calls - counts.failures,
+            successful_calls: counts.calls.saturating_sub(counts.failures),
             slow_calls: counts.slow,
             consecutive_failures: consecutive,
             not_permitted_calls: self.not_permitted.load(Ordering::Relaxed),
