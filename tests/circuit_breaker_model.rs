@@ -443,7 +443,7 @@ fn half_open_never_admits_more_than_n_under_contention() {
         "{max} calls were in the upstream at once"
     );
     assert!(
-        calls >= 30,
+        calls >= 10,
         "only {calls} probes went through: permits leaked?"
     );
     assert!(handle.snapshot().not_permitted_calls > 0);

@@ -70,7 +70,8 @@ impl<K: Hash + Eq + Clone + fmt::Display> Shared<K> {
 /// `max_keys` breakers exist, a new key replaces one that is CLOSED and idle; if there is none,
 /// new keys share one overflow breaker (and a warning is logged). `poll_ready` always polls the
 /// inner service (the key is not known before the request); backpressure mode does not exist
-/// for keyed breakers.
+/// for keyed breakers. Finding a key's breaker takes a read lock on the key map (a write lock
+/// the first time a key is seen); each breaker itself is lock-free.
 ///
 /// # Example
 ///
