@@ -134,7 +134,8 @@ impl<C> CircuitBreakerLayer<C> {
 
     /// Backpressure mode: while OPEN, `poll_ready` returns `Pending` until the open duration
     /// has passed, instead of accepting the call and rejecting it. FORCED_OPEN and a HALF_OPEN
-    /// breaker without free probe permits still reject in `call`.
+    /// breaker without free probe permits still reject in `call`. The wait is a
+    /// `tokio::time::Sleep`: it needs a Tokio runtime with the time driver enabled.
     pub fn with_backpressure(mut self) -> Self {
         self.backpressure = true;
         self
