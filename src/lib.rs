@@ -10,6 +10,11 @@
 //! - [`signature`]: [`SignatureLayer`](signature::SignatureLayer) lets only deliveries with a
 //!   valid signature through (GitHub, GitLab, Bitbucket, Gitea/Forgejo, Azure DevOps, Stripe,
 //!   Slack, Shopify, Standard Webhooks, custom HMAC), with size limits and replay protection.
+//! - [`circuit_breaker`]: [`CircuitBreakerLayer`](circuit_breaker::CircuitBreakerLayer) stops
+//!   calling an upstream that keeps failing (HTTP, gRPC, `reqwest`), lock-free, with
+//!   resilience4j's states and rules, per-key breakers and a `/status`-ready snapshot.
+//! - [`retry`]: [`RetryPolicy`](retry::RetryPolicy), a `tower::retry` policy with exponential
+//!   backoff, full jitter, a retry budget and `Retry-After`, for idempotent requests only.
 //!
 //! # Feature flags
 //!

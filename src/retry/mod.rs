@@ -1,1 +1,433 @@
-//! Retry policy (work in progress on this branch).
+//! Retry failed calls with exponential backoff: a [`tower::retry::Policy`].
+//!
+//! [`RetryPolicy`] retries a call when it failed in a way that may pass next time (an error of
+//! the inner service, or a 408, 429, 502, 503 or 504 response), and only when that is safe:
+//!
+//! - **Idempotent requests only**: `GET`, `HEAD`, `OPTIONS`, `TRACE`, `PUT`, `DELETE`, a request
+//!   with an `Idempotency-Key` header, or one carrying the [`RetryAllowed`] extension; or every
+//!   request after [`RetryPolicy::retry_non_idempotent`].
+//! - **Backoff**: exponential with full jitter (a random delay between 0 and
+//!   `min(cap, base * 2^attempt)`), so clients that failed together do not retry together.
+//! - **`Retry-After`**: when the response carries one (seconds or an HTTP date), the policy
+//!   waits exactly that long, and gives up if it is longer than
+//!   [`max_retry_after`](RetryPolicy::max_retry_after).
+//! - **Budget**: a shared [`TpsBudget`] caps retries to a share of the traffic, so retries do
+//!   not multiply the load on an upstream that is already struggling.
+//! - **Never a circuit-open rejection**: an error carrying
+//!   [`CircuitOpen`](crate::circuit_breaker::CircuitOpen) is returned at once.
+//!
+//! # With a circuit breaker
+//!
+//! Both orders work; they mean different things:
+//!
+//! - `retry` outside `breaker` (`ServiceBuilder::new().layer(retry).layer(breaker)`): every
+//!   attempt is an outcome for the breaker, and once it opens, the next attempt fails fast
+//!   with `CircuitOpen`, which is not retried. This is the usual order for an outbound client.
+//! - `breaker` outside `retry`: the breaker sees one outcome per logical call, after retries;
+//!   it opens only when calls keep failing despite retries.
+//!
+//! The request body must be `Clone` (`Full<Bytes>`, `String`, ...) to be sent again; with
+//! the `reqwest` feature `reqwest::Request` works too (through `try_clone`).
+//!
+//! # Example
+//!
+//! ```
+//! use std::sync::{Arc, atomic::{AtomicU32, Ordering}};
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::Full;
+//! use tower::{BoxError, ServiceBuilder, ServiceExt};
+//! use tower_webhook::retry::RetryPolicy;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! let calls = Arc::new(AtomicU32::new(0));
+//! let seen = calls.clone();
+//! let svc = ServiceBuilder::new()
+//!     .layer(RetryPolicy::new().max_retries(3).backoff(Duration::from_millis(50), Duration::from_secs(1)).into_layer())
+//!     .service_fn(move |_: Request<Full<Bytes>>| {
+//!         let n = seen.fetch_add(1, Ordering::SeqCst);
+//!         async move {
+//!             let mut res = Response::new(Full::<Bytes>::default());
+//!             if n < 2 { *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE; }
+//!             Ok::<_, BoxError>(res)
+//!         }
+//!     });
+//! let res = svc.oneshot(Request::get("/").body(Full::default()).unwrap()).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::OK);
+//! assert_eq!(calls.load(Ordering::SeqCst), 3);
+//! # }
+//! ```
+
+use std::error::Error;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, Method, StatusCode, header};
+use tokio::time::Sleep;
+use tower::retry::Policy;
+use tower::retry::budget::{Budget, TpsBudget};
+
+use crate::BoxError;
+
+pub use tower::retry::budget::TpsBudget as RetryBudget;
+
+/// Marks a request as safe to retry even though its method is not idempotent. Put it in the
+/// request's extensions.
+///
+/// # Example
+///
+/// ```
+/// use tower_webhook::retry::RetryAllowed;
+///
+/// let mut req = http::Request::post("/comments").body(String::new()).unwrap();
+/// req.extensions_mut().insert(RetryAllowed);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetryAllowed;
+
+/// A request the policy can inspect and send again.
+pub trait RetryRequest: Sized {
+    /// Whether sending it twice has the effect of sending it once.
+    fn is_idempotent(&self) -> bool;
+    /// A copy to send again, if the body can be copied.
+    fn try_clone(&self) -> Option<Self>;
+}
+
+fn idempotent(method: &Method, headers: &HeaderMap) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    ) || headers.contains_key("idempotency-key")
+}
+
+impl<B: Clone> RetryRequest for http::Request<B> {
+    fn is_idempotent(&self) -> bool {
+        idempotent(self.method(), self.headers())
+            || self.extensions().get::<RetryAllowed>().is_some()
+    }
+
+    fn try_clone(&self) -> Option<Self> {
+        let mut req = http::Request::new(self.body().clone());
+        *req.method_mut() = self.method().clone();
+        *req.uri_mut() = self.uri().clone();
+        *req.version_mut() = self.version();
+        *req.headers_mut() = self.headers().clone();
+        *req.extensions_mut() = self.extensions().clone();
+        Some(req)
+    }
+}
+
+#[cfg(feature = "reqwest")]
+impl RetryRequest for reqwest::Request {
+    fn is_idempotent(&self) -> bool {
+        idempotent(self.method(), self.headers())
+    }
+
+    fn try_clone(&self) -> Option<Self> {
+        reqwest::Request::try_clone(self)
+    }
+}
+
+/// A response the policy can inspect.
+pub trait RetryResponse {
+    /// The status.
+    fn status(&self) -> StatusCode;
+    /// The headers (for `Retry-After`).
+    fn headers(&self) -> &HeaderMap;
+}
+
+impl<B> RetryResponse for http::Response<B> {
+    fn status(&self) -> StatusCode {
+        http::Response::status(self)
+    }
+    fn headers(&self) -> &HeaderMap {
+        http::Response::headers(self)
+    }
+}
+
+#[cfg(feature = "reqwest")]
+impl RetryResponse for reqwest::Response {
+    fn status(&self) -> StatusCode {
+        reqwest::Response::status(self)
+    }
+    fn headers(&self) -> &HeaderMap {
+        reqwest::Response::headers(self)
+    }
+}
+
+/// An error the policy can inspect (to recognise a circuit-open rejection).
+pub trait RetryError {
+    /// The error, as a standard error.
+    fn as_error(&self) -> &(dyn Error + 'static);
+}
+
+impl RetryError for BoxError {
+    fn as_error(&self) -> &(dyn Error + 'static) {
+        &**self
+    }
+}
+
+#[cfg(feature = "reqwest")]
+impl RetryError for reqwest::Error {
+    fn as_error(&self) -> &(dyn Error + 'static) {
+        self
+    }
+}
+
+#[cfg(feature = "tonic")]
+impl RetryError for tonic::Status {
+    fn as_error(&self) -> &(dyn Error + 'static) {
+        self
+    }
+}
+
+fn is_circuit_open(err: &(dyn Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        #[cfg(feature = "circuit-breaker")]
+        if e.is::<crate::circuit_breaker::CircuitOpen>() {
+            return true;
+        }
+        #[cfg(feature = "error")]
+        if let Some(problem) = e.downcast_ref::<crate::error::Problem>()
+            && problem.problem_type() == crate::error::types::CIRCUIT_OPEN
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+/// `Retry-After` as a delay: delta-seconds or an HTTP date.
+fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return value.parse::<u64>().ok().map(Duration::from_secs);
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// A [`tower::retry::Policy`] with exponential backoff, full jitter, a cap, a retry budget,
+/// `Retry-After`, and retries of idempotent requests only. See the [module docs](self).
+///
+/// Tower clones the policy for every request; the budget is shared by all clones.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_webhook::retry::RetryPolicy;
+///
+/// let policy = RetryPolicy::new()
+///     .max_retries(4)
+///     .backoff(Duration::from_millis(100), Duration::from_secs(5))
+///     .max_retry_after(Duration::from_secs(30));
+/// assert_eq!(policy.max_delay(2), Duration::from_millis(400));
+/// let layer = policy.into_layer();
+/// # let _ = layer;
+/// ```
+#[derive(Clone)]
+pub struct RetryPolicy {
+    max_retries: u32,
+    base: Duration,
+    cap: Duration,
+    max_retry_after: Duration,
+    statuses: [u64; 4],
+    any_method: bool,
+    budget: Option<Arc<TpsBudget>>,
+    attempt: u32,
+}
+
+impl fmt::Debug for RetryPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryPolicy")
+            .field("max_retries", &self.max_retries)
+            .field("base", &self.base)
+            .field("cap", &self.cap)
+            .field("max_retry_after", &self.max_retry_after)
+            .field("any_method", &self.any_method)
+            .field("budget", &self.budget.is_some())
+            .field("attempt", &self.attempt)
+            .finish()
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RetryPolicy {
+    /// 3 retries, backoff from 100 ms capped at 10 s, `Retry-After` up to 60 s, statuses 408,
+    /// 429, 502, 503, 504, a budget of 10 retries a second plus 20 % of the calls.
+    pub fn new() -> Self {
+        let mut policy = Self {
+            max_retries: 3,
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(10),
+            max_retry_after: Duration::from_secs(60),
+            statuses: [0; 4],
+            any_method: false,
+            budget: Some(Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2))),
+            attempt: 0,
+        };
+        for status in [408, 429, 502, 503, 504] {
+            policy = policy.retry_on_status(StatusCode::from_u16(status).unwrap_or_default());
+        }
+        policy
+    }
+
+    /// At most `n` retries per call (so `n + 1` attempts).
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n;
+        self
+    }
+
+    /// The delay before retry `k` (0-based) is random between 0 and `min(cap, base * 2^k)`.
+    pub fn backoff(mut self, base: Duration, cap: Duration) -> Self {
+        self.base = base;
+        self.cap = cap;
+        self
+    }
+
+    /// The longest upstream `Retry-After` the policy waits for; longer ones end the retries.
+    pub fn max_retry_after(mut self, max: Duration) -> Self {
+        self.max_retry_after = max;
+        self
+    }
+
+    /// Also retries responses with `status` (only 400..=599 can be added).
+    pub fn retry_on_status(mut self, status: StatusCode) -> Self {
+        if let Some(bit) = status.as_u16().checked_sub(400).filter(|b| *b < 200) {
+            self.statuses[usize::from(bit / 64)] |= 1 << (bit % 64);
+        }
+        self
+    }
+
+    /// Does not retry responses with `status`.
+    pub fn no_retry_on_status(mut self, status: StatusCode) -> Self {
+        if let Some(bit) = status.as_u16().checked_sub(400).filter(|b| *b < 200) {
+            self.statuses[usize::from(bit / 64)] &= !(1 << (bit % 64));
+        }
+        self
+    }
+
+    /// Retries requests whatever their method (only when every request you send is safe to
+    /// repeat).
+    pub fn retry_non_idempotent(mut self) -> Self {
+        self.any_method = true;
+        self
+    }
+
+    /// Uses `budget`, which may be shared with other policies.
+    pub fn budget(mut self, budget: Arc<TpsBudget>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Retries without a budget (only the per-call maximum applies).
+    pub fn without_budget(mut self) -> Self {
+        self.budget = None;
+        self
+    }
+
+    /// The largest delay before retry `attempt` (0-based): `min(cap, base * 2^attempt)`.
+    pub fn max_delay(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.min(31));
+        self.base.saturating_mul(factor).min(self.cap)
+    }
+
+    /// `tower::retry::RetryLayer` with this policy.
+    pub fn into_layer(self) -> tower::retry::RetryLayer<Self> {
+        tower::retry::RetryLayer::new(self)
+    }
+
+    fn is_retryable_status(&self, status: StatusCode) -> bool {
+        status
+            .as_u16()
+            .checked_sub(400)
+            .filter(|b| *b < 200)
+            .is_some_and(|bit| self.statuses[usize::from(bit / 64)] & (1 << (bit % 64)) != 0)
+    }
+
+    fn may_retry<Req: RetryRequest>(&self, req: &Req) -> bool {
+        self.any_method || req.is_idempotent()
+    }
+}
+
+impl<Req, Res, E> Policy<Req, Res, E> for RetryPolicy
+where
+    Req: RetryRequest,
+    Res: RetryResponse,
+    E: RetryError,
+{
+    type Future = Sleep;
+
+    fn retry(&mut self, req: &mut Req, result: &mut Result<Res, E>) -> Option<Self::Future> {
+        let retry_after = match result {
+            Ok(res) => {
+                if !self.is_retryable_status(res.status()) {
+                    return None;
+                }
+                parse_retry_after(res.headers())
+            }
+            Err(err) => {
+                if is_circuit_open(err.as_error()) {
+                    return None;
+                }
+                None
+            }
+        };
+        if self.attempt >= self.max_retries || !self.may_retry(req) {
+            return None;
+        }
+        let delay = match retry_after {
+            Some(after) if after > self.max_retry_after => {
+                tracing::debug!(
+                    retry_after_ms = after.as_millis() as u64,
+                    "upstream Retry-After is longer than the policy waits; not retrying"
+                );
+                return None;
+            }
+            Some(after) => after,
+            None => {
+                let max = self.max_delay(self.attempt);
+                let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+                Duration::from_nanos(fastrand::u64(0..=nanos))
+            }
+        };
+        if let Some(budget) = &self.budget
+            && !budget.withdraw()
+        {
+            tracing::debug!("retry budget exhausted; not retrying");
+            return None;
+        }
+        self.attempt += 1;
+        tracing::debug!(
+            attempt = self.attempt,
+            delay_ms = delay.as_millis() as u64,
+            "retrying"
+        );
+        Some(tokio::time::sleep(delay))
+    }
+
+    fn clone_request(&mut self, req: &Req) -> Option<Req> {
+        if self.attempt == 0
+            && let Some(budget) = &self.budget
+        {
+            budget.deposit();
+        }
+        if !self.may_retry(req) {
+            return None;
+        }
+        req.try_clone()
+    }
+}

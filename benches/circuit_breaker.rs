@@ -1,0 +1,184 @@
+//! Circuit breaker overhead around a ready service, against failsafe and tower-resilience,
+//! measured in the same run.
+//!
+//! `cargo bench --all-features --bench circuit_breaker -- --warm-up-time 1 --measurement-time 3`
+
+// `criterion_group!` defines an undocumented public function.
+#![allow(missing_docs)]
+
+use std::hint::black_box;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use failsafe::futures::CircuitBreaker as _;
+use tower::{BoxError, Service, ServiceExt};
+use tower_layer::Layer;
+use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, Outcome};
+
+type Fut = std::future::Ready<Result<u64, BoxError>>;
+
+fn ready_service() -> tower::util::ServiceFn<fn(u64) -> Fut> {
+    fn answer(x: u64) -> Fut {
+        std::future::ready(Ok(x))
+    }
+    tower::service_fn(answer as fn(u64) -> Fut)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
+}
+
+/// One way of making a call, cloned into each thread.
+trait Caller: Clone + Send + 'static {
+    fn run(&mut self, iters: u64) -> impl std::future::Future<Output = ()>;
+}
+
+#[repr(align(128))]
+struct Padded<T>([u8; 0], T);
+
+#[derive(Clone)]
+struct Svc<S>(S);
+
+impl<S> Caller for Svc<S>
+where
+    S: Service<u64> + Clone + Send + 'static,
+    S::Error: std::fmt::Debug,
+{
+    async fn run(&mut self, iters: u64) {
+        for i in 0..iters {
+            let out = self.0.ready().await.unwrap().call(black_box(i)).await;
+            black_box(out.is_ok());
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Failsafe<S> {
+    inner: S,
+    breaker: failsafe::StateMachine<
+        failsafe::failure_policy::OrElse<
+            failsafe::failure_policy::SuccessRateOverTimeWindow<failsafe::backoff::EqualJittered>,
+            failsafe::failure_policy::ConsecutiveFailures<failsafe::backoff::EqualJittered>,
+        >,
+        (),
+    >,
+}
+
+impl<S> Caller for Failsafe<S>
+where
+    S: Service<u64, Error = BoxError> + Clone + Send + 'static,
+{
+    async fn run(&mut self, iters: u64) {
+        for i in 0..iters {
+            let inner = self.inner.ready().await.unwrap();
+            let out = self.breaker.call(inner.call(black_box(i))).await;
+            black_box(out.is_ok());
+        }
+    }
+}
+
+/// Runs `iters` calls and returns how long they took.
+type Timed = Box<dyn FnMut(u64) -> Duration + Send>;
+/// Makes a fresh [`Timed`] (with its own runtime) around a clone of the same breaker.
+type MakeTimed = Box<dyn Fn() -> Timed + Sync>;
+
+fn callers() -> Vec<(&'static str, MakeTimed)> {
+    fn timed<C: Caller>(caller: C) -> Timed {
+        let rt = runtime();
+        // Each thread's service on its own cache lines, as it would be in its own task: two
+        // small boxes side by side would otherwise share a line and measure false sharing.
+        let mut caller = Box::new(Padded([], caller));
+        Box::new(move |iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                caller.1.run(iters).await;
+                start.elapsed()
+            })
+        })
+    }
+    let ours = CircuitBreakerLayer::new(CircuitBreakerConfig::default())
+        .unwrap()
+        .with_classifier(|result: &Result<u64, BoxError>| {
+            if result.is_ok() {
+                Outcome::Success
+            } else {
+                Outcome::Failure
+            }
+        });
+    let failsafe = failsafe::Config::new().build();
+    let resilience = tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
+        .failure_rate_threshold(0.5)
+        .sliding_window_size(100)
+        .build()
+        .unwrap();
+    vec![
+        ("bare", Box::new(|| timed(Svc(ready_service())))),
+        (
+            "layer",
+            Box::new(move || timed(Svc(ours.layer(ready_service())))),
+        ),
+        (
+            "failsafe",
+            Box::new(move || {
+                timed(Failsafe {
+                    inner: ready_service(),
+                    breaker: failsafe.clone(),
+                })
+            }),
+        ),
+        (
+            "tower_resilience",
+            Box::new(move || timed(Svc(resilience.layer(ready_service())))),
+        ),
+    ]
+}
+
+fn closed(c: &mut Criterion) {
+    let mut group = c.benchmark_group("circuit_breaker_closed");
+    group.throughput(Throughput::Elements(1));
+    for (name, make) in callers() {
+        let mut run = make();
+        group.bench_function(name, |b| b.iter_custom(&mut run));
+    }
+    group.finish();
+}
+
+/// The same breaker (or service) shared by 2 threads, each on its own current-thread runtime
+/// with its own clone; reported as calls per second of both threads together.
+fn contended(c: &mut Criterion) {
+    let mut group = c.benchmark_group("circuit_breaker_contended");
+    group.throughput(Throughput::Elements(2));
+    for (name, make) in callers() {
+        let mut runs = [make(), make()];
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let barrier = Arc::new(Barrier::new(2));
+                std::thread::scope(|scope| {
+                    let handles: Vec<_> = runs
+                        .iter_mut()
+                        .map(|run| {
+                            let barrier = barrier.clone();
+                            scope.spawn(move || {
+                                barrier.wait();
+                                run(iters)
+                            })
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| h.join().unwrap())
+                        .max()
+                        .unwrap_or_default()
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, closed, contended);
+criterion_main!(benches);

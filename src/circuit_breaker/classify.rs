@@ -1,0 +1,393 @@
+//! Deciding whether a call succeeded, failed, or says nothing.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, Response, StatusCode, header};
+use http_body::{Body, Frame, SizeHint};
+use pin_project::pin_project;
+use tower_http::classify::{
+    ClassifiedResponse, ClassifyEos, ClassifyResponse, GrpcCode, GrpcEosErrorsAsFailures,
+    GrpcErrorsAsFailures, GrpcFailureClass,
+};
+
+use super::state::{Outcome, Recorder};
+
+/// Turns the inner service's result into an [`Outcome`], recorded through the [`Recorder`].
+///
+/// A classifier may record at once, or later: [`DefaultClassifier`] wraps a gRPC response body
+/// and records when the `grpc-status` trailer arrives. A closure
+/// `Fn(&Result<Res, E>) -> Outcome` is a classifier too.
+///
+/// See the [module docs](super).
+///
+/// # Example
+///
+/// ```
+/// use tower_webhook::circuit_breaker::{CircuitBreakerLayer, CircuitBreakerConfig, Outcome};
+///
+/// // Only timeouts count against the upstream.
+/// let layer = CircuitBreakerLayer::new(CircuitBreakerConfig::default())
+///     .unwrap()
+///     .with_classifier(|result: &Result<u32, std::io::Error>| match result {
+///         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Outcome::Failure,
+///         Err(_) => Outcome::Neutral,
+///         Ok(_) => Outcome::Success,
+///     });
+/// # let _ = layer;
+/// ```
+pub trait ClassifyOutcome<Res, E> {
+    /// The response handed to the caller (the inner response, or a wrapper of it).
+    type Response;
+
+    /// Records the outcome of `result` and hands the result on.
+    fn classify(&self, result: Result<Res, E>, recorder: Recorder) -> Result<Self::Response, E>;
+}
+
+impl<F, Res, E> ClassifyOutcome<Res, E> for F
+where
+    F: Fn(&Result<Res, E>) -> Outcome,
+{
+    type Response = Res;
+
+    #[inline]
+    fn classify(&self, result: Result<Res, E>, recorder: Recorder) -> Result<Res, E> {
+        recorder.record(self(&result));
+        result
+    }
+}
+
+/// The default classifier: HTTP and gRPC through tower-http's
+/// [`classify`](tower_http::classify) module, and `reqwest::Response` (feature `reqwest`).
+///
+/// | result | outcome |
+/// |---|---|
+/// | `Err` from the inner service | failure |
+/// | HTTP 5xx | failure |
+/// | HTTP 408, 429 | success, or failure if configured |
+/// | other HTTP statuses | success |
+/// | gRPC `Unknown`, `DeadlineExceeded`, `Internal`, `Unavailable`, `DataLoss` | failure |
+/// | gRPC `ResourceExhausted` | like HTTP 429 |
+/// | gRPC `Cancelled` | neutral |
+/// | other gRPC codes | success |
+///
+/// gRPC responses (`content-type: application/grpc*`) are classified from `grpc-status` in
+/// the headers (trailers-only responses) or, when it is not there, from the trailers at the end
+/// of the body: the outcome is recorded when the caller has read the body to its end. A body
+/// dropped before its end is neutral.
+///
+/// On 429 and 503 the upstream's `Retry-After` (seconds or HTTP date) is passed to the breaker,
+/// which uses it if [`honor_retry_after`](super::CircuitBreakerConfig::honor_retry_after) is set.
+///
+/// # Example
+///
+/// ```
+/// use tower_webhook::circuit_breaker::DefaultClassifier;
+///
+/// let classifier = DefaultClassifier::new().too_many_requests_is_failure(true);
+/// # let _ = classifier;
+/// ```
+#[derive(Clone, Debug)]
+pub struct DefaultClassifier {
+    timeout_is_failure: bool,
+    too_many_is_failure: bool,
+    grpc: GrpcErrorsAsFailures,
+}
+
+impl Default for DefaultClassifier {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DefaultClassifier {
+    /// The default classification (see the table above).
+    pub fn new() -> Self {
+        Self {
+            timeout_is_failure: false,
+            too_many_is_failure: false,
+            grpc: Self::grpc(false),
+        }
+    }
+
+    fn grpc(too_many_is_failure: bool) -> GrpcErrorsAsFailures {
+        let mut grpc = GrpcErrorsAsFailures::new();
+        for code in [
+            GrpcCode::InvalidArgument,
+            GrpcCode::NotFound,
+            GrpcCode::AlreadyExists,
+            GrpcCode::PermissionDenied,
+            GrpcCode::FailedPrecondition,
+            GrpcCode::Aborted,
+            GrpcCode::OutOfRange,
+            GrpcCode::Unimplemented,
+            GrpcCode::Unauthenticated,
+        ] {
+            grpc = grpc.with_success(code);
+        }
+        if !too_many_is_failure {
+            grpc = grpc.with_success(GrpcCode::ResourceExhausted);
+        }
+        grpc
+    }
+
+    /// Whether HTTP 408 Request Timeout counts as a failure (default: no).
+    pub fn timeout_is_failure(mut self, yes: bool) -> Self {
+        self.timeout_is_failure = yes;
+        self
+    }
+
+    /// Whether HTTP 429 Too Many Requests and gRPC `ResourceExhausted` count as failures
+    /// (default: no).
+    pub fn too_many_requests_is_failure(mut self, yes: bool) -> Self {
+        self.too_many_is_failure = yes;
+        self.grpc = Self::grpc(yes);
+        self
+    }
+
+    /// Classifies errors of the inner service with `f` instead of counting them all as
+    /// failures (return [`Outcome::Neutral`] for errors that say nothing about the upstream).
+    pub fn with_error_outcome<F>(self, f: F) -> ErrorOutcome<Self, F> {
+        ErrorOutcome { inner: self, f }
+    }
+
+    /// The outcome of an HTTP status.
+    pub fn http_outcome(&self, status: StatusCode) -> Outcome {
+        match status.as_u16() {
+            408 if self.timeout_is_failure => Outcome::Failure,
+            429 if self.too_many_is_failure => Outcome::Failure,
+            500..=599 => Outcome::Failure,
+            _ => Outcome::Success,
+        }
+    }
+}
+
+fn grpc_outcome(class: &GrpcFailureClass) -> Outcome {
+    match class {
+        GrpcFailureClass::Code(code) if code.get() == 1 => Outcome::Neutral,
+        _ => Outcome::Failure,
+    }
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// `Retry-After` as a delay: delta-seconds or an HTTP date.
+fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return value.parse::<u64>().ok().map(Duration::from_secs);
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+fn hint(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
+    matches!(status.as_u16(), 429 | 503)
+        .then(|| parse_retry_after(headers))
+        .flatten()
+}
+
+impl<B, E> ClassifyOutcome<Response<B>, E> for DefaultClassifier {
+    type Response = Response<ResponseBody<B>>;
+
+    #[inline]
+    fn classify(
+        &self,
+        result: Result<Response<B>, E>,
+        recorder: Recorder,
+    ) -> Result<Self::Response, E> {
+        let response = match result {
+            Ok(response) => response,
+            Err(err) => {
+                recorder.record(Outcome::Failure);
+                return Err(err);
+            }
+        };
+        let status = response.status();
+        if status == StatusCode::OK && is_grpc(response.headers()) {
+            match self.grpc.clone().classify_response(&response) {
+                ClassifiedResponse::Ready(Ok(())) => recorder.record(Outcome::Success),
+                ClassifiedResponse::Ready(Err(class)) => recorder.record(grpc_outcome(&class)),
+                ClassifiedResponse::RequiresEos(eos) => {
+                    return Ok(response.map(|body| ResponseBody {
+                        inner: body,
+                        eos: Some((recorder, eos)),
+                    }));
+                }
+            }
+        } else {
+            let outcome = self.http_outcome(status);
+            if outcome == Outcome::Success {
+                recorder.record(Outcome::Success);
+            } else {
+                recorder.record_with_retry_after(outcome, hint(status, response.headers()));
+            }
+        }
+        Ok(response.map(|body| ResponseBody {
+            inner: body,
+            eos: None,
+        }))
+    }
+}
+
+#[cfg(feature = "reqwest")]
+impl<E> ClassifyOutcome<reqwest::Response, E> for DefaultClassifier {
+    type Response = reqwest::Response;
+
+    fn classify(
+        &self,
+        result: Result<reqwest::Response, E>,
+        recorder: Recorder,
+    ) -> Result<reqwest::Response, E> {
+        match &result {
+            Ok(response) => {
+                let status = response.status();
+                let outcome = self.http_outcome(status);
+                recorder.record_with_retry_after(outcome, hint(status, response.headers()));
+            }
+            Err(_) => recorder.record(Outcome::Failure),
+        }
+        result
+    }
+}
+
+/// A classifier whose errors are classified by a function. Made by
+/// [`DefaultClassifier::with_error_outcome`].
+///
+/// # Example
+///
+/// ```
+/// use tower::BoxError;
+/// use tower_webhook::circuit_breaker::{DefaultClassifier, Outcome};
+///
+/// // A cancelled call says nothing about the upstream.
+/// let classifier = DefaultClassifier::new().with_error_outcome(|err: &BoxError| {
+///     if err.is::<tokio::time::error::Elapsed>() { Outcome::Failure } else { Outcome::Neutral }
+/// });
+/// # let _ = classifier;
+/// ```
+#[derive(Clone, Debug)]
+pub struct ErrorOutcome<C, F> {
+    inner: C,
+    f: F,
+}
+
+impl<C, F, Res, E> ClassifyOutcome<Res, E> for ErrorOutcome<C, F>
+where
+    C: ClassifyOutcome<Res, E>,
+    F: Fn(&E) -> Outcome,
+{
+    type Response = C::Response;
+
+    #[inline]
+    fn classify(&self, result: Result<Res, E>, recorder: Recorder) -> Result<C::Response, E> {
+        match result {
+            Err(err) => {
+                recorder.record((self.f)(&err));
+                Err(err)
+            }
+            ok => self.inner.classify(ok, recorder),
+        }
+    }
+}
+
+/// Response body of [`CircuitBreaker`](super::CircuitBreaker) with the default classifier:
+/// the inner body, untouched, which for a gRPC response records the outcome when the
+/// trailers arrive.
+///
+/// # Example
+///
+/// ```
+/// use http_body::Body;
+/// use tower_webhook::circuit_breaker::ResponseBody;
+///
+/// fn is_body<B: Body>() {}
+/// is_body::<ResponseBody<http_body_util::Full<bytes::Bytes>>>();
+/// ```
+#[pin_project]
+pub struct ResponseBody<B> {
+    #[pin]
+    inner: B,
+    eos: Option<(Recorder, GrpcEosErrorsAsFailures)>,
+}
+
+impl<B> std::fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseBody")
+            .field("awaiting_trailers", &self.eos.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Default> Default for ResponseBody<B> {
+    fn default() -> Self {
+        Self {
+            inner: B::default(),
+            eos: None,
+        }
+    }
+}
+
+impl<B> ResponseBody<B> {
+    /// The inner body (the outcome, if still pending, is then never recorded: neutral).
+    pub fn into_inner(self) -> B {
+        self.inner
+    }
+}
+
+impl<B: Body> Body for ResponseBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        match &frame {
+            Some(Ok(frame)) => {
+                if let Some(trailers) = frame.trailers_ref()
+                    && let Some((recorder, eos)) = this.eos.take()
+                {
+                    let outcome = match eos.classify_eos(Some(trailers)) {
+                        Ok(()) => Outcome::Success,
+                        Err(class) => grpc_outcome(&class),
+                    };
+                    recorder.record(outcome);
+                }
+            }
+            Some(Err(_)) => {
+                if let Some((recorder, _)) = this.eos.take() {
+                    recorder.record(Outcome::Failure);
+                }
+            }
+            None => {
+                if let Some((recorder, eos)) = this.eos.take() {
+                    let outcome = match eos.classify_eos(None) {
+                        Ok(()) => Outcome::Success,
+                        Err(class) => grpc_outcome(&class),
+                    };
+                    recorder.record(outcome);
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,506 @@
+//! Configuration of a circuit breaker.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::event::CircuitEvent;
+
+/// The environment variable holding the number of consecutive failures that opens the breaker.
+pub const ENV_FAILURE_THRESHOLD: &str = "CIRCUIT_BREAKER_FAILURE_THRESHOLD";
+/// The environment variable holding how long the breaker stays open, in seconds.
+pub const ENV_RECOVERY_TIMEOUT: &str = "CIRCUIT_BREAKER_RECOVERY_TIMEOUT";
+
+/// The largest count-based window and the largest number of half-open probes.
+pub const MAX_WINDOW_CALLS: u32 = 10_000;
+/// The largest number of time buckets.
+pub const MAX_BUCKETS: u32 = 1_000;
+const MAX_PROBES: u32 = 4_000;
+
+/// How outcomes are kept to compute the failure and slow-call rates.
+///
+/// See the [module docs](super).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlidingWindow {
+    /// The last `n` outcomes, a true ring: each new outcome evicts the oldest one.
+    Count(u32),
+    /// The outcomes of the last `span`, kept in `buckets` buckets that expire one by one
+    /// (also across idle gaps: a bucket older than `span` never counts).
+    Time {
+        /// The length of the window.
+        span: Duration,
+        /// How many buckets the window is cut into.
+        buckets: u32,
+    },
+}
+
+/// How long the breaker stays open before it lets probes through.
+///
+/// See the [module docs](super).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum OpenDuration {
+    /// Always the same duration.
+    Fixed(Duration),
+    /// `initial * multiplier^(attempt - 1)`, capped at `max`, where `attempt` counts the
+    /// openings since the breaker was last closed; then a random `jitter` fraction
+    /// (0.0..=1.0) is taken off, so breakers of many replicas do not probe in step.
+    Backoff {
+        /// The first open duration.
+        initial: Duration,
+        /// The growth factor per attempt (at least 1.0).
+        multiplier: f64,
+        /// The cap.
+        max: Duration,
+        /// The fraction of the duration that may randomly be taken off (0.0 = none).
+        jitter: f64,
+    },
+}
+
+impl OpenDuration {
+    /// The open duration for the `attempt`-th opening (1-based), before jitter.
+    pub fn nominal(&self, attempt: u32) -> Duration {
+        match *self {
+            Self::Fixed(d) => d,
+            Self::Backoff {
+                initial,
+                multiplier,
+                max,
+                ..
+            } => {
+                let exp = attempt.saturating_sub(1).min(1_000) as i32;
+                let secs = initial.as_secs_f64() * multiplier.powi(exp);
+                if !secs.is_finite() || secs >= max.as_secs_f64() {
+                    max
+                } else {
+                    Duration::from_secs_f64(secs)
+                }
+            }
+        }
+    }
+
+    /// The open duration for the `attempt`-th opening, with jitter applied.
+    pub(crate) fn pick(&self, attempt: u32) -> Duration {
+        let nominal = self.nominal(attempt);
+        match *self {
+            Self::Backoff { jitter, .. } if jitter > 0.0 => {
+                nominal.mul_f64(1.0 - jitter.min(1.0) * fastrand::f64())
+            }
+            _ => nominal,
+        }
+    }
+}
+
+/// A listener for [`CircuitEvent`]s.
+pub(crate) type Listener = Arc<dyn Fn(&CircuitEvent) + Send + Sync>;
+
+/// Everything a circuit breaker is configured with.
+///
+/// Builder methods take `self` by value; [`CircuitBreakerConfig::validate`] (called by the
+/// layer constructors that return `Result`) names the setting that is wrong.
+///
+/// Defaults (those of resilience4j where this crate has no better reason):
+///
+/// | setting | default |
+/// |---|---|
+/// | window | [`SlidingWindow::Count`]`(100)` |
+/// | failure rate threshold | 50 % (inclusive) |
+/// | slow-call rate threshold | off |
+/// | minimum number of calls | 100 |
+/// | consecutive failures | 5 (`CIRCUIT_BREAKER_FAILURE_THRESHOLD`) |
+/// | open duration | 30 s fixed (`CIRCUIT_BREAKER_RECOVERY_TIMEOUT`) |
+/// | half-open probes | 1 |
+/// | max wait in half-open | none |
+/// | upstream `Retry-After` | ignored |
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, OpenDuration, SlidingWindow};
+///
+/// let config = CircuitBreakerConfig::default()
+///     .sliding_window(SlidingWindow::Count(20))
+///     .failure_rate_threshold(50.0)
+///     .minimum_calls(10)
+///     .consecutive_failures(5)
+///     .open_duration(OpenDuration::Backoff {
+///         initial: Duration::from_secs(5),
+///         multiplier: 2.0,
+///         max: Duration::from_secs(300),
+///         jitter: 0.2,
+///     })
+///     .half_open_probes(3);
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Clone)]
+pub struct CircuitBreakerConfig {
+    pub(crate) name: Arc<str>,
+    pub(crate) window: SlidingWindow,
+    pub(crate) failure_rate: Option<f64>,
+    pub(crate) slow_rate: Option<f64>,
+    pub(crate) slow_duration: Duration,
+    pub(crate) minimum_calls: u32,
+    pub(crate) consecutive_failures: u32,
+    pub(crate) open_duration: OpenDuration,
+    pub(crate) half_open_probes: u32,
+    pub(crate) max_half_open_wait: Option<Duration>,
+    pub(crate) retry_after_cap: Option<Duration>,
+    pub(crate) listener: Option<Listener>,
+}
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> Self {
+        Self {
+            name: Arc::from("default"),
+            window: SlidingWindow::Count(100),
+            failure_rate: Some(50.0),
+            slow_rate: None,
+            slow_duration: Duration::from_secs(60),
+            minimum_calls: 100,
+            consecutive_failures: 5,
+            open_duration: OpenDuration::Fixed(Duration::from_secs(30)),
+            half_open_probes: 1,
+            max_half_open_wait: None,
+            retry_after_cap: None,
+            listener: None,
+        }
+    }
+}
+
+impl fmt::Debug for CircuitBreakerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreakerConfig")
+            .field("name", &self.name)
+            .field("window", &self.window)
+            .field("failure_rate", &self.failure_rate)
+            .field("slow_rate", &self.slow_rate)
+            .field("slow_duration", &self.slow_duration)
+            .field("minimum_calls", &self.minimum_calls)
+            .field("consecutive_failures", &self.consecutive_failures)
+            .field("open_duration", &self.open_duration)
+            .field("half_open_probes", &self.half_open_probes)
+            .field("max_half_open_wait", &self.max_half_open_wait)
+            .field("retry_after_cap", &self.retry_after_cap)
+            .field("listener", &self.listener.is_some())
+            .finish()
+    }
+}
+
+impl CircuitBreakerConfig {
+    /// The defaults, with the consecutive-failure threshold and the open duration read from
+    /// `CIRCUIT_BREAKER_FAILURE_THRESHOLD` (default 5) and `CIRCUIT_BREAKER_RECOVERY_TIMEOUT`
+    /// (seconds, default 30).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the variable when a value is not a number or is zero.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::circuit_breaker::CircuitBreakerConfig;
+    ///
+    /// // With neither variable set, the defaults apply.
+    /// let config = CircuitBreakerConfig::from_env_with(|_| None).unwrap();
+    /// assert_eq!(config.consecutive_failure_threshold(), 5);
+    /// ```
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_env_with(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`from_env`](Self::from_env), reading variables through `lookup`.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the variable when a value is not a number or is zero.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, OpenDuration};
+    ///
+    /// let config = CircuitBreakerConfig::from_env_with(|name| match name {
+    ///     "CIRCUIT_BREAKER_FAILURE_THRESHOLD" => Some("3".into()),
+    ///     "CIRCUIT_BREAKER_RECOVERY_TIMEOUT" => Some("10".into()),
+    ///     _ => None,
+    /// })
+    /// .unwrap();
+    /// assert_eq!(config.consecutive_failure_threshold(), 3);
+    /// assert_eq!(config.open_duration_setting(), OpenDuration::Fixed(Duration::from_secs(10)));
+    ///
+    /// let err = CircuitBreakerConfig::from_env_with(|name| {
+    ///     (name == "CIRCUIT_BREAKER_RECOVERY_TIMEOUT").then(|| "soon".into())
+    /// })
+    /// .unwrap_err();
+    /// assert!(err.to_string().contains("CIRCUIT_BREAKER_RECOVERY_TIMEOUT"));
+    /// ```
+    pub fn from_env_with(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut config = Self::default();
+        if let Some(raw) = lookup(ENV_FAILURE_THRESHOLD) {
+            let value = raw.trim();
+            match value.parse::<u32>() {
+                Ok(n) if n >= 1 => config.consecutive_failures = n,
+                _ => {
+                    return Err(ConfigError::env(
+                        ENV_FAILURE_THRESHOLD,
+                        value,
+                        "a whole number of consecutive failures, at least 1 (for example 5)",
+                    ));
+                }
+            }
+        }
+        if let Some(raw) = lookup(ENV_RECOVERY_TIMEOUT) {
+            let value = raw.trim();
+            match value.parse::<f64>() {
+                Ok(secs) if secs.is_finite() && secs > 0.0 && secs <= 86_400.0 * 365.0 => {
+                    config.open_duration = OpenDuration::Fixed(Duration::from_secs_f64(secs));
+                }
+                _ => {
+                    return Err(ConfigError::env(
+                        ENV_RECOVERY_TIMEOUT,
+                        value,
+                        "a number of seconds greater than 0 (for example 30)",
+                    ));
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    /// Names the breaker in logs, events and snapshots.
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Sets the sliding window.
+    pub fn sliding_window(mut self, window: SlidingWindow) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// Opens when the failure rate, in percent, is at least `percent` (inclusive) once the
+    /// window holds [`minimum_calls`](Self::minimum_calls) outcomes.
+    pub fn failure_rate_threshold(mut self, percent: f64) -> Self {
+        self.failure_rate = Some(percent);
+        self
+    }
+
+    /// Turns the failure-rate rule off (the consecutive-failures rule still applies).
+    pub fn without_failure_rate(mut self) -> Self {
+        self.failure_rate = None;
+        self
+    }
+
+    /// Opens when the share of calls slower than `slower_than` is at least `percent`.
+    pub fn slow_call_rate_threshold(mut self, percent: f64, slower_than: Duration) -> Self {
+        self.slow_rate = Some(percent);
+        self.slow_duration = slower_than;
+        self
+    }
+
+    /// How many outcomes the window must hold before rates are evaluated. For a count window,
+    /// a value above the window size means the window size.
+    pub fn minimum_calls(mut self, n: u32) -> Self {
+        self.minimum_calls = n;
+        self
+    }
+
+    /// Opens after `n` failures in a row, whatever the window says (0 turns the rule off).
+    pub fn consecutive_failures(mut self, n: u32) -> Self {
+        self.consecutive_failures = n;
+        self
+    }
+
+    /// How long the breaker stays open.
+    pub fn open_duration(mut self, duration: OpenDuration) -> Self {
+        self.open_duration = duration;
+        self
+    }
+
+    /// How many probes HALF_OPEN admits; the verdict is taken when all of them completed.
+    pub fn half_open_probes(mut self, n: u32) -> Self {
+        self.half_open_probes = n;
+        self
+    }
+
+    /// Goes back to OPEN when HALF_OPEN has not reached a verdict after `wait`.
+    pub fn max_half_open_wait(mut self, wait: Duration) -> Self {
+        self.max_half_open_wait = Some(wait);
+        self
+    }
+
+    /// When a failure that opens the breaker came with an upstream `Retry-After` (on 429 or
+    /// 503), stay open at least that long, but never longer than `cap`.
+    pub fn honor_retry_after(mut self, cap: Duration) -> Self {
+        self.retry_after_cap = Some(cap);
+        self
+    }
+
+    /// Calls `listener` for every [`CircuitEvent`] (transitions, rejections, thresholds).
+    ///
+    /// It runs on the caller's task: keep it short and do not block.
+    pub fn on_event(mut self, listener: impl Fn(&CircuitEvent) + Send + Sync + 'static) -> Self {
+        self.listener = Some(Arc::new(listener));
+        self
+    }
+
+    /// The consecutive-failure threshold.
+    pub fn consecutive_failure_threshold(&self) -> u32 {
+        self.consecutive_failures
+    }
+
+    /// The open duration setting.
+    pub fn open_duration_setting(&self) -> OpenDuration {
+        self.open_duration
+    }
+
+    /// The breaker's name.
+    pub fn breaker_name(&self) -> &str {
+        &self.name
+    }
+
+    /// Checks every setting.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first setting that is out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.window {
+            SlidingWindow::Count(n) if n == 0 || n > MAX_WINDOW_CALLS => {
+                return Err(ConfigError::invalid(
+                    "sliding_window",
+                    format!("a count window holds 1 to {MAX_WINDOW_CALLS} calls, got {n}"),
+                ));
+            }
+            SlidingWindow::Time { span, buckets } => {
+                if buckets == 0 || buckets > MAX_BUCKETS {
+                    return Err(ConfigError::invalid(
+                        "sliding_window",
+                        format!("a time window has 1 to {MAX_BUCKETS} buckets, got {buckets}"),
+                    ));
+                }
+                if span.as_millis() < u128::from(buckets) {
+                    return Err(ConfigError::invalid(
+                        "sliding_window",
+                        "each time bucket must span at least 1 ms".to_owned(),
+                    ));
+                }
+            }
+            SlidingWindow::Count(_) => {}
+        }
+        for (name, rate) in [
+            ("failure_rate_threshold", self.failure_rate),
+            ("slow_call_rate_threshold", self.slow_rate),
+        ] {
+            if let Some(rate) = rate
+                && !(rate > 0.0 && rate <= 100.0)
+            {
+                return Err(ConfigError::invalid(
+                    name,
+                    format!("a percentage greater than 0 and at most 100, got {rate}"),
+                ));
+            }
+        }
+        if self.minimum_calls == 0 {
+            return Err(ConfigError::invalid(
+                "minimum_calls",
+                "at least 1 call".to_owned(),
+            ));
+        }
+        if self.half_open_probes == 0 || self.half_open_probes > MAX_PROBES {
+            return Err(ConfigError::invalid(
+                "half_open_probes",
+                format!("1 to {MAX_PROBES} probes, got {}", self.half_open_probes),
+            ));
+        }
+        if let OpenDuration::Backoff {
+            multiplier, jitter, ..
+        } = self.open_duration
+        {
+            if !(multiplier.is_finite() && multiplier >= 1.0) {
+                return Err(ConfigError::invalid(
+                    "open_duration",
+                    format!("the backoff multiplier must be at least 1.0, got {multiplier}"),
+                ));
+            }
+            if !(0.0..=1.0).contains(&jitter) {
+                return Err(ConfigError::invalid(
+                    "open_duration",
+                    format!("the jitter must be between 0.0 and 1.0, got {jitter}"),
+                ));
+            }
+        }
+        if self.open_duration.nominal(1).is_zero() {
+            return Err(ConfigError::invalid(
+                "open_duration",
+                "the open duration must be greater than zero".to_owned(),
+            ));
+        }
+        if self.open_duration.nominal(u32::MAX) > Duration::from_secs(86_400 * 365) {
+            return Err(ConfigError::invalid(
+                "open_duration",
+                "the open duration must be at most one year".to_owned(),
+            ));
+        }
+        if self.failure_rate.is_none() && self.slow_rate.is_none() && self.consecutive_failures == 0
+        {
+            return Err(ConfigError::invalid(
+                "failure_rate_threshold",
+                "every opening rule is off: set a failure rate, a slow-call rate or consecutive failures"
+                    .to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A configuration value is wrong. Its message names the setting or environment variable.
+///
+/// # Example
+///
+/// ```
+/// use tower_webhook::circuit_breaker::CircuitBreakerConfig;
+///
+/// let err = CircuitBreakerConfig::default().half_open_probes(0).validate().unwrap_err();
+/// assert_eq!(err.setting(), "half_open_probes");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    setting: &'static str,
+    message: String,
+}
+
+impl ConfigError {
+    fn env(variable: &'static str, value: &str, expected: &str) -> Self {
+        // Values of these variables are numbers, never secrets; still cap what is echoed.
+        let shown: String = value.chars().take(32).collect();
+        Self {
+            setting: variable,
+            message: format!("{variable} must be {expected}, got {shown:?}"),
+        }
+    }
+
+    fn invalid(setting: &'static str, message: String) -> Self {
+        let message = format!("circuit breaker setting `{setting}`: {message}");
+        Self { setting, message }
+    }
+
+    pub(crate) fn max_keys() -> Self {
+        Self::invalid("max_keys", "at least 1 key".to_owned())
+    }
+
+    /// The setting or environment variable that is wrong.
+    pub fn setting(&self) -> &'static str {
+        self.setting
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}

@@ -1,0 +1,202 @@
+//! The rejection error and the manual-transition error.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::time::Duration;
+
+use http::StatusCode;
+
+use super::event::CircuitState;
+use crate::error::{GrpcCode, HttpError, types};
+
+/// The breaker rejected a call without calling the inner service.
+///
+/// Downcast it from the service's `BoxError`. Through
+/// [`WebhookErrorLayer`](crate::error::WebhookErrorLayer) it becomes `503 Service Unavailable`
+/// with `Retry-After` and problem type [`types::CIRCUIT_OPEN`], or gRPC `Unavailable`. With the
+/// `tonic` feature its [`source`](std::error::Error::source) is a
+/// `tonic::Status::unavailable`, so a tonic client built on a breaker-wrapped `Channel` sees
+/// `Code::Unavailable`. The retry policy of this crate never retries it.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+/// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitOpen, Outcome};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// let (layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+/// let mut svc = ServiceBuilder::new()
+///     .layer(layer.with_classifier(|_: &Result<(), BoxError>| Outcome::Success))
+///     .service_fn(|_: ()| async { Ok::<_, BoxError>(()) });
+/// handle.transition_to_open().unwrap();
+///
+/// let err = svc.ready().await.unwrap().call(()).await.unwrap_err();
+/// let open = err.downcast_ref::<CircuitOpen>().unwrap();
+/// assert_eq!(open.retry_after(), Some(Duration::from_secs(30)));
+/// # }
+/// ```
+pub struct CircuitOpen {
+    state: CircuitState,
+    retry_after: Option<Duration>,
+    #[cfg(feature = "tonic")]
+    status: std::sync::OnceLock<tonic::Status>,
+}
+
+impl CircuitOpen {
+    pub(crate) fn new(state: CircuitState, retry_after: Option<Duration>) -> Self {
+        Self {
+            state,
+            retry_after,
+            #[cfg(feature = "tonic")]
+            status: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// How long until the breaker lets probes through: known in OPEN, `None` in FORCED_OPEN
+    /// and when HALF_OPEN has no probe permit left.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// The state that rejected the call.
+    pub fn state(&self) -> CircuitState {
+        self.state
+    }
+
+    /// Whether `error`, or an error in its `source()` chain, is a `CircuitOpen`.
+    pub fn is_in(error: &(dyn std::error::Error + 'static)) -> bool {
+        Self::find(error).is_some()
+    }
+
+    /// The `CircuitOpen` in `error`'s `source()` chain, if any.
+    pub fn find<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a CircuitOpen> {
+        let mut current = Some(error);
+        while let Some(err) = current {
+            if let Some(open) = err.downcast_ref::<CircuitOpen>() {
+                return Some(open);
+            }
+            current = err.source();
+        }
+        None
+    }
+}
+
+impl Clone for CircuitOpen {
+    fn clone(&self) -> Self {
+        Self::new(self.state, self.retry_after)
+    }
+}
+
+impl fmt::Debug for CircuitOpen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitOpen")
+            .field("state", &self.state)
+            .field("retry_after", &self.retry_after)
+            .finish()
+    }
+}
+
+impl fmt::Display for CircuitOpen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "circuit breaker is {}", self.state)?;
+        if let Some(after) = self.retry_after {
+            write!(f, "; retry after {} ms", after.as_millis())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for CircuitOpen {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        #[cfg(feature = "tonic")]
+        {
+            Some(
+                self.status
+                    .get_or_init(|| tonic::Status::unavailable("circuit breaker is open")),
+            )
+        }
+        #[cfg(not(feature = "tonic"))]
+        {
+            None
+        }
+    }
+}
+
+#[cfg(feature = "tonic")]
+impl From<CircuitOpen> for tonic::Status {
+    fn from(open: CircuitOpen) -> Self {
+        tonic::Status::unavailable(open.to_string())
+    }
+}
+
+impl HttpError for CircuitOpen {
+    fn status(&self) -> StatusCode {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+
+    fn problem_type(&self) -> &str {
+        types::CIRCUIT_OPEN
+    }
+
+    fn title(&self) -> &str {
+        "Circuit Open"
+    }
+
+    fn detail(&self) -> Option<Cow<'_, str>> {
+        Some(Cow::Borrowed(
+            "An upstream service is failing; the call was not attempted. Retry later.",
+        ))
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    fn grpc_code(&self) -> GrpcCode {
+        GrpcCode::Unavailable
+    }
+}
+
+/// A manual transition the state machine does not allow (CLOSED to HALF_OPEN, METRICS_ONLY to
+/// OPEN or HALF_OPEN).
+///
+/// # Example
+///
+/// ```
+/// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState};
+///
+/// let (_layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+/// let err = handle.transition_to_half_open().unwrap_err();
+/// assert_eq!((err.from(), err.to()), (CircuitState::Closed, CircuitState::HalfOpen));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IllegalTransition {
+    pub(crate) from: CircuitState,
+    pub(crate) to: CircuitState,
+}
+
+impl IllegalTransition {
+    /// The state the breaker was in.
+    pub fn from(&self) -> CircuitState {
+        self.from
+    }
+
+    /// The state that was asked for.
+    pub fn to(&self) -> CircuitState {
+        self.to
+    }
+}
+
+impl fmt::Display for IllegalTransition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "illegal circuit breaker transition from {} to {}",
+            self.from, self.to
+        )
+    }
+}
+
+impl std::error::Error for IllegalTransition {}

@@ -1,0 +1,342 @@
+//! One breaker per key (per host, per repository) behind one layer.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::Hash;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::classify::{ClassifyOutcome, DefaultClassifier};
+use super::config::{CircuitBreakerConfig, ConfigError};
+use super::event::{CircuitState, Snapshot};
+use super::layer::{CircuitBreakerHandle, ResponseFuture, call_with};
+use super::state::Core;
+use crate::BoxError;
+
+struct Shared<K> {
+    config: CircuitBreakerConfig,
+    max_keys: usize,
+    map: RwLock<HashMap<K, Arc<Core>>>,
+    overflow: Arc<Core>,
+}
+
+impl<K: Hash + Eq + Clone + fmt::Display> Shared<K> {
+    fn core_for(&self, key: K) -> Arc<Core> {
+        {
+            let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(core) = map.get(&key) {
+                return Arc::clone(core);
+            }
+        }
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(core) = map.get(&key) {
+            return Arc::clone(core);
+        }
+        if map.len() >= self.max_keys {
+            // Forget a breaker that is CLOSED and not in use; never one that protects callers.
+            let idle = map
+                .iter()
+                .find(|(_, core)| {
+                    Arc::strong_count(core) == 1 && core.state() == CircuitState::Closed
+                })
+                .map(|(k, _)| k.clone());
+            match idle {
+                Some(idle) => {
+                    map.remove(&idle);
+                }
+                None => {
+                    tracing::warn!(
+                        breaker = &*self.config.name,
+                        max_keys = self.max_keys,
+                        "keyed circuit breaker is full; the new key shares the overflow breaker"
+                    );
+                    return Arc::clone(&self.overflow);
+                }
+            }
+        }
+        let name = format!("{}/{}", self.config.name, key);
+        let core = Core::new(self.config.clone().name(name));
+        map.insert(key, Arc::clone(&core));
+        core
+    }
+}
+
+/// Wraps a service in one circuit breaker per key, with a bound on the number of keys.
+///
+/// `key` is a closure from the request to the key, for example the URI's host. When
+/// `max_keys` breakers exist, a new key replaces one that is CLOSED and idle; if there is none,
+/// new keys share one overflow breaker (and a warning is logged). `poll_ready` always polls the
+/// inner service (the key is not known before the request); backpressure mode does not exist
+/// for keyed breakers. Finding a key's breaker takes a read lock on the key map (a write lock
+/// the first time a key is seen); each breaker itself is lock-free.
+///
+/// # Example
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::Full;
+/// use tower::{BoxError, ServiceBuilder, ServiceExt};
+/// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, KeyedCircuitBreakerLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let per_host = |req: &Request<Full<Bytes>>| req.uri().host().unwrap_or("").to_owned();
+/// let (layer, handle) =
+///     KeyedCircuitBreakerLayer::pair(CircuitBreakerConfig::default(), 64, per_host).unwrap();
+/// let svc = ServiceBuilder::new().layer(layer).service_fn(|_: Request<Full<Bytes>>| async {
+///     Ok::<_, BoxError>(Response::new(Full::<Bytes>::default()))
+/// });
+/// let req = Request::get("http://api.example.com/x").body(Full::default()).unwrap();
+/// svc.oneshot(req).await.unwrap();
+/// assert!(handle.get(&"api.example.com".to_owned()).is_some());
+/// # }
+/// ```
+pub struct KeyedCircuitBreakerLayer<K, F, C = DefaultClassifier> {
+    shared: Arc<Shared<K>>,
+    key: F,
+    classifier: C,
+}
+
+impl<K, F: Clone, C: Clone> Clone for KeyedCircuitBreakerLayer<K, F, C> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            key: self.key.clone(),
+            classifier: self.classifier.clone(),
+        }
+    }
+}
+
+impl<K, F, C> fmt::Debug for KeyedCircuitBreakerLayer<K, F, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedCircuitBreakerLayer")
+            .field("name", &self.shared.config.name)
+            .field("max_keys", &self.shared.max_keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, F> KeyedCircuitBreakerLayer<K, F> {
+    /// One breaker with `config` per key returned by `key`, at most `max_keys` of them.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first setting out of range (also `max_keys` of 0).
+    pub fn new(config: CircuitBreakerConfig, max_keys: usize, key: F) -> Result<Self, ConfigError> {
+        config.validate()?;
+        if max_keys == 0 {
+            return Err(ConfigError::max_keys());
+        }
+        let overflow = Core::new(config.clone().name(format!("{}/overflow", config.name)));
+        Ok(Self {
+            shared: Arc::new(Shared {
+                config,
+                max_keys,
+                map: RwLock::new(HashMap::new()),
+                overflow,
+            }),
+            key,
+            classifier: DefaultClassifier::new(),
+        })
+    }
+
+    /// A layer and the handle to its breakers.
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](Self::new).
+    pub fn pair(
+        config: CircuitBreakerConfig,
+        max_keys: usize,
+        key: F,
+    ) -> Result<(Self, KeyedCircuitBreakerHandle<K>), ConfigError> {
+        let layer = Self::new(config, max_keys, key)?;
+        let handle = layer.handle();
+        Ok((layer, handle))
+    }
+}
+
+impl<K, F, C> KeyedCircuitBreakerLayer<K, F, C> {
+    /// Uses `classifier` to decide outcomes.
+    pub fn with_classifier<C2>(self, classifier: C2) -> KeyedCircuitBreakerLayer<K, F, C2> {
+        KeyedCircuitBreakerLayer {
+            shared: self.shared,
+            key: self.key,
+            classifier,
+        }
+    }
+
+    /// The handle to this layer's breakers.
+    pub fn handle(&self) -> KeyedCircuitBreakerHandle<K> {
+        KeyedCircuitBreakerHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S, K, F: Clone, C: Clone> Layer<S> for KeyedCircuitBreakerLayer<K, F, C> {
+    type Service = KeyedCircuitBreaker<S, K, F, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        KeyedCircuitBreaker {
+            inner,
+            shared: Arc::clone(&self.shared),
+            key: self.key.clone(),
+            classifier: self.classifier.clone(),
+            inner_ready: false,
+        }
+    }
+}
+
+/// A service behind per-key circuit breakers. Made by [`KeyedCircuitBreakerLayer`].
+///
+/// # Example
+///
+/// ```
+/// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, KeyedCircuitBreakerLayer};
+/// use tower_layer::Layer;
+///
+/// let layer = KeyedCircuitBreakerLayer::<String, _>::new(CircuitBreakerConfig::default(), 16, |r: &String| r.clone()).unwrap();
+/// let svc = layer.layer(tower::service_fn(|r: String| async move { Ok::<_, std::io::Error>(r) }));
+/// # let _ = svc;
+/// ```
+pub struct KeyedCircuitBreaker<S, K, F, C = DefaultClassifier> {
+    inner: S,
+    shared: Arc<Shared<K>>,
+    key: F,
+    classifier: C,
+    inner_ready: bool,
+}
+
+impl<S: Clone, K, F: Clone, C: Clone> Clone for KeyedCircuitBreaker<S, K, F, C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: Arc::clone(&self.shared),
+            key: self.key.clone(),
+            classifier: self.classifier.clone(),
+            inner_ready: false,
+        }
+    }
+}
+
+impl<S: fmt::Debug, K, F, C> fmt::Debug for KeyedCircuitBreaker<S, K, F, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedCircuitBreaker")
+            .field("inner", &self.inner)
+            .field("name", &self.shared.config.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, K, F, C, Req> Service<Req> for KeyedCircuitBreaker<S, K, F, C>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    K: Hash + Eq + Clone + fmt::Display,
+    F: Fn(&Req) -> K,
+    C: ClassifyOutcome<S::Response, S::Error> + Clone,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, C>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(Ok(())) => {
+                self.inner_ready = true;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(err)) => Poll::Ready(Err(err.into())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let core = self.shared.core_for((self.key)(&req));
+        call_with(
+            &core,
+            &mut self.inner,
+            &self.classifier,
+            &mut self.inner_ready,
+            req,
+        )
+    }
+}
+
+/// Observes and steers the breakers of a [`KeyedCircuitBreakerLayer`].
+///
+/// # Example
+///
+/// ```
+/// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, KeyedCircuitBreakerLayer};
+///
+/// let (_layer, handle) =
+///     KeyedCircuitBreakerLayer::<String, _>::pair(CircuitBreakerConfig::default(), 16, |r: &String| r.clone()).unwrap();
+/// assert!(handle.is_empty());
+/// assert!(handle.snapshots().is_empty());
+/// ```
+pub struct KeyedCircuitBreakerHandle<K> {
+    shared: Arc<Shared<K>>,
+}
+
+impl<K> Clone for KeyedCircuitBreakerHandle<K> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<K> fmt::Debug for KeyedCircuitBreakerHandle<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedCircuitBreakerHandle")
+            .field("name", &self.shared.config.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K: Hash + Eq + Clone> KeyedCircuitBreakerHandle<K> {
+    /// The handle of `key`'s breaker, if it exists.
+    pub fn get(&self, key: &K) -> Option<CircuitBreakerHandle> {
+        let map = self.shared.map.read().unwrap_or_else(|p| p.into_inner());
+        map.get(key).map(|core| CircuitBreakerHandle {
+            core: Arc::clone(core),
+        })
+    }
+
+    /// The handle of the breaker shared by keys beyond the bound.
+    pub fn overflow(&self) -> CircuitBreakerHandle {
+        CircuitBreakerHandle {
+            core: Arc::clone(&self.shared.overflow),
+        }
+    }
+
+    /// How many keys have a breaker.
+    pub fn len(&self) -> usize {
+        self.shared
+            .map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    /// Whether no key has a breaker yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every key with its snapshot.
+    pub fn snapshots(&self) -> Vec<(K, Snapshot)> {
+        let cores: Vec<(K, Arc<Core>)> = {
+            let map = self.shared.map.read().unwrap_or_else(|p| p.into_inner());
+            map.iter()
+                .map(|(k, c)| (k.clone(), Arc::clone(c)))
+                .collect()
+        };
+        cores.into_iter().map(|(k, c)| (k, c.snapshot())).collect()
+    }
+}

@@ -1,0 +1,527 @@
+//! `CircuitBreakerLayer`, `CircuitBreaker<S>`, its response future and the handle.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use pin_project::pin_project;
+use tokio::time::Sleep;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::classify::{ClassifyOutcome, DefaultClassifier};
+use super::config::{CircuitBreakerConfig, ConfigError};
+use super::error::{CircuitOpen, IllegalTransition};
+use super::event::{CircuitState, Snapshot};
+use super::state::{Core, Recorder};
+use crate::BoxError;
+
+/// Wraps a service in a circuit breaker.
+///
+/// All services made by one layer (every clone, every axum route) share one breaker, observed
+/// and steered through a [`CircuitBreakerHandle`]. See the [module docs](super).
+///
+/// # Example
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::{Request, Response, StatusCode};
+/// use http_body_util::Full;
+/// use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+/// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitOpen, CircuitState};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// let config = CircuitBreakerConfig::default().consecutive_failures(2);
+/// let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
+/// let mut svc = ServiceBuilder::new().layer(layer).service_fn(|_: Request<Full<Bytes>>| async {
+///     let mut res = Response::new(Full::<Bytes>::default());
+///     *res.status_mut() = StatusCode::BAD_GATEWAY;
+///     Ok::<_, BoxError>(res)
+/// });
+///
+/// for _ in 0..2 {
+///     let res = svc.ready().await.unwrap().call(Request::new(Full::default())).await.unwrap();
+///     assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+/// }
+/// assert_eq!(handle.state(), CircuitState::Open);
+/// let err = svc.ready().await.unwrap().call(Request::new(Full::default())).await.unwrap_err();
+/// assert!(err.is::<CircuitOpen>());
+/// # }
+/// ```
+pub struct CircuitBreakerLayer<C = DefaultClassifier> {
+    core: Arc<Core>,
+    classifier: C,
+    backpressure: bool,
+}
+
+impl<C: Clone> Clone for CircuitBreakerLayer<C> {
+    fn clone(&self) -> Self {
+        Self {
+            core: Arc::clone(&self.core),
+            classifier: self.classifier.clone(),
+            backpressure: self.backpressure,
+        }
+    }
+}
+
+impl<C> fmt::Debug for CircuitBreakerLayer<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreakerLayer")
+            .field("core", &self.core)
+            .field("backpressure", &self.backpressure)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CircuitBreakerLayer {
+    /// A breaker with `config` and the [`DefaultClassifier`].
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first setting out of range.
+    pub fn new(config: CircuitBreakerConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Self {
+            core: Core::new(config),
+            classifier: DefaultClassifier::new(),
+            backpressure: false,
+        })
+    }
+
+    /// A breaker for HTTP or gRPC calls with the default configuration.
+    pub fn new_for_http() -> Self {
+        Self {
+            core: Core::new(CircuitBreakerConfig::default()),
+            classifier: DefaultClassifier::new(),
+            backpressure: false,
+        }
+    }
+
+    /// A breaker configured from `CIRCUIT_BREAKER_FAILURE_THRESHOLD` and
+    /// `CIRCUIT_BREAKER_RECOVERY_TIMEOUT` (see [`CircuitBreakerConfig::from_env`]).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the variable whose value is wrong.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::new(CircuitBreakerConfig::from_env()?)
+    }
+
+    /// A layer and the handle to its breaker.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first setting out of range.
+    pub fn pair(config: CircuitBreakerConfig) -> Result<(Self, CircuitBreakerHandle), ConfigError> {
+        let layer = Self::new(config)?;
+        let handle = layer.handle();
+        Ok((layer, handle))
+    }
+}
+
+impl<C> CircuitBreakerLayer<C> {
+    /// Uses `classifier` to decide outcomes: a [`ClassifyOutcome`], or a closure
+    /// `Fn(&Result<Res, E>) -> Outcome`.
+    pub fn with_classifier<C2>(self, classifier: C2) -> CircuitBreakerLayer<C2> {
+        CircuitBreakerLayer {
+            core: self.core,
+            classifier,
+            backpressure: self.backpressure,
+        }
+    }
+
+    /// Backpressure mode: while OPEN, `poll_ready` returns `Pending` until the open duration
+    /// has passed, instead of accepting the call and rejecting it. FORCED_OPEN and a HALF_OPEN
+    /// breaker without free probe permits still reject in `call`. The wait is a
+    /// `tokio::time::Sleep`: it needs a Tokio runtime with the time driver enabled.
+    pub fn with_backpressure(mut self) -> Self {
+        self.backpressure = true;
+        self
+    }
+
+    /// The handle to this layer's breaker.
+    pub fn handle(&self) -> CircuitBreakerHandle {
+        CircuitBreakerHandle {
+            core: Arc::clone(&self.core),
+        }
+    }
+}
+
+impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
+    type Service = CircuitBreaker<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CircuitBreaker {
+            inner,
+            core: Arc::clone(&self.core),
+            classifier: self.classifier.clone(),
+            backpressure: self.backpressure,
+            inner_ready: false,
+            sleep: None,
+        }
+    }
+}
+
+/// A service behind a circuit breaker. Made by [`CircuitBreakerLayer`].
+///
+/// `poll_ready` never fails because the breaker is open and, when the call will be rejected
+/// anyway, returns `Ready` without polling the inner service; `call` then returns a ready
+/// future that fails with [`CircuitOpen`], like `tower::load_shed`. See the
+/// [module docs](super).
+///
+/// # Example
+///
+/// ```
+/// use tower::{BoxError, ServiceExt};
+/// use tower_webhook::circuit_breaker::{CircuitBreakerLayer, CircuitBreakerConfig, Outcome};
+/// use tower_layer::Layer;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let layer = CircuitBreakerLayer::new(CircuitBreakerConfig::default())
+///     .unwrap()
+///     .with_classifier(|r: &Result<u8, BoxError>| if r.is_ok() { Outcome::Success } else { Outcome::Failure });
+/// let svc = layer.layer(tower::service_fn(|x: u8| async move { Ok::<_, BoxError>(x + 1) }));
+/// assert_eq!(svc.oneshot(1).await.unwrap(), 2);
+/// # }
+/// ```
+pub struct CircuitBreaker<S, C = DefaultClassifier> {
+    inner: S,
+    core: Arc<Core>,
+    classifier: C,
+    backpressure: bool,
+    inner_ready: bool,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            core: Arc::clone(&self.core),
+            classifier: self.classifier.clone(),
+            backpressure: self.backpressure,
+            inner_ready: false,
+            sleep: None,
+        }
+    }
+}
+
+impl<S: fmt::Debug, C> fmt::Debug for CircuitBreaker<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("inner", &self.inner)
+            .field("core", &self.core)
+            .field("backpressure", &self.backpressure)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, C> CircuitBreaker<S, C> {
+    /// The handle to this service's breaker.
+    pub fn handle(&self) -> CircuitBreakerHandle {
+        CircuitBreakerHandle {
+            core: Arc::clone(&self.core),
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+/// Shared by the single and the keyed breaker: readiness that never polls the inner service
+/// to reject.
+#[inline]
+pub(crate) fn poll_ready_with<S, Req>(
+    core: &Core,
+    inner: &mut S,
+    inner_ready: &mut bool,
+    backpressure: bool,
+    sleep: &mut Option<Pin<Box<Sleep>>>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), BoxError>>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    if backpressure {
+        while let Some(until) = core.open_until() {
+            let timer = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+            if timer.deadline() != until {
+                timer.as_mut().reset(until);
+            }
+            ready!(timer.as_mut().poll(cx));
+        }
+    }
+    if core.rejects_now() {
+        *inner_ready = false;
+        return Poll::Ready(Ok(()));
+    }
+    match inner.poll_ready(cx) {
+        Poll::Ready(Ok(())) => {
+            *inner_ready = true;
+            Poll::Ready(Ok(()))
+        }
+        Poll::Ready(Err(err)) => {
+            *inner_ready = false;
+            Poll::Ready(Err(err.into()))
+        }
+        Poll::Pending => {
+            *inner_ready = false;
+            Poll::Pending
+        }
+    }
+}
+
+#[inline]
+pub(crate) fn call_with<S, C, Req>(
+    core: &Arc<Core>,
+    inner: &mut S,
+    classifier: &C,
+    inner_ready: &mut bool,
+    req: Req,
+) -> ResponseFuture<S::Future, C>
+where
+    S: Service<Req>,
+    C: Clone,
+{
+    if !std::mem::take(inner_ready) {
+        // `poll_ready` did not poll the inner service because the breaker rejects.
+        return ResponseFuture::rejected(core.reject_unready());
+    }
+    match core.admit() {
+        Ok(recorder) => ResponseFuture {
+            kind: Kind::Called {
+                future: inner.call(req),
+                classifier: classifier.clone(),
+                recorder,
+            },
+        },
+        Err(open) => ResponseFuture::rejected(open),
+    }
+}
+
+impl<S, C, Req> Service<Req> for CircuitBreaker<S, C>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    C: ClassifyOutcome<S::Response, S::Error> + Clone,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, C>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        poll_ready_with::<S, Req>(
+            &self.core,
+            &mut self.inner,
+            &mut self.inner_ready,
+            self.backpressure,
+            &mut self.sleep,
+            cx,
+        )
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        call_with(
+            &self.core,
+            &mut self.inner,
+            &self.classifier,
+            &mut self.inner_ready,
+            req,
+        )
+    }
+}
+
+/// Response future of [`CircuitBreaker`]: the inner future, classified when it completes, or
+/// a ready [`CircuitOpen`] error.
+#[pin_project]
+pub struct ResponseFuture<F, C> {
+    #[pin]
+    kind: Kind<F, C>,
+}
+
+#[pin_project(project = KindProj)]
+enum Kind<F, C> {
+    Called {
+        #[pin]
+        future: F,
+        classifier: C,
+        recorder: Recorder,
+    },
+    Rejected {
+        error: Option<CircuitOpen>,
+    },
+}
+
+impl<F, C> ResponseFuture<F, C> {
+    fn rejected(error: CircuitOpen) -> Self {
+        Self {
+            kind: Kind::Rejected { error: Some(error) },
+        }
+    }
+}
+
+impl<F, C> fmt::Debug for ResponseFuture<F, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            Kind::Called { .. } => "called",
+            Kind::Rejected { .. } => "rejected",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("kind", &kind)
+            .finish()
+    }
+}
+
+impl<F, C, Res, E> Future for ResponseFuture<F, C>
+where
+    F: Future<Output = Result<Res, E>>,
+    E: Into<BoxError>,
+    C: ClassifyOutcome<Res, E>,
+{
+    type Output = Result<C::Response, BoxError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Called {
+                future,
+                classifier,
+                recorder,
+            } => {
+                let result = ready!(future.poll(cx));
+                let recorder = std::mem::replace(recorder, Recorder::untracked());
+                Poll::Ready(classifier.classify(result, recorder).map_err(Into::into))
+            }
+            KindProj::Rejected { error } => {
+                let error = error
+                    .take()
+                    .expect("circuit breaker ResponseFuture polled after completion");
+                Poll::Ready(Err(Box::new(error)))
+            }
+        }
+    }
+}
+
+/// Observes and steers a breaker: state, metrics snapshot, manual transitions, reset.
+///
+/// Cheap to clone; give one to a `/status` endpoint. See the [module docs](super).
+///
+/// # Example
+///
+/// ```
+/// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// let (_layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+/// handle.transition_to_open().unwrap();
+/// assert_eq!(handle.state(), CircuitState::Open);
+/// assert_eq!(handle.snapshot().retry_after_ms, Some(30_000));
+/// handle.reset();
+/// assert_eq!(handle.state(), CircuitState::Closed);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct CircuitBreakerHandle {
+    pub(crate) core: Arc<Core>,
+}
+
+impl fmt::Debug for CircuitBreakerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreakerHandle")
+            .field("core", &self.core)
+            .finish()
+    }
+}
+
+impl CircuitBreakerHandle {
+    /// The current state (time-driven transitions that are due are applied first: an OPEN
+    /// breaker whose open duration has passed reports HALF_OPEN).
+    pub fn state(&self) -> CircuitState {
+        self.core.state()
+    }
+
+    /// A snapshot of the state and the window's counts and rates.
+    pub fn snapshot(&self) -> Snapshot {
+        self.core.snapshot()
+    }
+
+    /// The breaker's name.
+    pub fn name(&self) -> &str {
+        &self.core.config.name
+    }
+
+    /// Moves to `to` by hand.
+    ///
+    /// # Errors
+    ///
+    /// [`IllegalTransition`] for CLOSED to HALF_OPEN and METRICS_ONLY to OPEN or HALF_OPEN.
+    pub fn transition_to(&self, to: CircuitState) -> Result<(), IllegalTransition> {
+        self.core.transition_to(to)
+    }
+
+    /// Moves to CLOSED with a fresh window.
+    ///
+    /// # Errors
+    ///
+    /// Never in practice; kept for symmetry with the other transitions.
+    pub fn transition_to_closed(&self) -> Result<(), IllegalTransition> {
+        self.transition_to(CircuitState::Closed)
+    }
+
+    /// Moves to OPEN for one open duration.
+    ///
+    /// # Errors
+    ///
+    /// [`IllegalTransition`] from METRICS_ONLY.
+    pub fn transition_to_open(&self) -> Result<(), IllegalTransition> {
+        self.transition_to(CircuitState::Open)
+    }
+
+    /// Moves to HALF_OPEN.
+    ///
+    /// # Errors
+    ///
+    /// [`IllegalTransition`] from CLOSED or METRICS_ONLY.
+    pub fn transition_to_half_open(&self) -> Result<(), IllegalTransition> {
+        self.transition_to(CircuitState::HalfOpen)
+    }
+
+    /// Moves to FORCED_OPEN: every call is rejected until another manual transition.
+    ///
+    /// # Errors
+    ///
+    /// Never in practice.
+    pub fn transition_to_forced_open(&self) -> Result<(), IllegalTransition> {
+        self.transition_to(CircuitState::ForcedOpen)
+    }
+
+    /// Moves to DISABLED: every call passes and nothing is recorded.
+    ///
+    /// # Errors
+    ///
+    /// Never in practice.
+    pub fn transition_to_disabled(&self) -> Result<(), IllegalTransition> {
+        self.transition_to(CircuitState::Disabled)
+    }
+
+    /// Moves to METRICS_ONLY: every call passes, outcomes are recorded, nothing opens.
+    ///
+    /// # Errors
+    ///
+    /// Never in practice.
+    pub fn transition_to_metrics_only(&self) -> Result<(), IllegalTransition> {
+        self.transition_to(CircuitState::MetricsOnly)
+    }
+
+    /// Back to a fresh CLOSED from any state: window, counters and backoff attempts cleared.
+    pub fn reset(&self) {
+        self.core.reset();
+    }
+}

@@ -1,0 +1,924 @@
+//! The atomic core shared by every clone of a breaker.
+//!
+//! One `AtomicU64` holds the state, the generation and the state's deadline:
+//! `deadline_ms (40) | generation (21) | state (3)`. A transition is one compare-and-swap of
+//! that word that bumps the generation; windows, the consecutive-failure counter and the
+//! half-open permits are tagged with the generation and reset themselves lazily, so nothing
+//! else has to happen atomically with the transition.
+//!
+//! Hot path (CLOSED, count window, window full of successes, no slow-call rule): `call` loads
+//! two words and the response future carries no reference count; a success then writes
+//! nothing at all. A failure finds the core again through a small registry (see
+//! [`Registry`]). This keeps the cache lines of the core shared by all cores, so clones on
+//! many threads do not fight over them.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::config::{CircuitBreakerConfig, SlidingWindow};
+use super::error::{CircuitOpen, IllegalTransition};
+use super::event::{CircuitEvent, CircuitState, Snapshot, TripReason};
+use super::window::{CALL, CountWindow, Counts, FAILED, SLOW, TimeWindow, Window};
+
+const STATE_BITS: u32 = 3;
+const GEN_BITS: u32 = 21;
+const GEN_MASK: u64 = (1 << GEN_BITS) - 1;
+const DEADLINE_SHIFT: u32 = STATE_BITS + GEN_BITS;
+const DEADLINE_MAX: u64 = (1 << (64 - DEADLINE_SHIFT)) - 1;
+
+#[inline]
+fn pack(state: CircuitState, generation: u32, deadline_ms: u64) -> u64 {
+    (deadline_ms.min(DEADLINE_MAX) << DEADLINE_SHIFT)
+        | ((u64::from(generation) & GEN_MASK) << STATE_BITS)
+        | state.to_bits()
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Word {
+    state: CircuitState,
+    generation: u32,
+    deadline_ms: u64,
+    raw: u64,
+}
+
+#[inline]
+fn unpack(raw: u64) -> Word {
+    Word {
+        state: CircuitState::from_bits(raw),
+        generation: ((raw >> STATE_BITS) & GEN_MASK) as u32,
+        deadline_ms: raw >> DEADLINE_SHIFT,
+        raw,
+    }
+}
+
+#[inline]
+fn tag(generation: u32) -> u16 {
+    generation as u16
+}
+
+/// How a call ended, as far as the breaker is concerned.
+///
+/// See the [module docs](super).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The call worked (or failed for reasons that say nothing about the upstream's health,
+    /// like a 404).
+    Success,
+    /// The call failed in a way that counts against the upstream.
+    Failure,
+    /// The call says nothing either way (cancelled, or a probe whose body was dropped); it is
+    /// not recorded, and a half-open probe gives its permit back.
+    Neutral,
+}
+
+/// Weak references to live cores, found by a small id. Response futures on the fast path
+/// carry that id instead of an `Arc`, so they do not touch a shared reference count.
+struct Registry {
+    slots: Vec<(u32, Weak<Core>)>,
+    free: Vec<u32>,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    slots: Vec::new(),
+    free: Vec::new(),
+});
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RegId {
+    index: u32,
+    tag: u32,
+}
+
+const REG_INDEX_BITS: u32 = 20;
+const REG_TAG_MASK: u32 = (1 << 20) - 1;
+
+impl RegId {
+    /// index (20) | tag (20), or `None` when the index does not fit.
+    fn pack(self) -> Option<u64> {
+        (self.index < 1 << REG_INDEX_BITS)
+            .then(|| u64::from(self.index) | (u64::from(self.tag & REG_TAG_MASK) << REG_INDEX_BITS))
+    }
+
+    fn unpack(bits: u64) -> Self {
+        Self {
+            index: (bits & ((1 << REG_INDEX_BITS) - 1)) as u32,
+            tag: ((bits >> REG_INDEX_BITS) as u32) & REG_TAG_MASK,
+        }
+    }
+}
+
+fn registry() -> std::sync::MutexGuard<'static, Registry> {
+    REGISTRY
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn register(weak: Weak<Core>) -> RegId {
+    let mut reg = registry();
+    if let Some(index) = reg.free.pop() {
+        let slot = &mut reg.slots[index as usize];
+        slot.0 = slot.0.wrapping_add(1);
+        slot.1 = weak;
+        RegId { index, tag: slot.0 }
+    } else {
+        let index = reg.slots.len() as u32;
+        reg.slots.push((0, weak));
+        RegId { index, tag: 0 }
+    }
+}
+
+fn unregister(id: RegId) {
+    let mut reg = registry();
+    if let Some(slot) = reg.slots.get_mut(id.index as usize)
+        && slot.0 == id.tag
+    {
+        slot.1 = Weak::new();
+        reg.free.push(id.index);
+    }
+}
+
+fn lookup(id: RegId) -> Option<Arc<Core>> {
+    let reg = registry();
+    reg.slots
+        .get(id.index as usize)
+        .filter(|slot| slot.0 & REG_TAG_MASK == id.tag)
+        .and_then(|slot| slot.1.upgrade())
+}
+
+/// Half-open word: tag (16) | taken (12) | successes (12) | failures (12) | slow (12).
+const HALF_FIELD: u64 = (1 << 12) - 1;
+
+#[inline]
+fn half_fields(word: u64, tag: u16) -> [u64; 4] {
+    if (word >> 48) as u16 != tag {
+        return [0; 4];
+    }
+    [
+        (word >> 36) & HALF_FIELD,
+        (word >> 24) & HALF_FIELD,
+        (word >> 12) & HALF_FIELD,
+        word & HALF_FIELD,
+    ]
+}
+
+#[inline]
+fn half_pack(tag: u16, f: [u64; 4]) -> u64 {
+    (u64::from(tag) << 48) | (f[0] << 36) | (f[1] << 24) | (f[2] << 12) | f[3]
+}
+
+pub(crate) struct Core {
+    pub(crate) config: CircuitBreakerConfig,
+    id: RegId,
+    /// The registry id packed for a fast-path recorder, if it fits.
+    fast_id: Option<u64>,
+    base: Instant,
+    word: AtomicU64,
+    window: Window,
+    /// generation (32) | consecutive failures (32)
+    consecutive: AtomicU64,
+    half: AtomicU64,
+    attempts: AtomicU32,
+    upstream_until_ms: AtomicU64,
+    not_permitted: AtomicU64,
+    min_calls: u32,
+    slow_nanos: Option<u64>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let word = unpack(self.word.load(Ordering::Relaxed));
+        f.debug_struct("Core")
+            .field("name", &self.config.name)
+            .field("state", &word.state)
+            .field("generation", &word.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        unregister(self.id);
+    }
+}
+
+/// Recorder bits: fast (1) | probe (1) | tracked (1) | generation (21) | 40 bits of payload:
+/// for a fast recorder the registry id, else the start time in units of 1024 ns (it wraps
+/// after 13 days, far beyond any slow-call threshold). All zero: records nothing.
+const FAST: u64 = 1 << 63;
+const PROBE: u64 = 1 << 62;
+const TRACKED: u64 = 1 << 61;
+const GEN_SHIFT: u32 = 40;
+const PAYLOAD: u64 = (1 << GEN_SHIFT) - 1;
+
+#[inline]
+fn recorder_bits(generation: u32, payload: u64) -> u64 {
+    TRACKED | ((u64::from(generation) & GEN_MASK) << GEN_SHIFT) | (payload & PAYLOAD)
+}
+
+impl Core {
+    pub(crate) fn new(config: CircuitBreakerConfig) -> Arc<Self> {
+        let (window, min_calls) = match config.window {
+            SlidingWindow::Count(n) => (
+                Window::Count(CountWindow::new(n)),
+                config.minimum_calls.min(n),
+            ),
+            SlidingWindow::Time { span, buckets } => (
+                Window::Time(TimeWindow::new(
+                    u64::try_from(span.as_nanos()).unwrap_or(u64::MAX),
+                    buckets,
+                )),
+                config.minimum_calls,
+            ),
+        };
+        let slow_nanos = config
+            .slow_rate
+            .map(|_| u64::try_from(config.slow_duration.as_nanos()).unwrap_or(u64::MAX));
+        Arc::new_cyclic(|weak| {
+            let id = register(weak.clone());
+            Core {
+                id,
+                fast_id: id.pack(),
+                base: Instant::now(),
+                word: AtomicU64::new(pack(CircuitState::Closed, 0, 0)),
+                window,
+                consecutive: AtomicU64::new(0),
+                half: AtomicU64::new(0),
+                attempts: AtomicU32::new(0),
+                upstream_until_ms: AtomicU64::new(0),
+                not_permitted: AtomicU64::new(0),
+                min_calls,
+                slow_nanos,
+                config,
+            }
+        })
+    }
+
+    #[inline]
+    fn now_nanos(&self) -> u64 {
+        u64::try_from(
+            Instant::now()
+                .saturating_duration_since(self.base)
+                .as_nanos(),
+        )
+        .unwrap_or(u64::MAX)
+    }
+
+    /// The start time of a call, for the slow-call rule (0 when the rule is off).
+    #[inline]
+    fn start_units(&self) -> u64 {
+        if self.slow_nanos.is_some() {
+            self.now_nanos() >> 10
+        } else {
+            0
+        }
+    }
+
+    #[inline]
+    fn now_ms(&self) -> u64 {
+        u64::try_from(
+            Instant::now()
+                .saturating_duration_since(self.base)
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX)
+    }
+
+    fn ms_of(d: Duration) -> u64 {
+        // Round up so a deadline is never early.
+        let ms = d.as_millis() + u128::from(!d.as_nanos().is_multiple_of(1_000_000));
+        u64::try_from(ms).unwrap_or(u64::MAX)
+    }
+
+    pub(crate) fn deadline_instant(&self, deadline_ms: u64) -> Instant {
+        self.base + Duration::from_millis(deadline_ms)
+    }
+
+    /// Whether `call` would reject right now without admitting anything (OPEN before its
+    /// deadline, FORCED_OPEN). Used by `poll_ready` to avoid polling the inner service.
+    #[inline]
+    pub(crate) fn rejects_now(&self) -> bool {
+        let word = unpack(self.word.load(Ordering::Acquire));
+        match word.state {
+            CircuitState::ForcedOpen => true,
+            CircuitState::Open => self.now_ms() < word.deadline_ms,
+            _ => false,
+        }
+    }
+
+    /// The instant OPEN ends, when the breaker is OPEN and that is still in the future.
+    pub(crate) fn open_until(&self) -> Option<Instant> {
+        let word = unpack(self.word.load(Ordering::Acquire));
+        (word.state == CircuitState::Open && self.now_ms() < word.deadline_ms)
+            .then(|| self.deadline_instant(word.deadline_ms))
+    }
+
+    /// Decides whether a call may go through.
+    #[inline]
+    pub(crate) fn admit(self: &Arc<Self>) -> Result<Recorder, CircuitOpen> {
+        let word = unpack(self.word.load(Ordering::Acquire));
+        match word.state {
+            CircuitState::Closed | CircuitState::MetricsOnly => Ok(self.admit_closed(word)),
+            CircuitState::Disabled => Ok(Recorder::untracked()),
+            _ => self.admit_slow(),
+        }
+    }
+
+    #[inline]
+    fn admit_closed(self: &Arc<Self>, word: Word) -> Recorder {
+        if let (Window::Count(w), None, Some(id)) = (&self.window, self.slow_nanos, self.fast_id)
+            && w.all_ok(tag(word.generation))
+        {
+            return Recorder {
+                core: None,
+                bits: FAST | recorder_bits(word.generation, id),
+            };
+        }
+        Recorder {
+            core: Some(Arc::clone(self)),
+            bits: recorder_bits(word.generation, self.start_units()),
+        }
+    }
+
+    #[cold]
+    fn admit_slow(self: &Arc<Self>) -> Result<Recorder, CircuitOpen> {
+        loop {
+            let word = unpack(self.word.load(Ordering::Acquire));
+            match word.state {
+                CircuitState::Closed | CircuitState::MetricsOnly => {
+                    return Ok(self.admit_closed(word));
+                }
+                CircuitState::Disabled => return Ok(Recorder::untracked()),
+                CircuitState::ForcedOpen => return Err(self.reject(CircuitState::ForcedOpen, None)),
+                CircuitState::Open => {
+                    let now = self.now_ms();
+                    if now < word.deadline_ms {
+                        let after = Duration::from_millis(word.deadline_ms - now);
+                        return Err(self.reject(CircuitState::Open, Some(after)));
+                    }
+                    let deadline = self.half_open_deadline(now);
+                    self.transition(word, CircuitState::HalfOpen, deadline, None);
+                }
+                CircuitState::HalfOpen => {
+                    if word.deadline_ms != 0 && self.now_ms() >= word.deadline_ms {
+                        let deadline = self.open_deadline(self.now_ms(), true);
+                        self.transition(
+                            word,
+                            CircuitState::Open,
+                            deadline,
+                            Some(TripReason::HalfOpenTimeout),
+                        );
+                        continue;
+                    }
+                    if self.take_permit(tag(word.generation)) {
+                        // Re-check: a verdict may have ended this half-open period meanwhile.
+                        let now_word = unpack(self.word.load(Ordering::Acquire));
+                        if now_word.generation != word.generation {
+                            continue;
+                        }
+                        return Ok(Recorder {
+                            core: Some(Arc::clone(self)),
+                            bits: PROBE | recorder_bits(word.generation, self.start_units()),
+                        });
+                    }
+                    return Err(self.reject(CircuitState::HalfOpen, None));
+                }
+            }
+        }
+    }
+
+    fn half_open_deadline(&self, now_ms: u64) -> u64 {
+        self.config
+            .max_half_open_wait
+            .map_or(0, |wait| now_ms.saturating_add(Self::ms_of(wait)).max(1))
+    }
+
+    /// The deadline of a new OPEN period starting now; `automatic` counts it as an attempt.
+    fn open_deadline(&self, now_ms: u64, automatic: bool) -> u64 {
+        let attempt = self.attempts.load(Ordering::Relaxed).saturating_add(1);
+        let mut duration = self.config.open_duration.pick(attempt);
+        if let Some(cap) = self.config.retry_after_cap {
+            let upstream = self.upstream_until_ms.swap(0, Ordering::AcqRel);
+            if upstream > now_ms {
+                duration = duration.max(Duration::from_millis(upstream - now_ms).min(cap));
+            }
+        }
+        if automatic {
+            self.attempts.store(attempt, Ordering::Relaxed);
+        }
+        now_ms.saturating_add(Self::ms_of(duration).max(1))
+    }
+
+    fn take_permit(&self, tag: u16) -> bool {
+        let limit = u64::from(self.config.half_open_probes);
+        let mut word = self.half.load(Ordering::Acquire);
+        loop {
+            let mut f = half_fields(word, tag);
+            if f[0] >= limit {
+                return false;
+            }
+            f[0] += 1;
+            match self.half.compare_exchange_weak(
+                word,
+                half_pack(tag, f),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => word = actual,
+            }
+        }
+    }
+
+    fn release_permit(&self, generation: u32) {
+        let tag = tag(generation);
+        let mut word = self.half.load(Ordering::Acquire);
+        loop {
+            if (word >> 48) as u16 != tag {
+                return;
+            }
+            let mut f = half_fields(word, tag);
+            if f[0] == 0 {
+                return;
+            }
+            f[0] -= 1;
+            match self.half.compare_exchange_weak(
+                word,
+                half_pack(tag, f),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return,
+                Err(actual) => word = actual,
+            }
+        }
+    }
+
+    /// The rejection for a call whose `poll_ready` skipped the inner service.
+    #[cold]
+    pub(crate) fn reject_unready(&self) -> CircuitOpen {
+        let word = unpack(self.word.load(Ordering::Acquire));
+        let now = self.now_ms();
+        let after = (word.state == CircuitState::Open && word.deadline_ms > now)
+            .then(|| Duration::from_millis(word.deadline_ms - now));
+        self.reject(word.state, after)
+    }
+
+    #[cold]
+    fn reject(&self, state: CircuitState, retry_after: Option<Duration>) -> CircuitOpen {
+        self.not_permitted.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            breaker = &*self.config.name,
+            state = state.as_str(),
+            retry_after_ms = retry_after.map(|d| d.as_millis() as u64),
+            "circuit breaker rejected a call"
+        );
+        if let Some(listener) = &self.config.listener {
+            listener(&CircuitEvent::Rejected {
+                name: self.config.name.clone(),
+                state,
+                retry_after,
+            });
+        }
+        CircuitOpen::new(state, retry_after)
+    }
+
+    /// Moves from exactly `from` to `to`. Returns false if another thread moved first.
+    fn transition(
+        &self,
+        from: Word,
+        to: CircuitState,
+        deadline_ms: u64,
+        reason: Option<TripReason>,
+    ) -> bool {
+        let next = pack(to, from.generation.wrapping_add(1), deadline_ms);
+        if self
+            .word
+            .compare_exchange(from.raw, next, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        if to == CircuitState::Closed {
+            self.attempts.store(0, Ordering::Relaxed);
+        }
+        if to == CircuitState::Open || to == CircuitState::ForcedOpen {
+            tracing::warn!(
+                breaker = &*self.config.name,
+                from = from.state.as_str(),
+                to = to.as_str(),
+                reason = ?reason,
+                "circuit breaker opened"
+            );
+        } else {
+            tracing::info!(
+                breaker = &*self.config.name,
+                from = from.state.as_str(),
+                to = to.as_str(),
+                "circuit breaker state changed"
+            );
+        }
+        if let Some(listener) = &self.config.listener {
+            listener(&CircuitEvent::StateTransition {
+                name: self.config.name.clone(),
+                from: from.state,
+                to,
+                reason,
+            });
+        }
+        true
+    }
+
+    fn threshold_exceeded(&self, reason: TripReason) {
+        tracing::debug!(breaker = &*self.config.name, reason = ?reason, "circuit breaker threshold exceeded");
+        if let Some(listener) = &self.config.listener {
+            listener(&CircuitEvent::ThresholdExceeded {
+                name: self.config.name.clone(),
+                reason,
+            });
+        }
+    }
+
+    fn record(
+        &self,
+        generation: u32,
+        probe: bool,
+        outcome: Outcome,
+        start_units: u64,
+        upstream_retry_after: Option<Duration>,
+    ) {
+        if outcome == Outcome::Neutral {
+            if probe {
+                self.release_permit(generation);
+            }
+            return;
+        }
+        let failed = outcome == Outcome::Failure;
+        // The clock is read only when something needs it.
+        let needs_clock = self.slow_nanos.is_some()
+            || matches!(self.window, Window::Time(_))
+            || (failed && upstream_retry_after.is_some() && self.config.retry_after_cap.is_some());
+        let now = if needs_clock { self.now_nanos() } else { 0 };
+        let slow = self.slow_nanos.is_some_and(|limit| {
+            let elapsed = ((now >> 10).wrapping_sub(start_units) & PAYLOAD) << 10;
+            elapsed >= limit
+        });
+        if let (true, Some(after), Some(_)) =
+            (failed, upstream_retry_after, self.config.retry_after_cap)
+        {
+            let until = (now / 1_000_000).saturating_add(Self::ms_of(after));
+            self.upstream_until_ms.fetch_max(until, Ordering::AcqRel);
+        }
+        let word = unpack(self.word.load(Ordering::Acquire));
+        if word.generation != generation {
+            // Admitted in an older generation: it must not drive this one.
+            return;
+        }
+        let code = CALL | if failed { FAILED } else { 0 } | if slow { SLOW } else { 0 };
+        match word.state {
+            CircuitState::HalfOpen if probe => self.record_probe(word, code),
+            CircuitState::Closed | CircuitState::MetricsOnly if !probe => {
+                self.record_closed(word, code, now)
+            }
+            _ => {}
+        }
+    }
+
+    fn record_closed(&self, word: Word, code: u32, now_nanos: u64) {
+        let generation = u64::from(word.generation);
+        let consecutive = if code & FAILED != 0 {
+            let mut current = self.consecutive.load(Ordering::Acquire);
+            loop {
+                let count = if current >> 32 == generation {
+                    (current as u32).saturating_add(1)
+                } else {
+                    1
+                };
+                match self.consecutive.compare_exchange_weak(
+                    current,
+                    (generation << 32) | u64::from(count),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => break count,
+                    Err(actual) => current = actual,
+                }
+            }
+        } else {
+            if self.consecutive.load(Ordering::Relaxed) != generation << 32 {
+                self.consecutive.store(generation << 32, Ordering::Release);
+            }
+            0
+        };
+        let Some(counts) = self.window.record(tag(word.generation), code, now_nanos) else {
+            return;
+        };
+        let Some(reason) = self.evaluate(counts, consecutive) else {
+            return;
+        };
+        self.threshold_exceeded(reason);
+        if word.state == CircuitState::Closed {
+            let deadline = self.open_deadline(self.now_ms(), true);
+            self.transition(word, CircuitState::Open, deadline, Some(reason));
+        }
+    }
+
+    fn evaluate(&self, counts: Counts, consecutive: u32) -> Option<TripReason> {
+        let cfg = &self.config;
+        if cfg.consecutive_failures > 0 && consecutive >= cfg.consecutive_failures {
+            return Some(TripReason::ConsecutiveFailures(consecutive));
+        }
+        if counts.calls == 0 || counts.calls < self.min_calls {
+            return None;
+        }
+        let calls = f64::from(counts.calls);
+        if let Some(threshold) = cfg.failure_rate {
+            let rate = f64::from(counts.failures) * 100.0 / calls;
+            if rate >= threshold {
+                return Some(TripReason::FailureRate(rate));
+            }
+        }
+        if let Some(threshold) = cfg.slow_rate {
+            let rate = f64::from(counts.slow) * 100.0 / calls;
+            if rate >= threshold {
+                return Some(TripReason::SlowCallRate(rate));
+            }
+        }
+        None
+    }
+
+    fn record_probe(&self, word: Word, code: u32) {
+        let tag = tag(word.generation);
+        let limit = u64::from(self.config.half_open_probes);
+        let mut current = self.half.load(Ordering::Acquire);
+        let fields = loop {
+            if (current >> 48) as u16 != tag {
+                return;
+            }
+            let mut f = half_fields(current, tag);
+            if code & FAILED != 0 {
+                f[2] += 1;
+            } else {
+                f[1] += 1;
+            }
+            if code & SLOW != 0 {
+                f[3] += 1;
+            }
+            match self.half.compare_exchange_weak(
+                current,
+                half_pack(tag, f),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break f,
+                Err(actual) => current = actual,
+            }
+        };
+        let done = fields[1] + fields[2];
+        if done < limit {
+            return;
+        }
+        let calls = done as f64;
+        let failure_rate = fields[2] as f64 * 100.0 / calls;
+        let slow_rate = fields[3] as f64 * 100.0 / calls;
+        let reopen = match self.config.failure_rate {
+            Some(threshold) => failure_rate >= threshold,
+            None => fields[2] > 0,
+        } || self.config.slow_rate.is_some_and(|t| slow_rate >= t);
+        if reopen {
+            let deadline = self.open_deadline(self.now_ms(), true);
+            self.transition(
+                word,
+                CircuitState::Open,
+                deadline,
+                Some(TripReason::ProbesFailed),
+            );
+        } else {
+            self.transition(word, CircuitState::Closed, 0, None);
+        }
+    }
+
+    /// Applies the transitions that are due because time passed (OPEN to HALF_OPEN, HALF_OPEN
+    /// to OPEN after the maximum wait), then returns the state.
+    pub(crate) fn state(&self) -> CircuitState {
+        loop {
+            let word = unpack(self.word.load(Ordering::Acquire));
+            let now = self.now_ms();
+            match word.state {
+                CircuitState::Open if now >= word.deadline_ms => {
+                    let deadline = self.half_open_deadline(now);
+                    self.transition(word, CircuitState::HalfOpen, deadline, None);
+                }
+                CircuitState::HalfOpen if word.deadline_ms != 0 && now >= word.deadline_ms => {
+                    let deadline = self.open_deadline(now, true);
+                    self.transition(
+                        word,
+                        CircuitState::Open,
+                        deadline,
+                        Some(TripReason::HalfOpenTimeout),
+                    );
+                }
+                state => return state,
+            }
+        }
+    }
+
+    /// A manual transition.
+    pub(crate) fn transition_to(&self, to: CircuitState) -> Result<(), IllegalTransition> {
+        loop {
+            let word = unpack(self.word.load(Ordering::Acquire));
+            if !word.state.can_transition_to(to) {
+                return Err(IllegalTransition {
+                    from: word.state,
+                    to,
+                });
+            }
+            let now = self.now_ms();
+            let deadline = match to {
+                CircuitState::Open => self.open_deadline(now, false),
+                CircuitState::HalfOpen => self.half_open_deadline(now),
+                _ => 0,
+            };
+            let reason = matches!(to, CircuitState::Open | CircuitState::ForcedOpen)
+                .then_some(TripReason::Manual);
+            if self.transition(word, to, deadline, reason) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Back to a fresh CLOSED: windows, counters and the backoff attempt are cleared.
+    pub(crate) fn reset(&self) {
+        loop {
+            let word = unpack(self.word.load(Ordering::Acquire));
+            self.upstream_until_ms.store(0, Ordering::Relaxed);
+            if self.transition(word, CircuitState::Closed, 0, None) {
+                self.attempts.store(0, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        self.state();
+        let word = unpack(self.word.load(Ordering::Acquire));
+        let tag = tag(word.generation);
+        let (counts, taken) = if word.state == CircuitState::HalfOpen {
+            let f = half_fields(self.half.load(Ordering::Acquire), tag);
+            (
+                Counts {
+                    calls: (f[1] + f[2]) as u32,
+                    failures: f[2] as u32,
+                    slow: f[3] as u32,
+                },
+                f[0] as u32,
+            )
+        } else {
+            (self.window.read(tag, self.now_nanos()), 0)
+        };
+        let consecutive = self.consecutive.load(Ordering::Acquire);
+        let consecutive = if consecutive >> 32 == u64::from(word.generation) {
+            consecutive as u32
+        } else {
+            0
+        };
+        let enough = counts.calls > 0
+            && (counts.calls >= self.min_calls || word.state == CircuitState::HalfOpen);
+        let rate = |n: u32| enough.then(|| f64::from(n) * 100.0 / f64::from(counts.calls));
+        let now = self.now_ms();
+        Snapshot {
+            name: self.config.name.to_string(),
+            state: word.state,
+            failure_rate: rate(counts.failures),
+            slow_call_rate: rate(counts.slow),
+            buffered_calls: counts.calls,
+            failed_calls: counts.failures,
+            successful_calls: counts.calls.saturating_sub(counts.failures),
+            slow_calls: counts.slow,
+            consecutive_failures: consecutive,
+            not_permitted_calls: self.not_permitted.load(Ordering::Relaxed),
+            half_open_permits_taken: taken,
+            retry_after_ms: (word.state == CircuitState::Open && word.deadline_ms > now)
+                .then(|| word.deadline_ms - now),
+            generation: word.generation,
+        }
+    }
+}
+
+/// Records the outcome of one admitted call. It is handed to a
+/// [`ClassifyOutcome`](super::ClassifyOutcome) with the inner service's result.
+///
+/// Dropping it without recording counts as [`Outcome::Neutral`]: a half-open probe gives its
+/// permit back. See the [module docs](super).
+///
+/// # Example
+///
+/// ```
+/// use tower_webhook::circuit_breaker::{ClassifyOutcome, Outcome, Recorder};
+///
+/// /// Any `Err` is a failure, any `Ok` a success.
+/// #[derive(Clone)]
+/// struct ErrorsAreFailures;
+///
+/// impl<Res, E> ClassifyOutcome<Res, E> for ErrorsAreFailures {
+///     type Response = Res;
+///     fn classify(&self, result: Result<Res, E>, recorder: Recorder) -> Result<Res, E> {
+///         recorder.record(if result.is_ok() { Outcome::Success } else { Outcome::Failure });
+///         result
+///     }
+/// }
+/// ```
+pub struct Recorder {
+    core: Option<Arc<Core>>,
+    bits: u64,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder")
+            .field("generation", &((self.bits >> GEN_SHIFT) & GEN_MASK))
+            .field("probe", &(self.bits & PROBE != 0))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Recorder {
+    /// A recorder that records nothing (DISABLED, or already used).
+    #[inline]
+    pub(crate) const fn untracked() -> Self {
+        Self {
+            core: None,
+            bits: 0,
+        }
+    }
+
+    /// Records how the call ended.
+    #[inline]
+    pub fn record(self, outcome: Outcome) {
+        self.finish(outcome, None);
+    }
+
+    /// Records how the call ended, with the upstream's `Retry-After` (used when this failure
+    /// opens the breaker and [`honor_retry_after`](super::CircuitBreakerConfig::honor_retry_after)
+    /// is set).
+    #[inline]
+    pub fn record_with_retry_after(self, outcome: Outcome, retry_after: Option<Duration>) {
+        self.finish(outcome, retry_after);
+    }
+
+    #[inline]
+    fn finish(mut self, outcome: Outcome, retry_after: Option<Duration>) {
+        let bits = std::mem::take(&mut self.bits);
+        if bits & FAST != 0 && outcome == Outcome::Success {
+            // The window is full of successes: one more changes nothing.
+            return;
+        }
+        let core = self.core.take();
+        if bits != 0 {
+            Self::record_slow(core, bits, outcome, retry_after);
+        }
+    }
+
+    fn record_slow(
+        core: Option<Arc<Core>>,
+        bits: u64,
+        outcome: Outcome,
+        retry_after: Option<Duration>,
+    ) {
+        let core = match core {
+            Some(core) => core,
+            None => match lookup(RegId::unpack(bits & PAYLOAD)) {
+                Some(core) => core,
+                None => return,
+            },
+        };
+        let start = if bits & FAST != 0 { 0 } else { bits & PAYLOAD };
+        core.record(
+            ((bits >> GEN_SHIFT) & GEN_MASK) as u32,
+            bits & PROBE != 0,
+            outcome,
+            start,
+            retry_after,
+        );
+    }
+}
+
+impl Drop for Recorder {
+    #[inline]
+    fn drop(&mut self) {
+        if self.bits & PROBE != 0 {
+            self.release();
+        }
+    }
+}
+
+impl Recorder {
+    #[cold]
+    fn release(&mut self) {
+        if let Some(core) = self.core.take() {
+            core.release_permit(((self.bits >> GEN_SHIFT) & GEN_MASK) as u32);
+        }
+    }
+}

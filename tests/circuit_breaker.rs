@@ -1,0 +1,731 @@
+//! The circuit breaker's state machine through the public API, with paused time.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tower::{BoxError, Service, ServiceExt};
+use tower_layer::Layer;
+use tower_webhook::circuit_breaker::{
+    CircuitBreaker, CircuitBreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer, CircuitEvent,
+    CircuitOpen, CircuitState, OpenDuration, Outcome, SlidingWindow, TripReason,
+};
+
+#[derive(Clone, Copy, Debug)]
+enum Call {
+    Ok,
+    Fail,
+    Neutral,
+    /// Succeeds after this many milliseconds.
+    Slow(u64),
+    /// Fails after this many milliseconds.
+    FailAfter(u64),
+    /// Waits for a permit of the upstream's gate, then succeeds.
+    Gated,
+}
+
+type Res = Result<&'static str, BoxError>;
+
+#[derive(Clone)]
+struct Upstream {
+    calls: Arc<AtomicUsize>,
+    gate: Arc<Semaphore>,
+}
+
+impl Upstream {
+    fn new() -> Self {
+        Self {
+            calls: Arc::new(AtomicUsize::new(0)),
+            gate: Arc::new(Semaphore::new(0)),
+        }
+    }
+}
+
+impl Service<Call> for Upstream {
+    type Response = &'static str;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Res> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: Call) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let gate = self.gate.clone();
+        Box::pin(async move {
+            match call {
+                Call::Ok => Ok("ok"),
+                Call::Fail => Err("boom".into()),
+                Call::Neutral => Ok("neutral"),
+                Call::Slow(ms) => {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    Ok("slow")
+                }
+                Call::FailAfter(ms) => {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    Err("late".into())
+                }
+                Call::Gated => {
+                    let _permit = gate.acquire().await.map_err(|e| -> BoxError { e.into() })?;
+                    Ok("gated")
+                }
+            }
+        })
+    }
+}
+
+type Classifier = fn(&Res) -> Outcome;
+
+fn classify(result: &Res) -> Outcome {
+    match result {
+        Ok("neutral") => Outcome::Neutral,
+        Ok(_) => Outcome::Success,
+        Err(_) => Outcome::Failure,
+    }
+}
+
+type Svc = CircuitBreaker<Upstream, Classifier>;
+
+fn breaker(config: CircuitBreakerConfig) -> (Svc, CircuitBreakerHandle, Upstream) {
+    let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
+    let upstream = Upstream::new();
+    let svc = layer
+        .with_classifier(classify as Classifier)
+        .layer(upstream.clone());
+    (svc, handle, upstream)
+}
+
+/// A config where only the rule under test can open the breaker.
+fn rate_config(window: u32, rate: f64, min: u32) -> CircuitBreakerConfig {
+    CircuitBreakerConfig::default()
+        .sliding_window(SlidingWindow::Count(window))
+        .failure_rate_threshold(rate)
+        .minimum_calls(min)
+        .consecutive_failures(0)
+        .open_duration(OpenDuration::Fixed(Duration::from_secs(30)))
+}
+
+async fn call(svc: &mut Svc, c: Call) -> Res {
+    svc.ready().await?.call(c).await
+}
+
+fn open_error(result: Res) -> CircuitOpen {
+    let err = result.expect_err("expected a rejection");
+    err.downcast_ref::<CircuitOpen>()
+        .unwrap_or_else(|| panic!("expected CircuitOpen, got {err}"))
+        .clone()
+}
+
+#[tokio::test(start_paused = true)]
+async fn trips_when_the_window_fills_and_the_threshold_is_reached_inclusively() {
+    let (mut svc, handle, _) = breaker(rate_config(10, 50.0, 10));
+    for _ in 0..5 {
+        assert!(call(&mut svc, Call::Fail).await.is_err());
+    }
+    for _ in 0..4 {
+        call(&mut svc, Call::Ok).await.unwrap();
+    }
+    // 9 calls, 5 failures: the window is not full yet.
+    assert_eq!(handle.state(), CircuitState::Closed);
+    assert_eq!(handle.snapshot().failure_rate, None);
+    // The 10th call fills it: 5/10 = 50 %, and the threshold is inclusive.
+    call(&mut svc, Call::Ok).await.unwrap();
+    assert_eq!(handle.state(), CircuitState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn threshold_just_above_the_rate_does_not_trip() {
+    let (mut svc, handle, _) = breaker(rate_config(10, 40.1, 10));
+    for c in [Call::Fail; 4].into_iter().chain([Call::Ok; 6]) {
+        let _ = call(&mut svc, c).await;
+    }
+    assert_eq!(handle.snapshot().failure_rate, Some(40.0));
+    assert_eq!(handle.state(), CircuitState::Closed);
+
+    let (mut svc, handle, _) = breaker(rate_config(10, 40.0, 10));
+    for c in [Call::Fail; 4].into_iter().chain([Call::Ok; 6]) {
+        let _ = call(&mut svc, c).await;
+    }
+    assert_eq!(handle.state(), CircuitState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn minimum_number_of_calls_is_respected() {
+    let (mut svc, handle, _) = breaker(rate_config(100, 50.0, 5));
+    for _ in 0..4 {
+        let _ = call(&mut svc, Call::Fail).await;
+    }
+    assert_eq!(handle.state(), CircuitState::Closed);
+    let _ = call(&mut svc, Call::Fail).await;
+    assert_eq!(handle.state(), CircuitState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn count_window_is_a_true_sliding_ring() {
+    let (mut svc, handle, _) = breaker(rate_config(10, 50.0, 10));
+    for _ in 0..100 {
+        call(&mut svc, Call::Ok).await.unwrap();
+    }
+    assert_eq!(handle.snapshot().buffered_calls, 10);
+    for i in 0..4 {
+        let _ = call(&mut svc, Call::Fail).await;
+        assert_eq!(handle.snapshot().failed_calls, i + 1);
+        assert_eq!(handle.state(), CircuitState::Closed);
+    }
+    // The 5th failure evicts the 6th-newest success: 5 of the last 10 failed.
+    let _ = call(&mut svc, Call::Fail).await;
+    assert_eq!(handle.state(), CircuitState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_slide_out_of_the_count_window() {
+    let (mut svc, handle, _) = breaker(rate_config(4, 50.0, 4));
+    let _ = call(&mut svc, Call::Fail).await;
+    for _ in 0..3 {
+        call(&mut svc, Call::Ok).await.unwrap();
+    }
+    assert_eq!(handle.snapshot().failed_calls, 1);
+    call(&mut svc, Call::Ok).await.unwrap();
+    assert_eq!(handle.snapshot().failed_calls, 0);
+    assert_eq!(handle.snapshot().buffered_calls, 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn time_buckets_expire_also_across_idle_gaps() {
+    let config = CircuitBreakerConfig::default()
+        .sliding_window(SlidingWindow::Time {
+            span: Duration::from_secs(10),
+            buckets: 10,
+        })
+        .failure_rate_threshold(50.0)
+        .minimum_calls(4)
+        .consecutive_failures(0);
+    let (mut svc, handle, _) = breaker(config);
+    for _ in 0..3 {
+        let _ = call(&mut svc, Call::Fail).await;
+    }
+    assert_eq!(handle.snapshot().buffered_calls, 3);
+    // Half the window later the failures still count.
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert_eq!(handle.snapshot().failed_calls, 3);
+    // A full window later they have expired.
+    tokio::time::advance(Duration::from_millis(5_500)).await;
+    assert_eq!(handle.snapshot().buffered_calls, 0);
+    let _ = call(&mut svc, Call::Fail).await;
+    for _ in 0..3 {
+        call(&mut svc, Call::Ok).await.unwrap();
+    }
+    // 1 failure in 4: the old failures would have made it 4 in 7.
+    assert_eq!(handle.snapshot().failure_rate, Some(25.0));
+    assert_eq!(handle.state(), CircuitState::Closed);
+
+    // A long idle gap (many times the window, a multiple of the bucket count) leaves nothing.
+    tokio::time::advance(Duration::from_secs(10_000)).await;
+    assert_eq!(handle.snapshot().buffered_calls, 0);
+    for _ in 0..2 {
+        let _ = call(&mut svc, Call::Fail).await;
+    }
+    for _ in 0..2 {
+        call(&mut svc, Call::Ok).await.unwrap();
+    }
+    assert_eq!(handle.state(), CircuitState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_calls_trip_the_breaker() {
+    let config = CircuitBreakerConfig::default()
+        .sliding_window(SlidingWindow::Count(4))
+        .without_failure_rate()
+        .slow_call_rate_threshold(50.0, Duration::from_secs(1))
+        .minimum_calls(4)
+        .consecutive_failures(0);
+    let reasons = Arc::new(Mutex::new(Vec::new()));
+    let seen = reasons.clone();
+    let config = config.on_event(move |e| {
+        if let CircuitEvent::StateTransition {
+            reason: Some(r), ..
+        } = e
+        {
+            seen.lock().unwrap().push(*r);
+        }
+    });
+    let (mut svc, handle, _) = breaker(config);
+    call(&mut svc, Call::Slow(1_500)).await.unwrap();
+    call(&mut svc, Call::Ok).await.unwrap();
+    call(&mut svc, Call::Slow(999)).await.unwrap();
+    assert_eq!(handle.snapshot().slow_calls, 1);
+    call(&mut svc, Call::Slow(2_000)).await.unwrap();
+    assert_eq!(handle.state(), CircuitState::Open);
+    assert!(matches!(reasons.lock().unwrap()[..], [TripReason::SlowCallRate(r)] if r == 50.0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn consecutive_failures_rule() {
+    let config = CircuitBreakerConfig::default().consecutive_failures(3);
+    let (mut svc, handle, _) = breaker(config);
+    for _ in 0..2 {
+        let _ = call(&mut svc, Call::Fail).await;
+    }
+    call(&mut svc, Call::Ok).await.unwrap();
+    for _ in 0..2 {
+        let _ = call(&mut svc, Call::Fail).await;
+    }
+    assert_eq!(handle.state(), CircuitState::Closed);
+    assert_eq!(handle.snapshot().consecutive_failures, 2);
+    let _ = call(&mut svc, Call::Fail).await;
+    assert_eq!(handle.state(), CircuitState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn open_rejects_with_a_retry_after_that_counts_down_then_half_opens() {
+    let (mut svc, handle, upstream) =
+        breaker(CircuitBreakerConfig::default().consecutive_failures(1));
+    let _ = call(&mut svc, Call::Fail).await;
+    assert_eq!(handle.state(), CircuitState::Open);
+    let before = upstream.calls.load(Ordering::SeqCst);
+
+    let open = open_error(call(&mut svc, Call::Ok).await);
+    assert_eq!(open.state(), CircuitState::Open);
+    assert_eq!(open.retry_after(), Some(Duration::from_secs(30)));
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert_eq!(
+        open_error(call(&mut svc, Call::Ok).await).retry_after(),
+        Some(Duration::from_secs(20))
+    );
+    tokio::time::advance(Duration::from_millis(19_999)).await;
+    assert_eq!(
+        open_error(call(&mut svc, Call::Ok).await).retry_after(),
+        Some(Duration::from_millis(1))
+    );
+    // Rejected calls never reached the upstream.
+    assert_eq!(upstream.calls.load(Ordering::SeqCst), before);
+    assert_eq!(handle.snapshot().not_permitted_calls, 3);
+
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert_eq!(handle.state(), CircuitState::HalfOpen);
+    call(&mut svc, Call::Ok).await.unwrap();
+    assert_eq!(handle.state(), CircuitState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn half_open_admits_exactly_n_of_100_concurrent_callers() {
+    let config = CircuitBreakerConfig::default()
+        .consecutive_failures(1)
+        .half_open_probes(3);
+    let (mut svc, handle, upstream) = breaker(config);
+    let _ = call(&mut svc, Call::Fail).await;
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let before = upstream.calls.load(Ordering::SeqCst);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        let mut svc = svc.clone();
+        tasks.spawn(async move { call(&mut svc, Call::Gated).await });
+    }
+    // Let every caller reach the breaker; the admitted ones wait at the gate.
+    tokio::task::yield_now().await;
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(upstream.calls.load(Ordering::SeqCst) - before, 3);
+    assert_eq!(handle.snapshot().half_open_permits_taken, 3);
+    upstream.gate.add_permits(3);
+    let mut admitted = 0;
+    let mut rejected = 0;
+    while let Some(result) = tasks.join_next().await {
+        match result.unwrap() {
+            Ok(_) => admitted += 1,
+            Err(err) => {
+                assert!(err.is::<CircuitOpen>());
+                rejected += 1;
+            }
+        }
+    }
+    assert_eq!((admitted, rejected), (3, 97));
+    assert_eq!(handle.state(), CircuitState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn half_open_verdicts_close_or_reopen() {
+    let config = CircuitBreakerConfig::default()
+        .consecutive_failures(1)
+        .failure_rate_threshold(50.0)
+        .half_open_probes(2);
+    // Both probes succeed: CLOSED.
+    let (mut svc, handle, _) = breaker(config.clone());
+    let _ = call(&mut svc, Call::Fail).await;
+    tokio::time::advance(Duration::from_secs(30)).await;
+    call(&mut svc, Call::Ok).await.unwrap();
+    assert_eq!(handle.state(), CircuitState::HalfOpen);
+    call(&mut svc, Call::Ok).await.unwrap();
+    assert_eq!(handle.state(), CircuitState::Closed);
+
+    // One of two fails: 50 % >= 50 %, back to OPEN.
+    let (mut svc, handle, _) = breaker(config);
+    let _ = call(&mut svc, Call::Fail).await;
+    tokio::time::advance(Duration::from_secs(30)).await;
+    call(&mut svc, Call::Ok).await.unwrap();
+    let _ = call(&mut svc, Call::Fail).await;
+    assert_eq!(handle.state(), CircuitState::Open);
+    assert!(
+        call(&mut svc, Call::Ok)
+            .await
+            .unwrap_err()
+            .is::<CircuitOpen>()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn neutral_and_dropped_probes_return_their_permit() {
+    let config = CircuitBreakerConfig::default()
+        .consecutive_failures(1)
+        .half_open_probes(1);
+    let (mut svc, handle, _) = breaker(config);
+    let _ = call(&mut svc, Call::Fail).await;
+    tokio::time::advance(Duration::from_secs(30)).await;
+
+    // A neutral outcome is not a verdict and frees the permit.
+    call(&mut svc, Call::Neutral).await.unwrap();
+    assert_eq!(handle.state(), CircuitState::HalfOpen);
+    assert_eq!(handle.snapshot().half_open_permits_taken, 0);
+
+    // A probe whose future is dropped before completion frees it too.
+    let future = svc.ready().await.unwrap().call(Call::Slow(10_000));
+    assert_eq!(handle.snapshot().half_open_permits_taken, 1);
+    assert!(
+        call(&mut svc, Call::Ok)
+            .await
+            .unwrap_err()
+            .is::<CircuitOpen>()
+    );
+    drop(future);
+    assert_eq!(handle.snapshot().half_open_permits_taken, 0);
+
+    call(&mut svc, Call::Ok).await.unwrap();
+    assert_eq!(handle.state(), CircuitState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_wait_in_half_open_goes_back_to_open() {
+    let config = CircuitBreakerConfig::default()
+        .consecutive_failures(1)
+        .max_half_open_wait(Duration::from_secs(5));
+    let (mut svc, handle, _) = breaker(config);
+    let _ = call(&mut svc, Call::Fail).await;
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let probe = svc.ready().await.unwrap().call(Call::Gated);
+    assert_eq!(handle.state(), CircuitState::HalfOpen);
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert_eq!(handle.state(), CircuitState::Open);
+    drop(probe);
+}
+
+#[tokio::test(start_paused = true)]
+async fn results_from_an_older_generation_are_ignored() {
+    let (mut svc, handle, _) = breaker(CircuitBreakerConfig::default().consecutive_failures(1));
+    let generation = handle.snapshot().generation;
+    let late = tokio::spawn({
+        let mut svc = svc.clone();
+        async move { call(&mut svc, Call::FailAfter(5_000)).await }
+    });
+    tokio::task::yield_now().await;
+    handle.transition_to_forced_open().unwrap();
+    handle.transition_to_closed().unwrap();
+    assert_eq!(handle.snapshot().generation, generation + 2);
+    // The late failure was admitted two generations ago: it must not open the breaker.
+    assert!(late.await.unwrap().is_err());
+    assert_eq!(handle.state(), CircuitState::Closed);
+    assert_eq!(handle.snapshot().failed_calls, 0);
+
+    // Same for a probe admitted in a half-open period that has ended.
+    let _ = call(&mut svc, Call::Fail).await;
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let probe = tokio::spawn({
+        let mut svc = svc.clone();
+        async move { call(&mut svc, Call::FailAfter(1_000)).await }
+    });
+    tokio::task::yield_now().await;
+    assert_eq!(handle.state(), CircuitState::HalfOpen);
+    handle.reset();
+    assert!(probe.await.unwrap().is_err());
+    assert_eq!(handle.state(), CircuitState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn open_duration_backs_off_by_attempt_up_to_the_cap() {
+    let config = CircuitBreakerConfig::default()
+        .consecutive_failures(1)
+        .open_duration(OpenDuration::Backoff {
+            initial: Duration::from_secs(1),
+            multiplier: 2.0,
+            max: Duration::from_secs(10),
+            jitter: 0.0,
+        });
+    let (mut svc, handle, _) = breaker(config);
+    let _ = call(&mut svc, Call::Fail).await;
+    for expected in [1, 2, 4, 8, 10, 10] {
+        let after = open_error(call(&mut svc, Call::Ok).await).retry_after();
+        assert_eq!(after, Some(Duration::from_secs(expected)));
+        tokio::time::advance(Duration::from_secs(expected)).await;
+        // The probe fails: back to OPEN for longer.
+        let _ = call(&mut svc, Call::Fail).await;
+    }
+    tokio::time::advance(Duration::from_secs(10)).await;
+    call(&mut svc, Call::Ok).await.unwrap();
+    assert_eq!(handle.state(), CircuitState::Closed);
+    // Closing resets the attempt count.
+    let _ = call(&mut svc, Call::Fail).await;
+    assert_eq!(
+        open_error(call(&mut svc, Call::Ok).await).retry_after(),
+        Some(Duration::from_secs(1))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn jitter_shortens_the_open_duration_within_bounds() {
+    let config = CircuitBreakerConfig::default()
+        .consecutive_failures(1)
+        .open_duration(OpenDuration::Backoff {
+            initial: Duration::from_secs(100),
+            multiplier: 1.0,
+            max: Duration::from_secs(100),
+            jitter: 0.5,
+        });
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..20 {
+        let (mut svc, _, _) = breaker(config.clone());
+        let _ = call(&mut svc, Call::Fail).await;
+        let after = open_error(call(&mut svc, Call::Ok).await)
+            .retry_after()
+            .unwrap();
+        assert!(
+            after >= Duration::from_secs(50) && after <= Duration::from_secs(100),
+            "{after:?}"
+        );
+        seen.insert(after);
+    }
+    assert!(seen.len() > 1, "jitter produced a single value");
+}
+
+#[tokio::test(start_paused = true)]
+async fn special_states() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let log = events.clone();
+    let config = rate_config(4, 50.0, 4).on_event(move |e| log.lock().unwrap().push(e.clone()));
+    let (mut svc, handle, upstream) = breaker(config);
+
+    // DISABLED: everything passes, nothing is recorded.
+    handle.transition_to_disabled().unwrap();
+    for _ in 0..10 {
+        let _ = call(&mut svc, Call::Fail).await;
+    }
+    assert_eq!(handle.state(), CircuitState::Disabled);
+    assert_eq!(handle.snapshot().buffered_calls, 0);
+
+    // FORCED_OPEN: everything is rejected, with no retry_after, whatever the time.
+    handle.transition_to_forced_open().unwrap();
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    let calls = upstream.calls.load(Ordering::SeqCst);
+    let open = open_error(call(&mut svc, Call::Ok).await);
+    assert_eq!(
+        (open.state(), open.retry_after()),
+        (CircuitState::ForcedOpen, None)
+    );
+    assert_eq!(upstream.calls.load(Ordering::SeqCst), calls);
+    assert_eq!(handle.state(), CircuitState::ForcedOpen);
+
+    // METRICS_ONLY: recorded, thresholds raise events, never opens.
+    handle.transition_to_metrics_only().unwrap();
+    for _ in 0..8 {
+        let _ = call(&mut svc, Call::Fail).await;
+    }
+    assert_eq!(handle.state(), CircuitState::MetricsOnly);
+    let snapshot = handle.snapshot();
+    assert_eq!((snapshot.buffered_calls, snapshot.failed_calls), (4, 4));
+    assert!(events.lock().unwrap().iter().any(|e| matches!(
+        e,
+        CircuitEvent::ThresholdExceeded { reason: TripReason::FailureRate(r), .. } if *r == 100.0
+    )));
+
+    // Illegal transitions are refused and change nothing.
+    let err = handle.transition_to_open().unwrap_err();
+    assert_eq!(
+        (err.from(), err.to()),
+        (CircuitState::MetricsOnly, CircuitState::Open)
+    );
+    assert!(handle.transition_to_half_open().is_err());
+    handle.transition_to_closed().unwrap();
+    assert!(handle.transition_to_half_open().is_err());
+    assert_eq!(handle.state(), CircuitState::Closed);
+
+    // Reset from OPEN gives a fresh CLOSED.
+    handle.transition_to_open().unwrap();
+    handle.reset();
+    assert_eq!(handle.state(), CircuitState::Closed);
+    assert_eq!(handle.snapshot().buffered_calls, 0);
+
+    let transitions: Vec<_> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            CircuitEvent::StateTransition { to, .. } => Some(*to),
+            _ => None,
+        })
+        .collect();
+    use CircuitState::*;
+    assert_eq!(
+        transitions,
+        [Disabled, ForcedOpen, MetricsOnly, Closed, Open, Closed]
+    );
+    assert!(events.lock().unwrap().iter().any(|e| matches!(
+        e,
+        CircuitEvent::Rejected {
+            state: ForcedOpen,
+            retry_after: None,
+            ..
+        }
+    )));
+}
+
+#[tokio::test(start_paused = true)]
+async fn state_is_shared_by_every_clone_and_every_layered_service() {
+    let (layer, handle) =
+        CircuitBreakerLayer::pair(CircuitBreakerConfig::default().consecutive_failures(2)).unwrap();
+    let layer = layer.with_classifier(classify as Classifier);
+    let mut a = layer.layer(Upstream::new());
+    let mut b = layer.layer(Upstream::new()).clone();
+    let _ = call(&mut a, Call::Fail).await;
+    let _ = call(&mut b, Call::Fail).await;
+    assert_eq!(handle.state(), CircuitState::Open);
+    assert!(
+        call(&mut a, Call::Ok)
+            .await
+            .unwrap_err()
+            .is::<CircuitOpen>()
+    );
+    assert_eq!(a.handle().snapshot(), b.handle().snapshot());
+}
+
+#[tokio::test(start_paused = true)]
+async fn snapshot_serializes_for_a_status_endpoint() {
+    let (mut svc, handle, _) = breaker(rate_config(10, 50.0, 2).name("github-api"));
+    call(&mut svc, Call::Ok).await.unwrap();
+    let _ = call(&mut svc, Call::Fail).await;
+    let json = serde_json::to_value(handle.snapshot()).unwrap();
+    assert_eq!(json["name"], "github-api");
+    assert_eq!(json["state"], "OPEN");
+    assert_eq!(json["not_permitted_calls"], 0);
+    assert_eq!(json["retry_after_ms"], 30_000);
+}
+
+#[test]
+fn config_errors_name_the_setting_or_variable() {
+    let err = CircuitBreakerConfig::from_env_with(|name| {
+        (name == "CIRCUIT_BREAKER_FAILURE_THRESHOLD").then(|| "five".to_owned())
+    })
+    .unwrap_err();
+    assert_eq!(err.setting(), "CIRCUIT_BREAKER_FAILURE_THRESHOLD");
+    assert!(err.to_string().contains("five"), "{err}");
+    let err = CircuitBreakerConfig::from_env_with(|name| {
+        (name == "CIRCUIT_BREAKER_FAILURE_THRESHOLD").then(|| "0".to_owned())
+    })
+    .unwrap_err();
+    assert_eq!(err.setting(), "CIRCUIT_BREAKER_FAILURE_THRESHOLD");
+    for bad in ["-1", "0", "NaN", "inf", ""] {
+        let err = CircuitBreakerConfig::from_env_with(|name| {
+            (name == "CIRCUIT_BREAKER_RECOVERY_TIMEOUT").then(|| bad.to_owned())
+        })
+        .unwrap_err();
+        assert_eq!(err.setting(), "CIRCUIT_BREAKER_RECOVERY_TIMEOUT");
+    }
+    let config = CircuitBreakerConfig::from_env_with(|name| match name {
+        "CIRCUIT_BREAKER_FAILURE_THRESHOLD" => Some(" 7 ".to_owned()),
+        "CIRCUIT_BREAKER_RECOVERY_TIMEOUT" => Some("2.5".to_owned()),
+        _ => None,
+    })
+    .unwrap();
+    assert_eq!(config.consecutive_failure_threshold(), 7);
+    assert_eq!(
+        config.open_duration_setting(),
+        OpenDuration::Fixed(Duration::from_millis(2_500))
+    );
+    let defaults = CircuitBreakerConfig::from_env_with(|_| None).unwrap();
+    assert_eq!(defaults.consecutive_failure_threshold(), 5);
+    assert_eq!(
+        defaults.open_duration_setting(),
+        OpenDuration::Fixed(Duration::from_secs(30))
+    );
+
+    for (config, setting) in [
+        (
+            CircuitBreakerConfig::default().sliding_window(SlidingWindow::Count(0)),
+            "sliding_window",
+        ),
+        (
+            CircuitBreakerConfig::default().failure_rate_threshold(0.0),
+            "failure_rate_threshold",
+        ),
+        (
+            CircuitBreakerConfig::default().failure_rate_threshold(101.0),
+            "failure_rate_threshold",
+        ),
+        (
+            CircuitBreakerConfig::default().minimum_calls(0),
+            "minimum_calls",
+        ),
+        (
+            CircuitBreakerConfig::default().open_duration(OpenDuration::Fixed(Duration::ZERO)),
+            "open_duration",
+        ),
+    ] {
+        assert_eq!(
+            CircuitBreakerLayer::new(config).unwrap_err().setting(),
+            setting
+        );
+    }
+}
+
+/// `from_env` itself, in a child process that has the variables set.
+#[test]
+fn from_env_reads_the_process_environment() {
+    if std::env::var_os("CB_FROM_ENV_CHILD").is_some() {
+        let config = CircuitBreakerConfig::from_env().unwrap();
+        assert_eq!(config.consecutive_failure_threshold(), 9);
+        let err = CircuitBreakerLayer::from_env();
+        assert!(err.is_ok());
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let status = std::process::Command::new(&exe)
+        .args([
+            "--exact",
+            "from_env_reads_the_process_environment",
+            "--nocapture",
+        ])
+        .env("CB_FROM_ENV_CHILD", "1")
+        .env("CIRCUIT_BREAKER_FAILURE_THRESHOLD", "9")
+        .env("CIRCUIT_BREAKER_RECOVERY_TIMEOUT", "12")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = std::process::Command::new(&exe)
+        .args([
+            "--exact",
+            "from_env_reads_the_process_environment",
+            "--nocapture",
+        ])
+        .env("CB_FROM_ENV_CHILD", "1")
+        .env("CIRCUIT_BREAKER_FAILURE_THRESHOLD", "lots")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(text.contains("CIRCUIT_BREAKER_FAILURE_THRESHOLD"), "{text}");
+}

@@ -1,0 +1,294 @@
+//! The retry policy through `tower::retry`, with paused time.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use tokio::time::Instant;
+use tower::retry::budget::TpsBudget;
+use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+use tower_webhook::circuit_breaker::{
+    CircuitBreakerConfig, CircuitBreakerLayer, CircuitOpen, CircuitState,
+};
+use tower_webhook::retry::{RetryAllowed, RetryPolicy};
+
+type Body = Full<Bytes>;
+
+/// An upstream that answers the scripted statuses in turn (the last one forever; 0 = an error)
+/// and records when each attempt arrived.
+#[derive(Clone)]
+struct Script {
+    statuses: Arc<Vec<(u16, Option<&'static str>)>>,
+    attempts: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl Script {
+    fn new(statuses: &[(u16, Option<&'static str>)]) -> Self {
+        Self {
+            statuses: Arc::new(statuses.to_vec()),
+            attempts: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.attempts.lock().unwrap().len()
+    }
+
+    fn gaps(&self) -> Vec<Duration> {
+        let at = self.attempts.lock().unwrap();
+        at.windows(2).map(|w| w[1] - w[0]).collect()
+    }
+
+    fn service(
+        &self,
+    ) -> impl Service<Request<Body>, Response = Response<Body>, Error = BoxError, Future: Send> + Clone
+    {
+        let script = self.clone();
+        tower::service_fn(move |_req: Request<Body>| {
+            let script = script.clone();
+            async move {
+                let n = {
+                    let mut at = script.attempts.lock().unwrap();
+                    at.push(Instant::now());
+                    at.len() - 1
+                };
+                let (status, retry_after) = script.statuses[n.min(script.statuses.len() - 1)];
+                if status == 0 {
+                    return Err::<Response<Body>, BoxError>("connection reset".into());
+                }
+                let mut res = Response::new(Full::default());
+                *res.status_mut() = StatusCode::from_u16(status)?;
+                if let Some(after) = retry_after {
+                    res.headers_mut().insert("retry-after", after.parse()?);
+                }
+                Ok(res)
+            }
+        })
+    }
+}
+
+fn fast() -> RetryPolicy {
+    RetryPolicy::new().backoff(Duration::from_millis(100), Duration::from_secs(1))
+}
+
+async fn run(
+    policy: RetryPolicy,
+    script: &Script,
+    req: Request<Body>,
+) -> Result<Response<Body>, BoxError> {
+    ServiceBuilder::new()
+        .layer(policy.into_layer())
+        .service(script.service())
+        .oneshot(req)
+        .await
+}
+
+fn get() -> Request<Body> {
+    Request::get("http://upstream/x")
+        .body(Full::default())
+        .unwrap()
+}
+
+fn post() -> Request<Body> {
+    Request::post("http://upstream/x")
+        .body(Full::from("payload"))
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_transient_failures_with_capped_full_jitter() {
+    let script = Script::new(&[
+        (503, None),
+        (502, None),
+        (0, None),
+        (504, None),
+        (200, None),
+    ]);
+    let res = run(fast().max_retries(5), &script, get()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(script.count(), 5);
+    let gaps = script.gaps();
+    for (k, gap) in gaps.iter().enumerate() {
+        let max = Duration::from_millis(100 * (1 << k)).min(Duration::from_secs(1));
+        assert!(*gap <= max, "delay {k} was {gap:?}, above {max:?}");
+    }
+    assert_eq!(fast().max_delay(10), Duration::from_secs(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn gives_up_after_max_retries_and_on_non_retryable_statuses() {
+    let script = Script::new(&[(503, None)]);
+    let res = run(fast().max_retries(2), &script, get()).await.unwrap();
+    assert_eq!((res.status().as_u16(), script.count()), (503, 3));
+
+    for status in [500, 404, 400] {
+        let script = Script::new(&[(status, None), (200, None)]);
+        let res = run(fast(), &script, get()).await.unwrap();
+        assert_eq!((res.status().as_u16(), script.count()), (status, 1));
+    }
+    let script = Script::new(&[(500, None), (200, None)]);
+    let res = run(
+        fast().retry_on_status(StatusCode::INTERNAL_SERVER_ERROR),
+        &script,
+        get(),
+    )
+    .await
+    .unwrap();
+    assert_eq!((res.status().as_u16(), script.count()), (200, 2));
+    let script = Script::new(&[(429, None), (200, None)]);
+    let res = run(
+        fast().no_retry_on_status(StatusCode::TOO_MANY_REQUESTS),
+        &script,
+        get(),
+    )
+    .await
+    .unwrap();
+    assert_eq!((res.status().as_u16(), script.count()), (429, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_only_idempotent_or_explicitly_allowed_requests() {
+    let script = Script::new(&[(503, None), (200, None)]);
+    let res = run(fast(), &script, post()).await.unwrap();
+    assert_eq!((res.status().as_u16(), script.count()), (503, 1));
+
+    let script = Script::new(&[(503, None), (200, None)]);
+    let mut req = post();
+    req.headers_mut()
+        .insert("idempotency-key", "k-1".parse().unwrap());
+    assert_eq!(run(fast(), &script, req).await.unwrap().status(), 200);
+
+    let script = Script::new(&[(503, None), (200, None)]);
+    let mut req = post();
+    req.extensions_mut().insert(RetryAllowed);
+    assert_eq!(run(fast(), &script, req).await.unwrap().status(), 200);
+
+    let script = Script::new(&[(503, None), (200, None)]);
+    assert_eq!(
+        run(fast().retry_non_idempotent(), &script, post())
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    for method in ["PUT", "DELETE", "HEAD", "OPTIONS"] {
+        let script = Script::new(&[(503, None), (200, None)]);
+        let req = Request::builder()
+            .method(method)
+            .uri("/")
+            .body(Full::default())
+            .unwrap();
+        assert_eq!(
+            run(fast(), &script, req).await.unwrap().status(),
+            200,
+            "{method}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn honors_retry_after_up_to_a_maximum() {
+    let script = Script::new(&[(429, Some("7")), (200, None)]);
+    let res = run(fast(), &script, get()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(script.gaps(), [Duration::from_secs(7)]);
+
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(30));
+    let date: &'static str = Box::leak(date.into_boxed_str());
+    let script = Script::new(&[(503, Some(date)), (200, None)]);
+    run(fast(), &script, get()).await.unwrap();
+    let gap = script.gaps()[0];
+    assert!(
+        gap > Duration::from_secs(28) && gap <= Duration::from_secs(30),
+        "{gap:?}"
+    );
+
+    // Longer than the policy is willing to wait: the 503 is returned as is.
+    let script = Script::new(&[(503, Some("3600")), (200, None)]);
+    let res = run(
+        fast().max_retry_after(Duration::from_secs(60)),
+        &script,
+        get(),
+    )
+    .await
+    .unwrap();
+    assert_eq!((res.status().as_u16(), script.count()), (503, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn never_retries_a_circuit_open_rejection() {
+    let script = Script::new(&[(200, None)]);
+    let (breaker, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+    handle.transition_to_forced_open().unwrap();
+    let started = Instant::now();
+    let err = ServiceBuilder::new()
+        .layer(fast().max_retries(5).into_layer())
+        .layer(breaker)
+        .service(script.service())
+        .oneshot(get())
+        .await
+        .unwrap_err();
+    assert!(err.is::<CircuitOpen>());
+    assert_eq!(script.count(), 0);
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert_eq!(handle.snapshot().not_permitted_calls, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_empty_budget_stops_retries() {
+    let script = Script::new(&[(503, None), (200, None)]);
+    let budget = Arc::new(TpsBudget::new(Duration::from_secs(1), 0, 0.0));
+    let res = run(fast().budget(budget), &script, get()).await.unwrap();
+    assert_eq!((res.status().as_u16(), script.count()), (503, 1));
+
+    // Deposits of earlier calls pay for retries: 100 % means one retry per call.
+    let budget = Arc::new(TpsBudget::new(Duration::from_secs(1), 0, 1.0));
+    let script = Script::new(&[(503, None), (200, None)]);
+    let res = run(fast().budget(budget), &script, get()).await.unwrap();
+    assert_eq!((res.status().as_u16(), script.count()), (200, 2));
+
+    let script = Script::new(&[(503, None), (200, None)]);
+    let res = run(fast().without_budget(), &script, get()).await.unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn breaker_outside_retry_sees_one_outcome_per_call() {
+    let script = Script::new(&[(503, None)]);
+    let (breaker, handle) =
+        CircuitBreakerLayer::pair(CircuitBreakerConfig::default().consecutive_failures(2)).unwrap();
+    let mut svc = ServiceBuilder::new()
+        .layer(breaker)
+        .layer(fast().max_retries(3).into_layer())
+        .service(script.service());
+    let res = svc.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(script.count(), 4);
+    assert_eq!(handle.snapshot().failed_calls, 1);
+    assert_eq!(handle.state(), CircuitState::Closed);
+    svc.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(handle.state(), CircuitState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_outside_breaker_counts_every_attempt() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let (breaker, handle) =
+        CircuitBreakerLayer::pair(CircuitBreakerConfig::default().consecutive_failures(3)).unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(fast().max_retries(10).into_layer())
+        .layer(breaker)
+        .service_fn(move |_: Request<Body>| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            async { Err::<Response<Body>, BoxError>("refused".into()) }
+        });
+    let err = svc.oneshot(get()).await.unwrap_err();
+    assert!(err.is::<CircuitOpen>());
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(handle.state(), CircuitState::Open);
+}
