@@ -49,6 +49,7 @@ struct QuickTunnel {
 pub struct Cloudflared {
     binary: PathBuf,
     region: Option<String>,
+    args: Vec<String>,
     startup_timeout: Duration,
     stop_grace: Duration,
 }
@@ -65,6 +66,7 @@ impl Cloudflared {
         Self {
             binary: PathBuf::from("cloudflared"),
             region: None,
+            args: Vec::new(),
             startup_timeout: Duration::from_secs(30),
             stop_grace: Duration::from_secs(5),
         }
@@ -79,6 +81,12 @@ impl Cloudflared {
     /// Passes `--region` to cloudflared (for example `us`).
     pub fn region(mut self, region: impl Into<String>) -> Self {
         self.region = Some(region.into());
+        self
+    }
+
+    /// Adds an argument after the ones this provider passes (for example `--protocol http2`).
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
         self
     }
 
@@ -158,6 +166,7 @@ impl Provider for Cloudflared {
             if let Some(region) = &self.region {
                 command.arg("--region").arg(region);
             }
+            command.args(&self.args);
             command
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
