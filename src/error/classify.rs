@@ -4,9 +4,9 @@ use std::error::Error;
 
 use http::StatusCode;
 
+use super::WebhookProcessingError;
 use super::grpc::GrpcCode;
 use super::problem::{Problem, types};
-use super::WebhookProcessingError;
 
 /// A function that recognises one error type in an error chain.
 pub(crate) type Recognizer = fn(&(dyn Error + 'static)) -> Option<Problem>;
@@ -79,8 +79,9 @@ fn classify_one(
     #[cfg(feature = "tonic")]
     if let Some(status) = err.downcast_ref::<tonic::Status>() {
         let code = GrpcCode::from(status.code());
-        let mut problem = Problem::from_static(code.to_http_status(), types::GRPC_STATUS, "gRPC Error")
-            .with_grpc_code(code);
+        let mut problem =
+            Problem::from_static(code.to_http_status(), types::GRPC_STATUS, "gRPC Error")
+                .with_grpc_code(code);
         if !status.message().is_empty() {
             problem = problem
                 .with_detail(status.message().to_owned())
@@ -98,6 +99,10 @@ pub(crate) fn unknown() -> Problem {
 
 /// The problem for a panic: 500 / `Internal`, never the panic message.
 pub(crate) fn panicked() -> Problem {
-    Problem::from_static(StatusCode::INTERNAL_SERVER_ERROR, types::PANIC, "Internal Server Error")
-        .with_grpc_code(GrpcCode::Internal)
+    Problem::from_static(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        types::PANIC,
+        "Internal Server Error",
+    )
+    .with_grpc_code(GrpcCode::Internal)
 }

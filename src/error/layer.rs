@@ -441,20 +441,49 @@ fn request_id_str(info: &RequestInfo) -> &str {
         .unwrap_or("")
 }
 
-fn log_error(problem: &Problem, err: &(dyn std::error::Error + Send + Sync + 'static), info: &RequestInfo) {
+fn log_error(
+    problem: &Problem,
+    err: &(dyn std::error::Error + Send + Sync + 'static),
+    info: &RequestInfo,
+) {
     log_problem(problem, info, Some(err));
 }
 
 /// Logs once, at a level that fits the class: 5xx are errors, 404/405 debug, other 4xx warnings.
-fn log_problem(problem: &Problem, info: &RequestInfo, err: Option<&(dyn std::error::Error + Send + Sync + 'static)>) {
+fn log_problem(
+    problem: &Problem,
+    info: &RequestInfo,
+    err: Option<&(dyn std::error::Error + Send + Sync + 'static)>,
+) {
     let status = problem.status().as_u16();
     let error = err.map(|e| ErrorChain(e).to_string()).unwrap_or_default();
     let request_id = request_id_str(info);
     let problem_type = problem.problem_type();
     match status {
-        500..=599 => tracing::error!(status, problem_type, request_id, grpc = info.grpc, error, "request failed"),
-        404 | 405 => tracing::debug!(status, problem_type, request_id, grpc = info.grpc, error, "request rejected"),
-        _ => tracing::warn!(status, problem_type, request_id, grpc = info.grpc, error, "request rejected"),
+        500..=599 => tracing::error!(
+            status,
+            problem_type,
+            request_id,
+            grpc = info.grpc,
+            error,
+            "request failed"
+        ),
+        404 | 405 => tracing::debug!(
+            status,
+            problem_type,
+            request_id,
+            grpc = info.grpc,
+            error,
+            "request rejected"
+        ),
+        _ => tracing::warn!(
+            status,
+            problem_type,
+            request_id,
+            grpc = info.grpc,
+            error,
+            "request rejected"
+        ),
     }
 }
 

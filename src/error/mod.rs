@@ -73,6 +73,6 @@ mod processing;
 pub use grpc::GrpcCode;
 pub(crate) use layer::AlreadyLogged;
 pub use layer::{ProblemJson, RenderProblem, ResponseFuture, WebhookError, WebhookErrorLayer};
-pub use problem::{HttpError, PROBLEM_JSON, Problem, types};
 pub(crate) use problem::retry_after_value;
+pub use problem::{HttpError, PROBLEM_JSON, Problem, types};
 pub use processing::WebhookProcessingError;

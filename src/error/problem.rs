@@ -169,7 +169,11 @@ impl Problem {
     }
 
     /// A problem with a static type and title, allocation free.
-    pub(crate) fn from_static(status: StatusCode, problem_type: &'static str, title: &'static str) -> Self {
+    pub(crate) fn from_static(
+        status: StatusCode,
+        problem_type: &'static str,
+        title: &'static str,
+    ) -> Self {
         Self {
             problem_type: Cow::Borrowed(problem_type),
             title: Cow::Borrowed(title),
@@ -284,7 +288,9 @@ impl Problem {
             instance: self.instance.as_deref(),
         };
         // Serializing plain strings and an integer cannot fail.
-        serde_json::to_vec(&doc).map(Bytes::from).unwrap_or_default()
+        serde_json::to_vec(&doc)
+            .map(Bytes::from)
+            .unwrap_or_default()
     }
 
     /// An `application/problem+json` response with the problem's status and `Retry-After`.
@@ -304,7 +310,10 @@ impl Problem {
     pub fn to_grpc_response<B: Default>(&self) -> Response<B> {
         let mut response = Response::new(B::default());
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
         headers.insert("grpc-status", HeaderValue::from(self.grpc_code as u16));
         let message = super::grpc::encode_message(self.grpc_message());
         if let Ok(value) = HeaderValue::from_str(&message) {

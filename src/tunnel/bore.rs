@@ -13,11 +13,11 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
+use super::Upstream;
 use super::http::{connect, host_for_url};
 use super::io::Rewind;
 use super::provider::{BoxFuture, Provider, Session};
 use super::secret::Secret;
-use super::Upstream;
 use crate::BoxError;
 
 /// bore's default control port.
@@ -119,7 +119,10 @@ impl Bore {
                 Some((host, _)) => host,
                 None => rest.to_owned(),
             };
-            self.server = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+            self.server = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
             return self;
         }
         let server = server
@@ -131,7 +134,12 @@ impl Bore {
                 self.server = host;
                 self.control_port = port;
             }
-            None => self.server = server.trim_start_matches('[').trim_end_matches(']').to_owned(),
+            None => {
+                self.server = server
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned()
+            }
         }
         self
     }
@@ -164,7 +172,9 @@ impl Bore {
         let stream = connect(&self.server, self.control_port, NETWORK_TIMEOUT).await?;
         let mut control = Frames::new(stream);
         handshake(&mut control, self.secret.as_deref()).await?;
-        control.send(&ClientMessage::Hello(self.remote_port)).await?;
+        control
+            .send(&ClientMessage::Hello(self.remote_port))
+            .await?;
         let port = match control.recv_timeout().await? {
             Some(ServerMessage::Hello(port)) => port,
             Some(ServerMessage::Error(message)) => {
@@ -305,7 +315,8 @@ async fn handshake(frames: &mut Frames, secret: Option<&Secret>) -> Result<(), B
 /// bore's challenge answer: lowercase hex of HMAC-SHA256(key = SHA-256(secret), uuid bytes).
 fn answer(secret: &str, challenge: &Uuid) -> String {
     let key = Sha256::digest(secret.as_bytes());
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&key).expect("HMAC takes any key length");
+    let mut mac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(&key).expect("HMAC takes any key length");
     mac.update(challenge.as_bytes());
     hex::encode(mac.finalize().into_bytes())
 }
@@ -374,13 +385,19 @@ mod tests {
     #[test]
     fn parses_servers() {
         let bore = Bore::new().server("127.0.0.2:9000");
-        assert_eq!((bore.server.as_str(), bore.control_port), ("127.0.0.2", 9000));
+        assert_eq!(
+            (bore.server.as_str(), bore.control_port),
+            ("127.0.0.2", 9000)
+        );
         let bore = Bore::new().server("tcp://[::1]:7000");
         assert_eq!((bore.server.as_str(), bore.control_port), ("::1", 7000));
         let bore = Bore::new().server("::1");
         assert_eq!((bore.server.as_str(), bore.control_port), ("::1", 7835));
         let bore = Bore::new().server("http://lt.example.com:8080/");
-        assert_eq!((bore.server.as_str(), bore.control_port), ("lt.example.com", 7835));
+        assert_eq!(
+            (bore.server.as_str(), bore.control_port),
+            ("lt.example.com", 7835)
+        );
         let bore = Bore::new().server("bore.example.com");
         assert_eq!(bore.server, "bore.example.com");
     }

@@ -11,9 +11,9 @@ use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use super::Upstream;
 use super::http::{BaseUrl, get};
 use super::provider::{BoxFuture, Provider, Session};
-use super::Upstream;
 use crate::BoxError;
 
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -182,7 +182,9 @@ impl Provider for Cloudflared {
                     let mut reader = BufReader::new(pipe).lines();
                     while let Ok(Some(line)) = reader.next_line().await {
                         tracing::debug!(target: "tower_webhook::tunnel::cloudflared", "{line}");
-                        let mut lines = lines.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                        let mut lines = lines
+                            .lock()
+                            .unwrap_or_else(|poisoned| poisoned.into_inner());
                         if lines.len() == STDERR_LINES {
                             lines.pop_front();
                         }
@@ -191,12 +193,16 @@ impl Provider for Cloudflared {
                 });
             }
             let last_lines = move || {
-                let lines = stderr.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let lines = stderr
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
                 lines.iter().cloned().collect::<Vec<_>>().join(" | ")
             };
             let hostname = loop {
                 if let Some(status) = child.try_wait()? {
-                    return Err(format!("cloudflared exited with {status}: {}", last_lines()).into());
+                    return Err(
+                        format!("cloudflared exited with {status}: {}", last_lines()).into(),
+                    );
                 }
                 if let Some(hostname) = ready_hostname(&metrics).await {
                     break hostname;
@@ -233,7 +239,9 @@ async fn ready_hostname(metrics: &BaseUrl) -> Option<String> {
     if !status.is_success() {
         return None;
     }
-    let hostname = serde_json::from_slice::<QuickTunnel>(&body).ok()?.hostname?;
+    let hostname = serde_json::from_slice::<QuickTunnel>(&body)
+        .ok()?
+        .hostname?;
     if hostname.is_empty() {
         return None;
     }

@@ -120,7 +120,11 @@ impl TunnelConfig {
     ///
     /// [`TunnelError::Config`] naming the variable that is wrong.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, TunnelError> {
-        let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
         let chain = match get("TUNNEL_SERVICE") {
             Some(list) => {
                 let mut chain = Vec::new();

@@ -236,7 +236,10 @@ impl TunnelBuilder {
 
     fn backoff(&self, round: u32) -> Duration {
         let factor = 2u32.saturating_pow(round.min(16));
-        let delay = self.backoff_min.saturating_mul(factor).min(self.backoff_max);
+        let delay = self
+            .backoff_min
+            .saturating_mul(factor)
+            .min(self.backoff_max);
         // Jitter in [delay/2, delay].
         let half = delay / 2;
         half + half.mul_f64(fastrand::f64())
@@ -273,7 +276,14 @@ async fn probe(url: &str, upstream: &Upstream, limit: Duration) -> Result<bool, 
     let mut last;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match get(&base, PROBE_PATH, &headers, left.max(Duration::from_millis(1))).await {
+        match get(
+            &base,
+            PROBE_PATH,
+            &headers,
+            left.max(Duration::from_millis(1)),
+        )
+        .await
+        {
             Ok((status, body)) if status.is_success() && body == nonce.as_bytes() => {
                 return Ok(true);
             }

@@ -93,10 +93,7 @@ pub(crate) fn host_for_url(host: &str) -> String {
 pub(crate) async fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
     let lower = host.to_ascii_lowercase();
     if lower == "localhost" || lower.ends_with(".localhost") {
-        return Ok(vec![SocketAddr::new(
-            IpAddr::V4(Ipv4Addr::LOCALHOST),
-            port,
-        )]);
+        return Ok(vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)]);
     }
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);
@@ -108,10 +105,7 @@ pub(crate) async fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>
 pub(crate) async fn connect(host: &str, port: u16, timeout: Duration) -> io::Result<TcpStream> {
     let attempt = async {
         let addrs = resolve(host, port).await?;
-        let mut last = io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("{host} has no address"),
-        );
+        let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address"));
         for addr in addrs {
             match TcpStream::connect(addr).await {
                 Ok(stream) => {

@@ -7,9 +7,9 @@ use serde::Deserialize;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::Upstream;
 use super::http::{BaseUrl, connect, get};
 use super::provider::{BoxFuture, Provider, Session};
-use super::Upstream;
 use crate::BoxError;
 
 /// The public localtunnel server.
@@ -279,10 +279,19 @@ mod tests {
     #[test]
     fn url_gets_the_server_port() {
         let base = BaseUrl::parse("http://127.0.0.1:8080", false).unwrap();
-        assert_eq!(public_url("http://abcde.localhost", &base), "http://abcde.localhost:8080");
-        assert_eq!(public_url("http://abcde.localhost:9", &base), "http://abcde.localhost:9");
+        assert_eq!(
+            public_url("http://abcde.localhost", &base),
+            "http://abcde.localhost:8080"
+        );
+        assert_eq!(
+            public_url("http://abcde.localhost:9", &base),
+            "http://abcde.localhost:9"
+        );
         let hosted = BaseUrl::parse("https://localtunnel.me", false).unwrap();
-        assert_eq!(public_url("https://abcde.loca.lt", &hosted), "https://abcde.loca.lt");
+        assert_eq!(
+            public_url("https://abcde.loca.lt", &hosted),
+            "https://abcde.loca.lt"
+        );
     }
 
     #[test]

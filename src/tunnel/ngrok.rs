@@ -7,9 +7,9 @@ use std::time::Duration;
 use ngrok::prelude::{EndpointInfo, TunnelBuilder as _};
 use tokio::task::JoinSet;
 
+use super::Upstream;
 use super::provider::{BoxFuture, Provider, Session};
 use super::secret::Secret;
-use super::Upstream;
 use crate::BoxError;
 
 /// An ngrok HTTP endpoint, opened with the official [`ngrok`] crate (feature `ngrok`).

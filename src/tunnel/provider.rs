@@ -94,7 +94,9 @@ pub struct Session {
 
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Session").field("url", &self.url).finish_non_exhaustive()
+        f.debug_struct("Session")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
     }
 }
 

@@ -90,7 +90,10 @@ impl Server {
     }
 
     /// Shuts down when `signal` completes instead of on Ctrl-C.
-    pub fn with_graceful_shutdown(mut self, signal: impl Future<Output = ()> + Send + 'static) -> Self {
+    pub fn with_graceful_shutdown(
+        mut self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> Self {
         self.shutdown = Some(Box::pin(signal));
         self
     }
@@ -167,8 +170,14 @@ impl Server {
             }
             drop(listener);
             tracing::info!("shutting down: draining open connections");
-            if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
-                tracing::warn!("connections still open after {} s; closing them", DRAIN.as_secs());
+            if tokio::time::timeout(DRAIN, graceful.shutdown())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "connections still open after {} s; closing them",
+                    DRAIN.as_secs()
+                );
             }
             if let Some(tunnel) = tunnel {
                 tunnel.close().await;

@@ -35,7 +35,12 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
 /// Serves one tunnel connection; erases the user's service type.
 trait ServeConn: Send + Sync + 'static {
-    fn serve(&self, io: Box<dyn Io>, probes: Arc<Probes>, watcher: Option<Watcher>) -> BoxFuture<()>;
+    fn serve(
+        &self,
+        io: Box<dyn Io>,
+        probes: Arc<Probes>,
+        watcher: Option<Watcher>,
+    ) -> BoxFuture<()>;
 }
 
 /// Nonces of probes in flight; a probe request carrying one is answered here, not by the service.
@@ -76,11 +81,15 @@ impl Probes {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn full(bytes: Bytes) -> BoxBody {
-    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// Where the traffic of a tunnel goes: a local address (requests are forwarded to it) or a tower
@@ -152,11 +161,7 @@ impl Upstream {
             connector.set_nodelay(true);
             connector
         });
-        Self::from_parts(
-            Some(addr),
-            Arc::new(Forward { addr, client }),
-            Some(addr),
-        )
+        Self::from_parts(Some(addr), Arc::new(Forward { addr, client }), Some(addr))
     }
 
     /// Serves `service` on every tunnel connection (a clone per connection, as hyper does).
@@ -287,7 +292,9 @@ where
                     Ok(response) => Ok(response),
                     Err(request) => {
                         let response = service.oneshot(request).await.map_err(Into::into)?;
-                        Ok::<_, BoxError>(response.map(|body| body.map_err(Into::into).boxed_unsync()))
+                        Ok::<_, BoxError>(
+                            response.map(|body| body.map_err(Into::into).boxed_unsync()),
+                        )
                     }
                 }
             }
@@ -325,7 +332,9 @@ impl ServeConn for Forward {
                     .to_owned();
                 *request.uri_mut() = format!("http://{addr}{path}").parse()?;
                 match client.request(request).await {
-                    Ok(response) => Ok(response.map(|body| body.map_err(Into::into).boxed_unsync())),
+                    Ok(response) => {
+                        Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()))
+                    }
                     Err(err) => {
                         tracing::warn!(%addr, error = %super::error::chain(&err), "tunnel could not reach the local server");
                         let mut response = Response::new(full(Bytes::from_static(

