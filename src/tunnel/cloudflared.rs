@@ -1,7 +1,6 @@
 //! The cloudflared provider: a quick tunnel run by the `cloudflared` binary.
 
 use std::collections::VecDeque;
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -110,7 +109,7 @@ impl Cloudflared {
                 Err(format!("{} does not exist", self.binary.display()).into())
             };
         }
-        let path = std::env::var_os("PATH").unwrap_or_else(OsString::new);
+        let path = std::env::var_os("PATH").unwrap_or_default();
         std::env::split_paths(&path)
             .map(|dir| dir.join(&self.binary))
             .find(|candidate| is_executable(candidate))

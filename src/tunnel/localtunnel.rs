@@ -155,13 +155,15 @@ fn public_url(url: &str, base: &BaseUrl) -> String {
     };
     let default_port = if base.https { 443 } else { 80 };
     let same_scheme = parsed.scheme_str() == Some(if base.https { "https" } else { "http" });
-    if parsed.port().is_none() && same_scheme && base.port != default_port {
-        if let Some(host) = parsed.host() {
-            let path = parsed.path_and_query().map_or("", |pq| pq.as_str());
-            let path = if path == "/" { "" } else { path };
-            let scheme = parsed.scheme_str().unwrap_or("http");
-            return format!("{scheme}://{host}:{}{path}", base.port);
-        }
+    if parsed.port().is_none()
+        && same_scheme
+        && base.port != default_port
+        && let Some(host) = parsed.host()
+    {
+        let path = parsed.path_and_query().map_or("", |pq| pq.as_str());
+        let path = if path == "/" { "" } else { path };
+        let scheme = parsed.scheme_str().unwrap_or("http");
+        return format!("{scheme}://{host}:{}{path}", base.port);
     }
     url.to_owned()
 }

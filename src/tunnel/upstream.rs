@@ -56,27 +56,24 @@ impl Probes {
         lock(&self.0).remove(nonce);
     }
 
-    /// Answers a probe request, or gives the request back.
-    fn answer<B>(&self, request: Request<B>) -> Result<Response<BoxBody>, Request<B>> {
+    /// The answer to a probe request of a probe in flight; `None` for any other request.
+    fn answer<B>(&self, request: &Request<B>) -> Option<Response<BoxBody>> {
         if request.uri().path() != PROBE_PATH {
-            return Err(request);
+            return None;
         }
-        let Some(nonce) = request
+        let nonce = request
             .headers()
             .get(PROBE_HEADER)
-            .and_then(|value| value.to_str().ok())
-        else {
-            return Err(request);
-        };
+            .and_then(|value| value.to_str().ok())?;
         if !lock(&self.0).contains(nonce) {
-            return Err(request);
+            return None;
         }
         let mut response = Response::new(full(Bytes::copy_from_slice(nonce.as_bytes())));
         response.headers_mut().insert(
             http::header::CACHE_CONTROL,
             http::HeaderValue::from_static("no-store"),
         );
-        Ok(response)
+        Some(response)
     }
 }
 
@@ -285,12 +282,12 @@ where
     ) -> BoxFuture<()> {
         let service = lock(&self.service).clone();
         let handler = hyper::service::service_fn(move |request: Request<Incoming>| {
-            let answered = probes.answer(request);
+            let answered = probes.answer(&request);
             let service = service.clone();
             async move {
                 match answered {
-                    Ok(response) => Ok(response),
-                    Err(request) => {
+                    Some(response) => Ok(response),
+                    None => {
                         let response = service.oneshot(request).await.map_err(Into::into)?;
                         Ok::<_, BoxError>(
                             response.map(|body| body.map_err(Into::into).boxed_unsync()),
@@ -318,13 +315,13 @@ impl ServeConn for Forward {
         let addr = self.addr;
         let client = self.client.clone();
         let handler = hyper::service::service_fn(move |request: Request<Incoming>| {
-            let answered = probes.answer(request);
+            let answered = probes.answer(&request);
             let client = client.clone();
             async move {
-                let mut request = match answered {
-                    Ok(response) => return Ok::<_, BoxError>(response),
-                    Err(request) => request,
-                };
+                if let Some(response) = answered {
+                    return Ok::<_, BoxError>(response);
+                }
+                let mut request = request;
                 let path = request
                     .uri()
                     .path_and_query()
