@@ -208,3 +208,48 @@ async fn dropping_the_handle_closes_the_tunnel() {
     .await;
     assert!(freed, "public port still open after drop");
 }
+
+#[tokio::test]
+async fn an_address_upstream_carries_any_tcp_protocol_through_bore() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let ip = Ipv4Addr::new(127, 0, 0, 8);
+    let _server = BoreServer::start(ip, None).await;
+    // A line echo server: not HTTP at all.
+    let echo = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    // The probe is answered by the tunnel, so the echo server never sees it.
+    let handle = Tunnel::builder()
+        .provider(bore_to(ip))
+        .start(echo_addr)
+        .await
+        .unwrap();
+    assert!(handle.status().is_up());
+    let mut public = tokio::net::TcpStream::connect(handle.url().trim_start_matches("http://"))
+        .await
+        .unwrap();
+    for word in ["ping\n", "\0binary\x01\n", "GET /not-http-either\n"] {
+        public.write_all(word.as_bytes()).await.unwrap();
+        let mut back = vec![0u8; word.len()];
+        tokio::time::timeout(Duration::from_secs(5), public.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, word.as_bytes());
+    }
+    handle.close().await;
+}

@@ -28,6 +28,8 @@ pub const BORE_PUBLIC_SERVER: &str = "bore.pub";
 const MAX_FRAME: usize = 256;
 /// Time for a connection or a handshake message.
 const NETWORK_TIMEOUT: Duration = Duration::from_secs(3);
+/// Wait for an authentication challenge.
+const CHALLENGE_TIMEOUT: Duration = Duration::from_secs(2);
 /// bore servers send a heartbeat every 500 ms; silence this long means the server is gone.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(8);
 
@@ -281,7 +283,7 @@ impl AcceptConfig {
         frames.send(&ClientMessage::Accept(id)).await?;
         let (stream, read_ahead) = frames.into_parts();
         self.upstream
-            .serve_connection(Rewind::new(read_ahead, stream))
+            .serve_tcp_connection(Rewind::new(read_ahead, stream))
             .await;
         Ok(())
     }
@@ -291,7 +293,9 @@ async fn handshake(frames: &mut Frames, secret: Option<&Secret>) -> Result<(), B
     let Some(secret) = secret else {
         return Ok(());
     };
-    match tokio::time::timeout(NETWORK_TIMEOUT, frames.recv()).await {
+    // Shorter than the server's own 3 s wait for a first message, so a server without a secret
+    // is recognised before it hangs up.
+    match tokio::time::timeout(CHALLENGE_TIMEOUT, frames.recv()).await {
         Ok(Ok(Some(ServerMessage::Challenge(challenge)))) => {
             frames
                 .send(&ClientMessage::Authenticate(answer(secret.expose(), &challenge)))
@@ -303,10 +307,14 @@ async fn handshake(frames: &mut Frames, secret: Option<&Secret>) -> Result<(), B
         Ok(Ok(Some(other))) => {
             Err(format!("expected an authentication challenge, got {other:?}").into())
         }
-        Ok(Ok(None)) => Err("the bore server closed the connection".into()),
+        Ok(Ok(None)) => Err(
+            "the bore server closed the connection without an authentication challenge: \
+             it may have no secret, unset TUNNEL_SECRET"
+                .into(),
+        ),
         Ok(Err(err)) => Err(err),
         Err(_) => Err(
-            "the bore server sent no authentication challenge within 3 s: it has no secret, unset TUNNEL_SECRET"
+            "the bore server sent no authentication challenge within 2 s: it has no secret, unset TUNNEL_SECRET"
                 .into(),
         ),
     }

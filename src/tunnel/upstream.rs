@@ -52,6 +52,10 @@ impl Probes {
         lock(&self.0).insert(nonce.to_owned());
     }
 
+    fn contains(&self, nonce: &str) -> bool {
+        lock(&self.0).contains(nonce)
+    }
+
     pub(crate) fn remove(&self, nonce: &str) {
         lock(&self.0).remove(nonce);
     }
@@ -219,6 +223,24 @@ impl Upstream {
             .await;
     }
 
+    /// Serves a tunnel connection that carries exactly one public TCP connection (bore, TCP
+    /// tunnels). An address upstream pipes its bytes to the local address unchanged (any protocol
+    /// works, upgrades included), answering only a probe that opens the connection; a service
+    /// upstream serves it as [`serve_connection`](Self::serve_connection) does.
+    pub async fn serve_tcp_connection<I>(&self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        match self.inner.address {
+            Some(addr) => {
+                if let Err(err) = pipe(io, addr, &self.inner.probes).await {
+                    tracing::debug!(%addr, error = %err, "tunnel connection to the local server ended");
+                }
+            }
+            None => self.serve_connection(io).await,
+        }
+    }
+
     /// Serves one local connection; `watcher` lets a graceful shutdown end it.
     pub(crate) async fn serve_local<I>(&self, io: I, watcher: Watcher)
     where
@@ -260,6 +282,55 @@ impl Upstream {
     pub(crate) fn probes(&self) -> &Probes {
         &self.inner.probes
     }
+}
+
+/// Copies a public connection to `addr`; a probe request that opens it is answered here.
+async fn pipe<I>(mut io: I, addr: SocketAddr, probes: &Probes) -> std::io::Result<()>
+where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const MAX_HEAD: usize = 8 * 1024;
+    let probe_line = format!("GET {PROBE_PATH} ");
+    let mut head = bytes::BytesMut::with_capacity(1024);
+    // Read only as long as the bytes may still be a probe request.
+    loop {
+        let n = io.read_buf(&mut head).await?;
+        let prefix = head.len().min(probe_line.len());
+        let maybe_probe = head[..prefix] == probe_line.as_bytes()[..prefix];
+        if n == 0 || !maybe_probe || head.len() > MAX_HEAD {
+            break;
+        }
+        if head.len() >= probe_line.len() && head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let end = head
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .unwrap_or(head.len());
+            let nonce = std::str::from_utf8(&head[..end]).ok().and_then(|text| {
+                text.split("\r\n").skip(1).find_map(|line| {
+                    let (name, value) = line.split_once(':')?;
+                    name.trim()
+                        .eq_ignore_ascii_case(PROBE_HEADER)
+                        .then(|| value.trim().to_owned())
+                })
+            });
+            if let Some(nonce) = nonce.filter(|n| probes.contains(n)) {
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n{nonce}",
+                    nonce.len()
+                );
+                io.write_all(answer.as_bytes()).await?;
+                return io.shutdown().await;
+            }
+            break;
+        }
+    }
+    let mut local = tokio::net::TcpStream::connect(addr).await?;
+    local.set_nodelay(true)?;
+    local.write_all(&head).await?;
+    tokio::io::copy_bidirectional(&mut io, &mut local).await?;
+    Ok(())
 }
 
 struct ServeService<S> {
