@@ -294,9 +294,15 @@ where
     const MAX_HEAD: usize = 8 * 1024;
     let probe_line = format!("GET {PROBE_PATH} ");
     let mut head = bytes::BytesMut::with_capacity(1024);
-    // Read only as long as the bytes may still be a probe request.
+    // Connect to the local server while the first bytes arrive.
+    let (first, local) = tokio::join!(io.read_buf(&mut head), async {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok::<_, std::io::Error>(stream)
+    });
+    let mut n = first?;
+    // Read on only as long as the bytes may still be a probe request.
     loop {
-        let n = io.read_buf(&mut head).await?;
         let prefix = head.len().min(probe_line.len());
         let maybe_probe = head[..prefix] == probe_line.as_bytes()[..prefix];
         if n == 0 || !maybe_probe || head.len() > MAX_HEAD {
@@ -325,9 +331,9 @@ where
             }
             break;
         }
+        n = io.read_buf(&mut head).await?;
     }
-    let mut local = tokio::net::TcpStream::connect(addr).await?;
-    local.set_nodelay(true)?;
+    let mut local = local?;
     local.write_all(&head).await?;
     tokio::io::copy_bidirectional(&mut io, &mut local).await?;
     Ok(())
