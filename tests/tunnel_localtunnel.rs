@@ -249,5 +249,9 @@ async fn server_loss_leads_to_re_registration_of_the_same_subdomain() {
 #[tokio::test]
 async fn an_invalid_subdomain_is_refused_before_any_request() {
     let err = LocalTunnel::new().subdomain("No_Such").unwrap_err();
-    assert!(err.to_string().contains("invalid localtunnel subdomain"));
+    assert!(
+        err.to_string()
+            .contains("invalid localtunnel subdomain: `No_Such` is not allowed"),
+        "{err}"
+    );
 }

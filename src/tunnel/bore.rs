@@ -64,7 +64,7 @@ enum ServerMessage {
 ///
 /// let handle = Tunnel::builder()
 ///     .provider(Bore::new().server("bore.example.com").secret("s3cret"))
-///     .start(([127, 0, 0, 1], 3000).into())
+///     .start(std::net::SocketAddr::from(([127, 0, 0, 1], 3000)))
 ///     .await?;
 /// println!("webhooks go to {}", handle.url());
 /// # Ok(()) }

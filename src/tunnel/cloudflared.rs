@@ -39,7 +39,7 @@ struct QuickTunnel {
 ///
 /// let handle = Tunnel::builder()
 ///     .provider(Cloudflared::new())
-///     .start(([127, 0, 0, 1], 3000).into())
+///     .start(std::net::SocketAddr::from(([127, 0, 0, 1], 3000)))
 ///     .await?;
 /// println!("webhooks go to {}", handle.url());
 /// # Ok(()) }

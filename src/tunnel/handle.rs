@@ -26,7 +26,7 @@ use crate::BoxError;
 /// let handle = Tunnel::builder()
 ///     .provider(LocalTunnel::new())
 ///     .fallback(Bore::new())
-///     .start(([127, 0, 0, 1], 3000).into())
+///     .start(std::net::SocketAddr::from(([127, 0, 0, 1], 3000)))
 ///     .await?;
 /// println!("webhooks go to {}", handle.url());
 /// handle.close().await;
@@ -55,7 +55,7 @@ impl Tunnel {
 ///     .provider(Bore::new().server("127.0.0.1"))
 ///     .probe_timeout(Duration::from_secs(2))
 ///     .reconnect_backoff(Duration::from_millis(100), Duration::from_secs(10))
-///     .start(([127, 0, 0, 1], 3000).into())
+///     .start(std::net::SocketAddr::from(([127, 0, 0, 1], 3000)))
 ///     .await?;
 /// # Ok(()) }
 /// ```
@@ -379,7 +379,7 @@ impl TunnelEvent {
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// use tower_webhook::tunnel::{Bore, Tunnel, TunnelEvent};
 ///
-/// let handle = Tunnel::builder().provider(Bore::new()).start(([127, 0, 0, 1], 3000).into()).await?;
+/// let handle = Tunnel::builder().provider(Bore::new()).start(std::net::SocketAddr::from(([127, 0, 0, 1], 3000))).await?;
 /// let mut events = handle.events();
 /// while let Some(event) = events.next().await {
 ///     if let TunnelEvent::UrlChanged { new, .. } = event {

@@ -7,9 +7,9 @@ use serde::Deserialize;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::Upstream;
 use super::http::{BaseUrl, connect, get};
 use super::provider::{BoxFuture, Provider, Session};
+use super::{TunnelError, Upstream};
 use crate::BoxError;
 
 /// The public localtunnel server.
@@ -50,7 +50,7 @@ struct Registration {
 ///
 /// let handle = Tunnel::builder()
 ///     .provider(LocalTunnel::new().server("http://lt.example.com").subdomain("my-bot")?)
-///     .start(([127, 0, 0, 1], 3000).into())
+///     .start(std::net::SocketAddr::from(([127, 0, 0, 1], 3000)))
 ///     .await?;
 /// println!("webhooks go to {}", handle.url());
 /// # Ok(()) }
@@ -92,16 +92,18 @@ impl LocalTunnel {
     ///
     /// # Errors
     ///
-    /// When the name does not match the server's rule
+    /// [`TunnelError::Config`] when the name does not match the server's rule
     /// `^(?:[a-z0-9][a-z0-9-]{4,63}[a-z0-9]|[a-z0-9]{4,63})$`.
-    pub fn subdomain(mut self, subdomain: impl Into<String>) -> Result<Self, BoxError> {
+    pub fn subdomain(mut self, subdomain: impl Into<String>) -> Result<Self, TunnelError> {
         let subdomain = subdomain.into();
         if !valid_subdomain(&subdomain) {
-            return Err(format!(
-                "invalid localtunnel subdomain `{subdomain}`: use 4 to 63 lowercase letters, \
-                 digits and dashes, not starting or ending with a dash"
-            )
-            .into());
+            return Err(TunnelError::Config {
+                setting: "localtunnel subdomain",
+                message: format!(
+                    "`{subdomain}` is not allowed: use 4 to 63 lowercase letters, digits and \
+                     dashes, not starting or ending with a dash"
+                ),
+            });
         }
         self.subdomain = Some(subdomain);
         Ok(self)

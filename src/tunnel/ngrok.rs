@@ -28,7 +28,7 @@ use crate::BoxError;
 /// let handle = Tunnel::builder()
 ///     .provider(Ngrok::from_env())
 ///     .fallback(Bore::new())
-///     .start(([127, 0, 0, 1], 3000).into())
+///     .start(std::net::SocketAddr::from(([127, 0, 0, 1], 3000)))
 ///     .await?;
 /// println!("webhooks go to {}", handle.url());
 /// # Ok(()) }
