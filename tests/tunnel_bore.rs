@@ -253,3 +253,37 @@ async fn an_address_upstream_carries_any_tcp_protocol_through_bore() {
     }
     handle.close().await;
 }
+
+#[tokio::test]
+async fn without_reconnect_a_dropped_tunnel_stays_down() {
+    let ip = Ipv4Addr::new(127, 0, 0, 9);
+    let mut server = BoreServer::start(ip, None).await;
+    let handle = Tunnel::builder()
+        .provider(bore_to(ip))
+        .reconnect(false)
+        .start(Upstream::service(hello_service(Arc::new(
+            AtomicUsize::new(0),
+        ))))
+        .await
+        .unwrap();
+    let mut events = handle.events();
+    server.kill();
+    let down = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(down, TunnelEvent::Down { .. }), "{down:?}");
+    let _server = BoreServer::start(ip, None).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(800), events.next())
+            .await
+            .is_err(),
+        "no event may follow without reconnect"
+    );
+    assert!(!handle.status().is_up());
+    handle.close().await;
+    assert!(matches!(
+        events.next().await,
+        Some(TunnelEvent::Closed { .. })
+    ));
+}

@@ -255,3 +255,35 @@ async fn an_invalid_subdomain_is_refused_before_any_request() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn an_address_upstream_gets_requests_forwarded_and_502_when_it_is_down() {
+    let server = LtServer::start().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let local = serve_locally(hello_service(Arc::clone(&calls))).await;
+    let handle = Tunnel::builder()
+        .provider(LocalTunnel::new().server(format!("http://{}", server.addr)))
+        .start(local)
+        .await
+        .unwrap();
+    let url = handle.url();
+    let (status, body) = get_url(&url, "/forwarded?x=1").await.unwrap();
+    assert_eq!(status, 200);
+    // Path, query and the public Host header reach the local server unchanged.
+    let host = url.trim_start_matches("http://");
+    assert_eq!(body, format!("hello from /forwarded via {host}"));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    handle.close().await;
+
+    // Nothing listens on the local address: the tunnel still opens (the probe is answered by
+    // the tunnel) and requests get 502.
+    let gone = std::net::SocketAddr::from(([127, 0, 0, 1], free_port().await));
+    let handle = Tunnel::builder()
+        .provider(LocalTunnel::new().server(format!("http://{}", server.addr)))
+        .start(gone)
+        .await
+        .unwrap();
+    let (status, _) = get_url(&handle.url(), "/nobody-home").await.unwrap();
+    assert_eq!(status, 502);
+    handle.close().await;
+}
