@@ -7,6 +7,9 @@
 //! - [`error`]: [`WebhookErrorLayer`](error::WebhookErrorLayer) turns every error and panic into
 //!   a correct response: a real status and an RFC 9457 `application/problem+json` body for HTTP,
 //!   `grpc-status` for gRPC.
+//! - `tunnel` (feature `tunnel`): a public URL for a local webhook server through ngrok,
+//!   cloudflared, localtunnel or bore, first working provider wins, with a round-trip probe,
+//!   status events and reconnects.
 //!
 //! # Feature flags
 //!
