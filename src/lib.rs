@@ -15,6 +15,9 @@
 //!   resilience4j's states and rules, per-key breakers and a `/status`-ready snapshot.
 //! - [`retry`]: [`RetryPolicy`](retry::RetryPolicy), a `tower::retry` policy with exponential
 //!   backoff, full jitter, a retry budget and `Retry-After`, for idempotent requests only.
+//! - `tunnel` (feature `tunnel`): a public URL for a local webhook server through ngrok,
+//!   cloudflared, localtunnel or bore, first working provider wins, with a round-trip probe,
+//!   status events and reconnects.
 //!
 //! # Feature flags
 //!

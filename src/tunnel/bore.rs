@@ -1,0 +1,421 @@
+//! The bore provider: a native client of bore's control protocol.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use hmac::{Hmac, KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use super::Upstream;
+use super::http::{connect, host_for_url};
+use super::io::Rewind;
+use super::provider::{BoxFuture, Provider, Session};
+use super::secret::Secret;
+use crate::BoxError;
+
+/// bore's default control port.
+pub const BORE_CONTROL_PORT: u16 = 7835;
+/// The public bore server.
+pub const BORE_PUBLIC_SERVER: &str = "bore.pub";
+/// Largest frame bore sends or accepts.
+const MAX_FRAME: usize = 256;
+/// Time for a connection or a handshake message.
+const NETWORK_TIMEOUT: Duration = Duration::from_secs(3);
+/// Wait for an authentication challenge.
+const CHALLENGE_TIMEOUT: Duration = Duration::from_secs(2);
+/// bore servers send a heartbeat every 500 ms; silence this long means the server is gone.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(8);
+
+#[derive(Debug, Serialize)]
+enum ClientMessage {
+    Authenticate(String),
+    Hello(u16),
+    Accept(Uuid),
+}
+
+#[derive(Debug, Deserialize)]
+enum ServerMessage {
+    Challenge(Uuid),
+    Hello(u16),
+    Heartbeat,
+    Connection(Uuid),
+    Error(String),
+}
+
+/// A tunnel through a [bore](https://github.com/ekzhang/bore) server: plain TCP, the public URL is
+/// `http://{server}:{port}`.
+///
+/// Implemented natively: null-delimited JSON frames on the control port, HMAC challenge
+/// authentication when the server has a secret, and one `Accept` connection per public
+/// connection. The control port is 7835 unless set with [`control_port`](Self::control_port).
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use tower_webhook::tunnel::{Bore, Tunnel};
+///
+/// let handle = Tunnel::builder()
+///     .provider(Bore::new().server("bore.example.com").secret("s3cret"))
+///     .start(std::net::SocketAddr::from(([127, 0, 0, 1], 3000)))
+///     .await?;
+/// println!("webhooks go to {}", handle.url());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Bore {
+    server: String,
+    control_port: u16,
+    secret: Option<Arc<Secret>>,
+    remote_port: u16,
+    startup_timeout: Duration,
+}
+
+impl fmt::Debug for Bore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bore")
+            .field("server", &self.server)
+            .field("control_port", &self.control_port)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("remote_port", &self.remote_port)
+            .field("startup_timeout", &self.startup_timeout)
+            .finish()
+    }
+}
+
+impl Default for Bore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Bore {
+    /// The public server `bore.pub`, port 7835, no secret, any remote port, 10 s to start.
+    pub fn new() -> Self {
+        Self {
+            server: BORE_PUBLIC_SERVER.to_owned(),
+            control_port: BORE_CONTROL_PORT,
+            secret: None,
+            remote_port: 0,
+            startup_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// The server's host name or IP address; `host:port` also sets the control port.
+    pub fn server(mut self, server: impl Into<String>) -> Self {
+        let server = server.into();
+        let server = server.trim().trim_end_matches('/');
+        // An http(s) URL (a shared TUNNEL_SERVER) names the host; its port is not bore's.
+        if let Some(rest) = server
+            .strip_prefix("http://")
+            .or_else(|| server.strip_prefix("https://"))
+        {
+            let host = match split_host_port(rest) {
+                Some((host, _)) => host,
+                None => rest.to_owned(),
+            };
+            self.server = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            return self;
+        }
+        let server = server
+            .strip_prefix("tcp://")
+            .or_else(|| server.strip_prefix("bore://"))
+            .unwrap_or(server);
+        match split_host_port(server) {
+            Some((host, port)) => {
+                self.server = host;
+                self.control_port = port;
+            }
+            None => {
+                self.server = server
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned()
+            }
+        }
+        self
+    }
+
+    /// The control port (default 7835).
+    pub fn control_port(mut self, port: u16) -> Self {
+        self.control_port = port;
+        self
+    }
+
+    /// The server's secret (`bore server --secret`).
+    pub fn secret(mut self, secret: impl Into<String>) -> Self {
+        self.secret = Some(Arc::new(Secret::new(secret.into())));
+        self
+    }
+
+    /// Asks for this public port (default 0: any free port).
+    pub fn remote_port(mut self, port: u16) -> Self {
+        self.remote_port = port;
+        self
+    }
+
+    /// The hard startup limit (default 10 s).
+    pub fn startup_timeout(mut self, timeout: Duration) -> Self {
+        self.startup_timeout = timeout;
+        self
+    }
+
+    async fn open_control(&self) -> Result<(Frames, u16), BoxError> {
+        let stream = connect(&self.server, self.control_port, NETWORK_TIMEOUT).await?;
+        let mut control = Frames::new(stream);
+        handshake(&mut control, self.secret.as_deref()).await?;
+        control
+            .send(&ClientMessage::Hello(self.remote_port))
+            .await?;
+        let port = match control.recv_timeout().await? {
+            Some(ServerMessage::Hello(port)) => port,
+            Some(ServerMessage::Error(message)) => {
+                return Err(format!("the bore server refused the tunnel: {message}").into());
+            }
+            Some(ServerMessage::Challenge(_)) => {
+                return Err("the bore server requires a secret: set TUNNEL_SECRET".into());
+            }
+            Some(other) => return Err(format!("unexpected first message {other:?}").into()),
+            None => return Err("the bore server closed the connection".into()),
+        };
+        Ok((control, port))
+    }
+}
+
+fn split_host_port(input: &str) -> Option<(String, u16)> {
+    if let Some(rest) = input.strip_prefix('[') {
+        let (host, tail) = rest.split_once(']')?;
+        let port = tail.strip_prefix(':')?.parse().ok()?;
+        return Some((host.to_owned(), port));
+    }
+    let (host, port) = input.rsplit_once(':')?;
+    if host.contains(':') {
+        return None;
+    }
+    Some((host.to_owned(), port.parse().ok()?))
+}
+
+impl Provider for Bore {
+    fn name(&self) -> &str {
+        "bore"
+    }
+
+    fn startup_timeout(&self) -> Duration {
+        self.startup_timeout
+    }
+
+    fn hint(&self) -> Option<String> {
+        Some(format!(
+            "check that a bore server runs at {}:{} (TUNNEL_SERVER) and that TUNNEL_SECRET matches its secret",
+            host_for_url(&self.server),
+            self.control_port
+        ))
+    }
+
+    fn open(&self, upstream: Upstream) -> BoxFuture<'_, Result<Session, BoxError>> {
+        Box::pin(async move {
+            let (control, port) = self.open_control().await?;
+            let url = format!("http://{}:{port}", host_for_url(&self.server));
+            tracing::info!(%url, "bore tunnel open");
+            let accept = Arc::new(AcceptConfig {
+                server: self.server.clone(),
+                control_port: self.control_port,
+                secret: self.secret.clone(),
+                upstream,
+            });
+            Ok(Session::spawn(url, move |mut stop| async move {
+                let mut control = control;
+                let mut connections = JoinSet::new();
+                loop {
+                    tokio::select! {
+                        () = stop.stopped() => return Ok(()),
+                        message = tokio::time::timeout(HEARTBEAT_TIMEOUT, control.recv()) => match message {
+                            Err(_) => return Err(format!(
+                                "no heartbeat from the bore server for {} s",
+                                HEARTBEAT_TIMEOUT.as_secs()
+                            ).into()),
+                            Ok(Err(err)) => return Err(err),
+                            Ok(Ok(None)) => return Err("the bore server closed the control connection".into()),
+                            Ok(Ok(Some(ServerMessage::Heartbeat))) => {}
+                            Ok(Ok(Some(ServerMessage::Connection(id)))) => {
+                                let accept = Arc::clone(&accept);
+                                connections.spawn(async move {
+                                    if let Err(err) = accept.accept(id).await {
+                                        tracing::warn!(%id, error = %super::error::chain(&*err), "bore connection failed");
+                                    }
+                                });
+                            }
+                            Ok(Ok(Some(ServerMessage::Error(message)))) => {
+                                return Err(format!("bore server error: {message}").into());
+                            }
+                            Ok(Ok(Some(other))) => tracing::debug!(?other, "unexpected bore message"),
+                        },
+                        Some(_) = connections.join_next() => {}
+                    }
+                }
+            }))
+        })
+    }
+}
+
+struct AcceptConfig {
+    server: String,
+    control_port: u16,
+    secret: Option<Arc<Secret>>,
+    upstream: Upstream,
+}
+
+impl AcceptConfig {
+    async fn accept(&self, id: Uuid) -> Result<(), BoxError> {
+        let stream = connect(&self.server, self.control_port, NETWORK_TIMEOUT).await?;
+        let mut frames = Frames::new(stream);
+        handshake(&mut frames, self.secret.as_deref()).await?;
+        frames.send(&ClientMessage::Accept(id)).await?;
+        let (stream, read_ahead) = frames.into_parts();
+        self.upstream
+            .serve_tcp_connection(Rewind::new(read_ahead, stream))
+            .await;
+        Ok(())
+    }
+}
+
+async fn handshake(frames: &mut Frames, secret: Option<&Secret>) -> Result<(), BoxError> {
+    let Some(secret) = secret else {
+        return Ok(());
+    };
+    // Shorter than the server's own 3 s wait for a first message, so a server without a secret
+    // is recognised before it hangs up.
+    match tokio::time::timeout(CHALLENGE_TIMEOUT, frames.recv()).await {
+        Ok(Ok(Some(ServerMessage::Challenge(challenge)))) => {
+            frames
+                .send(&ClientMessage::Authenticate(answer(secret.expose(), &challenge)))
+                .await
+        }
+        Ok(Ok(Some(ServerMessage::Error(message)))) => {
+            Err(format!("the bore server refused the connection: {message}").into())
+        }
+        Ok(Ok(Some(other))) => {
+            Err(format!("expected an authentication challenge, got {other:?}").into())
+        }
+        Ok(Ok(None)) => Err(
+            "the bore server closed the connection without an authentication challenge: \
+             it may have no secret, unset TUNNEL_SECRET"
+                .into(),
+        ),
+        Ok(Err(err)) => Err(err),
+        Err(_) => Err(
+            "the bore server sent no authentication challenge within 2 s: it has no secret, unset TUNNEL_SECRET"
+                .into(),
+        ),
+    }
+}
+
+/// bore's challenge answer: lowercase hex of HMAC-SHA256(key = SHA-256(secret), uuid bytes).
+fn answer(secret: &str, challenge: &Uuid) -> String {
+    let key = Sha256::digest(secret.as_bytes());
+    let mut mac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(&key).expect("HMAC takes any key length");
+    mac.update(challenge.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Null-delimited JSON frames over a TCP stream.
+struct Frames {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Frames {
+    fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            buf: BytesMut::with_capacity(MAX_FRAME),
+        }
+    }
+
+    async fn send(&mut self, message: &ClientMessage) -> Result<(), BoxError> {
+        let mut bytes = serde_json::to_vec(message)?;
+        bytes.push(0);
+        self.stream.write_all(&bytes).await?;
+        Ok(())
+    }
+
+    async fn recv(&mut self) -> Result<Option<ServerMessage>, BoxError> {
+        loop {
+            if let Some(end) = self.buf.iter().position(|byte| *byte == 0) {
+                let frame = self.buf.split_to(end);
+                self.buf.advance(1);
+                if frame.len() > MAX_FRAME {
+                    return Err("bore frame longer than 256 bytes".into());
+                }
+                return serde_json::from_slice(&frame)
+                    .map(Some)
+                    .map_err(|err| format!("invalid bore frame: {err}").into());
+            }
+            if self.buf.len() > MAX_FRAME {
+                return Err("bore frame longer than 256 bytes".into());
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err("the bore server closed the connection mid-frame".into())
+                };
+            }
+        }
+    }
+
+    async fn recv_timeout(&mut self) -> Result<Option<ServerMessage>, BoxError> {
+        tokio::time::timeout(NETWORK_TIMEOUT, self.recv())
+            .await
+            .map_err(|_| "no answer from the bore server within 3 s")?
+    }
+
+    fn into_parts(self) -> (TcpStream, BytesMut) {
+        (self.stream, self.buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_servers() {
+        let bore = Bore::new().server("127.0.0.2:9000");
+        assert_eq!(
+            (bore.server.as_str(), bore.control_port),
+            ("127.0.0.2", 9000)
+        );
+        let bore = Bore::new().server("tcp://[::1]:7000");
+        assert_eq!((bore.server.as_str(), bore.control_port), ("::1", 7000));
+        let bore = Bore::new().server("::1");
+        assert_eq!((bore.server.as_str(), bore.control_port), ("::1", 7835));
+        let bore = Bore::new().server("http://lt.example.com:8080/");
+        assert_eq!(
+            (bore.server.as_str(), bore.control_port),
+            ("lt.example.com", 7835)
+        );
+        let bore = Bore::new().server("bore.example.com");
+        assert_eq!(bore.server, "bore.example.com");
+    }
+
+    #[test]
+    fn answers_like_bore() {
+        // Same construction as bore's Authenticator: HMAC key is SHA-256(secret).
+        let challenge = Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+        let tag = answer("secret", &challenge);
+        assert_eq!(tag.len(), 64);
+        assert_ne!(tag, answer("other", &challenge));
+    }
+}

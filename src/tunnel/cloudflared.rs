@@ -1,0 +1,274 @@
+//! The cloudflared provider: a quick tunnel run by the `cloudflared` binary.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use super::Upstream;
+use super::http::{BaseUrl, get};
+use super::provider::{BoxFuture, Provider, Session};
+use crate::BoxError;
+
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
+const STDERR_LINES: usize = 5;
+
+#[derive(Debug, Deserialize)]
+struct QuickTunnel {
+    hostname: Option<String>,
+}
+
+/// A Cloudflare quick tunnel (`https://*.trycloudflare.com`) run by spawning
+/// `cloudflared tunnel --url http://127.0.0.1:PORT --metrics 127.0.0.1:M`.
+///
+/// Tried only when the binary is found (on `PATH` unless [`binary`](Self::binary) gives a path).
+/// The URL comes from the metrics endpoint `GET /quicktunnel` and the tunnel counts as up once
+/// `GET /ready` answers 200. A service upstream is given a loopback port for cloudflared to call.
+/// On close the process gets SIGINT, then SIGKILL after the [grace period](Self::stop_grace).
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use tower_webhook::tunnel::{Cloudflared, Tunnel};
+///
+/// let handle = Tunnel::builder()
+///     .provider(Cloudflared::new())
+///     .start(std::net::SocketAddr::from(([127, 0, 0, 1], 3000)))
+///     .await?;
+/// println!("webhooks go to {}", handle.url());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Cloudflared {
+    binary: PathBuf,
+    region: Option<String>,
+    args: Vec<String>,
+    startup_timeout: Duration,
+    stop_grace: Duration,
+}
+
+impl Default for Cloudflared {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Cloudflared {
+    /// `cloudflared` from `PATH`, 30 s to start, 5 s between SIGINT and SIGKILL.
+    pub fn new() -> Self {
+        Self {
+            binary: PathBuf::from("cloudflared"),
+            region: None,
+            args: Vec::new(),
+            startup_timeout: Duration::from_secs(30),
+            stop_grace: Duration::from_secs(5),
+        }
+    }
+
+    /// The executable: a path, or a bare name looked up on `PATH`.
+    pub fn binary(mut self, binary: impl Into<PathBuf>) -> Self {
+        self.binary = binary.into();
+        self
+    }
+
+    /// Passes `--region` to cloudflared (for example `us`).
+    pub fn region(mut self, region: impl Into<String>) -> Self {
+        self.region = Some(region.into());
+        self
+    }
+
+    /// Adds an argument after the ones this provider passes (for example `--protocol http2`).
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// The hard startup limit (default 30 s).
+    pub fn startup_timeout(mut self, timeout: Duration) -> Self {
+        self.startup_timeout = timeout;
+        self
+    }
+
+    /// Time between SIGINT and SIGKILL when the tunnel closes (default 5 s).
+    pub fn stop_grace(mut self, grace: Duration) -> Self {
+        self.stop_grace = grace;
+        self
+    }
+
+    fn find_binary(&self) -> Result<PathBuf, BoxError> {
+        if self.binary.components().count() > 1 {
+            return if self.binary.is_file() {
+                Ok(self.binary.clone())
+            } else {
+                Err(format!("{} does not exist", self.binary.display()).into())
+            };
+        }
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(&self.binary))
+            .find(|candidate| is_executable(candidate))
+            .ok_or_else(|| format!("{} is not on PATH", self.binary.display()).into())
+    }
+}
+
+fn is_executable(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        path.metadata()
+            .map(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    }
+    #[cfg(not(unix))]
+    {
+        path.is_file()
+    }
+}
+
+impl Provider for Cloudflared {
+    fn name(&self) -> &str {
+        "cloudflared"
+    }
+
+    fn startup_timeout(&self) -> Duration {
+        self.startup_timeout
+    }
+
+    fn hint(&self) -> Option<String> {
+        Some("install cloudflared and put it on PATH".to_owned())
+    }
+
+    fn open(&self, upstream: Upstream) -> BoxFuture<'_, Result<Session, BoxError>> {
+        Box::pin(async move {
+            let binary = self.find_binary()?;
+            let local = upstream.local_addr().await?;
+            let metrics_port = free_port().await?;
+            let metrics = BaseUrl {
+                https: false,
+                host: "127.0.0.1".to_owned(),
+                port: metrics_port,
+            };
+            let mut command = Command::new(&binary);
+            command
+                .arg("tunnel")
+                .arg("--no-autoupdate")
+                .arg("--url")
+                .arg(format!("http://{local}"))
+                .arg("--metrics")
+                .arg(format!("127.0.0.1:{metrics_port}"));
+            if let Some(region) = &self.region {
+                command.arg("--region").arg(region);
+            }
+            command.args(&self.args);
+            command
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true);
+            let mut child = command
+                .spawn()
+                .map_err(|err| format!("could not start {}: {err}", binary.display()))?;
+            let stderr = Arc::new(Mutex::new(VecDeque::new()));
+            if let Some(pipe) = child.stderr.take() {
+                let lines = Arc::clone(&stderr);
+                tokio::spawn(async move {
+                    let mut reader = BufReader::new(pipe).lines();
+                    while let Ok(Some(line)) = reader.next_line().await {
+                        tracing::debug!(target: "tower_webhook::tunnel::cloudflared", "{line}");
+                        let mut lines = lines
+                            .lock()
+                            .unwrap_or_else(|poisoned| poisoned.into_inner());
+                        if lines.len() == STDERR_LINES {
+                            lines.pop_front();
+                        }
+                        lines.push_back(line);
+                    }
+                });
+            }
+            let last_lines = move || {
+                let lines = stderr
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                lines.iter().cloned().collect::<Vec<_>>().join(" | ")
+            };
+            let hostname = loop {
+                if let Some(status) = child.try_wait()? {
+                    return Err(
+                        format!("cloudflared exited with {status}: {}", last_lines()).into(),
+                    );
+                }
+                if let Some(hostname) = ready_hostname(&metrics).await {
+                    break hostname;
+                }
+                tokio::time::sleep(POLL_INTERVAL).await;
+            };
+            let url = if hostname.contains("://") {
+                hostname
+            } else {
+                format!("https://{hostname}")
+            };
+            tracing::info!(%url, "cloudflared quick tunnel open");
+            let grace = self.stop_grace;
+            Ok(Session::spawn(url, move |mut stop| async move {
+                tokio::select! {
+                    () = stop.stopped() => {
+                        terminate(&mut child, grace).await;
+                        Ok(())
+                    }
+                    status = child.wait() => {
+                        let status = status?;
+                        Err(format!("cloudflared exited with {status}: {}", last_lines()).into())
+                    }
+                }
+            }))
+        })
+    }
+}
+
+/// The quick tunnel's hostname, once cloudflared reports both a hostname and readiness.
+async fn ready_hostname(metrics: &BaseUrl) -> Option<String> {
+    let timeout = Duration::from_secs(1);
+    let (status, body) = get(metrics, "/quicktunnel", &[], timeout).await.ok()?;
+    if !status.is_success() {
+        return None;
+    }
+    let hostname = serde_json::from_slice::<QuickTunnel>(&body)
+        .ok()?
+        .hostname?;
+    if hostname.is_empty() {
+        return None;
+    }
+    let (status, _) = get(metrics, "/ready", &[], timeout).await.ok()?;
+    status.is_success().then_some(hostname)
+}
+
+async fn free_port() -> std::io::Result<u16> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// SIGINT (cloudflared's graceful stop), then SIGKILL after `grace`.
+async fn terminate(child: &mut Child, grace: Duration) {
+    if let Some(pid) = child.id() {
+        let interrupted = Command::new("kill")
+            .arg("-INT")
+            .arg(pid.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await
+            .is_ok_and(|status| status.success());
+        if interrupted && tokio::time::timeout(grace, child.wait()).await.is_ok() {
+            return;
+        }
+        tracing::warn!(pid, "cloudflared did not stop on SIGINT; killing it");
+    }
+    let _ = child.kill().await;
+}

@@ -1,0 +1,247 @@
+//! Configuration from the environment.
+
+use std::fmt;
+use std::str::FromStr;
+
+use super::secret::Secret;
+use super::{Bore, Cloudflared, LocalTunnel, TunnelBuilder, TunnelError};
+
+/// One kind of provider, as named in `TUNNEL_SERVICE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ProviderKind {
+    /// [`Ngrok`](super::Ngrok) (feature `ngrok`).
+    Ngrok,
+    /// [`LocalTunnel`].
+    LocalTunnel,
+    /// [`Bore`].
+    Bore,
+    /// [`Cloudflared`].
+    Cloudflared,
+}
+
+impl ProviderKind {
+    /// The name used in `TUNNEL_SERVICE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ngrok => "ngrok",
+            Self::LocalTunnel => "localtunnel",
+            Self::Bore => "bore",
+            Self::Cloudflared => "cloudflared",
+        }
+    }
+}
+
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ProviderKind {
+    type Err = TunnelError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "ngrok" => Ok(Self::Ngrok),
+            "localtunnel" | "lt" => Ok(Self::LocalTunnel),
+            "bore" => Ok(Self::Bore),
+            "cloudflared" | "cloudflare" => Ok(Self::Cloudflared),
+            other => Err(TunnelError::Config {
+                setting: "TUNNEL_SERVICE",
+                message: format!(
+                    "unknown provider `{other}`: use ngrok, localtunnel, bore or cloudflared, or a \
+                     comma-separated chain such as `ngrok,localtunnel,bore`"
+                ),
+            }),
+        }
+    }
+}
+
+/// Tunnel settings from the environment:
+///
+/// | variable | meaning | default |
+/// |---|---|---|
+/// | `TUNNEL_SERVICE` | one provider or a comma-separated chain: `ngrok`, `localtunnel`, `bore`, `cloudflared` | `ngrok,cloudflared,localtunnel,bore` (ngrok only with the `ngrok` feature) |
+/// | `TUNNEL_AUTH_TOKEN` | ngrok auth token (`NGROK_AUTHTOKEN` also works) | none: ngrok is skipped |
+/// | `TUNNEL_REGION` | ngrok ingress region / cloudflared `--region` | none |
+/// | `TUNNEL_SERVER` | self-hosted localtunnel server (URL; a bare host means `http://host`) or bore server (`host` or `host:control_port`) | the public servers |
+/// | `TUNNEL_SECRET` | the bore server's secret | none |
+///
+/// # Example
+///
+/// ```
+/// use tower_webhook::tunnel::{ProviderKind, TunnelConfig};
+///
+/// let config = TunnelConfig::from_lookup(|name| match name {
+///     "TUNNEL_SERVICE" => Some("localtunnel, bore".to_owned()),
+///     "TUNNEL_SERVER" => Some("127.0.0.1".to_owned()),
+///     "TUNNEL_SECRET" => Some("s3cret".to_owned()),
+///     _ => None,
+/// })
+/// .unwrap();
+/// assert_eq!(config.chain(), [ProviderKind::LocalTunnel, ProviderKind::Bore]);
+/// assert!(!format!("{config:?}").contains("s3cret"));
+/// assert_eq!(config.builder().provider_names(), ["localtunnel", "bore"]);
+/// ```
+pub struct TunnelConfig {
+    chain: Vec<ProviderKind>,
+    auth_token: Option<Secret>,
+    region: Option<String>,
+    server: Option<String>,
+    secret: Option<Secret>,
+}
+
+impl fmt::Debug for TunnelConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TunnelConfig")
+            .field("chain", &self.chain)
+            .field("auth_token", &self.auth_token)
+            .field("region", &self.region)
+            .field("server", &self.server)
+            .field("secret", &self.secret)
+            .finish()
+    }
+}
+
+impl TunnelConfig {
+    /// Reads the process environment.
+    ///
+    /// # Errors
+    ///
+    /// [`TunnelError::Config`] naming the variable that is wrong.
+    pub fn from_env() -> Result<Self, TunnelError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the settings through `lookup` (a variable name in, its value out).
+    ///
+    /// # Errors
+    ///
+    /// [`TunnelError::Config`] naming the variable that is wrong.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, TunnelError> {
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let chain = match get("TUNNEL_SERVICE") {
+            Some(list) => {
+                let mut chain = Vec::new();
+                for name in list.split(',').filter(|n| !n.trim().is_empty()) {
+                    let kind: ProviderKind = name.parse()?;
+                    if !chain.contains(&kind) {
+                        chain.push(kind);
+                    }
+                }
+                if chain.is_empty() {
+                    return Err(TunnelError::Config {
+                        setting: "TUNNEL_SERVICE",
+                        message: "the list is empty".to_owned(),
+                    });
+                }
+                chain
+            }
+            None => {
+                let mut chain = Vec::new();
+                if cfg!(feature = "ngrok") {
+                    chain.push(ProviderKind::Ngrok);
+                }
+                chain.extend([
+                    ProviderKind::Cloudflared,
+                    ProviderKind::LocalTunnel,
+                    ProviderKind::Bore,
+                ]);
+                chain
+            }
+        };
+        if chain.contains(&ProviderKind::Ngrok) && !cfg!(feature = "ngrok") {
+            return Err(TunnelError::Config {
+                setting: "TUNNEL_SERVICE",
+                message: "ngrok needs tower-webhook's `ngrok` cargo feature; enable it or \
+                          choose localtunnel, bore or cloudflared"
+                    .to_owned(),
+            });
+        }
+        Ok(Self {
+            chain,
+            auth_token: get("TUNNEL_AUTH_TOKEN")
+                .or_else(|| get("NGROK_AUTHTOKEN"))
+                .map(Secret::new),
+            region: get("TUNNEL_REGION"),
+            server: get("TUNNEL_SERVER"),
+            secret: get("TUNNEL_SECRET").map(Secret::new),
+        })
+    }
+
+    /// The providers, in order.
+    pub fn chain(&self) -> &[ProviderKind] {
+        &self.chain
+    }
+
+    /// The region, if set.
+    pub fn region(&self) -> Option<&str> {
+        self.region.as_deref()
+    }
+
+    /// The self-hosted server, if set.
+    pub fn server(&self) -> Option<&str> {
+        self.server.as_deref()
+    }
+
+    /// Whether an ngrok auth token is set.
+    pub fn has_auth_token(&self) -> bool {
+        self.auth_token.is_some()
+    }
+
+    /// A [`TunnelBuilder`] with the configured chain.
+    pub fn builder(&self) -> TunnelBuilder {
+        let mut builder = TunnelBuilder::new();
+        for kind in &self.chain {
+            builder = match kind {
+                #[cfg(feature = "ngrok")]
+                ProviderKind::Ngrok => {
+                    let mut ngrok = super::Ngrok::new();
+                    if let Some(token) = &self.auth_token {
+                        ngrok = ngrok.authtoken(token.expose());
+                    }
+                    if let Some(region) = &self.region {
+                        ngrok = ngrok.region(region);
+                    }
+                    builder.provider(ngrok)
+                }
+                #[cfg(not(feature = "ngrok"))]
+                ProviderKind::Ngrok => builder,
+                ProviderKind::LocalTunnel => {
+                    let mut lt = LocalTunnel::new();
+                    if let Some(server) = &self.server {
+                        lt = lt.server(if server.contains("://") {
+                            server.clone()
+                        } else {
+                            format!("http://{server}")
+                        });
+                    }
+                    builder.provider(lt)
+                }
+                ProviderKind::Bore => {
+                    let mut bore = Bore::new();
+                    if let Some(server) = &self.server {
+                        bore = bore.server(server.clone());
+                    }
+                    if let Some(secret) = &self.secret {
+                        bore = bore.secret(secret.expose());
+                    }
+                    builder.provider(bore)
+                }
+                ProviderKind::Cloudflared => {
+                    let mut cf = Cloudflared::new();
+                    if let Some(region) = &self.region {
+                        cf = cf.region(region.clone());
+                    }
+                    builder.provider(cf)
+                }
+            };
+        }
+        builder
+    }
+}

@@ -1,0 +1,122 @@
+//! Errors of the tunnel bootstrapper.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Why a tunnel could not be opened, or why its configuration is wrong.
+///
+/// The [`Display`](fmt::Display) output is written for the person who must act: when every
+/// provider of the chain failed it lists each provider, its reason and what can be done about it.
+///
+/// # Example
+///
+/// ```
+/// use tower_webhook::tunnel::{TunnelConfig, TunnelError};
+///
+/// let err = TunnelConfig::from_lookup(|name| {
+///     (name == "TUNNEL_SERVICE").then(|| "carrier-pigeon".to_owned())
+/// })
+/// .unwrap_err();
+/// assert!(matches!(err, TunnelError::Config { setting: "TUNNEL_SERVICE", .. }));
+/// assert!(err.to_string().contains("TUNNEL_SERVICE"));
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum TunnelError {
+    /// A setting is invalid.
+    Config {
+        /// The name of the setting, such as `TUNNEL_SERVICE`.
+        setting: &'static str,
+        /// What is wrong with it and how to fix it.
+        message: String,
+    },
+    /// The provider chain is empty.
+    NoProviders,
+    /// Every provider of the chain failed; one [`Attempt`] per provider, in order.
+    AllFailed {
+        /// The failed attempts.
+        attempts: Vec<Attempt>,
+    },
+    /// The local server could not bind or serve.
+    Io(std::io::Error),
+}
+
+/// One failed attempt of one provider. See [`TunnelError::AllFailed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Attempt {
+    /// The provider's name (`ngrok`, `localtunnel`, `bore`, `cloudflared`, ...).
+    pub provider: String,
+    /// Why it failed.
+    pub reason: String,
+    /// What the user can do about it, if the provider knows.
+    pub hint: Option<String>,
+    /// How long the attempt took.
+    pub elapsed: Duration,
+}
+
+impl fmt::Display for Attempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {} (after {} ms)",
+            self.provider,
+            self.reason,
+            self.elapsed.as_millis()
+        )?;
+        if let Some(hint) = &self.hint {
+            write!(f, "; {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for TunnelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Config { setting, message } => write!(f, "invalid {setting}: {message}"),
+            Self::NoProviders => f.write_str(
+                "no tunnel provider configured: add one with TunnelBuilder::provider or set \
+                 TUNNEL_SERVICE (ngrok, localtunnel, bore, cloudflared or a comma-separated chain)",
+            ),
+            Self::AllFailed { attempts } => {
+                write!(f, "no tunnel could be opened; tried {}:", attempts.len())?;
+                for attempt in attempts {
+                    write!(f, "\n  - {attempt}")?;
+                }
+                Ok(())
+            }
+            Self::Io(err) => write!(f, "local server error: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for TunnelError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Io(err) => Some(err),
+            _ => None,
+        }
+    }
+}
+
+impl From<std::io::Error> for TunnelError {
+    fn from(err: std::io::Error) -> Self {
+        Self::Io(err)
+    }
+}
+
+/// Formats an error with its chain of sources, `outer: inner: innermost`.
+pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        let text = inner.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = inner.source();
+    }
+    out
+}

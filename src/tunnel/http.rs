@@ -1,0 +1,204 @@
+//! A small HTTP/1.1 client for registration, metrics and probe requests.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::BoxError;
+
+/// Largest body read from a registration, metrics or probe answer.
+pub(crate) const MAX_BODY: usize = 64 * 1024;
+
+/// A parsed `http://` or `https://` base address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BaseUrl {
+    pub(crate) https: bool,
+    pub(crate) host: String,
+    pub(crate) port: u16,
+}
+
+impl BaseUrl {
+    /// Parses `http://host[:port]`, `https://host[:port]` or a bare `host[:port]` (then
+    /// `default_scheme` applies). A path, if any, is ignored.
+    pub(crate) fn parse(input: &str, default_https: bool) -> Result<Self, String> {
+        let input = input.trim().trim_end_matches('/');
+        if input.is_empty() {
+            return Err("the address is empty".into());
+        }
+        let with_scheme = if input.contains("://") {
+            input.to_owned()
+        } else if default_https {
+            format!("https://{input}")
+        } else {
+            format!("http://{input}")
+        };
+        let uri: Uri = with_scheme
+            .parse()
+            .map_err(|err| format!("`{input}` is not a valid address: {err}"))?;
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            other => {
+                return Err(format!(
+                    "`{input}` has scheme {}, expected http or https",
+                    other.unwrap_or("(none)")
+                ));
+            }
+        };
+        let host = uri
+            .host()
+            .ok_or_else(|| format!("`{input}` has no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        Ok(Self { https, host, port })
+    }
+
+    /// `host:port` as it goes into a `Host` header, with IPv6 brackets.
+    pub(crate) fn authority(&self) -> String {
+        let host = host_for_url(&self.host);
+        let default = if self.https { 443 } else { 80 };
+        if self.port == default {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+
+    /// The base as a URL string, without a trailing slash.
+    pub(crate) fn to_url(&self) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}", self.authority())
+    }
+}
+
+/// Puts brackets around an IPv6 literal.
+pub(crate) fn host_for_url(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
+}
+
+/// Resolves `host:port`; `localhost` and `*.localhost` are loopback (RFC 6761), so a tunnel
+/// server's `{id}.localhost` URLs work without DNS.
+pub(crate) async fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+    let lower = host.to_ascii_lowercase();
+    if lower == "localhost" || lower.ends_with(".localhost") {
+        return Ok(vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)]);
+    }
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    Ok(tokio::net::lookup_host((host, port)).await?.collect())
+}
+
+/// Connects to `host:port` within `timeout`, trying each resolved address, with `TCP_NODELAY`.
+pub(crate) async fn connect(host: &str, port: u16, timeout: Duration) -> io::Result<TcpStream> {
+    let attempt = async {
+        let addrs = resolve(host, port).await?;
+        let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address"));
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(stream) => {
+                    stream.set_nodelay(true)?;
+                    return Ok(stream);
+                }
+                Err(err) => last = err,
+            }
+        }
+        Err(last)
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(err)) => Err(io::Error::new(
+            err.kind(),
+            format!("could not connect to {}:{port}: {err}", host_for_url(host)),
+        )),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "could not connect to {}:{port} within {} ms",
+                host_for_url(host),
+                timeout.as_millis()
+            ),
+        )),
+    }
+}
+
+/// Sends `GET path` to a plain-HTTP `base` with extra headers and reads the answer (body capped
+/// at [`MAX_BODY`]), all within `timeout`.
+pub(crate) async fn get(
+    base: &BaseUrl,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<(StatusCode, Bytes), BoxError> {
+    if base.https {
+        return Err(format!(
+            "{} uses https, which this client does not speak; use an http:// address",
+            base.to_url()
+        )
+        .into());
+    }
+    let work = async {
+        let stream = connect(&base.host, base.port, timeout).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await?;
+        let driver = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut request = Request::get(path)
+            .header(http::header::HOST, base.authority())
+            .header(http::header::CONNECTION, "close")
+            .header(http::header::USER_AGENT, "tower-webhook");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = sender.send_request(request.body(Empty::new())?).await?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_BODY)
+            .collect()
+            .await?
+            .to_bytes();
+        driver.abort();
+        Ok::<_, BoxError>((status, body))
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(result) => result,
+        Err(_) => Err(format!(
+            "GET {}{path} got no answer within {} ms",
+            base.to_url(),
+            timeout.as_millis()
+        )
+        .into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_bases() {
+        let base = BaseUrl::parse("127.0.0.1:3000", false).unwrap();
+        assert_eq!(base.to_url(), "http://127.0.0.1:3000");
+        let base = BaseUrl::parse("https://localtunnel.me/", false).unwrap();
+        assert!(base.https);
+        assert_eq!(base.port, 443);
+        assert_eq!(base.to_url(), "https://localtunnel.me");
+        let base = BaseUrl::parse("http://[::1]:8080", true).unwrap();
+        assert_eq!(base.host, "::1");
+        assert_eq!(base.authority(), "[::1]:8080");
+        assert!(BaseUrl::parse("ftp://x", false).is_err());
+        assert!(BaseUrl::parse("", false).is_err());
+    }
+}

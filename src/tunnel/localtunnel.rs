@@ -1,0 +1,311 @@
+//! The localtunnel provider: a native client of the localtunnel server protocol.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::http::{BaseUrl, connect, get};
+use super::provider::{BoxFuture, Provider, Session};
+use super::{TunnelError, Upstream};
+use crate::BoxError;
+
+/// The public localtunnel server.
+pub const LOCALTUNNEL_PUBLIC_SERVER: &str = "https://localtunnel.me";
+/// Upper bound on pooled connections, whatever the server offers.
+const MAX_POOL: usize = 32;
+/// A pool slot that fails to reconnect this many times in a row declares the server lost.
+const RECONNECT_ATTEMPTS: u32 = 5;
+const RECONNECT_DELAY: Duration = Duration::from_millis(400);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Deserialize)]
+struct Registration {
+    id: Option<String>,
+    port: Option<u16>,
+    max_conn_count: Option<usize>,
+    url: Option<String>,
+    ip: Option<String>,
+    message: Option<String>,
+}
+
+/// A tunnel through a [localtunnel](https://github.com/localtunnel/server) server.
+///
+/// Implemented natively: `GET {server}/{subdomain}` (or `/?new`) registers the client and
+/// answers `{id, port, max_conn_count, url}`; the client then keeps `max_conn_count` TCP
+/// connections to the server's `port` open, each carrying HTTP/1.1 requests to serve, and opens a
+/// replacement whenever one closes. When the server stops accepting connections the session ends
+/// and [`TunnelHandle`](super::TunnelHandle) re-opens it; the provider then asks for the same
+/// subdomain again, so the URL usually stays the same.
+///
+/// The client speaks plain HTTP to the server: give a self-hosted server as an `http://` URL.
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use tower_webhook::tunnel::{LocalTunnel, Tunnel};
+///
+/// let handle = Tunnel::builder()
+///     .provider(LocalTunnel::new().server("http://lt.example.com").subdomain("my-bot")?)
+///     .start(std::net::SocketAddr::from(([127, 0, 0, 1], 3000)))
+///     .await?;
+/// println!("webhooks go to {}", handle.url());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct LocalTunnel {
+    server: String,
+    subdomain: Option<String>,
+    max_connections: usize,
+    startup_timeout: Duration,
+    last_id: Arc<Mutex<Option<String>>>,
+}
+
+impl Default for LocalTunnel {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LocalTunnel {
+    /// The public server, a random subdomain, up to 10 connections, 10 s to start.
+    pub fn new() -> Self {
+        Self {
+            server: LOCALTUNNEL_PUBLIC_SERVER.to_owned(),
+            subdomain: None,
+            max_connections: 10,
+            startup_timeout: Duration::from_secs(10),
+            last_id: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// The server's URL (`http://host:port`); a bare host means `https://host`.
+    pub fn server(mut self, server: impl Into<String>) -> Self {
+        self.server = server.into();
+        self
+    }
+
+    /// Asks for this subdomain: 4 to 63 lowercase letters, digits and inner dashes.
+    ///
+    /// # Errors
+    ///
+    /// [`TunnelError::Config`] when the name does not match the server's rule
+    /// `^(?:[a-z0-9][a-z0-9-]{4,63}[a-z0-9]|[a-z0-9]{4,63})$`.
+    pub fn subdomain(mut self, subdomain: impl Into<String>) -> Result<Self, TunnelError> {
+        let subdomain = subdomain.into();
+        if !valid_subdomain(&subdomain) {
+            return Err(TunnelError::Config {
+                setting: "localtunnel subdomain",
+                message: format!(
+                    "`{subdomain}` is not allowed: use 4 to 63 lowercase letters, digits and \
+                     dashes, not starting or ending with a dash"
+                ),
+            });
+        }
+        self.subdomain = Some(subdomain);
+        Ok(self)
+    }
+
+    /// Caps the pooled connections below what the server offers (default 10).
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max.clamp(1, MAX_POOL);
+        self
+    }
+
+    /// The hard startup limit (default 10 s).
+    pub fn startup_timeout(mut self, timeout: Duration) -> Self {
+        self.startup_timeout = timeout;
+        self
+    }
+
+    async fn register(&self, base: &BaseUrl) -> Result<Registration, BoxError> {
+        let wanted = self.subdomain.clone().or_else(|| {
+            self.last_id
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone()
+        });
+        let path = match &wanted {
+            Some(name) => format!("/{name}"),
+            None => "/?new".to_owned(),
+        };
+        let (status, body) = get(base, &path, &[], CONNECT_TIMEOUT).await?;
+        let registration: Registration = serde_json::from_slice(&body).map_err(|_| {
+            format!(
+                "GET {}{path} answered {status} with no registration (is it a localtunnel server?)",
+                base.to_url()
+            )
+        })?;
+        if let Some(message) = &registration.message {
+            return Err(format!("the localtunnel server refused: {message} ({status})").into());
+        }
+        if !status.is_success() {
+            return Err(format!("the localtunnel server answered {status}").into());
+        }
+        Ok(registration)
+    }
+}
+
+/// The server serves its API and the public traffic on one port, but answers URLs without a port
+/// (it assumes 80/443): when it was reached on another port, put that port into the URL.
+fn public_url(url: &str, base: &BaseUrl) -> String {
+    let Ok(parsed) = url.parse::<http::Uri>() else {
+        return url.to_owned();
+    };
+    let default_port = if base.https { 443 } else { 80 };
+    let same_scheme = parsed.scheme_str() == Some(if base.https { "https" } else { "http" });
+    if parsed.port().is_none()
+        && same_scheme
+        && base.port != default_port
+        && let Some(host) = parsed.host()
+    {
+        let path = parsed.path_and_query().map_or("", |pq| pq.as_str());
+        let path = if path == "/" { "" } else { path };
+        let scheme = parsed.scheme_str().unwrap_or("http");
+        return format!("{scheme}://{host}:{}{path}", base.port);
+    }
+    url.to_owned()
+}
+
+fn valid_subdomain(name: &str) -> bool {
+    let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let len = name.len();
+    if name.chars().all(ok) {
+        return (4..=63).contains(&len);
+    }
+    (6..=65).contains(&len)
+        && name.starts_with(ok)
+        && name.ends_with(ok)
+        && name.chars().all(|c| ok(c) || c == '-')
+}
+
+impl Provider for LocalTunnel {
+    fn name(&self) -> &str {
+        "localtunnel"
+    }
+
+    fn startup_timeout(&self) -> Duration {
+        self.startup_timeout
+    }
+
+    fn hint(&self) -> Option<String> {
+        Some(format!(
+            "check that a localtunnel server answers at {} (TUNNEL_SERVER, as an http:// URL)",
+            self.server
+        ))
+    }
+
+    fn open(&self, upstream: Upstream) -> BoxFuture<'_, Result<Session, BoxError>> {
+        Box::pin(async move {
+            let base = BaseUrl::parse(&self.server, true)?;
+            let registration = self.register(&base).await?;
+            let (Some(id), Some(port), Some(url)) =
+                (registration.id, registration.port, registration.url)
+            else {
+                return Err("the localtunnel registration lacks id, port or url".into());
+            };
+            let url = public_url(&url, &base);
+            let host = registration.ip.unwrap_or_else(|| base.host.clone());
+            let size = registration
+                .max_conn_count
+                .unwrap_or(1)
+                .clamp(1, self.max_connections);
+            // One connection must work before the tunnel counts as open.
+            let first = connect(&host, port, CONNECT_TIMEOUT).await?;
+            *self
+                .last_id
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(id.clone());
+            tracing::info!(%url, %id, connections = size, "localtunnel open");
+            Ok(Session::spawn(url, move |mut stop| async move {
+                let mut slots = JoinSet::new();
+                let mut first = Some(first);
+                for _ in 0..size {
+                    slots.spawn(slot(upstream.clone(), host.clone(), port, first.take()));
+                }
+                tokio::select! {
+                    () = stop.stopped() => Ok(()),
+                    Some(lost) = slots.join_next() => match lost {
+                        Ok(reason) => Err(reason),
+                        Err(err) => Err(format!("localtunnel connection task failed: {err}").into()),
+                    },
+                }
+            }))
+        })
+    }
+}
+
+/// Keeps one pooled connection open; returns why it gave up.
+async fn slot(
+    upstream: Upstream,
+    host: String,
+    port: u16,
+    mut next: Option<tokio::net::TcpStream>,
+) -> BoxError {
+    let mut failures = 0;
+    loop {
+        let stream = match next.take() {
+            Some(stream) => stream,
+            None => match connect(&host, port, CONNECT_TIMEOUT).await {
+                Ok(stream) => stream,
+                Err(err) => {
+                    failures += 1;
+                    if failures >= RECONNECT_ATTEMPTS {
+                        return format!("the localtunnel server is gone: {err}").into();
+                    }
+                    tokio::time::sleep(RECONNECT_DELAY).await;
+                    continue;
+                }
+            },
+        };
+        let opened = Instant::now();
+        upstream.serve_connection(stream).await;
+        if opened.elapsed() < Duration::from_millis(200) {
+            // Closed at once: the server may have dropped this client; do not spin.
+            failures += 1;
+            if failures >= RECONNECT_ATTEMPTS * 2 {
+                return "the localtunnel server keeps closing new connections".into();
+            }
+            tokio::time::sleep(RECONNECT_DELAY / 4).await;
+        } else {
+            failures = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BaseUrl, public_url, valid_subdomain};
+
+    #[test]
+    fn url_gets_the_server_port() {
+        let base = BaseUrl::parse("http://127.0.0.1:8080", false).unwrap();
+        assert_eq!(
+            public_url("http://abcde.localhost", &base),
+            "http://abcde.localhost:8080"
+        );
+        assert_eq!(
+            public_url("http://abcde.localhost:9", &base),
+            "http://abcde.localhost:9"
+        );
+        let hosted = BaseUrl::parse("https://localtunnel.me", false).unwrap();
+        assert_eq!(
+            public_url("https://abcde.loca.lt", &hosted),
+            "https://abcde.loca.lt"
+        );
+    }
+
+    #[test]
+    fn subdomain_rule() {
+        for ok in ["abcd", "my-bot", "a1b2c3", "abcde-fgh9"] {
+            assert!(valid_subdomain(ok), "{ok}");
+        }
+        for bad in ["abc", "-abcd", "abcd-", "ABCD", "ab_cd", "a-b", ""] {
+            assert!(!valid_subdomain(bad), "{bad}");
+        }
+        assert!(!valid_subdomain(&"a".repeat(64)));
+    }
+}

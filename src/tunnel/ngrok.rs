@@ -1,0 +1,189 @@
+//! The ngrok provider, through the official `ngrok` crate.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ngrok::prelude::{EndpointInfo, TunnelBuilder as _};
+use tokio::task::JoinSet;
+
+use super::Upstream;
+use super::provider::{BoxFuture, Provider, Session};
+use super::secret::Secret;
+use crate::BoxError;
+
+/// An ngrok HTTP endpoint, opened with the official [`ngrok`] crate (feature `ngrok`).
+///
+/// Tried only when an auth token is configured ([`authtoken`](Self::authtoken), or
+/// `TUNNEL_AUTH_TOKEN` / `NGROK_AUTHTOKEN` with [`from_env`](Self::from_env)); without one it
+/// fails at once so the chain moves on. Each connection of the endpoint is served by the
+/// [`Upstream`], so no local port is needed.
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use tower_webhook::tunnel::{Bore, Ngrok, Tunnel};
+///
+/// let handle = Tunnel::builder()
+///     .provider(Ngrok::from_env())
+///     .fallback(Bore::new())
+///     .start(std::net::SocketAddr::from(([127, 0, 0, 1], 3000)))
+///     .await?;
+/// println!("webhooks go to {}", handle.url());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Ngrok {
+    authtoken: Option<Arc<Secret>>,
+    server_addr: Option<String>,
+    domain: Option<String>,
+    startup_timeout: Duration,
+}
+
+impl fmt::Debug for Ngrok {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ngrok")
+            .field("authtoken", &self.authtoken.as_ref().map(|_| "<redacted>"))
+            .field("server_addr", &self.server_addr)
+            .field("domain", &self.domain)
+            .field("startup_timeout", &self.startup_timeout)
+            .finish()
+    }
+}
+
+impl Default for Ngrok {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Ngrok {
+    /// No auth token yet, ngrok's default server, 15 s to start.
+    pub fn new() -> Self {
+        Self {
+            authtoken: None,
+            server_addr: None,
+            domain: None,
+            startup_timeout: Duration::from_secs(15),
+        }
+    }
+
+    /// Takes the token from `TUNNEL_AUTH_TOKEN`, else `NGROK_AUTHTOKEN`.
+    pub fn from_env() -> Self {
+        let token = ["TUNNEL_AUTH_TOKEN", "NGROK_AUTHTOKEN"]
+            .into_iter()
+            .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()));
+        match token {
+            Some(token) => Self::new().authtoken(token),
+            None => Self::new(),
+        }
+    }
+
+    /// The ngrok auth token.
+    pub fn authtoken(mut self, token: impl Into<String>) -> Self {
+        self.authtoken = Some(Arc::new(Secret::new(token.into())));
+        self
+    }
+
+    /// The ngrok ingress to dial (`host:port`), for a custom agent ingress.
+    pub fn server_addr(mut self, addr: impl Into<String>) -> Self {
+        self.server_addr = Some(addr.into());
+        self
+    }
+
+    /// A regional ingress: `connect.{region}.ngrok-agent.com:443` (for example `eu`).
+    pub fn region(self, region: impl AsRef<str>) -> Self {
+        let addr = format!("connect.{}.ngrok-agent.com:443", region.as_ref());
+        self.server_addr(addr)
+    }
+
+    /// A reserved domain for the endpoint.
+    pub fn domain(mut self, domain: impl Into<String>) -> Self {
+        self.domain = Some(domain.into());
+        self
+    }
+
+    /// The hard startup limit (default 15 s).
+    pub fn startup_timeout(mut self, timeout: Duration) -> Self {
+        self.startup_timeout = timeout;
+        self
+    }
+}
+
+/// Adds what the user can do to the ngrok error codes worth explaining.
+fn explain(message: String) -> String {
+    if message.contains("ERR_NGROK_4018") {
+        format!("{message} (the auth token is missing or invalid: set TUNNEL_AUTH_TOKEN)")
+    } else if message.contains("ERR_NGROK_108") {
+        format!("{message} (the account's session limit is reached: stop the other ngrok agent)")
+    } else {
+        message
+    }
+}
+
+impl Provider for Ngrok {
+    fn name(&self) -> &str {
+        "ngrok"
+    }
+
+    fn startup_timeout(&self) -> Duration {
+        self.startup_timeout
+    }
+
+    fn hint(&self) -> Option<String> {
+        Some("set TUNNEL_AUTH_TOKEN (or NGROK_AUTHTOKEN) to an ngrok auth token".to_owned())
+    }
+
+    fn open(&self, upstream: Upstream) -> BoxFuture<'_, Result<Session, BoxError>> {
+        Box::pin(async move {
+            let Some(token) = self.authtoken.clone() else {
+                return Err("no ngrok auth token is configured".into());
+            };
+            let server_addr = self.server_addr.clone();
+            let domain = self.domain.clone();
+            // A task of its own, so that a panic inside the SDK becomes an error of this attempt.
+            let connect = tokio::spawn(async move {
+                let mut builder = ngrok::Session::builder();
+                builder.authtoken(token.expose());
+                if let Some(addr) = server_addr {
+                    builder.server_addr(addr)?;
+                }
+                let session = builder.connect().await?;
+                let mut endpoint = session.http_endpoint();
+                if let Some(domain) = domain {
+                    endpoint.domain(domain);
+                }
+                let tunnel = endpoint.listen().await?;
+                Ok::<_, BoxError>((session, tunnel))
+            });
+            let (mut session, mut tunnel) = connect
+                .await
+                .map_err(|err| format!("the ngrok client failed: {err}"))?
+                .map_err(|err| explain(super::error::chain(&*err)))?;
+            let url = tunnel.url().to_owned();
+            tracing::info!(%url, "ngrok tunnel open");
+            Ok(Session::spawn(url, move |mut stop| async move {
+                let mut connections = JoinSet::new();
+                let result = loop {
+                    tokio::select! {
+                        () = stop.stopped() => break Ok(()),
+                        next = std::future::poll_fn(|cx| {
+                            futures_core::Stream::poll_next(std::pin::Pin::new(&mut tunnel), cx)
+                        }) => match next {
+                            Some(Ok(conn)) => {
+                                let upstream = upstream.clone();
+                                connections.spawn(async move { upstream.serve_connection(conn).await });
+                            }
+                            Some(Err(err)) => break Err(explain(super::error::chain(&err)).into()),
+                            None => break Err("the ngrok endpoint was closed".into()),
+                        },
+                        Some(_) = connections.join_next() => {}
+                    }
+                };
+                let _ = session.close().await;
+                result
+            }))
+        })
+    }
+}

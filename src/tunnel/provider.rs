@@ -1,0 +1,171 @@
+//! The provider trait and the session a provider opens.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::Upstream;
+use crate::BoxError;
+
+/// A boxed, sendable future, the return type of [`Provider::open`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A way to get a public URL: localtunnel, bore, ngrok, cloudflared, or your own.
+///
+/// [`open`](Provider::open) does the startup work (register, authenticate, spawn) and returns
+/// a running [`Session`] once the public URL is known. The chain in
+/// [`TunnelBuilder`](super::TunnelBuilder) bounds it with [`startup_timeout`](Provider::startup_timeout)
+/// and drops it when the time is up, so everything it started must stop on drop.
+///
+/// # Example
+///
+/// A provider for a URL that is already public, such as a port opened on a router:
+///
+/// ```
+/// use tower_webhook::tunnel::{BoxFuture, Provider, Session, Upstream};
+/// use tower_webhook::BoxError;
+///
+/// #[derive(Debug)]
+/// struct Static(&'static str);
+///
+/// impl Provider for Static {
+///     fn name(&self) -> &str {
+///         "static"
+///     }
+///
+///     fn open(&self, _upstream: Upstream) -> BoxFuture<'_, Result<Session, BoxError>> {
+///         let url = self.0;
+///         Box::pin(async move {
+///             Ok(Session::spawn(url, |mut stop| async move {
+///                 stop.stopped().await;
+///                 Ok(())
+///             }))
+///         })
+///     }
+/// }
+/// ```
+pub trait Provider: fmt::Debug + Send + Sync + 'static {
+    /// A short name for logs and errors, such as `bore`.
+    fn name(&self) -> &str;
+
+    /// The hard limit for [`open`](Provider::open) plus the round-trip probe. Default 15 s.
+    fn startup_timeout(&self) -> Duration {
+        Duration::from_secs(15)
+    }
+
+    /// What the user can do when this provider fails, such as "set TUNNEL_AUTH_TOKEN".
+    fn hint(&self) -> Option<String> {
+        None
+    }
+
+    /// Opens a tunnel whose connections are served by `upstream`.
+    fn open(&self, upstream: Upstream) -> BoxFuture<'_, Result<Session, BoxError>>;
+}
+
+/// A running tunnel of one provider: its public URL and the task that keeps it open.
+///
+/// The task's future ends with `Ok(())` after a requested stop (or when the remote side ended the
+/// tunnel) and with `Err(reason)` when the tunnel was lost. Dropping the session asks the task to
+/// stop; [`TunnelHandle`](super::TunnelHandle) watches the task and re-opens the tunnel when it ends
+/// without being asked to.
+///
+/// # Example
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use tower_webhook::tunnel::Session;
+///
+/// let session = Session::spawn("http://127.0.0.1:9", |mut stop| async move {
+///     stop.stopped().await;
+///     Ok(())
+/// });
+/// assert_eq!(session.url(), "http://127.0.0.1:9");
+/// # }
+/// ```
+pub struct Session {
+    url: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), BoxError>>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// Spawns `run` on the tokio runtime; `run` gets the [`StopSignal`] it must obey.
+    pub fn spawn<F, Fut>(url: impl Into<String>, run: F) -> Self
+    where
+        F: FnOnce(StopSignal) -> Fut,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        let (stop, signal) = oneshot::channel();
+        let task = tokio::spawn(run(StopSignal {
+            rx: signal,
+            stopped: false,
+        }));
+        Self {
+            url: url.into(),
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// The public URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Waits until the session ends on its own; returns why.
+    pub(crate) async fn ended(&mut self) -> String {
+        match (&mut self.task).await {
+            Ok(Ok(())) => "the tunnel was closed by the remote side".to_owned(),
+            Ok(Err(err)) => super::error::chain(&*err),
+            Err(err) if err.is_panic() => "the tunnel task panicked".to_owned(),
+            Err(_) => "the tunnel task was cancelled".to_owned(),
+        }
+    }
+
+    /// Asks the session to stop and waits for it up to `grace`, then aborts it.
+    pub(crate) async fn close(mut self, grace: Duration) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if tokio::time::timeout(grace, &mut self.task).await.is_err() {
+            self.task.abort();
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Tells a [`Session`]'s task to stop. See [`Session::spawn`].
+#[derive(Debug)]
+pub struct StopSignal {
+    rx: oneshot::Receiver<()>,
+    stopped: bool,
+}
+
+impl StopSignal {
+    /// Resolves once the session is closed or dropped (at once if it already was).
+    pub async fn stopped(&mut self) {
+        if !self.stopped {
+            let _ = (&mut self.rx).await;
+            self.stopped = true;
+        }
+    }
+}

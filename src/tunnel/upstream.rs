@@ -1,0 +1,444 @@
+//! What a tunnel leads to: a local address or a tower service.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::graceful::Watcher;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::OnceCell;
+use tower::ServiceExt;
+use tower_service::Service;
+
+use crate::BoxError;
+
+/// The path of the round-trip probe request. See [`Upstream`].
+pub const PROBE_PATH: &str = "/.well-known/tower-webhook/tunnel-probe";
+/// The header that carries the probe's nonce.
+pub const PROBE_HEADER: &str = "x-tower-webhook-probe";
+
+type BoxBody = UnsyncBoxBody<Bytes, BoxError>;
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// Serves one tunnel connection; erases the user's service type.
+trait ServeConn: Send + Sync + 'static {
+    fn serve(
+        &self,
+        io: Box<dyn Io>,
+        probes: Arc<Probes>,
+        watcher: Option<Watcher>,
+    ) -> BoxFuture<()>;
+}
+
+/// Nonces of probes in flight; a probe request carrying one is answered here, not by the service.
+#[derive(Debug, Default)]
+pub(crate) struct Probes(Mutex<HashSet<String>>);
+
+impl Probes {
+    pub(crate) fn insert(&self, nonce: &str) {
+        lock(&self.0).insert(nonce.to_owned());
+    }
+
+    fn contains(&self, nonce: &str) -> bool {
+        lock(&self.0).contains(nonce)
+    }
+
+    pub(crate) fn remove(&self, nonce: &str) {
+        lock(&self.0).remove(nonce);
+    }
+
+    /// The answer to a probe request of a probe in flight; `None` for any other request.
+    fn answer<B>(&self, request: &Request<B>) -> Option<Response<BoxBody>> {
+        if request.uri().path() != PROBE_PATH {
+            return None;
+        }
+        let nonce = request
+            .headers()
+            .get(PROBE_HEADER)
+            .and_then(|value| value.to_str().ok())?;
+        if !lock(&self.0).contains(nonce) {
+            return None;
+        }
+        let mut response = Response::new(full(Bytes::copy_from_slice(nonce.as_bytes())));
+        response.headers_mut().insert(
+            http::header::CACHE_CONTROL,
+            http::HeaderValue::from_static("no-store"),
+        );
+        Some(response)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn full(bytes: Bytes) -> BoxBody {
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Where the traffic of a tunnel goes: a local address (requests are forwarded to it) or a tower
+/// [`Service`] served directly on each tunnel connection, so no local port is needed.
+///
+/// Every tunnel connection is served as HTTP/1.1. Requests to [`PROBE_PATH`] that carry a nonce
+/// of a probe in flight in the [`PROBE_HEADER`] header are answered by the tunnel itself: that is
+/// how the round-trip probe proves a public URL reaches this process. All other requests reach
+/// the service or the address unchanged.
+///
+/// Providers get an `Upstream` in [`Provider::open`](super::Provider::open) and hand it each
+/// connection they receive with [`serve_connection`](Self::serve_connection).
+///
+/// # Example
+///
+/// ```
+/// use std::convert::Infallible;
+/// use http::{Request, Response};
+/// use tower_webhook::tunnel::Upstream;
+///
+/// let to_port = Upstream::address(([127, 0, 0, 1], 3000).into());
+/// let to_service = Upstream::service(tower::service_fn(|_req: Request<hyper::body::Incoming>| async {
+///     Ok::<_, Infallible>(Response::new(String::from("hello")))
+/// }));
+/// assert!(format!("{to_port:?}").contains("127.0.0.1:3000"));
+/// assert!(format!("{to_service:?}").contains("service"));
+/// ```
+#[derive(Clone)]
+pub struct Upstream {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    address: Option<SocketAddr>,
+    serve: Arc<dyn ServeConn>,
+    probes: Arc<Probes>,
+    local: OnceCell<SocketAddr>,
+    local_task: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = lock(&self.local_task).take() {
+            task.abort();
+        }
+    }
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.inner.address {
+            Some(addr) => write!(f, "Upstream(address {addr})"),
+            None => f.write_str("Upstream(service)"),
+        }
+    }
+}
+
+impl From<SocketAddr> for Upstream {
+    fn from(addr: SocketAddr) -> Self {
+        Self::address(addr)
+    }
+}
+
+impl Upstream {
+    /// Forwards every request to the HTTP server at `addr`.
+    pub fn address(addr: SocketAddr) -> Self {
+        let client = Client::builder(TokioExecutor::new()).build({
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            connector
+        });
+        Self::from_parts(Some(addr), Arc::new(Forward { addr, client }), Some(addr))
+    }
+
+    /// Serves `service` on every tunnel connection (a clone per connection, as hyper does).
+    ///
+    /// Any `Service<Request<Incoming>>` fits, an axum `Router` included.
+    pub fn service<S, B>(service: S) -> Self
+    where
+        S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        Self::from_parts(
+            None,
+            Arc::new(ServeService {
+                service: Mutex::new(service),
+            }),
+            None,
+        )
+    }
+
+    /// A service upstream that is also listening on `addr` already (used by the server helper,
+    /// so that providers needing a local port, such as cloudflared, use that one).
+    pub(crate) fn with_local_addr(self, addr: SocketAddr) -> Self {
+        let _ = self.inner.local.set(addr);
+        self
+    }
+
+    fn from_parts(
+        address: Option<SocketAddr>,
+        serve: Arc<dyn ServeConn>,
+        local: Option<SocketAddr>,
+    ) -> Self {
+        let cell = OnceCell::new();
+        if let Some(addr) = local {
+            let _ = cell.set(addr);
+        }
+        Self {
+            inner: Arc::new(Inner {
+                address,
+                serve,
+                probes: Arc::new(Probes::default()),
+                local: cell,
+                local_task: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Serves one tunnel connection as HTTP/1.1 until either side closes it.
+    pub async fn serve_connection<I>(&self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        self.inner
+            .serve
+            .serve(Box::new(io), Arc::clone(&self.inner.probes), None)
+            .await;
+    }
+
+    /// Serves a tunnel connection that carries exactly one public TCP connection (bore, TCP
+    /// tunnels). An address upstream pipes its bytes to the local address unchanged (any protocol
+    /// works, upgrades included), answering only a probe that opens the connection; a service
+    /// upstream serves it as [`serve_connection`](Self::serve_connection) does.
+    pub async fn serve_tcp_connection<I>(&self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        match self.inner.address {
+            Some(addr) => {
+                if let Err(err) = pipe(io, addr, &self.inner.probes).await {
+                    tracing::debug!(%addr, error = %err, "tunnel connection to the local server ended");
+                }
+            }
+            None => self.serve_connection(io).await,
+        }
+    }
+
+    /// Serves one local connection; `watcher` lets a graceful shutdown end it.
+    pub(crate) async fn serve_local<I>(&self, io: I, watcher: Watcher)
+    where
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        self.inner
+            .serve
+            .serve(Box::new(io), Arc::clone(&self.inner.probes), Some(watcher))
+            .await;
+    }
+
+    /// A local `http://` address that serves this upstream, for providers that must be given one
+    /// (cloudflared). For a service, the first call binds a loopback port that serves it.
+    pub async fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        let inner = &self.inner;
+        inner
+            .local
+            .get_or_try_init(|| async {
+                let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+                let addr = listener.local_addr()?;
+                let serve = Arc::clone(&inner.serve);
+                let probes = Arc::clone(&inner.probes);
+                let task = tokio::spawn(async move {
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        let _ = stream.set_nodelay(true);
+                        tokio::spawn(serve.serve(Box::new(stream), Arc::clone(&probes), None));
+                    }
+                });
+                *lock(&inner.local_task) = Some(task.abort_handle());
+                Ok(addr)
+            })
+            .await
+            .copied()
+    }
+
+    pub(crate) fn probes(&self) -> &Probes {
+        &self.inner.probes
+    }
+}
+
+/// Copies a public connection to `addr`; a probe request that opens it is answered here.
+async fn pipe<I>(mut io: I, addr: SocketAddr, probes: &Probes) -> std::io::Result<()>
+where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const MAX_HEAD: usize = 8 * 1024;
+    let probe_line = format!("GET {PROBE_PATH} ");
+    let mut head = bytes::BytesMut::with_capacity(1024);
+    // Connect to the local server while the first bytes arrive.
+    let (first, local) = tokio::join!(io.read_buf(&mut head), async {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok::<_, std::io::Error>(stream)
+    });
+    let mut n = first?;
+    // Read on only as long as the bytes may still be a probe request.
+    loop {
+        let prefix = head.len().min(probe_line.len());
+        let maybe_probe = head[..prefix] == probe_line.as_bytes()[..prefix];
+        if n == 0 || !maybe_probe || head.len() > MAX_HEAD {
+            break;
+        }
+        if head.len() >= probe_line.len() && head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let end = head
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .unwrap_or(head.len());
+            let nonce = std::str::from_utf8(&head[..end]).ok().and_then(|text| {
+                text.split("\r\n").skip(1).find_map(|line| {
+                    let (name, value) = line.split_once(':')?;
+                    name.trim()
+                        .eq_ignore_ascii_case(PROBE_HEADER)
+                        .then(|| value.trim().to_owned())
+                })
+            });
+            if let Some(nonce) = nonce.filter(|n| probes.contains(n)) {
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n{nonce}",
+                    nonce.len()
+                );
+                io.write_all(answer.as_bytes()).await?;
+                return io.shutdown().await;
+            }
+            break;
+        }
+        n = io.read_buf(&mut head).await?;
+    }
+    let mut local = local?;
+    local.write_all(&head).await?;
+    tokio::io::copy_bidirectional(&mut io, &mut local).await?;
+    Ok(())
+}
+
+struct ServeService<S> {
+    service: Mutex<S>,
+}
+
+impl<S, B> ServeConn for ServeService<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn serve(
+        &self,
+        io: Box<dyn Io>,
+        probes: Arc<Probes>,
+        watcher: Option<Watcher>,
+    ) -> BoxFuture<()> {
+        let service = lock(&self.service).clone();
+        let handler = hyper::service::service_fn(move |request: Request<Incoming>| {
+            let answered = probes.answer(&request);
+            let service = service.clone();
+            async move {
+                match answered {
+                    Some(response) => Ok(response),
+                    None => {
+                        let response = service.oneshot(request).await.map_err(Into::into)?;
+                        Ok::<_, BoxError>(
+                            response.map(|body| body.map_err(Into::into).boxed_unsync()),
+                        )
+                    }
+                }
+            }
+        });
+        Box::pin(serve_http1(io, handler, watcher))
+    }
+}
+
+struct Forward {
+    addr: SocketAddr,
+    client: Client<HttpConnector, Incoming>,
+}
+
+impl ServeConn for Forward {
+    fn serve(
+        &self,
+        io: Box<dyn Io>,
+        probes: Arc<Probes>,
+        watcher: Option<Watcher>,
+    ) -> BoxFuture<()> {
+        let addr = self.addr;
+        let client = self.client.clone();
+        let handler = hyper::service::service_fn(move |request: Request<Incoming>| {
+            let answered = probes.answer(&request);
+            let client = client.clone();
+            async move {
+                if let Some(response) = answered {
+                    return Ok::<_, BoxError>(response);
+                }
+                let mut request = request;
+                let path = request
+                    .uri()
+                    .path_and_query()
+                    .map_or("/", |pq| pq.as_str())
+                    .to_owned();
+                *request.uri_mut() = format!("http://{addr}{path}").parse()?;
+                match client.request(request).await {
+                    Ok(response) => {
+                        Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()))
+                    }
+                    Err(err) => {
+                        tracing::warn!(%addr, error = %super::error::chain(&err), "tunnel could not reach the local server");
+                        let mut response = Response::new(full(Bytes::from_static(
+                            b"the tunnel could not reach the local server\n",
+                        )));
+                        *response.status_mut() = StatusCode::BAD_GATEWAY;
+                        Ok(response)
+                    }
+                }
+            }
+        });
+        Box::pin(serve_http1(io, handler, watcher))
+    }
+}
+
+async fn serve_http1<H>(io: Box<dyn Io>, handler: H, watcher: Option<Watcher>)
+where
+    H: hyper::service::Service<Request<Incoming>, Response = Response<BoxBody>, Error = BoxError>
+        + Send
+        + 'static,
+    H::Future: Send + 'static,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), handler);
+    let result = match watcher {
+        Some(watcher) => watcher.watch(conn).await,
+        None => conn.await,
+    };
+    if let Err(err) = result {
+        tracing::debug!(error = %err, "tunnel connection ended with an error");
+    }
+}

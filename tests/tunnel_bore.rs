@@ -1,0 +1,289 @@
+//! Our bore client against bore-cli's real server, in-process on loopback.
+//!
+//! bore's control port is fixed, so each test uses its own loopback address (127.0.0.2 ...).
+
+#[path = "tunnel/support.rs"]
+mod support;
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use support::{BoreServer, get_url, hello_service, serve_locally};
+use tower_webhook::tunnel::{Bore, Tunnel, TunnelError, TunnelEvent, Upstream};
+
+fn bore_to(ip: Ipv4Addr) -> Bore {
+    Bore::new()
+        .server(ip.to_string())
+        .startup_timeout(Duration::from_secs(5))
+}
+
+#[tokio::test]
+async fn serves_a_tower_service_without_a_local_port() {
+    let ip = Ipv4Addr::new(127, 0, 0, 2);
+    let _server = BoreServer::start(ip, None).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handle = Tunnel::builder()
+        .provider(bore_to(ip))
+        .start(Upstream::service(hello_service(Arc::clone(&calls))))
+        .await
+        .unwrap();
+
+    let url = handle.url();
+    assert!(url.starts_with("http://127.0.0.2:"), "{url}");
+    assert_eq!(handle.provider(), "bore");
+    assert_eq!(
+        handle.status(),
+        TunnelEvent::Up {
+            provider: "bore".into(),
+            url: url.clone(),
+            verified: true
+        }
+    );
+    // The probe was answered by the tunnel itself, not by the service.
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+
+    for i in 0..3 {
+        let (status, body) = get_url(&url, &format!("/hook/{i}")).await.unwrap();
+        assert_eq!(status, 200);
+        assert!(body.starts_with(&format!("hello from /hook/{i}")), "{body}");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+    handle.close().await;
+    assert!(
+        support::eventually(Duration::from_secs(3), || {
+            std::net::TcpStream::connect(url.trim_start_matches("http://")).is_err()
+        })
+        .await,
+        "public port still open after close"
+    );
+}
+
+#[tokio::test]
+async fn forwards_to_a_local_address_with_a_secret() {
+    let ip = Ipv4Addr::new(127, 0, 0, 3);
+    let _server = BoreServer::start(ip, Some("correct horse")).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let local = serve_locally(hello_service(Arc::clone(&calls))).await;
+    let handle = Tunnel::builder()
+        .provider(bore_to(ip).secret("correct horse"))
+        .start(local)
+        .await
+        .unwrap();
+    let (status, body) = get_url(&handle.url(), "/via-address").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(body.starts_with("hello from /via-address"), "{body}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    handle.close().await;
+}
+
+#[tokio::test]
+async fn wrong_or_missing_secret_is_rejected() {
+    let ip = Ipv4Addr::new(127, 0, 0, 4);
+    let _server = BoreServer::start(ip, Some("correct horse")).await;
+    let upstream = || Upstream::service(hello_service(Arc::new(AtomicUsize::new(0))));
+
+    let err = Tunnel::builder()
+        .provider(bore_to(ip).secret("battery staple"))
+        .start(upstream())
+        .await
+        .unwrap_err();
+    let TunnelError::AllFailed { attempts } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(attempts[0].provider, "bore");
+    assert!(attempts[0].reason.contains("invalid secret"), "{err}");
+    assert!(!err.to_string().contains("battery staple"));
+    assert!(err.to_string().contains("TUNNEL_SECRET"), "{err}");
+
+    let err = Tunnel::builder()
+        .provider(bore_to(ip))
+        .start(upstream())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("requires a secret"), "{err}");
+}
+
+#[tokio::test]
+async fn a_secret_for_a_server_without_one_is_reported() {
+    let ip = Ipv4Addr::new(127, 0, 0, 5);
+    let _server = BoreServer::start(ip, None).await;
+    let err = Tunnel::builder()
+        .provider(bore_to(ip).secret("unneeded"))
+        .start(Upstream::service(hello_service(Arc::new(
+            AtomicUsize::new(0),
+        ))))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("no authentication challenge"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn server_killed_gives_down_then_reopens_with_a_new_url() {
+    let ip = Ipv4Addr::new(127, 0, 0, 6);
+    let mut server = BoreServer::start(ip, None).await;
+    let handle = Tunnel::builder()
+        .provider(bore_to(ip))
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200))
+        .start(Upstream::service(hello_service(Arc::new(
+            AtomicUsize::new(0),
+        ))))
+        .await
+        .unwrap();
+    let first = handle.url();
+    let mut events = handle.events();
+
+    server.kill();
+    let down = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .expect("a Down event")
+        .unwrap();
+    match &down {
+        TunnelEvent::Down {
+            provider,
+            url,
+            reason,
+        } => {
+            assert_eq!(provider, "bore");
+            assert_eq!(url, &first);
+            assert!(reason.contains("closed the control connection"), "{reason}");
+        }
+        other => panic!("expected Down, got {other:?}"),
+    }
+    assert!(!handle.status().is_up());
+
+    // While the server is gone, re-opening fails and is retried; then a new server comes up.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _server = BoreServer::start(ip, None).await;
+    let back = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("the tunnel comes back")
+        .unwrap();
+    assert!(back.is_up(), "{back:?}");
+    let second = handle.url();
+    assert_eq!(back.url(), second);
+    if second != first {
+        assert!(matches!(back, TunnelEvent::UrlChanged { ref old, .. } if *old == first));
+    }
+    let (status, _) = get_url(&second, "/again").await.unwrap();
+    assert_eq!(status, 200);
+
+    handle.close().await;
+    let closed = events.next().await.unwrap();
+    assert!(matches!(closed, TunnelEvent::Closed { .. }), "{closed:?}");
+}
+
+#[tokio::test]
+async fn dropping_the_handle_closes_the_tunnel() {
+    let ip = Ipv4Addr::new(127, 0, 0, 7);
+    let _server = BoreServer::start(ip, None).await;
+    let handle = Tunnel::builder()
+        .provider(bore_to(ip))
+        .start(Upstream::service(hello_service(Arc::new(
+            AtomicUsize::new(0),
+        ))))
+        .await
+        .unwrap();
+    let url = handle.url();
+    let mut watch = handle.watch();
+    drop(handle);
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !matches!(*watch.borrow_and_update(), TunnelEvent::Closed { .. }) {
+            if watch.changed().await.is_err() {
+                break;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    // The bore server notices the control connection is gone and frees the port.
+    let freed = support::eventually(Duration::from_secs(3), || {
+        std::net::TcpStream::connect(url.trim_start_matches("http://")).is_err()
+    })
+    .await;
+    assert!(freed, "public port still open after drop");
+}
+
+#[tokio::test]
+async fn an_address_upstream_carries_any_tcp_protocol_through_bore() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let ip = Ipv4Addr::new(127, 0, 0, 8);
+    let _server = BoreServer::start(ip, None).await;
+    // A line echo server: not HTTP at all.
+    let echo = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    // The probe is answered by the tunnel, so the echo server never sees it.
+    let handle = Tunnel::builder()
+        .provider(bore_to(ip))
+        .start(echo_addr)
+        .await
+        .unwrap();
+    assert!(handle.status().is_up());
+    let mut public = tokio::net::TcpStream::connect(handle.url().trim_start_matches("http://"))
+        .await
+        .unwrap();
+    for word in ["ping\n", "\0binary\x01\n", "GET /not-http-either\n"] {
+        public.write_all(word.as_bytes()).await.unwrap();
+        let mut back = vec![0u8; word.len()];
+        tokio::time::timeout(Duration::from_secs(5), public.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, word.as_bytes());
+    }
+    handle.close().await;
+}
+
+#[tokio::test]
+async fn without_reconnect_a_dropped_tunnel_stays_down() {
+    let ip = Ipv4Addr::new(127, 0, 0, 9);
+    let mut server = BoreServer::start(ip, None).await;
+    let handle = Tunnel::builder()
+        .provider(bore_to(ip))
+        .reconnect(false)
+        .start(Upstream::service(hello_service(Arc::new(
+            AtomicUsize::new(0),
+        ))))
+        .await
+        .unwrap();
+    let mut events = handle.events();
+    server.kill();
+    let down = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(down, TunnelEvent::Down { .. }), "{down:?}");
+    let _server = BoreServer::start(ip, None).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(800), events.next())
+            .await
+            .is_err(),
+        "no event may follow without reconnect"
+    );
+    assert!(!handle.status().is_up());
+    handle.close().await;
+    assert!(matches!(
+        events.next().await,
+        Some(TunnelEvent::Closed { .. })
+    ));
+}

