@@ -43,7 +43,10 @@ async fn main() -> Result<(), BoxError> {
     // The provider API, on loopback.
     let api = Api::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/repos/octo/repo/issues/1/comments", listener.local_addr()?);
+    let url = format!(
+        "http://{}/repos/octo/repo/issues/1/comments",
+        listener.local_addr()?
+    );
     let router = Router::new()
         .route("/repos/octo/repo/issues/1/comments", post(comments))
         .with_state(api.clone());
@@ -70,7 +73,10 @@ async fn main() -> Result<(), BoxError> {
     let post = |url: &str| {
         let mut req = reqwest::Request::new(reqwest::Method::POST, url.parse().expect("valid URL"));
         // An idempotency key makes the POST safe to send again.
-        req.headers_mut().insert("idempotency-key", "comment-1".parse().expect("valid header"));
+        req.headers_mut().insert(
+            "idempotency-key",
+            "comment-1".parse().expect("valid header"),
+        );
         *req.body_mut() = Some(r#"{"body":"LGTM"}"#.into());
         req
     };
@@ -82,7 +88,10 @@ async fn main() -> Result<(), BoxError> {
         let outcome = match &result {
             Ok(res) => format!("HTTP {}", res.status().as_u16()),
             Err(err) => match CircuitOpen::find(&**err) {
-                Some(open) => format!("rejected: circuit open, retry after {:?}", open.retry_after()),
+                Some(open) => format!(
+                    "rejected: circuit open, retry after {:?}",
+                    open.retry_after()
+                ),
                 None => format!("error: {err}"),
             },
         };

@@ -7,6 +7,7 @@
 //! ```
 
 #[path = "common/echo.rs"]
+#[allow(dead_code)] // the client half is used by tonic_client
 mod echo;
 
 use std::time::Duration;
@@ -17,7 +18,9 @@ use tower_webhook::error::WebhookErrorLayer;
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     tracing_subscriber::fmt().with_env_filter("info").init();
-    let addr = std::env::var("ADDR").unwrap_or_else(|_| "127.0.0.1:50051".into()).parse()?;
+    let addr = std::env::var("ADDR")
+        .unwrap_or_else(|_| "127.0.0.1:50051".into())
+        .parse()?;
     println!("tonic_server listening on {addr}");
     tonic::transport::Server::builder()
         // Outermost: every error and panic below becomes a gRPC status.

@@ -834,3 +834,44 @@ mod logging {
         });
     }
 }
+
+#[tokio::test]
+async fn problem_responses_keep_what_inner_layers_added() {
+    use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+    let x_request_id = http::HeaderName::from_static("x-request-id");
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .layer(SetRequestIdLayer::new(
+            x_request_id.clone(),
+            MakeRequestUuid,
+        ))
+        .layer(PropagateRequestIdLayer::new(x_request_id))
+        .service_fn(|_req: Request<Full<Bytes>>| async {
+            let mut res = Problem::new(StatusCode::UNAUTHORIZED).to_response::<Full<Bytes>>();
+            res.headers_mut().insert("x-extra", "kept".parse().unwrap());
+            res.extensions_mut()
+                .insert(Problem::new(StatusCode::UNAUTHORIZED));
+            res.extensions_mut().insert(42u32);
+            Ok::<_, BoxError>(res)
+        });
+    let res = svc.oneshot(http_req()).await.unwrap();
+    assert_eq!(
+        res.extensions().get::<u32>(),
+        Some(&42),
+        "inner extensions kept"
+    );
+    assert!(
+        res.extensions().get::<Problem>().is_some(),
+        "the problem stays for outer layers"
+    );
+    assert_eq!(res.headers()["x-extra"], "kept");
+    let id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(res.headers().get_all("content-type").iter().count(), 1);
+    let (status, _, json) = problem_of(res).await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        json["instance"],
+        id.as_str(),
+        "the id set inside becomes the instance"
+    );
+}

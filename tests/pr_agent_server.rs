@@ -40,7 +40,9 @@ async fn fake_api_handler(State(api): State<Arc<FakeApi>>, req: Request) -> Stat
         .iter()
         .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
         .collect();
-    let body = axum::body::to_bytes(req.into_body(), 1 << 20).await.unwrap();
+    let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+        .await
+        .unwrap();
     let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     api.comments.lock().unwrap().push((path, headers, json));
     StatusCode::CREATED
@@ -48,7 +50,9 @@ async fn fake_api_handler(State(api): State<Arc<FakeApi>>, req: Request) -> Stat
 
 async fn start_fake_api() -> (SocketAddr, Arc<FakeApi>) {
     let api = Arc::new(FakeApi::default());
-    let router = Router::new().fallback(fake_api_handler).with_state(api.clone());
+    let router = Router::new()
+        .fallback(fake_api_handler)
+        .with_state(api.clone());
     (serve(router).await, api)
 }
 
@@ -87,7 +91,13 @@ fn settings(api: SocketAddr, extra: &[(&str, &str)]) -> app::Settings {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
-    for var in ["GITHUB_API_URL", "GITLAB_API_URL", "BITBUCKET_API_URL", "GITEA_API_URL", "AZURE_DEVOPS_API_URL"] {
+    for var in [
+        "GITHUB_API_URL",
+        "GITLAB_API_URL",
+        "BITBUCKET_API_URL",
+        "GITEA_API_URL",
+        "AZURE_DEVOPS_API_URL",
+    ] {
         env.insert(var.to_owned(), base.clone());
     }
     for (k, v) in extra {
@@ -125,7 +135,11 @@ fn delivery(forge: app::Forge, id: &str, pr: u64) -> Delivery {
             let sig = format!("sha256={}", hmac_hex("gh-secret-old", &body));
             Delivery {
                 route: "/api/v1/github_webhooks",
-                headers: vec![("x-github-event", "pull_request".into()), ("x-github-delivery", id.into()), ("x-hub-signature-256", sig)],
+                headers: vec![
+                    ("x-github-event", "pull_request".into()),
+                    ("x-github-delivery", id.into()),
+                    ("x-hub-signature-256", sig),
+                ],
                 body,
             }
         }
@@ -133,7 +147,11 @@ fn delivery(forge: app::Forge, id: &str, pr: u64) -> Delivery {
             let body = json!({"object_kind": "merge_request", "project": {"id": 42}, "object_attributes": {"iid": pr, "action": "open", "title": "Fix"}}).to_string().into_bytes();
             Delivery {
                 route: "/api/v1/gitlab_webhooks",
-                headers: vec![("x-gitlab-event", "Merge Request Hook".into()), ("x-gitlab-event-uuid", id.into()), ("x-gitlab-token", GL.into())],
+                headers: vec![
+                    ("x-gitlab-event", "Merge Request Hook".into()),
+                    ("x-gitlab-event-uuid", id.into()),
+                    ("x-gitlab-token", GL.into()),
+                ],
                 body,
             }
         }
@@ -142,7 +160,11 @@ fn delivery(forge: app::Forge, id: &str, pr: u64) -> Delivery {
             let sig = format!("sha256={}", hmac_hex(BB, &body));
             Delivery {
                 route: "/api/v1/bitbucket_webhooks",
-                headers: vec![("x-event-key", "pullrequest:created".into()), ("x-request-uuid", id.into()), ("x-hub-signature", sig)],
+                headers: vec![
+                    ("x-event-key", "pullrequest:created".into()),
+                    ("x-request-uuid", id.into()),
+                    ("x-hub-signature", sig),
+                ],
                 body,
             }
         }
@@ -151,14 +173,25 @@ fn delivery(forge: app::Forge, id: &str, pr: u64) -> Delivery {
             let sig = hmac_hex(GT, &body);
             Delivery {
                 route: "/api/v1/gitea_webhooks",
-                headers: vec![("x-gitea-event", "pull_request".into()), ("x-gitea-delivery", id.into()), ("x-gitea-signature", sig)],
+                headers: vec![
+                    ("x-gitea-event", "pull_request".into()),
+                    ("x-gitea-delivery", id.into()),
+                    ("x-gitea-signature", sig),
+                ],
                 body,
             }
         }
         app::Forge::AzureDevOps => {
             let body = json!({"id": id, "eventType": "git.pullrequest.created", "resource": {"pullRequestId": pr, "title": "Fix", "repository": {"id": "repo-guid", "project": {"id": "proj-guid"}}}}).to_string().into_bytes();
-            let auth = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("azure:azure-pass"));
-            Delivery { route: "/api/v1/azuredevops_webhooks", headers: vec![("authorization", auth)], body }
+            let auth = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode("azure:azure-pass")
+            );
+            Delivery {
+                route: "/api/v1/azuredevops_webhooks",
+                headers: vec![("authorization", auth)],
+                body,
+            }
         }
     }
 }
@@ -175,7 +208,14 @@ async fn send(client: &reqwest::Client, base: &str, d: &Delivery) -> reqwest::Re
 }
 
 async fn status(client: &reqwest::Client, base: &str) -> Value {
-    client.get(format!("{base}/status")).send().await.unwrap().json().await.unwrap()
+    client
+        .get(format!("{base}/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 /// Waits (bounded) until `f` holds.
@@ -207,21 +247,40 @@ async fn every_provider_is_accepted_and_processed_exactly_once() {
         let res = send(&client, &base, &d).await;
         assert_eq!(res.status(), StatusCode::OK, "{forge:?} duplicate");
     }
-    eventually("five comments", Duration::from_secs(10), || comment_count(&api) == 5).await;
+    eventually("five comments", Duration::from_secs(10), || {
+        comment_count(&api) == 5
+    })
+    .await;
     // Nothing more arrives: every delivery was processed exactly once.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let comments = api.comments.lock().unwrap().clone();
     assert_eq!(comments.len(), 5);
 
-    let by_path: HashMap<&str, &HashMap<String, String>> = comments.iter().map(|(p, h, _)| (p.as_str(), h)).collect();
-    assert_eq!(by_path["/repos/octo/repo/issues/7/comments"]["authorization"], "Bearer ghp_token");
-    assert_eq!(by_path["/projects/42/merge_requests/7/notes"]["private-token"], "glpat");
-    assert_eq!(by_path["/repositories/team/repo/pullrequests/7/comments"]["authorization"], "Bearer bb-token");
-    assert_eq!(by_path["/repos/org/repo/issues/7/comments"]["authorization"], "token gitea-token");
+    let by_path: HashMap<&str, &HashMap<String, String>> =
+        comments.iter().map(|(p, h, _)| (p.as_str(), h)).collect();
+    assert_eq!(
+        by_path["/repos/octo/repo/issues/7/comments"]["authorization"],
+        "Bearer ghp_token"
+    );
+    assert_eq!(
+        by_path["/projects/42/merge_requests/7/notes"]["private-token"],
+        "glpat"
+    );
+    assert_eq!(
+        by_path["/repositories/team/repo/pullrequests/7/comments"]["authorization"],
+        "Bearer bb-token"
+    );
+    assert_eq!(
+        by_path["/repos/org/repo/issues/7/comments"]["authorization"],
+        "token gitea-token"
+    );
     let ado = "/proj-guid/_apis/git/repositories/repo-guid/pullRequests/7/threads?api-version=7.1";
     assert!(by_path[ado]["authorization"].starts_with("Basic "));
     for (path, _, body) in &comments {
-        assert!(body.to_string().contains("Thanks for the pull request"), "{path}: {body}");
+        assert!(
+            body.to_string().contains("Thanks for the pull request"),
+            "{path}: {body}"
+        );
     }
 
     let s = status(&client, &base).await;
@@ -248,7 +307,10 @@ async fn bad_deliveries_are_rejected_and_never_processed() {
                     *v = "wrong-token".into();
                 }
                 if *k == "authorization" {
-                    *v = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("azure:wrong"));
+                    *v = format!(
+                        "Basic {}",
+                        base64::engine::general_purpose::STANDARD.encode("azure:wrong")
+                    );
                 }
             }
         } else {
@@ -261,7 +323,10 @@ async fn bad_deliveries_are_rejected_and_never_processed() {
         assert!(res.headers().contains_key("x-request-id"));
         let problem: Value = res.json().await.unwrap();
         assert_eq!(problem["status"], 401);
-        assert!(problem["instance"].is_string(), "the request id is the instance");
+        assert!(
+            problem["instance"].is_string(),
+            "the request id is the instance"
+        );
     }
 
     // Oversize: 413 before the handler.
@@ -309,34 +374,55 @@ async fn failing_api_opens_the_breaker_and_no_comment_is_lost() {
 
     const N: u64 = 12;
     for pr in 1..=N {
-        let d = delivery(app::Forge::GitHub, &format!("9f0c2b8e-0000-4000-8000-{pr:012}"), pr);
-        assert_eq!(send(&client, &base, &d).await.status(), StatusCode::ACCEPTED);
+        let d = delivery(
+            app::Forge::GitHub,
+            &format!("9f0c2b8e-0000-4000-8000-{pr:012}"),
+            pr,
+        );
+        assert_eq!(
+            send(&client, &base, &d).await.status(),
+            StatusCode::ACCEPTED
+        );
     }
 
     // The breaker opens, and /status shows it.
     let open = async {
         loop {
             let s = status(&client, &base).await;
-            if s["breakers"]["github"]["state"] == json!("OPEN") || s["breakers"]["github"]["state"] == json!("open") {
+            if s["breakers"]["github"]["state"] == json!("OPEN")
+                || s["breakers"]["github"]["state"] == json!("open")
+            {
                 return s;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
-    let s = tokio::time::timeout(Duration::from_secs(10), open).await.expect("breaker opened");
-    assert!(s["breakers"]["github"]["not_permitted_calls"].as_u64().is_some());
+    let s = tokio::time::timeout(Duration::from_secs(10), open)
+        .await
+        .expect("breaker opened");
+    assert!(
+        s["breakers"]["github"]["not_permitted_calls"]
+            .as_u64()
+            .is_some()
+    );
 
     // No storm: while the API is down, the upstream sees a handful of calls per recovery
     // period (3 failures to open, then one probe per second), not one per pending comment.
     let before = api.requests.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let during = api.requests.load(Ordering::SeqCst) - before;
-    assert!(during <= 12, "{during} upstream calls in 2.5 s while the breaker is open");
+    assert!(
+        during <= 12,
+        "{during} upstream calls in 2.5 s while the breaker is open"
+    );
     assert_eq!(comment_count(&api), 0);
 
     // The API comes back: the breaker closes and every comment is posted, once.
     api.failing.store(false, Ordering::SeqCst);
-    eventually("all comments posted", Duration::from_secs(30), || comment_count(&api) == N as usize).await;
+    eventually("all comments posted", Duration::from_secs(30), || {
+        comment_count(&api) == N as usize
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let comments = api.comments.lock().unwrap().clone();
     let mut prs: Vec<&str> = comments.iter().map(|(p, _, _)| p.as_str()).collect();
@@ -347,14 +433,24 @@ async fn failing_api_opens_the_breaker_and_no_comment_is_lost() {
     assert_eq!(s["comments"]["posted"], N);
     assert_eq!(s["comments"]["pending"], 0);
     assert!(s["comments"]["retries"].as_u64().unwrap() > 0);
-    assert_eq!(state.breakers[&app::Forge::GitHub].snapshot().state.to_string().to_lowercase(), "closed");
+    assert_eq!(
+        state.breakers[&app::Forge::GitHub]
+            .snapshot()
+            .state
+            .to_string()
+            .to_lowercase(),
+        "closed"
+    );
 }
 
 #[tokio::test]
 async fn development_mode_generates_a_secret_and_its_sample_delivery_works() {
     let settings = app::Settings::from_lookup(|_| None).unwrap();
     assert_eq!(settings.addr.to_string(), "127.0.0.1:3000");
-    let secret = settings.generated_github_secret.clone().expect("a development secret");
+    let secret = settings
+        .generated_github_secret
+        .clone()
+        .expect("a development secret");
     assert_eq!(secret.len(), 64);
     assert_eq!(settings.forges.len(), 1, "only GitHub is enabled");
 
@@ -371,14 +467,33 @@ async fn development_mode_generates_a_secret_and_its_sample_delivery_works() {
             .body(body.clone())
             .send()
     };
-    assert_eq!(post(signature.clone(), "d-1").await.unwrap().status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        post(signature.clone(), "d-1").await.unwrap().status(),
+        StatusCode::ACCEPTED
+    );
     let mut forged = signature;
     forged.replace_range(forged.len() - 1.., "x");
-    assert_eq!(post(forged, "d-2").await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        post(forged, "d-2").await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
 
     // Health, and routes of disabled providers do not exist.
-    assert_eq!(client.get(format!("{base}/")).send().await.unwrap().status(), StatusCode::OK);
-    let res = client.post(format!("{base}/api/v1/gitlab_webhooks")).body(Bytes::new()).send().await.unwrap();
+    assert_eq!(
+        client
+            .get(format!("{base}/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let res = client
+        .post(format!("{base}/api/v1/gitlab_webhooks"))
+        .body(Bytes::new())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
 }
 
@@ -386,8 +501,14 @@ async fn development_mode_generates_a_secret_and_its_sample_delivery_works() {
 fn settings_errors_name_the_variable() {
     let err = app::Settings::from_lookup(|n| (n == "PORT").then(|| "http".to_owned())).unwrap_err();
     assert!(err.contains("PORT"), "{err}");
-    let err = app::Settings::from_lookup(|n| (n == "AZURE_DEVOPS_WEBHOOK_USERNAME").then(|| "u".to_owned())).unwrap_err();
+    let err = app::Settings::from_lookup(|n| {
+        (n == "AZURE_DEVOPS_WEBHOOK_USERNAME").then(|| "u".to_owned())
+    })
+    .unwrap_err();
     assert!(err.contains("AZURE_DEVOPS_WEBHOOK_PASSWORD"), "{err}");
-    let err = app::Settings::from_lookup(|n| (n == "CIRCUIT_BREAKER_FAILURE_THRESHOLD").then(|| "many".to_owned())).unwrap_err();
+    let err = app::Settings::from_lookup(|n| {
+        (n == "CIRCUIT_BREAKER_FAILURE_THRESHOLD").then(|| "many".to_owned())
+    })
+    .unwrap_err();
     assert!(err.contains("CIRCUIT_BREAKER_FAILURE_THRESHOLD"), "{err}");
 }

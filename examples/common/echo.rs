@@ -13,23 +13,23 @@ use tonic_prost::ProstCodec;
 
 /// The request and reply message.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct Echo {
+pub(crate) struct Echo {
     /// The text to echo.
     #[prost(string, tag = "1")]
-    pub message: String,
+    pub(crate) message: String,
 }
 
 /// The method's path.
-pub const SAY: &str = "/test.Echo/Say";
+pub(crate) const SAY: &str = "/test.Echo/Say";
 
 /// The codec both sides use.
-pub fn codec() -> ProstCodec<Echo, Echo> {
+pub(crate) fn codec() -> ProstCodec<Echo, Echo> {
     ProstCodec::default()
 }
 
 /// The server: echoes, panics on `"panic"`, sleeps on `"slow"`, fails on `"fail"`.
 #[derive(Clone, Debug, Default)]
-pub struct EchoService;
+pub(crate) struct EchoService;
 
 impl tonic::server::NamedService for EchoService {
     const NAME: &'static str = "test.Echo";

@@ -30,7 +30,7 @@ use tower_webhook::signature::{OnReplay, RecordDelivery, SignatureLayer, Verifie
 
 /// The five providers the server answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Forge {
+pub(crate) enum Forge {
     /// GitHub (`X-Hub-Signature-256`).
     GitHub,
     /// GitLab (`X-Gitlab-Token`).
@@ -45,7 +45,7 @@ pub enum Forge {
 
 impl Forge {
     /// Every provider, in route order.
-    pub const ALL: [Forge; 5] = [
+    pub(crate) const ALL: [Forge; 5] = [
         Forge::GitHub,
         Forge::GitLab,
         Forge::Bitbucket,
@@ -54,7 +54,7 @@ impl Forge {
     ];
 
     /// The short name used in routes, logs and `/status`.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Forge::GitHub => "github",
             Forge::GitLab => "gitlab",
@@ -65,7 +65,7 @@ impl Forge {
     }
 
     /// The webhook route, e.g. `/api/v1/github_webhooks`.
-    pub fn route(self) -> String {
+    pub(crate) fn route(self) -> String {
         format!("/api/v1/{}_webhooks", self.name())
     }
 
@@ -92,18 +92,24 @@ impl Forge {
 
 /// How one provider's deliveries are verified.
 #[derive(Clone)]
-pub enum Verification {
+pub(crate) enum Verification {
     /// HMAC or token secrets; several for rotation.
     Secrets(Vec<String>),
     /// Azure DevOps Basic credentials: a user name and one or more passwords.
-    Basic { username: String, passwords: Vec<String> },
+    Basic {
+        username: String,
+        passwords: Vec<String>,
+    },
 }
 
 impl std::fmt::Debug for Verification {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Verification::Secrets(s) => write!(f, "Secrets([{} redacted])", s.len()),
-            Verification::Basic { username, passwords } => {
+            Verification::Basic {
+                username,
+                passwords,
+            } => {
                 write!(f, "Basic({username}, [{} redacted])", passwords.len())
             }
         }
@@ -112,11 +118,11 @@ impl std::fmt::Debug for Verification {
 
 /// Where comments for one provider are posted.
 #[derive(Clone)]
-pub struct ApiTarget {
+pub(crate) struct ApiTarget {
     /// Base URL of the provider API, e.g. `https://api.github.com`.
-    pub base_url: String,
+    pub(crate) base_url: String,
     /// The API token (never logged).
-    pub token: Option<String>,
+    pub(crate) token: Option<String>,
 }
 
 impl std::fmt::Debug for ApiTarget {
@@ -130,21 +136,21 @@ impl std::fmt::Debug for ApiTarget {
 
 /// Everything the server reads from its environment.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// Address to bind (`HOST`, `PORT`; default 127.0.0.1:3000).
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// Enabled providers and how they are verified.
-    pub forges: BTreeMap<Forge, Verification>,
+    pub(crate) forges: BTreeMap<Forge, Verification>,
     /// Provider APIs; a provider without one has its comments logged instead.
-    pub apis: BTreeMap<Forge, ApiTarget>,
+    pub(crate) apis: BTreeMap<Forge, ApiTarget>,
     /// The outbound circuit breaker settings (`CIRCUIT_BREAKER_*`).
-    pub breaker: CircuitBreakerConfig,
+    pub(crate) breaker: CircuitBreakerConfig,
     /// Deadline of one webhook request (`REQUEST_TIMEOUT_SECS`, default 10).
-    pub request_timeout: Duration,
+    pub(crate) request_timeout: Duration,
     /// Largest accepted body (`MAX_BODY_BYTES`, default 25 MiB, GitHub's largest payload).
-    pub max_body_bytes: u64,
+    pub(crate) max_body_bytes: u64,
     /// Set when no secret was configured and a development secret was made for GitHub.
-    pub generated_github_secret: Option<String>,
+    pub(crate) generated_github_secret: Option<String>,
 }
 
 /// Splits a comma-separated setting into its non-empty values.
@@ -162,16 +168,16 @@ fn list(value: Option<String>) -> Vec<String> {
 
 impl Settings {
     /// Reads the settings from the process environment.
-    pub fn from_env() -> Result<Self, String> {
+    pub(crate) fn from_env() -> Result<Self, String> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
     /// Reads the settings through `lookup` (tests pass a map).
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+    pub(crate) fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
         let host: IpAddr = match lookup("HOST") {
-            Some(h) => h
-                .parse()
-                .map_err(|_| format!("HOST={h:?} is not an IP address (e.g. 127.0.0.1 or 0.0.0.0)"))?,
+            Some(h) => h.parse().map_err(|_| {
+                format!("HOST={h:?} is not an IP address (e.g. 127.0.0.1 or 0.0.0.0)")
+            })?,
             None => IpAddr::V4(Ipv4Addr::LOCALHOST),
         };
         let port: u16 = match lookup("PORT") {
@@ -205,7 +211,13 @@ impl Settings {
             list(lookup("AZURE_DEVOPS_WEBHOOK_PASSWORD")),
         ) {
             (Some(username), passwords) if !passwords.is_empty() => {
-                forges.insert(Forge::AzureDevOps, Verification::Basic { username, passwords });
+                forges.insert(
+                    Forge::AzureDevOps,
+                    Verification::Basic {
+                        username,
+                        passwords,
+                    },
+                );
             }
             (None, passwords) if passwords.is_empty() => {}
             _ => {
@@ -222,7 +234,13 @@ impl Settings {
         for forge in Forge::ALL {
             if let Some(base_url) = lookup(forge.api_url_var()).filter(|u| !u.is_empty()) {
                 let token = lookup(forge.token_var()).filter(|t| !t.is_empty());
-                apis.insert(forge, ApiTarget { base_url: base_url.trim_end_matches('/').to_owned(), token });
+                apis.insert(
+                    forge,
+                    ApiTarget {
+                        base_url: base_url.trim_end_matches('/').to_owned(),
+                        token,
+                    },
+                );
             }
         }
         let breaker = CircuitBreakerConfig::from_env_with(&lookup).map_err(|e| e.to_string())?;
@@ -249,68 +267,69 @@ fn development_secret() -> String {
 
 /// Counters shown by `/status`.
 #[derive(Debug, Default)]
-pub struct Counters {
+pub(crate) struct Counters {
     /// Verified deliveries handed to the handler.
-    pub accepted: AtomicU64,
+    pub(crate) accepted: AtomicU64,
     /// Deliveries refused (bad signature, too large, malformed).
-    pub rejected: AtomicU64,
+    pub(crate) rejected: AtomicU64,
     /// Deliveries whose id was seen before: acknowledged, not processed.
-    pub duplicates: AtomicU64,
+    pub(crate) duplicates: AtomicU64,
     /// Pull-request events turned into a comment job.
-    pub jobs: AtomicU64,
+    pub(crate) jobs: AtomicU64,
     /// Comments the provider API accepted.
-    pub comments_posted: AtomicU64,
+    pub(crate) comments_posted: AtomicU64,
     /// Comments logged because no API is configured.
-    pub comments_logged: AtomicU64,
+    pub(crate) comments_logged: AtomicU64,
     /// Comments the provider refused for good (4xx).
-    pub comments_failed: AtomicU64,
+    pub(crate) comments_failed: AtomicU64,
     /// Comment attempts that failed transiently and were scheduled again.
-    pub comment_retries: AtomicU64,
+    pub(crate) comment_retries: AtomicU64,
     /// Jobs waiting or in flight.
-    pub pending: AtomicU64,
+    pub(crate) pending: AtomicU64,
 }
 
 /// A comment to post.
 #[derive(Debug, Clone)]
-pub struct Job {
+pub(crate) struct Job {
     /// Which provider.
-    pub forge: Forge,
+    pub(crate) forge: Forge,
     /// The delivery that asked for it.
-    pub delivery: String,
+    pub(crate) delivery: String,
     /// Where and what.
-    pub comment: Comment,
+    pub(crate) comment: Comment,
     /// Attempts made so far.
-    pub attempts: u32,
+    pub(crate) attempts: u32,
 }
 
 /// An API call that posts one comment.
 #[derive(Debug, Clone)]
-pub struct Comment {
+pub(crate) struct Comment {
     /// Path below the API base URL.
-    pub path: String,
+    pub(crate) path: String,
     /// JSON body.
-    pub body: Value,
+    pub(crate) body: Value,
     /// A human-readable target, for logs ("octo/repo#7").
-    pub target: String,
+    pub(crate) target: String,
 }
 
 /// Shared state of the server.
 #[derive(Debug)]
-pub struct AppState {
+pub(crate) struct AppState {
     /// Delivery and comment counters.
-    pub counters: Counters,
+    pub(crate) counters: Counters,
     /// One breaker per provider API.
-    pub breakers: BTreeMap<Forge, CircuitBreakerHandle>,
+    pub(crate) breakers: BTreeMap<Forge, CircuitBreakerHandle>,
     jobs: mpsc::Sender<Job>,
 }
 
 /// The running application: its router and state.
 #[derive(Debug)]
-pub struct App {
+pub(crate) struct App {
     /// The router, with every layer in place.
-    pub router: Router,
-    /// Counters and breakers.
-    pub state: Arc<AppState>,
+    pub(crate) router: Router,
+    /// Counters and breakers (read by the end-to-end tests).
+    #[allow(dead_code)]
+    pub(crate) state: Arc<AppState>,
 }
 
 /// How many comment jobs may wait; past that, deliveries are answered 503 + `Retry-After` so the
@@ -320,7 +339,7 @@ const QUEUE_CAPACITY: usize = 4096;
 const MAX_IN_FLIGHT: usize = 16;
 
 /// Builds the router and starts the background worker (on the current tokio runtime).
-pub fn build(settings: &Settings) -> Result<App, BoxError> {
+pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
     let client = reqwest::Client::builder()
         .user_agent(concat!("pr-agent-server/", env!("CARGO_PKG_VERSION")))
@@ -341,7 +360,10 @@ pub fn build(settings: &Settings) -> Result<App, BoxError> {
             .layer(layer)
             .service(client.clone());
         breakers.insert(forge, handle);
-        callers.insert(forge, (api.clone(), tower::util::BoxCloneSyncService::new(svc)));
+        callers.insert(
+            forge,
+            (api.clone(), tower::util::BoxCloneSyncService::new(svc)),
+        );
     }
     let state = Arc::new(AppState {
         counters: Counters::default(),
@@ -357,7 +379,10 @@ pub fn build(settings: &Settings) -> Result<App, BoxError> {
             .record_delivery(RecordDelivery::AfterSuccess)
             .on_replay(OnReplay::Acknowledge(StatusCode::OK));
         let route = Router::new()
-            .route(&forge.route(), post(move |s, h, hd, b| handle(forge, s, h, hd, b)))
+            .route(
+                &forge.route(),
+                post(move |s, h, hd, b| handle(forge, s, h, hd, b)),
+            )
             .route_layer(layer);
         hooks = hooks.merge(route);
     }
@@ -372,7 +397,10 @@ pub fn build(settings: &Settings) -> Result<App, BoxError> {
         .layer(
             ServiceBuilder::new()
                 .layer(WebhookErrorLayer::new())
-                .layer(SetRequestIdLayer::new(x_request_id.clone(), MakeRequestUuid))
+                .layer(SetRequestIdLayer::new(
+                    x_request_id.clone(),
+                    MakeRequestUuid,
+                ))
                 .layer(PropagateRequestIdLayer::new(x_request_id))
                 .layer(TraceLayer::new_for_http())
                 .layer(tower::timeout::TimeoutLayer::new(settings.request_timeout)),
@@ -382,16 +410,29 @@ pub fn build(settings: &Settings) -> Result<App, BoxError> {
 
 fn signature_layer(forge: Forge, verification: &Verification) -> Result<SignatureLayer, BoxError> {
     Ok(match (forge, verification) {
-        (Forge::GitHub, Verification::Secrets(s)) => SignatureLayer::github_with_secrets(s.clone())?,
-        (Forge::GitLab, Verification::Secrets(s)) => with_rotation(SignatureLayer::gitlab(s[0].clone())?, s)?,
+        (Forge::GitHub, Verification::Secrets(s)) => {
+            SignatureLayer::github_with_secrets(s.clone())?
+        }
+        (Forge::GitLab, Verification::Secrets(s)) => {
+            with_rotation(SignatureLayer::gitlab(s[0].clone())?, s)?
+        }
         (Forge::Bitbucket, Verification::Secrets(s)) => {
             with_rotation(SignatureLayer::bitbucket_cloud(s[0].clone())?, s)?
         }
-        (Forge::Gitea, Verification::Secrets(s)) => with_rotation(SignatureLayer::gitea(s[0].clone())?, s)?,
-        (Forge::AzureDevOps, Verification::Basic { username, passwords }) => {
-            let mut layer = SignatureLayer::azure_devops(username.clone(), passwords[0].clone())?;
+        (Forge::Gitea, Verification::Secrets(s)) => {
+            with_rotation(SignatureLayer::gitea(s[0].clone())?, s)?
+        }
+        (
+            Forge::AzureDevOps,
+            Verification::Basic {
+                username,
+                passwords,
+            },
+        ) => {
+            let mut layer = SignatureLayer::azure_devops(username, passwords[0].clone())?;
             for extra in &passwords[1..] {
-                layer = layer.secret(extra.clone())?;
+                // An Azure DevOps secret is the whole `user:password` credential.
+                layer = layer.secret(format!("{username}:{extra}"))?;
             }
             layer
         }
@@ -400,7 +441,10 @@ fn signature_layer(forge: Forge, verification: &Verification) -> Result<Signatur
 }
 
 /// Adds the second and later secrets of a rotation.
-fn with_rotation(mut layer: SignatureLayer, secrets: &[String]) -> Result<SignatureLayer, BoxError> {
+fn with_rotation(
+    mut layer: SignatureLayer,
+    secrets: &[String],
+) -> Result<SignatureLayer, BoxError> {
     for extra in &secrets[1..] {
         layer = layer.secret(extra.clone())?;
     }
@@ -446,7 +490,12 @@ async fn handle(
         tracing::debug!(provider = forge.name(), ?event, %delivery, "delivery needs no comment");
         return Ok(StatusCode::ACCEPTED);
     };
-    let job = Job { forge, delivery, comment, attempts: 0 };
+    let job = Job {
+        forge,
+        delivery,
+        comment,
+        attempts: 0,
+    };
     match state.jobs.try_send(job) {
         Ok(()) => {
             state.counters.jobs.fetch_add(1, Ordering::Relaxed);
@@ -463,16 +512,21 @@ async fn handle(
 }
 
 /// The comment a pull-request-opened event asks for, per provider.
-pub fn comment_for(forge: Forge, event: Option<&str>, p: &Value) -> Option<Comment> {
-    let text = |title: &str| format!("Thanks for the pull request! Review of \"{title}\" is queued.");
+pub(crate) fn comment_for(forge: Forge, event: Option<&str>, p: &Value) -> Option<Comment> {
+    let text =
+        |title: &str| format!("Thanks for the pull request! Review of \"{title}\" is queued.");
     match forge {
         Forge::GitHub => {
             let action = p["action"].as_str()?;
-            if event != Some("pull_request") || !matches!(action, "opened" | "reopened" | "ready_for_review") {
+            if event != Some("pull_request")
+                || !matches!(action, "opened" | "reopened" | "ready_for_review")
+            {
                 return None;
             }
             let repo = p["repository"]["full_name"].as_str()?;
-            let number = p["pull_request"]["number"].as_u64().or_else(|| p["number"].as_u64())?;
+            let number = p["pull_request"]["number"]
+                .as_u64()
+                .or_else(|| p["number"].as_u64())?;
             Some(Comment {
                 path: format!("/repos/{repo}/issues/{number}/comments"),
                 body: json!({ "body": text(p["pull_request"]["title"].as_str().unwrap_or("")) }),
@@ -511,7 +565,9 @@ pub fn comment_for(forge: Forge, event: Option<&str>, p: &Value) -> Option<Comme
                 return None;
             }
             let repo = p["repository"]["full_name"].as_str()?;
-            let number = p["number"].as_u64().or_else(|| p["pull_request"]["number"].as_u64())?;
+            let number = p["number"]
+                .as_u64()
+                .or_else(|| p["pull_request"]["number"].as_u64())?;
             Some(Comment {
                 path: format!("/repos/{repo}/issues/{number}/comments"),
                 body: json!({ "body": text(p["pull_request"]["title"].as_str().unwrap_or("")) }),
@@ -582,7 +638,9 @@ async fn worker(
     let callers = Arc::new(callers);
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     while let Some(mut job) = rx.recv().await {
-        let Ok(permit) = permits.clone().acquire_owned().await else { break };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
         let (callers, state, tx) = (callers.clone(), state.clone(), tx.clone());
         tokio::spawn(async move {
             let permit = permit;
@@ -592,8 +650,12 @@ async fn worker(
                     state.counters.pending.fetch_sub(1, Ordering::Relaxed);
                 }
                 Outcome::Later(delay) => {
-                    state.counters.comment_retries.fetch_add(1, Ordering::Relaxed);
-                    let backoff = Duration::from_millis(200 << job.attempts.min(8)).min(Duration::from_secs(60));
+                    state
+                        .counters
+                        .comment_retries
+                        .fetch_add(1, Ordering::Relaxed);
+                    let backoff = Duration::from_millis(200 << job.attempts.min(8))
+                        .min(Duration::from_secs(60));
                     drop(permit);
                     tokio::time::sleep(delay.unwrap_or(backoff)).await;
                     // The queue only closes at shutdown, when pending work is given up.
@@ -617,30 +679,50 @@ async fn post_comment(
     let forge = job.forge.name();
     let Some((api, caller)) = callers.get(&job.forge) else {
         tracing::info!(provider = forge, target = %job.comment.target, body = %job.comment.body, "no API configured: comment not posted");
-        state.counters.comments_logged.fetch_add(1, Ordering::Relaxed);
+        state
+            .counters
+            .comments_logged
+            .fetch_add(1, Ordering::Relaxed);
         return Outcome::Done;
     };
     let request = match build_request(job, api) {
         Ok(r) => r,
         Err(err) => {
             tracing::error!(provider = forge, error = %err, "cannot build the comment request");
-            state.counters.comments_failed.fetch_add(1, Ordering::Relaxed);
+            state
+                .counters
+                .comments_failed
+                .fetch_add(1, Ordering::Relaxed);
             return Outcome::Done;
         }
     };
     match caller.clone().oneshot(request).await {
         Ok(res) if res.status().is_success() => {
             tracing::info!(provider = forge, target = %job.comment.target, delivery = %job.delivery, "comment posted");
-            state.counters.comments_posted.fetch_add(1, Ordering::Relaxed);
+            state
+                .counters
+                .comments_posted
+                .fetch_add(1, Ordering::Relaxed);
             Outcome::Done
         }
-        Ok(res) if res.status().is_server_error() || res.status() == StatusCode::TOO_MANY_REQUESTS || res.status() == StatusCode::REQUEST_TIMEOUT => {
-            tracing::warn!(provider = forge, status = res.status().as_u16(), "provider API failing; comment scheduled again");
+        Ok(res)
+            if res.status().is_server_error()
+                || res.status() == StatusCode::TOO_MANY_REQUESTS
+                || res.status() == StatusCode::REQUEST_TIMEOUT =>
+        {
+            tracing::warn!(
+                provider = forge,
+                status = res.status().as_u16(),
+                "provider API failing; comment scheduled again"
+            );
             Outcome::Later(None)
         }
         Ok(res) => {
             tracing::error!(provider = forge, status = res.status().as_u16(), target = %job.comment.target, "provider refused the comment");
-            state.counters.comments_failed.fetch_add(1, Ordering::Relaxed);
+            state
+                .counters
+                .comments_failed
+                .fetch_add(1, Ordering::Relaxed);
             Outcome::Done
         }
         Err(err) => {
@@ -663,8 +745,14 @@ fn build_request(job: &Job, api: &ApiTarget) -> Result<reqwest::Request, BoxErro
     let url = reqwest::Url::parse(&format!("{}{}", api.base_url, job.comment.path))?;
     let mut req = reqwest::Request::new(Method::POST, url);
     let headers = req.headers_mut();
-    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(http::header::ACCEPT, HeaderValue::from_static("application/json"));
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        http::header::ACCEPT,
+        HeaderValue::from_static("application/json"),
+    );
     // Lets the retry policy send the POST again: the provider sees one logical comment.
     headers.insert(
         "idempotency-key",
@@ -677,7 +765,10 @@ fn build_request(job: &Job, api: &ApiTarget) -> Result<reqwest::Request, BoxErro
             Forge::GitLab => String::new(),
             Forge::AzureDevOps => {
                 use base64::Engine;
-                format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!(":{token}")))
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(format!(":{token}"))
+                )
             }
         };
         if job.forge == Forge::GitLab {
@@ -691,14 +782,17 @@ fn build_request(job: &Job, api: &ApiTarget) -> Result<reqwest::Request, BoxErro
         }
     }
     if job.forge == Forge::GitHub {
-        headers.insert("x-github-api-version", HeaderValue::from_static("2022-11-28"));
+        headers.insert(
+            "x-github-api-version",
+            HeaderValue::from_static("2022-11-28"),
+        );
     }
     *req.body_mut() = Some(serde_json::to_vec(&job.comment.body)?.into());
     Ok(req)
 }
 
 /// A signed sample `pull_request` delivery, for the printed `curl` commands.
-pub fn sample_github_delivery(secret: &str) -> (String, String) {
+pub(crate) fn sample_github_delivery(secret: &str) -> (String, String) {
     use hmac::{KeyInit, Mac};
     let body = json!({
         "action": "opened",
@@ -707,9 +801,9 @@ pub fn sample_github_delivery(secret: &str) -> (String, String) {
         "repository": { "full_name": "octo-org/hello-world" },
     })
     .to_string();
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
     mac.update(body.as_bytes());
     let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
     (body, signature)
 }
-

@@ -39,7 +39,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run() -> Result<(), Box<dyn std::error::Error>> {
+async fn run() -> Result<(), tower::BoxError> {
     let use_tunnel = std::env::args().skip(1).any(|arg| arg == "--use-tunnel");
     let settings = Settings::from_env()?;
     let app = app::build(&settings)?;

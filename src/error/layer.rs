@@ -349,7 +349,12 @@ where
                 match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
                     Ok(Poll::Pending) => return Poll::Pending,
                     Ok(Poll::Ready(Ok(response))) => {
-                        return Poll::Ready(Ok(on_response(response, this.info, this.renderer)));
+                        return Poll::Ready(Ok(on_response(
+                            response,
+                            this.info,
+                            this.shared.get(),
+                            this.renderer,
+                        )));
                     }
                     Ok(Poll::Ready(Err(err))) => Outcome::Error(err.into()),
                     Err(payload) => {
@@ -409,6 +414,7 @@ fn on_error<B, R: RenderProblem>(
 fn on_response<B, R: RenderProblem>(
     mut response: Response<B>,
     info: &RequestInfo,
+    config: &Config,
     renderer: &R,
 ) -> Response<ResponseBody<B>> {
     if response.extensions().is_empty() {
@@ -416,25 +422,47 @@ fn on_response<B, R: RenderProblem>(
     }
     match response.extensions_mut().remove::<Problem>() {
         None => response.map(ResponseBody::new),
-        Some(problem) => rerender(problem, response, info, renderer),
+        Some(problem) => rerender(problem, response, info, config, renderer),
     }
 }
 
 /// A response that carries a [`Problem`]: render it like an error (request id, gRPC, renderer).
+///
+/// What the inner stack added to the response is kept: its headers (a request id set by an
+/// inner `SetRequestId` / `PropagateRequestId`, CORS, ...) except the body's own
+/// `content-type` / `content-length`, and its extensions.
 #[cold]
 #[inline(never)]
 fn rerender<B, R: RenderProblem>(
     problem: Problem,
-    mut response: Response<B>,
+    response: Response<B>,
     info: &RequestInfo,
+    config: &Config,
     renderer: &R,
 ) -> Response<ResponseBody<B>> {
-    if response.extensions().get::<AlreadyLogged>().is_none() {
-        log_problem(&problem, info, None);
+    let (parts, _body) = response.into_parts();
+    let info = RequestInfo {
+        grpc: info.grpc,
+        request_id: info
+            .request_id
+            .clone()
+            .or_else(|| parts.headers.get(&config.request_id_header).cloned()),
+    };
+    if parts.extensions.get::<AlreadyLogged>().is_none() {
+        log_problem(&problem, &info, None);
     }
-    let mut rendered = render(problem, info, renderer);
-    // Keep what the inner service put in the extensions (request ids, verified webhooks).
-    std::mem::swap(rendered.extensions_mut(), response.extensions_mut());
+    let mut rendered = render(problem, &info, renderer);
+    let own: Vec<HeaderName> = rendered.headers().keys().cloned().collect();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH && !own.contains(name) {
+            rendered.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    let problem = rendered.extensions_mut().remove::<Problem>();
+    *rendered.extensions_mut() = parts.extensions;
+    if let Some(problem) = problem {
+        rendered.extensions_mut().insert(problem);
+    }
     rendered
 }
 
