@@ -1,4 +1,4 @@
-//! The response body shared by this crate's middleware.
+//! Bodies: the response body of the crate's middleware, and a request body for plain hyper.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -95,6 +95,111 @@ where
         match &self.kind {
             Kind::Inner(inner) => inner.size_hint(),
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
+/// A request body that any body converts into, and that can be built from [`Bytes`].
+///
+/// [`SignatureLayer`](crate::signature::SignatureLayer) hands the verified bytes on in the
+/// request body type it received, so that type must be buildable from `Bytes`. axum's body is;
+/// hyper's `Incoming` is not. Map `Incoming` (or any other body) to `RequestBody` first; it wraps
+/// the body without reading it.
+///
+/// # Example
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::Request;
+/// use http_body_util::{BodyExt, Full};
+/// use tower_webhook::body::RequestBody;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// // On a hyper server: `.map_request(|req: Request<Incoming>| req.map(RequestBody::new))`.
+/// let req = Request::new(Full::new(Bytes::from_static(b"{}"))).map(RequestBody::new);
+/// let bytes = req.into_body().collect().await.unwrap().to_bytes();
+/// assert_eq!(&bytes[..], b"{}");
+///
+/// let verified = RequestBody::from(Bytes::from_static(b"again"));
+/// assert_eq!(&verified.collect().await.unwrap().to_bytes()[..], b"again");
+/// # }
+/// ```
+pub struct RequestBody {
+    kind: RequestKind,
+}
+
+enum RequestKind {
+    Full(Option<Bytes>),
+    Boxed(http_body_util::combinators::UnsyncBoxBody<Bytes, crate::BoxError>),
+}
+
+impl RequestBody {
+    /// Wraps any body whose data is `Bytes`.
+    pub fn new<B>(body: B) -> Self
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<crate::BoxError>,
+    {
+        use http_body_util::BodyExt;
+        Self {
+            kind: RequestKind::Boxed(body.map_err(Into::into).boxed_unsync()),
+        }
+    }
+}
+
+impl From<Bytes> for RequestBody {
+    fn from(bytes: Bytes) -> Self {
+        Self {
+            kind: RequestKind::Full((!bytes.is_empty()).then_some(bytes)),
+        }
+    }
+}
+
+impl Default for RequestBody {
+    fn default() -> Self {
+        Self::from(Bytes::new())
+    }
+}
+
+impl std::fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            RequestKind::Full(bytes) => f
+                .debug_struct("RequestBody")
+                .field("len", &bytes.as_ref().map_or(0, Bytes::len))
+                .finish(),
+            RequestKind::Boxed(_) => f.debug_struct("RequestBody").finish_non_exhaustive(),
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = crate::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        match &mut self.get_mut().kind {
+            RequestKind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            RequestKind::Boxed(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            RequestKind::Full(bytes) => bytes.is_none(),
+            RequestKind::Boxed(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            RequestKind::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            RequestKind::Boxed(body) => body.size_hint(),
         }
     }
 }
