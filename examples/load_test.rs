@@ -1,0 +1,258 @@
+//! Load test for the webhook stack: a server and a load generator, run by `scripts/load.sh`
+//! with each pinned to its own core.
+//!
+//! ```text
+//! load_test serve layers ADDR     # axum + WebhookErrorLayer + SignatureLayer::github, 202 handler
+//! load_test serve bare ADDR       # axum handler that checks the same HMAC itself
+//! load_test generate URL SECS CONNS [--status URL]
+//! ```
+//!
+//! The generator sends a mix of deliveries signed with `GITHUB_WEBHOOK_SECRET`: 70 % valid
+//! (fresh delivery ids), 15 % with a bad signature, 15 % duplicates of an earlier valid one.
+//! It prints one JSON line with what it sent and what came back; with `--status` it also
+//! compares the counts with the server's `/status` (pr_agent_server) and fails if an unverified
+//! delivery was processed or a valid one lost.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use bytes::Bytes;
+use hmac::{KeyInit, Mac};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::json;
+use tower::BoxError;
+use tower_webhook::error::WebhookErrorLayer;
+use tower_webhook::signature::SignatureLayer;
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+fn secret() -> String {
+    std::env::var("GITHUB_WEBHOOK_SECRET").unwrap_or_else(|_| "load-test-secret".into())
+}
+
+fn main() -> Result<(), BoxError> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["serve", mode, addr] => runtime.block_on(serve(mode, addr)),
+        ["generate", url, secs, conns, rest @ ..] => {
+            let status = match rest {
+                ["--status", url] => Some((*url).to_owned()),
+                [] => None,
+                _ => return Err("usage: load_test generate URL SECS CONNS [--status URL]".into()),
+            };
+            runtime.block_on(generate(url, secs.parse()?, conns.parse()?, status))
+        }
+        _ => Err("usage: load_test serve (layers|bare) ADDR | load_test generate URL SECS CONNS [--status URL]".into()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Servers
+
+async fn serve(mode: &str, addr: &str) -> Result<(), BoxError> {
+    let router = match mode {
+        "layers" => Router::new()
+            .route("/hook", post(|| async { StatusCode::ACCEPTED }))
+            .route_layer(SignatureLayer::github(secret())?.without_replay_store())
+            .layer(WebhookErrorLayer::new()),
+        "bare" => {
+            let key = HmacSha256::new_from_slice(secret().as_bytes())?;
+            Router::new().route(
+                "/hook",
+                post(move |headers: HeaderMap, body: Bytes| {
+                    let key = key.clone();
+                    async move { bare_check(key, &headers, &body) }
+                }),
+            )
+        }
+        other => return Err(format!("unknown server mode {other:?}").into()),
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    println!("serving {mode} on {}", listener.local_addr()?);
+    axum::serve(listener, router).await?;
+    Ok(())
+}
+
+/// What a careful hand-written handler does: parse the header, HMAC the body, compare in
+/// constant time.
+fn bare_check(mut mac: HmacSha256, headers: &HeaderMap, body: &[u8]) -> StatusCode {
+    let Some(sig) = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("sha256="))
+        .and_then(|hex| hex::decode(hex).ok())
+    else {
+        return StatusCode::UNAUTHORIZED;
+    };
+    mac.update(body);
+    match mac.verify_slice(&sig) {
+        Ok(()) => StatusCode::ACCEPTED,
+        Err(_) => StatusCode::UNAUTHORIZED,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generator
+
+#[derive(Default)]
+struct Tally {
+    sent_valid: AtomicU64,
+    sent_invalid: AtomicU64,
+    sent_duplicate: AtomicU64,
+    accepted: AtomicU64,
+    duplicates_acked: AtomicU64,
+    rejected: AtomicU64,
+    other: AtomicU64,
+    valid_not_accepted: AtomicU64,
+    invalid_accepted: AtomicU64,
+}
+
+fn payload(n: u64) -> Vec<u8> {
+    // About 2 KiB, the shape of a pull_request delivery.
+    json!({
+        "action": "opened",
+        "number": n,
+        "pull_request": {
+            "number": n,
+            "title": format!("Load test pull request {n}"),
+            "body": "x".repeat(1800),
+        },
+        "repository": { "full_name": "load/test" },
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn sign(key: &HmacSha256, body: &[u8]) -> String {
+    let mut mac = key.clone();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+async fn generate(
+    url: &str,
+    secs: u64,
+    conns: usize,
+    status_url: Option<String>,
+) -> Result<(), BoxError> {
+    let key = HmacSha256::new_from_slice(secret().as_bytes())?;
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(conns)
+        .build_http();
+    let tally = Arc::new(Tally::default());
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for conn in 0..conns as u64 {
+        let (client, key, tally, url) =
+            (client.clone(), key.clone(), tally.clone(), url.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            let mut last_valid: Option<(String, Vec<u8>, String)> = None;
+            while Instant::now() < deadline {
+                n += 1;
+                let kind = n % 20; // 0..14 valid, 14..17 invalid, 17..20 duplicate
+                let (id, body, sig, expect) = if kind < 14 || last_valid.is_none() {
+                    let id = format!("{conn}-{n}");
+                    let body = payload(n);
+                    let sig = sign(&key, &body);
+                    last_valid = Some((id.clone(), body.clone(), sig.clone()));
+                    tally.sent_valid.fetch_add(1, Ordering::Relaxed);
+                    (id, body, sig, "valid")
+                } else if kind < 17 {
+                    let body = payload(n);
+                    let mut sig = sign(&key, &body);
+                    let last = if sig.ends_with('0') { "1" } else { "0" };
+                    sig.replace_range(sig.len() - 1.., last);
+                    tally.sent_invalid.fetch_add(1, Ordering::Relaxed);
+                    (format!("{conn}-{n}-forged"), body, sig, "invalid")
+                } else {
+                    let (id, body, sig) = last_valid.clone().expect("checked above");
+                    tally.sent_duplicate.fetch_add(1, Ordering::Relaxed);
+                    (id, body, sig, "duplicate")
+                };
+                let req = http::Request::post(&url)
+                    .header("content-type", "application/json")
+                    .header("x-github-event", "pull_request")
+                    .header("x-github-delivery", id)
+                    .header("x-hub-signature-256", sig)
+                    .body(Full::new(Bytes::from(body)))
+                    .expect("valid request");
+                let status = match client.request(req).await {
+                    Ok(res) => {
+                        let status = res.status();
+                        let _ = res.into_body().collect().await;
+                        status
+                    }
+                    Err(_) => StatusCode::BAD_GATEWAY,
+                };
+                let counter = match status {
+                    StatusCode::ACCEPTED => &tally.accepted,
+                    StatusCode::OK => &tally.duplicates_acked,
+                    StatusCode::UNAUTHORIZED => &tally.rejected,
+                    _ => &tally.other,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                if expect == "valid" && status != StatusCode::ACCEPTED {
+                    tally.valid_not_accepted.fetch_add(1, Ordering::Relaxed);
+                }
+                if expect == "invalid" && status.is_success() {
+                    tally.invalid_accepted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let total = get(&tally.accepted)
+        + get(&tally.duplicates_acked)
+        + get(&tally.rejected)
+        + get(&tally.other);
+    let mut report = json!({
+        "seconds": elapsed,
+        "connections": conns,
+        "requests": total,
+        "requests_per_second": total as f64 / elapsed,
+        "sent": { "valid": get(&tally.sent_valid), "invalid": get(&tally.sent_invalid), "duplicate": get(&tally.sent_duplicate) },
+        "answers": { "202": get(&tally.accepted), "200": get(&tally.duplicates_acked), "401": get(&tally.rejected), "other": get(&tally.other) },
+        "valid_not_accepted": get(&tally.valid_not_accepted),
+        "invalid_accepted": get(&tally.invalid_accepted),
+    });
+    let mut ok = get(&tally.valid_not_accepted) == 0 && get(&tally.invalid_accepted) == 0;
+    if let Some(status_url) = status_url {
+        // Let the background worker drain, then compare with the server's own counts.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let res = client.get(status_url.parse()?).await?;
+        let status: serde_json::Value =
+            serde_json::from_slice(&res.into_body().collect().await?.to_bytes())?;
+        let accepted = status["deliveries"]["accepted"].as_u64().unwrap_or(0);
+        let processed = status["comments"]["jobs"].as_u64().unwrap_or(0);
+        let done = status["comments"]["logged"].as_u64().unwrap_or(0)
+            + status["comments"]["posted"].as_u64().unwrap_or(0);
+        // Every accepted delivery became exactly one job, and nothing else did: no unverified
+        // delivery was processed, no valid one lost.
+        ok &= accepted == get(&tally.accepted) && processed == accepted && done == accepted;
+        ok &= status["deliveries"]["rejected"].as_u64() == Some(get(&tally.rejected));
+        ok &= status["deliveries"]["duplicates"].as_u64() == Some(get(&tally.duplicates_acked));
+        report["server_status"] = status;
+    }
+    report["ok"] = json!(ok);
+    println!("{report}");
+    if ok {
+        Ok(())
+    } else {
+        Err("load test invariants violated (see the report)".into())
+    }
+}
