@@ -510,6 +510,23 @@ impl<S> Layer<S> for SignatureLayer {
 }
 
 /// Middleware that verifies webhook signatures. See the [module docs](super).
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::Full;
+/// use tower::ServiceExt;
+/// use tower_webhook::signature::{Signature, SignatureLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let handler = tower::service_fn(|_req: Request<Full<Bytes>>| async {
+///     Ok::<_, std::convert::Infallible>(Response::new(Full::<Bytes>::default()))
+/// });
+/// let svc = Signature::new(handler, &SignatureLayer::github("secret").unwrap());
+/// let unsigned = Request::post("/").body(Full::new(Bytes::from_static(b"{}"))).unwrap();
+/// assert_eq!(svc.oneshot(unsigned).await.unwrap().status(), 401);
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Signature<S> {
     inner: S,

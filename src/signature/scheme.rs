@@ -30,6 +30,14 @@ const B64: GeneralPurpose = GeneralPurpose::new(
 /// Who signed a delivery.
 ///
 /// See the [module docs](super) for the scheme of each.
+///
+/// ```
+/// use tower_webhook::signature::{Provider, SignatureLayer};
+///
+/// let layer = SignatureLayer::gitlab("token").unwrap();
+/// assert_eq!(layer.provider(), Provider::GitLab);
+/// assert_eq!(Provider::GitLab.as_str(), "gitlab");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Provider {
@@ -89,7 +97,14 @@ impl std::fmt::Display for Provider {
     }
 }
 
-/// The hash function of an HMAC scheme.
+/// The hash function of an HMAC scheme (see [`CustomScheme::algorithm`]).
+///
+/// ```
+/// use tower_webhook::signature::{Algorithm, CustomScheme};
+///
+/// let scheme = CustomScheme::new("x-signature").algorithm(Algorithm::Sha512);
+/// # let _ = scheme;
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Algorithm {
@@ -101,7 +116,14 @@ pub enum Algorithm {
     Sha512,
 }
 
-/// How a MAC is written in a header.
+/// How a MAC is written in a header (see [`CustomScheme::encoding`]).
+///
+/// ```
+/// use tower_webhook::signature::{CustomScheme, Encoding};
+///
+/// let scheme = CustomScheme::new("x-signature").encoding(Encoding::Base64);
+/// # let _ = scheme;
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Encoding {
