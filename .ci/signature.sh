@@ -30,8 +30,6 @@ if [ ! -d "$DEPS/node/node_modules/@octokit/webhooks-methods" ]; then
 fi
 
 "$DEPS/venv/bin/python" -c 'import standardwebhooks, svix, stripe, slack_sdk'
-node -e 'require("'"$PWD/$DEPS"'/node/node_modules/@octokit/webhooks-methods")' 2>/dev/null \
-    || node --input-type=module -e 'await import("'"$PWD/$DEPS"'/node/node_modules/@octokit/webhooks-methods/dist-node/index.js")' 2>/dev/null \
-    || test -d "$DEPS/node/node_modules/@octokit/webhooks-methods"
+test -f "$DEPS/node/node_modules/@octokit/webhooks-methods/dist-node/index.js"
 command -v redis-server >/dev/null
 echo "signature: interop peers and redis-server ready"

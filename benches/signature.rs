@@ -6,6 +6,7 @@
 //!   collection, verification, replay store with a fresh delivery id, body re-injection) to a
 //!   ready service.
 //! - `layer_without_replay_store`: the same without delivery-id deduplication.
+//! - `service_without_layer`: the same request to the same service without the layer.
 //! - `svix`: the `svix` crate verifying a Standard Webhooks signature over the same bytes.
 //!
 //! Run: `cargo bench --all-features --bench signature -- --warm-up-time 1 --measurement-time 3`
@@ -129,6 +130,28 @@ fn bench(c: &mut Criterion) {
                         .unwrap()
                 },
                 |req| run_ready(svc.call(req)).unwrap(),
+                BatchSize::SmallInput,
+            )
+        });
+
+        // The request alone to the same service, without the layer: the fixed cost of a request
+        // (building excluded, teardown included) that `layer` pays on top of the HMAC.
+        let mut plain = tower::service_fn(|req: Request<Full<Bytes>>| async move {
+            Ok::<_, Infallible>(Response::new(req.into_body()))
+        });
+        group.bench_function("service_without_layer", |b| {
+            b.iter_batched(
+                || {
+                    Request::post("/webhooks/github")
+                        .header("content-type", "application/json")
+                        .header("content-length", payload.len())
+                        .header("x-github-event", "pull_request")
+                        .header("x-github-delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958")
+                        .header("x-hub-signature-256", signature.as_str())
+                        .body(Full::new(payload.clone()))
+                        .unwrap()
+                },
+                |req| run_ready(plain.call(req)).unwrap(),
                 BatchSize::SmallInput,
             )
         });

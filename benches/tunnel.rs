@@ -128,9 +128,9 @@ fn bore_requests(c: &mut Criterion) {
     let rt = runtime();
     let fx = rt.block_on(fixture());
     let targets = [
-        ("ours_service", port_of(&fx.ours_service.url())),
-        ("ours_address", port_of(&fx.ours_address.url())),
         ("bore_cli_reference", fx.reference_port),
+        ("ours_address", port_of(&fx.ours_address.url())),
+        ("ours_service", port_of(&fx.ours_service.url())),
     ];
 
     // The machine is shared, so load drifts: every iteration runs all three targets in turn and

@@ -18,7 +18,7 @@ use super::clock::Clock;
 use super::error::{SignatureConfigError, SignatureValidationError as E};
 use super::replay::{MemoryReplayStore, OnReplay, RecordDelivery, ReplayFuture, ReplayStore};
 use super::scheme::{
-    self, Algorithm, Checked, CustomScheme, Keys, Limits, MAX_SIGNATURES, Provider, Scheme,
+    self, Algorithm, Checked, CustomScheme, Keys, Limits, MAX_SIGNATURES, Provider, Scheme, Text,
 };
 use super::secret::{Secret, Secrets};
 use crate::BoxError;
@@ -37,7 +37,9 @@ pub const DEFAULT_REPLAY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// With axum, extract it in a handler (`Extension<VerifiedWebhook>`, or the type itself with the
 /// `axum` feature). See the [module docs](super) for replay handling: a handler only ever sees
 /// a delivery id once (within the replay TTL), unless [`RecordDelivery::AfterSuccess`] released
-/// it after a failure.
+/// it after a failure. A duplicate gets 409 by default; with
+/// [`OnReplay::Acknowledge`]`(StatusCode::OK)` (or `ACCEPTED`) it gets an empty 2xx instead and the
+/// handler is not called, so providers stop redelivering and nothing is processed twice.
 ///
 /// # Example
 ///
@@ -71,8 +73,8 @@ pub const DEFAULT_REPLAY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifiedWebhook {
     provider: Provider,
-    delivery_id: Option<String>,
-    event: Option<String>,
+    delivery_id: Option<Text>,
+    event: Option<Text>,
     timestamp: Option<SystemTime>,
     secret_index: Option<usize>,
 }
@@ -86,12 +88,12 @@ impl VerifiedWebhook {
     /// The delivery id (e.g. `X-GitHub-Delivery`, `webhook-id`, a Stripe event id), if the
     /// provider sent one.
     pub fn delivery_id(&self) -> Option<&str> {
-        self.delivery_id.as_deref()
+        self.delivery_id.as_ref().map(Text::as_str)
     }
 
     /// The event name (e.g. `X-GitHub-Event`, `X-Gitlab-Event`, Stripe's `type`), if known.
     pub fn event(&self) -> Option<&str> {
-        self.event.as_deref()
+        self.event.as_ref().map(Text::as_str)
     }
 
     /// The signed timestamp, for schemes that sign one.
@@ -510,6 +512,23 @@ impl<S> Layer<S> for SignatureLayer {
 }
 
 /// Middleware that verifies webhook signatures. See the [module docs](super).
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::Full;
+/// use tower::ServiceExt;
+/// use tower_webhook::signature::{Signature, SignatureLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let handler = tower::service_fn(|_req: Request<Full<Bytes>>| async {
+///     Ok::<_, std::convert::Infallible>(Response::new(Full::<Bytes>::default()))
+/// });
+/// let svc = Signature::new(handler, &SignatureLayer::github("secret").unwrap());
+/// let unsigned = Request::post("/").body(Full::new(Bytes::from_static(b"{}"))).unwrap();
+/// assert_eq!(svc.oneshot(unsigned).await.unwrap().status(), 401);
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Signature<S> {
     inner: S,
@@ -844,11 +863,9 @@ where
                                     },
                                     _ => {
                                         let key = match (&shared.replay, verified.delivery_id()) {
-                                            (Some(_), Some(id)) => Some(format!(
-                                                "{}:{}",
-                                                verified.provider().as_str(),
-                                                id
-                                            )),
+                                            (Some(_), Some(id)) => {
+                                                Some(replay_key(verified.provider(), id))
+                                            }
                                             _ => None,
                                         };
                                         let mut req =
@@ -932,6 +949,16 @@ where
             this.state.set(next);
         }
     }
+}
+
+/// `<provider>:<delivery id>`.
+fn replay_key(provider: Provider, id: &str) -> String {
+    let provider = provider.as_str();
+    let mut key = String::with_capacity(provider.len() + 1 + id.len());
+    key.push_str(provider);
+    key.push(':');
+    key.push_str(id);
+    key
 }
 
 fn call_inner<S, ReqBody>(

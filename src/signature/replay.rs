@@ -123,6 +123,14 @@ impl Future for ReplayFuture {
 /// When a delivery id is recorded in the [`ReplayStore`].
 ///
 /// See the [module docs](super#replay-protection).
+///
+/// ```
+/// use tower_webhook::signature::{RecordDelivery, SignatureLayer};
+///
+/// // GitHub's "Redeliver" reuses the delivery id: let failed deliveries through again.
+/// let layer = SignatureLayer::github("secret").unwrap().record_delivery(RecordDelivery::AfterSuccess);
+/// # let _ = layer;
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RecordDelivery {
@@ -137,6 +145,15 @@ pub enum RecordDelivery {
 }
 
 /// What a delivery whose id was already recorded gets.
+///
+/// ```
+/// use http::StatusCode;
+/// use tower_webhook::signature::{OnReplay, SignatureLayer};
+///
+/// // Duplicates are answered 200 and not processed twice.
+/// let layer = SignatureLayer::github("secret").unwrap().on_replay(OnReplay::Acknowledge(StatusCode::OK));
+/// # let _ = layer;
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum OnReplay {

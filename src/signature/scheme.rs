@@ -30,6 +30,14 @@ const B64: GeneralPurpose = GeneralPurpose::new(
 /// Who signed a delivery.
 ///
 /// See the [module docs](super) for the scheme of each.
+///
+/// ```
+/// use tower_webhook::signature::{Provider, SignatureLayer};
+///
+/// let layer = SignatureLayer::gitlab("token").unwrap();
+/// assert_eq!(layer.provider(), Provider::GitLab);
+/// assert_eq!(Provider::GitLab.as_str(), "gitlab");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Provider {
@@ -89,7 +97,14 @@ impl std::fmt::Display for Provider {
     }
 }
 
-/// The hash function of an HMAC scheme.
+/// The hash function of an HMAC scheme (see [`CustomScheme::algorithm`]).
+///
+/// ```
+/// use tower_webhook::signature::{Algorithm, CustomScheme};
+///
+/// let scheme = CustomScheme::new("x-signature").algorithm(Algorithm::Sha512);
+/// # let _ = scheme;
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Algorithm {
@@ -101,7 +116,14 @@ pub enum Algorithm {
     Sha512,
 }
 
-/// How a MAC is written in a header.
+/// How a MAC is written in a header (see [`CustomScheme::encoding`]).
+///
+/// ```
+/// use tower_webhook::signature::{CustomScheme, Encoding};
+///
+/// let scheme = CustomScheme::new("x-signature").encoding(Encoding::Base64);
+/// # let _ = scheme;
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Encoding {
@@ -566,8 +588,8 @@ pub(crate) struct Checked {
 pub(crate) struct Verified {
     pub(crate) secret_index: Option<usize>,
     pub(crate) timestamp: Option<u64>,
-    pub(crate) delivery_id: Option<String>,
-    pub(crate) event: Option<String>,
+    pub(crate) delivery_id: Option<Text>,
+    pub(crate) event: Option<Text>,
     /// Slack `url_verification` challenge to answer.
     pub(crate) challenge: Option<String>,
 }
@@ -849,13 +871,16 @@ impl Scheme {
             Field::Headers(names) => match first_of(headers, names)
                 .map_err(|_| E::MalformedDelivery("duplicated delivery id header"))?
             {
-                Some((_, v)) => Some(delivery_id(v.as_bytes())?),
+                Some((_, v)) => {
+                    validate_id(v.as_bytes())?;
+                    Some(Text::Header(v.clone()))
+                }
                 None => None,
             },
             Field::Json(_) => json
                 .as_ref()
                 .and_then(|m| m.id.as_deref().or(m.event_id.as_deref()))
-                .map(|s| delivery_id(s.as_bytes()))
+                .map(|s| validate_id(s.as_bytes()).map(|()| Text::Owned(s.to_owned())))
                 .transpose()?,
             Field::None => None,
         };
@@ -863,16 +888,16 @@ impl Scheme {
             Field::Headers(names) => first_of(headers, names)
                 .ok()
                 .flatten()
-                .and_then(|(_, v)| v.to_str().ok())
-                .map(str::to_owned),
+                .filter(|(_, v)| v.to_str().is_ok())
+                .map(|(_, v)| Text::Header(v.clone())),
             Field::Json("eventType") => json
                 .as_ref()
                 .and_then(|m| m.event_type.as_deref())
-                .map(str::to_owned),
+                .map(|s| Text::Owned(s.to_owned())),
             Field::Json(_) => json
                 .as_ref()
                 .and_then(|m| m.ty.as_deref())
-                .map(str::to_owned),
+                .map(|s| Text::Owned(s.to_owned())),
             Field::None => None,
         };
         if matches!(self.kind, Kind::Stripe | Kind::Basic) && verified.delivery_id.is_none() {
@@ -914,14 +939,36 @@ fn looks_like_json(body: &[u8]) -> bool {
     body.trim_ascii_start().first() == Some(&b'{')
 }
 
-fn delivery_id(bytes: &[u8]) -> Result<String, E> {
+fn validate_id(bytes: &[u8]) -> Result<(), E> {
     if bytes.is_empty() || bytes.len() > MAX_ID_LEN || !bytes.iter().all(|b| b.is_ascii_graphic()) {
         return Err(E::MalformedDelivery(
             "delivery id is empty, too long or not visible ASCII",
         ));
     }
-    // Visible ASCII is valid UTF-8.
-    Ok(String::from_utf8_lossy(bytes).into_owned())
+    Ok(())
+}
+
+/// Text taken from a header (shared with the request, no copy) or from the body.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) enum Text {
+    /// Checked to be visible ASCII when taken.
+    Header(HeaderValue),
+    Owned(String),
+}
+
+impl Text {
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            Text::Header(v) => v.to_str().unwrap_or_default(),
+            Text::Owned(s) => s,
+        }
+    }
+}
+
+impl std::fmt::Debug for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
 }
 
 fn is_form(headers: &HeaderMap) -> bool {

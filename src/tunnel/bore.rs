@@ -282,9 +282,13 @@ impl AcceptConfig {
         handshake(&mut frames, self.secret.as_deref()).await?;
         frames.send(&ClientMessage::Accept(id)).await?;
         let (stream, read_ahead) = frames.into_parts();
-        self.upstream
-            .serve_tcp_connection(Rewind::new(read_ahead, stream))
-            .await;
+        if read_ahead.is_empty() {
+            self.upstream.serve_tcp_connection(stream).await;
+        } else {
+            self.upstream
+                .serve_tcp_connection(Rewind::new(read_ahead, stream))
+                .await;
+        }
         Ok(())
     }
 }

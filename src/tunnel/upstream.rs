@@ -294,10 +294,10 @@ where
     const MAX_HEAD: usize = 8 * 1024;
     let probe_line = format!("GET {PROBE_PATH} ");
     let mut head = bytes::BytesMut::with_capacity(1024);
-    // Connect to the local server while the first bytes arrive.
+    // Connect to the local server while the first bytes arrive. (No TCP_NODELAY on this hop:
+    // measured slower with it for one request per connection.)
     let (first, local) = tokio::join!(io.read_buf(&mut head), async {
         let stream = tokio::net::TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
         Ok::<_, std::io::Error>(stream)
     });
     let mut n = first?;
