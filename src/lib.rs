@@ -4,33 +4,79 @@
 //! Azure DevOps and others, and calls their APIs back. `tower-webhook` ships the fragile parts
 //! of such a server once, as [`tower`] layers that fit any hyper, axum or tonic stack:
 //!
-//! - [`error`]: [`WebhookErrorLayer`](error::WebhookErrorLayer) turns every error and panic into
-//!   a correct response: a real status and an RFC 9457 `application/problem+json` body for HTTP,
-//!   `grpc-status` for gRPC.
-//! - [`signature`]: [`SignatureLayer`](signature::SignatureLayer) lets only deliveries with a
-//!   valid signature through (GitHub, GitLab, Bitbucket, Gitea/Forgejo, Azure DevOps, Stripe,
-//!   Slack, Shopify, Standard Webhooks, custom HMAC), with size limits and replay protection.
-//! - [`circuit_breaker`]: [`CircuitBreakerLayer`](circuit_breaker::CircuitBreakerLayer) stops
-//!   calling an upstream that keeps failing (HTTP, gRPC, `reqwest`), lock-free, with
-//!   resilience4j's states and rules, per-key breakers and a `/status`-ready snapshot.
-//! - [`retry`]: [`RetryPolicy`](retry::RetryPolicy), a `tower::retry` policy with exponential
-//!   backoff, full jitter, a retry budget and `Retry-After`, for idempotent requests only.
+//! - [`error`]: [`WebhookErrorLayer`] turns every error and panic into a correct response: a
+//!   real status and an RFC 9457 `application/problem+json` body for HTTP, `grpc-status` for gRPC.
+//! - `signature`: `SignatureLayer` lets only deliveries with a valid signature through (GitHub,
+//!   GitLab, Bitbucket, Gitea/Forgejo, Azure DevOps, Stripe, Slack, Shopify, Standard Webhooks,
+//!   custom HMAC), with size limits and replay protection.
+//! - `circuit_breaker`: `CircuitBreakerLayer` stops calling an upstream that keeps failing (HTTP,
+//!   gRPC, `reqwest`), lock-free, with resilience4j's states and rules, per-key breakers and a
+//!   `/status`-ready snapshot.
+//! - `retry`: `RetryPolicy`, a `tower::retry` policy with exponential backoff, full jitter, a
+//!   retry budget and `Retry-After`, for idempotent requests only.
 //! - `tunnel` (feature `tunnel`): a public URL for a local webhook server through ngrok,
 //!   cloudflared, localtunnel or bore, first working provider wins, with a round-trip probe,
 //!   status events and reconnects.
+//!
+//! # Example
+//!
+//! A GitHub webhook route: verified, answered 202, every failure a problem document.
+//!
+//! ```
+//! # #[cfg(all(feature = "signature", feature = "error"))]
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use bytes::Bytes;
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::Full;
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_webhook::{WebhookErrorLayer, signature::{SignatureLayer, VerifiedWebhook}};
+//!
+//! let svc = ServiceBuilder::new()
+//!     .layer(WebhookErrorLayer::new())
+//!     .layer(SignatureLayer::github("It's a Secret to Everybody").unwrap())
+//!     .service_fn(|req: Request<Full<Bytes>>| async move {
+//!         let hook = req.extensions().get::<VerifiedWebhook>().unwrap();
+//!         assert_eq!(hook.delivery_id(), Some("72d3162e-cc78-11e3-81ab-4c9367dc0958"));
+//!         let mut res = Response::new(Full::<Bytes>::default());
+//!         *res.status_mut() = StatusCode::ACCEPTED;
+//!         Ok::<_, std::convert::Infallible>(res)
+//!     });
+//!
+//! let delivery = |signature: &str| {
+//!     Request::post("/api/v1/github_webhooks")
+//!         .header("x-github-event", "ping")
+//!         .header("x-github-delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958")
+//!         .header("x-hub-signature-256", signature)
+//!         .body(Full::new(Bytes::from_static(b"Hello, World!")))
+//!         .unwrap()
+//! };
+//! let good = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+//! let res = svc.clone().oneshot(delivery(good)).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::ACCEPTED);
+//!
+//! let forged = "sha256=0000000000000000000000000000000000000000000000000000000000000000";
+//! let res = svc.oneshot(delivery(forged)).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+//! assert_eq!(res.headers()["content-type"], "application/problem+json");
+//! # }
+//! # #[cfg(not(all(feature = "signature", feature = "error")))] fn main() {}
+//! ```
+//!
+//! The `pr_agent_server` example is a complete server; the guide in the repository's `docs/`
+//! explains where each layer goes.
 //!
 //! # Feature flags
 //!
 //! | feature | what it adds | default |
 //! |---|---|---|
-//! | `error` | [`error`]: `WebhookErrorLayer`, `Problem`, `HttpError` | yes |
-//! | `signature` | `signature`: `SignatureLayer` | yes |
-//! | `circuit-breaker` | `circuit_breaker`: `CircuitBreakerLayer` | yes |
+//! | `error` | `error`: `WebhookErrorLayer`, `Problem`, `HttpError` | yes |
+//! | `signature` | `signature`: `SignatureLayer`, replay stores | yes |
+//! | `circuit-breaker` | `circuit_breaker`: `CircuitBreakerLayer`, keyed breakers | yes |
 //! | `retry` | `retry`: a `tower::retry` policy with backoff | yes |
 //! | `tunnel` | `tunnel`: public URLs through localtunnel, bore, cloudflared | no |
-//! | `axum` | `IntoResponse` for [`error::Problem`] | no |
+//! | `axum` | `IntoResponse` for `Problem`, the `VerifiedWebhook` extractor | no |
 //! | `tonic` | `tonic::Status` and `tonic::Code` support | no |
-//! | `reqwest` | classifiers for `reqwest::Response` | no |
+//! | `reqwest` | classifiers and retries for `reqwest::Client` | no |
 //! | `redis` | a Redis replay store shared by replicas | no |
 //! | `ngrok` | the ngrok tunnel provider | no |
 //! | `full` | all of the above | no |

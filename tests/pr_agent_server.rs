@@ -22,9 +22,12 @@ use serde_json::{Value, json};
 // ---------------------------------------------------------------------------------------------
 // A fake provider API: records comments, fails on command.
 
+/// A comment the fake API received: path, headers, JSON body.
+type Received = (String, HashMap<String, String>, Value);
+
 #[derive(Default)]
 struct FakeApi {
-    comments: Mutex<Vec<(String, HashMap<String, String>, Value)>>,
+    comments: Mutex<Vec<Received>>,
     requests: AtomicUsize,
     failing: AtomicBool,
 }

@@ -71,10 +71,7 @@ mod problem;
 mod processing;
 
 pub use grpc::GrpcCode;
-#[allow(unused_imports)] // used by the signature module
 pub(crate) use layer::AlreadyLogged;
 pub use layer::{ProblemJson, RenderProblem, ResponseFuture, WebhookError, WebhookErrorLayer};
-#[allow(unused_imports)] // used by the circuit breaker and retry modules
-pub(crate) use problem::retry_after_value;
 pub use problem::{HttpError, PROBLEM_JSON, Problem, types};
 pub use processing::WebhookProcessingError;

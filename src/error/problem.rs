@@ -119,11 +119,11 @@ pub trait HttpError: std::error::Error + Send + Sync + 'static {
 ///     .with_type("urn:example:maintenance")
 ///     .with_detail("The bot is being upgraded.")
 ///     .with_retry_after(Duration::from_secs(30));
-/// let response = problem.to_response::<String>();
+/// let response = problem.to_response::<bytes::Bytes>();
 /// assert_eq!(response.status(), 503);
 /// assert_eq!(response.headers()["retry-after"], "30");
 /// assert_eq!(response.headers()["content-type"], "application/problem+json");
-/// let json: serde_json::Value = serde_json::from_str(response.body()).unwrap();
+/// let json: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
 /// assert_eq!(json["status"], 503);
 /// assert_eq!(json["type"], "urn:example:maintenance");
 /// ```
@@ -327,7 +327,7 @@ impl Problem {
 }
 
 /// `Retry-After` in whole seconds, rounded up so a client never comes back early.
-pub(crate) fn retry_after_value(after: Duration) -> HeaderValue {
+fn retry_after_value(after: Duration) -> HeaderValue {
     let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
     HeaderValue::from(secs)
 }
