@@ -350,6 +350,41 @@ async fn half_open_admits_exactly_n_of_100_concurrent_callers() {
     assert_eq!(handle.state(), CircuitState::Closed);
 }
 
+/// A probe of an earlier half-open period that is still running counts against the next
+/// period: the recovering upstream never sees more than `half_open_probes` calls at once.
+#[tokio::test(start_paused = true)]
+async fn probes_still_running_count_against_the_next_half_open_period() {
+    let config = CircuitBreakerConfig::default()
+        .consecutive_failures(1)
+        .half_open_probes(2)
+        .open_duration(OpenDuration::Fixed(Duration::from_secs(1)));
+    let (mut svc, handle, upstream) = breaker(config);
+    let _ = call(&mut svc, Call::Fail).await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+
+    // A probe hangs at the gate while the half-open period ends (here by hand; a
+    // `max_half_open_wait` or a verdict does the same).
+    let mut slow = svc.clone();
+    let hanging = tokio::spawn(async move { call(&mut slow, Call::Gated).await });
+    tokio::task::yield_now().await;
+    handle.transition_to_open().unwrap();
+
+    // The next half-open period has room for one probe only while the first still runs.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let before = upstream.calls.load(Ordering::SeqCst);
+    let mut second = svc.clone();
+    let admitted = tokio::spawn(async move { call(&mut second, Call::Gated).await });
+    tokio::task::yield_now().await;
+    open_error(call(&mut svc, Call::Ok).await);
+    assert_eq!(upstream.calls.load(Ordering::SeqCst) - before, 1);
+
+    // Once they finish, probes are admitted again.
+    upstream.gate.add_permits(2);
+    assert!(hanging.await.unwrap().is_ok());
+    assert!(admitted.await.unwrap().is_ok());
+    assert!(call(&mut svc, Call::Ok).await.is_ok());
+}
+
 #[tokio::test(start_paused = true)]
 async fn half_open_verdicts_close_or_reopen() {
     let config = CircuitBreakerConfig::default()

@@ -38,7 +38,9 @@
 //!   ([`honor_retry_after`](CircuitBreakerConfig::honor_retry_after)).
 //! - **Half-open**: exactly `half_open_probes` calls are admitted, even under a burst of
 //!   concurrent callers; a probe whose future or response body is dropped, or whose outcome is
-//!   [`Outcome::Neutral`], gives its permit back.
+//!   [`Outcome::Neutral`], gives its permit back. A probe of an earlier half-open period that is
+//!   still running counts against the next period, so a recovering upstream never has more than
+//!   `half_open_probes` calls in flight.
 //!
 //! # Outcomes
 //!

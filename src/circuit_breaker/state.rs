@@ -183,6 +183,11 @@ pub(crate) struct Core {
     attempts: AtomicU32,
     upstream_until_ms: AtomicU64,
     not_permitted: AtomicU64,
+    /// Probes admitted in any half-open period and not finished yet. A new half-open period
+    /// admits only as many as leave this under `half_open_probes`, so a probe of an earlier
+    /// period that is still running counts against the next one: never more than
+    /// `half_open_probes` calls are inside a recovering upstream.
+    probes_in_flight: AtomicU32,
     min_calls: u32,
     slow_nanos: Option<u64>,
 }
@@ -249,6 +254,7 @@ impl Core {
                 attempts: AtomicU32::new(0),
                 upstream_until_ms: AtomicU64::new(0),
                 not_permitted: AtomicU64::new(0),
+                probes_in_flight: AtomicU32::new(0),
                 min_calls,
                 slow_nanos,
                 config,
@@ -372,10 +378,14 @@ impl Core {
                         );
                         continue;
                     }
+                    if !self.enter_probe() {
+                        return Err(self.reject(CircuitState::HalfOpen, None));
+                    }
                     if self.take_permit(tag(word.generation)) {
                         // Re-check: a verdict may have ended this half-open period meanwhile.
                         let now_word = unpack(self.word.load(Ordering::Acquire));
                         if now_word.generation != word.generation {
+                            self.leave_probe();
                             continue;
                         }
                         return Ok(Recorder {
@@ -383,10 +393,26 @@ impl Core {
                             bits: PROBE | recorder_bits(word.generation, self.start_units()),
                         });
                     }
+                    self.leave_probe();
                     return Err(self.reject(CircuitState::HalfOpen, None));
                 }
             }
         }
+    }
+
+    /// Counts one more probe inside the upstream, unless `half_open_probes` already are.
+    fn enter_probe(&self) -> bool {
+        let limit = self.config.half_open_probes;
+        self.probes_in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then(|| n + 1)
+            })
+            .is_ok()
+    }
+
+    /// A probe finished (any outcome) or was dropped.
+    fn leave_probe(&self) {
+        self.probes_in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
     fn half_open_deadline(&self, now_ms: u64) -> u64 {
@@ -895,13 +921,17 @@ impl Recorder {
             },
         };
         let start = if bits & FAST != 0 { 0 } else { bits & PAYLOAD };
+        let probe = bits & PROBE != 0;
         core.record(
             ((bits >> GEN_SHIFT) & GEN_MASK) as u32,
-            bits & PROBE != 0,
+            probe,
             outcome,
             start,
             retry_after,
         );
+        if probe {
+            core.leave_probe();
+        }
     }
 }
 
@@ -919,6 +949,7 @@ impl Recorder {
     fn release(&mut self) {
         if let Some(core) = self.core.take() {
             core.release_permit(((self.bits >> GEN_SHIFT) & GEN_MASK) as u32);
+            core.leave_probe();
         }
     }
 }

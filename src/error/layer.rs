@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Version, header};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use pin_project::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -253,11 +253,9 @@ impl RequestInfo {
             };
         }
         Self {
-            // gRPC runs over HTTP/2 only: HTTP/1.1 webhooks skip the header lookup.
-            grpc: req.version() == Version::HTTP_2
-                && headers
-                    .get(header::CONTENT_TYPE)
-                    .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc")),
+            grpc: headers
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc")),
             request_id: headers.get(&config.request_id_header).cloned(),
         }
     }
