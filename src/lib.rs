@@ -92,6 +92,8 @@ pub mod error;
 #[cfg(feature = "retry")]
 #[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
 pub mod retry;
+#[cfg(any(feature = "circuit-breaker", feature = "retry"))]
+mod retry_after;
 #[cfg(feature = "signature")]
 #[cfg_attr(docsrs, doc(cfg(feature = "signature")))]
 pub mod signature;

@@ -71,6 +71,7 @@ mod problem;
 mod processing;
 
 pub use grpc::GrpcCode;
+#[cfg(feature = "signature")]
 pub(crate) use layer::AlreadyLogged;
 pub use layer::{ProblemJson, RenderProblem, ResponseFuture, WebhookError, WebhookErrorLayer};
 pub use problem::{HttpError, PROBLEM_JSON, Problem, types};

@@ -62,9 +62,9 @@
 use std::error::Error;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use http::{HeaderMap, Method, StatusCode, header};
+use http::{HeaderMap, Method, StatusCode};
 use tokio::time::Sleep;
 use tower::retry::Policy;
 use tower::retry::budget::{Budget, TpsBudget};
@@ -199,19 +199,6 @@ fn is_circuit_open(err: &(dyn Error + 'static)) -> bool {
         current = e.source();
     }
     false
-}
-
-/// `Retry-After` as a delay: delta-seconds or an HTTP date.
-fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
-    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        return value.parse::<u64>().ok().map(Duration::from_secs);
-    }
-    let when = httpdate::parse_http_date(value).ok()?;
-    Some(
-        when.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
 }
 
 /// A [`tower::retry::Policy`] with exponential backoff, full jitter, a cap, a retry budget,
@@ -377,7 +364,7 @@ where
                 if !self.is_retryable_status(res.status()) {
                     return None;
                 }
-                parse_retry_after(res.headers())
+                crate::retry_after::parse(res.headers())
             }
             Err(err) => {
                 if is_circuit_open(err.as_error()) {
