@@ -266,7 +266,12 @@ fn start_to_url(c: &mut Criterion) {
                 for _ in 0..iters {
                     let started = Instant::now();
                     let handle = Tunnel::builder()
-                        .provider(LocalTunnel::new().server(lt_server.clone()))
+                        .provider(
+                            LocalTunnel::new()
+                                .server(lt_server.clone())
+                                .subdomain("bench-start")
+                                .unwrap(),
+                        )
                         .start(local)
                         .await
                         .unwrap();
