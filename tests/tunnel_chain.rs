@@ -204,7 +204,7 @@ fn config_from_the_environment() {
         !debug.contains("tok-123") && !debug.contains("sec-456"),
         "{debug}"
     );
-    assert!(debug.contains("http://127.0.0.1:8080"), "{debug}");
+    assert!(debug.contains("server: \"127.0.0.1:8080\""), "{debug}");
     assert!(debug.contains("control_port: 8080"), "{debug}");
     assert_eq!(
         config.builder().provider_names(),
