@@ -133,8 +133,9 @@ fn bore_requests(c: &mut Criterion) {
         ("ours_service", port_of(&fx.ours_service.url())),
     ];
 
-    // The machine is shared, so load drifts: every iteration runs all three targets in turn and
-    // each bench function keeps the time of its own target only. All three see the same load.
+    // The machine is shared, so load drifts: every iteration runs all three targets in turn (in a
+    // rotating order) and each bench function keeps the time of its own target only, so all
+    // three see the same load.
     let addrs: Vec<SocketAddr> = targets
         .iter()
         .map(|(_, port)| SocketAddr::from((BORE_IP, *port)))
@@ -151,8 +152,11 @@ fn bore_requests(c: &mut Criterion) {
                 let addrs = addrs.clone();
                 async move {
                     let mut mine = Duration::ZERO;
-                    for _ in 0..iters {
-                        for (which, addr) in addrs.iter().enumerate() {
+                    for round in 0..iters as usize {
+                        // Rotate the order, so no target always follows the same one.
+                        for step in 0..addrs.len() {
+                            let which = (round + step) % addrs.len();
+                            let addr = &addrs[which];
                             let started = Instant::now();
                             load(*addr, REQUESTS_PER_CONNECTION).await;
                             if which == me {
@@ -176,8 +180,11 @@ fn bore_requests(c: &mut Criterion) {
                 let addrs = addrs.clone();
                 async move {
                     let mut mine = Duration::ZERO;
-                    for _ in 0..iters {
-                        for (which, addr) in addrs.iter().enumerate() {
+                    for round in 0..iters as usize {
+                        // Rotate the order, so no target always follows the same one.
+                        for step in 0..addrs.len() {
+                            let which = (round + step) % addrs.len();
+                            let addr = &addrs[which];
                             let started = Instant::now();
                             load_fresh(*addr, FRESH_PER_TASK).await;
                             if which == me {
@@ -266,7 +273,12 @@ fn start_to_url(c: &mut Criterion) {
                 for _ in 0..iters {
                     let started = Instant::now();
                     let handle = Tunnel::builder()
-                        .provider(LocalTunnel::new().server(lt_server.clone()))
+                        .provider(
+                            LocalTunnel::new()
+                                .server(lt_server.clone())
+                                .subdomain("bench-start")
+                                .unwrap(),
+                        )
                         .start(local)
                         .await
                         .unwrap();

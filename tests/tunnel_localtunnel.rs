@@ -287,3 +287,27 @@ async fn an_address_upstream_gets_requests_forwarded_and_502_when_it_is_down() {
     assert_eq!(status, 502);
     handle.close().await;
 }
+
+#[tokio::test]
+async fn configured_from_the_environment_with_a_bare_host() {
+    let server = LtServer::start().await;
+    let address = server.addr.to_string();
+    let config = tower_webhook::tunnel::TunnelConfig::from_lookup(|name| match name {
+        "TUNNEL_SERVICE" => Some("localtunnel".into()),
+        "TUNNEL_SERVER" => Some(address.clone()),
+        _ => None,
+    })
+    .unwrap();
+    let handle = config
+        .builder()
+        .start(Upstream::service(hello_service(Arc::new(
+            AtomicUsize::new(0),
+        ))))
+        .await
+        .unwrap();
+    assert_eq!(handle.provider(), "localtunnel");
+    assert!(handle.status().is_up());
+    let (status, _) = get_url(&handle.url(), "/configured").await.unwrap();
+    assert_eq!(status, 200);
+    handle.close().await;
+}

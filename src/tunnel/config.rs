@@ -215,11 +215,7 @@ impl TunnelConfig {
                 ProviderKind::LocalTunnel => {
                     let mut lt = LocalTunnel::new();
                     if let Some(server) = &self.server {
-                        lt = lt.server(if server.contains("://") {
-                            server.clone()
-                        } else {
-                            format!("http://{server}")
-                        });
+                        lt = lt.server(server.clone());
                     }
                     builder.provider(lt)
                 }

@@ -82,7 +82,7 @@ impl LocalTunnel {
         }
     }
 
-    /// The server's URL (`http://host:port`); a bare host means `https://host`.
+    /// The server's URL (`http://host:port`); a bare `host[:port]` means `http://host[:port]`.
     pub fn server(mut self, server: impl Into<String>) -> Self {
         self.server = server.into();
         self
@@ -200,7 +200,7 @@ impl Provider for LocalTunnel {
 
     fn open(&self, upstream: Upstream) -> BoxFuture<'_, Result<Session, BoxError>> {
         Box::pin(async move {
-            let base = BaseUrl::parse(&self.server, true)?;
+            let base = BaseUrl::parse(&self.server, false)?;
             let registration = self.register(&base).await?;
             let (Some(id), Some(port), Some(url)) =
                 (registration.id, registration.port, registration.url)

@@ -266,7 +266,7 @@ pub struct LtServer {
 
 #[derive(Default)]
 pub struct LtState {
-    clients: Mutex<HashMap<String, Arc<LtClient>>>,
+    clients: Mutex<HashMap<String, (Arc<LtClient>, tokio::task::AbortHandle)>>,
     pub registrations: AtomicUsize,
 }
 
@@ -313,7 +313,12 @@ impl LtServer {
     }
 
     pub fn client(&self, id: &str) -> Option<Arc<LtClient>> {
-        self.state.clients.lock().unwrap().get(id).cloned()
+        self.state
+            .clients
+            .lock()
+            .unwrap()
+            .get(id)
+            .map(|(client, _)| Arc::clone(client))
     }
 
     pub fn kill(&mut self) {
@@ -350,7 +355,12 @@ async fn handle_front(
         .unwrap_or_default();
     let host_name = host.split(':').next().unwrap_or("");
     if let Some(id) = host_name.strip_suffix(".localhost") {
-        let client = state.clients.lock().unwrap().get(id).cloned();
+        let client = state
+            .clients
+            .lock()
+            .unwrap()
+            .get(id)
+            .map(|(client, _)| Arc::clone(client));
         let Some(client) = client else {
             stream
                 .write_all(
@@ -394,18 +404,24 @@ async fn handle_front(
     });
     let tunnel_listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
     let tunnel_port = tunnel_listener.local_addr()?.port();
-    state
+    let accepting = Arc::clone(&client);
+    let task = tokio::spawn(async move {
+        while let Ok((socket, _)) = tunnel_listener.accept().await {
+            accepting.accepted.fetch_add(1, Ordering::SeqCst);
+            accepting.connected.fetch_add(1, Ordering::SeqCst);
+            accepting.idle.lock().await.push(socket);
+        }
+    });
+    // A new registration of the same id replaces the old client and frees its port and sockets.
+    let old = state
         .clients
         .lock()
         .unwrap()
-        .insert(id.clone(), Arc::clone(&client));
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = tunnel_listener.accept().await {
-            client.accepted.fetch_add(1, Ordering::SeqCst);
-            client.connected.fetch_add(1, Ordering::SeqCst);
-            client.idle.lock().await.push(socket);
-        }
-    });
+        .insert(id.clone(), (client, task.abort_handle()));
+    if let Some((old, accept)) = old {
+        accept.abort();
+        old.idle.lock().await.clear();
+    }
     let body = serde_json::json!({
         "id": id,
         "port": tunnel_port,
