@@ -242,6 +242,13 @@ struct RequestInfo {
     request_id: Option<HeaderValue>,
 }
 
+/// Up to this many headers, they are scanned once instead of looked up twice.
+const LINEAR_SCAN_MAX: usize = 24;
+
+fn is_grpc(content_type: &HeaderValue) -> bool {
+    content_type.as_bytes().starts_with(b"application/grpc")
+}
+
 impl RequestInfo {
     #[inline]
     fn of<B>(req: &Request<B>, config: &Config) -> Self {
@@ -252,10 +259,23 @@ impl RequestInfo {
                 request_id: None,
             };
         }
+        if headers.len() <= LINEAR_SCAN_MAX {
+            // One pass over a small map is cheaper than two hashed lookups.
+            let mut info = Self {
+                grpc: false,
+                request_id: None,
+            };
+            for (name, value) in headers {
+                if name == header::CONTENT_TYPE {
+                    info.grpc |= is_grpc(value);
+                } else if info.request_id.is_none() && *name == config.request_id_header {
+                    info.request_id = Some(value.clone());
+                }
+            }
+            return info;
+        }
         Self {
-            grpc: headers
-                .get(header::CONTENT_TYPE)
-                .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc")),
+            grpc: headers.get(header::CONTENT_TYPE).is_some_and(is_grpc),
             request_id: headers.get(&config.request_id_header).cloned(),
         }
     }
