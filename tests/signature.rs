@@ -1924,3 +1924,49 @@ async fn readiness_is_forwarded() {
     handle.allow(1);
     assert!(mock.poll_ready().is_ready());
 }
+
+/// A finite body made of several frames.
+struct Chunks(std::collections::VecDeque<Bytes>);
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+    }
+}
+
+impl From<Bytes> for Chunks {
+    fn from(bytes: Bytes) -> Self {
+        Chunks([bytes].into())
+    }
+}
+
+#[tokio::test]
+async fn multi_frame_bodies_are_assembled_exactly() {
+    let body: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let sig = format!("sha256={}", hex256(GH_SECRET.as_bytes(), &[&body]));
+    for (chunk, with_length) in [(1usize, false), (7, true), (4096, false), (20_000, true)] {
+        let frames = body.chunks(chunk).map(Bytes::copy_from_slice).collect();
+        let svc = ServiceBuilder::new()
+            .layer(github().max_body_size(20_000))
+            .service_fn(|req: Request<Chunks>| async move {
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                Ok::<_, Infallible>(Response::new(Full::new(body)))
+            });
+        let mut req = Request::post("/").header("x-hub-signature-256", &sig);
+        if with_length {
+            req = req.header("content-length", body.len());
+        }
+        let res = svc
+            .oneshot(req.body(Chunks(frames)).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "chunk {chunk}");
+        let echoed = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&echoed[..], &body[..], "chunk {chunk}");
+    }
+}

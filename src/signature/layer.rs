@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body::Body;
 use pin_project::pin_project;
@@ -697,7 +697,7 @@ where
 enum Collected {
     Empty,
     One(Bytes),
-    Many(BytesMut),
+    Many(Vec<u8>),
 }
 
 impl Collected {
@@ -709,19 +709,36 @@ impl Collected {
         }
     }
 
-    fn push(&mut self, chunk: Bytes) {
+    /// Appends `chunk`; the caller has checked that the total stays within `limit`. The buffer
+    /// never reserves more than `limit` bytes (growth is exact, not doubling past the cap), and
+    /// reserves the announced `Content-Length` at once when it is within the limit.
+    fn push(&mut self, chunk: Bytes, hint: usize, limit: usize) {
         if chunk.is_empty() {
             return;
+        }
+        fn grow(all: &mut Vec<u8>, needed: usize, hint: usize, limit: usize) {
+            if all.capacity() >= needed {
+                return;
+            }
+            let target = needed
+                .max(all.capacity().saturating_mul(2))
+                .max(hint)
+                .min(limit)
+                .max(needed);
+            all.reserve_exact(target - all.len());
         }
         *self = match std::mem::replace(self, Collected::Empty) {
             Collected::Empty => Collected::One(chunk),
             Collected::One(first) => {
-                let mut all = BytesMut::with_capacity(first.len() + chunk.len());
+                let mut all = Vec::new();
+                grow(&mut all, first.len() + chunk.len(), hint, limit);
                 all.extend_from_slice(&first);
                 all.extend_from_slice(&chunk);
                 Collected::Many(all)
             }
             Collected::Many(mut all) => {
+                let needed = all.len() + chunk.len();
+                grow(&mut all, needed, hint, limit);
                 all.extend_from_slice(&chunk);
                 Collected::Many(all)
             }
@@ -732,7 +749,7 @@ impl Collected {
         match std::mem::replace(self, Collected::Empty) {
             Collected::Empty => Bytes::new(),
             Collected::One(b) => b,
-            Collected::Many(b) => b.freeze(),
+            Collected::Many(b) => Bytes::from(b),
         }
     }
 }
@@ -816,6 +833,13 @@ where
                     checked,
                     inner,
                 } => {
+                    let limit = usize::try_from(shared.max_body).unwrap_or(usize::MAX);
+                    let hint = parts
+                        .as_ref()
+                        .and_then(|p| content_length(&p.headers))
+                        .and_then(|len| usize::try_from(len).ok())
+                        .filter(|len| *len <= limit)
+                        .unwrap_or(0);
                     let done = loop {
                         match ready!(body.as_mut().poll_frame(cx)) {
                             None => break Ok(()),
@@ -830,7 +854,7 @@ where
                                         limit: shared.max_body,
                                     });
                                 }
-                                buf.push(data.copy_to_bytes(n));
+                                buf.push(data.copy_to_bytes(n), hint, limit);
                             }
                         }
                     };
