@@ -259,8 +259,9 @@ impl SignatureLayer {
         Self::one(Provider::BitbucketDataCenter, secret)
     }
 
-    /// Gitea: `X-Gitea-Signature: <hex>` over the JSON payload (for form deliveries, the decoded
-    /// `payload` field); delivery id `X-Gitea-Delivery`, event `X-Gitea-Event`.
+    /// Gitea: `X-Gitea-Signature: <hex>` over the JSON payload; delivery id `X-Gitea-Delivery`,
+    /// event `X-Gitea-Event`. A form delivery must be exactly `payload=<urlencoded JSON>` (the
+    /// decoded payload is what is signed; other fields would not be covered, so they are refused).
     pub fn gitea(secret: impl Into<Secret>) -> Result<Self, SignatureConfigError> {
         Self::one(Provider::Gitea, secret)
     }
