@@ -1970,3 +1970,143 @@ async fn multi_frame_bodies_are_assembled_exactly() {
         assert_eq!(&echoed[..], &body[..], "chunk {chunk}");
     }
 }
+
+// ---------------------------------------------------------------- Zoom
+
+#[tokio::test]
+async fn zoom_events_and_url_validation() {
+    const ZOOM_SECRET: &str = "zoom-secret-token";
+    let ts = "1700000000";
+    let layer = SignatureLayer::zoom(ZOOM_SECRET)
+        .unwrap()
+        .clock(at(1_700_000_060))
+        .without_replay_store();
+    let sign = |body: &str| {
+        format!(
+            "v0={}",
+            hex256(
+                ZOOM_SECRET.as_bytes(),
+                &[b"v0:", ts.as_bytes(), b":", body.as_bytes()]
+            )
+        )
+    };
+
+    let body =
+        r#"{"event":"meeting.started","payload":{"object":{"id":"1"}},"event_ts":1700000000000}"#;
+    let seen = Seen::default();
+    let out = send(
+        &layer,
+        &seen,
+        post(
+            &[
+                ("x-zm-signature", &sign(body)),
+                ("x-zm-request-timestamp", ts),
+            ],
+            body,
+        ),
+    )
+    .await;
+    assert_eq!(out.status, 200);
+    let hook = seen.last.lock().unwrap().clone().unwrap().1;
+    assert_eq!(hook.provider(), Provider::Zoom);
+    assert_eq!(hook.event(), Some("meeting.started"));
+
+    // The endpoint check is answered by the layer with the HMAC of the plain token.
+    let body = r#"{"payload":{"plainToken":"qgg8vlvZRS6UYooatFL8Aw"},"event_ts":1654503849680,"event":"endpoint.url_validation"}"#;
+    let seen = Seen::default();
+    let out = send(
+        &layer,
+        &seen,
+        post(
+            &[
+                ("x-zm-signature", &sign(body)),
+                ("x-zm-request-timestamp", ts),
+            ],
+            body,
+        ),
+    )
+    .await;
+    assert_eq!(out.status, 200);
+    assert_eq!(out.headers["content-type"], "application/json");
+    assert_eq!(seen.calls.load(Ordering::SeqCst), 0);
+    let json = out.json();
+    assert_eq!(json["plainToken"], "qgg8vlvZRS6UYooatFL8Aw");
+    assert_eq!(
+        json["encryptedToken"],
+        hex256(ZOOM_SECRET.as_bytes(), &[b"qgg8vlvZRS6UYooatFL8Aw"])
+    );
+
+    // Unsigned, stale, or without a token: refused.
+    let seen = Seen::default();
+    let forged = format!("v0={}", "0".repeat(64));
+    let out = send(
+        &layer,
+        &seen,
+        post(
+            &[("x-zm-signature", &forged), ("x-zm-request-timestamp", ts)],
+            body,
+        ),
+    )
+    .await;
+    assert_rejected(
+        &out,
+        &seen,
+        StatusCode::UNAUTHORIZED,
+        types::INVALID_SIGNATURE,
+    );
+    let late = layer.clone().clock(at(1_700_000_301));
+    let out = send(
+        &late,
+        &seen,
+        post(
+            &[
+                ("x-zm-signature", &sign(body)),
+                ("x-zm-request-timestamp", ts),
+            ],
+            body,
+        ),
+    )
+    .await;
+    assert_rejected(
+        &out,
+        &seen,
+        StatusCode::UNAUTHORIZED,
+        types::INVALID_SIGNATURE,
+    );
+    let no_token = r#"{"payload":{},"event":"endpoint.url_validation"}"#;
+    let out = send(
+        &layer,
+        &seen,
+        post(
+            &[
+                ("x-zm-signature", &sign(no_token)),
+                ("x-zm-request-timestamp", ts),
+            ],
+            no_token,
+        ),
+    )
+    .await;
+    assert_rejected(
+        &out,
+        &seen,
+        StatusCode::BAD_REQUEST,
+        types::MALFORMED_DELIVERY,
+    );
+
+    // With handshakes off, the check reaches the handler.
+    let seen = Seen::default();
+    let out = send(
+        &layer.clone().answer_handshakes(false),
+        &seen,
+        post(
+            &[
+                ("x-zm-signature", &sign(body)),
+                ("x-zm-request-timestamp", ts),
+            ],
+            body,
+        ),
+    )
+    .await;
+    assert_eq!(out.status, 200);
+    assert_eq!(seen.calls.load(Ordering::SeqCst), 1);
+}

@@ -85,6 +85,10 @@ fn providers() -> Vec<Provider> {
             &["x-shopify-hmac-sha256", "x-shopify-webhook-id"],
         ),
         (
+            SignatureLayer::zoom(SECRET).unwrap(),
+            &["x-zm-signature", "x-zm-request-timestamp"],
+        ),
+        (
             SignatureLayer::standard_webhooks(SW_SECRET).unwrap(),
             &["webhook-signature", "webhook-timestamp", "webhook-id"],
         ),

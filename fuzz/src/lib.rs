@@ -23,6 +23,7 @@ pub enum Target {
     Shopify,
     StandardWebhooks,
     Custom,
+    Zoom,
 }
 
 const SECRET: &str = "fuzz-secret";
@@ -50,6 +51,7 @@ fn layer(target: Target) -> &'static SignatureLayer {
             SignatureLayer::shopify(SECRET).unwrap(),
             SignatureLayer::standard_webhooks("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap(),
             SignatureLayer::custom(custom, SECRET).unwrap(),
+            SignatureLayer::zoom(SECRET).unwrap(),
         ]
         .into_iter()
         .map(|l| l.clock(clock.clone()))
@@ -78,6 +80,7 @@ fn headers_of(target: Target) -> &'static [&'static str] {
         ],
         Target::StandardWebhooks => &["webhook-signature", "webhook-timestamp", "webhook-id"],
         Target::Custom => &["x-signature", "x-timestamp", "x-delivery"],
+        Target::Zoom => &["x-zm-signature", "x-zm-request-timestamp", "content-type"],
     }
 }
 

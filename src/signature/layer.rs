@@ -302,6 +302,13 @@ impl SignatureLayer {
         Self::one(Provider::Slack, signing_secret)
     }
 
+    /// Zoom: `x-zm-signature: v0=<hex>` over `v0:<ts>:<body>` with `x-zm-request-timestamp`
+    /// (the app's secret token); event from the body's `event`. Answers the
+    /// `endpoint.url_validation` check itself, after verification.
+    pub fn zoom(secret_token: impl Into<Secret>) -> Result<Self, SignatureConfigError> {
+        Self::one(Provider::Zoom, secret_token)
+    }
+
     /// Shopify: `X-Shopify-Hmac-Sha256: <base64>`; delivery id `X-Shopify-Webhook-Id`, event
     /// `X-Shopify-Topic`.
     pub fn shopify(secret: impl Into<Secret>) -> Result<Self, SignatureConfigError> {
@@ -428,7 +435,8 @@ impl SignatureLayer {
         self
     }
 
-    /// Whether handshakes (Slack `url_verification`) are answered by the layer (default yes).
+    /// Whether handshakes (Slack `url_verification`, Zoom `endpoint.url_validation`) are
+    /// answered by the layer (default yes). When not, they reach the inner service.
     pub fn answer_handshakes(mut self, answer: bool) -> Self {
         self.update(|s| s.handshakes = answer);
         self
@@ -571,7 +579,10 @@ fn check_headers(shared: &Shared, headers: &HeaderMap) -> Result<Checked, E> {
     shared.scheme.check_headers(&shared.keys, headers, &limits)
 }
 
-fn to_verified(provider: Provider, v: scheme::Verified) -> (VerifiedWebhook, Option<String>) {
+fn to_verified(
+    provider: Provider,
+    v: scheme::Verified,
+) -> (VerifiedWebhook, Option<scheme::Handshake>) {
     (
         VerifiedWebhook {
             provider,
@@ -616,7 +627,7 @@ fn reject(shared: &Shared, err: E, headers: &HeaderMap) -> Early {
 /// An answer the layer gives without the inner service.
 enum Early {
     Problem(Problem),
-    Challenge(String),
+    Challenge(scheme::Handshake),
     Acknowledge(StatusCode),
 }
 
@@ -629,11 +640,12 @@ impl Early {
                 response.extensions_mut().insert(AlreadyLogged);
                 response
             }
-            Early::Challenge(challenge) => {
-                let mut response = Response::new(ResponseBody::full(Bytes::from(challenge)));
-                response
-                    .headers_mut()
-                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            Early::Challenge(handshake) => {
+                let mut response = Response::new(ResponseBody::full(handshake.body));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(handshake.content_type),
+                );
                 response
             }
             Early::Acknowledge(status) => {

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 use base64::Engine as _;
 use base64::engine::DecodePaddingMode;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use bytes::Bytes;
 use hmac::{Hmac, KeyInit, Mac};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use sha2::{Digest, Sha256, Sha512};
@@ -61,6 +62,8 @@ pub enum Provider {
     Slack,
     /// Shopify: `X-Shopify-Hmac-Sha256: <base64>`.
     Shopify,
+    /// Zoom: `x-zm-signature: v0=<hex>` and `x-zm-request-timestamp`.
+    Zoom,
     /// Standard Webhooks (Svix and others): `webhook-signature: v1,<base64>`.
     StandardWebhooks,
     /// A [`CustomScheme`].
@@ -84,6 +87,7 @@ impl Provider {
             Provider::Stripe => "stripe",
             Provider::Slack => "slack",
             Provider::Shopify => "shopify",
+            Provider::Zoom => "zoom",
             Provider::StandardWebhooks => "standard-webhooks",
             Provider::Custom => "custom",
             Provider::Unverified => "unverified",
@@ -252,6 +256,8 @@ mod names {
         SHOPIFY_SIG = "x-shopify-hmac-sha256";
         SHOPIFY_ID = "x-shopify-webhook-id";
         SHOPIFY_TOPIC = "x-shopify-topic";
+        ZOOM_SIG = "x-zm-signature";
+        ZOOM_TS = "x-zm-request-timestamp";
         WH_ID = "webhook-id";
         WH_TS = "webhook-timestamp";
         WH_SIG = "webhook-signature";
@@ -329,7 +335,11 @@ enum Kind {
         form_payload: bool,
     },
     Stripe,
-    Slack,
+    /// `v0=<hex>` over `v0:<ts>:<body>` (Slack, Zoom).
+    V0 {
+        sig: HeaderName,
+        ts: HeaderName,
+    },
     StandardWebhooks,
     Token(HeaderName),
     Basic,
@@ -427,7 +437,23 @@ impl Scheme {
             }
             Provider::AzureDevOps => (Kind::Basic, Field::Json("id"), Field::Json("eventType")),
             Provider::Stripe => (Kind::Stripe, Field::Json("id"), Field::Json("type")),
-            Provider::Slack => (Kind::Slack, Field::Json("event_id"), Field::Json("type")),
+            Provider::Slack => (
+                Kind::V0 {
+                    sig: SLACK_SIG.clone(),
+                    ts: SLACK_TS.clone(),
+                },
+                Field::Json("event_id"),
+                Field::Json("type"),
+            ),
+            // Zoom's event name and handshake are read by `zoom_meta`.
+            Provider::Zoom => (
+                Kind::V0 {
+                    sig: ZOOM_SIG.clone(),
+                    ts: ZOOM_TS.clone(),
+                },
+                Field::None,
+                Field::None,
+            ),
             Provider::Shopify => (
                 Self::body(provider, &[&SHOPIFY_SIG], "", Encoding::Base64),
                 Field::Headers(hs(&[&SHOPIFY_ID])),
@@ -492,7 +518,7 @@ impl Scheme {
     }
 
     pub(crate) fn is_slack(&self) -> bool {
-        matches!(self.kind, Kind::Slack)
+        self.provider == Provider::Slack
     }
 }
 
@@ -590,8 +616,8 @@ pub(crate) struct Verified {
     pub(crate) timestamp: Option<u64>,
     pub(crate) delivery_id: Option<Text>,
     pub(crate) event: Option<Text>,
-    /// Slack `url_verification` challenge to answer.
-    pub(crate) challenge: Option<String>,
+    /// A handshake to answer instead of calling the inner service.
+    pub(crate) challenge: Option<Handshake>,
 }
 
 /// The one value of a header that must appear at most once.
@@ -737,8 +763,10 @@ impl Scheme {
                 checked.prefix.extend_from_slice(ts);
                 checked.prefix.push(b'.');
             }
-            Kind::Slack => {
-                let name = &names::SLACK_SIG;
+            Kind::V0 {
+                sig: name,
+                ts: ts_name,
+            } => {
                 let value = single(headers, name)?.ok_or_else(|| E::MissingHeader(name.clone()))?;
                 let hex = value
                     .as_bytes()
@@ -748,7 +776,6 @@ impl Scheme {
                     return Err(E::MalformedHeader(name.clone()));
                 }
                 checked.sigs.push(hex, Encoding::Hex, cap, name)?;
-                let ts_name = &names::SLACK_TS;
                 let ts =
                     single(headers, ts_name)?.ok_or_else(|| E::MissingHeader(ts_name.clone()))?;
                 let t = parse_timestamp(ts.as_bytes(), ts_name)?;
@@ -909,16 +936,75 @@ impl Scheme {
             .as_ref()
             .filter(|m| self.is_slack() && m.ty.as_deref() == Some("url_verification"))
         {
-            verified.challenge = Some(
-                m.challenge
-                    .as_deref()
-                    .filter(|c| !c.is_empty() && c.len() <= 1024)
-                    .ok_or(E::MalformedDelivery("url_verification without a challenge"))?
-                    .to_owned(),
-            );
+            let challenge = m
+                .challenge
+                .as_deref()
+                .filter(|c| !c.is_empty() && c.len() <= 1024)
+                .ok_or(E::MalformedDelivery("url_verification without a challenge"))?;
+            verified.challenge = Some(Handshake {
+                content_type: "text/plain",
+                body: Bytes::copy_from_slice(challenge.as_bytes()),
+            });
+        }
+        if self.provider == Provider::Zoom {
+            zoom_meta(keys, &mut verified, body)?;
         }
         Ok(verified)
     }
+}
+
+/// An answer to a provider's endpoint check.
+pub(crate) struct Handshake {
+    pub(crate) content_type: &'static str,
+    pub(crate) body: Bytes,
+}
+
+#[derive(serde::Deserialize)]
+struct ZoomMeta<'a> {
+    #[serde(borrow, default)]
+    event: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    payload: Option<ZoomPayload<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ZoomPayload<'a> {
+    #[serde(borrow, default, rename = "plainToken")]
+    plain_token: Option<Cow<'a, str>>,
+}
+
+/// Zoom: the event name, and the `endpoint.url_validation` answer
+/// `{"plainToken": t, "encryptedToken": hex(HMAC-SHA256(secret, t))}` with the secret that matched.
+fn zoom_meta(keys: &Keys, verified: &mut Verified, body: &[u8]) -> Result<(), E> {
+    let Some(meta) = looks_like_json(body)
+        .then(|| serde_json::from_slice::<ZoomMeta<'_>>(body).ok())
+        .flatten()
+    else {
+        return Ok(());
+    };
+    if meta.event.as_deref() == Some("endpoint.url_validation") {
+        let plain = meta
+            .payload
+            .as_ref()
+            .and_then(|p| p.plain_token.as_deref())
+            .filter(|t| !t.is_empty() && t.len() <= 1024)
+            .ok_or(E::MalformedDelivery(
+                "endpoint.url_validation without a plainToken",
+            ))?;
+        let (Keys::Sha256(keys), Some(index)) = (keys, verified.secret_index) else {
+            return Err(E::Mismatch);
+        };
+        let mut mac = keys[index].clone();
+        mac.update(plain.as_bytes());
+        let encrypted = hex::encode(mac.finalize().into_bytes());
+        let answer = serde_json::json!({"plainToken": plain, "encryptedToken": encrypted});
+        verified.challenge = Some(Handshake {
+            content_type: "application/json",
+            body: Bytes::from(answer.to_string()),
+        });
+    }
+    verified.event = meta.event.map(|e| Text::Owned(e.into_owned()));
+    Ok(())
 }
 
 #[derive(serde::Deserialize)]
