@@ -9,7 +9,8 @@
 //!   `grpc-status` for gRPC.
 //! - [`signature`]: [`SignatureLayer`](signature::SignatureLayer) lets only deliveries with a
 //!   valid signature through (GitHub, GitLab, Bitbucket, Gitea/Forgejo, Azure DevOps, Stripe,
-//!   Slack, Zoom, Shopify, Standard Webhooks, custom HMAC), with size limits and replay protection.
+//!   Slack, Zoom, Twitch, Shopify, Standard Webhooks, custom HMAC), with size limits and replay
+//!   protection.
 //!
 //! # Feature flags
 //!

@@ -2110,3 +2110,131 @@ async fn zoom_events_and_url_validation() {
     assert_eq!(out.status, 200);
     assert_eq!(seen.calls.load(Ordering::SeqCst), 1);
 }
+
+// ---------------------------------------------------------------- Twitch
+
+#[tokio::test]
+async fn twitch_eventsub_notifications_and_verification() {
+    const SECRET: &str = "twitch-eventsub-secret";
+    const ID: &str = "e76c6bd4-55c9-4987-8304-da1588d8988b";
+    let instant = 1_689_761_472; // 2023-07-19T10:11:12Z
+    let layer = SignatureLayer::twitch(SECRET)
+        .unwrap()
+        .clock(at(instant + 30))
+        .without_replay_store();
+    let sign = |id: &str, ts: &str, body: &str| {
+        format!(
+            "sha256={}",
+            hex256(
+                SECRET.as_bytes(),
+                &[id.as_bytes(), ts.as_bytes(), body.as_bytes()]
+            )
+        )
+    };
+    let request = |ts: &str, sig: &str, kind: &str, body: &str| {
+        post(
+            &[
+                ("twitch-eventsub-message-id", ID),
+                ("twitch-eventsub-message-timestamp", ts),
+                ("twitch-eventsub-message-signature", sig),
+                ("twitch-eventsub-message-type", kind),
+                ("twitch-eventsub-subscription-type", "channel.follow"),
+            ],
+            body.to_owned(),
+        )
+    };
+    let body = r#"{"subscription":{"type":"channel.follow"},"event":{"user_id":"1337"}}"#;
+    for ts in [
+        "2023-07-19T10:11:12.123456789Z",
+        "2023-07-19T12:11:12+02:00",
+        "2023-07-19t10:11:12z",
+    ] {
+        let seen = Seen::default();
+        let out = send(
+            &layer,
+            &seen,
+            request(ts, &sign(ID, ts, body), "notification", body),
+        )
+        .await;
+        assert_eq!(out.status, 200, "{ts}");
+        let hook = seen.last.lock().unwrap().clone().unwrap().1;
+        assert_eq!(hook.provider(), Provider::Twitch);
+        assert_eq!(hook.delivery_id(), Some(ID));
+        assert_eq!(hook.event(), Some("channel.follow"));
+        assert_eq!(
+            hook.timestamp(),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(instant))
+        );
+    }
+
+    // The callback verification is answered with the challenge, after verification.
+    let check = r#"{"challenge":"pogchamp-kappa-360noscope-vohiyo","subscription":{"type":"channel.follow"}}"#;
+    let ts = "2023-07-19T10:11:12Z";
+    let seen = Seen::default();
+    let out = send(
+        &layer,
+        &seen,
+        request(
+            ts,
+            &sign(ID, ts, check),
+            "webhook_callback_verification",
+            check,
+        ),
+    )
+    .await;
+    assert_eq!(out.status, 200);
+    assert_eq!(&out.body[..], b"pogchamp-kappa-360noscope-vohiyo");
+    assert_eq!(seen.calls.load(Ordering::SeqCst), 0);
+
+    // Tampered, other id, malformed or stale timestamps: refused.
+    let bad_ts = [
+        "2023-07-19 10:11:12Z",
+        "2023-02-30T10:11:12Z",
+        "2023-07-19T10:11:12",
+        "2023-07-19T10:11:12.Z",
+        "1689761472",
+        "2023-07-19T24:00:00Z",
+        "2023-07-19T10:11:12+2:00",
+        "2023-07-19T10:05:11Z", // 361 s before the clock
+    ];
+    for ts in bad_ts {
+        let seen = Seen::default();
+        let out = send(
+            &layer,
+            &seen,
+            request(ts, &sign(ID, ts, body), "notification", body),
+        )
+        .await;
+        assert_rejected(
+            &out,
+            &seen,
+            StatusCode::UNAUTHORIZED,
+            types::INVALID_SIGNATURE,
+        );
+    }
+    let seen = Seen::default();
+    let out = send(
+        &layer,
+        &seen,
+        request(ts, &sign(ID, ts, body), "notification", &format!("{body} ")),
+    )
+    .await;
+    assert_rejected(
+        &out,
+        &seen,
+        StatusCode::UNAUTHORIZED,
+        types::INVALID_SIGNATURE,
+    );
+    let out = send(
+        &layer,
+        &seen,
+        request(ts, &sign("other-id", ts, body), "notification", body),
+    )
+    .await;
+    assert_rejected(
+        &out,
+        &seen,
+        StatusCode::UNAUTHORIZED,
+        types::INVALID_SIGNATURE,
+    );
+}

@@ -309,6 +309,14 @@ impl SignatureLayer {
         Self::one(Provider::Zoom, secret_token)
     }
 
+    /// Twitch EventSub: `Twitch-Eventsub-Message-Signature: sha256=<hex>` over
+    /// `<message id><timestamp><body>` with `Twitch-Eventsub-Message-Id` and the RFC 3339
+    /// `Twitch-Eventsub-Message-Timestamp` (window applies); delivery id the message id, event
+    /// `Twitch-Eventsub-Subscription-Type`. Answers `webhook_callback_verification` itself.
+    pub fn twitch(secret: impl Into<Secret>) -> Result<Self, SignatureConfigError> {
+        Self::one(Provider::Twitch, secret)
+    }
+
     /// Shopify: `X-Shopify-Hmac-Sha256: <base64>`; delivery id `X-Shopify-Webhook-Id`, event
     /// `X-Shopify-Topic`.
     pub fn shopify(secret: impl Into<Secret>) -> Result<Self, SignatureConfigError> {
@@ -435,7 +443,8 @@ impl SignatureLayer {
         self
     }
 
-    /// Whether handshakes (Slack `url_verification`, Zoom `endpoint.url_validation`) are
+    /// Whether handshakes (Slack `url_verification`, Zoom `endpoint.url_validation`, Twitch
+    /// `webhook_callback_verification`) are
     /// answered by the layer (default yes). When not, they reach the inner service.
     pub fn answer_handshakes(mut self, answer: bool) -> Self {
         self.update(|s| s.handshakes = answer);
