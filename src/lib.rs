@@ -8,7 +8,7 @@
 //!   real status and an RFC 9457 `application/problem+json` body for HTTP, `grpc-status` for gRPC.
 //! - `signature`: `SignatureLayer` lets only deliveries with a valid signature through (GitHub,
 //!   GitLab, Bitbucket, Gitea/Forgejo, Azure DevOps, Stripe, Slack, Shopify, Standard Webhooks,
-//!   custom HMAC), with size limits and replay protection.
+//!   Zoom, Twitch, custom HMAC), with size limits and replay protection.
 //! - `circuit_breaker`: `CircuitBreakerLayer` stops calling an upstream that keeps failing (HTTP,
 //!   gRPC, `reqwest`), lock-free, with resilience4j's states and rules, per-key breakers and a
 //!   `/status`-ready snapshot.

@@ -1924,3 +1924,317 @@ async fn readiness_is_forwarded() {
     handle.allow(1);
     assert!(mock.poll_ready().is_ready());
 }
+
+/// A finite body made of several frames.
+struct Chunks(std::collections::VecDeque<Bytes>);
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+    }
+}
+
+impl From<Bytes> for Chunks {
+    fn from(bytes: Bytes) -> Self {
+        Chunks([bytes].into())
+    }
+}
+
+#[tokio::test]
+async fn multi_frame_bodies_are_assembled_exactly() {
+    let body: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let sig = format!("sha256={}", hex256(GH_SECRET.as_bytes(), &[&body]));
+    for (chunk, with_length) in [(1usize, false), (7, true), (4096, false), (20_000, true)] {
+        let frames = body.chunks(chunk).map(Bytes::copy_from_slice).collect();
+        let svc = ServiceBuilder::new()
+            .layer(github().max_body_size(20_000))
+            .service_fn(|req: Request<Chunks>| async move {
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                Ok::<_, Infallible>(Response::new(Full::new(body)))
+            });
+        let mut req = Request::post("/").header("x-hub-signature-256", &sig);
+        if with_length {
+            req = req.header("content-length", body.len());
+        }
+        let res = svc
+            .oneshot(req.body(Chunks(frames)).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "chunk {chunk}");
+        let echoed = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&echoed[..], &body[..], "chunk {chunk}");
+    }
+}
+
+// ---------------------------------------------------------------- Zoom
+
+#[tokio::test]
+async fn zoom_events_and_url_validation() {
+    const ZOOM_SECRET: &str = "zoom-secret-token";
+    let ts = "1700000000";
+    let layer = SignatureLayer::zoom(ZOOM_SECRET)
+        .unwrap()
+        .clock(at(1_700_000_060))
+        .without_replay_store();
+    let sign = |body: &str| {
+        format!(
+            "v0={}",
+            hex256(
+                ZOOM_SECRET.as_bytes(),
+                &[b"v0:", ts.as_bytes(), b":", body.as_bytes()]
+            )
+        )
+    };
+
+    let body =
+        r#"{"event":"meeting.started","payload":{"object":{"id":"1"}},"event_ts":1700000000000}"#;
+    let seen = Seen::default();
+    let out = send(
+        &layer,
+        &seen,
+        post(
+            &[
+                ("x-zm-signature", &sign(body)),
+                ("x-zm-request-timestamp", ts),
+            ],
+            body,
+        ),
+    )
+    .await;
+    assert_eq!(out.status, 200);
+    let hook = seen.last.lock().unwrap().clone().unwrap().1;
+    assert_eq!(hook.provider(), Provider::Zoom);
+    assert_eq!(hook.event(), Some("meeting.started"));
+
+    // The endpoint check is answered by the layer with the HMAC of the plain token.
+    let body = r#"{"payload":{"plainToken":"qgg8vlvZRS6UYooatFL8Aw"},"event_ts":1654503849680,"event":"endpoint.url_validation"}"#;
+    let seen = Seen::default();
+    let out = send(
+        &layer,
+        &seen,
+        post(
+            &[
+                ("x-zm-signature", &sign(body)),
+                ("x-zm-request-timestamp", ts),
+            ],
+            body,
+        ),
+    )
+    .await;
+    assert_eq!(out.status, 200);
+    assert_eq!(out.headers["content-type"], "application/json");
+    assert_eq!(seen.calls.load(Ordering::SeqCst), 0);
+    let json = out.json();
+    assert_eq!(json["plainToken"], "qgg8vlvZRS6UYooatFL8Aw");
+    assert_eq!(
+        json["encryptedToken"],
+        hex256(ZOOM_SECRET.as_bytes(), &[b"qgg8vlvZRS6UYooatFL8Aw"])
+    );
+
+    // Unsigned, stale, or without a token: refused.
+    let seen = Seen::default();
+    let forged = format!("v0={}", "0".repeat(64));
+    let out = send(
+        &layer,
+        &seen,
+        post(
+            &[("x-zm-signature", &forged), ("x-zm-request-timestamp", ts)],
+            body,
+        ),
+    )
+    .await;
+    assert_rejected(
+        &out,
+        &seen,
+        StatusCode::UNAUTHORIZED,
+        types::INVALID_SIGNATURE,
+    );
+    let late = layer.clone().clock(at(1_700_000_301));
+    let out = send(
+        &late,
+        &seen,
+        post(
+            &[
+                ("x-zm-signature", &sign(body)),
+                ("x-zm-request-timestamp", ts),
+            ],
+            body,
+        ),
+    )
+    .await;
+    assert_rejected(
+        &out,
+        &seen,
+        StatusCode::UNAUTHORIZED,
+        types::INVALID_SIGNATURE,
+    );
+    let no_token = r#"{"payload":{},"event":"endpoint.url_validation"}"#;
+    let out = send(
+        &layer,
+        &seen,
+        post(
+            &[
+                ("x-zm-signature", &sign(no_token)),
+                ("x-zm-request-timestamp", ts),
+            ],
+            no_token,
+        ),
+    )
+    .await;
+    assert_rejected(
+        &out,
+        &seen,
+        StatusCode::BAD_REQUEST,
+        types::MALFORMED_DELIVERY,
+    );
+
+    // With handshakes off, the check reaches the handler.
+    let seen = Seen::default();
+    let out = send(
+        &layer.clone().answer_handshakes(false),
+        &seen,
+        post(
+            &[
+                ("x-zm-signature", &sign(body)),
+                ("x-zm-request-timestamp", ts),
+            ],
+            body,
+        ),
+    )
+    .await;
+    assert_eq!(out.status, 200);
+    assert_eq!(seen.calls.load(Ordering::SeqCst), 1);
+}
+
+// ---------------------------------------------------------------- Twitch
+
+#[tokio::test]
+async fn twitch_eventsub_notifications_and_verification() {
+    const SECRET: &str = "twitch-eventsub-secret";
+    const ID: &str = "e76c6bd4-55c9-4987-8304-da1588d8988b";
+    let instant = 1_689_761_472; // 2023-07-19T10:11:12Z
+    let layer = SignatureLayer::twitch(SECRET)
+        .unwrap()
+        .clock(at(instant + 30))
+        .without_replay_store();
+    let sign = |id: &str, ts: &str, body: &str| {
+        format!(
+            "sha256={}",
+            hex256(
+                SECRET.as_bytes(),
+                &[id.as_bytes(), ts.as_bytes(), body.as_bytes()]
+            )
+        )
+    };
+    let request = |ts: &str, sig: &str, kind: &str, body: &str| {
+        post(
+            &[
+                ("twitch-eventsub-message-id", ID),
+                ("twitch-eventsub-message-timestamp", ts),
+                ("twitch-eventsub-message-signature", sig),
+                ("twitch-eventsub-message-type", kind),
+                ("twitch-eventsub-subscription-type", "channel.follow"),
+            ],
+            body.to_owned(),
+        )
+    };
+    let body = r#"{"subscription":{"type":"channel.follow"},"event":{"user_id":"1337"}}"#;
+    for ts in [
+        "2023-07-19T10:11:12.123456789Z",
+        "2023-07-19T12:11:12+02:00",
+        "2023-07-19t10:11:12z",
+    ] {
+        let seen = Seen::default();
+        let out = send(
+            &layer,
+            &seen,
+            request(ts, &sign(ID, ts, body), "notification", body),
+        )
+        .await;
+        assert_eq!(out.status, 200, "{ts}");
+        let hook = seen.last.lock().unwrap().clone().unwrap().1;
+        assert_eq!(hook.provider(), Provider::Twitch);
+        assert_eq!(hook.delivery_id(), Some(ID));
+        assert_eq!(hook.event(), Some("channel.follow"));
+        assert_eq!(
+            hook.timestamp(),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(instant))
+        );
+    }
+
+    // The callback verification is answered with the challenge, after verification.
+    let check = r#"{"challenge":"pogchamp-kappa-360noscope-vohiyo","subscription":{"type":"channel.follow"}}"#;
+    let ts = "2023-07-19T10:11:12Z";
+    let seen = Seen::default();
+    let out = send(
+        &layer,
+        &seen,
+        request(
+            ts,
+            &sign(ID, ts, check),
+            "webhook_callback_verification",
+            check,
+        ),
+    )
+    .await;
+    assert_eq!(out.status, 200);
+    assert_eq!(&out.body[..], b"pogchamp-kappa-360noscope-vohiyo");
+    assert_eq!(seen.calls.load(Ordering::SeqCst), 0);
+
+    // Tampered, other id, malformed or stale timestamps: refused.
+    let bad_ts = [
+        "2023-07-19 10:11:12Z",
+        "2023-02-30T10:11:12Z",
+        "2023-07-19T10:11:12",
+        "2023-07-19T10:11:12.Z",
+        "1689761472",
+        "2023-07-19T24:00:00Z",
+        "2023-07-19T10:11:12+2:00",
+        "2023-07-19T10:05:11Z", // 361 s before the clock
+    ];
+    for ts in bad_ts {
+        let seen = Seen::default();
+        let out = send(
+            &layer,
+            &seen,
+            request(ts, &sign(ID, ts, body), "notification", body),
+        )
+        .await;
+        assert_rejected(
+            &out,
+            &seen,
+            StatusCode::UNAUTHORIZED,
+            types::INVALID_SIGNATURE,
+        );
+    }
+    let seen = Seen::default();
+    let out = send(
+        &layer,
+        &seen,
+        request(ts, &sign(ID, ts, body), "notification", &format!("{body} ")),
+    )
+    .await;
+    assert_rejected(
+        &out,
+        &seen,
+        StatusCode::UNAUTHORIZED,
+        types::INVALID_SIGNATURE,
+    );
+    let out = send(
+        &layer,
+        &seen,
+        request(ts, &sign("other-id", ts, body), "notification", body),
+    )
+    .await;
+    assert_rejected(
+        &out,
+        &seen,
+        StatusCode::UNAUTHORIZED,
+        types::INVALID_SIGNATURE,
+    );
+}

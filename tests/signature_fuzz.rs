@@ -85,6 +85,18 @@ fn providers() -> Vec<Provider> {
             &["x-shopify-hmac-sha256", "x-shopify-webhook-id"],
         ),
         (
+            SignatureLayer::twitch(SECRET).unwrap(),
+            &[
+                "twitch-eventsub-message-signature",
+                "twitch-eventsub-message-timestamp",
+                "twitch-eventsub-message-id",
+            ],
+        ),
+        (
+            SignatureLayer::zoom(SECRET).unwrap(),
+            &["x-zm-signature", "x-zm-request-timestamp"],
+        ),
+        (
             SignatureLayer::standard_webhooks(SW_SECRET).unwrap(),
             &["webhook-signature", "webhook-timestamp", "webhook-id"],
         ),
@@ -105,6 +117,8 @@ fn value() -> impl Strategy<Value = Vec<u8>> {
         "(sha256=|sha1=|v0=|v1,|t=|Basic |whsec_)?[0-9a-fA-F=,+/ .t v1-]{0,140}"
             .prop_map(String::into_bytes),
         "[0-9]{0,25}|-[0-9]{1,20}".prop_map(String::into_bytes),
+        r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{0,12})?(Z|z|[+-][0-9]{1,2}:[0-9]{2})?"
+            .prop_map(String::into_bytes),
     ]
 }
 

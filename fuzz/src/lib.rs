@@ -23,6 +23,8 @@ pub enum Target {
     Shopify,
     StandardWebhooks,
     Custom,
+    Zoom,
+    Twitch,
 }
 
 const SECRET: &str = "fuzz-secret";
@@ -50,6 +52,8 @@ fn layer(target: Target) -> &'static SignatureLayer {
             SignatureLayer::shopify(SECRET).unwrap(),
             SignatureLayer::standard_webhooks("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap(),
             SignatureLayer::custom(custom, SECRET).unwrap(),
+            SignatureLayer::zoom(SECRET).unwrap(),
+            SignatureLayer::twitch(SECRET).unwrap(),
         ]
         .into_iter()
         .map(|l| l.clock(clock.clone()))
@@ -78,6 +82,12 @@ fn headers_of(target: Target) -> &'static [&'static str] {
         ],
         Target::StandardWebhooks => &["webhook-signature", "webhook-timestamp", "webhook-id"],
         Target::Custom => &["x-signature", "x-timestamp", "x-delivery"],
+        Target::Zoom => &["x-zm-signature", "x-zm-request-timestamp", "content-type"],
+        Target::Twitch => &[
+            "twitch-eventsub-message-signature",
+            "twitch-eventsub-message-timestamp",
+            "twitch-eventsub-message-id",
+        ],
     }
 }
 

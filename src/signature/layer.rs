@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body::Body;
 use pin_project::pin_project;
@@ -259,8 +259,9 @@ impl SignatureLayer {
         Self::one(Provider::BitbucketDataCenter, secret)
     }
 
-    /// Gitea: `X-Gitea-Signature: <hex>` over the JSON payload (for form deliveries, the decoded
-    /// `payload` field); delivery id `X-Gitea-Delivery`, event `X-Gitea-Event`.
+    /// Gitea: `X-Gitea-Signature: <hex>` over the JSON payload; delivery id `X-Gitea-Delivery`,
+    /// event `X-Gitea-Event`. A form delivery must be exactly `payload=<urlencoded JSON>` (the
+    /// decoded payload is what is signed; other fields would not be covered, so they are refused).
     pub fn gitea(secret: impl Into<Secret>) -> Result<Self, SignatureConfigError> {
         Self::one(Provider::Gitea, secret)
     }
@@ -299,6 +300,21 @@ impl SignatureLayer {
     /// `X-Slack-Request-Timestamp`; answers the `url_verification` challenge itself.
     pub fn slack(signing_secret: impl Into<Secret>) -> Result<Self, SignatureConfigError> {
         Self::one(Provider::Slack, signing_secret)
+    }
+
+    /// Zoom: `x-zm-signature: v0=<hex>` over `v0:<ts>:<body>` with `x-zm-request-timestamp`
+    /// (the app's secret token); event from the body's `event`. Answers the
+    /// `endpoint.url_validation` check itself, after verification.
+    pub fn zoom(secret_token: impl Into<Secret>) -> Result<Self, SignatureConfigError> {
+        Self::one(Provider::Zoom, secret_token)
+    }
+
+    /// Twitch EventSub: `Twitch-Eventsub-Message-Signature: sha256=<hex>` over
+    /// `<message id><timestamp><body>` with `Twitch-Eventsub-Message-Id` and the RFC 3339
+    /// `Twitch-Eventsub-Message-Timestamp` (window applies); delivery id the message id, event
+    /// `Twitch-Eventsub-Subscription-Type`. Answers `webhook_callback_verification` itself.
+    pub fn twitch(secret: impl Into<Secret>) -> Result<Self, SignatureConfigError> {
+        Self::one(Provider::Twitch, secret)
     }
 
     /// Shopify: `X-Shopify-Hmac-Sha256: <base64>`; delivery id `X-Shopify-Webhook-Id`, event
@@ -427,7 +443,9 @@ impl SignatureLayer {
         self
     }
 
-    /// Whether handshakes (Slack `url_verification`) are answered by the layer (default yes).
+    /// Whether handshakes (Slack `url_verification`, Zoom `endpoint.url_validation`, Twitch
+    /// `webhook_callback_verification`) are
+    /// answered by the layer (default yes). When not, they reach the inner service.
     pub fn answer_handshakes(mut self, answer: bool) -> Self {
         self.update(|s| s.handshakes = answer);
         self
@@ -570,7 +588,10 @@ fn check_headers(shared: &Shared, headers: &HeaderMap) -> Result<Checked, E> {
     shared.scheme.check_headers(&shared.keys, headers, &limits)
 }
 
-fn to_verified(provider: Provider, v: scheme::Verified) -> (VerifiedWebhook, Option<String>) {
+fn to_verified(
+    provider: Provider,
+    v: scheme::Verified,
+) -> (VerifiedWebhook, Option<scheme::Handshake>) {
     (
         VerifiedWebhook {
             provider,
@@ -615,7 +636,7 @@ fn reject(shared: &Shared, err: E, headers: &HeaderMap) -> Early {
 /// An answer the layer gives without the inner service.
 enum Early {
     Problem(Problem),
-    Challenge(String),
+    Challenge(scheme::Handshake),
     Acknowledge(StatusCode),
 }
 
@@ -628,11 +649,12 @@ impl Early {
                 response.extensions_mut().insert(AlreadyLogged);
                 response
             }
-            Early::Challenge(challenge) => {
-                let mut response = Response::new(ResponseBody::full(Bytes::from(challenge)));
-                response
-                    .headers_mut()
-                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            Early::Challenge(handshake) => {
+                let mut response = Response::new(ResponseBody::full(handshake.body));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(handshake.content_type),
+                );
                 response
             }
             Early::Acknowledge(status) => {
@@ -697,7 +719,7 @@ where
 enum Collected {
     Empty,
     One(Bytes),
-    Many(BytesMut),
+    Many(Vec<u8>),
 }
 
 impl Collected {
@@ -709,19 +731,36 @@ impl Collected {
         }
     }
 
-    fn push(&mut self, chunk: Bytes) {
+    /// Appends `chunk`; the caller has checked that the total stays within `limit`. The buffer
+    /// never reserves more than `limit` bytes (growth is exact, not doubling past the cap), and
+    /// reserves the announced `Content-Length` at once when it is within the limit.
+    fn push(&mut self, chunk: Bytes, hint: usize, limit: usize) {
         if chunk.is_empty() {
             return;
+        }
+        fn grow(all: &mut Vec<u8>, needed: usize, hint: usize, limit: usize) {
+            if all.capacity() >= needed {
+                return;
+            }
+            let target = needed
+                .max(all.capacity().saturating_mul(2))
+                .max(hint)
+                .min(limit)
+                .max(needed);
+            all.reserve_exact(target - all.len());
         }
         *self = match std::mem::replace(self, Collected::Empty) {
             Collected::Empty => Collected::One(chunk),
             Collected::One(first) => {
-                let mut all = BytesMut::with_capacity(first.len() + chunk.len());
+                let mut all = Vec::new();
+                grow(&mut all, first.len() + chunk.len(), hint, limit);
                 all.extend_from_slice(&first);
                 all.extend_from_slice(&chunk);
                 Collected::Many(all)
             }
             Collected::Many(mut all) => {
+                let needed = all.len() + chunk.len();
+                grow(&mut all, needed, hint, limit);
                 all.extend_from_slice(&chunk);
                 Collected::Many(all)
             }
@@ -732,7 +771,7 @@ impl Collected {
         match std::mem::replace(self, Collected::Empty) {
             Collected::Empty => Bytes::new(),
             Collected::One(b) => b,
-            Collected::Many(b) => b.freeze(),
+            Collected::Many(b) => Bytes::from(b),
         }
     }
 }
@@ -816,6 +855,13 @@ where
                     checked,
                     inner,
                 } => {
+                    let limit = usize::try_from(shared.max_body).unwrap_or(usize::MAX);
+                    let hint = parts
+                        .as_ref()
+                        .and_then(|p| content_length(&p.headers))
+                        .and_then(|len| usize::try_from(len).ok())
+                        .filter(|len| *len <= limit)
+                        .unwrap_or(0);
                     let done = loop {
                         match ready!(body.as_mut().poll_frame(cx)) {
                             None => break Ok(()),
@@ -830,7 +876,7 @@ where
                                         limit: shared.max_body,
                                     });
                                 }
-                                buf.push(data.copy_to_bytes(n));
+                                buf.push(data.copy_to_bytes(n), hint, limit);
                             }
                         }
                     };

@@ -16,6 +16,8 @@
 //! | [`azure_devops`](SignatureLayer::azure_devops) | `Authorization: Basic` | - | - | body `id` |
 //! | [`stripe`](SignatureLayer::stripe) | `Stripe-Signature: t=..,v1=<hex>[,v1=..]` | `<t>.<body>` | 300 s | body `id` |
 //! | [`slack`](SignatureLayer::slack) | `X-Slack-Signature: v0=<hex>` | `v0:<ts>:<body>` | 300 s | body `event_id` |
+//! | [`zoom`](SignatureLayer::zoom) | `x-zm-signature: v0=<hex>` | `v0:<ts>:<body>` | 300 s | - |
+//! | [`twitch`](SignatureLayer::twitch) | `Twitch-Eventsub-Message-Signature: sha256=<hex>` | `<id><RFC 3339 ts><body>` | 300 s | `Twitch-Eventsub-Message-Id` |
 //! | [`shopify`](SignatureLayer::shopify) | `X-Shopify-Hmac-Sha256: <base64>` | body | - | `X-Shopify-Webhook-Id` |
 //! | [`standard_webhooks`](SignatureLayer::standard_webhooks) | `webhook-signature: v1,<base64> ..` (or `svix-*`) | `<id>.<ts>.<body>` | 300 s | `webhook-id` |
 //! | [`custom`](SignatureLayer::custom) | any, see [`CustomScheme`] | body or `<ts>.<body>` | optional | optional |
@@ -25,6 +27,10 @@
 //! ([`SignatureLayer::github_with_secrets`], [`SignatureLayer::secret`],
 //! [`Secrets::from_env_list`]) are all tried, without early exit; several signatures in one
 //! header (Stripe `v1`, Standard Webhooks) are all compared, up to 8.
+//!
+//! Handshakes are answered by the layer once the request is verified: Slack `url_verification`
+//! (the challenge, as text), Zoom `endpoint.url_validation` (the plain token and its HMAC, as
+//! JSON) and Twitch `webhook_callback_verification` (the challenge, as text). Turn that off with [`answer_handshakes(false)`](SignatureLayer::answer_handshakes).
 //!
 //! # Order of checks
 //!
@@ -48,9 +54,9 @@
 //!
 //! # Replay protection
 //!
-//! Signed timestamps (Stripe, Slack, Standard Webhooks, custom) must be within
+//! Signed timestamps (Stripe, Slack, Zoom, Twitch, Standard Webhooks, custom) must be within
 //! [`timestamp_tolerance`](SignatureLayer::timestamp_tolerance) (default 300 s) of the
-//! [`Clock`]: digits only, compared without overflow.
+//! [`Clock`]: strict digits (strict RFC 3339 for Twitch), compared without overflow.
 //!
 //! Delivery ids are recorded in a [`ReplayStore`] for [`replay_ttl`](SignatureLayer::replay_ttl)
 //! (default 24 h): a bounded [`MemoryReplayStore`] by default, `RedisReplayStore` (feature

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 use base64::Engine as _;
 use base64::engine::DecodePaddingMode;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use bytes::Bytes;
 use hmac::{Hmac, KeyInit, Mac};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use sha2::{Digest, Sha256, Sha512};
@@ -61,6 +62,10 @@ pub enum Provider {
     Slack,
     /// Shopify: `X-Shopify-Hmac-Sha256: <base64>`.
     Shopify,
+    /// Zoom: `x-zm-signature: v0=<hex>` and `x-zm-request-timestamp`.
+    Zoom,
+    /// Twitch EventSub: `Twitch-Eventsub-Message-Signature: sha256=<hex>`.
+    Twitch,
     /// Standard Webhooks (Svix and others): `webhook-signature: v1,<base64>`.
     StandardWebhooks,
     /// A [`CustomScheme`].
@@ -84,6 +89,8 @@ impl Provider {
             Provider::Stripe => "stripe",
             Provider::Slack => "slack",
             Provider::Shopify => "shopify",
+            Provider::Zoom => "zoom",
+            Provider::Twitch => "twitch",
             Provider::StandardWebhooks => "standard-webhooks",
             Provider::Custom => "custom",
             Provider::Unverified => "unverified",
@@ -252,6 +259,13 @@ mod names {
         SHOPIFY_SIG = "x-shopify-hmac-sha256";
         SHOPIFY_ID = "x-shopify-webhook-id";
         SHOPIFY_TOPIC = "x-shopify-topic";
+        ZOOM_SIG = "x-zm-signature";
+        ZOOM_TS = "x-zm-request-timestamp";
+        TWITCH_SIG = "twitch-eventsub-message-signature";
+        TWITCH_ID = "twitch-eventsub-message-id";
+        TWITCH_TS = "twitch-eventsub-message-timestamp";
+        TWITCH_TYPE = "twitch-eventsub-message-type";
+        TWITCH_SUBSCRIPTION = "twitch-eventsub-subscription-type";
         WH_ID = "webhook-id";
         WH_TS = "webhook-timestamp";
         WH_SIG = "webhook-signature";
@@ -329,8 +343,14 @@ enum Kind {
         form_payload: bool,
     },
     Stripe,
-    Slack,
+    /// `v0=<hex>` over `v0:<ts>:<body>` (Slack, Zoom).
+    V0 {
+        sig: HeaderName,
+        ts: HeaderName,
+    },
     StandardWebhooks,
+    /// `sha256=<hex>` over `<message id><RFC 3339 timestamp><body>`.
+    Twitch,
     Token(HeaderName),
     Basic,
     Unverified,
@@ -427,11 +447,32 @@ impl Scheme {
             }
             Provider::AzureDevOps => (Kind::Basic, Field::Json("id"), Field::Json("eventType")),
             Provider::Stripe => (Kind::Stripe, Field::Json("id"), Field::Json("type")),
-            Provider::Slack => (Kind::Slack, Field::Json("event_id"), Field::Json("type")),
+            Provider::Slack => (
+                Kind::V0 {
+                    sig: SLACK_SIG.clone(),
+                    ts: SLACK_TS.clone(),
+                },
+                Field::Json("event_id"),
+                Field::Json("type"),
+            ),
+            // Zoom's event name and handshake are read by `zoom_meta`.
+            Provider::Zoom => (
+                Kind::V0 {
+                    sig: ZOOM_SIG.clone(),
+                    ts: ZOOM_TS.clone(),
+                },
+                Field::None,
+                Field::None,
+            ),
             Provider::Shopify => (
                 Self::body(provider, &[&SHOPIFY_SIG], "", Encoding::Base64),
                 Field::Headers(hs(&[&SHOPIFY_ID])),
                 Field::Headers(hs(&[&SHOPIFY_TOPIC])),
+            ),
+            Provider::Twitch => (
+                Kind::Twitch,
+                Field::Headers(hs(&[&TWITCH_ID])),
+                Field::Headers(hs(&[&TWITCH_SUBSCRIPTION])),
             ),
             Provider::StandardWebhooks => (
                 Kind::StandardWebhooks,
@@ -492,7 +533,7 @@ impl Scheme {
     }
 
     pub(crate) fn is_slack(&self) -> bool {
-        matches!(self.kind, Kind::Slack)
+        self.provider == Provider::Slack
     }
 }
 
@@ -590,8 +631,8 @@ pub(crate) struct Verified {
     pub(crate) timestamp: Option<u64>,
     pub(crate) delivery_id: Option<Text>,
     pub(crate) event: Option<Text>,
-    /// Slack `url_verification` challenge to answer.
-    pub(crate) challenge: Option<String>,
+    /// A handshake to answer instead of calling the inner service.
+    pub(crate) challenge: Option<Handshake>,
 }
 
 /// The one value of a header that must appear at most once.
@@ -635,6 +676,71 @@ pub(crate) fn parse_timestamp(value: &[u8], header: &HeaderName) -> Result<u64, 
             .and_then(|acc| acc.checked_add(u64::from(d - b'0')))
             .ok_or_else(|| E::MalformedHeader(header.clone()))
     })
+}
+
+/// Strict RFC 3339 (`2023-07-19T10:11:12.123456789Z`, or a `+hh:mm` / `-hh:mm` offset) to Unix
+/// seconds; `None` for anything else or a time before 1970.
+pub(crate) fn parse_rfc3339(v: &[u8]) -> Option<u64> {
+    fn num(v: &[u8]) -> Option<i64> {
+        if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        Some(v.iter().fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0')))
+    }
+    if v.len() < 20 || v.len() > 40 {
+        return None;
+    }
+    let sep = |i: usize, c: u8| v[i] == c;
+    if !(sep(4, b'-')
+        && sep(7, b'-')
+        && matches!(v[10], b'T' | b't')
+        && sep(13, b':')
+        && sep(16, b':'))
+    {
+        return None;
+    }
+    let (year, month, day) = (num(&v[0..4])?, num(&v[5..7])?, num(&v[8..10])?);
+    let (hour, minute, second) = (num(&v[11..13])?, num(&v[14..16])?, num(&v[17..19])?);
+    let mut rest = &v[19..];
+    if let Some(fraction) = rest.strip_prefix(b".") {
+        let digits = fraction.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits == 0 || digits > 9 {
+            return None;
+        }
+        rest = &fraction[digits..];
+    }
+    let offset = match rest {
+        b"Z" | b"z" => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let (h, m) = (num(&[*h1, *h2])?, num(&[*m1, *m2])?);
+            if h > 23 || m > 59 {
+                return None;
+            }
+            let off = h * 3600 + m * 60;
+            if *sign == b'-' { -off } else { off }
+        }
+        _ => return None,
+    };
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if day < 1 || day > days_in_month || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    // Days from the civil date (H. Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset;
+    u64::try_from(secs).ok()
 }
 
 /// Checks `timestamp` against `now` with overflow-free arithmetic.
@@ -737,8 +843,10 @@ impl Scheme {
                 checked.prefix.extend_from_slice(ts);
                 checked.prefix.push(b'.');
             }
-            Kind::Slack => {
-                let name = &names::SLACK_SIG;
+            Kind::V0 {
+                sig: name,
+                ts: ts_name,
+            } => {
                 let value = single(headers, name)?.ok_or_else(|| E::MissingHeader(name.clone()))?;
                 let hex = value
                     .as_bytes()
@@ -748,7 +856,6 @@ impl Scheme {
                     return Err(E::MalformedHeader(name.clone()));
                 }
                 checked.sigs.push(hex, Encoding::Hex, cap, name)?;
-                let ts_name = &names::SLACK_TS;
                 let ts =
                     single(headers, ts_name)?.ok_or_else(|| E::MissingHeader(ts_name.clone()))?;
                 let t = parse_timestamp(ts.as_bytes(), ts_name)?;
@@ -805,6 +912,30 @@ impl Scheme {
                 checked.prefix.push(b'.');
                 checked.prefix.extend_from_slice(ts.as_bytes());
                 checked.prefix.push(b'.');
+            }
+            Kind::Twitch => {
+                let name = &names::TWITCH_SIG;
+                let value = single(headers, name)?.ok_or_else(|| E::MissingHeader(name.clone()))?;
+                let hex = value
+                    .as_bytes()
+                    .strip_prefix(b"sha256=")
+                    .ok_or_else(|| E::MalformedHeader(name.clone()))?;
+                checked.sigs.push(hex, Encoding::Hex, cap, name)?;
+                let id_name = &names::TWITCH_ID;
+                let id =
+                    single(headers, id_name)?.ok_or_else(|| E::MissingHeader(id_name.clone()))?;
+                if id.is_empty() || id.len() > MAX_ID_LEN {
+                    return Err(E::MalformedHeader(id_name.clone()));
+                }
+                let ts_name = &names::TWITCH_TS;
+                let ts =
+                    single(headers, ts_name)?.ok_or_else(|| E::MissingHeader(ts_name.clone()))?;
+                let t = parse_rfc3339(ts.as_bytes())
+                    .ok_or_else(|| E::MalformedHeader(ts_name.clone()))?;
+                check_window(t, limits.clock.now(), limits.tolerance)?;
+                checked.timestamp = Some(t);
+                checked.prefix.extend_from_slice(id.as_bytes());
+                checked.prefix.extend_from_slice(ts.as_bytes());
             }
             Kind::Token(name) => {
                 let value = single(headers, name)?.ok_or_else(|| E::MissingHeader(name.clone()))?;
@@ -909,16 +1040,92 @@ impl Scheme {
             .as_ref()
             .filter(|m| self.is_slack() && m.ty.as_deref() == Some("url_verification"))
         {
-            verified.challenge = Some(
-                m.challenge
-                    .as_deref()
-                    .filter(|c| !c.is_empty() && c.len() <= 1024)
-                    .ok_or(E::MalformedDelivery("url_verification without a challenge"))?
-                    .to_owned(),
-            );
+            let challenge = m
+                .challenge
+                .as_deref()
+                .filter(|c| !c.is_empty() && c.len() <= 1024)
+                .ok_or(E::MalformedDelivery("url_verification without a challenge"))?;
+            verified.challenge = Some(Handshake {
+                content_type: "text/plain",
+                body: Bytes::copy_from_slice(challenge.as_bytes()),
+            });
+        }
+        if self.provider == Provider::Zoom {
+            zoom_meta(keys, &mut verified, body)?;
+        }
+        let twitch_check = self.provider == Provider::Twitch
+            && headers
+                .get(&names::TWITCH_TYPE)
+                .is_some_and(|t| t.as_bytes() == b"webhook_callback_verification");
+        if twitch_check {
+            let challenge = serde_json::from_slice::<Meta<'_>>(body)
+                .ok()
+                .and_then(|m| m.challenge.map(Cow::into_owned))
+                .filter(|c| !c.is_empty() && c.len() <= 1024)
+                .ok_or(E::MalformedDelivery(
+                    "webhook_callback_verification without a challenge",
+                ))?;
+            verified.challenge = Some(Handshake {
+                content_type: "text/plain",
+                body: Bytes::from(challenge),
+            });
         }
         Ok(verified)
     }
+}
+
+/// An answer to a provider's endpoint check.
+pub(crate) struct Handshake {
+    pub(crate) content_type: &'static str,
+    pub(crate) body: Bytes,
+}
+
+#[derive(serde::Deserialize)]
+struct ZoomMeta<'a> {
+    #[serde(borrow, default)]
+    event: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    payload: Option<ZoomPayload<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ZoomPayload<'a> {
+    #[serde(borrow, default, rename = "plainToken")]
+    plain_token: Option<Cow<'a, str>>,
+}
+
+/// Zoom: the event name, and the `endpoint.url_validation` answer
+/// `{"plainToken": t, "encryptedToken": hex(HMAC-SHA256(secret, t))}` with the secret that matched.
+fn zoom_meta(keys: &Keys, verified: &mut Verified, body: &[u8]) -> Result<(), E> {
+    let Some(meta) = looks_like_json(body)
+        .then(|| serde_json::from_slice::<ZoomMeta<'_>>(body).ok())
+        .flatten()
+    else {
+        return Ok(());
+    };
+    if meta.event.as_deref() == Some("endpoint.url_validation") {
+        let plain = meta
+            .payload
+            .as_ref()
+            .and_then(|p| p.plain_token.as_deref())
+            .filter(|t| !t.is_empty() && t.len() <= 1024)
+            .ok_or(E::MalformedDelivery(
+                "endpoint.url_validation without a plainToken",
+            ))?;
+        let (Keys::Sha256(keys), Some(index)) = (keys, verified.secret_index) else {
+            return Err(E::Mismatch);
+        };
+        let mut mac = keys[index].clone();
+        mac.update(plain.as_bytes());
+        let encrypted = hex::encode(mac.finalize().into_bytes());
+        let answer = serde_json::json!({"plainToken": plain, "encryptedToken": encrypted});
+        verified.challenge = Some(Handshake {
+            content_type: "application/json",
+            body: Bytes::from(answer.to_string()),
+        });
+    }
+    verified.event = meta.event.map(|e| Text::Owned(e.into_owned()));
+    Ok(())
 }
 
 #[derive(serde::Deserialize)]
