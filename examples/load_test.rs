@@ -151,30 +151,38 @@ async fn generate(
     let tally = Arc::new(Tally::default());
     let deadline = Instant::now() + Duration::from_secs(secs);
     let started = Instant::now();
+    // Bodies and signatures are made up front, so the generator spends its core on sending;
+    // GitHub signs the body only, so fresh delivery ids need no new signature.
+    let bodies: Arc<Vec<(Bytes, String, String)>> = Arc::new(
+        (0..64)
+            .map(|n| {
+                let body = payload(n);
+                let sig = sign(&key, &body);
+                let mut forged = sig.clone();
+                let last = if forged.ends_with('0') { "1" } else { "0" };
+                forged.replace_range(forged.len() - 1.., last);
+                (Bytes::from(body), sig, forged)
+            })
+            .collect(),
+    );
     let mut tasks = Vec::new();
     for conn in 0..conns as u64 {
-        let (client, key, tally, url) =
-            (client.clone(), key.clone(), tally.clone(), url.to_owned());
+        let (client, bodies, tally, url) = (client.clone(), bodies.clone(), tally.clone(), url.to_owned());
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
-            let mut last_valid: Option<(String, Vec<u8>, String)> = None;
+            let mut last_valid: Option<(String, Bytes, String)> = None;
             while Instant::now() < deadline {
                 n += 1;
+                let (body, sig, forged) = &bodies[(n % 64) as usize];
                 let kind = n % 20; // 0..14 valid, 14..17 invalid, 17..20 duplicate
                 let (id, body, sig, expect) = if kind < 14 || last_valid.is_none() {
                     let id = format!("{conn}-{n}");
-                    let body = payload(n);
-                    let sig = sign(&key, &body);
                     last_valid = Some((id.clone(), body.clone(), sig.clone()));
                     tally.sent_valid.fetch_add(1, Ordering::Relaxed);
-                    (id, body, sig, "valid")
+                    (id, body.clone(), sig.clone(), "valid")
                 } else if kind < 17 {
-                    let body = payload(n);
-                    let mut sig = sign(&key, &body);
-                    let last = if sig.ends_with('0') { "1" } else { "0" };
-                    sig.replace_range(sig.len() - 1.., last);
                     tally.sent_invalid.fetch_add(1, Ordering::Relaxed);
-                    (format!("{conn}-{n}-forged"), body, sig, "invalid")
+                    (format!("{conn}-{n}-forged"), body.clone(), forged.clone(), "invalid")
                 } else {
                     let (id, body, sig) = last_valid.clone().expect("checked above");
                     tally.sent_duplicate.fetch_add(1, Ordering::Relaxed);
@@ -185,7 +193,7 @@ async fn generate(
                     .header("x-github-event", "pull_request")
                     .header("x-github-delivery", id)
                     .header("x-hub-signature-256", sig)
-                    .body(Full::new(Bytes::from(body)))
+                    .body(Full::new(body))
                     .expect("valid request");
                 let status = match client.request(req).await {
                     Ok(res) => {
