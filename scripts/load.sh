@@ -16,6 +16,7 @@ cargo build --release --all-features --example load_test --example pr_agent_serv
 bin="${CARGO_TARGET_DIR:-target}/release/examples"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 rss() { awk '/VmRSS/ {print $2 " kB"}' "/proc/$1/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 
 # Alternate the two servers, twice each, so both see the same machine conditions.
@@ -25,10 +26,12 @@ for round in 1 2; do
     p=$(port)
     taskset -c 0 "$bin/load_test" serve "$mode" "127.0.0.1:$p" >/dev/null & server=$!
     wait_port "$p"
+    t0=$(cpu_ticks "$server")
     out=$(taskset -c 1 "$bin/load_test" generate "http://127.0.0.1:$p/hook" "$secs" "$conns")
+    busy=$(( ($(cpu_ticks "$server") - t0) * 100 / $(getconf CLK_TCK) / secs ))
     kill "$server"; wait "$server" 2>/dev/null || true
     rps=$(python3 -c 'import json,sys; print(round(json.loads(sys.argv[1])["requests_per_second"]))' "$out")
-    echo "round $round, $mode: $rps req/s   $out"
+    echo "round $round, $mode: $rps req/s, server core busy ${busy}%   $out"
     total[$mode]=$(( ${total[$mode]} + rps ))
   done
 done
@@ -38,8 +41,14 @@ p=$(port)
 RUST_LOG=warn PORT=$p taskset -c 0 "$bin/pr_agent_server" >/dev/null & server=$!
 wait_port "$p"
 before=$(rss "$server")
+# RSS every tenth of the run: it grows while the replay store fills up to its bound, then stays.
+samples=$(mktemp)
+( for i in $(seq 1 10); do sleep "$(python3 -c "print($secs / 10)")"; printf '%s ' "$(rss "$server" | tr -d ' ')"; done ) > "$samples" 2>/dev/null &
+sampler=$!
 out=$(taskset -c 1 "$bin/load_test" generate "http://127.0.0.1:$p/api/v1/github_webhooks" "$secs" "$conns" --status "http://127.0.0.1:$p/status")
+wait "$sampler" 2>/dev/null || true
 after=$(rss "$server")
+echo "pr_agent_server: RSS during the run: $(cat "$samples")"; rm -f "$samples"
 kill "$server"; wait "$server" 2>/dev/null || true
 echo "pr_agent_server: RSS before $before, after $after"
 echo "pr_agent_server: $out"
