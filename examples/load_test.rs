@@ -167,7 +167,12 @@ async fn generate(
     );
     let mut tasks = Vec::new();
     for conn in 0..conns as u64 {
-        let (client, bodies, tally, url) = (client.clone(), bodies.clone(), tally.clone(), url.to_owned());
+        let (client, bodies, tally, url) = (
+            client.clone(),
+            bodies.clone(),
+            tally.clone(),
+            url.to_owned(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
             let mut last_valid: Option<(String, Bytes, String)> = None;
@@ -182,7 +187,12 @@ async fn generate(
                     (id, body.clone(), sig.clone(), "valid")
                 } else if kind < 17 {
                     tally.sent_invalid.fetch_add(1, Ordering::Relaxed);
-                    (format!("{conn}-{n}-forged"), body.clone(), forged.clone(), "invalid")
+                    (
+                        format!("{conn}-{n}-forged"),
+                        body.clone(),
+                        forged.clone(),
+                        "invalid",
+                    )
                 } else {
                     let (id, body, sig) = last_valid.clone().expect("checked above");
                     tally.sent_duplicate.fetch_add(1, Ordering::Relaxed);

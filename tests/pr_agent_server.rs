@@ -515,3 +515,55 @@ fn settings_errors_name_the_variable() {
     .unwrap_err();
     assert!(err.contains("CIRCUIT_BREAKER_FAILURE_THRESHOLD"), "{err}");
 }
+
+/// `--use-tunnel`: the server opens a tunnel through a real bore server (bore-cli's, on a
+/// loopback address of its own) and deliveries sent to the public URL are verified and processed.
+#[tokio::test]
+async fn use_tunnel_serves_the_routes_through_a_real_bore_server() {
+    let ip = std::net::Ipv4Addr::new(127, 0, 0, 42);
+    let mut bore = bore_cli::server::Server::new(1024..=65535, None);
+    bore.set_bind_addr(ip.into());
+    bore.set_bind_tunnels(ip.into());
+    let bore = tokio::spawn(async move { bore.listen().await });
+    eventually_async(|| async { tokio::net::TcpStream::connect((ip, 7835)).await.is_ok() }).await;
+
+    let (api_addr, api) = start_fake_api().await;
+    let settings = settings(api_addr, &[("PORT", "0")]);
+    let app = app::build(&settings).unwrap();
+    let tunnel = tower_webhook::tunnel::TunnelConfig::from_lookup(|name| match name {
+        "TUNNEL_SERVICE" => Some("bore".to_owned()),
+        "TUNNEL_SERVER" => Some(ip.to_string()),
+        _ => None,
+    })
+    .unwrap()
+    .builder();
+    let running = app::start(&settings, app.router, Some(tunnel))
+        .await
+        .unwrap();
+    let public = running.tunnel_url().expect("a public URL");
+    assert!(public.starts_with("http://127.0.0.42:"), "{public}");
+
+    let client = reqwest::Client::new();
+    let d = delivery(app::Forge::GitHub, "tunnel-0001", 11);
+    let res = send(&client, &public, &d).await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let res = send(&client, &public, &d).await;
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "a duplicate through the tunnel too"
+    );
+    eventually("the comment", Duration::from_secs(10), || {
+        comment_count(&api) == 1
+    })
+    .await;
+    bore.abort();
+}
+
+async fn eventually_async<F: std::future::Future<Output = bool>>(mut check: impl FnMut() -> F) {
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < Duration::from_secs(10), "timed out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -27,6 +27,7 @@ use tower_webhook::circuit_breaker::{
 use tower_webhook::error::{Problem, WebhookErrorLayer, WebhookProcessingError, types};
 use tower_webhook::retry::RetryPolicy;
 use tower_webhook::signature::{OnReplay, RecordDelivery, SignatureLayer, VerifiedWebhook};
+use tower_webhook::tunnel::{Running, Server, TunnelBuilder};
 
 /// The five providers the server answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -406,6 +407,20 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
                 .layer(tower::timeout::TimeoutLayer::new(settings.request_timeout)),
         );
     Ok(App { router, state })
+}
+
+/// Binds `settings.addr`, opens `tunnel` when given, and serves `router` in the background until
+/// Ctrl-C (graceful: open requests finish, then the tunnel closes).
+pub(crate) async fn start(
+    settings: &Settings,
+    router: Router,
+    tunnel: Option<TunnelBuilder>,
+) -> Result<Running, BoxError> {
+    let mut server = Server::bind(settings.addr).await?;
+    if let Some(tunnel) = tunnel {
+        server = server.tunnel(tunnel);
+    }
+    Ok(server.spawn(router).await?)
 }
 
 fn signature_layer(forge: Forge, verification: &Verification) -> Result<SignatureLayer, BoxError> {

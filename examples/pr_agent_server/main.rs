@@ -20,7 +20,7 @@ mod app;
 use std::process::ExitCode;
 
 use app::{Forge, Settings};
-use tower_webhook::tunnel::{Server, TunnelConfig};
+use tower_webhook::tunnel::TunnelConfig;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -44,14 +44,13 @@ async fn run() -> Result<(), tower::BoxError> {
     let settings = Settings::from_env()?;
     let app = app::build(&settings)?;
 
-    let mut server = Server::bind(settings.addr).await?;
-    let addr = server.local_addr()?;
-    if use_tunnel {
-        server = server.tunnel(TunnelConfig::from_env()?.builder());
-    }
-    let running = server.spawn(app.router).await?;
+    let tunnel = match use_tunnel {
+        true => Some(TunnelConfig::from_env()?.builder()),
+        false => None,
+    };
+    let running = app::start(&settings, app.router, tunnel).await?;
 
-    let local = format!("http://{addr}");
+    let local = format!("http://{}", running.local_addr());
     println!("pr_agent_server listening on {local}");
     println!("  GET  {local}/        health");
     println!("  GET  {local}/status  breakers and counters");
