@@ -1,6 +1,5 @@
 //! WebhookErrorLayer through its public API: every mapping, panics, axum, tonic.
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -625,67 +624,15 @@ mod axum_router {
 // ---------------------------------------------------------------------------------------------
 // tonic
 
+#[path = "../examples/common/echo.rs"]
+#[allow(dead_code)]
+mod echo;
+
 mod tonic_server {
+    use super::echo::{Echo, EchoService, SAY, codec};
     use super::*;
-    use std::future::Future;
-    use std::pin::Pin;
     use tonic::codegen::http::uri::PathAndQuery;
     use tonic::{Code, Status};
-    use tonic_prost::ProstCodec;
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub(super) struct Echo {
-        #[prost(string, tag = "1")]
-        pub(super) message: String,
-    }
-
-    #[derive(Clone)]
-    struct EchoService;
-
-    impl tonic::server::NamedService for EchoService {
-        const NAME: &'static str = "test.Echo";
-    }
-
-    struct Say;
-
-    impl tonic::server::UnaryService<Echo> for Say {
-        type Response = Echo;
-        type Future = Pin<Box<dyn Future<Output = Result<tonic::Response<Echo>, Status>> + Send>>;
-
-        fn call(&mut self, request: tonic::Request<Echo>) -> Self::Future {
-            Box::pin(async move {
-                let message = request.into_inner().message;
-                match message.as_str() {
-                    "panic" => panic!("the echo handler panicked"),
-                    "slow" => {
-                        tokio::time::sleep(Duration::from_secs(30)).await;
-                        Ok(tonic::Response::new(Echo { message }))
-                    }
-                    _ => Ok(tonic::Response::new(Echo { message })),
-                }
-            })
-        }
-    }
-
-    impl Service<Request<tonic::body::Body>> for EchoService {
-        type Response = Response<tonic::body::Body>;
-        type Error = Infallible;
-        type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
-
-        fn poll_ready(
-            &mut self,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Result<(), Infallible>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, req: Request<tonic::body::Body>) -> Self::Future {
-            Box::pin(async move {
-                let mut grpc = tonic::server::Grpc::new(ProstCodec::<Echo, Echo>::default());
-                Ok(grpc.unary(Say, req).await)
-            })
-        }
-    }
 
     /// Rejects requests carrying `x-deny` with a problem, as an authentication middleware would.
     fn deny(req: Request<tonic::body::Body>) -> Result<Request<tonic::body::Body>, BoxError> {
@@ -743,11 +690,7 @@ mod tonic_server {
                 .insert("x-deny", "1".parse().unwrap());
         }
         client
-            .unary(
-                request,
-                PathAndQuery::from_static("/test.Echo/Say"),
-                ProstCodec::<Echo, Echo>::default(),
-            )
+            .unary(request, PathAndQuery::from_static(SAY), codec())
             .await
             .map(|res| res.into_inner().message)
     }
