@@ -281,7 +281,9 @@ async fn cloudflared_quick_tunnel_url_readiness_and_sigint() {
     };
     let log = temp_log("cloudflared");
     let calls = Arc::new(AtomicUsize::new(0));
+    // The fake's URL is not served anywhere (and is not on loopback): no probe.
     let handle = Tunnel::builder()
+        .probe(false)
         .provider(
             Cloudflared::new()
                 .binary(&fake)
@@ -293,7 +295,7 @@ async fn cloudflared_quick_tunnel_url_readiness_and_sigint() {
         .await
         .unwrap();
     assert_eq!(handle.url(), "https://fake-quick-tunnel.trycloudflare.com");
-    // https cannot be probed here: cloudflared's own readiness stands for it.
+    // Unprobed: cloudflared's own readiness stands for it.
     assert_eq!(
         handle.status(),
         TunnelEvent::Up {
@@ -331,6 +333,7 @@ async fn cloudflared_that_ignores_sigint_is_killed_after_the_grace_period() {
     };
     let log = temp_log("cloudflared-stubborn");
     let handle = Tunnel::builder()
+        .probe(false)
         .provider(
             Cloudflared::new()
                 .binary(&fake)
@@ -359,6 +362,7 @@ async fn cloudflared_failures_are_reported() {
         return;
     };
     let err = Tunnel::builder()
+        .probe(false)
         .provider(
             Cloudflared::new()
                 .binary(&fake)
@@ -377,6 +381,7 @@ async fn cloudflared_failures_are_reported() {
 
     // A tunnel whose process dies later is reported Down, then re-opened.
     let handle = Tunnel::builder()
+        .probe(false)
         .provider(
             Cloudflared::new()
                 .binary(&fake)

@@ -234,7 +234,9 @@ impl Provider for Cloudflared {
 /// The quick tunnel's hostname, once cloudflared reports both a hostname and readiness.
 async fn ready_hostname(metrics: &BaseUrl) -> Option<String> {
     let timeout = Duration::from_secs(1);
-    let (status, body) = get(metrics, "/quicktunnel", &[], timeout).await.ok()?;
+    let (status, body) = get(metrics, "/quicktunnel", &[], timeout, None)
+        .await
+        .ok()?;
     if !status.is_success() {
         return None;
     }
@@ -244,7 +246,7 @@ async fn ready_hostname(metrics: &BaseUrl) -> Option<String> {
     if hostname.is_empty() {
         return None;
     }
-    let (status, _) = get(metrics, "/ready", &[], timeout).await.ok()?;
+    let (status, _) = get(metrics, "/ready", &[], timeout, None).await.ok()?;
     status.is_success().then_some(hostname)
 }
 

@@ -12,7 +12,7 @@ use super::error::{Attempt, chain};
 use super::http::{BaseUrl, get};
 use super::provider::{Provider, Session};
 use super::upstream::{PROBE_HEADER, PROBE_PATH};
-use super::{TunnelError, Upstream};
+use super::{TlsRoots, TunnelError, Upstream};
 use crate::BoxError;
 
 /// Entry point of the tunnel bootstrapper. See the [module docs](super).
@@ -68,6 +68,7 @@ pub struct TunnelBuilder {
     backoff_min: Duration,
     backoff_max: Duration,
     close_grace: Duration,
+    tls: TlsRoots,
 }
 
 impl fmt::Debug for TunnelBuilder {
@@ -79,6 +80,7 @@ impl fmt::Debug for TunnelBuilder {
             .field("reconnect", &self.reconnect)
             .field("backoff_min", &self.backoff_min)
             .field("backoff_max", &self.backoff_max)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -100,6 +102,7 @@ impl TunnelBuilder {
             backoff_min: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
             close_grace: Duration::from_secs(10),
+            tls: TlsRoots::new(),
         }
     }
 
@@ -129,12 +132,31 @@ impl TunnelBuilder {
     /// Turns the round-trip probe on or off (default on).
     ///
     /// The probe sends `GET` [`PROBE_PATH`](super::PROBE_PATH) with a random nonce through the
-    /// public URL and requires the nonce back from this process. `https://` URLs (ngrok,
-    /// cloudflared, hosted localtunnel) are not probed, as the crate carries no TLS client: the
-    /// provider's own readiness signal stands for it, and the event says `verified: false`.
+    /// public URL and requires the nonce back from this process. An `https://` URL (ngrok,
+    /// cloudflared, hosted localtunnel) is probed over TLS, its certificate verified against
+    /// [`tls_roots`](Self::tls_roots).
     pub fn probe(mut self, enabled: bool) -> Self {
         self.probe = enabled;
         self
+    }
+
+    /// The certificate authorities the probe trusts for an `https://` public URL (default
+    /// [`TlsRoots::new`], the Mozilla root set). A provider's own https requests use the roots
+    /// given to that provider (e.g. [`LocalTunnel::tls_roots`](super::LocalTunnel::tls_roots)).
+    pub fn tls_roots(mut self, roots: TlsRoots) -> Self {
+        self.tls = roots;
+        self
+    }
+
+    /// Also trusts this CA certificate (DER) for the probe through an `https://` public URL.
+    /// See [`TlsRoots::add_certificate`].
+    ///
+    /// # Errors
+    ///
+    /// [`TunnelError::Config`] when the bytes are not a DER certificate.
+    pub fn root_certificate(mut self, der: impl Into<Vec<u8>>) -> Result<Self, TunnelError> {
+        self.tls = self.tls.add_certificate(der)?;
+        Ok(self)
     }
 
     /// How long the probe may take, within the provider's startup timeout (default 5 s).
@@ -205,7 +227,7 @@ impl TunnelBuilder {
             let attempt = async {
                 let session = provider.open(upstream.clone()).await?;
                 let verified = if self.probe {
-                    probe(session.url(), upstream, self.probe_timeout).await?
+                    probe(session.url(), upstream, self.probe_timeout, &self.tls).await?
                 } else {
                     false
                 };
@@ -252,13 +274,14 @@ struct Opened {
     verified: bool,
 }
 
-/// Sends the round-trip probe through `url`; `Ok(false)` when the URL cannot be probed.
-async fn probe(url: &str, upstream: &Upstream, limit: Duration) -> Result<bool, BoxError> {
+/// Sends the round-trip probe through `url` (over TLS for `https://`, trusting `tls`).
+async fn probe(
+    url: &str,
+    upstream: &Upstream,
+    limit: Duration,
+    tls: &TlsRoots,
+) -> Result<bool, BoxError> {
     let base = BaseUrl::parse(url, false)?;
-    if base.https {
-        tracing::info!(%url, "https tunnel URL: round-trip probe skipped");
-        return Ok(false);
-    }
     let nonce = uuid::Uuid::new_v4().simple().to_string();
     upstream.probes().insert(&nonce);
     struct Forget<'a>(&'a Upstream, &'a str);
@@ -281,6 +304,7 @@ async fn probe(url: &str, upstream: &Upstream, limit: Duration) -> Result<bool, 
             PROBE_PATH,
             &headers,
             left.max(Duration::from_millis(1)),
+            Some(tls),
         )
         .await
         {

@@ -10,6 +10,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::TlsRoots;
 use crate::BoxError;
 
 /// Largest body read from a registration, metrics or probe answer.
@@ -134,43 +135,28 @@ pub(crate) async fn connect(host: &str, port: u16, timeout: Duration) -> io::Res
     }
 }
 
-/// Sends `GET path` to a plain-HTTP `base` with extra headers and reads the answer (body capped
-/// at [`MAX_BODY`]), all within `timeout`.
+/// Sends `GET path` to `base` with extra headers and reads the answer (body capped at
+/// [`MAX_BODY`]), all within `timeout`. An `https://` base is reached over TLS, trusting `tls`.
 pub(crate) async fn get(
     base: &BaseUrl,
     path: &str,
     headers: &[(&str, &str)],
     timeout: Duration,
+    tls: Option<&TlsRoots>,
 ) -> Result<(StatusCode, Bytes), BoxError> {
-    if base.https {
-        return Err(format!(
-            "{} uses https, which this client does not speak; use an http:// address",
-            base.to_url()
-        )
-        .into());
-    }
     let work = async {
         let stream = connect(&base.host, base.port, timeout).await?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await?;
-        let driver = tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let mut request = Request::get(path)
-            .header(http::header::HOST, base.authority())
-            .header(http::header::CONNECTION, "close")
-            .header(http::header::USER_AGENT, "tower-webhook");
-        for (name, value) in headers {
-            request = request.header(*name, *value);
+        if base.https {
+            let Some(roots) = tls else {
+                return Err(
+                    format!("{} uses https, which is not expected here", base.to_url()).into(),
+                );
+            };
+            let stream = roots.connect(&base.host, stream).await?;
+            exchange(TokioIo::new(stream), base, path, headers).await
+        } else {
+            exchange(TokioIo::new(stream), base, path, headers).await
         }
-        let response = sender.send_request(request.body(Empty::new())?).await?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_BODY)
-            .collect()
-            .await?
-            .to_bytes();
-        driver.abort();
-        Ok::<_, BoxError>((status, body))
     };
     match tokio::time::timeout(timeout, work).await {
         Ok(result) => result,
@@ -181,6 +167,37 @@ pub(crate) async fn get(
         )
         .into()),
     }
+}
+
+/// One HTTP/1.1 request and its answer over an open connection.
+async fn exchange<T>(
+    io: T,
+    base: &BaseUrl,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(StatusCode, Bytes), BoxError>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io).await?;
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut request = Request::get(path)
+        .header(http::header::HOST, base.authority())
+        .header(http::header::CONNECTION, "close")
+        .header(http::header::USER_AGENT, "tower-webhook");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = sender.send_request(request.body(Empty::new())?).await?;
+    let status = response.status();
+    let body = Limited::new(response.into_body(), MAX_BODY)
+        .collect()
+        .await?
+        .to_bytes();
+    driver.abort();
+    Ok((status, body))
 }
 
 #[cfg(test)]

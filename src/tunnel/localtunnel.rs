@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::http::{BaseUrl, connect, get};
 use super::provider::{BoxFuture, Provider, Session};
-use super::{TunnelError, Upstream};
+use super::{TlsRoots, TunnelError, Upstream};
 use crate::BoxError;
 
 /// The public localtunnel server.
@@ -40,7 +40,10 @@ struct Registration {
 /// and [`TunnelHandle`](super::TunnelHandle) re-opens it; the provider then asks for the same
 /// subdomain again, so the URL usually stays the same.
 ///
-/// The client speaks plain HTTP to the server: give a self-hosted server as an `http://` URL.
+/// The registration goes over TLS when the server is an `https://` URL (as the public
+/// server is), verifying the server's certificate against [`TlsRoots`] (the Mozilla root set
+/// by default; add a private CA with [`root_certificate`](Self::root_certificate)). The pooled
+/// connections to the assigned port are plain TCP, as in the protocol.
 ///
 /// # Example
 ///
@@ -48,8 +51,14 @@ struct Registration {
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// use tower_webhook::tunnel::{LocalTunnel, Tunnel};
 ///
+/// # let private_ca_der: Vec<u8> = Vec::new();
 /// let handle = Tunnel::builder()
-///     .provider(LocalTunnel::new().server("http://lt.example.com").subdomain("my-bot")?)
+///     .provider(
+///         LocalTunnel::new()
+///             .server("https://lt.example.com")
+///             .root_certificate(private_ca_der)?
+///             .subdomain("my-bot")?,
+///     )
 ///     .start(std::net::SocketAddr::from(([127, 0, 0, 1], 3000)))
 ///     .await?;
 /// println!("webhooks go to {}", handle.url());
@@ -61,6 +70,7 @@ pub struct LocalTunnel {
     subdomain: Option<String>,
     max_connections: usize,
     startup_timeout: Duration,
+    tls: TlsRoots,
     last_id: Arc<Mutex<Option<String>>>,
 }
 
@@ -78,11 +88,13 @@ impl LocalTunnel {
             subdomain: None,
             max_connections: 10,
             startup_timeout: Duration::from_secs(10),
+            tls: TlsRoots::new(),
             last_id: Arc::new(Mutex::new(None)),
         }
     }
 
-    /// The server's URL (`http://host:port`); a bare `host[:port]` means `http://host[:port]`.
+    /// The server's URL (`https://host[:port]` or `http://host[:port]`); a bare `host[:port]`
+    /// means `http://host[:port]`.
     pub fn server(mut self, server: impl Into<String>) -> Self {
         self.server = server.into();
         self
@@ -115,6 +127,24 @@ impl LocalTunnel {
         self
     }
 
+    /// Also trusts this CA certificate (DER) for an `https://` server, e.g. a self-hosted
+    /// server with a private CA. See [`TlsRoots::add_certificate`].
+    ///
+    /// # Errors
+    ///
+    /// [`TunnelError::Config`] when the bytes are not a DER certificate.
+    pub fn root_certificate(mut self, der: impl Into<Vec<u8>>) -> Result<Self, TunnelError> {
+        self.tls = self.tls.add_certificate(der)?;
+        Ok(self)
+    }
+
+    /// The certificate authorities trusted for an `https://` server (default
+    /// [`TlsRoots::new`], the Mozilla root set).
+    pub fn tls_roots(mut self, roots: TlsRoots) -> Self {
+        self.tls = roots;
+        self
+    }
+
     /// The hard startup limit (default 10 s).
     pub fn startup_timeout(mut self, timeout: Duration) -> Self {
         self.startup_timeout = timeout;
@@ -132,7 +162,7 @@ impl LocalTunnel {
             Some(name) => format!("/{name}"),
             None => "/?new".to_owned(),
         };
-        let (status, body) = get(base, &path, &[], CONNECT_TIMEOUT).await?;
+        let (status, body) = get(base, &path, &[], CONNECT_TIMEOUT, Some(&self.tls)).await?;
         let registration: Registration = serde_json::from_slice(&body).map_err(|_| {
             format!(
                 "GET {}{path} answered {status} with no registration (is it a localtunnel server?)",
@@ -193,7 +223,7 @@ impl Provider for LocalTunnel {
 
     fn hint(&self) -> Option<String> {
         Some(format!(
-            "check that a localtunnel server answers at {} (TUNNEL_SERVER, as an http:// URL)",
+            "check that a localtunnel server answers at {} (TUNNEL_SERVER)",
             self.server
         ))
     }

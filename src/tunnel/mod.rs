@@ -13,7 +13,9 @@
 //! Each provider gets a hard startup timeout; when it fails, the chain logs why and moves on;
 //! when all fail, [`TunnelError::AllFailed`] lists every reason and what to do about it.
 //! After a provider starts, a round-trip probe (a request with a random nonce through the public
-//! URL) must come back to this process. The [`TunnelHandle`] reports the URL and status events
+//! URL) must come back to this process. Registration and probe requests to `https://` addresses
+//! go over TLS (rustls), certificates verified against [`TlsRoots`] (the Mozilla root set, plus
+//! any private CA you add). The [`TunnelHandle`] reports the URL and status events
 //! ([`TunnelEvent::Up`], [`UrlChanged`](TunnelEvent::UrlChanged), [`Down`](TunnelEvent::Down)),
 //! and its supervisor re-opens a dropped tunnel with backoff. [`TunnelHandle::close`] (or
 //! dropping the handle) tears everything down.
@@ -62,6 +64,7 @@ mod ngrok;
 mod provider;
 mod secret;
 mod server;
+mod tls;
 mod upstream;
 
 pub use self::bore::{BORE_CONTROL_PORT, BORE_PUBLIC_SERVER, Bore};
@@ -75,4 +78,5 @@ pub use self::localtunnel::{LOCALTUNNEL_PUBLIC_SERVER, LocalTunnel};
 pub use self::ngrok::Ngrok;
 pub use self::provider::{BoxFuture, Provider, Session, StopSignal};
 pub use self::server::{Running, Server, start};
+pub use self::tls::TlsRoots;
 pub use self::upstream::{PROBE_HEADER, PROBE_PATH, Upstream};

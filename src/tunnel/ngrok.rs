@@ -142,6 +142,15 @@ impl Provider for Ngrok {
             };
             let server_addr = self.server_addr.clone();
             let domain = self.domain.clone();
+            // ngrok's TLS asks rustls for the process-wide crypto provider. With this crate's
+            // own https client (`ring`) and ngrok's dependencies (`aws-lc-rs`) both in the build,
+            // rustls cannot pick one by itself: install ngrok's choice unless the application
+            // already installed one.
+            use tokio_rustls::rustls::crypto::{CryptoProvider, aws_lc_rs};
+            if CryptoProvider::get_default().is_none() {
+                // Losing a race with another install is fine: then a provider is set.
+                let _ = aws_lc_rs::default_provider().install_default();
+            }
             // A task of its own, so that a panic inside the SDK becomes an error of this attempt.
             let connect = tokio::spawn(async move {
                 let mut builder = ngrok::Session::builder();

@@ -14,7 +14,7 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 
@@ -284,6 +284,37 @@ impl LtServer {
     }
 
     pub async fn start_on(port: u16) -> Self {
+        Self::start_with(port, None).await
+    }
+
+    /// The same server behind TLS (API and public traffic on one https port, as the public
+    /// localtunnel server is), with a certificate for `names` made now by `rcgen`; public URLs
+    /// are `https://{id}.localhost:{port}`. The tunnel connections stay plain TCP.
+    /// Returns the server and its (self-signed) certificate in DER, to be trusted by clients.
+    pub async fn start_tls(names: &[&str]) -> (Self, Vec<u8>) {
+        let certified = rcgen::generate_simple_self_signed(
+            names
+                .iter()
+                .map(|name| (*name).to_owned())
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let cert = certified.cert.der().to_vec();
+        let key = tokio_rustls::rustls::pki_types::PrivateKeyDer::Pkcs8(
+            certified.signing_key.serialize_der().into(),
+        );
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone().into()], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        (Self::start_with(0, Some(acceptor)).await, cert)
+    }
+
+    async fn start_with(port: u16, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let background = Background::new();
         let state = Arc::new(LtState::default());
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -299,8 +330,18 @@ impl LtServer {
                     continue;
                 };
                 let st = Arc::clone(&st);
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let _ = handle_front(stream, addr, st).await;
+                    match tls {
+                        None => {
+                            let _ = handle_front(stream, addr, st, "http").await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = handle_front(stream, addr, st, "https").await;
+                            }
+                        }
+                    }
                 });
             }
         });
@@ -326,7 +367,7 @@ impl LtServer {
     }
 }
 
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+async fn read_head(stream: &mut (impl AsyncRead + Unpin)) -> std::io::Result<Vec<u8>> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -339,9 +380,10 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
 }
 
 async fn handle_front(
-    mut stream: TcpStream,
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
     addr: SocketAddr,
     state: Arc<LtState>,
+    scheme: &str,
 ) -> std::io::Result<()> {
     let head = read_head(&mut stream).await?;
     let text = String::from_utf8_lossy(&head).into_owned();
@@ -426,7 +468,7 @@ async fn handle_front(
         "id": id,
         "port": tunnel_port,
         "max_conn_count": LT_MAX_CONN,
-        "url": format!("http://{id}.localhost:{}", addr.port()),
+        "url": format!("{scheme}://{id}.localhost:{}", addr.port()),
     })
     .to_string();
     let response = format!(
@@ -435,6 +477,49 @@ async fn handle_front(
     );
     stream.write_all(response.as_bytes()).await?;
     Ok(())
+}
+
+/// `GET path` over TLS to `addr` with `Host: host` (also the server name checked), trusting only
+/// `root` (DER); answers the status and body.
+pub async fn get_tls(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    root: &[u8],
+) -> Result<(u16, String), String> {
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.to_vec().into()).map_err(|e| e.to_string())?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name =
+        rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut raw)).await;
+    if raw.is_empty() {
+        return Err(format!("no answer: {read:?}"));
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("not an HTTP answer: {text}"))?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    Ok((status, body.to_owned()))
 }
 
 /// Waits until `check` holds, polling every 20 ms for up to `limit`.
