@@ -94,6 +94,33 @@ async fn an_unknown_certificate_authority_is_refused_as_not_trusted() {
 }
 
 #[tokio::test]
+async fn the_certificate_must_name_the_host_asked_for() {
+    // Trusted root, but the certificate names `localhost`, not `127.0.0.1`.
+    let (server, root) = tls_server().await;
+    let err = Tunnel::builder()
+        .reconnect(false)
+        .provider(
+            LocalTunnel::new()
+                .server(format!("https://{}", server.addr))
+                .root_certificate(root)
+                .unwrap()
+                .subdomain(NAME)
+                .unwrap(),
+        )
+        .start(Upstream::service(hello_service(Arc::new(
+            AtomicUsize::new(0),
+        ))))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("the TLS certificate of 127.0.0.1 is not trusted: it is not valid for the name 127.0.0.1"),
+        "{text}"
+    );
+    assert_eq!(server.state.registrations.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
 async fn the_probe_verifies_the_public_url_certificate_too() {
     // The provider trusts the server, the probe does not: the probe runs over TLS and fails.
     let (server, root) = tls_server().await;
