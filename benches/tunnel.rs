@@ -124,6 +124,43 @@ async fn fixture() -> Fixture {
     }
 }
 
+/// One bench function per target; every iteration runs all targets in turn, in a rotating order
+/// so no target always follows the same one, and each function keeps its own target's time.
+fn rotating_group<F, Fut>(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    elements: u64,
+    targets: &[(&str, u16)],
+    addrs: &[SocketAddr],
+    run: F,
+) where
+    F: Fn(SocketAddr) -> Fut + Copy,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut group = c.benchmark_group(name);
+    group.throughput(Throughput::Elements(elements));
+    for (me, (name, _)) in targets.iter().enumerate() {
+        group.bench_function(*name, |b| {
+            b.to_async(rt).iter_custom(|iters| async move {
+                let mut mine = Duration::ZERO;
+                for round in 0..iters as usize {
+                    for step in 0..addrs.len() {
+                        let which = (round + step) % addrs.len();
+                        let started = Instant::now();
+                        run(addrs[which]).await;
+                        if which == me {
+                            mine += started.elapsed();
+                        }
+                    }
+                }
+                mine
+            });
+        });
+    }
+    group.finish();
+}
+
 fn bore_requests(c: &mut Criterion) {
     let rt = runtime();
     let fx = rt.block_on(fixture());
@@ -141,63 +178,24 @@ fn bore_requests(c: &mut Criterion) {
         .map(|(_, port)| SocketAddr::from((BORE_IP, *port)))
         .collect();
 
-    let mut group = c.benchmark_group("bore_requests_keepalive");
-    group.throughput(Throughput::Elements(
+    rotating_group(
+        c,
+        &rt,
+        "bore_requests_keepalive",
         (CONNECTIONS * REQUESTS_PER_CONNECTION) as u64,
-    ));
-    for (me, (name, _)) in targets.iter().enumerate() {
-        let addrs = addrs.clone();
-        group.bench_function(*name, |b| {
-            b.to_async(&rt).iter_custom(|iters| {
-                let addrs = addrs.clone();
-                async move {
-                    let mut mine = Duration::ZERO;
-                    for round in 0..iters as usize {
-                        // Rotate the order, so no target always follows the same one.
-                        for step in 0..addrs.len() {
-                            let which = (round + step) % addrs.len();
-                            let addr = &addrs[which];
-                            let started = Instant::now();
-                            load(*addr, REQUESTS_PER_CONNECTION).await;
-                            if which == me {
-                                mine += started.elapsed();
-                            }
-                        }
-                    }
-                    mine
-                }
-            });
-        });
-    }
-    group.finish();
-
-    let mut group = c.benchmark_group("bore_requests_fresh_connection");
-    group.throughput(Throughput::Elements((CONNECTIONS * FRESH_PER_TASK) as u64));
-    for (me, (name, _)) in targets.iter().enumerate() {
-        let addrs = addrs.clone();
-        group.bench_function(*name, |b| {
-            b.to_async(&rt).iter_custom(|iters| {
-                let addrs = addrs.clone();
-                async move {
-                    let mut mine = Duration::ZERO;
-                    for round in 0..iters as usize {
-                        // Rotate the order, so no target always follows the same one.
-                        for step in 0..addrs.len() {
-                            let which = (round + step) % addrs.len();
-                            let addr = &addrs[which];
-                            let started = Instant::now();
-                            load_fresh(*addr, FRESH_PER_TASK).await;
-                            if which == me {
-                                mine += started.elapsed();
-                            }
-                        }
-                    }
-                    mine
-                }
-            });
-        });
-    }
-    group.finish();
+        &targets,
+        &addrs,
+        |addr| load(addr, REQUESTS_PER_CONNECTION),
+    );
+    rotating_group(
+        c,
+        &rt,
+        "bore_requests_fresh_connection",
+        (CONNECTIONS * FRESH_PER_TASK) as u64,
+        &targets,
+        &addrs,
+        |addr| load_fresh(addr, FRESH_PER_TASK),
+    );
     rt.block_on(async move {
         fx.ours_service.close().await;
         fx.ours_address.close().await;
