@@ -690,11 +690,16 @@ where
             },
             shared: self.shared.clone(),
         };
-        if content_length(&parts.headers).is_some_and(|len| len > shared.max_body) {
+        let announced = content_length(&parts.headers);
+        if announced.is_some_and(|len| len > shared.max_body) {
             return early(E::PayloadTooLarge {
                 limit: shared.max_body,
             });
         }
+        // Within the limit: reserved at once if the body comes in several chunks.
+        let hint = announced
+            .and_then(|len| usize::try_from(len).ok())
+            .unwrap_or(0);
         let checked = match check_headers(shared, &parts.headers) {
             Ok(checked) => checked,
             Err(err) => return early(err),
@@ -706,6 +711,7 @@ where
             state: State::Collect {
                 body,
                 buf: Collected::Empty,
+                hint,
                 parts: Some(parts),
                 checked: Some(checked),
                 inner: Some(inner),
@@ -808,13 +814,14 @@ where
         #[pin]
         body: ReqBody,
         buf: Collected,
+        /// The announced `Content-Length` (within the limit), or 0.
+        hint: usize,
         parts: Option<http::request::Parts>,
         checked: Option<Checked>,
         inner: Option<S>,
     },
     Replay {
         lookup: ReplayFuture,
-        key: Option<String>,
         req: Option<Request<ReqBody>>,
         inner: Option<S>,
     },
@@ -851,17 +858,13 @@ where
                 StateProj::Collect {
                     mut body,
                     buf,
+                    hint,
                     parts,
                     checked,
                     inner,
                 } => {
                     let limit = usize::try_from(shared.max_body).unwrap_or(usize::MAX);
-                    let hint = parts
-                        .as_ref()
-                        .and_then(|p| content_length(&p.headers))
-                        .and_then(|len| usize::try_from(len).ok())
-                        .filter(|len| *len <= limit)
-                        .unwrap_or(0);
+                    let hint = *hint;
                     let done = loop {
                         match ready!(body.as_mut().poll_frame(cx)) {
                             None => break Ok(()),
@@ -889,10 +892,10 @@ where
                         }
                     } else {
                         let bytes = buf.take();
-                        let checked = checked.take().expect("checked once");
+                        let checked = checked.as_ref().expect("checked once");
                         match shared.scheme.verify_body(
                             &shared.keys,
-                            &checked,
+                            checked,
                             &parts.headers,
                             &bytes,
                         ) {
@@ -908,23 +911,24 @@ where
                                         early: Some(Early::Challenge(challenge)),
                                     },
                                     _ => {
-                                        let key = match (&shared.replay, verified.delivery_id()) {
-                                            (Some(_), Some(id)) => {
-                                                Some(replay_key(verified.provider(), id))
-                                            }
+                                        let lookup = match (&shared.replay, verified.delivery_id()) {
+                                            (Some(store), Some(id)) => Some(with_replay_key(
+                                                verified.provider(),
+                                                id,
+                                                |key| store.insert(key, shared.replay_ttl),
+                                            )),
                                             _ => None,
                                         };
                                         let mut req =
                                             Request::from_parts(parts, ReqBody::from(bytes));
                                         req.extensions_mut().insert(verified);
-                                        match (key, &shared.replay) {
-                                            (Some(key), Some(store)) => State::Replay {
-                                                lookup: store.insert(&key, shared.replay_ttl),
-                                                key: Some(key),
+                                        match lookup {
+                                            Some(lookup) => State::Replay {
+                                                lookup,
                                                 req: Some(req),
                                                 inner: Some(inner),
                                             },
-                                            _ => call_inner(inner, req, None),
+                                            None => call_inner(inner, req, None),
                                         }
                                     }
                                 }
@@ -932,19 +936,15 @@ where
                         }
                     }
                 }
-                StateProj::Replay {
-                    lookup,
-                    key,
-                    req,
-                    inner,
-                } => {
+                StateProj::Replay { lookup, req, inner } => {
                     let outcome = ready!(Pin::new(lookup).poll(cx));
-                    let key = key.take().expect("ResponseFuture polled after completion");
-                    let req = req.take().expect("request once");
+                    let req = req.take().expect("ResponseFuture polled after completion");
+                    // Rebuilt from the request only where it is needed (not on the common path).
+                    let key = || replay_key_of(&req);
                     match outcome {
                         Ok(true) => {
                             let claimed =
-                                (shared.record == RecordDelivery::AfterSuccess).then_some(key);
+                                (shared.record == RecordDelivery::AfterSuccess).then(key);
                             call_inner(inner.take().expect("inner once"), req, claimed)
                         }
                         Ok(false) => match shared.on_replay {
@@ -952,7 +952,7 @@ where
                                 tracing::info!(
                                     provider = shared.scheme.provider.as_str(),
                                     status = status.as_u16(),
-                                    delivery = key.as_str(),
+                                    delivery = key().as_str(),
                                     "duplicate webhook delivery acknowledged without processing"
                                 );
                                 State::Early {
@@ -960,7 +960,7 @@ where
                                 }
                             }
                             _ => State::Early {
-                                early: Some(reject(shared, E::Replayed(key), req.headers())),
+                                early: Some(reject(shared, E::Replayed(key()), req.headers())),
                             },
                         },
                         Err(err) => State::Early {
@@ -1005,6 +1005,32 @@ fn replay_key(provider: Provider, id: &str) -> String {
     key.push(':');
     key.push_str(id);
     key
+}
+
+/// The replay key of a verified request.
+fn replay_key_of<B>(req: &Request<B>) -> String {
+    req.extensions()
+        .get::<VerifiedWebhook>()
+        .and_then(|v| Some(replay_key(v.provider(), v.delivery_id()?)))
+        .unwrap_or_default()
+}
+
+/// Calls `f` with `<provider>:<delivery id>` built on the stack (ids are at most 256 bytes),
+/// so looking a delivery up allocates nothing.
+fn with_replay_key<R>(provider: Provider, id: &str, f: impl FnOnce(&str) -> R) -> R {
+    let name = provider.as_str().as_bytes();
+    let mut buf = [0u8; 320];
+    let len = name.len() + 1 + id.len();
+    match buf.get_mut(..len) {
+        Some(key) => {
+            key[..name.len()].copy_from_slice(name);
+            key[name.len()] = b':';
+            key[name.len() + 1..].copy_from_slice(id.as_bytes());
+            // Both halves are `str`s and `:` is ASCII, so this cannot fail.
+            f(std::str::from_utf8(key).unwrap_or_default())
+        }
+        None => f(&replay_key(provider, id)),
+    }
 }
 
 fn call_inner<S, ReqBody>(

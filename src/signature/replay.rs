@@ -1,10 +1,10 @@
 //! Replay protection: remembering delivery ids.
 
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::hash::BuildHasher;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -191,37 +191,117 @@ pub struct MemoryReplayStore {
     inner: Mutex<Entries>,
     capacity: usize,
     clock: Clock,
-    /// Two independently keyed hashers: a key is remembered as its 128-bit keyed fingerprint,
-    /// so an insert allocates nothing and an attacker cannot aim for collisions.
-    hashers: (RandomState, RandomState),
+    /// A key is remembered as its 64-bit keyed fingerprint, so an insert allocates nothing and
+    /// nobody can aim for collisions without the per-store key.
+    hasher: RandomState,
 }
 
-/// Expiry times in milliseconds since the Unix epoch, by key fingerprint.
+/// The ids held, by fingerprint, and their insertion order.
 #[derive(Default)]
 struct Entries {
-    map: HashMap<u128, u64, BuildHasherDefault<FingerprintHasher>>,
+    table: Table,
     /// Insertion order, for expiry and eviction; may hold stale entries (removed or re-inserted
-    /// keys), recognised by an expiry that differs from the map's.
-    order: VecDeque<(u128, u64)>,
+    /// keys), recognised by an expiry that differs from the table's.
+    order: VecDeque<(u64, u64)>,
 }
 
-/// The fingerprints are already keyed hashes: use their low bits as the hash.
-#[derive(Default)]
-struct FingerprintHasher(u64);
+/// One slot of [`Table`]: a fingerprint (0 = empty) and its expiry in milliseconds since the
+/// Unix epoch.
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    fp: u64,
+    expiry: u64,
+}
 
-impl Hasher for FingerprintHasher {
-    fn finish(&self) -> u64 {
-        self.0
+/// An open-addressing hash table of fingerprints, linear probing, kept at most half full, with
+/// backward-shift deletion (no tombstones, so probe sequences stay short under constant churn).
+///
+/// Fingerprint and expiry share one 16-byte slot: a lookup touches one cache line, where a map
+/// with separate control bytes and buckets touches two.
+#[derive(Default)]
+struct Table {
+    slots: Vec<Slot>,
+    len: usize,
+}
+
+impl Table {
+    fn mask(&self) -> usize {
+        self.slots.len() - 1
     }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
+
+    fn home(&self, fp: u64) -> usize {
+        // Fingerprints are uniformly distributed keyed hashes: their low bits are a fine index.
+        (fp as usize) & self.mask()
+    }
+
+    /// `Ok(slot)` holding `fp`, or `Err(empty slot)` where it would go. The table is not empty.
+    fn find(&self, fp: u64) -> Result<usize, usize> {
+        let mut i = self.home(fp);
+        loop {
+            match self.slots[i].fp {
+                f if f == fp => return Ok(i),
+                0 => return Err(i),
+                _ => i = (i + 1) & self.mask(),
+            }
         }
     }
-    fn write_u128(&mut self, value: u128) {
-        self.0 = value as u64;
+
+    fn get(&self, fp: u64) -> Option<u64> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        self.find(fp).ok().map(|i| self.slots[i].expiry)
+    }
+
+    fn insert(&mut self, fp: u64, expiry: u64) {
+        if (self.len + 1) * 2 > self.slots.len() {
+            self.grow();
+        }
+        match self.find(fp) {
+            Ok(i) => self.slots[i].expiry = expiry,
+            Err(i) => {
+                self.slots[i] = Slot { fp, expiry };
+                self.len += 1;
+            }
+        }
+    }
+
+    fn remove(&mut self, fp: u64) -> Option<u64> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let found = self.find(fp).ok()?;
+        let expiry = self.slots[found].expiry;
+        // Shift back every following entry of the cluster whose probe path crosses the hole.
+        let mask = self.mask();
+        let mut hole = found;
+        let mut j = (found + 1) & mask;
+        loop {
+            let slot = self.slots[j];
+            if slot.fp == 0 {
+                break;
+            }
+            let home = self.home(slot.fp);
+            if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(hole) & mask) {
+                self.slots[hole] = slot;
+                hole = j;
+            }
+            j = (j + 1) & mask;
+        }
+        self.slots[hole] = Slot::default();
+        self.len -= 1;
+        Some(expiry)
+    }
+
+    fn grow(&mut self) {
+        let size = (self.slots.len() * 2).max(16);
+        let old = std::mem::replace(&mut self.slots, vec![Slot::default(); size]);
+        self.len = 0;
+        for slot in old.into_iter().filter(|s| s.fp != 0) {
+            let i = self.find(slot.fp).unwrap_err();
+            self.slots[i] = slot;
+            self.len += 1;
+        }
     }
 }
 
@@ -240,7 +320,7 @@ impl MemoryReplayStore {
             inner: Mutex::new(Entries::default()),
             capacity: capacity.max(1),
             clock: Clock::system(),
-            hashers: (RandomState::new(), RandomState::new()),
+            hasher: RandomState::new(),
         }
     }
 
@@ -252,7 +332,7 @@ impl MemoryReplayStore {
 
     /// How many ids are held (expired ones included until they are purged).
     pub fn len(&self) -> usize {
-        self.lock().map.len()
+        self.lock().table.len
     }
 
     /// Whether no id is held.
@@ -265,8 +345,9 @@ impl MemoryReplayStore {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn fingerprint(&self, key: &str) -> u128 {
-        (u128::from(self.hashers.0.hash_one(key)) << 64) | u128::from(self.hashers.1.hash_one(key))
+    /// The keyed fingerprint of `key`; never 0 (the empty slot).
+    fn fingerprint(&self, key: &str) -> u64 {
+        self.hasher.hash_one(key).max(1)
     }
 
     fn now_ms(&self) -> u64 {
@@ -283,25 +364,25 @@ impl MemoryReplayStore {
         let now = self.now_ms();
         let expiry = now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
         let mut e = self.lock();
-        let Entries { map, order } = &mut *e;
-        if map.get(&fp).is_some_and(|&exp| exp > now) {
+        let Entries { table, order } = &mut *e;
+        if table.get(fp).is_some_and(|exp| exp > now) {
             return false;
         }
-        // Purge expired entries at the front, then evict the oldest while full.
+        // Purge expired entries at the front, then evict the oldest while full. An entry that is
+        // neither expired nor needed for room ends the loop without a table lookup.
         while let Some(&(k, exp)) = order.front() {
-            let live = map.get(&k) == Some(&exp);
-            if live && exp > now && map.len() < self.capacity {
+            if exp > now && table.len < self.capacity {
                 break;
             }
-            if live {
-                map.remove(&k);
+            if table.get(k) == Some(exp) {
+                table.remove(k);
             }
             order.pop_front();
         }
-        map.insert(fp, expiry);
+        table.insert(fp, expiry);
         order.push_back((fp, expiry));
         if order.len() > 2 * self.capacity {
-            order.retain(|(k, exp)| map.get(k) == Some(exp));
+            order.retain(|&(k, exp)| table.get(k) == Some(exp));
         }
         true
     }
@@ -329,7 +410,7 @@ impl ReplayStore for MemoryReplayStore {
 
     fn remove(&self, key: &str) -> ReplayFuture {
         let fp = self.fingerprint(key);
-        ReplayFuture::ready(Ok(self.lock().map.remove(&fp).is_some()))
+        ReplayFuture::ready(Ok(self.lock().table.remove(fp).is_some()))
     }
 }
 
@@ -419,5 +500,123 @@ mod redis_store {
                 Ok(n > 0)
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Insert(u64, u64),
+        Remove(u64),
+        Get(u64),
+    }
+
+    fn op(keys: u64) -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (1..=keys, any::<u64>()).prop_map(|(k, e)| Op::Insert(k, e)),
+            2 => (1..=keys).prop_map(Op::Remove),
+            2 => (1..=keys).prop_map(Op::Get),
+        ]
+    }
+
+    proptest! {
+        // Small key spaces with keys chosen to share home slots: long clusters that wrap around
+        // the end of the table, the cases backward-shift deletion must get right.
+        #[test]
+        fn table_behaves_like_a_map(
+            ops in proptest::collection::vec(op(40), 1..400),
+            spread in prop_oneof![Just(1u64), Just(16), Just(1 << 20)],
+        ) {
+            let mut table = Table::default();
+            let mut model = HashMap::new();
+            for op in ops {
+                match op {
+                    Op::Insert(k, e) => {
+                        table.insert(k * spread, e);
+                        model.insert(k * spread, e);
+                    }
+                    Op::Remove(k) => prop_assert_eq!(table.remove(k * spread), model.remove(&(k * spread))),
+                    Op::Get(k) => prop_assert_eq!(table.get(k * spread), model.get(&(k * spread)).copied()),
+                }
+                prop_assert_eq!(table.len, model.len());
+                prop_assert!(table.len * 2 <= table.slots.len());
+            }
+            for (k, e) in &model {
+                prop_assert_eq!(table.get(*k), Some(*e));
+            }
+        }
+
+        // The store against the same policy written over plain keys: expired ids come again,
+        // the oldest is evicted when full, removed ids come again, never more than `capacity`.
+        #[test]
+        fn store_follows_the_policy(
+            steps in proptest::collection::vec((0u8..12, 0u64..4, 1u64..6, any::<bool>()), 1..300),
+            capacity in 1usize..6,
+        ) {
+            let now = Arc::new(AtomicU64::new(1_000_000));
+            let n = now.clone();
+            let store = MemoryReplayStore::with_capacity(capacity)
+                .clock(Clock::from_fn(move || SystemTime::UNIX_EPOCH + Duration::from_millis(n.load(Ordering::SeqCst))));
+            let mut map: HashMap<String, u64> = HashMap::new();
+            let mut order: VecDeque<(String, u64)> = VecDeque::new();
+            for (key, advance, ttl, remove) in steps {
+                let t = now.fetch_add(advance, Ordering::SeqCst) + advance;
+                let key = format!("github:{key}");
+                if remove {
+                    let got = block_on(store.remove(&key));
+                    prop_assert_eq!(got, map.remove(&key).is_some());
+                    continue;
+                }
+                let expected = if map.get(&key).is_some_and(|&e| e > t) {
+                    false
+                } else {
+                    while let Some((k, e)) = order.front().cloned() {
+                        if e > t && map.len() < capacity {
+                            break;
+                        }
+                        if map.get(&k) == Some(&e) {
+                            map.remove(&k);
+                        }
+                        order.pop_front();
+                    }
+                    map.insert(key.clone(), t + ttl);
+                    order.push_back((key.clone(), t + ttl));
+                    true
+                };
+                prop_assert_eq!(block_on(store.insert(&key, Duration::from_millis(ttl))), expected);
+                prop_assert!(store.len() <= capacity);
+                prop_assert_eq!(store.len(), map.len());
+            }
+        }
+    }
+
+    fn block_on(mut future: ReplayFuture) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(&mut future).poll(&mut cx) {
+            Poll::Ready(result) => result.unwrap(),
+            Poll::Pending => panic!("the memory store answers at once"),
+        }
+    }
+
+    #[test]
+    fn churn_past_capacity_keeps_the_table_small() {
+        let store = MemoryReplayStore::with_capacity(1_000);
+        for i in 0..50_000 {
+            assert!(block_on(store.insert(&format!("github:{i}"), Duration::from_secs(60))));
+        }
+        let e = store.lock();
+        assert_eq!(e.table.len, 1_000);
+        assert_eq!(e.table.slots.len(), 2_048);
+        assert!(e.order.len() <= 2_000);
+        drop(e);
+        // The newest ids are still known, the oldest were evicted.
+        assert!(!block_on(store.insert("github:49999", Duration::from_secs(60))));
+        assert!(block_on(store.insert("github:0", Duration::from_secs(60))));
     }
 }

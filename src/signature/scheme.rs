@@ -593,8 +593,9 @@ impl Candidates {
                     return Err(E::MalformedHeader(header.clone()));
                 }
                 let n = encoded.len() / 2;
-                hex::decode_to_slice(encoded, &mut sig.bytes[..n])
-                    .map_err(|_| E::MalformedHeader(header.clone()))?;
+                if !decode_hex(encoded, &mut sig.bytes[..n]) {
+                    return Err(E::MalformedHeader(header.clone()));
+                }
                 n
             }
             Encoding::Base64 => {
@@ -1004,14 +1005,14 @@ impl Scheme {
             {
                 Some((_, v)) => {
                     validate_id(v.as_bytes())?;
-                    Some(Text::Header(v.clone()))
+                    Some(Text::header(v))
                 }
                 None => None,
             },
             Field::Json(_) => json
                 .as_ref()
                 .and_then(|m| m.id.as_deref().or(m.event_id.as_deref()))
-                .map(|s| validate_id(s.as_bytes()).map(|()| Text::Owned(s.to_owned())))
+                .map(|s| validate_id(s.as_bytes()).map(|()| Text::new(s)))
                 .transpose()?,
             Field::None => None,
         };
@@ -1020,15 +1021,15 @@ impl Scheme {
                 .ok()
                 .flatten()
                 .filter(|(_, v)| v.to_str().is_ok())
-                .map(|(_, v)| Text::Header(v.clone())),
+                .map(|(_, v)| Text::header(v)),
             Field::Json("eventType") => json
                 .as_ref()
                 .and_then(|m| m.event_type.as_deref())
-                .map(|s| Text::Owned(s.to_owned())),
+                .map(Text::new),
             Field::Json(_) => json
                 .as_ref()
                 .and_then(|m| m.ty.as_deref())
-                .map(|s| Text::Owned(s.to_owned())),
+                .map(Text::new),
             Field::None => None,
         };
         if matches!(self.kind, Kind::Stripe | Kind::Basic) && verified.delivery_id.is_none() {
@@ -1124,7 +1125,7 @@ fn zoom_meta(keys: &Keys, verified: &mut Verified, body: &[u8]) -> Result<(), E>
             body: Bytes::from(answer.to_string()),
         });
     }
-    verified.event = meta.event.map(|e| Text::Owned(e.into_owned()));
+    verified.event = meta.event.as_deref().map(Text::new);
     Ok(())
 }
 
@@ -1155,22 +1156,57 @@ fn validate_id(bytes: &[u8]) -> Result<(), E> {
     Ok(())
 }
 
-/// Text taken from a header (shared with the request, no copy) or from the body.
-#[derive(Clone, PartialEq, Eq)]
+/// The longest text kept inline (delivery ids and event names are usually shorter).
+const INLINE_TEXT: usize = 48;
+
+/// Text taken from a header or from the body: short values inline (no allocation), longer
+/// header values shared with the request, longer body values owned.
+#[derive(Clone)]
 pub(crate) enum Text {
+    Inline { len: u8, bytes: [u8; INLINE_TEXT] },
     /// Checked to be visible ASCII when taken.
     Header(HeaderValue),
     Owned(String),
 }
 
 impl Text {
+    /// A header value already checked to be visible ASCII (or `to_str`-able).
+    pub(crate) fn header(value: &HeaderValue) -> Self {
+        Self::inline(value.as_bytes()).unwrap_or_else(|| Text::Header(value.clone()))
+    }
+
+    pub(crate) fn new(text: &str) -> Self {
+        Self::inline(text.as_bytes()).unwrap_or_else(|| Text::Owned(text.to_owned()))
+    }
+
+    fn inline(text: &[u8]) -> Option<Self> {
+        let mut bytes = [0; INLINE_TEXT];
+        bytes.get_mut(..text.len())?.copy_from_slice(text);
+        Some(Text::Inline {
+            len: text.len() as u8,
+            bytes,
+        })
+    }
+
     pub(crate) fn as_str(&self) -> &str {
         match self {
+            // Only ever built from a `&str` or a `to_str`-able header value.
+            Text::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
             Text::Header(v) => v.to_str().unwrap_or_default(),
             Text::Owned(s) => s,
         }
     }
 }
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Text {}
 
 impl std::fmt::Debug for Text {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -1202,7 +1238,7 @@ pub(crate) fn form_payload(body: &[u8]) -> Option<Vec<u8>> {
             b'%' => {
                 let hex = raw.get(i + 1..i + 3)?;
                 let mut byte = [0u8];
-                hex::decode_to_slice(hex, &mut byte).ok()?;
+                decode_hex(hex, &mut byte).then_some(())?;
                 out.push(byte[0]);
                 i += 2;
             }
@@ -1211,6 +1247,38 @@ pub(crate) fn form_payload(body: &[u8]) -> Option<Vec<u8>> {
         i += 1;
     }
     Some(out)
+}
+
+/// The value of each hex digit (either case), 0xff for any other byte.
+const HEX_VALUE: [u8; 256] = {
+    let mut table = [0xff; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        table[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
+
+/// Decodes `2 * dst.len()` hex digits into `dst`; `false` if `src` has another length or a
+/// byte that is not a hex digit. One table lookup per digit and no branch per byte.
+pub(crate) fn decode_hex(src: &[u8], dst: &mut [u8]) -> bool {
+    if src.len() != 2 * dst.len() {
+        return false;
+    }
+    let mut invalid = 0u8;
+    for (out, pair) in dst.iter_mut().zip(src.chunks_exact(2)) {
+        let (hi, lo) = (HEX_VALUE[usize::from(pair[0])], HEX_VALUE[usize::from(pair[1])]);
+        invalid |= hi | lo;
+        *out = (hi << 4) | (lo & 0x0f);
+    }
+    invalid & 0xf0 == 0
 }
 
 /// Compares a presented token with every configured one, in constant time, no early exit.
@@ -1231,6 +1299,13 @@ fn match_token(keys: &Keys, presented: &[u8]) -> Result<usize, E> {
     } else {
         Err(E::Mismatch)
     }
+}
+
+/// Compares two tags of equal length without data-dependent branches: the differences are
+/// folded into one byte, and only that byte goes through `subtle`.
+fn tags_equal(a: &[u8], b: &[u8]) -> subtle::Choice {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    diff.ct_eq(&0) & subtle::Choice::from(u8::from(a.len() == b.len()))
 }
 
 /// Computes the MAC once per secret and compares it with every candidate in constant time.
@@ -1254,7 +1329,7 @@ fn match_mac(keys: &Keys, sigs: &Candidates, prefix: &[u8], body: &[u8]) -> Resu
                 if sig.len() != tag_len {
                     continue;
                 }
-                let eq = tag.as_slice().ct_eq(sig);
+                let eq = tags_equal(tag.as_slice(), sig);
                 index.conditional_assign(&(i as u32), eq & !found);
                 found |= eq;
             }
@@ -1290,5 +1365,47 @@ pub(crate) fn standard_webhooks_key(secret: &Secret) -> Result<Secret, Signature
 impl CustomScheme {
     pub(crate) fn algorithm_value(&self) -> Algorithm {
         self.algorithm
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn decode_hex_agrees_with_the_hex_crate(src in proptest::collection::vec(any::<u8>(), 0..40)) {
+            let mut ours = vec![0u8; src.len() / 2];
+            let mut theirs = vec![0u8; src.len() / 2];
+            let ok = decode_hex(&src, &mut ours);
+            prop_assert_eq!(ok, hex::decode_to_slice(&src, &mut theirs).is_ok());
+            if ok {
+                prop_assert_eq!(ours, theirs);
+            }
+        }
+
+        #[test]
+        fn decode_hex_reads_what_hex_writes(bytes in proptest::collection::vec(any::<u8>(), 0..40), upper: bool) {
+            let text = if upper { hex::encode_upper(&bytes) } else { hex::encode(&bytes) };
+            let mut out = vec![0u8; bytes.len()];
+            prop_assert!(decode_hex(text.as_bytes(), &mut out));
+            prop_assert_eq!(out, bytes);
+        }
+    }
+
+    #[test]
+    fn text_is_inline_when_short_and_compares_by_content() {
+        let short = Text::header(&HeaderValue::from_static("72d3162e-cc78-11e3-81ab-4c9367dc0958"));
+        assert!(matches!(short, Text::Inline { .. }));
+        assert_eq!(short.as_str(), "72d3162e-cc78-11e3-81ab-4c9367dc0958");
+        let long = "x".repeat(INLINE_TEXT + 1);
+        assert!(matches!(Text::new(&long), Text::Owned(_)));
+        assert!(matches!(
+            Text::header(&HeaderValue::from_str(&long).unwrap()),
+            Text::Header(_)
+        ));
+        assert_eq!(Text::new("push"), Text::Owned("push".into()));
+        assert_eq!(Text::new(""), Text::Owned(String::new()));
     }
 }
