@@ -304,19 +304,29 @@ where
     #[inline]
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let info = RequestInfo::of(&req, self.shared.get());
-        let kind = if let Some(err) = self.ready_error.take() {
-            Kind::Ready(Some(Outcome::Error(err)))
-        } else {
-            match catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
-                Ok(future) => Kind::Inner { future },
-                Err(payload) => Kind::Ready(Some(Outcome::Panic(payload))),
-            }
+        let shared = self.shared.clone();
+        let renderer = self.renderer.clone();
+        if let Some(err) = self.ready_error.take() {
+            return ResponseFuture {
+                kind: Kind::Ready(Some(Outcome::Error(err))),
+                info,
+                shared,
+                renderer,
+            };
+        }
+        // The variant is built inside the closure, so the inner future is written once.
+        let inner = &mut self.inner;
+        let kind = match catch_unwind(AssertUnwindSafe(move || Kind::Inner {
+            future: inner.call(req),
+        })) {
+            Ok(kind) => kind,
+            Err(payload) => Kind::Ready(Some(Outcome::Panic(payload))),
         };
         ResponseFuture {
             kind,
             info,
-            shared: self.shared.clone(),
-            renderer: self.renderer.clone(),
+            shared,
+            renderer,
         }
     }
 }
@@ -364,16 +374,17 @@ where
         let mut this = self.project();
         let outcome = match this.kind.as_mut().project() {
             KindProj::Inner { future } => {
-                match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
-                    Ok(Poll::Pending) => return Poll::Pending,
-                    Ok(Poll::Ready(Ok(response))) => {
-                        return Poll::Ready(Ok(on_response(
-                            response,
-                            this.info,
-                            this.shared.get(),
-                            this.renderer,
-                        )));
+                let (info, config, renderer) = (&*this.info, this.shared.get(), &*this.renderer);
+                // The response is mapped inside the closure, so it is written once, in place.
+                match catch_unwind(AssertUnwindSafe(|| match future.poll(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Ok(response)) => {
+                        Poll::Ready(Ok(on_response(response, info, config, renderer)))
                     }
+                    Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+                })) {
+                    Ok(Poll::Pending) => return Poll::Pending,
+                    Ok(Poll::Ready(Ok(response))) => return Poll::Ready(Ok(response)),
                     Ok(Poll::Ready(Err(err))) => Outcome::Error(err.into()),
                     Err(payload) => {
                         // The inner future may not be polled again after a panic.
