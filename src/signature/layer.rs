@@ -911,7 +911,8 @@ where
                                         early: Some(Early::Challenge(challenge)),
                                     },
                                     _ => {
-                                        let lookup = match (&shared.replay, verified.delivery_id()) {
+                                        let lookup = match (&shared.replay, verified.delivery_id())
+                                        {
                                             (Some(store), Some(id)) => Some(with_replay_key(
                                                 verified.provider(),
                                                 id,
@@ -943,8 +944,7 @@ where
                     let key = || replay_key_of(&req);
                     match outcome {
                         Ok(true) => {
-                            let claimed =
-                                (shared.record == RecordDelivery::AfterSuccess).then(key);
+                            let claimed = (shared.record == RecordDelivery::AfterSuccess).then(key);
                             call_inner(inner.take().expect("inner once"), req, claimed)
                         }
                         Ok(false) => match shared.on_replay {

@@ -1,7 +1,7 @@
 //! Replay protection: remembering delivery ids.
 
-use std::collections::hash_map::RandomState;
 use std::collections::VecDeque;
+use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::future::Future;
 use std::hash::BuildHasher;
@@ -608,7 +608,9 @@ mod tests {
     fn churn_past_capacity_keeps_the_table_small() {
         let store = MemoryReplayStore::with_capacity(1_000);
         for i in 0..50_000 {
-            assert!(block_on(store.insert(&format!("github:{i}"), Duration::from_secs(60))));
+            assert!(block_on(
+                store.insert(&format!("github:{i}"), Duration::from_secs(60))
+            ));
         }
         let e = store.lock();
         assert_eq!(e.table.len, 1_000);
@@ -616,7 +618,9 @@ mod tests {
         assert!(e.order.len() <= 2_000);
         drop(e);
         // The newest ids are still known, the oldest were evicted.
-        assert!(!block_on(store.insert("github:49999", Duration::from_secs(60))));
+        assert!(!block_on(
+            store.insert("github:49999", Duration::from_secs(60))
+        ));
         assert!(block_on(store.insert("github:0", Duration::from_secs(60))));
     }
 }

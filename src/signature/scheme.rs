@@ -1026,10 +1026,7 @@ impl Scheme {
                 .as_ref()
                 .and_then(|m| m.event_type.as_deref())
                 .map(Text::new),
-            Field::Json(_) => json
-                .as_ref()
-                .and_then(|m| m.ty.as_deref())
-                .map(Text::new),
+            Field::Json(_) => json.as_ref().and_then(|m| m.ty.as_deref()).map(Text::new),
             Field::None => None,
         };
         if matches!(self.kind, Kind::Stripe | Kind::Basic) && verified.delivery_id.is_none() {
@@ -1163,7 +1160,10 @@ const INLINE_TEXT: usize = 48;
 /// header values shared with the request, longer body values owned.
 #[derive(Clone)]
 pub(crate) enum Text {
-    Inline { len: u8, bytes: [u8; INLINE_TEXT] },
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_TEXT],
+    },
     /// Checked to be visible ASCII when taken.
     Header(HeaderValue),
     Owned(String),
@@ -1274,7 +1274,10 @@ pub(crate) fn decode_hex(src: &[u8], dst: &mut [u8]) -> bool {
     }
     let mut invalid = 0u8;
     for (out, pair) in dst.iter_mut().zip(src.chunks_exact(2)) {
-        let (hi, lo) = (HEX_VALUE[usize::from(pair[0])], HEX_VALUE[usize::from(pair[1])]);
+        let (hi, lo) = (
+            HEX_VALUE[usize::from(pair[0])],
+            HEX_VALUE[usize::from(pair[1])],
+        );
         invalid |= hi | lo;
         *out = (hi << 4) | (lo & 0x0f);
     }
@@ -1396,7 +1399,9 @@ mod tests {
 
     #[test]
     fn text_is_inline_when_short_and_compares_by_content() {
-        let short = Text::header(&HeaderValue::from_static("72d3162e-cc78-11e3-81ab-4c9367dc0958"));
+        let short = Text::header(&HeaderValue::from_static(
+            "72d3162e-cc78-11e3-81ab-4c9367dc0958",
+        ));
         assert!(matches!(short, Text::Inline { .. }));
         assert_eq!(short.as_str(), "72d3162e-cc78-11e3-81ab-4c9367dc0958");
         let long = "x".repeat(INLINE_TEXT + 1);
