@@ -636,8 +636,21 @@ pub(crate) struct Verified {
     pub(crate) challenge: Option<Handshake>,
 }
 
+/// Up to this many header values, a header is found by one pass over the map rather than by
+/// hashing its name (webhook requests carry 5 to 20 headers).
+const LINEAR_SCAN_MAX: usize = 24;
+
 /// The one value of a header that must appear at most once.
 fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a HeaderValue>, E> {
+    if headers.len() <= LINEAR_SCAN_MAX {
+        let mut found = None;
+        for (n, value) in headers {
+            if n == name && found.replace(value).is_some() {
+                return Err(E::DuplicateHeader(name.clone()));
+            }
+        }
+        return Ok(found);
+    }
     let mut all = headers.get_all(name).iter();
     let first = all.next();
     if all.next().is_some() {
@@ -1394,6 +1407,33 @@ mod tests {
             let mut out = vec![0u8; bytes.len()];
             prop_assert!(decode_hex(text.as_bytes(), &mut out));
             prop_assert_eq!(out, bytes);
+        }
+    }
+
+    /// `single` answers the same whether it scans a small map or hashes into a large one.
+    #[test]
+    fn single_finds_once_and_refuses_duplicates_in_small_and_large_maps() {
+        let name = HeaderName::from_static("x-hub-signature-256");
+        for filler in [2, LINEAR_SCAN_MAX + 6] {
+            let mut headers = HeaderMap::new();
+            for i in 0..filler {
+                headers.append(
+                    HeaderName::from_bytes(format!("x-filler-{i}").as_bytes()).unwrap(),
+                    HeaderValue::from_static("v"),
+                );
+            }
+            assert_eq!(single(&headers, &name).unwrap(), None, "{filler} headers");
+            headers.append(&name, HeaderValue::from_static("sha256=ab"));
+            assert_eq!(
+                single(&headers, &name).unwrap(),
+                Some(&HeaderValue::from_static("sha256=ab")),
+                "{filler} headers"
+            );
+            headers.append(&name, HeaderValue::from_static("sha256=cd"));
+            assert!(
+                matches!(single(&headers, &name), Err(E::DuplicateHeader(n)) if n == name),
+                "{filler} headers"
+            );
         }
     }
 
