@@ -25,7 +25,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use support::{BoreServer, LtServer, hello_service, serve_locally};
 use tokio::net::TcpStream;
-use tower_webhook::tunnel::{Bore, LocalTunnel, Tunnel, TunnelHandle, Upstream};
+use tower_webhook::tunnel::{Bore, LocalTunnel, Tunnel, TunnelBuilder, TunnelHandle, Upstream};
 
 const BORE_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 50);
 const CONNECTIONS: usize = 8;
@@ -202,6 +202,22 @@ fn bore_requests(c: &mut Criterion) {
     });
 }
 
+/// Time from `start` to a URL, summed over `iters` tunnels built by `builder` (closing excluded).
+async fn time_starts(
+    iters: u64,
+    local: SocketAddr,
+    builder: impl Fn() -> TunnelBuilder,
+) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let started = Instant::now();
+        let handle = builder().start(local).await.unwrap();
+        total += started.elapsed();
+        handle.close().await;
+    }
+    total
+}
+
 fn start_to_url(c: &mut Criterion) {
     let rt = runtime();
     let (server, lt, local) = rt.block_on(async {
@@ -214,36 +230,14 @@ fn start_to_url(c: &mut Criterion) {
     group.sample_size(20);
     let bore = || Bore::new().server("127.0.0.51");
     group.bench_function("ours_bore_verified", |b| {
-        b.to_async(&rt).iter_custom(|iters| async move {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let started = Instant::now();
-                let handle = Tunnel::builder()
-                    .provider(bore())
-                    .start(local)
-                    .await
-                    .unwrap();
-                total += started.elapsed();
-                handle.close().await;
-            }
-            total
-        });
+        b.to_async(&rt)
+            .iter_custom(|iters| time_starts(iters, local, || Tunnel::builder().provider(bore())));
     });
     group.bench_function("ours_bore_unverified", |b| {
-        b.to_async(&rt).iter_custom(|iters| async move {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let started = Instant::now();
-                let handle = Tunnel::builder()
-                    .provider(bore())
-                    .probe(false)
-                    .start(local)
-                    .await
-                    .unwrap();
-                total += started.elapsed();
-                handle.close().await;
-            }
-            total
+        b.to_async(&rt).iter_custom(|iters| {
+            time_starts(iters, local, || {
+                Tunnel::builder().provider(bore()).probe(false)
+            })
         });
     });
     group.bench_function("bore_cli_reference_unverified", |b| {
@@ -266,25 +260,14 @@ fn start_to_url(c: &mut Criterion) {
         let lt_server = lt_server.clone();
         b.to_async(&rt).iter_custom(move |iters| {
             let lt_server = lt_server.clone();
-            async move {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let started = Instant::now();
-                    let handle = Tunnel::builder()
-                        .provider(
-                            LocalTunnel::new()
-                                .server(lt_server.clone())
-                                .subdomain("bench-start")
-                                .unwrap(),
-                        )
-                        .start(local)
-                        .await
-                        .unwrap();
-                    total += started.elapsed();
-                    handle.close().await;
-                }
-                total
-            }
+            time_starts(iters, local, move || {
+                Tunnel::builder().provider(
+                    LocalTunnel::new()
+                        .server(lt_server.clone())
+                        .subdomain("bench-start")
+                        .unwrap(),
+                )
+            })
         });
     });
     group.finish();

@@ -1297,24 +1297,47 @@ pub(crate) fn decode_hex(src: &[u8], dst: &mut [u8]) -> bool {
     invalid & 0xf0 == 0
 }
 
+/// The index of the first configured secret that matched, chosen without data-dependent
+/// branches: every comparison is recorded, none ends the search early.
+struct FirstMatch {
+    found: subtle::Choice,
+    index: u32,
+}
+
+impl FirstMatch {
+    fn new() -> Self {
+        Self {
+            found: subtle::Choice::from(0),
+            index: 0,
+        }
+    }
+
+    fn record(&mut self, secret: usize, eq: subtle::Choice) {
+        self.index
+            .conditional_assign(&(secret as u32), eq & !self.found);
+        self.found |= eq;
+    }
+
+    fn finish(self) -> Result<usize, E> {
+        if bool::from(self.found) {
+            Ok(self.index as usize)
+        } else {
+            Err(E::Mismatch)
+        }
+    }
+}
+
 /// Compares a presented token with every configured one, in constant time, no early exit.
 fn match_token(keys: &Keys, presented: &[u8]) -> Result<usize, E> {
     let Keys::Token(digests) = keys else {
         return Err(E::Mismatch);
     };
     let presented: [u8; 32] = Sha256::digest(presented).into();
-    let mut found = subtle::Choice::from(0);
-    let mut index = 0u32;
+    let mut first = FirstMatch::new();
     for (i, digest) in digests.iter().enumerate() {
-        let eq = digest.ct_eq(&presented);
-        index.conditional_assign(&(i as u32), eq & !found);
-        found |= eq;
+        first.record(i, tags_equal(digest, &presented));
     }
-    if bool::from(found) {
-        Ok(index as usize)
-    } else {
-        Err(E::Mismatch)
-    }
+    first.finish()
 }
 
 /// Compares two tags of equal length without data-dependent branches: the differences are
@@ -1333,8 +1356,7 @@ fn match_mac(keys: &Keys, sigs: &Candidates, prefix: &[u8], body: &[u8]) -> Resu
         prefix: &[u8],
         body: &[u8],
     ) -> Result<usize, E> {
-        let mut found = subtle::Choice::from(0);
-        let mut index = 0u32;
+        let mut first = FirstMatch::new();
         for (i, key) in keys.iter().enumerate() {
             let mut mac = key.clone();
             mac.update(prefix);
@@ -1345,16 +1367,10 @@ fn match_mac(keys: &Keys, sigs: &Candidates, prefix: &[u8], body: &[u8]) -> Resu
                 if sig.len() != tag_len {
                     continue;
                 }
-                let eq = tags_equal(tag.as_slice(), sig);
-                index.conditional_assign(&(i as u32), eq & !found);
-                found |= eq;
+                first.record(i, tags_equal(tag.as_slice(), sig));
             }
         }
-        if bool::from(found) {
-            Ok(index as usize)
-        } else {
-            Err(E::Mismatch)
-        }
+        first.finish()
     }
     let tag_len = keys.tag_len();
     match keys {
