@@ -111,7 +111,7 @@ fn bench(c: &mut Criterion) {
                     assert_eq!(res.status(), 200);
                     res
                 },
-                BatchSize::SmallInput,
+                BatchSize::NumIterations(16),
             )
         });
 
@@ -126,7 +126,7 @@ fn bench(c: &mut Criterion) {
             b.iter_batched(
                 || github_request(&payload, FIXED_DELIVERY, &signature),
                 |req| run_ready(svc.call(req)).unwrap(),
-                BatchSize::SmallInput,
+                BatchSize::NumIterations(16),
             )
         });
 
@@ -139,7 +139,7 @@ fn bench(c: &mut Criterion) {
             b.iter_batched(
                 || github_request(&payload, FIXED_DELIVERY, &signature),
                 |req| run_ready(plain.call(req)).unwrap(),
-                BatchSize::SmallInput,
+                BatchSize::NumIterations(16),
             )
         });
 
