@@ -19,7 +19,7 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_webhook::error::{HttpError, Problem, WebhookErrorLayer, types};
 use tower_webhook::signature::{
     Algorithm, Clock, CustomScheme, Encoding, MemoryReplayStore, OnReplay, Provider,
-    RecordDelivery, ReplayStore, Secrets, SignatureConfigError, SignatureLayer,
+    RecordDelivery, ReplayFuture, ReplayStore, Secrets, SignatureConfigError, SignatureLayer,
     SignatureValidationError, VerifiedWebhook,
 };
 
@@ -702,6 +702,93 @@ async fn record_after_success_lets_a_failed_delivery_be_redelivered() {
 }
 
 #[tokio::test]
+async fn record_after_success_releases_an_abandoned_or_panicked_delivery() {
+    let layer = github().record_delivery(RecordDelivery::AfterSuccess);
+    let req = |id: &str| {
+        post(
+            &[("x-hub-signature-256", GH_SIG), ("x-github-delivery", id)],
+            GH_BODY,
+        )
+    };
+    // The handler never answers and the client goes away (the provider's own timeout).
+    let hang =
+        ServiceBuilder::new()
+            .layer(layer.clone())
+            .service_fn(|_req: Request<Full<Bytes>>| async {
+                std::future::pending::<Result<Response<Full<Bytes>>, Infallible>>().await
+            });
+    let abandoned = tokio::time::timeout(Duration::from_millis(50), hang.oneshot(req("gone")));
+    assert!(abandoned.await.is_err());
+    // The handler panics; an outer layer turns the panic into a response.
+    let panics = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .layer(layer.clone())
+        .service_fn(|_req: Request<Full<Bytes>>| async {
+            if true {
+                panic!("handler bug");
+            }
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+        });
+    assert_eq!(panics.oneshot(req("boom")).await.unwrap().status(), 500);
+
+    // Both redeliveries reach the handler; a third copy of a delivered one is a replay.
+    let seen = Seen::default();
+    for id in ["gone", "boom"] {
+        assert_eq!(send(&layer, &seen, req(id)).await.status, 200, "{id}");
+        assert_eq!(send(&layer, &seen, req(id)).await.status, 409, "{id}");
+    }
+    assert_eq!(seen.calls.load(Ordering::SeqCst), 2);
+}
+
+/// A store that answers only after a while, like a remote one.
+#[derive(Debug, Default)]
+struct SlowStore(Arc<MemoryReplayStore>);
+
+impl ReplayStore for SlowStore {
+    fn insert(&self, key: &str, ttl: Duration) -> ReplayFuture {
+        let answer = self.0.insert(key, ttl);
+        ReplayFuture::new(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            answer.await
+        })
+    }
+    fn remove(&self, key: &str) -> ReplayFuture {
+        let (store, key) = (Arc::clone(&self.0), key.to_owned());
+        ReplayFuture::new(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            store.remove(&key).await
+        })
+    }
+}
+
+#[tokio::test]
+async fn record_after_success_releases_a_claim_dropped_while_the_store_answers() {
+    let memory = Arc::new(MemoryReplayStore::new());
+    let layer = github()
+        .replay_store(SlowStore(Arc::clone(&memory)))
+        .record_delivery(RecordDelivery::AfterSuccess);
+    let req = || {
+        post(
+            &[
+                ("x-hub-signature-256", GH_SIG),
+                ("x-github-delivery", "slow"),
+            ],
+            GH_BODY,
+        )
+    };
+    // Dropped while the store is still answering the insert: the claim it won is released by a
+    // task of its own once the answer arrives.
+    let seen = Seen::default();
+    let dropped = tokio::time::timeout(Duration::from_millis(5), send(&layer, &seen, req()));
+    assert!(dropped.await.is_err());
+    assert_eq!(seen.calls.load(Ordering::SeqCst), 0);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(memory.is_empty(), "the abandoned claim was released");
+    assert_eq!(send(&layer, &seen, req()).await.status, 200);
+    assert_eq!(send(&layer, &seen, req()).await.status, 409);
+}
+
+#[tokio::test]
 async fn replay_store_is_shared_by_clones_and_routes_and_can_be_disabled() {
     let layer = github();
     let seen = Seen::default();
@@ -895,6 +982,34 @@ async fn standard_webhooks_reference_vector_is_accepted() {
     ];
     let (out, _) = sw_send(&layer, headers, SW_BODY).await;
     assert_eq!(out.status, 200);
+}
+
+#[tokio::test]
+async fn standard_webhooks_delivery_id_is_the_signed_header() {
+    // A delivery signed with `svix-*` names, replayed with an unsigned `webhook-id` added: the
+    // replay key and the handler's delivery id are the signed `svix-id`, so it is a replay.
+    let layer = sw_layer();
+    let svix = |extra: Option<&str>| {
+        let mut headers = vec![
+            ("svix-id", SW_ID.to_owned()),
+            ("svix-timestamp", SW_TS.to_string()),
+            ("svix-signature", SW_SIG.to_owned()),
+        ];
+        if let Some(id) = extra {
+            headers.push(("webhook-id", id.to_owned()));
+        }
+        headers
+    };
+    let (out, seen) = sw_send(&layer, svix(Some("fresh-0")), SW_BODY).await;
+    assert_eq!(out.status, 200);
+    let hook = seen.last.lock().unwrap().clone().unwrap().1;
+    assert_eq!(hook.delivery_id(), Some(SW_ID));
+    for fresh in ["fresh-1", "fresh-2"] {
+        let (out, seen) = sw_send(&layer, svix(Some(fresh)), SW_BODY).await;
+        assert_rejected(&out, &seen, StatusCode::CONFLICT, types::REPLAYED_DELIVERY);
+    }
+    let (out, seen) = sw_send(&layer, svix(None), SW_BODY).await;
+    assert_rejected(&out, &seen, StatusCode::CONFLICT, types::REPLAYED_DELIVERY);
 }
 
 #[tokio::test]
@@ -1623,6 +1738,33 @@ async fn bitbucket_gitea_forgejo_shopify_and_custom() {
         SignatureLayer::custom(CustomScheme::new("bad header"), secret),
         Err(SignatureConfigError::InvalidHeaderName(_))
     ));
+
+    // A window wide enough to admit any timestamp: a signed one beyond what `SystemTime`
+    // holds is accepted and reported as absent, without a panic.
+    let layer = SignatureLayer::custom(
+        CustomScheme::new("x-sig")
+            .algorithm(Algorithm::Sha512)
+            .encoding(Encoding::Base64)
+            .timestamp_header("x-ts"),
+        secret,
+    )
+    .unwrap()
+    .timestamp_tolerance(Duration::MAX);
+    let far = "9".repeat(19);
+    let mut mac = <Hmac<sha2::Sha512> as KeyInit>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{far}.").as_bytes());
+    mac.update(body);
+    let sig = B64.encode(mac.finalize().into_bytes());
+    let seen = Seen::default();
+    let out = send(
+        &layer,
+        &seen,
+        post(&[("x-sig", &sig), ("x-ts", &far)], &body[..]),
+    )
+    .await;
+    assert_eq!(out.status, 200);
+    let hook = seen.last.lock().unwrap().clone().unwrap().1;
+    assert_eq!(hook.timestamp(), None);
 }
 
 // ---------------------------------------------------------------- fail closed, secrets, logs

@@ -171,6 +171,9 @@ async fn store_semantics_against_real_redis() {
             .await
             .unwrap()
     );
+    // A TTL beyond Redis' range is capped, not refused.
+    assert!(store.insert("github:forever", Duration::MAX).await.unwrap());
+    assert!(!store.insert("github:forever", Duration::MAX).await.unwrap());
     // Concurrent inserts of one key: exactly one wins.
     let results = futures_join(&store, "github:race").await;
     assert_eq!(results.iter().filter(|new| **new).count(), 1, "{results:?}");

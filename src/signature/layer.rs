@@ -599,7 +599,9 @@ fn to_verified(
             event: v.event,
             timestamp: v
                 .timestamp
-                .map(|t| SystemTime::UNIX_EPOCH + Duration::from_secs(t)),
+                // A signed timestamp beyond what `SystemTime` holds (only with a window wide
+                // enough to let it through) is reported as absent rather than panicking.
+                .and_then(|t| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(t))),
             secret_index: v.secret_index,
         },
         v.challenge,
@@ -696,7 +698,7 @@ where
                 limit: shared.max_body,
             });
         }
-        // Within the limit: reserved at once if the body comes in several chunks.
+        // Within the limit: where buffering stops growing if the body comes in several chunks.
         let hint = announced
             .and_then(|len| usize::try_from(len).ok())
             .unwrap_or(0);
@@ -721,6 +723,9 @@ where
     }
 }
 
+/// The first allocation for a body that arrives in several chunks.
+const FIRST_RESERVE: usize = 64 * 1024;
+
 /// The body read so far: one chunk is kept as is, several are copied together.
 enum Collected {
     Empty,
@@ -737,9 +742,11 @@ impl Collected {
         }
     }
 
-    /// Appends `chunk`; the caller has checked that the total stays within `limit`. The buffer
-    /// never reserves more than `limit` bytes (growth is exact, not doubling past the cap), and
-    /// reserves the announced `Content-Length` at once when it is within the limit.
+    /// Appends `chunk`; the caller has checked that the total stays within `limit`.
+    ///
+    /// The buffer grows by doubling from 64 KiB, so it never holds more than about twice what
+    /// actually arrived, whatever `Content-Length` claims; it stops at the announced length
+    /// (`hint`, when the body has not outgrown it) and at `limit`.
     fn push(&mut self, chunk: Bytes, hint: usize, limit: usize) {
         if chunk.is_empty() {
             return;
@@ -748,10 +755,11 @@ impl Collected {
             if all.capacity() >= needed {
                 return;
             }
+            let ceiling = if hint >= needed { hint } else { limit }.min(limit);
             let target = needed
                 .max(all.capacity().saturating_mul(2))
-                .max(hint)
-                .min(limit)
+                .max(FIRST_RESERVE)
+                .min(ceiling)
                 .max(needed);
             all.reserve_exact(target - all.len());
         }
@@ -821,17 +829,17 @@ where
         inner: Option<S>,
     },
     Replay {
-        lookup: ReplayFuture,
+        lookup: Lookup,
         req: Option<Request<ReqBody>>,
         inner: Option<S>,
     },
     Inner {
         #[pin]
         future: S::Future,
-        claimed: Option<String>,
+        claim: Option<Claim>,
     },
     Release {
-        release: ReplayFuture,
+        release: Detached,
         result: Option<Result<S::Response, S::Error>>,
     },
 }
@@ -913,11 +921,22 @@ where
                                     _ => {
                                         let lookup = match (&shared.replay, verified.delivery_id())
                                         {
-                                            (Some(store), Some(id)) => Some(with_replay_key(
-                                                verified.provider(),
-                                                id,
-                                                |key| store.insert(key, shared.replay_ttl),
-                                            )),
+                                            (Some(store), Some(id)) => Some(Lookup {
+                                                future: Some(with_replay_key(
+                                                    verified.provider(),
+                                                    id,
+                                                    |key| store.insert(key, shared.replay_ttl),
+                                                )),
+                                                claim: (shared.record
+                                                    == RecordDelivery::AfterSuccess)
+                                                    .then(|| Claim {
+                                                        store: Arc::clone(store),
+                                                        key: Some(replay_key(
+                                                            verified.provider(),
+                                                            id,
+                                                        )),
+                                                    }),
+                                            }),
                                             _ => None,
                                         };
                                         let mut req =
@@ -938,14 +957,15 @@ where
                     }
                 }
                 StateProj::Replay { lookup, req, inner } => {
-                    let outcome = ready!(Pin::new(lookup).poll(cx));
+                    let outcome = ready!(Pin::new(&mut *lookup).poll(cx));
                     let req = req.take().expect("ResponseFuture polled after completion");
                     // Rebuilt from the request only where it is needed (not on the common path).
                     let key = || replay_key_of(&req);
                     match outcome {
                         Ok(true) => {
-                            let claimed = (shared.record == RecordDelivery::AfterSuccess).then(key);
-                            call_inner(inner.take().expect("inner once"), req, claimed)
+                            // Won: in `AfterSuccess` mode the claim is now held until the answer.
+                            let claim = lookup.claim.take();
+                            call_inner(inner.take().expect("inner once"), req, claim)
                         }
                         Ok(false) => match shared.on_replay {
                             OnReplay::Acknowledge(status) => {
@@ -968,22 +988,26 @@ where
                         },
                     }
                 }
-                StateProj::Inner { future, claimed } => {
+                StateProj::Inner { future, claim } => {
                     let result = ready!(future.poll(cx));
                     let failed = match &result {
                         Ok(response) => !response.status().is_success(),
                         Err(_) => true,
                     };
-                    match (claimed.take(), &shared.replay) {
-                        (Some(key), Some(store)) if failed => State::Release {
-                            release: store.remove(&key),
+                    match claim.take() {
+                        Some(claim) if failed => State::Release {
+                            release: claim.release(),
                             result: Some(result),
                         },
-                        _ => return Poll::Ready(result.map(|r| r.map(ResponseBody::new))),
+                        Some(claim) => {
+                            claim.keep();
+                            return Poll::Ready(result.map(|r| r.map(ResponseBody::new)));
+                        }
+                        None => return Poll::Ready(result.map(|r| r.map(ResponseBody::new))),
                     }
                 }
                 StateProj::Release { release, result } => {
-                    if let Err(err) = ready!(Pin::new(release).poll(cx)) {
+                    if let Err(err) = ready!(Pin::new(&mut *release).poll(cx)) {
                         tracing::error!(provider = shared.scheme.provider.as_str(), error = %err, "could not release a delivery id after a failed delivery; a redelivery will be treated as a replay until it expires");
                     }
                     let result = result
@@ -994,6 +1018,122 @@ where
             };
             this.state.set(next);
         }
+    }
+}
+
+/// The replay store's answer for a delivery id. In [`RecordDelivery::AfterSuccess`] mode it
+/// carries the claim, so that a lookup dropped before it resolves (the client went away) is
+/// finished without its owner and a won claim released.
+struct Lookup {
+    future: Option<ReplayFuture>,
+    claim: Option<Claim>,
+}
+
+impl Future for Lookup {
+    type Output = Result<bool, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(future) = self.future.as_mut() else {
+            return Poll::Ready(Err("replay lookup polled after completion".into()));
+        };
+        let outcome = ready!(Pin::new(future).poll(cx));
+        self.future = None;
+        if !matches!(outcome, Ok(true)) {
+            // Not ours: nothing to release.
+            if let Some(claim) = self.claim.take() {
+                claim.keep();
+            }
+        }
+        Poll::Ready(outcome)
+    }
+}
+
+impl Drop for Lookup {
+    fn drop(&mut self) {
+        if let (Some(future), Some(claim)) = (self.future.take(), self.claim.take()) {
+            finish_detached(async move {
+                match future.await {
+                    Ok(true) => drop(claim),
+                    _ => claim.keep(),
+                }
+            });
+        }
+    }
+}
+
+/// A delivery id claimed in [`RecordDelivery::AfterSuccess`] mode: released when dropped
+/// (the delivery failed, panicked or was abandoned), unless [`keep`](Claim::keep) says the
+/// inner service answered 2xx.
+struct Claim {
+    store: Arc<dyn ReplayStore>,
+    key: Option<String>,
+}
+
+impl Claim {
+    /// The delivery succeeded (or the id was never ours): keep the record.
+    fn keep(mut self) {
+        self.key = None;
+    }
+
+    /// Releases the id now, through a future the caller awaits.
+    fn release(mut self) -> Detached {
+        let key = self.key.take().unwrap_or_default();
+        Detached(Some(self.store.remove(&key)))
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            drop(Detached(Some(self.store.remove(&key))));
+        }
+    }
+}
+
+/// A replay-store operation that is finished even if its owner is dropped first.
+struct Detached(Option<ReplayFuture>);
+
+impl Future for Detached {
+    type Output = Result<bool, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(future) = self.0.as_mut() else {
+            return Poll::Ready(Err("replay operation polled after completion".into()));
+        };
+        let outcome = ready!(Pin::new(future).poll(cx));
+        self.0 = None;
+        Poll::Ready(outcome)
+    }
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        if let Some(future) = self.0.take() {
+            finish_detached(async move {
+                if let Err(err) = future.await {
+                    tracing::error!(error = %err, "could not release a delivery id; a redelivery will be treated as a replay until it expires");
+                }
+            });
+        }
+    }
+}
+
+/// Runs `future` to its end without an owner: at once when it is ready (the in-memory store
+/// works synchronously), else as a task on the current tokio runtime.
+fn finish_detached(future: impl Future<Output = ()> + Send + 'static) {
+    let mut future = Box::pin(future);
+    if future
+        .as_mut()
+        .poll(&mut Context::from_waker(std::task::Waker::noop()))
+        .is_ready()
+    {
+        return;
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => drop(handle.spawn(future)),
+        Err(_) => tracing::error!(
+            "a delivery id could not be released: no tokio runtime to finish the store's operation on; a redelivery will be treated as a replay until it expires"
+        ),
     }
 }
 
@@ -1036,13 +1176,55 @@ fn with_replay_key<R>(provider: Provider, id: &str, f: impl FnOnce(&str) -> R) -
 fn call_inner<S, ReqBody>(
     mut inner: S,
     req: Request<ReqBody>,
-    claimed: Option<String>,
+    claim: Option<Claim>,
 ) -> State<S, ReqBody>
 where
     S: Service<Request<ReqBody>>,
 {
     State::Inner {
         future: inner.call(req),
-        claimed,
+        claim,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn capacity(c: &Collected) -> usize {
+        match c {
+            Collected::Many(all) => all.capacity(),
+            _ => 0,
+        }
+    }
+
+    #[test]
+    fn buffering_follows_what_arrives_not_what_is_announced() {
+        let limit = 25 << 20;
+        // 25 MiB announced, 2 bytes sent: no more than the first 64 KiB is reserved.
+        let mut c = Collected::Empty;
+        c.push(Bytes::from_static(b"a"), limit, limit);
+        c.push(Bytes::from_static(b"b"), limit, limit);
+        assert_eq!(c.len(), 2);
+        assert!(capacity(&c) <= FIRST_RESERVE, "{}", capacity(&c));
+
+        // A truthful announcement: doubling stops exactly at the announced length.
+        let announced = 1_000_000;
+        let chunk = Bytes::from(vec![7u8; 10_000]);
+        let mut c = Collected::Empty;
+        for _ in 0..announced / chunk.len() {
+            c.push(chunk.clone(), announced, limit);
+            assert!(capacity(&c) <= (2 * c.len()).max(FIRST_RESERVE));
+        }
+        assert_eq!(capacity(&c), announced);
+        assert_eq!(c.take().len(), announced);
+
+        // No announcement: doubling, capped at the limit.
+        let mut c = Collected::Empty;
+        for _ in 0..5 {
+            c.push(chunk.clone(), 0, 50_000);
+        }
+        assert_eq!(c.len(), 50_000);
+        assert_eq!(capacity(&c), 50_000);
     }
 }

@@ -163,6 +163,11 @@ pub enum OnReplay {
     Reject,
     /// An empty response with this (2xx) status, without calling the inner service: the
     /// provider sees success and stops redelivering, and the work is not done twice.
+    ///
+    /// Pair it with [`RecordDelivery::AfterVerification`]. With
+    /// [`AfterSuccess`](RecordDelivery::AfterSuccess), a copy that arrives while the first
+    /// attempt is still running is acknowledged as well; if that attempt then fails, the
+    /// provider has already seen a success and does not deliver again.
     Acknowledge(StatusCode),
 }
 
@@ -474,11 +479,18 @@ mod redis_store {
         }
     }
 
+    /// The longest TTL sent to Redis: 100 years, in milliseconds.
+    const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
+
     impl ReplayStore for RedisReplayStore {
         fn insert(&self, key: &str, ttl: Duration) -> ReplayFuture {
             let mut conn = self.conn.clone();
             let key = format!("{}{}", self.prefix, key);
-            let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+            // Redis refuses expiry times past its own range: very long TTLs are capped at a
+            // century, which is forever for a delivery id.
+            let ms = u64::try_from(ttl.as_millis())
+                .unwrap_or(u64::MAX)
+                .clamp(1, MAX_TTL_MS);
             ReplayFuture::new(async move {
                 let set: Option<String> = redis::cmd("SET")
                     .arg(&key)

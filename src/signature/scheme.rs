@@ -624,6 +624,9 @@ pub(crate) struct Checked {
     pub(crate) timestamp: Option<u64>,
     /// For token schemes the match is decided from headers alone.
     token_match: Option<usize>,
+    /// The delivery id header the signature covers (Standard Webhooks signs `webhook-id` or
+    /// `svix-id`): the delivery id is read from it and from no other header.
+    signed_id: Option<&'static HeaderName>,
 }
 
 /// The result of a successful verification, before it becomes a `VerifiedWebhook`.
@@ -793,6 +796,7 @@ impl Scheme {
             prefix: Vec::new(),
             timestamp: None,
             token_match: None,
+            signed_id: None,
         };
         let cap = limits.max_signatures;
         match &self.kind {
@@ -922,6 +926,7 @@ impl Scheme {
                 }
                 check_window(t, limits.clock.now(), limits.tolerance)?;
                 checked.timestamp = Some(t);
+                checked.signed_id = Some(id_name);
                 checked.prefix.extend_from_slice(id.as_bytes());
                 checked.prefix.push(b'.');
                 checked.prefix.extend_from_slice(ts.as_bytes());
@@ -1012,8 +1017,16 @@ impl Scheme {
         } else {
             None
         };
-        verified.delivery_id = match &self.delivery_id {
-            Field::Headers(names) => match first_of(headers, names)
+        verified.delivery_id = match (&self.delivery_id, checked.signed_id) {
+            // The signed id, never another header an attacker could add to a replayed delivery.
+            (_, Some(name)) => match single(headers, name)? {
+                Some(v) => {
+                    validate_id(v.as_bytes())?;
+                    Some(Text::header(v))
+                }
+                None => None,
+            },
+            (Field::Headers(names), None) => match first_of(headers, names)
                 .map_err(|_| E::MalformedDelivery("duplicated delivery id header"))?
             {
                 Some((_, v)) => {
@@ -1022,12 +1035,12 @@ impl Scheme {
                 }
                 None => None,
             },
-            Field::Json(_) => json
+            (Field::Json(_), None) => json
                 .as_ref()
                 .and_then(|m| m.id.as_deref().or(m.event_id.as_deref()))
                 .map(|s| validate_id(s.as_bytes()).map(|()| Text::new(s)))
                 .transpose()?,
-            Field::None => None,
+            (Field::None, None) => None,
         };
         verified.event = match &self.event {
             Field::Headers(names) => first_of(headers, names)
