@@ -139,6 +139,13 @@ async fn problem_error_keeps_every_member() {
         "A review for this commit is already running."
     );
     assert!(json.get("instance").is_none(), "no request id, no instance");
+
+    // The longest delay there is: the header saturates instead of overflowing.
+    let problem = Problem::new(StatusCode::SERVICE_UNAVAILABLE).with_retry_after(Duration::MAX);
+    let (status, headers, _) =
+        problem_of(answer_error(WebhookErrorLayer::new(), http_req(), problem.into()).await).await;
+    assert_eq!(status, 503);
+    assert_eq!(headers["retry-after"], u64::MAX.to_string().as_str());
 }
 
 #[tokio::test]
@@ -233,6 +240,10 @@ async fn tonic_status_maps_for_http_callers() {
         (tonic::Status::unavailable("later"), 503),
         (tonic::Status::deadline_exceeded("late"), 504),
         (tonic::Status::internal("oops"), 500),
+        (
+            tonic::Status::unknown("error trying to connect: dns error: 10.0.0.7"),
+            500,
+        ),
         (tonic::Status::invalid_argument("bad"), 400),
     ];
     for (status, expected) in cases {
@@ -242,7 +253,12 @@ async fn tonic_status_maps_for_http_callers() {
                 .await;
         assert_eq!(got, expected, "{message}");
         assert_eq!(json["type"], types::GRPC_STATUS);
-        assert_eq!(json["detail"], message);
+        if expected < 500 {
+            assert_eq!(json["detail"], message);
+        } else {
+            // A server error's message describes internals: it stays out of the body.
+            assert!(json.get("detail").is_none(), "{json}");
+        }
     }
 }
 
@@ -792,6 +808,15 @@ async fn problem_responses_keep_what_inner_layers_added() {
         .service_fn(|_req: Request<Full<Bytes>>| async {
             let mut res = Problem::new(StatusCode::UNAUTHORIZED).to_response::<Full<Bytes>>();
             res.headers_mut().insert("x-extra", "kept".parse().unwrap());
+            // Metadata of the body being replaced, as a compression layer would add.
+            for (name, value) in [
+                ("content-encoding", "gzip"),
+                ("etag", "\"abc\""),
+                ("content-range", "bytes 0-9/10"),
+                ("last-modified", "Sat, 28 Nov 2026 10:00:00 GMT"),
+            ] {
+                res.headers_mut().insert(name, value.parse().unwrap());
+            }
             res.extensions_mut()
                 .insert(Problem::new(StatusCode::UNAUTHORIZED));
             res.extensions_mut().insert(42u32);
@@ -808,6 +833,12 @@ async fn problem_responses_keep_what_inner_layers_added() {
         "the problem stays for outer layers"
     );
     assert_eq!(res.headers()["x-extra"], "kept");
+    for name in ["content-encoding", "etag", "content-range", "last-modified"] {
+        assert!(
+            !res.headers().contains_key(name),
+            "{name} described the old body"
+        );
+    }
     let id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert_eq!(res.headers().get_all("content-type").iter().count(), 1);
     let (status, _, json) = problem_of(res).await;

@@ -217,6 +217,17 @@ async fn honors_retry_after_up_to_a_maximum() {
     .await
     .unwrap();
     assert_eq!((res.status().as_u16(), script.count()), (503, 1));
+
+    // Delta-seconds beyond `u64`: very long, not unreadable (which would retry on backoff).
+    let script = Script::new(&[(503, Some("99999999999999999999")), (200, None)]);
+    let res = run(
+        fast().max_retry_after(Duration::from_secs(60)),
+        &script,
+        get(),
+    )
+    .await
+    .unwrap();
+    assert_eq!((res.status().as_u16(), script.count()), (503, 1));
 }
 
 #[tokio::test(start_paused = true)]

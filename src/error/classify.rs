@@ -82,7 +82,9 @@ fn classify_one(
         let mut problem =
             Problem::from_static(code.to_http_status(), types::GRPC_STATUS, "gRPC Error")
                 .with_grpc_code(code);
-        if !status.message().is_empty() {
+        // A client error's message is meant for the client; a server error's (a transport
+        // failure, "error trying to connect: dns error ...") describes internals.
+        if !status.message().is_empty() && problem.status().is_client_error() {
             problem = problem
                 .with_detail(status.message().to_owned())
                 .with_grpc_message(status.message().to_owned());

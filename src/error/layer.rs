@@ -458,8 +458,9 @@ fn on_response<B, R: RenderProblem>(
 /// A response that carries a [`Problem`]: render it like an error (request id, gRPC, renderer).
 ///
 /// What the inner stack added to the response is kept: its headers (a request id set by an
-/// inner `SetRequestId` / `PropagateRequestId`, CORS, ...) except the body's own
-/// `content-type` / `content-length`, and its extensions.
+/// inner `SetRequestId` / `PropagateRequestId`, CORS, ...) except those that describe the body
+/// being replaced (`content-type`, `content-length`, `content-encoding`, `etag`, ...), and its
+/// extensions.
 #[cold]
 #[inline(never)]
 fn rerender<B, R: RenderProblem>(
@@ -483,7 +484,7 @@ fn rerender<B, R: RenderProblem>(
     let mut rendered = render(problem, &info, renderer);
     let own: Vec<HeaderName> = rendered.headers().keys().cloned().collect();
     for (name, value) in &parts.headers {
-        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH && !own.contains(name) {
+        if !describes_body(name) && !own.contains(name) {
             rendered.headers_mut().append(name.clone(), value.clone());
         }
     }
@@ -493,6 +494,31 @@ fn rerender<B, R: RenderProblem>(
         rendered.extensions_mut().insert(problem);
     }
     rendered
+}
+
+/// Headers that describe a response's body (its representation or its framing): they do not
+/// carry over to the problem body that replaces it.
+fn describes_body(name: &HeaderName) -> bool {
+    const REPRESENTATION: [&str; 7] = [
+        "content-digest",
+        "content-language",
+        "content-location",
+        "content-md5",
+        "digest",
+        "repr-digest",
+        "trailer",
+    ];
+    [
+        header::CONTENT_TYPE,
+        header::CONTENT_LENGTH,
+        header::CONTENT_ENCODING,
+        header::CONTENT_RANGE,
+        header::TRANSFER_ENCODING,
+        header::ETAG,
+        header::LAST_MODIFIED,
+    ]
+    .contains(name)
+        || REPRESENTATION.contains(&name.as_str())
 }
 
 fn render<B, R: RenderProblem>(

@@ -17,7 +17,7 @@
 //! | `tower::timeout::error::Elapsed` | 504 (or 408, see [`WebhookErrorLayer::timeout_status`]) | `DeadlineExceeded` |
 //! | `tower::load_shed::error::Overloaded` | 503 | `Unavailable` |
 //! | `http_body_util::LengthLimitError` | 413 | `OutOfRange` |
-//! | `tonic::Status` (feature `tonic`) | the [`GrpcCode::to_http_status`] of its code | its own code and message |
+//! | `tonic::Status` (feature `tonic`) | the [`GrpcCode::to_http_status`] of its code | its own code; its message only for client errors (4xx) |
 //! | anything else | 500, no detail | `Internal` |
 //! | a panic in `call` or in the response future | 500, no detail | `Internal` |
 //!

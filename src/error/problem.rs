@@ -328,7 +328,9 @@ impl Problem {
 
 /// `Retry-After` in whole seconds, rounded up so a client never comes back early.
 fn retry_after_value(after: Duration) -> HeaderValue {
-    let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+    let secs = after
+        .as_secs()
+        .saturating_add(u64::from(after.subsec_nanos() > 0));
     HeaderValue::from(secs)
 }
 
