@@ -740,6 +740,61 @@ async fn record_after_success_releases_an_abandoned_or_panicked_delivery() {
     assert_eq!(seen.calls.load(Ordering::SeqCst), 2);
 }
 
+#[tokio::test]
+async fn acknowledge_with_after_success_waits_for_the_first_attempt() {
+    let layer = github()
+        .record_delivery(RecordDelivery::AfterSuccess)
+        .on_replay(OnReplay::Acknowledge(StatusCode::OK));
+    let req = |id: &str| {
+        post(
+            &[("x-hub-signature-256", GH_SIG), ("x-github-delivery", id)],
+            GH_BODY,
+        )
+    };
+    // The first attempt waits in its handler until told how to answer.
+    let (answer_tx, answer_rx) = tokio::sync::oneshot::channel::<StatusCode>();
+    let answer_rx = Arc::new(tokio::sync::Mutex::new(Some(answer_rx)));
+    let (entered_tx, entered_rx) = tokio::sync::oneshot::channel::<()>();
+    let entered_tx = Arc::new(std::sync::Mutex::new(Some(entered_tx)));
+    let slow =
+        ServiceBuilder::new()
+            .layer(layer.clone())
+            .service_fn(move |_req: Request<Full<Bytes>>| {
+                let (answer_rx, entered_tx) = (answer_rx.clone(), entered_tx.clone());
+                async move {
+                    if let Some(tx) = entered_tx.lock().unwrap().take() {
+                        tx.send(()).unwrap();
+                    }
+                    let rx = answer_rx.lock().await.take().unwrap();
+                    let mut res = Response::new(Full::new(Bytes::new()));
+                    *res.status_mut() = rx.await.unwrap();
+                    Ok::<_, Infallible>(res)
+                }
+            });
+    let first = tokio::spawn(slow.clone().oneshot(req("a-1")));
+    entered_rx.await.unwrap();
+
+    // A copy while the first attempt runs: refused, so the provider tries again later.
+    let seen = Seen::default();
+    let out = send(&layer, &seen, req("a-1")).await;
+    assert_rejected(&out, &seen, StatusCode::CONFLICT, types::REPLAYED_DELIVERY);
+
+    // The first attempt fails: the next copy is processed, and once handled, copies are
+    // acknowledged without running the handler.
+    answer_tx.send(StatusCode::SERVICE_UNAVAILABLE).unwrap();
+    assert_eq!(first.await.unwrap().unwrap().status(), 503);
+    assert_eq!(send(&layer, &seen, req("a-1")).await.status, 200);
+    assert_eq!(seen.calls.load(Ordering::SeqCst), 1);
+    let out = send(&layer, &seen, req("a-1")).await;
+    assert_eq!((out.status, out.body.len()), (StatusCode::OK, 0));
+    assert!(out.problem.is_none());
+    assert_eq!(
+        seen.calls.load(Ordering::SeqCst),
+        1,
+        "acknowledged, not processed"
+    );
+}
+
 /// A store that answers only after a while, like a remote one.
 #[derive(Debug, Default)]
 struct SlowStore(Arc<MemoryReplayStore>);

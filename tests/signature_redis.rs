@@ -171,6 +171,38 @@ async fn store_semantics_against_real_redis() {
             .await
             .unwrap()
     );
+    // Claims: in progress until completed; gone once released.
+    assert!(
+        store
+            .claim("github:c", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .claim("github:c", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    assert!(!store.completed("github:c").await.unwrap());
+    assert!(store.complete("github:c").await.unwrap());
+    assert!(store.completed("github:c").await.unwrap());
+    assert!(
+        !store
+            .insert("github:c", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    assert!(store.remove("github:c").await.unwrap());
+    assert!(!store.completed("github:c").await.unwrap());
+    assert!(
+        !store.complete("github:c").await.unwrap(),
+        "nothing to complete"
+    );
+    assert!(
+        store.completed("github:a").await.unwrap(),
+        "inserted ids are handled"
+    );
     // A TTL beyond Redis' range is capped, not refused.
     assert!(store.insert("github:forever", Duration::MAX).await.unwrap());
     assert!(!store.insert("github:forever", Duration::MAX).await.unwrap());
@@ -246,6 +278,31 @@ async fn failed_delivery_is_released_for_the_other_replica() {
     );
     assert_eq!(b.deliver("retry-1", StatusCode::OK).await, 200);
     assert_eq!(a.deliver("retry-1", StatusCode::OK).await, 409);
+
+    // Acknowledging replicas: a copy is acknowledged once the delivery was handled on the
+    // other replica, and refused while it is only claimed.
+    let c = Replica::new(&redis, |l| {
+        l.record_delivery(RecordDelivery::AfterSuccess)
+            .on_replay(OnReplay::Acknowledge(StatusCode::OK))
+    })
+    .await;
+    assert_eq!(c.deliver("retry-1", StatusCode::OK).await, 200);
+    assert_eq!(
+        c.calls.load(Ordering::SeqCst),
+        0,
+        "acknowledged, not processed"
+    );
+    let store = RedisReplayStore::connect(&redis.url).await.unwrap();
+    assert!(
+        store
+            .claim("github:in-flight", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    assert_eq!(c.deliver("in-flight", StatusCode::OK).await, 409);
+    assert!(store.complete("github:in-flight").await.unwrap());
+    assert_eq!(c.deliver("in-flight", StatusCode::OK).await, 200);
+    assert_eq!(c.calls.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test]

@@ -635,6 +635,17 @@ fn reject(shared: &Shared, err: E, headers: &HeaderMap) -> Early {
     Early::Problem(problem)
 }
 
+/// Answers a duplicate delivery with `status`, without the inner service.
+fn acknowledge(shared: &Shared, status: StatusCode, key: &str) -> Early {
+    tracing::info!(
+        provider = shared.scheme.provider.as_str(),
+        status = status.as_u16(),
+        delivery = key,
+        "duplicate webhook delivery acknowledged without processing"
+    );
+    Early::Acknowledge(status)
+}
+
 /// An answer the layer gives without the inner service.
 enum Early {
     Problem(Problem),
@@ -833,13 +844,22 @@ where
         req: Option<Request<ReqBody>>,
         inner: Option<S>,
     },
+    /// A copy of a claimed delivery: acknowledged if that one was handled, else refused.
+    Settle {
+        completed: ReplayFuture,
+        status: StatusCode,
+        key: String,
+        req: Option<Request<ReqBody>>,
+    },
     Inner {
         #[pin]
         future: S::Future,
         claim: Option<Claim>,
     },
-    Release {
-        release: Detached,
+    /// The claim of a finished delivery is settled (completed after 2xx, else released) before
+    /// the provider sees the answer.
+    Settled {
+        update: Detached,
         result: Option<Result<S::Response, S::Error>>,
     },
 }
@@ -921,22 +941,30 @@ where
                                     _ => {
                                         let lookup = match (&shared.replay, verified.delivery_id())
                                         {
-                                            (Some(store), Some(id)) => Some(Lookup {
-                                                future: Some(with_replay_key(
-                                                    verified.provider(),
-                                                    id,
-                                                    |key| store.insert(key, shared.replay_ttl),
-                                                )),
-                                                claim: (shared.record
-                                                    == RecordDelivery::AfterSuccess)
-                                                    .then(|| Claim {
-                                                        store: Arc::clone(store),
-                                                        key: Some(replay_key(
-                                                            verified.provider(),
+                                            (Some(store), Some(id)) => {
+                                                let provider = verified.provider();
+                                                let ttl = shared.replay_ttl;
+                                                Some(match shared.record {
+                                                    RecordDelivery::AfterSuccess => {
+                                                        let key = replay_key(provider, id);
+                                                        Lookup {
+                                                            future: Some(store.claim(&key, ttl)),
+                                                            claim: Some(Claim {
+                                                                store: Arc::clone(store),
+                                                                key: Some(key),
+                                                            }),
+                                                        }
+                                                    }
+                                                    _ => Lookup {
+                                                        future: Some(with_replay_key(
+                                                            provider,
                                                             id,
+                                                            |key| store.insert(key, ttl),
                                                         )),
-                                                    }),
-                                            }),
+                                                        claim: None,
+                                                    },
+                                                })
+                                            }
                                             _ => None,
                                         };
                                         let mut req =
@@ -968,17 +996,26 @@ where
                             call_inner(inner.take().expect("inner once"), req, claim)
                         }
                         Ok(false) => match shared.on_replay {
-                            OnReplay::Acknowledge(status) => {
-                                tracing::info!(
-                                    provider = shared.scheme.provider.as_str(),
-                                    status = status.as_u16(),
-                                    delivery = key().as_str(),
-                                    "duplicate webhook delivery acknowledged without processing"
-                                );
-                                State::Early {
-                                    early: Some(Early::Acknowledge(status)),
+                            // A copy of a delivery that may still be running: acknowledged only
+                            // once that one was handled.
+                            OnReplay::Acknowledge(status)
+                                if shared.record == RecordDelivery::AfterSuccess =>
+                            {
+                                let key = key();
+                                State::Settle {
+                                    completed: shared
+                                        .replay
+                                        .as_ref()
+                                        .expect("a lookup has a store")
+                                        .completed(&key),
+                                    status,
+                                    key,
+                                    req: Some(req),
                                 }
                             }
+                            OnReplay::Acknowledge(status) => State::Early {
+                                early: Some(acknowledge(shared, status, &key())),
+                            },
                             _ => State::Early {
                                 early: Some(reject(shared, E::Replayed(key()), req.headers())),
                             },
@@ -988,6 +1025,23 @@ where
                         },
                     }
                 }
+                StateProj::Settle {
+                    completed,
+                    status,
+                    key,
+                    req,
+                } => {
+                    let outcome = ready!(Pin::new(&mut *completed).poll(cx));
+                    let req = req.take().expect("ResponseFuture polled after completion");
+                    let key = std::mem::take(key);
+                    State::Early {
+                        early: Some(match outcome {
+                            Ok(true) => acknowledge(shared, *status, &key),
+                            Ok(false) => reject(shared, E::Replayed(key), req.headers()),
+                            Err(err) => reject(shared, E::ReplayStore(err), req.headers()),
+                        }),
+                    }
+                }
                 StateProj::Inner { future, claim } => {
                     let result = ready!(future.poll(cx));
                     let failed = match &result {
@@ -995,20 +1049,21 @@ where
                         Err(_) => true,
                     };
                     match claim.take() {
-                        Some(claim) if failed => State::Release {
-                            release: claim.release(),
+                        Some(claim) => State::Settled {
+                            update: if failed {
+                                claim.release()
+                            } else {
+                                claim.complete()
+                            },
                             result: Some(result),
                         },
-                        Some(claim) => {
-                            claim.keep();
-                            return Poll::Ready(result.map(|r| r.map(ResponseBody::new)));
-                        }
                         None => return Poll::Ready(result.map(|r| r.map(ResponseBody::new))),
                     }
                 }
-                StateProj::Release { release, result } => {
-                    if let Err(err) = ready!(Pin::new(&mut *release).poll(cx)) {
-                        tracing::error!(provider = shared.scheme.provider.as_str(), error = %err, "could not release a delivery id after a failed delivery; a redelivery will be treated as a replay until it expires");
+                StateProj::Settled { update, result } => {
+                    if let Err(err) = ready!(Pin::new(&mut *update).poll(cx)) {
+                        let provider = shared.scheme.provider.as_str();
+                        tracing::error!(provider, error = %err, "{}", update.1);
                     }
                     let result = result
                         .take()
@@ -1041,7 +1096,7 @@ impl Future for Lookup {
         if !matches!(outcome, Ok(true)) {
             // Not ours: nothing to release.
             if let Some(claim) = self.claim.take() {
-                claim.keep();
+                claim.disown();
             }
         }
         Poll::Ready(outcome)
@@ -1054,44 +1109,54 @@ impl Drop for Lookup {
             finish_detached(async move {
                 match future.await {
                     Ok(true) => drop(claim),
-                    _ => claim.keep(),
+                    _ => claim.disown(),
                 }
             });
         }
     }
 }
 
-/// A delivery id claimed in [`RecordDelivery::AfterSuccess`] mode: released when dropped
-/// (the delivery failed, panicked or was abandoned), unless [`keep`](Claim::keep) says the
-/// inner service answered 2xx.
+/// A delivery id claimed in [`RecordDelivery::AfterSuccess`] mode: completed after a 2xx,
+/// released after a failure, and released when dropped (the delivery panicked or was
+/// abandoned).
 struct Claim {
     store: Arc<dyn ReplayStore>,
     key: Option<String>,
 }
 
 impl Claim {
-    /// The delivery succeeded (or the id was never ours): keep the record.
-    fn keep(mut self) {
+    /// The store did not give us the id (another delivery holds it): nothing to release.
+    fn disown(mut self) {
         self.key = None;
     }
 
-    /// Releases the id now, through a future the caller awaits.
+    /// The delivery was handled: marks the id completed, through a future the caller awaits.
+    fn complete(mut self) -> Detached {
+        let key = self.key.take().unwrap_or_default();
+        Detached(
+            Some(self.store.complete(&key)),
+            "could not mark a delivery id as handled; copies of it will be refused instead of acknowledged until it expires",
+        )
+    }
+
+    /// The delivery failed: releases the id, through a future the caller awaits.
     fn release(mut self) -> Detached {
         let key = self.key.take().unwrap_or_default();
-        Detached(Some(self.store.remove(&key)))
+        Detached(Some(self.store.remove(&key)), RELEASE_FAILED)
     }
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
-            drop(Detached(Some(self.store.remove(&key))));
+            drop(Detached(Some(self.store.remove(&key)), RELEASE_FAILED));
         }
     }
 }
 
-/// A replay-store operation that is finished even if its owner is dropped first.
-struct Detached(Option<ReplayFuture>);
+/// A replay-store operation that is finished even if its owner is dropped first; the text says
+/// what failed, for the log.
+struct Detached(Option<ReplayFuture>, &'static str);
 
 impl Future for Detached {
     type Output = Result<bool, BoxError>;
@@ -1109,14 +1174,17 @@ impl Future for Detached {
 impl Drop for Detached {
     fn drop(&mut self) {
         if let Some(future) = self.0.take() {
+            let what = self.1;
             finish_detached(async move {
                 if let Err(err) = future.await {
-                    tracing::error!(error = %err, "could not release a delivery id; a redelivery will be treated as a replay until it expires");
+                    tracing::error!(error = %err, "{what}");
                 }
             });
         }
     }
 }
+
+const RELEASE_FAILED: &str = "could not release a delivery id after a failed or abandoned delivery; a redelivery will be treated as a replay until it expires";
 
 /// Runs `future` to its end without an owner: at once when it is ready (the in-memory store
 /// works synchronously), else as a task on the current tokio runtime.

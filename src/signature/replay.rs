@@ -57,6 +57,30 @@ pub trait ReplayStore: Send + Sync + 'static {
     /// Forgets `key` (used when the inner service failed and the provider should be able to
     /// deliver again). Resolves to whether it was present.
     fn remove(&self, key: &str) -> ReplayFuture;
+
+    /// Like [`insert`](ReplayStore::insert), for a delivery that is still being handled
+    /// ([`RecordDelivery::AfterSuccess`]): until [`complete`](ReplayStore::complete) is called,
+    /// [`completed`](ReplayStore::completed) reports it as in progress.
+    ///
+    /// The default is `insert`: a store that does not tell claims from completed deliveries
+    /// reports every recorded key as completed.
+    fn claim(&self, key: &str, ttl: Duration) -> ReplayFuture {
+        self.insert(key, ttl)
+    }
+
+    /// The delivery that claimed `key` was handled (the inner service answered 2xx). Resolves
+    /// to whether the claim was still there. The default does nothing.
+    fn complete(&self, key: &str) -> ReplayFuture {
+        let _ = key;
+        ReplayFuture::ready(Ok(true))
+    }
+
+    /// Whether `key` is recorded as handled: `false` while the delivery that claimed it is still
+    /// being handled, or once it was released. The default answers `true`.
+    fn completed(&self, key: &str) -> ReplayFuture {
+        let _ = key;
+        ReplayFuture::ready(Ok(true))
+    }
 }
 
 impl<T: ReplayStore + ?Sized> ReplayStore for Arc<T> {
@@ -65,6 +89,15 @@ impl<T: ReplayStore + ?Sized> ReplayStore for Arc<T> {
     }
     fn remove(&self, key: &str) -> ReplayFuture {
         (**self).remove(key)
+    }
+    fn claim(&self, key: &str, ttl: Duration) -> ReplayFuture {
+        (**self).claim(key, ttl)
+    }
+    fn complete(&self, key: &str) -> ReplayFuture {
+        (**self).complete(key)
+    }
+    fn completed(&self, key: &str) -> ReplayFuture {
+        (**self).completed(key)
     }
 }
 
@@ -164,10 +197,11 @@ pub enum OnReplay {
     /// An empty response with this (2xx) status, without calling the inner service: the
     /// provider sees success and stops redelivering, and the work is not done twice.
     ///
-    /// Pair it with [`RecordDelivery::AfterVerification`]. With
-    /// [`AfterSuccess`](RecordDelivery::AfterSuccess), a copy that arrives while the first
-    /// attempt is still running is acknowledged as well; if that attempt then fails, the
-    /// provider has already seen a success and does not deliver again.
+    /// With [`RecordDelivery::AfterSuccess`], only copies of a delivery that was handled are
+    /// acknowledged: a copy that arrives while the first attempt is still running gets the
+    /// `409` of [`Reject`](OnReplay::Reject), so that if that attempt fails, the provider still
+    /// delivers again. (This needs a store that tells claims from completed deliveries, as
+    /// [`MemoryReplayStore`] and `RedisReplayStore` do.)
     Acknowledge(StatusCode),
 }
 
@@ -211,12 +245,15 @@ struct Entries {
 }
 
 /// One slot of [`Table`]: a fingerprint (0 = empty) and its expiry in milliseconds since the
-/// Unix epoch.
+/// Unix epoch, whose top bit is [`PENDING`].
 #[derive(Clone, Copy, Default)]
 struct Slot {
     fp: u64,
     expiry: u64,
 }
+
+/// In a slot's expiry: the delivery that claimed the id is still being handled.
+const PENDING: u64 = 1 << 63;
 
 /// An open-addressing hash table of fingerprints, linear probing, kept at most half full, with
 /// backward-shift deletion (no tombstones, so probe sequences stay short under constant churn).
@@ -251,11 +288,31 @@ impl Table {
         }
     }
 
-    fn get(&self, fp: u64) -> Option<u64> {
+    /// The expiry of `fp` and whether it is [`PENDING`].
+    fn entry(&self, fp: u64) -> Option<(u64, bool)> {
         if self.slots.is_empty() {
             return None;
         }
-        self.find(fp).ok().map(|i| self.slots[i].expiry)
+        let raw = self.slots[self.find(fp).ok()?].expiry;
+        Some((raw & !PENDING, raw & PENDING != 0))
+    }
+
+    fn get(&self, fp: u64) -> Option<u64> {
+        self.entry(fp).map(|(expiry, _)| expiry)
+    }
+
+    /// Clears the [`PENDING`] mark of `fp`; whether it was there.
+    fn complete(&mut self, fp: u64) -> bool {
+        if self.slots.is_empty() {
+            return false;
+        }
+        match self.find(fp) {
+            Ok(i) => {
+                self.slots[i].expiry &= !PENDING;
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     fn insert(&mut self, fp: u64, expiry: u64) {
@@ -276,7 +333,7 @@ impl Table {
             return None;
         }
         let found = self.find(fp).ok()?;
-        let expiry = self.slots[found].expiry;
+        let expiry = self.slots[found].expiry & !PENDING;
         // Shift back every following entry of the cluster whose probe path crosses the hole.
         let mask = self.mask();
         let mut hole = found;
@@ -364,10 +421,13 @@ impl MemoryReplayStore {
         u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn insert_now(&self, key: &str, ttl: Duration) -> bool {
+    fn insert_now(&self, key: &str, ttl: Duration, pending: bool) -> bool {
         let fp = self.fingerprint(key);
         let now = self.now_ms();
-        let expiry = now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        // The top bit is the pending mark: expiries stop short of it (292 million years).
+        let expiry = now
+            .saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+            .min(PENDING - 1);
         let mut e = self.lock();
         let Entries { table, order } = &mut *e;
         if table.get(fp).is_some_and(|exp| exp > now) {
@@ -384,7 +444,7 @@ impl MemoryReplayStore {
             }
             order.pop_front();
         }
-        table.insert(fp, expiry);
+        table.insert(fp, if pending { expiry | PENDING } else { expiry });
         order.push_back((fp, expiry));
         if order.len() > 2 * self.capacity {
             order.retain(|&(k, exp)| table.get(k) == Some(exp));
@@ -410,12 +470,30 @@ impl fmt::Debug for MemoryReplayStore {
 
 impl ReplayStore for MemoryReplayStore {
     fn insert(&self, key: &str, ttl: Duration) -> ReplayFuture {
-        ReplayFuture::ready(Ok(self.insert_now(key, ttl)))
+        ReplayFuture::ready(Ok(self.insert_now(key, ttl, false)))
     }
 
     fn remove(&self, key: &str) -> ReplayFuture {
         let fp = self.fingerprint(key);
         ReplayFuture::ready(Ok(self.lock().table.remove(fp).is_some()))
+    }
+
+    fn claim(&self, key: &str, ttl: Duration) -> ReplayFuture {
+        ReplayFuture::ready(Ok(self.insert_now(key, ttl, true)))
+    }
+
+    fn complete(&self, key: &str) -> ReplayFuture {
+        let fp = self.fingerprint(key);
+        ReplayFuture::ready(Ok(self.lock().table.complete(fp)))
+    }
+
+    fn completed(&self, key: &str) -> ReplayFuture {
+        let fp = self.fingerprint(key);
+        let now = self.now_ms();
+        let entry = self.lock().table.entry(fp);
+        ReplayFuture::ready(Ok(
+            entry.is_some_and(|(expiry, pending)| expiry > now && !pending)
+        ))
     }
 }
 
@@ -429,8 +507,9 @@ mod redis_store {
 
     /// A [`ReplayStore`] in Redis, shared by every replica that points at the same server.
     ///
-    /// Each id is one key, `SET <prefix><provider>:<id> 1 NX PX <ttl>`: atomic, and expired by
-    /// Redis itself. If Redis cannot be reached the delivery is refused with 503 and
+    /// Each id is one key, `SET <prefix><provider>:<id> <value> NX PX <ttl>`: atomic, and
+    /// expired by Redis itself. The value is `pending` while a delivery that claimed the id is
+    /// being handled, `1` once it was (Redis 6 or later, for `KEEPTTL`). If Redis cannot be reached the delivery is refused with 503 and
     /// `Retry-After` (fail closed), so the provider delivers again later.
     ///
     /// # Example
@@ -481,9 +560,14 @@ mod redis_store {
 
     /// The longest TTL sent to Redis: 100 years, in milliseconds.
     const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
+    /// The value of a handled delivery's key.
+    const DONE: &str = "1";
+    /// The value of a key claimed by a delivery still being handled.
+    const PENDING_VALUE: &str = "pending";
 
-    impl ReplayStore for RedisReplayStore {
-        fn insert(&self, key: &str, ttl: Duration) -> ReplayFuture {
+    impl RedisReplayStore {
+        /// `SET key value NX PX ttl`: whether the key was new.
+        fn set_new(&self, key: &str, ttl: Duration, value: &'static str) -> ReplayFuture {
             let mut conn = self.conn.clone();
             let key = format!("{}{}", self.prefix, key);
             // Redis refuses expiry times past its own range: very long TTLs are capped at a
@@ -494,13 +578,48 @@ mod redis_store {
             ReplayFuture::new(async move {
                 let set: Option<String> = redis::cmd("SET")
                     .arg(&key)
-                    .arg(1)
+                    .arg(value)
                     .arg("NX")
                     .arg("PX")
                     .arg(ms)
                     .query_async(&mut conn)
                     .await?;
                 Ok(set.is_some())
+            })
+        }
+    }
+
+    impl ReplayStore for RedisReplayStore {
+        fn insert(&self, key: &str, ttl: Duration) -> ReplayFuture {
+            self.set_new(key, ttl, DONE)
+        }
+
+        fn claim(&self, key: &str, ttl: Duration) -> ReplayFuture {
+            self.set_new(key, ttl, PENDING_VALUE)
+        }
+
+        fn complete(&self, key: &str) -> ReplayFuture {
+            let mut conn = self.conn.clone();
+            let key = format!("{}{}", self.prefix, key);
+            ReplayFuture::new(async move {
+                let set: Option<String> = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(DONE)
+                    .arg("XX")
+                    .arg("KEEPTTL")
+                    .query_async(&mut conn)
+                    .await?;
+                Ok(set.is_some())
+            })
+        }
+
+        fn completed(&self, key: &str) -> ReplayFuture {
+            let mut conn = self.conn.clone();
+            let key = format!("{}{}", self.prefix, key);
+            ReplayFuture::new(async move {
+                let value: Option<String> =
+                    redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
+                Ok(value.is_some_and(|v| v != PENDING_VALUE))
             })
         }
 
@@ -524,16 +643,18 @@ mod tests {
 
     #[derive(Clone, Debug)]
     enum Op {
-        Insert(u64, u64),
+        Insert(u64, u64, bool),
         Remove(u64),
         Get(u64),
+        Complete(u64),
     }
 
     fn op(keys: u64) -> impl Strategy<Value = Op> {
         prop_oneof![
-            3 => (1..=keys, any::<u64>()).prop_map(|(k, e)| Op::Insert(k, e)),
+            3 => (1..=keys, 0..PENDING, any::<bool>()).prop_map(|(k, e, p)| Op::Insert(k, e, p)),
             2 => (1..=keys).prop_map(Op::Remove),
             2 => (1..=keys).prop_map(Op::Get),
+            1 => (1..=keys).prop_map(Op::Complete),
         ]
     }
 
@@ -549,18 +670,28 @@ mod tests {
             let mut model = HashMap::new();
             for op in ops {
                 match op {
-                    Op::Insert(k, e) => {
-                        table.insert(k * spread, e);
-                        model.insert(k * spread, e);
+                    Op::Insert(k, e, pending) => {
+                        table.insert(k * spread, if pending { e | PENDING } else { e });
+                        model.insert(k * spread, (e, pending));
                     }
-                    Op::Remove(k) => prop_assert_eq!(table.remove(k * spread), model.remove(&(k * spread))),
-                    Op::Get(k) => prop_assert_eq!(table.get(k * spread), model.get(&(k * spread)).copied()),
+                    Op::Remove(k) => prop_assert_eq!(
+                        table.remove(k * spread),
+                        model.remove(&(k * spread)).map(|(e, _)| e)
+                    ),
+                    Op::Get(k) => {
+                        prop_assert_eq!(table.entry(k * spread), model.get(&(k * spread)).copied());
+                        prop_assert_eq!(table.get(k * spread), model.get(&(k * spread)).map(|v| v.0));
+                    }
+                    Op::Complete(k) => {
+                        let had = model.get_mut(&(k * spread)).map(|v| v.1 = false).is_some();
+                        prop_assert_eq!(table.complete(k * spread), had);
+                    }
                 }
                 prop_assert_eq!(table.len, model.len());
                 prop_assert!(table.len * 2 <= table.slots.len());
             }
             for (k, e) in &model {
-                prop_assert_eq!(table.get(*k), Some(*e));
+                prop_assert_eq!(table.entry(*k), Some(*e));
             }
         }
 
@@ -634,5 +765,45 @@ mod tests {
             store.insert("github:49999", Duration::from_secs(60))
         ));
         assert!(block_on(store.insert("github:0", Duration::from_secs(60))));
+    }
+
+    #[test]
+    fn claims_are_in_progress_until_completed_and_expire_like_ids() {
+        let now = Arc::new(AtomicU64::new(1_000_000));
+        let n = now.clone();
+        let store = MemoryReplayStore::with_capacity(10).clock(Clock::from_fn(move || {
+            SystemTime::UNIX_EPOCH + Duration::from_millis(n.load(Ordering::SeqCst))
+        }));
+        let ttl = Duration::from_secs(1);
+        assert!(block_on(store.claim("github:a", ttl)));
+        assert!(!block_on(store.claim("github:a", ttl)));
+        assert!(!block_on(store.insert("github:a", ttl)));
+        assert!(!block_on(store.completed("github:a")), "in progress");
+        assert!(block_on(store.complete("github:a")));
+        assert!(block_on(store.completed("github:a")));
+        assert!(
+            !block_on(store.claim("github:a", ttl)),
+            "handled ids stay recorded"
+        );
+        // Released, unknown and expired ids are not handled, and can be claimed again.
+        assert!(block_on(store.claim("github:b", ttl)));
+        assert!(block_on(store.remove("github:b")));
+        assert!(!block_on(store.completed("github:b")));
+        assert!(!block_on(store.complete("github:b")));
+        assert!(!block_on(store.completed("github:never")));
+        assert!(block_on(store.insert("github:c", ttl)));
+        assert!(
+            block_on(store.completed("github:c")),
+            "inserted ids are handled"
+        );
+        now.fetch_add(1_001, Ordering::SeqCst);
+        assert!(!block_on(store.completed("github:a")), "expired");
+        assert!(block_on(store.claim("github:a", ttl)));
+        assert!(!block_on(store.completed("github:a")));
+        // The longest TTL keeps the pending mark apart from the expiry.
+        assert!(block_on(store.claim("github:d", Duration::MAX)));
+        assert!(!block_on(store.completed("github:d")));
+        assert!(block_on(store.complete("github:d")));
+        assert!(block_on(store.completed("github:d")));
     }
 }
