@@ -659,7 +659,8 @@ async fn replayed_delivery_can_be_acknowledged_without_processing() {
 
 #[tokio::test]
 async fn record_after_success_lets_a_failed_delivery_be_redelivered() {
-    let layer = github().record_delivery(RecordDelivery::AfterSuccess);
+    // The default.
+    let layer = github();
     let seen = Seen::default();
     let req = || {
         post(
@@ -686,8 +687,8 @@ async fn record_after_success_lets_a_failed_delivery_be_redelivered() {
     );
     assert_eq!(seen.calls.load(Ordering::SeqCst), 2);
 
-    // With the default, the failed delivery already counts.
-    let layer = github();
+    // Recorded after verification, the failed delivery already counts.
+    let layer = github().record_delivery(RecordDelivery::AfterVerification);
     let seen = Seen::default();
     assert_eq!(
         send_with(&layer, &seen, StatusCode::INTERNAL_SERVER_ERROR, req())

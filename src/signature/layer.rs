@@ -196,7 +196,7 @@ impl SignatureLayer {
                 clock: Clock::system(),
                 replay: Some(Arc::new(MemoryReplayStore::new())),
                 replay_ttl: DEFAULT_REPLAY_TTL,
-                record: RecordDelivery::AfterVerification,
+                record: RecordDelivery::AfterSuccess,
                 on_replay: OnReplay::Reject,
                 handshakes: true,
             }),
@@ -421,7 +421,7 @@ impl SignatureLayer {
         self
     }
 
-    /// When a delivery id is recorded (default [`RecordDelivery::AfterVerification`]).
+    /// When a delivery id is recorded (default [`RecordDelivery::AfterSuccess`]).
     pub fn record_delivery(mut self, when: RecordDelivery) -> Self {
         self.update(|s| s.record = when);
         self

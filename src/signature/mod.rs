@@ -68,9 +68,11 @@
 //!   not called. Providers treat it as delivered, and nothing is processed twice.
 //!
 //! [`record_delivery`](SignatureLayer::record_delivery) says when an id counts as seen:
-//! [`RecordDelivery::AfterVerification`] (default), or [`RecordDelivery::AfterSuccess`], which
-//! releases the id again unless the inner service answered 2xx (GitHub reuses the delivery id when
-//! a failed delivery is redelivered). Ids are namespaced by provider.
+//! [`RecordDelivery::AfterSuccess`] (default) claims it while the inner service runs and releases
+//! it again unless that answered 2xx, so a provider's retry or redelivery of a failed delivery
+//! (GitHub reuses the delivery id) is processed; [`RecordDelivery::AfterVerification`] records it
+//! for good as soon as the signature is valid (at most once, even if the handler fails). Ids are
+//! namespaced by provider.
 //!
 //! # Example
 //!

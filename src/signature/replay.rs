@@ -160,20 +160,21 @@ impl Future for ReplayFuture {
 /// ```
 /// use tower_webhook::signature::{RecordDelivery, SignatureLayer};
 ///
-/// // GitHub's "Redeliver" reuses the delivery id: let failed deliveries through again.
-/// let layer = SignatureLayer::github("secret").unwrap().record_delivery(RecordDelivery::AfterSuccess);
+/// // At most once, even if the handler fails: retries of a failed delivery are refused.
+/// let layer = SignatureLayer::github("secret").unwrap().record_delivery(RecordDelivery::AfterVerification);
 /// # let _ = layer;
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RecordDelivery {
-    /// As soon as the signature is valid (default): a delivery is handed to the inner service
-    /// at most once.
-    #[default]
+    /// As soon as the signature is valid: a delivery is handed to the inner service at most
+    /// once. A delivery whose handler failed is lost: the provider's retries (Stripe, Svix) and
+    /// redeliveries (GitHub reuses `X-GitHub-Delivery`) are refused as replays.
     AfterVerification,
-    /// Claimed when the signature is valid (so concurrent duplicates are refused), and released
-    /// again unless the inner service answers 2xx: a provider's redelivery of a failed delivery
-    /// (GitHub reuses `X-GitHub-Delivery`) gets through.
+    /// Claimed when the signature is valid (so concurrent duplicates are refused), kept if the
+    /// inner service answers 2xx and released otherwise (a failure, a panic, an abandoned
+    /// delivery): a provider's retry or redelivery of a failed delivery gets through (default).
+    #[default]
     AfterSuccess,
 }
 
