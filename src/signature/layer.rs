@@ -845,7 +845,7 @@ where
         inner: Option<S>,
     },
     /// A copy of a claimed delivery: acknowledged if that one was handled, else refused.
-    Settle {
+    Duplicate {
         completed: ReplayFuture,
         status: StatusCode,
         key: String,
@@ -1002,7 +1002,7 @@ where
                                 if shared.record == RecordDelivery::AfterSuccess =>
                             {
                                 let key = key();
-                                State::Settle {
+                                State::Duplicate {
                                     completed: shared
                                         .replay
                                         .as_ref()
@@ -1025,7 +1025,7 @@ where
                         },
                     }
                 }
-                StateProj::Settle {
+                StateProj::Duplicate {
                     completed,
                     status,
                     key,
