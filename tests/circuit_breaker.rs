@@ -281,6 +281,61 @@ async fn consecutive_failures_rule() {
     assert_eq!(handle.state(), CircuitState::Open);
 }
 
+/// Calls admitted together while the window is full of successes: each success that
+/// completes after a failure still breaks the run of consecutive failures.
+#[tokio::test(start_paused = true)]
+async fn successes_admitted_together_break_a_run_of_failures() {
+    let config = CircuitBreakerConfig::default()
+        .sliding_window(SlidingWindow::Count(10))
+        .consecutive_failures(3);
+    let (mut svc, handle, _) = breaker(config);
+    for _ in 0..10 {
+        call(&mut svc, Call::Ok).await.unwrap();
+    }
+    let plan = [Call::Fail, Call::Ok, Call::Fail, Call::Ok, Call::Fail];
+    let mut futures = Vec::new();
+    for c in plan {
+        futures.push(svc.ready().await.unwrap().call(c));
+    }
+    for future in futures {
+        let _ = future.await;
+    }
+    assert_eq!(handle.state(), CircuitState::Closed);
+    let snapshot = handle.snapshot();
+    assert_eq!(snapshot.consecutive_failures, 1);
+    assert_eq!(snapshot.failed_calls, 3);
+    assert_eq!(snapshot.buffered_calls, 10);
+}
+
+/// Calls admitted together while the window is full of successes: the ring still holds
+/// exactly the last N outcomes in the order they completed.
+#[tokio::test(start_paused = true)]
+async fn count_window_holds_the_last_n_outcomes_of_calls_admitted_together() {
+    let (mut svc, handle, _) = breaker(rate_config(4, 50.0, 4));
+    for _ in 0..4 {
+        call(&mut svc, Call::Ok).await.unwrap();
+    }
+    let plan = [
+        Call::Fail,
+        Call::Ok,
+        Call::Ok,
+        Call::Ok,
+        Call::Ok,
+        Call::Fail,
+    ];
+    let mut futures = Vec::new();
+    for c in plan {
+        futures.push(svc.ready().await.unwrap().call(c));
+    }
+    for future in futures {
+        let _ = future.await;
+    }
+    // The last four outcomes are ok, ok, ok, fail: 25 %.
+    assert_eq!(handle.state(), CircuitState::Closed);
+    assert_eq!(handle.snapshot().failed_calls, 1);
+    assert_eq!(handle.snapshot().failure_rate, Some(25.0));
+}
+
 #[tokio::test(start_paused = true)]
 async fn open_rejects_with_a_retry_after_that_counts_down_then_half_opens() {
     let (mut svc, handle, upstream) =

@@ -65,10 +65,11 @@
 //! # Cost
 //!
 //! The hot path is atomics only, with no allocation and no boxing. While the breaker is CLOSED
-//! and its count window is full of successes, a success writes nothing and its future holds
-//! no reference count, so clones on many threads do not contend. Outcomes enter the window in
-//! the order calls complete; under concurrency that order is the only one there is. The clock
-//! is `tokio::time::Instant`, so tests run with paused time.
+//! and its count window is full of successes with no run of failures counting, a success
+//! writes nothing: recording it would only replace one success of the ring by another. Every
+//! other outcome enters the window in the order calls complete; under concurrency that order
+//! is the only one there is. The clock is `tokio::time::Instant`, so tests run with paused
+//! time.
 //!
 //! # Events and metrics
 //!

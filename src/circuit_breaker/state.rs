@@ -6,14 +6,13 @@
 //! half-open permits are tagged with the generation and reset themselves lazily, so nothing
 //! else has to happen atomically with the transition.
 //!
-//! Hot path (CLOSED, count window, window full of successes, no slow-call rule): `call` loads
-//! two words and the response future carries no reference count; a success then writes
-//! nothing at all. A failure finds the core again through a small registry (see
-//! [`Registry`]). This keeps the cache lines of the core shared by all cores, so clones on
-//! many threads do not fight over them.
+//! Hot path (CLOSED, count window, no slow-call rule): `call` loads the state word and the
+//! response future holds the core. A success that completes while the window is full of
+//! successes of its generation and no run of failures is counting writes nothing: recording
+//! it would only replace one success of the ring by another.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -74,80 +73,6 @@ pub enum Outcome {
     Neutral,
 }
 
-/// Weak references to live cores, found by a small id. Response futures on the fast path
-/// carry that id instead of an `Arc`, so they do not touch a shared reference count.
-struct Registry {
-    slots: Vec<(u32, Weak<Core>)>,
-    free: Vec<u32>,
-}
-
-static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
-    slots: Vec::new(),
-    free: Vec::new(),
-});
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct RegId {
-    index: u32,
-    tag: u32,
-}
-
-const REG_INDEX_BITS: u32 = 20;
-const REG_TAG_MASK: u32 = (1 << 20) - 1;
-
-impl RegId {
-    /// index (20) | tag (20), or `None` when the index does not fit.
-    fn pack(self) -> Option<u64> {
-        (self.index < 1 << REG_INDEX_BITS)
-            .then(|| u64::from(self.index) | (u64::from(self.tag & REG_TAG_MASK) << REG_INDEX_BITS))
-    }
-
-    fn unpack(bits: u64) -> Self {
-        Self {
-            index: (bits & ((1 << REG_INDEX_BITS) - 1)) as u32,
-            tag: ((bits >> REG_INDEX_BITS) as u32) & REG_TAG_MASK,
-        }
-    }
-}
-
-fn registry() -> std::sync::MutexGuard<'static, Registry> {
-    REGISTRY
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn register(weak: Weak<Core>) -> RegId {
-    let mut reg = registry();
-    if let Some(index) = reg.free.pop() {
-        let slot = &mut reg.slots[index as usize];
-        slot.0 = slot.0.wrapping_add(1);
-        slot.1 = weak;
-        RegId { index, tag: slot.0 }
-    } else {
-        let index = reg.slots.len() as u32;
-        reg.slots.push((0, weak));
-        RegId { index, tag: 0 }
-    }
-}
-
-fn unregister(id: RegId) {
-    let mut reg = registry();
-    if let Some(slot) = reg.slots.get_mut(id.index as usize)
-        && slot.0 == id.tag
-    {
-        slot.1 = Weak::new();
-        reg.free.push(id.index);
-    }
-}
-
-fn lookup(id: RegId) -> Option<Arc<Core>> {
-    let reg = registry();
-    reg.slots
-        .get(id.index as usize)
-        .filter(|slot| slot.0 & REG_TAG_MASK == id.tag)
-        .and_then(|slot| slot.1.upgrade())
-}
-
 /// Half-open word: tag (16) | taken (12) | successes (12) | failures (12) | slow (12).
 const HALF_FIELD: u64 = (1 << 12) - 1;
 
@@ -171,9 +96,6 @@ fn half_pack(tag: u16, f: [u64; 4]) -> u64 {
 
 pub(crate) struct Core {
     pub(crate) config: CircuitBreakerConfig,
-    id: RegId,
-    /// The registry id packed for a fast-path recorder, if it fits.
-    fast_id: Option<u64>,
     base: Instant,
     word: AtomicU64,
     window: Window,
@@ -203,24 +125,15 @@ impl std::fmt::Debug for Core {
     }
 }
 
-impl Drop for Core {
-    fn drop(&mut self) {
-        unregister(self.id);
-    }
-}
-
-/// Recorder bits: fast (1) | probe (1) | tracked (1) | generation (21) | 40 bits of payload:
-/// for a fast recorder the registry id, else the start time in units of 1024 ns (it wraps
-/// after 13 days, far beyond any slow-call threshold). All zero: records nothing.
-const FAST: u64 = 1 << 63;
-const PROBE: u64 = 1 << 62;
-const TRACKED: u64 = 1 << 61;
+/// Recorder bits: probe (1) | generation (21) | the start time in units of 1024 ns (40 bits;
+/// it wraps after 13 days, far beyond any slow-call threshold).
+const PROBE: u64 = 1 << 63;
 const GEN_SHIFT: u32 = 40;
 const PAYLOAD: u64 = (1 << GEN_SHIFT) - 1;
 
 #[inline]
-fn recorder_bits(generation: u32, payload: u64) -> u64 {
-    TRACKED | ((u64::from(generation) & GEN_MASK) << GEN_SHIFT) | (payload & PAYLOAD)
+fn recorder_bits(generation: u32, start_units: u64) -> u64 {
+    ((u64::from(generation) & GEN_MASK) << GEN_SHIFT) | (start_units & PAYLOAD)
 }
 
 impl Core {
@@ -241,24 +154,19 @@ impl Core {
         let slow_nanos = config
             .slow_rate
             .map(|_| u64::try_from(config.slow_duration.as_nanos()).unwrap_or(u64::MAX));
-        Arc::new_cyclic(|weak| {
-            let id = register(weak.clone());
-            Core {
-                id,
-                fast_id: id.pack(),
-                base: Instant::now(),
-                word: AtomicU64::new(pack(CircuitState::Closed, 0, 0)),
-                window,
-                consecutive: AtomicU64::new(0),
-                half: AtomicU64::new(0),
-                attempts: AtomicU32::new(0),
-                upstream_until_ms: AtomicU64::new(0),
-                not_permitted: AtomicU64::new(0),
-                probes_in_flight: AtomicU32::new(0),
-                min_calls,
-                slow_nanos,
-                config,
-            }
+        Arc::new(Core {
+            base: Instant::now(),
+            word: AtomicU64::new(pack(CircuitState::Closed, 0, 0)),
+            window,
+            consecutive: AtomicU64::new(0),
+            half: AtomicU64::new(0),
+            attempts: AtomicU32::new(0),
+            upstream_until_ms: AtomicU64::new(0),
+            not_permitted: AtomicU64::new(0),
+            probes_in_flight: AtomicU32::new(0),
+            min_calls,
+            slow_nanos,
+            config,
         })
     }
 
@@ -334,14 +242,6 @@ impl Core {
 
     #[inline]
     fn admit_closed(self: &Arc<Self>, word: Word) -> Recorder {
-        if let (Window::Count(w), None, Some(id)) = (&self.window, self.slow_nanos, self.fast_id)
-            && w.all_ok(tag(word.generation))
-        {
-            return Recorder {
-                core: None,
-                bits: FAST | recorder_bits(word.generation, id),
-            };
-        }
         Recorder {
             core: Some(Arc::clone(self)),
             bits: recorder_bits(word.generation, self.start_units()),
@@ -398,6 +298,40 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Records the outcome of a call admitted with recorder `bits`.
+    #[inline]
+    fn complete(&self, bits: u64, outcome: Outcome, retry_after: Option<Duration>) {
+        let generation = ((bits >> GEN_SHIFT) & GEN_MASK) as u32;
+        let probe = bits & PROBE != 0;
+        if !probe && outcome == Outcome::Success && self.success_changes_nothing(generation) {
+            return;
+        }
+        self.record(generation, probe, outcome, bits & PAYLOAD, retry_after);
+        if probe {
+            self.leave_probe();
+        }
+    }
+
+    /// Whether recording a success of `generation` now would change nothing: the count window
+    /// is full of successes that were not slow, and no run of failures is counting. Recording
+    /// it would only replace the oldest success of the ring by another one.
+    ///
+    /// The consecutive-failure word is read first: a failure raises it before it enters the
+    /// window, so a failure whose window entry is not seen here has not been counted yet
+    /// either, and the success is ordered before it.
+    #[inline]
+    fn success_changes_nothing(&self, generation: u32) -> bool {
+        let Window::Count(window) = &self.window else {
+            return false;
+        };
+        if self.slow_nanos.is_some() {
+            return false;
+        }
+        let consecutive = self.consecutive.load(Ordering::Acquire);
+        let counting = consecutive >> 32 == u64::from(generation) && consecutive as u32 != 0;
+        !counting && window.all_ok(tag(generation))
     }
 
     /// Counts one more probe inside the upstream, unless `half_open_probes` already are.
@@ -897,40 +831,8 @@ impl Recorder {
     #[inline]
     fn finish(mut self, outcome: Outcome, retry_after: Option<Duration>) {
         let bits = std::mem::take(&mut self.bits);
-        if bits & FAST != 0 && outcome == Outcome::Success {
-            // The window is full of successes: one more changes nothing.
-            return;
-        }
-        let core = self.core.take();
-        if bits != 0 {
-            Self::record_slow(core, bits, outcome, retry_after);
-        }
-    }
-
-    fn record_slow(
-        core: Option<Arc<Core>>,
-        bits: u64,
-        outcome: Outcome,
-        retry_after: Option<Duration>,
-    ) {
-        let core = match core {
-            Some(core) => core,
-            None => match lookup(RegId::unpack(bits & PAYLOAD)) {
-                Some(core) => core,
-                None => return,
-            },
-        };
-        let start = if bits & FAST != 0 { 0 } else { bits & PAYLOAD };
-        let probe = bits & PROBE != 0;
-        core.record(
-            ((bits >> GEN_SHIFT) & GEN_MASK) as u32,
-            probe,
-            outcome,
-            start,
-            retry_after,
-        );
-        if probe {
-            core.leave_probe();
+        if let Some(core) = self.core.take() {
+            core.complete(bits, outcome, retry_after);
         }
     }
 }
