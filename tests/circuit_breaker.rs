@@ -500,6 +500,53 @@ async fn neutral_and_dropped_probes_return_their_permit() {
     assert_eq!(handle.state(), CircuitState::Closed);
 }
 
+/// A listener that panics (a channel send that fails at shutdown) neither reaches the caller
+/// nor keeps a probe's slot: every later half-open period still admits its probe.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_listener_does_not_wedge_half_open() {
+    let config = CircuitBreakerConfig::default()
+        .consecutive_failures(1)
+        .half_open_probes(1)
+        .on_event(|event| {
+            if let CircuitEvent::StateTransition {
+                to: CircuitState::Closed,
+                ..
+            } = event
+            {
+                panic!("the receiver is gone");
+            }
+        });
+    let (mut svc, handle, _) = breaker(config);
+    for round in 0..3 {
+        let _ = call(&mut svc, Call::Fail).await;
+        assert_eq!(handle.state(), CircuitState::Open);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let mut probe = svc.clone();
+        let outcome = tokio::spawn(async move { call(&mut probe, Call::Ok).await }).await;
+        assert!(
+            matches!(outcome, Ok(Ok("ok"))),
+            "round {round}: {outcome:?}"
+        );
+        assert_eq!(handle.state(), CircuitState::Closed);
+    }
+
+    // A listener that panics on every event: rejections are still plain errors.
+    let config = CircuitBreakerConfig::default()
+        .consecutive_failures(1)
+        .on_event(|_| panic!("always"));
+    let (svc, handle, _) = breaker(config);
+    let mut failing = svc.clone();
+    let outcome = tokio::spawn(async move { call(&mut failing, Call::Fail).await }).await;
+    assert!(matches!(outcome, Ok(Err(_))), "{outcome:?}");
+    assert_eq!(handle.state(), CircuitState::Open);
+    let mut rejected = svc.clone();
+    let outcome = tokio::spawn(async move { call(&mut rejected, Call::Ok).await }).await;
+    assert!(
+        matches!(&outcome, Ok(Err(err)) if err.is::<CircuitOpen>()),
+        "{outcome:?}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn max_wait_in_half_open_goes_back_to_open() {
     let config = CircuitBreakerConfig::default()

@@ -11,6 +11,7 @@
 //! successes of its generation and no run of failures is counting writes nothing: recording
 //! it would only replace one success of the ring by another.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -308,10 +309,9 @@ impl Core {
         if !probe && outcome == Outcome::Success && self.success_changes_nothing(generation) {
             return;
         }
+        // The probe's slot is given back however recording ends.
+        let _slot = probe.then(|| LeaveProbe(self));
         self.record(generation, probe, outcome, bits & PAYLOAD, retry_after);
-        if probe {
-            self.leave_probe();
-        }
     }
 
     /// Whether recording a success of `generation` now would change nothing: the count window
@@ -435,13 +435,11 @@ impl Core {
             retry_after_ms = retry_after.map(|d| d.as_millis() as u64),
             "circuit breaker rejected a call"
         );
-        if let Some(listener) = &self.config.listener {
-            listener(&CircuitEvent::Rejected {
-                name: self.config.name.clone(),
-                state,
-                retry_after,
-            });
-        }
+        self.emit(|| CircuitEvent::Rejected {
+            name: self.config.name.clone(),
+            state,
+            retry_after,
+        });
         CircuitOpen::new(state, retry_after)
     }
 
@@ -480,24 +478,43 @@ impl Core {
                 "circuit breaker state changed"
             );
         }
-        if let Some(listener) = &self.config.listener {
-            listener(&CircuitEvent::StateTransition {
-                name: self.config.name.clone(),
-                from: from.state,
-                to,
-                reason,
-            });
-        }
+        self.emit(|| CircuitEvent::StateTransition {
+            name: self.config.name.clone(),
+            from: from.state,
+            to,
+            reason,
+        });
         true
     }
 
     fn threshold_exceeded(&self, reason: TripReason) {
         tracing::debug!(breaker = &*self.config.name, reason = ?reason, "circuit breaker threshold exceeded");
-        if let Some(listener) = &self.config.listener {
-            listener(&CircuitEvent::ThresholdExceeded {
-                name: self.config.name.clone(),
-                reason,
-            });
+        self.emit(|| CircuitEvent::ThresholdExceeded {
+            name: self.config.name.clone(),
+            reason,
+        });
+    }
+
+    /// Gives an event to the listener, if there is one. A listener that panics (a channel
+    /// send that fails at shutdown, say) is logged at error level; the panic never unwinds
+    /// into the breaker, whose state stays consistent.
+    fn emit(&self, event: impl FnOnce() -> CircuitEvent) {
+        let Some(listener) = &self.config.listener else {
+            return;
+        };
+        let event = event();
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| listener(&event))) {
+            let message = panic
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("(not a string)");
+            tracing::error!(
+                breaker = &*self.config.name,
+                event = ?event,
+                panic = message,
+                "circuit breaker event listener panicked"
+            );
         }
     }
 
@@ -846,12 +863,21 @@ impl Drop for Recorder {
     }
 }
 
+/// Gives a probe's slot in the upstream back when dropped, also while unwinding.
+struct LeaveProbe<'a>(&'a Core);
+
+impl Drop for LeaveProbe<'_> {
+    fn drop(&mut self) {
+        self.0.leave_probe();
+    }
+}
+
 impl Recorder {
     #[cold]
     fn release(&mut self) {
         if let Some(core) = self.core.take() {
+            let _slot = LeaveProbe(&core);
             core.release_permit(((self.bits >> GEN_SHIFT) & GEN_MASK) as u32);
-            core.leave_probe();
         }
     }
 }
