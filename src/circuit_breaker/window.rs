@@ -158,8 +158,21 @@ impl CountWindow {
     }
 }
 
-/// `n` buckets of `bucket_nanos` each. A bucket has a stamp (generation tag and epoch, the
-/// bucket's absolute index in time) and a counts word: calls (21) | failures (21) | slow (21).
+/// `n` buckets of `bucket_nanos` each (at least 1 ms). A bucket is two words:
+///
+/// - a stamp, generation tag (16) | version (8) | epoch + 1 (40), where the epoch is the
+///   bucket's absolute index in time (40 bits of milliseconds last 34 years);
+/// - counts, version (8) | calls (18) | failures (18) | slow (18).
+///
+/// The stamp's version goes up by one each time the stamp changes, and counts are only ever
+/// current for the stamp whose version they carry. The writer that moves a stamp on does not
+/// store fresh counts afterwards (a writer that already saw the new stamp may have counted in
+/// between); instead every writer under the new stamp finds counts with an older version and
+/// replaces them in the same compare-and-swap that adds its outcome, so a reset and an
+/// addition never overwrite each other, and a reader never takes the old epoch's counts for
+/// the new one's. A version wraps only after 256 changes of one bucket's stamp while a writer
+/// is stalled between reading the stamp and counting.
+///
 /// A bucket whose stamp is not the one expected for its position counts as empty, so buckets
 /// expire by themselves, also across idle gaps of any length.
 pub(crate) struct TimeWindow {
@@ -169,18 +182,36 @@ pub(crate) struct TimeWindow {
     counts: Box<[AtomicU64]>,
 }
 
-const EPOCH_MASK: u64 = (1 << 48) - 1;
-const FIELD: u64 = (1 << 21) - 1;
+const EPOCH_BITS: u32 = 40;
+const EPOCH_MASK: u64 = (1 << EPOCH_BITS) - 1;
+const VERSION_MASK: u64 = 0xFF;
+const VERSION_SHIFT: u32 = 56;
+const COUNTS_MASK: u64 = (1 << VERSION_SHIFT) - 1;
+const FIELD_BITS: u32 = 18;
+const FIELD: u64 = (1 << FIELD_BITS) - 1;
+const CALLS_SHIFT: u32 = 2 * FIELD_BITS;
+const FAILURES_SHIFT: u32 = FIELD_BITS;
 
 #[inline]
-fn stamp(tag: u16, epoch: u64) -> u64 {
-    (u64::from(tag) << 48) | ((epoch + 1) & EPOCH_MASK)
+fn stamp(tag: u16, version: u64, epoch: u64) -> u64 {
+    (u64::from(tag) << 48) | ((version & VERSION_MASK) << EPOCH_BITS) | ((epoch + 1) & EPOCH_MASK)
+}
+
+#[inline]
+fn stamp_version(stamp: u64) -> u64 {
+    (stamp >> EPOCH_BITS) & VERSION_MASK
+}
+
+/// Which generation and epoch a stamp stands for, without its version.
+#[inline]
+fn stamp_key(stamp: u64) -> u64 {
+    stamp & !(VERSION_MASK << EPOCH_BITS)
 }
 
 #[inline]
 fn delta(code: u32) -> u64 {
     let bit = |mask: u32| u64::from(code & mask != 0);
-    (bit(CALL) << 42) | (bit(FAILED) << 21) | bit(SLOW)
+    (bit(CALL) << CALLS_SHIFT) | (bit(FAILED) << FAILURES_SHIFT) | bit(SLOW)
 }
 
 impl TimeWindow {
@@ -196,51 +227,76 @@ impl TimeWindow {
     fn record(&self, tag: u16, code: u32, now_nanos: u64) -> Option<Counts> {
         let epoch = now_nanos / self.bucket_nanos;
         let index = (epoch % u64::from(self.n)) as usize;
-        let want = stamp(tag, epoch);
-        let current = self.stamps[index].load(Ordering::Acquire);
-        if current != want {
+        loop {
+            let held = self.claim(index, tag, epoch)?;
+            if self.add(index, held, code) {
+                return Some(self.read(tag, now_nanos));
+            }
+        }
+    }
+
+    /// The stamp of bucket `index` for generation `tag` and `epoch`, moving an older stamp on
+    /// if needed; `None` when a newer generation or a later epoch owns the bucket.
+    fn claim(&self, index: usize, tag: u16, epoch: u64) -> Option<u64> {
+        let key = stamp(tag, 0, epoch);
+        let mut current = self.stamps[index].load(Ordering::Acquire);
+        loop {
+            if stamp_key(current) == key {
+                return Some(current);
+            }
             if current != 0 {
-                let their = (current >> 16 >> 32) as u16;
-                let their_epoch = current & EPOCH_MASK;
+                let their = (current >> 48) as u16;
                 if (their != tag && newer(their, tag))
-                    || (their == tag && their_epoch > (want & EPOCH_MASK))
+                    || (their == tag && current & EPOCH_MASK > key & EPOCH_MASK)
                 {
                     return None;
                 }
             }
+            let next = stamp(tag, stamp_version(current) + 1, epoch);
             match self.stamps[index].compare_exchange(
                 current,
-                want,
+                next,
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => self.counts[index].store(delta(code), Ordering::Release),
-                Err(actual) if actual == want => self.add(index, code),
-                Err(_) => return None,
+                Ok(_) => return Some(next),
+                Err(actual) => current = actual,
             }
-        } else {
-            self.add(index, code);
         }
-        Some(self.read(tag, now_nanos))
     }
 
-    fn add(&self, index: usize, code: u32) {
+    /// Adds an outcome to bucket `index` under stamp `held`. Counts of an earlier stamp are
+    /// replaced, as long as `held` is still the bucket's stamp; false when it is not any more
+    /// (the caller claims the bucket again).
+    fn add(&self, index: usize, held: u64, code: u32) -> bool {
+        let version = stamp_version(held);
         let counts = &self.counts[index];
         let mut word = counts.load(Ordering::Acquire);
         loop {
-            let mut base = word;
-            if (base >> 42) & FIELD >= FIELD - 1 {
-                // Halve all three counts: rates are kept, nothing overflows.
-                let half = |shift: u32| ((base >> shift) & FIELD) / 2;
-                base = (half(42) << 42) | (half(21) << 21) | half(0);
-            }
+            let base = if word >> VERSION_SHIFT == version {
+                let base = word & COUNTS_MASK;
+                if (base >> CALLS_SHIFT) & FIELD >= FIELD - 1 {
+                    // Halve all three counts: rates are kept, nothing overflows.
+                    let half = |shift: u32| ((base >> shift) & FIELD) / 2;
+                    (half(CALLS_SHIFT) << CALLS_SHIFT)
+                        | (half(FAILURES_SHIFT) << FAILURES_SHIFT)
+                        | half(0)
+                } else {
+                    base
+                }
+            } else if self.stamps[index].load(Ordering::Acquire) == held {
+                // Counts of an earlier stamp: this outcome starts the bucket afresh.
+                0
+            } else {
+                return false;
+            };
             match counts.compare_exchange_weak(
                 word,
-                base + delta(code),
+                (version << VERSION_SHIFT) | (base + delta(code)),
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return,
+                Ok(_) => return true,
                 Err(actual) => word = actual,
             }
         }
@@ -252,13 +308,135 @@ impl TimeWindow {
         for k in 0..u64::from(self.n).min(epoch + 1) {
             let e = epoch - k;
             let index = (e % u64::from(self.n)) as usize;
-            if self.stamps[index].load(Ordering::Acquire) == stamp(tag, e) {
-                let word = self.counts[index].load(Ordering::Acquire);
-                total.calls += ((word >> 42) & FIELD) as u32;
-                total.failures += ((word >> 21) & FIELD) as u32;
+            let current = self.stamps[index].load(Ordering::Acquire);
+            if stamp_key(current) != stamp(tag, 0, e) {
+                continue;
+            }
+            let word = self.counts[index].load(Ordering::Acquire);
+            if word >> VERSION_SHIFT == stamp_version(current) {
+                total.calls += ((word >> CALLS_SHIFT) & FIELD) as u32;
+                total.failures += ((word >> FAILURES_SHIFT) & FIELD) as u32;
                 total.slow += (word & FIELD) as u32;
             }
         }
         total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    /// The writer that moves a bucket on to a new epoch is overtaken, between moving the
+    /// stamp and counting, by a writer of the same epoch: neither outcome is lost and the old
+    /// epoch's counts never show up as the new one's.
+    #[test]
+    fn an_overtaken_rollover_keeps_both_outcomes_and_drops_the_old_ones() {
+        let window = TimeWindow::new(4 * MS, 4);
+        for _ in 0..3 {
+            window.record(1, CALL | FAILED, 0);
+        }
+        assert_eq!(window.read(1, 0).failures, 3);
+
+        // Epoch 4 lands in the bucket of epoch 0. The first writer moves the stamp on...
+        let held = window.claim(0, 1, 4).unwrap();
+        // ...and a second writer counts before the first one does.
+        let seen = window.record(1, CALL, 4 * MS).unwrap();
+        assert_eq!(
+            seen,
+            Counts {
+                calls: 1,
+                failures: 0,
+                slow: 0
+            }
+        );
+        assert!(window.add(0, held, CALL | SLOW));
+        assert_eq!(
+            window.read(1, 4 * MS),
+            Counts {
+                calls: 2,
+                failures: 0,
+                slow: 1
+            }
+        );
+    }
+
+    /// A writer that read a stamp which has moved on since does not count into the new
+    /// epoch's bucket under the old stamp, nor wipe the new epoch's counts.
+    #[test]
+    fn a_stale_stamp_never_resets_newer_counts() {
+        let window = TimeWindow::new(2 * MS, 2);
+        window.record(1, CALL, 0);
+        let stale = window.claim(0, 1, 0).unwrap();
+        window.record(1, CALL | FAILED, 2 * MS);
+        window.record(1, CALL | FAILED, 2 * MS);
+        // The stale writer's counts word has a newer version now: it must start over.
+        assert!(!window.add(0, stale, CALL));
+        assert_eq!(window.claim(0, 1, 0), None);
+        assert_eq!(window.read(1, 2 * MS).failures, 2);
+        assert_eq!(window.read(1, 2 * MS).calls, 2);
+    }
+
+    /// Threads that start every epoch together race to roll its bucket over; after each
+    /// epoch the window holds exactly what was recorded in the last two epochs. Failures are
+    /// recorded in one epoch of four, so counts left over from two epochs earlier show.
+    #[test]
+    fn concurrent_rollovers_lose_nothing_and_resurrect_nothing() {
+        const THREADS: u64 = 2;
+        const PER_EPOCH: u64 = 8;
+        const EPOCHS: u64 = 20_000;
+        let window = Arc::new(TimeWindow::new(2 * MS, 2));
+        let epoch = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(AtomicU64::new(0));
+        let failing = |e: u64| e.is_multiple_of(4);
+        std::thread::scope(|scope| {
+            for _ in 0..THREADS {
+                let (window, epoch, done, errors) = (&window, &epoch, &done, &errors);
+                scope.spawn(move || {
+                    for e in 0..EPOCHS {
+                        let mut spins = 0u32;
+                        while epoch.load(Ordering::Acquire) != e {
+                            spins += 1;
+                            if spins.is_multiple_of(64) {
+                                std::thread::yield_now();
+                            } else {
+                                std::hint::spin_loop();
+                            }
+                        }
+                        let code = if failing(e) { CALL | FAILED } else { CALL };
+                        for _ in 0..PER_EPOCH {
+                            window.record(1, code, e * MS);
+                        }
+                        if done.fetch_add(1, Ordering::AcqRel) + 1 == THREADS * (e + 1) {
+                            let per = THREADS * PER_EPOCH;
+                            let fails = |e: u64| if failing(e) { per } else { 0 };
+                            let (calls, failures) = if e == 0 {
+                                (per, fails(0))
+                            } else {
+                                (2 * per, fails(e) + fails(e - 1))
+                            };
+                            let counts = window.read(1, e * MS);
+                            if (u64::from(counts.calls), u64::from(counts.failures))
+                                != (calls, failures)
+                            {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                            epoch.store(e + 1, Ordering::Release);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(
+            errors.load(Ordering::Relaxed),
+            0,
+            "epochs with wrong counts"
+        );
     }
 }
