@@ -59,6 +59,32 @@ fn tag(generation: u32) -> u16 {
     generation as u16
 }
 
+/// Whether generation `a` is newer than `b` (serial number arithmetic on the 21 bits kept).
+#[inline]
+fn generation_newer(a: u32, b: u32) -> bool {
+    let d = u64::from(a.wrapping_sub(b)) & GEN_MASK;
+    d != 0 && d < 1 << (GEN_BITS - 1)
+}
+
+/// When the state a transition enters ends, and what entering it consumes. Computed without
+/// side effects; [`Core::transition`] applies them only when it wins.
+#[derive(Clone, Copy, Debug, Default)]
+struct Deadline {
+    ms: u64,
+    /// The backoff attempt an automatic opening counts.
+    attempt: Option<u32>,
+    /// The upstream's `Retry-After` instant this opening consumes (0: none).
+    upstream_ms: u64,
+}
+
+impl Deadline {
+    const NONE: Self = Self {
+        ms: 0,
+        attempt: None,
+        upstream_ms: 0,
+    };
+}
+
 /// How a call ended, as far as the breaker is concerned.
 ///
 /// See the [module docs](super).
@@ -103,7 +129,8 @@ pub(crate) struct Core {
     /// generation (32) | consecutive failures (32)
     consecutive: AtomicU64,
     half: AtomicU64,
-    attempts: AtomicU32,
+    /// generation (32) | backoff attempt (32): the attempt as of the transition that set it.
+    attempts: AtomicU64,
     upstream_until_ms: AtomicU64,
     not_permitted: AtomicU64,
     /// Probes admitted in any half-open period and not finished yet. A new half-open period
@@ -161,7 +188,7 @@ impl Core {
             window,
             consecutive: AtomicU64::new(0),
             half: AtomicU64::new(0),
-            attempts: AtomicU32::new(0),
+            attempts: AtomicU64::new(0),
             upstream_until_ms: AtomicU64::new(0),
             not_permitted: AtomicU64::new(0),
             probes_in_flight: AtomicU32::new(0),
@@ -349,26 +376,45 @@ impl Core {
         self.probes_in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
-    fn half_open_deadline(&self, now_ms: u64) -> u64 {
-        self.config
-            .max_half_open_wait
-            .map_or(0, |wait| now_ms.saturating_add(Self::ms_of(wait)).max(1))
+    fn half_open_deadline(&self, now_ms: u64) -> Deadline {
+        Deadline {
+            ms: self
+                .config
+                .max_half_open_wait
+                .map_or(0, |wait| now_ms.saturating_add(Self::ms_of(wait)).max(1)),
+            ..Deadline::NONE
+        }
     }
 
     /// The deadline of a new OPEN period starting now; `automatic` counts it as an attempt.
-    fn open_deadline(&self, now_ms: u64, automatic: bool) -> u64 {
-        let attempt = self.attempts.load(Ordering::Relaxed).saturating_add(1);
+    /// Nothing is stored: the transition that wins applies the attempt and consumes the
+    /// upstream's `Retry-After`.
+    fn open_deadline(&self, now_ms: u64, automatic: bool) -> Deadline {
+        let attempt = (self.attempts.load(Ordering::Acquire) as u32).saturating_add(1);
         let mut duration = self.config.open_duration.pick(attempt);
+        let mut upstream_ms = 0;
         if let Some(cap) = self.config.retry_after_cap {
-            let upstream = self.upstream_until_ms.swap(0, Ordering::AcqRel);
-            if upstream > now_ms {
-                duration = duration.max(Duration::from_millis(upstream - now_ms).min(cap));
+            upstream_ms = self.upstream_until_ms.load(Ordering::Acquire);
+            if upstream_ms > now_ms {
+                duration = duration.max(Duration::from_millis(upstream_ms - now_ms).min(cap));
             }
         }
-        if automatic {
-            self.attempts.store(attempt, Ordering::Relaxed);
+        Deadline {
+            ms: now_ms.saturating_add(Self::ms_of(duration).max(1)),
+            attempt: automatic.then_some(attempt),
+            upstream_ms,
         }
-        now_ms.saturating_add(Self::ms_of(duration).max(1))
+    }
+
+    /// Stores the backoff attempt as of `generation`, unless a newer generation has stored
+    /// one already.
+    fn set_attempt(&self, generation: u32, attempt: u32) {
+        let next = (u64::from(generation) << 32) | u64::from(attempt);
+        let _ = self
+            .attempts
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+                (!generation_newer((current >> 32) as u32, generation)).then_some(next)
+            });
     }
 
     fn take_permit(&self, tag: u16) -> bool {
@@ -448,10 +494,11 @@ impl Core {
         &self,
         from: Word,
         to: CircuitState,
-        deadline_ms: u64,
+        deadline: Deadline,
         reason: Option<TripReason>,
     ) -> bool {
-        let next = pack(to, from.generation.wrapping_add(1), deadline_ms);
+        let generation = from.generation.wrapping_add(1) & GEN_MASK as u32;
+        let next = pack(to, generation, deadline.ms);
         if self
             .word
             .compare_exchange(from.raw, next, Ordering::AcqRel, Ordering::Acquire)
@@ -459,8 +506,19 @@ impl Core {
         {
             return false;
         }
+        if deadline.upstream_ms != 0 {
+            // Consumed by this opening; one recorded since stays for the next.
+            let _ = self.upstream_until_ms.compare_exchange(
+                deadline.upstream_ms,
+                0,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+        }
         if to == CircuitState::Closed {
-            self.attempts.store(0, Ordering::Relaxed);
+            self.set_attempt(generation, 0);
+        } else if let Some(attempt) = deadline.attempt {
+            self.set_attempt(generation, attempt);
         }
         if to == CircuitState::Open || to == CircuitState::ForcedOpen {
             tracing::warn!(
@@ -673,7 +731,7 @@ impl Core {
                 Some(TripReason::ProbesFailed),
             );
         } else {
-            self.transition(word, CircuitState::Closed, 0, None);
+            self.transition(word, CircuitState::Closed, Deadline::NONE, None);
         }
     }
 
@@ -716,7 +774,7 @@ impl Core {
             let deadline = match to {
                 CircuitState::Open => self.open_deadline(now, false),
                 CircuitState::HalfOpen => self.half_open_deadline(now),
-                _ => 0,
+                _ => Deadline::NONE,
             };
             let reason = matches!(to, CircuitState::Open | CircuitState::ForcedOpen)
                 .then_some(TripReason::Manual);
@@ -731,8 +789,7 @@ impl Core {
         loop {
             let word = unpack(self.word.load(Ordering::Acquire));
             self.upstream_until_ms.store(0, Ordering::Relaxed);
-            if self.transition(word, CircuitState::Closed, 0, None) {
-                self.attempts.store(0, Ordering::Relaxed);
+            if self.transition(word, CircuitState::Closed, Deadline::NONE, None) {
                 return;
             }
         }
@@ -879,5 +936,43 @@ impl Recorder {
             let _slot = LeaveProbe(&core);
             core.release_permit(((self.bits >> GEN_SHIFT) & GEN_MASK) as u32);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::circuit_breaker::OpenDuration;
+
+    /// Two threads compute the next OPEN period from the same HALF_OPEN word; the one that
+    /// loses the transition must neither count a backoff attempt nor consume the upstream's
+    /// `Retry-After`, which belong to the winner.
+    #[tokio::test(start_paused = true)]
+    async fn a_transition_that_loses_its_race_consumes_nothing() {
+        let core = Core::new(
+            CircuitBreakerConfig::default()
+                .open_duration(OpenDuration::Fixed(Duration::from_secs(30)))
+                .honor_retry_after(Duration::from_secs(120)),
+        );
+        core.transition_to(CircuitState::Open).unwrap();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(core.state(), CircuitState::HalfOpen);
+        let now = core.now_ms();
+        core.upstream_until_ms
+            .store(now + 60_000, Ordering::Relaxed);
+
+        let word = unpack(core.word.load(Ordering::Acquire));
+        let lost = core.open_deadline(now, true);
+        let won = core.open_deadline(now, true);
+        assert!(core.transition(word, CircuitState::Open, won, None));
+        assert!(!core.transition(word, CircuitState::Open, lost, None));
+
+        let open = unpack(core.word.load(Ordering::Acquire));
+        assert_eq!(open.state, CircuitState::Open);
+        assert_eq!(open.deadline_ms - now, 60_000, "the upstream's Retry-After");
+        assert_eq!(core.attempts.load(Ordering::Relaxed) as u32, 1);
+        assert_eq!(core.upstream_until_ms.load(Ordering::Relaxed), 0);
     }
 }
