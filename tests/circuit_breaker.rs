@@ -12,7 +12,8 @@ use tower::{BoxError, Service, ServiceExt};
 use tower_layer::Layer;
 use tower_webhook::circuit_breaker::{
     CircuitBreaker, CircuitBreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer, CircuitEvent,
-    CircuitOpen, CircuitState, OpenDuration, Outcome, SlidingWindow, TripReason,
+    CircuitOpen, CircuitState, KeyedCircuitBreakerLayer, OpenDuration, Outcome, SlidingWindow,
+    TripReason,
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -544,6 +545,137 @@ async fn a_panicking_listener_does_not_wedge_half_open() {
     assert!(
         matches!(&outcome, Ok(Err(err)) if err.is::<CircuitOpen>()),
         "{outcome:?}"
+    );
+}
+
+/// An inner service whose `poll_ready` reserves capacity that only `call` or dropping the
+/// service gives back, like `tower::buffer::Buffer` or `tower::limit::ConcurrencyLimit`.
+struct Reserving {
+    upstream: Upstream,
+    reserved: Arc<AtomicUsize>,
+    holds: bool,
+}
+
+impl Reserving {
+    fn new() -> Self {
+        Self {
+            upstream: Upstream::new(),
+            reserved: Arc::new(AtomicUsize::new(0)),
+            holds: false,
+        }
+    }
+}
+
+impl Clone for Reserving {
+    fn clone(&self) -> Self {
+        Self {
+            upstream: self.upstream.clone(),
+            reserved: self.reserved.clone(),
+            holds: false,
+        }
+    }
+}
+
+impl Drop for Reserving {
+    fn drop(&mut self) {
+        if self.holds {
+            self.reserved.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Service<Call> for Reserving {
+    type Response = &'static str;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Res> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if !self.holds {
+            self.holds = true;
+            self.reserved.fetch_add(1, Ordering::SeqCst);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: Call) -> Self::Future {
+        assert!(self.holds, "called without poll_ready");
+        self.holds = false;
+        self.reserved.fetch_sub(1, Ordering::SeqCst);
+        self.upstream.call(call)
+    }
+}
+
+/// A call rejected in HALF_OPEN (no free probe permit) leaves no capacity of the inner service
+/// reserved by the service that was asked, which may live long (a connection's clone).
+#[tokio::test(start_paused = true)]
+async fn half_open_rejections_reserve_no_inner_capacity() {
+    let config = CircuitBreakerConfig::default()
+        .consecutive_failures(1)
+        .half_open_probes(1);
+    let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
+    let inner = Reserving::new();
+    let reserved = inner.reserved.clone();
+    let mut svc = layer.with_classifier(classify as Classifier).layer(inner);
+    let _ = svc.ready().await.unwrap().call(Call::Fail).await;
+    tokio::time::advance(Duration::from_secs(30)).await;
+
+    let mut probe = svc.clone();
+    let probe_call = probe.ready().await.unwrap().call(Call::Slow(1_000));
+    assert_eq!(reserved.load(Ordering::SeqCst), 0);
+
+    let mut other = svc.clone();
+    let err = other
+        .ready()
+        .await
+        .unwrap()
+        .call(Call::Ok)
+        .await
+        .unwrap_err();
+    assert!(err.is::<CircuitOpen>());
+    assert_eq!(
+        reserved.load(Ordering::SeqCst),
+        0,
+        "held by a rejected call"
+    );
+
+    // An admission that is never used gives its probe permit back with the service; a clone
+    // does not copy it.
+    drop(probe_call);
+    assert_eq!(handle.snapshot().half_open_permits_taken, 0);
+    let mut waiting = svc.clone();
+    std::future::poll_fn(|cx| waiting.poll_ready(cx))
+        .await
+        .unwrap();
+    assert_eq!(handle.snapshot().half_open_permits_taken, 1);
+    let mut copy = waiting.clone();
+    drop(waiting);
+    assert_eq!(handle.snapshot().half_open_permits_taken, 0);
+    assert_eq!(reserved.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        copy.ready().await.unwrap().call(Call::Ok).await.unwrap(),
+        "ok"
+    );
+    assert_eq!(handle.state(), CircuitState::Closed);
+}
+
+/// The keyed breaker cannot decide before it sees the request: when it rejects, it releases
+/// what the inner service reserved.
+#[tokio::test(start_paused = true)]
+async fn keyed_rejections_release_inner_capacity() {
+    let config = CircuitBreakerConfig::default().consecutive_failures(1);
+    let layer = KeyedCircuitBreakerLayer::new(config, 8, |_: &Call| "upstream")
+        .unwrap()
+        .with_classifier(classify as Classifier);
+    let inner = Reserving::new();
+    let reserved = inner.reserved.clone();
+    let mut svc = layer.layer(inner);
+    let _ = svc.ready().await.unwrap().call(Call::Fail).await;
+    let err = svc.ready().await.unwrap().call(Call::Ok).await.unwrap_err();
+    assert!(err.is::<CircuitOpen>());
+    assert_eq!(
+        reserved.load(Ordering::SeqCst),
+        0,
+        "held by a rejected call"
     );
 }
 

@@ -12,7 +12,7 @@ use tower_service::Service;
 use super::classify::{ClassifyOutcome, DefaultClassifier};
 use super::config::{CircuitBreakerConfig, ConfigError};
 use super::event::{CircuitState, Snapshot};
-use super::layer::{CircuitBreakerHandle, ResponseFuture, call_with};
+use super::layer::{CircuitBreakerHandle, ResponseFuture, call_admitted};
 use super::state::Core;
 use crate::BoxError;
 
@@ -69,9 +69,12 @@ impl<K: Hash + Eq + Clone + fmt::Display> Shared<K> {
 /// `key` is a closure from the request to the key, for example the URI's host. When
 /// `max_keys` breakers exist, a new key replaces one that is CLOSED and idle; if there is none,
 /// new keys share one overflow breaker (and a warning is logged). `poll_ready` always polls the
-/// inner service (the key is not known before the request); backpressure mode does not exist
-/// for keyed breakers. Finding a key's breaker takes a read lock on the key map (a write lock
-/// the first time a key is seen); each breaker itself is lock-free.
+/// inner service (the key is not known before the request); when `call` then rejects, the
+/// readied inner service is swapped for a fresh clone, so the capacity it reserved (a `Buffer`
+/// slot, a `ConcurrencyLimit` permit) is released at once rather than held by an idle clone.
+/// Backpressure mode does not exist for keyed breakers. Finding a key's breaker takes a read
+/// lock on the key map (a write lock the first time a key is seen); each breaker itself is
+/// lock-free.
 ///
 /// # Example
 ///
@@ -234,7 +237,7 @@ impl<S: fmt::Debug, K, F, C> fmt::Debug for KeyedCircuitBreaker<S, K, F, C> {
 
 impl<S, K, F, C, Req> Service<Req> for KeyedCircuitBreaker<S, K, F, C>
 where
-    S: Service<Req>,
+    S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
     K: Hash + Eq + Clone + fmt::Display,
     F: Fn(&Req) -> K,
@@ -250,20 +253,32 @@ where
                 self.inner_ready = true;
                 Poll::Ready(Ok(()))
             }
-            Poll::Ready(Err(err)) => Poll::Ready(Err(err.into())),
-            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(err)) => {
+                self.inner_ready = false;
+                Poll::Ready(Err(err.into()))
+            }
+            Poll::Pending => {
+                self.inner_ready = false;
+                Poll::Pending
+            }
         }
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
         let core = self.shared.core_for((self.key)(&req));
-        call_with(
-            &core,
-            &mut self.inner,
-            &self.classifier,
-            &mut self.inner_ready,
-            req,
-        )
+        if !std::mem::take(&mut self.inner_ready) {
+            // `call` without a `poll_ready` that returned `Ready`: the call is not made.
+            return ResponseFuture::rejected(core.reject_unready());
+        }
+        match core.admit() {
+            Ok(recorder) => call_admitted(&mut self.inner, &self.classifier, recorder, req),
+            Err(refusal) => {
+                // Give back what the inner service reserved in `poll_ready`: a clone holds
+                // no reservation, and the readied service is dropped.
+                self.inner = self.inner.clone();
+                ResponseFuture::rejected(core.refuse(refusal))
+            }
+        }
     }
 }
 

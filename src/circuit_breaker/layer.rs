@@ -15,7 +15,7 @@ use super::classify::{ClassifyOutcome, DefaultClassifier};
 use super::config::{CircuitBreakerConfig, ConfigError};
 use super::error::{CircuitOpen, IllegalTransition};
 use super::event::{CircuitState, Snapshot};
-use super::state::{Core, Recorder};
+use super::state::{Core, Recorder, Refusal};
 use crate::BoxError;
 
 /// Wraps a service in a circuit breaker.
@@ -158,18 +158,33 @@ impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
             core: Arc::clone(&self.core),
             classifier: self.classifier.clone(),
             backpressure: self.backpressure,
-            inner_ready: false,
+            decision: Decision::Undecided,
             sleep: None,
         }
     }
 }
 
+/// What `poll_ready` decided for the next call, kept until `call`.
+pub(crate) enum Decision {
+    /// Nothing yet, or the last decision was used.
+    Undecided,
+    /// Admitted (a half-open probe holds its permit here); the inner service is not ready yet.
+    Waiting(Recorder),
+    /// Admitted, and the inner service is ready.
+    Ready(Recorder),
+    /// Refused: `call` fails without touching the inner service.
+    Refused(Refusal),
+}
+
 /// A service behind a circuit breaker. Made by [`CircuitBreakerLayer`].
 ///
-/// `poll_ready` never fails because the breaker is open and, when the call will be rejected
-/// anyway, returns `Ready` without polling the inner service; `call` then returns a ready
-/// future that fails with [`CircuitOpen`], like `tower::load_shed`. See the
-/// [module docs](super).
+/// `poll_ready` decides whether the next call is admitted. It never fails because the breaker
+/// is open: a call that will be rejected (OPEN, FORCED_OPEN, HALF_OPEN without a free probe
+/// permit) gets `Ready` without the inner service being polled, so no inner capacity (a
+/// `Buffer` slot, a `ConcurrencyLimit` permit) is reserved for it, and `call` returns a ready
+/// future that fails with [`CircuitOpen`], like `tower::load_shed`. An admitted call keeps its
+/// admission (a half-open probe, its permit) until `call`, or gives it back when the service
+/// is dropped; a clone starts undecided. See the [module docs](super).
 ///
 /// # Example
 ///
@@ -191,7 +206,7 @@ pub struct CircuitBreaker<S, C = DefaultClassifier> {
     core: Arc<Core>,
     classifier: C,
     backpressure: bool,
-    inner_ready: bool,
+    decision: Decision,
     sleep: Option<Pin<Box<Sleep>>>,
 }
 
@@ -202,7 +217,7 @@ impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
             core: Arc::clone(&self.core),
             classifier: self.classifier.clone(),
             backpressure: self.backpressure,
-            inner_ready: false,
+            decision: Decision::Undecided,
             sleep: None,
         }
     }
@@ -232,13 +247,13 @@ impl<S, C> CircuitBreaker<S, C> {
     }
 }
 
-/// Shared by the single and the keyed breaker: readiness that never polls the inner service
-/// to reject.
+/// Readiness that decides admission first and polls the inner service only for a call that
+/// is admitted.
 #[inline]
-pub(crate) fn poll_ready_with<S, Req>(
-    core: &Core,
+fn poll_ready_with<S, Req>(
+    core: &Arc<Core>,
     inner: &mut S,
-    inner_ready: &mut bool,
+    decision: &mut Decision,
     backpressure: bool,
     sleep: &mut Option<Pin<Box<Sleep>>>,
     cx: &mut Context<'_>,
@@ -247,60 +262,67 @@ where
     S: Service<Req>,
     S::Error: Into<BoxError>,
 {
-    if backpressure {
-        while let Some(until) = core.open_until() {
-            let timer = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
-            if timer.deadline() != until {
-                timer.as_mut().reset(until);
-            }
-            ready!(timer.as_mut().poll(cx));
+    let recorder = match std::mem::replace(decision, Decision::Undecided) {
+        Decision::Ready(recorder) => {
+            *decision = Decision::Ready(recorder);
+            return Poll::Ready(Ok(()));
         }
-    }
-    if core.rejects_now() {
-        *inner_ready = false;
-        return Poll::Ready(Ok(()));
-    }
+        // Still admitted in the current generation: keep waiting for the inner service.
+        Decision::Waiting(recorder) if recorder.generation() == core.generation() => recorder,
+        // Undecided, refused, or admitted in a generation that has ended: decide again (a
+        // stale probe gives its permit back as it is dropped here).
+        _ => {
+            if backpressure {
+                while let Some(until) = core.open_until() {
+                    let timer =
+                        sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+                    if timer.deadline() != until {
+                        timer.as_mut().reset(until);
+                    }
+                    ready!(timer.as_mut().poll(cx));
+                }
+            }
+            match core.admit() {
+                Ok(recorder) => recorder,
+                Err(refusal) => {
+                    *decision = Decision::Refused(refusal);
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
+    };
     match inner.poll_ready(cx) {
         Poll::Ready(Ok(())) => {
-            *inner_ready = true;
+            *decision = Decision::Ready(recorder);
             Poll::Ready(Ok(()))
         }
-        Poll::Ready(Err(err)) => {
-            *inner_ready = false;
-            Poll::Ready(Err(err.into()))
-        }
+        // The admission is dropped with the error: a probe gives its permit back.
+        Poll::Ready(Err(err)) => Poll::Ready(Err(err.into())),
         Poll::Pending => {
-            *inner_ready = false;
+            *decision = Decision::Waiting(recorder);
             Poll::Pending
         }
     }
 }
 
+/// The response future of a call admitted with `recorder` into a ready inner service.
 #[inline]
-pub(crate) fn call_with<S, C, Req>(
-    core: &Arc<Core>,
+pub(crate) fn call_admitted<S, C, Req>(
     inner: &mut S,
     classifier: &C,
-    inner_ready: &mut bool,
+    recorder: Recorder,
     req: Req,
 ) -> ResponseFuture<S::Future, C>
 where
     S: Service<Req>,
     C: Clone,
 {
-    if !std::mem::take(inner_ready) {
-        // `poll_ready` did not poll the inner service because the breaker rejects.
-        return ResponseFuture::rejected(core.reject_unready());
-    }
-    match core.admit() {
-        Ok(recorder) => ResponseFuture {
-            kind: Kind::Called {
-                future: inner.call(req),
-                classifier: classifier.clone(),
-                recorder,
-            },
+    ResponseFuture {
+        kind: Kind::Called {
+            future: inner.call(req),
+            classifier: classifier.clone(),
+            recorder,
         },
-        Err(open) => ResponseFuture::rejected(open),
     }
 }
 
@@ -319,7 +341,7 @@ where
         poll_ready_with::<S, Req>(
             &self.core,
             &mut self.inner,
-            &mut self.inner_ready,
+            &mut self.decision,
             self.backpressure,
             &mut self.sleep,
             cx,
@@ -328,13 +350,17 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        call_with(
-            &self.core,
-            &mut self.inner,
-            &self.classifier,
-            &mut self.inner_ready,
-            req,
-        )
+        match std::mem::replace(&mut self.decision, Decision::Undecided) {
+            Decision::Ready(recorder) => {
+                call_admitted(&mut self.inner, &self.classifier, recorder, req)
+            }
+            Decision::Refused(refusal) => ResponseFuture::rejected(self.core.refuse(refusal)),
+            // `call` without a `poll_ready` that returned `Ready`: the inner service is not
+            // ready, so the call is not made.
+            Decision::Undecided | Decision::Waiting(_) => {
+                ResponseFuture::rejected(self.core.reject_unready())
+            }
+        }
     }
 }
 
@@ -360,7 +386,7 @@ enum Kind<F, C> {
 }
 
 impl<F, C> ResponseFuture<F, C> {
-    fn rejected(error: CircuitOpen) -> Self {
+    pub(crate) fn rejected(error: CircuitOpen) -> Self {
         Self {
             kind: Kind::Rejected { error: Some(error) },
         }

@@ -52,7 +52,9 @@
 //! # The tower contract
 //!
 //! An open breaker never returns `Err` from `poll_ready` and never polls the inner service only
-//! to reject: `poll_ready` returns `Ready(Ok)` and `call` returns a ready future failing with
+//! to reject: `poll_ready` decides admission first and, for a call it will reject (OPEN,
+//! FORCED_OPEN, HALF_OPEN without a free probe permit), returns `Ready(Ok)` without reserving
+//! capacity in the inner service; `call` then returns a ready future failing with
 //! [`CircuitOpen`], like `tower::load_shed`. Opt in to
 //! [`with_backpressure`](CircuitBreakerLayer::with_backpressure) to have `poll_ready` wait
 //! until the open duration has passed instead.

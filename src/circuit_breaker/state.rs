@@ -153,6 +153,19 @@ impl std::fmt::Debug for Core {
     }
 }
 
+/// Why [`Core::admit`] refused a call.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Refusal {
+    state: CircuitState,
+    retry_after: Option<Duration>,
+}
+
+impl Refusal {
+    fn new(state: CircuitState, retry_after: Option<Duration>) -> Self {
+        Self { state, retry_after }
+    }
+}
+
 /// Recorder bits: probe (1) | generation (21) | the start time in units of 1024 ns (40 bits;
 /// it wraps after 13 days, far beyond any slow-call threshold).
 const PROBE: u64 = 1 << 63;
@@ -160,8 +173,8 @@ const GEN_SHIFT: u32 = 40;
 const PAYLOAD: u64 = (1 << GEN_SHIFT) - 1;
 
 #[inline]
-fn recorder_bits(generation: u32, start_units: u64) -> u64 {
-    ((u64::from(generation) & GEN_MASK) << GEN_SHIFT) | (start_units & PAYLOAD)
+const fn recorder_bits(generation: u32, start_units: u64) -> u64 {
+    (((generation as u64) & GEN_MASK) << GEN_SHIFT) | (start_units & PAYLOAD)
 }
 
 impl Core {
@@ -238,16 +251,10 @@ impl Core {
         self.base + Duration::from_millis(deadline_ms)
     }
 
-    /// Whether `call` would reject right now without admitting anything (OPEN before its
-    /// deadline, FORCED_OPEN). Used by `poll_ready` to avoid polling the inner service.
+    /// The current generation.
     #[inline]
-    pub(crate) fn rejects_now(&self) -> bool {
-        let word = unpack(self.word.load(Ordering::Acquire));
-        match word.state {
-            CircuitState::ForcedOpen => true,
-            CircuitState::Open => self.now_ms() < word.deadline_ms,
-            _ => false,
-        }
+    pub(crate) fn generation(&self) -> u32 {
+        unpack(self.word.load(Ordering::Acquire)).generation
     }
 
     /// The instant OPEN ends, when the breaker is OPEN and that is still in the future.
@@ -257,13 +264,14 @@ impl Core {
             .then(|| self.deadline_instant(word.deadline_ms))
     }
 
-    /// Decides whether a call may go through.
+    /// Decides whether a call may go through. A refusal is neither counted nor reported
+    /// until it is turned into an error by [`refuse`](Self::refuse).
     #[inline]
-    pub(crate) fn admit(self: &Arc<Self>) -> Result<Recorder, CircuitOpen> {
+    pub(crate) fn admit(self: &Arc<Self>) -> Result<Recorder, Refusal> {
         let word = unpack(self.word.load(Ordering::Acquire));
         match word.state {
             CircuitState::Closed | CircuitState::MetricsOnly => Ok(self.admit_closed(word)),
-            CircuitState::Disabled => Ok(Recorder::untracked()),
+            CircuitState::Disabled => Ok(Recorder::passthrough(word.generation)),
             _ => self.admit_slow(),
         }
     }
@@ -277,20 +285,22 @@ impl Core {
     }
 
     #[cold]
-    fn admit_slow(self: &Arc<Self>) -> Result<Recorder, CircuitOpen> {
+    fn admit_slow(self: &Arc<Self>) -> Result<Recorder, Refusal> {
         loop {
             let word = unpack(self.word.load(Ordering::Acquire));
             match word.state {
                 CircuitState::Closed | CircuitState::MetricsOnly => {
                     return Ok(self.admit_closed(word));
                 }
-                CircuitState::Disabled => return Ok(Recorder::untracked()),
-                CircuitState::ForcedOpen => return Err(self.reject(CircuitState::ForcedOpen, None)),
+                CircuitState::Disabled => return Ok(Recorder::passthrough(word.generation)),
+                CircuitState::ForcedOpen => {
+                    return Err(Refusal::new(CircuitState::ForcedOpen, None));
+                }
                 CircuitState::Open => {
                     let now = self.now_ms();
                     if now < word.deadline_ms {
                         let after = Duration::from_millis(word.deadline_ms - now);
-                        return Err(self.reject(CircuitState::Open, Some(after)));
+                        return Err(Refusal::new(CircuitState::Open, Some(after)));
                     }
                     let deadline = self.half_open_deadline(now);
                     self.transition(word, CircuitState::HalfOpen, deadline, None);
@@ -307,7 +317,7 @@ impl Core {
                         continue;
                     }
                     if !self.enter_probe() {
-                        return Err(self.reject(CircuitState::HalfOpen, None));
+                        return Err(Refusal::new(CircuitState::HalfOpen, None));
                     }
                     if self.take_permit(tag(word.generation)) {
                         // Re-check: a verdict may have ended this half-open period meanwhile.
@@ -322,7 +332,7 @@ impl Core {
                         });
                     }
                     self.leave_probe();
-                    return Err(self.reject(CircuitState::HalfOpen, None));
+                    return Err(Refusal::new(CircuitState::HalfOpen, None));
                 }
             }
         }
@@ -469,11 +479,13 @@ impl Core {
         let now = self.now_ms();
         let after = (word.state == CircuitState::Open && word.deadline_ms > now)
             .then(|| Duration::from_millis(word.deadline_ms - now));
-        self.reject(word.state, after)
+        self.refuse(Refusal::new(word.state, after))
     }
 
+    /// The error for a refused call, counted and reported.
     #[cold]
-    fn reject(&self, state: CircuitState, retry_after: Option<Duration>) -> CircuitOpen {
+    pub(crate) fn refuse(&self, refusal: Refusal) -> CircuitOpen {
+        let Refusal { state, retry_after } = refusal;
         self.not_permitted.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(
             breaker = &*self.config.name,
@@ -886,6 +898,21 @@ impl Recorder {
             core: None,
             bits: 0,
         }
+    }
+
+    /// A recorder for a call admitted without being tracked (DISABLED) in `generation`.
+    #[inline]
+    const fn passthrough(generation: u32) -> Self {
+        Self {
+            core: None,
+            bits: recorder_bits(generation, 0),
+        }
+    }
+
+    /// The generation the call was admitted in.
+    #[inline]
+    pub(crate) fn generation(&self) -> u32 {
+        ((self.bits >> GEN_SHIFT) & GEN_MASK) as u32
     }
 
     /// Records how the call ended.
