@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use super::config::{CircuitBreakerConfig, SlidingWindow};
 use super::error::{CircuitOpen, IllegalTransition};
 use super::event::{CircuitEvent, CircuitState, Snapshot, TripReason};
-use super::window::{CALL, CountWindow, Counts, FAILED, SLOW, TimeWindow, Window};
+use super::window::{CALL, CountWindow, Counts, FAILED, SLOW, TimeWindow, Window, newer};
 
 const STATE_BITS: u32 = 3;
 const GEN_BITS: u32 = 21;
@@ -332,6 +332,9 @@ impl Core {
                         });
                     }
                     self.leave_probe();
+                    if self.generation() != word.generation {
+                        continue;
+                    }
                     return Err(Refusal::new(CircuitState::HalfOpen, None));
                 }
             }
@@ -427,10 +430,15 @@ impl Core {
             });
     }
 
+    /// Takes a probe permit of the half-open period tagged `tag`; false when they are all
+    /// taken, or when a newer period owns the word (which is then left alone).
     fn take_permit(&self, tag: u16) -> bool {
         let limit = u64::from(self.config.half_open_probes);
         let mut word = self.half.load(Ordering::Acquire);
         loop {
+            if newer((word >> 48) as u16, tag) {
+                return false;
+            }
             let mut f = half_fields(word, tag);
             if f[0] >= limit {
                 return false;
@@ -635,10 +643,15 @@ impl Core {
 
     fn record_closed(&self, word: Word, code: u32, now_nanos: u64) {
         let generation = u64::from(word.generation);
+        let mut current = self.consecutive.load(Ordering::Acquire);
         let consecutive = if code & FAILED != 0 {
-            let mut current = self.consecutive.load(Ordering::Acquire);
             loop {
-                let count = if current >> 32 == generation {
+                let stored = (current >> 32) as u32;
+                if generation_newer(stored, word.generation) {
+                    // A newer generation counts its own run: this outcome is stale.
+                    return;
+                }
+                let count = if stored == word.generation {
                     (current as u32).saturating_add(1)
                 } else {
                     1
@@ -654,8 +667,19 @@ impl Core {
                 }
             }
         } else {
-            if self.consecutive.load(Ordering::Relaxed) != generation << 32 {
-                self.consecutive.store(generation << 32, Ordering::Release);
+            // Ends the run, unless a newer generation has stored its own count.
+            while current != generation << 32
+                && !generation_newer((current >> 32) as u32, word.generation)
+            {
+                match self.consecutive.compare_exchange_weak(
+                    current,
+                    generation << 32,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => break,
+                    Err(actual) => current = actual,
+                }
             }
             0
         };
@@ -1001,5 +1025,41 @@ mod tests {
         assert_eq!(open.deadline_ms - now, 60_000, "the upstream's Retry-After");
         assert_eq!(core.attempts.load(Ordering::Relaxed) as u32, 1);
         assert_eq!(core.upstream_until_ms.load(Ordering::Relaxed), 0);
+    }
+
+    /// A caller that read an older half-open word's generation does not take a permit from,
+    /// nor reset, a newer half-open period's word.
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_permit_request_leaves_a_newer_half_open_word_alone() {
+        let core = Core::new(CircuitBreakerConfig::default().half_open_probes(3));
+        let newer_word = half_pack(5, [1, 1, 0, 0]);
+        core.half.store(newer_word, Ordering::Relaxed);
+        assert!(!core.take_permit(4));
+        assert_eq!(core.half.load(Ordering::Relaxed), newer_word);
+        assert!(core.take_permit(5));
+        assert_eq!(
+            core.half.load(Ordering::Relaxed),
+            half_pack(5, [2, 1, 0, 0])
+        );
+    }
+
+    /// An outcome of an older generation that reaches the consecutive-failure count late
+    /// neither resets nor restarts a newer generation's run.
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_outcome_leaves_a_newer_run_of_failures_alone() {
+        let core = Core::new(CircuitBreakerConfig::default().consecutive_failures(10));
+        let newer_run = (5 << 32) | 2;
+        core.consecutive.store(newer_run, Ordering::Relaxed);
+        let stale = unpack(pack(CircuitState::Closed, 4, 0));
+        core.record_closed(stale, CALL, 0);
+        assert_eq!(core.consecutive.load(Ordering::Relaxed), newer_run);
+        core.record_closed(stale, CALL | FAILED, 0);
+        assert_eq!(core.consecutive.load(Ordering::Relaxed), newer_run);
+
+        let current = unpack(pack(CircuitState::Closed, 5, 0));
+        core.record_closed(current, CALL | FAILED, 0);
+        assert_eq!(core.consecutive.load(Ordering::Relaxed), (5 << 32) | 3);
+        core.record_closed(current, CALL, 0);
+        assert_eq!(core.consecutive.load(Ordering::Relaxed), 5 << 32);
     }
 }
