@@ -58,7 +58,7 @@ impl<K: Hash + Eq + Clone + fmt::Display> Shared<K> {
             }
         }
         let name = format!("{}/{}", self.config.name, key);
-        let core = Core::new(self.config.clone().name(name));
+        let core = Core::new_counted(self.config.clone().name(name));
         map.insert(key, Arc::clone(&core));
         core
     }
@@ -133,7 +133,7 @@ impl<K, F> KeyedCircuitBreakerLayer<K, F> {
         if max_keys == 0 {
             return Err(ConfigError::max_keys());
         }
-        let overflow = Core::new(config.clone().name(format!("{}/overflow", config.name)));
+        let overflow = Core::new_counted(config.clone().name(format!("{}/overflow", config.name)));
         Ok(Self {
             shared: Arc::new(Shared {
                 config,

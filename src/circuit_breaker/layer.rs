@@ -15,7 +15,7 @@ use super::classify::{ClassifyOutcome, DefaultClassifier};
 use super::config::{CircuitBreakerConfig, ConfigError};
 use super::error::{CircuitOpen, IllegalTransition};
 use super::event::{CircuitState, Snapshot};
-use super::state::{Core, Recorder, Refusal};
+use super::state::{Admission, Core, Recorder, Refusal};
 use crate::BoxError;
 
 /// Wraps a service in a circuit breaker.
@@ -169,9 +169,9 @@ pub(crate) enum Decision {
     /// Nothing yet, or the last decision was used.
     Undecided,
     /// Admitted (a half-open probe holds its permit here); the inner service is not ready yet.
-    Waiting(Recorder),
+    Waiting(Admission),
     /// Admitted, and the inner service is ready.
-    Ready(Recorder),
+    Ready(Admission),
     /// Refused: `call` fails without touching the inner service.
     Refused(Refusal),
 }
@@ -262,13 +262,29 @@ where
     S: Service<Req>,
     S::Error: Into<BoxError>,
 {
-    let recorder = match std::mem::replace(decision, Decision::Undecided) {
-        Decision::Ready(recorder) => {
-            *decision = Decision::Ready(recorder);
-            return Poll::Ready(Ok(()));
+    match decision {
+        Decision::Ready(_) => return Poll::Ready(Ok(())),
+        // The common case, CLOSED: one word is decided and kept, and nothing is dropped.
+        Decision::Undecided if !backpressure => {
+            if let Some(generation) = core.closed_generation() {
+                return match inner.poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        *decision = Decision::Ready(Admission::Closed(generation));
+                        Poll::Ready(Ok(()))
+                    }
+                    Poll::Ready(Err(err)) => Poll::Ready(Err(err.into())),
+                    Poll::Pending => {
+                        *decision = Decision::Waiting(Admission::Closed(generation));
+                        Poll::Pending
+                    }
+                };
+            }
         }
+        _ => {}
+    }
+    let admission = match std::mem::replace(decision, Decision::Undecided) {
         // Still admitted in the current generation: keep waiting for the inner service.
-        Decision::Waiting(recorder) if recorder.generation() == core.generation() => recorder,
+        Decision::Waiting(admission) if admission.generation() == core.generation() => admission,
         // Undecided, refused, or admitted in a generation that has ended: decide again (a
         // stale probe gives its permit back as it is dropped here).
         _ => {
@@ -282,8 +298,8 @@ where
                     ready!(timer.as_mut().poll(cx));
                 }
             }
-            match core.admit() {
-                Ok(recorder) => recorder,
+            match core.admit_ahead() {
+                Ok(admission) => admission,
                 Err(refusal) => {
                     *decision = Decision::Refused(refusal);
                     return Poll::Ready(Ok(()));
@@ -293,13 +309,13 @@ where
     };
     match inner.poll_ready(cx) {
         Poll::Ready(Ok(())) => {
-            *decision = Decision::Ready(recorder);
+            *decision = Decision::Ready(admission);
             Poll::Ready(Ok(()))
         }
         // The admission is dropped with the error: a probe gives its permit back.
         Poll::Ready(Err(err)) => Poll::Ready(Err(err.into())),
         Poll::Pending => {
-            *decision = Decision::Waiting(recorder);
+            *decision = Decision::Waiting(admission);
             Poll::Pending
         }
     }
@@ -350,8 +366,16 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
+        if let Decision::Ready(Admission::Closed(generation)) = self.decision {
+            // The common case, read as one word. `Ready(Closed(_))` owns nothing, so it is
+            // forgotten rather than passed through the enum's drop glue.
+            std::mem::forget(std::mem::replace(&mut self.decision, Decision::Undecided));
+            let recorder = self.core.closed_recorder(generation);
+            return call_admitted(&mut self.inner, &self.classifier, recorder, req);
+        }
         match std::mem::replace(&mut self.decision, Decision::Undecided) {
-            Decision::Ready(recorder) => {
+            Decision::Ready(admission) => {
+                let recorder = admission.into_recorder(&self.core);
                 call_admitted(&mut self.inner, &self.classifier, recorder, req)
             }
             Decision::Refused(refusal) => ResponseFuture::rejected(self.core.refuse(refusal)),

@@ -6,14 +6,17 @@
 //! half-open permits are tagged with the generation and reset themselves lazily, so nothing
 //! else has to happen atomically with the transition.
 //!
-//! Hot path (CLOSED, count window, no slow-call rule): `call` loads the state word and the
-//! response future holds the core. A success that completes while the window is full of
-//! successes of its generation and no run of failures is counting writes nothing: recording
-//! it would only replace one success of the ring by another.
+//! Hot path (CLOSED, count window, no slow-call rule): `call` loads the state word, and the
+//! response future carries a small id instead of a reference-counted pointer, so calls on many
+//! threads do not fight over one reference count. The id finds the core again through a
+//! per-thread cache (see [`with_core`]). A success that completes while the window is full of
+//! successes of its generation and no run of failures is counting writes nothing: recording it
+//! would only replace one success of the ring by another.
 
+use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -100,6 +103,137 @@ pub enum Outcome {
     Neutral,
 }
 
+/// Weak references to live cores, found by a small id: fast-path recorders carry that id
+/// instead of an `Arc`. Touched when a core is created or dropped, and when a thread meets a
+/// core for the first time.
+struct Registry {
+    slots: Vec<(u32, Weak<Core>)>,
+    free: Vec<u32>,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    slots: Vec::new(),
+    free: Vec::new(),
+});
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RegId {
+    index: u32,
+    tag: u32,
+}
+
+const REG_INDEX_BITS: u32 = 20;
+const REG_TAG_MASK: u32 = (1 << 20) - 1;
+
+impl RegId {
+    /// index (20) | tag (20), or `None` when the index does not fit.
+    fn pack(self) -> Option<u64> {
+        (self.index < 1 << REG_INDEX_BITS)
+            .then(|| u64::from(self.index) | (u64::from(self.tag & REG_TAG_MASK) << REG_INDEX_BITS))
+    }
+
+    fn unpack(bits: u64) -> Self {
+        Self {
+            index: (bits & ((1 << REG_INDEX_BITS) - 1)) as u32,
+            tag: ((bits >> REG_INDEX_BITS) as u32) & REG_TAG_MASK,
+        }
+    }
+}
+
+fn registry() -> std::sync::MutexGuard<'static, Registry> {
+    REGISTRY
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn register(weak: Weak<Core>) -> RegId {
+    let mut reg = registry();
+    if let Some(index) = reg.free.pop() {
+        let slot = &mut reg.slots[index as usize];
+        slot.0 = slot.0.wrapping_add(1);
+        slot.1 = weak;
+        RegId {
+            index,
+            tag: slot.0 & REG_TAG_MASK,
+        }
+    } else {
+        let index = reg.slots.len() as u32;
+        reg.slots.push((0, weak));
+        RegId { index, tag: 0 }
+    }
+}
+
+fn unregister(id: RegId) {
+    let mut reg = registry();
+    if let Some(slot) = reg.slots.get_mut(id.index as usize)
+        && slot.0 & REG_TAG_MASK == id.tag
+    {
+        slot.1 = Weak::new();
+        reg.free.push(id.index);
+    }
+}
+
+fn lookup(packed: u64) -> Option<Arc<Core>> {
+    let id = RegId::unpack(packed);
+    let reg = registry();
+    reg.slots
+        .get(id.index as usize)
+        .filter(|slot| slot.0 & REG_TAG_MASK == id.tag)
+        .and_then(|slot| slot.1.upgrade())
+}
+
+/// Cores this thread has finished fast-path calls for, by packed id: found again without a
+/// lock and without touching a shared reference count.
+const CACHED_CORES: usize = 32;
+
+thread_local! {
+    static CORES: RefCell<Vec<(u64, Arc<Core>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with the core of `packed`, if it is still alive.
+///
+/// The per-thread cache is only borrowed shared while `f` runs, so `f` may finish other
+/// recorders (a listener can); only filling the cache needs it exclusively, and is skipped
+/// when that is not possible.
+#[inline]
+fn with_core<F: FnOnce(&Core)>(packed: u64, f: F) {
+    let mut f = Some(f);
+    let _ = CORES.try_with(|cores| {
+        if let Ok(cores) = cores.try_borrow()
+            && let Some((_, core)) = cores.iter().find(|(id, _)| *id == packed)
+            && let Some(f) = f.take()
+        {
+            f(core);
+        }
+    });
+    if let Some(f) = f {
+        with_core_uncached(packed, f);
+    }
+}
+
+/// [`with_core`] for a core this thread has not cached: found in the registry, then cached.
+#[cold]
+#[inline(never)]
+fn with_core_uncached(packed: u64, f: impl FnOnce(&Core)) {
+    let Some(core) = lookup(packed) else {
+        return; // the breaker is gone: nothing to record
+    };
+    f(&core);
+    let _ = CORES.try_with(|cores| {
+        if let Ok(mut cores) = cores.try_borrow_mut() {
+            // Forget breakers nobody else holds any more, then make room.
+            cores.retain(|(_, c)| Arc::strong_count(c) > 1);
+            if cores.iter().any(|(id, _)| *id == packed) {
+                return; // cached meanwhile by a call `f` made
+            }
+            if cores.len() >= CACHED_CORES {
+                cores.remove(0);
+            }
+            cores.push((packed, core));
+        }
+    });
+}
+
 /// Half-open word: tag (16) | taken (12) | successes (12) | failures (12) | slow (12).
 const HALF_FIELD: u64 = (1 << 12) - 1;
 
@@ -121,13 +255,78 @@ fn half_pack(tag: u16, f: [u64; 4]) -> u64 {
     (u64::from(tag) << 48) | (f[0] << 36) | (f[1] << 24) | (f[2] << 12) | f[3]
 }
 
+/// The words a fast-path call reads when it completes: the consecutive-failure count and the
+/// count window's aggregate. They live outside the core, in memory that is never freed (a
+/// finished core hands its beacon to the next one), so a recorder reaches them through a plain
+/// `&'static` and decides whether its success changes anything without finding the core.
+#[repr(align(64))]
+pub(crate) struct Beacon {
+    /// The packed registry id of the core using it, `u64::MAX` when none does.
+    owner: AtomicU64,
+    /// generation (32) | consecutive failures (32)
+    consecutive: AtomicU64,
+    /// The count window's aggregate word.
+    pub(crate) agg: AtomicU64,
+    /// The aggregate of a window full of successes, tag 0 (none for a time window).
+    all_ok: AtomicU64,
+}
+
+static FREE_BEACONS: Mutex<Vec<&'static Beacon>> = Mutex::new(Vec::new());
+
+impl Beacon {
+    /// A beacon for a new core, reset: reused if one was handed back, else allocated for good.
+    fn take() -> &'static Beacon {
+        let free = FREE_BEACONS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop();
+        let beacon = free.unwrap_or_else(|| {
+            Box::leak(Box::new(Beacon {
+                owner: AtomicU64::new(u64::MAX),
+                consecutive: AtomicU64::new(0),
+                agg: AtomicU64::new(0),
+                all_ok: AtomicU64::new(u64::MAX),
+            }))
+        });
+        beacon.consecutive.store(0, Ordering::Relaxed);
+        beacon.agg.store(0, Ordering::Relaxed);
+        beacon
+    }
+
+    fn give_back(&'static self) {
+        self.owner.store(u64::MAX, Ordering::Release);
+        FREE_BEACONS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(self);
+    }
+
+    /// Whether a success of `generation` would change nothing now: the count window is full of
+    /// successes that were not slow, and no run of failures is counting.
+    ///
+    /// The consecutive-failure word is read first: a failure raises it before it enters the
+    /// window, so a failure whose window entry is not seen here has not been counted yet
+    /// either, and the success is ordered before it.
+    #[inline]
+    fn success_changes_nothing(&self, generation: u32) -> bool {
+        let consecutive = self.consecutive.load(Ordering::Acquire);
+        let counting = consecutive >> 32 == u64::from(generation) && consecutive as u32 != 0;
+        !counting
+            && self.agg.load(Ordering::Acquire)
+                == self.all_ok.load(Ordering::Relaxed) | (u64::from(tag(generation)) << 48)
+    }
+}
+
 pub(crate) struct Core {
     pub(crate) config: CircuitBreakerConfig,
+    id: RegId,
+    beacon: &'static Beacon,
+    /// The registry id packed for fast-path recorders: with a count window and no slow-call
+    /// rule, when it fits.
+    fast_id: Option<u64>,
     base: Instant,
     word: AtomicU64,
     window: Window,
-    /// generation (32) | consecutive failures (32)
-    consecutive: AtomicU64,
     half: AtomicU64,
     /// generation (32) | backoff attempt (32): the attempt as of the transition that set it.
     attempts: AtomicU64,
@@ -153,6 +352,41 @@ impl std::fmt::Debug for Core {
     }
 }
 
+impl Drop for Core {
+    fn drop(&mut self) {
+        unregister(self.id);
+        self.beacon.give_back();
+    }
+}
+
+/// A call admitted by [`Core::admit_ahead`].
+pub(crate) enum Admission {
+    /// Admitted while CLOSED in this generation; the recorder is made when the call happens.
+    Closed(u32),
+    /// Admitted otherwise (a half-open probe holding its permit, DISABLED).
+    Recorded(Recorder),
+}
+
+impl Admission {
+    /// The generation the call was admitted in.
+    #[inline]
+    pub(crate) fn generation(&self) -> u32 {
+        match self {
+            Admission::Closed(generation) => *generation,
+            Admission::Recorded(recorder) => recorder.generation(),
+        }
+    }
+
+    /// The recorder of the call, which happens now.
+    #[inline]
+    pub(crate) fn into_recorder(self, core: &Arc<Core>) -> Recorder {
+        match self {
+            Admission::Closed(generation) => core.closed_recorder(generation),
+            Admission::Recorded(recorder) => recorder,
+        }
+    }
+}
+
 /// Why [`Core::admit`] refused a call.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Refusal {
@@ -166,9 +400,11 @@ impl Refusal {
     }
 }
 
-/// Recorder bits: probe (1) | generation (21) | the start time in units of 1024 ns (40 bits;
-/// it wraps after 13 days, far beyond any slow-call threshold).
+/// Recorder bits: probe (1) | fast (1) | generation (21) | 40 bits of payload: the start time
+/// in units of 1024 ns (it wraps after 13 days, far beyond any slow-call threshold), or for a
+/// fast recorder, which holds no `Arc`, the core's registry id.
 const PROBE: u64 = 1 << 63;
+const FAST: u64 = 1 << 62;
 const GEN_SHIFT: u32 = 40;
 const PAYLOAD: u64 = (1 << GEN_SHIFT) - 1;
 
@@ -179,9 +415,21 @@ const fn recorder_bits(generation: u32, start_units: u64) -> u64 {
 
 impl Core {
     pub(crate) fn new(config: CircuitBreakerConfig) -> Arc<Self> {
+        Self::build(config, true)
+    }
+
+    /// A core whose calls each hold a reference to it, so that
+    /// `Arc::strong_count(core) == 1` means no call is in flight (keyed breakers evict such
+    /// cores). It never takes the fast path, whose recorders hold only an id.
+    pub(crate) fn new_counted(config: CircuitBreakerConfig) -> Arc<Self> {
+        Self::build(config, false)
+    }
+
+    fn build(config: CircuitBreakerConfig, fast: bool) -> Arc<Self> {
+        let beacon = Beacon::take();
         let (window, min_calls) = match config.window {
             SlidingWindow::Count(n) => (
-                Window::Count(CountWindow::new(n)),
+                Window::Count(CountWindow::new(n, &beacon.agg)),
                 config.minimum_calls.min(n),
             ),
             SlidingWindow::Time { span, buckets } => (
@@ -195,19 +443,37 @@ impl Core {
         let slow_nanos = config
             .slow_rate
             .map(|_| u64::try_from(config.slow_duration.as_nanos()).unwrap_or(u64::MAX));
-        Arc::new(Core {
-            base: Instant::now(),
-            word: AtomicU64::new(pack(CircuitState::Closed, 0, 0)),
-            window,
-            consecutive: AtomicU64::new(0),
-            half: AtomicU64::new(0),
-            attempts: AtomicU64::new(0),
-            upstream_until_ms: AtomicU64::new(0),
-            not_permitted: AtomicU64::new(0),
-            probes_in_flight: AtomicU32::new(0),
-            min_calls,
-            slow_nanos,
-            config,
+        Arc::new_cyclic(|weak| {
+            let id = register(weak.clone());
+            // The fast path needs no start time, so the id travels in its place.
+            let fast_id = match (&window, slow_nanos) {
+                (Window::Count(_), None) if fast => id.pack(),
+                _ => None,
+            };
+            let all_ok = match &window {
+                Window::Count(w) => w.all_ok_word(0),
+                Window::Time(_) => u64::MAX,
+            };
+            beacon.all_ok.store(all_ok, Ordering::Relaxed);
+            beacon
+                .owner
+                .store(fast_id.unwrap_or(u64::MAX), Ordering::Release);
+            Core {
+                id,
+                beacon,
+                fast_id,
+                base: Instant::now(),
+                word: AtomicU64::new(pack(CircuitState::Closed, 0, 0)),
+                window,
+                half: AtomicU64::new(0),
+                attempts: AtomicU64::new(0),
+                upstream_until_ms: AtomicU64::new(0),
+                not_permitted: AtomicU64::new(0),
+                probes_in_flight: AtomicU32::new(0),
+                min_calls,
+                slow_nanos,
+                config,
+            }
         })
     }
 
@@ -276,11 +542,50 @@ impl Core {
         }
     }
 
+    /// The generation, if the breaker is CLOSED or METRICS_ONLY (every call is admitted).
+    #[inline]
+    pub(crate) fn closed_generation(&self) -> Option<u32> {
+        let word = unpack(self.word.load(Ordering::Acquire));
+        matches!(word.state, CircuitState::Closed | CircuitState::MetricsOnly)
+            .then_some(word.generation)
+    }
+
+    /// Decides whether a call may go through, ahead of the call: a CLOSED admission is kept as
+    /// its generation, and its recorder made by [`Admission::into_recorder`] when the call
+    /// happens (so a service holds one small word between `poll_ready` and `call`).
+    #[inline]
+    pub(crate) fn admit_ahead(self: &Arc<Self>) -> Result<Admission, Refusal> {
+        let word = unpack(self.word.load(Ordering::Acquire));
+        match word.state {
+            CircuitState::Closed | CircuitState::MetricsOnly => {
+                Ok(Admission::Closed(word.generation))
+            }
+            CircuitState::Disabled => {
+                Ok(Admission::Recorded(Recorder::passthrough(word.generation)))
+            }
+            _ => self.admit_slow().map(Admission::Recorded),
+        }
+    }
+
     #[inline]
     fn admit_closed(self: &Arc<Self>, word: Word) -> Recorder {
+        self.closed_recorder(word.generation)
+    }
+
+    /// The recorder of a call admitted while CLOSED (or METRICS_ONLY) in `generation`.
+    #[inline]
+    pub(crate) fn closed_recorder(self: &Arc<Self>, generation: u32) -> Recorder {
+        if let Some(id) = self.fast_id {
+            return Recorder {
+                core: None,
+                beacon: Some(self.beacon),
+                bits: FAST | recorder_bits(generation, id),
+            };
+        }
         Recorder {
             core: Some(Arc::clone(self)),
-            bits: recorder_bits(word.generation, self.start_units()),
+            beacon: None,
+            bits: recorder_bits(generation, self.start_units()),
         }
     }
 
@@ -328,6 +633,7 @@ impl Core {
                         }
                         return Ok(Recorder {
                             core: Some(Arc::clone(self)),
+                            beacon: None,
                             bits: PROBE | recorder_bits(word.generation, self.start_units()),
                         });
                     }
@@ -363,15 +669,9 @@ impl Core {
     /// either, and the success is ordered before it.
     #[inline]
     fn success_changes_nothing(&self, generation: u32) -> bool {
-        let Window::Count(window) = &self.window else {
-            return false;
-        };
-        if self.slow_nanos.is_some() {
-            return false;
-        }
-        let consecutive = self.consecutive.load(Ordering::Acquire);
-        let counting = consecutive >> 32 == u64::from(generation) && consecutive as u32 != 0;
-        !counting && window.all_ok(tag(generation))
+        matches!(self.window, Window::Count(_))
+            && self.slow_nanos.is_none()
+            && self.beacon.success_changes_nothing(generation)
     }
 
     /// Counts one more probe inside the upstream, unless `half_open_probes` already are.
@@ -643,7 +943,7 @@ impl Core {
 
     fn record_closed(&self, word: Word, code: u32, now_nanos: u64) {
         let generation = u64::from(word.generation);
-        let mut current = self.consecutive.load(Ordering::Acquire);
+        let mut current = self.beacon.consecutive.load(Ordering::Acquire);
         let consecutive = if code & FAILED != 0 {
             loop {
                 let stored = (current >> 32) as u32;
@@ -656,7 +956,7 @@ impl Core {
                 } else {
                     1
                 };
-                match self.consecutive.compare_exchange_weak(
+                match self.beacon.consecutive.compare_exchange_weak(
                     current,
                     (generation << 32) | u64::from(count),
                     Ordering::AcqRel,
@@ -671,7 +971,7 @@ impl Core {
             while current != generation << 32
                 && !generation_newer((current >> 32) as u32, word.generation)
             {
-                match self.consecutive.compare_exchange_weak(
+                match self.beacon.consecutive.compare_exchange_weak(
                     current,
                     generation << 32,
                     Ordering::AcqRel,
@@ -848,7 +1148,7 @@ impl Core {
         } else {
             (self.window.read(tag, self.now_nanos()), 0)
         };
-        let consecutive = self.consecutive.load(Ordering::Acquire);
+        let consecutive = self.beacon.consecutive.load(Ordering::Acquire);
         let consecutive = if consecutive >> 32 == u64::from(word.generation) {
             consecutive as u32
         } else {
@@ -902,6 +1202,8 @@ impl Core {
 /// ```
 pub struct Recorder {
     core: Option<Arc<Core>>,
+    /// For a fast recorder: where it reads whether its success changes anything.
+    beacon: Option<&'static Beacon>,
     bits: u64,
 }
 
@@ -920,6 +1222,7 @@ impl Recorder {
     pub(crate) const fn untracked() -> Self {
         Self {
             core: None,
+            beacon: None,
             bits: 0,
         }
     }
@@ -929,6 +1232,7 @@ impl Recorder {
     const fn passthrough(generation: u32) -> Self {
         Self {
             core: None,
+            beacon: None,
             bits: recorder_bits(generation, 0),
         }
     }
@@ -958,6 +1262,20 @@ impl Recorder {
         let bits = std::mem::take(&mut self.bits);
         if let Some(core) = self.core.take() {
             core.complete(bits, outcome, retry_after);
+        } else if bits & FAST != 0 {
+            let id = bits & PAYLOAD;
+            let generation = ((bits >> GEN_SHIFT) & GEN_MASK) as u32;
+            if outcome == Outcome::Success
+                && let Some(beacon) = self.beacon
+                && beacon.owner.load(Ordering::Acquire) == id
+                && beacon.success_changes_nothing(generation)
+            {
+                return;
+            }
+            // No slow-call rule on this path: the payload is the core's id, not a start time.
+            with_core(id, |core| {
+                core.complete(bits & !FAST & !PAYLOAD, outcome, retry_after)
+            });
         }
     }
 }
@@ -996,6 +1314,68 @@ mod tests {
 
     use super::*;
     use crate::circuit_breaker::OpenDuration;
+
+    fn failures(core: &Core) -> u32 {
+        core.snapshot().failed_calls
+    }
+
+    /// Fast-path recorders carry an id, not the core: they find it from any thread, finish
+    /// others from inside a listener, and record nothing once the breaker is gone.
+    #[test]
+    fn fast_recorders_find_their_core_from_anywhere() {
+        let core = Core::new(CircuitBreakerConfig::default().consecutive_failures(100));
+        assert!(core.fast_id.is_some());
+        let recorder = core.admit().unwrap_or_else(|_| panic!("closed"));
+        assert_eq!(Arc::strong_count(&core), 1, "no reference held by the call");
+        std::thread::spawn(move || recorder.record(Outcome::Failure))
+            .join()
+            .unwrap();
+        assert_eq!(failures(&core), 1);
+        for _ in 0..(CACHED_CORES + 3) {
+            // Many short-lived breakers on this thread: the cache stays bounded.
+            let other = Core::new(CircuitBreakerConfig::default());
+            let r = other.admit().unwrap_or_else(|_| panic!("closed"));
+            r.record(Outcome::Failure);
+            assert_eq!(failures(&other), 1);
+        }
+        CORES.with(|c| assert!(c.borrow().len() <= CACHED_CORES));
+        let r = core.admit().unwrap_or_else(|_| panic!("closed"));
+        r.record(Outcome::Failure);
+        assert_eq!(failures(&core), 2);
+
+        // The breaker is dropped while calls are in flight: their outcomes go nowhere, also
+        // when its beacon already serves a new breaker.
+        let late = core.admit().unwrap_or_else(|_| panic!("closed"));
+        let later = core.admit().unwrap_or_else(|_| panic!("closed"));
+        drop(core);
+        late.record(Outcome::Failure);
+        // Most likely on the beacon just handed back (the free list is last in, first out).
+        let next = Core::new(CircuitBreakerConfig::default());
+        later.record(Outcome::Success);
+        assert_eq!(next.snapshot().buffered_calls, 0);
+
+        // A listener finishing another call while the first one is being recorded.
+        let parked: Arc<Mutex<Option<Recorder>>> = Arc::default();
+        let inside = parked.clone();
+        let core = Core::new(
+            CircuitBreakerConfig::default()
+                .consecutive_failures(1)
+                .on_event(move |_event| {
+                    if let Some(r) = inside.lock().unwrap().take() {
+                        r.record(Outcome::Success);
+                    }
+                }),
+        );
+        *parked.lock().unwrap() = Some(core.admit().unwrap_or_else(|_| panic!("closed")));
+        core.admit()
+            .unwrap_or_else(|_| panic!("closed"))
+            .record(Outcome::Failure);
+        assert!(
+            parked.lock().unwrap().is_none(),
+            "the listener ran the other"
+        );
+        assert_eq!(core.state(), CircuitState::Open);
+    }
 
     /// Two threads compute the next OPEN period from the same HALF_OPEN word; the one that
     /// loses the transition must neither count a backoff attempt nor consume the upstream's
@@ -1049,17 +1429,20 @@ mod tests {
     async fn a_stale_outcome_leaves_a_newer_run_of_failures_alone() {
         let core = Core::new(CircuitBreakerConfig::default().consecutive_failures(10));
         let newer_run = (5 << 32) | 2;
-        core.consecutive.store(newer_run, Ordering::Relaxed);
+        core.beacon.consecutive.store(newer_run, Ordering::Relaxed);
         let stale = unpack(pack(CircuitState::Closed, 4, 0));
         core.record_closed(stale, CALL, 0);
-        assert_eq!(core.consecutive.load(Ordering::Relaxed), newer_run);
+        assert_eq!(core.beacon.consecutive.load(Ordering::Relaxed), newer_run);
         core.record_closed(stale, CALL | FAILED, 0);
-        assert_eq!(core.consecutive.load(Ordering::Relaxed), newer_run);
+        assert_eq!(core.beacon.consecutive.load(Ordering::Relaxed), newer_run);
 
         let current = unpack(pack(CircuitState::Closed, 5, 0));
         core.record_closed(current, CALL | FAILED, 0);
-        assert_eq!(core.consecutive.load(Ordering::Relaxed), (5 << 32) | 3);
+        assert_eq!(
+            core.beacon.consecutive.load(Ordering::Relaxed),
+            (5 << 32) | 3
+        );
         core.record_closed(current, CALL, 0);
-        assert_eq!(core.consecutive.load(Ordering::Relaxed), 5 << 32);
+        assert_eq!(core.beacon.consecutive.load(Ordering::Relaxed), 5 << 32);
     }
 }

@@ -54,7 +54,8 @@ pub(crate) struct CountWindow {
     n: u32,
     slots: Box<[AtomicU32]>,
     head: AtomicU64,
-    agg: AtomicU64,
+    /// Kept in the breaker's beacon, where fast-path calls read it.
+    agg: &'static AtomicU64,
 }
 
 #[inline]
@@ -84,20 +85,21 @@ fn counts_of(calls: i32, failures: i32, slow: i32) -> Counts {
 }
 
 impl CountWindow {
-    pub(crate) fn new(n: u32) -> Self {
+    /// A window of `n` outcomes whose aggregate word is `agg` (reset to 0 by the caller).
+    pub(crate) fn new(n: u32, agg: &'static AtomicU64) -> Self {
         Self {
             n,
             slots: (0..n).map(|_| AtomicU32::new(0)).collect(),
             head: AtomicU64::new(0),
-            agg: AtomicU64::new(0),
+            agg,
         }
     }
 
-    /// Whether the window is full of successes that were not slow, in generation `tag`: then
-    /// one more such success changes nothing but the ring's rotation, and can be skipped.
+    /// The aggregate word of a window full of successes that were not slow, in generation
+    /// `tag`: then one more such success changes nothing but the ring's rotation.
     #[inline]
-    pub(crate) fn all_ok(&self, tag: u16) -> bool {
-        self.agg.load(Ordering::Relaxed) == pack_agg(tag, self.n as i32, 0, 0)
+    pub(crate) fn all_ok_word(&self, tag: u16) -> u64 {
+        pack_agg(tag, self.n as i32, 0, 0)
     }
 
     fn record(&self, tag: u16, code: u32) -> Option<Counts> {
