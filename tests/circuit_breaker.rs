@@ -895,6 +895,21 @@ async fn snapshot_serializes_for_a_status_endpoint() {
 
 #[test]
 fn config_errors_name_the_setting_or_variable() {
+    // An upstream `Retry-After` is honoured for a day at most.
+    let day = Duration::from_secs(24 * 3600);
+    assert!(
+        CircuitBreakerConfig::default()
+            .honor_retry_after(day)
+            .validate()
+            .is_ok()
+    );
+    for cap in [day + Duration::from_secs(1), Duration::MAX] {
+        let err = CircuitBreakerConfig::default()
+            .honor_retry_after(cap)
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.setting(), "honor_retry_after");
+    }
     let err = CircuitBreakerConfig::from_env_with(|name| {
         (name == "CIRCUIT_BREAKER_FAILURE_THRESHOLD").then(|| "five".to_owned())
     })

@@ -16,6 +16,8 @@ pub const MAX_WINDOW_CALLS: u32 = 10_000;
 /// The largest number of time buckets.
 pub const MAX_BUCKETS: u32 = 1_000;
 const MAX_PROBES: u32 = 4_000;
+/// The longest `honor_retry_after` cap: an upstream asking for more is down for the day.
+const MAX_RETRY_AFTER_CAP: Duration = Duration::from_secs(24 * 3600);
 
 /// How outcomes are kept to compute the failure and slow-call rates.
 ///
@@ -332,7 +334,7 @@ impl CircuitBreakerConfig {
     }
 
     /// When a failure that opens the breaker came with an upstream `Retry-After` (on 429 or
-    /// 503), stay open at least that long, but never longer than `cap`.
+    /// 503), stay open at least that long, but never longer than `cap` (at most 24 hours).
     pub fn honor_retry_after(mut self, cap: Duration) -> Self {
         self.retry_after_cap = Some(cap);
         self
@@ -431,6 +433,14 @@ impl CircuitBreakerConfig {
                     format!("the jitter must be between 0.0 and 1.0, got {jitter}"),
                 ));
             }
+        }
+        if let Some(cap) = self.retry_after_cap
+            && cap > MAX_RETRY_AFTER_CAP
+        {
+            return Err(ConfigError::invalid(
+                "honor_retry_after",
+                format!("the cap is at most 24 hours, got {cap:?}"),
+            ));
         }
         if self.open_duration.nominal(1).is_zero() {
             return Err(ConfigError::invalid(
