@@ -115,6 +115,17 @@ async fn call(svc: &mut Svc, c: Call) -> Res {
     svc.ready().await?.call(c).await
 }
 
+/// Admits every call of `plan` before any completes, then completes them in order.
+async fn admit_all_then_complete(svc: &mut Svc, plan: impl IntoIterator<Item = Call>) {
+    let mut futures = Vec::new();
+    for c in plan {
+        futures.push(svc.ready().await.unwrap().call(c));
+    }
+    for future in futures {
+        let _ = future.await;
+    }
+}
+
 fn open_error(result: Res) -> CircuitOpen {
     let err = result.expect_err("expected a rejection");
     err.downcast_ref::<CircuitOpen>()
@@ -294,13 +305,7 @@ async fn successes_admitted_together_break_a_run_of_failures() {
         call(&mut svc, Call::Ok).await.unwrap();
     }
     let plan = [Call::Fail, Call::Ok, Call::Fail, Call::Ok, Call::Fail];
-    let mut futures = Vec::new();
-    for c in plan {
-        futures.push(svc.ready().await.unwrap().call(c));
-    }
-    for future in futures {
-        let _ = future.await;
-    }
+    admit_all_then_complete(&mut svc, plan).await;
     assert_eq!(handle.state(), CircuitState::Closed);
     let snapshot = handle.snapshot();
     assert_eq!(snapshot.consecutive_failures, 1);
@@ -324,13 +329,7 @@ async fn count_window_holds_the_last_n_outcomes_of_calls_admitted_together() {
         Call::Ok,
         Call::Fail,
     ];
-    let mut futures = Vec::new();
-    for c in plan {
-        futures.push(svc.ready().await.unwrap().call(c));
-    }
-    for future in futures {
-        let _ = future.await;
-    }
+    admit_all_then_complete(&mut svc, plan).await;
     // The last four outcomes are ok, ok, ok, fail: 25 %.
     assert_eq!(handle.state(), CircuitState::Closed);
     assert_eq!(handle.snapshot().failed_calls, 1);
