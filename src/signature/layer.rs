@@ -1048,23 +1048,29 @@ where
                         Ok(response) => !response.status().is_success(),
                         Err(_) => true,
                     };
-                    match claim.take() {
-                        Some(claim) => State::Settled {
-                            update: if failed {
-                                claim.release()
-                            } else {
-                                claim.complete()
-                            },
+                    let Some(claim) = claim.take() else {
+                        return Poll::Ready(result.map(|r| r.map(ResponseBody::new)));
+                    };
+                    let mut update = if failed {
+                        claim.release()
+                    } else {
+                        claim.complete()
+                    };
+                    // A store that answers at once (the in-memory one) needs no extra state.
+                    match Pin::new(&mut update).poll(cx) {
+                        Poll::Ready(outcome) => {
+                            update.log_failure(shared, outcome);
+                            return Poll::Ready(result.map(|r| r.map(ResponseBody::new)));
+                        }
+                        Poll::Pending => State::Settled {
+                            update,
                             result: Some(result),
                         },
-                        None => return Poll::Ready(result.map(|r| r.map(ResponseBody::new))),
                     }
                 }
                 StateProj::Settled { update, result } => {
-                    if let Err(err) = ready!(Pin::new(&mut *update).poll(cx)) {
-                        let provider = shared.scheme.provider.as_str();
-                        tracing::error!(provider, error = %err, "{}", update.1);
-                    }
+                    let outcome = ready!(Pin::new(&mut *update).poll(cx));
+                    update.log_failure(shared, outcome);
                     let result = result
                         .take()
                         .expect("ResponseFuture polled after completion");
@@ -1168,6 +1174,16 @@ impl Future for Detached {
         let outcome = ready!(Pin::new(future).poll(cx));
         self.0 = None;
         Poll::Ready(outcome)
+    }
+}
+
+impl Detached {
+    /// Logs the operation's failure, if it failed, once it has finished.
+    fn log_failure(&self, shared: &Shared, outcome: Result<bool, BoxError>) {
+        if let Err(err) = outcome {
+            let provider = shared.scheme.provider.as_str();
+            tracing::error!(provider, error = %err, "{}", self.1);
+        }
     }
 }
 
