@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use support::{LtServer, get_tls, hello_service};
-use tower_webhook::tunnel::{LocalTunnel, TlsRoots, Tunnel, TunnelEvent, Upstream};
+use tower_webhook::tunnel::{LocalTunnel, TlsRoots, Tunnel, TunnelBuilder, TunnelEvent, Upstream};
 
 const NAME: &str = "tls-bot";
 const HOST: &str = "tls-bot.localhost";
@@ -66,24 +66,30 @@ async fn registration_over_https_with_a_private_root_reaches_a_tower_service_and
     handle.close().await;
 }
 
-#[tokio::test]
-async fn an_unknown_certificate_authority_is_refused_as_not_trusted() {
-    let (server, _root) = tls_server().await;
-    let port = server.addr.port();
-    let err = Tunnel::builder()
-        .reconnect(false)
-        .provider(
-            LocalTunnel::new()
-                .server(format!("https://localhost:{port}"))
-                .subdomain(NAME)
-                .unwrap(),
-        )
+/// Starts a tunnel that must fail; its error's text.
+async fn refused(builder: TunnelBuilder) -> String {
+    builder
         .start(Upstream::service(hello_service(Arc::new(
             AtomicUsize::new(0),
         ))))
         .await
-        .unwrap_err();
-    let text = err.to_string();
+        .unwrap_err()
+        .to_string()
+}
+
+#[tokio::test]
+async fn an_unknown_certificate_authority_is_refused_as_not_trusted() {
+    let (server, _root) = tls_server().await;
+    let port = server.addr.port();
+    let text = refused(
+        Tunnel::builder().reconnect(false).provider(
+            LocalTunnel::new()
+                .server(format!("https://localhost:{port}"))
+                .subdomain(NAME)
+                .unwrap(),
+        ),
+    )
+    .await;
     assert!(
         text.contains("the TLS certificate of localhost is not trusted"),
         "{text}"
@@ -97,22 +103,17 @@ async fn an_unknown_certificate_authority_is_refused_as_not_trusted() {
 async fn the_certificate_must_name_the_host_asked_for() {
     // Trusted root, but the certificate names `localhost`, not `127.0.0.1`.
     let (server, root) = tls_server().await;
-    let err = Tunnel::builder()
-        .reconnect(false)
-        .provider(
+    let text = refused(
+        Tunnel::builder().reconnect(false).provider(
             LocalTunnel::new()
                 .server(format!("https://{}", server.addr))
                 .root_certificate(root)
                 .unwrap()
                 .subdomain(NAME)
                 .unwrap(),
-        )
-        .start(Upstream::service(hello_service(Arc::new(
-            AtomicUsize::new(0),
-        ))))
-        .await
-        .unwrap_err();
-    let text = err.to_string();
+        ),
+    )
+    .await;
     assert!(
         text.contains("the TLS certificate of 127.0.0.1 is not trusted: it is not valid for the name 127.0.0.1"),
         "{text}"
@@ -125,23 +126,20 @@ async fn the_probe_verifies_the_public_url_certificate_too() {
     // The provider trusts the server, the probe does not: the probe runs over TLS and fails.
     let (server, root) = tls_server().await;
     let port = server.addr.port();
-    let err = Tunnel::builder()
-        .reconnect(false)
-        .tls_roots(TlsRoots::empty())
-        .probe_timeout(Duration::from_millis(500))
-        .provider(
-            LocalTunnel::new()
-                .server(format!("https://localhost:{port}"))
-                .tls_roots(TlsRoots::empty().add_certificate(root).unwrap())
-                .subdomain(NAME)
-                .unwrap(),
-        )
-        .start(Upstream::service(hello_service(Arc::new(
-            AtomicUsize::new(0),
-        ))))
-        .await
-        .unwrap_err();
-    let text = err.to_string();
+    let text = refused(
+        Tunnel::builder()
+            .reconnect(false)
+            .tls_roots(TlsRoots::empty())
+            .probe_timeout(Duration::from_millis(500))
+            .provider(
+                LocalTunnel::new()
+                    .server(format!("https://localhost:{port}"))
+                    .tls_roots(TlsRoots::empty().add_certificate(root).unwrap())
+                    .subdomain(NAME)
+                    .unwrap(),
+            ),
+    )
+    .await;
     assert_eq!(server.state.registrations.load(Ordering::SeqCst), 1);
     assert!(text.contains("round-trip probe"), "{text}");
     assert!(

@@ -536,7 +536,9 @@ impl Core {
     pub(crate) fn admit(self: &Arc<Self>) -> Result<Recorder, Refusal> {
         let word = unpack(self.word.load(Ordering::Acquire));
         match word.state {
-            CircuitState::Closed | CircuitState::MetricsOnly => Ok(self.admit_closed(word)),
+            CircuitState::Closed | CircuitState::MetricsOnly => {
+                Ok(self.closed_recorder(word.generation))
+            }
             CircuitState::Disabled => Ok(Recorder::passthrough(word.generation)),
             _ => self.admit_slow(),
         }
@@ -567,11 +569,6 @@ impl Core {
         }
     }
 
-    #[inline]
-    fn admit_closed(self: &Arc<Self>, word: Word) -> Recorder {
-        self.closed_recorder(word.generation)
-    }
-
     /// The recorder of a call admitted while CLOSED (or METRICS_ONLY) in `generation`.
     #[inline]
     pub(crate) fn closed_recorder(self: &Arc<Self>, generation: u32) -> Recorder {
@@ -595,7 +592,7 @@ impl Core {
             let word = unpack(self.word.load(Ordering::Acquire));
             match word.state {
                 CircuitState::Closed | CircuitState::MetricsOnly => {
-                    return Ok(self.admit_closed(word));
+                    return Ok(self.closed_recorder(word.generation));
                 }
                 CircuitState::Disabled => return Ok(Recorder::passthrough(word.generation)),
                 CircuitState::ForcedOpen => {
