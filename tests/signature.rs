@@ -157,6 +157,18 @@ fn assert_rejected(out: &Outcome, seen: &Seen, status: StatusCode, problem_type:
     assert_eq!(seen.calls.load(Ordering::SeqCst), 0, "handler must not run");
 }
 
+/// Sends `req` through `layer` to a fresh handler and asserts it is refused ([`assert_rejected`]).
+async fn assert_refused(
+    layer: &SignatureLayer,
+    req: Request<Full<Bytes>>,
+    status: StatusCode,
+    problem_type: &str,
+) {
+    let seen = Seen::default();
+    let out = send(layer, &seen, req).await;
+    assert_rejected(&out, &seen, status, problem_type);
+}
+
 // ---------------------------------------------------------------- GitHub
 
 #[tokio::test]
@@ -202,36 +214,24 @@ async fn github_every_tampered_body_byte_is_rejected() {
         for flip in [0x01u8, 0x80] {
             let mut body = GH_BODY.to_vec();
             body[i] ^= flip;
-            let seen = Seen::default();
-            let out = send(
+            assert_refused(
                 &layer,
-                &seen,
                 post(&[("x-hub-signature-256", GH_SIG)], body),
-            )
-            .await;
-            assert_rejected(
-                &out,
-                &seen,
                 StatusCode::UNAUTHORIZED,
                 types::INVALID_SIGNATURE,
-            );
+            )
+            .await;
         }
     }
     // Appended and removed bytes too.
     for body in [&b"Hello, World!\n"[..], &b"Hello, World"[..], &b""[..]] {
-        let seen = Seen::default();
-        let out = send(
+        assert_refused(
             &layer,
-            &seen,
             post(&[("x-hub-signature-256", GH_SIG)], body),
-        )
-        .await;
-        assert_rejected(
-            &out,
-            &seen,
             StatusCode::UNAUTHORIZED,
             types::INVALID_SIGNATURE,
-        );
+        )
+        .await;
     }
 }
 
@@ -243,19 +243,13 @@ async fn github_every_tampered_signature_digit_is_rejected() {
         let mut chars: Vec<char> = hex.chars().collect();
         chars[i] = if chars[i] == '0' { '1' } else { '0' };
         let sig = format!("sha256={}", chars.into_iter().collect::<String>());
-        let seen = Seen::default();
-        let out = send(
+        assert_refused(
             &layer,
-            &seen,
             post(&[("x-hub-signature-256", &sig)], GH_BODY),
-        )
-        .await;
-        assert_rejected(
-            &out,
-            &seen,
             StatusCode::UNAUTHORIZED,
             types::INVALID_SIGNATURE,
-        );
+        )
+        .await;
     }
 }
 
@@ -1462,23 +1456,21 @@ async fn gitlab_token_is_compared_exactly() {
         "",
         "glpat-webhook-tokenx",
     ] {
-        let seen = Seen::default();
-        let out = send(&layer, &seen, post(&[("x-gitlab-token", token)], "{}")).await;
-        assert_rejected(
-            &out,
-            &seen,
+        assert_refused(
+            &layer,
+            post(&[("x-gitlab-token", token)], "{}"),
             StatusCode::UNAUTHORIZED,
             types::INVALID_SIGNATURE,
-        );
+        )
+        .await;
     }
-    let seen = Seen::default();
-    let out = send(&layer, &seen, post(&[], "{}")).await;
-    assert_rejected(
-        &out,
-        &seen,
+    assert_refused(
+        &layer,
+        post(&[], "{}"),
         StatusCode::UNAUTHORIZED,
         types::INVALID_SIGNATURE,
-    );
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -1510,24 +1502,22 @@ async fn azure_devops_basic_credentials() {
     let wrong = format!("Basic {}", B64.encode("hook:p4ssw0rD"));
     let bearer = format!("Bearer {}", B64.encode("hook:p4ssw0rd"));
     for header in [wrong.as_str(), bearer.as_str(), "Basic !!!", "Basic"] {
-        let seen = Seen::default();
-        let out = send(&layer, &seen, post(&[("authorization", header)], body)).await;
-        assert_rejected(
-            &out,
-            &seen,
+        assert_refused(
+            &layer,
+            post(&[("authorization", header)], body),
             StatusCode::UNAUTHORIZED,
             types::INVALID_SIGNATURE,
-        );
+        )
+        .await;
     }
     // Authentic but without an event id.
-    let seen = Seen::default();
-    let out = send(&layer, &seen, post(&[("authorization", &good)], "{}")).await;
-    assert_rejected(
-        &out,
-        &seen,
+    assert_refused(
+        &layer,
+        post(&[("authorization", &good)], "{}"),
         StatusCode::BAD_REQUEST,
         types::MALFORMED_DELIVERY,
-    );
+    )
+    .await;
     assert!(SignatureLayer::azure_devops("hook", "").is_err());
 }
 
@@ -1569,19 +1559,13 @@ async fn bitbucket_gitea_forgejo_shopify_and_custom() {
         let hook = seen.last.lock().unwrap().clone().unwrap().1;
         assert_eq!(hook.delivery_id(), Some("bb-1"));
         assert_eq!(hook.event(), Some("pullrequest:created"));
-        let seen = Seen::default();
-        let out = send(
+        assert_refused(
             &layer,
-            &seen,
             post(&[("x-hub-signature-256", &sig)], &body[..]),
-        )
-        .await;
-        assert_rejected(
-            &out,
-            &seen,
             StatusCode::UNAUTHORIZED,
             types::INVALID_SIGNATURE,
-        );
+        )
+        .await;
     }
 
     // Gitea: JSON body, and a form delivery whose decoded `payload` is what is signed.
@@ -1617,10 +1601,8 @@ async fn bitbucket_gitea_forgejo_shopify_and_custom() {
     .await;
     assert_eq!(out.status, 200);
     assert_eq!(&out.body[..], form.as_bytes(), "the raw form is handed on");
-    let seen = Seen::default();
-    let out = send(
+    assert_refused(
         &gitea,
-        &seen,
         post(
             &[
                 ("x-gitea-signature", &hex),
@@ -1628,24 +1610,18 @@ async fn bitbucket_gitea_forgejo_shopify_and_custom() {
             ],
             "other=1",
         ),
-    )
-    .await;
-    assert_rejected(
-        &out,
-        &seen,
         StatusCode::UNAUTHORIZED,
         types::INVALID_SIGNATURE,
-    );
+    )
+    .await;
     // Fields the signature does not cover are refused, whatever their order.
     for form in [
         format!("{form}&admin=true"),
         format!("{form}&payload=%7B%7D"),
         format!("admin=true&{form}"),
     ] {
-        let seen = Seen::default();
-        let out = send(
+        assert_refused(
             &gitea,
-            &seen,
             post(
                 &[
                     ("x-gitea-signature", &hex),
@@ -1653,31 +1629,21 @@ async fn bitbucket_gitea_forgejo_shopify_and_custom() {
                 ],
                 form,
             ),
-        )
-        .await;
-        assert_rejected(
-            &out,
-            &seen,
             StatusCode::UNAUTHORIZED,
             types::INVALID_SIGNATURE,
-        );
+        )
+        .await;
     }
-    let seen = Seen::default();
-    let out = send(
+    assert_refused(
         &gitea,
-        &seen,
         post(
             &[("x-gitea-signature", &format!("sha256={hex}"))],
             &body[..],
         ),
-    )
-    .await;
-    assert_rejected(
-        &out,
-        &seen,
         StatusCode::UNAUTHORIZED,
         types::INVALID_SIGNATURE,
-    );
+    )
+    .await;
 
     // Forgejo: its own header, or the Gitea one it also sends.
     let forgejo = SignatureLayer::forgejo(secret)
@@ -1720,19 +1686,13 @@ async fn bitbucket_gitea_forgejo_shopify_and_custom() {
         seen.last.lock().unwrap().clone().unwrap().1.event(),
         Some("orders/create")
     );
-    let seen = Seen::default();
-    let out = send(
+    assert_refused(
         &shopify,
-        &seen,
         post(&[("x-shopify-hmac-sha256", &hex)], &body[..]),
-    )
-    .await;
-    assert_rejected(
-        &out,
-        &seen,
         StatusCode::UNAUTHORIZED,
         types::INVALID_SIGNATURE,
-    );
+    )
+    .await;
 
     // Custom: GitHub's legacy SHA-1 header, and a SHA-512 base64 scheme with a timestamp.
     let legacy = CustomScheme::new("x-hub-signature")
@@ -1777,19 +1737,13 @@ async fn bitbucket_gitea_forgejo_shopify_and_custom() {
         .status,
         200
     );
-    let seen = Seen::default();
-    let out = send(
+    assert_refused(
         &layer,
-        &seen,
         post(&[("x-sig", &sig), ("x-ts", "1000001")], &body[..]),
-    )
-    .await;
-    assert_rejected(
-        &out,
-        &seen,
         StatusCode::UNAUTHORIZED,
         types::INVALID_SIGNATURE,
-    );
+    )
+    .await;
     assert!(matches!(
         SignatureLayer::custom(CustomScheme::new("bad header"), secret),
         Err(SignatureConfigError::InvalidHeaderName(_))
@@ -1933,14 +1887,13 @@ async fn skipping_verification_needs_the_loud_opt_in() {
     let hook = seen.last.lock().unwrap().clone().unwrap().1;
     assert_eq!(hook.provider(), Provider::Unverified);
     assert_eq!(hook.secret_index(), None);
-    let seen = Seen::default();
-    let out = send(&layer, &seen, post(&[], "more than ten bytes")).await;
-    assert_rejected(
-        &out,
-        &seen,
+    assert_refused(
+        &layer,
+        post(&[], "more than ten bytes"),
         StatusCode::PAYLOAD_TOO_LARGE,
         types::PAYLOAD_TOO_LARGE,
-    );
+    )
+    .await;
 }
 
 /// Captured log output.
@@ -1975,19 +1928,13 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
 #[tokio::test]
 async fn signature_is_checked_before_anything_parses_the_body() {
     // Not JSON, bad signature: 401 (not a parse error).
-    let seen = Seen::default();
-    let out = send(
+    assert_refused(
         &github(),
-        &seen,
         post(&[("x-hub-signature-256", GH_SIG)], "{not json"),
-    )
-    .await;
-    assert_rejected(
-        &out,
-        &seen,
         StatusCode::UNAUTHORIZED,
         types::INVALID_SIGNATURE,
-    );
+    )
+    .await;
     // Not JSON, good signature: the layer does not care, the handler decides.
     let body = "{not json";
     let sig = format!(
@@ -2396,19 +2343,13 @@ async fn twitch_eventsub_notifications_and_verification() {
         "2023-07-19T10:05:11Z", // 361 s before the clock
     ];
     for ts in bad_ts {
-        let seen = Seen::default();
-        let out = send(
+        assert_refused(
             &layer,
-            &seen,
             request(ts, &sign(ID, ts, body), "notification", body),
-        )
-        .await;
-        assert_rejected(
-            &out,
-            &seen,
             StatusCode::UNAUTHORIZED,
             types::INVALID_SIGNATURE,
-        );
+        )
+        .await;
     }
     let seen = Seen::default();
     let out = send(
