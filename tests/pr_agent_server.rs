@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use bytes::Bytes;
 use hmac::{KeyInit, Mac};
@@ -30,12 +31,27 @@ struct FakeApi {
     comments: Mutex<Vec<Received>>,
     requests: AtomicUsize,
     failing: AtomicBool,
+    /// Requests still to answer as GitHub does when a rate limit is exceeded: 403 with
+    /// `Retry-After` and `X-RateLimit-Remaining: 0`.
+    rate_limited: AtomicUsize,
 }
 
-async fn fake_api_handler(State(api): State<Arc<FakeApi>>, req: Request) -> StatusCode {
+async fn fake_api_handler(State(api): State<Arc<FakeApi>>, req: Request) -> Response {
     api.requests.fetch_add(1, Ordering::SeqCst);
     if api.failing.load(Ordering::SeqCst) {
-        return StatusCode::SERVICE_UNAVAILABLE;
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    if api
+        .rate_limited
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        return (
+            StatusCode::FORBIDDEN,
+            [("retry-after", "1"), ("x-ratelimit-remaining", "0")],
+            "You have exceeded a secondary rate limit.",
+        )
+            .into_response();
     }
     let path = req.uri().to_string();
     let headers = req
@@ -48,7 +64,7 @@ async fn fake_api_handler(State(api): State<Arc<FakeApi>>, req: Request) -> Stat
         .unwrap();
     let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     api.comments.lock().unwrap().push((path, headers, json));
-    StatusCode::CREATED
+    StatusCode::CREATED.into_response()
 }
 
 async fn start_fake_api() -> (SocketAddr, Arc<FakeApi>) {
@@ -444,6 +460,139 @@ async fn failing_api_opens_the_breaker_and_no_comment_is_lost() {
             .to_lowercase(),
         "closed"
     );
+}
+
+/// `payload=<urlencoded JSON>`, as GitHub and Gitea send a delivery whose content type is
+/// `application/x-www-form-urlencoded` (the GitHub API's default for new hooks).
+fn form_body(json: &[u8]) -> Vec<u8> {
+    let mut out = b"payload=".to_vec();
+    for &b in json {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => out.push(b),
+            b' ' => out.push(b'+'),
+            _ => out.extend_from_slice(format!("%{b:02X}").as_bytes()),
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn form_encoded_deliveries_are_processed() {
+    let (api_addr, api) = start_fake_api().await;
+    let (base, _) = start_server(&settings(api_addr, &[])).await;
+    let client = reqwest::Client::new();
+
+    // GitHub signs the form body as sent.
+    let json = json!({"action": "opened", "number": 21, "pull_request": {"number": 21, "title": "Form + JSON"}, "repository": {"full_name": "octo/repo"}}).to_string();
+    let body = form_body(json.as_bytes());
+    let sig = format!("sha256={}", hmac_hex("gh-secret-new", &body));
+    let res = client
+        .post(format!("{base}/api/v1/github_webhooks"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-github-event", "pull_request")
+        .header("x-github-delivery", "f0f0f0f0-0000-4000-8000-000000000001")
+        .header("x-hub-signature-256", sig)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED, "GitHub form delivery");
+
+    // Gitea signs the decoded JSON payload.
+    let json = json!({"action": "opened", "number": 22, "pull_request": {"number": 22, "title": "Fix"}, "repository": {"full_name": "org/repo"}}).to_string();
+    let sig = hmac_hex(GT, json.as_bytes());
+    let res = client
+        .post(format!("{base}/api/v1/gitea_webhooks"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-gitea-event", "pull_request")
+        .header("x-gitea-delivery", "f0f0f0f0-0000-4000-8000-000000000002")
+        .header("x-gitea-signature", sig)
+        .body(form_body(json.as_bytes()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED, "Gitea form delivery");
+
+    eventually("two comments", Duration::from_secs(2), || {
+        comment_count(&api) == 2
+    })
+    .await;
+    let comments = api.comments.lock().unwrap().clone();
+    let paths: Vec<&str> = comments.iter().map(|(p, _, _)| p.as_str()).collect();
+    assert!(
+        paths.contains(&"/repos/octo/repo/issues/21/comments"),
+        "{paths:?}"
+    );
+    assert!(
+        paths.contains(&"/repos/org/repo/issues/22/comments"),
+        "{paths:?}"
+    );
+    assert!(
+        comments
+            .iter()
+            .any(|(_, _, b)| b.to_string().contains("Form + JSON"))
+    );
+}
+
+#[tokio::test]
+async fn a_rate_limited_comment_is_posted_later_not_dropped() {
+    let (api_addr, api) = start_fake_api().await;
+    // GitHub answers 403 + `Retry-After` to a client over its rate limit.
+    api.rate_limited.store(1, Ordering::SeqCst);
+    let (base, _) = start_server(&settings(api_addr, &[])).await;
+    let client = reqwest::Client::new();
+
+    let d = delivery(
+        app::Forge::GitHub,
+        "ab000000-0000-4000-8000-000000000001",
+        5,
+    );
+    assert_eq!(
+        send(&client, &base, &d).await.status(),
+        StatusCode::ACCEPTED
+    );
+    eventually(
+        "the comment, after the rate limit",
+        Duration::from_secs(3),
+        || comment_count(&api) == 1,
+    )
+    .await;
+    let s = status(&client, &base).await;
+    assert_eq!(s["comments"]["failed"], 0);
+    assert_eq!(s["comments"]["posted"], 1);
+    assert_eq!(api.requests.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn pending_comments_are_bounded_and_the_rest_is_deferred_to_the_provider() {
+    let (api_addr, api) = start_fake_api().await;
+    api.failing.store(true, Ordering::SeqCst);
+    let (base, state) = start_server(&settings(api_addr, &[("MAX_PENDING_COMMENTS", "3")])).await;
+    let client = reqwest::Client::new();
+
+    let mut statuses = Vec::new();
+    for pr in 1..=5 {
+        let d = delivery(
+            app::Forge::GitHub,
+            &format!("cd000000-0000-4000-8000-{pr:012}"),
+            pr,
+        );
+        let res = send(&client, &base, &d).await;
+        if res.status() == StatusCode::SERVICE_UNAVAILABLE {
+            assert!(res.headers().contains_key("retry-after"));
+        }
+        statuses.push(res.status().as_u16());
+    }
+    assert_eq!(statuses, [202, 202, 202, 503, 503]);
+    assert_eq!(state.counters.pending.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn settings_debug_does_not_show_the_development_secret() {
+    let settings = app::Settings::from_lookup(|_| None).unwrap();
+    let secret = settings.generated_github_secret.clone().unwrap();
+    let debug = format!("{settings:?}");
+    assert!(!debug.contains(&secret), "{debug}");
 }
 
 #[tokio::test]

@@ -136,7 +136,7 @@ impl std::fmt::Debug for ApiTarget {
 }
 
 /// Everything the server reads from its environment.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Settings {
     /// Address to bind (`HOST`, `PORT`; default 127.0.0.1:3000).
     pub(crate) addr: SocketAddr,
@@ -150,8 +150,29 @@ pub(crate) struct Settings {
     pub(crate) request_timeout: Duration,
     /// Largest accepted body (`MAX_BODY_BYTES`, default 25 MiB, GitHub's largest payload).
     pub(crate) max_body_bytes: u64,
+    /// Comment jobs that may be pending at once, queued or waiting to be tried again
+    /// (`MAX_PENDING_COMMENTS`, default 4096); past that, deliveries are answered 503.
+    pub(crate) max_pending_comments: usize,
     /// Set when no secret was configured and a development secret was made for GitHub.
     pub(crate) generated_github_secret: Option<String>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("addr", &self.addr)
+            .field("forges", &self.forges)
+            .field("apis", &self.apis)
+            .field("breaker", &self.breaker)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_pending_comments", &self.max_pending_comments)
+            .field(
+                "generated_github_secret",
+                &self.generated_github_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 /// Splits a comma-separated setting into its non-empty values.
@@ -245,6 +266,14 @@ impl Settings {
             }
         }
         let breaker = CircuitBreakerConfig::from_env_with(&lookup).map_err(|e| e.to_string())?;
+        let max_pending_comments = match secs("MAX_PENDING_COMMENTS", QUEUE_CAPACITY as u64)? {
+            n @ 1..=MAX_QUEUE_CAPACITY => n as usize,
+            n => {
+                return Err(format!(
+                    "MAX_PENDING_COMMENTS={n} is out of range (1-{MAX_QUEUE_CAPACITY})"
+                ));
+            }
+        };
         Ok(Self {
             addr: SocketAddr::new(host, port),
             forges,
@@ -252,6 +281,7 @@ impl Settings {
             breaker,
             request_timeout: Duration::from_secs(secs("REQUEST_TIMEOUT_SECS", 10)?),
             max_body_bytes: secs("MAX_BODY_BYTES", 25 * 1024 * 1024)?,
+            max_pending_comments,
             generated_github_secret,
         })
     }
@@ -321,6 +351,8 @@ pub(crate) struct AppState {
     /// One breaker per provider API.
     pub(crate) breakers: BTreeMap<Forge, CircuitBreakerHandle>,
     jobs: mpsc::Sender<Job>,
+    /// Bound on `counters.pending`.
+    max_pending: u64,
 }
 
 /// The running application: its router and state.
@@ -333,15 +365,20 @@ pub(crate) struct App {
     pub(crate) state: Arc<AppState>,
 }
 
-/// How many comment jobs may wait; past that, deliveries are answered 503 + `Retry-After` so the
-/// provider delivers them again later (nothing is dropped).
+/// How many comment jobs may be pending (queued, in flight, or waiting to be tried again) by
+/// default; past that, deliveries are answered 503 + `Retry-After` so the provider delivers
+/// them again later (nothing is dropped).
 const QUEUE_CAPACITY: usize = 4096;
+/// The largest `MAX_PENDING_COMMENTS`.
+const MAX_QUEUE_CAPACITY: u64 = 1 << 20;
 /// Comments posted at once.
 const MAX_IN_FLIGHT: usize = 16;
 
 /// Builds the router and starts the background worker (on the current tokio runtime).
 pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
-    let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+    // Every job in the channel is pending, so with at most `max_pending_comments` pending jobs
+    // the channel never refuses one for lack of room.
+    let (tx, rx) = mpsc::channel(settings.max_pending_comments);
     let client = reqwest::Client::builder()
         .user_agent(concat!("pr-agent-server/", env!("CARGO_PKG_VERSION")))
         .timeout(Duration::from_secs(30))
@@ -370,6 +407,7 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
         counters: Counters::default(),
         breakers,
         jobs: tx.clone(),
+        max_pending: settings.max_pending_comments as u64,
     });
     tokio::spawn(worker(rx, tx, callers, state.clone()));
 
@@ -488,12 +526,29 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, Problem> {
-    let payload: Value = serde_json::from_slice(&body).map_err(|_| {
+    let malformed = || {
         Problem::new(StatusCode::BAD_REQUEST)
             .with_type(types::MALFORMED_DELIVERY)
             .with_title("Malformed Delivery")
             .with_detail("The body is not JSON.")
-    })?;
+    };
+    // GitHub and Gitea can deliver `application/x-www-form-urlencoded`: the JSON is the
+    // `payload` field (GitHub's API creates hooks with this content type by default).
+    let is_form = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';').next().is_some_and(|m| {
+                m.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            })
+        });
+    let payload: Value = if is_form {
+        let json = form_field(&body, "payload").ok_or_else(malformed)?;
+        serde_json::from_slice(&json).map_err(|_| malformed())?
+    } else {
+        serde_json::from_slice(&body).map_err(|_| malformed())?
+    };
     let event = hook.event().map(str::to_owned).or_else(|| {
         headers
             .get("x-event-key")
@@ -511,19 +566,67 @@ async fn handle(
         comment,
         attempts: 0,
     };
+    // A job stays pending until it is done, including while it waits to be tried again, so
+    // the bound holds while the provider API is down. Counted before it is queued: the worker
+    // may finish it before `try_send` returns.
+    let pending = &state.counters.pending;
+    let queue_full = || {
+        // The provider delivers again later; the delivery id is released because the answer
+        // is not 2xx (RecordDelivery::AfterSuccess).
+        Problem::from_error(&WebhookProcessingError::retryable(
+            "comment queue is full",
+            Duration::from_secs(30),
+        ))
+    };
+    if pending
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < state.max_pending).then_some(n + 1)
+        })
+        .is_err()
+    {
+        return Err(queue_full());
+    }
     match state.jobs.try_send(job) {
         Ok(()) => {
             state.counters.jobs.fetch_add(1, Ordering::Relaxed);
-            state.counters.pending.fetch_add(1, Ordering::Relaxed);
             Ok(StatusCode::ACCEPTED)
         }
-        // Full queue: the provider delivers again later; the delivery id is released because
-        // the answer is not 2xx (RecordDelivery::AfterSuccess).
-        Err(_) => Err(Problem::from_error(&WebhookProcessingError::retryable(
-            "comment queue is full",
-            Duration::from_secs(30),
-        ))),
+        Err(_) => {
+            pending.fetch_sub(1, Ordering::AcqRel);
+            Err(queue_full())
+        }
     }
+}
+
+/// The decoded value of the field `name` of an `application/x-www-form-urlencoded` body.
+fn form_field(body: &[u8], name: &str) -> Option<Vec<u8>> {
+    let decode = |raw: &[u8]| -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(raw.len());
+        let mut i = 0;
+        while i < raw.len() {
+            match raw[i] {
+                b'+' => out.push(b' '),
+                b'%' => {
+                    let hex = raw.get(i + 1..i + 3)?;
+                    if !hex.iter().all(u8::is_ascii_hexdigit) {
+                        return None;
+                    }
+                    out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+                    i += 2;
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        Some(out)
+    };
+    body.split(|&b| b == b'&').find_map(|pair| {
+        let (key, value) = match pair.iter().position(|&b| b == b'=') {
+            Some(eq) => (&pair[..eq], &pair[eq + 1..]),
+            None => (pair, &pair[pair.len()..]),
+        };
+        (decode(key)? == name.as_bytes()).then(|| decode(value))?
+    })
 }
 
 /// The comment a pull-request-opened event asks for, per provider.
@@ -662,7 +765,7 @@ async fn worker(
             job.attempts += 1;
             match post_comment(&callers, &state, &job).await {
                 Outcome::Done => {
-                    state.counters.pending.fetch_sub(1, Ordering::Relaxed);
+                    state.counters.pending.fetch_sub(1, Ordering::AcqRel);
                 }
                 Outcome::Later(delay) => {
                     state
@@ -720,6 +823,17 @@ async fn post_comment(
                 .fetch_add(1, Ordering::Relaxed);
             Outcome::Done
         }
+        // Over a rate limit (GitHub answers 403 or 429): wait as long as the provider says.
+        Ok(res) if rate_limit_wait(res.status(), res.headers()).is_some() => {
+            let wait = rate_limit_wait(res.status(), res.headers());
+            tracing::warn!(
+                provider = forge,
+                status = res.status().as_u16(),
+                wait = ?wait,
+                "provider API rate limit; comment scheduled again"
+            );
+            Outcome::Later(wait)
+        }
         Ok(res)
             if res.status().is_server_error()
                 || res.status() == StatusCode::TOO_MANY_REQUESTS
@@ -754,6 +868,31 @@ async fn post_comment(
             }
         }
     }
+}
+
+/// How long to wait before posting again when `status` and `headers` say a rate limit was hit
+/// (GitHub: 403 or 429 with `Retry-After`, or with `X-RateLimit-Remaining: 0` and
+/// `X-RateLimit-Reset`; a minute otherwise). `None` when this is no rate limit.
+fn rate_limit_wait(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
+    if status != StatusCode::FORBIDDEN && status != StatusCode::TOO_MANY_REQUESTS {
+        return None;
+    }
+    let number =
+        |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
+    const LONGEST: Duration = Duration::from_secs(3600);
+    if let Some(secs) = number("retry-after") {
+        return Some(Duration::from_secs(secs).min(LONGEST));
+    }
+    if number("x-ratelimit-remaining") == Some(0) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let wait = number("x-ratelimit-reset")
+            .map(|reset| Duration::from_secs(reset).saturating_sub(now))
+            .unwrap_or(Duration::from_secs(60));
+        return Some(wait.clamp(Duration::from_secs(1), LONGEST));
+    }
+    None
 }
 
 fn build_request(job: &Job, api: &ApiTarget) -> Result<reqwest::Request, BoxError> {
