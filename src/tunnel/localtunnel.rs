@@ -1,5 +1,6 @@
 //! The localtunnel provider: a native client of the localtunnel server protocol.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::http::{BaseUrl, connect, get};
+use super::io::ReadFlag;
 use super::provider::{BoxFuture, Provider, Session};
 use super::{TlsRoots, TunnelError, Upstream};
 use crate::BoxError;
@@ -292,9 +294,14 @@ async fn slot(
             },
         };
         let opened = Instant::now();
-        upstream.serve_connection(stream).await;
-        if opened.elapsed() < Duration::from_millis(200) {
-            // Closed at once: the server may have dropped this client; do not spin.
+        let used = Arc::new(AtomicBool::new(false));
+        upstream
+            .serve_connection(ReadFlag::new(stream, Arc::clone(&used)))
+            .await;
+        // A connection that carried a request was used up normally (the server forwards the
+        // public request's `Connection: close`, say), however short it lived.
+        if !used.load(Ordering::Relaxed) && opened.elapsed() < Duration::from_millis(200) {
+            // Closed at once and unused: the server may have dropped this client; do not spin.
             failures += 1;
             if failures >= RECONNECT_ATTEMPTS * 2 {
                 return "the localtunnel server keeps closing new connections".into();

@@ -362,8 +362,10 @@ impl LtServer {
             .map(|(client, _)| Arc::clone(client))
     }
 
+    /// Stops the server and closes every socket it holds, the idle tunnel sockets included.
     pub fn kill(&mut self) {
         self.background.kill();
+        self.state.clients.lock().unwrap().clear();
     }
 }
 
