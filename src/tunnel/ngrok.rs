@@ -111,6 +111,15 @@ impl Ngrok {
     }
 }
 
+/// Aborts the task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Adds what the user can do to the ngrok error codes worth explaining.
 fn explain(message: String) -> String {
     if message.contains("ERR_NGROK_4018") {
@@ -151,8 +160,10 @@ impl Provider for Ngrok {
                 // Losing a race with another install is fine: then a provider is set.
                 let _ = aws_lc_rs::default_provider().install_default();
             }
-            // A task of its own, so that a panic inside the SDK becomes an error of this attempt.
-            let connect = tokio::spawn(async move {
+            // A task of its own, so that a panic inside the SDK becomes an error of this attempt;
+            // aborted when this attempt is dropped (startup timeout), so that a late connect does
+            // not leave a session open in the background.
+            let mut connect = AbortOnDrop(tokio::spawn(async move {
                 let mut builder = ngrok::Session::builder();
                 builder.authtoken(token.expose());
                 if let Some(addr) = server_addr {
@@ -165,8 +176,8 @@ impl Provider for Ngrok {
                 }
                 let tunnel = endpoint.listen().await?;
                 Ok::<_, BoxError>((session, tunnel))
-            });
-            let (mut session, mut tunnel) = connect
+            }));
+            let (mut session, mut tunnel) = (&mut connect.0)
                 .await
                 .map_err(|err| format!("the ngrok client failed: {err}"))?
                 .map_err(|err| explain(super::error::chain(&*err)))?;
