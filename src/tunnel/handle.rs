@@ -172,6 +172,7 @@ impl TunnelBuilder {
     }
 
     /// The delay before re-opening: `min` doubling per failed round up to `max`, with jitter.
+    /// A re-opened tunnel that drops again within `max` counts as a failed round.
     pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.backoff_min = min;
         self.backoff_max = max.max(min);
@@ -507,7 +508,11 @@ impl Supervisor {
             mut session,
             ..
         } = opened;
+        // Re-opening rounds since the last tunnel that stayed up: a tunnel that drops soon after
+        // each re-open keeps the backoff growing instead of restarting it at the minimum.
+        let mut round = 0;
         loop {
+            let up_since = Instant::now();
             let url = session.url().to_owned();
             let reason = tokio::select! {
                 _ = &mut close => {
@@ -529,9 +534,12 @@ impl Supervisor {
                 self.emit(TunnelEvent::Closed { provider, url });
                 return;
             }
-            let mut round = 0;
+            if up_since.elapsed() >= self.chain.backoff_max {
+                round = 0;
+            }
             let reopened = loop {
                 let delay = self.chain.backoff(round);
+                round = round.saturating_add(1);
                 let result = tokio::select! {
                     _ = &mut close => None,
                     result = async {
@@ -550,7 +558,6 @@ impl Supervisor {
                             error = %TunnelError::AllFailed { attempts },
                             "tunnel could not be re-opened; retrying"
                         );
-                        round += 1;
                     }
                 }
             };
