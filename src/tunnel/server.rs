@@ -8,7 +8,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tower_service::Service;
@@ -129,7 +128,10 @@ impl Server {
         B::Error: Into<BoxError>,
     {
         let local_addr = self.listener.local_addr()?;
-        let upstream = Upstream::service(service).with_local_addr(local_addr);
+        // Local and tunnel connections alike are watched for the graceful shutdown.
+        let upstream = Upstream::service(service)
+            .with_local_addr(local_addr)
+            .with_graceful_shutdown();
         let tunnel = match self.tunnel {
             Some(builder) => {
                 let handle = builder.start(upstream.clone()).await?;
@@ -149,7 +151,6 @@ impl Server {
         let listener = self.listener;
         tracing::info!(%local_addr, "webhook server listening");
         let task = tokio::spawn(async move {
-            let graceful = GracefulShutdown::new();
             let mut shutdown = shutdown;
             loop {
                 tokio::select! {
@@ -158,8 +159,7 @@ impl Server {
                         Ok((stream, _)) => {
                             let _ = stream.set_nodelay(true);
                             let upstream = upstream.clone();
-                            let watcher = graceful.watcher();
-                            tokio::spawn(async move { upstream.serve_local(stream, watcher).await });
+                            tokio::spawn(async move { upstream.serve_connection(stream).await });
                         }
                         Err(err) => {
                             tracing::warn!(error = %err, "accept failed");
@@ -170,10 +170,12 @@ impl Server {
             }
             drop(listener);
             tracing::info!("shutting down: draining open connections");
-            if tokio::time::timeout(DRAIN, graceful.shutdown())
-                .await
-                .is_err()
-            {
+            let drain = async {
+                if let Some(graceful) = upstream.take_graceful() {
+                    graceful.shutdown().await;
+                }
+            };
+            if tokio::time::timeout(DRAIN, drain).await.is_err() {
                 tracing::warn!(
                     "connections still open after {} s; closing them",
                     DRAIN.as_secs()

@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::graceful::Watcher;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::OnceCell;
@@ -129,6 +129,9 @@ struct Inner {
     probes: Arc<Probes>,
     local: OnceCell<SocketAddr>,
     local_task: Mutex<Option<tokio::task::AbortHandle>>,
+    /// Set by the server helper: every connection served is watched by it, tunnel connections
+    /// included, so that a graceful shutdown lets their requests finish.
+    graceful: Mutex<Option<GracefulShutdown>>,
 }
 
 impl Drop for Inner {
@@ -192,6 +195,24 @@ impl Upstream {
         self
     }
 
+    /// Watches every connection served from now on for a graceful shutdown (used by the server
+    /// helper); [`take_graceful`](Self::take_graceful) starts it.
+    pub(crate) fn with_graceful_shutdown(self) -> Self {
+        *lock(&self.inner.graceful) = Some(GracefulShutdown::new());
+        self
+    }
+
+    /// Stops watching new connections; the caller shuts down the ones being watched.
+    pub(crate) fn take_graceful(&self) -> Option<GracefulShutdown> {
+        lock(&self.inner.graceful).take()
+    }
+
+    fn watcher(&self) -> Option<Watcher> {
+        lock(&self.inner.graceful)
+            .as_ref()
+            .map(GracefulShutdown::watcher)
+    }
+
     fn from_parts(
         address: Option<SocketAddr>,
         serve: Arc<dyn ServeConn>,
@@ -208,6 +229,7 @@ impl Upstream {
                 probes: Arc::new(Probes::default()),
                 local: cell,
                 local_task: Mutex::new(None),
+                graceful: Mutex::new(None),
             }),
         }
     }
@@ -219,7 +241,7 @@ impl Upstream {
     {
         self.inner
             .serve
-            .serve(Box::new(io), Arc::clone(&self.inner.probes), None)
+            .serve(Box::new(io), Arc::clone(&self.inner.probes), self.watcher())
             .await;
     }
 
@@ -239,17 +261,6 @@ impl Upstream {
             }
             None => self.serve_connection(io).await,
         }
-    }
-
-    /// Serves one local connection; `watcher` lets a graceful shutdown end it.
-    pub(crate) async fn serve_local<I>(&self, io: I, watcher: Watcher)
-    where
-        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-    {
-        self.inner
-            .serve
-            .serve(Box::new(io), Arc::clone(&self.inner.probes), Some(watcher))
-            .await;
     }
 
     /// A local `http://` address that serves this upstream, for providers that must be given one
