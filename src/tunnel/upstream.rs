@@ -306,12 +306,37 @@ where
     let probe_line = format!("GET {PROBE_PATH} ");
     let mut head = bytes::BytesMut::with_capacity(1024);
     // Connect to the local server while the first bytes arrive. (No TCP_NODELAY on this hop:
-    // measured slower with it for one request per connection.)
-    let (first, local) = tokio::join!(io.read_buf(&mut head), async {
-        let stream = tokio::net::TcpStream::connect(addr).await?;
-        Ok::<_, std::io::Error>(stream)
-    });
-    let mut n = first?;
+    // measured slower with it for one request per connection.) When the local server speaks
+    // first (SMTP, SSH, ...), the connection is no probe: forward it at once.
+    let connect = tokio::net::TcpStream::connect(addr);
+    tokio::pin!(connect);
+    let mut local = None;
+    let mut peeked = [0u8; 1];
+    let first = loop {
+        match &local {
+            None => tokio::select! {
+                read = io.read_buf(&mut head) => break Some(read?),
+                stream = &mut connect => local = Some(stream),
+            },
+            Some(Ok(stream)) => tokio::select! {
+                read = io.read_buf(&mut head) => break Some(read?),
+                spoke = stream.peek(&mut peeked) => {
+                    spoke?;
+                    break None;
+                }
+            },
+            Some(Err(_)) => break Some(io.read_buf(&mut head).await?),
+        }
+    };
+    let local = match local {
+        Some(result) => result,
+        None => connect.await,
+    };
+    let Some(mut n) = first else {
+        let mut local = local?;
+        tokio::io::copy_bidirectional(&mut io, &mut local).await?;
+        return Ok(());
+    };
     // Read on only as long as the bytes may still be a probe request.
     loop {
         let prefix = head.len().min(probe_line.len());
