@@ -191,6 +191,99 @@ async fn retries_only_idempotent_or_explicitly_allowed_requests() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_request_the_upstream_did_not_act_on_is_sent_again_whatever_its_method() {
+    // Refusals: the upstream did not act on the POST, so sending it again is safe.
+    for refusal in [(429, None), (429, Some("1")), (503, Some("1"))] {
+        let script = Script::new(&[refusal, (201, None)]);
+        let res = run(fast(), &script, post()).await.unwrap();
+        assert_eq!(
+            (res.status().as_u16(), script.count()),
+            (201, 2),
+            "{refusal:?}"
+        );
+    }
+    // Failures that may come after the upstream acted: the POST is not sent twice.
+    for failure in [
+        (503, None),
+        (502, None),
+        (504, None),
+        (408, None),
+        (0, None),
+    ] {
+        let script = Script::new(&[failure, (201, None)]);
+        let res = run(fast(), &script, post()).await;
+        assert_eq!(script.count(), 1, "{failure:?}");
+        assert_eq!(
+            res.ok().map(|r| r.status().as_u16()),
+            (failure.0 != 0).then_some(failure.0)
+        );
+    }
+
+    // An error raised before the request left, wrapped in another error: sent again.
+    #[derive(Debug)]
+    struct Connect(std::io::Error);
+    impl std::fmt::Display for Connect {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("could not connect")
+        }
+    }
+    impl std::error::Error for Connect {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+    for (kind, attempts) in [
+        (std::io::ErrorKind::ConnectionRefused, 4),
+        (std::io::ErrorKind::ConnectionReset, 1),
+    ] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        let err = ServiceBuilder::new()
+            .layer(fast().into_layer())
+            .service_fn(move |_: Request<Body>| {
+                seen.fetch_add(1, Ordering::SeqCst);
+                async move { Err::<Response<Body>, BoxError>(Connect(kind.into()).into()) }
+            })
+            .oneshot(post())
+            .await
+            .unwrap_err();
+        assert!(err.is::<Connect>());
+        assert_eq!(calls.load(Ordering::SeqCst), attempts, "{kind:?}");
+    }
+}
+
+/// reqwest's connect errors are recognised too: a POST to a closed loopback port is tried again,
+/// up to the maximum.
+#[tokio::test]
+async fn a_reqwest_post_that_could_not_connect_is_tried_again() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let seen = attempts.clone();
+    let client = reqwest::Client::new();
+    let svc = ServiceBuilder::new()
+        .layer(
+            RetryPolicy::new()
+                .max_retries(2)
+                .backoff(Duration::from_millis(1), Duration::from_millis(5))
+                .into_layer(),
+        )
+        .map_request(move |req: reqwest::Request| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            req
+        })
+        .service(client);
+    let url = format!("http://127.0.0.1:{port}/comments").parse().unwrap();
+    let mut req = reqwest::Request::new(http::Method::POST, url);
+    *req.body_mut() = Some("{}".into());
+    let err = svc.oneshot(req).await.unwrap_err();
+    assert!(err.is_connect(), "{err}");
+    assert_eq!(attempts.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(start_paused = true)]
 async fn honors_retry_after_up_to_a_maximum() {
     let script = Script::new(&[(429, Some("7")), (200, None)]);
     let res = run(fast(), &script, get()).await.unwrap();

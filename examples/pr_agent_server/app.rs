@@ -544,8 +544,10 @@ async fn handle(
             })
         });
     let payload: Value = if is_form {
-        let json = form_field(&body, "payload").ok_or_else(malformed)?;
-        serde_json::from_slice(&json).map_err(|_| malformed())?
+        let (_, json) = form_urlencoded::parse(&body)
+            .find(|(name, _)| name == "payload")
+            .ok_or_else(malformed)?;
+        serde_json::from_str(&json).map_err(|_| malformed())?
     } else {
         serde_json::from_slice(&body).map_err(|_| malformed())?
     };
@@ -596,37 +598,6 @@ async fn handle(
             Err(queue_full())
         }
     }
-}
-
-/// The decoded value of the field `name` of an `application/x-www-form-urlencoded` body.
-fn form_field(body: &[u8], name: &str) -> Option<Vec<u8>> {
-    let decode = |raw: &[u8]| -> Option<Vec<u8>> {
-        let mut out = Vec::with_capacity(raw.len());
-        let mut i = 0;
-        while i < raw.len() {
-            match raw[i] {
-                b'+' => out.push(b' '),
-                b'%' => {
-                    let hex = raw.get(i + 1..i + 3)?;
-                    if !hex.iter().all(u8::is_ascii_hexdigit) {
-                        return None;
-                    }
-                    out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
-                    i += 2;
-                }
-                b => out.push(b),
-            }
-            i += 1;
-        }
-        Some(out)
-    };
-    body.split(|&b| b == b'&').find_map(|pair| {
-        let (key, value) = match pair.iter().position(|&b| b == b'=') {
-            Some(eq) => (&pair[..eq], &pair[eq + 1..]),
-            None => (pair, &pair[pair.len()..]),
-        };
-        (decode(key)? == name.as_bytes()).then(|| decode(value))?
-    })
 }
 
 /// The comment a pull-request-opened event asks for, per provider.
@@ -906,11 +877,6 @@ fn build_request(job: &Job, api: &ApiTarget) -> Result<reqwest::Request, BoxErro
     headers.insert(
         http::header::ACCEPT,
         HeaderValue::from_static("application/json"),
-    );
-    // Lets the retry policy send the POST again: the provider sees one logical comment.
-    headers.insert(
-        "idempotency-key",
-        HeaderValue::from_str(&format!("{}-{}", job.forge.name(), job.delivery))?,
     );
     if let Some(token) = &api.token {
         let value = match job.forge {

@@ -3,9 +3,13 @@
 //! [`RetryPolicy`] retries a call when it failed in a way that may pass next time (an error of
 //! the inner service, or a 408, 429, 502, 503 or 504 response), and only when that is safe:
 //!
-//! - **Idempotent requests only**: `GET`, `HEAD`, `OPTIONS`, `TRACE`, `PUT`, `DELETE`, a request
-//!   with an `Idempotency-Key` header, or one carrying the [`RetryAllowed`] extension; or every
-//!   request after [`RetryPolicy::retry_non_idempotent`].
+//! - **Idempotent requests**, whatever failed: `GET`, `HEAD`, `OPTIONS`, `TRACE`, `PUT`,
+//!   `DELETE`, a request with an `Idempotency-Key` header, or one carrying the [`RetryAllowed`]
+//!   extension; or every request after [`RetryPolicy::retry_non_idempotent`].
+//! - **Other requests** (a `POST` that creates a comment) only when the failure shows the
+//!   upstream did not act on them: a 429, a 503 with `Retry-After`, or an error raised before the
+//!   request was sent (a refused connection). A timeout, a 502 or 504, or a reset connection may
+//!   come after the upstream acted, so sending again could act twice.
 //! - **Backoff**: exponential with full jitter (a random delay between 0 and
 //!   `min(cap, base * 2^attempt)`), so clients that failed together do not retry together.
 //! - **`Retry-After`**: when the response carries one (seconds or an HTTP date), the policy
@@ -75,6 +79,10 @@ pub use tower::retry::budget::TpsBudget as RetryBudget;
 
 /// Marks a request as safe to retry even though its method is not idempotent. Put it in the
 /// request's extensions.
+///
+/// Only `http::Request` can carry it: `reqwest::Request` keeps its extensions private. For
+/// those, send an `Idempotency-Key` header the upstream honours, or use
+/// [`RetryPolicy::retry_non_idempotent`].
 ///
 /// # Example
 ///
@@ -181,6 +189,29 @@ impl RetryError for tonic::Status {
     fn as_error(&self) -> &(dyn Error + 'static) {
         self
     }
+}
+
+/// Whether `err` was raised before the request left: nothing reached the upstream.
+fn was_not_sent(err: &(dyn Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        #[cfg(feature = "reqwest")]
+        if let Some(err) = e.downcast_ref::<reqwest::Error>()
+            && err.is_connect()
+        {
+            return true;
+        }
+        if let Some(err) = e.downcast_ref::<std::io::Error>()
+            && err.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        if e.is::<tower::load_shed::error::Overloaded>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 fn is_circuit_open(err: &(dyn Error + 'static)) -> bool {
@@ -359,21 +390,27 @@ where
     type Future = Sleep;
 
     fn retry(&mut self, req: &mut Req, result: &mut Result<Res, E>) -> Option<Self::Future> {
-        let retry_after = match result {
+        // `unprocessed`: the failure shows the upstream did not act on the request.
+        let (retry_after, unprocessed) = match result {
             Ok(res) => {
-                if !self.is_retryable_status(res.status()) {
+                let status = res.status();
+                if !self.is_retryable_status(status) {
                     return None;
                 }
-                crate::retry_after::parse(res.headers())
+                let after = crate::retry_after::parse(res.headers());
+                let refused = status == StatusCode::TOO_MANY_REQUESTS
+                    || (status == StatusCode::SERVICE_UNAVAILABLE && after.is_some());
+                (after, refused)
             }
             Err(err) => {
-                if is_circuit_open(err.as_error()) {
+                let err = err.as_error();
+                if is_circuit_open(err) {
                     return None;
                 }
-                None
+                (None, was_not_sent(err))
             }
         };
-        if self.attempt >= self.max_retries || !self.may_retry(req) {
+        if self.attempt >= self.max_retries || !(unprocessed || self.may_retry(req)) {
             return None;
         }
         let delay = match retry_after {
@@ -412,9 +449,8 @@ where
         {
             budget.deposit();
         }
-        if !self.may_retry(req) {
-            return None;
-        }
+        // Every request is kept: even one that is not idempotent is sent again when the
+        // upstream refused it.
         req.try_clone()
     }
 }
