@@ -88,6 +88,7 @@ async fn serve(router: Router) -> SocketAddr {
 const GH: &str = "gh-secret-new,gh-secret-old";
 const GL: &str = "gitlab-token";
 const BB: &str = "bitbucket-secret";
+const BBS: &str = "bitbucket-server-secret";
 const GT: &str = "gitea-secret";
 
 fn settings(api: SocketAddr, extra: &[(&str, &str)]) -> app::Settings {
@@ -96,12 +97,14 @@ fn settings(api: SocketAddr, extra: &[(&str, &str)]) -> app::Settings {
         ("GITHUB_WEBHOOK_SECRET", GH),
         ("GITLAB_WEBHOOK_TOKEN", GL),
         ("BITBUCKET_WEBHOOK_SECRET", BB),
+        ("BITBUCKET_SERVER_WEBHOOK_SECRET", BBS),
         ("GITEA_WEBHOOK_SECRET", GT),
         ("AZURE_DEVOPS_WEBHOOK_USERNAME", "azure"),
         ("AZURE_DEVOPS_WEBHOOK_PASSWORD", "azure-pass"),
         ("GITHUB_TOKEN", "ghp_token"),
         ("GITLAB_TOKEN", "glpat"),
         ("BITBUCKET_TOKEN", "bb-token"),
+        ("BITBUCKET_SERVER_TOKEN", "bbs-token"),
         ("GITEA_TOKEN", "gitea-token"),
         ("AZURE_DEVOPS_TOKEN", "ado-pat"),
         ("CIRCUIT_BREAKER_FAILURE_THRESHOLD", "3"),
@@ -114,6 +117,7 @@ fn settings(api: SocketAddr, extra: &[(&str, &str)]) -> app::Settings {
         "GITHUB_API_URL",
         "GITLAB_API_URL",
         "BITBUCKET_API_URL",
+        "BITBUCKET_SERVER_API_URL",
         "GITEA_API_URL",
         "AZURE_DEVOPS_API_URL",
     ] {
@@ -182,6 +186,20 @@ fn delivery(forge: app::Forge, id: &str, pr: u64) -> Delivery {
                 headers: vec![
                     ("x-event-key", "pullrequest:created".into()),
                     ("x-request-uuid", id.into()),
+                    ("x-hub-signature", sig),
+                ],
+                body,
+            }
+        }
+        app::Forge::BitbucketServer => {
+            // Bitbucket Data Center: the pull request and its target repository.
+            let body = json!({"eventKey": "pr:opened", "pullRequest": {"id": pr, "title": "Fix", "draft": false, "toRef": {"repository": {"slug": "repo", "project": {"key": "PROJ"}}}, "links": {"self": [{"href": "https://bitbucket.example.com/projects/PROJ/repos/repo/pull-requests/1"}]}}}).to_string().into_bytes();
+            let sig = format!("sha256={}", hmac_hex(BBS, &body));
+            Delivery {
+                route: "/api/v1/bitbucket_server_webhooks",
+                headers: vec![
+                    ("x-event-key", "pr:opened".into()),
+                    ("x-request-id", id.into()),
                     ("x-hub-signature", sig),
                 ],
                 body,
@@ -266,14 +284,14 @@ async fn every_provider_is_accepted_and_processed_exactly_once() {
         let res = send(&client, &base, &d).await;
         assert_eq!(res.status(), StatusCode::OK, "{forge:?} duplicate");
     }
-    eventually("five comments", Duration::from_secs(10), || {
-        comment_count(&api) == 5
+    eventually("six comments", Duration::from_secs(10), || {
+        comment_count(&api) == 6
     })
     .await;
     // Nothing more arrives: every delivery was processed exactly once.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let comments = api.comments.lock().unwrap().clone();
-    assert_eq!(comments.len(), 5);
+    assert_eq!(comments.len(), 6);
 
     let by_path: HashMap<&str, &HashMap<String, String>> =
         comments.iter().map(|(p, h, _)| (p.as_str(), h)).collect();
@@ -293,6 +311,10 @@ async fn every_provider_is_accepted_and_processed_exactly_once() {
         by_path["/repos/org/repo/issues/7/comments"]["authorization"],
         "token gitea-token"
     );
+    assert_eq!(
+        by_path["/rest/api/1.0/projects/PROJ/repos/repo/pull-requests/7/comments"]["authorization"],
+        "Bearer bbs-token"
+    );
     let ado = "/proj-guid/_apis/git/repositories/repo-guid/pullRequests/7/threads?api-version=7.1";
     assert!(by_path[ado]["authorization"].starts_with("Basic "));
     for (path, _, body) in &comments {
@@ -303,10 +325,10 @@ async fn every_provider_is_accepted_and_processed_exactly_once() {
     }
 
     let s = status(&client, &base).await;
-    assert_eq!(s["deliveries"]["accepted"], 5);
-    assert_eq!(s["deliveries"]["duplicates"], 5);
+    assert_eq!(s["deliveries"]["accepted"], 6);
+    assert_eq!(s["deliveries"]["duplicates"], 6);
     assert_eq!(s["deliveries"]["rejected"], 0);
-    assert_eq!(s["comments"]["posted"], 5);
+    assert_eq!(s["comments"]["posted"], 6);
     assert_eq!(s["comments"]["pending"], 0);
 }
 
@@ -380,7 +402,7 @@ async fn bad_deliveries_are_rejected_and_never_processed() {
     assert_eq!(comment_count(&api), 0, "nothing unverified was processed");
     assert_eq!(api.requests.load(Ordering::SeqCst), 0);
     let s = status(&client, &base).await;
-    assert_eq!(s["deliveries"]["rejected"], 7);
+    assert_eq!(s["deliveries"]["rejected"], 8);
     assert_eq!(s["deliveries"]["accepted"], 0);
 }
 
@@ -715,4 +737,376 @@ async fn eventually_async<F: std::future::Future<Output = bool>>(mut check: impl
         assert!(start.elapsed() < Duration::from_secs(10), "timed out");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Comment jobs: bounded attempts and age, per-provider slots.
+
+#[tokio::test]
+async fn a_comment_that_keeps_failing_is_given_up_after_max_attempts() {
+    let (api_addr, api) = start_fake_api().await;
+    api.failing.store(true, Ordering::SeqCst);
+    let (base, state) = start_server(&settings(
+        api_addr,
+        &[
+            ("COMMENT_MAX_ATTEMPTS", "2"),
+            // The breaker stays closed: every attempt reaches the API.
+            ("CIRCUIT_BREAKER_FAILURE_THRESHOLD", "100"),
+        ],
+    ))
+    .await;
+    let client = reqwest::Client::new();
+
+    let d = delivery(
+        app::Forge::GitHub,
+        "e1000000-0000-4000-8000-000000000001",
+        3,
+    );
+    assert_eq!(
+        send(&client, &base, &d).await.status(),
+        StatusCode::ACCEPTED
+    );
+    eventually("the comment given up", Duration::from_secs(3), || {
+        state.counters.comments_failed.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(state.counters.pending.load(Ordering::SeqCst), 0);
+    assert_eq!(api.requests.load(Ordering::SeqCst), 2, "two attempts");
+    // Given up for good: no further attempt.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(api.requests.load(Ordering::SeqCst), 2);
+    let s = status(&client, &base).await;
+    assert_eq!(s["comments"]["failed"], 1);
+    assert_eq!(s["comments"]["posted"], 0);
+    assert_eq!(s["comments"]["pending"], 0);
+}
+
+#[tokio::test]
+async fn a_comment_is_given_up_rather_than_tried_after_its_max_age() {
+    let (api_addr, api) = start_fake_api().await;
+    // Rate limited with `Retry-After: 1`, for good.
+    api.rate_limited.store(usize::MAX, Ordering::SeqCst);
+    let (base, state) = start_server(&settings(api_addr, &[("COMMENT_MAX_AGE_SECS", "1")])).await;
+    let client = reqwest::Client::new();
+
+    let d = delivery(
+        app::Forge::GitLab,
+        "e2000000-0000-4000-8000-000000000001",
+        4,
+    );
+    assert_eq!(
+        send(&client, &base, &d).await.status(),
+        StatusCode::ACCEPTED
+    );
+    // The next attempt would come after the age limit: the comment is given up at once.
+    eventually("the comment given up", Duration::from_secs(2), || {
+        state.counters.comments_failed.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(state.counters.pending.load(Ordering::SeqCst), 0);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(api.requests.load(Ordering::SeqCst), 1, "one attempt");
+    assert_eq!(comment_count(&api), 0);
+}
+
+/// A provider API that never answers.
+async fn start_stalled_api() -> (SocketAddr, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let router = Router::new()
+        .fallback(|State(calls): State<Arc<AtomicUsize>>| async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            StatusCode::CREATED
+        })
+        .with_state(calls.clone());
+    (serve(router).await, calls)
+}
+
+#[tokio::test]
+async fn a_stalled_provider_does_not_hold_up_the_comments_of_another() {
+    let (api_addr, api) = start_fake_api().await;
+    let (stalled_addr, stalled_calls) = start_stalled_api().await;
+    let github = format!("http://{stalled_addr}");
+    let (base, state) =
+        start_server(&settings(api_addr, &[("GITHUB_API_URL", github.as_str())])).await;
+    let client = reqwest::Client::new();
+
+    // More GitHub comments than the server ever posts at once, all stuck upstream.
+    for pr in 1..=24 {
+        let d = delivery(
+            app::Forge::GitHub,
+            &format!("e3000000-0000-4000-8000-{pr:012}"),
+            pr,
+        );
+        assert_eq!(
+            send(&client, &base, &d).await.status(),
+            StatusCode::ACCEPTED
+        );
+    }
+    eventually("GitHub's slots taken", Duration::from_secs(2), || {
+        stalled_calls.load(Ordering::SeqCst) >= 8
+    })
+    .await;
+
+    // GitLab's comment still goes out at once.
+    let started = Instant::now();
+    let d = delivery(
+        app::Forge::GitLab,
+        "e3000000-0000-4000-8000-100000000000",
+        5,
+    );
+    assert_eq!(
+        send(&client, &base, &d).await.status(),
+        StatusCode::ACCEPTED
+    );
+    eventually("GitLab's comment", Duration::from_secs(1), || {
+        comment_count(&api) == 1
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(
+        api.comments.lock().unwrap()[0].0,
+        "/projects/42/merge_requests/5/notes"
+    );
+    // GitHub's comments are still pending, not lost.
+    assert_eq!(state.counters.pending.load(Ordering::SeqCst), 24);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Settings.
+
+#[test]
+fn numeric_settings_refuse_zero_and_absurd_values() {
+    for (name, value) in [
+        ("REQUEST_TIMEOUT_SECS", "0"),
+        ("REQUEST_TIMEOUT_SECS", "31536000000"),
+        ("MAX_BODY_BYTES", "0"),
+        ("MAX_BODY_BYTES", "18446744073709551615"),
+        ("MAX_PENDING_COMMENTS", "0"),
+        ("MAX_PENDING_COMMENTS", "4294967296"),
+        ("COMMENT_MAX_ATTEMPTS", "0"),
+        ("COMMENT_MAX_ATTEMPTS", "4294967296"),
+        ("COMMENT_MAX_AGE_SECS", "0"),
+        ("COMMENT_MAX_AGE_SECS", "18446744073709551615"),
+        ("COMMENT_MAX_AGE_SECS", "-1"),
+        ("CIRCUIT_BREAKER_FAILURE_THRESHOLD", "0"),
+        ("CIRCUIT_BREAKER_RECOVERY_TIMEOUT", "0"),
+    ] {
+        let err = app::Settings::from_lookup(|n| (n == name).then(|| value.to_owned()))
+            .expect_err(&format!("{name}={value} is refused"));
+        assert!(err.contains(name), "{name}={value}: {err}");
+    }
+
+    let settings = app::Settings::from_lookup(|n| {
+        match n {
+            "REQUEST_TIMEOUT_SECS" => Some("1"),
+            "MAX_BODY_BYTES" => Some("1024"),
+            "COMMENT_MAX_ATTEMPTS" => Some("1"),
+            "COMMENT_MAX_AGE_SECS" => Some("60"),
+            _ => None,
+        }
+        .map(str::to_owned)
+    })
+    .unwrap();
+    assert_eq!(settings.request_timeout, Duration::from_secs(1));
+    assert_eq!(settings.max_body_bytes, 1024);
+    assert_eq!(settings.comment_max_attempts, 1);
+    assert_eq!(settings.comment_max_age, Duration::from_secs(60));
+
+    let defaults = app::Settings::from_lookup(|_| None).unwrap();
+    assert_eq!(defaults.request_timeout, Duration::from_secs(10));
+    assert_eq!(defaults.comment_max_attempts, 20);
+    assert_eq!(defaults.comment_max_age, Duration::from_secs(24 * 3600));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Which events get a comment.
+
+#[test]
+fn a_comment_when_a_pull_request_becomes_ready_for_review_on_every_provider() {
+    use app::Forge::*;
+    let gh = |action: &str, draft: bool| json!({"action": action, "number": 1, "pull_request": {"number": 1, "title": "T", "draft": draft}, "repository": {"full_name": "o/r"}});
+    let gl = |action: &str, draft: bool, changes: Value| json!({"object_kind": "merge_request", "project": {"id": 1}, "object_attributes": {"iid": 1, "action": action, "title": "T", "draft": draft}, "changes": changes});
+    let bb = |draft: bool| json!({"pullrequest": {"id": 1, "title": "T", "draft": draft}, "repository": {"full_name": "t/r"}});
+    let bbs = |draft: bool| json!({"pullRequest": {"id": 3, "title": "T", "draft": draft, "toRef": {"repository": {"slug": "my-repo", "project": {"key": "PRJ"}}}}});
+    let ado = |event: &str, draft: bool| json!({"eventType": event, "resource": {"pullRequestId": 1, "title": "T", "isDraft": draft, "repository": {"id": "r", "project": {"id": "p"}}}});
+    let comments = |forge, event: &str, payload: &Value| {
+        app::comment_for(forge, Some(event), payload).is_some()
+    };
+    let no_changes = json!({});
+    let ready = json!({"draft": {"previous": true, "current": false}});
+    let to_draft = json!({"draft": {"previous": false, "current": true}});
+
+    let cases = [
+        // GitHub.
+        (GitHub, "pull_request", gh("opened", false), true),
+        (GitHub, "pull_request", gh("reopened", false), true),
+        (GitHub, "pull_request", gh("ready_for_review", false), true),
+        (GitHub, "pull_request", gh("opened", true), false),
+        (GitHub, "pull_request", gh("reopened", true), false),
+        (GitHub, "pull_request", gh("synchronize", false), false),
+        (GitHub, "pull_request", gh("closed", false), false),
+        (GitHub, "issues", gh("opened", false), false),
+        // GitLab.
+        (
+            GitLab,
+            "Merge Request Hook",
+            gl("open", false, no_changes.clone()),
+            true,
+        ),
+        (
+            GitLab,
+            "Merge Request Hook",
+            gl("reopen", false, no_changes.clone()),
+            true,
+        ),
+        (
+            GitLab,
+            "Merge Request Hook",
+            gl("update", false, ready),
+            true,
+        ),
+        (
+            GitLab,
+            "Merge Request Hook",
+            gl("open", true, no_changes.clone()),
+            false,
+        ),
+        (
+            GitLab,
+            "Merge Request Hook",
+            gl("reopen", true, no_changes.clone()),
+            false,
+        ),
+        (
+            GitLab,
+            "Merge Request Hook",
+            gl("update", true, to_draft),
+            false,
+        ),
+        (
+            GitLab,
+            "Merge Request Hook",
+            gl("update", false, no_changes.clone()),
+            false,
+        ),
+        (
+            GitLab,
+            "Merge Request Hook",
+            gl("close", false, no_changes),
+            false,
+        ),
+        // Bitbucket Cloud.
+        (Bitbucket, "pullrequest:created", bb(false), true),
+        (Bitbucket, "pullrequest:created", bb(true), false),
+        (Bitbucket, "pullrequest:updated", bb(false), false),
+        // Bitbucket Data Center.
+        (BitbucketServer, "pr:opened", bbs(false), true),
+        (BitbucketServer, "pr:opened", bbs(true), false),
+        (BitbucketServer, "pr:modified", bbs(false), false),
+        (BitbucketServer, "pr:from_ref_updated", bbs(false), false),
+        // Gitea.
+        (Gitea, "pull_request", gh("opened", false), true),
+        (Gitea, "pull_request", gh("reopened", false), true),
+        (Gitea, "pull_request", gh("opened", true), false),
+        (Gitea, "pull_request", gh("synchronized", false), false),
+        (Gitea, "pull_request", gh("closed", false), false),
+        // Azure DevOps.
+        (
+            AzureDevOps,
+            "-",
+            ado("git.pullrequest.created", false),
+            true,
+        ),
+        (
+            AzureDevOps,
+            "-",
+            ado("git.pullrequest.created", true),
+            false,
+        ),
+        (
+            AzureDevOps,
+            "-",
+            ado("git.pullrequest.updated", false),
+            false,
+        ),
+    ];
+    for (forge, event, payload, expected) in &cases {
+        assert_eq!(
+            comments(*forge, event, payload),
+            *expected,
+            "{forge:?} {event} {payload}"
+        );
+    }
+
+    let c = app::comment_for(BitbucketServer, Some("pr:opened"), &bbs(false)).unwrap();
+    assert_eq!(
+        c.path,
+        "/rest/api/1.0/projects/PRJ/repos/my-repo/pull-requests/3/comments"
+    );
+    assert!(
+        c.body["text"].as_str().unwrap().contains("\"T\""),
+        "{}",
+        c.body
+    );
+}
+
+#[tokio::test]
+async fn bitbucket_data_center_and_gitea_reopened_pull_requests_get_a_comment() {
+    let (api_addr, api) = start_fake_api().await;
+    let (base, _) = start_server(&settings(api_addr, &[])).await;
+    let client = reqwest::Client::new();
+
+    // Bitbucket Data Center `pr:opened`, signed, with its `X-Request-Id` as the delivery id.
+    let d = delivery(
+        app::Forge::BitbucketServer,
+        "e4000000-0000-4000-8000-000000000001",
+        12,
+    );
+    assert_eq!(
+        send(&client, &base, &d).await.status(),
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        send(&client, &base, &d).await.status(),
+        StatusCode::OK,
+        "a duplicate is acknowledged"
+    );
+
+    // Gitea `reopened`.
+    let body = json!({"action": "reopened", "number": 13, "pull_request": {"number": 13, "title": "Again"}, "repository": {"full_name": "org/repo"}}).to_string();
+    let res = client
+        .post(format!("{base}/api/v1/gitea_webhooks"))
+        .header("content-type", "application/json")
+        .header("x-gitea-event", "pull_request")
+        .header("x-gitea-delivery", "e4000000-0000-4000-8000-000000000002")
+        .header("x-gitea-signature", hmac_hex(GT, body.as_bytes()))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+
+    eventually("two comments", Duration::from_secs(2), || {
+        comment_count(&api) == 2
+    })
+    .await;
+    let comments = api.comments.lock().unwrap().clone();
+    let dc = comments
+        .iter()
+        .find(|(p, _, _)| p == "/rest/api/1.0/projects/PROJ/repos/repo/pull-requests/12/comments")
+        .expect("the Bitbucket Data Center comment");
+    assert_eq!(dc.1["authorization"], "Bearer bbs-token");
+    assert!(
+        dc.2["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("Thanks for the pull request")),
+        "{}",
+        dc.2
+    );
+    let gitea = comments
+        .iter()
+        .find(|(p, _, _)| p == "/repos/org/repo/issues/13/comments")
+        .expect("the Gitea comment");
+    assert!(gitea.2["body"].as_str().unwrap().contains("Again"));
 }

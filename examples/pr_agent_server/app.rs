@@ -29,15 +29,18 @@ use tower_webhook::retry::RetryPolicy;
 use tower_webhook::signature::{OnReplay, RecordDelivery, SignatureLayer, VerifiedWebhook};
 use tower_webhook::tunnel::{Running, Server, TunnelBuilder};
 
-/// The five providers the server answers.
+/// The six providers the server answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum Forge {
     /// GitHub (`X-Hub-Signature-256`).
     GitHub,
     /// GitLab (`X-Gitlab-Token`).
     GitLab,
-    /// Bitbucket Cloud (`X-Hub-Signature`).
+    /// Bitbucket Cloud (`X-Hub-Signature`, delivery id `X-Request-UUID`).
     Bitbucket,
+    /// Bitbucket Data Center, formerly Server (`X-Hub-Signature`, delivery id `X-Request-Id`).
+    /// Self-hosted, with its own API and payloads, so it has its own route and settings.
+    BitbucketServer,
     /// Gitea and Forgejo (`X-Gitea-Signature`).
     Gitea,
     /// Azure DevOps (Basic authentication).
@@ -46,10 +49,11 @@ pub(crate) enum Forge {
 
 impl Forge {
     /// Every provider, in route order.
-    pub(crate) const ALL: [Forge; 5] = [
+    pub(crate) const ALL: [Forge; 6] = [
         Forge::GitHub,
         Forge::GitLab,
         Forge::Bitbucket,
+        Forge::BitbucketServer,
         Forge::Gitea,
         Forge::AzureDevOps,
     ];
@@ -60,6 +64,7 @@ impl Forge {
             Forge::GitHub => "github",
             Forge::GitLab => "gitlab",
             Forge::Bitbucket => "bitbucket",
+            Forge::BitbucketServer => "bitbucket_server",
             Forge::Gitea => "gitea",
             Forge::AzureDevOps => "azuredevops",
         }
@@ -75,6 +80,7 @@ impl Forge {
             Forge::GitHub => "GITHUB_API_URL",
             Forge::GitLab => "GITLAB_API_URL",
             Forge::Bitbucket => "BITBUCKET_API_URL",
+            Forge::BitbucketServer => "BITBUCKET_SERVER_API_URL",
             Forge::Gitea => "GITEA_API_URL",
             Forge::AzureDevOps => "AZURE_DEVOPS_API_URL",
         }
@@ -85,6 +91,7 @@ impl Forge {
             Forge::GitHub => "GITHUB_TOKEN",
             Forge::GitLab => "GITLAB_TOKEN",
             Forge::Bitbucket => "BITBUCKET_TOKEN",
+            Forge::BitbucketServer => "BITBUCKET_SERVER_TOKEN",
             Forge::Gitea => "GITEA_TOKEN",
             Forge::AzureDevOps => "AZURE_DEVOPS_TOKEN",
         }
@@ -146,13 +153,21 @@ pub(crate) struct Settings {
     pub(crate) apis: BTreeMap<Forge, ApiTarget>,
     /// The outbound circuit breaker settings (`CIRCUIT_BREAKER_*`).
     pub(crate) breaker: CircuitBreakerConfig,
-    /// Deadline of one webhook request (`REQUEST_TIMEOUT_SECS`, default 10).
+    /// Deadline of one webhook request (`REQUEST_TIMEOUT_SECS`, default 10, at most 600).
     pub(crate) request_timeout: Duration,
-    /// Largest accepted body (`MAX_BODY_BYTES`, default 25 MiB, GitHub's largest payload).
+    /// Largest accepted body (`MAX_BODY_BYTES`, default 25 MiB, GitHub's largest payload;
+    /// 1 KiB to 1 GiB).
     pub(crate) max_body_bytes: u64,
     /// Comment jobs that may be pending at once, queued or waiting to be tried again
     /// (`MAX_PENDING_COMMENTS`, default 4096); past that, deliveries are answered 503.
     pub(crate) max_pending_comments: usize,
+    /// Attempts that reach a provider's API before a comment that keeps failing transiently
+    /// is given up (`COMMENT_MAX_ATTEMPTS`, default 20, at most 1000). Calls refused by an
+    /// open breaker do not count.
+    pub(crate) comment_max_attempts: u32,
+    /// How long after its delivery a comment is still tried (`COMMENT_MAX_AGE_SECS`, default
+    /// 86400 = 24 h, at most 30 days); past that it is given up.
+    pub(crate) comment_max_age: Duration,
     /// Set when no secret was configured and a development secret was made for GitHub.
     pub(crate) generated_github_secret: Option<String>,
 }
@@ -167,6 +182,8 @@ impl std::fmt::Debug for Settings {
             .field("request_timeout", &self.request_timeout)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_pending_comments", &self.max_pending_comments)
+            .field("comment_max_attempts", &self.comment_max_attempts)
+            .field("comment_max_age", &self.comment_max_age)
             .field(
                 "generated_github_secret",
                 &self.generated_github_secret.as_ref().map(|_| "<redacted>"),
@@ -208,19 +225,34 @@ impl Settings {
                 .map_err(|_| format!("PORT={p:?} is not a port number (0-65535)"))?,
             None => 3000,
         };
-        let secs = |name: &str, default: u64| -> Result<u64, String> {
-            match lookup(name) {
-                Some(v) => v
-                    .parse()
-                    .map_err(|_| format!("{name}={v:?} is not a whole number")),
-                None => Ok(default),
+        // A whole number in `range`: 0 would make every request time out, every body too
+        // large or every comment fail, so no setting takes it.
+        let number = |name: &str,
+                      default: u64,
+                      range: std::ops::RangeInclusive<u64>|
+         -> Result<u64, String> {
+            let Some(v) = lookup(name) else {
+                return Ok(default);
+            };
+            let n: u64 = v
+                .trim()
+                .parse()
+                .map_err(|_| format!("{name}={v:?} is not a whole number"))?;
+            if !range.contains(&n) {
+                return Err(format!(
+                    "{name}={n} is out of range ({}-{})",
+                    range.start(),
+                    range.end()
+                ));
             }
+            Ok(n)
         };
         let mut forges = BTreeMap::new();
         for (forge, var) in [
             (Forge::GitHub, "GITHUB_WEBHOOK_SECRET"),
             (Forge::GitLab, "GITLAB_WEBHOOK_TOKEN"),
             (Forge::Bitbucket, "BITBUCKET_WEBHOOK_SECRET"),
+            (Forge::BitbucketServer, "BITBUCKET_SERVER_WEBHOOK_SECRET"),
             (Forge::Gitea, "GITEA_WEBHOOK_SECRET"),
         ] {
             let secrets = list(lookup(var));
@@ -266,22 +298,25 @@ impl Settings {
             }
         }
         let breaker = CircuitBreakerConfig::from_env_with(&lookup).map_err(|e| e.to_string())?;
-        let max_pending_comments = match secs("MAX_PENDING_COMMENTS", QUEUE_CAPACITY as u64)? {
-            n @ 1..=MAX_QUEUE_CAPACITY => n as usize,
-            n => {
-                return Err(format!(
-                    "MAX_PENDING_COMMENTS={n} is out of range (1-{MAX_QUEUE_CAPACITY})"
-                ));
-            }
-        };
+        let max_pending_comments = number(
+            "MAX_PENDING_COMMENTS",
+            QUEUE_CAPACITY as u64,
+            1..=MAX_QUEUE_CAPACITY,
+        )? as usize;
         Ok(Self {
             addr: SocketAddr::new(host, port),
             forges,
             apis,
             breaker,
-            request_timeout: Duration::from_secs(secs("REQUEST_TIMEOUT_SECS", 10)?),
-            max_body_bytes: secs("MAX_BODY_BYTES", 25 * 1024 * 1024)?,
+            request_timeout: Duration::from_secs(number("REQUEST_TIMEOUT_SECS", 10, 1..=600)?),
+            max_body_bytes: number("MAX_BODY_BYTES", 25 * 1024 * 1024, 1024..=1 << 30)?,
             max_pending_comments,
+            comment_max_attempts: number("COMMENT_MAX_ATTEMPTS", 20, 1..=1000)? as u32,
+            comment_max_age: Duration::from_secs(number(
+                "COMMENT_MAX_AGE_SECS",
+                24 * 3600,
+                1..=30 * 24 * 3600,
+            )?),
             generated_github_secret,
         })
     }
@@ -311,7 +346,8 @@ pub(crate) struct Counters {
     pub(crate) comments_posted: AtomicU64,
     /// Comments logged because no API is configured.
     pub(crate) comments_logged: AtomicU64,
-    /// Comments the provider refused for good (4xx).
+    /// Comments the provider refused for good (4xx), and comments given up after
+    /// `COMMENT_MAX_ATTEMPTS` attempts or `COMMENT_MAX_AGE_SECS`.
     pub(crate) comments_failed: AtomicU64,
     /// Comment attempts that failed transiently and were scheduled again.
     pub(crate) comment_retries: AtomicU64,
@@ -328,8 +364,10 @@ pub(crate) struct Job {
     pub(crate) delivery: String,
     /// Where and what.
     pub(crate) comment: Comment,
-    /// Attempts made so far.
+    /// Attempts that reached the provider's API so far.
     pub(crate) attempts: u32,
+    /// When the delivery was accepted; the job is given up `COMMENT_MAX_AGE_SECS` later.
+    pub(crate) accepted_at: tokio::time::Instant,
 }
 
 /// An API call that posts one comment.
@@ -353,6 +391,10 @@ pub(crate) struct AppState {
     jobs: mpsc::Sender<Job>,
     /// Bound on `counters.pending`.
     max_pending: u64,
+    /// Attempts before a comment is given up.
+    max_attempts: u32,
+    /// Age at which a comment is given up.
+    max_age: Duration,
 }
 
 /// The running application: its router and state.
@@ -371,8 +413,11 @@ pub(crate) struct App {
 const QUEUE_CAPACITY: usize = 4096;
 /// The largest `MAX_PENDING_COMMENTS`.
 const MAX_QUEUE_CAPACITY: u64 = 1 << 20;
-/// Comments posted at once.
-const MAX_IN_FLIGHT: usize = 16;
+/// Comments posted at once to one provider's API. Each provider has its own slots, so one that
+/// stalls or keeps a job waiting on a long `Retry-After` holds only its own.
+const MAX_IN_FLIGHT_PER_PROVIDER: usize = 8;
+/// Longest wait between two attempts of a comment when the provider gave no delay.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// Builds the router and starts the background worker (on the current tokio runtime).
 pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
@@ -406,10 +451,12 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
     let state = Arc::new(AppState {
         counters: Counters::default(),
         breakers,
-        jobs: tx.clone(),
+        jobs: tx,
         max_pending: settings.max_pending_comments as u64,
+        max_attempts: settings.comment_max_attempts,
+        max_age: settings.comment_max_age,
     });
-    tokio::spawn(worker(rx, tx, callers, state.clone()));
+    tokio::spawn(worker(rx, callers, state.clone()));
 
     let mut hooks = Router::new();
     for (&forge, verification) in &settings.forges {
@@ -471,6 +518,9 @@ fn signature_layer(forge: Forge, verification: &Verification) -> Result<Signatur
         }
         (Forge::Bitbucket, Verification::Secrets(s)) => {
             with_rotation(SignatureLayer::bitbucket_cloud(s[0].clone())?, s)?
+        }
+        (Forge::BitbucketServer, Verification::Secrets(s)) => {
+            with_rotation(SignatureLayer::bitbucket_data_center(s[0].clone())?, s)?
         }
         (Forge::Gitea, Verification::Secrets(s)) => {
             with_rotation(SignatureLayer::gitea(s[0].clone())?, s)?
@@ -567,6 +617,7 @@ async fn handle(
         delivery,
         comment,
         attempts: 0,
+        accepted_at: tokio::time::Instant::now(),
     };
     // A job stays pending until it is done, including while it waits to be tried again, so
     // the bound holds while the provider API is down. Counted before it is queued: the worker
@@ -600,33 +651,46 @@ async fn handle(
     }
 }
 
-/// The comment a pull-request-opened event asks for, per provider.
+/// The comment a delivery asks for, if any: one when a pull request becomes ready for review,
+/// that is opened or reopened while not a draft, or a draft marked ready (see the module docs
+/// of `main.rs` for the events of each provider). Drafts, edits, new commits, closes and merges
+/// get none.
 pub(crate) fn comment_for(forge: Forge, event: Option<&str>, p: &Value) -> Option<Comment> {
     let text =
         |title: &str| format!("Thanks for the pull request! Review of \"{title}\" is queued.");
+    // `true` only when the payload says so: older servers send no draft field.
+    let draft = |v: &Value| v.as_bool() == Some(true);
     match forge {
         Forge::GitHub => {
-            let action = p["action"].as_str()?;
-            if event != Some("pull_request")
-                || !matches!(action, "opened" | "reopened" | "ready_for_review")
-            {
+            let pr = &p["pull_request"];
+            let ready = match p["action"].as_str()? {
+                "opened" | "reopened" => !draft(&pr["draft"]),
+                "ready_for_review" => true,
+                _ => false,
+            };
+            if event != Some("pull_request") || !ready {
                 return None;
             }
             let repo = p["repository"]["full_name"].as_str()?;
-            let number = p["pull_request"]["number"]
-                .as_u64()
-                .or_else(|| p["number"].as_u64())?;
+            let number = pr["number"].as_u64().or_else(|| p["number"].as_u64())?;
             Some(Comment {
                 path: format!("/repos/{repo}/issues/{number}/comments"),
-                body: json!({ "body": text(p["pull_request"]["title"].as_str().unwrap_or("")) }),
+                body: json!({ "body": text(pr["title"].as_str().unwrap_or("")) }),
                 target: format!("{repo}#{number}"),
             })
         }
         Forge::GitLab => {
             let attrs = &p["object_attributes"];
-            if p["object_kind"].as_str()? != "merge_request"
-                || !matches!(attrs["action"].as_str()?, "open" | "reopen")
-            {
+            let ready = match attrs["action"].as_str()? {
+                "open" | "reopen" => !draft(&attrs["draft"]) && !draft(&attrs["work_in_progress"]),
+                // "Mark as ready": an update whose changes take `draft` from true to false.
+                "update" => {
+                    let change = &p["changes"]["draft"];
+                    draft(&change["previous"]) && change["current"].as_bool() == Some(false)
+                }
+                _ => false,
+            };
+            if p["object_kind"].as_str()? != "merge_request" || !ready {
                 return None;
             }
             let project = p["project"]["id"].as_u64()?;
@@ -638,36 +702,57 @@ pub(crate) fn comment_for(forge: Forge, event: Option<&str>, p: &Value) -> Optio
             })
         }
         Forge::Bitbucket => {
-            if event != Some("pullrequest:created") {
+            let pr = &p["pullrequest"];
+            if event != Some("pullrequest:created") || draft(&pr["draft"]) {
                 return None;
             }
             let repo = p["repository"]["full_name"].as_str()?;
-            let id = p["pullrequest"]["id"].as_u64()?;
+            let id = pr["id"].as_u64()?;
             Some(Comment {
                 path: format!("/repositories/{repo}/pullrequests/{id}/comments"),
-                body: json!({ "content": { "raw": text(p["pullrequest"]["title"].as_str().unwrap_or("")) } }),
+                body: json!({ "content": { "raw": text(pr["title"].as_str().unwrap_or("")) } }),
                 target: format!("{repo}#{id}"),
             })
         }
+        Forge::BitbucketServer => {
+            let pr = &p["pullRequest"];
+            if event != Some("pr:opened") || draft(&pr["draft"]) {
+                return None;
+            }
+            // The pull request lives in its target repository.
+            let repo = &pr["toRef"]["repository"];
+            let project = repo["project"]["key"].as_str()?;
+            let slug = repo["slug"].as_str()?;
+            let id = pr["id"].as_u64()?;
+            Some(Comment {
+                path: format!(
+                    "/rest/api/1.0/projects/{project}/repos/{slug}/pull-requests/{id}/comments"
+                ),
+                body: json!({ "text": text(pr["title"].as_str().unwrap_or("")) }),
+                target: format!("{project}/{slug}#{id}"),
+            })
+        }
         Forge::Gitea => {
-            if event != Some("pull_request") || p["action"].as_str()? != "opened" {
+            let pr = &p["pull_request"];
+            if event != Some("pull_request")
+                || !matches!(p["action"].as_str()?, "opened" | "reopened")
+                || draft(&pr["draft"])
+            {
                 return None;
             }
             let repo = p["repository"]["full_name"].as_str()?;
-            let number = p["number"]
-                .as_u64()
-                .or_else(|| p["pull_request"]["number"].as_u64())?;
+            let number = p["number"].as_u64().or_else(|| pr["number"].as_u64())?;
             Some(Comment {
                 path: format!("/repos/{repo}/issues/{number}/comments"),
-                body: json!({ "body": text(p["pull_request"]["title"].as_str().unwrap_or("")) }),
+                body: json!({ "body": text(pr["title"].as_str().unwrap_or("")) }),
                 target: format!("{repo}#{number}"),
             })
         }
         Forge::AzureDevOps => {
-            if p["eventType"].as_str()? != "git.pullrequest.created" {
+            let r = &p["resource"];
+            if p["eventType"].as_str()? != "git.pullrequest.created" || draft(&r["isDraft"]) {
                 return None;
             }
-            let r = &p["resource"];
             let project = r["repository"]["project"]["id"].as_str()?;
             let repo = r["repository"]["id"].as_str()?;
             let id = r["pullRequestId"].as_u64()?;
@@ -714,50 +799,85 @@ async fn status(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 
 type Caller = tower::util::BoxCloneSyncService<reqwest::Request, reqwest::Response, BoxError>;
 
-/// Posts comments in the background, at most [`MAX_IN_FLIGHT`] at once. A comment that fails
-/// transiently (upstream 5xx or 429 after retries, connection error, open breaker) is scheduled
-/// again after the breaker's `retry_after` or a capped backoff: comments are not lost, and an
-/// upstream that is down is not stormed.
+/// Posts comments in the background, at most [`MAX_IN_FLIGHT_PER_PROVIDER`] at once per
+/// provider. A comment that fails transiently (upstream 5xx or 429 after retries, connection
+/// error, open breaker) is tried again after the provider's or the breaker's delay or a capped
+/// backoff: comments are not lost, and an upstream that is down is not stormed. One that still
+/// fails after `COMMENT_MAX_ATTEMPTS` attempts, or would be tried again more than
+/// `COMMENT_MAX_AGE_SECS` after its delivery, is given up and counted as failed.
 async fn worker(
     mut rx: mpsc::Receiver<Job>,
-    tx: mpsc::Sender<Job>,
     callers: BTreeMap<Forge, (ApiTarget, Caller)>,
     state: Arc<AppState>,
 ) {
     let callers = Arc::new(callers);
-    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    while let Some(mut job) = rx.recv().await {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
-        };
-        let (callers, state, tx) = (callers.clone(), state.clone(), tx.clone());
-        tokio::spawn(async move {
-            let permit = permit;
-            job.attempts += 1;
-            match post_comment(&callers, &state, &job).await {
-                Outcome::Done => {
-                    state.counters.pending.fetch_sub(1, Ordering::AcqRel);
-                }
-                Outcome::Later(delay) => {
-                    state
-                        .counters
-                        .comment_retries
-                        .fetch_add(1, Ordering::Relaxed);
-                    let backoff = Duration::from_millis(200 << job.attempts.min(8))
-                        .min(Duration::from_secs(60));
-                    drop(permit);
-                    tokio::time::sleep(delay.unwrap_or(backoff)).await;
-                    // The queue only closes at shutdown, when pending work is given up.
-                    let _ = tx.send(job).await;
-                }
-            }
-        });
+    let slots: BTreeMap<Forge, Arc<Semaphore>> = Forge::ALL
+        .into_iter()
+        .map(|forge| (forge, Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_PROVIDER))))
+        .collect();
+    // Every job gets its own task at once and waits for a slot of its provider there, so a
+    // provider whose slots are all taken never holds up the jobs of another. There are at most
+    // `MAX_PENDING_COMMENTS` such tasks: each one is a pending job.
+    while let Some(job) = rx.recv().await {
+        let slots = slots[&job.forge].clone();
+        tokio::spawn(run_job(job, slots, callers.clone(), state.clone()));
     }
 }
 
+/// Posts one comment until it is done or given up.
+async fn run_job(
+    mut job: Job,
+    slots: Arc<Semaphore>,
+    callers: Arc<BTreeMap<Forge, (ApiTarget, Caller)>>,
+    state: Arc<AppState>,
+) {
+    let counters = &state.counters;
+    loop {
+        let outcome = {
+            // The semaphore is never closed.
+            let Ok(_slot) = slots.acquire().await else {
+                break;
+            };
+            post_comment(&callers, &state, &job).await
+        };
+        let (delay, attempted) = match outcome {
+            Outcome::Done => break,
+            Outcome::Later { delay, attempted } => (delay, attempted),
+        };
+        if attempted {
+            job.attempts += 1;
+        }
+        let delay = delay.unwrap_or_else(|| {
+            Duration::from_millis(200u64 << job.attempts.clamp(1, 12)).min(MAX_BACKOFF)
+        });
+        let age = job.accepted_at.elapsed();
+        if job.attempts >= state.max_attempts || age.saturating_add(delay) > state.max_age {
+            tracing::error!(
+                provider = job.forge.name(),
+                target = %job.comment.target,
+                delivery = %job.delivery,
+                attempts = job.attempts,
+                age_secs = age.as_secs(),
+                "comment given up: the provider API kept failing"
+            );
+            counters.comments_failed.fetch_add(1, Ordering::Relaxed);
+            break;
+        }
+        counters.comment_retries.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(delay).await;
+    }
+    counters.pending.fetch_sub(1, Ordering::AcqRel);
+}
+
 enum Outcome {
+    /// Posted, logged, or refused for good.
     Done,
-    Later(Option<Duration>),
+    /// Try again after `delay` (a capped backoff when `None`). `attempted` is false when the
+    /// request never reached the provider's API (an open breaker refused it).
+    Later {
+        delay: Option<Duration>,
+        attempted: bool,
+    },
 }
 
 async fn post_comment(
@@ -803,7 +923,10 @@ async fn post_comment(
                 wait = ?wait,
                 "provider API rate limit; comment scheduled again"
             );
-            Outcome::Later(wait)
+            Outcome::Later {
+                delay: wait,
+                attempted: true,
+            }
         }
         Ok(res)
             if res.status().is_server_error()
@@ -815,10 +938,13 @@ async fn post_comment(
                 status = res.status().as_u16(),
                 "provider API failing; comment scheduled again"
             );
-            Outcome::Later(None)
+            Outcome::Later {
+                delay: None,
+                attempted: true,
+            }
         }
         Ok(res) => {
-            tracing::error!(provider = forge, status = res.status().as_u16(), target = %job.comment.target, "provider refused the comment");
+            tracing::error!(provider = forge, status = res.status().as_u16(), target = %job.comment.target, delivery = %job.delivery, "provider refused the comment");
             state
                 .counters
                 .comments_failed
@@ -830,11 +956,17 @@ async fn post_comment(
             match CircuitOpen::find(err) {
                 Some(open) => {
                     tracing::debug!(provider = forge, retry_after = ?open.retry_after(), "breaker open; comment waits");
-                    Outcome::Later(Some(open.retry_after().unwrap_or(Duration::from_secs(1))))
+                    Outcome::Later {
+                        delay: Some(open.retry_after().unwrap_or(Duration::from_secs(1))),
+                        attempted: false,
+                    }
                 }
                 None => {
                     tracing::warn!(provider = forge, error = %err, "provider API unreachable; comment scheduled again");
-                    Outcome::Later(None)
+                    Outcome::Later {
+                        delay: None,
+                        attempted: true,
+                    }
                 }
             }
         }
@@ -880,7 +1012,10 @@ fn build_request(job: &Job, api: &ApiTarget) -> Result<reqwest::Request, BoxErro
     );
     if let Some(token) = &api.token {
         let value = match job.forge {
-            Forge::GitHub | Forge::Bitbucket => format!("Bearer {token}"),
+            // Bitbucket Data Center: an HTTP access token.
+            Forge::GitHub | Forge::Bitbucket | Forge::BitbucketServer => {
+                format!("Bearer {token}")
+            }
             Forge::Gitea => format!("token {token}"),
             Forge::GitLab => String::new(),
             Forge::AzureDevOps => {

@@ -1,6 +1,6 @@
-//! A PR-Agent-style webhook server: verified deliveries from GitHub, GitLab, Bitbucket, Gitea and
-//! Azure DevOps, answered at once and processed in the background, with comments posted back
-//! through a circuit breaker and retries.
+//! A PR-Agent-style webhook server: verified deliveries from GitHub, GitLab, Bitbucket Cloud,
+//! Bitbucket Data Center, Gitea and Azure DevOps, answered at once and processed in the
+//! background, with comments posted back through a circuit breaker and retries.
 //!
 //! ```text
 //! cargo run --example pr_agent_server                 # development mode, prints test commands
@@ -8,12 +8,42 @@
 //! ```
 //!
 //! Settings (all optional): `HOST`, `PORT`, `GITHUB_WEBHOOK_SECRET`, `GITLAB_WEBHOOK_TOKEN`,
-//! `BITBUCKET_WEBHOOK_SECRET`, `GITEA_WEBHOOK_SECRET`, `AZURE_DEVOPS_WEBHOOK_USERNAME` /
-//! `AZURE_DEVOPS_WEBHOOK_PASSWORD` (comma-separated values are several secrets, for rotation),
-//! `GITHUB_API_URL` + `GITHUB_TOKEN` (and `GITLAB_`, `BITBUCKET_`, `GITEA_`, `AZURE_DEVOPS_`
+//! `BITBUCKET_WEBHOOK_SECRET`, `BITBUCKET_SERVER_WEBHOOK_SECRET` (Bitbucket Data Center),
+//! `GITEA_WEBHOOK_SECRET`, `AZURE_DEVOPS_WEBHOOK_USERNAME` / `AZURE_DEVOPS_WEBHOOK_PASSWORD`
+//! (comma-separated values are several secrets, for rotation), `GITHUB_API_URL` +
+//! `GITHUB_TOKEN` (and `GITLAB_`, `BITBUCKET_`, `BITBUCKET_SERVER_`, `GITEA_`, `AZURE_DEVOPS_`
 //! `API_URL` / `TOKEN`), `CIRCUIT_BREAKER_FAILURE_THRESHOLD`, `CIRCUIT_BREAKER_RECOVERY_TIMEOUT`,
-//! `REQUEST_TIMEOUT_SECS`, `MAX_BODY_BYTES`, `MAX_PENDING_COMMENTS`, `TUNNEL_SERVICE`,
-//! `TUNNEL_AUTH_TOKEN`, `TUNNEL_REGION`, `TUNNEL_SERVER`, `TUNNEL_SECRET`, `RUST_LOG`.
+//! `REQUEST_TIMEOUT_SECS` (1-600, default 10), `MAX_BODY_BYTES` (1 KiB-1 GiB, default 25 MiB),
+//! `MAX_PENDING_COMMENTS` (1-1048576, default 4096), `COMMENT_MAX_ATTEMPTS` (1-1000, default
+//! 20: attempts that reach the provider's API before a comment that keeps failing is given up),
+//! `COMMENT_MAX_AGE_SECS` (1-2592000, default 86400: a comment is given up rather than tried
+//! again later than this after its delivery), `TUNNEL_SERVICE`, `TUNNEL_AUTH_TOKEN`,
+//! `TUNNEL_REGION`, `TUNNEL_SERVER`, `TUNNEL_SECRET`, `RUST_LOG`. A value out of range stops the
+//! server with a message naming the variable. A comment given up is logged at error level and
+//! counted in `/status` as `comments.failed`.
+//!
+//! Comments are posted to each provider's API at most 8 at a time, with separate slots per
+//! provider: a provider that stalls or rate-limits delays only its own comments.
+//!
+//! # What gets a comment
+//!
+//! One comment when a pull request becomes ready for review: it is opened or reopened and is
+//! not a draft, or a draft is marked ready. Drafts, edits, new commits, closes and merges get
+//! none. Per provider:
+//!
+//! | provider | events that comment |
+//! |---|---|
+//! | GitHub | `pull_request` `opened` / `reopened` (not draft), `ready_for_review` |
+//! | GitLab | Merge Request Hook `open` / `reopen` (not draft), `update` whose `changes.draft` goes from true to false |
+//! | Bitbucket Cloud | `pullrequest:created` (not draft); Cloud cannot reopen a declined pull request |
+//! | Bitbucket Data Center | `pr:opened` (not draft) |
+//! | Gitea / Forgejo | `pull_request` `opened` / `reopened` (not draft) |
+//! | Azure DevOps | `git.pullrequest.created` (not draft) |
+//!
+//! Where the provider's event does not say that a draft became ready (Bitbucket
+//! `pullrequest:updated` / `pr:modified`, a Gitea title losing its `WIP:` prefix, Azure DevOps
+//! `git.pullrequest.updated`), or that an abandoned pull request was reactivated (Azure
+//! DevOps), nothing is posted.
 
 mod app;
 
