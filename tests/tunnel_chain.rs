@@ -326,6 +326,50 @@ async fn cloudflared_quick_tunnel_url_readiness_and_sigint() {
     let _ = std::fs::remove_file(log);
 }
 
+#[test]
+fn cloudflared_debug_hides_secret_arguments() {
+    let token = "eyJhIjoiZmFrZS10b2tlbi12YWx1ZSJ9";
+    let cloudflared = Cloudflared::new()
+        .arg("--protocol")
+        .arg("http2")
+        .arg("--token")
+        .arg(token)
+        .arg(format!("--TUNNEL-TOKEN={token}-eq"))
+        .arg("--credentials-file")
+        .arg("/secret/path/creds.json")
+        .arg("--origin-ca-pool=/etc/ca.pem")
+        .arg("--api-key")
+        .arg(format!("{token}-key"))
+        .arg("--password=hunter2");
+    for text in [
+        format!("{cloudflared:?}"),
+        format!("{cloudflared:#?}"),
+        format!("{:?}", Tunnel::builder().provider(cloudflared.clone())),
+    ] {
+        for secret in [
+            format!("{token}\""),
+            format!("{token}-eq"),
+            format!("{token}-key"),
+            "/secret/path".to_owned(),
+            "hunter2".to_owned(),
+        ] {
+            assert!(!text.contains(&secret), "{secret} shown in {text}");
+        }
+        // What is not secret is still shown, for debugging.
+        for shown in [
+            "--protocol",
+            "http2",
+            "--token",
+            "--TUNNEL-TOKEN=<redacted>",
+            "--credentials-file",
+            "--origin-ca-pool=/etc/ca.pem",
+            "--password=<redacted>",
+        ] {
+            assert!(text.contains(shown), "{shown} missing from {text}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn cloudflared_that_ignores_sigint_is_killed_after_the_grace_period() {
     let Some(fake) = fake_cloudflared() else {

@@ -1,6 +1,9 @@
 //! Tunnel lifecycle on loopback: pooled connections that close after each request, reconnect
 //! backoff of sessions that keep dropping, graceful shutdown of tunnel requests, startup
-//! timeouts that must not leave work behind, and TCP forwarding of server-first protocols.
+//! timeouts that must not leave work behind, TCP forwarding of server-first protocols, and the
+//! limits that keep a broken peer from using up resources: paced accept failures, bore's cap on
+//! concurrent connections and its heartbeat, header read timeouts, timeouts too long for a
+//! deadline.
 
 #[path = "tunnel/support.rs"]
 mod support;
@@ -20,10 +23,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tower_webhook::BoxError;
 use tower_webhook::tunnel::{
-    Bore, BoxFuture, LocalTunnel, Provider, Server, Session, Tunnel, Upstream,
+    BORE_MAX_CONNECTIONS, Bore, BoxFuture, LocalTunnel, Provider, Server, Session, Tunnel,
+    TunnelEvent, Upstream,
 };
 
-use support::{LtServer, get_url, hello_service};
+use support::{LT_MAX_CONN, LtServer, eventually, get, get_url, hello_service};
 
 /// A bore server written for these tests, on 127.0.0.1 with a control port of its own: answers
 /// `Hello` with a fresh public port, announces each public connection with `Connection(id)` and
@@ -308,5 +312,432 @@ async fn an_ngrok_start_that_times_out_leaves_no_connection_behind() {
     assert!(
         closed.is_ok(),
         "the timed-out ngrok attempt still holds its connection"
+    );
+}
+
+/// A bore control port driven by the test: the first connection is the control connection
+/// (answered `Hello(port)`, then handed to the test, which writes `Connection` messages and no
+/// heartbeat); every later connection is held open, its first frame (`Accept(id)`) counted.
+struct ScriptedBore {
+    control_port: u16,
+    control: tokio::sync::oneshot::Receiver<TcpStream>,
+    accepts: Arc<AtomicUsize>,
+    held: Arc<Mutex<Vec<TcpStream>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ScriptedBore {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ScriptedBore {
+    async fn start() -> Self {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let control_port = listener.local_addr().unwrap().port();
+        let (control_tx, control) = tokio::sync::oneshot::channel();
+        let accepts = Arc::new(AtomicUsize::new(0));
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let (counted, holding) = (Arc::clone(&accepts), Arc::clone(&held));
+        let task = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            read_frame(&mut stream).await.expect("no Hello");
+            write_frame(&mut stream, serde_json::json!({ "Hello": 1 }))
+                .await
+                .unwrap();
+            let _ = control_tx.send(stream);
+            let mut tasks = tokio::task::JoinSet::new();
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let (counted, holding) = (Arc::clone(&counted), Arc::clone(&holding));
+                tasks.spawn(async move {
+                    let frame = read_frame(&mut stream).await;
+                    if frame.as_ref().is_some_and(|f| f.get("Accept").is_some()) {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                    }
+                    holding.lock().unwrap().push(stream);
+                });
+            }
+        });
+        Self {
+            control_port,
+            control,
+            accepts,
+            held,
+            task,
+        }
+    }
+
+    fn bore(&self) -> Bore {
+        Bore::new()
+            .server("127.0.0.1")
+            .control_port(self.control_port)
+    }
+
+    fn accepts(&self) -> usize {
+        self.accepts.load(Ordering::SeqCst)
+    }
+
+    /// Closes `n` held `Accept` connections.
+    fn close_held(&self, n: usize) {
+        let mut held = self.held.lock().unwrap();
+        let keep = held.len().saturating_sub(n);
+        held.truncate(keep);
+    }
+}
+
+async fn announce(control: &mut TcpStream, connections: usize) {
+    for _ in 0..connections {
+        let id = uuid::Uuid::new_v4().to_string();
+        write_frame(control, serde_json::json!({ "Connection": id }))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn bore_opens_at_most_the_capped_number_of_connections_at_once() {
+    let mut server = ScriptedBore::start().await;
+    let handle = Tunnel::builder()
+        .provider(server.bore())
+        .probe(false)
+        .start(Upstream::service(hello_service(Arc::new(
+            AtomicUsize::new(0),
+        ))))
+        .await
+        .unwrap();
+    let mut control = (&mut server.control).await.unwrap();
+    // A server announcing far more public connections than the client should carry at once.
+    announce(&mut control, BORE_MAX_CONNECTIONS + 44).await;
+    assert!(
+        eventually(Duration::from_millis(1500), || server.accepts()
+            >= BORE_MAX_CONNECTIONS)
+        .await,
+        "only {} connections opened",
+        server.accepts()
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        server.accepts(),
+        BORE_MAX_CONNECTIONS,
+        "connections beyond the cap were opened"
+    );
+    // Connections that end free their places for new ones.
+    server.close_held(6);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    announce(&mut control, 10).await;
+    assert!(
+        eventually(Duration::from_millis(500), || server.accepts()
+            >= BORE_MAX_CONNECTIONS + 6)
+        .await,
+        "freed places were not used: {} connections",
+        server.accepts()
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(server.accepts(), BORE_MAX_CONNECTIONS + 6);
+    assert!(handle.status().is_up());
+    handle.close().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn bore_heartbeat_timeout_is_not_reset_by_connections_that_end() {
+    let mut server = ScriptedBore::start().await;
+    let handle = Tunnel::builder()
+        .provider(server.bore())
+        .probe(false)
+        .reconnect(false)
+        .start(Upstream::service(hello_service(Arc::new(
+            AtomicUsize::new(0),
+        ))))
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let mut events = handle.events();
+    let mut control = (&mut server.control).await.unwrap();
+    // Three connections, then silence on the control connection; the connections end one by
+    // one, 5 s apart. The server is gone after 8 s without a message, whatever ends meanwhile.
+    announce(&mut control, 3).await;
+    assert!(eventually(Duration::from_secs(1), || server.accepts() == 3).await);
+    let closer = async {
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            server.close_held(1);
+        }
+        std::future::pending::<()>().await;
+    };
+    let down = tokio::select! {
+        () = closer => unreachable!(),
+        event = tokio::time::timeout(Duration::from_secs(30), events.next()) => event,
+    };
+    let elapsed = started.elapsed();
+    match down {
+        Ok(Some(TunnelEvent::Down { reason, .. })) => {
+            assert!(reason.contains("no heartbeat"), "{reason}")
+        }
+        other => panic!("expected Down, got {other:?}"),
+    }
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "the tunnel was declared lost after {elapsed:?} of silence, not 8 s"
+    );
+    drop(control);
+    handle.close().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_connection_is_closed_after_the_default_header_read_timeout() {
+    let upstream = Upstream::service(hello_service(Arc::new(AtomicUsize::new(0))));
+    let addr = upstream.local_addr().await.unwrap();
+    let started = tokio::time::Instant::now();
+    // Connects and never sends a request.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(120), idle.read_to_end(&mut sink)).await;
+    assert!(closed.is_ok(), "an idle connection was kept for 120 s");
+    let elapsed = started.elapsed();
+    assert!(
+        (Duration::from_secs(29)..=Duration::from_secs(31)).contains(&elapsed),
+        "closed after {elapsed:?}, expected 30 s"
+    );
+}
+
+#[tokio::test]
+async fn a_configured_header_read_timeout_closes_idle_tunnel_connections() {
+    let bore = FakeBore::start().await;
+    let handle = Tunnel::builder()
+        .provider(bore.bore())
+        .start(
+            Upstream::service(hello_service(Arc::new(AtomicUsize::new(0))))
+                .header_read_timeout(Duration::from_millis(200)),
+        )
+        .await
+        .unwrap();
+    let url = handle.url();
+    let public = url.trim_start_matches("http://").to_owned();
+    // Nothing sent; half a request head sent.
+    let silent = TcpStream::connect(&public).await.unwrap();
+    let mut partial = TcpStream::connect(&public).await.unwrap();
+    partial
+        .write_all(b"POST /hook HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    for mut stream in [silent, partial] {
+        let mut sink = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(1), stream.read_to_end(&mut sink)).await;
+        assert!(
+            closed.is_ok(),
+            "a connection without a request head was kept"
+        );
+    }
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    // A request sent in time is answered.
+    let (status, body) = get_url(&url, "/hook").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    handle.close().await;
+}
+
+#[tokio::test]
+async fn the_server_helper_closes_idle_connections_after_its_header_read_timeout() {
+    let running = Server::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .await
+        .unwrap()
+        .header_read_timeout(Duration::from_millis(200))
+        .with_graceful_shutdown(std::future::pending())
+        .spawn(hello_service(Arc::new(AtomicUsize::new(0))))
+        .await
+        .unwrap();
+    let mut idle = TcpStream::connect(running.local_addr()).await.unwrap();
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(1), idle.read_to_end(&mut sink)).await;
+    assert!(closed.is_ok(), "an idle connection was kept");
+    let (status, body) = get(running.local_addr(), "x", "/hook").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn localtunnel_pool_connections_wait_beyond_the_header_read_timeout() {
+    // Pooled connections are idle until the server hands them a request: they are not public
+    // clients that stall.
+    let server = LtServer::start().await;
+    let handle = Tunnel::builder()
+        .provider(
+            LocalTunnel::new()
+                .server(format!("http://127.0.0.1:{}", server.addr.port()))
+                .startup_timeout(Duration::from_secs(2)),
+        )
+        .start(
+            Upstream::service(hello_service(Arc::new(AtomicUsize::new(0))))
+                .header_read_timeout(Duration::from_millis(100)),
+        )
+        .await
+        .unwrap();
+    let id = handle
+        .url()
+        .trim_start_matches("http://")
+        .split('.')
+        .next()
+        .unwrap()
+        .to_owned();
+    let client = server.client(&id).unwrap();
+    // The pool is full again after the probe used up one connection.
+    let full = eventually(Duration::from_secs(1), || {
+        client.connected.load(Ordering::SeqCst) == LT_MAX_CONN
+    })
+    .await;
+    assert!(full, "the pool did not fill");
+    let before = client.accepted.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        client.accepted.load(Ordering::SeqCst),
+        before,
+        "idle pooled connections were closed and opened again"
+    );
+    let (status, body) = get_url(&handle.url(), "/hook").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    handle.close().await;
+}
+
+#[tokio::test]
+async fn timeouts_too_long_for_a_deadline_do_not_panic() {
+    let bore = FakeBore::start().await;
+    let upstream = Upstream::service(hello_service(Arc::new(AtomicUsize::new(0))))
+        .header_read_timeout(Duration::MAX);
+    let handle = Tunnel::builder()
+        .provider(bore.bore().startup_timeout(Duration::MAX))
+        .probe_timeout(Duration::MAX)
+        .reconnect_backoff(Duration::MAX, Duration::MAX)
+        .start(upstream.clone())
+        .await
+        .unwrap();
+    assert!(matches!(
+        handle.status(),
+        TunnelEvent::Up { verified: true, .. }
+    ));
+    let (status, body) = get_url(&handle.url(), "/hook").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let local = upstream.local_addr().await.unwrap();
+    let (status, body) = get(local, "x", "/hook").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    handle.close().await;
+}
+
+/// Set in the child process of [`accept_failures_are_logged_and_paced`].
+const ACCEPT_CHILD: &str = "TOWER_WEBHOOK_TEST_ACCEPT_CHILD";
+
+/// Log lines of the (child) process, from a global subscriber.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// User plus system CPU time of this process, in clock ticks.
+#[cfg(target_os = "linux")]
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Runs the body in a child process whose file descriptors are limited, so that `accept` fails
+/// with EMFILE: the accept loops of `Upstream::local_addr` and `Server` must log the failure and
+/// pause instead of trying again at once (which burns a core while the connection waits).
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn accept_failures_are_logged_and_paced() {
+    if std::env::var_os(ACCEPT_CHILD).is_none() {
+        let exe = std::env::current_exe().unwrap();
+        let output = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg("ulimit -n 64 && exec \"$0\" \"$@\"")
+            .arg(exe)
+            .args([
+                "accept_failures_are_logged_and_paced",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(ACCEPT_CHILD, "1")
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "child failed:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        return;
+    }
+    let logs = Logs::default();
+    let writer = logs.clone();
+    tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .init();
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let upstream = Upstream::service(hello_service(Arc::clone(&calls)));
+    let upstream_addr = upstream.local_addr().await.unwrap();
+    let running = Server::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .await
+        .unwrap()
+        .with_graceful_shutdown(std::future::pending())
+        .spawn(hello_service(Arc::clone(&calls)))
+        .await
+        .unwrap();
+    let server_addr = running.local_addr();
+
+    let before = cpu_ticks();
+    // Use up the descriptors but two, one for a client of each listener: accepting then fails.
+    let mut files = Vec::new();
+    while let Ok(file) = std::fs::File::open("/dev/null") {
+        files.push(file);
+    }
+    files.truncate(files.len() - 2);
+    let mut clients = Vec::new();
+    for addr in [upstream_addr, server_addr] {
+        clients.push(TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    drop(files);
+    let spent = cpu_ticks() - before;
+    // Clock ticks are 10 ms: an accept loop that spins takes about 60.
+    assert!(
+        spent < 20,
+        "{spent} clock ticks of CPU in 600 ms: an accept loop spins"
+    );
+
+    // Both listeners recover once descriptors are free.
+    for mut client in clients {
+        client
+            .write_all(b"GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(status_of(client).await, Ok(200));
+    }
+    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let warnings = text
+        .lines()
+        .filter(|line| line.contains("WARN") && line.contains("accept failed"))
+        .count();
+    assert_eq!(
+        warnings, 2,
+        "expected one warning per listener for the run of failures:\n{text}"
+    );
+    assert!(
+        text.contains("Too many open files") || text.contains("os error 24"),
+        "{text}"
     );
 }

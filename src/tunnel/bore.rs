@@ -32,6 +32,13 @@ const NETWORK_TIMEOUT: Duration = Duration::from_secs(3);
 const CHALLENGE_TIMEOUT: Duration = Duration::from_secs(2);
 /// bore servers send a heartbeat every 500 ms; silence this long means the server is gone.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(8);
+/// The most public connections one bore tunnel proxies at a time.
+///
+/// Each `Connection` message of the server opens a TCP connection back to it; past this many
+/// open at once, a new one is not opened (the server drops it after its own wait, as if nobody
+/// had accepted it) and a warning is logged, so a broken or hostile server cannot make the client
+/// open connections without bound.
+pub const BORE_MAX_CONNECTIONS: usize = 256;
 
 #[derive(Debug, Serialize)]
 enum ClientMessage {
@@ -54,7 +61,9 @@ enum ServerMessage {
 ///
 /// Implemented natively: null-delimited JSON frames on the control port, HMAC challenge
 /// authentication when the server has a secret, and one `Accept` connection per public
-/// connection. The control port is 7835 unless set with [`control_port`](Self::control_port).
+/// connection, at most [`BORE_MAX_CONNECTIONS`] at a time. The control port is 7835 unless set
+/// with [`control_port`](Self::control_port). The tunnel counts as lost when the server sends no
+/// message (it sends a heartbeat every 500 ms) for 8 s.
 ///
 /// # Example
 ///
@@ -236,29 +245,56 @@ impl Provider for Bore {
             Ok(Session::spawn(url, move |mut stop| async move {
                 let mut control = control;
                 let mut connections = JoinSet::new();
+                // Reset only by a message from the server: connection tasks that end do not show
+                // that the server is still there.
+                let heartbeat = tokio::time::sleep(HEARTBEAT_TIMEOUT);
+                tokio::pin!(heartbeat);
+                // Connections refused at the cap since the cap was last reached.
+                let mut refused = 0u64;
                 loop {
                     tokio::select! {
                         () = stop.stopped() => return Ok(()),
-                        message = tokio::time::timeout(HEARTBEAT_TIMEOUT, control.recv()) => match message {
-                            Err(_) => return Err(format!(
-                                "no heartbeat from the bore server for {} s",
-                                HEARTBEAT_TIMEOUT.as_secs()
-                            ).into()),
-                            Ok(Err(err)) => return Err(err),
-                            Ok(Ok(None)) => return Err("the bore server closed the control connection".into()),
-                            Ok(Ok(Some(ServerMessage::Heartbeat))) => {}
-                            Ok(Ok(Some(ServerMessage::Connection(id)))) => {
-                                let accept = Arc::clone(&accept);
-                                connections.spawn(async move {
-                                    if let Err(err) = accept.accept(id).await {
-                                        tracing::warn!(%id, error = %super::error::chain(&*err), "bore connection failed");
+                        () = &mut heartbeat => return Err(format!(
+                            "no heartbeat from the bore server for {} s",
+                            HEARTBEAT_TIMEOUT.as_secs()
+                        ).into()),
+                        message = control.recv() => {
+                            heartbeat.set(tokio::time::sleep(HEARTBEAT_TIMEOUT));
+                            match message {
+                                Err(err) => return Err(err),
+                                Ok(None) => return Err("the bore server closed the control connection".into()),
+                                Ok(Some(ServerMessage::Heartbeat)) => {}
+                                Ok(Some(ServerMessage::Connection(id))) => {
+                                    while connections.try_join_next().is_some() {}
+                                    if connections.len() >= BORE_MAX_CONNECTIONS {
+                                        refused += 1;
+                                        if refused == 1 {
+                                            tracing::warn!(
+                                                %id,
+                                                open = connections.len(),
+                                                "bore connection not accepted: {BORE_MAX_CONNECTIONS} connections are open already"
+                                            );
+                                        } else {
+                                            tracing::debug!(%id, refused, "bore connection not accepted: at the limit");
+                                        }
+                                        continue;
                                     }
-                                });
+                                    if refused > 0 {
+                                        tracing::info!(refused, "bore connections are accepted again");
+                                        refused = 0;
+                                    }
+                                    let accept = Arc::clone(&accept);
+                                    connections.spawn(async move {
+                                        if let Err(err) = accept.accept(id).await {
+                                            tracing::warn!(%id, error = %super::error::chain(&*err), "bore connection failed");
+                                        }
+                                    });
+                                }
+                                Ok(Some(ServerMessage::Error(message))) => {
+                                    return Err(format!("bore server error: {message}").into());
+                                }
+                                Ok(Some(other)) => tracing::debug!(?other, "unexpected bore message"),
                             }
-                            Ok(Ok(Some(ServerMessage::Error(message)))) => {
-                                return Err(format!("bore server error: {message}").into());
-                            }
-                            Ok(Ok(Some(other))) => tracing::debug!(?other, "unexpected bore message"),
                         },
                         Some(_) = connections.join_next() => {}
                     }

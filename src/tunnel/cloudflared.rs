@@ -1,6 +1,7 @@
 //! The cloudflared provider: a quick tunnel run by the `cloudflared` binary.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -44,13 +45,62 @@ struct QuickTunnel {
 /// println!("webhooks go to {}", handle.url());
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` output hides the values of extra [arguments](Self::arg) that look secret (after a
+/// flag whose name contains `token`, `secret`, `key`, `password` or `credential`, or in a
+/// `--flag=value` form of one).
+#[derive(Clone)]
 pub struct Cloudflared {
     binary: PathBuf,
     region: Option<String>,
     args: Vec<String>,
     startup_timeout: Duration,
     stop_grace: Duration,
+}
+
+impl fmt::Debug for Cloudflared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cloudflared")
+            .field("binary", &self.binary)
+            .field("region", &self.region)
+            .field("args", &redacted_args(&self.args))
+            .field("startup_timeout", &self.startup_timeout)
+            .field("stop_grace", &self.stop_grace)
+            .finish()
+    }
+}
+
+/// Parts of a flag name that mark its value as secret.
+const SECRET_FLAG_WORDS: [&str; 5] = ["token", "secret", "key", "password", "credential"];
+
+const REDACTED: &str = "<redacted>";
+
+/// Whether `name` (a flag, or the name part of `name=value`) names a secret.
+fn names_a_secret(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    SECRET_FLAG_WORDS.iter().any(|word| name.contains(word))
+}
+
+/// `args` for `Debug`: the value after a secret flag, and the value of `secret-flag=value`,
+/// replaced by `<redacted>`.
+fn redacted_args(args: &[String]) -> Vec<String> {
+    let mut shown = Vec::with_capacity(args.len());
+    let mut value_is_secret = false;
+    for arg in args {
+        if std::mem::take(&mut value_is_secret) {
+            shown.push(REDACTED.to_owned());
+            continue;
+        }
+        match arg.split_once('=') {
+            Some((name, _)) if names_a_secret(name) => shown.push(format!("{name}={REDACTED}")),
+            Some(_) => shown.push(arg.clone()),
+            None => {
+                value_is_secret = arg.starts_with('-') && names_a_secret(arg);
+                shown.push(arg.clone());
+            }
+        }
+    }
+    shown
 }
 
 impl Default for Cloudflared {
@@ -84,6 +134,9 @@ impl Cloudflared {
     }
 
     /// Adds an argument after the ones this provider passes (for example `--protocol http2`).
+    ///
+    /// The value of a secret-looking flag (`--token <value>`, `--credentials-file=<path>`) is
+    /// shown as `<redacted>` by `Debug`.
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.args.push(arg.into());
         self

@@ -265,7 +265,7 @@ impl TunnelBuilder {
             .min(self.backoff_max);
         // Jitter in [delay/2, delay].
         let half = delay / 2;
-        half + half.mul_f64(fastrand::f64())
+        half.saturating_add(half.mul_f64(fastrand::f64()))
     }
 }
 
@@ -274,6 +274,9 @@ struct Opened {
     session: Session,
     verified: bool,
 }
+
+/// The pause between probe attempts.
+const PROBE_RETRY: Duration = Duration::from_millis(100);
 
 /// Sends the round-trip probe through `url` (over TLS for `https://`, trusting `tls`).
 async fn probe(
@@ -292,14 +295,18 @@ async fn probe(
         }
     }
     let _forget = Forget(upstream, &nonce);
-    let deadline = Instant::now() + limit;
+    // `None` for a limit too long to be a deadline (`Duration::MAX`): the provider's startup
+    // timeout still bounds the probe.
+    let deadline = super::time::deadline(Instant::now(), limit);
     let headers = [
         (PROBE_HEADER, nonce.as_str()),
         ("bypass-tunnel-reminder", "1"),
     ];
     let mut last;
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = deadline.map_or(limit, |deadline| {
+            deadline.saturating_duration_since(Instant::now())
+        });
         match get(
             &base,
             PROBE_PATH,
@@ -315,14 +322,14 @@ async fn probe(
             Ok((status, _)) => last = format!("answered {status} without the nonce"),
             Err(err) => last = chain(&*err),
         }
-        if Instant::now() + Duration::from_millis(100) >= deadline {
+        if super::time::due_within(deadline, Instant::now(), PROBE_RETRY) {
             return Err(format!(
                 "the round-trip probe through {url} did not reach this service within {} ms: {last}",
                 limit.as_millis()
             )
             .into());
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(PROBE_RETRY).await;
     }
 }
 

@@ -296,7 +296,7 @@ async fn slot(
         let opened = Instant::now();
         let used = Arc::new(AtomicBool::new(false));
         upstream
-            .serve_connection(ReadFlag::new(stream, Arc::clone(&used)))
+            .serve_pooled_connection(ReadFlag::new(stream, Arc::clone(&used)))
             .await;
         // A connection that carried a request was used up normally (the server forwards the
         // public request's `Connection: close`, say), however short it lived.

@@ -51,6 +51,7 @@
 //! # Ok(()) }
 //! ```
 
+mod accept;
 mod bore;
 mod cloudflared;
 mod config;
@@ -64,10 +65,11 @@ mod ngrok;
 mod provider;
 mod secret;
 mod server;
+mod time;
 mod tls;
 mod upstream;
 
-pub use self::bore::{BORE_CONTROL_PORT, BORE_PUBLIC_SERVER, Bore};
+pub use self::bore::{BORE_CONTROL_PORT, BORE_MAX_CONNECTIONS, BORE_PUBLIC_SERVER, Bore};
 pub use self::cloudflared::Cloudflared;
 pub use self::config::{ProviderKind, TunnelConfig};
 pub use self::error::{Attempt, TunnelError};
@@ -79,4 +81,4 @@ pub use self::ngrok::Ngrok;
 pub use self::provider::{BoxFuture, Provider, Session, StopSignal};
 pub use self::server::{Running, Server, start};
 pub use self::tls::TlsRoots;
-pub use self::upstream::{PROBE_HEADER, PROBE_PATH, Upstream};
+pub use self::upstream::{DEFAULT_HEADER_READ_TIMEOUT, PROBE_HEADER, PROBE_PATH, Upstream};

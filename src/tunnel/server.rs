@@ -12,7 +12,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tower_service::Service;
 
+use super::accept::Acceptor;
 use super::provider::BoxFuture;
+use super::upstream::DEFAULT_HEADER_READ_TIMEOUT;
 use super::{TunnelBuilder, TunnelConfig, TunnelError, Upstream};
 use crate::BoxError;
 
@@ -48,6 +50,7 @@ pub struct Server {
     listener: TcpListener,
     tunnel: Option<TunnelBuilder>,
     shutdown: Option<BoxFuture<'static, ()>>,
+    header_read_timeout: Duration,
 }
 
 impl fmt::Debug for Server {
@@ -55,6 +58,7 @@ impl fmt::Debug for Server {
         f.debug_struct("Server")
             .field("local_addr", &self.listener.local_addr().ok())
             .field("tunnel", &self.tunnel)
+            .field("header_read_timeout", &self.header_read_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -70,6 +74,7 @@ impl Server {
             listener: TcpListener::bind(addr).await?,
             tunnel: None,
             shutdown: None,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
         })
     }
 
@@ -85,6 +90,15 @@ impl Server {
     /// Opens this tunnel chain when serving starts.
     pub fn tunnel(mut self, tunnel: TunnelBuilder) -> Self {
         self.tunnel = Some(tunnel);
+        self
+    }
+
+    /// How long a connection, local or through the tunnel, may take to send the head of a
+    /// request before it is closed (default [`DEFAULT_HEADER_READ_TIMEOUT`], 30 s); it also
+    /// bounds how long an idle kept-alive connection stays open. See
+    /// [`Upstream::header_read_timeout`].
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = timeout;
         self
     }
 
@@ -130,6 +144,7 @@ impl Server {
         let local_addr = self.listener.local_addr()?;
         // Local and tunnel connections alike are watched for the graceful shutdown.
         let upstream = Upstream::service(service)
+            .header_read_timeout(self.header_read_timeout)
             .with_local_addr(local_addr)
             .with_graceful_shutdown();
         let tunnel = match self.tunnel {
@@ -148,27 +163,21 @@ impl Server {
                 }
             })
         });
-        let listener = self.listener;
+        let mut acceptor = Acceptor::new(self.listener);
         tracing::info!(%local_addr, "webhook server listening");
         let task = tokio::spawn(async move {
             let mut shutdown = shutdown;
             loop {
                 tokio::select! {
                     () = &mut shutdown => break,
-                    accepted = listener.accept() => match accepted {
-                        Ok((stream, _)) => {
-                            let _ = stream.set_nodelay(true);
-                            let upstream = upstream.clone();
-                            tokio::spawn(async move { upstream.serve_connection(stream).await });
-                        }
-                        Err(err) => {
-                            tracing::warn!(error = %err, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    },
+                    (stream, _) = acceptor.accept() => {
+                        let _ = stream.set_nodelay(true);
+                        let upstream = upstream.clone();
+                        tokio::spawn(async move { upstream.serve_connection(stream).await });
+                    }
                 }
             }
-            drop(listener);
+            drop(acceptor);
             tracing::info!("shutting down: draining open connections");
             let drain = async {
                 if let Some(graceful) = upstream.take_graceful() {

@@ -6,13 +6,14 @@ use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -20,7 +21,12 @@ use tokio::sync::OnceCell;
 use tower::ServiceExt;
 use tower_service::Service;
 
+use super::accept::Acceptor;
 use crate::BoxError;
+
+/// How long a connection served by an [`Upstream`] may take to send the head of a request
+/// (request line and headers), by default. See [`Upstream::header_read_timeout`].
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The path of the round-trip probe request. See [`Upstream`].
 pub const PROBE_PATH: &str = "/.well-known/tower-webhook/tunnel-probe";
@@ -33,14 +39,17 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
+/// How one connection is served, besides the service.
+struct ConnOptions {
+    probes: Arc<Probes>,
+    watcher: Option<Watcher>,
+    /// `None`: wait for a request's head as long as the peer keeps the connection.
+    header_read_timeout: Option<Duration>,
+}
+
 /// Serves one tunnel connection; erases the user's service type.
 trait ServeConn: Send + Sync + 'static {
-    fn serve(
-        &self,
-        io: Box<dyn Io>,
-        probes: Arc<Probes>,
-        watcher: Option<Watcher>,
-    ) -> BoxFuture<()>;
+    fn serve(&self, io: Box<dyn Io>, options: ConnOptions) -> BoxFuture<()>;
 }
 
 /// Nonces of probes in flight; a probe request carrying one is answered here, not by the service.
@@ -96,7 +105,10 @@ fn full(bytes: Bytes) -> BoxBody {
 /// Where the traffic of a tunnel goes: a local address (requests are forwarded to it) or a tower
 /// [`Service`] served directly on each tunnel connection, so no local port is needed.
 ///
-/// Every tunnel connection is served as HTTP/1.1. Requests to [`PROBE_PATH`] that carry a nonce
+/// Every tunnel connection is served as HTTP/1.1. A connection that does not send the head of a
+/// request within the [header read timeout](Self::header_read_timeout) (30 s by default) is
+/// closed, whether it is new or kept alive after an answer, so idle or stalled clients do not hold
+/// connections and tasks. Requests to [`PROBE_PATH`] that carry a nonce
 /// of a probe in flight in the [`PROBE_HEADER`] header are answered by the tunnel itself: that is
 /// how the round-trip probe proves a public URL reaches this process. All other requests reach
 /// the service or the address unchanged.
@@ -121,6 +133,8 @@ fn full(bytes: Bytes) -> BoxBody {
 #[derive(Clone)]
 pub struct Upstream {
     inner: Arc<Inner>,
+    /// `None`: no header read timeout.
+    header_read_timeout: Option<Duration>,
 }
 
 struct Inner {
@@ -188,6 +202,25 @@ impl Upstream {
         )
     }
 
+    /// How long a connection may take to send the head of a request (the request line and
+    /// headers) before it is closed; default [`DEFAULT_HEADER_READ_TIMEOUT`] (30 s).
+    ///
+    /// The clock starts when the connection is ready for a request: when it opens, and again
+    /// after each answer on a kept-alive connection, so it also bounds how long an idle
+    /// connection is kept. It applies to every connection served as HTTP:
+    /// [`serve_connection`](Self::serve_connection), TCP tunnel connections of a service
+    /// upstream (bore), the port of [`local_addr`](Self::local_addr) and the
+    /// [`Server`](super::Server) helper's port; not to localtunnel's pooled connections, which
+    /// wait for the server to hand them a request (the localtunnel server reads the public
+    /// request's head itself). A TCP connection piped to an address upstream is not HTTP and has
+    /// no such timeout.
+    ///
+    /// A timeout too long for a deadline (such as `Duration::MAX`) means none.
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = super::time::bounded(timeout);
+        self
+    }
+
     /// A service upstream that is also listening on `addr` already (used by the server helper,
     /// so that providers needing a local port, such as cloudflared, use that one).
     pub(crate) fn with_local_addr(self, addr: SocketAddr) -> Self {
@@ -231,17 +264,40 @@ impl Upstream {
                 local_task: Mutex::new(None),
                 graceful: Mutex::new(None),
             }),
+            header_read_timeout: Some(DEFAULT_HEADER_READ_TIMEOUT),
         }
     }
 
-    /// Serves one tunnel connection as HTTP/1.1 until either side closes it.
+    fn options(&self, header_read_timeout: Option<Duration>) -> ConnOptions {
+        ConnOptions {
+            probes: Arc::clone(&self.inner.probes),
+            watcher: self.watcher(),
+            header_read_timeout,
+        }
+    }
+
+    /// Serves one tunnel connection as HTTP/1.1 until either side closes it, or until it sends
+    /// no request head within the [header read timeout](Self::header_read_timeout).
     pub async fn serve_connection<I>(&self, io: I)
     where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         self.inner
             .serve
-            .serve(Box::new(io), Arc::clone(&self.inner.probes), self.watcher())
+            .serve(Box::new(io), self.options(self.header_read_timeout))
+            .await;
+    }
+
+    /// Serves a pooled connection that waits, idle, for the tunnel server to hand it requests
+    /// (localtunnel): as [`serve_connection`](Self::serve_connection), without the header read
+    /// timeout.
+    pub(crate) async fn serve_pooled_connection<I>(&self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        self.inner
+            .serve
+            .serve(Box::new(io), self.options(None))
             .await;
     }
 
@@ -274,13 +330,18 @@ impl Upstream {
                 let addr = listener.local_addr()?;
                 let serve = Arc::clone(&inner.serve);
                 let probes = Arc::clone(&inner.probes);
+                let header_read_timeout = self.header_read_timeout;
                 let task = tokio::spawn(async move {
+                    let mut acceptor = Acceptor::new(listener);
                     loop {
-                        let Ok((stream, _)) = listener.accept().await else {
-                            continue;
-                        };
+                        let (stream, _) = acceptor.accept().await;
                         let _ = stream.set_nodelay(true);
-                        tokio::spawn(serve.serve(Box::new(stream), Arc::clone(&probes), None));
+                        let options = ConnOptions {
+                            probes: Arc::clone(&probes),
+                            watcher: None,
+                            header_read_timeout,
+                        };
+                        tokio::spawn(serve.serve(Box::new(stream), options));
                     }
                 });
                 *lock(&inner.local_task) = Some(task.abort_handle());
@@ -387,13 +448,9 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    fn serve(
-        &self,
-        io: Box<dyn Io>,
-        probes: Arc<Probes>,
-        watcher: Option<Watcher>,
-    ) -> BoxFuture<()> {
+    fn serve(&self, io: Box<dyn Io>, options: ConnOptions) -> BoxFuture<()> {
         let service = lock(&self.service).clone();
+        let probes = Arc::clone(&options.probes);
         let handler = hyper::service::service_fn(move |request: Request<Incoming>| {
             let answered = probes.answer(&request);
             let service = service.clone();
@@ -409,7 +466,7 @@ where
                 }
             }
         });
-        Box::pin(serve_http1(io, handler, watcher))
+        Box::pin(serve_http1(io, handler, options))
     }
 }
 
@@ -419,13 +476,9 @@ struct Forward {
 }
 
 impl ServeConn for Forward {
-    fn serve(
-        &self,
-        io: Box<dyn Io>,
-        probes: Arc<Probes>,
-        watcher: Option<Watcher>,
-    ) -> BoxFuture<()> {
+    fn serve(&self, io: Box<dyn Io>, options: ConnOptions) -> BoxFuture<()> {
         let addr = self.addr;
+        let probes = Arc::clone(&options.probes);
         let client = self.client.clone();
         let handler = hyper::service::service_fn(move |request: Request<Incoming>| {
             let answered = probes.answer(&request);
@@ -456,21 +509,30 @@ impl ServeConn for Forward {
                 }
             }
         });
-        Box::pin(serve_http1(io, handler, watcher))
+        Box::pin(serve_http1(io, handler, options))
     }
 }
 
-async fn serve_http1<H>(io: Box<dyn Io>, handler: H, watcher: Option<Watcher>)
+async fn serve_http1<H>(io: Box<dyn Io>, handler: H, options: ConnOptions)
 where
     H: hyper::service::Service<Request<Incoming>, Response = Response<BoxBody>, Error = BoxError>
         + Send
         + 'static,
     H::Future: Send + 'static,
 {
-    let conn = hyper::server::conn::http1::Builder::new()
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(io), handler);
-    let result = match watcher {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.keep_alive(true);
+    // hyper arms the timer at `now + timeout`: `bounded` (in `header_read_timeout`) keeps that
+    // from overflowing.
+    if let Some(timeout) = options.header_read_timeout {
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(timeout);
+    } else {
+        builder.header_read_timeout(None);
+    }
+    let conn = builder.serve_connection(TokioIo::new(io), handler);
+    let result = match options.watcher {
         Some(watcher) => watcher.watch(conn).await,
         None => conn.await,
     };
