@@ -4,56 +4,17 @@
 #[path = "tunnel/support.rs"]
 mod support;
 
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{BoreServer, black_hole, closed_port, get, get_url, hello_service};
+use support::{BoreServer, Logs, black_hole, closed_port, get, get_url, hello_service};
 use tower_webhook::tunnel::{
     Bore, Cloudflared, LocalTunnel, Ngrok, ProviderKind, Server, Tunnel, TunnelConfig, TunnelError,
     TunnelEvent, Upstream,
 };
-
-/// Captures the log lines of this test binary. The subscriber is global (a thread-local one
-/// loses events when tests on other threads cache callsite interest first); tests pick out
-/// their own lines by what is unique to them.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn global() -> Logs {
-        static LOGS: std::sync::OnceLock<Logs> = std::sync::OnceLock::new();
-        LOGS.get_or_init(|| {
-            let logs = Logs::default();
-            let writer = logs.clone();
-            tracing_subscriber::fmt()
-                .with_writer(move || writer.clone())
-                .with_ansi(false)
-                .with_max_level(tracing::Level::INFO)
-                .try_init()
-                .expect("no other global subscriber");
-            logs
-        })
-        .clone()
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
 
 fn service() -> Upstream {
     Upstream::service(hello_service(Arc::new(AtomicUsize::new(0))))

@@ -27,7 +27,7 @@ use tower_webhook::tunnel::{
     TunnelEvent, Upstream,
 };
 
-use support::{LT_MAX_CONN, LtServer, eventually, get, get_url, hello_service};
+use support::{LT_MAX_CONN, Logs, LtServer, eventually, get, get_url, hello_service};
 
 /// A bore server written for these tests, on 127.0.0.1 with a control port of its own: answers
 /// `Hello` with a fresh public port, announces each public connection with `Connection(id)` and
@@ -626,20 +626,6 @@ async fn timeouts_too_long_for_a_deadline_do_not_panic() {
 /// Set in the child process of [`accept_failures_are_logged_and_paced`].
 const ACCEPT_CHILD: &str = "TOWER_WEBHOOK_TEST_ACCEPT_CHILD";
 
-/// Log lines of the (child) process, from a global subscriber.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// User plus system CPU time of this process, in clock ticks.
 #[cfg(target_os = "linux")]
 fn cpu_ticks() -> u64 {
@@ -679,13 +665,7 @@ async fn accept_failures_are_logged_and_paced() {
         );
         return;
     }
-    let logs = Logs::default();
-    let writer = logs.clone();
-    tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .init();
+    let logs = Logs::global();
 
     let calls = Arc::new(AtomicUsize::new(0));
     let upstream = Upstream::service(hello_service(Arc::clone(&calls)));
@@ -727,7 +707,7 @@ async fn accept_failures_are_logged_and_paced() {
             .unwrap();
         assert_eq!(status_of(client).await, Ok(200));
     }
-    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let text = logs.text();
     let warnings = text
         .lines()
         .filter(|line| line.contains("WARN") && line.contains("accept failed"))
