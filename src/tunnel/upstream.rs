@@ -372,7 +372,6 @@ where
     let connect = tokio::net::TcpStream::connect(addr);
     tokio::pin!(connect);
     let mut local = None;
-    let mut peeked = [0u8; 1];
     let first = loop {
         match &local {
             None => tokio::select! {
@@ -381,7 +380,8 @@ where
             },
             Some(Ok(stream)) => tokio::select! {
                 read = io.read_buf(&mut head) => break Some(read?),
-                spoke = stream.peek(&mut peeked) => {
+                // Readiness only, no read: costs no system call while the client speaks first.
+                spoke = stream.readable() => {
                     spoke?;
                     break None;
                 }
