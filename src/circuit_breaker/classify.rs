@@ -103,6 +103,18 @@ impl Default for DefaultClassifier {
 
 impl DefaultClassifier {
     /// The default classification (see the table above).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_webhook::circuit_breaker::{DefaultClassifier, Outcome};
+    ///
+    /// let classifier = DefaultClassifier::new();
+    /// assert_eq!(classifier.http_outcome(StatusCode::BAD_GATEWAY), Outcome::Failure);
+    /// assert_eq!(classifier.http_outcome(StatusCode::NOT_FOUND), Outcome::Success);
+    /// assert_eq!(classifier.http_outcome(StatusCode::TOO_MANY_REQUESTS), Outcome::Success);
+    /// ```
     pub fn new() -> Self {
         Self {
             timeout_is_failure: false,
@@ -133,6 +145,16 @@ impl DefaultClassifier {
     }
 
     /// Whether HTTP 408 Request Timeout counts as a failure (default: no).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_webhook::circuit_breaker::{DefaultClassifier, Outcome};
+    ///
+    /// let classifier = DefaultClassifier::new().timeout_is_failure(true);
+    /// assert_eq!(classifier.http_outcome(StatusCode::REQUEST_TIMEOUT), Outcome::Failure);
+    /// ```
     pub fn timeout_is_failure(mut self, yes: bool) -> Self {
         self.timeout_is_failure = yes;
         self
@@ -140,6 +162,17 @@ impl DefaultClassifier {
 
     /// Whether HTTP 429 Too Many Requests and gRPC `ResourceExhausted` count as failures
     /// (default: no).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_webhook::circuit_breaker::{DefaultClassifier, Outcome};
+    ///
+    /// // An upstream that rate-limits this client is, for this client, down.
+    /// let classifier = DefaultClassifier::new().too_many_requests_is_failure(true);
+    /// assert_eq!(classifier.http_outcome(StatusCode::TOO_MANY_REQUESTS), Outcome::Failure);
+    /// ```
     pub fn too_many_requests_is_failure(mut self, yes: bool) -> Self {
         self.too_many_is_failure = yes;
         self.grpc = Self::grpc(yes);
@@ -148,11 +181,43 @@ impl DefaultClassifier {
 
     /// Classifies errors of the inner service with `f` instead of counting them all as
     /// failures (return [`Outcome::Neutral`] for errors that say nothing about the upstream).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::Response;
+    /// use tower::{BoxError, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState, DefaultClassifier, Outcome};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let config = CircuitBreakerConfig::default().consecutive_failures(1);
+    /// let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
+    /// // Errors raised before the upstream was reached say nothing about it.
+    /// let classifier = DefaultClassifier::new().with_error_outcome(|_: &BoxError| Outcome::Neutral);
+    /// let svc = ServiceBuilder::new().layer(layer.with_classifier(classifier)).service_fn(|_: ()| async {
+    ///     Err::<Response<()>, BoxError>("invalid request, not sent".into())
+    /// });
+    /// svc.oneshot(()).await.unwrap_err();
+    /// assert_eq!(handle.state(), CircuitState::Closed);
+    /// # }
+    /// ```
     pub fn with_error_outcome<F>(self, f: F) -> ErrorOutcome<Self, F> {
         ErrorOutcome { inner: self, f }
     }
 
     /// The outcome of an HTTP status.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_webhook::circuit_breaker::{DefaultClassifier, Outcome};
+    ///
+    /// let classifier = DefaultClassifier::new();
+    /// assert_eq!(classifier.http_outcome(StatusCode::OK), Outcome::Success);
+    /// assert_eq!(classifier.http_outcome(StatusCode::UNPROCESSABLE_ENTITY), Outcome::Success);
+    /// assert_eq!(classifier.http_outcome(StatusCode::SERVICE_UNAVAILABLE), Outcome::Failure);
+    /// ```
     pub fn http_outcome(&self, status: StatusCode) -> Outcome {
         match status.as_u16() {
             408 if self.timeout_is_failure => Outcome::Failure,
@@ -325,6 +390,25 @@ impl<B: Default> Default for ResponseBody<B> {
 
 impl<B> ResponseBody<B> {
     /// The inner body (the outcome, if still pending, is then never recorded: neutral).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http::{Request, Response};
+    /// use http_body_util::{BodyExt, Full};
+    /// use tower::{BoxError, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::CircuitBreakerLayer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let svc = ServiceBuilder::new().layer(CircuitBreakerLayer::new_for_http()).service_fn(
+    ///     |_: Request<()>| async { Ok::<_, BoxError>(Response::new(Full::new(Bytes::from("pong")))) },
+    /// );
+    /// let res = svc.oneshot(Request::new(())).await.unwrap();
+    /// let body: Full<Bytes> = res.into_body().into_inner();
+    /// assert_eq!(body.collect().await.unwrap().to_bytes(), "pong");
+    /// # }
+    /// ```
     pub fn into_inner(self) -> B {
         self.inner
     }

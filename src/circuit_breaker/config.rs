@@ -7,13 +7,63 @@ use std::time::Duration;
 use super::event::CircuitEvent;
 
 /// The environment variable holding the number of consecutive failures that opens the breaker.
+///
+/// # Example
+///
+/// ```
+/// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, ENV_FAILURE_THRESHOLD};
+///
+/// assert_eq!(ENV_FAILURE_THRESHOLD, "CIRCUIT_BREAKER_FAILURE_THRESHOLD");
+/// let config = CircuitBreakerConfig::from_env_with(|name| {
+///     (name == ENV_FAILURE_THRESHOLD).then(|| "3".to_owned())
+/// })
+/// .unwrap();
+/// assert_eq!(config.consecutive_failure_threshold(), 3);
+/// ```
 pub const ENV_FAILURE_THRESHOLD: &str = "CIRCUIT_BREAKER_FAILURE_THRESHOLD";
 /// The environment variable holding how long the breaker stays open, in seconds.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, ENV_RECOVERY_TIMEOUT, OpenDuration};
+///
+/// let config = CircuitBreakerConfig::from_env_with(|name| {
+///     (name == ENV_RECOVERY_TIMEOUT).then(|| "2.5".to_owned())
+/// })
+/// .unwrap();
+/// assert_eq!(config.open_duration_setting(), OpenDuration::Fixed(Duration::from_millis(2500)));
+/// ```
 pub const ENV_RECOVERY_TIMEOUT: &str = "CIRCUIT_BREAKER_RECOVERY_TIMEOUT";
 
 /// The largest count-based window and the largest number of half-open probes.
+///
+/// # Example
+///
+/// ```
+/// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, MAX_WINDOW_CALLS, SlidingWindow};
+///
+/// let largest = CircuitBreakerConfig::default().sliding_window(SlidingWindow::Count(MAX_WINDOW_CALLS));
+/// assert!(largest.validate().is_ok());
+///
+/// let too_large = largest.sliding_window(SlidingWindow::Count(MAX_WINDOW_CALLS + 1));
+/// assert_eq!(too_large.validate().unwrap_err().setting(), "sliding_window");
+/// ```
 pub const MAX_WINDOW_CALLS: u32 = 10_000;
 /// The largest number of time buckets.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, MAX_BUCKETS, SlidingWindow};
+///
+/// let window = |buckets| SlidingWindow::Time { span: Duration::from_secs(60), buckets };
+/// let config = CircuitBreakerConfig::default();
+/// assert!(config.clone().sliding_window(window(MAX_BUCKETS)).validate().is_ok());
+/// assert!(config.sliding_window(window(MAX_BUCKETS + 1)).validate().is_err());
+/// ```
 pub const MAX_BUCKETS: u32 = 1_000;
 const MAX_PROBES: u32 = 4_000;
 /// The longest `honor_retry_after` cap: an upstream asking for more is down for the day.
@@ -22,6 +72,22 @@ const MAX_RETRY_AFTER_CAP: Duration = Duration::from_secs(24 * 3600);
 /// How outcomes are kept to compute the failure and slow-call rates.
 ///
 /// See the [module docs](super).
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, SlidingWindow};
+///
+/// // The outcomes of the last minute, in 60 buckets of one second.
+/// let per_minute = SlidingWindow::Time { span: Duration::from_secs(60), buckets: 60 };
+/// assert!(CircuitBreakerConfig::default().sliding_window(per_minute).validate().is_ok());
+///
+/// // Buckets shorter than a millisecond are refused.
+/// let too_fine = SlidingWindow::Time { span: Duration::from_millis(5), buckets: 10 };
+/// let err = CircuitBreakerConfig::default().sliding_window(too_fine).validate().unwrap_err();
+/// assert_eq!(err.setting(), "sliding_window");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SlidingWindow {
     /// The last `n` outcomes, a true ring: each new outcome evicts the oldest one.
@@ -39,6 +105,23 @@ pub enum SlidingWindow {
 /// How long the breaker stays open before it lets probes through.
 ///
 /// See the [module docs](super).
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, OpenDuration};
+///
+/// // 5 s, 10 s, 20 s, ... up to 5 minutes, each shortened by up to 20 %.
+/// let backoff = OpenDuration::Backoff {
+///     initial: Duration::from_secs(5),
+///     multiplier: 2.0,
+///     max: Duration::from_secs(300),
+///     jitter: 0.2,
+/// };
+/// assert_eq!(backoff.nominal(3), Duration::from_secs(20));
+/// assert!(CircuitBreakerConfig::default().open_duration(backoff).validate().is_ok());
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum OpenDuration {
     /// Always the same duration.
@@ -60,6 +143,26 @@ pub enum OpenDuration {
 
 impl OpenDuration {
     /// The open duration for the `attempt`-th opening (1-based), before jitter.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::circuit_breaker::OpenDuration;
+    ///
+    /// let fixed = OpenDuration::Fixed(Duration::from_secs(30));
+    /// assert_eq!(fixed.nominal(7), Duration::from_secs(30));
+    ///
+    /// let backoff = OpenDuration::Backoff {
+    ///     initial: Duration::from_secs(1),
+    ///     multiplier: 2.0,
+    ///     max: Duration::from_secs(10),
+    ///     jitter: 0.5,
+    /// };
+    /// assert_eq!(backoff.nominal(1), Duration::from_secs(1));
+    /// assert_eq!(backoff.nominal(3), Duration::from_secs(4));
+    /// assert_eq!(backoff.nominal(10), Duration::from_secs(10)); // capped
+    /// ```
     pub fn nominal(&self, attempt: u32) -> Duration {
         match *self {
             Self::Fixed(d) => d,
@@ -271,12 +374,47 @@ impl CircuitBreakerConfig {
     }
 
     /// Names the breaker in logs, events and snapshots.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer};
+    ///
+    /// let config = CircuitBreakerConfig::default().name("github-api");
+    /// let (_layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
+    /// assert_eq!(handle.name(), "github-api");
+    /// assert_eq!(handle.snapshot().name, "github-api");
+    /// ```
     pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
         self.name = name.into();
         self
     }
 
     /// Sets the sliding window.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use http::Response;
+    /// # use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState, SlidingWindow};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let config = CircuitBreakerConfig::default()
+    ///     .sliding_window(SlidingWindow::Count(4))
+    ///     .minimum_calls(4)
+    ///     .consecutive_failures(0);
+    /// let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
+    /// # let mut svc = ServiceBuilder::new().layer(layer).service_fn(|status: u16| async move {
+    /// #     Ok::<_, BoxError>(Response::builder().status(status).body(()).unwrap())
+    /// # });
+    /// for status in [500, 200, 503, 200] {
+    ///     svc.ready().await.unwrap().call(status).await.unwrap();
+    /// }
+    /// // 2 of the last 4 calls failed: 50 %, the default threshold.
+    /// assert_eq!(handle.state(), CircuitState::Open);
+    /// # }
+    /// ```
     pub fn sliding_window(mut self, window: SlidingWindow) -> Self {
         self.window = window;
         self
@@ -284,18 +422,90 @@ impl CircuitBreakerConfig {
 
     /// Opens when the failure rate, in percent, is at least `percent` (inclusive) once the
     /// window holds [`minimum_calls`](Self::minimum_calls) outcomes.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use http::Response;
+    /// # use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState, SlidingWindow};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let config = CircuitBreakerConfig::default()
+    ///     .sliding_window(SlidingWindow::Count(4))
+    ///     .failure_rate_threshold(25.0);
+    /// let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
+    /// # let mut svc = ServiceBuilder::new().layer(layer).service_fn(|status: u16| async move {
+    /// #     Ok::<_, BoxError>(Response::builder().status(status).body(()).unwrap())
+    /// # });
+    /// for status in [200, 200, 200, 502] {
+    ///     svc.ready().await.unwrap().call(status).await.unwrap();
+    /// }
+    /// // 1 failure in the last 4 calls: 25 %.
+    /// assert_eq!(handle.state(), CircuitState::Open);
+    /// # }
+    /// ```
     pub fn failure_rate_threshold(mut self, percent: f64) -> Self {
         self.failure_rate = Some(percent);
         self
     }
 
     /// Turns the failure-rate rule off (the consecutive-failures rule still applies).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use http::Response;
+    /// # use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState, SlidingWindow};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// // Only 3 failures in a row open this breaker; a flaky upstream stays in use.
+    /// let config = CircuitBreakerConfig::default()
+    ///     .sliding_window(SlidingWindow::Count(4))
+    ///     .without_failure_rate()
+    ///     .consecutive_failures(3);
+    /// let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
+    /// # let mut svc = ServiceBuilder::new().layer(layer).service_fn(|status: u16| async move {
+    /// #     Ok::<_, BoxError>(Response::builder().status(status).body(()).unwrap())
+    /// # });
+    /// for status in [500, 200, 500, 200] {
+    ///     svc.ready().await.unwrap().call(status).await.unwrap();
+    /// }
+    /// assert_eq!(handle.state(), CircuitState::Closed);
+    /// # }
+    /// ```
     pub fn without_failure_rate(mut self) -> Self {
         self.failure_rate = None;
         self
     }
 
     /// Opens when the share of calls slower than `slower_than` is at least `percent`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # use http::Response;
+    /// # use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState, SlidingWindow};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// let config = CircuitBreakerConfig::default()
+    ///     .sliding_window(SlidingWindow::Count(2))
+    ///     .slow_call_rate_threshold(50.0, Duration::from_secs(1));
+    /// let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
+    /// let mut svc = ServiceBuilder::new().layer(layer).service_fn(|delay_ms: u64| async move {
+    ///     tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+    ///     Ok::<_, BoxError>(Response::new(()))
+    /// });
+    /// for delay_ms in [20, 2_000] {
+    ///     svc.ready().await.unwrap().call(delay_ms).await.unwrap();
+    /// }
+    /// // Every call succeeded, but half of them took longer than a second.
+    /// assert_eq!(handle.state(), CircuitState::Open);
+    /// # }
+    /// ```
     pub fn slow_call_rate_threshold(mut self, percent: f64, slower_than: Duration) -> Self {
         self.slow_rate = Some(percent);
         self.slow_duration = slower_than;
@@ -304,30 +514,133 @@ impl CircuitBreakerConfig {
 
     /// How many outcomes the window must hold before rates are evaluated. For a count window,
     /// a value above the window size means the window size.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use http::Response;
+    /// # use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let config = CircuitBreakerConfig::default().minimum_calls(4).consecutive_failures(0);
+    /// let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
+    /// # let mut svc = ServiceBuilder::new().layer(layer).service_fn(|status: u16| async move {
+    /// #     Ok::<_, BoxError>(Response::builder().status(status).body(()).unwrap())
+    /// # });
+    /// for _ in 0..3 {
+    ///     svc.ready().await.unwrap().call(500).await.unwrap();
+    /// }
+    /// // Three failures are not yet a rate.
+    /// assert_eq!(handle.snapshot().failure_rate, None);
+    /// svc.ready().await.unwrap().call(500).await.unwrap();
+    /// assert_eq!(handle.state(), CircuitState::Open);
+    /// # }
+    /// ```
     pub fn minimum_calls(mut self, n: u32) -> Self {
         self.minimum_calls = n;
         self
     }
 
     /// Opens after `n` failures in a row, whatever the window says (0 turns the rule off).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use http::Response;
+    /// # use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let config = CircuitBreakerConfig::default().consecutive_failures(2);
+    /// let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
+    /// # let mut svc = ServiceBuilder::new().layer(layer).service_fn(|status: u16| async move {
+    /// #     Ok::<_, BoxError>(Response::builder().status(status).body(()).unwrap())
+    /// # });
+    /// svc.ready().await.unwrap().call(503).await.unwrap();
+    /// assert_eq!(handle.snapshot().consecutive_failures, 1);
+    /// svc.ready().await.unwrap().call(503).await.unwrap();
+    /// assert_eq!(handle.state(), CircuitState::Open);
+    /// # }
+    /// ```
     pub fn consecutive_failures(mut self, n: u32) -> Self {
         self.consecutive_failures = n;
         self
     }
 
     /// How long the breaker stays open.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState, OpenDuration};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// let config = CircuitBreakerConfig::default().open_duration(OpenDuration::Fixed(Duration::from_secs(10)));
+    /// let (_layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
+    /// handle.transition_to_open().unwrap();
+    /// assert_eq!(handle.snapshot().retry_after_ms, Some(10_000));
+    ///
+    /// tokio::time::advance(Duration::from_secs(10)).await;
+    /// assert_eq!(handle.state(), CircuitState::HalfOpen);
+    /// # }
+    /// ```
     pub fn open_duration(mut self, duration: OpenDuration) -> Self {
         self.open_duration = duration;
         self
     }
 
     /// How many probes HALF_OPEN admits; the verdict is taken when all of them completed.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # use http::Response;
+    /// # use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// let config = CircuitBreakerConfig::default().half_open_probes(2);
+    /// let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
+    /// # let mut svc = ServiceBuilder::new().layer(layer).service_fn(|status: u16| async move {
+    /// #     Ok::<_, BoxError>(Response::builder().status(status).body(()).unwrap())
+    /// # });
+    /// handle.transition_to_open().unwrap();
+    /// tokio::time::advance(Duration::from_secs(30)).await;
+    ///
+    /// svc.ready().await.unwrap().call(200).await.unwrap();
+    /// assert_eq!(handle.state(), CircuitState::HalfOpen); // one verdict of two
+    /// svc.ready().await.unwrap().call(200).await.unwrap();
+    /// assert_eq!(handle.state(), CircuitState::Closed);
+    /// # }
+    /// ```
     pub fn half_open_probes(mut self, n: u32) -> Self {
         self.half_open_probes = n;
         self
     }
 
     /// Goes back to OPEN when HALF_OPEN has not reached a verdict after `wait`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// let config = CircuitBreakerConfig::default().max_half_open_wait(Duration::from_secs(5));
+    /// let (_layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
+    /// handle.transition_to_open().unwrap();
+    /// tokio::time::advance(Duration::from_secs(30)).await;
+    /// assert_eq!(handle.state(), CircuitState::HalfOpen);
+    ///
+    /// // No probe came back within 5 s.
+    /// tokio::time::advance(Duration::from_secs(5)).await;
+    /// assert_eq!(handle.state(), CircuitState::Open);
+    /// # }
+    /// ```
     pub fn max_half_open_wait(mut self, wait: Duration) -> Self {
         self.max_half_open_wait = Some(wait);
         self
@@ -335,6 +648,29 @@ impl CircuitBreakerConfig {
 
     /// When a failure that opens the breaker came with an upstream `Retry-After` (on 429 or
     /// 503), stay open at least that long, but never longer than `cap` (at most 24 hours).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # use http::Response;
+    /// # use tower::{BoxError, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// let config = CircuitBreakerConfig::default()
+    ///     .consecutive_failures(1)
+    ///     .honor_retry_after(Duration::from_secs(600));
+    /// let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
+    /// let svc = ServiceBuilder::new().layer(layer).service_fn(|_: ()| async {
+    ///     Ok::<_, BoxError>(Response::builder().status(503).header("retry-after", "120").body(()).unwrap())
+    /// });
+    /// svc.oneshot(()).await.unwrap();
+    /// assert_eq!(handle.state(), CircuitState::Open);
+    /// // 120 s as the upstream asked, instead of the default 30 s.
+    /// assert_eq!(handle.snapshot().retry_after_ms, Some(120_000));
+    /// # }
+    /// ```
     pub fn honor_retry_after(mut self, cap: Duration) -> Self {
         self.retry_after_cap = Some(cap);
         self
@@ -343,22 +679,77 @@ impl CircuitBreakerConfig {
     /// Calls `listener` for every [`CircuitEvent`] (transitions, rejections, thresholds).
     ///
     /// It runs on the caller's task: keep it short and do not block.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// # use tower::{BoxError, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitEvent, Outcome};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let rejected = Arc::new(Mutex::new(Vec::new()));
+    /// let log = rejected.clone();
+    /// let config = CircuitBreakerConfig::default().name("gitlab").on_event(move |event| {
+    ///     if let CircuitEvent::Rejected { name, state, .. } = event {
+    ///         log.lock().unwrap().push(format!("{name}: {state}"));
+    ///     }
+    /// });
+    /// let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(layer.with_classifier(|_: &Result<(), BoxError>| Outcome::Success))
+    ///     .service_fn(|_: ()| async { Ok::<_, BoxError>(()) });
+    ///
+    /// handle.transition_to_forced_open().unwrap();
+    /// svc.oneshot(()).await.unwrap_err();
+    /// assert_eq!(*rejected.lock().unwrap(), ["gitlab: FORCED_OPEN"]);
+    /// # }
+    /// ```
     pub fn on_event(mut self, listener: impl Fn(&CircuitEvent) + Send + Sync + 'static) -> Self {
         self.listener = Some(Arc::new(listener));
         self
     }
 
     /// The consecutive-failure threshold.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::circuit_breaker::CircuitBreakerConfig;
+    ///
+    /// assert_eq!(CircuitBreakerConfig::default().consecutive_failure_threshold(), 5);
+    /// let config = CircuitBreakerConfig::default().consecutive_failures(3);
+    /// assert_eq!(config.consecutive_failure_threshold(), 3);
+    /// ```
     pub fn consecutive_failure_threshold(&self) -> u32 {
         self.consecutive_failures
     }
 
     /// The open duration setting.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, OpenDuration};
+    ///
+    /// let config = CircuitBreakerConfig::default();
+    /// assert_eq!(config.open_duration_setting(), OpenDuration::Fixed(Duration::from_secs(30)));
+    /// ```
     pub fn open_duration_setting(&self) -> OpenDuration {
         self.open_duration
     }
 
     /// The breaker's name.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::circuit_breaker::CircuitBreakerConfig;
+    ///
+    /// assert_eq!(CircuitBreakerConfig::default().breaker_name(), "default");
+    /// assert_eq!(CircuitBreakerConfig::default().name("stripe").breaker_name(), "stripe");
+    /// ```
     pub fn breaker_name(&self) -> &str {
         &self.name
     }
@@ -368,6 +759,18 @@ impl CircuitBreakerConfig {
     /// # Errors
     ///
     /// A [`ConfigError`] naming the first setting that is out of range.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::circuit_breaker::CircuitBreakerConfig;
+    ///
+    /// assert!(CircuitBreakerConfig::default().validate().is_ok());
+    ///
+    /// let err = CircuitBreakerConfig::default().failure_rate_threshold(150.0).validate().unwrap_err();
+    /// assert_eq!(err.setting(), "failure_rate_threshold");
+    /// assert!(err.to_string().contains("at most 100, got 150"));
+    /// ```
     pub fn validate(&self) -> Result<(), ConfigError> {
         match self.window {
             SlidingWindow::Count(n) if n == 0 || n > MAX_WINDOW_CALLS => {
@@ -502,6 +905,18 @@ impl ConfigError {
     }
 
     /// The setting or environment variable that is wrong.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::circuit_breaker::CircuitBreakerConfig;
+    ///
+    /// let err = CircuitBreakerConfig::from_env_with(|name| {
+    ///     (name == "CIRCUIT_BREAKER_FAILURE_THRESHOLD").then(|| "0".to_owned())
+    /// })
+    /// .unwrap_err();
+    /// assert_eq!(err.setting(), "CIRCUIT_BREAKER_FAILURE_THRESHOLD");
+    /// ```
     pub fn setting(&self) -> &'static str {
         self.setting
     }

@@ -56,21 +56,107 @@ impl CircuitOpen {
 
     /// How long until the breaker lets probes through: known in OPEN, `None` in FORCED_OPEN
     /// and when HALF_OPEN has no probe permit left.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use tower::{BoxError, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitOpen, Outcome};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// # let (layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+    /// # let svc = ServiceBuilder::new()
+    /// #     .layer(layer.with_classifier(|_: &Result<(), BoxError>| Outcome::Success))
+    /// #     .service_fn(|_: ()| async { Ok::<_, BoxError>(()) });
+    /// // FORCED_OPEN has no end that the breaker knows of.
+    /// handle.transition_to_forced_open().unwrap();
+    /// let err = svc.oneshot(()).await.unwrap_err();
+    /// assert_eq!(err.downcast_ref::<CircuitOpen>().unwrap().retry_after(), None);
+    /// # }
+    /// ```
     pub fn retry_after(&self) -> Option<Duration> {
         self.retry_after
     }
 
     /// The state that rejected the call.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use tower::{BoxError, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitOpen, CircuitState, Outcome};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// # let (layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+    /// # let svc = ServiceBuilder::new()
+    /// #     .layer(layer.with_classifier(|_: &Result<(), BoxError>| Outcome::Success))
+    /// #     .service_fn(|_: ()| async { Ok::<_, BoxError>(()) });
+    /// handle.transition_to_open().unwrap();
+    /// let err = svc.oneshot(()).await.unwrap_err();
+    /// assert_eq!(err.downcast_ref::<CircuitOpen>().unwrap().state(), CircuitState::Open);
+    /// # }
+    /// ```
     pub fn state(&self) -> CircuitState {
         self.state
     }
 
     /// Whether `error`, or an error in its `source()` chain, is a `CircuitOpen`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use tower::{BoxError, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitOpen, Outcome};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// # let (layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+    /// # let svc = ServiceBuilder::new()
+    /// #     .layer(layer.with_classifier(|_: &Result<(), BoxError>| Outcome::Success))
+    /// #     .service_fn(|_: ()| async { Ok::<_, BoxError>(()) });
+    /// handle.transition_to_open().unwrap();
+    /// let err = svc.oneshot(()).await.unwrap_err();
+    /// assert!(CircuitOpen::is_in(&*err));
+    /// assert!(!CircuitOpen::is_in(&std::io::Error::other("connection reset")));
+    /// # }
+    /// ```
     pub fn is_in(error: &(dyn std::error::Error + 'static)) -> bool {
         Self::find(error).is_some()
     }
 
     /// The `CircuitOpen` in `error`'s `source()` chain, if any.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # use tower::{BoxError, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitOpen, Outcome};
+    ///
+    /// /// An application error that keeps the cause.
+    /// #[derive(Debug)]
+    /// struct SyncFailed(BoxError);
+    /// impl std::fmt::Display for SyncFailed {
+    ///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    ///         f.write_str("could not sync the pull request")
+    ///     }
+    /// }
+    /// impl std::error::Error for SyncFailed {
+    ///     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+    ///         Some(&*self.0)
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// # let (layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+    /// # let svc = ServiceBuilder::new()
+    /// #     .layer(layer.with_classifier(|_: &Result<(), BoxError>| Outcome::Success))
+    /// #     .service_fn(|_: ()| async { Ok::<_, BoxError>(()) });
+    /// handle.transition_to_open().unwrap();
+    /// let err = SyncFailed(svc.oneshot(()).await.unwrap_err());
+    /// let open = CircuitOpen::find(&err).expect("the cause is an open breaker");
+    /// assert_eq!(open.retry_after(), Some(Duration::from_secs(30)));
+    /// # }
+    /// ```
     pub fn find<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a CircuitOpen> {
         let mut current = Some(error);
         while let Some(err) = current {
@@ -179,11 +265,33 @@ pub struct IllegalTransition {
 
 impl IllegalTransition {
     /// The state the breaker was in.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState};
+    ///
+    /// let (_layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+    /// handle.transition_to_metrics_only().unwrap();
+    /// let err = handle.transition_to_open().unwrap_err();
+    /// assert_eq!(err.from(), CircuitState::MetricsOnly);
+    /// ```
     pub fn from(&self) -> CircuitState {
         self.from
     }
 
     /// The state that was asked for.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState};
+    ///
+    /// let (_layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+    /// let err = handle.transition_to(CircuitState::HalfOpen).unwrap_err();
+    /// assert_eq!(err.to(), CircuitState::HalfOpen);
+    /// assert_eq!(err.to_string(), "illegal circuit breaker transition from CLOSED to HALF_OPEN");
+    /// ```
     pub fn to(&self) -> CircuitState {
         self.to
     }

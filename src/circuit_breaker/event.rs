@@ -57,6 +57,18 @@ impl CircuitState {
     }
 
     /// The state's name as resilience4j spells it (`CLOSED`, `HALF_OPEN`, ...).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState};
+    ///
+    /// const LABEL: &str = CircuitState::ForcedOpen.as_str();
+    /// assert_eq!(LABEL, "FORCED_OPEN");
+    ///
+    /// let (_layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+    /// assert_eq!(handle.state().as_str(), "CLOSED");
+    /// ```
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Closed => "CLOSED",
@@ -70,6 +82,17 @@ impl CircuitState {
 
     /// Whether a manual transition from `self` to `to` is allowed. The refused ones are
     /// those resilience4j refuses: CLOSED to HALF_OPEN, and METRICS_ONLY to OPEN or HALF_OPEN.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::circuit_breaker::CircuitState;
+    ///
+    /// assert!(CircuitState::Closed.can_transition_to(CircuitState::Open));
+    /// assert!(CircuitState::Open.can_transition_to(CircuitState::HalfOpen));
+    /// assert!(!CircuitState::Closed.can_transition_to(CircuitState::HalfOpen));
+    /// assert!(!CircuitState::MetricsOnly.can_transition_to(CircuitState::Open));
+    /// ```
     pub const fn can_transition_to(self, to: CircuitState) -> bool {
         !matches!(
             (self, to),
@@ -87,6 +110,33 @@ impl fmt::Display for CircuitState {
 }
 
 /// Why the breaker opened (or would have, in METRICS_ONLY).
+///
+/// # Example
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// # use http::Response;
+/// # use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+/// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitEvent, TripReason};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let reasons = Arc::new(Mutex::new(Vec::new()));
+/// let log = reasons.clone();
+/// let config = CircuitBreakerConfig::default().consecutive_failures(2).on_event(move |event| {
+///     if let CircuitEvent::StateTransition { reason: Some(reason), .. } = event {
+///         log.lock().unwrap().push(*reason);
+///     }
+/// });
+/// let (layer, _handle) = CircuitBreakerLayer::pair(config).unwrap();
+/// # let mut svc = ServiceBuilder::new().layer(layer).service_fn(|status: u16| async move {
+/// #     Ok::<_, BoxError>(Response::builder().status(status).body(()).unwrap())
+/// # });
+/// for _ in 0..2 {
+///     svc.ready().await.unwrap().call(500).await.unwrap();
+/// }
+/// assert_eq!(*reasons.lock().unwrap(), [TripReason::ConsecutiveFailures(2)]);
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum TripReason {

@@ -128,6 +128,19 @@ impl<K, F> KeyedCircuitBreakerLayer<K, F> {
     /// # Errors
     ///
     /// A [`ConfigError`] naming the first setting out of range (also `max_keys` of 0).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, KeyedCircuitBreakerLayer};
+    ///
+    /// let per_repo = |path: &String| path.split('/').take(3).collect::<Vec<_>>().join("/");
+    /// let layer = KeyedCircuitBreakerLayer::<String, _>::new(CircuitBreakerConfig::default(), 64, per_repo).unwrap();
+    /// assert!(format!("{layer:?}").contains("max_keys: 64"));
+    ///
+    /// let err = KeyedCircuitBreakerLayer::<String, _>::new(CircuitBreakerConfig::default(), 0, per_repo).unwrap_err();
+    /// assert_eq!(err.setting(), "max_keys");
+    /// ```
     pub fn new(config: CircuitBreakerConfig, max_keys: usize, key: F) -> Result<Self, ConfigError> {
         config.validate()?;
         if max_keys == 0 {
@@ -151,6 +164,26 @@ impl<K, F> KeyedCircuitBreakerLayer<K, F> {
     /// # Errors
     ///
     /// As [`new`](Self::new).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState, KeyedCircuitBreakerLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let per_host = |req: &(&'static str, u16)| req.0;
+    /// let config = CircuitBreakerConfig::default().consecutive_failures(1);
+    /// let (layer, handle) = KeyedCircuitBreakerLayer::pair(config, 64, per_host).unwrap();
+    /// # let mut svc = ServiceBuilder::new().layer(layer).service_fn(|(_host, status): (&'static str, u16)| async move {
+    /// #     Ok::<_, BoxError>(http::Response::builder().status(status).body(()).unwrap())
+    /// # });
+    /// svc.ready().await.unwrap().call(("api.github.com", 200)).await.unwrap();
+    /// svc.ready().await.unwrap().call(("gitlab.example.com", 502)).await.unwrap();
+    /// assert_eq!(handle.get(&"api.github.com").unwrap().state(), CircuitState::Closed);
+    /// assert_eq!(handle.get(&"gitlab.example.com").unwrap().state(), CircuitState::Open);
+    /// # }
+    /// ```
     pub fn pair(
         config: CircuitBreakerConfig,
         max_keys: usize,
@@ -164,6 +197,29 @@ impl<K, F> KeyedCircuitBreakerLayer<K, F> {
 
 impl<K, F, C> KeyedCircuitBreakerLayer<K, F, C> {
     /// Uses `classifier` to decide outcomes.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitState, KeyedCircuitBreakerLayer, Outcome};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let per_tenant = |req: &(&'static str, bool)| req.0;
+    /// let config = CircuitBreakerConfig::default().consecutive_failures(1);
+    /// let (layer, handle) = KeyedCircuitBreakerLayer::pair(config, 16, per_tenant).unwrap();
+    /// let layer = layer.with_classifier(|r: &Result<(), BoxError>| {
+    ///     if r.is_ok() { Outcome::Success } else { Outcome::Failure }
+    /// });
+    /// let mut svc = ServiceBuilder::new().layer(layer).service_fn(|(_, up): (&str, bool)| async move {
+    ///     if up { Ok(()) } else { Err(BoxError::from("tenant backend down")) }
+    /// });
+    /// svc.ready().await.unwrap().call(("acme", false)).await.unwrap_err();
+    /// svc.ready().await.unwrap().call(("globex", true)).await.unwrap();
+    /// assert_eq!(handle.get(&"acme").unwrap().state(), CircuitState::Open);
+    /// assert_eq!(handle.get(&"globex").unwrap().state(), CircuitState::Closed);
+    /// # }
+    /// ```
     pub fn with_classifier<C2>(self, classifier: C2) -> KeyedCircuitBreakerLayer<K, F, C2> {
         KeyedCircuitBreakerLayer {
             shared: self.shared,
@@ -173,6 +229,25 @@ impl<K, F, C> KeyedCircuitBreakerLayer<K, F, C> {
     }
 
     /// The handle to this layer's breakers.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, KeyedCircuitBreakerLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let per_host = |req: &(&'static str, u16)| req.0;
+    /// let layer = KeyedCircuitBreakerLayer::new(CircuitBreakerConfig::default(), 64, per_host).unwrap();
+    /// let handle = layer.handle();
+    /// # let mut svc = ServiceBuilder::new().layer(layer).service_fn(|(_host, status): (&'static str, u16)| async move {
+    /// #     Ok::<_, BoxError>(http::Response::builder().status(status).body(()).unwrap())
+    /// # });
+    /// assert!(handle.is_empty());
+    /// svc.ready().await.unwrap().call(("api.github.com", 200)).await.unwrap();
+    /// assert_eq!(handle.len(), 1);
+    /// # }
+    /// ```
     pub fn handle(&self) -> KeyedCircuitBreakerHandle<K> {
         KeyedCircuitBreakerHandle {
             shared: Arc::clone(&self.shared),
@@ -316,6 +391,27 @@ impl<K> fmt::Debug for KeyedCircuitBreakerHandle<K> {
 
 impl<K: Hash + Eq + Clone> KeyedCircuitBreakerHandle<K> {
     /// The handle of `key`'s breaker, if it exists.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitState, KeyedCircuitBreakerLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let per_host = |req: &(&'static str, u16)| req.0;
+    /// let (layer, handle) = KeyedCircuitBreakerLayer::pair(CircuitBreakerConfig::default(), 64, per_host).unwrap();
+    /// # let mut svc = ServiceBuilder::new().layer(layer).service_fn(|(_host, status): (&'static str, u16)| async move {
+    /// #     Ok::<_, BoxError>(http::Response::builder().status(status).body(()).unwrap())
+    /// # });
+    /// svc.ready().await.unwrap().call(("api.github.com", 200)).await.unwrap();
+    ///
+    /// let github = handle.get(&"api.github.com").unwrap();
+    /// assert_eq!(github.name(), "default/api.github.com");
+    /// assert_eq!(github.state(), CircuitState::Closed);
+    /// assert!(handle.get(&"bitbucket.org").is_none());
+    /// # }
+    /// ```
     pub fn get(&self, key: &K) -> Option<CircuitBreakerHandle> {
         let map = self.shared.map.read().unwrap_or_else(|p| p.into_inner());
         map.get(key).map(|core| CircuitBreakerHandle {
@@ -324,6 +420,28 @@ impl<K: Hash + Eq + Clone> KeyedCircuitBreakerHandle<K> {
     }
 
     /// The handle of the breaker shared by keys beyond the bound.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, KeyedCircuitBreakerLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let per_host = |req: &(&'static str, u16)| req.0;
+    /// let config = CircuitBreakerConfig::default().consecutive_failures(1);
+    /// let (layer, handle) = KeyedCircuitBreakerLayer::pair(config, 1, per_host).unwrap();
+    /// # let mut svc = ServiceBuilder::new().layer(layer).service_fn(|(_host, status): (&'static str, u16)| async move {
+    /// #     Ok::<_, BoxError>(http::Response::builder().status(status).body(()).unwrap())
+    /// # });
+    /// // The only slot holds an open breaker, which is never forgotten...
+    /// svc.ready().await.unwrap().call(("a.example.com", 500)).await.unwrap();
+    /// // ...so a second host shares the overflow breaker.
+    /// svc.ready().await.unwrap().call(("b.example.com", 200)).await.unwrap();
+    /// assert!(handle.get(&"b.example.com").is_none());
+    /// assert_eq!(handle.overflow().name(), "default/overflow");
+    /// # }
+    /// ```
     pub fn overflow(&self) -> CircuitBreakerHandle {
         CircuitBreakerHandle {
             core: Arc::clone(&self.shared.overflow),
@@ -331,6 +449,25 @@ impl<K: Hash + Eq + Clone> KeyedCircuitBreakerHandle<K> {
     }
 
     /// How many keys have a breaker.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, KeyedCircuitBreakerLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let per_host = |req: &(&'static str, u16)| req.0;
+    /// let (layer, handle) = KeyedCircuitBreakerLayer::pair(CircuitBreakerConfig::default(), 64, per_host).unwrap();
+    /// # let mut svc = ServiceBuilder::new().layer(layer).service_fn(|(_host, status): (&'static str, u16)| async move {
+    /// #     Ok::<_, BoxError>(http::Response::builder().status(status).body(()).unwrap())
+    /// # });
+    /// for host in ["api.github.com", "gitlab.com", "api.github.com"] {
+    ///     svc.ready().await.unwrap().call((host, 200)).await.unwrap();
+    /// }
+    /// assert_eq!(handle.len(), 2);
+    /// # }
+    /// ```
     pub fn len(&self) -> usize {
         self.shared
             .map
@@ -340,11 +477,51 @@ impl<K: Hash + Eq + Clone> KeyedCircuitBreakerHandle<K> {
     }
 
     /// Whether no key has a breaker yet.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, KeyedCircuitBreakerLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let per_host = |req: &(&'static str, u16)| req.0;
+    /// let (layer, handle) = KeyedCircuitBreakerLayer::pair(CircuitBreakerConfig::default(), 64, per_host).unwrap();
+    /// # let mut svc = ServiceBuilder::new().layer(layer).service_fn(|(_host, status): (&'static str, u16)| async move {
+    /// #     Ok::<_, BoxError>(http::Response::builder().status(status).body(()).unwrap())
+    /// # });
+    /// assert!(handle.is_empty());
+    /// svc.ready().await.unwrap().call(("gitea.example.com", 200)).await.unwrap();
+    /// assert!(!handle.is_empty());
+    /// # }
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Every key with its snapshot.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitState, KeyedCircuitBreakerLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let per_host = |req: &(&'static str, u16)| req.0;
+    /// let config = CircuitBreakerConfig::default().consecutive_failures(1);
+    /// let (layer, handle) = KeyedCircuitBreakerLayer::pair(config, 64, per_host).unwrap();
+    /// # let mut svc = ServiceBuilder::new().layer(layer).service_fn(|(_host, status): (&'static str, u16)| async move {
+    /// #     Ok::<_, BoxError>(http::Response::builder().status(status).body(()).unwrap())
+    /// # });
+    /// svc.ready().await.unwrap().call(("api.github.com", 200)).await.unwrap();
+    /// svc.ready().await.unwrap().call(("gitlab.com", 503)).await.unwrap();
+    ///
+    /// let mut states: Vec<_> = handle.snapshots().into_iter().map(|(host, s)| (host, s.state)).collect();
+    /// states.sort_by_key(|(host, _)| *host);
+    /// assert_eq!(states, [("api.github.com", CircuitState::Closed), ("gitlab.com", CircuitState::Open)]);
+    /// # }
+    /// ```
     pub fn snapshots(&self) -> Vec<(K, Snapshot)> {
         let cores: Vec<(K, Arc<Core>)> = {
             let map = self.shared.map.read().unwrap_or_else(|p| p.into_inner());

@@ -81,6 +81,18 @@ impl CircuitBreakerLayer {
     /// # Errors
     ///
     /// A [`ConfigError`] naming the first setting out of range.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer};
+    ///
+    /// let layer = CircuitBreakerLayer::new(CircuitBreakerConfig::default().name("github")).unwrap();
+    /// assert_eq!(layer.handle().name(), "github");
+    ///
+    /// let err = CircuitBreakerLayer::new(CircuitBreakerConfig::default().minimum_calls(0)).unwrap_err();
+    /// assert_eq!(err.setting(), "minimum_calls");
+    /// ```
     pub fn new(config: CircuitBreakerConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         Ok(Self {
@@ -91,6 +103,27 @@ impl CircuitBreakerLayer {
     }
 
     /// A breaker for HTTP or gRPC calls with the default configuration.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use http::Response;
+    /// # use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerLayer, CircuitState};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let layer = CircuitBreakerLayer::new_for_http();
+    /// let handle = layer.handle();
+    /// # let mut svc = ServiceBuilder::new().layer(layer).service_fn(|status: u16| async move {
+    /// #     Ok::<_, BoxError>(Response::builder().status(status).body(()).unwrap())
+    /// # });
+    /// // The defaults: 5 failures in a row open the breaker.
+    /// for _ in 0..5 {
+    ///     svc.ready().await.unwrap().call(500).await.unwrap();
+    /// }
+    /// assert_eq!(handle.state(), CircuitState::Open);
+    /// # }
+    /// ```
     pub fn new_for_http() -> Self {
         Self {
             core: Core::new(CircuitBreakerConfig::default()),
@@ -105,6 +138,18 @@ impl CircuitBreakerLayer {
     /// # Errors
     ///
     /// A [`ConfigError`] naming the variable whose value is wrong.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerLayer, CircuitState};
+    ///
+    /// match CircuitBreakerLayer::from_env() {
+    ///     Ok(layer) => assert_eq!(layer.handle().state(), CircuitState::Closed),
+    ///     // The message names the variable to fix.
+    ///     Err(err) => assert!(err.setting().starts_with("CIRCUIT_BREAKER_")),
+    /// }
+    /// ```
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::new(CircuitBreakerConfig::from_env()?)
     }
@@ -114,6 +159,25 @@ impl CircuitBreakerLayer {
     /// # Errors
     ///
     /// A [`ConfigError`] naming the first setting out of range.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use http::Response;
+    /// # use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let (layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+    /// # let mut svc = ServiceBuilder::new().layer(layer).service_fn(|status: u16| async move {
+    /// #     Ok::<_, BoxError>(Response::builder().status(status).body(()).unwrap())
+    /// # });
+    /// svc.ready().await.unwrap().call(502).await.unwrap();
+    /// svc.ready().await.unwrap().call(200).await.unwrap();
+    /// let snapshot = handle.snapshot();
+    /// assert_eq!((snapshot.failed_calls, snapshot.successful_calls), (1, 1));
+    /// # }
+    /// ```
     pub fn pair(config: CircuitBreakerConfig) -> Result<(Self, CircuitBreakerHandle), ConfigError> {
         let layer = Self::new(config)?;
         let handle = layer.handle();
@@ -124,6 +188,29 @@ impl CircuitBreakerLayer {
 impl<C> CircuitBreakerLayer<C> {
     /// Uses `classifier` to decide outcomes: a [`ClassifyOutcome`], or a closure
     /// `Fn(&Result<Res, E>) -> Outcome`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::{Response, StatusCode};
+    /// use tower::{BoxError, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState, Outcome};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// // This upstream answers 404 when its database is gone.
+    /// let classify = |r: &Result<Response<()>, BoxError>| match r {
+    ///     Ok(res) if res.status() == StatusCode::NOT_FOUND || res.status().is_server_error() => Outcome::Failure,
+    ///     Ok(_) => Outcome::Success,
+    ///     Err(_) => Outcome::Failure,
+    /// };
+    /// let (layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default().consecutive_failures(1)).unwrap();
+    /// let svc = ServiceBuilder::new().layer(layer.with_classifier(classify)).service_fn(|_: ()| async {
+    ///     Ok::<_, BoxError>(Response::builder().status(404).body(()).unwrap())
+    /// });
+    /// svc.oneshot(()).await.unwrap();
+    /// assert_eq!(handle.state(), CircuitState::Open);
+    /// # }
+    /// ```
     pub fn with_classifier<C2>(self, classifier: C2) -> CircuitBreakerLayer<C2> {
         CircuitBreakerLayer {
             core: self.core,
@@ -136,12 +223,51 @@ impl<C> CircuitBreakerLayer<C> {
     /// has passed, instead of accepting the call and rejecting it. FORCED_OPEN and a HALF_OPEN
     /// breaker without free probe permits still reject in `call`. The wait is a
     /// `tokio::time::Sleep`: it needs a Tokio runtime with the time driver enabled.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # use http::Response;
+    /// # use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// let (layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+    /// let layer = layer.with_backpressure();
+    /// # let mut svc = ServiceBuilder::new().layer(layer).service_fn(|status: u16| async move {
+    /// #     Ok::<_, BoxError>(Response::builder().status(status).body(()).unwrap())
+    /// # });
+    /// handle.transition_to_open().unwrap();
+    ///
+    /// // Not ready while OPEN...
+    /// assert!(tokio::time::timeout(Duration::from_secs(29), svc.ready()).await.is_err());
+    /// // ...ready once the 30 s have passed, for a probe.
+    /// svc.ready().await.unwrap();
+    /// assert_eq!(handle.state(), CircuitState::HalfOpen);
+    /// # }
+    /// ```
     pub fn with_backpressure(mut self) -> Self {
         self.backpressure = true;
         self
     }
 
     /// The handle to this layer's breaker.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower::Layer;
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState};
+    ///
+    /// let layer = CircuitBreakerLayer::new(CircuitBreakerConfig::default()).unwrap();
+    /// let handle = layer.handle();
+    /// let svc = layer.layer(tower::service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }));
+    ///
+    /// // Every service of the layer shares the handle's breaker.
+    /// handle.transition_to_forced_open().unwrap();
+    /// assert_eq!(svc.handle().state(), CircuitState::ForcedOpen);
+    /// ```
     pub fn handle(&self) -> CircuitBreakerHandle {
         CircuitBreakerHandle {
             core: Arc::clone(&self.core),
@@ -235,6 +361,20 @@ impl<S: fmt::Debug, C> fmt::Debug for CircuitBreaker<S, C> {
 
 impl<S, C> CircuitBreaker<S, C> {
     /// The handle to this service's breaker.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::Response;
+    /// use tower::{BoxError, ServiceBuilder};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerLayer, CircuitState};
+    ///
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(CircuitBreakerLayer::new_for_http())
+    ///     .service_fn(|_: ()| async { Ok::<_, BoxError>(Response::new(())) });
+    /// let handle = svc.handle();
+    /// assert_eq!(handle.state(), CircuitState::Closed);
+    /// ```
     pub fn handle(&self) -> CircuitBreakerHandle {
         CircuitBreakerHandle {
             core: Arc::clone(&self.core),
@@ -242,6 +382,21 @@ impl<S, C> CircuitBreaker<S, C> {
     }
 
     /// The inner service.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower::Layer;
+    /// use tower_webhook::circuit_breaker::CircuitBreakerLayer;
+    ///
+    /// #[derive(Clone)]
+    /// struct ApiClient {
+    ///     base_url: &'static str,
+    /// }
+    ///
+    /// let svc = CircuitBreakerLayer::new_for_http().layer(ApiClient { base_url: "https://api.github.com" });
+    /// assert_eq!(svc.get_ref().base_url, "https://api.github.com");
+    /// ```
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
@@ -390,6 +545,29 @@ where
 
 /// Response future of [`CircuitBreaker`]: the inner future, classified when it completes, or
 /// a ready [`CircuitOpen`] error.
+///
+/// # Example
+///
+/// ```
+/// # use http::Response;
+/// # use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+/// use tower_webhook::circuit_breaker::{CircuitBreakerLayer, ResponseFuture};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let layer = CircuitBreakerLayer::new_for_http();
+/// let handle = layer.handle();
+/// # let mut svc = ServiceBuilder::new().layer(layer).service_fn(|status: u16| async move {
+/// #     Ok::<_, BoxError>(Response::builder().status(status).body(()).unwrap())
+/// # });
+/// let future: ResponseFuture<_, _> = svc.ready().await.unwrap().call(200);
+/// assert_eq!(future.await.unwrap().status(), 200);
+///
+/// handle.transition_to_forced_open().unwrap();
+/// let future = svc.ready().await.unwrap().call(200);
+/// assert_eq!(format!("{future:?}"), r#"ResponseFuture { kind: "rejected" }"#);
+/// assert!(future.await.is_err());
+/// # }
+/// ```
 #[pin_project]
 pub struct ResponseFuture<F, C> {
     #[pin]
@@ -493,16 +671,62 @@ impl fmt::Debug for CircuitBreakerHandle {
 impl CircuitBreakerHandle {
     /// The current state (time-driven transitions that are due are applied first: an OPEN
     /// breaker whose open duration has passed reports HALF_OPEN).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// let (_layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+    /// handle.transition_to_open().unwrap();
+    /// assert_eq!(handle.state(), CircuitState::Open);
+    /// tokio::time::advance(Duration::from_secs(30)).await;
+    /// assert_eq!(handle.state(), CircuitState::HalfOpen);
+    /// # }
+    /// ```
     pub fn state(&self) -> CircuitState {
         self.core.state()
     }
 
     /// A snapshot of the state and the window's counts and rates.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use http::Response;
+    /// # use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let (layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+    /// # let mut svc = ServiceBuilder::new().layer(layer).service_fn(|status: u16| async move {
+    /// #     Ok::<_, BoxError>(Response::builder().status(status).body(()).unwrap())
+    /// # });
+    /// for status in [500, 503] {
+    ///     svc.ready().await.unwrap().call(status).await.unwrap();
+    /// }
+    /// let snapshot = handle.snapshot();
+    /// assert_eq!(snapshot.failed_calls, 2);
+    /// assert_eq!(snapshot.consecutive_failures, 2);
+    /// assert_eq!(snapshot.failure_rate, None); // fewer than `minimum_calls` so far
+    /// # }
+    /// ```
     pub fn snapshot(&self) -> Snapshot {
         self.core.snapshot()
     }
 
     /// The breaker's name.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer};
+    ///
+    /// let (_layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default().name("azure-devops")).unwrap();
+    /// assert_eq!(handle.name(), "azure-devops");
+    /// ```
     pub fn name(&self) -> &str {
         &self.core.config.name
     }
@@ -512,6 +736,18 @@ impl CircuitBreakerHandle {
     /// # Errors
     ///
     /// [`IllegalTransition`] for CLOSED to HALF_OPEN and METRICS_ONLY to OPEN or HALF_OPEN.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState};
+    ///
+    /// let (_layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+    /// // A state chosen at run time, e.g. from an admin endpoint.
+    /// let wanted: CircuitState = CircuitState::Disabled;
+    /// handle.transition_to(wanted).unwrap();
+    /// assert_eq!(handle.state(), CircuitState::Disabled);
+    /// ```
     pub fn transition_to(&self, to: CircuitState) -> Result<(), IllegalTransition> {
         self.core.transition_to(to)
     }
@@ -521,6 +757,20 @@ impl CircuitBreakerHandle {
     /// # Errors
     ///
     /// Never in practice; kept for symmetry with the other transitions.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// let (_layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+    /// handle.transition_to_open().unwrap();
+    /// handle.transition_to_closed().unwrap();
+    /// assert_eq!(handle.state(), CircuitState::Closed);
+    /// assert_eq!(handle.snapshot().retry_after_ms, None);
+    /// # }
+    /// ```
     pub fn transition_to_closed(&self) -> Result<(), IllegalTransition> {
         self.transition_to(CircuitState::Closed)
     }
@@ -530,6 +780,19 @@ impl CircuitBreakerHandle {
     /// # Errors
     ///
     /// [`IllegalTransition`] from METRICS_ONLY.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// let (_layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+    /// handle.transition_to_open().unwrap();
+    /// assert_eq!(handle.state(), CircuitState::Open);
+    /// assert_eq!(handle.snapshot().retry_after_ms, Some(30_000));
+    /// # }
+    /// ```
     pub fn transition_to_open(&self) -> Result<(), IllegalTransition> {
         self.transition_to(CircuitState::Open)
     }
@@ -539,6 +802,20 @@ impl CircuitBreakerHandle {
     /// # Errors
     ///
     /// [`IllegalTransition`] from CLOSED or METRICS_ONLY.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// let (_layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+    /// assert!(handle.transition_to_half_open().is_err()); // not from CLOSED
+    /// handle.transition_to_open().unwrap();
+    /// handle.transition_to_half_open().unwrap(); // probe now instead of in 30 s
+    /// assert_eq!(handle.state(), CircuitState::HalfOpen);
+    /// # }
+    /// ```
     pub fn transition_to_half_open(&self) -> Result<(), IllegalTransition> {
         self.transition_to(CircuitState::HalfOpen)
     }
@@ -548,6 +825,25 @@ impl CircuitBreakerHandle {
     /// # Errors
     ///
     /// Never in practice.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use tower::{BoxError, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitOpen, CircuitState, Outcome};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let (layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+    /// # let svc = ServiceBuilder::new()
+    /// #     .layer(layer.with_classifier(|_: &Result<(), BoxError>| Outcome::Success))
+    /// #     .service_fn(|_: ()| async { Ok::<_, BoxError>(()) });
+    /// // Maintenance window: call nothing until told otherwise.
+    /// handle.transition_to_forced_open().unwrap();
+    /// let err = svc.oneshot(()).await.unwrap_err();
+    /// assert_eq!(err.downcast_ref::<CircuitOpen>().unwrap().state(), CircuitState::ForcedOpen);
+    /// assert_eq!(handle.snapshot().not_permitted_calls, 1);
+    /// # }
+    /// ```
     pub fn transition_to_forced_open(&self) -> Result<(), IllegalTransition> {
         self.transition_to(CircuitState::ForcedOpen)
     }
@@ -557,6 +853,25 @@ impl CircuitBreakerHandle {
     /// # Errors
     ///
     /// Never in practice.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use http::Response;
+    /// # use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let (layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default().consecutive_failures(1)).unwrap();
+    /// # let mut svc = ServiceBuilder::new().layer(layer).service_fn(|status: u16| async move {
+    /// #     Ok::<_, BoxError>(Response::builder().status(status).body(()).unwrap())
+    /// # });
+    /// handle.transition_to_disabled().unwrap();
+    /// svc.ready().await.unwrap().call(500).await.unwrap();
+    /// assert_eq!(handle.state(), CircuitState::Disabled);
+    /// assert_eq!(handle.snapshot().failed_calls, 0);
+    /// # }
+    /// ```
     pub fn transition_to_disabled(&self) -> Result<(), IllegalTransition> {
         self.transition_to(CircuitState::Disabled)
     }
@@ -566,11 +881,52 @@ impl CircuitBreakerHandle {
     /// # Errors
     ///
     /// Never in practice.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use http::Response;
+    /// # use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let (layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default().consecutive_failures(1)).unwrap();
+    /// # let mut svc = ServiceBuilder::new().layer(layer).service_fn(|status: u16| async move {
+    /// #     Ok::<_, BoxError>(Response::builder().status(status).body(()).unwrap())
+    /// # });
+    /// // Try the thresholds in production without rejecting anything.
+    /// handle.transition_to_metrics_only().unwrap();
+    /// svc.ready().await.unwrap().call(500).await.unwrap();
+    /// assert_eq!(handle.state(), CircuitState::MetricsOnly);
+    /// assert_eq!(handle.snapshot().failed_calls, 1);
+    /// # }
+    /// ```
     pub fn transition_to_metrics_only(&self) -> Result<(), IllegalTransition> {
         self.transition_to(CircuitState::MetricsOnly)
     }
 
     /// Back to a fresh CLOSED from any state: window, counters and backoff attempts cleared.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use http::Response;
+    /// # use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let (layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default().consecutive_failures(1)).unwrap();
+    /// # let mut svc = ServiceBuilder::new().layer(layer).service_fn(|status: u16| async move {
+    /// #     Ok::<_, BoxError>(Response::builder().status(status).body(()).unwrap())
+    /// # });
+    /// svc.ready().await.unwrap().call(500).await.unwrap();
+    /// assert_eq!(handle.state(), CircuitState::Open);
+    ///
+    /// handle.reset();
+    /// assert_eq!(handle.state(), CircuitState::Closed);
+    /// assert_eq!(handle.snapshot().failed_calls, 0);
+    /// # }
+    /// ```
     pub fn reset(&self) {
         self.core.reset();
     }

@@ -91,6 +91,26 @@ impl Deadline {
 /// How a call ended, as far as the breaker is concerned.
 ///
 /// See the [module docs](super).
+///
+/// # Example
+///
+/// ```
+/// use tower::{BoxError, ServiceBuilder, ServiceExt};
+/// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, Outcome};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let (layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+/// let svc = ServiceBuilder::new()
+///     .layer(layer.with_classifier(|r: &Result<u32, BoxError>| match r {
+///         Ok(0) => Outcome::Neutral, // nothing to sync: says nothing about the upstream
+///         Ok(_) => Outcome::Success,
+///         Err(_) => Outcome::Failure,
+///     }))
+///     .service_fn(|n: u32| async move { Ok::<_, BoxError>(n) });
+/// svc.oneshot(0).await.unwrap();
+/// assert_eq!(handle.snapshot().buffered_calls, 0);
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Outcome {
     /// The call worked (or failed for reasons that say nothing about the upstream's health,
@@ -1241,6 +1261,33 @@ impl Recorder {
     }
 
     /// Records how the call ended.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower::{BoxError, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState, ClassifyOutcome, Outcome, Recorder};
+    ///
+    /// #[derive(Clone)]
+    /// struct ErrorsAreFailures;
+    ///
+    /// impl<Res, E> ClassifyOutcome<Res, E> for ErrorsAreFailures {
+    ///     type Response = Res;
+    ///     fn classify(&self, result: Result<Res, E>, recorder: Recorder) -> Result<Res, E> {
+    ///         recorder.record(if result.is_ok() { Outcome::Success } else { Outcome::Failure });
+    ///         result
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let (layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default().consecutive_failures(1)).unwrap();
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(layer.with_classifier(ErrorsAreFailures))
+    ///     .service_fn(|_: ()| async { Err::<(), BoxError>("connection refused".into()) });
+    /// svc.oneshot(()).await.unwrap_err();
+    /// assert_eq!(handle.state(), CircuitState::Open);
+    /// # }
+    /// ```
     #[inline]
     pub fn record(self, outcome: Outcome) {
         self.finish(outcome, None);
@@ -1249,6 +1296,48 @@ impl Recorder {
     /// Records how the call ended, with the upstream's `Retry-After` (used when this failure
     /// opens the breaker and [`honor_retry_after`](super::CircuitBreakerConfig::honor_retry_after)
     /// is set).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use http::Response;
+    /// use tower::{BoxError, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, ClassifyOutcome, Outcome, Recorder};
+    ///
+    /// /// Reads the `RateLimit-Reset` header (seconds) of a rate-limited answer.
+    /// #[derive(Clone)]
+    /// struct RateLimitAware;
+    ///
+    /// impl<B, E> ClassifyOutcome<Response<B>, E> for RateLimitAware {
+    ///     type Response = Response<B>;
+    ///     fn classify(&self, result: Result<Response<B>, E>, recorder: Recorder) -> Result<Response<B>, E> {
+    ///         match &result {
+    ///             Ok(res) if res.status() == 429 => {
+    ///                 let reset = res.headers().get("ratelimit-reset").and_then(|v| v.to_str().ok());
+    ///                 let wait = reset.and_then(|v| v.parse().ok()).map(Duration::from_secs);
+    ///                 recorder.record_with_retry_after(Outcome::Failure, wait);
+    ///             }
+    ///             Ok(res) if res.status().is_server_error() => recorder.record(Outcome::Failure),
+    ///             Ok(_) => recorder.record(Outcome::Success),
+    ///             Err(_) => recorder.record(Outcome::Failure),
+    ///         }
+    ///         result
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// let config = CircuitBreakerConfig::default()
+    ///     .consecutive_failures(1)
+    ///     .honor_retry_after(Duration::from_secs(600));
+    /// let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
+    /// let svc = ServiceBuilder::new().layer(layer.with_classifier(RateLimitAware)).service_fn(|_: ()| async {
+    ///     Ok::<_, BoxError>(Response::builder().status(429).header("ratelimit-reset", "90").body(()).unwrap())
+    /// });
+    /// svc.oneshot(()).await.unwrap();
+    /// assert_eq!(handle.snapshot().retry_after_ms, Some(90_000));
+    /// # }
+    /// ```
     #[inline]
     pub fn record_with_retry_after(self, outcome: Outcome, retry_after: Option<Duration>) {
         self.finish(outcome, retry_after);

@@ -21,8 +21,27 @@ use super::secret::Secret;
 use crate::BoxError;
 
 /// bore's default control port.
+///
+/// # Example
+///
+/// ```
+/// use tower_webhook::tunnel::{BORE_CONTROL_PORT, Bore, Provider};
+///
+/// assert_eq!(BORE_CONTROL_PORT, 7835);
+/// let bore = Bore::new().server("bore.example.com");
+/// assert!(bore.hint().unwrap().contains("bore.example.com:7835"));
+/// ```
 pub const BORE_CONTROL_PORT: u16 = 7835;
 /// The public bore server.
+///
+/// # Example
+///
+/// ```
+/// use tower_webhook::tunnel::{BORE_PUBLIC_SERVER, Bore, Provider};
+///
+/// assert_eq!(BORE_PUBLIC_SERVER, "bore.pub");
+/// assert!(Bore::new().hint().unwrap().contains("bore.pub:7835"));
+/// ```
 pub const BORE_PUBLIC_SERVER: &str = "bore.pub";
 /// Largest frame bore sends or accepts.
 const MAX_FRAME: usize = 256;
@@ -38,6 +57,23 @@ const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(8);
 /// open at once, a new one is not opened (the server drops it after its own wait, as if nobody
 /// had accepted it) and a warning is logged, so a broken or hostile server cannot make the client
 /// open connections without bound.
+///
+/// # Example
+///
+/// ```
+/// use tower::ServiceBuilder;
+/// use tower_webhook::tunnel::{BORE_MAX_CONNECTIONS, Upstream};
+///
+/// // Serve as many requests at once as one bore tunnel brings, and no more.
+/// let app = ServiceBuilder::new()
+///     .concurrency_limit(BORE_MAX_CONNECTIONS)
+///     .service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+///         Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+///     });
+/// let upstream = Upstream::service(app);
+/// assert_eq!(BORE_MAX_CONNECTIONS, 256);
+/// assert_eq!(format!("{upstream:?}"), "Upstream(service)");
+/// ```
 pub const BORE_MAX_CONNECTIONS: usize = 256;
 
 #[derive(Debug, Serialize)]
@@ -107,6 +143,18 @@ impl Default for Bore {
 
 impl Bore {
     /// The public server `bore.pub`, port 7835, no secret, any remote port, 10 s to start.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::tunnel::{Bore, Provider};
+    ///
+    /// let bore = Bore::new();
+    /// assert_eq!(bore.name(), "bore");
+    /// assert_eq!(Provider::startup_timeout(&bore), Duration::from_secs(10));
+    /// assert!(format!("{bore:?}").contains(r#"server: "bore.pub", control_port: 7835, secret: None"#));
+    /// ```
     pub fn new() -> Self {
         Self {
             server: BORE_PUBLIC_SERVER.to_owned(),
@@ -118,6 +166,20 @@ impl Bore {
     }
 
     /// The server's host name or IP address; `host:port` also sets the control port.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::{Bore, Provider};
+    ///
+    /// // `host:port` sets the control port too.
+    /// let bore = Bore::new().server("tunnel.example.com:9000");
+    /// assert!(bore.hint().unwrap().contains("tunnel.example.com:9000"));
+    ///
+    /// // A shared TUNNEL_SERVER URL names the host; bore's control port stays 7835.
+    /// let bore = Bore::new().server("https://tunnel.example.com/");
+    /// assert!(bore.hint().unwrap().contains("tunnel.example.com:7835"));
+    /// ```
     pub fn server(mut self, server: impl Into<String>) -> Self {
         let server = server.into();
         let server = server.trim().trim_end_matches('/');
@@ -156,24 +218,64 @@ impl Bore {
     }
 
     /// The control port (default 7835).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::{Bore, Provider};
+    ///
+    /// let bore = Bore::new().server("10.0.0.5").control_port(17835);
+    /// assert!(bore.hint().unwrap().contains("10.0.0.5:17835"));
+    /// ```
     pub fn control_port(mut self, port: u16) -> Self {
         self.control_port = port;
         self
     }
 
     /// The server's secret (`bore server --secret`).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::Bore;
+    ///
+    /// let bore = Bore::new().server("bore.example.com").secret("s3cret");
+    /// let shown = format!("{bore:?}");
+    /// assert!(shown.contains(r#"secret: Some("<redacted>")"#));
+    /// assert!(!shown.contains("s3cret"));
+    /// ```
     pub fn secret(mut self, secret: impl Into<String>) -> Self {
         self.secret = Some(Arc::new(Secret::new(secret.into())));
         self
     }
 
     /// Asks for this public port (default 0: any free port).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::Bore;
+    ///
+    /// // A fixed public port, so the webhook URL survives restarts.
+    /// let bore = Bore::new().server("bore.example.com").remote_port(40_000);
+    /// assert!(format!("{bore:?}").contains("remote_port: 40000"));
+    /// ```
     pub fn remote_port(mut self, port: u16) -> Self {
         self.remote_port = port;
         self
     }
 
     /// The hard startup limit (default 10 s).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::tunnel::{Bore, Provider};
+    ///
+    /// let bore = Bore::new().startup_timeout(Duration::from_secs(3));
+    /// assert_eq!(Provider::startup_timeout(&bore), Duration::from_secs(3));
+    /// ```
     pub fn startup_timeout(mut self, timeout: Duration) -> Self {
         self.startup_timeout = timeout;
         self

@@ -111,6 +111,18 @@ impl Default for Cloudflared {
 
 impl Cloudflared {
     /// `cloudflared` from `PATH`, 30 s to start, 5 s between SIGINT and SIGKILL.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::tunnel::{Cloudflared, Provider};
+    ///
+    /// let cloudflared = Cloudflared::new();
+    /// assert_eq!(cloudflared.name(), "cloudflared");
+    /// assert_eq!(Provider::startup_timeout(&cloudflared), Duration::from_secs(30));
+    /// assert!(format!("{cloudflared:?}").contains(r#"binary: "cloudflared""#));
+    /// ```
     pub fn new() -> Self {
         Self {
             binary: PathBuf::from("cloudflared"),
@@ -122,12 +134,38 @@ impl Cloudflared {
     }
 
     /// The executable: a path, or a bare name looked up on `PATH`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::{Cloudflared, Tunnel, TunnelError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let missing = std::env::temp_dir().join("no-such-dir").join("cloudflared");
+    /// let err = Tunnel::builder()
+    ///     .provider(Cloudflared::new().binary(&missing))
+    ///     .start(std::net::SocketAddr::from(([127, 0, 0, 1], 3000)))
+    ///     .await
+    ///     .unwrap_err();
+    /// let TunnelError::AllFailed { attempts } = err else { panic!("{err}") };
+    /// assert!(attempts[0].reason.contains("does not exist"));
+    /// # Ok(()) }
+    /// ```
     pub fn binary(mut self, binary: impl Into<PathBuf>) -> Self {
         self.binary = binary.into();
         self
     }
 
     /// Passes `--region` to cloudflared (for example `us`).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::Cloudflared;
+    ///
+    /// let cloudflared = Cloudflared::new().region("us");
+    /// assert!(format!("{cloudflared:?}").contains(r#"region: Some("us")"#));
+    /// ```
     pub fn region(mut self, region: impl Into<String>) -> Self {
         self.region = Some(region.into());
         self
@@ -137,18 +175,54 @@ impl Cloudflared {
     ///
     /// The value of a secret-looking flag (`--token <value>`, `--credentials-file=<path>`) is
     /// shown as `<redacted>` by `Debug`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::Cloudflared;
+    ///
+    /// let cloudflared = Cloudflared::new()
+    ///     .arg("--protocol")
+    ///     .arg("http2")
+    ///     .arg("--token")
+    ///     .arg("eyJhIjoiMTIzIn0");
+    /// let shown = format!("{cloudflared:?}");
+    /// assert!(shown.contains(r#"["--protocol", "http2", "--token", "<redacted>"]"#));
+    /// assert!(!shown.contains("eyJhIjoiMTIzIn0"));
+    /// ```
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.args.push(arg.into());
         self
     }
 
     /// The hard startup limit (default 30 s).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::tunnel::{Cloudflared, Provider};
+    ///
+    /// // A slow network needs longer than the default 30 s.
+    /// let cloudflared = Cloudflared::new().startup_timeout(Duration::from_secs(60));
+    /// assert_eq!(Provider::startup_timeout(&cloudflared), Duration::from_secs(60));
+    /// ```
     pub fn startup_timeout(mut self, timeout: Duration) -> Self {
         self.startup_timeout = timeout;
         self
     }
 
     /// Time between SIGINT and SIGKILL when the tunnel closes (default 5 s).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::tunnel::Cloudflared;
+    ///
+    /// let cloudflared = Cloudflared::new().stop_grace(Duration::from_secs(1));
+    /// assert!(format!("{cloudflared:?}").contains("stop_grace: 1s"));
+    /// ```
     pub fn stop_grace(mut self, grace: Duration) -> Self {
         self.stop_grace = grace;
         self

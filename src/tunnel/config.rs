@@ -7,6 +7,17 @@ use super::secret::Secret;
 use super::{Bore, Cloudflared, LocalTunnel, TunnelBuilder, TunnelError};
 
 /// One kind of provider, as named in `TUNNEL_SERVICE`.
+///
+/// # Example
+///
+/// ```
+/// use tower_webhook::tunnel::ProviderKind;
+///
+/// let kind: ProviderKind = "lt".parse().unwrap();
+/// assert_eq!(kind, ProviderKind::LocalTunnel);
+/// assert_eq!(kind.to_string(), "localtunnel");
+/// assert!("carrier-pigeon".parse::<ProviderKind>().is_err());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ProviderKind {
@@ -22,6 +33,15 @@ pub enum ProviderKind {
 
 impl ProviderKind {
     /// The name used in `TUNNEL_SERVICE`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::ProviderKind;
+    ///
+    /// assert_eq!(ProviderKind::Cloudflared.as_str(), "cloudflared");
+    /// assert_eq!("cloudflare".parse::<ProviderKind>().unwrap().as_str(), "cloudflared");
+    /// ```
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Ngrok => "ngrok",
@@ -110,6 +130,18 @@ impl TunnelConfig {
     /// # Errors
     ///
     /// [`TunnelError::Config`] naming the variable that is wrong.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::{TunnelConfig, TunnelError};
+    ///
+    /// match TunnelConfig::from_env() {
+    ///     Ok(config) => assert_eq!(config.builder().provider_names().len(), config.chain().len()),
+    ///     // The error names the variable to fix.
+    ///     Err(err) => assert!(matches!(err, TunnelError::Config { .. })),
+    /// }
+    /// ```
     pub fn from_env() -> Result<Self, TunnelError> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -119,6 +151,20 @@ impl TunnelConfig {
     /// # Errors
     ///
     /// [`TunnelError::Config`] naming the variable that is wrong.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use tower_webhook::tunnel::{ProviderKind, TunnelConfig};
+    ///
+    /// // Settings from a file or a secret store instead of the process environment.
+    /// let settings = HashMap::from([("TUNNEL_SERVER", "bore.internal:7835"), ("TUNNEL_SECRET", "s3cret")]);
+    /// let config = TunnelConfig::from_lookup(|name| settings.get(name).map(|v| v.to_string())).unwrap();
+    /// // Without TUNNEL_SERVICE, the default chain.
+    /// assert!(config.chain().ends_with(&[ProviderKind::Cloudflared, ProviderKind::LocalTunnel, ProviderKind::Bore]));
+    /// assert_eq!(config.server(), Some("bore.internal:7835"));
+    /// ```
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, TunnelError> {
         let get = |name: &str| {
             lookup(name)
@@ -175,26 +221,89 @@ impl TunnelConfig {
     }
 
     /// The providers, in order.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::{ProviderKind, TunnelConfig};
+    ///
+    /// let config = TunnelConfig::from_lookup(|name| {
+    ///     (name == "TUNNEL_SERVICE").then(|| "bore, lt, bore".to_owned())
+    /// })
+    /// .unwrap();
+    /// assert_eq!(config.chain(), [ProviderKind::Bore, ProviderKind::LocalTunnel]);
+    /// ```
     pub fn chain(&self) -> &[ProviderKind] {
         &self.chain
     }
 
     /// The region, if set.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::TunnelConfig;
+    ///
+    /// let config = TunnelConfig::from_lookup(|name| (name == "TUNNEL_REGION").then(|| "eu".to_owned())).unwrap();
+    /// assert_eq!(config.region(), Some("eu"));
+    /// ```
     pub fn region(&self) -> Option<&str> {
         self.region.as_deref()
     }
 
     /// The self-hosted server, if set.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::TunnelConfig;
+    ///
+    /// let config = TunnelConfig::from_lookup(|name| {
+    ///     (name == "TUNNEL_SERVER").then(|| " https://lt.internal ".to_owned())
+    /// })
+    /// .unwrap();
+    /// assert_eq!(config.server(), Some("https://lt.internal"));
+    /// ```
     pub fn server(&self) -> Option<&str> {
         self.server.as_deref()
     }
 
     /// Whether an ngrok auth token is set.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::TunnelConfig;
+    ///
+    /// let config = TunnelConfig::from_lookup(|name| {
+    ///     (name == "NGROK_AUTHTOKEN").then(|| "2abcTOKEN".to_owned())
+    /// })
+    /// .unwrap();
+    /// assert!(config.has_auth_token());
+    /// assert!(!format!("{config:?}").contains("2abcTOKEN"));
+    /// ```
     pub fn has_auth_token(&self) -> bool {
         self.auth_token.is_some()
     }
 
     /// A [`TunnelBuilder`] with the configured chain.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::tunnel::TunnelConfig;
+    ///
+    /// let config = TunnelConfig::from_lookup(|name| match name {
+    ///     "TUNNEL_SERVICE" => Some("bore".to_owned()),
+    ///     "TUNNEL_SECRET" => Some("s3cret".to_owned()),
+    ///     _ => None,
+    /// })
+    /// .unwrap();
+    /// let builder = config.builder().probe_timeout(Duration::from_secs(2));
+    /// assert_eq!(builder.provider_names(), ["bore"]);
+    /// assert!(!format!("{builder:?}").contains("s3cret"));
+    /// ```
     pub fn builder(&self) -> TunnelBuilder {
         let mut builder = TunnelBuilder::new();
         for kind in &self.chain {

@@ -42,6 +42,25 @@ pub enum TunnelError {
 }
 
 /// One failed attempt of one provider. See [`TunnelError::AllFailed`].
+///
+/// # Example
+///
+/// ```
+/// use tower_webhook::tunnel::{Bore, Tunnel, TunnelError};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // A port where no bore server listens.
+/// let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+/// let err = Tunnel::builder()
+///     .provider(Bore::new().server("127.0.0.1").control_port(port))
+///     .start(std::net::SocketAddr::from(([127, 0, 0, 1], 3000)))
+///     .await
+///     .unwrap_err();
+/// let TunnelError::AllFailed { attempts } = err else { panic!("{err}") };
+/// assert_eq!(attempts[0].provider, "bore");
+/// assert!(attempts[0].hint.as_ref().unwrap().contains(&format!("127.0.0.1:{port}")));
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Attempt {

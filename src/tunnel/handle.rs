@@ -37,6 +37,19 @@ pub struct Tunnel(());
 
 impl Tunnel {
     /// An empty chain with the default probe and reconnect settings.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::{Tunnel, TunnelError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let builder = Tunnel::builder();
+    /// assert!(builder.provider_names().is_empty());
+    /// let err = builder.start(std::net::SocketAddr::from(([127, 0, 0, 1], 3000))).await.unwrap_err();
+    /// assert!(matches!(err, TunnelError::NoProviders));
+    /// # Ok(()) }
+    /// ```
     pub fn builder() -> TunnelBuilder {
         TunnelBuilder::new()
     }
@@ -93,6 +106,16 @@ impl Default for TunnelBuilder {
 
 impl TunnelBuilder {
     /// An empty chain; probe on (5 s), reconnect on (backoff 250 ms doubling to 30 s).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::TunnelBuilder;
+    ///
+    /// let shown = format!("{:?}", TunnelBuilder::new());
+    /// assert!(shown.contains("probe: true, probe_timeout: 5s, reconnect: true"));
+    /// assert!(shown.contains("backoff_min: 250ms, backoff_max: 30s"));
+    /// ```
     pub fn new() -> Self {
         Self {
             providers: Vec::new(),
@@ -107,6 +130,17 @@ impl TunnelBuilder {
     }
 
     /// Adds a provider at the end of the chain.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::{Bore, Cloudflared, Tunnel};
+    ///
+    /// let builder = Tunnel::builder()
+    ///     .provider(Cloudflared::new())
+    ///     .provider(Bore::new().server("bore.example.com"));
+    /// assert_eq!(builder.provider_names(), ["cloudflared", "bore"]);
+    /// ```
     pub fn provider(mut self, provider: impl Provider) -> Self {
         self.providers.push(Arc::new(provider));
         self
@@ -114,17 +148,54 @@ impl TunnelBuilder {
 
     /// Adds a provider to try when the ones before it fail (the same as
     /// [`provider`](Self::provider), named for reading).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::{Bore, LocalTunnel, Tunnel};
+    ///
+    /// let builder = Tunnel::builder()
+    ///     .provider(LocalTunnel::new())
+    ///     .fallback(Bore::new());
+    /// assert_eq!(builder.provider_names(), ["localtunnel", "bore"]);
+    /// ```
     pub fn fallback(self, provider: impl Provider) -> Self {
         self.provider(provider)
     }
 
     /// Adds an already shared provider.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tower_webhook::tunnel::{Bore, Provider, Tunnel};
+    ///
+    /// // One provider shared by the chains of two servers.
+    /// let bore: Arc<dyn Provider> = Arc::new(Bore::new().server("bore.example.com"));
+    /// let api = Tunnel::builder().provider_arc(Arc::clone(&bore));
+    /// let hooks = Tunnel::builder().provider_arc(Arc::clone(&bore));
+    /// assert_eq!(api.provider_names(), hooks.provider_names());
+    /// assert_eq!(Arc::strong_count(&bore), 3);
+    /// ```
     pub fn provider_arc(mut self, provider: Arc<dyn Provider>) -> Self {
         self.providers.push(provider);
         self
     }
 
     /// The names of the providers, in order.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::TunnelConfig;
+    ///
+    /// let config = TunnelConfig::from_lookup(|name| {
+    ///     (name == "TUNNEL_SERVICE").then(|| "cloudflared,bore".to_owned())
+    /// })
+    /// .unwrap();
+    /// assert_eq!(config.builder().provider_names(), ["cloudflared", "bore"]);
+    /// ```
     pub fn provider_names(&self) -> Vec<String> {
         self.providers.iter().map(|p| p.name().to_owned()).collect()
     }
@@ -135,6 +206,48 @@ impl TunnelBuilder {
     /// public URL and requires the nonce back from this process. An `https://` URL (ngrok,
     /// cloudflared, hosted localtunnel) is probed over TLS, its certificate verified against
     /// [`tls_roots`](Self::tls_roots).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::{Tunnel, TunnelEvent, Upstream};
+    /// # use tower_webhook::tunnel::{BoxFuture, Provider, Session};
+    /// # #[derive(Debug)]
+    /// # struct Loopback;
+    /// # impl Provider for Loopback {
+    /// #     fn name(&self) -> &str { "loopback" }
+    /// #     fn open(&self, upstream: Upstream) -> BoxFuture<'_, Result<Session, tower_webhook::BoxError>> {
+    /// #         Box::pin(async move {
+    /// #             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// #             let url = format!("http://{}", listener.local_addr()?);
+    /// #             Ok(Session::spawn(url, |mut stop| async move {
+    /// #                 loop {
+    /// #                     tokio::select! {
+    /// #                         _ = stop.stopped() => return Ok(()),
+    /// #                         Ok((tcp, _)) = listener.accept() => {
+    /// #                             let upstream = upstream.clone();
+    /// #                             tokio::spawn(async move { upstream.serve_connection(tcp).await });
+    /// #                         }
+    /// #                     }
+    /// #                 }
+    /// #             }))
+    /// #         })
+    /// #     }
+    /// # }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+    /// #     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+    /// # });
+    /// let handle = Tunnel::builder()
+    ///     .provider(Loopback)
+    ///     .probe(false)
+    ///     .start(Upstream::service(app))
+    ///     .await?;
+    /// assert!(matches!(handle.status(), TunnelEvent::Up { verified: false, .. }));
+    /// handle.close().await;
+    /// # Ok(()) }
+    /// ```
     pub fn probe(mut self, enabled: bool) -> Self {
         self.probe = enabled;
         self
@@ -143,6 +256,19 @@ impl TunnelBuilder {
     /// The certificate authorities the probe trusts for an `https://` public URL (default
     /// [`TlsRoots::new`], the Mozilla root set). A provider's own https requests use the roots
     /// given to that provider (e.g. [`LocalTunnel::tls_roots`](super::LocalTunnel::tls_roots)).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::{TlsRoots, Tunnel};
+    ///
+    /// # let private_ca_der = rcgen::generate_simple_self_signed(vec!["ca.internal".to_owned()]).unwrap().cert.der().to_vec();
+    /// // Trust only the private CA of a self-hosted tunnel server.
+    /// let roots = TlsRoots::empty().add_certificate(private_ca_der)?;
+    /// let builder = Tunnel::builder().tls_roots(roots);
+    /// assert!(format!("{builder:?}").contains("TlsRoots { roots: 1, added: 1 }"));
+    /// # Ok::<(), tower_webhook::tunnel::TunnelError>(())
+    /// ```
     pub fn tls_roots(mut self, roots: TlsRoots) -> Self {
         self.tls = roots;
         self
@@ -154,18 +280,52 @@ impl TunnelBuilder {
     /// # Errors
     ///
     /// [`TunnelError::Config`] when the bytes are not a DER certificate.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::{Tunnel, TunnelError};
+    ///
+    /// # let private_ca_der = rcgen::generate_simple_self_signed(vec!["ca.internal".to_owned()]).unwrap().cert.der().to_vec();
+    /// let builder = Tunnel::builder().root_certificate(private_ca_der)?;
+    /// assert!(format!("{builder:?}").contains("added: 1"));
+    ///
+    /// let err = Tunnel::builder().root_certificate(b"-----BEGIN CERTIFICATE-----".to_vec()).unwrap_err();
+    /// assert!(matches!(err, TunnelError::Config { .. }));
+    /// # Ok::<(), TunnelError>(())
+    /// ```
     pub fn root_certificate(mut self, der: impl Into<Vec<u8>>) -> Result<Self, TunnelError> {
         self.tls = self.tls.add_certificate(der)?;
         Ok(self)
     }
 
     /// How long the probe may take, within the provider's startup timeout (default 5 s).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::tunnel::Tunnel;
+    ///
+    /// let builder = Tunnel::builder().probe_timeout(Duration::from_secs(2));
+    /// assert!(format!("{builder:?}").contains("probe_timeout: 2s"));
+    /// ```
     pub fn probe_timeout(mut self, timeout: Duration) -> Self {
         self.probe_timeout = timeout;
         self
     }
 
     /// Re-open the tunnel when it drops (default on).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::{Bore, Tunnel};
+    ///
+    /// // In a test, a dropped tunnel should fail loudly rather than come back.
+    /// let builder = Tunnel::builder().provider(Bore::new()).reconnect(false);
+    /// assert!(format!("{builder:?}").contains("reconnect: false"));
+    /// ```
     pub fn reconnect(mut self, enabled: bool) -> Self {
         self.reconnect = enabled;
         self
@@ -173,6 +333,20 @@ impl TunnelBuilder {
 
     /// The delay before re-opening: `min` doubling per failed round up to `max`, with jitter.
     /// A re-opened tunnel that drops again within `max` counts as a failed round.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::tunnel::Tunnel;
+    ///
+    /// let builder = Tunnel::builder().reconnect_backoff(Duration::from_millis(100), Duration::from_secs(10));
+    /// assert!(format!("{builder:?}").contains("backoff_min: 100ms, backoff_max: 10s"));
+    ///
+    /// // A maximum below the minimum is raised to it.
+    /// let builder = Tunnel::builder().reconnect_backoff(Duration::from_secs(2), Duration::from_secs(1));
+    /// assert!(format!("{builder:?}").contains("backoff_min: 2s, backoff_max: 2s"));
+    /// ```
     pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.backoff_min = min;
         self.backoff_max = max.max(min);
@@ -185,6 +359,56 @@ impl TunnelBuilder {
     ///
     /// [`TunnelError::NoProviders`] for an empty chain, [`TunnelError::AllFailed`] with every
     /// provider's reason when none works.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::{Tunnel, Upstream};
+    /// # use tower_webhook::tunnel::{BoxFuture, Provider, Session};
+    /// # #[derive(Debug)]
+    /// # struct Loopback;
+    /// # impl Provider for Loopback {
+    /// #     fn name(&self) -> &str { "loopback" }
+    /// #     fn open(&self, upstream: Upstream) -> BoxFuture<'_, Result<Session, tower_webhook::BoxError>> {
+    /// #         Box::pin(async move {
+    /// #             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// #             let url = format!("http://{}", listener.local_addr()?);
+    /// #             Ok(Session::spawn(url, |mut stop| async move {
+    /// #                 loop {
+    /// #                     tokio::select! {
+    /// #                         _ = stop.stopped() => return Ok(()),
+    /// #                         Ok((tcp, _)) = listener.accept() => {
+    /// #                             let upstream = upstream.clone();
+    /// #                             tokio::spawn(async move { upstream.serve_connection(tcp).await });
+    /// #                         }
+    /// #                     }
+    /// #                 }
+    /// #             }))
+    /// #         })
+    /// #     }
+    /// # }
+    /// # async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+    /// #     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// #     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    /// #     let head = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+    /// #     tcp.write_all(head.as_bytes()).await.unwrap();
+    /// #     let mut answer = String::new();
+    /// #     tcp.read_to_string(&mut answer).await.unwrap();
+    /// #     answer
+    /// # }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hello from the bot")))
+    /// });
+    /// // `Loopback` is a provider whose public URL is a local port, so that this runs offline.
+    /// let handle = Tunnel::builder().provider(Loopback).start(Upstream::service(app)).await?;
+    ///
+    /// let addr = handle.url().strip_prefix("http://").unwrap().parse()?;
+    /// assert!(get(addr, "/webhook").await.ends_with("hello from the bot"));
+    /// handle.close().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn start(self, upstream: impl Into<Upstream>) -> Result<TunnelHandle, TunnelError> {
         let upstream = upstream.into();
         if self.providers.is_empty() {
@@ -334,6 +558,29 @@ async fn probe(
 }
 
 /// A change of a tunnel's status. See [`TunnelHandle::events`].
+///
+/// # Example
+///
+/// ```
+/// use tower_webhook::tunnel::TunnelEvent;
+///
+/// fn describe(event: &TunnelEvent) -> String {
+///     match event {
+///         TunnelEvent::Up { url, .. } => format!("webhooks go to {url}"),
+///         TunnelEvent::UrlChanged { new, .. } => format!("update the webhook URL to {new}"),
+///         TunnelEvent::Down { reason, .. } => format!("tunnel down ({reason}), re-opening"),
+///         _ => "tunnel closed".to_owned(),
+///     }
+/// }
+///
+/// let event = TunnelEvent::UrlChanged {
+///     provider: "localtunnel".to_owned(),
+///     old: "https://old-name.loca.lt".to_owned(),
+///     new: "https://new-name.loca.lt".to_owned(),
+///     verified: true,
+/// };
+/// assert_eq!(describe(&event), "update the webhook URL to https://new-name.loca.lt");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TunnelEvent {
@@ -377,6 +624,20 @@ pub enum TunnelEvent {
 
 impl TunnelEvent {
     /// The URL this event is about (the new one for [`UrlChanged`](Self::UrlChanged)).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::TunnelEvent;
+    ///
+    /// let event = TunnelEvent::UrlChanged {
+    ///     provider: "bore".to_owned(),
+    ///     old: "http://bore.pub:41001".to_owned(),
+    ///     new: "http://bore.pub:41002".to_owned(),
+    ///     verified: true,
+    /// };
+    /// assert_eq!(event.url(), "http://bore.pub:41002");
+    /// ```
     pub fn url(&self) -> &str {
         match self {
             Self::Up { url, .. } | Self::Down { url, .. } | Self::Closed { url, .. } => url,
@@ -385,6 +646,19 @@ impl TunnelEvent {
     }
 
     /// The provider this event is about.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::TunnelEvent;
+    ///
+    /// let event = TunnelEvent::Down {
+    ///     provider: "bore".to_owned(),
+    ///     url: "http://bore.pub:41001".to_owned(),
+    ///     reason: "no heartbeat for 8 s".to_owned(),
+    /// };
+    /// assert_eq!(event.provider(), "bore");
+    /// ```
     pub fn provider(&self) -> &str {
         match self {
             Self::Up { provider, .. }
@@ -395,6 +669,21 @@ impl TunnelEvent {
     }
 
     /// Whether the tunnel is open after this event.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::TunnelEvent;
+    ///
+    /// let up = TunnelEvent::Up {
+    ///     provider: "cloudflared".to_owned(),
+    ///     url: "https://quiet-river.trycloudflare.com".to_owned(),
+    ///     verified: true,
+    /// };
+    /// let closed = TunnelEvent::Closed { provider: up.provider().to_owned(), url: up.url().to_owned() };
+    /// assert!(up.is_up());
+    /// assert!(!closed.is_up());
+    /// ```
     pub fn is_up(&self) -> bool {
         matches!(self, Self::Up { .. } | Self::UrlChanged { .. })
     }
@@ -430,26 +719,221 @@ pub struct TunnelHandle {
 
 impl TunnelHandle {
     /// The public URL (the last one, while the tunnel is down).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use tower_webhook::tunnel::{Tunnel, Upstream};
+    /// # use tower_webhook::tunnel::{BoxFuture, Provider, Session};
+    /// # #[derive(Debug)]
+    /// # struct Loopback;
+    /// # impl Provider for Loopback {
+    /// #     fn name(&self) -> &str { "loopback" }
+    /// #     fn open(&self, upstream: Upstream) -> BoxFuture<'_, Result<Session, tower_webhook::BoxError>> {
+    /// #         Box::pin(async move {
+    /// #             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// #             let url = format!("http://{}", listener.local_addr()?);
+    /// #             Ok(Session::spawn(url, |mut stop| async move {
+    /// #                 loop {
+    /// #                     tokio::select! {
+    /// #                         _ = stop.stopped() => return Ok(()),
+    /// #                         Ok((tcp, _)) = listener.accept() => {
+    /// #                             let upstream = upstream.clone();
+    /// #                             tokio::spawn(async move { upstream.serve_connection(tcp).await });
+    /// #                         }
+    /// #                     }
+    /// #                 }
+    /// #             }))
+    /// #         })
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+    /// #     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+    /// # });
+    /// # let handle = Tunnel::builder().provider(Loopback).start(Upstream::service(app)).await?;
+    /// let url = handle.url();
+    /// assert!(url.starts_with("http://127.0.0.1:"));
+    /// println!("set the webhook URL to {url}/webhook");
+    /// # handle.close().await;
+    /// # Ok(()) }
+    /// ```
     pub fn url(&self) -> String {
         self.status.borrow().url().to_owned()
     }
 
     /// The provider that opened the current tunnel.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use tower_webhook::tunnel::{Tunnel, Upstream};
+    /// # use tower_webhook::tunnel::{BoxFuture, Provider, Session};
+    /// # #[derive(Debug)]
+    /// # struct Loopback;
+    /// # impl Provider for Loopback {
+    /// #     fn name(&self) -> &str { "loopback" }
+    /// #     fn open(&self, upstream: Upstream) -> BoxFuture<'_, Result<Session, tower_webhook::BoxError>> {
+    /// #         Box::pin(async move {
+    /// #             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// #             let url = format!("http://{}", listener.local_addr()?);
+    /// #             Ok(Session::spawn(url, |mut stop| async move {
+    /// #                 loop {
+    /// #                     tokio::select! {
+    /// #                         _ = stop.stopped() => return Ok(()),
+    /// #                         Ok((tcp, _)) = listener.accept() => {
+    /// #                             let upstream = upstream.clone();
+    /// #                             tokio::spawn(async move { upstream.serve_connection(tcp).await });
+    /// #                         }
+    /// #                     }
+    /// #                 }
+    /// #             }))
+    /// #         })
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+    /// #     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+    /// # });
+    /// # let handle = Tunnel::builder().provider(Loopback).start(Upstream::service(app)).await?;
+    /// assert_eq!(handle.provider(), "loopback");
+    /// # handle.close().await;
+    /// # Ok(()) }
+    /// ```
     pub fn provider(&self) -> String {
         self.status.borrow().provider().to_owned()
     }
 
     /// The latest event.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::TunnelEvent;
+    /// # use tower_webhook::tunnel::{Tunnel, Upstream};
+    /// # use tower_webhook::tunnel::{BoxFuture, Provider, Session};
+    /// # #[derive(Debug)]
+    /// # struct Loopback;
+    /// # impl Provider for Loopback {
+    /// #     fn name(&self) -> &str { "loopback" }
+    /// #     fn open(&self, upstream: Upstream) -> BoxFuture<'_, Result<Session, tower_webhook::BoxError>> {
+    /// #         Box::pin(async move {
+    /// #             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// #             let url = format!("http://{}", listener.local_addr()?);
+    /// #             Ok(Session::spawn(url, |mut stop| async move {
+    /// #                 loop {
+    /// #                     tokio::select! {
+    /// #                         _ = stop.stopped() => return Ok(()),
+    /// #                         Ok((tcp, _)) = listener.accept() => {
+    /// #                             let upstream = upstream.clone();
+    /// #                             tokio::spawn(async move { upstream.serve_connection(tcp).await });
+    /// #                         }
+    /// #                     }
+    /// #                 }
+    /// #             }))
+    /// #         })
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+    /// #     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+    /// # });
+    /// # let handle = Tunnel::builder().provider(Loopback).start(Upstream::service(app)).await?;
+    /// let TunnelEvent::Up { verified, .. } = handle.status() else { panic!("not up") };
+    /// assert!(verified, "the round-trip probe came back");
+    /// # handle.close().await;
+    /// # Ok(()) }
+    /// ```
     pub fn status(&self) -> TunnelEvent {
         self.status.borrow().clone()
     }
 
     /// A watch of the latest event (starts with the `Up` of the first start).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use tower_webhook::tunnel::{Tunnel, Upstream};
+    /// # use tower_webhook::tunnel::{BoxFuture, Provider, Session};
+    /// # #[derive(Debug)]
+    /// # struct Loopback;
+    /// # impl Provider for Loopback {
+    /// #     fn name(&self) -> &str { "loopback" }
+    /// #     fn open(&self, upstream: Upstream) -> BoxFuture<'_, Result<Session, tower_webhook::BoxError>> {
+    /// #         Box::pin(async move {
+    /// #             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// #             let url = format!("http://{}", listener.local_addr()?);
+    /// #             Ok(Session::spawn(url, |mut stop| async move {
+    /// #                 loop {
+    /// #                     tokio::select! {
+    /// #                         _ = stop.stopped() => return Ok(()),
+    /// #                         Ok((tcp, _)) = listener.accept() => {
+    /// #                             let upstream = upstream.clone();
+    /// #                             tokio::spawn(async move { upstream.serve_connection(tcp).await });
+    /// #                         }
+    /// #                     }
+    /// #                 }
+    /// #             }))
+    /// #         })
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+    /// #     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+    /// # });
+    /// # let handle = Tunnel::builder().provider(Loopback).start(Upstream::service(app)).await?;
+    /// let mut status = handle.watch();
+    /// assert!(status.borrow_and_update().is_up());
+    /// handle.close().await;
+    /// // The last status is kept after the tunnel is gone.
+    /// assert!(!status.borrow().is_up());
+    /// # Ok(()) }
+    /// ```
     pub fn watch(&self) -> watch::Receiver<TunnelEvent> {
         self.status.clone()
     }
 
     /// Every event from now on.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::TunnelEvent;
+    /// # use tower_webhook::tunnel::{Tunnel, Upstream};
+    /// # use tower_webhook::tunnel::{BoxFuture, Provider, Session};
+    /// # #[derive(Debug)]
+    /// # struct Loopback;
+    /// # impl Provider for Loopback {
+    /// #     fn name(&self) -> &str { "loopback" }
+    /// #     fn open(&self, upstream: Upstream) -> BoxFuture<'_, Result<Session, tower_webhook::BoxError>> {
+    /// #         Box::pin(async move {
+    /// #             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// #             let url = format!("http://{}", listener.local_addr()?);
+    /// #             Ok(Session::spawn(url, |mut stop| async move {
+    /// #                 loop {
+    /// #                     tokio::select! {
+    /// #                         _ = stop.stopped() => return Ok(()),
+    /// #                         Ok((tcp, _)) = listener.accept() => {
+    /// #                             let upstream = upstream.clone();
+    /// #                             tokio::spawn(async move { upstream.serve_connection(tcp).await });
+    /// #                         }
+    /// #                     }
+    /// #                 }
+    /// #             }))
+    /// #         })
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+    /// #     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+    /// # });
+    /// # let handle = Tunnel::builder().provider(Loopback).start(Upstream::service(app)).await?;
+    /// let mut events = handle.events();
+    /// handle.close().await;
+    /// assert!(matches!(events.next().await, Some(TunnelEvent::Closed { .. })));
+    /// assert_eq!(events.next().await, None);
+    /// # Ok(()) }
+    /// ```
     pub fn events(&self) -> TunnelEvents {
         TunnelEvents {
             rx: self.events.subscribe(),
@@ -457,6 +941,44 @@ impl TunnelHandle {
     }
 
     /// Closes the tunnel and waits until it is torn down.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use tower_webhook::tunnel::{Tunnel, Upstream};
+    /// # use tower_webhook::tunnel::{BoxFuture, Provider, Session};
+    /// # #[derive(Debug)]
+    /// # struct Loopback;
+    /// # impl Provider for Loopback {
+    /// #     fn name(&self) -> &str { "loopback" }
+    /// #     fn open(&self, upstream: Upstream) -> BoxFuture<'_, Result<Session, tower_webhook::BoxError>> {
+    /// #         Box::pin(async move {
+    /// #             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// #             let url = format!("http://{}", listener.local_addr()?);
+    /// #             Ok(Session::spawn(url, |mut stop| async move {
+    /// #                 loop {
+    /// #                     tokio::select! {
+    /// #                         _ = stop.stopped() => return Ok(()),
+    /// #                         Ok((tcp, _)) = listener.accept() => {
+    /// #                             let upstream = upstream.clone();
+    /// #                             tokio::spawn(async move { upstream.serve_connection(tcp).await });
+    /// #                         }
+    /// #                     }
+    /// #                 }
+    /// #             }))
+    /// #         })
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+    /// #     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+    /// # });
+    /// # let handle = Tunnel::builder().provider(Loopback).start(Upstream::service(app)).await?;
+    /// let status = handle.watch();
+    /// handle.close().await;
+    /// assert!(!status.borrow().is_up());
+    /// # Ok(()) }
+    /// ```
     pub async fn close(mut self) {
         if let Some(close) = self.close.take() {
             let _ = close.send(());
@@ -476,6 +998,52 @@ impl Drop for TunnelHandle {
 }
 
 /// The events of a tunnel. See [`TunnelHandle::events`].
+///
+/// # Example
+///
+/// ```
+/// use tower_webhook::tunnel::{TunnelEvent, TunnelEvents};
+/// # use tower_webhook::tunnel::{Tunnel, Upstream};
+/// # use tower_webhook::tunnel::{BoxFuture, Provider, Session};
+/// # #[derive(Debug)]
+/// # struct Loopback;
+/// # impl Provider for Loopback {
+/// #     fn name(&self) -> &str { "loopback" }
+/// #     fn open(&self, upstream: Upstream) -> BoxFuture<'_, Result<Session, tower_webhook::BoxError>> {
+/// #         Box::pin(async move {
+/// #             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// #             let url = format!("http://{}", listener.local_addr()?);
+/// #             Ok(Session::spawn(url, |mut stop| async move {
+/// #                 loop {
+/// #                     tokio::select! {
+/// #                         _ = stop.stopped() => return Ok(()),
+/// #                         Ok((tcp, _)) = listener.accept() => {
+/// #                             let upstream = upstream.clone();
+/// #                             tokio::spawn(async move { upstream.serve_connection(tcp).await });
+/// #                         }
+/// #                     }
+/// #                 }
+/// #             }))
+/// #         })
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+/// #     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+/// # });
+/// # let handle = Tunnel::builder().provider(Loopback).start(Upstream::service(app)).await?;
+/// let mut events: TunnelEvents = handle.events();
+/// let watcher = tokio::spawn(async move {
+///     let mut seen = Vec::new();
+///     while let Some(event) = events.next().await {
+///         seen.push(event.is_up());
+///     }
+///     seen
+/// });
+/// handle.close().await;
+/// assert_eq!(watcher.await?, [false]); // one `Closed`, then the end
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct TunnelEvents {
     rx: broadcast::Receiver<TunnelEvent>,
@@ -483,6 +1051,46 @@ pub struct TunnelEvents {
 
 impl TunnelEvents {
     /// The next event; `None` once the tunnel is closed and all events were read.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::TunnelEvent;
+    /// # use tower_webhook::tunnel::{Tunnel, Upstream};
+    /// # use tower_webhook::tunnel::{BoxFuture, Provider, Session};
+    /// # #[derive(Debug)]
+    /// # struct Loopback;
+    /// # impl Provider for Loopback {
+    /// #     fn name(&self) -> &str { "loopback" }
+    /// #     fn open(&self, upstream: Upstream) -> BoxFuture<'_, Result<Session, tower_webhook::BoxError>> {
+    /// #         Box::pin(async move {
+    /// #             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// #             let url = format!("http://{}", listener.local_addr()?);
+    /// #             Ok(Session::spawn(url, |mut stop| async move {
+    /// #                 loop {
+    /// #                     tokio::select! {
+    /// #                         _ = stop.stopped() => return Ok(()),
+    /// #                         Ok((tcp, _)) = listener.accept() => {
+    /// #                             let upstream = upstream.clone();
+    /// #                             tokio::spawn(async move { upstream.serve_connection(tcp).await });
+    /// #                         }
+    /// #                     }
+    /// #                 }
+    /// #             }))
+    /// #         })
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+    /// #     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+    /// # });
+    /// # let handle = Tunnel::builder().provider(Loopback).start(Upstream::service(app)).await?;
+    /// let mut events = handle.events();
+    /// drop(handle); // closes the tunnel in the background
+    /// let event = events.next().await.unwrap();
+    /// assert!(matches!(event, TunnelEvent::Closed { ref provider, .. } if provider == "loopback"));
+    /// # Ok(()) }
+    /// ```
     pub async fn next(&mut self) -> Option<TunnelEvent> {
         loop {
             match self.rx.recv().await {

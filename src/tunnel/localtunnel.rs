@@ -15,6 +15,15 @@ use super::{TlsRoots, TunnelError, Upstream};
 use crate::BoxError;
 
 /// The public localtunnel server.
+///
+/// # Example
+///
+/// ```
+/// use tower_webhook::tunnel::{LOCALTUNNEL_PUBLIC_SERVER, LocalTunnel, Provider};
+///
+/// assert_eq!(LOCALTUNNEL_PUBLIC_SERVER, "https://localtunnel.me");
+/// assert!(LocalTunnel::new().hint().unwrap().contains(LOCALTUNNEL_PUBLIC_SERVER));
+/// ```
 pub const LOCALTUNNEL_PUBLIC_SERVER: &str = "https://localtunnel.me";
 /// Upper bound on pooled connections, whatever the server offers.
 const MAX_POOL: usize = 32;
@@ -84,6 +93,18 @@ impl Default for LocalTunnel {
 
 impl LocalTunnel {
     /// The public server, a random subdomain, up to 10 connections, 10 s to start.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::tunnel::{LocalTunnel, Provider};
+    ///
+    /// let lt = LocalTunnel::new();
+    /// assert_eq!(lt.name(), "localtunnel");
+    /// assert_eq!(Provider::startup_timeout(&lt), Duration::from_secs(10));
+    /// assert!(format!("{lt:?}").contains("subdomain: None, max_connections: 10"));
+    /// ```
     pub fn new() -> Self {
         Self {
             server: LOCALTUNNEL_PUBLIC_SERVER.to_owned(),
@@ -97,6 +118,25 @@ impl LocalTunnel {
 
     /// The server's URL (`https://host[:port]` or `http://host[:port]`); a bare `host[:port]`
     /// means `http://host[:port]`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::{LocalTunnel, Tunnel, TunnelError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // A port where no localtunnel server listens.
+    /// let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    /// let server = format!("http://127.0.0.1:{port}");
+    /// let err = Tunnel::builder()
+    ///     .provider(LocalTunnel::new().server(server.as_str()))
+    ///     .start(std::net::SocketAddr::from(([127, 0, 0, 1], 3000)))
+    ///     .await
+    ///     .unwrap_err();
+    /// let TunnelError::AllFailed { attempts } = err else { panic!("{err}") };
+    /// assert!(attempts[0].hint.as_ref().unwrap().contains(&server));
+    /// # Ok(()) }
+    /// ```
     pub fn server(mut self, server: impl Into<String>) -> Self {
         self.server = server.into();
         self
@@ -108,6 +148,19 @@ impl LocalTunnel {
     ///
     /// [`TunnelError::Config`] when the name does not match the server's rule
     /// `^(?:[a-z0-9][a-z0-9-]{4,63}[a-z0-9]|[a-z0-9]{4,63})$`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::{LocalTunnel, TunnelError};
+    ///
+    /// let lt = LocalTunnel::new().subdomain("review-bot-42")?;
+    /// assert!(format!("{lt:?}").contains(r#"subdomain: Some("review-bot-42")"#));
+    ///
+    /// let err = LocalTunnel::new().subdomain("Review_Bot").unwrap_err();
+    /// assert!(matches!(err, TunnelError::Config { setting: "localtunnel subdomain", .. }));
+    /// # Ok::<(), TunnelError>(())
+    /// ```
     pub fn subdomain(mut self, subdomain: impl Into<String>) -> Result<Self, TunnelError> {
         let subdomain = subdomain.into();
         if !valid_subdomain(&subdomain) {
@@ -124,6 +177,17 @@ impl LocalTunnel {
     }
 
     /// Caps the pooled connections below what the server offers (default 10).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::LocalTunnel;
+    ///
+    /// let lt = LocalTunnel::new().max_connections(4);
+    /// assert!(format!("{lt:?}").contains("max_connections: 4"));
+    /// // At least 1, at most 32.
+    /// assert!(format!("{:?}", LocalTunnel::new().max_connections(1000)).contains("max_connections: 32"));
+    /// ```
     pub fn max_connections(mut self, max: usize) -> Self {
         self.max_connections = max.clamp(1, MAX_POOL);
         self
@@ -135,6 +199,19 @@ impl LocalTunnel {
     /// # Errors
     ///
     /// [`TunnelError::Config`] when the bytes are not a DER certificate.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::{LocalTunnel, TunnelError};
+    ///
+    /// # let private_ca_der = rcgen::generate_simple_self_signed(vec!["ca.internal".to_owned()]).unwrap().cert.der().to_vec();
+    /// let lt = LocalTunnel::new()
+    ///     .server("https://lt.internal")
+    ///     .root_certificate(private_ca_der)?;
+    /// assert!(format!("{lt:?}").contains("added: 1"));
+    /// # Ok::<(), TunnelError>(())
+    /// ```
     pub fn root_certificate(mut self, der: impl Into<Vec<u8>>) -> Result<Self, TunnelError> {
         self.tls = self.tls.add_certificate(der)?;
         Ok(self)
@@ -142,12 +219,35 @@ impl LocalTunnel {
 
     /// The certificate authorities trusted for an `https://` server (default
     /// [`TlsRoots::new`], the Mozilla root set).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::{LocalTunnel, TlsRoots, TunnelError};
+    ///
+    /// # let private_ca_der = rcgen::generate_simple_self_signed(vec!["ca.internal".to_owned()]).unwrap().cert.der().to_vec();
+    /// // The private CA only, not the public roots.
+    /// let roots = TlsRoots::empty().add_certificate(private_ca_der)?;
+    /// let lt = LocalTunnel::new().server("https://lt.internal").tls_roots(roots);
+    /// assert!(format!("{lt:?}").contains("TlsRoots { roots: 1, added: 1 }"));
+    /// # Ok::<(), TunnelError>(())
+    /// ```
     pub fn tls_roots(mut self, roots: TlsRoots) -> Self {
         self.tls = roots;
         self
     }
 
     /// The hard startup limit (default 10 s).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::tunnel::{LocalTunnel, Provider};
+    ///
+    /// let lt = LocalTunnel::new().startup_timeout(Duration::from_secs(20));
+    /// assert_eq!(Provider::startup_timeout(&lt), Duration::from_secs(20));
+    /// ```
     pub fn startup_timeout(mut self, timeout: Duration) -> Self {
         self.startup_timeout = timeout;
         self

@@ -60,6 +60,19 @@ impl Default for Ngrok {
 
 impl Ngrok {
     /// No auth token yet, ngrok's default server, 15 s to start.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::tunnel::{Ngrok, Provider};
+    ///
+    /// let ngrok = Ngrok::new();
+    /// assert_eq!(Provider::startup_timeout(&ngrok), Duration::from_secs(15));
+    /// // Without a token it fails at once, and says what to do.
+    /// assert!(format!("{ngrok:?}").contains("authtoken: None"));
+    /// assert!(ngrok.hint().unwrap().contains("TUNNEL_AUTH_TOKEN"));
+    /// ```
     pub fn new() -> Self {
         Self {
             authtoken: None,
@@ -70,6 +83,19 @@ impl Ngrok {
     }
 
     /// Takes the token from `TUNNEL_AUTH_TOKEN`, else `NGROK_AUTHTOKEN`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::Ngrok;
+    ///
+    /// let ngrok = Ngrok::from_env();
+    /// let token_set = ["TUNNEL_AUTH_TOKEN", "NGROK_AUTHTOKEN"]
+    ///     .iter()
+    ///     .any(|name| std::env::var(name).is_ok_and(|v| !v.is_empty()));
+    /// // The token itself never shows.
+    /// assert_eq!(format!("{ngrok:?}").contains("<redacted>"), token_set);
+    /// ```
     pub fn from_env() -> Self {
         let token = ["TUNNEL_AUTH_TOKEN", "NGROK_AUTHTOKEN"]
             .into_iter()
@@ -81,30 +107,78 @@ impl Ngrok {
     }
 
     /// The ngrok auth token.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::Ngrok;
+    ///
+    /// let ngrok = Ngrok::new().authtoken("2abcEXAMPLEtoken");
+    /// let shown = format!("{ngrok:?}");
+    /// assert!(shown.contains(r#"authtoken: Some("<redacted>")"#));
+    /// assert!(!shown.contains("2abcEXAMPLEtoken"));
+    /// ```
     pub fn authtoken(mut self, token: impl Into<String>) -> Self {
         self.authtoken = Some(Arc::new(Secret::new(token.into())));
         self
     }
 
     /// The ngrok ingress to dial (`host:port`), for a custom agent ingress.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::Ngrok;
+    ///
+    /// let ngrok = Ngrok::new().server_addr("ngrok-ingress.internal:443");
+    /// assert!(format!("{ngrok:?}").contains(r#"server_addr: Some("ngrok-ingress.internal:443")"#));
+    /// ```
     pub fn server_addr(mut self, addr: impl Into<String>) -> Self {
         self.server_addr = Some(addr.into());
         self
     }
 
     /// A regional ingress: `connect.{region}.ngrok-agent.com:443` (for example `eu`).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::Ngrok;
+    ///
+    /// let ngrok = Ngrok::new().region("eu");
+    /// assert!(format!("{ngrok:?}").contains(r#"server_addr: Some("connect.eu.ngrok-agent.com:443")"#));
+    /// ```
     pub fn region(self, region: impl AsRef<str>) -> Self {
         let addr = format!("connect.{}.ngrok-agent.com:443", region.as_ref());
         self.server_addr(addr)
     }
 
     /// A reserved domain for the endpoint.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::Ngrok;
+    ///
+    /// let ngrok = Ngrok::new().domain("review-bot.ngrok.app");
+    /// assert!(format!("{ngrok:?}").contains(r#"domain: Some("review-bot.ngrok.app")"#));
+    /// ```
     pub fn domain(mut self, domain: impl Into<String>) -> Self {
         self.domain = Some(domain.into());
         self
     }
 
     /// The hard startup limit (default 15 s).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::tunnel::{Ngrok, Provider};
+    ///
+    /// let ngrok = Ngrok::new().startup_timeout(Duration::from_secs(30));
+    /// assert_eq!(Provider::startup_timeout(&ngrok), Duration::from_secs(30));
+    /// ```
     pub fn startup_timeout(mut self, timeout: Duration) -> Self {
         self.startup_timeout = timeout;
         self

@@ -12,6 +12,20 @@ use super::Upstream;
 use crate::BoxError;
 
 /// A boxed, sendable future, the return type of [`Provider::open`].
+///
+/// # Example
+///
+/// ```
+/// use tower_webhook::tunnel::BoxFuture;
+///
+/// fn public_port(port: u16) -> BoxFuture<'static, String> {
+///     Box::pin(async move { format!("http://bore.example.com:{port}") })
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// assert_eq!(public_port(41001).await, "http://bore.example.com:41001");
+/// # }
+/// ```
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A way to get a public URL: localtunnel, bore, ngrok, cloudflared, or your own.
@@ -102,6 +116,24 @@ impl fmt::Debug for Session {
 
 impl Session {
     /// Spawns `run` on the tokio runtime; `run` gets the [`StopSignal`] it must obey.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::Session;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let (done, finished) = tokio::sync::oneshot::channel();
+    /// let session = Session::spawn("https://hooks.example.com", |mut stop| async move {
+    ///     stop.stopped().await;
+    ///     // Tear the tunnel down here (close connections, kill a process).
+    ///     let _ = done.send("torn down");
+    ///     Ok(())
+    /// });
+    /// drop(session); // asks the task to stop
+    /// assert_eq!(finished.await.unwrap(), "torn down");
+    /// # }
+    /// ```
     pub fn spawn<F, Fut>(url: impl Into<String>, run: F) -> Self
     where
         F: FnOnce(StopSignal) -> Fut,
@@ -120,6 +152,21 @@ impl Session {
     }
 
     /// The public URL.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::Session;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let port = 41001;
+    /// let session = Session::spawn(format!("http://bore.example.com:{port}"), |mut stop| async move {
+    ///     stop.stopped().await;
+    ///     Ok(())
+    /// });
+    /// assert_eq!(session.url(), "http://bore.example.com:41001");
+    /// # }
+    /// ```
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -154,6 +201,28 @@ impl Drop for Session {
 }
 
 /// Tells a [`Session`]'s task to stop. See [`Session::spawn`].
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_webhook::tunnel::{Session, StopSignal};
+///
+/// async fn keep_alive(mut stop: StopSignal) -> Result<(), tower_webhook::BoxError> {
+///     let mut ticks = tokio::time::interval(Duration::from_secs(5));
+///     loop {
+///         tokio::select! {
+///             _ = stop.stopped() => return Ok(()),
+///             _ = ticks.tick() => { /* send a heartbeat to the tunnel server */ }
+///         }
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let session = Session::spawn("http://127.0.0.1:9", keep_alive);
+/// assert_eq!(session.url(), "http://127.0.0.1:9");
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct StopSignal {
     rx: oneshot::Receiver<()>,
@@ -162,6 +231,24 @@ pub struct StopSignal {
 
 impl StopSignal {
     /// Resolves once the session is closed or dropped (at once if it already was).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::Session;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let (report, reported) = tokio::sync::oneshot::channel();
+    /// let session = Session::spawn("http://127.0.0.1:9", |mut stop| async move {
+    ///     stop.stopped().await;
+    ///     stop.stopped().await; // at once: it already resolved
+    ///     let _ = report.send(());
+    ///     Ok(())
+    /// });
+    /// drop(session);
+    /// assert!(reported.await.is_ok());
+    /// # }
+    /// ```
     pub async fn stopped(&mut self) {
         if !self.stopped {
             let _ = (&mut self.rx).await;

@@ -69,6 +69,20 @@ impl Server {
     /// # Errors
     ///
     /// [`TunnelError::Io`] when the address cannot be bound.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::Server;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let server = Server::bind(([127, 0, 0, 1], 0).into()).await?;
+    /// assert_ne!(server.local_addr()?.port(), 0);
+    ///
+    /// // The port is taken now: a second bind fails.
+    /// assert!(Server::bind(server.local_addr()?).await.is_err());
+    /// # Ok(()) }
+    /// ```
     pub async fn bind(addr: SocketAddr) -> Result<Self, TunnelError> {
         Ok(Self {
             listener: TcpListener::bind(addr).await?,
@@ -83,11 +97,70 @@ impl Server {
     /// # Errors
     ///
     /// [`TunnelError::Io`] when the socket cannot tell.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::Server;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let server = Server::bind(([127, 0, 0, 1], 0).into()).await?;
+    /// let addr = server.local_addr()?;
+    /// assert!(addr.ip().is_loopback());
+    /// println!("listening on http://{addr}");
+    /// # Ok(()) }
+    /// ```
     pub fn local_addr(&self) -> Result<SocketAddr, TunnelError> {
         Ok(self.listener.local_addr()?)
     }
 
     /// Opens this tunnel chain when serving starts.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::{Server, Tunnel, Upstream};
+    /// # use tower_webhook::tunnel::{BoxFuture, Provider, Session};
+    /// # #[derive(Debug)]
+    /// # struct Loopback;
+    /// # impl Provider for Loopback {
+    /// #     fn name(&self) -> &str { "loopback" }
+    /// #     fn open(&self, upstream: Upstream) -> BoxFuture<'_, Result<Session, tower_webhook::BoxError>> {
+    /// #         Box::pin(async move {
+    /// #             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// #             let url = format!("http://{}", listener.local_addr()?);
+    /// #             Ok(Session::spawn(url, |mut stop| async move {
+    /// #                 loop {
+    /// #                     tokio::select! {
+    /// #                         _ = stop.stopped() => return Ok(()),
+    /// #                         Ok((tcp, _)) = listener.accept() => {
+    /// #                             let upstream = upstream.clone();
+    /// #                             tokio::spawn(async move { upstream.serve_connection(tcp).await });
+    /// #                         }
+    /// #                     }
+    /// #                 }
+    /// #             }))
+    /// #         })
+    /// #     }
+    /// # }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+    /// #     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+    /// # });
+    /// # let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// // `Loopback` is a provider whose public URL is a local port, so that this runs offline.
+    /// let running = Server::bind(([127, 0, 0, 1], 0).into())
+    ///     .await?
+    ///     .tunnel(Tunnel::builder().provider(Loopback))
+    ///     .with_graceful_shutdown(async { stopped.await.ok(); })
+    ///     .spawn(app)
+    ///     .await?;
+    /// assert!(running.tunnel_url().unwrap().starts_with("http://127.0.0.1:"));
+    /// # stop.send(()).unwrap();
+    /// # running.wait().await;
+    /// # Ok(()) }
+    /// ```
     pub fn tunnel(mut self, tunnel: TunnelBuilder) -> Self {
         self.tunnel = Some(tunnel);
         self
@@ -97,12 +170,46 @@ impl Server {
     /// request before it is closed (default [`DEFAULT_HEADER_READ_TIMEOUT`], 30 s); it also
     /// bounds how long an idle kept-alive connection stays open. See
     /// [`Upstream::header_read_timeout`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::tunnel::Server;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let server = Server::bind(([127, 0, 0, 1], 0).into())
+    ///     .await?
+    ///     .header_read_timeout(Duration::from_secs(5));
+    /// assert!(format!("{server:?}").contains("header_read_timeout: 5s"));
+    /// # Ok(()) }
+    /// ```
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
         self.header_read_timeout = timeout;
         self
     }
 
     /// Shuts down when `signal` completes instead of on Ctrl-C.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::Server;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+    /// #     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+    /// # });
+    /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// let running = Server::bind(([127, 0, 0, 1], 0).into())
+    ///     .await?
+    ///     .with_graceful_shutdown(async { stopped.await.ok(); })
+    ///     .spawn(app)
+    ///     .await?;
+    /// stop.send(()).unwrap();
+    /// running.wait().await; // returns once connections are drained
+    /// # Ok(()) }
+    /// ```
     pub fn with_graceful_shutdown(
         mut self,
         signal: impl Future<Output = ()> + Send + 'static,
@@ -116,6 +223,37 @@ impl Server {
     /// # Errors
     ///
     /// [`TunnelError::AllFailed`] when the tunnel could not be opened (the server does not start).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::Server;
+    /// # async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+    /// #     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// #     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    /// #     let head = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+    /// #     tcp.write_all(head.as_bytes()).await.unwrap();
+    /// #     let mut answer = String::new();
+    /// #     tcp.read_to_string(&mut answer).await.unwrap();
+    /// #     answer
+    /// # }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+    /// });
+    /// let server = Server::bind(([127, 0, 0, 1], 0).into()).await?;
+    /// let addr = server.local_addr()?;
+    /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// let client = tokio::spawn(async move {
+    ///     let answer = get(addr, "/health").await;
+    ///     stop.send(()).unwrap();
+    ///     answer
+    /// });
+    /// server.with_graceful_shutdown(async { stopped.await.ok(); }).serve(app).await?;
+    /// assert!(client.await?.ends_with("ok"));
+    /// # Ok(()) }
+    /// ```
     pub async fn serve<S, B>(self, service: S) -> Result<(), TunnelError>
     where
         S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
@@ -133,6 +271,30 @@ impl Server {
     /// # Errors
     ///
     /// [`TunnelError::AllFailed`] when the tunnel could not be opened.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::Server;
+    /// # async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+    /// #     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// #     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    /// #     let head = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+    /// #     tcp.write_all(head.as_bytes()).await.unwrap();
+    /// #     let mut answer = String::new();
+    /// #     tcp.read_to_string(&mut answer).await.unwrap();
+    /// #     answer
+    /// # }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+    /// });
+    /// let running = Server::bind(([127, 0, 0, 1], 0).into()).await?.spawn(app).await?;
+    /// assert!(get(running.local_addr(), "/health").await.ends_with("ok"));
+    /// assert_eq!(running.tunnel_url(), None);
+    /// # Ok(()) }
+    /// ```
     pub async fn spawn<S, B>(self, service: S) -> Result<Running, TunnelError>
     where
         S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
@@ -204,6 +366,27 @@ impl Server {
 }
 
 /// A server started with [`Server::spawn`].
+///
+/// # Example
+///
+/// ```
+/// use tower_webhook::tunnel::{Running, Server};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+/// #     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+/// # });
+/// # let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+/// let running: Running = Server::bind(([127, 0, 0, 1], 0).into())
+///     .await?
+///     .with_graceful_shutdown(async { stopped.await.ok(); })
+///     .spawn(app)
+///     .await?;
+/// assert!(running.local_addr().ip().is_loopback());
+/// # stop.send(()).unwrap();
+/// running.wait().await;
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Running {
     local_addr: SocketAddr,
@@ -213,16 +396,106 @@ pub struct Running {
 
 impl Running {
     /// The local address.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::Server;
+    /// # async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+    /// #     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// #     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    /// #     let head = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+    /// #     tcp.write_all(head.as_bytes()).await.unwrap();
+    /// #     let mut answer = String::new();
+    /// #     tcp.read_to_string(&mut answer).await.unwrap();
+    /// #     answer
+    /// # }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+    /// #     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+    /// # });
+    /// // Port 0: the system picks a free port, which `local_addr` tells.
+    /// let running = Server::bind(([127, 0, 0, 1], 0).into()).await?.spawn(app).await?;
+    /// assert_ne!(running.local_addr().port(), 0);
+    /// assert!(get(running.local_addr(), "/").await.starts_with("HTTP/1.1 200"));
+    /// # Ok(()) }
+    /// ```
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
     /// The public URL the tunnel had when serving started, if a tunnel was asked for.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::{Server, Tunnel, Upstream};
+    /// # use tower_webhook::tunnel::{BoxFuture, Provider, Session};
+    /// # #[derive(Debug)]
+    /// # struct Loopback;
+    /// # impl Provider for Loopback {
+    /// #     fn name(&self) -> &str { "loopback" }
+    /// #     fn open(&self, upstream: Upstream) -> BoxFuture<'_, Result<Session, tower_webhook::BoxError>> {
+    /// #         Box::pin(async move {
+    /// #             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// #             let url = format!("http://{}", listener.local_addr()?);
+    /// #             Ok(Session::spawn(url, |mut stop| async move {
+    /// #                 loop {
+    /// #                     tokio::select! {
+    /// #                         _ = stop.stopped() => return Ok(()),
+    /// #                         Ok((tcp, _)) = listener.accept() => {
+    /// #                             let upstream = upstream.clone();
+    /// #                             tokio::spawn(async move { upstream.serve_connection(tcp).await });
+    /// #                         }
+    /// #                     }
+    /// #                 }
+    /// #             }))
+    /// #         })
+    /// #     }
+    /// # }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+    /// #     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+    /// # });
+    /// // `Loopback` is a provider whose public URL is a local port, so that this runs offline.
+    /// let running = Server::bind(([127, 0, 0, 1], 0).into())
+    ///     .await?
+    ///     .tunnel(Tunnel::builder().provider(Loopback))
+    ///     .spawn(app)
+    ///     .await?;
+    /// let url = running.tunnel_url().expect("a tunnel was asked for");
+    /// assert!(url.starts_with("http://"));
+    /// # Ok(()) }
+    /// ```
     pub fn tunnel_url(&self) -> Option<String> {
         self.tunnel_url.borrow().clone()
     }
 
     /// Waits until the server has shut down (connections drained, tunnel closed).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::tunnel::Server;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+    /// #     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+    /// # });
+    /// let running = Server::bind(([127, 0, 0, 1], 0).into())
+    ///     .await?
+    ///     .with_graceful_shutdown(tokio::time::sleep(Duration::from_millis(50)))
+    ///     .spawn(app)
+    ///     .await?;
+    /// let addr = running.local_addr();
+    /// running.wait().await;
+    /// // Shut down: the port no longer accepts connections.
+    /// assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    /// # Ok(()) }
+    /// ```
     pub async fn wait(self) {
         let _ = self.task.await;
     }

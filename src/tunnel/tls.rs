@@ -58,6 +58,16 @@ impl Default for TlsRoots {
 
 impl TlsRoots {
     /// The Mozilla root set, as shipped by `webpki-roots`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::TlsRoots;
+    ///
+    /// let roots = TlsRoots::new();
+    /// assert!(roots.len() > 100); // the Mozilla root set
+    /// assert!(format!("{roots:?}").contains("added: 0"));
+    /// ```
     pub fn new() -> Self {
         let mut store = RootCertStore::empty();
         store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -69,6 +79,16 @@ impl TlsRoots {
 
     /// No root at all: only the certificates added with
     /// [`add_certificate`](Self::add_certificate) are trusted.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::TlsRoots;
+    ///
+    /// let roots = TlsRoots::empty();
+    /// assert!(roots.is_empty());
+    /// assert_eq!(roots.len(), 0);
+    /// ```
     pub fn empty() -> Self {
         Self {
             store: Arc::new(RootCertStore::empty()),
@@ -82,6 +102,21 @@ impl TlsRoots {
     ///
     /// [`TunnelError::Config`] when the bytes are not a DER X.509 certificate usable as a
     /// trust anchor.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::{TlsRoots, TunnelError};
+    ///
+    /// # let private_ca_der = rcgen::generate_simple_self_signed(vec!["ca.internal".to_owned()]).unwrap().cert.der().to_vec();
+    /// let public = TlsRoots::new();
+    /// let roots = public.clone().add_certificate(private_ca_der)?;
+    /// assert_eq!(roots.len(), public.len() + 1);
+    ///
+    /// let err = TlsRoots::new().add_certificate(b"-----BEGIN CERTIFICATE-----".to_vec()).unwrap_err();
+    /// assert!(err.to_string().contains("not a usable DER certificate"));
+    /// # Ok::<(), TunnelError>(())
+    /// ```
     pub fn add_certificate(mut self, der: impl Into<Vec<u8>>) -> Result<Self, TunnelError> {
         let der = CertificateDer::from(der.into());
         Arc::make_mut(&mut self.store)
@@ -95,11 +130,31 @@ impl TlsRoots {
     }
 
     /// How many certificate authorities are trusted.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::{TlsRoots, TunnelError};
+    ///
+    /// # let private_ca_der = rcgen::generate_simple_self_signed(vec!["ca.internal".to_owned()]).unwrap().cert.der().to_vec();
+    /// let roots = TlsRoots::empty().add_certificate(private_ca_der)?;
+    /// assert_eq!(roots.len(), 1);
+    /// # Ok::<(), TunnelError>(())
+    /// ```
     pub fn len(&self) -> usize {
         self.store.len()
     }
 
     /// Whether no certificate authority is trusted (then every https request fails).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::TlsRoots;
+    ///
+    /// assert!(TlsRoots::empty().is_empty());
+    /// assert!(!TlsRoots::new().is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.store.is_empty()
     }

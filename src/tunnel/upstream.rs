@@ -26,11 +26,62 @@ use crate::BoxError;
 
 /// How long a connection served by an [`Upstream`] may take to send the head of a request
 /// (request line and headers), by default. See [`Upstream::header_read_timeout`].
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_webhook::tunnel::{DEFAULT_HEADER_READ_TIMEOUT, Server};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// assert_eq!(DEFAULT_HEADER_READ_TIMEOUT, Duration::from_secs(30));
+/// let server = Server::bind(([127, 0, 0, 1], 0).into()).await?;
+/// assert!(format!("{server:?}").contains("header_read_timeout: 30s"));
+/// # Ok(()) }
+/// ```
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The path of the round-trip probe request. See [`Upstream`].
+///
+/// # Example
+///
+/// ```
+/// use tower_webhook::tunnel::{PROBE_PATH, Upstream};
+/// # async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+/// #     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// #     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+/// #     let head = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+/// #     tcp.write_all(head.as_bytes()).await.unwrap();
+/// #     let mut answer = String::new();
+/// #     tcp.read_to_string(&mut answer).await.unwrap();
+/// #     answer
+/// # }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let app = tower::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(format!("app saw {}", req.uri().path())))
+/// });
+/// let upstream = Upstream::service(app);
+/// // Without the nonce of a probe in flight, the probe path is an ordinary request.
+/// let answer = get(upstream.local_addr().await?, PROBE_PATH).await;
+/// assert!(answer.ends_with(&format!("app saw {PROBE_PATH}")));
+/// # Ok(()) }
+/// ```
 pub const PROBE_PATH: &str = "/.well-known/tower-webhook/tunnel-probe";
 /// The header that carries the probe's nonce.
+///
+/// # Example
+///
+/// ```
+/// use tower_webhook::tunnel::{PROBE_HEADER, PROBE_PATH};
+///
+/// // What a probe request looks like on the wire.
+/// let probe = http::Request::get(PROBE_PATH)
+///     .header(PROBE_HEADER, "5f0c6e0b8d2a4b7c9e1f3a5b7c9d1e2f")
+///     .body(())
+///     .unwrap();
+/// assert_eq!(probe.headers()["x-tower-webhook-probe"], "5f0c6e0b8d2a4b7c9e1f3a5b7c9d1e2f");
+/// ```
 pub const PROBE_HEADER: &str = "x-tower-webhook-probe";
 
 type BoxBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -173,6 +224,19 @@ impl From<SocketAddr> for Upstream {
 
 impl Upstream {
     /// Forwards every request to the HTTP server at `addr`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::Upstream;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // A webhook server already running on port 3000.
+    /// let upstream = Upstream::address(([127, 0, 0, 1], 3000).into());
+    /// assert_eq!(upstream.local_addr().await?, ([127, 0, 0, 1], 3000).into());
+    /// assert_eq!(format!("{upstream:?}"), "Upstream(address 127.0.0.1:3000)");
+    /// # Ok(()) }
+    /// ```
     pub fn address(addr: SocketAddr) -> Self {
         let client = Client::builder(TokioExecutor::new()).build({
             let mut connector = HttpConnector::new();
@@ -185,6 +249,30 @@ impl Upstream {
     /// Serves `service` on every tunnel connection (a clone per connection, as hyper does).
     ///
     /// Any `Service<Request<Incoming>>` fits, an axum `Router` included.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::Upstream;
+    /// # async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+    /// #     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// #     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    /// #     let head = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+    /// #     tcp.write_all(head.as_bytes()).await.unwrap();
+    /// #     let mut answer = String::new();
+    /// #     tcp.read_to_string(&mut answer).await.unwrap();
+    /// #     answer
+    /// # }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hello")))
+    /// });
+    /// let upstream = Upstream::service(app);
+    /// assert_eq!(format!("{upstream:?}"), "Upstream(service)");
+    /// assert!(get(upstream.local_addr().await?, "/").await.ends_with("hello"));
+    /// # Ok(()) }
+    /// ```
     pub fn service<S, B>(service: S) -> Self
     where
         S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
@@ -216,6 +304,25 @@ impl Upstream {
     /// no such timeout.
     ///
     /// A timeout too long for a deadline (such as `Duration::MAX`) means none.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokio::io::AsyncReadExt;
+    /// use tower_webhook::tunnel::Upstream;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+    /// #     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+    /// # });
+    /// let upstream = Upstream::service(app).header_read_timeout(Duration::from_millis(200));
+    /// // A client that connects and says nothing is cut off.
+    /// let mut idle = tokio::net::TcpStream::connect(upstream.local_addr().await?).await?;
+    /// let mut rest = Vec::new();
+    /// tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut rest)).await??;
+    /// # Ok(()) }
+    /// ```
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
         self.header_read_timeout = super::time::bounded(timeout);
         self
@@ -278,6 +385,28 @@ impl Upstream {
 
     /// Serves one tunnel connection as HTTP/1.1 until either side closes it, or until it sends
     /// no request head within the [header read timeout](Self::header_read_timeout).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// use tower_webhook::tunnel::Upstream;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("served")))
+    /// });
+    /// let upstream = Upstream::service(app);
+    /// // One end stands for a connection a provider received from its server.
+    /// let (mut client, tunnel_side) = tokio::io::duplex(4096);
+    /// tokio::spawn(async move { upstream.serve_connection(tunnel_side).await });
+    ///
+    /// client.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await?;
+    /// let mut answer = String::new();
+    /// client.read_to_string(&mut answer).await?;
+    /// assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("served"));
+    /// # Ok(()) }
+    /// ```
     pub async fn serve_connection<I>(&self, io: I)
     where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -305,6 +434,30 @@ impl Upstream {
     /// tunnels). An address upstream pipes its bytes to the local address unchanged (any protocol
     /// works, upgrades included), answering only a probe that opens the connection; a service
     /// upstream serves it as [`serve_connection`](Self::serve_connection) does.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// use tower_webhook::tunnel::Upstream;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+    /// #     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("local server")))
+    /// # });
+    /// # let local_server = Upstream::service(app);
+    /// # let addr = local_server.local_addr().await?;
+    /// // `addr`: a local HTTP server. Its upstream pipes each public TCP connection to it.
+    /// let upstream = Upstream::address(addr);
+    /// let (mut public, tunnel_side) = tokio::io::duplex(4096);
+    /// tokio::spawn(async move { upstream.serve_tcp_connection(tunnel_side).await });
+    ///
+    /// public.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await?;
+    /// let mut answer = String::new();
+    /// public.read_to_string(&mut answer).await?;
+    /// assert!(answer.ends_with("local server"));
+    /// # Ok(()) }
+    /// ```
     pub async fn serve_tcp_connection<I>(&self, io: I)
     where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -321,6 +474,23 @@ impl Upstream {
 
     /// A local `http://` address that serves this upstream, for providers that must be given one
     /// (cloudflared). For a service, the first call binds a loopback port that serves it.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::Upstream;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+    /// #     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+    /// # });
+    /// let upstream = Upstream::service(app);
+    /// let addr = upstream.local_addr().await?;
+    /// assert!(addr.ip().is_loopback());
+    /// // Bound once: later calls give the same port.
+    /// assert_eq!(upstream.local_addr().await?, addr);
+    /// # Ok(()) }
+    /// ```
     pub async fn local_addr(&self) -> std::io::Result<SocketAddr> {
         let inner = &self.inner;
         inner
