@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use support::{BoreServer, Logs, black_hole, closed_port, get, get_url, hello_service};
 use tower_webhook::tunnel::{
-    Bore, Cloudflared, LocalTunnel, Ngrok, ProviderKind, Server, Tunnel, TunnelConfig, TunnelError,
-    TunnelEvent, Upstream,
+    Bore, BoxFuture, Cloudflared, LocalTunnel, Ngrok, Provider, ProviderKind, Server, Session,
+    Tunnel, TunnelConfig, TunnelError, TunnelEvent, Upstream,
 };
 
 fn service() -> Upstream {
@@ -456,6 +456,116 @@ async fn server_helper_serves_an_axum_router_locally_and_through_the_tunnel() {
     })
     .await;
     assert!(gone, "tunnel still open after shutdown");
+}
+
+/// A provider like cloudflared: its public side, on a new port each time it opens, forwards to
+/// the upstream's local port. With `lose_first`, the first session ends after 200 ms.
+#[derive(Debug, Default)]
+struct ForwardToLocalPort {
+    lose_first: bool,
+    opened: AtomicUsize,
+}
+
+impl Provider for ForwardToLocalPort {
+    fn name(&self) -> &str {
+        "forward"
+    }
+
+    fn open(&self, upstream: Upstream) -> BoxFuture<'_, Result<Session, tower_webhook::BoxError>> {
+        let lost = self.lose_first && self.opened.fetch_add(1, Ordering::SeqCst) == 0;
+        Box::pin(async move {
+            let origin = upstream.local_addr().await?;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let url = format!("http://{}", listener.local_addr()?);
+            Ok(Session::spawn(url, move |mut stop| async move {
+                let lose = tokio::time::sleep(if lost {
+                    Duration::from_millis(200)
+                } else {
+                    Duration::MAX
+                });
+                tokio::pin!(lose);
+                loop {
+                    tokio::select! {
+                        () = stop.stopped() => return Ok(()),
+                        () = &mut lose => return Err("connection to the edge lost".into()),
+                        accepted = listener.accept() => {
+                            let (mut public, _) = accepted?;
+                            tokio::spawn(async move {
+                                if let Ok(mut local) = tokio::net::TcpStream::connect(origin).await {
+                                    let _ = tokio::io::copy_bidirectional(&mut public, &mut local).await;
+                                }
+                            });
+                        }
+                    }
+                }
+            }))
+        })
+    }
+}
+
+/// The server accepts on its port before the tunnel opens, so the round-trip probe of a
+/// provider that forwards there (cloudflared does) reaches the service.
+#[tokio::test]
+async fn server_helper_serves_a_provider_that_forwards_to_its_port() {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = Server::bind(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap()
+        .tunnel(
+            Tunnel::builder()
+                .probe_timeout(Duration::from_secs(1))
+                .provider(ForwardToLocalPort::default()),
+        )
+        .with_graceful_shutdown(async {
+            let _ = stopped.await;
+        })
+        .spawn(hello_service(Arc::new(AtomicUsize::new(0))))
+        .await
+        .unwrap();
+    let url = running.tunnel_url().unwrap();
+    let (status, body) = get_url(&url, "/through").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(body.starts_with("hello from /through"), "{body}");
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), running.wait())
+        .await
+        .unwrap();
+}
+
+/// `Running::tunnel_url` follows the tunnel: re-opened at another URL, it reports the new one.
+#[tokio::test]
+async fn server_helper_reports_the_url_of_a_re_opened_tunnel() {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = Server::bind(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap()
+        .tunnel(
+            Tunnel::builder()
+                .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(50))
+                .provider(ForwardToLocalPort {
+                    lose_first: true,
+                    ..Default::default()
+                }),
+        )
+        .with_graceful_shutdown(async {
+            let _ = stopped.await;
+        })
+        .spawn(hello_service(Arc::new(AtomicUsize::new(0))))
+        .await
+        .unwrap();
+    let first = running.tunnel_url().unwrap();
+    let moved = support::eventually(Duration::from_secs(3), || {
+        running.tunnel_url().is_some_and(|url| url != first)
+    })
+    .await;
+    assert!(moved, "still {first}");
+    let url = running.tunnel_url().unwrap();
+    let (status, body) = get_url(&url, "/moved").await.unwrap();
+    assert_eq!((status, body.starts_with("hello from /moved")), (200, true));
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), running.wait())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

@@ -762,6 +762,11 @@ impl TunnelHandle {
         self.status.borrow().url().to_owned()
     }
 
+    /// A receiver of the status, for the server helper to report the current URL.
+    pub(crate) fn status_receiver(&self) -> watch::Receiver<TunnelEvent> {
+        self.status.clone()
+    }
+
     /// The provider that opened the current tunnel.
     ///
     /// # Example

@@ -15,7 +15,7 @@ use tower_service::Service;
 use super::accept::Acceptor;
 use super::provider::BoxFuture;
 use super::upstream::DEFAULT_HEADER_READ_TIMEOUT;
-use super::{TunnelBuilder, TunnelConfig, TunnelError, Upstream};
+use super::{TunnelBuilder, TunnelConfig, TunnelError, TunnelEvent, TunnelHandle, Upstream};
 use crate::BoxError;
 
 /// How long open connections get to finish after the shutdown signal.
@@ -309,15 +309,6 @@ impl Server {
             .header_read_timeout(self.header_read_timeout)
             .with_local_addr(local_addr)
             .with_graceful_shutdown();
-        let tunnel = match self.tunnel {
-            Some(builder) => {
-                let handle = builder.start(upstream.clone()).await?;
-                tracing::info!(url = %handle.url(), provider = %handle.provider(), "webhooks reach this server at the tunnel URL");
-                Some(handle)
-            }
-            None => None,
-        };
-        let (url_tx, url_rx) = tokio::sync::watch::channel(tunnel.as_ref().map(|t| t.url()));
         let shutdown = self.shutdown.unwrap_or_else(|| {
             Box::pin(async {
                 if tokio::signal::ctrl_c().await.is_err() {
@@ -325,9 +316,14 @@ impl Server {
                 }
             })
         });
+        // The server accepts before the tunnel opens: a provider that forwards to this port
+        // (cloudflared) reaches the service during the tunnel's round-trip probe.
         let mut acceptor = Acceptor::new(self.listener);
         tracing::info!(%local_addr, "webhook server listening");
+        let (tunnel_tx, tunnel_rx) = tokio::sync::oneshot::channel::<TunnelHandle>();
+        let serving = upstream.clone();
         let task = tokio::spawn(async move {
+            let upstream = serving;
             let mut shutdown = shutdown;
             loop {
                 tokio::select! {
@@ -352,14 +348,30 @@ impl Server {
                     DRAIN.as_secs()
                 );
             }
-            if let Some(tunnel) = tunnel {
+            // The tunnel, once it is open (none when not asked for).
+            if let Ok(tunnel) = tunnel_rx.await {
                 tunnel.close().await;
             }
-            drop(url_tx);
         });
+        let tunnel_status = match self.tunnel {
+            Some(builder) => match builder.start(upstream).await {
+                Ok(handle) => {
+                    tracing::info!(url = %handle.url(), provider = %handle.provider(), "webhooks reach this server at the tunnel URL");
+                    let status = handle.status_receiver();
+                    // The task only ends after taking the handle, unless it was aborted.
+                    let _ = tunnel_tx.send(handle);
+                    Some(status)
+                }
+                Err(err) => {
+                    task.abort();
+                    return Err(err);
+                }
+            },
+            None => None,
+        };
         Ok(Running {
             local_addr,
-            tunnel_url: url_rx,
+            tunnel_status,
             task,
         })
     }
@@ -390,7 +402,8 @@ impl Server {
 #[derive(Debug)]
 pub struct Running {
     local_addr: SocketAddr,
-    tunnel_url: tokio::sync::watch::Receiver<Option<String>>,
+    /// The tunnel's status, which carries its current URL.
+    tunnel_status: Option<tokio::sync::watch::Receiver<TunnelEvent>>,
     task: JoinHandle<()>,
 }
 
@@ -425,7 +438,8 @@ impl Running {
         self.local_addr
     }
 
-    /// The public URL the tunnel had when serving started, if a tunnel was asked for.
+    /// The tunnel's current public URL, if a tunnel was asked for. It changes when a lost tunnel
+    /// is re-opened at another URL.
     ///
     /// # Example
     ///
@@ -470,7 +484,8 @@ impl Running {
     /// # Ok(()) }
     /// ```
     pub fn tunnel_url(&self) -> Option<String> {
-        self.tunnel_url.borrow().clone()
+        let status = self.tunnel_status.as_ref()?;
+        Some(status.borrow().url().to_owned())
     }
 
     /// Waits until the server has shut down (connections drained, tunnel closed).
