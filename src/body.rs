@@ -40,6 +40,21 @@ enum Kind<B> {
 
 impl<B> ResponseBody<B> {
     /// Wraps the inner service's body.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body::Body as _;
+    /// use http_body_util::{BodyExt, Full};
+    /// use tower_webhook::body::ResponseBody;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let body = ResponseBody::new(Full::new(Bytes::from_static(b"from the handler")));
+    /// assert_eq!(body.size_hint().exact(), Some(16));
+    /// assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"from the handler");
+    /// # }
+    /// ```
     pub fn new(inner: B) -> Self {
         Self {
             kind: Kind::Inner(inner),
@@ -47,6 +62,22 @@ impl<B> ResponseBody<B> {
     }
 
     /// A complete body made of `bytes`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body::Body as _;
+    /// use http_body_util::{BodyExt, Empty};
+    /// use tower_webhook::body::ResponseBody;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let doc = Bytes::from_static(br#"{"status":401}"#);
+    /// let body: ResponseBody<Empty<Bytes>> = ResponseBody::full(doc.clone());
+    /// assert_eq!(body.size_hint().exact(), Some(doc.len() as u64));
+    /// assert_eq!(body.collect().await.unwrap().to_bytes(), doc);
+    /// # }
+    /// ```
     pub fn full(bytes: Bytes) -> Self {
         Self {
             kind: Kind::Full(if bytes.is_empty() { None } else { Some(bytes) }),
@@ -54,6 +85,19 @@ impl<B> ResponseBody<B> {
     }
 
     /// An empty body.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body::Body as _;
+    /// use http_body_util::Full;
+    /// use tower_webhook::body::ResponseBody;
+    ///
+    /// let body: ResponseBody<Full<Bytes>> = ResponseBody::empty();
+    /// assert!(body.is_end_stream());
+    /// assert_eq!(body.size_hint().exact(), Some(0));
+    /// ```
     pub fn empty() -> Self {
         Self {
             kind: Kind::Full(None),
@@ -135,6 +179,21 @@ enum RequestKind {
 
 impl RequestBody {
     /// Wraps any body whose data is `Bytes`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body::Body as _;
+    /// use http_body_util::{BodyExt, Full};
+    /// use tower_webhook::body::RequestBody;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let body = RequestBody::new(Full::new(Bytes::from_static(b"payload=%7B%7D")));
+    /// assert_eq!(body.size_hint().exact(), Some(14));
+    /// assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"payload=%7B%7D");
+    /// # }
+    /// ```
     pub fn new<B>(body: B) -> Self
     where
         B: Body<Data = Bytes> + Send + 'static,

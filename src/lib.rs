@@ -102,6 +102,20 @@ pub mod signature;
 pub mod tunnel;
 
 /// The boxed error type tower middleware passes around.
+///
+/// # Example
+///
+/// ```
+/// use tower_webhook::BoxError;
+///
+/// fn parse_port(value: &str) -> Result<u16, BoxError> {
+///     Ok(value.parse::<u16>()?)
+/// }
+///
+/// assert_eq!(parse_port("8080").unwrap(), 8080);
+/// let err: BoxError = parse_port("http").unwrap_err();
+/// assert!(err.is::<std::num::ParseIntError>());
+/// ```
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 #[cfg(feature = "error")]

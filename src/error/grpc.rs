@@ -80,6 +80,19 @@ impl GrpcCode {
     /// | other 4xx | `FailedPrecondition` |
     /// | other 5xx | `Internal` |
     /// | 1xx, 3xx | `Unknown` |
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_webhook::error::GrpcCode;
+    ///
+    /// assert_eq!(GrpcCode::from_http_status(StatusCode::ACCEPTED), GrpcCode::Ok);
+    /// assert_eq!(GrpcCode::from_http_status(StatusCode::CONFLICT), GrpcCode::AlreadyExists);
+    /// assert_eq!(GrpcCode::from_http_status(StatusCode::TOO_MANY_REQUESTS), GrpcCode::ResourceExhausted);
+    /// assert_eq!(GrpcCode::from_http_status(StatusCode::IM_A_TEAPOT), GrpcCode::FailedPrecondition);
+    /// assert_eq!(GrpcCode::from_http_status(StatusCode::INSUFFICIENT_STORAGE), GrpcCode::Internal);
+    /// ```
     pub fn from_http_status(status: StatusCode) -> Self {
         match status.as_u16() {
             200..=299 => Self::Ok,
@@ -103,6 +116,18 @@ impl GrpcCode {
 
     /// The HTTP status an HTTP client is answered with for this gRPC code (the mapping of
     /// `google.rpc.Code`).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_webhook::error::GrpcCode;
+    ///
+    /// assert_eq!(GrpcCode::DeadlineExceeded.to_http_status(), StatusCode::GATEWAY_TIMEOUT);
+    /// assert_eq!(GrpcCode::PermissionDenied.to_http_status(), StatusCode::FORBIDDEN);
+    /// assert_eq!(GrpcCode::Cancelled.to_http_status().as_u16(), 499);
+    /// assert_eq!(GrpcCode::DataLoss.to_http_status(), StatusCode::INTERNAL_SERVER_ERROR);
+    /// ```
     pub fn to_http_status(self) -> StatusCode {
         match self {
             Self::Ok => StatusCode::OK,
@@ -123,6 +148,18 @@ impl GrpcCode {
     }
 
     /// The code for a `grpc-status` number; unknown numbers are `Unknown`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::error::GrpcCode;
+    ///
+    /// // The `grpc-status` header of an upstream's trailers-only answer.
+    /// let res = http::Response::builder().header("grpc-status", "14").body(()).unwrap();
+    /// let code: u16 = res.headers()["grpc-status"].to_str().unwrap().parse().unwrap();
+    /// assert_eq!(GrpcCode::from_u16(code), GrpcCode::Unavailable);
+    /// assert_eq!(GrpcCode::from_u16(99), GrpcCode::Unknown);
+    /// ```
     pub fn from_u16(code: u16) -> Self {
         match code {
             0 => Self::Ok,

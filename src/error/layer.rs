@@ -66,6 +66,19 @@ where
 }
 
 /// The default renderer: an RFC 9457 `application/problem+json` document.
+///
+/// # Example
+///
+/// ```
+/// use http::StatusCode;
+/// use tower_webhook::error::{Problem, ProblemJson, RenderProblem};
+///
+/// let res = ProblemJson.render(&Problem::new(StatusCode::UNAUTHORIZED));
+/// assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+/// assert_eq!(res.headers()["content-type"], "application/problem+json");
+/// let doc: serde_json::Value = serde_json::from_slice(res.body()).unwrap();
+/// assert_eq!(doc["status"], 401);
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ProblemJson;
 
@@ -119,6 +132,29 @@ impl Shared {
 /// Layer that turns every error and panic of the inner service into a correct response.
 ///
 /// See the [module docs](super) for what it maps and how.
+///
+/// # Example
+///
+/// ```
+/// use http::{Request, Response, StatusCode};
+/// use std::time::Duration;
+/// use tower::{BoxError, ServiceBuilder, ServiceExt};
+/// use tower_webhook::error::WebhookErrorLayer;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// let svc = ServiceBuilder::new()
+///     .layer(WebhookErrorLayer::new())
+///     .timeout(Duration::from_secs(10))
+///     .service_fn(|_: Request<String>| async {
+///         tokio::time::sleep(Duration::from_secs(60)).await; // a slow upstream
+///         Ok::<_, BoxError>(Response::new(String::new()))
+///     });
+///
+/// let res = svc.oneshot(Request::new(String::new())).await.unwrap();
+/// assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+/// assert_eq!(res.headers()["content-type"], "application/problem+json");
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct WebhookErrorLayer<R = ProblemJson> {
     shared: Shared,
@@ -128,6 +164,27 @@ pub struct WebhookErrorLayer<R = ProblemJson> {
 impl WebhookErrorLayer {
     /// A layer with the default settings: timeouts answer 504, request ids are read from
     /// `x-request-id`, problems are rendered as `application/problem+json`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::{Request, Response, StatusCode};
+    /// use tower::{ServiceBuilder, ServiceExt};
+    /// use tower_webhook::error::{Problem, WebhookErrorLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(WebhookErrorLayer::new())
+    ///     .service_fn(|_: Request<String>| async {
+    ///         Err::<Response<String>, _>(Problem::new(StatusCode::FORBIDDEN))
+    ///     });
+    ///
+    /// let req = Request::builder().header("x-request-id", "req-9").body(String::new()).unwrap();
+    /// let res = svc.oneshot(req).await.unwrap();
+    /// assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    /// assert_eq!(res.headers()["content-type"], "application/problem+json");
+    /// # }
+    /// ```
     pub fn new() -> Self {
         Self {
             shared: Shared::Static(&DEFAULT_CONFIG),
@@ -147,6 +204,25 @@ impl<R> WebhookErrorLayer<R> {
     ///
     /// 504 fits when the deadline protects an upstream call; use 408 Request Timeout when the
     /// timeout measures the client's own request.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::{Request, Response, StatusCode};
+    /// use tower::timeout::error::Elapsed;
+    /// use tower::{ServiceBuilder, ServiceExt};
+    /// use tower_webhook::error::WebhookErrorLayer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// // The timeout bounds how long the client takes to send its request.
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(WebhookErrorLayer::new().timeout_status(StatusCode::REQUEST_TIMEOUT))
+    ///     .service_fn(|_: Request<String>| async { Err::<Response<String>, _>(Elapsed::new()) });
+    ///
+    /// let res = svc.oneshot(Request::new(String::new())).await.unwrap();
+    /// assert_eq!(res.status(), StatusCode::REQUEST_TIMEOUT);
+    /// # }
+    /// ```
     pub fn timeout_status(mut self, status: StatusCode) -> Self {
         self.shared.update(|c| c.timeout_status = status);
         self
@@ -154,6 +230,30 @@ impl<R> WebhookErrorLayer<R> {
 
     /// Reads the request id, used as the problem's `instance`, from this header
     /// (default `x-request-id`).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::{HeaderName, Request, Response, StatusCode};
+    /// use http_body_util::BodyExt;
+    /// use tower::{ServiceBuilder, ServiceExt};
+    /// use tower_webhook::error::{Problem, WebhookErrorLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let layer = WebhookErrorLayer::new().request_id_header(HeaderName::from_static("x-github-delivery"));
+    /// let svc = ServiceBuilder::new().layer(layer).service_fn(|_: Request<String>| async {
+    ///     Err::<Response<String>, _>(Problem::new(StatusCode::UNPROCESSABLE_ENTITY))
+    /// });
+    ///
+    /// let req = Request::post("/hook")
+    ///     .header("x-github-delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958")
+    ///     .body(String::new())
+    ///     .unwrap();
+    /// let body = svc.oneshot(req).await.unwrap().into_body().collect().await.unwrap().to_bytes();
+    /// let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    /// assert_eq!(doc["instance"], "72d3162e-cc78-11e3-81ab-4c9367dc0958");
+    /// # }
+    /// ```
     pub fn request_id_header(mut self, name: HeaderName) -> Self {
         self.shared.update(|c| c.request_id_header = name);
         self
@@ -161,6 +261,34 @@ impl<R> WebhookErrorLayer<R> {
 
     /// Recognises errors of type `E` anywhere in an error's `source()` chain and renders them
     /// through their [`HttpError`] implementation.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::{Request, Response, StatusCode};
+    /// use tower::{BoxError, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::error::{HttpError, WebhookErrorLayer};
+    ///
+    /// #[derive(Debug, thiserror::Error)]
+    /// #[error("repository {0} is not installed")]
+    /// struct NotInstalled(String);
+    ///
+    /// impl HttpError for NotInstalled {
+    ///     fn status(&self) -> StatusCode { StatusCode::UNPROCESSABLE_ENTITY }
+    ///     fn problem_type(&self) -> &str { "urn:example:not-installed" }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(WebhookErrorLayer::new().recognize::<NotInstalled>())
+    ///     .service_fn(|_: Request<String>| async {
+    ///         Err::<Response<String>, BoxError>(NotInstalled("octo/repo".into()).into())
+    ///     });
+    ///
+    /// let res = svc.oneshot(Request::new(String::new())).await.unwrap();
+    /// assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    /// # }
+    /// ```
     pub fn recognize<E: HttpError>(mut self) -> Self {
         self.shared
             .update(|c| c.recognizers.push(classify::recognize_as::<E>));
@@ -168,6 +296,35 @@ impl<R> WebhookErrorLayer<R> {
     }
 
     /// Renders problems for HTTP clients with `renderer` instead of `application/problem+json`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http::{Request, Response, StatusCode};
+    /// use http_body_util::BodyExt;
+    /// use tower::{ServiceBuilder, ServiceExt};
+    /// use tower_webhook::error::{Problem, WebhookErrorLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let plain_text = |problem: &Problem| {
+    ///     Response::builder()
+    ///         .status(problem.status())
+    ///         .header("content-type", "text/plain")
+    ///         .body(Bytes::from(problem.title().to_owned()))
+    ///         .unwrap()
+    /// };
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(WebhookErrorLayer::new().render_with(plain_text))
+    ///     .service_fn(|_: Request<String>| async {
+    ///         Err::<Response<String>, _>(Problem::new(StatusCode::CONFLICT))
+    ///     });
+    ///
+    /// let res = svc.oneshot(Request::new(String::new())).await.unwrap();
+    /// assert_eq!(res.headers()["content-type"], "text/plain");
+    /// assert_eq!(&res.into_body().collect().await.unwrap().to_bytes()[..], b"Conflict");
+    /// # }
+    /// ```
     pub fn render_with<R2: RenderProblem>(self, renderer: R2) -> WebhookErrorLayer<R2> {
         WebhookErrorLayer {
             shared: self.shared,
@@ -203,6 +360,25 @@ impl<S, R: Clone> Layer<S> for WebhookErrorLayer<R> {
 /// Middleware that turns every error and panic of the inner service into a response.
 ///
 /// See the [module docs](super) for more details.
+///
+/// # Example
+///
+/// ```
+/// use http::{Request, Response, StatusCode};
+/// use tower::{BoxError, Layer, ServiceExt};
+/// use tower_webhook::error::{WebhookError, WebhookErrorLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let handler = tower::service_fn(|_: Request<String>| async {
+///     Err::<Response<String>, BoxError>("connection reset by the database".into())
+/// });
+/// let svc: WebhookError<_> = WebhookErrorLayer::new().layer(handler);
+///
+/// // Its error type is `Infallible`: every failure is already a response.
+/// let res = svc.oneshot(Request::new(String::new())).await.unwrap();
+/// assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+/// # }
+/// ```
 pub struct WebhookError<S, R = ProblemJson> {
     inner: S,
     shared: Shared,
@@ -231,6 +407,22 @@ impl<S: fmt::Debug, R> fmt::Debug for WebhookError<S, R> {
 
 impl<S> WebhookError<S> {
     /// Wraps `inner` with the default settings.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::{Request, Response, StatusCode};
+    /// use tower::ServiceExt;
+    /// use tower_webhook::error::{Problem, WebhookError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let svc = WebhookError::new(tower::service_fn(|_: Request<String>| async {
+    ///     Err::<Response<String>, _>(Problem::new(StatusCode::NOT_FOUND))
+    /// }));
+    /// let res = svc.oneshot(Request::new(String::new())).await.unwrap();
+    /// assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    /// # }
+    /// ```
     pub fn new(inner: S) -> Self {
         WebhookErrorLayer::new().layer(inner)
     }
@@ -337,6 +529,24 @@ enum Outcome {
 }
 
 /// Response future of [`WebhookError`].
+///
+/// # Example
+///
+/// ```
+/// use http::{Request, Response, StatusCode};
+/// use std::convert::Infallible;
+/// use tower::{Service, ServiceExt};
+/// use tower_webhook::error::{ProblemJson, ResponseFuture, WebhookError};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let mut svc = WebhookError::new(tower::service_fn(|_: Request<String>| async {
+///     Ok::<_, Infallible>(Response::new(String::from("ok")))
+/// }));
+/// let future: ResponseFuture<_, ProblemJson> =
+///     svc.ready().await.unwrap().call(Request::new(String::new()));
+/// assert_eq!(future.await.unwrap().status(), StatusCode::OK);
+/// # }
+/// ```
 #[pin_project]
 pub struct ResponseFuture<F, R> {
     #[pin]

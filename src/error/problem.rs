@@ -10,6 +10,16 @@ use http::{HeaderValue, Response, StatusCode, header};
 use super::grpc::GrpcCode;
 
 /// The media type of a problem document (RFC 9457, section 3).
+///
+/// # Example
+///
+/// ```
+/// use http::{StatusCode, header};
+/// use tower_webhook::error::{PROBLEM_JSON, Problem};
+///
+/// let res = Problem::new(StatusCode::NOT_FOUND).to_response::<bytes::Bytes>();
+/// assert_eq!(res.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+/// ```
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// Stable problem type URIs of the crate's own errors.
@@ -18,24 +28,203 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 /// meaning, so clients may match on them.
 pub mod types {
     /// The request carried no valid signature or credential (401).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::error::{Problem, types};
+    /// use tower_webhook::signature::SignatureValidationError;
+    ///
+    /// let problem = Problem::from_error(&SignatureValidationError::Mismatch);
+    /// assert_eq!(problem.problem_type(), types::INVALID_SIGNATURE);
+    /// assert_eq!(problem.status(), 401);
+    /// ```
     pub const INVALID_SIGNATURE: &str = "urn:tower-webhook:problem:invalid-signature";
     /// The body is larger than the configured limit (413).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::error::{Problem, types};
+    /// use tower_webhook::signature::SignatureValidationError;
+    ///
+    /// let problem = Problem::from_error(&SignatureValidationError::PayloadTooLarge { limit: 1 << 20 });
+    /// assert_eq!(problem.problem_type(), types::PAYLOAD_TOO_LARGE);
+    /// assert_eq!(problem.status(), 413);
+    /// ```
     pub const PAYLOAD_TOO_LARGE: &str = "urn:tower-webhook:problem:payload-too-large";
     /// The delivery was already seen, or its signed timestamp is outside the window.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::error::{Problem, types};
+    /// use tower_webhook::signature::SignatureValidationError;
+    ///
+    /// let err = SignatureValidationError::Replayed("72d3162e-cc78-11e3-81ab-4c9367dc0958".into());
+    /// let problem = Problem::from_error(&err);
+    /// assert_eq!(problem.problem_type(), types::REPLAYED_DELIVERY);
+    /// assert_eq!(problem.status(), 409);
+    /// ```
     pub const REPLAYED_DELIVERY: &str = "urn:tower-webhook:problem:replayed-delivery";
     /// The request was authenticated but is not a well-formed delivery (400).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::error::{Problem, types};
+    /// use tower_webhook::signature::SignatureValidationError;
+    ///
+    /// let err = SignatureValidationError::MalformedDelivery("body is not a JSON event with an `id`");
+    /// let problem = Problem::from_error(&err);
+    /// assert_eq!(problem.problem_type(), types::MALFORMED_DELIVERY);
+    /// assert_eq!(problem.status(), 400);
+    /// ```
     pub const MALFORMED_DELIVERY: &str = "urn:tower-webhook:problem:malformed-delivery";
     /// A circuit breaker rejected the call (503).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::{Request, Response};
+    /// use http_body_util::BodyExt;
+    /// use tower::{BoxError, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::CircuitBreakerLayer;
+    /// use tower_webhook::error::{WebhookErrorLayer, types};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let breaker = CircuitBreakerLayer::new_for_http();
+    /// breaker.handle().transition_to_forced_open().unwrap();
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(WebhookErrorLayer::new())
+    ///     .layer(breaker)
+    ///     .service_fn(|_: Request<String>| async { Ok::<_, BoxError>(Response::new(String::new())) });
+    ///
+    /// let res = svc.oneshot(Request::new(String::new())).await.unwrap();
+    /// assert_eq!(res.status(), 503);
+    /// let body = res.into_body().collect().await.unwrap().to_bytes();
+    /// let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    /// assert_eq!(doc["type"], types::CIRCUIT_OPEN);
+    /// # }
+    /// ```
     pub const CIRCUIT_OPEN: &str = "urn:tower-webhook:problem:circuit-open";
     /// The delivery could not be processed (500, or 503 when retryable).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::error::{Problem, WebhookProcessingError, types};
+    ///
+    /// let err = WebhookProcessingError::new("could not reach the model API");
+    /// assert_eq!(Problem::from_error(&err).problem_type(), types::PROCESSING_FAILED);
+    /// ```
     pub const PROCESSING_FAILED: &str = "urn:tower-webhook:problem:processing-failed";
     /// The request took longer than its deadline (504, or 408 if so configured).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::{Request, Response};
+    /// use http_body_util::BodyExt;
+    /// use std::time::Duration;
+    /// use tower::{BoxError, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::error::{WebhookErrorLayer, types};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(WebhookErrorLayer::new())
+    ///     .timeout(Duration::from_secs(10))
+    ///     .service_fn(|_: Request<String>| async {
+    ///         tokio::time::sleep(Duration::from_secs(60)).await;
+    ///         Ok::<_, BoxError>(Response::new(String::new()))
+    ///     });
+    ///
+    /// let res = svc.oneshot(Request::new(String::new())).await.unwrap();
+    /// assert_eq!(res.status(), 504);
+    /// let body = res.into_body().collect().await.unwrap().to_bytes();
+    /// let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    /// assert_eq!(doc["type"], types::TIMEOUT);
+    /// # }
+    /// ```
     pub const TIMEOUT: &str = "urn:tower-webhook:problem:timeout";
     /// The service shed load (503).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::{Request, Response};
+    /// use http_body_util::BodyExt;
+    /// use tower::load_shed::error::Overloaded;
+    /// use tower::{ServiceBuilder, ServiceExt};
+    /// use tower_webhook::error::{WebhookErrorLayer, types};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// // What `tower::load_shed` returns when the inner service is not ready.
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(WebhookErrorLayer::new())
+    ///     .service_fn(|_: Request<String>| async { Err::<Response<String>, _>(Overloaded::new()) });
+    ///
+    /// let res = svc.oneshot(Request::new(String::new())).await.unwrap();
+    /// assert_eq!(res.status(), 503);
+    /// let body = res.into_body().collect().await.unwrap().to_bytes();
+    /// let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    /// assert_eq!(doc["type"], types::OVERLOADED);
+    /// # }
+    /// ```
     pub const OVERLOADED: &str = "urn:tower-webhook:problem:overloaded";
     /// The handler panicked (500).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::{Request, Response};
+    /// use http_body_util::BodyExt;
+    /// use std::convert::Infallible;
+    /// use tower::{ServiceBuilder, ServiceExt};
+    /// use tower_webhook::error::{WebhookErrorLayer, types};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(WebhookErrorLayer::new())
+    ///     .service_fn(|req: Request<String>| async move {
+    ///         assert!(!req.body().is_empty(), "a delivery always has a body");
+    ///         Ok::<_, Infallible>(Response::new(String::new()))
+    ///     });
+    ///
+    /// let res = svc.oneshot(Request::new(String::new())).await.unwrap();
+    /// assert_eq!(res.status(), 500);
+    /// let body = res.into_body().collect().await.unwrap().to_bytes();
+    /// let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    /// assert_eq!(doc["type"], types::PANIC);
+    /// assert!(!String::from_utf8_lossy(&body).contains("always has a body"));
+    /// # }
+    /// ```
     pub const PANIC: &str = "urn:tower-webhook:problem:internal";
     /// A gRPC status returned by a tonic service, seen by an HTTP client.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::{Request, Response};
+    /// use http_body_util::BodyExt;
+    /// use tower::{ServiceBuilder, ServiceExt};
+    /// use tower_webhook::error::{WebhookErrorLayer, types};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(WebhookErrorLayer::new())
+    ///     .service_fn(|_: Request<String>| async {
+    ///         Err::<Response<String>, _>(tonic::Status::not_found("no such installation"))
+    ///     });
+    ///
+    /// let res = svc.oneshot(Request::new(String::new())).await.unwrap();
+    /// assert_eq!(res.status(), 404);
+    /// let body = res.into_body().collect().await.unwrap().to_bytes();
+    /// let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    /// assert_eq!(doc["type"], types::GRPC_STATUS);
+    /// assert_eq!(doc["detail"], "no such installation");
+    /// # }
+    /// ```
     pub const GRPC_STATUS: &str = "urn:tower-webhook:problem:grpc-status";
 }
 
@@ -141,6 +330,18 @@ pub struct Problem {
 
 impl Problem {
     /// A problem with this status, type `about:blank` and the status' reason as title.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_webhook::error::{GrpcCode, Problem};
+    ///
+    /// let problem = Problem::new(StatusCode::TOO_MANY_REQUESTS);
+    /// assert_eq!(problem.problem_type(), "about:blank");
+    /// assert_eq!(problem.title(), "Too Many Requests");
+    /// assert_eq!(problem.grpc_code(), GrpcCode::ResourceExhausted);
+    /// ```
     pub fn new(status: StatusCode) -> Self {
         Self {
             status,
@@ -155,6 +356,20 @@ impl Problem {
     }
 
     /// The problem an [`HttpError`] describes.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::error::{Problem, WebhookProcessingError, types};
+    ///
+    /// let err = WebhookProcessingError::retryable("queue is full", Duration::from_secs(10));
+    /// let problem = Problem::from_error(&err);
+    /// assert_eq!(problem.status(), 503);
+    /// assert_eq!(problem.problem_type(), types::PROCESSING_FAILED);
+    /// assert_eq!(problem.retry_after(), Some(Duration::from_secs(10)));
+    /// assert_eq!(problem.detail(), None); // "queue is full" stays in the log
+    /// ```
     pub fn from_error<E: HttpError + ?Sized>(error: &E) -> Self {
         Self {
             status: error.status(),
@@ -182,83 +397,261 @@ impl Problem {
     }
 
     /// Sets the problem type URI.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_webhook::error::Problem;
+    ///
+    /// let problem = Problem::new(StatusCode::UNPROCESSABLE_ENTITY)
+    ///     .with_type("https://bot.example/problems/unknown-repository");
+    /// assert_eq!(problem.problem_type(), "https://bot.example/problems/unknown-repository");
+    /// let doc: serde_json::Value = serde_json::from_slice(&problem.to_json()).unwrap();
+    /// assert_eq!(doc["type"], "https://bot.example/problems/unknown-repository");
+    /// ```
     pub fn with_type(mut self, uri: impl Into<Cow<'static, str>>) -> Self {
         self.problem_type = uri.into();
         self
     }
 
     /// Sets the title.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_webhook::error::Problem;
+    ///
+    /// let problem = Problem::new(StatusCode::UNPROCESSABLE_ENTITY).with_title("Repository not installed");
+    /// assert_eq!(problem.title(), "Repository not installed");
+    /// assert_eq!(problem.to_string(), "422 Repository not installed");
+    /// ```
     pub fn with_title(mut self, title: impl Into<Cow<'static, str>>) -> Self {
         self.title = title.into();
         self
     }
 
     /// Sets the detail shown to the client. Never put internals here.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_webhook::error::Problem;
+    ///
+    /// let problem = Problem::new(StatusCode::BAD_REQUEST).with_detail("`action` must be `opened` or `synchronize`");
+    /// assert_eq!(problem.detail(), Some("`action` must be `opened` or `synchronize`"));
+    /// let doc: serde_json::Value = serde_json::from_slice(&problem.to_json()).unwrap();
+    /// assert_eq!(doc["detail"], "`action` must be `opened` or `synchronize`");
+    /// ```
     pub fn with_detail(mut self, detail: impl Into<Cow<'static, str>>) -> Self {
         self.detail = Some(detail.into());
         self
     }
 
     /// Sets the instance: the identifier of this occurrence, usually a request id.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_webhook::error::Problem;
+    ///
+    /// let problem = Problem::new(StatusCode::CONFLICT).with_instance("req-7f3a");
+    /// assert_eq!(problem.instance(), Some("req-7f3a"));
+    /// let doc: serde_json::Value = serde_json::from_slice(&problem.to_json()).unwrap();
+    /// assert_eq!(doc["instance"], "req-7f3a");
+    /// ```
     pub fn with_instance(mut self, instance: impl Into<String>) -> Self {
         self.instance = Some(instance.into());
         self
     }
 
     /// Sets `Retry-After`, sent in whole seconds, rounded up.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use std::time::Duration;
+    /// use tower_webhook::error::Problem;
+    ///
+    /// let problem = Problem::new(StatusCode::SERVICE_UNAVAILABLE).with_retry_after(Duration::from_millis(1500));
+    /// assert_eq!(problem.retry_after(), Some(Duration::from_millis(1500)));
+    /// let res = problem.to_response::<bytes::Bytes>();
+    /// assert_eq!(res.headers()["retry-after"], "2"); // rounded up
+    /// ```
     pub fn with_retry_after(mut self, after: Duration) -> Self {
         self.retry_after = Some(after);
         self
     }
 
     /// Sets the gRPC code used for gRPC requests.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_webhook::error::{GrpcCode, Problem};
+    ///
+    /// // An optimistic-locking conflict: gRPC clients should retry the whole transaction.
+    /// let problem = Problem::new(StatusCode::CONFLICT).with_grpc_code(GrpcCode::Aborted);
+    /// assert_eq!(problem.grpc_code(), GrpcCode::Aborted);
+    /// let res = problem.to_grpc_response::<()>();
+    /// assert_eq!(res.headers()["grpc-status"], "10");
+    /// ```
     pub fn with_grpc_code(mut self, code: GrpcCode) -> Self {
         self.grpc_code = code;
         self
     }
 
     /// Sets the `grpc-message` used for gRPC requests (default: the detail, else the title).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_webhook::error::Problem;
+    ///
+    /// let problem = Problem::new(StatusCode::TOO_MANY_REQUESTS).with_grpc_message("quota 100% used");
+    /// assert_eq!(problem.grpc_message(), "quota 100% used");
+    /// let res = problem.to_grpc_response::<()>();
+    /// assert_eq!(res.headers()["grpc-message"], "quota 100%25 used");
+    /// ```
     pub fn with_grpc_message(mut self, message: impl Into<Cow<'static, str>>) -> Self {
         self.grpc_message = Some(message.into());
         self
     }
 
     /// The HTTP status.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_webhook::error::{Problem, WebhookProcessingError};
+    ///
+    /// let problem = Problem::from_error(&WebhookProcessingError::new("disk full"));
+    /// assert_eq!(problem.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    /// assert!(problem.status().is_server_error());
+    /// ```
     pub fn status(&self) -> StatusCode {
         self.status
     }
 
     /// The problem type URI.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_webhook::error::{Problem, types};
+    /// use tower_webhook::signature::SignatureValidationError;
+    ///
+    /// let problem = Problem::from_error(&SignatureValidationError::Replayed("evt_1".into()));
+    /// assert_eq!(problem.problem_type(), types::REPLAYED_DELIVERY);
+    /// assert_eq!(Problem::new(StatusCode::NOT_FOUND).problem_type(), "about:blank");
+    /// ```
     pub fn problem_type(&self) -> &str {
         &self.problem_type
     }
 
     /// The title.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_webhook::error::Problem;
+    ///
+    /// assert_eq!(Problem::new(StatusCode::GATEWAY_TIMEOUT).title(), "Gateway Timeout");
+    /// let custom = Problem::new(StatusCode::FORBIDDEN).with_title("App not installed");
+    /// assert_eq!(custom.title(), "App not installed");
+    /// ```
     pub fn title(&self) -> &str {
         &self.title
     }
 
     /// The client-safe detail, if any.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_webhook::error::Problem;
+    ///
+    /// assert_eq!(Problem::new(StatusCode::BAD_REQUEST).detail(), None);
+    /// let problem = Problem::new(StatusCode::BAD_REQUEST).with_detail("unknown event `star`");
+    /// assert_eq!(problem.detail(), Some("unknown event `star`"));
+    /// ```
     pub fn detail(&self) -> Option<&str> {
         self.detail.as_deref()
     }
 
     /// The instance (request id), if any.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_webhook::error::Problem;
+    ///
+    /// assert_eq!(Problem::new(StatusCode::CONFLICT).instance(), None);
+    /// let problem = Problem::new(StatusCode::CONFLICT).with_instance("req-42");
+    /// assert_eq!(problem.instance(), Some("req-42"));
+    /// ```
     pub fn instance(&self) -> Option<&str> {
         self.instance.as_deref()
     }
 
     /// The `Retry-After` delay, if any.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::error::{Problem, WebhookProcessingError};
+    ///
+    /// let busy = WebhookProcessingError::retryable("worker pool saturated", Duration::from_secs(20));
+    /// assert_eq!(Problem::from_error(&busy).retry_after(), Some(Duration::from_secs(20)));
+    /// let broken = WebhookProcessingError::new("template missing");
+    /// assert_eq!(Problem::from_error(&broken).retry_after(), None);
+    /// ```
     pub fn retry_after(&self) -> Option<Duration> {
         self.retry_after
     }
 
     /// The gRPC code.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_webhook::error::{GrpcCode, Problem};
+    ///
+    /// assert_eq!(Problem::new(StatusCode::UNAUTHORIZED).grpc_code(), GrpcCode::Unauthenticated);
+    /// assert_eq!(Problem::new(StatusCode::BAD_GATEWAY).grpc_code(), GrpcCode::Unavailable);
+    /// ```
     pub fn grpc_code(&self) -> GrpcCode {
         self.grpc_code
     }
 
     /// The `grpc-message`: the one set, else the detail, else the title.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_webhook::error::Problem;
+    ///
+    /// let problem = Problem::new(StatusCode::NOT_FOUND);
+    /// assert_eq!(problem.grpc_message(), "Not Found");
+    /// let problem = problem.with_detail("no such repository");
+    /// assert_eq!(problem.grpc_message(), "no such repository");
+    /// let problem = problem.with_grpc_message("repository octo/repo not found");
+    /// assert_eq!(problem.grpc_message(), "repository octo/repo not found");
+    /// ```
     pub fn grpc_message(&self) -> &str {
         self.grpc_message
             .as_deref()
@@ -268,6 +661,21 @@ impl Problem {
 
     /// The problem document as JSON bytes (`type`, `title`, `status`, and `detail`, `instance`
     /// when present).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_webhook::error::Problem;
+    ///
+    /// let json = Problem::new(StatusCode::UNAUTHORIZED).with_instance("req-1").to_json();
+    /// let doc: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    /// assert_eq!(doc["type"], "about:blank");
+    /// assert_eq!(doc["title"], "Unauthorized");
+    /// assert_eq!(doc["status"], 401);
+    /// assert_eq!(doc["instance"], "req-1");
+    /// assert!(doc.get("detail").is_none());
+    /// ```
     pub fn to_json(&self) -> Bytes {
         #[derive(serde::Serialize)]
         struct Doc<'a> {
@@ -294,6 +702,20 @@ impl Problem {
     }
 
     /// An `application/problem+json` response with the problem's status and `Retry-After`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http::StatusCode;
+    /// use http_body_util::Full;
+    /// use tower_webhook::error::Problem;
+    ///
+    /// let res = Problem::new(StatusCode::PAYLOAD_TOO_LARGE).to_response::<Full<Bytes>>();
+    /// assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    /// assert_eq!(res.headers()["content-type"], "application/problem+json");
+    /// assert!(res.headers().get("retry-after").is_none());
+    /// ```
     pub fn to_response<B: From<Bytes>>(&self) -> Response<B> {
         let mut response = Response::new(B::from(self.to_json()));
         *response.status_mut() = self.status;
@@ -307,6 +729,19 @@ impl Problem {
 
     /// A trailers-only gRPC response: HTTP 200, `content-type: application/grpc`, and
     /// `grpc-status` / percent-encoded `grpc-message` in the headers.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_webhook::error::Problem;
+    ///
+    /// let res = Problem::new(StatusCode::UNAUTHORIZED).to_grpc_response::<()>();
+    /// assert_eq!(res.status(), StatusCode::OK);
+    /// assert_eq!(res.headers()["content-type"], "application/grpc");
+    /// assert_eq!(res.headers()["grpc-status"], "16");
+    /// assert_eq!(res.headers()["grpc-message"], "Unauthorized");
+    /// ```
     pub fn to_grpc_response<B: Default>(&self) -> Response<B> {
         let mut response = Response::new(B::default());
         let headers = response.headers_mut();

@@ -34,6 +34,20 @@ pub struct WebhookProcessingError {
 
 impl WebhookProcessingError {
     /// A permanent processing failure (500) caused by `source`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::error::Error as _;
+    /// use tower_webhook::error::{HttpError, WebhookProcessingError};
+    ///
+    /// let cause = std::io::Error::other("model API answered 500");
+    /// let err = WebhookProcessingError::new(cause);
+    /// assert!(!err.is_retryable());
+    /// assert_eq!(err.status(), 500);
+    /// assert_eq!(err.to_string(), "webhook processing failed");
+    /// assert_eq!(err.source().unwrap().to_string(), "model API answered 500"); // for the log
+    /// ```
     pub fn new(source: impl Into<BoxError>) -> Self {
         Self {
             source: source.into(),
@@ -42,6 +56,28 @@ impl WebhookProcessingError {
     }
 
     /// A transient failure (503): the provider should deliver again after `after`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::{Request, Response};
+    /// use std::time::Duration;
+    /// use tower::{ServiceBuilder, ServiceExt};
+    /// use tower_webhook::error::{WebhookErrorLayer, WebhookProcessingError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(WebhookErrorLayer::new())
+    ///     .service_fn(|_: Request<String>| async {
+    ///         let busy = WebhookProcessingError::retryable("job queue is full", Duration::from_secs(30));
+    ///         Err::<Response<String>, _>(busy)
+    ///     });
+    ///
+    /// let res = svc.oneshot(Request::new(String::new())).await.unwrap();
+    /// assert_eq!(res.status(), 503);
+    /// assert_eq!(res.headers()["retry-after"], "30");
+    /// # }
+    /// ```
     pub fn retryable(source: impl Into<BoxError>, after: Duration) -> Self {
         Self {
             source: source.into(),
@@ -50,6 +86,18 @@ impl WebhookProcessingError {
     }
 
     /// Whether the provider should deliver again.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::error::WebhookProcessingError;
+    ///
+    /// let failed = WebhookProcessingError::new("unsupported event");
+    /// assert!(!failed.is_retryable());
+    /// let busy = WebhookProcessingError::retryable("rate limited by the API", Duration::from_secs(60));
+    /// assert!(busy.is_retryable());
+    /// ```
     pub fn is_retryable(&self) -> bool {
         self.retry_after.is_some()
     }

@@ -87,15 +87,34 @@ pub use tower::retry::budget::TpsBudget as RetryBudget;
 /// # Example
 ///
 /// ```
-/// use tower_webhook::retry::RetryAllowed;
+/// use tower_webhook::retry::{RetryAllowed, RetryRequest};
 ///
 /// let mut req = http::Request::post("/comments").body(String::new()).unwrap();
+/// assert!(!req.is_idempotent());
 /// req.extensions_mut().insert(RetryAllowed);
+/// assert!(req.is_idempotent());
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RetryAllowed;
 
 /// A request the policy can inspect and send again.
+///
+/// # Example
+///
+/// ```
+/// use tower_webhook::retry::RetryRequest;
+///
+/// let get = http::Request::get("/repos/octo/repo/pulls/1").body(String::new()).unwrap();
+/// assert!(get.is_idempotent());
+///
+/// let mut post = http::Request::post("/repos/octo/repo/issues/1/comments")
+///     .body(String::from(r#"{"body":"LGTM"}"#))
+///     .unwrap();
+/// assert!(!post.is_idempotent());
+/// post.headers_mut().insert("idempotency-key", "comment-42".parse().unwrap());
+/// assert!(post.is_idempotent());
+/// assert_eq!(post.try_clone().unwrap().body(), r#"{"body":"LGTM"}"#);
+/// ```
 pub trait RetryRequest: Sized {
     /// Whether sending it twice has the effect of sending it once.
     fn is_idempotent(&self) -> bool;
@@ -139,6 +158,26 @@ impl RetryRequest for reqwest::Request {
 }
 
 /// A response the policy can inspect.
+///
+/// # Example
+///
+/// ```
+/// use http::StatusCode;
+/// use tower_webhook::retry::RetryResponse;
+///
+/// fn retry_after<R: RetryResponse>(res: &R) -> Option<&str> {
+///     match res.status() {
+///         StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+///             res.headers().get("retry-after")?.to_str().ok()
+///         }
+///         _ => None,
+///     }
+/// }
+///
+/// let res = http::Response::builder().status(429).header("retry-after", "10").body(()).unwrap();
+/// assert_eq!(retry_after(&res), Some("10"));
+/// assert_eq!(retry_after(&http::Response::new(())), None);
+/// ```
 pub trait RetryResponse {
     /// The status.
     fn status(&self) -> StatusCode;
@@ -166,6 +205,18 @@ impl RetryResponse for reqwest::Response {
 }
 
 /// An error the policy can inspect (to recognise a circuit-open rejection).
+///
+/// # Example
+///
+/// ```
+/// use std::io;
+/// use tower::BoxError;
+/// use tower_webhook::retry::RetryError;
+///
+/// let err: BoxError = io::Error::from(io::ErrorKind::ConnectionRefused).into();
+/// let io_err = err.as_error().downcast_ref::<io::Error>().unwrap();
+/// assert_eq!(io_err.kind(), io::ErrorKind::ConnectionRefused);
+/// ```
 pub trait RetryError {
     /// The error, as a standard error.
     fn as_error(&self) -> &(dyn Error + 'static);
@@ -286,6 +337,34 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// 3 retries, backoff from 100 ms capped at 10 s, `Retry-After` up to 60 s, statuses 408,
     /// 429, 502, 503, 504, a budget of 10 retries a second plus 20 % of the calls.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::retry::RetryPolicy;
+    ///
+    /// # use std::sync::atomic::{AtomicU32, Ordering};
+    /// # use http::{Request, Response};
+    /// # use tower::{BoxError, ServiceBuilder, ServiceExt};
+    /// # /// Sends one `method` request to an upstream that always answers `status`; returns the calls.
+    /// # async fn attempts(policy: RetryPolicy, method: &str, status: u16) -> u32 {
+    /// #     let calls = std::sync::Arc::new(AtomicU32::new(0));
+    /// #     let seen = calls.clone();
+    /// #     let svc = ServiceBuilder::new().layer(policy.into_layer()).service_fn(move |_: Request<String>| {
+    /// #         seen.fetch_add(1, Ordering::SeqCst);
+    /// #         async move { Ok::<_, BoxError>(Response::builder().status(status).body(()).unwrap()) }
+    /// #     });
+    /// #     let req = Request::builder().method(method).uri("/repos/octo/repo").body(String::new()).unwrap();
+    /// #     svc.oneshot(req).await.unwrap();
+    /// #     calls.load(Ordering::SeqCst)
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// let policy = RetryPolicy::new();
+    /// assert_eq!(attempts(policy.clone(), "GET", 503).await, 4); // 3 retries
+    /// assert_eq!(attempts(policy.clone(), "GET", 500).await, 1); // not a transient status
+    /// assert_eq!(attempts(policy, "POST", 502).await, 1); // the upstream may have acted
+    /// # }
+    /// ```
     pub fn new() -> Self {
         let mut policy = Self {
             max_retries: 3,
@@ -304,12 +383,50 @@ impl RetryPolicy {
     }
 
     /// At most `n` retries per call (so `n + 1` attempts).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::retry::RetryPolicy;
+    ///
+    /// # use std::sync::atomic::{AtomicU32, Ordering};
+    /// # use http::{Request, Response};
+    /// # use tower::{BoxError, ServiceBuilder, ServiceExt};
+    /// # /// Sends one `method` request to an upstream that always answers `status`; returns the calls.
+    /// # async fn attempts(policy: RetryPolicy, method: &str, status: u16) -> u32 {
+    /// #     let calls = std::sync::Arc::new(AtomicU32::new(0));
+    /// #     let seen = calls.clone();
+    /// #     let svc = ServiceBuilder::new().layer(policy.into_layer()).service_fn(move |_: Request<String>| {
+    /// #         seen.fetch_add(1, Ordering::SeqCst);
+    /// #         async move { Ok::<_, BoxError>(Response::builder().status(status).body(()).unwrap()) }
+    /// #     });
+    /// #     let req = Request::builder().method(method).uri("/repos/octo/repo").body(String::new()).unwrap();
+    /// #     svc.oneshot(req).await.unwrap();
+    /// #     calls.load(Ordering::SeqCst)
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// let policy = RetryPolicy::new().max_retries(1);
+    /// assert_eq!(attempts(policy, "GET", 502).await, 2);
+    /// # }
+    /// ```
     pub fn max_retries(mut self, n: u32) -> Self {
         self.max_retries = n;
         self
     }
 
     /// The delay before retry `k` (0-based) is random between 0 and `min(cap, base * 2^k)`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::retry::RetryPolicy;
+    ///
+    /// let policy = RetryPolicy::new().backoff(Duration::from_millis(200), Duration::from_secs(1));
+    /// assert_eq!(policy.max_delay(0), Duration::from_millis(200));
+    /// assert_eq!(policy.max_delay(1), Duration::from_millis(400));
+    /// assert_eq!(policy.max_delay(5), Duration::from_secs(1)); // capped
+    /// ```
     pub fn backoff(mut self, base: Duration, cap: Duration) -> Self {
         self.base = base;
         self.cap = cap;
@@ -317,12 +434,71 @@ impl RetryPolicy {
     }
 
     /// The longest upstream `Retry-After` the policy waits for; longer ones end the retries.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::sync::{Arc, atomic::{AtomicU32, Ordering}};
+    /// use std::time::Duration;
+    /// use http::{Request, Response};
+    /// use tower::{BoxError, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::retry::RetryPolicy;
+    ///
+    /// # /// Calls an upstream that answers 503 with `Retry-After: 120`; returns the calls.
+    /// # async fn attempts(policy: RetryPolicy) -> u32 {
+    /// #     let calls = Arc::new(AtomicU32::new(0));
+    /// #     let seen = calls.clone();
+    /// #     let svc = ServiceBuilder::new().layer(policy.into_layer()).service_fn(move |_: Request<String>| {
+    /// #         seen.fetch_add(1, Ordering::SeqCst);
+    /// #         let res = Response::builder().status(503).header("retry-after", "120").body(()).unwrap();
+    /// #         async move { Ok::<_, BoxError>(res) }
+    /// #     });
+    /// #     svc.oneshot(Request::get("/").body(String::new()).unwrap()).await.unwrap();
+    /// #     calls.load(Ordering::SeqCst)
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// // The upstream asks for 120 s.
+    /// let patient = RetryPolicy::new().max_retries(1).max_retry_after(Duration::from_secs(300));
+    /// assert_eq!(attempts(patient).await, 2); // waited 120 s, then tried again
+    /// let impatient = RetryPolicy::new().max_retries(1).max_retry_after(Duration::from_secs(30));
+    /// assert_eq!(attempts(impatient).await, 1); // gave up at once
+    /// # }
+    /// ```
     pub fn max_retry_after(mut self, max: Duration) -> Self {
         self.max_retry_after = max;
         self
     }
 
     /// Also retries responses with `status` (only 400..=599 can be added).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_webhook::retry::RetryPolicy;
+    ///
+    /// # use std::sync::atomic::{AtomicU32, Ordering};
+    /// # use http::{Request, Response};
+    /// # use tower::{BoxError, ServiceBuilder, ServiceExt};
+    /// # /// Sends one `method` request to an upstream that always answers `status`; returns the calls.
+    /// # async fn attempts(policy: RetryPolicy, method: &str, status: u16) -> u32 {
+    /// #     let calls = std::sync::Arc::new(AtomicU32::new(0));
+    /// #     let seen = calls.clone();
+    /// #     let svc = ServiceBuilder::new().layer(policy.into_layer()).service_fn(move |_: Request<String>| {
+    /// #         seen.fetch_add(1, Ordering::SeqCst);
+    /// #         async move { Ok::<_, BoxError>(Response::builder().status(status).body(()).unwrap()) }
+    /// #     });
+    /// #     let req = Request::builder().method(method).uri("/repos/octo/repo").body(String::new()).unwrap();
+    /// #     svc.oneshot(req).await.unwrap();
+    /// #     calls.load(Ordering::SeqCst)
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// // An upstream that answers 409 while a previous write is still being applied.
+    /// let policy = RetryPolicy::new().max_retries(2).retry_on_status(StatusCode::CONFLICT);
+    /// assert_eq!(attempts(policy, "GET", 409).await, 3);
+    /// assert_eq!(attempts(RetryPolicy::new(), "GET", 409).await, 1);
+    /// # }
+    /// ```
     pub fn retry_on_status(mut self, status: StatusCode) -> Self {
         if let Some(bit) = status.as_u16().checked_sub(400).filter(|b| *b < 200) {
             self.statuses[usize::from(bit / 64)] |= 1 << (bit % 64);
@@ -331,6 +507,33 @@ impl RetryPolicy {
     }
 
     /// Does not retry responses with `status`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_webhook::retry::RetryPolicy;
+    ///
+    /// # use std::sync::atomic::{AtomicU32, Ordering};
+    /// # use http::{Request, Response};
+    /// # use tower::{BoxError, ServiceBuilder, ServiceExt};
+    /// # /// Sends one `method` request to an upstream that always answers `status`; returns the calls.
+    /// # async fn attempts(policy: RetryPolicy, method: &str, status: u16) -> u32 {
+    /// #     let calls = std::sync::Arc::new(AtomicU32::new(0));
+    /// #     let seen = calls.clone();
+    /// #     let svc = ServiceBuilder::new().layer(policy.into_layer()).service_fn(move |_: Request<String>| {
+    /// #         seen.fetch_add(1, Ordering::SeqCst);
+    /// #         async move { Ok::<_, BoxError>(Response::builder().status(status).body(()).unwrap()) }
+    /// #     });
+    /// #     let req = Request::builder().method(method).uri("/repos/octo/repo").body(String::new()).unwrap();
+    /// #     svc.oneshot(req).await.unwrap();
+    /// #     calls.load(Ordering::SeqCst)
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// let policy = RetryPolicy::new().no_retry_on_status(StatusCode::GATEWAY_TIMEOUT);
+    /// assert_eq!(attempts(policy, "GET", 504).await, 1);
+    /// # }
+    /// ```
     pub fn no_retry_on_status(mut self, status: StatusCode) -> Self {
         if let Some(bit) = status.as_u16().checked_sub(400).filter(|b| *b < 200) {
             self.statuses[usize::from(bit / 64)] &= !(1 << (bit % 64));
@@ -340,30 +543,153 @@ impl RetryPolicy {
 
     /// Retries requests whatever their method (only when every request you send is safe to
     /// repeat).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::retry::RetryPolicy;
+    ///
+    /// # use std::sync::atomic::{AtomicU32, Ordering};
+    /// # use http::{Request, Response};
+    /// # use tower::{BoxError, ServiceBuilder, ServiceExt};
+    /// # /// Sends one `method` request to an upstream that always answers `status`; returns the calls.
+    /// # async fn attempts(policy: RetryPolicy, method: &str, status: u16) -> u32 {
+    /// #     let calls = std::sync::Arc::new(AtomicU32::new(0));
+    /// #     let seen = calls.clone();
+    /// #     let svc = ServiceBuilder::new().layer(policy.into_layer()).service_fn(move |_: Request<String>| {
+    /// #         seen.fetch_add(1, Ordering::SeqCst);
+    /// #         async move { Ok::<_, BoxError>(Response::builder().status(status).body(()).unwrap()) }
+    /// #     });
+    /// #     let req = Request::builder().method(method).uri("/repos/octo/repo").body(String::new()).unwrap();
+    /// #     svc.oneshot(req).await.unwrap();
+    /// #     calls.load(Ordering::SeqCst)
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// assert_eq!(attempts(RetryPolicy::new().max_retries(2), "POST", 502).await, 1);
+    /// let policy = RetryPolicy::new().max_retries(2).retry_non_idempotent();
+    /// assert_eq!(attempts(policy, "POST", 502).await, 3);
+    /// # }
+    /// ```
     pub fn retry_non_idempotent(mut self) -> Self {
         self.any_method = true;
         self
     }
 
     /// Uses `budget`, which may be shared with other policies.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use tower_webhook::retry::{RetryBudget, RetryPolicy};
+    ///
+    /// # use std::sync::atomic::{AtomicU32, Ordering};
+    /// # use http::{Request, Response};
+    /// # use tower::{BoxError, ServiceBuilder, ServiceExt};
+    /// # /// Sends one `method` request to an upstream that always answers `status`; returns the calls.
+    /// # async fn attempts(policy: RetryPolicy, method: &str, status: u16) -> u32 {
+    /// #     let calls = std::sync::Arc::new(AtomicU32::new(0));
+    /// #     let seen = calls.clone();
+    /// #     let svc = ServiceBuilder::new().layer(policy.into_layer()).service_fn(move |_: Request<String>| {
+    /// #         seen.fetch_add(1, Ordering::SeqCst);
+    /// #         async move { Ok::<_, BoxError>(Response::builder().status(status).body(()).unwrap()) }
+    /// #     });
+    /// #     let req = Request::builder().method(method).uri("/repos/octo/repo").body(String::new()).unwrap();
+    /// #     svc.oneshot(req).await.unwrap();
+    /// #     calls.load(Ordering::SeqCst)
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// // One budget for every client of the same upstream: 10 retries per 10 s in all.
+    /// let budget = Arc::new(RetryBudget::new(Duration::from_secs(10), 1, 0.0));
+    /// let fast = |p: RetryPolicy| p.max_retries(20).backoff(Duration::from_millis(1), Duration::from_millis(10));
+    /// let issues = fast(RetryPolicy::new()).budget(budget.clone());
+    /// let comments = fast(RetryPolicy::new()).budget(budget);
+    /// assert_eq!(attempts(issues, "GET", 503).await, 11);
+    /// assert_eq!(attempts(comments, "GET", 503).await, 1); // the budget is spent
+    /// # }
+    /// ```
     pub fn budget(mut self, budget: Arc<TpsBudget>) -> Self {
         self.budget = Some(budget);
         self
     }
 
     /// Retries without a budget (only the per-call maximum applies).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::retry::RetryPolicy;
+    ///
+    /// # use std::sync::atomic::{AtomicU32, Ordering};
+    /// # use http::{Request, Response};
+    /// # use tower::{BoxError, ServiceBuilder, ServiceExt};
+    /// # /// Sends one `method` request to an upstream that always answers `status`; returns the calls.
+    /// # async fn attempts(policy: RetryPolicy, method: &str, status: u16) -> u32 {
+    /// #     let calls = std::sync::Arc::new(AtomicU32::new(0));
+    /// #     let seen = calls.clone();
+    /// #     let svc = ServiceBuilder::new().layer(policy.into_layer()).service_fn(move |_: Request<String>| {
+    /// #         seen.fetch_add(1, Ordering::SeqCst);
+    /// #         async move { Ok::<_, BoxError>(Response::builder().status(status).body(()).unwrap()) }
+    /// #     });
+    /// #     let req = Request::builder().method(method).uri("/repos/octo/repo").body(String::new()).unwrap();
+    /// #     svc.oneshot(req).await.unwrap();
+    /// #     calls.load(Ordering::SeqCst)
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// let policy = RetryPolicy::new().max_retries(5).without_budget();
+    /// assert!(format!("{policy:?}").contains("budget: false"));
+    /// assert_eq!(attempts(policy, "GET", 503).await, 6);
+    /// # }
+    /// ```
     pub fn without_budget(mut self) -> Self {
         self.budget = None;
         self
     }
 
     /// The largest delay before retry `attempt` (0-based): `min(cap, base * 2^attempt)`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::retry::RetryPolicy;
+    ///
+    /// let policy = RetryPolicy::new(); // 100 ms, doubling, capped at 10 s
+    /// assert_eq!(policy.max_delay(0), Duration::from_millis(100));
+    /// assert_eq!(policy.max_delay(3), Duration::from_millis(800));
+    /// assert_eq!(policy.max_delay(40), Duration::from_secs(10));
+    /// ```
     pub fn max_delay(&self, attempt: u32) -> Duration {
         let factor = 2u32.saturating_pow(attempt.min(31));
         self.base.saturating_mul(factor).min(self.cap)
     }
 
     /// `tower::retry::RetryLayer` with this policy.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::sync::{Arc, atomic::{AtomicU32, Ordering}};
+    /// use http::{Request, Response, StatusCode};
+    /// use tower::{BoxError, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::retry::RetryPolicy;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// let calls = Arc::new(AtomicU32::new(0));
+    /// let seen = calls.clone();
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(RetryPolicy::new().into_layer())
+    ///     .service_fn(move |_: Request<String>| {
+    ///         let status = if seen.fetch_add(1, Ordering::SeqCst) == 0 { 429 } else { 201 };
+    ///         async move { Ok::<_, BoxError>(Response::builder().status(status).body(()).unwrap()) }
+    ///     });
+    ///
+    /// let req = Request::post("/repos/octo/repo/issues/1/comments").body(String::from("{}")).unwrap();
+    /// assert_eq!(svc.oneshot(req).await.unwrap().status(), StatusCode::CREATED);
+    /// assert_eq!(calls.load(Ordering::SeqCst), 2); // a 429 is retried, even for a POST
+    /// # }
+    /// ```
     pub fn into_layer(self) -> tower::retry::RetryLayer<Self> {
         tower::retry::RetryLayer::new(self)
     }

@@ -26,10 +26,51 @@ use crate::body::ResponseBody;
 use crate::error::{AlreadyLogged, Problem};
 
 /// Default body limit: 25 MiB, the largest payload GitHub sends.
+///
+/// # Example
+///
+/// ```
+/// use tower_webhook::signature::{DEFAULT_MAX_BODY_SIZE, SignatureLayer};
+///
+/// assert_eq!(DEFAULT_MAX_BODY_SIZE, 25 * 1024 * 1024);
+/// let layer = SignatureLayer::github("secret").unwrap();
+/// assert!(format!("{layer:?}").contains(&format!("max_body: {DEFAULT_MAX_BODY_SIZE}")));
+/// ```
 pub const DEFAULT_MAX_BODY_SIZE: u64 = 25 * 1024 * 1024;
 /// Default window for signed timestamps: 5 minutes either side.
+///
+/// # Example
+///
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// use tower_webhook::signature::{Clock, DEFAULT_TIMESTAMP_TOLERANCE, SignatureLayer};
+///
+/// let signed_at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+/// let checked_after = |delay| {
+///     SignatureLayer::stripe("whsec_test").unwrap().clock(Clock::fixed(signed_at + delay))
+/// };
+/// let req = http::Request::post("/stripe")
+///     .header("stripe-signature", "t=1700000000,v1=4aa90aa69730f112c87accbf54203d1076675eae3b18a5cb82b5ab9e7f5cd5bc")
+///     .body(r#"{"id":"evt_1","type":"invoice.paid"}"#)
+///     .unwrap();
+/// let (headers, body) = (req.headers(), req.body().as_bytes());
+/// assert!(checked_after(DEFAULT_TIMESTAMP_TOLERANCE).verify(headers, body).is_ok());
+/// let late = DEFAULT_TIMESTAMP_TOLERANCE + Duration::from_secs(1);
+/// assert!(checked_after(late).verify(headers, body).is_err());
+/// ```
 pub const DEFAULT_TIMESTAMP_TOLERANCE: Duration = Duration::from_secs(300);
 /// Default time a delivery id is remembered: 24 hours.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_webhook::signature::{DEFAULT_REPLAY_TTL, SignatureLayer};
+///
+/// assert_eq!(DEFAULT_REPLAY_TTL, Duration::from_secs(86_400));
+/// let layer = SignatureLayer::github("secret").unwrap();
+/// assert!(format!("{layer:?}").contains("replay_ttl: 86400s"));
+/// ```
 pub const DEFAULT_REPLAY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// What the layer learned about a delivery it let through, found in the request extensions.
@@ -81,28 +122,104 @@ pub struct VerifiedWebhook {
 
 impl VerifiedWebhook {
     /// Who signed it.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::{Provider, SignatureLayer};
+    ///
+    /// let layer = SignatureLayer::gitlab("glpat-webhook-token").unwrap();
+    /// let req = http::Request::post("/gitlab")
+    ///     .header("x-gitlab-token", "glpat-webhook-token")
+    ///     .body("{}")
+    ///     .unwrap();
+    /// let hook = layer.verify(req.headers(), req.body().as_bytes()).unwrap();
+    /// assert_eq!(hook.provider(), Provider::GitLab);
+    /// ```
     pub fn provider(&self) -> Provider {
         self.provider
     }
 
     /// The delivery id (e.g. `X-GitHub-Delivery`, `webhook-id`, a Stripe event id), if the
     /// provider sent one.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::SignatureLayer;
+    ///
+    /// let layer = SignatureLayer::github("It's a Secret to Everybody").unwrap();
+    /// let req = http::Request::post("/github")
+    ///     .header("x-github-delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958")
+    ///     .header("x-hub-signature-256", "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17")
+    ///     .body("Hello, World!")
+    ///     .unwrap();
+    /// let hook = layer.verify(req.headers(), req.body().as_bytes()).unwrap();
+    /// assert_eq!(hook.delivery_id(), Some("72d3162e-cc78-11e3-81ab-4c9367dc0958"));
+    /// ```
     pub fn delivery_id(&self) -> Option<&str> {
         self.delivery_id.as_ref().map(Text::as_str)
     }
 
     /// The event name (e.g. `X-GitHub-Event`, `X-Gitlab-Event`, Stripe's `type`), if known.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::SignatureLayer;
+    ///
+    /// let layer = SignatureLayer::gitlab("glpat-webhook-token").unwrap();
+    /// let req = http::Request::post("/gitlab")
+    ///     .header("x-gitlab-token", "glpat-webhook-token")
+    ///     .header("x-gitlab-event", "Merge Request Hook")
+    ///     .body(r#"{"object_kind":"merge_request"}"#)
+    ///     .unwrap();
+    /// let hook = layer.verify(req.headers(), req.body().as_bytes()).unwrap();
+    /// assert_eq!(hook.event(), Some("Merge Request Hook"));
+    /// ```
     pub fn event(&self) -> Option<&str> {
         self.event.as_ref().map(Text::as_str)
     }
 
     /// The signed timestamp, for schemes that sign one.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::{Duration, UNIX_EPOCH};
+    /// use tower_webhook::signature::{Clock, SignatureLayer};
+    ///
+    /// let signed_at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    /// let layer = SignatureLayer::slack("slack-signing-secret").unwrap().clock(Clock::fixed(signed_at));
+    /// let req = http::Request::post("/slack/events")
+    ///     .header("x-slack-request-timestamp", "1700000000")
+    ///     .header("x-slack-signature", "v0=b267c736bd224b65ec14717c3ea2721405c0c90c903a9dd3e66299c1e60472b8")
+    ///     .body(r#"{"type":"event_callback","event_id":"Ev01"}"#)
+    ///     .unwrap();
+    /// let hook = layer.verify(req.headers(), req.body().as_bytes()).unwrap();
+    /// assert_eq!(hook.timestamp(), Some(signed_at));
+    /// ```
     pub fn timestamp(&self) -> Option<SystemTime> {
         self.timestamp
     }
 
     /// Which configured secret matched (0 = the first), for rotation bookkeeping; `None` when
     /// verification was skipped.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::SignatureLayer;
+    ///
+    /// // Rotation: the new secret first, the old one until every sender has switched.
+    /// let layer = SignatureLayer::github_with_secrets(["new-secret", "old-secret"]).unwrap();
+    /// let req = http::Request::post("/github")
+    ///     .header("x-hub-signature-256", "sha256=e7f4750c1d0580871565739b45147585cd7f2622003135f604ae5d6aac8f9577")
+    ///     .body("Hello, World!")
+    ///     .unwrap();
+    /// let hook = layer.verify(req.headers(), req.body().as_bytes()).unwrap();
+    /// assert_eq!(hook.secret_index(), Some(1)); // still signed with the old secret
+    /// ```
     pub fn secret_index(&self) -> Option<usize> {
         self.secret_index
     }
@@ -209,6 +326,22 @@ impl SignatureLayer {
     /// [`Provider::StandardWebhooks`] it is the `whsec_...` string. Fails on an empty list or
     /// an empty secret, and for [`Provider::Custom`] / [`Provider::Unverified`] (use
     /// [`custom`](Self::custom) / [`dangerously_skip_verification`](Self::dangerously_skip_verification)).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::{Provider, SignatureLayer};
+    ///
+    /// let layer = SignatureLayer::with_secrets(Provider::BitbucketCloud, ["new-secret", "old-secret"]).unwrap();
+    /// let req = http::Request::post("/bitbucket")
+    ///     .header("x-hub-signature", "sha256=e7f4750c1d0580871565739b45147585cd7f2622003135f604ae5d6aac8f9577")
+    ///     .body("Hello, World!")
+    ///     .unwrap();
+    /// let hook = layer.verify(req.headers(), req.body().as_bytes()).unwrap();
+    /// assert_eq!((hook.provider(), hook.secret_index()), (Provider::BitbucketCloud, Some(1)));
+    ///
+    /// assert!(SignatureLayer::with_secrets(Provider::Custom, ["secret"]).is_err());
+    /// ```
     pub fn with_secrets(
         provider: Provider,
         secrets: impl Into<Secrets>,
@@ -232,29 +365,113 @@ impl SignatureLayer {
 
     /// GitHub: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(secret, body)>`; delivery id
     /// `X-GitHub-Delivery`, event `X-GitHub-Event`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::SignatureLayer;
+    ///
+    /// let layer = SignatureLayer::github("It's a Secret to Everybody").unwrap();
+    /// let req = http::Request::post("/github")
+    ///     .header("x-github-event", "ping")
+    ///     .header("x-hub-signature-256", "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17")
+    ///     .body("Hello, World!")
+    ///     .unwrap();
+    /// let hook = layer.verify(req.headers(), req.body().as_bytes()).unwrap();
+    /// assert_eq!(hook.event(), Some("ping"));
+    /// ```
     pub fn github(secret: impl Into<Secret>) -> Result<Self, SignatureConfigError> {
         Self::one(Provider::GitHub, secret)
     }
 
     /// GitHub with several secrets at once (rotation).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::{Secrets, SignatureLayer};
+    ///
+    /// let layer = SignatureLayer::github_with_secrets(Secrets::from_list("new-secret,old-secret").unwrap()).unwrap();
+    /// let req = http::Request::post("/github")
+    ///     .header("x-hub-signature-256", "sha256=693585aa43518a80e267fbc0ace9296f035480e1a1b11cd09cf6a9b8a7ef0330")
+    ///     .body("Hello, World!")
+    ///     .unwrap();
+    /// let hook = layer.verify(req.headers(), req.body().as_bytes()).unwrap();
+    /// assert_eq!(hook.secret_index(), Some(0)); // signed with the new secret
+    /// ```
     pub fn github_with_secrets(secrets: impl Into<Secrets>) -> Result<Self, SignatureConfigError> {
         Self::with_secrets(Provider::GitHub, secrets)
     }
 
     /// GitLab: `X-Gitlab-Token: <token>`, compared in constant time (as SHA-256 digests);
     /// delivery id `Idempotency-Key` (else `X-Gitlab-Event-UUID`), event `X-Gitlab-Event`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::{SignatureLayer, SignatureValidationError};
+    ///
+    /// let layer = SignatureLayer::gitlab("glpat-webhook-token").unwrap();
+    /// let req = http::Request::post("/gitlab")
+    ///     .header("x-gitlab-token", "glpat-webhook-token")
+    ///     .header("x-gitlab-event", "Push Hook")
+    ///     .header("idempotency-key", "8a5f5b3e-1c4d-4a7e-9f0b-2d6c8e1a3b5f")
+    ///     .body(r#"{"object_kind":"push"}"#)
+    ///     .unwrap();
+    /// let hook = layer.verify(req.headers(), req.body().as_bytes()).unwrap();
+    /// assert_eq!(hook.delivery_id(), Some("8a5f5b3e-1c4d-4a7e-9f0b-2d6c8e1a3b5f"));
+    ///
+    /// let mut wrong = req.headers().clone();
+    /// wrong.insert("x-gitlab-token", "guess".parse().unwrap());
+    /// let err = layer.verify(&wrong, req.body().as_bytes()).unwrap_err();
+    /// assert!(matches!(err, SignatureValidationError::Mismatch));
+    /// ```
     pub fn gitlab(token: impl Into<Secret>) -> Result<Self, SignatureConfigError> {
         Self::one(Provider::GitLab, token)
     }
 
     /// Bitbucket Cloud: `X-Hub-Signature: sha256=<hex>`; delivery id `X-Request-UUID`, event
     /// `X-Event-Key`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::SignatureLayer;
+    ///
+    /// let layer = SignatureLayer::bitbucket_cloud("bitbucket-secret").unwrap();
+    /// let req = http::Request::post("/bitbucket")
+    ///     .header("x-event-key", "repo:push")
+    ///     .header("x-request-uuid", "4f1c2e3d-5b6a-4c7d-8e9f-0a1b2c3d4e5f")
+    ///     .header("x-hub-signature", "sha256=f82ca9d512a3d2ceb725dbe3f11c0d8ff01a9a565e4ec7673fa5b0fc39254b90")
+    ///     .body(r#"{"ref":"refs/heads/main"}"#)
+    ///     .unwrap();
+    /// let hook = layer.verify(req.headers(), req.body().as_bytes()).unwrap();
+    /// assert_eq!(hook.event(), Some("repo:push"));
+    /// assert_eq!(hook.delivery_id(), Some("4f1c2e3d-5b6a-4c7d-8e9f-0a1b2c3d4e5f"));
+    /// ```
     pub fn bitbucket_cloud(secret: impl Into<Secret>) -> Result<Self, SignatureConfigError> {
         Self::one(Provider::BitbucketCloud, secret)
     }
 
     /// Bitbucket Data Center / Server: `X-Hub-Signature: sha256=<hex>`; delivery id
     /// `X-Request-Id`, event `X-Event-Key`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::SignatureLayer;
+    ///
+    /// let layer = SignatureLayer::bitbucket_data_center("bitbucket-secret").unwrap();
+    /// let req = http::Request::post("/bitbucket")
+    ///     .header("x-event-key", "repo:refs_changed")
+    ///     .header("x-request-id", "0e4b1c2a-7d3f-4e5a-9b8c-6d1e2f3a4b5c")
+    ///     .header("x-hub-signature", "sha256=f82ca9d512a3d2ceb725dbe3f11c0d8ff01a9a565e4ec7673fa5b0fc39254b90")
+    ///     .body(r#"{"ref":"refs/heads/main"}"#)
+    ///     .unwrap();
+    /// let hook = layer.verify(req.headers(), req.body().as_bytes()).unwrap();
+    /// assert_eq!(hook.event(), Some("repo:refs_changed"));
+    /// assert_eq!(hook.delivery_id(), Some("0e4b1c2a-7d3f-4e5a-9b8c-6d1e2f3a4b5c"));
+    /// ```
     pub fn bitbucket_data_center(secret: impl Into<Secret>) -> Result<Self, SignatureConfigError> {
         Self::one(Provider::BitbucketDataCenter, secret)
     }
@@ -262,18 +479,66 @@ impl SignatureLayer {
     /// Gitea: `X-Gitea-Signature: <hex>` over the JSON payload; delivery id `X-Gitea-Delivery`,
     /// event `X-Gitea-Event`. A form delivery must be exactly `payload=<urlencoded JSON>` (the
     /// decoded payload is what is signed; other fields would not be covered, so they are refused).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::SignatureLayer;
+    ///
+    /// let layer = SignatureLayer::gitea("gitea-secret").unwrap();
+    /// let req = http::Request::post("/gitea")
+    ///     .header("content-type", "application/json")
+    ///     .header("x-gitea-event", "push")
+    ///     .header("x-gitea-delivery", "2c0e1d8a-6f4b-4b1e-9c3d-7a5e8f9b0c1d")
+    ///     .header("x-gitea-signature", "6aab54046b413afedbc6d4ff0d3b4fd694c1af82c19c0be7ee9b80438b90223d")
+    ///     .body(r#"{"ref":"refs/heads/main"}"#)
+    ///     .unwrap();
+    /// let hook = layer.verify(req.headers(), req.body().as_bytes()).unwrap();
+    /// assert_eq!(hook.event(), Some("push"));
+    /// ```
     pub fn gitea(secret: impl Into<Secret>) -> Result<Self, SignatureConfigError> {
         Self::one(Provider::Gitea, secret)
     }
 
     /// Forgejo: as [`gitea`](Self::gitea) with the `X-Forgejo-*` headers (the `X-Gitea-*` ones
     /// are accepted too).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::{Provider, SignatureLayer};
+    ///
+    /// let layer = SignatureLayer::forgejo("forgejo-secret").unwrap();
+    /// let req = http::Request::post("/forgejo")
+    ///     .header("content-type", "application/json")
+    ///     .header("x-forgejo-event", "push")
+    ///     .header("x-forgejo-signature", "badfb80e59d69a5612424b1d45042317c24eb4fbc4862e437bd0ae086f8a6104")
+    ///     .body(r#"{"ref":"refs/heads/main"}"#)
+    ///     .unwrap();
+    /// let hook = layer.verify(req.headers(), req.body().as_bytes()).unwrap();
+    /// assert_eq!((hook.provider(), hook.event()), (Provider::Forgejo, Some("push")));
+    /// ```
     pub fn forgejo(secret: impl Into<Secret>) -> Result<Self, SignatureConfigError> {
         Self::one(Provider::Forgejo, secret)
     }
 
     /// Azure DevOps service hooks with basic authentication: `Authorization: Basic`, compared in
     /// constant time; delivery id and event from the body's `id` and `eventType`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::SignatureLayer;
+    ///
+    /// let layer = SignatureLayer::azure_devops("hooks", "p4ssw0rd").unwrap();
+    /// let req = http::Request::post("/azure-devops")
+    ///     .header("authorization", "Basic aG9va3M6cDRzc3cwcmQ=") // hooks:p4ssw0rd
+    ///     .body(r#"{"id":"1b2a3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d","eventType":"git.push"}"#)
+    ///     .unwrap();
+    /// let hook = layer.verify(req.headers(), req.body().as_bytes()).unwrap();
+    /// assert_eq!(hook.event(), Some("git.push"));
+    /// assert_eq!(hook.delivery_id(), Some("1b2a3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d"));
+    /// ```
     pub fn azure_devops(
         username: &str,
         password: impl Into<Secret>,
@@ -292,12 +557,47 @@ impl SignatureLayer {
     /// Stripe: `Stripe-Signature: t=<ts>,v1=<hex>[,v1=...]` over `<ts>.<body>`, the `whsec_...`
     /// secret used as is; timestamp window applies; delivery id and event from the body's `id`
     /// and `type`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::{Duration, UNIX_EPOCH};
+    /// use tower_webhook::signature::{Clock, SignatureLayer};
+    ///
+    /// let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000); // in production: the system clock
+    /// let layer = SignatureLayer::stripe("whsec_test").unwrap().clock(Clock::fixed(now));
+    /// let req = http::Request::post("/stripe")
+    ///     .header("stripe-signature", "t=1700000000,v1=4aa90aa69730f112c87accbf54203d1076675eae3b18a5cb82b5ab9e7f5cd5bc")
+    ///     .body(r#"{"id":"evt_1","type":"invoice.paid"}"#)
+    ///     .unwrap();
+    /// let hook = layer.verify(req.headers(), req.body().as_bytes()).unwrap();
+    /// assert_eq!(hook.delivery_id(), Some("evt_1"));
+    /// assert_eq!(hook.event(), Some("invoice.paid"));
+    /// ```
     pub fn stripe(secret: impl Into<Secret>) -> Result<Self, SignatureConfigError> {
         Self::one(Provider::Stripe, secret)
     }
 
     /// Slack: `X-Slack-Signature: v0=<hex>` over `v0:<ts>:<body>` with
     /// `X-Slack-Request-Timestamp`; answers the `url_verification` challenge itself.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::{Duration, UNIX_EPOCH};
+    /// use tower_webhook::signature::{Clock, SignatureLayer};
+    ///
+    /// let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000); // in production: the system clock
+    /// let layer = SignatureLayer::slack("slack-signing-secret").unwrap().clock(Clock::fixed(now));
+    /// let req = http::Request::post("/slack/events")
+    ///     .header("x-slack-request-timestamp", "1700000000")
+    ///     .header("x-slack-signature", "v0=b267c736bd224b65ec14717c3ea2721405c0c90c903a9dd3e66299c1e60472b8")
+    ///     .body(r#"{"type":"event_callback","event_id":"Ev01"}"#)
+    ///     .unwrap();
+    /// let hook = layer.verify(req.headers(), req.body().as_bytes()).unwrap();
+    /// assert_eq!(hook.delivery_id(), Some("Ev01"));
+    /// assert_eq!(hook.event(), Some("event_callback"));
+    /// ```
     pub fn slack(signing_secret: impl Into<Secret>) -> Result<Self, SignatureConfigError> {
         Self::one(Provider::Slack, signing_secret)
     }
@@ -305,6 +605,23 @@ impl SignatureLayer {
     /// Zoom: `x-zm-signature: v0=<hex>` over `v0:<ts>:<body>` with `x-zm-request-timestamp`
     /// (the app's secret token); event from the body's `event`. Answers the
     /// `endpoint.url_validation` check itself, after verification.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::{Duration, UNIX_EPOCH};
+    /// use tower_webhook::signature::{Clock, SignatureLayer};
+    ///
+    /// let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000); // in production: the system clock
+    /// let layer = SignatureLayer::zoom("zoom-secret-token").unwrap().clock(Clock::fixed(now));
+    /// let req = http::Request::post("/zoom")
+    ///     .header("x-zm-request-timestamp", "1700000000")
+    ///     .header("x-zm-signature", "v0=c79071935bf4fc1bf06006c9850279ce805d8e92fe5458af4ca91eb06e0174f5")
+    ///     .body(r#"{"event":"meeting.started","payload":{}}"#)
+    ///     .unwrap();
+    /// let hook = layer.verify(req.headers(), req.body().as_bytes()).unwrap();
+    /// assert_eq!(hook.event(), Some("meeting.started"));
+    /// ```
     pub fn zoom(secret_token: impl Into<Secret>) -> Result<Self, SignatureConfigError> {
         Self::one(Provider::Zoom, secret_token)
     }
@@ -313,12 +630,49 @@ impl SignatureLayer {
     /// `<message id><timestamp><body>` with `Twitch-Eventsub-Message-Id` and the RFC 3339
     /// `Twitch-Eventsub-Message-Timestamp` (window applies); delivery id the message id, event
     /// `Twitch-Eventsub-Subscription-Type`. Answers `webhook_callback_verification` itself.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::{Duration, UNIX_EPOCH};
+    /// use tower_webhook::signature::{Clock, SignatureLayer};
+    ///
+    /// let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000); // in production: the system clock
+    /// let layer = SignatureLayer::twitch("twitch-secret").unwrap().clock(Clock::fixed(now));
+    /// let req = http::Request::post("/twitch")
+    ///     .header("twitch-eventsub-message-id", "e76c6bd4-55c9-4987-8304-da1588d8988b")
+    ///     .header("twitch-eventsub-message-timestamp", "2023-11-14T22:13:20Z")
+    ///     .header("twitch-eventsub-message-type", "notification")
+    ///     .header("twitch-eventsub-subscription-type", "channel.follow")
+    ///     .header("twitch-eventsub-message-signature", "sha256=7159c1acd21ccea02cf29946ac38786eec46bcf6178aac74fdde9e848af1161b")
+    ///     .body(r#"{"subscription":{"type":"channel.follow"}}"#)
+    ///     .unwrap();
+    /// let hook = layer.verify(req.headers(), req.body().as_bytes()).unwrap();
+    /// assert_eq!(hook.event(), Some("channel.follow"));
+    /// assert_eq!(hook.delivery_id(), Some("e76c6bd4-55c9-4987-8304-da1588d8988b"));
+    /// ```
     pub fn twitch(secret: impl Into<Secret>) -> Result<Self, SignatureConfigError> {
         Self::one(Provider::Twitch, secret)
     }
 
     /// Shopify: `X-Shopify-Hmac-Sha256: <base64>`; delivery id `X-Shopify-Webhook-Id`, event
     /// `X-Shopify-Topic`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::SignatureLayer;
+    ///
+    /// let layer = SignatureLayer::shopify("shopify-secret").unwrap();
+    /// let req = http::Request::post("/shopify")
+    ///     .header("x-shopify-topic", "orders/create")
+    ///     .header("x-shopify-webhook-id", "b54557e4-bdd9-4b37-8a5f-bf7d70bcd043")
+    ///     .header("x-shopify-hmac-sha256", "GnHscbVjtjtA02SzM+6yb+4vvhJTO/18EJqccqOuIw0=")
+    ///     .body(r#"{"id":1}"#)
+    ///     .unwrap();
+    /// let hook = layer.verify(req.headers(), req.body().as_bytes()).unwrap();
+    /// assert_eq!(hook.event(), Some("orders/create"));
+    /// ```
     pub fn shopify(secret: impl Into<Secret>) -> Result<Self, SignatureConfigError> {
         Self::one(Provider::Shopify, secret)
     }
@@ -326,11 +680,47 @@ impl SignatureLayer {
     /// Standard Webhooks (Svix and the services built on it): `webhook-signature: v1,<base64>
     /// [v1,<base64> ...]` over `<webhook-id>.<webhook-timestamp>.<body>`, key = base64 of the
     /// `whsec_`-stripped secret. The `svix-*` header names are accepted too.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::{Duration, UNIX_EPOCH};
+    /// use tower_webhook::signature::{Clock, SignatureLayer};
+    ///
+    /// let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000); // in production: the system clock
+    /// let layer = SignatureLayer::standard_webhooks("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    ///     .unwrap()
+    ///     .clock(Clock::fixed(now));
+    /// let req = http::Request::post("/webhooks")
+    ///     .header("webhook-id", "msg_1")
+    ///     .header("webhook-timestamp", "1700000000")
+    ///     .header("webhook-signature", "v1,kOj2q0zEj64xJ4CFAG8P/pkBWowoZLHSfYwlNdsAFT8=")
+    ///     .body(r#"{"type":"user.created"}"#)
+    ///     .unwrap();
+    /// let hook = layer.verify(req.headers(), req.body().as_bytes()).unwrap();
+    /// assert_eq!((hook.delivery_id(), hook.event()), (Some("msg_1"), Some("user.created")));
+    /// ```
     pub fn standard_webhooks(secret: impl Into<Secret>) -> Result<Self, SignatureConfigError> {
         Self::one(Provider::StandardWebhooks, secret)
     }
 
     /// Your own scheme, see [`CustomScheme`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::{Algorithm, CustomScheme, Provider, SignatureLayer};
+    ///
+    /// // GitHub's legacy header: `X-Hub-Signature: sha1=<hex>`.
+    /// let scheme = CustomScheme::new("x-hub-signature").prefix("sha1=").algorithm(Algorithm::Sha1);
+    /// let layer = SignatureLayer::custom(scheme, "It's a Secret to Everybody").unwrap();
+    /// let req = http::Request::post("/hook")
+    ///     .header("x-hub-signature", "sha1=01dc10d0c83e72ed246219cdd91669667fe2ca59")
+    ///     .body("Hello, World!")
+    ///     .unwrap();
+    /// let hook = layer.verify(req.headers(), req.body().as_bytes()).unwrap();
+    /// assert_eq!(hook.provider(), Provider::Custom);
+    /// ```
     pub fn custom(
         scheme: CustomScheme,
         secret: impl Into<Secret>,
@@ -342,6 +732,18 @@ impl SignatureLayer {
     /// **Accepts every delivery without verifying anything.** Only for local experiments: any
     /// caller can then trigger the handler. Size limits still apply, and the
     /// [`VerifiedWebhook`] says [`Provider::Unverified`]. Logs an error when built.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::HeaderMap;
+    /// use tower_webhook::signature::{Provider, SignatureLayer};
+    ///
+    /// let layer = SignatureLayer::dangerously_skip_verification();
+    /// let hook = layer.verify(&HeaderMap::new(), b"{}").unwrap(); // no signature at all
+    /// assert_eq!(hook.provider(), Provider::Unverified);
+    /// assert_eq!(hook.secret_index(), None);
+    /// ```
     pub fn dangerously_skip_verification() -> Self {
         tracing::error!(
             "SignatureLayer built with dangerously_skip_verification: webhook signatures are NOT checked"
@@ -357,6 +759,22 @@ impl SignatureLayer {
     }
 
     /// Adds one more accepted secret (rotation: add the new one, remove the old one later).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::SignatureLayer;
+    ///
+    /// let layer = SignatureLayer::github("new-secret").unwrap().secret("old-secret").unwrap();
+    /// let req = http::Request::post("/github")
+    ///     .header("x-hub-signature-256", "sha256=e7f4750c1d0580871565739b45147585cd7f2622003135f604ae5d6aac8f9577")
+    ///     .body("Hello, World!")
+    ///     .unwrap();
+    /// let hook = layer.verify(req.headers(), req.body().as_bytes()).unwrap();
+    /// assert_eq!(hook.secret_index(), Some(1)); // the old secret
+    ///
+    /// assert!(SignatureLayer::github("new-secret").unwrap().secret("").is_err());
+    /// ```
     pub fn secret(mut self, secret: impl Into<Secret>) -> Result<Self, SignatureConfigError> {
         if self.shared.scheme.is_unverified() {
             return Err(SignatureConfigError::InvalidSetting {
@@ -379,30 +797,134 @@ impl SignatureLayer {
     /// Largest accepted body in bytes (default [`DEFAULT_MAX_BODY_SIZE`], 25 MiB). Larger
     /// deliveries get 413: at once when `Content-Length` says so, else when the cap is reached,
     /// never buffering more.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::error::HttpError;
+    /// use tower_webhook::signature::{SignatureLayer, SignatureValidationError};
+    ///
+    /// let layer = SignatureLayer::github("It's a Secret to Everybody").unwrap().max_body_size(8);
+    /// let req = http::Request::post("/github")
+    ///     .header("x-hub-signature-256", "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17")
+    ///     .body("Hello, World!") // 13 bytes
+    ///     .unwrap();
+    /// let err = layer.verify(req.headers(), req.body().as_bytes()).unwrap_err();
+    /// assert!(matches!(err, SignatureValidationError::PayloadTooLarge { limit: 8 }));
+    /// assert_eq!(err.status(), 413);
+    /// ```
     pub fn max_body_size(mut self, bytes: u64) -> Self {
         self.update(|s| s.max_body = bytes);
         self
     }
 
     /// How far a signed timestamp may be from the clock, either way (default 300 s).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::{Duration, UNIX_EPOCH};
+    /// use tower_webhook::signature::{Clock, SignatureLayer, SignatureValidationError};
+    ///
+    /// // Checked two minutes after it was signed.
+    /// let clock = Clock::fixed(UNIX_EPOCH + Duration::from_secs(1_700_000_120));
+    /// let layer = SignatureLayer::stripe("whsec_test").unwrap().clock(clock);
+    /// let req = http::Request::post("/stripe")
+    ///     .header("stripe-signature", "t=1700000000,v1=4aa90aa69730f112c87accbf54203d1076675eae3b18a5cb82b5ab9e7f5cd5bc")
+    ///     .body(r#"{"id":"evt_1","type":"invoice.paid"}"#)
+    ///     .unwrap();
+    /// let (headers, body) = (req.headers(), req.body().as_bytes());
+    /// assert!(layer.verify(headers, body).is_ok());
+    /// let strict = layer.timestamp_tolerance(Duration::from_secs(60));
+    /// let err = strict.verify(headers, body).unwrap_err();
+    /// assert!(matches!(err, SignatureValidationError::TimestampOutOfWindow { .. }));
+    /// ```
     pub fn timestamp_tolerance(mut self, tolerance: Duration) -> Self {
         self.update(|s| s.tolerance = tolerance);
         self
     }
 
     /// Most signatures accepted in one delivery (default and maximum 8; at least 1).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::{Duration, UNIX_EPOCH};
+    /// use tower_webhook::signature::{Clock, SignatureLayer, SignatureValidationError};
+    ///
+    /// let clock = Clock::fixed(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+    /// let layer = SignatureLayer::stripe("whsec_test").unwrap().clock(clock);
+    /// // Stripe sends one `v1` per active secret while a secret is being rolled.
+    /// let req = http::Request::post("/stripe")
+    ///     .header("stripe-signature", "t=1700000000,\
+    ///         v1=d13175aede5abd17f608014cc932a35d96e3c14e1ca5933a3a87aa37a60768fb,\
+    ///         v1=4aa90aa69730f112c87accbf54203d1076675eae3b18a5cb82b5ab9e7f5cd5bc")
+    ///     .body(r#"{"id":"evt_1","type":"invoice.paid"}"#)
+    ///     .unwrap();
+    /// let (headers, body) = (req.headers(), req.body().as_bytes());
+    /// assert!(layer.verify(headers, body).is_ok());
+    /// let err = layer.max_signatures(1).verify(headers, body).unwrap_err();
+    /// assert!(matches!(err, SignatureValidationError::TooManySignatures(1)));
+    /// ```
     pub fn max_signatures(mut self, max: usize) -> Self {
         self.update(|s| s.max_signatures = max.clamp(1, MAX_SIGNATURES));
         self
     }
 
     /// Reads the time from `clock` instead of the system clock (for tests).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::{Duration, UNIX_EPOCH};
+    /// use tower_webhook::signature::{Clock, SignatureLayer};
+    ///
+    /// // A recorded Slack request, replayed in a test at the moment it was signed.
+    /// let signed_at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    /// let layer = SignatureLayer::slack("slack-signing-secret").unwrap();
+    /// let req = http::Request::post("/slack/events")
+    ///     .header("x-slack-request-timestamp", "1700000000")
+    ///     .header("x-slack-signature", "v0=b267c736bd224b65ec14717c3ea2721405c0c90c903a9dd3e66299c1e60472b8")
+    ///     .body(r#"{"type":"event_callback","event_id":"Ev01"}"#)
+    ///     .unwrap();
+    /// let (headers, body) = (req.headers(), req.body().as_bytes());
+    /// assert!(layer.verify(headers, body).is_err()); // stale for the system clock
+    /// assert!(layer.clock(Clock::fixed(signed_at)).verify(headers, body).is_ok());
+    /// ```
     pub fn clock(mut self, clock: Clock) -> Self {
         self.update(|s| s.clock = clock);
         self
     }
 
     /// Records delivery ids in `store` instead of the default in-memory store.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use bytes::Bytes;
+    /// use http::{Request, Response};
+    /// use http_body_util::Full;
+    /// use tower::{ServiceBuilder, ServiceExt};
+    /// use tower_webhook::signature::{MemoryReplayStore, SignatureLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// // One store for every route of the process (an `Arc` is a store too).
+    /// let store = Arc::new(MemoryReplayStore::with_capacity(10_000));
+    /// let github = SignatureLayer::github("It's a Secret to Everybody").unwrap().replay_store(store.clone());
+    /// let svc = ServiceBuilder::new().layer(github).service_fn(|_: Request<Full<Bytes>>| async {
+    ///     Ok::<_, std::convert::Infallible>(Response::new(Full::<Bytes>::default()))
+    /// });
+    ///
+    /// let req = Request::post("/github")
+    ///     .header("x-github-delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958")
+    ///     .header("x-hub-signature-256", "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17")
+    ///     .body(Full::new(Bytes::from_static(b"Hello, World!")))
+    ///     .unwrap();
+    /// assert_eq!(svc.oneshot(req).await.unwrap().status(), 200);
+    /// assert_eq!(store.len(), 1);
+    /// # }
+    /// ```
     pub fn replay_store(mut self, store: impl ReplayStore) -> Self {
         let store: Arc<dyn ReplayStore> = Arc::new(store);
         self.update(|s| s.replay = Some(store));
@@ -410,18 +932,86 @@ impl SignatureLayer {
     }
 
     /// Turns delivery-id deduplication off (signed timestamps are still checked).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http::{Request, Response};
+    /// use http_body_util::Full;
+    /// use tower::{ServiceBuilder, ServiceExt};
+    /// use tower_webhook::signature::SignatureLayer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let layer = SignatureLayer::github("It's a Secret to Everybody").unwrap().without_replay_store();
+    /// let svc = ServiceBuilder::new().layer(layer).service_fn(|_: Request<Full<Bytes>>| async {
+    ///     Ok::<_, std::convert::Infallible>(Response::new(Full::<Bytes>::default()))
+    /// });
+    /// let delivery = || {
+    ///     Request::post("/github")
+    ///         .header("x-github-delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958")
+    ///         .header("x-hub-signature-256", "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17")
+    ///         .body(Full::new(Bytes::from_static(b"Hello, World!")))
+    ///         .unwrap()
+    /// };
+    /// assert_eq!(svc.clone().oneshot(delivery()).await.unwrap().status(), 200);
+    /// assert_eq!(svc.oneshot(delivery()).await.unwrap().status(), 200); // the same id passes again
+    /// # }
+    /// ```
     pub fn without_replay_store(mut self) -> Self {
         self.update(|s| s.replay = None);
         self
     }
 
     /// How long a delivery id is remembered (default 24 h).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::signature::SignatureLayer;
+    ///
+    /// // Stripe retries for up to three days: remember its event ids that long.
+    /// let layer = SignatureLayer::stripe("whsec_test").unwrap().replay_ttl(Duration::from_secs(3 * 24 * 3600));
+    /// assert!(format!("{layer:?}").contains("replay_ttl: 259200s"));
+    /// ```
     pub fn replay_ttl(mut self, ttl: Duration) -> Self {
         self.update(|s| s.replay_ttl = ttl);
         self
     }
 
     /// When a delivery id is recorded (default [`RecordDelivery::AfterSuccess`]).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http::{Request, Response, StatusCode};
+    /// use http_body_util::Full;
+    /// use tower::{ServiceBuilder, ServiceExt};
+    /// use tower_webhook::signature::{RecordDelivery, SignatureLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let layer = SignatureLayer::github("It's a Secret to Everybody")
+    ///     .unwrap()
+    ///     .record_delivery(RecordDelivery::AfterVerification);
+    /// let svc = ServiceBuilder::new().layer(layer).service_fn(|_: Request<Full<Bytes>>| async {
+    ///     let mut res = Response::new(Full::<Bytes>::default());
+    ///     *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR; // the handler fails
+    ///     Ok::<_, std::convert::Infallible>(res)
+    /// });
+    /// let delivery = || {
+    ///     Request::post("/github")
+    ///         .header("x-github-delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958")
+    ///         .header("x-hub-signature-256", "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17")
+    ///         .body(Full::new(Bytes::from_static(b"Hello, World!")))
+    ///         .unwrap()
+    /// };
+    /// assert_eq!(svc.clone().oneshot(delivery()).await.unwrap().status(), 500);
+    /// // GitHub's redelivery reuses the id: refused, although the first attempt failed.
+    /// assert_eq!(svc.oneshot(delivery()).await.unwrap().status(), StatusCode::CONFLICT);
+    /// # }
+    /// ```
     pub fn record_delivery(mut self, when: RecordDelivery) -> Self {
         self.update(|s| s.record = when);
         self
@@ -432,6 +1022,38 @@ impl SignatureLayer {
     /// # Panics
     ///
     /// If [`OnReplay::Acknowledge`] is given a status that is not 2xx.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use bytes::Bytes;
+    /// use http::{Request, Response, StatusCode};
+    /// use http_body_util::Full;
+    /// use tower::{ServiceBuilder, ServiceExt};
+    /// use tower_webhook::signature::{OnReplay, SignatureLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let handled = Arc::new(AtomicUsize::new(0));
+    /// let count = handled.clone();
+    /// let layer = SignatureLayer::github("It's a Secret to Everybody").unwrap().on_replay(OnReplay::Acknowledge(StatusCode::ACCEPTED));
+    /// let svc = ServiceBuilder::new().layer(layer).service_fn(move |_: Request<Full<Bytes>>| {
+    ///     count.fetch_add(1, Ordering::SeqCst);
+    ///     async { Ok::<_, std::convert::Infallible>(Response::new(Full::<Bytes>::default())) }
+    /// });
+    /// let delivery = || {
+    ///     Request::post("/github")
+    ///         .header("x-github-delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958")
+    ///         .header("x-hub-signature-256", "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17")
+    ///         .body(Full::new(Bytes::from_static(b"Hello, World!")))
+    ///         .unwrap()
+    /// };
+    /// assert_eq!(svc.clone().oneshot(delivery()).await.unwrap().status(), StatusCode::OK);
+    /// assert_eq!(svc.oneshot(delivery()).await.unwrap().status(), StatusCode::ACCEPTED);
+    /// assert_eq!(handled.load(Ordering::SeqCst), 1); // processed once
+    /// # }
+    /// ```
     pub fn on_replay(mut self, action: OnReplay) -> Self {
         if let OnReplay::Acknowledge(status) = action {
             assert!(
@@ -446,12 +1068,49 @@ impl SignatureLayer {
     /// Whether handshakes (Slack `url_verification`, Zoom `endpoint.url_validation`, Twitch
     /// `webhook_callback_verification`) are
     /// answered by the layer (default yes). When not, they reach the inner service.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::{Duration, UNIX_EPOCH};
+    /// use bytes::Bytes;
+    /// use http::{Request, Response};
+    /// use http_body_util::{BodyExt, Full};
+    /// use tower::{ServiceBuilder, ServiceExt};
+    /// use tower_webhook::signature::{Clock, SignatureLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let clock = Clock::fixed(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+    /// let layer = SignatureLayer::slack("slack-signing-secret").unwrap().clock(clock).answer_handshakes(false);
+    /// let svc = ServiceBuilder::new().layer(layer).service_fn(|_: Request<Full<Bytes>>| async {
+    ///     Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(b"from the app"))))
+    /// });
+    ///
+    /// let challenge = Request::post("/slack/events")
+    ///     .header("x-slack-request-timestamp", "1700000000")
+    ///     .header("x-slack-signature", "v0=bcf1c1af3fe5757cfa44054d192c935e0048fe2d034245a711b7be760da1d06b")
+    ///     .body(Full::new(Bytes::from_static(br#"{"type":"url_verification","challenge":"3eZbrw1a"}"#)))
+    ///     .unwrap();
+    /// let body = svc.oneshot(challenge).await.unwrap().into_body().collect().await.unwrap().to_bytes();
+    /// assert_eq!(&body[..], b"from the app"); // with the default, the layer answers "3eZbrw1a"
+    /// # }
+    /// ```
     pub fn answer_handshakes(mut self, answer: bool) -> Self {
         self.update(|s| s.handshakes = answer);
         self
     }
 
     /// The provider this layer verifies.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::{Provider, SignatureLayer};
+    ///
+    /// let layer = SignatureLayer::azure_devops("hooks", "p4ssw0rd").unwrap();
+    /// assert_eq!(layer.provider(), Provider::AzureDevOps);
+    /// assert_eq!(layer.provider().as_str(), "azure-devops");
+    /// ```
     pub fn provider(&self) -> Provider {
         self.shared.scheme.provider
     }
@@ -569,11 +1228,49 @@ impl<S: fmt::Debug> fmt::Debug for Signature<S> {
 
 impl<S> Signature<S> {
     /// Wraps `inner` with the settings of `layer`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http::{Request, Response};
+    /// use http_body_util::Full;
+    /// use tower::ServiceExt;
+    /// use tower_webhook::signature::{Signature, SignatureLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let layer = SignatureLayer::github("It's a Secret to Everybody").unwrap();
+    /// let handler = tower::service_fn(|_: Request<Full<Bytes>>| async {
+    ///     Ok::<_, std::convert::Infallible>(Response::new(Full::<Bytes>::default()))
+    /// });
+    /// let svc = Signature::new(handler, &layer);
+    /// let signed = Request::post("/github")
+    ///     .header("x-hub-signature-256", "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17")
+    ///     .body(Full::new(Bytes::from_static(b"Hello, World!")))
+    ///     .unwrap();
+    /// assert_eq!(svc.oneshot(signed).await.unwrap().status(), 200);
+    /// # }
+    /// ```
     pub fn new(inner: S, layer: &SignatureLayer) -> Self {
         layer.layer(inner)
     }
 
     /// The inner service.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::{Signature, SignatureLayer};
+    ///
+    /// #[derive(Debug)]
+    /// struct Dispatcher {
+    ///     queue: &'static str,
+    /// }
+    ///
+    /// let layer = SignatureLayer::github("secret").unwrap();
+    /// let svc = Signature::new(Dispatcher { queue: "github-events" }, &layer);
+    /// assert_eq!(svc.get_ref().queue, "github-events");
+    /// ```
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
@@ -802,6 +1499,26 @@ impl Collected {
 }
 
 /// Response future of [`Signature`].
+///
+/// # Example
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::Full;
+/// use tower::{Service, ServiceExt};
+/// use tower_webhook::signature::{ResponseFuture, Signature, SignatureLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let handler = tower::service_fn(|_: Request<Full<Bytes>>| async {
+///     Ok::<_, std::convert::Infallible>(Response::new(Full::<Bytes>::default()))
+/// });
+/// let mut svc = Signature::new(handler, &SignatureLayer::github("secret").unwrap());
+/// let unsigned = Request::post("/github").body(Full::new(Bytes::from_static(b"{}"))).unwrap();
+/// let future: ResponseFuture<_, Full<Bytes>> = svc.ready().await.unwrap().call(unsigned);
+/// assert_eq!(future.await.unwrap().status(), 401);
+/// # }
+/// ```
 #[pin_project]
 pub struct ResponseFuture<S, ReqBody>
 where

@@ -122,11 +122,39 @@ enum Kind {
 
 impl ReplayFuture {
     /// A future already resolved to `result`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::ReplayFuture;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// assert!(ReplayFuture::ready(Ok(true)).await.unwrap());
+    /// let failed = ReplayFuture::ready(Err("replay store is read-only".into()));
+    /// assert_eq!(failed.await.unwrap_err().to_string(), "replay store is read-only");
+    /// # }
+    /// ```
     pub fn ready(result: Result<bool, BoxError>) -> Self {
         Self(Kind::Ready(Some(result)))
     }
 
     /// Wraps (and boxes) an asynchronous operation.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::signature::ReplayFuture;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// // A store that asks a remote service: the answer arrives later.
+    /// let lookup = ReplayFuture::new(async {
+    ///     tokio::time::sleep(Duration::from_millis(1)).await;
+    ///     Ok(false)
+    /// });
+    /// assert!(!lookup.await.unwrap());
+    /// # }
+    /// ```
     pub fn new(future: impl Future<Output = Result<bool, BoxError>> + Send + 'static) -> Self {
         Self(Kind::Boxed(Box::pin(future)))
     }
@@ -162,7 +190,8 @@ impl Future for ReplayFuture {
 ///
 /// // At most once, even if the handler fails: retries of a failed delivery are refused.
 /// let layer = SignatureLayer::github("secret").unwrap().record_delivery(RecordDelivery::AfterVerification);
-/// # let _ = layer;
+/// assert!(format!("{layer:?}").contains("record: AfterVerification"));
+/// assert_eq!(RecordDelivery::default(), RecordDelivery::AfterSuccess);
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -186,7 +215,8 @@ pub enum RecordDelivery {
 ///
 /// // Duplicates are answered 200 and not processed twice.
 /// let layer = SignatureLayer::github("secret").unwrap().on_replay(OnReplay::Acknowledge(StatusCode::OK));
-/// # let _ = layer;
+/// assert!(format!("{layer:?}").contains("on_replay: Acknowledge(200)"));
+/// assert_eq!(OnReplay::default(), OnReplay::Reject);
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -369,15 +399,57 @@ impl Table {
 }
 
 /// Default capacity of [`MemoryReplayStore`].
+///
+/// # Example
+///
+/// ```
+/// use tower_webhook::signature::{DEFAULT_REPLAY_CAPACITY, MemoryReplayStore};
+///
+/// assert_eq!(DEFAULT_REPLAY_CAPACITY, 100_000);
+/// let store = MemoryReplayStore::new();
+/// assert_eq!(format!("{store:?}"), "MemoryReplayStore { len: 0, capacity: 100000 }");
+/// ```
 pub const DEFAULT_REPLAY_CAPACITY: usize = 100_000;
 
 impl MemoryReplayStore {
     /// A store of [`DEFAULT_REPLAY_CAPACITY`] entries.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::signature::{MemoryReplayStore, ReplayStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let store = MemoryReplayStore::new();
+    /// let ttl = Duration::from_secs(24 * 60 * 60);
+    /// assert!(store.insert("github:72d3162e", ttl).await.unwrap()); // new
+    /// assert!(!store.insert("github:72d3162e", ttl).await.unwrap()); // a replay
+    /// # }
+    /// ```
     pub fn new() -> Self {
         Self::with_capacity(DEFAULT_REPLAY_CAPACITY)
     }
 
     /// A store holding at most `capacity` ids (at least 1).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::signature::{MemoryReplayStore, ReplayStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let store = MemoryReplayStore::with_capacity(2);
+    /// let ttl = Duration::from_secs(3600);
+    /// for id in ["github:1", "github:2", "github:3"] {
+    ///     assert!(store.insert(id, ttl).await.unwrap());
+    /// }
+    /// assert_eq!(store.len(), 2);
+    /// // The oldest id was evicted to make room: it counts as new again.
+    /// assert!(store.insert("github:1", ttl).await.unwrap());
+    /// # }
+    /// ```
     pub fn with_capacity(capacity: usize) -> Self {
         Self {
             inner: Mutex::new(Entries::default()),
@@ -388,17 +460,70 @@ impl MemoryReplayStore {
     }
 
     /// Reads the time from `clock` (for tests).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::time::{Duration, UNIX_EPOCH};
+    /// use tower_webhook::signature::{Clock, MemoryReplayStore, ReplayStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let secs = Arc::new(AtomicU64::new(1_700_000_000));
+    /// let source = secs.clone();
+    /// let clock = Clock::from_fn(move || UNIX_EPOCH + Duration::from_secs(source.load(Ordering::SeqCst)));
+    /// let store = MemoryReplayStore::new().clock(clock);
+    ///
+    /// let ttl = Duration::from_secs(60);
+    /// assert!(store.insert("stripe:evt_1", ttl).await.unwrap());
+    /// assert!(!store.insert("stripe:evt_1", ttl).await.unwrap());
+    /// secs.fetch_add(61, Ordering::SeqCst); // the TTL has passed
+    /// assert!(store.insert("stripe:evt_1", ttl).await.unwrap());
+    /// # }
+    /// ```
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self
     }
 
     /// How many ids are held (expired ones included until they are purged).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::signature::{MemoryReplayStore, ReplayStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let store = MemoryReplayStore::new();
+    /// let ttl = Duration::from_secs(60);
+    /// store.insert("github:1", ttl).await.unwrap();
+    /// store.insert("gitlab:1", ttl).await.unwrap();
+    /// assert_eq!(store.len(), 2);
+    /// assert!(store.remove("github:1").await.unwrap());
+    /// assert_eq!(store.len(), 1);
+    /// # }
+    /// ```
     pub fn len(&self) -> usize {
         self.lock().table.len
     }
 
     /// Whether no id is held.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::signature::{MemoryReplayStore, ReplayStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let store = MemoryReplayStore::new();
+    /// assert!(store.is_empty());
+    /// store.insert("github:1", Duration::from_secs(60)).await.unwrap();
+    /// assert!(!store.is_empty());
+    /// # }
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -531,6 +656,21 @@ mod redis_store {
 
     impl RedisReplayStore {
         /// Uses an existing connection manager. Keys are prefixed with `tower-webhook:replay:`.
+        ///
+        /// # Example
+        ///
+        /// ```no_run
+        /// use redis::aio::ConnectionManager;
+        /// use tower_webhook::signature::{RedisReplayStore, SignatureLayer};
+        ///
+        /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// let client = redis::Client::open("redis://127.0.0.1:6379/")?;
+        /// let conn = ConnectionManager::new(client).await?; // may be shared with the rest of the app
+        /// let store = RedisReplayStore::new(conn);
+        /// assert!(format!("{store:?}").contains("tower-webhook:replay:"));
+        /// let layer = SignatureLayer::github("secret")?.replay_store(store);
+        /// # let _ = layer; Ok(()) }
+        /// ```
         pub fn new(conn: ConnectionManager) -> Self {
             Self {
                 conn,
@@ -539,12 +679,38 @@ mod redis_store {
         }
 
         /// Connects to `url` (e.g. `redis://127.0.0.1:6379/`) with a reconnecting manager.
+        ///
+        /// # Example
+        ///
+        /// ```no_run
+        /// use std::time::Duration;
+        /// use tower_webhook::signature::{RedisReplayStore, ReplayStore};
+        ///
+        /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower_webhook::BoxError> {
+        /// let store = RedisReplayStore::connect("redis://127.0.0.1:6379/").await?;
+        /// let ttl = Duration::from_secs(24 * 60 * 60);
+        /// assert!(store.insert("github:72d3162e", ttl).await?);
+        /// assert!(!store.insert("github:72d3162e", ttl).await?);
+        /// # Ok(()) }
+        /// ```
         pub async fn connect(url: &str) -> Result<Self, redis::RedisError> {
             let client = redis::Client::open(url)?;
             Ok(Self::new(ConnectionManager::new(client).await?))
         }
 
         /// Prefixes every key with `prefix` instead of `tower-webhook:replay:`.
+        ///
+        /// # Example
+        ///
+        /// ```no_run
+        /// use tower_webhook::signature::RedisReplayStore;
+        ///
+        /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// // Two bots sharing one Redis keep their delivery ids apart.
+        /// let store = RedisReplayStore::connect("redis://127.0.0.1:6379/").await?.prefix("review-bot:replay:");
+        /// assert!(format!("{store:?}").contains("review-bot:replay:"));
+        /// # Ok(()) }
+        /// ```
         pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
             self.prefix = Arc::from(prefix.into());
             self

@@ -77,6 +77,16 @@ pub enum Provider {
 
 impl Provider {
     /// A short lowercase name, used in logs and replay-store keys.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::{Provider, SignatureLayer};
+    ///
+    /// assert_eq!(Provider::BitbucketDataCenter.as_str(), "bitbucket-dc");
+    /// assert_eq!(SignatureLayer::shopify("shpss_secret").unwrap().provider().as_str(), "shopify");
+    /// assert_eq!(Provider::StandardWebhooks.to_string(), "standard-webhooks");
+    /// ```
     pub fn as_str(&self) -> &'static str {
         match self {
             Provider::GitHub => "github",
@@ -107,10 +117,15 @@ impl std::fmt::Display for Provider {
 /// The hash function of an HMAC scheme (see [`CustomScheme::algorithm`]).
 ///
 /// ```
-/// use tower_webhook::signature::{Algorithm, CustomScheme};
+/// use tower_webhook::signature::{Algorithm, CustomScheme, SignatureLayer};
 ///
 /// let scheme = CustomScheme::new("x-signature").algorithm(Algorithm::Sha512);
-/// # let _ = scheme;
+/// let layer = SignatureLayer::custom(scheme, "custom-secret").unwrap();
+/// let req = http::Request::post("/hook")
+///     .header("x-signature", "6d5e28e730a7cb07e94adaa7e5fba4f1ed3d6a8546cbbf0d3cf0bae21b58e8f9dc594fe86406bd8825dea360d798bdbe718e710cfabf435a7e5790c8e626d6ed")
+///     .body(r#"{"n":1}"#)
+///     .unwrap();
+/// assert!(layer.verify(req.headers(), req.body().as_bytes()).is_ok());
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -126,10 +141,15 @@ pub enum Algorithm {
 /// How a MAC is written in a header (see [`CustomScheme::encoding`]).
 ///
 /// ```
-/// use tower_webhook::signature::{CustomScheme, Encoding};
+/// use tower_webhook::signature::{CustomScheme, Encoding, SignatureLayer};
 ///
 /// let scheme = CustomScheme::new("x-signature").encoding(Encoding::Base64);
-/// # let _ = scheme;
+/// let layer = SignatureLayer::custom(scheme, "custom-secret").unwrap();
+/// let req = http::Request::post("/hook")
+///     .header("x-signature", "xFjg5o5EJlcrYJ8B0obysE1rQT3ch5aR6MFPDtp3QCw=")
+///     .body(r#"{"n":1}"#)
+///     .unwrap();
+/// assert!(layer.verify(req.headers(), req.body().as_bytes()).is_ok());
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -160,7 +180,13 @@ pub enum Encoding {
 ///     .delivery_id_header("x-github-delivery")
 ///     .event_header("x-github-event");
 /// let layer = SignatureLayer::custom(scheme, "It's a Secret to Everybody").unwrap();
-/// # let _ = layer;
+/// let req = http::Request::post("/hook")
+///     .header("x-github-event", "ping")
+///     .header("x-hub-signature", "sha1=01dc10d0c83e72ed246219cdd91669667fe2ca59")
+///     .body("Hello, World!")
+///     .unwrap();
+/// let hook = layer.verify(req.headers(), req.body().as_bytes()).unwrap();
+/// assert_eq!(hook.event(), Some("ping"));
 /// ```
 #[derive(Clone, Debug)]
 pub struct CustomScheme {
@@ -175,6 +201,20 @@ pub struct CustomScheme {
 
 impl CustomScheme {
     /// A scheme reading the signature from `header`: HMAC-SHA256, hex, no prefix.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::{CustomScheme, SignatureLayer};
+    ///
+    /// // `x-signature: <hex HMAC-SHA256(secret, body)>`
+    /// let layer = SignatureLayer::custom(CustomScheme::new("x-signature"), "custom-secret").unwrap();
+    /// let req = http::Request::post("/hook")
+    ///     .header("x-signature", "c458e0e68e4426572b609f01d286f2b04d6b413ddc879691e8c14f0eda77402c")
+    ///     .body(r#"{"n":1}"#)
+    ///     .unwrap();
+    /// assert!(layer.verify(req.headers(), req.body().as_bytes()).is_ok());
+    /// ```
     pub fn new(header: impl Into<String>) -> Self {
         Self {
             header: header.into(),
@@ -188,36 +228,133 @@ impl CustomScheme {
     }
 
     /// The text before the MAC, e.g. `sha256=` (matched exactly).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::{CustomScheme, SignatureLayer, SignatureValidationError};
+    ///
+    /// let scheme = CustomScheme::new("x-signature").prefix("sha256=");
+    /// let layer = SignatureLayer::custom(scheme, "custom-secret").unwrap();
+    /// let sig = "c458e0e68e4426572b609f01d286f2b04d6b413ddc879691e8c14f0eda77402c";
+    /// let signed = |value: String| http::Request::post("/hook").header("x-signature", value).body(r#"{"n":1}"#).unwrap();
+    ///
+    /// let req = signed(format!("sha256={sig}"));
+    /// assert!(layer.verify(req.headers(), req.body().as_bytes()).is_ok());
+    /// let req = signed(sig.to_owned()); // no prefix
+    /// let err = layer.verify(req.headers(), req.body().as_bytes()).unwrap_err();
+    /// assert!(matches!(err, SignatureValidationError::MalformedHeader(_)));
+    /// ```
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
     }
 
     /// The hash function (default SHA-256).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::{Algorithm, CustomScheme, SignatureLayer};
+    ///
+    /// let scheme = CustomScheme::new("x-signature").algorithm(Algorithm::Sha512);
+    /// let layer = SignatureLayer::custom(scheme, "custom-secret").unwrap();
+    /// let req = http::Request::post("/hook")
+    ///     .header("x-signature", "6d5e28e730a7cb07e94adaa7e5fba4f1ed3d6a8546cbbf0d3cf0bae21b58e8f9dc594fe86406bd8825dea360d798bdbe718e710cfabf435a7e5790c8e626d6ed")
+    ///     .body(r#"{"n":1}"#)
+    ///     .unwrap();
+    /// assert!(layer.verify(req.headers(), req.body().as_bytes()).is_ok());
+    /// ```
     pub fn algorithm(mut self, algorithm: Algorithm) -> Self {
         self.algorithm = algorithm;
         self
     }
 
     /// How the MAC is encoded (default hex).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::{CustomScheme, Encoding, SignatureLayer};
+    ///
+    /// let scheme = CustomScheme::new("x-signature").encoding(Encoding::Base64);
+    /// let layer = SignatureLayer::custom(scheme, "custom-secret").unwrap();
+    /// let req = http::Request::post("/hook")
+    ///     .header("x-signature", "xFjg5o5EJlcrYJ8B0obysE1rQT3ch5aR6MFPDtp3QCw=")
+    ///     .body(r#"{"n":1}"#)
+    ///     .unwrap();
+    /// assert!(layer.verify(req.headers(), req.body().as_bytes()).is_ok());
+    /// ```
     pub fn encoding(mut self, encoding: Encoding) -> Self {
         self.encoding = encoding;
         self
     }
 
     /// A header with a Unix timestamp in seconds, signed as `<timestamp>.<body>`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::{Duration, UNIX_EPOCH};
+    /// use tower_webhook::signature::{Clock, CustomScheme, SignatureLayer};
+    ///
+    /// let scheme = CustomScheme::new("x-signature").prefix("sha256=").timestamp_header("x-timestamp");
+    /// let signed_at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    /// let layer = SignatureLayer::custom(scheme, "custom-secret").unwrap().clock(Clock::fixed(signed_at));
+    ///
+    /// // The MAC covers `1700000000.{"n":1}`.
+    /// let req = http::Request::post("/hook")
+    ///     .header("x-timestamp", "1700000000")
+    ///     .header("x-signature", "sha256=48913cdbcf75bf8dbb6958adb5e810624d02bb81e1c5cab775e240aae3e428ac")
+    ///     .body(r#"{"n":1}"#)
+    ///     .unwrap();
+    /// let hook = layer.verify(req.headers(), req.body().as_bytes()).unwrap();
+    /// assert_eq!(hook.timestamp(), Some(signed_at));
+    /// ```
     pub fn timestamp_header(mut self, header: impl Into<String>) -> Self {
         self.timestamp_header = Some(header.into());
         self
     }
 
     /// A header naming the delivery, used for replay protection.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::{CustomScheme, SignatureLayer};
+    ///
+    /// let scheme = CustomScheme::new("x-signature").delivery_id_header("x-delivery-id");
+    /// let layer = SignatureLayer::custom(scheme, "custom-secret").unwrap();
+    /// let req = http::Request::post("/hook")
+    ///     .header("x-delivery-id", "dlv_01HF3")
+    ///     .header("x-signature", "c458e0e68e4426572b609f01d286f2b04d6b413ddc879691e8c14f0eda77402c")
+    ///     .body(r#"{"n":1}"#)
+    ///     .unwrap();
+    /// let hook = layer.verify(req.headers(), req.body().as_bytes()).unwrap();
+    /// assert_eq!(hook.delivery_id(), Some("dlv_01HF3"));
+    /// ```
     pub fn delivery_id_header(mut self, header: impl Into<String>) -> Self {
         self.delivery_id_header = Some(header.into());
         self
     }
 
     /// A header naming the event.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::{CustomScheme, SignatureLayer};
+    ///
+    /// let scheme = CustomScheme::new("x-signature").event_header("x-event");
+    /// let layer = SignatureLayer::custom(scheme, "custom-secret").unwrap();
+    /// let req = http::Request::post("/hook")
+    ///     .header("x-event", "build.finished")
+    ///     .header("x-signature", "c458e0e68e4426572b609f01d286f2b04d6b413ddc879691e8c14f0eda77402c")
+    ///     .body(r#"{"n":1}"#)
+    ///     .unwrap();
+    /// let hook = layer.verify(req.headers(), req.body().as_bytes()).unwrap();
+    /// assert_eq!(hook.event(), Some("build.finished"));
+    /// ```
     pub fn event_header(mut self, header: impl Into<String>) -> Self {
         self.event_header = Some(header.into());
         self

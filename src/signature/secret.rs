@@ -28,11 +28,31 @@ pub struct Secret(Zeroizing<Vec<u8>>);
 
 impl Secret {
     /// The secret's length in bytes.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::Secret;
+    ///
+    /// assert_eq!(Secret::from("It's a Secret to Everybody").len(), 26);
+    /// assert_eq!(Secret::from(vec![0u8; 32]).len(), 32);
+    /// ```
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
     /// Whether the secret is empty (an empty secret is refused by every constructor).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::{Secret, SignatureConfigError, SignatureLayer};
+    ///
+    /// let secret = Secret::from(String::new()); // e.g. an unset variable read as ""
+    /// assert!(secret.is_empty());
+    /// let err = SignatureLayer::github(secret).unwrap_err();
+    /// assert!(matches!(err, SignatureConfigError::EmptySecret));
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -106,17 +126,56 @@ pub struct Secrets(Vec<Secret>);
 
 impl Secrets {
     /// No secrets yet.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::Secrets;
+    ///
+    /// let secrets = Secrets::new();
+    /// assert!(secrets.is_empty());
+    /// assert_eq!(secrets.with("new-secret").len(), 1);
+    /// ```
     pub fn new() -> Self {
         Self(Vec::new())
     }
 
     /// Adds a secret.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::{Secrets, SignatureLayer};
+    ///
+    /// let secrets = Secrets::new().with("new-secret").with(String::from("old-secret"));
+    /// let layer = SignatureLayer::github_with_secrets(secrets).unwrap();
+    ///
+    /// // A delivery still signed with the old secret passes, and says so.
+    /// let req = http::Request::post("/hook")
+    ///     .header("x-hub-signature-256", "sha256=e7f4750c1d0580871565739b45147585cd7f2622003135f604ae5d6aac8f9577")
+    ///     .body("Hello, World!")
+    ///     .unwrap();
+    /// let hook = layer.verify(req.headers(), req.body().as_bytes()).unwrap();
+    /// assert_eq!(hook.secret_index(), Some(1));
+    /// ```
     pub fn with(mut self, secret: impl Into<Secret>) -> Self {
         self.0.push(secret.into());
         self
     }
 
     /// Splits a comma-separated list (surrounding spaces trimmed), refusing empty items.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::{Secrets, SignatureConfigError};
+    ///
+    /// let secrets = Secrets::from_list("new-secret, old-secret").unwrap();
+    /// assert_eq!(secrets.len(), 2);
+    ///
+    /// let err = Secrets::from_list("new-secret,,old-secret").unwrap_err();
+    /// assert!(matches!(err, SignatureConfigError::EmptySecret));
+    /// ```
     pub fn from_list(list: &str) -> Result<Self, SignatureConfigError> {
         let mut secrets = Self::new();
         for item in list.split(',') {
@@ -133,6 +192,18 @@ impl Secrets {
     ///
     /// A missing, non-UTF-8 or empty variable is an error naming the variable: a webhook
     /// endpoint never starts without a secret.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::{Secrets, SignatureConfigError};
+    ///
+    /// // At startup, with GITHUB_WEBHOOK_SECRETS="new-secret,old-secret":
+    /// // let layer = SignatureLayer::github_with_secrets(Secrets::from_env_list("GITHUB_WEBHOOK_SECRETS")?)?;
+    /// let err = Secrets::from_env_list("TOWER_WEBHOOK_EXAMPLE_UNSET").unwrap_err();
+    /// assert!(matches!(&err, SignatureConfigError::MissingEnv(name) if name == "TOWER_WEBHOOK_EXAMPLE_UNSET"));
+    /// assert!(err.to_string().contains("TOWER_WEBHOOK_EXAMPLE_UNSET"));
+    /// ```
     pub fn from_env_list(name: &str) -> Result<Self, SignatureConfigError> {
         let value = Zeroizing::new(
             std::env::var(name).map_err(|_| SignatureConfigError::MissingEnv(name.to_owned()))?,
@@ -144,11 +215,29 @@ impl Secrets {
     }
 
     /// How many secrets there are.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::Secrets;
+    ///
+    /// let secrets = Secrets::from(["2024-secret", "2025-secret"]);
+    /// assert_eq!(secrets.len(), 2);
+    /// ```
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
     /// Whether there are none.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::Secrets;
+    ///
+    /// assert!(Secrets::default().is_empty());
+    /// assert!(!Secrets::from(vec!["secret"]).is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
