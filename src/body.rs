@@ -1,4 +1,21 @@
 //! Bodies: the response body of the crate's middleware, and a request body for plain hyper.
+//!
+//! # Example
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http_body_util::{BodyExt, Full};
+//! use tower_webhook::body::{RequestBody, ResponseBody};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! // A middleware's own answer, in place of the inner service's body type.
+//! let answer: ResponseBody<Full<Bytes>> = ResponseBody::full(Bytes::from_static(b"{}"));
+//! assert_eq!(&answer.collect().await.unwrap().to_bytes()[..], b"{}");
+//! // Any request body with `Bytes` data, as one type.
+//! let request = RequestBody::new(Full::new(Bytes::from_static(b"payload")));
+//! assert_eq!(&request.collect().await.unwrap().to_bytes()[..], b"payload");
+//! # }
+//! ```
 
 use std::pin::Pin;
 use std::task::{Context, Poll};

@@ -26,6 +26,24 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 ///
 /// They are URNs: RFC 9457 allows a type URI that does not resolve, and these never change
 /// meaning, so clients may match on them.
+///
+/// # Example
+///
+/// ```
+/// use http::StatusCode;
+/// use tower_webhook::error::{Problem, types};
+/// use tower_webhook::signature::SignatureValidationError;
+///
+/// // A client tells the crate's errors apart by type, whatever the status.
+/// let problem = Problem::from_error(&SignatureValidationError::Mismatch);
+/// let retry_later = match problem.problem_type() {
+///     types::CIRCUIT_OPEN | types::OVERLOADED | types::TIMEOUT => true,
+///     types::INVALID_SIGNATURE => false,
+///     other => panic!("unexpected problem type {other}"),
+/// };
+/// assert!(!retry_later);
+/// assert_eq!(problem.status(), StatusCode::UNAUTHORIZED);
+/// ```
 pub mod types {
     /// The request carried no valid signature or credential (401).
     ///
