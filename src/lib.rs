@@ -13,7 +13,8 @@
 //!   gRPC, `reqwest`), lock-free, with resilience4j's states and rules, per-key breakers and a
 //!   `/status`-ready snapshot.
 //! - `retry`: `RetryPolicy`, a `tower::retry` policy with exponential backoff, full jitter, a
-//!   retry budget and `Retry-After`, for idempotent requests only.
+//!   retry budget and `Retry-After`; it sends a non-idempotent request again only when the
+//!   upstream did not act on it (a 429, a 503 with `Retry-After`, a refused connection).
 //! - `tunnel` (feature `tunnel`): a public URL for a local webhook server through ngrok,
 //!   cloudflared, localtunnel or bore, first working provider wins, with a round-trip probe,
 //!   status events and reconnects.

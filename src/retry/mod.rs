@@ -8,8 +8,9 @@
 //!   extension; or every request after [`RetryPolicy::retry_non_idempotent`].
 //! - **Other requests** (a `POST` that creates a comment) only when the failure shows the
 //!   upstream did not act on them: a 429, a 503 with `Retry-After`, or an error raised before the
-//!   request was sent (a refused connection). A timeout, a 502 or 504, or a reset connection may
-//!   come after the upstream acted, so sending again could act twice.
+//!   request was sent (a refused connection, a reqwest connect error, tower's `Overloaded`). A
+//!   timeout, a 502 or 504, or a reset connection may come after the upstream acted, so sending
+//!   again could act twice.
 //! - **Backoff**: exponential with full jitter (a random delay between 0 and
 //!   `min(cap, base * 2^attempt)`), so clients that failed together do not retry together.
 //! - **`Retry-After`**: when the response carries one (seconds or an HTTP date), the policy
@@ -283,8 +284,9 @@ fn is_circuit_open(err: &(dyn Error + 'static)) -> bool {
     false
 }
 
-/// A [`tower::retry::Policy`] with exponential backoff, full jitter, a cap, a retry budget,
-/// `Retry-After`, and retries of idempotent requests only. See the [module docs](self).
+/// A [`tower::retry::Policy`] with exponential backoff, full jitter, a cap, a retry budget and
+/// `Retry-After`. Non-idempotent requests are sent again only when the upstream did not act on
+/// them. See the [module docs](self).
 ///
 /// Tower clones the policy for every request; the budget is shared by all clones.
 ///
