@@ -1110,3 +1110,38 @@ async fn bitbucket_data_center_and_gitea_reopened_pull_requests_get_a_comment() 
         .expect("the Gitea comment");
     assert!(gitea.2["body"].as_str().unwrap().contains("Again"));
 }
+
+#[tokio::test]
+async fn a_delivery_larger_than_axums_default_body_limit_is_accepted() {
+    // MAX_BODY_BYTES is 25 MiB by default; axum's extractors stop at 2 MB unless told otherwise.
+    let (api_addr, _api) = start_fake_api().await;
+    let (base, _) = start_server(&settings(api_addr, &[])).await;
+    let client = reqwest::Client::new();
+    let padding = "x".repeat(3 << 20);
+    let body = json!({"action": "opened", "number": 9, "pull_request": {"number": 9, "title": "Fix", "body": padding}, "repository": {"full_name": "octo/repo"}}).to_string().into_bytes();
+    let d = Delivery {
+        route: "/api/v1/github_webhooks",
+        headers: vec![
+            ("x-github-event", "pull_request".into()),
+            (
+                "x-github-delivery",
+                "5e1f3c2a-0d4b-4a6e-8f9c-3b2a1d0e9f8c".into(),
+            ),
+            (
+                "x-hub-signature-256",
+                format!("sha256={}", hmac_hex("gh-secret-new", &body)),
+            ),
+        ],
+        body,
+    };
+    assert_eq!(
+        send(&client, &base, &d).await.status(),
+        StatusCode::ACCEPTED
+    );
+    // Past MAX_BODY_BYTES the layer still refuses it.
+    let (base, _) = start_server(&settings(api_addr, &[("MAX_BODY_BYTES", "1048576")])).await;
+    assert_eq!(
+        send(&client, &base, &d).await.status(),
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+}

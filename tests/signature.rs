@@ -135,6 +135,20 @@ fn github() -> SignatureLayer {
 fn assert_rejected(out: &Outcome, seen: &Seen, status: StatusCode, problem_type: &str) {
     assert_eq!(out.status, status, "body: {:?}", out.body);
     assert_eq!(out.headers["content-type"], "application/problem+json");
+    // RFC 9110 §15.5.2: a 401 carries a challenge; other rejections do not.
+    let challenge = out
+        .headers
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap());
+    if status == StatusCode::UNAUTHORIZED {
+        let challenge = challenge.expect("a 401 carries WWW-Authenticate");
+        assert!(
+            challenge.starts_with("Signature realm=\"") || challenge.starts_with("Basic realm=\""),
+            "{challenge}"
+        );
+    } else {
+        assert_eq!(challenge, None);
+    }
     let json = out.json();
     assert_eq!(json["status"], status.as_u16());
     assert_eq!(json["type"], problem_type);
@@ -1994,6 +2008,11 @@ async fn webhook_error_layer_rerenders_with_request_id_and_grpc() {
     );
     let res = svc.clone().oneshot(req).await.unwrap();
     assert_eq!(res.status(), 401);
+    // The layer's challenge survives the re-rendering.
+    assert_eq!(
+        res.headers()["www-authenticate"],
+        r#"Signature realm="github""#
+    );
     let body = res.into_body().collect().await.unwrap().to_bytes();
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(json["instance"], "req-7");

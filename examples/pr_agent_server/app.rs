@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -469,7 +469,12 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
                 &forge.route(),
                 post(move |s, h, hd, b| handle(forge, s, h, hd, b)),
             )
-            .route_layer(layer);
+            .route_layer(layer)
+            // The layer has already capped the body at MAX_BODY_BYTES; without this, axum's
+            // `Bytes` extractor would refuse a verified delivery over its own 2 MB default.
+            .layer(DefaultBodyLimit::max(
+                usize::try_from(settings.max_body_bytes).unwrap_or(usize::MAX),
+            ));
         hooks = hooks.merge(route);
     }
     let hooks = hooks.layer(middleware::from_fn_with_state(state.clone(), count));

@@ -17,8 +17,8 @@ use crate::error::{GrpcCode, HttpError, types};
 /// | variant | status | problem type |
 /// |---|---|---|
 /// | missing, duplicated or malformed header, too many signatures, stale timestamp, no match | 401 | [`types::INVALID_SIGNATURE`] |
-/// | [`PayloadTooLarge`](Self::PayloadTooLarge) | 413 | [`types::PAYLOAD_TOO_LARGE`] |
-/// | [`MalformedDelivery`](Self::MalformedDelivery), [`Body`](Self::Body) | 400 | [`types::MALFORMED_DELIVERY`] |
+/// | [`PayloadTooLarge`](Self::PayloadTooLarge), [`Body`](Self::Body) from an outer length limit (`http_body_util::LengthLimitError`) | 413 | [`types::PAYLOAD_TOO_LARGE`] |
+/// | [`MalformedDelivery`](Self::MalformedDelivery), any other [`Body`](Self::Body) error | 400 | [`types::MALFORMED_DELIVERY`] |
 /// | [`Replayed`](Self::Replayed) | 409 | [`types::REPLAYED_DELIVERY`] |
 /// | [`ReplayStore`](Self::ReplayStore) | 503 + `Retry-After` | [`types::PROCESSING_FAILED`] |
 ///
@@ -66,7 +66,7 @@ pub enum SignatureValidationError {
         /// The limit in bytes.
         limit: u64,
     },
-    /// Reading the request body failed.
+    /// Reading the request body failed (413 when an outer length limit stopped it, else 400).
     #[error("could not read the request body")]
     Body(#[source] crate::BoxError),
     /// The delivery is authentic but lacks what the layer needs (e.g. a delivery id).
@@ -80,9 +80,29 @@ pub enum SignatureValidationError {
     ReplayStore(#[source] crate::BoxError),
 }
 
+impl SignatureValidationError {
+    /// A body error caused by a length limit wrapped around the body
+    /// (`http_body_util::Limited`, as tower-http's `RequestBodyLimitLayer` uses): the body is
+    /// too large, not malformed.
+    fn is_body_over_limit(&self) -> bool {
+        let Self::Body(source) = self else {
+            return false;
+        };
+        let mut current: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+        while let Some(err) = current {
+            if err.is::<http_body_util::LengthLimitError>() {
+                return true;
+            }
+            current = err.source();
+        }
+        false
+    }
+}
+
 impl HttpError for SignatureValidationError {
     fn status(&self) -> StatusCode {
         match self {
+            Self::Body(_) if self.is_body_over_limit() => StatusCode::PAYLOAD_TOO_LARGE,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MalformedDelivery(_) | Self::Body(_) => StatusCode::BAD_REQUEST,
             Self::Replayed(_) => StatusCode::CONFLICT,
@@ -93,6 +113,7 @@ impl HttpError for SignatureValidationError {
 
     fn problem_type(&self) -> &str {
         match self {
+            Self::Body(_) if self.is_body_over_limit() => types::PAYLOAD_TOO_LARGE,
             Self::PayloadTooLarge { .. } => types::PAYLOAD_TOO_LARGE,
             Self::MalformedDelivery(_) | Self::Body(_) => types::MALFORMED_DELIVERY,
             Self::Replayed(_) => types::REPLAYED_DELIVERY,
@@ -103,6 +124,7 @@ impl HttpError for SignatureValidationError {
 
     fn title(&self) -> &str {
         match self {
+            Self::Body(_) if self.is_body_over_limit() => "Payload Too Large",
             Self::PayloadTooLarge { .. } => "Payload Too Large",
             Self::MalformedDelivery(_) | Self::Body(_) => "Malformed Delivery",
             Self::Replayed(_) => "Replayed Delivery",
@@ -120,6 +142,7 @@ impl HttpError for SignatureValidationError {
 
     fn grpc_code(&self) -> GrpcCode {
         match self {
+            Self::Body(_) if self.is_body_over_limit() => GrpcCode::OutOfRange,
             Self::PayloadTooLarge { .. } => GrpcCode::OutOfRange,
             Self::MalformedDelivery(_) | Self::Body(_) => GrpcCode::InvalidArgument,
             Self::Replayed(_) => GrpcCode::AlreadyExists,

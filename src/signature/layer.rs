@@ -259,6 +259,8 @@ struct Shared {
     record: RecordDelivery,
     on_replay: OnReplay,
     handshakes: bool,
+    /// `WWW-Authenticate` of a 401.
+    challenge: HeaderValue,
 }
 
 /// Layer that lets only deliveries with a valid signature reach the inner service.
@@ -301,6 +303,7 @@ impl SignatureLayer {
             return Err(SignatureConfigError::EmptySecret);
         }
         let keys = scheme.keys(&prepared, algorithm);
+        let challenge = scheme.challenge();
         Ok(Self {
             shared: Arc::new(Shared {
                 scheme,
@@ -316,6 +319,7 @@ impl SignatureLayer {
                 record: RecordDelivery::AfterSuccess,
                 on_replay: OnReplay::Reject,
                 handshakes: true,
+                challenge,
             }),
         })
     }
@@ -1329,7 +1333,10 @@ fn reject(shared: &Shared, err: E, headers: &HeaderMap) -> Early {
         }
         _ => tracing::warn!(provider, status, request_id, reason = %err, "webhook rejected"),
     }
-    Early::Problem(problem)
+    // RFC 9110 §15.5.2: a 401 carries a challenge.
+    let challenge =
+        (problem.status() == StatusCode::UNAUTHORIZED).then(|| shared.challenge.clone());
+    Early::Problem(problem, challenge)
 }
 
 /// Answers a duplicate delivery with `status`, without the inner service.
@@ -1345,7 +1352,8 @@ fn acknowledge(shared: &Shared, status: StatusCode, key: &str) -> Early {
 
 /// An answer the layer gives without the inner service.
 enum Early {
-    Problem(Problem),
+    /// A rejection, with the `WWW-Authenticate` challenge of a 401.
+    Problem(Problem, Option<HeaderValue>),
     Challenge(scheme::Handshake),
     Acknowledge(StatusCode),
 }
@@ -1353,8 +1361,13 @@ enum Early {
 impl Early {
     fn into_response<B>(self) -> Response<ResponseBody<B>> {
         match self {
-            Early::Problem(problem) => {
+            Early::Problem(problem, challenge) => {
                 let mut response = problem.to_response::<Bytes>().map(ResponseBody::full);
+                if let Some(challenge) = challenge {
+                    response
+                        .headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, challenge);
+                }
                 response.extensions_mut().insert(problem);
                 response.extensions_mut().insert(AlreadyLogged);
                 response
