@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use support::{BoreServer, Logs, black_hole, closed_port, get, get_url, hello_service};
 use tower_webhook::tunnel::{
-    Bore, BoxFuture, Cloudflared, LocalTunnel, Ngrok, Provider, ProviderKind, Server, Session,
-    Tunnel, TunnelConfig, TunnelError, TunnelEvent, Upstream,
+    Bore, BoxFuture, Cloudflared, LocalTunnel, Ngrok, Provider, ProviderKind, Running, Server,
+    Session, Tunnel, TunnelBuilder, TunnelConfig, TunnelError, TunnelEvent, Upstream,
 };
 
 fn service() -> Upstream {
@@ -503,56 +503,60 @@ impl Provider for ForwardToLocalPort {
     }
 }
 
-/// The server accepts on its port before the tunnel opens, so the round-trip probe of a
-/// provider that forwards there (cloudflared does) reaches the service.
-#[tokio::test]
-async fn server_helper_serves_a_provider_that_forwards_to_its_port() {
+/// The server helper on a loopback port, serving `hello_service` locally and through `tunnel`;
+/// the sender stops it.
+async fn serve_through(tunnel: TunnelBuilder) -> (Running, tokio::sync::oneshot::Sender<()>) {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = Server::bind(([127, 0, 0, 1], 0).into())
         .await
         .unwrap()
-        .tunnel(
-            Tunnel::builder()
-                .probe_timeout(Duration::from_secs(1))
-                .provider(ForwardToLocalPort::default()),
-        )
+        .tunnel(tunnel)
         .with_graceful_shutdown(async {
             let _ = stopped.await;
         })
         .spawn(hello_service(Arc::new(AtomicUsize::new(0))))
         .await
         .unwrap();
-    let url = running.tunnel_url().unwrap();
-    let (status, body) = get_url(&url, "/through").await.unwrap();
-    assert_eq!(status, 200);
-    assert!(body.starts_with("hello from /through"), "{body}");
+    (running, stop)
+}
+
+/// Stops a server of [`serve_through`] and waits until it is down.
+async fn shut_down(running: Running, stop: tokio::sync::oneshot::Sender<()>) {
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(5), running.wait())
         .await
         .unwrap();
 }
 
+/// The server accepts on its port before the tunnel opens, so the round-trip probe of a
+/// provider that forwards there (cloudflared does) reaches the service.
+#[tokio::test]
+async fn server_helper_serves_a_provider_that_forwards_to_its_port() {
+    let (running, stop) = serve_through(
+        Tunnel::builder()
+            .probe_timeout(Duration::from_secs(1))
+            .provider(ForwardToLocalPort::default()),
+    )
+    .await;
+    let url = running.tunnel_url().unwrap();
+    let (status, body) = get_url(&url, "/through").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(body.starts_with("hello from /through"), "{body}");
+    shut_down(running, stop).await;
+}
+
 /// `Running::tunnel_url` follows the tunnel: re-opened at another URL, it reports the new one.
 #[tokio::test]
 async fn server_helper_reports_the_url_of_a_re_opened_tunnel() {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = Server::bind(([127, 0, 0, 1], 0).into())
-        .await
-        .unwrap()
-        .tunnel(
-            Tunnel::builder()
-                .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(50))
-                .provider(ForwardToLocalPort {
-                    lose_first: true,
-                    ..Default::default()
-                }),
-        )
-        .with_graceful_shutdown(async {
-            let _ = stopped.await;
-        })
-        .spawn(hello_service(Arc::new(AtomicUsize::new(0))))
-        .await
-        .unwrap();
+    let (running, stop) = serve_through(
+        Tunnel::builder()
+            .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(50))
+            .provider(ForwardToLocalPort {
+                lose_first: true,
+                ..Default::default()
+            }),
+    )
+    .await;
     let first = running.tunnel_url().unwrap();
     let moved = support::eventually(Duration::from_secs(3), || {
         running.tunnel_url().is_some_and(|url| url != first)
@@ -562,10 +566,7 @@ async fn server_helper_reports_the_url_of_a_re_opened_tunnel() {
     let url = running.tunnel_url().unwrap();
     let (status, body) = get_url(&url, "/moved").await.unwrap();
     assert_eq!((status, body.starts_with("hello from /moved")), (200, true));
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), running.wait())
-        .await
-        .unwrap();
+    shut_down(running, stop).await;
 }
 
 #[tokio::test]
