@@ -849,3 +849,65 @@ async fn problem_responses_keep_what_inner_layers_added() {
         "the id set inside becomes the instance"
     );
 }
+
+/// A bearer-token error of the user's, answered 401 with its own challenge.
+#[derive(Debug, thiserror::Error)]
+#[error("token expired")]
+struct TokenExpired;
+
+impl HttpError for TokenExpired {
+    fn status(&self) -> StatusCode {
+        StatusCode::UNAUTHORIZED
+    }
+    fn problem_type(&self) -> &str {
+        "urn:example:token-expired"
+    }
+    fn challenge(&self) -> Option<std::borrow::Cow<'_, str>> {
+        Some(r#"Bearer realm="api", error="invalid_token""#.into())
+    }
+}
+
+/// RFC 9110 §15.5.2: a 401 carries `WWW-Authenticate`, from the error's challenge.
+#[tokio::test]
+async fn a_401_carries_the_errors_challenge() {
+    let layer = WebhookErrorLayer::new().recognize::<TokenExpired>();
+    let cases: Vec<(BoxError, &str)> = vec![
+        (
+            Box::new(tower_webhook::signature::SignatureValidationError::Mismatch),
+            "Signature",
+        ),
+        (
+            Box::new(TokenExpired),
+            r#"Bearer realm="api", error="invalid_token""#,
+        ),
+        (
+            Box::new(
+                Problem::new(StatusCode::UNAUTHORIZED).with_challenge("Basic realm=\"hooks\""),
+            ),
+            "Basic realm=\"hooks\"",
+        ),
+    ];
+    for (err, challenge) in cases {
+        let (status, headers, _) =
+            problem_of(answer_error(layer.clone(), http_req(), err).await).await;
+        assert_eq!(status, 401);
+        assert_eq!(headers["www-authenticate"], challenge);
+    }
+    // Other statuses and gRPC callers get none.
+    let (status, headers, _) = problem_of(
+        answer_error(
+            layer.clone(),
+            http_req(),
+            Box::new(
+                tower_webhook::signature::SignatureValidationError::PayloadTooLarge { limit: 10 },
+            ),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 413);
+    assert!(headers.get("www-authenticate").is_none());
+    let res = answer_error(layer, grpc_req(), Box::new(TokenExpired)).await;
+    assert_eq!(res.headers()["grpc-status"], "16");
+    assert!(res.headers().get("www-authenticate").is_none());
+}

@@ -302,6 +302,14 @@ pub trait HttpError: std::error::Error + Send + Sync + 'static {
         None
     }
 
+    /// The `WWW-Authenticate` challenge to send with this error, such as `Bearer realm="api"`.
+    ///
+    /// A 401 must carry one (RFC 9110, section 15.5.2): return it for errors answered 401. The
+    /// crate's own signature errors answer `Signature`.
+    fn challenge(&self) -> Option<Cow<'_, str>> {
+        None
+    }
+
     /// The gRPC code used when the request was a gRPC call.
     ///
     /// Defaults to [`GrpcCode::from_http_status`].
@@ -342,6 +350,7 @@ pub struct Problem {
     detail: Option<Cow<'static, str>>,
     instance: Option<String>,
     retry_after: Option<Duration>,
+    challenge: Option<Cow<'static, str>>,
     grpc_code: GrpcCode,
     grpc_message: Option<Cow<'static, str>>,
 }
@@ -368,6 +377,7 @@ impl Problem {
             detail: None,
             instance: None,
             retry_after: None,
+            challenge: None,
             grpc_code: GrpcCode::from_http_status(status),
             grpc_message: None,
         }
@@ -396,6 +406,7 @@ impl Problem {
             detail: error.detail().map(|d| Cow::Owned(d.into_owned())),
             instance: None,
             retry_after: error.retry_after(),
+            challenge: error.challenge().map(|c| Cow::Owned(c.into_owned())),
             grpc_code: error.grpc_code(),
             grpc_message: None,
         }
@@ -502,6 +513,25 @@ impl Problem {
     /// ```
     pub fn with_retry_after(mut self, after: Duration) -> Self {
         self.retry_after = Some(after);
+        self
+    }
+
+    /// Sets the `WWW-Authenticate` challenge sent with the HTTP response (a 401 must carry one,
+    /// RFC 9110, section 15.5.2). A value that is not a valid header value is not sent.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_webhook::error::Problem;
+    ///
+    /// let problem = Problem::new(StatusCode::UNAUTHORIZED).with_challenge(r#"Bearer realm="api""#);
+    /// let res = problem.to_response::<bytes::Bytes>();
+    /// assert_eq!(res.headers()["www-authenticate"], r#"Bearer realm="api""#);
+    /// assert_eq!(problem.challenge(), Some(r#"Bearer realm="api""#));
+    /// ```
+    pub fn with_challenge(mut self, challenge: impl Into<Cow<'static, str>>) -> Self {
+        self.challenge = Some(challenge.into());
         self
     }
 
@@ -640,6 +670,24 @@ impl Problem {
         self.retry_after
     }
 
+    /// The `WWW-Authenticate` challenge, if any.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_webhook::error::Problem;
+    /// use tower_webhook::signature::SignatureValidationError;
+    ///
+    /// // The crate's signature errors ask the client to sign.
+    /// let problem = Problem::from_error(&SignatureValidationError::Mismatch);
+    /// assert_eq!(problem.challenge(), Some("Signature"));
+    /// assert_eq!(Problem::new(StatusCode::NOT_FOUND).challenge(), None);
+    /// ```
+    pub fn challenge(&self) -> Option<&str> {
+        self.challenge.as_deref()
+    }
+
     /// The gRPC code.
     ///
     /// # Example
@@ -719,7 +767,8 @@ impl Problem {
             .unwrap_or_default()
     }
 
-    /// An `application/problem+json` response with the problem's status and `Retry-After`.
+    /// An `application/problem+json` response with the problem's status, `Retry-After` and
+    /// `WWW-Authenticate` challenge.
     ///
     /// # Example
     ///
@@ -741,6 +790,13 @@ impl Problem {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let Some(after) = self.retry_after {
             headers.insert(header::RETRY_AFTER, retry_after_value(after));
+        }
+        if let Some(challenge) = self
+            .challenge
+            .as_deref()
+            .and_then(|c| HeaderValue::from_str(c).ok())
+        {
+            headers.insert(header::WWW_AUTHENTICATE, challenge);
         }
         response
     }
@@ -796,6 +852,7 @@ impl fmt::Debug for Problem {
             .field("detail", &self.detail)
             .field("instance", &self.instance)
             .field("retry_after", &self.retry_after)
+            .field("challenge", &self.challenge)
             .field("grpc_code", &self.grpc_code)
             .finish()
     }
@@ -828,6 +885,9 @@ impl HttpError for Problem {
     }
     fn retry_after(&self) -> Option<Duration> {
         self.retry_after
+    }
+    fn challenge(&self) -> Option<Cow<'_, str>> {
+        self.challenge.as_deref().map(Cow::Borrowed)
     }
     fn grpc_code(&self) -> GrpcCode {
         self.grpc_code

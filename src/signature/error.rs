@@ -140,6 +140,12 @@ impl HttpError for SignatureValidationError {
         }
     }
 
+    /// `Signature` for the errors answered 401: the client must send a valid signature.
+    fn challenge(&self) -> Option<std::borrow::Cow<'_, str>> {
+        (self.status() == StatusCode::UNAUTHORIZED)
+            .then_some(std::borrow::Cow::Borrowed("Signature"))
+    }
+
     fn grpc_code(&self) -> GrpcCode {
         match self {
             Self::Body(_) if self.is_body_over_limit() => GrpcCode::OutOfRange,

@@ -260,7 +260,7 @@ struct Shared {
     on_replay: OnReplay,
     handshakes: bool,
     /// `WWW-Authenticate` of a 401.
-    challenge: HeaderValue,
+    challenge: String,
 }
 
 /// Layer that lets only deliveries with a valid signature reach the inner service.
@@ -1333,10 +1333,13 @@ fn reject(shared: &Shared, err: E, headers: &HeaderMap) -> Early {
         }
         _ => tracing::warn!(provider, status, request_id, reason = %err, "webhook rejected"),
     }
-    // RFC 9110 §15.5.2: a 401 carries a challenge.
-    let challenge =
-        (problem.status() == StatusCode::UNAUTHORIZED).then(|| shared.challenge.clone());
-    Early::Problem(problem, challenge)
+    // RFC 9110 §15.5.2: a 401 carries a challenge, here with the provider as realm. It travels
+    // with the problem, so an outer `WebhookErrorLayer` renders it again.
+    let problem = match problem.challenge() {
+        Some(_) => problem.with_challenge(shared.challenge.clone()),
+        None => problem,
+    };
+    Early::Problem(problem)
 }
 
 /// Answers a duplicate delivery with `status`, without the inner service.
@@ -1352,8 +1355,8 @@ fn acknowledge(shared: &Shared, status: StatusCode, key: &str) -> Early {
 
 /// An answer the layer gives without the inner service.
 enum Early {
-    /// A rejection, with the `WWW-Authenticate` challenge of a 401.
-    Problem(Problem, Option<HeaderValue>),
+    /// A rejection.
+    Problem(Problem),
     Challenge(scheme::Handshake),
     Acknowledge(StatusCode),
 }
@@ -1361,13 +1364,8 @@ enum Early {
 impl Early {
     fn into_response<B>(self) -> Response<ResponseBody<B>> {
         match self {
-            Early::Problem(problem, challenge) => {
+            Early::Problem(problem) => {
                 let mut response = problem.to_response::<Bytes>().map(ResponseBody::full);
-                if let Some(challenge) = challenge {
-                    response
-                        .headers_mut()
-                        .insert(header::WWW_AUTHENTICATE, challenge);
-                }
                 response.extensions_mut().insert(problem);
                 response.extensions_mut().insert(AlreadyLogged);
                 response

@@ -676,14 +676,13 @@ impl Scheme {
     /// The `WWW-Authenticate` challenge sent with a 401 (RFC 9110 §11.6.1, §15.5.2): `Basic`
     /// where the credentials are HTTP Basic ones (Azure DevOps), else `Signature`; the realm is
     /// the provider.
-    pub(crate) fn challenge(&self) -> HeaderValue {
+    pub(crate) fn challenge(&self) -> String {
         let scheme = match self.kind {
             Kind::Basic => "Basic",
             _ => "Signature",
         };
-        let value = format!("{scheme} realm=\"{}\"", self.provider.as_str());
-        // Provider names are lowercase ASCII letters and dashes.
-        HeaderValue::try_from(value).unwrap_or_else(|_| HeaderValue::from_static("Signature"))
+        // Provider names are lowercase ASCII letters and dashes: a valid header value.
+        format!("{scheme} realm=\"{}\"", self.provider.as_str())
     }
 }
 
