@@ -114,7 +114,7 @@
 //! Apply it per route with `route_layer`, so other routes are not affected:
 //!
 //! ```no_run
-//! use axum::{Json, Router, routing::post};
+//! use axum::{Json, Router, extract::DefaultBodyLimit, routing::post};
 //! use tower_webhook::signature::{SignatureLayer, VerifiedWebhook};
 //!
 //! async fn on_github(hook: VerifiedWebhook, Json(event): Json<serde_json::Value>) -> &'static str {
@@ -125,7 +125,10 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let app: Router = Router::new()
 //!     .route("/webhooks/github", post(on_github))
-//!     .route_layer(SignatureLayer::github(std::env::var("GITHUB_WEBHOOK_SECRET")?)?);
+//!     .route_layer(SignatureLayer::github(std::env::var("GITHUB_WEBHOOK_SECRET")?)?)
+//!     // The layer admits up to 25 MiB (GitHub's largest payload); axum's extractors stop at
+//!     // 2 MB unless told otherwise.
+//!     .layer(DefaultBodyLimit::max(25 * 1024 * 1024));
 //! # let _ = app; Ok(()) }
 //! ```
 //!
