@@ -910,7 +910,12 @@ async fn post_comment(
             return Outcome::Done;
         }
     };
-    match caller.clone().oneshot(request).await {
+    let result = caller.clone().oneshot(request).await;
+    let rate_limited = result
+        .as_ref()
+        .ok()
+        .and_then(|res| rate_limit_wait(res.status(), res.headers()));
+    match result {
         Ok(res) if res.status().is_success() => {
             tracing::info!(provider = forge, target = %job.comment.target, delivery = %job.delivery, "comment posted");
             state
@@ -920,16 +925,15 @@ async fn post_comment(
             Outcome::Done
         }
         // Over a rate limit (GitHub answers 403 or 429): wait as long as the provider says.
-        Ok(res) if rate_limit_wait(res.status(), res.headers()).is_some() => {
-            let wait = rate_limit_wait(res.status(), res.headers());
+        Ok(res) if rate_limited.is_some() => {
             tracing::warn!(
                 provider = forge,
                 status = res.status().as_u16(),
-                wait = ?wait,
+                wait = ?rate_limited,
                 "provider API rate limit; comment scheduled again"
             );
             Outcome::Later {
-                delay: wait,
+                delay: rate_limited,
                 attempted: true,
             }
         }
