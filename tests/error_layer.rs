@@ -7,6 +7,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use serde_json::Value;
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt, service_fn};
+use tower_http::timeout::TimeoutBody;
 use tower_webhook::body::ResponseBody;
 use tower_webhook::error::{
     GrpcCode, HttpError, Problem, WebhookErrorLayer, WebhookProcessingError, types,
@@ -228,6 +229,51 @@ async fn length_limit_is_413() {
     let (status, _, json) = problem_of(svc.oneshot(req).await.unwrap()).await;
     assert_eq!(status, 413);
     assert_eq!(json["type"], types::PAYLOAD_TOO_LARGE);
+}
+
+/// A body that never sends anything.
+type Stalled = http_body_util::StreamBody<
+    futures_util::stream::Pending<Result<http_body::Frame<Bytes>, std::convert::Infallible>>,
+>;
+
+fn stalled_body() -> Stalled {
+    http_body_util::StreamBody::new(futures_util::stream::pending())
+}
+
+#[tokio::test(start_paused = true)]
+async fn body_timeout_is_408() {
+    // tower-http's `RequestBodyTimeoutLayer` stops a body the client stopped sending; a handler
+    // that reads it with `?` surfaces that error.
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            Duration::from_secs(10),
+        ))
+        .service_fn(|req: Request<TimeoutBody<Stalled>>| async move {
+            let body = req.into_body().collect().await?;
+            Ok::<_, BoxError>(Response::new(Full::new(body.to_bytes())))
+        });
+    let res = svc
+        .clone()
+        .oneshot(Request::new(stalled_body()))
+        .await
+        .unwrap();
+    let (status, _, json) = problem_of(res).await;
+    assert_eq!(status, 408);
+    assert_eq!(json["type"], types::TIMEOUT);
+    assert_eq!(json["title"], "Request Timeout");
+
+    // gRPC callers get DEADLINE_EXCEEDED.
+    let req = Request::builder()
+        .header("content-type", "application/grpc")
+        .body(stalled_body())
+        .unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.headers()["grpc-status"],
+        (GrpcCode::DeadlineExceeded as i32).to_string().as_str()
+    );
 }
 
 #[tokio::test]

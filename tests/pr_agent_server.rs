@@ -1145,3 +1145,37 @@ async fn a_delivery_larger_than_axums_default_body_limit_is_accepted() {
         StatusCode::PAYLOAD_TOO_LARGE
     );
 }
+
+#[tokio::test]
+async fn a_client_that_stops_sending_its_body_gets_a_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (api_addr, api) = start_fake_api().await;
+    // Body idle timeout: half of REQUEST_TIMEOUT_SECS, 1 s here.
+    let (base, _) = start_server(&settings(api_addr, &[("REQUEST_TIMEOUT_SECS", "2")])).await;
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // A signature of the right shape: the body must be read before it can be checked.
+    let head = format!(
+        "POST /api/v1/github_webhooks HTTP/1.1\r\nhost: x\r\nx-github-event: ping\r\nx-github-delivery: 7a1c\r\nx-hub-signature-256: sha256={}\r\ncontent-length: 100\r\n\r\n{{\"zen\":",
+        "0".repeat(64)
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut res = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&res).contains("}") {
+            let n = stream.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            res.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("an answer before the client gives up");
+    let res = String::from_utf8_lossy(&res);
+    assert!(res.starts_with("HTTP/1.1 408 "), "{res}");
+    assert!(res.contains("urn:tower-webhook:problem:timeout"), "{res}");
+    assert_eq!(comment_count(&api), 0);
+}

@@ -507,6 +507,59 @@ async fn oversize_content_length_is_refused_without_reading() {
 }
 
 #[tokio::test]
+async fn signatures_of_the_wrong_length_are_refused_without_reading_the_body() {
+    let good_hex = &GH_SIG["sha256=".len()..];
+    let sha1_length = format!("sha256={}", &good_hex[..40]);
+    let github_cases = [
+        "sha256=00",
+        "sha256=abcd",
+        &GH_SIG[..GH_SIG.len() - 2],
+        &sha1_length,
+    ];
+    let sha512_length = format!("sha256={good_hex}{good_hex}");
+    let cases = github_cases
+        .iter()
+        .map(|sig| (github(), "x-hub-signature-256", sig.to_string()))
+        .chain([
+            (github(), "x-hub-signature-256", sha512_length),
+            (
+                SignatureLayer::shopify("shpss_secret").unwrap(),
+                "x-shopify-hmac-sha256",
+                "c2hvcnQ=".to_owned(),
+            ),
+        ]);
+    for (layer, header, sig) in cases {
+        let produced = Arc::new(AtomicUsize::new(0));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let req = Request::post("/")
+            .header(header, &sig)
+            .header("x-shopify-topic", "orders/create")
+            .header("x-shopify-shop-domain", "shop.example")
+            .header(
+                "x-shopify-webhook-id",
+                "b54557e4-bdd9-4b37-8a5f-bf7d70bcd043",
+            )
+            .header("x-shopify-triggered-at", "2024-01-01T00:00:00Z")
+            .body(Endless {
+                chunk: 512,
+                produced: produced.clone(),
+            })
+            .unwrap();
+        let res = endless_service(&layer, calls.clone())
+            .oneshot(req)
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{sig}");
+        assert_eq!(
+            res.extensions().get::<Problem>().unwrap().problem_type(),
+            types::INVALID_SIGNATURE
+        );
+        assert_eq!(produced.load(Ordering::SeqCst), 0, "{sig}: body read");
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+    }
+}
+
+#[tokio::test]
 async fn oversize_without_content_length_stops_at_the_cap() {
     let layer = github().max_body_size(64 * 1024);
     let produced = Arc::new(AtomicUsize::new(0));

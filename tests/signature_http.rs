@@ -238,3 +238,45 @@ async fn a_rejection_on_headers_sends_no_100_continue_and_keeps_a_drained_connec
     assert!(second.ends_with("Hello, World!"), "{second}");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn an_outer_body_timeout_hit_while_reading_is_a_408() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let calls = counter.clone();
+            let svc = ServiceBuilder::new()
+                .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+                    Duration::from_millis(100),
+                ))
+                .map_request(|req: Request<_>| req.map(RequestBody::new))
+                .layer(SignatureLayer::github(GH_SECRET).unwrap())
+                .service_fn(move |_: Request<RequestBody>| {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    async { Ok::<_, Infallible>(Response::new(Full::<bytes::Bytes>::default())) }
+                });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc))
+                    .await;
+            });
+        }
+    });
+    // 13 bytes announced, 5 sent, then the client goes quiet.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST /hook HTTP/1.1\r\nhost: x\r\nx-hub-signature-256: {GH_SIG}\r\ncontent-length: 13\r\n\r\nHello"
+    );
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let res = read_response(&mut stream).await;
+    assert!(res.starts_with("HTTP/1.1 408 "), "{res}");
+    assert!(
+        res.contains(r#""type":"urn:tower-webhook:problem:timeout""#),
+        "{res}"
+    );
+    assert_eq!(header(&res, "www-authenticate"), None);
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+}

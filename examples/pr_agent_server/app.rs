@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -20,6 +21,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc};
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutBody};
 use tower_http::trace::TraceLayer;
 use tower_webhook::circuit_breaker::{
     CircuitBreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer, CircuitOpen,
@@ -153,7 +155,8 @@ pub(crate) struct Settings {
     pub(crate) apis: BTreeMap<Forge, ApiTarget>,
     /// The outbound circuit breaker settings (`CIRCUIT_BREAKER_*`).
     pub(crate) breaker: CircuitBreakerConfig,
-    /// Deadline of one webhook request (`REQUEST_TIMEOUT_SECS`, default 10, at most 600).
+    /// Deadline of one webhook request (`REQUEST_TIMEOUT_SECS`, default 10, at most 600); a
+    /// body that sends nothing for half of it is answered 408.
     pub(crate) request_timeout: Duration,
     /// Largest accepted body (`MAX_BODY_BYTES`, default 25 MiB, GitHub's largest payload;
     /// 1 KiB to 1 GiB).
@@ -494,7 +497,11 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
                 ))
                 .layer(PropagateRequestIdLayer::new(x_request_id))
                 .layer(TraceLayer::new_for_http())
-                .layer(tower::timeout::TimeoutLayer::new(settings.request_timeout)),
+                .layer(tower::timeout::TimeoutLayer::new(settings.request_timeout))
+                // A client that stops sending its body gets 408, before the whole request's
+                // deadline (504) would end it.
+                .layer(RequestBodyTimeoutLayer::new(settings.request_timeout / 2))
+                .map_request(|req: Request<TimeoutBody<Body>>| req.map(Body::new)),
         );
     Ok(App { router, state })
 }

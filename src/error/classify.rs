@@ -62,6 +62,17 @@ fn classify_one(
                 .with_grpc_code(GrpcCode::DeadlineExceeded),
         );
     }
+    if err.is::<tower_http::timeout::TimeoutError>() {
+        // The client stopped sending the body (tower-http's `RequestBodyTimeoutLayer`).
+        return Some(
+            Problem::from_static(
+                StatusCode::REQUEST_TIMEOUT,
+                types::TIMEOUT,
+                "Request Timeout",
+            )
+            .with_grpc_code(GrpcCode::DeadlineExceeded),
+        );
+    }
     if err.is::<tower::load_shed::error::Overloaded>() {
         return Some(Problem::from_static(
             StatusCode::SERVICE_UNAVAILABLE,

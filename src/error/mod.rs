@@ -11,12 +11,13 @@
 //! | `Ok(response)` | the response, untouched | the response, untouched |
 //! | `Ok(response)` with a [`Problem`] in its extensions (a handler returned one) | the problem, rendered | trailers-only, code of the problem |
 //! | `Err(`[`Problem`]`)` or any [`HttpError`] registered with [`WebhookErrorLayer::recognize`] | its status | its [`HttpError::grpc_code`] |
-//! | signature rejected | 401 / 413 / 400 / 409 | `Unauthenticated` / `OutOfRange` / `InvalidArgument` / `AlreadyExists` |
+//! | signature rejected | 401 / 413 / 408 / 400 / 409 | `Unauthenticated` / `OutOfRange` / `DeadlineExceeded` / `InvalidArgument` / `AlreadyExists` |
 //! | circuit open | 503 + `Retry-After` | `Unavailable` |
 //! | [`WebhookProcessingError`] | 500, or 503 + `Retry-After` when retryable | `Internal` / `Unavailable` |
 //! | `tower::timeout::error::Elapsed` | 504 (or 408, see [`WebhookErrorLayer::timeout_status`]) | `DeadlineExceeded` |
 //! | `tower::load_shed::error::Overloaded` | 503 | `Unavailable` |
 //! | `http_body_util::LengthLimitError` | 413 | `OutOfRange` |
+//! | `tower_http::timeout::TimeoutError` (a body timeout: tower-http's `RequestBodyTimeoutLayer`) | 408 | `DeadlineExceeded` |
 //! | `tonic::Status` (feature `tonic`) | the [`GrpcCode::to_http_status`] of its code | its own code; its message only for client errors (4xx) |
 //! | anything else | 500, no detail | `Internal` |
 //! | a panic in `call` or in the response future | 500, no detail | `Internal` |

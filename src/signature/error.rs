@@ -18,6 +18,7 @@ use crate::error::{GrpcCode, HttpError, types};
 /// |---|---|---|
 /// | missing, duplicated or malformed header, too many signatures, stale timestamp, no match | 401 | [`types::INVALID_SIGNATURE`] |
 /// | [`PayloadTooLarge`](Self::PayloadTooLarge), [`Body`](Self::Body) from an outer length limit (`http_body_util::LengthLimitError`) | 413 | [`types::PAYLOAD_TOO_LARGE`] |
+/// | [`Body`](Self::Body) from an outer body timeout (tower-http's `RequestBodyTimeoutLayer`) | 408 | [`types::TIMEOUT`] |
 /// | [`MalformedDelivery`](Self::MalformedDelivery), any other [`Body`](Self::Body) error | 400 | [`types::MALFORMED_DELIVERY`] |
 /// | [`Replayed`](Self::Replayed) | 409 | [`types::REPLAYED_DELIVERY`] |
 /// | [`ReplayStore`](Self::ReplayStore) | 503 + `Retry-After` | [`types::PROCESSING_FAILED`] |
@@ -66,7 +67,8 @@ pub enum SignatureValidationError {
         /// The limit in bytes.
         limit: u64,
     },
-    /// Reading the request body failed (413 when an outer length limit stopped it, else 400).
+    /// Reading the request body failed (413 when an outer length limit stopped it, 408 when an
+    /// outer body timeout did, else 400).
     #[error("could not read the request body")]
     Body(#[source] crate::BoxError),
     /// The delivery is authentic but lacks what the layer needs (e.g. a delivery id).
@@ -80,29 +82,47 @@ pub enum SignatureValidationError {
     ReplayStore(#[source] crate::BoxError),
 }
 
+/// What stopped a body that could not be read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BodyFailure {
+    /// An outer length limit (`http_body_util::Limited`, as tower-http's
+    /// `RequestBodyLimitLayer` uses): the body is too large, not malformed.
+    OverLimit,
+    /// An outer body timeout (tower-http's `RequestBodyTimeoutLayer`): the client stopped
+    /// sending.
+    TimedOut,
+    /// Anything else: the body is malformed.
+    Other,
+}
+
 impl SignatureValidationError {
-    /// A body error caused by a length limit wrapped around the body
-    /// (`http_body_util::Limited`, as tower-http's `RequestBodyLimitLayer` uses): the body is
-    /// too large, not malformed.
-    fn is_body_over_limit(&self) -> bool {
+    /// The class of a [`Body`](Self::Body) error, from the first known error in its chain.
+    fn body_failure(&self) -> Option<BodyFailure> {
         let Self::Body(source) = self else {
-            return false;
+            return None;
         };
         let mut current: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
         while let Some(err) = current {
             if err.is::<http_body_util::LengthLimitError>() {
-                return true;
+                return Some(BodyFailure::OverLimit);
+            }
+            if err.is::<tower_http::timeout::TimeoutError>() {
+                return Some(BodyFailure::TimedOut);
             }
             current = err.source();
         }
-        false
+        Some(BodyFailure::Other)
     }
 }
 
 impl HttpError for SignatureValidationError {
     fn status(&self) -> StatusCode {
+        match self.body_failure() {
+            Some(BodyFailure::OverLimit) => return StatusCode::PAYLOAD_TOO_LARGE,
+            Some(BodyFailure::TimedOut) => return StatusCode::REQUEST_TIMEOUT,
+            Some(BodyFailure::Other) | None => {}
+        }
         match self {
-            Self::Body(_) if self.is_body_over_limit() => StatusCode::PAYLOAD_TOO_LARGE,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MalformedDelivery(_) | Self::Body(_) => StatusCode::BAD_REQUEST,
             Self::Replayed(_) => StatusCode::CONFLICT,
@@ -112,8 +132,12 @@ impl HttpError for SignatureValidationError {
     }
 
     fn problem_type(&self) -> &str {
+        match self.body_failure() {
+            Some(BodyFailure::OverLimit) => return types::PAYLOAD_TOO_LARGE,
+            Some(BodyFailure::TimedOut) => return types::TIMEOUT,
+            Some(BodyFailure::Other) | None => {}
+        }
         match self {
-            Self::Body(_) if self.is_body_over_limit() => types::PAYLOAD_TOO_LARGE,
             Self::PayloadTooLarge { .. } => types::PAYLOAD_TOO_LARGE,
             Self::MalformedDelivery(_) | Self::Body(_) => types::MALFORMED_DELIVERY,
             Self::Replayed(_) => types::REPLAYED_DELIVERY,
@@ -123,8 +147,12 @@ impl HttpError for SignatureValidationError {
     }
 
     fn title(&self) -> &str {
+        match self.body_failure() {
+            Some(BodyFailure::OverLimit) => return "Payload Too Large",
+            Some(BodyFailure::TimedOut) => return "Request Timeout",
+            Some(BodyFailure::Other) | None => {}
+        }
         match self {
-            Self::Body(_) if self.is_body_over_limit() => "Payload Too Large",
             Self::PayloadTooLarge { .. } => "Payload Too Large",
             Self::MalformedDelivery(_) | Self::Body(_) => "Malformed Delivery",
             Self::Replayed(_) => "Replayed Delivery",
@@ -147,8 +175,12 @@ impl HttpError for SignatureValidationError {
     }
 
     fn grpc_code(&self) -> GrpcCode {
+        match self.body_failure() {
+            Some(BodyFailure::OverLimit) => return GrpcCode::OutOfRange,
+            Some(BodyFailure::TimedOut) => return GrpcCode::DeadlineExceeded,
+            Some(BodyFailure::Other) | None => {}
+        }
         match self {
-            Self::Body(_) if self.is_body_over_limit() => GrpcCode::OutOfRange,
             Self::PayloadTooLarge { .. } => GrpcCode::OutOfRange,
             Self::MalformedDelivery(_) | Self::Body(_) => GrpcCode::InvalidArgument,
             Self::Replayed(_) => GrpcCode::AlreadyExists,

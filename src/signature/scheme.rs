@@ -1128,6 +1128,15 @@ impl Scheme {
                 checked.token_match = Some(match_token(keys, &decoded)?);
             }
         }
+        // A signature of another length than the MAC's can never match: refuse before the body
+        // is read, as if it had been compared.
+        let tag_len = keys.tag_len();
+        if tag_len != 0
+            && checked.sigs.len() != 0
+            && checked.sigs.iter().all(|s| s.len() != tag_len)
+        {
+            return Err(E::Mismatch);
+        }
         Ok(checked)
     }
 
