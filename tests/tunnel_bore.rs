@@ -287,3 +287,81 @@ async fn without_reconnect_a_dropped_tunnel_stays_down() {
         Some(TunnelEvent::Closed { .. })
     ));
 }
+
+/// A TCP relay in front of a bore server's control port that can cut the first connection it
+/// relayed (the control connection) and leave the others alone.
+async fn relay_to(ip: Ipv4Addr) -> (u16, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (cut, mut cut_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut client, _)) = listener.accept().await {
+            let mut server = tokio::net::TcpStream::connect((ip, 7835)).await.unwrap();
+            if std::mem::take(&mut first) {
+                let cut_rx = std::mem::replace(&mut cut_rx, tokio::sync::oneshot::channel().1);
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut_rx => {} // both sockets are dropped here
+                    }
+                });
+            } else {
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+            }
+        }
+    });
+    (port, cut)
+}
+
+#[tokio::test]
+async fn losing_the_control_connection_lets_requests_in_flight_finish() {
+    let ip = Ipv4Addr::new(127, 0, 0, 14);
+    let _server = BoreServer::start(ip, None).await;
+    let (relay_port, cut) = relay_to(ip).await;
+    let started = Arc::new(tokio::sync::Notify::new());
+    let slow = {
+        let started = Arc::clone(&started);
+        tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let started = Arc::clone(&started);
+            async move {
+                if req.uri().path() == "/slow" {
+                    started.notify_one();
+                    tokio::time::sleep(Duration::from_millis(700)).await;
+                }
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from_static(b"finished"),
+                )))
+            }
+        })
+    };
+    let handle = Tunnel::builder()
+        .provider(bore_to(ip).control_port(relay_port))
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200))
+        .start(Upstream::service(slow))
+        .await
+        .unwrap();
+    let url = handle.url();
+    let mut events = handle.events();
+
+    let in_flight = tokio::spawn({
+        let url = url.clone();
+        async move { get_url(&url, "/slow").await }
+    });
+    tokio::time::timeout(Duration::from_secs(5), started.notified())
+        .await
+        .expect("the request reached the service");
+    cut.send(()).unwrap();
+    let down = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .expect("a Down event")
+        .unwrap();
+    assert!(matches!(down, TunnelEvent::Down { .. }), "{down:?}");
+
+    // The request's own connection to the server was not cut with the control connection.
+    let (status, body) = in_flight.await.unwrap().unwrap();
+    assert_eq!((status, body.as_str()), (200, "finished"));
+    handle.close().await;
+}

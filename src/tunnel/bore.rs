@@ -353,18 +353,18 @@ impl Provider for Bore {
                 tokio::pin!(heartbeat);
                 // Connections refused at the cap since the cap was last reached.
                 let mut refused = 0u64;
-                loop {
+                let lost: BoxError = loop {
                     tokio::select! {
                         () = stop.stopped() => return Ok(()),
-                        () = &mut heartbeat => return Err(format!(
+                        () = &mut heartbeat => break format!(
                             "no heartbeat from the bore server for {} s",
                             HEARTBEAT_TIMEOUT.as_secs()
-                        ).into()),
+                        ).into(),
                         message = control.recv() => {
                             heartbeat.set(tokio::time::sleep(HEARTBEAT_TIMEOUT));
                             match message {
-                                Err(err) => return Err(err),
-                                Ok(None) => return Err("the bore server closed the control connection".into()),
+                                Err(err) => break err,
+                                Ok(None) => break "the bore server closed the control connection".into(),
                                 Ok(Some(ServerMessage::Heartbeat)) => {}
                                 Ok(Some(ServerMessage::Connection(id))) => {
                                     while connections.try_join_next().is_some() {}
@@ -393,14 +393,19 @@ impl Provider for Bore {
                                     });
                                 }
                                 Ok(Some(ServerMessage::Error(message))) => {
-                                    return Err(format!("bore server error: {message}").into());
+                                    break format!("bore server error: {message}").into();
                                 }
                                 Ok(Some(other)) => tracing::debug!(?other, "unexpected bore message"),
                             }
                         },
                         Some(_) = connections.join_next() => {}
                     }
-                }
+                };
+                // Each public connection has its own socket to the server, which outlives the
+                // control connection: let the requests in flight finish instead of cutting them.
+                // Each ends with its connection (idle ones after the header read timeout).
+                connections.detach_all();
+                Err(lost)
             }))
         })
     }
