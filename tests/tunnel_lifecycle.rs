@@ -245,6 +245,70 @@ async fn graceful_shutdown_lets_requests_through_the_tunnel_finish() {
 }
 
 #[tokio::test]
+async fn requests_that_reach_the_tunnel_during_the_drain_finish_too() {
+    let bore = FakeBore::start().await;
+    let app = tower::service_fn(|req: Request<Incoming>| async move {
+        let wait = if req.uri().path() == "/late" {
+            600
+        } else {
+            400
+        };
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"done"))))
+    });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = Server::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .await
+        .unwrap()
+        .tunnel(Tunnel::builder().provider(bore.bore()))
+        .with_graceful_shutdown(async {
+            let _ = stop_rx.await;
+        })
+        .spawn(app)
+        .await
+        .unwrap();
+    let public = running
+        .tunnel_url()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_owned();
+    let post = |path: &str| {
+        format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").into_bytes()
+    };
+
+    let mut early = TcpStream::connect(&public).await.unwrap();
+    early.write_all(&post("/early")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop_tx.send(()).unwrap();
+    // The drain has started; the tunnel is still open and a delivery comes through it. It
+    // outlives the early request, the only one open when the drain started.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut late = TcpStream::connect(&public).await.unwrap();
+    late.write_all(&post("/late")).await.unwrap();
+
+    let early = tokio::spawn(read_to_close(early));
+    let late = tokio::spawn(read_to_close(late));
+    tokio::time::timeout(Duration::from_secs(5), running.wait())
+        .await
+        .expect("the server did not stop");
+    let early = early.await.unwrap();
+    assert!(early.starts_with("HTTP/1.1 200 "), "{early}");
+    let late = late.await.unwrap();
+    assert!(late.starts_with("HTTP/1.1 200 "), "{late}");
+    assert!(
+        late.to_ascii_lowercase().contains("connection: close"),
+        "{late}"
+    );
+}
+
+/// Everything the peer sends until it closes the connection (at most 5 s).
+async fn read_to_close(mut stream: TcpStream) -> String {
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test]
 async fn bore_forwards_a_protocol_where_the_local_server_speaks_first() {
     // An SMTP-like local server greets first; a bore tunnel to an address pipes any protocol.
     let local = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();

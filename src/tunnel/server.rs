@@ -25,8 +25,10 @@ const DRAIN: Duration = Duration::from_secs(10);
 ///
 /// Tunnel connections are served by the service directly (no extra hop through the local port);
 /// the local port serves it too. The shutdown signal (Ctrl-C unless
-/// [`with_graceful_shutdown`](Self::with_graceful_shutdown) sets another) stops accepting, lets
-/// open requests finish (up to 10 s), then closes the tunnel.
+/// [`with_graceful_shutdown`](Self::with_graceful_shutdown) sets another) stops accepting on the
+/// local port, lets open requests finish (up to 10 s), then closes the tunnel. The tunnel stays
+/// open while they finish, so deliveries that reach it then are served too, one request per
+/// connection, and waited for within the same 10 s.
 ///
 /// # Example
 ///
@@ -338,8 +340,10 @@ impl Server {
             drop(acceptor);
             tracing::info!("shutting down: draining open connections");
             let drain = async {
-                if let Some(graceful) = upstream.take_graceful() {
+                if let Some((graceful, late)) = upstream.start_drain() {
                     graceful.shutdown().await;
+                    // Requests that came through the tunnel, still open, during the drain.
+                    late.closed().await;
                 }
             };
             if tokio::time::timeout(DRAIN, drain).await.is_err() {

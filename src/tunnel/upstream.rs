@@ -94,6 +94,9 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 struct ConnOptions {
     probes: Arc<Probes>,
     watcher: Option<Watcher>,
+    /// Set for a connection that arrives during the server helper's drain: it serves one
+    /// request, and the drain waits for it while it is open.
+    late: Option<LateGuard>,
     /// `None`: wait for a request's head as long as the peer keeps the connection.
     header_read_timeout: Option<Duration>,
 }
@@ -194,9 +197,61 @@ struct Inner {
     probes: Arc<Probes>,
     local: OnceCell<SocketAddr>,
     local_task: Mutex<Option<tokio::task::AbortHandle>>,
-    /// Set by the server helper: every connection served is watched by it, tunnel connections
+    /// Set by the server helper: every connection served is watched, tunnel connections
     /// included, so that a graceful shutdown lets their requests finish.
-    graceful: Mutex<Option<GracefulShutdown>>,
+    graceful: Mutex<Option<Graceful>>,
+}
+
+/// How the connections of the server helper are watched for its graceful shutdown.
+enum Graceful {
+    /// Running: every connection served is watched.
+    Watching(GracefulShutdown),
+    /// Draining: the tunnel stays open until the drain ends, so connections still arrive
+    /// through it. Each serves one request and is counted, so the drain waits for it too.
+    Draining(Arc<LateConnections>),
+}
+
+/// Connections that arrived during a drain and are still open.
+#[derive(Default)]
+pub(crate) struct LateConnections {
+    open: std::sync::atomic::AtomicUsize,
+    closed: tokio::sync::Notify,
+}
+
+impl LateConnections {
+    fn enter(self: &Arc<Self>) -> LateGuard {
+        self.open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        LateGuard(Arc::clone(self))
+    }
+
+    /// Waits until no late connection is open.
+    pub(crate) async fn closed(&self) {
+        loop {
+            let closed = self.closed.notified();
+            tokio::pin!(closed);
+            closed.as_mut().enable();
+            if self.open.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            closed.await;
+        }
+    }
+}
+
+/// Counts one late connection while it is open.
+struct LateGuard(Arc<LateConnections>);
+
+impl Drop for LateGuard {
+    fn drop(&mut self) {
+        if self
+            .0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            self.0.closed.notify_waiters();
+        }
+    }
 }
 
 impl Drop for Inner {
@@ -338,19 +393,24 @@ impl Upstream {
     /// Watches every connection served from now on for a graceful shutdown (used by the server
     /// helper); [`take_graceful`](Self::take_graceful) starts it.
     pub(crate) fn with_graceful_shutdown(self) -> Self {
-        *lock(&self.inner.graceful) = Some(GracefulShutdown::new());
+        *lock(&self.inner.graceful) = Some(Graceful::Watching(GracefulShutdown::new()));
         self
     }
 
-    /// Stops watching new connections; the caller shuts down the ones being watched.
-    pub(crate) fn take_graceful(&self) -> Option<GracefulShutdown> {
-        lock(&self.inner.graceful).take()
+    /// Starts the drain: the caller shuts down the connections being watched and waits for the
+    /// late ones, which arrive from now on.
+    pub(crate) fn start_drain(&self) -> Option<(GracefulShutdown, Arc<LateConnections>)> {
+        let mut graceful = lock(&self.inner.graceful);
+        let late = Arc::new(LateConnections::default());
+        match graceful.replace(Graceful::Draining(Arc::clone(&late)))? {
+            Graceful::Watching(shutdown) => Some((shutdown, late)),
+            Graceful::Draining(_) => None,
+        }
     }
 
-    fn watcher(&self) -> Option<Watcher> {
-        lock(&self.inner.graceful)
-            .as_ref()
-            .map(GracefulShutdown::watcher)
+    /// Whether the drain has started.
+    fn draining(&self) -> bool {
+        matches!(*lock(&self.inner.graceful), Some(Graceful::Draining(_)))
     }
 
     fn from_parts(
@@ -376,9 +436,15 @@ impl Upstream {
     }
 
     fn options(&self, header_read_timeout: Option<Duration>) -> ConnOptions {
+        let (watcher, late) = match &*lock(&self.inner.graceful) {
+            None => (None, None),
+            Some(Graceful::Watching(shutdown)) => (Some(shutdown.watcher()), None),
+            Some(Graceful::Draining(late)) => (None, Some(late.enter())),
+        };
         ConnOptions {
             probes: Arc::clone(&self.inner.probes),
-            watcher: self.watcher(),
+            watcher,
+            late,
             header_read_timeout,
         }
     }
@@ -424,6 +490,11 @@ impl Upstream {
     where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
+        // A pooled connection may wait idle for ever: during a drain it is not taken, so the
+        // drain does not wait for it.
+        if self.draining() {
+            return;
+        }
         self.inner
             .serve
             .serve(Box::new(io), self.options(None))
@@ -509,6 +580,7 @@ impl Upstream {
                         let options = ConnOptions {
                             probes: Arc::clone(&probes),
                             watcher: None,
+                            late: None,
                             header_read_timeout,
                         };
                         tokio::spawn(serve.serve(Box::new(stream), options));
@@ -691,7 +763,8 @@ where
     H::Future: Send + 'static,
 {
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.keep_alive(true);
+    // A late connection (see `ConnOptions::late`) answers one request, then closes.
+    builder.keep_alive(options.late.is_none());
     // hyper arms the timer at `now + timeout`: `bounded` (in `header_read_timeout`) keeps that
     // from overflowing.
     if let Some(timeout) = options.header_read_timeout {
@@ -709,4 +782,5 @@ where
     if let Err(err) = result {
         tracing::debug!(error = %err, "tunnel connection ended with an error");
     }
+    drop(options.late);
 }
