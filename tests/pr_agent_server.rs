@@ -872,6 +872,43 @@ async fn a_stalled_provider_does_not_hold_up_the_comments_of_another() {
     assert_eq!(state.counters.pending.load(Ordering::SeqCst), 24);
 }
 
+#[tokio::test]
+async fn comments_in_flight_per_provider_is_a_setting() {
+    let (api_addr, _api) = start_fake_api().await;
+    let (stalled_addr, stalled_calls) = start_stalled_api().await;
+    let github = format!("http://{stalled_addr}");
+    let (base, state) = start_server(&settings(
+        api_addr,
+        &[
+            ("GITHUB_API_URL", github.as_str()),
+            ("COMMENTS_IN_FLIGHT_PER_PROVIDER", "2"),
+        ],
+    ))
+    .await;
+    let client = reqwest::Client::new();
+    for pr in 1..=5 {
+        let d = delivery(
+            app::Forge::GitHub,
+            &format!("e4000000-0000-4000-8000-{pr:012}"),
+            pr,
+        );
+        assert_eq!(
+            send(&client, &base, &d).await.status(),
+            StatusCode::ACCEPTED
+        );
+    }
+    eventually(
+        "two of GitHub's comments in flight",
+        Duration::from_secs(2),
+        || stalled_calls.load(Ordering::SeqCst) == 2,
+    )
+    .await;
+    // No third one goes out while the first two are stuck.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stalled_calls.load(Ordering::SeqCst), 2);
+    assert_eq!(state.counters.pending.load(Ordering::SeqCst), 5);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Settings.
 
@@ -886,6 +923,8 @@ fn numeric_settings_refuse_zero_and_absurd_values() {
         ("MAX_PENDING_COMMENTS", "4294967296"),
         ("COMMENT_MAX_ATTEMPTS", "0"),
         ("COMMENT_MAX_ATTEMPTS", "4294967296"),
+        ("COMMENTS_IN_FLIGHT_PER_PROVIDER", "0"),
+        ("COMMENTS_IN_FLIGHT_PER_PROVIDER", "257"),
         ("COMMENT_MAX_AGE_SECS", "0"),
         ("COMMENT_MAX_AGE_SECS", "18446744073709551615"),
         ("COMMENT_MAX_AGE_SECS", "-1"),
@@ -917,6 +956,7 @@ fn numeric_settings_refuse_zero_and_absurd_values() {
     assert_eq!(defaults.request_timeout, Duration::from_secs(10));
     assert_eq!(defaults.comment_max_attempts, 20);
     assert_eq!(defaults.comment_max_age, Duration::from_secs(24 * 3600));
+    assert_eq!(defaults.comments_in_flight_per_provider, 8);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -164,6 +164,9 @@ pub(crate) struct Settings {
     /// Comment jobs that may be pending at once, queued or waiting to be tried again
     /// (`MAX_PENDING_COMMENTS`, default 4096); past that, deliveries are answered 503.
     pub(crate) max_pending_comments: usize,
+    /// Comments posted at once to one provider's API (`COMMENTS_IN_FLIGHT_PER_PROVIDER`,
+    /// default 8, at most 256). Each provider has its own slots.
+    pub(crate) comments_in_flight_per_provider: usize,
     /// Attempts that reach a provider's API before a comment that keeps failing transiently
     /// is given up (`COMMENT_MAX_ATTEMPTS`, default 20, at most 1000). Calls refused by an
     /// open breaker do not count.
@@ -185,6 +188,10 @@ impl std::fmt::Debug for Settings {
             .field("request_timeout", &self.request_timeout)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_pending_comments", &self.max_pending_comments)
+            .field(
+                "comments_in_flight_per_provider",
+                &self.comments_in_flight_per_provider,
+            )
             .field("comment_max_attempts", &self.comment_max_attempts)
             .field("comment_max_age", &self.comment_max_age)
             .field(
@@ -314,6 +321,11 @@ impl Settings {
             request_timeout: Duration::from_secs(number("REQUEST_TIMEOUT_SECS", 10, 1..=600)?),
             max_body_bytes: number("MAX_BODY_BYTES", 25 * 1024 * 1024, 1024..=1 << 30)?,
             max_pending_comments,
+            comments_in_flight_per_provider: number(
+                "COMMENTS_IN_FLIGHT_PER_PROVIDER",
+                IN_FLIGHT_PER_PROVIDER as u64,
+                1..=256,
+            )? as usize,
             comment_max_attempts: number("COMMENT_MAX_ATTEMPTS", 20, 1..=1000)? as u32,
             comment_max_age: Duration::from_secs(number(
                 "COMMENT_MAX_AGE_SECS",
@@ -416,9 +428,9 @@ pub(crate) struct App {
 const QUEUE_CAPACITY: usize = 4096;
 /// The largest `MAX_PENDING_COMMENTS`.
 const MAX_QUEUE_CAPACITY: u64 = 1 << 20;
-/// Comments posted at once to one provider's API. Each provider has its own slots, so one that
-/// stalls or keeps a job waiting on a long `Retry-After` holds only its own.
-const MAX_IN_FLIGHT_PER_PROVIDER: usize = 8;
+/// Comments posted at once to one provider's API by default. Each provider has its own slots, so
+/// one that stalls or keeps a job waiting on a long `Retry-After` holds only its own.
+const IN_FLIGHT_PER_PROVIDER: usize = 8;
 /// Longest wait between two attempts of a comment when the provider gave no delay.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -459,7 +471,12 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
         max_attempts: settings.comment_max_attempts,
         max_age: settings.comment_max_age,
     });
-    tokio::spawn(worker(rx, callers, state.clone()));
+    tokio::spawn(worker(
+        rx,
+        callers,
+        settings.comments_in_flight_per_provider,
+        state.clone(),
+    ));
 
     let mut hooks = Router::new();
     for (&forge, verification) in &settings.forges {
@@ -811,7 +828,7 @@ async fn status(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 
 type Caller = tower::util::BoxCloneSyncService<reqwest::Request, reqwest::Response, BoxError>;
 
-/// Posts comments in the background, at most [`MAX_IN_FLIGHT_PER_PROVIDER`] at once per
+/// Posts comments in the background, at most `COMMENTS_IN_FLIGHT_PER_PROVIDER` at once per
 /// provider. A comment that fails transiently (upstream 5xx or 429 after retries, connection
 /// error, open breaker) is tried again after the provider's or the breaker's delay or a capped
 /// backoff: comments are not lost, and an upstream that is down is not stormed. One that still
@@ -820,12 +837,13 @@ type Caller = tower::util::BoxCloneSyncService<reqwest::Request, reqwest::Respon
 async fn worker(
     mut rx: mpsc::Receiver<Job>,
     callers: BTreeMap<Forge, (ApiTarget, Caller)>,
+    in_flight_per_provider: usize,
     state: Arc<AppState>,
 ) {
     let callers = Arc::new(callers);
     let slots: BTreeMap<Forge, Arc<Semaphore>> = Forge::ALL
         .into_iter()
-        .map(|forge| (forge, Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_PROVIDER))))
+        .map(|forge| (forge, Arc::new(Semaphore::new(in_flight_per_provider))))
         .collect();
     // Every job gets its own task at once and waits for a slot of its provider there, so a
     // provider whose slots are all taken never holds up the jobs of another. There are at most

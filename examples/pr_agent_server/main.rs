@@ -14,7 +14,8 @@
 //! `GITHUB_TOKEN` (and `GITLAB_`, `BITBUCKET_`, `BITBUCKET_SERVER_`, `GITEA_`, `AZURE_DEVOPS_`
 //! `API_URL` / `TOKEN`), `CIRCUIT_BREAKER_FAILURE_THRESHOLD`, `CIRCUIT_BREAKER_RECOVERY_TIMEOUT`,
 //! `REQUEST_TIMEOUT_SECS` (1-600, default 10), `MAX_BODY_BYTES` (1 KiB-1 GiB, default 25 MiB),
-//! `MAX_PENDING_COMMENTS` (1-1048576, default 4096), `COMMENT_MAX_ATTEMPTS` (1-1000, default
+//! `MAX_PENDING_COMMENTS` (1-1048576, default 4096), `COMMENTS_IN_FLIGHT_PER_PROVIDER` (1-256,
+//! default 8: comments posted at once to one provider), `COMMENT_MAX_ATTEMPTS` (1-1000, default
 //! 20: attempts that reach the provider's API before a comment that keeps failing is given up),
 //! `COMMENT_MAX_AGE_SECS` (1-2592000, default 86400: a comment is given up rather than tried
 //! again later than this after its delivery), `TUNNEL_SERVICE`, `TUNNEL_AUTH_TOKEN`,
