@@ -1012,3 +1012,85 @@ fn from_env_reads_the_process_environment() {
         + &String::from_utf8_lossy(&output.stderr);
     assert!(text.contains("CIRCUIT_BREAKER_FAILURE_THRESHOLD"), "{text}");
 }
+
+/// Window slots and half-open words carry a 16-bit tag of the generation. A long outage that
+/// flaps OPEN and HALF_OPEN for more than 32768 generations leaves the window holding tags
+/// that look newer than the current one; the window must still count once CLOSED again.
+#[tokio::test(start_paused = true)]
+async fn the_window_still_counts_after_a_very_long_outage() {
+    let time = SlidingWindow::Time {
+        span: Duration::from_secs(60),
+        buckets: 6,
+    };
+    for window in [SlidingWindow::Count(10), time] {
+        let config = rate_config(10, 50.0, 10)
+            .sliding_window(window)
+            .open_duration(OpenDuration::Fixed(Duration::from_secs(1)));
+        let (mut svc, handle, _) = breaker(config);
+        for _ in 0..10 {
+            call(&mut svc, Call::Ok).await.unwrap();
+        }
+        handle.transition_to_open().unwrap();
+        // Every second a probe goes through and fails: two generations per second.
+        for _ in 0..16_384 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            assert!(call(&mut svc, Call::Fail).await.is_err());
+            assert_eq!(handle.state(), CircuitState::Open);
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        call(&mut svc, Call::Ok).await.unwrap();
+        assert_eq!(handle.state(), CircuitState::Closed);
+        assert!(handle.snapshot().generation > 32_768);
+
+        for _ in 0..9 {
+            let _ = call(&mut svc, Call::Fail).await;
+        }
+        assert_eq!(handle.snapshot().failed_calls, 9, "{window:?}");
+        let _ = call(&mut svc, Call::Fail).await;
+        assert_eq!(handle.state(), CircuitState::Open, "{window:?}");
+    }
+}
+
+/// The same with the half-open permit word: a breaker that cycles between OPEN and HALF_OPEN
+/// with nobody calling (a status endpoint reads its state) still admits a probe afterwards.
+#[tokio::test(start_paused = true)]
+async fn half_open_still_admits_a_probe_after_a_very_long_idle_outage() {
+    let config = CircuitBreakerConfig::default()
+        .consecutive_failures(1)
+        .open_duration(OpenDuration::Fixed(Duration::from_secs(1)))
+        .max_half_open_wait(Duration::from_secs(1));
+    let (mut svc, handle, _) = breaker(config);
+    let _ = call(&mut svc, Call::Fail).await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    call(&mut svc, Call::Ok).await.unwrap();
+    assert_eq!(handle.state(), CircuitState::Closed);
+    let _ = call(&mut svc, Call::Fail).await;
+    for _ in 0..16_385 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(handle.state(), CircuitState::HalfOpen);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(handle.state(), CircuitState::Open);
+    }
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert!(handle.snapshot().generation > 32_768);
+    call(&mut svc, Call::Ok).await.unwrap();
+    assert_eq!(handle.state(), CircuitState::Closed);
+}
+
+/// The consecutive-failure run is tagged with 21 bits of the generation: a run left from
+/// more than 2^20 generations ago must not look newer than the current generation.
+#[tokio::test(start_paused = true)]
+async fn consecutive_failures_still_count_after_a_million_transitions() {
+    let (mut svc, handle, _) = breaker(CircuitBreakerConfig::default().consecutive_failures(3));
+    let _ = call(&mut svc, Call::Fail).await;
+    assert_eq!(handle.snapshot().consecutive_failures, 1);
+    for _ in 0..(1 << 19) + 1 {
+        handle.transition_to_disabled().unwrap();
+        handle.transition_to_closed().unwrap();
+    }
+    assert!(handle.snapshot().generation > 1 << 20);
+    for _ in 0..3 {
+        let _ = call(&mut svc, Call::Fail).await;
+    }
+    assert_eq!(handle.state(), CircuitState::Open);
+}

@@ -62,11 +62,13 @@ fn tag(generation: u32) -> u16 {
     generation as u16
 }
 
-/// Whether generation `a` is newer than `b` (serial number arithmetic on the 21 bits kept).
+/// Whether generation `their`, read from a shared word, is newer than `mine`: whether it lies
+/// in `(mine, current]` on the 21 bits kept, where `current` is the generation now, read after
+/// `their` (see [`newer`], which does the same for 16-bit tags).
 #[inline]
-fn generation_newer(a: u32, b: u32) -> bool {
-    let d = u64::from(a.wrapping_sub(b)) & GEN_MASK;
-    d != 0 && d < 1 << (GEN_BITS - 1)
+fn generation_newer(their: u32, mine: u32, current: u32) -> bool {
+    let d = |a: u32, b: u32| u64::from(a.wrapping_sub(b)) & GEN_MASK;
+    d(their, mine) != 0 && d(their, mine) <= d(current, mine)
 }
 
 /// When the state a transition enters ends, and what entering it consumes. Computed without
@@ -543,6 +545,12 @@ impl Core {
         unpack(self.word.load(Ordering::Acquire)).generation
     }
 
+    /// The tag of the current generation, as windows and the half-open word store it.
+    #[inline]
+    fn current_tag(&self) -> u16 {
+        tag(self.generation())
+    }
+
     /// The instant OPEN ends, when the breaker is OPEN and that is still in the future.
     pub(crate) fn open_until(&self) -> Option<Instant> {
         let word = unpack(self.word.load(Ordering::Acquire));
@@ -743,7 +751,9 @@ impl Core {
         let _ = self
             .attempts
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
-                (!generation_newer((current >> 32) as u32, generation)).then_some(next)
+                let stored = (current >> 32) as u32;
+                (stored == generation || !generation_newer(stored, generation, self.generation()))
+                    .then_some(next)
             });
     }
 
@@ -753,7 +763,8 @@ impl Core {
         let limit = u64::from(self.config.half_open_probes);
         let mut word = self.half.load(Ordering::Acquire);
         loop {
-            if newer((word >> 48) as u16, tag) {
+            let their = (word >> 48) as u16;
+            if their != tag && newer(their, tag, self.current_tag()) {
                 return false;
             }
             let mut f = half_fields(word, tag);
@@ -964,7 +975,9 @@ impl Core {
         let consecutive = if code & FAILED != 0 {
             loop {
                 let stored = (current >> 32) as u32;
-                if generation_newer(stored, word.generation) {
+                if stored != word.generation
+                    && generation_newer(stored, word.generation, self.generation())
+                {
                     // A newer generation counts its own run: this outcome is stale.
                     return;
                 }
@@ -986,7 +999,7 @@ impl Core {
         } else {
             // Ends the run, unless a newer generation has stored its own count.
             while current != generation << 32
-                && !generation_newer((current >> 32) as u32, word.generation)
+                && !generation_newer((current >> 32) as u32, word.generation, self.generation())
             {
                 match self.beacon.consecutive.compare_exchange_weak(
                     current,
@@ -1000,7 +1013,10 @@ impl Core {
             }
             0
         };
-        let Some(counts) = self.window.record(tag(word.generation), code, now_nanos) else {
+        let recorded = self
+            .window
+            .record(tag(word.generation), code, now_nanos, || self.current_tag());
+        let Some(counts) = recorded else {
             return;
         };
         let Some(reason) = self.evaluate(counts, consecutive) else {

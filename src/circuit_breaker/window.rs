@@ -19,10 +19,17 @@ pub(crate) struct Counts {
     pub(crate) slow: u32,
 }
 
-/// Whether tag `a` is newer than tag `b` (16-bit serial number arithmetic).
+/// Whether `their`, a tag read from a window or a half-open word, belongs to a generation after
+/// `mine`.
+///
+/// Tags wrap at 16 bits, so two tags alone cannot tell a newer generation from one 32768 or
+/// more generations older (a window left alone through a long outage). The tag of the current
+/// generation, `current`, read after `their`, can: no value is ever stored for a generation
+/// after the current one, so `their` is newer than `mine` only when it lies in
+/// `(mine, current]`.
 #[inline]
-pub(crate) fn newer(a: u16, b: u16) -> bool {
-    (a.wrapping_sub(b) as i16) > 0
+pub(crate) fn newer(their: u16, mine: u16, current: u16) -> bool {
+    their != mine && their.wrapping_sub(mine) <= current.wrapping_sub(mine)
 }
 
 pub(crate) enum Window {
@@ -31,10 +38,17 @@ pub(crate) enum Window {
 }
 
 impl Window {
-    pub(crate) fn record(&self, tag: u16, code: u32, now_nanos: u64) -> Option<Counts> {
+    /// Records an outcome of generation `tag`; `current_tag` reads the tag of the generation now.
+    pub(crate) fn record(
+        &self,
+        tag: u16,
+        code: u32,
+        now_nanos: u64,
+        current_tag: impl Fn() -> u16,
+    ) -> Option<Counts> {
         match self {
-            Self::Count(w) => w.record(tag, code),
-            Self::Time(w) => w.record(tag, code, now_nanos),
+            Self::Count(w) => w.record(tag, code, current_tag),
+            Self::Time(w) => w.record(tag, code, now_nanos, current_tag),
         }
     }
 
@@ -102,7 +116,7 @@ impl CountWindow {
         pack_agg(tag, self.n as i32, 0, 0)
     }
 
-    fn record(&self, tag: u16, code: u32) -> Option<Counts> {
+    fn record(&self, tag: u16, code: u32, current_tag: impl Fn() -> u16) -> Option<Counts> {
         let index = (self.head.fetch_add(1, Ordering::Relaxed) % u64::from(self.n)) as usize;
         let slot = &self.slots[index];
         let new = (u32::from(tag) << 16) | code;
@@ -110,7 +124,7 @@ impl CountWindow {
         loop {
             if current != 0 {
                 let their = (current >> 16) as u16;
-                if their != tag && newer(their, tag) {
+                if their != tag && newer(their, tag, current_tag()) {
                     // A newer generation owns the window: this result is stale.
                     return None;
                 }
@@ -131,7 +145,7 @@ impl CountWindow {
             let (their, calls, failures, slow) = unpack_agg(word);
             let (calls, failures, slow) = if their == tag {
                 (calls, failures, slow)
-            } else if newer(their, tag) {
+            } else if newer(their, tag, current_tag()) {
                 return None;
             } else {
                 (0, 0, 0)
@@ -226,11 +240,17 @@ impl TimeWindow {
         }
     }
 
-    fn record(&self, tag: u16, code: u32, now_nanos: u64) -> Option<Counts> {
+    fn record(
+        &self,
+        tag: u16,
+        code: u32,
+        now_nanos: u64,
+        current_tag: impl Fn() -> u16,
+    ) -> Option<Counts> {
         let epoch = now_nanos / self.bucket_nanos;
         let index = (epoch % u64::from(self.n)) as usize;
         loop {
-            let held = self.claim(index, tag, epoch)?;
+            let held = self.claim(index, tag, epoch, &current_tag)?;
             if self.add(index, held, code) {
                 return Some(self.read(tag, now_nanos));
             }
@@ -239,7 +259,13 @@ impl TimeWindow {
 
     /// The stamp of bucket `index` for generation `tag` and `epoch`, moving an older stamp on
     /// if needed; `None` when a newer generation or a later epoch owns the bucket.
-    fn claim(&self, index: usize, tag: u16, epoch: u64) -> Option<u64> {
+    fn claim(
+        &self,
+        index: usize,
+        tag: u16,
+        epoch: u64,
+        current_tag: impl Fn() -> u16,
+    ) -> Option<u64> {
         let key = stamp(tag, 0, epoch);
         let mut current = self.stamps[index].load(Ordering::Acquire);
         loop {
@@ -248,7 +274,7 @@ impl TimeWindow {
             }
             if current != 0 {
                 let their = (current >> 48) as u16;
-                if (their != tag && newer(their, tag))
+                if (their != tag && newer(their, tag, current_tag()))
                     || (their == tag && current & EPOCH_MASK > key & EPOCH_MASK)
                 {
                     return None;
@@ -341,14 +367,14 @@ mod tests {
     fn an_overtaken_rollover_keeps_both_outcomes_and_drops_the_old_ones() {
         let window = TimeWindow::new(4 * MS, 4);
         for _ in 0..3 {
-            window.record(1, CALL | FAILED, 0);
+            window.record(1, CALL | FAILED, 0, || 1);
         }
         assert_eq!(window.read(1, 0).failures, 3);
 
         // Epoch 4 lands in the bucket of epoch 0. The first writer moves the stamp on...
-        let held = window.claim(0, 1, 4).unwrap();
+        let held = window.claim(0, 1, 4, || 1).unwrap();
         // ...and a second writer counts before the first one does.
-        let seen = window.record(1, CALL, 4 * MS).unwrap();
+        let seen = window.record(1, CALL, 4 * MS, || 1).unwrap();
         assert_eq!(
             seen,
             Counts {
@@ -373,13 +399,13 @@ mod tests {
     #[test]
     fn a_stale_stamp_never_resets_newer_counts() {
         let window = TimeWindow::new(2 * MS, 2);
-        window.record(1, CALL, 0);
-        let stale = window.claim(0, 1, 0).unwrap();
-        window.record(1, CALL | FAILED, 2 * MS);
-        window.record(1, CALL | FAILED, 2 * MS);
+        window.record(1, CALL, 0, || 1);
+        let stale = window.claim(0, 1, 0, || 1).unwrap();
+        window.record(1, CALL | FAILED, 2 * MS, || 1);
+        window.record(1, CALL | FAILED, 2 * MS, || 1);
         // The stale writer's counts word has a newer version now: it must start over.
         assert!(!window.add(0, stale, CALL));
-        assert_eq!(window.claim(0, 1, 0), None);
+        assert_eq!(window.claim(0, 1, 0, || 1), None);
         assert_eq!(window.read(1, 2 * MS).failures, 2);
         assert_eq!(window.read(1, 2 * MS).calls, 2);
     }
@@ -413,7 +439,7 @@ mod tests {
                         }
                         let code = if failing(e) { CALL | FAILED } else { CALL };
                         for _ in 0..PER_EPOCH {
-                            window.record(1, code, e * MS);
+                            window.record(1, code, e * MS, || 1);
                         }
                         if done.fetch_add(1, Ordering::AcqRel) + 1 == THREADS * (e + 1) {
                             let per = THREADS * PER_EPOCH;
