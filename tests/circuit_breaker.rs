@@ -966,6 +966,12 @@ fn config_errors_name_the_setting_or_variable() {
             CircuitBreakerConfig::default().open_duration(OpenDuration::Fixed(Duration::ZERO)),
             "open_duration",
         ),
+        // HALF_OPEN would end before any probe could be admitted, so the breaker would
+        // never close again (resilience4j reads 0 as "no limit").
+        (
+            CircuitBreakerConfig::default().max_half_open_wait(Duration::ZERO),
+            "max_half_open_wait",
+        ),
     ] {
         assert_eq!(
             CircuitBreakerLayer::new(config).unwrap_err().setting(),

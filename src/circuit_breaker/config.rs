@@ -621,7 +621,8 @@ impl CircuitBreakerConfig {
         self
     }
 
-    /// Goes back to OPEN when HALF_OPEN has not reached a verdict after `wait`.
+    /// Goes back to OPEN when HALF_OPEN has not reached a verdict after `wait` (greater than
+    /// zero: HALF_OPEN would otherwise end before admitting any probe).
     ///
     /// # Example
     ///
@@ -836,6 +837,12 @@ impl CircuitBreakerConfig {
                     format!("the jitter must be between 0.0 and 1.0, got {jitter}"),
                 ));
             }
+        }
+        if self.max_half_open_wait == Some(Duration::ZERO) {
+            return Err(ConfigError::invalid(
+                "max_half_open_wait",
+                "the wait must be greater than zero (leave it unset for no limit)".to_owned(),
+            ));
         }
         if let Some(cap) = self.retry_after_cap
             && cap > MAX_RETRY_AFTER_CAP
