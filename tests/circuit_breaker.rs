@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -12,8 +12,8 @@ use tower::{BoxError, Service, ServiceExt};
 use tower_layer::Layer;
 use tower_webhook::circuit_breaker::{
     CircuitBreaker, CircuitBreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer, CircuitEvent,
-    CircuitOpen, CircuitState, KeyedCircuitBreakerLayer, OpenDuration, Outcome, SlidingWindow,
-    TripReason,
+    CircuitOpen, CircuitState, KeyedCircuitBreakerHandle, KeyedCircuitBreakerLayer, OpenDuration,
+    Outcome, SlidingWindow, TripReason,
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -1099,4 +1099,49 @@ async fn consecutive_failures_still_count_after_a_million_transitions() {
         let _ = call(&mut svc, Call::Fail).await;
     }
     assert_eq!(handle.state(), CircuitState::Open);
+}
+
+/// When the keyed breaker is full and looks for an idle breaker to forget, it must not run
+/// time-driven transitions (and so the listener) while it holds its key map: a listener that
+/// reads the keyed handle would wait for that map for ever.
+#[test]
+fn a_listener_may_read_the_keyed_handle_while_a_key_is_replaced() {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let keyed: Arc<OnceLock<KeyedCircuitBreakerHandle<&'static str>>> = Arc::default();
+            let seen = keyed.clone();
+            let config = CircuitBreakerConfig::default()
+                .consecutive_failures(1)
+                .on_event(move |event| {
+                    if let (CircuitEvent::StateTransition { .. }, Some(handle)) =
+                        (event, seen.get())
+                    {
+                        let _ = handle.len();
+                    }
+                });
+            let (layer, handle) =
+                KeyedCircuitBreakerLayer::pair(config, 1, |c: &(&'static str, Call)| c.0).unwrap();
+            keyed.set(handle.clone()).unwrap();
+            let inner = tower::service_fn(|(_, c): (&'static str, Call)| {
+                let mut upstream = Upstream::new();
+                upstream.call(c)
+            });
+            let mut svc = layer.with_classifier(classify as Classifier).layer(inner);
+            let _ = svc.ready().await.unwrap().call(("a", Call::Fail)).await;
+            assert_eq!(handle.get(&"a").unwrap().state(), CircuitState::Open);
+            tokio::time::advance(Duration::from_secs(30)).await;
+            // "a" is OPEN past its open duration; "b" makes the map look for room.
+            let _ = svc.ready().await.unwrap().call(("b", Call::Ok)).await;
+        });
+        done.send(()).unwrap();
+    });
+    finished
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the keyed breaker deadlocked");
 }

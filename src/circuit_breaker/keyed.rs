@@ -37,10 +37,12 @@ impl<K: Hash + Eq + Clone + fmt::Display> Shared<K> {
         }
         if map.len() >= self.max_keys {
             // Forget a breaker that is CLOSED and not in use; never one that protects callers.
+            // The stored state is read: transitions that time made due (which never lead to
+            // CLOSED) would run the listener under this lock.
             let idle = map
                 .iter()
                 .find(|(_, core)| {
-                    Arc::strong_count(core) == 1 && core.state() == CircuitState::Closed
+                    Arc::strong_count(core) == 1 && core.stored_state() == CircuitState::Closed
                 })
                 .map(|(k, _)| k.clone());
             match idle {

@@ -545,6 +545,12 @@ impl Core {
         unpack(self.word.load(Ordering::Acquire)).generation
     }
 
+    /// The state as stored, without applying the transitions that time made due (OPEN to
+    /// HALF_OPEN, HALF_OPEN to OPEN): nothing runs, no listener is called.
+    pub(crate) fn stored_state(&self) -> CircuitState {
+        unpack(self.word.load(Ordering::Acquire)).state
+    }
+
     /// The tag of the current generation, as windows and the half-open word store it.
     #[inline]
     fn current_tag(&self) -> u16 {
