@@ -920,7 +920,7 @@ fn config_errors_name_the_setting_or_variable() {
     })
     .unwrap_err();
     assert_eq!(err.setting(), "CIRCUIT_BREAKER_FAILURE_THRESHOLD");
-    for bad in ["-1", "0", "NaN", "inf", ""] {
+    for bad in ["-1", "0", "NaN", "inf", "", "1e-10"] {
         let err = CircuitBreakerConfig::from_env_with(|name| {
             (name == "CIRCUIT_BREAKER_RECOVERY_TIMEOUT").then(|| bad.to_owned())
         })

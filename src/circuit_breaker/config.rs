@@ -357,11 +357,16 @@ impl CircuitBreakerConfig {
         }
         if let Some(raw) = lookup(ENV_RECOVERY_TIMEOUT) {
             let value = raw.trim();
-            match value.parse::<f64>() {
-                Ok(secs) if secs.is_finite() && secs > 0.0 && secs <= 86_400.0 * 365.0 => {
-                    config.open_duration = OpenDuration::Fixed(Duration::from_secs_f64(secs));
-                }
-                _ => {
+            // Below a nanosecond, a positive number of seconds is still a zero duration.
+            let duration = value
+                .parse::<f64>()
+                .ok()
+                .filter(|secs| secs.is_finite() && *secs > 0.0 && *secs <= 86_400.0 * 365.0)
+                .map(Duration::from_secs_f64)
+                .filter(|d| !d.is_zero());
+            match duration {
+                Some(duration) => config.open_duration = OpenDuration::Fixed(duration),
+                None => {
                     return Err(ConfigError::env(
                         ENV_RECOVERY_TIMEOUT,
                         value,
