@@ -68,7 +68,9 @@ impl<K: Hash + Eq + Clone + fmt::Display> Shared<K> {
 
 /// Wraps a service in one circuit breaker per key, with a bound on the number of keys.
 ///
-/// `key` is a closure from the request to the key, for example the URI's host. When
+/// `key` is a closure from the request to the key, for example the URI's host. The key's
+/// `Display` is part of its breaker's name, which logs, events and snapshots show: key by
+/// something that holds no secret (a host, a repository), never a full URL with its query. When
 /// `max_keys` breakers exist, a new key replaces one that is CLOSED and idle; if there is none,
 /// new keys share one overflow breaker (and a warning is logged). `poll_ready` always polls the
 /// inner service (the key is not known before the request); when `call` then rejects, the
