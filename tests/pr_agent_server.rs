@@ -4,6 +4,8 @@
 #[path = "../examples/pr_agent_server/app.rs"]
 #[allow(dead_code)]
 mod app;
+#[path = "tunnel/support.rs"]
+mod support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -54,11 +56,12 @@ async fn fake_api_handler(State(api): State<Arc<FakeApi>>, req: Request) -> Resp
             .into_response();
     }
     let path = req.uri().to_string();
-    let headers = req
+    let mut headers: HashMap<String, String> = req
         .headers()
         .iter()
         .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
         .collect();
+    headers.insert(":method".to_owned(), req.method().to_string());
     let body = axum::body::to_bytes(req.into_body(), 1 << 20)
         .await
         .unwrap();
@@ -685,6 +688,155 @@ fn settings_errors_name_the_variable() {
     })
     .unwrap_err();
     assert!(err.contains("CIRCUIT_BREAKER_FAILURE_THRESHOLD"), "{err}");
+
+    // The GitHub hook to follow the tunnel: both variables, a repository, a token to edit it.
+    let hook = |vars: &[(&str, &str)]| {
+        app::Settings::from_lookup(|n| {
+            vars.iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| (*v).to_owned())
+        })
+    };
+    let api = [
+        ("GITHUB_API_URL", "http://127.0.0.1:9"),
+        ("GITHUB_TOKEN", "t"),
+    ];
+    let err = hook(&[("GITHUB_HOOK_ID", "42")]).unwrap_err();
+    assert!(err.contains("GITHUB_HOOK_REPOSITORY"), "{err}");
+    let err = hook(&[
+        ("GITHUB_HOOK_REPOSITORY", "octo"),
+        ("GITHUB_HOOK_ID", "42"),
+        api[0],
+        api[1],
+    ])
+    .unwrap_err();
+    assert!(err.contains("GITHUB_HOOK_REPOSITORY"), "{err}");
+    let err = hook(&[
+        ("GITHUB_HOOK_REPOSITORY", "octo/repo"),
+        ("GITHUB_HOOK_ID", "0"),
+        api[0],
+        api[1],
+    ])
+    .unwrap_err();
+    assert!(err.contains("GITHUB_HOOK_ID"), "{err}");
+    let err = hook(&[
+        ("GITHUB_HOOK_REPOSITORY", "octo/repo"),
+        ("GITHUB_HOOK_ID", "42"),
+    ])
+    .unwrap_err();
+    assert!(err.contains("GITHUB_TOKEN"), "{err}");
+    let ok = hook(&[
+        ("GITHUB_HOOK_REPOSITORY", "octo/hello-world.rs"),
+        ("GITHUB_HOOK_ID", "42"),
+        api[0],
+        api[1],
+    ])
+    .unwrap();
+    assert_eq!(
+        ok.github_hook,
+        Some(app::GithubHook {
+            repository: "octo/hello-world.rs".into(),
+            id: 42
+        })
+    );
+}
+
+/// With `--use-tunnel` and `GITHUB_HOOK_*`, the GitHub hook is pointed at the tunnel's URL, and
+/// again when the tunnel re-opens at another one (a real bore server, killed and restarted).
+#[tokio::test]
+async fn the_github_hook_follows_the_tunnel_url() {
+    let ip = std::net::Ipv4Addr::new(127, 0, 0, 43);
+    let mut bore = support::BoreServer::start(ip, None).await;
+    let (api_addr, api) = start_fake_api().await;
+    let settings = settings(
+        api_addr,
+        &[
+            ("PORT", "0"),
+            ("GITHUB_HOOK_REPOSITORY", "octo/repo"),
+            ("GITHUB_HOOK_ID", "42"),
+        ],
+    );
+    let app = app::build(&settings).unwrap();
+    let tunnel = tower_webhook::tunnel::TunnelConfig::from_lookup(|name| match name {
+        "TUNNEL_SERVICE" => Some("bore".to_owned()),
+        "TUNNEL_SERVER" => Some(ip.to_string()),
+        _ => None,
+    })
+    .unwrap()
+    .builder()
+    .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200));
+    let running = app::start(&settings, app, Some(tunnel)).await.unwrap();
+    let first = running.tunnel_url().unwrap();
+    let hook_updates = || -> Vec<(String, String, Value)> {
+        api.comments
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(path, _, _)| path == "/repos/octo/repo/hooks/42/config")
+            .map(|(_, headers, body)| {
+                (
+                    headers[":method"].clone(),
+                    headers["authorization"].clone(),
+                    body.clone(),
+                )
+            })
+            .collect()
+    };
+    eventually(
+        "the hook points at the tunnel",
+        Duration::from_secs(5),
+        || !hook_updates().is_empty(),
+    )
+    .await;
+    let updates = hook_updates();
+    assert_eq!(updates.len(), 1);
+    let (method, authorization, body) = &updates[0];
+    assert_eq!(method, "PATCH");
+    assert_eq!(authorization, "Bearer ghp_token");
+    assert_eq!(
+        body,
+        &json!({"url": format!("{first}/api/v1/github_webhooks")})
+    );
+    // What the hook now points at works.
+    let client = reqwest::Client::new();
+    let d = delivery(app::Forge::GitHub, "hook-0001", 12);
+    assert_eq!(
+        send(&client, &first, &d).await.status(),
+        StatusCode::ACCEPTED
+    );
+
+    // The bore server goes away and comes back: the tunnel re-opens on another port.
+    let mut status = running.tunnel_watch().unwrap();
+    bore.kill();
+    tokio::time::timeout(Duration::from_secs(5), status.wait_for(|s| !s.is_up()))
+        .await
+        .expect("the tunnel goes down")
+        .unwrap();
+    let _bore = support::BoreServer::start(ip, None).await;
+    tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.is_up()))
+        .await
+        .expect("the tunnel comes back")
+        .unwrap();
+    let second = running.tunnel_url().unwrap();
+    if second == first {
+        // The server gave the same port again: the hook is right as it is.
+        return;
+    }
+    eventually(
+        "the hook follows the new URL",
+        Duration::from_secs(5),
+        || hook_updates().len() == 2,
+    )
+    .await;
+    assert_eq!(
+        hook_updates()[1].2,
+        json!({"url": format!("{second}/api/v1/github_webhooks")})
+    );
+    let d = delivery(app::Forge::GitHub, "hook-0002", 13);
+    assert_eq!(
+        send(&client, &second, &d).await.status(),
+        StatusCode::ACCEPTED
+    );
 }
 
 /// `--use-tunnel`: the server opens a tunnel through a real bore server (bore-cli's, on a
@@ -708,9 +860,7 @@ async fn use_tunnel_serves_the_routes_through_a_real_bore_server() {
     })
     .unwrap()
     .builder();
-    let running = app::start(&settings, app.router, Some(tunnel))
-        .await
-        .unwrap();
+    let running = app::start(&settings, app, Some(tunnel)).await.unwrap();
     let public = running.tunnel_url().expect("a public URL");
     assert!(public.starts_with("http://127.0.0.42:"), "{public}");
 

@@ -18,7 +18,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use serde_json::{Value, json};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutBody};
@@ -29,7 +29,7 @@ use tower_webhook::circuit_breaker::{
 use tower_webhook::error::{Problem, WebhookErrorLayer, WebhookProcessingError, types};
 use tower_webhook::retry::RetryPolicy;
 use tower_webhook::signature::{OnReplay, RecordDelivery, SignatureLayer, VerifiedWebhook};
-use tower_webhook::tunnel::{Running, Server, TunnelBuilder};
+use tower_webhook::tunnel::{Running, Server, TunnelBuilder, TunnelEvent};
 
 /// The six providers the server answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -174,8 +174,20 @@ pub(crate) struct Settings {
     /// How long after its delivery a comment is still tried (`COMMENT_MAX_AGE_SECS`, default
     /// 86400 = 24 h, at most 30 days); past that it is given up.
     pub(crate) comment_max_age: Duration,
+    /// The GitHub repository hook to point at the tunnel's URL (`GITHUB_HOOK_REPOSITORY` +
+    /// `GITHUB_HOOK_ID`), with `--use-tunnel`.
+    pub(crate) github_hook: Option<GithubHook>,
     /// Set when no secret was configured and a development secret was made for GitHub.
     pub(crate) generated_github_secret: Option<String>,
+}
+
+/// A GitHub repository hook whose URL the server keeps pointed at its tunnel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct GithubHook {
+    /// `owner/name`.
+    pub(crate) repository: String,
+    /// The hook's id, as in `/repos/{owner}/{repo}/hooks/{id}`.
+    pub(crate) id: u64,
 }
 
 impl std::fmt::Debug for Settings {
@@ -194,6 +206,7 @@ impl std::fmt::Debug for Settings {
             )
             .field("comment_max_attempts", &self.comment_max_attempts)
             .field("comment_max_age", &self.comment_max_age)
+            .field("github_hook", &self.github_hook)
             .field(
                 "generated_github_secret",
                 &self.generated_github_secret.as_ref().map(|_| "<redacted>"),
@@ -307,6 +320,35 @@ impl Settings {
                 );
             }
         }
+        let github_hook = match (lookup("GITHUB_HOOK_REPOSITORY"), lookup("GITHUB_HOOK_ID")) {
+            (None, None) => None,
+            (Some(repository), Some(_)) => {
+                let valid = |part: &str| {
+                    !part.is_empty()
+                        && part
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                };
+                if !matches!(repository.split_once('/'), Some((o, n)) if valid(o) && valid(n)) {
+                    return Err(format!(
+                        "GITHUB_HOOK_REPOSITORY={repository:?} is not `owner/name`"
+                    ));
+                }
+                let id = number("GITHUB_HOOK_ID", 0, 1..=u64::MAX)?;
+                if apis
+                    .get(&Forge::GitHub)
+                    .is_none_or(|api| api.token.is_none())
+                {
+                    return Err("GITHUB_HOOK_REPOSITORY and GITHUB_HOOK_ID need GITHUB_API_URL and GITHUB_TOKEN (a token that may edit the repository's hooks)".into());
+                }
+                Some(GithubHook { repository, id })
+            }
+            _ => {
+                return Err(
+                    "set both GITHUB_HOOK_REPOSITORY and GITHUB_HOOK_ID, or neither".into(),
+                );
+            }
+        };
         let breaker = CircuitBreakerConfig::from_env_with(&lookup).map_err(|e| e.to_string())?;
         let max_pending_comments = number(
             "MAX_PENDING_COMMENTS",
@@ -332,6 +374,7 @@ impl Settings {
                 24 * 3600,
                 1..=30 * 24 * 3600,
             )?),
+            github_hook,
             generated_github_secret,
         })
     }
@@ -420,6 +463,78 @@ pub(crate) struct App {
     /// Counters and breakers (read by the end-to-end tests).
     #[allow(dead_code)]
     pub(crate) state: Arc<AppState>,
+    /// Points the GitHub hook at the tunnel, when `GITHUB_HOOK_*` is set.
+    pub(crate) hook_updater: Option<HookUpdater>,
+}
+
+/// Keeps a GitHub repository hook pointed at the server's public URL, through the same
+/// breaker and retry policy as the comments.
+pub(crate) struct HookUpdater {
+    hook: GithubHook,
+    api: ApiTarget,
+    caller: Caller,
+}
+
+impl std::fmt::Debug for HookUpdater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HookUpdater")
+            .field("hook", &self.hook)
+            .field("api", &self.api)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HookUpdater {
+    /// `PATCH /repos/{owner}/{repo}/hooks/{id}/config` with the new URL (the secret and the
+    /// other settings of the hook are kept).
+    pub(crate) async fn point_to(&self, public: &str) -> Result<(), BoxError> {
+        let url = format!("{public}{}", Forge::GitHub.route());
+        let path = format!(
+            "/repos/{}/hooks/{}/config",
+            self.hook.repository, self.hook.id
+        );
+        let request = api_request(
+            Forge::GitHub,
+            &self.api,
+            Method::PATCH,
+            &path,
+            &json!({ "url": url }),
+        )?;
+        let res = self.caller.clone().oneshot(request).await?;
+        if !res.status().is_success() {
+            return Err(format!("GitHub answered {}", res.status()).into());
+        }
+        tracing::info!(repository = %self.hook.repository, hook = self.hook.id, %url, "GitHub hook now points at the tunnel");
+        Ok(())
+    }
+
+    /// Points the hook at every URL the tunnel opens at, until the tunnel is closed.
+    pub(crate) async fn follow(self, mut status: watch::Receiver<TunnelEvent>) {
+        let mut pointed: Option<String> = None;
+        loop {
+            let url = {
+                let event = status.borrow_and_update();
+                event.is_up().then(|| event.url().to_owned())
+            };
+            if let Some(url) = url
+                && pointed.as_deref() != Some(url.as_str())
+            {
+                match self.point_to(&url).await {
+                    Ok(()) => pointed = Some(url),
+                    Err(err) => tracing::error!(
+                        repository = %self.hook.repository,
+                        hook = self.hook.id,
+                        error = %err,
+                        "could not point the GitHub hook at {url}{}: set it by hand",
+                        Forge::GitHub.route()
+                    ),
+                }
+            }
+            if status.changed().await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// How many comment jobs may be pending (queued, in flight, or waiting to be tried again) by
@@ -463,6 +578,14 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
             (api.clone(), tower::util::BoxCloneSyncService::new(svc)),
         );
     }
+    let hook_updater = settings.github_hook.clone().and_then(|hook| {
+        let (api, caller) = callers.get(&Forge::GitHub)?;
+        Some(HookUpdater {
+            hook,
+            api: api.clone(),
+            caller: caller.clone(),
+        })
+    });
     let state = Arc::new(AppState {
         counters: Counters::default(),
         breakers,
@@ -520,21 +643,37 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
                 .layer(RequestBodyTimeoutLayer::new(settings.request_timeout / 2))
                 .map_request(|req: Request<TimeoutBody<Body>>| req.map(Body::new)),
         );
-    Ok(App { router, state })
+    Ok(App {
+        router,
+        state,
+        hook_updater,
+    })
 }
 
-/// Binds `settings.addr`, opens `tunnel` when given, and serves `router` in the background until
-/// Ctrl-C (graceful: open requests finish, then the tunnel closes).
+/// Binds `settings.addr`, opens `tunnel` when given, and serves the app in the background until
+/// Ctrl-C (graceful: open requests finish, then the tunnel closes). With a tunnel and
+/// `GITHUB_HOOK_*`, the GitHub hook is pointed at each URL the tunnel opens at.
 pub(crate) async fn start(
     settings: &Settings,
-    router: Router,
+    app: App,
     tunnel: Option<TunnelBuilder>,
 ) -> Result<Running, BoxError> {
     let mut server = Server::bind(settings.addr).await?;
     if let Some(tunnel) = tunnel {
         server = server.tunnel(tunnel);
     }
-    Ok(server.spawn(router).await?)
+    let running = server.spawn(app.router).await?;
+    match (app.hook_updater, running.tunnel_watch()) {
+        (Some(updater), Some(status)) => {
+            tokio::spawn(updater.follow(status));
+        }
+        (Some(updater), None) => tracing::info!(
+            hook = ?updater.hook,
+            "GITHUB_HOOK_* is used with --use-tunnel only; the hook is left as it is"
+        ),
+        (None, _) => {}
+    }
+    Ok(running)
 }
 
 fn signature_layer(forge: Forge, verification: &Verification) -> Result<SignatureLayer, BoxError> {
@@ -1033,8 +1172,25 @@ fn rate_limit_wait(status: StatusCode, headers: &HeaderMap) -> Option<Duration> 
 }
 
 fn build_request(job: &Job, api: &ApiTarget) -> Result<reqwest::Request, BoxError> {
-    let url = reqwest::Url::parse(&format!("{}{}", api.base_url, job.comment.path))?;
-    let mut req = reqwest::Request::new(Method::POST, url);
+    api_request(
+        job.forge,
+        api,
+        Method::POST,
+        &job.comment.path,
+        &job.comment.body,
+    )
+}
+
+/// A JSON request to `forge`'s API at `path`, with the provider's way of sending the token.
+fn api_request(
+    forge: Forge,
+    api: &ApiTarget,
+    method: Method,
+    path: &str,
+    body: &Value,
+) -> Result<reqwest::Request, BoxError> {
+    let url = reqwest::Url::parse(&format!("{}{}", api.base_url, path))?;
+    let mut req = reqwest::Request::new(method, url);
     let headers = req.headers_mut();
     headers.insert(
         http::header::CONTENT_TYPE,
@@ -1045,7 +1201,7 @@ fn build_request(job: &Job, api: &ApiTarget) -> Result<reqwest::Request, BoxErro
         HeaderValue::from_static("application/json"),
     );
     if let Some(token) = &api.token {
-        let value = match job.forge {
+        let value = match forge {
             // Bitbucket Data Center: an HTTP access token.
             Forge::GitHub | Forge::Bitbucket | Forge::BitbucketServer => {
                 format!("Bearer {token}")
@@ -1060,7 +1216,7 @@ fn build_request(job: &Job, api: &ApiTarget) -> Result<reqwest::Request, BoxErro
                 )
             }
         };
-        if job.forge == Forge::GitLab {
+        if forge == Forge::GitLab {
             let mut v = HeaderValue::from_str(token)?;
             v.set_sensitive(true);
             headers.insert("private-token", v);
@@ -1070,13 +1226,13 @@ fn build_request(job: &Job, api: &ApiTarget) -> Result<reqwest::Request, BoxErro
             headers.insert(http::header::AUTHORIZATION, v);
         }
     }
-    if job.forge == Forge::GitHub {
+    if forge == Forge::GitHub {
         headers.insert(
             "x-github-api-version",
             HeaderValue::from_static("2022-11-28"),
         );
     }
-    *req.body_mut() = Some(serde_json::to_vec(&job.comment.body)?.into());
+    *req.body_mut() = Some(serde_json::to_vec(body)?.into());
     Ok(req)
 }
 

@@ -19,9 +19,10 @@
 //! 20: attempts that reach the provider's API before a comment that keeps failing is given up),
 //! `COMMENT_MAX_AGE_SECS` (1-2592000, default 86400: a comment is given up rather than tried
 //! again later than this after its delivery), `TUNNEL_SERVICE`, `TUNNEL_AUTH_TOKEN`,
-//! `TUNNEL_REGION`, `TUNNEL_SERVER`, `TUNNEL_SECRET`, `RUST_LOG`. A value out of range stops the
-//! server with a message naming the variable. A comment given up is logged at error level and
-//! counted in `/status` as `comments.failed`.
+//! `TUNNEL_REGION`, `TUNNEL_SERVER`, `TUNNEL_SECRET`, `GITHUB_HOOK_REPOSITORY` + `GITHUB_HOOK_ID`
+//! (with `--use-tunnel`: a repository hook pointed at each tunnel URL), `RUST_LOG`. A value out
+//! of range stops the server with a message naming the variable. A comment given up is logged at
+//! error level and counted in `/status` as `comments.failed`.
 //!
 //! Comments are posted to each provider's API at most 8 at a time, with separate slots per
 //! provider: a provider that stalls or rate-limits delays only its own comments.
@@ -79,7 +80,7 @@ async fn run() -> Result<(), tower::BoxError> {
         true => Some(TunnelConfig::from_env()?.builder()),
         false => None,
     };
-    let running = app::start(&settings, app.router, tunnel).await?;
+    let running = app::start(&settings, app, tunnel).await?;
 
     let local = format!("http://{}", running.local_addr());
     println!("pr_agent_server listening on {local}");

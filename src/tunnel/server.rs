@@ -492,6 +492,59 @@ impl Running {
         Some(status.borrow().url().to_owned())
     }
 
+    /// The tunnel's status as it changes (`Up`, `UrlChanged`, `Down`, `Closed`), if a tunnel was
+    /// asked for: a `watch` receiver, as [`TunnelHandle::watch`](super::TunnelHandle::watch)
+    /// gives. Follow it to point a provider's hook at each new URL.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::tunnel::{Server, Tunnel, TunnelEvent, Upstream};
+    /// # use tower_webhook::tunnel::{BoxFuture, Provider, Session};
+    /// # #[derive(Debug)]
+    /// # struct Loopback;
+    /// # impl Provider for Loopback {
+    /// #     fn name(&self) -> &str { "loopback" }
+    /// #     fn open(&self, upstream: Upstream) -> BoxFuture<'_, Result<Session, tower_webhook::BoxError>> {
+    /// #         Box::pin(async move {
+    /// #             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// #             let url = format!("http://{}", listener.local_addr()?);
+    /// #             Ok(Session::spawn(url, |mut stop| async move {
+    /// #                 loop {
+    /// #                     tokio::select! {
+    /// #                         _ = stop.stopped() => return Ok(()),
+    /// #                         Ok((tcp, _)) = listener.accept() => {
+    /// #                             let upstream = upstream.clone();
+    /// #                             tokio::spawn(async move { upstream.serve_connection(tcp).await });
+    /// #                         }
+    /// #                     }
+    /// #                 }
+    /// #             }))
+    /// #         })
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+    /// #     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+    /// # });
+    /// let running = Server::bind(([127, 0, 0, 1], 0).into())
+    ///     .await?
+    ///     .tunnel(Tunnel::builder().provider(Loopback))
+    ///     .with_graceful_shutdown(tokio::time::sleep(Duration::from_millis(100)))
+    ///     .spawn(app)
+    ///     .await?;
+    /// let mut status = running.tunnel_watch().expect("a tunnel was asked for");
+    /// assert!(status.borrow_and_update().is_up());
+    /// // After the shutdown, the tunnel is closed.
+    /// status.changed().await?;
+    /// assert!(matches!(*status.borrow(), TunnelEvent::Closed { .. }));
+    /// # Ok(()) }
+    /// ```
+    pub fn tunnel_watch(&self) -> Option<tokio::sync::watch::Receiver<TunnelEvent>> {
+        self.tunnel_status.clone()
+    }
+
     /// Waits until the server has shut down (connections drained, tunnel closed).
     ///
     /// # Example
