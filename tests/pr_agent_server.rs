@@ -844,11 +844,7 @@ async fn the_github_hook_follows_the_tunnel_url() {
 #[tokio::test]
 async fn use_tunnel_serves_the_routes_through_a_real_bore_server() {
     let ip = std::net::Ipv4Addr::new(127, 0, 0, 42);
-    let mut bore = bore_cli::server::Server::new(1024..=65535, None);
-    bore.set_bind_addr(ip.into());
-    bore.set_bind_tunnels(ip.into());
-    let bore = tokio::spawn(async move { bore.listen().await });
-    eventually_async(|| async { tokio::net::TcpStream::connect((ip, 7835)).await.is_ok() }).await;
+    let _bore = support::BoreServer::start(ip, None).await;
 
     let (api_addr, api) = start_fake_api().await;
     let settings = settings(api_addr, &[("PORT", "0")]);
@@ -878,15 +874,6 @@ async fn use_tunnel_serves_the_routes_through_a_real_bore_server() {
         comment_count(&api) == 1
     })
     .await;
-    bore.abort();
-}
-
-async fn eventually_async<F: std::future::Future<Output = bool>>(mut check: impl FnMut() -> F) {
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < Duration::from_secs(10), "timed out");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
