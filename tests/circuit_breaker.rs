@@ -1104,6 +1104,39 @@ async fn consecutive_failures_still_count_after_a_million_transitions() {
 /// When the keyed breaker is full and looks for an idle breaker to forget, it must not run
 /// time-driven transitions (and so the listener) while it holds its key map: a listener that
 /// reads the keyed handle would wait for that map for ever.
+#[tokio::test(start_paused = true)]
+async fn a_full_keyed_layer_keeps_the_breaker_that_counts_failures() {
+    // Two keys at most; a failing key comes back between calls to keys seen once.
+    let config = CircuitBreakerConfig::default().consecutive_failures(5);
+    let (layer, handle) =
+        KeyedCircuitBreakerLayer::pair(config, 2, |c: &(String, Call)| c.0.clone()).unwrap();
+    let inner = tower::service_fn(|(_, c): (String, Call)| {
+        let mut upstream = Upstream::new();
+        upstream.call(c)
+    });
+    let mut svc = layer.with_classifier(classify as Classifier).layer(inner);
+    for i in 0..5 {
+        let _ = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(("failing".to_owned(), Call::Fail))
+            .await;
+        let _ = svc
+            .ready()
+            .await
+            .unwrap()
+            .call((format!("healthy-{i}"), Call::Ok))
+            .await;
+    }
+    // The failing key's breaker was never forgotten, so its five failures opened it.
+    assert_eq!(
+        handle.get(&"failing".to_owned()).unwrap().state(),
+        CircuitState::Open
+    );
+    assert_eq!(handle.len(), 2);
+}
+
 #[test]
 fn a_listener_may_read_the_keyed_handle_while_a_key_is_replaced() {
     let (done, finished) = std::sync::mpsc::channel();

@@ -39,12 +39,20 @@ impl<K: Hash + Eq + Clone + fmt::Display> Shared<K> {
             // Forget a breaker that is CLOSED and not in use; never one that protects callers.
             // The stored state is read: transitions that time made due (which never lead to
             // CLOSED) would run the listener under this lock.
-            let idle = map
-                .iter()
-                .find(|(_, core)| {
-                    Arc::strong_count(core) == 1 && core.stored_state() == CircuitState::Closed
-                })
-                .map(|(k, _)| k.clone());
+            // One with no failure on record is forgotten first: forgetting a breaker that is
+            // counting failures would let a failing key that comes and goes never open.
+            let mut idle = None;
+            for (key, core) in map.iter() {
+                if Arc::strong_count(core) != 1 || core.stored_state() != CircuitState::Closed {
+                    continue;
+                }
+                if !core.has_failures_on_record() {
+                    idle = Some(key);
+                    break;
+                }
+                idle.get_or_insert(key);
+            }
+            let idle = idle.cloned();
             match idle {
                 Some(idle) => {
                     map.remove(&idle);
@@ -71,7 +79,8 @@ impl<K: Hash + Eq + Clone + fmt::Display> Shared<K> {
 /// `key` is a closure from the request to the key, for example the URI's host. The key's
 /// `Display` is part of its breaker's name, which logs, events and snapshots show: key by
 /// something that holds no secret (a host, a repository), never a full URL with its query. When
-/// `max_keys` breakers exist, a new key replaces one that is CLOSED and idle; if there is none,
+/// `max_keys` breakers exist, a new key replaces one that is CLOSED and idle, preferably one with
+/// no failure on record (so a failing key that comes and goes still opens); if there is none,
 /// new keys share one overflow breaker (and a warning is logged). `poll_ready` always polls the
 /// inner service (the key is not known before the request); when `call` then rejects, the
 /// readied inner service is swapped for a fresh clone, so the capacity it reserved (a `Buffer`

@@ -551,6 +551,15 @@ impl Core {
         unpack(self.word.load(Ordering::Acquire)).state
     }
 
+    /// Whether the current generation has recorded a failure (in its window, or a run of
+    /// consecutive failures), read without applying transitions or calling the listener.
+    pub(crate) fn has_failures_on_record(&self) -> bool {
+        let generation = self.generation();
+        let consecutive = self.beacon.consecutive.load(Ordering::Acquire);
+        (consecutive >> 32 == u64::from(generation) && consecutive as u32 > 0)
+            || self.window.read(tag(generation), self.now_nanos()).failures > 0
+    }
+
     /// The tag of the current generation, as windows and the half-open word store it.
     #[inline]
     fn current_tag(&self) -> u16 {
