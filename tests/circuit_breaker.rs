@@ -368,6 +368,18 @@ async fn open_rejects_with_a_retry_after_that_counts_down_then_half_opens() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_refusal_made_ready_earlier_reports_the_wait_left_when_called() {
+    let (mut svc, _handle, _upstream) =
+        breaker(CircuitBreakerConfig::default().consecutive_failures(1));
+    let _ = call(&mut svc, Call::Fail).await;
+    // `poll_ready` decides the refusal; the call comes 10 s later.
+    let ready = svc.ready().await.unwrap();
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let open = open_error(ready.call(Call::Ok).await);
+    assert_eq!(open.retry_after(), Some(Duration::from_secs(20)));
+}
+
+#[tokio::test(start_paused = true)]
 async fn half_open_admits_exactly_n_of_100_concurrent_callers() {
     let config = CircuitBreakerConfig::default()
         .consecutive_failures(1)

@@ -413,12 +413,17 @@ impl Admission {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Refusal {
     state: CircuitState,
-    retry_after: Option<Duration>,
+    /// When OPEN ends (the core's milliseconds): the wait is computed when the refusal is
+    /// answered, which may be later than the decision (`poll_ready`, then `call`).
+    open_until_ms: Option<u64>,
 }
 
 impl Refusal {
-    fn new(state: CircuitState, retry_after: Option<Duration>) -> Self {
-        Self { state, retry_after }
+    fn new(state: CircuitState, open_until_ms: Option<u64>) -> Self {
+        Self {
+            state,
+            open_until_ms,
+        }
     }
 }
 
@@ -644,8 +649,7 @@ impl Core {
                 CircuitState::Open => {
                     let now = self.now_ms();
                     if now < word.deadline_ms {
-                        let after = Duration::from_millis(word.deadline_ms - now);
-                        return Err(Refusal::new(CircuitState::Open, Some(after)));
+                        return Err(Refusal::new(CircuitState::Open, Some(word.deadline_ms)));
                     }
                     let deadline = self.half_open_deadline(now);
                     self.transition(word, CircuitState::HalfOpen, deadline, None);
@@ -827,16 +831,20 @@ impl Core {
     #[cold]
     pub(crate) fn reject_unready(&self) -> CircuitOpen {
         let word = unpack(self.word.load(Ordering::Acquire));
-        let now = self.now_ms();
-        let after = (word.state == CircuitState::Open && word.deadline_ms > now)
-            .then(|| Duration::from_millis(word.deadline_ms - now));
-        self.refuse(Refusal::new(word.state, after))
+        let until = (word.state == CircuitState::Open && word.deadline_ms > self.now_ms())
+            .then_some(word.deadline_ms);
+        self.refuse(Refusal::new(word.state, until))
     }
 
     /// The error for a refused call, counted and reported.
     #[cold]
     pub(crate) fn refuse(&self, refusal: Refusal) -> CircuitOpen {
-        let Refusal { state, retry_after } = refusal;
+        let Refusal {
+            state,
+            open_until_ms,
+        } = refusal;
+        let retry_after =
+            open_until_ms.map(|until| Duration::from_millis(until.saturating_sub(self.now_ms())));
         self.not_permitted.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(
             breaker = &*self.config.name,
