@@ -121,6 +121,10 @@ impl Body for TrailerBody {
         }
         Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
     }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none()
+    }
 }
 
 #[derive(Clone, Default)]
@@ -291,6 +295,20 @@ async fn grpc_status_is_read_from_headers_or_from_trailers_at_end_of_stream() {
         res.into_body().collect().await.unwrap();
     }
     assert_eq!(handle.snapshot().failed_calls, 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grpc_body_without_trailers_is_classified_when_its_last_frame_is_read() {
+    let (mut svc, handle) = http_breaker(counting(), DefaultClassifier::new());
+    let res = send(&mut svc, grpc(None, None)).await;
+    let mut body = res.into_body();
+    // A reader that stops when the body says it has ended (as hyper does) never polls past the
+    // last data frame.
+    let frame = body.frame().await.unwrap().unwrap();
+    assert!(frame.is_data());
+    assert!(body.is_end_stream());
+    assert_eq!(handle.snapshot().buffered_calls, 1);
+    assert_eq!(handle.snapshot().failed_calls, 0);
 }
 
 #[tokio::test(start_paused = true)]

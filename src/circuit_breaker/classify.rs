@@ -422,8 +422,8 @@ impl<B: Body> Body for ResponseBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        let mut this = self.project();
+        let frame = std::task::ready!(this.inner.as_mut().poll_frame(cx));
         match &frame {
             Some(Ok(frame)) => {
                 if let Some(trailers) = frame.trailers_ref()
@@ -434,6 +434,16 @@ impl<B: Body> Body for ResponseBody<B> {
                         Err(class) => grpc_outcome(&class),
                     };
                     recorder.record(outcome);
+                } else if this.eos.is_some() && this.inner.is_end_stream() {
+                    // The last frame, without trailers: a reader that trusts `is_end_stream`
+                    // (hyper does) never polls for the end, so it is classified now.
+                    if let Some((recorder, eos)) = this.eos.take() {
+                        let outcome = match eos.classify_eos(None) {
+                            Ok(()) => Outcome::Success,
+                            Err(class) => grpc_outcome(&class),
+                        };
+                        recorder.record(outcome);
+                    }
                 }
             }
             Some(Err(_)) => {
