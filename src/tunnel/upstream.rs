@@ -391,7 +391,7 @@ impl Upstream {
     }
 
     /// Watches every connection served from now on for a graceful shutdown (used by the server
-    /// helper); [`take_graceful`](Self::take_graceful) starts it.
+    /// helper); [`start_drain`](Self::start_drain) starts it.
     pub(crate) fn with_graceful_shutdown(self) -> Self {
         *lock(&self.inner.graceful) = Some(Graceful::Watching(GracefulShutdown::new()));
         self
@@ -406,11 +406,6 @@ impl Upstream {
             Graceful::Watching(shutdown) => Some((shutdown, late)),
             Graceful::Draining(_) => None,
         }
-    }
-
-    /// Whether the drain has started.
-    fn draining(&self) -> bool {
-        matches!(*lock(&self.inner.graceful), Some(Graceful::Draining(_)))
     }
 
     fn from_parts(
@@ -435,11 +430,14 @@ impl Upstream {
         }
     }
 
-    fn options(&self, header_read_timeout: Option<Duration>) -> ConnOptions {
+    /// `pooled`: a connection that waits, idle, for the tunnel server's requests. During a drain
+    /// it is served as it comes, neither watched nor waited for: it may stay idle until the
+    /// tunnel closes.
+    fn options(&self, header_read_timeout: Option<Duration>, pooled: bool) -> ConnOptions {
         let (watcher, late) = match &*lock(&self.inner.graceful) {
-            None => (None, None),
             Some(Graceful::Watching(shutdown)) => (Some(shutdown.watcher()), None),
-            Some(Graceful::Draining(late)) => (None, Some(late.enter())),
+            Some(Graceful::Draining(late)) if !pooled => (None, Some(late.enter())),
+            Some(Graceful::Draining(_)) | None => (None, None),
         };
         ConnOptions {
             probes: Arc::clone(&self.inner.probes),
@@ -479,7 +477,7 @@ impl Upstream {
     {
         self.inner
             .serve
-            .serve(Box::new(io), self.options(self.header_read_timeout))
+            .serve(Box::new(io), self.options(self.header_read_timeout, false))
             .await;
     }
 
@@ -490,14 +488,9 @@ impl Upstream {
     where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        // A pooled connection may wait idle for ever: during a drain it is not taken, so the
-        // drain does not wait for it.
-        if self.draining() {
-            return;
-        }
         self.inner
             .serve
-            .serve(Box::new(io), self.options(None))
+            .serve(Box::new(io), self.options(None, true))
             .await;
     }
 
