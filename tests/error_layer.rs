@@ -838,6 +838,46 @@ mod logging {
             }
         });
     }
+
+    /// A layer per route and one for the whole app: the outer layer sees the problem the inner
+    /// one rendered and must not log it again.
+    #[tokio::test]
+    #[tracing_test::traced_test]
+    async fn nested_layers_log_each_error_once() {
+        let svc = ServiceBuilder::new()
+            .layer(WebhookErrorLayer::new())
+            .layer(WebhookErrorLayer::new())
+            .service_fn(|req: Request<Full<Bytes>>| async move {
+                if req.uri().path() == "/panic" {
+                    panic!("widget 7 exploded");
+                }
+                Err::<Res, BoxError>("storage down".into())
+            });
+        let res = svc.clone().oneshot(http_req()).await.unwrap();
+        let (status, _, _) = problem_of(res).await;
+        assert_eq!(status, 500);
+        let req = Request::builder()
+            .uri("/panic")
+            .body(Full::default())
+            .unwrap();
+        let (status, _, json) = problem_of(svc.oneshot(req).await.unwrap()).await;
+        assert_eq!(status, 500);
+        assert_eq!(json["type"], types::PANIC);
+        logs_assert(|lines: &[&str]| {
+            let failed = lines
+                .iter()
+                .filter(|l| l.contains("request failed"))
+                .count();
+            let panicked = lines
+                .iter()
+                .filter(|l| l.contains("handler panicked"))
+                .count();
+            match (failed, panicked) {
+                (1, 1) => Ok(()),
+                _ => Err(format!("unexpected log lines: {lines:?}")),
+            }
+        });
+    }
 }
 
 #[tokio::test]

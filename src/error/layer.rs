@@ -703,6 +703,7 @@ fn rerender<B, R: RenderProblem>(
     if let Some(problem) = problem {
         rendered.extensions_mut().insert(problem);
     }
+    rendered.extensions_mut().insert(AlreadyLogged);
     rendered
 }
 
@@ -753,6 +754,9 @@ fn render<B, R: RenderProblem>(
             .or_insert_with(|| id.clone());
     }
     response.extensions_mut().insert(problem);
+    // Logged by the caller: an outer `WebhookErrorLayer` that sees this problem does not log it
+    // again.
+    response.extensions_mut().insert(AlreadyLogged);
     response
 }
 
