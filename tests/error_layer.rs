@@ -549,6 +549,59 @@ async fn request_id_header_is_configurable() {
     assert_eq!(json["instance"], "72d3162e");
 }
 
+/// With the request id read from another header, the layer must not answer that id as
+/// `x-request-id`, over the `x-request-id` an inner layer set.
+#[tokio::test]
+async fn another_request_id_header_does_not_replace_x_request_id() {
+    use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+    let delivery = http::HeaderName::from_static("x-github-delivery");
+    let x_request_id = http::HeaderName::from_static("x-request-id");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let seen_in_handler = seen.clone();
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new().request_id_header(delivery.clone()))
+        .layer(SetRequestIdLayer::new(
+            x_request_id.clone(),
+            MakeRequestUuid,
+        ))
+        .layer(PropagateRequestIdLayer::new(x_request_id))
+        .service_fn(move |req: Request<Full<Bytes>>| {
+            *seen_in_handler.lock().unwrap() = req.headers().get("x-request-id").cloned();
+            async move {
+                let problem = Problem::new(StatusCode::UNPROCESSABLE_ENTITY);
+                let mut res = problem.to_response::<Full<Bytes>>();
+                res.extensions_mut().insert(problem);
+                Ok::<_, BoxError>(res)
+            }
+        });
+    let req = Request::builder()
+        .header(&delivery, "72d3162e")
+        .body(Full::default())
+        .unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    let id = seen.lock().unwrap().clone().expect("an id was set");
+    assert_eq!(
+        res.headers()
+            .get_all("x-request-id")
+            .iter()
+            .collect::<Vec<_>>(),
+        [&id],
+        "the id the inner layer set and logged"
+    );
+    let (_, _, json) = problem_of(res).await;
+    assert_eq!(json["instance"], "72d3162e");
+
+    // Without an inner layer, the client is not told its request id is the delivery id.
+    let layer = WebhookErrorLayer::new().request_id_header(delivery.clone());
+    let req = Request::builder()
+        .header(&delivery, "72d3162e")
+        .body(Full::default())
+        .unwrap();
+    let res = answer_error(layer, req, "x".into()).await;
+    assert!(res.headers().get("x-request-id").is_none());
+    assert_eq!(res.headers()[&delivery], "72d3162e");
+}
+
 // ---------------------------------------------------------------------------------------------
 // axum
 

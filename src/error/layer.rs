@@ -229,7 +229,7 @@ impl<R> WebhookErrorLayer<R> {
     }
 
     /// Reads the request id, used as the problem's `instance`, from this header
-    /// (default `x-request-id`).
+    /// (default `x-request-id`). Problem responses echo it in the same header.
     ///
     /// # Example
     ///
@@ -644,7 +644,7 @@ fn on_error<B, R: RenderProblem>(
             problem
         }
     };
-    render(problem, info, renderer)
+    render(problem, info, config, renderer)
 }
 
 /// The success path: pass the response through, unless it carries a [`Problem`] made by a
@@ -691,7 +691,7 @@ fn rerender<B, R: RenderProblem>(
     if parts.extensions.get::<AlreadyLogged>().is_none() {
         log_problem(&problem, &info, None);
     }
-    let mut rendered = render(problem, &info, renderer);
+    let mut rendered = render(problem, &info, config, renderer);
     let own: Vec<HeaderName> = rendered.headers().keys().cloned().collect();
     for (name, value) in &parts.headers {
         if !describes_body(name) && !own.contains(name) {
@@ -735,6 +735,7 @@ fn describes_body(name: &HeaderName) -> bool {
 fn render<B, R: RenderProblem>(
     mut problem: Problem,
     info: &RequestInfo,
+    config: &Config,
     renderer: &R,
 ) -> Response<ResponseBody<B>> {
     if problem.instance().is_none()
@@ -747,10 +748,12 @@ fn render<B, R: RenderProblem>(
     } else {
         renderer.render(&problem).map(ResponseBody::full)
     };
+    // Echoed under the header it was read from: another header's value is not an
+    // `x-request-id`, and must not replace the one an inner layer set.
     if let Some(id) = &info.request_id {
         response
             .headers_mut()
-            .entry(HeaderName::from_static("x-request-id"))
+            .entry(&config.request_id_header)
             .or_insert_with(|| id.clone());
     }
     response.extensions_mut().insert(problem);
