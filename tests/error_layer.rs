@@ -549,6 +549,40 @@ async fn request_id_header_is_configurable() {
     assert_eq!(json["instance"], "72d3162e");
 }
 
+/// RFC 9457: `instance` is a URI reference. A request id that cannot be one (spaces, a tab,
+/// quotes) or that is huge is not copied into the problem.
+#[tokio::test]
+async fn instance_is_only_a_request_id_fit_for_a_uri() {
+    let huge = "a".repeat(10_000);
+    for id in ["req 42", "req\t42", "\"quoted\"", "<script>", huge.as_str()] {
+        let req = Request::builder()
+            .header("x-request-id", id)
+            .body(Full::default())
+            .unwrap();
+        let (status, _, json) =
+            problem_of(answer_error(WebhookErrorLayer::new(), req, "x".into()).await).await;
+        assert_eq!(status, 500);
+        assert!(
+            json.get("instance").is_none(),
+            "{id:?} became {}",
+            json["instance"]
+        );
+    }
+    for id in [
+        "72d3162e-cc78-11e3-81ab-4c9367dc0958",
+        "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1",
+        "01HZX3J5Q2W8K7Y6T5R4E3W2Q1",
+    ] {
+        let req = Request::builder()
+            .header("x-request-id", id)
+            .body(Full::default())
+            .unwrap();
+        let (_, _, json) =
+            problem_of(answer_error(WebhookErrorLayer::new(), req, "x".into()).await).await;
+        assert_eq!(json["instance"], id);
+    }
+}
+
 /// With the request id read from another header, the layer must not answer that id as
 /// `x-request-id`, over the `x-request-id` an inner layer set.
 #[tokio::test]

@@ -739,7 +739,7 @@ fn render<B, R: RenderProblem>(
     renderer: &R,
 ) -> Response<ResponseBody<B>> {
     if problem.instance().is_none()
-        && let Some(id) = info.request_id.as_ref().and_then(|v| v.to_str().ok())
+        && let Some(id) = info.request_id.as_ref().and_then(as_instance)
     {
         problem = problem.with_instance(id);
     }
@@ -761,6 +761,24 @@ fn render<B, R: RenderProblem>(
     // again.
     response.extensions_mut().insert(AlreadyLogged);
     response
+}
+
+/// Longest request id copied into a problem's `instance`.
+const MAX_INSTANCE_LEN: usize = 256;
+
+/// The request id as a problem's `instance`, which RFC 9457 makes a URI reference: only ids of
+/// characters a URI carries as they are (RFC 3986 unreserved, sub-delims, `:`, `@`, `/`, `?`),
+/// and not longer than [`MAX_INSTANCE_LEN`]. Anything else (spaces, a tab, quotes, a huge value)
+/// is left out of the document; the id is still logged and echoed in its header.
+fn as_instance(id: &HeaderValue) -> Option<&str> {
+    const URI_SAFE: &[u8] = b"-._~!$&'()*+,;=:@/?";
+    let bytes = id.as_bytes();
+    let fits = !bytes.is_empty()
+        && bytes.len() <= MAX_INSTANCE_LEN
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || URI_SAFE.contains(b));
+    if fits { id.to_str().ok() } else { None }
 }
 
 fn request_id_str(info: &RequestInfo) -> &str {
