@@ -549,6 +549,68 @@ async fn request_id_header_is_configurable() {
     assert_eq!(json["instance"], "72d3162e");
 }
 
+/// RFC 9110 §9.3.2: a response to HEAD has no content. Over HTTP/2 the server sends what the
+/// body holds, and the client resets the stream on DATA after a HEAD.
+#[tokio::test]
+async fn head_requests_get_the_problem_without_a_body() {
+    let problem_svc = || {
+        ServiceBuilder::new()
+            .layer(WebhookErrorLayer::new())
+            .service_fn(|_req: Request<hyper::body::Incoming>| async {
+                Err::<Res, BoxError>(Problem::new(StatusCode::NOT_FOUND).into())
+            })
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let svc = hyper_util::service::TowerToHyperService::new(problem_svc());
+        hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+            .await
+    };
+    let client = async move {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut client, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let req = Request::head(format!("http://{addr}/hook"))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let res = client.send_request(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::NOT_FOUND);
+        assert_eq!(res.headers()["content-type"], "application/problem+json");
+        let body = res
+            .into_body()
+            .collect()
+            .await
+            .expect("no DATA after a HEAD");
+        assert!(body.to_bytes().is_empty());
+    };
+    tokio::select! {
+        _ = server => panic!("the server stopped first"),
+        () = client => {}
+    }
+
+    // Same through the service itself, and for a problem whose status has no content.
+    let req = Request::head("/hook").body(Full::default()).unwrap();
+    let res = answer_error(WebhookErrorLayer::new(), req, "x".into()).await;
+    assert_eq!(res.status(), 500);
+    assert!(http_body::Body::is_end_stream(res.body()));
+    let res = answer_error(
+        WebhookErrorLayer::new(),
+        http_req(),
+        Problem::new(StatusCode::NOT_MODIFIED).into(),
+    )
+    .await;
+    assert_eq!(res.status(), 304);
+    assert!(http_body::Body::is_end_stream(res.body()));
+}
+
 /// RFC 9457: `instance` is a URI reference. A request id that cannot be one (spaces, a tab,
 /// quotes) or that is huge is not copied into the problem.
 #[tokio::test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use pin_project::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -431,6 +431,8 @@ impl<S> WebhookError<S> {
 /// What the response future needs to know about the request, captured before it is moved.
 struct RequestInfo {
     grpc: bool,
+    /// A HEAD request: its answer has no content (RFC 9110, section 9.3.2).
+    head: bool,
     request_id: Option<HeaderValue>,
 }
 
@@ -445,9 +447,11 @@ impl RequestInfo {
     #[inline]
     fn of<B>(req: &Request<B>, config: &Config) -> Self {
         let headers = req.headers();
+        let head = req.method() == Method::HEAD;
         if headers.is_empty() {
             return Self {
                 grpc: false,
+                head,
                 request_id: None,
             };
         }
@@ -455,6 +459,7 @@ impl RequestInfo {
             // One pass over a small map is cheaper than two hashed lookups.
             let mut info = Self {
                 grpc: false,
+                head,
                 request_id: None,
             };
             for (name, value) in headers {
@@ -468,6 +473,7 @@ impl RequestInfo {
         }
         Self {
             grpc: headers.get(header::CONTENT_TYPE).is_some_and(is_grpc),
+            head,
             request_id: headers.get(&config.request_id_header).cloned(),
         }
     }
@@ -683,6 +689,7 @@ fn rerender<B, R: RenderProblem>(
     let (parts, _body) = response.into_parts();
     let info = RequestInfo {
         grpc: info.grpc,
+        head: info.head,
         request_id: info
             .request_id
             .clone()
@@ -748,6 +755,16 @@ fn render<B, R: RenderProblem>(
     } else {
         renderer.render(&problem).map(ResponseBody::full)
     };
+    // No content in an answer to HEAD, nor with a 1xx, 204 or 304 status (RFC 9110, sections
+    // 6.4.1 and 9.3.2): HTTP/2 would send it, and the client reset the stream.
+    let status = response.status();
+    if info.head
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        *response.body_mut() = ResponseBody::empty();
+    }
     // Echoed under the header it was read from: another header's value is not an
     // `x-request-id`, and must not replace the one an inner layer set.
     if let Some(id) = &info.request_id {
