@@ -414,6 +414,41 @@ async fn grpc_callers_get_trailers_only_status() {
 }
 
 #[tokio::test]
+async fn grpc_web_callers_get_trailers_only_status_under_their_content_type() {
+    let with_type = |content_type: &str| {
+        Request::builder()
+            .uri("/pkg.Svc/Method")
+            .header("content-type", content_type)
+            .body(Full::default())
+            .unwrap()
+    };
+    for (sent, answered) in [
+        ("application/grpc", "application/grpc"),
+        ("application/grpc; charset=utf-8", "application/grpc"),
+        ("application/grpc-web", "application/grpc-web"),
+        ("application/grpc-web+proto", "application/grpc-web"),
+        (
+            "application/grpc-web-text+proto",
+            "application/grpc-web-text",
+        ),
+    ] {
+        let err = Problem::new(StatusCode::UNAUTHORIZED).into();
+        let res = answer_error(WebhookErrorLayer::new(), with_type(sent), err).await;
+        assert_eq!(res.status(), 200, "{sent}");
+        assert_eq!(res.headers()["content-type"], answered, "{sent}");
+        assert_eq!(res.headers()["grpc-status"], "16", "{sent}");
+    }
+    // Types that only begin like gRPC's are plain HTTP.
+    for sent in ["application/grpcx", "application/grpc-webby"] {
+        let err = Problem::new(StatusCode::UNAUTHORIZED).into();
+        let (status, _, json) =
+            problem_of(answer_error(WebhookErrorLayer::new(), with_type(sent), err).await).await;
+        assert_eq!(status, 401, "{sent}");
+        assert_eq!(json["status"], 401);
+    }
+}
+
+#[tokio::test]
 async fn grpc_message_is_percent_encoded() {
     let problem = Problem::new(StatusCode::UNAUTHORIZED).with_detail("firma inválida: 100%\nretry");
     let res = answer_error(WebhookErrorLayer::new(), grpc_req(), problem.into()).await;

@@ -430,7 +430,7 @@ impl<S> WebhookError<S> {
 
 /// What the response future needs to know about the request, captured before it is moved.
 struct RequestInfo {
-    grpc: bool,
+    grpc: Option<Grpc>,
     /// A HEAD request: its answer has no content (RFC 9110, section 9.3.2).
     head: bool,
     request_id: Option<HeaderValue>,
@@ -439,8 +439,40 @@ struct RequestInfo {
 /// Up to this many headers, they are scanned once instead of looked up twice.
 const LINEAR_SCAN_MAX: usize = 24;
 
-fn is_grpc(content_type: &HeaderValue) -> bool {
-    content_type.as_bytes().starts_with(b"application/grpc")
+/// The gRPC protocol a request speaks, from its `content-type`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Grpc {
+    /// `application/grpc[+codec]`.
+    Native,
+    /// `application/grpc-web[+codec]`: trailers-only answers work the same, under this type.
+    Web,
+    /// `application/grpc-web-text[+codec]`.
+    WebText,
+}
+
+impl Grpc {
+    #[inline]
+    fn of(content_type: &HeaderValue) -> Option<Self> {
+        let rest = content_type.as_bytes().strip_prefix(b"application/grpc")?;
+        let (kind, rest) = if let Some(rest) = rest.strip_prefix(b"-web-text") {
+            (Self::WebText, rest)
+        } else if let Some(rest) = rest.strip_prefix(b"-web") {
+            (Self::Web, rest)
+        } else {
+            (Self::Native, rest)
+        };
+        // The type ends here, or a codec (`+proto`) or parameters follow.
+        matches!(rest.first(), None | Some(b'+' | b';' | b' ')).then_some(kind)
+    }
+
+    /// The content type of a trailers-only answer.
+    fn content_type(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Self::Native => "application/grpc",
+            Self::Web => "application/grpc-web",
+            Self::WebText => "application/grpc-web-text",
+        })
+    }
 }
 
 impl RequestInfo {
@@ -450,7 +482,7 @@ impl RequestInfo {
         let head = req.method() == Method::HEAD;
         if headers.is_empty() {
             return Self {
-                grpc: false,
+                grpc: None,
                 head,
                 request_id: None,
             };
@@ -458,13 +490,13 @@ impl RequestInfo {
         if headers.len() <= LINEAR_SCAN_MAX {
             // One pass over a small map is cheaper than two hashed lookups.
             let mut info = Self {
-                grpc: false,
+                grpc: None,
                 head,
                 request_id: None,
             };
             for (name, value) in headers {
                 if name == header::CONTENT_TYPE {
-                    info.grpc |= is_grpc(value);
+                    info.grpc = info.grpc.or_else(|| Grpc::of(value));
                 } else if info.request_id.is_none() && *name == config.request_id_header {
                     info.request_id = Some(value.clone());
                 }
@@ -472,7 +504,7 @@ impl RequestInfo {
             return info;
         }
         Self {
-            grpc: headers.get(header::CONTENT_TYPE).is_some_and(is_grpc),
+            grpc: headers.get(header::CONTENT_TYPE).and_then(Grpc::of),
             head,
             request_id: headers.get(&config.request_id_header).cloned(),
         }
@@ -750,8 +782,12 @@ fn render<B, R: RenderProblem>(
     {
         problem = problem.with_instance(id);
     }
-    let mut response = if info.grpc {
-        problem.to_grpc_response::<ResponseBody<B>>()
+    let mut response = if let Some(grpc) = info.grpc {
+        let mut response = problem.to_grpc_response::<ResponseBody<B>>();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, grpc.content_type());
+        response
     } else {
         renderer.render(&problem).map(ResponseBody::full)
     };
@@ -820,7 +856,7 @@ fn log_problem(
             status,
             problem_type,
             request_id,
-            grpc = info.grpc,
+            grpc = info.grpc.is_some(),
             error,
             "request failed"
         ),
@@ -828,7 +864,7 @@ fn log_problem(
             status,
             problem_type,
             request_id,
-            grpc = info.grpc,
+            grpc = info.grpc.is_some(),
             error,
             "request rejected"
         ),
@@ -836,7 +872,7 @@ fn log_problem(
             status,
             problem_type,
             request_id,
-            grpc = info.grpc,
+            grpc = info.grpc.is_some(),
             error,
             "request rejected"
         ),
