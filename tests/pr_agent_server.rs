@@ -689,6 +689,32 @@ fn settings_errors_name_the_variable() {
     .unwrap_err();
     assert!(err.contains("CIRCUIT_BREAKER_FAILURE_THRESHOLD"), "{err}");
 
+    // A secret variable that is set but empty is an error, not "unset" (nor development mode).
+    for (name, value) in [
+        ("GITHUB_WEBHOOK_SECRET", ""),
+        ("GITHUB_WEBHOOK_SECRET", " , "),
+        ("GITLAB_WEBHOOK_TOKEN", ""),
+        ("GITEA_WEBHOOK_SECRET", ","),
+    ] {
+        let err = app::Settings::from_lookup(|n| (n == name).then(|| value.to_owned()))
+            .expect_err(&format!("{name}={value:?} is refused"));
+        assert!(err.contains(name), "{err}");
+    }
+    let err = app::Settings::from_lookup(|n| match n {
+        "AZURE_DEVOPS_WEBHOOK_USERNAME" => Some("azure".to_owned()),
+        "AZURE_DEVOPS_WEBHOOK_PASSWORD" => Some(String::new()),
+        _ => None,
+    })
+    .unwrap_err();
+    assert!(err.contains("AZURE_DEVOPS_WEBHOOK_PASSWORD"), "{err}");
+    let err = app::Settings::from_lookup(|n| match n {
+        "AZURE_DEVOPS_WEBHOOK_USERNAME" => Some(" ".to_owned()),
+        "AZURE_DEVOPS_WEBHOOK_PASSWORD" => Some("p".to_owned()),
+        _ => None,
+    })
+    .unwrap_err();
+    assert!(err.contains("AZURE_DEVOPS_WEBHOOK_USERNAME"), "{err}");
+
     // The GitHub hook to follow the tunnel: both variables, a repository, a token to edit it.
     let hook = |vars: &[(&str, &str)]| {
         app::Settings::from_lookup(|n| {

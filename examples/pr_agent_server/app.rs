@@ -215,17 +215,24 @@ impl std::fmt::Debug for Settings {
     }
 }
 
-/// Splits a comma-separated setting into its non-empty values.
-fn list(value: Option<String>) -> Vec<String> {
-    value
-        .map(|v| {
-            v.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
+/// The comma-separated secrets of setting `name`: `None` when it is unset, an error when it is
+/// set but holds none (an empty secret never means "no check").
+fn secrets(name: &str, value: Option<String>) -> Result<Option<Vec<String>>, String> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let list: Vec<String> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if list.is_empty() {
+        return Err(format!(
+            "{name} is set but empty: set it to the webhook secret (comma-separated for several), or unset it"
+        ));
+    }
+    Ok(Some(list))
 }
 
 impl Settings {
@@ -278,16 +285,21 @@ impl Settings {
             (Forge::BitbucketServer, "BITBUCKET_SERVER_WEBHOOK_SECRET"),
             (Forge::Gitea, "GITEA_WEBHOOK_SECRET"),
         ] {
-            let secrets = list(lookup(var));
-            if !secrets.is_empty() {
+            if let Some(secrets) = secrets(var, lookup(var))? {
                 forges.insert(forge, Verification::Secrets(secrets));
             }
         }
         match (
             lookup("AZURE_DEVOPS_WEBHOOK_USERNAME"),
-            list(lookup("AZURE_DEVOPS_WEBHOOK_PASSWORD")),
+            secrets(
+                "AZURE_DEVOPS_WEBHOOK_PASSWORD",
+                lookup("AZURE_DEVOPS_WEBHOOK_PASSWORD"),
+            )?,
         ) {
-            (Some(username), passwords) if !passwords.is_empty() => {
+            (Some(username), _) if username.trim().is_empty() => {
+                return Err("AZURE_DEVOPS_WEBHOOK_USERNAME is set but empty".into());
+            }
+            (Some(username), Some(passwords)) => {
                 forges.insert(
                     Forge::AzureDevOps,
                     Verification::Basic {
@@ -296,7 +308,7 @@ impl Settings {
                     },
                 );
             }
-            (None, passwords) if passwords.is_empty() => {}
+            (None, None) => {}
             _ => {
                 return Err("set both AZURE_DEVOPS_WEBHOOK_USERNAME and AZURE_DEVOPS_WEBHOOK_PASSWORD, or neither".into());
             }
