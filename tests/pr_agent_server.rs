@@ -1382,3 +1382,50 @@ async fn a_client_that_stops_sending_its_body_gets_a_408() {
     assert!(res.contains("urn:tower-webhook:problem:timeout"), "{res}");
     assert_eq!(comment_count(&api), 0);
 }
+
+#[tokio::test]
+async fn errors_raised_inside_the_stack_carry_the_request_id() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (api_addr, _api) = start_fake_api().await;
+    // A body that keeps trickling in: the body timeout (0.5 s without data) never fires, the
+    // request's deadline (1 s) does, inside the stack: 504.
+    let (base, _) = start_server(&settings(api_addr, &[("REQUEST_TIMEOUT_SECS", "1")])).await;
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /api/v1/github_webhooks HTTP/1.1\r\nhost: x\r\nx-github-event: ping\r\nx-github-delivery: 7a1d\r\nx-hub-signature-256: sha256={}\r\ncontent-length: 100\r\n\r\n",
+        "0".repeat(64)
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut res = Vec::new();
+    let mut chunk = [0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            tokio::select! {
+                n = stream.read(&mut chunk) => {
+                    let n = n.unwrap();
+                    res.extend_from_slice(&chunk[..n]);
+                    if n == 0 || String::from_utf8_lossy(&res).contains('}') {
+                        break;
+                    }
+                }
+                () = tokio::time::sleep(Duration::from_millis(200)) => {
+                    let _ = stream.write_all(b" ").await;
+                }
+            }
+        }
+    })
+    .await
+    .expect("an answer");
+    let res = String::from_utf8_lossy(&res).into_owned();
+    assert!(res.starts_with("HTTP/1.1 504 "), "{res}");
+    let id = res
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .unwrap_or_else(|| panic!("no x-request-id: {res}"))
+        .trim()
+        .to_owned();
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+    assert!(res.contains(&format!(r#""instance":"{id}""#)), "{res}");
+}

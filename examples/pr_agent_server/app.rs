@@ -642,12 +642,14 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
         .with_state(state.clone())
         .layer(
             ServiceBuilder::new()
-                .layer(WebhookErrorLayer::new())
+                // Outside the error layer, so that errors raised anywhere inside (a timeout, a
+                // panic) are answered and logged with the request id too.
                 .layer(SetRequestIdLayer::new(
                     x_request_id.clone(),
                     MakeRequestUuid,
                 ))
                 .layer(PropagateRequestIdLayer::new(x_request_id))
+                .layer(WebhookErrorLayer::new())
                 .layer(TraceLayer::new_for_http())
                 .layer(tower::timeout::TimeoutLayer::new(settings.request_timeout))
                 // A client that stops sending its body gets 408, before the whole request's
