@@ -1023,6 +1023,35 @@ mod logging {
         });
     }
 
+    /// A handler's problem has no error chain: its detail (meant for the client) is the reason
+    /// the log gives.
+    #[tokio::test]
+    #[tracing_test::traced_test]
+    async fn a_handlers_problem_is_logged_with_its_detail() {
+        let svc = ServiceBuilder::new()
+            .layer(WebhookErrorLayer::new())
+            .service_fn(|_req: Request<Full<Bytes>>| async {
+                let problem = Problem::new(StatusCode::SERVICE_UNAVAILABLE)
+                    .with_detail("the work queue is full");
+                let mut res = Response::new(Full::default());
+                res.extensions_mut().insert(problem);
+                Ok::<Res, BoxError>(res)
+            });
+        let res = svc.oneshot(http_req()).await.unwrap();
+        assert_eq!(res.status(), 503);
+        logs_assert(|lines: &[&str]| {
+            match lines
+                .iter()
+                .filter(|l| l.contains("request failed"))
+                .collect::<Vec<_>>()
+                .as_slice()
+            {
+                [line] if line.contains("the work queue is full") => Ok(()),
+                _ => Err(format!("unexpected log lines: {lines:?}")),
+            }
+        });
+    }
+
     /// A layer per route and one for the whole app: the outer layer sees the problem the inner
     /// one rendered and must not log it again.
     #[tokio::test]

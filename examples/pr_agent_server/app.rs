@@ -812,6 +812,8 @@ async fn handle(
             "comment queue is full",
             Duration::from_secs(30),
         ))
+        // For the provider's delivery log and ours (the error layer logs a problem's detail).
+        .with_detail("the comment queue is full; deliver again later")
     };
     if pending
         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {

@@ -851,6 +851,9 @@ fn log_problem(
     let error = err.map(|e| ErrorChain(e).to_string()).unwrap_or_default();
     let request_id = request_id_str(info);
     let problem_type = problem.problem_type();
+    // Meant for the client, so safe to log: the reason a handler gave for its problem, which has
+    // no error chain.
+    let detail = problem.detail().unwrap_or_default();
     match status {
         500..=599 => tracing::error!(
             status,
@@ -858,6 +861,7 @@ fn log_problem(
             request_id,
             grpc = info.grpc.is_some(),
             error,
+            detail,
             "request failed"
         ),
         404 | 405 => tracing::debug!(
@@ -866,6 +870,7 @@ fn log_problem(
             request_id,
             grpc = info.grpc.is_some(),
             error,
+            detail,
             "request rejected"
         ),
         _ => tracing::warn!(
@@ -874,6 +879,7 @@ fn log_problem(
             request_id,
             grpc = info.grpc.is_some(),
             error,
+            detail,
             "request rejected"
         ),
     }
