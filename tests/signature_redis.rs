@@ -314,9 +314,57 @@ async fn redis_going_away_fails_closed() {
     assert_eq!(a.deliver("before", StatusCode::OK).await, 200);
     let _ = redis.child.kill();
     let _ = redis.child.wait();
-    assert_eq!(
-        a.deliver("after", StatusCode::OK).await,
-        StatusCode::SERVICE_UNAVAILABLE
-    );
+    // The first delivery finds the connection closed; the next ones find the connection
+    // manager waiting between reconnection attempts, and are refused all the same.
+    for id in ["after-1", "after-2"] {
+        assert_eq!(
+            a.deliver(id, StatusCode::OK).await,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{id}"
+        );
+    }
     assert_eq!(a.calls.load(Ordering::SeqCst), 1);
+}
+
+/// Sends `signal` (`-STOP`, `-CONT`) to the server.
+fn signal(redis: &Redis, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &redis.child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn hung_redis_fails_closed_instead_of_hanging() {
+    let Some(redis) = start_redis().await else {
+        return;
+    };
+    let a = Replica::new(&redis, |l| l).await;
+    assert_eq!(a.deliver("before", StatusCode::OK).await, 200);
+    // The server still holds the connection but answers nothing.
+    signal(&redis, "-STOP");
+    let status = a.deliver("while-hung", StatusCode::OK).await;
+    signal(&redis, "-CONT");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(a.calls.load(Ordering::SeqCst), 1);
+
+    // Redis then carries out the claim it had received: the id is released again, so the
+    // provider's retry of the refused delivery is processed, not refused as a replay.
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let key = "tower-webhook:replay:github:while-hung";
+    for _ in 0..200 {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !exists {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(a.deliver("while-hung", StatusCode::OK).await, 200);
+    assert_eq!(a.calls.load(Ordering::SeqCst), 2);
 }

@@ -635,8 +635,9 @@ mod redis_store {
     ///
     /// Each id is one key, `SET <prefix><provider>:<id> <value> NX PX <ttl>`: atomic, and
     /// expired by Redis itself. The value is `pending` while a delivery that claimed the id is
-    /// being handled, `1` once it was (Redis 6 or later, for `KEEPTTL`). If Redis cannot be reached the delivery is refused with 503 and
-    /// `Retry-After` (fail closed), so the provider delivers again later.
+    /// being handled, `1` once it was (Redis 6 or later, for `KEEPTTL`). If Redis cannot be
+    /// reached, or does not answer within [`timeout`](RedisReplayStore::timeout), the delivery is
+    /// refused with 503 and `Retry-After` (fail closed), so the provider delivers again later.
     ///
     /// # Example
     ///
@@ -652,6 +653,7 @@ mod redis_store {
     pub struct RedisReplayStore {
         conn: ConnectionManager,
         prefix: Arc<str>,
+        timeout: Duration,
     }
 
     impl RedisReplayStore {
@@ -675,6 +677,7 @@ mod redis_store {
             Self {
                 conn,
                 prefix: Arc::from("tower-webhook:replay:"),
+                timeout: DEFAULT_TIMEOUT,
             }
         }
 
@@ -715,12 +718,33 @@ mod redis_store {
             self.prefix = Arc::from(prefix.into());
             self
         }
+
+        /// How long one operation may take (default 2 s), reconnecting included. Past it the
+        /// delivery is refused with 503 and `Retry-After`, as when Redis cannot be reached, so a
+        /// Redis that hangs does not hang requests.
+        ///
+        /// # Example
+        ///
+        /// ```no_run
+        /// use std::time::Duration;
+        /// use tower_webhook::signature::RedisReplayStore;
+        ///
+        /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// let store = RedisReplayStore::connect("redis://127.0.0.1:6379/").await?.timeout(Duration::from_millis(500));
+        /// assert!(format!("{store:?}").contains("500ms"));
+        /// # Ok(()) }
+        /// ```
+        pub fn timeout(mut self, timeout: Duration) -> Self {
+            self.timeout = timeout;
+            self
+        }
     }
 
     impl fmt::Debug for RedisReplayStore {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.debug_struct("RedisReplayStore")
                 .field("prefix", &self.prefix)
+                .field("timeout", &self.timeout)
                 .finish_non_exhaustive()
         }
     }
@@ -731,27 +755,64 @@ mod redis_store {
     const DONE: &str = "1";
     /// The value of a key claimed by a delivery still being handled.
     const PENDING_VALUE: &str = "pending";
+    /// How long one operation may take by default.
+    const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
+    /// `command` on `conn`, or an error once `timeout` has passed.
+    async fn query<T: redis::FromRedisValue>(
+        command: redis::Cmd,
+        mut conn: ConnectionManager,
+        timeout: Duration,
+    ) -> Result<T, BoxError> {
+        match tokio::time::timeout(timeout, command.query_async(&mut conn)).await {
+            Ok(answer) => Ok(answer?),
+            Err(_) => Err(timed_out(timeout)),
+        }
+    }
+
+    fn timed_out(timeout: Duration) -> BoxError {
+        format!("Redis did not answer within {timeout:?}").into()
+    }
 
     impl RedisReplayStore {
+        fn key(&self, key: &str) -> String {
+            format!("{}{}", self.prefix, key)
+        }
+
         /// `SET key value NX PX ttl`: whether the key was new.
         fn set_new(&self, key: &str, ttl: Duration, value: &'static str) -> ReplayFuture {
-            let mut conn = self.conn.clone();
-            let key = format!("{}{}", self.prefix, key);
+            let conn = self.conn.clone();
+            let key = self.key(key);
+            let timeout = self.timeout;
             // Redis refuses expiry times past its own range: very long TTLs are capped at a
             // century, which is forever for a delivery id.
             let ms = u64::try_from(ttl.as_millis())
                 .unwrap_or(u64::MAX)
                 .clamp(1, MAX_TTL_MS);
             ReplayFuture::new(async move {
-                let set: Option<String> = redis::cmd("SET")
-                    .arg(&key)
-                    .arg(value)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ms)
-                    .query_async(&mut conn)
-                    .await?;
-                Ok(set.is_some())
+                let mut set = redis::cmd("SET");
+                set.arg(&key).arg(value).arg("NX").arg("PX").arg(ms);
+                let mut answer = Box::pin({
+                    let mut conn = conn.clone();
+                    async move { set.query_async::<Option<String>>(&mut conn).await }
+                });
+                match tokio::time::timeout(timeout, answer.as_mut()).await {
+                    Ok(set) => Ok(set?.is_some()),
+                    Err(_) => {
+                        // The delivery is refused, but Redis may still carry the command out
+                        // later: the key is then deleted again, or the provider's retry of this
+                        // delivery would be refused as a replay until the key expires.
+                        tokio::spawn(async move {
+                            let late = Duration::from_millis(ms);
+                            if let Ok(Ok(Some(_))) = tokio::time::timeout(late, answer).await {
+                                let mut del = redis::cmd("DEL");
+                                del.arg(&key);
+                                let _ = query::<u64>(del, conn, timeout).await;
+                            }
+                        });
+                        Err(timed_out(timeout))
+                    }
+                }
             })
         }
     }
@@ -766,37 +827,28 @@ mod redis_store {
         }
 
         fn complete(&self, key: &str) -> ReplayFuture {
-            let mut conn = self.conn.clone();
-            let key = format!("{}{}", self.prefix, key);
-            ReplayFuture::new(async move {
-                let set: Option<String> = redis::cmd("SET")
-                    .arg(&key)
-                    .arg(DONE)
-                    .arg("XX")
-                    .arg("KEEPTTL")
-                    .query_async(&mut conn)
-                    .await?;
-                Ok(set.is_some())
-            })
+            let mut command = redis::cmd("SET");
+            command
+                .arg(self.key(key))
+                .arg(DONE)
+                .arg("XX")
+                .arg("KEEPTTL");
+            let answer = query::<Option<String>>(command, self.conn.clone(), self.timeout);
+            ReplayFuture::new(async move { Ok(answer.await?.is_some()) })
         }
 
         fn completed(&self, key: &str) -> ReplayFuture {
-            let mut conn = self.conn.clone();
-            let key = format!("{}{}", self.prefix, key);
-            ReplayFuture::new(async move {
-                let value: Option<String> =
-                    redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
-                Ok(value.is_some_and(|v| v != PENDING_VALUE))
-            })
+            let mut command = redis::cmd("GET");
+            command.arg(self.key(key));
+            let answer = query::<Option<String>>(command, self.conn.clone(), self.timeout);
+            ReplayFuture::new(async move { Ok(answer.await?.is_some_and(|v| v != PENDING_VALUE)) })
         }
 
         fn remove(&self, key: &str) -> ReplayFuture {
-            let mut conn = self.conn.clone();
-            let key = format!("{}{}", self.prefix, key);
-            ReplayFuture::new(async move {
-                let n: u64 = redis::cmd("DEL").arg(&key).query_async(&mut conn).await?;
-                Ok(n > 0)
-            })
+            let mut command = redis::cmd("DEL");
+            command.arg(self.key(key));
+            let answer = query::<u64>(command, self.conn.clone(), self.timeout);
+            ReplayFuture::new(async move { Ok(answer.await? > 0) })
         }
     }
 }
