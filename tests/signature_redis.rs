@@ -368,3 +368,42 @@ async fn hung_redis_fails_closed_instead_of_hanging() {
     assert_eq!(a.deliver("while-hung", StatusCode::OK).await, 200);
     assert_eq!(a.calls.load(Ordering::SeqCst), 2);
 }
+
+/// A response future holding a claim, dropped where no tokio runtime runs: releasing the claim
+/// cannot run there, and must not panic (the store's timer needs a runtime).
+#[test]
+fn a_claiming_future_dropped_outside_a_runtime_does_not_panic() {
+    use tower::{Layer, Service};
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some(redis) = runtime.block_on(start_redis()) else {
+        return;
+    };
+    let future = runtime.block_on(async {
+        let store = RedisReplayStore::connect(&redis.url).await.unwrap();
+        let layer = SignatureLayer::github(SECRET)
+            .unwrap()
+            .replay_store(store)
+            .record_delivery(RecordDelivery::AfterSuccess);
+        let mut svc = layer.layer(tower::service_fn(|_req: Request<Full<Bytes>>| async {
+            std::future::pending::<Result<Response<Full<Bytes>>, Infallible>>().await
+        }));
+        let req = Request::post("/hook")
+            .header("x-hub-signature-256", SIG)
+            .header("x-github-delivery", "dropped-elsewhere")
+            .body(Full::new(Bytes::from_static(BODY)))
+            .unwrap();
+        let mut future = Box::pin(svc.call(req));
+        // The delivery is claimed and the handler runs (it never answers).
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), future.as_mut())
+                .await
+                .is_err()
+        );
+        future
+    });
+    std::thread::spawn(move || drop(future))
+        .join()
+        .expect("dropping the future outside a runtime does not panic");
+    drop(redis);
+}

@@ -654,6 +654,8 @@ mod redis_store {
         conn: ConnectionManager,
         prefix: Arc<str>,
         timeout: Duration,
+        /// Bounds the tasks that wait for the late answer of a timed-out `SET`.
+        late_answers: Arc<tokio::sync::Semaphore>,
     }
 
     impl RedisReplayStore {
@@ -678,6 +680,7 @@ mod redis_store {
                 conn,
                 prefix: Arc::from("tower-webhook:replay:"),
                 timeout: DEFAULT_TIMEOUT,
+                late_answers: Arc::new(tokio::sync::Semaphore::new(MAX_LATE_ANSWERS)),
             }
         }
 
@@ -757,6 +760,16 @@ mod redis_store {
     const PENDING_VALUE: &str = "pending";
     /// How long one operation may take by default.
     const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+    /// Timed-out `SET`s whose late answer is waited for at once, per store (and its clones).
+    const MAX_LATE_ANSWERS: usize = 1024;
+
+    /// An error instead of a panic where no tokio runtime runs (a response future dropped
+    /// elsewhere finishes its store operation at once): the timer needs one.
+    fn runtime() -> Result<(), BoxError> {
+        tokio::runtime::Handle::try_current()
+            .map(drop)
+            .map_err(|_| "no tokio runtime to run the Redis operation on".into())
+    }
 
     /// `command` on `conn`, or an error once `timeout` has passed.
     async fn query<T: redis::FromRedisValue>(
@@ -764,6 +777,7 @@ mod redis_store {
         mut conn: ConnectionManager,
         timeout: Duration,
     ) -> Result<T, BoxError> {
+        runtime()?;
         match tokio::time::timeout(timeout, command.query_async(&mut conn)).await {
             Ok(answer) => Ok(answer?),
             Err(_) => Err(timed_out(timeout)),
@@ -784,12 +798,14 @@ mod redis_store {
             let conn = self.conn.clone();
             let key = self.key(key);
             let timeout = self.timeout;
+            let late_answers = Arc::clone(&self.late_answers);
             // Redis refuses expiry times past its own range: very long TTLs are capped at a
             // century, which is forever for a delivery id.
             let ms = u64::try_from(ttl.as_millis())
                 .unwrap_or(u64::MAX)
                 .clamp(1, MAX_TTL_MS);
             ReplayFuture::new(async move {
+                runtime()?;
                 let mut set = redis::cmd("SET");
                 set.arg(&key).arg(value).arg("NX").arg("PX").arg(ms);
                 let mut answer = Box::pin({
@@ -801,8 +817,14 @@ mod redis_store {
                     Err(_) => {
                         // The delivery is refused, but Redis may still carry the command out
                         // later: the key is then deleted again, or the provider's retry of this
-                        // delivery would be refused as a replay until the key expires.
+                        // delivery would be refused as a replay until the key expires. While
+                        // Redis hangs, at most `MAX_LATE_ANSWERS` such waits are kept.
+                        let Ok(permit) = late_answers.try_acquire_owned() else {
+                            tracing::warn!(%key, "Redis keeps timing out; if it still records this delivery id, a redelivery will be treated as a replay until it expires");
+                            return Err(timed_out(timeout));
+                        };
                         tokio::spawn(async move {
+                            let _permit = permit;
                             let late = Duration::from_millis(ms);
                             if let Ok(Ok(Some(_))) = tokio::time::timeout(late, answer).await {
                                 let mut del = redis::cmd("DEL");
