@@ -400,7 +400,8 @@ fn a_claiming_future_dropped_outside_a_runtime_does_not_panic() {
                 .await
                 .is_err()
         );
-        future
+        // Handed out of the runtime, not awaited.
+        Some(future)
     });
     std::thread::spawn(move || drop(future))
         .join()
