@@ -185,7 +185,12 @@ async fn store_semantics_against_real_redis() {
             .unwrap()
     );
     assert!(!store.completed("github:c").await.unwrap());
-    assert!(store.complete("github:c").await.unwrap());
+    assert!(
+        store
+            .complete("github:c", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
     assert!(store.completed("github:c").await.unwrap());
     assert!(
         !store
@@ -196,7 +201,10 @@ async fn store_semantics_against_real_redis() {
     assert!(store.remove("github:c").await.unwrap());
     assert!(!store.completed("github:c").await.unwrap());
     assert!(
-        !store.complete("github:c").await.unwrap(),
+        !store
+            .complete("github:c", Duration::from_secs(60))
+            .await
+            .unwrap(),
         "nothing to complete"
     );
     assert!(
@@ -300,7 +308,12 @@ async fn failed_delivery_is_released_for_the_other_replica() {
             .unwrap()
     );
     assert_eq!(c.deliver("in-flight", StatusCode::OK).await, 409);
-    assert!(store.complete("github:in-flight").await.unwrap());
+    assert!(
+        store
+            .complete("github:in-flight", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
     assert_eq!(c.deliver("in-flight", StatusCode::OK).await, 200);
     assert_eq!(c.calls.load(Ordering::SeqCst), 0);
 }
@@ -407,4 +420,54 @@ fn a_claiming_future_dropped_outside_a_runtime_does_not_panic() {
         .join()
         .expect("dropping the future outside a runtime does not panic");
     drop(redis);
+}
+
+/// A replica that dies while its handler runs leaves a claim behind: it lasts `claim_ttl`, not
+/// `replay_ttl`, so the provider's redelivery is processed by another replica. A handled id is
+/// remembered for the `replay_ttl`.
+#[tokio::test]
+async fn a_claim_left_by_a_crashed_replica_expires_after_the_claim_ttl() {
+    use tower::{Layer, Service};
+
+    let Some(redis) = start_redis().await else {
+        return;
+    };
+    let short = |l: SignatureLayer| {
+        l.record_delivery(RecordDelivery::AfterSuccess)
+            .claim_ttl(Duration::from_millis(500))
+    };
+    // Replica A claims the delivery, and dies before its handler answers: its future is never
+    // dropped, so nothing releases the claim.
+    let a = Replica::new(&redis, short).await;
+    let mut svc = a
+        .layer
+        .clone()
+        .layer(tower::service_fn(|_: Request<Full<Bytes>>| async {
+            std::future::pending::<Result<Response<Full<Bytes>>, Infallible>>().await
+        }));
+    let req = Request::post("/hook")
+        .header("x-hub-signature-256", SIG)
+        .header("x-github-delivery", "crashed-1")
+        .body(Full::new(Bytes::from_static(BODY)))
+        .unwrap();
+    let mut crashed = Box::pin(svc.call(req));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), crashed.as_mut())
+            .await
+            .is_err()
+    );
+    std::mem::forget(crashed);
+
+    let b = Replica::new(&redis, short).await;
+    assert_eq!(b.deliver("crashed-1", StatusCode::OK).await, 409, "claimed");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        b.deliver("crashed-1", StatusCode::OK).await,
+        200,
+        "claim expired"
+    );
+
+    // Handled ids outlive the claim TTL.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(b.deliver("crashed-1", StatusCode::OK).await, 409, "handled");
 }

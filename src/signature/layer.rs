@@ -72,6 +72,19 @@ pub const DEFAULT_TIMESTAMP_TOLERANCE: Duration = Duration::from_secs(300);
 /// assert!(format!("{layer:?}").contains("replay_ttl: 86400s"));
 /// ```
 pub const DEFAULT_REPLAY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// Default life of a claim on a delivery id while its handler runs: 5 minutes.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_webhook::signature::{DEFAULT_CLAIM_TTL, SignatureLayer};
+///
+/// assert_eq!(DEFAULT_CLAIM_TTL, Duration::from_secs(300));
+/// let layer = SignatureLayer::github("secret").unwrap();
+/// assert!(format!("{layer:?}").contains("claim_ttl: 300s"));
+/// ```
+pub const DEFAULT_CLAIM_TTL: Duration = Duration::from_secs(5 * 60);
 
 /// What the layer learned about a delivery it let through, found in the request extensions.
 ///
@@ -256,6 +269,7 @@ struct Shared {
     clock: Clock,
     replay: Option<Arc<dyn ReplayStore>>,
     replay_ttl: Duration,
+    claim_ttl: Duration,
     record: RecordDelivery,
     on_replay: OnReplay,
     handshakes: bool,
@@ -316,6 +330,7 @@ impl SignatureLayer {
                 clock: Clock::system(),
                 replay: Some(Arc::new(MemoryReplayStore::new())),
                 replay_ttl: DEFAULT_REPLAY_TTL,
+                claim_ttl: DEFAULT_CLAIM_TTL,
                 record: RecordDelivery::AfterSuccess,
                 on_replay: OnReplay::Reject,
                 handshakes: true,
@@ -984,6 +999,27 @@ impl SignatureLayer {
         self
     }
 
+    /// How long a delivery id stays claimed while its handler runs, with
+    /// [`RecordDelivery::AfterSuccess`] (default 5 minutes, and never longer than the
+    /// [`replay_ttl`](Self::replay_ttl)). Copies that arrive meanwhile are replays; once the
+    /// handler answers 2xx the id is remembered for the `replay_ttl`. A claim whose holder died
+    /// (a crash, with a shared store such as Redis) expires after this, so the provider's
+    /// redelivery is processed. Set it above the longest time a handler may take.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::signature::SignatureLayer;
+    ///
+    /// let layer = SignatureLayer::github("secret").unwrap().claim_ttl(Duration::from_secs(60));
+    /// assert!(format!("{layer:?}").contains("claim_ttl: 60s"));
+    /// ```
+    pub fn claim_ttl(mut self, ttl: Duration) -> Self {
+        self.update(|s| s.claim_ttl = ttl);
+        self
+    }
+
     /// When a delivery id is recorded (default [`RecordDelivery::AfterSuccess`]).
     ///
     /// # Example
@@ -1174,6 +1210,7 @@ impl fmt::Debug for SignatureLayer {
             .field("max_signatures", &s.max_signatures)
             .field("replay_store", &s.replay.is_some())
             .field("replay_ttl", &s.replay_ttl)
+            .field("claim_ttl", &s.claim_ttl)
             .field("record", &s.record)
             .field("on_replay", &s.on_replay)
             .field("clock", &s.clock)
@@ -1675,11 +1712,15 @@ where
                                                 Some(match shared.record {
                                                     RecordDelivery::AfterSuccess => {
                                                         let key = replay_key(provider, id);
+                                                        let claim_ttl = shared.claim_ttl.min(ttl);
                                                         Lookup {
-                                                            future: Some(store.claim(&key, ttl)),
+                                                            future: Some(
+                                                                store.claim(&key, claim_ttl),
+                                                            ),
                                                             claim: Some(Claim {
                                                                 store: Arc::clone(store),
                                                                 key: Some(key),
+                                                                ttl,
                                                             }),
                                                         }
                                                     }
@@ -1856,6 +1897,8 @@ impl Drop for Lookup {
 struct Claim {
     store: Arc<dyn ReplayStore>,
     key: Option<String>,
+    /// How long a handled id is remembered (`replay_ttl`).
+    ttl: Duration,
 }
 
 impl Claim {
@@ -1868,7 +1911,7 @@ impl Claim {
     fn complete(mut self) -> Detached {
         let key = self.key.take().unwrap_or_default();
         Detached(
-            Some(self.store.complete(&key)),
+            Some(self.store.complete(&key, self.ttl)),
             "could not mark a delivery id as handled; copies of it will be refused instead of acknowledged until it expires",
         )
     }

@@ -70,7 +70,9 @@
 //! [`record_delivery`](SignatureLayer::record_delivery) says when an id counts as seen:
 //! [`RecordDelivery::AfterSuccess`] (default) claims it while the inner service runs and releases
 //! it again unless that answered 2xx, so a provider's retry or redelivery of a failed delivery
-//! (GitHub reuses the delivery id) is processed; [`RecordDelivery::AfterVerification`] records it
+//! (GitHub reuses the delivery id) is processed. A claim lasts at most
+//! [`claim_ttl`](SignatureLayer::claim_ttl) (default 5 minutes), so one left by a process that
+//! died is not held for the whole `replay_ttl`. [`RecordDelivery::AfterVerification`] records it
 //! for good as soon as the signature is valid (at most once, even if the handler fails). Ids are
 //! namespaced by provider.
 //!
@@ -166,8 +168,8 @@ mod secret;
 pub use clock::Clock;
 pub use error::{SignatureConfigError, SignatureValidationError};
 pub use layer::{
-    DEFAULT_MAX_BODY_SIZE, DEFAULT_REPLAY_TTL, DEFAULT_TIMESTAMP_TOLERANCE, ResponseFuture,
-    Signature, SignatureLayer, VerifiedWebhook,
+    DEFAULT_CLAIM_TTL, DEFAULT_MAX_BODY_SIZE, DEFAULT_REPLAY_TTL, DEFAULT_TIMESTAMP_TOLERANCE,
+    ResponseFuture, Signature, SignatureLayer, VerifiedWebhook,
 };
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

@@ -60,7 +60,9 @@ pub trait ReplayStore: Send + Sync + 'static {
 
     /// Like [`insert`](ReplayStore::insert), for a delivery that is still being handled
     /// ([`RecordDelivery::AfterSuccess`]): until [`complete`](ReplayStore::complete) is called,
-    /// [`completed`](ReplayStore::completed) reports it as in progress.
+    /// [`completed`](ReplayStore::completed) reports it as in progress. `ttl` is the claim's
+    /// own, short life (the layer's `claim_ttl`): a claim whose holder died (a crash) lets the
+    /// delivery through again once it expires.
     ///
     /// The default is `insert`: a store that does not tell claims from completed deliveries
     /// reports every recorded key as completed.
@@ -68,10 +70,11 @@ pub trait ReplayStore: Send + Sync + 'static {
         self.insert(key, ttl)
     }
 
-    /// The delivery that claimed `key` was handled (the inner service answered 2xx). Resolves
-    /// to whether the claim was still there. The default does nothing.
-    fn complete(&self, key: &str) -> ReplayFuture {
-        let _ = key;
+    /// The delivery that claimed `key` was handled (the inner service answered 2xx): `key` is
+    /// now recorded as handled for `ttl` from now (the layer's `replay_ttl`). Resolves to whether
+    /// the claim was still there. The default does nothing.
+    fn complete(&self, key: &str, ttl: Duration) -> ReplayFuture {
+        let _ = (key, ttl);
         ReplayFuture::ready(Ok(true))
     }
 
@@ -93,8 +96,8 @@ impl<T: ReplayStore + ?Sized> ReplayStore for Arc<T> {
     fn claim(&self, key: &str, ttl: Duration) -> ReplayFuture {
         (**self).claim(key, ttl)
     }
-    fn complete(&self, key: &str) -> ReplayFuture {
-        (**self).complete(key)
+    fn complete(&self, key: &str, ttl: Duration) -> ReplayFuture {
+        (**self).complete(key, ttl)
     }
     fn completed(&self, key: &str) -> ReplayFuture {
         (**self).completed(key)
@@ -332,14 +335,14 @@ impl Table {
         self.entry(fp).map(|(expiry, _)| expiry)
     }
 
-    /// Clears the [`PENDING`] mark of `fp`; whether it was there.
-    fn complete(&mut self, fp: u64) -> bool {
+    /// Clears the [`PENDING`] mark of `fp` and gives it `expiry`; whether it was there.
+    fn complete(&mut self, fp: u64, expiry: u64) -> bool {
         if self.slots.is_empty() {
             return false;
         }
         match self.find(fp) {
             Ok(i) => {
-                self.slots[i].expiry &= !PENDING;
+                self.slots[i].expiry = expiry & !PENDING;
                 true
             }
             Err(_) => false,
@@ -547,13 +550,17 @@ impl MemoryReplayStore {
         u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// `ttl` from `now`, in the table's milliseconds.
+    fn expiry(now: u64, ttl: Duration) -> u64 {
+        // The top bit is the pending mark: expiries stop short of it (292 million years).
+        now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+            .min(PENDING - 1)
+    }
+
     fn insert_now(&self, key: &str, ttl: Duration, pending: bool) -> bool {
         let fp = self.fingerprint(key);
         let now = self.now_ms();
-        // The top bit is the pending mark: expiries stop short of it (292 million years).
-        let expiry = now
-            .saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
-            .min(PENDING - 1);
+        let expiry = Self::expiry(now, ttl);
         let mut e = self.lock();
         let Entries { table, order } = &mut *e;
         if table.get(fp).is_some_and(|exp| exp > now) {
@@ -571,11 +578,22 @@ impl MemoryReplayStore {
             order.pop_front();
         }
         table.insert(fp, if pending { expiry | PENDING } else { expiry });
+        Self::push_order(table, order, fp, expiry, self.capacity);
+        true
+    }
+
+    /// Queues `fp`'s new `expiry` for purging; entries it replaces are skipped when they come up.
+    fn push_order(
+        table: &Table,
+        order: &mut VecDeque<(u64, u64)>,
+        fp: u64,
+        expiry: u64,
+        capacity: usize,
+    ) {
         order.push_back((fp, expiry));
-        if order.len() > 2 * self.capacity {
+        if order.len() > 2 * capacity {
             order.retain(|&(k, exp)| table.get(k) == Some(exp));
         }
-        true
     }
 }
 
@@ -608,9 +626,16 @@ impl ReplayStore for MemoryReplayStore {
         ReplayFuture::ready(Ok(self.insert_now(key, ttl, true)))
     }
 
-    fn complete(&self, key: &str) -> ReplayFuture {
+    fn complete(&self, key: &str, ttl: Duration) -> ReplayFuture {
         let fp = self.fingerprint(key);
-        ReplayFuture::ready(Ok(self.lock().table.complete(fp)))
+        let expiry = Self::expiry(self.now_ms(), ttl);
+        let mut e = self.lock();
+        let Entries { table, order } = &mut *e;
+        let claimed = table.complete(fp, expiry);
+        if claimed {
+            Self::push_order(table, order, fp, expiry, self.capacity);
+        }
+        ReplayFuture::ready(Ok(claimed))
     }
 
     fn completed(&self, key: &str) -> ReplayFuture {
@@ -635,7 +660,8 @@ mod redis_store {
     ///
     /// Each id is one key, `SET <prefix><provider>:<id> <value> NX PX <ttl>`: atomic, and
     /// expired by Redis itself. The value is `pending` while a delivery that claimed the id is
-    /// being handled, `1` once it was (Redis 6 or later, for `KEEPTTL`). If Redis cannot be
+    /// being handled (for the layer's `claim_ttl` at most), `1` once it was (then for its
+    /// `replay_ttl`). If Redis cannot be
     /// reached, or does not answer within [`timeout`](RedisReplayStore::timeout), the delivery is
     /// refused with 503 and `Retry-After` (fail closed), so the provider delivers again later.
     ///
@@ -848,13 +874,17 @@ mod redis_store {
             self.set_new(key, ttl, PENDING_VALUE)
         }
 
-        fn complete(&self, key: &str) -> ReplayFuture {
+        fn complete(&self, key: &str, ttl: Duration) -> ReplayFuture {
+            let ms = u64::try_from(ttl.as_millis())
+                .unwrap_or(u64::MAX)
+                .clamp(1, MAX_TTL_MS);
             let mut command = redis::cmd("SET");
             command
                 .arg(self.key(key))
                 .arg(DONE)
                 .arg("XX")
-                .arg("KEEPTTL");
+                .arg("PX")
+                .arg(ms);
             let answer = query::<Option<String>>(command, self.conn.clone(), self.timeout);
             ReplayFuture::new(async move { Ok(answer.await?.is_some()) })
         }
@@ -887,7 +917,7 @@ mod tests {
         Insert(u64, u64, bool),
         Remove(u64),
         Get(u64),
-        Complete(u64),
+        Complete(u64, u64),
     }
 
     fn op(keys: u64) -> impl Strategy<Value = Op> {
@@ -895,7 +925,7 @@ mod tests {
             3 => (1..=keys, 0..PENDING, any::<bool>()).prop_map(|(k, e, p)| Op::Insert(k, e, p)),
             2 => (1..=keys).prop_map(Op::Remove),
             2 => (1..=keys).prop_map(Op::Get),
-            1 => (1..=keys).prop_map(Op::Complete),
+            1 => (1..=keys, 0..PENDING).prop_map(|(k, e)| Op::Complete(k, e)),
         ]
     }
 
@@ -923,9 +953,12 @@ mod tests {
                         prop_assert_eq!(table.entry(k * spread), model.get(&(k * spread)).copied());
                         prop_assert_eq!(table.get(k * spread), model.get(&(k * spread)).map(|v| v.0));
                     }
-                    Op::Complete(k) => {
-                        let had = model.get_mut(&(k * spread)).map(|v| v.1 = false).is_some();
-                        prop_assert_eq!(table.complete(k * spread), had);
+                    Op::Complete(k, e) => {
+                        let had = model
+                            .get_mut(&(k * spread))
+                            .map(|v| *v = (e, false))
+                            .is_some();
+                        prop_assert_eq!(table.complete(k * spread, e), had);
                     }
                 }
                 prop_assert_eq!(table.len, model.len());
@@ -1020,7 +1053,7 @@ mod tests {
         assert!(!block_on(store.claim("github:a", ttl)));
         assert!(!block_on(store.insert("github:a", ttl)));
         assert!(!block_on(store.completed("github:a")), "in progress");
-        assert!(block_on(store.complete("github:a")));
+        assert!(block_on(store.complete("github:a", ttl)));
         assert!(block_on(store.completed("github:a")));
         assert!(
             !block_on(store.claim("github:a", ttl)),
@@ -1030,7 +1063,7 @@ mod tests {
         assert!(block_on(store.claim("github:b", ttl)));
         assert!(block_on(store.remove("github:b")));
         assert!(!block_on(store.completed("github:b")));
-        assert!(!block_on(store.complete("github:b")));
+        assert!(!block_on(store.complete("github:b", ttl)));
         assert!(!block_on(store.completed("github:never")));
         assert!(block_on(store.insert("github:c", ttl)));
         assert!(
@@ -1044,7 +1077,19 @@ mod tests {
         // The longest TTL keeps the pending mark apart from the expiry.
         assert!(block_on(store.claim("github:d", Duration::MAX)));
         assert!(!block_on(store.completed("github:d")));
-        assert!(block_on(store.complete("github:d")));
+        assert!(block_on(store.complete("github:d", Duration::MAX)));
         assert!(block_on(store.completed("github:d")));
+        // A short claim, completed for longer: the id is remembered for the longer time.
+        assert!(block_on(store.claim("github:e", ttl)));
+        assert!(block_on(
+            store.complete("github:e", Duration::from_secs(10))
+        ));
+        now.fetch_add(5_000, Ordering::SeqCst);
+        assert!(block_on(store.completed("github:e")));
+        assert!(!block_on(store.claim("github:e", ttl)));
+        // A claim that is never completed (its holder died) lets the id through once it expires.
+        assert!(block_on(store.claim("github:f", ttl)));
+        now.fetch_add(1_001, Ordering::SeqCst);
+        assert!(block_on(store.claim("github:f", ttl)));
     }
 }
