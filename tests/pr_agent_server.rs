@@ -674,6 +674,13 @@ async fn development_mode_generates_a_secret_and_its_sample_delivery_works() {
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
 }
 
+/// Settings with only `name` set to `value` are refused, with a message naming `name`.
+fn refused_naming_it(name: &str, value: &str) {
+    let err = app::Settings::from_lookup(|n| (n == name).then(|| value.to_owned()))
+        .expect_err(&format!("{name}={value:?} is refused"));
+    assert!(err.contains(name), "{name}={value:?}: {err}");
+}
+
 #[test]
 fn settings_errors_name_the_variable() {
     let err = app::Settings::from_lookup(|n| (n == "PORT").then(|| "http".to_owned())).unwrap_err();
@@ -696,9 +703,7 @@ fn settings_errors_name_the_variable() {
         ("GITLAB_WEBHOOK_TOKEN", ""),
         ("GITEA_WEBHOOK_SECRET", ","),
     ] {
-        let err = app::Settings::from_lookup(|n| (n == name).then(|| value.to_owned()))
-            .expect_err(&format!("{name}={value:?} is refused"));
-        assert!(err.contains(name), "{err}");
+        refused_naming_it(name, value);
     }
     let err = app::Settings::from_lookup(|n| match n {
         "AZURE_DEVOPS_WEBHOOK_USERNAME" => Some("azure".to_owned()),
@@ -727,30 +732,21 @@ fn settings_errors_name_the_variable() {
         ("GITHUB_API_URL", "http://127.0.0.1:9"),
         ("GITHUB_TOKEN", "t"),
     ];
-    let err = hook(&[("GITHUB_HOOK_ID", "42")]).unwrap_err();
-    assert!(err.contains("GITHUB_HOOK_REPOSITORY"), "{err}");
-    let err = hook(&[
-        ("GITHUB_HOOK_REPOSITORY", "octo"),
-        ("GITHUB_HOOK_ID", "42"),
-        api[0],
-        api[1],
-    ])
-    .unwrap_err();
-    assert!(err.contains("GITHUB_HOOK_REPOSITORY"), "{err}");
-    let err = hook(&[
-        ("GITHUB_HOOK_REPOSITORY", "octo/repo"),
-        ("GITHUB_HOOK_ID", "0"),
-        api[0],
-        api[1],
-    ])
-    .unwrap_err();
-    assert!(err.contains("GITHUB_HOOK_ID"), "{err}");
-    let err = hook(&[
-        ("GITHUB_HOOK_REPOSITORY", "octo/repo"),
-        ("GITHUB_HOOK_ID", "42"),
-    ])
-    .unwrap_err();
-    assert!(err.contains("GITHUB_TOKEN"), "{err}");
+    // (repository, id, API settings given, the variable the error must name)
+    for (repository, id, with_api, named) in [
+        (None, "42", true, "GITHUB_HOOK_REPOSITORY"),
+        (Some("octo"), "42", true, "GITHUB_HOOK_REPOSITORY"),
+        (Some("octo/repo"), "0", true, "GITHUB_HOOK_ID"),
+        (Some("octo/repo"), "42", false, "GITHUB_TOKEN"),
+    ] {
+        let mut vars = vec![("GITHUB_HOOK_ID", id)];
+        vars.extend(repository.map(|r| ("GITHUB_HOOK_REPOSITORY", r)));
+        if with_api {
+            vars.extend(api);
+        }
+        let err = hook(&vars).unwrap_err();
+        assert!(err.contains(named), "{vars:?}: {err}");
+    }
     let ok = hook(&[
         ("GITHUB_HOOK_REPOSITORY", "octo/hello-world.rs"),
         ("GITHUB_HOOK_ID", "42"),
@@ -782,16 +778,7 @@ async fn the_github_hook_follows_the_tunnel_url() {
             ("GITHUB_HOOK_ID", "42"),
         ],
     );
-    let app = app::build(&settings).unwrap();
-    let tunnel = tower_webhook::tunnel::TunnelConfig::from_lookup(|name| match name {
-        "TUNNEL_SERVICE" => Some("bore".to_owned()),
-        "TUNNEL_SERVER" => Some(ip.to_string()),
-        _ => None,
-    })
-    .unwrap()
-    .builder()
-    .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200));
-    let running = app::start(&settings, app, Some(tunnel)).await.unwrap();
+    let running = start_with_bore(&settings, ip).await;
     let first = running.tunnel_url().unwrap();
     let hook_updates = || -> Vec<(String, String, Value)> {
         api.comments
@@ -865,6 +852,24 @@ async fn the_github_hook_follows_the_tunnel_url() {
     );
 }
 
+/// Starts the server as `--use-tunnel` with `TUNNEL_SERVICE=bore` does, against the bore server
+/// on `ip`; a lost tunnel is re-opened within 200 ms.
+async fn start_with_bore(
+    settings: &app::Settings,
+    ip: std::net::Ipv4Addr,
+) -> tower_webhook::tunnel::Running {
+    let app = app::build(settings).unwrap();
+    let tunnel = tower_webhook::tunnel::TunnelConfig::from_lookup(|name| match name {
+        "TUNNEL_SERVICE" => Some("bore".to_owned()),
+        "TUNNEL_SERVER" => Some(ip.to_string()),
+        _ => None,
+    })
+    .unwrap()
+    .builder()
+    .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200));
+    app::start(settings, app, Some(tunnel)).await.unwrap()
+}
+
 /// `--use-tunnel`: the server opens a tunnel through a real bore server (bore-cli's, on a
 /// loopback address of its own) and deliveries sent to the public URL are verified and processed.
 #[tokio::test]
@@ -874,15 +879,7 @@ async fn use_tunnel_serves_the_routes_through_a_real_bore_server() {
 
     let (api_addr, api) = start_fake_api().await;
     let settings = settings(api_addr, &[("PORT", "0")]);
-    let app = app::build(&settings).unwrap();
-    let tunnel = tower_webhook::tunnel::TunnelConfig::from_lookup(|name| match name {
-        "TUNNEL_SERVICE" => Some("bore".to_owned()),
-        "TUNNEL_SERVER" => Some(ip.to_string()),
-        _ => None,
-    })
-    .unwrap()
-    .builder();
-    let running = app::start(&settings, app, Some(tunnel)).await.unwrap();
+    let running = start_with_bore(&settings, ip).await;
     let public = running.tunnel_url().expect("a public URL");
     assert!(public.starts_with("http://127.0.0.42:"), "{public}");
 
@@ -985,6 +982,19 @@ async fn start_stalled_api() -> (SocketAddr, Arc<AtomicUsize>) {
     (serve(router).await, calls)
 }
 
+/// Sends GitHub deliveries for pull requests 1 to `count` (delivery ids starting with `prefix`),
+/// each accepted.
+async fn send_pull_requests(client: &reqwest::Client, base: &str, prefix: &str, count: u64) {
+    for pr in 1..=count {
+        let d = delivery(
+            app::Forge::GitHub,
+            &format!("{prefix}-0000-4000-8000-{pr:012}"),
+            pr,
+        );
+        assert_eq!(send(client, base, &d).await.status(), StatusCode::ACCEPTED);
+    }
+}
+
 #[tokio::test]
 async fn a_stalled_provider_does_not_hold_up_the_comments_of_another() {
     let (api_addr, api) = start_fake_api().await;
@@ -995,17 +1005,7 @@ async fn a_stalled_provider_does_not_hold_up_the_comments_of_another() {
     let client = reqwest::Client::new();
 
     // More GitHub comments than the server ever posts at once, all stuck upstream.
-    for pr in 1..=24 {
-        let d = delivery(
-            app::Forge::GitHub,
-            &format!("e3000000-0000-4000-8000-{pr:012}"),
-            pr,
-        );
-        assert_eq!(
-            send(&client, &base, &d).await.status(),
-            StatusCode::ACCEPTED
-        );
-    }
+    send_pull_requests(&client, &base, "e3000000", 24).await;
     eventually("GitHub's slots taken", Duration::from_secs(2), || {
         stalled_calls.load(Ordering::SeqCst) >= 8
     })
@@ -1049,17 +1049,7 @@ async fn comments_in_flight_per_provider_is_a_setting() {
     ))
     .await;
     let client = reqwest::Client::new();
-    for pr in 1..=5 {
-        let d = delivery(
-            app::Forge::GitHub,
-            &format!("e4000000-0000-4000-8000-{pr:012}"),
-            pr,
-        );
-        assert_eq!(
-            send(&client, &base, &d).await.status(),
-            StatusCode::ACCEPTED
-        );
-    }
+    send_pull_requests(&client, &base, "e4000000", 5).await;
     eventually(
         "two of GitHub's comments in flight",
         Duration::from_secs(2),
@@ -1094,9 +1084,7 @@ fn numeric_settings_refuse_zero_and_absurd_values() {
         ("CIRCUIT_BREAKER_FAILURE_THRESHOLD", "0"),
         ("CIRCUIT_BREAKER_RECOVERY_TIMEOUT", "0"),
     ] {
-        let err = app::Settings::from_lookup(|n| (n == name).then(|| value.to_owned()))
-            .expect_err(&format!("{name}={value} is refused"));
-        assert!(err.contains(name), "{name}={value}: {err}");
+        refused_naming_it(name, value);
     }
 
     let settings = app::Settings::from_lookup(|n| {
@@ -1349,52 +1337,24 @@ async fn a_delivery_larger_than_axums_default_body_limit_is_accepted() {
     );
 }
 
-#[tokio::test]
-async fn a_client_that_stops_sending_its_body_gets_a_408() {
+/// Sends a GitHub delivery whose 100-byte body never arrives to a server with
+/// `REQUEST_TIMEOUT_SECS=timeout_secs`, one space every 200 ms when `trickle` (else nothing),
+/// and reads the answer. The signature has the right shape: the body must be read before it can
+/// be checked.
+async fn slow_body_delivery(timeout_secs: &str, trickle: bool) -> (String, Arc<FakeApi>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let (api_addr, api) = start_fake_api().await;
-    // Body idle timeout: half of REQUEST_TIMEOUT_SECS, 1 s here.
-    let (base, _) = start_server(&settings(api_addr, &[("REQUEST_TIMEOUT_SECS", "2")])).await;
-    let addr = base.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    // A signature of the right shape: the body must be read before it can be checked.
+    let (base, _) = start_server(&settings(
+        api_addr,
+        &[("REQUEST_TIMEOUT_SECS", timeout_secs)],
+    ))
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
     let head = format!(
         "POST /api/v1/github_webhooks HTTP/1.1\r\nhost: x\r\nx-github-event: ping\r\nx-github-delivery: 7a1c\r\nx-hub-signature-256: sha256={}\r\ncontent-length: 100\r\n\r\n{{\"zen\":",
-        "0".repeat(64)
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    let mut res = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), async {
-        let mut chunk = [0u8; 4096];
-        while !String::from_utf8_lossy(&res).contains("}") {
-            let n = stream.read(&mut chunk).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            res.extend_from_slice(&chunk[..n]);
-        }
-    })
-    .await
-    .expect("an answer before the client gives up");
-    let res = String::from_utf8_lossy(&res);
-    assert!(res.starts_with("HTTP/1.1 408 "), "{res}");
-    assert!(res.contains("urn:tower-webhook:problem:timeout"), "{res}");
-    assert_eq!(comment_count(&api), 0);
-}
-
-#[tokio::test]
-async fn errors_raised_inside_the_stack_carry_the_request_id() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    let (api_addr, _api) = start_fake_api().await;
-    // A body that keeps trickling in: the body timeout (0.5 s without data) never fires, the
-    // request's deadline (1 s) does, inside the stack: 504.
-    let (base, _) = start_server(&settings(api_addr, &[("REQUEST_TIMEOUT_SECS", "1")])).await;
-    let addr = base.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "POST /api/v1/github_webhooks HTTP/1.1\r\nhost: x\r\nx-github-event: ping\r\nx-github-delivery: 7a1d\r\nx-hub-signature-256: sha256={}\r\ncontent-length: 100\r\n\r\n",
         "0".repeat(64)
     );
     stream.write_all(head.as_bytes()).await.unwrap();
@@ -1410,15 +1370,31 @@ async fn errors_raised_inside_the_stack_carry_the_request_id() {
                         break;
                     }
                 }
-                () = tokio::time::sleep(Duration::from_millis(200)) => {
+                () = tokio::time::sleep(Duration::from_millis(200)), if trickle => {
                     let _ = stream.write_all(b" ").await;
                 }
             }
         }
     })
     .await
-    .expect("an answer");
-    let res = String::from_utf8_lossy(&res).into_owned();
+    .expect("an answer before the client gives up");
+    (String::from_utf8_lossy(&res).into_owned(), api)
+}
+
+#[tokio::test]
+async fn a_client_that_stops_sending_its_body_gets_a_408() {
+    // Body idle timeout: half of REQUEST_TIMEOUT_SECS, 1 s here.
+    let (res, api) = slow_body_delivery("2", false).await;
+    assert!(res.starts_with("HTTP/1.1 408 "), "{res}");
+    assert!(res.contains("urn:tower-webhook:problem:timeout"), "{res}");
+    assert_eq!(comment_count(&api), 0);
+}
+
+#[tokio::test]
+async fn errors_raised_inside_the_stack_carry_the_request_id() {
+    // A body that keeps trickling in: the body timeout (0.5 s without data) never fires, the
+    // request's deadline (1 s) does, inside the stack: 504.
+    let (res, _) = slow_body_delivery("1", true).await;
     assert!(res.starts_with("HTTP/1.1 504 "), "{res}");
     let id = res
         .lines()

@@ -206,13 +206,23 @@ async fn a_tunnel_that_keeps_dropping_is_reopened_with_growing_delays() {
     );
 }
 
-#[tokio::test]
-async fn graceful_shutdown_lets_requests_through_the_tunnel_finish() {
-    let bore = FakeBore::start().await;
-    let app = tower::service_fn(|_req: Request<Incoming>| async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"done"))))
-    });
+/// `tunnel::Server` serving `app` through `bore`, until the returned sender fires: the running
+/// server and the tunnel's public `host:port`.
+async fn serve_through<S>(
+    bore: &FakeBore,
+    app: S,
+) -> (
+    tower_webhook::tunnel::Running,
+    String,
+    tokio::sync::oneshot::Sender<()>,
+)
+where
+    S: tower::Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let running = Server::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
         .await
@@ -224,8 +234,22 @@ async fn graceful_shutdown_lets_requests_through_the_tunnel_finish() {
         .spawn(app)
         .await
         .unwrap();
-    let url = running.tunnel_url().unwrap();
-    let public = url.trim_start_matches("http://").to_owned();
+    let public = running
+        .tunnel_url()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_owned();
+    (running, public, stop_tx)
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_requests_through_the_tunnel_finish() {
+    let bore = FakeBore::start().await;
+    let app = tower::service_fn(|_req: Request<Incoming>| async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"done"))))
+    });
+    let (running, public, stop_tx) = serve_through(&bore, app).await;
 
     let mut stream = TcpStream::connect(&public).await.unwrap();
     stream
@@ -256,22 +280,7 @@ async fn requests_that_reach_the_tunnel_during_the_drain_finish_too() {
         tokio::time::sleep(Duration::from_millis(wait)).await;
         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"done"))))
     });
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let running = Server::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-        .await
-        .unwrap()
-        .tunnel(Tunnel::builder().provider(bore.bore()))
-        .with_graceful_shutdown(async {
-            let _ = stop_rx.await;
-        })
-        .spawn(app)
-        .await
-        .unwrap();
-    let public = running
-        .tunnel_url()
-        .unwrap()
-        .trim_start_matches("http://")
-        .to_owned();
+    let (running, public, stop_tx) = serve_through(&bore, app).await;
     let post = |path: &str| {
         format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").into_bytes()
     };
