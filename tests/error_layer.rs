@@ -969,6 +969,39 @@ mod tonic_server {
 // ---------------------------------------------------------------------------------------------
 // logging
 
+/// A future that panics when polled, and again when dropped.
+struct PanicsTwice;
+
+impl std::future::Future for PanicsTwice {
+    type Output = Result<Res, BoxError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        panic!("in poll")
+    }
+}
+
+impl Drop for PanicsTwice {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("in drop");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_future_that_panics_again_when_dropped_is_still_answered_500() {
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .service_fn(|_req: Request<Full<Bytes>>| PanicsTwice);
+    let res = svc.oneshot(http_req()).await.unwrap();
+    let (status, _, json) = problem_of(res).await;
+    assert_eq!(status, 500);
+    assert_eq!(json["type"], types::PANIC);
+}
+
 mod logging {
     use super::*;
 

@@ -635,8 +635,17 @@ where
                     Ok(Poll::Ready(Ok(response))) => return Poll::Ready(Ok(response)),
                     Ok(Poll::Ready(Err(err))) => Outcome::Error(err.into()),
                     Err(payload) => {
-                        // The inner future may not be polled again after a panic.
-                        this.kind.set(Kind::Ready(None));
+                        // The inner future may not be polled again after a panic. Dropping it
+                        // may panic as well: that panic is caught too (the slot is still
+                        // replaced), and the first one is answered.
+                        if let Err(again) = catch_unwind(AssertUnwindSafe(|| {
+                            this.kind.set(Kind::Ready(None));
+                        })) {
+                            tracing::error!(
+                                panic = panic_message(&*again),
+                                "handler panicked again while its future was dropped"
+                            );
+                        }
                         Outcome::Panic(payload)
                     }
                 }
