@@ -56,36 +56,44 @@ async fn start_redis() -> Option<Redis> {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "yes",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        let redis = Redis {
-            child,
-            url: format!("redis://127.0.0.1:{port}/"),
-        };
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return Some(redis);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Some(redis) = spawn_redis(port).await {
+            return Some(redis);
         }
         // The port was taken in between: try another one.
     }
     panic!("redis-server did not start");
+}
+
+/// A `redis-server` on `port`, once it accepts connections (`None` if it never does).
+async fn spawn_redis(port: u16) -> Option<Redis> {
+    let child = Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn redis-server");
+    let redis = Redis {
+        child,
+        url: format!("redis://127.0.0.1:{port}/"),
+    };
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Some(redis);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
 }
 
 struct Replica {
@@ -337,6 +345,32 @@ async fn redis_going_away_fails_closed() {
         );
     }
     assert_eq!(a.calls.load(Ordering::SeqCst), 1);
+
+    // Redis comes back on its port: deliveries go through again within seconds, not after the
+    // connection manager's backoff has grown to a minute.
+    let port: u16 = redis
+        .url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let _back = spawn_redis(port).await.expect("redis-server restarts");
+    let started = std::time::Instant::now();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        if a.deliver(&format!("back-{attempt}"), StatusCode::OK).await == StatusCode::OK {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still refused {:?} after Redis came back",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Sends `signal` (`-STOP`, `-CONT`) to the server.

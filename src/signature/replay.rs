@@ -710,7 +710,10 @@ mod redis_store {
             }
         }
 
-        /// Connects to `url` (e.g. `redis://127.0.0.1:6379/`) with a reconnecting manager.
+        /// Connects to `url` (e.g. `redis://127.0.0.1:6379/`) with a reconnecting manager. A lost
+        /// connection is tried again at most every second (redis' default backoff grows to a
+        /// minute), and each attempt gives up after the [default timeout](Self::timeout), so
+        /// deliveries go through again soon after Redis is back.
         ///
         /// # Example
         ///
@@ -727,7 +730,12 @@ mod redis_store {
         /// ```
         pub async fn connect(url: &str) -> Result<Self, redis::RedisError> {
             let client = redis::Client::open(url)?;
-            Ok(Self::new(ConnectionManager::new(client).await?))
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_max_delay(MAX_RECONNECT_DELAY_MS)
+                .set_connection_timeout(DEFAULT_TIMEOUT);
+            Ok(Self::new(
+                ConnectionManager::new_with_config(client, config).await?,
+            ))
         }
 
         /// Prefixes every key with `prefix` instead of `tower-webhook:replay:`.
@@ -786,6 +794,8 @@ mod redis_store {
     const PENDING_VALUE: &str = "pending";
     /// How long one operation may take by default.
     const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+    /// Longest wait between two attempts to reconnect, in milliseconds.
+    const MAX_RECONNECT_DELAY_MS: u64 = 1000;
     /// Timed-out `SET`s whose late answer is waited for at once, per store (and its clones).
     const MAX_LATE_ANSWERS: usize = 1024;
 
