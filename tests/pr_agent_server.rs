@@ -763,6 +763,57 @@ fn settings_errors_name_the_variable() {
     );
 }
 
+/// The updates of hook 42 of `octo/repo` the fake API received: method, authorization, body.
+fn hook_updates(api: &FakeApi) -> Vec<(String, String, Value)> {
+    api.comments
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(path, _, _)| path == "/repos/octo/repo/hooks/42/config")
+        .map(|(_, headers, body)| {
+            (
+                headers[":method"].clone(),
+                headers["authorization"].clone(),
+                body.clone(),
+            )
+        })
+        .collect()
+}
+
+/// GitHub's API fails when the tunnel opens: the hook update is tried again until it works.
+#[tokio::test]
+async fn a_hook_update_that_fails_for_a_while_is_tried_again() {
+    let ip = std::net::Ipv4Addr::new(127, 0, 0, 44);
+    let _bore = support::BoreServer::start(ip, None).await;
+    let (api_addr, api) = start_fake_api().await;
+    api.failing.store(true, Ordering::SeqCst);
+    let settings = settings(
+        api_addr,
+        &[
+            ("PORT", "0"),
+            ("GITHUB_HOOK_REPOSITORY", "octo/repo"),
+            ("GITHUB_HOOK_ID", "42"),
+        ],
+    );
+    let running = start_with_bore(&settings, ip).await;
+    let url = running.tunnel_url().unwrap();
+    eventually("a first attempt", Duration::from_secs(5), || {
+        api.requests.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    api.failing.store(false, Ordering::SeqCst);
+    eventually(
+        "the hook update, tried again",
+        Duration::from_secs(5),
+        || !hook_updates(&api).is_empty(),
+    )
+    .await;
+    assert_eq!(
+        hook_updates(&api)[0].2,
+        json!({"url": format!("{url}/api/v1/github_webhooks")})
+    );
+}
+
 /// With `--use-tunnel` and `GITHUB_HOOK_*`, the GitHub hook is pointed at the tunnel's URL, and
 /// again when the tunnel re-opens at another one (a real bore server, killed and restarted).
 #[tokio::test]
@@ -780,21 +831,7 @@ async fn the_github_hook_follows_the_tunnel_url() {
     );
     let running = start_with_bore(&settings, ip).await;
     let first = running.tunnel_url().unwrap();
-    let hook_updates = || -> Vec<(String, String, Value)> {
-        api.comments
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(path, _, _)| path == "/repos/octo/repo/hooks/42/config")
-            .map(|(_, headers, body)| {
-                (
-                    headers[":method"].clone(),
-                    headers["authorization"].clone(),
-                    body.clone(),
-                )
-            })
-            .collect()
-    };
+    let hook_updates = || hook_updates(&api);
     eventually(
         "the hook points at the tunnel",
         Duration::from_secs(5),

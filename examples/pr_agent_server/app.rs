@@ -496,10 +496,20 @@ impl std::fmt::Debug for HookUpdater {
     }
 }
 
+/// Why the hook could not be pointed at a URL.
+enum HookError {
+    /// Worth trying again: the API failed or could not be reached (5xx, 429, a connection
+    /// error, an open breaker).
+    Transient(String),
+    /// The API refused the request (a wrong token, hook or repository): trying again cannot
+    /// help.
+    Refused(String),
+}
+
 impl HookUpdater {
     /// `PATCH /repos/{owner}/{repo}/hooks/{id}/config` with the new URL (the secret and the
     /// other settings of the hook are kept).
-    pub(crate) async fn point_to(&self, public: &str) -> Result<(), BoxError> {
+    async fn point_to(&self, public: &str) -> Result<(), HookError> {
         let url = format!("{public}{}", Forge::GitHub.route());
         let path = format!(
             "/repos/{}/hooks/{}/config",
@@ -511,38 +521,66 @@ impl HookUpdater {
             Method::PATCH,
             &path,
             &json!({ "url": url }),
-        )?;
-        let res = self.caller.clone().oneshot(request).await?;
-        if !res.status().is_success() {
-            return Err(format!("GitHub answered {}", res.status()).into());
+        )
+        .map_err(|err| HookError::Refused(err.to_string()))?;
+        let res = self
+            .caller
+            .clone()
+            .oneshot(request)
+            .await
+            .map_err(|err| HookError::Transient(err.to_string()))?;
+        let status = res.status();
+        if status.is_server_error()
+            || status == StatusCode::TOO_MANY_REQUESTS
+            || rate_limit_wait(status, res.headers()).is_some()
+        {
+            return Err(HookError::Transient(format!("GitHub answered {status}")));
+        }
+        if !status.is_success() {
+            return Err(HookError::Refused(format!("GitHub answered {status}")));
         }
         tracing::info!(repository = %self.hook.repository, hook = self.hook.id, %url, "GitHub hook now points at the tunnel");
         Ok(())
     }
 
-    /// Points the hook at every URL the tunnel opens at, until the tunnel is closed.
+    /// Points the hook at every URL the tunnel opens at, until the tunnel is closed. A failure
+    /// worth retrying is tried again after a growing delay (1 s to 1 min).
     pub(crate) async fn follow(self, mut status: watch::Receiver<TunnelEvent>) {
-        let mut pointed: Option<String> = None;
+        // The URL the hook points at, or was given up for.
+        let mut settled: Option<String> = None;
+        let mut delay = Duration::from_secs(1);
         loop {
             let url = {
                 let event = status.borrow_and_update();
                 event.is_up().then(|| event.url().to_owned())
             };
+            let mut retry = false;
             if let Some(url) = url
-                && pointed.as_deref() != Some(url.as_str())
+                && settled.as_deref() != Some(url.as_str())
             {
+                let (repository, hook, route) =
+                    (&self.hook.repository, self.hook.id, Forge::GitHub.route());
                 match self.point_to(&url).await {
-                    Ok(()) => pointed = Some(url),
-                    Err(err) => tracing::error!(
-                        repository = %self.hook.repository,
-                        hook = self.hook.id,
-                        error = %err,
-                        "could not point the GitHub hook at {url}{}: set it by hand",
-                        Forge::GitHub.route()
-                    ),
+                    Ok(()) => {
+                        settled = Some(url);
+                        delay = Duration::from_secs(1);
+                    }
+                    Err(HookError::Transient(err)) => {
+                        tracing::warn!(%repository, hook, error = %err, retry_in = ?delay, "could not point the GitHub hook at {url}{route} yet");
+                        retry = true;
+                    }
+                    Err(HookError::Refused(err)) => {
+                        tracing::error!(%repository, hook, error = %err, "could not point the GitHub hook at {url}{route}: set it by hand");
+                        settled = Some(url);
+                    }
                 }
             }
-            if status.changed().await.is_err() {
+            if retry {
+                tokio::select! {
+                    changed = status.changed() => if changed.is_err() { return },
+                    () = tokio::time::sleep(delay) => delay = (delay * 2).min(Duration::from_secs(60)),
+                }
+            } else if status.changed().await.is_err() {
                 return;
             }
         }
