@@ -588,6 +588,64 @@ async fn a_rate_limited_comment_is_posted_later_not_dropped() {
     assert_eq!(api.requests.load(Ordering::SeqCst), 2);
 }
 
+/// GitHub answers a secondary rate limit with 403 or 429 and may send no `retry-after` and no
+/// `x-ratelimit-remaining: 0`: "If you exceed a secondary rate limit, you will receive a `403` or
+/// `429` response and an error message that indicates that you exceeded a secondary rate limit.
+/// [...] Otherwise, wait for at least one minute before retrying." (github/docs,
+/// content/rest/using-the-rest-api/rate-limits-for-the-rest-api.md). Octokit waits 60 s when the
+/// header is missing: "The Retry-After header can sometimes be blank when hitting a secondary
+/// rate limit" (octokit/plugin-throttling.js, src/index.ts). Such a comment must be neither
+/// given up nor sent again at once.
+#[tokio::test]
+async fn a_github_secondary_rate_limit_without_headers_is_waited_out_not_dropped() {
+    for code in [StatusCode::FORBIDDEN, StatusCode::TOO_MANY_REQUESTS] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        let github = serve(Router::new().fallback(move || {
+            seen.fetch_add(1, Ordering::SeqCst);
+            async move {
+                (
+                    code,
+                    [("content-type", "application/json")],
+                    r#"{"message":"You have exceeded a secondary rate limit. Please wait a few minutes before you try again.","documentation_url":"https://docs.github.com/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits"}"#,
+                )
+            }
+        }))
+        .await;
+        let (api_addr, _api) = start_fake_api().await;
+        let github = format!("http://{github}");
+        let (base, state) =
+            start_server(&settings(api_addr, &[("GITHUB_API_URL", github.as_str())])).await;
+        let client = reqwest::Client::new();
+        let d = delivery(
+            app::Forge::GitHub,
+            &format!("ab000000-0000-4000-8000-{:012}", code.as_u16()),
+            6,
+        );
+        assert_eq!(
+            send(&client, &base, &d).await.status(),
+            StatusCode::ACCEPTED
+        );
+        eventually("the first attempt", Duration::from_secs(2), || {
+            calls.load(Ordering::SeqCst) >= 1
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "{code}: not sent again before the minute is up"
+        );
+        let s = status(&client, &base).await;
+        assert_eq!(s["comments"]["failed"], 0, "{code}: not given up");
+        assert_eq!(
+            state.counters.pending.load(Ordering::SeqCst),
+            1,
+            "{code}: still pending"
+        );
+    }
+}
+
 #[tokio::test]
 async fn pending_comments_are_bounded_and_the_rest_is_deferred_to_the_provider() {
     let (api_addr, api) = start_fake_api().await;

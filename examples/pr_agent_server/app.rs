@@ -613,13 +613,16 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
     for (&forge, api) in &settings.apis {
         let config = settings.breaker.clone().name(forge.name());
         let (layer, handle) = CircuitBreakerLayer::pair(config)?;
+        let mut retry = RetryPolicy::new()
+            .max_retries(3)
+            .backoff(Duration::from_millis(100), Duration::from_secs(2));
+        if forge == Forge::GitHub {
+            // A GitHub 429 is a rate limit: without `Retry-After` it is waited out for a minute
+            // (see `post_comment`), not sent again within two seconds.
+            retry = retry.no_retry_on_status(StatusCode::TOO_MANY_REQUESTS);
+        }
         let svc = ServiceBuilder::new()
-            .layer(
-                RetryPolicy::new()
-                    .max_retries(3)
-                    .backoff(Duration::from_millis(100), Duration::from_secs(2))
-                    .into_layer(),
-            )
+            .layer(retry.into_layer())
             .layer(layer)
             .service(client.clone());
         breakers.insert(forge, handle);
@@ -1128,13 +1131,25 @@ async fn post_comment(
             return Outcome::Done;
         }
     };
-    let result = caller.clone().oneshot(request).await;
-    let rate_limited = result
-        .as_ref()
-        .ok()
-        .and_then(|res| rate_limit_wait(res.status(), res.headers()));
+    let result = match caller.clone().oneshot(request).await {
+        Ok(res) => {
+            let status = res.status();
+            let mut wait = rate_limit_wait(status, res.headers());
+            if wait.is_none()
+                && job.forge == Forge::GitHub
+                && (status == StatusCode::TOO_MANY_REQUESTS
+                    || (status == StatusCode::FORBIDDEN && says_secondary_rate_limit(res).await))
+            {
+                // GitHub's secondary rate limit without `Retry-After` or
+                // `X-RateLimit-Remaining: 0`: "wait for at least one minute before retrying".
+                wait = Some(Duration::from_secs(60));
+            }
+            Ok((status, wait))
+        }
+        Err(err) => Err(err),
+    };
     match result {
-        Ok(res) if res.status().is_success() => {
+        Ok((status, _)) if status.is_success() => {
             tracing::info!(provider = forge, target = %job.comment.target, delivery = %job.delivery, "comment posted");
             state
                 .counters
@@ -1143,26 +1158,26 @@ async fn post_comment(
             Outcome::Done
         }
         // Over a rate limit (GitHub answers 403 or 429): wait as long as the provider says.
-        Ok(res) if rate_limited.is_some() => {
+        Ok((status, Some(wait))) => {
             tracing::warn!(
                 provider = forge,
-                status = res.status().as_u16(),
-                wait = ?rate_limited,
+                status = status.as_u16(),
+                ?wait,
                 "provider API rate limit; comment scheduled again"
             );
             Outcome::Later {
-                delay: rate_limited,
+                delay: Some(wait),
                 attempted: true,
             }
         }
-        Ok(res)
-            if res.status().is_server_error()
-                || res.status() == StatusCode::TOO_MANY_REQUESTS
-                || res.status() == StatusCode::REQUEST_TIMEOUT =>
+        Ok((status, None))
+            if status.is_server_error()
+                || status == StatusCode::TOO_MANY_REQUESTS
+                || status == StatusCode::REQUEST_TIMEOUT =>
         {
             tracing::warn!(
                 provider = forge,
-                status = res.status().as_u16(),
+                status = status.as_u16(),
                 "provider API failing; comment scheduled again"
             );
             Outcome::Later {
@@ -1170,8 +1185,8 @@ async fn post_comment(
                 attempted: true,
             }
         }
-        Ok(res) => {
-            tracing::error!(provider = forge, status = res.status().as_u16(), target = %job.comment.target, delivery = %job.delivery, "provider refused the comment");
+        Ok((status, None)) => {
+            tracing::error!(provider = forge, status = status.as_u16(), target = %job.comment.target, delivery = %job.delivery, "provider refused the comment");
             state
                 .counters
                 .comments_failed
@@ -1200,9 +1215,26 @@ async fn post_comment(
     }
 }
 
+/// Whether a GitHub 403 is a secondary rate limit: its error message says so (the test
+/// octokit's throttling plugin makes). Reads at most 64 KiB of the body.
+async fn says_secondary_rate_limit(mut res: reqwest::Response) -> bool {
+    let mut body = Vec::new();
+    while body.len() < 64 * 1024 {
+        match res.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&body)
+        .to_ascii_lowercase()
+        .contains("secondary rate")
+}
+
 /// How long to wait before posting again when `status` and `headers` say a rate limit was hit
-/// (GitHub: 403 or 429 with `Retry-After`, or with `X-RateLimit-Remaining: 0` and
-/// `X-RateLimit-Reset`; a minute otherwise). `None` when this is no rate limit.
+/// (403 or 429 with `Retry-After`, or with `X-RateLimit-Remaining: 0` and `X-RateLimit-Reset`,
+/// a minute without the reset). `None` when the headers say no rate limit; a GitHub 429, or a
+/// GitHub 403 whose message names a secondary rate limit, is then waited out for a minute (see
+/// `post_comment`).
 fn rate_limit_wait(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
     if status != StatusCode::FORBIDDEN && status != StatusCode::TOO_MANY_REQUESTS {
         return None;
