@@ -498,9 +498,9 @@ impl std::fmt::Debug for HookUpdater {
 
 /// Why the hook could not be pointed at a URL.
 enum HookError {
-    /// Worth trying again: the API failed or could not be reached (5xx, 429, a connection
-    /// error, an open breaker).
-    Transient(String),
+    /// Worth trying again, after at least the wait the API asked for: the API failed or could
+    /// not be reached (5xx, 429, a connection error, an open breaker).
+    Transient(String, Option<Duration>),
     /// The API refused the request (a wrong token, hook or repository): trying again cannot
     /// help.
     Refused(String),
@@ -528,13 +528,17 @@ impl HookUpdater {
             .clone()
             .oneshot(request)
             .await
-            .map_err(|err| HookError::Transient(err.to_string()))?;
+            .map_err(|err| HookError::Transient(err.to_string(), None))?;
         let status = res.status();
-        if status.is_server_error()
-            || status == StatusCode::TOO_MANY_REQUESTS
-            || rate_limit_wait(status, res.headers()).is_some()
-        {
-            return Err(HookError::Transient(format!("GitHub answered {status}")));
+        let wait = rate_limit_wait(status, res.headers());
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || wait.is_some() {
+            // A rate limit that names no delay: GitHub asks for at least a minute.
+            let wait = wait
+                .or((status == StatusCode::TOO_MANY_REQUESTS).then_some(Duration::from_secs(60)));
+            return Err(HookError::Transient(
+                format!("GitHub answered {status}"),
+                wait,
+            ));
         }
         if !status.is_success() {
             return Err(HookError::Refused(format!("GitHub answered {status}")));
@@ -565,7 +569,8 @@ impl HookUpdater {
                         settled = Some(url);
                         delay = Duration::from_secs(1);
                     }
-                    Err(HookError::Transient(err)) => {
+                    Err(HookError::Transient(err, wait)) => {
+                        delay = delay.max(wait.unwrap_or_default());
                         tracing::warn!(%repository, hook, error = %err, retry_in = ?delay, "could not point the GitHub hook at {url}{route} yet");
                         retry = true;
                     }
