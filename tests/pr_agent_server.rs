@@ -318,7 +318,7 @@ async fn every_provider_is_accepted_and_processed_exactly_once() {
         by_path["/rest/api/1.0/projects/PROJ/repos/repo/pull-requests/7/comments"]["authorization"],
         "Bearer bbs-token"
     );
-    let ado = "/proj-guid/_apis/git/repositories/repo-guid/pullRequests/7/threads?api-version=7.1";
+    let ado = "/proj-guid/_apis/git/repositories/repo-guid/pullRequests/7/threads?api-version=7.0";
     assert!(by_path[ado]["authorization"].starts_with("Basic "));
     for (path, _, body) in &comments {
         assert!(

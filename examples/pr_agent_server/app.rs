@@ -987,8 +987,9 @@ pub(crate) fn comment_for(forge: Forge, event: Option<&str>, p: &Value) -> Optio
             let repo = r["repository"]["id"].as_str()?;
             let id = r["pullRequestId"].as_u64()?;
             Some(Comment {
+                // 7.0: Azure DevOps Server 2022 goes no further; the service takes it too.
                 path: format!(
-                    "/{project}/_apis/git/repositories/{repo}/pullRequests/{id}/threads?api-version=7.1"
+                    "/{project}/_apis/git/repositories/{repo}/pullRequests/{id}/threads?api-version=7.0"
                 ),
                 body: json!({
                     "comments": [{ "parentCommentId": 0, "content": text(r["title"].as_str().unwrap_or("")), "commentType": 1 }],
