@@ -2445,3 +2445,45 @@ async fn twitch_eventsub_notifications_and_verification() {
         types::INVALID_SIGNATURE,
     );
 }
+
+/// A store with only `insert` and `remove` (it cannot tell claims from handled ids).
+#[derive(Debug)]
+struct InsertOnly(MemoryReplayStore);
+
+impl ReplayStore for InsertOnly {
+    fn insert(&self, key: &str, ttl: Duration) -> ReplayFuture {
+        self.0.insert(key, ttl)
+    }
+    fn remove(&self, key: &str) -> ReplayFuture {
+        self.0.remove(key)
+    }
+}
+
+#[tokio::test]
+async fn a_store_without_claims_remembers_handled_ids_for_the_replay_ttl() {
+    let now = Arc::new(std::sync::Mutex::new(
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1 << 30),
+    ));
+    let clock = {
+        let now = now.clone();
+        Clock::from_fn(move || *now.lock().unwrap())
+    };
+    let layer = github()
+        .replay_store(InsertOnly(MemoryReplayStore::new().clock(clock)))
+        .record_delivery(RecordDelivery::AfterSuccess)
+        .claim_ttl(Duration::from_secs(60));
+    let deliver = || {
+        post(
+            &[
+                ("x-hub-signature-256", GH_SIG),
+                ("x-github-delivery", "d-1"),
+            ],
+            GH_BODY,
+        )
+    };
+    let seen = Seen::default();
+    assert_eq!(send(&layer, &seen, deliver()).await.status, 200);
+    // Past the claim TTL, well within the replay TTL: still a replay.
+    *now.lock().unwrap() += Duration::from_secs(3600);
+    assert_eq!(send(&layer, &seen, deliver()).await.status, 409);
+}

@@ -1712,7 +1712,13 @@ where
                                                 Some(match shared.record {
                                                     RecordDelivery::AfterSuccess => {
                                                         let key = replay_key(provider, id);
-                                                        let claim_ttl = shared.claim_ttl.min(ttl);
+                                                        // A store that cannot tell claims from
+                                                        // handled ids records them for good.
+                                                        let claim_ttl = if store.tracks_claims() {
+                                                            shared.claim_ttl.min(ttl)
+                                                        } else {
+                                                            ttl
+                                                        };
                                                         Lookup {
                                                             future: Some(
                                                                 store.claim(&key, claim_ttl),

@@ -84,6 +84,15 @@ pub trait ReplayStore: Send + Sync + 'static {
         let _ = key;
         ReplayFuture::ready(Ok(true))
     }
+
+    /// Whether this store tells claims from handled deliveries (it implements
+    /// [`claim`](ReplayStore::claim), [`complete`](ReplayStore::complete) and
+    /// [`completed`](ReplayStore::completed)). Only then does the layer give a claim its own
+    /// short life and extend it on completion; otherwise the claim is recorded for the whole
+    /// `replay_ttl` at once. The default is `false`.
+    fn tracks_claims(&self) -> bool {
+        false
+    }
 }
 
 impl<T: ReplayStore + ?Sized> ReplayStore for Arc<T> {
@@ -101,6 +110,9 @@ impl<T: ReplayStore + ?Sized> ReplayStore for Arc<T> {
     }
     fn completed(&self, key: &str) -> ReplayFuture {
         (**self).completed(key)
+    }
+    fn tracks_claims(&self) -> bool {
+        (**self).tracks_claims()
     }
 }
 
@@ -646,6 +658,10 @@ impl ReplayStore for MemoryReplayStore {
             entry.is_some_and(|(expiry, pending)| expiry > now && !pending)
         ))
     }
+
+    fn tracks_claims(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(feature = "redis")]
@@ -911,6 +927,10 @@ mod redis_store {
             command.arg(self.key(key));
             let answer = query::<u64>(command, self.conn.clone(), self.timeout);
             ReplayFuture::new(async move { Ok(answer.await? > 0) })
+        }
+
+        fn tracks_claims(&self) -> bool {
+            true
         }
     }
 }
