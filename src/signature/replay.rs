@@ -73,6 +73,21 @@ pub trait ReplayStore: Send + Sync + 'static {
     /// The delivery that claimed `key` was handled (the inner service answered 2xx): `key` is
     /// now recorded as handled for `ttl` from now (the layer's `replay_ttl`). Resolves to whether
     /// the claim was still there. The default does nothing.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::signature::{MemoryReplayStore, ReplayStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let store = MemoryReplayStore::new();
+    /// assert!(store.claim("github:1", Duration::from_secs(300)).await.unwrap());
+    /// assert!(!store.completed("github:1").await.unwrap()); // still being handled
+    /// assert!(store.complete("github:1", Duration::from_secs(86_400)).await.unwrap());
+    /// assert!(store.completed("github:1").await.unwrap());
+    /// # }
+    /// ```
     fn complete(&self, key: &str, ttl: Duration) -> ReplayFuture {
         let _ = (key, ttl);
         ReplayFuture::ready(Ok(true))
@@ -90,6 +105,14 @@ pub trait ReplayStore: Send + Sync + 'static {
     /// [`completed`](ReplayStore::completed)). Only then does the layer give a claim its own
     /// short life and extend it on completion; otherwise the claim is recorded for the whole
     /// `replay_ttl` at once. The default is `false`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::{MemoryReplayStore, ReplayStore};
+    ///
+    /// assert!(MemoryReplayStore::new().tracks_claims());
+    /// ```
     fn tracks_claims(&self) -> bool {
         false
     }
