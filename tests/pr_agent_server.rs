@@ -1500,3 +1500,58 @@ async fn errors_raised_inside_the_stack_carry_the_request_id() {
     assert_eq!(id.len(), 36, "a UUID: {id}");
     assert!(res.contains(&format!(r#""instance":"{id}""#)), "{res}");
 }
+
+/// A hook update that meets a GitHub secondary rate limit without `retry-after` or
+/// `x-ratelimit-remaining: 0` (a 403 whose message names it) is tried again after a minute, as a
+/// comment is, instead of being given up until the tunnel's URL changes.
+#[tokio::test(start_paused = true)]
+async fn a_hook_update_over_a_secondary_rate_limit_is_tried_again() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let github = serve(Router::new().fallback(move || {
+        let call = seen.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if call == 0 {
+                (
+                    StatusCode::FORBIDDEN,
+                    [("content-type", "application/json")],
+                    r#"{"message":"You have exceeded a secondary rate limit. Please wait a few minutes before you try again."}"#,
+                )
+                    .into_response()
+            } else {
+                StatusCode::OK.into_response()
+            }
+        }
+    }))
+    .await;
+    let (api_addr, _api) = start_fake_api().await;
+    let github = format!("http://{github}");
+    let settings = settings(
+        api_addr,
+        &[
+            ("GITHUB_API_URL", github.as_str()),
+            ("GITHUB_HOOK_REPOSITORY", "octo/repo"),
+            ("GITHUB_HOOK_ID", "42"),
+        ],
+    );
+    let updater = app::build(&settings).unwrap().hook_updater.unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(tower_webhook::tunnel::TunnelEvent::Up {
+        provider: "bore".to_owned(),
+        url: "http://127.0.0.1:4000".to_owned(),
+        verified: true,
+    });
+    tokio::spawn(updater.follow(rx));
+    // Virtual time: the minute passes at once once everything waits.
+    for _ in 0..400 {
+        if calls.load(Ordering::SeqCst) >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the hook update is tried again after the rate limit"
+    );
+    drop(tx);
+}

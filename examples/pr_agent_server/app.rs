@@ -530,11 +530,16 @@ impl HookUpdater {
             .await
             .map_err(|err| HookError::Transient(err.to_string(), None))?;
         let status = res.status();
-        let wait = rate_limit_wait(status, res.headers());
-        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || wait.is_some() {
-            // A rate limit that names no delay: GitHub asks for at least a minute.
-            let wait = wait
-                .or((status == StatusCode::TOO_MANY_REQUESTS).then_some(Duration::from_secs(60)));
+        let mut wait = rate_limit_wait(status, res.headers());
+        if wait.is_none()
+            && (status == StatusCode::TOO_MANY_REQUESTS
+                || (status == StatusCode::FORBIDDEN && says_secondary_rate_limit(res).await))
+        {
+            // A rate limit that names no delay (a 429, or a 403 whose message names a secondary
+            // rate limit): GitHub asks for at least a minute.
+            wait = Some(Duration::from_secs(60));
+        }
+        if status.is_server_error() || wait.is_some() {
             return Err(HookError::Transient(
                 format!("GitHub answered {status}"),
                 wait,
