@@ -370,18 +370,16 @@ impl Table {
         self.entry(fp).map(|(expiry, _)| expiry)
     }
 
-    /// Clears the [`PENDING`] mark of `fp` and gives it `expiry`; whether it was there.
-    fn complete(&mut self, fp: u64, expiry: u64) -> bool {
+    /// Clears the [`PENDING`] mark of `fp` and gives it `expiry`; the expiry it had (without the
+    /// mark), if it was there.
+    fn complete(&mut self, fp: u64, expiry: u64) -> Option<u64> {
         if self.slots.is_empty() {
-            return false;
+            return None;
         }
-        match self.find(fp) {
-            Ok(i) => {
-                self.slots[i].expiry = expiry & !PENDING;
-                true
-            }
-            Err(_) => false,
-        }
+        let i = self.find(fp).ok()?;
+        let previous = self.slots[i].expiry & !PENDING;
+        self.slots[i].expiry = expiry & !PENDING;
+        Some(previous)
     }
 
     fn insert(&mut self, fp: u64, expiry: u64) {
@@ -666,11 +664,12 @@ impl ReplayStore for MemoryReplayStore {
         let expiry = Self::expiry(self.now_ms(), ttl);
         let mut e = self.lock();
         let Entries { table, order } = &mut *e;
-        let claimed = table.complete(fp, expiry);
-        if claimed {
+        let previous = table.complete(fp, expiry);
+        // An unchanged expiry is queued already: a second entry would never be purged.
+        if previous.is_some_and(|previous| previous != expiry) {
             Self::push_order(table, order, fp, expiry, self.capacity);
         }
-        ReplayFuture::ready(Ok(claimed))
+        ReplayFuture::ready(Ok(previous.is_some()))
     }
 
     fn completed(&self, key: &str) -> ReplayFuture {
@@ -1011,7 +1010,7 @@ mod tests {
                             .get_mut(&(k * spread))
                             .map(|v| *v = (e, false))
                             .is_some();
-                        prop_assert_eq!(table.complete(k * spread, e), had);
+                        prop_assert_eq!(table.complete(k * spread, e).is_some(), had);
                     }
                 }
                 prop_assert_eq!(table.len, model.len());
@@ -1144,5 +1143,20 @@ mod tests {
         assert!(block_on(store.claim("github:f", ttl)));
         now.fetch_add(1_001, Ordering::SeqCst);
         assert!(block_on(store.claim("github:f", ttl)));
+    }
+
+    #[test]
+    fn completing_with_an_unchanged_expiry_queues_nothing() {
+        // A frozen clock: the claim and its completions fall in the same millisecond.
+        let store = MemoryReplayStore::with_capacity(2).clock(Clock::from_fn(|| {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1 << 30)
+        }));
+        let ttl = Duration::from_secs(60);
+        assert!(block_on(store.claim("github:a", ttl)));
+        for _ in 0..100 {
+            assert!(block_on(store.complete("github:a", ttl)));
+        }
+        assert_eq!(store.lock().order.len(), 1);
+        assert!(block_on(store.completed("github:a")));
     }
 }
