@@ -794,6 +794,8 @@ fn settings_errors_name_the_variable() {
     for (repository, id, with_api, named) in [
         (None, "42", true, "GITHUB_HOOK_REPOSITORY"),
         (Some("octo"), "42", true, "GITHUB_HOOK_REPOSITORY"),
+        (Some("../repo"), "42", true, "GITHUB_HOOK_REPOSITORY"),
+        (Some("octo/."), "42", true, "GITHUB_HOOK_REPOSITORY"),
         (Some("octo/repo"), "0", true, "GITHUB_HOOK_ID"),
         (Some("octo/repo"), "42", false, "GITHUB_TOKEN"),
     ] {

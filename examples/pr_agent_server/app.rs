@@ -335,8 +335,9 @@ impl Settings {
         let github_hook = match (lookup("GITHUB_HOOK_REPOSITORY"), lookup("GITHUB_HOOK_ID")) {
             (None, None) => None,
             (Some(repository), Some(_)) => {
+                // Not `.` or `..`, which a URL would resolve to another path.
                 let valid = |part: &str| {
-                    !part.is_empty()
+                    !matches!(part, "" | "." | "..")
                         && part
                             .bytes()
                             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
