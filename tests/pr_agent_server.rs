@@ -840,6 +840,18 @@ fn hook_updates(api: &FakeApi) -> Vec<(String, String, Value)> {
         .collect()
 }
 
+/// Settings with hook 42 of `octo/repo` to follow the tunnel, on any free port.
+fn hook_settings(api: SocketAddr) -> app::Settings {
+    settings(
+        api,
+        &[
+            ("PORT", "0"),
+            ("GITHUB_HOOK_REPOSITORY", "octo/repo"),
+            ("GITHUB_HOOK_ID", "42"),
+        ],
+    )
+}
+
 /// GitHub's API fails when the tunnel opens: the hook update is tried again until it works.
 #[tokio::test]
 async fn a_hook_update_that_fails_for_a_while_is_tried_again() {
@@ -847,14 +859,7 @@ async fn a_hook_update_that_fails_for_a_while_is_tried_again() {
     let _bore = support::BoreServer::start(ip, None).await;
     let (api_addr, api) = start_fake_api().await;
     api.failing.store(true, Ordering::SeqCst);
-    let settings = settings(
-        api_addr,
-        &[
-            ("PORT", "0"),
-            ("GITHUB_HOOK_REPOSITORY", "octo/repo"),
-            ("GITHUB_HOOK_ID", "42"),
-        ],
-    );
+    let settings = hook_settings(api_addr);
     let running = start_with_bore(&settings, ip).await;
     let url = running.tunnel_url().unwrap();
     eventually("a first attempt", Duration::from_secs(5), || {
@@ -881,14 +886,7 @@ async fn the_github_hook_follows_the_tunnel_url() {
     let ip = std::net::Ipv4Addr::new(127, 0, 0, 43);
     let mut bore = support::BoreServer::start(ip, None).await;
     let (api_addr, api) = start_fake_api().await;
-    let settings = settings(
-        api_addr,
-        &[
-            ("PORT", "0"),
-            ("GITHUB_HOOK_REPOSITORY", "octo/repo"),
-            ("GITHUB_HOOK_ID", "42"),
-        ],
-    );
+    let settings = hook_settings(api_addr);
     let running = start_with_bore(&settings, ip).await;
     let first = running.tunnel_url().unwrap();
     let hook_updates = || hook_updates(&api);
