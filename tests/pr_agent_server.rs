@@ -1555,3 +1555,70 @@ async fn a_hook_update_over_a_secondary_rate_limit_is_tried_again() {
     );
     drop(tx);
 }
+
+/// While a hook update waits out a rate limit, the tunnel drops and comes back at the same URL:
+/// the wait GitHub asked for still holds.
+#[tokio::test(start_paused = true)]
+async fn a_tunnel_flap_does_not_cut_a_rate_limit_wait_short() {
+    use tower_webhook::tunnel::TunnelEvent;
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let github = serve(Router::new().fallback(move || {
+        let call = seen.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if call == 0 {
+                StatusCode::TOO_MANY_REQUESTS.into_response()
+            } else {
+                StatusCode::OK.into_response()
+            }
+        }
+    }))
+    .await;
+    let (api_addr, _api) = start_fake_api().await;
+    let github = format!("http://{github}");
+    let settings = settings(
+        api_addr,
+        &[
+            ("GITHUB_API_URL", github.as_str()),
+            ("GITHUB_HOOK_REPOSITORY", "octo/repo"),
+            ("GITHUB_HOOK_ID", "42"),
+        ],
+    );
+    let updater = app::build(&settings).unwrap().hook_updater.unwrap();
+    let url = "http://127.0.0.1:4000".to_owned();
+    let up = TunnelEvent::Up {
+        provider: "bore".to_owned(),
+        url: url.clone(),
+        verified: true,
+    };
+    let (tx, rx) = tokio::sync::watch::channel(up.clone());
+    tokio::spawn(updater.follow(rx));
+    for _ in 0..100 {
+        if calls.load(Ordering::SeqCst) >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the first attempt, refused"
+    );
+    // A flap, ten seconds into the minute's wait.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    tx.send(TunnelEvent::Down {
+        provider: "bore".to_owned(),
+        url: url.clone(),
+        reason: "flap".to_owned(),
+    })
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tx.send(up).unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "still waiting");
+    // After the minute, it is tried again.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    drop(tx);
+}

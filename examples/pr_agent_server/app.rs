@@ -558,41 +558,53 @@ impl HookUpdater {
     pub(crate) async fn follow(self, mut status: watch::Receiver<TunnelEvent>) {
         // The URL the hook points at, or was given up for.
         let mut settled: Option<String> = None;
+        // A URL whose update failed, and when it may be tried again: a tunnel that drops and
+        // comes back at the same URL meanwhile does not cut the wait short.
+        let mut pending: Option<(String, tokio::time::Instant)> = None;
         let mut delay = Duration::from_secs(1);
         loop {
             let url = {
                 let event = status.borrow_and_update();
                 event.is_up().then(|| event.url().to_owned())
             };
-            let mut retry = false;
             if let Some(url) = url
                 && settled.as_deref() != Some(url.as_str())
+                && pending
+                    .as_ref()
+                    .is_none_or(|(failed, at)| *failed != url || tokio::time::Instant::now() >= *at)
             {
                 let (repository, hook, route) =
                     (&self.hook.repository, self.hook.id, Forge::GitHub.route());
                 match self.point_to(&url).await {
                     Ok(()) => {
                         settled = Some(url);
+                        pending = None;
                         delay = Duration::from_secs(1);
                     }
                     Err(HookError::Transient(err, wait)) => {
-                        delay = delay.max(wait.unwrap_or_default());
-                        tracing::warn!(%repository, hook, error = %err, retry_in = ?delay, "could not point the GitHub hook at {url}{route} yet");
-                        retry = true;
+                        let wait = delay.max(wait.unwrap_or_default());
+                        tracing::warn!(%repository, hook, error = %err, retry_in = ?wait, "could not point the GitHub hook at {url}{route} yet");
+                        pending = Some((url, tokio::time::Instant::now() + wait));
+                        delay = (wait * 2).min(Duration::from_secs(60));
                     }
                     Err(HookError::Refused(err)) => {
                         tracing::error!(%repository, hook, error = %err, "could not point the GitHub hook at {url}{route}: set it by hand");
                         settled = Some(url);
+                        pending = None;
                     }
                 }
             }
-            if retry {
-                tokio::select! {
+            // Wake up for the next attempt if one is due later; otherwise only for a change.
+            match &pending {
+                Some((_, at)) if *at > tokio::time::Instant::now() => tokio::select! {
                     changed = status.changed() => if changed.is_err() { return },
-                    () = tokio::time::sleep(delay) => delay = (delay * 2).min(Duration::from_secs(60)),
+                    () = tokio::time::sleep_until(*at) => {}
+                },
+                _ => {
+                    if status.changed().await.is_err() {
+                        return;
+                    }
                 }
-            } else if status.changed().await.is_err() {
-                return;
             }
         }
     }
