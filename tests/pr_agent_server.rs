@@ -1501,23 +1501,31 @@ async fn errors_raised_inside_the_stack_carry_the_request_id() {
     assert!(res.contains(&format!(r#""instance":"{id}""#)), "{res}");
 }
 
-/// A hook update that meets a GitHub secondary rate limit without `retry-after` or
-/// `x-ratelimit-remaining: 0` (a 403 whose message names it) is tried again after a minute, as a
-/// comment is, instead of being given up until the tunnel's URL changes.
-#[tokio::test(start_paused = true)]
-async fn a_hook_update_over_a_secondary_rate_limit_is_tried_again() {
+/// The tunnel's `Up` event at `url`.
+fn up_at(url: &str) -> tower_webhook::tunnel::TunnelEvent {
+    tower_webhook::tunnel::TunnelEvent::Up {
+        provider: "bore".to_owned(),
+        url: url.to_owned(),
+        verified: true,
+    }
+}
+
+/// A hook updater following a tunnel that is up at `http://127.0.0.1:4000`, against a fake GitHub
+/// that answers `first` to the first request and 200 to the others: the count of requests and
+/// the sender of the tunnel's status.
+async fn follow_with_first_answer(
+    first: fn() -> Response,
+) -> (
+    Arc<AtomicUsize>,
+    tokio::sync::watch::Sender<tower_webhook::tunnel::TunnelEvent>,
+) {
     let calls = Arc::new(AtomicUsize::new(0));
     let seen = calls.clone();
     let github = serve(Router::new().fallback(move || {
         let call = seen.fetch_add(1, Ordering::SeqCst);
         async move {
             if call == 0 {
-                (
-                    StatusCode::FORBIDDEN,
-                    [("content-type", "application/json")],
-                    r#"{"message":"You have exceeded a secondary rate limit. Please wait a few minutes before you try again."}"#,
-                )
-                    .into_response()
+                first()
             } else {
                 StatusCode::OK.into_response()
             }
@@ -1535,12 +1543,25 @@ async fn a_hook_update_over_a_secondary_rate_limit_is_tried_again() {
         ],
     );
     let updater = app::build(&settings).unwrap().hook_updater.unwrap();
-    let (tx, rx) = tokio::sync::watch::channel(tower_webhook::tunnel::TunnelEvent::Up {
-        provider: "bore".to_owned(),
-        url: "http://127.0.0.1:4000".to_owned(),
-        verified: true,
-    });
+    let (tx, rx) = tokio::sync::watch::channel(up_at("http://127.0.0.1:4000"));
     tokio::spawn(updater.follow(rx));
+    (calls, tx)
+}
+
+/// A hook update that meets a GitHub secondary rate limit without `retry-after` or
+/// `x-ratelimit-remaining: 0` (a 403 whose message names it) is tried again after a minute, as a
+/// comment is, instead of being given up until the tunnel's URL changes.
+#[tokio::test(start_paused = true)]
+async fn a_hook_update_over_a_secondary_rate_limit_is_tried_again() {
+    let (calls, tx) = follow_with_first_answer(|| {
+        (
+            StatusCode::FORBIDDEN,
+            [("content-type", "application/json")],
+            r#"{"message":"You have exceeded a secondary rate limit. Please wait a few minutes before you try again."}"#,
+        )
+            .into_response()
+    })
+    .await;
     // Virtual time: the minute passes at once once everything waits.
     for _ in 0..400 {
         if calls.load(Ordering::SeqCst) >= 2 {
@@ -1560,40 +1581,8 @@ async fn a_hook_update_over_a_secondary_rate_limit_is_tried_again() {
 /// the wait GitHub asked for still holds.
 #[tokio::test(start_paused = true)]
 async fn a_tunnel_flap_does_not_cut_a_rate_limit_wait_short() {
-    use tower_webhook::tunnel::TunnelEvent;
-
-    let calls = Arc::new(AtomicUsize::new(0));
-    let seen = calls.clone();
-    let github = serve(Router::new().fallback(move || {
-        let call = seen.fetch_add(1, Ordering::SeqCst);
-        async move {
-            if call == 0 {
-                StatusCode::TOO_MANY_REQUESTS.into_response()
-            } else {
-                StatusCode::OK.into_response()
-            }
-        }
-    }))
-    .await;
-    let (api_addr, _api) = start_fake_api().await;
-    let github = format!("http://{github}");
-    let settings = settings(
-        api_addr,
-        &[
-            ("GITHUB_API_URL", github.as_str()),
-            ("GITHUB_HOOK_REPOSITORY", "octo/repo"),
-            ("GITHUB_HOOK_ID", "42"),
-        ],
-    );
-    let updater = app::build(&settings).unwrap().hook_updater.unwrap();
-    let url = "http://127.0.0.1:4000".to_owned();
-    let up = TunnelEvent::Up {
-        provider: "bore".to_owned(),
-        url: url.clone(),
-        verified: true,
-    };
-    let (tx, rx) = tokio::sync::watch::channel(up.clone());
-    tokio::spawn(updater.follow(rx));
+    let (calls, tx) =
+        follow_with_first_answer(|| StatusCode::TOO_MANY_REQUESTS.into_response()).await;
     for _ in 0..100 {
         if calls.load(Ordering::SeqCst) >= 1 {
             break;
@@ -1607,14 +1596,14 @@ async fn a_tunnel_flap_does_not_cut_a_rate_limit_wait_short() {
     );
     // A flap, ten seconds into the minute's wait.
     tokio::time::sleep(Duration::from_secs(10)).await;
-    tx.send(TunnelEvent::Down {
+    tx.send(tower_webhook::tunnel::TunnelEvent::Down {
         provider: "bore".to_owned(),
-        url: url.clone(),
+        url: "http://127.0.0.1:4000".to_owned(),
         reason: "flap".to_owned(),
     })
     .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    tx.send(up).unwrap();
+    tx.send(up_at("http://127.0.0.1:4000")).unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(calls.load(Ordering::SeqCst), 1, "still waiting");
     // After the minute, it is tried again.
