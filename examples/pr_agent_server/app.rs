@@ -530,16 +530,7 @@ impl HookUpdater {
             .oneshot(request)
             .await
             .map_err(|err| HookError::Transient(err.to_string(), None))?;
-        let status = res.status();
-        let mut wait = rate_limit_wait(status, res.headers());
-        if wait.is_none()
-            && (status == StatusCode::TOO_MANY_REQUESTS
-                || (status == StatusCode::FORBIDDEN && says_secondary_rate_limit(res).await))
-        {
-            // A rate limit that names no delay (a 429, or a 403 whose message names a secondary
-            // rate limit): GitHub asks for at least a minute.
-            wait = Some(Duration::from_secs(60));
-        }
+        let (status, wait) = status_and_wait(Forge::GitHub, res).await;
         if status.is_server_error() || wait.is_some() {
             return Err(HookError::Transient(
                 format!("GitHub answered {status}"),
@@ -1156,20 +1147,7 @@ async fn post_comment(
         }
     };
     let result = match caller.clone().oneshot(request).await {
-        Ok(res) => {
-            let status = res.status();
-            let mut wait = rate_limit_wait(status, res.headers());
-            if wait.is_none()
-                && job.forge == Forge::GitHub
-                && (status == StatusCode::TOO_MANY_REQUESTS
-                    || (status == StatusCode::FORBIDDEN && says_secondary_rate_limit(res).await))
-            {
-                // GitHub's secondary rate limit without `Retry-After` or
-                // `X-RateLimit-Remaining: 0`: "wait for at least one minute before retrying".
-                wait = Some(Duration::from_secs(60));
-            }
-            Ok((status, wait))
-        }
+        Ok(res) => Ok(status_and_wait(job.forge, res).await),
         Err(err) => Err(err),
     };
     match result {
@@ -1239,6 +1217,21 @@ async fn post_comment(
     }
 }
 
+/// The status of `forge`'s answer, and how long to wait before calling again when it is a rate
+/// limit ([`rate_limit_wait`]). GitHub's secondary rate limit without `Retry-After` or
+/// `X-RateLimit-Remaining: 0` (a 429, or a 403 whose message names it) is waited out for a
+/// minute: "wait for at least one minute before retrying".
+async fn status_and_wait(forge: Forge, res: reqwest::Response) -> (StatusCode, Option<Duration>) {
+    let status = res.status();
+    let wait = rate_limit_wait(status, res.headers());
+    if wait.is_some() || forge != Forge::GitHub {
+        return (status, wait);
+    }
+    let unnamed = status == StatusCode::TOO_MANY_REQUESTS
+        || (status == StatusCode::FORBIDDEN && says_secondary_rate_limit(res).await);
+    (status, unnamed.then_some(Duration::from_secs(60)))
+}
+
 /// Whether a GitHub 403 is a secondary rate limit: its error message says so (the test
 /// octokit's throttling plugin makes). Reads at most 64 KiB of the body.
 async fn says_secondary_rate_limit(mut res: reqwest::Response) -> bool {
@@ -1256,9 +1249,8 @@ async fn says_secondary_rate_limit(mut res: reqwest::Response) -> bool {
 
 /// How long to wait before posting again when `status` and `headers` say a rate limit was hit
 /// (403 or 429 with `Retry-After`, or with `X-RateLimit-Remaining: 0` and `X-RateLimit-Reset`,
-/// a minute without the reset). `None` when the headers say no rate limit; a GitHub 429, or a
-/// GitHub 403 whose message names a secondary rate limit, is then waited out for a minute (see
-/// `post_comment`).
+/// a minute without the reset). `None` when the headers say no rate limit (see
+/// [`status_and_wait`] for GitHub's limits that name no delay).
 fn rate_limit_wait(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
     if status != StatusCode::FORBIDDEN && status != StatusCode::TOO_MANY_REQUESTS {
         return None;
