@@ -2487,3 +2487,101 @@ async fn a_store_without_claims_remembers_handled_ids_for_the_replay_ttl() {
     *now.lock().unwrap() += Duration::from_secs(3600);
     assert_eq!(send(&layer, &seen, deliver()).await.status, 409);
 }
+
+/// A handler whose calls each wait for the status they are told to answer with, in order.
+#[derive(Clone, Default)]
+struct Held {
+    answers: Arc<
+        std::sync::Mutex<std::collections::VecDeque<tokio::sync::oneshot::Receiver<StatusCode>>>,
+    >,
+}
+
+impl Held {
+    /// Sends `req` through `layer` to the next held call; returns the task and how to answer it.
+    async fn start(
+        &self,
+        layer: &SignatureLayer,
+        req: Request<Full<Bytes>>,
+    ) -> (
+        tokio::task::JoinHandle<StatusCode>,
+        tokio::sync::oneshot::Sender<StatusCode>,
+    ) {
+        let (answer, rx) = tokio::sync::oneshot::channel();
+        self.answers.lock().unwrap().push_back(rx);
+        let (entered_tx, entered) = tokio::sync::oneshot::channel::<()>();
+        let entered_tx = Arc::new(std::sync::Mutex::new(Some(entered_tx)));
+        let answers = Arc::clone(&self.answers);
+        let svc = ServiceBuilder::new().layer(layer.clone()).service_fn(
+            move |_req: Request<Full<Bytes>>| {
+                let rx = answers.lock().unwrap().pop_front().unwrap();
+                let entered_tx = entered_tx.lock().unwrap().take();
+                async move {
+                    entered_tx.unwrap().send(()).unwrap();
+                    let mut res = Response::new(Full::new(Bytes::new()));
+                    *res.status_mut() = rx.await.unwrap();
+                    Ok::<_, Infallible>(res)
+                }
+            },
+        );
+        let task = tokio::spawn(async move { svc.oneshot(req).await.unwrap().status() });
+        entered.await.expect("the handler was called");
+        (task, answer)
+    }
+}
+
+#[tokio::test]
+async fn a_handler_that_outlives_its_claim_leaves_the_next_claim_alone() {
+    let now = Arc::new(std::sync::Mutex::new(
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1 << 30),
+    ));
+    let clock = {
+        let now = now.clone();
+        Clock::from_fn(move || *now.lock().unwrap())
+    };
+    let layer = github()
+        .replay_store(MemoryReplayStore::new().clock(clock))
+        .claim_ttl(Duration::from_secs(60))
+        .on_replay(OnReplay::Acknowledge(StatusCode::OK));
+    let req = |id: &str| {
+        post(
+            &[("x-hub-signature-256", GH_SIG), ("x-github-delivery", id)],
+            GH_BODY,
+        )
+    };
+    let (held, seen) = (Held::default(), Seen::default());
+
+    // The first attempt outlives its claim; the provider's redelivery claims the id and runs.
+    let (first, answer_first) = held.start(&layer, req("late-fail")).await;
+    *now.lock().unwrap() += Duration::from_secs(61);
+    let (second, answer_second) = held.start(&layer, req("late-fail")).await;
+    // The first one fails: that must not release the claim the second one holds.
+    answer_first.send(StatusCode::SERVICE_UNAVAILABLE).unwrap();
+    assert_eq!(first.await.unwrap(), 503);
+    let out = send(&layer, &seen, req("late-fail")).await;
+    assert_rejected(&out, &seen, StatusCode::CONFLICT, types::REPLAYED_DELIVERY);
+    answer_second.send(StatusCode::OK).unwrap();
+    assert_eq!(second.await.unwrap(), 200);
+    let out = send(&layer, &seen, req("late-fail")).await;
+    assert_eq!(
+        (out.status, out.body.len()),
+        (StatusCode::OK, 0),
+        "acknowledged"
+    );
+    assert_eq!(seen.calls.load(Ordering::SeqCst), 0);
+
+    // The first attempt succeeds late, while the redelivery still runs: the id is not marked
+    // handled under the second one, whose failure must still let the provider deliver again.
+    let (first, answer_first) = held.start(&layer, req("late-ok")).await;
+    *now.lock().unwrap() += Duration::from_secs(61);
+    let (second, answer_second) = held.start(&layer, req("late-ok")).await;
+    answer_first.send(StatusCode::OK).unwrap();
+    assert_eq!(first.await.unwrap(), 200);
+    let out = send(&layer, &seen, req("late-ok")).await;
+    assert_rejected(&out, &seen, StatusCode::CONFLICT, types::REPLAYED_DELIVERY);
+    answer_second
+        .send(StatusCode::INTERNAL_SERVER_ERROR)
+        .unwrap();
+    assert_eq!(second.await.unwrap(), 500);
+    assert_eq!(send(&layer, &seen, req("late-ok")).await.status, 200);
+    assert_eq!(seen.calls.load(Ordering::SeqCst), 1, "processed again");
+}

@@ -15,7 +15,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_webhook::signature::{
-    OnReplay, RecordDelivery, RedisReplayStore, ReplayStore, SignatureLayer,
+    ClaimToken, OnReplay, RecordDelivery, RedisReplayStore, ReplayStore, SignatureLayer,
 };
 
 const SECRET: &str = "It's a Secret to Everybody";
@@ -180,22 +180,23 @@ async fn store_semantics_against_real_redis() {
             .unwrap()
     );
     // Claims: in progress until completed; gone once released.
+    let token = ClaimToken::unique();
     assert!(
         store
-            .claim("github:c", Duration::from_secs(60))
+            .claim("github:c", token, Duration::from_secs(60))
             .await
             .unwrap()
     );
     assert!(
         !store
-            .claim("github:c", Duration::from_secs(60))
+            .claim("github:c", ClaimToken::unique(), Duration::from_secs(60))
             .await
             .unwrap()
     );
     assert!(!store.completed("github:c").await.unwrap());
     assert!(
         store
-            .complete("github:c", Duration::from_secs(60))
+            .complete("github:c", token, Duration::from_secs(60))
             .await
             .unwrap()
     );
@@ -206,15 +207,21 @@ async fn store_semantics_against_real_redis() {
             .await
             .unwrap()
     );
+    assert!(
+        !store.release("github:c", token).await.unwrap(),
+        "handled, not claimed"
+    );
     assert!(store.remove("github:c").await.unwrap());
     assert!(!store.completed("github:c").await.unwrap());
+    let released = ClaimToken::unique();
     assert!(
-        !store
-            .complete("github:c", Duration::from_secs(60))
+        store
+            .claim("github:r", released, Duration::from_secs(60))
             .await
-            .unwrap(),
-        "nothing to complete"
+            .unwrap()
     );
+    assert!(store.release("github:r", released).await.unwrap());
+    assert!(!store.completed("github:r").await.unwrap());
     assert!(
         store.completed("github:a").await.unwrap(),
         "inserted ids are handled"
@@ -309,16 +316,17 @@ async fn failed_delivery_is_released_for_the_other_replica() {
         "acknowledged, not processed"
     );
     let store = RedisReplayStore::connect(&redis.url).await.unwrap();
+    let token = ClaimToken::unique();
     assert!(
         store
-            .claim("github:in-flight", Duration::from_secs(60))
+            .claim("github:in-flight", token, Duration::from_secs(60))
             .await
             .unwrap()
     );
     assert_eq!(c.deliver("in-flight", StatusCode::OK).await, 409);
     assert!(
         store
-            .complete("github:in-flight", Duration::from_secs(60))
+            .complete("github:in-flight", token, Duration::from_secs(60))
             .await
             .unwrap()
     );
@@ -504,4 +512,52 @@ async fn a_claim_left_by_a_crashed_replica_expires_after_the_claim_ttl() {
     // Handled ids outlive the claim TTL.
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(b.deliver("crashed-1", StatusCode::OK).await, 409, "handled");
+}
+
+#[tokio::test]
+async fn only_a_claims_own_token_settles_it_in_redis() {
+    let Some(redis) = start_redis().await else {
+        return;
+    };
+    // Two replicas, each with its own connection.
+    let a = RedisReplayStore::connect(&redis.url).await.unwrap();
+    let b = RedisReplayStore::connect(&redis.url).await.unwrap();
+    let (claim_ttl, replay_ttl) = (Duration::from_millis(200), Duration::from_secs(60));
+    // Replica a's handler outlives its claim; b claims the redelivery.
+    let (first, second) = (ClaimToken::unique(), ClaimToken::unique());
+    assert!(a.claim("github:x", first, claim_ttl).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(b.claim("github:x", second, claim_ttl * 50).await.unwrap());
+    // a finishing, either way, leaves b's claim alone.
+    assert!(!a.release("github:x", first).await.unwrap());
+    assert!(!a.complete("github:x", first, replay_ttl).await.unwrap());
+    assert!(!b.completed("github:x").await.unwrap(), "still b's claim");
+    assert!(
+        !a.claim("github:x", ClaimToken::unique(), claim_ttl)
+            .await
+            .unwrap()
+    );
+    assert!(b.complete("github:x", second, replay_ttl).await.unwrap());
+    assert!(a.completed("github:x").await.unwrap());
+    // A claim that expired with nobody else on the id: its success is still recorded.
+    let late = ClaimToken::unique();
+    assert!(a.claim("github:y", late, claim_ttl).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(a.complete("github:y", late, replay_ttl).await.unwrap());
+    assert!(b.completed("github:y").await.unwrap());
+    assert!(
+        !b.claim("github:y", ClaimToken::unique(), claim_ttl)
+            .await
+            .unwrap()
+    );
+    // A key claimed before claims had tokens reads as in progress.
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("SET")
+        .arg("tower-webhook:replay:github:old")
+        .arg("pending")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    assert!(!a.completed("github:old").await.unwrap());
 }

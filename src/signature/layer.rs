@@ -16,7 +16,9 @@ use tower_service::Service;
 
 use super::clock::Clock;
 use super::error::{SignatureConfigError, SignatureValidationError as E};
-use super::replay::{MemoryReplayStore, OnReplay, RecordDelivery, ReplayFuture, ReplayStore};
+use super::replay::{
+    ClaimToken, MemoryReplayStore, OnReplay, RecordDelivery, ReplayFuture, ReplayStore,
+};
 use super::scheme::{
     self, Algorithm, Checked, CustomScheme, Keys, Limits, MAX_SIGNATURES, Provider, Scheme, Text,
 };
@@ -1004,7 +1006,9 @@ impl SignatureLayer {
     /// [`replay_ttl`](Self::replay_ttl)). Copies that arrive meanwhile are replays; once the
     /// handler answers 2xx the id is remembered for the `replay_ttl`. A claim whose holder died
     /// (a crash, with a shared store such as Redis) expires after this, so the provider's
-    /// redelivery is processed. Set it above the longest time a handler may take.
+    /// redelivery is processed. Set it above the longest time a handler may take: a handler that
+    /// outlives its claim may run alongside a redelivery's. When it finishes, it leaves the
+    /// redelivery's claim alone (each claim has its own [`ClaimToken`]) and logs a warning.
     ///
     /// # Example
     ///
@@ -1719,13 +1723,15 @@ where
                                                         } else {
                                                             ttl
                                                         };
+                                                        let token = ClaimToken::unique();
                                                         Lookup {
                                                             future: Some(
-                                                                store.claim(&key, claim_ttl),
+                                                                store.claim(&key, token, claim_ttl),
                                                             ),
                                                             claim: Some(Claim {
                                                                 store: Arc::clone(store),
                                                                 key: Some(key),
+                                                                token,
                                                                 ttl,
                                                             }),
                                                         }
@@ -1903,6 +1909,7 @@ impl Drop for Lookup {
 struct Claim {
     store: Arc<dyn ReplayStore>,
     key: Option<String>,
+    token: ClaimToken,
     /// How long a handled id is remembered (`replay_ttl`).
     ttl: Duration,
 }
@@ -1917,29 +1924,50 @@ impl Claim {
     fn complete(mut self) -> Detached {
         let key = self.key.take().unwrap_or_default();
         Detached(
-            Some(self.store.complete(&key, self.ttl)),
-            "could not mark a delivery id as handled; copies of it will be refused instead of acknowledged until it expires",
+            Some(self.store.complete(&key, self.token, self.ttl)),
+            &COMPLETE_FAILED,
         )
     }
 
     /// The delivery failed: releases the id, through a future the caller awaits.
     fn release(mut self) -> Detached {
         let key = self.key.take().unwrap_or_default();
-        Detached(Some(self.store.remove(&key)), RELEASE_FAILED)
+        Detached(Some(self.store.release(&key, self.token)), &RELEASE_FAILED)
     }
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
-            drop(Detached(Some(self.store.remove(&key)), RELEASE_FAILED));
+            drop(Detached(
+                Some(self.store.release(&key, self.token)),
+                &RELEASE_FAILED,
+            ));
         }
     }
 }
 
-/// A replay-store operation that is finished even if its owner is dropped first; the text says
-/// what failed, for the log.
-struct Detached(Option<ReplayFuture>, &'static str);
+/// A replay-store operation that is finished even if its owner is dropped first, and what to
+/// log if it did not go as planned.
+struct Detached(Option<ReplayFuture>, &'static Settle);
+
+/// Log lines for settling a claim.
+struct Settle {
+    /// The store failed.
+    failed: &'static str,
+    /// The store answered `false`: the claim was no longer this delivery's.
+    lost: &'static str,
+}
+
+const COMPLETE_FAILED: Settle = Settle {
+    failed: "could not mark a delivery id as handled; copies of it will be refused instead of acknowledged until it expires",
+    lost: "the claim on a delivery id was gone when its handler finished (it expired: is claim_ttl shorter than the handler?), and another delivery of the id holds a claim or was handled: it may have been processed more than once",
+};
+
+const RELEASE_FAILED: Settle = Settle {
+    failed: "could not release a delivery id after a failed or abandoned delivery; a redelivery will be treated as a replay until it expires",
+    lost: "the claim on a delivery id was gone when its delivery failed (it expired: is claim_ttl shorter than the handler?, or the store evicted it); another delivery of the id may hold it now, and is left alone",
+};
 
 impl Future for Detached {
     type Output = Result<bool, BoxError>;
@@ -1957,9 +1985,16 @@ impl Future for Detached {
 impl Detached {
     /// Logs the operation's failure, if it failed, once it has finished.
     fn log_failure(&self, shared: &Shared, outcome: Result<bool, BoxError>) {
-        if let Err(err) = outcome {
-            let provider = shared.scheme.provider.as_str();
-            tracing::error!(provider, error = %err, "{}", self.1);
+        self.1.log(Some(shared.scheme.provider.as_str()), outcome);
+    }
+}
+
+impl Settle {
+    fn log(&self, provider: Option<&str>, outcome: Result<bool, BoxError>) {
+        match outcome {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(provider, "{}", self.lost),
+            Err(err) => tracing::error!(provider, error = %err, "{}", self.failed),
         }
     }
 }
@@ -1967,17 +2002,11 @@ impl Detached {
 impl Drop for Detached {
     fn drop(&mut self) {
         if let Some(future) = self.0.take() {
-            let what = self.1;
-            finish_detached(async move {
-                if let Err(err) = future.await {
-                    tracing::error!(error = %err, "{what}");
-                }
-            });
+            let settle = self.1;
+            finish_detached(async move { settle.log(None, future.await) });
         }
     }
 }
-
-const RELEASE_FAILED: &str = "could not release a delivery id after a failed or abandoned delivery; a redelivery will be treated as a replay until it expires";
 
 /// Runs `future` to its end without an owner: at once when it is ready (the in-memory store
 /// works synchronously), else as a task on the current tokio runtime.

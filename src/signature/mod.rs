@@ -175,7 +175,8 @@ pub use layer::{
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use replay::RedisReplayStore;
 pub use replay::{
-    DEFAULT_REPLAY_CAPACITY, MemoryReplayStore, OnReplay, RecordDelivery, ReplayFuture, ReplayStore,
+    ClaimToken, DEFAULT_REPLAY_CAPACITY, MemoryReplayStore, OnReplay, RecordDelivery, ReplayFuture,
+    ReplayStore,
 };
 pub use scheme::{Algorithm, CustomScheme, Encoding, Provider};
 pub use secret::{Secret, Secrets};

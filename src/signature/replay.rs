@@ -6,7 +6,8 @@ use std::fmt;
 use std::future::Future;
 use std::hash::BuildHasher;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -64,33 +65,71 @@ pub trait ReplayStore: Send + Sync + 'static {
     /// own, short life (the layer's `claim_ttl`): a claim whose holder died (a crash) lets the
     /// delivery through again once it expires.
     ///
+    /// `token` names this claim: only [`complete`](ReplayStore::complete) and
+    /// [`release`](ReplayStore::release) with the same token act on it. A handler that outlives
+    /// its claim cannot then settle the claim another delivery of the id took after it expired.
+    ///
     /// The default is `insert`: a store that does not tell claims from completed deliveries
     /// reports every recorded key as completed.
-    fn claim(&self, key: &str, ttl: Duration) -> ReplayFuture {
+    fn claim(&self, key: &str, token: ClaimToken, ttl: Duration) -> ReplayFuture {
+        let _ = token;
         self.insert(key, ttl)
     }
 
-    /// The delivery that claimed `key` was handled (the inner service answered 2xx): `key` is
-    /// now recorded as handled for `ttl` from now (the layer's `replay_ttl`). Resolves to whether
-    /// the claim was still there. The default does nothing.
+    /// The delivery that claimed `key` with `token` was handled (the inner service answered
+    /// 2xx): `key` is now recorded as handled for `ttl` from now (the layer's `replay_ttl`).
+    ///
+    /// Resolves to `true` if it is recorded by this call: the claim was still this token's, or
+    /// it had expired and no other delivery claimed the id since. A claim another delivery holds
+    /// now, or an id already recorded as handled, is left alone (`false`). The default does
+    /// nothing and answers `true`.
     ///
     /// # Example
     ///
     /// ```
     /// use std::time::Duration;
-    /// use tower_webhook::signature::{MemoryReplayStore, ReplayStore};
+    /// use tower_webhook::signature::{ClaimToken, MemoryReplayStore, ReplayStore};
     ///
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let store = MemoryReplayStore::new();
-    /// assert!(store.claim("github:1", Duration::from_secs(300)).await.unwrap());
+    /// let (mine, theirs) = (ClaimToken::unique(), ClaimToken::unique());
+    /// assert!(store.claim("github:1", mine, Duration::from_secs(300)).await.unwrap());
     /// assert!(!store.completed("github:1").await.unwrap()); // still being handled
-    /// assert!(store.complete("github:1", Duration::from_secs(86_400)).await.unwrap());
+    /// // Only the claim's own token settles it.
+    /// assert!(!store.complete("github:1", theirs, Duration::from_secs(86_400)).await.unwrap());
+    /// assert!(store.complete("github:1", mine, Duration::from_secs(86_400)).await.unwrap());
     /// assert!(store.completed("github:1").await.unwrap());
     /// # }
     /// ```
-    fn complete(&self, key: &str, ttl: Duration) -> ReplayFuture {
-        let _ = (key, ttl);
+    fn complete(&self, key: &str, token: ClaimToken, ttl: Duration) -> ReplayFuture {
+        let _ = (key, token, ttl);
         ReplayFuture::ready(Ok(true))
+    }
+
+    /// The delivery that claimed `key` with `token` failed or was abandoned: forgets the claim,
+    /// so that the provider's next delivery of the id is processed. A claim with another token,
+    /// or an id recorded as handled, is left alone. Resolves to whether the claim was removed.
+    ///
+    /// The default is [`remove`](ReplayStore::remove).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::signature::{ClaimToken, MemoryReplayStore, ReplayStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let store = MemoryReplayStore::new();
+    /// let token = ClaimToken::unique();
+    /// assert!(store.claim("github:1", token, Duration::from_secs(300)).await.unwrap());
+    /// assert!(!store.release("github:1", ClaimToken::unique()).await.unwrap()); // not its claim
+    /// assert!(store.release("github:1", token).await.unwrap());
+    /// assert!(store.claim("github:1", ClaimToken::unique(), Duration::from_secs(300)).await.unwrap());
+    /// # }
+    /// ```
+    fn release(&self, key: &str, token: ClaimToken) -> ReplayFuture {
+        let _ = token;
+        self.remove(key)
     }
 
     /// Whether `key` is recorded as handled: `false` while the delivery that claimed it is still
@@ -101,8 +140,8 @@ pub trait ReplayStore: Send + Sync + 'static {
     }
 
     /// Whether this store tells claims from handled deliveries (it implements
-    /// [`claim`](ReplayStore::claim), [`complete`](ReplayStore::complete) and
-    /// [`completed`](ReplayStore::completed)). Only then does the layer give a claim its own
+    /// [`claim`](ReplayStore::claim), [`complete`](ReplayStore::complete),
+    /// [`release`](ReplayStore::release) and [`completed`](ReplayStore::completed)). Only then does the layer give a claim its own
     /// short life and extend it on completion; otherwise the claim is recorded for the whole
     /// `replay_ttl` at once. The default is `false`.
     ///
@@ -125,17 +164,101 @@ impl<T: ReplayStore + ?Sized> ReplayStore for Arc<T> {
     fn remove(&self, key: &str) -> ReplayFuture {
         (**self).remove(key)
     }
-    fn claim(&self, key: &str, ttl: Duration) -> ReplayFuture {
-        (**self).claim(key, ttl)
+    fn claim(&self, key: &str, token: ClaimToken, ttl: Duration) -> ReplayFuture {
+        (**self).claim(key, token, ttl)
     }
-    fn complete(&self, key: &str, ttl: Duration) -> ReplayFuture {
-        (**self).complete(key, ttl)
+    fn complete(&self, key: &str, token: ClaimToken, ttl: Duration) -> ReplayFuture {
+        (**self).complete(key, token, ttl)
+    }
+    fn release(&self, key: &str, token: ClaimToken) -> ReplayFuture {
+        (**self).release(key, token)
     }
     fn completed(&self, key: &str) -> ReplayFuture {
         (**self).completed(key)
     }
     fn tracks_claims(&self) -> bool {
         (**self).tracks_claims()
+    }
+}
+
+/// Names one claim on a delivery id (see [`ReplayStore::claim`]), so that only the delivery
+/// that took a claim completes or releases it.
+///
+/// Tokens are unique within a process, and each process starts at its own random point, so
+/// replicas sharing a store do not take each other's claims for their own.
+///
+/// # Example
+///
+/// ```
+/// use tower_webhook::signature::ClaimToken;
+///
+/// let (a, b) = (ClaimToken::unique(), ClaimToken::unique());
+/// assert_ne!(a, b);
+/// assert_eq!(a.to_string().len(), 16); // 64 bits, in hex
+/// assert_eq!(ClaimToken::from_u64(a.get()), a);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClaimToken(u64);
+
+impl ClaimToken {
+    /// A token no other call in this process returns.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::collections::HashSet;
+    /// use tower_webhook::signature::ClaimToken;
+    ///
+    /// let tokens: HashSet<_> = (0..1000).map(|_| ClaimToken::unique()).collect();
+    /// assert_eq!(tokens.len(), 1000);
+    /// ```
+    pub fn unique() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        static START: OnceLock<u64> = OnceLock::new();
+        // `RandomState` is keyed from the OS's randomness.
+        let start = *START.get_or_init(|| RandomState::new().hash_one(std::process::id()));
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        // An odd multiplier makes this a bijection of the counter: no two tokens are equal.
+        Self(start.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+    }
+
+    /// The token with this value (for a store that keeps tokens as numbers).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::ClaimToken;
+    ///
+    /// assert_eq!(ClaimToken::from_u64(255).to_string(), "00000000000000ff");
+    /// ```
+    pub const fn from_u64(value: u64) -> Self {
+        Self(value)
+    }
+
+    /// The token's value.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::signature::ClaimToken;
+    ///
+    /// assert_eq!(ClaimToken::from_u64(7).get(), 7);
+    /// ```
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Debug for ClaimToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClaimToken({self})")
+    }
+}
+
+/// Sixteen lowercase hex digits.
+impl fmt::Display for ClaimToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
     }
 }
 
@@ -313,12 +436,22 @@ struct Entries {
     order: VecDeque<(u64, u64)>,
 }
 
-/// One slot of [`Table`]: a fingerprint (0 = empty) and its expiry in milliseconds since the
-/// Unix epoch, whose top bit is [`PENDING`].
+/// One slot of [`Table`]: a fingerprint (0 = empty), its expiry in milliseconds since the
+/// Unix epoch, whose top bit is [`PENDING`], and the token of a pending claim.
 #[derive(Clone, Copy, Default)]
 struct Slot {
     fp: u64,
     expiry: u64,
+    token: u64,
+}
+
+/// What [`Table`] holds for a fingerprint.
+#[derive(Clone, Copy)]
+struct Entry {
+    /// Milliseconds since the Unix epoch.
+    expiry: u64,
+    /// The [`ClaimToken`] of a claim still being handled.
+    claim: Option<u64>,
 }
 
 /// In a slot's expiry: the delivery that claimed the id is still being handled.
@@ -327,8 +460,8 @@ const PENDING: u64 = 1 << 63;
 /// An open-addressing hash table of fingerprints, linear probing, kept at most half full, with
 /// backward-shift deletion (no tombstones, so probe sequences stay short under constant churn).
 ///
-/// Fingerprint and expiry share one 16-byte slot: a lookup touches one cache line, where a map
-/// with separate control bytes and buckets touches two.
+/// Fingerprint, expiry and claim token share one 24-byte slot: a lookup touches one cache line
+/// (rarely two), where a map with separate control bytes and buckets touches two.
 #[derive(Default)]
 struct Table {
     slots: Vec<Slot>,
@@ -357,39 +490,53 @@ impl Table {
         }
     }
 
-    /// The expiry of `fp` and whether it is [`PENDING`].
-    fn entry(&self, fp: u64) -> Option<(u64, bool)> {
+    /// What is held for `fp`.
+    fn entry(&self, fp: u64) -> Option<Entry> {
         if self.slots.is_empty() {
             return None;
         }
-        let raw = self.slots[self.find(fp).ok()?].expiry;
-        Some((raw & !PENDING, raw & PENDING != 0))
+        let slot = self.slots[self.find(fp).ok()?];
+        Some(Entry {
+            expiry: slot.expiry & !PENDING,
+            claim: (slot.expiry & PENDING != 0).then_some(slot.token),
+        })
     }
 
     fn get(&self, fp: u64) -> Option<u64> {
-        self.entry(fp).map(|(expiry, _)| expiry)
+        self.entry(fp).map(|entry| entry.expiry)
     }
 
-    /// Clears the [`PENDING`] mark of `fp` and gives it `expiry`; the expiry it had (without the
-    /// mark), if it was there.
-    fn complete(&mut self, fp: u64, expiry: u64) -> Option<u64> {
+    /// Marks `fp` as handled until `expiry`, if it is held; whether it was.
+    fn settle(&mut self, fp: u64, expiry: u64) -> bool {
         if self.slots.is_empty() {
-            return None;
+            return false;
         }
-        let i = self.find(fp).ok()?;
-        let previous = self.slots[i].expiry & !PENDING;
+        let Ok(i) = self.find(fp) else {
+            return false;
+        };
         self.slots[i].expiry = expiry & !PENDING;
-        Some(previous)
+        self.slots[i].token = 0;
+        true
     }
 
-    fn insert(&mut self, fp: u64, expiry: u64) {
+    /// Holds `fp` until `expiry`, as claimed by `claim` if there is one.
+    fn insert(&mut self, fp: u64, expiry: u64, claim: Option<u64>) {
         if (self.len + 1) * 2 > self.slots.len() {
             self.grow();
         }
+        let slot = Slot {
+            fp,
+            expiry: if claim.is_some() {
+                expiry | PENDING
+            } else {
+                expiry
+            },
+            token: claim.unwrap_or_default(),
+        };
         match self.find(fp) {
-            Ok(i) => self.slots[i].expiry = expiry,
+            Ok(i) => self.slots[i] = slot,
             Err(i) => {
-                self.slots[i] = Slot { fp, expiry };
+                self.slots[i] = slot;
                 self.len += 1;
             }
         }
@@ -590,15 +737,22 @@ impl MemoryReplayStore {
             .min(PENDING - 1)
     }
 
-    fn insert_now(&self, key: &str, ttl: Duration, pending: bool) -> bool {
+    /// Records `key` for `ttl` unless it is held, as claimed by `claim` if there is one.
+    fn insert_now(&self, key: &str, ttl: Duration, claim: Option<ClaimToken>) -> bool {
         let fp = self.fingerprint(key);
         let now = self.now_ms();
         let expiry = Self::expiry(now, ttl);
-        let mut e = self.lock();
-        let Entries { table, order } = &mut *e;
-        if table.get(fp).is_some_and(|exp| exp > now) {
+        let mut entries = self.lock();
+        if entries.table.get(fp).is_some_and(|exp| exp > now) {
             return false;
         }
+        self.record(&mut entries, fp, now, expiry, claim.map(ClaimToken::get));
+        true
+    }
+
+    /// Holds `fp`, which is not held, until `expiry`, making room first.
+    fn record(&self, entries: &mut Entries, fp: u64, now: u64, expiry: u64, claim: Option<u64>) {
+        let Entries { table, order } = entries;
         // Purge expired entries at the front, then evict the oldest while full. An entry that is
         // neither expired nor needed for room ends the loop without a table lookup.
         while let Some(&(k, exp)) = order.front() {
@@ -610,9 +764,8 @@ impl MemoryReplayStore {
             }
             order.pop_front();
         }
-        table.insert(fp, if pending { expiry | PENDING } else { expiry });
+        table.insert(fp, expiry, claim);
         Self::push_order(table, order, fp, expiry, self.capacity);
-        true
     }
 
     /// Queues `fp`'s new `expiry` for purging; entries it replaces are skipped when they come up.
@@ -647,7 +800,7 @@ impl fmt::Debug for MemoryReplayStore {
 
 impl ReplayStore for MemoryReplayStore {
     fn insert(&self, key: &str, ttl: Duration) -> ReplayFuture {
-        ReplayFuture::ready(Ok(self.insert_now(key, ttl, false)))
+        ReplayFuture::ready(Ok(self.insert_now(key, ttl, None)))
     }
 
     fn remove(&self, key: &str) -> ReplayFuture {
@@ -655,21 +808,47 @@ impl ReplayStore for MemoryReplayStore {
         ReplayFuture::ready(Ok(self.lock().table.remove(fp).is_some()))
     }
 
-    fn claim(&self, key: &str, ttl: Duration) -> ReplayFuture {
-        ReplayFuture::ready(Ok(self.insert_now(key, ttl, true)))
+    fn claim(&self, key: &str, token: ClaimToken, ttl: Duration) -> ReplayFuture {
+        ReplayFuture::ready(Ok(self.insert_now(key, ttl, Some(token))))
     }
 
-    fn complete(&self, key: &str, ttl: Duration) -> ReplayFuture {
+    fn complete(&self, key: &str, token: ClaimToken, ttl: Duration) -> ReplayFuture {
         let fp = self.fingerprint(key);
-        let expiry = Self::expiry(self.now_ms(), ttl);
-        let mut e = self.lock();
-        let Entries { table, order } = &mut *e;
-        let previous = table.complete(fp, expiry);
-        // An unchanged expiry is queued already: a second entry would never be purged.
-        if previous.is_some_and(|previous| previous != expiry) {
-            Self::push_order(table, order, fp, expiry, self.capacity);
+        let now = self.now_ms();
+        let expiry = Self::expiry(now, ttl);
+        let mut entries = self.lock();
+        let recorded = match entries.table.entry(fp) {
+            Some(held) if held.claim == Some(token.get()) => {
+                let Entries { table, order } = &mut *entries;
+                table.settle(fp, expiry);
+                // An unchanged expiry is queued already: a second entry would never be purged.
+                if held.expiry != expiry {
+                    Self::push_order(table, order, fp, expiry, self.capacity);
+                }
+                true
+            }
+            // Another delivery's claim, or already handled.
+            Some(held) if held.expiry > now => false,
+            // The claim expired and nobody took the id since: it was handled all the same.
+            _ => {
+                self.record(&mut entries, fp, now, expiry, None);
+                true
+            }
+        };
+        ReplayFuture::ready(Ok(recorded))
+    }
+
+    fn release(&self, key: &str, token: ClaimToken) -> ReplayFuture {
+        let fp = self.fingerprint(key);
+        let mut entries = self.lock();
+        let ours = entries
+            .table
+            .entry(fp)
+            .is_some_and(|held| held.claim == Some(token.get()));
+        if ours {
+            entries.table.remove(fp);
         }
-        ReplayFuture::ready(Ok(previous.is_some()))
+        ReplayFuture::ready(Ok(ours))
     }
 
     fn completed(&self, key: &str) -> ReplayFuture {
@@ -677,7 +856,7 @@ impl ReplayStore for MemoryReplayStore {
         let now = self.now_ms();
         let entry = self.lock().table.entry(fp);
         ReplayFuture::ready(Ok(
-            entry.is_some_and(|(expiry, pending)| expiry > now && !pending)
+            entry.is_some_and(|held| held.expiry > now && held.claim.is_none())
         ))
     }
 
@@ -697,9 +876,10 @@ mod redis_store {
     /// A [`ReplayStore`] in Redis, shared by every replica that points at the same server.
     ///
     /// Each id is one key, `SET <prefix><provider>:<id> <value> NX PX <ttl>`: atomic, and
-    /// expired by Redis itself. The value is `pending` while a delivery that claimed the id is
-    /// being handled (for the layer's `claim_ttl` at most), `1` once it was (then for its
-    /// `replay_ttl`). If Redis cannot be
+    /// expired by Redis itself. The value is `pending:<claim token>` while a delivery that claimed
+    /// the id is being handled (for the layer's `claim_ttl` at most), `1` once it was (then for its
+    /// `replay_ttl`). A claim is completed or released by a script that first checks its token,
+    /// so a handler that outlived its claim leaves the next one alone. If Redis cannot be
     /// reached, or does not answer within [`timeout`](RedisReplayStore::timeout), the delivery is
     /// refused with 503 and `Retry-After` (fail closed), so the provider delivers again later.
     ///
@@ -828,8 +1008,15 @@ mod redis_store {
     const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
     /// The value of a handled delivery's key.
     const DONE: &str = "1";
-    /// The value of a key claimed by a delivery still being handled.
-    const PENDING_VALUE: &str = "pending";
+    /// The value of a key claimed by a delivery still being handled: this, then the claim's token.
+    const PENDING_PREFIX: &str = "pending:";
+    /// `KEYS[1]` holds the claim `ARGV[1]`, or nothing: it becomes `ARGV[2]` for `ARGV[3]` ms.
+    const COMPLETE_SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) \
+        if v == ARGV[1] or not v then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 end \
+        return 0";
+    /// `KEYS[1]` is deleted if it holds `ARGV[1]`.
+    const DELETE_IF_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+        return redis.call('DEL', KEYS[1]) end return 0";
     /// How long one operation may take by default.
     const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
     /// Longest wait between two attempts to reconnect, in milliseconds.
@@ -858,6 +1045,26 @@ mod redis_store {
         }
     }
 
+    /// `ttl` in milliseconds for Redis, which refuses expiry times past its own range: very long
+    /// TTLs are capped at a century, which is forever for a delivery id.
+    fn ttl_ms(ttl: Duration) -> u64 {
+        u64::try_from(ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .clamp(1, MAX_TTL_MS)
+    }
+
+    /// The value of a key claimed with `token`.
+    fn pending(token: ClaimToken) -> String {
+        format!("{PENDING_PREFIX}{token}")
+    }
+
+    /// Deletes `key` if it holds `value`, atomically.
+    fn delete_if(key: &str, value: &str) -> redis::Cmd {
+        let mut command = redis::cmd("EVAL");
+        command.arg(DELETE_IF_SCRIPT).arg(1).arg(key).arg(value);
+        command
+    }
+
     fn timed_out(timeout: Duration) -> BoxError {
         format!("Redis did not answer within {timeout:?}").into()
     }
@@ -868,20 +1075,16 @@ mod redis_store {
         }
 
         /// `SET key value NX PX ttl`: whether the key was new.
-        fn set_new(&self, key: &str, ttl: Duration, value: &'static str) -> ReplayFuture {
+        fn set_new(&self, key: &str, ttl: Duration, value: String) -> ReplayFuture {
             let conn = self.conn.clone();
             let key = self.key(key);
             let timeout = self.timeout;
             let late_answers = Arc::clone(&self.late_answers);
-            // Redis refuses expiry times past its own range: very long TTLs are capped at a
-            // century, which is forever for a delivery id.
-            let ms = u64::try_from(ttl.as_millis())
-                .unwrap_or(u64::MAX)
-                .clamp(1, MAX_TTL_MS);
+            let ms = ttl_ms(ttl);
             ReplayFuture::new(async move {
                 runtime()?;
                 let mut set = redis::cmd("SET");
-                set.arg(&key).arg(value).arg("NX").arg("PX").arg(ms);
+                set.arg(&key).arg(&value).arg("NX").arg("PX").arg(ms);
                 let mut answer = Box::pin({
                     let mut conn = conn.clone();
                     async move { set.query_async::<Option<String>>(&mut conn).await }
@@ -901,8 +1104,8 @@ mod redis_store {
                             let _permit = permit;
                             let late = Duration::from_millis(ms);
                             if let Ok(Ok(Some(_))) = tokio::time::timeout(late, answer).await {
-                                let mut del = redis::cmd("DEL");
-                                del.arg(&key);
+                                // Only the value set here: the key may have expired since.
+                                let del = delete_if(&key, &value);
                                 let _ = query::<u64>(del, conn, timeout).await;
                             }
                         });
@@ -915,33 +1118,38 @@ mod redis_store {
 
     impl ReplayStore for RedisReplayStore {
         fn insert(&self, key: &str, ttl: Duration) -> ReplayFuture {
-            self.set_new(key, ttl, DONE)
+            self.set_new(key, ttl, DONE.to_owned())
         }
 
-        fn claim(&self, key: &str, ttl: Duration) -> ReplayFuture {
-            self.set_new(key, ttl, PENDING_VALUE)
+        fn claim(&self, key: &str, token: ClaimToken, ttl: Duration) -> ReplayFuture {
+            self.set_new(key, ttl, pending(token))
         }
 
-        fn complete(&self, key: &str, ttl: Duration) -> ReplayFuture {
-            let ms = u64::try_from(ttl.as_millis())
-                .unwrap_or(u64::MAX)
-                .clamp(1, MAX_TTL_MS);
-            let mut command = redis::cmd("SET");
+        fn complete(&self, key: &str, token: ClaimToken, ttl: Duration) -> ReplayFuture {
+            let mut command = redis::cmd("EVAL");
             command
+                .arg(COMPLETE_SCRIPT)
+                .arg(1)
                 .arg(self.key(key))
+                .arg(pending(token))
                 .arg(DONE)
-                .arg("XX")
-                .arg("PX")
-                .arg(ms);
-            let answer = query::<Option<String>>(command, self.conn.clone(), self.timeout);
-            ReplayFuture::new(async move { Ok(answer.await?.is_some()) })
+                .arg(ttl_ms(ttl));
+            let answer = query::<u64>(command, self.conn.clone(), self.timeout);
+            ReplayFuture::new(async move { Ok(answer.await? == 1) })
+        }
+
+        fn release(&self, key: &str, token: ClaimToken) -> ReplayFuture {
+            let command = delete_if(&self.key(key), &pending(token));
+            let answer = query::<u64>(command, self.conn.clone(), self.timeout);
+            ReplayFuture::new(async move { Ok(answer.await? > 0) })
         }
 
         fn completed(&self, key: &str) -> ReplayFuture {
             let mut command = redis::cmd("GET");
             command.arg(self.key(key));
             let answer = query::<Option<String>>(command, self.conn.clone(), self.timeout);
-            ReplayFuture::new(async move { Ok(answer.await?.is_some_and(|v| v != PENDING_VALUE)) })
+            // Anything else is a claim (`pending` alone was one before claims had tokens).
+            ReplayFuture::new(async move { Ok(answer.await?.is_some_and(|v| v == DONE)) })
         }
 
         fn remove(&self, key: &str) -> ReplayFuture {
@@ -966,7 +1174,7 @@ mod tests {
 
     #[derive(Clone, Debug)]
     enum Op {
-        Insert(u64, u64, bool),
+        Insert(u64, u64, Option<u64>),
         Remove(u64),
         Get(u64),
         Complete(u64, u64),
@@ -974,7 +1182,7 @@ mod tests {
 
     fn op(keys: u64) -> impl Strategy<Value = Op> {
         prop_oneof![
-            3 => (1..=keys, 0..PENDING, any::<bool>()).prop_map(|(k, e, p)| Op::Insert(k, e, p)),
+            3 => (1..=keys, 0..PENDING, any::<Option<u64>>()).prop_map(|(k, e, c)| Op::Insert(k, e, c)),
             2 => (1..=keys).prop_map(Op::Remove),
             2 => (1..=keys).prop_map(Op::Get),
             1 => (1..=keys, 0..PENDING).prop_map(|(k, e)| Op::Complete(k, e)),
@@ -993,31 +1201,34 @@ mod tests {
             let mut model = HashMap::new();
             for op in ops {
                 match op {
-                    Op::Insert(k, e, pending) => {
-                        table.insert(k * spread, if pending { e | PENDING } else { e });
-                        model.insert(k * spread, (e, pending));
+                    Op::Insert(k, e, claim) => {
+                        table.insert(k * spread, e, claim);
+                        model.insert(k * spread, (e, claim));
                     }
                     Op::Remove(k) => prop_assert_eq!(
                         table.remove(k * spread),
                         model.remove(&(k * spread)).map(|(e, _)| e)
                     ),
                     Op::Get(k) => {
-                        prop_assert_eq!(table.entry(k * spread), model.get(&(k * spread)).copied());
+                        prop_assert_eq!(
+                            table.entry(k * spread).map(|e| (e.expiry, e.claim)),
+                            model.get(&(k * spread)).copied()
+                        );
                         prop_assert_eq!(table.get(k * spread), model.get(&(k * spread)).map(|v| v.0));
                     }
                     Op::Complete(k, e) => {
                         let had = model
                             .get_mut(&(k * spread))
-                            .map(|v| *v = (e, false))
+                            .map(|v| *v = (e, None))
                             .is_some();
-                        prop_assert_eq!(table.complete(k * spread, e).is_some(), had);
+                        prop_assert_eq!(table.settle(k * spread, e), had);
                     }
                 }
                 prop_assert_eq!(table.len, model.len());
                 prop_assert!(table.len * 2 <= table.slots.len());
             }
             for (k, e) in &model {
-                prop_assert_eq!(table.entry(*k), Some(*e));
+                prop_assert_eq!(table.entry(*k).map(|e| (e.expiry, e.claim)), Some(*e));
             }
         }
 
@@ -1101,21 +1312,31 @@ mod tests {
             SystemTime::UNIX_EPOCH + Duration::from_millis(n.load(Ordering::SeqCst))
         }));
         let ttl = Duration::from_secs(1);
-        assert!(block_on(store.claim("github:a", ttl)));
-        assert!(!block_on(store.claim("github:a", ttl)));
+        let t = ClaimToken::unique();
+        assert!(block_on(store.claim("github:a", t, ttl)));
+        assert!(!block_on(store.claim(
+            "github:a",
+            ClaimToken::unique(),
+            ttl
+        )));
         assert!(!block_on(store.insert("github:a", ttl)));
         assert!(!block_on(store.completed("github:a")), "in progress");
-        assert!(block_on(store.complete("github:a", ttl)));
+        assert!(block_on(store.complete("github:a", t, ttl)));
         assert!(block_on(store.completed("github:a")));
         assert!(
-            !block_on(store.claim("github:a", ttl)),
+            !block_on(store.claim("github:a", ClaimToken::unique(), ttl)),
             "handled ids stay recorded"
         );
+        assert!(
+            !block_on(store.release("github:a", t)),
+            "handled, not claimed"
+        );
+        assert!(block_on(store.completed("github:a")));
         // Released, unknown and expired ids are not handled, and can be claimed again.
-        assert!(block_on(store.claim("github:b", ttl)));
-        assert!(block_on(store.remove("github:b")));
+        let b = ClaimToken::unique();
+        assert!(block_on(store.claim("github:b", b, ttl)));
+        assert!(block_on(store.release("github:b", b)));
         assert!(!block_on(store.completed("github:b")));
-        assert!(!block_on(store.complete("github:b", ttl)));
         assert!(!block_on(store.completed("github:never")));
         assert!(block_on(store.insert("github:c", ttl)));
         assert!(
@@ -1124,25 +1345,76 @@ mod tests {
         );
         now.fetch_add(1_001, Ordering::SeqCst);
         assert!(!block_on(store.completed("github:a")), "expired");
-        assert!(block_on(store.claim("github:a", ttl)));
+        assert!(block_on(store.claim("github:a", ClaimToken::unique(), ttl)));
         assert!(!block_on(store.completed("github:a")));
         // The longest TTL keeps the pending mark apart from the expiry.
-        assert!(block_on(store.claim("github:d", Duration::MAX)));
+        let d = ClaimToken::unique();
+        assert!(block_on(store.claim("github:d", d, Duration::MAX)));
         assert!(!block_on(store.completed("github:d")));
-        assert!(block_on(store.complete("github:d", Duration::MAX)));
+        assert!(block_on(store.complete("github:d", d, Duration::MAX)));
         assert!(block_on(store.completed("github:d")));
         // A short claim, completed for longer: the id is remembered for the longer time.
-        assert!(block_on(store.claim("github:e", ttl)));
-        assert!(block_on(
-            store.complete("github:e", Duration::from_secs(10))
-        ));
+        let e = ClaimToken::unique();
+        assert!(block_on(store.claim("github:e", e, ttl)));
+        assert!(block_on(store.complete(
+            "github:e",
+            e,
+            Duration::from_secs(10)
+        )));
         now.fetch_add(5_000, Ordering::SeqCst);
         assert!(block_on(store.completed("github:e")));
-        assert!(!block_on(store.claim("github:e", ttl)));
+        assert!(!block_on(store.claim(
+            "github:e",
+            ClaimToken::unique(),
+            ttl
+        )));
         // A claim that is never completed (its holder died) lets the id through once it expires.
-        assert!(block_on(store.claim("github:f", ttl)));
+        assert!(block_on(store.claim("github:f", ClaimToken::unique(), ttl)));
         now.fetch_add(1_001, Ordering::SeqCst);
-        assert!(block_on(store.claim("github:f", ttl)));
+        assert!(block_on(store.claim("github:f", ClaimToken::unique(), ttl)));
+    }
+
+    #[test]
+    fn a_claim_is_settled_only_by_its_own_token() {
+        let now = Arc::new(AtomicU64::new(1_000_000));
+        let n = now.clone();
+        let store = MemoryReplayStore::with_capacity(10).clock(Clock::from_fn(move || {
+            SystemTime::UNIX_EPOCH + Duration::from_millis(n.load(Ordering::SeqCst))
+        }));
+        let (claim_ttl, replay_ttl) = (Duration::from_secs(1), Duration::from_secs(60));
+        // The first holder outlives its claim; a redelivery claims the id again.
+        let (first, second) = (ClaimToken::unique(), ClaimToken::unique());
+        assert!(block_on(store.claim("github:a", first, claim_ttl)));
+        now.fetch_add(1_001, Ordering::SeqCst);
+        assert!(block_on(store.claim("github:a", second, claim_ttl)));
+        // The first one finishing touches neither way the second one's claim.
+        assert!(!block_on(store.release("github:a", first)));
+        assert!(!block_on(store.complete("github:a", first, replay_ttl)));
+        assert!(!block_on(store.completed("github:a")), "still the second's");
+        assert!(!block_on(store.claim(
+            "github:a",
+            ClaimToken::unique(),
+            claim_ttl
+        )));
+        assert!(block_on(store.release("github:a", second)));
+        // A holder whose claim expired, with nobody else on the id: its success is recorded.
+        let late = ClaimToken::unique();
+        assert!(block_on(store.claim("github:b", late, claim_ttl)));
+        now.fetch_add(1_001, Ordering::SeqCst);
+        assert!(block_on(store.complete("github:b", late, replay_ttl)));
+        assert!(block_on(store.completed("github:b")));
+        now.fetch_add(30_000, Ordering::SeqCst);
+        assert!(!block_on(store.claim(
+            "github:b",
+            ClaimToken::unique(),
+            claim_ttl
+        )));
+        // An expired claim is still its holder's to release.
+        let gone = ClaimToken::unique();
+        assert!(block_on(store.claim("github:c", gone, claim_ttl)));
+        now.fetch_add(1_001, Ordering::SeqCst);
+        assert!(block_on(store.release("github:c", gone)));
+        assert_eq!(store.len(), 1, "only github:b is left");
     }
 
     #[test]
@@ -1152,9 +1424,14 @@ mod tests {
             SystemTime::UNIX_EPOCH + Duration::from_secs(1 << 30)
         }));
         let ttl = Duration::from_secs(60);
-        assert!(block_on(store.claim("github:a", ttl)));
+        let token = ClaimToken::unique();
+        assert!(block_on(store.claim("github:a", token, ttl)));
+        assert!(block_on(store.complete("github:a", token, ttl)));
         for _ in 0..100 {
-            assert!(block_on(store.complete("github:a", ttl)));
+            assert!(
+                !block_on(store.complete("github:a", token, ttl)),
+                "done once"
+            );
         }
         assert_eq!(store.lock().order.len(), 1);
         assert!(block_on(store.completed("github:a")));
