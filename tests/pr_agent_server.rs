@@ -1215,6 +1215,13 @@ fn a_comment_when_a_pull_request_becomes_ready_for_review_on_every_provider() {
     let gl = |action: &str, draft: bool, changes: Value| json!({"object_kind": "merge_request", "project": {"id": 1}, "object_attributes": {"iid": 1, "action": action, "title": "T", "draft": draft}, "changes": changes});
     let bb = |draft: bool| json!({"pullrequest": {"id": 1, "title": "T", "draft": draft}, "repository": {"full_name": "t/r"}});
     let bbs = |draft: bool| json!({"pullRequest": {"id": 3, "title": "T", "draft": draft, "toRef": {"repository": {"slug": "my-repo", "project": {"key": "PRJ"}}}}});
+    let gitea_edit = |from: &str, title: &str, draft: Option<bool>| {
+        let mut p = json!({"action": "edited", "number": 1, "pull_request": {"number": 1, "title": title}, "changes": {"title": {"from": from}}, "repository": {"full_name": "o/r"}});
+        if let Some(draft) = draft {
+            p["pull_request"]["draft"] = json!(draft);
+        }
+        p
+    };
     let ado = |event: &str, draft: bool| json!({"eventType": event, "resource": {"pullRequestId": 1, "title": "T", "isDraft": draft, "repository": {"id": "r", "project": {"id": "p"}}}});
     let comments = |forge, event: &str, payload: &Value| {
         app::comment_for(forge, Some(event), payload).is_some()
@@ -1297,6 +1304,38 @@ fn a_comment_when_a_pull_request_becomes_ready_for_review_on_every_provider() {
         (Gitea, "pull_request", gh("opened", true), false),
         (Gitea, "pull_request", gh("synchronized", false), false),
         (Gitea, "pull_request", gh("closed", false), false),
+        // Gitea: a draft is a title prefix; marked ready, the title loses it.
+        (Gitea, "pull_request", gitea_edit("WIP: T", "T", None), true),
+        (
+            Gitea,
+            "pull_request",
+            gitea_edit("[wip] T", "T", Some(false)),
+            true,
+        ),
+        (Gitea, "pull_request", gitea_edit("wip:T", "T", None), true),
+        (
+            Gitea,
+            "pull_request",
+            gitea_edit("WIP: T", "[WIP] T", None),
+            false,
+        ),
+        (
+            Gitea,
+            "pull_request",
+            gitea_edit("WIP: T", "T", Some(true)),
+            false,
+        ),
+        (
+            Gitea,
+            "pull_request",
+            gitea_edit("T", "WIP: T", Some(true)),
+            false,
+        ),
+        (Gitea, "pull_request", gitea_edit("Old", "T", None), false),
+        (Gitea, "pull_request", gh("edited", false), false),
+        (Gitea, "pull_request", gitea_edit("WIP:", "T", None), true),
+        (Gitea, "pull_request", gitea_edit("WI", "T", None), false),
+        (Gitea, "pull_request", gitea_edit("é", "T", None), false),
         // Azure DevOps.
         (
             AzureDevOps,

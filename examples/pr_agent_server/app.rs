@@ -890,6 +890,16 @@ async fn handle(
     }
 }
 
+/// Whether a Gitea / Forgejo title marks a draft, by their default `WORK_IN_PROGRESS_PREFIXES`
+/// (`WIP:` and `[WIP]`, in any case).
+fn gitea_work_in_progress(title: &str) -> bool {
+    ["WIP:", "[WIP]"].iter().any(|prefix| {
+        title
+            .get(..prefix.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+    })
+}
+
 /// The comment a delivery asks for, if any: one when a pull request becomes ready for review,
 /// that is opened or reopened while not a draft, or a draft marked ready (see the module docs
 /// of `main.rs` for the events of each provider). Drafts, edits, new commits, closes and merges
@@ -973,17 +983,28 @@ pub(crate) fn comment_for(forge: Forge, event: Option<&str>, p: &Value) -> Optio
         }
         Forge::Gitea => {
             let pr = &p["pull_request"];
-            if event != Some("pull_request")
-                || !matches!(p["action"].as_str()?, "opened" | "reopened")
-                || draft(&pr["draft"])
-            {
+            let title = pr["title"].as_str().unwrap_or("");
+            let ready = match p["action"].as_str()? {
+                "opened" | "reopened" => !draft(&pr["draft"]),
+                // Gitea marks a draft by its title's prefix: "mark as ready" is an edit whose
+                // old title had one and whose new title has none.
+                "edited" => {
+                    p["changes"]["title"]["from"]
+                        .as_str()
+                        .is_some_and(gitea_work_in_progress)
+                        && !gitea_work_in_progress(title)
+                        && !draft(&pr["draft"])
+                }
+                _ => false,
+            };
+            if event != Some("pull_request") || !ready {
                 return None;
             }
             let repo = p["repository"]["full_name"].as_str()?;
             let number = p["number"].as_u64().or_else(|| pr["number"].as_u64())?;
             Some(Comment {
                 path: format!("/repos/{repo}/issues/{number}/comments"),
-                body: json!({ "body": text(pr["title"].as_str().unwrap_or("")) }),
+                body: json!({ "body": text(title) }),
                 target: format!("{repo}#{number}"),
             })
         }

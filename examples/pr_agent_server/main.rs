@@ -39,13 +39,13 @@
 //! | GitLab | Merge Request Hook `open` / `reopen` (not draft), `update` whose `changes.draft` goes from true to false |
 //! | Bitbucket Cloud | `pullrequest:created` (not draft); Cloud cannot reopen a declined pull request |
 //! | Bitbucket Data Center | `pr:opened` (not draft) |
-//! | Gitea / Forgejo | `pull_request` `opened` / `reopened` (not draft) |
+//! | Gitea / Forgejo | `pull_request` `opened` / `reopened` (not draft), `edited` whose title loses its `WIP:` / `[WIP]` prefix |
 //! | Azure DevOps | `git.pullrequest.created` (not draft) |
 //!
 //! Where the provider's event does not say that a draft became ready (Bitbucket
-//! `pullrequest:updated` / `pr:modified`, a Gitea title losing its `WIP:` prefix, Azure DevOps
-//! `git.pullrequest.updated`), or that an abandoned pull request was reactivated (Azure
-//! DevOps), nothing is posted.
+//! `pullrequest:updated` / `pr:modified`, Azure DevOps `git.pullrequest.updated`), or that an
+//! abandoned pull request was reactivated (Azure DevOps), nothing is posted. Gitea's draft
+//! prefixes are a server setting; the example knows the default ones.
 
 mod app;
 
