@@ -1939,6 +1939,21 @@ async fn reason_goes_to_the_log_once_not_to_the_client() {
     assert!(text.contains("r-9"), "{text}");
     assert!(!text.contains("hunter2"), "{text}");
     assert!(!String::from_utf8_lossy(&out.body).contains("no signature"));
+
+    // The id is read from the header the layer is told to use.
+    let layer = layer.request_id_header(http::HeaderName::from_static("x-correlation-id"));
+    let headers = [
+        ("x-hub-signature-256", GH_SIG),
+        ("x-correlation-id", "corr-7"),
+        ("x-request-id", "ignored-8"),
+    ];
+    assert_eq!(
+        send(&layer, &seen, post(&headers, GH_BODY)).await.status,
+        401
+    );
+    let text = logs.text();
+    assert!(text.contains("corr-7"), "{text}");
+    assert!(!text.contains("ignored-8"), "{text}");
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, Bytes};
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use http_body::Body;
 use pin_project::pin_project;
 use tower_layer::Layer;
@@ -277,6 +277,8 @@ struct Shared {
     handshakes: bool,
     /// `WWW-Authenticate` of a 401.
     challenge: String,
+    /// Where a request's id is read from, for the log.
+    request_id_header: HeaderName,
 }
 
 /// Layer that lets only deliveries with a valid signature reach the inner service.
@@ -337,6 +339,7 @@ impl SignatureLayer {
                 on_replay: OnReplay::Reject,
                 handshakes: true,
                 challenge,
+                request_id_header: HeaderName::from_static("x-request-id"),
             }),
         })
     }
@@ -1024,6 +1027,27 @@ impl SignatureLayer {
         self
     }
 
+    /// The header whose value identifies a request in the log lines of refused deliveries
+    /// (default `x-request-id`). Use the same one as
+    /// [`WebhookErrorLayer::request_id_header`](crate::error::WebhookErrorLayer::request_id_header),
+    /// so that both layers' lines name a request alike.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::HeaderName;
+    /// use tower_webhook::signature::SignatureLayer;
+    ///
+    /// let layer = SignatureLayer::github("secret")
+    ///     .unwrap()
+    ///     .request_id_header(HeaderName::from_static("x-correlation-id"));
+    /// assert!(format!("{layer:?}").contains("x-correlation-id"));
+    /// ```
+    pub fn request_id_header(mut self, name: HeaderName) -> Self {
+        self.update(|s| s.request_id_header = name);
+        self
+    }
+
     /// When a delivery id is recorded (default [`RecordDelivery::AfterSuccess`]).
     ///
     /// # Example
@@ -1215,6 +1239,7 @@ impl fmt::Debug for SignatureLayer {
             .field("replay_store", &s.replay.is_some())
             .field("replay_ttl", &s.replay_ttl)
             .field("claim_ttl", &s.claim_ttl)
+            .field("request_id_header", &s.request_id_header)
             .field("record", &s.record)
             .field("on_replay", &s.on_replay)
             .field("clock", &s.clock)
@@ -1360,7 +1385,7 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 fn reject(shared: &Shared, err: E, headers: &HeaderMap) -> Early {
     let provider = shared.scheme.provider.as_str();
     let request_id = headers
-        .get("x-request-id")
+        .get(&shared.request_id_header)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let problem = Problem::from_error(&err);
