@@ -2461,6 +2461,15 @@ async fn twitch_eventsub_notifications_and_verification() {
     );
 }
 
+/// A clock that reads the time from the returned cell.
+fn settable_clock() -> (Arc<std::sync::Mutex<SystemTime>>, Clock) {
+    let now = Arc::new(std::sync::Mutex::new(
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1 << 30),
+    ));
+    let cell = Arc::clone(&now);
+    (now, Clock::from_fn(move || *cell.lock().unwrap()))
+}
+
 /// A store with only `insert` and `remove` (it cannot tell claims from handled ids).
 #[derive(Debug)]
 struct InsertOnly(MemoryReplayStore);
@@ -2476,13 +2485,7 @@ impl ReplayStore for InsertOnly {
 
 #[tokio::test]
 async fn a_store_without_claims_remembers_handled_ids_for_the_replay_ttl() {
-    let now = Arc::new(std::sync::Mutex::new(
-        SystemTime::UNIX_EPOCH + Duration::from_secs(1 << 30),
-    ));
-    let clock = {
-        let now = now.clone();
-        Clock::from_fn(move || *now.lock().unwrap())
-    };
+    let (now, clock) = settable_clock();
     let layer = github()
         .replay_store(InsertOnly(MemoryReplayStore::new().clock(clock)))
         .record_delivery(RecordDelivery::AfterSuccess)
@@ -2546,13 +2549,7 @@ impl Held {
 
 #[tokio::test]
 async fn a_handler_that_outlives_its_claim_leaves_the_next_claim_alone() {
-    let now = Arc::new(std::sync::Mutex::new(
-        SystemTime::UNIX_EPOCH + Duration::from_secs(1 << 30),
-    ));
-    let clock = {
-        let now = now.clone();
-        Clock::from_fn(move || *now.lock().unwrap())
-    };
+    let (now, clock) = settable_clock();
     let layer = github()
         .replay_store(MemoryReplayStore::new().clock(clock))
         .claim_ttl(Duration::from_secs(60))
