@@ -448,6 +448,36 @@ async fn circuit_open_becomes_503_problem_json_with_retry_after() {
     assert_eq!(res.headers()["grpc-status"], "14");
 }
 
+/// A call refused while OPEN whose open period ends between `poll_ready` and `call` has no
+/// wait left, and one refused in OPEN's last moments has less than a second: either way the
+/// answer asks for at least a second (rounded up, never down), since `Retry-After: 0` invites
+/// an immediate retry.
+#[tokio::test(start_paused = true)]
+async fn a_refusal_asks_for_at_least_a_second() {
+    let open_for = Duration::from_secs(30);
+    for (left_when_ready, waited, expected) in [
+        (Duration::from_millis(500), Duration::from_millis(500), "1"),
+        (Duration::from_millis(500), Duration::from_secs(3), "1"),
+        (Duration::from_millis(500), Duration::ZERO, "1"),
+        (Duration::from_millis(1), Duration::ZERO, "1"),
+        (Duration::from_millis(1500), Duration::ZERO, "2"),
+    ] {
+        let (layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+        let mut svc = ServiceBuilder::new()
+            .layer(WebhookErrorLayer::new())
+            .layer(layer)
+            .service_fn(upstream);
+        handle.transition_to_open().unwrap();
+        tokio::time::advance(open_for - left_when_ready).await;
+        let svc = svc.ready().await.unwrap();
+        tokio::time::advance(waited).await;
+        let res = svc.call(Request::new(reply_ok())).await.unwrap();
+        let case = format!("{left_when_ready:?} left at poll_ready, then {waited:?}");
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE, "{case}");
+        assert_eq!(res.headers()["retry-after"], expected, "{case}");
+    }
+}
+
 // ---------------------------------------------------------------- keyed breakers
 
 #[tokio::test(start_paused = true)]

@@ -9,11 +9,15 @@ use http::StatusCode;
 use super::event::CircuitState;
 use crate::error::{GrpcCode, HttpError, types};
 
+/// The shortest `Retry-After` a refusal answers with.
+const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
+
 /// The breaker rejected a call without calling the inner service.
 ///
 /// Downcast it from the service's `BoxError`. Through
 /// [`WebhookErrorLayer`](crate::error::WebhookErrorLayer) it becomes `503 Service Unavailable`
-/// with `Retry-After` and problem type [`types::CIRCUIT_OPEN`], or gRPC `Unavailable`. With the
+/// with `Retry-After` (whole seconds, rounded up, at least 1) and problem type
+/// [`types::CIRCUIT_OPEN`], or gRPC `Unavailable`. With the
 /// `tonic` feature its [`source`](std::error::Error::source) is a
 /// `tonic::Status::unavailable`, so a tonic client built on a breaker-wrapped `Channel` sees
 /// `Code::Unavailable`. The retry policy of this crate never retries it.
@@ -55,7 +59,8 @@ impl CircuitOpen {
     }
 
     /// How long until the breaker lets probes through: known in OPEN, `None` in FORCED_OPEN
-    /// and when HALF_OPEN has no probe permit left.
+    /// and when HALF_OPEN has no probe permit left. Zero when the OPEN period ended between
+    /// `poll_ready` and `call`; the HTTP answer's `Retry-After` is at least one second.
     ///
     /// # Example
     ///
@@ -236,8 +241,10 @@ impl HttpError for CircuitOpen {
         ))
     }
 
+    /// At least one second: a refusal whose OPEN period ended between `poll_ready` and `call`
+    /// has no wait left, but `Retry-After: 0` would invite an immediate retry.
     fn retry_after(&self) -> Option<Duration> {
-        self.retry_after
+        self.retry_after.map(|after| after.max(MIN_RETRY_AFTER))
     }
 
     fn grpc_code(&self) -> GrpcCode {
