@@ -334,6 +334,33 @@ async fn never_retries_a_circuit_open_rejection() {
     assert_eq!(handle.snapshot().not_permitted_calls, 1);
 }
 
+/// A rejection turned into a `tonic::Status` with the crate's `From<CircuitOpen>` (a service
+/// whose errors are `tonic::Status`) is recognised too, and not retried.
+#[tokio::test(start_paused = true)]
+async fn never_retries_a_circuit_open_rejection_turned_into_a_tonic_status() {
+    let script = Script::new(&[(200, None)]);
+    let (breaker, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+    handle.transition_to_open().unwrap();
+    let started = Instant::now();
+    let status = ServiceBuilder::new()
+        .layer(fast().max_retries(5).into_layer())
+        .map_err(|err: BoxError| match err.downcast::<CircuitOpen>() {
+            Ok(open) => tonic::Status::from(*open),
+            Err(err) => tonic::Status::from_error(err),
+        })
+        .layer(breaker)
+        .service(script.service())
+        .oneshot(get())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(status.message().starts_with("circuit breaker is OPEN"));
+    assert_eq!(handle.snapshot().not_permitted_calls, 1, "not retried");
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    let open = CircuitOpen::find(&status).expect("the rejection is in the chain");
+    assert_eq!(open.retry_after(), Some(Duration::from_secs(30)));
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_empty_budget_stops_retries() {
     let script = Script::new(&[(503, None), (200, None)]);

@@ -20,7 +20,8 @@ const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// [`types::CIRCUIT_OPEN`], or gRPC `Unavailable`. With the
 /// `tonic` feature its [`source`](std::error::Error::source) is a
 /// `tonic::Status::unavailable`, so a tonic client built on a breaker-wrapped `Channel` sees
-/// `Code::Unavailable`. The retry policy of this crate never retries it.
+/// `Code::Unavailable`; `tonic::Status::from(open)` keeps the rejection as the status's source.
+/// The retry policy of this crate never retries it, in either form.
 ///
 /// # Example
 ///
@@ -218,7 +219,10 @@ impl std::error::Error for CircuitOpen {
 #[cfg(feature = "tonic")]
 impl From<CircuitOpen> for tonic::Status {
     fn from(open: CircuitOpen) -> Self {
-        tonic::Status::unavailable(open.to_string())
+        let mut status = tonic::Status::unavailable(open.to_string());
+        // Kept as the source, so `CircuitOpen::find` and the retry policy still see it.
+        status.set_source(std::sync::Arc::new(open));
+        status
     }
 }
 
