@@ -1650,3 +1650,43 @@ async fn a_tunnel_flap_does_not_cut_a_rate_limit_wait_short() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     drop(tx);
 }
+
+/// `answer` with a `Retry-After` that is an HTTP date two minutes ahead (RFC 9110 allows a date
+/// as well as delta-seconds).
+fn retry_at_a_date(answer: StatusCode) -> Response {
+    let at = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(120));
+    (answer, [("retry-after", at)]).into_response()
+}
+
+/// A rate limit whose `Retry-After` is an HTTP date is waited out for as long as the date says:
+/// a 429 not cut to the minute a 429 without a readable wait gets, a 403 not taken for a refusal.
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_given_as_an_http_date_is_honoured() {
+    let answers: [fn() -> Response; 2] = [
+        || retry_at_a_date(StatusCode::TOO_MANY_REQUESTS),
+        || retry_at_a_date(StatusCode::FORBIDDEN),
+    ];
+    for first in answers {
+        let (calls, tx) = follow_with_first_answer(first).await;
+        for _ in 0..100 {
+            if calls.load(Ordering::SeqCst) >= 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "the first attempt, refused"
+        );
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "still waiting for the date"
+        );
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "tried again at the date");
+        drop(tx);
+    }
+}

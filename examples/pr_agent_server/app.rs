@@ -27,7 +27,7 @@ use tower_webhook::circuit_breaker::{
     CircuitBreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer, CircuitOpen,
 };
 use tower_webhook::error::{Problem, WebhookErrorLayer, WebhookProcessingError, types};
-use tower_webhook::retry::RetryPolicy;
+use tower_webhook::retry::{RetryPolicy, retry_after};
 use tower_webhook::signature::{OnReplay, RecordDelivery, SignatureLayer, VerifiedWebhook};
 use tower_webhook::tunnel::{Running, Server, TunnelBuilder, TunnelEvent};
 
@@ -1269,9 +1269,10 @@ async fn says_secondary_rate_limit(mut res: reqwest::Response) -> bool {
 }
 
 /// How long to wait before posting again when `status` and `headers` say a rate limit was hit
-/// (403 or 429 with `Retry-After`, or with `X-RateLimit-Remaining: 0` and `X-RateLimit-Reset`,
-/// a minute without the reset). `None` when the headers say no rate limit (see
-/// [`status_and_wait`] for GitHub's limits that name no delay).
+/// (403 or 429 with `Retry-After`, in seconds or as an HTTP date, or with
+/// `X-RateLimit-Remaining: 0` and `X-RateLimit-Reset`, a minute without the reset), from 1 s to
+/// an hour. `None` when the headers say no rate limit (see [`status_and_wait`] for GitHub's
+/// limits that name no delay).
 fn rate_limit_wait(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
     if status != StatusCode::FORBIDDEN && status != StatusCode::TOO_MANY_REQUESTS {
         return None;
@@ -1279,8 +1280,9 @@ fn rate_limit_wait(status: StatusCode, headers: &HeaderMap) -> Option<Duration> 
     let number =
         |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
     const LONGEST: Duration = Duration::from_secs(3600);
-    if let Some(secs) = number("retry-after") {
-        return Some(Duration::from_secs(secs).min(LONGEST));
+    if let Some(wait) = retry_after(headers) {
+        // A date already past (a clock ahead of the provider's) is no reason to call at once.
+        return Some(wait.clamp(Duration::from_secs(1), LONGEST));
     }
     if number("x-ratelimit-remaining") == Some(0) {
         let now = std::time::SystemTime::now()

@@ -15,7 +15,8 @@
 //!   `min(cap, base * 2^attempt)`), so clients that failed together do not retry together.
 //! - **`Retry-After`**: when the response carries one (seconds or an HTTP date), the policy
 //!   waits exactly that long, and gives up if it is longer than
-//!   [`max_retry_after`](RetryPolicy::max_retry_after).
+//!   [`max_retry_after`](RetryPolicy::max_retry_after). [`retry_after`] reads the header
+//!   the same way for your own code.
 //! - **Budget**: a shared [`TpsBudget`] caps retries to a share of the traffic, so retries do
 //!   not multiply the load on an upstream that is already struggling.
 //! - **Never a circuit-open rejection**: an error carrying
@@ -77,6 +78,39 @@ use tower::retry::budget::{Budget, TpsBudget};
 use crate::BoxError;
 
 pub use tower::retry::budget::TpsBudget as RetryBudget;
+
+/// The wait a response's `Retry-After` header asks for, as the policy reads it: delta-seconds
+/// or an HTTP date (RFC 9110, section 10.2.3). A date in the past is no wait; delta-seconds too
+/// large for a `u64` are [`Duration::MAX`]. `None` when the header is missing or unreadable.
+///
+/// Use it to honour a `Retry-After` the policy gave up on or was not asked to retry (a 403
+/// rate limit, a wait longer than [`RetryPolicy::max_retry_after`]).
+///
+/// # Example
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use http::HeaderMap;
+/// use tower_webhook::retry::retry_after;
+///
+/// let mut headers = HeaderMap::new();
+/// assert_eq!(retry_after(&headers), None);
+/// headers.insert("retry-after", "120".parse().unwrap());
+/// assert_eq!(retry_after(&headers), Some(Duration::from_secs(120)));
+///
+/// let at = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(90));
+/// headers.insert("retry-after", at.parse().unwrap());
+/// let wait = retry_after(&headers).unwrap();
+/// assert!(wait > Duration::from_secs(85) && wait <= Duration::from_secs(90));
+///
+/// headers.insert("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap());
+/// assert_eq!(retry_after(&headers), Some(Duration::ZERO)); // in the past
+/// headers.insert("retry-after", "soon".parse().unwrap());
+/// assert_eq!(retry_after(&headers), None);
+/// ```
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    crate::retry_after::parse(headers)
+}
 
 /// Marks a request as safe to retry even though its method is not idempotent. Put it in the
 /// request's extensions.
@@ -725,7 +759,7 @@ where
                 if !self.is_retryable_status(status) {
                     return None;
                 }
-                let after = crate::retry_after::parse(res.headers());
+                let after = retry_after(res.headers());
                 let refused = status == StatusCode::TOO_MANY_REQUESTS
                     || (status == StatusCode::SERVICE_UNAVAILABLE && after.is_some());
                 (after, refused)
