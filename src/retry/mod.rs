@@ -21,6 +21,9 @@
 //!   not multiply the load on an upstream that is already struggling.
 //! - **Never a circuit-open rejection**: an error carrying
 //!   [`CircuitOpen`](crate::circuit_breaker::CircuitOpen) is returned at once.
+//! - **Attempts, not time**: at most [`max_retries`](RetryPolicy::max_retries) retries per
+//!   call, each wait at most `cap` or `max_retry_after`; the policy sets no deadline for the
+//!   whole call. For one, put `tower::timeout::TimeoutLayer` outside the retry layer.
 //!
 //! # With a circuit breaker
 //!
