@@ -315,6 +315,25 @@ async fn honors_retry_after_up_to_a_maximum() {
     }
 }
 
+/// `Retry-After: 0`, or a date already past (a clock ahead of the upstream's), asks for no
+/// wait: the policy keeps its backoff rather than retrying with no pause at all.
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_of_zero_keeps_the_backoff() {
+    let past = "Wed, 21 Oct 2015 07:28:00 GMT";
+    for (status, after) in [(503, "0"), (429, "0"), (503, past)] {
+        let script = Script::new(&[(status, Some(after)), (status, Some(after)), (200, None)]);
+        let res = run(fast(), &script, post()).await.unwrap();
+        assert_eq!((res.status().as_u16(), script.count()), (200, 3), "{after}");
+        for (k, gap) in script.gaps().into_iter().enumerate() {
+            let max = Duration::from_millis(100 << k);
+            assert!(
+                gap > Duration::ZERO && gap <= max,
+                "{status} {after}: delay {k} was {gap:?}"
+            );
+        }
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn never_retries_a_circuit_open_rejection() {
     let script = Script::new(&[(200, None)]);

@@ -15,8 +15,9 @@
 //!   `min(cap, base * 2^attempt)`), so clients that failed together do not retry together.
 //! - **`Retry-After`**: when the response carries one (seconds or an HTTP date), the policy
 //!   waits exactly that long, and gives up if it is longer than
-//!   [`max_retry_after`](RetryPolicy::max_retry_after). [`retry_after`] reads the header
-//!   the same way for your own code.
+//!   [`max_retry_after`](RetryPolicy::max_retry_after). A wait of zero (`0`, or a date
+//!   already past) keeps the backoff. [`retry_after`] reads the header the same way for your
+//!   own code.
 //! - **Budget**: a shared [`TpsBudget`] caps retries to a share of the traffic, so retries do
 //!   not multiply the load on an upstream that is already struggling.
 //! - **Never a circuit-open rejection**: an error carrying
@@ -786,8 +787,10 @@ where
                 );
                 return None;
             }
-            Some(after) => after,
-            None => {
+            // `Retry-After: 0`, or a date already past (often a clock ahead of the
+            // upstream's), asks for no wait: keep the backoff instead of retrying at once.
+            Some(after) if !after.is_zero() => after,
+            _ => {
                 let max = self.max_delay(self.attempt);
                 let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
                 Duration::from_nanos(fastrand::u64(0..=nanos))
