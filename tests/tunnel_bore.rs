@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use support::{BoreServer, get_url, hello_service, serve_locally};
-use tower_webhook::tunnel::{Bore, Tunnel, TunnelError, TunnelEvent, Upstream};
+use tower_webhook::tunnel::{Bore, Server, Tunnel, TunnelError, TunnelEvent, Upstream};
 
 fn bore_to(ip: Ipv4Addr) -> Bore {
     Bore::new()
@@ -364,4 +364,215 @@ async fn losing_the_control_connection_lets_requests_in_flight_finish() {
     let (status, body) = in_flight.await.unwrap().unwrap();
     assert_eq!((status, body.as_str()), (200, "finished"));
     handle.close().await;
+}
+
+/// A local line echo server that keeps each connection open until its client closes it.
+async fn echo_server() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let echo = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .unwrap();
+    let addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Writes `line` on `stream` and reads it back within 2 s.
+async fn echoes(stream: &mut tokio::net::TcpStream, line: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    if stream.write_all(line.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut back = vec![0u8; line.len()];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut back)).await,
+        Ok(Ok(_))
+    ) && back == line.as_bytes()
+}
+
+/// Whether the peer closes `stream` within `limit` (whatever it sends before).
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+
+    let mut rest = Vec::new();
+    tokio::time::timeout(limit, stream.read_to_end(&mut rest))
+        .await
+        .is_ok()
+}
+
+/// A service whose `/hang` requests never get an answer; `started` is notified for each.
+fn hanging_service(
+    started: Arc<tokio::sync::Notify>,
+) -> impl tower::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<http_body_util::Full<bytes::Bytes>>,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let started = Arc::clone(&started);
+        async move {
+            if req.uri().path() == "/hang" {
+                started.notify_one();
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                bytes::Bytes::from_static(b"ok"),
+            )))
+        }
+    })
+}
+
+/// Opens a public connection to `url` and sends a `/hang` request on it.
+async fn hang_request(url: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+
+    let mut stream = tokio::net::TcpStream::connect(url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /hang HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    stream
+}
+
+#[tokio::test]
+async fn closing_the_tunnel_ends_piped_connections_that_outlived_the_control_connection() {
+    let ip = Ipv4Addr::new(127, 0, 0, 15);
+    let _server = BoreServer::start(ip, None).await;
+    let (relay_port, cut) = relay_to(ip).await;
+    let handle = Tunnel::builder()
+        .provider(bore_to(ip).control_port(relay_port))
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200))
+        .start(echo_server().await)
+        .await
+        .unwrap();
+    let mut events = handle.events();
+    let mut public = tokio::net::TcpStream::connect(handle.url().trim_start_matches("http://"))
+        .await
+        .unwrap();
+    assert!(echoes(&mut public, "before\n").await);
+
+    cut.send(()).unwrap();
+    let down = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .expect("a Down event")
+        .unwrap();
+    assert!(matches!(down, TunnelEvent::Down { .. }), "{down:?}");
+    // Losing the control connection does not cut the piped connection...
+    assert!(echoes(&mut public, "after the cut\n").await);
+
+    // ...closing the tunnel does, although the client would keep it open.
+    handle.close().await;
+    assert!(
+        closed_within(&mut public, Duration::from_secs(3)).await,
+        "a connection piped before the control connection dropped outlived the tunnel"
+    );
+}
+
+#[tokio::test]
+async fn dropping_the_handle_ends_requests_that_outlived_the_control_connection() {
+    let ip = Ipv4Addr::new(127, 0, 0, 16);
+    let _server = BoreServer::start(ip, None).await;
+    let (relay_port, cut) = relay_to(ip).await;
+    let started = Arc::new(tokio::sync::Notify::new());
+    let handle = Tunnel::builder()
+        .provider(bore_to(ip).control_port(relay_port))
+        // Closed while it waits to re-open.
+        .reconnect_backoff(Duration::from_secs(30), Duration::from_secs(30))
+        .start(Upstream::service(hanging_service(Arc::clone(&started))))
+        .await
+        .unwrap();
+    let mut events = handle.events();
+    let mut public = hang_request(&handle.url()).await;
+    tokio::time::timeout(Duration::from_secs(5), started.notified())
+        .await
+        .expect("the request reached the service");
+
+    cut.send(()).unwrap();
+    let down = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .expect("a Down event")
+        .unwrap();
+    assert!(matches!(down, TunnelEvent::Down { .. }), "{down:?}");
+    assert!(
+        !closed_within(&mut public, Duration::from_millis(300)).await,
+        "losing the control connection cut the request in flight"
+    );
+
+    drop(handle);
+    let closed = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .expect("a Closed event")
+        .unwrap();
+    assert!(matches!(closed, TunnelEvent::Closed { .. }), "{closed:?}");
+    assert!(
+        closed_within(&mut public, Duration::from_secs(3)).await,
+        "a request in flight when the control connection dropped outlived the tunnel"
+    );
+}
+
+#[tokio::test]
+async fn the_server_helper_ends_tunnel_connections_still_open_after_its_drain() {
+    // The drain lasts its documented 10 s here: the request never finishes.
+    let ip = Ipv4Addr::new(127, 0, 0, 17);
+    let _server = BoreServer::start(ip, None).await;
+    let (relay_port, cut) = relay_to(ip).await;
+    let started = Arc::new(tokio::sync::Notify::new());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = Server::bind((Ipv4Addr::LOCALHOST, 0).into())
+        .await
+        .unwrap()
+        .tunnel(
+            Tunnel::builder()
+                .provider(bore_to(ip).control_port(relay_port))
+                .reconnect(false),
+        )
+        .with_graceful_shutdown(async {
+            let _ = stop_rx.await;
+        })
+        .spawn(hanging_service(Arc::clone(&started)))
+        .await
+        .unwrap();
+    let mut status = running.tunnel_watch().unwrap();
+    let mut public = hang_request(&running.tunnel_url().unwrap()).await;
+    tokio::time::timeout(Duration::from_secs(5), started.notified())
+        .await
+        .expect("the request reached the service");
+
+    cut.send(()).unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        status.wait_for(|event| matches!(event, TunnelEvent::Down { .. })),
+    )
+    .await
+    .expect("a Down status")
+    .unwrap();
+
+    let stopping = tokio::time::Instant::now();
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(15), running.wait())
+        .await
+        .expect("the server did not stop");
+    assert!(stopping.elapsed() >= Duration::from_secs(9), "no drain");
+    assert!(
+        closed_within(&mut public, Duration::from_secs(3)).await,
+        "a tunnel request left after the drain outlived the server"
+    );
 }

@@ -403,7 +403,9 @@ impl Provider for Bore {
                 };
                 // Each public connection has its own socket to the server, which outlives the
                 // control connection: let the requests in flight finish instead of cutting them.
-                // Each ends with its connection (idle ones after the header read timeout).
+                // Each ends with its connection (idle ones after the header read timeout), or
+                // when the tunnel is closed: the tunnel's upstream ends every connection it
+                // serves then, these included.
                 connections.detach_all();
                 Err(lost)
             }))

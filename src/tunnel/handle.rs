@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::error::{Attempt, chain};
 use super::http::{BaseUrl, get};
 use super::provider::{Provider, Session};
-use super::upstream::{PROBE_HEADER, PROBE_PATH};
+use super::upstream::{PROBE_HEADER, PROBE_PATH, TunnelConnections};
 use super::{TlsRoots, TunnelError, Upstream};
 use crate::BoxError;
 
@@ -410,10 +410,12 @@ impl TunnelBuilder {
     /// # Ok(()) }
     /// ```
     pub async fn start(self, upstream: impl Into<Upstream>) -> Result<TunnelHandle, TunnelError> {
-        let upstream = upstream.into();
         if self.providers.is_empty() {
             return Err(TunnelError::NoProviders);
         }
+        // Every connection this tunnel serves ends with it, those that outlive the session that
+        // received them included (dropped at once when no provider works).
+        let (upstream, connections) = upstream.into().for_tunnel();
         let chain = Arc::new(self);
         let opened = chain
             .open(&upstream)
@@ -430,6 +432,7 @@ impl TunnelBuilder {
         let supervisor = Supervisor {
             chain,
             upstream,
+            connections,
             status: status_tx,
             events: events_tx.clone(),
         };
@@ -1112,6 +1115,8 @@ impl TunnelEvents {
 struct Supervisor {
     chain: Arc<TunnelBuilder>,
     upstream: Upstream,
+    /// Ends the connections served through `upstream` when the tunnel closes (or this is dropped).
+    connections: TunnelConnections,
     status: watch::Sender<TunnelEvent>,
     events: broadcast::Sender<TunnelEvent>,
 }
@@ -1120,6 +1125,12 @@ impl Supervisor {
     fn emit(&self, event: TunnelEvent) {
         let _ = self.events.send(event.clone());
         self.status.send_replace(event);
+    }
+
+    /// The tunnel is closed: ends the connections still open, then reports it.
+    fn closed(&self, provider: String, url: String) {
+        self.connections.close();
+        self.emit(TunnelEvent::Closed { provider, url });
     }
 
     async fn run(self, opened: Opened, mut close: oneshot::Receiver<()>) {
@@ -1137,7 +1148,7 @@ impl Supervisor {
             let reason = tokio::select! {
                 _ = &mut close => {
                     session.close(self.chain.close_grace).await;
-                    self.emit(TunnelEvent::Closed { provider, url });
+                    self.closed(provider, url);
                     return;
                 }
                 reason = session.ended() => reason,
@@ -1151,7 +1162,7 @@ impl Supervisor {
             drop(session);
             if !self.chain.reconnect {
                 let _ = close.await;
-                self.emit(TunnelEvent::Closed { provider, url });
+                self.closed(provider, url);
                 return;
             }
             if up_since.elapsed() >= self.chain.backoff_max {
@@ -1169,7 +1180,7 @@ impl Supervisor {
                 };
                 match result {
                     None => {
-                        self.emit(TunnelEvent::Closed { provider, url });
+                        self.closed(provider, url);
                         return;
                     }
                     Some(Ok(opened)) => break opened,

@@ -28,7 +28,8 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// [`with_graceful_shutdown`](Self::with_graceful_shutdown) sets another) stops accepting on the
 /// local port, lets open requests finish (up to 10 s), then closes the tunnel. The tunnel stays
 /// open while they finish, so deliveries that reach it then are served too, one request per
-/// connection, and waited for within the same 10 s.
+/// connection, and waited for within the same 10 s. Closing the tunnel ends the tunnel
+/// connections still open after that.
 ///
 /// # Example
 ///

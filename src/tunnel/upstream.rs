@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, watch};
 use tower::ServiceExt;
 use tower_service::Service;
 
@@ -168,7 +168,11 @@ fn full(bytes: Bytes) -> BoxBody {
 /// the service or the address unchanged.
 ///
 /// Providers get an `Upstream` in [`Provider::open`](super::Provider::open) and hand it each
-/// connection they receive with [`serve_connection`](Self::serve_connection).
+/// connection they receive with [`serve_connection`](Self::serve_connection). Connections served
+/// through the copy a tunnel gives its providers end when that tunnel is closed
+/// ([`TunnelHandle::close`](super::TunnelHandle::close), or dropping the handle), also those that
+/// outlived the provider session that received them, such as bore connections still carrying a
+/// request when the control connection dropped.
 ///
 /// # Example
 ///
@@ -189,6 +193,21 @@ pub struct Upstream {
     inner: Arc<Inner>,
     /// `None`: no header read timeout.
     header_read_timeout: Option<Duration>,
+    /// Set on the copy a tunnel hands its providers: fires (or its sender is dropped) when the
+    /// tunnel is closed, and every connection served through that copy ends then.
+    tunnel_closed: Option<watch::Receiver<()>>,
+}
+
+/// Held by an open tunnel: closing it (or dropping it) ends every connection served through the
+/// [`Upstream`] copy made with it, those that outlived the provider session that received them
+/// included (bore connections in flight when the control connection dropped).
+pub(crate) struct TunnelConnections(watch::Sender<()>);
+
+impl TunnelConnections {
+    /// Ends the connections (those still open, and any handed over later).
+    pub(crate) fn close(&self) {
+        self.0.send_replace(());
+    }
 }
 
 struct Inner {
@@ -427,6 +446,31 @@ impl Upstream {
                 graceful: Mutex::new(None),
             }),
             header_read_timeout: Some(DEFAULT_HEADER_READ_TIMEOUT),
+            tunnel_closed: None,
+        }
+    }
+
+    /// The copy of this upstream a tunnel serves its connections with, and what ends them when
+    /// the tunnel is closed.
+    pub(crate) fn for_tunnel(&self) -> (Self, TunnelConnections) {
+        let (closed_tx, closed_rx) = watch::channel(());
+        let upstream = Self {
+            tunnel_closed: Some(closed_rx),
+            ..self.clone()
+        };
+        (upstream, TunnelConnections(closed_tx))
+    }
+
+    /// Runs `serve` until it ends or, for a tunnel's copy, until the tunnel is closed.
+    async fn until_tunnel_closed(&self, serve: impl Future<Output = ()>) {
+        let Some(closed) = &self.tunnel_closed else {
+            return serve.await;
+        };
+        let mut closed = closed.clone();
+        tokio::select! {
+            () = serve => {}
+            // A value or a dropped sender: either way the tunnel is closed.
+            _ = closed.changed() => tracing::debug!("tunnel closed: connection ended"),
         }
     }
 
@@ -475,10 +519,11 @@ impl Upstream {
     where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        self.inner
+        let serve = self
+            .inner
             .serve
-            .serve(Box::new(io), self.options(self.header_read_timeout, false))
-            .await;
+            .serve(Box::new(io), self.options(self.header_read_timeout, false));
+        self.until_tunnel_closed(serve).await;
     }
 
     /// Serves a pooled connection that waits, idle, for the tunnel server to hand it requests
@@ -488,10 +533,11 @@ impl Upstream {
     where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        self.inner
+        let serve = self
+            .inner
             .serve
-            .serve(Box::new(io), self.options(None, true))
-            .await;
+            .serve(Box::new(io), self.options(None, true));
+        self.until_tunnel_closed(serve).await;
     }
 
     /// Serves a tunnel connection that carries exactly one public TCP connection (bore, TCP
@@ -528,9 +574,12 @@ impl Upstream {
     {
         match self.inner.address {
             Some(addr) => {
-                if let Err(err) = pipe(io, addr, &self.inner.probes).await {
-                    tracing::debug!(%addr, error = %err, "tunnel connection to the local server ended");
-                }
+                self.until_tunnel_closed(async {
+                    if let Err(err) = pipe(io, addr, &self.inner.probes).await {
+                        tracing::debug!(%addr, error = %err, "tunnel connection to the local server ended");
+                    }
+                })
+                .await;
             }
             None => self.serve_connection(io).await,
         }
