@@ -23,8 +23,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tower_webhook::BoxError;
 use tower_webhook::tunnel::{
-    BORE_MAX_CONNECTIONS, Bore, BoxFuture, LocalTunnel, Provider, Server, Session, Tunnel,
-    TunnelEvent, Upstream,
+    BORE_MAX_CONNECTIONS, Bore, BoxFuture, LocalTunnel, Provider, SESSION_STOP_GRACE, Server,
+    Session, Tunnel, TunnelEvent, Upstream,
 };
 
 use support::{LT_MAX_CONN, Logs, LtServer, eventually, get, get_url, hello_service};
@@ -792,5 +792,62 @@ async fn accept_failures_are_logged_and_paced() {
     assert!(
         text.contains("Too many open files") || text.contains("os error 24"),
         "{text}"
+    );
+}
+
+/// A provider whose tunnel never passes the probe and whose teardown never ends, as an SDK's close
+/// that waits on its service without a timeout would; its task holds `held` until it ends.
+#[derive(Debug)]
+struct HangingTeardown {
+    url: String,
+    held: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+}
+
+impl Provider for HangingTeardown {
+    fn name(&self) -> &str {
+        "hanging-teardown"
+    }
+
+    fn open(&self, _upstream: Upstream) -> BoxFuture<'_, Result<Session, BoxError>> {
+        let held = self.held.lock().unwrap().take();
+        let url = self.url.clone();
+        Box::pin(async move {
+            Ok(Session::spawn(url, |mut stop| async move {
+                let _held = held;
+                stop.stopped().await;
+                std::future::pending::<()>().await;
+                Ok(())
+            }))
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_session_whose_teardown_hangs_is_aborted_after_the_grace() {
+    let (held, mut released) = tokio::sync::oneshot::channel::<()>();
+    let provider = HangingTeardown {
+        url: format!("http://127.0.0.1:{}", support::closed_port().await),
+        held: Mutex::new(Some(held)),
+    };
+    // The probe fails, so the chain drops the session without closing it.
+    let err = Tunnel::builder()
+        .provider(provider)
+        .probe_timeout(Duration::from_millis(200))
+        .start(Upstream::address(([127, 0, 0, 1], 9).into()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("hanging-teardown"), "{err}");
+    let second = Duration::from_secs(1);
+    assert!(
+        tokio::time::timeout(SESSION_STOP_GRACE - second, &mut released)
+            .await
+            .is_err(),
+        "the teardown got no time"
+    );
+    let ended = tokio::time::timeout(2 * second, released).await;
+    assert!(
+        matches!(ended, Ok(Err(_))),
+        "the task of a dropped session still runs after {} s",
+        SESSION_STOP_GRACE.as_secs()
     );
 }

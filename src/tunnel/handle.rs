@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::error::{Attempt, chain};
 use super::http::{BaseUrl, get};
-use super::provider::{Provider, Session};
+use super::provider::{Provider, SESSION_STOP_GRACE, Session};
 use super::upstream::{PROBE_HEADER, PROBE_PATH, TunnelConnections};
 use super::{TlsRoots, TunnelError, Upstream};
 use crate::BoxError;
@@ -124,7 +124,7 @@ impl TunnelBuilder {
             reconnect: true,
             backoff_min: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
-            close_grace: Duration::from_secs(10),
+            close_grace: SESSION_STOP_GRACE,
             tls: TlsRoots::new(),
         }
     }

@@ -78,7 +78,7 @@ pub use self::localtunnel::{LOCALTUNNEL_PUBLIC_SERVER, LocalTunnel};
 #[cfg(feature = "ngrok")]
 #[cfg_attr(docsrs, doc(cfg(feature = "ngrok")))]
 pub use self::ngrok::Ngrok;
-pub use self::provider::{BoxFuture, Provider, Session, StopSignal};
+pub use self::provider::{BoxFuture, Provider, SESSION_STOP_GRACE, Session, StopSignal};
 pub use self::server::{Running, Server, start};
 pub use self::tls::TlsRoots;
 pub use self::upstream::{DEFAULT_HEADER_READ_TIMEOUT, PROBE_HEADER, PROBE_PATH, Upstream};

@@ -185,6 +185,9 @@ impl Ngrok {
     }
 }
 
+/// How long closing the ngrok session may take once the tunnel is closed or lost.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Aborts the task when dropped.
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
@@ -275,7 +278,21 @@ impl Provider for Ngrok {
                         Some(_) = connections.join_next() => {}
                     }
                 };
-                let _ = session.close().await;
+                // The connections end with the tunnel, without waiting for the session.
+                drop(connections);
+                // The SDK's close waits for the session's RPC lock, which its calls to the ngrok
+                // service (an unlisten, say) hold with no timeout, then for room in the session's
+                // frame queue: bounded, so that neither a close nor the report of a lost endpoint
+                // can hang here.
+                if tokio::time::timeout(CLOSE_TIMEOUT, session.close())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        "the ngrok session did not close within {} s; dropped",
+                        CLOSE_TIMEOUT.as_secs()
+                    );
+                }
                 result
             }))
         })

@@ -84,7 +84,10 @@ pub trait Provider: fmt::Debug + Send + Sync + 'static {
 ///
 /// The task's future ends with `Ok(())` after a requested stop (or when the remote side ended the
 /// tunnel) and with `Err(reason)` when the tunnel was lost. Dropping the session asks the task to
-/// stop; [`TunnelHandle`](super::TunnelHandle) watches the task and re-opens the tunnel when it ends
+/// stop and gives it [`SESSION_STOP_GRACE`] (10 s) to tear the tunnel down, as closing the tunnel
+/// does, then aborts it: a teardown that hangs (an SDK's close that waits on its service without
+/// a timeout, say) does not keep the task and what it holds forever.
+/// [`TunnelHandle`](super::TunnelHandle) watches the task and re-opens the tunnel when it ends
 /// without being asked to.
 ///
 /// # Example
@@ -103,8 +106,38 @@ pub trait Provider: fmt::Debug + Send + Sync + 'static {
 pub struct Session {
     url: String,
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), BoxError>>,
+    /// `None` once closed.
+    task: Option<JoinHandle<Result<(), BoxError>>>,
+    /// The runtime of the task, where a dropped session's task is aborted after the grace.
+    runtime: tokio::runtime::Handle,
 }
+
+/// How long the task of a dropped [`Session`] may take to tear its tunnel down before it is
+/// aborted: as long as closing a tunnel waits for it.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_webhook::tunnel::{SESSION_STOP_GRACE, Session};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// // `held` stands for what the task holds: it is dropped when the task ends or is aborted.
+/// let (held, mut released) = tokio::sync::oneshot::channel::<()>();
+/// let session = Session::spawn("http://127.0.0.1:9", |mut stop| async move {
+///     let _held = held;
+///     stop.stopped().await;
+///     std::future::pending::<()>().await; // a teardown that never ends
+///     Ok(())
+/// });
+/// drop(session);
+/// let second = Duration::from_secs(1);
+/// assert!(tokio::time::timeout(SESSION_STOP_GRACE - second, &mut released).await.is_err());
+/// let ended = tokio::time::timeout(2 * second, released).await;
+/// assert!(matches!(ended, Ok(Err(_))), "aborted after the grace");
+/// # }
+/// ```
+pub const SESSION_STOP_GRACE: Duration = Duration::from_secs(10);
 
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -147,7 +180,8 @@ impl Session {
         Self {
             url: url.into(),
             stop: Some(stop),
-            task,
+            task: Some(task),
+            runtime: tokio::runtime::Handle::current(),
         }
     }
 
@@ -173,7 +207,10 @@ impl Session {
 
     /// Waits until the session ends on its own; returns why.
     pub(crate) async fn ended(&mut self) -> String {
-        match (&mut self.task).await {
+        let Some(task) = &mut self.task else {
+            return "the tunnel was closed".to_owned();
+        };
+        match task.await {
             Ok(Ok(())) => "the tunnel was closed by the remote side".to_owned(),
             Ok(Err(err)) => super::error::chain(&*err),
             Err(err) if err.is_panic() => "the tunnel task panicked".to_owned(),
@@ -186,8 +223,10 @@ impl Session {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if tokio::time::timeout(grace, &mut self.task).await.is_err() {
-            self.task.abort();
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(grace, &mut task).await.is_err()
+        {
+            task.abort();
         }
     }
 }
@@ -196,6 +235,23 @@ impl Drop for Session {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+        if let Some(mut task) = self.task.take()
+            && !task.is_finished()
+        {
+            // Spawning on a runtime that is shut down drops this at once, and the task with it.
+            self.runtime.spawn(async move {
+                if tokio::time::timeout(SESSION_STOP_GRACE, &mut task)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        "a tunnel session did not stop within {} s of being dropped; aborted",
+                        SESSION_STOP_GRACE.as_secs()
+                    );
+                    task.abort();
+                }
+            });
         }
     }
 }
