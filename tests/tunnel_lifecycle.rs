@@ -851,3 +851,52 @@ async fn a_dropped_session_whose_teardown_hangs_is_aborted_after_the_grace() {
         SESSION_STOP_GRACE.as_secs()
     );
 }
+
+#[tokio::test]
+async fn the_server_helper_ends_local_connections_still_open_after_its_drain() {
+    // The drain lasts its documented 10 s here: the request never finishes.
+    let started = Arc::new(tokio::sync::Notify::new());
+    let hanging = {
+        let started = Arc::clone(&started);
+        tower::service_fn(move |_req: Request<Incoming>| {
+            let started = Arc::clone(&started);
+            async move {
+                started.notify_one();
+                std::future::pending::<()>().await;
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"never"))))
+            }
+        })
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = Server::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .await
+        .unwrap()
+        .with_graceful_shutdown(async {
+            let _ = stop_rx.await;
+        })
+        .spawn(hanging)
+        .await
+        .unwrap();
+    let mut stream = TcpStream::connect(running.local_addr()).await.unwrap();
+    stream
+        .write_all(b"POST /hook HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), started.notified())
+        .await
+        .expect("the request reached the service");
+
+    let stopping = tokio::time::Instant::now();
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(15), running.wait())
+        .await
+        .expect("the server did not stop");
+    assert!(stopping.elapsed() >= Duration::from_secs(9), "no drain");
+    let mut rest = Vec::new();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut rest))
+            .await
+            .is_ok(),
+        "a local request left after the drain outlived the server"
+    );
+}

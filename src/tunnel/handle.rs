@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::error::{Attempt, chain};
 use super::http::{BaseUrl, get};
 use super::provider::{Provider, SESSION_STOP_GRACE, Session};
-use super::upstream::{PROBE_HEADER, PROBE_PATH, TunnelConnections};
+use super::upstream::{Connections, PROBE_HEADER, PROBE_PATH};
 use super::{TlsRoots, TunnelError, Upstream};
 use crate::BoxError;
 
@@ -415,7 +415,7 @@ impl TunnelBuilder {
         }
         // Every connection this tunnel serves ends with it, those that outlive the session that
         // received them included (dropped at once when no provider works).
-        let (upstream, connections) = upstream.into().for_tunnel();
+        let (upstream, connections) = upstream.into().scoped();
         let chain = Arc::new(self);
         let opened = chain
             .open(&upstream)
@@ -1116,7 +1116,7 @@ struct Supervisor {
     chain: Arc<TunnelBuilder>,
     upstream: Upstream,
     /// Ends the connections served through `upstream` when the tunnel closes (or this is dropped).
-    connections: TunnelConnections,
+    connections: Connections,
     status: watch::Sender<TunnelEvent>,
     events: broadcast::Sender<TunnelEvent>,
 }

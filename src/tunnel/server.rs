@@ -28,8 +28,8 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// [`with_graceful_shutdown`](Self::with_graceful_shutdown) sets another) stops accepting on the
 /// local port, lets open requests finish (up to 10 s), then closes the tunnel. The tunnel stays
 /// open while they finish, so deliveries that reach it then are served too, one request per
-/// connection, and waited for within the same 10 s. Closing the tunnel ends the tunnel
-/// connections still open after that.
+/// connection, and waited for within the same 10 s. Connections still open after that, on the
+/// local port or through the tunnel, are ended.
 ///
 /// # Example
 ///
@@ -324,7 +324,8 @@ impl Server {
         let mut acceptor = Acceptor::new(self.listener);
         tracing::info!(%local_addr, "webhook server listening");
         let (tunnel_tx, tunnel_rx) = tokio::sync::oneshot::channel::<TunnelHandle>();
-        let serving = upstream.clone();
+        // The port's connections end after the drain, as the tunnel's do when it closes.
+        let (serving, local_connections) = upstream.scoped();
         let task = tokio::spawn(async move {
             let upstream = serving;
             let mut shutdown = shutdown;
@@ -353,6 +354,7 @@ impl Server {
                     DRAIN.as_secs()
                 );
             }
+            local_connections.close();
             // The tunnel, once it is open (none when not asked for).
             if let Ok(tunnel) = tunnel_rx.await {
                 tunnel.close().await;

@@ -193,17 +193,19 @@ pub struct Upstream {
     inner: Arc<Inner>,
     /// `None`: no header read timeout.
     header_read_timeout: Option<Duration>,
-    /// Set on the copy a tunnel hands its providers: fires (or its sender is dropped) when the
-    /// tunnel is closed, and every connection served through that copy ends then.
-    tunnel_closed: Option<watch::Receiver<()>>,
+    /// Set on a [scoped](Self::scoped) copy (the one a tunnel hands its providers, the one the
+    /// server helper serves its port with): fires, or its sender is dropped, when the owner
+    /// closes, and every connection served through that copy ends then.
+    closed: Option<watch::Receiver<()>>,
 }
 
-/// Held by an open tunnel: closing it (or dropping it) ends every connection served through the
-/// [`Upstream`] copy made with it, those that outlived the provider session that received them
-/// included (bore connections in flight when the control connection dropped).
-pub(crate) struct TunnelConnections(watch::Sender<()>);
+/// Held by the owner of a [scoped](Upstream::scoped) upstream (a tunnel, the server helper):
+/// closing it (or dropping it) ends every connection served through that copy, those that
+/// outlived the provider session that received them included (bore connections in flight when
+/// the control connection dropped).
+pub(crate) struct Connections(watch::Sender<()>);
 
-impl TunnelConnections {
+impl Connections {
     /// Ends the connections (those still open, and any handed over later).
     pub(crate) fn close(&self) {
         self.0.send_replace(());
@@ -446,31 +448,32 @@ impl Upstream {
                 graceful: Mutex::new(None),
             }),
             header_read_timeout: Some(DEFAULT_HEADER_READ_TIMEOUT),
-            tunnel_closed: None,
+            closed: None,
         }
     }
 
-    /// The copy of this upstream a tunnel serves its connections with, and what ends them when
-    /// the tunnel is closed.
-    pub(crate) fn for_tunnel(&self) -> (Self, TunnelConnections) {
+    /// A copy of this upstream whose connections all end when the returned [`Connections`] is
+    /// closed or dropped: a tunnel serves its connections with one, and the server helper its
+    /// port.
+    pub(crate) fn scoped(&self) -> (Self, Connections) {
         let (closed_tx, closed_rx) = watch::channel(());
         let upstream = Self {
-            tunnel_closed: Some(closed_rx),
+            closed: Some(closed_rx),
             ..self.clone()
         };
-        (upstream, TunnelConnections(closed_tx))
+        (upstream, Connections(closed_tx))
     }
 
-    /// Runs `serve` until it ends or, for a tunnel's copy, until the tunnel is closed.
-    async fn until_tunnel_closed(&self, serve: impl Future<Output = ()>) {
-        let Some(closed) = &self.tunnel_closed else {
+    /// Runs `serve` until it ends or, for a scoped copy, until its owner closes.
+    async fn until_closed(&self, serve: impl Future<Output = ()>) {
+        let Some(closed) = &self.closed else {
             return serve.await;
         };
         let mut closed = closed.clone();
         tokio::select! {
             () = serve => {}
-            // A value or a dropped sender: either way the tunnel is closed.
-            _ = closed.changed() => tracing::debug!("tunnel closed: connection ended"),
+            // A value or a dropped sender: either way the owner closed.
+            _ = closed.changed() => tracing::debug!("connection ended: its tunnel or server closed"),
         }
     }
 
@@ -523,7 +526,7 @@ impl Upstream {
             .inner
             .serve
             .serve(Box::new(io), self.options(self.header_read_timeout, false));
-        self.until_tunnel_closed(serve).await;
+        self.until_closed(serve).await;
     }
 
     /// Serves a pooled connection that waits, idle, for the tunnel server to hand it requests
@@ -537,7 +540,7 @@ impl Upstream {
             .inner
             .serve
             .serve(Box::new(io), self.options(None, true));
-        self.until_tunnel_closed(serve).await;
+        self.until_closed(serve).await;
     }
 
     /// Serves a tunnel connection that carries exactly one public TCP connection (bore, TCP
@@ -574,7 +577,7 @@ impl Upstream {
     {
         match self.inner.address {
             Some(addr) => {
-                self.until_tunnel_closed(async {
+                self.until_closed(async {
                     if let Err(err) = pipe(io, addr, &self.inner.probes).await {
                         tracing::debug!(%addr, error = %err, "tunnel connection to the local server ended");
                     }
