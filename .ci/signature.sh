@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the signature tests need: redis-server (Debian), the Python peers
-# (standardwebhooks, svix, stripe, slack_sdk) in a venv and the npm peer
+# (standardwebhooks, svix, stripe, slack_sdk; PyJWT with cryptography for the example's GitHub
+# App tokens) in a venv and the npm peer
 # (@octokit/webhooks-methods), all under .ci/.deps/ (git-ignored). Idempotent and quiet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +19,7 @@ fi
 if [ ! -x "$DEPS/venv/bin/python" ]; then
     python3 -m venv "$DEPS/venv"
 fi
-if ! "$DEPS/venv/bin/python" -c 'import standardwebhooks, svix, stripe, slack_sdk' >/dev/null 2>&1; then
+if ! "$DEPS/venv/bin/python" -c 'import standardwebhooks, svix, stripe, slack_sdk, jwt, cryptography' >/dev/null 2>&1; then
     "$DEPS/venv/bin/python" -m pip install -q --disable-pip-version-check \
         -r .ci/interop/requirements.txt
 fi
@@ -29,7 +30,7 @@ if [ ! -d "$DEPS/node/node_modules/@octokit/webhooks-methods" ]; then
     (cd "$DEPS/node" && npm install --silent --no-audit --no-fund >/dev/null)
 fi
 
-"$DEPS/venv/bin/python" -c 'import standardwebhooks, svix, stripe, slack_sdk'
+"$DEPS/venv/bin/python" -c 'import standardwebhooks, svix, stripe, slack_sdk, jwt, cryptography'
 test -f "$DEPS/node/node_modules/@octokit/webhooks-methods/dist-node/index.js"
 command -v redis-server >/dev/null
 echo "signature: interop peers and redis-server ready"

@@ -4,6 +4,8 @@
 #[path = "../examples/pr_agent_server/app.rs"]
 #[allow(dead_code)]
 mod app;
+#[path = "interop/peers.rs"]
+mod peers;
 #[path = "tunnel/support.rs"]
 mod support;
 
@@ -1581,7 +1583,7 @@ async fn follow_with_first_answer(
             ("GITHUB_HOOK_ID", "42"),
         ],
     );
-    let updater = app::build(&settings).unwrap().hook_updater.unwrap();
+    let updater = app::build(&settings).unwrap().hook_updaters.remove(0);
     let (tx, rx) = tokio::sync::watch::channel(up_at("http://127.0.0.1:4000"));
     tokio::spawn(updater.follow(rx));
     (calls, tx)
@@ -1688,5 +1690,230 @@ async fn a_retry_after_given_as_an_http_date_is_honoured() {
         tokio::time::sleep(Duration::from_secs(25)).await;
         assert_eq!(calls.load(Ordering::SeqCst), 2, "tried again at the date");
         drop(tx);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A GitHub App: its hook follows the tunnel, authenticated with a token PyJWT accepts.
+
+/// A fresh 2048-bit RSA key from Python's cryptography: PKCS#1 and PKCS#8 private PEMs, and the
+/// public PEM.
+fn app_key(python: &std::path::Path) -> (String, String, String) {
+    let mut cmd = std::process::Command::new(python);
+    cmd.arg(peers::root().join("tests/interop/github_app.py"));
+    let key = peers::run(cmd, &json!({"op": "keygen"}));
+    let pem = |k: &str| key[k].as_str().unwrap().to_owned();
+    (pem("pkcs1"), pem("pkcs8"), pem("public"))
+}
+
+/// The claims of `jwt` once PyJWT has checked its RS256 signature against `public`, its issuer,
+/// and its times as GitHub does; or why it refused the token.
+fn verify_app_jwt(
+    python: &std::path::Path,
+    jwt: &str,
+    public: &str,
+    issuer: &str,
+) -> Result<Value, String> {
+    let mut cmd = std::process::Command::new(python);
+    cmd.arg(peers::root().join("tests/interop/github_app.py"));
+    let input = json!({"op": "verify", "jwt": jwt, "public": public, "issuer": issuer});
+    peers::try_run(cmd, &input).map(|out| serde_json::from_slice(&out).unwrap())
+}
+
+/// The app hook updates the fake API received: authorization and body.
+fn app_hook_updates(api: &FakeApi) -> Vec<(String, Value)> {
+    api.comments
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(path, _, _)| path == "/app/hook/config")
+        .map(|(_, headers, body)| {
+            assert_eq!(headers[":method"], "PATCH");
+            (headers["authorization"].clone(), body.clone())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_github_app_hook_follows_the_tunnel_with_tokens_pyjwt_accepts() {
+    let Some(python) = peers::python() else {
+        return;
+    };
+    let (pkcs1, pkcs8, public) = app_key(&python);
+    let (api_addr, api) = start_fake_api().await;
+    // The key on one line, as it often is in an environment variable.
+    let one_line = pkcs1.trim_end().replace('\n', "\\n");
+    let with_app = settings(
+        api_addr,
+        &[
+            ("GITHUB_APP_ID", "123456"),
+            ("GITHUB_APP_PRIVATE_KEY", one_line.as_str()),
+        ],
+    );
+    let shown = format!("{with_app:?}");
+    assert!(
+        shown.contains("123456") && !shown.contains("PRIVATE KEY"),
+        "{shown}"
+    );
+    let mut updaters = app::build(&with_app).unwrap().hook_updaters;
+    assert_eq!(updaters.len(), 1);
+    let (tx, rx) = tokio::sync::watch::channel(up_at("http://127.0.0.1:4000"));
+    tokio::spawn(updaters.remove(0).follow(rx));
+    eventually(
+        "the app hook points at the tunnel",
+        Duration::from_secs(5),
+        || !app_hook_updates(&api).is_empty(),
+    )
+    .await;
+    let (authorization, body) = app_hook_updates(&api).remove(0);
+    assert_eq!(
+        body,
+        json!({"url": "http://127.0.0.1:4000/api/v1/github_webhooks"})
+    );
+    // As the app, not with the API token.
+    let jwt = authorization.strip_prefix("Bearer ").unwrap();
+    let claims = verify_app_jwt(&python, jwt, &public, "123456").unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let iat = claims["iat"].as_u64().unwrap();
+    assert!(
+        (now - 70..=now - 50).contains(&iat),
+        "issued a minute ago: {claims}"
+    );
+    assert_eq!(claims["exp"].as_u64().unwrap() - iat, 600, "{claims}");
+    // The peer checks for real: one changed byte, another issuer or another key is refused.
+    let mut tampered = jwt.as_bytes().to_vec();
+    let at = jwt.rfind('.').unwrap() + 10;
+    tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    assert!(verify_app_jwt(&python, &tampered, &public, "123456").is_err());
+    let err = verify_app_jwt(&python, jwt, &public, "654321").unwrap_err();
+    assert!(err.contains("Issuer"), "{err}");
+    let (_, _, other_public) = app_key(&python);
+    assert!(verify_app_jwt(&python, jwt, &other_public, "123456").is_err());
+
+    // The tunnel re-opens elsewhere: the hook follows, with a new token.
+    tx.send(up_at("http://127.0.0.1:4001")).unwrap();
+    eventually("the app hook follows", Duration::from_secs(5), || {
+        app_hook_updates(&api).len() == 2
+    })
+    .await;
+    let (authorization, body) = app_hook_updates(&api).remove(1);
+    assert_eq!(
+        body,
+        json!({"url": "http://127.0.0.1:4001/api/v1/github_webhooks"})
+    );
+    let jwt = authorization.strip_prefix("Bearer ").unwrap();
+    verify_app_jwt(&python, jwt, &public, "123456").unwrap();
+
+    // A PKCS#8 key from a file, with a client id as the issuer.
+    let dir = std::env::temp_dir().join(format!("pr-agent-app-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("app.pem");
+    std::fs::write(&path, &pkcs8).unwrap();
+    let from_file = settings(
+        api_addr,
+        &[
+            ("GITHUB_APP_ID", "Iv1.8a61f9b3a7aba766"),
+            ("GITHUB_APP_PRIVATE_KEY_PATH", path.to_str().unwrap()),
+        ],
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    let app = from_file.github_app.unwrap();
+    let jwt = app.jwt(std::time::SystemTime::now()).unwrap();
+    verify_app_jwt(&python, &jwt, &public, "Iv1.8a61f9b3a7aba766").unwrap();
+}
+
+#[test]
+fn github_app_settings_errors_name_the_variable() {
+    let lookup = |vars: &[(&str, &str)]| {
+        app::Settings::from_lookup(|n| {
+            vars.iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| (*v).to_owned())
+        })
+    };
+    let api = ("GITHUB_API_URL", "http://127.0.0.1:9");
+    let garbage = "-----BEGIN RSA PRIVATE KEY-----\nbm90IGEga2V5\n-----END RSA PRIVATE KEY-----";
+    // (variables, the variable the error must name)
+    for (vars, named) in [
+        (vec![("GITHUB_APP_ID", "1"), api], "GITHUB_APP_PRIVATE_KEY"),
+        (
+            vec![("GITHUB_APP_PRIVATE_KEY", garbage), api],
+            "GITHUB_APP_ID",
+        ),
+        (
+            vec![("GITHUB_APP_ID", "1"), ("GITHUB_APP_PRIVATE_KEY", garbage)],
+            "GITHUB_API_URL",
+        ),
+        (
+            vec![
+                ("GITHUB_APP_ID", "1 2"),
+                ("GITHUB_APP_PRIVATE_KEY", garbage),
+                api,
+            ],
+            "GITHUB_APP_ID",
+        ),
+        (
+            vec![
+                ("GITHUB_APP_ID", "1"),
+                ("GITHUB_APP_PRIVATE_KEY", garbage),
+                api,
+            ],
+            "GITHUB_APP_PRIVATE_KEY",
+        ),
+        (
+            vec![
+                ("GITHUB_APP_ID", "1"),
+                ("GITHUB_APP_PRIVATE_KEY", "not a pem"),
+                api,
+            ],
+            "GITHUB_APP_PRIVATE_KEY",
+        ),
+        (
+            vec![
+                ("GITHUB_APP_ID", "1"),
+                ("GITHUB_APP_PRIVATE_KEY", garbage),
+                ("GITHUB_APP_PRIVATE_KEY_PATH", "/k.pem"),
+                api,
+            ],
+            "GITHUB_APP_PRIVATE_KEY_PATH",
+        ),
+        (
+            vec![
+                ("GITHUB_APP_ID", "1"),
+                ("GITHUB_APP_PRIVATE_KEY_PATH", "/nonexistent/app.pem"),
+                api,
+            ],
+            "GITHUB_APP_PRIVATE_KEY_PATH",
+        ),
+        (
+            vec![
+                ("GITHUB_APP_ID", "1"),
+                (
+                    "GITHUB_APP_PRIVATE_KEY",
+                    "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----",
+                ),
+                api,
+            ],
+            "GITHUB_APP_PRIVATE_KEY",
+        ),
+        (
+            vec![
+                ("GITHUB_APP_ID", "1"),
+                (
+                    "GITHUB_APP_PRIVATE_KEY",
+                    "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nAAAA\n-----END RSA PRIVATE KEY-----",
+                ),
+                api,
+            ],
+            "GITHUB_APP_PRIVATE_KEY",
+        ),
+    ] {
+        let err = lookup(&vars).unwrap_err();
+        assert!(err.contains(named), "{vars:?}: {err}");
+        assert!(!err.contains("bm90IGEga2V5"), "the key is not shown: {err}");
     }
 }

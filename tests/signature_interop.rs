@@ -5,9 +5,8 @@
 //! unless `TOWER_WEBHOOK_REQUIRE_INTEROP=1` (set by `.ci/run`), where they fail.
 
 use std::convert::Infallible;
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -16,40 +15,15 @@ use http_body_util::Full;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_webhook::signature::{Clock, Provider, SignatureLayer, VerifiedWebhook};
 
+#[path = "interop/peers.rs"]
+mod peers;
+use peers::{peer, python, root, run};
+
 const SW_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const STRIPE_SECRET: &str = "whsec_interop_stripe_secret";
 const SLACK_SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
 const GITHUB_SECRET: &str = "It's a Secret to Everybody";
 const TS: u64 = 1_700_000_000;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn required() -> bool {
-    std::env::var("TOWER_WEBHOOK_REQUIRE_INTEROP").is_ok_and(|v| v == "1")
-}
-
-/// `Some(path)` if present; otherwise skip (or fail when interop is required).
-fn peer(kind: &str, path: PathBuf) -> Option<PathBuf> {
-    if path.exists() {
-        return Some(path);
-    }
-    let msg = format!(
-        "{kind} peer not found at {} (run .ci/signature.sh to install it)",
-        path.display()
-    );
-    assert!(!required(), "TOWER_WEBHOOK_REQUIRE_INTEROP=1: {msg}");
-    eprintln!("SKIPPED: {msg}");
-    None
-}
-
-fn python() -> Option<PathBuf> {
-    let path = std::env::var_os("TOWER_WEBHOOK_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".ci/.deps/venv/bin/python"));
-    peer("python", path)
-}
 
 fn octokit() -> Option<PathBuf> {
     let modules = std::env::var_os("TOWER_WEBHOOK_NODE_MODULES")
@@ -59,28 +33,6 @@ fn octokit() -> Option<PathBuf> {
         "npm @octokit/webhooks-methods",
         modules.join("@octokit/webhooks-methods"),
     )
-}
-
-fn run(mut cmd: Command, input: &serde_json::Value) -> serde_json::Value {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn peer");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "peer failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("peer prints JSON")
 }
 
 /// Payloads: small, Unicode, escapes, and a large one.

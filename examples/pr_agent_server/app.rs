@@ -31,6 +31,10 @@ use tower_webhook::retry::{RetryPolicy, retry_after};
 use tower_webhook::signature::{OnReplay, RecordDelivery, SignatureLayer, VerifiedWebhook};
 use tower_webhook::tunnel::{Running, Server, TunnelBuilder, TunnelEvent};
 
+#[path = "github_app.rs"]
+mod github_app;
+pub(crate) use github_app::GithubApp;
+
 /// The six providers the server answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum Forge {
@@ -177,6 +181,9 @@ pub(crate) struct Settings {
     /// The GitHub repository hook to point at the tunnel's URL (`GITHUB_HOOK_REPOSITORY` +
     /// `GITHUB_HOOK_ID`), with `--use-tunnel`.
     pub(crate) github_hook: Option<GithubHook>,
+    /// The GitHub App whose webhook is pointed at the tunnel's URL (`GITHUB_APP_ID` +
+    /// `GITHUB_APP_PRIVATE_KEY` or `GITHUB_APP_PRIVATE_KEY_PATH`), with `--use-tunnel`.
+    pub(crate) github_app: Option<GithubApp>,
     /// Set when no secret was configured and a development secret was made for GitHub.
     pub(crate) generated_github_secret: Option<String>,
 }
@@ -207,6 +214,7 @@ impl std::fmt::Debug for Settings {
             .field("comment_max_attempts", &self.comment_max_attempts)
             .field("comment_max_age", &self.comment_max_age)
             .field("github_hook", &self.github_hook)
+            .field("github_app", &self.github_app)
             .field(
                 "generated_github_secret",
                 &self.generated_github_secret.as_ref().map(|_| "<redacted>"),
@@ -362,6 +370,7 @@ impl Settings {
                 );
             }
         };
+        let github_app = github_app(&lookup, &apis)?;
         let breaker = CircuitBreakerConfig::from_env_with(&lookup).map_err(|e| e.to_string())?;
         let max_pending_comments = number(
             "MAX_PENDING_COMMENTS",
@@ -388,9 +397,55 @@ impl Settings {
                 1..=30 * 24 * 3600,
             )?),
             github_hook,
+            github_app,
             generated_github_secret,
         })
     }
+}
+
+/// The GitHub App of `GITHUB_APP_ID` and its private key, from `GITHUB_APP_PRIVATE_KEY` (the
+/// PEM itself) or `GITHUB_APP_PRIVATE_KEY_PATH` (a file holding it).
+fn github_app(
+    lookup: impl Fn(&str) -> Option<String>,
+    apis: &BTreeMap<Forge, ApiTarget>,
+) -> Result<Option<GithubApp>, String> {
+    let id = lookup("GITHUB_APP_ID");
+    let pem = match (
+        lookup("GITHUB_APP_PRIVATE_KEY"),
+        lookup("GITHUB_APP_PRIVATE_KEY_PATH"),
+    ) {
+        (Some(_), Some(_)) => {
+            return Err(
+                "set GITHUB_APP_PRIVATE_KEY or GITHUB_APP_PRIVATE_KEY_PATH, not both".into(),
+            );
+        }
+        (Some(pem), None) => Some(("GITHUB_APP_PRIVATE_KEY", pem)),
+        (None, Some(path)) => {
+            let pem = std::fs::read_to_string(&path).map_err(|err| {
+                format!("GITHUB_APP_PRIVATE_KEY_PATH={path:?} cannot be read: {err}")
+            })?;
+            Some(("GITHUB_APP_PRIVATE_KEY_PATH", pem))
+        }
+        (None, None) => None,
+    };
+    let (id, (key_var, pem)) = match (id, pem) {
+        (None, None) => return Ok(None),
+        (Some(id), Some(pem)) => (id, pem),
+        _ => {
+            return Err(
+                "set GITHUB_APP_ID and its private key (GITHUB_APP_PRIVATE_KEY or GITHUB_APP_PRIVATE_KEY_PATH), or neither"
+                    .into(),
+            );
+        }
+    };
+    if !apis.contains_key(&Forge::GitHub) {
+        return Err("GITHUB_APP_ID needs GITHUB_API_URL (e.g. https://api.github.com)".into());
+    }
+    GithubApp::check_id(&id).map_err(|err| format!("GITHUB_APP_ID: {err}"))?;
+    // The key's own text is never part of an error.
+    GithubApp::new(&id, &pem)
+        .map(Some)
+        .map_err(|err| format!("{key_var}: {err}"))
 }
 
 /// A random development secret: 256 bits from the operating system's generator.
@@ -476,14 +531,33 @@ pub(crate) struct App {
     /// Counters and breakers (read by the end-to-end tests).
     #[allow(dead_code)]
     pub(crate) state: Arc<AppState>,
-    /// Points the GitHub hook at the tunnel, when `GITHUB_HOOK_*` is set.
-    pub(crate) hook_updater: Option<HookUpdater>,
+    /// Point the GitHub hooks at the tunnel: the repository hook of `GITHUB_HOOK_*` and the
+    /// app's hook of `GITHUB_APP_*`, those that are set.
+    pub(crate) hook_updaters: Vec<HookUpdater>,
 }
 
-/// Keeps a GitHub repository hook pointed at the server's public URL, through the same
-/// breaker and retry policy as the comments.
+/// A GitHub webhook whose URL the server keeps pointed at its tunnel.
+#[derive(Clone, Debug)]
+pub(crate) enum HookTarget {
+    /// A repository hook, edited with the API token.
+    Repository(GithubHook),
+    /// A GitHub App's hook, edited as the app.
+    App(GithubApp),
+}
+
+impl std::fmt::Display for HookTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HookTarget::Repository(hook) => write!(f, "hook {} of {}", hook.id, hook.repository),
+            HookTarget::App(app) => write!(f, "the hook of GitHub App {}", app.id()),
+        }
+    }
+}
+
+/// Keeps a GitHub hook pointed at the server's public URL, through the same breaker and retry
+/// policy as the comments.
 pub(crate) struct HookUpdater {
-    hook: GithubHook,
+    target: HookTarget,
     api: ApiTarget,
     caller: Caller,
 }
@@ -491,7 +565,7 @@ pub(crate) struct HookUpdater {
 impl std::fmt::Debug for HookUpdater {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HookUpdater")
-            .field("hook", &self.hook)
+            .field("target", &self.target)
             .field("api", &self.api)
             .finish_non_exhaustive()
     }
@@ -508,21 +582,29 @@ enum HookError {
 }
 
 impl HookUpdater {
-    /// `PATCH /repos/{owner}/{repo}/hooks/{id}/config` with the new URL (the secret and the
-    /// other settings of the hook are kept).
+    /// `PATCH /repos/{owner}/{repo}/hooks/{id}/config` or `PATCH /app/hook/config` with the new
+    /// URL (the secret and the other settings of the hook are kept).
     async fn point_to(&self, public: &str) -> Result<(), HookError> {
         let url = format!("{public}{}", Forge::GitHub.route());
-        let path = format!(
-            "/repos/{}/hooks/{}/config",
-            self.hook.repository, self.hook.id
-        );
-        let request = api_request(
-            Forge::GitHub,
-            &self.api,
-            Method::PATCH,
-            &path,
-            &json!({ "url": url }),
-        )
+        let request = match &self.target {
+            HookTarget::Repository(hook) => {
+                let path = format!("/repos/{}/hooks/{}/config", hook.repository, hook.id);
+                api_request(
+                    Forge::GitHub,
+                    &self.api,
+                    Method::PATCH,
+                    &path,
+                    &json!({ "url": url }),
+                )
+            }
+            HookTarget::App(app) => app_request(
+                app,
+                &self.api,
+                Method::PATCH,
+                "/app/hook/config",
+                &json!({ "url": url }),
+            ),
+        }
         .map_err(|err| HookError::Refused(err.to_string()))?;
         let res = self
             .caller
@@ -540,7 +622,7 @@ impl HookUpdater {
         if !status.is_success() {
             return Err(HookError::Refused(format!("GitHub answered {status}")));
         }
-        tracing::info!(repository = %self.hook.repository, hook = self.hook.id, %url, "GitHub hook now points at the tunnel");
+        tracing::info!(hook = %self.target, %url, "GitHub hook now points at the tunnel");
         Ok(())
     }
 
@@ -564,8 +646,7 @@ impl HookUpdater {
                     .as_ref()
                     .is_none_or(|(failed, at)| *failed != url || tokio::time::Instant::now() >= *at)
             {
-                let (repository, hook, route) =
-                    (&self.hook.repository, self.hook.id, Forge::GitHub.route());
+                let (hook, route) = (&self.target, Forge::GitHub.route());
                 match self.point_to(&url).await {
                     Ok(()) => {
                         settled = Some(url);
@@ -574,12 +655,12 @@ impl HookUpdater {
                     }
                     Err(HookError::Transient(err, wait)) => {
                         let wait = delay.max(wait.unwrap_or_default());
-                        tracing::warn!(%repository, hook, error = %err, retry_in = ?wait, "could not point the GitHub hook at {url}{route} yet");
+                        tracing::warn!(%hook, error = %err, retry_in = ?wait, "could not point the GitHub hook at {url}{route} yet");
                         pending = Some((url, tokio::time::Instant::now() + wait));
                         delay = (wait * 2).min(Duration::from_secs(60));
                     }
                     Err(HookError::Refused(err)) => {
-                        tracing::error!(%repository, hook, error = %err, "could not point the GitHub hook at {url}{route}: set it by hand");
+                        tracing::error!(%hook, error = %err, "could not point the GitHub hook at {url}{route}: set it by hand");
                         settled = Some(url);
                         pending = None;
                     }
@@ -645,14 +726,19 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
             (api.clone(), tower::util::BoxCloneSyncService::new(svc)),
         );
     }
-    let hook_updater = settings.github_hook.clone().and_then(|hook| {
-        let (api, caller) = callers.get(&Forge::GitHub)?;
-        Some(HookUpdater {
-            hook,
-            api: api.clone(),
-            caller: caller.clone(),
-        })
-    });
+    let targets = (settings.github_hook.clone().map(HookTarget::Repository))
+        .into_iter()
+        .chain(settings.github_app.clone().map(HookTarget::App));
+    let hook_updaters = match callers.get(&Forge::GitHub) {
+        Some((api, caller)) => targets
+            .map(|target| HookUpdater {
+                target,
+                api: api.clone(),
+                caller: caller.clone(),
+            })
+            .collect(),
+        None => Vec::new(),
+    };
     let state = Arc::new(AppState {
         counters: Counters::default(),
         breakers,
@@ -715,7 +801,7 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
     Ok(App {
         router,
         state,
-        hook_updater,
+        hook_updaters,
     })
 }
 
@@ -732,15 +818,16 @@ pub(crate) async fn start(
         server = server.tunnel(tunnel);
     }
     let running = server.spawn(app.router).await?;
-    match (app.hook_updater, running.tunnel_watch()) {
-        (Some(updater), Some(status)) => {
-            tokio::spawn(updater.follow(status));
+    for updater in app.hook_updaters {
+        match running.tunnel_watch() {
+            Some(status) => {
+                tokio::spawn(updater.follow(status));
+            }
+            None => tracing::info!(
+                hook = %updater.target,
+                "GITHUB_HOOK_* and GITHUB_APP_* point hooks at the tunnel, with --use-tunnel only; the hook is left as it is"
+            ),
         }
-        (Some(updater), None) => tracing::info!(
-            hook = ?updater.hook,
-            "GITHUB_HOOK_* is used with --use-tunnel only; the hook is left as it is"
-        ),
-        (None, _) => {}
     }
     Ok(running)
 }
@@ -1304,6 +1391,28 @@ fn build_request(job: &Job, api: &ApiTarget) -> Result<reqwest::Request, BoxErro
         &job.comment.path,
         &job.comment.body,
     )
+}
+
+/// A request to the GitHub App API (`/app/...`), authenticated as `app` with a fresh token.
+fn app_request(
+    app: &GithubApp,
+    api: &ApiTarget,
+    method: Method,
+    path: &str,
+    body: &Value,
+) -> Result<reqwest::Request, BoxError> {
+    let without_token = ApiTarget {
+        base_url: api.base_url.clone(),
+        token: None,
+    };
+    let mut req = api_request(Forge::GitHub, &without_token, method, path, body)?;
+    let mut value = HeaderValue::from_str(&format!(
+        "Bearer {}",
+        app.jwt(std::time::SystemTime::now())?
+    ))?;
+    value.set_sensitive(true);
+    req.headers_mut().insert(http::header::AUTHORIZATION, value);
+    Ok(req)
 }
 
 /// A JSON request to `forge`'s API at `path`, with the provider's way of sending the token.
