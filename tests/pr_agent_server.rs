@@ -1917,3 +1917,194 @@ fn github_app_settings_errors_name_the_variable() {
         assert!(!err.contains("bm90IGEga2V5"), "the key is not shown: {err}");
     }
 }
+
+/// A fake GitHub that hands out installation tokens (`ghs_<installation>_<n>`) to the app, and
+/// records the comments with the token they came with.
+#[derive(Default)]
+struct FakeGithubApp {
+    /// Token requests: installation id and the app's JWT.
+    token_requests: Mutex<Vec<(u64, String)>>,
+    /// Comments: path and authorization.
+    comments: Mutex<Vec<(String, String)>>,
+    /// The `expires_at` of the tokens handed out; far ahead when empty.
+    expires_at: Mutex<String>,
+    /// A token refused from now on, as GitHub does with a revoked one.
+    revoked: Mutex<Option<String>>,
+}
+
+impl FakeGithubApp {
+    /// The authorization the comment on pull request `pr` came with, once it came.
+    fn comment_authorization(&self, pr: u64) -> Option<String> {
+        let path = format!("/repos/octo/repo/issues/{pr}/comments");
+        let comments = self.comments.lock().unwrap();
+        comments
+            .iter()
+            .find(|(p, _)| *p == path)
+            .map(|(_, a)| a.clone())
+    }
+}
+
+async fn fake_github_app(State(gh): State<Arc<FakeGithubApp>>, req: Request) -> Response {
+    let path = req.uri().path().to_owned();
+    let authorization = req.headers()["authorization"].to_str().unwrap().to_owned();
+    let installation = path
+        .strip_prefix("/app/installations/")
+        .and_then(|rest| rest.strip_suffix("/access_tokens"));
+    if let Some(installation) = installation {
+        assert_eq!(req.method(), http::Method::POST);
+        let installation: u64 = installation.parse().unwrap();
+        if installation == 404 {
+            return (StatusCode::NOT_FOUND, r#"{"message":"Not Found"}"#).into_response();
+        }
+        let jwt = authorization.strip_prefix("Bearer ").unwrap().to_owned();
+        let mut requests = gh.token_requests.lock().unwrap();
+        requests.push((installation, jwt));
+        let n = requests.iter().filter(|(i, _)| *i == installation).count();
+        let expires_at = match gh.expires_at.lock().unwrap().as_str() {
+            "" => "2999-12-31T23:59:59Z".to_owned(),
+            set => set.to_owned(),
+        };
+        let token = format!("ghs_{installation}_{n}");
+        return (
+            StatusCode::CREATED,
+            axum::Json(json!({"token": token, "expires_at": expires_at})),
+        )
+            .into_response();
+    }
+    if gh.revoked.lock().unwrap().as_deref() == authorization.strip_prefix("Bearer ") {
+        return (StatusCode::UNAUTHORIZED, r#"{"message":"Bad credentials"}"#).into_response();
+    }
+    gh.comments.lock().unwrap().push((path, authorization));
+    StatusCode::CREATED.into_response()
+}
+
+/// A GitHub pull request delivery for `pr`, through app installation `installation` if given.
+fn github_delivery(installation: Option<u64>, pr: u64) -> Delivery {
+    let mut body = json!({"action": "opened", "number": pr, "pull_request": {"number": pr, "title": "Fix"}, "repository": {"full_name": "octo/repo"}});
+    if let Some(id) = installation {
+        body["installation"] =
+            json!({"id": id, "node_id": "MDIzOkludGVncmF0aW9uSW5zdGFsbGF0aW9uMQ=="});
+    }
+    let body = body.to_string().into_bytes();
+    let sig = format!("sha256={}", hmac_hex("gh-secret-new", &body));
+    Delivery {
+        route: "/api/v1/github_webhooks",
+        headers: vec![
+            ("x-github-event", "pull_request".into()),
+            ("x-github-delivery", format!("app-delivery-{pr}")),
+            ("x-hub-signature-256", sig),
+        ],
+        body,
+    }
+}
+
+#[tokio::test]
+async fn comments_of_app_installations_are_posted_with_installation_tokens() {
+    let Some(python) = peers::python() else {
+        return;
+    };
+    let (pkcs1, _, public) = app_key(&python);
+    let gh = Arc::new(FakeGithubApp::default());
+    let gh_addr = serve(
+        Router::new()
+            .fallback(fake_github_app)
+            .with_state(gh.clone()),
+    )
+    .await;
+    let (api_addr, _api) = start_fake_api().await;
+    let gh_url = format!("http://{gh_addr}");
+    let settings = settings(
+        api_addr,
+        &[
+            ("GITHUB_API_URL", gh_url.as_str()),
+            ("GITHUB_APP_ID", "4242"),
+            ("GITHUB_APP_PRIVATE_KEY", pkcs1.as_str()),
+        ],
+    );
+    let (base, state) = start_server(&settings).await;
+    let client = reqwest::Client::new();
+    let deliver = |installation: Option<u64>, pr: u64| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let res = send(&client, &base, &github_delivery(installation, pr)).await;
+            assert_eq!(res.status(), StatusCode::ACCEPTED);
+        }
+    };
+    let posted = |pr: u64| {
+        let gh = gh.clone();
+        async move {
+            eventually(&format!("comment {pr}"), Duration::from_secs(5), || {
+                gh.comment_authorization(pr).is_some()
+            })
+            .await;
+            gh.comment_authorization(pr).unwrap()
+        }
+    };
+
+    // Through installation 77: as the app, with a token fetched with a JWT PyJWT accepts.
+    deliver(Some(77), 1).await;
+    assert_eq!(posted(1).await, "Bearer ghs_77_1");
+    let (installation, jwt) = gh.token_requests.lock().unwrap()[0].clone();
+    assert_eq!(installation, 77);
+    verify_app_jwt(&python, &jwt, &public, "4242").unwrap();
+    // The token is kept for the next comments of that installation.
+    deliver(Some(77), 2).await;
+    assert_eq!(posted(2).await, "Bearer ghs_77_1");
+    assert_eq!(gh.token_requests.lock().unwrap().len(), 1);
+    // Not through the app: the API token.
+    deliver(None, 3).await;
+    assert_eq!(posted(3).await, "Bearer ghp_token");
+
+    // A revoked token is refused: a new one is fetched and the comment goes out with it.
+    *gh.revoked.lock().unwrap() = Some("ghs_77_1".into());
+    deliver(Some(77), 4).await;
+    assert_eq!(posted(4).await, "Bearer ghs_77_2");
+
+    // A token that lapses within minutes serves its comment, and is not kept.
+    *gh.expires_at.lock().unwrap() = "2016-07-11T22:14:10Z".into();
+    deliver(Some(88), 5).await;
+    assert_eq!(posted(5).await, "Bearer ghs_88_1");
+    deliver(Some(88), 6).await;
+    assert_eq!(posted(6).await, "Bearer ghs_88_2");
+
+    // An installation GitHub does not know: the comment is given up, not retried.
+    deliver(Some(404), 7).await;
+    eventually("the comment given up", Duration::from_secs(5), || {
+        state.counters.comments_failed.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert!(gh.comment_authorization(7).is_none());
+    assert_eq!(state.counters.comments_posted.load(Ordering::SeqCst), 6);
+    assert_eq!(state.counters.pending.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn github_times_are_read_as_utc() {
+    use app::github_app::parse_github_time;
+    let at = |secs: u64| Some(std::time::UNIX_EPOCH + Duration::from_secs(secs));
+    assert_eq!(parse_github_time("2016-07-11T22:14:10Z"), at(1_468_275_250));
+    assert_eq!(parse_github_time("2000-02-29T00:00:00Z"), at(951_782_400));
+    assert_eq!(parse_github_time("1970-01-01T00:00:00Z"), at(0));
+    assert_eq!(
+        parse_github_time("2999-12-31T23:59:59Z"),
+        at(32_503_679_999)
+    );
+    for bad in [
+        "",
+        "2016-07-11 22:14:10Z",
+        "2016-07-11T22:14:10",
+        "2016-07-11T22:14:10+00:00",
+        "2016-13-11T22:14:10Z",
+        "2001-02-29T00:00:00Z",
+        "1900-02-29T00:00:00Z",
+        "1969-12-31T23:59:59Z",
+        "2016-07-11T24:00:00Z",
+        "2016-07-11T22:60:10Z",
+        "2016-07-11T22:14:60Z",
+        "+016-07-11T22:14:10Z",
+        "2016-07-00T22:14:10Z",
+        "2016-07-11T22:14:1éZ",
+    ] {
+        assert_eq!(parse_github_time(bad), None, "{bad:?}");
+    }
+}

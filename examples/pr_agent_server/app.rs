@@ -32,8 +32,9 @@ use tower_webhook::signature::{OnReplay, RecordDelivery, SignatureLayer, Verifie
 use tower_webhook::tunnel::{Running, Server, TunnelBuilder, TunnelEvent};
 
 #[path = "github_app.rs"]
-mod github_app;
+pub(crate) mod github_app;
 pub(crate) use github_app::GithubApp;
+use github_app::{InstallationTokens, TokenError};
 
 /// The six providers the server answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -490,6 +491,9 @@ pub(crate) struct Job {
     pub(crate) delivery: String,
     /// Where and what.
     pub(crate) comment: Comment,
+    /// The GitHub App installation the delivery came through, if any: with `GITHUB_APP_*`,
+    /// the comment is posted as the app, with that installation's token.
+    pub(crate) installation: Option<u64>,
     /// Attempts that reached the provider's API so far.
     pub(crate) attempts: u32,
     /// When the delivery was accepted; the job is given up `COMMENT_MAX_AGE_SECS` later.
@@ -747,9 +751,13 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
         max_attempts: settings.comment_max_attempts,
         max_age: settings.comment_max_age,
     });
+    let tokens = settings.github_app.clone().and_then(|app| {
+        let (api, caller) = callers.get(&Forge::GitHub)?;
+        Some(InstallationTokens::new(app, api.clone(), caller.clone()))
+    });
     tokio::spawn(worker(
         rx,
-        callers,
+        Apis { callers, tokens },
         settings.comments_in_flight_per_provider,
         state.clone(),
     ));
@@ -936,10 +944,15 @@ async fn handle(
         tracing::debug!(provider = forge.name(), ?event, %delivery, "delivery needs no comment");
         return Ok(StatusCode::ACCEPTED);
     };
+    let installation = match forge {
+        Forge::GitHub => payload["installation"]["id"].as_u64(),
+        _ => None,
+    };
     let job = Job {
         forge,
         delivery,
         comment,
+        installation,
         attempts: 0,
         accepted_at: tokio::time::Instant::now(),
     };
@@ -1155,11 +1168,11 @@ type Caller = tower::util::BoxCloneSyncService<reqwest::Request, reqwest::Respon
 /// `COMMENT_MAX_AGE_SECS` after its delivery, is given up and counted as failed.
 async fn worker(
     mut rx: mpsc::Receiver<Job>,
-    callers: BTreeMap<Forge, (ApiTarget, Caller)>,
+    apis: Apis,
     in_flight_per_provider: usize,
     state: Arc<AppState>,
 ) {
-    let callers = Arc::new(callers);
+    let apis = Arc::new(apis);
     let slots: BTreeMap<Forge, Arc<Semaphore>> = Forge::ALL
         .into_iter()
         .map(|forge| (forge, Arc::new(Semaphore::new(in_flight_per_provider))))
@@ -1169,17 +1182,12 @@ async fn worker(
     // `MAX_PENDING_COMMENTS` such tasks: each one is a pending job.
     while let Some(job) = rx.recv().await {
         let slots = slots[&job.forge].clone();
-        tokio::spawn(run_job(job, slots, callers.clone(), state.clone()));
+        tokio::spawn(run_job(job, slots, apis.clone(), state.clone()));
     }
 }
 
 /// Posts one comment until it is done or given up.
-async fn run_job(
-    mut job: Job,
-    slots: Arc<Semaphore>,
-    callers: Arc<BTreeMap<Forge, (ApiTarget, Caller)>>,
-    state: Arc<AppState>,
-) {
+async fn run_job(mut job: Job, slots: Arc<Semaphore>, apis: Arc<Apis>, state: Arc<AppState>) {
     let counters = &state.counters;
     loop {
         let outcome = {
@@ -1187,7 +1195,7 @@ async fn run_job(
             let Ok(_slot) = slots.acquire().await else {
                 break;
             };
-            post_comment(&callers, &state, &job).await
+            post_comment(&apis, &state, &job).await
         };
         let (delay, attempted) = match outcome {
             Outcome::Done => break,
@@ -1229,19 +1237,57 @@ enum Outcome {
     },
 }
 
-async fn post_comment(
-    callers: &BTreeMap<Forge, (ApiTarget, Caller)>,
-    state: &AppState,
-    job: &Job,
-) -> Outcome {
+/// The provider APIs comments go to.
+struct Apis {
+    callers: BTreeMap<Forge, (ApiTarget, Caller)>,
+    /// With `GITHUB_APP_*`: the tokens GitHub comments are posted with, for deliveries that came
+    /// through an installation of the app.
+    tokens: Option<InstallationTokens>,
+}
+
+async fn post_comment(apis: &Apis, state: &AppState, job: &Job) -> Outcome {
     let forge = job.forge.name();
-    let Some((api, caller)) = callers.get(&job.forge) else {
+    let Some((api, caller)) = apis.callers.get(&job.forge) else {
         tracing::info!(provider = forge, target = %job.comment.target, body = %job.comment.body, "no API configured: comment not posted");
         state
             .counters
             .comments_logged
             .fetch_add(1, Ordering::Relaxed);
         return Outcome::Done;
+    };
+    // As the app, when the delivery came through one of its installations.
+    let installation = job.installation.zip(apis.tokens.as_ref());
+    let as_app;
+    let api = match installation {
+        None => api,
+        Some((id, tokens)) => match tokens.token(id).await {
+            Ok(token) => {
+                as_app = ApiTarget {
+                    base_url: api.base_url.clone(),
+                    token: Some(token),
+                };
+                &as_app
+            }
+            Err(TokenError::Transient {
+                reason,
+                wait,
+                attempted,
+            }) => {
+                tracing::warn!(provider = forge, installation = id, error = %reason, "no installation token yet; comment scheduled again");
+                return Outcome::Later {
+                    delay: wait,
+                    attempted,
+                };
+            }
+            Err(TokenError::Refused(reason)) => {
+                tracing::error!(provider = forge, installation = id, error = %reason, target = %job.comment.target, delivery = %job.delivery, "no installation token: comment not posted");
+                state
+                    .counters
+                    .comments_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                return Outcome::Done;
+            }
+        },
     };
     let request = match build_request(job, api) {
         Ok(r) => r,
@@ -1289,6 +1335,21 @@ async fn post_comment(
                 provider = forge,
                 status = status.as_u16(),
                 "provider API failing; comment scheduled again"
+            );
+            Outcome::Later {
+                delay: None,
+                attempted: true,
+            }
+        }
+        // An installation token GitHub no longer takes (revoked, or the app's permissions
+        // changed): fetched again for the next attempt.
+        Ok((StatusCode::UNAUTHORIZED, None)) if installation.is_some() => {
+            if let Some((id, tokens)) = installation {
+                tokens.forget(id).await;
+            }
+            tracing::warn!(
+                provider = forge,
+                "installation token refused; comment scheduled again with a new one"
             );
             Outcome::Later {
                 delay: None,

@@ -1,16 +1,24 @@
-//! A GitHub App's credentials, and the JSON Web Token that authenticates as the app.
+//! A GitHub App: the JSON Web Token that authenticates as the app, and the installation
+//! tokens that comment as the app.
 //!
-//! GitHub signs nothing here: the server signs a short-lived JWT (RS256) with the app's private
-//! key, and the app API (`/app/...`) takes it as `Authorization: Bearer <jwt>`.
+//! The server signs a short-lived JWT (RS256) with the app's private key; the app API
+//! (`/app/...`) takes it as `Authorization: Bearer <jwt>`. With it, the server asks for an
+//! installation's access token (an hour's life), which the rest of the API takes like any token.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use http::{Method, StatusCode};
 use ring::rand::SystemRandom;
 use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
-use serde_json::json;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+use tower_webhook::circuit_breaker::CircuitOpen;
+
+use super::{ApiTarget, Caller, Forge, app_request, status_and_wait};
 
 /// How long before `now` a token says it was issued: GitHub advises a minute, for clock drift.
 const ISSUED_BEFORE_SECS: u64 = 60;
@@ -124,4 +132,212 @@ fn pem_block(pem: &str) -> Result<(&str, Vec<u8>), String> {
         .decode(base64)
         .map_err(|err| format!("the PEM block is not base64 ({err})"))?;
     Ok((label, der))
+}
+
+/// An installation token is fetched again this long before it expires, so that a comment never
+/// goes out with one about to lapse.
+const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
+/// The life assumed for a token whose answer states no readable expiry.
+const ASSUMED_LIFE: Duration = Duration::from_secs(10 * 60);
+/// Installations whose token is kept at once; past that, the one that lapses first goes.
+const MAX_INSTALLATIONS: usize = 4096;
+
+/// The access tokens of a GitHub App's installations: fetched as the app when a comment needs
+/// one, through the GitHub breaker and retry policy, and kept until shortly before they expire.
+pub(crate) struct InstallationTokens {
+    app: GithubApp,
+    api: ApiTarget,
+    caller: Caller,
+    /// By installation id. Held across a fetch, so that comments waiting for the same
+    /// installation's token fetch it once.
+    cache: tokio::sync::Mutex<HashMap<u64, Cached>>,
+}
+
+struct Cached {
+    token: String,
+    refresh_at: SystemTime,
+}
+
+impl std::fmt::Debug for InstallationTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstallationTokens")
+            .field("app", &self.app)
+            .field("api", &self.api)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why no installation token could be had.
+#[derive(Debug)]
+pub(crate) enum TokenError {
+    /// Worth trying again, after `wait` if given. `attempted` is false when the breaker refused
+    /// the call before it reached GitHub.
+    Transient {
+        reason: String,
+        wait: Option<Duration>,
+        attempted: bool,
+    },
+    /// GitHub refused (the app is not installed there any more, a wrong app id or key): trying
+    /// again cannot help.
+    Refused(String),
+}
+
+impl InstallationTokens {
+    pub(crate) fn new(app: GithubApp, api: ApiTarget, caller: Caller) -> Self {
+        Self {
+            app,
+            api,
+            caller,
+            cache: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A token of `installation`, from the cache or fetched now.
+    pub(crate) async fn token(&self, installation: u64) -> Result<String, TokenError> {
+        let mut cache = self.cache.lock().await;
+        if let Some(cached) = cache.get(&installation)
+            && cached.refresh_at > SystemTime::now()
+        {
+            return Ok(cached.token.clone());
+        }
+        let (token, expires_at) = self.fetch(installation).await?;
+        let now = SystemTime::now();
+        cache.retain(|_, cached| cached.refresh_at > now);
+        if cache.len() >= MAX_INSTALLATIONS
+            && let Some(first) = cache
+                .iter()
+                .min_by_key(|(_, cached)| cached.refresh_at)
+                .map(|(id, _)| *id)
+        {
+            cache.remove(&first);
+        }
+        // A token that lapses within the margin is used for this comment and not kept.
+        let refresh_at = expires_at.checked_sub(REFRESH_MARGIN).unwrap_or(UNIX_EPOCH);
+        cache.insert(
+            installation,
+            Cached {
+                token: token.clone(),
+                refresh_at,
+            },
+        );
+        Ok(token)
+    }
+
+    /// Drops the kept token of `installation` (GitHub refused it: revoked, or the app's
+    /// permissions changed), so the next comment fetches a new one.
+    pub(crate) async fn forget(&self, installation: u64) {
+        self.cache.lock().await.remove(&installation);
+    }
+
+    /// `POST /app/installations/{id}/access_tokens`, as the app.
+    async fn fetch(&self, installation: u64) -> Result<(String, SystemTime), TokenError> {
+        let path = format!("/app/installations/{installation}/access_tokens");
+        let request = app_request(&self.app, &self.api, Method::POST, &path, &json!({}))
+            .map_err(|err| TokenError::Refused(err.to_string()))?;
+        let res = match self.caller.clone().oneshot(request).await {
+            Ok(res) => res,
+            Err(err) => {
+                let err: &(dyn std::error::Error + 'static) = &*err;
+                let open = CircuitOpen::find(err);
+                return Err(TokenError::Transient {
+                    reason: err.to_string(),
+                    wait: open.map(|open| open.retry_after().unwrap_or(Duration::from_secs(1))),
+                    attempted: open.is_none(),
+                });
+            }
+        };
+        let status = res.status();
+        if status.is_success() {
+            let answer: Value = res.json().await.map_err(|err| TokenError::Transient {
+                reason: format!("GitHub's token answer could not be read: {err}"),
+                wait: None,
+                attempted: true,
+            })?;
+            let token = answer["token"]
+                .as_str()
+                .filter(|token| !token.is_empty())
+                .ok_or_else(|| {
+                    TokenError::Refused("GitHub's token answer holds no token".into())
+                })?;
+            let expires_at = answer["expires_at"]
+                .as_str()
+                .and_then(parse_github_time)
+                .unwrap_or_else(|| SystemTime::now() + ASSUMED_LIFE);
+            return Ok((token.to_owned(), expires_at));
+        }
+        let (status, wait) = status_and_wait(Forge::GitHub, res).await;
+        let reason = format!("GitHub answered {status} to the installation token request");
+        if status.is_server_error()
+            || wait.is_some()
+            || status == StatusCode::TOO_MANY_REQUESTS
+            || status == StatusCode::REQUEST_TIMEOUT
+        {
+            Err(TokenError::Transient {
+                reason,
+                wait,
+                attempted: true,
+            })
+        } else {
+            Err(TokenError::Refused(reason))
+        }
+    }
+}
+
+/// A time as GitHub writes it, `2016-07-11T22:14:10Z` (UTC, whole seconds); `None` for anything
+/// else.
+pub(crate) fn parse_github_time(text: &str) -> Option<SystemTime> {
+    let b = text.as_bytes();
+    let shape = b.len() == 20
+        && [
+            (4, b'-'),
+            (7, b'-'),
+            (10, b'T'),
+            (13, b':'),
+            (16, b':'),
+            (19, b'Z'),
+        ]
+        .iter()
+        .all(|&(at, c)| b[at] == c);
+    if !shape {
+        return None;
+    }
+    let field = |at: usize, len: usize| -> Option<u64> {
+        let digits = &b[at..at + len];
+        digits
+            .iter()
+            .all(u8::is_ascii_digit)
+            .then(|| digits.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+    };
+    let (year, month, day) = (field(0, 4)?, field(5, 2)?, field(8, 2)?);
+    let (hour, minute, second) = (field(11, 2)?, field(14, 2)?, field(17, 2)?);
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    let valid = year >= 1970
+        && (1..=12).contains(&month)
+        && (1..=month_days[month as usize - 1]).contains(&day)
+        && hour < 24
+        && minute < 60
+        && second < 60;
+    if !valid {
+        return None;
+    }
+    let leap_years = |y: u64| y / 4 - y / 100 + y / 400;
+    let days = (year - 1970) * 365 + leap_years(year - 1) - leap_years(1969)
+        + month_days[..month as usize - 1].iter().sum::<u64>()
+        + (day - 1);
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second;
+    Some(UNIX_EPOCH + Duration::from_secs(secs))
 }

@@ -21,8 +21,9 @@
 //! again later than this after its delivery), `TUNNEL_SERVICE`, `TUNNEL_AUTH_TOKEN`,
 //! `TUNNEL_REGION`, `TUNNEL_SERVER`, `TUNNEL_SECRET`, `GITHUB_HOOK_REPOSITORY` + `GITHUB_HOOK_ID`
 //! (with `--use-tunnel`: a repository hook pointed at each tunnel URL), `GITHUB_APP_ID` +
-//! `GITHUB_APP_PRIVATE_KEY` or `GITHUB_APP_PRIVATE_KEY_PATH` (a GitHub App: with `--use-tunnel`
-//! its hook is pointed at each tunnel URL), `RUST_LOG`. A value out
+//! `GITHUB_APP_PRIVATE_KEY` or `GITHUB_APP_PRIVATE_KEY_PATH` (a GitHub App: deliveries that
+//! come through one of its installations are commented on as the app, with that installation's
+//! token; with `--use-tunnel` its hook is pointed at each tunnel URL), `RUST_LOG`. A value out
 //! of range stops the server with a message naming the variable. A comment given up is logged at
 //! error level and counted in `/status` as `comments.failed`.
 //!
