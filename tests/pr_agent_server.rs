@@ -1589,6 +1589,21 @@ async fn follow_with_first_answer(
     (calls, tx)
 }
 
+/// Waits (in paused time) for the hook updater's first request, and checks it was the only one.
+async fn first_attempt_refused(calls: &AtomicUsize) {
+    for _ in 0..100 {
+        if calls.load(Ordering::SeqCst) >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the first attempt, refused"
+    );
+}
+
 /// A hook update that meets a GitHub secondary rate limit without `retry-after` or
 /// `x-ratelimit-remaining: 0` (a 403 whose message names it) is tried again after a minute, as a
 /// comment is, instead of being given up until the tunnel's URL changes.
@@ -1624,17 +1639,7 @@ async fn a_hook_update_over_a_secondary_rate_limit_is_tried_again() {
 async fn a_tunnel_flap_does_not_cut_a_rate_limit_wait_short() {
     let (calls, tx) =
         follow_with_first_answer(|| StatusCode::TOO_MANY_REQUESTS.into_response()).await;
-    for _ in 0..100 {
-        if calls.load(Ordering::SeqCst) >= 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        1,
-        "the first attempt, refused"
-    );
+    first_attempt_refused(&calls).await;
     // A flap, ten seconds into the minute's wait.
     tokio::time::sleep(Duration::from_secs(10)).await;
     tx.send(tower_webhook::tunnel::TunnelEvent::Down {
@@ -1670,17 +1675,7 @@ async fn a_retry_after_given_as_an_http_date_is_honoured() {
     ];
     for first in answers {
         let (calls, tx) = follow_with_first_answer(first).await;
-        for _ in 0..100 {
-            if calls.load(Ordering::SeqCst) >= 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(
-            calls.load(Ordering::SeqCst),
-            1,
-            "the first attempt, refused"
-        );
+        first_attempt_refused(&calls).await;
         tokio::time::sleep(Duration::from_secs(100)).await;
         assert_eq!(
             calls.load(Ordering::SeqCst),

@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use support::{BoreServer, get_url, hello_service, serve_locally};
-use tower_webhook::tunnel::{Bore, Server, Tunnel, TunnelError, TunnelEvent, Upstream};
+use tower_webhook::tunnel::{
+    Bore, Server, Tunnel, TunnelError, TunnelEvent, TunnelEvents, Upstream,
+};
 
 fn bore_to(ip: Ipv4Addr) -> Bore {
     Bore::new()
@@ -353,12 +355,7 @@ async fn losing_the_control_connection_lets_requests_in_flight_finish() {
     tokio::time::timeout(Duration::from_secs(5), started.notified())
         .await
         .expect("the request reached the service");
-    cut.send(()).unwrap();
-    let down = tokio::time::timeout(Duration::from_secs(5), events.next())
-        .await
-        .expect("a Down event")
-        .unwrap();
-    assert!(matches!(down, TunnelEvent::Down { .. }), "{down:?}");
+    cut_control(cut, &mut events).await;
 
     // The request's own connection to the server was not cut with the control connection.
     let (status, body) = in_flight.await.unwrap().unwrap();
@@ -438,6 +435,16 @@ fn hanging_service(
     })
 }
 
+/// Cuts bore's control connection through the relay, and waits for the tunnel's `Down` event.
+async fn cut_control(cut: tokio::sync::oneshot::Sender<()>, events: &mut TunnelEvents) {
+    cut.send(()).unwrap();
+    let down = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .expect("a Down event")
+        .unwrap();
+    assert!(matches!(down, TunnelEvent::Down { .. }), "{down:?}");
+}
+
 /// Opens a public connection to `url` and sends a `/hang` request on it.
 async fn hang_request(url: &str) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
@@ -469,12 +476,7 @@ async fn closing_the_tunnel_ends_piped_connections_that_outlived_the_control_con
         .unwrap();
     assert!(echoes(&mut public, "before\n").await);
 
-    cut.send(()).unwrap();
-    let down = tokio::time::timeout(Duration::from_secs(5), events.next())
-        .await
-        .expect("a Down event")
-        .unwrap();
-    assert!(matches!(down, TunnelEvent::Down { .. }), "{down:?}");
+    cut_control(cut, &mut events).await;
     // Losing the control connection does not cut the piped connection...
     assert!(echoes(&mut public, "after the cut\n").await);
 
@@ -505,12 +507,7 @@ async fn dropping_the_handle_ends_requests_that_outlived_the_control_connection(
         .await
         .expect("the request reached the service");
 
-    cut.send(()).unwrap();
-    let down = tokio::time::timeout(Duration::from_secs(5), events.next())
-        .await
-        .expect("a Down event")
-        .unwrap();
-    assert!(matches!(down, TunnelEvent::Down { .. }), "{down:?}");
+    cut_control(cut, &mut events).await;
     assert!(
         !closed_within(&mut public, Duration::from_millis(300)).await,
         "losing the control connection cut the request in flight"
