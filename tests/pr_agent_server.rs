@@ -1224,6 +1224,20 @@ fn a_comment_when_a_pull_request_becomes_ready_for_review_on_every_provider() {
         }
         p
     };
+    let gitea_state = |state: &str| {
+        let mut p = gitea_edit("WIP: T", "T", Some(false));
+        p["pull_request"]["state"] = json!(state);
+        p
+    };
+    let gl_state = |state: &str| {
+        let mut p = gl(
+            "update",
+            false,
+            json!({"draft": {"previous": true, "current": false}}),
+        );
+        p["object_attributes"]["state"] = json!(state);
+        p
+    };
     let ado = |event: &str, draft: bool| json!({"eventType": event, "resource": {"pullRequestId": 1, "title": "T", "isDraft": draft, "repository": {"id": "r", "project": {"id": "p"}}}});
     let comments = |forge, event: &str, payload: &Value| {
         app::comment_for(forge, Some(event), payload).is_some()
@@ -1291,6 +1305,9 @@ fn a_comment_when_a_pull_request_becomes_ready_for_review_on_every_provider() {
             gl("close", false, no_changes),
             false,
         ),
+        (GitLab, "Merge Request Hook", gl_state("opened"), true),
+        (GitLab, "Merge Request Hook", gl_state("merged"), false),
+        (GitLab, "Merge Request Hook", gl_state("closed"), false),
         // Bitbucket Cloud.
         (Bitbucket, "pullrequest:created", bb(false), true),
         (Bitbucket, "pullrequest:created", bb(true), false),
@@ -1338,6 +1355,8 @@ fn a_comment_when_a_pull_request_becomes_ready_for_review_on_every_provider() {
         (Gitea, "pull_request", gitea_edit("WIP:", "T", None), true),
         (Gitea, "pull_request", gitea_edit("WI", "T", None), false),
         (Gitea, "pull_request", gitea_edit("é", "T", None), false),
+        (Gitea, "pull_request", gitea_state("open"), true),
+        (Gitea, "pull_request", gitea_state("closed"), false),
         // Azure DevOps.
         (
             AzureDevOps,
@@ -1952,8 +1971,12 @@ async fn fake_github_app(State(gh): State<Arc<FakeGithubApp>>, req: Request) -> 
             return (StatusCode::NOT_FOUND, r#"{"message":"Not Found"}"#).into_response();
         }
         let jwt = authorization.strip_prefix("Bearer ").unwrap().to_owned();
-        let mut requests = gh.token_requests.lock().unwrap();
-        requests.push((installation, jwt));
+        gh.token_requests.lock().unwrap().push((installation, jwt));
+        if installation == 500 {
+            // GitHub stalls on this one.
+            std::future::pending::<()>().await;
+        }
+        let requests = gh.token_requests.lock().unwrap();
         let n = requests.iter().filter(|(i, _)| *i == installation).count();
         let expires_at = match gh.expires_at.lock().unwrap().as_str() {
             "" => "2999-12-31T23:59:59Z".to_owned(),
@@ -2071,6 +2094,19 @@ async fn comments_of_app_installations_are_posted_with_installation_tokens() {
     assert!(gh.comment_authorization(7).is_none());
     assert_eq!(state.counters.comments_posted.load(Ordering::SeqCst), 6);
     assert_eq!(state.counters.pending.load(Ordering::SeqCst), 0);
+
+    // While GitHub stalls on one installation's token, the others' comments still go out.
+    deliver(Some(500), 8).await;
+    eventually("the stalled token request", Duration::from_secs(5), || {
+        gh.token_requests
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(i, _)| *i == 500)
+    })
+    .await;
+    deliver(Some(77), 9).await;
+    assert_eq!(posted(9).await, "Bearer ghs_77_2");
 }
 
 #[test]

@@ -1035,7 +1035,10 @@ pub(crate) fn comment_for(forge: Forge, event: Option<&str>, p: &Value) -> Optio
                 // "Mark as ready": an update whose changes take `draft` from true to false.
                 "update" => {
                     let change = &p["changes"]["draft"];
-                    draft(&change["previous"]) && change["current"].as_bool() == Some(false)
+                    draft(&change["previous"])
+                        && change["current"].as_bool() == Some(false)
+                        // Not a closed or merged one renamed.
+                        && attrs["state"].as_str().is_none_or(|state| state == "opened")
                 }
                 _ => false,
             };
@@ -1094,6 +1097,8 @@ pub(crate) fn comment_for(forge: Forge, event: Option<&str>, p: &Value) -> Optio
                         .is_some_and(gitea_work_in_progress)
                         && !gitea_work_in_progress(title)
                         && !draft(&pr["draft"])
+                        // Not a closed or merged one renamed.
+                        && pr["state"].as_str().is_none_or(|state| state == "open")
                 }
                 _ => false,
             };
@@ -1344,8 +1349,8 @@ async fn post_comment(apis: &Apis, state: &AppState, job: &Job) -> Outcome {
         // An installation token GitHub no longer takes (revoked, or the app's permissions
         // changed): fetched again for the next attempt.
         Ok((StatusCode::UNAUTHORIZED, None)) if installation.is_some() => {
-            if let Some((id, tokens)) = installation {
-                tokens.forget(id).await;
+            if let (Some((id, tokens)), Some(refused)) = (installation, &api.token) {
+                tokens.forget(id, refused).await;
             }
             tracing::warn!(
                 provider = forge,

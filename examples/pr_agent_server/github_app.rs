@@ -22,8 +22,8 @@ use super::{ApiTarget, Caller, Forge, app_request, status_and_wait};
 
 /// How long before `now` a token says it was issued: GitHub advises a minute, for clock drift.
 const ISSUED_BEFORE_SECS: u64 = 60;
-/// How long after `now` a token expires. GitHub refuses tokens that live more than 10 minutes
-/// (issue to expiry), so 9 minutes after `now` is 10 minutes after the stated issue time.
+/// How long after `now` a token expires. GitHub refuses a token whose expiry is more than 10
+/// minutes ahead; 9 minutes after `now` also keeps it within 10 minutes of its stated issue time.
 const EXPIRES_AFTER_SECS: u64 = 9 * 60;
 
 /// A GitHub App: its id (the app id or client id, the token's issuer) and its private key.
@@ -130,7 +130,8 @@ fn pem_block(pem: &str) -> Result<(&str, Vec<u8>), String> {
     let base64: String = body.split_ascii_whitespace().collect();
     let der = STANDARD
         .decode(base64)
-        .map_err(|err| format!("the PEM block is not base64 ({err})"))?;
+        // Not the decoder's error: it would show a character of the key.
+        .map_err(|_| "the PEM block is not base64".to_owned())?;
     Ok((label, der))
 }
 
@@ -148,10 +149,14 @@ pub(crate) struct InstallationTokens {
     app: GithubApp,
     api: ApiTarget,
     caller: Caller,
-    /// By installation id. Held across a fetch, so that comments waiting for the same
-    /// installation's token fetch it once.
-    cache: tokio::sync::Mutex<HashMap<u64, Cached>>,
+    /// By installation id. The map's lock is held only to find a slot; a slot's lock is held
+    /// across its fetch, so that comments waiting for one installation's token fetch it once,
+    /// and a slow fetch holds up no other installation.
+    slots: std::sync::Mutex<HashMap<u64, Slot>>,
 }
+
+/// One installation's token, if one was fetched.
+type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
 
 struct Cached {
     token: String,
@@ -188,45 +193,62 @@ impl InstallationTokens {
             app,
             api,
             caller,
-            cache: tokio::sync::Mutex::new(HashMap::new()),
+            slots: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
     /// A token of `installation`, from the cache or fetched now.
     pub(crate) async fn token(&self, installation: u64) -> Result<String, TokenError> {
-        let mut cache = self.cache.lock().await;
-        if let Some(cached) = cache.get(&installation)
-            && cached.refresh_at > SystemTime::now()
+        let slot = self.slot(installation);
+        let mut cached = slot.lock().await;
+        if let Some(kept) = &*cached
+            && kept.refresh_at > SystemTime::now()
         {
-            return Ok(cached.token.clone());
+            return Ok(kept.token.clone());
         }
         let (token, expires_at) = self.fetch(installation).await?;
-        let now = SystemTime::now();
-        cache.retain(|_, cached| cached.refresh_at > now);
-        if cache.len() >= MAX_INSTALLATIONS
-            && let Some(first) = cache
-                .iter()
-                .min_by_key(|(_, cached)| cached.refresh_at)
-                .map(|(id, _)| *id)
-        {
-            cache.remove(&first);
-        }
         // A token that lapses within the margin is used for this comment and not kept.
-        let refresh_at = expires_at.checked_sub(REFRESH_MARGIN).unwrap_or(UNIX_EPOCH);
-        cache.insert(
-            installation,
-            Cached {
-                token: token.clone(),
-                refresh_at,
-            },
-        );
+        *cached = Some(Cached {
+            token: token.clone(),
+            refresh_at: expires_at.checked_sub(REFRESH_MARGIN).unwrap_or(UNIX_EPOCH),
+        });
         Ok(token)
     }
 
-    /// Drops the kept token of `installation` (GitHub refused it: revoked, or the app's
-    /// permissions changed), so the next comment fetches a new one.
-    pub(crate) async fn forget(&self, installation: u64) {
-        self.cache.lock().await.remove(&installation);
+    /// Drops the kept token of `installation` if it is still `refused` (GitHub refused it:
+    /// revoked, or the app's permissions changed), so the next comment fetches a new one.
+    pub(crate) async fn forget(&self, installation: u64, refused: &str) {
+        let slot = self.slot(installation);
+        let mut cached = slot.lock().await;
+        if cached.as_ref().is_some_and(|kept| kept.token == refused) {
+            *cached = None;
+        }
+    }
+
+    /// The slot of `installation`, made if needed. At most `MAX_INSTALLATIONS` are kept: past
+    /// that, slots nobody uses whose token lapsed go first, then the one that lapses first.
+    fn slot(&self, installation: u64) -> Slot {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if !slots.contains_key(&installation) && slots.len() >= MAX_INSTALLATIONS {
+            let now = SystemTime::now();
+            // The refresh time of an idle slot (`None`: one in use, being fetched or read).
+            let idle = |slot: &Slot| {
+                let cached = slot.try_lock().ok()?;
+                (Arc::strong_count(slot) == 1)
+                    .then(|| cached.as_ref().map_or(UNIX_EPOCH, |kept| kept.refresh_at))
+            };
+            slots.retain(|_, slot| idle(slot).is_none_or(|refresh_at| refresh_at > now));
+            if slots.len() >= MAX_INSTALLATIONS
+                && let Some(first) = slots
+                    .iter()
+                    .filter_map(|(id, slot)| Some((idle(slot)?, *id)))
+                    .min()
+                    .map(|(_, id)| id)
+            {
+                slots.remove(&first);
+            }
+        }
+        Arc::clone(slots.entry(installation).or_default())
     }
 
     /// `POST /app/installations/{id}/access_tokens`, as the app.

@@ -460,8 +460,9 @@ const PENDING: u64 = 1 << 63;
 /// An open-addressing hash table of fingerprints, linear probing, kept at most half full, with
 /// backward-shift deletion (no tombstones, so probe sequences stay short under constant churn).
 ///
-/// Fingerprint, expiry and claim token share one 24-byte slot: a lookup touches one cache line
-/// (rarely two), where a map with separate control bytes and buckets touches two.
+/// Fingerprint, expiry and claim token share one 24-byte slot: a lookup reads one slot, in one
+/// cache line or (for a quarter of the slots) two, where a map with separate control bytes and
+/// buckets reads both.
 #[derive(Default)]
 struct Table {
     slots: Vec<Slot>,
