@@ -493,14 +493,24 @@ impl Table {
 
     /// What is held for `fp`.
     fn entry(&self, fp: u64) -> Option<Entry> {
+        self.index(fp).map(|i| self.entry_at(i))
+    }
+
+    /// The slot holding `fp`.
+    fn index(&self, fp: u64) -> Option<usize> {
         if self.slots.is_empty() {
             return None;
         }
-        let slot = self.slots[self.find(fp).ok()?];
-        Some(Entry {
+        self.find(fp).ok()
+    }
+
+    /// What slot `i`, which is in use, holds.
+    fn entry_at(&self, i: usize) -> Entry {
+        let slot = self.slots[i];
+        Entry {
             expiry: slot.expiry & !PENDING,
             claim: (slot.expiry & PENDING != 0).then_some(slot.token),
-        })
+        }
     }
 
     fn get(&self, fp: u64) -> Option<u64> {
@@ -508,16 +518,15 @@ impl Table {
     }
 
     /// Marks `fp` as handled until `expiry`, if it is held; whether it was.
+    #[cfg(test)]
     fn settle(&mut self, fp: u64, expiry: u64) -> bool {
-        if self.slots.is_empty() {
-            return false;
-        }
-        let Ok(i) = self.find(fp) else {
-            return false;
-        };
+        self.index(fp).map(|i| self.settle_at(i, expiry)).is_some()
+    }
+
+    /// Marks slot `i`, which is in use, as handled until `expiry`.
+    fn settle_at(&mut self, i: usize, expiry: u64) {
         self.slots[i].expiry = expiry & !PENDING;
         self.slots[i].token = 0;
-        true
     }
 
     /// Holds `fp` until `expiry`, as claimed by `claim` if there is one.
@@ -818,10 +827,12 @@ impl ReplayStore for MemoryReplayStore {
         let now = self.now_ms();
         let expiry = Self::expiry(now, ttl);
         let mut entries = self.lock();
-        let recorded = match entries.table.entry(fp) {
-            Some(held) if held.claim == Some(token.get()) => {
+        // One probe: the slot is read, then written, by its index.
+        let found = entries.table.index(fp);
+        let recorded = match found.map(|i| (i, entries.table.entry_at(i))) {
+            Some((i, held)) if held.claim == Some(token.get()) => {
                 let Entries { table, order } = &mut *entries;
-                table.settle(fp, expiry);
+                table.settle_at(i, expiry);
                 // An unchanged expiry is queued already: a second entry would never be purged.
                 if held.expiry != expiry {
                     Self::push_order(table, order, fp, expiry, self.capacity);
@@ -829,7 +840,7 @@ impl ReplayStore for MemoryReplayStore {
                 true
             }
             // Another delivery's claim, or already handled.
-            Some(held) if held.expiry > now => false,
+            Some((_, held)) if held.expiry > now => false,
             // The claim expired and nobody took the id since: it was handled all the same.
             _ => {
                 self.record(&mut entries, fp, now, expiry, None);
