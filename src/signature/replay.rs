@@ -1,10 +1,10 @@
 //! Replay protection: remembering delivery ids.
 
-use std::collections::VecDeque;
 use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -436,13 +436,36 @@ struct Entries {
     order: VecDeque<(u64, u64)>,
 }
 
-/// One slot of [`Table`]: a fingerprint (0 = empty), its expiry in milliseconds since the
-/// Unix epoch, whose top bit is [`PENDING`], and the token of a pending claim.
+/// One slot of [`Table`]: a fingerprint (0 = empty) and its expiry in milliseconds since the
+/// Unix epoch, whose top bit is [`PENDING`].
 #[derive(Clone, Copy, Default)]
 struct Slot {
     fp: u64,
     expiry: u64,
-    token: u64,
+}
+
+/// The tokens of the pending claims, by fingerprint: few (the deliveries being handled), so the
+/// map stays small and in cache while the table's slots stay 16 bytes.
+type Claims = HashMap<u64, u64, BuildHasherDefault<FingerprintHasher>>;
+
+/// Fingerprints are keyed hashes already, uniformly spread: they are their own hash.
+#[derive(Default)]
+struct FingerprintHasher(u64);
+
+impl Hasher for FingerprintHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 /// What [`Table`] holds for a fingerprint.
@@ -460,13 +483,14 @@ const PENDING: u64 = 1 << 63;
 /// An open-addressing hash table of fingerprints, linear probing, kept at most half full, with
 /// backward-shift deletion (no tombstones, so probe sequences stay short under constant churn).
 ///
-/// Fingerprint, expiry and claim token share one 24-byte slot: a lookup reads one slot, in one
-/// cache line or (for a quarter of the slots) two, where a map with separate control bytes and
-/// buckets reads both.
+/// Fingerprint and expiry share one 16-byte slot: a lookup touches one cache line, where a map
+/// with separate control bytes and buckets touches two. The tokens of pending claims are kept
+/// aside, in [`Claims`].
 #[derive(Default)]
 struct Table {
     slots: Vec<Slot>,
     len: usize,
+    claims: Claims,
 }
 
 impl Table {
@@ -507,14 +531,20 @@ impl Table {
     /// What slot `i`, which is in use, holds.
     fn entry_at(&self, i: usize) -> Entry {
         let slot = self.slots[i];
+        let claim = (slot.expiry & PENDING != 0).then(|| {
+            let token = self.claims.get(&slot.fp).copied();
+            debug_assert!(token.is_some(), "a pending slot has its token");
+            token.unwrap_or_default()
+        });
         Entry {
             expiry: slot.expiry & !PENDING,
-            claim: (slot.expiry & PENDING != 0).then_some(slot.token),
+            claim,
         }
     }
 
+    /// The expiry of `fp`.
     fn get(&self, fp: u64) -> Option<u64> {
-        self.entry(fp).map(|entry| entry.expiry)
+        self.index(fp).map(|i| self.slots[i].expiry & !PENDING)
     }
 
     /// Marks `fp` as handled until `expiry`, if it is held; whether it was.
@@ -525,8 +555,11 @@ impl Table {
 
     /// Marks slot `i`, which is in use, as handled until `expiry`.
     fn settle_at(&mut self, i: usize, expiry: u64) {
-        self.slots[i].expiry = expiry & !PENDING;
-        self.slots[i].token = 0;
+        let slot = &mut self.slots[i];
+        if slot.expiry & PENDING != 0 {
+            self.claims.remove(&slot.fp);
+        }
+        slot.expiry = expiry & !PENDING;
     }
 
     /// Holds `fp` until `expiry`, as claimed by `claim` if there is one.
@@ -541,14 +574,21 @@ impl Table {
             } else {
                 expiry
             },
-            token: claim.unwrap_or_default(),
         };
         match self.find(fp) {
-            Ok(i) => self.slots[i] = slot,
+            Ok(i) => {
+                if self.slots[i].expiry & PENDING != 0 && claim.is_none() {
+                    self.claims.remove(&fp);
+                }
+                self.slots[i] = slot;
+            }
             Err(i) => {
                 self.slots[i] = slot;
                 self.len += 1;
             }
+        }
+        if let Some(token) = claim {
+            self.claims.insert(fp, token);
         }
     }
 
@@ -557,7 +597,11 @@ impl Table {
             return None;
         }
         let found = self.find(fp).ok()?;
-        let expiry = self.slots[found].expiry & !PENDING;
+        let raw = self.slots[found].expiry;
+        if raw & PENDING != 0 {
+            self.claims.remove(&fp);
+        }
+        let expiry = raw & !PENDING;
         // Shift back every following entry of the cluster whose probe path crosses the hole.
         let mask = self.mask();
         let mut hole = found;
@@ -1238,6 +1282,11 @@ mod tests {
                 }
                 prop_assert_eq!(table.len, model.len());
                 prop_assert!(table.len * 2 <= table.slots.len());
+                // A token is kept exactly for each pending claim.
+                prop_assert_eq!(
+                    table.claims.len(),
+                    model.values().filter(|(_, claim)| claim.is_some()).count()
+                );
             }
             for (k, e) in &model {
                 prop_assert_eq!(table.entry(*k).map(|e| (e.expiry, e.claim)), Some(*e));
@@ -1427,6 +1476,31 @@ mod tests {
         now.fetch_add(1_001, Ordering::SeqCst);
         assert!(block_on(store.release("github:c", gone)));
         assert_eq!(store.len(), 1, "only github:b is left");
+    }
+
+    #[test]
+    fn tokens_of_evicted_or_expired_claims_are_not_kept() {
+        let now = Arc::new(AtomicU64::new(1_000_000));
+        let n = now.clone();
+        let store = MemoryReplayStore::with_capacity(4).clock(Clock::from_fn(move || {
+            SystemTime::UNIX_EPOCH + Duration::from_millis(n.load(Ordering::SeqCst))
+        }));
+        for i in 0..1_000 {
+            let ttl = Duration::from_millis(1 + i % 3);
+            assert!(block_on(store.claim(
+                &format!("github:{i}"),
+                ClaimToken::unique(),
+                ttl
+            )));
+            now.fetch_add(i % 2, Ordering::SeqCst);
+        }
+        let e = store.lock();
+        assert!(e.table.len <= 4);
+        assert_eq!(
+            e.table.claims.len(),
+            e.table.len,
+            "all pending, none leaked"
+        );
     }
 
     #[test]
