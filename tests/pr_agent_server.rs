@@ -590,6 +590,50 @@ async fn a_rate_limited_comment_is_posted_later_not_dropped() {
     assert_eq!(api.requests.load(Ordering::SeqCst), 2);
 }
 
+/// A provider down for maintenance answers 503 with a `Retry-After` longer than the retry
+/// policy waits by itself (a minute): the comment waits that long, not the worker's short
+/// backoff, and is neither given up nor sent again at once.
+#[tokio::test]
+async fn a_503_with_a_long_retry_after_is_waited_out() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let gitlab = serve(Router::new().fallback(move || {
+        seen.fetch_add(1, Ordering::SeqCst);
+        async { (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "120")]) }
+    }))
+    .await;
+    let (api_addr, _api) = start_fake_api().await;
+    let gitlab = format!("http://{gitlab}");
+    let (base, state) =
+        start_server(&settings(api_addr, &[("GITLAB_API_URL", gitlab.as_str())])).await;
+    let client = reqwest::Client::new();
+    let d = delivery(
+        app::Forge::GitLab,
+        "ab000000-0000-4000-8000-000000000503",
+        8,
+    );
+    assert_eq!(
+        send(&client, &base, &d).await.status(),
+        StatusCode::ACCEPTED
+    );
+    eventually("the first attempt", Duration::from_secs(2), || {
+        calls.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "not sent again within the two minutes"
+    );
+    assert_eq!(state.counters.comments_failed.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        state.counters.pending.load(Ordering::SeqCst),
+        1,
+        "still pending"
+    );
+}
+
 /// GitHub answers a secondary rate limit with 403 or 429 and may send no `retry-after` and no
 /// `x-ratelimit-remaining: 0`: "If you exceed a secondary rate limit, you will receive a `403` or
 /// `429` response and an error message that indicates that you exceeded a secondary rate limit.

@@ -1318,13 +1318,14 @@ async fn post_comment(apis: &Apis, state: &AppState, job: &Job) -> Outcome {
                 .fetch_add(1, Ordering::Relaxed);
             Outcome::Done
         }
-        // Over a rate limit (GitHub answers 403 or 429): wait as long as the provider says.
+        // Over a rate limit (GitHub answers 403 or 429), or down for a while (503 with
+        // `Retry-After`): wait as long as the provider says.
         Ok((status, Some(wait))) => {
             tracing::warn!(
                 provider = forge,
                 status = status.as_u16(),
                 ?wait,
-                "provider API rate limit; comment scheduled again"
+                "provider API asks to wait; comment scheduled again"
             );
             Outcome::Later {
                 delay: Some(wait),
@@ -1423,11 +1424,13 @@ async fn says_secondary_rate_limit(mut res: reqwest::Response) -> bool {
 
 /// How long to wait before posting again when `status` and `headers` say a rate limit was hit
 /// (403 or 429 with `Retry-After`, in seconds or as an HTTP date, or with
-/// `X-RateLimit-Remaining: 0` and `X-RateLimit-Reset`, a minute without the reset), from 1 s to
-/// an hour. `None` when the headers say no rate limit (see [`status_and_wait`] for GitHub's
-/// limits that name no delay).
+/// `X-RateLimit-Remaining: 0` and `X-RateLimit-Reset`, a minute without the reset) or the API is
+/// down for a while (503 with `Retry-After`, which the retry policy leaves to the caller past
+/// its own cap), from 1 s to an hour. `None` when the headers say no such thing (see
+/// [`status_and_wait`] for GitHub's limits that name no delay).
 fn rate_limit_wait(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
-    if status != StatusCode::FORBIDDEN && status != StatusCode::TOO_MANY_REQUESTS {
+    let limited = status == StatusCode::FORBIDDEN || status == StatusCode::TOO_MANY_REQUESTS;
+    if !limited && status != StatusCode::SERVICE_UNAVAILABLE {
         return None;
     }
     let number =
@@ -1436,6 +1439,9 @@ fn rate_limit_wait(status: StatusCode, headers: &HeaderMap) -> Option<Duration> 
     if let Some(wait) = retry_after(headers) {
         // A date already past (a clock ahead of the provider's) is no reason to call at once.
         return Some(wait.clamp(Duration::from_secs(1), LONGEST));
+    }
+    if !limited {
+        return None;
     }
     if number("x-ratelimit-remaining") == Some(0) {
         let now = std::time::SystemTime::now()
