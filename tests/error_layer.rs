@@ -1243,3 +1243,49 @@ async fn a_401_carries_the_errors_challenge() {
     assert_eq!(res.headers()["grpc-status"], "16");
     assert!(res.headers().get("www-authenticate").is_none());
 }
+
+/// A 401 whose error names no challenge gets the layer's, if it has one; an error's own comes
+/// first, and other statuses and gRPC callers get none.
+#[tokio::test]
+async fn a_401_without_a_challenge_gets_the_layers() {
+    let plain_401 = || -> BoxError { Box::new(Problem::new(StatusCode::UNAUTHORIZED)) };
+    let (status, headers, _) =
+        problem_of(answer_error(WebhookErrorLayer::new(), http_req(), plain_401()).await).await;
+    assert_eq!(status, 401);
+    assert!(headers.get("www-authenticate").is_none(), "none configured");
+
+    let layer = WebhookErrorLayer::new()
+        .recognize::<TokenExpired>()
+        .challenge(r#"Bearer realm="hooks""#);
+    assert!(format!("{layer:?}").contains("realm"));
+    let (_, headers, _) =
+        problem_of(answer_error(layer.clone(), http_req(), plain_401()).await).await;
+    assert_eq!(headers["www-authenticate"], r#"Bearer realm="hooks""#);
+    // A handler's 401 response that carries a problem is rendered the same way.
+    let svc =
+        ServiceBuilder::new()
+            .layer(layer.clone())
+            .service_fn(|_: Request<Full<Bytes>>| async {
+                let mut res = Response::new(Full::new(Bytes::new()));
+                *res.status_mut() = StatusCode::UNAUTHORIZED;
+                res.extensions_mut()
+                    .insert(Problem::new(StatusCode::UNAUTHORIZED));
+                Ok::<_, std::convert::Infallible>(res)
+            });
+    let res = svc.oneshot(http_req()).await.unwrap();
+    assert_eq!(res.headers()["www-authenticate"], r#"Bearer realm="hooks""#);
+    // The error's own challenge wins.
+    let (_, headers, _) =
+        problem_of(answer_error(layer.clone(), http_req(), Box::new(TokenExpired)).await).await;
+    assert_eq!(
+        headers["www-authenticate"],
+        r#"Bearer realm="api", error="invalid_token""#
+    );
+    let forbidden: BoxError = Box::new(Problem::new(StatusCode::FORBIDDEN));
+    let (_, headers, _) =
+        problem_of(answer_error(layer.clone(), http_req(), forbidden).await).await;
+    assert!(headers.get("www-authenticate").is_none());
+    let res = answer_error(layer, grpc_req(), plain_401()).await;
+    assert_eq!(res.headers()["grpc-status"], "16");
+    assert!(res.headers().get("www-authenticate").is_none());
+}

@@ -1,4 +1,5 @@
 use std::any::Any;
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
@@ -93,12 +94,15 @@ struct Config {
     timeout_status: StatusCode,
     request_id_header: HeaderName,
     recognizers: Vec<Recognizer>,
+    /// The `WWW-Authenticate` challenge of a 401 whose problem names none.
+    challenge: Option<Cow<'static, str>>,
 }
 
 static DEFAULT_CONFIG: Config = Config {
     timeout_status: StatusCode::GATEWAY_TIMEOUT,
     request_id_header: HeaderName::from_static("x-request-id"),
     recognizers: Vec::new(),
+    challenge: None,
 };
 
 /// The configuration handle: the default one is a `&'static`, so the common case costs no
@@ -123,6 +127,7 @@ impl Shared {
             timeout_status: current.timeout_status,
             request_id_header: current.request_id_header.clone(),
             recognizers: current.recognizers.clone(),
+            challenge: current.challenge.clone(),
         };
         f(&mut config);
         *self = Shared::Owned(Arc::new(config));
@@ -259,6 +264,34 @@ impl<R> WebhookErrorLayer<R> {
         self
     }
 
+    /// The `WWW-Authenticate` challenge sent with a 401 whose error names none (RFC 9110,
+    /// section 15.5.2: a 401 carries at least one). An error's own
+    /// [`challenge`](super::HttpError::challenge) comes first; without either, a 401 goes out
+    /// without the header.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::{Request, Response, StatusCode};
+    /// use tower::{ServiceBuilder, ServiceExt};
+    /// use tower_webhook::error::{Problem, WebhookErrorLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let layer = WebhookErrorLayer::new().challenge(r#"Bearer realm="webhooks""#);
+    /// let svc = ServiceBuilder::new().layer(layer).service_fn(|_: Request<String>| async {
+    ///     Err::<Response<String>, _>(Problem::new(StatusCode::UNAUTHORIZED))
+    /// });
+    ///
+    /// let res = svc.oneshot(Request::new(String::new())).await.unwrap();
+    /// assert_eq!(res.headers()["www-authenticate"], r#"Bearer realm="webhooks""#);
+    /// # }
+    /// ```
+    pub fn challenge(mut self, challenge: impl Into<Cow<'static, str>>) -> Self {
+        let challenge = challenge.into();
+        self.shared.update(|c| c.challenge = Some(challenge));
+        self
+    }
+
     /// Recognises errors of type `E` anywhere in an error's `source()` chain and renders them
     /// through their [`HttpError`] implementation.
     ///
@@ -340,6 +373,7 @@ impl<R> fmt::Debug for WebhookErrorLayer<R> {
             .field("timeout_status", &config.timeout_status)
             .field("request_id_header", &config.request_id_header)
             .field("recognizers", &config.recognizers.len())
+            .field("challenge", &config.challenge)
             .finish_non_exhaustive()
     }
 }
@@ -790,6 +824,12 @@ fn render<B, R: RenderProblem>(
         && let Some(id) = info.request_id.as_ref().and_then(as_instance)
     {
         problem = problem.with_instance(id);
+    }
+    if problem.status() == StatusCode::UNAUTHORIZED
+        && problem.challenge().is_none()
+        && let Some(challenge) = &config.challenge
+    {
+        problem = problem.with_challenge(challenge.clone());
     }
     let mut response = if let Some(grpc) = info.grpc {
         let mut response = problem.to_grpc_response::<ResponseBody<B>>();
