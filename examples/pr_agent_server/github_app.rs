@@ -225,8 +225,9 @@ impl InstallationTokens {
         }
     }
 
-    /// The slot of `installation`, made if needed. At most `MAX_INSTALLATIONS` are kept: past
-    /// that, slots nobody uses whose token lapsed go first, then the one that lapses first.
+    /// The slot of `installation`, made if needed. Past `MAX_INSTALLATIONS` slots, idle ones
+    /// whose token lapsed go first, then the idle one that lapses first; slots in use stay, so
+    /// the map holds at most that many plus the comments in flight.
     fn slot(&self, installation: u64) -> Slot {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         if !slots.contains_key(&installation) && slots.len() >= MAX_INSTALLATIONS {
