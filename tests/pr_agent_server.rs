@@ -590,28 +590,25 @@ async fn a_rate_limited_comment_is_posted_later_not_dropped() {
     assert_eq!(api.requests.load(Ordering::SeqCst), 2);
 }
 
-/// A provider down for maintenance answers 503 with a `Retry-After` longer than the retry
-/// policy waits by itself (a minute): the comment waits that long, not the worker's short
-/// backoff, and is neither given up nor sent again at once.
-#[tokio::test]
-async fn a_503_with_a_long_retry_after_is_waited_out() {
+/// `forge`'s API answers every comment with `answer`: the comment is tried once, then waits
+/// (not sent again within 1.5 s), neither given up nor dropped.
+async fn comment_waits_after_one_attempt(forge: app::Forge, answer: fn() -> Response, id: &str) {
     let calls = Arc::new(AtomicUsize::new(0));
     let seen = calls.clone();
-    let gitlab = serve(Router::new().fallback(move || {
+    let provider = serve(Router::new().fallback(move || {
         seen.fetch_add(1, Ordering::SeqCst);
-        async { (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "120")]) }
+        async move { answer() }
     }))
     .await;
     let (api_addr, _api) = start_fake_api().await;
-    let gitlab = format!("http://{gitlab}");
-    let (base, state) =
-        start_server(&settings(api_addr, &[("GITLAB_API_URL", gitlab.as_str())])).await;
+    let provider = format!("http://{provider}");
+    let (base, state) = start_server(&settings(
+        api_addr,
+        &[(forge.api_url_var(), provider.as_str())],
+    ))
+    .await;
     let client = reqwest::Client::new();
-    let d = delivery(
-        app::Forge::GitLab,
-        "ab000000-0000-4000-8000-000000000503",
-        8,
-    );
+    let d = delivery(forge, id, 6);
     assert_eq!(
         send(&client, &base, &d).await.status(),
         StatusCode::ACCEPTED
@@ -621,17 +618,30 @@ async fn a_503_with_a_long_retry_after_is_waited_out() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "{id}: not sent again yet");
     assert_eq!(
-        calls.load(Ordering::SeqCst),
-        1,
-        "not sent again within the two minutes"
+        state.counters.comments_failed.load(Ordering::SeqCst),
+        0,
+        "{id}: not given up"
     );
-    assert_eq!(state.counters.comments_failed.load(Ordering::SeqCst), 0);
     assert_eq!(
         state.counters.pending.load(Ordering::SeqCst),
         1,
-        "still pending"
+        "{id}: still pending"
     );
+}
+
+/// A provider down for maintenance answers 503 with a `Retry-After` longer than the retry
+/// policy waits by itself (a minute): the comment waits that long, not the worker's short
+/// backoff, and is neither given up nor sent again at once.
+#[tokio::test]
+async fn a_503_with_a_long_retry_after_is_waited_out() {
+    comment_waits_after_one_attempt(
+        app::Forge::GitLab,
+        || (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "120")]).into_response(),
+        "ab000000-0000-4000-8000-000000000503",
+    )
+    .await;
 }
 
 /// GitHub answers a secondary rate limit with 403 or 429 and may send no `retry-after` and no
@@ -644,52 +654,26 @@ async fn a_503_with_a_long_retry_after_is_waited_out() {
 /// given up nor sent again at once.
 #[tokio::test]
 async fn a_github_secondary_rate_limit_without_headers_is_waited_out_not_dropped() {
-    for code in [StatusCode::FORBIDDEN, StatusCode::TOO_MANY_REQUESTS] {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let seen = calls.clone();
-        let github = serve(Router::new().fallback(move || {
-            seen.fetch_add(1, Ordering::SeqCst);
-            async move {
-                (
-                    code,
-                    [("content-type", "application/json")],
-                    r#"{"message":"You have exceeded a secondary rate limit. Please wait a few minutes before you try again.","documentation_url":"https://docs.github.com/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits"}"#,
-                )
-            }
-        }))
-        .await;
-        let (api_addr, _api) = start_fake_api().await;
-        let github = format!("http://{github}");
-        let (base, state) =
-            start_server(&settings(api_addr, &[("GITHUB_API_URL", github.as_str())])).await;
-        let client = reqwest::Client::new();
-        let d = delivery(
-            app::Forge::GitHub,
-            &format!("ab000000-0000-4000-8000-{:012}", code.as_u16()),
-            6,
-        );
-        assert_eq!(
-            send(&client, &base, &d).await.status(),
-            StatusCode::ACCEPTED
-        );
-        eventually("the first attempt", Duration::from_secs(2), || {
-            calls.load(Ordering::SeqCst) >= 1
-        })
-        .await;
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        assert_eq!(
-            calls.load(Ordering::SeqCst),
-            1,
-            "{code}: not sent again before the minute is up"
-        );
-        let s = status(&client, &base).await;
-        assert_eq!(s["comments"]["failed"], 0, "{code}: not given up");
-        assert_eq!(
-            state.counters.pending.load(Ordering::SeqCst),
-            1,
-            "{code}: still pending"
-        );
+    fn limited(code: StatusCode) -> Response {
+        (
+            code,
+            [("content-type", "application/json")],
+            r#"{"message":"You have exceeded a secondary rate limit. Please wait a few minutes before you try again.","documentation_url":"https://docs.github.com/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits"}"#,
+        )
+            .into_response()
     }
+    comment_waits_after_one_attempt(
+        app::Forge::GitHub,
+        || limited(StatusCode::FORBIDDEN),
+        "ab000000-0000-4000-8000-000000000403",
+    )
+    .await;
+    comment_waits_after_one_attempt(
+        app::Forge::GitHub,
+        || limited(StatusCode::TOO_MANY_REQUESTS),
+        "ab000000-0000-4000-8000-000000000429",
+    )
+    .await;
 }
 
 #[tokio::test]

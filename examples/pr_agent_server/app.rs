@@ -82,7 +82,7 @@ impl Forge {
         format!("/api/v1/{}_webhooks", self.name())
     }
 
-    fn api_url_var(self) -> &'static str {
+    pub(crate) fn api_url_var(self) -> &'static str {
         match self {
             Forge::GitHub => "GITHUB_API_URL",
             Forge::GitLab => "GITLAB_API_URL",
