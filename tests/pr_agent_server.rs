@@ -2065,6 +2065,8 @@ async fn comments_of_app_installations_are_posted_with_installation_tokens() {
             ("GITHUB_API_URL", gh_url.as_str()),
             ("GITHUB_APP_ID", "4242"),
             ("GITHUB_APP_PRIVATE_KEY", pkcs1.as_str()),
+            // One comment at a time: one waiting for a token must not hold the slot.
+            ("COMMENTS_IN_FLIGHT_PER_PROVIDER", "1"),
         ],
     );
     let (base, state) = start_server(&settings).await;
@@ -2123,7 +2125,8 @@ async fn comments_of_app_installations_are_posted_with_installation_tokens() {
     assert_eq!(state.counters.comments_posted.load(Ordering::SeqCst), 6);
     assert_eq!(state.counters.pending.load(Ordering::SeqCst), 0);
 
-    // While GitHub stalls on one installation's token, the others' comments still go out.
+    // While GitHub stalls on one installation's token, the others' comments still go out, and
+    // the comment waiting for it holds none of GitHub's slots.
     deliver(Some(500), 8).await;
     eventually("the stalled token request", Duration::from_secs(5), || {
         gh.token_requests

@@ -631,7 +631,8 @@ impl HookUpdater {
     }
 
     /// Points the hook at every URL the tunnel opens at, until the tunnel is closed. A failure
-    /// worth retrying is tried again after a growing delay (1 s to 1 min).
+    /// worth retrying is tried again after a growing delay (1 s to 1 min), or as long as a
+    /// `Retry-After` asks (up to an hour).
     pub(crate) async fn follow(self, mut status: watch::Receiver<TunnelEvent>) {
         // The URL the hook points at, or was given up for.
         let mut settled: Option<String> = None;
@@ -1195,12 +1196,17 @@ async fn worker(
 async fn run_job(mut job: Job, slots: Arc<Semaphore>, apis: Arc<Apis>, state: Arc<AppState>) {
     let counters = &state.counters;
     loop {
-        let outcome = {
-            // The semaphore is never closed.
-            let Ok(_slot) = slots.acquire().await else {
-                break;
-            };
-            post_comment(&apis, &state, &job).await
+        // An installation token is had before a slot is taken: comments waiting for a token
+        // GitHub is slow to hand out hold no slot of the comments that have theirs.
+        let outcome = match installation_token(&apis, &state, &job).await {
+            Err(outcome) => outcome,
+            Ok(token) => {
+                // The semaphore is never closed.
+                let Ok(_slot) = slots.acquire().await else {
+                    break;
+                };
+                post_comment(&apis, &state, &job, token).await
+            }
         };
         let (delay, attempted) = match outcome {
             Outcome::Done => break,
@@ -1250,7 +1256,48 @@ struct Apis {
     tokens: Option<InstallationTokens>,
 }
 
-async fn post_comment(apis: &Apis, state: &AppState, job: &Job) -> Outcome {
+/// With `GITHUB_APP_*`, the token of the installation `job`'s delivery came through, if it came
+/// through one; `Err` when there is none to be had now (try again later) or at all (given up).
+async fn installation_token(
+    apis: &Apis,
+    state: &AppState,
+    job: &Job,
+) -> Result<Option<(u64, String)>, Outcome> {
+    let Some((id, tokens)) = job.installation.zip(apis.tokens.as_ref()) else {
+        return Ok(None);
+    };
+    let forge = job.forge.name();
+    match tokens.token(id).await {
+        Ok(token) => Ok(Some((id, token))),
+        Err(TokenError::Transient {
+            reason,
+            wait,
+            attempted,
+        }) => {
+            tracing::warn!(provider = forge, installation = id, error = %reason, "no installation token yet; comment scheduled again");
+            Err(Outcome::Later {
+                delay: wait,
+                attempted,
+            })
+        }
+        Err(TokenError::Refused(reason)) => {
+            tracing::error!(provider = forge, installation = id, error = %reason, target = %job.comment.target, delivery = %job.delivery, "no installation token: comment not posted");
+            state
+                .counters
+                .comments_failed
+                .fetch_add(1, Ordering::Relaxed);
+            Err(Outcome::Done)
+        }
+    }
+}
+
+/// Posts `job`'s comment, as the app with `installation`'s token when given.
+async fn post_comment(
+    apis: &Apis,
+    state: &AppState,
+    job: &Job,
+    installation: Option<(u64, String)>,
+) -> Outcome {
     let forge = job.forge.name();
     let Some((api, caller)) = apis.callers.get(&job.forge) else {
         tracing::info!(provider = forge, target = %job.comment.target, body = %job.comment.body, "no API configured: comment not posted");
@@ -1261,38 +1308,16 @@ async fn post_comment(apis: &Apis, state: &AppState, job: &Job) -> Outcome {
         return Outcome::Done;
     };
     // As the app, when the delivery came through one of its installations.
-    let installation = job.installation.zip(apis.tokens.as_ref());
     let as_app;
-    let api = match installation {
-        None => api,
-        Some((id, tokens)) => match tokens.token(id).await {
-            Ok(token) => {
-                as_app = ApiTarget {
-                    base_url: api.base_url.clone(),
-                    token: Some(token),
-                };
-                &as_app
-            }
-            Err(TokenError::Transient {
-                reason,
-                wait,
-                attempted,
-            }) => {
-                tracing::warn!(provider = forge, installation = id, error = %reason, "no installation token yet; comment scheduled again");
-                return Outcome::Later {
-                    delay: wait,
-                    attempted,
-                };
-            }
-            Err(TokenError::Refused(reason)) => {
-                tracing::error!(provider = forge, installation = id, error = %reason, target = %job.comment.target, delivery = %job.delivery, "no installation token: comment not posted");
-                state
-                    .counters
-                    .comments_failed
-                    .fetch_add(1, Ordering::Relaxed);
-                return Outcome::Done;
-            }
-        },
+    let (api, installation) = match installation.zip(apis.tokens.as_ref()) {
+        None => (api, None),
+        Some(((id, token), tokens)) => {
+            as_app = ApiTarget {
+                base_url: api.base_url.clone(),
+                token: Some(token),
+            };
+            (&as_app, Some((id, tokens)))
+        }
     };
     let request = match build_request(job, api) {
         Ok(r) => r,

@@ -151,7 +151,8 @@ pub(crate) struct InstallationTokens {
     caller: Caller,
     /// By installation id. The map's lock is held only to find a slot; a slot's lock is held
     /// across its fetch, so that comments waiting for one installation's token fetch it once,
-    /// and a slow fetch holds up no other installation.
+    /// and a slow fetch holds up no other installation's (nor any comment slot: the worker gets
+    /// the token before it takes one).
     slots: std::sync::Mutex<HashMap<u64, Slot>>,
 }
 

@@ -39,10 +39,10 @@
 //! | provider | events that comment |
 //! |---|---|
 //! | GitHub | `pull_request` `opened` / `reopened` (not draft), `ready_for_review` |
-//! | GitLab | Merge Request Hook `open` / `reopen` (not draft), `update` whose `changes.draft` goes from true to false |
+//! | GitLab | Merge Request Hook `open` / `reopen` (not draft), `update` of an open merge request whose `changes.draft` goes from true to false |
 //! | Bitbucket Cloud | `pullrequest:created` (not draft); Cloud cannot reopen a declined pull request |
 //! | Bitbucket Data Center | `pr:opened` (not draft) |
-//! | Gitea / Forgejo | `pull_request` `opened` / `reopened` (not draft), `edited` whose title loses its `WIP:` / `[WIP]` prefix |
+//! | Gitea / Forgejo | `pull_request` `opened` / `reopened` (not draft), `edited` of an open pull request whose title loses its `WIP:` / `[WIP]` prefix |
 //! | Azure DevOps | `git.pullrequest.created` (not draft) |
 //!
 //! Where the provider's event does not say that a draft became ready (Bitbucket

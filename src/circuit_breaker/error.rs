@@ -16,7 +16,8 @@ const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
 ///
 /// Downcast it from the service's `BoxError`. Through
 /// [`WebhookErrorLayer`](crate::error::WebhookErrorLayer) it becomes `503 Service Unavailable`
-/// with `Retry-After` (whole seconds, rounded up, at least 1) and problem type
+/// with `Retry-After` when the wait is known, that is while OPEN (whole seconds, rounded up, at
+/// least 1; none in FORCED_OPEN or for a HALF_OPEN refusal), and problem type
 /// [`types::CIRCUIT_OPEN`], or gRPC `Unavailable`. With the
 /// `tonic` feature its [`source`](std::error::Error::source) is a
 /// `tonic::Status::unavailable`, so a tonic client built on a breaker-wrapped `Channel` sees

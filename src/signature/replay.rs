@@ -107,10 +107,11 @@ pub trait ReplayStore: Send + Sync + 'static {
     }
 
     /// The delivery that claimed `key` with `token` failed or was abandoned: forgets the claim,
-    /// so that the provider's next delivery of the id is processed. A claim with another token,
-    /// or an id recorded as handled, is left alone. Resolves to whether the claim was removed.
+    /// so that the provider's next delivery of the id is processed. Resolves to whether the
+    /// claim was removed. A store that tracks claims leaves a claim with another token, or an id
+    /// recorded as handled, alone.
     ///
-    /// The default is [`remove`](ReplayStore::remove).
+    /// The default is [`remove`](ReplayStore::remove), which forgets `key` whatever holds it.
     ///
     /// # Example
     ///
