@@ -234,7 +234,11 @@ async fn a_request_the_upstream_did_not_act_on_is_sent_again_whatever_its_method
     }
     for (kind, attempts) in [
         (std::io::ErrorKind::ConnectionRefused, 4),
+        (std::io::ErrorKind::HostUnreachable, 4),
+        (std::io::ErrorKind::NetworkUnreachable, 4),
+        (std::io::ErrorKind::AddrNotAvailable, 4),
         (std::io::ErrorKind::ConnectionReset, 1),
+        (std::io::ErrorKind::TimedOut, 1),
     ] {
         let calls = Arc::new(AtomicUsize::new(0));
         let seen = calls.clone();

@@ -8,7 +8,8 @@
 //!   extension; or every request after [`RetryPolicy::retry_non_idempotent`].
 //! - **Other requests** (a `POST` that creates a comment) only when the failure shows the
 //!   upstream did not act on them: a 429, a 503 with `Retry-After`, or an error raised before the
-//!   request was sent (a refused connection, a reqwest connect error, tower's `Overloaded`). A
+//!   request was sent (a refused connection, an unreachable host or network, a reqwest connect
+//!   error, tower's `Overloaded`, anywhere in the error's source chain). A
 //!   timeout, a 502 or 504, or a reset connection may come after the upstream acted, so sending
 //!   again could act twice.
 //! - **Backoff**: exponential with full jitter (a random delay between 0 and
@@ -291,8 +292,16 @@ fn was_not_sent(err: &(dyn Error + 'static)) -> bool {
         {
             return true;
         }
+        // Kinds a connection attempt fails with, before anything is written: a refused
+        // connection, no route to the host or network, no local address to connect from.
         if let Some(err) = e.downcast_ref::<std::io::Error>()
-            && err.kind() == std::io::ErrorKind::ConnectionRefused
+            && matches!(
+                err.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::HostUnreachable
+                    | std::io::ErrorKind::NetworkUnreachable
+                    | std::io::ErrorKind::AddrNotAvailable
+            )
         {
             return true;
         }
