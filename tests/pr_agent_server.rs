@@ -1636,14 +1636,19 @@ async fn follow_with_first_answer(
     (calls, tx)
 }
 
-/// Waits (in paused time) for the hook updater's first request, and checks it was the only one.
-async fn first_attempt_refused(calls: &AtomicUsize) {
-    for _ in 0..100 {
-        if calls.load(Ordering::SeqCst) >= 1 {
+/// Waits (in paused time, `tries` steps of `step`) until `calls` reaches `n`.
+async fn calls_reach(calls: &AtomicUsize, n: usize, step: Duration, tries: u32) {
+    for _ in 0..tries {
+        if calls.load(Ordering::SeqCst) >= n {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(step).await;
     }
+}
+
+/// Waits (in paused time) for the hook updater's first request, and checks it was the only one.
+async fn first_attempt_refused(calls: &AtomicUsize) {
+    calls_reach(calls, 1, Duration::from_millis(10), 100).await;
     assert_eq!(
         calls.load(Ordering::SeqCst),
         1,
@@ -1666,12 +1671,7 @@ async fn a_hook_update_over_a_secondary_rate_limit_is_tried_again() {
     })
     .await;
     // Virtual time: the minute passes at once once everything waits.
-    for _ in 0..400 {
-        if calls.load(Ordering::SeqCst) >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    calls_reach(&calls, 2, Duration::from_millis(500), 400).await;
     assert_eq!(
         calls.load(Ordering::SeqCst),
         2,

@@ -562,12 +562,7 @@ async fn the_server_helper_ends_tunnel_connections_still_open_after_its_drain() 
     .expect("a Down status")
     .unwrap();
 
-    let stopping = tokio::time::Instant::now();
-    stop_tx.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(15), running.wait())
-        .await
-        .expect("the server did not stop");
-    assert!(stopping.elapsed() >= Duration::from_secs(9), "no drain");
+    support::stop_through_the_drain(stop_tx, running).await;
     assert!(
         closed_within(&mut public, Duration::from_secs(3)).await,
         "a tunnel request left after the drain outlived the server"

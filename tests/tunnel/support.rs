@@ -573,3 +573,17 @@ impl Logs {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 }
+
+/// Stops a server started with `Server::spawn` and waits until it is done, checking that it
+/// waited through its 10 s drain (a request that never finishes holds it).
+pub async fn stop_through_the_drain(
+    stop: tokio::sync::oneshot::Sender<()>,
+    running: tower_webhook::tunnel::Running,
+) {
+    let stopping = tokio::time::Instant::now();
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(15), running.wait())
+        .await
+        .expect("the server did not stop");
+    assert!(stopping.elapsed() >= Duration::from_secs(9), "no drain");
+}
