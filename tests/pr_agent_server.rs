@@ -155,86 +155,127 @@ struct Delivery {
     body: Vec<u8>,
 }
 
+/// A `pull_request`-opened delivery (or each provider's equivalent) for pull request `pr`.
 fn delivery(forge: app::Forge, id: &str, pr: u64) -> Delivery {
-    match forge {
-        app::Forge::GitHub => {
-            let body = json!({"action": "opened", "number": pr, "pull_request": {"number": pr, "title": "Fix"}, "repository": {"full_name": "octo/repo"}}).to_string().into_bytes();
-            // Signed with the older secret of the rotation: still accepted.
-            let sig = format!("sha256={}", hmac_hex("gh-secret-old", &body));
-            Delivery {
-                route: "/api/v1/github_webhooks",
-                headers: vec![
-                    ("x-github-event", "pull_request".into()),
-                    ("x-github-delivery", id.into()),
-                    ("x-hub-signature-256", sig),
-                ],
-                body,
-            }
-        }
-        app::Forge::GitLab => {
-            let body = json!({"object_kind": "merge_request", "project": {"id": 42}, "object_attributes": {"iid": pr, "action": "open", "title": "Fix"}}).to_string().into_bytes();
-            Delivery {
-                route: "/api/v1/gitlab_webhooks",
-                headers: vec![
-                    ("x-gitlab-event", "Merge Request Hook".into()),
-                    ("x-gitlab-event-uuid", id.into()),
-                    ("x-gitlab-token", GL.into()),
-                ],
-                body,
-            }
-        }
-        app::Forge::Bitbucket => {
-            let body = json!({"pullrequest": {"id": pr, "title": "Fix"}, "repository": {"full_name": "team/repo"}}).to_string().into_bytes();
-            let sig = format!("sha256={}", hmac_hex(BB, &body));
-            Delivery {
-                route: "/api/v1/bitbucket_webhooks",
-                headers: vec![
-                    ("x-event-key", "pullrequest:created".into()),
-                    ("x-request-uuid", id.into()),
-                    ("x-hub-signature", sig),
-                ],
-                body,
-            }
-        }
-        app::Forge::BitbucketServer => {
-            // Bitbucket Data Center: the pull request and its target repository.
-            let body = json!({"eventKey": "pr:opened", "pullRequest": {"id": pr, "title": "Fix", "draft": false, "toRef": {"repository": {"slug": "repo", "project": {"key": "PROJ"}}}, "links": {"self": [{"href": "https://bitbucket.example.com/projects/PROJ/repos/repo/pull-requests/1"}]}}}).to_string().into_bytes();
-            let sig = format!("sha256={}", hmac_hex(BBS, &body));
-            Delivery {
-                route: "/api/v1/bitbucket_server_webhooks",
-                headers: vec![
-                    ("x-event-key", "pr:opened".into()),
-                    ("x-request-id", id.into()),
-                    ("x-hub-signature", sig),
-                ],
-                body,
-            }
-        }
-        app::Forge::Gitea => {
-            let body = json!({"action": "opened", "number": pr, "pull_request": {"number": pr, "title": "Fix"}, "repository": {"full_name": "org/repo"}}).to_string().into_bytes();
-            let sig = hmac_hex(GT, &body);
-            Delivery {
-                route: "/api/v1/gitea_webhooks",
-                headers: vec![
-                    ("x-gitea-event", "pull_request".into()),
-                    ("x-gitea-delivery", id.into()),
-                    ("x-gitea-signature", sig),
-                ],
-                body,
-            }
-        }
-        app::Forge::AzureDevOps => {
-            let body = json!({"id": id, "eventType": "git.pullrequest.created", "resource": {"pullRequestId": pr, "title": "Fix", "repository": {"id": "repo-guid", "project": {"id": "proj-guid"}}}}).to_string().into_bytes();
-            let auth = format!(
+    use app::Forge::*;
+    let (event, body) = match forge {
+        GitHub => (
+            "pull_request",
+            json!({"action": "opened", "number": pr, "pull_request": {"number": pr, "title": "Fix"}, "repository": {"full_name": "octo/repo"}}),
+        ),
+        GitLab => (
+            "Merge Request Hook",
+            json!({"object_kind": "merge_request", "project": {"id": 42}, "object_attributes": {"iid": pr, "action": "open", "title": "Fix"}}),
+        ),
+        Bitbucket => (
+            "pullrequest:created",
+            json!({"pullrequest": {"id": pr, "title": "Fix"}, "repository": {"full_name": "team/repo"}}),
+        ),
+        // Bitbucket Data Center: the pull request and its target repository.
+        BitbucketServer => (
+            "pr:opened",
+            json!({"eventKey": "pr:opened", "pullRequest": {"id": pr, "title": "Fix", "draft": false, "toRef": {"repository": {"slug": "repo", "project": {"key": "PROJ"}}}, "links": {"self": [{"href": "https://bitbucket.example.com/projects/PROJ/repos/repo/pull-requests/1"}]}}}),
+        ),
+        Gitea => (
+            "pull_request",
+            json!({"action": "opened", "number": pr, "pull_request": {"number": pr, "title": "Fix"}, "repository": {"full_name": "org/repo"}}),
+        ),
+        AzureDevOps => (
+            "-",
+            json!({"id": id, "eventType": "git.pullrequest.created", "resource": {"pullRequestId": pr, "title": "Fix", "repository": {"id": "repo-guid", "project": {"id": "proj-guid"}}}}),
+        ),
+    };
+    signed(forge, id, event, body.to_string().into_bytes())
+}
+
+/// A new comment saying `text` on pull request `pr`, as each provider delivers it.
+fn comment_delivery(forge: app::Forge, id: &str, pr: u64, text: &str) -> Delivery {
+    use app::Forge::*;
+    let (event, body) = match forge {
+        GitHub => (
+            "issue_comment",
+            json!({"action": "created", "issue": {"number": pr, "title": "Fix", "pull_request": {"url": "-"}}, "comment": {"id": 9, "body": text, "user": {"login": "dev", "type": "User"}}, "repository": {"full_name": "octo/repo"}, "sender": {"login": "dev", "type": "User"}}),
+        ),
+        GitLab => (
+            "Note Hook",
+            json!({"object_kind": "note", "project_id": 42, "user": {"username": "dev"}, "object_attributes": {"id": 9, "note": text, "noteable_type": "MergeRequest", "system": false, "action": "create"}, "merge_request": {"iid": pr, "title": "Fix"}}),
+        ),
+        Bitbucket => (
+            "pullrequest:comment_created",
+            json!({"actor": {"type": "user"}, "comment": {"id": 9, "content": {"raw": text}}, "pullrequest": {"id": pr, "title": "Fix"}, "repository": {"full_name": "team/repo"}}),
+        ),
+        BitbucketServer => (
+            "pr:comment:added",
+            json!({"eventKey": "pr:comment:added", "comment": {"id": 9, "text": text}, "pullRequest": {"id": pr, "title": "Fix", "toRef": {"repository": {"slug": "repo", "project": {"key": "PROJ"}}}}}),
+        ),
+        Gitea => (
+            "issue_comment",
+            json!({"action": "created", "is_pull": true, "issue": {"number": pr, "title": "Fix"}, "comment": {"id": 9, "body": text}, "repository": {"full_name": "org/repo"}}),
+        ),
+        AzureDevOps => (
+            "-",
+            json!({"id": id, "eventType": "ms.vss-code.git-pullrequest-comment-event", "resource": {"comment": {"id": 1, "content": text, "commentType": "text"}, "pullRequest": {"pullRequestId": pr, "title": "Fix", "repository": {"id": "repo-guid", "project": {"id": "proj-guid"}}}}}),
+        ),
+    };
+    signed(forge, id, event, body.to_string().into_bytes())
+}
+
+/// `body` as `forge` delivers and signs it, with event `event` and delivery id `id`.
+fn signed(forge: app::Forge, id: &str, event: &str, body: Vec<u8>) -> Delivery {
+    use app::Forge::*;
+    let headers = match forge {
+        // Signed with the older secret of the rotation: still accepted.
+        GitHub => vec![
+            ("x-github-event", event.into()),
+            ("x-github-delivery", id.into()),
+            (
+                "x-hub-signature-256",
+                format!("sha256={}", hmac_hex("gh-secret-old", &body)),
+            ),
+        ],
+        GitLab => vec![
+            ("x-gitlab-event", event.into()),
+            ("x-gitlab-event-uuid", id.into()),
+            ("x-gitlab-token", GL.into()),
+        ],
+        Bitbucket => vec![
+            ("x-event-key", event.into()),
+            ("x-request-uuid", id.into()),
+            ("x-hub-signature", format!("sha256={}", hmac_hex(BB, &body))),
+        ],
+        BitbucketServer => vec![
+            ("x-event-key", event.into()),
+            ("x-request-id", id.into()),
+            (
+                "x-hub-signature",
+                format!("sha256={}", hmac_hex(BBS, &body)),
+            ),
+        ],
+        Gitea => vec![
+            ("x-gitea-event", event.into()),
+            ("x-gitea-delivery", id.into()),
+            ("x-gitea-signature", hmac_hex(GT, &body)),
+        ],
+        // Azure DevOps names its event in the body, and its delivery id is the body's `id`.
+        AzureDevOps => vec![(
+            "authorization",
+            format!(
                 "Basic {}",
                 base64::engine::general_purpose::STANDARD.encode("azure:azure-pass")
-            );
-            Delivery {
-                route: "/api/v1/azuredevops_webhooks",
-                headers: vec![("authorization", auth)],
-                body,
-            }
-        }
+            ),
+        )],
+    };
+    Delivery {
+        route: match forge {
+            GitHub => "/api/v1/github_webhooks",
+            GitLab => "/api/v1/gitlab_webhooks",
+            Bitbucket => "/api/v1/bitbucket_webhooks",
+            BitbucketServer => "/api/v1/bitbucket_server_webhooks",
+            Gitea => "/api/v1/gitea_webhooks",
+            AzureDevOps => "/api/v1/azuredevops_webhooks",
+        },
+        headers,
+        body,
     }
 }
 
@@ -1423,6 +1464,224 @@ fn a_comment_when_a_pull_request_becomes_ready_for_review_on_every_provider() {
         "{}",
         c.body
     );
+}
+
+#[test]
+fn a_command_is_the_first_line_of_a_comment_and_no_answer_is_a_command() {
+    for (comment, answer) in [
+        ("/review", Some("Queued `/review` of \"T\".")),
+        (
+            "  \n\n  /describe  \nmore text",
+            Some("Queued `/describe` of \"T\"."),
+        ),
+        ("/improve\tplease", Some("Queued `/improve` of \"T\".")),
+        (
+            "/ask  Why is this lock needed? ",
+            Some("Queued `/ask` about \"T\":\n\n> Why is this lock needed?"),
+        ),
+        (
+            "/ask",
+            Some("A question is missing: `/ask Why is this lock needed?`"),
+        ),
+        ("/help", Some(&*format!("Commands: {}.", app::COMMANDS))),
+        // Not commands, or not ours.
+        ("LGTM", None),
+        ("please /review", None),
+        ("/reviewer", None),
+        ("/REVIEW", None),
+        ("/approve", None),
+        ("/", None),
+        ("", None),
+        ("\n  \n", None),
+    ] {
+        assert_eq!(
+            app::answer_to_command(comment, "T").as_deref(),
+            answer,
+            "{comment:?}"
+        );
+    }
+
+    // A long question is cut, on a character boundary.
+    let long = format!("/ask {}", "é".repeat(500));
+    let answer = app::answer_to_command(&long, "T").unwrap();
+    assert!(
+        answer.ends_with(&format!("> {}...", "é".repeat(200))),
+        "{answer}"
+    );
+
+    // The server never answers itself: no answer is a command, whatever the comment.
+    for command in [
+        "/review",
+        "/describe",
+        "/improve",
+        "/ask x",
+        "/ask",
+        "/help",
+    ] {
+        for title in ["T", "/review", "\n/review"] {
+            let answer = app::answer_to_command(command, title).unwrap();
+            assert_eq!(app::answer_to_command(&answer, title), None, "{answer}");
+        }
+    }
+}
+
+#[test]
+fn only_new_comments_by_people_on_pull_requests_are_answered() {
+    use app::Forge::*;
+    let answered = |forge, event: &str, p: &Value| app::comment_for(forge, Some(event), p);
+    let gh = |edit: &dyn Fn(&mut Value)| {
+        let mut p = json!({"action": "created", "issue": {"number": 7, "title": "T", "pull_request": {"url": "-"}}, "comment": {"body": "/review", "user": {"type": "User"}}, "repository": {"full_name": "o/r"}, "sender": {"type": "User"}});
+        edit(&mut p);
+        p
+    };
+    let c = answered(GitHub, "issue_comment", &gh(&|_| {})).unwrap();
+    assert_eq!(c.path, "/repos/o/r/issues/7/comments");
+    assert_eq!(c.body["body"], "Queued `/review` of \"T\".");
+    for (why, p) in [
+        ("edited", gh(&|p| p["action"] = json!("edited"))),
+        ("deleted", gh(&|p| p["action"] = json!("deleted"))),
+        (
+            "on an issue",
+            gh(&|p| {
+                p["issue"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("pull_request")
+                    .map(drop)
+                    .unwrap()
+            }),
+        ),
+        (
+            "by a bot",
+            gh(&|p| p["comment"]["user"]["type"] = json!("Bot")),
+        ),
+        ("sent by a bot", gh(&|p| p["sender"]["type"] = json!("Bot"))),
+        (
+            "not a command",
+            gh(&|p| p["comment"]["body"] = json!("nice")),
+        ),
+    ] {
+        assert!(answered(GitHub, "issue_comment", &p).is_none(), "{why}");
+    }
+    assert!(answered(GitHub, "pull_request_review_comment", &gh(&|_| {})).is_none());
+
+    let gl = |edit: &dyn Fn(&mut Value)| {
+        let mut p = json!({"object_kind": "note", "project": {"id": 5}, "user": {"username": "dev"}, "object_attributes": {"note": "/help", "noteable_type": "MergeRequest"}, "merge_request": {"iid": 3, "title": "T"}});
+        edit(&mut p);
+        p
+    };
+    // Older servers send neither `action` nor `system`, and `project` instead of `project_id`.
+    let c = answered(GitLab, "Note Hook", &gl(&|_| {})).unwrap();
+    assert_eq!(c.path, "/projects/5/merge_requests/3/notes");
+    assert!(
+        answered(
+            GitLab,
+            "Note Hook",
+            &gl(&|p| p["object_attributes"]["action"] = json!("create"))
+        )
+        .is_some()
+    );
+    for (why, p) in [
+        (
+            "updated",
+            gl(&|p| p["object_attributes"]["action"] = json!("update")),
+        ),
+        (
+            "a system note",
+            gl(&|p| p["object_attributes"]["system"] = json!(true)),
+        ),
+        ("by a bot", gl(&|p| p["user"]["bot"] = json!(true))),
+        (
+            "on an issue",
+            gl(&|p| p["object_attributes"]["noteable_type"] = json!("Issue")),
+        ),
+        (
+            "on a commit",
+            gl(&|p| p["object_attributes"]["noteable_type"] = json!("Commit")),
+        ),
+    ] {
+        assert!(answered(GitLab, "Note Hook", &p).is_none(), "{why}");
+    }
+
+    let gitea = |is_pull: bool| json!({"action": "created", "is_pull": is_pull, "issue": {"number": 4, "title": "T"}, "comment": {"body": "/review"}, "repository": {"full_name": "o/r"}});
+    assert!(answered(Gitea, "issue_comment", &gitea(true)).is_some());
+    assert!(answered(Gitea, "issue_comment", &gitea(false)).is_none());
+
+    let bb = |actor: &str| json!({"actor": {"type": actor}, "comment": {"id": 11, "content": {"raw": "/review"}}, "pullrequest": {"id": 2, "title": "T"}, "repository": {"full_name": "t/r"}});
+    let c = answered(Bitbucket, "pullrequest:comment_created", &bb("user")).unwrap();
+    assert_eq!(c.body["parent"]["id"], 11, "a reply to the command");
+    assert!(answered(Bitbucket, "pullrequest:comment_created", &bb("app_user")).is_none());
+    assert!(answered(Bitbucket, "pullrequest:comment_updated", &bb("user")).is_none());
+
+    let bbs = json!({"comment": {"id": 12, "text": "/review"}, "pullRequest": {"id": 3, "title": "T", "toRef": {"repository": {"slug": "s", "project": {"key": "P"}}}}});
+    let c = answered(BitbucketServer, "pr:comment:added", &bbs).unwrap();
+    assert_eq!(
+        c.path,
+        "/rest/api/1.0/projects/P/repos/s/pull-requests/3/comments"
+    );
+    assert_eq!(c.body["parent"]["id"], 12);
+    assert!(answered(BitbucketServer, "pr:comment:edited", &bbs).is_none());
+
+    let ado = |kind: &str| json!({"eventType": "ms.vss-code.git-pullrequest-comment-event", "resource": {"comment": {"content": "/review", "commentType": kind}, "pullRequest": {"pullRequestId": 1, "title": "T", "repository": {"id": "r", "project": {"id": "p"}}}}});
+    let c = answered(AzureDevOps, "-", &ado("text")).unwrap();
+    assert_eq!(
+        c.path,
+        "/p/_apis/git/repositories/r/pullRequests/1/threads?api-version=7.0"
+    );
+    assert!(answered(AzureDevOps, "-", &ado("system")).is_none());
+}
+
+#[tokio::test]
+async fn a_command_gets_one_answer_on_every_provider_and_the_answer_gets_none() {
+    let (api_addr, api) = start_fake_api().await;
+    let (base, state) = start_server(&settings(api_addr, &[])).await;
+    let client = reqwest::Client::new();
+    let mut sent = 0u32;
+    let mut send_comment = async |forge, pr, text: &str| {
+        sent += 1;
+        let id = format!("c0000000-0000-4000-8000-{sent:012}");
+        let res = send(&client, &base, &comment_delivery(forge, &id, pr, text)).await;
+        assert_eq!(res.status(), StatusCode::ACCEPTED, "{forge:?} {text}");
+    };
+    for (pr, forge) in (30..).zip(app::Forge::ALL) {
+        send_comment(forge, pr, "/review").await;
+        send_comment(forge, pr, "LGTM").await;
+    }
+    eventually("six answers", Duration::from_secs(5), || {
+        comment_count(&api) == 6
+    })
+    .await;
+    let answers = api.comments.lock().unwrap().clone();
+    for forge in app::Forge::ALL {
+        let marker = match forge {
+            app::Forge::GitHub => "/repos/octo/repo/",
+            app::Forge::GitLab => "/projects/42/",
+            app::Forge::Bitbucket => "/repositories/team/repo/",
+            app::Forge::BitbucketServer => "/projects/PROJ/",
+            app::Forge::Gitea => "/repos/org/repo/",
+            app::Forge::AzureDevOps => "/repo-guid/",
+        };
+        let (_, _, body) = answers
+            .iter()
+            .find(|(path, _, _)| path.contains(marker))
+            .unwrap_or_else(|| panic!("no answer for {forge:?} in {answers:?}"));
+        let text = [
+            &body["body"],
+            &body["content"]["raw"],
+            &body["text"],
+            &body["comments"][0]["content"],
+        ]
+        .into_iter()
+        .find_map(Value::as_str)
+        .unwrap_or_else(|| panic!("no text in {body}"));
+        assert_eq!(text, "Queued `/review` of \"Fix\".", "{forge:?}");
+        // The provider delivers the server's own comment back: it asks for nothing.
+        send_comment(forge, 99, text).await;
+    }
+    // Every delivery was answered 202 and handled before its answer: only the six commands
+    // were queued.
+    assert_eq!(state.counters.jobs.load(Ordering::SeqCst), 6);
+    assert_eq!(comment_count(&api), 6);
 }
 
 #[tokio::test]

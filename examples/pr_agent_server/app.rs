@@ -1001,15 +1001,26 @@ fn gitea_work_in_progress(title: &str) -> bool {
     })
 }
 
-/// The comment a delivery asks for, if any: one when a pull request becomes ready for review,
-/// that is opened or reopened while not a draft, or a draft marked ready (see the module docs
-/// of `main.rs` for the events of each provider). Drafts, edits, new commits, closes and merges
-/// get none.
+/// The comment a delivery asks for, if any (see the module docs of `main.rs` for the events of
+/// each provider):
+/// - one when a pull request becomes ready for review, that is opened or reopened while not a
+///   draft, or a draft marked ready; drafts, edits, new commits, closes and merges get none;
+/// - an answer to a command (`/review`, `/ask ...`) in a new comment on a pull request.
 pub(crate) fn comment_for(forge: Forge, event: Option<&str>, p: &Value) -> Option<Comment> {
+    ready_for_review(forge, event, p).or_else(|| command(forge, event, p))
+}
+
+/// `true` only when the payload says so: older servers send no draft field, and a missing
+/// `system` or `bot` flag is a person's.
+fn flag(v: &Value) -> bool {
+    v.as_bool() == Some(true)
+}
+
+/// The comment on a pull request that became ready for review.
+fn ready_for_review(forge: Forge, event: Option<&str>, p: &Value) -> Option<Comment> {
     let text =
         |title: &str| format!("Thanks for the pull request! Review of \"{title}\" is queued.");
-    // `true` only when the payload says so: older servers send no draft field.
-    let draft = |v: &Value| v.as_bool() == Some(true);
+    let draft = flag;
     match forge {
         Forge::GitHub => {
             let pr = &p["pull_request"];
@@ -1023,11 +1034,11 @@ pub(crate) fn comment_for(forge: Forge, event: Option<&str>, p: &Value) -> Optio
             }
             let repo = p["repository"]["full_name"].as_str()?;
             let number = pr["number"].as_u64().or_else(|| p["number"].as_u64())?;
-            Some(Comment {
-                path: format!("/repos/{repo}/issues/{number}/comments"),
-                body: json!({ "body": text(pr["title"].as_str().unwrap_or("")) }),
-                target: format!("{repo}#{number}"),
-            })
+            Some(issue_comment(
+                repo,
+                number,
+                text(pr["title"].as_str().unwrap_or("")),
+            ))
         }
         Forge::GitLab => {
             let attrs = &p["object_attributes"];
@@ -1048,42 +1059,25 @@ pub(crate) fn comment_for(forge: Forge, event: Option<&str>, p: &Value) -> Optio
             }
             let project = p["project"]["id"].as_u64()?;
             let iid = attrs["iid"].as_u64()?;
-            Some(Comment {
-                path: format!("/projects/{project}/merge_requests/{iid}/notes"),
-                body: json!({ "body": text(attrs["title"].as_str().unwrap_or("")) }),
-                target: format!("project {project}!{iid}"),
-            })
+            Some(gitlab_note(
+                project,
+                iid,
+                text(attrs["title"].as_str().unwrap_or("")),
+            ))
         }
         Forge::Bitbucket => {
             let pr = &p["pullrequest"];
             if event != Some("pullrequest:created") || draft(&pr["draft"]) {
                 return None;
             }
-            let repo = p["repository"]["full_name"].as_str()?;
-            let id = pr["id"].as_u64()?;
-            Some(Comment {
-                path: format!("/repositories/{repo}/pullrequests/{id}/comments"),
-                body: json!({ "content": { "raw": text(pr["title"].as_str().unwrap_or("")) } }),
-                target: format!("{repo}#{id}"),
-            })
+            bitbucket_comment(p, text(pr["title"].as_str().unwrap_or("")), None)
         }
         Forge::BitbucketServer => {
             let pr = &p["pullRequest"];
             if event != Some("pr:opened") || draft(&pr["draft"]) {
                 return None;
             }
-            // The pull request lives in its target repository.
-            let repo = &pr["toRef"]["repository"];
-            let project = repo["project"]["key"].as_str()?;
-            let slug = repo["slug"].as_str()?;
-            let id = pr["id"].as_u64()?;
-            Some(Comment {
-                path: format!(
-                    "/rest/api/1.0/projects/{project}/repos/{slug}/pull-requests/{id}/comments"
-                ),
-                body: json!({ "text": text(pr["title"].as_str().unwrap_or("")) }),
-                target: format!("{project}/{slug}#{id}"),
-            })
+            bitbucket_server_comment(pr, text(pr["title"].as_str().unwrap_or("")), None)
         }
         Forge::Gitea => {
             let pr = &p["pull_request"];
@@ -1108,33 +1102,204 @@ pub(crate) fn comment_for(forge: Forge, event: Option<&str>, p: &Value) -> Optio
             }
             let repo = p["repository"]["full_name"].as_str()?;
             let number = p["number"].as_u64().or_else(|| pr["number"].as_u64())?;
-            Some(Comment {
-                path: format!("/repos/{repo}/issues/{number}/comments"),
-                body: json!({ "body": text(title) }),
-                target: format!("{repo}#{number}"),
-            })
+            Some(issue_comment(repo, number, text(title)))
         }
         Forge::AzureDevOps => {
             let r = &p["resource"];
             if p["eventType"].as_str()? != "git.pullrequest.created" || draft(&r["isDraft"]) {
                 return None;
             }
-            let project = r["repository"]["project"]["id"].as_str()?;
-            let repo = r["repository"]["id"].as_str()?;
-            let id = r["pullRequestId"].as_u64()?;
-            Some(Comment {
-                // 7.0: Azure DevOps Server 2022 goes no further; the service takes it too.
-                path: format!(
-                    "/{project}/_apis/git/repositories/{repo}/pullRequests/{id}/threads?api-version=7.0"
-                ),
-                body: json!({
-                    "comments": [{ "parentCommentId": 0, "content": text(r["title"].as_str().unwrap_or("")), "commentType": 1 }],
-                    "status": 1,
-                }),
-                target: format!("{repo}!{id}"),
-            })
+            azure_devops_thread(r, text(r["title"].as_str().unwrap_or("")))
         }
     }
+}
+
+/// The commands a comment can give, by PR-Agent's names.
+pub(crate) const COMMANDS: &str = "`/review`, `/describe`, `/improve`, `/ask <question>`, `/help`";
+
+/// The longest question quoted back in the answer to `/ask`, in characters.
+const QUESTION_QUOTED_MAX: usize = 200;
+
+/// The answer to the command a comment gives, if it gives one: its first non-blank line is
+/// `/name`, then arguments. Other comments, and unknown commands (GitLab's own quick actions,
+/// other bots'), get none.
+///
+/// No answer starts with `/`, so the server never answers its own comments, whatever the
+/// provider says about who wrote them.
+pub(crate) fn answer_to_command(comment: &str, title: &str) -> Option<String> {
+    let line = comment
+        .lines()
+        .map(str::trim)
+        .find(|line| !line.is_empty())?;
+    let rest = line.strip_prefix('/')?;
+    let (name, args) = match rest.split_once(char::is_whitespace) {
+        Some((name, args)) => (name, args.trim()),
+        None => (rest, ""),
+    };
+    Some(match name {
+        "review" | "describe" | "improve" => format!("Queued `/{name}` of \"{title}\"."),
+        "ask" if args.is_empty() => {
+            "A question is missing: `/ask Why is this lock needed?`".to_owned()
+        }
+        "ask" => {
+            let question: String = args.chars().take(QUESTION_QUOTED_MAX).collect();
+            let cut = if question.len() < args.len() {
+                "..."
+            } else {
+                ""
+            };
+            format!("Queued `/ask` about \"{title}\":\n\n> {question}{cut}")
+        }
+        "help" => format!("Commands: {COMMANDS}."),
+        _ => return None,
+    })
+}
+
+/// The answer to a command in a new comment on a pull request, if the delivery is one.
+/// Comments on issues, edited or deleted ones, and those by bots or the provider itself
+/// (system notes) get none.
+fn command(forge: Forge, event: Option<&str>, p: &Value) -> Option<Comment> {
+    match forge {
+        Forge::GitHub | Forge::Gitea => {
+            let (issue, comment) = (&p["issue"], &p["comment"]);
+            // GitHub marks a pull request's issue with `pull_request`; Gitea also says `is_pull`.
+            let on_pull_request = issue["pull_request"].is_object() || flag(&p["is_pull"]);
+            let by_bot = comment["user"]["type"] == "Bot" || p["sender"]["type"] == "Bot";
+            if event != Some("issue_comment")
+                || p["action"] != "created"
+                || !on_pull_request
+                || by_bot
+            {
+                return None;
+            }
+            let title = issue["title"].as_str().unwrap_or("");
+            let answer = answer_to_command(comment["body"].as_str()?, title)?;
+            let repo = p["repository"]["full_name"].as_str()?;
+            Some(issue_comment(repo, issue["number"].as_u64()?, answer))
+        }
+        Forge::GitLab => {
+            let (attrs, mr) = (&p["object_attributes"], &p["merge_request"]);
+            if p["object_kind"] != "note"
+                || attrs["noteable_type"] != "MergeRequest"
+                || flag(&attrs["system"])
+                || flag(&p["user"]["bot"])
+                // Newer servers say `create` or `update`; older ones send new notes only.
+                || attrs["action"].as_str().is_some_and(|action| action != "create")
+            {
+                return None;
+            }
+            let answer =
+                answer_to_command(attrs["note"].as_str()?, mr["title"].as_str().unwrap_or(""))?;
+            let project = p["project_id"]
+                .as_u64()
+                .or_else(|| p["project"]["id"].as_u64())?;
+            Some(gitlab_note(project, mr["iid"].as_u64()?, answer))
+        }
+        Forge::Bitbucket => {
+            let (pr, comment) = (&p["pullrequest"], &p["comment"]);
+            if event != Some("pullrequest:comment_created") || p["actor"]["type"] == "app_user" {
+                return None;
+            }
+            let answer = answer_to_command(
+                comment["content"]["raw"].as_str()?,
+                pr["title"].as_str().unwrap_or(""),
+            )?;
+            bitbucket_comment(p, answer, comment["id"].as_u64())
+        }
+        Forge::BitbucketServer => {
+            let (pr, comment) = (&p["pullRequest"], &p["comment"]);
+            if event != Some("pr:comment:added") {
+                return None;
+            }
+            let answer = answer_to_command(
+                comment["text"].as_str()?,
+                pr["title"].as_str().unwrap_or(""),
+            )?;
+            bitbucket_server_comment(pr, answer, comment["id"].as_u64())
+        }
+        Forge::AzureDevOps => {
+            let (pr, comment) = (&p["resource"]["pullRequest"], &p["resource"]["comment"]);
+            if p["eventType"] != "ms.vss-code.git-pullrequest-comment-event"
+                || comment["commentType"] == "system"
+            {
+                return None;
+            }
+            let answer = answer_to_command(
+                comment["content"].as_str()?,
+                pr["title"].as_str().unwrap_or(""),
+            )?;
+            azure_devops_thread(pr, answer)
+        }
+    }
+}
+
+/// A comment on a GitHub or Gitea pull request (their API posts it as an issue comment).
+fn issue_comment(repo: &str, number: u64, text: String) -> Comment {
+    Comment {
+        path: format!("/repos/{repo}/issues/{number}/comments"),
+        body: json!({ "body": text }),
+        target: format!("{repo}#{number}"),
+    }
+}
+
+/// A note on a GitLab merge request.
+fn gitlab_note(project: u64, iid: u64, text: String) -> Comment {
+    Comment {
+        path: format!("/projects/{project}/merge_requests/{iid}/notes"),
+        body: json!({ "body": text }),
+        target: format!("project {project}!{iid}"),
+    }
+}
+
+/// A comment on the Bitbucket Cloud pull request of delivery `p`, a reply to `parent` if given.
+fn bitbucket_comment(p: &Value, text: String, parent: Option<u64>) -> Option<Comment> {
+    let repo = p["repository"]["full_name"].as_str()?;
+    let id = p["pullrequest"]["id"].as_u64()?;
+    let mut body = json!({ "content": { "raw": text } });
+    if let Some(parent) = parent {
+        body["parent"] = json!({ "id": parent });
+    }
+    Some(Comment {
+        path: format!("/repositories/{repo}/pullrequests/{id}/comments"),
+        body,
+        target: format!("{repo}#{id}"),
+    })
+}
+
+/// A comment on Bitbucket Data Center pull request `pr`, a reply to `parent` if given.
+fn bitbucket_server_comment(pr: &Value, text: String, parent: Option<u64>) -> Option<Comment> {
+    // The pull request lives in its target repository.
+    let repo = &pr["toRef"]["repository"];
+    let project = repo["project"]["key"].as_str()?;
+    let slug = repo["slug"].as_str()?;
+    let id = pr["id"].as_u64()?;
+    let mut body = json!({ "text": text });
+    if let Some(parent) = parent {
+        body["parent"] = json!({ "id": parent });
+    }
+    Some(Comment {
+        path: format!("/rest/api/1.0/projects/{project}/repos/{slug}/pull-requests/{id}/comments"),
+        body,
+        target: format!("{project}/{slug}#{id}"),
+    })
+}
+
+/// A new comment thread on Azure DevOps pull request `pr`.
+fn azure_devops_thread(pr: &Value, text: String) -> Option<Comment> {
+    let project = pr["repository"]["project"]["id"].as_str()?;
+    let repo = pr["repository"]["id"].as_str()?;
+    let id = pr["pullRequestId"].as_u64()?;
+    Some(Comment {
+        // 7.0: Azure DevOps Server 2022 goes no further; the service takes it too.
+        path: format!(
+            "/{project}/_apis/git/repositories/{repo}/pullRequests/{id}/threads?api-version=7.0"
+        ),
+        body: json!({
+            "comments": [{ "parentCommentId": 0, "content": text, "commentType": 1 }],
+            "status": 1,
+        }),
+        target: format!("{repo}!{id}"),
+    })
 }
 
 /// `GET /status`: breakers and counters as JSON.

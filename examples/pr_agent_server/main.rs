@@ -49,6 +49,22 @@
 //! `pullrequest:updated` / `pr:modified`, Azure DevOps `git.pullrequest.updated`), or that an
 //! abandoned pull request was reactivated (Azure DevOps), nothing is posted. Gitea's draft
 //! prefixes are a server setting; the example knows the default ones.
+//!
+//! # Commands
+//!
+//! A new comment on a pull request whose first non-blank line is a command gets one answer:
+//! `/review`, `/describe`, `/improve`, `/ask <question>` (queued, as the review is) and `/help`
+//! (the list). Other comments, unknown commands (GitLab's own quick actions, other bots'),
+//! edited or deleted comments, comments on issues, system notes and comments by bots get none.
+//! No answer starts with `/`, so the server never answers itself.
+//!
+//! | provider | event |
+//! |---|---|
+//! | GitHub, Gitea / Forgejo | `issue_comment` `created`, on a pull request |
+//! | GitLab | Note Hook on a merge request |
+//! | Bitbucket Cloud | `pullrequest:comment_created` (answered as a reply) |
+//! | Bitbucket Data Center | `pr:comment:added` (answered as a reply) |
+//! | Azure DevOps | `ms.vss-code.git-pullrequest-comment-event` (answered in a new thread) |
 
 mod app;
 
