@@ -1228,6 +1228,78 @@ async fn comments_in_flight_per_provider_is_a_setting() {
     assert_eq!(state.counters.pending.load(Ordering::SeqCst), 5);
 }
 
+/// At shutdown, pending comments get `SHUTDOWN_GRACE_SECS` to be posted.
+#[tokio::test]
+async fn a_pending_comment_is_posted_during_the_shutdown_grace() {
+    let (api_addr, api) = start_fake_api().await;
+    api.failing.store(true, Ordering::SeqCst);
+    let (base, state) = start_server(&settings(
+        api_addr,
+        &[("CIRCUIT_BREAKER_FAILURE_THRESHOLD", "100")],
+    ))
+    .await;
+    // Nothing pending: no wait.
+    assert_eq!(state.drain_comments(Duration::from_secs(60)).await, 0);
+
+    let d = delivery(
+        app::Forge::GitHub,
+        "f1000000-0000-4000-8000-000000000001",
+        61,
+    );
+    let res = send(&reqwest::Client::new(), &base, &d).await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    eventually("a failed attempt", Duration::from_secs(2), || {
+        api.requests.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    assert_eq!(state.drain_comments(Duration::from_millis(50)).await, 1);
+
+    // The API recovers during the grace: the drain ends when the comment is posted, long
+    // before the grace is over.
+    api.failing.store(false, Ordering::SeqCst);
+    let start = Instant::now();
+    assert_eq!(state.drain_comments(Duration::from_secs(30)).await, 0);
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert_eq!(comment_count(&api), 1);
+}
+
+/// A comment still pending when the process exits is logged with its delivery id.
+#[test]
+fn a_comment_left_at_exit_is_logged_with_its_delivery() {
+    let logs = support::Logs::global();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let id = "f2000000-0000-4000-8000-000000000002";
+    runtime.block_on(async {
+        let (api_addr, api) = start_fake_api().await;
+        api.failing.store(true, Ordering::SeqCst);
+        let (base, state) = start_server(&settings(
+            api_addr,
+            &[("CIRCUIT_BREAKER_FAILURE_THRESHOLD", "100")],
+        ))
+        .await;
+        let d = delivery(app::Forge::GitLab, id, 62);
+        let res = send(&reqwest::Client::new(), &base, &d).await;
+        assert_eq!(res.status(), StatusCode::ACCEPTED);
+        eventually("a failed attempt", Duration::from_secs(2), || {
+            api.requests.load(Ordering::SeqCst) >= 1
+        })
+        .await;
+        assert_eq!(state.drain_comments(Duration::from_millis(50)).await, 1);
+    });
+    // Other tests of this binary may log comments of their own: this one is found by its id.
+    let left = |text: &str| {
+        text.lines()
+            .find(|line| line.contains("comment not posted") && line.contains(id))
+            .map(str::to_owned)
+    };
+    assert_eq!(left(&logs.text()), None, "logged before the exit");
+    drop(runtime);
+    let text = logs.text();
+    let line = left(&text).unwrap_or_else(|| panic!("no log of the comment left: {text}"));
+    assert!(line.contains("project 42!62"), "{line}");
+    assert!(line.contains("ERROR"), "{line}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Settings.
 

@@ -179,6 +179,9 @@ pub(crate) struct Settings {
     /// How long after its delivery a comment is still tried (`COMMENT_MAX_AGE_SECS`, default
     /// 86400 = 24 h, at most 30 days); past that it is given up.
     pub(crate) comment_max_age: Duration,
+    /// How long the server waits at shutdown for pending comments, after its connections are
+    /// closed (`SHUTDOWN_GRACE_SECS`, default 20, at most 3600; 0 does not wait).
+    pub(crate) shutdown_grace: Duration,
     /// The GitHub repository hook to point at the tunnel's URL (`GITHUB_HOOK_REPOSITORY` +
     /// `GITHUB_HOOK_ID`), with `--use-tunnel`.
     pub(crate) github_hook: Option<GithubHook>,
@@ -214,6 +217,7 @@ impl std::fmt::Debug for Settings {
             )
             .field("comment_max_attempts", &self.comment_max_attempts)
             .field("comment_max_age", &self.comment_max_age)
+            .field("shutdown_grace", &self.shutdown_grace)
             .field("github_hook", &self.github_hook)
             .field("github_app", &self.github_app)
             .field(
@@ -397,6 +401,7 @@ impl Settings {
                 24 * 3600,
                 1..=30 * 24 * 3600,
             )?),
+            shutdown_grace: Duration::from_secs(number("SHUTDOWN_GRACE_SECS", 20, 0..=3600)?),
             github_hook,
             github_app,
             generated_github_secret,
@@ -525,6 +530,38 @@ pub(crate) struct AppState {
     max_attempts: u32,
     /// Age at which a comment is given up.
     max_age: Duration,
+    /// Notified when the last pending job is done.
+    idle: tokio::sync::Notify,
+}
+
+impl AppState {
+    /// One pending job less: done, given up, or never queued.
+    fn finish_pending(&self) {
+        if self.counters.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Waits until no comment is pending, or `grace` has passed, and returns how many are
+    /// still pending. For shutdown, once no delivery can come in any more: the comments of
+    /// deliveries already answered `202` are posted before the process exits, if the provider
+    /// lets them through in time. Each one still pending when the process exits is logged.
+    pub(crate) async fn drain_comments(&self, grace: Duration) -> u64 {
+        let idle = async {
+            loop {
+                // Registered before the check, so a job finishing in between is not missed.
+                let notified = std::pin::pin!(self.idle.notified());
+                let mut notified = notified;
+                notified.as_mut().enable();
+                if self.counters.pending.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(grace, idle).await;
+        self.counters.pending.load(Ordering::Acquire)
+    }
 }
 
 /// The running application: its router and state.
@@ -532,8 +569,7 @@ pub(crate) struct AppState {
 pub(crate) struct App {
     /// The router, with every layer in place.
     pub(crate) router: Router,
-    /// Counters and breakers (read by the end-to-end tests).
-    #[allow(dead_code)]
+    /// Counters, breakers and pending comments.
     pub(crate) state: Arc<AppState>,
     /// Point the GitHub hooks at the tunnel: the repository hook of `GITHUB_HOOK_*` and the
     /// app's hook of `GITHUB_APP_*`, those that are set.
@@ -751,6 +787,7 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
         max_pending: settings.max_pending_comments as u64,
         max_attempts: settings.comment_max_attempts,
         max_age: settings.comment_max_age,
+        idle: tokio::sync::Notify::new(),
     });
     let tokens = settings.github_app.clone().and_then(|app| {
         let (api, caller) = callers.get(&Forge::GitHub)?;
@@ -985,7 +1022,7 @@ async fn handle(
             Ok(StatusCode::ACCEPTED)
         }
         Err(_) => {
-            pending.fetch_sub(1, Ordering::AcqRel);
+            state.finish_pending();
             Err(queue_full())
         }
     }
@@ -1358,19 +1395,21 @@ async fn worker(
 }
 
 /// Posts one comment until it is done or given up.
-async fn run_job(mut job: Job, slots: Arc<Semaphore>, apis: Arc<Apis>, state: Arc<AppState>) {
+async fn run_job(job: Job, slots: Arc<Semaphore>, apis: Arc<Apis>, state: Arc<AppState>) {
     let counters = &state.counters;
+    let mut run = Unfinished { job, done: false };
+    let job = &mut run.job;
     loop {
         // An installation token is had before a slot is taken: comments waiting for a token
         // GitHub is slow to hand out hold no slot of the comments that have theirs.
-        let outcome = match installation_token(&apis, &state, &job).await {
+        let outcome = match installation_token(&apis, &state, job).await {
             Err(outcome) => outcome,
             Ok(token) => {
                 // The semaphore is never closed.
                 let Ok(_slot) = slots.acquire().await else {
                     break;
                 };
-                post_comment(&apis, &state, &job, token).await
+                post_comment(&apis, &state, job, token).await
             }
         };
         let (delay, attempted) = match outcome {
@@ -1399,7 +1438,30 @@ async fn run_job(mut job: Job, slots: Arc<Semaphore>, apis: Arc<Apis>, state: Ar
         counters.comment_retries.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(delay).await;
     }
-    counters.pending.fetch_sub(1, Ordering::AcqRel);
+    run.done = true;
+    state.finish_pending();
+}
+
+/// Logs a comment job dropped before it was done: the process is exiting (past
+/// `SHUTDOWN_GRACE_SECS`). Its delivery was answered `202`, so the provider will not send it
+/// again by itself; the log names it, to be delivered again by hand.
+struct Unfinished {
+    job: Job,
+    done: bool,
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        tracing::error!(
+            provider = self.job.forge.name(),
+            target = %self.job.comment.target,
+            delivery = %self.job.delivery,
+            "comment not posted: the server stopped first; deliver it again from the provider's webhook log"
+        );
+    }
 }
 
 enum Outcome {

@@ -18,7 +18,9 @@
 //! default 8: comments posted at once to one provider), `COMMENT_MAX_ATTEMPTS` (1-1000, default
 //! 20: attempts that reach the provider's API before a comment that keeps failing is given up),
 //! `COMMENT_MAX_AGE_SECS` (1-2592000, default 86400: a comment is given up rather than tried
-//! again later than this after its delivery), `TUNNEL_SERVICE`, `TUNNEL_AUTH_TOKEN`,
+//! again later than this after its delivery), `SHUTDOWN_GRACE_SECS` (0-3600, default 20: at
+//! shutdown, once the connections are closed, how long pending comments still get to be
+//! posted; each one left is logged with its delivery id), `TUNNEL_SERVICE`, `TUNNEL_AUTH_TOKEN`,
 //! `TUNNEL_REGION`, `TUNNEL_SERVER`, `TUNNEL_SECRET`, `GITHUB_HOOK_REPOSITORY` + `GITHUB_HOOK_ID`
 //! (with `--use-tunnel`: a repository hook pointed at each tunnel URL), `GITHUB_APP_ID` +
 //! `GITHUB_APP_PRIVATE_KEY` or `GITHUB_APP_PRIVATE_KEY_PATH` (a GitHub App: deliveries that
@@ -94,6 +96,7 @@ async fn run() -> Result<(), tower::BoxError> {
     let use_tunnel = std::env::args().skip(1).any(|arg| arg == "--use-tunnel");
     let settings = Settings::from_env()?;
     let app = app::build(&settings)?;
+    let state = app.state.clone();
 
     let tunnel = match use_tunnel {
         true => Some(TunnelConfig::from_env()?.builder()),
@@ -127,6 +130,16 @@ async fn run() -> Result<(), tower::BoxError> {
         print_development_help(&local, secret);
     }
     running.wait().await;
+    // No delivery comes in any more: the comments of those answered 202 get their chance.
+    let grace = settings.shutdown_grace;
+    let left = state.drain_comments(grace).await;
+    if left > 0 {
+        tracing::error!(
+            pending = left,
+            "comments still pending after SHUTDOWN_GRACE_SECS ({} s); each is logged below",
+            grace.as_secs()
+        );
+    }
     Ok(())
 }
 
