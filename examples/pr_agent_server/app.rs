@@ -852,7 +852,7 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
 }
 
 /// Binds `settings.addr`, opens `tunnel` when given, and serves the app in the background until
-/// Ctrl-C (graceful: open requests finish, then the tunnel closes). With a tunnel and
+/// Ctrl-C or SIGTERM (graceful: open requests finish, then the tunnel closes). With a tunnel and
 /// `GITHUB_HOOK_*`, the GitHub hook is pointed at each URL the tunnel opens at.
 pub(crate) async fn start(
     settings: &Settings,

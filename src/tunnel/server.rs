@@ -24,7 +24,8 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// Binds, optionally opens a tunnel, serves a tower service, and shuts down gracefully.
 ///
 /// Tunnel connections are served by the service directly (no extra hop through the local port);
-/// the local port serves it too. The shutdown signal (Ctrl-C unless
+/// the local port serves it too. The shutdown signal (Ctrl-C, or `SIGTERM` on Unix as container
+/// runtimes and service managers send it, unless
 /// [`with_graceful_shutdown`](Self::with_graceful_shutdown) sets another) stops accepting on the
 /// local port, lets open requests finish (up to 10 s), then closes the tunnel. The tunnel stays
 /// open while they finish, so deliveries that reach it then are served too, one request per
@@ -192,7 +193,7 @@ impl Server {
         self
     }
 
-    /// Shuts down when `signal` completes instead of on Ctrl-C.
+    /// Shuts down when `signal` completes instead of on Ctrl-C or `SIGTERM`.
     ///
     /// # Example
     ///
@@ -312,13 +313,7 @@ impl Server {
             .header_read_timeout(self.header_read_timeout)
             .with_local_addr(local_addr)
             .with_graceful_shutdown();
-        let shutdown = self.shutdown.unwrap_or_else(|| {
-            Box::pin(async {
-                if tokio::signal::ctrl_c().await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            })
-        });
+        let shutdown = self.shutdown.unwrap_or_else(|| Box::pin(stop_signal()));
         // The server accepts before the tunnel opens: a provider that forwards to this port
         // (cloudflared) reaches the service during the tunnel's round-trip probe.
         let mut acceptor = Acceptor::new(self.listener);
@@ -576,9 +571,41 @@ impl Running {
     }
 }
 
+/// Ctrl-C, or on Unix `SIGTERM` too. On Unix both are listened for before this returns, so a
+/// signal sent once `spawn` has returned never gets its default action (the process killed on
+/// the spot). A signal that cannot be listened for is never received.
+fn stop_signal() -> impl Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{Signal, SignalKind, signal};
+        async fn received(signal: Option<Signal>) {
+            match signal {
+                Some(mut signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        let interrupt = signal(SignalKind::interrupt()).ok();
+        let terminate = signal(SignalKind::terminate()).ok();
+        async move {
+            tokio::select! {
+                () = received(interrupt) => {}
+                () = received(terminate) => {}
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// The `start(use_tunnel)` shape: binds `addr`, opens the tunnel chain of
 /// [`TunnelConfig::from_env`] when `use_tunnel` is true, serves `service` and shuts down
-/// gracefully on Ctrl-C.
+/// gracefully on Ctrl-C or `SIGTERM`.
 ///
 /// # Errors
 ///
