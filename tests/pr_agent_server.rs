@@ -1228,9 +1228,12 @@ async fn comments_in_flight_per_provider_is_a_setting() {
     assert_eq!(state.counters.pending.load(Ordering::SeqCst), 5);
 }
 
-/// At shutdown, pending comments get `SHUTDOWN_GRACE_SECS` to be posted.
-#[tokio::test]
-async fn a_pending_comment_is_posted_during_the_shutdown_grace() {
+/// A server whose provider API fails, with one comment pending after a failed attempt.
+async fn a_comment_pending(
+    forge: app::Forge,
+    id: &str,
+    pr: u64,
+) -> (Arc<FakeApi>, Arc<app::AppState>) {
     let (api_addr, api) = start_fake_api().await;
     api.failing.store(true, Ordering::SeqCst);
     let (base, state) = start_server(&settings(
@@ -1240,20 +1243,26 @@ async fn a_pending_comment_is_posted_during_the_shutdown_grace() {
     .await;
     // Nothing pending: no wait.
     assert_eq!(state.drain_comments(Duration::from_secs(60)).await, 0);
-
-    let d = delivery(
-        app::Forge::GitHub,
-        "f1000000-0000-4000-8000-000000000001",
-        61,
-    );
-    let res = send(&reqwest::Client::new(), &base, &d).await;
+    let res = send(&reqwest::Client::new(), &base, &delivery(forge, id, pr)).await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);
     eventually("a failed attempt", Duration::from_secs(2), || {
         api.requests.load(Ordering::SeqCst) >= 1
     })
     .await;
+    // The grace passes with the comment still pending.
     assert_eq!(state.drain_comments(Duration::from_millis(50)).await, 1);
+    (api, state)
+}
 
+/// At shutdown, pending comments get `SHUTDOWN_GRACE_SECS` to be posted.
+#[tokio::test]
+async fn a_pending_comment_is_posted_during_the_shutdown_grace() {
+    let (api, state) = a_comment_pending(
+        app::Forge::GitHub,
+        "f1000000-0000-4000-8000-000000000001",
+        61,
+    )
+    .await;
     // The API recovers during the grace: the drain ends when the comment is posted, long
     // before the grace is over.
     api.failing.store(false, Ordering::SeqCst);
@@ -1269,23 +1278,7 @@ fn a_comment_left_at_exit_is_logged_with_its_delivery() {
     let logs = support::Logs::global();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let id = "f2000000-0000-4000-8000-000000000002";
-    runtime.block_on(async {
-        let (api_addr, api) = start_fake_api().await;
-        api.failing.store(true, Ordering::SeqCst);
-        let (base, state) = start_server(&settings(
-            api_addr,
-            &[("CIRCUIT_BREAKER_FAILURE_THRESHOLD", "100")],
-        ))
-        .await;
-        let d = delivery(app::Forge::GitLab, id, 62);
-        let res = send(&reqwest::Client::new(), &base, &d).await;
-        assert_eq!(res.status(), StatusCode::ACCEPTED);
-        eventually("a failed attempt", Duration::from_secs(2), || {
-            api.requests.load(Ordering::SeqCst) >= 1
-        })
-        .await;
-        assert_eq!(state.drain_comments(Duration::from_millis(50)).await, 1);
-    });
+    runtime.block_on(a_comment_pending(app::Forge::GitLab, id, 62));
     // Other tests of this binary may log comments of their own: this one is found by its id.
     let left = |text: &str| {
         text.lines()
