@@ -550,8 +550,7 @@ impl AppState {
         let idle = async {
             loop {
                 // Registered before the check, so a job finishing in between is not missed.
-                let notified = std::pin::pin!(self.idle.notified());
-                let mut notified = notified;
+                let mut notified = std::pin::pin!(self.idle.notified());
                 notified.as_mut().enable();
                 if self.counters.pending.load(Ordering::Acquire) == 0 {
                     return;
