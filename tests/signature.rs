@@ -2597,3 +2597,51 @@ async fn a_handler_that_outlives_its_claim_leaves_the_next_claim_alone() {
     assert_eq!(send(&layer, &seen, req("late-ok")).await.status, 200);
     assert_eq!(seen.calls.load(Ordering::SeqCst), 1, "processed again");
 }
+
+// ---------------------------------------------------------------- credentials the handler sees
+
+/// A handler that logs the request it gets (`?req`, `?req.headers()`) must not print the GitLab
+/// token or the Azure DevOps password: after verification they are marked sensitive.
+#[tokio::test]
+async fn token_and_basic_credentials_are_redacted_in_the_request_the_handler_gets() {
+    let debug_of_headers = |layer: SignatureLayer, headers: Vec<(&'static str, String)>, body| async move {
+        let printed = Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = printed.clone();
+        let svc =
+            ServiceBuilder::new()
+                .layer(layer)
+                .service_fn(move |req: Request<Full<Bytes>>| {
+                    *sink.lock().unwrap() = format!("{req:?}");
+                    async { Ok::<_, Infallible>(Response::new(Full::<Bytes>::default())) }
+                });
+        let mut req = Request::post("/hook");
+        for (k, v) in &headers {
+            req = req.header(*k, v.as_str());
+        }
+        let res = svc
+            .oneshot(req.body(Full::new(Bytes::from_static(body))).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        printed.lock().unwrap().clone()
+    };
+
+    let printed = debug_of_headers(
+        SignatureLayer::gitlab("glpat-webhook-token").unwrap(),
+        vec![("x-gitlab-token", "glpat-webhook-token".to_owned())],
+        b"{}",
+    )
+    .await;
+    assert!(printed.contains("x-gitlab-token"), "{printed}");
+    assert!(!printed.contains("glpat-webhook-token"), "{printed}");
+
+    let basic = B64.encode("hook:p4ssw0rd");
+    let printed = debug_of_headers(
+        SignatureLayer::azure_devops("hook", "p4ssw0rd").unwrap(),
+        vec![("authorization", format!("Basic {basic}"))],
+        br#"{"id":"03c164c2-8912-4d5e-8009-3707d5f83734","eventType":"git.push"}"#,
+    )
+    .await;
+    assert!(printed.contains("authorization"), "{printed}");
+    assert!(!printed.contains(&basic), "{printed}");
+}

@@ -1470,7 +1470,7 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let shared = &*self.shared;
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let early = |err| ResponseFuture {
             state: State::Early {
                 early: Some(reject(shared, err, &parts.headers)),
@@ -1491,6 +1491,15 @@ where
             Ok(checked) => checked,
             Err(err) => return early(err),
         };
+        // The token or credential is the secret itself: `Debug` of the request the inner
+        // service gets (a handler's `?req`, tower-http's trace) shows `Sensitive` instead.
+        if let Some(value) = shared
+            .scheme
+            .credential_header()
+            .and_then(|name| parts.headers.get_mut(name))
+        {
+            value.set_sensitive(true);
+        }
         // The instance that was polled ready goes into the future; a clone stays here.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);

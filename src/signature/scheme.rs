@@ -669,6 +669,16 @@ impl Scheme {
         matches!(self.delivery_id, Field::Json(_)) || matches!(self.event, Field::Json(_))
     }
 
+    /// The header that carries the secret itself (GitLab's token, Azure DevOps' credentials),
+    /// marked sensitive before the request reaches the inner service.
+    pub(crate) fn credential_header(&self) -> Option<&HeaderName> {
+        match &self.kind {
+            Kind::Token(name) => Some(name),
+            Kind::Basic => Some(&names::AUTHORIZATION),
+            _ => None,
+        }
+    }
+
     pub(crate) fn is_slack(&self) -> bool {
         self.provider == Provider::Slack
     }
