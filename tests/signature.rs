@@ -2645,3 +2645,35 @@ async fn token_and_basic_credentials_are_redacted_in_the_request_the_handler_get
     assert!(printed.contains("authorization"), "{printed}");
     assert!(!printed.contains(&basic), "{printed}");
 }
+
+/// An Azure DevOps credential is `username:password`: a bare password added for rotation could
+/// never match a delivery, so it is refused when the layer is built.
+#[test]
+fn azure_devops_credentials_without_a_username_part_are_refused() {
+    let layer = SignatureLayer::azure_devops("hook", "old-password").unwrap();
+    let err = layer.secret("new-password").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SignatureConfigError::InvalidSetting { name: "secret", .. }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("username:password"), "{err}");
+    assert!(SignatureLayer::with_secrets(Provider::AzureDevOps, ["new-password"]).is_err());
+
+    // With the username, the new credential is accepted and matches.
+    let layer = SignatureLayer::azure_devops("hook", "old-password")
+        .unwrap()
+        .secret("hook:new-password")
+        .unwrap();
+    let mut headers = HeaderMap::new();
+    let basic = format!("Basic {}", B64.encode("hook:new-password"));
+    headers.insert("authorization", basic.parse().unwrap());
+    let hook = layer
+        .verify(&headers, br#"{"id":"1b2a3c4d","eventType":"git.push"}"#)
+        .unwrap();
+    assert_eq!(hook.secret_index(), Some(1));
+    // An empty username is still a username (`:password`).
+    assert!(SignatureLayer::with_secrets(Provider::AzureDevOps, [":password"]).is_ok());
+}
