@@ -2341,6 +2341,60 @@ async fn zoom_events_and_url_validation() {
 
 // ---------------------------------------------------------------- Twitch
 
+/// Twitch does not sign its message-type header: a captured callback verification sent again
+/// as a `notification` must not reach the handler. The handshake's id is recorded like any
+/// delivery's, so the copy is a replay.
+#[tokio::test]
+async fn a_twitch_handshake_sent_again_as_a_notification_is_a_replay() {
+    const SECRET: &str = "twitch-eventsub-secret";
+    const ID: &str = "0b3f9e1c-1d1f-4f7a-9f7e-6a1b2c3d4e5f";
+    let ts = "2023-07-19T10:11:12Z";
+    let check = r#"{"challenge":"pogchamp-kappa-360noscope-vohiyo","subscription":{"type":"channel.follow"}}"#;
+    let sig = format!(
+        "sha256={}",
+        hex256(
+            SECRET.as_bytes(),
+            &[ID.as_bytes(), ts.as_bytes(), check.as_bytes()]
+        )
+    );
+    let request = |kind: &str| {
+        post(
+            &[
+                ("twitch-eventsub-message-id", ID),
+                ("twitch-eventsub-message-timestamp", ts),
+                ("twitch-eventsub-message-signature", &sig),
+                ("twitch-eventsub-message-type", kind),
+                ("twitch-eventsub-subscription-type", "channel.follow"),
+            ],
+            check.to_owned(),
+        )
+    };
+    for record in [
+        RecordDelivery::AfterVerification,
+        RecordDelivery::AfterSuccess,
+    ] {
+        let layer = SignatureLayer::twitch(SECRET)
+            .unwrap()
+            .clock(at(1_689_761_472 + 30))
+            .record_delivery(record);
+        let seen = Seen::default();
+        let out = send(&layer, &seen, request("webhook_callback_verification")).await;
+        assert_eq!(out.status, 200);
+        assert_eq!(&out.body[..], b"pogchamp-kappa-360noscope-vohiyo");
+        // The provider asks again (its answer was lost): answered again.
+        let out = send(&layer, &seen, request("webhook_callback_verification")).await;
+        assert_eq!(&out.body[..], b"pogchamp-kappa-360noscope-vohiyo");
+
+        let out = send(&layer, &seen, request("notification")).await;
+        assert_eq!(seen.calls.load(Ordering::SeqCst), 0, "{record:?}");
+        assert!(
+            out.status == 200 || out.status == 409,
+            "{record:?}: {}",
+            out.status
+        );
+    }
+}
+
 #[tokio::test]
 async fn twitch_eventsub_notifications_and_verification() {
     const SECRET: &str = "twitch-eventsub-secret";

@@ -1660,6 +1660,12 @@ where
         req: Option<Request<ReqBody>>,
         inner: Option<S>,
     },
+    /// A handshake whose id is being recorded before it is answered.
+    Handshake {
+        recorded: ReplayFuture,
+        challenge: Option<scheme::Handshake>,
+        headers: http::HeaderMap,
+    },
     /// A copy of a claimed delivery: acknowledged if that one was handled, else refused.
     Duplicate {
         completed: ReplayFuture,
@@ -1751,9 +1757,25 @@ where
                                     to_verified(shared.scheme.provider, verified);
                                 let inner = inner.take().expect("inner once");
                                 match (challenge, shared.handshakes) {
-                                    (Some(challenge), true) => State::Early {
-                                        early: Some(Early::Challenge(challenge)),
-                                    },
+                                    (Some(challenge), true) => {
+                                        match (&shared.replay, verified.delivery_id()) {
+                                            // The handshake's id is recorded like a delivery's:
+                                            // Twitch does not sign its message type, and a copy
+                                            // sent again as a `notification` is then a replay.
+                                            (Some(store), Some(id)) => State::Handshake {
+                                                recorded: with_replay_key(
+                                                    verified.provider(),
+                                                    id,
+                                                    |key| store.insert(key, shared.replay_ttl),
+                                                ),
+                                                challenge: Some(challenge),
+                                                headers: parts.headers,
+                                            },
+                                            _ => State::Early {
+                                                early: Some(Early::Challenge(challenge)),
+                                            },
+                                        }
+                                    }
                                     _ => {
                                         let lookup = match (&shared.replay, verified.delivery_id())
                                         {
@@ -1851,6 +1873,25 @@ where
                         Err(err) => State::Early {
                             early: Some(reject(shared, E::ReplayStore(err), req.headers())),
                         },
+                    }
+                }
+                StateProj::Handshake {
+                    recorded,
+                    challenge,
+                    headers,
+                } => {
+                    let outcome = ready!(Pin::new(&mut *recorded).poll(cx));
+                    State::Early {
+                        early: Some(match outcome {
+                            // Answered even if the id was seen: a provider whose answer was
+                            // lost asks again with the same message.
+                            Ok(_) => Early::Challenge(
+                                challenge
+                                    .take()
+                                    .expect("ResponseFuture polled after completion"),
+                            ),
+                            Err(err) => reject(shared, E::ReplayStore(err), headers),
+                        }),
                     }
                 }
                 StateProj::Duplicate {
