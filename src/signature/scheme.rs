@@ -414,14 +414,25 @@ mod names {
 
 /// Prepared keys: HMAC states keyed once at construction, or token digests.
 #[derive(Clone)]
+/// The keys prepared from the secrets. They are as good as the secrets (an HMAC's prepared
+/// state signs without the key), so they are wiped on drop like them: the hash functions'
+/// `zeroize` features wipe the HMAC states, `Zeroizing` the token digests.
 pub(crate) enum Keys {
     Sha1(Vec<Hmac<sha1::Sha1>>),
     Sha256(Vec<Hmac<Sha256>>),
     Sha512(Vec<Hmac<Sha512>>),
     /// SHA-256 digests of plain tokens (GitLab) or `user:password` (Azure DevOps).
-    Token(Vec<[u8; 32]>),
+    Token(zeroize::Zeroizing<Vec<[u8; 32]>>),
     None,
 }
+
+// The prepared HMAC states are wiped on drop only while these features are on.
+const _: () = {
+    fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+    let _ = wiped_on_drop::<sha1::Sha1>;
+    let _ = wiped_on_drop::<Sha256>;
+    let _ = wiped_on_drop::<Sha512>;
+};
 
 impl Keys {
     fn hmac(algorithm: Algorithm, secrets: &[Secret]) -> Self {
@@ -439,12 +450,12 @@ impl Keys {
     }
 
     fn tokens(secrets: &[Secret]) -> Self {
-        Keys::Token(
+        Keys::Token(zeroize::Zeroizing::new(
             secrets
                 .iter()
                 .map(|s| Sha256::digest(s.expose()).into())
                 .collect(),
-        )
+        ))
     }
 
     pub(crate) fn count(&self) -> usize {
