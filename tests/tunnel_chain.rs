@@ -414,6 +414,47 @@ async fn cloudflared_failures_are_reported() {
     handle.close().await;
 }
 
+/// cloudflared forwards the public requests to the URL it is given. For a local address, that
+/// must still be a port that answers the round-trip probe, or the start always fails.
+#[tokio::test]
+async fn cloudflared_to_a_local_address_passes_the_probe_and_forwards_requests() {
+    let Some(fake) = fake_cloudflared() else {
+        return;
+    };
+    let log = temp_log("cloudflared-proxy");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let local = support::serve_locally(hello_service(Arc::clone(&calls))).await;
+    let handle = Tunnel::builder()
+        .probe_timeout(Duration::from_secs(2))
+        .provider(
+            Cloudflared::new()
+                .binary(&fake)
+                .startup_timeout(Duration::from_secs(10))
+                .arg("--fake-mode")
+                .arg("proxy")
+                .arg("--fake-log")
+                .arg(log.display().to_string()),
+        )
+        .start(local)
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+    assert!(
+        matches!(handle.status(), TunnelEvent::Up { verified: true, .. }),
+        "{:?}",
+        handle.status()
+    );
+    let (status, body) = get_url(&handle.url(), "/webhook").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(body.starts_with("hello from /webhook"), "{body}");
+    handle.close().await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("origin 200 hello from /from-fake-cloudflared"),
+        "{text}"
+    );
+    let _ = std::fs::remove_file(log);
+}
+
 #[tokio::test]
 async fn server_helper_serves_an_axum_router_locally_and_through_the_tunnel() {
     let ip = Ipv4Addr::new(127, 0, 0, 13);

@@ -29,7 +29,9 @@ struct QuickTunnel {
 ///
 /// Tried only when the binary is found (on `PATH` unless [`binary`](Self::binary) gives a path).
 /// The URL comes from the metrics endpoint `GET /quicktunnel` and the tunnel counts as up once
-/// `GET /ready` answers 200. A service upstream is given a loopback port for cloudflared to call.
+/// `GET /ready` answers 200. cloudflared is given the loopback port of
+/// [`Upstream::local_addr`] to call, for an address upstream too: that port answers the round-trip
+/// probe and forwards every other request to the address.
 /// On close the process gets SIGINT, then SIGKILL after the [grace period](Self::stop_grace).
 ///
 /// # Example

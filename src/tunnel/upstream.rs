@@ -306,12 +306,9 @@ impl Upstream {
     /// ```
     /// use tower_webhook::tunnel::Upstream;
     ///
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// // A webhook server already running on port 3000.
     /// let upstream = Upstream::address(([127, 0, 0, 1], 3000).into());
-    /// assert_eq!(upstream.local_addr().await?, ([127, 0, 0, 1], 3000).into());
     /// assert_eq!(format!("{upstream:?}"), "Upstream(address 127.0.0.1:3000)");
-    /// # Ok(()) }
     /// ```
     pub fn address(addr: SocketAddr) -> Self {
         let client = Client::builder(TokioExecutor::new()).build({
@@ -319,7 +316,7 @@ impl Upstream {
             connector.set_nodelay(true);
             connector
         });
-        Self::from_parts(Some(addr), Arc::new(Forward { addr, client }), Some(addr))
+        Self::from_parts(Some(addr), Arc::new(Forward { addr, client }))
     }
 
     /// Serves `service` on every tunnel connection (a clone per connection, as hyper does).
@@ -362,7 +359,6 @@ impl Upstream {
             Arc::new(ServeService {
                 service: Mutex::new(service),
             }),
-            None,
         )
     }
 
@@ -429,21 +425,13 @@ impl Upstream {
         }
     }
 
-    fn from_parts(
-        address: Option<SocketAddr>,
-        serve: Arc<dyn ServeConn>,
-        local: Option<SocketAddr>,
-    ) -> Self {
-        let cell = OnceCell::new();
-        if let Some(addr) = local {
-            let _ = cell.set(addr);
-        }
+    fn from_parts(address: Option<SocketAddr>, serve: Arc<dyn ServeConn>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 address,
                 serve,
                 probes: Arc::new(Probes::default()),
-                local: cell,
+                local: OnceCell::new(),
                 local_task: Mutex::new(None),
                 graceful: Mutex::new(None),
             }),
@@ -589,22 +577,41 @@ impl Upstream {
     }
 
     /// A local `http://` address that serves this upstream, for providers that must be given one
-    /// (cloudflared). For a service, the first call binds a loopback port that serves it.
+    /// (cloudflared). The first call binds a loopback port that serves it as a tunnel connection
+    /// is served: requests of a round-trip probe in flight are answered there, every other one
+    /// reaches the service, or is forwarded to the address of an [`address`](Self::address)
+    /// upstream. (Handing a provider the address itself would send the probe to the local server,
+    /// which cannot answer it, and the tunnel would never start.)
     ///
     /// # Example
     ///
     /// ```
     /// use tower_webhook::tunnel::Upstream;
+    /// # async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+    /// #     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// #     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    /// #     let head = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+    /// #     tcp.write_all(head.as_bytes()).await.unwrap();
+    /// #     let mut answer = String::new();
+    /// #     tcp.read_to_string(&mut answer).await.unwrap();
+    /// #     answer
+    /// # }
     ///
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
-    /// #     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+    /// #     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("from the app")))
     /// # });
     /// let upstream = Upstream::service(app);
     /// let addr = upstream.local_addr().await?;
     /// assert!(addr.ip().is_loopback());
     /// // Bound once: later calls give the same port.
     /// assert_eq!(upstream.local_addr().await?, addr);
+    ///
+    /// // An address upstream gets a port of its own too, which forwards to the address.
+    /// let forwarding = Upstream::address(addr);
+    /// let port = forwarding.local_addr().await?;
+    /// assert_ne!(port, addr);
+    /// assert!(get(port, "/").await.ends_with("from the app"));
     /// # Ok(()) }
     /// ```
     pub async fn local_addr(&self) -> std::io::Result<SocketAddr> {

@@ -1,7 +1,10 @@
 // Fake cloudflared for the tunnel tests. Understands the arguments the provider passes
 // (tunnel --no-autoupdate --url U --metrics H:P) plus test-only ones:
 //   --fake-log FILE   append what happened (argv, origin answer, signals) to FILE
-//   --fake-mode MODE  normal | stubborn (ignores SIGINT) | crash (exits at once) | exit-later
+//   --fake-mode MODE  normal | stubborn (ignores SIGINT) | crash (exits at once) | exit-later |
+//                     proxy (the quick tunnel's URL is a loopback port whose requests are
+//                     forwarded to the origin, as cloudflared forwards the edge's requests) |
+//                     never-ready (/ready answers 503 forever)
 const http = require('http');
 const fs = require('fs');
 
@@ -25,6 +28,31 @@ if (mode === 'crash') {
 const origin = opt('--url');
 const [host, port] = opt('--metrics').split(':');
 let readyPolls = 0;
+let hostname = 'fake-quick-tunnel.trycloudflare.com';
+
+// The public side: every request is forwarded to the origin, as cloudflared does.
+const startProxy = (done) => {
+  const target = new URL(origin);
+  const proxy = http.createServer((req, res) => {
+    const forwarded = http.request(
+      { host: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers },
+      (answer) => {
+        res.writeHead(answer.statusCode, answer.headers);
+        answer.pipe(res);
+      },
+    );
+    forwarded.on('error', () => {
+      res.statusCode = 502;
+      res.end();
+    });
+    req.pipe(forwarded);
+  });
+  proxy.listen(0, '127.0.0.1', () => {
+    hostname = 'http://127.0.0.1:' + proxy.address().port;
+    log('proxy ' + hostname);
+    done();
+  });
+};
 
 // Check that the origin cloudflared would forward to answers.
 http.get(origin + '/from-fake-cloudflared', (res) => {
@@ -33,14 +61,14 @@ http.get(origin + '/from-fake-cloudflared', (res) => {
   res.on('end', () => log('origin ' + res.statusCode + ' ' + body));
 }).on('error', (e) => log('origin error ' + e.message));
 
-http
+const metrics = () => http
   .createServer((req, res) => {
     res.setHeader('content-type', 'application/json');
     if (req.url === '/quicktunnel') {
-      res.end(JSON.stringify({ hostname: 'fake-quick-tunnel.trycloudflare.com' }));
+      res.end(JSON.stringify({ hostname }));
     } else if (req.url === '/ready') {
       readyPolls += 1;
-      if (readyPolls < 3) {
+      if (readyPolls < 3 || mode === 'never-ready') {
         res.statusCode = 503;
         res.end(JSON.stringify({ status: 503, readyConnections: 0 }));
       } else {
@@ -52,6 +80,12 @@ http
     }
   })
   .listen(Number(port), host, () => log('metrics listening'));
+if (mode === 'proxy') {
+  startProxy(metrics);
+} else {
+  metrics();
+}
+log('pid ' + process.pid);
 
 process.on('SIGINT', () => {
   log('SIGINT');
