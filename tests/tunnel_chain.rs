@@ -455,6 +455,66 @@ async fn cloudflared_to_a_local_address_passes_the_probe_and_forwards_requests()
     let _ = std::fs::remove_file(log);
 }
 
+/// Whether the process `pid` is gone (or only waits to be reaped).
+fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// A shutdown signal that fires while the tunnel is still starting (cloudflared that never gets
+/// ready, 30 s to start) stops the server at once, and the half-started provider with it.
+#[tokio::test]
+async fn server_helper_shuts_down_while_its_tunnel_is_still_starting() {
+    let Some(fake) = fake_cloudflared() else {
+        return;
+    };
+    let log = temp_log("cloudflared-never-ready");
+    let server = Server::bind(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap()
+        .tunnel(
+            Tunnel::builder().provider(
+                Cloudflared::new()
+                    .binary(&fake)
+                    .arg("--fake-mode")
+                    .arg("never-ready")
+                    .arg("--fake-log")
+                    .arg(log.display().to_string()),
+            ),
+        )
+        .with_graceful_shutdown(tokio::time::sleep(Duration::from_millis(1500)));
+    let started = Instant::now();
+    let running = tokio::time::timeout(
+        Duration::from_secs(10),
+        server.spawn(hello_service(Arc::new(AtomicUsize::new(0)))),
+    )
+    .await
+    .expect("spawn waited for the tunnel's whole startup after the shutdown signal")
+    .unwrap();
+    assert_eq!(running.tunnel_url(), None);
+    tokio::time::timeout(Duration::from_secs(5), running.wait())
+        .await
+        .expect("the server did not stop");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let pid: u32 = text
+        .lines()
+        .find_map(|line| line.strip_prefix("pid "))
+        .unwrap_or_else(|| panic!("no pid in {text}"))
+        .parse()
+        .unwrap();
+    assert!(
+        support::eventually(Duration::from_secs(3), || process_gone(pid)).await,
+        "cloudflared {pid} still runs"
+    );
+    let _ = std::fs::remove_file(log);
+}
+
 #[tokio::test]
 async fn server_helper_serves_an_axum_router_locally_and_through_the_tunnel() {
     let ip = Ipv4Addr::new(127, 0, 0, 13);

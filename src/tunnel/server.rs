@@ -27,7 +27,8 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// the local port serves it too. The shutdown signal (Ctrl-C, or `SIGTERM` on Unix as container
 /// runtimes and service managers send it, unless
 /// [`with_graceful_shutdown`](Self::with_graceful_shutdown) sets another) stops accepting on the
-/// local port, lets open requests finish (up to 10 s), then closes the tunnel. The tunnel stays
+/// local port, lets open requests finish (up to 10 s), then closes the tunnel (a tunnel still
+/// starting then is given up at once, without waiting for its providers). The tunnel stays
 /// open while they finish, so deliveries that reach it then are served too, one request per
 /// connection, and waited for within the same 10 s. Connections still open after that, on the
 /// local port or through the tunnel, are ended.
@@ -270,7 +271,13 @@ impl Server {
         Ok(())
     }
 
-    /// Starts serving in a background task and returns at once with a [`Running`] handle.
+    /// Starts serving in a background task and returns with a [`Running`] handle once the tunnel,
+    /// if one was asked for, is open.
+    ///
+    /// The local port serves from the start. When the shutdown signal fires while the tunnel is
+    /// still starting, the start is given up (what it opened so far is torn down) and this
+    /// returns a `Running` without a tunnel ([`tunnel_url`](Running::tunnel_url) is `None`)
+    /// that is already shutting down, instead of waiting for the chain's startup timeouts.
     ///
     /// # Errors
     ///
@@ -319,6 +326,8 @@ impl Server {
         let mut acceptor = Acceptor::new(self.listener);
         tracing::info!(%local_addr, "webhook server listening");
         let (tunnel_tx, tunnel_rx) = tokio::sync::oneshot::channel::<TunnelHandle>();
+        // Fires when the shutdown signal does, so that a tunnel still starting then is given up.
+        let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         // The port's connections end after the drain, as the tunnel's do when it closes.
         let (serving, local_connections) = upstream.scoped();
         let task = tokio::spawn(async move {
@@ -335,6 +344,7 @@ impl Server {
                 }
             }
             drop(acceptor);
+            let _ = draining_tx.send(());
             tracing::info!("shutting down: draining open connections");
             let drain = async {
                 if let Some((graceful, late)) = upstream.start_drain() {
@@ -356,19 +366,31 @@ impl Server {
             }
         });
         let tunnel_status = match self.tunnel {
-            Some(builder) => match builder.start(upstream).await {
-                Ok(handle) => {
-                    tracing::info!(url = %handle.url(), provider = %handle.provider(), "webhooks reach this server at the tunnel URL");
-                    let status = handle.status_receiver();
-                    // The task only ends after taking the handle, unless it was aborted.
-                    let _ = tunnel_tx.send(handle);
-                    Some(status)
+            Some(builder) => {
+                // The chain may take long (each provider has its startup timeout): a shutdown
+                // signal meanwhile drops the start, which tears down what it opened so far.
+                let started = tokio::select! {
+                    result = builder.start(upstream) => Some(result),
+                    _ = draining_rx => None,
+                };
+                match started {
+                    Some(Ok(handle)) => {
+                        tracing::info!(url = %handle.url(), provider = %handle.provider(), "webhooks reach this server at the tunnel URL");
+                        let status = handle.status_receiver();
+                        // The task only ends after taking the handle, unless it was aborted.
+                        let _ = tunnel_tx.send(handle);
+                        Some(status)
+                    }
+                    Some(Err(err)) => {
+                        task.abort();
+                        return Err(err);
+                    }
+                    None => {
+                        tracing::info!("shut down while the tunnel was starting: no tunnel opened");
+                        None
+                    }
                 }
-                Err(err) => {
-                    task.abort();
-                    return Err(err);
-                }
-            },
+            }
             None => None,
         };
         Ok(Running {
