@@ -197,8 +197,14 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// Adds what the user can do to the ngrok error codes worth explaining.
-fn explain(message: String) -> String {
+/// Adds what the user can do to the ngrok error codes worth explaining, and hides `token`
+/// should the service's message quote it: the message is logged and shown to the user.
+fn explain(message: String, token: &str) -> String {
+    let message = if token.is_empty() {
+        message
+    } else {
+        message.replace(token, "<redacted>")
+    };
     if message.contains("ERR_NGROK_4018") {
         format!("{message} (the auth token is missing or invalid: set TUNNEL_AUTH_TOKEN)")
     } else if message.contains("ERR_NGROK_108") {
@@ -226,6 +232,8 @@ impl Provider for Ngrok {
             let Some(token) = self.authtoken.clone() else {
                 return Err("no ngrok auth token is configured".into());
             };
+            // For the redaction of error messages.
+            let shown = Arc::clone(&token);
             let server_addr = self.server_addr.clone();
             let domain = self.domain.clone();
             // ngrok's TLS asks rustls for the process-wide crypto provider. With this crate's
@@ -257,7 +265,7 @@ impl Provider for Ngrok {
             let (mut session, mut tunnel) = (&mut connect.0)
                 .await
                 .map_err(|err| format!("the ngrok client failed: {err}"))?
-                .map_err(|err| explain(super::error::chain(&*err)))?;
+                .map_err(|err| explain(super::error::chain(&*err), shown.expose()))?;
             let url = tunnel.url().to_owned();
             tracing::info!(%url, "ngrok tunnel open");
             Ok(Session::spawn(url, move |mut stop| async move {
@@ -272,7 +280,7 @@ impl Provider for Ngrok {
                                 let upstream = upstream.clone();
                                 connections.spawn(async move { upstream.serve_connection(conn).await });
                             }
-                            Some(Err(err)) => break Err(explain(super::error::chain(&err)).into()),
+                            Some(Err(err)) => break Err(explain(super::error::chain(&err), shown.expose()).into()),
                             None => break Err("the ngrok endpoint was closed".into()),
                         },
                         Some(_) = connections.join_next() => {}
@@ -296,5 +304,22 @@ impl Provider for Ngrok {
                 result
             }))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::explain;
+
+    #[test]
+    fn a_token_quoted_by_the_service_is_hidden() {
+        let token = "2abcEXAMPLEtoken_secret";
+        let message =
+            format!("failed to connect: ERR_NGROK_4018: the authtoken {token} is invalid; {token}");
+        let shown = explain(message, token);
+        assert!(!shown.contains(token), "{shown}");
+        assert_eq!(shown.matches("<redacted>").count(), 2, "{shown}");
+        assert!(shown.contains("set TUNNEL_AUTH_TOKEN"), "{shown}");
+        assert_eq!(explain("no route to host".into(), ""), "no route to host");
     }
 }
