@@ -228,6 +228,52 @@ async fn our_client_keeps_the_pool_full() {
     handle.close().await;
 }
 
+/// The pooled connections wait idle for requests: TCP keepalive probes them, so a path that
+/// died silently ends them instead of leaving the tunnel dead. Read from the kernel's socket
+/// table: an established socket with keepalive on has its keepalive timer armed (`tr` 2).
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn idle_pooled_connections_have_tcp_keepalive() {
+    let server = LtServer::start().await;
+    let handle = Tunnel::builder()
+        .provider(LocalTunnel::new().server(format!("http://{}", server.addr)))
+        .start(Upstream::service(hello_service(Arc::new(
+            AtomicUsize::new(0),
+        ))))
+        .await
+        .unwrap();
+    let id = handle
+        .url()
+        .strip_prefix("http://")
+        .and_then(|rest| rest.split('.').next())
+        .unwrap()
+        .to_owned();
+    let pool = server.client(&id).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || pool
+            .connected
+            .load(Ordering::SeqCst)
+            == LT_MAX_CONN)
+        .await
+    );
+    let ours = pool.idle_peers().await;
+    assert_eq!(ours.len(), LT_MAX_CONN);
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    for addr in ours {
+        // `0100007F:1F90`: the address in host order, the port in hex.
+        let local = format!("0100007F:{:04X}", addr.port());
+        let line = table
+            .lines()
+            .find(|line| line.split_whitespace().nth(1) == Some(local.as_str()))
+            .unwrap_or_else(|| panic!("no socket {local} in {table}"));
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(fields[3], "01", "established: {line}");
+        let timer = fields[5].split(':').next().unwrap();
+        assert_eq!(timer, "02", "keepalive timer armed: {line}");
+    }
+    handle.close().await;
+}
+
 #[tokio::test]
 async fn server_loss_leads_to_re_registration_of_the_same_subdomain() {
     let mut server = LtServer::start().await;

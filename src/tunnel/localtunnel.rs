@@ -404,6 +404,30 @@ impl Provider for LocalTunnel {
     }
 }
 
+/// An idle pooled connection is probed after this long without traffic (TCP keepalive), then
+/// every 10 s where the system lets that be set.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+
+/// Turns TCP keepalive on for a pooled connection. The pool waits idle for requests; without
+/// probes, a path that died silently (an expired NAT mapping, a server that vanished with its
+/// host) would leave the tunnel dead with no `Down` event. With them, the connection fails,
+/// the pool reconnects, and a server that is gone ends the session, which is opened again.
+fn keep_alive(stream: &tokio::net::TcpStream) {
+    let keepalive = socket2::TcpKeepalive::new().with_time(KEEPALIVE_IDLE);
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "macos",
+        target_os = "ios",
+        target_os = "freebsd",
+        windows
+    ))]
+    let keepalive = keepalive.with_interval(Duration::from_secs(10));
+    if let Err(err) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %err, "no TCP keepalive on a localtunnel connection");
+    }
+}
+
 /// Keeps one pooled connection open; returns why it gave up.
 async fn slot(
     upstream: Upstream,
@@ -427,6 +451,7 @@ async fn slot(
                 }
             },
         };
+        keep_alive(&stream);
         let opened = Instant::now();
         let used = Arc::new(AtomicBool::new(false));
         upstream

@@ -276,6 +276,14 @@ pub struct LtClient {
     pub accepted: AtomicUsize,
 }
 
+impl LtClient {
+    /// The client's ends of the idle pooled connections.
+    pub async fn idle_peers(&self) -> Vec<SocketAddr> {
+        let idle = self.idle.lock().await;
+        idle.iter().filter_map(|s| s.peer_addr().ok()).collect()
+    }
+}
+
 pub const LT_MAX_CONN: usize = 3;
 
 impl LtServer {
