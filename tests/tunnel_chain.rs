@@ -131,6 +131,28 @@ async fn an_empty_chain_is_an_error() {
     assert!(err.to_string().contains("TUNNEL_SERVICE"));
 }
 
+/// `TUNNEL_REGION` is ngrok's region and cloudflared's `--region`; cloudflared knows only `us`,
+/// so an ngrok region (`eu`, `ap`...) is not passed to it: it would not start.
+#[test]
+fn cloudflared_gets_only_a_region_it_knows() {
+    for (region, expected) in [
+        ("eu", "region: None"),
+        ("ap", "region: None"),
+        ("us", r#"region: Some("us")"#),
+        ("US", r#"region: Some("us")"#),
+    ] {
+        let config = TunnelConfig::from_lookup(|name| match name {
+            "TUNNEL_SERVICE" => Some("cloudflared".to_owned()),
+            "TUNNEL_REGION" => Some(region.to_owned()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(config.region(), Some(region));
+        let debug = format!("{:?}", config.builder());
+        assert!(debug.contains(expected), "{region}: {debug}");
+    }
+}
+
 #[test]
 fn config_from_the_environment() {
     let vars = |pairs: &'static [(&'static str, &'static str)]| {

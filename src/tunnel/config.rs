@@ -84,7 +84,7 @@ impl FromStr for ProviderKind {
 /// |---|---|---|
 /// | `TUNNEL_SERVICE` | one provider or a comma-separated chain: `ngrok`, `localtunnel`, `bore`, `cloudflared` | `ngrok,cloudflared,localtunnel,bore` (ngrok only with the `ngrok` feature) |
 /// | `TUNNEL_AUTH_TOKEN` | ngrok auth token (`NGROK_AUTHTOKEN` also works) | none: ngrok is skipped |
-/// | `TUNNEL_REGION` | ngrok ingress region / cloudflared `--region` | none |
+/// | `TUNNEL_REGION` | ngrok ingress region (`eu`, `ap`, `us`...); cloudflared's `--region` when it is `us`, the only one cloudflared knows | none |
 /// | `TUNNEL_SERVER` | self-hosted localtunnel server (URL; a bare host means `http://host`) or bore server (`host` or `host:control_port`) | the public servers |
 /// | `TUNNEL_SECRET` | the bore server's secret | none |
 ///
@@ -340,8 +340,15 @@ impl TunnelConfig {
                 }
                 ProviderKind::Cloudflared => {
                     let mut cf = Cloudflared::new();
-                    if let Some(region) = &self.region {
-                        cf = cf.region(region.clone());
+                    // cloudflared's one region is `us` (the global network otherwise): an ngrok
+                    // region such as `eu` would keep it from starting.
+                    match self.region.as_deref() {
+                        Some(region) if region.eq_ignore_ascii_case("us") => cf = cf.region("us"),
+                        Some(region) => tracing::debug!(
+                            region,
+                            "TUNNEL_REGION is no cloudflared region: cloudflared uses the global network"
+                        ),
+                        None => {}
                     }
                     builder.provider(cf)
                 }
