@@ -406,6 +406,32 @@ async fn cloudflared_failures_are_reported() {
     );
     assert!(text.contains("failed to request quick Tunnel"), "{text}");
 
+    // Output that is not UTF-8, or a line without end, neither stops the reading of cloudflared's
+    // messages nor fills memory: the last line is reported, a long one cut.
+    let err = Tunnel::builder()
+        .probe(false)
+        .provider(
+            Cloudflared::new()
+                .binary(&fake)
+                .arg("--fake-mode")
+                .arg("noisy-crash"),
+        )
+        .start(service())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("exit status: 4"),
+        "{}",
+        &text[..text.len().min(500)]
+    );
+    assert!(
+        text.contains("ERR last words"),
+        "{}",
+        &text[..text.len().min(500)]
+    );
+    assert!(text.len() < 64 * 1024, "{} bytes", text.len());
+
     // A tunnel whose process dies later is reported Down, then re-opened.
     let handle = Tunnel::builder()
         .probe(false)

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Deserialize;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use super::Upstream;
@@ -18,6 +18,8 @@ use crate::BoxError;
 
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
 const STDERR_LINES: usize = 5;
+/// The longest stderr line kept, in bytes: the rest of a longer one is skipped.
+const STDERR_LINE_MAX: usize = 4096;
 
 #[derive(Debug, Deserialize)]
 struct QuickTunnel {
@@ -307,8 +309,9 @@ impl Provider for Cloudflared {
             if let Some(pipe) = child.stderr.take() {
                 let lines = Arc::clone(&stderr);
                 tokio::spawn(async move {
-                    let mut reader = BufReader::new(pipe).lines();
-                    while let Ok(Some(line)) = reader.next_line().await {
+                    let mut reader = BufReader::new(pipe);
+                    let mut buf = Vec::new();
+                    while let Ok(Some(line)) = next_line(&mut reader, &mut buf).await {
                         tracing::debug!(target: "tower_webhook::tunnel::cloudflared", "{line}");
                         let mut lines = lines
                             .lock()
@@ -385,6 +388,36 @@ async fn free_port() -> std::io::Result<u16> {
 }
 
 /// SIGINT (cloudflared's graceful stop), then SIGKILL after `grace`.
+/// The next line of `reader`, cut at [`STDERR_LINE_MAX`] bytes (the rest of it is read and
+/// skipped) and decoded lossily: neither a line without end nor bytes that are not UTF-8 stop
+/// the reading or fill memory. `None` at the end of the stream.
+async fn next_line<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<String>> {
+    buf.clear();
+    let mut read_any = false;
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(read_any.then(|| String::from_utf8_lossy(buf).into_owned()));
+        }
+        read_any = true;
+        let end = available.iter().position(|&b| b == b'\n');
+        let chunk = &available[..end.unwrap_or(available.len())];
+        let room = STDERR_LINE_MAX.saturating_sub(buf.len());
+        buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        let consumed = end.map_or(available.len(), |at| at + 1);
+        reader.consume(consumed);
+        if end.is_some() {
+            if buf.last() == Some(&b'\r') {
+                buf.pop();
+            }
+            return Ok(Some(String::from_utf8_lossy(buf).into_owned()));
+        }
+    }
+}
+
 async fn terminate(child: &mut Child, grace: Duration) {
     if let Some(pid) = child.id() {
         let interrupted = Command::new("kill")

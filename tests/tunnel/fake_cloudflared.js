@@ -4,7 +4,8 @@
 //   --fake-mode MODE  normal | stubborn (ignores SIGINT) | crash (exits at once) | exit-later |
 //                     proxy (the quick tunnel's URL is a loopback port whose requests are
 //                     forwarded to the origin, as cloudflared forwards the edge's requests) |
-//                     never-ready (/ready answers 503 forever)
+//                     never-ready (/ready answers 503 forever) | noisy-crash (stderr that is
+//                     not UTF-8 and a 1 MiB line, then exits)
 const http = require('http');
 const fs = require('fs');
 
@@ -23,6 +24,13 @@ log('argv ' + args.join(' '));
 if (mode === 'crash') {
   console.error('ERR failed to request quick Tunnel: no network');
   process.exit(3);
+}
+if (mode === 'noisy-crash') {
+  // Bytes that are not UTF-8, a 1 MiB line, then the line that says what went wrong.
+  process.stderr.write(Buffer.from([0x66, 0xff, 0xfe, 0x0a]));
+  process.stderr.write('x'.repeat(1 << 20) + '\n');
+  process.stderr.write('ERR last words\n', () => process.exit(4));
+  return;
 }
 
 const origin = opt('--url');
