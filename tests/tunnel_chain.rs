@@ -405,6 +405,8 @@ async fn cloudflared_failures_are_reported() {
         "{text}"
     );
     assert!(text.contains("failed to request quick Tunnel"), "{text}");
+    // cloudflared is there: no advice to install it.
+    assert!(!text.contains("install cloudflared"), "{text}");
 
     // Output that is not UTF-8, or a line without end, neither stops the reading of cloudflared's
     // messages nor fills memory: the last line is reported, a long one cut.

@@ -271,8 +271,11 @@ impl Provider for Cloudflared {
         self.startup_timeout
     }
 
+    /// Only when the binary is missing: when it ran and failed, its own messages say why.
     fn hint(&self) -> Option<String> {
-        Some("install cloudflared and put it on PATH".to_owned())
+        self.find_binary()
+            .is_err()
+            .then(|| "install cloudflared and put it on PATH".to_owned())
     }
 
     fn open(&self, upstream: Upstream) -> BoxFuture<'_, Result<Session, BoxError>> {
