@@ -1190,3 +1190,21 @@ fn a_listener_may_read_the_keyed_handle_while_a_key_is_replaced() {
         .recv_timeout(Duration::from_secs(10))
         .expect("the keyed breaker deadlocked");
 }
+
+/// A probe that answers after the maximum wait in HALF_OPEN comes too late: HALF_OPEN has
+/// ended (back to OPEN) whether or not anyone looked at the state in between, so the late
+/// success does not close the breaker.
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_answers_after_the_max_half_open_wait_does_not_close() {
+    let config = CircuitBreakerConfig::default()
+        .consecutive_failures(1)
+        .max_half_open_wait(Duration::from_secs(5));
+    let (mut svc, handle, _) = breaker(config);
+    let _ = call(&mut svc, Call::Fail).await;
+    tokio::time::advance(Duration::from_secs(30)).await;
+    // Nobody reads the state while the probe runs for 10 s.
+    call(&mut svc, Call::Slow(10_000)).await.unwrap();
+    assert_eq!(handle.state(), CircuitState::Open);
+    let open = open_error(call(&mut svc, Call::Ok).await);
+    assert_eq!(open.state(), CircuitState::Open);
+}

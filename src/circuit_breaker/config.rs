@@ -627,7 +627,8 @@ impl CircuitBreakerConfig {
     }
 
     /// Goes back to OPEN when HALF_OPEN has not reached a verdict after `wait` (greater than
-    /// zero: HALF_OPEN would otherwise end before admitting any probe).
+    /// zero: HALF_OPEN would otherwise end before admitting any probe). A probe that answers
+    /// after `wait` comes too late to close the breaker.
     ///
     /// # Example
     ///

@@ -984,7 +984,16 @@ impl Core {
         }
         let code = CALL | if failed { FAILED } else { 0 } | if slow { SLOW } else { 0 };
         match word.state {
-            CircuitState::HalfOpen if probe => self.record_probe(word, code),
+            CircuitState::HalfOpen if probe => {
+                if word.deadline_ms != 0 && self.now_ms() >= word.deadline_ms {
+                    // The maximum wait in HALF_OPEN has passed: that period ended without a
+                    // verdict, whether or not anyone has looked at the state since, so this
+                    // late outcome does not count; the timeout is applied instead.
+                    self.state();
+                    return;
+                }
+                self.record_probe(word, code)
+            }
             CircuitState::Closed | CircuitState::MetricsOnly if !probe => {
                 self.record_closed(word, code, now)
             }
