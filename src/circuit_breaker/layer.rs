@@ -444,7 +444,13 @@ where
         // stale probe gives its permit back as it is dropped here).
         _ => {
             if backpressure {
-                while let Some(until) = core.open_until() {
+                // Parked first: a transition that ends OPEN early (a reset, a manual move)
+                // wakes this task instead of leaving it asleep until the old deadline.
+                while core.open_until().is_some() {
+                    core.park(cx.waker());
+                    let Some(until) = core.open_until() else {
+                        break;
+                    };
                     let timer =
                         sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
                     if timer.deadline() != until {

@@ -17,6 +17,7 @@ use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::task::Waker;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -359,6 +360,9 @@ pub(crate) struct Core {
     /// period that is still running counts against the next one: never more than
     /// `half_open_probes` calls are inside a recovering upstream.
     probes_in_flight: AtomicU32,
+    /// Tasks whose `poll_ready` waits for OPEN to end (backpressure mode), woken by the next
+    /// transition: a reset or a manual move ends OPEN before its deadline.
+    parked: Mutex<Vec<Waker>>,
     min_calls: u32,
     slow_nanos: Option<u64>,
 }
@@ -497,6 +501,7 @@ impl Core {
                 upstream_until_ms: AtomicU64::new(0),
                 not_permitted: AtomicU64::new(0),
                 probes_in_flight: AtomicU32::new(0),
+                parked: Mutex::new(Vec::new()),
                 min_calls,
                 slow_nanos,
                 config,
@@ -576,6 +581,31 @@ impl Core {
         let word = unpack(self.word.load(Ordering::Acquire));
         (word.state == CircuitState::Open && self.now_ms() < word.deadline_ms)
             .then(|| self.deadline_instant(word.deadline_ms))
+    }
+
+    /// Wakes `waker` at the next transition. Call it before reading whether OPEN still lasts,
+    /// so a transition in between is not missed.
+    pub(crate) fn park(&self, waker: &Waker) {
+        let mut parked = self
+            .parked
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !parked.iter().any(|w| w.will_wake(waker)) {
+            parked.push(waker.clone());
+        }
+    }
+
+    /// Wakes every task parked by [`park`](Self::park).
+    fn unpark_all(&self) {
+        let parked = std::mem::take(
+            &mut *self
+                .parked
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for waker in parked {
+            waker.wake();
+        }
     }
 
     /// Decides whether a call may go through. A refusal is neither counted nor reported
@@ -885,6 +915,9 @@ impl Core {
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             );
+        }
+        if from.state == CircuitState::Open {
+            self.unpark_all();
         }
         if to == CircuitState::Closed {
             self.set_attempt(generation, 0);
