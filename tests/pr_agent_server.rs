@@ -2494,3 +2494,43 @@ fn github_times_are_read_as_utc() {
         assert_eq!(parse_github_time(bad), None, "{bad:?}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Provider events as the providers send them.
+
+/// Bitbucket Data Center reopens a declined pull request (`pr:reopened`, Cloud cannot): like an
+/// opened one, it gets its comment, unless it is a draft.
+#[tokio::test]
+async fn a_reopened_bitbucket_data_center_pull_request_gets_a_comment() {
+    let (api_addr, api) = start_fake_api().await;
+    let (base, state) = start_server(&settings(api_addr, &[])).await;
+    let client = reqwest::Client::new();
+    let pr = |id: u64, draft: bool| json!({"id": id, "title": "Back", "draft": draft, "state": "OPEN", "toRef": {"repository": {"slug": "repo", "project": {"key": "PROJ"}}}});
+    for (delivery, id, draft) in [
+        ("e5000000-0000-4000-8000-000000000001", 14, false),
+        ("e5000000-0000-4000-8000-000000000002", 15, true),
+    ] {
+        let body = json!({"eventKey": "pr:reopened", "pullRequest": pr(id, draft)});
+        let d = signed(
+            app::Forge::BitbucketServer,
+            delivery,
+            "pr:reopened",
+            body.to_string().into_bytes(),
+        );
+        assert_eq!(
+            send(&client, &base, &d).await.status(),
+            StatusCode::ACCEPTED
+        );
+    }
+    eventually("the comment", Duration::from_secs(2), || {
+        comment_count(&api) == 1
+    })
+    .await;
+    assert_eq!(state.drain_comments(Duration::from_secs(2)).await, 0);
+    let comments = api.comments.lock().unwrap().clone();
+    assert_eq!(comments.len(), 1, "the draft gets none: {comments:?}");
+    assert_eq!(
+        comments[0].0,
+        "/rest/api/1.0/projects/PROJ/repos/repo/pull-requests/14/comments"
+    );
+}

@@ -1110,7 +1110,8 @@ fn ready_for_review(forge: Forge, event: Option<&str>, p: &Value) -> Option<Comm
         }
         Forge::BitbucketServer => {
             let pr = &p["pullRequest"];
-            if event != Some("pr:opened") || draft(&pr["draft"]) {
+            // Data Center, unlike Cloud, reopens a declined pull request.
+            if !matches!(event, Some("pr:opened" | "pr:reopened")) || draft(&pr["draft"]) {
                 return None;
             }
             bitbucket_server_comment(pr, text(pr["title"].as_str().unwrap_or("")), None)

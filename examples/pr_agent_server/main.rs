@@ -43,7 +43,7 @@
 //! | GitHub | `pull_request` `opened` / `reopened` (not draft), `ready_for_review` |
 //! | GitLab | Merge Request Hook `open` / `reopen` (not draft), `update` of an open merge request whose `changes.draft` goes from true to false |
 //! | Bitbucket Cloud | `pullrequest:created` (not draft); Cloud cannot reopen a declined pull request |
-//! | Bitbucket Data Center | `pr:opened` (not draft) |
+//! | Bitbucket Data Center | `pr:opened` / `pr:reopened` (not draft) |
 //! | Gitea / Forgejo | `pull_request` `opened` / `reopened` (not draft), `edited` of an open pull request whose title loses its `WIP:` / `[WIP]` prefix |
 //! | Azure DevOps | `git.pullrequest.created` (not draft) |
 //!
