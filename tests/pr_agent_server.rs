@@ -2534,3 +2534,92 @@ async fn a_reopened_bitbucket_data_center_pull_request_gets_a_comment() {
         "/rest/api/1.0/projects/PROJ/repos/repo/pull-requests/14/comments"
     );
 }
+
+/// Azure DevOps sends `ms.vss-code.git-pullrequest-comment-event` for an edited comment too
+/// ("has edited a pull request comment"), and for a deleted one: a command answered when it
+/// was made is not answered again.
+#[tokio::test]
+async fn an_edited_or_deleted_azure_devops_comment_is_not_answered_again() {
+    let (api_addr, api) = start_fake_api().await;
+    let (base, state) = start_server(&settings(api_addr, &[])).await;
+    let client = reqwest::Client::new();
+    let event = |id: &str, published: &str, changed: &str, deleted: bool| {
+        json!({
+            "id": id,
+            "eventType": "ms.vss-code.git-pullrequest-comment-event",
+            "resource": {
+                "comment": {
+                    "id": 2, "parentCommentId": 0, "content": "/review", "commentType": "text",
+                    "isDeleted": deleted,
+                    "publishedDate": published,
+                    "lastUpdatedDate": changed,
+                    "lastContentUpdatedDate": changed,
+                },
+                "pullRequest": {"pullRequestId": 16, "title": "Fix", "repository": {"id": "repo-guid", "project": {"id": "proj-guid"}}},
+            },
+        })
+    };
+    for body in [
+        // New: both dates the same, or straddling a second.
+        event(
+            "e6000000-0000-4000-8000-000000000001",
+            "2024-06-17T11:22:33.456789Z",
+            "2024-06-17T11:22:33.456789Z",
+            false,
+        ),
+        // Edited hours later, then deleted.
+        event(
+            "e6000000-0000-4000-8000-000000000002",
+            "2024-06-17T11:22:33.456789Z",
+            "2024-06-17T16:58:33.123889Z",
+            false,
+        ),
+        event(
+            "e6000000-0000-4000-8000-000000000003",
+            "2024-06-17T11:22:33.456789Z",
+            "2024-06-17T17:00:00.000000Z",
+            true,
+        ),
+    ] {
+        let id = body["id"].as_str().unwrap().to_owned();
+        let d = signed(
+            app::Forge::AzureDevOps,
+            &id,
+            "-",
+            body.to_string().into_bytes(),
+        );
+        assert_eq!(
+            send(&client, &base, &d).await.status(),
+            StatusCode::ACCEPTED
+        );
+    }
+    eventually("the answer", Duration::from_secs(2), || {
+        comment_count(&api) >= 1
+    })
+    .await;
+    assert_eq!(state.drain_comments(Duration::from_secs(2)).await, 0);
+    assert_eq!(comment_count(&api), 1, "{:?}", api.comments.lock().unwrap());
+    assert_eq!(state.counters.jobs.load(Ordering::SeqCst), 1);
+
+    // A new comment whose dates straddle a second is still new.
+    let body = event(
+        "e6000000-0000-4000-8000-000000000004",
+        "2024-06-17T11:22:33.999Z",
+        "2024-06-17T11:22:34.001Z",
+        false,
+    );
+    let d = signed(
+        app::Forge::AzureDevOps,
+        "e6000000-0000-4000-8000-000000000004",
+        "-",
+        body.to_string().into_bytes(),
+    );
+    assert_eq!(
+        send(&client, &base, &d).await.status(),
+        StatusCode::ACCEPTED
+    );
+    eventually("the second answer", Duration::from_secs(2), || {
+        comment_count(&api) == 2
+    })
+    .await;
+}

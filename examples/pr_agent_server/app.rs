@@ -1258,6 +1258,8 @@ fn command(forge: Forge, event: Option<&str>, p: &Value) -> Option<Comment> {
             let (pr, comment) = (&p["resource"]["pullRequest"], &p["resource"]["comment"]);
             if p["eventType"] != "ms.vss-code.git-pullrequest-comment-event"
                 || comment["commentType"] == "system"
+                || flag(&comment["isDeleted"])
+                || azure_devops_edited(comment)
             {
                 return None;
             }
@@ -1267,6 +1269,23 @@ fn command(forge: Forge, event: Option<&str>, p: &Value) -> Option<Comment> {
             )?;
             azure_devops_thread(pr, answer)
         }
+    }
+}
+
+/// Whether an Azure DevOps pull request comment was edited. The service sends the same event
+/// for a new comment and for an edited one; an edited one's `lastContentUpdatedDate` is later
+/// than its `publishedDate` (a new one's are the same, give or take the second they straddle).
+fn azure_devops_edited(comment: &Value) -> bool {
+    // `2024-06-17T16:58:33.123889Z`: the whole seconds, in UTC.
+    let second = |field: &str| {
+        let text = comment[field].as_str()?;
+        github_app::parse_github_time(&format!("{}Z", text.get(..19)?))
+    };
+    match (second("publishedDate"), second("lastContentUpdatedDate")) {
+        (Some(published), Some(changed)) => {
+            changed.duration_since(published).unwrap_or_default() > Duration::from_secs(1)
+        }
+        _ => false,
     }
 }
 

@@ -66,7 +66,10 @@
 //! | GitLab | Note Hook on a merge request |
 //! | Bitbucket Cloud | `pullrequest:comment_created` (answered as a reply) |
 //! | Bitbucket Data Center | `pr:comment:added` (answered as a reply) |
-//! | Azure DevOps | `ms.vss-code.git-pullrequest-comment-event` (answered in a new thread) |
+//! | Azure DevOps | `ms.vss-code.git-pullrequest-comment-event` of a new comment (answered in a new thread) |
+//!
+//! Azure DevOps sends the same event when a comment is edited or deleted: such a comment is
+//! told by its `lastContentUpdatedDate` (later than its `publishedDate`) or its `isDeleted`.
 
 mod app;
 
