@@ -2623,3 +2623,36 @@ async fn an_edited_or_deleted_azure_devops_comment_is_not_answered_again() {
     })
     .await;
 }
+
+/// A Gitea or Forgejo server whose payloads carry no `draft` field says a draft by its title's
+/// prefix only: a pull request opened as `WIP:` gets no comment, and one comment when the prefix
+/// goes, not two.
+#[tokio::test]
+async fn a_gitea_pull_request_opened_as_wip_gets_one_comment_when_marked_ready() {
+    let (api_addr, api) = start_fake_api().await;
+    let (base, state) = start_server(&settings(api_addr, &[])).await;
+    let client = reqwest::Client::new();
+    let opened = json!({"action": "opened", "number": 17, "pull_request": {"number": 17, "title": "WIP: Fix", "state": "open"}, "repository": {"full_name": "org/repo"}});
+    let edited = json!({"action": "edited", "number": 17, "pull_request": {"number": 17, "title": "Fix", "state": "open"}, "changes": {"title": {"from": "WIP: Fix"}}, "repository": {"full_name": "org/repo"}});
+    for (id, body) in [
+        ("e7000000-0000-4000-8000-000000000001", opened),
+        ("e7000000-0000-4000-8000-000000000002", edited),
+    ] {
+        let d = signed(
+            app::Forge::Gitea,
+            id,
+            "pull_request",
+            body.to_string().into_bytes(),
+        );
+        assert_eq!(
+            send(&client, &base, &d).await.status(),
+            StatusCode::ACCEPTED
+        );
+    }
+    eventually("the comment", Duration::from_secs(2), || {
+        comment_count(&api) >= 1
+    })
+    .await;
+    assert_eq!(state.drain_comments(Duration::from_secs(2)).await, 0);
+    assert_eq!(comment_count(&api), 1, "{:?}", api.comments.lock().unwrap());
+}

@@ -1120,7 +1120,8 @@ fn ready_for_review(forge: Forge, event: Option<&str>, p: &Value) -> Option<Comm
             let pr = &p["pull_request"];
             let title = pr["title"].as_str().unwrap_or("");
             let ready = match p["action"].as_str()? {
-                "opened" | "reopened" => !draft(&pr["draft"]),
+                // Servers before `draft` was part of the payload say it by the title only.
+                "opened" | "reopened" => !draft(&pr["draft"]) && !gitea_work_in_progress(title),
                 // Gitea marks a draft by its title's prefix: "mark as ready" is an edit whose
                 // old title had one and whose new title has none.
                 "edited" => {

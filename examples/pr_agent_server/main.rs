@@ -44,7 +44,7 @@
 //! | GitLab | Merge Request Hook `open` / `reopen` (not draft), `update` of an open merge request whose `changes.draft` goes from true to false |
 //! | Bitbucket Cloud | `pullrequest:created` (not draft); Cloud cannot reopen a declined pull request |
 //! | Bitbucket Data Center | `pr:opened` / `pr:reopened` (not draft) |
-//! | Gitea / Forgejo | `pull_request` `opened` / `reopened` (not draft), `edited` of an open pull request whose title loses its `WIP:` / `[WIP]` prefix |
+//! | Gitea / Forgejo | `pull_request` `opened` / `reopened` (not draft, no `WIP:` / `[WIP]` title prefix), `edited` of an open pull request whose title loses that prefix |
 //! | Azure DevOps | `git.pullrequest.created` (not draft) |
 //!
 //! Where the provider's event does not say that a draft became ready (Bitbucket
