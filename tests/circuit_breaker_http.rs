@@ -104,28 +104,28 @@ async fn backpressure_mode_waits_until_the_open_deadline() {
 /// (a reset, or a probe asked for now), not when the old open duration would have ended.
 #[tokio::test(start_paused = true)]
 async fn backpressure_lets_parked_callers_go_when_the_breaker_is_reset() {
-    let (layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
-    let layer = layer
-        .with_backpressure()
-        .with_classifier(|_: &Result<&'static str, BoxError>| Outcome::Success);
-    let (mut svc, mut mock) = tower_test::mock::spawn_layer::<&'static str, &'static str, _>(layer);
-    mock.allow(1);
-    handle.transition_to_open().unwrap();
-    assert!(svc.poll_ready().is_pending());
+    // A backpressure breaker forced OPEN, with a caller parked in `poll_ready`.
+    let parked = || {
+        let (layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+        let layer = layer
+            .with_backpressure()
+            .with_classifier(|_: &Result<&'static str, BoxError>| Outcome::Success);
+        let (mut svc, mut mock) =
+            tower_test::mock::spawn_layer::<&'static str, &'static str, _>(layer);
+        mock.allow(1);
+        handle.transition_to_open().unwrap();
+        assert!(svc.poll_ready().is_pending());
+        (svc, mock, handle)
+    };
+
+    let (mut svc, _mock, handle) = parked();
     tokio::time::advance(Duration::from_secs(1)).await;
     handle.reset();
     assert!(svc.is_woken(), "the parked caller is woken by the reset");
     assert!(matches!(svc.poll_ready(), Poll::Ready(Ok(()))));
 
     // The same for a manual move to HALF_OPEN: the parked caller becomes the probe.
-    let (layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
-    let layer = layer
-        .with_backpressure()
-        .with_classifier(|_: &Result<&'static str, BoxError>| Outcome::Success);
-    let (mut svc, mut mock) = tower_test::mock::spawn_layer::<&'static str, &'static str, _>(layer);
-    mock.allow(1);
-    handle.transition_to_open().unwrap();
-    assert!(svc.poll_ready().is_pending());
+    let (mut svc, mut mock, handle) = parked();
     handle.transition_to_half_open().unwrap();
     assert!(
         svc.is_woken(),

@@ -383,23 +383,23 @@ async fn cloudflared_that_ignores_sigint_is_killed_after_the_grace_period() {
     let _ = std::fs::remove_file(log);
 }
 
+/// The error of a start of the fake cloudflared in `mode`, without the probe.
+async fn cloudflared_failure(fake: &std::path::Path, mode: &str) -> String {
+    Tunnel::builder()
+        .probe(false)
+        .provider(Cloudflared::new().binary(fake).arg("--fake-mode").arg(mode))
+        .start(service())
+        .await
+        .unwrap_err()
+        .to_string()
+}
+
 #[tokio::test]
 async fn cloudflared_failures_are_reported() {
     let Some(fake) = fake_cloudflared() else {
         return;
     };
-    let err = Tunnel::builder()
-        .probe(false)
-        .provider(
-            Cloudflared::new()
-                .binary(&fake)
-                .arg("--fake-mode")
-                .arg("crash"),
-        )
-        .start(service())
-        .await
-        .unwrap_err();
-    let text = err.to_string();
+    let text = cloudflared_failure(&fake, "crash").await;
     assert!(
         text.contains("cloudflared exited with exit status: 3"),
         "{text}"
@@ -410,28 +410,10 @@ async fn cloudflared_failures_are_reported() {
 
     // Output that is not UTF-8, or a line without end, neither stops the reading of cloudflared's
     // messages nor fills memory: the last line is reported, a long one cut.
-    let err = Tunnel::builder()
-        .probe(false)
-        .provider(
-            Cloudflared::new()
-                .binary(&fake)
-                .arg("--fake-mode")
-                .arg("noisy-crash"),
-        )
-        .start(service())
-        .await
-        .unwrap_err();
-    let text = err.to_string();
-    assert!(
-        text.contains("exit status: 4"),
-        "{}",
-        &text[..text.len().min(500)]
-    );
-    assert!(
-        text.contains("ERR last words"),
-        "{}",
-        &text[..text.len().min(500)]
-    );
+    let text = cloudflared_failure(&fake, "noisy-crash").await;
+    let start = &text[..text.len().min(500)];
+    assert!(text.contains("exit status: 4"), "{start}");
+    assert!(text.contains("ERR last words"), "{start}");
     assert!(text.len() < 64 * 1024, "{} bytes", text.len());
 
     // A tunnel whose process dies later is reported Down, then re-opened.

