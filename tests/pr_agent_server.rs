@@ -1293,6 +1293,43 @@ fn a_comment_left_at_exit_is_logged_with_its_delivery() {
     assert!(line.contains("ERROR"), "{line}");
 }
 
+/// A comment still in the queue, not yet taken by the worker, when the process exits is
+/// logged too. On a current-thread runtime the worker does not run before the handler's answer
+/// is back unless the test yields, so the job is still queued when the runtime goes.
+#[test]
+fn a_comment_still_queued_at_exit_is_logged_with_its_delivery() {
+    use tower::ServiceExt;
+    let logs = support::Logs::global();
+    let id = "f3000000-0000-4000-8000-000000000003";
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let api: SocketAddr = ([127, 0, 0, 1], 9).into();
+        let app = app::build(&settings(api, &[])).unwrap();
+        let d = delivery(app::Forge::GitHub, id, 63);
+        let mut req = http::Request::post(d.route)
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(d.body.clone()))
+            .unwrap();
+        for (name, value) in &d.headers {
+            req.headers_mut()
+                .insert(*name, http::HeaderValue::from_str(value).unwrap());
+        }
+        let res = app.router.oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::ACCEPTED);
+        assert_eq!(app.state.counters.pending.load(Ordering::SeqCst), 1);
+    });
+    drop(runtime);
+    let text = logs.text();
+    assert!(
+        text.lines()
+            .any(|line| line.contains("comment not posted") && line.contains(id)),
+        "no log of the queued comment: {text}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Settings.
 

@@ -523,7 +523,9 @@ pub(crate) struct AppState {
     pub(crate) counters: Counters,
     /// One breaker per provider API.
     pub(crate) breakers: BTreeMap<Forge, CircuitBreakerHandle>,
-    jobs: mpsc::Sender<Job>,
+    /// Each job is `Unfinished` from the moment it is queued: one dropped with the queue is
+    /// logged too.
+    jobs: mpsc::Sender<Unfinished>,
     /// Bound on `counters.pending`.
     max_pending: u64,
     /// Attempts before a comment is given up.
@@ -1015,12 +1017,15 @@ async fn handle(
     {
         return Err(queue_full());
     }
-    match state.jobs.try_send(job) {
+    match state.jobs.try_send(Unfinished { job, done: false }) {
         Ok(()) => {
             state.counters.jobs.fetch_add(1, Ordering::Relaxed);
             Ok(StatusCode::ACCEPTED)
         }
-        Err(_) => {
+        Err(refused) => {
+            // Answered 503: the provider delivers it again, nothing to log.
+            let mut refused = refused.into_inner();
+            refused.done = true;
             state.finish_pending();
             Err(queue_full())
         }
@@ -1395,7 +1400,7 @@ type Caller = tower::util::BoxCloneSyncService<reqwest::Request, reqwest::Respon
 /// fails after `COMMENT_MAX_ATTEMPTS` attempts, or would be tried again more than
 /// `COMMENT_MAX_AGE_SECS` after its delivery, is given up and counted as failed.
 async fn worker(
-    mut rx: mpsc::Receiver<Job>,
+    mut rx: mpsc::Receiver<Unfinished>,
     apis: Apis,
     in_flight_per_provider: usize,
     state: Arc<AppState>,
@@ -1409,15 +1414,19 @@ async fn worker(
     // provider whose slots are all taken never holds up the jobs of another. There are at most
     // `MAX_PENDING_COMMENTS` such tasks: each one is a pending job.
     while let Some(job) = rx.recv().await {
-        let slots = slots[&job.forge].clone();
+        let slots = slots[&job.job.forge].clone();
         tokio::spawn(run_job(job, slots, apis.clone(), state.clone()));
     }
 }
 
 /// Posts one comment until it is done or given up.
-async fn run_job(job: Job, slots: Arc<Semaphore>, apis: Arc<Apis>, state: Arc<AppState>) {
+async fn run_job(
+    mut run: Unfinished,
+    slots: Arc<Semaphore>,
+    apis: Arc<Apis>,
+    state: Arc<AppState>,
+) {
     let counters = &state.counters;
-    let mut run = Unfinished { job, done: false };
     let job = &mut run.job;
     loop {
         // An installation token is had before a slot is taken: comments waiting for a token
@@ -1462,9 +1471,10 @@ async fn run_job(job: Job, slots: Arc<Semaphore>, apis: Arc<Apis>, state: Arc<Ap
     state.finish_pending();
 }
 
-/// Logs a comment job dropped before it was done: the process is exiting (past
-/// `SHUTDOWN_GRACE_SECS`). Its delivery was answered `202`, so the provider will not send it
-/// again by itself; the log names it, to be delivered again by hand.
+/// A comment job, from the moment it is queued until it is done. One dropped before that, in
+/// the queue or on its way, is logged: the process is exiting (past `SHUTDOWN_GRACE_SECS`).
+/// Its delivery was answered `202`, so the provider will not send it again by itself; the log
+/// names it, to be delivered again by hand.
 struct Unfinished {
     job: Job,
     done: bool,
