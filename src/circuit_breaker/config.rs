@@ -298,7 +298,8 @@ impl CircuitBreakerConfig {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] naming the variable when a value is not a number or is zero.
+    /// A [`ConfigError`] naming the variable when a value is not a number, is zero, or is not
+    /// UTF-8 (not taken for unset).
     ///
     /// # Example
     ///
@@ -310,6 +311,14 @@ impl CircuitBreakerConfig {
     /// assert_eq!(config.consecutive_failure_threshold(), 5);
     /// ```
     pub fn from_env() -> Result<Self, ConfigError> {
+        for variable in [ENV_FAILURE_THRESHOLD, ENV_RECOVERY_TIMEOUT] {
+            if let Err(std::env::VarError::NotUnicode(_)) = std::env::var(variable) {
+                return Err(ConfigError {
+                    setting: variable,
+                    message: format!("{variable} must be UTF-8 text, got other bytes"),
+                });
+            }
+        }
         Self::from_env_with(|name| std::env::var(name).ok())
     }
 

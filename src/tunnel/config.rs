@@ -129,7 +129,7 @@ impl TunnelConfig {
     ///
     /// # Errors
     ///
-    /// [`TunnelError::Config`] naming the variable that is wrong.
+    /// [`TunnelError::Config`] naming the variable that is wrong, or whose value is not UTF-8.
     ///
     /// # Example
     ///
@@ -143,6 +143,22 @@ impl TunnelConfig {
     /// }
     /// ```
     pub fn from_env() -> Result<Self, TunnelError> {
+        // A value that is not UTF-8 is named, not taken for unset.
+        for setting in [
+            "TUNNEL_SERVICE",
+            "TUNNEL_AUTH_TOKEN",
+            "NGROK_AUTHTOKEN",
+            "TUNNEL_REGION",
+            "TUNNEL_SERVER",
+            "TUNNEL_SECRET",
+        ] {
+            if let Err(std::env::VarError::NotUnicode(_)) = std::env::var(setting) {
+                return Err(TunnelError::Config {
+                    setting,
+                    message: "the value is not UTF-8 text".to_owned(),
+                });
+            }
+        }
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
