@@ -1,13 +1,19 @@
 //! Settings read from the environment: a value that is not UTF-8 is an error naming its
 //! variable, not taken for unset. The test runs itself again as a child process with such
 //! values, since a test may not change its own environment.
-#![cfg(all(unix, feature = "circuit-breaker", feature = "tunnel"))]
+#![cfg(all(
+    unix,
+    feature = "circuit-breaker",
+    feature = "tunnel",
+    feature = "signature"
+))]
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::process::Command;
 
 use tower_webhook::circuit_breaker::CircuitBreakerConfig;
+use tower_webhook::signature::Secrets;
 use tower_webhook::tunnel::{TunnelConfig, TunnelError};
 
 const CHILD: &str = "TOWER_WEBHOOK_ENV_TEST_CHILD";
@@ -31,6 +37,8 @@ fn values_that_are_not_utf8_are_named() {
         );
         // The value itself (a secret) is not shown.
         assert!(!err.to_string().contains("cret"), "{err}");
+        let err = Secrets::from_env_list("TUNNEL_SECRET").unwrap_err();
+        assert!(err.to_string().contains("not UTF-8"), "{err}");
         return;
     }
     let status = Command::new(std::env::current_exe().unwrap())

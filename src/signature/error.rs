@@ -209,9 +209,9 @@ pub enum SignatureConfigError {
         "webhook secret is empty: set the secret the provider signs with (refusing to run unverified)"
     )]
     EmptySecret,
-    /// An environment variable holding secrets is unset or empty.
+    /// An environment variable holding secrets is unset, empty or not UTF-8 text.
     #[error(
-        "environment variable `{0}` is unset or empty: set it to the webhook secret (comma-separated for several)"
+        "environment variable `{0}` is unset, empty or not UTF-8 text: set it to the webhook secret (comma-separated for several)"
     )]
     MissingEnv(String),
     /// A Standard Webhooks secret is not `whsec_` followed by base64.
