@@ -1334,6 +1334,20 @@ fn a_comment_still_queued_at_exit_is_logged_with_its_delivery() {
 // Settings.
 
 #[test]
+fn an_api_without_its_token_is_warned_about() {
+    let api: SocketAddr = ([127, 0, 0, 1], 9).into();
+    assert_eq!(settings(api, &[]).warnings(), Vec::<String>::new());
+    let settings = settings(api, &[("GITLAB_TOKEN", ""), ("AZURE_DEVOPS_TOKEN", "")]);
+    assert_eq!(
+        settings.warnings(),
+        [
+            "GITLAB_API_URL is set without GITLAB_TOKEN: gitlab will refuse the comments",
+            "AZURE_DEVOPS_API_URL is set without AZURE_DEVOPS_TOKEN: azuredevops will refuse the comments",
+        ]
+    );
+}
+
+#[test]
 fn numeric_settings_refuse_zero_and_absurd_values() {
     for (name, value) in [
         ("REQUEST_TIMEOUT_SECS", "0"),
@@ -2158,6 +2172,16 @@ async fn the_github_app_hook_follows_the_tunnel_with_tokens_pyjwt_accepts() {
         shown.contains("123456") && !shown.contains("PRIVATE KEY"),
         "{shown}"
     );
+    // The app needs no GITHUB_TOKEN: nothing to warn about without one.
+    let without_token = settings(
+        api_addr,
+        &[
+            ("GITHUB_APP_ID", "123456"),
+            ("GITHUB_APP_PRIVATE_KEY", one_line.as_str()),
+            ("GITHUB_TOKEN", ""),
+        ],
+    );
+    assert_eq!(without_token.warnings(), Vec::<String>::new());
     let mut updaters = app::build(&with_app).unwrap().hook_updaters;
     assert_eq!(updaters.len(), 1);
     let (tx, rx) = tokio::sync::watch::channel(up_at("http://127.0.0.1:4000"));

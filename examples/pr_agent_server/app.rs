@@ -249,6 +249,26 @@ fn secrets(name: &str, value: Option<String>) -> Result<Option<Vec<String>>, Str
 }
 
 impl Settings {
+    /// What looks like a mistake in these settings without stopping the server, one line each:
+    /// an API without its token (GitHub's is not needed with a GitHub App), whose provider
+    /// would refuse every comment.
+    pub(crate) fn warnings(&self) -> Vec<String> {
+        self.apis
+            .iter()
+            .filter(|(forge, api)| {
+                api.token.is_none() && !(**forge == Forge::GitHub && self.github_app.is_some())
+            })
+            .map(|(forge, _)| {
+                format!(
+                    "{} is set without {}: {} will refuse the comments",
+                    forge.api_url_var(),
+                    forge.token_var(),
+                    forge.name()
+                )
+            })
+            .collect()
+    }
+
     /// Reads the settings from the process environment.
     pub(crate) fn from_env() -> Result<Self, String> {
         Self::from_lookup(|name| std::env::var(name).ok())

@@ -120,6 +120,9 @@ async fn run() -> Result<(), tower::BoxError> {
             println!("  {public}{}", forge.route());
         }
     }
+    for warning in settings.warnings() {
+        println!("warning: {warning}");
+    }
     for forge in Forge::ALL {
         if settings.forges.contains_key(&forge) && !settings.apis.contains_key(&forge) {
             println!(
