@@ -631,18 +631,10 @@ async fn head_requests_get_the_problem_without_a_body() {
         () = client => {}
     }
 
-    // Same through the service itself, and for a problem whose status has no content.
+    // Same through the service itself.
     let req = Request::head("/hook").body(Full::default()).unwrap();
     let res = answer_error(WebhookErrorLayer::new(), req, "x".into()).await;
     assert_eq!(res.status(), 500);
-    assert!(http_body::Body::is_end_stream(res.body()));
-    let res = answer_error(
-        WebhookErrorLayer::new(),
-        http_req(),
-        Problem::new(StatusCode::NOT_MODIFIED).into(),
-    )
-    .await;
-    assert_eq!(res.status(), 304);
     assert!(http_body::Body::is_end_stream(res.body()));
 }
 
@@ -1288,4 +1280,83 @@ async fn a_401_without_a_challenge_gets_the_layers() {
     let res = answer_error(layer, grpc_req(), plain_401()).await;
     assert_eq!(res.headers()["grpc-status"], "16");
     assert!(res.headers().get("www-authenticate").is_none());
+}
+
+/// An error that says its status is not an error status (a mistake in a user's `HttpError`).
+#[derive(Debug)]
+struct SaysOk(StatusCode);
+
+impl std::fmt::Display for SaysOk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an error whose status is wrong")
+    }
+}
+
+impl std::error::Error for SaysOk {}
+
+impl HttpError for SaysOk {
+    fn status(&self) -> StatusCode {
+        self.0
+    }
+    fn problem_type(&self) -> &str {
+        "urn:example:says-ok"
+    }
+}
+
+#[tokio::test]
+async fn an_error_with_a_status_below_400_is_never_answered_with_it() {
+    for status in [
+        StatusCode::OK,
+        StatusCode::ACCEPTED,
+        StatusCode::NO_CONTENT,
+        StatusCode::FOUND,
+        StatusCode::NOT_MODIFIED,
+    ] {
+        // A `Problem` returned as an error, one carried by a response, and a user's error type.
+        let errors: [BoxError; 2] = [Problem::new(status).into(), Box::new(SaysOk(status))];
+        for err in errors {
+            let res = answer_error(WebhookErrorLayer::new(), http_req(), err).await;
+            let (code, _, json) = problem_of(res).await;
+            assert_eq!(code, 500, "{status}");
+            assert_eq!(json["type"], "about:blank", "{status}");
+        }
+        let errors: [BoxError; 2] = [Problem::new(status).into(), Box::new(SaysOk(status))];
+        for err in errors {
+            let res = answer_error(WebhookErrorLayer::new(), grpc_req(), err).await;
+            assert_eq!(res.headers()["grpc-status"], "13", "{status}");
+        }
+        // A handler's `Problem` answered through axum's `IntoResponse`.
+        let svc = ServiceBuilder::new()
+            .layer(WebhookErrorLayer::new())
+            .service_fn(move |_req: Request<Full<Bytes>>| async move {
+                Ok::<_, BoxError>(axum::response::IntoResponse::into_response(Problem::new(
+                    status,
+                )))
+            });
+        let res = svc.oneshot(http_req()).await.unwrap();
+        let (code, _, _) = problem_of(res).await;
+        assert_eq!(code, 500, "{status}");
+    }
+}
+
+#[tokio::test]
+async fn a_grpc_code_of_ok_on_an_error_is_not_sent() {
+    let err: BoxError = Problem::new(StatusCode::CONFLICT)
+        .with_grpc_code(GrpcCode::Ok)
+        .into();
+    let res = answer_error(WebhookErrorLayer::new(), grpc_req(), err).await;
+    assert_eq!(res.headers()["grpc-status"], "6", "AlreadyExists, from 409");
+}
+
+#[tokio::test]
+async fn a_renderer_cannot_answer_an_error_with_a_success_status() {
+    let layer = WebhookErrorLayer::new()
+        .render_with(|p: &Problem| Response::new(Bytes::from(format!("<h1>{}</h1>", p.title()))));
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|_req: Request<Full<Bytes>>| async {
+            Err::<Res, BoxError>(Problem::new(StatusCode::FORBIDDEN).into())
+        });
+    let res = svc.oneshot(http_req()).await.unwrap();
+    assert_eq!(res.status(), 403);
 }

@@ -15,6 +15,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::classify::{self, Recognizer};
+use super::grpc::GrpcCode;
 use super::problem::{HttpError, Problem};
 use crate::BoxError;
 use crate::body::ResponseBody;
@@ -53,7 +54,9 @@ pub(crate) struct AlreadyLogged;
 /// # }
 /// ```
 pub trait RenderProblem {
-    /// Builds the response for `problem`. Its status should be `problem.status()`.
+    /// Builds the response for `problem`. Its status should be `problem.status()`; a
+    /// response whose status is not 4xx or 5xx (one left at its default `200`) gets
+    /// `problem.status()` instead.
     fn render(&self, problem: &Problem) -> Response<Bytes>;
 }
 
@@ -711,6 +714,7 @@ fn on_error<B, R: RenderProblem>(
         Outcome::Error(err) => {
             let problem = classify::classify(&*err, config.timeout_status, &config.recognizers)
                 .unwrap_or_else(classify::unknown);
+            let problem = error_status(problem, info);
             log_problem(&problem, info, Some(&*err));
             problem
         }
@@ -770,6 +774,7 @@ fn rerender<B, R: RenderProblem>(
             .clone()
             .or_else(|| parts.headers.get(&config.request_id_header).cloned()),
     };
+    let problem = error_status(problem, &info);
     if parts.extensions.get::<AlreadyLogged>().is_none() {
         log_problem(&problem, &info, None);
     }
@@ -814,6 +819,28 @@ fn describes_body(name: &HeaderName) -> bool {
         || REPRESENTATION.contains(&name.as_str())
 }
 
+/// `problem` if its status is an error status (4xx or 5xx); otherwise the error that made it
+/// is a mistake (an [`HttpError`] saying `200`, a `Problem::new(StatusCode::ACCEPTED)`): an
+/// error is never answered with a success, a redirect or an informational status, so it becomes
+/// a plain 500, and the mistake is logged.
+fn error_status(problem: Problem, info: &RequestInfo) -> Problem {
+    let status = problem.status();
+    if status.is_client_error() || status.is_server_error() {
+        return problem;
+    }
+    tracing::error!(
+        status = status.as_u16(),
+        problem_type = problem.problem_type(),
+        request_id = request_id_str(info),
+        "an error reported a status that is not an error status; answering 500"
+    );
+    let unknown = classify::unknown();
+    match problem.instance() {
+        Some(instance) => unknown.with_instance(instance.to_owned()),
+        None => unknown,
+    }
+}
+
 fn render<B, R: RenderProblem>(
     mut problem: Problem,
     info: &RequestInfo,
@@ -832,22 +859,28 @@ fn render<B, R: RenderProblem>(
         problem = problem.with_challenge(challenge.clone());
     }
     let mut response = if let Some(grpc) = info.grpc {
+        // `grpc-status: 0` would tell the client the call succeeded, with no message.
+        if problem.grpc_code() == GrpcCode::Ok {
+            let code = GrpcCode::from_http_status(problem.status());
+            problem = problem.with_grpc_code(code);
+        }
         let mut response = problem.to_grpc_response::<ResponseBody<B>>();
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, grpc.content_type());
         response
     } else {
-        renderer.render(&problem).map(ResponseBody::full)
+        let mut response = renderer.render(&problem).map(ResponseBody::full);
+        // A renderer that leaves the status at its default would answer an error `200 OK`.
+        let status = response.status();
+        if !status.is_client_error() && !status.is_server_error() {
+            *response.status_mut() = problem.status();
+        }
+        response
     };
-    // No content in an answer to HEAD, nor with a 1xx, 204 or 304 status (RFC 9110, sections
-    // 6.4.1 and 9.3.2): HTTP/2 would send it, and the client reset the stream.
-    let status = response.status();
-    if info.head
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
+    // No content in an answer to HEAD (RFC 9110, section 9.3.2): HTTP/2 would send it, and the
+    // client reset the stream.
+    if info.head {
         *response.body_mut() = ResponseBody::empty();
     }
     // Echoed under the header it was read from: another header's value is not an

@@ -279,7 +279,12 @@ pub mod types {
 /// assert_eq!(problem.detail(), None); // the Display text is not for clients
 /// ```
 pub trait HttpError: std::error::Error + Send + Sync + 'static {
-    /// The HTTP status of the response.
+    /// The HTTP status of the response: a client error (4xx) or a server error (5xx).
+    ///
+    /// An error is never answered with another status: [`WebhookErrorLayer`] answers an error
+    /// that reports `200`, `202` or `304` with a plain 500, and logs the mistake.
+    ///
+    /// [`WebhookErrorLayer`]: crate::error::WebhookErrorLayer
     fn status(&self) -> StatusCode;
 
     /// A stable URI naming the kind of problem (RFC 9457 `type`).
@@ -357,6 +362,11 @@ pub struct Problem {
 
 impl Problem {
     /// A problem with this status, type `about:blank` and the status' reason as title.
+    ///
+    /// The status is meant to be 4xx or 5xx: [`WebhookErrorLayer`] answers a problem with any
+    /// other status as a plain 500, and logs the mistake.
+    ///
+    /// [`WebhookErrorLayer`]: crate::error::WebhookErrorLayer
     ///
     /// # Example
     ///
@@ -536,6 +546,9 @@ impl Problem {
     }
 
     /// Sets the gRPC code used for gRPC requests.
+    ///
+    /// [`GrpcCode::Ok`] would tell a gRPC client its call succeeded: `WebhookErrorLayer`
+    /// sends the code of the problem's HTTP status instead.
     ///
     /// # Example
     ///
