@@ -18,7 +18,7 @@ use sha2::Sha256;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_webhook::error::{HttpError, Problem, WebhookErrorLayer, types};
 use tower_webhook::signature::{
-    Algorithm, Clock, CustomScheme, Encoding, MemoryReplayStore, OnReplay, Provider,
+    Algorithm, ClaimToken, Clock, CustomScheme, Encoding, MemoryReplayStore, OnReplay, Provider,
     RecordDelivery, ReplayFuture, ReplayStore, Secrets, SignatureConfigError, SignatureLayer,
     SignatureValidationError, VerifiedWebhook,
 };
@@ -2730,4 +2730,51 @@ fn azure_devops_credentials_without_a_username_part_are_refused() {
     assert_eq!(hook.secret_index(), Some(1));
     // An empty username is still a username (`:password`).
     assert!(SignatureLayer::with_secrets(Provider::AzureDevOps, [":password"]).is_ok());
+}
+
+/// A full store makes room by evicting the oldest entries, but never the claim of a delivery
+/// still being handled: its copies would be handled a second time. When only such claims are
+/// left, a new id is an error (answered 503, the provider delivers again later), not a growth.
+#[tokio::test]
+async fn a_full_memory_store_never_evicts_a_claim_in_progress() {
+    let now = Arc::new(AtomicUsize::new(1_000));
+    let clock = || {
+        let n = now.clone();
+        Clock::from_fn(move || {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(n.load(Ordering::SeqCst) as u64)
+        })
+    };
+    let store = MemoryReplayStore::with_capacity(3).clock(clock());
+    let ttl = Duration::from_secs(60);
+    let first = ClaimToken::unique();
+    assert!(store.claim("in-progress", first, ttl).await.unwrap());
+    for k in ["b", "c", "d", "e", "f"] {
+        assert!(store.insert(k, ttl).await.unwrap());
+        assert!(store.len() <= 3, "bounded: {}", store.len());
+    }
+    assert!(
+        !store
+            .claim("in-progress", ClaimToken::unique(), ttl)
+            .await
+            .unwrap(),
+        "the claim in progress is still held"
+    );
+    assert!(store.complete("in-progress", first, ttl).await.unwrap());
+    assert!(store.completed("in-progress").await.unwrap());
+
+    // Only claims in progress: no room can be made.
+    let full = MemoryReplayStore::with_capacity(2).clock(clock());
+    assert!(full.claim("x", ClaimToken::unique(), ttl).await.unwrap());
+    assert!(full.claim("y", ClaimToken::unique(), ttl).await.unwrap());
+    let err = full.insert("z", ttl).await.unwrap_err();
+    assert!(err.to_string().contains("full"), "{err}");
+    assert!(full.claim("z", ClaimToken::unique(), ttl).await.is_err());
+    assert!(!full.claim("x", ClaimToken::unique(), ttl).await.unwrap());
+    assert_eq!(full.len(), 2);
+
+    // A claim past its TTL (its handler is gone) makes room like any expired entry.
+    now.fetch_add(61, Ordering::SeqCst);
+    assert!(full.insert("z", ttl).await.unwrap());
+    assert!(full.claim("x", ClaimToken::unique(), ttl).await.unwrap());
+    assert_eq!(full.len(), 2);
 }

@@ -400,8 +400,12 @@ pub enum OnReplay {
 
 /// The default [`ReplayStore`]: in memory, bounded, entries expire after their TTL.
 ///
-/// When full, the oldest entry is evicted first. It serves one process: replicas behind a load
-/// balancer need a shared store such as `RedisReplayStore` (feature `redis`).
+/// When full, the oldest entry is evicted first, but never the claim of a delivery still being
+/// handled (see [`RecordDelivery::AfterSuccess`]): a copy let in then would be handled twice. A
+/// store whose every entry is such a claim refuses new ids with an error, which the layer
+/// answers `503` with `Retry-After`, until a claim is settled or expires. It serves one process:
+/// replicas behind a load balancer need a shared store such as `RedisReplayStore` (feature
+/// `redis`).
 ///
 /// # Example
 ///
@@ -793,34 +797,69 @@ impl MemoryReplayStore {
     }
 
     /// Records `key` for `ttl` unless it is held, as claimed by `claim` if there is one.
-    fn insert_now(&self, key: &str, ttl: Duration, claim: Option<ClaimToken>) -> bool {
+    fn insert_now(
+        &self,
+        key: &str,
+        ttl: Duration,
+        claim: Option<ClaimToken>,
+    ) -> Result<bool, BoxError> {
         let fp = self.fingerprint(key);
         let now = self.now_ms();
         let expiry = Self::expiry(now, ttl);
         let mut entries = self.lock();
         if entries.table.get(fp).is_some_and(|exp| exp > now) {
-            return false;
+            return Ok(false);
         }
-        self.record(&mut entries, fp, now, expiry, claim.map(ClaimToken::get));
-        true
+        self.record(&mut entries, fp, now, expiry, claim.map(ClaimToken::get))?;
+        Ok(true)
     }
 
     /// Holds `fp`, which is not held, until `expiry`, making room first.
-    fn record(&self, entries: &mut Entries, fp: u64, now: u64, expiry: u64, claim: Option<u64>) {
+    ///
+    /// Room is made by purging expired entries, then by evicting the oldest, but never a
+    /// claim in progress (pending and not expired): its delivery is being handled, and a copy
+    /// let in now would be handled twice. Such claims go to the back of the queue. When the
+    /// store holds nothing else, `fp` is refused with [`StoreFull`]: the memory stays bounded,
+    /// and the layer answers 503, so that the provider delivers again later.
+    fn record(
+        &self,
+        entries: &mut Entries,
+        fp: u64,
+        now: u64,
+        expiry: u64,
+        claim: Option<u64>,
+    ) -> Result<(), StoreFull> {
         let Entries { table, order } = entries;
+        // Claims in progress passed over: once every queued entry has been, none can go.
+        let mut kept = 0;
         // Purge expired entries at the front, then evict the oldest while full. An entry that is
         // neither expired nor needed for room ends the loop without a table lookup.
         while let Some(&(k, exp)) = order.front() {
             if exp > now && table.len < self.capacity {
                 break;
             }
-            if table.get(k) == Some(exp) {
-                table.remove(k);
-            }
             order.pop_front();
+            match table.entry(k) {
+                Some(held) if held.expiry == exp => {
+                    if held.claim.is_some() && exp > now {
+                        order.push_back((k, exp));
+                        kept += 1;
+                        if kept >= order.len() {
+                            return Err(StoreFull {
+                                capacity: self.capacity,
+                            });
+                        }
+                    } else {
+                        table.remove(k);
+                    }
+                }
+                // Removed, or queued again with a newer expiry.
+                _ => {}
+            }
         }
         table.insert(fp, expiry, claim);
         Self::push_order(table, order, fp, expiry, self.capacity);
+        Ok(())
     }
 
     /// Queues `fp`'s new `expiry` for purging; entries it replaces are skipped when they come up.
@@ -853,9 +892,27 @@ impl fmt::Debug for MemoryReplayStore {
     }
 }
 
+/// Why [`MemoryReplayStore`] refused a new id: every entry it holds is a claim in progress.
+#[derive(Debug)]
+struct StoreFull {
+    capacity: usize,
+}
+
+impl fmt::Display for StoreFull {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the replay store is full: its {} entries are all deliveries being handled",
+            self.capacity
+        )
+    }
+}
+
+impl std::error::Error for StoreFull {}
+
 impl ReplayStore for MemoryReplayStore {
     fn insert(&self, key: &str, ttl: Duration) -> ReplayFuture {
-        ReplayFuture::ready(Ok(self.insert_now(key, ttl, None)))
+        ReplayFuture::ready(self.insert_now(key, ttl, None))
     }
 
     fn remove(&self, key: &str) -> ReplayFuture {
@@ -864,7 +921,7 @@ impl ReplayStore for MemoryReplayStore {
     }
 
     fn claim(&self, key: &str, token: ClaimToken, ttl: Duration) -> ReplayFuture {
-        ReplayFuture::ready(Ok(self.insert_now(key, ttl, Some(token))))
+        ReplayFuture::ready(self.insert_now(key, ttl, Some(token)))
     }
 
     fn complete(&self, key: &str, token: ClaimToken, ttl: Duration) -> ReplayFuture {
@@ -887,10 +944,10 @@ impl ReplayStore for MemoryReplayStore {
             // Another delivery's claim, or already handled.
             Some((_, held)) if held.expiry > now => false,
             // The claim expired and nobody took the id since: it was handled all the same.
-            _ => {
-                self.record(&mut entries, fp, now, expiry, None);
-                true
-            }
+            _ => match self.record(&mut entries, fp, now, expiry, None) {
+                Ok(()) => true,
+                Err(full) => return ReplayFuture::ready(Err(full.into())),
+            },
         };
         ReplayFuture::ready(Ok(recorded))
     }
@@ -1338,10 +1395,14 @@ mod tests {
         }
     }
 
-    fn block_on(mut future: ReplayFuture) -> bool {
+    fn block_on(future: ReplayFuture) -> bool {
+        try_block_on(future).unwrap()
+    }
+
+    fn try_block_on(mut future: ReplayFuture) -> Result<bool, BoxError> {
         let mut cx = Context::from_waker(std::task::Waker::noop());
         match Pin::new(&mut future).poll(&mut cx) {
-            Poll::Ready(result) => result.unwrap(),
+            Poll::Ready(result) => result,
             Poll::Pending => panic!("the memory store answers at once"),
         }
     }
@@ -1486,15 +1547,18 @@ mod tests {
         let store = MemoryReplayStore::with_capacity(4).clock(Clock::from_fn(move || {
             SystemTime::UNIX_EPOCH + Duration::from_millis(n.load(Ordering::SeqCst))
         }));
+        let (mut held, mut refused) = (0, 0);
         for i in 0..1_000 {
             let ttl = Duration::from_millis(1 + i % 3);
-            assert!(block_on(store.claim(
-                &format!("github:{i}"),
-                ClaimToken::unique(),
-                ttl
-            )));
+            // Claims in progress are never evicted: a full store of them refuses new ones.
+            match try_block_on(store.claim(&format!("github:{i}"), ClaimToken::unique(), ttl)) {
+                Ok(true) => held += 1,
+                Err(full) if full.is::<StoreFull>() => refused += 1,
+                other => panic!("{other:?}"),
+            }
             now.fetch_add(i % 2, Ordering::SeqCst);
         }
+        assert!(held > 500 && refused > 0, "{held} held, {refused} refused");
         let e = store.lock();
         assert!(e.table.len <= 4);
         assert_eq!(
