@@ -390,3 +390,40 @@ async fn configured_from_the_environment_with_a_bare_host() {
     assert_eq!(status, 200);
     handle.close().await;
 }
+
+/// Each clone of a `LocalTunnel` remembers its own subdomain for reconnects: a clone started
+/// beside the original neither asks for the original's name nor, on a server that gives a taken
+/// name to its newest client (as the test server does), takes it over.
+#[tokio::test]
+async fn clones_of_a_localtunnel_keep_their_own_subdomains() {
+    let server = LtServer::start().await;
+    let lt = LocalTunnel::new()
+        .server(format!("http://{}", server.addr))
+        .max_connections(1);
+    let calls = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
+    let mut handles = Vec::new();
+    for counter in &calls {
+        let handle = Tunnel::builder()
+            .provider(lt.clone())
+            .start(Upstream::service(hello_service(Arc::clone(counter))))
+            .await
+            .unwrap();
+        handles.push(handle);
+    }
+    assert_ne!(handles[0].url(), handles[1].url());
+    assert_eq!(server.state.registrations.load(Ordering::SeqCst), 2);
+    for (i, handle) in handles.iter().enumerate() {
+        let before = calls.each_ref().map(|c| c.load(Ordering::SeqCst));
+        let (status, body) = get_url(&handle.url(), "/which").await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(calls[i].load(Ordering::SeqCst), before[i] + 1, "tunnel {i}");
+        assert_eq!(
+            calls[1 - i].load(Ordering::SeqCst),
+            before[1 - i],
+            "tunnel {i}'s URL reached the other service"
+        );
+    }
+    for handle in handles {
+        handle.close().await;
+    }
+}

@@ -51,7 +51,9 @@ struct Registration {
 /// connections to the server's `port` open, each carrying HTTP/1.1 requests to serve, and opens a
 /// replacement whenever one closes. When the server stops accepting connections the session ends
 /// and [`TunnelHandle`](super::TunnelHandle) re-opens it; the provider then asks for the same
-/// subdomain again, so the URL usually stays the same.
+/// subdomain again, so the URL usually stays the same. That memory belongs to the value: a
+/// clone starts without it, so two tunnels opened from clones of one `LocalTunnel` keep
+/// their own subdomains.
 ///
 /// The registration goes over TLS when the server is an `https://` URL (as the public
 /// server is), verifying the server's certificate against [`TlsRoots`] (the Mozilla root set
@@ -77,14 +79,30 @@ struct Registration {
 /// println!("webhooks go to {}", handle.url());
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct LocalTunnel {
     server: String,
     subdomain: Option<String>,
     max_connections: usize,
     startup_timeout: Duration,
     tls: TlsRoots,
-    last_id: Arc<Mutex<Option<String>>>,
+    /// The subdomain this tunnel was last given, asked for again when it re-opens.
+    last_id: Mutex<Option<String>>,
+}
+
+/// The settings; not the subdomain the original was given, which another tunnel would take
+/// over (or be refused) if it asked for it.
+impl Clone for LocalTunnel {
+    fn clone(&self) -> Self {
+        Self {
+            server: self.server.clone(),
+            subdomain: self.subdomain.clone(),
+            max_connections: self.max_connections,
+            startup_timeout: self.startup_timeout,
+            tls: self.tls.clone(),
+            last_id: Mutex::new(None),
+        }
+    }
 }
 
 impl Default for LocalTunnel {
@@ -114,7 +132,7 @@ impl LocalTunnel {
             max_connections: 10,
             startup_timeout: Duration::from_secs(10),
             tls: TlsRoots::new(),
-            last_id: Arc::new(Mutex::new(None)),
+            last_id: Mutex::new(None),
         }
     }
 
