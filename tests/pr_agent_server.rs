@@ -1365,6 +1365,8 @@ fn numeric_settings_refuse_zero_and_absurd_values() {
         ("COMMENT_MAX_AGE_SECS", "-1"),
         ("CIRCUIT_BREAKER_FAILURE_THRESHOLD", "0"),
         ("CIRCUIT_BREAKER_RECOVERY_TIMEOUT", "0"),
+        ("MAX_REMEMBERED_DRAFTS", "0"),
+        ("MAX_REMEMBERED_DRAFTS", "1048577"),
     ] {
         refused_naming_it(name, value);
     }
@@ -1390,6 +1392,7 @@ fn numeric_settings_refuse_zero_and_absurd_values() {
     assert_eq!(defaults.comment_max_attempts, 20);
     assert_eq!(defaults.comment_max_age, Duration::from_secs(24 * 3600));
     assert_eq!(defaults.comments_in_flight_per_provider, 8);
+    assert_eq!(defaults.max_remembered_drafts, 10_000);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2716,4 +2719,288 @@ async fn a_gitea_pull_request_opened_as_wip_gets_one_comment_when_marked_ready()
     .await;
     assert_eq!(state.drain_comments(Duration::from_secs(2)).await, 0);
     assert_eq!(comment_count(&api), 1, "{:?}", api.comments.lock().unwrap());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Drafts published where the provider's event does not say that they were drafts.
+
+/// Sends each `(event, body)` to `forge` with delivery ids `{prefix}-...-{n}`, each answered 202.
+async fn deliver_all(
+    client: &reqwest::Client,
+    base: &str,
+    forge: app::Forge,
+    prefix: &str,
+    deliveries: &[(&str, Value)],
+) {
+    for (n, (event, body)) in deliveries.iter().enumerate() {
+        let mut body = body.clone();
+        let id = format!("{prefix}-0000-4000-8000-{n:012}");
+        if forge == app::Forge::AzureDevOps {
+            body["id"] = json!(id);
+        }
+        let d = signed(forge, &id, event, body.to_string().into_bytes());
+        assert_eq!(
+            send(client, base, &d).await.status(),
+            StatusCode::ACCEPTED,
+            "{event} {body}"
+        );
+    }
+}
+
+/// The paths of the comments the fake API received, once every pending one is done.
+async fn posted_paths(api: &FakeApi, state: &app::AppState) -> Vec<String> {
+    assert_eq!(state.drain_comments(Duration::from_secs(5)).await, 0);
+    let comments = api.comments.lock().unwrap();
+    comments.iter().map(|(path, _, _)| path.clone()).collect()
+}
+
+/// A Bitbucket Cloud pull request event's body.
+fn bb_pr(id: u64, draft: bool, state: &str) -> Value {
+    json!({"pullrequest": {"id": id, "title": "Fix", "draft": draft, "state": state}, "repository": {"full_name": "team/repo"}})
+}
+
+fn bb_comment_path(id: u64) -> String {
+    format!("/repositories/team/repo/pullrequests/{id}/comments")
+}
+
+/// Bitbucket Cloud says a draft was published with a `pullrequest:updated` whose pull request is
+/// no longer a draft, nothing more: the server remembers the drafts it saw and comments once on
+/// the first update that shows one of them published.
+#[tokio::test]
+async fn a_bitbucket_cloud_draft_gets_one_comment_when_published() {
+    let (api_addr, api) = start_fake_api().await;
+    let (base, state) = start_server(&settings(api_addr, &[])).await;
+    let client = reqwest::Client::new();
+    let mut comment = bb_pr(24, false, "OPEN");
+    comment["comment"] = json!({"id": 9, "content": {"raw": "/help"}});
+    comment["actor"] = json!({"type": "user"});
+    deliver_all(
+        &client,
+        &base,
+        app::Forge::Bitbucket,
+        "f1000000",
+        &[
+            ("pullrequest:created", bb_pr(21, true, "OPEN")),
+            ("pullrequest:updated", bb_pr(21, true, "OPEN")),
+            ("pullrequest:updated", bb_pr(21, false, "OPEN")),
+            // Once: later updates of the published pull request get none.
+            ("pullrequest:updated", bb_pr(21, false, "OPEN")),
+            // Never seen as a draft: an update is only an update.
+            ("pullrequest:updated", bb_pr(22, false, "OPEN")),
+            // A draft declined is forgotten.
+            ("pullrequest:created", bb_pr(23, true, "OPEN")),
+            ("pullrequest:rejected", bb_pr(23, true, "DECLINED")),
+            ("pullrequest:updated", bb_pr(23, false, "DECLINED")),
+            // A command on a published draft is answered, and the next update still gets the
+            // comment of the draft published.
+            ("pullrequest:created", bb_pr(24, true, "OPEN")),
+            ("pullrequest:comment_created", comment),
+            ("pullrequest:updated", bb_pr(24, false, "OPEN")),
+        ],
+    )
+    .await;
+    let paths = posted_paths(&api, &state).await;
+    assert_eq!(
+        paths,
+        [bb_comment_path(21), bb_comment_path(24), bb_comment_path(24)],
+        "{:?}",
+        api.comments.lock().unwrap()
+    );
+    let comments = api.comments.lock().unwrap();
+    let text = |i: usize| comments[i].2["content"]["raw"].as_str().unwrap().to_owned();
+    assert!(text(0).contains("Review of \"Fix\" is queued"), "{}", text(0));
+    assert!(text(1).starts_with("Commands:"), "{}", text(1));
+    assert!(text(2).contains("Review of \"Fix\" is queued"), "{}", text(2));
+}
+
+/// The drafts remembered are bounded (`MAX_REMEMBERED_DRAFTS`): past the bound, the one seen
+/// least recently is forgotten, and gets no comment when published.
+#[tokio::test]
+async fn remembered_drafts_are_bounded_and_the_least_recently_seen_goes_first() {
+    let (api_addr, api) = start_fake_api().await;
+    let (base, state) =
+        start_server(&settings(api_addr, &[("MAX_REMEMBERED_DRAFTS", "2")])).await;
+    let client = reqwest::Client::new();
+    deliver_all(
+        &client,
+        &base,
+        app::Forge::Bitbucket,
+        "f2000000",
+        &[
+            ("pullrequest:created", bb_pr(61, true, "OPEN")),
+            ("pullrequest:created", bb_pr(62, true, "OPEN")),
+            // Seen again: 61 is now the most recent, so 63 pushes 62 out.
+            ("pullrequest:updated", bb_pr(61, true, "OPEN")),
+            ("pullrequest:created", bb_pr(63, true, "OPEN")),
+            ("pullrequest:updated", bb_pr(62, false, "OPEN")),
+            ("pullrequest:updated", bb_pr(61, false, "OPEN")),
+            ("pullrequest:updated", bb_pr(63, false, "OPEN")),
+        ],
+    )
+    .await;
+    assert_eq!(
+        posted_paths(&api, &state).await,
+        [bb_comment_path(61), bb_comment_path(63)]
+    );
+}
+
+/// A published draft whose comment cannot be queued (503, the queue is full) is remembered
+/// again: the provider's next attempt gets the comment.
+#[tokio::test]
+async fn a_published_draft_refused_for_a_full_queue_gets_its_comment_when_delivered_again() {
+    let (api_addr, api) = start_fake_api().await;
+    api.failing.store(true, Ordering::SeqCst);
+    let (base, state) = start_server(&settings(
+        api_addr,
+        &[
+            ("MAX_PENDING_COMMENTS", "1"),
+            ("CIRCUIT_BREAKER_FAILURE_THRESHOLD", "100"),
+        ],
+    ))
+    .await;
+    let client = reqwest::Client::new();
+    let created = signed(
+        app::Forge::Bitbucket,
+        "f3000000-0000-4000-8000-000000000001",
+        "pullrequest:created",
+        bb_pr(71, true, "OPEN").to_string().into_bytes(),
+    );
+    assert_eq!(
+        send(&client, &base, &created).await.status(),
+        StatusCode::ACCEPTED
+    );
+    // The only slot of the queue is taken by a comment the API keeps failing.
+    let d = delivery(
+        app::Forge::Bitbucket,
+        "f3000000-0000-4000-8000-000000000002",
+        70,
+    );
+    assert_eq!(send(&client, &base, &d).await.status(), StatusCode::ACCEPTED);
+    let published = signed(
+        app::Forge::Bitbucket,
+        "f3000000-0000-4000-8000-000000000003",
+        "pullrequest:updated",
+        bb_pr(71, false, "OPEN").to_string().into_bytes(),
+    );
+    assert_eq!(
+        send(&client, &base, &published).await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    api.failing.store(false, Ordering::SeqCst);
+    assert_eq!(state.drain_comments(Duration::from_secs(5)).await, 0);
+    // Bitbucket delivers it again.
+    assert_eq!(
+        send(&client, &base, &published).await.status(),
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        posted_paths(&api, &state).await,
+        [bb_comment_path(70), bb_comment_path(71)]
+    );
+}
+
+/// A Bitbucket Data Center pull request event's body.
+fn bbs_pr(id: u64, draft: bool, state: &str) -> Value {
+    json!({"pullRequest": {"id": id, "title": "Fix", "draft": draft, "state": state, "open": state == "OPEN", "toRef": {"repository": {"slug": "repo", "project": {"key": "PROJ"}}}}})
+}
+
+fn bbs_comment_path(id: u64) -> String {
+    format!("/rest/api/1.0/projects/PROJ/repos/repo/pull-requests/{id}/comments")
+}
+
+/// Bitbucket Data Center (8.18 and later) has drafts too, and no event that says one was
+/// published: the first pull request event that shows a remembered draft published comments.
+#[tokio::test]
+async fn a_bitbucket_data_center_draft_gets_one_comment_when_published() {
+    let (api_addr, api) = start_fake_api().await;
+    let (base, state) = start_server(&settings(api_addr, &[])).await;
+    let client = reqwest::Client::new();
+    let with_key = |key: &str, mut body: Value| {
+        body["eventKey"] = json!(key);
+        (key.to_owned(), body)
+    };
+    let deliveries = [
+        with_key("pr:opened", bbs_pr(31, true, "OPEN")),
+        with_key("pr:from_ref_updated", bbs_pr(31, true, "OPEN")),
+        with_key("pr:modified", bbs_pr(31, false, "OPEN")),
+        with_key("pr:modified", bbs_pr(31, false, "OPEN")),
+        with_key("pr:modified", bbs_pr(32, false, "OPEN")),
+        // Declined as a draft, then reopened as one: still a draft, no comment; published
+        // later, one comment.
+        with_key("pr:opened", bbs_pr(33, true, "OPEN")),
+        with_key("pr:declined", bbs_pr(33, true, "DECLINED")),
+        with_key("pr:reopened", bbs_pr(33, true, "OPEN")),
+        with_key("pr:from_ref_updated", bbs_pr(33, false, "OPEN")),
+    ];
+    let deliveries: Vec<(&str, Value)> = deliveries
+        .iter()
+        .map(|(key, body)| (key.as_str(), body.clone()))
+        .collect();
+    deliver_all(
+        &client,
+        &base,
+        app::Forge::BitbucketServer,
+        "f4000000",
+        &deliveries,
+    )
+    .await;
+    assert_eq!(
+        posted_paths(&api, &state).await,
+        [bbs_comment_path(31), bbs_comment_path(33)]
+    );
+}
+
+/// An Azure DevOps pull request event's body.
+fn ado_pr(event: &str, id: u64, draft: bool, status: &str, message: &str) -> Value {
+    json!({
+        "eventType": event,
+        "message": {"text": message},
+        "resource": {"pullRequestId": id, "title": "Fix", "isDraft": draft, "status": status, "repository": {"id": "repo-guid", "project": {"id": "proj-guid"}}},
+    })
+}
+
+fn ado_thread_path(id: u64) -> String {
+    format!(
+        "/proj-guid/_apis/git/repositories/repo-guid/pullRequests/{id}/threads?api-version=7.0"
+    )
+}
+
+/// Azure DevOps says a draft was published with a `git.pullrequest.updated` whose pull request
+/// is no longer a draft. The server comments on it once when it saw the draft, or when the
+/// event's message says the pull request was published.
+#[tokio::test]
+async fn an_azure_devops_draft_gets_one_comment_when_published() {
+    let (api_addr, api) = start_fake_api().await;
+    let (base, state) = start_server(&settings(api_addr, &[])).await;
+    let client = reqwest::Client::new();
+    let (created, updated) = ("git.pullrequest.created", "git.pullrequest.updated");
+    let pushed = "Jamal Hartnett updated the source branch of pull request 41";
+    deliver_all(
+        &client,
+        &base,
+        app::Forge::AzureDevOps,
+        "f5000000",
+        &[
+            ("-", ado_pr(created, 41, true, "active", "Jamal Hartnett created a new pull request")),
+            ("-", ado_pr(updated, 41, true, "active", pushed)),
+            ("-", ado_pr(updated, 41, false, "active", "Jamal Hartnett published the pull request")),
+            ("-", ado_pr(updated, 41, false, "active", pushed)),
+            // Not seen as a draft (it was before a restart), but the message says it.
+            ("-", ado_pr(updated, 42, false, "active", "Jamal Hartnett published the pull request")),
+            // Neither: an update.
+            ("-", ado_pr(updated, 43, false, "active", pushed)),
+            // A draft abandoned is forgotten.
+            ("-", ado_pr(created, 44, true, "active", "Jamal Hartnett created a new pull request")),
+            ("-", ado_pr(updated, 44, true, "abandoned", "Jamal Hartnett abandoned the pull request")),
+            ("-", ado_pr(updated, 44, false, "active", "Jamal Hartnett reactivated the pull request")),
+            // Seen as a draft, and published: the message need not say it.
+            ("-", ado_pr(created, 45, true, "active", "Jamal Hartnett created a new pull request")),
+            ("-", ado_pr(updated, 45, false, "active", "Jamal Hartnett a publié la demande de tirage")),
+        ],
+    )
+    .await;
+    assert_eq!(
+        posted_paths(&api, &state).await,
+        [ado_thread_path(41), ado_thread_path(42), ado_thread_path(45)]
+    );
 }

@@ -31,8 +31,11 @@ use tower_webhook::retry::{RetryPolicy, retry_after};
 use tower_webhook::signature::{OnReplay, RecordDelivery, SignatureLayer, VerifiedWebhook};
 use tower_webhook::tunnel::{Running, Server, TunnelBuilder, TunnelEvent};
 
+#[path = "drafts.rs"]
+pub(crate) mod drafts;
 #[path = "github_app.rs"]
 pub(crate) mod github_app;
+use drafts::DraftMemory;
 pub(crate) use github_app::GithubApp;
 use github_app::{InstallationTokens, TokenError};
 
@@ -182,6 +185,10 @@ pub(crate) struct Settings {
     /// How long the server waits at shutdown for pending comments, after its connections are
     /// closed (`SHUTDOWN_GRACE_SECS`, default 20, at most 3600; 0 does not wait).
     pub(crate) shutdown_grace: Duration,
+    /// Open drafts remembered, so that a Bitbucket or Azure DevOps draft gets its comment when
+    /// it is published (`MAX_REMEMBERED_DRAFTS`, default 10000, at most 1048576); past that,
+    /// the one seen least recently is forgotten.
+    pub(crate) max_remembered_drafts: usize,
     /// The GitHub repository hook to point at the tunnel's URL (`GITHUB_HOOK_REPOSITORY` +
     /// `GITHUB_HOOK_ID`), with `--use-tunnel`.
     pub(crate) github_hook: Option<GithubHook>,
@@ -218,6 +225,7 @@ impl std::fmt::Debug for Settings {
             .field("comment_max_attempts", &self.comment_max_attempts)
             .field("comment_max_age", &self.comment_max_age)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("max_remembered_drafts", &self.max_remembered_drafts)
             .field("github_hook", &self.github_hook)
             .field("github_app", &self.github_app)
             .field(
@@ -422,6 +430,7 @@ impl Settings {
                 1..=30 * 24 * 3600,
             )?),
             shutdown_grace: Duration::from_secs(number("SHUTDOWN_GRACE_SECS", 20, 0..=3600)?),
+            max_remembered_drafts: number("MAX_REMEMBERED_DRAFTS", 10_000, 1..=1 << 20)? as usize,
             github_hook,
             github_app,
             generated_github_secret,
@@ -554,6 +563,9 @@ pub(crate) struct AppState {
     max_age: Duration,
     /// Notified when the last pending job is done.
     idle: tokio::sync::Notify,
+    /// The open drafts seen lately, of the providers whose events do not say that a pull
+    /// request was one.
+    pub(crate) drafts: DraftMemory,
 }
 
 impl AppState {
@@ -809,6 +821,7 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
         max_attempts: settings.comment_max_attempts,
         max_age: settings.comment_max_age,
         idle: tokio::sync::Notify::new(),
+        drafts: DraftMemory::new(settings.max_remembered_drafts),
     });
     let tokens = settings.github_app.clone().and_then(|app| {
         let (api, caller) = callers.get(&Forge::GitHub)?;
@@ -999,7 +1012,7 @@ async fn handle(
             .map(str::to_owned)
     });
     let delivery = hook.delivery_id().unwrap_or("-").to_owned();
-    let Some(comment) = comment_for(forge, event.as_deref(), &payload) else {
+    let Some((comment, draft)) = state.drafts.comment_for(forge, event.as_deref(), &payload) else {
         tracing::debug!(provider = forge.name(), ?event, %delivery, "delivery needs no comment");
         return Ok(StatusCode::ACCEPTED);
     };
@@ -1021,7 +1034,11 @@ async fn handle(
     let pending = &state.counters.pending;
     let queue_full = || {
         // The provider delivers again later; the delivery id is released because the answer
-        // is not 2xx (RecordDelivery::AfterSuccess).
+        // is not 2xx (RecordDelivery::AfterSuccess). A draft published is remembered again,
+        // for that delivery to get its comment.
+        if let Some(draft) = draft.clone() {
+            state.drafts.remember(draft);
+        }
         Problem::from_error(&WebhookProcessingError::retryable(
             "comment queue is full",
             Duration::from_secs(30),
@@ -1079,8 +1096,7 @@ fn flag(v: &Value) -> bool {
 
 /// The comment on a pull request that became ready for review.
 fn ready_for_review(forge: Forge, event: Option<&str>, p: &Value) -> Option<Comment> {
-    let text =
-        |title: &str| format!("Thanks for the pull request! Review of \"{title}\" is queued.");
+    let text = ready_text;
     let draft = flag;
     match forge {
         Forge::GitHub => {
@@ -1174,6 +1190,26 @@ fn ready_for_review(forge: Forge, event: Option<&str>, p: &Value) -> Option<Comm
             }
             azure_devops_thread(r, text(r["title"].as_str().unwrap_or("")))
         }
+    }
+}
+
+/// The comment on a pull request titled `title` that became ready for review.
+fn ready_text(title: &str) -> String {
+    format!("Thanks for the pull request! Review of \"{title}\" is queued.")
+}
+
+/// The comment on a Bitbucket Cloud, Bitbucket Data Center or Azure DevOps pull request that
+/// the memory of drafts ([`DraftMemory`]) tells was published.
+fn draft_published(forge: Forge, p: &Value) -> Option<Comment> {
+    let title = |pr: &Value| ready_text(pr["title"].as_str().unwrap_or(""));
+    match forge {
+        Forge::Bitbucket => bitbucket_comment(p, title(&p["pullrequest"]), None),
+        Forge::BitbucketServer => {
+            let pr = &p["pullRequest"];
+            bitbucket_server_comment(pr, title(pr), None)
+        }
+        Forge::AzureDevOps => azure_devops_thread(&p["resource"], title(&p["resource"])),
+        _ => None,
     }
 }
 
