@@ -2360,6 +2360,11 @@ struct FakeGithubApp {
     expires_at: Mutex<String>,
     /// A token refused from now on, as GitHub does with a revoked one.
     revoked: Mutex<Option<String>>,
+    /// Installations suspended or uninstalled: no token for them (403), and theirs refused
+    /// (401).
+    gone: Mutex<Vec<u64>>,
+    /// Comments refused.
+    refused: AtomicUsize,
 }
 
 impl FakeGithubApp {
@@ -2383,6 +2388,17 @@ async fn fake_github_app(State(gh): State<Arc<FakeGithubApp>>, req: Request) -> 
     if let Some(installation) = installation {
         assert_eq!(req.method(), http::Method::POST);
         let installation: u64 = installation.parse().unwrap();
+        if gh.gone.lock().unwrap().contains(&installation) {
+            gh.token_requests
+                .lock()
+                .unwrap()
+                .push((installation, String::new()));
+            return (
+                StatusCode::FORBIDDEN,
+                r#"{"message":"This installation has been suspended"}"#,
+            )
+                .into_response();
+        }
         if installation == 404 {
             return (StatusCode::NOT_FOUND, r#"{"message":"Not Found"}"#).into_response();
         }
@@ -2405,7 +2421,14 @@ async fn fake_github_app(State(gh): State<Arc<FakeGithubApp>>, req: Request) -> 
         )
             .into_response();
     }
-    if gh.revoked.lock().unwrap().as_deref() == authorization.strip_prefix("Bearer ") {
+    let of_gone = gh
+        .gone
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|id| authorization.starts_with(&format!("Bearer ghs_{id}_")));
+    if of_gone || gh.revoked.lock().unwrap().as_deref() == authorization.strip_prefix("Bearer ") {
+        gh.refused.fetch_add(1, Ordering::SeqCst);
         return (StatusCode::UNAUTHORIZED, r#"{"message":"Bad credentials"}"#).into_response();
     }
     gh.comments.lock().unwrap().push((path, authorization));
@@ -2802,15 +2825,27 @@ async fn a_bitbucket_cloud_draft_gets_one_comment_when_published() {
     let paths = posted_paths(&api, &state).await;
     assert_eq!(
         paths,
-        [bb_comment_path(21), bb_comment_path(24), bb_comment_path(24)],
+        [
+            bb_comment_path(21),
+            bb_comment_path(24),
+            bb_comment_path(24)
+        ],
         "{:?}",
         api.comments.lock().unwrap()
     );
     let comments = api.comments.lock().unwrap();
     let text = |i: usize| comments[i].2["content"]["raw"].as_str().unwrap().to_owned();
-    assert!(text(0).contains("Review of \"Fix\" is queued"), "{}", text(0));
+    assert!(
+        text(0).contains("Review of \"Fix\" is queued"),
+        "{}",
+        text(0)
+    );
     assert!(text(1).starts_with("Commands:"), "{}", text(1));
-    assert!(text(2).contains("Review of \"Fix\" is queued"), "{}", text(2));
+    assert!(
+        text(2).contains("Review of \"Fix\" is queued"),
+        "{}",
+        text(2)
+    );
 }
 
 /// The drafts remembered are bounded (`MAX_REMEMBERED_DRAFTS`): past the bound, the one seen
@@ -2818,8 +2853,7 @@ async fn a_bitbucket_cloud_draft_gets_one_comment_when_published() {
 #[tokio::test]
 async fn remembered_drafts_are_bounded_and_the_least_recently_seen_goes_first() {
     let (api_addr, api) = start_fake_api().await;
-    let (base, state) =
-        start_server(&settings(api_addr, &[("MAX_REMEMBERED_DRAFTS", "2")])).await;
+    let (base, state) = start_server(&settings(api_addr, &[("MAX_REMEMBERED_DRAFTS", "2")])).await;
     let client = reqwest::Client::new();
     deliver_all(
         &client,
@@ -2875,7 +2909,10 @@ async fn a_published_draft_refused_for_a_full_queue_gets_its_comment_when_delive
         "f3000000-0000-4000-8000-000000000002",
         70,
     );
-    assert_eq!(send(&client, &base, &d).await.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        send(&client, &base, &d).await.status(),
+        StatusCode::ACCEPTED
+    );
     let published = signed(
         app::Forge::Bitbucket,
         "f3000000-0000-4000-8000-000000000003",
@@ -2960,9 +2997,7 @@ fn ado_pr(event: &str, id: u64, draft: bool, status: &str, message: &str) -> Val
 }
 
 fn ado_thread_path(id: u64) -> String {
-    format!(
-        "/proj-guid/_apis/git/repositories/repo-guid/pullRequests/{id}/threads?api-version=7.0"
-    )
+    format!("/proj-guid/_apis/git/repositories/repo-guid/pullRequests/{id}/threads?api-version=7.0")
 }
 
 /// Azure DevOps says a draft was published with a `git.pullrequest.updated` whose pull request
@@ -2981,26 +3016,222 @@ async fn an_azure_devops_draft_gets_one_comment_when_published() {
         app::Forge::AzureDevOps,
         "f5000000",
         &[
-            ("-", ado_pr(created, 41, true, "active", "Jamal Hartnett created a new pull request")),
+            (
+                "-",
+                ado_pr(
+                    created,
+                    41,
+                    true,
+                    "active",
+                    "Jamal Hartnett created a new pull request",
+                ),
+            ),
             ("-", ado_pr(updated, 41, true, "active", pushed)),
-            ("-", ado_pr(updated, 41, false, "active", "Jamal Hartnett published the pull request")),
+            (
+                "-",
+                ado_pr(
+                    updated,
+                    41,
+                    false,
+                    "active",
+                    "Jamal Hartnett published the pull request",
+                ),
+            ),
             ("-", ado_pr(updated, 41, false, "active", pushed)),
             // Not seen as a draft (it was before a restart), but the message says it.
-            ("-", ado_pr(updated, 42, false, "active", "Jamal Hartnett published the pull request")),
+            (
+                "-",
+                ado_pr(
+                    updated,
+                    42,
+                    false,
+                    "active",
+                    "Jamal Hartnett published the pull request",
+                ),
+            ),
             // Neither: an update.
             ("-", ado_pr(updated, 43, false, "active", pushed)),
             // A draft abandoned is forgotten.
-            ("-", ado_pr(created, 44, true, "active", "Jamal Hartnett created a new pull request")),
-            ("-", ado_pr(updated, 44, true, "abandoned", "Jamal Hartnett abandoned the pull request")),
-            ("-", ado_pr(updated, 44, false, "active", "Jamal Hartnett reactivated the pull request")),
+            (
+                "-",
+                ado_pr(
+                    created,
+                    44,
+                    true,
+                    "active",
+                    "Jamal Hartnett created a new pull request",
+                ),
+            ),
+            (
+                "-",
+                ado_pr(
+                    updated,
+                    44,
+                    true,
+                    "abandoned",
+                    "Jamal Hartnett abandoned the pull request",
+                ),
+            ),
+            (
+                "-",
+                ado_pr(
+                    updated,
+                    44,
+                    false,
+                    "active",
+                    "Jamal Hartnett reactivated the pull request",
+                ),
+            ),
             // Seen as a draft, and published: the message need not say it.
-            ("-", ado_pr(created, 45, true, "active", "Jamal Hartnett created a new pull request")),
-            ("-", ado_pr(updated, 45, false, "active", "Jamal Hartnett a publié la demande de tirage")),
+            (
+                "-",
+                ado_pr(
+                    created,
+                    45,
+                    true,
+                    "active",
+                    "Jamal Hartnett created a new pull request",
+                ),
+            ),
+            (
+                "-",
+                ado_pr(
+                    updated,
+                    45,
+                    false,
+                    "active",
+                    "Jamal Hartnett a publié la demande de tirage",
+                ),
+            ),
         ],
     )
     .await;
     assert_eq!(
         posted_paths(&api, &state).await,
-        [ado_thread_path(41), ado_thread_path(42), ado_thread_path(45)]
+        [
+            ado_thread_path(41),
+            ado_thread_path(42),
+            ado_thread_path(45)
+        ]
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// GitHub App installations suspended, unsuspended and uninstalled.
+
+/// An `installation` delivery: `action` on installation `id`.
+fn installation_delivery(id: u64, action: &str) -> Delivery {
+    let body = json!({"action": action, "installation": {"id": id, "account": {"login": "octo"}}, "sender": {"login": "octo", "type": "User"}});
+    let body = body.to_string().into_bytes();
+    let sig = format!("sha256={}", hmac_hex("gh-secret-new", &body));
+    Delivery {
+        route: "/api/v1/github_webhooks",
+        headers: vec![
+            ("x-github-event", "installation".into()),
+            ("x-github-delivery", format!("installation-{action}-{id}")),
+            ("x-hub-signature-256", sig),
+        ],
+        body,
+    }
+}
+
+/// GitHub tells the app when an installation is suspended or uninstalled: its token is dropped
+/// at once, and a comment still pending for it is given up without asking GitHub for a token it
+/// will refuse. Unsuspended, the installation's comments fetch a new token.
+#[tokio::test]
+async fn a_suspended_or_uninstalled_installation_drops_its_token_and_asks_for_none() {
+    let Some(python) = peers::python() else {
+        return;
+    };
+    let (pkcs1, _, _) = app_key(&python);
+    let gh = Arc::new(FakeGithubApp::default());
+    let gh_addr = serve(
+        Router::new()
+            .fallback(fake_github_app)
+            .with_state(gh.clone()),
+    )
+    .await;
+    let (api_addr, _api) = start_fake_api().await;
+    let gh_url = format!("http://{gh_addr}");
+    let settings = settings(
+        api_addr,
+        &[
+            ("GITHUB_API_URL", gh_url.as_str()),
+            ("GITHUB_APP_ID", "4242"),
+            ("GITHUB_APP_PRIVATE_KEY", pkcs1.as_str()),
+        ],
+    );
+    let (base, state) = start_server(&settings).await;
+    let client = reqwest::Client::new();
+    let deliver = |d: Delivery| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            assert_eq!(
+                send(&client, &base, &d).await.status(),
+                StatusCode::ACCEPTED
+            );
+        }
+    };
+    let done = || async {
+        assert_eq!(state.drain_comments(Duration::from_secs(5)).await, 0);
+    };
+    let token_requests = |installation: u64| {
+        let requests = gh.token_requests.lock().unwrap();
+        requests.iter().filter(|(i, _)| *i == installation).count()
+    };
+    let failed = || state.counters.comments_failed.load(Ordering::SeqCst);
+
+    deliver(github_delivery(Some(77), 1)).await;
+    done().await;
+    assert_eq!(
+        gh.comment_authorization(1).as_deref(),
+        Some("Bearer ghs_77_1")
+    );
+
+    // Suspended: GitHub refuses the installation's tokens from now on.
+    gh.gone.lock().unwrap().push(77);
+    deliver(installation_delivery(77, "suspend")).await;
+    // A comment of it still pending (its delivery came before) is given up, without a token
+    // request and without trying the dropped token.
+    deliver(github_delivery(Some(77), 2)).await;
+    done().await;
+    assert_eq!(failed(), 1);
+    assert_eq!(token_requests(77), 1, "no token asked for");
+    assert_eq!(gh.refused.load(Ordering::SeqCst), 0, "no comment tried");
+    assert!(gh.comment_authorization(2).is_none());
+
+    // Unsuspended: a new token, not the one from before.
+    gh.gone.lock().unwrap().clear();
+    deliver(installation_delivery(77, "unsuspend")).await;
+    deliver(github_delivery(Some(77), 3)).await;
+    done().await;
+    assert_eq!(
+        gh.comment_authorization(3).as_deref(),
+        Some("Bearer ghs_77_2")
+    );
+
+    // Uninstalled: the same, for good.
+    deliver(github_delivery(Some(88), 4)).await;
+    done().await;
+    assert_eq!(
+        gh.comment_authorization(4).as_deref(),
+        Some("Bearer ghs_88_1")
+    );
+    gh.gone.lock().unwrap().push(88);
+    deliver(installation_delivery(88, "deleted")).await;
+    deliver(github_delivery(Some(88), 5)).await;
+    done().await;
+    assert_eq!(failed(), 2);
+    assert_eq!(token_requests(88), 1, "no token asked for");
+    assert_eq!(gh.refused.load(Ordering::SeqCst), 0, "no comment tried");
+
+    // Other installations are not concerned, and other actions change nothing.
+    deliver(installation_delivery(77, "new_permissions_accepted")).await;
+    deliver(github_delivery(Some(77), 6)).await;
+    done().await;
+    assert_eq!(
+        gh.comment_authorization(6).as_deref(),
+        Some("Bearer ghs_77_2")
+    );
+    assert_eq!(state.counters.comments_posted.load(Ordering::SeqCst), 4);
 }

@@ -566,6 +566,8 @@ pub(crate) struct AppState {
     /// The open drafts seen lately, of the providers whose events do not say that a pull
     /// request was one.
     pub(crate) drafts: DraftMemory,
+    /// With `GITHUB_APP_*`: the installation tokens, which `installation` events drop.
+    tokens: Option<Arc<InstallationTokens>>,
 }
 
 impl AppState {
@@ -813,6 +815,14 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
             .collect(),
         None => Vec::new(),
     };
+    let tokens = settings.github_app.clone().and_then(|app| {
+        let (api, caller) = callers.get(&Forge::GitHub)?;
+        Some(Arc::new(InstallationTokens::new(
+            app,
+            api.clone(),
+            caller.clone(),
+        )))
+    });
     let state = Arc::new(AppState {
         counters: Counters::default(),
         breakers,
@@ -822,10 +832,7 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
         max_age: settings.comment_max_age,
         idle: tokio::sync::Notify::new(),
         drafts: DraftMemory::new(settings.max_remembered_drafts),
-    });
-    let tokens = settings.github_app.clone().and_then(|app| {
-        let (api, caller) = callers.get(&Forge::GitHub)?;
-        Some(InstallationTokens::new(app, api.clone(), caller.clone()))
+        tokens: tokens.clone(),
     });
     tokio::spawn(worker(
         rx,
@@ -1012,6 +1019,9 @@ async fn handle(
             .map(str::to_owned)
     });
     let delivery = hook.delivery_id().unwrap_or("-").to_owned();
+    if forge == Forge::GitHub && event.as_deref() == Some("installation") {
+        installation_event(&state, &payload, &delivery);
+    }
     let Some((comment, draft)) = state.drafts.comment_for(forge, event.as_deref(), &payload) else {
         tracing::debug!(provider = forge.name(), ?event, %delivery, "delivery needs no comment");
         return Ok(StatusCode::ACCEPTED);
@@ -1066,6 +1076,27 @@ async fn handle(
             state.finish_pending();
             Err(queue_full())
         }
+    }
+}
+
+/// A GitHub App's `installation` event: a suspended or uninstalled installation's token is
+/// dropped at once, and its pending comments are given up without asking for another.
+fn installation_event(state: &AppState, payload: &Value, delivery: &str) {
+    let (Some(tokens), Some(id), Some(action)) = (
+        &state.tokens,
+        payload["installation"]["id"].as_u64(),
+        payload["action"].as_str(),
+    ) else {
+        return;
+    };
+    match tokens.installation_event(id, action) {
+        Some(Some(gone)) => {
+            tracing::info!(installation = id, %delivery, "GitHub App installation {gone}: its token is dropped and its comments are given up");
+        }
+        Some(None) => {
+            tracing::info!(installation = id, %delivery, "GitHub App installation unsuspended: its comments fetch a token again");
+        }
+        None => {}
     }
 }
 
@@ -1566,7 +1597,7 @@ struct Apis {
     callers: BTreeMap<Forge, (ApiTarget, Caller)>,
     /// With `GITHUB_APP_*`: the tokens GitHub comments are posted with, for deliveries that came
     /// through an installation of the app.
-    tokens: Option<InstallationTokens>,
+    tokens: Option<Arc<InstallationTokens>>,
 }
 
 /// With `GITHUB_APP_*`, the token of the installation `job`'s delivery came through, if it came

@@ -179,9 +179,9 @@ fn observe(forge: Forge, event: Option<&str>, p: &Value) -> Option<(DraftKey, Se
         Forge::AzureDevOps => {
             let event = p["eventType"].as_str()?;
             let pr = match event {
-                "git.pullrequest.created" | "git.pullrequest.updated" | "git.pullrequest.merged" => {
-                    &p["resource"]
-                }
+                "git.pullrequest.created"
+                | "git.pullrequest.updated"
+                | "git.pullrequest.merged" => &p["resource"],
                 "ms.vss-code.git-pullrequest-comment-event" => &p["resource"]["pullRequest"],
                 _ => return None,
             };
@@ -191,7 +191,9 @@ fn observe(forge: Forge, event: Option<&str>, p: &Value) -> Option<(DraftKey, Se
                 pr["pullRequestId"].as_u64()?,
             );
             // active, abandoned or completed.
-            let open = pr["status"].as_str().is_none_or(|status| status == "active");
+            let open = pr["status"]
+                .as_str()
+                .is_none_or(|status| status == "active");
             let updated = event == "git.pullrequest.updated";
             // The message of a draft published, as the service writes it in English.
             let published = updated

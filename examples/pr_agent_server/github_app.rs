@@ -154,6 +154,27 @@ pub(crate) struct InstallationTokens {
     /// and a slow fetch holds up no other installation's (nor any comment slot: the worker gets
     /// the token before it takes one).
     slots: std::sync::Mutex<HashMap<u64, Slot>>,
+    /// Installations GitHub said were suspended or uninstalled (`installation` events): no
+    /// token is fetched for them, until one is unsuspended. At most `MAX_INSTALLATIONS`.
+    gone: std::sync::Mutex<HashMap<u64, Gone>>,
+}
+
+/// Why an installation has no token to be had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Gone {
+    /// `installation` `suspend`: until `unsuspend`.
+    Suspended,
+    /// `installation` `deleted`: the app was uninstalled.
+    Deleted,
+}
+
+impl std::fmt::Display for Gone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Gone::Suspended => "suspended",
+            Gone::Deleted => "uninstalled",
+        })
+    }
 }
 
 /// One installation's token, if one was fetched.
@@ -195,11 +216,64 @@ impl InstallationTokens {
             api,
             caller,
             slots: std::sync::Mutex::new(HashMap::new()),
+            gone: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
-    /// A token of `installation`, from the cache or fetched now.
+    /// Takes in an `installation` event of `installation` (the app receives them without
+    /// subscribing): `deleted` or `suspend` drops its token at once, and its comments are given
+    /// up without asking GitHub for another; `unsuspend` lets them fetch one again. Other
+    /// actions change nothing. Returns what the installation is now, if it changed.
+    pub(crate) fn installation_event(
+        &self,
+        installation: u64,
+        action: &str,
+    ) -> Option<Option<Gone>> {
+        let now = match action {
+            "deleted" => Some(Gone::Deleted),
+            "suspend" => Some(Gone::Suspended),
+            "unsuspend" => None,
+            _ => return None,
+        };
+        // A fetch or a comment in flight keeps the slot it holds; the next one starts afresh.
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&installation);
+        let mut gone = self.gone.lock().unwrap_or_else(|e| e.into_inner());
+        match now {
+            Some(why) => {
+                if !gone.contains_key(&installation)
+                    && gone.len() >= MAX_INSTALLATIONS
+                    && let Some(&any) = gone.keys().next()
+                {
+                    // Forgetting one costs at most a token request for a comment of it.
+                    gone.remove(&any);
+                }
+                gone.insert(installation, why);
+            }
+            None => {
+                gone.remove(&installation);
+            }
+        }
+        Some(now)
+    }
+
+    /// Whether GitHub said `installation` was suspended or uninstalled.
+    fn gone(&self, installation: u64) -> Option<Gone> {
+        let gone = self.gone.lock().unwrap_or_else(|e| e.into_inner());
+        gone.get(&installation).copied()
+    }
+
+    /// A token of `installation`, from the cache or fetched now; refused without asking GitHub
+    /// for an installation it said was suspended or uninstalled.
     pub(crate) async fn token(&self, installation: u64) -> Result<String, TokenError> {
+        let refused = |why: Gone| {
+            TokenError::Refused(format!("the installation was {why} (installation event)"))
+        };
+        if let Some(why) = self.gone(installation) {
+            return Err(refused(why));
+        }
         let slot = self.slot(installation);
         let mut cached = slot.lock().await;
         if let Some(kept) = &*cached
@@ -208,6 +282,10 @@ impl InstallationTokens {
             return Ok(kept.token.clone());
         }
         let (token, expires_at) = self.fetch(installation).await?;
+        // Suspended or uninstalled while the token was on its way.
+        if let Some(why) = self.gone(installation) {
+            return Err(refused(why));
+        }
         // A token that lapses within the margin is used for this comment and not kept.
         *cached = Some(Cached {
             token: token.clone(),
