@@ -1110,8 +1110,9 @@ fn gitea_work_in_progress(title: &str) -> bool {
     })
 }
 
-/// The comment a delivery asks for, if any (see the module docs of `main.rs` for the events of
-/// each provider):
+/// The comment a delivery asks for by itself, if any (see the module docs of `main.rs` for the
+/// events of each provider; [`DraftMemory::comment_for`] adds the drafts published that only a
+/// memory of the drafts seen can tell):
 /// - one when a pull request becomes ready for review, that is opened or reopened while not a
 ///   draft, or a draft marked ready; drafts, edits, new commits, closes and merges get none;
 /// - an answer to a command (`/review`, `/ask ...`) in a new comment on a pull request.

@@ -18,14 +18,17 @@
 //! default 8: comments posted at once to one provider), `COMMENT_MAX_ATTEMPTS` (1-1000, default
 //! 20: attempts that reach the provider's API before a comment that keeps failing is given up),
 //! `COMMENT_MAX_AGE_SECS` (1-2592000, default 86400: a comment is given up rather than tried
-//! again later than this after its delivery), `SHUTDOWN_GRACE_SECS` (0-3600, default 20: at
+//! again later than this after its delivery), `MAX_REMEMBERED_DRAFTS` (1-1048576, default
+//! 10000: open drafts remembered, see below), `SHUTDOWN_GRACE_SECS` (0-3600, default 20: at
 //! shutdown, once the connections are closed, how long pending comments still get to be
 //! posted; each one left is logged with its delivery id), `TUNNEL_SERVICE`, `TUNNEL_AUTH_TOKEN`,
 //! `TUNNEL_REGION`, `TUNNEL_SERVER`, `TUNNEL_SECRET`, `GITHUB_HOOK_REPOSITORY` + `GITHUB_HOOK_ID`
 //! (with `--use-tunnel`: a repository hook pointed at each tunnel URL), `GITHUB_APP_ID` +
 //! `GITHUB_APP_PRIVATE_KEY` or `GITHUB_APP_PRIVATE_KEY_PATH` (a GitHub App: deliveries that
 //! come through one of its installations are commented on as the app, with that installation's
-//! token; with `--use-tunnel` its hook is pointed at each tunnel URL), `RUST_LOG`. A value out
+//! token; an installation suspended or uninstalled, as the app's `installation` events say,
+//! has its token dropped and its pending comments given up; with `--use-tunnel` its hook is
+//! pointed at each tunnel URL), `RUST_LOG`. A value out
 //! of range stops the server with a message naming the variable. A comment given up is logged at
 //! error level and counted in `/status` as `comments.failed`.
 //!
@@ -42,15 +45,20 @@
 //! |---|---|
 //! | GitHub | `pull_request` `opened` / `reopened` (not draft), `ready_for_review` |
 //! | GitLab | Merge Request Hook `open` / `reopen` (not draft), `update` of an open merge request whose `changes.draft` goes from true to false |
-//! | Bitbucket Cloud | `pullrequest:created` (not draft); Cloud cannot reopen a declined pull request |
-//! | Bitbucket Data Center | `pr:opened` / `pr:reopened` (not draft) |
+//! | Bitbucket Cloud | `pullrequest:created` (not draft); `pullrequest:updated` of an open draft the server saw, now not a draft; Cloud cannot reopen a declined pull request |
+//! | Bitbucket Data Center | `pr:opened` / `pr:reopened` (not draft); the first other event of an open draft the server saw (`pr:modified`, `pr:from_ref_updated`, a review, not a comment) that shows it not a draft |
 //! | Gitea / Forgejo | `pull_request` `opened` / `reopened` (not draft, no `WIP:` / `[WIP]` title prefix), `edited` of an open pull request whose title loses that prefix |
-//! | Azure DevOps | `git.pullrequest.created` (not draft) |
+//! | Azure DevOps | `git.pullrequest.created` (not draft); `git.pullrequest.updated` of an active pull request, not a draft, that the server saw as a draft or whose message says it "published the pull request" |
 //!
-//! Where the provider's event does not say that a draft became ready (Bitbucket
-//! `pullrequest:updated` / `pr:modified`, Azure DevOps `git.pullrequest.updated`), or that an
-//! abandoned pull request was reactivated (Azure DevOps), nothing is posted. Gitea's draft
-//! prefixes are a server setting; the example knows the default ones.
+//! Bitbucket Cloud, Bitbucket Data Center and Azure DevOps send an update of a draft published,
+//! but nothing in it says that the pull request was a draft before. The server remembers the
+//! open drafts it sees in any of their events (at most `MAX_REMEMBERED_DRAFTS`; past that, the
+//! one seen least recently is forgotten) and comments once on the first update that shows one
+//! of them published. The memory does not outlive the process: a draft seen before a restart
+//! and not again after it is published without a comment (Azure DevOps' English message still
+//! gets it one). A draft merged, declined or abandoned is forgotten; an abandoned Azure DevOps
+//! pull request reactivated gets nothing. Gitea's draft prefixes are a server setting; the
+//! example knows the default ones.
 //!
 //! # Commands
 //!
