@@ -276,6 +276,11 @@ impl InstallationTokens {
         }
         let slot = self.slot(installation);
         let mut cached = slot.lock().await;
+        // Suspended or uninstalled while this waited for the slot, which the event took out of
+        // the map: its token is not used.
+        if let Some(why) = self.gone(installation) {
+            return Err(refused(why));
+        }
         if let Some(kept) = &*cached
             && kept.refresh_at > SystemTime::now()
         {
