@@ -4,7 +4,11 @@
 //! `deadline_ms (40) | generation (21) | state (3)`. A transition is one compare-and-swap of
 //! that word that bumps the generation; windows, the consecutive-failure counter and the
 //! half-open permits are tagged with the generation and reset themselves lazily, so nothing
-//! else has to happen atomically with the transition.
+//! else has to happen atomically with the transition. Tags keep only the low bits of the
+//! generation (16 in windows and the half-open word, 21 elsewhere), so the winner of each
+//! transition then sweeps: it rewrites the words of other generations (and a few window slots)
+//! to "empty, current generation", which keeps every stored tag far younger than a tag period
+//! (see [`Core::sweep`] and the window module's docs).
 //!
 //! Hot path (CLOSED, count window, no slow-call rule): `call` loads the state word, and the
 //! response future carries a small id instead of a reference-counted pointer, so calls on many
@@ -907,6 +911,7 @@ impl Core {
         {
             return false;
         }
+        self.sweep();
         if deadline.upstream_ms != 0 {
             // Consumed by this opening; one recorded since stays for the next.
             let _ = self.upstream_until_ms.compare_exchange(
@@ -947,6 +952,53 @@ impl Core {
             reason,
         });
         true
+    }
+
+    /// Keeps the generation tags of the shared words young, so that a value left untouched
+    /// for a whole tag period (2^16 generations, 2^21 for the full generation) is never taken
+    /// for a current one: the window's aggregate and next slots (see
+    /// [`Window::sweep`](super::window::Window::sweep)), the half-open word and the run of
+    /// consecutive failures, when they hold another generation's value, become "empty, current
+    /// generation". Run by each transition's winner.
+    ///
+    /// Each word is read before the current generation, so its value is of that generation or
+    /// an older one; an older value means "empty" to every reader and writer of the current
+    /// generation, and so does the one swapped in, by compare-and-swap of the exact value read:
+    /// nothing counted in the current generation is ever overwritten.
+    fn sweep(&self) {
+        self.window.sweep(|| self.current_tag());
+        let mut half = self.half.load(Ordering::Acquire);
+        loop {
+            let tag = self.current_tag(); // read after the word
+            if (half >> 48) as u16 == tag {
+                break;
+            }
+            match self.half.compare_exchange_weak(
+                half,
+                half_pack(tag, [0; 4]),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(actual) => half = actual,
+            }
+        }
+        let mut run = self.beacon.consecutive.load(Ordering::Acquire);
+        loop {
+            let generation = u64::from(self.generation()); // read after the word
+            if run >> 32 == generation {
+                break;
+            }
+            match self.beacon.consecutive.compare_exchange_weak(
+                run,
+                generation << 32,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(actual) => run = actual,
+            }
+        }
     }
 
     fn threshold_exceeded(&self, reason: TripReason) {

@@ -3,6 +3,36 @@
 //! Every value written is tagged with the low 16 bits of the breaker's generation, so a
 //! transition resets a window by bumping the generation: a slot or an aggregate with another
 //! tag counts as empty, and a recorder from an older generation never overwrites a newer value.
+//!
+//! # Tags that wrap
+//!
+//! A tag alone cannot tell the current generation from one 65536 generations older: a ring
+//! slot, a bucket or an aggregate left untouched that long would pass for a current one (its
+//! outcomes counted again, or taken out of a total they were never added to). So every stored
+//! tag is kept young: the single thread whose compare-and-swap starts a generation (the
+//! transition's winner) calls [`Window::sweep`], which rewrites the aggregate word and the next
+//! `ceil(len / SWEEP_PERIOD)` slots or buckets, in turn from a shared cursor, from any other
+//! generation's value to "empty, current generation". Each slot is thus rewritten at least
+//! once every [`SWEEP_PERIOD`] generations (a quarter of the tag period), tags only move
+//! forward in between (a writer of an older generation backs off from a newer tag), and no
+//! value is ever stored for a generation after the current one: no stored tag is more than
+//! about `SWEEP_PERIOD` generations old, so equal tags mean the same generation.
+//!
+//! The sweep is lock-free and races with recorders harmlessly. For each word it reads the
+//! value, *then* the current generation's tag: the value's tag is that one or an older one.
+//! When it is older, the sweep swaps that exact value (compare-and-swap) for "empty, current
+//! generation":
+//!
+//! - a value of the current generation is never replaced, so no outcome it counted is lost;
+//!   one written after the sweep's reads makes its compare-and-swap fail, and it reads again;
+//! - an older generation's value and "empty, current generation" mean the same to every
+//!   reader and writer of the current generation (empty: nothing added, nothing subtracted)
+//!   and of older ones (a newer tag: back off), so the swap changes no count. If a newer
+//!   generation has started meanwhile, the empty value written is an older one's: still empty;
+//! - the single winner per generation only sets the pace; sweeps that overlap are harmless.
+//!
+//! Only a thread stalled, between reading a tag and using it, for tens of thousands of
+//! transitions can still misjudge a tag's age. The hot path (recording) does not change.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -22,14 +52,29 @@ pub(crate) struct Counts {
 /// Whether `their`, a tag read from a window or a half-open word, belongs to a generation after
 /// `mine`.
 ///
-/// Tags wrap at 16 bits, so two tags alone cannot tell a newer generation from one 32768 or
-/// more generations older (a window left alone through a long outage). The tag of the current
-/// generation, `current`, read after `their`, can: no value is ever stored for a generation
-/// after the current one, so `their` is newer than `mine` only when it lies in
-/// `(mine, current]`.
+/// Tags wrap at 16 bits, so two tags alone cannot tell a newer generation from an older one.
+/// The tag of the current generation, `current`, read after `their`, can: no value is ever
+/// stored for a generation after the current one, and the sweep keeps every stored tag less
+/// than a tag period old (see the [module docs](self)), so `their` is newer than `mine` only
+/// when it lies in `(mine, current]`.
 #[inline]
 pub(crate) fn newer(their: u16, mine: u16, current: u16) -> bool {
     their != mine && their.wrapping_sub(mine) <= current.wrapping_sub(mine)
+}
+
+/// Every slot and bucket of a window is swept at least once per this many generations.
+pub(crate) const SWEEP_PERIOD: u32 = 1 << 14;
+
+/// The slots (or buckets) of a window of `n` that the next sweep rewrites: the next
+/// `ceil(n / SWEEP_PERIOD)` after the shared `cursor`, which moves on past them.
+fn sweep_range(cursor: &AtomicU32, n: u32) -> impl Iterator<Item = usize> {
+    let chunk = n.div_ceil(SWEEP_PERIOD);
+    let start = cursor
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |at| {
+            Some((at + chunk) % n)
+        })
+        .unwrap_or(0);
+    (0..chunk).map(move |k| ((start + k) % n) as usize)
 }
 
 pub(crate) enum Window {
@@ -58,6 +103,16 @@ impl Window {
             Self::Time(w) => w.read(tag, now_nanos),
         }
     }
+
+    /// Keeps the window's tags young (see the [module docs](self)). Called once per
+    /// generation, by the thread whose transition started it; `current_tag` reads the tag of
+    /// the generation now.
+    pub(crate) fn sweep(&self, current_tag: impl Fn() -> u16) {
+        match self {
+            Self::Count(w) => w.sweep(current_tag),
+            Self::Time(w) => w.sweep(current_tag),
+        }
+    }
 }
 
 /// A ring of the last `n` outcomes plus an aggregate word kept in step with it.
@@ -68,6 +123,8 @@ pub(crate) struct CountWindow {
     n: u32,
     slots: Box<[AtomicU32]>,
     head: AtomicU64,
+    /// Where the next sweep starts.
+    sweep_at: AtomicU32,
     /// Kept in the breaker's beacon, where fast-path calls read it.
     agg: &'static AtomicU64,
 }
@@ -105,6 +162,7 @@ impl CountWindow {
             n,
             slots: (0..n).map(|_| AtomicU32::new(0)).collect(),
             head: AtomicU64::new(0),
+            sweep_at: AtomicU32::new(0),
             agg,
         }
     }
@@ -164,6 +222,46 @@ impl CountWindow {
         }
     }
 
+    /// Empties the aggregate and the next slots of the ring if they hold another
+    /// generation's values.
+    fn sweep(&self, current_tag: impl Fn() -> u16) {
+        let mut word = self.agg.load(Ordering::Acquire);
+        loop {
+            let tag = current_tag(); // read after the value
+            if (word >> 48) as u16 == tag {
+                break;
+            }
+            match self.agg.compare_exchange_weak(
+                word,
+                pack_agg(tag, 0, 0, 0),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(actual) => word = actual,
+            }
+        }
+        for index in sweep_range(&self.sweep_at, self.n) {
+            let slot = &self.slots[index];
+            let mut value = slot.load(Ordering::Acquire);
+            loop {
+                let tag = current_tag(); // read after the value
+                if (value >> 16) as u16 == tag {
+                    break;
+                }
+                match slot.compare_exchange_weak(
+                    value,
+                    u32::from(tag) << 16,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => break,
+                    Err(actual) => value = actual,
+                }
+            }
+        }
+    }
+
     fn read(&self, tag: u16) -> Counts {
         let (their, calls, failures, slow) = unpack_agg(self.agg.load(Ordering::Acquire));
         if their == tag {
@@ -190,12 +288,16 @@ impl CountWindow {
 /// is stalled between reading the stamp and counting.
 ///
 /// A bucket whose stamp is not the one expected for its position counts as empty, so buckets
-/// expire by themselves, also across idle gaps of any length.
+/// expire by themselves, also across idle gaps of any length. A swept bucket's stamp carries
+/// the current tag, a new version and no epoch (0, which no `epoch + 1` equals): empty to
+/// everyone, and claimed like any stamp of an earlier epoch.
 pub(crate) struct TimeWindow {
     n: u32,
     bucket_nanos: u64,
     stamps: Box<[AtomicU64]>,
     counts: Box<[AtomicU64]>,
+    /// Where the next sweep starts.
+    sweep_at: AtomicU32,
 }
 
 const EPOCH_BITS: u32 = 40;
@@ -237,6 +339,33 @@ impl TimeWindow {
             bucket_nanos: (span_nanos / u64::from(n)).max(1),
             stamps: (0..n).map(|_| AtomicU64::new(0)).collect(),
             counts: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            sweep_at: AtomicU32::new(0),
+        }
+    }
+
+    /// Empties the next buckets if their stamps carry another generation's tag.
+    fn sweep(&self, current_tag: impl Fn() -> u16) {
+        for index in sweep_range(&self.sweep_at, self.n) {
+            let stamps = &self.stamps[index];
+            let mut current = stamps.load(Ordering::Acquire);
+            // A bucket never used (0) has no epoch and can pass for nothing.
+            while current != 0 {
+                let tag = current_tag(); // read after the stamp
+                if (current >> 48) as u16 == tag {
+                    break;
+                }
+                let empty = (u64::from(tag) << 48)
+                    | (((stamp_version(current) + 1) & VERSION_MASK) << EPOCH_BITS);
+                match stamps.compare_exchange_weak(
+                    current,
+                    empty,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => break,
+                    Err(actual) => current = actual,
+                }
+            }
         }
     }
 
@@ -354,11 +483,181 @@ impl TimeWindow {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     use super::*;
 
     const MS: u64 = 1_000_000;
+
+    fn leaked_agg() -> &'static AtomicU64 {
+        Box::leak(Box::new(AtomicU64::new(0)))
+    }
+
+    /// The counts the slots of generation `tag` add up to.
+    fn slot_counts(window: &CountWindow, tag: u16) -> Counts {
+        let mut total = Counts::default();
+        for slot in &window.slots {
+            let value = slot.load(Ordering::Acquire);
+            if value != 0 && (value >> 16) as u16 == tag {
+                total.calls += value & CALL;
+                total.failures += (value & FAILED) >> 1;
+                total.slow += (value & SLOW) >> 2;
+            }
+        }
+        total
+    }
+
+    /// A sweep empties what an older generation left, leaves the current generation's values
+    /// alone, and an older generation's recorder still backs off from the swept slots.
+    #[test]
+    fn a_sweep_empties_older_values_only() {
+        let window = CountWindow::new(4, leaked_agg());
+        window.record(1, CALL | FAILED, || 1);
+        window.record(1, CALL | FAILED, || 1);
+        // Generation 2 starts; one outcome is recorded before its sweep runs.
+        window.record(2, CALL, || 2);
+        window.sweep(|| 2);
+        assert_eq!(window.read(2), slot_counts(&window, 2));
+        assert_eq!(window.read(2).calls, 1);
+        // The swept slot 0 (after the cursor: the first one) is "empty, generation 2".
+        assert_eq!(window.slots[0].load(Ordering::Relaxed), 2 << 16);
+        assert_eq!(
+            window.record(1, CALL | FAILED, || 2),
+            None,
+            "a stale outcome"
+        );
+        // Slot 1 still holds generation 1's failure: the next sweep empties it.
+        window.sweep(|| 2);
+        assert_eq!(window.slots[1].load(Ordering::Relaxed), 2 << 16);
+        assert_eq!(window.read(2), slot_counts(&window, 2));
+    }
+
+    /// Slots of a ring are swept in turn, `ceil(n / SWEEP_PERIOD)` per generation: after
+    /// `SWEEP_PERIOD` generations, none has a tag older than that, whatever the ring's size.
+    #[test]
+    fn sweeps_reach_every_slot_within_a_sweep_period() {
+        let largest = crate::circuit_breaker::MAX_WINDOW_CALLS;
+        for n in [1, 7, largest, 3 * SWEEP_PERIOD + 5] {
+            let window = CountWindow::new(n, leaked_agg());
+            for _ in 0..n.min(100) {
+                window.record(0, CALL | FAILED, || 0);
+            }
+            for generation in 1..=SWEEP_PERIOD {
+                window.sweep(|| generation as u16);
+                assert_eq!(window.read(generation as u16), Counts::default());
+            }
+            let oldest = window
+                .slots
+                .iter()
+                .map(|s| s.load(Ordering::Relaxed) >> 16)
+                .min()
+                .unwrap();
+            assert!(oldest >= 1, "ring of {n}: a slot was never swept");
+        }
+    }
+
+    /// Recorders of the current generation race a thread that keeps starting generations and
+    /// sweeping, for several tag periods. Each time they all stop, the aggregate is exactly
+    /// what the slots of the current generation add up to: a sweep never erased a counted
+    /// outcome, and no stale slot was taken out of (or into) the total.
+    #[test]
+    fn sweeps_racing_recorders_keep_the_aggregate_exact() {
+        const N: u32 = 8;
+        let window = CountWindow::new(N, leaked_agg());
+        let generation = AtomicU32::new(0);
+        let current = || generation.load(Ordering::Acquire) as u16;
+        for round in 0..6 {
+            let stop = AtomicBool::new(false);
+            std::thread::scope(|scope| {
+                for t in 0..3u32 {
+                    let (window, generation, stop) = (&window, &generation, &stop);
+                    scope.spawn(move || {
+                        let mut x = (t + 1).wrapping_mul(0x9E37_79B9) | 1;
+                        while !stop.load(Ordering::Relaxed) {
+                            x ^= x << 13;
+                            x ^= x >> 17;
+                            x ^= x << 5;
+                            let tag = generation.load(Ordering::Acquire) as u16;
+                            let code = CALL | (x & (FAILED | SLOW));
+                            window.record(tag, code, || generation.load(Ordering::Acquire) as u16);
+                        }
+                    });
+                }
+                // Transitions: only the winner sweeps, once per generation.
+                for _ in 0..(1 << 16) + 100 * round {
+                    generation.fetch_add(1, Ordering::AcqRel);
+                    window.sweep(current);
+                }
+                // The last generation records a while before everything stops.
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                stop.store(true, Ordering::Relaxed);
+            });
+            let tag = current();
+            let agg = unpack_agg(window.agg.load(Ordering::Acquire));
+            let expected = slot_counts(&window, tag);
+            if agg.0 == tag {
+                assert_eq!(
+                    (agg.1, agg.2, agg.3),
+                    (
+                        expected.calls as i32,
+                        expected.failures as i32,
+                        expected.slow as i32
+                    ),
+                    "round {round}"
+                );
+            } else {
+                assert_eq!(expected, Counts::default(), "round {round}");
+            }
+        }
+    }
+
+    /// The same for a time window: once everything stops, the current generation's buckets
+    /// hold exactly the outcomes its recorders were told were counted.
+    #[test]
+    fn sweeps_racing_time_recorders_lose_and_resurrect_nothing() {
+        let window = TimeWindow::new(4 * MS, 4);
+        let generation = AtomicU32::new(0);
+        let current = || generation.load(Ordering::Acquire) as u16;
+        for round in 0..4u32 {
+            let stop = AtomicBool::new(false);
+            let counted = AtomicU64::new(0);
+            let last = AtomicU32::new(u32::MAX);
+            std::thread::scope(|scope| {
+                for t in 0..3u64 {
+                    let (window, generation, stop, counted, last) =
+                        (&window, &generation, &stop, &counted, &last);
+                    scope.spawn(move || {
+                        let mut i = t;
+                        while !stop.load(Ordering::Relaxed) {
+                            i += 1;
+                            let g = generation.load(Ordering::Acquire);
+                            // Four epochs, two of them in the window at the end.
+                            let now = (i % 4) * MS;
+                            let recorded = window.record(g as u16, CALL, now, || {
+                                generation.load(Ordering::Acquire) as u16
+                            });
+                            if recorded.is_some()
+                                && g == last.load(Ordering::Acquire)
+                                && now == 3 * MS
+                            {
+                                counted.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    });
+                }
+                for _ in 0..(1 << 16) + 7 * round {
+                    generation.fetch_add(1, Ordering::AcqRel);
+                    window.sweep(current);
+                }
+                last.store(generation.load(Ordering::Acquire), Ordering::Release);
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                stop.store(true, Ordering::Relaxed);
+            });
+            // Epoch 3 alone, read at epoch 6 (the window holds epochs 3 to 6).
+            let calls = u64::from(window.read(current(), 6 * MS).calls);
+            assert_eq!(calls, counted.load(Ordering::Relaxed), "round {round}");
+        }
+    }
 
     /// The writer that moves a bucket on to a new epoch is overtaken, between moving the
     /// stamp and counting, by a writer of the same epoch: neither outcome is lost and the old
