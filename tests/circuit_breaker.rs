@@ -1208,3 +1208,57 @@ async fn a_probe_that_answers_after_the_max_half_open_wait_does_not_close() {
     let open = open_error(call(&mut svc, Call::Ok).await);
     assert_eq!(open.state(), CircuitState::Open);
 }
+
+/// A HALF_OPEN refusal (every probe permit taken) says how long the period lasts at most
+/// under `max_half_open_wait`, counted when the refusal is answered; without a maximum wait
+/// the end is unknown, as it is in FORCED_OPEN.
+#[tokio::test(start_paused = true)]
+async fn a_half_open_refusal_carries_the_time_left_of_the_max_wait() {
+    let config = CircuitBreakerConfig::default()
+        .consecutive_failures(1)
+        .half_open_probes(1)
+        .open_duration(OpenDuration::Fixed(Duration::from_secs(30)))
+        .max_half_open_wait(Duration::from_secs(10));
+    let (mut svc, handle, upstream) = breaker(config);
+    let _ = call(&mut svc, Call::Fail).await;
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let probe = tokio::spawn({
+        let mut svc = svc.clone();
+        async move { call(&mut svc, Call::Gated).await }
+    });
+    tokio::task::yield_now().await;
+    assert_eq!(handle.state(), CircuitState::HalfOpen);
+    assert_eq!(handle.snapshot().half_open_permits_taken, 1);
+
+    tokio::time::advance(Duration::from_secs(4)).await;
+    let open = open_error(call(&mut svc, Call::Ok).await);
+    assert_eq!(
+        (open.state(), open.retry_after()),
+        (CircuitState::HalfOpen, Some(Duration::from_secs(6)))
+    );
+    // Refused in `poll_ready`, answered in `call` 2.5 s later: the wait left then.
+    let mut late = svc.clone();
+    late.ready().await.unwrap();
+    tokio::time::advance(Duration::from_millis(2_500)).await;
+    let open = open_error(late.call(Call::Ok).await);
+    assert_eq!(open.retry_after(), Some(Duration::from_millis(3_500)));
+
+    // The probe succeeds: CLOSED before the wait ran out.
+    upstream.gate.add_permits(1);
+    probe.await.unwrap().unwrap();
+    assert_eq!(handle.state(), CircuitState::Closed);
+
+    // Without a maximum wait, the end of HALF_OPEN is unknown.
+    let config = CircuitBreakerConfig::default()
+        .consecutive_failures(1)
+        .half_open_probes(1);
+    let (mut svc, handle, _) = breaker(config);
+    handle.transition_to_open().unwrap();
+    handle.transition_to_half_open().unwrap();
+    let _probe = svc.ready().await.unwrap().call(Call::Gated);
+    let open = open_error(call(&mut svc, Call::Ok).await);
+    assert_eq!(
+        (open.state(), open.retry_after()),
+        (CircuitState::HalfOpen, None)
+    );
+}

@@ -16,9 +16,11 @@ const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
 ///
 /// Downcast it from the service's `BoxError`. Through
 /// [`WebhookErrorLayer`](crate::error::WebhookErrorLayer) it becomes `503 Service Unavailable`
-/// with `Retry-After` when the wait is known, that is while OPEN (whole seconds, rounded up, at
-/// least 1; none in FORCED_OPEN or for a HALF_OPEN refusal), and problem type
-/// [`types::CIRCUIT_OPEN`], or gRPC `Unavailable`. With the
+/// with problem type [`types::CIRCUIT_OPEN`], or gRPC `Unavailable`. The answer carries
+/// `Retry-After` (whole seconds, rounded up, at least 1) when the wait is known: while OPEN,
+/// and for a HALF_OPEN refusal under
+/// [`max_half_open_wait`](super::CircuitBreakerConfig::max_half_open_wait) (see
+/// [`retry_after`](Self::retry_after)); not in FORCED_OPEN, which ends only by hand. With the
 /// `tonic` feature its [`source`](std::error::Error::source) is a
 /// `tonic::Status::unavailable`, so a tonic client built on a breaker-wrapped `Channel` sees
 /// `Code::Unavailable`; `tonic::Status::from(open)` keeps the rejection as the status's source.
@@ -60,25 +62,52 @@ impl CircuitOpen {
         }
     }
 
-    /// How long until the breaker lets probes through: known in OPEN, `None` in FORCED_OPEN
-    /// and when HALF_OPEN has no probe permit left. Zero when the OPEN period ended between
-    /// `poll_ready` and `call`; the HTTP answer's `Retry-After` is at least one second.
+    /// How long until the state that refused the call ends at the latest, when the breaker
+    /// knows:
+    ///
+    /// - OPEN: until probes are let through;
+    /// - HALF_OPEN with every probe permit taken: until the period's
+    ///   [`max_half_open_wait`](super::CircuitBreakerConfig::max_half_open_wait) runs out, when
+    ///   one is set (the probes' verdict may end it sooner); `None` without one;
+    /// - FORCED_OPEN: `None`, only a manual transition ends it.
+    ///
+    /// Zero when the period ended between `poll_ready` and `call`; the HTTP answer's
+    /// `Retry-After` is at least one second.
     ///
     /// # Example
     ///
     /// ```
+    /// use std::time::Duration;
     /// # use tower::{BoxError, ServiceBuilder, ServiceExt};
     /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitOpen, Outcome};
     ///
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
-    /// # let (layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+    /// let config = CircuitBreakerConfig::default()
+    ///     .half_open_probes(1)
+    ///     .max_half_open_wait(Duration::from_secs(10));
+    /// # let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
     /// # let svc = ServiceBuilder::new()
     /// #     .layer(layer.with_classifier(|_: &Result<(), BoxError>| Outcome::Success))
-    /// #     .service_fn(|_: ()| async { Ok::<_, BoxError>(()) });
+    /// #     .service_fn(|_: ()| async {
+    /// #         tokio::time::sleep(Duration::from_secs(60)).await;
+    /// #         Ok::<_, BoxError>(())
+    /// #     });
+    /// let retry_after = |err: BoxError| err.downcast_ref::<CircuitOpen>().unwrap().retry_after();
+    ///
+    /// // HALF_OPEN: the only probe is running, the period ends within 10 s.
+    /// handle.transition_to_open().unwrap();
+    /// tokio::time::advance(Duration::from_secs(30)).await;
+    /// let probe = tokio::spawn(svc.clone().oneshot(()));
+    /// tokio::task::yield_now().await;
+    /// tokio::time::advance(Duration::from_secs(4)).await;
+    /// let err = svc.clone().oneshot(()).await.unwrap_err();
+    /// assert_eq!(retry_after(err), Some(Duration::from_secs(6)));
+    /// probe.abort();
+    ///
     /// // FORCED_OPEN has no end that the breaker knows of.
     /// handle.transition_to_forced_open().unwrap();
     /// let err = svc.oneshot(()).await.unwrap_err();
-    /// assert_eq!(err.downcast_ref::<CircuitOpen>().unwrap().retry_after(), None);
+    /// assert_eq!(retry_after(err), None);
     /// # }
     /// ```
     pub fn retry_after(&self) -> Option<Duration> {
@@ -246,8 +275,8 @@ impl HttpError for CircuitOpen {
         ))
     }
 
-    /// At least one second: a refusal whose OPEN period ended between `poll_ready` and `call`
-    /// has no wait left, but `Retry-After: 0` would invite an immediate retry.
+    /// At least one second: a refusal whose period ended between `poll_ready` and `call` has
+    /// no wait left, but `Retry-After: 0` would invite an immediate retry.
     fn retry_after(&self) -> Option<Duration> {
         self.retry_after.map(|after| after.max(MIN_RETRY_AFTER))
     }

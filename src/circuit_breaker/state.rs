@@ -421,17 +421,25 @@ impl Admission {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Refusal {
     state: CircuitState,
-    /// When OPEN ends (the core's milliseconds): the wait is computed when the refusal is
-    /// answered, which may be later than the decision (`poll_ready`, then `call`).
-    open_until_ms: Option<u64>,
+    /// When the refusing state ends at the latest (the core's milliseconds): OPEN's deadline,
+    /// or HALF_OPEN's under `max_half_open_wait`; none in FORCED_OPEN, which only a hand ends.
+    /// The wait is computed when the refusal is answered, which may be later than the
+    /// decision (`poll_ready`, then `call`).
+    until_ms: Option<u64>,
 }
 
 impl Refusal {
-    fn new(state: CircuitState, open_until_ms: Option<u64>) -> Self {
-        Self {
-            state,
-            open_until_ms,
-        }
+    fn new(state: CircuitState, until_ms: Option<u64>) -> Self {
+        Self { state, until_ms }
+    }
+
+    /// A HALF_OPEN refusal (no probe permit left) of the period in `word`: it ends at the
+    /// latest at its deadline, when `max_half_open_wait` set one.
+    fn half_open(word: Word) -> Self {
+        Self::new(
+            CircuitState::HalfOpen,
+            (word.deadline_ms != 0).then_some(word.deadline_ms),
+        )
     }
 }
 
@@ -700,7 +708,7 @@ impl Core {
                         continue;
                     }
                     if !self.enter_probe() {
-                        return Err(Refusal::new(CircuitState::HalfOpen, None));
+                        return Err(Refusal::half_open(word));
                     }
                     if self.take_permit(tag(word.generation)) {
                         // Re-check: a verdict may have ended this half-open period meanwhile.
@@ -719,7 +727,7 @@ impl Core {
                     if self.generation() != word.generation {
                         continue;
                     }
-                    return Err(Refusal::new(CircuitState::HalfOpen, None));
+                    return Err(Refusal::half_open(word));
                 }
             }
         }
@@ -865,20 +873,18 @@ impl Core {
     #[cold]
     pub(crate) fn reject_unready(&self) -> CircuitOpen {
         let word = unpack(self.word.load(Ordering::Acquire));
-        let until = (word.state == CircuitState::Open && word.deadline_ms > self.now_ms())
-            .then_some(word.deadline_ms);
+        let until = (matches!(word.state, CircuitState::Open | CircuitState::HalfOpen)
+            && word.deadline_ms > self.now_ms())
+        .then_some(word.deadline_ms);
         self.refuse(Refusal::new(word.state, until))
     }
 
     /// The error for a refused call, counted and reported.
     #[cold]
     pub(crate) fn refuse(&self, refusal: Refusal) -> CircuitOpen {
-        let Refusal {
-            state,
-            open_until_ms,
-        } = refusal;
+        let Refusal { state, until_ms } = refusal;
         let retry_after =
-            open_until_ms.map(|until| Duration::from_millis(until.saturating_sub(self.now_ms())));
+            until_ms.map(|until| Duration::from_millis(until.saturating_sub(self.now_ms())));
         self.not_permitted.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(
             breaker = &*self.config.name,
