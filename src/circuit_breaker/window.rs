@@ -621,7 +621,10 @@ mod tests {
         for round in 0..4u32 {
             let stop = AtomicBool::new(false);
             let counted = AtomicU64::new(0);
-            let last = AtomicU32::new(u32::MAX);
+            let transitions = (1 << 16) + 7 * round;
+            // The generation the loop below ends on, known before any recorder starts: a
+            // recorder of it counts from its first call on, before the loop's end is seen.
+            let last = AtomicU32::new(generation.load(Ordering::Acquire) + transitions);
             std::thread::scope(|scope| {
                 for t in 0..3u64 {
                     let (window, generation, stop, counted, last) =
@@ -645,16 +648,19 @@ mod tests {
                         }
                     });
                 }
-                for _ in 0..(1 << 16) + 7 * round {
+                for _ in 0..transitions {
                     generation.fetch_add(1, Ordering::AcqRel);
                     window.sweep(current);
                 }
-                last.store(generation.load(Ordering::Acquire), Ordering::Release);
                 std::thread::sleep(std::time::Duration::from_millis(5));
                 stop.store(true, Ordering::Relaxed);
             });
             // Epoch 3 alone, read at epoch 6 (the window holds epochs 3 to 6).
             let calls = u64::from(window.read(current(), 6 * MS).calls);
+            assert!(
+                calls > 0,
+                "round {round}: the last generation recorded nothing"
+            );
             assert_eq!(calls, counted.load(Ordering::Relaxed), "round {round}");
         }
     }
