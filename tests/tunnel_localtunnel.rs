@@ -257,16 +257,21 @@ async fn our_client_keeps_the_pool_full() {
 async fn idle_pooled_connections_have_tcp_keepalive() {
     let server = LtServer::start().await;
     let (handle, pool) = with_a_full_pool(&server, &Arc::new(AtomicUsize::new(0))).await;
-    let ours = pool.idle_peers().await;
+    let ours = pool.idle_connections().await;
     assert_eq!(ours.len(), LT_MAX_CONN);
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
-    for addr in ours {
-        // `0100007F:1F90`: the address in host order, the port in hex.
-        let local = format!("0100007F:{:04X}", addr.port());
+    for (client, server) in ours {
+        // `0100007F:1F90`: the address in host order, the port in hex. Both ends, since an
+        // older connection closed from the same local port may still be listed (TIME_WAIT).
+        let local = format!("0100007F:{:04X}", client.port());
+        let remote = format!("0100007F:{:04X}", server.port());
         let line = table
             .lines()
-            .find(|line| line.split_whitespace().nth(1) == Some(local.as_str()))
-            .unwrap_or_else(|| panic!("no socket {local} in {table}"));
+            .find(|line| {
+                let mut fields = line.split_whitespace().skip(1);
+                fields.next() == Some(local.as_str()) && fields.next() == Some(remote.as_str())
+            })
+            .unwrap_or_else(|| panic!("no socket {local} -> {remote} in {table}"));
         let fields: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(fields[3], "01", "established: {line}");
         let timer = fields[5].split(':').next().unwrap();

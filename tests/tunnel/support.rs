@@ -277,10 +277,12 @@ pub struct LtClient {
 }
 
 impl LtClient {
-    /// The client's ends of the idle pooled connections.
-    pub async fn idle_peers(&self) -> Vec<SocketAddr> {
+    /// The idle pooled connections: the client's end, then the server's.
+    pub async fn idle_connections(&self) -> Vec<(SocketAddr, SocketAddr)> {
         let idle = self.idle.lock().await;
-        idle.iter().filter_map(|s| s.peer_addr().ok()).collect()
+        idle.iter()
+            .filter_map(|s| Some((s.peer_addr().ok()?, s.local_addr().ok()?)))
+            .collect()
     }
 }
 
