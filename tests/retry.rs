@@ -438,3 +438,129 @@ async fn retry_outside_breaker_counts_every_attempt() {
     assert_eq!(calls.load(Ordering::SeqCst), 3);
     assert_eq!(handle.state(), CircuitState::Open);
 }
+
+/// A `tonic::Status` the upstream answered (no transport error under it) is a verdict, read like
+/// the HTTP status of the same meaning: `UNAVAILABLE` (503) is retried, `PERMISSION_DENIED`
+/// (403), `NOT_FOUND` (404), `INVALID_ARGUMENT` (400) ... are not, even for a request marked
+/// safe to repeat. A status made from a transport error is still an error like any other.
+#[tokio::test(start_paused = true)]
+async fn a_grpc_status_error_is_retried_only_when_its_code_is_transient() {
+    async fn attempts(make: fn() -> tonic::Status, req: Request<Body>) -> usize {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        let res = ServiceBuilder::new()
+            .layer(fast().max_retries(3).into_layer())
+            .service_fn(move |_: Request<Body>| {
+                seen.fetch_add(1, Ordering::SeqCst);
+                async move { Err::<Response<Body>, tonic::Status>(make()) }
+            })
+            .oneshot(req)
+            .await;
+        assert!(res.is_err());
+        calls.load(Ordering::SeqCst)
+    }
+    fn allowed() -> Request<Body> {
+        let mut req = post();
+        req.extensions_mut().insert(RetryAllowed);
+        req
+    }
+    let cases: [(fn() -> tonic::Status, usize); 10] = [
+        (|| tonic::Status::unavailable("draining"), 4),
+        (|| tonic::Status::deadline_exceeded("slow"), 4),
+        (|| tonic::Status::resource_exhausted("quota"), 4),
+        (|| tonic::Status::permission_denied("no"), 1),
+        (|| tonic::Status::not_found("no such repo"), 1),
+        (|| tonic::Status::invalid_argument("bad"), 1),
+        (|| tonic::Status::unauthenticated("who"), 1),
+        (|| tonic::Status::already_exists("dup"), 1),
+        (|| tonic::Status::unimplemented("nope"), 1),
+        (|| tonic::Status::internal("bug"), 1),
+    ];
+    for (make, expected) in cases {
+        assert_eq!(
+            attempts(make, allowed()).await,
+            expected,
+            "{:?}",
+            make().code()
+        );
+        assert_eq!(attempts(make, get()).await, expected, "{:?}", make().code());
+    }
+    // gRPC calls are POSTs: an answered UNAVAILABLE may come after the upstream acted.
+    assert_eq!(
+        attempts(|| tonic::Status::unavailable("draining"), post()).await,
+        1
+    );
+    // A status made from a refused connection: nothing was sent, so even the POST goes again.
+    let refused = || {
+        tonic::Status::from_error(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )))
+    };
+    assert_eq!(attempts(refused, post()).await, 4);
+    // The retry policy's own status choices apply: a user who retries 500 retries INTERNAL.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let _ = ServiceBuilder::new()
+        .layer(
+            fast()
+                .max_retries(2)
+                .retry_on_status(StatusCode::INTERNAL_SERVER_ERROR)
+                .no_retry_on_status(StatusCode::SERVICE_UNAVAILABLE)
+                .into_layer(),
+        )
+        .service_fn(move |_: Request<Body>| {
+            let n = seen.fetch_add(1, Ordering::SeqCst);
+            async move {
+                Err::<Response<Body>, BoxError>(if n == 0 {
+                    tonic::Status::internal("bug").into()
+                } else {
+                    tonic::Status::unavailable("draining").into()
+                })
+            }
+        })
+        .oneshot(get())
+        .await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+/// A gRPC "trailers-only" answer is HTTP 200 with `grpc-status` in the headers: the policy
+/// reads that code, as it reads an error's.
+#[tokio::test(start_paused = true)]
+async fn a_trailers_only_grpc_answer_is_read_by_its_grpc_status() {
+    async fn attempts(codes: &'static [&'static str], mark: bool) -> (usize, String) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        let mut req = Request::post("http://upstream/pkg.Svc/Get")
+            .header("content-type", "application/grpc")
+            .body(Full::from("msg"))
+            .unwrap();
+        if mark {
+            req.extensions_mut().insert(RetryAllowed);
+        }
+        let res = ServiceBuilder::new()
+            .layer(fast().max_retries(3).into_layer())
+            .service_fn(move |_: Request<Body>| {
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                let code = codes[n.min(codes.len() - 1)];
+                async move {
+                    let res = Response::builder()
+                        .header("content-type", "application/grpc")
+                        .header("grpc-status", code)
+                        .body(Body::default())?;
+                    Ok::<_, BoxError>(res)
+                }
+            })
+            .oneshot(req)
+            .await
+            .unwrap();
+        let code = res.headers()["grpc-status"].to_str().unwrap().to_owned();
+        (calls.load(Ordering::SeqCst), code)
+    }
+    assert_eq!(attempts(&["14", "0"], true).await, (2, "0".into()));
+    assert_eq!(attempts(&["14"], true).await, (4, "14".into()));
+    assert_eq!(attempts(&["7", "0"], true).await, (1, "7".into()));
+    assert_eq!(attempts(&["5", "0"], true).await, (1, "5".into()));
+    assert_eq!(attempts(&["0"], true).await, (1, "0".into()));
+    // Not marked: the upstream may have acted on the call.
+    assert_eq!(attempts(&["14", "0"], false).await, (1, "14".into()));
+}

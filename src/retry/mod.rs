@@ -12,6 +12,14 @@
 //!   error, tower's `Overloaded`, anywhere in the error's source chain). A
 //!   timeout, a 502 or 504, or a reset connection may come after the upstream acted, so sending
 //!   again could act twice.
+//! - **gRPC**: a "trailers-only" answer (HTTP 200 with `grpc-status` in the headers) and a
+//!   `tonic::Status` error the upstream answered (one with no transport error as its source)
+//!   are read by their code, as the HTTP status of the same meaning: `UNAVAILABLE` as 503,
+//!   `DEADLINE_EXCEEDED` as 504, `RESOURCE_EXHAUSTED` as 429 are retried; `NOT_FOUND`,
+//!   `PERMISSION_DENIED`, `INVALID_ARGUMENT`, `INTERNAL` and the other verdicts are not. A gRPC
+//!   call is a `POST`, so it is retried only when marked safe to repeat ([`RetryAllowed`],
+//!   `Idempotency-Key`) or when it was never sent (a refused connection). A `grpc-status` sent in
+//!   the trailers, after a response body, is not seen by the policy.
 //! - **Backoff**: exponential with full jitter (a random delay between 0 and
 //!   `min(cap, base * 2^attempt)`), so clients that failed together do not retry together.
 //! - **`Retry-After`**: when the response carries one (seconds or an HTTP date), the policy
@@ -38,7 +46,9 @@
 //!   it opens only when calls keep failing despite retries.
 //!
 //! The request body must be `Clone` (`Full<Bytes>`, `String`, ...) to be sent again; with
-//! the `reqwest` feature `reqwest::Request` works too (through `try_clone`).
+//! the `reqwest` feature `reqwest::Request` works too (through `try_clone`). A `reqwest::Request`
+//! with a streaming body cannot be copied: it is sent once and never retried, whatever the
+//! failure.
 //!
 //! # Example
 //!
@@ -311,6 +321,63 @@ fn was_not_sent(err: &(dyn Error + 'static)) -> bool {
         current = e.source();
     }
     false
+}
+
+/// The HTTP status of the same meaning as gRPC code `code` (the mapping of `google.rpc.Code`),
+/// so that a gRPC answer is retried when an HTTP answer of the same meaning would be.
+fn grpc_as_http(code: u16) -> StatusCode {
+    match code {
+        0 => StatusCode::OK,
+        1 => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        3 | 9 | 11 => StatusCode::BAD_REQUEST,
+        4 => StatusCode::GATEWAY_TIMEOUT,
+        5 => StatusCode::NOT_FOUND,
+        6 | 10 => StatusCode::CONFLICT,
+        7 => StatusCode::FORBIDDEN,
+        8 => StatusCode::TOO_MANY_REQUESTS,
+        12 => StatusCode::NOT_IMPLEMENTED,
+        14 => StatusCode::SERVICE_UNAVAILABLE,
+        16 => StatusCode::UNAUTHORIZED,
+        // 2 Unknown, 13 Internal, 15 DataLoss, and numbers gRPC does not define.
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The `grpc-status` of a gRPC "trailers-only" answer (HTTP 200, the status in the headers).
+fn trailers_only_grpc_status(status: StatusCode, headers: &HeaderMap) -> Option<u16> {
+    if status != StatusCode::OK {
+        return None;
+    }
+    let value = headers.get("grpc-status")?;
+    // An unreadable code is `Unknown`, as gRPC clients read it.
+    Some(
+        value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(2),
+    )
+}
+
+/// The gRPC code of a status the upstream answered, when `err` carries one: a `tonic::Status`
+/// with no source. One with a source was made from a transport error, which says more.
+#[cfg(feature = "tonic")]
+fn answered_grpc_code(err: &(dyn Error + 'static)) -> Option<u16> {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(status) = e.downcast_ref::<tonic::Status>()
+            && status.source().is_none()
+        {
+            return Some(status.code() as u16);
+        }
+        current = e.source();
+    }
+    None
+}
+
+#[cfg(not(feature = "tonic"))]
+fn answered_grpc_code(_: &(dyn Error + 'static)) -> Option<u16> {
+    None
 }
 
 fn is_circuit_open(err: &(dyn Error + 'static)) -> bool {
@@ -769,17 +836,34 @@ where
         let (retry_after, unprocessed) = match result {
             Ok(res) => {
                 let status = res.status();
-                if !self.is_retryable_status(status) {
-                    return None;
+                if let Some(code) = trailers_only_grpc_status(status, res.headers()) {
+                    // A gRPC answer: retried when its HTTP equivalent would be, but never
+                    // taken as a refusal (gRPC has no code that says the call was not acted
+                    // on; RESOURCE_EXHAUSTED is also a message too large).
+                    if !self.is_retryable_status(grpc_as_http(code)) {
+                        return None;
+                    }
+                    (retry_after(res.headers()), false)
+                } else {
+                    if !self.is_retryable_status(status) {
+                        return None;
+                    }
+                    let after = retry_after(res.headers());
+                    let refused = status == StatusCode::TOO_MANY_REQUESTS
+                        || (status == StatusCode::SERVICE_UNAVAILABLE && after.is_some());
+                    (after, refused)
                 }
-                let after = retry_after(res.headers());
-                let refused = status == StatusCode::TOO_MANY_REQUESTS
-                    || (status == StatusCode::SERVICE_UNAVAILABLE && after.is_some());
-                (after, refused)
             }
             Err(err) => {
                 let err = err.as_error();
                 if is_circuit_open(err) {
+                    return None;
+                }
+                // An error that is the upstream's answer (`PERMISSION_DENIED`, `NOT_FOUND`)
+                // is a verdict, not a failure that may pass next time.
+                if let Some(code) = answered_grpc_code(err)
+                    && !self.is_retryable_status(grpc_as_http(code))
+                {
                     return None;
                 }
                 (None, was_not_sent(err))
@@ -791,7 +875,7 @@ where
         let delay = match retry_after {
             Some(after) if after > self.max_retry_after => {
                 tracing::debug!(
-                    retry_after_ms = after.as_millis() as u64,
+                    retry_after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
                     "upstream Retry-After is longer than the policy waits; not retrying"
                 );
                 return None;
@@ -814,7 +898,7 @@ where
         self.attempt += 1;
         tracing::debug!(
             attempt = self.attempt,
-            delay_ms = delay.as_millis() as u64,
+            delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
             "retrying"
         );
         Some(tokio::time::sleep(delay))
