@@ -1360,3 +1360,107 @@ async fn a_renderer_cannot_answer_an_error_with_a_success_status() {
     let res = svc.oneshot(http_req()).await.unwrap();
     assert_eq!(res.status(), 403);
 }
+
+/// The inner body goes through untouched: its frames, its trailers (gRPC's `grpc-status`), its
+/// size hint, its end, and an error it fails with.
+#[tokio::test]
+async fn the_inner_body_passes_through_with_trailers_hints_and_errors() {
+    use http_body::{Body as _, Frame};
+    use http_body_util::StreamBody;
+
+    #[derive(Debug)]
+    struct Broken;
+    impl std::fmt::Display for Broken {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("upstream closed")
+        }
+    }
+    impl std::error::Error for Broken {}
+
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .service_fn(|_: Request<Full<Bytes>>| async {
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", "0".parse().unwrap());
+            let frames: Vec<Result<Frame<Bytes>, Broken>> = vec![
+                Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\x02hi"))),
+                Ok(Frame::trailers(trailers)),
+            ];
+            let body = StreamBody::new(futures_util::stream::iter(frames));
+            Ok::<_, BoxError>(Response::new(body))
+        });
+    let res = svc.clone().oneshot(grpc_req()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let collected = res.into_body().collect().await.unwrap();
+    assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
+    assert_eq!(&collected.to_bytes()[..], b"\0\0\0\0\x02hi");
+
+    // An error of the inner body reaches the caller as that error.
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .service_fn(|_: Request<Full<Bytes>>| async {
+            let frames: Vec<Result<Frame<Bytes>, Broken>> =
+                vec![Ok(Frame::data(Bytes::from_static(b"part"))), Err(Broken)];
+            Ok::<_, BoxError>(Response::new(StreamBody::new(futures_util::stream::iter(
+                frames,
+            ))))
+        });
+    let err = svc
+        .oneshot(http_req())
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await;
+    assert_eq!(err.unwrap_err().to_string(), "upstream closed");
+
+    // Hints: exact for a full body, ended for an empty one, and those of the problem document.
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .service_fn(|req: Request<Full<Bytes>>| async move {
+            match req.uri().path() {
+                "/full" => Ok(Response::new(Full::from("12345"))),
+                "/empty" => Ok(Response::new(Full::default())),
+                _ => Err::<Res, BoxError>(Problem::new(StatusCode::CONFLICT).into()),
+            }
+        });
+    let get = |path: &str| Request::get(path).body(Full::default()).unwrap();
+    let full = svc.clone().oneshot(get("/full")).await.unwrap().into_body();
+    assert_eq!(
+        (full.size_hint().exact(), full.is_end_stream()),
+        (Some(5), false)
+    );
+    let empty = svc
+        .clone()
+        .oneshot(get("/empty"))
+        .await
+        .unwrap()
+        .into_body();
+    assert_eq!(
+        (empty.size_hint().exact(), empty.is_end_stream()),
+        (Some(0), true)
+    );
+    let mut problem = svc.oneshot(get("/problem")).await.unwrap().into_body();
+    let len = problem.size_hint().exact().unwrap();
+    assert!(len > 0 && !problem.is_end_stream());
+    let frame = problem.frame().await.unwrap().unwrap();
+    assert_eq!(frame.data_ref().unwrap().len() as u64, len);
+    assert!(problem.is_end_stream());
+    assert_eq!(problem.size_hint().exact(), Some(0));
+    assert!(problem.frame().await.is_none());
+}
+
+/// Media types are case-insensitive (RFC 9110, section 8.3.1): `Application/GRPC` is gRPC.
+#[tokio::test]
+async fn a_grpc_content_type_in_another_case_is_still_grpc() {
+    for sent in ["Application/GRPC", "application/gRPC-Web+proto"] {
+        let req = Request::post("/pkg.Svc/Method")
+            .header("content-type", sent)
+            .body(Full::default())
+            .unwrap();
+        let err = Problem::new(StatusCode::NOT_FOUND).into();
+        let res = answer_error(WebhookErrorLayer::new(), req, err).await;
+        assert_eq!(res.status(), StatusCode::OK, "{sent}");
+        assert_eq!(res.headers()["grpc-status"], "5", "{sent}");
+    }
+}

@@ -488,12 +488,17 @@ enum Grpc {
 }
 
 impl Grpc {
+    /// Media types are case-insensitive (RFC 9110, section 8.3.1).
     #[inline]
     fn of(content_type: &HeaderValue) -> Option<Self> {
-        let rest = content_type.as_bytes().strip_prefix(b"application/grpc")?;
-        let (kind, rest) = if let Some(rest) = rest.strip_prefix(b"-web-text") {
+        fn strip<'a>(s: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
+            let (head, rest) = s.split_at_checked(prefix.len())?;
+            head.eq_ignore_ascii_case(prefix).then_some(rest)
+        }
+        let rest = strip(content_type.as_bytes(), b"application/grpc")?;
+        let (kind, rest) = if let Some(rest) = strip(rest, b"-web-text") {
             (Self::WebText, rest)
-        } else if let Some(rest) = rest.strip_prefix(b"-web") {
+        } else if let Some(rest) = strip(rest, b"-web") {
             (Self::Web, rest)
         } else {
             (Self::Native, rest)

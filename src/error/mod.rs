@@ -6,7 +6,7 @@
 //!
 //! # What it answers
 //!
-//! | inner outcome | HTTP caller | gRPC caller (`content-type: application/grpc`, `-web`, `-web-text`, each with an optional `+codec`) |
+//! | inner outcome | HTTP caller | gRPC caller (`content-type: application/grpc`, `-web`, `-web-text`, each with an optional `+codec`, in any case) |
 //! |---|---|---|
 //! | `Ok(response)` | the response, untouched | the response, untouched |
 //! | `Ok(response)` with a [`Problem`] in its extensions (a handler returned one) | the problem, rendered | trailers-only, code of the problem |
