@@ -564,3 +564,87 @@ async fn a_trailers_only_grpc_answer_is_read_by_its_grpc_status() {
     // Not marked: the upstream may have acted on the call.
     assert_eq!(attempts(&["14", "0"], false).await, (1, "14".into()));
 }
+
+#[path = "../examples/common/echo.rs"]
+#[allow(dead_code)]
+mod echo;
+
+/// End to end: a real tonic server answers errors trailers-only. Through a hyper HTTP/2 client,
+/// its `UNAVAILABLE` is retried for a call marked safe to repeat, its `PERMISSION_DENIED` is not,
+/// and an unmarked call (a gRPC call is a `POST`) is sent once.
+#[tokio::test]
+async fn a_real_tonic_servers_unavailable_is_retried_and_its_verdicts_are_not() {
+    use prost::Message as _;
+
+    fn deny(req: Request<tonic::body::Body>) -> Result<Request<tonic::body::Body>, BoxError> {
+        if req.headers().contains_key("x-deny") {
+            Err(tonic::Status::permission_denied("not this repository").into())
+        } else {
+            Ok(req)
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let incoming = futures_util::stream::unfold(listener, |listener| async move {
+        Some((listener.accept().await.map(|(s, _)| s), listener))
+    });
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(tower::filter::FilterLayer::new(deny))
+            .add_service(echo::EchoService)
+            .serve_with_incoming(incoming),
+    );
+
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Body>();
+    let call = |message: &str, marked: bool, denied: bool| {
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let seen = attempts.clone();
+        let svc = ServiceBuilder::new()
+            .layer(
+                RetryPolicy::new()
+                    .max_retries(2)
+                    .backoff(Duration::from_millis(1), Duration::from_millis(5))
+                    .into_layer(),
+            )
+            .map_request(move |req: Request<Body>| {
+                seen.fetch_add(1, Ordering::SeqCst);
+                req
+            })
+            .map_err(BoxError::from)
+            .service(client.clone());
+        let msg = echo::Echo {
+            message: message.to_owned(),
+        }
+        .encode_to_vec();
+        let mut frame = vec![0];
+        frame.extend_from_slice(&u32::try_from(msg.len()).unwrap().to_be_bytes());
+        frame.extend_from_slice(&msg);
+        let mut req = Request::post(format!("http://{addr}{}", echo::SAY))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::from(frame))
+            .unwrap();
+        if marked {
+            req.extensions_mut().insert(RetryAllowed);
+        }
+        if denied {
+            req.headers_mut().insert("x-deny", "1".parse().unwrap());
+        }
+        async move {
+            let res = svc.oneshot(req).await.unwrap();
+            let code = res
+                .headers()
+                .get("grpc-status")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (attempts.load(Ordering::SeqCst), code)
+        }
+    };
+    assert_eq!(call("fail", true, false).await, (3, Some("14".into())));
+    assert_eq!(call("fail", false, false).await, (1, Some("14".into())));
+    assert_eq!(call("hello", true, true).await, (1, Some("7".into())));
+    // A success: the status comes in the trailers, after the message.
+    assert_eq!(call("hello", true, false).await, (1, None));
+    server.abort();
+}
