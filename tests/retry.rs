@@ -648,3 +648,60 @@ async fn a_real_tonic_servers_unavailable_is_retried_and_its_verdicts_are_not() 
     assert_eq!(call("hello", true, false).await, (1, None));
     server.abort();
 }
+
+/// reqwest errors that the same request always meets again are not retried: a URL reqwest
+/// will not send (a builder error) and a redirect loop (each attempt already follows ten hops).
+#[tokio::test]
+async fn a_reqwest_error_that_cannot_pass_next_time_is_not_retried() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let seen = hits.clone();
+    let app = axum::Router::new().route(
+        "/loop",
+        axum::routing::get(move || {
+            seen.fetch_add(1, Ordering::SeqCst);
+            async { axum::response::Redirect::temporary("/loop") }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counted = attempts.clone();
+    let svc = ServiceBuilder::new()
+        .layer(
+            RetryPolicy::new()
+                .max_retries(3)
+                .backoff(Duration::from_millis(1), Duration::from_millis(5))
+                .into_layer(),
+        )
+        .map_request(move |req: reqwest::Request| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            req
+        })
+        .service(reqwest::Client::new());
+
+    let url = format!("http://{addr}/loop").parse().unwrap();
+    let err = svc
+        .clone()
+        .oneshot(reqwest::Request::new(http::Method::GET, url))
+        .await
+        .unwrap_err();
+    assert!(err.is_redirect(), "{err}");
+    assert_eq!(attempts.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        11,
+        "one request and ten redirects"
+    );
+
+    attempts.store(0, Ordering::SeqCst);
+    let url = format!("ftp://{addr}/file").parse().unwrap();
+    let err = svc
+        .oneshot(reqwest::Request::new(http::Method::GET, url))
+        .await
+        .unwrap_err();
+    assert!(err.is_builder(), "{err}");
+    assert_eq!(attempts.load(Ordering::SeqCst), 1);
+    server.abort();
+}

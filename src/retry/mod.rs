@@ -30,7 +30,9 @@
 //! - **Budget**: a shared [`TpsBudget`] caps retries to a share of the traffic, so retries do
 //!   not multiply the load on an upstream that is already struggling.
 //! - **Never a circuit-open rejection**: an error carrying
-//!   [`CircuitOpen`](crate::circuit_breaker::CircuitOpen) is returned at once.
+//!   [`CircuitOpen`](crate::circuit_breaker::CircuitOpen) is returned at once, and so is a
+//!   reqwest error the same request meets again (a builder error such as a URL scheme reqwest
+//!   does not send, or a redirect loop).
 //! - **Attempts, not time**: at most [`max_retries`](RetryPolicy::max_retries) retries per
 //!   call, each wait at most `cap` or `max_retry_after`; the policy sets no deadline for the
 //!   whole call. For one, put `tower::timeout::TimeoutLayer` outside the retry layer.
@@ -378,6 +380,22 @@ fn answered_grpc_code(err: &(dyn Error + 'static)) -> Option<u16> {
 #[cfg(not(feature = "tonic"))]
 fn answered_grpc_code(_: &(dyn Error + 'static)) -> Option<u16> {
     None
+}
+
+/// Whether `err` is one the same request meets again whatever the wait: reqwest refusing to
+/// build or send it (a bad URL scheme), or a redirect loop.
+fn fails_again(err: &(dyn Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        #[cfg(feature = "reqwest")]
+        if let Some(err) = e.downcast_ref::<reqwest::Error>()
+            && (err.is_builder() || err.is_redirect())
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 fn is_circuit_open(err: &(dyn Error + 'static)) -> bool {
@@ -856,7 +874,7 @@ where
             }
             Err(err) => {
                 let err = err.as_error();
-                if is_circuit_open(err) {
+                if is_circuit_open(err) || fails_again(err) {
                     return None;
                 }
                 // An error that is the upstream's answer (`PERMISSION_DENIED`, `NOT_FOUND`)
