@@ -819,6 +819,37 @@ mod axum_router {
         assert_eq!(json["type"], "urn:example:rate-limited");
     }
 
+    /// Under `route_layer` the layer wraps the matched routes only: their problems are rendered
+    /// (with the request id, in gRPC terms for gRPC callers), while axum's own 404 for an
+    /// unknown path passes by it untouched, as it does under `Router::layer`.
+    #[tokio::test]
+    async fn route_layer_renders_the_routes_problems() {
+        let app = Router::new()
+            .route("/review/{repo}", post(review))
+            .route_layer(WebhookErrorLayer::new());
+        let (status, _, json) =
+            problem_of(app.clone().oneshot(post_to("/review/nope")).await.unwrap()).await;
+        assert_eq!(
+            (status.as_u16(), &json["instance"]),
+            (404, &Value::from("ax-1"))
+        );
+
+        let mut req = post_to("/review/nope");
+        req.headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
+        let res = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(
+            (res.status(), &res.headers()["grpc-status"]),
+            (StatusCode::OK, &"5".parse::<http::HeaderValue>().unwrap())
+        );
+
+        for app in [app, router()] {
+            let res = app.oneshot(post_to("/elsewhere")).await.unwrap();
+            assert_eq!(res.status(), 404);
+            assert!(res.headers().get("content-type").is_none());
+        }
+    }
+
     #[tokio::test]
     async fn handler_panic_becomes_500() {
         let req = Request::get("/panic")
