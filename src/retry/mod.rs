@@ -256,7 +256,8 @@ impl RetryResponse for reqwest::Response {
     }
 }
 
-/// An error the policy can inspect (to recognise a circuit-open rejection).
+/// An error the policy can inspect: a circuit-open rejection, an error raised before the request
+/// was sent, a gRPC status the upstream answered.
 ///
 /// # Example
 ///
