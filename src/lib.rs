@@ -90,6 +90,8 @@ pub mod circuit_breaker;
 #[cfg(feature = "error")]
 #[cfg_attr(docsrs, doc(cfg(feature = "error")))]
 pub mod error;
+#[cfg(any(feature = "error", feature = "retry"))]
+mod grpc_http;
 #[cfg(feature = "retry")]
 #[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
 pub mod retry;

@@ -129,22 +129,7 @@ impl GrpcCode {
     /// assert_eq!(GrpcCode::DataLoss.to_http_status(), StatusCode::INTERNAL_SERVER_ERROR);
     /// ```
     pub fn to_http_status(self) -> StatusCode {
-        match self {
-            Self::Ok => StatusCode::OK,
-            Self::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
-            Self::InvalidArgument | Self::OutOfRange | Self::FailedPrecondition => {
-                StatusCode::BAD_REQUEST
-            }
-            Self::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
-            Self::NotFound => StatusCode::NOT_FOUND,
-            Self::AlreadyExists | Self::Aborted => StatusCode::CONFLICT,
-            Self::PermissionDenied => StatusCode::FORBIDDEN,
-            Self::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unimplemented => StatusCode::NOT_IMPLEMENTED,
-            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Self::Unknown | Self::Internal | Self::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        crate::grpc_http::status_of(self as u16)
     }
 
     /// The code for a `grpc-status` number; unknown numbers are `Unknown`.

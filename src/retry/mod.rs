@@ -326,26 +326,6 @@ fn was_not_sent(err: &(dyn Error + 'static)) -> bool {
     false
 }
 
-/// The HTTP status of the same meaning as gRPC code `code` (the mapping of `google.rpc.Code`),
-/// so that a gRPC answer is retried when an HTTP answer of the same meaning would be.
-fn grpc_as_http(code: u16) -> StatusCode {
-    match code {
-        0 => StatusCode::OK,
-        1 => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
-        3 | 9 | 11 => StatusCode::BAD_REQUEST,
-        4 => StatusCode::GATEWAY_TIMEOUT,
-        5 => StatusCode::NOT_FOUND,
-        6 | 10 => StatusCode::CONFLICT,
-        7 => StatusCode::FORBIDDEN,
-        8 => StatusCode::TOO_MANY_REQUESTS,
-        12 => StatusCode::NOT_IMPLEMENTED,
-        14 => StatusCode::SERVICE_UNAVAILABLE,
-        16 => StatusCode::UNAUTHORIZED,
-        // 2 Unknown, 13 Internal, 15 DataLoss, and numbers gRPC does not define.
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
-
 /// The `grpc-status` of a gRPC "trailers-only" answer (HTTP 200, the status in the headers).
 fn trailers_only_grpc_status(status: StatusCode, headers: &HeaderMap) -> Option<u16> {
     if status != StatusCode::OK {
@@ -859,7 +839,7 @@ where
                     // A gRPC answer: retried when its HTTP equivalent would be, but never
                     // taken as a refusal (gRPC has no code that says the call was not acted
                     // on; RESOURCE_EXHAUSTED is also a message too large).
-                    if !self.is_retryable_status(grpc_as_http(code)) {
+                    if !self.is_retryable_status(crate::grpc_http::status_of(code)) {
                         return None;
                     }
                     (retry_after(res.headers()), false)
@@ -881,7 +861,7 @@ where
                 // An error that is the upstream's answer (`PERMISSION_DENIED`, `NOT_FOUND`)
                 // is a verdict, not a failure that may pass next time.
                 if let Some(code) = answered_grpc_code(err)
-                    && !self.is_retryable_status(grpc_as_http(code))
+                    && !self.is_retryable_status(crate::grpc_http::status_of(code))
                 {
                     return None;
                 }
