@@ -5,7 +5,8 @@
 //! GITHUB_WEBHOOK_SECRET=s3cret cargo run --example hyper_server   # 127.0.0.1:3001 (ADDR)
 //! ```
 //!
-//! It prints a signed `curl` command to try it with.
+//! `GITHUB_WEBHOOK_SECRET` defaults to `development-secret`, `ADDR` to `127.0.0.1:3001`. It
+//! prints a signed `curl` command to try it with.
 
 use std::net::SocketAddr;
 

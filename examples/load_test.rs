@@ -7,7 +7,8 @@
 //! load_test generate URL SECS CONNS [--status URL]
 //! ```
 //!
-//! The generator sends a mix of deliveries signed with `GITHUB_WEBHOOK_SECRET`: 70 % valid
+//! The generator sends a mix of deliveries signed with `GITHUB_WEBHOOK_SECRET` (default
+//! `load-test-secret`, which the servers use too when it is unset): 70 % valid
 //! (fresh delivery ids), 15 % with a bad signature, 15 % duplicates of an earlier valid one.
 //! It prints one JSON line with what it sent and what came back; with `--status` it also
 //! compares the counts with the server's `/status` (pr_agent_server) and fails if an unverified

@@ -1,8 +1,8 @@
 //! CircuitBreakerLayer on a tonic `Channel`: gRPC failures (read from `grpc-status`, in headers
 //! or trailers) open the breaker, and an open breaker answers `UNAVAILABLE` without a request.
 //!
-//! Run `cargo run --example tonic_server` first (or set ADDR to another echo server). Exits
-//! non-zero if the calls did not turn out as printed.
+//! Run `cargo run --example tonic_server` first (or set ADDR, default `127.0.0.1:50051`, to
+//! another echo server). Exits non-zero if the calls did not turn out as printed.
 
 #[path = "common/echo.rs"]
 #[allow(dead_code)] // the server half is used by tonic_server

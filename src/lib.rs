@@ -15,9 +15,9 @@
 //! - `retry`: `RetryPolicy`, a `tower::retry` policy with exponential backoff, full jitter, a
 //!   retry budget and `Retry-After`; it sends a non-idempotent request again only when the
 //!   upstream did not act on it (a 429, a 503 with `Retry-After`, a refused connection).
-//! - `tunnel` (feature `tunnel`): a public URL for a local webhook server through ngrok,
-//!   cloudflared, localtunnel or bore, first working provider wins, with a round-trip probe,
-//!   status events and reconnects.
+//! - `tunnel` (feature `tunnel`): a public URL for a local webhook server through ngrok
+//!   (feature `ngrok`), cloudflared, localtunnel or bore, first working provider wins, with a
+//!   round-trip probe, status events and reconnects.
 //!
 //! # Example
 //!

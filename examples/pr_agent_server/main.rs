@@ -12,7 +12,8 @@
 //! `GITEA_WEBHOOK_SECRET`, `AZURE_DEVOPS_WEBHOOK_USERNAME` / `AZURE_DEVOPS_WEBHOOK_PASSWORD`
 //! (comma-separated values are several secrets, for rotation), `GITHUB_API_URL` +
 //! `GITHUB_TOKEN` (and `GITLAB_`, `BITBUCKET_`, `BITBUCKET_SERVER_`, `GITEA_`, `AZURE_DEVOPS_`
-//! `API_URL` / `TOKEN`), `CIRCUIT_BREAKER_FAILURE_THRESHOLD`, `CIRCUIT_BREAKER_RECOVERY_TIMEOUT`,
+//! `API_URL` / `TOKEN`), `CIRCUIT_BREAKER_FAILURE_THRESHOLD` (at least 1, default 5), `CIRCUIT_BREAKER_RECOVERY_TIMEOUT`
+//! (seconds, more than 0, default 30),
 //! `REQUEST_TIMEOUT_SECS` (1-600, default 10), `MAX_BODY_BYTES` (1 KiB-1 GiB, default 25 MiB),
 //! `MAX_PENDING_COMMENTS` (1-1048576, default 4096), `COMMENTS_IN_FLIGHT_PER_PROVIDER` (1-256,
 //! default 8: comments posted at once to one provider), `COMMENT_MAX_ATTEMPTS` (1-1000, default
@@ -28,12 +29,12 @@
 //! come through one of its installations are commented on as the app, with that installation's
 //! token; an installation suspended or uninstalled, as the app's `installation` events say,
 //! has its token dropped and its pending comments given up; with `--use-tunnel` its hook is
-//! pointed at each tunnel URL), `RUST_LOG`. A value out
+//! pointed at each tunnel URL), `RUST_LOG` (default `info`). A value out
 //! of range stops the server with a message naming the variable. A comment given up is logged at
 //! error level and counted in `/status` as `comments.failed`.
 //!
-//! Comments are posted to each provider's API at most 8 at a time, with separate slots per
-//! provider: a provider that stalls or rate-limits delays only its own comments.
+//! Comments are posted to each provider's API at most `COMMENTS_IN_FLIGHT_PER_PROVIDER` (8) at a
+//! time, with separate slots per provider: a provider that stalls or rate-limits delays only its own comments.
 //!
 //! # What gets a comment
 //!
