@@ -31,6 +31,10 @@ pub(crate) struct AlreadyLogged;
 /// `Fn(&Problem) -> Response<Bytes>` closure is a renderer too. gRPC callers always get a
 /// trailers-only gRPC response, whatever the renderer.
 ///
+/// A renderer builds the whole response: the layer only fixes a status below 400 and echoes the
+/// request id. `Retry-After` ([`Problem::retry_after`]) and `WWW-Authenticate`
+/// ([`Problem::challenge`]) are sent only if the renderer sets them, as [`ProblemJson`] does.
+///
 /// # Example
 ///
 /// ```
