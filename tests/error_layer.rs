@@ -1495,3 +1495,52 @@ async fn a_grpc_content_type_in_another_case_is_still_grpc() {
         assert_eq!(res.headers()["grpc-status"], "5", "{sent}");
     }
 }
+
+/// A renderer that only builds a body and a status still answers with the problem's
+/// `Retry-After` and `WWW-Authenticate`: a client told to wait, or to authenticate, is told so
+/// whatever the body format. A renderer that sets them itself keeps its own values.
+#[tokio::test]
+async fn a_renderer_keeps_the_retry_after_and_challenge_of_the_problem() {
+    let minimal = WebhookErrorLayer::new().render_with(|p: &Problem| {
+        let mut res = Response::new(Bytes::from(p.title().to_owned()));
+        *res.status_mut() = p.status();
+        res
+    });
+    let problems = [
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE).with_retry_after(Duration::from_millis(1500)),
+        Problem::new(StatusCode::UNAUTHORIZED).with_challenge(r#"Bearer realm="api""#),
+    ];
+    for problem in problems {
+        let svc = ServiceBuilder::new().layer(minimal.clone()).service_fn(
+            move |_req: Request<Full<Bytes>>| {
+                let problem = problem.clone();
+                async move { Err::<Res, BoxError>(problem.into()) }
+            },
+        );
+        let res = svc.oneshot(http_req()).await.unwrap();
+        match res.status().as_u16() {
+            503 => assert_eq!(res.headers()["retry-after"], "2"),
+            401 => assert_eq!(res.headers()["www-authenticate"], r#"Bearer realm="api""#),
+            other => panic!("{other}"),
+        }
+    }
+
+    let own = WebhookErrorLayer::new().render_with(|p: &Problem| {
+        let mut res = Response::new(Bytes::new());
+        *res.status_mut() = p.status();
+        res.headers_mut()
+            .insert("retry-after", "60".parse().unwrap());
+        res
+    });
+    let svc = ServiceBuilder::new()
+        .layer(own)
+        .service_fn(|_req: Request<Full<Bytes>>| async {
+            Err::<Res, BoxError>(
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE)
+                    .with_retry_after(Duration::from_secs(5))
+                    .into(),
+            )
+        });
+    let res = svc.oneshot(http_req()).await.unwrap();
+    assert_eq!(res.headers()["retry-after"], "60");
+}

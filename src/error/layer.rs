@@ -31,9 +31,10 @@ pub(crate) struct AlreadyLogged;
 /// `Fn(&Problem) -> Response<Bytes>` closure is a renderer too. gRPC callers always get a
 /// trailers-only gRPC response, whatever the renderer.
 ///
-/// A renderer builds the whole response: the layer only fixes a status below 400 and echoes the
-/// request id. `Retry-After` ([`Problem::retry_after`]) and `WWW-Authenticate`
-/// ([`Problem::challenge`]) are sent only if the renderer sets them, as [`ProblemJson`] does.
+/// A renderer builds the body and may set any header. The layer then fills in what the
+/// response of an error needs: the problem's status if the renderer left a status below 400,
+/// `Retry-After` ([`Problem::retry_after`]) and `WWW-Authenticate` ([`Problem::challenge`]) if
+/// the renderer did not set them, and the request id.
 ///
 /// # Example
 ///
@@ -885,6 +886,8 @@ fn render<B, R: RenderProblem>(
         if !status.is_client_error() && !status.is_server_error() {
             *response.status_mut() = problem.status();
         }
+        // A client told to wait or to authenticate is told so whatever the body's format.
+        problem.add_headers(response.headers_mut());
         response
     };
     // No content in an answer to HEAD (RFC 9110, section 9.3.2): HTTP/2 would send it, and the

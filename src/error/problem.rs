@@ -801,16 +801,7 @@ impl Problem {
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-        if let Some(after) = self.retry_after {
-            headers.insert(header::RETRY_AFTER, retry_after_value(after));
-        }
-        if let Some(challenge) = self
-            .challenge
-            .as_deref()
-            .and_then(|c| HeaderValue::from_str(c).ok())
-        {
-            headers.insert(header::WWW_AUTHENTICATE, challenge);
-        }
+        self.add_headers(headers);
         response
     }
 
@@ -849,6 +840,24 @@ impl Problem {
 }
 
 /// `Retry-After` in whole seconds, rounded up so a client never comes back early.
+impl Problem {
+    /// Sets `Retry-After` and `WWW-Authenticate` from the problem, where `headers` has none.
+    pub(crate) fn add_headers(&self, headers: &mut http::HeaderMap) {
+        if let Some(after) = self.retry_after {
+            headers
+                .entry(header::RETRY_AFTER)
+                .or_insert_with(|| retry_after_value(after));
+        }
+        if let Some(challenge) = self
+            .challenge
+            .as_deref()
+            .and_then(|c| HeaderValue::from_str(c).ok())
+        {
+            headers.entry(header::WWW_AUTHENTICATE).or_insert(challenge);
+        }
+    }
+}
+
 fn retry_after_value(after: Duration) -> HeaderValue {
     let secs = after
         .as_secs()
