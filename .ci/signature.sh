@@ -17,7 +17,14 @@ fi
 # The Debian package starts a system instance; the tests start their own on a random port.
 
 if [ ! -x "$DEPS/venv/bin/python" ]; then
-    python3 -m venv "$DEPS/venv"
+    # Debian ships `venv` (and `ensurepip`) apart from Python itself.
+    if ! python3 -m venv "$DEPS/venv" >/dev/null 2>&1; then
+        rm -rf "$DEPS/venv"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >/dev/null
+        apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null
+        python3 -m venv "$DEPS/venv"
+    fi
 fi
 if ! "$DEPS/venv/bin/python" -c 'import standardwebhooks, svix, stripe, slack_sdk, jwt, cryptography' >/dev/null 2>&1; then
     "$DEPS/venv/bin/python" -m pip install -q --disable-pip-version-check \
