@@ -561,3 +561,16 @@ async fn keyed_breakers_are_isolated_and_bounded() {
     assert_eq!(snapshots.len(), 2);
     assert!(snapshots.iter().all(|(_, s)| s.state == CircuitState::Open));
 }
+
+/// Media types are case-insensitive (RFC 9110, section 8.3.1): a gRPC answer whose
+/// `content-type` is in another case is still read by its `grpc-status`.
+#[tokio::test(start_paused = true)]
+async fn a_grpc_content_type_in_another_case_is_still_grpc() {
+    let (mut svc, handle) = http_breaker(counting(), DefaultClassifier::new());
+    for content_type in ["Application/GRPC", "application/gRPC+proto"] {
+        let mut reply = grpc(Some(14), None);
+        reply.headers[0].1 = content_type.to_owned();
+        send(&mut svc, reply).await;
+    }
+    assert_eq!(handle.snapshot().failed_calls, 2);
+}

@@ -238,7 +238,12 @@ fn grpc_outcome(class: &GrpcFailureClass) -> Outcome {
 fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+        // Media types are case-insensitive (RFC 9110, section 8.3.1).
+        .is_some_and(|v| {
+            v.as_bytes()
+                .get(..16)
+                .is_some_and(|p| p.eq_ignore_ascii_case(b"application/grpc"))
+        })
 }
 
 fn hint(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
