@@ -458,6 +458,27 @@ async fn grpc_message_is_percent_encoded() {
     );
 }
 
+/// A long message is cut (at a character boundary) before it can outgrow what gRPC clients
+/// take in headers; it decodes to the start of the message and `...`.
+#[tokio::test]
+async fn a_long_grpc_message_is_cut_to_fit_in_a_header() {
+    let detail = "é".repeat(5_000);
+    let problem = Problem::new(StatusCode::BAD_REQUEST).with_detail(detail.clone());
+    let res = answer_error(WebhookErrorLayer::new(), grpc_req(), problem.into()).await;
+    let header = res.headers()["grpc-message"].to_str().unwrap().to_owned();
+    assert!(header.len() <= 3 * 1024, "{} bytes", header.len());
+    let decoded = percent_encoding::percent_decode_str(&header)
+        .decode_utf8()
+        .unwrap()
+        .into_owned();
+    let kept = decoded.strip_suffix("...").expect("marked as cut");
+    assert!(
+        kept.len() > 900 && detail.starts_with(kept),
+        "{}",
+        kept.len()
+    );
+}
+
 #[tokio::test]
 async fn panic_in_call_becomes_500() {
     #[derive(Clone)]

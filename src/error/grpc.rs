@@ -186,8 +186,22 @@ impl From<GrpcCode> for tonic::Code {
 /// printable ASCII (0x20..=0x7E), and `%` itself.
 const GRPC_MESSAGE: &AsciiSet = &CONTROLS.add(b'%');
 
-/// Percent-encodes a `grpc-message` value as the gRPC HTTP/2 protocol requires.
+/// Longest message, in bytes before encoding, sent in `grpc-message`: at most three times as
+/// many once encoded, well inside what gRPC clients take in headers (grpc-java: 8 KiB for
+/// all of them).
+pub(crate) const MAX_GRPC_MESSAGE: usize = 1024;
+
+/// Percent-encodes a `grpc-message` value as the gRPC HTTP/2 protocol requires, cut to
+/// [`MAX_GRPC_MESSAGE`] bytes (at a character boundary, marked with `...`).
 pub(crate) fn encode_message(message: &str) -> std::borrow::Cow<'_, str> {
+    if message.len() > MAX_GRPC_MESSAGE {
+        let mut end = MAX_GRPC_MESSAGE - 3;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        let cut = format!("{}...", &message[..end]);
+        return utf8_percent_encode(&cut, GRPC_MESSAGE).to_string().into();
+    }
     // utf8_percent_encode always encodes non-ASCII bytes.
     utf8_percent_encode(message, GRPC_MESSAGE).into()
 }
