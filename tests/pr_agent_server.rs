@@ -2442,25 +2442,23 @@ fn github_delivery(installation: Option<u64>, pr: u64) -> Delivery {
         body["installation"] =
             json!({"id": id, "node_id": "MDIzOkludGVncmF0aW9uSW5zdGFsbGF0aW9uMQ=="});
     }
-    let body = body.to_string().into_bytes();
-    let sig = format!("sha256={}", hmac_hex("gh-secret-new", &body));
-    Delivery {
-        route: "/api/v1/github_webhooks",
-        headers: vec![
-            ("x-github-event", "pull_request".into()),
-            ("x-github-delivery", format!("app-delivery-{pr}")),
-            ("x-hub-signature-256", sig),
-        ],
-        body,
-    }
+    let id = format!("app-delivery-{pr}");
+    signed(
+        app::Forge::GitHub,
+        &id,
+        "pull_request",
+        body.to_string().into_bytes(),
+    )
 }
 
-#[tokio::test]
-async fn comments_of_app_installations_are_posted_with_installation_tokens() {
-    let Some(python) = peers::python() else {
-        return;
-    };
-    let (pkcs1, _, public) = app_key(&python);
+/// The server as GitHub App 4242, with a fresh key and `extra` settings, against a fake GitHub
+/// API that hands out installation tokens: the app's public key (PEM), the fake API, the
+/// server's base URL and state.
+async fn start_as_github_app(
+    python: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> (String, Arc<FakeGithubApp>, String, Arc<app::AppState>) {
+    let (pkcs1, _, public) = app_key(python);
     let gh = Arc::new(FakeGithubApp::default());
     let gh_addr = serve(
         Router::new()
@@ -2468,19 +2466,27 @@ async fn comments_of_app_installations_are_posted_with_installation_tokens() {
             .with_state(gh.clone()),
     )
     .await;
-    let (api_addr, _api) = start_fake_api().await;
+    // The other providers' API: this server lives as long as the test's runtime.
+    let (api_addr, _) = start_fake_api().await;
     let gh_url = format!("http://{gh_addr}");
-    let settings = settings(
-        api_addr,
-        &[
-            ("GITHUB_API_URL", gh_url.as_str()),
-            ("GITHUB_APP_ID", "4242"),
-            ("GITHUB_APP_PRIVATE_KEY", pkcs1.as_str()),
-            // One comment at a time: one waiting for a token must not hold the slot.
-            ("COMMENTS_IN_FLIGHT_PER_PROVIDER", "1"),
-        ],
-    );
-    let (base, state) = start_server(&settings).await;
+    let mut env = vec![
+        ("GITHUB_API_URL", gh_url.as_str()),
+        ("GITHUB_APP_ID", "4242"),
+        ("GITHUB_APP_PRIVATE_KEY", pkcs1.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    let (base, state) = start_server(&settings(api_addr, &env)).await;
+    (public, gh, base, state)
+}
+
+#[tokio::test]
+async fn comments_of_app_installations_are_posted_with_installation_tokens() {
+    let Some(python) = peers::python() else {
+        return;
+    };
+    // One comment at a time: one waiting for a token must not hold the slot.
+    let (public, gh, base, state) =
+        start_as_github_app(&python, &[("COMMENTS_IN_FLIGHT_PER_PROVIDER", "1")]).await;
     let client = reqwest::Client::new();
     let deliver = |installation: Option<u64>, pr: u64| {
         let (client, base) = (client.clone(), base.clone());
@@ -3122,17 +3128,13 @@ async fn an_azure_devops_draft_gets_one_comment_when_published() {
 /// An `installation` delivery: `action` on installation `id`.
 fn installation_delivery(id: u64, action: &str) -> Delivery {
     let body = json!({"action": action, "installation": {"id": id, "account": {"login": "octo"}}, "sender": {"login": "octo", "type": "User"}});
-    let body = body.to_string().into_bytes();
-    let sig = format!("sha256={}", hmac_hex("gh-secret-new", &body));
-    Delivery {
-        route: "/api/v1/github_webhooks",
-        headers: vec![
-            ("x-github-event", "installation".into()),
-            ("x-github-delivery", format!("installation-{action}-{id}")),
-            ("x-hub-signature-256", sig),
-        ],
-        body,
-    }
+    let delivery = format!("installation-{action}-{id}");
+    signed(
+        app::Forge::GitHub,
+        &delivery,
+        "installation",
+        body.to_string().into_bytes(),
+    )
 }
 
 /// GitHub tells the app when an installation is suspended or uninstalled: its token is dropped
@@ -3143,25 +3145,7 @@ async fn a_suspended_or_uninstalled_installation_drops_its_token_and_asks_for_no
     let Some(python) = peers::python() else {
         return;
     };
-    let (pkcs1, _, _) = app_key(&python);
-    let gh = Arc::new(FakeGithubApp::default());
-    let gh_addr = serve(
-        Router::new()
-            .fallback(fake_github_app)
-            .with_state(gh.clone()),
-    )
-    .await;
-    let (api_addr, _api) = start_fake_api().await;
-    let gh_url = format!("http://{gh_addr}");
-    let settings = settings(
-        api_addr,
-        &[
-            ("GITHUB_API_URL", gh_url.as_str()),
-            ("GITHUB_APP_ID", "4242"),
-            ("GITHUB_APP_PRIVATE_KEY", pkcs1.as_str()),
-        ],
-    );
-    let (base, state) = start_server(&settings).await;
+    let (_, gh, base, state) = start_as_github_app(&python, &[]).await;
     let client = reqwest::Client::new();
     let deliver = |d: Delivery| {
         let (client, base) = (client.clone(), base.clone());

@@ -264,21 +264,7 @@ async fn a_reqwest_post_that_could_not_connect_is_tried_again() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
-    let attempts = Arc::new(AtomicUsize::new(0));
-    let seen = attempts.clone();
-    let client = reqwest::Client::new();
-    let svc = ServiceBuilder::new()
-        .layer(
-            RetryPolicy::new()
-                .max_retries(2)
-                .backoff(Duration::from_millis(1), Duration::from_millis(5))
-                .into_layer(),
-        )
-        .map_request(move |req: reqwest::Request| {
-            seen.fetch_add(1, Ordering::SeqCst);
-            req
-        })
-        .service(client);
+    let (svc, attempts) = counted_reqwest(2);
     let url = format!("http://127.0.0.1:{port}/comments").parse().unwrap();
     let mut req = reqwest::Request::new(http::Method::POST, url);
     *req.body_mut() = Some("{}".into());
@@ -666,20 +652,7 @@ async fn a_reqwest_error_that_cannot_pass_next_time_is_not_retried() {
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let attempts = Arc::new(AtomicUsize::new(0));
-    let counted = attempts.clone();
-    let svc = ServiceBuilder::new()
-        .layer(
-            RetryPolicy::new()
-                .max_retries(3)
-                .backoff(Duration::from_millis(1), Duration::from_millis(5))
-                .into_layer(),
-        )
-        .map_request(move |req: reqwest::Request| {
-            counted.fetch_add(1, Ordering::SeqCst);
-            req
-        })
-        .service(reqwest::Client::new());
+    let (svc, attempts) = counted_reqwest(3);
 
     let url = format!("http://{addr}/loop").parse().unwrap();
     let err = svc
@@ -704,4 +677,29 @@ async fn a_reqwest_error_that_cannot_pass_next_time_is_not_retried() {
     assert!(err.is_builder(), "{err}");
     assert_eq!(attempts.load(Ordering::SeqCst), 1);
     server.abort();
+}
+
+/// A reqwest client under a fast `RetryPolicy` of `max_retries`, and the count of the requests
+/// it sent (each attempt).
+fn counted_reqwest(
+    max_retries: u32,
+) -> (
+    impl Service<reqwest::Request, Response = reqwest::Response, Error = reqwest::Error> + Clone,
+    Arc<AtomicUsize>,
+) {
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counted = attempts.clone();
+    let svc = ServiceBuilder::new()
+        .layer(
+            RetryPolicy::new()
+                .max_retries(max_retries)
+                .backoff(Duration::from_millis(1), Duration::from_millis(5))
+                .into_layer(),
+        )
+        .map_request(move |req: reqwest::Request| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            req
+        })
+        .service(reqwest::Client::new());
+    (svc, attempts)
 }
