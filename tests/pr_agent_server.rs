@@ -3210,12 +3210,20 @@ async fn a_suspended_or_uninstalled_installation_drops_its_token_and_asks_for_no
     assert_eq!(gh.refused.load(Ordering::SeqCst), 0, "no comment tried");
 
     // Other installations are not concerned, and other actions change nothing.
-    deliver(installation_delivery(77, "new_permissions_accepted")).await;
+    deliver(installation_delivery(77, "created")).await;
     deliver(github_delivery(Some(77), 6)).await;
     done().await;
     assert_eq!(
         gh.comment_authorization(6).as_deref(),
         Some("Bearer ghs_77_2")
     );
-    assert_eq!(state.counters.comments_posted.load(Ordering::SeqCst), 4);
+    // New permissions accepted: the token made with the old ones is dropped.
+    deliver(installation_delivery(77, "new_permissions_accepted")).await;
+    deliver(github_delivery(Some(77), 7)).await;
+    done().await;
+    assert_eq!(
+        gh.comment_authorization(7).as_deref(),
+        Some("Bearer ghs_77_3")
+    );
+    assert_eq!(state.counters.comments_posted.load(Ordering::SeqCst), 5);
 }

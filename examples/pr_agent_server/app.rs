@@ -37,7 +37,7 @@ pub(crate) mod drafts;
 pub(crate) mod github_app;
 use drafts::DraftMemory;
 pub(crate) use github_app::GithubApp;
-use github_app::{InstallationTokens, TokenError};
+use github_app::{InstallationChange, InstallationTokens, TokenError};
 
 /// The six providers the server answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -1090,11 +1090,14 @@ fn installation_event(state: &AppState, payload: &Value, delivery: &str) {
         return;
     };
     match tokens.installation_event(id, action) {
-        Some(Some(gone)) => {
+        Some(InstallationChange::Gone(gone)) => {
             tracing::info!(installation = id, %delivery, "GitHub App installation {gone}: its token is dropped and its comments are given up");
         }
-        Some(None) => {
+        Some(InstallationChange::Back) => {
             tracing::info!(installation = id, %delivery, "GitHub App installation unsuspended: its comments fetch a token again");
+        }
+        Some(InstallationChange::NewPermissions) => {
+            tracing::info!(installation = id, %delivery, "GitHub App installation accepted new permissions: its next comment fetches a token that carries them");
         }
         None => {}
     }

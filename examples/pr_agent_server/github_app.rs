@@ -177,6 +177,17 @@ impl std::fmt::Display for Gone {
     }
 }
 
+/// What an `installation` event changed for the installation's comments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum InstallationChange {
+    /// Suspended or uninstalled: no token until it comes back.
+    Gone(Gone),
+    /// Unsuspended: its comments fetch a token again.
+    Back,
+    /// New permissions accepted: its token was dropped, the next one carries them.
+    NewPermissions,
+}
+
 /// One installation's token, if one was fetched.
 type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
 
@@ -222,17 +233,19 @@ impl InstallationTokens {
 
     /// Takes in an `installation` event of `installation` (the app receives them without
     /// subscribing): `deleted` or `suspend` drops its token at once, and its comments are given
-    /// up without asking GitHub for another; `unsuspend` lets them fetch one again. Other
-    /// actions change nothing. Returns what the installation is now, if it changed.
+    /// up without asking GitHub for another; `unsuspend` lets them fetch one again;
+    /// `new_permissions_accepted` drops its token, which carries the permissions it was made
+    /// with, so the next comment fetches one with the new ones. Other actions change nothing.
+    /// Returns what changed, if anything.
     pub(crate) fn installation_event(
         &self,
         installation: u64,
         action: &str,
-    ) -> Option<Option<Gone>> {
+    ) -> Option<InstallationChange> {
         let now = match action {
             "deleted" => Some(Gone::Deleted),
             "suspend" => Some(Gone::Suspended),
-            "unsuspend" => None,
+            "unsuspend" | "new_permissions_accepted" => None,
             _ => return None,
         };
         // A fetch or a comment in flight keeps the slot it holds; the next one starts afresh.
@@ -240,6 +253,9 @@ impl InstallationTokens {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&installation);
+        if action == "new_permissions_accepted" {
+            return Some(InstallationChange::NewPermissions);
+        }
         let mut gone = self.gone.lock().unwrap_or_else(|e| e.into_inner());
         match now {
             Some(why) => {
@@ -251,12 +267,13 @@ impl InstallationTokens {
                     gone.remove(&any);
                 }
                 gone.insert(installation, why);
+                Some(InstallationChange::Gone(why))
             }
             None => {
                 gone.remove(&installation);
+                Some(InstallationChange::Back)
             }
         }
-        Some(now)
     }
 
     /// Whether GitHub said `installation` was suspended or uninstalled.

@@ -28,7 +28,8 @@
 //! `GITHUB_APP_PRIVATE_KEY` or `GITHUB_APP_PRIVATE_KEY_PATH` (a GitHub App: deliveries that
 //! come through one of its installations are commented on as the app, with that installation's
 //! token; an installation suspended or uninstalled, as the app's `installation` events say,
-//! has its token dropped and its pending comments given up; with `--use-tunnel` its hook is
+//! has its token dropped and its pending comments given up, one that accepted new permissions
+//! gets a new token; with `--use-tunnel` its hook is
 //! pointed at each tunnel URL), `RUST_LOG` (default `info`). A value out
 //! of range stops the server with a message naming the variable. A comment given up is logged at
 //! error level and counted in `/status` as `comments.failed`.
