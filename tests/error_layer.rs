@@ -1049,6 +1049,29 @@ async fn a_future_that_panics_again_when_dropped_is_still_answered_500() {
 mod logging {
     use super::*;
 
+    /// A challenge that cannot be a header (a line break in it) is left out, never injected,
+    /// and the mistake is logged; so is an error that reports a status below 400.
+    #[tokio::test]
+    #[tracing_test::traced_test]
+    async fn mistakes_of_the_server_itself_are_logged() {
+        let problem =
+            Problem::new(StatusCode::UNAUTHORIZED).with_challenge("Bearer\r\nSet-Cookie: x=1");
+        let res = answer_error(WebhookErrorLayer::new(), http_req(), problem.into()).await;
+        assert_eq!(res.status(), 401);
+        assert!(res.headers().get("www-authenticate").is_none());
+        assert!(res.headers().get("set-cookie").is_none());
+        assert!(logs_contain("challenge is not a valid header value"));
+
+        let res = answer_error(
+            WebhookErrorLayer::new(),
+            http_req(),
+            Problem::new(StatusCode::ACCEPTED).into(),
+        )
+        .await;
+        assert_eq!(res.status(), 500);
+        assert!(logs_contain("not an error status"));
+    }
+
     #[tokio::test]
     #[tracing_test::traced_test]
     async fn panic_message_goes_to_the_log_not_the_client() {

@@ -527,7 +527,8 @@ impl Problem {
     }
 
     /// Sets the `WWW-Authenticate` challenge sent with the HTTP response (a 401 must carry one,
-    /// RFC 9110, section 15.5.2). A value that is not a valid header value is not sent.
+    /// RFC 9110, section 15.5.2). A value that is not a valid header value (a line break or
+    /// another control character in it) is not sent, and a warning is logged.
     ///
     /// # Example
     ///
@@ -848,12 +849,19 @@ impl Problem {
                 .entry(header::RETRY_AFTER)
                 .or_insert_with(|| retry_after_value(after));
         }
-        if let Some(challenge) = self
-            .challenge
-            .as_deref()
-            .and_then(|c| HeaderValue::from_str(c).ok())
-        {
-            headers.entry(header::WWW_AUTHENTICATE).or_insert(challenge);
+        if let Some(challenge) = self.challenge.as_deref() {
+            match HeaderValue::from_str(challenge) {
+                Ok(value) => {
+                    headers.entry(header::WWW_AUTHENTICATE).or_insert(value);
+                }
+                // A line break or another control character: it cannot be a header, and the
+                // mistake is the server's own.
+                Err(_) => tracing::warn!(
+                    status = self.status.as_u16(),
+                    problem_type = &*self.problem_type,
+                    "the problem's challenge is not a valid header value; WWW-Authenticate left out"
+                ),
+            }
         }
     }
 }
