@@ -2,7 +2,8 @@
 //! or trailers) open the breaker, and an open breaker answers `UNAVAILABLE` without a request.
 //!
 //! Run `cargo run --example tonic_server` first (or set ADDR, default `127.0.0.1:50051`, to
-//! another echo server). Exits non-zero if the calls did not turn out as printed.
+//! another echo server). Exits non-zero if the calls did not turn out as printed. The last call
+//! runs into the server's 2 s deadline.
 
 #[path = "common/echo.rs"]
 #[allow(dead_code)] // the server half is used by tonic_server
@@ -22,6 +23,8 @@ async fn main() -> Result<(), BoxError> {
     let addr = std::env::var("ADDR").unwrap_or_else(|_| "127.0.0.1:50051".into());
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_secs(5))
+        // A deadline for every call, so a hung server counts as a failure for the breaker.
+        .timeout(Duration::from_secs(5))
         .connect()
         .await?;
     let config = CircuitBreakerConfig::default()
@@ -67,6 +70,10 @@ async fn main() -> Result<(), BoxError> {
     tokio::time::sleep(Duration::from_millis(600)).await;
     ok &= say("hello again").await.ok().as_deref() == Some("hello again");
     ok &= handle.state() == CircuitState::Closed;
+    // The server's TimeoutLayer: `Elapsed` reaches the client as DEADLINE_EXCEEDED.
+    ok &= say("slow")
+        .await
+        .is_err_and(|s| s.code() == Code::DeadlineExceeded);
     if ok {
         println!("all calls turned out as expected");
         Ok(())
