@@ -1,14 +1,21 @@
-//! The layers on a plain hyper server, no framework: WebhookErrorLayer outermost, then
-//! SignatureLayer for GitHub, then a `service_fn` handler.
+//! The layers on a plain hyper server, no framework: WebhookErrorLayer outermost, then a 10 s
+//! timeout (504, GitHub gives up after 10 s), then SignatureLayer for GitHub, then a
+//! `service_fn` handler.
 //!
 //! ```text
 //! GITHUB_WEBHOOK_SECRET=s3cret cargo run --example hyper_server   # 127.0.0.1:3001 (ADDR)
 //! ```
 //!
-//! `GITHUB_WEBHOOK_SECRET` defaults to `development-secret`, `ADDR` to `127.0.0.1:3001`. It
-//! prints a signed `curl` command to try it with.
+//! `GITHUB_WEBHOOK_SECRET` defaults to `development-secret` (with a warning: anyone who reads
+//! this can sign for it), `ADDR` to `127.0.0.1:3001`. It prints a signed `curl` command to try
+//! it with: 202 the first time, 409 when the same delivery id comes again (a replay). Ctrl-C or
+//! `SIGTERM` stops it gracefully: requests in flight are answered first (for up to 10 s).
+
+#[path = "common/shutdown.rs"]
+mod shutdown;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::Bytes;
 use hmac::{KeyInit, Mac};
@@ -17,10 +24,11 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tower::{BoxError, ServiceBuilder};
 use tower_webhook::body::RequestBody;
-use tower_webhook::error::WebhookErrorLayer;
+use tower_webhook::error::{Problem, WebhookErrorLayer};
 use tower_webhook::signature::{SignatureLayer, VerifiedWebhook};
 
 /// Answers a verified delivery: 202 and what was verified.
@@ -31,7 +39,9 @@ async fn handle(req: Request<RequestBody>) -> Result<Response<Full<Bytes>>, BoxE
         .cloned()
         .ok_or("SignatureLayer must run before this handler")?;
     let body = req.into_body().collect().await?.to_bytes();
-    let event: serde_json::Value = serde_json::from_slice(&body)?;
+    // Signed but not JSON (a delivery sent form-encoded, say): the sender's fault, so 400.
+    let event: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|_| Problem::new(StatusCode::BAD_REQUEST))?;
     let text = format!(
         "accepted {} delivery {} (action {})\n",
         hook.event().unwrap_or("?"),
@@ -46,24 +56,27 @@ async fn handle(req: Request<RequestBody>) -> Result<Response<Full<Bytes>>, BoxE
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     tracing_subscriber::fmt().with_env_filter("info").init();
-    let secret =
-        std::env::var("GITHUB_WEBHOOK_SECRET").unwrap_or_else(|_| "development-secret".into());
+    let secret = std::env::var("GITHUB_WEBHOOK_SECRET").unwrap_or_else(|_| {
+        tracing::warn!("GITHUB_WEBHOOK_SECRET is not set: using the public development secret");
+        "development-secret".into()
+    });
     let addr: SocketAddr = std::env::var("ADDR")
         .unwrap_or_else(|_| "127.0.0.1:3001".into())
         .parse()?;
 
     let svc = ServiceBuilder::new()
         .layer(WebhookErrorLayer::new())
+        // Also bounds a client that sends its body slowly: SignatureLayer reads it inside.
+        .timeout(Duration::from_secs(10))
         // hyper's `Incoming` cannot be rebuilt from bytes: wrap it (nothing is read here).
         .map_request(|req: Request<Incoming>| req.map(RequestBody::new))
         .layer(SignatureLayer::github(secret.clone())?)
         .service_fn(handle);
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    println!(
-        "hyper_server listening on http://{}",
-        listener.local_addr()?
-    );
+    let addr = listener.local_addr()?;
+    let shutdown = shutdown::shutdown_signal()?;
+    println!("hyper_server listening on http://{addr}");
     let body = r#"{"action":"opened","number":1}"#;
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())?;
     mac.update(body.as_bytes());
@@ -72,19 +85,42 @@ async fn main() -> Result<(), BoxError> {
         hex::encode(mac.finalize().into_bytes())
     );
 
+    let server = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
-            conn = listener.accept() => conn?,
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+        let stream = tokio::select! {
+            conn = listener.accept() => match conn {
+                Ok((stream, _)) => stream,
+                // Out of file descriptors, a connection reset before it was accepted: the
+                // listener still works, so wait a moment and go on serving.
+                Err(err) => {
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
         };
         let svc = TowerToHyperService::new(svc.clone());
-        tokio::spawn(async move {
-            if let Err(err) = auto::Builder::new(TokioExecutor::new())
+        let conn = graceful.watch(
+            server
                 .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
+                .into_owned(),
+        );
+        tokio::spawn(async move {
+            if let Err(err) = conn.await {
                 tracing::debug!(error = %err, "connection closed");
             }
         });
     }
+    // No new connections; idle ones close now, open requests are answered first.
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(Duration::from_secs(10)) => {
+            tracing::warn!("requests still open after 10 s: dropped");
+        }
+    }
+    Ok(())
 }
