@@ -59,7 +59,12 @@ async fn main() -> Result<(), BoxError> {
         .consecutive_failures(3)
         .open_duration(OpenDuration::Fixed(Duration::from_millis(500)));
     let (breaker, handle) = CircuitBreakerLayer::pair(config)?;
-    let client = reqwest::Client::builder().no_proxy().build()?;
+    // Timeouts, so a hung API counts as a failure instead of holding the call forever.
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .build()?;
     let mut svc = ServiceBuilder::new()
         .layer(
             RetryPolicy::new()
