@@ -17,6 +17,12 @@ wait_for() { # file pattern
   for _ in $(seq 1 100); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
   echo "timed out waiting for '$2' in $1:"; cat "$1"; return 1
 }
+stops_cleanly() { # pid name: SIGTERM, then the process must exit 0 within 10 s
+  kill -TERM "$1"
+  for _ in $(seq 1 100); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+  local rc=0; wait "$1" || rc=$?
+  if [ "$rc" != 0 ]; then echo "$2 did not stop cleanly on SIGTERM (exit $rc)"; return 1; fi
+}
 expect_status() { # expected, curl args...
   local want=$1; shift
   local got; got=$(curl -s -o "$log/body" -w '%{http_code}' --max-time 10 "$@")
@@ -28,17 +34,52 @@ timeout 60 "$bin/reqwest_client"
 
 echo "-- tonic_server + tonic_client"
 port=$(free_port)
-ADDR=127.0.0.1:$port "$bin/tonic_server" >"$log/tonic" 2>&1 & pids+=($!)
+ADDR=127.0.0.1:$port "$bin/tonic_server" >"$log/tonic" 2>&1 & server=$!; pids+=($server)
 wait_for "$log/tonic" "listening"
 ADDR=127.0.0.1:$port timeout 60 "$bin/tonic_client"
+stops_cleanly "$server" tonic_server
 
 echo "-- hyper_server"
 port=$(free_port)
-ADDR=127.0.0.1:$port GITHUB_WEBHOOK_SECRET=ci-secret "$bin/hyper_server" >"$log/hyper" 2>&1 & pids+=($!)
+ADDR=127.0.0.1:$port GITHUB_WEBHOOK_SECRET=ci-secret "$bin/hyper_server" >"$log/hyper" 2>&1 & server=$!; pids+=($server)
 wait_for "$log/hyper" "try: curl"
 cmd=$(grep -o "curl .*" "$log/hyper")
 eval "expect_status 202 -s ${cmd#curl }"
-eval "expect_status 401 -s ${cmd#curl } -H 'X-Hub-Signature-256: sha256=00'"
+grep -qx "accepted pull_request delivery 1 (action opened)" "$log/body"
+eval "expect_status 409 -s ${cmd#curl }"   # the same delivery again: a replay
+# A wrong signature (the only one sent) on a fresh delivery.
+bad=$(sed -e 's/sha256=[0-9a-f]*/sha256=0000/' -e 's/Delivery: 1/Delivery: 2/' <<<"$cmd")
+eval "expect_status 401 -s ${bad#curl }"
+grep -q '"type":"urn:tower-webhook:problem:invalid-signature"' "$log/body"
+wait_for "$log/hyper" "no signature matches any configured secret"
+# Signed but not JSON (a form-encoded delivery): the sender's fault, 400, not a server error.
+form='payload=%7B%7D'
+sig=$(python3 -c 'import hmac,sys; print(hmac.new(b"ci-secret", sys.argv[1].encode(), "sha256").hexdigest())' "$form")
+expect_status 400 "http://127.0.0.1:$port/" -H 'X-GitHub-Event: push' -H 'X-GitHub-Delivery: 4' \
+  -H "X-Hub-Signature-256: sha256=$sig" --data "$form"
+# SIGTERM while a delivery is still being uploaded: it is answered, then the server exits 0.
+sig=$(grep -o 'sha256=[0-9a-f]*' <<<"$cmd")
+{ sleep 1; printf '%s' '{"action":"opened","number":1}'; } |
+  curl -s -o "$log/slow" -w '%{http_code}' --max-time 10 -X POST -T - -H 'Expect:' \
+    -H 'X-GitHub-Event: pull_request' -H 'X-GitHub-Delivery: 3' -H "X-Hub-Signature-256: $sig" \
+    "http://127.0.0.1:$port/" >"$log/slow_status" & upload=$!
+sleep 0.5
+stops_cleanly "$server" hyper_server
+wait "$upload" || true
+[ "$(cat "$log/slow_status")" = 202 ] || { echo "in-flight delivery got $(cat "$log/slow_status"): $(cat "$log/slow")"; exit 1; }
+
+echo "-- load_test (layers server, 1 s of load)"
+port=$(free_port)
+"$bin/load_test" serve layers "127.0.0.1:$port" >"$log/load" 2>&1 & server=$!; pids+=($server)
+wait_for "$log/load" "serving layers"
+timeout 60 "$bin/load_test" generate "http://127.0.0.1:$port/hook" 1 2 >"$log/report"
+python3 -c '
+import json,sys
+r=json.load(open(sys.argv[1]))
+a=r["answers"]
+assert r["ok"] and r["requests"] > 0 and a["other"] == 0, r
+assert a["202"] == r["sent"]["valid"] + r["sent"]["duplicate"] and a["401"] == r["sent"]["invalid"], r' "$log/report"
+kill "$server"
 
 echo "-- pr_agent_server (development mode, the README's first command)"
 port=$(free_port)
