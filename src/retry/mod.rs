@@ -295,35 +295,33 @@ impl RetryError for tonic::Status {
     }
 }
 
+/// `err` and its `source()` chain, outermost first.
+fn chain<'a>(err: &'a (dyn Error + 'static)) -> impl Iterator<Item = &'a (dyn Error + 'static)> {
+    std::iter::successors(Some(err), |&e| e.source())
+}
+
 /// Whether `err` was raised before the request left: nothing reached the upstream.
 fn was_not_sent(err: &(dyn Error + 'static)) -> bool {
-    let mut current = Some(err);
-    while let Some(e) = current {
+    chain(err).any(|e| {
         #[cfg(feature = "reqwest")]
-        if let Some(err) = e.downcast_ref::<reqwest::Error>()
-            && err.is_connect()
+        if e.downcast_ref::<reqwest::Error>()
+            .is_some_and(reqwest::Error::is_connect)
         {
             return true;
         }
         // Kinds a connection attempt fails with, before anything is written: a refused
         // connection, no route to the host or network, no local address to connect from.
-        if let Some(err) = e.downcast_ref::<std::io::Error>()
-            && matches!(
+        let refused = e.downcast_ref::<std::io::Error>().is_some_and(|err| {
+            matches!(
                 err.kind(),
                 std::io::ErrorKind::ConnectionRefused
                     | std::io::ErrorKind::HostUnreachable
                     | std::io::ErrorKind::NetworkUnreachable
                     | std::io::ErrorKind::AddrNotAvailable
             )
-        {
-            return true;
-        }
-        if e.is::<tower::load_shed::error::Overloaded>() {
-            return true;
-        }
-        current = e.source();
-    }
-    false
+        });
+        refused || e.is::<tower::load_shed::error::Overloaded>()
+    })
 }
 
 /// The `grpc-status` of a gRPC "trailers-only" answer (HTTP 200, the status in the headers).
@@ -346,16 +344,10 @@ fn trailers_only_grpc_status(status: StatusCode, headers: &HeaderMap) -> Option<
 /// with no source. One with a source was made from a transport error, which says more.
 #[cfg(feature = "tonic")]
 fn answered_grpc_code(err: &(dyn Error + 'static)) -> Option<u16> {
-    let mut current = Some(err);
-    while let Some(e) = current {
-        if let Some(status) = e.downcast_ref::<tonic::Status>()
-            && status.source().is_none()
-        {
-            return Some(status.code() as u16);
-        }
-        current = e.source();
-    }
-    None
+    chain(err)
+        .filter_map(|e| e.downcast_ref::<tonic::Status>())
+        .find(|status| status.source().is_none())
+        .map(|status| status.code() as u16)
 }
 
 #[cfg(not(feature = "tonic"))]
@@ -366,35 +358,32 @@ fn answered_grpc_code(_: &(dyn Error + 'static)) -> Option<u16> {
 /// Whether `err` is one the same request meets again whatever the wait: reqwest refusing to
 /// build or send it (a bad URL scheme), or a redirect loop.
 fn fails_again(err: &(dyn Error + 'static)) -> bool {
-    let mut current = Some(err);
-    while let Some(e) = current {
-        #[cfg(feature = "reqwest")]
-        if let Some(err) = e.downcast_ref::<reqwest::Error>()
-            && (err.is_builder() || err.is_redirect())
-        {
-            return true;
-        }
-        current = e.source();
+    #[cfg(feature = "reqwest")]
+    return chain(err)
+        .filter_map(|e| e.downcast_ref::<reqwest::Error>())
+        .any(|err| err.is_builder() || err.is_redirect());
+    #[cfg(not(feature = "reqwest"))]
+    {
+        let _ = err;
+        false
     }
-    false
 }
 
 fn is_circuit_open(err: &(dyn Error + 'static)) -> bool {
-    let mut current = Some(err);
-    while let Some(e) = current {
+    chain(err).any(|e| {
         #[cfg(feature = "circuit-breaker")]
         if e.is::<crate::circuit_breaker::CircuitOpen>() {
             return true;
         }
         #[cfg(feature = "error")]
-        if let Some(problem) = e.downcast_ref::<crate::error::Problem>()
-            && problem.problem_type() == crate::error::types::CIRCUIT_OPEN
+        if e.downcast_ref::<crate::error::Problem>()
+            .is_some_and(|problem| problem.problem_type() == crate::error::types::CIRCUIT_OPEN)
         {
             return true;
         }
-        current = e.source();
-    }
-    false
+        let _ = e; // with neither feature, nothing to look for
+        false
+    })
 }
 
 /// A [`tower::retry::Policy`] with exponential backoff, full jitter, a cap, a retry budget and
