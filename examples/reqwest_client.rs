@@ -75,20 +75,23 @@ async fn main() -> Result<(), BoxError> {
         .layer(breaker)
         .service(client);
 
-    let post = |url: &str| {
+    let post = |url: &str, comment: u32| {
         let mut req = reqwest::Request::new(reqwest::Method::POST, url.parse().expect("valid URL"));
-        // An idempotency key makes the POST safe to send again.
+        // An idempotency key makes the POST safe to send again: one key per comment, the same
+        // for each of its attempts, so the API posts each comment once.
         req.headers_mut().insert(
             "idempotency-key",
-            "comment-1".parse().expect("valid header"),
+            format!("comment-{comment}").parse().expect("valid header"),
         );
         *req.body_mut() = Some(r#"{"body":"LGTM"}"#.into());
         req
     };
 
+    let mut comments = 0;
     let mut call = async |label: &str| -> Result<Option<StatusCode>, BoxError> {
         let before = api.hits.load(Ordering::SeqCst);
-        let result = svc.ready().await?.call(post(&url)).await;
+        comments += 1;
+        let result = svc.ready().await?.call(post(&url, comments)).await;
         let hits = api.hits.load(Ordering::SeqCst) - before;
         let outcome = match &result {
             Ok(res) => format!("HTTP {}", res.status().as_u16()),
