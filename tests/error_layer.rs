@@ -1072,6 +1072,45 @@ mod logging {
         assert!(logs_contain("not an error status"));
     }
 
+    /// A challenge that cannot be a header is logged once per response: not once by the
+    /// renderer and again by the layer, nor again by an outer layer.
+    #[tokio::test]
+    #[tracing_test::traced_test]
+    async fn a_bad_challenge_is_logged_once_per_response() {
+        let problem =
+            || Problem::new(StatusCode::UNAUTHORIZED).with_challenge("Bearer\r\nSet-Cookie: x=1");
+        let res = answer_error(WebhookErrorLayer::new(), http_req(), problem().into()).await;
+        assert_eq!(res.status(), 401);
+        let svc = ServiceBuilder::new()
+            .layer(WebhookErrorLayer::new())
+            .layer(WebhookErrorLayer::new())
+            .service_fn(move |_req: Request<Full<Bytes>>| async move {
+                Err::<Res, BoxError>(problem().into())
+            });
+        let res = svc.oneshot(http_req()).await.unwrap();
+        assert_eq!(res.status(), 401);
+        assert!(res.headers().get("set-cookie").is_none());
+        // The layer's own challenge takes the place of the one left out.
+        let layer = WebhookErrorLayer::new().challenge("Basic realm=\"hooks\"");
+        let res = answer_error(layer, http_req(), problem().into()).await;
+        assert_eq!(res.headers()["www-authenticate"], "Basic realm=\"hooks\"");
+        // A layer's own bad challenge is logged once too.
+        let layer = WebhookErrorLayer::new().challenge("Basic\nrealm");
+        let unauthorized = Problem::new(StatusCode::UNAUTHORIZED).into();
+        let res = answer_error(layer, http_req(), unauthorized).await;
+        assert!(res.headers().get("www-authenticate").is_none());
+        logs_assert(|lines: &[&str]| {
+            match lines
+                .iter()
+                .filter(|l| l.contains("challenge is not a valid header value"))
+                .count()
+            {
+                4 => Ok(()),
+                n => Err(format!("{n} warnings for 4 bad challenges: {lines:?}")),
+            }
+        });
+    }
+
     #[tokio::test]
     #[tracing_test::traced_test]
     async fn panic_message_goes_to_the_log_not_the_client() {

@@ -862,11 +862,20 @@ fn render<B, R: RenderProblem>(
     {
         problem = problem.with_instance(id);
     }
+    // A challenge that cannot be a header is logged once, here, and left out: the layer's
+    // own then takes its place on a 401 (gRPC answers carry none).
+    let http = info.grpc.is_none();
+    if http {
+        problem = problem.without_bad_challenge();
+    }
     if problem.status() == StatusCode::UNAUTHORIZED
         && problem.challenge().is_none()
         && let Some(challenge) = &config.challenge
     {
         problem = problem.with_challenge(challenge.clone());
+        if http {
+            problem = problem.without_bad_challenge();
+        }
     }
     let mut response = if let Some(grpc) = info.grpc {
         // `grpc-status: 0` would tell the client the call succeeded, with no message.

@@ -840,7 +840,6 @@ impl Problem {
     }
 }
 
-/// `Retry-After` in whole seconds, rounded up so a client never comes back early.
 impl Problem {
     /// Sets `Retry-After` and `WWW-Authenticate` from the problem, where `headers` has none.
     pub(crate) fn add_headers(&self, headers: &mut http::HeaderMap) {
@@ -854,18 +853,38 @@ impl Problem {
                 Ok(value) => {
                     headers.entry(header::WWW_AUTHENTICATE).or_insert(value);
                 }
-                // A line break or another control character: it cannot be a header, and the
-                // mistake is the server's own.
-                Err(_) => tracing::warn!(
-                    status = self.status.as_u16(),
-                    problem_type = &*self.problem_type,
-                    "the problem's challenge is not a valid header value; WWW-Authenticate left out"
-                ),
+                Err(_) => self.warn_bad_challenge(),
             }
         }
     }
+
+    /// The problem without its challenge if that cannot be a header value, the mistake logged
+    /// here once: the renderer and the layer after it, or an outer layer rendering the problem
+    /// again, then find nothing to leave out and log.
+    pub(crate) fn without_bad_challenge(mut self) -> Self {
+        if self
+            .challenge
+            .as_deref()
+            .is_some_and(|challenge| HeaderValue::from_str(challenge).is_err())
+        {
+            self.warn_bad_challenge();
+            self.challenge = None;
+        }
+        self
+    }
+
+    /// A line break or another control character: it cannot be a header, and the mistake is
+    /// the server's own.
+    fn warn_bad_challenge(&self) {
+        tracing::warn!(
+            status = self.status.as_u16(),
+            problem_type = &*self.problem_type,
+            "the problem's challenge is not a valid header value; WWW-Authenticate left out"
+        );
+    }
 }
 
+/// `Retry-After` in whole seconds, rounded up so a client never comes back early.
 fn retry_after_value(after: Duration) -> HeaderValue {
     let secs = after
         .as_secs()
