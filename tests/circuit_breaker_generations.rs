@@ -316,3 +316,34 @@ fn recorders_racing_transitions_keep_the_window_consistent() {
         });
     }
 }
+
+/// Transitions that leave a time window's bucket alone for a while must not bring its old
+/// counts back, however many they are: a bucket's counts belong to the stamp they were
+/// counted under, and a quiet stretch of transitions (a long outage, resets) changes the
+/// stamps of buckets nobody records into.
+#[tokio::test(start_paused = true)]
+async fn a_time_window_bucket_left_alone_through_transitions_does_not_resurrect() {
+    for buckets in [1, 3] {
+        for transitions in 1..(300 * buckets) {
+            let config = CircuitBreakerConfig::default()
+                .sliding_window(SlidingWindow::Time {
+                    span: Duration::from_secs(60),
+                    buckets,
+                })
+                .failure_rate_threshold(50.0)
+                .minimum_calls(100)
+                .consecutive_failures(0);
+            let (mut svc, handle) = breaker(config);
+            for _ in 0..3 {
+                call(&mut svc, false).await;
+            }
+            resets(&handle, transitions);
+            call(&mut svc, true).await;
+            assert_eq!(
+                counts(&handle),
+                (1, 0, 1),
+                "{buckets} buckets, {transitions} transitions"
+            );
+        }
+    }
+}

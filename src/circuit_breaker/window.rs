@@ -289,8 +289,11 @@ impl CountWindow {
 ///
 /// A bucket whose stamp is not the one expected for its position counts as empty, so buckets
 /// expire by themselves, also across idle gaps of any length. A swept bucket's stamp carries
-/// the current tag, a new version and no epoch (0, which no `epoch + 1` equals): empty to
-/// everyone, and claimed like any stamp of an earlier epoch.
+/// the current tag, its version unchanged and no epoch (0, which no `epoch + 1` equals): empty
+/// to everyone, and claimed like any stamp of an earlier epoch. The version stays, because
+/// only a claim is followed by fresh counts: a sweep that moved it on would, after 256 sweeps
+/// of a bucket nobody records into, bring the version back to that of the bucket's old counts,
+/// and the next claim would take them for its own.
 pub(crate) struct TimeWindow {
     n: u32,
     bucket_nanos: u64,
@@ -354,8 +357,7 @@ impl TimeWindow {
                 if (current >> 48) as u16 == tag {
                     break;
                 }
-                let empty = (u64::from(tag) << 48)
-                    | (((stamp_version(current) + 1) & VERSION_MASK) << EPOCH_BITS);
+                let empty = (u64::from(tag) << 48) | (stamp_version(current) << EPOCH_BITS);
                 match stamps.compare_exchange_weak(
                     current,
                     empty,
