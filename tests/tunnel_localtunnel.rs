@@ -396,25 +396,42 @@ async fn configured_from_the_environment_with_a_bare_host() {
     handle.close().await;
 }
 
-/// Each clone of a `LocalTunnel` remembers its own subdomain for reconnects: a clone started
-/// beside the original neither asks for the original's name nor, on a server that gives a taken
-/// name to its newest client (as the test server does), takes it over.
+/// Two tunnels opened from clones of one `LocalTunnel`, or from clones of one builder (which
+/// share the provider), keep their own subdomains: the second neither asks for the first's
+/// name nor, on a server that gives a taken name to its newest client (as the test server
+/// does), takes it over.
 #[tokio::test]
-async fn clones_of_a_localtunnel_keep_their_own_subdomains() {
-    let server = LtServer::start().await;
-    let lt = LocalTunnel::new()
-        .server(format!("http://{}", server.addr))
-        .max_connections(1);
-    let calls = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
-    let mut handles = Vec::new();
-    for counter in &calls {
-        let handle = Tunnel::builder()
-            .provider(lt.clone())
-            .start(Upstream::service(hello_service(Arc::clone(counter))))
-            .await
-            .unwrap();
-        handles.push(handle);
+async fn tunnels_from_clones_keep_their_own_subdomains() {
+    for shared_builder in [false, true] {
+        let server = LtServer::start().await;
+        let lt = LocalTunnel::new()
+            .server(format!("http://{}", server.addr))
+            .max_connections(1);
+        let builder = Tunnel::builder().provider(lt.clone());
+        let calls = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
+        let mut handles = Vec::new();
+        for counter in &calls {
+            let builder = if shared_builder {
+                builder.clone()
+            } else {
+                Tunnel::builder().provider(lt.clone())
+            };
+            let handle = builder
+                .start(Upstream::service(hello_service(Arc::clone(counter))))
+                .await
+                .unwrap();
+            handles.push(handle);
+        }
+        two_tunnels_two_services(&server, &calls, handles).await;
     }
+}
+
+/// The two tunnels have their own URLs, each reaching its own service (counted in `calls`).
+async fn two_tunnels_two_services(
+    server: &LtServer,
+    calls: &[Arc<AtomicUsize>; 2],
+    handles: Vec<TunnelHandle>,
+) {
     assert_ne!(handles[0].url(), handles[1].url());
     assert_eq!(server.state.registrations.load(Ordering::SeqCst), 2);
     for (i, handle) in handles.iter().enumerate() {

@@ -1,5 +1,6 @@
 //! The localtunnel provider: a native client of the localtunnel server protocol.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -51,9 +52,9 @@ struct Registration {
 /// connections to the server's `port` open, each carrying HTTP/1.1 requests to serve, and opens a
 /// replacement whenever one closes. When the server stops accepting connections the session ends
 /// and [`TunnelHandle`](super::TunnelHandle) re-opens it; the provider then asks for the same
-/// subdomain again, so the URL usually stays the same. That memory belongs to the value: a
-/// clone starts without it, so two tunnels opened from clones of one `LocalTunnel` keep
-/// their own subdomains.
+/// subdomain again, so the URL usually stays the same. Only the names of tunnels that ended
+/// are asked for again: two tunnels open at once through one `LocalTunnel` (or its clones,
+/// which share that memory) keep their own subdomains.
 ///
 /// The registration goes over TLS when the server is an `https://` URL (as the public
 /// server is), verifying the server's certificate against [`TlsRoots`] (the Mozilla root set
@@ -79,30 +80,43 @@ struct Registration {
 /// println!("webhooks go to {}", handle.url());
 /// # Ok(()) }
 /// ```
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct LocalTunnel {
     server: String,
     subdomain: Option<String>,
     max_connections: usize,
     startup_timeout: Duration,
     tls: TlsRoots,
-    /// The subdomain this tunnel was last given, asked for again when it re-opens.
-    last_id: Mutex<Option<String>>,
+    /// The subdomains of this provider's tunnels that ended, most recent last, asked for again
+    /// when a tunnel re-opens. A tunnel's name joins them only when its session ends, so a
+    /// second tunnel opened through the same provider while the first is up never asks for
+    /// the first's name.
+    ended: Arc<Mutex<VecDeque<String>>>,
 }
 
-/// The settings; not the subdomain the original was given, which another tunnel would take
-/// over (or be refused) if it asked for it.
-impl Clone for LocalTunnel {
-    fn clone(&self) -> Self {
-        Self {
-            server: self.server.clone(),
-            subdomain: self.subdomain.clone(),
-            max_connections: self.max_connections,
-            startup_timeout: self.startup_timeout,
-            tls: self.tls.clone(),
-            last_id: Mutex::new(None),
+/// How many subdomains of ended tunnels a [`LocalTunnel`] remembers.
+const REMEMBERED_NAMES: usize = 8;
+
+/// The subdomain of an open tunnel: remembered as ended when its session ends, whichever way.
+struct OpenName {
+    ended: Arc<Mutex<VecDeque<String>>>,
+    id: String,
+}
+
+impl Drop for OpenName {
+    fn drop(&mut self) {
+        let mut ended = lock(&self.ended);
+        if ended.len() >= REMEMBERED_NAMES {
+            ended.pop_front();
         }
+        ended.push_back(std::mem::take(&mut self.id));
     }
+}
+
+fn lock(ended: &Mutex<VecDeque<String>>) -> std::sync::MutexGuard<'_, VecDeque<String>> {
+    ended
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Default for LocalTunnel {
@@ -132,7 +146,7 @@ impl LocalTunnel {
             max_connections: 10,
             startup_timeout: Duration::from_secs(10),
             tls: TlsRoots::new(),
-            last_id: Mutex::new(None),
+            ended: Arc::default(),
         }
     }
 
@@ -274,17 +288,21 @@ impl LocalTunnel {
     }
 
     async fn register(&self, base: &BaseUrl) -> Result<Registration, BoxError> {
-        let wanted = self.subdomain.clone().or_else(|| {
-            self.last_id
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .clone()
-        });
-        if let Some(name) = wanted {
+        if let Some(name) = &self.subdomain {
             return self
                 .request(base, &format!("/{name}"))
                 .await?
                 .map_err(Into::into);
+        }
+        // The name of a tunnel that ended, taken out so that no other tunnel asks for it at
+        // the same time; put back if the server could not be asked.
+        let reclaimed = lock(&self.ended).pop_back();
+        if let Some(name) = reclaimed {
+            let result = self.request(base, &format!("/{name}")).await;
+            if !matches!(result, Ok(Ok(_))) {
+                lock(&self.ended).push_back(name);
+            }
+            return result?.map_err(Into::into);
         }
         match self.request(base, "/?new").await? {
             Ok(registration) => Ok(registration),
@@ -399,12 +417,13 @@ impl Provider for LocalTunnel {
                 .clamp(1, self.max_connections);
             // One connection must work before the tunnel counts as open.
             let first = connect(&host, port, CONNECT_TIMEOUT).await?;
-            *self
-                .last_id
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(id.clone());
             tracing::info!(%url, %id, connections = size, "localtunnel open");
+            let name = OpenName {
+                ended: Arc::clone(&self.ended),
+                id,
+            };
             Ok(Session::spawn(url, move |mut stop| async move {
+                let _name = name;
                 let mut slots = JoinSet::new();
                 let mut first = Some(first);
                 for _ in 0..size {
