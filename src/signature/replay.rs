@@ -871,7 +871,8 @@ impl MemoryReplayStore {
         capacity: usize,
     ) {
         order.push_back((fp, expiry));
-        if order.len() > 2 * capacity {
+        // Saturating: a capacity above `usize::MAX / 2` means "no practical bound".
+        if order.len() > capacity.saturating_mul(2) {
             order.retain(|&(k, exp)| table.get(k) == Some(exp));
         }
     }
