@@ -1,8 +1,34 @@
 //! Edge cases of `SignatureLayer` and its replay stores found in review, through the public API.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use tower_webhook::signature::{MemoryReplayStore, ReplayStore};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use hmac::{Hmac, KeyInit, Mac};
+use http::HeaderMap;
+use sha2::Sha256;
+use tower_webhook::signature::{Clock, MemoryReplayStore, ReplayStore, SignatureLayer};
+
+const SW_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const NOW: u64 = 1_700_000_000;
+
+fn at(secs: u64) -> Clock {
+    Clock::fixed(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// Standard Webhooks headers signing `id`, `NOW` and `body` with `SW_SECRET`.
+fn sw_headers(id: &str, body: &[u8]) -> HeaderMap {
+    let key = B64.decode(SW_SECRET.trim_start_matches("whsec_")).unwrap();
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{NOW}.").as_bytes());
+    mac.update(body);
+    let sig = format!("v1,{}", B64.encode(mac.finalize().into_bytes()));
+    let mut headers = HeaderMap::new();
+    headers.insert("webhook-id", id.parse().unwrap());
+    headers.insert("webhook-timestamp", NOW.to_string().parse().unwrap());
+    headers.insert("webhook-signature", sig.parse().unwrap());
+    headers
+}
 
 /// A capacity meant as "no practical bound" is taken as such, without an arithmetic overflow.
 #[tokio::test]
@@ -14,5 +40,28 @@ async fn a_memory_store_of_the_largest_capacity_records_ids() {
         assert!(!store.insert("github:1", ttl).await.unwrap());
         assert!(store.insert("github:2", ttl).await.unwrap());
         assert_eq!(store.len(), 2);
+    }
+}
+
+/// The event name is read from the body's `type` whatever the types of its other top-level
+/// fields: Standard Webhooks payloads are the sender's own JSON, where `id` may be a number.
+#[test]
+fn the_event_name_is_read_next_to_fields_of_other_types() {
+    let layer = SignatureLayer::standard_webhooks(SW_SECRET)
+        .unwrap()
+        .clock(at(NOW));
+    for body in [
+        &br#"{"type":"order.created","id":123,"data":{}}"#[..],
+        br#"{"id":null,"type":"order.created"}"#,
+        br#"{"type":"order.created","event_id":[1,2],"eventType":{"a":"b"},"challenge":false}"#,
+        br#"{"type":"order.created","id":1.5e3}"#,
+    ] {
+        let hook = layer.verify(&sw_headers("msg_1", body), body).unwrap();
+        assert_eq!(
+            hook.event(),
+            Some("order.created"),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
     }
 }

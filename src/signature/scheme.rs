@@ -1285,7 +1285,7 @@ pub(crate) struct Handshake {
 
 #[derive(serde::Deserialize)]
 struct ZoomMeta<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "text")]
     event: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     payload: Option<ZoomPayload<'a>>,
@@ -1293,7 +1293,7 @@ struct ZoomMeta<'a> {
 
 #[derive(serde::Deserialize)]
 struct ZoomPayload<'a> {
-    #[serde(borrow, default, rename = "plainToken")]
+    #[serde(borrow, default, rename = "plainToken", deserialize_with = "text")]
     plain_token: Option<Cow<'a, str>>,
 }
 
@@ -1333,16 +1333,82 @@ fn zoom_meta(keys: &Keys, verified: &mut Verified, body: &[u8]) -> Result<(), E>
 
 #[derive(serde::Deserialize)]
 struct Meta<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "text")]
     id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "text")]
     event_id: Option<Cow<'a, str>>,
-    #[serde(borrow, default, rename = "type")]
+    #[serde(borrow, default, rename = "type", deserialize_with = "text")]
     ty: Option<Cow<'a, str>>,
-    #[serde(borrow, default, rename = "eventType")]
+    #[serde(borrow, default, rename = "eventType", deserialize_with = "text")]
     event_type: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "text")]
     challenge: Option<Cow<'a, str>>,
+}
+
+/// A top-level field read as text: a string, or `None` for any other JSON value. The body is
+/// the sender's JSON (Standard Webhooks payloads are any object), so a field of another type
+/// (`"id": 123`) must not cost the fields next to it.
+fn text<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    struct Text;
+
+    impl<'de> Visitor<'de> for Text {
+        type Value = Option<Cow<'de, str>>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_borrowed_str<Er>(self, v: &'de str) -> Result<Self::Value, Er> {
+            Ok(Some(Cow::Borrowed(v)))
+        }
+        fn visit_str<Er>(self, v: &str) -> Result<Self::Value, Er> {
+            Ok(Some(Cow::Owned(v.to_owned())))
+        }
+        fn visit_string<Er>(self, v: String) -> Result<Self::Value, Er> {
+            Ok(Some(Cow::Owned(v)))
+        }
+        fn visit_bool<Er>(self, _: bool) -> Result<Self::Value, Er> {
+            Ok(None)
+        }
+        fn visit_i64<Er>(self, _: i64) -> Result<Self::Value, Er> {
+            Ok(None)
+        }
+        fn visit_u64<Er>(self, _: u64) -> Result<Self::Value, Er> {
+            Ok(None)
+        }
+        fn visit_i128<Er>(self, _: i128) -> Result<Self::Value, Er> {
+            Ok(None)
+        }
+        fn visit_u128<Er>(self, _: u128) -> Result<Self::Value, Er> {
+            Ok(None)
+        }
+        fn visit_f64<Er>(self, _: f64) -> Result<Self::Value, Er> {
+            Ok(None)
+        }
+        fn visit_unit<Er>(self) -> Result<Self::Value, Er> {
+            Ok(None)
+        }
+        fn visit_none<Er>(self) -> Result<Self::Value, Er> {
+            Ok(None)
+        }
+        fn visit_some<D2: serde::Deserializer<'de>>(
+            self,
+            de: D2,
+        ) -> Result<Self::Value, D2::Error> {
+            de.deserialize_any(self)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+    }
+
+    de.deserialize_any(Text)
 }
 
 fn looks_like_json(body: &[u8]) -> bool {
