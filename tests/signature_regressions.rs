@@ -7,7 +7,9 @@ use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{Hmac, KeyInit, Mac};
 use http::HeaderMap;
 use sha2::Sha256;
-use tower_webhook::signature::{Clock, MemoryReplayStore, ReplayStore, SignatureLayer};
+use tower_webhook::signature::{
+    Clock, MemoryReplayStore, ReplayStore, SignatureLayer, SignatureValidationError,
+};
 
 const SW_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const NOW: u64 = 1_700_000_000;
@@ -24,7 +26,10 @@ fn sw_headers(id: &str, body: &[u8]) -> HeaderMap {
     mac.update(body);
     let sig = format!("v1,{}", B64.encode(mac.finalize().into_bytes()));
     let mut headers = HeaderMap::new();
-    headers.insert("webhook-id", id.parse().unwrap());
+    headers.insert(
+        "webhook-id",
+        http::HeaderValue::from_bytes(id.as_bytes()).unwrap(),
+    );
     headers.insert("webhook-timestamp", NOW.to_string().parse().unwrap());
     headers.insert("webhook-signature", sig.parse().unwrap());
     headers
@@ -64,4 +69,53 @@ fn the_event_name_is_read_next_to_fields_of_other_types() {
             String::from_utf8_lossy(body)
         );
     }
+}
+
+/// Where the delivery id is itself signed (Standard Webhooks' `webhook-id`, Twitch's message
+/// id), an id that is not visible ASCII fails the header check, before the body is read, like
+/// an empty or overlong one: 401, not the 400 of an authentic delivery with a bad id.
+#[test]
+fn a_signed_delivery_id_that_is_not_visible_ascii_fails_the_header_check() {
+    let sw = SignatureLayer::standard_webhooks(SW_SECRET)
+        .unwrap()
+        .clock(at(NOW));
+    let body = br#"{"type":"order.created"}"#;
+    for id in ["msg 1", "msg\t1", "msg_\u{e9}"] {
+        let headers = sw_headers(id, body);
+        let err = sw.verify(&headers, body).unwrap_err();
+        assert!(
+            matches!(&err, SignatureValidationError::MalformedHeader(name) if name == "webhook-id"),
+            "{id:?}: {err:?}"
+        );
+    }
+
+    const SECRET: &str = "twitch-eventsub-secret";
+    const TS: &str = "2023-07-19T10:11:12Z";
+    let twitch = SignatureLayer::twitch(SECRET)
+        .unwrap()
+        .clock(at(1_689_761_472));
+    let body = br#"{"subscription":{"type":"channel.follow"},"event":{}}"#;
+    let id = "e76c6bd4 55c9";
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(id.as_bytes());
+    mac.update(TS.as_bytes());
+    mac.update(body);
+    let mut headers = HeaderMap::new();
+    headers.insert("twitch-eventsub-message-id", id.parse().unwrap());
+    headers.insert("twitch-eventsub-message-timestamp", TS.parse().unwrap());
+    headers.insert(
+        "twitch-eventsub-message-signature",
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+            .parse()
+            .unwrap(),
+    );
+    headers.insert(
+        "twitch-eventsub-message-type",
+        "notification".parse().unwrap(),
+    );
+    let err = twitch.verify(&headers, body).unwrap_err();
+    assert!(
+        matches!(&err, SignatureValidationError::MalformedHeader(name) if name == "twitch-eventsub-message-id"),
+        "{err:?}"
+    );
 }

@@ -1068,7 +1068,9 @@ impl Scheme {
                     single(headers, id_name)?.ok_or_else(|| E::MissingHeader(id_name.clone()))?;
                 let ts =
                     single(headers, ts_name)?.ok_or_else(|| E::MissingHeader(ts_name.clone()))?;
-                if id.is_empty() || id.len() > MAX_ID_LEN {
+                // The id is signed: one that is not a valid delivery id fails here, before the
+                // body is read, rather than as an authentic but malformed delivery.
+                if validate_id(id.as_bytes()).is_err() {
                     return Err(E::MalformedHeader(id_name.clone()));
                 }
                 let t = parse_timestamp(ts.as_bytes(), ts_name)?;
@@ -1113,7 +1115,7 @@ impl Scheme {
                 let id_name = &names::TWITCH_ID;
                 let id =
                     single(headers, id_name)?.ok_or_else(|| E::MissingHeader(id_name.clone()))?;
-                if id.is_empty() || id.len() > MAX_ID_LEN {
+                if validate_id(id.as_bytes()).is_err() {
                     return Err(E::MalformedHeader(id_name.clone()));
                 }
                 let ts_name = &names::TWITCH_TS;
