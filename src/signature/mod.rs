@@ -36,14 +36,16 @@
 //!
 //! 1. From headers alone, before the body is read: `Content-Length` over the limit (413);
 //!    missing, duplicated or malformed signature headers, too many signatures, a signed
-//!    timestamp outside the window (401). Tokens (GitLab, Azure DevOps) are fully checked here.
+//!    timestamp outside the window, a signed delivery id (Standard Webhooks, Twitch) that is
+//!    empty, longer than 256 bytes or not visible ASCII (401). Tokens (GitLab, Azure DevOps)
+//!    are fully checked here.
 //! 2. The body is read through a hard cap ([`SignatureLayer::max_body_size`], default 25 MiB,
 //!    GitHub's largest payload): 413 as soon as the cap is passed, never buffering more.
 //! 3. The MAC is computed once per secret (keys are prepared when the layer is built) and
 //!    compared with every signature in constant time (401 on mismatch). Hex is accepted in
 //!    either case.
 //! 4. Authentic but unusable deliveries (a Stripe or Azure DevOps body without an event `id`,
-//!    an invalid delivery id) get 400.
+//!    an invalid delivery id the signature does not cover) get 400.
 //! 5. Replay protection (below), then the inner service.
 //!
 //! Every rejection is an RFC 9457 `application/problem+json` response with a stable `type`
