@@ -71,6 +71,28 @@ fn the_event_name_is_read_next_to_fields_of_other_types() {
     }
 }
 
+/// The same holds for the event id a Stripe delivery is deduplicated by: a top-level field of
+/// an unexpected type next to it does not turn an authentic delivery into a 400.
+#[test]
+fn the_stripe_event_id_is_read_next_to_fields_of_other_types() {
+    let secret = "whsec_test";
+    let layer = SignatureLayer::stripe(secret).unwrap().clock(at(NOW));
+    let body = br#"{"id":"evt_1","object":"event","type":"invoice.paid","challenge":1}"#;
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{NOW}.").as_bytes());
+    mac.update(body);
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "stripe-signature",
+        format!("t={NOW},v1={}", hex::encode(mac.finalize().into_bytes()))
+            .parse()
+            .unwrap(),
+    );
+    let hook = layer.verify(&headers, body).unwrap();
+    assert_eq!(hook.delivery_id(), Some("evt_1"));
+    assert_eq!(hook.event(), Some("invoice.paid"));
+}
+
 /// Where the delivery id is itself signed (Standard Webhooks' `webhook-id`, Twitch's message
 /// id), an id that is not visible ASCII fails the header check, before the body is read, like
 /// an empty or overlong one: 401, not the 400 of an authentic delivery with a bad id.
