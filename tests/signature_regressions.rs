@@ -8,7 +8,8 @@ use hmac::{Hmac, KeyInit, Mac};
 use http::HeaderMap;
 use sha2::Sha256;
 use tower_webhook::signature::{
-    Clock, MemoryReplayStore, ReplayStore, SignatureLayer, SignatureValidationError,
+    Clock, MemoryReplayStore, Provider, ReplayStore, Secrets, SignatureConfigError, SignatureLayer,
+    SignatureValidationError,
 };
 
 const SW_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -140,4 +141,47 @@ fn a_signed_delivery_id_that_is_not_visible_ascii_fails_the_header_check() {
         matches!(&err, SignatureValidationError::MalformedHeader(name) if name == "twitch-eventsub-message-id"),
         "{err:?}"
     );
+}
+
+/// An Azure DevOps credential whose password part is empty (`hooks:`, or `:` alone) is an empty
+/// secret, refused like `azure_devops("hooks", "")`: accepted, it let anyone who sends
+/// `Authorization: Basic Og==` (`:`) or guesses the username through.
+#[test]
+fn an_azure_devops_credential_with_an_empty_password_is_refused() {
+    for credential in [":", "hooks:"] {
+        assert!(
+            matches!(
+                SignatureLayer::with_secrets(Provider::AzureDevOps, [credential]),
+                Err(SignatureConfigError::EmptySecret)
+            ),
+            "{credential:?}"
+        );
+        let layer = SignatureLayer::azure_devops("hooks", "p4ssw0rd").unwrap();
+        assert!(
+            matches!(
+                layer.secret(credential),
+                Err(SignatureConfigError::EmptySecret)
+            ),
+            "{credential:?}"
+        );
+        let secrets = Secrets::from_list(&format!("hooks:p4ssw0rd,{credential}")).unwrap();
+        assert!(SignatureLayer::with_secrets(Provider::AzureDevOps, secrets).is_err());
+    }
+    assert!(matches!(
+        SignatureLayer::azure_devops("hooks", ""),
+        Err(SignatureConfigError::EmptySecret)
+    ));
+
+    // What the refused `:` would have let through: an empty Basic credential.
+    let mut headers = HeaderMap::new();
+    headers.insert("authorization", "Basic Og==".parse().unwrap());
+    let layer = SignatureLayer::azure_devops("hooks", "p4ssw0rd").unwrap();
+    assert!(
+        layer
+            .verify(&headers, br#"{"id":"1","eventType":"git.push"}"#)
+            .is_err()
+    );
+    // A password with a colon in it is still a password.
+    assert!(SignatureLayer::with_secrets(Provider::AzureDevOps, ["hooks::"]).is_ok());
+    assert!(SignatureLayer::with_secrets(Provider::AzureDevOps, [":p4ssw0rd"]).is_ok());
 }

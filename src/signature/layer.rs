@@ -347,7 +347,7 @@ impl SignatureLayer {
     /// A layer for `provider`, accepting a signature made with any of `secrets`.
     ///
     /// For [`Provider::AzureDevOps`] each secret is `username:password` (refused without the
-    /// colon, as it could never match); for
+    /// colon, as it could never match, or with an empty password); for
     /// [`Provider::StandardWebhooks`] it is the `whsec_...` string. Fails on an empty list or
     /// an empty secret, and for [`Provider::Custom`] / [`Provider::Unverified`] (use
     /// [`custom`](Self::custom) / [`dangerously_skip_verification`](Self::dangerously_skip_verification)).
@@ -786,7 +786,8 @@ impl SignatureLayer {
     /// Adds one more accepted secret (rotation: add the new one, remove the old one later).
     ///
     /// For [`azure_devops`](Self::azure_devops) it is a whole credential, `username:password`;
-    /// one without the colon is refused, as it could never match a delivery. For
+    /// one without the colon is refused, as it could never match a delivery, and one with an
+    /// empty password (`hooks:`) is an empty secret. For
     /// [`standard_webhooks`](Self::standard_webhooks) it is the `whsec_...` string.
     ///
     /// # Example
@@ -1229,13 +1230,17 @@ fn prepare_secret(provider: Provider, secret: Secret) -> Result<Secret, Signatur
     match provider {
         Provider::StandardWebhooks => scheme::standard_webhooks_key(&secret),
         // Azure DevOps sends `Basic base64(username:password)`: a credential without the colon
-        // (a bare password added for rotation) could never match a delivery.
-        Provider::AzureDevOps if !secret.expose().contains(&b':') => {
-            Err(SignatureConfigError::InvalidSetting {
+        // (a bare password added for rotation) could never match a delivery, and one whose
+        // password is empty (`hooks:`, `:`) is an empty secret, as `azure_devops(user, "")` is.
+        // The username cannot hold a colon (RFC 7617), so the password follows the first one.
+        Provider::AzureDevOps => match secret.expose().iter().position(|b| *b == b':') {
+            None => Err(SignatureConfigError::InvalidSetting {
                 name: "secret",
                 reason: "an Azure DevOps credential is `username:password` (the username may be empty: `:password`)",
-            })
-        }
+            }),
+            Some(colon) if colon + 1 == secret.len() => Err(SignatureConfigError::EmptySecret),
+            Some(_) => Ok(secret),
+        },
         _ => Ok(secret),
     }
 }
