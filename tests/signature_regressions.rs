@@ -1,4 +1,4 @@
-//! Edge cases of `SignatureLayer` and its replay stores found in review, through the public API.
+//! Edge cases of `SignatureLayer`, its secrets and its replay stores, through the public API.
 
 use std::time::{Duration, SystemTime};
 
