@@ -449,3 +449,171 @@ async fn two_tunnels_two_services(
         handle.close().await;
     }
 }
+
+/// What the scripted localtunnel server does with one registration request.
+#[derive(Clone, Copy, Debug)]
+enum Registration {
+    /// Registers and keeps a tunnel port open that accepts the client's connections.
+    Open,
+    /// Never answers.
+    Hang,
+    /// Registers, but the tunnel port it names accepts no connection.
+    ClosedPort,
+}
+
+/// A localtunnel server that answers registrations one step of `script` at a time and records
+/// the paths asked for: `/{name}` registers `name`, `/?new` a fresh name. `lose()` closes every
+/// tunnel port and connection it opened, as a server that lost its clients.
+struct ScriptedLt {
+    addr: std::net::SocketAddr,
+    paths: Arc<std::sync::Mutex<Vec<String>>>,
+    tunnels: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ScriptedLt {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.lose();
+    }
+}
+
+impl ScriptedLt {
+    async fn start(script: Vec<Registration>) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let paths = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tunnels = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (recorded, opened) = (Arc::clone(&paths), Arc::clone(&tunnels));
+        let task = tokio::spawn(async move {
+            let mut script = script.into_iter();
+            let mut hung = Vec::new();
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                        break;
+                    }
+                    head.push(byte[0]);
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let path = text.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                let id = if path.starts_with("/?new") {
+                    format!("fresh{}", recorded.lock().unwrap().len())
+                } else {
+                    path.trim_start_matches('/').to_owned()
+                };
+                recorded.lock().unwrap().push(path);
+                let port = match script.next().unwrap_or(Registration::Open) {
+                    Registration::Hang => {
+                        hung.push(stream);
+                        continue;
+                    }
+                    Registration::ClosedPort => support::closed_port().await,
+                    Registration::Open => {
+                        let tunnel = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                        let port = tunnel.local_addr().unwrap().port();
+                        let holder = tokio::spawn(async move {
+                            let mut held = Vec::new();
+                            while let Ok((socket, _)) = tunnel.accept().await {
+                                held.push(socket);
+                            }
+                        });
+                        opened.lock().unwrap().push(holder.abort_handle());
+                        port
+                    }
+                };
+                let body = serde_json::json!({
+                    "id": id,
+                    "port": port,
+                    "max_conn_count": 1,
+                    "url": format!("http://{id}.localhost:{}", addr.port()),
+                })
+                .to_string();
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            }
+        });
+        Self {
+            addr,
+            paths,
+            tunnels,
+            task,
+        }
+    }
+
+    fn lose(&self) {
+        for tunnel in self.tunnels.lock().unwrap().drain(..) {
+            tunnel.abort();
+        }
+    }
+
+    fn paths(&self) -> Vec<String> {
+        self.paths.lock().unwrap().clone()
+    }
+}
+
+/// A re-registration that does not complete (it outlasts the startup timeout, or the tunnel
+/// port it names refuses connections) does not forget the subdomain: the next attempt asks for
+/// it again, and the tunnel comes back at its old URL.
+#[tokio::test]
+async fn an_interrupted_re_registration_keeps_asking_for_the_same_subdomain() {
+    use Registration::{ClosedPort, Hang, Open};
+    let server = ScriptedLt::start(vec![Open, Hang, ClosedPort, Open]).await;
+    let handle = Tunnel::builder()
+        .provider(
+            LocalTunnel::new()
+                .server(format!("http://{}", server.addr))
+                .max_connections(1)
+                .startup_timeout(Duration::from_millis(500)),
+        )
+        .probe(false)
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(50))
+        .start(Upstream::service(hello_service(Arc::new(
+            AtomicUsize::new(0),
+        ))))
+        .await
+        .unwrap();
+    let url = handle.url();
+    let mut events = handle.events();
+    server.lose();
+    let down = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("Down")
+        .unwrap();
+    assert!(matches!(down, TunnelEvent::Down { .. }), "{down:?}");
+    let up = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("Up again")
+        .unwrap();
+    let name = url
+        .trim_start_matches("http://")
+        .split('.')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        server.paths(),
+        [
+            "/?new".to_owned(),
+            format!("/{name}"),
+            format!("/{name}"),
+            format!("/{name}")
+        ],
+        "the subdomain was forgotten after an interrupted re-registration"
+    );
+    assert_eq!(
+        up,
+        TunnelEvent::Up {
+            provider: "localtunnel".into(),
+            url,
+            verified: false
+        }
+    );
+    handle.close().await;
+}

@@ -88,28 +88,45 @@ pub struct LocalTunnel {
     startup_timeout: Duration,
     tls: TlsRoots,
     /// The subdomains of this provider's tunnels that ended, most recent last, asked for again
-    /// when a tunnel re-opens. A tunnel's name joins them only when its session ends, so a
-    /// second tunnel opened through the same provider while the first is up never asks for
-    /// the first's name.
+    /// when a tunnel re-opens. A tunnel's name joins them only when its session ends (or its
+    /// start fails after the server gave it), so a second tunnel opened through the same
+    /// provider while the first is up never asks for the first's name.
     ended: Arc<Mutex<VecDeque<String>>>,
 }
 
 /// How many subdomains of ended tunnels a [`LocalTunnel`] remembers.
 const REMEMBERED_NAMES: usize = 8;
 
-/// The subdomain of an open tunnel: remembered as ended when its session ends, whichever way.
+/// A subdomain to be asked for again once its holder is dropped: the name of an open tunnel,
+/// remembered as ended when its session ends, whichever way; or the name of an ended tunnel,
+/// taken out for one registration and put back unless a tunnel opened (a registration that
+/// failed, or was dropped at the startup timeout or a close, does not forget it).
 struct OpenName {
     ended: Arc<Mutex<VecDeque<String>>>,
-    id: String,
+    id: Option<String>,
+}
+
+impl OpenName {
+    fn name(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+
+    /// Lets go of the name without remembering it.
+    fn forget(mut self) {
+        self.id = None;
+    }
 }
 
 impl Drop for OpenName {
     fn drop(&mut self) {
+        let Some(id) = self.id.take() else {
+            return;
+        };
         let mut ended = lock(&self.ended);
         if ended.len() >= REMEMBERED_NAMES {
             ended.pop_front();
         }
-        ended.push_back(std::mem::take(&mut self.id));
+        ended.push_back(id);
     }
 }
 
@@ -287,22 +304,18 @@ impl LocalTunnel {
         self
     }
 
-    async fn register(&self, base: &BaseUrl) -> Result<Registration, BoxError> {
-        if let Some(name) = &self.subdomain {
+    /// Registers under the configured subdomain, else under `reclaimed` (the name of a tunnel
+    /// that ended), else under a new name.
+    async fn register(
+        &self,
+        base: &BaseUrl,
+        reclaimed: Option<&str>,
+    ) -> Result<Registration, BoxError> {
+        if let Some(name) = self.subdomain.as_deref().or(reclaimed) {
             return self
                 .request(base, &format!("/{name}"))
                 .await?
                 .map_err(Into::into);
-        }
-        // The name of a tunnel that ended, taken out so that no other tunnel asks for it at
-        // the same time; put back if the server could not be asked.
-        let reclaimed = lock(&self.ended).pop_back();
-        if let Some(name) = reclaimed {
-            let result = self.request(base, &format!("/{name}")).await;
-            if !matches!(result, Ok(Ok(_))) {
-                lock(&self.ended).push_back(name);
-            }
-            return result?.map_err(Into::into);
         }
         match self.request(base, "/?new").await? {
             Ok(registration) => Ok(registration),
@@ -403,11 +416,27 @@ impl Provider for LocalTunnel {
     fn open(&self, upstream: Upstream) -> BoxFuture<'_, Result<Session, BoxError>> {
         Box::pin(async move {
             let base = BaseUrl::parse(&self.server, false)?;
-            let registration = self.register(&base).await?;
+            // The name of a tunnel that ended, taken out so that no other tunnel asks for it at
+            // the same time; put back when this attempt ends without a tunnel, however it ends.
+            let reclaimed = OpenName {
+                ended: Arc::clone(&self.ended),
+                id: match self.subdomain {
+                    Some(_) => None,
+                    None => lock(&self.ended).pop_back(),
+                },
+            };
+            let registration = self.register(&base, reclaimed.name()).await?;
             let (Some(id), Some(port), Some(url)) =
                 (registration.id, registration.port, registration.url)
             else {
                 return Err("the localtunnel registration lacks id, port or url".into());
+            };
+            // From now on the name the server gave is the one to ask for again, also when the
+            // first connection below fails.
+            reclaimed.forget();
+            let name = OpenName {
+                ended: Arc::clone(&self.ended),
+                id: Some(id.clone()),
             };
             let url = public_url(&url, &base);
             let host = registration.ip.unwrap_or_else(|| base.host.clone());
@@ -418,10 +447,6 @@ impl Provider for LocalTunnel {
             // One connection must work before the tunnel counts as open.
             let first = connect(&host, port, CONNECT_TIMEOUT).await?;
             tracing::info!(%url, %id, connections = size, "localtunnel open");
-            let name = OpenName {
-                ended: Arc::clone(&self.ended),
-                id,
-            };
             Ok(Session::spawn(url, move |mut stop| async move {
                 let _name = name;
                 let mut slots = JoinSet::new();
