@@ -895,3 +895,95 @@ async fn the_server_helper_ends_local_connections_still_open_after_its_drain() {
         "a local request left after the drain outlived the server"
     );
 }
+
+/// A provider whose first tunnel serves the upstream on a loopback port until `lose` is
+/// notified; every later one is still starting (its URL never answers the probe) and takes
+/// 300 ms to tear down once asked to stop, after which it sets `torn_down`.
+#[derive(Debug)]
+struct SlowSecondStart {
+    opens: Arc<AtomicUsize>,
+    lose: Arc<tokio::sync::Notify>,
+    starting: Arc<tokio::sync::Notify>,
+    torn_down: Arc<std::sync::atomic::AtomicBool>,
+    black_hole: SocketAddr,
+}
+
+impl Provider for SlowSecondStart {
+    fn name(&self) -> &str {
+        "slow-second-start"
+    }
+
+    fn open(&self, upstream: Upstream) -> BoxFuture<'_, Result<Session, BoxError>> {
+        let first = self.opens.fetch_add(1, Ordering::SeqCst) == 0;
+        Box::pin(async move {
+            if first {
+                let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+                let url = format!("http://{}", listener.local_addr()?);
+                let lose = Arc::clone(&self.lose);
+                return Ok(Session::spawn(url, |mut stop| async move {
+                    loop {
+                        tokio::select! {
+                            () = stop.stopped() => return Ok(()),
+                            () = lose.notified() => return Err("lost".into()),
+                            Ok((tcp, _)) = listener.accept() => {
+                                let upstream = upstream.clone();
+                                tokio::spawn(async move { upstream.serve_connection(tcp).await });
+                            }
+                        }
+                    }
+                }));
+            }
+            let torn_down = Arc::clone(&self.torn_down);
+            let session = Session::spawn(
+                format!("http://{}", self.black_hole),
+                |mut stop| async move {
+                    stop.stopped().await;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    torn_down.store(true, Ordering::SeqCst);
+                    Ok(())
+                },
+            );
+            self.starting.notify_one();
+            Ok(session)
+        })
+    }
+}
+
+/// `close` called while a lost tunnel is being re-opened (here: its probe is under way) returns
+/// only once the tunnel being opened is torn down, as it does for an open tunnel.
+#[tokio::test]
+async fn closing_while_re_opening_waits_for_the_tunnel_being_opened() {
+    let provider = SlowSecondStart {
+        opens: Arc::default(),
+        lose: Arc::default(),
+        starting: Arc::default(),
+        torn_down: Arc::default(),
+        black_hole: support::black_hole().await,
+    };
+    let (lose, starting, torn_down) = (
+        Arc::clone(&provider.lose),
+        Arc::clone(&provider.starting),
+        Arc::clone(&provider.torn_down),
+    );
+    let handle = Tunnel::builder()
+        .provider(provider)
+        .probe_timeout(Duration::from_secs(10))
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(20))
+        .start(Upstream::service(hello_service(Arc::new(
+            AtomicUsize::new(0),
+        ))))
+        .await
+        .unwrap();
+    lose.notify_one();
+    tokio::time::timeout(Duration::from_secs(5), starting.notified())
+        .await
+        .expect("the tunnel is re-opened");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    tokio::time::timeout(Duration::from_secs(5), handle.close())
+        .await
+        .expect("close returns");
+    assert!(
+        torn_down.load(Ordering::SeqCst),
+        "close returned while the tunnel being re-opened was still tearing down"
+    );
+}

@@ -1,6 +1,7 @@
 //! The provider chain, the round-trip probe, the handle and its supervisor.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -418,9 +419,11 @@ impl TunnelBuilder {
         let (upstream, connections) = upstream.into().scoped();
         let chain = Arc::new(self);
         let opened = chain
-            .open(&upstream)
+            .open(&upstream, &mut std::future::pending::<()>())
             .await
-            .map_err(|attempts| TunnelError::AllFailed { attempts })?;
+            .map_err(|failed| TunnelError::AllFailed {
+                attempts: failed.unwrap_or_default(),
+            })?;
         let first = TunnelEvent::Up {
             provider: opened.provider.clone(),
             url: opened.session.url().to_owned(),
@@ -445,33 +448,59 @@ impl TunnelBuilder {
         })
     }
 
-    /// Tries each provider in turn; the attempts of all failures otherwise.
-    async fn open(&self, upstream: &Upstream) -> Result<Opened, Vec<Attempt>> {
+    /// Tries each provider in turn; the attempts of all failures otherwise, or `None` when
+    /// `cancel` completed first. A session opened by then (its probe under way) is closed,
+    /// and waited for, before this returns `None`, so that closing a tunnel being re-opened
+    /// waits for its teardown as closing an open one does.
+    async fn open<C>(
+        &self,
+        upstream: &Upstream,
+        cancel: &mut C,
+    ) -> Result<Opened, Option<Vec<Attempt>>>
+    where
+        C: Future + Unpin,
+    {
         let mut attempts = Vec::new();
         for provider in &self.providers {
             let name = provider.name().to_owned();
             let limit = provider.startup_timeout();
             let started = Instant::now();
-            let attempt = async {
-                let session = provider.open(upstream.clone()).await?;
-                let verified = if self.probe {
-                    probe(session.url(), upstream, self.probe_timeout, &self.tls).await?
-                } else {
-                    false
-                };
-                Ok::<_, BoxError>((session, verified))
+            let deadline = super::time::deadline(started, limit);
+            let timed_out = || format!("did not start within {} ms", limit.as_millis());
+            let opening = tokio::select! {
+                _ = &mut *cancel => return Err(None),
+                opening = within(deadline, provider.open(upstream.clone())) => opening,
             };
-            let reason = match tokio::time::timeout(limit, attempt).await {
-                Ok(Ok((session, verified))) => {
-                    tracing::info!(provider = %name, url = %session.url(), verified, "tunnel up");
-                    return Ok(Opened {
-                        provider: name,
-                        session,
-                        verified,
-                    });
+            let reason = match opening {
+                None => timed_out(),
+                Some(Err(err)) => chain(&*err),
+                Some(Ok(session)) => {
+                    let probed = if self.probe {
+                        let probing = probe(session.url(), upstream, self.probe_timeout, &self.tls);
+                        tokio::select! {
+                            _ = &mut *cancel => {
+                                session.close(self.close_grace).await;
+                                return Err(None);
+                            }
+                            probed = within(deadline, probing) => probed,
+                        }
+                    } else {
+                        Some(Ok(false))
+                    };
+                    // A failed probe drops the session, which then stops in the background.
+                    match probed {
+                        None => timed_out(),
+                        Some(Err(err)) => chain(&*err),
+                        Some(Ok(verified)) => {
+                            tracing::info!(provider = %name, url = %session.url(), verified, "tunnel up");
+                            return Ok(Opened {
+                                provider: name,
+                                session,
+                                verified,
+                            });
+                        }
+                    }
                 }
-                Ok(Err(err)) => chain(&*err),
-                Err(_) => format!("did not start within {} ms", limit.as_millis()),
             };
             tracing::warn!(provider = %name, %reason, "tunnel provider failed");
             attempts.push(Attempt {
@@ -481,7 +510,7 @@ impl TunnelBuilder {
                 elapsed: started.elapsed(),
             });
         }
-        Err(attempts)
+        Err(Some(attempts))
     }
 
     fn backoff(&self, round: u32) -> Duration {
@@ -493,6 +522,14 @@ impl TunnelBuilder {
         // Jitter in [delay/2, delay].
         let half = delay / 2;
         half.saturating_add(half.mul_f64(fastrand::f64()))
+    }
+}
+
+/// `work`'s output, or `None` when `deadline` (none: no limit) passes first.
+async fn within<F: Future>(deadline: Option<Instant>, work: F) -> Option<F::Output> {
+    match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, work).await.ok(),
+        None => Some(work.await),
     }
 }
 
@@ -948,7 +985,8 @@ impl TunnelHandle {
         }
     }
 
-    /// Closes the tunnel and waits until it is torn down.
+    /// Closes the tunnel and waits until it is torn down, also when it is being re-opened: a
+    /// tunnel whose probe is under way then is closed and waited for too.
     ///
     /// # Example
     ///
@@ -1171,20 +1209,22 @@ impl Supervisor {
             let reopened = loop {
                 let delay = self.chain.backoff(round);
                 round = round.saturating_add(1);
-                let result = tokio::select! {
-                    _ = &mut close => None,
-                    result = async {
-                        tokio::time::sleep(delay).await;
-                        self.chain.open(&self.upstream).await
-                    } => Some(result),
+                let waited = tokio::select! {
+                    _ = &mut close => false,
+                    () = tokio::time::sleep(delay) => true,
+                };
+                // A close during the attempt tears down what it opened before this returns.
+                let result = match waited {
+                    true => self.chain.open(&self.upstream, &mut close).await,
+                    false => Err(None),
                 };
                 match result {
-                    None => {
+                    Err(None) => {
                         self.closed(provider, url);
                         return;
                     }
-                    Some(Ok(opened)) => break opened,
-                    Some(Err(attempts)) => {
+                    Ok(opened) => break opened,
+                    Err(Some(attempts)) => {
                         tracing::warn!(
                             error = %TunnelError::AllFailed { attempts },
                             "tunnel could not be re-opened; retrying"
