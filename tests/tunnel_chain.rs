@@ -755,3 +755,40 @@ async fn ngrok_online_with_a_real_token() {
     assert_eq!(handle.provider(), "ngrok");
     handle.close().await;
 }
+
+/// A server bound to all interfaces (`0.0.0.0`) hands cloudflared its loopback address to call:
+/// the unspecified address is for listening, and not every system connects to it.
+#[tokio::test]
+async fn server_helper_on_all_interfaces_hands_cloudflared_its_loopback_address() {
+    let Some(fake) = fake_cloudflared() else {
+        return;
+    };
+    let log = temp_log("cloudflared-unspecified");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = Server::bind(([0, 0, 0, 0], 0).into())
+        .await
+        .unwrap()
+        .tunnel(
+            Tunnel::builder().probe(false).provider(
+                Cloudflared::new()
+                    .binary(&fake)
+                    .arg("--fake-log")
+                    .arg(log.display().to_string()),
+            ),
+        )
+        .with_graceful_shutdown(async {
+            let _ = stopped.await;
+        })
+        .spawn(hello_service(Arc::new(AtomicUsize::new(0))))
+        .await
+        .unwrap();
+    let port = running.local_addr().port();
+    shut_down(running, stop).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let argv = text.lines().next().unwrap();
+    assert!(
+        argv.contains(&format!("--url http://127.0.0.1:{port} ")),
+        "{text}"
+    );
+    let _ = std::fs::remove_file(log);
+}

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -318,7 +318,7 @@ impl Server {
         // Local and tunnel connections alike are watched for the graceful shutdown.
         let upstream = Upstream::service(service)
             .header_read_timeout(self.header_read_timeout)
-            .with_local_addr(local_addr)
+            .with_local_addr(callable(local_addr))
             .with_graceful_shutdown();
         let shutdown = self.shutdown.unwrap_or_else(|| Box::pin(stop_signal()));
         // The server accepts before the tunnel opens: a provider that forwards to this port
@@ -399,6 +399,19 @@ impl Server {
             task,
         })
     }
+}
+
+/// The address to call this server at, for a provider that is handed its port (cloudflared):
+/// for a server bound to all interfaces (`0.0.0.0`, `::`), the loopback address of that family,
+/// as the unspecified address is for listening and not every system connects to it.
+fn callable(local_addr: SocketAddr) -> SocketAddr {
+    let loopback = match local_addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        // Kept whole, with the scope of a link-local IPv6 address.
+        _ => return local_addr,
+    };
+    SocketAddr::new(loopback, local_addr.port())
 }
 
 /// A server started with [`Server::spawn`].
