@@ -987,3 +987,24 @@ async fn closing_while_re_opening_waits_for_the_tunnel_being_opened() {
         "close returned while the tunnel being re-opened was still tearing down"
     );
 }
+
+/// A minimum delay of zero re-opens at once the first time only: the delays still grow up to
+/// the maximum while the tunnel keeps dropping, instead of re-opening in a tight loop.
+#[tokio::test]
+async fn a_zero_minimum_backoff_still_grows() {
+    let opens = Arc::new(AtomicUsize::new(0));
+    let handle = Tunnel::builder()
+        .provider(Flapping(Arc::clone(&opens)))
+        .probe(false)
+        .reconnect_backoff(Duration::ZERO, Duration::from_millis(400))
+        .start(Upstream::address(([127, 0, 0, 1], 9).into()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let opened = opens.load(Ordering::SeqCst);
+    handle.close().await;
+    assert!(
+        (2..=30).contains(&opened),
+        "{opened} opens in 1.2 s: the backoff does not grow from zero"
+    );
+}

@@ -333,7 +333,8 @@ impl TunnelBuilder {
     }
 
     /// The delay before re-opening: `min` doubling per failed round up to `max`, with jitter.
-    /// A re-opened tunnel that drops again within `max` counts as a failed round.
+    /// A re-opened tunnel that drops again within `max` counts as a failed round. A `min` of
+    /// zero re-opens at once the first time, then waits 2 ms, 4 ms, ... up to `max`.
     ///
     /// # Example
     ///
@@ -514,11 +515,16 @@ impl TunnelBuilder {
     }
 
     fn backoff(&self, round: u32) -> Duration {
-        let factor = 2u32.saturating_pow(round.min(16));
-        let delay = self
-            .backoff_min
-            .saturating_mul(factor)
-            .min(self.backoff_max);
+        // Doubling from `min`, or from BACKOFF_FLOOR when `min` is zero: zero doubles to
+        // nothing, and a tunnel that keeps dropping would be re-opened in a tight loop.
+        let delay = match round {
+            0 => self.backoff_min,
+            _ => self
+                .backoff_min
+                .max(BACKOFF_FLOOR)
+                .saturating_mul(2u32.saturating_pow(round.min(16))),
+        }
+        .min(self.backoff_max);
         // Jitter in [delay/2, delay].
         let half = delay / 2;
         half.saturating_add(half.mul_f64(fastrand::f64()))
@@ -538,6 +544,9 @@ struct Opened {
     session: Session,
     verified: bool,
 }
+
+/// What the reconnect delays double from after the first round when the minimum is zero.
+const BACKOFF_FLOOR: Duration = Duration::from_millis(1);
 
 /// The pause between probe attempts.
 const PROBE_RETRY: Duration = Duration::from_millis(100);
