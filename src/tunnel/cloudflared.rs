@@ -390,7 +390,6 @@ async fn free_port() -> std::io::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// SIGINT (cloudflared's graceful stop), then SIGKILL after `grace`.
 /// The next line of `reader`, cut at [`STDERR_LINE_MAX`] bytes (the rest of it is read and
 /// skipped) and decoded lossily: neither a line without end nor bytes that are not UTF-8 stop
 /// the reading or fill memory. `None` at the end of the stream.
@@ -421,21 +420,29 @@ async fn next_line<R: AsyncBufRead + Unpin>(
     }
 }
 
+/// SIGINT (cloudflared's graceful stop), then SIGKILL after `grace`. The signal is sent by the
+/// system's `kill` command (no unsafe code here): without it, SIGKILL at once.
 async fn terminate(child: &mut Child, grace: Duration) {
     if let Some(pid) = child.id() {
-        let interrupted = Command::new("kill")
+        let sent = Command::new("kill")
             .arg("-INT")
             .arg(pid.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
-            .await
-            .is_ok_and(|status| status.success());
-        if interrupted && tokio::time::timeout(grace, child.wait()).await.is_ok() {
-            return;
+            .await;
+        match sent {
+            Err(err) => tracing::warn!(
+                pid,
+                error = %err,
+                "could not run `kill` to send cloudflared SIGINT; killing it"
+            ),
+            // `kill` failed: the process is already gone (or not ours to signal).
+            Ok(status) if !status.success() => {}
+            Ok(_) if tokio::time::timeout(grace, child.wait()).await.is_ok() => return,
+            Ok(_) => tracing::warn!(pid, "cloudflared did not stop on SIGINT; killing it"),
         }
-        tracing::warn!(pid, "cloudflared did not stop on SIGINT; killing it");
     }
     let _ = child.kill().await;
 }
