@@ -1,5 +1,5 @@
 //! Cost of WebhookErrorLayer on the success path, against the bare service in the same run, and
-//! against tower's thinnest layer (an identity `MapResponse`) for scale.
+//! for scale against tower's identity `MapResponse` and a layer whose future only forwards.
 
 // criterion's macros generate undocumented items.
 #![allow(missing_docs)]
@@ -60,8 +60,7 @@ fn error_layer(c: &mut Criterion) {
             black_box(ready(layered.call(black_box(request())))).unwrap()
         })
     });
-    // The thinnest layer tower has, for scale: an identity `MapResponse`, whose future only wraps
-    // the inner one. What any wrapping future costs here is the floor under `layer`.
+    // The thinnest layer tower has, for scale: an identity `MapResponse`.
     let mut identity =
         MapResponseLayer::new(|res: Response<Full<Bytes>>| res).layer(service_fn(handler));
     group.bench_function("tower_map_response", |b| {
@@ -70,7 +69,49 @@ fn error_layer(c: &mut Criterion) {
             black_box(ready(identity.call(black_box(request())))).unwrap()
         })
     });
+    // A layer whose future only forwards `poll`, for the floor: what wrapping a future costs by
+    // itself. Whatever `layer` adds over it is the price of what the layer does.
+    let mut forwarding = Forwarding(service_fn(handler));
+    group.bench_function("forwarding", |b| {
+        b.iter(|| {
+            ready(forwarding.ready_now()).unwrap();
+            black_box(ready(forwarding.call(black_box(request())))).unwrap()
+        })
+    });
     group.finish();
+}
+
+/// A service that hands the request on and returns the inner future inside its own.
+struct Forwarding<S>(S);
+
+impl<S: Service<R>, R> Service<R> for Forwarding<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ForwardingFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        ForwardingFuture {
+            inner: self.0.call(req),
+        }
+    }
+}
+
+#[pin_project::pin_project]
+struct ForwardingFuture<F> {
+    #[pin]
+    inner: F,
+}
+
+impl<F: Future> Future for ForwardingFuture<F> {
+    type Output = F::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.project().inner.poll(cx)
+    }
 }
 
 /// `poll_ready` as a future, like `ServiceExt::ready`, without borrowing helpers.
