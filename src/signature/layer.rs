@@ -903,6 +903,9 @@ impl SignatureLayer {
 
     /// Reads the time from `clock` instead of the system clock (for tests).
     ///
+    /// This is the time the signed timestamps are checked against. A replay store keeps its own
+    /// clock: give the same one to [`MemoryReplayStore::clock`] to move both together.
+    ///
     /// # Example
     ///
     /// ```
