@@ -3227,3 +3227,61 @@ async fn a_suspended_or_uninstalled_installation_drops_its_token_and_asks_for_no
     );
     assert_eq!(state.counters.comments_posted.load(Ordering::SeqCst), 5);
 }
+
+/// Azure DevOps answers a request whose token it does not take (expired, revoked) with its
+/// sign-in page: a `302` to it, or `203 Non-Authoritative Information` and the page's HTML,
+/// unless the request carries `X-TFS-FedAuthRedirect: Suppress`, which makes it answer `401`
+/// (microsoft/azure-devops-auth-samples#52: "a POST and GET request where we receive a 203
+/// status code when the access token is expired"). Neither the page nor a `203` is a comment
+/// posted.
+#[tokio::test]
+async fn an_azure_devops_sign_in_page_is_not_a_comment_posted() {
+    async fn azure_devops(req: Request) -> Response {
+        let suppressed = req
+            .headers()
+            .get("x-tfs-fedauthredirect")
+            .is_some_and(|v| v == "Suppress");
+        let sign_in = [("content-type", "text/html; charset=utf-8")];
+        match (req.uri().path(), suppressed) {
+            ("/_signin", _) => (sign_in, "<html>Sign in</html>").into_response(),
+            (_, false) => (StatusCode::FOUND, [("location", "/_signin")]).into_response(),
+            (_, true) => StatusCode::UNAUTHORIZED.into_response(),
+        }
+    }
+    async fn non_authoritative() -> Response {
+        (
+            StatusCode::NON_AUTHORITATIVE_INFORMATION,
+            [("content-type", "text/html; charset=utf-8")],
+            "<html>Sign in</html>",
+        )
+            .into_response()
+    }
+    let (api_addr, _api) = start_fake_api().await;
+    for (provider, id) in [
+        (
+            serve(Router::new().fallback(azure_devops)).await,
+            "ad000000-0000-4000-8000-000000000302",
+        ),
+        (
+            serve(Router::new().fallback(non_authoritative)).await,
+            "ad000000-0000-4000-8000-000000000203",
+        ),
+    ] {
+        let provider = format!("http://{provider}");
+        let (base, state) = start_server(&settings(
+            api_addr,
+            &[("AZURE_DEVOPS_API_URL", provider.as_str())],
+        ))
+        .await;
+        let client = reqwest::Client::new();
+        let d = delivery(app::Forge::AzureDevOps, id, 8);
+        assert_eq!(
+            send(&client, &base, &d).await.status(),
+            StatusCode::ACCEPTED
+        );
+        assert_eq!(state.drain_comments(Duration::from_secs(5)).await, 0);
+        let s = status(&client, &base).await;
+        assert_eq!(s["comments"]["posted"], 0, "{id}: {}", s["comments"]);
+        assert_eq!(s["comments"]["failed"], 1, "{id}: {}", s["comments"]);
+    }
+}

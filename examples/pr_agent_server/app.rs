@@ -1683,7 +1683,7 @@ async fn post_comment(
         Err(err) => Err(err),
     };
     match result {
-        Ok((status, _)) if status.is_success() => {
+        Ok((status, _)) if accepted(job.forge, status) => {
             tracing::info!(provider = forge, target = %job.comment.target, delivery = %job.delivery, "comment posted");
             state
                 .counters
@@ -1763,6 +1763,15 @@ async fn post_comment(
             }
         }
     }
+}
+
+/// Whether `status` says that `forge` took the comment. Azure DevOps answers a token it does
+/// not take (expired, revoked) with its sign-in page, as `203 Non-Authoritative Information`
+/// (or a redirect to it, which `X-TFS-FedAuthRedirect: Suppress` turns into a `401`): no
+/// comment was made.
+fn accepted(forge: Forge, status: StatusCode) -> bool {
+    status.is_success()
+        && !(forge == Forge::AzureDevOps && status == StatusCode::NON_AUTHORITATIVE_INFORMATION)
 }
 
 /// The status of `forge`'s answer, and how long to wait before calling again when it is a rate
@@ -1905,11 +1914,22 @@ fn api_request(
             headers.insert(http::header::AUTHORIZATION, v);
         }
     }
-    if forge == Forge::GitHub {
-        headers.insert(
-            "x-github-api-version",
-            HeaderValue::from_static("2022-11-28"),
-        );
+    match forge {
+        Forge::GitHub => {
+            headers.insert(
+                "x-github-api-version",
+                HeaderValue::from_static("2022-11-28"),
+            );
+        }
+        // A token Azure DevOps does not take is answered 401, not with a redirect to its
+        // sign-in page (which a client following redirects reads as a `200`).
+        Forge::AzureDevOps => {
+            headers.insert(
+                "x-tfs-fedauthredirect",
+                HeaderValue::from_static("Suppress"),
+            );
+        }
+        _ => {}
     }
     *req.body_mut() = Some(serde_json::to_vec(body)?.into());
     Ok(req)
