@@ -3285,3 +3285,31 @@ async fn an_azure_devops_sign_in_page_is_not_a_comment_posted() {
         assert_eq!(s["comments"]["failed"], 1, "{id}: {}", s["comments"]);
     }
 }
+
+/// An API URL every comment would fail with (no scheme, a scheme the client does not speak, a
+/// query the comment's path would land in) stops the server with a message naming the
+/// variable, rather than failing each comment at run time.
+#[test]
+fn an_api_url_comments_cannot_be_posted_to_is_refused_at_startup() {
+    for forge in app::Forge::ALL {
+        for value in [
+            "api.github.com",
+            "localhost:8080/api/v4",
+            "ftp://git.example.com",
+            "https://dev.azure.com/org?api-version=7.0",
+            "https://git.example.com/api#v1",
+            "https://",
+        ] {
+            refused_naming_it(forge.api_url_var(), value);
+        }
+        let var = forge.api_url_var();
+        let settings = app::Settings::from_lookup(|n| {
+            (n == var).then(|| " https://git.example.com/api/v4/ ".to_owned())
+        })
+        .unwrap();
+        assert_eq!(
+            settings.apis[&forge].base_url, "https://git.example.com/api/v4",
+            "{var}"
+        );
+    }
+}

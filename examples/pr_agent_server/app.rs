@@ -362,12 +362,12 @@ impl Settings {
         }
         let mut apis = BTreeMap::new();
         for forge in Forge::ALL {
-            if let Some(base_url) = lookup(forge.api_url_var()).filter(|u| !u.is_empty()) {
+            if let Some(base_url) = lookup(forge.api_url_var()).filter(|u| !u.trim().is_empty()) {
                 let token = lookup(forge.token_var()).filter(|t| !t.is_empty());
                 apis.insert(
                     forge,
                     ApiTarget {
-                        base_url: base_url.trim_end_matches('/').to_owned(),
+                        base_url: api_base_url(forge.api_url_var(), &base_url)?,
                         token,
                     },
                 );
@@ -436,6 +436,30 @@ impl Settings {
             generated_github_secret,
         })
     }
+}
+
+/// The base URL of setting `name`, without its trailing `/`: an `http` or `https` URL with a
+/// host and no query or fragment (the comment's path is appended to it), or an error naming
+/// the setting. Otherwise every comment would fail, one by one, at run time.
+fn api_base_url(name: &str, value: &str) -> Result<String, String> {
+    let value = value.trim();
+    let refused = |why: &str| {
+        format!("{name}={value:?} {why}: set it to the API's base URL, e.g. https://api.github.com")
+    };
+    let url =
+        reqwest::Url::parse(value).map_err(|err| refused(&format!("is not a URL ({err})")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(refused("is not an http or https URL"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(refused("names no host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(refused(
+            "has a query or a fragment, which the comment's path would follow",
+        ));
+    }
+    Ok(value.trim_end_matches('/').to_owned())
 }
 
 /// The GitHub App of `GITHUB_APP_ID` and its private key, from `GITHUB_APP_PRIVATE_KEY` (the
