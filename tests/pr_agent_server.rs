@@ -3313,3 +3313,77 @@ fn an_api_url_comments_cannot_be_posted_to_is_refused_at_startup() {
         );
     }
 }
+
+/// A token read from a file or a secret store often ends with a line break, which no header
+/// can carry: it is trimmed, as the webhook secrets are, and the comments go out with the
+/// token. A token with a character no token has stops the server, naming the variable (and
+/// not showing the token).
+#[tokio::test]
+async fn api_tokens_are_trimmed_and_checked_at_startup() {
+    let (api_addr, api) = start_fake_api().await;
+    let (base, state) = start_server(&settings(
+        api_addr,
+        &[
+            ("GITHUB_TOKEN", "ghp_token\n"),
+            ("GITLAB_TOKEN", " glpat\r\n"),
+            ("BITBUCKET_TOKEN", "bb-token\n"),
+            ("BITBUCKET_SERVER_TOKEN", "\tbbs-token"),
+            ("GITEA_TOKEN", "gitea-token\n"),
+            ("AZURE_DEVOPS_TOKEN", "ado-pat\n"),
+        ],
+    ))
+    .await;
+    let client = reqwest::Client::new();
+    for (i, forge) in app::Forge::ALL.into_iter().enumerate() {
+        let d = delivery(forge, &format!("7c000000-0000-4000-8000-00000000000{i}"), 3);
+        assert_eq!(
+            send(&client, &base, &d).await.status(),
+            StatusCode::ACCEPTED
+        );
+    }
+    assert_eq!(state.drain_comments(Duration::from_secs(5)).await, 0);
+    let s = status(&client, &base).await;
+    assert_eq!(s["comments"]["posted"], 6, "{}", s["comments"]);
+    let comments = api.comments.lock().unwrap().clone();
+    let auth = |path: &str, header: &str| {
+        let (_, headers, _) = comments.iter().find(|(p, _, _)| p == path).unwrap();
+        headers[header].clone()
+    };
+    assert_eq!(
+        auth("/repos/octo/repo/issues/3/comments", "authorization"),
+        "Bearer ghp_token"
+    );
+    assert_eq!(
+        auth("/projects/42/merge_requests/3/notes", "private-token"),
+        "glpat"
+    );
+    let ado = "/proj-guid/_apis/git/repositories/repo-guid/pullRequests/3/threads?api-version=7.0";
+    assert_eq!(
+        auth(ado, "authorization"),
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(":ado-pat")
+        )
+    );
+
+    for forge in app::Forge::ALL {
+        let token_var = match forge {
+            app::Forge::GitHub => "GITHUB_TOKEN",
+            app::Forge::GitLab => "GITLAB_TOKEN",
+            app::Forge::Bitbucket => "BITBUCKET_TOKEN",
+            app::Forge::BitbucketServer => "BITBUCKET_SERVER_TOKEN",
+            app::Forge::Gitea => "GITEA_TOKEN",
+            app::Forge::AzureDevOps => "AZURE_DEVOPS_TOKEN",
+        };
+        for token in ["two words", "line\nbreak", "t\u{f6}ken"] {
+            let err = app::Settings::from_lookup(|n| match n {
+                n if n == forge.api_url_var() => Some("https://git.example.com".to_owned()),
+                n if n == token_var => Some(token.to_owned()),
+                _ => None,
+            })
+            .expect_err(token);
+            assert!(err.contains(token_var), "{err}");
+            assert!(!err.contains(token), "the token is not shown: {err}");
+        }
+    }
+}

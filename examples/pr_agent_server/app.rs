@@ -363,7 +363,7 @@ impl Settings {
         let mut apis = BTreeMap::new();
         for forge in Forge::ALL {
             if let Some(base_url) = lookup(forge.api_url_var()).filter(|u| !u.trim().is_empty()) {
-                let token = lookup(forge.token_var()).filter(|t| !t.is_empty());
+                let token = api_token(forge.token_var(), lookup(forge.token_var()))?;
                 apis.insert(
                     forge,
                     ApiTarget {
@@ -436,6 +436,22 @@ impl Settings {
             generated_github_secret,
         })
     }
+}
+
+/// The API token of setting `name`, trimmed as the webhook secrets are (a token read from a
+/// file often ends with a line break); `None` when unset or empty. A token with a character
+/// no token has (a space, a control character, a non-ASCII one) is an error naming the setting
+/// and not showing the token: no header could carry it, and every comment would fail.
+fn api_token(name: &str, value: Option<String>) -> Result<Option<String>, String> {
+    let Some(token) = value.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "{name} holds a space, a control or a non-ASCII character, which no API token has: set it to the token alone"
+        ));
+    }
+    Ok(Some(token))
 }
 
 /// The base URL of setting `name`, without its trailing `/`: an `http` or `https` URL with a
