@@ -458,6 +458,40 @@ async fn grpc_message_is_percent_encoded() {
     );
 }
 
+/// RFC 9113 §8.2.1: an HTTP/2 field value must not start or end with a space or a tab, and a
+/// response carrying one is malformed (nghttp2, under curl and many proxies, resets the
+/// stream). Such a space in the message is percent-encoded, and decodes back to the message.
+#[tokio::test]
+async fn a_grpc_message_never_starts_or_ends_with_a_space() {
+    let long = format!(" {}", "a".repeat(2000));
+    for message in [" leading", "trailing ", "  both  ", " ", &long] {
+        let problem = Problem::new(StatusCode::BAD_REQUEST).with_detail(message.to_owned());
+        let res = answer_error(WebhookErrorLayer::new(), grpc_req(), problem.into()).await;
+        let header = res.headers()["grpc-message"].to_str().unwrap().to_owned();
+        assert!(
+            !header.starts_with([' ', '\t']) && !header.ends_with([' ', '\t']),
+            "{message:?} sent as {header:?}"
+        );
+        let decoded = percent_encoding::percent_decode_str(&header)
+            .decode_utf8()
+            .unwrap();
+        if message.len() < 1024 {
+            assert_eq!(decoded, message);
+        } else {
+            assert!(decoded.ends_with("...") && message.starts_with(decoded.trim_end_matches('.')));
+        }
+    }
+    let res = answer_error(
+        WebhookErrorLayer::new(),
+        grpc_req(),
+        Problem::new(StatusCode::BAD_REQUEST)
+            .with_detail("inner space stays")
+            .into(),
+    )
+    .await;
+    assert_eq!(res.headers()["grpc-message"], "inner space stays");
+}
+
 /// A long message is cut (at a character boundary) before it can outgrow what gRPC clients
 /// take in headers; it decodes to the start of the message and `...`.
 #[tokio::test]

@@ -193,6 +193,9 @@ pub(crate) const MAX_GRPC_MESSAGE: usize = 1024;
 
 /// Percent-encodes a `grpc-message` value as the gRPC HTTP/2 protocol requires, cut to
 /// [`MAX_GRPC_MESSAGE`] bytes (at a character boundary, marked with `...`).
+///
+/// A space at either end is encoded too (`%20`): an HTTP/2 field value must not start or end
+/// with one (RFC 9113, section 8.2.1), and peers that check it reset the stream.
 pub(crate) fn encode_message(message: &str) -> std::borrow::Cow<'_, str> {
     if message.len() > MAX_GRPC_MESSAGE {
         let mut end = MAX_GRPC_MESSAGE - 3;
@@ -200,8 +203,31 @@ pub(crate) fn encode_message(message: &str) -> std::borrow::Cow<'_, str> {
             end -= 1;
         }
         let cut = format!("{}...", &message[..end]);
-        return utf8_percent_encode(&cut, GRPC_MESSAGE).to_string().into();
+        return encode(&cut).into_owned().into();
+    }
+    encode(message)
+}
+
+fn encode(message: &str) -> std::borrow::Cow<'_, str> {
+    if message.starts_with(' ') || message.ends_with(' ') {
+        return encode_edge_spaces(message).into();
     }
     // utf8_percent_encode always encodes non-ASCII bytes.
     utf8_percent_encode(message, GRPC_MESSAGE).into()
+}
+
+/// [`encode_message`] of a message with a space at one end or both: the spaces there as `%20`.
+#[cold]
+fn encode_edge_spaces(message: &str) -> String {
+    let inner = message.trim_matches(' ');
+    let leading = message.len() - message.trim_start_matches(' ').len();
+    let trailing = if inner.is_empty() {
+        0
+    } else {
+        message.len() - message.trim_end_matches(' ').len()
+    };
+    let mut encoded = "%20".repeat(leading);
+    encoded.extend(utf8_percent_encode(inner, GRPC_MESSAGE));
+    encoded.push_str(&"%20".repeat(trailing));
+    encoded
 }
