@@ -3387,3 +3387,27 @@ async fn api_tokens_are_trimmed_and_checked_at_startup() {
         }
     }
 }
+
+/// The Azure DevOps user name, like its password and every other secret, is read without the
+/// line break a secret file ends with: deliveries signed `azure:azure-pass` are accepted.
+#[tokio::test]
+async fn the_azure_devops_user_name_is_trimmed_like_its_password() {
+    let (api_addr, _api) = start_fake_api().await;
+    let (base, _) = start_server(&settings(
+        api_addr,
+        &[
+            ("AZURE_DEVOPS_WEBHOOK_USERNAME", "azure\n"),
+            ("AZURE_DEVOPS_WEBHOOK_PASSWORD", "azure-pass\n"),
+        ],
+    ))
+    .await;
+    let d = delivery(
+        app::Forge::AzureDevOps,
+        "ad000000-0000-4000-8000-00000000000a",
+        4,
+    );
+    assert_eq!(
+        send(&reqwest::Client::new(), &base, &d).await.status(),
+        StatusCode::ACCEPTED
+    );
+}

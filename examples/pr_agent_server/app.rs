@@ -330,14 +330,15 @@ impl Settings {
                 forges.insert(forge, Verification::Secrets(secrets));
             }
         }
+        // Trimmed like the secrets: a value read from a file often ends with a line break.
         match (
-            lookup("AZURE_DEVOPS_WEBHOOK_USERNAME"),
+            lookup("AZURE_DEVOPS_WEBHOOK_USERNAME").map(|u| u.trim().to_owned()),
             secrets(
                 "AZURE_DEVOPS_WEBHOOK_PASSWORD",
                 lookup("AZURE_DEVOPS_WEBHOOK_PASSWORD"),
             )?,
         ) {
-            (Some(username), _) if username.trim().is_empty() => {
+            (Some(username), _) if username.is_empty() => {
                 return Err("AZURE_DEVOPS_WEBHOOK_USERNAME is set but empty".into());
             }
             (Some(username), Some(passwords)) => {
