@@ -3411,3 +3411,57 @@ async fn the_azure_devops_user_name_is_trimmed_like_its_password() {
         StatusCode::ACCEPTED
     );
 }
+
+/// GitLab has named a draft's change in `changes.draft` since 16.3; before, marking a draft
+/// ready shows only as its title losing its `Draft:` (or `[Draft]`, `(Draft)`, and before 13.2
+/// `WIP:` / `[WIP]`) prefix in `changes.title`, or as `changes.work_in_progress` going from
+/// true to false, with `work_in_progress` instead of `draft` in the attributes. Such a draft
+/// marked ready gets its comment too; other renames do not.
+#[test]
+fn a_gitlab_draft_marked_ready_on_servers_before_changes_draft_gets_a_comment() {
+    let update = |changes: Value, state: &str| json!({"object_kind": "merge_request", "project": {"id": 1}, "object_attributes": {"iid": 1, "action": "update", "title": "Fix", "work_in_progress": false, "state": state}, "changes": changes});
+    let retitled = |previous: &str, current: &str| json!({"title": {"previous": previous, "current": current}});
+    let comments = |payload: &Value| {
+        app::comment_for(app::Forge::GitLab, Some("Merge Request Hook"), payload).is_some()
+    };
+    for previous in [
+        "Draft: Fix",
+        "draft:Fix",
+        "[Draft] Fix",
+        "(Draft) Fix",
+        "WIP: Fix",
+        "[WIP] Fix",
+    ] {
+        assert!(
+            comments(&update(retitled(previous, "Fix"), "opened")),
+            "{previous:?} -> \"Fix\""
+        );
+    }
+    assert!(comments(&update(
+        json!({"work_in_progress": {"previous": true, "current": false}}),
+        "opened"
+    )));
+    for (changes, state) in [
+        // Renames that publish nothing.
+        (retitled("Fix", "Fix it"), "opened"),
+        (retitled("Draft: Fix", "Draft: Fix it"), "opened"),
+        (retitled("Fix", "Draft: Fix"), "opened"),
+        // Not an open merge request.
+        (retitled("Draft: Fix", "Fix"), "closed"),
+        (retitled("Draft: Fix", "Fix"), "merged"),
+        // A server that names the draft change says this one was none.
+        (
+            json!({"title": {"previous": "Draft: Fix", "current": "Fix"}, "draft": {"previous": false, "current": false}}),
+            "opened",
+        ),
+        (
+            json!({"work_in_progress": {"previous": false, "current": true}}),
+            "opened",
+        ),
+    ] {
+        assert!(
+            !comments(&update(changes.clone(), state)),
+            "{changes} {state}"
+        );
+    }
+}

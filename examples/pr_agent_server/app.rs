@@ -1154,6 +1154,19 @@ fn gitea_work_in_progress(title: &str) -> bool {
     })
 }
 
+/// Whether a GitLab title marks a draft: it starts with `Draft:`, `[Draft]`, `(Draft)` or
+/// `Draft - `, or the `WIP:` / `[WIP]` of servers before 13.2, in any case.
+fn gitlab_draft_title(title: &str) -> bool {
+    let title = title.trim_start();
+    ["draft:", "[draft]", "(draft)", "draft -", "wip:", "[wip]"]
+        .iter()
+        .any(|prefix| {
+            title
+                .get(..prefix.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+        })
+}
+
 /// The comment a delivery asks for by itself, if any (see the module docs of `main.rs` for the
 /// events of each provider; [`DraftMemory::comment_for`] adds the drafts published that only a
 /// memory of the drafts seen can tell):
@@ -1198,10 +1211,27 @@ fn ready_for_review(forge: Forge, event: Option<&str>, p: &Value) -> Option<Comm
             let ready = match attrs["action"].as_str()? {
                 "open" | "reopen" => !draft(&attrs["draft"]) && !draft(&attrs["work_in_progress"]),
                 // "Mark as ready": an update whose changes take `draft` from true to false.
+                // Servers before 16.3 do not name `draft` in the changes: the title loses its
+                // draft prefix (or, on some, `work_in_progress` goes from true to false).
                 "update" => {
-                    let change = &p["changes"]["draft"];
-                    draft(&change["previous"])
-                        && change["current"].as_bool() == Some(false)
+                    let changes = &p["changes"];
+                    let cleared = |change: &Value| {
+                        draft(&change["previous"]) && change["current"].as_bool() == Some(false)
+                    };
+                    let published = if changes["draft"].is_object() {
+                        cleared(&changes["draft"])
+                    } else if changes["work_in_progress"].is_object() {
+                        cleared(&changes["work_in_progress"])
+                    } else {
+                        let title = &changes["title"];
+                        title["previous"].as_str().is_some_and(gitlab_draft_title)
+                            && title["current"]
+                                .as_str()
+                                .is_some_and(|current| !gitlab_draft_title(current))
+                    };
+                    published
+                        && !draft(&attrs["draft"])
+                        && !draft(&attrs["work_in_progress"])
                         // Not a closed or merged one renamed.
                         && attrs["state"].as_str().is_none_or(|state| state == "opened")
                 }
