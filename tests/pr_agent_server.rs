@@ -3465,3 +3465,100 @@ fn a_gitlab_draft_marked_ready_on_servers_before_changes_draft_gets_a_comment() 
         );
     }
 }
+
+/// GitHub: "If your request continues to fail due to a secondary rate limit, wait for an
+/// exponentially increasing amount of time between retries [...] Continuing to make requests
+/// while you are rate limited may result in the banning of your integration." (github/docs,
+/// rate-limits-for-the-rest-api.md). A comment that keeps meeting a secondary limit that names
+/// no delay waits a minute, then two, then four; not a minute each time.
+#[tokio::test(start_paused = true)]
+async fn a_secondary_rate_limit_that_persists_is_waited_out_longer_each_time() {
+    let attempts: Arc<Mutex<Vec<tokio::time::Instant>>> = Arc::default();
+    let seen = attempts.clone();
+    let github = serve(Router::new().fallback(move || {
+        seen.lock().unwrap().push(tokio::time::Instant::now());
+        async {
+            (
+                StatusCode::FORBIDDEN,
+                [("content-type", "application/json")],
+                r#"{"message":"You have exceeded a secondary rate limit. Please wait a few minutes before you try again."}"#,
+            )
+                .into_response()
+        }
+    }))
+    .await;
+    let (api_addr, _api) = start_fake_api().await;
+    let github = format!("http://{github}");
+    let (base, state) = start_server(&settings(
+        api_addr,
+        &[
+            ("GITHUB_API_URL", github.as_str()),
+            ("COMMENT_MAX_ATTEMPTS", "4"),
+        ],
+    ))
+    .await;
+    let d = delivery(
+        app::Forge::GitHub,
+        "ab000000-0000-4000-8000-00000000403e",
+        9,
+    );
+    assert_eq!(
+        send(&reqwest::Client::new(), &base, &d).await.status(),
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(state.drain_comments(Duration::from_secs(3600)).await, 0);
+    assert_eq!(state.counters.comments_failed.load(Ordering::SeqCst), 1);
+    let attempts = attempts.lock().unwrap().clone();
+    let waits: Vec<u64> = attempts
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs())
+        .collect();
+    assert_eq!(waits, [60, 120, 240], "{waits:?}");
+}
+
+/// The hook update meets the same guidance: a secondary rate limit that persists is waited out
+/// a minute, then two, then four, not a minute each time, for as long as the tunnel lives.
+#[tokio::test(start_paused = true)]
+async fn a_hook_update_over_a_persisting_secondary_rate_limit_waits_longer_each_time() {
+    let attempts: Arc<Mutex<Vec<tokio::time::Instant>>> = Arc::default();
+    let seen = attempts.clone();
+    let github = serve(Router::new().fallback(move || {
+        seen.lock().unwrap().push(tokio::time::Instant::now());
+        async {
+            (
+                StatusCode::FORBIDDEN,
+                [("content-type", "application/json")],
+                r#"{"message":"You have exceeded a secondary rate limit. Please wait a few minutes before you try again."}"#,
+            )
+                .into_response()
+        }
+    }))
+    .await;
+    let (api_addr, _api) = start_fake_api().await;
+    let github = format!("http://{github}");
+    let settings = settings(
+        api_addr,
+        &[
+            ("GITHUB_API_URL", github.as_str()),
+            ("GITHUB_HOOK_REPOSITORY", "octo/repo"),
+            ("GITHUB_HOOK_ID", "42"),
+        ],
+    );
+    let updater = app::build(&settings).unwrap().hook_updaters.remove(0);
+    let (tx, rx) = tokio::sync::watch::channel(up_at("http://127.0.0.1:4000"));
+    tokio::spawn(updater.follow(rx));
+    for _ in 0..2000 {
+        if attempts.lock().unwrap().len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let attempts = attempts.lock().unwrap().clone();
+    let waits: Vec<u64> = attempts
+        .windows(2)
+        .take(3)
+        .map(|w| (w[1] - w[0]).as_secs())
+        .collect();
+    assert_eq!(waits, [60, 120, 240], "{waits:?}");
+    drop(tx);
+}

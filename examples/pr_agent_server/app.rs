@@ -571,6 +571,9 @@ pub(crate) struct Job {
     pub(crate) installation: Option<u64>,
     /// Attempts that reached the provider's API so far.
     pub(crate) attempts: u32,
+    /// The last attempts in a row that met a GitHub secondary rate limit naming no delay: each
+    /// one waits twice as long as the one before.
+    pub(crate) secondary_limits: u32,
     /// When the delivery was accepted; the job is given up `COMMENT_MAX_AGE_SECS` later.
     pub(crate) accepted_at: tokio::time::Instant,
 }
@@ -690,8 +693,9 @@ impl std::fmt::Debug for HookUpdater {
 /// Why the hook could not be pointed at a URL.
 enum HookError {
     /// Worth trying again, after at least the wait the API asked for: the API failed or could
-    /// not be reached (5xx, 429, a connection error, an open breaker).
-    Transient(String, Option<Duration>),
+    /// not be reached (5xx, 429, a connection error, an open breaker). The flag: a GitHub
+    /// secondary rate limit naming no delay, whose wait grows while it persists.
+    Transient(String, Option<Duration>, bool),
     /// The API refused the request (a wrong token, hook or repository): trying again cannot
     /// help.
     Refused(String),
@@ -727,12 +731,13 @@ impl HookUpdater {
             .clone()
             .oneshot(request)
             .await
-            .map_err(|err| HookError::Transient(err.to_string(), None))?;
-        let (status, wait) = status_and_wait(Forge::GitHub, res).await;
+            .map_err(|err| HookError::Transient(err.to_string(), None, false))?;
+        let (status, wait, secondary_limit) = status_and_limit(Forge::GitHub, res).await;
         if status.is_server_error() || wait.is_some() {
             return Err(HookError::Transient(
                 format!("GitHub answered {status}"),
                 wait,
+                secondary_limit,
             ));
         }
         if !status.is_success() {
@@ -744,7 +749,8 @@ impl HookUpdater {
 
     /// Points the hook at every URL the tunnel opens at, until the tunnel is closed. A failure
     /// worth retrying is tried again after a growing delay (1 s to 1 min), or as long as a
-    /// `Retry-After` asks (up to an hour).
+    /// `Retry-After` asks (up to an hour); a GitHub secondary rate limit naming no delay, after
+    /// a minute, then twice as long each time it is met again (up to an hour).
     pub(crate) async fn follow(self, mut status: watch::Receiver<TunnelEvent>) {
         // The URL the hook points at, or was given up for.
         let mut settled: Option<String> = None;
@@ -770,11 +776,17 @@ impl HookUpdater {
                         pending = None;
                         delay = Duration::from_secs(1);
                     }
-                    Err(HookError::Transient(err, wait)) => {
+                    Err(HookError::Transient(err, wait, secondary_limit)) => {
                         let wait = delay.max(wait.unwrap_or_default());
                         tracing::warn!(%hook, error = %err, retry_in = ?wait, "could not point the GitHub hook at {url}{route} yet");
                         pending = Some((url, tokio::time::Instant::now() + wait));
-                        delay = (wait * 2).min(Duration::from_secs(60));
+                        // A secondary rate limit met again is waited out twice as long, up to
+                        // an hour (see `secondary_limit_wait`); other failures, up to a minute.
+                        let longest = match secondary_limit {
+                            true => Duration::from_secs(3600),
+                            false => Duration::from_secs(60),
+                        };
+                        delay = (wait * 2).min(longest);
                     }
                     Err(HookError::Refused(err)) => {
                         tracing::error!(%hook, error = %err, "could not point the GitHub hook at {url}{route}: set it by hand");
@@ -1077,6 +1089,7 @@ async fn handle(
         comment,
         installation,
         attempts: 0,
+        secondary_limits: 0,
         accepted_at: tokio::time::Instant::now(),
     };
     // A job stays pending until it is done, including while it waits to be tried again, so
@@ -1605,7 +1618,14 @@ async fn run_job(
         };
         let (delay, attempted) = match outcome {
             Outcome::Done => break,
-            Outcome::Later { delay, attempted } => (delay, attempted),
+            Outcome::Later { delay, attempted } => {
+                job.secondary_limits = 0;
+                (delay, attempted)
+            }
+            Outcome::SecondaryLimit => {
+                job.secondary_limits += 1;
+                (Some(secondary_limit_wait(job.secondary_limits)), true)
+            }
         };
         if attempted {
             job.attempts += 1;
@@ -1665,6 +1685,19 @@ enum Outcome {
         delay: Option<Duration>,
         attempted: bool,
     },
+    /// GitHub's secondary rate limit, naming no delay: try again after a minute, and twice as
+    /// long each time it is met again in a row ([`secondary_limit_wait`]).
+    SecondaryLimit,
+}
+
+/// The wait after the `n`th GitHub secondary rate limit in a row that named no delay: "wait
+/// for at least one minute before retrying. If your request continues to fail due to a
+/// secondary rate limit, wait for an exponentially increasing amount of time between retries"
+/// (GitHub's REST API docs). A minute, then two, four, ..., at most an hour.
+fn secondary_limit_wait(n: u32) -> Duration {
+    SECONDARY_LIMIT_WAIT
+        .saturating_mul(1 << n.saturating_sub(1).min(6))
+        .min(Duration::from_secs(3600))
 }
 
 /// The provider APIs comments go to.
@@ -1692,11 +1725,15 @@ async fn installation_token(
             reason,
             wait,
             attempted,
+            secondary_limit,
         }) => {
             tracing::warn!(provider = forge, installation = id, error = %reason, "no installation token yet; comment scheduled again");
-            Err(Outcome::Later {
-                delay: wait,
-                attempted,
+            Err(match secondary_limit {
+                true => Outcome::SecondaryLimit,
+                false => Outcome::Later {
+                    delay: wait,
+                    attempted,
+                },
             })
         }
         Err(TokenError::Refused(reason)) => {
@@ -1750,11 +1787,11 @@ async fn post_comment(
         }
     };
     let result = match caller.clone().oneshot(request).await {
-        Ok(res) => Ok(status_and_wait(job.forge, res).await),
+        Ok(res) => Ok(status_and_limit(job.forge, res).await),
         Err(err) => Err(err),
     };
     match result {
-        Ok((status, _)) if accepted(job.forge, status) => {
+        Ok((status, _, _)) if accepted(job.forge, status) => {
             tracing::info!(provider = forge, target = %job.comment.target, delivery = %job.delivery, "comment posted");
             state
                 .counters
@@ -1762,9 +1799,17 @@ async fn post_comment(
                 .fetch_add(1, Ordering::Relaxed);
             Outcome::Done
         }
+        Ok((status, Some(_), true)) => {
+            tracing::warn!(
+                provider = forge,
+                status = status.as_u16(),
+                "GitHub secondary rate limit; comment scheduled again"
+            );
+            Outcome::SecondaryLimit
+        }
         // Over a rate limit (GitHub answers 403 or 429), or down for a while (503 with
         // `Retry-After`): wait as long as the provider says.
-        Ok((status, Some(wait))) => {
+        Ok((status, Some(wait), _)) => {
             tracing::warn!(
                 provider = forge,
                 status = status.as_u16(),
@@ -1776,7 +1821,7 @@ async fn post_comment(
                 attempted: true,
             }
         }
-        Ok((status, None))
+        Ok((status, None, _))
             if status.is_server_error()
                 || status == StatusCode::TOO_MANY_REQUESTS
                 || status == StatusCode::REQUEST_TIMEOUT =>
@@ -1793,7 +1838,7 @@ async fn post_comment(
         }
         // An installation token GitHub no longer takes (revoked, or the app's permissions
         // changed): fetched again for the next attempt.
-        Ok((StatusCode::UNAUTHORIZED, None)) if installation.is_some() => {
+        Ok((StatusCode::UNAUTHORIZED, None, _)) if installation.is_some() => {
             if let (Some((id, tokens)), Some(refused)) = (installation, &api.token) {
                 tokens.forget(id, refused).await;
             }
@@ -1806,7 +1851,7 @@ async fn post_comment(
                 attempted: true,
             }
         }
-        Ok((status, None)) => {
+        Ok((status, None, _)) => {
             tracing::error!(provider = forge, status = status.as_u16(), target = %job.comment.target, delivery = %job.delivery, "provider refused the comment");
             state
                 .counters
@@ -1845,19 +1890,27 @@ fn accepted(forge: Forge, status: StatusCode) -> bool {
         && !(forge == Forge::AzureDevOps && status == StatusCode::NON_AUTHORITATIVE_INFORMATION)
 }
 
-/// The status of `forge`'s answer, and how long to wait before calling again when it is a rate
-/// limit ([`rate_limit_wait`]). GitHub's secondary rate limit without `Retry-After` or
-/// `X-RateLimit-Remaining: 0` (a 429, or a 403 whose message names it) is waited out for a
-/// minute: "wait for at least one minute before retrying".
-async fn status_and_wait(forge: Forge, res: reqwest::Response) -> (StatusCode, Option<Duration>) {
+/// How long GitHub's secondary rate limit is waited out the first time when it names no delay:
+/// "wait for at least one minute before retrying".
+const SECONDARY_LIMIT_WAIT: Duration = Duration::from_secs(60);
+
+/// The status of `forge`'s answer, how long to wait before calling again when it is a rate
+/// limit ([`rate_limit_wait`]), and whether that wait is GitHub's secondary rate limit naming
+/// no delay. Such a limit (a 429, or a 403 whose message names it, without `Retry-After` or
+/// `X-RateLimit-Remaining: 0`) is waited out for a minute the first time: "wait for at least
+/// one minute before retrying"; longer when it persists ([`secondary_limit_wait`]).
+async fn status_and_limit(
+    forge: Forge,
+    res: reqwest::Response,
+) -> (StatusCode, Option<Duration>, bool) {
     let status = res.status();
     let wait = rate_limit_wait(status, res.headers());
     if wait.is_some() || forge != Forge::GitHub {
-        return (status, wait);
+        return (status, wait, false);
     }
     let unnamed = status == StatusCode::TOO_MANY_REQUESTS
         || (status == StatusCode::FORBIDDEN && says_secondary_rate_limit(res).await);
-    (status, unnamed.then_some(Duration::from_secs(60)))
+    (status, unnamed.then_some(SECONDARY_LIMIT_WAIT), unnamed)
 }
 
 /// Whether a GitHub 403 is a secondary rate limit: its error message says so (the test
@@ -1880,7 +1933,7 @@ async fn says_secondary_rate_limit(mut res: reqwest::Response) -> bool {
 /// `X-RateLimit-Remaining: 0` and `X-RateLimit-Reset`, a minute without the reset) or the API is
 /// down for a while (503 with `Retry-After`, which the retry policy leaves to the caller past
 /// its own cap), from 1 s to an hour. `None` when the headers say no such thing (see
-/// [`status_and_wait`] for GitHub's limits that name no delay).
+/// [`status_and_limit`] for GitHub's limits that name no delay).
 fn rate_limit_wait(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
     let limited = status == StatusCode::FORBIDDEN || status == StatusCode::TOO_MANY_REQUESTS;
     if !limited && status != StatusCode::SERVICE_UNAVAILABLE {

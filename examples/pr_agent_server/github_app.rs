@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 use tower_webhook::circuit_breaker::CircuitOpen;
 
-use super::{ApiTarget, Caller, Forge, app_request, status_and_wait};
+use super::{ApiTarget, Caller, Forge, app_request, status_and_limit};
 
 /// How long before `now` a token says it was issued: GitHub advises a minute, for clock drift.
 const ISSUED_BEFORE_SECS: u64 = 60;
@@ -209,11 +209,13 @@ impl std::fmt::Debug for InstallationTokens {
 #[derive(Debug)]
 pub(crate) enum TokenError {
     /// Worth trying again, after `wait` if given. `attempted` is false when the breaker refused
-    /// the call before it reached GitHub.
+    /// the call before it reached GitHub. `secondary_limit`: GitHub's secondary rate limit,
+    /// naming no delay, whose wait grows while it persists.
     Transient {
         reason: String,
         wait: Option<Duration>,
         attempted: bool,
+        secondary_limit: bool,
     },
     /// GitHub refused (the app is not installed there any more, a wrong app id or key): trying
     /// again cannot help.
@@ -367,6 +369,7 @@ impl InstallationTokens {
                     reason: err.to_string(),
                     wait: open.map(|open| open.retry_after().unwrap_or(Duration::from_secs(1))),
                     attempted: open.is_none(),
+                    secondary_limit: false,
                 });
             }
         };
@@ -376,6 +379,7 @@ impl InstallationTokens {
                 reason: format!("GitHub's token answer could not be read: {err}"),
                 wait: None,
                 attempted: true,
+                secondary_limit: false,
             })?;
             let token = answer["token"]
                 .as_str()
@@ -389,7 +393,7 @@ impl InstallationTokens {
                 .unwrap_or_else(|| SystemTime::now() + ASSUMED_LIFE);
             return Ok((token.to_owned(), expires_at));
         }
-        let (status, wait) = status_and_wait(Forge::GitHub, res).await;
+        let (status, wait, secondary_limit) = status_and_limit(Forge::GitHub, res).await;
         let reason = format!("GitHub answered {status} to the installation token request");
         if status.is_server_error()
             || wait.is_some()
@@ -400,6 +404,7 @@ impl InstallationTokens {
                 reason,
                 wait,
                 attempted: true,
+                secondary_limit,
             })
         } else {
             Err(TokenError::Refused(reason))
