@@ -3562,3 +3562,45 @@ async fn a_hook_update_over_a_persisting_secondary_rate_limit_waits_longer_each_
     assert_eq!(waits, [60, 120, 240], "{waits:?}");
     drop(tx);
 }
+
+/// A setting whose value is not UTF-8 stops the server with a message naming it (and not
+/// showing it), as the crate's own settings do: taken for unset, a secret's provider would
+/// silently go unserved (or the server start in development mode with a made-up secret), a
+/// breaker setting silently get its default. The test runs itself again as a child process
+/// with such a value, since a test may not change its own environment.
+#[cfg(unix)]
+#[test]
+fn a_setting_that_is_not_utf8_is_named_not_taken_for_unset() {
+    use std::os::unix::ffi::OsStrExt;
+    const CHILD: &str = "PR_AGENT_SERVER_ENV_TEST_CHILD";
+    if let Some(var) = std::env::var_os(CHILD) {
+        let var = var.to_str().unwrap();
+        let err = app::Settings::from_env().expect_err(var);
+        assert!(err.contains(var), "{err}");
+        assert!(err.contains("UTF-8"), "{err}");
+        assert!(!err.contains("cret"), "the value is not shown: {err}");
+        return;
+    }
+    for var in [
+        "GITHUB_WEBHOOK_SECRET",
+        "AZURE_DEVOPS_WEBHOOK_PASSWORD",
+        "GITLAB_TOKEN",
+        "CIRCUIT_BREAKER_FAILURE_THRESHOLD",
+    ] {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+        child
+            .args([
+                "--exact",
+                "a_setting_that_is_not_utf8_is_named_not_taken_for_unset",
+                "--nocapture",
+            ])
+            .env(CHILD, var)
+            .env("GITLAB_WEBHOOK_TOKEN", "gitlab-token")
+            .env("GITLAB_API_URL", "https://gitlab.example.com/api/v4")
+            .env("AZURE_DEVOPS_WEBHOOK_USERNAME", "azure")
+            .env("AZURE_DEVOPS_WEBHOOK_PASSWORD", "azure-pass")
+            .env(var, std::ffi::OsStr::from_bytes(b"s\xffcret"));
+        let status = child.status().unwrap();
+        assert!(status.success(), "{var}: the child run failed: {status}");
+    }
+}

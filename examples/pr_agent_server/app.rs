@@ -277,9 +277,26 @@ impl Settings {
             .collect()
     }
 
-    /// Reads the settings from the process environment.
+    /// Reads the settings from the process environment. A variable whose value is not UTF-8
+    /// is an error naming it (not its value), as the crate's own settings are: taken for
+    /// unset, a secret's provider would silently go unserved, a limit silently get its default.
     pub(crate) fn from_env() -> Result<Self, String> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+        let not_utf8 = std::cell::RefCell::new(None::<String>);
+        let settings = Self::from_lookup(|name| match std::env::var(name) {
+            Ok(value) => Some(value),
+            Err(std::env::VarError::NotPresent) => None,
+            Err(std::env::VarError::NotUnicode(_)) => {
+                not_utf8.borrow_mut().get_or_insert_with(|| name.to_owned());
+                None
+            }
+        });
+        // Before any other error, which the value taken for unset may have caused.
+        if let Some(name) = not_utf8.into_inner() {
+            return Err(format!(
+                "{name} is set to a value that is not UTF-8: set it to UTF-8 text"
+            ));
+        }
+        settings
     }
 
     /// Reads the settings through `lookup` (tests pass a map).
