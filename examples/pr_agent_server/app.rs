@@ -829,8 +829,9 @@ impl HookUpdater {
 }
 
 /// How many comment jobs may be pending (queued, in flight, or waiting to be tried again) by
-/// default; past that, deliveries are answered 503 + `Retry-After` so the provider delivers
-/// them again later (nothing is dropped).
+/// default; past that, deliveries are answered 503 + `Retry-After`: refused, not dropped. A
+/// provider that retries delivers them again later; GitHub does not deliver a failed delivery
+/// again by itself, it stays in the hook's delivery log, marked failed, to be redelivered there.
 const QUEUE_CAPACITY: usize = 4096;
 /// The largest `MAX_PENDING_COMMENTS`.
 const MAX_QUEUE_CAPACITY: u64 = 1 << 20;
@@ -1114,8 +1115,9 @@ async fn handle(
     // may finish it before `try_send` returns.
     let pending = &state.counters.pending;
     let queue_full = || {
-        // The provider delivers again later; the delivery id is released because the answer
-        // is not 2xx (RecordDelivery::AfterSuccess). A draft published is remembered again,
+        // A provider that retries delivers again later (GitHub does not: its delivery log shows
+        // the 503, to redeliver from); the delivery id is released because the answer is not
+        // 2xx (RecordDelivery::AfterSuccess). A draft published is remembered again,
         // for that delivery to get its comment.
         if let Some(draft) = draft.clone() {
             state.drafts.remember(draft);
@@ -1141,7 +1143,7 @@ async fn handle(
             Ok(StatusCode::ACCEPTED)
         }
         Err(refused) => {
-            // Answered 503: the provider delivers it again, nothing to log.
+            // Answered 503, which the provider's delivery log shows: nothing to log here.
             let mut refused = refused.into_inner();
             refused.done = true;
             state.finish_pending();
