@@ -3604,3 +3604,41 @@ fn a_setting_that_is_not_utf8_is_named_not_taken_for_unset() {
         assert!(status.success(), "{var}: the child run failed: {status}");
     }
 }
+
+/// A mention in a pull request's title notifies nobody (GitHub, GitLab and the others parse
+/// mentions in descriptions and comments), but the same `@team` or GitLab `@all` in the
+/// server's comment would: a title repeated in a comment, or a question quoted back, keeps its
+/// text but mentions nobody.
+#[test]
+fn a_title_or_question_quoted_in_a_comment_mentions_nobody() {
+    use app::Forge::*;
+    let title = "Fix for @octo-org/security, cc @all (mail dev@example.com)";
+    let mentions = |text: &str| {
+        let bytes = text.as_bytes();
+        bytes
+            .windows(2)
+            .any(|w| w[0] == b'@' && (w[1].is_ascii_alphanumeric() || w[1] == b'{'))
+    };
+    let gh = json!({"action": "opened", "number": 1, "pull_request": {"number": 1, "title": title}, "repository": {"full_name": "o/r"}});
+    let gl = json!({"object_kind": "merge_request", "project": {"id": 1}, "object_attributes": {"iid": 1, "action": "open", "title": title}});
+    let bb = json!({"pullrequest": {"id": 1, "title": title}, "repository": {"full_name": "t/r"}});
+    let ado = json!({"eventType": "git.pullrequest.created", "resource": {"pullRequestId": 1, "title": title, "repository": {"id": "r", "project": {"id": "p"}}}});
+    for (forge, event, payload) in [
+        (GitHub, "pull_request", &gh),
+        (GitLab, "Merge Request Hook", &gl),
+        (Bitbucket, "pullrequest:created", &bb),
+        (AzureDevOps, "-", &ado),
+    ] {
+        let c = app::comment_for(forge, Some(event), payload).unwrap();
+        let text = c.body.to_string();
+        assert!(!mentions(&text), "{forge:?}: {text}");
+        assert!(text.contains("octo-org/security"), "{forge:?}: {text}");
+    }
+    for (comment, title) in [
+        ("/review", title),
+        ("/ask @alice, is @{557058:c0ffee} right?", "T"),
+    ] {
+        let answer = app::answer_to_command(comment, title).unwrap();
+        assert!(!mentions(&answer), "{answer}");
+    }
+}

@@ -1333,7 +1333,15 @@ fn ready_for_review(forge: Forge, event: Option<&str>, p: &Value) -> Option<Comm
 
 /// The comment on a pull request titled `title` that became ready for review.
 fn ready_text(title: &str) -> String {
+    let title = without_mentions(title);
     format!("Thanks for the pull request! Review of \"{title}\" is queued.")
+}
+
+/// `text` (a title, a question) to quote in a comment, its mentions made inert: a zero-width
+/// space after each `@`. A mention in a pull request's title notifies nobody, but the same
+/// `@team`, or GitLab's `@all`, in a comment would; the text reads the same.
+fn without_mentions(text: &str) -> String {
+    text.replace('@', "@\u{200B}")
 }
 
 /// The comment on a Bitbucket Cloud, Bitbucket Data Center or Azure DevOps pull request that
@@ -1373,6 +1381,7 @@ pub(crate) fn answer_to_command(comment: &str, title: &str) -> Option<String> {
         Some((name, args)) => (name, args.trim()),
         None => (rest, ""),
     };
+    let title = without_mentions(title);
     Some(match name {
         "review" | "describe" | "improve" => format!("Queued `/{name}` of \"{title}\"."),
         "ask" if args.is_empty() => {
@@ -1385,6 +1394,7 @@ pub(crate) fn answer_to_command(comment: &str, title: &str) -> Option<String> {
             } else {
                 ""
             };
+            let question = without_mentions(&question);
             format!("Queued `/ask` about \"{title}\":\n\n> {question}{cut}")
         }
         "help" => format!("Commands: {COMMANDS}."),
