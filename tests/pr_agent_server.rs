@@ -3642,3 +3642,41 @@ fn a_title_or_question_quoted_in_a_comment_mentions_nobody() {
         assert!(!mentions(&answer), "{answer}");
     }
 }
+
+/// At shutdown, a comment waiting out a long backoff after the API failed many times (no wait
+/// named by the provider) is tried once more during `SHUTDOWN_GRACE_SECS`, rather than slept
+/// through the grace and lost: the API may be back by then.
+#[tokio::test(start_paused = true)]
+async fn a_comment_in_a_long_backoff_is_tried_again_during_the_shutdown_grace() {
+    let (api_addr, api) = start_fake_api().await;
+    api.failing.store(true, Ordering::SeqCst);
+    let (base, state) = start_server(&settings(
+        api_addr,
+        &[
+            ("CIRCUIT_BREAKER_FAILURE_THRESHOLD", "1000"),
+            ("COMMENT_MAX_ATTEMPTS", "1000"),
+        ],
+    ))
+    .await;
+    let d = delivery(
+        app::Forge::GitLab,
+        "f4000000-0000-4000-8000-000000000004",
+        64,
+    );
+    assert_eq!(
+        send(&reqwest::Client::new(), &base, &d).await.status(),
+        StatusCode::ACCEPTED
+    );
+    // Ten failed attempts (virtual time): the next one is more than three minutes away.
+    for _ in 0..5000 {
+        if api.requests.load(Ordering::SeqCst) >= 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(api.requests.load(Ordering::SeqCst), 10);
+    api.failing.store(false, Ordering::SeqCst);
+    // Shutdown, with a grace of 20 s: the comment is posted within it.
+    assert_eq!(state.drain_comments(Duration::from_secs(20)).await, 0);
+    assert_eq!(comment_count(&api), 1);
+}

@@ -624,6 +624,9 @@ pub(crate) struct AppState {
     max_age: Duration,
     /// Notified when the last pending job is done.
     idle: tokio::sync::Notify,
+    /// Set when the server drains its comments at shutdown: a comment waiting out its own
+    /// backoff is then tried once more at once, within the grace.
+    draining: watch::Sender<bool>,
     /// The open drafts seen lately, of the providers whose events do not say that a pull
     /// request was one.
     pub(crate) drafts: DraftMemory,
@@ -643,7 +646,12 @@ impl AppState {
     /// still pending. For shutdown, once no delivery can come in any more: the comments of
     /// deliveries already answered `202` are posted before the process exits, if the provider
     /// lets them through in time. Each one still pending when the process exits is logged.
+    ///
+    /// A comment waiting out the backoff of its failed attempts (not a wait the provider or the
+    /// breaker named) is tried once more at once: the API may be back, and the backoff can
+    /// outlast the grace.
     pub(crate) async fn drain_comments(&self, grace: Duration) -> u64 {
+        self.draining.send_replace(true);
         let idle = async {
             loop {
                 // Registered before the check, so a job finishing in between is not missed.
@@ -902,6 +910,7 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
         max_attempts: settings.comment_max_attempts,
         max_age: settings.comment_max_age,
         idle: tokio::sync::Notify::new(),
+        draining: watch::Sender::new(false),
         drafts: DraftMemory::new(settings.max_remembered_drafts),
         tokens: tokens.clone(),
     });
@@ -1632,6 +1641,9 @@ async fn run_job(
 ) {
     let counters = &state.counters;
     let job = &mut run.job;
+    let mut draining = state.draining.subscribe();
+    // Whether the shutdown already cut a backoff of this job short: once is enough.
+    let mut woken = false;
     loop {
         // An installation token is had before a slot is taken: comments waiting for a token
         // GitHub is slow to hand out hold no slot of the comments that have theirs.
@@ -1659,6 +1671,7 @@ async fn run_job(
         if attempted {
             job.attempts += 1;
         }
+        let backoff = delay.is_none();
         let delay = delay.unwrap_or_else(|| {
             Duration::from_millis(200u64 << job.attempts.clamp(1, 12)).min(MAX_BACKOFF)
         });
@@ -1676,7 +1689,15 @@ async fn run_job(
             break;
         }
         counters.comment_retries.fetch_add(1, Ordering::Relaxed);
-        tokio::time::sleep(delay).await;
+        if backoff && !woken {
+            // At shutdown, the job's own backoff is cut short, once.
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                _ = draining.wait_for(|draining| *draining) => woken = true,
+            }
+        } else {
+            tokio::time::sleep(delay).await;
+        }
     }
     run.done = true;
     state.finish_pending();

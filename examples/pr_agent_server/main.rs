@@ -22,7 +22,8 @@
 //! again later than this after its delivery), `MAX_REMEMBERED_DRAFTS` (1-1048576, default
 //! 10000: open drafts remembered, see below), `SHUTDOWN_GRACE_SECS` (0-3600, default 20: at
 //! shutdown, once the connections are closed, how long pending comments still get to be
-//! posted; each one left is logged with its delivery id), `TUNNEL_SERVICE`, `TUNNEL_AUTH_TOKEN`,
+//! posted, one waiting out its backoff being tried once more at once; each one left is logged
+//! with its delivery id), `TUNNEL_SERVICE`, `TUNNEL_AUTH_TOKEN`,
 //! `TUNNEL_REGION`, `TUNNEL_SERVER`, `TUNNEL_SECRET`, `GITHUB_HOOK_REPOSITORY` + `GITHUB_HOOK_ID`
 //! (with `--use-tunnel`: a repository hook pointed at each tunnel URL), `GITHUB_APP_ID` +
 //! `GITHUB_APP_PRIVATE_KEY` or `GITHUB_APP_PRIVATE_KEY_PATH` (a GitHub App: deliveries that
