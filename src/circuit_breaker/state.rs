@@ -1059,8 +1059,14 @@ impl Core {
             || (failed && upstream_retry_after.is_some() && self.config.retry_after_cap.is_some());
         let now = if needs_clock { self.now_nanos() } else { 0 };
         let slow = self.slow_nanos.is_some_and(|limit| {
-            let elapsed = ((now >> 10).wrapping_sub(start_units) & PAYLOAD) << 10;
-            elapsed >= limit
+            // Both ends are rounded down to units of 1024 ns, so `units * 1024` may exceed the
+            // call's true length by up to 1023 ns: one unit less is strictly shorter than it.
+            // A call is slow only when it took longer than `limit` (resilience4j: "above"),
+            // so one that took exactly `limit` never is.
+            let units = (now >> 10).wrapping_sub(start_units) & PAYLOAD;
+            units
+                .checked_sub(1)
+                .is_some_and(|shorter| shorter << 10 >= limit)
         });
         if let (true, Some(after), Some(_)) =
             (failed, upstream_retry_after, self.config.retry_after_cap)
