@@ -43,3 +43,50 @@ async fn a_call_exactly_as_long_as_the_slow_call_duration_is_not_slow() {
     svc.ready().await.unwrap().call(1_001).await.unwrap();
     assert_eq!(handle.state(), CircuitState::Open);
 }
+
+/// Once every layer, service and handle of a breaker is gone, so is its listener (and what
+/// it holds, such as the sending half of a channel): nothing else keeps the breaker alive,
+/// even on threads that recorded its calls.
+#[test]
+fn a_dropped_breaker_drops_its_listener() {
+    let held = std::sync::Arc::new(());
+    let in_listener = held.clone();
+    let config = CircuitBreakerConfig::default()
+        .consecutive_failures(100)
+        .on_event(move |_| {
+            let _ = &in_listener;
+        });
+    let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(layer.with_classifier(|r: &Result<(), BoxError>| {
+            if r.is_ok() {
+                Outcome::Success
+            } else {
+                Outcome::Failure
+            }
+        }))
+        .service_fn(|ok: bool| async move {
+            if ok {
+                Ok::<_, BoxError>(())
+            } else {
+                Err("down".into())
+            }
+        });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut svc = svc;
+        for ok in [false, true, false] {
+            let _ = svc.ready().await.unwrap().call(ok).await;
+        }
+        assert_eq!(handle.snapshot().failed_calls, 2);
+        drop(svc);
+    });
+    drop(handle);
+    assert_eq!(
+        std::sync::Arc::strong_count(&held),
+        1,
+        "the listener of a dropped breaker is still alive"
+    );
+}

@@ -694,7 +694,8 @@ impl CircuitBreakerConfig {
 
     /// Calls `listener` for every [`CircuitEvent`] (transitions, rejections, thresholds).
     ///
-    /// It runs on the caller's task: keep it short and do not block.
+    /// It runs on the caller's task: keep it short and do not block. It is dropped with the
+    /// breaker, once the last layer, service and handle of it are gone.
     ///
     /// # Example
     ///

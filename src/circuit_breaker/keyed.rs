@@ -13,7 +13,7 @@ use super::classify::{ClassifyOutcome, DefaultClassifier};
 use super::config::{CircuitBreakerConfig, ConfigError};
 use super::event::{CircuitState, Snapshot};
 use super::layer::{CircuitBreakerHandle, ResponseFuture, call_admitted};
-use super::state::Core;
+use super::state::{Breaker, Core};
 use crate::BoxError;
 
 struct Shared<K> {
@@ -428,7 +428,7 @@ impl<K: Hash + Eq + Clone> KeyedCircuitBreakerHandle<K> {
     pub fn get(&self, key: &K) -> Option<CircuitBreakerHandle> {
         let map = self.shared.map.read().unwrap_or_else(|p| p.into_inner());
         map.get(key).map(|core| CircuitBreakerHandle {
-            core: Arc::clone(core),
+            core: Breaker::adopt(Arc::clone(core)),
         })
     }
 
@@ -457,7 +457,7 @@ impl<K: Hash + Eq + Clone> KeyedCircuitBreakerHandle<K> {
     /// ```
     pub fn overflow(&self) -> CircuitBreakerHandle {
         CircuitBreakerHandle {
-            core: Arc::clone(&self.shared.overflow),
+            core: Breaker::adopt(Arc::clone(&self.shared.overflow)),
         }
     }
 

@@ -15,7 +15,7 @@ use super::classify::{ClassifyOutcome, DefaultClassifier};
 use super::config::{CircuitBreakerConfig, ConfigError};
 use super::error::{CircuitOpen, IllegalTransition};
 use super::event::{CircuitState, Snapshot};
-use super::state::{Admission, Core, Recorder, Refusal};
+use super::state::{Admission, Breaker, Core, Recorder, Refusal};
 use crate::BoxError;
 
 /// Wraps a service in a circuit breaker.
@@ -51,7 +51,7 @@ use crate::BoxError;
 /// # }
 /// ```
 pub struct CircuitBreakerLayer<C = DefaultClassifier> {
-    core: Arc<Core>,
+    core: Arc<Breaker>,
     classifier: C,
     backpressure: bool,
 }
@@ -96,7 +96,7 @@ impl CircuitBreakerLayer {
     pub fn new(config: CircuitBreakerConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         Ok(Self {
-            core: Core::new(config),
+            core: Breaker::new(config),
             classifier: DefaultClassifier::new(),
             backpressure: false,
         })
@@ -126,7 +126,7 @@ impl CircuitBreakerLayer {
     /// ```
     pub fn new_for_http() -> Self {
         Self {
-            core: Core::new(CircuitBreakerConfig::default()),
+            core: Breaker::new(CircuitBreakerConfig::default()),
             classifier: DefaultClassifier::new(),
             backpressure: false,
         }
@@ -329,7 +329,7 @@ pub(crate) enum Decision {
 /// ```
 pub struct CircuitBreaker<S, C = DefaultClassifier> {
     inner: S,
-    core: Arc<Core>,
+    core: Arc<Breaker>,
     classifier: C,
     backpressure: bool,
     decision: Decision,
@@ -663,7 +663,7 @@ where
 /// ```
 #[derive(Clone)]
 pub struct CircuitBreakerHandle {
-    pub(crate) core: Arc<Core>,
+    pub(crate) core: Arc<Breaker>,
 }
 
 impl fmt::Debug for CircuitBreakerHandle {

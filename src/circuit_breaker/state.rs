@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::config::{CircuitBreakerConfig, SlidingWindow};
+use super::config::{CircuitBreakerConfig, Listener, SlidingWindow};
 use super::error::{CircuitOpen, IllegalTransition};
 use super::event::{CircuitEvent, CircuitState, Snapshot, TripReason};
 use super::window::{CALL, CountWindow, Counts, FAILED, SLOW, TimeWindow, Window, newer};
@@ -345,7 +345,12 @@ impl Beacon {
 }
 
 pub(crate) struct Core {
+    /// The configuration, without its listener (see `listener`).
     pub(crate) config: CircuitBreakerConfig,
+    /// The event listener, held weakly: a [`Breaker`] (or a keyed layer's configuration)
+    /// keeps it alive, so it goes with the breaker even while per-thread caches still hold
+    /// the core.
+    listener: Option<WeakListener>,
     id: RegId,
     beacon: &'static Beacon,
     /// The registry id packed for fast-path recorders: with a count window and no slow-call
@@ -386,6 +391,55 @@ impl Drop for Core {
     fn drop(&mut self) {
         unregister(self.id);
         self.beacon.give_back();
+    }
+}
+
+/// A listener held weakly (see [`Breaker`]).
+type WeakListener = Weak<dyn Fn(&CircuitEvent) + Send + Sync>;
+
+/// A breaker as its layer, services and handles hold it: the core and the event listener.
+///
+/// Fast-path recorders find the core through per-thread caches (see [`with_core`]), which
+/// hold it strongly and may keep it a while after the breaker is gone. The core holds its
+/// listener only weakly, so the listener, and what it holds (the sending half of a channel,
+/// say), goes as soon as the last layer, service and handle do.
+pub(crate) struct Breaker {
+    core: Arc<Core>,
+    _listener: Option<Listener>,
+}
+
+impl Breaker {
+    /// A breaker: its core, and its listener kept alive by the returned holder.
+    pub(crate) fn new(config: CircuitBreakerConfig) -> Arc<Self> {
+        let listener = config.listener.clone();
+        Arc::new(Self {
+            core: Core::build(config, true),
+            _listener: listener,
+        })
+    }
+
+    /// A holder of `core`, keeping its listener alive (if whoever made the core still does).
+    pub(crate) fn adopt(core: Arc<Core>) -> Arc<Self> {
+        let listener = core.listener.as_ref().and_then(Weak::upgrade);
+        Arc::new(Self {
+            core,
+            _listener: listener,
+        })
+    }
+}
+
+impl std::fmt::Debug for Breaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.core.fmt(f)
+    }
+}
+
+impl std::ops::Deref for Breaker {
+    type Target = Arc<Core>;
+
+    #[inline]
+    fn deref(&self) -> &Arc<Core> {
+        &self.core
     }
 }
 
@@ -457,18 +511,16 @@ const fn recorder_bits(generation: u32, start_units: u64) -> u64 {
 }
 
 impl Core {
-    pub(crate) fn new(config: CircuitBreakerConfig) -> Arc<Self> {
-        Self::build(config, true)
-    }
-
     /// A core whose calls each hold a reference to it, so that
     /// `Arc::strong_count(core) == 1` means no call is in flight (keyed breakers evict such
-    /// cores). It never takes the fast path, whose recorders hold only an id.
+    /// cores). It never takes the fast path, whose recorders hold only an id. The caller
+    /// keeps the listener of `config` alive.
     pub(crate) fn new_counted(config: CircuitBreakerConfig) -> Arc<Self> {
         Self::build(config, false)
     }
 
-    fn build(config: CircuitBreakerConfig, fast: bool) -> Arc<Self> {
+    fn build(mut config: CircuitBreakerConfig, fast: bool) -> Arc<Self> {
+        let listener = config.listener.take().map(|l| Arc::downgrade(&l));
         let beacon = Beacon::take();
         let (window, min_calls) = match config.window {
             SlidingWindow::Count(n) => (
@@ -502,6 +554,7 @@ impl Core {
                 .owner
                 .store(fast_id.unwrap_or(u64::MAX), Ordering::Release);
             Core {
+                listener,
                 id,
                 beacon,
                 fast_id,
@@ -1019,8 +1072,8 @@ impl Core {
     /// send that fails at shutdown, say) is logged at error level; the panic never unwinds
     /// into the breaker, whose state stays consistent.
     fn emit(&self, event: impl FnOnce() -> CircuitEvent) {
-        let Some(listener) = &self.config.listener else {
-            return;
+        let Some(listener) = self.listener.as_ref().and_then(Weak::upgrade) else {
+            return; // none, or the breaker is gone
         };
         let event = event();
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| listener(&event))) {
@@ -1554,17 +1607,21 @@ mod tests {
     /// others from inside a listener, and record nothing once the breaker is gone.
     #[test]
     fn fast_recorders_find_their_core_from_anywhere() {
-        let core = Core::new(CircuitBreakerConfig::default().consecutive_failures(100));
+        let core = Breaker::new(CircuitBreakerConfig::default().consecutive_failures(100));
         assert!(core.fast_id.is_some());
         let recorder = core.admit().unwrap_or_else(|_| panic!("closed"));
-        assert_eq!(Arc::strong_count(&core), 1, "no reference held by the call");
+        assert_eq!(
+            Arc::strong_count(&core.core),
+            1,
+            "no reference held by the call"
+        );
         std::thread::spawn(move || recorder.record(Outcome::Failure))
             .join()
             .unwrap();
         assert_eq!(failures(&core), 1);
         for _ in 0..(CACHED_CORES + 3) {
             // Many short-lived breakers on this thread: the cache stays bounded.
-            let other = Core::new(CircuitBreakerConfig::default());
+            let other = Breaker::new(CircuitBreakerConfig::default());
             let r = other.admit().unwrap_or_else(|_| panic!("closed"));
             r.record(Outcome::Failure);
             assert_eq!(failures(&other), 1);
@@ -1581,14 +1638,14 @@ mod tests {
         drop(core);
         late.record(Outcome::Failure);
         // Most likely on the beacon just handed back (the free list is last in, first out).
-        let next = Core::new(CircuitBreakerConfig::default());
+        let next = Breaker::new(CircuitBreakerConfig::default());
         later.record(Outcome::Success);
         assert_eq!(next.snapshot().buffered_calls, 0);
 
         // A listener finishing another call while the first one is being recorded.
         let parked: Arc<Mutex<Option<Recorder>>> = Arc::default();
         let inside = parked.clone();
-        let core = Core::new(
+        let core = Breaker::new(
             CircuitBreakerConfig::default()
                 .consecutive_failures(1)
                 .on_event(move |_event| {
@@ -1613,7 +1670,7 @@ mod tests {
     /// `Retry-After`, which belong to the winner.
     #[tokio::test(start_paused = true)]
     async fn a_transition_that_loses_its_race_consumes_nothing() {
-        let core = Core::new(
+        let core = Breaker::new(
             CircuitBreakerConfig::default()
                 .open_duration(OpenDuration::Fixed(Duration::from_secs(30)))
                 .honor_retry_after(Duration::from_secs(120)),
@@ -1642,7 +1699,7 @@ mod tests {
     /// nor reset, a newer half-open period's word.
     #[tokio::test(start_paused = true)]
     async fn a_stale_permit_request_leaves_a_newer_half_open_word_alone() {
-        let core = Core::new(CircuitBreakerConfig::default().half_open_probes(3));
+        let core = Breaker::new(CircuitBreakerConfig::default().half_open_probes(3));
         let newer_word = half_pack(5, [1, 1, 0, 0]);
         core.half.store(newer_word, Ordering::Relaxed);
         assert!(!core.take_permit(4));
@@ -1658,7 +1715,7 @@ mod tests {
     /// neither resets nor restarts a newer generation's run.
     #[tokio::test(start_paused = true)]
     async fn a_stale_outcome_leaves_a_newer_run_of_failures_alone() {
-        let core = Core::new(CircuitBreakerConfig::default().consecutive_failures(10));
+        let core = Breaker::new(CircuitBreakerConfig::default().consecutive_failures(10));
         let newer_run = (5 << 32) | 2;
         core.beacon.consecutive.store(newer_run, Ordering::Relaxed);
         let stale = unpack(pack(CircuitState::Closed, 4, 0));
