@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 use tower_webhook::circuit_breaker::{
-    CircuitBreakerConfig, CircuitBreakerLayer, CircuitState, Outcome, SlidingWindow,
+    CircuitBreakerConfig, CircuitBreakerLayer, CircuitState, OpenDuration, Outcome, SlidingWindow,
 };
 
 /// A call that takes exactly the slow-call duration is not slower than it: only calls that
@@ -89,4 +89,32 @@ fn a_dropped_breaker_drops_its_listener() {
         1,
         "the listener of a dropped breaker is still alive"
     );
+}
+
+/// `OpenDuration::nominal` answers for any value the type holds: a backoff that
+/// `validate` refuses (a negative or not-a-number multiplier) gives a duration, never a
+/// panic.
+#[test]
+fn nominal_open_durations_of_a_refused_backoff_do_not_panic() {
+    for multiplier in [-2.0, -0.5, f64::NEG_INFINITY, f64::NAN] {
+        let backoff = OpenDuration::Backoff {
+            initial: Duration::from_secs(1),
+            multiplier,
+            max: Duration::from_secs(10),
+            jitter: 0.0,
+        };
+        for attempt in [0, 1, 2, 3, u32::MAX] {
+            let nominal = std::panic::catch_unwind(|| backoff.nominal(attempt))
+                .unwrap_or_else(|_| panic!("nominal({attempt}) panicked for {multiplier}"));
+            assert!(nominal <= Duration::from_secs(10), "{nominal:?}");
+        }
+        assert_eq!(
+            CircuitBreakerConfig::default()
+                .open_duration(backoff)
+                .validate()
+                .unwrap_err()
+                .setting(),
+            "open_duration"
+        );
+    }
 }

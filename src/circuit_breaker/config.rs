@@ -177,7 +177,8 @@ impl OpenDuration {
                 if !secs.is_finite() || secs >= max.as_secs_f64() {
                     max
                 } else {
-                    Duration::from_secs_f64(secs)
+                    // Negative only for a negative multiplier, which `validate` refuses.
+                    Duration::try_from_secs_f64(secs).unwrap_or(Duration::ZERO)
                 }
             }
         }
