@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+use tower::{BoxError, Layer, Service, ServiceBuilder, ServiceExt};
 use tower_webhook::circuit_breaker::{
     CircuitBreakerConfig, CircuitBreakerLayer, CircuitState, OpenDuration, Outcome, SlidingWindow,
 };
@@ -117,4 +117,67 @@ fn nominal_open_durations_of_a_refused_backoff_do_not_panic() {
             "open_duration"
         );
     }
+}
+
+/// Becomes ready a while after each call (like a connection pool or a concurrency limit
+/// that is busy), then answers at once.
+struct SlowToBeReady {
+    wait: Duration,
+    ready_at: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Service<()> for SlowToBeReady {
+    type Response = ();
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<(), BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        let wait = self.wait;
+        let sleep = self
+            .ready_at
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(wait)));
+        std::task::ready!(sleep.as_mut().poll(cx));
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, (): ()) -> Self::Future {
+        self.ready_at = None;
+        std::future::ready(Ok(()))
+    }
+}
+
+/// A call's duration, for the slow-call rule, starts when the call is made, not while the
+/// inner service is not ready yet: the same for a half-open probe as for a call while CLOSED.
+#[tokio::test(start_paused = true)]
+async fn a_probe_is_timed_from_its_call_not_from_its_admission() {
+    let config = CircuitBreakerConfig::default()
+        .sliding_window(SlidingWindow::Count(1))
+        .without_failure_rate()
+        .slow_call_rate_threshold(100.0, Duration::from_secs(1))
+        .minimum_calls(1)
+        .consecutive_failures(0);
+    let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
+    let mut svc = layer
+        .with_classifier(|_: &Result<(), BoxError>| Outcome::Success)
+        .layer(SlowToBeReady {
+            wait: Duration::from_secs(2),
+            ready_at: None,
+        });
+
+    // CLOSED: two seconds waiting for readiness, an instant answer: not slow.
+    svc.ready().await.unwrap().call(()).await.unwrap();
+    assert_eq!(handle.state(), CircuitState::Closed);
+
+    // The same call as a half-open probe.
+    handle.transition_to_open().unwrap();
+    handle.transition_to_half_open().unwrap();
+    svc.ready().await.unwrap().call(()).await.unwrap();
+    assert_eq!(
+        handle.state(),
+        CircuitState::Closed,
+        "the probe was timed from its admission, while the inner service was not ready"
+    );
 }

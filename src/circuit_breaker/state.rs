@@ -466,7 +466,16 @@ impl Admission {
     pub(crate) fn into_recorder(self, core: &Arc<Core>) -> Recorder {
         match self {
             Admission::Closed(generation) => core.closed_recorder(generation),
-            Admission::Recorded(recorder) => recorder,
+            // A probe admitted ahead was stamped when it was admitted; the time the inner
+            // service then took to be ready is no part of the call.
+            Admission::Recorded(mut recorder) => {
+                if let Some(core) = &recorder.core
+                    && core.slow_nanos.is_some()
+                {
+                    recorder.bits = (recorder.bits & !PAYLOAD) | (core.start_units() & PAYLOAD);
+                }
+                recorder
+            }
         }
     }
 }
