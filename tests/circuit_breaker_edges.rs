@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use tower::{BoxError, Layer, Service, ServiceBuilder, ServiceExt};
 use tower_webhook::circuit_breaker::{
-    CircuitBreakerConfig, CircuitBreakerLayer, CircuitState, OpenDuration, Outcome, SlidingWindow,
+    CircuitBreakerConfig, CircuitBreakerLayer, CircuitEvent, CircuitState, OpenDuration, Outcome,
+    SlidingWindow, TripReason,
 };
 
 /// A call that takes exactly the slow-call duration is not slower than it: only calls that
@@ -179,5 +180,66 @@ async fn a_probe_is_timed_from_its_call_not_from_its_admission() {
         handle.state(),
         CircuitState::Closed,
         "the probe was timed from its admission, while the inner service was not ready"
+    );
+}
+
+/// In METRICS_ONLY a rule that keeps being exceeded is reported once per METRICS_ONLY period,
+/// like resilience4j does, not once per call: a listener that alerts on it is not flooded.
+/// Each rule is reported on its own, and a new period reports again.
+#[tokio::test(start_paused = true)]
+async fn metrics_only_reports_each_exceeded_rule_once_per_period() {
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = events.clone();
+    let config = CircuitBreakerConfig::default()
+        .sliding_window(SlidingWindow::Count(4))
+        .failure_rate_threshold(50.0)
+        .minimum_calls(4)
+        .consecutive_failures(3)
+        .on_event(move |event| {
+            if let CircuitEvent::ThresholdExceeded { reason, .. } = event {
+                log.lock().unwrap().push(*reason);
+            }
+        });
+    let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
+    let mut svc = ServiceBuilder::new()
+        .layer(layer.with_classifier(|r: &Result<(), BoxError>| {
+            if r.is_ok() {
+                Outcome::Success
+            } else {
+                Outcome::Failure
+            }
+        }))
+        .service_fn(|ok: bool| async move {
+            if ok {
+                Ok::<_, BoxError>(())
+            } else {
+                Err("down".into())
+            }
+        });
+    handle.transition_to_metrics_only().unwrap();
+    for _ in 0..20 {
+        let _ = svc.ready().await.unwrap().call(false).await;
+    }
+    assert_eq!(handle.state(), CircuitState::MetricsOnly);
+    assert_eq!(
+        *events.lock().unwrap(),
+        [
+            TripReason::ConsecutiveFailures(3),
+            TripReason::FailureRate(100.0)
+        ]
+    );
+
+    // A new METRICS_ONLY period reports again.
+    events.lock().unwrap().clear();
+    handle.transition_to_metrics_only().unwrap();
+    for _ in 0..20 {
+        let _ = svc.ready().await.unwrap().call(false).await;
+    }
+    assert_eq!(
+        *events.lock().unwrap(),
+        [
+            TripReason::ConsecutiveFailures(3),
+            TripReason::FailureRate(100.0)
+        ]
     );
 }

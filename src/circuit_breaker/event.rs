@@ -197,7 +197,9 @@ pub enum CircuitEvent {
         /// When to come back, if known.
         retry_after: Option<Duration>,
     },
-    /// A threshold was reached (in METRICS_ONLY this is all that happens).
+    /// A threshold was reached. In METRICS_ONLY this is all that happens, and each rule is
+    /// reported once per METRICS_ONLY period (not again at every call while it stays
+    /// exceeded).
     ThresholdExceeded {
         /// The breaker's name.
         name: std::sync::Arc<str>,

@@ -364,6 +364,9 @@ pub(crate) struct Core {
     attempts: AtomicU64,
     upstream_until_ms: AtomicU64,
     not_permitted: AtomicU64,
+    /// generation (32) | rules reported (bits): the exceeded rules already reported in a
+    /// METRICS_ONLY period.
+    reported: AtomicU64,
     /// Probes admitted in any half-open period and not finished yet. A new half-open period
     /// admits only as many as leave this under `half_open_probes`, so a probe of an earlier
     /// period that is still running counts against the next one: never more than
@@ -574,6 +577,7 @@ impl Core {
                 attempts: AtomicU64::new(0),
                 upstream_until_ms: AtomicU64::new(0),
                 not_permitted: AtomicU64::new(0),
+                reported: AtomicU64::new(0),
                 probes_in_flight: AtomicU32::new(0),
                 parked: Mutex::new(Vec::new()),
                 min_calls,
@@ -1025,9 +1029,10 @@ impl Core {
     /// Keeps the generation tags of the shared words young, so that a value left untouched
     /// for a whole tag period (2^16 generations, 2^21 for the full generation) is never taken
     /// for a current one: the window's aggregate and next slots (see
-    /// [`Window::sweep`](super::window::Window::sweep)), the half-open word and the run of
-    /// consecutive failures, when they hold another generation's value, become "empty, current
-    /// generation". Run by each transition's winner.
+    /// [`Window::sweep`](super::window::Window::sweep)), the half-open word, the run of
+    /// consecutive failures and the rules reported in METRICS_ONLY, when they hold another
+    /// generation's value, become "empty, current generation". Run by each transition's
+    /// winner.
     ///
     /// Each word is read before the current generation, so its value is of that generation or
     /// an older one; an older value means "empty" to every reader and writer of the current
@@ -1051,20 +1056,22 @@ impl Core {
                 Err(actual) => half = actual,
             }
         }
-        let mut run = self.beacon.consecutive.load(Ordering::Acquire);
-        loop {
-            let generation = u64::from(self.generation()); // read after the word
-            if run >> 32 == generation {
-                break;
-            }
-            match self.beacon.consecutive.compare_exchange_weak(
-                run,
-                generation << 32,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => break,
-                Err(actual) => run = actual,
+        for word in [&self.beacon.consecutive, &self.reported] {
+            let mut value = word.load(Ordering::Acquire);
+            loop {
+                let generation = u64::from(self.generation()); // read after the word
+                if value >> 32 == generation {
+                    break;
+                }
+                match word.compare_exchange_weak(
+                    value,
+                    generation << 32,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => break,
+                    Err(actual) => value = actual,
+                }
             }
         }
     }
@@ -1210,38 +1217,70 @@ impl Core {
         let Some(counts) = recorded else {
             return;
         };
-        let Some(reason) = self.evaluate(counts, consecutive) else {
-            return;
-        };
-        self.threshold_exceeded(reason);
+        let reasons = self.evaluate(counts, consecutive);
         if word.state == CircuitState::Closed {
+            let Some(reason) = reasons.into_iter().flatten().next() else {
+                return;
+            };
+            self.threshold_exceeded(reason);
             let deadline = self.open_deadline(self.now_ms(), true);
             self.transition(word, CircuitState::Open, deadline, Some(reason));
+        } else {
+            // METRICS_ONLY never opens, so a rule stays exceeded call after call: each rule
+            // is reported once per METRICS_ONLY period (as resilience4j does).
+            for (rule, reason) in reasons.into_iter().enumerate() {
+                if let Some(reason) = reason
+                    && self.first_report(word.generation, rule)
+                {
+                    self.threshold_exceeded(reason);
+                }
+            }
         }
     }
 
-    fn evaluate(&self, counts: Counts, consecutive: u32) -> Option<TripReason> {
+    /// The rules exceeded now, by rule: consecutive failures, failure rate, slow-call rate.
+    fn evaluate(&self, counts: Counts, consecutive: u32) -> [Option<TripReason>; 3] {
         let cfg = &self.config;
+        let mut reasons = [None; 3];
         if cfg.consecutive_failures > 0 && consecutive >= cfg.consecutive_failures {
-            return Some(TripReason::ConsecutiveFailures(consecutive));
+            reasons[0] = Some(TripReason::ConsecutiveFailures(consecutive));
         }
         if counts.calls == 0 || counts.calls < self.min_calls {
-            return None;
+            return reasons;
         }
         let calls = f64::from(counts.calls);
         if let Some(threshold) = cfg.failure_rate {
             let rate = f64::from(counts.failures) * 100.0 / calls;
             if rate >= threshold {
-                return Some(TripReason::FailureRate(rate));
+                reasons[1] = Some(TripReason::FailureRate(rate));
             }
         }
         if let Some(threshold) = cfg.slow_rate {
             let rate = f64::from(counts.slow) * 100.0 / calls;
             if rate >= threshold {
-                return Some(TripReason::SlowCallRate(rate));
+                reasons[2] = Some(TripReason::SlowCallRate(rate));
             }
         }
-        None
+        reasons
+    }
+
+    /// Whether `rule` (an index of [`evaluate`](Self::evaluate)'s answer) is reported for the
+    /// first time in `generation`; it is then marked as reported.
+    fn first_report(&self, generation: u32, rule: usize) -> bool {
+        let bit = 1u64 << rule;
+        self.reported
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+                let stored = (current >> 32) as u32;
+                let done = if stored == generation {
+                    current & u64::from(u32::MAX)
+                } else if generation_newer(stored, generation, self.generation()) {
+                    return None; // a later period reports its own
+                } else {
+                    0
+                };
+                (done & bit == 0).then_some((u64::from(generation) << 32) | done | bit)
+            })
+            .is_ok()
     }
 
     fn record_probe(&self, word: Word, code: u32) {
