@@ -495,7 +495,9 @@ impl CircuitBreakerConfig {
         self
     }
 
-    /// Opens when the share of calls slower than `slower_than` is at least `percent`.
+    /// Opens when the share of calls slower than `slower_than` is at least `percent`. A call
+    /// that takes exactly `slower_than` is not slow; a call is timed from the moment it is made
+    /// (not while the inner service is getting ready) to its outcome.
     ///
     /// # Example
     ///
