@@ -654,6 +654,14 @@ mod tests {
                     generation.fetch_add(1, Ordering::AcqRel);
                     window.sweep(current);
                 }
+                // The last generation records a while: until it has counted in epoch 3 (on
+                // a loaded machine, a fixed few milliseconds may not be enough), then 5 ms.
+                let waited = std::time::Instant::now();
+                while counted.load(Ordering::Relaxed) == 0
+                    && waited.elapsed() < std::time::Duration::from_secs(10)
+                {
+                    std::thread::yield_now();
+                }
                 std::thread::sleep(std::time::Duration::from_millis(5));
                 stop.store(true, Ordering::Relaxed);
             });
