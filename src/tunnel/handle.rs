@@ -203,7 +203,7 @@ impl TunnelBuilder {
 
     /// Turns the round-trip probe on or off (default on).
     ///
-    /// The probe sends `GET` [`PROBE_PATH`](super::PROBE_PATH) with a random nonce through the
+    /// The probe sends `GET` [`PROBE_PATH`] with a random nonce through the
     /// public URL and requires the nonce back from this process. An `https://` URL (ngrok,
     /// cloudflared, hosted localtunnel) is probed over TLS, its certificate verified against
     /// [`tls_roots`](Self::tls_roots).
