@@ -60,7 +60,7 @@ fn error_layer(c: &mut Criterion) {
             black_box(ready(layered.call(black_box(request())))).unwrap()
         })
     });
-    // The thinnest layer tower has, for scale: an identity `MapResponse`.
+    // tower's identity `MapResponse`, for scale.
     let mut identity =
         MapResponseLayer::new(|res: Response<Full<Bytes>>| res).layer(service_fn(handler));
     group.bench_function("tower_map_response", |b| {

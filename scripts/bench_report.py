@@ -13,7 +13,7 @@ import sys
 from html import escape
 
 GROUPS = [
-    ("error_layer", ["bare", "layer", "tower_map_response"]),
+    ("error_layer", ["bare", "layer", "tower_map_response", "forwarding"]),
     ("signature_1KiB", ["raw_hmac", "layer", "svix"]),
     ("signature_64KiB", ["raw_hmac", "layer", "svix"]),
     ("signature_1MiB", ["raw_hmac", "layer", "svix"]),
