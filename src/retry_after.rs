@@ -15,9 +15,36 @@ pub(crate) fn parse(headers: &HeaderMap) -> Option<Duration> {
                 .map_or(Duration::MAX, Duration::from_secs),
         );
     }
-    let when = httpdate::parse_http_date(value).ok()?;
+    let Ok(when) = httpdate::parse_http_date(value) else {
+        return is_before_1970(value).then_some(Duration::ZERO);
+    };
     Some(
         when.duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO),
     )
+}
+
+/// Whether `value` is a valid HTTP date before 1970, which `httpdate` cannot represent: an
+/// IMF-fixdate or an asctime date (an RFC 850 date's two-digit year is never before 1970).
+///
+/// The Gregorian calendar repeats every 400 years, weekdays and leap days included, so the
+/// same date some multiple of 400 years on, from 1970, is valid exactly when this one is.
+fn is_before_1970(value: &str) -> bool {
+    // `Sun, 06 Nov 1994 08:49:37 GMT` and `Sun Nov  6 08:49:37 1994`.
+    let at = match value.len() {
+        29 => 12,
+        24 => 20,
+        _ => return false,
+    };
+    let Some(year) = value
+        .get(at..at + 4)
+        .filter(|y| y.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|y| y.parse::<u16>().ok())
+        .filter(|&y| y < 1970)
+    else {
+        return false;
+    };
+    let later = year + 400 * (1970 - year).div_ceil(400);
+    let shifted = format!("{}{later}{}", &value[..at], &value[at + 4..]);
+    httpdate::parse_http_date(&shifted).is_ok()
 }
