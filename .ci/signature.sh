@@ -2,7 +2,8 @@
 # Installs what the signature tests need: redis-server (Debian), the Python peers
 # (standardwebhooks, svix, stripe, slack_sdk; PyJWT with cryptography for the example's GitHub
 # App tokens) in a venv and the npm peer
-# (@octokit/webhooks-methods), all under .ci/.deps/ (git-ignored). Idempotent and quiet.
+# (@octokit/webhooks-methods, with Node.js and npm from Debian when missing), all under
+# .ci/.deps/ (git-ignored). Idempotent and quiet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEPS=.ci/.deps
@@ -32,6 +33,11 @@ if ! "$DEPS/venv/bin/python" -c 'import standardwebhooks, svix, stripe, slack_sd
 fi
 
 if [ ! -d "$DEPS/node/node_modules/@octokit/webhooks-methods" ]; then
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >/dev/null
+        apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+    fi
     mkdir -p "$DEPS/node"
     cp .ci/interop/package.json "$DEPS/node/package.json"
     (cd "$DEPS/node" && npm install --silent --no-audit --no-fund >/dev/null)
