@@ -561,3 +561,117 @@ async fn only_a_claims_own_token_settles_it_in_redis() {
         .unwrap();
     assert!(!a.completed("github:old").await.unwrap());
 }
+
+/// A TCP proxy on 127.0.0.1 in front of Redis that can black-hole the connections it holds:
+/// they stay open but nothing passes any more, as when a NAT or a load balancer forgets the
+/// flow. Connections made after that pass again.
+struct BlackHoleProxy {
+    url: String,
+    /// Bumped by `black_hole`: connections accepted before stop forwarding.
+    era: Arc<AtomicUsize>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl BlackHoleProxy {
+    async fn start(redis: &Redis) -> Self {
+        let upstream = redis
+            .url
+            .trim_start_matches("redis://")
+            .trim_end_matches('/')
+            .to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://{}/", listener.local_addr().unwrap());
+        let era = Arc::new(AtomicUsize::new(0));
+        let accept = tokio::spawn({
+            let era = Arc::clone(&era);
+            async move {
+                // Bounded: the test makes a handful of connections.
+                for _ in 0..16 {
+                    let Ok((client, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let born = era.load(Ordering::SeqCst);
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    tokio::spawn(forward(client_read, server_write, Arc::clone(&era), born));
+                    tokio::spawn(forward(server_read, client_write, Arc::clone(&era), born));
+                }
+            }
+        });
+        Self { url, era, accept }
+    }
+
+    fn black_hole(&self) {
+        self.era.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Drop for BlackHoleProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// Copies `from` to `to` while the connection's era lasts, then holds both ends open silently.
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    era: Arc<AtomicUsize>,
+    born: usize,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let Ok(n) = from.read(&mut buf).await else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        if era.load(Ordering::SeqCst) != born {
+            // Black-holed: the bytes are dropped and the sockets stay open, for the test's
+            // length at most (the runtime ends with it).
+            let _held = (from, to);
+            std::future::pending::<()>().await;
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A connection that stops answering without being closed is never reported by the system
+/// before its TCP retransmissions give up (about 15 minutes on Linux). The store opens a new
+/// one after a timeout instead of sending every delivery to the dead one until then.
+#[tokio::test]
+async fn a_connection_that_stops_answering_is_replaced() {
+    let Some(redis) = start_redis().await else {
+        return;
+    };
+    let proxy = BlackHoleProxy::start(&redis).await;
+    let store = RedisReplayStore::connect(&proxy.url)
+        .await
+        .unwrap()
+        .timeout(Duration::from_millis(300));
+    let ttl = Duration::from_secs(60);
+    assert!(store.insert("github:before", ttl).await.unwrap());
+
+    proxy.black_hole();
+    let lost = store.insert("github:lost", ttl).await;
+    assert!(lost.is_err(), "a black-holed connection cannot answer");
+
+    let mut answered = None;
+    for attempt in 0..20 {
+        if let Ok(new) = store.insert(&format!("github:after-{attempt}"), ttl).await {
+            answered = Some((attempt, new));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (attempt, new) = answered.expect("the store kept sending to the dead connection");
+    assert!(new, "attempt {attempt}: a fresh id is new");
+}

@@ -987,6 +987,7 @@ pub use self::redis_store::RedisReplayStore;
 mod redis_store {
     use super::*;
     use redis::aio::ConnectionManager;
+    use std::sync::atomic::AtomicBool;
 
     /// A [`ReplayStore`] in Redis, shared by every replica that points at the same server.
     ///
@@ -1010,7 +1011,7 @@ mod redis_store {
     /// ```
     #[derive(Clone)]
     pub struct RedisReplayStore {
-        conn: ConnectionManager,
+        conn: Arc<Connection>,
         prefix: Arc<str>,
         timeout: Duration,
         /// Bounds the tasks that wait for the late answer of a timed-out `SET`.
@@ -1035,8 +1036,16 @@ mod redis_store {
         /// # let _ = layer; Ok(()) }
         /// ```
         pub fn new(conn: ConnectionManager) -> Self {
+            Self::with_connection(Connection {
+                current: Mutex::new((0, conn)),
+                reopen: None,
+                reopening: AtomicBool::new(false),
+            })
+        }
+
+        fn with_connection(conn: Connection) -> Self {
             Self {
-                conn,
+                conn: Arc::new(conn),
                 prefix: Arc::from("tower-webhook:replay:"),
                 timeout: DEFAULT_TIMEOUT,
                 late_answers: Arc::new(tokio::sync::Semaphore::new(MAX_LATE_ANSWERS)),
@@ -1047,6 +1056,12 @@ mod redis_store {
         /// connection is tried again at most every second (redis' default backoff grows to a
         /// minute), and each attempt gives up after the [default timeout](Self::timeout), so
         /// deliveries go through again soon after Redis is back.
+        ///
+        /// A connection that stops answering without being closed (Redis moved to another
+        /// address, a NAT or load balancer forgot the flow) is not reported by the system for
+        /// many minutes: after an operation [times out](Self::timeout), the store opens a new
+        /// connection in the background and uses it once it is up. A store made with
+        /// [`new`](Self::new) keeps the manager it was given.
         ///
         /// # Example
         ///
@@ -1066,9 +1081,13 @@ mod redis_store {
             let config = redis::aio::ConnectionManagerConfig::new()
                 .set_max_delay(MAX_RECONNECT_DELAY_MS)
                 .set_connection_timeout(DEFAULT_TIMEOUT);
-            Ok(Self::new(
-                ConnectionManager::new_with_config(client, config).await?,
-            ))
+            let manager =
+                ConnectionManager::new_with_config(client.clone(), config.clone()).await?;
+            Ok(Self::with_connection(Connection {
+                current: Mutex::new((0, manager)),
+                reopen: Some((client, config)),
+                reopening: AtomicBool::new(false),
+            }))
         }
 
         /// Prefixes every key with `prefix` instead of `tower-webhook:replay:`.
@@ -1147,16 +1166,82 @@ mod redis_store {
             .map_err(|_| "no tokio runtime to run the Redis operation on".into())
     }
 
-    /// `command` on `conn`, or an error once `timeout` has passed.
+    /// The store's connection to Redis, replaced after a timeout when the store knows how to
+    /// open another.
+    struct Connection {
+        /// The connection, and how many times it was replaced.
+        current: Mutex<(u64, ConnectionManager)>,
+        /// What opens a new one: stores made by `connect` only.
+        reopen: Option<(redis::Client, redis::aio::ConnectionManagerConfig)>,
+        /// A new connection is being opened.
+        reopening: AtomicBool,
+    }
+
+    impl Connection {
+        fn get(&self) -> (u64, ConnectionManager) {
+            self.current
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        }
+
+        /// An operation on `used` timed out: the connection may be dead without the system
+        /// knowing (a peer gone silent is only reported when TCP gives up, many minutes
+        /// later), so a new one is opened in the background, one at a time, and replaces it.
+        /// Operations in flight on the old one finish there.
+        fn timed_out(self: &Arc<Self>, used: u64, timeout: Duration) -> BoxError {
+            if let Some((client, config)) = &self.reopen
+                && !self.reopening.swap(true, Ordering::AcqRel)
+            {
+                let (client, config) = (client.clone(), config.clone());
+                let this = Arc::downgrade(self);
+                tokio::spawn(async move {
+                    let opened = tokio::time::timeout(
+                        timeout.max(DEFAULT_TIMEOUT),
+                        ConnectionManager::new_with_config(client, config),
+                    )
+                    .await;
+                    let Some(this) = this.upgrade() else {
+                        return; // the store is gone
+                    };
+                    match opened {
+                        Ok(Ok(manager)) => {
+                            let mut current =
+                                this.current.lock().unwrap_or_else(|e| e.into_inner());
+                            if current.0 == used {
+                                *current = (used.wrapping_add(1), manager);
+                                tracing::info!(
+                                    "Redis stopped answering: a new connection replaces the old one"
+                                );
+                            }
+                        }
+                        Ok(Err(err)) => {
+                            tracing::warn!(error = %err, "Redis stopped answering, and a new connection failed");
+                        }
+                        Err(_) => {
+                            tracing::warn!(
+                                "Redis stopped answering, and a new connection did not open in time"
+                            );
+                        }
+                    }
+                    this.reopening.store(false, Ordering::Release);
+                });
+            }
+            timed_out(timeout)
+        }
+    }
+
+    /// `command` on the store's connection, or an error once `timeout` has passed.
     async fn query<T: redis::FromRedisValue>(
         command: redis::Cmd,
-        mut conn: ConnectionManager,
+        conns: Arc<Connection>,
         timeout: Duration,
     ) -> Result<T, BoxError> {
         runtime()?;
+        let (used, mut conn) = conns.get();
         match tokio::time::timeout(timeout, command.query_async(&mut conn)).await {
             Ok(answer) => Ok(answer?),
-            Err(_) => Err(timed_out(timeout)),
+            Err(_) => Err(conns.timed_out(used, timeout)),
         }
     }
 
@@ -1191,7 +1276,7 @@ mod redis_store {
 
         /// `SET key value NX PX ttl`: whether the key was new.
         fn set_new(&self, key: &str, ttl: Duration, value: String) -> ReplayFuture {
-            let conn = self.conn.clone();
+            let conns = Arc::clone(&self.conn);
             let key = self.key(key);
             let timeout = self.timeout;
             let late_answers = Arc::clone(&self.late_answers);
@@ -1200,10 +1285,9 @@ mod redis_store {
                 runtime()?;
                 let mut set = redis::cmd("SET");
                 set.arg(&key).arg(&value).arg("NX").arg("PX").arg(ms);
-                let mut answer = Box::pin({
-                    let mut conn = conn.clone();
-                    async move { set.query_async::<Option<String>>(&mut conn).await }
-                });
+                let (used, mut conn) = conns.get();
+                let mut answer =
+                    Box::pin(async move { set.query_async::<Option<String>>(&mut conn).await });
                 match tokio::time::timeout(timeout, answer.as_mut()).await {
                     Ok(set) => Ok(set?.is_some()),
                     Err(_) => {
@@ -1213,18 +1297,19 @@ mod redis_store {
                         // Redis hangs, at most `MAX_LATE_ANSWERS` such waits are kept.
                         let Ok(permit) = late_answers.try_acquire_owned() else {
                             tracing::warn!(%key, "Redis keeps timing out; if it still records this delivery id, a redelivery will be treated as a replay until it expires");
-                            return Err(timed_out(timeout));
+                            return Err(conns.timed_out(used, timeout));
                         };
+                        let late_conns = Arc::clone(&conns);
                         tokio::spawn(async move {
                             let _permit = permit;
                             let late = Duration::from_millis(ms);
                             if let Ok(Ok(Some(_))) = tokio::time::timeout(late, answer).await {
                                 // Only the value set here: the key may have expired since.
                                 let del = delete_if(&key, &value);
-                                let _ = query::<u64>(del, conn, timeout).await;
+                                let _ = query::<u64>(del, late_conns, timeout).await;
                             }
                         });
-                        Err(timed_out(timeout))
+                        Err(conns.timed_out(used, timeout))
                     }
                 }
             })
@@ -1249,20 +1334,20 @@ mod redis_store {
                 .arg(pending(token))
                 .arg(DONE)
                 .arg(ttl_ms(ttl));
-            let answer = query::<u64>(command, self.conn.clone(), self.timeout);
+            let answer = query::<u64>(command, Arc::clone(&self.conn), self.timeout);
             ReplayFuture::new(async move { Ok(answer.await? == 1) })
         }
 
         fn release(&self, key: &str, token: ClaimToken) -> ReplayFuture {
             let command = delete_if(&self.key(key), &pending(token));
-            let answer = query::<u64>(command, self.conn.clone(), self.timeout);
+            let answer = query::<u64>(command, Arc::clone(&self.conn), self.timeout);
             ReplayFuture::new(async move { Ok(answer.await? > 0) })
         }
 
         fn completed(&self, key: &str) -> ReplayFuture {
             let mut command = redis::cmd("GET");
             command.arg(self.key(key));
-            let answer = query::<Option<String>>(command, self.conn.clone(), self.timeout);
+            let answer = query::<Option<String>>(command, Arc::clone(&self.conn), self.timeout);
             // Anything else is a claim (`pending` alone was one before claims had tokens).
             ReplayFuture::new(async move { Ok(answer.await?.is_some_and(|v| v == DONE)) })
         }
@@ -1270,7 +1355,7 @@ mod redis_store {
         fn remove(&self, key: &str) -> ReplayFuture {
             let mut command = redis::cmd("DEL");
             command.arg(self.key(key));
-            let answer = query::<u64>(command, self.conn.clone(), self.timeout);
+            let answer = query::<u64>(command, Arc::clone(&self.conn), self.timeout);
             ReplayFuture::new(async move { Ok(answer.await? > 0) })
         }
 
