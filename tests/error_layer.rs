@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use serde_json::Value;
-use tower::{BoxError, Service, ServiceBuilder, ServiceExt, service_fn};
+use tower::{BoxError, Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_http::timeout::TimeoutBody;
 use tower_webhook::body::ResponseBody;
 use tower_webhook::error::{
@@ -1660,4 +1660,24 @@ async fn a_renderer_keeps_the_retry_after_and_challenge_of_the_problem() {
         });
     let res = svc.oneshot(http_req()).await.unwrap();
     assert_eq!(res.headers()["retry-after"], "60");
+}
+
+/// HTTP/2 forbids whitespace at either end of a field value (RFC 9113, section 8.2.1), and
+/// peers that check it reset the stream: a challenge configured with such spaces is sent
+/// without them, from a problem and from the layer's own setting alike.
+#[tokio::test]
+async fn a_challenge_is_sent_without_spaces_at_its_ends() {
+    let problem = Problem::new(StatusCode::UNAUTHORIZED).with_challenge(" Bearer realm=\"api\"\t");
+    assert_eq!(problem.challenge(), Some("Bearer realm=\"api\""));
+    let res = problem.to_response::<Bytes>();
+    assert_eq!(res.headers()["www-authenticate"], "Bearer realm=\"api\"");
+
+    let svc = WebhookErrorLayer::new()
+        .challenge("Basic realm=\"hooks\"  ")
+        .layer(service_fn(|_: Request<Full<Bytes>>| async {
+            Err::<Response<Full<Bytes>>, _>(Problem::new(StatusCode::UNAUTHORIZED))
+        }));
+    let res = svc.oneshot(Request::new(Full::default())).await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(res.headers()["www-authenticate"], "Basic realm=\"hooks\"");
 }

@@ -416,7 +416,9 @@ impl Problem {
             detail: error.detail().map(|d| Cow::Owned(d.into_owned())),
             instance: None,
             retry_after: error.retry_after(),
-            challenge: error.challenge().map(|c| Cow::Owned(c.into_owned())),
+            challenge: error
+                .challenge()
+                .map(|c| trim_challenge(Cow::Owned(c.into_owned()))),
             grpc_code: error.grpc_code(),
             grpc_message: None,
         }
@@ -527,8 +529,9 @@ impl Problem {
     }
 
     /// Sets the `WWW-Authenticate` challenge sent with the HTTP response (a 401 must carry one,
-    /// RFC 9110, section 15.5.2). A value that is not a valid header value (a line break or
-    /// another control character in it) is not sent, and a warning is logged.
+    /// RFC 9110, section 15.5.2). Spaces and tabs at its ends are left out. A value that is
+    /// not a valid header value (a line break or another control character in it) is not sent,
+    /// and a warning is logged.
     ///
     /// # Example
     ///
@@ -542,7 +545,7 @@ impl Problem {
     /// assert_eq!(problem.challenge(), Some(r#"Bearer realm="api""#));
     /// ```
     pub fn with_challenge(mut self, challenge: impl Into<Cow<'static, str>>) -> Self {
-        self.challenge = Some(challenge.into());
+        self.challenge = Some(trim_challenge(challenge.into()));
         self
     }
 
@@ -837,6 +840,17 @@ impl Problem {
             headers.insert(header::RETRY_AFTER, retry_after_value(after));
         }
         response
+    }
+}
+
+/// `challenge` without spaces or tabs at its ends: HTTP/2 forbids them in a field value (RFC
+/// 9113, section 8.2.1), and peers that check it reset the stream.
+fn trim_challenge(challenge: Cow<'static, str>) -> Cow<'static, str> {
+    let trimmed = challenge.trim_matches([' ', '\t']);
+    if trimmed.len() == challenge.len() {
+        challenge
+    } else {
+        Cow::Owned(trimmed.to_owned())
     }
 }
 
