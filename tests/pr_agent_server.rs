@@ -3413,8 +3413,8 @@ async fn the_azure_devops_user_name_is_trimmed_like_its_password() {
 }
 
 /// GitLab has named a draft's change in `changes.draft` since 16.3; before, marking a draft
-/// ready shows only as its title losing its `Draft:` (or `[Draft]`, `(Draft)`, and before 13.2
-/// `WIP:` / `[WIP]`) prefix in `changes.title`, or as `changes.work_in_progress` going from
+/// ready shows only as its title losing its `Draft:` (or `[Draft]`, `(Draft)`) prefix in
+/// `changes.title`, or as `changes.work_in_progress` going from
 /// true to false, with `work_in_progress` instead of `draft` in the attributes. Such a draft
 /// marked ready gets its comment too; other renames do not.
 #[test]
@@ -3424,14 +3424,7 @@ fn a_gitlab_draft_marked_ready_on_servers_before_changes_draft_gets_a_comment() 
     let comments = |payload: &Value| {
         app::comment_for(app::Forge::GitLab, Some("Merge Request Hook"), payload).is_some()
     };
-    for previous in [
-        "Draft: Fix",
-        "draft:Fix",
-        "[Draft] Fix",
-        "(Draft) Fix",
-        "WIP: Fix",
-        "[WIP] Fix",
-    ] {
+    for previous in ["Draft: Fix", "draft:Fix", "[Draft] Fix", "(Draft) Fix"] {
         assert!(
             comments(&update(retitled(previous, "Fix"), "opened")),
             "{previous:?} -> \"Fix\""
@@ -3464,6 +3457,22 @@ fn a_gitlab_draft_marked_ready_on_servers_before_changes_draft_gets_a_comment() 
             "{changes} {state}"
         );
     }
+}
+
+/// GitLab 14.0 dropped `WIP:` and `[WIP]` as draft prefixes: on a current server a merge request
+/// titled `WIP: Fix` is not a draft, and a rename to `Fix` changes no draft status (no
+/// `changes.draft`). It is no draft marked ready and gets no comment; a `Draft:` prefix, which
+/// every server since 13.2 reads as a draft, still counts.
+#[test]
+fn a_gitlab_rename_dropping_a_wip_prefix_is_no_draft_marked_ready() {
+    let renamed = |previous: &str| json!({"object_kind": "merge_request", "project": {"id": 1}, "object_attributes": {"iid": 1, "action": "update", "title": "Fix", "draft": false, "work_in_progress": false, "state": "opened"}, "changes": {"title": {"previous": previous, "current": "Fix"}}});
+    let comments = |payload: &Value| {
+        app::comment_for(app::Forge::GitLab, Some("Merge Request Hook"), payload).is_some()
+    };
+    for previous in ["WIP: Fix", "[WIP] Fix", "wip:Fix"] {
+        assert!(!comments(&renamed(previous)), "{previous:?} -> \"Fix\"");
+    }
+    assert!(comments(&renamed("Draft: Fix")));
 }
 
 /// GitHub: "If your request continues to fail due to a secondary rate limit, wait for an

@@ -1196,10 +1196,11 @@ fn gitea_work_in_progress(title: &str) -> bool {
 }
 
 /// Whether a GitLab title marks a draft: it starts with `Draft:`, `[Draft]`, `(Draft)` or
-/// `Draft - `, or the `WIP:` / `[WIP]` of servers before 13.2, in any case.
+/// `Draft - `, in any case. Not `WIP:` / `[WIP]`: GitLab 14.0 dropped them, so on a current
+/// server a rename that drops one publishes no draft (and names no `changes.draft`).
 fn gitlab_draft_title(title: &str) -> bool {
     let title = title.trim_start();
-    ["draft:", "[draft]", "(draft)", "draft -", "wip:", "[wip]"]
+    ["draft:", "[draft]", "(draft)", "draft -"]
         .iter()
         .any(|prefix| {
             title
