@@ -3622,11 +3622,16 @@ fn a_setting_that_is_not_utf8_is_named_not_taken_for_unset() {
 fn a_title_or_question_quoted_in_a_comment_mentions_nobody() {
     use app::Forge::*;
     let title = "Fix for @octo-org/security, cc @all (mail dev@example.com)";
+    // An `@` before a name, not after a letter, digit or `_` (as in an e-mail address).
     let mentions = |text: &str| {
         let bytes = text.as_bytes();
-        bytes
-            .windows(2)
-            .any(|w| w[0] == b'@' && (w[1].is_ascii_alphanumeric() || w[1] == b'{'))
+        (0..bytes.len()).any(|i| {
+            bytes[i] == b'@'
+                && bytes
+                    .get(i + 1)
+                    .is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'{')
+                && (i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_'))
+        })
     };
     let gh = json!({"action": "opened", "number": 1, "pull_request": {"number": 1, "title": title}, "repository": {"full_name": "o/r"}});
     let gl = json!({"object_kind": "merge_request", "project": {"id": 1}, "object_attributes": {"iid": 1, "action": "open", "title": title}});
@@ -3650,6 +3655,41 @@ fn a_title_or_question_quoted_in_a_comment_mentions_nobody() {
         let answer = app::answer_to_command(comment, title).unwrap();
         assert!(!mentions(&answer), "{answer}");
     }
+}
+
+/// Only what the providers read as a mention is made inert: an `@` that starts the text or
+/// follows a character that is not a letter, digit or `_`, outside code spans and links. A
+/// code span (`` `@Override` ``), a link (`https://example.com/@alice/post`) or an e-mail
+/// address in a title is quoted unchanged: a zero-width space there would end up inside the
+/// code copied from the comment, or in the link's address.
+#[test]
+fn a_title_quoted_in_a_comment_keeps_its_code_links_and_addresses() {
+    use app::Forge::*;
+    let title = "Handle `@Override` and `` @Nullable `` per https://example.com/@alice/post (dev@example.com), cc @all";
+    let gl = json!({"object_kind": "merge_request", "project": {"id": 1}, "object_attributes": {"iid": 1, "action": "open", "title": title}});
+    let gh = json!({"action": "opened", "number": 1, "pull_request": {"number": 1, "title": title}, "repository": {"full_name": "o/r"}});
+    for (forge, event, payload) in [
+        (GitHub, "pull_request", &gh),
+        (GitLab, "Merge Request Hook", &gl),
+    ] {
+        let c = app::comment_for(forge, Some(event), payload).unwrap();
+        let text = c.body.to_string();
+        for kept in [
+            "`@Override`",
+            "`` @Nullable ``",
+            "https://example.com/@alice/post",
+            "dev@example.com",
+        ] {
+            assert!(text.contains(kept), "{forge:?}: {kept} in {text}");
+        }
+        assert!(text.contains("cc @\u{200B}all"), "{forge:?}: {text}");
+    }
+    let answer = app::answer_to_command("/ask is `@Inject` needed, @bob?", "T").unwrap();
+    assert!(answer.contains("`@Inject`"), "{answer}");
+    assert!(answer.contains("@\u{200B}bob"), "{answer}");
+    // An unclosed backtick opens no code span: the mention after it is still made inert.
+    let answer = app::answer_to_command("/ask why ` @carol", "T").unwrap();
+    assert!(answer.contains("@\u{200B}carol"), "{answer}");
 }
 
 /// At shutdown, a comment waiting out a long backoff after the API failed many times (no wait

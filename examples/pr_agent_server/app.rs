@@ -1348,10 +1348,75 @@ fn ready_text(title: &str) -> String {
 }
 
 /// `text` (a title, a question) to quote in a comment, its mentions made inert: a zero-width
-/// space after each `@`. A mention in a pull request's title notifies nobody, but the same
-/// `@team`, or GitLab's `@all`, in a comment would; the text reads the same.
+/// space after each `@` that could start one. A mention in a pull request's title notifies
+/// nobody, but the same `@team`, or GitLab's `@all`, in a comment would; the text reads the
+/// same.
+///
+/// An `@` after a letter, digit or `_` (an e-mail address) starts no mention, nor one in a code
+/// span or in a link (`https://`, `http://`, `www.`), where the providers look for none: those
+/// are left as they are, so that code copied from the comment, or the link's address, holds
+/// no zero-width space. A backtick that closes no code span opens none.
 fn without_mentions(text: &str) -> String {
-    text.replace('@', "@\u{200B}")
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut previous: Option<char> = None;
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        // A code span: a run of backticks up to the next run of the same length.
+        if c == '`' {
+            let run = rest.len() - rest.trim_start_matches('`').len();
+            if let Some(end) = closing_backticks(&rest[run..], run) {
+                let span = run + end + run;
+                out.push_str(&rest[..span]);
+                previous = Some('`');
+                rest = &rest[span..];
+                continue;
+            }
+            out.push_str(&rest[..run]);
+            previous = Some('`');
+            rest = &rest[run..];
+            continue;
+        }
+        // A link, autolinked where it starts a word: up to the next space or `<`.
+        if previous.is_none_or(|p| p.is_whitespace() || "*_~(\"'".contains(p)) && starts_link(rest)
+        {
+            let end = rest
+                .find(|c: char| c.is_whitespace() || c == '<')
+                .unwrap_or(rest.len());
+            out.push_str(&rest[..end]);
+            previous = rest[..end].chars().next_back();
+            rest = &rest[end..];
+            continue;
+        }
+        out.push(c);
+        if c == '@' && !previous.is_some_and(|p| p.is_ascii_alphanumeric() || p == '_') {
+            out.push('\u{200B}');
+        }
+        previous = Some(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+/// Where in `text` the first run of exactly `n` backticks starts, if any.
+fn closing_backticks(text: &str, n: usize) -> Option<usize> {
+    let mut at = 0;
+    while let Some(found) = text[at..].find('`') {
+        let start = at + found;
+        let len = text[start..].len() - text[start..].trim_start_matches('`').len();
+        if len == n {
+            return Some(start);
+        }
+        at = start + len;
+    }
+    None
+}
+
+/// Whether `text` starts with a link the providers turn into one by themselves.
+fn starts_link(text: &str) -> bool {
+    ["https://", "http://", "www."].iter().any(|prefix| {
+        text.get(..prefix.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+    })
 }
 
 /// The comment on a Bitbucket Cloud, Bitbucket Data Center or Azure DevOps pull request that
