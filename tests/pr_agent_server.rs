@@ -3572,6 +3572,64 @@ async fn a_hook_update_over_a_persisting_secondary_rate_limit_waits_longer_each_
     drop(tx);
 }
 
+/// The growing wait of a persisting secondary rate limit is that limit's own: once GitHub
+/// answers something else worth trying again (here a 429 asking for one second), the hook update
+/// waits as its other failures do, a second to a minute, not the secondary limit's last wait
+/// doubled (eight minutes after three of them).
+#[tokio::test(start_paused = true)]
+async fn a_hook_update_failing_otherwise_after_secondary_limits_waits_at_most_a_minute() {
+    let attempts: Arc<Mutex<Vec<tokio::time::Instant>>> = Arc::default();
+    let seen = attempts.clone();
+    let github = serve(Router::new().fallback(move || {
+        let call = {
+            let mut seen = seen.lock().unwrap();
+            seen.push(tokio::time::Instant::now());
+            seen.len()
+        };
+        async move {
+            match call {
+                1..=3 => (
+                    StatusCode::FORBIDDEN,
+                    [("content-type", "application/json")],
+                    r#"{"message":"You have exceeded a secondary rate limit. Please wait a few minutes before you try again."}"#,
+                )
+                    .into_response(),
+                4 => (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "").into_response(),
+                _ => StatusCode::OK.into_response(),
+            }
+        }
+    }))
+    .await;
+    let (api_addr, _api) = start_fake_api().await;
+    let github = format!("http://{github}");
+    let settings = settings(
+        api_addr,
+        &[
+            ("GITHUB_API_URL", github.as_str()),
+            ("GITHUB_HOOK_REPOSITORY", "octo/repo"),
+            ("GITHUB_HOOK_ID", "42"),
+        ],
+    );
+    let updater = app::build(&settings).unwrap().hook_updaters.remove(0);
+    let (tx, rx) = tokio::sync::watch::channel(up_at("http://127.0.0.1:4000"));
+    tokio::spawn(updater.follow(rx));
+    for _ in 0..4000 {
+        if attempts.lock().unwrap().len() >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let attempts = attempts.lock().unwrap().clone();
+    let waits: Vec<u64> = attempts
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs())
+        .collect();
+    assert_eq!(waits.len(), 4, "{waits:?}");
+    assert_eq!(waits[..3], [60, 120, 240], "{waits:?}");
+    assert!((1..=60).contains(&waits[3]), "{waits:?}");
+    drop(tx);
+}
+
 /// A setting whose value is not UTF-8 stops the server with a message naming it (and not
 /// showing it), as the crate's own settings do: taken for unset, a secret's provider would
 /// silently go unserved (or the server start in development mode with a made-up secret), a

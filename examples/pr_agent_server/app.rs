@@ -783,6 +783,9 @@ impl HookUpdater {
         // comes back at the same URL meanwhile does not cut the wait short.
         let mut pending: Option<(String, tokio::time::Instant)> = None;
         let mut delay = Duration::from_secs(1);
+        // GitHub secondary rate limits naming no delay met in a row: their wait grows on its
+        // own (see `secondary_limit_wait`), apart from `delay`.
+        let mut secondary_limits = 0;
         loop {
             let url = {
                 let event = status.borrow_and_update();
@@ -800,18 +803,23 @@ impl HookUpdater {
                         settled = Some(url);
                         pending = None;
                         delay = Duration::from_secs(1);
+                        secondary_limits = 0;
                     }
                     Err(HookError::Transient(err, wait, secondary_limit)) => {
-                        let wait = delay.max(wait.unwrap_or_default());
+                        // A secondary rate limit met again is waited out twice as long, up to
+                        // an hour; other failures from a second to a minute, or as long as the
+                        // API asks.
+                        let wait = if secondary_limit {
+                            secondary_limits += 1;
+                            secondary_limit_wait(secondary_limits)
+                        } else {
+                            secondary_limits = 0;
+                            let wait = delay.max(wait.unwrap_or_default());
+                            delay = (wait * 2).min(Duration::from_secs(60));
+                            wait
+                        };
                         tracing::warn!(%hook, error = %err, retry_in = ?wait, "could not point the GitHub hook at {url}{route} yet");
                         pending = Some((url, tokio::time::Instant::now() + wait));
-                        // A secondary rate limit met again is waited out twice as long, up to
-                        // an hour (see `secondary_limit_wait`); other failures, up to a minute.
-                        let longest = match secondary_limit {
-                            true => Duration::from_secs(3600),
-                            false => Duration::from_secs(60),
-                        };
-                        delay = (wait * 2).min(longest);
                     }
                     Err(HookError::Refused(err)) => {
                         tracing::error!(%hook, error = %err, "could not point the GitHub hook at {url}{route}: set it by hand");
