@@ -3745,9 +3745,12 @@ fn a_title_quoted_in_a_comment_keeps_its_code_links_and_addresses() {
     let answer = app::answer_to_command("/ask is `@Inject` needed, @bob?", "T").unwrap();
     assert!(answer.contains("`@Inject`"), "{answer}");
     assert!(answer.contains("@\u{200B}bob"), "{answer}");
-    // An unclosed backtick opens no code span: the mention after it is still made inert.
+    // An unclosed backtick opens no code span, nor does a scheme without a host make a link:
+    // the mentions after them are still made inert.
     let answer = app::answer_to_command("/ask why ` @carol", "T").unwrap();
     assert!(answer.contains("@\u{200B}carol"), "{answer}");
+    let answer = app::answer_to_command("/ask see https://@all", "T").unwrap();
+    assert!(answer.contains("@\u{200B}all"), "{answer}");
 }
 
 /// At shutdown, a comment waiting out a long backoff after the API failed many times (no wait

@@ -1419,11 +1419,16 @@ fn closing_backticks(text: &str, n: usize) -> Option<usize> {
     None
 }
 
-/// Whether `text` starts with a link the providers turn into one by themselves.
+/// Whether `text` starts with a link the providers turn into one by themselves: the prefix,
+/// then a host name (not `https://@all`, which no provider links).
 fn starts_link(text: &str) -> bool {
     ["https://", "http://", "www."].iter().any(|prefix| {
         text.get(..prefix.len())
             .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+            && text[prefix.len()..]
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric())
     })
 }
 
