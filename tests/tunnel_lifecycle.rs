@@ -829,7 +829,8 @@ async fn a_dropped_session_whose_teardown_hangs_is_aborted_after_the_grace() {
         url: format!("http://127.0.0.1:{}", support::closed_port().await),
         held: Mutex::new(Some(held)),
     };
-    // The probe fails, so the chain drops the session without closing it.
+    // The probe fails, so the chain stops the session in the background, with the close grace
+    // (SESSION_STOP_GRACE by default), while it goes on.
     let err = Tunnel::builder()
         .provider(provider)
         .probe_timeout(Duration::from_millis(200))
@@ -850,6 +851,29 @@ async fn a_dropped_session_whose_teardown_hangs_is_aborted_after_the_grace() {
         "the task of a dropped session still runs after {} s",
         SESSION_STOP_GRACE.as_secs()
     );
+}
+
+/// A session dropped by its owner (not closed) whose teardown hangs is aborted after
+/// `SESSION_STOP_GRACE`, its task ending.
+#[tokio::test(start_paused = true)]
+async fn a_session_dropped_by_its_owner_whose_teardown_hangs_is_aborted_after_the_grace() {
+    let (held, mut released) = tokio::sync::oneshot::channel::<()>();
+    let session = Session::spawn("http://127.0.0.1:9".to_owned(), |mut stop| async move {
+        let _held = held;
+        stop.stopped().await;
+        std::future::pending::<()>().await;
+        Ok(())
+    });
+    drop(session);
+    let second = Duration::from_secs(1);
+    assert!(
+        tokio::time::timeout(SESSION_STOP_GRACE - second, &mut released)
+            .await
+            .is_err(),
+        "the teardown got no time"
+    );
+    let ended = tokio::time::timeout(2 * second, released).await;
+    assert!(matches!(ended, Ok(Err(_))), "the task still runs");
 }
 
 #[tokio::test]
@@ -1006,5 +1030,61 @@ async fn a_zero_minimum_backoff_still_grows() {
     assert!(
         (2..=30).contains(&opened),
         "{opened} opens in 1.2 s: the backoff does not grow from zero"
+    );
+}
+
+/// A provider whose `open` never completes; notifies `started` when it is asked.
+#[derive(Debug)]
+struct NeverStarts {
+    started: Arc<tokio::sync::Notify>,
+}
+
+impl Provider for NeverStarts {
+    fn name(&self) -> &str {
+        "never-starts"
+    }
+
+    fn open(&self, _upstream: Upstream) -> BoxFuture<'_, Result<Session, BoxError>> {
+        self.started.notify_one();
+        Box::pin(std::future::pending())
+    }
+}
+
+/// While a lost tunnel is re-opened, a provider whose session failed its probe is torn down
+/// before the next provider is tried: `close` called during that next attempt returns only
+/// once no session the tunnel started is still stopping.
+#[tokio::test]
+async fn closing_after_a_failed_probe_during_a_re_open_waits_for_that_session() {
+    let provider = SlowSecondStart {
+        opens: Arc::default(),
+        lose: Arc::default(),
+        starting: Arc::default(),
+        torn_down: Arc::default(),
+        black_hole: support::black_hole().await,
+    };
+    let (lose, torn_down) = (Arc::clone(&provider.lose), Arc::clone(&provider.torn_down));
+    let started = Arc::new(tokio::sync::Notify::new());
+    let handle = Tunnel::builder()
+        .provider(provider)
+        .provider(NeverStarts {
+            started: Arc::clone(&started),
+        })
+        .probe_timeout(Duration::from_millis(200))
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(20))
+        .start(Upstream::service(hello_service(Arc::new(
+            AtomicUsize::new(0),
+        ))))
+        .await
+        .unwrap();
+    lose.notify_one();
+    tokio::time::timeout(Duration::from_secs(5), started.notified())
+        .await
+        .expect("the second provider is tried once the first one's probe failed");
+    tokio::time::timeout(Duration::from_secs(5), handle.close())
+        .await
+        .expect("close returns");
+    assert!(
+        torn_down.load(Ordering::SeqCst),
+        "close returned while the session whose probe failed was still tearing down"
     );
 }

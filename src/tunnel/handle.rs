@@ -450,9 +450,10 @@ impl TunnelBuilder {
     }
 
     /// Tries each provider in turn; the attempts of all failures otherwise, or `None` when
-    /// `cancel` completed first. A session opened by then (its probe under way) is closed,
-    /// and waited for, before this returns `None`, so that closing a tunnel being re-opened
-    /// waits for its teardown as closing an open one does.
+    /// `cancel` completed first. A session opened by then (its probe under way, or failed
+    /// before the provider being tried) is closed, and waited for, before this returns `None`,
+    /// so that closing a tunnel being re-opened waits for its teardown as closing an open one
+    /// does.
     async fn open<C>(
         &self,
         upstream: &Upstream,
@@ -462,6 +463,9 @@ impl TunnelBuilder {
         C: Future + Unpin,
     {
         let mut attempts = Vec::new();
+        // The teardowns of sessions whose probe failed: they run while the next provider is
+        // tried, and a cancel waits for them as for the session it closes.
+        let mut stopping = Vec::new();
         for provider in &self.providers {
             let name = provider.name().to_owned();
             let limit = provider.startup_timeout();
@@ -469,7 +473,10 @@ impl TunnelBuilder {
             let deadline = super::time::deadline(started, limit);
             let timed_out = || format!("did not start within {} ms", limit.as_millis());
             let opening = tokio::select! {
-                _ = &mut *cancel => return Err(None),
+                _ = &mut *cancel => {
+                    stopped(stopping).await;
+                    return Err(None);
+                }
                 opening = within(deadline, provider.open(upstream.clone())) => opening,
             };
             let reason = match opening {
@@ -481,6 +488,7 @@ impl TunnelBuilder {
                         tokio::select! {
                             _ = &mut *cancel => {
                                 session.close(self.close_grace).await;
+                                stopped(stopping).await;
                                 return Err(None);
                             }
                             probed = within(deadline, probing) => probed,
@@ -488,8 +496,7 @@ impl TunnelBuilder {
                     } else {
                         Some(Ok(false))
                     };
-                    // A failed probe drops the session, which then stops in the background.
-                    match probed {
+                    let reason = match probed {
                         None => timed_out(),
                         Some(Err(err)) => chain(&*err),
                         Some(Ok(verified)) => {
@@ -500,7 +507,11 @@ impl TunnelBuilder {
                                 verified,
                             });
                         }
-                    }
+                    };
+                    // A failed probe stops the session in the background, as the next
+                    // provider is tried; a cancel (a `close`) waits for it.
+                    stopping.push(tokio::spawn(session.close(self.close_grace)));
+                    reason
                 }
             };
             tracing::warn!(provider = %name, %reason, "tunnel provider failed");
@@ -528,6 +539,13 @@ impl TunnelBuilder {
         // Jitter in [delay/2, delay].
         let half = delay / 2;
         half.saturating_add(half.mul_f64(fastrand::f64()))
+    }
+}
+
+/// Waits for the teardowns of [`TunnelBuilder::open`]'s failed sessions.
+async fn stopped(stopping: Vec<tokio::task::JoinHandle<()>>) {
+    for teardown in stopping {
+        let _ = teardown.await;
     }
 }
 
@@ -995,7 +1013,8 @@ impl TunnelHandle {
     }
 
     /// Closes the tunnel and waits until it is torn down, also when it is being re-opened: a
-    /// tunnel whose probe is under way then is closed and waited for too.
+    /// tunnel whose probe is under way then is closed and waited for too, and so is one whose
+    /// probe failed while the next provider is tried.
     ///
     /// # Example
     ///
