@@ -3459,8 +3459,9 @@ fn a_gitlab_draft_marked_ready_on_servers_before_changes_draft_gets_a_comment() 
     }
 }
 
-/// GitLab 14.0 dropped `WIP:` and `[WIP]` as draft prefixes: on a current server a merge request
-/// titled `WIP: Fix` is not a draft, and a rename to `Fix` changes no draft status (no
+/// GitLab 14.0 dropped `WIP:`, `[WIP]` and `Draft - ` as draft prefixes (its draft title is
+/// `\A(?i)(\[draft\]|\(draft\)|draft:)`): on a current server a merge request titled
+/// `WIP: Fix` is not a draft, and a rename to `Fix` changes no draft status (no
 /// `changes.draft`). It is no draft marked ready and gets no comment; a `Draft:` prefix, which
 /// every server since 13.2 reads as a draft, still counts.
 #[test]
@@ -3469,7 +3470,7 @@ fn a_gitlab_rename_dropping_a_wip_prefix_is_no_draft_marked_ready() {
     let comments = |payload: &Value| {
         app::comment_for(app::Forge::GitLab, Some("Merge Request Hook"), payload).is_some()
     };
-    for previous in ["WIP: Fix", "[WIP] Fix", "wip:Fix"] {
+    for previous in ["WIP: Fix", "[WIP] Fix", "wip:Fix", "Draft - Fix"] {
         assert!(!comments(&renamed(previous)), "{previous:?} -> \"Fix\"");
     }
     assert!(comments(&renamed("Draft: Fix")));

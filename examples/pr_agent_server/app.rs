@@ -1203,18 +1203,16 @@ fn gitea_work_in_progress(title: &str) -> bool {
     })
 }
 
-/// Whether a GitLab title marks a draft: it starts with `Draft:`, `[Draft]`, `(Draft)` or
-/// `Draft - `, in any case. Not `WIP:` / `[WIP]`: GitLab 14.0 dropped them, so on a current
+/// Whether a GitLab title marks a draft: it starts with `Draft:`, `[Draft]` or `(Draft)`, in
+/// any case. Not `WIP:`, `[WIP]` or `Draft - `: GitLab 14.0 dropped them, so on a current
 /// server a rename that drops one publishes no draft (and names no `changes.draft`).
 fn gitlab_draft_title(title: &str) -> bool {
     let title = title.trim_start();
-    ["draft:", "[draft]", "(draft)", "draft -"]
-        .iter()
-        .any(|prefix| {
-            title
-                .get(..prefix.len())
-                .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
-        })
+    ["draft:", "[draft]", "(draft)"].iter().any(|prefix| {
+        title
+            .get(..prefix.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+    })
 }
 
 /// The comment a delivery asks for by itself, if any (see the module docs of `main.rs` for the
