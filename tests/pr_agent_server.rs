@@ -3314,6 +3314,30 @@ fn an_api_url_comments_cannot_be_posted_to_is_refused_at_startup() {
     }
 }
 
+/// A token pasted into an API URL by mistake, or credentials in it, never reach the log: an
+/// URL with credentials is refused (they belong in the token setting), and the refusal does
+/// not repeat the value.
+#[test]
+fn an_api_url_holding_a_secret_is_refused_without_showing_it() {
+    for forge in app::Forge::ALL {
+        let var = forge.api_url_var();
+        for value in [
+            "https://x-access-token:sekrit-123@api.github.com",
+            "https://sekrit-123@git.example.com/api/v4",
+            "https://git.example.com/api?private_token=sekrit-123",
+            "ghp_sekrit-123",
+        ] {
+            let err = app::Settings::from_lookup(|n| (n == var).then(|| value.to_owned()))
+                .expect_err(&format!("{var} with a secret is refused"));
+            assert!(err.contains(var), "{err}");
+            assert!(
+                !err.contains("sekrit"),
+                "{var}: the error shows the secret: {err}"
+            );
+        }
+    }
+}
+
 /// A token read from a file or a secret store often ends with a line break, which no header
 /// can carry: it is trimmed, as the webhook secrets are, and the comments go out with the
 /// token. A token with a character no token has stops the server, naming the variable (and

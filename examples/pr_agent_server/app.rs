@@ -473,12 +473,13 @@ fn api_token(name: &str, value: Option<String>) -> Result<Option<String>, String
 }
 
 /// The base URL of setting `name`, without its trailing `/`: an `http` or `https` URL with a
-/// host and no query or fragment (the comment's path is appended to it), or an error naming
-/// the setting. Otherwise every comment would fail, one by one, at run time.
+/// host, no credentials and no query or fragment (the comment's path is appended to it), or an
+/// error naming the setting. Otherwise every comment would fail, one by one, at run time. The
+/// error does not repeat the value: a token pasted there by mistake would go to the log.
 fn api_base_url(name: &str, value: &str) -> Result<String, String> {
     let value = value.trim();
     let refused = |why: &str| {
-        format!("{name}={value:?} {why}: set it to the API's base URL, e.g. https://api.github.com")
+        format!("{name} {why}: set it to the API's base URL, e.g. https://api.github.com")
     };
     let url =
         reqwest::Url::parse(value).map_err(|err| refused(&format!("is not a URL ({err})")))?;
@@ -487,6 +488,11 @@ fn api_base_url(name: &str, value: &str) -> Result<String, String> {
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(refused("names no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(refused(
+            "holds credentials, which belong in the provider's token setting",
+        ));
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(refused(

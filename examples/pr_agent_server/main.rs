@@ -32,8 +32,8 @@
 //! has its token dropped and its pending comments given up, one that accepted new permissions
 //! gets a new token; with `--use-tunnel` its hook is
 //! pointed at each tunnel URL), `RUST_LOG` (default `info`). A value out
-//! of range, or an `*_API_URL` that is not an `http` / `https` base URL, stops the server with a
-//! message naming the variable. A comment given up is logged at
+//! of range, or an `*_API_URL` that is not an `http` / `https` base URL without credentials,
+//! stops the server with a message naming the variable. A comment given up is logged at
 //! error level and counted in `/status` as `comments.failed`.
 //!
 //! Comments are posted to each provider's API at most `COMMENTS_IN_FLIGHT_PER_PROVIDER` (8) at a
