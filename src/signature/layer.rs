@@ -1504,6 +1504,9 @@ where
                 limit: shared.max_body,
             });
         }
+        // The length the body must have once read. With `Transfer-Encoding` the framing is the
+        // encoding's and `Content-Length` means nothing (RFC 9112 §6.3).
+        let expected = announced.filter(|_| !parts.headers.contains_key(header::TRANSFER_ENCODING));
         // Within the limit: where buffering stops growing if the body comes in several chunks.
         let hint = announced
             .and_then(|len| usize::try_from(len).ok())
@@ -1529,6 +1532,7 @@ where
                 body,
                 buf: Collected::Empty,
                 hint,
+                expected,
                 parts: Some(parts),
                 checked: Some(checked),
                 inner: Some(inner),
@@ -1659,6 +1663,8 @@ where
         buf: Collected,
         /// The announced `Content-Length` (within the limit), or 0.
         hint: usize,
+        /// The `Content-Length` the body must match, without `Transfer-Encoding`.
+        expected: Option<u64>,
         parts: Option<http::request::Parts>,
         checked: Option<Checked>,
         inner: Option<S>,
@@ -1717,6 +1723,7 @@ where
                     mut body,
                     buf,
                     hint,
+                    expected,
                     parts,
                     checked,
                     inner,
@@ -1725,7 +1732,21 @@ where
                     let hint = *hint;
                     let done = loop {
                         match ready!(body.as_mut().poll_frame(cx)) {
-                            None => break Ok(()),
+                            // A body that ends short of, or runs past, its `Content-Length` is
+                            // not the message that was announced (RFC 9112 §6.3): the handler
+                            // would get a request whose header contradicts its body.
+                            None => match *expected {
+                                Some(len) if len != buf.len() as u64 => {
+                                    break Err(E::Body(
+                                        format!(
+                                            "body of {} bytes, Content-Length announced {len}",
+                                            buf.len()
+                                        )
+                                        .into(),
+                                    ));
+                                }
+                                _ => break Ok(()),
+                            },
                             Some(Err(err)) => break Err(E::Body(err.into())),
                             Some(Ok(frame)) => {
                                 let Ok(mut data) = frame.into_data() else {

@@ -40,7 +40,9 @@
 //!    empty, longer than 256 bytes or not visible ASCII (401). Tokens (GitLab, Azure DevOps)
 //!    are fully checked here.
 //! 2. The body is read through a hard cap ([`SignatureLayer::max_body_size`], default 25 MiB,
-//!    GitHub's largest payload): 413 as soon as the cap is passed, never buffering more.
+//!    GitHub's largest payload): 413 as soon as the cap is passed, never buffering more. A body
+//!    that ends short of, or runs past, its `Content-Length` (without `Transfer-Encoding`) is
+//!    not the announced message: 400.
 //! 3. The MAC is computed once per secret (keys are prepared when the layer is built) and
 //!    compared with every signature in constant time (401 on mismatch). Hex is accepted in
 //!    either case.
