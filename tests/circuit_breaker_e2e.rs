@@ -62,6 +62,18 @@ fn timeout<F: Future>(f: F) -> tokio::time::Timeout<F> {
     tokio::time::timeout(Duration::from_secs(10), f)
 }
 
+/// Long enough that no stall of a loaded machine ends it between the trip and the refusal the
+/// tests expect; the tests move the clock past it rather than wait it out.
+const OPEN_FOR: Duration = Duration::from_secs(5);
+
+/// Moves the runtime's clock (the breaker's clock) past [`OPEN_FOR`]. The clock is paused only
+/// for the jump: the requests around it run in real time over real sockets.
+async fn pass_open_duration() {
+    tokio::time::pause();
+    tokio::time::advance(OPEN_FOR + Duration::from_millis(1)).await;
+    tokio::time::resume();
+}
+
 #[tokio::test]
 async fn reqwest_client_behind_the_breaker() {
     let (base, upstream) = start_axum().await;
@@ -69,7 +81,7 @@ async fn reqwest_client_behind_the_breaker() {
     let config = CircuitBreakerConfig::default()
         .name("axum-upstream")
         .consecutive_failures(2)
-        .open_duration(OpenDuration::Fixed(Duration::from_millis(300)));
+        .open_duration(OpenDuration::Fixed(OPEN_FOR));
     let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
     let mut svc = ServiceBuilder::new().layer(layer).service(client.clone());
     let get = |base: &str| {
@@ -106,7 +118,7 @@ async fn reqwest_client_behind_the_breaker() {
         .unwrap()
         .unwrap_err();
     let open = err.downcast_ref::<CircuitOpen>().expect("CircuitOpen");
-    assert!(open.retry_after().unwrap() <= Duration::from_millis(300));
+    assert!(open.retry_after().unwrap() <= OPEN_FOR);
     assert_eq!(
         upstream.hits.load(Ordering::SeqCst),
         hits,
@@ -119,7 +131,7 @@ async fn reqwest_client_behind_the_breaker() {
         .send()
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    pass_open_duration().await;
     let res = timeout(svc.ready().await.unwrap().call(get(&base)))
         .await
         .unwrap()
@@ -239,7 +251,7 @@ async fn tonic_channel_behind_the_breaker_sees_unavailable() {
     .unwrap();
     let config = CircuitBreakerConfig::default()
         .consecutive_failures(2)
-        .open_duration(OpenDuration::Fixed(Duration::from_millis(300)));
+        .open_duration(OpenDuration::Fixed(OPEN_FOR));
     let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
     let mut client = tonic::client::Grpc::new(ServiceBuilder::new().layer(layer).service(channel));
     let path = http::uri::PathAndQuery::from_static("/test.Pinger/Ping");
@@ -278,7 +290,7 @@ async fn tonic_channel_behind_the_breaker_sees_unavailable() {
 
     // Recovery through a probe whose verdict comes from the trailers.
     server.failing.store(false, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    pass_open_duration().await;
     ping("again").await.unwrap();
     assert_eq!(handle.state(), CircuitState::Closed);
 }
