@@ -474,9 +474,11 @@ async fn a_claim_left_by_a_crashed_replica_expires_after_the_claim_ttl() {
     let Some(redis) = start_redis().await else {
         return;
     };
-    let short = |l: SignatureLayer| {
+    // Long enough that replica B surely asks while the claim holds, even on a loaded machine.
+    let claim_ttl = Duration::from_secs(2);
+    let short = move |l: SignatureLayer| {
         l.record_delivery(RecordDelivery::AfterSuccess)
-            .claim_ttl(Duration::from_millis(500))
+            .claim_ttl(claim_ttl)
     };
     // Replica A claims the delivery, and dies before its handler answers: its future is never
     // dropped, so nothing releases the claim.
@@ -492,6 +494,7 @@ async fn a_claim_left_by_a_crashed_replica_expires_after_the_claim_ttl() {
         .header("x-github-delivery", "crashed-1")
         .body(Full::new(Bytes::from_static(BODY)))
         .unwrap();
+    let claimed_after = std::time::Instant::now();
     let mut crashed = Box::pin(svc.call(req));
     assert!(
         tokio::time::timeout(Duration::from_millis(200), crashed.as_mut())
@@ -502,15 +505,26 @@ async fn a_claim_left_by_a_crashed_replica_expires_after_the_claim_ttl() {
 
     let b = Replica::new(&redis, short).await;
     assert_eq!(b.deliver("crashed-1", StatusCode::OK).await, 409, "claimed");
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(
-        b.deliver("crashed-1", StatusCode::OK).await,
-        200,
-        "claim expired"
+    // Refused until the claim expires (not before its TTL), then taken over.
+    let mut attempt = 0;
+    loop {
+        let status = b.deliver("crashed-1", StatusCode::OK).await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert_eq!(status, 409, "still claimed");
+        attempt += 1;
+        assert!(attempt < 200, "the claim never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        claimed_after.elapsed() >= claim_ttl,
+        "the claim expired after {:?}",
+        claimed_after.elapsed()
     );
 
     // Handled ids outlive the claim TTL.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(claim_ttl + Duration::from_millis(100)).await;
     assert_eq!(b.deliver("crashed-1", StatusCode::OK).await, 409, "handled");
 }
 
