@@ -431,7 +431,13 @@ fn half_open_never_admits_more_than_n_under_contention() {
             })
         })
         .collect();
+    // At least 400 ms of contention, and (on a loaded machine, where the threads get little of
+    // it) on until enough probes went through; leaked permits stop them for good.
+    let started = std::time::Instant::now();
     std::thread::sleep(Duration::from_millis(400));
+    while probe.calls.load(Ordering::SeqCst) < 10 && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         t.join().unwrap();
