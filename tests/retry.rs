@@ -486,7 +486,7 @@ async fn a_grpc_status_error_is_retried_only_when_its_code_is_transient() {
     // The retry policy's own status choices apply: a user who retries 500 retries INTERNAL.
     let calls = Arc::new(AtomicUsize::new(0));
     let seen = calls.clone();
-    let _ = ServiceBuilder::new()
+    let err = ServiceBuilder::new()
         .layer(
             fast()
                 .max_retries(2)
@@ -505,8 +505,13 @@ async fn a_grpc_status_error_is_retried_only_when_its_code_is_transient() {
             }
         })
         .oneshot(get())
-        .await;
+        .await
+        .unwrap_err();
     assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // The answer is the second attempt's UNAVAILABLE, not retried.
+    let status = err.downcast_ref::<tonic::Status>().expect("a tonic status");
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(status.message(), "draining");
 }
 
 /// A gRPC "trailers-only" answer is HTTP 200 with `grpc-status` in the headers: the policy
