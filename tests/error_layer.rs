@@ -1166,13 +1166,16 @@ mod logging {
     #[tokio::test]
     #[tracing_test::traced_test]
     async fn each_error_is_logged_once_at_its_level() {
-        let _ = answer_error(
+        let rejected = answer_error(
             WebhookErrorLayer::new(),
             http_req(),
             Problem::new(StatusCode::UNAUTHORIZED).into(),
         )
         .await;
-        let _ = answer_error(WebhookErrorLayer::new(), http_req(), "storage down".into()).await;
+        assert_eq!(rejected.status(), StatusCode::UNAUTHORIZED);
+        let failed =
+            answer_error(WebhookErrorLayer::new(), http_req(), "storage down".into()).await;
+        assert_eq!(failed.status(), StatusCode::INTERNAL_SERVER_ERROR);
         logs_assert(|lines: &[&str]| {
             let rejected: Vec<_> = lines
                 .iter()
