@@ -1897,11 +1897,12 @@ fn secrets_never_appear_in_debug_output() {
     for text in [
         format!("{layer:?}"),
         format!("{layer:#?}"),
+        format!("{svc:?}"),
+        format!("{svc:#?}"),
         format!("{:?}", Secrets::from_list("hunter2-super-secret").unwrap()),
     ] {
         assert!(!text.contains("hunter2"), "{text}");
     }
-    let _ = svc;
     let az = SignatureLayer::azure_devops("user", "hunter2-pass").unwrap();
     assert!(!format!("{az:?}").contains("hunter2"));
 }
