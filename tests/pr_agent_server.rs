@@ -1959,6 +1959,37 @@ fn up_at(url: &str) -> tower_webhook::tunnel::TunnelEvent {
     }
 }
 
+/// The hook updater of `octo/repo`'s hook 42 on the GitHub API at `github`, following a tunnel
+/// that is up at `http://127.0.0.1:4000`: the sender of the tunnel's status.
+async fn follow_hook_at(
+    github: std::net::SocketAddr,
+) -> tokio::sync::watch::Sender<tower_webhook::tunnel::TunnelEvent> {
+    let (api_addr, _api) = start_fake_api().await;
+    let github = format!("http://{github}");
+    let settings = settings(
+        api_addr,
+        &[
+            ("GITHUB_API_URL", github.as_str()),
+            ("GITHUB_HOOK_REPOSITORY", "octo/repo"),
+            ("GITHUB_HOOK_ID", "42"),
+        ],
+    );
+    let updater = app::build(&settings).unwrap().hook_updaters.remove(0);
+    let (tx, rx) = tokio::sync::watch::channel(up_at("http://127.0.0.1:4000"));
+    tokio::spawn(updater.follow(rx));
+    tx
+}
+
+/// GitHub's answer to a request over a secondary rate limit that names no delay.
+fn secondary_limit() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        [("content-type", "application/json")],
+        r#"{"message":"You have exceeded a secondary rate limit. Please wait a few minutes before you try again."}"#,
+    )
+        .into_response()
+}
+
 /// A hook updater following a tunnel that is up at `http://127.0.0.1:4000`, against a fake GitHub
 /// that answers `first` to the first request and 200 to the others: the count of requests and
 /// the sender of the tunnel's status.
@@ -1981,19 +2012,7 @@ async fn follow_with_first_answer(
         }
     }))
     .await;
-    let (api_addr, _api) = start_fake_api().await;
-    let github = format!("http://{github}");
-    let settings = settings(
-        api_addr,
-        &[
-            ("GITHUB_API_URL", github.as_str()),
-            ("GITHUB_HOOK_REPOSITORY", "octo/repo"),
-            ("GITHUB_HOOK_ID", "42"),
-        ],
-    );
-    let updater = app::build(&settings).unwrap().hook_updaters.remove(0);
-    let (tx, rx) = tokio::sync::watch::channel(up_at("http://127.0.0.1:4000"));
-    tokio::spawn(updater.follow(rx));
+    let tx = follow_hook_at(github).await;
     (calls, tx)
 }
 
@@ -2022,15 +2041,7 @@ async fn first_attempt_refused(calls: &AtomicUsize) {
 /// comment is, instead of being given up until the tunnel's URL changes.
 #[tokio::test(start_paused = true)]
 async fn a_hook_update_over_a_secondary_rate_limit_is_tried_again() {
-    let (calls, tx) = follow_with_first_answer(|| {
-        (
-            StatusCode::FORBIDDEN,
-            [("content-type", "application/json")],
-            r#"{"message":"You have exceeded a secondary rate limit. Please wait a few minutes before you try again."}"#,
-        )
-            .into_response()
-    })
-    .await;
+    let (calls, tx) = follow_with_first_answer(secondary_limit).await;
     // Virtual time: the minute passes at once once everything waits.
     calls_reach(&calls, 2, Duration::from_millis(500), 400).await;
     assert_eq!(
@@ -3480,14 +3491,7 @@ async fn a_secondary_rate_limit_that_persists_is_waited_out_longer_each_time() {
     let seen = attempts.clone();
     let github = serve(Router::new().fallback(move || {
         seen.lock().unwrap().push(tokio::time::Instant::now());
-        async {
-            (
-                StatusCode::FORBIDDEN,
-                [("content-type", "application/json")],
-                r#"{"message":"You have exceeded a secondary rate limit. Please wait a few minutes before you try again."}"#,
-            )
-                .into_response()
-        }
+        async { secondary_limit() }
     }))
     .await;
     let (api_addr, _api) = start_fake_api().await;
@@ -3523,47 +3527,36 @@ async fn a_secondary_rate_limit_that_persists_is_waited_out_longer_each_time() {
 /// a minute, then two, then four, not a minute each time, for as long as the tunnel lives.
 #[tokio::test(start_paused = true)]
 async fn a_hook_update_over_a_persisting_secondary_rate_limit_waits_longer_each_time() {
-    let attempts: Arc<Mutex<Vec<tokio::time::Instant>>> = Arc::default();
-    let seen = attempts.clone();
+    let waits = hook_update_waits(|_| secondary_limit(), 4).await;
+    assert_eq!(waits[..3], [60, 120, 240], "{waits:?}");
+}
+
+/// The waits, in seconds, between the first `attempts` requests of a hook updater to a fake
+/// GitHub answering its `n`-th request (from 1) with `answer(n)`.
+async fn hook_update_waits(answer: fn(usize) -> Response, attempts: usize) -> Vec<u64> {
+    let seen: Arc<Mutex<Vec<tokio::time::Instant>>> = Arc::default();
+    let times = seen.clone();
     let github = serve(Router::new().fallback(move || {
-        seen.lock().unwrap().push(tokio::time::Instant::now());
-        async {
-            (
-                StatusCode::FORBIDDEN,
-                [("content-type", "application/json")],
-                r#"{"message":"You have exceeded a secondary rate limit. Please wait a few minutes before you try again."}"#,
-            )
-                .into_response()
-        }
+        let call = {
+            let mut times = times.lock().unwrap();
+            times.push(tokio::time::Instant::now());
+            times.len()
+        };
+        async move { answer(call) }
     }))
     .await;
-    let (api_addr, _api) = start_fake_api().await;
-    let github = format!("http://{github}");
-    let settings = settings(
-        api_addr,
-        &[
-            ("GITHUB_API_URL", github.as_str()),
-            ("GITHUB_HOOK_REPOSITORY", "octo/repo"),
-            ("GITHUB_HOOK_ID", "42"),
-        ],
-    );
-    let updater = app::build(&settings).unwrap().hook_updaters.remove(0);
-    let (tx, rx) = tokio::sync::watch::channel(up_at("http://127.0.0.1:4000"));
-    tokio::spawn(updater.follow(rx));
-    for _ in 0..2000 {
-        if attempts.lock().unwrap().len() >= 4 {
+    let _tx = follow_hook_at(github).await;
+    for _ in 0..4000 {
+        if seen.lock().unwrap().len() >= attempts {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let attempts = attempts.lock().unwrap().clone();
-    let waits: Vec<u64> = attempts
-        .windows(2)
-        .take(3)
+    let seen = seen.lock().unwrap().clone();
+    seen.windows(2)
+        .take(attempts - 1)
         .map(|w| (w[1] - w[0]).as_secs())
-        .collect();
-    assert_eq!(waits, [60, 120, 240], "{waits:?}");
-    drop(tx);
+        .collect()
 }
 
 /// The growing wait of a persisting secondary rate limit is that limit's own: once GitHub
@@ -3572,56 +3565,18 @@ async fn a_hook_update_over_a_persisting_secondary_rate_limit_waits_longer_each_
 /// doubled (eight minutes after three of them).
 #[tokio::test(start_paused = true)]
 async fn a_hook_update_failing_otherwise_after_secondary_limits_waits_at_most_a_minute() {
-    let attempts: Arc<Mutex<Vec<tokio::time::Instant>>> = Arc::default();
-    let seen = attempts.clone();
-    let github = serve(Router::new().fallback(move || {
-        let call = {
-            let mut seen = seen.lock().unwrap();
-            seen.push(tokio::time::Instant::now());
-            seen.len()
-        };
-        async move {
-            match call {
-                1..=3 => (
-                    StatusCode::FORBIDDEN,
-                    [("content-type", "application/json")],
-                    r#"{"message":"You have exceeded a secondary rate limit. Please wait a few minutes before you try again."}"#,
-                )
-                    .into_response(),
-                4 => (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "").into_response(),
-                _ => StatusCode::OK.into_response(),
-            }
-        }
-    }))
+    let waits = hook_update_waits(
+        |call| match call {
+            1..=3 => secondary_limit(),
+            4 => (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "").into_response(),
+            _ => StatusCode::OK.into_response(),
+        },
+        5,
+    )
     .await;
-    let (api_addr, _api) = start_fake_api().await;
-    let github = format!("http://{github}");
-    let settings = settings(
-        api_addr,
-        &[
-            ("GITHUB_API_URL", github.as_str()),
-            ("GITHUB_HOOK_REPOSITORY", "octo/repo"),
-            ("GITHUB_HOOK_ID", "42"),
-        ],
-    );
-    let updater = app::build(&settings).unwrap().hook_updaters.remove(0);
-    let (tx, rx) = tokio::sync::watch::channel(up_at("http://127.0.0.1:4000"));
-    tokio::spawn(updater.follow(rx));
-    for _ in 0..4000 {
-        if attempts.lock().unwrap().len() >= 5 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let attempts = attempts.lock().unwrap().clone();
-    let waits: Vec<u64> = attempts
-        .windows(2)
-        .map(|w| (w[1] - w[0]).as_secs())
-        .collect();
     assert_eq!(waits.len(), 4, "{waits:?}");
     assert_eq!(waits[..3], [60, 120, 240], "{waits:?}");
     assert!((1..=60).contains(&waits[3]), "{waits:?}");
-    drop(tx);
 }
 
 /// A setting whose value is not UTF-8 stops the server with a message naming it (and not
