@@ -2156,25 +2156,9 @@ async fn readiness_is_forwarded() {
     assert!(mock.poll_ready().is_ready());
 }
 
-/// A finite body made of several frames.
-struct Chunks(std::collections::VecDeque<Bytes>);
-
-impl http_body::Body for Chunks {
-    type Data = Bytes;
-    type Error = Infallible;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
-    }
-}
-
-impl From<Bytes> for Chunks {
-    fn from(bytes: Bytes) -> Self {
-        Chunks([bytes].into())
-    }
-}
+#[path = "common/chunks.rs"]
+mod chunks;
+use chunks::Chunks;
 
 #[tokio::test]
 async fn multi_frame_bodies_are_assembled_exactly() {

@@ -1,14 +1,11 @@
 //! The layer's machinery: request it hands on, claims, readiness.
 
 use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body::Frame;
 use http_body_util::{BodyExt, Full};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_webhook::signature::SignatureLayer;
@@ -17,25 +14,9 @@ const GH_SECRET: &str = "It's a Secret to Everybody";
 const GH_BODY: &[u8] = b"Hello, World!";
 const GH_SIG: &str = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
 
-/// A body handed over in frames, as a stream that is not hyper's would be.
-struct Chunks(std::collections::VecDeque<Bytes>);
-
-impl http_body::Body for Chunks {
-    type Data = Bytes;
-    type Error = Infallible;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
-    }
-}
-
-impl From<Bytes> for Chunks {
-    fn from(bytes: Bytes) -> Self {
-        Chunks([bytes].into())
-    }
-}
+#[path = "common/chunks.rs"]
+mod chunks;
+use chunks::Chunks;
 
 fn signed(content_length: Option<&str>, delivery: &str) -> Request<Chunks> {
     let mut builder = Request::post("/github")
