@@ -347,7 +347,8 @@ async fn a_grpc_body_without_trailers_is_classified_when_its_last_frame_is_read(
     assert!(frame.is_data());
     assert!(body.is_end_stream());
     assert_eq!(handle.snapshot().buffered_calls, 1);
-    assert_eq!(handle.snapshot().failed_calls, 0);
+    // With no `grpc-status` at its end, the answer is `Unknown` to a gRPC client: a failure.
+    assert_eq!(handle.snapshot().failed_calls, 1);
 }
 
 #[tokio::test(start_paused = true)]

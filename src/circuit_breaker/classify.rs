@@ -75,7 +75,8 @@ where
 /// gRPC responses (`content-type: application/grpc*`) are classified from `grpc-status` in
 /// the headers (trailers-only responses) or, when it is not there, from the trailers at the end
 /// of the body: the outcome is recorded when the caller has read the body to its end. A body
-/// dropped before its end is neutral.
+/// dropped before its end is neutral. An answer whose body ends with no `grpc-status`, or whose
+/// `grpc-status` is not a number, is `Unknown`, as gRPC clients read it: a failure.
 ///
 /// On 429 and 503 the upstream's `Retry-After` (seconds or HTTP date) is passed to the breaker,
 /// which uses it if [`honor_retry_after`](super::CircuitBreakerConfig::honor_retry_after) is set.
@@ -235,6 +236,33 @@ fn grpc_outcome(class: &GrpcFailureClass) -> Outcome {
     }
 }
 
+const GRPC_STATUS: &str = "grpc-status";
+
+/// The `grpc-status` in `map`, when there is one that reads as a number.
+fn grpc_status(map: &HeaderMap) -> Option<i32> {
+    let value = map.get(GRPC_STATUS)?.to_str().ok()?;
+    value
+        .bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| value.parse().ok())
+        .flatten()
+}
+
+/// The outcome of a gRPC answer whose status comes at the end of the stream. gRPC requires
+/// a `grpc-status` there: an answer that ends without a readable one (no trailers, as when a
+/// proxy cuts the stream short, or trailers without the status) is `Unknown` to gRPC clients
+/// (tonic, grpc-go), a failure.
+fn eos_outcome(eos: GrpcEosErrorsAsFailures, trailers: Option<&HeaderMap>) -> Outcome {
+    match trailers {
+        Some(trailers) if grpc_status(trailers).is_some() => match eos.classify_eos(Some(trailers))
+        {
+            Ok(()) => Outcome::Success,
+            Err(class) => grpc_outcome(&class),
+        },
+        _ => Outcome::Failure,
+    }
+}
+
 fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
@@ -270,6 +298,16 @@ impl<B, E> ClassifyOutcome<Response<B>, E> for DefaultClassifier {
         };
         let status = response.status();
         if status == StatusCode::OK && is_grpc(response.headers()) {
+            if response.headers().contains_key(GRPC_STATUS)
+                && grpc_status(response.headers()).is_none()
+            {
+                // Unreadable: `Unknown` to gRPC clients, a failure.
+                recorder.record(Outcome::Failure);
+                return Ok(response.map(|body| ResponseBody {
+                    inner: body,
+                    eos: None,
+                }));
+            }
             match self.grpc.clone().classify_response(&response) {
                 ClassifiedResponse::Ready(Ok(())) => recorder.record(Outcome::Success),
                 ClassifiedResponse::Ready(Err(class)) => recorder.record(grpc_outcome(&class)),
@@ -434,20 +472,12 @@ impl<B: Body> Body for ResponseBody<B> {
                 if let Some(trailers) = frame.trailers_ref()
                     && let Some((recorder, eos)) = this.eos.take()
                 {
-                    let outcome = match eos.classify_eos(Some(trailers)) {
-                        Ok(()) => Outcome::Success,
-                        Err(class) => grpc_outcome(&class),
-                    };
-                    recorder.record(outcome);
+                    recorder.record(eos_outcome(eos, Some(trailers)));
                 } else if this.eos.is_some() && this.inner.is_end_stream() {
                     // The last frame, without trailers: a reader that trusts `is_end_stream`
                     // (hyper does) never polls for the end, so it is classified now.
                     if let Some((recorder, eos)) = this.eos.take() {
-                        let outcome = match eos.classify_eos(None) {
-                            Ok(()) => Outcome::Success,
-                            Err(class) => grpc_outcome(&class),
-                        };
-                        recorder.record(outcome);
+                        recorder.record(eos_outcome(eos, None));
                     }
                 }
             }
@@ -458,11 +488,7 @@ impl<B: Body> Body for ResponseBody<B> {
             }
             None => {
                 if let Some((recorder, eos)) = this.eos.take() {
-                    let outcome = match eos.classify_eos(None) {
-                        Ok(()) => Outcome::Success,
-                        Err(class) => grpc_outcome(&class),
-                    };
-                    recorder.record(outcome);
+                    recorder.record(eos_outcome(eos, None));
                 }
             }
         }

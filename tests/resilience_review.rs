@@ -1,0 +1,157 @@
+//! Regressions of the error layer, the circuit breaker and the retry policy: gRPC status rules,
+//! wrapped rejections, odd settings.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+use tower_webhook::circuit_breaker::{
+    CircuitBreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer,
+};
+
+// ---------------------------------------------------------------- gRPC answers with no status
+
+/// A gRPC response body: one message, then the trailers given (or none).
+struct GrpcBody {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl Body for GrpcBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(data) = self.data.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none()
+    }
+}
+
+/// What the upstream answers: `grpc-status` in the headers, and the trailers.
+#[derive(Clone, Default)]
+struct GrpcReply {
+    header_status: Option<&'static str>,
+    trailers: Option<Vec<(&'static str, &'static str)>>,
+}
+
+fn grpc_breaker() -> (
+    impl Service<
+        Request<GrpcReply>,
+        Response = Response<impl Body<Data = Bytes, Error = std::convert::Infallible>>,
+        Error = BoxError,
+    >,
+    CircuitBreakerHandle,
+) {
+    let config = CircuitBreakerConfig::default()
+        .consecutive_failures(0)
+        .failure_rate_threshold(100.0)
+        .minimum_calls(100);
+    let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|req: Request<GrpcReply>| async move {
+            let reply = req.into_body();
+            let trailers = reply.trailers.map(|pairs| {
+                let mut map = HeaderMap::new();
+                for (name, value) in pairs {
+                    map.insert(name, HeaderValue::from_static(value));
+                }
+                map
+            });
+            let mut res = Response::new(GrpcBody {
+                data: Some(Bytes::from_static(b"\0\0\0\0\0")),
+                trailers,
+            });
+            res.headers_mut()
+                .insert("content-type", HeaderValue::from_static("application/grpc"));
+            if let Some(status) = reply.header_status {
+                res.headers_mut()
+                    .insert("grpc-status", HeaderValue::from_static(status));
+            }
+            Ok::<_, BoxError>(res)
+        });
+    (svc, handle)
+}
+
+/// Sends `reply` through the breaker and reads the whole answer, as a gRPC client does.
+async fn read_grpc<S, B>(svc: &mut S, reply: GrpcReply)
+where
+    S: Service<Request<GrpcReply>, Response = Response<B>, Error = BoxError>,
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
+{
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new(reply))
+        .await
+        .unwrap();
+    res.into_body().collect().await.unwrap();
+}
+
+/// gRPC over HTTP/2 requires a `grpc-status`: an answer that ends without one (a stream a proxy
+/// cut short with `RST_STREAM(NO_ERROR)`, an upstream that crashed mid-answer) is `UNKNOWN` to
+/// gRPC clients (tonic, grpc-go), and so is a `grpc-status` that is not a number. `UNKNOWN` is a
+/// failure for the breaker; such answers used to count as successes.
+#[tokio::test(start_paused = true)]
+async fn a_grpc_answer_without_a_readable_status_is_a_failure() {
+    let (mut svc, handle) = grpc_breaker();
+
+    // A well-formed OK, for reference.
+    let ok = GrpcReply {
+        trailers: Some(vec![("grpc-status", "0")]),
+        ..GrpcReply::default()
+    };
+    read_grpc(&mut svc, ok).await;
+    let s = handle.snapshot();
+    assert_eq!((s.buffered_calls, s.failed_calls), (1, 0));
+
+    // The body ends with no trailers at all.
+    read_grpc(&mut svc, GrpcReply::default()).await;
+    let s = handle.snapshot();
+    assert_eq!((s.buffered_calls, s.failed_calls), (2, 1), "no trailers");
+
+    // Trailers, but no `grpc-status` in them.
+    let no_status = GrpcReply {
+        trailers: Some(vec![("grpc-message", "bye")]),
+        ..GrpcReply::default()
+    };
+    read_grpc(&mut svc, no_status).await;
+    let s = handle.snapshot();
+    assert_eq!((s.buffered_calls, s.failed_calls), (3, 2), "no grpc-status");
+
+    // A `grpc-status` that is not a number, in the trailers and in the headers.
+    let garbled = GrpcReply {
+        trailers: Some(vec![("grpc-status", "OK")]),
+        ..GrpcReply::default()
+    };
+    read_grpc(&mut svc, garbled).await;
+    let s = handle.snapshot();
+    assert_eq!(
+        (s.buffered_calls, s.failed_calls),
+        (4, 3),
+        "garbled trailer"
+    );
+
+    let garbled = GrpcReply {
+        header_status: Some("fourteen"),
+        trailers: None,
+    };
+    read_grpc(&mut svc, garbled).await;
+    let s = handle.snapshot();
+    assert_eq!((s.buffered_calls, s.failed_calls), (5, 4), "garbled header");
+}
