@@ -5,13 +5,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Full};
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 use tower_webhook::circuit_breaker::{
-    CircuitBreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer,
+    CircuitBreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer, CircuitOpen,
 };
+use tower_webhook::error::{WebhookErrorLayer, types};
 
 // ---------------------------------------------------------------- gRPC answers with no status
 
@@ -154,4 +155,39 @@ async fn a_grpc_answer_without_a_readable_status_is_a_failure() {
     read_grpc(&mut svc, garbled).await;
     let s = handle.snapshot();
     assert_eq!((s.buffered_calls, s.failed_calls), (5, 4), "garbled header");
+}
+
+// ---------------------------------------------------------------- wrapped rejections
+
+/// A `CircuitOpen` from a breaker that was opened by hand (so it knows when it closes).
+async fn circuit_open() -> CircuitOpen {
+    let (layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+    handle.transition_to_open().unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|_: Request<()>| async { Ok::<_, BoxError>(Response::new(())) });
+    let err = svc.oneshot(Request::new(())).await.unwrap_err();
+    *err.downcast::<CircuitOpen>().unwrap()
+}
+
+/// The crate's `From<CircuitOpen> for tonic::Status` keeps the rejection as the status' source;
+/// the error layer answers it as a rejection (503, `Retry-After`, the circuit-open type), not as
+/// a generic gRPC `UNAVAILABLE` from the upstream with no hint of when to come back.
+#[tokio::test(start_paused = true)]
+async fn a_circuit_open_inside_a_tonic_status_is_answered_as_a_rejection() {
+    let open = circuit_open().await;
+    assert!(open.retry_after().is_some());
+    let mut open = Some(open);
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .service_fn(move |_: Request<Full<Bytes>>| {
+            let status = tonic::Status::from(open.take().unwrap());
+            async move { Err::<Response<Full<Bytes>>, BoxError>(status.into()) }
+        });
+    let res = svc.oneshot(Request::new(Full::default())).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.headers()["retry-after"], "30");
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(problem["type"], types::CIRCUIT_OPEN);
 }

@@ -23,13 +23,30 @@ pub(crate) fn classify(
     extra: &[Recognizer],
 ) -> Option<Problem> {
     let mut current: Option<&(dyn Error + 'static)> = Some(error);
+    // A `tonic::Status` made from another error (the crate's `From<CircuitOpen>`) stands for
+    // it: what it wraps is answered when it is recognised, the status otherwise.
+    let mut wrapper: Option<Problem> = None;
     while let Some(err) = current {
         if let Some(problem) = classify_one(err, timeout_status, extra) {
-            return Some(problem);
+            if wrapper.is_none() && err.source().is_some() && is_tonic_status(err) {
+                wrapper = Some(problem);
+            } else {
+                return Some(problem);
+            }
         }
         current = err.source();
     }
-    None
+    wrapper
+}
+
+#[cfg(feature = "tonic")]
+fn is_tonic_status(err: &(dyn Error + 'static)) -> bool {
+    err.is::<tonic::Status>()
+}
+
+#[cfg(not(feature = "tonic"))]
+fn is_tonic_status(_: &(dyn Error + 'static)) -> bool {
+    false
 }
 
 fn classify_one(
