@@ -44,6 +44,7 @@ impl Body for GrpcBody {
 /// What the upstream answers: `grpc-status` in the headers, and the trailers.
 #[derive(Clone, Default)]
 struct GrpcReply {
+    content_type: Option<&'static str>,
     header_status: Option<&'static str>,
     trailers: Option<Vec<(&'static str, &'static str)>>,
 }
@@ -76,8 +77,9 @@ fn grpc_breaker() -> (
                 data: Some(Bytes::from_static(b"\0\0\0\0\0")),
                 trailers,
             });
+            let content_type = reply.content_type.unwrap_or("application/grpc");
             res.headers_mut()
-                .insert("content-type", HeaderValue::from_static("application/grpc"));
+                .insert("content-type", HeaderValue::from_static(content_type));
             if let Some(status) = reply.header_status {
                 res.headers_mut()
                     .insert("grpc-status", HeaderValue::from_static(status));
@@ -150,11 +152,20 @@ async fn a_grpc_answer_without_a_readable_status_is_a_failure() {
 
     let garbled = GrpcReply {
         header_status: Some("fourteen"),
-        trailers: None,
+        ..GrpcReply::default()
     };
     read_grpc(&mut svc, garbled).await;
     let s = handle.snapshot();
     assert_eq!((s.buffered_calls, s.failed_calls), (5, 4), "garbled header");
+
+    // gRPC-Web carries its trailers inside the body: no HTTP trailers is no failure there.
+    let web = GrpcReply {
+        content_type: Some("application/grpc-web+proto"),
+        ..GrpcReply::default()
+    };
+    read_grpc(&mut svc, web).await;
+    let s = handle.snapshot();
+    assert_eq!((s.buffered_calls, s.failed_calls), (6, 4), "gRPC-Web");
 }
 
 // ---------------------------------------------------------------- wrapped rejections

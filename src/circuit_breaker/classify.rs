@@ -76,7 +76,8 @@ where
 /// the headers (trailers-only responses) or, when it is not there, from the trailers at the end
 /// of the body: the outcome is recorded when the caller has read the body to its end. A body
 /// dropped before its end is neutral. An answer whose body ends with no `grpc-status`, or whose
-/// `grpc-status` is not a number, is `Unknown`, as gRPC clients read it: a failure.
+/// `grpc-status` is not a number, is `Unknown`, as gRPC clients read it: a failure (except for
+/// gRPC-Web, whose trailers travel inside the body).
 ///
 /// On 429 and 503 the upstream's `Retry-After` (seconds or HTTP date) is passed to the breaker,
 /// which uses it if [`honor_retry_after`](super::CircuitBreakerConfig::honor_retry_after) is set.
@@ -248,19 +249,38 @@ fn grpc_status(map: &HeaderMap) -> Option<i32> {
         .flatten()
 }
 
+/// How a gRPC answer whose status comes at the end of the stream is classified then.
+struct Eos {
+    classify: GrpcEosErrorsAsFailures,
+    /// gRPC-Web, whose trailers travel inside the body, where they cannot be read.
+    web: bool,
+}
+
 /// The outcome of a gRPC answer whose status comes at the end of the stream. gRPC requires
 /// a `grpc-status` there: an answer that ends without a readable one (no trailers, as when a
 /// proxy cuts the stream short, or trailers without the status) is `Unknown` to gRPC clients
-/// (tonic, grpc-go), a failure.
-fn eos_outcome(eos: GrpcEosErrorsAsFailures, trailers: Option<&HeaderMap>) -> Outcome {
+/// (tonic, grpc-go), a failure. gRPC-Web sends its trailers in the body, so an answer with
+/// none there is not held against it.
+fn eos_outcome(eos: Eos, trailers: Option<&HeaderMap>) -> Outcome {
     match trailers {
-        Some(trailers) if grpc_status(trailers).is_some() => match eos.classify_eos(Some(trailers))
-        {
-            Ok(()) => Outcome::Success,
-            Err(class) => grpc_outcome(&class),
-        },
+        Some(trailers) if grpc_status(trailers).is_some() || eos.web => {
+            match eos.classify.classify_eos(Some(trailers)) {
+                Ok(()) => Outcome::Success,
+                Err(class) => grpc_outcome(&class),
+            }
+        }
+        None if eos.web => Outcome::Success,
         _ => Outcome::Failure,
     }
+}
+
+/// Whether `headers` say gRPC-Web (`application/grpc-web`, `-web-text`, with any codec).
+fn is_grpc_web(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes()
+            .get(..20)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"application/grpc-web"))
+    })
 }
 
 fn is_grpc(headers: &HeaderMap) -> bool {
@@ -311,7 +331,11 @@ impl<B, E> ClassifyOutcome<Response<B>, E> for DefaultClassifier {
             match self.grpc.clone().classify_response(&response) {
                 ClassifiedResponse::Ready(Ok(())) => recorder.record(Outcome::Success),
                 ClassifiedResponse::Ready(Err(class)) => recorder.record(grpc_outcome(&class)),
-                ClassifiedResponse::RequiresEos(eos) => {
+                ClassifiedResponse::RequiresEos(classify) => {
+                    let eos = Eos {
+                        classify,
+                        web: is_grpc_web(response.headers()),
+                    };
                     return Ok(response.map(|body| ResponseBody {
                         inner: body,
                         eos: Some((recorder, eos)),
@@ -411,7 +435,7 @@ where
 pub struct ResponseBody<B> {
     #[pin]
     inner: B,
-    eos: Option<(Recorder, GrpcEosErrorsAsFailures)>,
+    eos: Option<(Recorder, Eos)>,
 }
 
 impl<B> std::fmt::Debug for ResponseBody<B> {
