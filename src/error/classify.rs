@@ -16,7 +16,8 @@ pub(crate) fn recognize_as<E: super::HttpError>(error: &(dyn Error + 'static)) -
     error.downcast_ref::<E>().map(Problem::from_error)
 }
 
-/// Classifies `error`, looking at each error in its `source()` chain, first match wins.
+/// Classifies `error`, looking at each error in its `source()` chain, first match wins (a
+/// `tonic::Status` with a source only when nothing it wraps is recognised).
 pub(crate) fn classify(
     error: &(dyn Error + Send + Sync + 'static),
     timeout_status: StatusCode,
