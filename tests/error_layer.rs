@@ -1684,3 +1684,78 @@ async fn a_challenge_is_sent_without_spaces_at_its_ends() {
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(res.headers()["www-authenticate"], "Basic realm=\"hooks\"");
 }
+
+/// A renderer that panics is the user's bug, but the client still gets an answer: the problem
+/// in the default `application/problem+json` form, with its own status, whether the error came
+/// from the service or from a handler's response carrying a `Problem`.
+#[tokio::test]
+async fn a_renderer_that_panics_falls_back_to_problem_json() {
+    let panicking = || {
+        WebhookErrorLayer::new()
+            .render_with(|_: &Problem| -> Response<Bytes> { panic!("renderer bug") })
+    };
+    let req = Request::builder()
+        .header("x-request-id", "r-1")
+        .body(Full::default())
+        .unwrap();
+    let svc =
+        ServiceBuilder::new()
+            .layer(panicking())
+            .service_fn(|_req: Request<Full<Bytes>>| async {
+                Err::<Res, BoxError>(Problem::new(StatusCode::FORBIDDEN).into())
+            });
+    let (status, _, json) = problem_of(svc.oneshot(req).await.unwrap()).await;
+    assert_eq!(status, 403);
+    assert_eq!(json["instance"], "r-1");
+
+    // A handler's response that carries a problem is rendered inside the response future.
+    let svc =
+        ServiceBuilder::new()
+            .layer(panicking())
+            .service_fn(|_req: Request<Full<Bytes>>| async {
+                let mut res = ok_response();
+                res.extensions_mut()
+                    .insert(Problem::new(StatusCode::CONFLICT));
+                Ok::<_, BoxError>(res)
+            });
+    let (status, _, _) = problem_of(svc.oneshot(http_req()).await.unwrap()).await;
+    assert_eq!(status, 409);
+}
+
+/// `instance` is a URI reference that a client may resolve against the request's URL: a
+/// request id that names another host (`//host/...`, `https://host/...`) is not copied into it,
+/// while a URN (`urn:uuid:...`, the form RFC 9457 suggests) is.
+#[tokio::test]
+async fn an_instance_never_points_at_another_host() {
+    for id in [
+        "//evil.example/x",
+        "https://evil.example/x",
+        "HTTP://evil.example",
+    ] {
+        let req = Request::builder()
+            .header("x-request-id", id)
+            .body(Full::default())
+            .unwrap();
+        let (_, headers, json) =
+            problem_of(answer_error(WebhookErrorLayer::new(), req, "x".into()).await).await;
+        assert!(
+            json.get("instance").is_none(),
+            "{id:?} became {}",
+            json["instance"]
+        );
+        assert_eq!(headers["x-request-id"], id, "still echoed in its header");
+    }
+    for id in [
+        "urn:uuid:72d3162e-cc78-11e3-81ab-4c9367dc0958",
+        "req/42",
+        "a//b",
+    ] {
+        let req = Request::builder()
+            .header("x-request-id", id)
+            .body(Full::default())
+            .unwrap();
+        let (_, _, json) =
+            problem_of(answer_error(WebhookErrorLayer::new(), req, "x".into()).await).await;
+        assert_eq!(json["instance"], id);
+    }
+}

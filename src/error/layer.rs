@@ -34,7 +34,8 @@ pub(crate) struct AlreadyLogged;
 /// A renderer builds the body and may set any header. The layer then fills in what the
 /// response of an error needs: the problem's status if the renderer left a status below 400,
 /// `Retry-After` ([`Problem::retry_after`]) and `WWW-Authenticate` ([`Problem::challenge`]) if
-/// the renderer did not set them, and the request id.
+/// the renderer did not set them, and the request id. A renderer that panics is logged, and
+/// the problem answered as [`ProblemJson`] renders it.
 ///
 /// # Example
 ///
@@ -889,7 +890,20 @@ fn render<B, R: RenderProblem>(
             .insert(header::CONTENT_TYPE, grpc.content_type());
         response
     } else {
-        let mut response = renderer.render(&problem).map(ResponseBody::full);
+        // A renderer that panics is a bug, but the client still gets an answer: the problem in
+        // the default form.
+        let rendered = catch_unwind(AssertUnwindSafe(|| renderer.render(&problem))).unwrap_or_else(
+            |payload| {
+                tracing::error!(
+                    status = problem.status().as_u16(),
+                    request_id = request_id_str(info),
+                    panic = panic_message(&*payload),
+                    "the problem renderer panicked; answering application/problem+json"
+                );
+                problem.to_response()
+            },
+        );
+        let mut response = rendered.map(ResponseBody::full);
         // A renderer that leaves the status at its default would answer an error `200 OK`.
         let status = response.status();
         if !status.is_client_error() && !status.is_server_error() {
@@ -925,7 +939,9 @@ const MAX_INSTANCE_LEN: usize = 256;
 /// The request id as a problem's `instance`, which RFC 9457 makes a URI reference: only ids of
 /// characters a URI carries as they are (RFC 3986 unreserved, sub-delims, `:`, `@`, `/`, `?`),
 /// and not longer than [`MAX_INSTANCE_LEN`]. Anything else (spaces, a tab, quotes, a huge value)
-/// is left out of the document; the id is still logged and echoed in its header.
+/// is left out of the document; the id is still logged and echoed in its header. So is an id
+/// with an authority (`//host/...`, `https://host/...`): a client resolving the `instance`
+/// would be sent to a host the request named.
 fn as_instance(id: &HeaderValue) -> Option<&str> {
     const URI_SAFE: &[u8] = b"-._~!$&'()*+,;=:@/?";
     let bytes = id.as_bytes();
@@ -933,8 +949,23 @@ fn as_instance(id: &HeaderValue) -> Option<&str> {
         && bytes.len() <= MAX_INSTANCE_LEN
         && bytes
             .iter()
-            .all(|b| b.is_ascii_alphanumeric() || URI_SAFE.contains(b));
+            .all(|b| b.is_ascii_alphanumeric() || URI_SAFE.contains(b))
+        && !names_a_host(bytes);
     if fits { id.to_str().ok() } else { None }
+}
+
+/// Whether the URI reference `uri` has an authority (RFC 3986, section 4.2): it starts with
+/// `//`, or with a scheme followed by `://`.
+fn names_a_host(uri: &[u8]) -> bool {
+    let scheme_len = uri
+        .iter()
+        .position(|&b| !(b.is_ascii_alphanumeric() || b"+-.".contains(&b)))
+        .filter(|&end| end > 0 && uri[end] == b':' && uri[0].is_ascii_alphabetic());
+    let rest = match scheme_len {
+        Some(end) => &uri[end + 1..],
+        None => uri,
+    };
+    rest.starts_with(b"//")
 }
 
 fn request_id_str(info: &RequestInfo) -> &str {
