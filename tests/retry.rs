@@ -708,3 +708,69 @@ fn counted_reqwest(
         .service(reqwest::Client::new());
     (svc, attempts)
 }
+
+/// gRPC's own `Retry-After`: a server that answers with `grpc-retry-pushback-ms` (in a
+/// trailers-only answer's headers, or in a `tonic::Status`'s metadata) is retried after exactly
+/// that many milliseconds, and not at all when the value is negative or unreadable, which is
+/// how a gRPC server says "do not retry" (gRPC's retry design, A6).
+#[tokio::test(start_paused = true)]
+async fn a_grpc_retry_pushback_is_honored_and_a_negative_one_stops_retries() {
+    /// The calls made and the waits between them, for answers that carry `pushback`.
+    async fn run_grpc(pushback: &'static str, as_status: bool) -> (usize, Vec<Duration>) {
+        let times = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = times.clone();
+        let mut req = Request::post("http://upstream/pkg.Svc/Get")
+            .header("content-type", "application/grpc")
+            .body(Full::from("msg"))
+            .unwrap();
+        req.extensions_mut().insert(RetryAllowed);
+        let _ = ServiceBuilder::new()
+            .layer(fast().max_retries(2).into_layer())
+            .service_fn(move |_: Request<Body>| {
+                let mut times = seen.lock().unwrap();
+                times.push(tokio::time::Instant::now());
+                let first = times.len() == 1;
+                async move {
+                    if !first {
+                        let res = Response::builder()
+                            .header("content-type", "application/grpc")
+                            .header("grpc-status", "0")
+                            .body(Body::default())?;
+                        return Ok(res);
+                    }
+                    if as_status {
+                        let mut status = tonic::Status::unavailable("draining");
+                        status
+                            .metadata_mut()
+                            .insert("grpc-retry-pushback-ms", pushback.parse()?);
+                        return Err::<Response<Body>, BoxError>(status.into());
+                    }
+                    let res = Response::builder()
+                        .header("content-type", "application/grpc")
+                        .header("grpc-status", "14")
+                        .header("grpc-retry-pushback-ms", pushback)
+                        .body(Body::default())?;
+                    Ok(res)
+                }
+            })
+            .oneshot(req)
+            .await;
+        let times = times.lock().unwrap();
+        let gaps = times.windows(2).map(|w| w[1] - w[0]).collect();
+        (times.len(), gaps)
+    }
+    for as_status in [false, true] {
+        assert_eq!(
+            run_grpc("2500", as_status).await,
+            (2, vec![Duration::from_millis(2500)]),
+            "status: {as_status}"
+        );
+        for refusal in ["-1", "soon"] {
+            assert_eq!(
+                run_grpc(refusal, as_status).await,
+                (1, vec![]),
+                "{refusal}, status: {as_status}"
+            );
+        }
+    }
+}

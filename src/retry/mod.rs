@@ -19,7 +19,9 @@
 //!   `PERMISSION_DENIED`, `INVALID_ARGUMENT`, `INTERNAL` and the other verdicts are not. A gRPC
 //!   call is a `POST`, so it is retried only when marked safe to repeat ([`RetryAllowed`],
 //!   `Idempotency-Key`) or when it was never sent (a refused connection). A `grpc-status` sent in
-//!   the trailers, after a response body, is not seen by the policy.
+//!   the trailers, after a response body, is not seen by the policy. A server's
+//!   `grpc-retry-pushback-ms` (gRPC's `Retry-After`) is honored like `Retry-After`, and a
+//!   negative or unreadable one, which asks the client not to retry, stops the retries.
 //! - **Backoff**: exponential with full jitter (a random delay between 0 and
 //!   `min(cap, base * 2^attempt)`), so clients that failed together do not retry together.
 //! - **`Retry-After`**: when the response carries one (seconds or an HTTP date), the policy
@@ -338,6 +340,51 @@ fn trailers_only_grpc_status(status: StatusCode, headers: &HeaderMap) -> Option<
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(2),
     )
+}
+
+/// What a gRPC server asks of a client's next attempt with `grpc-retry-pushback-ms`.
+#[derive(Debug, PartialEq)]
+enum Pushback {
+    /// No pushback: the policy decides.
+    None,
+    /// Wait this long before the next attempt.
+    Wait(Duration),
+    /// A negative or unreadable value: the server asks not to retry (gRPC's retry design, A6).
+    DoNotRetry,
+}
+
+/// The `grpc-retry-pushback-ms` in `headers` (a trailers-only answer's, or a status's
+/// metadata).
+fn grpc_pushback(headers: &HeaderMap) -> Pushback {
+    let Some(value) = headers.get("grpc-retry-pushback-ms") else {
+        return Pushback::None;
+    };
+    let digits = value.as_bytes();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return Pushback::DoNotRetry;
+    }
+    // All digits: only too many of them fail to parse, a wait longer than any policy's.
+    let millis = std::str::from_utf8(digits)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u64::MAX);
+    Pushback::Wait(Duration::from_millis(millis))
+}
+
+/// The pushback of the status the upstream answered, when `err` carries one.
+#[cfg(feature = "tonic")]
+fn answered_grpc_pushback(err: &(dyn Error + 'static)) -> Pushback {
+    chain(err)
+        .filter_map(|e| e.downcast_ref::<tonic::Status>())
+        .find(|status| status.source().is_none())
+        .map_or(Pushback::None, |status| {
+            grpc_pushback(status.metadata().as_ref())
+        })
+}
+
+#[cfg(not(feature = "tonic"))]
+fn answered_grpc_pushback(_: &(dyn Error + 'static)) -> Pushback {
+    Pushback::None
 }
 
 /// The gRPC code of a status the upstream answered, when `err` carries one: a `tonic::Status`
@@ -831,7 +878,12 @@ where
                     if !self.is_retryable_status(crate::grpc_http::status_of(code)) {
                         return None;
                     }
-                    (retry_after(res.headers()), false)
+                    let after = match grpc_pushback(res.headers()) {
+                        Pushback::Wait(after) => Some(after),
+                        Pushback::DoNotRetry => return None,
+                        Pushback::None => retry_after(res.headers()),
+                    };
+                    (after, false)
                 } else {
                     if !self.is_retryable_status(status) {
                         return None;
@@ -854,7 +906,12 @@ where
                 {
                     return None;
                 }
-                (None, was_not_sent(err))
+                let after = match answered_grpc_pushback(err) {
+                    Pushback::Wait(after) => Some(after),
+                    Pushback::DoNotRetry => return None,
+                    Pushback::None => None,
+                };
+                (after, was_not_sent(err))
             }
         };
         if self.attempt >= self.max_retries || !(unprocessed || self.may_retry(req)) {
