@@ -1,4 +1,5 @@
-//! The `Retry-After` header, shared by the circuit breaker and the retry policy.
+//! The `Retry-After` header and gRPC's `grpc-retry-pushback-ms`, shared by the circuit breaker
+//! and the retry policy.
 
 use std::time::{Duration, SystemTime};
 
@@ -22,6 +23,35 @@ pub(crate) fn parse(headers: &HeaderMap) -> Option<Duration> {
         when.duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO),
     )
+}
+
+/// What a gRPC server asks of a client's next attempt with `grpc-retry-pushback-ms`.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Pushback {
+    /// No pushback: the policy decides.
+    None,
+    /// Wait this long before the next attempt.
+    Wait(Duration),
+    /// A negative or unreadable value: the server asks not to retry (gRPC's retry design, A6).
+    DoNotRetry,
+}
+
+/// The `grpc-retry-pushback-ms` in `headers` (a trailers-only answer's, or a status's
+/// metadata).
+pub(crate) fn grpc_pushback(headers: &HeaderMap) -> Pushback {
+    let Some(value) = headers.get("grpc-retry-pushback-ms") else {
+        return Pushback::None;
+    };
+    let digits = value.as_bytes();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return Pushback::DoNotRetry;
+    }
+    // All digits: only too many of them fail to parse, a wait longer than any policy's.
+    let millis = std::str::from_utf8(digits)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u64::MAX);
+    Pushback::Wait(Duration::from_millis(millis))
 }
 
 /// Whether `value` is a valid HTTP date before 1970, which `httpdate` cannot represent: an

@@ -1,5 +1,6 @@
 //! Deciding whether a call succeeded, failed, or says nothing.
 
+use crate::retry_after::{Pushback, grpc_pushback};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -79,7 +80,8 @@ where
 /// `grpc-status` is not a number, is `Unknown`, as gRPC clients read it: a failure (except for
 /// gRPC-Web, whose trailers travel inside the body).
 ///
-/// On 429 and 503 the upstream's `Retry-After` (seconds or HTTP date) is passed to the breaker,
+/// On 429 and 503 the upstream's `Retry-After` (seconds or HTTP date), and on gRPC's
+/// `RESOURCE_EXHAUSTED` and `UNAVAILABLE` its `grpc-retry-pushback-ms`, is passed to the breaker,
 /// which uses it if [`honor_retry_after`](super::CircuitBreakerConfig::honor_retry_after) is set.
 ///
 /// # Example
@@ -300,6 +302,17 @@ fn hint(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
         .flatten()
 }
 
+/// gRPC's `Retry-After`: the `grpc-retry-pushback-ms` of an overloaded server
+/// (`RESOURCE_EXHAUSTED`, `UNAVAILABLE`, the codes of 429 and 503).
+fn grpc_hint(class: &GrpcFailureClass, headers: &HeaderMap) -> Option<Duration> {
+    match (class, grpc_pushback(headers)) {
+        (GrpcFailureClass::Code(code), Pushback::Wait(after)) if matches!(code.get(), 8 | 14) => {
+            Some(after)
+        }
+        _ => None,
+    }
+}
+
 impl<B, E> ClassifyOutcome<Response<B>, E> for DefaultClassifier {
     type Response = Response<ResponseBody<B>>;
 
@@ -330,7 +343,11 @@ impl<B, E> ClassifyOutcome<Response<B>, E> for DefaultClassifier {
             }
             match self.grpc.clone().classify_response(&response) {
                 ClassifiedResponse::Ready(Ok(())) => recorder.record(Outcome::Success),
-                ClassifiedResponse::Ready(Err(class)) => recorder.record(grpc_outcome(&class)),
+                ClassifiedResponse::Ready(Err(class)) => {
+                    let outcome = grpc_outcome(&class);
+                    recorder
+                        .record_with_retry_after(outcome, grpc_hint(&class, response.headers()));
+                }
                 ClassifiedResponse::RequiresEos(classify) => {
                     let eos = Eos {
                         classify,

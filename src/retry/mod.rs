@@ -84,6 +84,7 @@
 //! # }
 //! ```
 
+use crate::retry_after::{Pushback, grpc_pushback};
 use std::error::Error;
 use std::fmt;
 use std::sync::Arc;
@@ -340,35 +341,6 @@ fn trailers_only_grpc_status(status: StatusCode, headers: &HeaderMap) -> Option<
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(2),
     )
-}
-
-/// What a gRPC server asks of a client's next attempt with `grpc-retry-pushback-ms`.
-#[derive(Debug, PartialEq)]
-enum Pushback {
-    /// No pushback: the policy decides.
-    None,
-    /// Wait this long before the next attempt.
-    Wait(Duration),
-    /// A negative or unreadable value: the server asks not to retry (gRPC's retry design, A6).
-    DoNotRetry,
-}
-
-/// The `grpc-retry-pushback-ms` in `headers` (a trailers-only answer's, or a status's
-/// metadata).
-fn grpc_pushback(headers: &HeaderMap) -> Pushback {
-    let Some(value) = headers.get("grpc-retry-pushback-ms") else {
-        return Pushback::None;
-    };
-    let digits = value.as_bytes();
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return Pushback::DoNotRetry;
-    }
-    // All digits: only too many of them fail to parse, a wait longer than any policy's.
-    let millis = std::str::from_utf8(digits)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(u64::MAX);
-    Pushback::Wait(Duration::from_millis(millis))
 }
 
 /// The pushback of the status the upstream answered, when `err` carries one.
