@@ -1418,6 +1418,11 @@ fn reject(shared: &Shared, err: E, headers: &HeaderMap) -> Early {
         E::ReplayStore(source) => {
             tracing::error!(provider, status, request_id, reason = %err, error = %source, "webhook rejected")
         }
+        // The cause: a body that contradicts its `Content-Length`, a connection reset, an outer
+        // limit or timeout. Body errors carry no body bytes and no secret.
+        E::Body(source) => {
+            tracing::warn!(provider, status, request_id, reason = %err, error = %source, "webhook rejected")
+        }
         _ => tracing::warn!(provider, status, request_id, reason = %err, "webhook rejected"),
     }
     // RFC 9110 §15.5.2: a 401 carries a challenge, here with the provider as realm. It travels

@@ -1,0 +1,89 @@
+//! What `SignatureLayer` tells the operator: the log lines of refusals and of claims that could
+//! not be settled carry what is needed to act on them, and still no secret.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_webhook::signature::SignatureLayer;
+
+const GH_SECRET: &str = "It's a Secret to Everybody";
+const GH_BODY: &[u8] = b"Hello, World!";
+const GH_SIG: &str = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+
+/// Captured log output.
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync + 'static {
+        tracing_subscriber::fmt()
+            .with_writer(self.clone())
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .finish()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// Sends `req` through `layer` to a handler answering `status`.
+async fn send(layer: &SignatureLayer, status: StatusCode, req: Request<Full<Bytes>>) -> StatusCode {
+    let svc = ServiceBuilder::new().layer(layer.clone()).service_fn(
+        move |_req: Request<Full<Bytes>>| async move {
+            let mut res = Response::new(Full::<Bytes>::default());
+            *res.status_mut() = status;
+            Ok::<_, Infallible>(res)
+        },
+    );
+    svc.oneshot(req).await.unwrap().status()
+}
+
+fn github(delivery: &str, content_length: Option<&str>) -> Request<Full<Bytes>> {
+    let mut req = Request::post("/github")
+        .header("x-hub-signature-256", GH_SIG)
+        .header("x-github-delivery", delivery);
+    if let Some(len) = content_length {
+        req = req.header("content-length", len);
+    }
+    req.body(Full::new(Bytes::from_static(GH_BODY))).unwrap()
+}
+
+/// A body refused for what it carried is logged with the cause, not only "could not read the
+/// request body": a `Content-Length` that the body contradicts says so, with both lengths.
+#[tokio::test]
+async fn a_refused_body_is_logged_with_its_cause() {
+    let logs = Logs::default();
+    let _guard = tracing::subscriber::set_default(logs.subscriber());
+    let layer = SignatureLayer::github(GH_SECRET).unwrap();
+    let status = send(&layer, StatusCode::OK, github("d-1", Some("20"))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let text = logs.text();
+    assert!(
+        text.contains("body of 13 bytes, Content-Length announced 20"),
+        "{text}"
+    );
+    assert!(!text.contains(GH_SECRET), "{text}");
+}
