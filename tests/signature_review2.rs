@@ -3,12 +3,15 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_webhook::signature::SignatureLayer;
+use tower_webhook::signature::{
+    ClaimToken, MemoryReplayStore, ReplayFuture, ReplayStore, SignatureLayer,
+};
 
 const GH_SECRET: &str = "It's a Secret to Everybody";
 const GH_BODY: &[u8] = b"Hello, World!";
@@ -85,5 +88,68 @@ async fn a_refused_body_is_logged_with_its_cause() {
         text.contains("body of 13 bytes, Content-Length announced 20"),
         "{text}"
     );
+    assert!(!text.contains(GH_SECRET), "{text}");
+}
+
+/// A memory store whose claims cannot be released or completed.
+#[derive(Debug, Default)]
+struct Unsettled(MemoryReplayStore);
+
+impl ReplayStore for Unsettled {
+    fn insert(&self, key: &str, ttl: Duration) -> ReplayFuture {
+        self.0.insert(key, ttl)
+    }
+    fn remove(&self, key: &str) -> ReplayFuture {
+        self.0.remove(key)
+    }
+    fn claim(&self, key: &str, token: ClaimToken, ttl: Duration) -> ReplayFuture {
+        self.0.claim(key, token, ttl)
+    }
+    fn complete(&self, _key: &str, _token: ClaimToken, _ttl: Duration) -> ReplayFuture {
+        ReplayFuture::ready(Err("store unavailable".into()))
+    }
+    fn release(&self, _key: &str, _token: ClaimToken) -> ReplayFuture {
+        ReplayFuture::ready(Err("store unavailable".into()))
+    }
+    fn completed(&self, key: &str) -> ReplayFuture {
+        self.0.completed(key)
+    }
+    fn tracks_claims(&self) -> bool {
+        true
+    }
+}
+
+/// When a claim cannot be settled, the warning names the delivery it is about: the operator
+/// can then clear that one id (or knows which delivery to look at), instead of learning only
+/// that some delivery will be refused until its claim expires.
+#[tokio::test]
+async fn a_claim_that_cannot_be_settled_is_logged_with_its_delivery() {
+    let logs = Logs::default();
+    let _guard = tracing::subscriber::set_default(logs.subscriber());
+    let layer = SignatureLayer::github(GH_SECRET)
+        .unwrap()
+        .replay_store(Unsettled::default());
+
+    // The handler fails: the release fails.
+    let failed = send(
+        &layer,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        github("72d3162e-release", None),
+    )
+    .await;
+    assert_eq!(failed, StatusCode::INTERNAL_SERVER_ERROR);
+    let text = logs.text();
+    assert!(text.contains("could not release a delivery id"), "{text}");
+    assert!(text.contains("github:72d3162e-release"), "{text}");
+
+    // The handler succeeds: the completion fails.
+    let done = send(&layer, StatusCode::OK, github("72d3162e-complete", None)).await;
+    assert_eq!(done, StatusCode::OK);
+    let text = logs.text();
+    assert!(
+        text.contains("could not mark a delivery id as handled"),
+        "{text}"
+    );
+    assert!(text.contains("github:72d3162e-complete"), "{text}");
     assert!(!text.contains(GH_SECRET), "{text}");
 }

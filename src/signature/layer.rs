@@ -2048,13 +2048,18 @@ impl Claim {
         Detached(
             Some(self.store.complete(&key, self.token, self.ttl)),
             &COMPLETE_FAILED,
+            key,
         )
     }
 
     /// The delivery failed: releases the id, through a future the caller awaits.
     fn release(mut self) -> Detached {
         let key = self.key.take().unwrap_or_default();
-        Detached(Some(self.store.release(&key, self.token)), &RELEASE_FAILED)
+        Detached(
+            Some(self.store.release(&key, self.token)),
+            &RELEASE_FAILED,
+            key,
+        )
     }
 }
 
@@ -2064,14 +2069,16 @@ impl Drop for Claim {
             drop(Detached(
                 Some(self.store.release(&key, self.token)),
                 &RELEASE_FAILED,
+                key,
             ));
         }
     }
 }
 
-/// A replay-store operation that is finished even if its owner is dropped first, and what to
-/// log if it did not go as planned.
-struct Detached(Option<ReplayFuture>, &'static Settle);
+/// A replay-store operation that is finished even if its owner is dropped first, what to log if
+/// it did not go as planned, and the replay key (`<provider>:<delivery id>`) it is about, so
+/// that the line names the delivery.
+struct Detached(Option<ReplayFuture>, &'static Settle, String);
 
 /// Log lines for settling a claim.
 struct Settle {
@@ -2107,16 +2114,17 @@ impl Future for Detached {
 impl Detached {
     /// Logs the operation's failure, if it failed, once it has finished.
     fn log_failure(&self, shared: &Shared, outcome: Result<bool, BoxError>) {
-        self.1.log(Some(shared.scheme.provider.as_str()), outcome);
+        self.1
+            .log(Some(shared.scheme.provider.as_str()), &self.2, outcome);
     }
 }
 
 impl Settle {
-    fn log(&self, provider: Option<&str>, outcome: Result<bool, BoxError>) {
+    fn log(&self, provider: Option<&str>, delivery: &str, outcome: Result<bool, BoxError>) {
         match outcome {
             Ok(true) => {}
-            Ok(false) => tracing::warn!(provider, "{}", self.lost),
-            Err(err) => tracing::error!(provider, error = %err, "{}", self.failed),
+            Ok(false) => tracing::warn!(provider, delivery, "{}", self.lost),
+            Err(err) => tracing::error!(provider, delivery, error = %err, "{}", self.failed),
         }
     }
 }
@@ -2125,7 +2133,8 @@ impl Drop for Detached {
     fn drop(&mut self) {
         if let Some(future) = self.0.take() {
             let settle = self.1;
-            finish_detached(async move { settle.log(None, future.await) });
+            let key = std::mem::take(&mut self.2);
+            finish_detached(async move { settle.log(None, &key, future.await) });
         }
     }
 }
