@@ -153,3 +153,28 @@ async fn a_claim_that_cannot_be_settled_is_logged_with_its_delivery() {
     assert!(text.contains("github:72d3162e-complete"), "{text}");
     assert!(!text.contains(GH_SECRET), "{text}");
 }
+
+/// Slack's delivery id is the Events API's `event_id`: a payload that also has a top-level
+/// `id` is deduplicated by its `event_id`, not by that other field.
+#[test]
+fn a_slack_delivery_is_identified_by_its_event_id_only() {
+    use hmac::{KeyInit, Mac};
+    let secret = "8f742231b10e8888abcd99yyyzzz85a5";
+    let layer = SignatureLayer::slack(secret).unwrap();
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let body = br#"{"type":"event_callback","id":"not-the-delivery","event_id":"Ev08MFMKH6","event":{"type":"app_mention"}}"#;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("v0:{ts}:").as_bytes());
+    mac.update(body);
+    let sig = format!("v0={}", hex::encode(mac.finalize().into_bytes()));
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-slack-signature", sig.parse().unwrap());
+    headers.insert("x-slack-request-timestamp", ts.parse().unwrap());
+    let verified = layer.verify(&headers, body).unwrap();
+    assert_eq!(verified.delivery_id(), Some("Ev08MFMKH6"));
+    assert_eq!(verified.event(), Some("event_callback"));
+}

@@ -1216,9 +1216,12 @@ impl Scheme {
                 }
                 None => None,
             },
-            (Field::Json(_), None) => json
+            (Field::Json(name), None) => json
                 .as_ref()
-                .and_then(|m| m.id.as_deref().or(m.event_id.as_deref()))
+                .and_then(|m| match *name {
+                    "event_id" => m.event_id.as_deref(),
+                    _ => m.id.as_deref(),
+                })
                 .map(|s| validate_id(s.as_bytes()).map(|()| Text::new(s)))
                 .transpose()?,
             (Field::None, None) => None,
