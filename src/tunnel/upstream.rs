@@ -533,8 +533,10 @@ impl Upstream {
 
     /// Serves a tunnel connection that carries exactly one public TCP connection (bore, TCP
     /// tunnels). An address upstream pipes its bytes to the local address unchanged (any protocol
-    /// works, upgrades included), answering only a probe that opens the connection; a service
-    /// upstream serves it as [`serve_connection`](Self::serve_connection) does.
+    /// works, upgrades included), answering only a probe that opens the connection; the pipe
+    /// ends when both sides have closed, or 5 s after the local server closed its side (a public
+    /// client that stays connected and silent does not keep it). A service upstream serves it as
+    /// [`serve_connection`](Self::serve_connection) does.
     ///
     /// # Example
     ///
@@ -688,9 +690,7 @@ where
         None => connect.await,
     };
     let Some(mut n) = first else {
-        let mut local = local?;
-        tokio::io::copy_bidirectional(&mut io, &mut local).await?;
-        return Ok(());
+        return splice(io, local?).await;
     };
     // Read on only as long as the bytes may still be a probe request.
     loop {
@@ -726,8 +726,51 @@ where
     }
     let mut local = local?;
     local.write_all(&head).await?;
-    tokio::io::copy_bidirectional(&mut io, &mut local).await?;
-    Ok(())
+    splice(io, local).await
+}
+
+/// How long a piped connection still carries the public side's bytes after the local server
+/// closed its side.
+const PIPE_LINGER: Duration = Duration::from_secs(5);
+
+/// Copies bytes both ways until the connection is over: when the public side closes, once the
+/// local server has closed too (as `copy_bidirectional` does); when the local server closes,
+/// once the public side closes too or [`PIPE_LINGER`] later. A public client that keeps a
+/// connection open and silent would otherwise hold it (and a bore connection slot) for ever, as
+/// the local server's own idle timeout only closes the local side.
+async fn splice<I>(io: I, local: tokio::net::TcpStream) -> std::io::Result<()>
+where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    use tokio::io::AsyncWriteExt;
+
+    let (mut public_read, mut public_write) = tokio::io::split(io);
+    let (mut local_read, mut local_write) = local.into_split();
+    let to_local = async {
+        tokio::io::copy(&mut public_read, &mut local_write).await?;
+        local_write.shutdown().await
+    };
+    let to_public = async {
+        tokio::io::copy(&mut local_read, &mut public_write).await?;
+        public_write.shutdown().await
+    };
+    tokio::pin!(to_local, to_public);
+    tokio::select! {
+        sent = &mut to_local => {
+            sent?;
+            to_public.await
+        }
+        answered = &mut to_public => {
+            answered?;
+            match tokio::time::timeout(PIPE_LINGER, to_local).await {
+                Ok(sent) => sent,
+                Err(_) => {
+                    tracing::debug!("public side still open {PIPE_LINGER:?} after the local server closed; ended");
+                    Ok(())
+                }
+            }
+        }
+    }
 }
 
 struct ServeService<S> {

@@ -1,0 +1,78 @@
+//! Edge cases of tunnel connections: how a piped connection ends when one side is gone.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tower_webhook::tunnel::Upstream;
+
+/// A local server that accepts one connection and closes it at once, as a server does with a
+/// client that sent nothing within its own idle timeout. Returns its address.
+async fn closing_server() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        drop(stream);
+    });
+    addr
+}
+
+/// A public client that connects and never sends a byte must not hold the tunnel connection (one
+/// of bore's `BORE_MAX_CONNECTIONS` slots) forever once the local server has closed its side.
+#[tokio::test(start_paused = true)]
+async fn a_piped_connection_ends_after_the_local_server_closed_it() {
+    let addr = closing_server().await;
+    let upstream = Upstream::address(addr);
+    let (mut public, tunnel_side) = tokio::io::duplex(4096);
+    let serving = tokio::spawn(async move { upstream.serve_tcp_connection(tunnel_side).await });
+
+    // The local server's close reaches the public side (no timer involved).
+    let mut rest = Vec::new();
+    public.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+
+    // The public client stays connected and silent: the tunnel connection still ends.
+    tokio::time::timeout(Duration::from_secs(60), serving)
+        .await
+        .expect("the tunnel connection stayed open after the local server closed it")
+        .unwrap();
+    drop(public);
+}
+
+/// A request is forwarded and answered; a public client that keeps its end open after the local
+/// server closed (`connection: close`) does not keep the tunnel connection.
+#[tokio::test(start_paused = true)]
+async fn a_piped_connection_still_forwards_a_request_and_its_answer() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 256];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            head.extend_from_slice(&buf[..n]);
+        }
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+            .await
+            .unwrap();
+    });
+    let upstream = Upstream::address(addr);
+    let (mut public, tunnel_side) = tokio::io::duplex(4096);
+    let serving = tokio::spawn(async move { upstream.serve_tcp_connection(tunnel_side).await });
+    public
+        .write_all(b"POST /hook HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    public.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(answer.ends_with("ok"), "{answer}");
+    tokio::time::timeout(Duration::from_secs(60), serving)
+        .await
+        .expect("the tunnel connection stayed open after the answer")
+        .unwrap();
+}
