@@ -76,3 +76,57 @@ async fn a_piped_connection_still_forwards_a_request_and_its_answer() {
         .expect("the tunnel connection stayed open after the answer")
         .unwrap();
 }
+
+/// A public client that opens like a round-trip probe (`GET /.well-known/...`) and then stops
+/// sending is not read from for ever: the tunnel sees the local server close, as for any other
+/// connection, and ends the connection.
+#[tokio::test]
+async fn a_stalled_probe_look_alike_ends_when_the_local_server_closes() {
+    let addr = closing_server().await;
+    let upstream = Upstream::address(addr);
+    let (mut public, tunnel_side) = tokio::io::duplex(4096);
+    let serving = tokio::spawn(async move { upstream.serve_tcp_connection(tunnel_side).await });
+    public
+        .write_all(
+            format!(
+                "GET {} HTTP/1.1\r\nhost: x\r\n",
+                tower_webhook::tunnel::PROBE_PATH
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+
+    // Bounds a failure only: with the fix the close arrives as soon as the local server's does.
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), public.read_to_end(&mut rest))
+        .await
+        .expect("the local server's close never reached the public side")
+        .unwrap();
+    tokio::time::pause();
+    tokio::time::timeout(Duration::from_secs(60), serving)
+        .await
+        .expect("the tunnel connection stayed open after the local server closed it")
+        .unwrap();
+}
+
+/// The same while the local server cannot be reached at all: a connection that can only be a
+/// probe is given the header read timeout to send its head, not for ever.
+#[tokio::test(start_paused = true)]
+async fn a_stalled_probe_look_alike_ends_when_the_local_server_is_down() {
+    let addr = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    };
+    let upstream = Upstream::address(addr).header_read_timeout(Duration::from_secs(2));
+    let (mut public, tunnel_side) = tokio::io::duplex(4096);
+    let serving = tokio::spawn(async move { upstream.serve_tcp_connection(tunnel_side).await });
+    public
+        .write_all(format!("GET {} HTTP/1.1\r\n", tower_webhook::tunnel::PROBE_PATH).as_bytes())
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(60), serving)
+        .await
+        .expect("the tunnel connection stayed open with no local server")
+        .unwrap();
+}

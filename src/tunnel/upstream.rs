@@ -373,7 +373,9 @@ impl Upstream {
     /// [`Server`](super::Server) helper's port; not to localtunnel's pooled connections, which
     /// wait for the server to hand them a request (the localtunnel server reads the public
     /// request's head itself). A TCP connection piped to an address upstream is not HTTP and has
-    /// no such timeout.
+    /// no such timeout (the local server's own timeouts apply), except while the local server
+    /// cannot be reached: then only a round-trip probe can be answered, and the connection gets
+    /// this long to send its head.
     ///
     /// A timeout too long for a deadline (such as `Duration::MAX`) means none.
     ///
@@ -568,7 +570,7 @@ impl Upstream {
         match self.inner.address {
             Some(addr) => {
                 self.until_closed(async {
-                    if let Err(err) = pipe(io, addr, &self.inner.probes).await {
+                    if let Err(err) = pipe(io, addr, &self.inner.probes, self.header_read_timeout).await {
                         tracing::debug!(%addr, error = %err, "tunnel connection to the local server ended");
                     }
                 })
@@ -653,7 +655,12 @@ impl Upstream {
 }
 
 /// Copies a public connection to `addr`; a probe request that opens it is answered here.
-async fn pipe<I>(mut io: I, addr: SocketAddr, probes: &Probes) -> std::io::Result<()>
+async fn pipe<I>(
+    mut io: I,
+    addr: SocketAddr,
+    probes: &Probes,
+    header_read_timeout: Option<Duration>,
+) -> std::io::Result<()>
 where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -682,7 +689,11 @@ where
                     break None;
                 }
             },
-            Some(Err(_)) => break Some(io.read_buf(&mut head).await?),
+            Some(Err(_)) => match within(header_read_timeout, io.read_buf(&mut head)).await {
+                Some(read) => break Some(read?),
+                // No local server, and no probe within the header read timeout.
+                None => break Some(0),
+            },
         }
     };
     let local = match local {
@@ -722,11 +733,35 @@ where
             }
             break;
         }
-        n = io.read_buf(&mut head).await?;
+        n = match &local {
+            // The local server closing (its idle timeout) or speaking ends the sniffing: the
+            // bytes go to it, and the connection ends as any piped one does.
+            Ok(stream) => tokio::select! {
+                read = io.read_buf(&mut head) => read?,
+                ready = stream.readable() => {
+                    ready?;
+                    break;
+                }
+            },
+            // Nothing but a probe can be answered: it gets the header read timeout to send its
+            // head, as over HTTP, instead of being waited for without end.
+            Err(_) => match within(header_read_timeout, io.read_buf(&mut head)).await {
+                Some(read) => read?,
+                None => break,
+            },
+        };
     }
     let mut local = local?;
     local.write_all(&head).await?;
     splice(io, local).await
+}
+
+/// `work`, or `None` once `limit` (if any) has passed.
+async fn within<F: Future>(limit: Option<Duration>, work: F) -> Option<F::Output> {
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, work).await.ok(),
+        None => Some(work.await),
+    }
 }
 
 /// How long a piped connection still carries the public side's bytes after the local server
