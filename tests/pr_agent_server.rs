@@ -3739,3 +3739,79 @@ async fn a_comment_in_a_long_backoff_is_tried_again_during_the_shutdown_grace() 
     assert_eq!(state.drain_comments(Duration::from_secs(20)).await, 0);
     assert_eq!(comment_count(&api), 1);
 }
+
+/// Deliveries are read whole (up to `MAX_BODY_BYTES`) before their signature can be checked, so
+/// anyone can make the server buffer: `MAX_CONCURRENT_DELIVERIES` bounds how many it reads at
+/// once. Past it, a delivery is answered 503 with `Retry-After` (the provider delivers it again
+/// later), and once those in flight end, deliveries are taken again.
+#[tokio::test]
+async fn deliveries_read_at_once_are_bounded() {
+    use tokio::io::AsyncWriteExt;
+
+    let (api_addr, _api) = start_fake_api().await;
+    let (base, _) = start_server(&settings(api_addr, &[("MAX_CONCURRENT_DELIVERIES", "2")])).await;
+    // Two deliveries whose bodies are still on their way (unsigned: nobody needs a secret to
+    // send these).
+    let mut stalled = Vec::new();
+    for n in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        let head = format!(
+            "POST /api/v1/github_webhooks HTTP/1.1\r\nhost: x\r\nx-github-event: ping\r\nx-github-delivery: stalled-{n}\r\nx-hub-signature-256: sha256={}\r\ncontent-length: 1000000\r\n\r\n{{\"zen\":",
+            "0".repeat(64)
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stalled.push(stream);
+    }
+    let client = reqwest::Client::new();
+    // Once both are being read, a third is refused (waited for: the server reads the heads at
+    // its own pace).
+    let mut refused = None;
+    for n in 0..200 {
+        let res = send(
+            &client,
+            &base,
+            &delivery(app::Forge::GitHub, &format!("third-{n}"), n),
+        )
+        .await;
+        if res.status() == StatusCode::SERVICE_UNAVAILABLE {
+            refused = Some(res);
+            break;
+        }
+        assert_eq!(res.status(), StatusCode::ACCEPTED);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let refused = refused.expect("a third delivery read while two are in flight");
+    assert!(refused.headers().contains_key("retry-after"));
+    let body = refused.text().await.unwrap();
+    assert!(body.contains("urn:tower-webhook:problem:"), "{body}");
+
+    // The stalled ones go away: deliveries are read again.
+    drop(stalled);
+    let mut accepted = false;
+    for n in 0..200 {
+        let res = send(
+            &client,
+            &base,
+            &delivery(app::Forge::GitHub, &format!("fourth-{n}"), n),
+        )
+        .await;
+        if res.status() == StatusCode::ACCEPTED {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        accepted,
+        "deliveries are taken again once the stalled ones ended"
+    );
+}
+#[test]
+fn max_concurrent_deliveries_is_checked() {
+    refused_naming_it("MAX_CONCURRENT_DELIVERIES", "0");
+    refused_naming_it("MAX_CONCURRENT_DELIVERIES", "65537");
+    let defaults = app::Settings::from_lookup(|_| None).unwrap();
+    assert_eq!(defaults.max_concurrent_deliveries, 64);
+}

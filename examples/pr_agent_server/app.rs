@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -19,6 +20,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc, watch};
+use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutBody};
@@ -169,6 +171,11 @@ pub(crate) struct Settings {
     /// Largest accepted body (`MAX_BODY_BYTES`, default 25 MiB, GitHub's largest payload;
     /// 1 KiB to 1 GiB).
     pub(crate) max_body_bytes: u64,
+    /// Deliveries read at once, all providers together (`MAX_CONCURRENT_DELIVERIES`, default
+    /// 64, 1 to 65536). A delivery is read whole before its signature can be checked, so this
+    /// times `MAX_BODY_BYTES` bounds the memory anyone can make the server spend on bodies;
+    /// past it, deliveries are answered 503 with `Retry-After`.
+    pub(crate) max_concurrent_deliveries: usize,
     /// Comment jobs that may be pending at once, queued or waiting to be tried again
     /// (`MAX_PENDING_COMMENTS`, default 4096); past that, deliveries are answered 503.
     pub(crate) max_pending_comments: usize,
@@ -217,6 +224,7 @@ impl std::fmt::Debug for Settings {
             .field("breaker", &self.breaker)
             .field("request_timeout", &self.request_timeout)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_concurrent_deliveries", &self.max_concurrent_deliveries)
             .field("max_pending_comments", &self.max_pending_comments)
             .field(
                 "comments_in_flight_per_provider",
@@ -435,6 +443,11 @@ impl Settings {
             breaker,
             request_timeout: Duration::from_secs(number("REQUEST_TIMEOUT_SECS", 10, 1..=600)?),
             max_body_bytes: number("MAX_BODY_BYTES", 25 * 1024 * 1024, 1024..=1 << 30)?,
+            max_concurrent_deliveries: number(
+                "MAX_CONCURRENT_DELIVERIES",
+                MAX_CONCURRENT_DELIVERIES as u64,
+                1..=1 << 16,
+            )? as usize,
             max_pending_comments,
             comments_in_flight_per_provider: number(
                 "COMMENTS_IN_FLIGHT_PER_PROVIDER",
@@ -855,6 +868,8 @@ impl HookUpdater {
 /// provider that retries delivers them again later; GitHub does not deliver a failed delivery
 /// again by itself, it stays in the hook's delivery log, marked failed, to be redelivered there.
 const QUEUE_CAPACITY: usize = 4096;
+/// Deliveries read at once by default (`MAX_CONCURRENT_DELIVERIES`).
+const MAX_CONCURRENT_DELIVERIES: usize = 64;
 /// The largest `MAX_PENDING_COMMENTS`.
 const MAX_QUEUE_CAPACITY: u64 = 1 << 20;
 /// Comments posted at once to one provider's API by default. Each provider has its own slots, so
@@ -954,7 +969,21 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
             ));
         hooks = hooks.merge(route);
     }
-    let hooks = hooks.layer(middleware::from_fn_with_state(state.clone(), count));
+    // Every delivery is buffered whole before its signature is checked: at most
+    // `max_concurrent_deliveries` of them at once, for all routes together (a global limit:
+    // `Router::layer` wraps each route on its own). Past it, 503 + `Retry-After`.
+    let hooks = hooks
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(|err: BoxError| async move {
+                    too_many_deliveries(&err)
+                }))
+                .load_shed()
+                .layer(GlobalConcurrencyLimitLayer::new(
+                    settings.max_concurrent_deliveries,
+                )),
+        )
+        .layer(middleware::from_fn_with_state(state.clone(), count));
 
     let x_request_id = HeaderName::from_static("x-request-id");
     let router = Router::new()
@@ -1046,6 +1075,21 @@ fn signature_layer(forge: Forge, verification: &Verification) -> Result<Signatur
         }
         (forge, v) => return Err(format!("{} cannot be verified with {v:?}", forge.name()).into()),
     })
+}
+
+/// The answer to a delivery refused because `MAX_CONCURRENT_DELIVERIES` are being read.
+fn too_many_deliveries(err: &BoxError) -> Problem {
+    if !err.is::<tower::load_shed::error::Overloaded>() {
+        // Nothing else fails in these layers; answered as the error layer would.
+        tracing::error!(error = %err, "webhook route failed");
+        return Problem::new(StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    tracing::warn!("MAX_CONCURRENT_DELIVERIES deliveries are being read: one refused");
+    Problem::from_error(&WebhookProcessingError::retryable(
+        "too many deliveries at once",
+        Duration::from_secs(5),
+    ))
+    .with_detail("too many deliveries are being read at once; deliver again later")
 }
 
 /// Adds the second and later secrets of a rotation.
