@@ -130,3 +130,74 @@ async fn a_stalled_probe_look_alike_ends_when_the_local_server_is_down() {
         .expect("the tunnel connection stayed open with no local server")
         .unwrap();
 }
+
+/// A provider whose tunnel never opens (within its long startup timeout).
+#[derive(Debug)]
+struct NeverOpens;
+
+impl tower_webhook::tunnel::Provider for NeverOpens {
+    fn name(&self) -> &str {
+        "never"
+    }
+
+    fn startup_timeout(&self) -> Duration {
+        Duration::from_secs(3600)
+    }
+
+    fn open(
+        &self,
+        _upstream: Upstream,
+    ) -> tower_webhook::tunnel::BoxFuture<
+        '_,
+        Result<tower_webhook::tunnel::Session, tower_webhook::BoxError>,
+    > {
+        Box::pin(std::future::pending())
+    }
+}
+
+/// `Server::spawn` given up before it returned (its caller's own timeout, say) leaves no server
+/// behind: the caller has no `Running` to stop it with, so the port would stay served until the
+/// process gets a shutdown signal.
+#[tokio::test]
+async fn a_server_whose_spawn_is_dropped_stops_serving() {
+    let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+    });
+    let server = tower_webhook::tunnel::Server::bind(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap()
+        .tunnel(tower_webhook::tunnel::Tunnel::builder().provider(NeverOpens))
+        .with_graceful_shutdown(std::future::pending());
+    let addr = server.local_addr().unwrap();
+    let spawning = tokio::spawn(server.spawn(app));
+    // The port serves while the tunnel starts.
+    let mut stream = loop {
+        if let Ok(stream) = tokio::net::TcpStream::connect(addr).await {
+            break stream;
+        }
+        tokio::task::yield_now().await;
+    };
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.ends_with("ok"), "{answer}");
+
+    spawning.abort();
+    let _ = spawning.await;
+    // Waited for, within a bound that only a failure reaches.
+    let mut refused = false;
+    for _ in 0..500 {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        refused,
+        "the port is still served after the spawn was dropped"
+    );
+}

@@ -278,6 +278,8 @@ impl Server {
     /// still starting, the start is given up (what it opened so far is torn down) and this
     /// returns a `Running` without a tunnel ([`tunnel_url`](Running::tunnel_url) is `None`)
     /// that is already shutting down, instead of waiting for the chain's startup timeouts.
+    /// Dropping this future before it returns (a timeout around it, say) stops the server and
+    /// gives up the tunnel's start, as no `Running` is left to stop it with.
     ///
     /// # Errors
     ///
@@ -365,6 +367,9 @@ impl Server {
                 tunnel.close().await;
             }
         });
+        // This future dropped before it returns (a caller's timeout around it) leaves the caller
+        // no `Running` to stop the server with: the server stops with it.
+        let mut abort = AbortUnlessReturned(Some(task.abort_handle()));
         let tunnel_status = match self.tunnel {
             Some(builder) => {
                 // The chain may take long (each provider has its startup timeout): a shutdown
@@ -381,10 +386,7 @@ impl Server {
                         let _ = tunnel_tx.send(handle);
                         Some(status)
                     }
-                    Some(Err(err)) => {
-                        task.abort();
-                        return Err(err);
-                    }
+                    Some(Err(err)) => return Err(err),
                     None => {
                         tracing::info!("shut down while the tunnel was starting: no tunnel opened");
                         None
@@ -396,7 +398,7 @@ impl Server {
         Ok(Running {
             local_addr,
             tunnel_status,
-            task,
+            task: abort.returned(task),
         })
     }
 }
@@ -404,6 +406,25 @@ impl Server {
 /// The address to call this server at, for a provider that is handed its port (cloudflared):
 /// for a server bound to all interfaces (`0.0.0.0`, `::`), the loopback address of that family,
 /// as the unspecified address is for listening and not every system connects to it.
+/// Aborts the server's task when dropped before [`returned`](Self::returned) is called.
+struct AbortUnlessReturned(Option<tokio::task::AbortHandle>);
+
+impl AbortUnlessReturned {
+    /// Disarms the guard: `task` is handed to the caller.
+    fn returned(&mut self, task: JoinHandle<()>) -> JoinHandle<()> {
+        self.0 = None;
+        task
+    }
+}
+
+impl Drop for AbortUnlessReturned {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
+
 fn callable(local_addr: SocketAddr) -> SocketAddr {
     let loopback = match local_addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
