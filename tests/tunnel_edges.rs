@@ -201,3 +201,43 @@ async fn a_server_whose_spawn_is_dropped_stops_serving() {
         "the port is still served after the spawn was dropped"
     );
 }
+
+/// The same for `Server::serve` (and `tunnel::start`), whose future is the server: dropped (a
+/// `select!` that took another branch, say), it stops serving.
+#[tokio::test]
+async fn a_server_whose_serve_is_dropped_stops_serving() {
+    let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+    });
+    let server = tower_webhook::tunnel::Server::bind(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap()
+        .with_graceful_shutdown(std::future::pending());
+    let addr = server.local_addr().unwrap();
+    let serving = tokio::spawn(server.serve(app));
+    let mut stream = loop {
+        if let Ok(stream) = tokio::net::TcpStream::connect(addr).await {
+            break stream;
+        }
+        tokio::task::yield_now().await;
+    };
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.ends_with("ok"), "{answer}");
+
+    serving.abort();
+    let _ = serving.await;
+    let mut refused = false;
+    for _ in 0..500 {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "the port is still served after serve was dropped");
+}

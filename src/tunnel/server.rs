@@ -223,7 +223,8 @@ impl Server {
         self
     }
 
-    /// Serves `service` until the shutdown signal.
+    /// Serves `service` until the shutdown signal. Dropping this future stops the server, its
+    /// connections and its tunnel (not gracefully).
     ///
     /// # Errors
     ///
@@ -267,7 +268,11 @@ impl Server {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        self.spawn(service).await?.wait().await;
+        let running = self.spawn(service).await?;
+        // This future is the server: dropped, it stops the server (aborting a task that has
+        // finished does nothing).
+        let _stop = AbortUnlessReturned(Some(running.task.abort_handle()));
+        running.wait().await;
         Ok(())
     }
 
