@@ -408,9 +408,6 @@ impl Server {
     }
 }
 
-/// The address to call this server at, for a provider that is handed its port (cloudflared):
-/// for a server bound to all interfaces (`0.0.0.0`, `::`), the loopback address of that family,
-/// as the unspecified address is for listening and not every system connects to it.
 /// Aborts the server's task when dropped before [`returned`](Self::returned) is called.
 struct AbortUnlessReturned(Option<tokio::task::AbortHandle>);
 
@@ -430,6 +427,9 @@ impl Drop for AbortUnlessReturned {
     }
 }
 
+/// The address to call this server at, for a provider that is handed its port (cloudflared):
+/// for a server bound to all interfaces (`0.0.0.0`, `::`), the loopback address of that family,
+/// as the unspecified address is for listening and not every system connects to it.
 fn callable(local_addr: SocketAddr) -> SocketAddr {
     let loopback = match local_addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
