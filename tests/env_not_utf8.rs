@@ -39,6 +39,12 @@ fn values_that_are_not_utf8_are_named() {
         assert!(!err.to_string().contains("cret"), "{err}");
         let err = Secrets::from_env_list("TUNNEL_SECRET").unwrap_err();
         assert!(err.to_string().contains("not UTF-8"), "{err}");
+        // A blank ngrok token is unset, as `TunnelConfig` reads it.
+        #[cfg(feature = "ngrok")]
+        assert!(
+            format!("{:?}", tower_webhook::tunnel::Ngrok::from_env()).contains("authtoken: None"),
+            "blank TUNNEL_AUTH_TOKEN and NGROK_AUTHTOKEN are no token"
+        );
         return;
     }
     let status = Command::new(std::env::current_exe().unwrap())
@@ -54,6 +60,8 @@ fn values_that_are_not_utf8_are_named() {
             OsStr::from_bytes(b"3\xff0"),
         )
         .env("TUNNEL_SECRET", OsStr::from_bytes(b"s\xffcret"))
+        .env("TUNNEL_AUTH_TOKEN", " \n")
+        .env("NGROK_AUTHTOKEN", "\t")
         .status()
         .unwrap();
     assert!(status.success(), "the child run failed: {status}");

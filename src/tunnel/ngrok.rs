@@ -82,7 +82,8 @@ impl Ngrok {
         }
     }
 
-    /// Takes the token from `TUNNEL_AUTH_TOKEN`, else `NGROK_AUTHTOKEN`.
+    /// Takes the token from `TUNNEL_AUTH_TOKEN`, else `NGROK_AUTHTOKEN`, trimmed; a blank value
+    /// is unset, and one that is not UTF-8 is ignored with a warning.
     ///
     /// # Example
     ///
@@ -92,14 +93,23 @@ impl Ngrok {
     /// let ngrok = Ngrok::from_env();
     /// let token_set = ["TUNNEL_AUTH_TOKEN", "NGROK_AUTHTOKEN"]
     ///     .iter()
-    ///     .any(|name| std::env::var(name).is_ok_and(|v| !v.is_empty()));
+    ///     .any(|name| std::env::var(name).is_ok_and(|v| !v.trim().is_empty()));
     /// // The token itself never shows.
     /// assert_eq!(format!("{ngrok:?}").contains("<redacted>"), token_set);
     /// ```
     pub fn from_env() -> Self {
+        // As `TunnelConfig` reads it: trimmed (a token pasted with its newline), and a blank
+        // value is unset.
         let token = ["TUNNEL_AUTH_TOKEN", "NGROK_AUTHTOKEN"]
             .into_iter()
-            .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()));
+            .find_map(|name| match std::env::var(name) {
+                Ok(v) => Some(v.trim().to_owned()).filter(|v| !v.is_empty()),
+                Err(std::env::VarError::NotPresent) => None,
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    tracing::warn!(setting = name, "not UTF-8, so not an ngrok token: ignored");
+                    None
+                }
+            });
         match token {
             Some(token) => Self::new().authtoken(token),
             None => Self::new(),
