@@ -568,3 +568,43 @@ async fn the_server_helper_ends_tunnel_connections_still_open_after_its_drain() 
         "a tunnel request left after the drain outlived the server"
     );
 }
+
+/// A bore server's `Error` message is shown to the operator (in the error and the logs) as
+/// text from the network: control characters escaped, so it cannot forge log lines.
+#[tokio::test]
+async fn a_bore_servers_error_message_cannot_forge_log_lines() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let Ok(Ok((mut conn, _))) =
+            tokio::time::timeout(Duration::from_secs(5), listener.accept()).await
+        else {
+            return;
+        };
+        let mut hello = [0u8; 256];
+        let _ = conn.read(&mut hello).await;
+        let _ = conn
+            .write_all(
+                b"{\"Error\":\"port taken\\n2026-01-01T00:00:00Z  INFO forged\\u001b[2J\"}\0",
+            )
+            .await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    });
+    let err = Tunnel::builder()
+        .probe(false)
+        .provider(Bore::new().server(addr.to_string()))
+        .start(Upstream::address(([127, 0, 0, 1], 9).into()))
+        .await
+        .unwrap_err();
+    server.abort();
+    let text = err.to_string();
+    assert!(
+        text.contains(r"the bore server refused the tunnel: port taken\n2026-01-01T00:00:00Z"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("\n2026") && !text.contains('\u{1b}'),
+        "{text:?}"
+    );
+}

@@ -617,3 +617,55 @@ async fn an_interrupted_re_registration_keeps_asking_for_the_same_subdomain() {
     );
     handle.close().await;
 }
+
+/// A localtunnel server's refusal message is shown to the operator (in the error and the logs)
+/// as text from the network: control characters escaped, so it cannot forge log lines, and cut
+/// short, so a server cannot fill the log with 64 KiB of it.
+#[tokio::test]
+async fn a_servers_refusal_message_cannot_forge_log_lines() {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let message = format!(
+        "no\n2026-01-01T00:00:00Z  INFO tunnel: forged line\r\u{1b}[2J{}",
+        "x".repeat(20_000)
+    );
+    let body = serde_json::json!({ "message": message }).to_string();
+    let server = tokio::spawn(async move {
+        // Bounded: the client asks for `/?new`, then for a name of its own.
+        for _ in 0..4 {
+            let Ok(Ok((mut conn, _))) =
+                tokio::time::timeout(Duration::from_secs(5), listener.accept()).await
+            else {
+                return;
+            };
+            let mut head = [0u8; 4096];
+            let _ = tokio::io::AsyncReadExt::read(&mut conn, &mut head).await;
+            let answer = format!(
+                "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(answer.as_bytes()).await;
+        }
+    });
+    let err = Tunnel::builder()
+        .probe(false)
+        .provider(LocalTunnel::new().server(format!("http://{addr}")))
+        .start(Upstream::address(([127, 0, 0, 1], 9).into()))
+        .await
+        .unwrap_err();
+    server.abort();
+    let text = err.to_string();
+    let start: String = text.chars().take(400).collect();
+    assert!(
+        text.contains(r"the localtunnel server refused: no\n2026-01-01T00:00:00Z"),
+        "{start}"
+    );
+    // The error's own layout has new lines (one per attempt); the server's text has none.
+    assert!(!text.contains("\n2026"), "{start:?}");
+    assert!(
+        !text.contains('\r') && !text.contains('\u{1b}'),
+        "{start:?}"
+    );
+    assert!(text.len() < 2_000, "{} bytes: {start}", text.len());
+}

@@ -291,6 +291,7 @@ impl Bore {
         let port = match control.recv_timeout().await? {
             Some(ServerMessage::Hello(port)) => port,
             Some(ServerMessage::Error(message)) => {
+                let message = super::error::from_the_network(&message);
                 return Err(format!("the bore server refused the tunnel: {message}").into());
             }
             Some(ServerMessage::Challenge(_)) => {
@@ -393,6 +394,7 @@ impl Provider for Bore {
                                     });
                                 }
                                 Ok(Some(ServerMessage::Error(message))) => {
+                                    let message = super::error::from_the_network(&message);
                                     break format!("bore server error: {message}").into();
                                 }
                                 Ok(Some(other)) => tracing::debug!(?other, "unexpected bore message"),
@@ -451,6 +453,7 @@ async fn handshake(frames: &mut Frames, secret: Option<&Secret>) -> Result<(), B
                 .await
         }
         Ok(Ok(Some(ServerMessage::Error(message)))) => {
+            let message = super::error::from_the_network(&message);
             Err(format!("the bore server refused the connection: {message}").into())
         }
         Ok(Ok(Some(other))) => {

@@ -139,3 +139,24 @@ pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     }
     out
 }
+
+/// Longest part of a server's message shown in an error.
+const MAX_MESSAGE_CHARS: usize = 300;
+
+/// A server's message as it may be shown to the operator (errors, logs): cut to
+/// [`MAX_MESSAGE_CHARS`], control characters escaped, so that it cannot forge log lines.
+pub(crate) fn from_the_network(message: &str) -> String {
+    let mut shown = String::new();
+    for c in message.chars().take(MAX_MESSAGE_CHARS) {
+        // Printable characters as they are; the others as `\n`, `\u{1b}`.
+        if c.is_control() || c == '\\' {
+            shown.extend(c.escape_debug());
+        } else {
+            shown.push(c);
+        }
+    }
+    if message.chars().nth(MAX_MESSAGE_CHARS).is_some() {
+        shown.push_str("...");
+    }
+    shown
+}

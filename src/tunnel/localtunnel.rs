@@ -345,6 +345,7 @@ impl LocalTunnel {
             )));
         };
         if let Some(message) = &registration.message {
+            let message = super::error::from_the_network(message);
             return Err(format!("the localtunnel server refused: {message} ({status})").into());
         }
         if !status.is_success() {
