@@ -699,13 +699,7 @@ async fn head_requests_get_the_problem_without_a_body() {
 async fn instance_is_only_a_request_id_fit_for_a_uri() {
     let huge = "a".repeat(10_000);
     for id in ["req 42", "req\t42", "\"quoted\"", "<script>", huge.as_str()] {
-        let req = Request::builder()
-            .header("x-request-id", id)
-            .body(Full::default())
-            .unwrap();
-        let (status, _, json) =
-            problem_of(answer_error(WebhookErrorLayer::new(), req, "x".into()).await).await;
-        assert_eq!(status, 500);
+        let (_, json) = problem_with_request_id(id).await;
         assert!(
             json.get("instance").is_none(),
             "{id:?} became {}",
@@ -717,14 +711,20 @@ async fn instance_is_only_a_request_id_fit_for_a_uri() {
         "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1",
         "01HZX3J5Q2W8K7Y6T5R4E3W2Q1",
     ] {
-        let req = Request::builder()
-            .header("x-request-id", id)
-            .body(Full::default())
-            .unwrap();
-        let (_, _, json) =
-            problem_of(answer_error(WebhookErrorLayer::new(), req, "x".into()).await).await;
-        assert_eq!(json["instance"], id);
+        assert_eq!(problem_with_request_id(id).await.1["instance"], id);
     }
+}
+
+/// The 500 problem answered to a request with `x-request-id: id`: its headers and document.
+async fn problem_with_request_id(id: &str) -> (http::HeaderMap, Value) {
+    let req = Request::builder()
+        .header("x-request-id", id)
+        .body(Full::default())
+        .unwrap();
+    let (status, headers, json) =
+        problem_of(answer_error(WebhookErrorLayer::new(), req, "x".into()).await).await;
+    assert_eq!(status, 500);
+    (headers, json)
 }
 
 /// With the request id read from another header, the layer must not answer that id as
@@ -1732,12 +1732,7 @@ async fn an_instance_never_points_at_another_host() {
         "https://evil.example/x",
         "HTTP://evil.example",
     ] {
-        let req = Request::builder()
-            .header("x-request-id", id)
-            .body(Full::default())
-            .unwrap();
-        let (_, headers, json) =
-            problem_of(answer_error(WebhookErrorLayer::new(), req, "x".into()).await).await;
+        let (headers, json) = problem_with_request_id(id).await;
         assert!(
             json.get("instance").is_none(),
             "{id:?} became {}",
@@ -1750,12 +1745,6 @@ async fn an_instance_never_points_at_another_host() {
         "req/42",
         "a//b",
     ] {
-        let req = Request::builder()
-            .header("x-request-id", id)
-            .body(Full::default())
-            .unwrap();
-        let (_, _, json) =
-            problem_of(answer_error(WebhookErrorLayer::new(), req, "x".into()).await).await;
-        assert_eq!(json["instance"], id);
+        assert_eq!(problem_with_request_id(id).await.1["instance"], id);
     }
 }

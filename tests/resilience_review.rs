@@ -1,12 +1,9 @@
 //! Regressions of the error layer, the circuit breaker and the retry policy: gRPC status rules,
 //! wrapped rejections, odd settings.
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
-use http_body::{Body, Frame};
+use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 use tower_webhook::circuit_breaker::{
@@ -16,30 +13,9 @@ use tower_webhook::error::{WebhookErrorLayer, types};
 
 // ---------------------------------------------------------------- gRPC answers with no status
 
-/// A gRPC response body: one message, then the trailers given (or none).
-struct GrpcBody {
-    data: Option<Bytes>,
-    trailers: Option<HeaderMap>,
-}
-
-impl Body for GrpcBody {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        if let Some(data) = self.data.take() {
-            return Poll::Ready(Some(Ok(Frame::data(data))));
-        }
-        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.data.is_none() && self.trailers.is_none()
-    }
-}
+#[path = "common/trailer_body.rs"]
+mod trailer_body;
+use trailer_body::TrailerBody;
 
 /// What the upstream answers: `grpc-status` in the headers, and the trailers.
 #[derive(Clone, Default)]
@@ -73,7 +49,7 @@ fn grpc_breaker() -> (
                 }
                 map
             });
-            let mut res = Response::new(GrpcBody {
+            let mut res = Response::new(TrailerBody {
                 data: Some(Bytes::from_static(b"\0\0\0\0\0")),
                 trailers,
             });
