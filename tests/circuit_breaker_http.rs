@@ -395,6 +395,23 @@ async fn upstream_retry_after_is_honored_and_capped() {
         after > Duration::from_secs(38) && after <= Duration::from_secs(40),
         "{after:?}"
     );
+    // gRPC's `grpc-retry-pushback-ms` on UNAVAILABLE is its `Retry-After`; a negative one is
+    // no wait, and on a verdict (INTERNAL) it is not an overload's.
+    for (code, pushback, expected) in [
+        (14, "20000", 20),
+        (14, "3600000", 60),
+        (14, "-1", 5),
+        (13, "20000", 5),
+    ] {
+        let mut r = grpc(Some(code), None);
+        r.headers
+            .push(("grpc-retry-pushback-ms", pushback.to_owned()));
+        assert_eq!(
+            open_for(r).await,
+            Duration::from_secs(expected),
+            "{code} {pushback}"
+        );
+    }
     // Shorter than the open duration: the open duration wins.
     let mut r = reply(503);
     r.headers.push(("retry-after", "1".to_owned()));
@@ -553,37 +570,4 @@ async fn a_grpc_content_type_in_another_case_is_still_grpc() {
         send(&mut svc, reply).await;
     }
     assert_eq!(handle.snapshot().failed_calls, 2);
-}
-
-/// A gRPC server's `grpc-retry-pushback-ms` on `UNAVAILABLE` or `RESOURCE_EXHAUSTED` is its
-/// `Retry-After`: honored (and capped) like one when the breaker is told to.
-#[tokio::test(start_paused = true)]
-async fn a_grpc_retry_pushback_is_honored_like_retry_after() {
-    let config = CircuitBreakerConfig::default()
-        .consecutive_failures(1)
-        .open_duration(OpenDuration::Fixed(Duration::from_secs(5)))
-        .honor_retry_after(Duration::from_secs(60));
-    for (code, pushback, expected) in [
-        (14, "20000", Duration::from_secs(20)),
-        (14, "3600000", Duration::from_secs(60)),
-        // Not a wait: the open duration.
-        (14, "-1", Duration::from_secs(5)),
-        // A verdict, not an overload: the open duration.
-        (13, "20000", Duration::from_secs(5)),
-    ] {
-        let (mut svc, _) = http_breaker(config.clone(), DefaultClassifier::new());
-        let mut r = grpc(Some(code), None);
-        r.headers
-            .push(("grpc-retry-pushback-ms", pushback.to_owned()));
-        send(&mut svc, r).await;
-        let err = svc
-            .ready()
-            .await
-            .unwrap()
-            .call(Request::new(reply_ok()))
-            .await
-            .unwrap_err();
-        let after = err.downcast_ref::<CircuitOpen>().unwrap().retry_after();
-        assert_eq!(after, Some(expected), "code {code}, pushback {pushback}");
-    }
 }
