@@ -1,4 +1,5 @@
-//! Edge cases of tunnel connections: how a piped connection ends when one side is gone.
+//! Edge cases of tunnel connections: how a piped connection ends when one side is gone or when
+//! nobody speaks.
 
 use std::time::Duration;
 
@@ -129,6 +130,144 @@ async fn a_stalled_probe_look_alike_ends_when_the_local_server_is_down() {
         .await
         .expect("the tunnel connection stayed open with no local server")
         .unwrap();
+}
+
+/// A local server that accepts one connection and never sends a byte, with no idle timeout of
+/// its own (as plain `axum::serve`). Returns its address, and a receiver that fires once the
+/// tunnel has closed the connection (the server reads end of file).
+async fn silent_server() -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Receiver<Vec<u8>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut received = Vec::new();
+        let _ = stream.read_to_end(&mut received).await;
+        let _ = closed_tx.send(received);
+    });
+    (addr, closed_rx)
+}
+
+/// A public client that connects and never sends a byte, to a local server that never sends one
+/// either and has no idle timeout, does not hold the tunnel connection (one of bore's
+/// `BORE_MAX_CONNECTIONS` slots) for ever: it is closed after the header read timeout, on both
+/// sides.
+#[tokio::test]
+async fn a_piped_connection_where_nobody_speaks_ends_after_the_header_read_timeout() {
+    let (addr, local_closed) = silent_server().await;
+    let upstream = Upstream::address(addr).header_read_timeout(Duration::from_millis(200));
+    let (mut public, tunnel_side) = tokio::io::duplex(4096);
+    let serving = tokio::spawn(async move { upstream.serve_tcp_connection(tunnel_side).await });
+
+    // Bounds a failure only: with the timeout, everything ends about 200 ms in.
+    tokio::time::timeout(Duration::from_secs(10), serving)
+        .await
+        .expect("an idle piped connection stayed open past the header read timeout")
+        .unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), public.read_to_end(&mut rest))
+        .await
+        .expect("the public side was not closed")
+        .unwrap();
+    assert!(rest.is_empty());
+    let received = tokio::time::timeout(Duration::from_secs(10), local_closed)
+        .await
+        .expect("the connection to the local server was not closed")
+        .unwrap();
+    assert!(received.is_empty());
+}
+
+/// The same when the public client closes its sending side without a byte (a half-close the
+/// local server may not act on): nobody spoke, so the connection ends after the timeout.
+#[tokio::test]
+async fn a_piped_connection_half_closed_without_a_byte_ends_after_the_header_read_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        // Keeps its side open and silent, whatever it reads, until the test is over.
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut received = Vec::new();
+        let _ = stream.read_to_end(&mut received).await;
+        let _ = done_rx.await;
+        drop(stream);
+    });
+    let upstream = Upstream::address(addr).header_read_timeout(Duration::from_millis(200));
+    let (mut public, tunnel_side) = tokio::io::duplex(4096);
+    let serving = tokio::spawn(async move { upstream.serve_tcp_connection(tunnel_side).await });
+    public.shutdown().await.unwrap();
+
+    tokio::time::timeout(Duration::from_secs(10), serving)
+        .await
+        .expect("a half-closed idle piped connection stayed open past the header read timeout")
+        .unwrap();
+    let mut rest = Vec::new();
+    public.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+    drop(done_tx);
+}
+
+/// Once a side has sent a byte, the header read timeout no longer applies: a public client that
+/// sent its request gets an answer the local server takes longer than the timeout to give.
+#[tokio::test]
+async fn a_piped_connection_that_spoke_outlives_the_header_read_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut ping = [0u8; 5];
+        stream.read_exact(&mut ping).await.unwrap();
+        assert_eq!(&ping, b"ping\n");
+        // Slower than the header read timeout.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        stream.write_all(b"pong\n").await.unwrap();
+    });
+    let upstream = Upstream::address(addr).header_read_timeout(Duration::from_millis(100));
+    let (mut public, tunnel_side) = tokio::io::duplex(4096);
+    tokio::spawn(async move { upstream.serve_tcp_connection(tunnel_side).await });
+    public.write_all(b"ping\n").await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), public.read_to_string(&mut answer))
+        .await
+        .expect("the answer never came")
+        .unwrap();
+    assert_eq!(answer, "pong\n");
+}
+
+/// The same when the local server speaks first (SMTP, SSH): its greeting counts, and a public
+/// client that answers it later than the header read timeout is still connected.
+#[tokio::test]
+async fn a_piped_connection_where_the_local_server_spoke_outlives_the_header_read_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        stream.write_all(b"220 ready\r\n").await.unwrap();
+        let mut line = [0u8; 8];
+        stream.read_exact(&mut line).await.unwrap();
+        stream.write_all(&line).await.unwrap();
+    });
+    let upstream = Upstream::address(addr).header_read_timeout(Duration::from_millis(100));
+    let (mut public, tunnel_side) = tokio::io::duplex(4096);
+    tokio::spawn(async move { upstream.serve_tcp_connection(tunnel_side).await });
+    let mut greeting = [0u8; 11];
+    tokio::time::timeout(Duration::from_secs(10), public.read_exact(&mut greeting))
+        .await
+        .expect("no greeting")
+        .unwrap();
+    assert_eq!(&greeting, b"220 ready\r\n");
+    // Slower than the header read timeout.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    public.write_all(b"HELO x\r\n").await.unwrap();
+    let mut echo = [0u8; 8];
+    tokio::time::timeout(Duration::from_secs(10), public.read_exact(&mut echo))
+        .await
+        .expect("the connection was cut after the greeting")
+        .unwrap();
+    assert_eq!(&echo, b"HELO x\r\n");
 }
 
 /// A provider whose tunnel never opens (within its long startup timeout).

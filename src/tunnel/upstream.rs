@@ -372,9 +372,12 @@ impl Upstream {
     /// upstream (bore), the port of [`local_addr`](Self::local_addr) and the
     /// [`Server`](super::Server) helper's port; not to localtunnel's pooled connections, which
     /// wait for the server to hand them a request (the localtunnel server reads the public
-    /// request's head itself). A TCP connection piped to an address upstream is not HTTP and has
-    /// no such timeout (the local server's own timeouts apply), except while the local server
-    /// cannot be reached: then only a round-trip probe can be answered, and the connection gets
+    /// request's head itself). A TCP connection piped to an address upstream
+    /// ([`serve_tcp_connection`](Self::serve_tcp_connection)) is not HTTP: it is closed if neither
+    /// side (the public client, the local server) has sent a byte this long after it opened;
+    /// once either side has sent one, this timeout no longer applies (the local server's own
+    /// timeouts do), so protocols where the server speaks first (SMTP, SSH) work. While the local
+    /// server cannot be reached, only a round-trip probe can be answered, and the connection gets
     /// this long to send its head.
     ///
     /// A timeout too long for a deadline (such as `Duration::MAX`) means none.
@@ -537,7 +540,10 @@ impl Upstream {
     /// tunnels). An address upstream pipes its bytes to the local address unchanged (any protocol
     /// works, upgrades included), answering only a probe that opens the connection; the pipe
     /// ends when both sides have closed, or 5 s after the local server closed its side (a public
-    /// client that stays connected and silent does not keep it). A service upstream serves it as
+    /// client that stays connected and silent does not keep it), or when neither side has sent a
+    /// byte within the [header read timeout](Self::header_read_timeout) (a public client and a
+    /// local server that both stay silent, the local server having no idle timeout of its own, do
+    /// not keep it either). A service upstream serves it as
     /// [`serve_connection`](Self::serve_connection) does.
     ///
     /// # Example
@@ -674,12 +680,19 @@ where
     // first (SMTP, SSH, ...), the connection is no probe: forward it at once.
     let connect = tokio::net::TcpStream::connect(addr);
     tokio::pin!(connect);
+    // Until either side sends a byte, the connection gets the header read timeout: a public
+    // client that says nothing to a local server that says nothing (and has no idle timeout of
+    // its own) would otherwise hold the connection, and a bore connection slot, for ever.
+    // (No timeout: a timer that never fires in the life of the process.)
+    let silence = tokio::time::sleep(header_read_timeout.unwrap_or(super::time::FAR_FUTURE));
+    tokio::pin!(silence);
     let mut local = None;
     let first = loop {
         match &local {
             None => tokio::select! {
                 read = io.read_buf(&mut head) => break Some(read?),
                 stream = &mut connect => local = Some(stream),
+                () = &mut silence => return Ok(silent_end(header_read_timeout)),
             },
             Some(Ok(stream)) => tokio::select! {
                 read = io.read_buf(&mut head) => break Some(read?),
@@ -688,11 +701,12 @@ where
                     spoke?;
                     break None;
                 }
+                () = &mut silence => return Ok(silent_end(header_read_timeout)),
             },
-            Some(Err(_)) => match within(header_read_timeout, io.read_buf(&mut head)).await {
-                Some(read) => break Some(read?),
+            Some(Err(_)) => tokio::select! {
+                read = io.read_buf(&mut head) => break Some(read?),
                 // No local server, and no probe within the header read timeout.
-                None => break Some(0),
+                () = &mut silence => break Some(0),
             },
         }
     };
@@ -703,6 +717,16 @@ where
     let Some(mut n) = first else {
         return splice(io, local?).await;
     };
+    if n == 0 {
+        if let Ok(stream) = &local {
+            // The public side closed its sending side without a byte: the connection is still
+            // silent until the local server sends something (or closes).
+            tokio::select! {
+                ready = stream.readable() => ready?,
+                () = &mut silence => return Ok(silent_end(header_read_timeout)),
+            }
+        }
+    }
     // Read on only as long as the bytes may still be a probe request.
     loop {
         let prefix = head.len().min(probe_line.len());
@@ -743,11 +767,12 @@ where
                     break;
                 }
             },
-            // Nothing but a probe can be answered: it gets the header read timeout to send its
-            // head, as over HTTP, instead of being waited for without end.
-            Err(_) => match within(header_read_timeout, io.read_buf(&mut head)).await {
-                Some(read) => read?,
-                None => break,
+            // Nothing but a probe can be answered: it gets the header read timeout (from the
+            // connection's start) to send its head, as over HTTP, instead of being waited for
+            // without end.
+            Err(_) => tokio::select! {
+                read = io.read_buf(&mut head) => read?,
+                () = &mut silence => break,
             },
         };
     }
@@ -756,12 +781,12 @@ where
     splice(io, local).await
 }
 
-/// `work`, or `None` once `limit` (if any) has passed.
-async fn within<F: Future>(limit: Option<Duration>, work: F) -> Option<F::Output> {
-    match limit {
-        Some(limit) => tokio::time::timeout(limit, work).await.ok(),
-        None => Some(work.await),
-    }
+/// Logs the end of a piped connection on which neither side sent a byte in time.
+fn silent_end(header_read_timeout: Option<Duration>) {
+    tracing::debug!(
+        ?header_read_timeout,
+        "piped connection ended: neither side sent a byte within the header read timeout"
+    );
 }
 
 /// How long a piped connection still carries the public side's bytes after the local server
