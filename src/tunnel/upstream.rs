@@ -692,7 +692,7 @@ where
             None => tokio::select! {
                 read = io.read_buf(&mut head) => break Some(read?),
                 stream = &mut connect => local = Some(stream),
-                () = &mut silence => return Ok(silent_end(header_read_timeout)),
+                () = &mut silence => return silent_end(header_read_timeout),
             },
             Some(Ok(stream)) => tokio::select! {
                 read = io.read_buf(&mut head) => break Some(read?),
@@ -701,7 +701,7 @@ where
                     spoke?;
                     break None;
                 }
-                () = &mut silence => return Ok(silent_end(header_read_timeout)),
+                () = &mut silence => return silent_end(header_read_timeout),
             },
             Some(Err(_)) => tokio::select! {
                 read = io.read_buf(&mut head) => break Some(read?),
@@ -717,14 +717,14 @@ where
     let Some(mut n) = first else {
         return splice(io, local?).await;
     };
-    if n == 0 {
-        if let Ok(stream) = &local {
-            // The public side closed its sending side without a byte: the connection is still
-            // silent until the local server sends something (or closes).
-            tokio::select! {
-                ready = stream.readable() => ready?,
-                () = &mut silence => return Ok(silent_end(header_read_timeout)),
-            }
+    if n == 0
+        && let Ok(stream) = &local
+    {
+        // The public side closed its sending side without a byte: the connection is still
+        // silent until the local server sends something (or closes).
+        tokio::select! {
+            ready = stream.readable() => ready?,
+            () = &mut silence => return silent_end(header_read_timeout),
         }
     }
     // Read on only as long as the bytes may still be a probe request.
@@ -781,12 +781,13 @@ where
     splice(io, local).await
 }
 
-/// Logs the end of a piped connection on which neither side sent a byte in time.
-fn silent_end(header_read_timeout: Option<Duration>) {
+/// Ends a piped connection on which neither side sent a byte in time (logged).
+fn silent_end(header_read_timeout: Option<Duration>) -> std::io::Result<()> {
     tracing::debug!(
         ?header_read_timeout,
         "piped connection ended: neither side sent a byte within the header read timeout"
     );
+    Ok(())
 }
 
 /// How long a piped connection still carries the public side's bytes after the local server
