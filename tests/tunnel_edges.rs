@@ -380,3 +380,32 @@ async fn a_server_whose_serve_is_dropped_stops_serving() {
     }
     assert!(refused, "the port is still served after serve was dropped");
 }
+
+/// A public client whose first bytes could begin a probe request (`G`) and that then stalls is
+/// not held back from the local server for ever: after the header read timeout the tunnel stops
+/// looking for a probe and hands what it read to the local server, whose own limits (a header
+/// read timeout, an idle timeout) then apply as to any connection.
+#[tokio::test]
+async fn the_first_bytes_of_a_stalled_probe_look_alike_reach_the_local_server() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (got_tx, got_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut first = [0u8; 1];
+        stream.read_exact(&mut first).await.unwrap();
+        let _ = got_tx.send(first);
+        // Silent, and still open: as a server waiting for the rest of a request.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    });
+    let upstream = Upstream::address(addr).header_read_timeout(Duration::from_millis(200));
+    let (mut public, tunnel_side) = tokio::io::duplex(4096);
+    tokio::spawn(async move { upstream.serve_tcp_connection(tunnel_side).await });
+    public.write_all(b"G").await.unwrap();
+    // Bounds a failure only: the byte arrives about 200 ms in.
+    let first = tokio::time::timeout(Duration::from_secs(10), got_rx)
+        .await
+        .expect("the first byte was held back from the local server")
+        .unwrap();
+    assert_eq!(&first, b"G");
+}

@@ -758,14 +758,17 @@ where
             break;
         }
         n = match &local {
-            // The local server closing (its idle timeout) or speaking ends the sniffing: the
-            // bytes go to it, and the connection ends as any piped one does.
+            // The local server closing (its idle timeout) or speaking ends the sniffing, and so
+            // does the header read timeout (from the connection's start): the bytes go to the
+            // local server, whose own limits then apply, and the connection ends as any piped
+            // one does.
             Ok(stream) => tokio::select! {
                 read = io.read_buf(&mut head) => read?,
                 ready = stream.readable() => {
                     ready?;
                     break;
                 }
+                () = &mut silence => break,
             },
             // Nothing but a probe can be answered: it gets the header read timeout (from the
             // connection's start) to send its head, as over HTTP, instead of being waited for
