@@ -294,6 +294,35 @@ impl tower_webhook::tunnel::Provider for NeverOpens {
     }
 }
 
+/// Asserts that the server at `addr` answers a request (waiting for its port to open).
+async fn assert_served(addr: std::net::SocketAddr) {
+    let mut stream = loop {
+        if let Ok(stream) = tokio::net::TcpStream::connect(addr).await {
+            break stream;
+        }
+        tokio::task::yield_now().await;
+    };
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.ends_with("ok"), "{answer}");
+}
+
+/// Whether connections to `addr` are refused, waited for within a bound that only a failure
+/// reaches.
+async fn refused(addr: std::net::SocketAddr) -> bool {
+    for _ in 0..500 {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
 /// `Server::spawn` given up before it returned (its caller's own timeout, say) leaves no server
 /// behind: the caller has no `Running` to stop it with, so the port would stay served until the
 /// process gets a shutdown signal.
@@ -310,33 +339,12 @@ async fn a_server_whose_spawn_is_dropped_stops_serving() {
     let addr = server.local_addr().unwrap();
     let spawning = tokio::spawn(server.spawn(app));
     // The port serves while the tunnel starts.
-    let mut stream = loop {
-        if let Ok(stream) = tokio::net::TcpStream::connect(addr).await {
-            break stream;
-        }
-        tokio::task::yield_now().await;
-    };
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.unwrap();
-    assert!(answer.ends_with("ok"), "{answer}");
+    assert_served(addr).await;
 
     spawning.abort();
     let _ = spawning.await;
-    // Waited for, within a bound that only a failure reaches.
-    let mut refused = false;
-    for _ in 0..500 {
-        if tokio::net::TcpStream::connect(addr).await.is_err() {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
     assert!(
-        refused,
+        refused(addr).await,
         "the port is still served after the spawn was dropped"
     );
 }
@@ -354,31 +362,14 @@ async fn a_server_whose_serve_is_dropped_stops_serving() {
         .with_graceful_shutdown(std::future::pending());
     let addr = server.local_addr().unwrap();
     let serving = tokio::spawn(server.serve(app));
-    let mut stream = loop {
-        if let Ok(stream) = tokio::net::TcpStream::connect(addr).await {
-            break stream;
-        }
-        tokio::task::yield_now().await;
-    };
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.unwrap();
-    assert!(answer.ends_with("ok"), "{answer}");
+    assert_served(addr).await;
 
     serving.abort();
     let _ = serving.await;
-    let mut refused = false;
-    for _ in 0..500 {
-        if tokio::net::TcpStream::connect(addr).await.is_err() {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(refused, "the port is still served after serve was dropped");
+    assert!(
+        refused(addr).await,
+        "the port is still served after serve was dropped"
+    );
 }
 
 /// A public client whose first bytes could begin a probe request (`G`) and that then stalls is
