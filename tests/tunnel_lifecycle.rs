@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tower_webhook::BoxError;
 use tower_webhook::tunnel::{
     BORE_MAX_CONNECTIONS, Bore, BoxFuture, LocalTunnel, Provider, SESSION_STOP_GRACE, Server,
-    Session, Tunnel, TunnelEvent, Upstream,
+    Session, Tunnel, TunnelEvent, TunnelHandle, Upstream,
 };
 
 use support::{LT_MAX_CONN, Logs, LtServer, eventually, get, get_url, hello_service};
@@ -978,6 +978,31 @@ struct SlowSecondStart {
     black_hole: SocketAddr,
 }
 
+impl SlowSecondStart {
+    async fn new() -> Self {
+        Self {
+            opens: Arc::default(),
+            lose: Arc::default(),
+            starting: Arc::default(),
+            torn_down: Arc::default(),
+            black_hole: support::black_hole().await,
+        }
+    }
+}
+
+/// Closes `handle` (within a bound only a failure reaches) and asserts that the session being
+/// torn down had finished by then.
+async fn assert_close_waits_for(
+    handle: TunnelHandle,
+    torn_down: &std::sync::atomic::AtomicBool,
+    message: &str,
+) {
+    tokio::time::timeout(Duration::from_secs(5), handle.close())
+        .await
+        .expect("close returns");
+    assert!(torn_down.load(Ordering::SeqCst), "{message}");
+}
+
 impl Provider for SlowSecondStart {
     fn name(&self) -> &str {
         "slow-second-start"
@@ -1023,13 +1048,7 @@ impl Provider for SlowSecondStart {
 /// only once the tunnel being opened is torn down, as it does for an open tunnel.
 #[tokio::test]
 async fn closing_while_re_opening_waits_for_the_tunnel_being_opened() {
-    let provider = SlowSecondStart {
-        opens: Arc::default(),
-        lose: Arc::default(),
-        starting: Arc::default(),
-        torn_down: Arc::default(),
-        black_hole: support::black_hole().await,
-    };
+    let provider = SlowSecondStart::new().await;
     let (lose, starting, torn_down) = (
         Arc::clone(&provider.lose),
         Arc::clone(&provider.starting),
@@ -1049,13 +1068,12 @@ async fn closing_while_re_opening_waits_for_the_tunnel_being_opened() {
         .await
         .expect("the tunnel is re-opened");
     tokio::time::sleep(Duration::from_millis(50)).await;
-    tokio::time::timeout(Duration::from_secs(5), handle.close())
-        .await
-        .expect("close returns");
-    assert!(
-        torn_down.load(Ordering::SeqCst),
-        "close returned while the tunnel being re-opened was still tearing down"
-    );
+    assert_close_waits_for(
+        handle,
+        &torn_down,
+        "close returned while the tunnel being re-opened was still tearing down",
+    )
+    .await;
 }
 
 /// A minimum delay of zero re-opens at once the first time only: the delays still grow up to
@@ -1101,13 +1119,7 @@ impl Provider for NeverStarts {
 /// once no session the tunnel started is still stopping.
 #[tokio::test]
 async fn closing_after_a_failed_probe_during_a_re_open_waits_for_that_session() {
-    let provider = SlowSecondStart {
-        opens: Arc::default(),
-        lose: Arc::default(),
-        starting: Arc::default(),
-        torn_down: Arc::default(),
-        black_hole: support::black_hole().await,
-    };
+    let provider = SlowSecondStart::new().await;
     let (lose, torn_down) = (Arc::clone(&provider.lose), Arc::clone(&provider.torn_down));
     let started = Arc::new(tokio::sync::Notify::new());
     let handle = Tunnel::builder()
@@ -1126,11 +1138,10 @@ async fn closing_after_a_failed_probe_during_a_re_open_waits_for_that_session() 
     tokio::time::timeout(Duration::from_secs(5), started.notified())
         .await
         .expect("the second provider is tried once the first one's probe failed");
-    tokio::time::timeout(Duration::from_secs(5), handle.close())
-        .await
-        .expect("close returns");
-    assert!(
-        torn_down.load(Ordering::SeqCst),
-        "close returned while the session whose probe failed was still tearing down"
-    );
+    assert_close_waits_for(
+        handle,
+        &torn_down,
+        "close returned while the session whose probe failed was still tearing down",
+    )
+    .await;
 }

@@ -343,34 +343,24 @@ fn trailers_only_grpc_status(status: StatusCode, headers: &HeaderMap) -> Option<
     )
 }
 
-/// The pushback of the status the upstream answered, when `err` carries one.
+/// The gRPC code and pushback of a status the upstream answered, when `err` carries one: a
+/// `tonic::Status` with no source. One with a source was made from a transport error, which
+/// says more.
 #[cfg(feature = "tonic")]
-fn answered_grpc_pushback(err: &(dyn Error + 'static)) -> Pushback {
+fn answered_grpc_status(err: &(dyn Error + 'static)) -> Option<(u16, Pushback)> {
     chain(err)
         .filter_map(|e| e.downcast_ref::<tonic::Status>())
         .find(|status| status.source().is_none())
-        .map_or(Pushback::None, |status| {
-            grpc_pushback(status.metadata().as_ref())
+        .map(|status| {
+            (
+                status.code() as u16,
+                grpc_pushback(status.metadata().as_ref()),
+            )
         })
 }
 
 #[cfg(not(feature = "tonic"))]
-fn answered_grpc_pushback(_: &(dyn Error + 'static)) -> Pushback {
-    Pushback::None
-}
-
-/// The gRPC code of a status the upstream answered, when `err` carries one: a `tonic::Status`
-/// with no source. One with a source was made from a transport error, which says more.
-#[cfg(feature = "tonic")]
-fn answered_grpc_code(err: &(dyn Error + 'static)) -> Option<u16> {
-    chain(err)
-        .filter_map(|e| e.downcast_ref::<tonic::Status>())
-        .find(|status| status.source().is_none())
-        .map(|status| status.code() as u16)
-}
-
-#[cfg(not(feature = "tonic"))]
-fn answered_grpc_code(_: &(dyn Error + 'static)) -> Option<u16> {
+fn answered_grpc_status(_: &(dyn Error + 'static)) -> Option<(u16, Pushback)> {
     None
 }
 
@@ -871,17 +861,17 @@ where
                 if is_circuit_open(err) || fails_again(err) {
                     return None;
                 }
-                // An error that is the upstream's answer (`PERMISSION_DENIED`, `NOT_FOUND`)
-                // is a verdict, not a failure that may pass next time.
-                if let Some(code) = answered_grpc_code(err)
-                    && !self.is_retryable_status(crate::grpc_http::status_of(code))
-                {
-                    return None;
-                }
-                let after = match answered_grpc_pushback(err) {
-                    Pushback::Wait(after) => Some(after),
-                    Pushback::DoNotRetry => return None,
-                    Pushback::None => None,
+                let after = match answered_grpc_status(err) {
+                    // An error that is the upstream's answer (`PERMISSION_DENIED`,
+                    // `NOT_FOUND`) is a verdict, not a failure that may pass next time.
+                    Some((code, _))
+                        if !self.is_retryable_status(crate::grpc_http::status_of(code)) =>
+                    {
+                        return None;
+                    }
+                    Some((_, Pushback::DoNotRetry)) => return None,
+                    Some((_, Pushback::Wait(after))) => Some(after),
+                    Some((_, Pushback::None)) | None => None,
                 };
                 (after, was_not_sent(err))
             }
