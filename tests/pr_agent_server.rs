@@ -802,6 +802,18 @@ async fn development_mode_generates_a_secret_and_its_sample_delivery_works() {
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
 }
 
+#[test]
+fn host_and_port_are_read_around_spaces_like_the_numbers() {
+    // As a `.env` file or a YAML block can leave them: the other numbers are trimmed too.
+    let settings = app::Settings::from_lookup(|n| match n {
+        "HOST" => Some(" 0.0.0.0\n".to_owned()),
+        "PORT" => Some("8080 ".to_owned()),
+        _ => None,
+    })
+    .unwrap();
+    assert_eq!(settings.addr.to_string(), "0.0.0.0:8080");
+}
+
 /// Settings with only `name` set to `value` are refused, with a message naming `name`.
 fn refused_naming_it(name: &str, value: &str) {
     let err = app::Settings::from_lookup(|n| (n == name).then(|| value.to_owned()))

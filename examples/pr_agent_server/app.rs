@@ -310,13 +310,14 @@ impl Settings {
     /// Reads the settings through `lookup` (tests pass a map).
     pub(crate) fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
         let host: IpAddr = match lookup("HOST") {
-            Some(h) => h.parse().map_err(|_| {
+            Some(h) => h.trim().parse().map_err(|_| {
                 format!("HOST={h:?} is not an IP address (e.g. 127.0.0.1 or 0.0.0.0)")
             })?,
             None => IpAddr::V4(Ipv4Addr::LOCALHOST),
         };
         let port: u16 = match lookup("PORT") {
             Some(p) => p
+                .trim()
                 .parse()
                 .map_err(|_| format!("PORT={p:?} is not a port number (0-65535)"))?,
             None => 3000,

@@ -366,10 +366,15 @@ fn random_subdomain() -> String {
 }
 
 /// The server serves its API and the public traffic on one port, but answers URLs without a port
-/// (it assumes 80/443): when it was reached on another port, put that port into the URL.
+/// (it assumes 80/443): when it was reached on another port, put that port into the URL. A
+/// URL of the root ends without `/`, as hook URLs are this URL followed by a path.
 fn public_url(url: &str, base: &BaseUrl) -> String {
     let Ok(parsed) = url.parse::<http::Uri>() else {
         return url.to_owned();
+    };
+    let url = match parsed.path_and_query().map(|pq| pq.as_str()) {
+        Some("/") => url.strip_suffix('/').unwrap_or(url),
+        _ => url,
     };
     let default_port = if base.https { 443 } else { 80 };
     let same_scheme = parsed.scheme_str() == Some(if base.https { "https" } else { "http" });
@@ -554,6 +559,28 @@ mod tests {
         assert_eq!(
             public_url("https://abcde.loca.lt", &hosted),
             "https://abcde.loca.lt"
+        );
+    }
+
+    #[test]
+    fn url_of_the_root_ends_without_a_slash() {
+        let base = BaseUrl::parse("http://127.0.0.1:8080", false).unwrap();
+        assert_eq!(
+            public_url("http://abcde.localhost/", &base),
+            "http://abcde.localhost:8080"
+        );
+        assert_eq!(
+            public_url("http://abcde.localhost:9/", &base),
+            "http://abcde.localhost:9"
+        );
+        let hosted = BaseUrl::parse("https://localtunnel.me", false).unwrap();
+        assert_eq!(
+            public_url("https://abcde.loca.lt/", &hosted),
+            "https://abcde.loca.lt"
+        );
+        assert_eq!(
+            public_url("https://abcde.loca.lt/x/", &hosted),
+            "https://abcde.loca.lt/x/"
         );
     }
 
