@@ -6,7 +6,7 @@ use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
@@ -426,7 +426,7 @@ pub struct WebhookError<S, R = ProblemJson> {
     inner: S,
     shared: Shared,
     renderer: R,
-    ready_error: Option<BoxError>,
+    ready_error: Option<NotReady>,
 }
 
 impl<S: Clone, R: Clone> Clone for WebhookError<S, R> {
@@ -570,11 +570,19 @@ where
     type Future = ResponseFuture<S::Future, R>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.ready_error.is_none()
-            && let Err(err) = ready!(self.inner.poll_ready(cx))
-        {
-            // The error is answered to the next request instead of closing the connection.
-            self.ready_error = Some(err.into());
+        if self.ready_error.is_none() {
+            // A failure is answered to the next request instead of closing the connection; a
+            // panic too, which would otherwise unwind through the server's connection task.
+            let inner = &mut self.inner;
+            match catch_unwind(AssertUnwindSafe(|| inner.poll_ready(cx))) {
+                Ok(Poll::Pending) => return Poll::Pending,
+                Ok(Poll::Ready(Ok(()))) => {}
+                Ok(Poll::Ready(Err(err))) => self.ready_error = Some(NotReady::Error(err.into())),
+                // Only the message is kept: the payload is not `Sync`, and the service must be.
+                Err(payload) => {
+                    self.ready_error = Some(NotReady::Panic(panic_message(&*payload).to_owned()));
+                }
+            }
         }
         Poll::Ready(Ok(()))
     }
@@ -584,9 +592,13 @@ where
         let info = RequestInfo::of(&req, self.shared.get());
         let shared = self.shared.clone();
         let renderer = self.renderer.clone();
-        if let Some(err) = self.ready_error.take() {
+        if let Some(failure) = self.ready_error.take() {
+            let outcome = match failure {
+                NotReady::Error(err) => Outcome::Error(err),
+                NotReady::Panic(message) => Outcome::Panic(Box::new(message)),
+            };
             return ResponseFuture {
-                kind: Kind::Ready(Some(Outcome::Error(err))),
+                kind: Kind::Ready(Some(outcome)),
                 info,
                 shared,
                 renderer,
@@ -612,6 +624,13 @@ where
 enum Outcome {
     Error(BoxError),
     Panic(Box<dyn Any + Send>),
+}
+
+/// Why the inner service could not take the next request: answered to that request.
+enum NotReady {
+    Error(BoxError),
+    /// A panic in the inner service's `poll_ready`, by its message.
+    Panic(String),
 }
 
 /// Response future of [`WebhookError`].
@@ -723,11 +742,29 @@ fn on_error<B, R: RenderProblem>(
 ) -> Response<ResponseBody<B>> {
     let problem = match outcome {
         Outcome::Error(err) => {
-            let problem = classify::classify(&*err, config.timeout_status, &config.recognizers)
-                .unwrap_or_else(classify::unknown);
-            let problem = error_status(problem, info);
-            log_problem(&problem, info, Some(&*err));
-            problem
+            // The error's own code runs here (its `Display`, an `HttpError`'s methods, a
+            // recognizer): a panic in it is answered like a handler's, not let out into the
+            // server's connection task.
+            let classified = catch_unwind(AssertUnwindSafe(|| {
+                let problem = classify::classify(&*err, config.timeout_status, &config.recognizers)
+                    .unwrap_or_else(classify::unknown);
+                let problem = error_status(problem, info);
+                log_problem(&problem, info, Some(&*err));
+                problem
+            }));
+            match classified {
+                Ok(problem) => problem,
+                Err(payload) => {
+                    let problem = classify::panicked();
+                    tracing::error!(
+                        status = problem.status().as_u16(),
+                        request_id = request_id_str(info),
+                        panic = panic_message(&*payload),
+                        "the service's error panicked while it was classified or logged"
+                    );
+                    problem
+                }
+            }
         }
         Outcome::Panic(payload) => {
             let problem = classify::panicked();
@@ -941,7 +978,8 @@ const MAX_INSTANCE_LEN: usize = 256;
 /// and not longer than [`MAX_INSTANCE_LEN`]. Anything else (spaces, a tab, quotes, a huge value)
 /// is left out of the document; the id is still logged and echoed in its header. So is an id
 /// with an authority (`//host/...`, `https://host/...`): a client resolving the `instance`
-/// would be sent to a host the request named.
+/// would be sent to a host the request named. And so is an id that is not a URI reference,
+/// with a colon in its first segment that ends no scheme (`12:30:00`).
 fn as_instance(id: &HeaderValue) -> Option<&str> {
     const URI_SAFE: &[u8] = b"-._~!$&'()*+,;=:@/?";
     let bytes = id.as_bytes();
@@ -950,8 +988,30 @@ fn as_instance(id: &HeaderValue) -> Option<&str> {
         && bytes
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || URI_SAFE.contains(b))
+        && is_uri_reference(bytes)
         && !names_a_host(bytes);
     if fits { id.to_str().ok() } else { None }
+}
+
+/// Whether `uri`, made of characters a URI carries as they are, is a URI reference (RFC 3986,
+/// section 4.1): a colon in its first segment must end a scheme (a letter, then letters,
+/// digits, `+`, `-` or `.`). `12:30:00`, `:x` or `_a:b` are neither a URI nor a relative
+/// reference, whose first segment has no colon (section 4.2).
+fn is_uri_reference(uri: &[u8]) -> bool {
+    let first_segment = uri
+        .split(|&b| b == b'/' || b == b'?')
+        .next()
+        .unwrap_or_default();
+    match first_segment.iter().position(|&b| b == b':') {
+        None => true,
+        Some(end) => {
+            let scheme = &first_segment[..end];
+            scheme.first().is_some_and(u8::is_ascii_alphabetic)
+                && scheme
+                    .iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        }
+    }
 }
 
 /// Whether the URI reference `uri` has an authority (RFC 3986, section 4.2): it starts with

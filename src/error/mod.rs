@@ -12,8 +12,8 @@
 //! | `Ok(response)` with a [`Problem`] in its extensions (a handler returned one) | the problem, rendered | trailers-only, code of the problem |
 //! | `Err(`[`Problem`]`)` or any [`HttpError`] registered with [`WebhookErrorLayer::recognize`] | its status | its [`HttpError::grpc_code`] |
 //! | signature rejected | 401 / 413 / 408 / 400 / 409 | `Unauthenticated` / `OutOfRange` / `DeadlineExceeded` / `InvalidArgument` / `AlreadyExists` |
-//! | circuit open | 503 + `Retry-After` | `Unavailable` |
-//! | [`WebhookProcessingError`] | 500, or 503 + `Retry-After` when retryable | `Internal` / `Unavailable` |
+//! | circuit open | 503 + `Retry-After` | `Unavailable` + `grpc-retry-pushback-ms` |
+//! | [`WebhookProcessingError`] | 500, or 503 + `Retry-After` when retryable | `Internal` / `Unavailable` + `grpc-retry-pushback-ms` |
 //! | `tower::timeout::error::Elapsed` | 504 (or 408, see [`WebhookErrorLayer::timeout_status`]) | `DeadlineExceeded` |
 //! | `tower::load_shed::error::Overloaded` | 503 | `Unavailable` |
 //! | `http_body_util::LengthLimitError` | 413 | `OutOfRange` |

@@ -810,7 +810,9 @@ impl Problem {
     }
 
     /// A trailers-only gRPC response: HTTP 200, `content-type: application/grpc`, and
-    /// `grpc-status` / percent-encoded `grpc-message` in the headers.
+    /// `grpc-status` / percent-encoded `grpc-message` in the headers. A problem with a
+    /// [`retry_after`](Self::retry_after) also carries it as `grpc-retry-pushback-ms` (in
+    /// milliseconds, rounded up), the server pushback gRPC clients honour, and as `Retry-After`.
     ///
     /// # Example
     ///
@@ -838,6 +840,8 @@ impl Problem {
         }
         if let Some(after) = self.retry_after {
             headers.insert(header::RETRY_AFTER, retry_after_value(after));
+            // What gRPC clients read (gRPC A6, server pushback): they ignore `Retry-After`.
+            headers.insert("grpc-retry-pushback-ms", pushback_value(after));
         }
         response
     }
@@ -899,6 +903,16 @@ impl Problem {
 }
 
 /// `Retry-After` in whole seconds, rounded up so a client never comes back early.
+/// `grpc-retry-pushback-ms`: whole milliseconds, rounded up. gRPC clients read it as a 32-bit
+/// signed number (a larger one is "do not retry"), so a longer wait is sent as the longest.
+fn pushback_value(after: Duration) -> HeaderValue {
+    let millis = after
+        .as_millis()
+        .saturating_add(u128::from(!after.subsec_nanos().is_multiple_of(1_000_000)));
+    const LONGEST: u128 = i32::MAX as u128;
+    HeaderValue::from(u64::try_from(millis.min(LONGEST)).unwrap_or(i32::MAX as u64))
+}
+
 fn retry_after_value(after: Duration) -> HeaderValue {
     let secs = after
         .as_secs()

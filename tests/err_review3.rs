@@ -1,0 +1,366 @@
+//! WebhookErrorLayer, third review: panics outside the handler's future, `instance` as a URI
+//! reference, and the wait a gRPC client is told.
+
+#[path = "common/logs.rs"]
+mod logs;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use logs::Logs;
+use serde_json::Value;
+use tower::{BoxError, Layer, Service, ServiceBuilder, ServiceExt};
+use tower_webhook::error::{HttpError, Problem, WebhookErrorLayer, WebhookProcessingError, types};
+
+/// Serves `svc` (the whole app) with axum on a loopback port.
+async fn serve<S>(svc: S) -> (SocketAddr, tokio::task::JoinHandle<()>)
+where
+    S: Service<axum::extract::Request, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Response: axum::response::IntoResponse,
+    S::Future: Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().fallback_service(svc);
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (addr, server)
+}
+
+/// GETs `path`, expecting an answer (not a dropped connection): its status and body.
+async fn get(addr: SocketAddr, path: &str) -> (StatusCode, Bytes) {
+    let res = reqwest::Client::new()
+        .get(format!("http://{addr}{path}"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("the server answers instead of dropping the connection");
+    let status = StatusCode::from_u16(res.status().as_u16()).unwrap();
+    (status, res.bytes().await.unwrap())
+}
+
+// ---------------------------------------------------------------------------------------------
+// A panic in the inner service's `poll_ready`
+
+/// A service whose `poll_ready` panics the first time it is asked, then works.
+#[derive(Clone)]
+struct PanicsOnceWhenReady {
+    panicked: Arc<AtomicBool>,
+}
+
+impl Service<axum::extract::Request> for PanicsOnceWhenReady {
+    type Response = Response<axum::body::Body>;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<Self::Response, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if !self.panicked.swap(true, Ordering::SeqCst) {
+            panic!("connection pool lock poisoned");
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: axum::extract::Request) -> Self::Future {
+        std::future::ready(Ok(Response::new(axum::body::Body::from("ok"))))
+    }
+}
+
+/// The layer turns every panic of the inner service into a 500, not only those in `call` and
+/// its future: a panic in `poll_ready` used to unwind through the server's connection task,
+/// which dropped the connection with no answer.
+#[tokio::test]
+async fn a_panic_in_the_inner_poll_ready_is_answered_500_and_the_service_stays_usable() {
+    let svc = WebhookErrorLayer::new().layer(PanicsOnceWhenReady {
+        panicked: Arc::new(AtomicBool::new(false)),
+    });
+    let (addr, server) = serve(svc).await;
+
+    let (status, body) = get(addr, "/hook").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let doc: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(doc["status"], 500);
+    assert_eq!(doc["type"], types::PANIC);
+    assert!(
+        !String::from_utf8_lossy(&body).contains("poisoned"),
+        "the panic message stays out of the answer"
+    );
+
+    // The next request reaches the service.
+    let (status, body) = get(addr, "/hook").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&body[..], b"ok");
+    server.abort();
+}
+
+/// The same through `Service` directly: answered once, logged once with its message, then the
+/// service is ready again.
+#[tokio::test(flavor = "current_thread")]
+async fn a_poll_ready_panic_is_logged_and_answered_to_the_next_request_only() {
+    let logs = Logs::default();
+    let _guard = tracing::subscriber::set_default(logs.subscriber());
+    let mut svc = WebhookErrorLayer::new().layer(PanicsOnceWhenReady {
+        panicked: Arc::new(AtomicBool::new(false)),
+    });
+
+    let req = Request::builder()
+        .header("x-request-id", "req-ready")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let res = svc.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(res.headers()["x-request-id"], "req-ready");
+
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new(axum::body::Body::empty()))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+
+    let text = logs.text();
+    assert_eq!(
+        text.matches("connection pool lock poisoned").count(),
+        1,
+        "{text}"
+    );
+    assert!(text.contains("ERROR"), "{text}");
+    assert!(text.contains("req-ready"), "{text}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// A panic in the error's own code
+
+/// An error whose `Display` panics, as a buggy `format!` in an error type does.
+#[derive(Debug)]
+struct DisplayPanics;
+
+impl std::fmt::Display for DisplayPanics {
+    fn fmt(&self, _f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        panic!("index out of bounds in DisplayPanics")
+    }
+}
+
+impl std::error::Error for DisplayPanics {}
+
+/// The error is only logged (never sent), but logging it runs its `Display`: a panic there
+/// used to escape the layer and drop the connection.
+#[tokio::test]
+async fn an_error_whose_display_panics_is_answered_500() {
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .service_fn(|req: axum::extract::Request| async move {
+            if req.uri().path() == "/broken" {
+                return Err::<Response<axum::body::Body>, BoxError>(DisplayPanics.into());
+            }
+            Ok(Response::new(axum::body::Body::from("ok")))
+        });
+    let (addr, server) = serve(svc).await;
+
+    let (status, body) = get(addr, "/broken").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let doc: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(doc["status"], 500);
+
+    let (status, _) = get(addr, "/fine").await;
+    assert_eq!(status, StatusCode::OK);
+    server.abort();
+}
+
+/// A recognised error whose `HttpError` method panics.
+#[derive(Debug, thiserror::Error)]
+#[error("quota exceeded")]
+struct QuotaExceeded;
+
+impl HttpError for QuotaExceeded {
+    fn status(&self) -> StatusCode {
+        StatusCode::TOO_MANY_REQUESTS
+    }
+    fn problem_type(&self) -> &str {
+        "urn:example:quota"
+    }
+    fn detail(&self) -> Option<std::borrow::Cow<'_, str>> {
+        panic!("detail of QuotaExceeded")
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_recognised_error_that_panics_while_classified_is_answered_500_and_logged() {
+    let logs = Logs::default();
+    let _guard = tracing::subscriber::set_default(logs.subscriber());
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new().recognize::<QuotaExceeded>())
+        .service_fn(|_req: Request<Full<Bytes>>| async {
+            Err::<Response<Full<Bytes>>, BoxError>(QuotaExceeded.into())
+        });
+    // Spawned, so a panic that escapes the layer fails the test with a clear message.
+    let res = tokio::spawn(svc.oneshot(Request::new(Full::default())))
+        .await
+        .expect("the layer answers instead of panicking")
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let doc: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(doc["status"], 500);
+    let text = logs.text();
+    assert!(text.contains("detail of QuotaExceeded"), "{text}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// `instance` is a URI reference (RFC 9457, section 3.1.5)
+
+async fn problem_with_request_id(id: &str) -> (http::HeaderMap, Value) {
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .service_fn(|_req: Request<Full<Bytes>>| async {
+            Err::<Response<Full<Bytes>>, _>(Problem::new(StatusCode::CONFLICT))
+        });
+    let req = Request::builder()
+        .header("x-request-id", id)
+        .body(Full::default())
+        .unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (headers, serde_json::from_slice(&body).unwrap())
+}
+
+/// A colon in the first segment of a relative reference makes it no URI reference at all
+/// (RFC 3986, section 4.2): `12:30:00` is neither a URI (a scheme starts with a letter) nor a
+/// relative reference. Strict URI parsers reject such an `instance`.
+#[tokio::test]
+async fn an_instance_is_always_a_uri_reference() {
+    for id in ["12:30:00", ":42", "_trace:1", "1req:x/y", "-a:b", "a_b:c"] {
+        let (headers, doc) = problem_with_request_id(id).await;
+        assert!(
+            doc.get("instance").is_none(),
+            "{id:?} became {}",
+            doc["instance"]
+        );
+        assert_eq!(headers["x-request-id"], id, "still echoed in its header");
+    }
+    for id in [
+        "req:42",
+        "urn:uuid:72d3162e-cc78-11e3-81ab-4c9367dc0958",
+        "a+b.c-d:x",
+        "trace/12:30",
+        "?at=12:30",
+        "72d3162e-cc78-11e3-81ab-4c9367dc0958",
+    ] {
+        assert_eq!(problem_with_request_id(id).await.1["instance"], id);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The wait a gRPC client is told
+
+fn grpc_req() -> Request<Full<Bytes>> {
+    Request::builder()
+        .uri("/pkg.Svc/Method")
+        .version(http::Version::HTTP_2)
+        .header("content-type", "application/grpc")
+        .body(Full::default())
+        .unwrap()
+}
+
+/// gRPC clients ignore `Retry-After`; gRPC's server pushback is `grpc-retry-pushback-ms`.
+#[tokio::test]
+async fn a_grpc_answer_carries_its_wait_as_retry_pushback() {
+    for (after, pushback, retry_after) in [
+        (Duration::from_millis(1500), "1500", "2"),
+        (Duration::from_micros(2_000_001), "2001", "3"),
+        (Duration::from_secs(30), "30000", "30"),
+        // gRPC clients read it as a 32-bit number: the longest wait they can take.
+        (Duration::from_secs(40 * 86_400), "2147483647", "3456000"),
+    ] {
+        let svc = ServiceBuilder::new()
+            .layer(WebhookErrorLayer::new())
+            .service_fn(move |_req: Request<Full<Bytes>>| async move {
+                Err::<Response<Full<Bytes>>, BoxError>(
+                    WebhookProcessingError::retryable("queue full", after).into(),
+                )
+            });
+        let res = svc.oneshot(grpc_req()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()["grpc-status"], "14");
+        assert_eq!(
+            res.headers()["grpc-retry-pushback-ms"],
+            pushback,
+            "{after:?}"
+        );
+        assert_eq!(res.headers()["retry-after"], retry_after, "{after:?}");
+    }
+
+    // No wait, no pushback (a missing one lets the client's policy decide).
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .service_fn(|_req: Request<Full<Bytes>>| async {
+            Err::<Response<Full<Bytes>>, BoxError>(WebhookProcessingError::new("boom").into())
+        });
+    let res = svc.oneshot(grpc_req()).await.unwrap();
+    assert_eq!(res.headers()["grpc-status"], "13");
+    assert!(res.headers().get("grpc-retry-pushback-ms").is_none());
+}
+
+#[path = "../examples/common/echo.rs"]
+#[allow(dead_code)]
+mod echo;
+
+/// A real tonic client sees the pushback in the status of a call refused with a wait.
+#[tokio::test]
+async fn a_tonic_client_sees_the_pushback_of_a_refused_call() {
+    use echo::{Echo, EchoService, SAY, codec};
+    use tonic::codegen::http::uri::PathAndQuery;
+
+    fn busy(_req: Request<tonic::body::Body>) -> Result<Request<tonic::body::Body>, BoxError> {
+        Err(WebhookProcessingError::retryable("queue full", Duration::from_millis(2500)).into())
+    }
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let incoming = futures_util::stream::unfold(listener, |listener| async move {
+        let conn = listener.accept().await.map(|(s, _)| s);
+        Some((conn, listener))
+    });
+    let server = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .layer(WebhookErrorLayer::new())
+            .layer(tower::filter::FilterLayer::new(busy))
+            .add_service(EchoService)
+            .serve_with_incoming(incoming)
+            .await
+            .unwrap();
+    });
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = tonic::client::Grpc::new(channel);
+    client.ready().await.unwrap();
+    let request = tonic::Request::new(Echo {
+        message: "hello".to_owned(),
+    });
+    let status = client
+        .unary::<Echo, Echo, _>(request, PathAndQuery::from_static(SAY), codec())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(
+        status.metadata().get("grpc-retry-pushback-ms").unwrap(),
+        "2500"
+    );
+    server.abort();
+}
