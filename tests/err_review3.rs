@@ -364,3 +364,110 @@ async fn a_tonic_client_sees_the_pushback_of_a_refused_call() {
     );
     server.abort();
 }
+
+// ---------------------------------------------------------------------------------------------
+// HEAD
+
+/// A service that fails every request with a problem.
+fn conflict<B: Send + 'static>() -> impl Service<
+    Request<B>,
+    Response = Response<tower_webhook::body::ResponseBody<axum::body::Body>>,
+    Error = Infallible,
+    Future = impl Send + 'static,
+> + Clone
++ Send
++ Sync
++ 'static {
+    ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .service_fn(|_req: Request<B>| async {
+            Err::<Response<axum::body::Body>, _>(
+                Problem::new(StatusCode::CONFLICT).with_detail("delivery already processed"),
+            )
+        })
+}
+
+/// The answer to HEAD has the headers of the answer to GET (RFC 9110, section 9.3.2), its
+/// `Content-Length` included, and no content, over HTTP/1.1 and HTTP/2.
+#[tokio::test]
+async fn a_head_answer_has_the_content_length_of_the_get_answer() {
+    let (addr, server) = serve(conflict::<axum::body::Body>()).await;
+    let client = reqwest::Client::new();
+    let get = client
+        .get(format!("http://{addr}/hook"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 409);
+    let get_len = get.headers()["content-length"].clone();
+    let get_type = get.headers()["content-type"].clone();
+    let body = get.bytes().await.unwrap();
+    assert_eq!(get_len.to_str().unwrap(), body.len().to_string());
+
+    let head = client
+        .head(format!("http://{addr}/hook"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 409);
+    assert_eq!(head.headers().get("content-length"), Some(&get_len));
+    assert_eq!(head.headers()["content-type"], get_type);
+    assert!(head.bytes().await.unwrap().is_empty());
+
+    // The same connection still works: no stray body bytes were sent after the HEAD answer.
+    let again = client
+        .get(format!("http://{addr}/hook"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.bytes().await.unwrap(), body);
+    server.abort();
+
+    // HTTP/2 (prior knowledge): the length travels, the stream ends with the headers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let svc = hyper_util::service::TowerToHyperService::new(conflict());
+        hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+            .await
+            .unwrap();
+    });
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let head = sender
+        .send_request(
+            Request::head(format!("http://{addr}/hook"))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(head.status(), StatusCode::CONFLICT);
+    assert_eq!(head.headers().get("content-length"), Some(&get_len));
+    assert!(
+        head.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .is_empty()
+    );
+    let get = sender
+        .send_request(
+            Request::get(format!("http://{addr}/hook"))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(get.into_body().collect().await.unwrap().to_bytes(), body);
+    server.abort();
+}

@@ -929,8 +929,8 @@ fn render<B, R: RenderProblem>(
     } else {
         // A renderer that panics is a bug, but the client still gets an answer: the problem in
         // the default form.
-        let rendered = catch_unwind(AssertUnwindSafe(|| renderer.render(&problem))).unwrap_or_else(
-            |payload| {
+        let mut rendered = catch_unwind(AssertUnwindSafe(|| renderer.render(&problem)))
+            .unwrap_or_else(|payload| {
                 tracing::error!(
                     status = problem.status().as_u16(),
                     request_id = request_id_str(info),
@@ -938,8 +938,16 @@ fn render<B, R: RenderProblem>(
                     "the problem renderer panicked; answering application/problem+json"
                 );
                 problem.to_response()
-            },
-        );
+            });
+        if info.head {
+            // The answer to HEAD has the headers of the answer to GET (RFC 9110, section
+            // 9.3.2), its length included: the content left out below is not what it measures.
+            let len = HeaderValue::from(rendered.body().len());
+            rendered
+                .headers_mut()
+                .entry(header::CONTENT_LENGTH)
+                .or_insert(len);
+        }
         let mut response = rendered.map(ResponseBody::full);
         // A renderer that leaves the status at its default would answer an error `200 OK`.
         let status = response.status();
