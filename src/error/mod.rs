@@ -20,7 +20,7 @@
 //! | `tower_http::timeout::TimeoutError` (a body timeout: tower-http's `RequestBodyTimeoutLayer`) | 408 | `DeadlineExceeded` |
 //! | `tonic::Status` (feature `tonic`) | the [`GrpcCode::to_http_status`] of its code (a status whose source the layer recognises, such as a `CircuitOpen` converted with `From`, is answered as that source) | its own code; its message only for client errors (4xx) |
 //! | anything else | 500, no detail | `Internal` |
-//! | a panic in `call` or in the response future | 500, no detail | `Internal` |
+//! | a panic in `poll_ready`, `call` or the response future (or in the error's own `Display` / [`HttpError`] code) | 500, no detail | `Internal` |
 //!
 //! Every error is looked for along its whole `source()` chain, so wrapped errors are still
 //! recognised.
