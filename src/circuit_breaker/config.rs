@@ -700,6 +700,11 @@ impl CircuitBreakerConfig {
     /// It runs on the caller's task: keep it short and do not block. It is dropped with the
     /// breaker, once the last layer, service and handle of it are gone.
     ///
+    /// State transitions are told one at a time, in the order they happened, also when
+    /// several threads move the breaker at once: the last one told is the breaker's state.
+    /// A transition made while another one is being told (on another thread, or by the
+    /// listener itself) is told right after it, by the thread telling it.
+    ///
     /// # Example
     ///
     /// ```

@@ -375,6 +375,8 @@ pub(crate) struct Core {
     /// Tasks whose `poll_ready` waits for OPEN to end (backpressure mode), woken by the next
     /// transition: a reset or a manual move ends OPEN before its deadline.
     parked: Mutex<Vec<Waker>>,
+    /// Transition events not told to the listener yet (see [`Told`]).
+    told: Mutex<Told>,
     min_calls: u32,
     slow_nanos: Option<u64>,
 }
@@ -580,6 +582,11 @@ impl Core {
                 reported: AtomicU64::new(0),
                 probes_in_flight: AtomicU32::new(0),
                 parked: Mutex::new(Vec::new()),
+                told: Mutex::new(Told {
+                    next: 1,
+                    waiting: Vec::new(),
+                    telling: false,
+                }),
                 min_calls,
                 slow_nanos,
                 config,
@@ -983,6 +990,16 @@ impl Core {
         {
             return false;
         }
+        // Queued at once, so the next generation's event never waits on this one for long.
+        self.queue_transition(
+            generation,
+            CircuitEvent::StateTransition {
+                name: self.config.name.clone(),
+                from: from.state,
+                to,
+                reason,
+            },
+        );
         self.sweep();
         if deadline.upstream_ms != 0 {
             // Consumed by this opening; one recorded since stays for the next.
@@ -1017,13 +1034,60 @@ impl Core {
                 "circuit breaker state changed"
             );
         }
-        self.emit(|| CircuitEvent::StateTransition {
-            name: self.config.name.clone(),
-            from: from.state,
-            to,
-            reason,
-        });
+        self.tell_transitions();
         true
+    }
+
+    fn told(&self) -> std::sync::MutexGuard<'_, Told> {
+        self.told
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Keeps the event of the transition that started `generation` until it is its turn.
+    fn queue_transition(&self, generation: u32, event: CircuitEvent) {
+        if self.listener.is_some() {
+            self.told().waiting.push((generation, event));
+        }
+    }
+
+    /// Tells the listener the queued transition events, in the order of their generations.
+    ///
+    /// Two transitions made at once by two threads (or one started while the listener or a
+    /// `tracing` subscriber runs for another) each win their compare-and-swap in turn, but
+    /// nothing orders what they do next: told directly, the later one could reach the
+    /// listener first, and whoever follows the events would end on a state the breaker has
+    /// left. So one thread at a time tells, and it tells every event queued meanwhile by
+    /// others, each after the one of the generation before it; the listener is called
+    /// without the lock held, so it may itself cause transitions (told after it returns).
+    fn tell_transitions(&self) {
+        if self.listener.is_none() {
+            return;
+        }
+        {
+            let mut told = self.told();
+            if told.telling {
+                return; // the thread telling now tells this one too, in its turn
+            }
+            told.telling = true;
+        }
+        // Should telling unwind, the next transition tells what is left.
+        let teller = Teller(self);
+        loop {
+            let mut told = self.told();
+            let next = told.next;
+            let Some(at) = told.waiting.iter().position(|(g, _)| *g == next) else {
+                // The next one is not queued yet: its transition's thread tells it.
+                told.telling = false;
+                drop(told);
+                std::mem::forget(teller);
+                return;
+            };
+            let (_, event) = told.waiting.swap_remove(at);
+            told.next = next.wrapping_add(1) & GEN_MASK as u32;
+            drop(told);
+            self.emit(|| event);
+        }
     }
 
     /// Keeps the generation tags of the shared words young, so that a value left untouched
@@ -1618,6 +1682,26 @@ impl Drop for Recorder {
         if self.bits & PROBE != 0 {
             self.release();
         }
+    }
+}
+
+/// Transition events on their way to the listener, told in the order of the generations
+/// their transitions started (see [`Core::tell_transitions`]).
+struct Told {
+    /// The generation whose transition is told next.
+    next: u32,
+    /// Events of transitions that won their compare-and-swap and are not told yet.
+    waiting: Vec<(u32, CircuitEvent)>,
+    /// Whether a thread is telling events now.
+    telling: bool,
+}
+
+/// Lets another thread tell transition events if telling unwinds.
+struct Teller<'a>(&'a Core);
+
+impl Drop for Teller<'_> {
+    fn drop(&mut self) {
+        self.0.told().telling = false;
     }
 }
 

@@ -1,0 +1,126 @@
+//! Regressions of the circuit breaker and the retry policy: the order of transition events,
+//! and more edges of their semantics.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tower_webhook::circuit_breaker::{
+    CircuitBreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer, CircuitEvent, CircuitState,
+};
+
+/// The transitions a listener was told of, in the order it was told.
+type Told = Arc<Mutex<Vec<(CircuitState, CircuitState)>>>;
+
+fn told_breaker(config: CircuitBreakerConfig) -> (CircuitBreakerHandle, Told) {
+    let told: Told = Arc::default();
+    let seen = told.clone();
+    let config = config.on_event(move |event| {
+        if let CircuitEvent::StateTransition { from, to, .. } = event {
+            seen.lock().unwrap().push((*from, *to));
+        }
+    });
+    let (_layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
+    (handle, told)
+}
+
+/// Each transition the listener is told of starts where the one before it ended, and the
+/// last one ends in the breaker's state.
+fn assert_told_in_order(told: &Told, handle: &CircuitBreakerHandle) {
+    let told = told.lock().unwrap();
+    for pair in told.windows(2) {
+        assert_eq!(
+            pair[0].1, pair[1].0,
+            "transition {:?} told after {:?}: out of order",
+            pair[1], pair[0]
+        );
+    }
+    let last = told.last().expect("no transition told").1;
+    assert_eq!(last, handle.snapshot().state, "the last transition told");
+    assert_eq!(
+        told.len() as u32,
+        handle.snapshot().generation,
+        "one event per transition"
+    );
+}
+
+/// Transitions made by two threads at once reach the listener in the order they happened:
+/// a status page or gauge fed by the listener ends on the breaker's real state.
+#[test]
+fn transitions_racing_on_two_threads_are_told_in_order() {
+    let (handle, told) = told_breaker(CircuitBreakerConfig::default());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _guard = runtime.enter();
+    std::thread::scope(|scope| {
+        for targets in [
+            [CircuitState::ForcedOpen, CircuitState::Closed],
+            [CircuitState::Disabled, CircuitState::Open],
+        ] {
+            let handle = handle.clone();
+            let enter = runtime.handle().clone();
+            scope.spawn(move || {
+                let _guard = enter.enter();
+                for i in 0..20_000 {
+                    let _ = handle.transition_to(targets[i % 2]);
+                }
+            });
+        }
+    });
+    assert_told_in_order(&told, &handle);
+}
+
+/// The same interleaving made deterministic: a transition that runs while another one's
+/// event is not yet delivered (here started by a `tracing` subscriber that logs the first)
+/// is told after it.
+#[test]
+fn a_transition_started_before_the_previous_one_is_told_comes_after_it() {
+    use tracing_subscriber::layer::SubscriberExt;
+
+    struct ResetOnOpen {
+        handle: CircuitBreakerHandle,
+        done: AtomicBool,
+    }
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ResetOnOpen {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _ctx: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            if event.metadata().level() == &tracing::Level::WARN
+                && !self.done.swap(true, Ordering::SeqCst)
+            {
+                // Another part of the program resets the breaker as soon as it opens.
+                self.handle.reset();
+            }
+        }
+    }
+
+    let (handle, told) = told_breaker(CircuitBreakerConfig::default());
+    let subscriber = tracing_subscriber::registry().with(ResetOnOpen {
+        handle: handle.clone(),
+        done: AtomicBool::new(false),
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let _guard = runtime.enter();
+    tracing::subscriber::with_default(subscriber, || {
+        handle.transition_to_open().unwrap();
+    });
+    assert_eq!(handle.state(), CircuitState::Closed);
+    assert_eq!(
+        *told.lock().unwrap(),
+        [
+            (CircuitState::Closed, CircuitState::Open),
+            (CircuitState::Open, CircuitState::Closed)
+        ]
+    );
+    assert_told_in_order(&told, &handle);
+    let _ = Duration::ZERO;
+}
