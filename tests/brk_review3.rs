@@ -5,9 +5,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body_util::BodyExt;
+use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_webhook::circuit_breaker::{
     CircuitBreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer, CircuitEvent, CircuitState,
+    OpenDuration,
 };
+
+#[path = "common/trailer_body.rs"]
+mod trailer_body;
+use trailer_body::TrailerBody;
 
 /// The transitions a listener was told of, in the order it was told.
 type Told = Arc<Mutex<Vec<(CircuitState, CircuitState)>>>;
@@ -122,5 +131,34 @@ fn a_transition_started_before_the_previous_one_is_told_comes_after_it() {
         ]
     );
     assert_told_in_order(&told, &handle);
-    let _ = Duration::ZERO;
+}
+
+/// gRPC's `Retry-After` is `grpc-retry-pushback-ms`; a server that has sent messages (or
+/// sends its status apart from its headers) puts it in the trailers, next to its
+/// `UNAVAILABLE`. The breaker stays open as long as it asks, as for a trailers-only answer.
+#[tokio::test(start_paused = true)]
+async fn a_grpc_pushback_in_the_trailers_keeps_the_breaker_open_as_asked() {
+    let config = CircuitBreakerConfig::default()
+        .consecutive_failures(1)
+        .open_duration(OpenDuration::Fixed(Duration::from_secs(5)))
+        .honor_retry_after(Duration::from_secs(600));
+    let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|_: Request<()>| async {
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", HeaderValue::from_static("14"));
+            trailers.insert("grpc-retry-pushback-ms", HeaderValue::from_static("90000"));
+            let mut res = Response::new(TrailerBody {
+                data: Some(Bytes::from_static(b"\0\0\0\0\0")),
+                trailers: Some(trailers),
+            });
+            res.headers_mut()
+                .insert("content-type", HeaderValue::from_static("application/grpc"));
+            Ok::<_, BoxError>(res)
+        });
+    let res = svc.oneshot(Request::new(())).await.unwrap();
+    res.into_body().collect().await.unwrap();
+    assert_eq!(handle.state(), CircuitState::Open);
+    assert_eq!(handle.snapshot().retry_after_ms, Some(90_000));
 }

@@ -81,8 +81,8 @@ where
 /// gRPC-Web, whose trailers travel inside the body).
 ///
 /// On 429 and 503 the upstream's `Retry-After` (seconds or HTTP date), and on gRPC's
-/// `RESOURCE_EXHAUSTED` and `UNAVAILABLE` its `grpc-retry-pushback-ms`, is passed to the breaker,
-/// which uses it if [`honor_retry_after`](super::CircuitBreakerConfig::honor_retry_after) is set.
+/// `RESOURCE_EXHAUSTED` and `UNAVAILABLE` its `grpc-retry-pushback-ms` (in the headers of a
+/// trailers-only answer, or in the trailers), is passed to the breaker, which uses it if [`honor_retry_after`](super::CircuitBreakerConfig::honor_retry_after) is set.
 ///
 /// # Example
 ///
@@ -263,16 +263,19 @@ struct Eos {
 /// proxy cuts the stream short, or trailers without the status) is `Unknown` to gRPC clients
 /// (tonic, grpc-go), a failure. gRPC-Web sends its trailers in the body, so an answer with
 /// none there is not held against it.
-fn eos_outcome(eos: Eos, trailers: Option<&HeaderMap>) -> Outcome {
+///
+/// With the outcome comes the server's `grpc-retry-pushback-ms` from the trailers, on the
+/// codes of an overloaded server, as for a trailers-only answer.
+fn eos_outcome(eos: Eos, trailers: Option<&HeaderMap>) -> (Outcome, Option<Duration>) {
     match trailers {
         Some(trailers) if grpc_status(trailers).is_some() || eos.web => {
             match eos.classify.classify_eos(Some(trailers)) {
-                Ok(()) => Outcome::Success,
-                Err(class) => grpc_outcome(&class),
+                Ok(()) => (Outcome::Success, None),
+                Err(class) => (grpc_outcome(&class), grpc_hint(&class, trailers)),
             }
         }
-        None if eos.web => Outcome::Success,
-        _ => Outcome::Failure,
+        None if eos.web => (Outcome::Success, None),
+        _ => (Outcome::Failure, None),
     }
 }
 
@@ -513,12 +516,13 @@ impl<B: Body> Body for ResponseBody<B> {
                 if let Some(trailers) = frame.trailers_ref()
                     && let Some((recorder, eos)) = this.eos.take()
                 {
-                    recorder.record(eos_outcome(eos, Some(trailers)));
+                    let (outcome, after) = eos_outcome(eos, Some(trailers));
+                    recorder.record_with_retry_after(outcome, after);
                 } else if this.eos.is_some() && this.inner.is_end_stream() {
                     // The last frame, without trailers: a reader that trusts `is_end_stream`
                     // (hyper does) never polls for the end, so it is classified now.
                     if let Some((recorder, eos)) = this.eos.take() {
-                        recorder.record(eos_outcome(eos, None));
+                        recorder.record(eos_outcome(eos, None).0);
                     }
                 }
             }
@@ -529,7 +533,7 @@ impl<B: Body> Body for ResponseBody<B> {
             }
             None => {
                 if let Some((recorder, eos)) = this.eos.take() {
-                    recorder.record(eos_outcome(eos, None));
+                    recorder.record(eos_outcome(eos, None).0);
                 }
             }
         }
