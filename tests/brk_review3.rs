@@ -162,3 +162,60 @@ async fn a_grpc_pushback_in_the_trailers_keeps_the_breaker_open_as_asked() {
     assert_eq!(handle.state(), CircuitState::Open);
     assert_eq!(handle.snapshot().retry_after_ms, Some(90_000));
 }
+
+/// Failures that complete together on several threads, while the listener is still being
+/// told the first one exceeded the threshold: the breaker opens once, and the listener
+/// hears once that a threshold was exceeded, as resilience4j tells it once per trip.
+#[test]
+fn failures_completing_together_report_one_exceeded_threshold_per_trip() {
+    use futures_util::FutureExt;
+    use tower::Service;
+    use tower_webhook::circuit_breaker::Outcome;
+
+    const THREADS: usize = 4;
+    let exceeded = Arc::new(Mutex::new(0u32));
+    let opened = Arc::new(Mutex::new(0u32));
+    let (seen_exceeded, seen_opened) = (exceeded.clone(), opened.clone());
+    let config = CircuitBreakerConfig::default()
+        .consecutive_failures(1)
+        .on_event(move |event| match event {
+            CircuitEvent::ThresholdExceeded { .. } => {
+                *seen_exceeded.lock().unwrap() += 1;
+                // A listener that takes a moment (a log line, a channel send).
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            CircuitEvent::StateTransition {
+                to: CircuitState::Open,
+                ..
+            } => *seen_opened.lock().unwrap() += 1,
+            _ => {}
+        });
+    let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(layer.with_classifier(|_: &Result<(), BoxError>| Outcome::Failure))
+        .service_fn(|_: ()| async { Ok::<_, BoxError>(()) });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let barrier = std::sync::Barrier::new(THREADS);
+    std::thread::scope(|scope| {
+        for _ in 0..THREADS {
+            let (mut svc, barrier, enter) = (svc.clone(), &barrier, runtime.handle().clone());
+            scope.spawn(move || {
+                let _guard = enter.enter();
+                // Every call is admitted while CLOSED, then they all complete together.
+                std::future::poll_fn(|cx| svc.poll_ready(cx))
+                    .now_or_never()
+                    .unwrap()
+                    .unwrap();
+                let call = svc.call(());
+                barrier.wait();
+                call.now_or_never().unwrap().unwrap();
+            });
+        }
+    });
+    assert_eq!(handle.state(), CircuitState::Open);
+    assert_eq!(*opened.lock().unwrap(), 1);
+    assert_eq!(*exceeded.lock().unwrap(), 1, "threshold exceeded events");
+}

@@ -197,9 +197,11 @@ pub enum CircuitEvent {
         /// When to come back, if known.
         retry_after: Option<Duration>,
     },
-    /// A threshold was reached. In METRICS_ONLY this is all that happens, and each rule is
-    /// reported once per METRICS_ONLY period (not again at every call while it stays
-    /// exceeded).
+    /// A threshold was reached. In CLOSED it is reported once per trip, just before the
+    /// transition to OPEN it causes (calls that fail together all find it reached, but only
+    /// the one that opens the breaker reports it). In METRICS_ONLY this is all that happens,
+    /// and each rule is reported once per METRICS_ONLY period (not again at every call while
+    /// it stays exceeded).
     ThresholdExceeded {
         /// The breaker's name.
         name: std::sync::Arc<str>,

@@ -981,6 +981,24 @@ impl Core {
         deadline: Deadline,
         reason: Option<TripReason>,
     ) -> bool {
+        self.transition_as(from, to, deadline, reason, false)
+    }
+
+    /// Opens a CLOSED breaker because the rule `reason` was exceeded, which is reported first.
+    /// Only the call whose transition wins reports it: failures that complete together all
+    /// find the rule exceeded, but it is one trip.
+    fn trip(&self, from: Word, deadline: Deadline, reason: TripReason) -> bool {
+        self.transition_as(from, CircuitState::Open, deadline, Some(reason), true)
+    }
+
+    fn transition_as(
+        &self,
+        from: Word,
+        to: CircuitState,
+        deadline: Deadline,
+        reason: Option<TripReason>,
+        exceeded: bool,
+    ) -> bool {
         let generation = from.generation.wrapping_add(1) & GEN_MASK as u32;
         let next = pack(to, generation, deadline.ms);
         if self
@@ -990,9 +1008,14 @@ impl Core {
         {
             return false;
         }
+        let exceeded = reason.filter(|_| exceeded);
         // Queued at once, so the next generation's event never waits on this one for long.
         self.queue_transition(
             generation,
+            exceeded.map(|reason| CircuitEvent::ThresholdExceeded {
+                name: self.config.name.clone(),
+                reason,
+            }),
             CircuitEvent::StateTransition {
                 name: self.config.name.clone(),
                 from: from.state,
@@ -1000,6 +1023,9 @@ impl Core {
                 reason,
             },
         );
+        if let Some(reason) = exceeded {
+            tracing::debug!(breaker = &*self.config.name, reason = ?reason, "circuit breaker threshold exceeded");
+        }
         self.sweep();
         if deadline.upstream_ms != 0 {
             // Consumed by this opening; one recorded since stays for the next.
@@ -1044,10 +1070,16 @@ impl Core {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Keeps the event of the transition that started `generation` until it is its turn.
-    fn queue_transition(&self, generation: u32, event: CircuitEvent) {
+    /// Keeps the event of the transition that started `generation` (and the threshold
+    /// exceeded that caused it, if any) until it is its turn.
+    fn queue_transition(
+        &self,
+        generation: u32,
+        exceeded: Option<CircuitEvent>,
+        transition: CircuitEvent,
+    ) {
         if self.listener.is_some() {
-            self.told().waiting.push((generation, event));
+            self.told().waiting.push((generation, exceeded, transition));
         }
     }
 
@@ -1076,17 +1108,20 @@ impl Core {
         loop {
             let mut told = self.told();
             let next = told.next;
-            let Some(at) = told.waiting.iter().position(|(g, _)| *g == next) else {
+            let Some(at) = told.waiting.iter().position(|(g, ..)| *g == next) else {
                 // The next one is not queued yet: its transition's thread tells it.
                 told.telling = false;
                 drop(told);
                 std::mem::forget(teller);
                 return;
             };
-            let (_, event) = told.waiting.swap_remove(at);
+            let (_, exceeded, transition) = told.waiting.swap_remove(at);
             told.next = next.wrapping_add(1) & GEN_MASK as u32;
             drop(told);
-            self.emit(|| event);
+            if let Some(exceeded) = exceeded {
+                self.emit(|| exceeded);
+            }
+            self.emit(|| transition);
         }
     }
 
@@ -1286,9 +1321,8 @@ impl Core {
             let Some(reason) = reasons.into_iter().flatten().next() else {
                 return;
             };
-            self.threshold_exceeded(reason);
             let deadline = self.open_deadline(self.now_ms(), true);
-            self.transition(word, CircuitState::Open, deadline, Some(reason));
+            self.trip(word, deadline, reason);
         } else {
             // METRICS_ONLY never opens, so a rule stays exceeded call after call: each rule
             // is reported once per METRICS_ONLY period (as resilience4j does).
@@ -1690,8 +1724,10 @@ impl Drop for Recorder {
 struct Told {
     /// The generation whose transition is told next.
     next: u32,
-    /// Events of transitions that won their compare-and-swap and are not told yet.
-    waiting: Vec<(u32, CircuitEvent)>,
+    /// Events of transitions that won their compare-and-swap and are not told yet, by
+    /// generation: the threshold exceeded that caused the transition (if any), then the
+    /// transition.
+    waiting: Vec<(u32, Option<CircuitEvent>, CircuitEvent)>,
     /// Whether a thread is telling events now.
     telling: bool,
 }
