@@ -1,5 +1,5 @@
-//! Regressions of the circuit breaker and the retry policy: the order of transition events,
-//! and more edges of their semantics.
+//! Regressions of the circuit breaker: the events a listener is told (their order, one
+//! exceeded threshold per trip) and gRPC's pushback in the trailers.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
