@@ -3827,3 +3827,193 @@ fn max_concurrent_deliveries_is_checked() {
     let defaults = app::Settings::from_lookup(|_| None).unwrap();
     assert_eq!(defaults.max_concurrent_deliveries, 64);
 }
+
+// =============================================================================================
+// Third review: redirects of a provider API, and keys set in the wrong variable.
+// =============================================================================================
+
+/// A request a redirecting fake API received: method, path, headers.
+type Seen = (String, String, HashMap<String, String>);
+
+/// A fake provider API that redirects the comments of some pull requests: `301` (71), `302`
+/// (72) and `307` (73) to `/moved/<n>` on itself, and GitLab's note of 74 with a `307` to
+/// `elsewhere`. Under `/moved/`, a `GET` lists comments (`200`) and a `POST` makes one (`201`).
+async fn start_redirecting_api(elsewhere: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
+    let seen = Arc::new(Mutex::new(Vec::<Seen>::new()));
+    let handler = move |State(seen): State<Arc<Mutex<Vec<Seen>>>>, req: Request| async move {
+        let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
+        let headers = req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+            .collect();
+        seen.lock()
+            .unwrap()
+            .push((method.clone(), path.clone(), headers));
+        let redirect =
+            |status: StatusCode, to: String| (status, [("location", to)], "moved").into_response();
+        match (method.as_str(), path.as_str()) {
+            ("POST", "/repos/octo/repo/issues/71/comments") => {
+                redirect(StatusCode::MOVED_PERMANENTLY, "/moved/71".into())
+            }
+            ("POST", "/repos/octo/repo/issues/72/comments") => {
+                redirect(StatusCode::FOUND, "/moved/72".into())
+            }
+            ("POST", "/repos/octo/repo/issues/73/comments") => {
+                redirect(StatusCode::TEMPORARY_REDIRECT, "/moved/73".into())
+            }
+            ("POST", "/projects/42/merge_requests/74/notes") => redirect(
+                StatusCode::TEMPORARY_REDIRECT,
+                format!("http://{elsewhere}/notes"),
+            ),
+            ("GET", p) if p.starts_with("/moved/") => (StatusCode::OK, "[]").into_response(),
+            ("POST", p) if p.starts_with("/moved/") => StatusCode::CREATED.into_response(),
+            _ => StatusCode::NOT_FOUND.into_response(),
+        }
+    };
+    let router = Router::new().fallback(handler).with_state(seen.clone());
+    (serve(router).await, seen)
+}
+
+/// A comment `POST` answered with a `301` or `302` (an `*_API_URL` set to `http://` on a server
+/// that sends clients to `https://`, a repository moved) is not followed with a `GET`, whose
+/// `200` listing was taken for the comment posted: it is refused, counted as failed. A `307` to
+/// the same API, which keeps the method and the body, is still followed; one to another host,
+/// where GitLab's `PRIVATE-TOKEN` would go too, is not.
+#[tokio::test]
+async fn a_redirected_comment_is_not_taken_for_posted_nor_sent_elsewhere() {
+    // Another host: 127.0.0.2.
+    let other = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let elsewhere = other.local_addr().unwrap();
+    let stolen = Arc::new(Mutex::new(Vec::<HashMap<String, String>>::new()));
+    let record = stolen.clone();
+    let router = Router::new().fallback(move |req: Request| {
+        let record = record.clone();
+        async move {
+            let headers = req
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+                .collect();
+            record.lock().unwrap().push(headers);
+            StatusCode::CREATED
+        }
+    });
+    tokio::spawn(async move { axum::serve(other, router).await.unwrap() });
+
+    let (api_addr, seen) = start_redirecting_api(elsewhere).await;
+    let (base, _) = start_server(&settings(api_addr, &[])).await;
+    let client = reqwest::Client::new();
+    for (forge, pr) in [
+        (app::Forge::GitHub, 71),
+        (app::Forge::GitHub, 72),
+        (app::Forge::GitHub, 73),
+        (app::Forge::GitLab, 74),
+    ] {
+        let d = delivery(
+            forge,
+            &format!("a0000000-0000-4000-8000-0000000000{pr}"),
+            pr,
+        );
+        assert_eq!(
+            send(&client, &base, &d).await.status(),
+            StatusCode::ACCEPTED
+        );
+    }
+    let mut counters = Value::Null;
+    for _ in 0..500 {
+        counters = status(&client, &base).await["comments"].clone();
+        if counters["pending"] == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let requests: Vec<(String, String)> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(method, path, _)| (method.clone(), path.clone()))
+        .collect();
+    assert!(
+        !requests.iter().any(|(method, _)| method == "GET"),
+        "a comment POST became a GET: {requests:?}"
+    );
+    assert!(
+        stolen.lock().unwrap().is_empty(),
+        "the comment went to another host, with its token: {:?}",
+        stolen.lock().unwrap()
+    );
+    assert_eq!(counters["pending"], 0, "{counters}");
+    // 73's 307 to the same API keeps its POST and body.
+    assert!(
+        requests.contains(&("POST".into(), "/moved/73".into())),
+        "{requests:?}"
+    );
+    assert_eq!(counters["posted"], 1, "{counters}");
+    assert_eq!(counters["failed"], 3, "{counters}");
+}
+
+/// A private key put in `GITHUB_APP_PRIVATE_KEY_PATH` or `GITHUB_APP_ID` by mistake is not
+/// repeated in the error that stops the server (it goes to the terminal and to the logs).
+#[test]
+fn a_key_in_the_wrong_github_app_variable_is_not_shown() {
+    let lookup = |vars: &[(&str, &str)]| {
+        app::Settings::from_lookup(|n| {
+            vars.iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| (*v).to_owned())
+        })
+    };
+    let api = ("GITHUB_API_URL", "http://127.0.0.1:9");
+    let secret = "c2VjcmV0LWtleS1tYXRlcmlhbA";
+    let pem = format!("-----BEGIN RSA PRIVATE KEY-----\n{secret}\n-----END RSA PRIVATE KEY-----\n");
+    let one_line = pem.replace('\n', "\\n");
+    // The base64 alone, as long as a 2048-bit key's, with its `/` and `+`.
+    let bare = format!("{secret}/+").repeat(60);
+    for (vars, named) in [
+        (
+            vec![
+                ("GITHUB_APP_ID", "1"),
+                ("GITHUB_APP_PRIVATE_KEY_PATH", &*pem),
+                api,
+            ],
+            "GITHUB_APP_PRIVATE_KEY_PATH",
+        ),
+        (
+            vec![
+                ("GITHUB_APP_ID", "1"),
+                ("GITHUB_APP_PRIVATE_KEY_PATH", &*one_line),
+                api,
+            ],
+            "GITHUB_APP_PRIVATE_KEY_PATH",
+        ),
+        (
+            vec![
+                ("GITHUB_APP_ID", "1"),
+                ("GITHUB_APP_PRIVATE_KEY_PATH", &*bare),
+                api,
+            ],
+            "GITHUB_APP_PRIVATE_KEY_PATH",
+        ),
+        (
+            vec![
+                ("GITHUB_APP_ID", &*pem),
+                ("GITHUB_APP_PRIVATE_KEY", &*pem),
+                api,
+            ],
+            "GITHUB_APP_ID",
+        ),
+    ] {
+        let err = lookup(&vars).unwrap_err();
+        assert!(err.contains(named), "names {named}: {err}");
+        assert!(!err.contains(secret), "the key is shown: {err}");
+    }
+    // A path that is one is still named, to find the file.
+    let err = lookup(&[
+        ("GITHUB_APP_ID", "1"),
+        ("GITHUB_APP_PRIVATE_KEY_PATH", "/nonexistent/app.pem"),
+        api,
+    ])
+    .unwrap_err();
+    assert!(err.contains("/nonexistent/app.pem"), "{err}");
+}

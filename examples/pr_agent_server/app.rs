@@ -534,8 +534,14 @@ fn github_app(
         }
         (Some(pem), None) => Some(("GITHUB_APP_PRIVATE_KEY", pem)),
         (None, Some(path)) => {
-            let pem = std::fs::read_to_string(&path).map_err(|err| {
-                format!("GITHUB_APP_PRIVATE_KEY_PATH={path:?} cannot be read: {err}")
+            // The key itself, set here by mistake, is not repeated in the message.
+            let key_like = path.contains("-----")
+                || path.contains('\n')
+                || path.contains("\\n")
+                || path.len() > 1024;
+            let pem = std::fs::read_to_string(&path).map_err(|err| match key_like {
+                true => format!("GITHUB_APP_PRIVATE_KEY_PATH cannot be read ({err}): it looks like a key, not the path of a file; a key goes in GITHUB_APP_PRIVATE_KEY"),
+                false => format!("GITHUB_APP_PRIVATE_KEY_PATH={path:?} cannot be read: {err}"),
             })?;
             Some(("GITHUB_APP_PRIVATE_KEY_PATH", pem))
         }
@@ -887,6 +893,7 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
     let client = reqwest::Client::builder()
         .user_agent(concat!("pr-agent-server/", env!("CARGO_PKG_VERSION")))
         .timeout(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::custom(api_redirect))
         .build()?;
     let mut breakers = BTreeMap::new();
     let mut callers = BTreeMap::new();
@@ -1014,6 +1021,31 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
         state,
         hook_updaters,
     })
+}
+
+/// Which redirects of a provider API are followed: a `307` or `308` (the method and the body
+/// are kept, as GitHub answers a `POST` to a renamed repository) to the same scheme, host and
+/// port, a few at most. Not a `301`, `302` or `303`, after which a client sends a `GET` without
+/// the body: the `200` of that listing would be taken for the comment posted. Not one to another
+/// origin either, where a GitLab `PRIVATE-TOKEN` would follow. The redirect is the answer then,
+/// and the comment is refused with its status (an `*_API_URL` set to `http://` where the server
+/// sends clients to `https://`, say).
+fn api_redirect(attempt: reqwest::redirect::Attempt<'_>) -> reqwest::redirect::Action {
+    let keeps_request = matches!(
+        attempt.status(),
+        StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT
+    );
+    let same_origin = attempt.previous().last().is_some_and(|previous| {
+        let next = attempt.url();
+        previous.scheme() == next.scheme()
+            && previous.host_str() == next.host_str()
+            && previous.port_or_known_default() == next.port_or_known_default()
+    });
+    if keeps_request && same_origin && attempt.previous().len() <= 5 {
+        attempt.follow()
+    } else {
+        attempt.stop()
+    }
 }
 
 /// Binds `settings.addr`, opens `tunnel` when given, and serves the app in the background until
@@ -2028,6 +2060,14 @@ async fn post_comment(
                 delay: None,
                 attempted: true,
             }
+        }
+        Ok((status, None, _)) if status.is_redirection() => {
+            tracing::error!(provider = forge, status = status.as_u16(), target = %job.comment.target, delivery = %job.delivery, "provider API redirected the comment elsewhere: not followed, comment not posted; set {} to the URL it leads to", job.forge.api_url_var());
+            state
+                .counters
+                .comments_failed
+                .fetch_add(1, Ordering::Relaxed);
+            Outcome::Done
         }
         Ok((status, None, _)) => {
             tracing::error!(provider = forge, status = status.as_u16(), target = %job.comment.target, delivery = %job.delivery, "provider refused the comment");

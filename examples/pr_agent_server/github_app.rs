@@ -69,12 +69,11 @@ impl GithubApp {
             && id
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        // The value is not repeated: a key or a secret set here by mistake would go to the log.
         if valid {
             Ok(())
         } else {
-            Err(format!(
-                "{id:?} is not a GitHub App id or client id (digits, or letters, digits and ._-)"
-            ))
+            Err("not a GitHub App id or client id (digits, or letters, digits and ._-)".to_owned())
         }
     }
 
