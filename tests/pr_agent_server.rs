@@ -4017,3 +4017,52 @@ fn a_key_in_the_wrong_github_app_variable_is_not_shown() {
     .unwrap_err();
     assert!(err.contains("/nonexistent/app.pem"), "{err}");
 }
+
+/// A command in a GitLab internal note (delivered as a "Confidential Note Hook") is answered
+/// with an internal note: the answer quotes the question, which a public note would show to
+/// people who may not read internal notes. A public note is answered in public.
+#[tokio::test]
+async fn a_gitlab_internal_note_is_answered_with_an_internal_note() {
+    let (api_addr, api) = start_fake_api().await;
+    let (base, state) = start_server(&settings(api_addr, &[])).await;
+    let client = reqwest::Client::new();
+    let note = |id: u64, internal: bool, text: &str| json!({"object_kind": "note", "event_type": if internal { "confidential_note" } else { "note" }, "project_id": 42, "user": {"username": "dev"}, "object_attributes": {"id": id, "note": text, "noteable_type": "MergeRequest", "system": false, "action": "create", "internal": internal, "confidential": internal}, "merge_request": {"iid": 81, "title": "Fix"}});
+    for (id, internal, event, text) in [
+        (
+            1,
+            true,
+            "Confidential Note Hook",
+            "/ask Does this close the embargoed CVE?",
+        ),
+        (2, false, "Note Hook", "/ask Is the changelog updated?"),
+    ] {
+        let d = signed(
+            app::Forge::GitLab,
+            &format!("c0000000-0000-4000-8000-00000000008{id}"),
+            event,
+            note(id, internal, text).to_string().into_bytes(),
+        );
+        assert_eq!(
+            send(&client, &base, &d).await.status(),
+            StatusCode::ACCEPTED
+        );
+    }
+    eventually("both answers", PATIENCE, || {
+        state.counters.comments_posted.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    let comments = api.comments.lock().unwrap().clone();
+    assert_eq!(comments.len(), 2, "{comments:?}");
+    let answer = |question: &str| {
+        comments
+            .iter()
+            .find(|(_, _, body)| body["body"].as_str().unwrap_or("").contains(question))
+            .unwrap_or_else(|| panic!("no answer quoting {question:?}: {comments:?}"))
+            .clone()
+    };
+    let (path, _, internal) = answer("embargoed CVE");
+    assert_eq!(path, "/projects/42/merge_requests/81/notes");
+    assert_eq!(internal["internal"], true, "{internal}");
+    let (_, _, public) = answer("changelog");
+    assert_ne!(public["internal"], true, "{public}");
+}

@@ -1609,7 +1609,14 @@ fn command(forge: Forge, event: Option<&str>, p: &Value) -> Option<Comment> {
             let project = p["project_id"]
                 .as_u64()
                 .or_else(|| p["project"]["id"].as_u64())?;
-            Some(gitlab_note(project, mr["iid"].as_u64()?, answer))
+            let mut note = gitlab_note(project, mr["iid"].as_u64()?, answer);
+            // An internal note (a "Confidential Note Hook", flagged `internal`, or `confidential`
+            // by its older name) is answered with one: the answer quotes the question, which
+            // people who may not read internal notes would read in a public one.
+            if flag(&attrs["internal"]) || flag(&attrs["confidential"]) {
+                note.body["internal"] = json!(true);
+            }
+            Some(note)
         }
         Forge::Bitbucket => {
             let (pr, comment) = (&p["pullrequest"], &p["comment"]);

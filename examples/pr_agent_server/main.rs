@@ -77,7 +77,7 @@
 //! | provider | event |
 //! |---|---|
 //! | GitHub, Gitea / Forgejo | `issue_comment` `created`, on a pull request |
-//! | GitLab | Note Hook on a merge request |
+//! | GitLab | Note Hook on a merge request (an internal note, a Confidential Note Hook, is answered with an internal note) |
 //! | Bitbucket Cloud | `pullrequest:comment_created` (answered as a reply) |
 //! | Bitbucket Data Center | `pr:comment:added` (answered as a reply) |
 //! | Azure DevOps | `ms.vss-code.git-pullrequest-comment-event` of a new comment (answered in a new thread) |
