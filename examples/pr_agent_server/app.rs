@@ -2069,7 +2069,7 @@ async fn post_comment(
             }
         }
         Ok((status, None, _)) if status.is_redirection() => {
-            tracing::error!(provider = forge, status = status.as_u16(), target = %job.comment.target, delivery = %job.delivery, "provider API redirected the comment elsewhere: not followed, comment not posted; set {} to the URL it leads to", job.forge.api_url_var());
+            tracing::error!(provider = forge, status = status.as_u16(), target = %job.comment.target, delivery = %job.delivery, "provider API answered the comment with a redirect, not followed: comment not posted; check {} (a URL the server sends elsewhere) and the token (a sign-in page)", job.forge.api_url_var());
             state
                 .counters
                 .comments_failed
