@@ -4066,3 +4066,36 @@ async fn a_gitlab_internal_note_is_answered_with_an_internal_note() {
     let (_, _, public) = answer("changelog");
     assert_ne!(public["internal"], true, "{public}");
 }
+
+/// `/status` counts deliveries: a request to a path no provider delivers to (a scanner, a
+/// probe) is answered 404 and is no rejected delivery; a delivery with a bad signature is one.
+#[tokio::test]
+async fn a_request_to_no_webhook_route_is_not_counted_as_a_rejected_delivery() {
+    let (api_addr, _api) = start_fake_api().await;
+    let (base, _) = start_server(&settings(api_addr, &[])).await;
+    let client = reqwest::Client::new();
+    for (method, path) in [
+        (reqwest::Method::GET, "/wp-login.php"),
+        (reqwest::Method::POST, "/api/v1/jenkins_webhooks"),
+        (reqwest::Method::GET, "/.env"),
+    ] {
+        let res = client
+            .request(method, format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+    assert_eq!(status(&client, &base).await["deliveries"]["rejected"], 0);
+    let mut forged = delivery(
+        app::Forge::GitHub,
+        "d0000000-0000-4000-8000-000000000091",
+        91,
+    );
+    forged.headers[2].1 = format!("sha256={}", "0".repeat(64));
+    assert_eq!(
+        send(&client, &base, &forged).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(status(&client, &base).await["deliveries"]["rejected"], 1);
+}

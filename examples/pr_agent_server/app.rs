@@ -991,7 +991,9 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
                     settings.max_concurrent_deliveries,
                 )),
         )
-        .layer(middleware::from_fn_with_state(state.clone(), count));
+        // Around the webhook routes only: a request to a path no provider delivers to is
+        // answered 404 by the fallback, and is no delivery.
+        .route_layer(middleware::from_fn_with_state(state.clone(), count));
 
     let x_request_id = HeaderName::from_static("x-request-id");
     let router = Router::new()
