@@ -3970,6 +3970,8 @@ fn a_key_in_the_wrong_github_app_variable_is_not_shown() {
     let one_line = pem.replace('\n', "\\n");
     // The base64 alone, as long as a 2048-bit key's, with its `/` and `+`.
     let bare = format!("{secret}/+").repeat(60);
+    let cut = pem.replacen("KEY-----\n", "KEY\n", 1);
+    let cut_end = format!("-----BEGIN RSA PRIVATE KEY\n{secret}\n");
     for (vars, named) in [
         (
             vec![
@@ -4002,6 +4004,23 @@ fn a_key_in_the_wrong_github_app_variable_is_not_shown() {
                 api,
             ],
             "GITHUB_APP_ID",
+        ),
+        // A `-----BEGIN` line cut short: its label runs into the key.
+        (
+            vec![
+                ("GITHUB_APP_ID", "1"),
+                ("GITHUB_APP_PRIVATE_KEY", &*cut),
+                api,
+            ],
+            "GITHUB_APP_PRIVATE_KEY",
+        ),
+        (
+            vec![
+                ("GITHUB_APP_ID", "1"),
+                ("GITHUB_APP_PRIVATE_KEY", &*cut_end),
+                api,
+            ],
+            "GITHUB_APP_PRIVATE_KEY",
         ),
     ] {
         let err = lookup(&vars).unwrap_err();

@@ -115,9 +115,13 @@ fn pem_block(pem: &str) -> Result<(&str, Vec<u8>), String> {
     let start = pem
         .find(BEGIN)
         .ok_or("no PEM block (`-----BEGIN ...-----`) in the key")?;
-    let (label, rest) = pem[start + BEGIN.len()..]
-        .split_once("-----")
-        .ok_or("a PEM block without the end of its `-----BEGIN` line")?;
+    let cut = "a PEM block without the end of its `-----BEGIN` line";
+    let (label, rest) = pem[start + BEGIN.len()..].split_once("-----").ok_or(cut)?;
+    // A label is a few capital letters and spaces. Anything else is a `-----BEGIN` line cut
+    // short, whose label ran on into the key: it is never part of an error.
+    if label.len() > 64 || !label.bytes().all(|b| b.is_ascii_uppercase() || b == b' ') {
+        return Err(cut.into());
+    }
     let end = format!("-----END {label}-----");
     let body = rest
         .find(&end)
