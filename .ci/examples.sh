@@ -20,6 +20,7 @@ wait_for() { # file pattern
 stops_cleanly() { # pid name: SIGTERM, then the process must exit 0 within 10 s
   kill -TERM "$1"
   for _ in $(seq 1 100); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$1" 2>/dev/null; then echo "$2 still runs 10 s after SIGTERM"; kill -KILL "$1"; return 1; fi
   local rc=0; wait "$1" || rc=$?
   if [ "$rc" != 0 ]; then echo "$2 did not stop cleanly on SIGTERM (exit $rc)"; return 1; fi
 }
@@ -98,5 +99,21 @@ s=json.load(sys.stdin)["deliveries"]
 assert s == {"accepted": 1, "duplicates": 1, "rejected": 1}, s'
 sleep 0.5
 grep -q "no API configured: comment not posted" "$log/pr" || { cat "$log/pr"; exit 1; }
+
+echo "-- pr_agent_server: a second stop signal ends the wait for pending comments"
+port=$(free_port)
+api=$(free_port)   # nothing listens there: the comment keeps failing and stays pending
+env -u GITHUB_WEBHOOK_SECRET PORT=$port GITHUB_API_URL=http://127.0.0.1:$api GITHUB_TOKEN=ci-token \
+  SHUTDOWN_GRACE_SECS=600 "$bin/pr_agent_server" >"$log/pr2" 2>&1 & server=$!; pids+=($server)
+wait_for "$log/pr2" "expect 401"
+good=$(grep -A1 "expect 202" "$log/pr2" | tail -1 | sed 's/^ *//')
+eval "expect_status 202 ${good#curl -i }"
+kill -TERM "$server"
+wait_for "$log/pr2" "draining open connections"
+sleep 1
+kill -0 "$server" 2>/dev/null || { echo "pr_agent_server did not wait for its pending comment:"; cat "$log/pr2"; exit 1; }
+stops_cleanly "$server" "pr_agent_server (second SIGTERM)"
+grep -q "second stop signal" "$log/pr2" || { cat "$log/pr2"; exit 1; }
+grep -q "comment not posted: the server stopped first" "$log/pr2" || { cat "$log/pr2"; exit 1; }
 
 echo "examples: all scripted runs passed"

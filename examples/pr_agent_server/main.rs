@@ -24,8 +24,8 @@
 //! again later than this after its delivery), `MAX_REMEMBERED_DRAFTS` (1-1048576, default
 //! 10000: open drafts remembered, see below), `SHUTDOWN_GRACE_SECS` (0-3600, default 20: at
 //! shutdown, once the connections are closed, how long pending comments still get to be
-//! posted, one waiting out its backoff being tried once more at once; each one left is logged
-//! with its delivery id), `TUNNEL_SERVICE`, `TUNNEL_AUTH_TOKEN`,
+//! posted, one waiting out its backoff being tried once more at once; a second Ctrl-C or
+//! `SIGTERM` ends the wait at once; each one left is logged with its delivery id), `TUNNEL_SERVICE`, `TUNNEL_AUTH_TOKEN`,
 //! `TUNNEL_REGION`, `TUNNEL_SERVER`, `TUNNEL_SECRET`, `GITHUB_HOOK_REPOSITORY` + `GITHUB_HOOK_ID`
 //! (with `--use-tunnel`: a repository hook pointed at each tunnel URL), `GITHUB_APP_ID` +
 //! `GITHUB_APP_PRIVATE_KEY` or `GITHUB_APP_PRIVATE_KEY_PATH` (a GitHub App: deliveries that
@@ -86,6 +86,8 @@
 //! told by its `lastContentUpdatedDate` (later than its `publishedDate`) or its `isDeleted`.
 
 mod app;
+#[path = "../common/shutdown.rs"]
+mod shutdown;
 
 use std::process::ExitCode;
 
@@ -150,15 +152,26 @@ async fn run() -> Result<(), tower::BoxError> {
         print_development_help(&local, secret);
     }
     running.wait().await;
-    // No delivery comes in any more: the comments of those answered 202 get their chance.
+    // No delivery comes in any more: the comments of those answered 202 get their chance,
+    // unless a second stop signal says not to wait (the grace may be up to an hour).
+    let again = shutdown::shutdown_signal()?;
     let grace = settings.shutdown_grace;
-    let left = state.drain_comments(grace).await;
-    if left > 0 {
-        tracing::error!(
-            pending = left,
-            "comments still pending after SHUTDOWN_GRACE_SECS ({} s); each is logged below",
-            grace.as_secs()
-        );
+    tokio::select! {
+        left = state.drain_comments(grace) => {
+            if left > 0 {
+                tracing::error!(
+                    pending = left,
+                    "comments still pending after SHUTDOWN_GRACE_SECS ({} s); each is logged below",
+                    grace.as_secs()
+                );
+            }
+        }
+        () = again => {
+            tracing::error!(
+                pending = state.counters.pending.load(std::sync::atomic::Ordering::Acquire),
+                "second stop signal: not waiting for pending comments; each is logged below"
+            );
+        }
     }
     Ok(())
 }
