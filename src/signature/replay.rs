@@ -400,13 +400,14 @@ pub enum OnReplay {
 
 /// The default [`ReplayStore`]: in memory, bounded, entries expire after their TTL.
 ///
-/// When full, it first forgets every expired entry, whatever the TTLs it was given, then evicts
-/// the entry closest to expiry (with one TTL, the oldest), but never the claim of a delivery
-/// still being handled (see [`RecordDelivery::AfterSuccess`]): a copy let in then would be
-/// handled twice. A store whose every entry is such a claim refuses new ids with an error,
-/// which the layer answers `503` with `Retry-After`, until a claim is settled or expires. It
-/// serves one process: replicas behind a load balancer need a shared store such as
-/// `RedisReplayStore` (feature `redis`).
+/// When full, it first forgets the expired entries (also those recorded with a shorter TTL after
+/// live ones: the whole queue is swept for them, at most once per quarter of its length of new
+/// entries), then evicts the oldest entry, but never the claim of a delivery still being
+/// handled (see [`RecordDelivery::AfterSuccess`]): a copy let in then would be handled twice. A
+/// store whose every entry is such a claim refuses new ids with an error, which the layer
+/// answers `503` with `Retry-After`, until a claim is settled or expires. It serves one process:
+/// replicas behind a load balancer need a shared store such as `RedisReplayStore` (feature
+/// `redis`).
 ///
 /// # Example
 ///
@@ -439,75 +440,46 @@ struct Entries {
     table: Table,
     /// Insertion order, for expiry and eviction; may hold stale entries (removed or re-inserted
     /// keys), recognised by an expiry that differs from the table's.
-    order: Order,
+    order: VecDeque<(u64, u64)>,
+    /// What is known of the expiries queued out of order, for purging them.
+    behind: Behind,
 }
 
-/// The most TTLs queued apart (see [`Order`]): a layer uses two (`claim_ttl`, `replay_ttl`),
-/// a few routes sharing one store a few more.
-const MAX_LANES: usize = 8;
-
-/// The queued `(fingerprint, expiry)` pairs, one FIFO queue ("lane") per TTL.
-///
-/// Within a lane, entries are queued in the order they were recorded, so in the order they
-/// expire: every expired entry is at the front of its lane, found without a scan. (In one queue
-/// for all TTLs, an id with a short TTL recorded after one with a long TTL would wait behind it,
-/// expired, while the live one was evicted to make room.) With one TTL there is one lane, and
-/// the work is that of a single queue.
-#[derive(Default)]
-struct Order {
-    lanes: Vec<Lane>,
+/// Entries queued out of order: with one TTL (and a clock that does not go back) every entry
+/// expires after those queued before it, so when the front of the queue is live, all are. An
+/// entry with a shorter TTL queued after one with a longer TTL may expire first, behind a live
+/// front: when the store is full, such entries are purged from the whole queue before a live
+/// entry is evicted.
+struct Behind {
+    /// The latest expiry queued (an upper bound: it is not lowered when entries leave).
+    max: u64,
+    /// The earliest expiry queued below `max` (a lower bound), `u64::MAX` for none.
+    min: u64,
+    /// Pairs queued since the last sweep: a sweep costs the whole queue, and is run again only
+    /// once a quarter of the queue was queued since (in a queue of more than 64), so that it
+    /// costs a few steps per insert.
+    pushed: usize,
 }
 
-struct Lane {
-    /// The TTL of the entries, in milliseconds.
-    ttl: u64,
-    queue: VecDeque<(u64, u64)>,
-}
-
-impl Order {
-    /// How many pairs are queued, stale ones included.
-    fn len(&self) -> usize {
-        self.lanes.iter().map(|lane| lane.queue.len()).sum()
-    }
-
-    /// Queues `fp`'s `expiry`, recorded with `ttl` milliseconds.
-    fn push(&mut self, fp: u64, expiry: u64, ttl: u64) {
-        let lanes = &mut self.lanes;
-        let i = match lanes.iter().position(|lane| lane.ttl == ttl) {
-            Some(i) => i,
-            None if lanes.len() < MAX_LANES => {
-                lanes.push(Lane {
-                    ttl,
-                    queue: VecDeque::new(),
-                });
-                lanes.len() - 1
-            }
-            // More TTLs than lanes: an empty lane takes the new one, else the lane of the
-            // nearest TTL is shared (its entries may then expire out of order, and an expired
-            // one wait behind a live one until it reaches the front).
-            None => {
-                let i = lanes
-                    .iter()
-                    .position(|lane| lane.queue.is_empty())
-                    .unwrap_or_else(|| {
-                        (0..lanes.len())
-                            .min_by_key(|&i| lanes[i].ttl.abs_diff(ttl))
-                            .unwrap_or(0)
-                    });
-                if lanes[i].queue.is_empty() {
-                    lanes[i].ttl = ttl;
-                }
-                i
-            }
-        };
-        lanes[i].queue.push_back((fp, expiry));
-    }
-
-    /// Keeps the pairs for which `keep` is true.
-    fn retain(&mut self, mut keep: impl FnMut(u64, u64) -> bool) {
-        for lane in &mut self.lanes {
-            lane.queue.retain(|&(k, exp)| keep(k, exp));
+impl Default for Behind {
+    fn default() -> Self {
+        Self {
+            max: 0,
+            min: u64::MAX,
+            pushed: 0,
         }
+    }
+}
+
+impl Behind {
+    #[inline]
+    fn push(&mut self, expiry: u64) {
+        if expiry < self.max {
+            self.min = self.min.min(expiry);
+        } else {
+            self.max = expiry;
+        }
+        self.pushed += 1;
     }
 }
 
@@ -859,11 +831,11 @@ impl MemoryReplayStore {
         u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// `ttl` from `now`, in the table's milliseconds, and `ttl` in milliseconds.
-    fn expiry(now: u64, ttl: Duration) -> (u64, u64) {
-        let ttl = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+    /// `ttl` from `now`, in the table's milliseconds.
+    fn expiry(now: u64, ttl: Duration) -> u64 {
         // The top bit is the pending mark: expiries stop short of it (292 million years).
-        (now.saturating_add(ttl).min(PENDING - 1), ttl)
+        now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+            .min(PENDING - 1)
     }
 
     /// Records `key` for `ttl` unless it is held, as claimed by `claim` if there is one.
@@ -875,88 +847,66 @@ impl MemoryReplayStore {
     ) -> Result<bool, BoxError> {
         let fp = self.fingerprint(key);
         let now = self.now_ms();
-        let (expiry, ttl) = Self::expiry(now, ttl);
+        let expiry = Self::expiry(now, ttl);
         let mut entries = self.lock();
         if entries.table.get(fp).is_some_and(|exp| exp > now) {
             return Ok(false);
         }
-        self.record(
-            &mut entries,
-            fp,
-            now,
-            (expiry, ttl),
-            claim.map(ClaimToken::get),
-        )?;
+        self.record(&mut entries, fp, now, expiry, claim.map(ClaimToken::get))?;
         Ok(true)
     }
 
-    /// Holds `fp`, which is not held, until `expiry` (`ttl` milliseconds from now), making room
-    /// first.
+    /// Holds `fp`, which is not held, until `expiry`, making room first.
     ///
-    /// Room is made by purging every expired entry, then, while the store is full, by evicting
-    /// the entry closest to expiry (with one TTL, the oldest), but never a claim in progress
-    /// (pending and not expired): its delivery is being handled, and a copy let in now would be
-    /// handled twice. Such claims go to the back of their lane. When the store holds nothing
-    /// else, `fp` is refused with [`StoreFull`]: the memory stays bounded, and the layer answers
-    /// 503, so that the provider delivers again later.
+    /// Room is made by purging expired entries, then by evicting the oldest, but never a
+    /// claim in progress (pending and not expired): its delivery is being handled, and a copy
+    /// let in now would be handled twice. Such claims go to the back of the queue. When the
+    /// store holds nothing else, `fp` is refused with [`StoreFull`]: the memory stays bounded,
+    /// and the layer answers 503, so that the provider delivers again later.
+    ///
+    /// Before a live entry is evicted, expired entries queued behind it (shorter TTLs recorded
+    /// after longer ones) are purged from the whole queue (see [`Behind`]).
     fn record(
         &self,
         entries: &mut Entries,
         fp: u64,
         now: u64,
-        (expiry, ttl): (u64, u64),
+        expiry: u64,
         claim: Option<u64>,
     ) -> Result<(), StoreFull> {
-        let Entries { table, order } = entries;
-        // Purge the expired entries at the front of every lane. An entry that is not expired
-        // ends its lane's turn without a table lookup.
-        for lane in &mut order.lanes {
-            while let Some(&(k, exp)) = lane.queue.front() {
-                if exp > now {
+        let Entries {
+            table,
+            order,
+            behind,
+        } = entries;
+        // Claims in progress passed over: once every queued entry has been, none can go.
+        let mut kept = 0;
+        // Purge expired entries at the front, then evict the oldest while full. An entry that is
+        // neither expired nor needed for room ends the loop without a table lookup.
+        while let Some(&(k, exp)) = order.front() {
+            if exp > now {
+                if table.len < self.capacity {
                     break;
                 }
-                lane.queue.pop_front();
-                // Unless removed, or queued again with a newer expiry.
-                if table.get(k) == Some(exp) {
-                    table.remove(k);
-                }
-            }
-        }
-        // Claims in progress passed over, by lane: once a lane's every entry has been, none of
-        // it can go.
-        let mut kept = [0usize; MAX_LANES];
-        let mut exhausted = [false; MAX_LANES];
-        while table.len >= self.capacity {
-            // The lane whose front expires first; of equal expiries, the longer TTL's, which
-            // was recorded first.
-            let mut pick: Option<(usize, u64, u64)> = None;
-            for (i, lane) in order.lanes.iter().enumerate() {
-                let Some(&(_, exp)) = lane.queue.front() else {
-                    continue;
-                };
-                if exhausted[i] {
+                // A live entry would be evicted: first purge what expired behind it.
+                if behind.min <= now && behind.pushed >= order.len().saturating_sub(64) / 4 {
+                    Self::sweep(table, order, behind, now);
+                    kept = 0;
                     continue;
                 }
-                if pick.is_none_or(|(_, e, t)| exp < e || (exp == e && lane.ttl > t)) {
-                    pick = Some((i, exp, lane.ttl));
-                }
             }
-            let Some((i, _, _)) = pick else {
-                return Err(StoreFull {
-                    capacity: self.capacity,
-                });
-            };
-            let queue = &mut order.lanes[i].queue;
-            let Some((k, exp)) = queue.pop_front() else {
-                continue;
-            };
+            order.pop_front();
             match table.entry(k) {
                 Some(held) if held.expiry == exp => {
                     if held.claim.is_some() && exp > now {
-                        queue.push_back((k, exp));
-                        kept[i] += 1;
-                        if kept[i] >= queue.len() {
-                            exhausted[i] = true;
+                        order.push_back((k, exp));
+                        // Behind newer entries now: it may expire before them.
+                        behind.push(exp);
+                        kept += 1;
+                        if kept >= order.len() {
+                            return Err(StoreFull {
+                                capacity: self.capacity,
+                            });
                         }
                     } else {
                         table.remove(k);
@@ -967,24 +917,54 @@ impl MemoryReplayStore {
             }
         }
         table.insert(fp, expiry, claim);
-        Self::push_order(table, order, fp, (expiry, ttl), self.capacity);
+        Self::push_order(table, order, behind, fp, expiry, now, self.capacity);
         Ok(())
     }
 
-    /// Queues `fp`'s new `expiry` (recorded with `ttl` milliseconds) for purging; entries it
-    /// replaces are skipped when they come up.
+    /// Queues `fp`'s new `expiry` for purging; entries it replaces are skipped when they come up.
+    #[inline]
     fn push_order(
-        table: &Table,
-        order: &mut Order,
+        table: &mut Table,
+        order: &mut VecDeque<(u64, u64)>,
+        behind: &mut Behind,
         fp: u64,
-        (expiry, ttl): (u64, u64),
+        expiry: u64,
+        now: u64,
         capacity: usize,
     ) {
-        order.push(fp, expiry, ttl);
+        order.push_back((fp, expiry));
+        behind.push(expiry);
         // Saturating: a capacity above `usize::MAX / 2` means "no practical bound".
         if order.len() > capacity.saturating_mul(2) {
-            order.retain(|k, exp| table.get(k) == Some(exp));
+            Self::sweep(table, order, behind, now);
         }
+    }
+
+    /// Drops the stale pairs from the whole queue and purges the expired entries, wherever
+    /// they are queued; `behind` is worked out again from what is left.
+    #[cold]
+    #[inline(never)]
+    fn sweep(table: &mut Table, order: &mut VecDeque<(u64, u64)>, behind: &mut Behind, now: u64) {
+        let mut left = Behind {
+            pushed: 0,
+            ..Behind::default()
+        };
+        order.retain(|&(k, exp)| {
+            if table.get(k) != Some(exp) {
+                return false;
+            }
+            if exp <= now {
+                table.remove(k);
+                return false;
+            }
+            if exp < left.max {
+                left.min = left.min.min(exp);
+            } else {
+                left.max = exp;
+            }
+            true
+        });
+        *behind = left;
     }
 }
 
@@ -1038,24 +1018,28 @@ impl ReplayStore for MemoryReplayStore {
     fn complete(&self, key: &str, token: ClaimToken, ttl: Duration) -> ReplayFuture {
         let fp = self.fingerprint(key);
         let now = self.now_ms();
-        let (expiry, ttl) = Self::expiry(now, ttl);
+        let expiry = Self::expiry(now, ttl);
         let mut entries = self.lock();
         // One probe: the slot is read, then written, by its index.
         let found = entries.table.index(fp);
         let recorded = match found.map(|i| (i, entries.table.entry_at(i))) {
             Some((i, held)) if held.claim == Some(token.get()) => {
-                let Entries { table, order } = &mut *entries;
+                let Entries {
+                    table,
+                    order,
+                    behind,
+                } = &mut *entries;
                 table.settle_at(i, expiry);
                 // An unchanged expiry is queued already: a second entry would never be purged.
                 if held.expiry != expiry {
-                    Self::push_order(table, order, fp, (expiry, ttl), self.capacity);
+                    Self::push_order(table, order, behind, fp, expiry, now, self.capacity);
                 }
                 true
             }
             // Another delivery's claim, or already handled.
             Some((_, held)) if held.expiry > now => false,
             // The claim expired and nobody took the id since: it was handled all the same.
-            _ => match self.record(&mut entries, fp, now, (expiry, ttl), None) {
+            _ => match self.record(&mut entries, fp, now, expiry, None) {
                 Ok(()) => true,
                 Err(full) => return ReplayFuture::ready(Err(full.into())),
             },
@@ -1548,9 +1532,9 @@ mod tests {
         }
 
         // The store against the same policy written over plain keys: expired ids come again,
-        // when full every expired id goes first, then the one closest to expiry (of equal
-        // expiries, the oldest), removed ids come again, never more than `capacity`. TTLs and
-        // steps vary, so ids of short TTLs are recorded after ids of long ones.
+        // when full every expired id goes first (also those queued behind live ones: TTLs and
+        // steps vary, so ids of short TTLs are recorded after ids of long ones), then the oldest,
+        // removed ids come again, never more than `capacity`.
         #[test]
         fn store_follows_the_policy(
             steps in proptest::collection::vec((0u8..12, 0u64..4, 1u64..6, any::<bool>()), 1..300),
@@ -1560,9 +1544,8 @@ mod tests {
             let n = now.clone();
             let store = MemoryReplayStore::with_capacity(capacity)
                 .clock(Clock::from_fn(move || SystemTime::UNIX_EPOCH + Duration::from_millis(n.load(Ordering::SeqCst))));
-            // Key -> (expiry, when recorded).
-            let mut map: HashMap<String, (u64, u64)> = HashMap::new();
-            let mut seq = 0u64;
+            let mut map: HashMap<String, u64> = HashMap::new();
+            let mut order: VecDeque<(String, u64)> = VecDeque::new();
             for (key, advance, ttl, remove) in steps {
                 let t = now.fetch_add(advance, Ordering::SeqCst) + advance;
                 let key = format!("github:{key}");
@@ -1571,20 +1554,27 @@ mod tests {
                     prop_assert_eq!(got, map.remove(&key).is_some());
                     continue;
                 }
-                let expected = if map.get(&key).is_some_and(|&(e, _)| e > t) {
+                let expected = if map.get(&key).is_some_and(|&e| e > t) {
                     false
                 } else {
-                    map.retain(|_, &mut (e, _)| e > t);
-                    while map.len() >= capacity {
-                        let victim = map
-                            .iter()
-                            .min_by_key(|(_, v)| **v)
-                            .map(|(k, _)| k.clone())
-                            .unwrap();
-                        map.remove(&victim);
+                    while let Some((k, e)) = order.front().cloned() {
+                        if e > t {
+                            if map.len() < capacity {
+                                break;
+                            }
+                            if map.values().any(|&e| e <= t) {
+                                map.retain(|_, e| *e > t);
+                                order.retain(|(k, e)| map.get(k) == Some(e));
+                                continue;
+                            }
+                        }
+                        if map.get(&k) == Some(&e) {
+                            map.remove(&k);
+                        }
+                        order.pop_front();
                     }
-                    seq += 1;
-                    map.insert(key.clone(), (t + ttl, seq));
+                    map.insert(key.clone(), t + ttl);
+                    order.push_back((key.clone(), t + ttl));
                     true
                 };
                 prop_assert_eq!(block_on(store.insert(&key, Duration::from_millis(ttl))), expected);
