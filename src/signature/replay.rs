@@ -945,10 +945,7 @@ impl MemoryReplayStore {
     #[cold]
     #[inline(never)]
     fn sweep(table: &mut Table, order: &mut VecDeque<(u64, u64)>, behind: &mut Behind, now: u64) {
-        let mut left = Behind {
-            pushed: 0,
-            ..Behind::default()
-        };
+        let mut left = Behind::default();
         order.retain(|&(k, exp)| {
             if table.get(k) != Some(exp) {
                 return false;
