@@ -936,15 +936,38 @@ impl MemoryReplayStore {
         behind.push(expiry);
         // Saturating: a capacity above `usize::MAX / 2` means "no practical bound".
         if order.len() > capacity.saturating_mul(2) {
-            Self::sweep(table, order, behind, now);
+            Self::compact(table, order, behind, now);
         }
     }
 
-    /// Drops the stale pairs from the whole queue and purges the expired entries, wherever
-    /// they are queued; `behind` is worked out again from what is left.
+    /// Purges the expired entries, wherever they are queued; `behind` is worked out again from
+    /// what is left. Only expired pairs are looked up in the table: the rest of the queue is
+    /// read in order, so a sweep of a full store costs a pass over the queue's memory, not a
+    /// cache miss per entry. Stale pairs that have not expired stay, skipped when they come up.
     #[cold]
     #[inline(never)]
     fn sweep(table: &mut Table, order: &mut VecDeque<(u64, u64)>, behind: &mut Behind, now: u64) {
+        let mut left = Behind::default();
+        order.retain(|&(k, exp)| {
+            if exp <= now {
+                // Held with this very expiry: the entry itself expired (else the pair is stale).
+                if table.get(k) == Some(exp) {
+                    table.remove(k);
+                }
+                return false;
+            }
+            left.push(exp);
+            true
+        });
+        left.pushed = 0;
+        *behind = left;
+    }
+
+    /// Drops the stale pairs from the whole queue too (those of removed or re-recorded ids),
+    /// which bounds the queue's length, and purges the expired entries.
+    #[cold]
+    #[inline(never)]
+    fn compact(table: &mut Table, order: &mut VecDeque<(u64, u64)>, behind: &mut Behind, now: u64) {
         let mut left = Behind::default();
         order.retain(|&(k, exp)| {
             if table.get(k) != Some(exp) {
@@ -954,13 +977,10 @@ impl MemoryReplayStore {
                 table.remove(k);
                 return false;
             }
-            if exp < left.max {
-                left.min = left.min.min(exp);
-            } else {
-                left.max = exp;
-            }
+            left.push(exp);
             true
         });
+        left.pushed = 0;
         *behind = left;
     }
 }
