@@ -176,39 +176,35 @@ impl Bore {
     /// let bore = Bore::new().server("tunnel.example.com:9000");
     /// assert!(bore.hint().unwrap().contains("tunnel.example.com:9000"));
     ///
-    /// // A shared TUNNEL_SERVER URL names the host; bore's control port stays 7835.
-    /// let bore = Bore::new().server("https://tunnel.example.com/");
-    /// assert!(bore.hint().unwrap().contains("tunnel.example.com:7835"));
+    /// // A shared TUNNEL_SERVER URL names the host; bore's control port stays 7835, and the
+    /// // URL's port, path and user info are not bore's either.
+    /// let bore = Bore::new().server("https://tunnel.example.com:8443/lt/");
+    /// assert!(bore.hint().unwrap().contains("runs at tunnel.example.com:7835 "));
     /// ```
     pub fn server(mut self, server: impl Into<String>) -> Self {
         let server = server.into();
-        let server = server.trim().trim_end_matches('/');
+        let server = server.trim();
+        let (scheme, rest) = match server.split_once("://") {
+            Some((scheme, rest)) => (Some(scheme.to_ascii_lowercase()), rest),
+            None => (None, server),
+        };
+        // The authority alone: a path, query or fragment (a shared TUNNEL_SERVER URL of a
+        // localtunnel server may have one) and user info are no part of the host.
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let authority = authority
+            .rsplit_once('@')
+            .map_or(authority, |(_, host)| host);
         // An http(s) URL (a shared TUNNEL_SERVER) names the host; its port is not bore's.
-        if let Some(rest) = server
-            .strip_prefix("http://")
-            .or_else(|| server.strip_prefix("https://"))
-        {
-            let host = match split_host_port(rest) {
-                Some((host, _)) => host,
-                None => rest.to_owned(),
-            };
-            self.server = host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned();
-            return self;
-        }
-        let server = server
-            .strip_prefix("tcp://")
-            .or_else(|| server.strip_prefix("bore://"))
-            .unwrap_or(server);
-        match split_host_port(server) {
+        let http = matches!(scheme.as_deref(), Some("http" | "https"));
+        match split_host_port(authority) {
             Some((host, port)) => {
                 self.server = host;
-                self.control_port = port;
+                if !http {
+                    self.control_port = port;
+                }
             }
             None => {
-                self.server = server
+                self.server = authority
                     .trim_start_matches('[')
                     .trim_end_matches(']')
                     .to_owned()

