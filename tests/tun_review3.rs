@@ -8,9 +8,10 @@ mod support;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
 
 use support::{BoreServer, get_url, hello_service};
-use tower_webhook::tunnel::{Bore, Provider, TunnelConfig, Upstream};
+use tower_webhook::tunnel::{Bore, Provider, Tunnel, TunnelConfig, TunnelError, Upstream};
 
 fn service() -> Upstream {
     Upstream::service(hello_service(Arc::new(AtomicUsize::new(0))))
@@ -53,4 +54,43 @@ async fn bore_takes_the_host_of_a_shared_server_url_with_a_path() {
             "{server}: {hint}"
         );
     }
+}
+
+/// A probe that fails within a provider's startup timeout shorter than the probe timeout (here
+/// the bore server's public ports are on another address than its control port, so the probe
+/// is refused) is reported with the probe's reason, not as a bare startup timeout.
+#[tokio::test]
+async fn a_probe_cut_by_the_startup_timeout_keeps_its_reason() {
+    let background = support::Background::new();
+    let mut server = bore_cli::server::Server::new(1024..=65535, None);
+    server.set_bind_addr("127.0.3.2".parse().unwrap());
+    server.set_bind_tunnels("127.0.3.3".parse().unwrap());
+    background.spawn(async move {
+        let _ = server.listen().await;
+    });
+    assert!(
+        support::eventually(Duration::from_secs(2), || {
+            std::net::TcpStream::connect("127.0.3.2:7835").is_ok()
+        })
+        .await
+    );
+    let err = Tunnel::builder()
+        .provider(
+            Bore::new()
+                .server("127.0.3.2")
+                .startup_timeout(Duration::from_millis(600)),
+        )
+        .start(service())
+        .await
+        .unwrap_err();
+    let TunnelError::AllFailed { attempts } = &err else {
+        panic!("{err}")
+    };
+    let reason = &attempts[0].reason;
+    assert!(reason.contains("round-trip probe"), "{reason}");
+    assert!(
+        reason.contains("could not connect to 127.0.3.2:"),
+        "{reason}"
+    );
+    assert!(attempts[0].elapsed < Duration::from_millis(700), "{err}");
 }

@@ -484,7 +484,14 @@ impl TunnelBuilder {
                 Some(Err(err)) => chain(&*err),
                 Some(Ok(session)) => {
                     let probed = if self.probe {
-                        let probing = probe(session.url(), upstream, self.probe_timeout, &self.tls);
+                        // Within what is left of the startup timeout, so that a failing probe
+                        // ends with its own reason (refused, not trusted, answered 404) rather
+                        // than being cut off by the startup deadline with none.
+                        let limit = deadline.map_or(self.probe_timeout, |deadline| {
+                            self.probe_timeout
+                                .min(deadline.saturating_duration_since(Instant::now()))
+                        });
+                        let probing = probe(session.url(), upstream, limit, &self.tls);
                         tokio::select! {
                             _ = &mut *cancel => {
                                 session.close(self.close_grace).await;
