@@ -1727,11 +1727,44 @@ async fn a_renderer_that_panics_falls_back_to_problem_json() {
 /// while a URN (`urn:uuid:...`, the form RFC 9457 suggests) is.
 #[tokio::test]
 async fn an_instance_never_points_at_another_host() {
-    for id in [
-        "//evil.example/x",
-        "https://evil.example/x",
-        "HTTP://evil.example",
-    ] {
+    instance_of_request_ids(
+        &[
+            "//evil.example/x",
+            "https://evil.example/x",
+            "HTTP://evil.example",
+        ],
+        &[
+            "urn:uuid:72d3162e-cc78-11e3-81ab-4c9367dc0958",
+            "req/42",
+            "a//b",
+        ],
+    )
+    .await;
+}
+
+/// A colon in the first segment of a relative reference makes it no URI reference at all
+/// (RFC 3986, section 4.2): `12:30:00` is neither a URI (a scheme starts with a letter) nor a
+/// relative reference. Strict URI parsers reject such an `instance`.
+#[tokio::test]
+async fn an_instance_is_always_a_uri_reference() {
+    instance_of_request_ids(
+        &["12:30:00", ":42", "_trace:1", "1req:x/y", "-a:b", "a_b:c"],
+        &[
+            "req:42",
+            "urn:uuid:72d3162e-cc78-11e3-81ab-4c9367dc0958",
+            "a+b.c-d:x",
+            "trace/12:30",
+            "?at=12:30",
+            "72d3162e-cc78-11e3-81ab-4c9367dc0958",
+        ],
+    )
+    .await;
+}
+
+/// Each request id of `left_out` is not the problem's `instance` (but still echoed in its
+/// header); each of `kept` is.
+async fn instance_of_request_ids(left_out: &[&str], kept: &[&str]) {
+    for &id in left_out {
         let (headers, json) = problem_with_request_id(id).await;
         assert!(
             json.get("instance").is_none(),
@@ -1740,11 +1773,7 @@ async fn an_instance_never_points_at_another_host() {
         );
         assert_eq!(headers["x-request-id"], id, "still echoed in its header");
     }
-    for id in [
-        "urn:uuid:72d3162e-cc78-11e3-81ab-4c9367dc0958",
-        "req/42",
-        "a//b",
-    ] {
+    for &id in kept {
         assert_eq!(problem_with_request_id(id).await.1["instance"], id);
     }
 }
