@@ -400,3 +400,40 @@ async fn the_first_bytes_of_a_stalled_probe_look_alike_reach_the_local_server() 
         .unwrap();
     assert_eq!(&first, b"G");
 }
+
+/// localtunnel has no use for user info in its server URL: a password put there must not
+/// show in the provider's `Debug`, its hint, the chain's error, nor the configuration's `Debug`.
+#[tokio::test]
+async fn a_password_in_a_localtunnel_server_url_is_never_shown() {
+    use tower_webhook::tunnel::{LocalTunnel, Provider, Tunnel, TunnelConfig, TunnelError};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://bot:hunter2-secret@127.0.0.1:{port}/");
+    let lt = LocalTunnel::new().server(url.as_str());
+    assert!(!format!("{lt:?}").contains("hunter2"), "{lt:?}");
+    let hint = lt.hint().unwrap();
+    assert!(!hint.contains("hunter2"), "{hint}");
+    assert!(hint.contains(&format!("http://127.0.0.1:{port}")), "{hint}");
+    let err = Tunnel::builder()
+        .provider(lt)
+        .start(std::net::SocketAddr::from(([127, 0, 0, 1], 3000)))
+        .await
+        .unwrap_err();
+    let TunnelError::AllFailed { attempts } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(attempts.len(), 1);
+    for shown in [err.to_string(), format!("{err:?}")] {
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+    let config = TunnelConfig::from_lookup(|name| match name {
+        "TUNNEL_SERVICE" => Some("localtunnel".to_owned()),
+        "TUNNEL_SERVER" => Some(url.clone()),
+        _ => None,
+    })
+    .unwrap();
+    assert!(!format!("{config:?}").contains("hunter2"), "{config:?}");
+}

@@ -16,6 +16,19 @@ use crate::BoxError;
 /// Largest body read from a registration, metrics or probe answer.
 pub(crate) const MAX_BODY: usize = 64 * 1024;
 
+/// `url` without the user info of its authority (`user:password@`), which no tunnel server
+/// takes: a password in it would otherwise reach errors, hints and `Debug` output.
+pub(crate) fn without_user_info(url: &str) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    match url[start..end].rfind('@') {
+        Some(at) => format!("{}{}", &url[..start], &url[start + at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
 /// A parsed `http://` or `https://` base address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct BaseUrl {
@@ -203,6 +216,19 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_info_is_dropped_from_the_authority_only() {
+        for (given, kept) in [
+            ("https://u:p@lt.example.com", "https://lt.example.com"),
+            ("http://u:p@w@127.0.0.1:3000/x", "http://127.0.0.1:3000/x"),
+            ("u:p@[::1]:8080", "[::1]:8080"),
+            ("http://h/path@x?q=a@b", "http://h/path@x?q=a@b"),
+            ("http://h:1", "http://h:1"),
+        ] {
+            assert_eq!(super::without_user_info(given), kept, "{given}");
+        }
+    }
 
     #[test]
     fn parses_bases() {

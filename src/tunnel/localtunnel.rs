@@ -168,7 +168,8 @@ impl LocalTunnel {
     }
 
     /// The server's URL (`https://host[:port]` or `http://host[:port]`); a bare `host[:port]`
-    /// means `http://host[:port]`.
+    /// means `http://host[:port]`. User info (`user:password@`), which localtunnel has no use
+    /// for, is dropped, so that it never shows in errors, hints or `Debug` output.
     ///
     /// # Example
     ///
@@ -189,7 +190,7 @@ impl LocalTunnel {
     /// # Ok(()) }
     /// ```
     pub fn server(mut self, server: impl Into<String>) -> Self {
-        self.server = server.into();
+        self.server = super::http::without_user_info(&server.into());
         self
     }
 
