@@ -1580,8 +1580,10 @@ mod tests {
                                 break;
                             }
                             if map.values().any(|&e| e <= t) {
+                                // The sweep drops expired pairs; stale ones that have not
+                                // expired stay, skipped when they come up.
                                 map.retain(|_, e| *e > t);
-                                order.retain(|(k, e)| map.get(k) == Some(e));
+                                order.retain(|(_, e)| *e > t);
                                 continue;
                             }
                         }
