@@ -299,8 +299,9 @@ impl CircuitBreakerConfig {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] naming the variable when a value is not a number, is zero, or is not
-    /// UTF-8 (not taken for unset).
+    /// A [`ConfigError`] naming the variable when a value is not UTF-8 (not taken for unset),
+    /// or is out of range: a failure threshold that is not a whole number of at least 1, an open
+    /// duration that is not a number of seconds above 0 and at most a year (31536000).
     ///
     /// # Example
     ///
@@ -327,7 +328,8 @@ impl CircuitBreakerConfig {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] naming the variable when a value is not a number or is zero.
+    /// A [`ConfigError`] naming the variable when a value is out of range (see
+    /// [`from_env`](Self::from_env)).
     ///
     /// # Example
     ///
@@ -380,7 +382,7 @@ impl CircuitBreakerConfig {
                     return Err(ConfigError::env(
                         ENV_RECOVERY_TIMEOUT,
                         value,
-                        "a number of seconds greater than 0 (for example 30)",
+                        "a number of seconds greater than 0 and at most a year, 31536000 (for example 30)",
                     ));
                 }
             }
