@@ -21,3 +21,25 @@ fn recovery_timeout_over_a_year_is_refused_with_the_real_range() {
     let err = at("0".to_owned()).unwrap_err().to_string();
     assert!(err.contains("greater than 0"), "{err}");
 }
+
+/// `LocalTunnel::subdomain`: a refused name is told the rule it broke. "ab-cd" (5 characters,
+/// a dash inside) breaks the server's rule (names with dashes need 6), so the message must not
+/// say that 4 characters with dashes are fine; and a name longer than a DNS label (63) is
+/// refused, since its public URL could not be resolved.
+#[test]
+fn localtunnel_subdomain_refusals_state_the_rule() {
+    use tower_webhook::tunnel::{LocalTunnel, TunnelError};
+
+    let err = LocalTunnel::new().subdomain("ab-cd").unwrap_err();
+    let TunnelError::Config { message, .. } = &err else {
+        panic!("{err}")
+    };
+    assert!(message.contains("6 to 63 with dashes"), "{message}");
+    assert!(LocalTunnel::new().subdomain("abc-de").is_ok());
+    assert!(LocalTunnel::new().subdomain("abcd").is_ok());
+    let longest = format!("a-{}", "b".repeat(61));
+    assert_eq!(longest.len(), 63);
+    assert!(LocalTunnel::new().subdomain(longest.as_str()).is_ok());
+    let too_long = format!("a-{}", "b".repeat(62));
+    assert!(LocalTunnel::new().subdomain(too_long.as_str()).is_err());
+}

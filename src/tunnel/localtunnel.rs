@@ -194,12 +194,15 @@ impl LocalTunnel {
         self
     }
 
-    /// Asks for this subdomain: 4 to 63 lowercase letters, digits and inner dashes.
+    /// Asks for this subdomain: 4 to 63 lowercase letters and digits, or 6 to 63 of them with
+    /// dashes inside (not first or last). That is the localtunnel server's rule, within the
+    /// 63 characters a DNS label can hold.
     ///
     /// # Errors
     ///
     /// [`TunnelError::Config`] when the name does not match the server's rule
-    /// `^(?:[a-z0-9][a-z0-9-]{4,63}[a-z0-9]|[a-z0-9]{4,63})$`.
+    /// `^(?:[a-z0-9][a-z0-9-]{4,63}[a-z0-9]|[a-z0-9]{4,63})$`, or is longer than 63
+    /// characters (a public URL with a longer label could not be resolved).
     ///
     /// # Example
     ///
@@ -219,8 +222,8 @@ impl LocalTunnel {
             return Err(TunnelError::Config {
                 setting: "localtunnel subdomain",
                 message: format!(
-                    "`{subdomain}` is not allowed: use 4 to 63 lowercase letters, digits and \
-                     dashes, not starting or ending with a dash"
+                    "`{subdomain}` is not allowed: use 4 to 63 lowercase letters and digits, or \
+                     6 to 63 with dashes, not starting or ending with a dash"
                 ),
             });
         }
@@ -398,7 +401,8 @@ fn valid_subdomain(name: &str) -> bool {
     if name.chars().all(ok) {
         return (4..=63).contains(&len);
     }
-    (6..=65).contains(&len)
+    // The server's rule allows 65, but a DNS label holds 63.
+    (6..=63).contains(&len)
         && name.starts_with(ok)
         && name.ends_with(ok)
         && name.chars().all(|c| ok(c) || c == '-')
