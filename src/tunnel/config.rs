@@ -118,10 +118,7 @@ impl fmt::Debug for TunnelConfig {
             .field("chain", &self.chain)
             .field("auth_token", &self.auth_token)
             .field("region", &self.region)
-            .field(
-                "server",
-                &self.server.as_deref().map(super::http::without_user_info),
-            )
+            .field("server", &self.server)
             .field("secret", &self.secret)
             .finish()
     }
@@ -234,7 +231,8 @@ impl TunnelConfig {
                 .or_else(|| get("NGROK_AUTHTOKEN"))
                 .map(Secret::new),
             region: get("TUNNEL_REGION"),
-            server: get("TUNNEL_SERVER"),
+            // No provider uses a URL's user info; a password there stays out of `Debug`.
+            server: get("TUNNEL_SERVER").map(|server| super::http::without_user_info(&server)),
             secret: get("TUNNEL_SECRET").map(Secret::new),
         })
     }
@@ -270,7 +268,8 @@ impl TunnelConfig {
         self.region.as_deref()
     }
 
-    /// The self-hosted server, if set.
+    /// The self-hosted server, if set, without the user info of a URL (`user:password@`),
+    /// which no provider uses.
     ///
     /// # Example
     ///
