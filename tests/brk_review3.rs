@@ -21,6 +21,21 @@ use trailer_body::TrailerBody;
 /// The transitions a listener was told of, in the order it was told.
 type Told = Arc<Mutex<Vec<(CircuitState, CircuitState)>>>;
 
+/// Sets, once, a global subscriber that takes every event (and drops it). The tests run on
+/// parallel threads of one process and hit the same log callsites; one first reached on a
+/// thread without any subscriber, while another thread installs its own, could be cached as
+/// disabled, and the test that reacts to that event would never see it.
+fn log_sink() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let sink = tracing_subscriber::fmt()
+            .with_writer(std::io::sink)
+            .with_max_level(tracing::Level::TRACE)
+            .finish();
+        let _ = tracing::subscriber::set_global_default(sink);
+    });
+}
+
 fn told_breaker(config: CircuitBreakerConfig) -> (CircuitBreakerHandle, Told) {
     let told: Told = Arc::default();
     let seen = told.clone();
@@ -57,6 +72,7 @@ fn assert_told_in_order(told: &Told, handle: &CircuitBreakerHandle) {
 /// a status page or gauge fed by the listener ends on the breaker's real state.
 #[test]
 fn transitions_racing_on_two_threads_are_told_in_order() {
+    log_sink();
     let (handle, told) = told_breaker(CircuitBreakerConfig::default());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -86,6 +102,7 @@ fn transitions_racing_on_two_threads_are_told_in_order() {
 /// is told after it.
 #[test]
 fn a_transition_started_before_the_previous_one_is_told_comes_after_it() {
+    log_sink();
     use tracing_subscriber::layer::SubscriberExt;
 
     struct ResetOnOpen {
@@ -138,6 +155,7 @@ fn a_transition_started_before_the_previous_one_is_told_comes_after_it() {
 /// `UNAVAILABLE`. The breaker stays open as long as it asks, as for a trailers-only answer.
 #[tokio::test(start_paused = true)]
 async fn a_grpc_pushback_in_the_trailers_keeps_the_breaker_open_as_asked() {
+    log_sink();
     let config = CircuitBreakerConfig::default()
         .consecutive_failures(1)
         .open_duration(OpenDuration::Fixed(Duration::from_secs(5)))
@@ -168,6 +186,7 @@ async fn a_grpc_pushback_in_the_trailers_keeps_the_breaker_open_as_asked() {
 /// hears once that a threshold was exceeded, as resilience4j tells it once per trip.
 #[test]
 fn failures_completing_together_report_one_exceeded_threshold_per_trip() {
+    log_sink();
     use futures_util::FutureExt;
     use tower::Service;
     use tower_webhook::circuit_breaker::Outcome;

@@ -47,6 +47,16 @@ async fn get(addr: SocketAddr, path: &str) -> (StatusCode, Bytes) {
     (status, res.bytes().await.unwrap())
 }
 
+/// Every test here logs through its own subscriber, also those that do not read the logs: the
+/// tests run on parallel threads of one process and hit the same log callsites, and a callsite
+/// first reached on a thread without a subscriber while another thread installs its own could
+/// be cached as disabled, so the other test would read no logs.
+fn capture_logs() -> (Logs, tracing::subscriber::DefaultGuard) {
+    let logs = Logs::default();
+    let guard = tracing::subscriber::set_default(logs.subscriber());
+    (logs, guard)
+}
+
 // ---------------------------------------------------------------------------------------------
 // A panic in the inner service's `poll_ready`
 
@@ -78,6 +88,7 @@ impl Service<axum::extract::Request> for PanicsOnceWhenReady {
 /// which dropped the connection with no answer.
 #[tokio::test]
 async fn a_panic_in_the_inner_poll_ready_is_answered_500_and_the_service_stays_usable() {
+    let (_logs, _guard) = capture_logs();
     let svc = WebhookErrorLayer::new().layer(PanicsOnceWhenReady {
         panicked: Arc::new(AtomicBool::new(false)),
     });
@@ -104,8 +115,7 @@ async fn a_panic_in_the_inner_poll_ready_is_answered_500_and_the_service_stays_u
 /// service is ready again.
 #[tokio::test(flavor = "current_thread")]
 async fn a_poll_ready_panic_is_logged_and_answered_to_the_next_request_only() {
-    let logs = Logs::default();
-    let _guard = tracing::subscriber::set_default(logs.subscriber());
+    let (logs, _guard) = capture_logs();
     let mut svc = WebhookErrorLayer::new().layer(PanicsOnceWhenReady {
         panicked: Arc::new(AtomicBool::new(false)),
     });
@@ -156,6 +166,7 @@ impl std::error::Error for DisplayPanics {}
 /// used to escape the layer and drop the connection.
 #[tokio::test]
 async fn an_error_whose_display_panics_is_answered_500() {
+    let (_logs, _guard) = capture_logs();
     let svc = ServiceBuilder::new()
         .layer(WebhookErrorLayer::new())
         .service_fn(|req: axum::extract::Request| async move {
@@ -195,8 +206,7 @@ impl HttpError for QuotaExceeded {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_recognised_error_that_panics_while_classified_is_answered_500_and_logged() {
-    let logs = Logs::default();
-    let _guard = tracing::subscriber::set_default(logs.subscriber());
+    let (logs, _guard) = capture_logs();
     let svc = ServiceBuilder::new()
         .layer(WebhookErrorLayer::new().recognize::<QuotaExceeded>())
         .service_fn(|_req: Request<Full<Bytes>>| async {
@@ -231,6 +241,7 @@ fn grpc_req() -> Request<Full<Bytes>> {
 /// gRPC clients ignore `Retry-After`; gRPC's server pushback is `grpc-retry-pushback-ms`.
 #[tokio::test]
 async fn a_grpc_answer_carries_its_wait_as_retry_pushback() {
+    let (_logs, _guard) = capture_logs();
     for (after, pushback, retry_after) in [
         (Duration::from_millis(1500), "1500", "2"),
         (Duration::from_micros(2_000_001), "2001", "3"),
@@ -274,6 +285,7 @@ mod echo;
 /// A real tonic client sees the pushback in the status of a call refused with a wait.
 #[tokio::test]
 async fn a_tonic_client_sees_the_pushback_of_a_refused_call() {
+    let (_logs, _guard) = capture_logs();
     use echo::{Echo, EchoService, SAY, codec};
     use tonic::codegen::http::uri::PathAndQuery;
 
@@ -345,6 +357,7 @@ fn conflict<B: Send + 'static>() -> impl Service<
 /// `Content-Length` included, and no content, over HTTP/1.1 and HTTP/2.
 #[tokio::test]
 async fn a_head_answer_has_the_content_length_of_the_get_answer() {
+    let (_logs, _guard) = capture_logs();
     let (addr, server) = serve(conflict::<axum::body::Body>()).await;
     let client = reqwest::Client::new();
     let get = client
