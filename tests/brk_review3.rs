@@ -1,5 +1,6 @@
 //! Regressions of the circuit breaker: the events a listener is told (their order, one
-//! exceeded threshold per trip) and gRPC's pushback in the trailers.
+//! exceeded threshold per trip), gRPC's pushback in the trailers, and what a full keyed
+//! breaker logs.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -8,12 +9,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::BodyExt;
-use tower::{BoxError, ServiceBuilder, ServiceExt};
+use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 use tower_webhook::circuit_breaker::{
     CircuitBreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer, CircuitEvent, CircuitState,
     OpenDuration,
 };
 
+#[path = "common/logs.rs"]
+mod logs;
 #[path = "common/trailer_body.rs"]
 mod trailer_body;
 use trailer_body::TrailerBody;
@@ -237,4 +240,53 @@ fn failures_completing_together_report_one_exceeded_threshold_per_trip() {
     assert_eq!(handle.state(), CircuitState::Open);
     assert_eq!(*opened.lock().unwrap(), 1);
     assert_eq!(*exceeded.lock().unwrap(), 1, "threshold exceeded events");
+}
+
+/// A keyed breaker whose every slot holds an open breaker sends new keys to its overflow
+/// breaker, and says so once, not once per request: keys come from requests (hosts,
+/// repositories), and a flood of new ones must not flood the log. Once a key finds a slot
+/// again, the next time it is full is told again.
+#[tokio::test(start_paused = true)]
+async fn a_full_keyed_breaker_warns_once_per_time_it_is_full() {
+    use tower_webhook::circuit_breaker::KeyedCircuitBreakerLayer;
+    log_sink();
+    let logs = logs::Logs::default();
+    let _guard = tracing::subscriber::set_default(logs.subscriber());
+    let config = CircuitBreakerConfig::default()
+        .consecutive_failures(1)
+        .name("hosts");
+    let key = |req: &Request<(String, u16)>| req.body().0.clone();
+    let (layer, handle) = KeyedCircuitBreakerLayer::pair(config, 2, key).unwrap();
+    let mut svc =
+        ServiceBuilder::new()
+            .layer(layer)
+            .service_fn(|req: Request<(String, u16)>| async move {
+                let mut res = Response::new(String::new());
+                *res.status_mut() = http::StatusCode::from_u16(req.body().1)?;
+                Ok::<_, BoxError>(res)
+            });
+    let mut hit = async |host: String, status: u16| {
+        svc.ready()
+            .await
+            .unwrap()
+            .call(Request::new((host, status)))
+            .await
+    };
+    let warnings = || logs.text().matches("keyed circuit breaker is full").count();
+    // Two open breakers fill it.
+    hit("a".into(), 500).await.unwrap();
+    hit("b".into(), 500).await.unwrap();
+    assert_eq!(warnings(), 0);
+    for i in 0..50 {
+        let _ = hit(format!("new-{i}"), 200).await;
+    }
+    assert_eq!(warnings(), 1, "{}", logs.text());
+    // A slot comes free (a's breaker closes and is idle): the next new key takes it.
+    handle.get(&"a".to_owned()).unwrap().reset();
+    hit("c".into(), 500).await.unwrap();
+    assert!(handle.get(&"c".to_owned()).is_some());
+    for i in 50..100 {
+        let _ = hit(format!("new-{i}"), 200).await;
+    }
+    assert_eq!(warnings(), 2, "{}", logs.text());
 }

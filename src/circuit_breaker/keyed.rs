@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
@@ -21,6 +22,9 @@ struct Shared<K> {
     max_keys: usize,
     map: RwLock<HashMap<K, Arc<Core>>>,
     overflow: Arc<Core>,
+    /// Whether the warning that the map is full was logged since a new key last found a slot:
+    /// keys come from requests, and a flood of new ones must not flood the log.
+    full_told: AtomicBool,
 }
 
 impl<K: Hash + Eq + Clone + fmt::Display> Shared<K> {
@@ -58,15 +62,19 @@ impl<K: Hash + Eq + Clone + fmt::Display> Shared<K> {
                     map.remove(&idle);
                 }
                 None => {
-                    tracing::warn!(
-                        breaker = &*self.config.name,
-                        max_keys = self.max_keys,
-                        "keyed circuit breaker is full; the new key shares the overflow breaker"
-                    );
+                    if !self.full_told.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            breaker = &*self.config.name,
+                            max_keys = self.max_keys,
+                            "keyed circuit breaker is full; new keys share the overflow breaker \
+                             (told once until a new key finds a slot again)"
+                        );
+                    }
                     return Arc::clone(&self.overflow);
                 }
             }
         }
+        self.full_told.store(false, Ordering::Relaxed);
         let name = format!("{}/{}", self.config.name, key);
         let core = Core::new_counted(self.config.clone().name(name));
         map.insert(key, Arc::clone(&core));
@@ -81,7 +89,7 @@ impl<K: Hash + Eq + Clone + fmt::Display> Shared<K> {
 /// something that holds no secret (a host, a repository), never a full URL with its query. When
 /// `max_keys` breakers exist, a new key replaces one that is CLOSED and idle, preferably one with
 /// no failure on record (so a failing key that comes and goes still opens); if there is none,
-/// new keys share one overflow breaker (and a warning is logged). `poll_ready` always polls the
+/// new keys share one overflow breaker (and a warning is logged, once until a new key finds a slot again). `poll_ready` always polls the
 /// inner service (the key is not known before the request); when `call` then rejects, the
 /// readied inner service is swapped for a fresh clone, so the capacity it reserved (a `Buffer`
 /// slot, a `ConcurrencyLimit` permit) is released at once rather than held by an idle clone.
@@ -166,6 +174,7 @@ impl<K, F> KeyedCircuitBreakerLayer<K, F> {
                 max_keys,
                 map: RwLock::new(HashMap::new()),
                 overflow,
+                full_told: AtomicBool::new(false),
             }),
             key,
             classifier: DefaultClassifier::new(),
