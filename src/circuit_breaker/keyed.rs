@@ -89,8 +89,8 @@ impl<K: Hash + Eq + Clone + fmt::Display> Shared<K> {
 /// something that holds no secret (a host, a repository), never a full URL with its query. When
 /// `max_keys` breakers exist, a new key replaces one that is CLOSED and idle, preferably one with
 /// no failure on record (so a failing key that comes and goes still opens); if there is none,
-/// new keys share one overflow breaker (and a warning is logged, once until a new key finds a slot again). `poll_ready` always polls the
-/// inner service (the key is not known before the request); when `call` then rejects, the
+/// new keys share one overflow breaker (and a warning is logged, once until a new key finds a
+/// slot again). `poll_ready` always polls the inner service (the key is not known before the request); when `call` then rejects, the
 /// readied inner service is swapped for a fresh clone, so the capacity it reserved (a `Buffer`
 /// slot, a `ConcurrencyLimit` permit) is released at once rather than held by an idle clone.
 /// Backpressure mode does not exist for keyed breakers. Finding a key's breaker takes a read
