@@ -22,6 +22,24 @@ fn recovery_timeout_over_a_year_is_refused_with_the_real_range() {
     assert!(err.contains("greater than 0"), "{err}");
 }
 
+/// A failure threshold past what the setting holds (a `u32`) is told the real range, not "at
+/// least 1", which the value is.
+#[test]
+fn failure_threshold_past_its_range_is_refused_with_the_real_range() {
+    use tower_webhook::circuit_breaker::ENV_FAILURE_THRESHOLD;
+    let at = |value: &'static str| {
+        CircuitBreakerConfig::from_env_with(move |name| {
+            (name == ENV_FAILURE_THRESHOLD).then(|| value.to_owned())
+        })
+    };
+    assert!(at("4294967295").is_ok());
+    for value in ["4294967296", "0", "five"] {
+        let err = at(value).unwrap_err().to_string();
+        assert!(err.contains(ENV_FAILURE_THRESHOLD), "{err}");
+        assert!(err.contains("from 1 to 4294967295"), "{value}: {err}");
+    }
+}
+
 /// `LocalTunnel::subdomain`: a refused name is told the rule it broke. "ab-cd" (5 characters,
 /// a dash inside) breaks the server's rule (names with dashes need 6), so the message must not
 /// say that 4 characters with dashes are fine; and a name longer than a DNS label (63) is

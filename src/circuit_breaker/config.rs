@@ -362,7 +362,7 @@ impl CircuitBreakerConfig {
                     return Err(ConfigError::env(
                         ENV_FAILURE_THRESHOLD,
                         value,
-                        "a whole number of consecutive failures, at least 1 (for example 5)",
+                        "a whole number of consecutive failures from 1 to 4294967295 (for example 5)",
                     ));
                 }
             }
