@@ -82,7 +82,8 @@ where
 ///
 /// On 429 and 503 the upstream's `Retry-After` (seconds or HTTP date), and on gRPC's
 /// `RESOURCE_EXHAUSTED` and `UNAVAILABLE` its `grpc-retry-pushback-ms` (in the headers of a
-/// trailers-only answer, or in the trailers), is passed to the breaker, which uses it if [`honor_retry_after`](super::CircuitBreakerConfig::honor_retry_after) is set.
+/// trailers-only answer, or in the trailers), is passed to the breaker, which uses it if
+/// [`honor_retry_after`](super::CircuitBreakerConfig::honor_retry_after) is set.
 ///
 /// # Example
 ///
