@@ -115,21 +115,17 @@ pub(crate) async fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>
     Ok(tokio::net::lookup_host((host, port)).await?.collect())
 }
 
+/// How long a connection attempt to one address runs alone before the next address is tried
+/// beside it (RFC 8305's "Connection Attempt Delay").
+const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
+
 /// Connects to `host:port` within `timeout`, trying each resolved address, with `TCP_NODELAY`.
 pub(crate) async fn connect(host: &str, port: u16, timeout: Duration) -> io::Result<TcpStream> {
     let attempt = async {
         let addrs = resolve(host, port).await?;
-        let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address"));
-        for addr in addrs {
-            match TcpStream::connect(addr).await {
-                Ok(stream) => {
-                    stream.set_nodelay(true)?;
-                    return Ok(stream);
-                }
-                Err(err) => last = err,
-            }
-        }
-        Err(last)
+        let stream = connect_any(host, addrs).await?;
+        stream.set_nodelay(true)?;
+        Ok::<_, io::Error>(stream)
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(stream)) => Ok(stream),
@@ -145,6 +141,51 @@ pub(crate) async fn connect(host: &str, port: u16, timeout: Duration) -> io::Res
                 timeout.as_millis()
             ),
         )),
+    }
+}
+
+/// Connects to the first of `addrs` that answers, as RFC 8305 ("Happy Eyeballs") does: the
+/// families alternate, starting with the resolver's first; each attempt runs alone for
+/// [`ATTEMPT_DELAY`] (or until it fails) before the next one starts beside it. An address that
+/// drops connection attempts silently (an IPv6 route that goes nowhere) thus costs 250 ms, not
+/// the whole timeout. The attempts still running when one succeeds are dropped.
+async fn connect_any(host: &str, addrs: Vec<SocketAddr>) -> io::Result<TcpStream> {
+    let mut queue = alternate_families(addrs).into_iter().peekable();
+    let mut attempts = tokio::task::JoinSet::new();
+    let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address"));
+    loop {
+        if let Some(addr) = queue.next() {
+            attempts.spawn(TcpStream::connect(addr));
+        }
+        if attempts.is_empty() {
+            return Err(last);
+        }
+        // Until an attempt ends, or the delay says to start the next address beside them.
+        tokio::select! {
+            biased;
+            done = attempts.join_next() => match done {
+                Some(Ok(Ok(stream))) => return Ok(stream),
+                Some(Ok(Err(err))) => last = err,
+                Some(Err(err)) => last = io::Error::other(err),
+                None => {}
+            },
+            () = tokio::time::sleep(ATTEMPT_DELAY), if queue.peek().is_some() => {}
+        }
+    }
+}
+
+/// `addrs` with their families alternating, the first family first (RFC 8305, section 4).
+fn alternate_families(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    let first_v6 = addrs.first().is_some_and(SocketAddr::is_ipv6);
+    let (first, second): (Vec<_>, Vec<_>) =
+        addrs.into_iter().partition(|a| a.is_ipv6() == first_v6);
+    let mut out = Vec::with_capacity(first.len() + second.len());
+    let (mut first, mut second) = (first.into_iter(), second.into_iter());
+    loop {
+        match (first.next(), second.next()) {
+            (None, None) => return out,
+            (a, b) => out.extend(a.into_iter().chain(b)),
+        }
     }
 }
 
@@ -216,6 +257,68 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn families_alternate_from_the_first() {
+        let a: Vec<SocketAddr> = [
+            "[::1]:1",
+            "[::2]:1",
+            "127.0.0.1:1",
+            "[::3]:1",
+            "127.0.0.2:1",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        let order: Vec<String> = super::alternate_families(a)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "[::1]:1",
+                "127.0.0.1:1",
+                "[::2]:1",
+                "127.0.0.2:1",
+                "[::3]:1"
+            ]
+        );
+    }
+
+    /// An address that drops connection attempts (here: a listener whose accept queue is full,
+    /// so the kernel drops new SYNs, as a route to nowhere does) does not use up the timeout:
+    /// the next address is tried beside it after the attempt delay, and answers.
+    #[tokio::test]
+    async fn a_silent_address_does_not_keep_the_next_one_from_answering() {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let silent = socket.listen(1).unwrap();
+        let silent_addr = silent.local_addr().unwrap();
+        // Fill the accept queue; past it, connection attempts get no answer.
+        let mut held = Vec::new();
+        loop {
+            match tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(silent_addr))
+                .await
+            {
+                Ok(Ok(stream)) => held.push(stream),
+                Ok(Err(err)) => panic!("{err}"),
+                Err(_) => break,
+            }
+            assert!(held.len() < 64, "the accept queue never filled");
+        }
+        let answering = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let answering_addr = answering.local_addr().unwrap();
+        let stream = tokio::time::timeout(
+            Duration::from_secs(3),
+            super::connect_any("test", vec![silent_addr, answering_addr]),
+        )
+        .await
+        .expect("connected before the timeout")
+        .unwrap();
+        assert_eq!(stream.peer_addr().unwrap(), answering_addr);
+        drop(held);
+    }
 
     #[test]
     fn user_info_is_dropped_from_the_authority_only() {
