@@ -52,9 +52,7 @@ async fn get(addr: SocketAddr, path: &str) -> (StatusCode, Bytes) {
 /// first reached on a thread without a subscriber while another thread installs its own could
 /// be cached as disabled, so the other test would read no logs.
 fn capture_logs() -> (Logs, tracing::subscriber::DefaultGuard) {
-    let logs = Logs::default();
-    let guard = tracing::subscriber::set_default(logs.subscriber());
-    (logs, guard)
+    Logs::capture()
 }
 
 // ---------------------------------------------------------------------------------------------

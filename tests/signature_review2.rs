@@ -46,8 +46,7 @@ fn github(delivery: &str, content_length: Option<&str>) -> Request<Full<Bytes>> 
 /// request body": a `Content-Length` that the body contradicts says so, with both lengths.
 #[tokio::test]
 async fn a_refused_body_is_logged_with_its_cause() {
-    let logs = Logs::default();
-    let _guard = tracing::subscriber::set_default(logs.subscriber());
+    let (logs, _guard) = Logs::capture();
     let layer = SignatureLayer::github(GH_SECRET).unwrap();
     let status = send(&layer, StatusCode::OK, github("d-1", Some("20"))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -92,8 +91,7 @@ impl ReplayStore for Unsettled {
 /// that some delivery will be refused until its claim expires.
 #[tokio::test]
 async fn a_claim_that_cannot_be_settled_is_logged_with_its_delivery() {
-    let logs = Logs::default();
-    let _guard = tracing::subscriber::set_default(logs.subscriber());
+    let (logs, _guard) = Logs::capture();
     let layer = SignatureLayer::github(GH_SECRET)
         .unwrap()
         .replay_store(Unsettled::default());

@@ -754,30 +754,28 @@ fn on_error<B, R: RenderProblem>(
             }));
             match classified {
                 Ok(problem) => problem,
-                Err(payload) => {
-                    let problem = classify::panicked();
-                    tracing::error!(
-                        status = problem.status().as_u16(),
-                        request_id = request_id_str(info),
-                        panic = panic_message(&*payload),
-                        "the service's error panicked while it was classified or logged"
-                    );
-                    problem
-                }
+                Err(payload) => panicked(
+                    info,
+                    &*payload,
+                    "the service's error panicked while it was classified or logged",
+                ),
             }
         }
-        Outcome::Panic(payload) => {
-            let problem = classify::panicked();
-            tracing::error!(
-                status = problem.status().as_u16(),
-                request_id = request_id_str(info),
-                panic = panic_message(&*payload),
-                "handler panicked"
-            );
-            problem
-        }
+        Outcome::Panic(payload) => panicked(info, &*payload, "handler panicked"),
     };
     render(problem, info, config, renderer)
+}
+
+/// The problem that answers a panic, logged once with the panic's message and `what` panicked.
+fn panicked(info: &RequestInfo, payload: &(dyn Any + Send), what: &str) -> Problem {
+    let problem = classify::panicked();
+    tracing::error!(
+        status = problem.status().as_u16(),
+        request_id = request_id_str(info),
+        panic = panic_message(payload),
+        "{what}"
+    );
+    problem
 }
 
 /// The success path: pass the response through, unless it carries a [`Problem`] made by a

@@ -944,9 +944,27 @@ impl MemoryReplayStore {
     /// what is left. Only expired pairs are looked up in the table: the rest of the queue is
     /// read in order, so a sweep of a full store costs a pass over the queue's memory, not a
     /// cache miss per entry. Stale pairs that have not expired stay, skipped when they come up.
+    fn sweep(table: &mut Table, order: &mut VecDeque<(u64, u64)>, behind: &mut Behind, now: u64) {
+        Self::retain_live(table, order, behind, now, false);
+    }
+
+    /// Drops the stale pairs from the whole queue too (those of removed or re-recorded ids),
+    /// which bounds the queue's length, and purges the expired entries.
+    fn compact(table: &mut Table, order: &mut VecDeque<(u64, u64)>, behind: &mut Behind, now: u64) {
+        Self::retain_live(table, order, behind, now, true);
+    }
+
+    /// Keeps the pairs that have not expired (only those the table holds, if `drop_stale`),
+    /// purging the expired entries from the table, and works `behind` out again.
     #[cold]
     #[inline(never)]
-    fn sweep(table: &mut Table, order: &mut VecDeque<(u64, u64)>, behind: &mut Behind, now: u64) {
+    fn retain_live(
+        table: &mut Table,
+        order: &mut VecDeque<(u64, u64)>,
+        behind: &mut Behind,
+        now: u64,
+        drop_stale: bool,
+    ) {
         let mut left = Behind::default();
         order.retain(|&(k, exp)| {
             if exp <= now {
@@ -956,25 +974,7 @@ impl MemoryReplayStore {
                 }
                 return false;
             }
-            left.push(exp);
-            true
-        });
-        left.pushed = 0;
-        *behind = left;
-    }
-
-    /// Drops the stale pairs from the whole queue too (those of removed or re-recorded ids),
-    /// which bounds the queue's length, and purges the expired entries.
-    #[cold]
-    #[inline(never)]
-    fn compact(table: &mut Table, order: &mut VecDeque<(u64, u64)>, behind: &mut Behind, now: u64) {
-        let mut left = Behind::default();
-        order.retain(|&(k, exp)| {
-            if table.get(k) != Some(exp) {
-                return false;
-            }
-            if exp <= now {
-                table.remove(k);
+            if drop_stale && table.get(k) != Some(exp) {
                 return false;
             }
             left.push(exp);

@@ -12,6 +12,14 @@ impl Logs {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 
+    /// Captures this thread's log output until the guard is dropped.
+    #[allow(dead_code)] // not every test file captures this way
+    pub(crate) fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+        let logs = Self::default();
+        let guard = tracing::subscriber::set_default(logs.subscriber());
+        (logs, guard)
+    }
+
     /// A subscriber that writes every level, without colours, here.
     #[allow(dead_code)] // not every test file sets its own subscriber
     pub(crate) fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync + 'static {
