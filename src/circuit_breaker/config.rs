@@ -705,7 +705,10 @@ impl CircuitBreakerConfig {
     /// State transitions are told one at a time, in the order they happened, also when
     /// several threads move the breaker at once: the last one told is the breaker's state.
     /// A transition made while another one is being told (on another thread, or by the
-    /// listener itself) is told right after it, by the thread telling it.
+    /// listener itself) is told right after it, by the thread telling it. A move to the
+    /// state the breaker is already in ([`reset`](super::CircuitBreakerHandle::reset) of a
+    /// CLOSED breaker, a manual move to the current state) restarts the window but is not a
+    /// transition, and is not told (as in resilience4j).
     ///
     /// # Example
     ///

@@ -911,7 +911,9 @@ impl CircuitBreakerHandle {
         self.transition_to(CircuitState::MetricsOnly)
     }
 
-    /// Back to a fresh CLOSED from any state: window, counters and backoff attempts cleared.
+    /// Back to a fresh CLOSED from any state: window, counters and backoff attempts cleared
+    /// (`not_permitted_calls` counts since the breaker was created). The listener is told a
+    /// transition to CLOSED unless the breaker was CLOSED already.
     ///
     /// # Example
     ///

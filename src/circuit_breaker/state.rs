@@ -1016,12 +1016,16 @@ impl Core {
                 name: self.config.name.clone(),
                 reason,
             }),
-            CircuitEvent::StateTransition {
+            // A move to the state the breaker is in (a reset of a CLOSED breaker, a manual
+            // move to the current state) starts a new window but changes no state: as in
+            // resilience4j, no transition is told. Its turn is still queued, so the events
+            // after it keep their order.
+            (from.state != to).then(|| CircuitEvent::StateTransition {
                 name: self.config.name.clone(),
                 from: from.state,
                 to,
                 reason,
-            },
+            }),
         );
         if let Some(reason) = exceeded {
             tracing::debug!(breaker = &*self.config.name, reason = ?reason, "circuit breaker threshold exceeded");
@@ -1071,12 +1075,13 @@ impl Core {
     }
 
     /// Keeps the event of the transition that started `generation` (and the threshold
-    /// exceeded that caused it, if any) until it is its turn.
+    /// exceeded that caused it, if any; none for a move to the same state) until it is its
+    /// turn.
     fn queue_transition(
         &self,
         generation: u32,
         exceeded: Option<CircuitEvent>,
-        transition: CircuitEvent,
+        transition: Option<CircuitEvent>,
     ) {
         if self.listener.is_some() {
             self.told().waiting.push((generation, exceeded, transition));
@@ -1121,7 +1126,9 @@ impl Core {
             if let Some(exceeded) = exceeded {
                 self.emit(|| exceeded);
             }
-            self.emit(|| transition);
+            if let Some(transition) = transition {
+                self.emit(|| transition);
+            }
         }
     }
 
@@ -1726,8 +1733,8 @@ struct Told {
     next: u32,
     /// Events of transitions that won their compare-and-swap and are not told yet, by
     /// generation: the threshold exceeded that caused the transition (if any), then the
-    /// transition.
-    waiting: Vec<(u32, Option<CircuitEvent>, CircuitEvent)>,
+    /// transition (none for a move to the state the breaker was in).
+    waiting: Vec<(u32, Option<CircuitEvent>, Option<CircuitEvent>)>,
     /// Whether a thread is telling events now.
     telling: bool,
 }
