@@ -231,9 +231,11 @@ pub struct Snapshot {
     pub name: String,
     /// The current state.
     pub state: CircuitState,
-    /// Failure rate in percent, once the window holds the minimum number of calls.
+    /// Failure rate in percent, once the window holds the minimum number of calls (in
+    /// HALF_OPEN: once a probe has completed).
     pub failure_rate: Option<f64>,
-    /// Slow-call rate in percent, once the window holds the minimum number of calls.
+    /// Slow-call rate in percent, once the window holds the minimum number of calls (in
+    /// HALF_OPEN: once a probe has completed).
     pub slow_call_rate: Option<f64>,
     /// Outcomes in the window (in HALF_OPEN: completed probes).
     pub buffered_calls: u32,
@@ -247,7 +249,9 @@ pub struct Snapshot {
     pub consecutive_failures: u32,
     /// Calls rejected since the breaker was created.
     pub not_permitted_calls: u64,
-    /// Probes admitted and not yet returned in HALF_OPEN.
+    /// Probe permits taken in the current HALF_OPEN period, by probes still running and by
+    /// probes that completed; a probe that is dropped or whose outcome is neutral gives its
+    /// permit back.
     pub half_open_permits_taken: u32,
     /// Milliseconds until OPEN lets probes through (OPEN only).
     pub retry_after_ms: Option<u64>,
