@@ -12,7 +12,8 @@
 //! `GITEA_WEBHOOK_SECRET`, `AZURE_DEVOPS_WEBHOOK_USERNAME` / `AZURE_DEVOPS_WEBHOOK_PASSWORD`
 //! (comma-separated values are several secrets, for rotation), `GITHUB_API_URL` +
 //! `GITHUB_TOKEN` (and `GITLAB_`, `BITBUCKET_`, `BITBUCKET_SERVER_`, `GITEA_`, `AZURE_DEVOPS_`
-//! `API_URL` / `TOKEN`), `CIRCUIT_BREAKER_FAILURE_THRESHOLD` (at least 1, default 5), `CIRCUIT_BREAKER_RECOVERY_TIMEOUT`
+//! `API_URL` / `TOKEN`; an `https` API is reached over TLS, trusting the public roots and the
+//! system's), `CIRCUIT_BREAKER_FAILURE_THRESHOLD` (at least 1, default 5), `CIRCUIT_BREAKER_RECOVERY_TIMEOUT`
 //! (seconds, more than 0, default 30),
 //! `REQUEST_TIMEOUT_SECS` (1-600, default 10), `MAX_BODY_BYTES` (1 KiB-1 GiB, default 25 MiB),
 //! `MAX_CONCURRENT_DELIVERIES` (1-65536, default 64: deliveries read at once, all providers

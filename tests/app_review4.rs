@@ -1,0 +1,122 @@
+//! The pr_agent_server example, fourth review: its router on 127.0.0.1 against peers on
+//! 127.0.0.1, driven by a real HTTP client.
+
+#[path = "../examples/pr_agent_server/app.rs"]
+#[allow(dead_code)]
+mod app;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use hmac::{KeyInit, Mac};
+use http::StatusCode;
+use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
+
+/// How long a test waits for something due at once: the bound only ends a failing test.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+const GH: &str = "gh-secret";
+
+fn lookup(vars: &[(&str, &str)]) -> Result<app::Settings, String> {
+    let env: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    app::Settings::from_lookup(|name| env.get(name).cloned())
+}
+
+async fn serve(router: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    addr
+}
+
+async fn start_server(settings: &app::Settings) -> String {
+    let app = app::build(settings).unwrap();
+    format!("http://{}", serve(app.router).await)
+}
+
+/// A GitHub `pull_request` `opened` delivery of pull request `pr`, signed with `GH` (with a
+/// signature that is wrong when `forged`).
+fn github_pull_request(
+    client: &reqwest::Client,
+    base: &str,
+    id: &str,
+    pr: u64,
+    forged: bool,
+) -> reqwest::RequestBuilder {
+    let body = json!({
+        "action": "opened",
+        "number": pr,
+        "pull_request": {"number": pr, "title": "Fix"},
+        "repository": {"full_name": "octo/repo"},
+    })
+    .to_string();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(GH.as_bytes()).unwrap();
+    mac.update(body.as_bytes());
+    let mut signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    if forged {
+        signature = format!("sha256={}", "0".repeat(64));
+    }
+    client
+        .post(format!("{base}/api/v1/github_webhooks"))
+        .header("content-type", "application/json")
+        .header("x-github-event", "pull_request")
+        .header("x-github-delivery", id)
+        .header("x-hub-signature-256", signature)
+        .body(body)
+}
+
+async fn status(client: &reqwest::Client, base: &str) -> Value {
+    client
+        .get(format!("{base}/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Provider APIs are `https` (`https://api.github.com`, a self-hosted GitLab): the comment is
+/// sent over TLS. The example's HTTP client was built without TLS, so it refused every `https`
+/// URL before connecting, and no comment ever reached a real provider.
+#[tokio::test]
+async fn comments_go_to_an_https_api_over_tls() {
+    // Stands in for the API: reads the first bytes of the first connection.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = listener.local_addr().unwrap();
+    let first_bytes = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = [0u8; 3];
+        stream.read_exact(&mut head).await.unwrap();
+        head
+    });
+    let url = format!("https://{api}");
+    let settings = lookup(&[
+        ("GITHUB_WEBHOOK_SECRET", GH),
+        ("GITHUB_API_URL", &url),
+        ("GITHUB_TOKEN", "ghp_token"),
+    ])
+    .unwrap();
+    let base = start_server(&settings).await;
+    let client = reqwest::Client::new();
+    let res = github_pull_request(&client, &base, "a4000000-0000-4000-8000-000000000001", 1, false)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let head = tokio::time::timeout(PATIENCE, first_bytes)
+        .await
+        .expect("the comment reaches the https API")
+        .unwrap();
+    // A TLS record of a handshake (the ClientHello), not a request in clear text.
+    assert_eq!(head[0], 0x16, "{head:?}");
+    assert_eq!(head[1], 0x03, "{head:?}");
+}
