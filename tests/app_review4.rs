@@ -120,3 +120,57 @@ async fn comments_go_to_an_https_api_over_tls() {
     assert_eq!(head[0], 0x16, "{head:?}");
     assert_eq!(head[1], 0x03, "{head:?}");
 }
+
+/// A private key for a GitHub App, made by `openssl` (PKCS#1 or PKCS#8, both are taken);
+/// `None` where `openssl` is missing.
+fn app_key() -> Option<String> {
+    let out = std::process::Command::new("openssl")
+        .args(["genrsa", "2048"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8(out.stdout).unwrap())
+}
+
+/// `GITHUB_HOOK_*` and `GITHUB_APP_*` name a GitHub hook whose deliveries are signed with the
+/// secret set on GitHub. Without `GITHUB_WEBHOOK_SECRET` the server served no GitHub route (or
+/// one with a made-up development secret) and still pointed the hook at it: every delivery was
+/// refused. It now stops with a message naming the variable.
+#[test]
+fn a_github_hook_or_app_without_the_webhook_secret_is_refused() {
+    let api = [
+        ("GITHUB_API_URL", "http://127.0.0.1:9"),
+        ("GITHUB_TOKEN", "t"),
+    ];
+    let hook = [("GITHUB_HOOK_REPOSITORY", "octo/repo"), ("GITHUB_HOOK_ID", "42")];
+    // Development mode (no secret at all), and another provider's secret only.
+    for others in [&[][..], &[("GITLAB_WEBHOOK_TOKEN", "gl")][..]] {
+        let vars = [&api[..], &hook[..], others].concat();
+        let err = lookup(&vars).unwrap_err();
+        assert!(err.contains("GITHUB_WEBHOOK_SECRET"), "{vars:?}: {err}");
+        assert!(err.contains("GITHUB_HOOK_REPOSITORY"), "{vars:?}: {err}");
+    }
+    let ok = lookup(&[&api[..], &hook[..], &[("GITHUB_WEBHOOK_SECRET", GH)]].concat()).unwrap();
+    assert!(ok.github_hook.is_some());
+
+    let Some(key) = app_key() else {
+        eprintln!("openssl is missing: the GitHub App half is skipped");
+        return;
+    };
+    let app = [
+        ("GITHUB_API_URL", "http://127.0.0.1:9"),
+        ("GITHUB_APP_ID", "4242"),
+        ("GITHUB_APP_PRIVATE_KEY", key.as_str()),
+    ];
+    for others in [&[][..], &[("GITLAB_WEBHOOK_TOKEN", "gl")][..]] {
+        let vars = [&app[..], others].concat();
+        let err = lookup(&vars).unwrap_err();
+        assert!(err.contains("GITHUB_WEBHOOK_SECRET"), "{err}");
+        assert!(err.contains("GITHUB_APP_ID"), "{err}");
+        assert!(!err.contains("PRIVATE KEY"), "{err}");
+    }
+    let ok = lookup(&[&app[..], &[("GITHUB_WEBHOOK_SECRET", GH)]].concat()).unwrap();
+    assert!(ok.github_app.is_some());
+}

@@ -892,6 +892,7 @@ fn settings_errors_name_the_variable() {
     let ok = hook(&[
         ("GITHUB_HOOK_REPOSITORY", "octo/hello-world.rs"),
         ("GITHUB_HOOK_ID", "42"),
+        ("GITHUB_WEBHOOK_SECRET", "s"),
         api[0],
         api[1],
     ])

@@ -431,6 +431,22 @@ impl Settings {
             }
         };
         let github_app = github_app(&lookup, &apis)?;
+        // The hook's deliveries are signed with the secret set on GitHub: without it (no GitHub
+        // route, or a made-up development secret) every one of them would be refused.
+        let github_secret_set =
+            forges.contains_key(&Forge::GitHub) && generated_github_secret.is_none();
+        let needs_secret = match (&github_hook, &github_app) {
+            (Some(_), _) => Some("GITHUB_HOOK_REPOSITORY and GITHUB_HOOK_ID need"),
+            (None, Some(_)) => Some("GITHUB_APP_ID needs"),
+            (None, None) => None,
+        };
+        if let Some(needs) = needs_secret
+            && !github_secret_set
+        {
+            return Err(format!(
+                "{needs} GITHUB_WEBHOOK_SECRET, the secret set on the GitHub hook: without it, every delivery of the hook would be refused"
+            ));
+        }
         let breaker = CircuitBreakerConfig::from_env_with(&lookup).map_err(|e| e.to_string())?;
         let max_pending_comments = number(
             "MAX_PENDING_COMMENTS",

@@ -28,7 +28,8 @@
 //! posted, one waiting out its backoff being tried once more at once; a second Ctrl-C or
 //! `SIGTERM` ends the wait at once; each one left is logged with its delivery id), `TUNNEL_SERVICE`, `TUNNEL_AUTH_TOKEN`,
 //! `TUNNEL_REGION`, `TUNNEL_SERVER`, `TUNNEL_SECRET`, `GITHUB_HOOK_REPOSITORY` + `GITHUB_HOOK_ID`
-//! (with `--use-tunnel`: a repository hook pointed at each tunnel URL), `GITHUB_APP_ID` +
+//! (with `--use-tunnel`: a repository hook pointed at each tunnel URL; it, like the app below,
+//! needs `GITHUB_WEBHOOK_SECRET`, the hook's secret), `GITHUB_APP_ID` +
 //! `GITHUB_APP_PRIVATE_KEY` or `GITHUB_APP_PRIVATE_KEY_PATH` (a GitHub App: deliveries that
 //! come through one of its installations are commented on as the app, with that installation's
 //! token; an installation suspended or uninstalled, as the app's `installation` events say,
