@@ -174,3 +174,51 @@ fn a_github_hook_or_app_without_the_webhook_secret_is_refused() {
     let ok = lookup(&[&app[..], &[("GITHUB_WEBHOOK_SECRET", GH)]].concat()).unwrap();
     assert!(ok.github_app.is_some());
 }
+
+/// A webhook route takes `POST`s only: another method is answered `405` with `Allow: POST`, as
+/// HTTP asks, not `401` as if it were a delivery badly signed, and is not counted as a rejected
+/// delivery. A delivery badly signed is still `401`, and counted.
+#[tokio::test]
+async fn a_webhook_route_answers_other_methods_405_with_allow() {
+    let settings = lookup(&[
+        ("GITHUB_WEBHOOK_SECRET", GH),
+        ("GITLAB_WEBHOOK_TOKEN", "gl"),
+        ("AZURE_DEVOPS_WEBHOOK_USERNAME", "azure"),
+        ("AZURE_DEVOPS_WEBHOOK_PASSWORD", "pass"),
+    ])
+    .unwrap();
+    let base = start_server(&settings).await;
+    let client = reqwest::Client::new();
+    for route in ["github", "gitlab", "azuredevops"] {
+        for method in [reqwest::Method::GET, reqwest::Method::PUT, reqwest::Method::DELETE] {
+            let res = client
+                .request(method.clone(), format!("{base}/api/v1/{route}_webhooks"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                res.status(),
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {route}"
+            );
+            let allow = res.headers().get(http::header::ALLOW).map(|v| v.to_str().unwrap().to_owned());
+            assert_eq!(allow.as_deref(), Some("POST"), "{method} {route}");
+        }
+    }
+    assert_eq!(status(&client, &base).await["deliveries"]["rejected"], 0);
+
+    // A delivery badly signed, and one signed right.
+    let res = github_pull_request(&client, &base, "a4000000-0000-4000-8000-000000000002", 2, true)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let res = github_pull_request(&client, &base, "a4000000-0000-4000-8000-000000000003", 3, false)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let deliveries = &status(&client, &base).await["deliveries"];
+    assert_eq!(deliveries["rejected"], 1, "{deliveries}");
+    assert_eq!(deliveries["accepted"], 1, "{deliveries}");
+}

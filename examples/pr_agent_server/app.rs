@@ -980,12 +980,13 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
             .max_body_size(settings.max_body_bytes)
             .record_delivery(RecordDelivery::AfterSuccess)
             .on_replay(OnReplay::Acknowledge(StatusCode::OK));
+        // On the `POST` handler only: another method is answered `405 Method Not Allowed` with
+        // `Allow: POST`, not `401` as if it were a delivery badly signed.
         let route = Router::new()
             .route(
                 &forge.route(),
-                post(move |s, h, hd, b| handle(forge, s, h, hd, b)),
+                post(move |s, h, hd, b| handle(forge, s, h, hd, b)).route_layer(layer),
             )
-            .route_layer(layer)
             // The layer has already capped the body at MAX_BODY_BYTES; without this, axum's
             // `Bytes` extractor would refuse a verified delivery over its own 2 MB default.
             .layer(DefaultBodyLimit::max(
@@ -1154,10 +1155,15 @@ fn with_rotation(
     Ok(layer)
 }
 
-/// Counts what the webhook routes answered: 202 accepted, 200 duplicate (acknowledged by the
-/// signature layer without calling the handler), 4xx rejected.
+/// Counts what the webhook routes answered to deliveries (`POST`s): 202 accepted, 200 duplicate
+/// (acknowledged by the signature layer without calling the handler), 4xx rejected. A request
+/// with another method (answered 405) is no delivery.
 async fn count(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let delivery = req.method() == Method::POST;
     let res = next.run(req).await;
+    if !delivery {
+        return res;
+    }
     let counter = match res.status() {
         StatusCode::ACCEPTED => &state.counters.accepted,
         StatusCode::OK => &state.counters.duplicates,
