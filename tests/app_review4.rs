@@ -107,10 +107,16 @@ async fn comments_go_to_an_https_api_over_tls() {
     .unwrap();
     let base = start_server(&settings).await;
     let client = reqwest::Client::new();
-    let res = github_pull_request(&client, &base, "a4000000-0000-4000-8000-000000000001", 1, false)
-        .send()
-        .await
-        .unwrap();
+    let res = github_pull_request(
+        &client,
+        &base,
+        "a4000000-0000-4000-8000-000000000001",
+        1,
+        false,
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(res.status(), StatusCode::ACCEPTED);
     let head = tokio::time::timeout(PATIENCE, first_bytes)
         .await
@@ -144,7 +150,10 @@ fn a_github_hook_or_app_without_the_webhook_secret_is_refused() {
         ("GITHUB_API_URL", "http://127.0.0.1:9"),
         ("GITHUB_TOKEN", "t"),
     ];
-    let hook = [("GITHUB_HOOK_REPOSITORY", "octo/repo"), ("GITHUB_HOOK_ID", "42")];
+    let hook = [
+        ("GITHUB_HOOK_REPOSITORY", "octo/repo"),
+        ("GITHUB_HOOK_ID", "42"),
+    ];
     // Development mode (no secret at all), and another provider's secret only.
     for others in [&[][..], &[("GITLAB_WEBHOOK_TOKEN", "gl")][..]] {
         let vars = [&api[..], &hook[..], others].concat();
@@ -190,7 +199,11 @@ async fn a_webhook_route_answers_other_methods_405_with_allow() {
     let base = start_server(&settings).await;
     let client = reqwest::Client::new();
     for route in ["github", "gitlab", "azuredevops"] {
-        for method in [reqwest::Method::GET, reqwest::Method::PUT, reqwest::Method::DELETE] {
+        for method in [
+            reqwest::Method::GET,
+            reqwest::Method::PUT,
+            reqwest::Method::DELETE,
+        ] {
             let res = client
                 .request(method.clone(), format!("{base}/api/v1/{route}_webhooks"))
                 .send()
@@ -201,24 +214,140 @@ async fn a_webhook_route_answers_other_methods_405_with_allow() {
                 StatusCode::METHOD_NOT_ALLOWED,
                 "{method} {route}"
             );
-            let allow = res.headers().get(http::header::ALLOW).map(|v| v.to_str().unwrap().to_owned());
+            let allow = res
+                .headers()
+                .get(http::header::ALLOW)
+                .map(|v| v.to_str().unwrap().to_owned());
             assert_eq!(allow.as_deref(), Some("POST"), "{method} {route}");
         }
     }
     assert_eq!(status(&client, &base).await["deliveries"]["rejected"], 0);
 
     // A delivery badly signed, and one signed right.
-    let res = github_pull_request(&client, &base, "a4000000-0000-4000-8000-000000000002", 2, true)
-        .send()
-        .await
-        .unwrap();
+    let res = github_pull_request(
+        &client,
+        &base,
+        "a4000000-0000-4000-8000-000000000002",
+        2,
+        true,
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
-    let res = github_pull_request(&client, &base, "a4000000-0000-4000-8000-000000000003", 3, false)
-        .send()
-        .await
-        .unwrap();
+    let res = github_pull_request(
+        &client,
+        &base,
+        "a4000000-0000-4000-8000-000000000003",
+        3,
+        false,
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(res.status(), StatusCode::ACCEPTED);
     let deliveries = &status(&client, &base).await["deliveries"];
     assert_eq!(deliveries["rejected"], 1, "{deliveries}");
     assert_eq!(deliveries["accepted"], 1, "{deliveries}");
+}
+
+/// Sends `SIGTERM` to this process (the test's own stop signals listen for it).
+#[cfg(unix)]
+fn sigterm() {
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &std::process::id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+}
+
+/// "A second Ctrl-C or `SIGTERM` ends the wait [for pending comments] at once": also a second
+/// signal that comes while the first one's open requests are still being answered. It was
+/// listened for only once they were, so it was lost, and the server waited the whole
+/// `SHUTDOWN_GRACE_SECS` (up to an hour) for comments to an API that was down.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_stop_signal_while_requests_are_answered_ends_the_wait_for_comments() {
+    use tokio::io::AsyncWriteExt;
+    // An API where nothing listens: the comment keeps failing and stays pending.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let url = format!("http://{closed}");
+    let settings = lookup(&[
+        ("PORT", "0"),
+        ("GITHUB_WEBHOOK_SECRET", GH),
+        ("GITHUB_API_URL", &url),
+        ("GITHUB_TOKEN", "t"),
+        ("SHUTDOWN_GRACE_SECS", "600"),
+        ("REQUEST_TIMEOUT_SECS", "120"),
+    ])
+    .unwrap();
+    let app = app::build(&settings).unwrap();
+    let state = app.state.clone();
+    let signals = app::StopSignals::listen().unwrap();
+    let running = app::start(&settings, app, None, signals.nth(1))
+        .await
+        .unwrap();
+    let addr = running.local_addr();
+    let base = format!("http://{addr}");
+    let client = reqwest::Client::new();
+    let res = github_pull_request(
+        &client,
+        &base,
+        "a4000000-0000-4000-8000-000000000004",
+        4,
+        false,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        state
+            .counters
+            .pending
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+
+    // A delivery still being sent: its headers and half of its body.
+    let body = br#"{"zen":"Keep it logically awesome."}"#;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(GH.as_bytes()).unwrap();
+    mac.update(body);
+    let head = format!(
+        "POST /api/v1/github_webhooks HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-github-event: ping\r\nx-github-delivery: a4000000-0000-4000-8000-000000000005\r\nx-hub-signature-256: sha256={}\r\n\r\n",
+        body.len(),
+        hex::encode(mac.finalize().into_bytes())
+    );
+    let mut open = tokio::net::TcpStream::connect(addr).await.unwrap();
+    open.write_all(head.as_bytes()).await.unwrap();
+    open.write_all(&body[..10]).await.unwrap();
+
+    // The first signal: the server stops taking connections, and waits for the open request.
+    sigterm();
+    tokio::time::timeout(PATIENCE, async {
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the server stops listening on SIGTERM");
+    // The second one, while the request is still open.
+    sigterm();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    open.write_all(&body[10..]).await.unwrap();
+    let mut answer = String::new();
+    open.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+
+    // The second signal ends the wait for the pending comment, long before the grace is over.
+    let left = tokio::time::timeout(
+        PATIENCE,
+        app::finish(running, &state, settings.shutdown_grace, &signals),
+    )
+    .await
+    .expect("a second stop signal ends the wait for pending comments");
+    assert_eq!(left, 1);
 }

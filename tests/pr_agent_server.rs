@@ -1039,7 +1039,9 @@ async fn start_with_bore(
     .unwrap()
     .builder()
     .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200));
-    app::start(settings, app, Some(tunnel)).await.unwrap()
+    app::start(settings, app, Some(tunnel), std::future::pending())
+        .await
+        .unwrap()
 }
 
 /// `--use-tunnel`: the server opens a tunnel through a real bore server (bore-cli's, on a

@@ -37,6 +37,9 @@ use tower_webhook::tunnel::{Running, Server, TunnelBuilder, TunnelEvent};
 pub(crate) mod drafts;
 #[path = "github_app.rs"]
 pub(crate) mod github_app;
+#[path = "../common/shutdown.rs"]
+#[allow(dead_code)] // `shutdown_signal` is the other servers'
+pub(crate) mod shutdown;
 use drafts::DraftMemory;
 pub(crate) use github_app::GithubApp;
 use github_app::{InstallationChange, InstallationTokens, TokenError};
@@ -1068,14 +1071,17 @@ fn api_redirect(attempt: reqwest::redirect::Attempt<'_>) -> reqwest::redirect::A
 }
 
 /// Binds `settings.addr`, opens `tunnel` when given, and serves the app in the background until
-/// Ctrl-C or SIGTERM (graceful: open requests finish, then the tunnel closes). With a tunnel and
-/// `GITHUB_HOOK_*`, the GitHub hook is pointed at each URL the tunnel opens at.
+/// `stop` completes (graceful: open requests finish, then the tunnel closes; see [`finish`]).
+/// With a tunnel and `GITHUB_HOOK_*`, the GitHub hook is pointed at each URL the tunnel opens at.
 pub(crate) async fn start(
     settings: &Settings,
     app: App,
     tunnel: Option<TunnelBuilder>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Running, BoxError> {
-    let mut server = Server::bind(settings.addr).await?;
+    let mut server = Server::bind(settings.addr)
+        .await?
+        .with_graceful_shutdown(stop);
     if let Some(tunnel) = tunnel {
         server = server.tunnel(tunnel);
     }
@@ -1092,6 +1098,67 @@ pub(crate) async fn start(
         }
     }
     Ok(running)
+}
+
+/// The server's stop signals: Ctrl-C and, on Unix, `SIGTERM`, counted from the moment they are
+/// listened for.
+#[derive(Clone, Debug)]
+pub(crate) struct StopSignals(watch::Receiver<u32>);
+
+impl StopSignals {
+    /// Listens for the stop signals from now on (on the current tokio runtime).
+    pub(crate) fn listen() -> std::io::Result<Self> {
+        Ok(Self(shutdown::count_stop_signals()?))
+    }
+
+    /// Completes once the `n`th stop signal has come, or at once if it already has; never
+    /// when signals can no longer be received.
+    pub(crate) fn nth(&self, n: u32) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut count = self.0.clone();
+        async move {
+            let received = count.wait_for(|count| *count >= n).await.is_ok();
+            if !received {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+/// The end of the server started with `signals.nth(1)` ([`start`]): waits until `running` has
+/// shut down (open requests answered, the tunnel closed), then gives the pending comments
+/// `grace` to be posted. A second stop signal ends that wait at once, including one that came
+/// while the open requests were still being answered. Returns how many comments are still
+/// pending: each one is logged when the runtime goes.
+pub(crate) async fn finish(
+    running: Running,
+    state: &AppState,
+    grace: Duration,
+    signals: &StopSignals,
+) -> u64 {
+    let again = signals.nth(2);
+    running.wait().await;
+    // No delivery comes in any more: the comments of those answered 202 get their chance,
+    // unless a second stop signal says not to wait (the grace may be up to an hour).
+    tokio::select! {
+        left = state.drain_comments(grace) => {
+            if left > 0 {
+                tracing::error!(
+                    pending = left,
+                    "comments still pending after SHUTDOWN_GRACE_SECS ({} s); each is logged below",
+                    grace.as_secs()
+                );
+            }
+            left
+        }
+        () = again => {
+            let left = state.counters.pending.load(Ordering::Acquire);
+            tracing::error!(
+                pending = left,
+                "second stop signal: not waiting for pending comments; each is logged below"
+            );
+            left
+        }
+    }
 }
 
 fn signature_layer(forge: Forge, verification: &Verification) -> Result<SignatureLayer, BoxError> {

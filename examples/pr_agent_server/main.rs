@@ -26,7 +26,8 @@
 //! 10000: open drafts remembered, see below), `SHUTDOWN_GRACE_SECS` (0-3600, default 20: at
 //! shutdown, once the connections are closed, how long pending comments still get to be
 //! posted, one waiting out its backoff being tried once more at once; a second Ctrl-C or
-//! `SIGTERM` ends the wait at once; each one left is logged with its delivery id), `TUNNEL_SERVICE`, `TUNNEL_AUTH_TOKEN`,
+//! `SIGTERM`, even one sent while the open requests are still answered, ends the wait at once;
+//! each one left is logged with its delivery id), `TUNNEL_SERVICE`, `TUNNEL_AUTH_TOKEN`,
 //! `TUNNEL_REGION`, `TUNNEL_SERVER`, `TUNNEL_SECRET`, `GITHUB_HOOK_REPOSITORY` + `GITHUB_HOOK_ID`
 //! (with `--use-tunnel`: a repository hook pointed at each tunnel URL; it, like the app below,
 //! needs `GITHUB_WEBHOOK_SECRET`, the hook's secret), `GITHUB_APP_ID` +
@@ -88,12 +89,10 @@
 //! told by its `lastContentUpdatedDate` (later than its `publishedDate`) or its `isDeleted`.
 
 mod app;
-#[path = "../common/shutdown.rs"]
-mod shutdown;
 
 use std::process::ExitCode;
 
-use app::{Forge, Settings};
+use app::{Forge, Settings, StopSignals};
 use tower_webhook::tunnel::TunnelConfig;
 use tracing_subscriber::EnvFilter;
 
@@ -123,7 +122,10 @@ async fn run() -> Result<(), tower::BoxError> {
         true => Some(TunnelConfig::from_env()?.builder()),
         false => None,
     };
-    let running = app::start(&settings, app, tunnel).await?;
+    // Listened for from here on: a second signal, even one that comes while the first one's
+    // open requests are still being answered, ends the wait for pending comments.
+    let signals = StopSignals::listen()?;
+    let running = app::start(&settings, app, tunnel, signals.nth(1)).await?;
 
     let local = format!("http://{}", running.local_addr());
     println!("pr_agent_server listening on {local}");
@@ -153,28 +155,7 @@ async fn run() -> Result<(), tower::BoxError> {
     if let Some(secret) = &settings.generated_github_secret {
         print_development_help(&local, secret);
     }
-    running.wait().await;
-    // No delivery comes in any more: the comments of those answered 202 get their chance,
-    // unless a second stop signal says not to wait (the grace may be up to an hour).
-    let again = shutdown::shutdown_signal()?;
-    let grace = settings.shutdown_grace;
-    tokio::select! {
-        left = state.drain_comments(grace) => {
-            if left > 0 {
-                tracing::error!(
-                    pending = left,
-                    "comments still pending after SHUTDOWN_GRACE_SECS ({} s); each is logged below",
-                    grace.as_secs()
-                );
-            }
-        }
-        () = again => {
-            tracing::error!(
-                pending = state.counters.pending.load(std::sync::atomic::Ordering::Acquire),
-                "second stop signal: not waiting for pending comments; each is logged below"
-            );
-        }
-    }
+    app::finish(running, &state, settings.shutdown_grace, &signals).await;
     Ok(())
 }
 
