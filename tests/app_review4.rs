@@ -351,3 +351,28 @@ async fn a_second_stop_signal_while_requests_are_answered_ends_the_wait_for_comm
     .expect("a second stop signal ends the wait for pending comments");
     assert_eq!(left, 1);
 }
+
+/// `GITHUB_APP_ID` and `GITHUB_APP_PRIVATE_KEY_PATH` are read without surrounding spaces or line
+/// breaks, as the secrets, tokens and numbers are: a value written to a file or a secret store
+/// with its line break stopped the server ("not a GitHub App id", "cannot be read").
+#[test]
+fn the_github_app_id_and_key_path_are_trimmed_like_the_other_settings() {
+    let Some(key) = app_key() else {
+        eprintln!("openssl is missing: skipped");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("app-review4-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("app.pem");
+    std::fs::write(&path, &key).unwrap();
+    let padded = format!(" {}\n", path.to_str().unwrap());
+    let settings = lookup(&[
+        ("GITHUB_WEBHOOK_SECRET", GH),
+        ("GITHUB_API_URL", "http://127.0.0.1:9"),
+        ("GITHUB_APP_ID", " 4242\n"),
+        ("GITHUB_APP_PRIVATE_KEY_PATH", &padded),
+    ]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let app = settings.unwrap().github_app.expect("the app is set");
+    assert_eq!(app.id(), "4242");
+}

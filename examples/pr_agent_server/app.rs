@@ -541,10 +541,11 @@ fn github_app(
     lookup: impl Fn(&str) -> Option<String>,
     apis: &BTreeMap<Forge, ApiTarget>,
 ) -> Result<Option<GithubApp>, String> {
-    let id = lookup("GITHUB_APP_ID");
+    // Trimmed like the other settings: a value read from a file often ends with a line break.
+    let id = lookup("GITHUB_APP_ID").map(|id| id.trim().to_owned());
     let pem = match (
         lookup("GITHUB_APP_PRIVATE_KEY"),
-        lookup("GITHUB_APP_PRIVATE_KEY_PATH"),
+        lookup("GITHUB_APP_PRIVATE_KEY_PATH").map(|path| path.trim().to_owned()),
     ) {
         (Some(_), Some(_)) => {
             return Err(
