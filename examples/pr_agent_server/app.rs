@@ -1139,8 +1139,10 @@ pub(crate) async fn finish(
     let again = signals.nth(2);
     running.wait().await;
     // No delivery comes in any more: the comments of those answered 202 get their chance,
-    // unless a second stop signal says not to wait (the grace may be up to an hour).
+    // unless a second stop signal says not to wait (the grace may be up to an hour). Nothing
+    // pending is nothing to stop waiting for, whatever the signals said.
     tokio::select! {
+        biased;
         left = state.drain_comments(grace) => {
             if left > 0 {
                 tracing::error!(
