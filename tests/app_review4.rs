@@ -376,3 +376,87 @@ fn the_github_app_id_and_key_path_are_trimmed_like_the_other_settings() {
     let app = settings.unwrap().github_app.expect("the app is set");
     assert_eq!(app.id(), "4242");
 }
+
+/// Azure DevOps Server 2019 takes REST API versions up to 5.0 and 2020 up to 6.0 (Microsoft's
+/// versioning table); a newer one is answered `400` ("The requested REST API version of 7.0 is
+/// out of range for this server"). The comment asked for 7.0, so no comment was ever posted to
+/// an Azure DevOps Server before 2022.
+#[tokio::test]
+async fn an_azure_devops_server_2019_takes_the_comment() {
+    use std::sync::{Arc, Mutex};
+    let posted: Arc<Mutex<Vec<String>>> = Arc::default();
+    let api = serve(Router::new().fallback({
+        let posted = posted.clone();
+        move |uri: http::Uri| {
+            let posted = posted.clone();
+            async move {
+                let version = uri
+                    .query()
+                    .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("api-version=")))
+                    .unwrap_or("")
+                    .to_owned();
+                let major: u32 = version
+                    .split('.')
+                    .next()
+                    .and_then(|m| m.parse().ok())
+                    .unwrap_or(u32::MAX);
+                if major > 5 {
+                    return (
+                        StatusCode::BAD_REQUEST,
+                        format!("The requested REST API version of {version} is out of range for this server. The latest REST API version this server supports is 5.0."),
+                    );
+                }
+                posted.lock().unwrap().push(uri.to_string());
+                (StatusCode::OK, "{}".to_owned())
+            }
+        }
+    }))
+    .await;
+    let url = format!("http://{api}/tfs/DefaultCollection");
+    let settings = lookup(&[
+        ("AZURE_DEVOPS_WEBHOOK_USERNAME", "azure"),
+        ("AZURE_DEVOPS_WEBHOOK_PASSWORD", "pass"),
+        ("AZURE_DEVOPS_API_URL", &url),
+        ("AZURE_DEVOPS_TOKEN", "pat"),
+    ])
+    .unwrap();
+    let base = start_server(&settings).await;
+    let client = reqwest::Client::new();
+    let body = json!({
+        "id": "a4000000-0000-4000-8000-000000000006",
+        "eventType": "git.pullrequest.created",
+        "resource": {
+            "pullRequestId": 6,
+            "title": "Fix",
+            "status": "active",
+            "repository": {"id": "repo-guid", "project": {"id": "proj-guid"}},
+        },
+    });
+    let res = client
+        .post(format!("{base}/api/v1/azuredevops_webhooks"))
+        .basic_auth("azure", Some("pass"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let start = std::time::Instant::now();
+    loop {
+        let comments = &status(&client, &base).await["comments"];
+        if comments["posted"] == 1 {
+            break;
+        }
+        assert!(
+            comments["failed"] == 0 && start.elapsed() < PATIENCE,
+            "the comment is not posted: {comments}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let posted = posted.lock().unwrap().clone();
+    assert_eq!(
+        posted,
+        [
+            "/tfs/DefaultCollection/proj-guid/_apis/git/repositories/repo-guid/pullRequests/6/threads?api-version=5.0"
+        ]
+    );
+}

@@ -365,7 +365,7 @@ async fn every_provider_is_accepted_and_processed_exactly_once() {
         by_path["/rest/api/1.0/projects/PROJ/repos/repo/pull-requests/7/comments"]["authorization"],
         "Bearer bbs-token"
     );
-    let ado = "/proj-guid/_apis/git/repositories/repo-guid/pullRequests/7/threads?api-version=7.0";
+    let ado = "/proj-guid/_apis/git/repositories/repo-guid/pullRequests/7/threads?api-version=5.0";
     assert!(by_path[ado]["authorization"].starts_with("Basic "));
     for (path, _, body) in &comments {
         assert!(
@@ -1749,7 +1749,7 @@ fn only_new_comments_by_people_on_pull_requests_are_answered() {
     let c = answered(AzureDevOps, "-", &ado("text")).unwrap();
     assert_eq!(
         c.path,
-        "/p/_apis/git/repositories/r/pullRequests/1/threads?api-version=7.0"
+        "/p/_apis/git/repositories/r/pullRequests/1/threads?api-version=5.0"
     );
     assert!(answered(AzureDevOps, "-", &ado("system")).is_none());
 }
@@ -2998,7 +2998,7 @@ fn ado_pr(event: &str, id: u64, draft: bool, status: &str, message: &str) -> Val
 }
 
 fn ado_thread_path(id: u64) -> String {
-    format!("/proj-guid/_apis/git/repositories/repo-guid/pullRequests/{id}/threads?api-version=7.0")
+    format!("/proj-guid/_apis/git/repositories/repo-guid/pullRequests/{id}/threads?api-version=5.0")
 }
 
 /// Azure DevOps says a draft was published with a `git.pullrequest.updated` whose pull request
@@ -3376,7 +3376,7 @@ async fn api_tokens_are_trimmed_and_checked_at_startup() {
         auth("/projects/42/merge_requests/3/notes", "private-token"),
         "glpat"
     );
-    let ado = "/proj-guid/_apis/git/repositories/repo-guid/pullRequests/3/threads?api-version=7.0";
+    let ado = "/proj-guid/_apis/git/repositories/repo-guid/pullRequests/3/threads?api-version=5.0";
     assert_eq!(
         auth(ado, "authorization"),
         format!(

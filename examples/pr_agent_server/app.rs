@@ -1826,9 +1826,10 @@ fn azure_devops_thread(pr: &Value, text: String) -> Option<Comment> {
     let repo = pr["repository"]["id"].as_str()?;
     let id = pr["pullRequestId"].as_u64()?;
     Some(Comment {
-        // 7.0: Azure DevOps Server 2022 goes no further; the service takes it too.
+        // 5.0, the newest version Azure DevOps Server 2019 takes (2020 takes 6.0, 2022 7.0);
+        // the service takes them all.
         path: format!(
-            "/{project}/_apis/git/repositories/{repo}/pullRequests/{id}/threads?api-version=7.0"
+            "/{project}/_apis/git/repositories/{repo}/pullRequests/{id}/threads?api-version=5.0"
         ),
         body: json!({
             "comments": [{ "parentCommentId": 0, "content": text, "commentType": 1 }],
