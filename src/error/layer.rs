@@ -32,10 +32,10 @@ pub(crate) struct AlreadyLogged;
 /// trailers-only gRPC response, whatever the renderer.
 ///
 /// A renderer builds the body and may set any header. The layer then fills in what the
-/// response of an error needs: the problem's status if the renderer left a status below 400,
-/// `Retry-After` ([`Problem::retry_after`]) and `WWW-Authenticate` ([`Problem::challenge`]) if
-/// the renderer did not set them, and the request id. A renderer that panics is logged, and
-/// the problem answered as [`ProblemJson`] renders it.
+/// response of an error needs: the problem's status if the renderer left one that is not 4xx
+/// or 5xx, `Retry-After` ([`Problem::retry_after`]) and `WWW-Authenticate`
+/// ([`Problem::challenge`]) if the renderer did not set them, and the request id. A renderer
+/// that panics is logged, and the problem answered as [`ProblemJson`] renders it.
 ///
 /// # Example
 ///

@@ -71,11 +71,13 @@ pub mod types {
     /// assert_eq!(problem.status(), 413);
     /// ```
     pub const PAYLOAD_TOO_LARGE: &str = "urn:tower-webhook:problem:payload-too-large";
-    /// The delivery was already seen, or its signed timestamp is outside the window.
+    /// The delivery id was already seen (409). A signed timestamp outside the window is not a
+    /// replay but an [`INVALID_SIGNATURE`] (401): the signature is not accepted any more.
     ///
     /// # Example
     ///
     /// ```
+    /// use std::time::Duration;
     /// use tower_webhook::error::{Problem, types};
     /// use tower_webhook::signature::SignatureValidationError;
     ///
@@ -83,6 +85,15 @@ pub mod types {
     /// let problem = Problem::from_error(&err);
     /// assert_eq!(problem.problem_type(), types::REPLAYED_DELIVERY);
     /// assert_eq!(problem.status(), 409);
+    ///
+    /// let stale = SignatureValidationError::TimestampOutOfWindow {
+    ///     timestamp: 1_700_000_000,
+    ///     now: 1_700_000_301,
+    ///     tolerance: Duration::from_secs(300),
+    /// };
+    /// let problem = Problem::from_error(&stale);
+    /// assert_eq!(problem.problem_type(), types::INVALID_SIGNATURE);
+    /// assert_eq!(problem.status(), 401);
     /// ```
     pub const REPLAYED_DELIVERY: &str = "urn:tower-webhook:problem:replayed-delivery";
     /// The request was authenticated but is not a well-formed delivery (400).
@@ -137,7 +148,8 @@ pub mod types {
     /// assert_eq!(Problem::from_error(&err).problem_type(), types::PROCESSING_FAILED);
     /// ```
     pub const PROCESSING_FAILED: &str = "urn:tower-webhook:problem:processing-failed";
-    /// The request took longer than its deadline (504, or 408 if so configured).
+    /// The request took longer than its deadline (504, or 408 if so configured), or the client
+    /// stopped sending its body (408, tower-http's `RequestBodyTimeoutLayer`).
     ///
     /// # Example
     ///
