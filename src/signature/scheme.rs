@@ -1490,10 +1490,14 @@ impl std::fmt::Debug for Text {
     }
 }
 
+/// Whether the media type is `application/x-www-form-urlencoded`, in any case (RFC 9110
+/// §8.3.1), whatever its parameters: as axum's `Form` extractor decides.
 fn is_form(headers: &HeaderMap) -> bool {
     headers.get(http::header::CONTENT_TYPE).is_some_and(|ct| {
-        ct.as_bytes()
-            .starts_with(b"application/x-www-form-urlencoded")
+        let media_type = ct.as_bytes().split(|b| *b == b';').next().unwrap_or_default();
+        media_type
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
     })
 }
 
