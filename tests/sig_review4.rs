@@ -26,17 +26,18 @@ type Seen = Arc<Mutex<Vec<(Bytes, VerifiedWebhook)>>>;
 async fn send(layer: &SignatureLayer, req: Request<Full<Bytes>>) -> (StatusCode, Seen) {
     let seen = Seen::default();
     let record = seen.clone();
-    let svc = ServiceBuilder::new()
-        .layer(layer.clone())
-        .service_fn(move |req: Request<Full<Bytes>>| {
-            let record = record.clone();
-            async move {
-                let hook = req.extensions().get::<VerifiedWebhook>().cloned().unwrap();
-                let body = req.into_body().collect().await.unwrap().to_bytes();
-                record.lock().unwrap().push((body, hook));
-                Ok::<_, Infallible>(Response::new(Full::<Bytes>::default()))
-            }
-        });
+    let svc =
+        ServiceBuilder::new()
+            .layer(layer.clone())
+            .service_fn(move |req: Request<Full<Bytes>>| {
+                let record = record.clone();
+                async move {
+                    let hook = req.extensions().get::<VerifiedWebhook>().cloned().unwrap();
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    record.lock().unwrap().push((body, hook));
+                    Ok::<_, Infallible>(Response::new(Full::<Bytes>::default()))
+                }
+            });
     let status = svc.oneshot(req).await.unwrap().status();
     (status, seen)
 }
@@ -63,7 +64,10 @@ async fn a_gitea_form_delivery_is_recognised_whatever_the_case_of_its_media_type
     let sig = hex256(SECRET.as_bytes(), &[payload.as_bytes()]);
     for (layer, header) in [
         (SignatureLayer::gitea(SECRET).unwrap(), "x-gitea-signature"),
-        (SignatureLayer::forgejo(SECRET).unwrap(), "x-forgejo-signature"),
+        (
+            SignatureLayer::forgejo(SECRET).unwrap(),
+            "x-forgejo-signature",
+        ),
     ] {
         for content_type in [
             "application/x-www-form-urlencoded",
@@ -95,4 +99,68 @@ async fn a_gitea_form_delivery_is_recognised_whatever_the_case_of_its_media_type
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{header}");
         assert!(seen.lock().unwrap().is_empty());
     }
+}
+
+/// A secret of nothing but whitespace is what an unset secret often becomes on its way in (a
+/// variable set to a space, a secret file holding a lone newline): any sender can sign with
+/// it. It is refused when the layer is built, like an empty one, instead of failing open.
+#[tokio::test]
+async fn a_secret_of_only_whitespace_is_refused_like_an_empty_one() {
+    use tower_webhook::signature::{CustomScheme, Provider, SignatureConfigError, SignatureLayer};
+
+    // What a forger signs with, knowing nothing.
+    let forged = format!("sha256={}", hex256(b"\n", &[b"{}"]));
+    if let Ok(layer) = SignatureLayer::github("\n") {
+        let req = Request::post("/hook")
+            .header("x-hub-signature-256", &forged)
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        let (status, seen) = send(&layer, req).await;
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "a forged delivery got through: {status}"
+        );
+    }
+
+    let empty = |r: Result<SignatureLayer, SignatureConfigError>| {
+        matches!(r, Err(SignatureConfigError::EmptySecret))
+    };
+    for blank in [" ", "\n", "\r\n", "\t \t"] {
+        assert!(empty(SignatureLayer::github(blank)), "{blank:?}");
+        assert!(empty(SignatureLayer::gitlab(blank)), "{blank:?}");
+        assert!(empty(SignatureLayer::stripe(blank)), "{blank:?}");
+        assert!(empty(SignatureLayer::slack(blank)), "{blank:?}");
+        assert!(
+            empty(SignatureLayer::custom(
+                CustomScheme::new("x-signature"),
+                blank
+            )),
+            "{blank:?}"
+        );
+        assert!(
+            empty(SignatureLayer::with_secrets(
+                Provider::Shopify,
+                ["good-secret", blank]
+            )),
+            "{blank:?}"
+        );
+        assert!(
+            empty(SignatureLayer::github("good-secret").unwrap().secret(blank)),
+            "{blank:?}"
+        );
+        assert!(
+            empty(SignatureLayer::azure_devops("hooks", blank)),
+            "{blank:?}"
+        );
+        assert!(
+            empty(SignatureLayer::with_secrets(
+                Provider::AzureDevOps,
+                [format!("hooks:{blank}")]
+            )),
+            "{blank:?}"
+        );
+    }
+    // Whitespace around a real secret is the secret's own business: kept as given.
+    assert!(SignatureLayer::github(" secret ").is_ok());
+    assert!(SignatureLayer::azure_devops("hooks", " p4ss ").is_ok());
 }

@@ -204,9 +204,10 @@ impl HttpError for SignatureValidationError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SignatureConfigError {
-    /// A secret is empty, or none was given.
+    /// A secret is empty or nothing but whitespace (as an unset secret often arrives: a lone
+    /// newline, a space), or none was given.
     #[error(
-        "webhook secret is empty: set the secret the provider signs with (refusing to run unverified)"
+        "webhook secret is empty or blank: set the secret the provider signs with (refusing to run unverified)"
     )]
     EmptySecret,
     /// An environment variable holding secrets is unset, empty or not UTF-8 text.

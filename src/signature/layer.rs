@@ -347,9 +347,9 @@ impl SignatureLayer {
     /// A layer for `provider`, accepting a signature made with any of `secrets`.
     ///
     /// For [`Provider::AzureDevOps`] each secret is `username:password` (refused without the
-    /// colon, as it could never match, or with an empty password); for
+    /// colon, as it could never match, or with an empty or blank password); for
     /// [`Provider::StandardWebhooks`] it is the `whsec_...` string. Fails on an empty list or
-    /// an empty secret, and for [`Provider::Custom`] / [`Provider::Unverified`] (use
+    /// an empty (or blank) secret, and for [`Provider::Custom`] / [`Provider::Unverified`] (use
     /// [`custom`](Self::custom) / [`dangerously_skip_verification`](Self::dangerously_skip_verification)).
     ///
     /// # Example
@@ -569,7 +569,7 @@ impl SignatureLayer {
         password: impl Into<Secret>,
     ) -> Result<Self, SignatureConfigError> {
         let password = password.into();
-        if password.is_empty() {
+        if blank(password.expose()) {
             return Err(SignatureConfigError::EmptySecret);
         }
         let mut credential = Vec::with_capacity(username.len() + 1 + password.len());
@@ -787,7 +787,7 @@ impl SignatureLayer {
     ///
     /// For [`azure_devops`](Self::azure_devops) it is a whole credential, `username:password`;
     /// one without the colon is refused, as it could never match a delivery, and one with an
-    /// empty password (`hooks:`) is an empty secret. For
+    /// empty or blank password (`hooks:`) is an empty secret. For
     /// [`standard_webhooks`](Self::standard_webhooks) it is the `whsec_...` string.
     ///
     /// # Example
@@ -1226,22 +1226,31 @@ fn scheme_algorithm(scheme: &CustomScheme) -> Algorithm {
     scheme.algorithm_value()
 }
 
+/// Nothing, or nothing but whitespace: what an unset secret often becomes on its way in (a
+/// variable set to a space, a secret file holding a lone newline). Any sender could sign with it.
+fn blank(secret: &[u8]) -> bool {
+    secret.iter().all(u8::is_ascii_whitespace)
+}
+
 fn prepare_secret(provider: Provider, secret: Secret) -> Result<Secret, SignatureConfigError> {
-    if secret.is_empty() {
+    if blank(secret.expose()) {
         return Err(SignatureConfigError::EmptySecret);
     }
     match provider {
         Provider::StandardWebhooks => scheme::standard_webhooks_key(&secret),
         // Azure DevOps sends `Basic base64(username:password)`: a credential without the colon
         // (a bare password added for rotation) could never match a delivery, and one whose
-        // password is empty (`hooks:`, `:`) is an empty secret, as `azure_devops(user, "")` is.
+        // password is empty or blank (`hooks:`, `:`, `hooks: `) is an empty secret, as
+        // `azure_devops(user, "")` is.
         // The username cannot hold a colon (RFC 7617), so the password follows the first one.
         Provider::AzureDevOps => match secret.expose().iter().position(|b| *b == b':') {
             None => Err(SignatureConfigError::InvalidSetting {
                 name: "secret",
                 reason: "an Azure DevOps credential is `username:password` (the username may be empty: `:password`)",
             }),
-            Some(colon) if colon + 1 == secret.len() => Err(SignatureConfigError::EmptySecret),
+            Some(colon) if blank(&secret.expose()[colon + 1..]) => {
+                Err(SignatureConfigError::EmptySecret)
+            }
             Some(_) => Ok(secret),
         },
         _ => Ok(secret),

@@ -22,8 +22,9 @@
 //! | [`standard_webhooks`](SignatureLayer::standard_webhooks) | `webhook-signature: v1,<base64> ..` (or `svix-*`) | `<id>.<ts>.<body>` | 300 s | `webhook-id` |
 //! | [`custom`](SignatureLayer::custom) | any, see [`CustomScheme`] | body or `<ts>.<body>` | optional | optional |
 //!
-//! Secrets are [`Secret`]s: redacted in `Debug`, wiped on drop. An empty secret is a
-//! construction error ([`SignatureConfigError`]): the layer never fails open. Several secrets
+//! Secrets are [`Secret`]s: redacted in `Debug`, wiped on drop. An empty secret, or one of
+//! only whitespace (which any sender could sign with), is a construction error
+//! ([`SignatureConfigError`]): the layer never fails open. Several secrets
 //! ([`SignatureLayer::github_with_secrets`], [`SignatureLayer::secret`],
 //! [`Secrets::from_env_list`]) are all tried, without early exit; several signatures in one
 //! header (Stripe `v1`, Standard Webhooks) are all compared, up to 8.

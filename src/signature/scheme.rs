@@ -1494,7 +1494,11 @@ impl std::fmt::Debug for Text {
 /// §8.3.1), whatever its parameters: as axum's `Form` extractor decides.
 fn is_form(headers: &HeaderMap) -> bool {
     headers.get(http::header::CONTENT_TYPE).is_some_and(|ct| {
-        let media_type = ct.as_bytes().split(|b| *b == b';').next().unwrap_or_default();
+        let media_type = ct
+            .as_bytes()
+            .split(|b| *b == b';')
+            .next()
+            .unwrap_or_default();
         media_type
             .trim_ascii()
             .eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
