@@ -12,7 +12,7 @@ use super::error::SignatureConfigError;
 /// `Secret(<redacted>)`. Build one from a `&str`, `String`, `&[u8]` or `Vec<u8>`; an owned
 /// `String` or `Vec<u8>` is moved in, so no copy is left behind. Emptiness is checked when the
 /// secret is given to a [`SignatureLayer`](super::SignatureLayer) constructor, which fails
-/// instead of accepting every request.
+/// instead of accepting every request; a secret of only whitespace counts as empty there.
 ///
 /// # Example
 ///
