@@ -35,9 +35,21 @@ pub(crate) fn classify(
                 return Some(problem);
             }
         }
-        current = err.source();
+        current = next_in_chain(err);
     }
     wrapper
+}
+
+/// The error after `err` in its chain. An `io::Error` made from another error
+/// (`io::Error::other(e)`, a body error read through `AsyncRead`) is that error in disguise: its
+/// `source()` skips `e` and goes on to `e`'s own source, so `e` is taken from `get_ref`.
+fn next_in_chain<'a>(err: &'a (dyn Error + 'static)) -> Option<&'a (dyn Error + 'static)> {
+    if let Some(io) = err.downcast_ref::<std::io::Error>()
+        && let Some(inner) = io.get_ref()
+    {
+        return Some(inner);
+    }
+    err.source()
 }
 
 #[cfg(feature = "tonic")]

@@ -23,7 +23,8 @@
 //! | a panic in `poll_ready`, `call` or the response future (or in the error's own `Display` / [`HttpError`] code) | 500, no detail | `Internal` |
 //!
 //! Every error is looked for along its whole `source()` chain, so wrapped errors are still
-//! recognised.
+//! recognised, also one carried by an `io::Error` (`io::Error::other(e)`, whose `source()`
+//! skips `e`).
 //!
 //! HTTP callers get an RFC 9457 `application/problem+json` body: `type`, `title`, `status`
 //! (always equal to the response status), `detail` (only text meant for clients) and `instance`
