@@ -127,3 +127,188 @@ async fn an_error_carried_by_an_io_error_is_answered_as_itself() {
     let res = svc.oneshot(Request::new(Full::default())).await.unwrap();
     assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 408 and the connection
+
+/// A handler that reads its whole body; `RequestBodyTimeoutLayer` outside it cuts a stalled one.
+async fn read_all(
+    req: Request<tower_http::timeout::TimeoutBody<hyper::body::Incoming>>,
+) -> Result<Response<Full<Bytes>>, BoxError> {
+    let body = req.into_body().collect().await?;
+    Ok(Response::new(Full::new(body.to_bytes())))
+}
+
+/// Serves one HTTP/1.1 connection: `WebhookErrorLayer` over a 200 ms body timeout.
+async fn serve_http1_with_body_timeout() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let svc = ServiceBuilder::new()
+            .layer(WebhookErrorLayer::new())
+            .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+                Duration::from_millis(200),
+            ))
+            .service_fn(read_all);
+        let svc = hyper_util::service::TowerToHyperService::new(svc);
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+            .await;
+    });
+    addr
+}
+
+/// Reads one HTTP/1.1 answer's head from `stream`, lower-cased.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
+            .await
+            .expect("the server answers")
+            .unwrap();
+        assert_eq!(n, 1, "the connection closed before the answer's head ended");
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap().to_ascii_lowercase()
+}
+
+/// A 408 means the server closes the connection rather than wait (RFC 9110, section 15.5.9: it
+/// SHOULD say `Connection: close`). hyper closed the connection of a stalled body after the
+/// answer, but the answer did not say so, so a client with a connection pool could send its
+/// next delivery on a connection about to close, and lose it.
+#[tokio::test]
+async fn a_408_over_http1_says_the_connection_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_logs, _guard) = capture_logs();
+    let addr = serve_http1_with_body_timeout().await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // 10 of the 100 bytes announced, then nothing.
+    stream
+        .write_all(b"POST /hook HTTP/1.1\r\nhost: a\r\ncontent-length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("http/1.1 408 "), "{head}");
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+    let length: usize = head
+        .split("\r\n")
+        .find_map(|line| line.strip_prefix("content-length: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).await.unwrap();
+    let doc: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(doc["type"], types::TIMEOUT);
+    // And the connection does close.
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
+        .await
+        .expect("the server closes the connection")
+        .ok();
+    assert!(rest.is_empty());
+}
+
+/// `/slow` times out, anything else is a conflict.
+async fn slow_or_busy(
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, BoxError> {
+    if req.uri().path() == "/slow" {
+        Err(tower::timeout::error::Elapsed::new().into())
+    } else {
+        Err(Problem::new(StatusCode::CONFLICT).into())
+    }
+}
+
+/// The same 408 by `timeout_status`, and other answers keep the connection open.
+#[tokio::test]
+async fn only_a_408_closes_the_connection() {
+    use tokio::io::AsyncWriteExt;
+    let (_logs, _guard) = capture_logs();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let svc = ServiceBuilder::new()
+            .layer(WebhookErrorLayer::new().timeout_status(StatusCode::REQUEST_TIMEOUT))
+            .service_fn(slow_or_busy);
+        let svc = hyper_util::service::TowerToHyperService::new(svc);
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+            .await;
+    });
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /busy HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("http/1.1 409 "), "{head}");
+    assert!(!head.contains("connection:"), "{head}");
+    let length: usize = head
+        .split("\r\n")
+        .find_map(|line| line.strip_prefix("content-length: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut body = vec![0; length];
+    tokio::io::AsyncReadExt::read_exact(&mut stream, &mut body)
+        .await
+        .unwrap();
+
+    // The same connection, then a 408.
+    stream
+        .write_all(b"GET /slow HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("http/1.1 408 "), "{head}");
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+}
+
+/// HTTP/2 has no `Connection` header (RFC 9113, section 8.2.2): a 408 there is a plain answer
+/// on its stream.
+#[tokio::test]
+async fn a_408_over_http2_has_no_connection_header() {
+    let (_logs, _guard) = capture_logs();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let svc = ServiceBuilder::new()
+            .layer(WebhookErrorLayer::new().timeout_status(StatusCode::REQUEST_TIMEOUT))
+            .service_fn(|_req: Request<hyper::body::Incoming>| async {
+                Err::<Response<Full<Bytes>>, _>(tower::timeout::error::Elapsed::new())
+            });
+        let svc = hyper_util::service::TowerToHyperService::new(svc);
+        let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+            .await;
+    });
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..2 {
+        let res = sender
+            .send_request(
+                Request::get(format!("http://{addr}/hook"))
+                    .body(Full::default())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::REQUEST_TIMEOUT);
+        assert!(res.headers().get("connection").is_none());
+        let doc: Value =
+            serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_eq!(doc["status"], 408);
+    }
+}

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use pin_project::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -34,8 +34,9 @@ pub(crate) struct AlreadyLogged;
 /// A renderer builds the body and may set any header. The layer then fills in what the
 /// response of an error needs: the problem's status if the renderer left one that is not 4xx
 /// or 5xx, `Retry-After` ([`Problem::retry_after`]) and `WWW-Authenticate`
-/// ([`Problem::challenge`]) if the renderer did not set them, and the request id. A renderer
-/// that panics is logged, and the problem answered as [`ProblemJson`] renders it.
+/// ([`Problem::challenge`]) if the renderer did not set them, the request id, and
+/// `Connection: close` on a 408 over HTTP/1.x (RFC 9110, section 15.5.9). A renderer that
+/// panics is logged, and the problem answered as [`ProblemJson`] renders it.
 ///
 /// # Example
 ///
@@ -476,6 +477,8 @@ struct RequestInfo {
     grpc: Option<Grpc>,
     /// A HEAD request: its answer has no content (RFC 9110, section 9.3.2).
     head: bool,
+    /// An HTTP/1.x request: its connection can be closed with `Connection: close`.
+    http1: bool,
     request_id: Option<HeaderValue>,
 }
 
@@ -528,10 +531,12 @@ impl RequestInfo {
     fn of<B>(req: &Request<B>, config: &Config) -> Self {
         let headers = req.headers();
         let head = req.method() == Method::HEAD;
+        let http1 = req.version() < Version::HTTP_2;
         if headers.is_empty() {
             return Self {
                 grpc: None,
                 head,
+                http1,
                 request_id: None,
             };
         }
@@ -540,6 +545,7 @@ impl RequestInfo {
             let mut info = Self {
                 grpc: None,
                 head,
+                http1,
                 request_id: None,
             };
             for (name, value) in headers {
@@ -554,6 +560,7 @@ impl RequestInfo {
         Self {
             grpc: headers.get(header::CONTENT_TYPE).and_then(Grpc::of),
             head,
+            http1,
             request_id: headers.get(&config.request_id_header).cloned(),
         }
     }
@@ -815,6 +822,7 @@ fn rerender<B, R: RenderProblem>(
     let info = RequestInfo {
         grpc: info.grpc,
         head: info.head,
+        http1: info.http1,
         request_id: info
             .request_id
             .clone()
@@ -954,6 +962,13 @@ fn render<B, R: RenderProblem>(
         }
         // A client told to wait or to authenticate is told so whatever the body's format.
         problem.add_headers(response.headers_mut());
+        // A 408 says the server closes the connection rather than wait (RFC 9110, section
+        // 15.5.9): an HTTP/1.x client told so does not send its next request on it.
+        if info.http1 && response.status() == StatusCode::REQUEST_TIMEOUT {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     };
     // No content in an answer to HEAD (RFC 9110, section 9.3.2): HTTP/2 would send it, and the
