@@ -312,3 +312,29 @@ async fn a_408_over_http2_has_no_connection_header() {
         assert_eq!(doc["status"], 408);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The request id in the log
+
+/// A request id with letters past ASCII (hyper takes them in a header) was logged as an empty
+/// `request_id`, so the failure could not be found by its id.
+#[tokio::test(flavor = "current_thread")]
+async fn a_request_id_past_ascii_is_logged_as_it_is() {
+    let (logs, _guard) = capture_logs();
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .service_fn(|_req: Request<Full<Bytes>>| async {
+            Err::<Response<Full<Bytes>>, _>(Problem::new(StatusCode::CONFLICT))
+        });
+    let id = http::HeaderValue::from_bytes("livraison-é7".as_bytes()).unwrap();
+    let req = Request::builder()
+        .header("x-request-id", id.clone())
+        .body(Full::default())
+        .unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    // Echoed as it came; not an `instance`, which must be a URI.
+    assert_eq!(res.headers()["x-request-id"], id);
+    let text = logs.text();
+    assert!(text.contains("livraison-é7"), "{text}");
+}

@@ -778,7 +778,7 @@ fn panicked(info: &RequestInfo, payload: &(dyn Any + Send), what: &str) -> Probl
     let problem = classify::panicked();
     tracing::error!(
         status = problem.status().as_u16(),
-        request_id = request_id_str(info),
+        request_id = &*request_id_str(info),
         panic = panic_message(payload),
         "{what}"
     );
@@ -885,7 +885,7 @@ fn error_status(problem: Problem, info: &RequestInfo) -> Problem {
     tracing::error!(
         status = status.as_u16(),
         problem_type = problem.problem_type(),
-        request_id = request_id_str(info),
+        request_id = &*request_id_str(info),
         "an error reported a status that is not an error status; answering 500"
     );
     let unknown = classify::unknown();
@@ -939,7 +939,7 @@ fn render<B, R: RenderProblem>(
             .unwrap_or_else(|payload| {
                 tracing::error!(
                     status = problem.status().as_u16(),
-                    request_id = request_id_str(info),
+                    request_id = &*request_id_str(info),
                     panic = panic_message(&*payload),
                     "the problem renderer panicked; answering application/problem+json"
                 );
@@ -1049,11 +1049,12 @@ fn names_a_host(uri: &[u8]) -> bool {
     rest.starts_with(b"//")
 }
 
-fn request_id_str(info: &RequestInfo) -> &str {
+/// The request id for the log: a UTF-8 id as it is (`to_str` refuses any byte past ASCII), other
+/// bytes past ASCII as U+FFFD.
+fn request_id_str(info: &RequestInfo) -> Cow<'_, str> {
     info.request_id
         .as_ref()
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
+        .map_or(Cow::Borrowed(""), |v| String::from_utf8_lossy(v.as_bytes()))
 }
 
 /// Logs once, at a level that fits the class: 5xx are errors, 404/405 debug, other 4xx warnings.
@@ -1065,6 +1066,7 @@ fn log_problem(
     let status = problem.status().as_u16();
     let error = err.map(|e| ErrorChain(e).to_string()).unwrap_or_default();
     let request_id = request_id_str(info);
+    let request_id = &*request_id;
     let problem_type = problem.problem_type();
     // Meant for the client, so safe to log: the reason a handler gave for its problem, which has
     // no error chain.
