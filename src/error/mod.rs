@@ -29,9 +29,9 @@
 //! HTTP callers get an RFC 9457 `application/problem+json` body: `type`, `title`, `status`
 //! (always equal to the response status), `detail` (only text meant for clients) and `instance`
 //! (the request id from `x-request-id`, when there is one that a URI can carry as it is, up to
-//! 256 bytes). gRPC callers get HTTP 200 with `grpc-status` and a percent-encoded
-//! `grpc-message` in the headers and no body (a
-//! "trailers-only" response), as the gRPC protocol requires. See [`GrpcCode::from_http_status`]
+//! 256 bytes). A 408 over HTTP/1.x also says `Connection: close` (RFC 9110, section 15.5.9).
+//! gRPC callers get HTTP 200 with `grpc-status` and a percent-encoded `grpc-message` in the
+//! headers and no body (a "trailers-only" response), as the gRPC protocol requires. See [`GrpcCode::from_http_status`]
 //! for the HTTP to gRPC mapping.
 //!
 //! Each error is logged once with `tracing`: 5xx at `error`, 404 and 405 at `debug`, other 4xx at
