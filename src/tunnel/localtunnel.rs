@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Deserialize;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -54,7 +55,9 @@ struct Registration {
 /// and [`TunnelHandle`](super::TunnelHandle) re-opens it; the provider then asks for the same
 /// subdomain again, so the URL usually stays the same. Only the names of tunnels that ended
 /// are asked for again: two tunnels open at once through one `LocalTunnel` (or its clones,
-/// which share that memory) keep their own subdomains.
+/// which share that memory) keep their own subdomains. A tunnel being re-opened asks for its
+/// own name; a new tunnel may take the name of one that was closed, never that of one being
+/// re-opened, so two tunnels lost together (a server restart) do not swap URLs.
 ///
 /// The registration goes over TLS when the server is an `https://` URL (as the public
 /// server is), verifying the server's certificate against [`TlsRoots`] (the Mozilla root set
@@ -91,7 +94,45 @@ pub struct LocalTunnel {
     /// when a tunnel re-opens. A tunnel's name joins them only when its session ends (or its
     /// start fails after the server gave it), so a second tunnel opened through the same
     /// provider while the first is up never asks for the first's name.
-    ended: Arc<Mutex<VecDeque<String>>>,
+    ended: Arc<Mutex<VecDeque<EndedName>>>,
+}
+
+/// The subdomain of an ended tunnel, and the tunnel it belongs to.
+#[derive(Debug)]
+struct EndedName {
+    id: String,
+    /// The tunnel whose session had it ([`Upstream::tunnel_scope`]): while that tunnel is being
+    /// re-opened, the name is its own; once it is closed (or for a session of no tunnel), any
+    /// tunnel of this provider may ask for it.
+    owner: Option<watch::Receiver<()>>,
+}
+
+impl EndedName {
+    fn owned_by(&self, tunnel: Option<&watch::Receiver<()>>) -> bool {
+        matches!((&self.owner, tunnel), (Some(owner), Some(tunnel)) if owner.same_channel(tunnel))
+    }
+
+    /// Whether the tunnel it belongs to is over (closed or dropped), or it belongs to none.
+    fn free(&self) -> bool {
+        self.owner
+            .as_ref()
+            .is_none_or(|owner| owner.has_changed().unwrap_or(true))
+    }
+}
+
+/// Takes out the name `tunnel` should ask for again: its own, else the most recent name of a
+/// tunnel that is over. Never the name of another tunnel that is being re-opened, which asks
+/// for it itself.
+fn reclaim(
+    ended: &Mutex<VecDeque<EndedName>>,
+    tunnel: Option<&watch::Receiver<()>>,
+) -> Option<EndedName> {
+    let mut ended = lock(ended);
+    let at = ended
+        .iter()
+        .rposition(|name| name.owned_by(tunnel))
+        .or_else(|| ended.iter().rposition(EndedName::free))?;
+    ended.remove(at)
 }
 
 /// How many subdomains of ended tunnels a [`LocalTunnel`] remembers.
@@ -102,35 +143,35 @@ const REMEMBERED_NAMES: usize = 8;
 /// taken out for one registration and put back unless a tunnel opened (a registration that
 /// failed, or was dropped at the startup timeout or a close, does not forget it).
 struct OpenName {
-    ended: Arc<Mutex<VecDeque<String>>>,
-    id: Option<String>,
+    ended: Arc<Mutex<VecDeque<EndedName>>>,
+    name: Option<EndedName>,
 }
 
 impl OpenName {
     fn name(&self) -> Option<&str> {
-        self.id.as_deref()
+        self.name.as_ref().map(|name| name.id.as_str())
     }
 
     /// Lets go of the name without remembering it.
     fn forget(mut self) {
-        self.id = None;
+        self.name = None;
     }
 }
 
 impl Drop for OpenName {
     fn drop(&mut self) {
-        let Some(id) = self.id.take() else {
+        let Some(name) = self.name.take() else {
             return;
         };
         let mut ended = lock(&self.ended);
         if ended.len() >= REMEMBERED_NAMES {
             ended.pop_front();
         }
-        ended.push_back(id);
+        ended.push_back(name);
     }
 }
 
-fn lock(ended: &Mutex<VecDeque<String>>) -> std::sync::MutexGuard<'_, VecDeque<String>> {
+fn lock(ended: &Mutex<VecDeque<EndedName>>) -> std::sync::MutexGuard<'_, VecDeque<EndedName>> {
     ended
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -429,11 +470,12 @@ impl Provider for LocalTunnel {
             let base = BaseUrl::parse(&self.server, false)?;
             // The name of a tunnel that ended, taken out so that no other tunnel asks for it at
             // the same time; put back when this attempt ends without a tunnel, however it ends.
+            let tunnel = upstream.tunnel_scope();
             let reclaimed = OpenName {
                 ended: Arc::clone(&self.ended),
-                id: match self.subdomain {
+                name: match self.subdomain {
                     Some(_) => None,
-                    None => lock(&self.ended).pop_back(),
+                    None => reclaim(&self.ended, tunnel.as_ref()),
                 },
             };
             let registration = self.register(&base, reclaimed.name()).await?;
@@ -447,7 +489,10 @@ impl Provider for LocalTunnel {
             reclaimed.forget();
             let name = OpenName {
                 ended: Arc::clone(&self.ended),
-                id: Some(id.clone()),
+                name: Some(EndedName {
+                    id: id.clone(),
+                    owner: tunnel,
+                }),
             };
             let url = public_url(&url, &base);
             let host = registration.ip.unwrap_or_else(|| base.host.clone());

@@ -457,6 +457,12 @@ impl Upstream {
         (upstream, Connections(closed_tx))
     }
 
+    /// What tells the tunnel this copy was scoped for from others (`same_channel`), and whether
+    /// that tunnel is closed (`has_changed` is not `Ok(false)`); `None` for an unscoped copy.
+    pub(crate) fn tunnel_scope(&self) -> Option<watch::Receiver<()>> {
+        self.closed.clone()
+    }
+
     /// Runs `serve` until it ends or, for a scoped copy, until its owner closes.
     async fn until_closed(&self, serve: impl Future<Output = ()>) {
         let Some(closed) = &self.closed else {

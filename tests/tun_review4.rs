@@ -1,0 +1,85 @@
+//! Fourth review of the tunnel bootstrapper, on loopback against the test peers of
+//! `tunnel/support.rs` (a localtunnel server that speaks the real protocol, bore-cli's server).
+
+#[path = "tunnel/support.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use support::{LtServer, get, get_url, hello_service};
+use tower_webhook::tunnel::{LocalTunnel, Tunnel, TunnelEvent, Upstream};
+
+/// The next event of `events` within `limit`.
+async fn next_event(
+    events: &mut tower_webhook::tunnel::TunnelEvents,
+    limit: Duration,
+) -> TunnelEvent {
+    tokio::time::timeout(limit, events.next())
+        .await
+        .expect("no tunnel event in time")
+        .expect("the tunnel closed")
+}
+
+/// Two tunnels share one `LocalTunnel` (clones share its memory of ended names). The first is
+/// lost on the server and is being re-opened when the second is closed: the first asks for its
+/// own subdomain again, not for the one the second just left, so its URL stays the same and
+/// keeps reaching its own service. (The same holds when a server restart ends both at once: each
+/// gets its own name back, instead of the two swapping URLs and services.)
+#[tokio::test]
+async fn a_re_opened_localtunnel_asks_for_its_own_subdomain_not_the_last_ended_one() {
+    let server = LtServer::start().await;
+    let lt = LocalTunnel::new()
+        .server(format!("http://{}", server.addr))
+        .max_connections(1);
+    let calls = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
+    let first = Tunnel::builder()
+        .provider(lt.clone())
+        .reconnect_backoff(Duration::from_millis(500), Duration::from_millis(500))
+        .start(Upstream::service(hello_service(Arc::clone(&calls[0]))))
+        .await
+        .unwrap();
+    let second = Tunnel::builder()
+        .provider(lt.clone())
+        .start(Upstream::service(hello_service(Arc::clone(&calls[1]))))
+        .await
+        .unwrap();
+    let first_url = first.url();
+    assert_ne!(first_url, second.url());
+    let mut events = first.events();
+
+    // Another registration of the first tunnel's name takes it over on this server, which
+    // closes the first tunnel's port and connections: its session is lost.
+    let id = first_url
+        .trim_start_matches("http://")
+        .split('.')
+        .next()
+        .unwrap()
+        .to_owned();
+    let (status, _) = get(server.addr, "localhost", &format!("/{id}"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let down = next_event(&mut events, Duration::from_secs(10)).await;
+    assert!(matches!(down, TunnelEvent::Down { .. }), "{down:?}");
+
+    // While the first waits to re-open, the second is closed: its name is free now.
+    second.close().await;
+
+    let reopened = next_event(&mut events, Duration::from_secs(10)).await;
+    assert_eq!(
+        reopened,
+        TunnelEvent::Up {
+            provider: "localtunnel".into(),
+            url: first_url.clone(),
+            verified: true,
+        },
+        "the re-opened tunnel did not get its own subdomain back"
+    );
+    let before = calls[0].load(Ordering::SeqCst);
+    let (status, body) = get_url(&first_url, "/after").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(calls[0].load(Ordering::SeqCst), before + 1);
+    first.close().await;
+}
