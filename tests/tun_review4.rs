@@ -83,3 +83,66 @@ async fn a_re_opened_localtunnel_asks_for_its_own_subdomain_not_the_last_ended_o
     assert_eq!(calls[0].load(Ordering::SeqCst), before + 1);
     first.close().await;
 }
+
+/// The public URL a localtunnel server answers is text from the network too: one that is no
+/// http(s) URL (here with a new line, a carriage return and an escape sequence that would forge
+/// log lines) fails the attempt with the URL shown escaped, instead of becoming the tunnel's URL
+/// (and the text of its events and logs), or the raw text of the probe's error.
+#[tokio::test]
+async fn a_registration_url_that_is_no_url_fails_the_attempt_and_is_shown_escaped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = api.local_addr().unwrap();
+    // The tunnel port accepts the pooled connections and keeps them.
+    let pool = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pool_port = pool.local_addr().unwrap().port();
+    let url = "http://abcd.localhost\n2026-01-01T00:00:00Z  INFO tunnel: forged\r\u{1b}[2J";
+    let body =
+        serde_json::json!({ "id": "abcd", "port": pool_port, "max_conn_count": 1, "url": url })
+            .to_string();
+    let server = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            tokio::select! {
+                Ok((conn, _)) = pool.accept() => held.push(conn),
+                Ok((mut conn, _)) = api.accept() => {
+                    let mut head = [0u8; 4096];
+                    let _ = conn.read(&mut head).await;
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = conn.write_all(answer.as_bytes()).await;
+                }
+            }
+        }
+    });
+    for probe in [false, true] {
+        let started = Tunnel::builder()
+            .probe(probe)
+            .provider(
+                LocalTunnel::new()
+                    .server(format!("http://{addr}"))
+                    .startup_timeout(Duration::from_secs(3)),
+            )
+            .start(Upstream::address(([127, 0, 0, 1], 9).into()))
+            .await;
+        let err = match started {
+            Ok(handle) => {
+                let url = handle.url();
+                handle.close().await;
+                panic!("probe {probe}: the tunnel opened with the URL {url:?}");
+            }
+            Err(err) => err.to_string(),
+        };
+        assert!(
+            err.contains(r"abcd.localhost\n2026-01-01"),
+            "probe {probe}: {err:?}"
+        );
+        assert!(
+            !err.contains("\n2026") && !err.contains('\r') && !err.contains('\u{1b}'),
+            "probe {probe}: {err:?}"
+        );
+    }
+    server.abort();
+}

@@ -436,6 +436,14 @@ fn public_url(url: &str, base: &BaseUrl) -> String {
     url.to_owned()
 }
 
+/// Whether `url` is an absolute `http://` or `https://` URL with a host.
+fn is_http_url(url: &str) -> bool {
+    url.parse::<http::Uri>().is_ok_and(|uri| {
+        matches!(uri.scheme_str(), Some("http" | "https"))
+            && uri.host().is_some_and(|h| !h.is_empty())
+    })
+}
+
 fn valid_subdomain(name: &str) -> bool {
     let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
     let len = name.len();
@@ -494,6 +502,15 @@ impl Provider for LocalTunnel {
                     owner: tunnel,
                 }),
             };
+            // Text from the network: the tunnel's URL only if it is an http(s) URL with a host
+            // (which has no control characters), never raw in an error or a log line.
+            if !is_http_url(&url) {
+                let url = super::error::from_the_network(&url);
+                return Err(format!(
+                    "the localtunnel server answered no http(s) public URL: {url}"
+                )
+                .into());
+            }
             let url = public_url(&url, &base);
             let host = registration.ip.unwrap_or_else(|| base.host.clone());
             let size = registration
@@ -502,7 +519,8 @@ impl Provider for LocalTunnel {
                 .clamp(1, self.max_connections);
             // One connection must work before the tunnel counts as open.
             let first = connect(&host, port, CONNECT_TIMEOUT).await?;
-            tracing::info!(%url, %id, connections = size, "localtunnel open");
+            let shown_id = super::error::from_the_network(&id);
+            tracing::info!(%url, id = %shown_id, connections = size, "localtunnel open");
             Ok(Session::spawn(url, move |mut stop| async move {
                 let _name = name;
                 let mut slots = JoinSet::new();
