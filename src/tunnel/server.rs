@@ -30,8 +30,10 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// local port, lets open requests finish (up to 10 s), then closes the tunnel (a tunnel still
 /// starting then is given up at once, without waiting for its providers). The tunnel stays
 /// open while they finish, so deliveries that reach it then are served too, one request per
-/// connection, and waited for within the same 10 s. Connections still open after that, on the
-/// local port or through the tunnel, are ended.
+/// connection, and waited for within the same 10 s (except through cloudflared, which reaches
+/// the service through the local port: new deliveries through it are refused once the port
+/// stops accepting, and cloudflared answers them 502; its requests in flight finish).
+/// Connections still open after that, on the local port or through the tunnel, are ended.
 ///
 /// # Example
 ///
