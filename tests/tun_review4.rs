@@ -204,3 +204,63 @@ async fn a_slow_localtunnel_registration_is_waited_for_within_the_startup_timeou
     handle.close().await;
     server.abort();
 }
+
+/// A localtunnel server that advertises more pooled connections than it accepts (it closes the
+/// ones past its real limit at once) keeps the tunnel: the pool holds the connections it
+/// accepts, instead of the whole session being taken for lost and re-opened over and over.
+#[tokio::test]
+async fn a_server_accepting_fewer_connections_than_it_advertises_keeps_the_tunnel() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = api.local_addr().unwrap();
+    let pool = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pool_port = pool.local_addr().unwrap().port();
+    let body = serde_json::json!({
+        "id": "stingy",
+        "port": pool_port,
+        "max_conn_count": 3,
+        "url": format!("http://stingy.localhost:{}", addr.port()),
+    })
+    .to_string();
+    let server = tokio::spawn(async move {
+        // Keeps the first pooled connection; closes every later one at once.
+        let mut held = None;
+        loop {
+            tokio::select! {
+                Ok((conn, _)) = pool.accept() => {
+                    if held.is_none() {
+                        held = Some(conn);
+                    }
+                }
+                Ok((mut conn, _)) = api.accept() => {
+                    let mut head = [0u8; 4096];
+                    let _ = conn.read(&mut head).await;
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = conn.write_all(answer.as_bytes()).await;
+                }
+            }
+        }
+    });
+    let handle = Tunnel::builder()
+        .probe(false)
+        .provider(
+            LocalTunnel::new()
+                .server(format!("http://{addr}"))
+                .subdomain("stingy")
+                .unwrap(),
+        )
+        .start(Upstream::address(([127, 0, 0, 1], 9).into()))
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+    let mut events = handle.events();
+    // The refused connections are retried about ten times, 100 ms apart, before the pool gives
+    // them up: well within this wait.
+    let event = tokio::time::timeout(Duration::from_secs(3), events.next()).await;
+    assert!(event.is_err(), "the tunnel did not stay up: {event:?}");
+    assert!(handle.status().is_up(), "{:?}", handle.status());
+    handle.close().await;
+    server.abort();
+}

