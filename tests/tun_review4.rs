@@ -264,3 +264,78 @@ async fn a_server_accepting_fewer_connections_than_it_advertises_keeps_the_tunne
     handle.close().await;
     server.abort();
 }
+
+/// A provider for these tests: its first open gives a loopback tunnel that is lost once `lose` is
+/// notified, its second open panics (a provider's bug), later ones give a loopback tunnel.
+#[derive(Debug)]
+struct PanicsOnSecondOpen {
+    opens: AtomicUsize,
+    lose: Arc<tokio::sync::Notify>,
+}
+
+impl tower_webhook::tunnel::Provider for PanicsOnSecondOpen {
+    fn name(&self) -> &str {
+        "panicky"
+    }
+
+    fn open(
+        &self,
+        upstream: Upstream,
+    ) -> tower_webhook::tunnel::BoxFuture<
+        '_,
+        Result<tower_webhook::tunnel::Session, tower_webhook::BoxError>,
+    > {
+        let open = self.opens.fetch_add(1, Ordering::SeqCst);
+        let lose = Arc::clone(&self.lose);
+        Box::pin(async move {
+            if open == 1 {
+                panic!("a bug in the provider");
+            }
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let url = format!("http://{}", listener.local_addr()?);
+            Ok(tower_webhook::tunnel::Session::spawn(
+                url,
+                move |mut stop| async move {
+                    loop {
+                        tokio::select! {
+                            () = stop.stopped() => return Ok(()),
+                            () = lose.notified(), if open == 0 => return Err("lost".into()),
+                            Ok((tcp, _)) = listener.accept() => {
+                                let upstream = upstream.clone();
+                                tokio::spawn(async move { upstream.serve_connection(tcp).await });
+                            }
+                        }
+                    }
+                },
+            ))
+        })
+    }
+}
+
+/// A provider that panics while the tunnel is being re-opened fails that attempt, as an error
+/// would: the supervisor retries and the tunnel comes back, instead of the supervisor dying with
+/// the tunnel left `Down` for good and its events never ending.
+#[tokio::test]
+async fn a_provider_that_panics_while_re_opening_fails_that_attempt_only() {
+    let lose = Arc::new(tokio::sync::Notify::new());
+    let handle = Tunnel::builder()
+        .provider(PanicsOnSecondOpen {
+            opens: AtomicUsize::new(0),
+            lose: Arc::clone(&lose),
+        })
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(20))
+        .start(Upstream::service(hello_service(Arc::new(
+            AtomicUsize::new(0),
+        ))))
+        .await
+        .unwrap();
+    let mut events = handle.events();
+    lose.notify_one();
+    let down = next_event(&mut events, Duration::from_secs(5)).await;
+    assert!(matches!(down, TunnelEvent::Down { .. }), "{down:?}");
+    let back = next_event(&mut events, Duration::from_secs(5)).await;
+    assert!(back.is_up(), "{back:?}");
+    let (status, body) = get_url(&handle.url(), "/back").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    handle.close().await;
+}

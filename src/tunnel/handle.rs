@@ -477,7 +477,7 @@ impl TunnelBuilder {
                     stopped(stopping).await;
                     return Err(None);
                 }
-                opening = within(deadline, provider.open(upstream.clone())) => opening,
+                opening = within(deadline, open_catching(&**provider, upstream.clone())) => opening,
             };
             let reason = match opening {
                 None => timed_out(),
@@ -547,6 +547,32 @@ impl TunnelBuilder {
         let half = delay / 2;
         half.saturating_add(half.mul_f64(fastrand::f64()))
     }
+}
+
+/// `provider.open(upstream)`, with a panic (a provider's bug) turned into the error of this
+/// attempt: the chain moves on to the next provider, and a supervisor re-opening the tunnel
+/// retries, instead of the panic ending the start or the supervisor (which would leave the tunnel
+/// down for good, its events never ending).
+async fn open_catching(provider: &dyn Provider, upstream: Upstream) -> Result<Session, BoxError> {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    let panicked = |payload: Box<dyn std::any::Any + Send>| -> BoxError {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|m| (*m).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_owned());
+        format!("the provider panicked: {message}").into()
+    };
+    let mut opening =
+        catch_unwind(AssertUnwindSafe(|| provider.open(upstream))).map_err(panicked)?;
+    std::future::poll_fn(
+        |cx| match catch_unwind(AssertUnwindSafe(|| opening.as_mut().poll(cx))) {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(opened)) => std::task::Poll::Ready(opened),
+            Err(payload) => std::task::Poll::Ready(Err(panicked(payload))),
+        },
+    )
+    .await
 }
 
 /// Waits for the teardowns of [`TunnelBuilder::open`]'s failed sessions.

@@ -33,7 +33,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// [`open`](Provider::open) does the startup work (register, authenticate, spawn) and returns
 /// a running [`Session`] once the public URL is known. The chain in
 /// [`TunnelBuilder`](super::TunnelBuilder) bounds it with [`startup_timeout`](Provider::startup_timeout)
-/// and drops it when the time is up, so everything it started must stop on drop.
+/// and drops it when the time is up, so everything it started must stop on drop. A panic in
+/// `open` (a bug) fails that attempt as an error does, with the panic's message as its reason:
+/// the chain moves on, and a tunnel being re-opened is retried.
 ///
 /// # Example
 ///
