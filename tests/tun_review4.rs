@@ -36,7 +36,8 @@ async fn a_re_opened_localtunnel_asks_for_its_own_subdomain_not_the_last_ended_o
     let calls = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
     let first = Tunnel::builder()
         .provider(lt.clone())
-        .reconnect_backoff(Duration::from_millis(500), Duration::from_millis(500))
+        // The first re-open waits 1 to 2 s: the second is closed well before.
+        .reconnect_backoff(Duration::from_secs(2), Duration::from_secs(2))
         .start(Upstream::service(hello_service(Arc::clone(&calls[0]))))
         .await
         .unwrap();
