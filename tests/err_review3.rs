@@ -1,6 +1,8 @@
 //! WebhookErrorLayer, third review: panics outside the handler's future, `instance` as a URI
 //! reference, and the wait a gRPC client is told.
 
+#[path = "common/axum_serve.rs"]
+mod axum_serve;
 #[path = "common/logs.rs"]
 mod logs;
 
@@ -11,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum_serve::serve;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -18,22 +21,6 @@ use logs::Logs;
 use serde_json::Value;
 use tower::{BoxError, Layer, Service, ServiceBuilder, ServiceExt};
 use tower_webhook::error::{HttpError, Problem, WebhookErrorLayer, WebhookProcessingError, types};
-
-/// Serves `svc` (the whole app) with axum on a loopback port.
-async fn serve<S>(svc: S) -> (SocketAddr, tokio::task::JoinHandle<()>)
-where
-    S: Service<axum::extract::Request, Error = Infallible> + Clone + Send + Sync + 'static,
-    S::Response: axum::response::IntoResponse,
-    S::Future: Send + 'static,
-{
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = axum::Router::new().fallback_service(svc);
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
-    (addr, server)
-}
 
 /// GETs `path`, expecting an answer (not a dropped connection): its status and body.
 async fn get(addr: SocketAddr, path: &str) -> (StatusCode, Bytes) {

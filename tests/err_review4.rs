@@ -1,13 +1,15 @@
 //! WebhookErrorLayer, fourth review: errors wrapped in an `io::Error`, and what a real server
 //! sends.
 
+#[path = "common/axum_serve.rs"]
+mod axum_serve;
 #[path = "common/logs.rs"]
 mod logs;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum_serve::serve;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -15,22 +17,6 @@ use logs::Logs;
 use serde_json::Value;
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 use tower_webhook::error::{Problem, WebhookErrorLayer, types};
-
-/// Serves `svc` (the whole app) with axum on a loopback port.
-async fn serve<S>(svc: S) -> (SocketAddr, tokio::task::JoinHandle<()>)
-where
-    S: Service<axum::extract::Request, Error = Infallible> + Clone + Send + Sync + 'static,
-    S::Response: axum::response::IntoResponse,
-    S::Future: Send + 'static,
-{
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = axum::Router::new().fallback_service(svc);
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
-    (addr, server)
-}
 
 /// Every test here logs through its own subscriber (see `err_review3.rs` for why).
 fn capture_logs() -> (Logs, tracing::subscriber::DefaultGuard) {
@@ -139,24 +125,54 @@ async fn read_all(
     Ok(Response::new(Full::new(body.to_bytes())))
 }
 
-/// Serves one HTTP/1.1 connection: `WebhookErrorLayer` over a 200 ms body timeout.
-async fn serve_http1_with_body_timeout() -> SocketAddr {
+/// The HTTP version [`serve_one`] speaks.
+#[derive(Clone, Copy)]
+enum Http {
+    One,
+    Two,
+}
+
+/// Serves one connection with hyper, speaking `http`, on a loopback port: `svc` is the whole app.
+async fn serve_one<S, B>(http: Http, svc: S) -> SocketAddr
+where
+    S: Service<Request<hyper::body::Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let (stream, _) = listener.accept().await.unwrap();
-        let svc = ServiceBuilder::new()
-            .layer(WebhookErrorLayer::new())
-            .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-                Duration::from_millis(200),
-            ))
-            .service_fn(read_all);
+        let io = hyper_util::rt::TokioIo::new(stream);
         let svc = hyper_util::service::TowerToHyperService::new(svc);
-        let _ = hyper::server::conn::http1::Builder::new()
-            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-            .await;
+        let _ = match http {
+            Http::One => {
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, svc)
+                    .await
+            }
+            Http::Two => {
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(io, svc)
+                    .await
+            }
+        };
     });
     addr
+}
+
+/// Serves one HTTP/1.1 connection: `WebhookErrorLayer` over a 200 ms body timeout.
+async fn serve_http1_with_body_timeout() -> SocketAddr {
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            Duration::from_millis(200),
+        ))
+        .service_fn(read_all);
+    serve_one(Http::One, svc).await
 }
 
 /// Reads one HTTP/1.1 answer's head from `stream`, lower-cased.
@@ -228,18 +244,10 @@ async fn slow_or_busy(
 async fn only_a_408_closes_the_connection() {
     use tokio::io::AsyncWriteExt;
     let (_logs, _guard) = capture_logs();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.unwrap();
-        let svc = ServiceBuilder::new()
-            .layer(WebhookErrorLayer::new().timeout_status(StatusCode::REQUEST_TIMEOUT))
-            .service_fn(slow_or_busy);
-        let svc = hyper_util::service::TowerToHyperService::new(svc);
-        let _ = hyper::server::conn::http1::Builder::new()
-            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-            .await;
-    });
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new().timeout_status(StatusCode::REQUEST_TIMEOUT))
+        .service_fn(slow_or_busy);
+    let addr = serve_one(Http::One, svc).await;
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
         .write_all(b"GET /busy HTTP/1.1\r\nhost: a\r\n\r\n")
@@ -274,20 +282,12 @@ async fn only_a_408_closes_the_connection() {
 #[tokio::test]
 async fn a_408_over_http2_has_no_connection_header() {
     let (_logs, _guard) = capture_logs();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.unwrap();
-        let svc = ServiceBuilder::new()
-            .layer(WebhookErrorLayer::new().timeout_status(StatusCode::REQUEST_TIMEOUT))
-            .service_fn(|_req: Request<hyper::body::Incoming>| async {
-                Err::<Response<Full<Bytes>>, _>(tower::timeout::error::Elapsed::new())
-            });
-        let svc = hyper_util::service::TowerToHyperService::new(svc);
-        let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-            .await;
-    });
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new().timeout_status(StatusCode::REQUEST_TIMEOUT))
+        .service_fn(|_req: Request<hyper::body::Incoming>| async {
+            Err::<Response<Full<Bytes>>, _>(tower::timeout::error::Elapsed::new())
+        });
+    let addr = serve_one(Http::Two, svc).await;
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
         hyper_util::rt::TokioExecutor::new(),

@@ -22,6 +22,55 @@ async fn next_event(
         .expect("the tunnel closed")
 }
 
+/// Which pooled connections [`fake_server`] keeps.
+#[derive(Clone, Copy)]
+enum Pool {
+    /// Every one.
+    KeepAll,
+    /// The first one; every later one is closed at once.
+    KeepFirst,
+}
+
+/// A localtunnel server on loopback that answers every registration, after `delay`, with
+/// `registration(api_port, pool_port)`, and takes the pooled connections as `pool` says.
+async fn fake_server(
+    registration: impl FnOnce(u16, u16) -> serde_json::Value,
+    delay: Duration,
+    pool: Pool,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = api.local_addr().unwrap();
+    let pooled = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let body = registration(addr.port(), pooled.local_addr().unwrap().port()).to_string();
+    let server = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            tokio::select! {
+                Ok((conn, _)) = pooled.accept() => {
+                    if matches!(pool, Pool::KeepAll) || held.is_empty() {
+                        held.push(conn);
+                    }
+                }
+                Ok((mut conn, _)) = api.accept() => {
+                    let body = body.clone();
+                    tokio::spawn(async move {
+                        let mut head = [0u8; 4096];
+                        let _ = conn.read(&mut head).await;
+                        tokio::time::sleep(delay).await;
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = conn.write_all(answer.as_bytes()).await;
+                    });
+                }
+            }
+        }
+    });
+    (addr, server)
+}
+
 /// Two tunnels share one `LocalTunnel` (clones share its memory of ended names). The first is
 /// lost on the server and is being re-opened when the second is closed: the first asks for its
 /// own subdomain again, not for the one the second just left, so its URL stays the same and
@@ -91,33 +140,13 @@ async fn a_re_opened_localtunnel_asks_for_its_own_subdomain_not_the_last_ended_o
 /// (and the text of its events and logs), or the raw text of the probe's error.
 #[tokio::test]
 async fn a_registration_url_that_is_no_url_fails_the_attempt_and_is_shown_escaped() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = api.local_addr().unwrap();
-    // The tunnel port accepts the pooled connections and keeps them.
-    let pool = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let pool_port = pool.local_addr().unwrap().port();
     let url = "http://abcd.localhost\n2026-01-01T00:00:00Z  INFO tunnel: forged\r\u{1b}[2J";
-    let body =
-        serde_json::json!({ "id": "abcd", "port": pool_port, "max_conn_count": 1, "url": url })
-            .to_string();
-    let server = tokio::spawn(async move {
-        let mut held = Vec::new();
-        loop {
-            tokio::select! {
-                Ok((conn, _)) = pool.accept() => held.push(conn),
-                Ok((mut conn, _)) = api.accept() => {
-                    let mut head = [0u8; 4096];
-                    let _ = conn.read(&mut head).await;
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = conn.write_all(answer.as_bytes()).await;
-                }
-            }
-        }
-    });
+    let (addr, server) = fake_server(
+        |_, pool_port| serde_json::json!({ "id": "abcd", "port": pool_port, "max_conn_count": 1, "url": url }),
+        Duration::ZERO,
+        Pool::KeepAll,
+    )
+    .await;
     for probe in [false, true] {
         let started = Tunnel::builder()
             .probe(probe)
@@ -153,39 +182,19 @@ async fn a_registration_url_that_is_no_url_fails_the_attempt_and_is_shown_escape
 /// limit, instead of being cut off after a fixed 3 s whatever that timeout is.
 #[tokio::test]
 async fn a_slow_localtunnel_registration_is_waited_for_within_the_startup_timeout() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = api.local_addr().unwrap();
-    let pool = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let pool_port = pool.local_addr().unwrap().port();
-    let body = serde_json::json!({
-        "id": "slowpoke",
-        "port": pool_port,
-        "max_conn_count": 1,
-        "url": format!("http://slowpoke.localhost:{}", addr.port()),
-    })
-    .to_string();
-    let server = tokio::spawn(async move {
-        let mut held = Vec::new();
-        loop {
-            tokio::select! {
-                Ok((conn, _)) = pool.accept() => held.push(conn),
-                Ok((mut conn, _)) = api.accept() => {
-                    let body = body.clone();
-                    tokio::spawn(async move {
-                        let mut head = [0u8; 4096];
-                        let _ = conn.read(&mut head).await;
-                        tokio::time::sleep(Duration::from_millis(3_500)).await;
-                        let answer = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                            body.len()
-                        );
-                        let _ = conn.write_all(answer.as_bytes()).await;
-                    });
-                }
-            }
-        }
-    });
+    let (addr, server) = fake_server(
+        |api_port, pool_port| {
+            serde_json::json!({
+                "id": "slowpoke",
+                "port": pool_port,
+                "max_conn_count": 1,
+                "url": format!("http://slowpoke.localhost:{api_port}"),
+            })
+        },
+        Duration::from_millis(3_500),
+        Pool::KeepAll,
+    )
+    .await;
     let handle = Tunnel::builder()
         .probe(false)
         .provider(
@@ -211,40 +220,19 @@ async fn a_slow_localtunnel_registration_is_waited_for_within_the_startup_timeou
 /// accepts, instead of the whole session being taken for lost and re-opened over and over.
 #[tokio::test]
 async fn a_server_accepting_fewer_connections_than_it_advertises_keeps_the_tunnel() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = api.local_addr().unwrap();
-    let pool = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let pool_port = pool.local_addr().unwrap().port();
-    let body = serde_json::json!({
-        "id": "stingy",
-        "port": pool_port,
-        "max_conn_count": 3,
-        "url": format!("http://stingy.localhost:{}", addr.port()),
-    })
-    .to_string();
-    let server = tokio::spawn(async move {
-        // Keeps the first pooled connection; closes every later one at once.
-        let mut held = None;
-        loop {
-            tokio::select! {
-                Ok((conn, _)) = pool.accept() => {
-                    if held.is_none() {
-                        held = Some(conn);
-                    }
-                }
-                Ok((mut conn, _)) = api.accept() => {
-                    let mut head = [0u8; 4096];
-                    let _ = conn.read(&mut head).await;
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = conn.write_all(answer.as_bytes()).await;
-                }
-            }
-        }
-    });
+    let (addr, server) = fake_server(
+        |api_port, pool_port| {
+            serde_json::json!({
+                "id": "stingy",
+                "port": pool_port,
+                "max_conn_count": 3,
+                "url": format!("http://stingy.localhost:{api_port}"),
+            })
+        },
+        Duration::ZERO,
+        Pool::KeepFirst,
+    )
+    .await;
     let handle = Tunnel::builder()
         .probe(false)
         .provider(
