@@ -60,3 +60,57 @@ async fn a_renderer_status_that_is_not_an_error_gets_the_problems() {
     let res = svc.oneshot(Request::new(String::new())).await.unwrap();
     assert_eq!(res.status(), StatusCode::CONFLICT);
 }
+
+/// The docs put `SignatureLayer` on the route's `POST` handler
+/// (`post(handler).route_layer(layer)`): a signed delivery reaches the handler, an unsigned one
+/// is refused 401, and a `GET` on the same path (a browser, a probe) gets axum's `405` with
+/// `Allow: POST` instead of a 401 as if it were a badly signed delivery. Served on loopback.
+#[tokio::test]
+async fn the_documented_router_answers_other_methods_405_and_verifies_posts() {
+    use axum::routing::post;
+    use hmac::{Hmac, KeyInit, Mac};
+    use tower_webhook::signature::VerifiedWebhook;
+
+    async fn on_github(hook: VerifiedWebhook, body: String) -> String {
+        format!("{} {}", hook.event().unwrap_or_default(), body.len())
+    }
+    let secret = "It's a Secret to Everybody";
+    let app: axum::Router = axum::Router::new()
+        .route(
+            "/webhooks/github",
+            post(on_github).route_layer(SignatureLayer::github(secret).unwrap()),
+        )
+        .layer(WebhookErrorLayer::new());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/webhooks/github", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let client = reqwest::Client::new();
+
+    let get = client.get(&url).send().await.unwrap();
+    assert_eq!(get.status(), 405);
+    assert_eq!(get.headers()["allow"], "POST");
+
+    let body = r#"{"zen":"Keep it logically awesome."}"#;
+    let unsigned = client.post(&url).body(body).send().await.unwrap();
+    assert_eq!(unsigned.status(), 401);
+    assert_eq!(
+        unsigned.headers()["content-type"],
+        "application/problem+json"
+    );
+
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body.as_bytes());
+    let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    let signed = client
+        .post(&url)
+        .header("x-hub-signature-256", signature)
+        .header("x-github-event", "ping")
+        .header("x-github-delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed.status(), 200);
+    assert_eq!(signed.text().await.unwrap(), format!("ping {}", body.len()));
+    server.abort();
+}

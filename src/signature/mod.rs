@@ -118,7 +118,8 @@
 //!
 //! # With axum and hyper
 //!
-//! Apply it per route with `route_layer`, so other routes are not affected:
+//! Apply it to the route's `POST` handler with `route_layer`: other routes are not affected, and
+//! another method on the path gets axum's `405` with `Allow: POST` rather than a 401:
 //!
 //! ```no_run
 //! use axum::{Json, Router, extract::DefaultBodyLimit, routing::post};
@@ -131,8 +132,10 @@
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let app: Router = Router::new()
-//!     .route("/webhooks/github", post(on_github))
-//!     .route_layer(SignatureLayer::github(std::env::var("GITHUB_WEBHOOK_SECRET")?)?)
+//!     .route(
+//!         "/webhooks/github",
+//!         post(on_github).route_layer(SignatureLayer::github(std::env::var("GITHUB_WEBHOOK_SECRET")?)?),
+//!     )
 //!     // The layer admits up to 25 MiB (GitHub's largest payload); axum's extractors stop at
 //!     // 2 MB unless told otherwise.
 //!     .layer(DefaultBodyLimit::max(25 * 1024 * 1024));
