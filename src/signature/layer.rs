@@ -1414,10 +1414,7 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 /// Logs a rejection once (no secrets, no body) and turns it into an early answer.
 fn reject(shared: &Shared, err: E, headers: &HeaderMap) -> Early {
     let provider = shared.scheme.provider.as_str();
-    let request_id = headers
-        .get(&shared.request_id_header)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let request_id = &*request_id(shared, headers);
     let problem = Problem::from_error(&err);
     let status = problem.status().as_u16();
     match &err {
@@ -1443,11 +1440,22 @@ fn reject(shared: &Shared, err: E, headers: &HeaderMap) -> Early {
     Early::Problem(problem)
 }
 
+/// The request id, for the log: as it came, bytes that are not UTF-8 as U+FFFD (`to_str` would
+/// refuse any byte past ASCII, which hyper takes in a header).
+fn request_id<'a>(shared: &Shared, headers: &'a HeaderMap) -> std::borrow::Cow<'a, str> {
+    headers
+        .get(&shared.request_id_header)
+        .map_or(std::borrow::Cow::Borrowed(""), |v| {
+            String::from_utf8_lossy(v.as_bytes())
+        })
+}
+
 /// Answers a duplicate delivery with `status`, without the inner service.
-fn acknowledge(shared: &Shared, status: StatusCode, key: &str) -> Early {
+fn acknowledge(shared: &Shared, status: StatusCode, key: &str, headers: &HeaderMap) -> Early {
     tracing::info!(
         provider = shared.scheme.provider.as_str(),
         status = status.as_u16(),
+        request_id = &*request_id(shared, headers),
         delivery = key,
         "duplicate webhook delivery acknowledged without processing"
     );
@@ -1907,7 +1915,7 @@ where
                                 }
                             }
                             OnReplay::Acknowledge(status) => State::Early {
-                                early: Some(acknowledge(shared, status, &key())),
+                                early: Some(acknowledge(shared, status, &key(), req.headers())),
                             },
                             _ => State::Early {
                                 early: Some(reject(shared, E::Replayed(key()), req.headers())),
@@ -1948,7 +1956,7 @@ where
                     let key = std::mem::take(key);
                     State::Early {
                         early: Some(match outcome {
-                            Ok(true) => acknowledge(shared, *status, &key),
+                            Ok(true) => acknowledge(shared, *status, &key, req.headers()),
                             Ok(false) => reject(shared, E::Replayed(key), req.headers()),
                             Err(err) => reject(shared, E::ReplayStore(err), req.headers()),
                         }),
