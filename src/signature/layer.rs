@@ -1036,8 +1036,8 @@ impl SignatureLayer {
         self
     }
 
-    /// The header whose value identifies a request in the log lines of refused deliveries
-    /// (default `x-request-id`). Use the same one as
+    /// The header whose value identifies a request in the log lines of refused deliveries and
+    /// acknowledged duplicates (default `x-request-id`). Use the same one as
     /// [`WebhookErrorLayer::request_id_header`](crate::error::WebhookErrorLayer::request_id_header),
     /// so that both layers' lines name a request alike.
     ///
