@@ -114,3 +114,30 @@ async fn the_documented_router_answers_other_methods_405_and_verifies_posts() {
     assert_eq!(signed.text().await.unwrap(), format!("ping {}", body.len()));
     server.abort();
 }
+
+/// `timeout_status` takes any error status; the problem's title names that status, not
+/// "Gateway Timeout" whatever it is.
+#[tokio::test]
+async fn a_timeout_answered_with_another_status_has_that_status_title() {
+    for (status, title) in [
+        (StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout"),
+        (StatusCode::REQUEST_TIMEOUT, "Request Timeout"),
+        (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"),
+    ] {
+        let svc = ServiceBuilder::new()
+            .layer(WebhookErrorLayer::new().timeout_status(status))
+            .service_fn(|_: Request<Full<Bytes>>| async {
+                Err::<Response<Full<Bytes>>, _>(tower::timeout::error::Elapsed::new())
+            });
+        let res = svc
+            .oneshot(Request::new(Full::<Bytes>::default()))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), status);
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(problem["title"], title, "{problem}");
+        assert_eq!(problem["status"], status.as_u16());
+        assert_eq!(problem["type"], types::TIMEOUT);
+    }
+}

@@ -82,11 +82,9 @@ fn classify_one(
         return Some(problem);
     }
     if err.is::<tower::timeout::error::Elapsed>() {
-        let title = if timeout_status == StatusCode::REQUEST_TIMEOUT {
-            "Request Timeout"
-        } else {
-            "Gateway Timeout"
-        };
+        // The status's own name: "Gateway Timeout" by default, "Request Timeout" for 408, and
+        // the name of whatever other error status `timeout_status` was given ("Timeout" if none).
+        let title = timeout_status.canonical_reason().unwrap_or("Timeout");
         return Some(
             Problem::from_static(timeout_status, types::TIMEOUT, title)
                 .with_grpc_code(GrpcCode::DeadlineExceeded),
