@@ -431,6 +431,10 @@ impl SignatureLayer {
     /// GitLab: `X-Gitlab-Token: <token>`, compared in constant time (as SHA-256 digests);
     /// delivery id `Idempotency-Key` (else `X-Gitlab-Event-UUID`), event `X-Gitlab-Event`.
     ///
+    /// This is GitLab's secret token. A webhook with a signing token (`whsec_...`) is signed in
+    /// the Standard Webhooks format instead: verify it with
+    /// [`standard_webhooks`](Self::standard_webhooks).
+    ///
     /// # Example
     ///
     /// ```
