@@ -1434,7 +1434,13 @@ fn ready_for_review(forge: Forge, event: Option<&str>, p: &Value) -> Option<Comm
         Forge::GitLab => {
             let attrs = &p["object_attributes"];
             let ready = match attrs["action"].as_str()? {
-                "open" | "reopen" => !draft(&attrs["draft"]) && !draft(&attrs["work_in_progress"]),
+                // Opened or reopened, it is `opened`. GitLab's "Test" button sends the newest
+                // merge request as an `open` whatever its state, a merged one too.
+                "open" | "reopen" => {
+                    !draft(&attrs["draft"])
+                        && !draft(&attrs["work_in_progress"])
+                        && attrs["state"].as_str().is_none_or(|state| state == "opened")
+                }
                 // "Mark as ready": an update whose changes take `draft` from true to false.
                 // Servers before 16.3 do not name `draft` in the changes: the title loses its
                 // draft prefix (or, on some, `work_in_progress` goes from true to false).

@@ -53,7 +53,7 @@
 //! | provider | events that comment |
 //! |---|---|
 //! | GitHub | `pull_request` `opened` / `reopened` (not draft), `ready_for_review` |
-//! | GitLab | Merge Request Hook `open` / `reopen` (not draft), `update` of an open merge request whose `changes.draft` goes from true to false (before GitLab 16.3, whose title loses its `Draft:`, `[Draft]` or `(Draft)` prefix; not a `WIP:`, `[WIP]` or `Draft - ` one, which GitLab 14.0 dropped) |
+//! | GitLab | Merge Request Hook `open` / `reopen` (not draft, state `opened`: GitLab's "Test" button sends the newest merge request as an `open`, a merged one too), `update` of an open merge request whose `changes.draft` goes from true to false (before GitLab 16.3, whose title loses its `Draft:`, `[Draft]` or `(Draft)` prefix; not a `WIP:`, `[WIP]` or `Draft - ` one, which GitLab 14.0 dropped) |
 //! | Bitbucket Cloud | `pullrequest:created` (not draft); `pullrequest:updated` of an open draft the server saw, now not a draft; Cloud cannot reopen a declined pull request |
 //! | Bitbucket Data Center | `pr:opened` / `pr:reopened` (not draft); the first other event of an open draft the server saw (`pr:modified`, `pr:from_ref_updated`, a review, not a comment) that shows it not a draft |
 //! | Gitea / Forgejo | `pull_request` `opened` / `reopened` (not draft, no `WIP:` / `[WIP]` title prefix), `edited` of an open pull request whose title loses that prefix |
