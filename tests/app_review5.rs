@@ -9,8 +9,11 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use axum::Router;
+use hmac::{KeyInit, Mac};
 use http::StatusCode;
 use serde_json::{Value, json};
+
+const BBS: &str = "bbs-secret";
 
 fn lookup(vars: &[(&str, &str)]) -> Result<app::Settings, String> {
     let env: HashMap<String, String> = vars
@@ -43,7 +46,100 @@ async fn status(client: &reqwest::Client, base: &str) -> Value {
         .unwrap()
 }
 
+fn bbs_signature(body: &str) -> String {
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(BBS.as_bytes()).unwrap();
+    mac.update(body.as_bytes());
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
 // ---------------------------------------------------------------------------------------------
+
+/// Bitbucket Data Center's "Test connection" button sends `X-Event-Key: diagnostics:ping`
+/// without `X-Hub-Signature`, even when the webhook has a secret. The server answered it `401`,
+/// so the test said the webhook was broken when it was not. The ping is answered `2xx` now and
+/// does nothing; any other unsigned or badly signed delivery is still refused.
+#[tokio::test]
+async fn a_bitbucket_data_center_test_connection_ping_is_answered_without_a_signature() {
+    let settings = lookup(&[("BITBUCKET_SERVER_WEBHOOK_SECRET", BBS)]).unwrap();
+    let base = start_server(&settings).await;
+    let client = reqwest::Client::new();
+    let url = format!("{base}/api/v1/bitbucket_server_webhooks");
+    let ping = json!({"test": true}).to_string();
+
+    let res = client
+        .post(&url)
+        .header("content-type", "application/json; charset=UTF-8")
+        .header("x-event-key", "diagnostics:ping")
+        .header("x-request-id", "b5000000-0000-4000-8000-000000000001")
+        .body(ping.clone())
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        res.status().is_success(),
+        "the test connection ping is refused: {}",
+        res.status()
+    );
+
+    // A ping that is signed is verified as any delivery: a wrong signature is refused.
+    let res = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("x-event-key", "diagnostics:ping")
+        .header("x-request-id", "b5000000-0000-4000-8000-000000000002")
+        .header("x-hub-signature", format!("sha256={}", "0".repeat(64)))
+        .body(ping.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let res = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("x-event-key", "diagnostics:ping")
+        .header("x-request-id", "b5000000-0000-4000-8000-000000000003")
+        .header("x-hub-signature", bbs_signature(&ping))
+        .body(ping)
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+
+    // Any other event still needs its signature, and gets no comment without it.
+    let opened = json!({
+        "eventKey": "pr:opened",
+        "pullRequest": {"id": 5, "title": "Fix", "state": "OPEN", "toRef": {"repository": {"slug": "repo", "project": {"key": "PROJ"}}}},
+    })
+    .to_string();
+    let res = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("x-event-key", "pr:opened")
+        .header("x-request-id", "b5000000-0000-4000-8000-000000000004")
+        .body(opened)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    // An unsigned request that names the ping in another case, or with other events, is no
+    // ping either.
+    let res = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("x-event-key", "pr:opened")
+        .header("x-event-key", "diagnostics:ping")
+        .header("x-request-id", "b5000000-0000-4000-8000-000000000005")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+
+    let status = status(&client, &base).await;
+    assert_eq!(status["comments"]["jobs"], 0, "{status}");
+    assert_eq!(status["comments"]["logged"], 0, "{status}");
+    assert_eq!(status["comments"]["posted"], 0, "{status}");
+}
 
 /// GitLab's "Test > Merge request events" button sends the project's newest merge request with
 /// `action: "open"`, whatever its state: a merged or closed one too. The server took it for a

@@ -986,11 +986,13 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
             .on_replay(OnReplay::Acknowledge(StatusCode::OK));
         // On the `POST` handler only: another method is answered `405 Method Not Allowed` with
         // `Allow: POST`, not `401` as if it were a delivery badly signed.
+        let mut handler = post(move |s, h, hd, b| handle(forge, s, h, hd, b)).route_layer(layer);
+        if forge == Forge::BitbucketServer {
+            // Before the signature is checked: Bitbucket Data Center's test ping has none.
+            handler = handler.route_layer(middleware::from_fn(unsigned_ping));
+        }
         let route = Router::new()
-            .route(
-                &forge.route(),
-                post(move |s, h, hd, b| handle(forge, s, h, hd, b)).route_layer(layer),
-            )
+            .route(&forge.route(), handler)
             // The layer has already capped the body at MAX_BODY_BYTES; without this, axum's
             // `Bytes` extractor would refuse a verified delivery over its own 2 MB default.
             .layer(DefaultBodyLimit::max(
@@ -1242,6 +1244,26 @@ async fn count(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
     };
     counter.fetch_add(1, Ordering::Relaxed);
     res
+}
+
+/// Bitbucket Data Center's "Test connection" sends `X-Event-Key: diagnostics:ping` without
+/// `X-Hub-Signature`, even when the webhook has a secret: such a ping is answered `202` at once,
+/// and does nothing. A ping that is signed, and every other delivery, is verified as usual.
+async fn unsigned_ping(req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    let mut events = headers.get_all("x-event-key").iter();
+    let ping = matches!(
+        (events.next(), events.next()),
+        (Some(event), None) if event.as_bytes().trim_ascii() == b"diagnostics:ping"
+    );
+    if ping && !headers.contains_key("x-hub-signature") {
+        tracing::debug!(
+            provider = Forge::BitbucketServer.name(),
+            "unsigned test connection ping answered"
+        );
+        return StatusCode::ACCEPTED.into_response();
+    }
+    next.run(req).await
 }
 
 /// Answers a verified delivery at once: 202, and a comment job when it opened a pull request.

@@ -87,6 +87,10 @@
 //!
 //! Azure DevOps sends the same event when a comment is edited or deleted: such a comment is
 //! told by its `lastContentUpdatedDate` (later than its `publishedDate`) or its `isDeleted`.
+//!
+//! Test deliveries get no comment: GitHub's `ping`, and Bitbucket Data Center's "Test
+//! connection" `diagnostics:ping`, which it sends without `X-Hub-Signature` even when the webhook
+//! has a secret: that one is answered `202` unverified, and does nothing.
 
 mod app;
 
