@@ -195,6 +195,87 @@ async fn a_gitlab_test_delivery_of_a_merged_merge_request_gets_no_comment() {
         assert_eq!(res.status(), StatusCode::ACCEPTED);
         jobs += 1;
         let status = status(&client, &base).await;
-        assert_eq!(status["comments"]["jobs"], jobs, "{action} {state:?}: {status}");
+        assert_eq!(
+            status["comments"]["jobs"], jobs,
+            "{action} {state:?}: {status}"
+        );
+    }
+}
+
+/// Azure DevOps' "Test" button in a service hook's dialog sends a sample event (Jamal
+/// Hartnett's pull request 1 in the Fabrikam project) with the subscription id all zeros: no
+/// subscription has that id. The server posted a comment to that pull request, which the
+/// organization does not have: the comment failed with an error in the log. A test
+/// notification gets no comment now.
+#[tokio::test]
+async fn an_azure_devops_test_notification_gets_no_comment() {
+    let settings = lookup(&[
+        ("AZURE_DEVOPS_WEBHOOK_USERNAME", "azure"),
+        ("AZURE_DEVOPS_WEBHOOK_PASSWORD", "pass"),
+    ])
+    .unwrap();
+    let base = start_server(&settings).await;
+    let client = reqwest::Client::new();
+    let event = |subscription: &str, id: &str, event: &str| {
+        let mut resource = json!({
+            "pullRequestId": 1,
+            "title": "my first pull request",
+            "status": "active",
+            "isDraft": false,
+            "repository": {
+                "id": "4bc14d40-c903-45e2-872e-0462c7748079",
+                "project": {"id": "6ce954b1-ce1f-45d1-b94d-e6bf2464ba2c"},
+            },
+        });
+        if event == "ms.vss-code.git-pullrequest-comment-event" {
+            resource = json!({
+                "comment": {"id": 2, "content": "/help", "commentType": "text"},
+                "pullRequest": resource,
+            });
+        }
+        json!({
+            "subscriptionId": subscription,
+            "notificationId": 5,
+            "id": id,
+            "eventType": event,
+            "publisherId": "tfs",
+            "message": {"text": "Jamal Hartnett created a new pull request"},
+            "resource": resource,
+        })
+    };
+    let zero = "00000000-0000-0000-0000-000000000000";
+    let created = "git.pullrequest.created";
+    let commented = "ms.vss-code.git-pullrequest-comment-event";
+    let cases = [
+        (zero, "2ab4e3d3-b7a6-425e-92b1-5a9982c1269e", created, 0),
+        (zero, "af07be1b-f3ad-44c8-a7f1-c4835f2df06b", commented, 0),
+        // A real subscription's events get their comments.
+        (
+            "b5a1b7e2-4c0e-4a55-9d1c-6f0d2c3a9e01",
+            "b5000000-0000-4000-8000-000000000301",
+            created,
+            1,
+        ),
+        (
+            "b5a1b7e2-4c0e-4a55-9d1c-6f0d2c3a9e01",
+            "b5000000-0000-4000-8000-000000000302",
+            commented,
+            2,
+        ),
+    ];
+    for (subscription, id, kind, jobs) in cases {
+        let res = client
+            .post(format!("{base}/api/v1/azuredevops_webhooks"))
+            .basic_auth("azure", Some("pass"))
+            .json(&event(subscription, id, kind))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::ACCEPTED);
+        let status = status(&client, &base).await;
+        assert_eq!(
+            status["comments"]["jobs"], jobs,
+            "{kind} of subscription {subscription}: {status}"
+        );
     }
 }

@@ -1309,6 +1309,10 @@ async fn handle(
     if forge == Forge::GitHub && event.as_deref() == Some("installation") {
         installation_event(&state, &payload, &delivery);
     }
+    if forge == Forge::AzureDevOps && azure_devops_test(&payload) {
+        tracing::info!(provider = forge.name(), ?event, %delivery, "test notification: no comment");
+        return Ok(StatusCode::ACCEPTED);
+    }
     let Some((comment, draft)) = state.drafts.comment_for(forge, event.as_deref(), &payload) else {
         tracing::debug!(provider = forge.name(), ?event, %delivery, "delivery needs no comment");
         return Ok(StatusCode::ACCEPTED);
@@ -1461,7 +1465,9 @@ fn ready_for_review(forge: Forge, event: Option<&str>, p: &Value) -> Option<Comm
                 "open" | "reopen" => {
                     !draft(&attrs["draft"])
                         && !draft(&attrs["work_in_progress"])
-                        && attrs["state"].as_str().is_none_or(|state| state == "opened")
+                        && attrs["state"]
+                            .as_str()
+                            .is_none_or(|state| state == "opened")
                 }
                 // "Mark as ready": an update whose changes take `draft` from true to false.
                 // Servers before 16.3 do not name `draft` in the changes: the title loses its
@@ -1778,6 +1784,15 @@ fn command(forge: Forge, event: Option<&str>, p: &Value) -> Option<Comment> {
             azure_devops_thread(pr, answer)
         }
     }
+}
+
+/// Whether an Azure DevOps delivery is the "Test" of a service hook's dialog: a sample event
+/// (Jamal Hartnett's pull request in the Fabrikam project) whose subscription id is all zeros,
+/// which no subscription has.
+fn azure_devops_test(payload: &Value) -> bool {
+    payload["subscriptionId"]
+        .as_str()
+        .is_some_and(|id| id.contains('0') && id.bytes().all(|b| b == b'0' || b == b'-'))
 }
 
 /// Whether an Azure DevOps pull request comment was edited. The service sends the same event
