@@ -4,41 +4,22 @@
 #[path = "../examples/pr_agent_server/app.rs"]
 #[allow(dead_code)]
 mod app;
+#[path = "common/pr_agent.rs"]
+mod harness;
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
+use harness::{lookup, serve, start_server, status};
 use hmac::{KeyInit, Mac};
 use http::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::AsyncReadExt;
 
 /// How long a test waits for something due at once: the bound only ends a failing test.
 const PATIENCE: Duration = Duration::from_secs(10);
 
 const GH: &str = "gh-secret";
-
-fn lookup(vars: &[(&str, &str)]) -> Result<app::Settings, String> {
-    let env: HashMap<String, String> = vars
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    app::Settings::from_lookup(|name| env.get(name).cloned())
-}
-
-async fn serve(router: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    addr
-}
-
-async fn start_server(settings: &app::Settings) -> String {
-    let app = app::build(settings).unwrap();
-    format!("http://{}", serve(app.router).await)
-}
 
 /// A GitHub `pull_request` `opened` delivery of pull request `pr`, signed with `GH` (with a
 /// signature that is wrong when `forged`).
@@ -69,17 +50,6 @@ fn github_pull_request(
         .header("x-github-delivery", id)
         .header("x-hub-signature-256", signature)
         .body(body)
-}
-
-async fn status(client: &reqwest::Client, base: &str) -> Value {
-    client
-        .get(format!("{base}/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------

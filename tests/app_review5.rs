@@ -4,47 +4,15 @@
 #[path = "../examples/pr_agent_server/app.rs"]
 #[allow(dead_code)]
 mod app;
+#[path = "common/pr_agent.rs"]
+mod harness;
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-
-use axum::Router;
+use harness::{lookup, start_server, status};
 use hmac::{KeyInit, Mac};
 use http::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const BBS: &str = "bbs-secret";
-
-fn lookup(vars: &[(&str, &str)]) -> Result<app::Settings, String> {
-    let env: HashMap<String, String> = vars
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    app::Settings::from_lookup(|name| env.get(name).cloned())
-}
-
-async fn serve(router: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    addr
-}
-
-async fn start_server(settings: &app::Settings) -> String {
-    let app = app::build(settings).unwrap();
-    format!("http://{}", serve(app.router).await)
-}
-
-async fn status(client: &reqwest::Client, base: &str) -> Value {
-    client
-        .get(format!("{base}/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
 
 fn bbs_signature(body: &str) -> String {
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(BBS.as_bytes()).unwrap();
