@@ -1,50 +1,19 @@
 //! SignatureLayer, fifth review: provider schemes checked against the providers' own signers.
 
-use std::convert::Infallible;
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
-use tower::{ServiceBuilder, ServiceExt};
-use tower_webhook::signature::{Clock, Provider, SignatureLayer, VerifiedWebhook};
+use http::StatusCode;
+use tower_webhook::signature::{Clock, Provider, SignatureLayer};
 
+#[path = "common/deliver.rs"]
+mod deliver;
 #[path = "interop/peers.rs"]
 mod peers;
+use deliver::deliver as send;
 use peers::{python, run};
 
 const TS: u64 = 1_700_000_000;
-
-/// Sends a delivery through `layer`; the status and what the handler was given.
-async fn send(
-    layer: &SignatureLayer,
-    headers: &[(&str, String)],
-    body: &str,
-) -> (StatusCode, Option<VerifiedWebhook>) {
-    let svc = ServiceBuilder::new().layer(layer.clone()).service_fn(
-        |req: Request<Full<Bytes>>| async move {
-            let hook = req.extensions().get::<VerifiedWebhook>().cloned();
-            let mut res = Response::new(Full::<Bytes>::default());
-            res.extensions_mut().insert(hook);
-            Ok::<_, Infallible>(res)
-        },
-    );
-    let mut req = Request::post("/hook");
-    for (k, v) in headers {
-        req = req.header(*k, v.as_str());
-    }
-    let res = svc
-        .oneshot(req.body(Full::new(Bytes::from(body.to_owned()))).unwrap())
-        .await
-        .unwrap();
-    let hook = res
-        .extensions()
-        .get::<Option<VerifiedWebhook>>()
-        .cloned()
-        .flatten();
-    (res.status(), hook)
-}
 
 /// GitLab's signing token (`whsec_` + the base64 of a 32-byte key, padded) signs in the
 /// Standard Webhooks format, with `webhook-id` equal to `Idempotency-Key`: the docs send such

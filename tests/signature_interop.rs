@@ -4,19 +4,18 @@
 //! installed by `.ci/signature.sh` under `.ci/.deps/`. Without them the tests skip with a message,
 //! unless `TOWER_WEBHOOK_REQUIRE_INTEROP=1` (set by `.ci/run`), where they fail.
 
-use std::convert::Infallible;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
-use tower::{ServiceBuilder, ServiceExt};
-use tower_webhook::signature::{Clock, Provider, SignatureLayer, VerifiedWebhook};
+use http::StatusCode;
+use tower_webhook::signature::{Clock, Provider, SignatureLayer};
 
+#[path = "common/deliver.rs"]
+mod deliver;
 #[path = "interop/peers.rs"]
 mod peers;
+use deliver::deliver as status;
 use peers::{peer, python, root, run};
 
 const SW_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -61,35 +60,6 @@ fn tampered(body: &str) -> Vec<Vec<u8>> {
             t
         })
         .collect()
-}
-
-async fn status(
-    layer: &SignatureLayer,
-    headers: &[(&str, String)],
-    body: Vec<u8>,
-) -> (StatusCode, Option<VerifiedWebhook>) {
-    let svc = ServiceBuilder::new().layer(layer.clone()).service_fn(
-        |req: Request<Full<Bytes>>| async move {
-            let hook = req.extensions().get::<VerifiedWebhook>().cloned();
-            let mut res = Response::new(Full::<Bytes>::default());
-            res.extensions_mut().insert(hook);
-            Ok::<_, Infallible>(res)
-        },
-    );
-    let mut req = Request::post("/hook");
-    for (k, v) in headers {
-        req = req.header(*k, v.as_str());
-    }
-    let res = svc
-        .oneshot(req.body(Full::new(Bytes::from(body))).unwrap())
-        .await
-        .unwrap();
-    let hook = res
-        .extensions()
-        .get::<Option<VerifiedWebhook>>()
-        .cloned()
-        .flatten();
-    (res.status(), hook)
 }
 
 /// Accepted as signed, refused with any one byte changed.
