@@ -4,11 +4,15 @@
 #[path = "../examples/pr_agent_server/app.rs"]
 #[allow(dead_code)]
 mod app;
+#[path = "common/pr_agent.rs"]
+#[allow(dead_code)] // the settings and server helpers here are this file's own
+mod harness;
 #[path = "interop/peers.rs"]
 mod peers;
 #[path = "tunnel/support.rs"]
 mod support;
 
+use harness::{serve, status};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -78,13 +82,6 @@ async fn start_fake_api() -> (SocketAddr, Arc<FakeApi>) {
         .fallback(fake_api_handler)
         .with_state(api.clone());
     (serve(router).await, api)
-}
-
-async fn serve(router: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    addr
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -288,17 +285,6 @@ async fn send(client: &reqwest::Client, base: &str, d: &Delivery) -> reqwest::Re
         req = req.header(*k, v);
     }
     req.send().await.unwrap()
-}
-
-async fn status(client: &reqwest::Client, base: &str) -> Value {
-    client
-        .get(format!("{base}/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 /// How long a test waits for something that is due to happen at once: the bound only ends a
