@@ -92,6 +92,8 @@ pub mod circuit_breaker;
 pub mod error;
 #[cfg(any(feature = "error", feature = "retry"))]
 mod grpc_http;
+#[cfg(any(feature = "error", feature = "circuit-breaker", feature = "tunnel"))]
+mod panic;
 #[cfg(feature = "retry")]
 #[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
 pub mod retry;

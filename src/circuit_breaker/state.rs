@@ -1199,11 +1199,7 @@ impl Core {
         };
         let event = event();
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| listener(&event))) {
-            let message = panic
-                .downcast_ref::<&str>()
-                .copied()
-                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-                .unwrap_or("(not a string)");
+            let message = crate::panic::message(&*panic).unwrap_or("(not a string)");
             tracing::error!(
                 breaker = &*self.config.name,
                 event = ?event,

@@ -1118,9 +1118,5 @@ impl fmt::Display for ErrorChain<'_> {
 }
 
 fn panic_message(payload: &(dyn Any + Send)) -> &str {
-    payload
-        .downcast_ref::<&'static str>()
-        .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("<non-string panic payload>")
+    crate::panic::message(payload).unwrap_or("<non-string panic payload>")
 }

@@ -556,11 +556,7 @@ impl TunnelBuilder {
 async fn open_catching(provider: &dyn Provider, upstream: Upstream) -> Result<Session, BoxError> {
     use std::panic::{AssertUnwindSafe, catch_unwind};
     let panicked = |payload: Box<dyn std::any::Any + Send>| -> BoxError {
-        let message = payload
-            .downcast_ref::<&str>()
-            .map(|m| (*m).to_owned())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "no message".to_owned());
+        let message = crate::panic::message(&*payload).unwrap_or("no message");
         format!("the provider panicked: {message}").into()
     };
     let mut opening =
