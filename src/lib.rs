@@ -90,6 +90,8 @@ pub mod circuit_breaker;
 #[cfg(feature = "error")]
 #[cfg_attr(docsrs, doc(cfg(feature = "error")))]
 pub mod error;
+#[cfg(any(feature = "error", feature = "retry", feature = "tunnel"))]
+mod error_chain;
 #[cfg(any(feature = "error", feature = "retry"))]
 mod grpc_http;
 #[cfg(any(feature = "error", feature = "circuit-breaker", feature = "tunnel"))]

@@ -194,14 +194,8 @@ impl CircuitOpen {
     /// # }
     /// ```
     pub fn find<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a CircuitOpen> {
-        let mut current = Some(error);
-        while let Some(err) = current {
-            if let Some(open) = err.downcast_ref::<CircuitOpen>() {
-                return Some(open);
-            }
-            current = err.source();
-        }
-        None
+        // Bounded: a broken `Error` impl can make the chain a cycle.
+        crate::error_chain::sources(error).find_map(|err| err.downcast_ref::<CircuitOpen>())
     }
 }
 

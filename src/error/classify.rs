@@ -23,11 +23,11 @@ pub(crate) fn classify(
     timeout_status: StatusCode,
     extra: &[Recognizer],
 ) -> Option<Problem> {
-    let mut current: Option<&(dyn Error + 'static)> = Some(error);
     // A `tonic::Status` made from another error (the crate's `From<CircuitOpen>`) stands for
     // it: what it wraps is answered when it is recognised, the status otherwise.
     let mut wrapper: Option<Problem> = None;
-    while let Some(err) = current {
+    // Bounded: a broken `Error` impl can make the chain a cycle.
+    for err in chain(error) {
         if let Some(problem) = classify_one(err, timeout_status, extra) {
             if wrapper.is_none() && err.source().is_some() && is_tonic_status(err) {
                 wrapper = Some(problem);
@@ -35,9 +35,14 @@ pub(crate) fn classify(
                 return Some(problem);
             }
         }
-        current = next_in_chain(err);
     }
     wrapper
+}
+
+/// `err` and the errors after it, as the layer looks for them: each once, at most
+/// [`MAX_DEPTH`](crate::error_chain::MAX_DEPTH) of them.
+pub(crate) fn chain<'a>(err: &'a (dyn Error + 'static)) -> crate::error_chain::Walk<'a> {
+    crate::error_chain::walk(err, next_in_chain)
 }
 
 /// The error after `err` in its chain. An `io::Error` made from another error

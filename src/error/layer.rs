@@ -1107,11 +1107,17 @@ struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
 
 impl fmt::Display for ErrorChain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(err) = source {
+        // Each error once, and not past a bound: a broken `Error` impl can make the chain a
+        // cycle.
+        let mut chain = crate::error_chain::sources(self.0);
+        if let Some(first) = chain.next() {
+            write!(f, "{first}")?;
+        }
+        for err in chain.by_ref() {
             write!(f, ": {err}")?;
-            source = err.source();
+        }
+        if chain.truncated() {
+            f.write_str(": ...")?;
         }
         Ok(())
     }

@@ -24,7 +24,9 @@
 //!
 //! Every error is looked for along its whole `source()` chain, so wrapped errors are still
 //! recognised, also one carried by an `io::Error` (`io::Error::other(e)`, whose `source()`
-//! skips `e`).
+//! skips `e`). The walk ends at an error already seen and after 32 errors, so a chain that a
+//! broken `Error` impl made cyclic is answered (500, unless a known error comes first) and
+//! logged (ending in `: ...`) instead of walked forever.
 //!
 //! HTTP callers get an RFC 9457 `application/problem+json` body: `type`, `title`, `status`
 //! (always equal to the response status), `detail` (only text meant for clients) and `instance`

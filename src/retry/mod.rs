@@ -298,9 +298,10 @@ impl RetryError for tonic::Status {
     }
 }
 
-/// `err` and its `source()` chain, outermost first.
+/// `err` and its `source()` chain, outermost first, each error once and not past a bound: a
+/// broken `Error` impl can make the chain a cycle.
 fn chain<'a>(err: &'a (dyn Error + 'static)) -> impl Iterator<Item = &'a (dyn Error + 'static)> {
-    std::iter::successors(Some(err), |&e| e.source())
+    crate::error_chain::sources(err)
 }
 
 /// Whether `err` was raised before the request left: nothing reached the upstream.

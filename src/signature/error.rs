@@ -101,15 +101,14 @@ impl SignatureValidationError {
         let Self::Body(source) = self else {
             return None;
         };
-        let mut current: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
-        while let Some(err) = current {
+        // Bounded: a broken `Error` impl can make the chain a cycle.
+        for err in crate::error_chain::sources(source.as_ref()) {
             if err.is::<http_body_util::LengthLimitError>() {
                 return Some(BodyFailure::OverLimit);
             }
             if err.is::<tower_http::timeout::TimeoutError>() {
                 return Some(BodyFailure::TimedOut);
             }
-            current = err.source();
         }
         Some(BodyFailure::Other)
     }

@@ -127,15 +127,16 @@ impl From<std::io::Error> for TunnelError {
 
 /// Formats an error with its chain of sources, `outer: inner: innermost`.
 pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(inner) = source {
+    let mut out = String::new();
+    // Bounded: a broken `Error` impl can make the chain a cycle.
+    for (i, inner) in crate::error_chain::sources(err).enumerate() {
         let text = inner.to_string();
-        if !out.contains(&text) {
+        if i == 0 {
+            out = text;
+        } else if !out.contains(&text) {
             out.push_str(": ");
             out.push_str(&text);
         }
-        source = inner.source();
     }
     out
 }
