@@ -6,15 +6,17 @@ mod logs;
 
 use std::error::Error;
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use logs::Logs;
-use tower::{BoxError, ServiceBuilder, ServiceExt};
-use tower_webhook::error::WebhookErrorLayer;
+use serde_json::Value;
+use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+use tower_webhook::error::{WebhookErrorLayer, types};
 
 /// Every test here logs through its own subscriber (see `err_review3.rs` for why).
 fn capture_logs() -> (Logs, tracing::subscriber::DefaultGuard) {
@@ -224,4 +226,176 @@ fn a_signature_body_error_with_a_cyclic_cause_is_a_400() {
         SignatureValidationError::Body(Box::new(Wrapped(Box::new(OwnSource)))).status()
     });
     assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 413 and the connection
+
+/// The HTTP version [`serve_one`] speaks.
+#[derive(Clone, Copy)]
+enum Http {
+    One,
+    Two,
+}
+
+/// Serves one connection with hyper, speaking `http`, on a loopback port: `svc` is the whole app.
+async fn serve_one<S, B>(http: Http, svc: S) -> SocketAddr
+where
+    S: Service<Request<hyper::body::Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let svc = hyper_util::service::TowerToHyperService::new(svc);
+        let _ = match http {
+            Http::One => {
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, svc)
+                    .await
+            }
+            Http::Two => {
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(io, svc)
+                    .await
+            }
+        };
+    });
+    addr
+}
+
+/// Reads one HTTP/1.1 answer's head from `stream`, lower-cased.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
+            .await
+            .expect("the server answers")
+            .unwrap();
+        assert_eq!(n, 1, "the connection closed before the answer's head ended");
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap().to_ascii_lowercase()
+}
+
+/// Reads the body of the answer whose head is `head`, then checks the server closes the
+/// connection.
+async fn read_body_then_eof(stream: &mut tokio::net::TcpStream, head: &str) -> Value {
+    use tokio::io::AsyncReadExt;
+    let length: usize = head
+        .split("\r\n")
+        .find_map(|line| line.strip_prefix("content-length: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).await.unwrap();
+    let mut rest = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut rest))
+        .await
+        .expect("the server closes the connection")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the connection stays open after the answer");
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// A handler that reads its body through a 16-byte limit.
+async fn read_at_most_16(
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, BoxError> {
+    let body = Limited::new(req.into_body(), 16).collect().await?;
+    Ok(Response::new(Full::new(body.to_bytes())))
+}
+
+/// A body cut by a length limit while it was read leaves the rest of it on the connection:
+/// hyper does not keep such a connection, but the 413 did not say so, so a client with a
+/// connection pool could send its next delivery on a connection about to close, and lose it.
+#[tokio::test]
+async fn a_413_from_a_body_cut_mid_way_says_the_connection_closes() {
+    use tokio::io::AsyncWriteExt;
+    let (_logs, _guard) = capture_logs();
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .service_fn(read_at_most_16);
+    let addr = serve_one(Http::One, svc).await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // 64 of the 4096 bytes announced: the limit stops the read with most of the body unsent.
+    let mut request = b"POST /hook HTTP/1.1\r\nhost: a\r\ncontent-length: 4096\r\n\r\n".to_vec();
+    request.extend_from_slice(&[b'x'; 64]);
+    stream.write_all(&request).await.unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("http/1.1 413 "), "{head}");
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+    let doc = read_body_then_eof(&mut stream, &head).await;
+    assert_eq!(doc["type"], types::PAYLOAD_TOO_LARGE);
+}
+
+/// The same for a 413 decided from `Content-Length` before anything was read: the signature
+/// layer refuses a body announced larger than its limit, which stays unread on the connection.
+#[tokio::test]
+async fn a_413_decided_from_content_length_says_the_connection_closes() {
+    use tokio::io::AsyncWriteExt;
+    use tower_webhook::signature::SignatureLayer;
+    let (_logs, _guard) = capture_logs();
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .map_request(|req: Request<hyper::body::Incoming>| req.map(axum::body::Body::new))
+        .layer(
+            SignatureLayer::github("It's a Secret to Everybody")
+                .unwrap()
+                .max_body_size(16),
+        )
+        .service_fn(|_req: Request<axum::body::Body>| async {
+            Ok::<_, BoxError>(Response::new(Full::<Bytes>::default()))
+        });
+    let addr = serve_one(Http::One, svc).await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"POST /hook HTTP/1.1\r\nhost: a\r\ncontent-length: 4096\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("http/1.1 413 "), "{head}");
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+    let doc = read_body_then_eof(&mut stream, &head).await;
+    assert_eq!(doc["type"], types::PAYLOAD_TOO_LARGE);
+}
+
+/// HTTP/2 has no `Connection` header (RFC 9113, section 8.2.2): a 413 there ends its stream
+/// only, and the connection serves the next request.
+#[tokio::test]
+async fn a_413_over_http2_has_no_connection_header() {
+    let (_logs, _guard) = capture_logs();
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .service_fn(read_at_most_16);
+    let addr = serve_one(Http::Two, svc).await;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..2 {
+        let res = sender
+            .send_request(
+                Request::post(format!("http://{addr}/hook"))
+                    .body(Full::new(Bytes::from(vec![b'x'; 64])))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(res.headers().get("connection").is_none());
+    }
 }

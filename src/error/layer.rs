@@ -35,7 +35,8 @@ pub(crate) struct AlreadyLogged;
 /// response of an error needs: the problem's status if the renderer left one that is not 4xx
 /// or 5xx, `Retry-After` ([`Problem::retry_after`]) and `WWW-Authenticate`
 /// ([`Problem::challenge`]) if the renderer did not set them, the request id, and
-/// `Connection: close` on a 408 over HTTP/1.x (RFC 9110, section 15.5.9). A renderer that
+/// `Connection: close` on a 408 or a 413 over HTTP/1.x (RFC 9110, sections 15.5.9 and
+/// 15.5.14). A renderer that
 /// panics is logged, and the problem answered as [`ProblemJson`] renders it.
 ///
 /// # Example
@@ -963,8 +964,18 @@ fn render<B, R: RenderProblem>(
         // A client told to wait or to authenticate is told so whatever the body's format.
         problem.add_headers(response.headers_mut());
         // A 408 says the server closes the connection rather than wait (RFC 9110, section
-        // 15.5.9): an HTTP/1.x client told so does not send its next request on it.
-        if info.http1 && response.status() == StatusCode::REQUEST_TIMEOUT {
+        // 15.5.9): an HTTP/1.x client told so does not send its next request on it. A 413
+        // refuses content whose rest is still on the connection, unread (a length limit cut
+        // the read, or the size was refused from `Content-Length` before reading): the
+        // connection cannot carry another request, and hyper does not keep it (RFC 9110,
+        // section 15.5.14). The layer cannot tell a 413 decided after the whole body was read,
+        // so every 413 closes; a client then only opens a new connection.
+        if info.http1
+            && matches!(
+                response.status(),
+                StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE
+            )
+        {
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
