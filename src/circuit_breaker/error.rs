@@ -24,6 +24,9 @@ const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// `tonic` feature its [`source`](std::error::Error::source) is a
 /// `tonic::Status::unavailable`, so a tonic client built on a breaker-wrapped `Channel` sees
 /// `Code::Unavailable`; `tonic::Status::from(open)` keeps the rejection as the status's source.
+/// Both statuses carry the wait as `grpc-retry-pushback-ms` (gRPC's server pushback, in
+/// milliseconds, rounded up), the same wait as the HTTP answer's `Retry-After`, when the
+/// rejection has one.
 /// The retry policy of this crate never retries it, in either form.
 ///
 /// # Example
@@ -228,10 +231,9 @@ impl std::error::Error for CircuitOpen {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         #[cfg(feature = "tonic")]
         {
-            Some(
-                self.status
-                    .get_or_init(|| tonic::Status::unavailable("circuit breaker is open")),
-            )
+            Some(self.status.get_or_init(|| {
+                self.with_pushback(tonic::Status::unavailable("circuit breaker is open"))
+            }))
         }
         #[cfg(not(feature = "tonic"))]
         {
@@ -241,9 +243,27 @@ impl std::error::Error for CircuitOpen {
 }
 
 #[cfg(feature = "tonic")]
+impl CircuitOpen {
+    /// `status` with the wait a gRPC client is told: `grpc-retry-pushback-ms` (gRPC's server
+    /// pushback, A6), the same wait as the `Retry-After` of the HTTP answer. None without a
+    /// wait: the client's own policy decides.
+    fn with_pushback(&self, mut status: tonic::Status) -> tonic::Status {
+        if let Some(after) = HttpError::retry_after(self) {
+            let value = crate::error::pushback_value(after);
+            if let Ok(value) = tonic::metadata::MetadataValue::try_from(value.as_bytes()) {
+                status
+                    .metadata_mut()
+                    .insert("grpc-retry-pushback-ms", value);
+            }
+        }
+        status
+    }
+}
+
+#[cfg(feature = "tonic")]
 impl From<CircuitOpen> for tonic::Status {
     fn from(open: CircuitOpen) -> Self {
-        let mut status = tonic::Status::unavailable(open.to_string());
+        let mut status = open.with_pushback(tonic::Status::unavailable(open.to_string()));
         // Kept as the source, so `CircuitOpen::find` and the retry policy still see it.
         status.set_source(std::sync::Arc::new(open));
         status

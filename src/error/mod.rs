@@ -82,5 +82,7 @@ pub use grpc::GrpcCode;
 #[cfg(feature = "signature")]
 pub(crate) use layer::AlreadyLogged;
 pub use layer::{ProblemJson, RenderProblem, ResponseFuture, WebhookError, WebhookErrorLayer};
+#[cfg(all(feature = "circuit-breaker", feature = "tonic"))]
+pub(crate) use problem::pushback_value;
 pub use problem::{HttpError, PROBLEM_JSON, Problem, types};
 pub use processing::WebhookProcessingError;

@@ -914,10 +914,9 @@ impl Problem {
     }
 }
 
-/// `Retry-After` in whole seconds, rounded up so a client never comes back early.
 /// `grpc-retry-pushback-ms`: whole milliseconds, rounded up. gRPC clients read it as a 32-bit
 /// signed number (a larger one is "do not retry"), so a longer wait is sent as the longest.
-fn pushback_value(after: Duration) -> HeaderValue {
+pub(crate) fn pushback_value(after: Duration) -> HeaderValue {
     let millis = after
         .as_millis()
         .saturating_add(u128::from(!after.subsec_nanos().is_multiple_of(1_000_000)));
@@ -925,6 +924,7 @@ fn pushback_value(after: Duration) -> HeaderValue {
     HeaderValue::from(u64::try_from(millis.min(LONGEST)).unwrap_or(i32::MAX as u64))
 }
 
+/// `Retry-After` in whole seconds, rounded up so a client never comes back early.
 fn retry_after_value(after: Duration) -> HeaderValue {
     let secs = after
         .as_secs()
