@@ -124,3 +124,35 @@ async fn a_tonic_client_of_a_tonic_server_behind_an_open_breaker_sees_the_pushba
     assert!((1_000..=20_000).contains(&pushback), "{pushback}");
     server.abort();
 }
+
+/// A keyed breaker called without `poll_ready` made the key's breaker for a call it did not
+/// make; with the map full, that took the slot of a breaker counting failures, so a failing key
+/// that comes and goes could be kept from ever opening by calls that were never made.
+#[tokio::test]
+async fn a_keyed_call_without_poll_ready_makes_no_breaker() {
+    use tower::Service;
+    use tower_webhook::circuit_breaker::KeyedCircuitBreakerLayer;
+    let config = CircuitBreakerConfig::default().consecutive_failures(3);
+    let per_host = |req: &(&'static str, u16)| req.0;
+    let (layer, handle) = KeyedCircuitBreakerLayer::pair(config, 1, per_host).unwrap();
+    let mut svc = ServiceBuilder::new().layer(layer).service_fn(
+        |(_host, status): (&'static str, u16)| async move {
+            Ok::<_, BoxError>(http::Response::builder().status(status).body(()).unwrap())
+        },
+    );
+    // One failure on record for `a`, which stays CLOSED.
+    svc.ready().await.unwrap().call(("a", 502)).await.unwrap();
+    assert_eq!(handle.get(&"a").unwrap().snapshot().consecutive_failures, 1);
+
+    // A call without `poll_ready` is refused, and changes no breaker.
+    let err = svc.call(("b", 200)).await.unwrap_err();
+    assert!(err.is::<CircuitOpen>());
+    assert!(handle.get(&"b").is_none());
+    assert_eq!(handle.len(), 1);
+    assert_eq!(handle.get(&"a").unwrap().snapshot().consecutive_failures, 1);
+
+    // One for a key that has a breaker is told by it, as before.
+    let err = svc.call(("a", 200)).await.unwrap_err();
+    assert!(err.is::<CircuitOpen>());
+    assert_eq!(handle.get(&"a").unwrap().snapshot().not_permitted_calls, 1);
+}

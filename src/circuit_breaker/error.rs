@@ -56,6 +56,12 @@ pub struct CircuitOpen {
 }
 
 impl CircuitOpen {
+    /// The error of a call made without a ready `poll_ready`, when no breaker tells it: as a
+    /// CLOSED breaker's, with no wait.
+    pub(crate) fn not_ready() -> Self {
+        Self::new(CircuitState::Closed, None)
+    }
+
     pub(crate) fn new(state: CircuitState, retry_after: Option<Duration>) -> Self {
         Self {
             state,

@@ -12,6 +12,7 @@ use tower_service::Service;
 
 use super::classify::{ClassifyOutcome, DefaultClassifier};
 use super::config::{CircuitBreakerConfig, ConfigError};
+use super::error::CircuitOpen;
 use super::event::{CircuitState, Snapshot};
 use super::layer::{CircuitBreakerHandle, ResponseFuture, call_admitted};
 use super::state::{Breaker, Core};
@@ -28,6 +29,12 @@ struct Shared<K> {
 }
 
 impl<K: Hash + Eq + Clone + fmt::Display> Shared<K> {
+    /// The breaker `key` has, if any: found, never made.
+    fn existing(&self, key: &K) -> Option<Arc<Core>> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        map.get(key).map(Arc::clone)
+    }
+
     fn core_for(&self, key: K) -> Arc<Core> {
         {
             let map = self.map.read().unwrap_or_else(|p| p.into_inner());
@@ -93,6 +100,8 @@ impl<K: Hash + Eq + Clone + fmt::Display> Shared<K> {
 /// slot again). `poll_ready` always polls the inner service (the key is not known before the request); when `call` then rejects, the
 /// readied inner service is swapped for a fresh clone, so the capacity it reserved (a `Buffer`
 /// slot, a `ConcurrencyLimit` permit) is released at once rather than held by an idle clone.
+/// A `call` without a `poll_ready` that returned `Ready` is refused with [`CircuitOpen`], told
+/// by the key's breaker if it has one; it makes no breaker, so it never takes a slot.
 /// Backpressure mode does not exist for keyed breakers. Finding a key's breaker takes a read
 /// lock on the key map (a write lock the first time a key is seen); each breaker itself is
 /// lock-free.
@@ -362,11 +371,18 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let core = self.shared.core_for((self.key)(&req));
+        let key = (self.key)(&req);
         if !std::mem::take(&mut self.inner_ready) {
-            // `call` without a `poll_ready` that returned `Ready`: the call is not made.
-            return ResponseFuture::rejected(core.reject_unready());
+            // `call` without a `poll_ready` that returned `Ready`: the call is not made. Told
+            // by the key's breaker if it has one; a call that is not made makes none, which
+            // could take the slot of a breaker counting failures.
+            let refusal = match self.shared.existing(&key) {
+                Some(core) => core.reject_unready(),
+                None => CircuitOpen::not_ready(),
+            };
+            return ResponseFuture::rejected(refusal);
         }
+        let core = self.shared.core_for(key);
         match core.admit() {
             Ok(recorder) => call_admitted(&mut self.inner, &self.classifier, recorder, req),
             Err(refusal) => {
