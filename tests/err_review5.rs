@@ -399,3 +399,26 @@ async fn a_413_over_http2_has_no_connection_header() {
         assert!(res.headers().get("connection").is_none());
     }
 }
+
+/// gRPC-web runs over HTTP/1.1 too: its call cut by the same length limit is answered
+/// trailers-only (`OUT_OF_RANGE`), with the rest of the body still on the connection, which
+/// hyper does not keep either. The answer said nothing of it.
+#[tokio::test]
+async fn a_grpc_web_call_cut_by_a_length_limit_says_the_connection_closes() {
+    use tokio::io::AsyncWriteExt;
+    let (_logs, _guard) = capture_logs();
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .service_fn(read_at_most_16);
+    let addr = serve_one(Http::One, svc).await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut request = b"POST /test.Echo/Say HTTP/1.1\r\nhost: a\r\n\
+        content-type: application/grpc-web+proto\r\ncontent-length: 4096\r\n\r\n"
+        .to_vec();
+    request.extend_from_slice(&[0; 64]);
+    stream.write_all(&request).await.unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("http/1.1 200 "), "{head}");
+    assert!(head.contains("\r\ngrpc-status: 11\r\n"), "{head}");
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+}

@@ -963,25 +963,16 @@ fn render<B, R: RenderProblem>(
         }
         // A client told to wait or to authenticate is told so whatever the body's format.
         problem.add_headers(response.headers_mut());
-        // A 408 says the server closes the connection rather than wait (RFC 9110, section
-        // 15.5.9): an HTTP/1.x client told so does not send its next request on it. A 413
-        // refuses content whose rest is still on the connection, unread (a length limit cut
-        // the read, or the size was refused from `Content-Length` before reading): the
-        // connection cannot carry another request, and hyper does not keep it (RFC 9110,
-        // section 15.5.14). The layer cannot tell a 413 decided after the whole body was read,
-        // so every 413 closes; a client then only opens a new connection.
-        if info.http1
-            && matches!(
-                response.status(),
-                StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE
-            )
-        {
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        if closes(response.status()) {
+            close_connection(&mut response, info);
         }
         response
     };
+    // gRPC-web also runs over HTTP/1.x: its call refused for the same reason leaves the
+    // connection in the same state, whatever the answer's own status (200).
+    if closes(problem.status()) {
+        close_connection(&mut response, info);
+    }
     // No content in an answer to HEAD (RFC 9110, section 9.3.2): HTTP/2 would send it, and the
     // client reset the stream.
     if info.head {
@@ -1000,6 +991,30 @@ fn render<B, R: RenderProblem>(
     // again.
     response.extensions_mut().insert(AlreadyLogged);
     response
+}
+
+/// Whether an answer with `status` ends its HTTP/1.x connection. A 408 says the server closes
+/// the connection rather than wait (RFC 9110, section 15.5.9). A 413 refuses content whose rest
+/// is still on the connection, unread (a length limit cut the read, or the size was refused
+/// from `Content-Length` before reading): the connection cannot carry another request, and
+/// hyper does not keep it (RFC 9110, section 15.5.14). The layer cannot tell a 413 decided
+/// after the whole body was read, so every 413 closes; a client then only opens a new
+/// connection.
+fn closes(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE
+    )
+}
+
+/// Says `Connection: close` over HTTP/1.x, so the client does not send its next request on a
+/// connection about to close. HTTP/2 has no `Connection` header (RFC 9113, section 8.2.2).
+fn close_connection<B>(response: &mut Response<B>, info: &RequestInfo) {
+    if info.http1 {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
 }
 
 /// Longest request id copied into a problem's `instance`.

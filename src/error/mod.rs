@@ -34,7 +34,8 @@
 //! 256 bytes). A 408 or a 413 over HTTP/1.x also says `Connection: close` (RFC 9110, sections
 //! 15.5.9 and 15.5.14): after a 413 the rest of the refused body is still on the connection,
 //! unread (cut by a length limit, or refused from `Content-Length`), so the connection is not
-//! kept, and the client is told so rather than losing its next request on it.
+//! kept, and the client is told so rather than losing its next request on it. So does a
+//! gRPC-web answer over HTTP/1.x to a call refused for the same reasons.
 //! gRPC callers get HTTP 200 with `grpc-status` and a percent-encoded `grpc-message` in the
 //! headers and no body (a "trailers-only" response), as the gRPC protocol requires. See [`GrpcCode::from_http_status`]
 //! for the HTTP to gRPC mapping.
