@@ -422,3 +422,51 @@ async fn a_grpc_web_call_cut_by_a_length_limit_says_the_connection_closes() {
     assert!(head.contains("\r\ngrpc-status: 11\r\n"), "{head}");
     assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// A tonic::Status's pushback
+
+/// A `tonic::Status` error whose author set `grpc-retry-pushback-ms` (a rate limiter, an
+/// upstream's answer passed on) lost it: the gRPC caller got the code without the wait, and an
+/// HTTP caller no `Retry-After`.
+#[tokio::test]
+async fn a_tonic_status_keeps_its_pushback() {
+    let (_logs, _guard) = capture_logs();
+    fn busy() -> tonic::Status {
+        let mut status = tonic::Status::unavailable("try later");
+        status
+            .metadata_mut()
+            .insert("grpc-retry-pushback-ms", "2500".parse().unwrap());
+        status
+    }
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .service_fn(|_req: Request<Full<Bytes>>| async {
+            Err::<Response<Full<Bytes>>, BoxError>(busy().into())
+        });
+    let grpc = Request::post("/test.Echo/Say")
+        .header("content-type", "application/grpc")
+        .body(Full::default())
+        .unwrap();
+    let res = svc.clone().oneshot(grpc).await.unwrap();
+    assert_eq!(res.headers()["grpc-status"], "14");
+    assert_eq!(res.headers()["grpc-retry-pushback-ms"], "2500");
+
+    let res = svc.oneshot(Request::new(Full::default())).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.headers()["retry-after"], "3");
+
+    // A negative pushback asks not to retry: no wait is passed on.
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .service_fn(|_req: Request<Full<Bytes>>| async {
+            let mut status = tonic::Status::unavailable("do not retry");
+            status
+                .metadata_mut()
+                .insert("grpc-retry-pushback-ms", "-1".parse().unwrap());
+            Err::<Response<Full<Bytes>>, BoxError>(status.into())
+        });
+    let res = svc.oneshot(Request::new(Full::default())).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(res.headers().get("retry-after").is_none());
+}

@@ -133,9 +133,26 @@ fn classify_one(
                 .with_detail(status.message().to_owned())
                 .with_grpc_message(status.message().to_owned());
         }
+        // The wait its author asked of the client (gRPC's server pushback) is passed on: as
+        // `grpc-retry-pushback-ms` to gRPC callers, `Retry-After` to HTTP ones.
+        if let Some(after) = pushback(status.metadata()) {
+            problem = problem.with_retry_after(after);
+        }
         return Some(problem);
     }
     extra.iter().find_map(|recognize| recognize(err))
+}
+
+/// The wait in a status's `grpc-retry-pushback-ms`, milliseconds as digits. Anything else
+/// (a negative value asks the client not to retry) is no wait to pass on.
+#[cfg(feature = "tonic")]
+fn pushback(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
+    let value = metadata.get("grpc-retry-pushback-ms")?.as_bytes();
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let millis = std::str::from_utf8(value).ok()?.parse().unwrap_or(u64::MAX);
+    Some(std::time::Duration::from_millis(millis))
 }
 
 /// The problem for an error nobody recognised: 500 and nothing else.
