@@ -168,7 +168,9 @@ impl CircuitOpen {
         Self::find(error).is_some()
     }
 
-    /// The `CircuitOpen` in `error`'s `source()` chain, if any.
+    /// The `CircuitOpen` in `error`'s `source()` chain, if any. The walk looks at each error
+    /// once and at most 32 of them, so it ends also on a chain a broken `Error` impl made
+    /// cyclic.
     ///
     /// # Example
     ///
