@@ -1002,6 +1002,18 @@ impl SignatureLayer {
 
     /// How long a delivery id is remembered (default 24 h).
     ///
+    /// Where the scheme signs a timestamp (Stripe, Slack, Zoom, Twitch, Standard Webhooks, a
+    /// custom scheme with one), an id is remembered at least until its signed timestamp has left
+    /// the [`timestamp_tolerance`](Self::timestamp_tolerance) window, however short the
+    /// `replay_ttl`: a copy is then refused as a replay or as stale, never let through in
+    /// between.
+    ///
+    /// # Panics
+    ///
+    /// If `ttl` is shorter than a millisecond (the unit the stores count in): such an id would
+    /// be forgotten at once. Use [`without_replay_store`](Self::without_replay_store) to turn
+    /// deduplication off.
+    ///
     /// # Example
     ///
     /// ```
@@ -1013,6 +1025,7 @@ impl SignatureLayer {
     /// assert!(format!("{layer:?}").contains("replay_ttl: 259200s"));
     /// ```
     pub fn replay_ttl(mut self, ttl: Duration) -> Self {
+        check_ttl("replay_ttl", ttl);
         self.update(|s| s.replay_ttl = ttl);
         self
     }
@@ -1026,6 +1039,11 @@ impl SignatureLayer {
     /// outlives its claim may run alongside a redelivery's. When it finishes, it leaves the
     /// redelivery's claim alone (each claim has its own [`ClaimToken`]) and logs a warning.
     ///
+    /// # Panics
+    ///
+    /// If `ttl` is shorter than a millisecond: a claim would expire as it is taken, and copies
+    /// arriving while the handler runs would be handled too.
+    ///
     /// # Example
     ///
     /// ```
@@ -1036,6 +1054,7 @@ impl SignatureLayer {
     /// assert!(format!("{layer:?}").contains("claim_ttl: 60s"));
     /// ```
     pub fn claim_ttl(mut self, ttl: Duration) -> Self {
+        check_ttl("claim_ttl", ttl);
         self.update(|s| s.claim_ttl = ttl);
         self
     }
@@ -1225,6 +1244,16 @@ impl SignatureLayer {
     }
 }
 
+/// Refuses a TTL under a millisecond, the unit the replay stores count in: an id recorded for
+/// it would be forgotten at once, and deduplication would silently do nothing.
+#[track_caller]
+fn check_ttl(name: &str, ttl: Duration) {
+    assert!(
+        ttl >= Duration::from_millis(1),
+        "SignatureLayer::{name} must be at least 1 ms, got {ttl:?}: an id would be forgotten at once (use without_replay_store() to turn deduplication off)"
+    );
+}
+
 fn scheme_algorithm(scheme: &CustomScheme) -> Algorithm {
     // `CustomScheme` keeps its algorithm private; read it through Debug-free accessors.
     scheme.algorithm_value()
@@ -1407,6 +1436,30 @@ fn to_verified(
         },
         v.challenge,
     )
+}
+
+/// How long the id of a delivery signed at `timestamp` (Unix seconds) is remembered: the
+/// `replay_ttl`, and at least until the timestamp has left the window, so that a copy is
+/// refused either as a replay or as stale, never let through in between.
+fn replay_ttl(shared: &Shared, timestamp: Option<u64>) -> Duration {
+    let Some(timestamp) = timestamp else {
+        return shared.replay_ttl;
+    };
+    // `check_window` compares whole seconds: the timestamp is accepted until `now` reaches
+    // `timestamp + tolerance + 1` s.
+    let last = Duration::from_secs(
+        timestamp
+            .saturating_add(shared.tolerance.as_secs())
+            .saturating_add(1),
+    );
+    let now = shared
+        .clock
+        .now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    shared
+        .replay_ttl
+        .max(last.checked_sub(now).unwrap_or_default())
 }
 
 /// `Content-Length`, if present and well formed.
@@ -1808,6 +1861,7 @@ where
                                 early: Some(reject(shared, err, &parts.headers)),
                             },
                             Ok(verified) => {
+                                let ttl = replay_ttl(shared, verified.timestamp);
                                 let (verified, challenge) =
                                     to_verified(shared.scheme.provider, verified);
                                 let inner = inner.take().expect("inner once");
@@ -1821,7 +1875,7 @@ where
                                                 recorded: with_replay_key(
                                                     verified.provider(),
                                                     id,
-                                                    |key| store.insert(key, shared.replay_ttl),
+                                                    |key| store.insert(key, ttl),
                                                 ),
                                                 challenge: Some(challenge),
                                                 headers: parts.headers,
@@ -1836,7 +1890,6 @@ where
                                         {
                                             (Some(store), Some(id)) => {
                                                 let provider = verified.provider();
-                                                let ttl = shared.replay_ttl;
                                                 Some(match shared.record {
                                                     RecordDelivery::AfterSuccess => {
                                                         let key = replay_key(provider, id);
@@ -2023,10 +2076,13 @@ impl Future for Lookup {
         };
         let outcome = ready!(Pin::new(future).poll(cx));
         self.future = None;
-        if !matches!(outcome, Ok(true)) {
-            // Not ours: nothing to release.
-            if let Some(claim) = self.claim.take() {
-                claim.disown();
+        if let Some(claim) = self.claim.take() {
+            match &outcome {
+                // Ours: held until the answer.
+                Ok(true) => self.claim = Some(claim),
+                // Not ours: nothing to release.
+                Ok(false) => claim.disown(),
+                Err(_) => claim.abandon(),
             }
         }
         Poll::Ready(outcome)
@@ -2039,7 +2095,8 @@ impl Drop for Lookup {
             finish_detached(async move {
                 match future.await {
                     Ok(true) => drop(claim),
-                    _ => claim.disown(),
+                    Ok(false) => claim.disown(),
+                    Err(_) => claim.abandon(),
                 }
             });
         }
@@ -2061,6 +2118,25 @@ impl Claim {
     /// The store did not give us the id (another delivery holds it): nothing to release.
     fn disown(mut self) {
         self.key = None;
+    }
+
+    /// The store answered the claim with an error: it may have been carried out all the same
+    /// (the answer was lost, the store timed out after writing), and the delivery is refused
+    /// (503), so the provider delivers it again. A store that tracks claims is asked to release
+    /// it by its token, which leaves any other delivery's claim alone; without that, a
+    /// redelivery would be refused as a replay of itself until the claim expired. Another store
+    /// only has [`ReplayStore::remove`], which could forget a copy's record, so nothing is done.
+    fn abandon(mut self) {
+        if !self.store.tracks_claims() {
+            return self.disown();
+        }
+        if let Some(key) = self.key.take() {
+            drop(Detached(
+                Some(self.store.release(&key, self.token)),
+                &ABANDON_FAILED,
+                key,
+            ));
+        }
     }
 
     /// The delivery was handled: marks the id completed, through a future the caller awaits.
@@ -2105,18 +2181,28 @@ struct Detached(Option<ReplayFuture>, &'static Settle, String);
 struct Settle {
     /// The store failed.
     failed: &'static str,
-    /// The store answered `false`: the claim was no longer this delivery's.
-    lost: &'static str,
+    /// The store answered `false`: the claim was no longer this delivery's (`None`: nothing to
+    /// say, the claim may never have been taken).
+    lost: Option<&'static str>,
 }
 
 const COMPLETE_FAILED: Settle = Settle {
     failed: "could not mark a delivery id as handled; copies of it will be refused instead of acknowledged until it expires",
-    lost: "the claim on a delivery id was gone when its handler finished (it expired: is claim_ttl shorter than the handler?), and another delivery of the id holds a claim or was handled: it may have been processed more than once",
+    lost: Some(
+        "the claim on a delivery id was gone when its handler finished (it expired: is claim_ttl shorter than the handler?), and another delivery of the id holds a claim or was handled: it may have been processed more than once",
+    ),
 };
 
 const RELEASE_FAILED: Settle = Settle {
     failed: "could not release a delivery id after a failed or abandoned delivery; a redelivery will be treated as a replay until it expires",
-    lost: "the claim on a delivery id was gone when its delivery failed (it expired: is claim_ttl shorter than the handler?, or the store evicted it); another delivery of the id may hold it now, and is left alone",
+    lost: Some(
+        "the claim on a delivery id was gone when its delivery failed (it expired: is claim_ttl shorter than the handler?, or the store evicted it); another delivery of the id may hold it now, and is left alone",
+    ),
+};
+
+const ABANDON_FAILED: Settle = Settle {
+    failed: "could not release a delivery id whose claim the replay store answered with an error; if the store recorded the claim, a redelivery will be treated as a replay until it expires",
+    lost: None,
 };
 
 impl Future for Detached {
@@ -2144,7 +2230,11 @@ impl Settle {
     fn log(&self, provider: Option<&str>, delivery: &str, outcome: Result<bool, BoxError>) {
         match outcome {
             Ok(true) => {}
-            Ok(false) => tracing::warn!(provider, delivery, "{}", self.lost),
+            Ok(false) => {
+                if let Some(lost) = self.lost {
+                    tracing::warn!(provider, delivery, "{}", lost)
+                }
+            }
             Err(err) => tracing::error!(provider, delivery, error = %err, "{}", self.failed),
         }
     }

@@ -63,9 +63,11 @@
 //! [`timestamp_tolerance`](SignatureLayer::timestamp_tolerance) (default 300 s) of the
 //! [`Clock`]: strict digits (strict RFC 3339 for Twitch), compared without overflow.
 //!
-//! Delivery ids are recorded in a [`ReplayStore`] for [`replay_ttl`](SignatureLayer::replay_ttl)
-//! (default 24 h): a bounded [`MemoryReplayStore`] by default, `RedisReplayStore` (feature
-//! `redis`) to share it between replicas. A second delivery with the same id gets, by
+//! Delivery ids are recorded in a [`ReplayStore`]: a bounded [`MemoryReplayStore`] by default,
+//! `RedisReplayStore` (feature `redis`) to share it between replicas. An id is remembered for
+//! [`replay_ttl`](SignatureLayer::replay_ttl) (default 24 h) and, where a timestamp is signed,
+//! at least until that timestamp has left the window: a copy is refused as a replay or as
+//! stale, never let through in between. A second delivery with the same id gets, by
 //! [`on_replay`](SignatureLayer::on_replay):
 //!
 //! - [`OnReplay::Reject`] (default): 409 with a `replayed-delivery` problem;
@@ -77,7 +79,11 @@
 //! it again unless that answered 2xx, so a provider's retry or redelivery of a failed delivery
 //! (GitHub reuses the delivery id) is processed. A claim lasts at most
 //! [`claim_ttl`](SignatureLayer::claim_ttl) (default 5 minutes), so one left by a process that
-//! died is not held for the whole `replay_ttl`. [`RecordDelivery::AfterVerification`] records it
+//! died is not held for the whole `replay_ttl`. A claim the store answers with an error (the
+//! delivery gets 503) is released again, in case the store took it all the same, so the retry
+//! is processed (stores that [track claims](ReplayStore::tracks_claims)). A `replay_ttl` or
+//! `claim_ttl` under a millisecond is refused (a panic when set, as a non-2xx
+//! [`OnReplay::Acknowledge`]). [`RecordDelivery::AfterVerification`] records the id
 //! for good as soon as the signature is valid (at most once, even if the handler fails). Ids are
 //! namespaced by provider.
 //!

@@ -69,6 +69,11 @@ pub trait ReplayStore: Send + Sync + 'static {
     /// [`release`](ReplayStore::release) with the same token act on it. A handler that outlives
     /// its claim cannot then settle the claim another delivery of the id took after it expired.
     ///
+    /// When it resolves to an error, the layer refuses the delivery (503) and, for a store that
+    /// [tracks claims](ReplayStore::tracks_claims), calls `release` with the same token, in case
+    /// the claim was recorded all the same (an answer lost on the way back): `release` then
+    /// answers `false` for a claim that was never taken.
+    ///
     /// The default is `insert`: a store that does not tell claims from completed deliveries
     /// reports every recorded key as completed.
     fn claim(&self, key: &str, token: ClaimToken, ttl: Duration) -> ReplayFuture {
