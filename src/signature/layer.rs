@@ -2061,7 +2061,8 @@ where
 
 /// The replay store's answer for a delivery id. In [`RecordDelivery::AfterSuccess`] mode it
 /// carries the claim, so that a lookup dropped before it resolves (the client went away) is
-/// finished without its owner and a won claim released.
+/// finished without its owner and a won claim released (as one the store answered with an error
+/// is, see [`Claim::abandon`]).
 struct Lookup {
     future: Option<ReplayFuture>,
     claim: Option<Claim>,
