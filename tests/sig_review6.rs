@@ -281,3 +281,38 @@ async fn without_a_signed_timestamp_the_replay_ttl_is_kept() {
         StatusCode::OK
     );
 }
+
+/// An outer length limit whose error reaches the layer inside an `io::Error` (a body read
+/// through `AsyncRead`, as a decompression layer does, or mapped with `io::Error::other`) is
+/// still a body over the limit, 413, not a malformed delivery: `io::Error::source` skips the
+/// error it wraps, so the layer looks inside.
+#[tokio::test]
+async fn a_length_limit_inside_an_io_error_is_413() {
+    use http_body_util::{BodyExt, Limited};
+    use tower_webhook::error::types;
+
+    let limit = Limited::new(Full::new(Bytes::from_static(GH_BODY)), 4)
+        .collect()
+        .await
+        .unwrap_err();
+    assert!(limit.is::<http_body_util::LengthLimitError>());
+    let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+        Ok(Bytes::from_static(&GH_BODY[..4])),
+        Err(std::io::Error::other(limit)),
+    ];
+    let body = axum::body::Body::from_stream(futures_util::stream::iter(chunks));
+    let req = Request::post("/github")
+        .header("x-hub-signature-256", GH_SIG)
+        .body(body)
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(SignatureLayer::github(GH_SECRET).unwrap())
+        .service_fn(|_: Request<axum::body::Body>| async {
+            Ok::<_, Infallible>(Response::new(Full::<Bytes>::default()))
+        });
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(problem["type"], types::PAYLOAD_TOO_LARGE);
+}

@@ -73,7 +73,7 @@
 //! # }
 //! ```
 
-mod classify;
+pub(crate) mod classify;
 mod grpc;
 mod layer;
 mod problem;

@@ -68,7 +68,7 @@ pub enum SignatureValidationError {
         limit: u64,
     },
     /// Reading the request body failed (413 when an outer length limit stopped it, 408 when an
-    /// outer body timeout did, else 400).
+    /// outer body timeout did, else 400; also when that error arrives inside an `io::Error`).
     #[error("could not read the request body")]
     Body(#[source] crate::BoxError),
     /// The delivery is authentic but lacks what the layer needs (e.g. a delivery id).
@@ -101,8 +101,10 @@ impl SignatureValidationError {
         let Self::Body(source) = self else {
             return None;
         };
-        // Bounded: a broken `Error` impl can make the chain a cycle.
-        for err in crate::error_chain::sources(source.as_ref()) {
+        // As the error layer walks it: bounded (a broken `Error` impl can make the chain a
+        // cycle), and an `io::Error` made from another error (`io::Error::other(e)`, a body read
+        // through `AsyncRead`) stands for that error, which its `source()` skips.
+        for err in crate::error::classify::chain(source.as_ref()) {
             if err.is::<http_body_util::LengthLimitError>() {
                 return Some(BodyFailure::OverLimit);
             }
