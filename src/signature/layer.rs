@@ -93,7 +93,9 @@ pub const DEFAULT_CLAIM_TTL: Duration = Duration::from_secs(5 * 60);
 /// With axum, extract it in a handler (`Extension<VerifiedWebhook>`, or the type itself with the
 /// `axum` feature). See the [module docs](super) for replay handling: a handler only ever sees
 /// a delivery id once (within the replay TTL), unless [`RecordDelivery::AfterSuccess`] released
-/// it after a failure. A duplicate gets 409 by default; with
+/// it after a failure, its claim expired while the handler ran (see
+/// [`claim_ttl`](SignatureLayer::claim_ttl)), or a full [`MemoryReplayStore`] forgot it to make
+/// room for newer ids. A duplicate gets 409 by default; with
 /// [`OnReplay::Acknowledge`]`(StatusCode::OK)` (or `ACCEPTED`) it gets an empty 2xx instead and the
 /// handler is not called, so providers stop redelivering and nothing is processed twice.
 ///
