@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::Upstream;
@@ -45,10 +46,9 @@ pub const BORE_CONTROL_PORT: u16 = 7835;
 pub const BORE_PUBLIC_SERVER: &str = "bore.pub";
 /// Largest frame bore sends or accepts.
 const MAX_FRAME: usize = 256;
-/// Time for a connection or a handshake message.
-const NETWORK_TIMEOUT: Duration = Duration::from_secs(3);
-/// Wait for an authentication challenge.
-const CHALLENGE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The part of the startup timeout kept for the round-trip probe, as a divisor: connecting,
+/// authenticating and the server's `Hello` answer share the rest.
+const PROBE_SHARE: u32 = 5;
 /// bore servers send a heartbeat every 500 ms; silence this long means the server is gone.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(8);
 /// The most public connections one bore tunnel proxies at a time.
@@ -261,7 +261,11 @@ impl Bore {
         self
     }
 
-    /// The hard startup limit (default 10 s).
+    /// The hard startup limit (default 10 s), covering the control connection and the probe.
+    /// Connecting to the server, authenticating and its `Hello` answer share it, all but a
+    /// fifth kept for the round-trip probe, so a slow server is waited for as long as it allows,
+    /// and one that does not answer fails with its own reason within it. Each public
+    /// connection's connection back to the server and its authentication get the whole of it.
     ///
     /// # Example
     ///
@@ -278,13 +282,18 @@ impl Bore {
     }
 
     async fn open_control(&self) -> Result<(Frames, u16), BoxError> {
-        let stream = connect(&self.server, self.control_port, NETWORK_TIMEOUT).await?;
+        // Within the startup timeout, all but the part kept for the probe: a slow server is
+        // waited for as long as the configuration allows, and one that does not answer in a
+        // short startup timeout fails with its own reason before the chain cuts the attempt off.
+        let limit = self.startup_timeout - self.startup_timeout / PROBE_SHARE;
+        let deadline = super::time::deadline(Instant::now(), limit);
+        let stream = connect(&self.server, self.control_port, left(deadline)).await?;
         let mut control = Frames::new(stream);
-        handshake(&mut control, self.secret.as_deref()).await?;
+        handshake(&mut control, self.secret.as_deref(), deadline).await?;
         control
             .send(&ClientMessage::Hello(self.remote_port))
             .await?;
-        let port = match control.recv_timeout().await? {
+        let port = match control.recv_until(deadline).await? {
             Some(ServerMessage::Hello(port)) => port,
             Some(ServerMessage::Error(message)) => {
                 let message = super::error::from_the_network(&message);
@@ -339,6 +348,7 @@ impl Provider for Bore {
                 server: self.server.clone(),
                 control_port: self.control_port,
                 secret: self.secret.clone(),
+                timeout: self.startup_timeout,
                 upstream,
             });
             Ok(Session::spawn(url, move |mut stop| async move {
@@ -415,14 +425,17 @@ struct AcceptConfig {
     server: String,
     control_port: u16,
     secret: Option<Arc<Secret>>,
+    /// The startup timeout, which bounds connecting and authenticating each connection too.
+    timeout: Duration,
     upstream: Upstream,
 }
 
 impl AcceptConfig {
     async fn accept(&self, id: Uuid) -> Result<(), BoxError> {
-        let stream = connect(&self.server, self.control_port, NETWORK_TIMEOUT).await?;
+        let deadline = super::time::deadline(Instant::now(), self.timeout);
+        let stream = connect(&self.server, self.control_port, left(deadline)).await?;
         let mut frames = Frames::new(stream);
-        handshake(&mut frames, self.secret.as_deref()).await?;
+        handshake(&mut frames, self.secret.as_deref(), deadline).await?;
         frames.send(&ClientMessage::Accept(id)).await?;
         let (stream, read_ahead) = frames.into_parts();
         if read_ahead.is_empty() {
@@ -436,16 +449,34 @@ impl AcceptConfig {
     }
 }
 
-async fn handshake(frames: &mut Frames, secret: Option<&Secret>) -> Result<(), BoxError> {
+/// The time left until `deadline` (a far-future timeout for none).
+fn left(deadline: Option<Instant>) -> Duration {
+    deadline.map_or(super::time::FAR_FUTURE, |deadline| {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1))
+    })
+}
+
+/// Answers the server's challenge, if a secret is set, before `deadline`. A server without a
+/// secret sends none and hangs up after its own 3 s wait for a first message, which is
+/// recognised by its close.
+async fn handshake(
+    frames: &mut Frames,
+    secret: Option<&Secret>,
+    deadline: Option<Instant>,
+) -> Result<(), BoxError> {
     let Some(secret) = secret else {
         return Ok(());
     };
-    // Shorter than the server's own 3 s wait for a first message, so a server without a secret
-    // is recognised before it hangs up.
-    match tokio::time::timeout(CHALLENGE_TIMEOUT, frames.recv()).await {
+    let wait = left(deadline);
+    match tokio::time::timeout(wait, frames.recv()).await {
         Ok(Ok(Some(ServerMessage::Challenge(challenge)))) => {
             frames
-                .send(&ClientMessage::Authenticate(answer(secret.expose(), &challenge)))
+                .send(&ClientMessage::Authenticate(answer(
+                    secret.expose(),
+                    &challenge,
+                )))
                 .await
         }
         Ok(Ok(Some(ServerMessage::Error(message)))) => {
@@ -461,10 +492,12 @@ async fn handshake(frames: &mut Frames, secret: Option<&Secret>) -> Result<(), B
                 .into(),
         ),
         Ok(Err(err)) => Err(err),
-        Err(_) => Err(
-            "the bore server sent no authentication challenge within 2 s: it has no secret, unset TUNNEL_SECRET"
-                .into(),
-        ),
+        Err(_) => Err(format!(
+            "the bore server sent no authentication challenge within {} ms: it may have no \
+             secret, unset TUNNEL_SECRET",
+            wait.as_millis()
+        )
+        .into()),
     }
 }
 
@@ -523,10 +556,17 @@ impl Frames {
         }
     }
 
-    async fn recv_timeout(&mut self) -> Result<Option<ServerMessage>, BoxError> {
-        tokio::time::timeout(NETWORK_TIMEOUT, self.recv())
-            .await
-            .map_err(|_| "no answer from the bore server within 3 s")?
+    async fn recv_until(
+        &mut self,
+        deadline: Option<Instant>,
+    ) -> Result<Option<ServerMessage>, BoxError> {
+        let wait = left(deadline);
+        tokio::time::timeout(wait, self.recv()).await.map_err(|_| {
+            format!(
+                "no answer from the bore server within {} ms",
+                wait.as_millis()
+            )
+        })?
     }
 
     fn into_parts(self) -> (TcpStream, BytesMut) {
