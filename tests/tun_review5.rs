@@ -3,20 +3,37 @@
 //! opens its pooled connections only to the server it registered with. bore's real server has a
 //! fixed control port, so each test running it has its own loopback address (127.0.5.x).
 
+#[path = "common/lt_fake.rs"]
+mod lt_fake;
 #[path = "tunnel/support.rs"]
 mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::{BoreServer, black_hole, get, hello_service};
+use lt_fake::{Pool, fake_server};
+use support::{BoreServer, black_hole, eventually, get, hello_service};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tower_webhook::tunnel::{Bore, Tunnel, TunnelError, Upstream};
+use tower_webhook::tunnel::{
+    BORE_MAX_CONNECTIONS, Bore, LocalTunnel, Tunnel, TunnelError, TunnelEvent, Upstream,
+};
 
 fn service() -> Upstream {
     Upstream::service(hello_service(Arc::new(AtomicUsize::new(0))))
+}
+
+/// The next event of `events` within `limit`.
+async fn next_event(
+    events: &mut tower_webhook::tunnel::TunnelEvents,
+    limit: Duration,
+) -> TunnelEvent {
+    tokio::time::timeout(limit, events.next())
+        .await
+        .expect("no tunnel event in time")
+        .expect("the tunnel closed")
 }
 
 /// A TCP proxy on loopback to `target` that holds back what the server sends on the first
@@ -106,4 +123,156 @@ async fn a_silent_bore_server_fails_with_its_reason_within_a_short_startup_timeo
             attempts[0].reason
         );
     }
+}
+
+async fn read_frame(stream: &mut TcpStream) -> Option<serde_json::Value> {
+    let mut frame = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        if stream.read(&mut byte).await.ok()? == 0 {
+            return None;
+        }
+        if byte[0] == 0 {
+            return serde_json::from_slice(&frame).ok();
+        }
+        frame.push(byte[0]);
+    }
+}
+
+async fn write_frame(stream: &mut TcpStream, value: serde_json::Value) -> std::io::Result<()> {
+    let mut bytes = serde_json::to_vec(&value).unwrap();
+    bytes.push(0);
+    stream.write_all(&bytes).await
+}
+
+/// A bore control port driven by the test: each connection that says `Hello` is a control
+/// connection, answered `Hello(1)` and handed to the test, which writes `Connection` messages;
+/// each connection that says `Accept(id)` is counted and held open.
+struct ScriptedBore {
+    control_port: u16,
+    controls: tokio::sync::mpsc::UnboundedReceiver<TcpStream>,
+    accepts: Arc<AtomicUsize>,
+    held: Arc<Mutex<Vec<TcpStream>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ScriptedBore {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ScriptedBore {
+    async fn start() -> Self {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let control_port = listener.local_addr().unwrap().port();
+        let (control_tx, controls) = tokio::sync::mpsc::unbounded_channel();
+        let accepts = Arc::new(AtomicUsize::new(0));
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let (counted, holding) = (Arc::clone(&accepts), Arc::clone(&held));
+        let task = tokio::spawn(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let (counted, holding) = (Arc::clone(&counted), Arc::clone(&holding));
+                let control_tx = control_tx.clone();
+                tasks.spawn(async move {
+                    let frame = read_frame(&mut stream).await;
+                    if frame.as_ref().is_some_and(|f| f.get("Hello").is_some()) {
+                        let hello = serde_json::json!({ "Hello": 1 });
+                        if write_frame(&mut stream, hello).await.is_ok() {
+                            let _ = control_tx.send(stream);
+                        }
+                    } else if frame.as_ref().is_some_and(|f| f.get("Accept").is_some()) {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        holding.lock().unwrap().push(stream);
+                    }
+                });
+            }
+        });
+        Self {
+            control_port,
+            controls,
+            accepts,
+            held,
+            task,
+        }
+    }
+
+    async fn next_control(&mut self) -> TcpStream {
+        tokio::time::timeout(Duration::from_secs(10), self.controls.recv())
+            .await
+            .expect("no control connection in time")
+            .unwrap()
+    }
+
+    fn accepts(&self) -> usize {
+        self.accepts.load(Ordering::SeqCst)
+    }
+}
+
+async fn announce(control: &mut TcpStream, connections: usize) {
+    for _ in 0..connections {
+        let id = uuid::Uuid::new_v4().to_string();
+        write_frame(control, serde_json::json!({ "Connection": id }))
+            .await
+            .unwrap();
+    }
+}
+
+/// The public connections still open when the control connection drops keep going, and still
+/// count toward `BORE_MAX_CONNECTIONS` in the re-opened session: the client never carries more
+/// than the cap at once, however often the server drops the control connection.
+#[tokio::test]
+async fn the_bore_connection_cap_holds_across_re_opened_sessions() {
+    let mut server = ScriptedBore::start().await;
+    let handle = Tunnel::builder()
+        .provider(
+            Bore::new()
+                .server("127.0.0.1")
+                .control_port(server.control_port),
+        )
+        .probe(false)
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(10))
+        .start(service())
+        .await
+        .unwrap();
+    let mut events = handle.events();
+    let mut control = server.next_control().await;
+    announce(&mut control, BORE_MAX_CONNECTIONS).await;
+    assert!(
+        eventually(Duration::from_secs(10), || server.accepts()
+            >= BORE_MAX_CONNECTIONS)
+        .await,
+        "only {} connections opened",
+        server.accepts()
+    );
+
+    // The server drops the control connection; the public connections stay open.
+    drop(control);
+    let down = next_event(&mut events, Duration::from_secs(10)).await;
+    assert!(matches!(down, TunnelEvent::Down { .. }), "{down:?}");
+    let mut control = server.next_control().await;
+    let up = next_event(&mut events, Duration::from_secs(10)).await;
+    assert!(up.is_up(), "{up:?}");
+
+    // The new session is at the cap already: these are not accepted.
+    announce(&mut control, 50).await;
+    // One connection of the first session ends: its place is free for one more. Messages are
+    // handled in order, so once a new connection arrives, the 50 above were handled.
+    server.held.lock().unwrap().pop();
+    let more = async {
+        while server.accepts() == BORE_MAX_CONNECTIONS {
+            announce(&mut control, 1).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), more)
+        .await
+        .expect("the freed place was not used");
+    assert_eq!(
+        server.accepts(),
+        BORE_MAX_CONNECTIONS + 1,
+        "connections beyond the cap were opened after the re-open"
+    );
+    handle.close().await;
 }

@@ -1,7 +1,7 @@
 //! The bore provider: a native client of bore's control protocol.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -54,7 +55,8 @@ const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(8);
 /// The most public connections one bore tunnel proxies at a time.
 ///
 /// Each `Connection` message of the server opens a TCP connection back to it; past this many
-/// open at once, a new one is not opened (the server drops it after its own wait, as if nobody
+/// open at once (those kept from an earlier session of the same tunnel, whose control connection
+/// was lost, included), a new one is not opened (the server drops it after its own wait, as if nobody
 /// had accepted it) and a warning is logged, so a broken or hostile server cannot make the client
 /// open connections without bound.
 ///
@@ -121,6 +123,43 @@ pub struct Bore {
     secret: Option<Arc<Secret>>,
     remote_port: u16,
     startup_timeout: Duration,
+    /// The connection places of each open tunnel of this provider (and its clones): the
+    /// sessions of one tunnel share them, so that connections which outlived a lost control
+    /// connection still count in the re-opened session.
+    places: Arc<Mutex<Vec<Places>>>,
+}
+
+/// The places for [`BORE_MAX_CONNECTIONS`] connections of one tunnel.
+struct Places {
+    /// The tunnel ([`Upstream::tunnel_scope`]); its entry goes once it is closed.
+    tunnel: watch::Receiver<()>,
+    places: Arc<Semaphore>,
+}
+
+/// The places of the tunnel `upstream` serves, shared by all its sessions; new ones for an
+/// upstream of no tunnel.
+fn places_for(registry: &Mutex<Vec<Places>>, upstream: &Upstream) -> Arc<Semaphore> {
+    let new = || Arc::new(Semaphore::new(BORE_MAX_CONNECTIONS));
+    let Some(tunnel) = upstream.tunnel_scope() else {
+        return new();
+    };
+    let mut registry = registry
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    // Those of closed tunnels are forgotten (their connections have ended with them).
+    registry.retain(|entry| matches!(entry.tunnel.has_changed(), Ok(false)));
+    if let Some(entry) = registry
+        .iter()
+        .find(|entry| entry.tunnel.same_channel(&tunnel))
+    {
+        return Arc::clone(&entry.places);
+    }
+    let places = new();
+    registry.push(Places {
+        tunnel,
+        places: Arc::clone(&places),
+    });
+    places
 }
 
 impl fmt::Debug for Bore {
@@ -162,6 +201,7 @@ impl Bore {
             secret: None,
             remote_port: 0,
             startup_timeout: Duration::from_secs(10),
+            places: Arc::default(),
         }
     }
 
@@ -343,6 +383,7 @@ impl Provider for Bore {
         Box::pin(async move {
             let (control, port) = self.open_control().await?;
             let url = format!("http://{}:{port}", host_for_url(&self.server));
+            let places = places_for(&self.places, &upstream);
             tracing::info!(%url, "bore tunnel open");
             let accept = Arc::new(AcceptConfig {
                 server: self.server.clone(),
@@ -375,25 +416,28 @@ impl Provider for Bore {
                                 Ok(Some(ServerMessage::Heartbeat)) => {}
                                 Ok(Some(ServerMessage::Connection(id))) => {
                                     while connections.try_join_next().is_some() {}
-                                    if connections.len() >= BORE_MAX_CONNECTIONS {
+                                    // Connections of this tunnel's earlier sessions that are
+                                    // still open hold places too.
+                                    let Ok(place) = Arc::clone(&places).try_acquire_owned() else {
                                         refused += 1;
                                         if refused == 1 {
                                             tracing::warn!(
                                                 %id,
-                                                open = connections.len(),
+                                                open = BORE_MAX_CONNECTIONS,
                                                 "bore connection not accepted: {BORE_MAX_CONNECTIONS} connections are open already"
                                             );
                                         } else {
                                             tracing::debug!(%id, refused, "bore connection not accepted: at the limit");
                                         }
                                         continue;
-                                    }
+                                    };
                                     if refused > 0 {
                                         tracing::info!(refused, "bore connections are accepted again");
                                         refused = 0;
                                     }
                                     let accept = Arc::clone(&accept);
                                     connections.spawn(async move {
+                                        let _place = place;
                                         if let Err(err) = accept.accept(id).await {
                                             tracing::warn!(%id, error = %super::error::chain(&*err), "bore connection failed");
                                         }
