@@ -276,3 +276,99 @@ async fn the_bore_connection_cap_holds_across_re_opened_sessions() {
     );
     handle.close().await;
 }
+
+/// A fake localtunnel server on 127.0.0.1 whose registration names `ip` as its address, and a
+/// listener on `decoy`'s address at the same port as its pool: the server's address, the
+/// number of connections the decoy got, and the server's task.
+async fn lt_naming(
+    ip: &str,
+    decoy: Ipv4Addr,
+) -> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let (port_tx, port_rx) = std::sync::mpsc::channel();
+    let ip = ip.to_owned();
+    let (addr, server) = fake_server(
+        move |api_port, pool_port| {
+            port_tx.send(pool_port).unwrap();
+            serde_json::json!({
+                "id": "named",
+                "port": pool_port,
+                "max_conn_count": 1,
+                "ip": ip,
+                "url": format!("http://named.localhost:{api_port}"),
+            })
+        },
+        Duration::ZERO,
+        Pool::KeepAll,
+    )
+    .await;
+    let pool_port = port_rx.recv().unwrap();
+    let decoy = TcpListener::bind((decoy, pool_port)).await.unwrap();
+    let reached = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&reached);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = decoy.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    (addr, reached, server)
+}
+
+/// The address a localtunnel server names in its registration answer (`ip`) is where the client
+/// would connect and answer requests: one that is not an address of the server's host (here
+/// another loopback address, where something else listens on the same port), or no IP address
+/// at all, is ignored, and the pool connects to the server's host.
+#[tokio::test]
+async fn a_localtunnel_registration_cannot_send_the_pool_elsewhere() {
+    for (n, named) in ["127.0.5.9", "127.0.5.9\r\nforged", "0.0.0.0"]
+        .into_iter()
+        .enumerate()
+    {
+        let (addr, reached, server) = lt_naming(named, Ipv4Addr::new(127, 0, 5, 9)).await;
+        let handle = Tunnel::builder()
+            .probe(false)
+            .provider(
+                LocalTunnel::new()
+                    .server(format!("http://{addr}"))
+                    .subdomain("named")
+                    .unwrap(),
+            )
+            .start(service())
+            .await
+            .unwrap_or_else(|err| panic!("{named:?}: {err}"));
+        assert!(handle.status().is_up());
+        assert_eq!(
+            reached.load(Ordering::SeqCst),
+            0,
+            "case {n}: the pool connected to the address the server named"
+        );
+        handle.close().await;
+        server.abort();
+    }
+}
+
+/// With `trust_registration_ip(true)`, the address the server names is used whatever it is (a
+/// server behind a load balancer whose backends name their own addresses).
+#[tokio::test]
+async fn a_trusted_localtunnel_registration_ip_is_used() {
+    let (addr, reached, server) = lt_naming("127.0.5.10", Ipv4Addr::new(127, 0, 5, 10)).await;
+    let handle = Tunnel::builder()
+        .probe(false)
+        .provider(
+            LocalTunnel::new()
+                .server(format!("http://{addr}"))
+                .subdomain("named")
+                .unwrap()
+                .trust_registration_ip(true),
+        )
+        .start(service())
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+    assert!(
+        eventually(Duration::from_secs(5), || reached.load(Ordering::SeqCst) >= 1).await,
+        "the pool did not connect to the named address"
+    );
+    handle.close().await;
+    server.abort();
+}

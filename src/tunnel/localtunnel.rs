@@ -63,7 +63,10 @@ struct Registration {
 /// The registration goes over TLS when the server is an `https://` URL (as the public
 /// server is), verifying the server's certificate against [`TlsRoots`] (the Mozilla root set
 /// by default; add a private CA with [`root_certificate`](Self::root_certificate)). The pooled
-/// connections to the assigned port are plain TCP, as in the protocol.
+/// connections to the assigned port are plain TCP, as in the protocol. They go to the server's
+/// host, or to the address the registration answer names (`ip`) only when that is one of the
+/// host's own addresses: a server cannot send the client's connections elsewhere (see
+/// [`trust_registration_ip`](Self::trust_registration_ip)).
 ///
 /// # Example
 ///
@@ -90,6 +93,7 @@ pub struct LocalTunnel {
     subdomain: Option<String>,
     max_connections: usize,
     startup_timeout: Duration,
+    trust_registration_ip: bool,
     tls: TlsRoots,
     /// The subdomains of this provider's tunnels that ended, most recent last, asked for again
     /// when a tunnel re-opens. A tunnel's name joins them only when its session ends (or its
@@ -204,6 +208,7 @@ impl LocalTunnel {
             subdomain: None,
             max_connections: 10,
             startup_timeout: Duration::from_secs(10),
+            trust_registration_ip: false,
             tls: TlsRoots::new(),
             ended: Arc::default(),
         }
@@ -349,6 +354,33 @@ impl LocalTunnel {
     /// ```
     pub fn startup_timeout(mut self, timeout: Duration) -> Self {
         self.startup_timeout = timeout;
+        self
+    }
+
+    /// Opens the pooled connections to whatever IP address the server names in its
+    /// registration answer (`ip`), even one that is not an address of the server's host
+    /// (default `false`). Use it for a self-hosted server behind a load balancer whose
+    /// backends name their own addresses, and only for a server you trust: the address the
+    /// server names is where the client then connects and answers requests.
+    ///
+    /// By default a named address is used only when the server's host resolves to it (a host
+    /// with several addresses, as the public server may have: the connections then reach the
+    /// machine that registered the tunnel); any other answer is ignored with a warning, and
+    /// the connections go to the server's host. An answer that is no IP address, or one that
+    /// cannot be connected to (unspecified, multicast, broadcast), is ignored either way.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::LocalTunnel;
+    ///
+    /// let lt = LocalTunnel::new()
+    ///     .server("http://lt.internal")
+    ///     .trust_registration_ip(true);
+    /// assert!(format!("{lt:?}").contains("trust_registration_ip: true"));
+    /// ```
+    pub fn trust_registration_ip(mut self, trust: bool) -> Self {
+        self.trust_registration_ip = trust;
         self
     }
 
@@ -529,13 +561,26 @@ impl Provider for LocalTunnel {
                 .into());
             }
             let url = public_url(&url, &base);
-            let host = registration.ip.unwrap_or_else(|| base.host.clone());
+            let (host, ignored) = pool_host(
+                registration.ip.as_deref(),
+                &base,
+                self.trust_registration_ip,
+            )
+            .await;
             let size = registration
                 .max_conn_count
                 .unwrap_or(1)
                 .clamp(1, self.max_connections);
             // One connection must work before the tunnel counts as open.
-            let first = connect(&host, port, CONNECT_TIMEOUT).await?;
+            let first = match connect(&host, port, CONNECT_TIMEOUT).await {
+                Ok(first) => first,
+                Err(err) => {
+                    return Err(match ignored {
+                        Some(ignored) => format!("{err} ({ignored})").into(),
+                        None => err.into(),
+                    });
+                }
+            };
             let shown_id = super::error::from_the_network(&id);
             tracing::info!(%url, id = %shown_id, connections = size, "localtunnel open");
             Ok(Session::spawn(url, move |mut stop| async move {
@@ -574,6 +619,57 @@ impl Provider for LocalTunnel {
                 }
             }))
         })
+    }
+}
+
+/// The host to open the pooled connections to: the address the registration answer names
+/// (`ip`) when it is one of the server host's own addresses, or whatever IP address it is when
+/// `trusted`; else the server's host. The second value, when the named address was ignored,
+/// says so (for the error when the server's host cannot be reached instead).
+async fn pool_host(named: Option<&str>, base: &BaseUrl, trusted: bool) -> (String, Option<String>) {
+    let Some(named) = named else {
+        return (base.host.clone(), None);
+    };
+    let shown = super::error::from_the_network(named);
+    let host = super::http::host_for_url(&base.host);
+    let ignored = |why: &str| {
+        tracing::warn!(
+            named = %shown,
+            server = %host,
+            "the localtunnel server named an address for its connections that {why}: ignored, \
+             connecting to the server's host"
+        );
+        let note = format!(
+            "the server named {shown} for its connections, which {why}: ignored; see \
+             LocalTunnel::trust_registration_ip"
+        );
+        (base.host.clone(), Some(note))
+    };
+    let Ok(ip) = named.parse::<std::net::IpAddr>() else {
+        return ignored("is no IP address");
+    };
+    let ip = ip.to_canonical();
+    let broadcast = matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+    if ip.is_unspecified() || ip.is_multicast() || broadcast {
+        return ignored("cannot be connected to");
+    }
+    if trusted
+        || base
+            .host
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(|own| own.to_canonical())
+            == Some(ip)
+    {
+        return (ip.to_string(), None);
+    }
+    let resolved =
+        tokio::time::timeout(CONNECT_TIMEOUT, super::http::resolve(&base.host, base.port)).await;
+    match resolved {
+        Ok(Ok(addrs)) if addrs.iter().any(|addr| addr.ip().to_canonical() == ip) => {
+            (ip.to_string(), None)
+        }
+        _ => ignored("is not an address of the server's host"),
     }
 }
 
