@@ -366,7 +366,9 @@ async fn a_trusted_localtunnel_registration_ip_is_used() {
         .await
         .unwrap_or_else(|err| panic!("{err}"));
     assert!(
-        eventually(Duration::from_secs(5), || reached.load(Ordering::SeqCst) >= 1).await,
+        eventually(Duration::from_secs(5), || reached.load(Ordering::SeqCst)
+            >= 1)
+        .await,
         "the pool did not connect to the named address"
     );
     handle.close().await;

@@ -531,7 +531,7 @@ async fn handshake(
             Err(format!("expected an authentication challenge, got {other:?}").into())
         }
         Ok(Ok(None)) => Err(
-            "the bore server closed the connection without an authentication challenge: \
+            "the bore server closed the connection with no authentication challenge: \
              it may have no secret, unset TUNNEL_SECRET"
                 .into(),
         ),
