@@ -374,3 +374,28 @@ async fn a_trusted_localtunnel_registration_ip_is_used() {
     handle.close().await;
     server.abort();
 }
+
+/// A localtunnel server that never answers the registration, with a startup timeout shorter
+/// than 3 s, fails the attempt with its own reason (no answer) within that timeout, instead of
+/// the bare "did not start" of the chain cutting off a registration wait of at least 3 s.
+#[tokio::test]
+async fn a_silent_localtunnel_server_fails_with_its_reason_within_a_short_startup_timeout() {
+    let silent = black_hole().await;
+    let err = Tunnel::builder()
+        .provider(
+            LocalTunnel::new()
+                .server(format!("http://{silent}"))
+                .startup_timeout(Duration::from_millis(800)),
+        )
+        .start(service())
+        .await
+        .unwrap_err();
+    let TunnelError::AllFailed { attempts } = err else {
+        panic!("{err}")
+    };
+    assert!(
+        attempts[0].reason.contains("got no answer"),
+        "{}",
+        attempts[0].reason
+    );
+}

@@ -32,7 +32,14 @@ const MAX_POOL: usize = 32;
 /// A pool slot that fails to reconnect this many times in a row declares the server lost.
 const RECONNECT_ATTEMPTS: u32 = 5;
 const RECONNECT_DELAY: Duration = Duration::from_millis(400);
+/// The least time a pooled connection is given to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long each pooled connection is given to connect: 3 s, or a quarter of the startup
+/// timeout when that is longer (a server at the end of a slow link).
+fn pool_connect_timeout(startup: Duration) -> Duration {
+    CONNECT_TIMEOUT.max(startup / 4)
+}
 
 #[derive(Debug, Deserialize)]
 struct Registration {
@@ -340,8 +347,10 @@ impl LocalTunnel {
     }
 
     /// The hard startup limit (default 10 s), covering registration, first connection and
-    /// probe. A slow server's registration answer is waited for within it, all but the 3 s
-    /// kept for the first pooled connection (at least 3 s).
+    /// probe. A slow server's registration answer is waited for within it, all but the time
+    /// kept for the first pooled connection: 3 s, or a quarter of the startup timeout when that
+    /// is longer, and at most half of it (so a short startup timeout still ends with the
+    /// server's own reason). Each pooled connection is given that 3 s or quarter to connect.
     ///
     /// # Example
     ///
@@ -529,11 +538,11 @@ impl Provider for LocalTunnel {
             };
             // The registration may take the startup timeout but the time kept for the first
             // pooled connection: a slow server is waited for, and one that never answers still
-            // fails with its own reason before the chain cuts the attempt off.
-            let limit = self
-                .startup_timeout
-                .saturating_sub(CONNECT_TIMEOUT)
-                .max(CONNECT_TIMEOUT);
+            // fails with its own reason before the chain cuts the attempt off, however short
+            // the startup timeout is.
+            let pool_connect = pool_connect_timeout(self.startup_timeout);
+            let kept = pool_connect.min(self.startup_timeout / 2);
+            let limit = self.startup_timeout - kept;
             let deadline = super::time::deadline(Instant::now(), limit);
             let registration = self.register(&base, reclaimed.name(), deadline).await?;
             let (Some(id), Some(port), Some(url)) =
@@ -565,6 +574,7 @@ impl Provider for LocalTunnel {
                 registration.ip.as_deref(),
                 &base,
                 self.trust_registration_ip,
+                kept,
             )
             .await;
             let size = registration
@@ -572,7 +582,7 @@ impl Provider for LocalTunnel {
                 .unwrap_or(1)
                 .clamp(1, self.max_connections);
             // One connection must work before the tunnel counts as open.
-            let first = match connect(&host, port, CONNECT_TIMEOUT).await {
+            let first = match connect(&host, port, kept).await {
                 Ok(first) => first,
                 Err(err) => {
                     return Err(match ignored {
@@ -590,7 +600,12 @@ impl Provider for LocalTunnel {
                 let live = Arc::new(AtomicUsize::new(0));
                 for _ in 0..size {
                     let (host, live) = (host.clone(), Arc::clone(&live));
-                    slots.spawn(slot(upstream.clone(), host, port, first.take(), live));
+                    slots.spawn(slot(
+                        upstream.clone(),
+                        (host, port, pool_connect),
+                        first.take(),
+                        live,
+                    ));
                 }
                 let mut given_up = 0;
                 loop {
@@ -626,7 +641,12 @@ impl Provider for LocalTunnel {
 /// (`ip`) when it is one of the server host's own addresses, or whatever IP address it is when
 /// `trusted`; else the server's host. The second value, when the named address was ignored,
 /// says so (for the error when the server's host cannot be reached instead).
-async fn pool_host(named: Option<&str>, base: &BaseUrl, trusted: bool) -> (String, Option<String>) {
+async fn pool_host(
+    named: Option<&str>,
+    base: &BaseUrl,
+    trusted: bool,
+    timeout: Duration,
+) -> (String, Option<String>) {
     let Some(named) = named else {
         return (base.host.clone(), None);
     };
@@ -663,8 +683,7 @@ async fn pool_host(named: Option<&str>, base: &BaseUrl, trusted: bool) -> (Strin
     {
         return (ip.to_string(), None);
     }
-    let resolved =
-        tokio::time::timeout(CONNECT_TIMEOUT, super::http::resolve(&base.host, base.port)).await;
+    let resolved = tokio::time::timeout(timeout, super::http::resolve(&base.host, base.port)).await;
     match resolved {
         Ok(Ok(addrs)) if addrs.iter().any(|addr| addr.ip().to_canonical() == ip) => {
             (ip.to_string(), None)
@@ -702,8 +721,7 @@ fn keep_alive(stream: &tokio::net::TcpStream) {
 /// counts the slots serving a connection), so that the pool shrinks to what the server accepts.
 async fn slot(
     upstream: Upstream,
-    host: String,
-    port: u16,
+    (host, port, connect_timeout): (String, u16, Duration),
     mut next: Option<tokio::net::TcpStream>,
     live: Arc<AtomicUsize>,
 ) -> Option<BoxError> {
@@ -718,7 +736,7 @@ async fn slot(
     loop {
         let stream = match next.take() {
             Some(stream) => stream,
-            None => match connect(&host, port, CONNECT_TIMEOUT).await {
+            None => match connect(&host, port, connect_timeout).await {
                 Ok(stream) => stream,
                 Err(err) => {
                     failures += 1;
