@@ -56,9 +56,9 @@ const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(8);
 ///
 /// Each `Connection` message of the server opens a TCP connection back to it; past this many
 /// open at once (those kept from an earlier session of the same tunnel, whose control connection
-/// was lost, included), a new one is not opened (the server drops it after its own wait, as if nobody
-/// had accepted it) and a warning is logged, so a broken or hostile server cannot make the client
-/// open connections without bound.
+/// was lost, included), a new one is not opened (the server drops it after its own wait, as if
+/// nobody had accepted it) and a warning is logged, so a broken or hostile server cannot make the
+/// client open connections without bound.
 ///
 /// # Example
 ///
