@@ -316,9 +316,9 @@ async fn lt_naming(
 }
 
 /// The address a localtunnel server names in its registration answer (`ip`) is where the client
-/// would connect and answer requests: one that is not an address of the server's host (here
-/// another loopback address, where something else listens on the same port), or no IP address
-/// at all, is ignored, and the pool connects to the server's host.
+/// would connect and answer requests: a non-public one that is not an address of the server's
+/// host (here another loopback address, where something else listens on the same port), or no
+/// IP address at all, is ignored, and the pool connects to the server's host.
 #[tokio::test]
 async fn a_localtunnel_registration_cannot_send_the_pool_elsewhere() {
     for (n, named) in ["127.0.5.9", "127.0.5.9\r\nforged", "0.0.0.0"]
@@ -349,7 +349,7 @@ async fn a_localtunnel_registration_cannot_send_the_pool_elsewhere() {
 }
 
 /// With `trust_registration_ip(true)`, the address the server names is used whatever it is (a
-/// server behind a load balancer whose backends name their own addresses).
+/// server on a private network whose backends name their private addresses).
 #[tokio::test]
 async fn a_trusted_localtunnel_registration_ip_is_used() {
     let (addr, reached, server) = lt_naming("127.0.5.10", Ipv4Addr::new(127, 0, 5, 10)).await;

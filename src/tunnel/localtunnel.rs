@@ -71,9 +71,9 @@ struct Registration {
 /// server is), verifying the server's certificate against [`TlsRoots`] (the Mozilla root set
 /// by default; add a private CA with [`root_certificate`](Self::root_certificate)). The pooled
 /// connections to the assigned port are plain TCP, as in the protocol. They go to the server's
-/// host, or to the address the registration answer names (`ip`) only when that is one of the
-/// host's own addresses: a server cannot send the client's connections elsewhere (see
-/// [`trust_registration_ip`](Self::trust_registration_ip)).
+/// host, or to the address the registration answer names (`ip`) when that is a public address
+/// or one of the host's own: a server cannot send the client's connections into this machine
+/// or its private network (see [`trust_registration_ip`](Self::trust_registration_ip)).
 ///
 /// # Example
 ///
@@ -367,16 +367,18 @@ impl LocalTunnel {
     }
 
     /// Opens the pooled connections to whatever IP address the server names in its
-    /// registration answer (`ip`), even one that is not an address of the server's host
-    /// (default `false`). Use it for a self-hosted server behind a load balancer whose
-    /// backends name their own addresses, and only for a server you trust: the address the
-    /// server names is where the client then connects and answers requests.
+    /// registration answer (`ip`), a private or loopback one included (default `false`). Use
+    /// it for a self-hosted server on a private network whose backends name their private
+    /// addresses, and only for a server you trust: the address the server names is where the
+    /// client then connects and answers requests.
     ///
-    /// By default a named address is used only when the server's host resolves to it (a host
-    /// with several addresses, as the public server may have: the connections then reach the
-    /// machine that registered the tunnel); any other answer is ignored with a warning, and
-    /// the connections go to the server's host. An answer that is no IP address, or one that
-    /// cannot be connected to (unspecified, multicast, broadcast), is ignored either way.
+    /// By default a named address is used when it is a public address (a server behind a
+    /// proxy, a CDN or a load balancer names the public address of the machine that holds the
+    /// tunnel's port) or one of the addresses the server's host resolves to. A loopback,
+    /// private, link-local or otherwise non-public address that is not one of the host's own
+    /// is ignored with a warning, and the connections go to the server's host: a server cannot
+    /// send them into this machine or its network. An answer that is no IP address, or one
+    /// that cannot be connected to (unspecified, multicast, broadcast), is ignored either way.
     ///
     /// # Example
     ///
@@ -638,9 +640,11 @@ impl Provider for LocalTunnel {
 }
 
 /// The host to open the pooled connections to: the address the registration answer names
-/// (`ip`) when it is one of the server host's own addresses, or whatever IP address it is when
-/// `trusted`; else the server's host. The second value, when the named address was ignored,
-/// says so (for the error when the server's host cannot be reached instead).
+/// (`ip`) when it is a public address (a server behind a proxy or a load balancer names the
+/// public address of the machine holding the tunnel's port) or one of the server host's own
+/// addresses, or whatever IP address it is when `trusted`; else the server's host. The second
+/// value, when the named address was ignored, says so (for the error when the server's host
+/// cannot be reached instead).
 async fn pool_host(
     named: Option<&str>,
     base: &BaseUrl,
@@ -673,14 +677,7 @@ async fn pool_host(
     if ip.is_unspecified() || ip.is_multicast() || broadcast {
         return ignored("cannot be connected to");
     }
-    if trusted
-        || base
-            .host
-            .parse::<std::net::IpAddr>()
-            .ok()
-            .map(|own| own.to_canonical())
-            == Some(ip)
-    {
+    if trusted || is_public(ip) {
         return (ip.to_string(), None);
     }
     let resolved = tokio::time::timeout(timeout, super::http::resolve(&base.host, base.port)).await;
@@ -688,7 +685,41 @@ async fn pool_host(
         Ok(Ok(addrs)) if addrs.iter().any(|addr| addr.ip().to_canonical() == ip) => {
             (ip.to_string(), None)
         }
-        _ => ignored("is not an address of the server's host"),
+        _ => ignored("is neither public nor an address of the server's host"),
+    }
+}
+
+/// Whether `ip` is a public unicast address: not loopback, private, shared (CGNAT), link-local,
+/// unique local, documentation, benchmarking or reserved space, where a server could otherwise
+/// send the client's connections into the client's own host or network.
+fn is_public(ip: std::net::IpAddr) -> bool {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            !(v4.is_unspecified()
+                || v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 192 && b == 0 && c == 0)
+                || (a == 198 && (18..20).contains(&b))
+                || a >= 240)
+        }
+        std::net::IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            !(v6.is_unspecified()
+                || v6.is_loopback()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || (first == 0x2001 && v6.segments()[1] == 0x0db8)
+                || first == 0x0100
+                || first == 0x0064)
+        }
     }
 }
 
@@ -820,6 +851,42 @@ mod tests {
             public_url("https://abcde.loca.lt/x/", &hosted),
             "https://abcde.loca.lt/x/"
         );
+    }
+
+    #[test]
+    fn public_addresses() {
+        for public in [
+            "1.1.1.1",
+            "193.34.76.44",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
+            assert!(super::is_public(public.parse().unwrap()), "{public}");
+        }
+        for inward in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "192.0.2.1",
+            "198.18.0.1",
+            "240.0.0.1",
+            "::1",
+            "::",
+            "fd00::1",
+            "fe80::1",
+            "ff02::1",
+            "2001:db8::1",
+            "::ffff:127.0.0.1",
+            "64:ff9b::7f00:1",
+        ] {
+            assert!(!super::is_public(inward.parse().unwrap()), "{inward}");
+        }
     }
 
     #[test]
