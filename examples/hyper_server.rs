@@ -6,7 +6,8 @@
 //! GITHUB_WEBHOOK_SECRET=s3cret cargo run --example hyper_server   # 127.0.0.1:3001 (ADDR)
 //! ```
 //!
-//! `GITHUB_WEBHOOK_SECRET` defaults to `development-secret` (with a warning: anyone who reads
+//! `GITHUB_WEBHOOK_SECRET` (spaces and line breaks around it are dropped, as a secret read from a
+//! file often ends with one) defaults to `development-secret` (with a warning: anyone who reads
 //! this can sign for it), `ADDR` to `127.0.0.1:3001`. It prints a signed `curl` command to try
 //! it with: 202 the first time, 409 when the same delivery id comes again (a replay). Ctrl-C or
 //! `SIGTERM` stops it gracefully: requests in flight are answered first (for up to 10 s).
@@ -53,13 +54,32 @@ async fn handle(req: Request<RequestBody>) -> Result<Response<Full<Bytes>>, BoxE
     Ok(res)
 }
 
+/// The webhook secret from `GITHUB_WEBHOOK_SECRET`'s value, trimmed (a secret read from a file
+/// often ends with a line break, which GitHub's copy has not: every delivery would be refused);
+/// the development secret when it is unset. One that is empty or not UTF-8 is an error naming
+/// the variable, not taken for unset.
+pub(crate) fn webhook_secret(value: Result<String, std::env::VarError>) -> Result<String, BoxError> {
+    match value {
+        Ok(secret) if secret.trim().is_empty() => {
+            Err("GITHUB_WEBHOOK_SECRET is set but empty: set it to the hook's secret, or unset it".into())
+        }
+        Ok(secret) => Ok(secret.trim().to_owned()),
+        Err(std::env::VarError::NotPresent) => {
+            tracing::warn!(
+                "GITHUB_WEBHOOK_SECRET is not set: using the public development secret"
+            );
+            Ok("development-secret".into())
+        }
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err("GITHUB_WEBHOOK_SECRET is set to a value that is not UTF-8".into())
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     tracing_subscriber::fmt().with_env_filter("info").init();
-    let secret = std::env::var("GITHUB_WEBHOOK_SECRET").unwrap_or_else(|_| {
-        tracing::warn!("GITHUB_WEBHOOK_SECRET is not set: using the public development secret");
-        "development-secret".into()
-    });
+    let secret = webhook_secret(std::env::var("GITHUB_WEBHOOK_SECRET"))?;
     let addr: SocketAddr = std::env::var("ADDR")
         .unwrap_or_else(|_| "127.0.0.1:3001".into())
         .parse()?;

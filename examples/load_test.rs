@@ -7,7 +7,7 @@
 //! load_test generate URL SECS CONNS [--status URL]
 //! ```
 //!
-//! The generator sends a mix of deliveries signed with `GITHUB_WEBHOOK_SECRET` (default
+//! The generator sends a mix of deliveries signed with `GITHUB_WEBHOOK_SECRET` (trimmed; default
 //! `load-test-secret`, which the servers use too when it is unset): 70 % valid
 //! (fresh delivery ids), 15 % with a bad signature, 15 % duplicates of an earlier valid one.
 //! It prints one JSON line with what it sent and what came back; with `--status` it also
@@ -33,8 +33,17 @@ use tower_webhook::signature::SignatureLayer;
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
+/// `GITHUB_WEBHOOK_SECRET`, trimmed as the other examples trim it (a secret read from a file
+/// often ends with a line break), or `load-test-secret` when it is unset or blank.
 fn secret() -> String {
-    std::env::var("GITHUB_WEBHOOK_SECRET").unwrap_or_else(|_| "load-test-secret".into())
+    secret_from(std::env::var("GITHUB_WEBHOOK_SECRET").ok())
+}
+
+pub(crate) fn secret_from(value: Option<String>) -> String {
+    match value.as_deref().map(str::trim) {
+        Some(secret) if !secret.is_empty() => secret.to_owned(),
+        _ => "load-test-secret".into(),
+    }
 }
 
 fn main() -> Result<(), BoxError> {
@@ -60,13 +69,27 @@ fn main() -> Result<(), BoxError> {
 // Servers
 
 async fn serve(mode: &str, addr: &str) -> Result<(), BoxError> {
-    let router = match mode {
+    let router = router(mode, &secret())?;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    println!("serving {mode} on {}", listener.local_addr()?);
+    axum::serve(listener, router).await?;
+    Ok(())
+}
+
+/// The server of `mode` (`layers` or `bare`), checking signatures made with `secret`.
+pub(crate) fn router(mode: &str, secret: &str) -> Result<Router, BoxError> {
+    Ok(match mode {
+        // The signature layer on the `POST` handler only: another method is answered `405` with
+        // `Allow: POST`, not `401` as a delivery badly signed.
         "layers" => Router::new()
-            .route("/hook", post(|| async { StatusCode::ACCEPTED }))
-            .route_layer(SignatureLayer::github(secret())?.without_replay_store())
+            .route(
+                "/hook",
+                post(|| async { StatusCode::ACCEPTED })
+                    .route_layer(SignatureLayer::github(secret.to_owned())?.without_replay_store()),
+            )
             .layer(WebhookErrorLayer::new()),
         "bare" => {
-            let key = HmacSha256::new_from_slice(secret().as_bytes())?;
+            let key = HmacSha256::new_from_slice(secret.as_bytes())?;
             Router::new().route(
                 "/hook",
                 post(move |headers: HeaderMap, body: Bytes| {
@@ -76,11 +99,7 @@ async fn serve(mode: &str, addr: &str) -> Result<(), BoxError> {
             )
         }
         other => return Err(format!("unknown server mode {other:?}").into()),
-    };
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    println!("serving {mode} on {}", listener.local_addr()?);
-    axum::serve(listener, router).await?;
-    Ok(())
+    })
 }
 
 /// What a careful hand-written handler does: parse the header, HMAC the body, compare in
@@ -133,7 +152,7 @@ fn payload(n: u64) -> Vec<u8> {
     .into_bytes()
 }
 
-fn sign(key: &HmacSha256, body: &[u8]) -> String {
+pub(crate) fn sign(key: &HmacSha256, body: &[u8]) -> String {
     let mut mac = key.clone();
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
