@@ -58,16 +58,17 @@ async fn handle(req: Request<RequestBody>) -> Result<Response<Full<Bytes>>, BoxE
 /// often ends with a line break, which GitHub's copy has not: every delivery would be refused);
 /// the development secret when it is unset. One that is empty or not UTF-8 is an error naming
 /// the variable, not taken for unset.
-pub(crate) fn webhook_secret(value: Result<String, std::env::VarError>) -> Result<String, BoxError> {
+pub(crate) fn webhook_secret(
+    value: Result<String, std::env::VarError>,
+) -> Result<String, BoxError> {
     match value {
-        Ok(secret) if secret.trim().is_empty() => {
-            Err("GITHUB_WEBHOOK_SECRET is set but empty: set it to the hook's secret, or unset it".into())
-        }
+        Ok(secret) if secret.trim().is_empty() => Err(
+            "GITHUB_WEBHOOK_SECRET is set but empty: set it to the hook's secret, or unset it"
+                .into(),
+        ),
         Ok(secret) => Ok(secret.trim().to_owned()),
         Err(std::env::VarError::NotPresent) => {
-            tracing::warn!(
-                "GITHUB_WEBHOOK_SECRET is not set: using the public development secret"
-            );
+            tracing::warn!("GITHUB_WEBHOOK_SECRET is not set: using the public development secret");
             Ok("development-secret".into())
         }
         Err(std::env::VarError::NotUnicode(_)) => {

@@ -146,6 +146,10 @@ pub(crate) struct ApiTarget {
     pub(crate) base_url: String,
     /// The API token (never logged).
     pub(crate) token: Option<String>,
+    /// With it, the token is sent as the password of HTTP Basic authentication, this the user
+    /// name (Bitbucket Cloud's `BITBUCKET_USERNAME`: the Atlassian account's email with an API
+    /// token, the Bitbucket username with an app password); without it, the provider's own way.
+    pub(crate) username: Option<String>,
 }
 
 impl std::fmt::Debug for ApiTarget {
@@ -153,6 +157,7 @@ impl std::fmt::Debug for ApiTarget {
         f.debug_struct("ApiTarget")
             .field("base_url", &self.base_url)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("username", &self.username)
             .finish()
     }
 }
@@ -394,11 +399,21 @@ impl Settings {
         for forge in Forge::ALL {
             if let Some(base_url) = lookup(forge.api_url_var()).filter(|u| !u.trim().is_empty()) {
                 let token = api_token(forge.token_var(), lookup(forge.token_var()))?;
+                let username = match forge {
+                    Forge::Bitbucket => {
+                        api_username("BITBUCKET_USERNAME", lookup("BITBUCKET_USERNAME"))?
+                    }
+                    _ => None,
+                };
+                if username.is_some() && token.is_none() {
+                    return Err("BITBUCKET_USERNAME is set without BITBUCKET_TOKEN: set BITBUCKET_TOKEN to the API token (or app password) that goes with it".into());
+                }
                 apis.insert(
                     forge,
                     ApiTarget {
                         base_url: api_base_url(forge.api_url_var(), &base_url)?,
                         token,
+                        username,
                     },
                 );
             }
@@ -503,6 +518,21 @@ fn api_token(name: &str, value: Option<String>) -> Result<Option<String>, String
         ));
     }
     Ok(Some(token))
+}
+
+/// The user name of setting `name` for HTTP Basic authentication, trimmed; `None` when unset or
+/// blank. One with a `:` (which would end the user name in the header) or a control character is
+/// an error naming the setting: every comment would be refused.
+fn api_username(name: &str, value: Option<String>) -> Result<Option<String>, String> {
+    let Some(username) = value.map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()) else {
+        return Ok(None);
+    };
+    if username.chars().any(|c| c == ':' || c.is_control()) {
+        return Err(format!(
+            "{name} holds a `:` or a control character, which no user name or email has: set it to the account's email (API token) or username (app password)"
+        ));
+    }
+    Ok(Some(username))
 }
 
 /// The base URL of setting `name`, without its trailing `/`: an `http` or `https` URL with a
@@ -1912,9 +1942,11 @@ async fn status(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 type Caller = tower::util::BoxCloneSyncService<reqwest::Request, reqwest::Response, BoxError>;
 
 /// Posts comments in the background, at most `COMMENTS_IN_FLIGHT_PER_PROVIDER` at once per
-/// provider. A comment that fails transiently (upstream 5xx or 429 after retries, connection
-/// error, open breaker) is tried again after the provider's or the breaker's delay or a capped
-/// backoff: comments are not lost, and an upstream that is down is not stormed. One that still
+/// provider. A comment refused transiently (upstream 503, 429 or 408 after retries, no
+/// connection made, open breaker) is tried again after the provider's or the breaker's delay or a
+/// capped backoff: comments are not lost, and an upstream that is down is not stormed. One whose
+/// failure may have come after the provider created it (another 5xx, a timeout, a connection
+/// lost once sent) is given up at once rather than posted twice. One that still
 /// fails after `COMMENT_MAX_ATTEMPTS` attempts, or would be tried again more than
 /// `COMMENT_MAX_AGE_SECS` after its delivery, is given up and counted as failed.
 async fn worker(
@@ -2126,6 +2158,7 @@ async fn post_comment(
             as_app = ApiTarget {
                 base_url: api.base_url.clone(),
                 token: Some(token),
+                username: None,
             };
             (&as_app, Some((id, tokens)))
         }
@@ -2176,8 +2209,10 @@ async fn post_comment(
                 attempted: true,
             }
         }
+        // Refused before it was acted on: unavailable (503), over a limit (429), the request
+        // not received whole (408). Sent again later.
         Ok((status, None, _))
-            if status.is_server_error()
+            if status == StatusCode::SERVICE_UNAVAILABLE
                 || status == StatusCode::TOO_MANY_REQUESTS
                 || status == StatusCode::REQUEST_TIMEOUT =>
         {
@@ -2206,6 +2241,14 @@ async fn post_comment(
                 attempted: true,
             }
         }
+        // Any other 5xx (500, 502, 504) may come after the provider created the comment: a
+        // gateway that timed out waiting for it, a failure after the write. Posted again, it
+        // could show twice, so it is not; the log names the delivery to send again by hand if
+        // the comment is missing.
+        Ok((status, None, _)) if status.is_server_error() => {
+            may_have_been_posted(state, job, &format!("status {}", status.as_u16()));
+            Outcome::Done
+        }
         Ok((status, None, _)) if status.is_redirection() => {
             tracing::error!(provider = forge, status = status.as_u16(), target = %job.comment.target, delivery = %job.delivery, "provider API answered the comment with a redirect, not followed: comment not posted; check {} (a URL the server sends elsewhere) and the token (a sign-in page)", job.forge.api_url_var());
             state
@@ -2232,16 +2275,57 @@ async fn post_comment(
                         attempted: false,
                     }
                 }
-                None => {
+                None if was_not_sent(err) => {
                     tracing::warn!(provider = forge, error = %err, "provider API unreachable; comment scheduled again");
                     Outcome::Later {
                         delay: None,
                         attempted: true,
                     }
                 }
+                // A timeout or a connection lost once the request was sent: the provider may
+                // have created the comment.
+                None => {
+                    may_have_been_posted(state, job, &err.to_string());
+                    Outcome::Done
+                }
             }
         }
     }
+}
+
+/// Gives up `job`'s comment after a failure that may have come after the provider created it
+/// (`why`): sending it again could post it twice.
+fn may_have_been_posted(state: &AppState, job: &Job, why: &str) {
+    tracing::error!(
+        provider = job.forge.name(),
+        target = %job.comment.target,
+        delivery = %job.delivery,
+        failure = why,
+        "comment not sent again: the provider failed after receiving it and may have posted it; if it is missing, deliver it again from the provider's webhook log"
+    );
+    state
+        .counters
+        .comments_failed
+        .fetch_add(1, Ordering::Relaxed);
+}
+
+/// Whether `err` was raised before the comment's request was sent: no connection could be made
+/// (refused, no route, a name that does not resolve). Nothing reached the provider, so the
+/// comment is sent again later.
+fn was_not_sent(err: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(err), |e| e.source()).any(|e| {
+        e.downcast_ref::<reqwest::Error>()
+            .is_some_and(reqwest::Error::is_connect)
+            || e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionRefused
+                        | std::io::ErrorKind::HostUnreachable
+                        | std::io::ErrorKind::NetworkUnreachable
+                        | std::io::ErrorKind::AddrNotAvailable
+                )
+            })
+    })
 }
 
 /// Whether `status` says that `forge` took the comment. Azure DevOps answers a token it does
@@ -2345,6 +2429,7 @@ fn app_request(
     let without_token = ApiTarget {
         base_url: api.base_url.clone(),
         token: None,
+        username: None,
     };
     let mut req = api_request(Forge::GitHub, &without_token, method, path, body)?;
     let mut value = HeaderValue::from_str(&format!(
@@ -2375,9 +2460,18 @@ fn api_request(
         http::header::ACCEPT,
         HeaderValue::from_static("application/json"),
     );
-    if let Some(token) = &api.token {
+    if let (Some(token), Some(username)) = (&api.token, &api.username) {
+        // Bitbucket Cloud's API tokens and app passwords: the password of Basic authentication.
+        use base64::Engine;
+        let credentials =
+            base64::engine::general_purpose::STANDARD.encode(format!("{username}:{token}"));
+        let mut v = HeaderValue::from_str(&format!("Basic {credentials}"))?;
+        v.set_sensitive(true);
+        headers.insert(http::header::AUTHORIZATION, v);
+    } else if let Some(token) = &api.token {
         let value = match forge {
-            // Bitbucket Data Center: an HTTP access token.
+            // Bitbucket Cloud without `BITBUCKET_USERNAME`: a repository, project or workspace
+            // access token. Bitbucket Data Center: an HTTP access token.
             Forge::GitHub | Forge::Bitbucket | Forge::BitbucketServer => {
                 format!("Bearer {token}")
             }

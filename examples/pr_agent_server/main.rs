@@ -13,7 +13,10 @@
 //! (comma-separated values are several secrets, for rotation), `GITHUB_API_URL` +
 //! `GITHUB_TOKEN` (and `GITLAB_`, `BITBUCKET_`, `BITBUCKET_SERVER_`, `GITEA_`, `AZURE_DEVOPS_`
 //! `API_URL` / `TOKEN`; an `https` API is reached over TLS, trusting the public roots and the
-//! system's), `CIRCUIT_BREAKER_FAILURE_THRESHOLD` (at least 1, default 5), `CIRCUIT_BREAKER_RECOVERY_TIMEOUT`
+//! system's), `BITBUCKET_USERNAME` (with a Bitbucket Cloud API token or app password in
+//! `BITBUCKET_TOKEN`: the Atlassian account's email, or the Bitbucket username for an app
+//! password; the token is then sent with HTTP Basic authentication, where `BITBUCKET_TOKEN`
+//! alone is an access token sent as `Bearer`), `CIRCUIT_BREAKER_FAILURE_THRESHOLD` (at least 1, default 5), `CIRCUIT_BREAKER_RECOVERY_TIMEOUT`
 //! (seconds, more than 0, default 30),
 //! `REQUEST_TIMEOUT_SECS` (1-600, default 10), `MAX_BODY_BYTES` (1 KiB-1 GiB, default 25 MiB),
 //! `MAX_CONCURRENT_DELIVERIES` (1-65536, default 64: deliveries read at once, all providers
@@ -39,7 +42,11 @@
 //! pointed at each tunnel URL), `RUST_LOG` (default `info`). A value out
 //! of range, or an `*_API_URL` that is not an `http` / `https` base URL without credentials,
 //! stops the server with a message naming the variable. A comment given up is logged at
-//! error level and counted in `/status` as `comments.failed`.
+//! error level and counted in `/status` as `comments.failed`. A comment is never posted twice:
+//! after a failure that may have come once the provider created it (a 500, 502 or 504, a
+//! timeout, a connection lost after the request was sent) it is given up, not sent again; the
+//! log names its delivery, to deliver again if the comment is missing. A 503, 429 or 408, or no
+//! connection made, is tried again later.
 //!
 //! Comments are posted to each provider's API at most `COMMENTS_IN_FLIGHT_PER_PROVIDER` (8) at a
 //! time, with separate slots per provider: a provider that stalls or rate-limits delays only its own comments.

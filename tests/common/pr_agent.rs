@@ -44,3 +44,80 @@ pub(crate) async fn status(client: &reqwest::Client, base: &str) -> Value {
         .await
         .unwrap()
 }
+
+/// A request the fake provider API received: path, headers (lower-case names), JSON body.
+#[allow(dead_code)]
+pub(crate) type Received = (String, HashMap<String, String>, Value);
+
+/// A fake provider API on 127.0.0.1: stores every request it receives, then answers with the
+/// next status of `answers` (`201 Created` once they are used up). A `5xx` in `answers` is
+/// answered after the comment was stored, as a provider failing after the write does.
+#[allow(dead_code)]
+#[derive(Default)]
+pub(crate) struct FakeProvider {
+    pub(crate) received: std::sync::Mutex<Vec<Received>>,
+    pub(crate) answers: std::sync::Mutex<std::collections::VecDeque<http::StatusCode>>,
+}
+
+#[allow(dead_code)]
+impl FakeProvider {
+    /// Serves a fake provider that answers `answers` first: its base URL and itself.
+    pub(crate) async fn start(
+        answers: &[http::StatusCode],
+    ) -> (String, std::sync::Arc<FakeProvider>) {
+        use axum::extract::{Request, State};
+        use axum::response::IntoResponse;
+        let fake = std::sync::Arc::new(FakeProvider {
+            received: Default::default(),
+            answers: std::sync::Mutex::new(answers.iter().copied().collect()),
+        });
+        let router = Router::new()
+            .fallback(
+                |State(fake): State<std::sync::Arc<FakeProvider>>, req: Request| async move {
+                    let path = req.uri().to_string();
+                    let headers = req
+                        .headers()
+                        .iter()
+                        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+                        .collect();
+                    let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+                        .await
+                        .unwrap();
+                    let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    fake.received.lock().unwrap().push((path, headers, json));
+                    let status = fake
+                        .answers
+                        .lock()
+                        .unwrap()
+                        .pop_front()
+                        .unwrap_or(http::StatusCode::CREATED);
+                    status.into_response()
+                },
+            )
+            .with_state(fake.clone());
+        (format!("http://{}", serve(router).await), fake)
+    }
+
+    /// The requests received so far.
+    pub(crate) fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+/// Waits until `/status` says no comment is pending and `jobs` were made, at most 10 s (the
+/// bound only ends a failing test): the document then.
+#[allow(dead_code)]
+pub(crate) async fn settled(client: &reqwest::Client, base: &str, jobs: u64) -> Value {
+    let start = std::time::Instant::now();
+    loop {
+        let s = status(client, base).await;
+        if s["comments"]["jobs"] == jobs && s["comments"]["pending"] == 0 {
+            return s;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "comments still pending: {s}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
