@@ -10,7 +10,8 @@
 //! file often ends with one) defaults to `development-secret` (with a warning: anyone who reads
 //! this can sign for it), `ADDR` to `127.0.0.1:3001`. It prints a signed `curl` command to try
 //! it with: 202 the first time, 409 when the same delivery id comes again (a replay). Ctrl-C or
-//! `SIGTERM` stops it gracefully: requests in flight are answered first (for up to 10 s).
+//! `SIGTERM` stops it gracefully: requests in flight are answered first (for up to 10 s). A
+//! client that takes more than 10 s to send its request head is cut off too.
 
 #[path = "common/shutdown.rs"]
 mod shutdown;
@@ -23,7 +24,7 @@ use hmac::{KeyInit, Mac};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -85,15 +86,6 @@ async fn main() -> Result<(), BoxError> {
         .unwrap_or_else(|_| "127.0.0.1:3001".into())
         .parse()?;
 
-    let svc = ServiceBuilder::new()
-        .layer(WebhookErrorLayer::new())
-        // Also bounds a client that sends its body slowly: SignatureLayer reads it inside.
-        .timeout(Duration::from_secs(10))
-        // hyper's `Incoming` cannot be rebuilt from bytes: wrap it (nothing is read here).
-        .map_request(|req: Request<Incoming>| req.map(RequestBody::new))
-        .layer(SignatureLayer::github(secret.clone())?)
-        .service_fn(handle);
-
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let shutdown = shutdown::shutdown_signal()?;
@@ -106,7 +98,34 @@ async fn main() -> Result<(), BoxError> {
         hex::encode(mac.finalize().into_bytes())
     );
 
-    let server = auto::Builder::new(TokioExecutor::new());
+    serve(listener, &secret, shutdown).await
+}
+
+/// Serves the webhook stack on `listener`, deliveries signed with `secret`, until `shutdown`
+/// completes; then answers the open requests (for up to 10 s).
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    secret: &str,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), BoxError> {
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        // Also bounds a client that sends its body slowly: SignatureLayer reads it inside.
+        .timeout(Duration::from_secs(10))
+        // hyper's `Incoming` cannot be rebuilt from bytes: wrap it (nothing is read here).
+        .map_request(|req: Request<Incoming>| req.map(RequestBody::new))
+        .layer(SignatureLayer::github(secret.to_owned())?)
+        .service_fn(handle);
+
+    let mut server = auto::Builder::new(TokioExecutor::new());
+    // A client that sends its request head slowly, or never finishes it, is cut off after
+    // 10 s: the timeout layer above starts only once the head is read. hyper enforces it only
+    // with a timer.
+    server
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    server.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {

@@ -355,3 +355,43 @@ async fn a_comment_to_an_api_that_refuses_connections_is_tried_again() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// `hyper_server` bounded a request once its head was read (the 10 s timeout layer), but not the
+/// head itself: hyper's `header_read_timeout` is enforced only with a timer, which the example
+/// did not set, so a client that sent half a request head held its connection open for ever.
+/// The head must now come within 10 s, or the connection is closed.
+#[tokio::test]
+async fn the_hyper_server_cuts_off_a_client_that_never_finishes_its_request_head() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(hyper_server::serve(
+        listener,
+        "s3cret",
+        std::future::pending::<()>(),
+    ));
+    // A delivery is still served.
+    let body = r#"{"action":"opened","number":1}"#;
+    let res = reqwest::Client::new()
+        .post(format!("http://{addr}/"))
+        .header("x-github-event", "pull_request")
+        .header("x-github-delivery", "r6-hyper-1")
+        .header(
+            "x-hub-signature-256",
+            format!("sha256={}", hmac_hex("s3cret", body)),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-GitHub-Event: pull")
+        .await
+        .unwrap();
+    // The bound only ends a failing test: the server is due to close the connection after 10 s.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(40), conn.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the connection is still open after 40 s");
+}
