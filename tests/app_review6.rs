@@ -1,6 +1,9 @@
 //! The examples, sixth review: the pr_agent_server example's router on 127.0.0.1 against a fake
 //! provider API on 127.0.0.1, and the other examples' servers, driven by a real HTTP client.
 
+// The examples each include their shared `common/shutdown.rs`.
+#![allow(clippy::duplicate_mod)]
+
 #[path = "../examples/pr_agent_server/app.rs"]
 #[allow(dead_code)]
 mod app;
