@@ -398,3 +398,17 @@ async fn the_hyper_server_cuts_off_a_client_that_never_finishes_its_request_head
     let read = tokio::time::timeout(Duration::from_secs(40), conn.read_to_end(&mut rest)).await;
     assert!(read.is_ok(), "the connection is still open after 40 s");
 }
+
+/// `pr_agent_server` looked for `--use-tunnel` among its arguments and ignored every other: a
+/// misspelt `--use_tunnel` or `--tunnel` started a server on 127.0.0.1 only, which no provider
+/// can reach, and said nothing. Another argument is an error naming it now.
+#[test]
+fn the_pr_agent_server_refuses_an_argument_it_does_not_know() {
+    let args = |list: &[&str]| -> Vec<std::ffi::OsString> { list.iter().map(Into::into).collect() };
+    assert_eq!(app::use_tunnel(args(&[])), Ok(false));
+    assert_eq!(app::use_tunnel(args(&["--use-tunnel"])), Ok(true));
+    for wrong in ["--use_tunnel", "--tunnel", "use-tunnel"] {
+        let err = app::use_tunnel(args(&["--use-tunnel", wrong])).unwrap_err();
+        assert!(err.contains(wrong) && err.contains("--use-tunnel"), "{err}");
+    }
+}

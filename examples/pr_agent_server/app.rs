@@ -935,6 +935,28 @@ const IN_FLIGHT_PER_PROVIDER: usize = 8;
 /// Longest wait between two attempts of a comment when the provider gave no delay.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
+/// Whether the command line (`args`, without the program's name) asks for a tunnel: it holds
+/// `--use-tunnel` or nothing. Any other argument is an error naming it: a misspelt
+/// `--use_tunnel` or `--tunnel` would otherwise start a server no provider can reach, without a
+/// word.
+pub(crate) fn use_tunnel(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Result<bool, String> {
+    let mut tunnel = false;
+    for arg in args {
+        match arg.to_str() {
+            Some("--use-tunnel") => tunnel = true,
+            _ => {
+                return Err(format!(
+                    "unknown argument {:?}: the only one is --use-tunnel; the settings are environment variables",
+                    arg.to_string_lossy()
+                ));
+            }
+        }
+    }
+    Ok(tunnel)
+}
+
 /// Builds the router and starts the background worker (on the current tokio runtime).
 pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
     // Every job in the channel is pending, so with at most `max_pending_comments` pending jobs

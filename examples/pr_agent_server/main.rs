@@ -125,7 +125,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), tower::BoxError> {
-    let use_tunnel = std::env::args().skip(1).any(|arg| arg == "--use-tunnel");
+    let use_tunnel = app::use_tunnel(std::env::args_os().skip(1))?;
     let settings = Settings::from_env()?;
     let app = app::build(&settings)?;
     let state = app.state.clone();
