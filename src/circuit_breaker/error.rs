@@ -80,7 +80,9 @@ impl CircuitOpen {
     ///   one is set (the probes' verdict may end it sooner); `None` without one;
     /// - FORCED_OPEN: `None`, only a manual transition ends it.
     ///
-    /// Zero when the period ended between `poll_ready` and `call`; the HTTP answer's
+    /// When the refusing period ended between `poll_ready` and `call`, the wait is that of the
+    /// period in force when `call` answers: the new OPEN (or HALF_OPEN) period's, with its
+    /// state, if the breaker refuses calls again; zero if it admits them. The HTTP answer's
     /// `Retry-After` is at least one second.
     ///
     /// # Example

@@ -494,20 +494,30 @@ pub(crate) struct Refusal {
     /// The wait is computed when the refusal is answered, which may be later than the
     /// decision (`poll_ready`, then `call`).
     until_ms: Option<u64>,
+    /// The generation of the period that refused: if another one has begun by the time the
+    /// refusal is answered, the wait is that period's (see [`Core::refuse`]).
+    generation: u32,
 }
 
 impl Refusal {
-    fn new(state: CircuitState, until_ms: Option<u64>) -> Self {
-        Self { state, until_ms }
+    fn new(state: CircuitState, until_ms: Option<u64>, generation: u32) -> Self {
+        Self {
+            state,
+            until_ms,
+            generation,
+        }
     }
 
-    /// A HALF_OPEN refusal (no probe permit left) of the period in `word`: it ends at the
-    /// latest at its deadline, when `max_half_open_wait` set one.
-    fn half_open(word: Word) -> Self {
-        Self::new(
-            CircuitState::HalfOpen,
-            (word.deadline_ms != 0).then_some(word.deadline_ms),
-        )
+    /// The refusal of the refusing period in `word`: OPEN until its deadline, HALF_OPEN (no
+    /// probe permit left) until its deadline when `max_half_open_wait` set one, FORCED_OPEN
+    /// with no end.
+    fn of(word: Word) -> Self {
+        let until_ms = match word.state {
+            CircuitState::Open => Some(word.deadline_ms),
+            CircuitState::HalfOpen => (word.deadline_ms != 0).then_some(word.deadline_ms),
+            _ => None,
+        };
+        Self::new(word.state, until_ms, word.generation)
     }
 }
 
@@ -759,12 +769,12 @@ impl Core {
                 }
                 CircuitState::Disabled => return Ok(Recorder::passthrough(word.generation)),
                 CircuitState::ForcedOpen => {
-                    return Err(Refusal::new(CircuitState::ForcedOpen, None));
+                    return Err(Refusal::of(word));
                 }
                 CircuitState::Open => {
                     let now = self.now_ms();
                     if now < word.deadline_ms {
-                        return Err(Refusal::new(CircuitState::Open, Some(word.deadline_ms)));
+                        return Err(Refusal::of(word));
                     }
                     let deadline = self.half_open_deadline(now);
                     self.transition(word, CircuitState::HalfOpen, deadline, None);
@@ -781,7 +791,7 @@ impl Core {
                         continue;
                     }
                     if !self.enter_probe() {
-                        return Err(Refusal::half_open(word));
+                        return Err(Refusal::of(word));
                     }
                     if self.take_permit(tag(word.generation)) {
                         // Re-check: a verdict may have ended this half-open period meanwhile.
@@ -800,7 +810,7 @@ impl Core {
                     if self.generation() != word.generation {
                         continue;
                     }
-                    return Err(Refusal::half_open(word));
+                    return Err(Refusal::of(word));
                 }
             }
         }
@@ -949,13 +959,35 @@ impl Core {
         let until = (matches!(word.state, CircuitState::Open | CircuitState::HalfOpen)
             && word.deadline_ms > self.now_ms())
         .then_some(word.deadline_ms);
-        self.refuse(Refusal::new(word.state, until))
+        self.refuse(Refusal::new(word.state, until, word.generation))
     }
 
     /// The error for a refused call, counted and reported.
+    ///
+    /// A refusal decided in `poll_ready` may be answered by a `call` made after the refusing
+    /// period ended: its wait would then be that of a period that is over (an OPEN deadline
+    /// already past while the breaker has opened again, say). The wait told is the current
+    /// period's: until the deadline of the OPEN (or timed HALF_OPEN) period now refusing, none
+    /// in FORCED_OPEN, and zero once the breaker admits calls again.
     #[cold]
     pub(crate) fn refuse(&self, refusal: Refusal) -> CircuitOpen {
-        let Refusal { state, until_ms } = refusal;
+        let Refusal {
+            mut state,
+            mut until_ms,
+            generation,
+        } = refusal;
+        let word = unpack(self.word.load(Ordering::Acquire));
+        if word.generation != generation {
+            if matches!(
+                word.state,
+                CircuitState::Open | CircuitState::HalfOpen | CircuitState::ForcedOpen
+            ) {
+                let now = Refusal::of(word);
+                (state, until_ms) = (now.state, now.until_ms);
+            } else {
+                until_ms = Some(0); // the refusing period is over: no wait
+            }
+        }
         let retry_after =
             until_ms.map(|until| Duration::from_millis(until.saturating_sub(self.now_ms())));
         self.not_permitted.fetch_add(1, Ordering::Relaxed);

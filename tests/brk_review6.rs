@@ -1,0 +1,111 @@
+//! Circuit breaker, sixth review: the wait a late rejection tells, half-open verdicts, retries.
+
+use std::time::Duration;
+
+use tower::{BoxError, Layer, Service, ServiceBuilder, ServiceExt};
+use tower_webhook::circuit_breaker::{
+    CircuitBreakerConfig, CircuitBreakerLayer, CircuitOpen, CircuitState, OpenDuration, Outcome,
+};
+
+/// A service that sleeps `ms` then answers `ok`.
+fn svc(
+    config: CircuitBreakerConfig,
+) -> (
+    impl Service<(u64, bool), Response = (), Error = BoxError> + Clone,
+    tower_webhook::circuit_breaker::CircuitBreakerHandle,
+) {
+    let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(layer.with_classifier(|r: &Result<bool, BoxError>| match r {
+            Ok(true) => Outcome::Success,
+            _ => Outcome::Failure,
+        }))
+        .service_fn(|(ms, ok): (u64, bool)| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, BoxError>(ok)
+        });
+    let svc = tower::util::MapResponseLayer::new(|_| ()).layer(svc);
+    (svc, handle)
+}
+
+/// HALF_OPEN judges slow probes as resilience4j does: probes that all succeed but are slow
+/// re-open the breaker when the slow-call rate reaches its threshold, and fast ones close it.
+#[tokio::test(start_paused = true)]
+async fn slow_but_successful_probes_reopen_by_the_slow_call_rate() {
+    let config = CircuitBreakerConfig::default()
+        .slow_call_rate_threshold(50.0, Duration::from_millis(100))
+        .half_open_probes(2);
+    let (svc, handle) = svc(config);
+    handle.transition_to_open().unwrap();
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let a = svc.clone().oneshot((500, true));
+    let b = svc.clone().oneshot((500, true));
+    let (a, b) = tokio::join!(a, b);
+    a.unwrap();
+    b.unwrap();
+    assert_eq!(handle.state(), CircuitState::Open);
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let (a, b) = tokio::join!(
+        svc.clone().oneshot((500, true)),
+        svc.clone().oneshot((10, true))
+    );
+    a.unwrap();
+    b.unwrap();
+    assert_eq!(handle.state(), CircuitState::Open);
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let (a, b) = tokio::join!(
+        svc.clone().oneshot((10, true)),
+        svc.clone().oneshot((10, true))
+    );
+    a.unwrap();
+    b.unwrap();
+    assert_eq!(handle.state(), CircuitState::Closed);
+}
+
+/// A refusal decided in `poll_ready` and answered by a later `call` told the wait of the OPEN
+/// period that refused it, even when that period had ended and the breaker had opened again:
+/// `Retry-After` 0 (1 s through the error layer) while the breaker stayed open 30 s more, or a
+/// wait of 30 s from a breaker that had been reset and admitted calls again.
+#[tokio::test(start_paused = true)]
+async fn a_refusal_answered_after_its_period_ended_tells_the_current_wait() {
+    let config =
+        CircuitBreakerConfig::default().open_duration(OpenDuration::Fixed(Duration::from_secs(30)));
+    let (mut svc, handle) = svc(config);
+    let rejection = |err: BoxError| *err.downcast::<CircuitOpen>().unwrap();
+
+    // Refused by an OPEN period that ends; the breaker opens again before the call.
+    handle.transition_to_open().unwrap();
+    svc.ready().await.unwrap();
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert_eq!(handle.state(), CircuitState::HalfOpen);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    handle.transition_to_open().unwrap();
+    let open = rejection(svc.call((0, true)).await.unwrap_err());
+    assert_eq!(open.state(), CircuitState::Open);
+    assert_eq!(open.retry_after(), Some(Duration::from_secs(30)));
+    assert_eq!(handle.snapshot().retry_after_ms, Some(30_000));
+
+    // Refused while OPEN, reset before the call: there is nothing left to wait for.
+    handle.transition_to_open().unwrap();
+    svc.ready().await.unwrap();
+    handle.reset();
+    let open = rejection(svc.call((0, true)).await.unwrap_err());
+    assert_eq!(open.retry_after(), Some(Duration::ZERO));
+    svc.ready().await.unwrap().call((0, true)).await.unwrap();
+
+    // Refused while OPEN, forced open before the call: no end to tell.
+    handle.transition_to_open().unwrap();
+    svc.ready().await.unwrap();
+    handle.transition_to_forced_open().unwrap();
+    let open = rejection(svc.call((0, true)).await.unwrap_err());
+    assert_eq!(open.state(), CircuitState::ForcedOpen);
+    assert_eq!(open.retry_after(), None);
+
+    // Within one period the wait still counts down from the decision's deadline.
+    handle.transition_to_closed().unwrap();
+    handle.transition_to_open().unwrap();
+    svc.ready().await.unwrap();
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let open = rejection(svc.call((0, true)).await.unwrap_err());
+    assert_eq!(open.retry_after(), Some(Duration::from_secs(20)));
+}
