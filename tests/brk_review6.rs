@@ -2,18 +2,17 @@
 
 use std::time::Duration;
 
+use tower::util::BoxCloneService;
 use tower::{BoxError, Layer, Service, ServiceBuilder, ServiceExt};
 use tower_webhook::circuit_breaker::{
-    CircuitBreakerConfig, CircuitBreakerLayer, CircuitOpen, CircuitState, OpenDuration, Outcome,
+    CircuitBreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer, CircuitOpen, CircuitState,
+    OpenDuration, Outcome,
 };
 
-/// A service that sleeps `ms` then answers `ok`.
-fn svc(
-    config: CircuitBreakerConfig,
-) -> (
-    impl Service<(u64, bool), Response = (), Error = BoxError> + Clone,
-    tower_webhook::circuit_breaker::CircuitBreakerHandle,
-) {
+type Svc = BoxCloneService<(u64, bool), (), BoxError>;
+
+/// A breaker around a service that sleeps `ms` milliseconds, then succeeds or fails (`ok`).
+fn svc(config: CircuitBreakerConfig) -> (Svc, CircuitBreakerHandle) {
     let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
     let svc = ServiceBuilder::new()
         .layer(layer.with_classifier(|r: &Result<bool, BoxError>| match r {
@@ -25,7 +24,7 @@ fn svc(
             Ok::<_, BoxError>(ok)
         });
     let svc = tower::util::MapResponseLayer::new(|_| ()).layer(svc);
-    (svc, handle)
+    (BoxCloneService::new(svc), handle)
 }
 
 /// HALF_OPEN judges slow probes as resilience4j does: probes that all succeed but are slow
@@ -108,4 +107,71 @@ async fn a_refusal_answered_after_its_period_ended_tells_the_current_wait() {
     tokio::time::advance(Duration::from_secs(10)).await;
     let open = rejection(svc.call((0, true)).await.unwrap_err());
     assert_eq!(open.retry_after(), Some(Duration::from_secs(20)));
+}
+
+/// A probe that never ends (a client without a timeout, an upstream that swallows the
+/// connection) kept counting against every later half-open period: after `max_half_open_wait`
+/// the breaker went back to OPEN, then HALF_OPEN admitted no probe at all, and so on for as long
+/// as the stuck call lived, refusing every call even once the upstream was back. The period that
+/// times out now abandons its probes, as resilience4j does, and the next one probes again.
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_never_ends_does_not_keep_later_periods_from_probing() {
+    let config = CircuitBreakerConfig::default()
+        .half_open_probes(1)
+        .max_half_open_wait(Duration::from_secs(5))
+        .open_duration(OpenDuration::Fixed(Duration::from_secs(10)));
+    let (svc, handle) = svc(config);
+    handle.transition_to_open().unwrap();
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert_eq!(handle.state(), CircuitState::HalfOpen);
+    let stuck = tokio::spawn(svc.clone().oneshot((u64::MAX / 4, true)));
+    tokio::task::yield_now().await;
+    assert_eq!(handle.snapshot().half_open_permits_taken, 1);
+
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert_eq!(handle.state(), CircuitState::Open);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert_eq!(handle.state(), CircuitState::HalfOpen);
+    svc.clone().oneshot((0, true)).await.unwrap();
+    assert_eq!(handle.state(), CircuitState::Closed);
+
+    // The abandoned probe ends at last: nothing is counted, nothing is given back twice.
+    stuck.abort();
+    let _ = stuck.await;
+    handle.transition_to_open().unwrap();
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let probe = tokio::spawn(svc.clone().oneshot((1_000, true)));
+    tokio::task::yield_now().await;
+    let err = svc.clone().oneshot((0, true)).await.unwrap_err();
+    assert!(err.is::<CircuitOpen>(), "one probe at a time: {err}");
+    probe.await.unwrap().unwrap();
+    assert_eq!(handle.state(), CircuitState::Closed);
+}
+
+/// Without a half-open timeout, a probe of an earlier period that is still running still counts
+/// against the next one (a manual move ended its period): one call at a time in the upstream.
+#[tokio::test(start_paused = true)]
+async fn a_probe_of_a_period_ended_by_hand_still_counts_against_the_next() {
+    let config = CircuitBreakerConfig::default()
+        .half_open_probes(1)
+        .open_duration(OpenDuration::Fixed(Duration::from_secs(10)));
+    let (svc, handle) = svc(config);
+    handle.transition_to_open().unwrap();
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let slow = tokio::spawn(svc.clone().oneshot((60_000, true)));
+    tokio::task::yield_now().await;
+    handle.transition_to_open().unwrap();
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert_eq!(handle.state(), CircuitState::HalfOpen);
+    let err = svc.clone().oneshot((0, true)).await.unwrap_err();
+    assert!(err.is::<CircuitOpen>(), "{err}");
+    tokio::time::advance(Duration::from_secs(40)).await;
+    slow.await.unwrap().unwrap();
+    assert_eq!(
+        handle.state(),
+        CircuitState::HalfOpen,
+        "its verdict came too late"
+    );
+    svc.clone().oneshot((0, true)).await.unwrap();
+    assert_eq!(handle.state(), CircuitState::Closed);
 }

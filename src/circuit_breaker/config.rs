@@ -642,7 +642,9 @@ impl CircuitBreakerConfig {
 
     /// Goes back to OPEN when HALF_OPEN has not reached a verdict after `wait` (greater than
     /// zero: HALF_OPEN would otherwise end before admitting any probe). A probe that answers
-    /// after `wait` comes too late to close the breaker.
+    /// after `wait` comes too late to close the breaker, and no longer counts against the
+    /// probes of the next half-open period: one that never ends does not keep the breaker from
+    /// probing again.
     ///
     /// # Example
     ///

@@ -40,7 +40,10 @@
 //!   concurrent callers; a probe whose future or response body is dropped, or whose outcome is
 //!   [`Outcome::Neutral`], gives its permit back. A probe of an earlier half-open period that is
 //!   still running counts against the next period, so a recovering upstream never has more than
-//!   `half_open_probes` calls in flight.
+//!   `half_open_probes` calls in flight; except when that period ended at its
+//!   [`max_half_open_wait`](CircuitBreakerConfig::max_half_open_wait), which abandons the
+//!   probes it leaves running (as resilience4j does), so a probe that never ends cannot keep
+//!   the breaker from probing again.
 //!
 //! # Outcomes
 //!

@@ -19,7 +19,7 @@
 
 use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::Waker;
 use std::time::Duration;
@@ -261,6 +261,9 @@ fn with_core_uncached(packed: u64, f: impl FnOnce(&Core)) {
     });
 }
 
+/// The probe count of `Core::probes_in_flight`.
+const PROBE_COUNT: u64 = u32::MAX as u64;
+
 /// Half-open word: tag (16) | taken (12) | successes (12) | failures (12) | slow (12).
 const HALF_FIELD: u64 = (1 << 12) - 1;
 
@@ -367,11 +370,15 @@ pub(crate) struct Core {
     /// generation (32) | rules reported (bits): the exceeded rules already reported in a
     /// METRICS_ONLY period.
     reported: AtomicU64,
-    /// Probes admitted in any half-open period and not finished yet. A new half-open period
-    /// admits only as many as leave this under `half_open_probes`, so a probe of an earlier
-    /// period that is still running counts against the next one: never more than
-    /// `half_open_probes` calls are inside a recovering upstream.
-    probes_in_flight: AtomicU32,
+    /// generation (32) | probes (32): the probes admitted in half-open periods of this
+    /// generation or later and not finished yet. A new half-open period admits only as many
+    /// as leave this under `half_open_probes`, so a probe of an earlier period that is still
+    /// running counts against the next one: never more than `half_open_probes` calls are
+    /// inside a recovering upstream. A half-open period that ends at its `max_half_open_wait`
+    /// abandons the probes still running (as resilience4j does): the generation moves past
+    /// theirs, so they no longer count, and a probe that never ends cannot keep every later
+    /// period from probing.
+    probes_in_flight: AtomicU64,
     /// Tasks whose `poll_ready` waits for OPEN to end (backpressure mode), woken by the next
     /// transition: a reset or a manual move ends OPEN before its deadline.
     parked: Mutex<Vec<Waker>>,
@@ -590,7 +597,7 @@ impl Core {
                 upstream_until_ms: AtomicU64::new(0),
                 not_permitted: AtomicU64::new(0),
                 reported: AtomicU64::new(0),
-                probes_in_flight: AtomicU32::new(0),
+                probes_in_flight: AtomicU64::new(0),
                 parked: Mutex::new(Vec::new()),
                 told: Mutex::new(Told {
                     next: 1,
@@ -790,14 +797,17 @@ impl Core {
                         );
                         continue;
                     }
-                    if !self.enter_probe() {
+                    if !self.enter_probe(word.generation) {
+                        if self.generation() != word.generation {
+                            continue;
+                        }
                         return Err(Refusal::of(word));
                     }
                     if self.take_permit(tag(word.generation)) {
                         // Re-check: a verdict may have ended this half-open period meanwhile.
                         let now_word = unpack(self.word.load(Ordering::Acquire));
                         if now_word.generation != word.generation {
-                            self.leave_probe();
+                            self.leave_probe(word.generation);
                             continue;
                         }
                         return Ok(Recorder {
@@ -806,7 +816,7 @@ impl Core {
                             bits: PROBE | recorder_bits(word.generation, self.start_units()),
                         });
                     }
-                    self.leave_probe();
+                    self.leave_probe(word.generation);
                     if self.generation() != word.generation {
                         continue;
                     }
@@ -825,7 +835,7 @@ impl Core {
             return;
         }
         // The probe's slot is given back however recording ends.
-        let _slot = probe.then(|| LeaveProbe(self));
+        let _slot = probe.then(|| LeaveProbe(self, generation));
         self.record(generation, probe, outcome, bits & PAYLOAD, retry_after);
     }
 
@@ -843,19 +853,43 @@ impl Core {
             && self.beacon.success_changes_nothing(generation)
     }
 
-    /// Counts one more probe inside the upstream, unless `half_open_probes` already are.
-    fn enter_probe(&self) -> bool {
-        let limit = self.config.half_open_probes;
+    /// Counts one more probe of `generation` inside the upstream, unless `half_open_probes`
+    /// already are, or that generation's probes are no longer counted (it has ended).
+    fn enter_probe(&self, generation: u32) -> bool {
+        let limit = u64::from(self.config.half_open_probes);
         self.probes_in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < limit).then(|| n + 1)
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+                let since = (word >> 32) as u32;
+                let ended =
+                    since != generation && generation_newer(since, generation, self.generation());
+                (!ended && (word & PROBE_COUNT) < limit).then(|| word + 1)
             })
             .is_ok()
     }
 
-    /// A probe finished (any outcome) or was dropped.
-    fn leave_probe(&self) {
-        self.probes_in_flight.fetch_sub(1, Ordering::AcqRel);
+    /// A probe admitted in `generation` finished (any outcome) or was dropped. One that a
+    /// half-open timeout abandoned is no longer counted.
+    fn leave_probe(&self, generation: u32) {
+        let _ = self
+            .probes_in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+                let since = (word >> 32) as u32;
+                let abandoned =
+                    since != generation && generation_newer(since, generation, self.generation());
+                (word & PROBE_COUNT != 0 && !abandoned).then(|| word - 1)
+            });
+    }
+
+    /// Stops counting the probes still running: from `generation` on, only probes admitted
+    /// in it or later count. Run by the winner of a half-open timeout.
+    fn abandon_probes(&self, generation: u32) {
+        let _ = self
+            .probes_in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+                let since = (word >> 32) as u32;
+                (since != generation && !generation_newer(since, generation, self.generation()))
+                    .then_some(u64::from(generation) << 32)
+            });
     }
 
     fn half_open_deadline(&self, now_ms: u64) -> Deadline {
@@ -1063,6 +1097,9 @@ impl Core {
             tracing::debug!(breaker = &*self.config.name, reason = ?reason, "circuit breaker threshold exceeded");
         }
         self.sweep();
+        if from.state == CircuitState::HalfOpen && reason == Some(TripReason::HalfOpenTimeout) {
+            self.abandon_probes(generation);
+        }
         if deadline.upstream_ms != 0 {
             // Consumed by this opening; one recorded since stays for the next.
             let _ = self.upstream_until_ms.compare_exchange(
@@ -1192,6 +1229,23 @@ impl Core {
             ) {
                 Ok(_) => break,
                 Err(actual) => half = actual,
+            }
+        }
+        // The probes word, only while no probe counts: its generation tells which probes do.
+        let mut probes = self.probes_in_flight.load(Ordering::Acquire);
+        loop {
+            let generation = u64::from(self.generation()); // read after the word
+            if probes & PROBE_COUNT != 0 || probes >> 32 == generation {
+                break;
+            }
+            match self.probes_in_flight.compare_exchange_weak(
+                probes,
+                generation << 32,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(actual) => probes = actual,
             }
         }
         for word in [&self.beacon.consecutive, &self.reported] {
@@ -1776,12 +1830,13 @@ impl Drop for Teller<'_> {
     }
 }
 
-/// Gives a probe's slot in the upstream back when dropped, also while unwinding.
-struct LeaveProbe<'a>(&'a Core);
+/// Gives the slot in the upstream of a probe admitted in a generation back when dropped, also
+/// while unwinding.
+struct LeaveProbe<'a>(&'a Core, u32);
 
 impl Drop for LeaveProbe<'_> {
     fn drop(&mut self) {
-        self.0.leave_probe();
+        self.0.leave_probe(self.1);
     }
 }
 
@@ -1789,8 +1844,9 @@ impl Recorder {
     #[cold]
     fn release(&mut self) {
         if let Some(core) = self.core.take() {
-            let _slot = LeaveProbe(&core);
-            core.release_permit(((self.bits >> GEN_SHIFT) & GEN_MASK) as u32);
+            let generation = ((self.bits >> GEN_SHIFT) & GEN_MASK) as u32;
+            let _slot = LeaveProbe(&core, generation);
+            core.release_permit(generation);
         }
     }
 }
