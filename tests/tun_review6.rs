@@ -1,0 +1,156 @@
+//! Sixth review of the tunnel bootstrapper, on loopback: a re-opened localtunnel whose old
+//! subdomain was taken meanwhile gets a new one, cloudflared's reported hostname is checked
+//! before it becomes the public URL, and degenerate reconnect settings do not spin.
+
+#[path = "tunnel/support.rs"]
+mod support;
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::hello_service;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tower_webhook::BoxError;
+use tower_webhook::tunnel::{
+    BoxFuture, LocalTunnel, Provider, Session, Tunnel, TunnelEvent, TunnelEvents, Upstream,
+};
+
+fn service() -> Upstream {
+    Upstream::service(hello_service(Arc::new(AtomicUsize::new(0))))
+}
+
+/// The next event of `events` within `limit`.
+async fn next_event(events: &mut TunnelEvents, limit: Duration) -> TunnelEvent {
+    tokio::time::timeout(limit, events.next())
+        .await
+        .expect("no tunnel event in time")
+        .expect("the tunnel closed")
+}
+
+/// A localtunnel server on loopback that gives names as the real one does (`/?new`: a fresh
+/// name; `/{name}`: that name), but refuses the names in `taken` with `409` and a message, and
+/// closes every pooled connection at once while `dropping` is set.
+struct ScriptedLt {
+    api: std::net::SocketAddr,
+    taken: Arc<Mutex<HashSet<String>>>,
+    dropping: Arc<AtomicBool>,
+    asked: Arc<Mutex<Vec<String>>>,
+}
+
+impl ScriptedLt {
+    async fn start() -> Self {
+        let api = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let pool = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let (addr, pool_port) = (api.local_addr().unwrap(), pool.local_addr().unwrap().port());
+        let taken = Arc::new(Mutex::new(HashSet::new()));
+        let dropping = Arc::new(AtomicBool::new(false));
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let drop_all = Arc::clone(&dropping);
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            loop {
+                tokio::select! {
+                    accepted = pool.accept() => {
+                        let Ok((conn, _)) = accepted else { return };
+                        held.push(conn);
+                    }
+                    _ = tick.tick() => {}
+                }
+                if drop_all.load(Ordering::SeqCst) {
+                    held.clear();
+                }
+            }
+        });
+        let (refused, log) = (Arc::clone(&taken), Arc::clone(&asked));
+        tokio::spawn(async move {
+            let fresh = AtomicUsize::new(0);
+            while let Ok((mut conn, _)) = api.accept().await {
+                let mut head = vec![0u8; 4096];
+                let n = conn.read(&mut head).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&head[..n]).into_owned();
+                let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                log.lock().unwrap().push(path.clone());
+                let name = match path.as_str() {
+                    "/?new" => format!("fresh{}name", fresh.fetch_add(1, Ordering::SeqCst)),
+                    other => other.trim_start_matches('/').to_owned(),
+                };
+                let (status, body) = if refused.lock().unwrap().contains(&name) {
+                    (
+                        "409 Conflict",
+                        serde_json::json!({ "message": format!("{name} is taken") }),
+                    )
+                } else {
+                    (
+                        "200 OK",
+                        serde_json::json!({
+                            "id": name,
+                            "port": pool_port,
+                            "max_conn_count": 1,
+                            "url": format!("http://{name}.localhost:{}", addr.port()),
+                        }),
+                    )
+                };
+                let body = body.to_string();
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                     connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+            }
+        });
+        Self {
+            api: addr,
+            taken,
+            dropping,
+            asked,
+        }
+    }
+}
+
+/// A re-opened localtunnel asks for its old subdomain; when the server refuses it (another
+/// client took it while the tunnel was down), it takes a new name instead of failing every
+/// re-open for ever, and the new URL is reported as `UrlChanged`.
+#[tokio::test]
+async fn a_re_opened_localtunnel_whose_name_was_taken_gets_a_new_one() {
+    let server = ScriptedLt::start().await;
+    let handle = Tunnel::builder()
+        .provider(
+            LocalTunnel::new()
+                .server(format!("http://{}", server.api))
+                .startup_timeout(Duration::from_secs(5)),
+        )
+        .probe(false)
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200))
+        .start(service())
+        .await
+        .unwrap();
+    let first = handle.url();
+    assert!(first.starts_with("http://fresh0name.localhost:"), "{first}");
+    let mut events = handle.events();
+
+    // The server drops the tunnel, and someone else takes its name.
+    server.taken.lock().unwrap().insert("fresh0name".to_owned());
+    server.dropping.store(true, Ordering::SeqCst);
+    let down = next_event(&mut events, Duration::from_secs(15)).await;
+    assert!(matches!(down, TunnelEvent::Down { .. }), "{down:?}");
+    server.dropping.store(false, Ordering::SeqCst);
+
+    let up = next_event(&mut events, Duration::from_secs(10)).await;
+    match &up {
+        TunnelEvent::UrlChanged { old, new, .. } => {
+            assert_eq!(old, &first);
+            assert!(new.starts_with("http://fresh1name.localhost:"), "{new}");
+        }
+        other => panic!("not re-opened under a new name: {other:?}"),
+    }
+    assert_eq!(handle.url(), up.url());
+    let asked = server.asked.lock().unwrap().clone();
+    assert_eq!(asked[..3], ["/?new", "/fresh0name", "/?new"], "{asked:?}");
+    handle.close().await;
+}
