@@ -154,3 +154,64 @@ async fn a_re_opened_localtunnel_whose_name_was_taken_gets_a_new_one() {
     assert_eq!(asked[..3], ["/?new", "/fresh0name", "/?new"], "{asked:?}");
     handle.close().await;
 }
+
+/// A provider whose first tunnel opens, and drops at once; later opens fail (`fail_later`) or
+/// open tunnels that drop at once too. Counts the opens.
+#[derive(Debug)]
+struct Flaky {
+    opens: Arc<AtomicUsize>,
+    fail_later: bool,
+}
+
+impl Provider for Flaky {
+    fn name(&self) -> &str {
+        "flaky"
+    }
+
+    fn open(&self, _upstream: Upstream) -> BoxFuture<'_, Result<Session, BoxError>> {
+        let first = self.opens.fetch_add(1, Ordering::SeqCst) == 0;
+        let fail = self.fail_later && !first;
+        Box::pin(async move {
+            if fail {
+                return Err("connection refused".into());
+            }
+            Ok(Session::spawn("http://127.0.0.1:9", |_stop| async {
+                Err::<(), BoxError>("dropped at once".into())
+            }))
+        })
+    }
+}
+
+/// Opens counted in one second of a tunnel of `Flaky` re-opened with backoff `(min, max)`.
+async fn opens_in_a_second(fail_later: bool, min: Duration, max: Duration) -> usize {
+    let opens = Arc::new(AtomicUsize::new(0));
+    let handle = Tunnel::builder()
+        .provider(Flaky {
+            opens: Arc::clone(&opens),
+            fail_later,
+        })
+        .probe(false)
+        .reconnect_backoff(min, max)
+        .start(service())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let opened = opens.load(Ordering::SeqCst);
+    handle.close().await;
+    opened
+}
+
+/// `reconnect_backoff(0, 0)` (or a maximum of next to nothing) does not re-open a tunnel that
+/// keeps dropping, or a provider that keeps failing, in a tight loop that spins a core.
+#[tokio::test]
+async fn a_zero_reconnect_backoff_does_not_spin() {
+    for fail_later in [false, true] {
+        for max in [Duration::ZERO, Duration::from_nanos(1)] {
+            let opened = opens_in_a_second(fail_later, Duration::ZERO, max).await;
+            assert!(
+                opened <= 40,
+                "{opened} opens in 1 s with backoff (0, {max:?}), failing: {fail_later}"
+            );
+        }
+    }
+}

@@ -334,7 +334,9 @@ impl TunnelBuilder {
 
     /// The delay before re-opening: `min` doubling per failed round up to `max`, with jitter.
     /// A re-opened tunnel that drops again within `max` counts as a failed round. A `min` of
-    /// zero re-opens at once the first time, then waits 2 ms, 4 ms, ... up to `max`.
+    /// zero re-opens at once the first time, then waits 2 ms, 4 ms, ... up to `max`. A `max`
+    /// below 100 ms is raised to 100 ms, so that a tunnel that keeps dropping, or a provider that
+    /// keeps failing, is never re-opened in a tight loop.
     ///
     /// # Example
     ///
@@ -348,10 +350,14 @@ impl TunnelBuilder {
     /// // A maximum below the minimum is raised to it.
     /// let builder = Tunnel::builder().reconnect_backoff(Duration::from_secs(2), Duration::from_secs(1));
     /// assert!(format!("{builder:?}").contains("backoff_min: 2s, backoff_max: 2s"));
+    ///
+    /// // No delay at all would spin: the maximum is at least 100 ms.
+    /// let builder = Tunnel::builder().reconnect_backoff(Duration::ZERO, Duration::ZERO);
+    /// assert!(format!("{builder:?}").contains("backoff_min: 0ns, backoff_max: 100ms"));
     /// ```
     pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.backoff_min = min;
-        self.backoff_max = max.max(min);
+        self.backoff_max = max.max(min).max(BACKOFF_MAX_FLOOR);
         self
     }
 
@@ -594,6 +600,10 @@ struct Opened {
 
 /// What the reconnect delays double from after the first round when the minimum is zero.
 const BACKOFF_FLOOR: Duration = Duration::from_millis(1);
+
+/// The least maximum reconnect delay: a tunnel re-opened sooner than this after it dropped
+/// counts as a failed round, and the delays grow up to at least this.
+const BACKOFF_MAX_FLOOR: Duration = Duration::from_millis(100);
 
 /// The pause between probe attempts.
 const PROBE_RETRY: Duration = Duration::from_millis(100);
