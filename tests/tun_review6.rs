@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tower_webhook::BoxError;
 use tower_webhook::tunnel::{
-    BoxFuture, LocalTunnel, Provider, Session, Tunnel, TunnelEvent, TunnelEvents, Upstream,
+    BoxFuture, Cloudflared, LocalTunnel, Provider, Session, Tunnel, TunnelEvent, TunnelEvents, Upstream,
 };
 
 fn service() -> Upstream {
@@ -214,4 +214,81 @@ async fn a_zero_reconnect_backoff_does_not_spin() {
             );
         }
     }
+}
+
+fn fake_cloudflared() -> Option<std::path::PathBuf> {
+    support::node_available("fake cloudflared").then(|| {
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/tunnel/fake-cloudflared")
+    })
+}
+
+/// The URL of a tunnel of the fake cloudflared whose metrics endpoint reports `hostname`
+/// (with `domain` set, if some), or the error of its start.
+async fn cloudflared_reporting(
+    fake: &std::path::Path,
+    hostname: &str,
+    domain: Option<&str>,
+) -> Result<String, String> {
+    let mut cloudflared = Cloudflared::new()
+        .binary(fake)
+        .arg("--fake-hostname")
+        .arg(hostname);
+    if let Some(domain) = domain {
+        cloudflared = cloudflared.domain(domain);
+    }
+    let handle = Tunnel::builder()
+        .probe(false)
+        .reconnect(false)
+        .provider(cloudflared)
+        .start(service())
+        .await
+        .map_err(|err| err.to_string())?;
+    let url = handle.url();
+    handle.close().await;
+    Ok(url)
+}
+
+/// What cloudflared's metrics endpoint reports becomes the public URL (logged, and handed to
+/// the code that re-points the webhooks) only when it is a hostname in trycloudflare.com (or
+/// the domain configured): anything else on that port, or a malformed answer, fails the
+/// attempt with a reason that says so, the text shown escaped.
+#[tokio::test]
+async fn cloudflared_reported_hostname_is_checked() {
+    let Some(fake) = fake_cloudflared() else {
+        return;
+    };
+    let mut starts = tokio::task::JoinSet::new();
+    for bad in [
+        "evil.example.com",
+        "fake.trycloudflare.com.evil.example.com",
+        "eviltrycloudflare.com",
+        "fake.trycloudflare.com\u{1b}[2J\nINFO tunnel up",
+        "https://fake.trycloudflare.com/hook?to=evil",
+        "fake.trycloudflare.com:99999",
+        "-fake.trycloudflare.com",
+    ] {
+        let fake = fake.clone();
+        starts.spawn(async move { (bad, cloudflared_reporting(&fake, bad, None).await) });
+    }
+    while let Some(started) = starts.join_next().await {
+        let (bad, started) = started.unwrap();
+        let err = started.expect_err(bad);
+        assert!(err.contains("cloudflared's metrics endpoint"), "{bad}: {err}");
+        assert!(!err.contains('\u{1b}') && !err.contains("\nINFO"), "{bad}: {err}");
+    }
+    let err = cloudflared_reporting(&fake, "evil.example.com", None)
+        .await
+        .unwrap_err();
+    assert!(err.contains("not in trycloudflare.com"), "{err}");
+
+    // A quick tunnel's hostname, as cloudflared reports it.
+    let url = cloudflared_reporting(&fake, "Quiet-River-42.trycloudflare.com", None).await;
+    assert_eq!(url.unwrap(), "https://quiet-river-42.trycloudflare.com");
+    // Another domain when configured, or any hostname with an empty one.
+    let url = cloudflared_reporting(&fake, "a.tunnels.example.com", Some("tunnels.example.com"));
+    assert_eq!(url.await.unwrap(), "https://a.tunnels.example.com");
+    let url = cloudflared_reporting(&fake, "a.tunnels.example.com", None).await;
+    assert!(url.is_err(), "{url:?}");
+    let url = cloudflared_reporting(&fake, "http://127.0.0.1:8080", Some("")).await;
+    assert_eq!(url.unwrap(), "http://127.0.0.1:8080");
 }

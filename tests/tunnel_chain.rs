@@ -466,6 +466,8 @@ async fn cloudflared_to_a_local_address_passes_the_probe_and_forwards_requests()
             Cloudflared::new()
                 .binary(&fake)
                 .startup_timeout(Duration::from_secs(10))
+                // The fake's tunnel is a loopback port, not in trycloudflare.com.
+                .domain("")
                 .arg("--fake-mode")
                 .arg("proxy")
                 .arg("--fake-log")

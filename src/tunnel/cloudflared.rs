@@ -30,8 +30,9 @@ struct QuickTunnel {
 /// `cloudflared tunnel --url http://127.0.0.1:PORT --metrics 127.0.0.1:M`.
 ///
 /// Tried only when the binary is found (on `PATH` unless [`binary`](Self::binary) gives a path).
-/// The URL comes from the metrics endpoint `GET /quicktunnel` and the tunnel counts as up once
-/// `GET /ready` answers 200. cloudflared is given the loopback port of
+/// The URL comes from the metrics endpoint `GET /quicktunnel` (a hostname in
+/// `trycloudflare.com`, or in the [`domain`](Self::domain) given, or the attempt fails) and the
+/// tunnel counts as up once `GET /ready` answers 200. cloudflared is given the loopback port of
 /// [`Upstream::local_addr`] to call, for an address upstream too: that port answers the round-trip
 /// probe and forwards every other request to the address.
 /// On close the process gets SIGINT, then SIGKILL after the [grace period](Self::stop_grace).
@@ -60,6 +61,7 @@ pub struct Cloudflared {
     args: Vec<String>,
     startup_timeout: Duration,
     stop_grace: Duration,
+    domain: String,
 }
 
 impl fmt::Debug for Cloudflared {
@@ -70,6 +72,7 @@ impl fmt::Debug for Cloudflared {
             .field("args", &redacted_args(&self.args))
             .field("startup_timeout", &self.startup_timeout)
             .field("stop_grace", &self.stop_grace)
+            .field("domain", &self.domain)
             .finish()
     }
 }
@@ -134,6 +137,7 @@ impl Cloudflared {
             args: Vec::new(),
             startup_timeout: Duration::from_secs(30),
             stop_grace: Duration::from_secs(5),
+            domain: QUICK_TUNNEL_DOMAIN.to_owned(),
         }
     }
 
@@ -229,6 +233,28 @@ impl Cloudflared {
     /// ```
     pub fn stop_grace(mut self, grace: Duration) -> Self {
         self.stop_grace = grace;
+        self
+    }
+
+    /// The domain the hostname cloudflared reports must be in (default `trycloudflare.com`,
+    /// where quick tunnels live); an empty one accepts any hostname. Whatever the domain, a
+    /// report that is no hostname (`https://` and a port may come with it) fails the attempt:
+    /// what answers on cloudflared's metrics port becomes the public URL, which is logged and
+    /// handed to your code.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::Cloudflared;
+    ///
+    /// let cloudflared = Cloudflared::new();
+    /// assert!(format!("{cloudflared:?}").contains(r#"domain: "trycloudflare.com""#));
+    /// // A stand-in for cloudflared whose tunnels are elsewhere.
+    /// let cloudflared = Cloudflared::new().domain("tunnels.example.com");
+    /// assert!(format!("{cloudflared:?}").contains(r#"domain: "tunnels.example.com""#));
+    /// ```
+    pub fn domain(mut self, domain: impl Into<String>) -> Self {
+        self.domain = domain.into().trim_matches('.').to_ascii_lowercase();
         self
     }
 
@@ -343,11 +369,12 @@ impl Provider for Cloudflared {
                 }
                 tokio::time::sleep(POLL_INTERVAL).await;
             };
-            let url = if hostname.contains("://") {
-                hostname
-            } else {
-                format!("https://{hostname}")
-            };
+            let url = quick_tunnel_url(&hostname, &self.domain).map_err(|why| {
+                format!(
+                    "cloudflared's metrics endpoint (127.0.0.1:{metrics_port}) reported {why}: \
+                     is another program on that port?"
+                )
+            })?;
             tracing::info!(%url, "cloudflared quick tunnel open");
             let grace = self.stop_grace;
             Ok(Session::spawn(url, move |mut stop| async move {
@@ -383,6 +410,49 @@ async fn ready_hostname(metrics: &BaseUrl) -> Option<String> {
     }
     let (status, _) = get(metrics, "/ready", &[], timeout, None).await.ok()?;
     status.is_success().then_some(hostname)
+}
+
+/// Where quick tunnels live.
+const QUICK_TUNNEL_DOMAIN: &str = "trycloudflare.com";
+
+/// The public URL for the hostname cloudflared reported (`host`, or `http(s)://host[:port]`),
+/// when `host` is a hostname in `domain` (any, when it is empty); why not otherwise.
+fn quick_tunnel_url(reported: &str, domain: &str) -> Result<String, String> {
+    let shown = super::error::from_the_network(reported);
+    let (scheme, authority) = match reported.split_once("://") {
+        Some((scheme, rest)) => (scheme, rest.strip_suffix('/').unwrap_or(rest)),
+        None => ("https", reported),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (authority, None),
+    };
+    let port_ok = port.is_none_or(|port| port.parse::<u16>().is_ok_and(|port| port != 0));
+    if !matches!(scheme, "http" | "https") || !port_ok || !is_hostname(host) {
+        return Err(format!("`{shown}`, which is no hostname"));
+    }
+    let host = host.to_ascii_lowercase();
+    if !domain.is_empty() && !host.ends_with(&format!(".{domain}")) {
+        return Err(format!(
+            "`{shown}`, which is not in {domain} (see Cloudflared::domain)"
+        ));
+    }
+    Ok(match port {
+        Some(port) => format!("{scheme}://{host}:{port}"),
+        None => format!("{scheme}://{host}"),
+    })
+}
+
+/// Whether `host` is a DNS hostname: dot-separated labels of 1 to 63 ASCII letters, digits and
+/// dashes (not first or last), 253 characters at most.
+fn is_hostname(host: &str) -> bool {
+    (1..=253).contains(&host.len())
+        && host.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 async fn free_port() -> std::io::Result<u16> {

@@ -1,6 +1,7 @@
 // Fake cloudflared for the tunnel tests. Understands the arguments the provider passes
 // (tunnel --no-autoupdate --url U --metrics H:P) plus test-only ones:
 //   --fake-log FILE   append what happened (argv, origin answer, signals) to FILE
+//   --fake-hostname H the hostname /quicktunnel reports (default fake-quick-tunnel.trycloudflare.com)
 //   --fake-mode MODE  normal | stubborn (ignores SIGINT) | crash (exits at once) | exit-later |
 //                     proxy (the quick tunnel's URL is a loopback port whose requests are
 //                     forwarded to the origin, as cloudflared forwards the edge's requests) |
@@ -36,7 +37,7 @@ if (mode === 'noisy-crash') {
 const origin = opt('--url');
 const [host, port] = opt('--metrics').split(':');
 let readyPolls = 0;
-let hostname = 'fake-quick-tunnel.trycloudflare.com';
+let hostname = opt('--fake-hostname') || 'fake-quick-tunnel.trycloudflare.com';
 
 // The public side: every request is forwarded to the origin, as cloudflared does.
 const startProxy = (done) => {
