@@ -39,6 +39,8 @@ struct ScriptedLt {
     taken: Arc<Mutex<HashSet<String>>>,
     dropping: Arc<AtomicBool>,
     asked: Arc<Mutex<Vec<String>>>,
+    /// When set, the `id` answered to `/?new` (the URL still names the fresh name).
+    new_id: Arc<Mutex<Option<String>>>,
 }
 
 impl ScriptedLt {
@@ -67,6 +69,8 @@ impl ScriptedLt {
             }
         });
         let (refused, log) = (Arc::clone(&taken), Arc::clone(&asked));
+        let new_id = Arc::new(Mutex::new(None::<String>));
+        let id_of_new = Arc::clone(&new_id);
         tokio::spawn(async move {
             let fresh = AtomicUsize::new(0);
             while let Ok((mut conn, _)) = api.accept().await {
@@ -79,6 +83,10 @@ impl ScriptedLt {
                     "/?new" => format!("fresh{}name", fresh.fetch_add(1, Ordering::SeqCst)),
                     other => other.trim_start_matches('/').to_owned(),
                 };
+                let id = match (path.as_str(), id_of_new.lock().unwrap().clone()) {
+                    ("/?new", Some(id)) => id,
+                    _ => name.clone(),
+                };
                 let (status, body) = if refused.lock().unwrap().contains(&name) {
                     (
                         "409 Conflict",
@@ -88,7 +96,7 @@ impl ScriptedLt {
                     (
                         "200 OK",
                         serde_json::json!({
-                            "id": name,
+                            "id": id,
                             "port": pool_port,
                             "max_conn_count": 1,
                             "url": format!("http://{name}.localhost:{}", addr.port()),
@@ -109,6 +117,7 @@ impl ScriptedLt {
             taken,
             dropping,
             asked,
+            new_id,
         }
     }
 }
@@ -291,4 +300,34 @@ async fn cloudflared_reported_hostname_is_checked() {
     assert!(url.is_err(), "{url:?}");
     let url = cloudflared_reporting(&fake, "http://127.0.0.1:8080", Some("")).await;
     assert_eq!(url.unwrap(), "http://127.0.0.1:8080");
+}
+
+/// A registration whose `id` is no subdomain (here with a space and a line break, which no
+/// request path can hold) is not asked for again: the re-opened tunnel asks for a new name
+/// instead of failing every re-open for ever.
+#[tokio::test]
+async fn a_localtunnel_id_that_is_no_subdomain_is_not_asked_for_again() {
+    let server = ScriptedLt::start().await;
+    *server.new_id.lock().unwrap() = Some("Not A\nName".to_owned());
+    let handle = Tunnel::builder()
+        .provider(
+            LocalTunnel::new()
+                .server(format!("http://{}", server.api))
+                .startup_timeout(Duration::from_secs(5)),
+        )
+        .probe(false)
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200))
+        .start(service())
+        .await
+        .unwrap();
+    let mut events = handle.events();
+    server.dropping.store(true, Ordering::SeqCst);
+    let down = next_event(&mut events, Duration::from_secs(15)).await;
+    assert!(matches!(down, TunnelEvent::Down { .. }), "{down:?}");
+    server.dropping.store(false, Ordering::SeqCst);
+    let up = next_event(&mut events, Duration::from_secs(10)).await;
+    assert!(up.is_up(), "{up:?}");
+    let asked = server.asked.lock().unwrap().clone();
+    assert_eq!(asked[..2], ["/?new", "/?new"], "{asked:?}");
+    handle.close().await;
 }

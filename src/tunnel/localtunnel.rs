@@ -537,6 +537,11 @@ fn is_http_url(url: &str) -> bool {
     })
 }
 
+/// Whether `id` can be asked for again as `/{id}`: a DNS label of letters, digits and dashes.
+fn is_label(id: &str) -> bool {
+    (1..=63).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
 fn valid_subdomain(name: &str) -> bool {
     let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
     let len = name.len();
@@ -594,11 +599,12 @@ impl Provider for LocalTunnel {
                 return Err("the localtunnel registration lacks id, port or url".into());
             };
             // From now on the name the server gave is the one to ask for again, also when the
-            // first connection below fails.
+            // first connection below fails; unless it is no subdomain (text from the network
+            // that no request path may hold), which would fail every re-open.
             reclaimed.forget();
             let name = OpenName {
                 ended: Arc::clone(&self.ended),
-                name: Some(EndedName {
+                name: is_label(&id).then(|| EndedName {
                     id: id.clone(),
                     owner: tunnel,
                 }),
