@@ -16,7 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tower_webhook::BoxError;
 use tower_webhook::tunnel::{
-    BoxFuture, Cloudflared, LocalTunnel, Provider, Session, Tunnel, TunnelEvent, TunnelEvents, Upstream,
+    BoxFuture, Cloudflared, LocalTunnel, Provider, Session, Tunnel, TunnelEvent, TunnelEvents,
+    Upstream,
 };
 
 fn service() -> Upstream {
@@ -282,8 +283,14 @@ async fn cloudflared_reported_hostname_is_checked() {
     while let Some(started) = starts.join_next().await {
         let (bad, started) = started.unwrap();
         let err = started.expect_err(bad);
-        assert!(err.contains("cloudflared's metrics endpoint"), "{bad}: {err}");
-        assert!(!err.contains('\u{1b}') && !err.contains("\nINFO"), "{bad}: {err}");
+        assert!(
+            err.contains("cloudflared's metrics endpoint"),
+            "{bad}: {err}"
+        );
+        assert!(
+            !err.contains('\u{1b}') && !err.contains("\nINFO"),
+            "{bad}: {err}"
+        );
     }
     let err = cloudflared_reporting(&fake, "evil.example.com", None)
         .await
