@@ -338,3 +338,19 @@ async fn a_localtunnel_id_that_is_no_subdomain_is_not_asked_for_again() {
     assert_eq!(asked[..2], ["/?new", "/?new"], "{asked:?}");
     handle.close().await;
 }
+
+/// The server helper with an empty chain fails with `NoProviders`, as its docs say.
+#[tokio::test]
+async fn the_server_helper_with_an_empty_chain_reports_no_providers() {
+    let err = tower_webhook::tunnel::Server::bind(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap()
+        .tunnel(Tunnel::builder())
+        .spawn(hello_service(Arc::new(AtomicUsize::new(0))))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, tower_webhook::tunnel::TunnelError::NoProviders),
+        "{err}"
+    );
+}

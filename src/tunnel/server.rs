@@ -230,7 +230,8 @@ impl Server {
     ///
     /// # Errors
     ///
-    /// [`TunnelError::AllFailed`] when the tunnel could not be opened (the server does not start).
+    /// [`TunnelError::AllFailed`] when the tunnel could not be opened (the server does not start),
+    /// [`TunnelError::NoProviders`] when its chain is empty.
     ///
     /// # Example
     ///
@@ -290,7 +291,8 @@ impl Server {
     ///
     /// # Errors
     ///
-    /// [`TunnelError::AllFailed`] when the tunnel could not be opened.
+    /// [`TunnelError::AllFailed`] when the tunnel could not be opened,
+    /// [`TunnelError::NoProviders`] when its chain is empty.
     ///
     /// # Example
     ///
