@@ -2190,21 +2190,21 @@ struct Settle {
 }
 
 const COMPLETE_FAILED: Settle = Settle {
-    failed: "could not mark a delivery id as handled; copies of it will be refused instead of acknowledged until it expires",
+    failed: "could not mark a delivery id as handled: it stays claimed until its claim_ttl runs out; copies are refused until then, and one that arrives after is processed again",
     lost: Some(
         "the claim on a delivery id was gone when its handler finished (it expired: is claim_ttl shorter than the handler?), and another delivery of the id holds a claim or was handled: it may have been processed more than once",
     ),
 };
 
 const RELEASE_FAILED: Settle = Settle {
-    failed: "could not release a delivery id after a failed or abandoned delivery; a redelivery will be treated as a replay until it expires",
+    failed: "could not release a delivery id after a failed or abandoned delivery: it stays claimed until its claim_ttl runs out (a store that does not track claims keeps it for the replay_ttl), and a redelivery is refused as a replay until then",
     lost: Some(
         "the claim on a delivery id was gone when its delivery failed (it expired: is claim_ttl shorter than the handler?, or the store evicted it); another delivery of the id may hold it now, and is left alone",
     ),
 };
 
 const ABANDON_FAILED: Settle = Settle {
-    failed: "could not release a delivery id whose claim the replay store answered with an error; if the store recorded the claim, a redelivery will be treated as a replay until it expires",
+    failed: "could not release a delivery id whose claim the replay store answered with an error; if the store recorded the claim, a redelivery is refused as a replay until its claim_ttl runs out",
     lost: None,
 };
 

@@ -1137,15 +1137,23 @@ mod redis_store {
     impl RedisReplayStore {
         /// Uses an existing connection manager. Keys are prefixed with `tower-webhook:replay:`.
         ///
+        /// The manager reconnects on its own schedule: with redis' default backoff it waits up to
+        /// a minute between attempts, so deliveries may be refused (503) for that long after
+        /// Redis is back. [`connect`](Self::connect) tries at least every second; set
+        /// [`set_max_delay`](redis::aio::ConnectionManagerConfig::set_max_delay) for the same
+        /// here. Unlike `connect`, the store does not replace a connection that stops answering.
+        ///
         /// # Example
         ///
         /// ```no_run
-        /// use redis::aio::ConnectionManager;
+        /// use redis::aio::{ConnectionManager, ConnectionManagerConfig};
         /// use tower_webhook::signature::{RedisReplayStore, SignatureLayer};
         ///
         /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
         /// let client = redis::Client::open("redis://127.0.0.1:6379/")?;
-        /// let conn = ConnectionManager::new(client).await?; // may be shared with the rest of the app
+        /// // Reconnect at least every second once Redis is back (the default waits up to a minute).
+        /// let config = ConnectionManagerConfig::new().set_max_delay(1000);
+        /// let conn = ConnectionManager::new_with_config(client, config).await?; // may be shared with the rest of the app
         /// let store = RedisReplayStore::new(conn);
         /// assert!(format!("{store:?}").contains("tower-webhook:replay:"));
         /// let layer = SignatureLayer::github("secret")?.replay_store(store);

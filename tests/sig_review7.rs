@@ -1,0 +1,337 @@
+//! Replay stores: the in-memory store under a settable clock, the layer's use of claims, and
+//! the Redis store against a real `redis-server` started here on 127.0.0.1.
+
+#[path = "common/logs.rs"]
+mod logs;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use logs::Logs;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_webhook::signature::{
+    ClaimToken, Clock, MemoryReplayStore, RecordDelivery, ReplayFuture, ReplayStore, SignatureLayer,
+};
+
+const GH_SECRET: &str = "It's a Secret to Everybody";
+const GH_BODY: &[u8] = b"Hello, World!";
+const GH_SIG: &str = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+
+/// Sends `req` through `layer` to a handler answering `status`; the status the client gets.
+async fn send(layer: &SignatureLayer, status: StatusCode, req: Request<Full<Bytes>>) -> StatusCode {
+    let svc = ServiceBuilder::new().layer(layer.clone()).service_fn(
+        move |_: Request<Full<Bytes>>| async move {
+            let mut res = Response::new(Full::<Bytes>::default());
+            *res.status_mut() = status;
+            Ok::<_, Infallible>(res)
+        },
+    );
+    svc.oneshot(req).await.unwrap().status()
+}
+
+fn github(delivery: &str) -> Request<Full<Bytes>> {
+    Request::post("/github")
+        .header("x-hub-signature-256", GH_SIG)
+        .header("x-github-delivery", delivery)
+        .body(Full::new(Bytes::from_static(GH_BODY)))
+        .unwrap()
+}
+
+fn clocked(capacity: usize) -> (MemoryReplayStore, Arc<AtomicU64>) {
+    let now = Arc::new(AtomicU64::new(1_700_000_000_000));
+    let n = now.clone();
+    let store = MemoryReplayStore::with_capacity(capacity).clock(Clock::from_fn(move || {
+        SystemTime::UNIX_EPOCH + Duration::from_millis(n.load(Ordering::SeqCst))
+    }));
+    (store, now)
+}
+
+/// A memory store whose `complete` and `release` fail while `down` is set (Redis went away
+/// while the handler ran).
+struct SettleFails {
+    store: MemoryReplayStore,
+    down: AtomicBool,
+}
+
+impl SettleFails {
+    fn failing(&self) -> Option<ReplayFuture> {
+        self.down
+            .load(Ordering::SeqCst)
+            .then(|| ReplayFuture::ready(Err("connection refused".into())))
+    }
+}
+
+impl ReplayStore for SettleFails {
+    fn insert(&self, key: &str, ttl: Duration) -> ReplayFuture {
+        self.store.insert(key, ttl)
+    }
+    fn remove(&self, key: &str) -> ReplayFuture {
+        self.store.remove(key)
+    }
+    fn claim(&self, key: &str, token: ClaimToken, ttl: Duration) -> ReplayFuture {
+        self.store.claim(key, token, ttl)
+    }
+    fn complete(&self, key: &str, token: ClaimToken, ttl: Duration) -> ReplayFuture {
+        self.failing()
+            .unwrap_or_else(|| self.store.complete(key, token, ttl))
+    }
+    fn release(&self, key: &str, token: ClaimToken) -> ReplayFuture {
+        self.failing()
+            .unwrap_or_else(|| self.store.release(key, token))
+    }
+    fn completed(&self, key: &str) -> ReplayFuture {
+        self.store.completed(key)
+    }
+    fn tracks_claims(&self) -> bool {
+        true
+    }
+}
+
+/// A handled delivery whose id could not be marked handled keeps its claim until `claim_ttl`:
+/// copies are refused meanwhile, and one that comes after is processed again. The error says
+/// so, and names the delivery.
+#[tokio::test]
+async fn a_failed_completion_is_logged_with_the_delivery_and_what_follows() {
+    let (logs, _guard) = Logs::capture();
+    let (memory, now) = clocked(100);
+    let store = Arc::new(SettleFails {
+        store: memory,
+        down: AtomicBool::new(true),
+    });
+    let layer = SignatureLayer::github(GH_SECRET)
+        .unwrap()
+        .replay_store(store.clone())
+        .record_delivery(RecordDelivery::AfterSuccess)
+        .claim_ttl(Duration::from_secs(60));
+    assert_eq!(
+        send(&layer, StatusCode::OK, github("d-complete")).await,
+        200
+    );
+    let text = logs.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("ERROR"))
+        .unwrap_or_else(|| panic!("no error logged: {text}"));
+    assert!(line.contains("github:d-complete"), "{line}");
+    assert!(line.contains("connection refused"), "{line}");
+    assert!(line.contains("claim_ttl"), "{line}");
+    assert!(line.contains("processed again"), "{line}");
+    // As logged: refused while the claim lasts, processed again after it.
+    store.down.store(false, Ordering::SeqCst);
+    assert_eq!(
+        send(&layer, StatusCode::OK, github("d-complete")).await,
+        409
+    );
+    now.fetch_add(60_001, Ordering::SeqCst);
+    assert_eq!(
+        send(&layer, StatusCode::OK, github("d-complete")).await,
+        200
+    );
+}
+
+/// A failed delivery whose claim could not be released: the redelivery is refused until
+/// `claim_ttl`, then processed. The error names the delivery and says until when.
+#[tokio::test]
+async fn a_failed_release_is_logged_with_the_delivery_and_what_follows() {
+    let (logs, _guard) = Logs::capture();
+    let (memory, now) = clocked(100);
+    let store = Arc::new(SettleFails {
+        store: memory,
+        down: AtomicBool::new(true),
+    });
+    let layer = SignatureLayer::github(GH_SECRET)
+        .unwrap()
+        .replay_store(store.clone())
+        .record_delivery(RecordDelivery::AfterSuccess)
+        .claim_ttl(Duration::from_secs(60));
+    assert_eq!(
+        send(&layer, StatusCode::BAD_GATEWAY, github("d-release")).await,
+        502
+    );
+    let text = logs.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("ERROR"))
+        .unwrap_or_else(|| panic!("no error logged: {text}"));
+    assert!(line.contains("github:d-release"), "{line}");
+    assert!(line.contains("claim_ttl"), "{line}");
+    store.down.store(false, Ordering::SeqCst);
+    assert_eq!(send(&layer, StatusCode::OK, github("d-release")).await, 409);
+    now.fetch_add(60_001, Ordering::SeqCst);
+    assert_eq!(send(&layer, StatusCode::OK, github("d-release")).await, 200);
+}
+
+mod redis_server {
+    use std::net::TcpListener;
+    use std::process::{Child, Command, Stdio};
+    use std::time::Duration;
+
+    /// A `redis-server` child process on 127.0.0.1, killed on drop.
+    pub(crate) struct Redis {
+        pub(crate) child: Child,
+        pub(crate) port: u16,
+    }
+
+    impl Redis {
+        pub(crate) fn url(&self) -> String {
+            format!("redis://127.0.0.1:{}/", self.port)
+        }
+
+        /// Stops the server for good (until `restart`).
+        pub(crate) fn kill(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+
+        /// A new server on the same port.
+        pub(crate) async fn restart(&mut self) {
+            self.kill();
+            let back = spawn(self.port).await.expect("redis-server restarts");
+            *self = back;
+        }
+
+        /// Sends `signal` (`-STOP`, `-CONT`) to the server.
+        pub(crate) fn signal(&self, signal: &str) {
+            let status = Command::new("kill")
+                .args([signal, &self.child.id().to_string()])
+                .status()
+                .expect("run kill");
+            assert!(status.success());
+        }
+    }
+
+    impl Drop for Redis {
+        fn drop(&mut self) {
+            let _ = Command::new("kill")
+                .args(["-CONT", &self.child.id().to_string()])
+                .status();
+            self.kill();
+        }
+    }
+
+    /// `None` (the test skips) without `redis-server`, unless `TOWER_WEBHOOK_REQUIRE_INTEROP=1`.
+    pub(crate) async fn start() -> Option<Redis> {
+        let found = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            let msg = "redis-server not found on PATH (run .ci/signature.sh to install it)";
+            assert!(
+                !std::env::var("TOWER_WEBHOOK_REQUIRE_INTEROP").is_ok_and(|v| v == "1"),
+                "TOWER_WEBHOOK_REQUIRE_INTEROP=1: {msg}"
+            );
+            eprintln!("SKIPPED: {msg}");
+            return None;
+        }
+        for _attempt in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            if let Some(redis) = spawn(port).await {
+                return Some(redis);
+            }
+        }
+        panic!("redis-server did not start");
+    }
+
+    async fn spawn(port: u16) -> Option<Redis> {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        let redis = Redis { child, port };
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return Some(redis);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+}
+
+use redis_server::Redis;
+use tower_webhook::signature::RedisReplayStore;
+
+/// Inserts fresh ids until one is recorded, for at most `within`.
+async fn recovers(store: &RedisReplayStore, within: Duration) -> Result<Duration, String> {
+    let started = std::time::Instant::now();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match store
+            .insert(&format!("github:back-{attempt}"), Duration::from_secs(60))
+            .await
+        {
+            Ok(true) => return Ok(started.elapsed()),
+            other => {
+                if started.elapsed() > within {
+                    return Err(format!("still {other:?} after {:?}", started.elapsed()));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Redis stopped for longer than one round of reconnection attempts (six, at most a second
+/// apart), then started again on its port: the store made by `connect` takes deliveries again
+/// within seconds, and so does one made by `new` with a manager whose backoff is as short.
+#[tokio::test]
+async fn the_store_recovers_after_redis_restarts() {
+    let Some(mut redis) = redis_server::start().await else {
+        return;
+    };
+    let url = redis.url();
+    let timeout = Duration::from_millis(300);
+    let connected = RedisReplayStore::connect(&url)
+        .await
+        .unwrap()
+        .timeout(timeout);
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let config = redis::aio::ConnectionManagerConfig::new().set_max_delay(1000);
+    let manager = redis::aio::ConnectionManager::new_with_config(client, config)
+        .await
+        .unwrap();
+    let given = RedisReplayStore::new(manager).timeout(timeout);
+    let ttl = Duration::from_secs(60);
+    assert!(connected.insert("github:before", ttl).await.unwrap());
+    assert!(given.insert("github:before-2", ttl).await.unwrap());
+    redis.kill();
+    let down = std::time::Instant::now();
+    let mut i = 0;
+    while down.elapsed() < Duration::from_secs(8) {
+        i += 1;
+        let id = format!("github:down-{i}");
+        assert!(connected.insert(&id, ttl).await.is_err(), "fails closed");
+        assert!(given.insert(&id, ttl).await.is_err(), "fails closed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    redis.restart().await;
+    recovers(&connected, Duration::from_secs(5)).await.unwrap();
+    recovers(&given, Duration::from_secs(5)).await.unwrap();
+    // What was recorded during the outage was not: those ids are new.
+    assert!(connected.insert("github:down-1", ttl).await.unwrap());
+}
