@@ -335,3 +335,65 @@ async fn the_store_recovers_after_redis_restarts() {
     // What was recorded during the outage was not: those ids are new.
     assert!(connected.insert("github:down-1", ttl).await.unwrap());
 }
+
+/// An Azure DevOps delivery refused by `verify()` outside the layer: the error does not know its
+/// scheme, and says `Signature`, as the docs now say (they claimed `Basic`); the documented
+/// way out sends the layer's own challenge.
+#[tokio::test]
+async fn a_verify_error_rendered_outside_the_layer_names_signature_unless_told() {
+    use tower_webhook::BoxError;
+    use tower_webhook::error::{Problem, WebhookErrorLayer};
+
+    let layer = SignatureLayer::azure_devops("hooks", "p4ssw0rd").unwrap();
+    for own_challenge in [false, true] {
+        let verifier = layer.clone();
+        let svc = ServiceBuilder::new()
+            .layer(WebhookErrorLayer::new())
+            .service_fn(move |req: Request<Full<Bytes>>| {
+                let verifier = verifier.clone();
+                async move {
+                    let body = http_body_util::BodyExt::collect(req.into_body())
+                        .await
+                        .unwrap()
+                        .to_bytes();
+                    match verifier.verify(&http::HeaderMap::new(), &body) {
+                        Ok(_) => Ok(Response::new(Full::<Bytes>::default())),
+                        Err(err) if own_challenge => Err(BoxError::from(
+                            Problem::from_error(&err)
+                                .with_challenge(r#"Basic realm="azure-devops""#),
+                        )),
+                        Err(err) => Err(BoxError::from(err)),
+                    }
+                }
+            });
+        let req = Request::post("/azure-devops")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        let res = svc.oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        let challenge = res.headers()["www-authenticate"].to_str().unwrap();
+        if own_challenge {
+            assert_eq!(challenge, r#"Basic realm="azure-devops""#);
+        } else {
+            assert_eq!(challenge, "Signature");
+        }
+    }
+    // The layer itself knows its scheme.
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|_: Request<Full<Bytes>>| async {
+            Ok::<_, Infallible>(Response::new(Full::<Bytes>::default()))
+        });
+    let res = svc
+        .oneshot(
+            Request::post("/azure-devops")
+                .body(Full::new(Bytes::from_static(b"{}")))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        res.headers()["www-authenticate"],
+        r#"Basic realm="azure-devops""#
+    );
+}

@@ -1220,6 +1220,12 @@ impl SignatureLayer {
     /// Verifies a delivery held in memory: headers, size limit, timestamp and signature, but not
     /// the replay store. Useful outside tower (a queue consumer) and for fuzzing.
     ///
+    /// The error does not know the layer's scheme: rendered by a
+    /// [`WebhookErrorLayer`](crate::error::WebhookErrorLayer), a 401 carries
+    /// `WWW-Authenticate: Signature`, where the layer itself answers Azure DevOps with
+    /// `Basic realm="azure-devops"`. To send that, return
+    /// `Problem::from_error(&err).with_challenge(r#"Basic realm="azure-devops""#)` instead.
+    ///
     /// ```
     /// use http::HeaderMap;
     /// use tower_webhook::signature::SignatureLayer;
@@ -2190,14 +2196,14 @@ struct Settle {
 }
 
 const COMPLETE_FAILED: Settle = Settle {
-    failed: "could not mark a delivery id as handled: it stays claimed until its claim_ttl runs out; copies are refused until then, and one that arrives after is processed again",
+    failed: "could not mark a delivery id as handled: it may stay claimed until its claim_ttl runs out; copies are refused until then, and one that arrives after is processed again",
     lost: Some(
         "the claim on a delivery id was gone when its handler finished (it expired: is claim_ttl shorter than the handler?), and another delivery of the id holds a claim or was handled: it may have been processed more than once",
     ),
 };
 
 const RELEASE_FAILED: Settle = Settle {
-    failed: "could not release a delivery id after a failed or abandoned delivery: it stays claimed until its claim_ttl runs out (a store that does not track claims keeps it for the replay_ttl), and a redelivery is refused as a replay until then",
+    failed: "could not release a delivery id after a failed or abandoned delivery: it may stay claimed until its claim_ttl runs out (a store that does not track claims keeps it for the replay_ttl), and a redelivery is refused as a replay until then",
     lost: Some(
         "the claim on a delivery id was gone when its delivery failed (it expired: is claim_ttl shorter than the handler?, or the store evicted it); another delivery of the id may hold it now, and is left alone",
     ),
