@@ -166,6 +166,71 @@ async fn a_failed_release_is_logged_with_the_delivery_and_what_follows() {
     assert_eq!(send(&layer, StatusCode::OK, github("d-release")).await, 200);
 }
 
+/// A full `MemoryReplayStore` under a settable clock: expired ids are counted by `len()` until
+/// something is recorded, then purged first; the oldest handled id is evicted next; claims in
+/// progress never are, and a store of nothing else refuses new ids (503 with `Retry-After`
+/// through the layer) until one is settled or expires.
+#[tokio::test]
+async fn a_full_memory_store_purges_evicts_and_refuses_as_documented() {
+    let (store, now) = clocked(2);
+    let ttl = Duration::from_secs(10);
+    assert!(store.insert("github:a", ttl).await.unwrap());
+    assert!(store.insert("github:b", ttl).await.unwrap());
+    now.fetch_add(10_000, Ordering::SeqCst);
+    assert_eq!(store.len(), 2, "expired ids are held until purged");
+    assert!(
+        !store.completed("github:a").await.unwrap(),
+        "but not handled"
+    );
+    assert!(store.insert("github:c", ttl).await.unwrap());
+    assert_eq!(store.len(), 1, "both expired ids purged");
+    assert!(store.insert("github:d", ttl).await.unwrap());
+    assert!(store.insert("github:e", ttl).await.unwrap());
+    assert_eq!(store.len(), 2);
+    assert!(
+        store.insert("github:c", ttl).await.unwrap(),
+        "the oldest was evicted"
+    );
+
+    // Through the layer: two handlers hold claims; a third delivery is refused with 503.
+    let (store, now) = clocked(2);
+    let store = Arc::new(store);
+    let layer = SignatureLayer::github(GH_SECRET)
+        .unwrap()
+        .replay_store(store.clone())
+        .claim_ttl(Duration::from_secs(60));
+    let (a, b) = (ClaimToken::unique(), ClaimToken::unique());
+    assert!(
+        store
+            .claim("github:x", a, Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .claim("github:y", b, Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    let svc =
+        ServiceBuilder::new()
+            .layer(layer.clone())
+            .service_fn(|_: Request<Full<Bytes>>| async {
+                Ok::<_, Infallible>(Response::new(Full::<Bytes>::default()))
+            });
+    let res = svc.oneshot(github("z")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(res.headers().contains_key("retry-after"));
+    assert_eq!(store.len(), 2, "nothing held for the refused delivery");
+    // One claim is settled: the delivery goes through (and the handled id can be evicted).
+    assert!(store.complete("github:x", a, ttl).await.unwrap());
+    assert_eq!(send(&layer, StatusCode::OK, github("z")).await, 200);
+    // The other claim expires: the next id goes through too.
+    now.fetch_add(60_001, Ordering::SeqCst);
+    assert_eq!(send(&layer, StatusCode::OK, github("w")).await, 200);
+    assert!(store.len() <= 2);
+}
+
 mod redis_server {
     use std::net::TcpListener;
     use std::process::{Child, Command, Stdio};
@@ -272,7 +337,6 @@ mod redis_server {
     }
 }
 
-use redis_server::Redis;
 use tower_webhook::signature::RedisReplayStore;
 
 /// Inserts fresh ids until one is recorded, for at most `within`.
@@ -395,5 +459,88 @@ async fn a_verify_error_rendered_outside_the_layer_names_signature_unless_told()
     assert_eq!(
         res.headers()["www-authenticate"],
         r#"Basic realm="azure-devops""#
+    );
+}
+
+/// Commands Redis carries out after the layer gave up on them (it was stopped, then went on):
+/// a late `SET` of an id recorded at verification is deleted again, so the provider's retry of
+/// the refused delivery is processed; a late completion still records the handled id.
+#[tokio::test]
+async fn late_commands_leave_the_right_state() {
+    let Some(redis) = redis_server::start().await else {
+        return;
+    };
+    let url = redis.url();
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let value = |conn: &mut redis::aio::MultiplexedConnection, key: &'static str| {
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("GET")
+                .arg(format!("tower-webhook:replay:{key}"))
+                .query_async::<Option<String>>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    let store = RedisReplayStore::connect(&url)
+        .await
+        .unwrap()
+        .timeout(Duration::from_millis(300));
+    let at_verification = SignatureLayer::github(GH_SECRET)
+        .unwrap()
+        .replay_store(store.clone())
+        .record_delivery(RecordDelivery::AfterVerification);
+    redis.signal("-STOP");
+    let refused = send(&at_verification, StatusCode::OK, github("late-set")).await;
+    redis.signal("-CONT");
+    assert_eq!(refused, StatusCode::SERVICE_UNAVAILABLE);
+    let mut gone = false;
+    for _ in 0..300 {
+        if value(&mut conn, "github:late-set").await.is_none() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(gone, "the late SET was not undone");
+    // Let a reopened connection settle in before the retry.
+    recovers(&store, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        send(&at_verification, StatusCode::OK, github("late-set")).await,
+        200
+    );
+
+    // A completion that times out while Redis is stopped, carried out once it goes on.
+    let after_success = SignatureLayer::github(GH_SECRET)
+        .unwrap()
+        .replay_store(store.clone())
+        .record_delivery(RecordDelivery::AfterSuccess);
+    let pid = redis.child.id();
+    let svc = ServiceBuilder::new()
+        .layer(after_success.clone())
+        .service_fn(move |_: Request<Full<Bytes>>| async move {
+            // The handler runs with the claim held; Redis stops before it answers.
+            let _ = std::process::Command::new("kill")
+                .args(["-STOP", &pid.to_string()])
+                .status();
+            Ok::<_, Infallible>(Response::new(Full::<Bytes>::default()))
+        });
+    let handled = svc.oneshot(github("late-complete")).await.unwrap().status();
+    redis.signal("-CONT");
+    assert_eq!(handled, StatusCode::OK, "handled, whatever the store says");
+    let mut done = false;
+    for _ in 0..300 {
+        if value(&mut conn, "github:late-complete").await.as_deref() == Some("1") {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(done, "the late completion was not recorded");
+    recovers(&store, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        send(&after_success, StatusCode::OK, github("late-complete")).await,
+        409
     );
 }
