@@ -39,7 +39,12 @@ fn signature_layer_defaults_are_the_documented_ones() {
 fn max_signatures_stays_within_one_to_eight() {
     use tower_webhook::signature::SignatureLayer;
 
-    let at = |n: usize| format!("{:?}", SignatureLayer::github("s").unwrap().max_signatures(n));
+    let at = |n: usize| {
+        format!(
+            "{:?}",
+            SignatureLayer::github("s").unwrap().max_signatures(n)
+        )
+    };
     assert!(at(0).contains("max_signatures: 1,"), "{}", at(0));
     assert!(at(3).contains("max_signatures: 3,"), "{}", at(3));
     assert!(at(1000).contains("max_signatures: 8,"), "{}", at(1000));
@@ -128,7 +133,12 @@ fn snapshot_json_has_the_documented_fields() {
     let (_layer, handle) =
         CircuitBreakerLayer::pair(CircuitBreakerConfig::default().name("github-api")).unwrap();
     let json = serde_json::to_value(handle.snapshot()).unwrap();
-    let mut keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut keys: Vec<&str> = json
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     keys.sort_unstable();
     let mut documented = vec![
         "name",
@@ -181,4 +191,134 @@ fn tunnel_defaults_are_the_documented_ones() {
     ] {
         assert!(shown.contains(part), "{part} not in {shown}");
     }
+}
+
+/// docs/errors.md: a custom renderer's answer still gets what an error's response needs and the
+/// renderer left out: the request id (echoed in its header) and, for a 408 or a 413 over
+/// HTTP/1.x, `Connection: close`; over HTTP/2 no `Connection` header (it is forbidden there).
+#[tokio::test]
+async fn a_renderer_answer_gets_the_request_id_and_connection_close() {
+    use bytes::Bytes;
+    use http::{Request, Response, StatusCode, Version};
+    use http_body_util::Full;
+    use tower::{BoxError, ServiceBuilder, ServiceExt};
+    use tower_webhook::error::{Problem, WebhookErrorLayer};
+
+    for status in [StatusCode::PAYLOAD_TOO_LARGE, StatusCode::REQUEST_TIMEOUT] {
+        for version in [Version::HTTP_11, Version::HTTP_2] {
+            let svc = ServiceBuilder::new()
+                .layer(WebhookErrorLayer::new().render_with(|p: &Problem| {
+                    let mut res = Response::new(Bytes::from(format!("<h1>{}</h1>", p.title())));
+                    *res.status_mut() = p.status();
+                    res
+                }))
+                .service_fn(move |_req: Request<Full<Bytes>>| async move {
+                    Err::<Response<Full<Bytes>>, BoxError>(Problem::new(status).into())
+                });
+            let req = Request::post("/hook")
+                .version(version)
+                .header("x-request-id", "req-7")
+                .body(Full::default())
+                .unwrap();
+            let res = svc.oneshot(req).await.unwrap();
+            assert_eq!(res.status(), status);
+            assert_eq!(
+                res.headers()["x-request-id"],
+                "req-7",
+                "{status} {version:?}"
+            );
+            let connection = res.headers().get("connection");
+            if version == Version::HTTP_11 {
+                assert_eq!(connection.unwrap(), "close", "{status}");
+            } else {
+                assert!(connection.is_none(), "{status} {version:?}: {connection:?}");
+            }
+        }
+    }
+}
+
+/// src/signature/mod.rs: `OnReplay::Acknowledge` with a status that is not 2xx is refused when
+/// set (a panic), like a TTL under a millisecond; 200 and 202 are taken.
+#[test]
+fn acknowledging_replays_with_a_non_2xx_status_panics() {
+    use http::StatusCode;
+    use tower_webhook::signature::{OnReplay, SignatureLayer};
+
+    let layer = || SignatureLayer::github("s").unwrap();
+    let _ = layer().on_replay(OnReplay::Acknowledge(StatusCode::OK));
+    let _ = layer().on_replay(OnReplay::Acknowledge(StatusCode::ACCEPTED));
+    for status in [StatusCode::CONFLICT, StatusCode::MOVED_PERMANENTLY] {
+        let l = layer();
+        let set = std::panic::AssertUnwindSafe(move || l.on_replay(OnReplay::Acknowledge(status)));
+        assert!(std::panic::catch_unwind(set).is_err(), "{status}");
+    }
+}
+
+/// docs/circuit-breaker.md: under `WebhookErrorLayer`, a call an OPEN breaker refuses is
+/// answered 503 with `Retry-After` and a `circuit-open` problem; in FORCED_OPEN, which ends only
+/// by hand, the 503 has no `Retry-After`.
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_is_a_503_with_retry_after_and_a_forced_open_one_without() {
+    use bytes::Bytes;
+    use http::{Request, Response, StatusCode};
+    use http_body_util::Full;
+    use tower::{BoxError, ServiceBuilder};
+    use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer};
+    use tower_webhook::error::{WebhookErrorLayer, types};
+
+    let (breaker, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .layer(breaker)
+        .service_fn(|_: Request<Full<Bytes>>| async {
+            Ok::<_, BoxError>(Response::new(Full::<Bytes>::default()))
+        });
+
+    handle.transition_to_open().unwrap();
+    let (status, retry_after, kind) = answer(svc.clone()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        retry_after.as_deref(),
+        Some("30"),
+        "the default open duration"
+    );
+    assert_eq!(kind, types::CIRCUIT_OPEN);
+
+    handle.transition_to_forced_open().unwrap();
+    let (status, retry_after, kind) = answer(svc).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(retry_after, None);
+    assert_eq!(kind, types::CIRCUIT_OPEN);
+}
+
+/// Sends one request; returns the status, the `Retry-After` and the problem's `type`.
+async fn answer<S, B>(svc: S) -> (http::StatusCode, Option<String>, String)
+where
+    S: tower::Service<
+            http::Request<http_body_util::Full<bytes::Bytes>>,
+            Response = http::Response<B>,
+        >,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let res = svc
+        .oneshot(http::Request::new(Default::default()))
+        .await
+        .unwrap();
+    let retry_after = res
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let status = res.status();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    (
+        status,
+        retry_after,
+        problem["type"].as_str().unwrap().to_owned(),
+    )
 }
