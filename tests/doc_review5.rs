@@ -322,3 +322,54 @@ where
         problem["type"].as_str().unwrap().to_owned(),
     )
 }
+
+/// README and docs/signature.md: axum's extractors stop at 2 MB of body unless
+/// `DefaultBodyLimit` says otherwise, so a verified 3 MB delivery is refused 413 by the `String`
+/// extractor in a router without it, and reaches the handler (202) in the README's router, which
+/// raises the limit to the layer's 25 MiB.
+#[tokio::test]
+async fn the_readme_router_takes_a_verified_delivery_over_axums_default_limit() {
+    use axum::{Router, extract::DefaultBodyLimit, routing::post};
+    use hmac::{Hmac, KeyInit, Mac};
+    use http::{Request, StatusCode};
+    use tower::ServiceExt;
+    use tower_webhook::{
+        error::WebhookErrorLayer,
+        signature::{SignatureLayer, VerifiedWebhook},
+    };
+
+    async fn on_github(hook: VerifiedWebhook, body: String) -> StatusCode {
+        assert_eq!(hook.event(), Some("push"));
+        assert_eq!(body.len(), 3 * 1024 * 1024);
+        StatusCode::ACCEPTED
+    }
+    let secret = "It's a Secret to Everybody";
+    let body = "x".repeat(3 * 1024 * 1024);
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body.as_bytes());
+    let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    let delivery = || {
+        Request::post("/api/v1/github_webhooks")
+            .header("x-hub-signature-256", &signature)
+            .header("x-github-event", "push")
+            .header("x-github-delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958")
+            .body(axum::body::Body::from(body.clone()))
+            .unwrap()
+    };
+    let route = || {
+        Router::new().route(
+            "/api/v1/github_webhooks",
+            post(on_github).route_layer(SignatureLayer::github(secret).unwrap()),
+        )
+    };
+
+    let readme: Router = route()
+        .layer(DefaultBodyLimit::max(25 * 1024 * 1024))
+        .layer(WebhookErrorLayer::new());
+    let res = readme.oneshot(delivery()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+
+    let without: Router = route().layer(WebhookErrorLayer::new());
+    let res = without.oneshot(delivery()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}
