@@ -124,45 +124,6 @@ fn retry_policy_defaults_are_the_documented_ones() {
     assert_eq!(policy.max_delay(20), Duration::from_secs(10));
 }
 
-/// docs/circuit-breaker.md, "Status endpoint": the snapshot's JSON has exactly the fields the
-/// documented example shows, and a fresh breaker is CLOSED in generation 0.
-#[test]
-fn snapshot_json_has_the_documented_fields() {
-    use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer};
-
-    let (_layer, handle) =
-        CircuitBreakerLayer::pair(CircuitBreakerConfig::default().name("github-api")).unwrap();
-    let json = serde_json::to_value(handle.snapshot()).unwrap();
-    let mut keys: Vec<&str> = json
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
-    keys.sort_unstable();
-    let mut documented = vec![
-        "name",
-        "state",
-        "failure_rate",
-        "slow_call_rate",
-        "buffered_calls",
-        "failed_calls",
-        "successful_calls",
-        "slow_calls",
-        "consecutive_failures",
-        "not_permitted_calls",
-        "half_open_permits_taken",
-        "retry_after_ms",
-        "generation",
-    ];
-    documented.sort_unstable();
-    assert_eq!(keys, documented);
-    assert_eq!(json["name"], "github-api");
-    assert_eq!(json["state"], "CLOSED");
-    assert_eq!(json["generation"], 0);
-    assert!(json["retry_after_ms"].is_null());
-}
-
 /// docs/tunnel.md: startup timeouts bore 10 s, localtunnel 10 s, cloudflared 30 s; the probe
 /// is bounded by 5 s; reconnects back off from 250 ms to 30 s.
 #[test]
@@ -372,4 +333,89 @@ async fn the_readme_router_takes_a_verified_delivery_over_axums_default_limit() 
     let without: Router = route().layer(WebhookErrorLayer::new());
     let res = without.oneshot(delivery()).await.unwrap();
     assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+/// docs/circuit-breaker.md, "Status endpoint": the documented snapshot of a CLOSED breaker with
+/// a count window of 16 calls, 4 of them failed, the last 2 in a row, is what the handle gives.
+#[tokio::test]
+async fn the_documented_closed_snapshot_is_what_the_handle_gives() {
+    use http::{Request, Response, StatusCode};
+    use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+    use tower_webhook::circuit_breaker::{
+        CircuitBreakerConfig, CircuitBreakerLayer, SlidingWindow,
+    };
+
+    let config = CircuitBreakerConfig::default()
+        .name("github-api")
+        .sliding_window(SlidingWindow::Count(16));
+    let (breaker, handle) = CircuitBreakerLayer::pair(config).unwrap();
+    let mut svc = ServiceBuilder::new()
+        .layer(breaker)
+        .service_fn(|req: Request<u16>| async move {
+            let mut res = Response::new(());
+            *res.status_mut() = StatusCode::from_u16(*req.body()).unwrap();
+            Ok::<_, BoxError>(res)
+        });
+    let mut statuses = vec![200; 16];
+    for failed in [3, 9, 14, 15] {
+        statuses[failed] = 500;
+    }
+    for status in statuses {
+        svc.ready()
+            .await
+            .unwrap()
+            .call(Request::new(status))
+            .await
+            .unwrap();
+    }
+    let documented: serde_json::Value = serde_json::from_str(
+        r#"{"name":"github-api","state":"CLOSED","failure_rate":25.0,"slow_call_rate":0.0,
+ "buffered_calls":16,"failed_calls":4,"successful_calls":12,"slow_calls":0,
+ "consecutive_failures":2,"not_permitted_calls":0,"half_open_permits_taken":0,
+ "retry_after_ms":null,"generation":0}"#,
+    )
+    .unwrap();
+    assert_eq!(serde_json::to_value(handle.snapshot()).unwrap(), documented);
+}
+
+/// docs/circuit-breaker.md, "Status endpoint": once OPEN the counts are empty and the snapshot
+/// tells how long the breaker stays open and how many calls it refused, as documented.
+#[tokio::test(start_paused = true)]
+async fn the_documented_open_snapshot_is_what_the_handle_gives() {
+    use std::time::Duration;
+
+    use http::{Request, Response, StatusCode};
+    use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+    use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer};
+
+    let config = CircuitBreakerConfig::default().name("github-api");
+    let (breaker, handle) = CircuitBreakerLayer::pair(config).unwrap();
+    let mut svc = ServiceBuilder::new()
+        .layer(breaker)
+        .service_fn(|_: Request<()>| async {
+            let mut res = Response::new(());
+            *res.status_mut() = StatusCode::BAD_GATEWAY;
+            Ok::<_, BoxError>(res)
+        });
+    for _ in 0..5 {
+        svc.ready()
+            .await
+            .unwrap()
+            .call(Request::new(()))
+            .await
+            .unwrap();
+    }
+    tokio::time::advance(Duration::from_millis(2500)).await;
+    for _ in 0..3 {
+        let refused = svc.ready().await.unwrap().call(Request::new(())).await;
+        assert!(refused.is_err());
+    }
+    let documented: serde_json::Value = serde_json::from_str(
+        r#"{"name":"github-api","state":"OPEN","failure_rate":null,"slow_call_rate":null,
+ "buffered_calls":0,"failed_calls":0,"successful_calls":0,"slow_calls":0,
+ "consecutive_failures":0,"not_permitted_calls":3,"half_open_permits_taken":0,
+ "retry_after_ms":27500,"generation":1}"#,
+    )
+    .unwrap();
+    assert_eq!(serde_json::to_value(handle.snapshot()).unwrap(), documented);
 }
