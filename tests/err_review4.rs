@@ -3,6 +3,8 @@
 
 #[path = "common/axum_serve.rs"]
 mod axum_serve;
+#[path = "common/hyper_one.rs"]
+mod hyper_one;
 #[path = "common/logs.rs"]
 mod logs;
 
@@ -13,9 +15,10 @@ use axum_serve::serve;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_one::{Http, read_head, serve_one};
 use logs::Logs;
 use serde_json::Value;
-use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_webhook::error::{Problem, WebhookErrorLayer, types};
 
 /// Every test here logs through its own subscriber (see `err_review3.rs` for why).
@@ -125,45 +128,6 @@ async fn read_all(
     Ok(Response::new(Full::new(body.to_bytes())))
 }
 
-/// The HTTP version [`serve_one`] speaks.
-#[derive(Clone, Copy)]
-enum Http {
-    One,
-    Two,
-}
-
-/// Serves one connection with hyper, speaking `http`, on a loopback port: `svc` is the whole app.
-async fn serve_one<S, B>(http: Http, svc: S) -> SocketAddr
-where
-    S: Service<Request<hyper::body::Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.unwrap();
-        let io = hyper_util::rt::TokioIo::new(stream);
-        let svc = hyper_util::service::TowerToHyperService::new(svc);
-        let _ = match http {
-            Http::One => {
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, svc)
-                    .await
-            }
-            Http::Two => {
-                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(io, svc)
-                    .await
-            }
-        };
-    });
-    addr
-}
-
 /// Serves one HTTP/1.1 connection: `WebhookErrorLayer` over a 200 ms body timeout.
 async fn serve_http1_with_body_timeout() -> SocketAddr {
     let svc = ServiceBuilder::new()
@@ -173,22 +137,6 @@ async fn serve_http1_with_body_timeout() -> SocketAddr {
         ))
         .service_fn(read_all);
     serve_one(Http::One, svc).await
-}
-
-/// Reads one HTTP/1.1 answer's head from `stream`, lower-cased.
-async fn read_head(stream: &mut tokio::net::TcpStream) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
-            .await
-            .expect("the server answers")
-            .unwrap();
-        assert_eq!(n, 1, "the connection closed before the answer's head ended");
-        head.push(byte[0]);
-    }
-    String::from_utf8(head).unwrap().to_ascii_lowercase()
 }
 
 /// A 408 means the server closes the connection rather than wait (RFC 9110, section 15.5.9: it
