@@ -3,9 +3,10 @@
 //! Needs `redis-server` on PATH (`.ci/signature.sh` installs it). Without it the tests skip with
 //! a message, unless `TOWER_WEBHOOK_REQUIRE_INTEROP=1`, where they fail.
 
+#[path = "common/redis_server.rs"]
+mod redis_server;
+
 use std::convert::Infallible;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -22,89 +23,18 @@ const SECRET: &str = "It's a Secret to Everybody";
 const BODY: &[u8] = b"Hello, World!";
 const SIG: &str = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
 
-/// A `redis-server` child process, killed on drop.
-struct Redis {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start_redis() -> Option<Redis> {
-    let found = Command::new("redis-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        let msg = "redis-server not found on PATH (run .ci/signature.sh to install it)";
-        assert!(
-            !std::env::var("TOWER_WEBHOOK_REQUIRE_INTEROP").is_ok_and(|v| v == "1"),
-            "TOWER_WEBHOOK_REQUIRE_INTEROP=1: {msg}"
-        );
-        eprintln!("SKIPPED: {msg}");
-        return None;
-    }
-    for _attempt in 0..5 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if let Some(redis) = spawn_redis(port).await {
-            return Some(redis);
-        }
-        // The port was taken in between: try another one.
-    }
-    panic!("redis-server did not start");
-}
-
-/// A `redis-server` on `port`, once it accepts connections (`None` if it never does).
-async fn spawn_redis(port: u16) -> Option<Redis> {
-    let child = Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-        .args([
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "yes",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn redis-server");
-    let redis = Redis {
-        child,
-        url: format!("redis://127.0.0.1:{port}/"),
-    };
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return Some(redis);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    None
-}
-
 struct Replica {
     layer: SignatureLayer,
     calls: Arc<AtomicUsize>,
 }
 
 impl Replica {
-    async fn new(redis: &Redis, configure: impl FnOnce(SignatureLayer) -> SignatureLayer) -> Self {
+    async fn new(
+        redis: &redis_server::Redis,
+        configure: impl FnOnce(SignatureLayer) -> SignatureLayer,
+    ) -> Self {
         // Each replica has its own connection to the shared server.
-        let store = RedisReplayStore::connect(&redis.url).await.unwrap();
+        let store = RedisReplayStore::connect(&redis.url()).await.unwrap();
         Self {
             layer: configure(SignatureLayer::github(SECRET).unwrap().replay_store(store)),
             calls: Arc::new(AtomicUsize::new(0)),
@@ -138,10 +68,10 @@ impl Replica {
 
 #[tokio::test]
 async fn store_semantics_against_real_redis() {
-    let Some(redis) = start_redis().await else {
+    let Some(redis) = redis_server::start().await else {
         return;
     };
-    let store = RedisReplayStore::connect(&redis.url)
+    let store = RedisReplayStore::connect(&redis.url())
         .await
         .unwrap()
         .prefix("test:");
@@ -252,7 +182,7 @@ async fn futures_join(store: &RedisReplayStore, key: &str) -> Vec<bool> {
 
 #[tokio::test]
 async fn two_replicas_share_the_store() {
-    let Some(redis) = start_redis().await else {
+    let Some(redis) = redis_server::start().await else {
         return;
     };
     let a = Replica::new(&redis, |l| l).await;
@@ -290,7 +220,7 @@ async fn two_replicas_share_the_store() {
 
 #[tokio::test]
 async fn failed_delivery_is_released_for_the_other_replica() {
-    let Some(redis) = start_redis().await else {
+    let Some(redis) = redis_server::start().await else {
         return;
     };
     let a = Replica::new(&redis, |l| l.record_delivery(RecordDelivery::AfterSuccess)).await;
@@ -315,7 +245,7 @@ async fn failed_delivery_is_released_for_the_other_replica() {
         0,
         "acknowledged, not processed"
     );
-    let store = RedisReplayStore::connect(&redis.url).await.unwrap();
+    let store = RedisReplayStore::connect(&redis.url()).await.unwrap();
     let token = ClaimToken::unique();
     assert!(
         store
@@ -336,13 +266,12 @@ async fn failed_delivery_is_released_for_the_other_replica() {
 
 #[tokio::test]
 async fn redis_going_away_fails_closed() {
-    let Some(mut redis) = start_redis().await else {
+    let Some(mut redis) = redis_server::start().await else {
         return;
     };
     let a = Replica::new(&redis, |l| l).await;
     assert_eq!(a.deliver("before", StatusCode::OK).await, 200);
-    let _ = redis.child.kill();
-    let _ = redis.child.wait();
+    redis.kill();
     // The first delivery finds the connection closed; the next ones find the connection
     // manager waiting between reconnection attempts, and are refused all the same.
     for id in ["after-1", "after-2"] {
@@ -356,15 +285,7 @@ async fn redis_going_away_fails_closed() {
 
     // Redis comes back on its port: deliveries go through again within seconds, not after the
     // connection manager's backoff has grown to a minute.
-    let port: u16 = redis
-        .url
-        .trim_end_matches('/')
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let _back = spawn_redis(port).await.expect("redis-server restarts");
+    redis.restart().await;
     let started = std::time::Instant::now();
     let mut attempt = 0;
     loop {
@@ -381,32 +302,23 @@ async fn redis_going_away_fails_closed() {
     }
 }
 
-/// Sends `signal` (`-STOP`, `-CONT`) to the server.
-fn signal(redis: &Redis, signal: &str) {
-    let status = Command::new("kill")
-        .args([signal, &redis.child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
-}
-
 #[tokio::test]
 async fn hung_redis_fails_closed_instead_of_hanging() {
-    let Some(redis) = start_redis().await else {
+    let Some(redis) = redis_server::start().await else {
         return;
     };
     let a = Replica::new(&redis, |l| l).await;
     assert_eq!(a.deliver("before", StatusCode::OK).await, 200);
     // The server still holds the connection but answers nothing.
-    signal(&redis, "-STOP");
+    redis.signal("-STOP");
     let status = a.deliver("while-hung", StatusCode::OK).await;
-    signal(&redis, "-CONT");
+    redis.signal("-CONT");
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(a.calls.load(Ordering::SeqCst), 1);
 
     // Redis then carries out the claim it had received: the id is released again, so the
     // provider's retry of the refused delivery is processed, not refused as a replay.
-    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let client = redis::Client::open(redis.url().as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let key = "tower-webhook:replay:github:while-hung";
     for _ in 0..200 {
@@ -431,11 +343,11 @@ fn a_claiming_future_dropped_outside_a_runtime_does_not_panic() {
     use tower::{Layer, Service};
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let Some(redis) = runtime.block_on(start_redis()) else {
+    let Some(redis) = runtime.block_on(redis_server::start()) else {
         return;
     };
     let future = runtime.block_on(async {
-        let store = RedisReplayStore::connect(&redis.url).await.unwrap();
+        let store = RedisReplayStore::connect(&redis.url()).await.unwrap();
         let layer = SignatureLayer::github(SECRET)
             .unwrap()
             .replay_store(store)
@@ -471,7 +383,7 @@ fn a_claiming_future_dropped_outside_a_runtime_does_not_panic() {
 async fn a_claim_left_by_a_crashed_replica_expires_after_the_claim_ttl() {
     use tower::{Layer, Service};
 
-    let Some(redis) = start_redis().await else {
+    let Some(redis) = redis_server::start().await else {
         return;
     };
     // Long enough that replica B surely asks while the claim holds, even on a loaded machine.
@@ -530,12 +442,12 @@ async fn a_claim_left_by_a_crashed_replica_expires_after_the_claim_ttl() {
 
 #[tokio::test]
 async fn only_a_claims_own_token_settles_it_in_redis() {
-    let Some(redis) = start_redis().await else {
+    let Some(redis) = redis_server::start().await else {
         return;
     };
     // Two replicas, each with its own connection.
-    let a = RedisReplayStore::connect(&redis.url).await.unwrap();
-    let b = RedisReplayStore::connect(&redis.url).await.unwrap();
+    let a = RedisReplayStore::connect(&redis.url()).await.unwrap();
+    let b = RedisReplayStore::connect(&redis.url()).await.unwrap();
     let (claim_ttl, replay_ttl) = (Duration::from_millis(200), Duration::from_secs(60));
     // Replica a's handler outlives its claim; b claims the redelivery.
     let (first, second) = (ClaimToken::unique(), ClaimToken::unique());
@@ -565,7 +477,7 @@ async fn only_a_claims_own_token_settles_it_in_redis() {
             .unwrap()
     );
     // A key claimed before claims had tokens reads as in progress.
-    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let client = redis::Client::open(redis.url().as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     redis::cmd("SET")
         .arg("tower-webhook:replay:github:old")
@@ -587,12 +499,8 @@ struct BlackHoleProxy {
 }
 
 impl BlackHoleProxy {
-    async fn start(redis: &Redis) -> Self {
-        let upstream = redis
-            .url
-            .trim_start_matches("redis://")
-            .trim_end_matches('/')
-            .to_owned();
+    async fn start(redis: &redis_server::Redis) -> Self {
+        let upstream = format!("127.0.0.1:{}", redis.port);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("redis://{}/", listener.local_addr().unwrap());
         let era = Arc::new(AtomicUsize::new(0));
@@ -663,7 +571,7 @@ async fn forward(
 /// one after a timeout instead of sending every delivery to the dead one until then.
 #[tokio::test]
 async fn a_connection_that_stops_answering_is_replaced() {
-    let Some(redis) = start_redis().await else {
+    let Some(redis) = redis_server::start().await else {
         return;
     };
     let proxy = BlackHoleProxy::start(&redis).await;
