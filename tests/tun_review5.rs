@@ -8,6 +8,10 @@ mod lt_fake;
 #[path = "tunnel/support.rs"]
 mod support;
 
+#[path = "common/bore_frames.rs"]
+mod bore_frames;
+use bore_frames::{read_frame, write_frame};
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,7 +19,6 @@ use std::time::Duration;
 
 use lt_fake::{Pool, fake_server};
 use support::{BoreServer, black_hole, eventually, get, hello_service};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tower_webhook::tunnel::{
     BORE_MAX_CONNECTIONS, Bore, LocalTunnel, Tunnel, TunnelError, TunnelEvent, Upstream,
@@ -123,26 +126,6 @@ async fn a_silent_bore_server_fails_with_its_reason_within_a_short_startup_timeo
             attempts[0].reason
         );
     }
-}
-
-async fn read_frame(stream: &mut TcpStream) -> Option<serde_json::Value> {
-    let mut frame = Vec::new();
-    let mut byte = [0u8; 1];
-    loop {
-        if stream.read(&mut byte).await.ok()? == 0 {
-            return None;
-        }
-        if byte[0] == 0 {
-            return serde_json::from_slice(&frame).ok();
-        }
-        frame.push(byte[0]);
-    }
-}
-
-async fn write_frame(stream: &mut TcpStream, value: serde_json::Value) -> std::io::Result<()> {
-    let mut bytes = serde_json::to_vec(&value).unwrap();
-    bytes.push(0);
-    stream.write_all(&bytes).await
 }
 
 /// A bore control port driven by the test: each connection that says `Hello` is a control

@@ -8,6 +8,10 @@
 #[path = "tunnel/support.rs"]
 mod support;
 
+#[path = "common/bore_frames.rs"]
+mod bore_frames;
+use bore_frames::{read_frame, write_frame};
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -44,26 +48,6 @@ impl Drop for FakeBore {
 }
 
 type Pending = Arc<Mutex<HashMap<String, TcpStream>>>;
-
-async fn read_frame(stream: &mut TcpStream) -> Option<serde_json::Value> {
-    let mut frame = Vec::new();
-    let mut byte = [0u8; 1];
-    loop {
-        if stream.read(&mut byte).await.ok()? == 0 {
-            return None;
-        }
-        if byte[0] == 0 {
-            return serde_json::from_slice(&frame).ok();
-        }
-        frame.push(byte[0]);
-    }
-}
-
-async fn write_frame(stream: &mut TcpStream, value: serde_json::Value) -> std::io::Result<()> {
-    let mut bytes = serde_json::to_vec(&value).unwrap();
-    bytes.push(0);
-    stream.write_all(&bytes).await
-}
 
 impl FakeBore {
     async fn start() -> Self {
