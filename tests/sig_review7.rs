@@ -7,6 +7,10 @@ mod logs;
 #[path = "common/redis_server.rs"]
 mod redis_server;
 
+#[path = "common/github_hook.rs"]
+mod github_hook;
+use github_hook::{GH_SECRET, github, send};
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,30 +24,6 @@ use tower::{ServiceBuilder, ServiceExt};
 use tower_webhook::signature::{
     ClaimToken, Clock, MemoryReplayStore, RecordDelivery, ReplayFuture, ReplayStore, SignatureLayer,
 };
-
-const GH_SECRET: &str = "It's a Secret to Everybody";
-const GH_BODY: &[u8] = b"Hello, World!";
-const GH_SIG: &str = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
-
-/// Sends `req` through `layer` to a handler answering `status`; the status the client gets.
-async fn send(layer: &SignatureLayer, status: StatusCode, req: Request<Full<Bytes>>) -> StatusCode {
-    let svc = ServiceBuilder::new().layer(layer.clone()).service_fn(
-        move |_: Request<Full<Bytes>>| async move {
-            let mut res = Response::new(Full::<Bytes>::default());
-            *res.status_mut() = status;
-            Ok::<_, Infallible>(res)
-        },
-    );
-    svc.oneshot(req).await.unwrap().status()
-}
-
-fn github(delivery: &str) -> Request<Full<Bytes>> {
-    Request::post("/github")
-        .header("x-hub-signature-256", GH_SIG)
-        .header("x-github-delivery", delivery)
-        .body(Full::new(Bytes::from_static(GH_BODY)))
-        .unwrap()
-}
 
 fn clocked(capacity: usize) -> (MemoryReplayStore, Arc<AtomicU64>) {
     let now = Arc::new(AtomicU64::new(1_700_000_000_000));

@@ -1,36 +1,22 @@
 //! What `SignatureLayer` tells the operator: the log lines of refusals and of claims that could
 //! not be settled carry what is needed to act on them, and still no secret.
 
-use std::convert::Infallible;
+#[path = "common/github_hook.rs"]
+mod github_hook;
+use github_hook::{GH_BODY, GH_SECRET, GH_SIG, send};
+
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode};
 use http_body_util::Full;
-use tower::{ServiceBuilder, ServiceExt};
 use tower_webhook::signature::{
     ClaimToken, MemoryReplayStore, ReplayFuture, ReplayStore, SignatureLayer,
 };
 
-const GH_SECRET: &str = "It's a Secret to Everybody";
-const GH_BODY: &[u8] = b"Hello, World!";
-const GH_SIG: &str = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
-
 #[path = "common/logs.rs"]
 mod logs;
 use logs::Logs;
-
-/// Sends `req` through `layer` to a handler answering `status`.
-async fn send(layer: &SignatureLayer, status: StatusCode, req: Request<Full<Bytes>>) -> StatusCode {
-    let svc = ServiceBuilder::new().layer(layer.clone()).service_fn(
-        move |_req: Request<Full<Bytes>>| async move {
-            let mut res = Response::new(Full::<Bytes>::default());
-            *res.status_mut() = status;
-            Ok::<_, Infallible>(res)
-        },
-    );
-    svc.oneshot(req).await.unwrap().status()
-}
 
 fn github(delivery: &str, content_length: Option<&str>) -> Request<Full<Bytes>> {
     let mut req = Request::post("/github")
