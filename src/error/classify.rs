@@ -133,6 +133,17 @@ fn classify_one(
                 .with_detail(status.message().to_owned())
                 .with_grpc_message(status.message().to_owned());
         }
+        // So are its rich error details (`grpc-status-details-bin`) and custom metadata, which a
+        // tonic server sends with the status; a server error's may describe internals too (a
+        // `DebugInfo`'s stack trace, an upstream's headers).
+        if problem.status().is_client_error()
+            && (!status.metadata().is_empty() || !status.details().is_empty())
+        {
+            let mut headers = http::HeaderMap::new();
+            if status.add_header(&mut headers).is_ok() {
+                problem = problem.with_grpc_metadata(headers);
+            }
+        }
         // The wait its author asked of the client (gRPC's server pushback) is passed on: as
         // `grpc-retry-pushback-ms` to gRPC callers, `Retry-After` to HTTP ones.
         if let Some(after) = pushback(status.metadata()) {

@@ -370,6 +370,9 @@ pub struct Problem {
     challenge: Option<Cow<'static, str>>,
     grpc_code: GrpcCode,
     grpc_message: Option<Cow<'static, str>>,
+    /// Headers a gRPC caller also gets (a client error `tonic::Status`'s details and custom
+    /// metadata), none of them one the answer sets itself.
+    grpc_metadata: Option<Box<http::HeaderMap>>,
 }
 
 impl Problem {
@@ -402,6 +405,7 @@ impl Problem {
             challenge: None,
             grpc_code: GrpcCode::from_http_status(status),
             grpc_message: None,
+            grpc_metadata: None,
         }
     }
 
@@ -433,6 +437,7 @@ impl Problem {
                 .map(|c| trim_challenge(Cow::Owned(c.into_owned()))),
             grpc_code: error.grpc_code(),
             grpc_message: None,
+            grpc_metadata: None,
         }
     }
 
@@ -841,6 +846,9 @@ impl Problem {
     pub fn to_grpc_response<B: Default>(&self) -> Response<B> {
         let mut response = Response::new(B::default());
         let headers = response.headers_mut();
+        if let Some(metadata) = &self.grpc_metadata {
+            headers.extend(metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc"),
@@ -871,6 +879,44 @@ fn trim_challenge(challenge: Cow<'static, str>) -> Cow<'static, str> {
 }
 
 impl Problem {
+    /// Adds `metadata` to what a gRPC caller is answered, but none of the headers the answer
+    /// sets itself or that gRPC or HTTP/2 reserve: `content-type`, `te`, any `grpc-*` other
+    /// than `grpc-status-details-bin`, connection-specific and framing headers, `Retry-After`
+    /// and `WWW-Authenticate`.
+    #[cfg(feature = "tonic")]
+    pub(crate) fn with_grpc_metadata(mut self, metadata: http::HeaderMap) -> Self {
+        const RESERVED: [&str; 12] = [
+            "content-type",
+            "content-length",
+            "content-encoding",
+            "te",
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "upgrade",
+            "trailer",
+            "retry-after",
+            "www-authenticate",
+        ];
+        let mut kept = http::HeaderMap::new();
+        let mut name = None;
+        for (key, value) in metadata {
+            // `into_iter` names each header once, before its first value.
+            if let Some(key) = key {
+                let reserved = RESERVED.contains(&key.as_str())
+                    || (key.as_str().starts_with("grpc-")
+                        && key.as_str() != "grpc-status-details-bin");
+                name = (!reserved).then_some(key);
+            }
+            if let Some(key) = &name {
+                kept.append(key.clone(), value);
+            }
+        }
+        self.grpc_metadata = (!kept.is_empty()).then(|| Box::new(kept));
+        self
+    }
+
     /// Sets `Retry-After` and `WWW-Authenticate` from the problem, where `headers` has none.
     pub(crate) fn add_headers(&self, headers: &mut http::HeaderMap) {
         if let Some(after) = self.retry_after {
