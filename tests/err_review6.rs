@@ -1,5 +1,7 @@
 //! WebhookErrorLayer, sixth review: what a gRPC caller is told of a `tonic::Status`.
 
+#[path = "common/axum_serve.rs"]
+mod axum_serve;
 #[path = "common/logs.rs"]
 mod logs;
 
@@ -7,12 +9,17 @@ mod logs;
 #[allow(dead_code)]
 mod echo;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use logs::Logs;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
-use tower_webhook::error::WebhookErrorLayer;
+use tower_webhook::error::{Problem, WebhookErrorLayer};
 
 /// Every test here logs through its own subscriber (see `err_review3.rs` for why).
 fn capture_logs() -> (Logs, tracing::subscriber::DefaultGuard) {
@@ -168,4 +175,99 @@ async fn a_status_metadata_does_not_replace_the_answer_s_own_headers() {
     let res = svc.oneshot(Request::new(Full::default())).await.unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     assert!(res.headers().get("x-installation").is_none());
+}
+
+// ---------------------------------------------------------------------------------------------
+// A failed call whose future or error panics when dropped
+
+/// A handler's future that fails with a conflict, and whose `Drop` panics (a guard asserting
+/// something the failure left undone).
+struct FailsThenPanicsOnDrop;
+
+impl Future for FailsThenPanicsOnDrop {
+    type Output = Result<Response<Full<Bytes>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Poll::Ready(Err(Problem::new(StatusCode::CONFLICT).into()))
+    }
+}
+
+impl Drop for FailsThenPanicsOnDrop {
+    fn drop(&mut self) {
+        panic!("the transaction guard was dropped without commit or rollback");
+    }
+}
+
+/// An error that wraps a conflict and panics when dropped.
+#[derive(Debug)]
+struct PanicsOnDrop(Problem);
+
+impl std::fmt::Display for PanicsOnDrop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("conflicting update")
+    }
+}
+
+impl std::error::Error for PanicsOnDrop {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        panic!("the error's guard was dropped while still armed");
+    }
+}
+
+/// GETs `/` from `addr`, expecting an answer, not a dropped connection.
+async fn get_status(addr: std::net::SocketAddr) -> StatusCode {
+    let res = reqwest::Client::new()
+        .get(format!("http://{addr}/"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("the server answers instead of dropping the connection");
+    StatusCode::from_u16(res.status().as_u16()).unwrap()
+}
+
+/// The layer answered the error, but the handler's future was dropped later, by the server: a
+/// panic in its `Drop` unwound through the connection task, and the client got no answer.
+#[tokio::test]
+async fn a_failed_future_that_panics_when_dropped_is_still_answered() {
+    let (logs, _guard) = capture_logs();
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .service_fn(|_req: axum::extract::Request| FailsThenPanicsOnDrop);
+    let (addr, server) = axum_serve::serve(svc).await;
+    assert_eq!(get_status(addr).await, StatusCode::CONFLICT);
+    assert_eq!(get_status(addr).await, StatusCode::CONFLICT);
+    server.abort();
+    let text = logs.text();
+    assert!(
+        text.contains("without commit or rollback"),
+        "the panic is logged: {text}"
+    );
+}
+
+/// The same for an error whose own `Drop` panics: the layer dropped it outside its guard.
+#[tokio::test]
+async fn an_error_that_panics_when_dropped_is_still_answered() {
+    let (logs, _guard) = capture_logs();
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .service_fn(|_req: axum::extract::Request| async {
+            Err::<Response<Full<Bytes>>, BoxError>(
+                PanicsOnDrop(Problem::new(StatusCode::CONFLICT)).into(),
+            )
+        });
+    let (addr, server) = axum_serve::serve(svc).await;
+    assert_eq!(get_status(addr).await, StatusCode::CONFLICT);
+    assert_eq!(get_status(addr).await, StatusCode::CONFLICT);
+    server.abort();
+    let text = logs.text();
+    assert!(
+        text.contains("dropped while still armed"),
+        "the panic is logged: {text}"
+    );
 }

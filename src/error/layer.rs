@@ -708,7 +708,13 @@ where
                 })) {
                     Ok(Poll::Pending) => return Poll::Pending,
                     Ok(Poll::Ready(Ok(response))) => return Poll::Ready(Ok(response)),
-                    Ok(Poll::Ready(Err(err))) => Outcome::Error(err.into()),
+                    Ok(Poll::Ready(Err(err))) => {
+                        // Dropped here, under the guard, rather than by the server after the
+                        // answer: a panic in its `Drop` would unwind through the connection
+                        // task, and the client get no answer.
+                        drop_guarded(this.kind.as_mut(), this.info, "the handler's future");
+                        Outcome::Error(err.into())
+                    }
                     Err(payload) => {
                         // The inner future may not be polled again after a panic. Dropping it
                         // may panic as well: that panic is caught too (the slot is still
@@ -739,6 +745,21 @@ where
     }
 }
 
+/// Drops the finished inner future of a failed call, catching and logging a panic in its
+/// `Drop`.
+#[cold]
+#[inline(never)]
+fn drop_guarded<F>(kind: Pin<&mut Kind<F>>, info: &RequestInfo, what: &str) {
+    let mut kind = kind;
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| kind.set(Kind::Ready(None)))) {
+        tracing::error!(
+            request_id = &*request_id_str(info),
+            panic = panic_message(&*payload),
+            "{what} panicked while it was dropped"
+        );
+    }
+}
+
 /// The error path: classify, log once, render. Kept out of line so the success path stays small.
 #[cold]
 #[inline(never)]
@@ -760,6 +781,14 @@ fn on_error<B, R: RenderProblem>(
                 log_problem(&problem, info, Some(&*err));
                 problem
             }));
+            // Its `Drop` too: a panic there is logged, and the error still answered.
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(err))) {
+                tracing::error!(
+                    request_id = &*request_id_str(info),
+                    panic = panic_message(&*payload),
+                    "the service's error panicked while it was dropped"
+                );
+            }
             match classified {
                 Ok(problem) => problem,
                 Err(payload) => panicked(

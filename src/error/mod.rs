@@ -21,6 +21,7 @@
 //! | `tonic::Status` (feature `tonic`) | the [`GrpcCode::to_http_status`] of its code (a status whose source the layer recognises, such as a `CircuitOpen` converted with `From`, is answered as that source), with `Retry-After` when it has a `grpc-retry-pushback-ms` | its own code, and its `grpc-retry-pushback-ms`; its message, details (`grpc-status-details-bin`) and custom metadata only for client errors (4xx) |
 //! | anything else | 500, no detail | `Internal` |
 //! | a panic in `poll_ready`, `call` or the response future (or in the error's own `Display` / [`HttpError`] code) | 500, no detail | `Internal` |
+//! | an error answered as above, whose `Drop` (or that of the future that failed with it) panics | the error's answer; the panic is logged | the error's answer |
 //!
 //! Every error is looked for along its whole `source()` chain, so wrapped errors are still
 //! recognised, also one carried by an `io::Error` (`io::Error::other(e)`, whose `source()`
