@@ -712,7 +712,11 @@ where
                         // Dropped here, under the guard, rather than by the server after the
                         // answer: a panic in its `Drop` would unwind through the connection
                         // task, and the client get no answer.
-                        drop_guarded(this.kind.as_mut(), this.info, "the handler's future");
+                        let kind = this.kind.as_mut();
+                        drop_logged(this.info, "the handler's future", || {
+                            let mut kind = kind;
+                            kind.set(Kind::Ready(None));
+                        });
                         Outcome::Error(err.into())
                     }
                     Err(payload) => {
@@ -745,13 +749,12 @@ where
     }
 }
 
-/// Drops the finished inner future of a failed call, catching and logging a panic in its
-/// `Drop`.
+/// Runs `drop` (the drop of `what`, from a failed call), catching and logging a panic in it, so
+/// the call is still answered.
 #[cold]
 #[inline(never)]
-fn drop_guarded<F>(kind: Pin<&mut Kind<F>>, info: &RequestInfo, what: &str) {
-    let mut kind = kind;
-    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| kind.set(Kind::Ready(None)))) {
+fn drop_logged(info: &RequestInfo, what: &str, drop: impl FnOnce()) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(drop)) {
         tracing::error!(
             request_id = &*request_id_str(info),
             panic = panic_message(&*payload),
@@ -782,13 +785,7 @@ fn on_error<B, R: RenderProblem>(
                 problem
             }));
             // Its `Drop` too: a panic there is logged, and the error still answered.
-            if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(err))) {
-                tracing::error!(
-                    request_id = &*request_id_str(info),
-                    panic = panic_message(&*payload),
-                    "the service's error panicked while it was dropped"
-                );
-            }
+            drop_logged(info, "the service's error", move || drop(err));
             match classified {
                 Ok(problem) => problem,
                 Err(payload) => panicked(
