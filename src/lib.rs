@@ -77,7 +77,8 @@
 //! | `tunnel` | `tunnel`: public URLs through localtunnel, bore, cloudflared | no |
 //! | `axum` | `IntoResponse` for `Problem`, the `VerifiedWebhook` extractor | no |
 //! | `tonic` | `tonic::Status` and `tonic::Code` support | no |
-//! | `reqwest` | classifiers and retries for `reqwest::Client` | no |
+//! | `reqwest` | classifiers and retries for `reqwest::Client` (reqwest 0.13) | no |
+//! | `reqwest-0-12` | the same for reqwest 0.12 | no |
 //! | `redis` | a Redis replay store shared by replicas | no |
 //! | `ngrok` | the ngrok tunnel provider | no |
 //! | `full` | all of the above | no |

@@ -962,10 +962,17 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
     // Every job in the channel is pending, so with at most `max_pending_comments` pending jobs
     // the channel never refuses one for lack of room.
     let (tx, rx) = mpsc::channel(settings.max_pending_comments);
+    // The system's roots (a self-hosted instance behind a private CA) and the public ones (an
+    // image without a CA bundle still reaches github.com).
+    let public_roots = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+        .iter()
+        .map(|der| reqwest::Certificate::from_der(der))
+        .collect::<Result<Vec<_>, _>>()?;
     let client = reqwest::Client::builder()
         .user_agent(concat!("pr-agent-server/", env!("CARGO_PKG_VERSION")))
         .timeout(Duration::from_secs(30))
         .redirect(reqwest::redirect::Policy::custom(api_redirect))
+        .tls_certs_merge(public_roots)
         .build()?;
     let mut breakers = BTreeMap::new();
     let mut callers = BTreeMap::new();

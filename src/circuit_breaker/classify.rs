@@ -60,7 +60,8 @@ where
 }
 
 /// The default classifier: HTTP and gRPC through tower-http's
-/// [`classify`](tower_http::classify) module, and `reqwest::Response` (feature `reqwest`).
+/// [`classify`](tower_http::classify) module, and `reqwest::Response` (feature `reqwest` for
+/// reqwest 0.13, `reqwest-0-12` for reqwest 0.12).
 ///
 /// | result | outcome |
 /// |---|---|
@@ -378,26 +379,36 @@ impl<B, E> ClassifyOutcome<Response<B>, E> for DefaultClassifier {
     }
 }
 
-#[cfg(feature = "reqwest")]
-impl<E> ClassifyOutcome<reqwest::Response, E> for DefaultClassifier {
-    type Response = reqwest::Response;
+/// [`DefaultClassifier`] for one reqwest version's response.
+#[cfg(any(feature = "reqwest", feature = "reqwest-0-12"))]
+macro_rules! reqwest_classifier {
+    ($reqwest:ident) => {
+        impl<E> ClassifyOutcome<$reqwest::Response, E> for DefaultClassifier {
+            type Response = $reqwest::Response;
 
-    fn classify(
-        &self,
-        result: Result<reqwest::Response, E>,
-        recorder: Recorder,
-    ) -> Result<reqwest::Response, E> {
-        match &result {
-            Ok(response) => {
-                let status = response.status();
-                let outcome = self.http_outcome(status);
-                recorder.record_with_retry_after(outcome, hint(status, response.headers()));
+            fn classify(
+                &self,
+                result: Result<$reqwest::Response, E>,
+                recorder: Recorder,
+            ) -> Result<$reqwest::Response, E> {
+                match &result {
+                    Ok(response) => {
+                        let status = response.status();
+                        let outcome = self.http_outcome(status);
+                        recorder.record_with_retry_after(outcome, hint(status, response.headers()));
+                    }
+                    Err(_) => recorder.record(Outcome::Failure),
+                }
+                result
             }
-            Err(_) => recorder.record(Outcome::Failure),
         }
-        result
-    }
+    };
 }
+
+#[cfg(feature = "reqwest")]
+reqwest_classifier!(reqwest);
+#[cfg(feature = "reqwest-0-12")]
+reqwest_classifier!(reqwest_0_12);
 
 /// A classifier whose errors are classified by a function. Made by
 /// [`DefaultClassifier::with_error_outcome`].

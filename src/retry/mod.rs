@@ -50,7 +50,8 @@
 //!   it opens only when calls keep failing despite retries.
 //!
 //! The request body must be `Clone` (`Full<Bytes>`, `String`, ...) to be sent again; with
-//! the `reqwest` feature `reqwest::Request` works too (through `try_clone`). A `reqwest::Request`
+//! the `reqwest` feature `reqwest::Request` works too (through `try_clone`; reqwest 0.13, or 0.12
+//! with the `reqwest-0-12` feature). A `reqwest::Request`
 //! with a streaming body cannot be copied: it is sent once and never retried, whatever the
 //! failure.
 //!
@@ -201,17 +202,6 @@ impl<B: Clone> RetryRequest for http::Request<B> {
     }
 }
 
-#[cfg(feature = "reqwest")]
-impl RetryRequest for reqwest::Request {
-    fn is_idempotent(&self) -> bool {
-        idempotent(self.method(), self.headers())
-    }
-
-    fn try_clone(&self) -> Option<Self> {
-        reqwest::Request::try_clone(self)
-    }
-}
-
 /// A response the policy can inspect.
 ///
 /// # Example
@@ -249,16 +239,6 @@ impl<B> RetryResponse for http::Response<B> {
     }
 }
 
-#[cfg(feature = "reqwest")]
-impl RetryResponse for reqwest::Response {
-    fn status(&self) -> StatusCode {
-        reqwest::Response::status(self)
-    }
-    fn headers(&self) -> &HeaderMap {
-        reqwest::Response::headers(self)
-    }
-}
-
 /// An error the policy can inspect: a circuit-open rejection, an error raised before the request
 /// was sent, a gRPC status the upstream answered.
 ///
@@ -284,11 +264,73 @@ impl RetryError for BoxError {
     }
 }
 
+/// The policy's traits for one reqwest version's request, response and error.
+#[cfg(any(feature = "reqwest", feature = "reqwest-0-12"))]
+macro_rules! reqwest_impls {
+    ($reqwest:ident) => {
+        impl RetryRequest for $reqwest::Request {
+            fn is_idempotent(&self) -> bool {
+                idempotent(self.method(), self.headers())
+            }
+
+            fn try_clone(&self) -> Option<Self> {
+                $reqwest::Request::try_clone(self)
+            }
+        }
+
+        impl RetryResponse for $reqwest::Response {
+            fn status(&self) -> StatusCode {
+                $reqwest::Response::status(self)
+            }
+            fn headers(&self) -> &HeaderMap {
+                $reqwest::Response::headers(self)
+            }
+        }
+
+        impl RetryError for $reqwest::Error {
+            fn as_error(&self) -> &(dyn Error + 'static) {
+                self
+            }
+        }
+    };
+}
+
 #[cfg(feature = "reqwest")]
-impl RetryError for reqwest::Error {
-    fn as_error(&self) -> &(dyn Error + 'static) {
-        self
+reqwest_impls!(reqwest);
+#[cfg(feature = "reqwest-0-12")]
+reqwest_impls!(reqwest_0_12);
+
+/// Whether `err` is a reqwest error (of either supported version) for which `test` holds.
+#[allow(unused_variables)]
+fn reqwest_error(err: &(dyn Error + 'static), test: ReqwestTest) -> bool {
+    #[cfg(feature = "reqwest")]
+    if let Some(err) = err.downcast_ref::<reqwest::Error>() {
+        return match test {
+            ReqwestTest::Connect => err.is_connect(),
+            ReqwestTest::FailsAgain => err.is_builder() || err.is_redirect(),
+        };
     }
+    #[cfg(feature = "reqwest-0-12")]
+    if let Some(err) = err.downcast_ref::<reqwest_0_12::Error>() {
+        return match test {
+            ReqwestTest::Connect => err.is_connect(),
+            ReqwestTest::FailsAgain => err.is_builder() || err.is_redirect(),
+        };
+    }
+    false
+}
+
+/// What [`reqwest_error`] looks for.
+#[derive(Clone, Copy)]
+#[cfg_attr(
+    not(any(feature = "reqwest", feature = "reqwest-0-12")),
+    allow(dead_code)
+)]
+enum ReqwestTest {
+    /// A connect error: nothing was sent.
+    Connect,
+    /// A builder error or a redirect loop: the same request fails the same way again.
+    FailsAgain,
 }
 
 #[cfg(feature = "tonic")]
@@ -307,10 +349,7 @@ fn chain<'a>(err: &'a (dyn Error + 'static)) -> impl Iterator<Item = &'a (dyn Er
 /// Whether `err` was raised before the request left: nothing reached the upstream.
 fn was_not_sent(err: &(dyn Error + 'static)) -> bool {
     chain(err).any(|e| {
-        #[cfg(feature = "reqwest")]
-        if e.downcast_ref::<reqwest::Error>()
-            .is_some_and(reqwest::Error::is_connect)
-        {
+        if reqwest_error(e, ReqwestTest::Connect) {
             return true;
         }
         // Kinds a connection attempt fails with, before anything is written: a refused
@@ -368,15 +407,7 @@ fn answered_grpc_status(_: &(dyn Error + 'static)) -> Option<(u16, Pushback)> {
 /// Whether `err` is one the same request meets again whatever the wait: reqwest refusing to
 /// build or send it (a bad URL scheme), or a redirect loop.
 fn fails_again(err: &(dyn Error + 'static)) -> bool {
-    #[cfg(feature = "reqwest")]
-    return chain(err)
-        .filter_map(|e| e.downcast_ref::<reqwest::Error>())
-        .any(|err| err.is_builder() || err.is_redirect());
-    #[cfg(not(feature = "reqwest"))]
-    {
-        let _ = err;
-        false
-    }
+    chain(err).any(|e| reqwest_error(e, ReqwestTest::FailsAgain))
 }
 
 fn is_circuit_open(err: &(dyn Error + 'static)) -> bool {
