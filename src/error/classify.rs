@@ -95,7 +95,7 @@ fn classify_one(
                 .with_grpc_code(GrpcCode::DeadlineExceeded),
         );
     }
-    if err.is::<tower_http::timeout::TimeoutError>() {
+    if is_body_timeout(err) {
         // The client stopped sending the body (tower-http's `RequestBodyTimeoutLayer`).
         return Some(
             Problem::from_static(
@@ -167,6 +167,13 @@ fn pushback(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Durati
 }
 
 /// The problem for an error nobody recognised: 500 and nothing else.
+/// tower-http's body timeout error (its `RequestBodyTimeoutLayer`, and 0.7's
+/// `RequestBodyDeadlineLayer`), from tower-http 0.6 or 0.7.
+pub(crate) fn is_body_timeout(err: &(dyn Error + 'static)) -> bool {
+    err.is::<tower_http::timeout::TimeoutError>()
+        || err.is::<tower_http_0_7::timeout::TimeoutError>()
+}
+
 pub(crate) fn unknown() -> Problem {
     Problem::new(StatusCode::INTERNAL_SERVER_ERROR)
 }

@@ -18,7 +18,7 @@ use crate::error::{GrpcCode, HttpError, types};
 /// |---|---|---|
 /// | missing, duplicated or malformed header, too many signatures, stale timestamp, no match | 401 | [`types::INVALID_SIGNATURE`] |
 /// | [`PayloadTooLarge`](Self::PayloadTooLarge), [`Body`](Self::Body) from an outer length limit (`http_body_util::LengthLimitError`) | 413 | [`types::PAYLOAD_TOO_LARGE`] |
-/// | [`Body`](Self::Body) from an outer body timeout (tower-http's `RequestBodyTimeoutLayer`) | 408 | [`types::TIMEOUT`] |
+/// | [`Body`](Self::Body) from an outer body timeout (tower-http's `RequestBodyTimeoutLayer`, or 0.7's `RequestBodyDeadlineLayer`) | 408 | [`types::TIMEOUT`] |
 /// | [`MalformedDelivery`](Self::MalformedDelivery), any other [`Body`](Self::Body) error | 400 | [`types::MALFORMED_DELIVERY`] |
 /// | [`Replayed`](Self::Replayed) | 409 | [`types::REPLAYED_DELIVERY`] |
 /// | [`ReplayStore`](Self::ReplayStore) | 503 + `Retry-After` | [`types::PROCESSING_FAILED`] |
@@ -108,7 +108,7 @@ impl SignatureValidationError {
             if err.is::<http_body_util::LengthLimitError>() {
                 return Some(BodyFailure::OverLimit);
             }
-            if err.is::<tower_http::timeout::TimeoutError>() {
+            if crate::error::classify::is_body_timeout(err) {
                 return Some(BodyFailure::TimedOut);
             }
         }

@@ -1,5 +1,6 @@
 //! One hyper connection on a loopback port, and reading an HTTP/1.1 answer's head from a raw
 //! socket: for the tests of what the error layer's answers say about the connection.
+#![allow(dead_code)] // not every test file uses each
 
 use std::net::SocketAddr;
 use std::time::Duration;
