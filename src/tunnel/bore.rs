@@ -101,7 +101,8 @@ enum ServerMessage {
 /// authentication when the server has a secret, and one `Accept` connection per public
 /// connection, at most [`BORE_MAX_CONNECTIONS`] at a time. The control port is 7835 unless set
 /// with [`control_port`](Self::control_port). The tunnel counts as lost when the server sends no
-/// message (it sends a heartbeat every 500 ms) for 8 s.
+/// message (it sends a heartbeat every 500 ms) for 8 s. A server that assigns port 0, which is
+/// no port, fails the attempt: its answer is invalid.
 ///
 /// # Example
 ///
@@ -334,6 +335,13 @@ impl Bore {
             .send(&ClientMessage::Hello(self.remote_port))
             .await?;
         let port = match control.recv_until(deadline).await? {
+            // Port 0 is no port: `http://host:0` would be a URL nobody can reach.
+            Some(ServerMessage::Hello(0)) => {
+                return Err(
+                    "the bore server assigned port 0, which is no port: its answer is invalid"
+                        .into(),
+                );
+            }
             Some(ServerMessage::Hello(port)) => port,
             Some(ServerMessage::Error(message)) => {
                 let message = super::error::from_the_network(&message);

@@ -302,6 +302,11 @@ impl TunnelBuilder {
 
     /// How long the probe may take, within the provider's startup timeout (default 5 s).
     ///
+    /// # Panics
+    ///
+    /// If `timeout` is shorter than a millisecond: no probe could come back in time, and every
+    /// start would fail. Use [`probe(false)`](Self::probe) to turn the probe off.
+    ///
     /// # Example
     ///
     /// ```
@@ -310,8 +315,16 @@ impl TunnelBuilder {
     ///
     /// let builder = Tunnel::builder().probe_timeout(Duration::from_secs(2));
     /// assert!(format!("{builder:?}").contains("probe_timeout: 2s"));
+    ///
+    /// // No time at all is a mistake, refused here rather than failing every start.
+    /// assert!(std::panic::catch_unwind(|| Tunnel::builder().probe_timeout(Duration::ZERO)).is_err());
     /// ```
     pub fn probe_timeout(mut self, timeout: Duration) -> Self {
+        assert!(
+            timeout >= Duration::from_millis(1),
+            "TunnelBuilder::probe_timeout must be at least 1 ms, got {timeout:?}: every probe \
+             would fail, and every start with it (use probe(false) to turn the probe off)"
+        );
         self.probe_timeout = timeout;
         self
     }

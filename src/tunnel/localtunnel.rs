@@ -63,7 +63,10 @@ struct Registration {
 /// accepting connections the session ends and [`TunnelHandle`](super::TunnelHandle) re-opens it; the provider then asks for the same
 /// subdomain again, so the URL usually stays the same; when the server refuses it (another
 /// client took it meanwhile), the provider asks for a new name, and the new URL is reported as
-/// [`TunnelEvent::UrlChanged`](super::TunnelEvent::UrlChanged). Only the names of tunnels that ended
+/// [`TunnelEvent::UrlChanged`](super::TunnelEvent::UrlChanged). A subdomain set with
+/// [`subdomain`](Self::subdomain) is asked for first on every re-open, and the tunnel's last
+/// name after it when refused; refused on a first start, it fails the start with an error naming
+/// it. Only the names of tunnels that ended
 /// are asked for again: two tunnels open at once through one `LocalTunnel` (or its clones,
 /// which share that memory) keep their own subdomains. A tunnel being re-opened asks for its
 /// own name; a new tunnel may take the name of one that was closed, never that of one being
@@ -146,6 +149,16 @@ fn reclaim(
         .iter()
         .rposition(|name| name.owned_by(tunnel))
         .or_else(|| ended.iter().rposition(EndedName::free))?;
+    ended.remove(at)
+}
+
+/// Takes out the name `tunnel` had when it ended, if it has one: it is being re-opened.
+fn reclaim_own(
+    ended: &Mutex<VecDeque<EndedName>>,
+    tunnel: Option<&watch::Receiver<()>>,
+) -> Option<EndedName> {
+    let mut ended = lock(ended);
+    let at = ended.iter().rposition(|name| name.owned_by(tunnel))?;
     ended.remove(at)
 }
 
@@ -253,6 +266,12 @@ impl LocalTunnel {
     /// Asks for this subdomain: 4 to 63 lowercase letters and digits, or 6 to 63 of them with
     /// dashes inside (not first or last). That is the localtunnel server's rule, within the
     /// 63 characters a DNS label can hold.
+    ///
+    /// When the server refuses it (another client holds it), the first start fails with an
+    /// error naming it. When a tunnel that was open re-opens and the server now refuses it, the
+    /// tunnel asks for its last name, then for a new one, as for any re-opened tunnel, and the
+    /// new URL is reported as [`TunnelEvent::UrlChanged`](super::TunnelEvent::UrlChanged); each
+    /// later re-open asks for this subdomain first again.
     ///
     /// # Errors
     ///
@@ -401,6 +420,11 @@ impl LocalTunnel {
     /// that ended), else under a new name. A server that refuses `reclaimed` (another client
     /// took it meanwhile, say) is asked for a new name: a re-opened tunnel then gets a new URL
     /// rather than failing for ever.
+    ///
+    /// A configured subdomain the server refuses fails a first start, with an error naming it.
+    /// On a re-open (`reclaimed` is then the tunnel's own last name), it is asked for first,
+    /// then `reclaimed`, then a new name, as the docs promise: the tunnel comes back under
+    /// another URL rather than failing every re-open for ever.
     async fn register(
         &self,
         base: &BaseUrl,
@@ -408,11 +432,24 @@ impl LocalTunnel {
         deadline: Option<Instant>,
     ) -> Result<Registration, BoxError> {
         if let Some(name) = self.subdomain.as_deref() {
-            return self
-                .request(base, &format!("/{name}"), deadline)
-                .await?
-                .into_registration();
+            let why = match self.request(base, &format!("/{name}"), deadline).await? {
+                Answer::Registered(registration) => return Ok(registration),
+                Answer::NotARegistration(why) | Answer::Refused(why) => why,
+            };
+            if reclaimed.is_none() {
+                return Err(format!(
+                    "the subdomain `{name}` (LocalTunnel::subdomain) was not given: {why}"
+                )
+                .into());
+            }
+            tracing::warn!(
+                subdomain = name,
+                reason = %why,
+                "the localtunnel server refused the chosen subdomain as the tunnel re-opens: \
+                 asking for the tunnel's last name, else a new one"
+            );
         }
+        let reclaimed = reclaimed.filter(|name| Some(*name) != self.subdomain.as_deref());
         if let Some(name) = reclaimed {
             match self.request(base, &format!("/{name}"), deadline).await? {
                 Answer::Registered(registration) => return Ok(registration),
@@ -482,15 +519,6 @@ enum Answer {
     NotARegistration(String),
     /// The server refused (a message, or an error status): why.
     Refused(String),
-}
-
-impl Answer {
-    fn into_registration(self) -> Result<Registration, BoxError> {
-        match self {
-            Self::Registered(registration) => Ok(registration),
-            Self::NotARegistration(why) | Self::Refused(why) => Err(why.into()),
-        }
-    }
 }
 
 /// A subdomain for a server that assigns none: 12 lowercase letters and digits.
@@ -577,10 +605,12 @@ impl Provider for LocalTunnel {
             // The name of a tunnel that ended, taken out so that no other tunnel asks for it at
             // the same time; put back when this attempt ends without a tunnel, however it ends.
             let tunnel = upstream.tunnel_scope();
+            // With a configured subdomain, only the tunnel's own last name: it marks a re-open,
+            // where a refused subdomain falls back to it rather than failing for ever.
             let reclaimed = OpenName {
                 ended: Arc::clone(&self.ended),
                 name: match self.subdomain {
-                    Some(_) => None,
+                    Some(_) => reclaim_own(&self.ended, tunnel.as_ref()),
                     None => reclaim(&self.ended, tunnel.as_ref()),
                 },
             };

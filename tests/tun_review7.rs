@@ -1,0 +1,286 @@
+//! Seventh review of the tunnel bootstrapper, on loopback: a localtunnel subdomain set by the
+//! user and refused by the server, a bore server that assigns port 0, and a probe timeout too
+//! short for any probe.
+
+#[path = "tunnel/support.rs"]
+mod support;
+
+#[path = "common/bore_frames.rs"]
+mod bore_frames;
+use bore_frames::{read_frame, write_frame};
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::hello_service;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tower_webhook::tunnel::{
+    Bore, LocalTunnel, Tunnel, TunnelError, TunnelEvent, TunnelEvents, Upstream,
+};
+
+fn service() -> Upstream {
+    Upstream::service(hello_service(Arc::new(AtomicUsize::new(0))))
+}
+
+/// The next event of `events` within `limit`.
+async fn next_event(events: &mut TunnelEvents, limit: Duration) -> TunnelEvent {
+    tokio::time::timeout(limit, events.next())
+        .await
+        .expect("no tunnel event in time")
+        .expect("the tunnel closed")
+}
+
+/// A localtunnel server on loopback that gives names as the real one does (`/?new`: a fresh
+/// name; `/{name}`: that name), but refuses the names in `taken` with `409` and a message that
+/// does not name them, and closes every pooled connection at once while `dropping` is set.
+struct ScriptedLt {
+    api: std::net::SocketAddr,
+    taken: Arc<Mutex<HashSet<String>>>,
+    dropping: Arc<AtomicBool>,
+    asked: Arc<Mutex<Vec<String>>>,
+}
+
+impl ScriptedLt {
+    async fn start() -> Self {
+        let api = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let pool = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let (addr, pool_port) = (api.local_addr().unwrap(), pool.local_addr().unwrap().port());
+        let taken = Arc::new(Mutex::new(HashSet::new()));
+        let dropping = Arc::new(AtomicBool::new(false));
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let drop_all = Arc::clone(&dropping);
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            loop {
+                tokio::select! {
+                    accepted = pool.accept() => {
+                        let Ok((conn, _)) = accepted else { return };
+                        held.push(conn);
+                    }
+                    _ = tick.tick() => {}
+                }
+                if drop_all.load(Ordering::SeqCst) {
+                    held.clear();
+                }
+            }
+        });
+        let (refused, log) = (Arc::clone(&taken), Arc::clone(&asked));
+        tokio::spawn(async move {
+            let fresh = AtomicUsize::new(0);
+            while let Ok((mut conn, _)) = api.accept().await {
+                let mut head = vec![0u8; 4096];
+                let n = conn.read(&mut head).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&head[..n]).into_owned();
+                let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                log.lock().unwrap().push(path.clone());
+                let name = match path.as_str() {
+                    "/?new" => format!("fresh{}name", fresh.fetch_add(1, Ordering::SeqCst)),
+                    other => other.trim_start_matches('/').to_owned(),
+                };
+                let (status, body) = if refused.lock().unwrap().contains(&name) {
+                    (
+                        "409 Conflict",
+                        serde_json::json!({ "message": "that name is in use" }),
+                    )
+                } else {
+                    (
+                        "200 OK",
+                        serde_json::json!({
+                            "id": name,
+                            "port": pool_port,
+                            "max_conn_count": 1,
+                            "url": format!("http://{name}.localhost:{}", addr.port()),
+                        }),
+                    )
+                };
+                let body = body.to_string();
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                     connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+            }
+        });
+        Self {
+            api: addr,
+            taken,
+            dropping,
+            asked,
+        }
+    }
+
+    fn asked(&self) -> Vec<String> {
+        self.asked.lock().unwrap().clone()
+    }
+}
+
+/// A subdomain set with `LocalTunnel::subdomain` that the server refuses on the first start
+/// fails the start with an error that names the subdomain (the server's message may not), after
+/// one request: the user's name is not swapped for another behind their back.
+#[tokio::test]
+async fn a_chosen_localtunnel_subdomain_refused_at_start_is_named_in_the_error() {
+    let server = ScriptedLt::start().await;
+    server.taken.lock().unwrap().insert("review-bot".to_owned());
+    let err = Tunnel::builder()
+        .provider(
+            LocalTunnel::new()
+                .server(format!("http://{}", server.api))
+                .subdomain("review-bot")
+                .unwrap()
+                .startup_timeout(Duration::from_secs(5)),
+        )
+        .probe(false)
+        .start(service())
+        .await
+        .unwrap_err();
+    let TunnelError::AllFailed { attempts } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(attempts.len(), 1, "{err}");
+    let reason = &attempts[0].reason;
+    assert!(reason.contains("`review-bot`"), "{reason}");
+    assert!(reason.contains("that name is in use"), "{reason}");
+    assert_eq!(server.asked(), ["/review-bot"]);
+}
+
+/// The docs promise that a re-opened localtunnel whose name the server now refuses gets a new
+/// name, reported as `UrlChanged`. A subdomain set by the user failed every re-open instead,
+/// for ever. It now asks for its own name first, then takes a new one; and once the tunnel drops
+/// again, it asks for the user's name first and gets it back when it is free.
+#[tokio::test]
+async fn a_re_opened_localtunnel_whose_chosen_subdomain_is_refused_gets_a_new_name() {
+    let server = ScriptedLt::start().await;
+    let handle = Tunnel::builder()
+        .provider(
+            LocalTunnel::new()
+                .server(format!("http://{}", server.api))
+                .subdomain("review-bot")
+                .unwrap()
+                .startup_timeout(Duration::from_secs(5)),
+        )
+        .probe(false)
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200))
+        .start(service())
+        .await
+        .unwrap();
+    let first = handle.url();
+    assert!(first.starts_with("http://review-bot.localhost:"), "{first}");
+    let mut events = handle.events();
+
+    // The server drops the tunnel and refuses its name from now on.
+    server.taken.lock().unwrap().insert("review-bot".to_owned());
+    server.dropping.store(true, Ordering::SeqCst);
+    let down = next_event(&mut events, Duration::from_secs(15)).await;
+    assert!(matches!(down, TunnelEvent::Down { .. }), "{down:?}");
+    server.dropping.store(false, Ordering::SeqCst);
+    let up = next_event(&mut events, Duration::from_secs(10)).await;
+    match &up {
+        TunnelEvent::UrlChanged { old, new, .. } => {
+            assert_eq!(old, &first);
+            assert!(new.starts_with("http://fresh0name.localhost:"), "{new}");
+        }
+        other => panic!("not re-opened under a new name: {other:?}"),
+    }
+    assert_eq!(
+        server.asked(),
+        ["/review-bot", "/review-bot", "/?new"],
+        "asked for"
+    );
+
+    // The name is free again, and the tunnel drops again: it gets the user's name back.
+    server.taken.lock().unwrap().clear();
+    server.dropping.store(true, Ordering::SeqCst);
+    let down = next_event(&mut events, Duration::from_secs(15)).await;
+    assert!(matches!(down, TunnelEvent::Down { .. }), "{down:?}");
+    server.dropping.store(false, Ordering::SeqCst);
+    let up = next_event(&mut events, Duration::from_secs(10)).await;
+    match &up {
+        TunnelEvent::UrlChanged { new, .. } => assert_eq!(new, &first),
+        other => panic!("the chosen name was not asked for again: {other:?}"),
+    }
+    assert_eq!(handle.url(), first);
+    handle.close().await;
+}
+
+/// A bore control port that answers every `Hello` with `Hello(port)` and then sends heartbeats.
+async fn bore_assigning(port: u16) -> std::net::SocketAddr {
+    let control = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = control.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = control.accept().await {
+            tokio::spawn(async move {
+                let frame = read_frame(&mut stream).await;
+                if frame.as_ref().is_some_and(|f| f.get("Hello").is_some()) {
+                    let _ = write_frame(&mut stream, serde_json::json!({ "Hello": port })).await;
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        if write_frame(&mut stream, serde_json::json!("Heartbeat"))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A bore server that assigns port 0 (no port at all) gave the tunnel the URL
+/// `http://host:0`, which nobody can reach: with the probe off the start succeeded with it.
+/// The server's answer is invalid, and the attempt now fails saying so.
+#[tokio::test]
+async fn a_bore_server_assigning_port_zero_fails_the_attempt() {
+    let addr = bore_assigning(0).await;
+    for probe in [false, true] {
+        let started = Tunnel::builder()
+            .provider(
+                Bore::new()
+                    .server("127.0.0.1")
+                    .control_port(addr.port())
+                    .startup_timeout(Duration::from_secs(5)),
+            )
+            .probe(probe)
+            .reconnect(false)
+            .start(service())
+            .await;
+        let err = match started {
+            Ok(handle) => {
+                let url = handle.url();
+                handle.close().await;
+                panic!("started with {url} (probe {probe})");
+            }
+            Err(err) => err,
+        };
+        let TunnelError::AllFailed { attempts } = &err else {
+            panic!("{err}")
+        };
+        assert!(attempts[0].reason.contains("port 0"), "{err}");
+    }
+}
+
+/// `probe_timeout(Duration::ZERO)` made every start fail (the probe had no time at all); it
+/// is refused where it is set now, as the signature layer refuses a TTL under 1 ms, with a
+/// message pointing to `probe(false)`.
+#[test]
+fn a_probe_timeout_under_a_millisecond_is_refused_where_it_is_set() {
+    for short in [Duration::ZERO, Duration::from_micros(999)] {
+        let panicked = std::panic::catch_unwind(|| Tunnel::builder().probe_timeout(short))
+            .expect_err("a probe timeout under 1 ms was taken");
+        let message = panicked
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_default();
+        assert!(message.contains("probe(false)"), "{message}");
+    }
+    let builder = Tunnel::builder().probe_timeout(Duration::from_millis(1));
+    assert!(format!("{builder:?}").contains("probe_timeout: 1ms"));
+}
