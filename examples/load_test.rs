@@ -13,6 +13,9 @@
 //! It prints one JSON line with what it sent and what came back; with `--status` it also
 //! compares the counts with the server's `/status` (pr_agent_server) and fails if an unverified
 //! delivery was processed or a valid one lost.
+//!
+//! The servers cut off a client that takes more than 10 s to send its request head, as
+//! `hyper_server` does.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -72,8 +75,47 @@ async fn serve(mode: &str, addr: &str) -> Result<(), BoxError> {
     let router = router(mode, &secret())?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!("serving {mode} on {}", listener.local_addr()?);
-    axum::serve(listener, router).await?;
-    Ok(())
+    serve_on(listener, router).await
+}
+
+/// How long a client may take to send its request head (`hyper_server` gives the same).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `router` on `listener`. A client that sends its request head slowly, or never
+/// finishes it, is cut off after 10 s (`axum::serve` sets no such timeout: half a request head
+/// would hold its connection for ever). hyper enforces the timeout only with a timer.
+pub(crate) async fn serve_on(
+    listener: tokio::net::TcpListener,
+    router: Router,
+) -> Result<(), BoxError> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto;
+    use hyper_util::service::TowerToHyperService;
+
+    let mut server = auto::Builder::new(TokioExecutor::new());
+    server
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    server.http2().timer(TokioTimer::new());
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            // Out of file descriptors, say: the listener still works, so wait and go on.
+            Err(err) => {
+                eprintln!("accept failed: {err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let svc = TowerToHyperService::new(router.clone());
+        let conn = server
+            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+            .into_owned();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
 }
 
 /// The server of `mode` (`layers` or `bare`), checking signatures made with `secret`.

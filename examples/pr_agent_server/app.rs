@@ -418,6 +418,13 @@ impl Settings {
                 );
             }
         }
+        // Only Bitbucket Cloud's API takes the username: without its URL, no comment would be
+        // posted, and the username never sent.
+        if !apis.contains_key(&Forge::Bitbucket)
+            && api_username("BITBUCKET_USERNAME", lookup("BITBUCKET_USERNAME"))?.is_some()
+        {
+            return Err("BITBUCKET_USERNAME is set without BITBUCKET_API_URL: set BITBUCKET_API_URL to Bitbucket Cloud's API, https://api.bitbucket.org/2.0 (and BITBUCKET_TOKEN to the API token or app password), or unset BITBUCKET_USERNAME".into());
+        }
         let github_hook = match (lookup("GITHUB_HOOK_REPOSITORY"), lookup("GITHUB_HOOK_ID")) {
             (None, None) => None,
             (Some(repository), Some(_)) => {
@@ -2485,10 +2492,12 @@ fn api_request(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    headers.insert(
-        http::header::ACCEPT,
-        HeaderValue::from_static("application/json"),
-    );
+    // GitHub documents its own media type for its REST API.
+    let accept = match forge {
+        Forge::GitHub => "application/vnd.github+json",
+        _ => "application/json",
+    };
+    headers.insert(http::header::ACCEPT, HeaderValue::from_static(accept));
     if let (Some(token), Some(username)) = (&api.token, &api.username) {
         // Bitbucket Cloud's API tokens and app passwords: the password of Basic authentication.
         use base64::Engine;

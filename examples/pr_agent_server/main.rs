@@ -16,7 +16,7 @@
 //! system's), `BITBUCKET_USERNAME` (with a Bitbucket Cloud API token or app password in
 //! `BITBUCKET_TOKEN`: the Atlassian account's email, or the Bitbucket username for an app
 //! password; the token is then sent with HTTP Basic authentication, where `BITBUCKET_TOKEN`
-//! alone is an access token sent as `Bearer`), `CIRCUIT_BREAKER_FAILURE_THRESHOLD` (at least 1, default 5), `CIRCUIT_BREAKER_RECOVERY_TIMEOUT`
+//! alone is an access token sent as `Bearer`; `BITBUCKET_USERNAME` without `BITBUCKET_API_URL` stops the server), `CIRCUIT_BREAKER_FAILURE_THRESHOLD` (at least 1, default 5), `CIRCUIT_BREAKER_RECOVERY_TIMEOUT`
 //! (seconds, more than 0, default 30),
 //! `REQUEST_TIMEOUT_SECS` (1-600, default 10), `MAX_BODY_BYTES` (1 KiB-1 GiB, default 25 MiB),
 //! `MAX_CONCURRENT_DELIVERIES` (1-65536, default 64: deliveries read at once, all providers
