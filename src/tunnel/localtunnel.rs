@@ -65,8 +65,9 @@ struct Registration {
 /// client took it meanwhile), the provider asks for a new name, and the new URL is reported as
 /// [`TunnelEvent::UrlChanged`](super::TunnelEvent::UrlChanged). A subdomain set with
 /// [`subdomain`](Self::subdomain) is asked for first on every re-open, and the tunnel's last
-/// name after it when refused; refused on a first start, it fails the start with an error naming
-/// it. Only the names of tunnels that ended
+/// name after it when refused (a server that answers with another name gives the new name);
+/// refused on a first start, or answered with another name, it fails the start with an error
+/// naming it. Only the names of tunnels that ended
 /// are asked for again: two tunnels open at once through one `LocalTunnel` (or its clones,
 /// which share that memory) keep their own subdomains. A tunnel being re-opened asks for its
 /// own name; a new tunnel may take the name of one that was closed, never that of one being
@@ -267,8 +268,9 @@ impl LocalTunnel {
     /// dashes inside (not first or last). That is the localtunnel server's rule, within the
     /// 63 characters a DNS label can hold.
     ///
-    /// When the server refuses it (another client holds it), the first start fails with an
-    /// error naming it. When a tunnel that was open re-opens and the server now refuses it, the
+    /// When the server refuses it (another client holds it), or answers with another name (as
+    /// the localtunnel server does for a name in use), the first start fails with an error
+    /// naming it. When a tunnel that was open re-opens and the server now refuses it, the
     /// tunnel asks for its last name, then for a new one, as for any re-opened tunnel, and the
     /// new URL is reported as [`TunnelEvent::UrlChanged`](super::TunnelEvent::UrlChanged); each
     /// later re-open asks for this subdomain first again.
@@ -433,7 +435,22 @@ impl LocalTunnel {
     ) -> Result<Registration, BoxError> {
         if let Some(name) = self.subdomain.as_deref() {
             let why = match self.request(base, &format!("/{name}"), deadline).await? {
-                Answer::Registered(registration) => return Ok(registration),
+                // The localtunnel server gives a client that asks for a name in use another
+                // one: on a re-open, that is the new name to take; on a first start, a refusal.
+                Answer::Registered(registration)
+                    if reclaimed.is_some()
+                        || registration
+                            .id
+                            .as_deref()
+                            .is_none_or(|id| id.eq_ignore_ascii_case(name)) =>
+                {
+                    return Ok(registration);
+                }
+                Answer::Registered(registration) => {
+                    let given = registration.id.as_deref().unwrap_or_default();
+                    let given = super::error::from_the_network(given);
+                    format!("the localtunnel server gave `{given}` instead (is it in use?)")
+                }
                 Answer::NotARegistration(why) | Answer::Refused(why) => why,
             };
             if reclaimed.is_none() {
