@@ -15,7 +15,8 @@
 //! delivery was processed or a valid one lost.
 //!
 //! The servers cut off a client that takes more than 10 s to send its request head, as
-//! `hyper_server` does.
+//! `hyper_server` does. The generator waits 10 s at most for each answer: one that does not
+//! come counts as `other`, and fails the run.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -200,7 +201,12 @@ pub(crate) fn sign(key: &HmacSha256, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-async fn generate(
+/// How long the generator waits for one answer before counting it as `other`.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends deliveries to `url` for `secs` seconds on `conns` connections and prints the report;
+/// an error when an invariant was violated.
+pub(crate) async fn generate(
     url: &str,
     secs: u64,
     conns: usize,
@@ -267,13 +273,17 @@ async fn generate(
                     .header("x-hub-signature-256", sig)
                     .body(Full::new(body))
                     .expect("valid request");
-                let status = match client.request(req).await {
-                    Ok(res) => {
-                        let status = res.status();
-                        let _ = res.into_body().collect().await;
-                        status
-                    }
-                    Err(_) => StatusCode::BAD_GATEWAY,
+                // Bounded: a server that stops answering fails the run instead of hanging it.
+                let exchange = async {
+                    let res = client.request(req).await?;
+                    let status = res.status();
+                    let _ = res.into_body().collect().await;
+                    Ok::<_, hyper_util::client::legacy::Error>(status)
+                };
+                let status = match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+                    Ok(Ok(status)) => status,
+                    Ok(Err(_)) => StatusCode::BAD_GATEWAY,
+                    Err(_) => StatusCode::GATEWAY_TIMEOUT,
                 };
                 let counter = match status {
                     StatusCode::ACCEPTED => &tally.accepted,
@@ -314,9 +324,14 @@ async fn generate(
     if let Some(status_url) = status_url {
         // Let the background worker drain, then compare with the server's own counts.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let res = client.get(status_url.parse()?).await?;
-        let status: serde_json::Value =
-            serde_json::from_slice(&res.into_body().collect().await?.to_bytes())?;
+        let read = async {
+            let res = client.get(status_url.parse()?).await?;
+            Ok::<_, BoxError>(res.into_body().collect().await?.to_bytes())
+        };
+        let body = tokio::time::timeout(REQUEST_TIMEOUT, read)
+            .await
+            .map_err(|_| format!("{status_url} did not answer within 10 s"))??;
+        let status: serde_json::Value = serde_json::from_slice(&body)?;
         let accepted = status["deliveries"]["accepted"].as_u64().unwrap_or(0);
         let processed = status["comments"]["jobs"].as_u64().unwrap_or(0);
         let done = status["comments"]["logged"].as_u64().unwrap_or(0)

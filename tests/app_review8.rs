@@ -164,3 +164,27 @@ async fn github_api_requests_accept_githubs_media_type() {
     assert!(path.starts_with("/repos/octo/repo/"), "{path}");
     assert_eq!(headers["accept"], "application/json");
 }
+
+/// `load_test generate` waited for each answer without a bound: a server that stopped answering
+/// (the deadlock a load test is there to find) hung the run for ever, past its length, with no
+/// report. Each answer is waited for 10 s now; the run ends, and fails, reporting it.
+#[tokio::test]
+async fn the_load_test_generator_ends_when_the_server_stops_answering() {
+    // Takes connections and requests, answers nothing.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            held.push(conn);
+        }
+    });
+    // The bound only ends a failing test: the run is due to end about 11 s from now.
+    let run = tokio::time::timeout(
+        Duration::from_secs(60),
+        load_test::generate(&format!("http://{addr}/hook"), 1, 2, None),
+    )
+    .await;
+    let result = run.expect("the generator is still waiting after 60 s");
+    assert!(result.is_err(), "a run with no answer passed");
+}
