@@ -64,7 +64,10 @@ async fn the_load_test_servers_cut_off_a_client_that_never_finishes_its_request_
         // The bound only ends a failing test: the server is due to close it after 10 s.
         let mut rest = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(40), conn.read_to_end(&mut rest)).await;
-        assert!(read.is_ok(), "{mode}: the connection is still open after 40 s");
+        assert!(
+            read.is_ok(),
+            "{mode}: the connection is still open after 40 s"
+        );
     }
 }
 
