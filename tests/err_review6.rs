@@ -168,7 +168,7 @@ async fn a_status_metadata_does_not_replace_the_answer_s_own_headers() {
     assert_eq!(headers.get_all("grpc-message").iter().count(), 1);
     assert_eq!(headers["grpc-message"], "no such installation");
     assert_eq!(headers.get_all("content-type").iter().count(), 1);
-    assert_eq!(headers["content-type"], "application/grpc-web");
+    assert_eq!(headers["content-type"], "application/grpc-web+proto");
     assert!(headers.get("connection").is_none());
     assert_eq!(headers["x-installation"], "42");
 

@@ -402,7 +402,8 @@ async fn grpc_callers_get_trailers_only_status() {
     for (err, code) in cases {
         let res = answer_error(WebhookErrorLayer::new(), grpc_req(), err).await;
         assert_eq!(res.status(), 200, "gRPC errors travel in grpc-status");
-        assert_eq!(res.headers()["content-type"], "application/grpc");
+        // The request's own media type, codec included.
+        assert_eq!(res.headers()["content-type"], "application/grpc+proto");
         assert_eq!(
             res.headers()["grpc-status"],
             (code as u16).to_string().as_str()
@@ -426,10 +427,11 @@ async fn grpc_web_callers_get_trailers_only_status_under_their_content_type() {
         ("application/grpc", "application/grpc"),
         ("application/grpc; charset=utf-8", "application/grpc"),
         ("application/grpc-web", "application/grpc-web"),
-        ("application/grpc-web+proto", "application/grpc-web"),
+        // The codec too (the gRPC and gRPC-web protocols type the answer with it).
+        ("application/grpc-web+proto", "application/grpc-web+proto"),
         (
             "application/grpc-web-text+proto",
-            "application/grpc-web-text",
+            "application/grpc-web-text+proto",
         ),
     ] {
         let err = Problem::new(StatusCode::UNAUTHORIZED).into();

@@ -476,6 +476,9 @@ impl<S> WebhookError<S> {
 /// What the response future needs to know about the request, captured before it is moved.
 struct RequestInfo {
     grpc: Option<Grpc>,
+    /// The `content-type` of a gRPC request that names a codec (`+proto`, `+json`) or
+    /// parameters: its answer is typed with the same codec.
+    grpc_type: Option<HeaderValue>,
     /// A HEAD request: its answer has no content (RFC 9110, section 9.3.2).
     head: bool,
     /// An HTTP/1.x request: its connection can be closed with `Connection: close`.
@@ -514,16 +517,57 @@ impl Grpc {
             (Self::Native, rest)
         };
         // The type ends here, or a codec (`+proto`) or parameters follow.
-        matches!(rest.first(), None | Some(b'+' | b';' | b' ')).then_some(kind)
+        matches!(rest.first(), None | Some(b'+' | b';' | b' ' | b'\t')).then_some(kind)
     }
 
-    /// The content type of a trailers-only answer.
-    fn content_type(self) -> HeaderValue {
-        HeaderValue::from_static(match self {
+    /// The gRPC protocol of a request with this `content-type`, and the value itself when it
+    /// says more than the bare type (a codec, parameters).
+    #[inline]
+    fn of_request(content_type: &HeaderValue) -> (Option<Self>, Option<HeaderValue>) {
+        match Self::of(content_type) {
+            Some(kind) => {
+                let more = content_type.len() > kind.bare().len();
+                (Some(kind), more.then(|| content_type.clone()))
+            }
+            None => (None, None),
+        }
+    }
+
+    /// The media type without a codec.
+    fn bare(self) -> &'static str {
+        match self {
             Self::Native => "application/grpc",
             Self::Web => "application/grpc-web",
             Self::WebText => "application/grpc-web-text",
-        })
+        }
+    }
+
+    /// The content type of a trailers-only answer to a request typed `sent`: the request's own
+    /// media type, codec included (`application/grpc-web+json`), lower-cased and without
+    /// parameters, as the gRPC and gRPC-web protocols type a response (and as tonic-web
+    /// answers); clients such as connect-es refuse an answer whose codec is not theirs. A
+    /// codec that is not a token is left out.
+    fn content_type(self, sent: Option<&HeaderValue>) -> HeaderValue {
+        let bare = self.bare();
+        let codec = sent.and_then(|sent| {
+            let bytes = sent.as_bytes();
+            let end = bytes
+                .iter()
+                .position(|b| matches!(b, b';' | b' ' | b'\t'))
+                .unwrap_or(bytes.len());
+            // `of` checked the bare type, in any case, and that a `+` follows it if anything.
+            let codec = bytes.get(bare.len()..end)?.strip_prefix(b"+")?;
+            let token = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+            (!codec.is_empty() && codec.iter().all(token)).then_some(codec)
+        });
+        let Some(codec) = codec else {
+            return HeaderValue::from_static(bare);
+        };
+        let mut value = Vec::with_capacity(bare.len() + 1 + codec.len());
+        value.extend_from_slice(bare.as_bytes());
+        value.push(b'+');
+        value.extend(codec.iter().map(u8::to_ascii_lowercase));
+        HeaderValue::from_bytes(&value).unwrap_or(HeaderValue::from_static(bare))
     }
 }
 
@@ -536,6 +580,7 @@ impl RequestInfo {
         if headers.is_empty() {
             return Self {
                 grpc: None,
+                grpc_type: None,
                 head,
                 http1,
                 request_id: None,
@@ -545,21 +590,28 @@ impl RequestInfo {
             // One pass over a small map is cheaper than two hashed lookups.
             let mut info = Self {
                 grpc: None,
+                grpc_type: None,
                 head,
                 http1,
                 request_id: None,
             };
             for (name, value) in headers {
                 if name == header::CONTENT_TYPE {
-                    info.grpc = info.grpc.or_else(|| Grpc::of(value));
+                    if info.grpc.is_none() {
+                        (info.grpc, info.grpc_type) = Grpc::of_request(value);
+                    }
                 } else if info.request_id.is_none() && *name == config.request_id_header {
                     info.request_id = Some(value.clone());
                 }
             }
             return info;
         }
+        let (grpc, grpc_type) = headers
+            .get(header::CONTENT_TYPE)
+            .map_or((None, None), Grpc::of_request);
         Self {
-            grpc: headers.get(header::CONTENT_TYPE).and_then(Grpc::of),
+            grpc,
+            grpc_type,
             head,
             http1,
             request_id: headers.get(&config.request_id_header).cloned(),
@@ -814,6 +866,10 @@ fn panicked(info: &RequestInfo, payload: &(dyn Any + Send), what: &str) -> Probl
 
 /// The success path: pass the response through, unless it carries a [`Problem`] made by a
 /// handler or an inner middleware, which is rendered here like any other error.
+///
+/// A 408 or a 413 passed through (axum's `DefaultBodyLimit` answer, tower-http's
+/// `TimeoutLayer` answer, a handler's own status) leaves the connection in the same state as
+/// the layer's own: over HTTP/1.x it says `Connection: close` too.
 #[inline]
 fn on_response<B, R: RenderProblem>(
     mut response: Response<B>,
@@ -821,6 +877,9 @@ fn on_response<B, R: RenderProblem>(
     config: &Config,
     renderer: &R,
 ) -> Response<ResponseBody<B>> {
+    if closes(response.status()) && info.http1 {
+        close_passed_through(response.headers_mut());
+    }
     if response.extensions().is_empty() {
         return response.map(ResponseBody::new);
     }
@@ -848,6 +907,7 @@ fn rerender<B, R: RenderProblem>(
     let (parts, _body) = response.into_parts();
     let info = RequestInfo {
         grpc: info.grpc,
+        grpc_type: info.grpc_type.clone(),
         head: info.head,
         http1: info.http1,
         request_id: info
@@ -955,9 +1015,10 @@ fn render<B, R: RenderProblem>(
             problem = problem.with_grpc_code(code);
         }
         let mut response = problem.to_grpc_response::<ResponseBody<B>>();
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, grpc.content_type());
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            grpc.content_type(info.grpc_type.as_ref()),
+        );
         response
     } else {
         // A renderer that panics is a bug, but the client still gets an answer: the problem in
@@ -1041,6 +1102,40 @@ fn close_connection<B>(response: &mut Response<B>, info: &RequestInfo) {
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+}
+
+/// Says `Connection: close` on an answer made by the inner stack, once: a `close` option it
+/// already sent is kept as it is, `keep-alive` is dropped, and other options are kept after
+/// `close`.
+#[cold]
+#[inline(never)]
+fn close_passed_through(headers: &mut http::HeaderMap) {
+    let mut close = false;
+    let mut keep_alive = false;
+    let mut others: Vec<&str> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        // Options are tokens (RFC 9110, section 7.6.1): a value that is not ASCII names none.
+        let Ok(value) = value.to_str() else { continue };
+        for option in value.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            if option.eq_ignore_ascii_case("close") {
+                close = true;
+            } else if option.eq_ignore_ascii_case("keep-alive") {
+                keep_alive = true;
+            } else {
+                others.push(option);
+            }
+        }
+    }
+    if close && !keep_alive {
+        return;
+    }
+    let mut value = String::from("close");
+    for option in others {
+        value.push_str(", ");
+        value.push_str(option);
+    }
+    let value = HeaderValue::from_str(&value).unwrap_or(HeaderValue::from_static("close"));
+    headers.insert(header::CONNECTION, value);
 }
 
 /// Longest request id copied into a problem's `instance`.

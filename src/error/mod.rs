@@ -8,7 +8,7 @@
 //!
 //! | inner outcome | HTTP caller | gRPC caller (`content-type: application/grpc`, `-web`, `-web-text`, each with an optional `+codec`, in any case) |
 //! |---|---|---|
-//! | `Ok(response)` | the response, untouched | the response, untouched |
+//! | `Ok(response)` | the response, untouched (but a 408 or a 413 over HTTP/1.x gets `Connection: close`, see below) | the response, untouched |
 //! | `Ok(response)` with a [`Problem`] in its extensions (a handler returned one) | the problem, rendered | trailers-only, code of the problem |
 //! | `Err(`[`Problem`]`)` or any [`HttpError`] registered with [`WebhookErrorLayer::recognize`] | its status | its [`HttpError::grpc_code`] |
 //! | signature rejected | 401 / 413 / 408 / 400 / 409 | `Unauthenticated` / `OutOfRange` / `DeadlineExceeded` / `InvalidArgument` / `AlreadyExists` |
@@ -36,10 +36,15 @@
 //! 15.5.9 and 15.5.14): after a 413 the rest of the refused body is still on the connection,
 //! unread (cut by a length limit, or refused from `Content-Length`), so the connection is not
 //! kept, and the client is told so rather than losing its next request on it. So does a
-//! gRPC-web answer over HTTP/1.x to a call refused for the same reasons.
+//! gRPC-web answer over HTTP/1.x to a call refused for the same reasons, and a 408 or a 413
+//! that the inner stack answered itself (axum's `DefaultBodyLimit`, tower-http's `TimeoutLayer`,
+//! a handler's own status), passed through: a `close` option it set is kept as it is,
+//! `keep-alive` is dropped, other options are kept after `close`.
 //! gRPC callers get HTTP 200 with `grpc-status` and a percent-encoded `grpc-message` in the
-//! headers and no body (a "trailers-only" response), as the gRPC protocol requires. See [`GrpcCode::from_http_status`]
-//! for the HTTP to gRPC mapping.
+//! headers and no body (a "trailers-only" response), as the gRPC protocol requires, typed with
+//! the request's own media type, codec included (`application/grpc-web+json` for a `+json`
+//! call; lower-cased, parameters left out), as the gRPC and gRPC-web protocols type a response.
+//! See [`GrpcCode::from_http_status`] for the HTTP to gRPC mapping.
 //!
 //! Each error is logged once with `tracing`: 5xx at `error`, 404 and 405 at `debug`, other 4xx at
 //! `warn`, with the status, problem type, request id and the error chain as fields. A panic's
