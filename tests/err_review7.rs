@@ -2,6 +2,8 @@
 //! connection, the media type of a gRPC answer, problem extension members, and a response body
 //! that fails or panics after the head went out.
 
+#[path = "common/axum_serve.rs"]
+mod axum_serve;
 #[path = "common/hyper_one.rs"]
 mod hyper_one;
 #[path = "common/logs.rs"]
@@ -14,6 +16,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_one::{Http, read_head, serve_one};
 use logs::Logs;
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::{BoxError, ServiceBuilder};
 use tower_webhook::error::{Problem, WebhookErrorLayer};
@@ -309,4 +312,135 @@ async fn a_native_grpc_answer_keeps_the_request_s_codec() {
         let body = res.into_body().collect().await.unwrap().to_bytes();
         assert!(body.is_empty());
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Extension members (RFC 9457, section 3.2)
+
+/// An axum app behind `WebhookErrorLayer`: `/credit` answers an "out of credit" problem with
+/// extension members, `/named?{name}` one with an extension member named from the query
+/// string (as a name taken from data would be).
+async fn serve_problems() -> std::net::SocketAddr {
+    use axum::routing::get;
+    let out_of_credit = || async {
+        Err::<(), _>(
+            Problem::new(StatusCode::FORBIDDEN)
+                .with_type("https://example.com/probs/out-of-credit")
+                .with_title("You do not have enough credit.")
+                .with_detail("Your current balance is 30, but that costs 50.")
+                .with_extension("balance", 30)
+                .with_extension("accounts", json!(["/account/12345", "/account/67890"]))
+                .with_extension("limits", json!({"daily": 100, "monthly": null})),
+        )
+    };
+    let named = |uri: axum::http::Uri| async move {
+        let name = uri.query().unwrap_or_default().to_owned();
+        Err::<(), _>(
+            Problem::new(StatusCode::UNPROCESSABLE_ENTITY)
+                .with_detail("a field is wrong")
+                .with_extension(name, "from data"),
+        )
+    };
+    let app = axum::Router::new()
+        .route("/credit", get(out_of_credit))
+        .route("/named", get(named));
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .service(app);
+    axum_serve::serve(svc).await.0
+}
+
+/// GETs `path` from `addr` with a request id; the answer's status, content type and document.
+async fn get_problem(addr: std::net::SocketAddr, path: &str) -> (u16, String, Value) {
+    let res = reqwest::Client::new()
+        .get(format!("http://{addr}{path}"))
+        .header("x-request-id", "req-7")
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let content_type = res.headers()["content-type"].to_str().unwrap().to_owned();
+    let doc = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+    (status, content_type, doc)
+}
+
+/// `Problem` had no extension members (RFC 9457, section 3.2), so an API could not tell its
+/// clients the `balance` of an "out of credit" problem in the document. They are written as
+/// top-level members, beside the standard ones.
+#[tokio::test]
+async fn a_problem_s_extension_members_reach_the_client() {
+    let (_logs, _guard) = capture_logs();
+    let addr = serve_problems().await;
+    let (status, content_type, doc) = get_problem(addr, "/credit").await;
+    assert_eq!(status, 403);
+    assert_eq!(content_type, "application/problem+json");
+    assert_eq!(
+        doc,
+        json!({
+            "type": "https://example.com/probs/out-of-credit",
+            "title": "You do not have enough credit.",
+            "status": 403,
+            "detail": "Your current balance is 30, but that costs 50.",
+            "instance": "req-7",
+            "balance": 30,
+            "accounts": ["/account/12345", "/account/67890"],
+            "limits": {"daily": 100, "monthly": null},
+        })
+    );
+}
+
+/// A name taken from data may be a standard member's: it does not replace the member nor
+/// panic, the rest of the document is as it would be, and a warning says why.
+#[tokio::test]
+async fn an_extension_named_like_a_standard_member_is_left_out() {
+    let (logs, _guard) = capture_logs();
+    let addr = serve_problems().await;
+    for name in ["type", "title", "status", "detail", "instance"] {
+        let (status, _, doc) = get_problem(addr, &format!("/named?{name}")).await;
+        assert_eq!(status, 422, "{name}");
+        assert_eq!(
+            doc,
+            json!({
+                "type": "about:blank",
+                "title": "Unprocessable Entity",
+                "status": 422,
+                "detail": "a field is wrong",
+                "instance": "req-7",
+            }),
+            "{name}"
+        );
+    }
+    let text = logs.text();
+    assert_eq!(
+        text.matches("cannot take the name of a standard member")
+            .count(),
+        5,
+        "{text}"
+    );
+    assert!(text.contains("member=\"instance\""), "{text}");
+    // Names are case-sensitive in JSON: `Status` is an extension like any other.
+    let (_, _, doc) = get_problem(addr, "/named?Status").await;
+    assert_eq!(doc["Status"], "from data");
+    assert_eq!(doc["status"], 422);
+    assert_eq!(doc.as_object().unwrap().len(), 6, "{doc}");
+}
+
+/// A gRPC caller gets no document, so no extension member either; the answer is the usual one.
+#[tokio::test]
+async fn a_grpc_caller_gets_the_code_of_a_problem_with_extensions() {
+    let (_logs, _guard) = capture_logs();
+    let addr = serve_problems().await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /credit HTTP/1.1\r\nhost: a\r\ncontent-type: application/grpc-web+proto\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("http/1.1 200 "), "{head}");
+    assert!(head.contains("\r\ngrpc-status: 7\r\n"), "{head}");
+    assert!(!head.contains("/account/"), "{head}");
+    assert!(head.contains("\r\ncontent-length: 0\r\n"), "{head}");
 }

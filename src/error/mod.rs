@@ -32,7 +32,8 @@
 //! HTTP callers get an RFC 9457 `application/problem+json` body: `type`, `title`, `status`
 //! (always equal to the response status), `detail` (only text meant for clients) and `instance`
 //! (the request id from `x-request-id`, when there is one that a URI can carry as it is, up to
-//! 256 bytes). A 408 or a 413 over HTTP/1.x also says `Connection: close` (RFC 9110, sections
+//! 256 bytes), then the problem's extension members ([`Problem::with_extension`]). A 408 or a
+//! 413 over HTTP/1.x also says `Connection: close` (RFC 9110, sections
 //! 15.5.9 and 15.5.14): after a 413 the rest of the refused body is still on the connection,
 //! unread (cut by a length limit, or refused from `Content-Length`), so the connection is not
 //! kept, and the client is told so rather than losing its next request on it. So does a

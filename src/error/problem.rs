@@ -373,7 +373,12 @@ pub struct Problem {
     /// Headers a gRPC caller also gets (a client error `tonic::Status`'s details and custom
     /// metadata), none of them one the answer sets itself.
     grpc_metadata: Option<Box<http::HeaderMap>>,
+    /// Extension members (RFC 9457, section 3.2), none named like a standard member.
+    extensions: Option<Box<serde_json::Map<String, serde_json::Value>>>,
 }
+
+/// The members RFC 9457 defines (section 3.1): an extension member cannot take their names.
+const STANDARD_MEMBERS: [&str; 5] = ["type", "title", "status", "detail", "instance"];
 
 impl Problem {
     /// A problem with this status, type `about:blank` and the status' reason as title.
@@ -406,6 +411,7 @@ impl Problem {
             grpc_code: GrpcCode::from_http_status(status),
             grpc_message: None,
             grpc_metadata: None,
+            extensions: None,
         }
     }
 
@@ -438,6 +444,7 @@ impl Problem {
             grpc_code: error.grpc_code(),
             grpc_message: None,
             grpc_metadata: None,
+            extensions: None,
         }
     }
 
@@ -606,6 +613,111 @@ impl Problem {
         self
     }
 
+    /// Adds an extension member (RFC 9457, section 3.2): a member of the problem document
+    /// beside the standard ones, such as the `balance` of an "out of credit" problem or the
+    /// `errors` of a validation problem. [`ProblemJson`](super::ProblemJson) (and
+    /// [`to_json`](Self::to_json)) write it as a top-level member, after the standard ones; a
+    /// second member of the same name replaces the first. Like the
+    /// [`detail`](Self::with_detail), it is shown to the client: never put internals here.
+    ///
+    /// A name of a standard member (`type`, `title`, `status`, `detail`, `instance`; JSON
+    /// names are case-sensitive, so `Status` is not one) cannot be an extension: such a member
+    /// is left out, the standard member keeps its value, and a warning is logged. This never
+    /// panics, so the name may come from data; [`extension`](Self::extension) tells whether
+    /// the member was taken. RFC 9457 recommends names of at least three letters, digits or
+    /// `_`, starting with a letter, for clients that map them to XML or code identifiers: this
+    /// is not enforced.
+    ///
+    /// gRPC callers do not get extension members: a trailers-only answer has no document.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use serde_json::json;
+    /// use tower_webhook::error::Problem;
+    ///
+    /// let problem = Problem::new(StatusCode::FORBIDDEN)
+    ///     .with_type("https://example.com/probs/out-of-credit")
+    ///     .with_title("You do not have enough credit.")
+    ///     .with_extension("balance", 30)
+    ///     .with_extension("accounts", json!(["/account/12345", "/account/67890"]))
+    ///     // A standard member's name: left out, `status` stays 403.
+    ///     .with_extension("status", 200);
+    /// assert_eq!(problem.extension("balance"), Some(&json!(30)));
+    /// assert_eq!(problem.extension("status"), None);
+    ///
+    /// let doc: serde_json::Value = serde_json::from_slice(&problem.to_json()).unwrap();
+    /// assert_eq!(
+    ///     doc,
+    ///     json!({
+    ///         "type": "https://example.com/probs/out-of-credit",
+    ///         "title": "You do not have enough credit.",
+    ///         "status": 403,
+    ///         "balance": 30,
+    ///         "accounts": ["/account/12345", "/account/67890"],
+    ///     })
+    /// );
+    /// ```
+    pub fn with_extension(
+        mut self,
+        name: impl Into<String>,
+        value: impl Into<serde_json::Value>,
+    ) -> Self {
+        let name = name.into();
+        if STANDARD_MEMBERS.contains(&name.as_str()) {
+            tracing::warn!(
+                status = self.status.as_u16(),
+                problem_type = &*self.problem_type,
+                member = name.as_str(),
+                "an extension member cannot take the name of a standard member; left out"
+            );
+            return self;
+        }
+        self.extensions
+            .get_or_insert_with(Default::default)
+            .insert(name, value.into());
+        self
+    }
+
+    /// The extension member `name`, if the problem has one (see
+    /// [`with_extension`](Self::with_extension)).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_webhook::error::Problem;
+    ///
+    /// let problem = Problem::new(StatusCode::TOO_MANY_REQUESTS).with_extension("limit", 5000);
+    /// assert_eq!(problem.extension("limit").and_then(|v| v.as_u64()), Some(5000));
+    /// assert_eq!(problem.extension("remaining"), None);
+    /// ```
+    pub fn extension(&self, name: &str) -> Option<&serde_json::Value> {
+        self.extensions.as_ref()?.get(name)
+    }
+
+    /// Every extension member, by name (in the order [`to_json`](Self::to_json) writes them).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_webhook::error::Problem;
+    ///
+    /// let problem = Problem::new(StatusCode::UNPROCESSABLE_ENTITY)
+    ///     .with_extension("field", "repository")
+    ///     .with_extension("reason", "missing");
+    /// let names: Vec<&str> = problem.extensions().map(|(name, _)| name).collect();
+    /// assert_eq!(names, ["field", "reason"]);
+    /// assert_eq!(Problem::new(StatusCode::NOT_FOUND).extensions().count(), 0);
+    /// ```
+    pub fn extensions(&self) -> impl Iterator<Item = (&str, &serde_json::Value)> + '_ {
+        self.extensions
+            .iter()
+            .flat_map(|members| members.iter().map(|(name, value)| (name.as_str(), value)))
+    }
+
     /// The HTTP status.
     ///
     /// # Example
@@ -760,7 +872,7 @@ impl Problem {
     }
 
     /// The problem document as JSON bytes (`type`, `title`, `status`, and `detail`, `instance`
-    /// when present).
+    /// when present), then the [extension members](Self::with_extension).
     ///
     /// # Example
     ///
@@ -787,6 +899,10 @@ impl Problem {
             detail: Option<&'a str>,
             #[serde(skip_serializing_if = "Option::is_none")]
             instance: Option<&'a str>,
+            // No extension takes a standard member's name (`with_extension`), so no member is
+            // written twice.
+            #[serde(flatten, skip_serializing_if = "Option::is_none")]
+            extensions: Option<&'a serde_json::Map<String, serde_json::Value>>,
         }
         let doc = Doc {
             problem_type: &self.problem_type,
@@ -794,8 +910,9 @@ impl Problem {
             status: self.status.as_u16(),
             detail: self.detail.as_deref(),
             instance: self.instance.as_deref(),
+            extensions: self.extensions.as_deref(),
         };
-        // Serializing plain strings and an integer cannot fail.
+        // Serializing strings, an integer and JSON values (whose keys are strings) cannot fail.
         serde_json::to_vec(&doc)
             .map(Bytes::from)
             .unwrap_or_default()
@@ -989,6 +1106,7 @@ impl fmt::Debug for Problem {
             .field("retry_after", &self.retry_after)
             .field("challenge", &self.challenge)
             .field("grpc_code", &self.grpc_code)
+            .field("extensions", &self.extensions)
             .finish()
     }
 }
