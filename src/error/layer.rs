@@ -508,7 +508,12 @@ impl Grpc {
             let (head, rest) = s.split_at_checked(prefix.len())?;
             head.eq_ignore_ascii_case(prefix).then_some(rest)
         }
-        let rest = strip(content_type.as_bytes(), b"application/grpc")?;
+        let bytes = content_type.as_bytes();
+        // Most requests are not gRPC: the `g` of `grpc` (or its absence) tells at once.
+        if bytes.get(12).map(u8::to_ascii_lowercase) != Some(b'g') {
+            return None;
+        }
+        let rest = strip(bytes, b"application/grpc")?;
         let (kind, rest) = if let Some(rest) = strip(rest, b"-web-text") {
             (Self::WebText, rest)
         } else if let Some(rest) = strip(rest, b"-web") {
