@@ -3,6 +3,8 @@
 
 #[path = "common/axum_serve.rs"]
 mod axum_serve;
+#[path = "common/hyper_one.rs"]
+mod hyper_one;
 #[path = "common/logs.rs"]
 mod logs;
 
@@ -17,6 +19,7 @@ use axum_serve::serve;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper_one::http2_sender;
 use logs::Logs;
 use serde_json::Value;
 use tower::{BoxError, Layer, Service, ServiceBuilder, ServiceExt};
@@ -386,14 +389,7 @@ async fn a_head_answer_has_the_content_length_of_the_get_answer() {
             .await
             .unwrap();
     });
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = http2_sender(addr).await;
     let head = sender
         .send_request(
             Request::head(format!("http://{addr}/hook"))

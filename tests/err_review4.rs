@@ -15,7 +15,7 @@ use axum_serve::serve;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_one::{Http, read_head, serve_one};
+use hyper_one::{Http, http2_sender, read_head, serve_one};
 use logs::Logs;
 use serde_json::Value;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
@@ -236,14 +236,7 @@ async fn a_408_over_http2_has_no_connection_header() {
             Err::<Response<Full<Bytes>>, _>(tower::timeout::error::Elapsed::new())
         });
     let addr = serve_one(Http::Two, svc).await;
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = http2_sender(addr).await;
     for _ in 0..2 {
         let res = sender
             .send_request(

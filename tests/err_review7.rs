@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_one::{Http, read_head, serve_one};
+use hyper_one::{Http, http2_sender, read_head, serve_one};
 use logs::Logs;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -192,14 +192,7 @@ async fn a_passed_through_413_over_http2_has_no_connection_header() {
         .layer(WebhookErrorLayer::new())
         .service_fn(status_handler);
     let addr = serve_one(Http::Two, svc).await;
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = http2_sender(addr).await;
     for _ in 0..2 {
         let res = sender
             .send_request(
@@ -283,14 +276,7 @@ async fn a_native_grpc_answer_keeps_the_request_s_codec() {
         .layer(WebhookErrorLayer::new())
         .service_fn(refuse);
     let addr = serve_one(Http::Two, svc).await;
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = http2_sender(addr).await;
     for (sent, answered) in [
         ("application/grpc+proto", "application/grpc+proto"),
         ("application/grpc+json", "application/grpc+json"),

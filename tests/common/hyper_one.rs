@@ -62,3 +62,18 @@ pub(crate) async fn read_head(stream: &mut tokio::net::TcpStream) -> String {
     }
     String::from_utf8(head).unwrap().to_ascii_lowercase()
 }
+
+/// An HTTP/2 client connection to `addr` (the connection runs on a task): its request sender.
+pub(crate) async fn http2_sender(
+    addr: SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    sender
+}
