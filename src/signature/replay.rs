@@ -1430,7 +1430,9 @@ mod redis_store {
                             if let Ok(Ok(Some(_))) = tokio::time::timeout(late, answer).await {
                                 // Only the value set here: the key may have expired since.
                                 let del = delete_if(&key, &value);
-                                let _ = query::<u64>(del, late_conns, timeout).await;
+                                if let Err(err) = query::<u64>(del, late_conns, timeout).await {
+                                    tracing::error!(%key, error = %err, "Redis recorded a delivery id after the delivery was refused for taking too long, and could not delete it again: the provider's redelivery is treated as a replay until the id expires");
+                                }
                             }
                         });
                         Err(conns.timed_out(used, timeout))
