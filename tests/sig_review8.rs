@@ -64,3 +64,88 @@ async fn a_late_set_that_cannot_be_undone_is_logged() {
     assert!(text.contains("ERROR"), "{text}");
     assert!(!text.contains(GH_SECRET), "{text}");
 }
+
+#[path = "common/axum_serve.rs"]
+mod axum_serve;
+
+/// Gitea's delivery of a webhook set to the HTTP method `GET`: no body, the JSON payload in the
+/// query string's `payload` parameter (after the URL's own parameters), signed as for `POST`.
+fn gitea_get_url(addr: std::net::SocketAddr, payload: &str) -> String {
+    let query = form_urlencoded::Serializer::new(String::new())
+        .append_pair("token", "abc")
+        .append_pair("payload", payload)
+        .finish();
+    format!("http://{addr}/hooks/gitea?{query}")
+}
+
+fn hex_hmac(secret: &str, message: &str) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    ring::hmac::sign(&key, message.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A Gitea or Forgejo webhook set to `GET` is authentic, but the layer verifies bodies, and
+/// its payload travels in the query string: it is answered 400 (not 401, which would send the
+/// operator looking for a wrong secret), with nothing about the delivery or the secret in the
+/// answer, and the log says to set the webhook's method to `POST`. A `GET` whose signature does
+/// not match is still 401. Over a real server on 127.0.0.1.
+#[tokio::test]
+async fn gitea_and_forgejo_get_deliveries_are_named_in_the_log() {
+    const SECRET: &str = "gitea-webhook-secret";
+    let (logs, _guard) = Logs::capture();
+    let payload = r#"{"ref":"refs/heads/main","after":"1a2b3c"}"#;
+    let signature = hex_hmac(SECRET, payload);
+    for (provider, layer) in [
+        ("gitea", SignatureLayer::gitea(SECRET).unwrap()),
+        ("forgejo", SignatureLayer::forgejo(SECRET).unwrap()),
+    ] {
+        let app = axum::Router::new()
+            .route("/hooks/gitea", axum::routing::any(|| async { "handled" }))
+            .layer(layer);
+        let (addr, server) = axum_serve::serve(app).await;
+        let client = reqwest::Client::new();
+        let get = |signature: String| {
+            client
+                .get(gitea_get_url(addr, payload))
+                .header(format!("x-{provider}-event"), "push")
+                .header(
+                    format!("x-{provider}-delivery"),
+                    "5f6e7d8c-1b2a-4c3d-9e8f-7a6b5c4d3e2f",
+                )
+                .header(format!("x-{provider}-signature"), signature)
+                .send()
+        };
+
+        let res = get(signature.clone()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{provider}");
+        assert_eq!(
+            res.headers()["content-type"],
+            "application/problem+json",
+            "{provider}"
+        );
+        assert!(
+            res.headers().get("www-authenticate").is_none(),
+            "{provider}"
+        );
+        let body = res.text().await.unwrap();
+        assert!(body.contains("malformed-delivery"), "{provider}: {body}");
+        for secret in [SECRET, "GET", "refs/heads", signature.as_str()] {
+            assert!(!body.contains(secret), "{provider}: {body}");
+        }
+
+        let forged = get("0".repeat(64)).await.unwrap();
+        assert_eq!(forged.status(), StatusCode::UNAUTHORIZED, "{provider}");
+        server.abort();
+    }
+    let text = logs.text();
+    assert_eq!(
+        text.matches("HTTP method GET").count(),
+        2,
+        "one line per authentic GET delivery: {text}"
+    );
+    assert!(text.contains("POST"), "{text}");
+    assert!(!text.contains(SECRET), "{text}");
+}

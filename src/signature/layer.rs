@@ -510,6 +510,8 @@ impl SignatureLayer {
     /// Gitea: `X-Gitea-Signature: <hex>` over the JSON payload; delivery id `X-Gitea-Delivery`,
     /// event `X-Gitea-Event`. A form delivery must be exactly `payload=<urlencoded JSON>` (the
     /// decoded payload is what is signed; other fields would not be covered, so they are refused).
+    /// A webhook set to the HTTP method `GET` (payload in the query string) gets 400, logged as
+    /// such: set it to `POST`.
     ///
     /// # Example
     ///
@@ -1629,6 +1631,9 @@ where
     }
 }
 
+/// Why a Gitea/Forgejo delivery made with `GET` is refused, for the log.
+const GET_DELIVERY: &str = "delivered with the HTTP method GET, its payload in the query string, which is not verified: set the webhook's HTTP method to POST";
+
 /// The first allocation for a body that arrives in several chunks.
 const FIRST_RESERVE: usize = 64 * 1024;
 
@@ -1865,6 +1870,25 @@ where
                             &parts.headers,
                             &bytes,
                         ) {
+                            // A Gitea/Forgejo webhook set to `GET`: authentic, but its payload
+                            // is in the query string, which is neither verified nor handed on.
+                            // Named as such, not as a wrong secret.
+                            Err(E::Mismatch)
+                                if parts.method == http::Method::GET
+                                    && shared.scheme.signs_query_payload(
+                                        &shared.keys,
+                                        checked,
+                                        parts.uri.query(),
+                                    ) =>
+                            {
+                                State::Early {
+                                    early: Some(reject(
+                                        shared,
+                                        E::MalformedDelivery(GET_DELIVERY),
+                                        &parts.headers,
+                                    )),
+                                }
+                            }
                             Err(err) => State::Early {
                                 early: Some(reject(shared, err, &parts.headers)),
                             },

@@ -48,7 +48,8 @@
 //!    compared with every signature in constant time (401 on mismatch). Hex is accepted in
 //!    either case.
 //! 4. Authentic but unusable deliveries (a Stripe or Azure DevOps body without an event `id`,
-//!    an invalid delivery id the signature does not cover) get 400.
+//!    an invalid delivery id the signature does not cover, a Gitea/Forgejo webhook set to the
+//!    HTTP method `GET`, whose payload is in the query string) get 400.
 //! 5. Replay protection (below), then the inner service.
 //!
 //! Every rejection is an RFC 9457 `application/problem+json` response with a stable `type`

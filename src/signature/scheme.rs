@@ -1282,6 +1282,40 @@ impl Scheme {
     }
 }
 
+impl Scheme {
+    /// Whether a Gitea/Forgejo delivery made with the HTTP method `GET` is authentic. Gitea and
+    /// Forgejo then send no body and put the JSON payload, signed as for `POST`, in the query
+    /// string's one `payload` parameter, which the layer does not verify or hand on: such a
+    /// delivery is refused, and this tells an authentic one (a webhook set to `GET`) from a
+    /// forgery.
+    pub(crate) fn signs_query_payload(
+        &self,
+        keys: &Keys,
+        checked: &Checked,
+        query: Option<&str>,
+    ) -> bool {
+        let (
+            Kind::Body {
+                form_payload: true, ..
+            },
+            Some(query),
+        ) = (&self.kind, query)
+        else {
+            return false;
+        };
+        let mut pairs = query
+            .as_bytes()
+            .split(|b| *b == b'&')
+            .filter(|pair| pair.starts_with(b"payload="));
+        let (Some(pair), None) = (pairs.next(), pairs.next()) else {
+            return false;
+        };
+        form_payload(pair).is_some_and(|payload| {
+            checked.token_match.is_none() && match_mac(keys, &checked.sigs, &[], &payload).is_ok()
+        })
+    }
+}
+
 /// An answer to a provider's endpoint check.
 pub(crate) struct Handshake {
     pub(crate) content_type: &'static str,
