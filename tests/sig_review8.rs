@@ -149,3 +149,56 @@ async fn gitea_and_forgejo_get_deliveries_are_named_in_the_log() {
     assert!(text.contains("POST"), "{text}");
     assert!(!text.contains(SECRET), "{text}");
 }
+
+/// Twitch signs its message id, timestamp and body, not the message type: a captured
+/// notification resent with another type is a replay of its signed id (409), and one resent as
+/// a `webhook_callback_verification` has no challenge to answer (400); the handler sees neither.
+#[tokio::test]
+async fn a_twitch_copy_under_another_message_type_reaches_no_handler() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::UNIX_EPOCH;
+    use tower::ServiceExt;
+    use tower_webhook::signature::Clock;
+
+    const SECRET: &str = "twitch-eventsub-secret";
+    let (id, ts) = (
+        "e7a4b3c2-1d0e-4f5a-8b9c-0d1e2f3a4b5c",
+        "2023-11-14T22:13:20Z",
+    );
+    let body = r#"{"subscription":{"type":"channel.follow"},"event":{"user_id":"1337"}}"#;
+    let signature = format!("sha256={}", hex_hmac(SECRET, &format!("{id}{ts}{body}")));
+    let layer = SignatureLayer::twitch(SECRET).unwrap().clock(Clock::fixed(
+        UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+    ));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let svc = tower::ServiceBuilder::new().layer(layer).service_fn(
+        move |_: http::Request<http_body_util::Full<bytes::Bytes>>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, std::convert::Infallible>(http::Response::new(String::new())) }
+        },
+    );
+    let delivery = |kind: &str| {
+        http::Request::post("/twitch")
+            .header("twitch-eventsub-message-id", id)
+            .header("twitch-eventsub-message-timestamp", ts)
+            .header("twitch-eventsub-message-signature", &signature)
+            .header("twitch-eventsub-message-type", kind)
+            .header("twitch-eventsub-subscription-type", "channel.follow")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                body.as_bytes(),
+            )))
+            .unwrap()
+    };
+    let status = |kind: &'static str| {
+        let svc = svc.clone();
+        async move { svc.oneshot(delivery(kind)).await.unwrap().status() }
+    };
+    assert_eq!(status("webhook_callback_verification").await, 400);
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    assert_eq!(status("notification").await, 200);
+    assert_eq!(status("revocation").await, 409);
+    assert_eq!(status("webhook_callback_verification").await, 400);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}

@@ -180,6 +180,12 @@ impl VerifiedWebhook {
 
     /// The event name (e.g. `X-GitHub-Event`, `X-Gitlab-Event`, Stripe's `type`), if known.
     ///
+    /// Read from a header, it is not covered by the signature (GitHub, GitLab, Bitbucket,
+    /// Gitea, Shopify and Twitch sign the body, and Twitch its message id and timestamp, not
+    /// the event headers): a copy of a delivery can be resent under another name. Where acting
+    /// on the wrong kind of payload matters, check the payload's own fields (Twitch:
+    /// `subscription.type`).
+    ///
     /// # Example
     ///
     /// ```
