@@ -202,3 +202,59 @@ async fn a_twitch_copy_under_another_message_type_reaches_no_handler() {
     assert_eq!(status("webhook_callback_verification").await, 400);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+/// Reads from `stream` until the head of a response has arrived (at most 5 s).
+async fn response_head(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !String::from_utf8_lossy(&buf).contains("\r\n\r\n") {
+            let n = stream.read(&mut chunk).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("an answer within 5 s");
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// The layer's own cap over a real hyper server: a `Content-Length` over it is answered 413
+/// before any body byte is sent, and a chunked body is answered 413 as soon as it passes the
+/// cap, while the client is still sending (it never ends its body here).
+#[tokio::test]
+async fn the_body_cap_answers_413_over_the_wire_with_and_without_content_length() {
+    use tokio::io::AsyncWriteExt;
+    let layer = SignatureLayer::github(GH_SECRET).unwrap().max_body_size(16);
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(|| async { "handled" }))
+        .layer(layer);
+    let (addr, server) = axum_serve::serve(app).await;
+    let head = format!(
+        "POST /hook HTTP/1.1\r\nhost: x\r\nx-hub-signature-256: {}\r\n",
+        github_hook::GH_SIG
+    );
+
+    let mut announced = tokio::net::TcpStream::connect(addr).await.unwrap();
+    announced
+        .write_all(format!("{head}content-length: 17\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let answer = response_head(&mut announced).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+
+    let mut chunked = tokio::net::TcpStream::connect(addr).await.unwrap();
+    chunked
+        .write_all(format!("{head}transfer-encoding: chunked\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        chunked.write_all(b"a\r\n0123456789\r\n").await.unwrap();
+    }
+    let answer = response_head(&mut chunked).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    server.abort();
+}
