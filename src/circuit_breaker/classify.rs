@@ -1,6 +1,10 @@
 //! Deciding whether a call succeeded, failed, or says nothing.
 
+use crate::BoxError;
+use crate::error::Problem;
 use crate::retry_after::{Pushback, grpc_pushback};
+use std::any::Any;
+use std::error::Error;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -66,6 +70,7 @@ where
 /// | result | outcome |
 /// |---|---|
 /// | `Err` from the inner service | failure |
+/// | `Err` that is a [`Problem`](crate::error::Problem) (as is or boxed, anywhere in its source chain) | as the HTTP status it stands for: a 4xx is the caller's mistake, not the upstream failing |
 /// | HTTP 5xx | failure |
 /// | HTTP 408, 429 | success, or failure if configured |
 /// | other HTTP statuses | success |
@@ -185,8 +190,9 @@ impl DefaultClassifier {
         self
     }
 
-    /// Classifies errors of the inner service with `f` instead of counting them all as
-    /// failures (return [`Outcome::Neutral`] for errors that say nothing about the upstream).
+    /// Classifies errors of the inner service with `f` instead of the default (failures, and a
+    /// `Problem` by its status); return [`Outcome::Neutral`] for errors that say nothing about
+    /// the upstream.
     ///
     /// # Example
     ///
@@ -231,6 +237,28 @@ impl DefaultClassifier {
             500..=599 => Outcome::Failure,
             _ => Outcome::Success,
         }
+    }
+}
+
+impl DefaultClassifier {
+    /// The outcome of an error of the inner service: a failure, unless it is a [`Problem`]
+    /// (as is, or boxed in a `BoxError`, anywhere in its source chain), which stands for the
+    /// response it becomes and is classified by its status, as that response would be: a
+    /// client error is not the upstream failing.
+    fn error_outcome<E: 'static>(&self, err: &E) -> Outcome {
+        let any: &dyn Any = err;
+        let err: &(dyn Error + 'static) = if let Some(problem) = any.downcast_ref::<Problem>() {
+            problem
+        } else if let Some(boxed) = any.downcast_ref::<BoxError>() {
+            &**boxed
+        } else {
+            return Outcome::Failure;
+        };
+        crate::error_chain::sources(err)
+            .find_map(|e| e.downcast_ref::<Problem>())
+            .map_or(Outcome::Failure, |problem| {
+                self.http_outcome(problem.status())
+            })
     }
 }
 
@@ -318,7 +346,7 @@ fn grpc_hint(class: &GrpcFailureClass, headers: &HeaderMap) -> Option<Duration> 
     }
 }
 
-impl<B, E> ClassifyOutcome<Response<B>, E> for DefaultClassifier {
+impl<B, E: 'static> ClassifyOutcome<Response<B>, E> for DefaultClassifier {
     type Response = Response<ResponseBody<B>>;
 
     #[inline]
@@ -330,7 +358,7 @@ impl<B, E> ClassifyOutcome<Response<B>, E> for DefaultClassifier {
         let response = match result {
             Ok(response) => response,
             Err(err) => {
-                recorder.record(Outcome::Failure);
+                recorder.record(self.error_outcome(&err));
                 return Err(err);
             }
         };
@@ -383,7 +411,7 @@ impl<B, E> ClassifyOutcome<Response<B>, E> for DefaultClassifier {
 #[cfg(any(feature = "reqwest", feature = "reqwest-0-12"))]
 macro_rules! reqwest_classifier {
     ($reqwest:ident) => {
-        impl<E> ClassifyOutcome<$reqwest::Response, E> for DefaultClassifier {
+        impl<E: 'static> ClassifyOutcome<$reqwest::Response, E> for DefaultClassifier {
             type Response = $reqwest::Response;
 
             fn classify(
@@ -397,7 +425,7 @@ macro_rules! reqwest_classifier {
                         let outcome = self.http_outcome(status);
                         recorder.record_with_retry_after(outcome, hint(status, response.headers()));
                     }
-                    Err(_) => recorder.record(Outcome::Failure),
+                    Err(err) => recorder.record(self.error_outcome(err)),
                 }
                 result
             }

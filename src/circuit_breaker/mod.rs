@@ -49,7 +49,8 @@
 //!
 //! A [`ClassifyOutcome`] decides. [`DefaultClassifier`] uses tower-http's `classify`: HTTP 5xx
 //! are failures, 4xx successes (408 and 429 configurable); gRPC codes, with `grpc-status` read
-//! from the trailers at the end of the stream; errors of the inner service are failures. A
+//! from the trailers at the end of the stream; errors of the inner service are failures, except a
+//! [`Problem`](crate::error::Problem), classified by its status as the response it becomes. A
 //! closure `Fn(&Result<Res, E>) -> Outcome` is a classifier too.
 //!
 //! # The tower contract
