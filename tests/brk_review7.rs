@@ -353,3 +353,21 @@ async fn an_err_problem_with_a_client_error_status_is_not_a_failure() {
     }
     assert_eq!(handle.state(), CircuitState::Open);
 }
+
+/// `MAX_WINDOW_CALLS` was documented as the largest number of half-open probes too; the bound
+/// is 4000 (the probes' counters are 12 bits wide).
+#[test]
+fn half_open_probes_are_bounded_at_4000_not_at_the_window_bound() {
+    use tower_webhook::circuit_breaker::MAX_WINDOW_CALLS;
+    let probes = |n| {
+        CircuitBreakerConfig::default()
+            .half_open_probes(n)
+            .validate()
+    };
+    assert!(probes(4_000).is_ok());
+    assert_eq!(probes(4_001).unwrap_err().setting(), "half_open_probes");
+    assert_eq!(
+        probes(MAX_WINDOW_CALLS).unwrap_err().setting(),
+        "half_open_probes"
+    );
+}

@@ -37,7 +37,8 @@ pub const ENV_FAILURE_THRESHOLD: &str = "CIRCUIT_BREAKER_FAILURE_THRESHOLD";
 /// ```
 pub const ENV_RECOVERY_TIMEOUT: &str = "CIRCUIT_BREAKER_RECOVERY_TIMEOUT";
 
-/// The largest count-based window and the largest number of half-open probes.
+/// The largest count-based window (half-open probes are at most 4000, see
+/// [`CircuitBreakerConfig::half_open_probes`]).
 ///
 /// # Example
 ///
@@ -610,7 +611,8 @@ impl CircuitBreakerConfig {
         self
     }
 
-    /// How many probes HALF_OPEN admits; the verdict is taken when all of them completed.
+    /// How many probes HALF_OPEN admits, 1 to 4000; the verdict is taken when all of them
+    /// completed.
     ///
     /// # Example
     ///
