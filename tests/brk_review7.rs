@@ -371,3 +371,113 @@ fn half_open_probes_are_bounded_at_4000_not_at_the_window_bound() {
         "half_open_probes"
     );
 }
+
+/// A server on 127.0.0.1 that answers every request 503 with `Retry-After: 120`.
+async fn busy_server() -> String {
+    let app = axum::Router::new().fallback(|| async {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("retry-after", "120")],
+            "busy",
+        )
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+/// Both reqwest versions: the upstream's `Retry-After` on a 503 keeps the breaker open as
+/// long as it asks (when honored).
+macro_rules! reqwest_retry_after {
+    ($name:ident, $reqwest:ident) => {
+        #[tokio::test]
+        async fn $name() {
+            use $reqwest as reqwest;
+            let base = busy_server().await;
+            let client = reqwest::Client::builder().no_proxy().build().unwrap();
+            let config = CircuitBreakerConfig::default()
+                .consecutive_failures(1)
+                .honor_retry_after(Duration::from_secs(300));
+            let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
+            let mut svc = ServiceBuilder::new().layer(layer).service(client);
+            let req = reqwest::Request::new(reqwest::Method::GET, base.parse().unwrap());
+            let res = svc.ready().await.unwrap().call(req).await.unwrap();
+            assert_eq!(res.status(), 503);
+            let snapshot = handle.snapshot();
+            assert_eq!(snapshot.state, CircuitState::Open);
+            let wait = snapshot.retry_after_ms.unwrap();
+            assert!(wait > 100_000 && wait <= 120_000, "{wait}");
+        }
+    };
+}
+
+reqwest_retry_after!(a_reqwest_0_13_retry_after_keeps_the_breaker_open, reqwest);
+reqwest_retry_after!(
+    a_reqwest_0_12_retry_after_keeps_the_breaker_open,
+    reqwest_0_12
+);
+
+/// A key whose breaker opened and which is never called again held its slot for ever: once
+/// every slot was held so, every new key shared the one overflow breaker, and one failing new
+/// key blocked them all. An open breaker whose open duration has passed, with no call in
+/// flight, is now forgotten when a new key needs its slot (after the CLOSED ones).
+#[tokio::test(start_paused = true)]
+async fn a_lapsed_open_breaker_gives_its_slot_to_a_new_key() {
+    use tower_webhook::circuit_breaker::KeyedCircuitBreakerLayer;
+
+    let config = CircuitBreakerConfig::default()
+        .consecutive_failures(1)
+        .open_duration(OpenDuration::Fixed(Duration::from_secs(10)));
+    let per_host = |req: &(&'static str, u16)| req.0;
+    let (layer, handle) = KeyedCircuitBreakerLayer::pair(config, 2, per_host).unwrap();
+    let mut svc = ServiceBuilder::new().layer(layer).service_fn(
+        |(_, status): (&'static str, u16)| async move {
+            Ok::<_, BoxError>(Response::builder().status(status).body(()).unwrap())
+        },
+    );
+    for host in ["a.example.com", "b.example.com"] {
+        svc.ready().await.unwrap().call((host, 500)).await.unwrap();
+    }
+    // Both slots hold open breakers, which protect their callers: a new key shares the
+    // overflow breaker.
+    svc.ready()
+        .await
+        .unwrap()
+        .call(("c.example.com", 200))
+        .await
+        .unwrap();
+    assert!(handle.get(&"c.example.com").is_none());
+
+    // Long after: neither host was called again.
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    svc.ready()
+        .await
+        .unwrap()
+        .call(("c.example.com", 200))
+        .await
+        .unwrap();
+    assert!(
+        handle.get(&"c.example.com").is_some(),
+        "c still in the overflow"
+    );
+    assert_eq!(handle.len(), 2);
+    // An open breaker still in its open duration keeps its slot.
+    svc.ready()
+        .await
+        .unwrap()
+        .call(("d.example.com", 503))
+        .await
+        .unwrap();
+    assert_eq!(
+        handle.get(&"d.example.com").unwrap().state(),
+        CircuitState::Open
+    );
+    svc.ready()
+        .await
+        .unwrap()
+        .call(("e.example.com", 200))
+        .await
+        .unwrap();
+    assert!(handle.get(&"d.example.com").is_some());
+}

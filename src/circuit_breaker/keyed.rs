@@ -47,23 +47,38 @@ impl<K: Hash + Eq + Clone + fmt::Display> Shared<K> {
             return Arc::clone(core);
         }
         if map.len() >= self.max_keys {
-            // Forget a breaker that is CLOSED and not in use; never one that protects callers.
-            // The stored state is read: transitions that time made due (which never lead to
-            // CLOSED) would run the listener under this lock.
-            // One with no failure on record is forgotten first: forgetting a breaker that is
-            // counting failures would let a failing key that comes and goes never open.
+            // Forget a breaker that is not in use and protects no caller now. The stored state
+            // is read: transitions that time made due (which never lead to CLOSED) would run
+            // the listener under this lock.
+            // One CLOSED with no failure on record is forgotten first: forgetting a breaker
+            // that is counting failures would let a failing key that comes and goes never open.
+            // Last, one whose open duration has passed (OPEN past it, or HALF_OPEN waiting for
+            // a probe): a key that opened and was never called again must not hold its slot
+            // for ever, leaving every new key to share the overflow breaker.
             let mut idle = None;
+            let mut failing = None;
+            let mut lapsed = None;
             for (key, core) in map.iter() {
-                if Arc::strong_count(core) != 1 || core.stored_state() != CircuitState::Closed {
+                if Arc::strong_count(core) != 1 {
                     continue;
                 }
-                if !core.has_failures_on_record() {
-                    idle = Some(key);
-                    break;
+                match core.stored_state() {
+                    CircuitState::Closed if !core.has_failures_on_record() => {
+                        idle = Some(key);
+                        break;
+                    }
+                    CircuitState::Closed => {
+                        failing.get_or_insert(key);
+                    }
+                    CircuitState::Open | CircuitState::HalfOpen
+                        if lapsed.is_none() && core.open_lapsed() =>
+                    {
+                        lapsed = Some(key);
+                    }
+                    _ => {}
                 }
-                idle.get_or_insert(key);
             }
-            let idle = idle.cloned();
+            let idle = idle.or(failing).or(lapsed).cloned();
             match idle {
                 Some(idle) => {
                     map.remove(&idle);
@@ -95,8 +110,9 @@ impl<K: Hash + Eq + Clone + fmt::Display> Shared<K> {
 /// `Display` is part of its breaker's name, which logs, events and snapshots show: key by
 /// something that holds no secret (a host, a repository), never a full URL with its query. When
 /// `max_keys` breakers exist, a new key replaces one that is CLOSED and idle, preferably one with
-/// no failure on record (so a failing key that comes and goes still opens); if there is none,
-/// new keys share one overflow breaker (and a warning is logged, once until a new key finds a
+/// no failure on record (so a failing key that comes and goes still opens), else an idle one
+/// whose open duration has passed (OPEN past it, or HALF_OPEN; its key then starts CLOSED again
+/// if it comes back); if there is none, new keys share one overflow breaker (and a warning is logged, once until a new key finds a
 /// slot again). `poll_ready` always polls the inner service (the key is not known before the request); when `call` then rejects, the
 /// readied inner service is swapped for a fresh clone, so the capacity it reserved (a `Buffer`
 /// slot, a `ConcurrencyLimit` permit) is released at once rather than held by an idle clone.
@@ -472,7 +488,7 @@ impl<K: Hash + Eq + Clone> KeyedCircuitBreakerHandle<K> {
     /// # let mut svc = ServiceBuilder::new().layer(layer).service_fn(|(_host, status): (&'static str, u16)| async move {
     /// #     Ok::<_, BoxError>(http::Response::builder().status(status).body(()).unwrap())
     /// # });
-    /// // The only slot holds an open breaker, which is never forgotten...
+    /// // The only slot holds an open breaker, which is not forgotten while it is open...
     /// svc.ready().await.unwrap().call(("a.example.com", 500)).await.unwrap();
     /// // ...so a second host shares the overflow breaker.
     /// svc.ready().await.unwrap().call(("b.example.com", 200)).await.unwrap();

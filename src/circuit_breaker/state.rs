@@ -663,6 +663,18 @@ impl Core {
         unpack(self.word.load(Ordering::Acquire)).state
     }
 
+    /// Whether the breaker is OPEN past its open duration, or HALF_OPEN: its wait is over and
+    /// it is waiting for a probe. Read from the stored word, without applying transitions or
+    /// calling the listener.
+    pub(crate) fn open_lapsed(&self) -> bool {
+        let word = unpack(self.word.load(Ordering::Acquire));
+        match word.state {
+            CircuitState::Open => self.now_ms() >= word.deadline_ms,
+            CircuitState::HalfOpen => true,
+            _ => false,
+        }
+    }
+
     /// Whether the current generation has recorded a failure (in its window, or a run of
     /// consecutive failures), read without applying transitions or calling the listener.
     pub(crate) fn has_failures_on_record(&self) -> bool {
