@@ -16,20 +16,11 @@ use std::time::Duration;
 use support::hello_service;
 use tower_webhook::BoxError;
 use tower_webhook::tunnel::{
-    BoxFuture, Cloudflared, LocalTunnel, Provider, Session, Tunnel, TunnelEvent, TunnelEvents,
-    Upstream,
+    BoxFuture, Cloudflared, LocalTunnel, Provider, Session, Tunnel, TunnelEvent, Upstream,
 };
 
 fn service() -> Upstream {
     Upstream::service(hello_service(Arc::new(AtomicUsize::new(0))))
-}
-
-/// The next event of `events` within `limit`.
-async fn next_event(events: &mut TunnelEvents, limit: Duration) -> TunnelEvent {
-    tokio::time::timeout(limit, events.next())
-        .await
-        .expect("no tunnel event in time")
-        .expect("the tunnel closed")
 }
 
 /// A re-opened localtunnel asks for its old subdomain; when the server refuses it (another
@@ -55,12 +46,7 @@ async fn a_re_opened_localtunnel_whose_name_was_taken_gets_a_new_one() {
 
     // The server drops the tunnel, and someone else takes its name.
     server.taken.lock().unwrap().insert("fresh0name".to_owned());
-    server.dropping.store(true, Ordering::SeqCst);
-    let down = next_event(&mut events, Duration::from_secs(15)).await;
-    assert!(matches!(down, TunnelEvent::Down { .. }), "{down:?}");
-    server.dropping.store(false, Ordering::SeqCst);
-
-    let up = next_event(&mut events, Duration::from_secs(10)).await;
+    let up = server.bounce(&mut events).await;
     match &up {
         TunnelEvent::UrlChanged { old, new, .. } => {
             assert_eq!(old, &first);
@@ -237,11 +223,7 @@ async fn a_localtunnel_id_that_is_no_subdomain_is_not_asked_for_again() {
         .await
         .unwrap();
     let mut events = handle.events();
-    server.dropping.store(true, Ordering::SeqCst);
-    let down = next_event(&mut events, Duration::from_secs(15)).await;
-    assert!(matches!(down, TunnelEvent::Down { .. }), "{down:?}");
-    server.dropping.store(false, Ordering::SeqCst);
-    let up = next_event(&mut events, Duration::from_secs(10)).await;
+    let up = server.bounce(&mut events).await;
     assert!(up.is_up(), "{up:?}");
     let asked = server.asked.lock().unwrap().clone();
     assert_eq!(asked[..2], ["/?new", "/?new"], "{asked:?}");

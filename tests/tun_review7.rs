@@ -20,20 +20,10 @@ use std::time::Duration;
 
 use support::hello_service;
 use tokio::net::TcpListener;
-use tower_webhook::tunnel::{
-    Bore, LocalTunnel, Tunnel, TunnelError, TunnelEvent, TunnelEvents, Upstream,
-};
+use tower_webhook::tunnel::{Bore, LocalTunnel, Tunnel, TunnelError, TunnelEvent, Upstream};
 
 fn service() -> Upstream {
     Upstream::service(hello_service(Arc::new(AtomicUsize::new(0))))
-}
-
-/// The next event of `events` within `limit`.
-async fn next_event(events: &mut TunnelEvents, limit: Duration) -> TunnelEvent {
-    tokio::time::timeout(limit, events.next())
-        .await
-        .expect("no tunnel event in time")
-        .expect("the tunnel closed")
 }
 
 /// A subdomain set with `LocalTunnel::subdomain` that the server refuses on the first start
@@ -105,11 +95,7 @@ async fn a_chosen_localtunnel_subdomain_answered_with_another_name() {
     assert!(first.starts_with("http://review-bot.localhost:"), "{first}");
     let mut events = handle.events();
     server.taken.lock().unwrap().insert("review-bot".to_owned());
-    server.dropping.store(true, Ordering::SeqCst);
-    let down = next_event(&mut events, Duration::from_secs(15)).await;
-    assert!(matches!(down, TunnelEvent::Down { .. }), "{down:?}");
-    server.dropping.store(false, Ordering::SeqCst);
-    let up = next_event(&mut events, Duration::from_secs(10)).await;
+    let up = server.bounce(&mut events).await;
     match &up {
         TunnelEvent::UrlChanged { new, .. } => {
             assert!(new.starts_with("http://fresh1name.localhost:"), "{new}")
@@ -145,11 +131,7 @@ async fn a_re_opened_localtunnel_whose_chosen_subdomain_is_refused_gets_a_new_na
 
     // The server drops the tunnel and refuses its name from now on.
     server.taken.lock().unwrap().insert("review-bot".to_owned());
-    server.dropping.store(true, Ordering::SeqCst);
-    let down = next_event(&mut events, Duration::from_secs(15)).await;
-    assert!(matches!(down, TunnelEvent::Down { .. }), "{down:?}");
-    server.dropping.store(false, Ordering::SeqCst);
-    let up = next_event(&mut events, Duration::from_secs(10)).await;
+    let up = server.bounce(&mut events).await;
     match &up {
         TunnelEvent::UrlChanged { old, new, .. } => {
             assert_eq!(old, &first);
@@ -165,11 +147,7 @@ async fn a_re_opened_localtunnel_whose_chosen_subdomain_is_refused_gets_a_new_na
 
     // The name is free again, and the tunnel drops again: it gets the user's name back.
     server.taken.lock().unwrap().clear();
-    server.dropping.store(true, Ordering::SeqCst);
-    let down = next_event(&mut events, Duration::from_secs(15)).await;
-    assert!(matches!(down, TunnelEvent::Down { .. }), "{down:?}");
-    server.dropping.store(false, Ordering::SeqCst);
-    let up = next_event(&mut events, Duration::from_secs(10)).await;
+    let up = server.bounce(&mut events).await;
     match &up {
         TunnelEvent::UrlChanged { new, .. } => assert_eq!(new, &first),
         other => panic!("the chosen name was not asked for again: {other:?}"),

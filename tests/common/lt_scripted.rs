@@ -10,6 +10,15 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tower_webhook::tunnel::{TunnelEvent, TunnelEvents};
+
+/// The next event of `events` within `limit`.
+pub(crate) async fn next_event(events: &mut TunnelEvents, limit: Duration) -> TunnelEvent {
+    tokio::time::timeout(limit, events.next())
+        .await
+        .expect("no tunnel event in time")
+        .expect("the tunnel closed")
+}
 
 /// A localtunnel server on loopback that gives names as the real one does (`/?new`: a fresh
 /// name; `/{name}`: that name), but refuses the names in `taken` with `409` and a message that
@@ -103,6 +112,16 @@ impl ScriptedLt {
             }
         });
         server
+    }
+
+    /// Drops the tunnel's pooled connections until it reports `Down`, then lets it re-open:
+    /// the event that follows.
+    pub(crate) async fn bounce(&self, events: &mut TunnelEvents) -> TunnelEvent {
+        self.dropping.store(true, Ordering::SeqCst);
+        let down = next_event(events, Duration::from_secs(15)).await;
+        assert!(matches!(down, TunnelEvent::Down { .. }), "{down:?}");
+        self.dropping.store(false, Ordering::SeqCst);
+        next_event(events, Duration::from_secs(10)).await
     }
 
     /// The paths asked for so far.
