@@ -75,12 +75,9 @@ impl ReplayStore for SettleFails {
     }
 }
 
-/// A handled delivery whose id could not be marked handled keeps its claim until `claim_ttl`:
-/// copies are refused meanwhile, and one that comes after is processed again. The error says
-/// so, and names the delivery.
-#[tokio::test]
-async fn a_failed_completion_is_logged_with_the_delivery_and_what_follows() {
-    let (logs, _guard) = Logs::capture();
+/// A layer recording after success, with a 60 s `claim_ttl`, over a store whose settling fails
+/// while `down` is set (it is at first), and the store's clock in milliseconds.
+fn settle_fails_layer() -> (SignatureLayer, Arc<SettleFails>, Arc<AtomicU64>) {
     let (memory, now) = clocked(100);
     let store = Arc::new(SettleFails {
         store: memory,
@@ -91,15 +88,30 @@ async fn a_failed_completion_is_logged_with_the_delivery_and_what_follows() {
         .replay_store(store.clone())
         .record_delivery(RecordDelivery::AfterSuccess)
         .claim_ttl(Duration::from_secs(60));
+    (layer, store, now)
+}
+
+/// The first line logged at `ERROR`.
+fn first_error(logs: &Logs) -> String {
+    let text = logs.text();
+    text.lines()
+        .find(|l| l.contains("ERROR"))
+        .unwrap_or_else(|| panic!("no error logged: {text}"))
+        .to_owned()
+}
+
+/// A handled delivery whose id could not be marked handled keeps its claim until `claim_ttl`:
+/// copies are refused meanwhile, and one that comes after is processed again. The error says
+/// so, and names the delivery.
+#[tokio::test]
+async fn a_failed_completion_is_logged_with_the_delivery_and_what_follows() {
+    let (logs, _guard) = Logs::capture();
+    let (layer, store, now) = settle_fails_layer();
     assert_eq!(
         send(&layer, StatusCode::OK, github("d-complete")).await,
         200
     );
-    let text = logs.text();
-    let line = text
-        .lines()
-        .find(|l| l.contains("ERROR"))
-        .unwrap_or_else(|| panic!("no error logged: {text}"));
+    let line = first_error(&logs);
     assert!(line.contains("github:d-complete"), "{line}");
     assert!(line.contains("connection refused"), "{line}");
     assert!(line.contains("claim_ttl"), "{line}");
@@ -122,25 +134,12 @@ async fn a_failed_completion_is_logged_with_the_delivery_and_what_follows() {
 #[tokio::test]
 async fn a_failed_release_is_logged_with_the_delivery_and_what_follows() {
     let (logs, _guard) = Logs::capture();
-    let (memory, now) = clocked(100);
-    let store = Arc::new(SettleFails {
-        store: memory,
-        down: AtomicBool::new(true),
-    });
-    let layer = SignatureLayer::github(GH_SECRET)
-        .unwrap()
-        .replay_store(store.clone())
-        .record_delivery(RecordDelivery::AfterSuccess)
-        .claim_ttl(Duration::from_secs(60));
+    let (layer, store, now) = settle_fails_layer();
     assert_eq!(
         send(&layer, StatusCode::BAD_GATEWAY, github("d-release")).await,
         502
     );
-    let text = logs.text();
-    let line = text
-        .lines()
-        .find(|l| l.contains("ERROR"))
-        .unwrap_or_else(|| panic!("no error logged: {text}"));
+    let line = first_error(&logs);
     assert!(line.contains("github:d-release"), "{line}");
     assert!(line.contains("claim_ttl"), "{line}");
     store.down.store(false, Ordering::SeqCst);
