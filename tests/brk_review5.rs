@@ -75,8 +75,7 @@ async fn a_rejection_without_a_wait_has_no_pushback() {
 /// the rejection into the status in its chain, and a real tonic client reads the pushback.
 #[tokio::test]
 async fn a_tonic_client_of_a_tonic_server_behind_an_open_breaker_sees_the_pushback() {
-    use echo::{Echo, EchoService, SAY, codec};
-    use tonic::codegen::http::uri::PathAndQuery;
+    use echo::{Echo, EchoService};
 
     let config =
         CircuitBreakerConfig::default().open_duration(OpenDuration::Fixed(Duration::from_secs(20)));
@@ -98,27 +97,13 @@ async fn a_tonic_client_of_a_tonic_server_behind_an_open_breaker_sees_the_pushba
             .unwrap();
     });
 
-    let channel = tokio::time::timeout(
-        Duration::from_secs(10),
-        tonic::transport::Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect(),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    let mut client = tonic::client::Grpc::new(channel);
-    client.ready().await.unwrap();
     let request = tonic::Request::new(Echo {
         message: "hello".to_owned(),
     });
-    let status = tokio::time::timeout(
-        Duration::from_secs(10),
-        client.unary::<Echo, Echo, _>(request, PathAndQuery::from_static(SAY), codec()),
-    )
-    .await
-    .unwrap()
-    .unwrap_err();
+    let status = tokio::time::timeout(Duration::from_secs(10), echo::say(addr, request))
+        .await
+        .unwrap()
+        .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable);
     let pushback = pushback_ms(&status);
     assert!((1_000..=20_000).contains(&pushback), "{pushback}");

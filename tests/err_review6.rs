@@ -32,8 +32,7 @@ fn capture_logs() -> (Logs, tracing::subscriber::DefaultGuard) {
 /// Serves `EchoService` on a loopback port behind `WebhookErrorLayer` and a filter that refuses
 /// every call with `refuse()`; returns the result of one unary call from a real tonic client.
 async fn call_refused_with(refuse: fn() -> tonic::Status) -> tonic::Status {
-    use echo::{Echo, EchoService, SAY, codec};
-    use tonic::codegen::http::uri::PathAndQuery;
+    use echo::{Echo, EchoService};
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -55,20 +54,10 @@ async fn call_refused_with(refuse: fn() -> tonic::Status) -> tonic::Status {
             .unwrap();
     });
 
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = tonic::client::Grpc::new(channel);
-    client.ready().await.unwrap();
     let request = tonic::Request::new(Echo {
         message: "hello".to_owned(),
     });
-    let status = client
-        .unary::<Echo, Echo, _>(request, PathAndQuery::from_static(SAY), codec())
-        .await
-        .unwrap_err();
+    let status = echo::say(addr, request).await.unwrap_err();
     server.abort();
     status
 }

@@ -955,9 +955,8 @@ mod axum_router {
 mod echo;
 
 mod tonic_server {
-    use super::echo::{Echo, EchoService, SAY, codec};
+    use super::echo::{Echo, EchoService};
     use super::*;
-    use tonic::codegen::http::uri::PathAndQuery;
     use tonic::{Code, Status};
 
     /// Rejects requests carrying `x-deny` with a problem, as an authentication middleware would.
@@ -1000,13 +999,6 @@ mod tonic_server {
     }
 
     async fn say(addr: std::net::SocketAddr, message: &str, deny: bool) -> Result<String, Status> {
-        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut client = tonic::client::Grpc::new(channel);
-        client.ready().await.unwrap();
         let mut request = tonic::Request::new(Echo {
             message: message.to_owned(),
         });
@@ -1015,8 +1007,7 @@ mod tonic_server {
                 .metadata_mut()
                 .insert("x-deny", "1".parse().unwrap());
         }
-        client
-            .unary(request, PathAndQuery::from_static(SAY), codec())
+        echo::say(addr, request)
             .await
             .map(|res| res.into_inner().message)
     }

@@ -27,6 +27,23 @@ pub(crate) fn codec() -> ProstCodec<Echo, Echo> {
     ProstCodec::default()
 }
 
+/// Sends `request` to `test.Echo/Say` at `addr` over a new channel: the reply, or the status.
+pub(crate) async fn say(
+    addr: std::net::SocketAddr,
+    request: tonic::Request<Echo>,
+) -> Result<tonic::Response<Echo>, Status> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .expect("a loopback URI")
+        .connect()
+        .await
+        .expect("the server accepts the connection");
+    let mut client = tonic::client::Grpc::new(channel);
+    client.ready().await.expect("the channel is ready");
+    client
+        .unary(request, http::uri::PathAndQuery::from_static(SAY), codec())
+        .await
+}
+
 /// The server: echoes, panics on `"panic"`, sleeps on `"slow"`, fails on `"fail"`.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct EchoService;
