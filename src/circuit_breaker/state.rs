@@ -871,9 +871,7 @@ impl Core {
         let limit = u64::from(self.config.half_open_probes);
         self.probes_in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
-                let since = (word >> 32) as u32;
-                let ended =
-                    since != generation && generation_newer(since, generation, self.generation());
+                let ended = self.probes_abandoned(word, generation);
                 (!ended && (word & PROBE_COUNT) < limit).then(|| word + 1)
             })
             .is_ok()
@@ -885,11 +883,16 @@ impl Core {
         let _ = self
             .probes_in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
-                let since = (word >> 32) as u32;
-                let abandoned =
-                    since != generation && generation_newer(since, generation, self.generation());
+                let abandoned = self.probes_abandoned(word, generation);
                 (word & PROBE_COUNT != 0 && !abandoned).then(|| word - 1)
             });
+    }
+
+    /// Whether the probes of `generation` no longer count in the `probes_in_flight` value
+    /// `word`: a half-open timeout abandoned them, and it counts a later generation's.
+    fn probes_abandoned(&self, word: u64, generation: u32) -> bool {
+        let since = (word >> 32) as u32;
+        since != generation && generation_newer(since, generation, self.generation())
     }
 
     /// Stops counting the probes still running: from `generation` on, only probes admitted
