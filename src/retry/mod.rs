@@ -303,20 +303,21 @@ reqwest_impls!(reqwest_0_12);
 /// Whether `err` is a reqwest error (of either supported version) for which `test` holds.
 #[allow(unused_variables)]
 fn reqwest_error(err: &(dyn Error + 'static), test: ReqwestTest) -> bool {
+    #[allow(unused_macros)]
+    macro_rules! check {
+        ($reqwest:ident) => {
+            if let Some(err) = err.downcast_ref::<$reqwest::Error>() {
+                return match test {
+                    ReqwestTest::Connect => err.is_connect(),
+                    ReqwestTest::FailsAgain => err.is_builder() || err.is_redirect(),
+                };
+            }
+        };
+    }
     #[cfg(feature = "reqwest")]
-    if let Some(err) = err.downcast_ref::<reqwest::Error>() {
-        return match test {
-            ReqwestTest::Connect => err.is_connect(),
-            ReqwestTest::FailsAgain => err.is_builder() || err.is_redirect(),
-        };
-    }
+    check!(reqwest);
     #[cfg(feature = "reqwest-0-12")]
-    if let Some(err) = err.downcast_ref::<reqwest_0_12::Error>() {
-        return match test {
-            ReqwestTest::Connect => err.is_connect(),
-            ReqwestTest::FailsAgain => err.is_builder() || err.is_redirect(),
-        };
-    }
+    check!(reqwest_0_12);
     false
 }
 
