@@ -1,4 +1,6 @@
-//! Bodies: the response body of the crate's middleware, and a request body for plain hyper.
+//! Bodies: the response body of [`SignatureLayer`](crate::signature::SignatureLayer)'s service,
+//! and a request body for plain hyper. (`WebhookErrorLayer` has its own,
+//! `tower_webhook::error::ResponseBody`, which also guards the inner body while it streams.)
 //!
 //! # Example
 //!
@@ -24,8 +26,9 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project::pin_project;
 
-/// Response body of the crate's middleware: either the inner service's body, untouched, or a
-/// complete body the middleware produced itself (a problem document, a handshake answer).
+/// Response body of [`SignatureLayer`](crate::signature::SignatureLayer)'s service: either the
+/// inner service's body, untouched, or a complete body the layer produced itself (a problem
+/// document, a handshake answer).
 ///
 /// It is generic over the inner body so that nothing is boxed on the success path.
 ///

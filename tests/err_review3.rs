@@ -314,7 +314,7 @@ async fn a_tonic_client_sees_the_pushback_of_a_refused_call() {
 /// A service that fails every request with a problem.
 fn conflict<B: Send + 'static>() -> impl Service<
     Request<B>,
-    Response = Response<tower_webhook::body::ResponseBody<axum::body::Body>>,
+    Response = Response<tower_webhook::error::ResponseBody<axum::body::Body>>,
     Error = Infallible,
     Future = impl Send + 'static,
 > + Clone

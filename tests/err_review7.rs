@@ -1,6 +1,5 @@
 //! WebhookErrorLayer, seventh review: a 413 or 408 passed through from an inner layer and the
-//! connection, the media type of a gRPC answer, problem extension members, and a response body
-//! that fails or panics after the head went out.
+//! connection, the media type of a gRPC answer, and problem extension members.
 
 #[path = "common/axum_serve.rs"]
 mod axum_serve;

@@ -8,7 +8,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use serde_json::Value;
 use tower::{BoxError, Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_http::timeout::TimeoutBody;
-use tower_webhook::body::ResponseBody;
+use tower_webhook::error::ResponseBody;
 use tower_webhook::error::{
     GrpcCode, HttpError, Problem, WebhookErrorLayer, WebhookProcessingError, types,
 };

@@ -14,11 +14,11 @@ use pin_project::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::body::ResponseBody;
 use super::classify::{self, Recognizer};
 use super::grpc::GrpcCode;
 use super::problem::{HttpError, Problem};
 use crate::BoxError;
-use crate::body::ResponseBody;
 
 /// Marks a problem response whose cause was already logged by the middleware that made it, so
 /// [`WebhookErrorLayer`] does not log it a second time.
@@ -491,7 +491,7 @@ const LINEAR_SCAN_MAX: usize = 24;
 
 /// The gRPC protocol a request speaks, from its `content-type`.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Grpc {
+pub(super) enum Grpc {
     /// `application/grpc[+codec]`.
     Native,
     /// `application/grpc-web[+codec]`: trailers-only answers work the same, under this type.
@@ -886,10 +886,10 @@ fn on_response<B, R: RenderProblem>(
         close_passed_through(response.headers_mut());
     }
     if response.extensions().is_empty() {
-        return response.map(ResponseBody::new);
+        return response.map(|body| ResponseBody::inner(body, info.grpc));
     }
     match response.extensions_mut().remove::<Problem>() {
-        None => response.map(ResponseBody::new),
+        None => response.map(|body| ResponseBody::inner(body, info.grpc)),
         Some(problem) => rerender(problem, response, info, config, renderer),
     }
 }
@@ -1255,7 +1255,7 @@ fn log_problem(
 }
 
 /// Displays an error and its sources, `a: b: c`.
-struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+pub(super) struct ErrorChain<'a>(pub(super) &'a (dyn std::error::Error + 'static));
 
 impl fmt::Display for ErrorChain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -1275,6 +1275,6 @@ impl fmt::Display for ErrorChain<'_> {
     }
 }
 
-fn panic_message(payload: &(dyn Any + Send)) -> &str {
+pub(super) fn panic_message(payload: &(dyn Any + Send)) -> &str {
     crate::panic::message(payload).unwrap_or("<non-string panic payload>")
 }

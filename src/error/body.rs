@@ -1,0 +1,372 @@
+//! The response body of [`WebhookError`](super::WebhookError): the inner service's body,
+//! guarded while it streams, or a body the layer made.
+
+use std::any::Any;
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use base64::Engine as _;
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderMap, StatusCode, header};
+use http_body::{Body, Frame, SizeHint};
+use pin_project::pin_project;
+
+use super::classify;
+use super::grpc::GrpcCode;
+use super::layer::{ErrorChain, Grpc, panic_message};
+use super::problem::Problem;
+use crate::BoxError;
+
+/// Response body of [`WebhookError`](super::WebhookError): the inner service's body, guarded
+/// while it streams, or a complete body the layer made (a problem document).
+///
+/// The status of a response is sent before its body, so a failure while the body streams can
+/// no longer become an error response. The layer still answers it the way each protocol reads
+/// as a failure, and logs it once (`error`, or `warn` for a gRPC client error), with the error
+/// chain or the panic message:
+///
+/// - HTTP: the body yields an error ([`BoxError`]), so the server cuts the response short:
+///   HTTP/2 resets the stream, HTTP/1.x closes the connection without the end of the body. The
+///   client sees an incomplete response, never one that looks complete. The other streams of an
+///   HTTP/2 connection go on.
+/// - gRPC: the stream ends with `grpc-status` and `grpc-message` trailers, as gRPC servers end a
+///   call that fails after its first message: the error's code as the layer maps errors (a
+///   `tonic::Status` keeps its own; its message only for a client error), `Internal` for a
+///   panic or an unknown error. gRPC-web gets them as its trailer frame in the body
+///   (base64-encoded for `application/grpc-web-text`).
+///
+/// A panic in the inner body's `poll_frame` is caught: its message goes to the log, never to
+/// the client. The inner body is then dropped (a panic in its `Drop` is caught and logged too)
+/// and never polled again. The layer's own recognizers ([`WebhookErrorLayer::recognize`]) are
+/// not consulted for a body's errors, only the errors the layer knows itself.
+///
+/// Nothing is boxed: on the success path the body is the inner body, a tag and the request's
+/// protocol, no larger than the inner body and 8 bytes.
+///
+/// [`WebhookErrorLayer::recognize`]: super::WebhookErrorLayer::recognize
+///
+/// # Example
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::{BodyExt, StreamBody};
+/// use http_body::Frame;
+/// use std::convert::Infallible;
+/// use tower::{BoxError, ServiceBuilder, ServiceExt};
+/// use tower_webhook::error::WebhookErrorLayer;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// // A handler whose streamed body fails after its first chunk.
+/// let svc = ServiceBuilder::new()
+///     .layer(WebhookErrorLayer::new())
+///     .service_fn(|_req: Request<String>| async {
+///         let chunks: Vec<Result<Frame<Bytes>, BoxError>> = vec![
+///             Ok(Frame::data(Bytes::from_static(b"partial"))),
+///             Err("upstream connection lost".into()),
+///         ];
+///         let body = StreamBody::new(futures_util::stream::iter(chunks));
+///         Ok::<_, Infallible>(Response::new(body))
+///     });
+/// let res = svc.oneshot(Request::new(String::new())).await.unwrap();
+/// assert_eq!(res.status(), 200); // already sent when the body failed
+/// let mut body = res.into_body();
+/// let first = body.frame().await.unwrap().unwrap();
+/// assert_eq!(first.into_data().unwrap(), "partial");
+/// // The error reaches the server, which cuts the response short.
+/// let err = body.frame().await.unwrap().unwrap_err();
+/// assert_eq!(err.to_string(), "upstream connection lost");
+/// assert!(body.frame().await.is_none());
+/// # }
+/// ```
+#[pin_project]
+pub struct ResponseBody<B> {
+    #[pin]
+    kind: Kind<B>,
+    /// The gRPC protocol of the request the inner body answers (`None`: HTTP).
+    grpc: Option<Grpc>,
+}
+
+#[pin_project(project = KindProj)]
+enum Kind<B> {
+    /// The inner body, and the gRPC protocol of the request it answers (`None`: HTTP). One
+    /// variant for both: building it copies the protocol's byte, where a variant per protocol
+    /// would branch on it.
+    Inner(#[pin] B),
+    /// A complete body, or nothing more to send.
+    Full(Option<Bytes>),
+}
+
+impl<B> ResponseBody<B> {
+    /// Wraps the inner service's body, answering an HTTP request: a failure while it streams
+    /// is logged and yields an error.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body::Body as _;
+    /// use http_body_util::{BodyExt, Full};
+    /// use tower_webhook::error::ResponseBody;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let body = ResponseBody::new(Full::new(Bytes::from_static(b"from the handler")));
+    /// assert_eq!(body.size_hint().exact(), Some(16));
+    /// assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"from the handler");
+    /// # }
+    /// ```
+    pub fn new(inner: B) -> Self {
+        Self {
+            kind: Kind::Inner(inner),
+            grpc: None,
+        }
+    }
+
+    /// Wraps the inner service's body, answering a request of `grpc` (or HTTP, for `None`).
+    #[inline]
+    pub(super) fn inner(inner: B, grpc: Option<Grpc>) -> Self {
+        Self {
+            kind: Kind::Inner(inner),
+            grpc,
+        }
+    }
+
+    /// A complete body made of `bytes`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body::Body as _;
+    /// use http_body_util::{BodyExt, Empty};
+    /// use tower_webhook::error::ResponseBody;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let doc = Bytes::from_static(br#"{"status":503}"#);
+    /// let body: ResponseBody<Empty<Bytes>> = ResponseBody::full(doc.clone());
+    /// assert_eq!(body.size_hint().exact(), Some(doc.len() as u64));
+    /// assert_eq!(body.collect().await.unwrap().to_bytes(), doc);
+    /// # }
+    /// ```
+    pub fn full(bytes: Bytes) -> Self {
+        Self {
+            kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
+            grpc: None,
+        }
+    }
+
+    /// An empty body.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body::Body as _;
+    /// use http_body_util::Full;
+    /// use tower_webhook::error::ResponseBody;
+    ///
+    /// let body: ResponseBody<Full<Bytes>> = ResponseBody::empty();
+    /// assert!(body.is_end_stream());
+    /// assert_eq!(body.size_hint().exact(), Some(0));
+    /// ```
+    pub fn empty() -> Self {
+        Self {
+            kind: Kind::Full(None),
+            grpc: None,
+        }
+    }
+}
+
+impl<B> Default for ResponseBody<B> {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+impl<B> fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match (&self.kind, self.grpc) {
+            (Kind::Inner(_), None) => "http",
+            (Kind::Inner(_), Some(_)) => "grpc",
+            (Kind::Full(_), _) => "full",
+        };
+        f.debug_struct("ResponseBody")
+            .field("kind", &kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let (mut kind, grpc) = (this.kind, *this.grpc);
+        let polled = match kind.as_mut().project() {
+            KindProj::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            KindProj::Inner(body) => catch_unwind(AssertUnwindSafe(|| body.poll_frame(cx))),
+        };
+        let failure = match polled {
+            Ok(Poll::Ready(Some(Ok(frame)))) => return Poll::Ready(Some(Ok(frame))),
+            Ok(Poll::Ready(None)) => return Poll::Ready(None),
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(Some(Err(err)))) => Failure::Error(err.into()),
+            Err(payload) => Failure::Panic(payload),
+        };
+        Poll::Ready(Some(fail(kind, failure, grpc)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Inner(inner) => inner.is_end_stream(),
+            Kind::Full(bytes) => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Inner(inner) => inner.size_hint(),
+            Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
+/// How the inner body failed.
+enum Failure {
+    Error(BoxError),
+    Panic(Box<dyn Any + Send>),
+}
+
+/// What an HTTP response body that panicked yields: the server then cuts the response short.
+#[derive(Debug)]
+struct Panicked;
+
+impl fmt::Display for Panicked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the response body panicked")
+    }
+}
+
+impl std::error::Error for Panicked {}
+
+/// The failure path: log once, drop the inner body, and end the stream the protocol's way.
+#[cold]
+#[inline(never)]
+fn fail<B>(
+    mut kind: Pin<&mut Kind<B>>,
+    failure: Failure,
+    grpc: Option<Grpc>,
+) -> Result<Frame<Bytes>, BoxError> {
+    // The problem a gRPC caller is told; an HTTP caller gets the error itself.
+    let problem = grpc.map(|_| match &failure {
+        Failure::Error(err) => catch_unwind(AssertUnwindSafe(|| classify_error(&**err)))
+            .unwrap_or_else(|_| {
+                tracing::error!(
+                    "the response body's error panicked while it was classified; answering Internal"
+                );
+                classify::panicked()
+            }),
+        Failure::Panic(_) => classify::panicked(),
+    });
+    log(&failure, problem.as_ref());
+    // Never polled again, and dropped here: a panic in its `Drop` is caught and logged too.
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| kind.set(Kind::Full(None)))) {
+        tracing::error!(
+            panic = panic_message(&*payload),
+            "the response body panicked while it was dropped"
+        );
+    }
+    match (grpc, problem) {
+        (Some(grpc), Some(problem)) => Ok(grpc_end(grpc, &problem)),
+        _ => Err(match failure {
+            Failure::Error(err) => err,
+            Failure::Panic(_) => Box::new(Panicked),
+        }),
+    }
+}
+
+/// The problem for a gRPC body's error, from what the layer knows (never `Ok`).
+fn classify_error(err: &(dyn std::error::Error + Send + Sync + 'static)) -> Problem {
+    let problem =
+        classify::classify(err, StatusCode::GATEWAY_TIMEOUT, &[]).unwrap_or_else(classify::unknown);
+    if problem.grpc_code() == GrpcCode::Ok {
+        let code = GrpcCode::from_http_status(problem.status());
+        return problem.with_grpc_code(code);
+    }
+    problem
+}
+
+fn log(failure: &Failure, problem: Option<&Problem>) {
+    let grpc_status = problem.map(|p| p.grpc_code() as u16);
+    match failure {
+        Failure::Panic(payload) => tracing::error!(
+            grpc_status,
+            panic = panic_message(&**payload),
+            "the response body panicked while it streamed; the response is cut short"
+        ),
+        Failure::Error(err) => {
+            let error = ErrorChain(&**err).to_string();
+            if problem.is_some_and(|p| p.status().is_client_error()) {
+                tracing::warn!(
+                    grpc_status,
+                    error,
+                    "the response body failed while it streamed; the response is cut short"
+                );
+            } else {
+                tracing::error!(
+                    grpc_status,
+                    error,
+                    "the response body failed while it streamed; the response is cut short"
+                );
+            }
+        }
+    }
+}
+
+/// The last frame of a gRPC stream that failed: the trailers saying how.
+fn grpc_end(grpc: Grpc, problem: &Problem) -> Frame<Bytes> {
+    let mut trailers: HeaderMap = problem.to_grpc_response::<()>().into_parts().0.headers;
+    // Headers of a response, not trailers: the stream's type and length were sent already.
+    trailers.remove(header::CONTENT_TYPE);
+    trailers.remove(header::RETRY_AFTER);
+    match grpc {
+        Grpc::Native => Frame::trailers(trailers),
+        Grpc::Web | Grpc::WebText => {
+            // gRPC-web sends trailers as a last message, flagged 0x80, in HTTP/1.1 header form;
+            // the status first, as gRPC-web servers write it.
+            let mut block = BytesMut::new();
+            let status = header::HeaderName::from_static("grpc-status");
+            let (first, rest): (Vec<_>, Vec<_>) =
+                trailers.iter().partition(|(name, _)| **name == status);
+            for (name, value) in first.into_iter().chain(rest) {
+                block.put_slice(name.as_str().as_bytes());
+                block.put_u8(b':');
+                block.put_slice(value.as_bytes());
+                block.put_slice(b"\r\n");
+            }
+            let mut frame = BytesMut::with_capacity(5 + block.len());
+            frame.put_u8(0x80);
+            // A few headers, far below 4 GiB.
+            frame.put_u32(u32::try_from(block.len()).unwrap_or(u32::MAX));
+            frame.put_slice(&block);
+            let frame = frame.freeze();
+            if grpc == Grpc::WebText {
+                let text = base64::engine::general_purpose::STANDARD.encode(&frame);
+                Frame::data(Bytes::from(text))
+            } else {
+                Frame::data(frame)
+            }
+        }
+    }
+}
