@@ -562,3 +562,49 @@ async fn grpc_web_text_gets_its_trailer_frame_in_base64() {
     let trailers = String::from_utf8(frames[0].1.clone()).unwrap();
     assert!(trailers.starts_with("grpc-status:4\r\n"), "{trailers}");
 }
+
+/// Real parts end to end: a tonic server behind tonic-web's `GrpcWebLayer`, its streaming
+/// method panicking after one message, called by a tonic client through tonic-web's
+/// `GrpcWebClientLayer` over HTTP/1.1. The client reads the layer's trailer frame as the call's
+/// status.
+#[tokio::test]
+async fn tonic_web_client_reads_the_trailer_frame_of_a_stream_that_panicked() {
+    use tower::Layer as _;
+    let (logs, _guard) = Logs::capture();
+    let app = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .layer(tonic_web::GrpcWebLayer::new())
+        .service(count::CountService);
+    let addr = serve_one(Http::One, app).await;
+
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let web = tonic_web::GrpcWebClientLayer::new().layer(client);
+    let origin: http::Uri = format!("http://{addr}").parse().unwrap();
+    let mut grpc = tonic::client::Grpc::with_origin(web, origin);
+    grpc.ready().await.unwrap();
+    let request = tonic::Request::new(Echo {
+        message: "count".to_owned(),
+    });
+    let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut stream = grpc
+            .server_streaming(
+                request,
+                http::uri::PathAndQuery::from_static(count::COUNT),
+                echo::codec(),
+            )
+            .await?
+            .into_inner();
+        let first = stream.message().await?;
+        let end = stream.message().await;
+        Ok::<_, tonic::Status>((first, end))
+    })
+    .await
+    .expect("the call ends");
+    let (first, end) = outcome.expect("the call starts and sends its first message");
+    assert_eq!(first.unwrap().message, "one");
+    let status = end.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+    assert_eq!(status.message(), "Internal Server Error");
+    assert!(logs.text().contains(PANIC));
+}
