@@ -1,6 +1,6 @@
 //! Seventh review of the tunnel bootstrapper, on loopback: a localtunnel subdomain set by the
-//! user and refused by the server, a bore server that assigns port 0, and a probe timeout too
-//! short for any probe.
+//! user and refused by the server, a bore server that assigns port 0 or another port than asked,
+//! and a probe timeout too short for any probe.
 
 #[path = "tunnel/support.rs"]
 mod support;
@@ -213,6 +213,43 @@ async fn a_bore_server_assigning_port_zero_fails_the_attempt() {
         };
         assert!(attempts[0].reason.contains("port 0"), "{err}");
     }
+}
+
+/// A bore server that assigns another port than the one asked for with `remote_port` gave the
+/// tunnel a URL other than the one registered with the provider, and the start succeeded. The
+/// attempt now fails, naming both ports.
+#[tokio::test]
+async fn a_bore_server_assigning_another_port_than_asked_fails_the_attempt() {
+    let addr = bore_assigning(40_001).await;
+    let started = Tunnel::builder()
+        .provider(
+            Bore::new()
+                .server("127.0.0.1")
+                .control_port(addr.port())
+                .remote_port(40_000)
+                .startup_timeout(Duration::from_secs(5)),
+        )
+        .probe(false)
+        .reconnect(false)
+        .start(service())
+        .await;
+    let err = match started {
+        Ok(handle) => {
+            let url = handle.url();
+            handle.close().await;
+            panic!("started with {url}");
+        }
+        Err(err) => err,
+    };
+    let TunnelError::AllFailed { attempts } = &err else {
+        panic!("{err}")
+    };
+    assert!(
+        attempts[0]
+            .reason
+            .contains("port 40001, not the port 40000 asked for"),
+        "{err}"
+    );
 }
 
 /// `probe_timeout(Duration::ZERO)` made every start fail (the probe had no time at all); it

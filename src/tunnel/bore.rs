@@ -102,7 +102,8 @@ enum ServerMessage {
 /// connection, at most [`BORE_MAX_CONNECTIONS`] at a time. The control port is 7835 unless set
 /// with [`control_port`](Self::control_port). The tunnel counts as lost when the server sends no
 /// message (it sends a heartbeat every 500 ms) for 8 s. A server that assigns port 0, which is
-/// no port, fails the attempt: its answer is invalid.
+/// no port, fails the attempt: its answer is invalid; so does one that assigns another port than
+/// the [`remote_port`](Self::remote_port) asked for.
 ///
 /// # Example
 ///
@@ -286,7 +287,8 @@ impl Bore {
         self
     }
 
-    /// Asks for this public port (default 0: any free port).
+    /// Asks for this public port (default 0: any free port). A server that assigns another port
+    /// fails the attempt: the webhook URL registered with the provider names this one.
     ///
     /// # Example
     ///
@@ -341,6 +343,17 @@ impl Bore {
                     "the bore server assigned port 0, which is no port: its answer is invalid"
                         .into(),
                 );
+            }
+            // A port asked for is the URL the provider was given: another one would take the
+            // webhooks nowhere the provider sends them.
+            Some(ServerMessage::Hello(port))
+                if self.remote_port != 0 && port != self.remote_port =>
+            {
+                return Err(format!(
+                    "the bore server assigned port {port}, not the port {} asked for",
+                    self.remote_port
+                )
+                .into());
             }
             Some(ServerMessage::Hello(port)) => port,
             Some(ServerMessage::Error(message)) => {
