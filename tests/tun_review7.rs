@@ -182,6 +182,33 @@ async fn bore_assigning(port: u16) -> std::net::SocketAddr {
     addr
 }
 
+/// Starts a tunnel through the bore control port `addr` with `bore`'s settings and reconnects
+/// off: the reason its only attempt failed (the start must fail).
+async fn bore_start_failure(addr: std::net::SocketAddr, bore: Bore, probe: bool) -> String {
+    let started = Tunnel::builder()
+        .provider(
+            bore.server("127.0.0.1")
+                .control_port(addr.port())
+                .startup_timeout(Duration::from_secs(5)),
+        )
+        .probe(probe)
+        .reconnect(false)
+        .start(service())
+        .await;
+    let err = match started {
+        Ok(handle) => {
+            let url = handle.url();
+            handle.close().await;
+            panic!("started with {url} (probe {probe})");
+        }
+        Err(err) => err,
+    };
+    let TunnelError::AllFailed { attempts } = &err else {
+        panic!("{err}")
+    };
+    attempts[0].reason.clone()
+}
+
 /// A bore server that assigns port 0 (no port at all) gave the tunnel the URL
 /// `http://host:0`, which nobody can reach: with the probe off the start succeeded with it.
 /// The server's answer is invalid, and the attempt now fails saying so.
@@ -189,29 +216,8 @@ async fn bore_assigning(port: u16) -> std::net::SocketAddr {
 async fn a_bore_server_assigning_port_zero_fails_the_attempt() {
     let addr = bore_assigning(0).await;
     for probe in [false, true] {
-        let started = Tunnel::builder()
-            .provider(
-                Bore::new()
-                    .server("127.0.0.1")
-                    .control_port(addr.port())
-                    .startup_timeout(Duration::from_secs(5)),
-            )
-            .probe(probe)
-            .reconnect(false)
-            .start(service())
-            .await;
-        let err = match started {
-            Ok(handle) => {
-                let url = handle.url();
-                handle.close().await;
-                panic!("started with {url} (probe {probe})");
-            }
-            Err(err) => err,
-        };
-        let TunnelError::AllFailed { attempts } = &err else {
-            panic!("{err}")
-        };
-        assert!(attempts[0].reason.contains("port 0"), "{err}");
+        let reason = bore_start_failure(addr, Bore::new(), probe).await;
+        assert!(reason.contains("port 0"), "{reason}");
     }
 }
 
@@ -221,34 +227,10 @@ async fn a_bore_server_assigning_port_zero_fails_the_attempt() {
 #[tokio::test]
 async fn a_bore_server_assigning_another_port_than_asked_fails_the_attempt() {
     let addr = bore_assigning(40_001).await;
-    let started = Tunnel::builder()
-        .provider(
-            Bore::new()
-                .server("127.0.0.1")
-                .control_port(addr.port())
-                .remote_port(40_000)
-                .startup_timeout(Duration::from_secs(5)),
-        )
-        .probe(false)
-        .reconnect(false)
-        .start(service())
-        .await;
-    let err = match started {
-        Ok(handle) => {
-            let url = handle.url();
-            handle.close().await;
-            panic!("started with {url}");
-        }
-        Err(err) => err,
-    };
-    let TunnelError::AllFailed { attempts } = &err else {
-        panic!("{err}")
-    };
+    let reason = bore_start_failure(addr, Bore::new().remote_port(40_000), false).await;
     assert!(
-        attempts[0]
-            .reason
-            .contains("port 40001, not the port 40000 asked for"),
-        "{err}"
+        reason.contains("port 40001, not the port 40000 asked for"),
+        "{reason}"
     );
 }
 
