@@ -4,6 +4,8 @@
 #[path = "../examples/common/echo.rs"]
 #[allow(dead_code)]
 mod echo;
+#[path = "common/incoming.rs"]
+mod incoming;
 
 use std::time::Duration;
 
@@ -82,12 +84,7 @@ async fn a_tonic_client_of_a_tonic_server_behind_an_open_breaker_sees_the_pushba
     let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
     handle.transition_to_open().unwrap();
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let incoming = futures_util::stream::unfold(listener, |listener| async move {
-        let conn = listener.accept().await.map(|(s, _)| s);
-        Some((conn, listener))
-    });
+    let (addr, incoming) = incoming::loopback().await;
     let server = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .layer(layer)

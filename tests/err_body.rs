@@ -7,6 +7,8 @@
 mod echo;
 #[path = "common/hyper_one.rs"]
 mod hyper_one;
+#[path = "common/incoming.rs"]
+mod incoming;
 #[path = "common/logs.rs"]
 mod logs;
 
@@ -350,12 +352,7 @@ async fn grpc_a_body_error_ends_the_call_with_its_mapped_code() {
 #[tokio::test]
 async fn tonic_a_stream_that_panics_ends_the_call_with_internal() {
     let (logs, _guard) = Logs::capture();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let incoming = futures_util::stream::unfold(listener, |listener| async move {
-        let conn = listener.accept().await.map(|(s, _)| s);
-        Some((conn, listener))
-    });
+    let (addr, incoming) = incoming::loopback().await;
     let server = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .layer(WebhookErrorLayer::new())

@@ -269,6 +269,8 @@ async fn a_grpc_answer_carries_its_wait_as_retry_pushback() {
 #[path = "../examples/common/echo.rs"]
 #[allow(dead_code)]
 mod echo;
+#[path = "common/incoming.rs"]
+mod incoming;
 
 /// A real tonic client sees the pushback in the status of a call refused with a wait.
 #[tokio::test]
@@ -280,12 +282,7 @@ async fn a_tonic_client_sees_the_pushback_of_a_refused_call() {
         Err(WebhookProcessingError::retryable("queue full", Duration::from_millis(2500)).into())
     }
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let incoming = futures_util::stream::unfold(listener, |listener| async move {
-        let conn = listener.accept().await.map(|(s, _)| s);
-        Some((conn, listener))
-    });
+    let (addr, incoming) = incoming::loopback().await;
     let server = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .layer(WebhookErrorLayer::new())

@@ -8,6 +8,8 @@ mod logs;
 #[path = "../examples/common/echo.rs"]
 #[allow(dead_code)]
 mod echo;
+#[path = "common/incoming.rs"]
+mod incoming;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -34,12 +36,7 @@ fn capture_logs() -> (Logs, tracing::subscriber::DefaultGuard) {
 async fn call_refused_with(refuse: fn() -> tonic::Status) -> tonic::Status {
     use echo::{Echo, EchoService};
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let incoming = futures_util::stream::unfold(listener, |listener| async move {
-        let conn = listener.accept().await.map(|(s, _)| s);
-        Some((conn, listener))
-    });
+    let (addr, incoming) = incoming::loopback().await;
     let server = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .layer(WebhookErrorLayer::new())

@@ -953,6 +953,8 @@ mod axum_router {
 #[path = "../examples/common/echo.rs"]
 #[allow(dead_code)]
 mod echo;
+#[path = "common/incoming.rs"]
+mod incoming;
 
 mod tonic_server {
     use super::echo::{Echo, EchoService};
@@ -971,9 +973,7 @@ mod tonic_server {
     }
 
     async fn start() -> std::net::SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let incoming = tokio_stream_like(listener);
+        let (addr, incoming) = super::incoming::loopback().await;
         tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .layer(WebhookErrorLayer::new())
@@ -987,15 +987,6 @@ mod tonic_server {
                 .unwrap();
         });
         addr
-    }
-
-    fn tokio_stream_like(
-        listener: tokio::net::TcpListener,
-    ) -> impl futures_core::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-        futures_util::stream::unfold(listener, |listener| async move {
-            let conn = listener.accept().await.map(|(s, _)| s);
-            Some((conn, listener))
-        })
     }
 
     async fn say(addr: std::net::SocketAddr, message: &str, deny: bool) -> Result<String, Status> {
