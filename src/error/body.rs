@@ -43,7 +43,7 @@ use crate::BoxError;
 /// not consulted for a body's errors, only the errors the layer knows itself.
 ///
 /// Nothing is boxed: on the success path the body is the inner body, a tag and the request's
-/// protocol, no larger than the inner body and 8 bytes.
+/// protocol (48 bytes around a 32-byte `Full<Bytes>`).
 ///
 /// [`WebhookErrorLayer::recognize`]: super::WebhookErrorLayer::recognize
 ///
