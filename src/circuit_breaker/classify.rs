@@ -17,7 +17,7 @@ use tower_http::classify::{
     GrpcErrorsAsFailures, GrpcFailureClass,
 };
 
-use super::state::{Outcome, Recorder};
+use super::state::{FailOnUnwind, Outcome, Recorder};
 
 /// Turns the inner service's result into an [`Outcome`], recorded through the [`Recorder`].
 ///
@@ -550,7 +550,13 @@ impl<B: Body> Body for ResponseBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
-        let frame = std::task::ready!(this.inner.as_mut().poll_frame(cx));
+        let unwinding = this
+            .eos
+            .as_mut()
+            .map(|(recorder, _)| FailOnUnwind(recorder));
+        let polled = this.inner.as_mut().poll_frame(cx);
+        std::mem::forget(unwinding);
+        let frame = std::task::ready!(polled);
         match &frame {
             Some(Ok(frame)) => {
                 if let Some(trailers) = frame.trailers_ref()

@@ -15,7 +15,7 @@ use super::classify::{ClassifyOutcome, DefaultClassifier};
 use super::config::{CircuitBreakerConfig, ConfigError};
 use super::error::{CircuitOpen, IllegalTransition};
 use super::event::{CircuitState, Snapshot};
-use super::state::{Admission, Breaker, Core, Recorder, Refusal};
+use super::state::{Admission, Breaker, Core, FailOnUnwind, Recorder, Refusal};
 use crate::BoxError;
 
 /// Wraps a service in a circuit breaker.
@@ -629,7 +629,10 @@ where
                 classifier,
                 recorder,
             } => {
-                let result = ready!(future.poll(cx));
+                let unwinding = FailOnUnwind(recorder);
+                let polled = future.poll(cx);
+                std::mem::forget(unwinding);
+                let result = ready!(polled);
                 let recorder = std::mem::replace(recorder, Recorder::untracked());
                 Poll::Ready(classifier.classify(result, recorder).map_err(Into::into))
             }

@@ -37,8 +37,8 @@
 //!   cap; optionally at least the upstream's `Retry-After` on 429/503, capped
 //!   ([`honor_retry_after`](CircuitBreakerConfig::honor_retry_after)).
 //! - **Half-open**: exactly `half_open_probes` calls are admitted, even under a burst of
-//!   concurrent callers; a probe whose future or response body is dropped, or whose outcome is
-//!   [`Outcome::Neutral`], gives its permit back. A probe of an earlier half-open period that is
+//!   concurrent callers; a probe whose future or response body is dropped (not by a panic, a
+//!   failure), or whose outcome is [`Outcome::Neutral`], gives its permit back. A probe of an earlier half-open period that is
 //!   still running counts against the next period, so a recovering upstream never has more than
 //!   `half_open_probes` calls in flight; except when that period ended at its
 //!   [`max_half_open_wait`](CircuitBreakerConfig::max_half_open_wait), which abandons the
@@ -52,6 +52,12 @@
 //! from the trailers at the end of the stream; errors of the inner service are failures, except a
 //! [`Problem`](crate::error::Problem), classified by its status as the response it becomes. A
 //! closure `Fn(&Result<Res, E>) -> Outcome` is a classifier too.
+//!
+//! A call that panics (in the inner service's `call`, in its future, or in a gRPC response body
+//! before its trailers) is a failure, whatever the classifier, as an exception is for
+//! resilience4j: it is recorded while the panic unwinds, whether an outer layer such as
+//! [`WebhookErrorLayer`](crate::error::WebhookErrorLayer) catches it or the task ends with it.
+//! A call dropped before it ends without a panic (a cancelled request) records nothing.
 //!
 //! # The tower contract
 //!

@@ -125,8 +125,9 @@ pub enum Outcome {
     Success,
     /// The call failed in a way that counts against the upstream.
     Failure,
-    /// The call says nothing either way (cancelled, or a probe whose body was dropped); it is
-    /// not recorded, and a half-open probe gives its permit back.
+    /// The call says nothing either way (cancelled, or a probe whose body was dropped, but not
+    /// by a panic, which is a failure); it is not recorded, and a half-open probe gives its
+    /// permit back.
     Neutral,
 }
 
@@ -1817,9 +1818,26 @@ impl Recorder {
 impl Drop for Recorder {
     #[inline]
     fn drop(&mut self) {
+        // A call that panicked (in the inner service's `call`, or in its future or body while
+        // an outer layer such as `WebhookErrorLayer` catches the panic) failed, as an exception
+        // does for resilience4j: the recorder is dropped while the panic unwinds.
+        if (self.core.is_some() || self.bits & FAST != 0) && std::thread::panicking() {
+            std::mem::replace(self, Self::untracked()).finish(Outcome::Failure, None);
+            return;
+        }
         if self.bits & PROBE != 0 {
             self.release();
         }
+    }
+}
+
+/// Drops the recorder it guards if a panic unwinds through the poll it guards, which records a
+/// failure (see `Recorder`'s `Drop`). Forgotten when the poll returns, so it costs nothing then.
+pub(crate) struct FailOnUnwind<'a>(pub(crate) &'a mut Recorder);
+
+impl Drop for FailOnUnwind<'_> {
+    fn drop(&mut self) {
+        drop(std::mem::replace(self.0, Recorder::untracked()));
     }
 }
 
