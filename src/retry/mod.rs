@@ -22,6 +22,9 @@
 //!   the trailers, after a response body, is not seen by the policy. A server's
 //!   `grpc-retry-pushback-ms` (gRPC's `Retry-After`) is honored like `Retry-After`, and a
 //!   negative or unreadable one, which asks the client not to retry, stops the retries.
+//! - **A reqwest error made from an answer** (`Response::error_for_status`) is read by its
+//!   status, as the response would be: a 404 is not retried, a 429 is retried whatever the
+//!   method. Its headers are gone, so a 503 counts as one without `Retry-After`.
 //! - **Backoff**: exponential with full jitter (a random delay between 0 and
 //!   `min(cap, base * 2^attempt)`), so clients that failed together do not retry together.
 //! - **`Retry-After`**: when the response carries one (seconds or an HTTP date), the policy
@@ -240,7 +243,7 @@ impl<B> RetryResponse for http::Response<B> {
 }
 
 /// An error the policy can inspect: a circuit-open rejection, an error raised before the request
-/// was sent, a gRPC status the upstream answered.
+/// was sent, a gRPC status the upstream answered, a reqwest error made from an answer.
 ///
 /// # Example
 ///
@@ -319,6 +322,25 @@ fn reqwest_error(err: &(dyn Error + 'static), test: ReqwestTest) -> bool {
     #[cfg(feature = "reqwest-0-12")]
     check!(reqwest_0_12);
     false
+}
+
+/// The status of the answer `err` was made from, when it is a reqwest error (of either
+/// supported version) from `Response::error_for_status`.
+#[allow(unused_variables)]
+fn reqwest_status(err: &(dyn Error + 'static)) -> Option<StatusCode> {
+    #[allow(unused_macros)]
+    macro_rules! check {
+        ($reqwest:ident) => {
+            if let Some(err) = err.downcast_ref::<$reqwest::Error>() {
+                return err.status();
+            }
+        };
+    }
+    #[cfg(feature = "reqwest")]
+    check!(reqwest);
+    #[cfg(feature = "reqwest-0-12")]
+    check!(reqwest_0_12);
+    None
 }
 
 /// What [`reqwest_error`] looks for.
@@ -894,19 +916,29 @@ where
                 if is_circuit_open(err) || fails_again(err) {
                     return None;
                 }
-                let after = match answered_grpc_status(err) {
-                    // An error that is the upstream's answer (`PERMISSION_DENIED`,
-                    // `NOT_FOUND`) is a verdict, not a failure that may pass next time.
-                    Some((code, _))
-                        if !self.is_retryable_status(crate::grpc_http::status_of(code)) =>
-                    {
+                // A reqwest error made from an answer (`error_for_status`) is that answer, read
+                // as the response would be: a 404 is a verdict, a 429 a refusal. Its headers
+                // are gone, so a 503 is not known to carry `Retry-After`.
+                if let Some(status) = chain(err).find_map(reqwest_status) {
+                    if !self.is_retryable_status(status) {
                         return None;
                     }
-                    Some((_, Pushback::DoNotRetry)) => return None,
-                    Some((_, Pushback::Wait(after))) => Some(after),
-                    Some((_, Pushback::None)) | None => None,
-                };
-                (after, was_not_sent(err))
+                    (None, status == StatusCode::TOO_MANY_REQUESTS)
+                } else {
+                    let after = match answered_grpc_status(err) {
+                        // An error that is the upstream's answer (`PERMISSION_DENIED`,
+                        // `NOT_FOUND`) is a verdict, not a failure that may pass next time.
+                        Some((code, _))
+                            if !self.is_retryable_status(crate::grpc_http::status_of(code)) =>
+                        {
+                            return None;
+                        }
+                        Some((_, Pushback::DoNotRetry)) => return None,
+                        Some((_, Pushback::Wait(after))) => Some(after),
+                        Some((_, Pushback::None)) | None => None,
+                    };
+                    (after, was_not_sent(err))
+                }
             }
         };
         if self.attempt >= self.max_retries || !(unprocessed || self.may_retry(req)) {
