@@ -118,3 +118,27 @@ status_errors_are_read_by_their_status!(
     a_reqwest_0_12_status_error_is_read_by_its_status,
     reqwest_0_12
 );
+
+/// The backoff keeps doubling past retry 31: `base * 2^attempt` until it reaches the cap. The
+/// factor stopped at `2^31`, so a small base never reached a cap above `base * 2^31` (with 1 µs
+/// doubling up to an hour, every retry from the 32nd waited at most 36 minutes).
+#[test]
+fn the_backoff_doubles_up_to_the_cap_whatever_the_attempt() {
+    let hour = Duration::from_secs(3600);
+    let policy = RetryPolicy::new().backoff(Duration::from_micros(1), hour);
+    assert_eq!(policy.max_delay(31), Duration::from_micros(1 << 31));
+    assert_eq!(policy.max_delay(32), hour);
+    assert_eq!(policy.max_delay(u32::MAX), hour);
+
+    let policy = RetryPolicy::new().backoff(Duration::from_nanos(1), Duration::MAX);
+    assert_eq!(policy.max_delay(40), Duration::from_nanos(1 << 40));
+    assert_eq!(policy.max_delay(63), Duration::from_nanos(1 << 63));
+    assert_eq!(policy.max_delay(127), Duration::MAX);
+    assert_eq!(policy.max_delay(u32::MAX), Duration::MAX);
+
+    let policy = RetryPolicy::new().backoff(Duration::ZERO, Duration::MAX);
+    assert_eq!(policy.max_delay(u32::MAX), Duration::ZERO);
+    let policy = RetryPolicy::new().backoff(Duration::MAX, Duration::from_secs(1));
+    assert_eq!(policy.max_delay(0), Duration::from_secs(1));
+    assert_eq!(policy.max_delay(200), Duration::from_secs(1));
+}

@@ -829,8 +829,15 @@ impl RetryPolicy {
     /// assert_eq!(policy.max_delay(40), Duration::from_secs(10));
     /// ```
     pub fn max_delay(&self, attempt: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.min(31));
-        self.base.saturating_mul(factor).min(self.cap)
+        const NANOS_PER_SEC: u128 = 1_000_000_000;
+        // In nanoseconds, saturating: `2^attempt` past `u128` is more than any base needs.
+        let factor = 1u128.checked_shl(attempt).unwrap_or(u128::MAX);
+        let nanos = (self.base.as_nanos().saturating_mul(factor)).min(self.cap.as_nanos());
+        // At most `cap`, so the seconds fit.
+        Duration::new(
+            u64::try_from(nanos / NANOS_PER_SEC).unwrap_or(u64::MAX),
+            u32::try_from(nanos % NANOS_PER_SEC).unwrap_or(0),
+        )
     }
 
     /// `tower::retry::RetryLayer` with this policy.
