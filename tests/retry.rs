@@ -559,6 +559,8 @@ async fn a_trailers_only_grpc_answer_is_read_by_its_grpc_status() {
 #[path = "../examples/common/echo.rs"]
 #[allow(dead_code)]
 mod echo;
+#[path = "common/incoming.rs"]
+mod incoming;
 
 /// End to end: a real tonic server answers errors trailers-only. Through a hyper HTTP/2 client,
 /// its `UNAVAILABLE` is retried for a call marked safe to repeat, its `PERMISSION_DENIED` is not,
@@ -574,11 +576,7 @@ async fn a_real_tonic_servers_unavailable_is_retried_and_its_verdicts_are_not() 
             Ok(req)
         }
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let incoming = futures_util::stream::unfold(listener, |listener| async move {
-        Some((listener.accept().await.map(|(s, _)| s), listener))
-    });
+    let (addr, incoming) = incoming::loopback().await;
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .layer(tower::filter::FilterLayer::new(deny))
