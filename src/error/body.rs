@@ -34,12 +34,15 @@ use crate::BoxError;
 /// - gRPC: the stream ends with `grpc-status` and `grpc-message` trailers, as gRPC servers end a
 ///   call that fails after its first message: the error's code as the layer maps errors (a
 ///   `tonic::Status` keeps its own; its message only for a client error), `Internal` for a
-///   panic or an unknown error. gRPC-web gets them as its trailer frame in the body
-///   (base64-encoded for `application/grpc-web-text`).
+///   panic, an unknown error or one that says success (a `tonic::Status` whose code is `Ok`, a
+///   2xx [`Problem`]: never `Ok` for a stream that failed). gRPC-web gets them as its trailer
+///   frame in the body (base64-encoded for `application/grpc-web-text`).
 ///
 /// A panic in the inner body's `poll_frame` is caught: its message goes to the log, never to
 /// the client. The inner body is then dropped (a panic in its `Drop` is caught and logged too)
-/// and never polled again. The layer's own recognizers ([`WebhookErrorLayer::recognize`]) are
+/// and never polled again. The error's own code is guarded too: a panic in its `Display` or its
+/// `Drop` is caught and logged, and the stream still ends as above (an HTTP response with an
+/// error of the layer's in place of one that cannot be displayed). The layer's own recognizers ([`WebhookErrorLayer::recognize`]) are
 /// not consulted for a body's errors, only the errors the layer knows itself.
 ///
 /// Nothing is boxed: on the success path the body is the inner body, a tag and the request's
@@ -248,19 +251,25 @@ enum Failure {
     Panic(Box<dyn Any + Send>),
 }
 
-/// What an HTTP response body that panicked yields: the server then cuts the response short.
+/// What an HTTP response body yields in place of the inner body's failure, when that cannot be
+/// passed on (a panic, or an error whose `Display` panicked): the server then cuts the response
+/// short.
 #[derive(Debug)]
-struct Panicked;
+struct Cut(&'static str);
 
-impl fmt::Display for Panicked {
+impl fmt::Display for Cut {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the response body panicked")
+        f.write_str(self.0)
     }
 }
 
-impl std::error::Error for Panicked {}
+impl std::error::Error for Cut {}
 
 /// The failure path: log once, drop the inner body, and end the stream the protocol's way.
+///
+/// The error's own code (its `Display`, its `Drop`, what classifying it calls) runs under
+/// `catch_unwind` here, as on the layer's error path: a panic in it is logged, never let out of
+/// `poll_frame` into the server's connection task.
 #[cold]
 #[inline(never)]
 fn fail<B>(
@@ -279,20 +288,41 @@ fn fail<B>(
             }),
         Failure::Panic(_) => classify::panicked(),
     });
-    log(&failure, problem.as_ref());
-    // Never polled again, and dropped here: a panic in its `Drop` is caught and logged too.
-    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| kind.set(Kind::Full(None)))) {
+    let logged = catch_unwind(AssertUnwindSafe(|| log(&failure, problem.as_ref())));
+    if let Err(payload) = &logged {
         tracing::error!(
-            panic = panic_message(&*payload),
-            "the response body panicked while it was dropped"
+            grpc_status = problem.as_ref().map(|p| p.grpc_code() as u16),
+            panic = panic_message(&**payload),
+            "the response body failed while it streamed; the response is cut short \
+             (its error panicked while it was logged)"
         );
     }
+    // Never polled again, and dropped here: a panic in its `Drop` is caught and logged too.
+    drop_logged("the response body", || kind.set(Kind::Full(None)));
     match (grpc, problem) {
-        (Some(grpc), Some(problem)) => Ok(grpc_end(grpc, &problem)),
+        (Some(grpc), Some(problem)) => {
+            drop_logged("the response body's error", move || drop(failure));
+            Ok(grpc_end(grpc, &problem))
+        }
         _ => Err(match failure {
-            Failure::Error(err) => err,
-            Failure::Panic(_) => Box::new(Panicked),
+            Failure::Error(err) if logged.is_ok() => err,
+            Failure::Error(err) => {
+                // Its `Display` panics: the server (hyper, axum's `serve`) may display it too.
+                drop_logged("the response body's error", move || drop(err));
+                Box::new(Cut("the response body failed"))
+            }
+            Failure::Panic(_) => Box::new(Cut("the response body panicked")),
         }),
+    }
+}
+
+/// Runs `drop`, logging a panic in it as `what` panicking while it was dropped.
+fn drop_logged(what: &str, drop: impl FnOnce()) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(drop)) {
+        tracing::error!(
+            panic = panic_message(&*payload),
+            "{what} panicked while it was dropped"
+        );
     }
 }
 
@@ -300,6 +330,13 @@ fn fail<B>(
 fn classify_error(err: &(dyn std::error::Error + Send + Sync + 'static)) -> Problem {
     let problem =
         classify::classify(err, StatusCode::GATEWAY_TIMEOUT, &[]).unwrap_or_else(classify::unknown);
+    // An error that says success (a `Problem` or `HttpError` with a 2xx status, a
+    // `tonic::Status` whose code is `Ok`) is a mistake, answered as the layer answers it on its
+    // error path: a plain 500. Its `Ok` would tell the client the stream ended complete.
+    let status = problem.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return classify::unknown();
+    }
     if problem.grpc_code() == GrpcCode::Ok {
         let code = GrpcCode::from_http_status(problem.status());
         return problem.with_grpc_code(code);

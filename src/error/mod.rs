@@ -22,7 +22,7 @@
 //! | anything else | 500, no detail | `Internal` |
 //! | a panic in `poll_ready`, `call` or the response future (or in the error's own `Display` / [`HttpError`] code) | 500, no detail | `Internal` |
 //! | an error answered as above, whose `Drop` (or that of the future that failed with it) panics | the error's answer; the panic is logged | the error's answer |
-//! | the response body fails or panics after the head was sent (see [`ResponseBody`]) | the response cut short: HTTP/2 resets the stream, HTTP/1.x closes the connection | the call ends with `grpc-status` trailers: the error's code, `Internal` for a panic (gRPC-web: its trailer frame) |
+//! | the response body fails or panics after the head was sent (see [`ResponseBody`]) | the response cut short: HTTP/2 resets the stream, HTTP/1.x closes the connection | the call ends with `grpc-status` trailers: the error's code, `Internal` for a panic or an error that says success (gRPC-web: its trailer frame) |
 //!
 //! Every error is looked for along its whole `source()` chain, so wrapped errors are still
 //! recognised, also one carried by an `io::Error` (`io::Error::other(e)`, whose `source()`
@@ -51,7 +51,8 @@
 //! Each error is logged once with `tracing`: 5xx at `error`, 404 and 405 at `debug`, other 4xx at
 //! `warn`, with the status, problem type, request id and the error chain as fields. A panic's
 //! message goes to the log, never to the client. A response body's failure is logged once too, at
-//! `error`, with the error chain or the panic message.
+//! `error` (`warn` for an error a gRPC caller is answered with a client error's code), with the
+//! error chain or the panic message.
 //!
 //! # Example
 //!

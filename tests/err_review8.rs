@@ -1,0 +1,241 @@
+//! Eighth review of the error layer: its response body when the inner body fails while it
+//! streams.
+
+#[path = "common/logs.rs"]
+mod logs;
+
+use std::convert::Infallible;
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, Full};
+use logs::Logs;
+use tower::{BoxError, ServiceBuilder, ServiceExt};
+use tower_webhook::error::{Problem, WebhookErrorLayer};
+
+/// A body that yields `first`, waits once (as a stream waiting on its source does, so a server
+/// sends what it has), then yields `error`.
+struct FailsWith {
+    first: Option<Bytes>,
+    waited: bool,
+    error: Option<BoxError>,
+}
+
+impl FailsWith {
+    fn new(first: &'static [u8], error: impl Into<BoxError>) -> Self {
+        Self {
+            first: Some(Bytes::from_static(first)),
+            waited: false,
+            error: Some(error.into()),
+        }
+    }
+}
+
+impl http_body::Body for FailsWith {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(Ok(Frame::data(first))));
+        }
+        if !std::mem::replace(&mut self.waited, true) {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        Poll::Ready(self.error.take().map(Err))
+    }
+}
+
+/// An error whose `Display` panics (a broken `Error` impl).
+#[derive(Debug)]
+struct DisplayPanics;
+
+impl fmt::Display for DisplayPanics {
+    fn fmt(&self, _f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        panic!("the error's display panicked, token=s3cr3t")
+    }
+}
+
+impl std::error::Error for DisplayPanics {}
+
+/// An error whose `Drop` panics.
+#[derive(Debug)]
+struct DropPanics;
+
+impl fmt::Display for DropPanics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an error that panics when dropped")
+    }
+}
+
+impl std::error::Error for DropPanics {}
+
+impl Drop for DropPanics {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("the error's drop panicked");
+        }
+    }
+}
+
+/// The layer over a handler that answers `status` and `content_type` (and `extra` headers)
+/// with a body that yields `"first"`, then the error `error()` makes.
+async fn answer(
+    request_type: Option<&'static str>,
+    status: StatusCode,
+    content_type: &'static str,
+    extra: &'static [(&'static str, &'static str)],
+    error: fn() -> BoxError,
+) -> Response<tower_webhook::error::ResponseBody<FailsWith>> {
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .service_fn(move |_req: Request<Full<Bytes>>| async move {
+            let mut res = Response::new(FailsWith::new(b"first", error()));
+            *res.status_mut() = status;
+            res.headers_mut()
+                .insert("content-type", HeaderValue::from_static(content_type));
+            for (name, value) in extra {
+                res.headers_mut()
+                    .insert(*name, HeaderValue::from_static(value));
+            }
+            Ok::<_, Infallible>(res)
+        });
+    let mut req = Request::post("/test.Echo/Say");
+    if let Some(request_type) = request_type {
+        req = req.header("content-type", request_type);
+    }
+    svc.oneshot(req.body(Full::default()).unwrap())
+        .await
+        .unwrap()
+}
+
+/// Polls the body after its first frame: what it ends with, and whether it then ends.
+async fn after_first(
+    res: Response<tower_webhook::error::ResponseBody<FailsWith>>,
+) -> Result<Frame<Bytes>, BoxError> {
+    let mut body = res.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "first");
+    let last = body.frame().await.expect("a last frame or an error");
+    assert!(body.frame().await.is_none(), "the body ends after it");
+    last
+}
+
+/// The `grpc-status` a gRPC ending says, native trailers or gRPC-web's trailer frame.
+fn grpc_status_of(frame: Frame<Bytes>) -> String {
+    match frame.into_trailers() {
+        Ok(trailers) => trailers["grpc-status"].to_str().unwrap().to_owned(),
+        Err(frame) => {
+            let data = frame.into_data().unwrap();
+            assert_eq!(data[0], 0x80, "a trailer frame");
+            let block = std::str::from_utf8(&data[5..]).unwrap();
+            block
+                .lines()
+                .find_map(|line| line.strip_prefix("grpc-status:"))
+                .expect("grpc-status in the trailer frame")
+                .to_owned()
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// An error whose `Display` or `Drop` panics
+
+#[tokio::test]
+async fn an_http_body_error_whose_display_panics_still_cuts_the_response_short() {
+    let (logs, _guard) = Logs::capture();
+    let res = answer(None, StatusCode::OK, "text/plain", &[], || {
+        DisplayPanics.into()
+    })
+    .await;
+    // Before the fix, the panic in the error's `Display` escaped `poll_frame` (into the
+    // server's connection task, taking an HTTP/2 connection's other streams with it).
+    let err = tokio::spawn(after_first(res))
+        .await
+        .expect("poll_frame does not panic")
+        .expect_err("the response is cut short");
+    // What the server gets can be displayed (hyper and axum log it): not the broken error.
+    let shown = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| err.to_string())).expect("displays");
+    assert!(!shown.is_empty());
+    let logs = logs.text();
+    assert!(
+        logs.contains("the response body failed while it streamed"),
+        "{logs}"
+    );
+    assert!(logs.contains("the error's display panicked"), "{logs}");
+}
+
+#[tokio::test]
+async fn a_grpc_body_error_whose_display_panics_still_ends_with_internal() {
+    let (logs, _guard) = Logs::capture();
+    for request_type in ["application/grpc", "application/grpc-web"] {
+        let res = answer(Some(request_type), StatusCode::OK, request_type, &[], || {
+            DisplayPanics.into()
+        })
+        .await;
+        let last = tokio::spawn(after_first(res))
+            .await
+            .expect("poll_frame does not panic")
+            .expect("the call ends with a status");
+        assert_eq!(grpc_status_of(last), "13", "{request_type}");
+    }
+    let logs = logs.text();
+    assert_eq!(
+        logs.matches("the response body failed while it streamed")
+            .count(),
+        2,
+        "{logs}"
+    );
+}
+
+#[tokio::test]
+async fn a_grpc_body_error_whose_drop_panics_still_ends_with_its_status() {
+    let (logs, _guard) = Logs::capture();
+    let res = answer(
+        Some("application/grpc"),
+        StatusCode::OK,
+        "application/grpc",
+        &[],
+        || DropPanics.into(),
+    )
+    .await;
+    let last = tokio::spawn(after_first(res))
+        .await
+        .expect("poll_frame does not panic")
+        .expect("the call ends with a status");
+    assert_eq!(grpc_status_of(last), "13");
+    let logs = logs.text();
+    assert!(logs.contains("the error's drop panicked"), "{logs}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// An error that says "success"
+
+#[tokio::test]
+async fn a_grpc_body_error_with_a_success_status_never_ends_the_call_with_ok() {
+    let (logs, _guard) = Logs::capture();
+    let errors: [fn() -> BoxError; 3] = [
+        || Problem::new(StatusCode::OK).into(),
+        || Problem::new(StatusCode::ACCEPTED).into(),
+        || tonic::Status::ok("all good, but the stream broke").into(),
+    ];
+    for (i, error) in errors.into_iter().enumerate() {
+        for request_type in ["application/grpc", "application/grpc-web"] {
+            let res = answer(Some(request_type), StatusCode::OK, request_type, &[], error).await;
+            let last = after_first(res).await.expect("the call ends with a status");
+            // `0` would tell the client the call succeeded, its stream complete.
+            assert_eq!(grpc_status_of(last), "13", "error {i}, {request_type}");
+        }
+    }
+    let logs = logs.text();
+    assert!(!logs.contains("grpc_status=0"), "{logs}");
+    assert!(logs.contains("grpc_status=13"), "{logs}");
+}
