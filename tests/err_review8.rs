@@ -1,6 +1,8 @@
 //! Eighth review of the error layer: its response body when the inner body fails while it
 //! streams.
 
+#[path = "common/hyper_one.rs"]
+mod hyper_one;
 #[path = "common/logs.rs"]
 mod logs;
 
@@ -8,12 +10,15 @@ use std::convert::Infallible;
 use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, Full};
+use hyper_one::{Http, serve_one};
 use logs::Logs;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_webhook::error::{Problem, WebhookErrorLayer};
 
@@ -238,4 +243,116 @@ async fn a_grpc_body_error_with_a_success_status_never_ends_the_call_with_ok() {
     let logs = logs.text();
     assert!(!logs.contains("grpc_status=0"), "{logs}");
     assert!(logs.contains("grpc_status=13"), "{logs}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// A gRPC request answered with something that is not a gRPC stream
+
+#[tokio::test]
+async fn a_grpc_request_answered_without_a_grpc_stream_is_cut_short_like_http() {
+    let (_logs, _guard) = Logs::capture();
+    let cases: [(&str, StatusCode, &str, &[(&str, &str)]); 5] = [
+        // A router's fallback, a proxy's error page: not gRPC at all.
+        ("application/grpc-web", StatusCode::OK, "text/html", &[]),
+        ("application/grpc-web-text", StatusCode::NOT_FOUND, "text/plain", &[]),
+        ("application/grpc", StatusCode::SERVICE_UNAVAILABLE, "text/plain", &[]),
+        // A gRPC type, but not a 200: not a gRPC stream either.
+        ("application/grpc-web", StatusCode::BAD_GATEWAY, "application/grpc-web", &[]),
+        // Trailers-only: the call's status was sent already, in the head.
+        (
+            "application/grpc",
+            StatusCode::OK,
+            "application/grpc",
+            &[("grpc-status", "0")],
+        ),
+    ];
+    for (request_type, status, content_type, extra) in cases {
+        let res = answer(Some(request_type), status, content_type, extra, || {
+            "upstream connection lost".into()
+        })
+        .await;
+        let last = after_first(res).await;
+        // Before the fix, a gRPC-web trailer frame went into an HTML page or a plain-text body,
+        // which then ended as if complete.
+        let err = last.expect_err(&format!("{request_type} answered {status} {content_type}"));
+        assert_eq!(err.to_string(), "upstream connection lost");
+    }
+}
+
+/// Over a real HTTP/1.1 connection: a gRPC-web request whose answer is an HTML page that fails
+/// while it streams gets no last chunk (the page is cut short), and no trailer frame in it.
+#[tokio::test]
+async fn http1_a_grpc_web_request_answered_with_a_page_is_cut_short() {
+    let (_logs, _guard) = Logs::capture();
+    let app = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .service_fn(|_req: Request<hyper::body::Incoming>| async {
+            let mut res = Response::new(FailsWith::new(b"<html>partial", "upstream lost"));
+            res.headers_mut()
+                .insert("content-type", HeaderValue::from_static("text/html"));
+            Ok::<_, Infallible>(res)
+        });
+    let addr = serve_one(Http::One, app).await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /test.Echo/Say HTTP/1.1\r\nhost: test\r\n\
+              content-type: application/grpc-web+proto\r\ncontent-length: 0\r\n\
+              connection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut received))
+        .await
+        .expect("the server closes the connection")
+        .ok();
+    let received = String::from_utf8_lossy(&received).into_owned();
+    assert!(received.starts_with("HTTP/1.1 200 OK\r\n"), "{received}");
+    assert!(received.contains("<html>partial"), "{received}");
+    assert!(!received.contains("grpc-status"), "{received}");
+    assert!(!received.ends_with("0\r\n\r\n"), "{received}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// A gRPC stream of a declared length
+
+/// A gRPC-web answer whose length was declared (`Content-Length`, as a proxy passes on an
+/// upstream's) has no room for a trailer frame after a failure: over a real HTTP/1.1 connection
+/// it is cut short, never ended with a trailer frame cut to the declared length, which read as a
+/// complete response.
+#[tokio::test]
+async fn http1_a_grpc_web_stream_of_a_declared_length_is_cut_short() {
+    let (_logs, _guard) = Logs::capture();
+    // "first" is 5 bytes, 7 more are declared: fewer than the layer's trailer frame takes.
+    let app = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .service_fn(|_req: Request<hyper::body::Incoming>| async {
+            let mut res = Response::new(FailsWith::new(b"first", "upstream lost"));
+            res.headers_mut().insert(
+                "content-type",
+                HeaderValue::from_static("application/grpc-web+proto"),
+            );
+            res.headers_mut()
+                .insert("content-length", HeaderValue::from_static("12"));
+            Ok::<_, Infallible>(res)
+        });
+    let addr = serve_one(Http::One, app).await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /test.Echo/Say HTTP/1.1\r\nhost: test\r\n\
+              content-type: application/grpc-web+proto\r\ncontent-length: 0\r\n\
+              connection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut received))
+        .await
+        .expect("the server closes the connection")
+        .ok();
+    let received = String::from_utf8_lossy(&received).into_owned();
+    assert!(received.starts_with("HTTP/1.1 200 OK\r\n"), "{received}");
+    assert!(received.ends_with("\r\n\r\nfirst"), "{received}");
 }

@@ -36,7 +36,13 @@ use crate::BoxError;
 ///   `tonic::Status` keeps its own; its message only for a client error), `Internal` for a
 ///   panic, an unknown error or one that says success (a `tonic::Status` whose code is `Ok`, a
 ///   2xx [`Problem`]: never `Ok` for a stream that failed). gRPC-web gets them as its trailer
-///   frame in the body (base64-encoded for `application/grpc-web-text`).
+///   frame in the body (base64-encoded for `application/grpc-web-text`). This is for a gRPC
+///   stream only: the answer to a gRPC request that is a `200` typed as the request
+///   (`application/grpc...`, `application/grpc-web...`) without `grpc-status` or
+///   `Content-Length` in its head. Any other answer to it (a router's `404` page, a proxy's
+///   `503`, a trailers-only answer, one whose length was declared) is cut short like an HTTP
+///   response: trailers, or a trailer frame inside an HTML page or past the declared length,
+///   would end it as if complete.
 ///
 /// A panic in the inner body's `poll_frame` is caught: its message goes to the log, never to
 /// the client. The inner body is then dropped (a panic in its `Drop` is caught and logged too)

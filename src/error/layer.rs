@@ -538,6 +538,21 @@ impl Grpc {
         }
     }
 
+    /// `self`, if `response` (to a request of `self`) is a gRPC stream of that protocol, whose
+    /// body a failure can end with `grpc-status` trailers: a `200` typed as the request, whose
+    /// head does not carry the call's status already (a trailers-only answer) nor a
+    /// `Content-Length` (a proxy passing an upstream's on), which leaves no room for an ending
+    /// the body did not count. Anything else (a router's `404` page, a proxy's `503`) is cut
+    /// short like any HTTP answer: a trailer frame would corrupt it and end it as if complete.
+    fn streamed_by<B>(self, response: &Response<B>) -> Option<Self> {
+        let headers = response.headers();
+        let grpc = response.status() == StatusCode::OK
+            && headers.get(header::CONTENT_TYPE).and_then(Self::of) == Some(self)
+            && !headers.contains_key("grpc-status")
+            && !headers.contains_key(header::CONTENT_LENGTH);
+        grpc.then_some(self)
+    }
+
     /// The media type without a codec.
     fn bare(self) -> &'static str {
         match self {
@@ -885,11 +900,16 @@ fn on_response<B, R: RenderProblem>(
     if closes(response.status()) && info.http1 {
         close_passed_through(response.headers_mut());
     }
+    // Only a gRPC request's answer can be a gRPC stream; an HTTP request's costs nothing more.
+    let grpc = match info.grpc {
+        None => None,
+        Some(grpc) => grpc.streamed_by(&response),
+    };
     if response.extensions().is_empty() {
-        return response.map(|body| ResponseBody::inner(body, info.grpc));
+        return response.map(|body| ResponseBody::inner(body, grpc));
     }
     match response.extensions_mut().remove::<Problem>() {
-        None => response.map(|body| ResponseBody::inner(body, info.grpc)),
+        None => response.map(|body| ResponseBody::inner(body, grpc)),
         Some(problem) => rerender(problem, response, info, config, renderer),
     }
 }
