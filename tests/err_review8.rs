@@ -168,7 +168,8 @@ async fn an_http_body_error_whose_display_panics_still_cuts_the_response_short()
         .expect("poll_frame does not panic")
         .expect_err("the response is cut short");
     // What the server gets can be displayed (hyper and axum log it): not the broken error.
-    let shown = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| err.to_string())).expect("displays");
+    let shown = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| err.to_string()))
+        .expect("displays");
     assert!(!shown.is_empty());
     let logs = logs.text();
     assert!(
@@ -182,9 +183,13 @@ async fn an_http_body_error_whose_display_panics_still_cuts_the_response_short()
 async fn a_grpc_body_error_whose_display_panics_still_ends_with_internal() {
     let (logs, _guard) = Logs::capture();
     for request_type in ["application/grpc", "application/grpc-web"] {
-        let res = answer(Some(request_type), StatusCode::OK, request_type, &[], || {
-            DisplayPanics.into()
-        })
+        let res = answer(
+            Some(request_type),
+            StatusCode::OK,
+            request_type,
+            &[],
+            || DisplayPanics.into(),
+        )
         .await;
         let last = tokio::spawn(after_first(res))
             .await
@@ -248,16 +253,39 @@ async fn a_grpc_body_error_with_a_success_status_never_ends_the_call_with_ok() {
 // ---------------------------------------------------------------------------------------------
 // A gRPC request answered with something that is not a gRPC stream
 
+/// A gRPC request, and the status, type and other headers of its answer.
+type Case = (
+    &'static str,
+    StatusCode,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
 #[tokio::test]
 async fn a_grpc_request_answered_without_a_grpc_stream_is_cut_short_like_http() {
     let (_logs, _guard) = Logs::capture();
-    let cases: [(&str, StatusCode, &str, &[(&str, &str)]); 5] = [
+    let cases: [Case; 5] = [
         // A router's fallback, a proxy's error page: not gRPC at all.
         ("application/grpc-web", StatusCode::OK, "text/html", &[]),
-        ("application/grpc-web-text", StatusCode::NOT_FOUND, "text/plain", &[]),
-        ("application/grpc", StatusCode::SERVICE_UNAVAILABLE, "text/plain", &[]),
+        (
+            "application/grpc-web-text",
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            &[],
+        ),
+        (
+            "application/grpc",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            &[],
+        ),
         // A gRPC type, but not a 200: not a gRPC stream either.
-        ("application/grpc-web", StatusCode::BAD_GATEWAY, "application/grpc-web", &[]),
+        (
+            "application/grpc-web",
+            StatusCode::BAD_GATEWAY,
+            "application/grpc-web",
+            &[],
+        ),
         // Trailers-only: the call's status was sent already, in the head.
         (
             "application/grpc",
