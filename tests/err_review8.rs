@@ -384,3 +384,36 @@ async fn http1_a_grpc_web_stream_of_a_declared_length_is_cut_short() {
     assert!(received.starts_with("HTTP/1.1 200 OK\r\n"), "{received}");
     assert!(received.ends_with("\r\n\r\nfirst"), "{received}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// HTTP/1.0
+
+/// An HTTP/1.0 answer without a declared length is delimited by the connection's close, so a
+/// body that fails can only end it the way a complete one ends: the documented limit of
+/// "cut short". With a `Content-Length`, the client can tell.
+#[tokio::test]
+async fn http1_0_a_body_that_fails_ends_as_the_connection_closes() {
+    let (_logs, _guard) = Logs::capture();
+    let app = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .service_fn(|_req: Request<hyper::body::Incoming>| async {
+            Ok::<_, Infallible>(Response::new(FailsWith::new(b"partial", "upstream lost")))
+        });
+    let addr = serve_one(Http::One, app).await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.0\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut received))
+        .await
+        .expect("the server closes the connection")
+        .ok();
+    let received = String::from_utf8_lossy(&received)
+        .into_owned()
+        .to_ascii_lowercase();
+    assert!(!received.contains("content-length"), "{received}");
+    assert!(!received.contains("transfer-encoding"), "{received}");
+    assert!(received.ends_with("\r\n\r\npartial"), "{received}");
+}

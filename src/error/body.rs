@@ -28,9 +28,11 @@ use crate::BoxError;
 /// chain or the panic message:
 ///
 /// - HTTP: the body yields an error ([`BoxError`]), so the server cuts the response short:
-///   HTTP/2 resets the stream, HTTP/1.x closes the connection without the end of the body. The
-///   client sees an incomplete response, never one that looks complete. The other streams of an
-///   HTTP/2 connection go on.
+///   HTTP/2 resets the stream, HTTP/1.1 closes the connection before the body's last chunk or
+///   its declared length. The client sees an incomplete response, never one that looks
+///   complete. The other streams of an HTTP/2 connection go on. (An HTTP/1.0 answer without a
+///   `Content-Length` is delimited by the connection's close: there the close is the only end
+///   a server can give it, and its client cannot tell.)
 /// - gRPC: the stream ends with `grpc-status` and `grpc-message` trailers, as gRPC servers end a
 ///   call that fails after its first message: the error's code as the layer maps errors (a
 ///   `tonic::Status` keeps its own; its message only for a client error), `Internal` for a
