@@ -125,6 +125,13 @@ impl<B> ResponseBody<B> {
     }
 }
 
+impl<B> ResponseBody<B> {
+    /// Whether this is the inner service's body (not a body the middleware made).
+    pub(crate) fn is_inner(&self) -> bool {
+        matches!(self.kind, Kind::Inner(_))
+    }
+}
+
 impl<B> Default for ResponseBody<B> {
     fn default() -> Self {
         Self::empty()

@@ -94,20 +94,11 @@ use crate::BoxError;
 /// ```
 #[pin_project]
 pub struct ResponseBody<B> {
+    /// The inner body, or a complete body the layer made (and, after a failure, nothing).
     #[pin]
-    kind: Kind<B>,
-    /// The gRPC protocol of the request the inner body answers (`None`: HTTP).
+    body: crate::body::ResponseBody<B>,
+    /// The gRPC protocol of the stream the inner body is (`None`: HTTP, or not a gRPC stream).
     grpc: Option<Grpc>,
-}
-
-#[pin_project(project = KindProj)]
-enum Kind<B> {
-    /// The inner body, and the gRPC protocol of the request it answers (`None`: HTTP). One
-    /// variant for both: building it copies the protocol's byte, where a variant per protocol
-    /// would branch on it.
-    Inner(#[pin] B),
-    /// A complete body, or nothing more to send.
-    Full(Option<Bytes>),
 }
 
 impl<B> ResponseBody<B> {
@@ -129,17 +120,14 @@ impl<B> ResponseBody<B> {
     /// # }
     /// ```
     pub fn new(inner: B) -> Self {
-        Self {
-            kind: Kind::Inner(inner),
-            grpc: None,
-        }
+        Self::inner(inner, None)
     }
 
     /// Wraps the inner service's body, answering a request of `grpc` (or HTTP, for `None`).
     #[inline]
     pub(super) fn inner(inner: B, grpc: Option<Grpc>) -> Self {
         Self {
-            kind: Kind::Inner(inner),
+            body: crate::body::ResponseBody::new(inner),
             grpc,
         }
     }
@@ -163,7 +151,7 @@ impl<B> ResponseBody<B> {
     /// ```
     pub fn full(bytes: Bytes) -> Self {
         Self {
-            kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
+            body: crate::body::ResponseBody::full(bytes),
             grpc: None,
         }
     }
@@ -184,7 +172,7 @@ impl<B> ResponseBody<B> {
     /// ```
     pub fn empty() -> Self {
         Self {
-            kind: Kind::Full(None),
+            body: crate::body::ResponseBody::empty(),
             grpc: None,
         }
     }
@@ -198,10 +186,10 @@ impl<B> Default for ResponseBody<B> {
 
 impl<B> fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match (&self.kind, self.grpc) {
-            (Kind::Inner(_), None) => "http",
-            (Kind::Inner(_), Some(_)) => "grpc",
-            (Kind::Full(_), _) => "full",
+        let kind = match (self.body.is_inner(), self.grpc) {
+            (true, None) => "http",
+            (true, Some(_)) => "grpc",
+            (false, _) => "full",
         };
         f.debug_struct("ResponseBody")
             .field("kind", &kind)
@@ -223,33 +211,23 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
-        let (mut kind, grpc) = (this.kind, *this.grpc);
-        let polled = match kind.as_mut().project() {
-            KindProj::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            KindProj::Inner(body) => catch_unwind(AssertUnwindSafe(|| body.poll_frame(cx))),
-        };
-        let failure = match polled {
+        let (mut body, grpc) = (this.body, *this.grpc);
+        let failure = match catch_unwind(AssertUnwindSafe(|| body.as_mut().poll_frame(cx))) {
             Ok(Poll::Ready(Some(Ok(frame)))) => return Poll::Ready(Some(Ok(frame))),
             Ok(Poll::Ready(None)) => return Poll::Ready(None),
             Ok(Poll::Pending) => return Poll::Pending,
             Ok(Poll::Ready(Some(Err(err)))) => Failure::Error(err.into()),
             Err(payload) => Failure::Panic(payload),
         };
-        Poll::Ready(Some(fail(kind, failure, grpc)))
+        Poll::Ready(Some(fail(body, failure, grpc)))
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Inner(inner) => inner.is_end_stream(),
-            Kind::Full(bytes) => bytes.is_none(),
-        }
+        self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            Kind::Inner(inner) => inner.size_hint(),
-            Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-        }
+        self.body.size_hint()
     }
 }
 
@@ -281,7 +259,7 @@ impl std::error::Error for Cut {}
 #[cold]
 #[inline(never)]
 fn fail<B>(
-    mut kind: Pin<&mut Kind<B>>,
+    mut body: Pin<&mut crate::body::ResponseBody<B>>,
     failure: Failure,
     grpc: Option<Grpc>,
 ) -> Result<Frame<Bytes>, BoxError> {
@@ -306,7 +284,9 @@ fn fail<B>(
         );
     }
     // Never polled again, and dropped here: a panic in its `Drop` is caught and logged too.
-    drop_logged("the response body", || kind.set(Kind::Full(None)));
+    drop_logged("the response body", || {
+        body.set(crate::body::ResponseBody::empty());
+    });
     match (grpc, problem) {
         (Some(grpc), Some(problem)) => {
             drop_logged("the response body's error", move || drop(failure));
