@@ -5,6 +5,8 @@
 #[path = "../examples/common/echo.rs"]
 #[allow(dead_code)]
 mod echo;
+#[path = "common/failing_body.rs"]
+mod failing_body;
 #[path = "common/hyper_one.rs"]
 mod hyper_one;
 #[path = "common/incoming.rs"]
@@ -19,16 +21,16 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use echo::Echo;
+use failing_body::Failing;
 use http::{Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, Full};
-use hyper_one::{Http, http2_sender, serve_one};
+use hyper_one::{Http, exchange, http2_sender, serve_one};
 use logs::Logs;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_webhook::error::WebhookErrorLayer;
 
-/// What [`Failing`] does after its first frame.
+/// How the endpoints' body fails after its first frame.
 #[derive(Clone, Copy, Debug)]
 enum Then {
     /// Panics with [`PANIC`].
@@ -41,43 +43,13 @@ enum Then {
 
 const PANIC: &str = "the stream broke, token=s3cr3t";
 
-/// A body that yields `first`, waits once (as a stream waiting on its source does, so the
-/// server sends what it has), then fails as `then` says.
-struct Failing {
-    first: Option<Bytes>,
-    waited: bool,
-    then: Then,
-}
-
-impl Failing {
-    fn new(first: impl Into<Bytes>, then: Then) -> Self {
-        Self {
-            first: Some(first.into()),
-            waited: false,
-            then,
-        }
-    }
-}
-
-impl http_body::Body for Failing {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(first) = self.first.take() {
-            return Poll::Ready(Some(Ok(Frame::data(first))));
-        }
-        if !std::mem::replace(&mut self.waited, true) {
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        }
-        match self.then {
-            Then::Panic => panic!("{PANIC}"),
-            Then::Error => Poll::Ready(Some(Err("upstream connection lost".into()))),
-            Then::Timeout => Poll::Ready(Some(Err(tower::timeout::error::Elapsed::new().into()))),
+impl Then {
+    /// A body that yields `first`, then fails this way.
+    fn body(self, first: impl Into<Bytes>) -> Failing {
+        match self {
+            Then::Panic => Failing::panic(first, PANIC),
+            Then::Error => Failing::error(first, "upstream connection lost"),
+            Then::Timeout => Failing::error(first, tower::timeout::error::Elapsed::new()),
         }
     }
 }
@@ -129,24 +101,15 @@ fn http_app() -> impl tower::Service<
                     ))));
                 }
             };
-            Ok(Response::new(Either::Left(Failing::new("partial", then))))
+            Ok(Response::new(Either::Left(then.body("partial"))))
         })
 }
 
 /// Sends a GET for `path` over a new HTTP/1.1 connection and reads until the server closes it
 /// (at most 10 s): everything the client received.
 async fn http1_exchange(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut received = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut received))
-        .await
-        .expect("the server closes the connection")
-        .ok();
-    String::from_utf8_lossy(&received).into_owned()
+    let request = format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n");
+    String::from_utf8_lossy(&exchange(addr, request.as_bytes()).await).into_owned()
 }
 
 /// Over HTTP/1.1 a body that panics or fails after its first chunk: the client gets the head
@@ -237,10 +200,7 @@ async fn a_failed_body_ends_and_a_drop_panic_is_caught() {
     let svc = ServiceBuilder::new()
         .layer(WebhookErrorLayer::new())
         .service_fn(|_req: Request<Full<Bytes>>| async {
-            Ok::<_, Infallible>(Response::new(PanicsOnDrop(Failing::new(
-                "partial",
-                Then::Error,
-            ))))
+            Ok::<_, Infallible>(Response::new(PanicsOnDrop(Then::Error.body("partial"))))
         });
     let res = svc.oneshot(Request::new(Full::default())).await.unwrap();
     let mut body = res.into_body();
@@ -300,7 +260,7 @@ fn grpc_app(
         .layer(WebhookErrorLayer::new())
         .service_fn(move |req: Request<hyper::body::Incoming>| async move {
             let content_type = req.headers()["content-type"].clone();
-            let mut res = Response::new(Failing::new(grpc_frame("first"), then));
+            let mut res = Response::new(then.body(grpc_frame("first")));
             res.headers_mut().insert("content-type", content_type);
             Ok::<_, Infallible>(res)
         })
@@ -466,17 +426,11 @@ mod count {
 /// Sends a gRPC-web call typed `content_type` over HTTP/1.1 and returns the decoded body: the
 /// response is complete (chunked, with its last chunk).
 async fn grpc_web_call(addr: std::net::SocketAddr, content_type: &str) -> Vec<u8> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let request = format!(
         "POST /test.Echo/Say HTTP/1.1\r\nhost: test\r\ncontent-type: {content_type}\r\n\
          content-length: 0\r\nconnection: close\r\n\r\n"
     );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut received = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut received))
-        .await
-        .expect("the server closes the connection")
-        .unwrap();
+    let received = exchange(addr, request.as_bytes()).await;
     let split = received
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

@@ -1,6 +1,8 @@
 //! Eighth review of the error layer: its response body when the inner body fails while it
 //! streams.
 
+#[path = "common/failing_body.rs"]
+mod failing_body;
 #[path = "common/hyper_one.rs"]
 mod hyper_one;
 #[path = "common/logs.rs"]
@@ -8,56 +10,16 @@ mod logs;
 
 use std::convert::Infallible;
 use std::fmt;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
+use failing_body::Failing;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, Full};
-use hyper_one::{Http, serve_one};
+use hyper_one::{Http, exchange, serve_one};
 use logs::Logs;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_webhook::error::{Problem, WebhookErrorLayer};
-
-/// A body that yields `first`, waits once (as a stream waiting on its source does, so a server
-/// sends what it has), then yields `error`.
-struct FailsWith {
-    first: Option<Bytes>,
-    waited: bool,
-    error: Option<BoxError>,
-}
-
-impl FailsWith {
-    fn new(first: &'static [u8], error: impl Into<BoxError>) -> Self {
-        Self {
-            first: Some(Bytes::from_static(first)),
-            waited: false,
-            error: Some(error.into()),
-        }
-    }
-}
-
-impl http_body::Body for FailsWith {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(first) = self.first.take() {
-            return Poll::Ready(Some(Ok(Frame::data(first))));
-        }
-        if !std::mem::replace(&mut self.waited, true) {
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        }
-        Poll::Ready(self.error.take().map(Err))
-    }
-}
 
 /// An error whose `Display` panics (a broken `Error` impl).
 #[derive(Debug)]
@@ -99,11 +61,11 @@ async fn answer(
     content_type: &'static str,
     extra: &'static [(&'static str, &'static str)],
     error: fn() -> BoxError,
-) -> Response<tower_webhook::error::ResponseBody<FailsWith>> {
+) -> Response<tower_webhook::error::ResponseBody<Failing>> {
     let svc = ServiceBuilder::new()
         .layer(WebhookErrorLayer::new())
         .service_fn(move |_req: Request<Full<Bytes>>| async move {
-            let mut res = Response::new(FailsWith::new(b"first", error()));
+            let mut res = Response::new(Failing::error("first", error()));
             *res.status_mut() = status;
             res.headers_mut()
                 .insert("content-type", HeaderValue::from_static(content_type));
@@ -124,7 +86,7 @@ async fn answer(
 
 /// Polls the body after its first frame: what it ends with, and whether it then ends.
 async fn after_first(
-    res: Response<tower_webhook::error::ResponseBody<FailsWith>>,
+    res: Response<tower_webhook::error::ResponseBody<Failing>>,
 ) -> Result<Frame<Bytes>, BoxError> {
     let mut body = res.into_body();
     let first = body.frame().await.unwrap().unwrap();
@@ -307,35 +269,40 @@ async fn a_grpc_request_answered_without_a_grpc_stream_is_cut_short_like_http() 
     }
 }
 
+/// Serves one HTTP/1.1 connection whose every answer has `headers` and a body that sends
+/// `first`, then fails; sends it a gRPC-web call and returns all the client received.
+async fn grpc_web_call_answered_with(
+    headers: &'static [(&'static str, &'static str)],
+    first: &'static str,
+) -> String {
+    let app = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .service_fn(move |_req: Request<hyper::body::Incoming>| async move {
+            let mut res = Response::new(Failing::error(first, "upstream lost"));
+            for (name, value) in headers {
+                res.headers_mut()
+                    .insert(*name, HeaderValue::from_static(value));
+            }
+            Ok::<_, Infallible>(res)
+        });
+    let addr = serve_one(Http::One, app).await;
+    let received = exchange(
+        addr,
+        b"POST /test.Echo/Say HTTP/1.1\r\nhost: test\r\n\
+          content-type: application/grpc-web+proto\r\ncontent-length: 0\r\n\
+          connection: close\r\n\r\n",
+    )
+    .await;
+    String::from_utf8_lossy(&received).into_owned()
+}
+
 /// Over a real HTTP/1.1 connection: a gRPC-web request whose answer is an HTML page that fails
 /// while it streams gets no last chunk (the page is cut short), and no trailer frame in it.
 #[tokio::test]
 async fn http1_a_grpc_web_request_answered_with_a_page_is_cut_short() {
     let (_logs, _guard) = Logs::capture();
-    let app = ServiceBuilder::new()
-        .layer(WebhookErrorLayer::new())
-        .service_fn(|_req: Request<hyper::body::Incoming>| async {
-            let mut res = Response::new(FailsWith::new(b"<html>partial", "upstream lost"));
-            res.headers_mut()
-                .insert("content-type", HeaderValue::from_static("text/html"));
-            Ok::<_, Infallible>(res)
-        });
-    let addr = serve_one(Http::One, app).await;
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(
-            b"POST /test.Echo/Say HTTP/1.1\r\nhost: test\r\n\
-              content-type: application/grpc-web+proto\r\ncontent-length: 0\r\n\
-              connection: close\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    let mut received = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut received))
-        .await
-        .expect("the server closes the connection")
-        .ok();
-    let received = String::from_utf8_lossy(&received).into_owned();
+    let received =
+        grpc_web_call_answered_with(&[("content-type", "text/html")], "<html>partial").await;
     assert!(received.starts_with("HTTP/1.1 200 OK\r\n"), "{received}");
     assert!(received.contains("<html>partial"), "{received}");
     assert!(!received.contains("grpc-status"), "{received}");
@@ -353,34 +320,14 @@ async fn http1_a_grpc_web_request_answered_with_a_page_is_cut_short() {
 async fn http1_a_grpc_web_stream_of_a_declared_length_is_cut_short() {
     let (_logs, _guard) = Logs::capture();
     // "first" is 5 bytes, 7 more are declared: fewer than the layer's trailer frame takes.
-    let app = ServiceBuilder::new()
-        .layer(WebhookErrorLayer::new())
-        .service_fn(|_req: Request<hyper::body::Incoming>| async {
-            let mut res = Response::new(FailsWith::new(b"first", "upstream lost"));
-            res.headers_mut().insert(
-                "content-type",
-                HeaderValue::from_static("application/grpc-web+proto"),
-            );
-            res.headers_mut()
-                .insert("content-length", HeaderValue::from_static("12"));
-            Ok::<_, Infallible>(res)
-        });
-    let addr = serve_one(Http::One, app).await;
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(
-            b"POST /test.Echo/Say HTTP/1.1\r\nhost: test\r\n\
-              content-type: application/grpc-web+proto\r\ncontent-length: 0\r\n\
-              connection: close\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    let mut received = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut received))
-        .await
-        .expect("the server closes the connection")
-        .ok();
-    let received = String::from_utf8_lossy(&received).into_owned();
+    let received = grpc_web_call_answered_with(
+        &[
+            ("content-type", "application/grpc-web+proto"),
+            ("content-length", "12"),
+        ],
+        "first",
+    )
+    .await;
     assert!(received.starts_with("HTTP/1.1 200 OK\r\n"), "{received}");
     assert!(received.ends_with("\r\n\r\nfirst"), "{received}");
 }
@@ -397,19 +344,13 @@ async fn http1_0_a_body_that_fails_ends_as_the_connection_closes() {
     let app = ServiceBuilder::new()
         .layer(WebhookErrorLayer::new())
         .service_fn(|_req: Request<hyper::body::Incoming>| async {
-            Ok::<_, Infallible>(Response::new(FailsWith::new(b"partial", "upstream lost")))
+            Ok::<_, Infallible>(Response::new(Failing::error(
+                &b"partial"[..],
+                "upstream lost",
+            )))
         });
     let addr = serve_one(Http::One, app).await;
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.0\r\nhost: test\r\n\r\n")
-        .await
-        .unwrap();
-    let mut received = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut received))
-        .await
-        .expect("the server closes the connection")
-        .ok();
+    let received = exchange(addr, b"GET / HTTP/1.0\r\nhost: test\r\n\r\n").await;
     let received = String::from_utf8_lossy(&received)
         .into_owned()
         .to_ascii_lowercase();

@@ -77,3 +77,17 @@ pub(crate) async fn http2_sender(
     tokio::spawn(conn);
     sender
 }
+
+/// Sends `request` (raw HTTP/1.x) over a new connection to `addr` and reads until the server
+/// closes it, at most 10 s: everything the client received.
+pub(crate) async fn exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut received = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut received))
+        .await
+        .expect("the server closes the connection")
+        .ok();
+    received
+}
