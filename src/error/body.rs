@@ -50,11 +50,12 @@ use crate::BoxError;
 /// the client. The inner body is then dropped (a panic in its `Drop` is caught and logged too)
 /// and never polled again. The error's own code is guarded too: a panic in its `Display` or its
 /// `Drop` is caught and logged, and the stream still ends as above (an HTTP response with an
-/// error of the layer's in place of one that cannot be displayed). The layer's own recognizers ([`WebhookErrorLayer::recognize`]) are
-/// not consulted for a body's errors, only the errors the layer knows itself.
+/// error of the layer's in place of one that cannot be displayed). The layer's own recognizers
+/// ([`WebhookErrorLayer::recognize`]) are not consulted for a body's errors, only the errors
+/// the layer knows itself.
 ///
-/// Nothing is boxed: on the success path the body is the inner body, a tag and the request's
-/// protocol (48 bytes around a 32-byte `Full<Bytes>`).
+/// Nothing is boxed: on the success path the body is the inner body, a tag and the gRPC
+/// protocol of the stream, if it is one (48 bytes around a 32-byte `Full<Bytes>`).
 ///
 /// [`WebhookErrorLayer::recognize`]: super::WebhookErrorLayer::recognize
 ///
