@@ -94,10 +94,12 @@ pub const DEFAULT_CLAIM_TTL: Duration = Duration::from_secs(5 * 60);
 /// `axum` feature). See the [module docs](super) for replay handling: a handler only ever sees
 /// a delivery id once (within the replay TTL), unless [`RecordDelivery::AfterSuccess`] released
 /// it after a failure, its claim expired while the handler ran (see
-/// [`claim_ttl`](SignatureLayer::claim_ttl)), or a full [`MemoryReplayStore`] forgot it to make
-/// room for newer ids. A duplicate gets 409 by default; with
-/// [`OnReplay::Acknowledge`]`(StatusCode::OK)` (or `ACCEPTED`) it gets an empty 2xx instead and the
-/// handler is not called, so providers stop redelivering and nothing is processed twice.
+/// [`claim_ttl`](SignatureLayer::claim_ttl)), the store failed to mark it handled after the
+/// handler's 2xx (logged as an error: the claim then lapses after `claim_ttl`), or a full
+/// [`MemoryReplayStore`] forgot it to make room for newer ids. A duplicate gets 409 by default;
+/// with [`OnReplay::Acknowledge`]`(StatusCode::OK)` (or `ACCEPTED`) it gets an empty 2xx instead
+/// (with `AfterSuccess`, once the first delivery was handled) and the handler is not called, so
+/// providers stop redelivering and nothing is processed twice.
 ///
 /// # Example
 ///
