@@ -1236,6 +1236,11 @@ mod redis_store {
         /// delivery is refused with 503 and `Retry-After`, as when Redis cannot be reached, so a
         /// Redis that hangs does not hang requests.
         ///
+        /// # Panics
+        ///
+        /// If `timeout` is shorter than a millisecond: no operation could finish in it, and
+        /// every delivery would be refused with 503.
+        ///
         /// # Example
         ///
         /// ```no_run
@@ -1248,6 +1253,11 @@ mod redis_store {
         /// # Ok(()) }
         /// ```
         pub fn timeout(mut self, timeout: Duration) -> Self {
+            assert!(
+                timeout >= Duration::from_millis(1),
+                "RedisReplayStore::timeout({timeout:?}) leaves no time for any operation: every \
+                 delivery would be refused with 503; give Redis at least a millisecond"
+            );
             self.timeout = timeout;
             self
         }
