@@ -969,18 +969,7 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
     // Every job in the channel is pending, so with at most `max_pending_comments` pending jobs
     // the channel never refuses one for lack of room.
     let (tx, rx) = mpsc::channel(settings.max_pending_comments);
-    // The system's roots (a self-hosted instance behind a private CA) and the public ones (an
-    // image without a CA bundle still reaches github.com).
-    let public_roots = webpki_root_certs::TLS_SERVER_ROOT_CERTS
-        .iter()
-        .map(|der| reqwest::Certificate::from_der(der))
-        .collect::<Result<Vec<_>, _>>()?;
-    let client = reqwest::Client::builder()
-        .user_agent(concat!("pr-agent-server/", env!("CARGO_PKG_VERSION")))
-        .timeout(Duration::from_secs(30))
-        .redirect(reqwest::redirect::Policy::custom(api_redirect))
-        .tls_certs_merge(public_roots)
-        .build()?;
+    let client = api_client()?;
     let mut breakers = BTreeMap::new();
     let mut callers = BTreeMap::new();
     for (&forge, api) in &settings.apis {
@@ -1112,6 +1101,31 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
         state,
         hook_updaters,
     })
+}
+
+/// How long a connection to a provider API (TCP and TLS) may take to open. Past it, nothing was
+/// sent: the call fails as a connect error, and the comment is tried again later. Without it,
+/// an API whose host drops packets (down, or behind a firewall) would run into the whole
+/// request's timeout, which cannot tell a request never sent from one the provider may have
+/// acted on, and the comment would be given up.
+pub(crate) const API_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The HTTP client of the provider APIs: a deadline for each request, a shorter one for opening
+/// its connection ([`API_CONNECT_TIMEOUT`]), the redirects of [`api_redirect`] only, and TLS
+/// trusting the system's roots (a self-hosted instance behind a private CA) and the public ones
+/// (an image without a CA bundle still reaches github.com).
+pub(crate) fn api_client() -> Result<reqwest::Client, BoxError> {
+    let public_roots = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+        .iter()
+        .map(|der| reqwest::Certificate::from_der(der))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(reqwest::Client::builder()
+        .user_agent(concat!("pr-agent-server/", env!("CARGO_PKG_VERSION")))
+        .timeout(Duration::from_secs(30))
+        .connect_timeout(API_CONNECT_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::custom(api_redirect))
+        .tls_certs_merge(public_roots)
+        .build()?)
 }
 
 /// Which redirects of a provider API are followed: a `307` or `308` (the method and the body
@@ -2346,9 +2360,9 @@ fn may_have_been_posted(state: &AppState, job: &Job, why: &str) {
 }
 
 /// Whether `err` was raised before the comment's request was sent: no connection could be made
-/// (refused, no route, a name that does not resolve). Nothing reached the provider, so the
-/// comment is sent again later.
-fn was_not_sent(err: &(dyn std::error::Error + 'static)) -> bool {
+/// (refused, no route, a name that does not resolve, none opened within
+/// [`API_CONNECT_TIMEOUT`]). Nothing reached the provider, so the comment is sent again later.
+pub(crate) fn was_not_sent(err: &(dyn std::error::Error + 'static)) -> bool {
     std::iter::successors(Some(err), |e| e.source()).any(|e| {
         e.downcast_ref::<reqwest::Error>()
             .is_some_and(reqwest::Error::is_connect)
