@@ -1,4 +1,5 @@
-//! The pr_agent_server example, ninth review: a provider API whose connection never opens.
+//! The pr_agent_server example, ninth review: a provider API whose connection never opens, and a
+//! port already in use.
 
 // The example includes its shared `common/shutdown.rs`.
 #![allow(clippy::duplicate_mod)]
@@ -6,6 +7,9 @@
 #[path = "../examples/pr_agent_server/app.rs"]
 #[allow(dead_code)]
 mod app;
+#[path = "common/pr_agent.rs"]
+#[allow(dead_code)]
+mod harness;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -52,4 +56,22 @@ async fn a_comment_whose_connection_never_opens_counts_as_not_sent() {
     .unwrap_err();
     assert!(app::was_not_sent(&err), "{err:?}");
     assert!(app::API_CONNECT_TIMEOUT < Duration::from_secs(30));
+}
+
+/// A `PORT` already in use stopped the server with "local server error: Address already in use",
+/// naming neither the address nor the settings that chose it. The message now names both.
+#[tokio::test]
+async fn a_port_in_use_stops_the_server_with_a_message_naming_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let settings =
+        harness::lookup(&[("GITHUB_WEBHOOK_SECRET", "s3cret"), ("PORT", &port)]).unwrap();
+    let app = app::build(&settings).unwrap();
+    let err = app::start(&settings, app, None, std::future::pending())
+        .await
+        .err()
+        .expect("the port is taken")
+        .to_string();
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(err.contains("PORT"), "{err}");
 }

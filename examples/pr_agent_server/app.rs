@@ -1162,8 +1162,15 @@ pub(crate) async fn start(
     tunnel: Option<TunnelBuilder>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Running, BoxError> {
-    let mut server = Server::bind(settings.addr)
-        .await?
+    // The socket's own error names neither the address nor the settings that chose it.
+    let addr = settings.addr;
+    let mut server = Server::bind(addr)
+        .await
+        .map_err(|err| {
+            format!(
+                "cannot listen on {addr} ({err}): set PORT (and HOST) to an address of this machine that is free"
+            )
+        })?
         .with_graceful_shutdown(stop);
     if let Some(tunnel) = tunnel {
         server = server.tunnel(tunnel);
