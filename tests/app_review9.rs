@@ -1,5 +1,5 @@
-//! The pr_agent_server example, ninth review: a provider API whose connection never opens, and a
-//! port already in use.
+//! The pr_agent_server example, ninth review: a provider API whose connection never opens, a port
+//! already in use, and a comment on its way when the process exits.
 
 // The example includes its shared `common/shutdown.rs`.
 #![allow(clippy::duplicate_mod)]
@@ -10,10 +10,13 @@ mod app;
 #[path = "common/pr_agent.rs"]
 #[allow(dead_code)]
 mod harness;
+#[path = "common/logs.rs"]
+mod logs;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use logs::Logs;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// A listener on 127.0.0.1 that never accepts, its queue full: the kernel drops the next
@@ -74,4 +77,85 @@ async fn a_port_in_use_stops_the_server_with_a_message_naming_it() {
         .to_string();
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
     assert!(err.contains("PORT"), "{err}");
+}
+
+fn hmac_hex(secret: &str, body: &str) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// A comment whose request was on its way to the provider when the process exited (the
+/// shutdown grace over) was logged "comment not posted: the server stopped first; deliver it
+/// again", though the provider may have posted it: delivered again, it would show twice. The
+/// log now says that it may have been posted, to deliver it again only if it is missing.
+#[test]
+fn a_comment_on_its_way_when_the_process_exits_is_not_logged_as_not_posted() {
+    use tokio::io::AsyncReadExt;
+    let (logs, _guard) = Logs::capture();
+    // One thread: the tasks log, and are dropped, where the capture is.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        // A provider API that reads the comment and never answers.
+        let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api_url = format!("http://{}", api.local_addr().unwrap());
+        let (received, on_its_way) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut conn, _) = api.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0; 4096];
+            while !String::from_utf8_lossy(&request).contains("Review of") {
+                let n = conn.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the request ended early");
+                request.extend_from_slice(&buf[..n]);
+            }
+            received.send(()).unwrap();
+            std::future::pending::<()>().await;
+        });
+        let settings = harness::lookup(&[
+            ("GITHUB_WEBHOOK_SECRET", "s3cret"),
+            ("GITHUB_API_URL", &api_url),
+            ("GITHUB_TOKEN", "t0ken"),
+        ])
+        .unwrap();
+        let base = harness::start_server(&settings).await;
+        let body = serde_json::json!({
+            "action": "opened",
+            "number": 7,
+            "pull_request": { "number": 7, "title": "Add a cache", "draft": false },
+            "repository": { "full_name": "octo/repo" },
+        })
+        .to_string();
+        let res = reqwest::Client::new()
+            .post(format!("{base}/api/v1/github_webhooks"))
+            .header("content-type", "application/json")
+            .header("x-github-event", "pull_request")
+            .header("x-github-delivery", "r9-on-its-way")
+            .header(
+                "x-hub-signature-256",
+                format!("sha256={}", hmac_hex("s3cret", &body)),
+            )
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), http::StatusCode::ACCEPTED);
+        tokio::time::timeout(Duration::from_secs(30), on_its_way)
+            .await
+            .expect("the comment reaches the API")
+            .unwrap();
+    });
+    // The process exits: its tasks are dropped, the comment's among them.
+    drop(runtime);
+    let text = logs.text();
+    assert!(text.contains("r9-on-its-way"), "{text}");
+    assert!(text.contains("may have posted it"), "{text}");
+    assert!(
+        !text.contains("comment not posted: the server stopped first"),
+        "{text}"
+    );
 }

@@ -1444,7 +1444,11 @@ async fn handle(
     {
         return Err(queue_full());
     }
-    match state.jobs.try_send(Unfinished { job, done: false }) {
+    match state.jobs.try_send(Unfinished {
+        job,
+        done: false,
+        posting: false,
+    }) {
         Ok(()) => {
             state.counters.jobs.fetch_add(1, Ordering::Relaxed);
             Ok(StatusCode::ACCEPTED)
@@ -2048,7 +2052,11 @@ async fn run_job(
                 let Ok(_slot) = slots.acquire().await else {
                     break;
                 };
-                post_comment(&apis, &state, job, token).await
+                // Dropped in between (the process exits), the comment may have been posted.
+                run.posting = true;
+                let outcome = post_comment(&apis, &state, job, token).await;
+                run.posting = false;
+                outcome
             }
         };
         let (delay, attempted) = match outcome {
@@ -2100,15 +2108,27 @@ async fn run_job(
 /// A comment job, from the moment it is queued until it is done. One dropped before that, in
 /// the queue or on its way, is logged: the process is exiting (past `SHUTDOWN_GRACE_SECS`).
 /// Its delivery was answered `202`, so the provider will not send it again by itself; the log
-/// names it, to be delivered again by hand.
+/// names it, to be delivered again by hand. One dropped while its request was on its way to the
+/// provider may have been posted: the log says so, to deliver it again only if it is missing.
 struct Unfinished {
     job: Job,
     done: bool,
+    /// Its request to the provider's API is on its way.
+    posting: bool,
 }
 
 impl Drop for Unfinished {
     fn drop(&mut self) {
         if self.done {
+            return;
+        }
+        if self.posting {
+            tracing::error!(
+                provider = self.job.forge.name(),
+                target = %self.job.comment.target,
+                delivery = %self.job.delivery,
+                "comment not confirmed: the server stopped while its request was on its way, and the provider may have posted it; if it is missing, deliver it again from the provider's webhook log"
+            );
             return;
         }
         tracing::error!(

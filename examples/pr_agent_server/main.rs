@@ -30,7 +30,8 @@
 //! shutdown, once the connections are closed, how long pending comments still get to be
 //! posted, one waiting out its backoff being tried once more at once; a second Ctrl-C or
 //! `SIGTERM`, even one sent while the open requests are still answered, ends the wait at once;
-//! each one left is logged with its delivery id), `TUNNEL_SERVICE`, `TUNNEL_AUTH_TOKEN`,
+//! each one left is logged with its delivery id, as possibly posted if its request was on its
+//! way), `TUNNEL_SERVICE`, `TUNNEL_AUTH_TOKEN`,
 //! `TUNNEL_REGION`, `TUNNEL_SERVER`, `TUNNEL_SECRET`, `GITHUB_HOOK_REPOSITORY` + `GITHUB_HOOK_ID`
 //! (with `--use-tunnel`: a repository hook pointed at each tunnel URL; it, like the app below,
 //! needs `GITHUB_WEBHOOK_SECRET`, the hook's secret), `GITHUB_APP_ID` +
