@@ -159,3 +159,20 @@ fn a_comment_on_its_way_when_the_process_exits_is_not_logged_as_not_posted() {
         "{text}"
     );
 }
+
+/// `GITHUB_HOOK_REPOSITORY` read from a file (a mounted secret or config map ends with a line
+/// break) stopped the server ("is not `owner/name`"), where every other setting is trimmed. It
+/// is trimmed too now.
+#[test]
+fn the_github_hook_repository_is_trimmed_like_the_other_settings() {
+    let settings = harness::lookup(&[
+        ("GITHUB_WEBHOOK_SECRET", "s3cret"),
+        ("GITHUB_API_URL", "https://api.github.com"),
+        ("GITHUB_TOKEN", "t0ken"),
+        ("GITHUB_HOOK_REPOSITORY", " octo/repo\n"),
+        ("GITHUB_HOOK_ID", "42\n"),
+    ])
+    .unwrap();
+    let hook = settings.github_hook.unwrap();
+    assert_eq!((hook.repository.as_str(), hook.id), ("octo/repo", 42));
+}

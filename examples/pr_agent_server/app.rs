@@ -425,7 +425,11 @@ impl Settings {
         {
             return Err("BITBUCKET_USERNAME is set without BITBUCKET_API_URL: set BITBUCKET_API_URL to Bitbucket Cloud's API, https://api.bitbucket.org/2.0 (and BITBUCKET_TOKEN to the API token or app password), or unset BITBUCKET_USERNAME".into());
         }
-        let github_hook = match (lookup("GITHUB_HOOK_REPOSITORY"), lookup("GITHUB_HOOK_ID")) {
+        // Trimmed like the other settings (`GITHUB_HOOK_ID` too, as a number).
+        let github_hook = match (
+            lookup("GITHUB_HOOK_REPOSITORY").map(|r| r.trim().to_owned()),
+            lookup("GITHUB_HOOK_ID"),
+        ) {
             (None, None) => None,
             (Some(repository), Some(_)) => {
                 // Not `.` or `..`, which a URL would resolve to another path.
