@@ -176,3 +176,21 @@ fn the_github_hook_repository_is_trimmed_like_the_other_settings() {
     let hook = settings.github_hook.unwrap();
     assert_eq!((hook.repository.as_str(), hook.id), ("octo/repo", 42));
 }
+
+/// A `RUST_LOG` that does not parse (`info,tower_webhook=verbose`) was taken for `info`
+/// without a word: the logs asked for were silently not written. It stops the server with a
+/// message naming the setting now; unset or blank is `info`, as documented.
+#[test]
+fn a_rust_log_that_does_not_parse_stops_the_server() {
+    for wrong in ["info,tower_webhook=verbose", "tower_webhook[=debug"] {
+        let err = app::log_filter(Some(wrong)).unwrap_err();
+        assert!(err.contains("RUST_LOG") && err.contains(wrong), "{err}");
+    }
+    for fine in ["debug", "info,tower_webhook=debug", "warn,app=trace"] {
+        assert!(app::log_filter(Some(fine)).is_ok(), "{fine}");
+    }
+    for unset in [None, Some(""), Some("  ")] {
+        let filter = app::log_filter(unset).unwrap();
+        assert_eq!(filter.to_string(), "info", "{unset:?}");
+    }
+}

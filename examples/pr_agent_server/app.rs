@@ -968,6 +968,20 @@ pub(crate) fn use_tunnel(
     Ok(tunnel)
 }
 
+/// The log filter of `RUST_LOG` (`value`): `info` when unset or blank. One that does not parse
+/// (a level misspelt after a `=`, a stray bracket) is an error naming the setting, as with the
+/// other settings: taken for `info`, the `debug` logs asked for would silently not be written.
+pub(crate) fn log_filter(value: Option<&str>) -> Result<tracing_subscriber::EnvFilter, String> {
+    match value.map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(tracing_subscriber::EnvFilter::new("info")),
+        Some(v) => tracing_subscriber::EnvFilter::builder()
+            .parse(v)
+            .map_err(|err| {
+                format!("RUST_LOG={v:?} is not a log filter ({err}): e.g. debug, or info,tower_webhook=debug")
+            }),
+    }
+}
+
 /// Builds the router and starts the background worker (on the current tokio runtime).
 pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
     // Every job in the channel is pending, so with at most `max_pending_comments` pending jobs

@@ -40,7 +40,8 @@
 //! token; an installation suspended or uninstalled, as the app's `installation` events say,
 //! has its token dropped and its pending comments given up, one that accepted new permissions
 //! gets a new token; with `--use-tunnel` its hook is
-//! pointed at each tunnel URL), `RUST_LOG` (default `info`). A value out
+//! pointed at each tunnel URL), `RUST_LOG` (default `info`; a filter that
+//! does not parse stops the server). A value out
 //! of range, or an `*_API_URL` that is not an `http` / `https` base URL without credentials,
 //! stops the server with a message naming the variable. A comment given up is logged at
 //! error level and counted in `/status` as `comments.failed`. A comment is never posted twice:
@@ -107,15 +108,24 @@ use std::process::ExitCode;
 
 use app::{Forge, Settings, StopSignals};
 use tower_webhook::tunnel::TunnelConfig;
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(value) => app::log_filter(Some(&value)),
+        Err(std::env::VarError::NotPresent) => app::log_filter(None),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err("RUST_LOG is set to a value that is not UTF-8: set it to UTF-8 text".to_owned())
+        }
+    };
+    let filter = match filter {
+        Ok(filter) => filter,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).init();
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
