@@ -70,11 +70,10 @@ async fn a_port_in_use_stops_the_server_with_a_message_naming_it() {
     let settings =
         harness::lookup(&[("GITHUB_WEBHOOK_SECRET", "s3cret"), ("PORT", &port)]).unwrap();
     let app = app::build(&settings).unwrap();
-    let err = app::start(&settings, app, None, std::future::pending())
-        .await
-        .err()
-        .expect("the port is taken")
-        .to_string();
+    let Err(err) = app::start(&settings, app, None, std::future::pending()).await else {
+        panic!("the port is taken");
+    };
+    let err = err.to_string();
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
     assert!(err.contains("PORT"), "{err}");
 }
