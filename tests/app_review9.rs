@@ -44,6 +44,7 @@ async fn unopened_address() -> (SocketAddr, TcpListener, Vec<TcpStream>) {
 /// comment is tried again later (as with a refused connection).
 #[tokio::test]
 async fn a_comment_whose_connection_never_opens_counts_as_not_sent() {
+    let (_logs, _guard) = Logs::capture();
     let (addr, _listener, _held) = unopened_address().await;
     let client = app::api_client().unwrap();
     let err = tokio::time::timeout(
@@ -65,6 +66,7 @@ async fn a_comment_whose_connection_never_opens_counts_as_not_sent() {
 /// naming neither the address nor the settings that chose it. The message now names both.
 #[tokio::test]
 async fn a_port_in_use_stops_the_server_with_a_message_naming_it() {
+    let (_logs, _guard) = Logs::capture();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
     let settings =

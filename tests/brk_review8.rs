@@ -2,6 +2,8 @@
 //! in a gRPC response body before its trailers. A panic is the call failing (as an exception is
 //! for resilience4j), whether an outer `WebhookErrorLayer` answers it or the task dies with it.
 
+// Every test logs through its own subscriber, also those that do not read the logs (see
+// `err_review3.rs` for why).
 #[path = "common/logs.rs"]
 mod logs;
 
@@ -87,6 +89,7 @@ async fn a_handler_that_panics_behind_the_error_layer_is_a_failure() {
 /// still records the failure while it unwinds.
 #[tokio::test]
 async fn a_call_whose_task_dies_of_a_panic_is_a_failure() {
+    let (_logs, _guard) = Logs::capture();
     let (layer, handle) = breaker();
     let svc = ServiceBuilder::new()
         .layer(layer)
@@ -100,6 +103,7 @@ async fn a_call_whose_task_dies_of_a_panic_is_a_failure() {
 /// permit back before, as a cancelled probe does, and the breaker probed again at once.
 #[tokio::test(start_paused = true)]
 async fn a_probe_that_panics_opens_the_breaker_again() {
+    let (_logs, _guard) = Logs::capture();
     let (layer, handle) = breaker();
     handle.transition_to_open().unwrap();
     handle.transition_to_half_open().unwrap();
@@ -162,6 +166,7 @@ async fn a_grpc_body_that_panics_before_its_trailers_is_a_failure() {
 /// is a failure.
 #[tokio::test]
 async fn a_cancelled_call_still_records_nothing() {
+    let (_logs, _guard) = Logs::capture();
     let (layer, handle) = breaker();
     let mut svc =
         ServiceBuilder::new()
