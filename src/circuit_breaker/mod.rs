@@ -37,8 +37,9 @@
 //!   cap; optionally at least the upstream's `Retry-After` on 429/503, capped
 //!   ([`honor_retry_after`](CircuitBreakerConfig::honor_retry_after)).
 //! - **Half-open**: exactly `half_open_probes` calls are admitted, even under a burst of
-//!   concurrent callers; a probe whose future or response body is dropped (not by a panic, a
-//!   failure), or whose outcome is [`Outcome::Neutral`], gives its permit back. A probe of an earlier half-open period that is
+//!   concurrent callers; a probe whose future or response body is dropped (unless a panic
+//!   dropped it: that is a failure), or whose outcome is [`Outcome::Neutral`], gives its permit
+//!   back. A probe of an earlier half-open period that is
 //!   still running counts against the next period, so a recovering upstream never has more than
 //!   `half_open_probes` calls in flight; except when that period ended at its
 //!   [`max_half_open_wait`](CircuitBreakerConfig::max_half_open_wait), which abandons the
