@@ -20,10 +20,36 @@ use std::time::Duration;
 
 use support::hello_service;
 use tokio::net::TcpListener;
-use tower_webhook::tunnel::{Bore, LocalTunnel, Tunnel, TunnelError, TunnelEvent, Upstream};
+use tower_webhook::tunnel::{
+    Bore, LocalTunnel, Tunnel, TunnelError, TunnelEvent, TunnelHandle, Upstream,
+};
 
 fn service() -> Upstream {
     Upstream::service(hello_service(Arc::new(AtomicUsize::new(0))))
+}
+
+/// A localtunnel provider for the scripted `server` that asks for the subdomain `review-bot`.
+fn review_bot(server: &ScriptedLt) -> LocalTunnel {
+    LocalTunnel::new()
+        .server(format!("http://{}", server.api))
+        .subdomain("review-bot")
+        .unwrap()
+        .startup_timeout(Duration::from_secs(5))
+}
+
+/// Starts a tunnel through `provider` that re-opens quickly, probe off; it must start under the
+/// name `review-bot`.
+async fn start_reopening(provider: LocalTunnel) -> TunnelHandle {
+    let handle = Tunnel::builder()
+        .provider(provider)
+        .probe(false)
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200))
+        .start(service())
+        .await
+        .unwrap();
+    let url = handle.url();
+    assert!(url.starts_with("http://review-bot.localhost:"), "{url}");
+    handle
 }
 
 /// A subdomain set with `LocalTunnel::subdomain` that the server refuses on the first start
@@ -34,13 +60,7 @@ async fn a_chosen_localtunnel_subdomain_refused_at_start_is_named_in_the_error()
     let server = ScriptedLt::start().await;
     server.taken.lock().unwrap().insert("review-bot".to_owned());
     let err = Tunnel::builder()
-        .provider(
-            LocalTunnel::new()
-                .server(format!("http://{}", server.api))
-                .subdomain("review-bot")
-                .unwrap()
-                .startup_timeout(Duration::from_secs(5)),
-        )
+        .provider(review_bot(&server))
         .probe(false)
         .start(service())
         .await
@@ -63,11 +83,7 @@ async fn a_chosen_localtunnel_subdomain_answered_with_another_name() {
     let server = ScriptedLt::start().await;
     server.renaming.store(true, Ordering::SeqCst);
     server.taken.lock().unwrap().insert("review-bot".to_owned());
-    let provider = LocalTunnel::new()
-        .server(format!("http://{}", server.api))
-        .subdomain("review-bot")
-        .unwrap()
-        .startup_timeout(Duration::from_secs(5));
+    let provider = review_bot(&server);
     let err = Tunnel::builder()
         .provider(provider.clone())
         .probe(false)
@@ -84,15 +100,7 @@ async fn a_chosen_localtunnel_subdomain_answered_with_another_name() {
     );
 
     server.taken.lock().unwrap().clear();
-    let handle = Tunnel::builder()
-        .provider(provider)
-        .probe(false)
-        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200))
-        .start(service())
-        .await
-        .unwrap();
-    let first = handle.url();
-    assert!(first.starts_with("http://review-bot.localhost:"), "{first}");
+    let handle = start_reopening(provider).await;
     let mut events = handle.events();
     server.taken.lock().unwrap().insert("review-bot".to_owned());
     let up = server.bounce(&mut events).await;
@@ -112,21 +120,8 @@ async fn a_chosen_localtunnel_subdomain_answered_with_another_name() {
 #[tokio::test]
 async fn a_re_opened_localtunnel_whose_chosen_subdomain_is_refused_gets_a_new_name() {
     let server = ScriptedLt::start().await;
-    let handle = Tunnel::builder()
-        .provider(
-            LocalTunnel::new()
-                .server(format!("http://{}", server.api))
-                .subdomain("review-bot")
-                .unwrap()
-                .startup_timeout(Duration::from_secs(5)),
-        )
-        .probe(false)
-        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200))
-        .start(service())
-        .await
-        .unwrap();
+    let handle = start_reopening(review_bot(&server)).await;
     let first = handle.url();
-    assert!(first.starts_with("http://review-bot.localhost:"), "{first}");
     let mut events = handle.events();
 
     // The server drops the tunnel and refuses its name from now on.
