@@ -128,3 +128,19 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 #[cfg(feature = "error")]
 pub use error::{Problem, WebhookErrorLayer};
+
+/// The Rust examples of the README and of the guides in `docs/`, compiled and run as doctests
+/// so that what they show stays true.
+#[cfg(all(doctest, feature = "full"))]
+mod documentation {
+    #[doc = include_str!("../README.md")]
+    mod readme {}
+    #[doc = include_str!("../docs/circuit-breaker.md")]
+    mod circuit_breaker {}
+    #[doc = include_str!("../docs/errors.md")]
+    mod errors {}
+    #[doc = include_str!("../docs/signature.md")]
+    mod signature {}
+    #[doc = include_str!("../docs/tunnel.md")]
+    mod tunnel {}
+}
