@@ -44,7 +44,9 @@
 //!   `half_open_probes` calls in flight; except when that period ended at its
 //!   [`max_half_open_wait`](CircuitBreakerConfig::max_half_open_wait), which abandons the
 //!   probes it leaves running (as resilience4j does), so a probe that never ends cannot keep
-//!   the breaker from probing again.
+//!   the breaker from probing again, and except once the breaker has admitted every call since
+//!   (CLOSED, by a verdict, a reset or a hand; DISABLED; METRICS_ONLY): those probes are then
+//!   calls in flight like any other.
 //!
 //! # Outcomes
 //!

@@ -378,7 +378,8 @@ pub(crate) struct Core {
     /// inside a recovering upstream. A half-open period that ends at its `max_half_open_wait`
     /// abandons the probes still running (as resilience4j does): the generation moves past
     /// theirs, so they no longer count, and a probe that never ends cannot keep every later
-    /// period from probing.
+    /// period from probing. So does a move to a state that admits every call (CLOSED,
+    /// DISABLED, METRICS_ONLY): the probes still running are then calls like any other.
     probes_in_flight: AtomicU64,
     /// Tasks whose `poll_ready` waits for OPEN to end (backpressure mode), woken by the next
     /// transition: a reset or a manual move ends OPEN before its deadline.
@@ -897,7 +898,8 @@ impl Core {
     }
 
     /// Stops counting the probes still running: from `generation` on, only probes admitted
-    /// in it or later count. Run by the winner of a half-open timeout.
+    /// in it or later count. Run by the winner of a half-open timeout, and of a move to a
+    /// state that admits every call.
     fn abandon_probes(&self, generation: u32) {
         let _ = self
             .probes_in_flight
@@ -1113,7 +1115,16 @@ impl Core {
             tracing::debug!(breaker = &*self.config.name, reason = ?reason, "circuit breaker threshold exceeded");
         }
         self.sweep();
-        if from.state == CircuitState::HalfOpen && reason == Some(TripReason::HalfOpenTimeout) {
+        // Probes still running stop counting when their period ends at its maximum wait, and
+        // when the breaker enters a state that admits every call: they are then calls in
+        // flight like any other, and one that never ends must not hold a permit of every
+        // later half-open period (a reset would not bring the breaker back).
+        if (from.state == CircuitState::HalfOpen && reason == Some(TripReason::HalfOpenTimeout))
+            || matches!(
+                to,
+                CircuitState::Closed | CircuitState::Disabled | CircuitState::MetricsOnly
+            )
+        {
             self.abandon_probes(generation);
         }
         if deadline.upstream_ms != 0 {
