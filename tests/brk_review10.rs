@@ -76,3 +76,63 @@ async fn a_reset_frees_the_probe_permit_of_a_probe_that_never_ends() {
         stuck.abort();
     }
 }
+
+/// An upstream status for the tests below: `503` with `Retry-After: 3600`, a `500`, or a `200`.
+#[derive(Clone, Copy, Debug)]
+enum Answer {
+    BusyForAnHour,
+    Broken,
+    Fine,
+}
+
+fn answer(a: Answer) -> http::Response<()> {
+    let res = http::Response::builder();
+    match a {
+        Answer::BusyForAnHour => res.status(503).header("retry-after", "3600"),
+        Answer::Broken => res.status(500),
+        Answer::Fine => res.status(200),
+    }
+    .body(())
+    .unwrap()
+}
+
+/// `honor_retry_after` keeps the breaker open as long as the upstream asked when a failure
+/// that opens it carries `Retry-After`. A `Retry-After` the upstream sent long before, and took
+/// back by answering calls since, is not the reason the breaker opens later: that opening lasts
+/// the open duration, not the rest of an hour asked for by a call that opened nothing.
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_the_upstream_answered_past_does_not_stretch_a_later_opening() {
+    let (_logs, _guard) = Logs::capture();
+    let (layer, handle) = CircuitBreakerLayer::pair(
+        CircuitBreakerConfig::default()
+            .consecutive_failures(3)
+            .open_duration(OpenDuration::Fixed(Duration::from_secs(30)))
+            .honor_retry_after(Duration::from_secs(3600)),
+    )
+    .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|a: Answer| async move { Ok::<_, BoxError>(answer(a)) });
+    let call = |a| svc.clone().oneshot(a);
+
+    // One overloaded answer, then the upstream serves calls again for ten minutes.
+    call(Answer::BusyForAnHour).await.unwrap();
+    for _ in 0..10 {
+        tokio::time::advance(Duration::from_secs(60)).await;
+        call(Answer::Fine).await.unwrap();
+    }
+    // Now it breaks, without asking for any wait.
+    for _ in 0..3 {
+        call(Answer::Broken).await.unwrap();
+    }
+    assert_eq!(handle.state(), CircuitState::Open);
+    assert_eq!(handle.snapshot().retry_after_ms, Some(30_000));
+
+    // The failures that open it ask for an hour: the breaker waits that long.
+    handle.reset();
+    call(Answer::Broken).await.unwrap();
+    call(Answer::BusyForAnHour).await.unwrap();
+    call(Answer::Broken).await.unwrap();
+    assert_eq!(handle.state(), CircuitState::Open);
+    assert_eq!(handle.snapshot().retry_after_ms, Some(3_600_000));
+}

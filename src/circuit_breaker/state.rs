@@ -1352,16 +1352,23 @@ impl Core {
                 .checked_sub(1)
                 .is_some_and(|shorter| shorter << 10 >= limit)
         });
-        if let (true, Some(after), Some(_)) =
-            (failed, upstream_retry_after, self.config.retry_after_cap)
-        {
-            let until = (now / 1_000_000).saturating_add(Self::ms_of(after));
-            self.upstream_until_ms.fetch_max(until, Ordering::AcqRel);
-        }
         let word = unpack(self.word.load(Ordering::Acquire));
         if word.generation != generation {
             // Admitted in an older generation: it must not drive this one.
             return;
+        }
+        if self.config.retry_after_cap.is_some() {
+            if let (true, Some(after)) = (failed, upstream_retry_after) {
+                let until = (now / 1_000_000).saturating_add(Self::ms_of(after));
+                self.upstream_until_ms.fetch_max(until, Ordering::AcqRel);
+            } else if !failed && !probe && self.upstream_until_ms.load(Ordering::Acquire) != 0 {
+                // The upstream answered since it asked for a wait: that wait no longer says
+                // how long a later opening should last. (A success after a failure always
+                // gets here: the failure keeps the window, or the run of failures, from the
+                // state in which a success changes nothing.) The probes of a half-open period
+                // are one verdict: a success among them keeps the wait another one asked for.
+                self.upstream_until_ms.store(0, Ordering::Release);
+            }
         }
         let code = CALL | if failed { FAILED } else { 0 } | if slow { SLOW } else { 0 };
         match word.state {
