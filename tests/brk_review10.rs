@@ -5,13 +5,33 @@
 #[path = "common/logs.rs"]
 mod logs;
 
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
+
+use futures_util::FutureExt;
 
 use logs::Logs;
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 use tower_webhook::circuit_breaker::{
-    CircuitBreakerConfig, CircuitBreakerLayer, CircuitOpen, CircuitState, OpenDuration, Outcome,
+    CircuitBreakerConfig, CircuitBreakerLayer, CircuitOpen, CircuitState, ClassifyOutcome, OpenDuration,
+    Outcome, Recorder,
 };
+
+/// The classifier of the tests below: `0` and errors are failures, other numbers successes.
+#[derive(Clone, Copy)]
+struct ZeroFails;
+
+impl ClassifyOutcome<u32, BoxError> for ZeroFails {
+    type Response = u32;
+
+    fn classify(&self, result: Result<u32, BoxError>, recorder: Recorder) -> Result<u32, BoxError> {
+        recorder.record(match result {
+            Ok(0) | Err(_) => Outcome::Failure,
+            Ok(_) => Outcome::Success,
+        });
+        result
+    }
+}
 
 /// A probe that never ends, then a reset by hand: the breaker is CLOSED, every call passes,
 /// and that old probe is one call in flight like any other. It no longer holds the only probe
@@ -29,10 +49,7 @@ async fn a_reset_frees_the_probe_permit_of_a_probe_that_never_ends() {
         .unwrap();
         // 0: fails at once; 1: never answers; anything else: answers at once.
         let svc = ServiceBuilder::new()
-            .layer(layer.with_classifier(|r: &Result<u32, BoxError>| match r {
-                Ok(0) | Err(_) => Outcome::Failure,
-                Ok(_) => Outcome::Success,
-            }))
+            .layer(layer.with_classifier(ZeroFails))
             .service_fn(|n: u32| async move {
                 if n == 1 {
                     std::future::pending::<()>().await;
@@ -135,4 +152,64 @@ async fn a_retry_after_the_upstream_answered_past_does_not_stretch_a_later_openi
     call(Answer::Broken).await.unwrap();
     assert_eq!(handle.state(), CircuitState::Open);
     assert_eq!(handle.snapshot().retry_after_ms, Some(3_600_000));
+}
+
+/// A call the breaker let through is still waiting for its upstream when something else in
+/// the same task panics (a `join!` of the call and other work): the call is dropped while that
+/// panic unwinds. It did not fail, it was cancelled, and records nothing: a healthy upstream is
+/// not held responsible for a bug elsewhere, and a half-open probe cancelled that way gives its
+/// permit back instead of opening the breaker again. The same goes for a probe admitted by
+/// `poll_ready` whose service is dropped by such a panic before `call`.
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_by_a_panic_elsewhere_records_nothing() {
+    let (_logs, _guard) = Logs::capture();
+    for probe in [false, true] {
+        let (layer, handle) = CircuitBreakerLayer::pair(
+            CircuitBreakerConfig::default()
+                .consecutive_failures(1)
+                .open_duration(OpenDuration::Fixed(Duration::from_secs(10))),
+        )
+        .unwrap();
+        // 0: fails at once; 1: the upstream takes a minute; anything else: answers at once.
+        let svc = ServiceBuilder::new()
+            .layer(layer.with_classifier(ZeroFails))
+            .service_fn(|n: u32| async move {
+                if n == 1 {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                }
+                Ok::<_, BoxError>(n)
+            });
+        if probe {
+            svc.clone().oneshot(0).await.unwrap();
+            tokio::time::advance(Duration::from_secs(10)).await;
+            assert_eq!(handle.state(), CircuitState::HalfOpen);
+        }
+        let before = handle.state();
+
+        let in_flight = svc.clone();
+        let task = AssertUnwindSafe(async move {
+            let call = in_flight.oneshot(1);
+            let other_work = async {
+                tokio::task::yield_now().await;
+                panic!("a bug next to the call");
+            };
+            let _ = tokio::join!(call, other_work);
+        });
+        assert!(task.catch_unwind().await.is_err());
+        assert_eq!(handle.state(), before, "probe: {probe}");
+        assert_eq!(handle.snapshot().failed_calls, 0, "probe: {probe}");
+
+        // Admitted by `poll_ready`, then dropped by a panic before `call`.
+        let mut readied = svc.clone();
+        let task = AssertUnwindSafe(async move {
+            readied.ready().await.unwrap();
+            panic!("a bug between poll_ready and call");
+        });
+        assert!(task.catch_unwind().await.is_err());
+        assert_eq!(handle.state(), before, "probe: {probe}");
+
+        // The upstream is fine: the next call (a probe, when half-open) closes the breaker.
+        assert_eq!(svc.clone().oneshot(2).await.unwrap(), 2);
+        assert_eq!(handle.state(), CircuitState::Closed, "probe: {probe}");
+    }
 }

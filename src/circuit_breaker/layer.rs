@@ -494,9 +494,14 @@ where
     S: Service<Req>,
     C: Clone,
 {
+    let mut recorder = recorder;
+    // A panic in the inner service's `call` is the call failing.
+    let unwinding = FailOnUnwind(&mut recorder);
+    let future = inner.call(req);
+    std::mem::forget(unwinding);
     ResponseFuture {
         kind: Kind::Called {
-            future: inner.call(req),
+            future,
             classifier: classifier.clone(),
             recorder,
         },

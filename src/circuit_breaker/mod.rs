@@ -37,9 +37,8 @@
 //!   cap; optionally at least the upstream's `Retry-After` on 429/503, capped
 //!   ([`honor_retry_after`](CircuitBreakerConfig::honor_retry_after)).
 //! - **Half-open**: exactly `half_open_probes` calls are admitted, even under a burst of
-//!   concurrent callers; a probe whose future or response body is dropped (unless a panic
-//!   dropped it: that is a failure), or whose outcome is [`Outcome::Neutral`], gives its permit
-//!   back. A probe of an earlier half-open period that is
+//!   concurrent callers; a probe whose future or response body is dropped (unless it panicked:
+//!   that is a failure), or whose outcome is [`Outcome::Neutral`], gives its permit back. A probe of an earlier half-open period that is
 //!   still running counts against the next period, so a recovering upstream never has more than
 //!   `half_open_probes` calls in flight; except when that period ended at its
 //!   [`max_half_open_wait`](CircuitBreakerConfig::max_half_open_wait), which abandons the
@@ -60,7 +59,8 @@
 //! before its trailers) is a failure, whatever the classifier, as an exception is for
 //! resilience4j: it is recorded while the panic unwinds, whether an outer layer such as
 //! [`WebhookErrorLayer`](crate::error::WebhookErrorLayer) catches it or the task ends with it.
-//! A call dropped before it ends without a panic (a cancelled request) records nothing.
+//! A call dropped before it ends (a cancelled request, or one dropped while a panic of
+//! something else unwinds, such as another branch of a `join!`) records nothing.
 //!
 //! # The tower contract
 //!

@@ -125,9 +125,9 @@ pub enum Outcome {
     Success,
     /// The call failed in a way that counts against the upstream.
     Failure,
-    /// The call says nothing either way (cancelled, or a probe whose body was dropped, but not
-    /// by a panic, which is a failure); it is not recorded, and a half-open probe gives its
-    /// permit back.
+    /// The call says nothing either way (cancelled, or a probe whose body was dropped, unless
+    /// the call or its body panicked, which is a failure); it is not recorded, and a half-open
+    /// probe gives its permit back.
     Neutral,
 }
 
@@ -1836,26 +1836,24 @@ impl Recorder {
 impl Drop for Recorder {
     #[inline]
     fn drop(&mut self) {
-        // A call that panicked (in the inner service's `call`, or in its future or body while
-        // an outer layer such as `WebhookErrorLayer` catches the panic) failed, as an exception
-        // does for resilience4j: the recorder is dropped while the panic unwinds.
-        if (self.core.is_some() || self.bits & FAST != 0) && std::thread::panicking() {
-            std::mem::replace(self, Self::untracked()).finish(Outcome::Failure, None);
-            return;
-        }
+        // A call dropped before its outcome was recorded was cancelled: nothing is recorded,
+        // also when a panic elsewhere (another branch of a `join!`) drops it while unwinding.
+        // A panic of the call itself is recorded as a failure by `FailOnUnwind`.
         if self.bits & PROBE != 0 {
             self.release();
         }
     }
 }
 
-/// Drops the recorder it guards if a panic unwinds through the poll it guards, which records a
-/// failure (see `Recorder`'s `Drop`). Forgotten when the poll returns, so it costs nothing then.
+/// Records a failure with the recorder it guards if a panic unwinds through the inner
+/// service's `call`, or the poll of its future or body, that it guards: a call that panicked
+/// failed, as an exception does for resilience4j. Forgotten when the guarded code returns, so
+/// it costs nothing then; a recorder dropped by a panic of anything else records nothing.
 pub(crate) struct FailOnUnwind<'a>(pub(crate) &'a mut Recorder);
 
 impl Drop for FailOnUnwind<'_> {
     fn drop(&mut self) {
-        drop(std::mem::replace(self.0, Recorder::untracked()));
+        std::mem::replace(self.0, Recorder::untracked()).finish(Outcome::Failure, None);
     }
 }
 
