@@ -1361,12 +1361,18 @@ impl Core {
             if let (true, Some(after)) = (failed, upstream_retry_after) {
                 let until = (now / 1_000_000).saturating_add(Self::ms_of(after));
                 self.upstream_until_ms.fetch_max(until, Ordering::AcqRel);
-            } else if !failed && !probe && self.upstream_until_ms.load(Ordering::Acquire) != 0 {
+            } else if !failed
+                && !probe
+                && upstream_retry_after.is_none()
+                && self.upstream_until_ms.load(Ordering::Acquire) != 0
+            {
                 // The upstream answered since it asked for a wait: that wait no longer says
                 // how long a later opening should last. (A success after a failure always
                 // gets here: the failure keeps the window, or the run of failures, from the
                 // state in which a success changes nothing.) The probes of a half-open period
-                // are one verdict: a success among them keeps the wait another one asked for.
+                // are one verdict: a success among them keeps the wait another one asked for;
+                // so does a success that asks for a wait itself (a 429 not held against the
+                // upstream).
                 self.upstream_until_ms.store(0, Ordering::Release);
             }
         }
