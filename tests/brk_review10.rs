@@ -13,8 +13,8 @@ use futures_util::FutureExt;
 use logs::Logs;
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 use tower_webhook::circuit_breaker::{
-    CircuitBreakerConfig, CircuitBreakerLayer, CircuitOpen, CircuitState, ClassifyOutcome, OpenDuration,
-    Outcome, Recorder,
+    CircuitBreakerConfig, CircuitBreakerLayer, CircuitOpen, CircuitState, ClassifyOutcome,
+    OpenDuration, Outcome, Recorder,
 };
 
 /// The classifier of the tests below: `0` and errors are failures, other numbers successes.
@@ -162,7 +162,7 @@ async fn a_retry_after_the_upstream_answered_past_does_not_stretch_a_later_openi
 /// `poll_ready` whose service is dropped by such a panic before `call`.
 #[tokio::test(start_paused = true)]
 async fn a_call_dropped_by_a_panic_elsewhere_records_nothing() {
-    let (_logs, _guard) = Logs::capture();
+    let (logs, _guard) = Logs::capture();
     for probe in [false, true] {
         let (layer, handle) = CircuitBreakerLayer::pair(
             CircuitBreakerConfig::default()
@@ -198,6 +198,9 @@ async fn a_call_dropped_by_a_panic_elsewhere_records_nothing() {
         assert!(task.catch_unwind().await.is_err());
         assert_eq!(handle.state(), before, "probe: {probe}");
         assert_eq!(handle.snapshot().failed_calls, 0, "probe: {probe}");
+        if !probe {
+            assert!(!logs.text().contains("circuit breaker opened"));
+        }
 
         // Admitted by `poll_ready`, then dropped by a panic before `call`.
         let mut readied = svc.clone();
