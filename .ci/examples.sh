@@ -100,6 +100,15 @@ assert s == {"accepted": 1, "duplicates": 1, "rejected": 1}, s'
 sleep 0.5
 grep -q "no API configured: comment not posted" "$log/pr" || { cat "$log/pr"; exit 1; }
 
+echo "-- tonic_server: a connection that sends nothing does not hold up its shutdown"
+port=$(free_port)
+ADDR=127.0.0.1:$port "$bin/tonic_server" >"$log/tonic2" 2>&1 & server=$!; pids+=($server)
+wait_for "$log/tonic2" "listening"
+exec {silent}<>"/dev/tcp/127.0.0.1/$port"   # connected, and sends nothing
+sleep 0.5
+stops_cleanly "$server" "tonic_server (a silent connection open)"
+exec {silent}>&-
+
 echo "-- pr_agent_server: a second stop signal ends the wait for pending comments"
 port=$(free_port)
 api=$(free_port)   # nothing listens there: the comment keeps failing and stays pending
