@@ -100,6 +100,15 @@ assert s == {"accepted": 1, "duplicates": 1, "rejected": 1}, s'
 sleep 0.5
 grep -q "no API configured: comment not posted" "$log/pr" || { cat "$log/pr"; exit 1; }
 
+echo "-- pr_agent_server with its stdout closed (piped into a reader gone, as into head)"
+port=$(free_port)
+env -u GITHUB_WEBHOOK_SECRET PORT=$port "$bin/pr_agent_server" > >(true) 2>"$log/pr_closed" & server=$!; pids+=($server)
+for _ in $(seq 1 100); do curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/" && break; sleep 0.1; done
+kill -0 "$server" 2>/dev/null || { echo "pr_agent_server died with its stdout closed:"; cat "$log/pr_closed"; exit 1; }
+expect_status 200 "http://127.0.0.1:$port/"
+stops_cleanly "$server" "pr_agent_server (stdout closed)"
+! grep -q "panicked" "$log/pr_closed" || { cat "$log/pr_closed"; exit 1; }
+
 echo "-- tonic_server: a connection that sends nothing does not hold up its shutdown"
 port=$(free_port)
 ADDR=127.0.0.1:$port "$bin/tonic_server" >"$log/tonic2" 2>&1 & server=$!; pids+=($server)

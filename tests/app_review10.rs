@@ -1,5 +1,5 @@
-//! The examples, tenth review: the tonic_server example's connections that never send a
-//! preface.
+//! The examples, tenth review: the pr_agent_server example's startup output and the settings it
+//! warns about, and the tonic_server example's connections that never send a preface.
 
 // The examples each include their shared `common/shutdown.rs`.
 #![allow(clippy::duplicate_mod)]
@@ -24,6 +24,165 @@ use std::time::Duration;
 use logs::Logs;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+/// A writer whose reader went away after `room` bytes, as stdout piped into `head`.
+struct ClosedAfter {
+    room: usize,
+    written: Vec<u8>,
+}
+
+impl std::io::Write for ClosedAfter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.room == 0 {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        }
+        let n = buf.len().min(self.room);
+        self.room -= n;
+        self.written.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The server printed its routes and its development help with `println!`, which panics when
+/// stdout is closed: `pr_agent_server | head -1` killed the server as soon as `head` exited. The
+/// text is written through a writer now, whose error ends the printing, not the server (the
+/// scripted run in `.ci/examples.sh` starts the binary with its stdout closed).
+#[test]
+fn the_startup_text_stops_at_a_closed_stdout_without_panicking() {
+    let (_logs, _guard) = Logs::capture();
+    // Development mode: the longest text, with the secret and the two commands.
+    let settings = harness::lookup(&[]).unwrap();
+    let local = "http://127.0.0.1:3000";
+    let mut whole = Vec::new();
+    app::announce(&mut whole, &settings, local, None).unwrap();
+    let whole = String::from_utf8(whole).unwrap();
+    assert!(
+        whole.starts_with("pr_agent_server listening on http://127.0.0.1:3000\n"),
+        "{whole}"
+    );
+    assert!(whole.contains("expect 202 Accepted"), "{whole}");
+    assert!(whole.contains("expect 401"), "{whole}");
+    for room in [0, 1, 40, whole.len() / 2, whole.len() - 1] {
+        let mut out = ClosedAfter {
+            room,
+            written: Vec::new(),
+        };
+        let err = app::announce(&mut out, &settings, local, None).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe);
+        // The delivery ids of the commands are new each time: the first line is the same.
+        assert_eq!(out.written.len(), room);
+        let same = room.min(whole.find('\n').unwrap());
+        assert_eq!(out.written[..same], whole.as_bytes()[..same]);
+    }
+}
+
+/// `TUNNEL_SERVICE` and the other tunnel settings do nothing without `--use-tunnel`, and were
+/// ignored without a word: a server started without the flag served on its local address only,
+/// while its user waited for a public URL. A warning names the settings now (not their values,
+/// among them a token and a secret).
+#[tokio::test]
+async fn tunnel_settings_without_use_tunnel_are_warned_about() {
+    let (logs, _guard) = Logs::capture();
+    let settings = harness::lookup(&[
+        ("GITHUB_WEBHOOK_SECRET", "s3cret"),
+        ("PORT", "0"),
+        ("TUNNEL_SERVICE", "bore"),
+        ("TUNNEL_SECRET", "tunnel-s3cret-value"),
+        ("TUNNEL_REGION", " "),
+    ])
+    .unwrap();
+    let app = app::build(&settings).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = app::start(&settings, app, None, async {
+        let _ = stopped.await;
+    })
+    .await
+    .unwrap();
+    stop.send(()).unwrap();
+    running.wait().await;
+    let text = logs.text();
+    let warning = text
+        .lines()
+        .find(|line| line.contains("--use-tunnel") && line.contains("WARN"))
+        .unwrap_or_else(|| panic!("no warning: {text}"));
+    assert!(
+        warning.contains("TUNNEL_SERVICE, TUNNEL_SECRET"),
+        "{warning}"
+    );
+    assert!(!warning.contains("TUNNEL_REGION"), "{warning}");
+    assert!(!text.contains("tunnel-s3cret-value"), "{text}");
+
+    // Without them, no such warning.
+    let (logs, _guard) = Logs::capture();
+    let settings = harness::lookup(&[("GITHUB_WEBHOOK_SECRET", "s3cret"), ("PORT", "0")]).unwrap();
+    let app = app::build(&settings).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = app::start(&settings, app, None, async {
+        let _ = stopped.await;
+    })
+    .await
+    .unwrap();
+    stop.send(()).unwrap();
+    running.wait().await;
+    assert!(!logs.text().contains("--use-tunnel"), "{}", logs.text());
+}
+
+/// `GITLAB_API_URL=https://gitlab.example.com` (without `/api/v4`) or a Gitea URL without
+/// `/api/v1` started the server without a word, and then every comment was answered 404 and
+/// logged "provider refused the comment". The startup text now warns about such a URL, naming
+/// the setting and the path it lacks; a URL with the prefix, below a sub-path too, gets none.
+#[test]
+fn an_api_url_without_its_path_prefix_is_warned_about() {
+    let (_logs, _guard) = Logs::capture();
+    let settings = harness::lookup(&[
+        ("GITLAB_WEBHOOK_TOKEN", "gl"),
+        ("GITEA_WEBHOOK_SECRET", "gt"),
+        ("GITHUB_API_URL", "https://api.github.com"),
+        ("GITHUB_TOKEN", "t"),
+        ("GITLAB_API_URL", "https://gitlab.example.com"),
+        ("GITLAB_TOKEN", "t"),
+        ("GITEA_API_URL", "https://git.example.com/gitea/"),
+        ("GITEA_TOKEN", "t"),
+        ("BITBUCKET_API_URL", "https://api.bitbucket.org/2.0"),
+        ("BITBUCKET_TOKEN", "t"),
+    ])
+    .unwrap();
+    let warnings = settings.api_url_warnings();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("GITLAB_API_URL does not end with /api/v4"),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[1].starts_with("GITEA_API_URL does not end with /api/v1"),
+        "{warnings:?}"
+    );
+    let mut out = Vec::new();
+    app::announce(&mut out, &settings, "http://127.0.0.1:3000", None).unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert!(
+        out.contains("warning: GITLAB_API_URL does not end with /api/v4"),
+        "{out}"
+    );
+    assert!(
+        out.contains("warning: GITEA_API_URL does not end with /api/v1"),
+        "{out}"
+    );
+
+    let settings = harness::lookup(&[
+        ("GITLAB_WEBHOOK_TOKEN", "gl"),
+        ("GITLAB_API_URL", "https://example.com/gitlab/api/v4/"),
+        ("GITLAB_TOKEN", "t"),
+        ("GITEA_API_URL", "http://127.0.0.1:3000/api/v1"),
+        ("GITEA_TOKEN", "t"),
+    ])
+    .unwrap();
+    assert_eq!(settings.api_url_warnings(), Vec::<String>::new());
+}
 
 /// Reads from `conn` until the server closes it: `true` if it did within `limit`.
 async fn closed_within(conn: &mut TcpStream, limit: Duration) -> bool {

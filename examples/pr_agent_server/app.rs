@@ -212,7 +212,19 @@ pub(crate) struct Settings {
     pub(crate) github_app: Option<GithubApp>,
     /// Set when no secret was configured and a development secret was made for GitHub.
     pub(crate) generated_github_secret: Option<String>,
+    /// The tunnel settings (`TUNNEL_*`) that are set, by name: without `--use-tunnel` they do
+    /// nothing, which [`start`] warns about.
+    pub(crate) tunnel_settings: Vec<&'static str>,
 }
+
+/// The settings of the tunnel `--use-tunnel` opens (read by `TunnelConfig::from_env`).
+const TUNNEL_SETTINGS: [&str; 5] = [
+    "TUNNEL_SERVICE",
+    "TUNNEL_AUTH_TOKEN",
+    "TUNNEL_REGION",
+    "TUNNEL_SERVER",
+    "TUNNEL_SECRET",
+];
 
 /// A GitHub repository hook whose URL the server keeps pointed at its tunnel.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -248,6 +260,7 @@ impl std::fmt::Debug for Settings {
                 "generated_github_secret",
                 &self.generated_github_secret.as_ref().map(|_| "<redacted>"),
             )
+            .field("tunnel_settings", &self.tunnel_settings)
             .finish()
     }
 }
@@ -289,6 +302,33 @@ impl Settings {
                     forge.token_var(),
                     forge.name()
                 )
+            })
+            .collect()
+    }
+
+    /// The `*_API_URL`s whose path does not end with their API's prefix, one line each: GitLab's
+    /// `/api/v4` and Gitea's `/api/v1` are part of the base URL, and without them every comment
+    /// would be answered 404, and given up as refused. A warning, not an error: a proxy in front
+    /// of the API may serve it at another path.
+    pub(crate) fn api_url_warnings(&self) -> Vec<String> {
+        self.apis
+            .iter()
+            .filter_map(|(&forge, api)| {
+                let (prefix, example) = match forge {
+                    Forge::GitLab => ("/api/v4", "https://gitlab.com/api/v4"),
+                    Forge::Gitea => ("/api/v1", "https://gitea.example.com/api/v1"),
+                    _ => return None,
+                };
+                let url = reqwest::Url::parse(&api.base_url).ok()?;
+                let path = url.path().trim_end_matches('/');
+                (!path.ends_with(prefix)).then(|| {
+                    format!(
+                        "{} does not end with {prefix}, the path of {}'s API (e.g. {example}): {} would answer every comment 404",
+                        forge.api_url_var(),
+                        forge.name(),
+                        forge.name()
+                    )
+                })
             })
             .collect()
     }
@@ -511,6 +551,10 @@ impl Settings {
             github_hook,
             github_app,
             generated_github_secret,
+            tunnel_settings: TUNNEL_SETTINGS
+                .into_iter()
+                .filter(|name| lookup(name).is_some_and(|value| !value.trim().is_empty()))
+                .collect(),
         })
     }
 }
@@ -1190,8 +1234,15 @@ pub(crate) async fn start(
             )
         })?
         .with_graceful_shutdown(stop);
+    let tunnel_opened = tunnel.is_some();
     if let Some(tunnel) = tunnel {
         server = server.tunnel(tunnel);
+    }
+    if !tunnel_opened && !settings.tunnel_settings.is_empty() {
+        tracing::warn!(
+            "{} set without --use-tunnel: no tunnel is opened, and they are ignored",
+            settings.tunnel_settings.join(", ")
+        );
     }
     let running = server.spawn(app.router).await?;
     for updater in app.hook_updaters {
@@ -2611,6 +2662,92 @@ fn api_request(
     }
     *req.body_mut() = Some(serde_json::to_vec(body)?.into());
     Ok(req)
+}
+
+/// What the server prints once it listens at `local` (and `public`, through a tunnel): its
+/// routes, what looks wrong in `settings`, and in development mode the secret it made up and two
+/// commands to try it with. A write that fails (stdout closed: the output piped into `head`,
+/// say) ends the printing with its error, for the caller to pass over: the server runs on.
+pub(crate) fn announce(
+    out: &mut impl std::io::Write,
+    settings: &Settings,
+    local: &str,
+    public: Option<&str>,
+) -> std::io::Result<()> {
+    writeln!(out, "pr_agent_server listening on {local}")?;
+    writeln!(out, "  GET  {local}/        health")?;
+    writeln!(out, "  GET  {local}/status  breakers and counters")?;
+    for forge in settings.forges.keys() {
+        writeln!(out, "  POST {local}{}", forge.route())?;
+    }
+    if let Some(public) = public {
+        writeln!(out, "public webhook URLs (give these to the provider):")?;
+        for forge in settings.forges.keys() {
+            writeln!(out, "  {public}{}", forge.route())?;
+        }
+    }
+    for warning in settings
+        .warnings()
+        .into_iter()
+        .chain(settings.api_url_warnings())
+    {
+        writeln!(out, "warning: {warning}")?;
+    }
+    for forge in Forge::ALL {
+        if settings.forges.contains_key(&forge) && !settings.apis.contains_key(&forge) {
+            writeln!(
+                out,
+                "note: no {} API configured: comments for {} are logged, not posted",
+                forge.name(),
+                forge.name()
+            )?;
+        }
+    }
+    if let Some(secret) = &settings.generated_github_secret {
+        development_help(out, local, secret)?;
+    }
+    out.flush()
+}
+
+/// Development mode: the secret that was made up, and two commands to try the server with.
+fn development_help(
+    out: &mut impl std::io::Write,
+    local: &str,
+    secret: &str,
+) -> std::io::Result<()> {
+    let (body, signature) = sample_github_delivery(secret);
+    let delivery = uuid::Uuid::new_v4();
+    let mut forged = signature.clone();
+    let last = if forged.ends_with('0') { '1' } else { '0' };
+    forged.pop();
+    forged.push(last);
+    let route = Forge::GitHub.route();
+    writeln!(out)?;
+    writeln!(
+        out,
+        "No webhook secret is set: development mode with a random GitHub secret:"
+    )?;
+    writeln!(out, "  GITHUB_WEBHOOK_SECRET={secret}")?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "Send a correctly signed pull_request delivery (expect 202 Accepted):"
+    )?;
+    writeln!(
+        out,
+        "  curl -i -X POST {local}{route} -H 'Content-Type: application/json' -H 'X-GitHub-Event: pull_request' -H 'X-GitHub-Delivery: {delivery}' -H 'X-Hub-Signature-256: {signature}' --data '{body}'"
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "Send it with a bad signature (expect 401 and a problem+json body):"
+    )?;
+    writeln!(
+        out,
+        "  curl -i -X POST {local}{route} -H 'Content-Type: application/json' -H 'X-GitHub-Event: pull_request' -H 'X-GitHub-Delivery: {}' -H 'X-Hub-Signature-256: {forged}' --data '{body}'",
+        uuid::Uuid::new_v4()
+    )?;
+    writeln!(out)
 }
 
 /// A signed sample `pull_request` delivery, for the printed `curl` commands.

@@ -32,7 +32,8 @@
 //! `SIGTERM`, even one sent while the open requests are still answered, ends the wait at once;
 //! each one left is logged with its delivery id, as possibly posted if its request was on its
 //! way), `TUNNEL_SERVICE`, `TUNNEL_AUTH_TOKEN`,
-//! `TUNNEL_REGION`, `TUNNEL_SERVER`, `TUNNEL_SECRET`, `GITHUB_HOOK_REPOSITORY` + `GITHUB_HOOK_ID`
+//! `TUNNEL_REGION`, `TUNNEL_SERVER`, `TUNNEL_SECRET` (with `--use-tunnel`; without it, those set
+//! are named in a warning), `GITHUB_HOOK_REPOSITORY` + `GITHUB_HOOK_ID`
 //! (with `--use-tunnel`: a repository hook pointed at each tunnel URL; it, like the app below,
 //! needs `GITHUB_WEBHOOK_SECRET`, the hook's secret), `GITHUB_APP_ID` +
 //! `GITHUB_APP_PRIVATE_KEY` or `GITHUB_APP_PRIVATE_KEY_PATH` (a GitHub App: deliveries that
@@ -43,7 +44,8 @@
 //! pointed at each tunnel URL), `RUST_LOG` (default `info`; a filter that
 //! does not parse stops the server). A value out
 //! of range, or an `*_API_URL` that is not an `http` / `https` base URL without credentials,
-//! stops the server with a message naming the variable. A comment given up is logged at
+//! stops the server with a message naming the variable; a `GITLAB_API_URL` or `GITEA_API_URL`
+//! whose path does not end with `/api/v4` or `/api/v1` is printed as a warning. A comment given up is logged at
 //! error level and counted in `/status` as `comments.failed`. A comment is never posted twice:
 //! after a failure that may have come once the provider created it (a 500, 502 or 504, a
 //! timeout, a connection lost after the request was sent) it is given up, not sent again; the
@@ -106,7 +108,7 @@ mod app;
 
 use std::process::ExitCode;
 
-use app::{Forge, Settings, StopSignals};
+use app::{Settings, StopSignals};
 use tower_webhook::tunnel::TunnelConfig;
 
 #[tokio::main]
@@ -151,59 +153,17 @@ async fn run() -> Result<(), tower::BoxError> {
     let running = app::start(&settings, app, tunnel, signals.nth(1)).await?;
 
     let local = format!("http://{}", running.local_addr());
-    println!("pr_agent_server listening on {local}");
-    println!("  GET  {local}/        health");
-    println!("  GET  {local}/status  breakers and counters");
-    for forge in settings.forges.keys() {
-        println!("  POST {local}{}", forge.route());
-    }
-    if let Some(public) = running.tunnel_url() {
-        println!("public webhook URLs (give these to the provider):");
-        for forge in settings.forges.keys() {
-            println!("  {public}{}", forge.route());
-        }
-    }
-    for warning in settings.warnings() {
-        println!("warning: {warning}");
-    }
-    for forge in Forge::ALL {
-        if settings.forges.contains_key(&forge) && !settings.apis.contains_key(&forge) {
-            println!(
-                "note: no {} API configured: comments for {} are logged, not posted",
-                forge.name(),
-                forge.name()
-            );
-        }
-    }
-    if let Some(secret) = &settings.generated_github_secret {
-        print_development_help(&local, secret);
+    // Written to stdout, which may be closed (the output piped into `head`, say): that ends the
+    // printing, not the server.
+    let public = running.tunnel_url();
+    if let Err(err) = app::announce(
+        &mut std::io::stdout().lock(),
+        &settings,
+        &local,
+        public.as_deref(),
+    ) {
+        tracing::warn!(error = %err, "cannot print the routes and settings to stdout");
     }
     app::finish(running, &state, settings.shutdown_grace, &signals).await;
     Ok(())
-}
-
-/// Development mode: the secret that was made up, and two commands to try the server with.
-fn print_development_help(local: &str, secret: &str) {
-    let (body, signature) = app::sample_github_delivery(secret);
-    let delivery = uuid::Uuid::new_v4();
-    let mut forged = signature.clone();
-    let last = if forged.ends_with('0') { '1' } else { '0' };
-    forged.pop();
-    forged.push(last);
-    let route = Forge::GitHub.route();
-    println!();
-    println!("No webhook secret is set: development mode with a random GitHub secret:");
-    println!("  GITHUB_WEBHOOK_SECRET={secret}");
-    println!();
-    println!("Send a correctly signed pull_request delivery (expect 202 Accepted):");
-    println!(
-        "  curl -i -X POST {local}{route} -H 'Content-Type: application/json' -H 'X-GitHub-Event: pull_request' -H 'X-GitHub-Delivery: {delivery}' -H 'X-Hub-Signature-256: {signature}' --data '{body}'"
-    );
-    println!();
-    println!("Send it with a bad signature (expect 401 and a problem+json body):");
-    println!(
-        "  curl -i -X POST {local}{route} -H 'Content-Type: application/json' -H 'X-GitHub-Event: pull_request' -H 'X-GitHub-Delivery: {}' -H 'X-Hub-Signature-256: {forged}' --data '{body}'",
-        uuid::Uuid::new_v4()
-    );
-    println!();
 }
