@@ -11,8 +11,11 @@
 //! this can sign for it), `ADDR` to `127.0.0.1:3001`. It prints a signed `curl` command to try
 //! it with: 202 the first time, 409 when the same delivery id comes again (a replay). Ctrl-C or
 //! `SIGTERM` stops it gracefully: requests in flight are answered first (for up to 10 s). A
-//! client that takes more than 10 s to send its request head is cut off too.
+//! client that takes more than 10 s to send its request head is cut off too, one that sends
+//! nothing at all included.
 
+#[path = "common/preface.rs"]
+mod preface;
 #[path = "common/shutdown.rs"]
 mod shutdown;
 
@@ -98,15 +101,20 @@ async fn main() -> Result<(), BoxError> {
         hex::encode(mac.finalize().into_bytes())
     );
 
-    serve(listener, &secret, shutdown).await
+    serve(listener, &secret, shutdown, HEAD_TIMEOUT).await
 }
 
+/// How long a client may take to send its request head.
+pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves the webhook stack on `listener`, deliveries signed with `secret`, until `shutdown`
-/// completes; then answers the open requests (for up to 10 s).
+/// completes; then answers the open requests (for up to 10 s). A connection whose request head
+/// has not come within `head_timeout` is closed.
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     secret: &str,
     shutdown: impl std::future::Future<Output = ()>,
+    head_timeout: Duration,
 ) -> Result<(), BoxError> {
     let svc = ServiceBuilder::new()
         .layer(WebhookErrorLayer::new())
@@ -119,12 +127,13 @@ pub(crate) async fn serve(
 
     let mut server = auto::Builder::new(TokioExecutor::new());
     // A client that sends its request head slowly, or never finishes it, is cut off after
-    // 10 s: the timeout layer above starts only once the head is read. hyper enforces it only
-    // with a timer.
+    // `head_timeout`: the timeout layer above starts only once the head is read. hyper enforces
+    // it only with a timer, and only once the connection has sent enough to tell HTTP/1 from
+    // HTTP/2: until then, `PrefaceDeadline` keeps the deadline.
     server
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
+        .header_read_timeout(head_timeout);
     server.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -143,6 +152,7 @@ pub(crate) async fn serve(
             () = &mut shutdown => break,
         };
         let svc = TowerToHyperService::new(svc.clone());
+        let stream = preface::PrefaceDeadline::new(stream, tokio::time::sleep(head_timeout));
         let conn = graceful.watch(
             server
                 .serve_connection(TokioIo::new(stream), svc)

@@ -14,19 +14,18 @@
 #[path = "common/echo.rs"]
 #[allow(dead_code)] // the client half is used by tonic_client
 mod echo;
+#[path = "common/preface.rs"]
+mod preface;
 #[path = "common/shutdown.rs"]
 mod shutdown;
 
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use preface::PrefaceDeadline;
+use tokio::net::TcpListener;
 use tower::BoxError;
 use tower_webhook::error::WebhookErrorLayer;
 
@@ -62,8 +61,16 @@ pub(crate) async fn serve(
         shutdown.await;
         stopping.send_replace(true);
     };
-    let incoming = tonic::transport::server::TcpIncoming::from(listener)
-        .map(move |conn| conn.map(|io| PrefaceDeadline::new(io, preface_timeout, stopped.clone())));
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).map(move |conn| {
+        let mut stopped = stopped.clone();
+        let deadline = async move {
+            tokio::select! {
+                () = tokio::time::sleep(preface_timeout) => {}
+                _ = stopped.wait_for(|stopped| *stopped) => {}
+            }
+        };
+        conn.map(|io| PrefaceDeadline::new(io, deadline))
+    });
     tonic::transport::Server::builder()
         // Outermost: every error and panic below becomes a gRPC status.
         .layer(WebhookErrorLayer::new())
@@ -75,102 +82,10 @@ pub(crate) async fn serve(
     Ok(())
 }
 
-/// The HTTP/2 client preface: `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`.
-const PREFACE_LEN: usize = 24;
-
-/// An accepted connection whose first [`PREFACE_LEN`] bytes must come before a deadline, and
-/// before the server stops: a read still waiting for them then fails with `TimedOut`, which ends
-/// the connection.
-pub(crate) struct PrefaceDeadline {
-    io: TcpStream,
-    /// The bytes of the preface still to come, and the deadline; `None` once they came.
-    deadline: Option<(usize, Pin<Box<dyn Future<Output = ()> + Send>>)>,
-}
-
-impl PrefaceDeadline {
-    fn new(
-        io: TcpStream,
-        timeout: Duration,
-        mut stopped: tokio::sync::watch::Receiver<bool>,
-    ) -> Self {
-        let deadline = async move {
-            tokio::select! {
-                () = tokio::time::sleep(timeout) => {}
-                _ = stopped.wait_for(|stopped| *stopped) => {}
-            }
-        };
-        Self {
-            io,
-            deadline: Some((PREFACE_LEN, Box::pin(deadline))),
-        }
-    }
-}
-
 impl tonic::transport::server::Connected for PrefaceDeadline {
     type ConnectInfo = tonic::transport::server::TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.io.connect_info()
-    }
-}
-
-impl AsyncRead for PrefaceDeadline {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-        let Some((missing, deadline)) = &mut this.deadline else {
-            return polled;
-        };
-        match polled {
-            Poll::Ready(Ok(())) => {
-                *missing = missing.saturating_sub(buf.filled().len() - before);
-                if *missing == 0 {
-                    this.deadline = None;
-                }
-                Poll::Ready(Ok(()))
-            }
-            Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
-                Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "no HTTP/2 preface before the deadline or the shutdown",
-                )))
-            }
-            polled => polled,
-        }
-    }
-}
-
-impl AsyncWrite for PrefaceDeadline {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }

@@ -1,5 +1,6 @@
 //! The examples, tenth review: the pr_agent_server example's startup output and the settings it
-//! warns about, and the tonic_server example's connections that never send a preface.
+//! warns about, and the connections of the tonic_server and hyper_server examples that never
+//! send a request.
 
 // The examples each include their shared `common/shutdown.rs`.
 #![allow(clippy::duplicate_mod)]
@@ -13,6 +14,9 @@ mod echo;
 #[path = "common/pr_agent.rs"]
 #[allow(dead_code)]
 mod harness;
+#[path = "../examples/hyper_server.rs"]
+#[allow(dead_code)]
+mod hyper_server;
 #[path = "common/logs.rs"]
 mod logs;
 #[path = "../examples/tonic_server.rs"]
@@ -268,4 +272,34 @@ async fn a_grpc_connection_that_sends_no_preface_is_closed_and_does_not_hold_up_
         .unwrap()
         .unwrap();
     assert!(closed_within(&mut held, Duration::from_secs(30)).await);
+}
+
+/// The hyper_server example says that a client taking more than 10 s to send its request head
+/// is cut off, but one that sent nothing at all, or part of the HTTP/2 preface, was held
+/// forever: hyper's `header_read_timeout` starts only once the connection has sent enough to
+/// tell HTTP/1 from HTTP/2. Such a connection is closed at the same deadline now.
+#[tokio::test]
+async fn a_hyper_connection_that_sends_no_request_is_closed() {
+    let (_logs, _guard) = Logs::capture();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(hyper_server::serve(
+        listener,
+        "s3cret",
+        std::future::pending::<()>(),
+        Duration::from_millis(500),
+    ));
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let mut partial = TcpStream::connect(addr).await.unwrap();
+    partial.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    // A request is answered as before (unsigned: 401).
+    let res = reqwest::Client::new()
+        .post(format!("http://{addr}/"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), http::StatusCode::UNAUTHORIZED);
+    assert!(closed_within(&mut silent, Duration::from_secs(30)).await);
+    assert!(closed_within(&mut partial, Duration::from_secs(30)).await);
 }

@@ -372,6 +372,7 @@ async fn the_hyper_server_cuts_off_a_client_that_never_finishes_its_request_head
         listener,
         "s3cret",
         std::future::pending::<()>(),
+        hyper_server::HEAD_TIMEOUT,
     ));
     // A delivery is still served.
     let body = r#"{"action":"opened","number":1}"#;
