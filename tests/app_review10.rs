@@ -303,3 +303,73 @@ async fn a_hyper_connection_that_sends_no_request_is_closed() {
     assert!(closed_within(&mut silent, Duration::from_secs(30)).await);
     assert!(closed_within(&mut partial, Duration::from_secs(30)).await);
 }
+
+fn hmac_hex(secret: &str, body: &str) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// A GitHub `pull_request` `opened` delivery `id`, signed with `s3cret`: its status.
+async fn github_opened(client: &reqwest::Client, base: &str, id: &str) -> http::StatusCode {
+    let body = serde_json::json!({
+        "action": "opened",
+        "number": 7,
+        "pull_request": { "number": 7, "title": "Add a cache", "draft": false },
+        "repository": { "full_name": "octo/repo" },
+    })
+    .to_string();
+    client
+        .post(format!("{base}/api/v1/github_webhooks"))
+        .header("content-type", "application/json")
+        .header("x-github-event", "pull_request")
+        .header("x-github-delivery", id)
+        .header(
+            "x-hub-signature-256",
+            format!("sha256={}", hmac_hex("s3cret", &body)),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// A comment given up after a `502` is logged "if it is missing, deliver it again from the
+/// provider's webhook log"; but GitHub's redelivery keeps the delivery id, which the server had
+/// recorded as handled when it answered `202`: the redelivery was acknowledged `200` as a
+/// duplicate and never processed, for 24 hours. A delivery whose comment failed (given up,
+/// refused) is forgotten now, so delivered again it is processed again; once its comment is
+/// posted, it is a duplicate as before.
+#[tokio::test]
+async fn a_delivery_whose_comment_failed_is_processed_when_delivered_again() {
+    let (_logs, _guard) = Logs::capture();
+    let (api, fake) =
+        harness::FakeProvider::start(&[http::StatusCode::BAD_GATEWAY, http::StatusCode::NOT_FOUND])
+            .await;
+    let settings = harness::lookup(&[
+        ("GITHUB_WEBHOOK_SECRET", "s3cret"),
+        ("GITHUB_API_URL", &api),
+        ("GITHUB_TOKEN", "t0ken"),
+    ])
+    .unwrap();
+    let base = harness::start_server(&settings).await;
+    let client = reqwest::Client::new();
+    let id = "r10-redelivered";
+    // 502: it may have been posted, and is not sent again; the log says to deliver it again.
+    assert_eq!(github_opened(&client, &base, id).await, 202);
+    let status = harness::settled(&client, &base, 1).await;
+    assert_eq!(status["comments"]["failed"], 1, "{status}");
+    // Delivered again: processed, and refused (404).
+    assert_eq!(github_opened(&client, &base, id).await, 202);
+    let status = harness::settled(&client, &base, 2).await;
+    assert_eq!(status["comments"]["failed"], 2, "{status}");
+    // Delivered again: posted.
+    assert_eq!(github_opened(&client, &base, id).await, 202);
+    let status = harness::settled(&client, &base, 3).await;
+    assert_eq!(status["comments"]["posted"], 1, "{status}");
+    // Once posted, the same delivery is a duplicate.
+    assert_eq!(github_opened(&client, &base, id).await, 200);
+    assert_eq!(fake.received().len(), 3);
+}

@@ -30,7 +30,10 @@ use tower_webhook::circuit_breaker::{
 };
 use tower_webhook::error::{Problem, WebhookErrorLayer, WebhookProcessingError, types};
 use tower_webhook::retry::{RetryPolicy, retry_after};
-use tower_webhook::signature::{OnReplay, RecordDelivery, SignatureLayer, VerifiedWebhook};
+use tower_webhook::signature::{
+    MemoryReplayStore, OnReplay, Provider, RecordDelivery, ReplayStore, SignatureLayer,
+    VerifiedWebhook,
+};
 use tower_webhook::tunnel::{Running, Server, TunnelBuilder, TunnelEvent};
 
 #[path = "drafts.rs"]
@@ -763,9 +766,35 @@ pub(crate) struct AppState {
     pub(crate) drafts: DraftMemory,
     /// With `GITHUB_APP_*`: the installation tokens, which `installation` events drop.
     tokens: Option<Arc<InstallationTokens>>,
+    /// The delivery ids each route has handled, by its signature scheme: a delivery whose
+    /// comment failed is forgotten there, so that delivered again it is processed again.
+    replay: BTreeMap<Forge, (Provider, Arc<MemoryReplayStore>)>,
 }
 
 impl AppState {
+    /// Forgets that `job`'s delivery was handled, its comment having failed: the logs say to
+    /// deliver it again from the provider's webhook log if the comment is missing, and GitHub's
+    /// redelivery keeps the delivery id, which would otherwise be acknowledged as a duplicate
+    /// (for `replay_ttl`, 24 h) and not processed.
+    async fn forget_delivery(&self, job: &Job) {
+        let Some((provider, store)) = self.replay.get(&job.forge) else {
+            return;
+        };
+        if job.delivery == "-" {
+            return; // no delivery id: nothing was recorded
+        }
+        let key = format!("{}:{}", provider.as_str(), job.delivery);
+        // The layer records the delivery once its handler has answered: a comment that failed
+        // at once may be done first. Removed before that, the id would be recorded again.
+        for _ in 0..50 {
+            if store.completed(&key).await.unwrap_or(true) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = store.remove(&key).await;
+    }
+
     /// One pending job less: done, given up, or never queued.
     fn finish_pending(&self) {
         if self.counters.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -1076,6 +1105,16 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
             caller.clone(),
         )))
     });
+    // One store per route, as the layer would make by itself, kept to forget a delivery whose
+    // comment failed.
+    let mut layers = BTreeMap::new();
+    let mut replay = BTreeMap::new();
+    for (&forge, verification) in &settings.forges {
+        let store = Arc::new(MemoryReplayStore::new());
+        let layer = signature_layer(forge, verification)?.replay_store(store.clone());
+        replay.insert(forge, (layer.provider(), store));
+        layers.insert(forge, layer);
+    }
     let state = Arc::new(AppState {
         counters: Counters::default(),
         breakers,
@@ -1087,6 +1126,7 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
         draining: watch::Sender::new(false),
         drafts: DraftMemory::new(settings.max_remembered_drafts),
         tokens: tokens.clone(),
+        replay,
     });
     tokio::spawn(worker(
         rx,
@@ -1096,8 +1136,8 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
     ));
 
     let mut hooks = Router::new();
-    for (&forge, verification) in &settings.forges {
-        let layer = signature_layer(forge, verification)?
+    for (forge, layer) in layers {
+        let layer = layer
             .max_body_size(settings.max_body_bytes)
             .record_delivery(RecordDelivery::AfterSuccess)
             .on_replay(OnReplay::Acknowledge(StatusCode::OK));
@@ -2130,6 +2170,10 @@ async fn run_job(
         };
         let (delay, attempted) = match outcome {
             Outcome::Done => break,
+            Outcome::Failed => {
+                state.forget_delivery(job).await;
+                break;
+            }
             Outcome::Later { delay, attempted } => {
                 job.secondary_limits = 0;
                 (delay, attempted)
@@ -2157,6 +2201,7 @@ async fn run_job(
                 "comment given up: the provider API kept failing"
             );
             counters.comments_failed.fetch_add(1, Ordering::Relaxed);
+            state.forget_delivery(job).await;
             break;
         }
         counters.comment_retries.fetch_add(1, Ordering::Relaxed);
@@ -2210,8 +2255,11 @@ impl Drop for Unfinished {
 }
 
 enum Outcome {
-    /// Posted, logged, or refused for good.
+    /// Posted, or logged.
     Done,
+    /// Not posted, or maybe not: refused for good, or given up after a failure that may have
+    /// come once the provider created it (logged, and counted as failed).
+    Failed,
     /// Try again after `delay` (a capped backoff when `None`). `attempted` is false when the
     /// request never reached the provider's API (an open breaker refused it).
     Later {
@@ -2275,7 +2323,7 @@ async fn installation_token(
                 .counters
                 .comments_failed
                 .fetch_add(1, Ordering::Relaxed);
-            Err(Outcome::Done)
+            Err(Outcome::Failed)
         }
     }
 }
@@ -2317,7 +2365,7 @@ async fn post_comment(
                 .counters
                 .comments_failed
                 .fetch_add(1, Ordering::Relaxed);
-            return Outcome::Done;
+            return Outcome::Failed;
         }
     };
     let result = match caller.clone().oneshot(request).await {
@@ -2393,7 +2441,7 @@ async fn post_comment(
         // the comment is missing.
         Ok((status, None, _)) if status.is_server_error() => {
             may_have_been_posted(state, job, &format!("status {}", status.as_u16()));
-            Outcome::Done
+            Outcome::Failed
         }
         Ok((status, None, _)) if status.is_redirection() => {
             tracing::error!(provider = forge, status = status.as_u16(), target = %job.comment.target, delivery = %job.delivery, "provider API answered the comment with a redirect, not followed: comment not posted; check {} (a URL the server sends elsewhere) and the token (a sign-in page)", job.forge.api_url_var());
@@ -2401,7 +2449,7 @@ async fn post_comment(
                 .counters
                 .comments_failed
                 .fetch_add(1, Ordering::Relaxed);
-            Outcome::Done
+            Outcome::Failed
         }
         Ok((status, None, _)) => {
             tracing::error!(provider = forge, status = status.as_u16(), target = %job.comment.target, delivery = %job.delivery, "provider refused the comment");
@@ -2409,7 +2457,7 @@ async fn post_comment(
                 .counters
                 .comments_failed
                 .fetch_add(1, Ordering::Relaxed);
-            Outcome::Done
+            Outcome::Failed
         }
         Err(err) => {
             let err: &(dyn std::error::Error + 'static) = &*err;
@@ -2432,7 +2480,7 @@ async fn post_comment(
                 // have created the comment.
                 None => {
                     may_have_been_posted(state, job, &err.to_string());
-                    Outcome::Done
+                    Outcome::Failed
                 }
             }
         }

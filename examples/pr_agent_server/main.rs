@@ -49,7 +49,9 @@
 //! error level and counted in `/status` as `comments.failed`. A comment is never posted twice:
 //! after a failure that may have come once the provider created it (a 500, 502 or 504, a
 //! timeout, a connection lost after the request was sent) it is given up, not sent again; the
-//! log names its delivery, to deliver again if the comment is missing. A 503, 429 or 408, or no
+//! log names its delivery, to deliver again if the comment is missing (a delivery whose comment
+//! failed is no longer remembered as handled: delivered again, with the same id, it is processed
+//! again). A 503, 429 or 408, or no
 //! connection made (none opened within 10 s), is tried again later.
 //!
 //! Comments are posted to each provider's API at most `COMMENTS_IN_FLIGHT_PER_PROVIDER` (8) at a
