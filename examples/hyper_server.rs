@@ -12,7 +12,8 @@
 //! it with: 202 the first time, 409 when the same delivery id comes again (a replay). Ctrl-C or
 //! `SIGTERM` stops it gracefully: requests in flight are answered first (for up to 10 s). A
 //! client that takes more than 10 s to send its request head is cut off too, one that sends
-//! nothing at all included.
+//! nothing at all included; an HTTP/2 connection that does not answer a ping within 10 s (idle
+//! ones are pinged every 10 s) too.
 
 #[path = "common/preface.rs"]
 mod preface;
@@ -134,7 +135,12 @@ pub(crate) async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(head_timeout);
-    server.http2().timer(TokioTimer::new());
+    // An HTTP/2 peer gone silent after its preface (or gone for good) is found by its pings.
+    server
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(head_timeout)
+        .keep_alive_timeout(head_timeout);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {

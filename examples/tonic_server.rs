@@ -9,7 +9,8 @@
 //! The call `"slow"` runs into the 2 s deadline (`DEADLINE_EXCEEDED`). Ctrl-C or `SIGTERM` stops
 //! the server gracefully: calls in flight are answered first. A connection that has not sent the
 //! HTTP/2 preface within 10 s, or by the time the server stops, is closed: without that, one that
-//! sends nothing would be held forever, and would hold up the graceful shutdown forever too.
+//! sends nothing would be held forever, and would hold up the graceful shutdown forever too. An
+//! idle connection is pinged every 30 s, and closed if it does not answer within 30 s.
 
 #[path = "common/echo.rs"]
 #[allow(dead_code)] // the client half is used by tonic_client
@@ -31,6 +32,8 @@ use tower_webhook::error::WebhookErrorLayer;
 
 /// How long a new connection may take to send the HTTP/2 preface.
 pub(crate) const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often an idle connection is pinged, and how long its answer may take.
+pub(crate) const KEEPALIVE: Duration = Duration::from_secs(30);
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
@@ -42,16 +45,18 @@ async fn main() -> Result<(), BoxError> {
     let listener = TcpListener::bind(addr).await?;
     let shutdown = shutdown::shutdown_signal()?;
     println!("tonic_server listening on {}", listener.local_addr()?);
-    serve(listener, shutdown, PREFACE_TIMEOUT).await
+    serve(listener, shutdown, PREFACE_TIMEOUT, KEEPALIVE).await
 }
 
 /// Serves the echo service on `listener` until `shutdown` completes, then waits for the calls in
 /// flight. A connection that has not sent the HTTP/2 preface within `preface_timeout`, or when
-/// `shutdown` completes, is closed.
+/// `shutdown` completes, is closed; so is one that does not answer a ping within `keepalive`
+/// (an idle connection is pinged every `keepalive`).
 pub(crate) async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
     preface_timeout: Duration,
+    keepalive: Duration,
 ) -> Result<(), BoxError> {
     // hyper waits for a connection's preface without a deadline, and cannot close it gracefully
     // before the preface has come (tonic's graceful shutdown would wait for it forever): the
@@ -72,6 +77,9 @@ pub(crate) async fn serve(
         conn.map(|io| PrefaceDeadline::new(io, deadline))
     });
     tonic::transport::Server::builder()
+        // A peer gone silent after the preface (or gone for good) is found by its pings.
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(keepalive))
         // Outermost: every error and panic below becomes a gRPC status.
         .layer(WebhookErrorLayer::new())
         // A deadline for every call: `Elapsed` becomes DEADLINE_EXCEEDED.

@@ -188,6 +188,9 @@ fn an_api_url_without_its_path_prefix_is_warned_about() {
     assert_eq!(settings.api_url_warnings(), Vec::<String>::new());
 }
 
+/// The HTTP/2 client preface.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// Reads from `conn` until the server closes it: `true` if it did within `limit`.
 async fn closed_within(conn: &mut TcpStream, limit: Duration) -> bool {
     let mut buf = [0; 1024];
@@ -207,7 +210,8 @@ async fn closed_within(conn: &mut TcpStream, limit: Duration) -> bool {
 /// preface) held its connection forever, and held up the graceful shutdown forever too: hyper
 /// waits for the preface before it can close a connection, and tonic waits for every connection
 /// to close. Such a connection is closed once the preface deadline has passed now, or when the
-/// server stops; calls are answered as before.
+/// server stops; one that sent the preface and then went silent (no answer to pings) is closed
+/// too. Calls are answered as before.
 #[tokio::test]
 async fn a_grpc_connection_that_sends_no_preface_is_closed_and_does_not_hold_up_shutdown() {
     let (_logs, _guard) = Logs::capture();
@@ -220,10 +224,13 @@ async fn a_grpc_connection_that_sends_no_preface_is_closed_and_does_not_hold_up_
             let _ = stopped.await;
         },
         Duration::from_millis(500),
+        Duration::from_millis(500),
     ));
     let mut silent = TcpStream::connect(addr).await.unwrap();
     let mut partial = TcpStream::connect(addr).await.unwrap();
     partial.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let mut preface_only = TcpStream::connect(addr).await.unwrap();
+    preface_only.write_all(PREFACE).await.unwrap();
     let reply = echo::say(
         addr,
         tonic::Request::new(echo::Echo {
@@ -235,7 +242,7 @@ async fn a_grpc_connection_that_sends_no_preface_is_closed_and_does_not_hold_up_
     assert_eq!(reply.into_inner().message, "hello");
     assert!(closed_within(&mut silent, Duration::from_secs(30)).await);
     assert!(closed_within(&mut partial, Duration::from_secs(30)).await);
-
+    assert!(closed_within(&mut preface_only, Duration::from_secs(30)).await);
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(30), server)
         .await
@@ -253,6 +260,7 @@ async fn a_grpc_connection_that_sends_no_preface_is_closed_and_does_not_hold_up_
         async {
             let _ = stopped.await;
         },
+        Duration::from_secs(3600),
         Duration::from_secs(3600),
     ));
     let mut held = TcpStream::connect(addr).await.unwrap();
@@ -277,7 +285,8 @@ async fn a_grpc_connection_that_sends_no_preface_is_closed_and_does_not_hold_up_
 /// The hyper_server example says that a client taking more than 10 s to send its request head
 /// is cut off, but one that sent nothing at all, or part of the HTTP/2 preface, was held
 /// forever: hyper's `header_read_timeout` starts only once the connection has sent enough to
-/// tell HTTP/1 from HTTP/2. Such a connection is closed at the same deadline now.
+/// tell HTTP/1 from HTTP/2. Such a connection is closed at the same deadline now, and an HTTP/2
+/// one that sent its preface and then went silent (no answer to pings) too.
 #[tokio::test]
 async fn a_hyper_connection_that_sends_no_request_is_closed() {
     let (_logs, _guard) = Logs::capture();
@@ -292,6 +301,8 @@ async fn a_hyper_connection_that_sends_no_request_is_closed() {
     let mut silent = TcpStream::connect(addr).await.unwrap();
     let mut partial = TcpStream::connect(addr).await.unwrap();
     partial.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let mut preface_only = TcpStream::connect(addr).await.unwrap();
+    preface_only.write_all(PREFACE).await.unwrap();
     // A request is answered as before (unsigned: 401).
     let res = reqwest::Client::new()
         .post(format!("http://{addr}/"))
@@ -302,6 +313,7 @@ async fn a_hyper_connection_that_sends_no_request_is_closed() {
     assert_eq!(res.status(), http::StatusCode::UNAUTHORIZED);
     assert!(closed_within(&mut silent, Duration::from_secs(30)).await);
     assert!(closed_within(&mut partial, Duration::from_secs(30)).await);
+    assert!(closed_within(&mut preface_only, Duration::from_secs(30)).await);
 }
 
 fn hmac_hex(secret: &str, body: &str) -> String {
