@@ -385,3 +385,38 @@ async fn a_delivery_whose_comment_failed_is_processed_when_delivered_again() {
     assert_eq!(github_opened(&client, &base, id).await, 200);
     assert_eq!(fake.received().len(), 3);
 }
+
+/// `GITLAB_API_URL=gitlab.com/api/v4` (no scheme) stopped the server with "set it to the API's
+/// base URL, e.g. https://api.github.com": GitHub's URL, for every provider, which for GitLab
+/// or Gitea leads to a URL without the `/api/v4` or `/api/v1` every comment needs. The example
+/// is the provider's own now.
+#[test]
+fn a_wrong_api_url_is_refused_with_an_example_of_its_provider() {
+    let (_logs, _guard) = Logs::capture();
+    for (var, secret, example) in [
+        (
+            "GITLAB_API_URL",
+            "GITLAB_WEBHOOK_TOKEN",
+            "https://gitlab.com/api/v4",
+        ),
+        (
+            "GITEA_API_URL",
+            "GITEA_WEBHOOK_SECRET",
+            "https://gitea.example.com/api/v1",
+        ),
+        (
+            "BITBUCKET_API_URL",
+            "BITBUCKET_WEBHOOK_SECRET",
+            "https://api.bitbucket.org/2.0",
+        ),
+        (
+            "GITHUB_API_URL",
+            "GITHUB_WEBHOOK_SECRET",
+            "https://api.github.com",
+        ),
+    ] {
+        let err = harness::lookup(&[(secret, "s"), (var, "example.com/api")]).unwrap_err();
+        assert!(err.starts_with(var), "{err}");
+        assert!(err.ends_with(&format!("e.g. {example}")), "{err}");
+    }
+}

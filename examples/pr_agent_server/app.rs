@@ -104,6 +104,18 @@ impl Forge {
         }
     }
 
+    /// The base URL of the provider's hosted API, or of a self-hosted one, for messages.
+    fn api_url_example(self) -> &'static str {
+        match self {
+            Forge::GitHub => "https://api.github.com",
+            Forge::GitLab => "https://gitlab.com/api/v4",
+            Forge::Bitbucket => "https://api.bitbucket.org/2.0",
+            Forge::BitbucketServer => "https://bitbucket.example.com",
+            Forge::Gitea => "https://gitea.example.com/api/v1",
+            Forge::AzureDevOps => "https://dev.azure.com/{organization}",
+        }
+    }
+
     fn token_var(self) -> &'static str {
         match self {
             Forge::GitHub => "GITHUB_TOKEN",
@@ -317,11 +329,12 @@ impl Settings {
         self.apis
             .iter()
             .filter_map(|(&forge, api)| {
-                let (prefix, example) = match forge {
-                    Forge::GitLab => ("/api/v4", "https://gitlab.com/api/v4"),
-                    Forge::Gitea => ("/api/v1", "https://gitea.example.com/api/v1"),
+                let prefix = match forge {
+                    Forge::GitLab => "/api/v4",
+                    Forge::Gitea => "/api/v1",
                     _ => return None,
                 };
+                let example = forge.api_url_example();
                 let url = reqwest::Url::parse(&api.base_url).ok()?;
                 let path = url.path().trim_end_matches('/');
                 (!path.ends_with(prefix)).then(|| {
@@ -454,7 +467,7 @@ impl Settings {
                 apis.insert(
                     forge,
                     ApiTarget {
-                        base_url: api_base_url(forge.api_url_var(), &base_url)?,
+                        base_url: api_base_url(forge, &base_url)?,
                         token,
                         username,
                     },
@@ -593,14 +606,19 @@ fn api_username(name: &str, value: Option<String>) -> Result<Option<String>, Str
     Ok(Some(username))
 }
 
-/// The base URL of setting `name`, without its trailing `/`: an `http` or `https` URL with a
-/// host, no credentials and no query or fragment (the comment's path is appended to it), or an
-/// error naming the setting. Otherwise every comment would fail, one by one, at run time. The
-/// error does not repeat the value: a token pasted there by mistake would go to the log.
-fn api_base_url(name: &str, value: &str) -> Result<String, String> {
+/// The base URL of `forge`'s API setting, without its trailing `/`: an `http` or `https` URL
+/// with a host, no credentials and no query or fragment (the comment's path is appended to it),
+/// or an error naming the setting and showing a URL of that provider. Otherwise every comment
+/// would fail, one by one, at run time. The error does not repeat the value: a token pasted
+/// there by mistake would go to the log.
+fn api_base_url(forge: Forge, value: &str) -> Result<String, String> {
     let value = value.trim();
     let refused = |why: &str| {
-        format!("{name} {why}: set it to the API's base URL, e.g. https://api.github.com")
+        format!(
+            "{} {why}: set it to the API's base URL, e.g. {}",
+            forge.api_url_var(),
+            forge.api_url_example()
+        )
     };
     let url =
         reqwest::Url::parse(value).map_err(|err| refused(&format!("is not a URL ({err})")))?;
