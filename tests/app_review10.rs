@@ -188,6 +188,60 @@ fn an_api_url_without_its_path_prefix_is_warned_about() {
     assert_eq!(settings.api_url_warnings(), Vec::<String>::new());
 }
 
+/// `GITHUB_API_URL=https://github.com` (the website), `BITBUCKET_API_URL` without its `/2.0`, or
+/// `BITBUCKET_SERVER_API_URL` ending with the `/rest/api/1.0` the comment's path adds again:
+/// every comment failed (a 404, or a redirect), with nothing said at startup. Each is warned
+/// about now; the documented URLs are not.
+#[test]
+fn an_api_url_of_a_website_or_a_doubled_path_is_warned_about() {
+    let (_logs, _guard) = Logs::capture();
+    let settings = harness::lookup(&[
+        ("GITHUB_WEBHOOK_SECRET", "gh"),
+        ("GITHUB_API_URL", "https://github.com/"),
+        ("GITHUB_TOKEN", "t"),
+        ("BITBUCKET_API_URL", "https://api.bitbucket.org"),
+        ("BITBUCKET_TOKEN", "t"),
+        (
+            "BITBUCKET_SERVER_API_URL",
+            "https://git.example.com/rest/api/1.0/",
+        ),
+        ("BITBUCKET_SERVER_TOKEN", "t"),
+    ])
+    .unwrap();
+    let warnings = settings.api_url_warnings();
+    assert_eq!(warnings.len(), 3, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with(
+            "GITHUB_API_URL names the website, not the API (e.g. https://api.github.com)"
+        ),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[1].starts_with("BITBUCKET_API_URL does not end with /2.0"),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[2].starts_with("BITBUCKET_SERVER_API_URL ends with /rest/api/1.0"),
+        "{warnings:?}"
+    );
+    let settings = harness::lookup(&[
+        ("GITHUB_WEBHOOK_SECRET", "gh"),
+        ("GITHUB_API_URL", "https://api.github.com"),
+        ("GITHUB_TOKEN", "t"),
+        ("BITBUCKET_API_URL", "https://api.bitbucket.org/2.0/"),
+        ("BITBUCKET_TOKEN", "t"),
+        (
+            "BITBUCKET_SERVER_API_URL",
+            "https://git.example.com/bitbucket",
+        ),
+        ("BITBUCKET_SERVER_TOKEN", "t"),
+        ("AZURE_DEVOPS_API_URL", "https://dev.azure.com/org"),
+        ("AZURE_DEVOPS_TOKEN", "t"),
+    ])
+    .unwrap();
+    assert_eq!(settings.api_url_warnings(), Vec::<String>::new());
+}
+
 /// The HTTP/2 client preface.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 

@@ -321,30 +321,45 @@ impl Settings {
             .collect()
     }
 
-    /// The `*_API_URL`s whose path does not end with their API's prefix, one line each: GitLab's
-    /// `/api/v4` and Gitea's `/api/v1` are part of the base URL, and without them every comment
-    /// would be answered 404, and given up as refused. A warning, not an error: a proxy in front
-    /// of the API may serve it at another path.
+    /// The `*_API_URL`s that cannot be the provider's API, one line each: GitLab's `/api/v4`,
+    /// Gitea's `/api/v1` and Bitbucket Cloud's `/2.0` are part of the base URL; `github.com` and
+    /// `bitbucket.org` are the websites, not the APIs; Bitbucket Data Center's `/rest/api/1.0`
+    /// is in the comment's path already. Every comment would fail (404, or a redirect), and be
+    /// given up as refused. A warning, not an error: a proxy in front of the API may serve it at
+    /// another path.
     pub(crate) fn api_url_warnings(&self) -> Vec<String> {
         self.apis
             .iter()
             .filter_map(|(&forge, api)| {
-                let prefix = match forge {
-                    Forge::GitLab => "/api/v4",
-                    Forge::Gitea => "/api/v1",
+                let url = reqwest::Url::parse(&api.base_url).ok()?;
+                let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+                let path = url.path().trim_end_matches('/');
+                let website = |site: &str| host == site || host == format!("www.{site}");
+                let why = match forge {
+                    Forge::GitLab if !path.ends_with("/api/v4") => {
+                        "does not end with /api/v4, the path of gitlab's API"
+                    }
+                    Forge::Gitea if !path.ends_with("/api/v1") => {
+                        "does not end with /api/v1, the path of gitea's API"
+                    }
+                    Forge::GitHub if website("github.com") => "names the website, not the API",
+                    Forge::Bitbucket if website("bitbucket.org") => {
+                        "names the website, not the API"
+                    }
+                    Forge::Bitbucket if host == "api.bitbucket.org" && path != "/2.0" => {
+                        "does not end with /2.0, the path of bitbucket's API"
+                    }
+                    Forge::BitbucketServer if path.ends_with("/rest/api/1.0") => {
+                        "ends with /rest/api/1.0, which the comment's path adds again: set it to the server's base URL"
+                    }
                     _ => return None,
                 };
-                let example = forge.api_url_example();
-                let url = reqwest::Url::parse(&api.base_url).ok()?;
-                let path = url.path().trim_end_matches('/');
-                (!path.ends_with(prefix)).then(|| {
-                    format!(
-                        "{} does not end with {prefix}, the path of {}'s API (e.g. {example}): {} would answer every comment 404",
-                        forge.api_url_var(),
-                        forge.name(),
-                        forge.name()
-                    )
-                })
+                Some(format!(
+                    "{} {why} (e.g. {}): every comment to {} would fail",
+                    forge.api_url_var(),
+                    forge.api_url_example(),
+                    forge.name()
+                ))
             })
             .collect()
     }
