@@ -1,7 +1,8 @@
 //! Replay protection: remembering delivery ids.
 
+use std::cmp::Reverse;
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
@@ -406,8 +407,7 @@ pub enum OnReplay {
 /// The default [`ReplayStore`]: in memory, bounded, entries expire after their TTL.
 ///
 /// When full, it first forgets the expired entries (also those recorded with a shorter TTL after
-/// live ones: the whole queue is swept for them, at most once per quarter of its length of new
-/// entries), then evicts the oldest entry, but never the claim of a delivery still being
+/// live ones), then evicts the oldest entry, but never the claim of a delivery still being
 /// handled (see [`RecordDelivery::AfterSuccess`]): a copy let in then would be handled twice. A
 /// store whose every entry is such a claim refuses new ids with an error, which the layer
 /// answers `503` with `Retry-After`, until a claim is settled or expires. It serves one process:
@@ -452,39 +452,47 @@ struct Entries {
 
 /// Entries queued out of order: with one TTL (and a clock that does not go back) every entry
 /// expires after those queued before it, so when the front of the queue is live, all are. An
-/// entry with a shorter TTL queued after one with a longer TTL may expire first, behind a live
-/// front: when the store is full, such entries are purged from the whole queue before a live
-/// entry is evicted.
+/// entry with a shorter TTL queued after one with a longer TTL (a claim, whose `claim_ttl` is
+/// shorter than the `replay_ttl` of the ids completed before it; routes with different TTLs
+/// sharing a store) may expire first, behind a live front: such entries are also kept in a heap
+/// by expiry, so that when the store is full, those that expired are purged before a live entry
+/// is evicted, at the cost of a heap operation each (none for entries queued in order).
+#[derive(Default)]
 struct Behind {
-    /// The latest expiry queued (an upper bound: it is not lowered when entries leave).
+    /// The latest expiry queued in order: a pair queued with an earlier one goes to `heap`.
+    /// Every pair of the queue that is not in `heap` expires no earlier than those before it.
     max: u64,
-    /// The earliest expiry queued below `max` (a lower bound), `u64::MAX` for none.
-    min: u64,
-    /// Pairs queued since the last sweep: a sweep costs the whole queue, and is run again only
-    /// once a quarter of the queue was queued since (in a queue of more than 64), so that it
-    /// costs a few steps per insert.
-    pushed: usize,
-}
-
-impl Default for Behind {
-    fn default() -> Self {
-        Self {
-            max: 0,
-            min: u64::MAX,
-            pushed: 0,
-        }
-    }
+    /// The pairs `(expiry, fingerprint)` queued out of order, earliest expiry first; may hold
+    /// stale pairs, recognised as in the queue.
+    heap: BinaryHeap<Reverse<(u64, u64)>>,
 }
 
 impl Behind {
     #[inline]
-    fn push(&mut self, expiry: u64) {
+    fn push(&mut self, fp: u64, expiry: u64) {
         if expiry < self.max {
-            self.min = self.min.min(expiry);
+            self.heap.push(Reverse((expiry, fp)));
         } else {
             self.max = expiry;
         }
-        self.pushed += 1;
+    }
+
+    /// Purges from `table` the entries queued out of order that expired by `now`; whether any
+    /// was.
+    fn purge(&mut self, table: &mut Table, now: u64) -> bool {
+        let mut purged = false;
+        while let Some(&Reverse((exp, k))) = self.heap.peek() {
+            if exp > now {
+                break;
+            }
+            self.heap.pop();
+            // Held with this very expiry: the entry itself expired (else the pair is stale).
+            if table.get(k) == Some(exp) {
+                table.remove(k);
+                purged = true;
+            }
+        }
+        purged
     }
 }
 
@@ -870,7 +878,7 @@ impl MemoryReplayStore {
     /// and the layer answers 503, so that the provider delivers again later.
     ///
     /// Before a live entry is evicted, expired entries queued behind it (shorter TTLs recorded
-    /// after longer ones) are purged from the whole queue (see [`Behind`]).
+    /// after longer ones) are purged (see [`Behind`]).
     fn record(
         &self,
         entries: &mut Entries,
@@ -894,8 +902,7 @@ impl MemoryReplayStore {
                     break;
                 }
                 // A live entry would be evicted: first purge what expired behind it.
-                if behind.min <= now && behind.pushed >= order.len().saturating_sub(64) / 4 {
-                    Self::sweep(table, order, behind, now);
+                if behind.purge(table, now) {
                     kept = 0;
                     continue;
                 }
@@ -906,7 +913,7 @@ impl MemoryReplayStore {
                     if held.claim.is_some() && exp > now {
                         order.push_back((k, exp));
                         // Behind newer entries now: it may expire before them.
-                        behind.push(exp);
+                        behind.push(k, exp);
                         kept += 1;
                         if kept >= order.len() {
                             return Err(StoreFull {
@@ -922,7 +929,7 @@ impl MemoryReplayStore {
             }
         }
         table.insert(fp, expiry, claim);
-        Self::push_order(table, order, behind, fp, expiry, now, self.capacity);
+        Self::push_order(table, order, behind, fp, expiry, self.capacity);
         Ok(())
     }
 
@@ -934,59 +941,41 @@ impl MemoryReplayStore {
         behind: &mut Behind,
         fp: u64,
         expiry: u64,
-        now: u64,
         capacity: usize,
     ) {
         order.push_back((fp, expiry));
-        behind.push(expiry);
+        behind.push(fp, expiry);
         // Saturating: a capacity above `usize::MAX / 2` means "no practical bound".
-        if order.len() > capacity.saturating_mul(2) {
-            Self::compact(table, order, behind, now);
+        let bound = capacity.saturating_mul(2);
+        if order.len() > bound || behind.heap.len() > bound {
+            Self::compact(table, order, behind);
         }
     }
 
-    /// Purges the expired entries, wherever they are queued; `behind` is worked out again from
-    /// what is left. Only expired pairs are looked up in the table: the rest of the queue is
-    /// read in order, so a sweep of a full store costs a pass over the queue's memory, not a
-    /// cache miss per entry. Stale pairs that have not expired stay, skipped when they come up.
-    fn sweep(table: &mut Table, order: &mut VecDeque<(u64, u64)>, behind: &mut Behind, now: u64) {
-        Self::retain_live(table, order, behind, now, false);
-    }
-
-    /// Drops the stale pairs from the whole queue too (those of removed or re-recorded ids),
-    /// which bounds the queue's length, and purges the expired entries.
-    fn compact(table: &mut Table, order: &mut VecDeque<(u64, u64)>, behind: &mut Behind, now: u64) {
-        Self::retain_live(table, order, behind, now, true);
-    }
-
-    /// Keeps the pairs that have not expired (only those the table holds, if `drop_stale`),
-    /// purging the expired entries from the table, and works `behind` out again.
+    /// Drops the stale pairs from the whole queue (those of removed or re-recorded ids), which
+    /// bounds the queue's length (and the heap's) by the number of ids held, and works `behind`
+    /// out again from what is left. Expired entries stay, purged as usual.
     #[cold]
     #[inline(never)]
-    fn retain_live(
-        table: &mut Table,
-        order: &mut VecDeque<(u64, u64)>,
-        behind: &mut Behind,
-        now: u64,
-        drop_stale: bool,
-    ) {
-        let mut left = Behind::default();
+    fn compact(table: &Table, order: &mut VecDeque<(u64, u64)>, behind: &mut Behind) {
+        let mut max = 0;
+        let mut heap = Vec::new();
         order.retain(|&(k, exp)| {
-            if exp <= now {
-                // Held with this very expiry: the entry itself expired (else the pair is stale).
-                if table.get(k) == Some(exp) {
-                    table.remove(k);
-                }
+            // Held with this very expiry: the pair is the entry's own.
+            if table.get(k) != Some(exp) {
                 return false;
             }
-            if drop_stale && table.get(k) != Some(exp) {
-                return false;
+            if exp < max {
+                heap.push(Reverse((exp, k)));
+            } else {
+                max = exp;
             }
-            left.push(exp);
             true
         });
-        left.pushed = 0;
-        *behind = left;
+        *behind = Behind {
+            max,
+            heap: BinaryHeap::from(heap),
+        };
     }
 }
 
@@ -1054,7 +1043,7 @@ impl ReplayStore for MemoryReplayStore {
                 table.settle_at(i, expiry);
                 // An unchanged expiry is queued already: a second entry would never be purged.
                 if held.expiry != expiry {
-                    Self::push_order(table, order, behind, fp, expiry, now, self.capacity);
+                    Self::push_order(table, order, behind, fp, expiry, self.capacity);
                 }
                 true
             }
@@ -1578,10 +1567,15 @@ mod tests {
         // steps vary, so ids of short TTLs are recorded after ids of long ones), then the oldest,
         // removed ids come again, never more than `capacity`.
         #[test]
+        //
+        // `wide`: a store of about a hundred ids, TTLs of up to 300 steps, so that the queue is
+        // long and ids expire behind live ones while it is full.
         fn store_follows_the_policy(
-            steps in proptest::collection::vec((0u8..12, 0u64..4, 1u64..6, any::<bool>()), 1..300),
-            capacity in 1usize..6,
+            steps in proptest::collection::vec((0u16..400, 0u64..4, 1u64..6, 0u8..8), 1..600),
+            small in 1usize..6,
+            wide in any::<bool>(),
         ) {
+            let (capacity, keys, scale) = if wide { (small * 20, 400, 50) } else { (small, 12, 1) };
             let now = Arc::new(AtomicU64::new(1_000_000));
             let n = now.clone();
             let store = MemoryReplayStore::with_capacity(capacity)
@@ -1589,8 +1583,9 @@ mod tests {
             let mut map: HashMap<String, u64> = HashMap::new();
             let mut order: VecDeque<(String, u64)> = VecDeque::new();
             for (key, advance, ttl, remove) in steps {
+                let (ttl, remove) = (ttl * scale, if wide { remove == 0 } else { remove < 4 });
                 let t = now.fetch_add(advance, Ordering::SeqCst) + advance;
-                let key = format!("github:{key}");
+                let key = format!("github:{}", key % keys);
                 if remove {
                     let got = block_on(store.remove(&key));
                     prop_assert_eq!(got, map.remove(&key).is_some());
@@ -1605,8 +1600,8 @@ mod tests {
                                 break;
                             }
                             if map.values().any(|&e| e <= t) {
-                                // The sweep drops expired pairs; stale ones that have not
-                                // expired stay, skipped when they come up.
+                                // Every expired entry goes; stale pairs stay, skipped when
+                                // they come up.
                                 map.retain(|_, e| *e > t);
                                 order.retain(|(_, e)| *e > t);
                                 continue;
