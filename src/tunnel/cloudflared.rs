@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio::time::Instant;
 
 use super::Upstream;
 use super::http::{BaseUrl, get};
@@ -17,6 +18,9 @@ use super::provider::{BoxFuture, Provider, Session};
 use crate::BoxError;
 
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// The part of the startup timeout kept for the round-trip probe, as a divisor: cloudflared's
+/// start and readiness share the rest.
+const PROBE_SHARE: u32 = 5;
 const STDERR_LINES: usize = 5;
 /// The longest stderr line kept, in bytes: the rest of a longer one is skipped.
 const STDERR_LINE_MAX: usize = 4096;
@@ -203,7 +207,11 @@ impl Cloudflared {
         self
     }
 
-    /// The hard startup limit (default 30 s).
+    /// The hard startup limit (default 30 s), covering cloudflared's start and the round-trip
+    /// probe. cloudflared may take all of it but a fifth, kept for the probe, to report its
+    /// hostname and get ready; one that is not ready by then fails the attempt with what its
+    /// metrics endpoint last answered and its last messages (it cannot reach Cloudflare's edge,
+    /// say).
     ///
     /// # Example
     ///
@@ -306,6 +314,12 @@ impl Provider for Cloudflared {
 
     fn open(&self, upstream: Upstream) -> BoxFuture<'_, Result<Session, BoxError>> {
         Box::pin(async move {
+            // Readiness is waited for within the startup timeout, all but a fifth kept for the
+            // round-trip probe: a cloudflared that never gets ready (it cannot reach Cloudflare's
+            // edge, say) fails with what it said before the chain cuts the attempt off with
+            // no reason at all.
+            let limit = self.startup_timeout - self.startup_timeout / PROBE_SHARE;
+            let deadline = super::time::deadline(Instant::now(), limit);
             let binary = self.find_binary()?;
             let local = upstream.local_addr().await?;
             let metrics_port = free_port().await?;
@@ -364,8 +378,22 @@ impl Provider for Cloudflared {
                         format!("cloudflared exited with {status}: {}", last_lines()).into(),
                     );
                 }
-                if let Some(hostname) = ready_hostname(&metrics).await {
-                    break hostname;
+                let waiting = match ready_hostname(&metrics, deadline).await {
+                    Ok(hostname) => break hostname,
+                    Err(waiting) => waiting,
+                };
+                if super::time::due_within(deadline, Instant::now(), POLL_INTERVAL) {
+                    let said = last_lines();
+                    let said = if said.is_empty() {
+                        "it logged nothing".to_owned()
+                    } else {
+                        format!("its last messages: {said}")
+                    };
+                    return Err(format!(
+                        "cloudflared was not ready within {} ms ({waiting}); {said}",
+                        limit.as_millis()
+                    )
+                    .into());
                 }
                 tokio::time::sleep(POLL_INTERVAL).await;
             };
@@ -393,23 +421,41 @@ impl Provider for Cloudflared {
     }
 }
 
-/// The quick tunnel's hostname, once cloudflared reports both a hostname and readiness.
-async fn ready_hostname(metrics: &BaseUrl) -> Option<String> {
-    let timeout = Duration::from_secs(1);
-    let (status, body) = get(metrics, "/quicktunnel", &[], timeout, None)
+/// The quick tunnel's hostname, once cloudflared reports both a hostname and readiness; what
+/// it is still waiting for otherwise. Each request gets a second, and no more than is left
+/// before `deadline`.
+async fn ready_hostname(metrics: &BaseUrl, deadline: Option<Instant>) -> Result<String, String> {
+    let timeout = || {
+        let left = deadline.map_or(Duration::from_secs(1), |deadline| {
+            deadline.saturating_duration_since(Instant::now())
+        });
+        left.clamp(Duration::from_millis(1), Duration::from_secs(1))
+    };
+    let unanswered = |err: BoxError| {
+        format!(
+            "its metrics endpoint {} did not answer: {}",
+            metrics.authority(),
+            super::error::chain(&*err)
+        )
+    };
+    let (status, body) = get(metrics, "/quicktunnel", &[], timeout(), None)
         .await
-        .ok()?;
+        .map_err(unanswered)?;
     if !status.is_success() {
-        return None;
+        return Err(format!("/quicktunnel answered {status}"));
     }
     let hostname = serde_json::from_slice::<QuickTunnel>(&body)
-        .ok()?
-        .hostname?;
-    if hostname.is_empty() {
-        return None;
+        .ok()
+        .and_then(|answer| answer.hostname)
+        .filter(|hostname| !hostname.is_empty())
+        .ok_or("/quicktunnel reported no hostname yet")?;
+    let (status, _) = get(metrics, "/ready", &[], timeout(), None)
+        .await
+        .map_err(unanswered)?;
+    if !status.is_success() {
+        return Err(format!("/ready answered {status}"));
     }
-    let (status, _) = get(metrics, "/ready", &[], timeout, None).await.ok()?;
-    status.is_success().then_some(hostname)
+    Ok(hostname)
 }
 
 /// Where quick tunnels live.

@@ -34,6 +34,11 @@ if (mode === 'noisy-crash') {
   return;
 }
 
+if (mode === 'never-ready') {
+  // What cloudflared says when it cannot reach Cloudflare's edge (and then keeps retrying).
+  console.error('ERR Failed to dial a quic connection error="timeout: no recent network activity"');
+}
+
 const origin = opt('--url');
 const [host, port] = opt('--metrics').split(':');
 let readyPolls = 0;
