@@ -1,15 +1,20 @@
 //! Tenth review of the tunnel bootstrapper, on loopback: a cloudflared that never gets ready
-//! fails with what it said rather than a bare timeout.
+//! fails with what it said rather than a bare timeout; a localtunnel pool port that answers
+//! every connection with bytes that are no request and closes it is not reconnected to in a
+//! tight loop.
 
 #[path = "tunnel/support.rs"]
 mod support;
 
+use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use support::hello_service;
-use tower_webhook::tunnel::{Cloudflared, Tunnel, TunnelError, Upstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tower_webhook::tunnel::{Cloudflared, LocalTunnel, Tunnel, TunnelError, TunnelEvent, Upstream};
 
 fn service() -> Upstream {
     Upstream::service(hello_service(Arc::new(AtomicUsize::new(0))))
@@ -51,4 +56,67 @@ async fn a_cloudflared_that_never_gets_ready_fails_with_its_own_reason() {
         reason.contains("Failed to dial a quic connection"),
         "{reason}"
     );
+}
+
+/// A localtunnel server whose registration names a pool port where something else answers: it
+/// greets every connection with a banner (as an SSH server does) and closes it. Returns the
+/// server's address and the count of pool connections.
+async fn lt_with_a_greeting_pool_port() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let api = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let pool = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let (addr, pool_port) = (api.local_addr().unwrap(), pool.local_addr().unwrap().port());
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&connections);
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = pool.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let _ = conn.write_all(b"SSH-2.0-OpenSSH_9.6\r\n").await;
+        }
+    });
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = api.accept().await {
+            let mut head = vec![0u8; 4096];
+            let _ = conn.read(&mut head).await;
+            let body = serde_json::json!({
+                "id": "greeted",
+                "port": pool_port,
+                "max_conn_count": 4,
+                "url": format!("http://greeted.localhost:{}", addr.port()),
+            })
+            .to_string();
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(answer.as_bytes()).await;
+        }
+    });
+    (addr, connections)
+}
+
+/// Pool connections that the far end closes at once, having sent bytes that are no request,
+/// carried nothing: the pool paces its reconnects and reports the tunnel lost, as for any
+/// connection closed at once, instead of reconnecting in a tight loop for as long as the
+/// tunnel lives.
+#[tokio::test]
+async fn a_pool_port_that_greets_and_closes_is_not_reconnected_to_in_a_tight_loop() {
+    let (server, connections) = lt_with_a_greeting_pool_port().await;
+    let handle = Tunnel::builder()
+        .probe(false)
+        .reconnect(false)
+        .provider(LocalTunnel::new().server(format!("http://{server}")))
+        .start(service())
+        .await
+        .unwrap();
+    let mut events = handle.events();
+    let down = tokio::time::timeout(Duration::from_secs(10), events.next()).await;
+    let opened = connections.load(Ordering::SeqCst);
+    assert!(
+        matches!(&down, Ok(Some(TunnelEvent::Down { reason, .. })) if reason.contains("keeps closing")),
+        "{down:?} after {opened} pool connections"
+    );
+    // Four slots, each giving up after ten connections closed at once.
+    assert!(opened <= 60, "{opened} pool connections");
+    handle.close().await;
 }

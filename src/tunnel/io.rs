@@ -1,15 +1,13 @@
-//! IO wrappers: one that first yields bytes read ahead of time, one that notes reads.
+//! An IO wrapper that first yields bytes read ahead of time.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Writes go straight to the `inner` field: the wrappers only change reading.
+/// Writes go straight to the `inner` field: the wrapper only changes reading.
 macro_rules! forward_write {
     ($wrapper:ident) => {
         impl<T: AsyncWrite + Unpin> AsyncWrite for $wrapper<T> {
@@ -77,34 +75,3 @@ impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
 }
 
 forward_write!(Rewind);
-
-/// A stream that records whether any byte was ever read from it.
-#[derive(Debug)]
-pub(crate) struct ReadFlag<T> {
-    inner: T,
-    read: Arc<AtomicBool>,
-}
-
-impl<T> ReadFlag<T> {
-    /// Wraps `inner`; `read` turns true with the first byte read.
-    pub(crate) fn new(inner: T, read: Arc<AtomicBool>) -> Self {
-        Self { inner, read }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for ReadFlag<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.read.store(true, Ordering::Relaxed);
-        }
-        result
-    }
-}
-
-forward_write!(ReadFlag);

@@ -11,7 +11,6 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::http::{BaseUrl, connect, get};
-use super::io::ReadFlag;
 use super::provider::{BoxFuture, Provider, Session};
 use super::{TlsRoots, TunnelError, Upstream};
 use crate::BoxError;
@@ -879,7 +878,7 @@ async fn slot(
         live.fetch_add(1, Ordering::SeqCst);
         let serving = Serving(Arc::clone(&live));
         upstream
-            .serve_pooled_connection(ReadFlag::new(stream, Arc::clone(&used)))
+            .serve_pooled_connection(stream, Arc::clone(&used))
             .await;
         drop(serving);
         // A connection that carried a request was used up normally (the server forwards the

@@ -5,6 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -99,6 +100,9 @@ struct ConnOptions {
     late: Option<LateGuard>,
     /// `None`: wait for a request's head as long as the peer keeps the connection.
     header_read_timeout: Option<Duration>,
+    /// Set once the connection carries a request (a localtunnel pooled connection, which is
+    /// used up normally then, however soon it closes).
+    served: Option<Arc<AtomicBool>>,
 }
 
 /// Serves one tunnel connection; erases the user's service type.
@@ -490,6 +494,7 @@ impl Upstream {
             watcher,
             late,
             header_read_timeout,
+            served: None,
         }
     }
 
@@ -530,15 +535,15 @@ impl Upstream {
 
     /// Serves a pooled connection that waits, idle, for the tunnel server to hand it requests
     /// (localtunnel): as [`serve_connection`](Self::serve_connection), without the header read
-    /// timeout.
-    pub(crate) async fn serve_pooled_connection<I>(&self, io: I)
+    /// timeout. `served` turns true once the connection carries a request (bytes that are no
+    /// request do not count).
+    pub(crate) async fn serve_pooled_connection<I>(&self, io: I, served: Arc<AtomicBool>)
     where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let serve = self
-            .inner
-            .serve
-            .serve(Box::new(io), self.options(None, true));
+        let mut options = self.options(None, true);
+        options.served = Some(served);
+        let serve = self.inner.serve.serve(Box::new(io), options);
         self.until_closed(serve).await;
     }
 
@@ -650,6 +655,7 @@ impl Upstream {
                             watcher: None,
                             late: None,
                             header_read_timeout,
+                            served: None,
                         };
                         tokio::spawn(serve.serve(Box::new(stream), options));
                     }
@@ -843,6 +849,13 @@ where
     }
 }
 
+/// Notes that a connection carries a request (see [`ConnOptions::served`]).
+fn mark_served(served: Option<&AtomicBool>) {
+    if let Some(served) = served {
+        served.store(true, Ordering::Relaxed);
+    }
+}
+
 struct ServeService<S> {
     service: Mutex<S>,
 }
@@ -858,7 +871,9 @@ where
     fn serve(&self, io: Box<dyn Io>, options: ConnOptions) -> BoxFuture<()> {
         let service = lock(&self.service).clone();
         let probes = Arc::clone(&options.probes);
+        let served = options.served.clone();
         let handler = hyper::service::service_fn(move |request: Request<Incoming>| {
+            mark_served(served.as_deref());
             let answered = probes.answer(&request);
             let service = service.clone();
             async move {
@@ -887,7 +902,9 @@ impl ServeConn for Forward {
         let addr = self.addr;
         let probes = Arc::clone(&options.probes);
         let client = self.client.clone();
+        let served = options.served.clone();
         let handler = hyper::service::service_fn(move |request: Request<Incoming>| {
+            mark_served(served.as_deref());
             let answered = probes.answer(&request);
             let client = client.clone();
             async move {
