@@ -1,10 +1,14 @@
 //! Tenth review of the tunnel bootstrapper, on loopback: a cloudflared that never gets ready
 //! fails with what it said rather than a bare timeout; a localtunnel pool port that answers
 //! every connection with bytes that are no request and closes it is not reconnected to in a
-//! tight loop.
+//! tight loop; a public connection through bore to a local server that is down says why in
+//! the log.
 
 #[path = "tunnel/support.rs"]
 mod support;
+
+#[path = "common/logs.rs"]
+mod logs;
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -14,7 +18,9 @@ use std::time::Duration;
 use support::hello_service;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tower_webhook::tunnel::{Cloudflared, LocalTunnel, Tunnel, TunnelError, TunnelEvent, Upstream};
+use tower_webhook::tunnel::{
+    Bore, Cloudflared, LocalTunnel, Tunnel, TunnelError, TunnelEvent, Upstream,
+};
 
 fn service() -> Upstream {
     Upstream::service(hello_service(Arc::new(AtomicUsize::new(0))))
@@ -118,5 +124,41 @@ async fn a_pool_port_that_greets_and_closes_is_not_reconnected_to_in_a_tight_loo
     );
     // Four slots, each giving up after ten connections closed at once.
     assert!(opened <= 60, "{opened} pool connections");
+    handle.close().await;
+}
+
+/// With an address upstream, bore pipes each public connection to the local server. When that
+/// server is down, the public client only sees its connection closed: the log says why, as it
+/// does for requests forwarded over HTTP (a warning naming the address), not in a debug line
+/// nobody sees.
+#[tokio::test]
+async fn a_piped_connection_to_a_local_server_that_is_down_is_logged() {
+    let (logs, _guard) = logs::Logs::capture();
+    let ip = Ipv4Addr::new(127, 0, 10, 1);
+    let _server = support::BoreServer::start(ip, None).await;
+    let local = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, support::closed_port().await));
+    let handle = Tunnel::builder()
+        .provider(Bore::new().server(ip.to_string()))
+        .start(local)
+        .await
+        .unwrap();
+    let url = handle.url();
+    let public = url.strip_prefix("http://").unwrap();
+    let mut conn = tokio::net::TcpStream::connect(public).await.unwrap();
+    conn.write_all(b"POST /webhook HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut answer)).await;
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    let logged = support::eventually(Duration::from_secs(5), || {
+        logs.text().lines().any(|line| {
+            line.contains("WARN")
+                && line.contains("could not reach the local server")
+                && line.contains(&local.to_string())
+        })
+    })
+    .await;
+    assert!(logged, "{}", logs.text());
     handle.close().await;
 }

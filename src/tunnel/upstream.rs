@@ -791,7 +791,15 @@ where
             },
         };
     }
-    let mut local = local?;
+    let mut local = match local {
+        Ok(local) => local,
+        // Not a probe, and nowhere to take it: said as the HTTP forwarding says it, since the
+        // public client only sees its connection closed.
+        Err(err) => {
+            tracing::warn!(%addr, error = %err, "tunnel could not reach the local server");
+            return Ok(());
+        }
+    };
     local.write_all(&head).await?;
     splice(io, local).await
 }
