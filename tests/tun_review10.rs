@@ -2,7 +2,7 @@
 //! fails with what it said rather than a bare timeout; a localtunnel pool port that answers
 //! every connection with bytes that are no request and closes it is not reconnected to in a
 //! tight loop; a public connection through bore to a local server that is down says why in
-//! the log.
+//! the log; a session task that panics is reported `Down` with the panic's message.
 
 #[path = "tunnel/support.rs"]
 mod support;
@@ -18,8 +18,10 @@ use std::time::Duration;
 use support::hello_service;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tower_webhook::BoxError;
 use tower_webhook::tunnel::{
-    Bore, Cloudflared, LocalTunnel, Tunnel, TunnelError, TunnelEvent, Upstream,
+    Bore, BoxFuture, Cloudflared, LocalTunnel, Provider, Session, Tunnel, TunnelError,
+    TunnelEvent, Upstream,
 };
 
 fn service() -> Upstream {
@@ -160,5 +162,46 @@ async fn a_piped_connection_to_a_local_server_that_is_down_is_logged() {
     })
     .await;
     assert!(logged, "{}", logs.text());
+    handle.close().await;
+}
+
+/// A provider whose session task panics (a bug) once the tunnel is up.
+#[derive(Debug)]
+struct PanicsWhenUp;
+
+impl Provider for PanicsWhenUp {
+    fn name(&self) -> &str {
+        "panics-when-up"
+    }
+
+    fn open(&self, _upstream: Upstream) -> BoxFuture<'_, Result<Session, BoxError>> {
+        Box::pin(async move {
+            Ok(Session::spawn("http://127.0.0.1:9", |_stop| async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                panic!("slot table index 7 out of range");
+            }))
+        })
+    }
+}
+
+/// A session task that panics ends the tunnel as any loss does, and the `Down` event says what
+/// the panic said, as the error of a panic in `open` does: "the tunnel task panicked" alone
+/// leaves the bug unnamed.
+#[tokio::test]
+async fn a_session_task_that_panics_is_reported_down_with_its_message() {
+    let handle = Tunnel::builder()
+        .probe(false)
+        .reconnect(false)
+        .provider(PanicsWhenUp)
+        .start(service())
+        .await
+        .unwrap();
+    let mut events = handle.events();
+    let down = tokio::time::timeout(Duration::from_secs(5), events.next()).await;
+    assert!(
+        matches!(&down, Ok(Some(TunnelEvent::Down { reason, .. }))
+            if reason.contains("panicked") && reason.contains("slot table index 7 out of range")),
+        "{down:?}"
+    );
     handle.close().await;
 }

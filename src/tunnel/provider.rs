@@ -215,7 +215,11 @@ impl Session {
         match task.await {
             Ok(Ok(())) => "the tunnel was closed by the remote side".to_owned(),
             Ok(Err(err)) => super::error::chain(&*err),
-            Err(err) if err.is_panic() => "the tunnel task panicked".to_owned(),
+            // With its message, as a panic in `open` is reported: it is what says which bug.
+            Err(err) if err.is_panic() => match crate::panic::message(&*err.into_panic()) {
+                Some(message) => format!("the tunnel task panicked: {message}"),
+                None => "the tunnel task panicked".to_owned(),
+            },
             Err(_) => "the tunnel task was cancelled".to_owned(),
         }
     }
