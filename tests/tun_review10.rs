@@ -10,17 +10,22 @@ mod support;
 #[path = "common/logs.rs"]
 mod logs;
 
+use std::convert::Infallible;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
 use support::hello_service;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tower_webhook::BoxError;
 use tower_webhook::tunnel::{
-    Bore, BoxFuture, Cloudflared, LocalTunnel, Provider, Session, Tunnel, TunnelError,
+    Bore, BoxFuture, Cloudflared, LocalTunnel, Provider, Server, Session, Tunnel, TunnelError,
     TunnelEvent, Upstream,
 };
 
@@ -204,4 +209,115 @@ async fn a_session_task_that_panics_is_reported_down_with_its_message() {
         "{down:?}"
     );
     handle.close().await;
+}
+
+/// A service that reports the path of each request reaching it and answers `done` only once
+/// let go (one permit of the returned semaphore per request).
+#[allow(clippy::type_complexity)]
+fn gated() -> (
+    impl tower::Service<
+        Request<Incoming>,
+        Response = Response<Full<Bytes>>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+    Arc<tokio::sync::Semaphore>,
+) {
+    let (entered_tx, entered) = tokio::sync::mpsc::unbounded_channel();
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let app = tower::service_fn({
+        let release = Arc::clone(&release);
+        move |req: Request<Incoming>| {
+            let (entered_tx, release) = (entered_tx.clone(), Arc::clone(&release));
+            async move {
+                entered_tx.send(req.uri().path().to_owned()).unwrap();
+                release.acquire().await.unwrap().forget();
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"done"))))
+            }
+        }
+    });
+    (app, entered, release)
+}
+
+async fn next_entered(entered: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
+    tokio::time::timeout(Duration::from_secs(10), entered.recv())
+        .await
+        .expect("no request reached the service")
+        .unwrap()
+}
+
+/// A delivery through the localtunnel test server to the tunnel `id`.
+async fn deliver(server: std::net::SocketAddr, id: &str, path: &str) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(server).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {id}.localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+async fn read_to_close(mut stream: tokio::net::TcpStream) -> String {
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// The server helper keeps its tunnel open while it drains, and a delivery that reaches the
+/// tunnel meanwhile is served and waited for (docs/tunnel.md). Through localtunnel too: the
+/// request arrives on a pooled connection opened during the drain, and the drain must not end,
+/// closing the tunnel under it, as soon as the requests that were open when it started are
+/// done.
+#[tokio::test]
+async fn a_delivery_through_localtunnel_during_the_drain_is_waited_for() {
+    let lt = support::LtServer::start().await;
+    let (app, mut entered, release) = gated();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = Server::bind(std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .await
+        .unwrap()
+        .tunnel(Tunnel::builder().provider(LocalTunnel::new().server(format!("http://{}", lt.addr))))
+        .with_graceful_shutdown(async {
+            let _ = stop_rx.await;
+        })
+        .spawn(app)
+        .await
+        .unwrap();
+    let url = running.tunnel_url().unwrap();
+    let id = url
+        .strip_prefix("http://")
+        .and_then(|rest| rest.split('.').next())
+        .unwrap()
+        .to_owned();
+    let client = lt.client(&id).unwrap();
+
+    let early = deliver(lt.addr, &id, "/early").await;
+    assert_eq!(next_entered(&mut entered).await, "/early");
+    let accepted = client.accepted.load(Ordering::SeqCst);
+    stop_tx.send(()).unwrap();
+    // The drain has started: the port refuses, and the idle pooled connections it closed were
+    // opened again.
+    let local = running.local_addr();
+    let drained = support::eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(local).is_err()
+            && client.accepted.load(Ordering::SeqCst) >= accepted + 1
+    })
+    .await;
+    assert!(drained, "the drain did not start, or no pooled connection came back");
+    let late = deliver(lt.addr, &id, "/late").await;
+    assert_eq!(next_entered(&mut entered).await, "/late");
+
+    release.add_permits(1);
+    let early = read_to_close(early).await;
+    assert!(early.starts_with("HTTP/1.1 200 "), "{early}");
+    // The late delivery is still in the service: the drain waits for it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    release.add_permits(1);
+    let late = read_to_close(late).await;
+    assert!(late.starts_with("HTTP/1.1 200 "), "{late:?}");
+    tokio::time::timeout(Duration::from_secs(15), running.wait())
+        .await
+        .expect("the server did not stop");
 }

@@ -103,6 +103,37 @@ struct ConnOptions {
     /// Set once the connection carries a request (a localtunnel pooled connection, which is
     /// used up normally then, however soon it closes).
     served: Option<Arc<AtomicBool>>,
+    /// Set for a pooled connection that arrives during the server helper's drain: it waits,
+    /// idle, and is not waited for; from its first request on, it counts as a late connection
+    /// (see `late`) until it closes, which it does after answering.
+    late_on_request: Option<Arc<LateConnections>>,
+}
+
+/// What a connection notes when a request arrives on it (see [`ConnOptions`]).
+struct OnRequest {
+    served: Option<Arc<AtomicBool>>,
+    late: Option<Arc<LateConnections>>,
+    /// Held from the first request on, until the connection, and this with it, is dropped.
+    entered: Mutex<Option<LateGuard>>,
+}
+
+impl OnRequest {
+    fn new(options: &ConnOptions) -> Arc<Self> {
+        Arc::new(Self {
+            served: options.served.clone(),
+            late: options.late_on_request.clone(),
+            entered: Mutex::new(None),
+        })
+    }
+
+    fn request(&self) {
+        if let Some(served) = &self.served {
+            served.store(true, Ordering::Relaxed);
+        }
+        if let Some(late) = &self.late {
+            lock(&self.entered).get_or_insert_with(|| late.enter());
+        }
+    }
 }
 
 /// Serves one tunnel connection; erases the user's service type.
@@ -481,13 +512,14 @@ impl Upstream {
     }
 
     /// `pooled`: a connection that waits, idle, for the tunnel server's requests. During a drain
-    /// it is served as it comes, neither watched nor waited for: it may stay idle until the
-    /// tunnel closes.
+    /// it is not waited for while idle (it may stay so until the tunnel closes), only once it
+    /// carries a request.
     fn options(&self, header_read_timeout: Option<Duration>, pooled: bool) -> ConnOptions {
-        let (watcher, late) = match &*lock(&self.inner.graceful) {
-            Some(Graceful::Watching(shutdown)) => (Some(shutdown.watcher()), None),
-            Some(Graceful::Draining(late)) if !pooled => (None, Some(late.enter())),
-            Some(Graceful::Draining(_)) | None => (None, None),
+        let (watcher, late, late_on_request) = match &*lock(&self.inner.graceful) {
+            Some(Graceful::Watching(shutdown)) => (Some(shutdown.watcher()), None, None),
+            Some(Graceful::Draining(late)) if !pooled => (None, Some(late.enter()), None),
+            Some(Graceful::Draining(late)) => (None, None, Some(Arc::clone(late))),
+            None => (None, None, None),
         };
         ConnOptions {
             probes: Arc::clone(&self.inner.probes),
@@ -495,6 +527,7 @@ impl Upstream {
             late,
             header_read_timeout,
             served: None,
+            late_on_request,
         }
     }
 
@@ -656,6 +689,7 @@ impl Upstream {
                             late: None,
                             header_read_timeout,
                             served: None,
+                            late_on_request: None,
                         };
                         tokio::spawn(serve.serve(Box::new(stream), options));
                     }
@@ -857,13 +891,6 @@ where
     }
 }
 
-/// Notes that a connection carries a request (see [`ConnOptions::served`]).
-fn mark_served(served: Option<&AtomicBool>) {
-    if let Some(served) = served {
-        served.store(true, Ordering::Relaxed);
-    }
-}
-
 struct ServeService<S> {
     service: Mutex<S>,
 }
@@ -879,9 +906,9 @@ where
     fn serve(&self, io: Box<dyn Io>, options: ConnOptions) -> BoxFuture<()> {
         let service = lock(&self.service).clone();
         let probes = Arc::clone(&options.probes);
-        let served = options.served.clone();
+        let on_request = OnRequest::new(&options);
         let handler = hyper::service::service_fn(move |request: Request<Incoming>| {
-            mark_served(served.as_deref());
+            on_request.request();
             let answered = probes.answer(&request);
             let service = service.clone();
             async move {
@@ -910,9 +937,9 @@ impl ServeConn for Forward {
         let addr = self.addr;
         let probes = Arc::clone(&options.probes);
         let client = self.client.clone();
-        let served = options.served.clone();
+        let on_request = OnRequest::new(&options);
         let handler = hyper::service::service_fn(move |request: Request<Incoming>| {
-            mark_served(served.as_deref());
+            on_request.request();
             let answered = probes.answer(&request);
             let client = client.clone();
             async move {
@@ -953,8 +980,9 @@ where
     H::Future: Send + 'static,
 {
     let mut builder = hyper::server::conn::http1::Builder::new();
-    // A late connection (see `ConnOptions::late`) answers one request, then closes.
-    builder.keep_alive(options.late.is_none());
+    // A late connection (see `ConnOptions::late`) answers one request, then closes, and so
+    // does a pooled one that arrived during the drain (`late_on_request`).
+    builder.keep_alive(options.late.is_none() && options.late_on_request.is_none());
     // hyper arms the timer at `now + timeout`: `bounded` (in `header_read_timeout`) keeps that
     // from overflowing.
     if let Some(timeout) = options.header_read_timeout {
