@@ -71,10 +71,20 @@ async fn a_cloudflared_that_never_gets_ready_fails_with_its_own_reason() {
     );
 }
 
-/// A localtunnel server whose registration names a pool port where something else answers: it
-/// greets every connection with a banner (as an SSH server does) and closes it. Returns the
-/// server's address and the count of pool connections.
-async fn lt_with_a_greeting_pool_port() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+/// What the pool port of [`lt_with_a_pool_port`] does with each connection.
+#[derive(Clone, Copy)]
+enum PoolPort {
+    /// Something else answers there: it greets with a banner (as an SSH server does) and
+    /// closes the connection.
+    Greets,
+    /// It closes the connection unused this long after accepting it, as a server past its
+    /// limit does seen over a link with this round-trip time.
+    ClosesAfter(Duration),
+}
+
+/// A localtunnel server whose registration names a pool port that does `what` with each
+/// connection. Returns the server's address and the count of pool connections.
+async fn lt_with_a_pool_port(what: PoolPort) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     let api = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
     let pool = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
     let (addr, pool_port) = (api.local_addr().unwrap(), pool.local_addr().unwrap().port());
@@ -83,7 +93,17 @@ async fn lt_with_a_greeting_pool_port() -> (std::net::SocketAddr, Arc<AtomicUsiz
     tokio::spawn(async move {
         while let Ok((mut conn, _)) = pool.accept().await {
             counted.fetch_add(1, Ordering::SeqCst);
-            let _ = conn.write_all(b"SSH-2.0-OpenSSH_9.6\r\n").await;
+            match what {
+                PoolPort::Greets => {
+                    let _ = conn.write_all(b"SSH-2.0-OpenSSH_9.6\r\n").await;
+                }
+                PoolPort::ClosesAfter(delay) => {
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        drop(conn);
+                    });
+                }
+            }
         }
     });
     tokio::spawn(async move {
@@ -114,7 +134,7 @@ async fn lt_with_a_greeting_pool_port() -> (std::net::SocketAddr, Arc<AtomicUsiz
 /// tunnel lives.
 #[tokio::test]
 async fn a_pool_port_that_greets_and_closes_is_not_reconnected_to_in_a_tight_loop() {
-    let (server, connections) = lt_with_a_greeting_pool_port().await;
+    let (server, connections) = lt_with_a_pool_port(PoolPort::Greets).await;
     let handle = Tunnel::builder()
         .probe(false)
         .reconnect(false)
@@ -320,4 +340,30 @@ async fn a_delivery_through_localtunnel_during_the_drain_is_waited_for() {
     tokio::time::timeout(Duration::from_secs(15), running.wait())
         .await
         .expect("the server did not stop");
+}
+
+/// A server past its pooled-connection limit closes each connection past it at once, unused;
+/// over a link with a round-trip time of a few hundred milliseconds, "at once" is that long
+/// after the client's connect completed. The pool treats such connections as closed at once
+/// (paced, then given up, or the tunnel reported lost) rather than reconnecting them for as
+/// long as the tunnel lives.
+#[tokio::test]
+async fn a_pool_connection_closed_unused_after_a_long_round_trip_counts_as_closed_at_once() {
+    let (server, connections) =
+        lt_with_a_pool_port(PoolPort::ClosesAfter(Duration::from_millis(300))).await;
+    let handle = Tunnel::builder()
+        .probe(false)
+        .reconnect(false)
+        .provider(LocalTunnel::new().server(format!("http://{server}")))
+        .start(service())
+        .await
+        .unwrap();
+    let mut events = handle.events();
+    let down = tokio::time::timeout(Duration::from_secs(15), events.next()).await;
+    let opened = connections.load(Ordering::SeqCst);
+    assert!(
+        matches!(&down, Ok(Some(TunnelEvent::Down { reason, .. })) if reason.contains("keeps closing")),
+        "{down:?} after {opened} pool connections"
+    );
+    handle.close().await;
 }

@@ -816,6 +816,12 @@ fn is_public(ip: std::net::IpAddr) -> bool {
     }
 }
 
+/// A pooled connection that the server closes unused within this long of its opening was closed
+/// at once (a server past its limit, or one that dropped this client): long enough for the
+/// close to arrive over a slow link, where "at once" is a round trip or more after the connect
+/// completed. A localtunnel server has no other reason to close an unused connection so soon.
+const CLOSED_AT_ONCE: Duration = Duration::from_secs(1);
+
 /// An idle pooled connection is probed after this long without traffic (TCP keepalive), then
 /// every 10 s where the system lets that be set.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
@@ -883,7 +889,7 @@ async fn slot(
         drop(serving);
         // A connection that carried a request was used up normally (the server forwards the
         // public request's `Connection: close`, say), however short it lived.
-        if !used.load(Ordering::Relaxed) && opened.elapsed() < Duration::from_millis(200) {
+        if !used.load(Ordering::Relaxed) && opened.elapsed() < CLOSED_AT_ONCE {
             // Closed at once and unused: the server may have dropped this client; do not spin.
             failures += 1;
             if failures >= RECONNECT_ATTEMPTS * 2 {
