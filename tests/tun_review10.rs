@@ -367,3 +367,34 @@ async fn a_pool_connection_closed_unused_after_a_long_round_trip_counts_as_close
     );
     handle.close().await;
 }
+
+/// A tunnel lost while its round-trip probe runs (here cloudflared exits 1.5 s after it
+/// started, while the probe of its URL, which leads nowhere, is still trying) fails the attempt
+/// with why it was lost, not with the probe's failure once the probe's time is up, which says
+/// nothing of it.
+#[tokio::test]
+async fn a_tunnel_lost_during_its_probe_fails_with_why() {
+    let Some(fake) = fake_cloudflared() else {
+        return;
+    };
+    let err = Tunnel::builder()
+        .provider(
+            Cloudflared::new()
+                .binary(&fake)
+                .arg("--fake-mode")
+                .arg("exit-later")
+                // `https://nowhere.localhost`: loopback port 443, where nothing answers.
+                .arg("--fake-hostname")
+                .arg("nowhere.localhost")
+                .domain("localhost"),
+        )
+        .start(service())
+        .await
+        .unwrap_err();
+    let TunnelError::AllFailed { attempts } = &err else {
+        panic!("{err}")
+    };
+    let reason = &attempts[0].reason;
+    assert!(reason.contains("exit status: 7"), "{reason}");
+    assert!(reason.contains("connection to the edge lost"), "{reason}");
+}

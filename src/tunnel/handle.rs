@@ -501,7 +501,7 @@ impl TunnelBuilder {
             let reason = match opening {
                 None => timed_out(),
                 Some(Err(err)) => chain(&*err),
-                Some(Ok(session)) => {
+                Some(Ok(mut session)) => {
                     let probed = if self.probe {
                         // Within what is left of the startup timeout, so that a failing probe
                         // ends with its own reason (refused, not trusted, answered 404) rather
@@ -510,7 +510,8 @@ impl TunnelBuilder {
                             self.probe_timeout
                                 .min(deadline.saturating_duration_since(Instant::now()))
                         });
-                        let probing = probe(session.url(), upstream, limit, &self.tls);
+                        let url = session.url().to_owned();
+                        let probing = probe(&url, upstream, limit, &self.tls);
                         tokio::select! {
                             _ = &mut *cancel => {
                                 session.close(self.close_grace).await;
@@ -518,6 +519,13 @@ impl TunnelBuilder {
                                 return Err(None);
                             }
                             probed = within(deadline, probing) => probed,
+                            // A tunnel lost while it is probed (its process exited, its server
+                            // refused it) fails the attempt with why, at once, rather than with
+                            // the probe's own failure once its time is up.
+                            lost = session.ended() => Some(Err(format!(
+                                "the tunnel ended during the round-trip probe: {lost}"
+                            )
+                            .into())),
                         }
                     } else {
                         Some(Ok(false))

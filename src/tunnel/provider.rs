@@ -212,7 +212,10 @@ impl Session {
         let Some(task) = &mut self.task else {
             return "the tunnel was closed".to_owned();
         };
-        match task.await {
+        let ended = task.await;
+        // Done: nothing is left to stop or wait for (a finished task is not polled again).
+        self.task = None;
+        match ended {
             Ok(Ok(())) => "the tunnel was closed by the remote side".to_owned(),
             Ok(Err(err)) => super::error::chain(&*err),
             // With its message, as a panic in `open` is reported: it is what says which bug.
