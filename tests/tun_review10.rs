@@ -298,7 +298,9 @@ async fn a_delivery_through_localtunnel_during_the_drain_is_waited_for() {
     let running = Server::bind(std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
         .await
         .unwrap()
-        .tunnel(Tunnel::builder().provider(LocalTunnel::new().server(format!("http://{}", lt.addr))))
+        .tunnel(
+            Tunnel::builder().provider(LocalTunnel::new().server(format!("http://{}", lt.addr))),
+        )
         .with_graceful_shutdown(async {
             let _ = stop_rx.await;
         })
@@ -322,10 +324,13 @@ async fn a_delivery_through_localtunnel_during_the_drain_is_waited_for() {
     let local = running.local_addr();
     let drained = support::eventually(Duration::from_secs(10), || {
         std::net::TcpStream::connect(local).is_err()
-            && client.accepted.load(Ordering::SeqCst) >= accepted + 1
+            && client.accepted.load(Ordering::SeqCst) > accepted
     })
     .await;
-    assert!(drained, "the drain did not start, or no pooled connection came back");
+    assert!(
+        drained,
+        "the drain did not start, or no pooled connection came back"
+    );
     let late = deliver(lt.addr, &id, "/late").await;
     assert_eq!(next_entered(&mut entered).await, "/late");
 
