@@ -25,8 +25,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tower_webhook::BoxError;
 use tower_webhook::tunnel::{
-    Bore, BoxFuture, Cloudflared, LocalTunnel, Provider, Server, Session, Tunnel, TunnelError,
-    TunnelEvent, Upstream,
+    Bore, BoxFuture, Cloudflared, LocalTunnel, Ngrok, Provider, Server, Session, Tunnel,
+    TunnelError, TunnelEvent, Upstream,
 };
 
 fn service() -> Upstream {
@@ -402,4 +402,33 @@ async fn a_tunnel_lost_during_its_probe_fails_with_why() {
     let reason = &attempts[0].reason;
     assert!(reason.contains("exit status: 7"), "{reason}");
     assert!(reason.contains("connection to the edge lost"), "{reason}");
+}
+
+/// ngrok with an auth token that fails for another reason (here its ingress cannot be
+/// reached) is not told to "set TUNNEL_AUTH_TOKEN": the token is set, and that advice sends the
+/// user after the wrong thing. Without a token, the advice stays.
+#[tokio::test]
+async fn ngrok_with_a_token_is_not_told_to_set_one() {
+    let port = support::closed_port().await;
+    let err = Tunnel::builder()
+        .provider(
+            Ngrok::new()
+                .authtoken("offline-test-token")
+                .server_addr(format!("127.0.0.1:{port}")),
+        )
+        .start(service())
+        .await
+        .unwrap_err();
+    let TunnelError::AllFailed { attempts } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(attempts[0].hint, None, "{err}");
+    assert!(!err.to_string().contains("set TUNNEL_AUTH_TOKEN"), "{err}");
+
+    let err = Tunnel::builder()
+        .provider(Ngrok::new())
+        .start(service())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("set TUNNEL_AUTH_TOKEN"), "{err}");
 }

@@ -233,8 +233,12 @@ impl Provider for Ngrok {
         self.startup_timeout
     }
 
+    /// Only when no auth token is configured: with one, setting it is no remedy, and the error
+    /// itself says what went wrong (a token ngrok refuses is explained there).
     fn hint(&self) -> Option<String> {
-        Some("set TUNNEL_AUTH_TOKEN (or NGROK_AUTHTOKEN) to an ngrok auth token".to_owned())
+        self.authtoken
+            .is_none()
+            .then(|| "set TUNNEL_AUTH_TOKEN (or NGROK_AUTHTOKEN) to an ngrok auth token".to_owned())
     }
 
     fn open(&self, upstream: Upstream) -> BoxFuture<'_, Result<Session, BoxError>> {
