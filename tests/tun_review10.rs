@@ -432,3 +432,35 @@ async fn ngrok_with_a_token_is_not_told_to_set_one() {
         .unwrap_err();
     assert!(err.to_string().contains("set TUNNEL_AUTH_TOKEN"), "{err}");
 }
+
+/// When the service behind a tunnel fails a request (a tower `Service` may: a timeout layer, a
+/// database that is down), hyper closes the connection without an answer, so the sender sees a
+/// reset. The log must say so, with the service's own error: it used to be a debug line reading
+/// only "error from user's Service", the cause dropped.
+#[tokio::test]
+async fn a_service_error_is_logged_with_its_cause() {
+    let (logs, _guard) = logs::Logs::capture();
+    let failing = tower::service_fn(|_req: Request<Incoming>| async {
+        Err::<Response<Full<Bytes>>, BoxError>("the review database is unavailable".into())
+    });
+    let upstream = Upstream::service(failing);
+    let (mut client, tunnel_side) = tokio::io::duplex(4096);
+    let serving = tokio::spawn(async move { upstream.serve_connection(tunnel_side).await });
+    client
+        .write_all(b"POST /webhook HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answer)).await;
+    tokio::time::timeout(Duration::from_secs(5), serving)
+        .await
+        .unwrap()
+        .unwrap();
+    let text = logs.text();
+    assert!(
+        text.lines().any(
+            |line| line.contains("WARN") && line.contains("the review database is unavailable")
+        ),
+        "{text}"
+    );
+}

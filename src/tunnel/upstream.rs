@@ -998,7 +998,15 @@ where
         None => conn.await,
     };
     if let Err(err) = result {
-        tracing::debug!(error = %err, "tunnel connection ended with an error");
+        // hyper's own text names the kind of error only: the cause is its source.
+        let error = super::error::chain(&err);
+        if err.is_user() {
+            // The service (or its response body) failed: hyper closed the connection without
+            // an answer, and the sender only sees it reset.
+            tracing::warn!(%error, "the service failed a tunnel request; the connection was closed without an answer");
+        } else {
+            tracing::debug!(%error, "tunnel connection ended with an error");
+        }
     }
     drop(options.late);
 }
