@@ -464,3 +464,20 @@ async fn a_service_error_is_logged_with_its_cause() {
         "{text}"
     );
 }
+
+/// `Server::bind` (and `tunnel::start`) on an address that is taken fails with an error that
+/// names the address, not the system's "Address already in use" alone.
+#[tokio::test]
+async fn an_address_the_server_cannot_listen_on_is_named() {
+    let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = taken.local_addr().unwrap();
+    let err = Server::bind(addr).await.unwrap_err();
+    assert!(matches!(err, TunnelError::Io(_)), "{err}");
+    assert!(err.to_string().contains(&addr.to_string()), "{err}");
+
+    let app = hello_service(Arc::new(AtomicUsize::new(0)));
+    let err = tower_webhook::tunnel::start(addr, app, false)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains(&addr.to_string()), "{err}");
+}

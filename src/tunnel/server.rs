@@ -75,7 +75,7 @@ impl Server {
     ///
     /// # Errors
     ///
-    /// [`TunnelError::Io`] when the address cannot be bound.
+    /// [`TunnelError::Io`] when the address cannot be bound; its message names the address.
     ///
     /// # Example
     ///
@@ -86,13 +86,18 @@ impl Server {
     /// let server = Server::bind(([127, 0, 0, 1], 0).into()).await?;
     /// assert_ne!(server.local_addr()?.port(), 0);
     ///
-    /// // The port is taken now: a second bind fails.
-    /// assert!(Server::bind(server.local_addr()?).await.is_err());
+    /// // The port is taken now: a second bind fails, naming the address.
+    /// let err = Server::bind(server.local_addr()?).await.unwrap_err();
+    /// assert!(err.to_string().contains(&server.local_addr()?.to_string()));
     /// # Ok(()) }
     /// ```
     pub async fn bind(addr: SocketAddr) -> Result<Self, TunnelError> {
+        // The system's error alone ("Address already in use") does not say which address.
+        let listener = TcpListener::bind(addr).await.map_err(|err| {
+            std::io::Error::new(err.kind(), format!("could not listen on {addr}: {err}"))
+        })?;
         Ok(Self {
-            listener: TcpListener::bind(addr).await?,
+            listener,
             tunnel: None,
             shutdown: None,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
