@@ -481,3 +481,28 @@ async fn an_address_the_server_cannot_listen_on_is_named() {
         .unwrap_err();
     assert!(err.to_string().contains(&addr.to_string()), "{err}");
 }
+
+/// An ngrok ingress that accepts and never answers (a proxy or firewall that swallows the TLS
+/// handshake) fails the attempt within the startup timeout naming the ingress, as bore and
+/// localtunnel do for a silent server, not with a bare "did not start within 3000 ms".
+#[tokio::test]
+async fn a_silent_ngrok_ingress_fails_with_its_own_reason() {
+    let ingress = support::black_hole().await;
+    let err = Tunnel::builder()
+        .provider(
+            Ngrok::new()
+                .authtoken("offline-test-token")
+                .server_addr(ingress.to_string())
+                .startup_timeout(Duration::from_secs(3)),
+        )
+        .start(service())
+        .await
+        .unwrap_err();
+    let TunnelError::AllFailed { attempts } = &err else {
+        panic!("{err}")
+    };
+    let reason = &attempts[0].reason;
+    assert!(!reason.contains("did not start within"), "{reason}");
+    assert!(reason.contains(&ingress.to_string()), "{reason}");
+    assert!(reason.contains("did not answer"), "{reason}");
+}

@@ -178,7 +178,9 @@ impl Ngrok {
         self
     }
 
-    /// The hard startup limit (default 15 s).
+    /// The hard startup limit (default 15 s), covering the connection to ngrok and the
+    /// round-trip probe. Connecting and opening the endpoint may take all of it but a fifth, kept
+    /// for the probe; an ingress that does not answer by then fails the attempt naming it.
     ///
     /// # Example
     ///
@@ -194,6 +196,13 @@ impl Ngrok {
         self
     }
 }
+
+/// The part of the startup timeout kept for the round-trip probe, as a divisor: connecting to
+/// ngrok and opening the endpoint share the rest.
+const PROBE_SHARE: u32 = 5;
+
+/// The ingress the ngrok SDK dials unless [`Ngrok::server_addr`] sets another.
+const DEFAULT_INGRESS: &str = "connect.ngrok-agent.com:443";
 
 /// How long closing the ngrok session may take once the tunnel is closed or lost.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -276,8 +285,23 @@ impl Provider for Ngrok {
                 let tunnel = endpoint.listen().await?;
                 Ok::<_, BoxError>((session, tunnel))
             }));
-            let (mut session, mut tunnel) = (&mut connect.0)
-                .await
+            // Within the startup timeout, all but a fifth kept for the round-trip probe: an
+            // ingress that never answers fails with its own reason before the chain cuts the
+            // attempt off with none.
+            let limit = self.startup_timeout - self.startup_timeout / PROBE_SHARE;
+            let joined = match super::time::bounded(limit) {
+                Some(limit) => tokio::time::timeout(limit, &mut connect.0)
+                    .await
+                    .map_err(|_| {
+                        let ingress = self.server_addr.as_deref().unwrap_or(DEFAULT_INGRESS);
+                        format!(
+                            "the ngrok service at {ingress} did not answer within {} ms",
+                            limit.as_millis()
+                        )
+                    })?,
+                None => (&mut connect.0).await,
+            };
+            let (mut session, mut tunnel) = joined
                 .map_err(|err| format!("the ngrok client failed: {err}"))?
                 .map_err(|err| explain(super::error::chain(&*err), shown.expose()))?;
             let url = tunnel.url().to_owned();
