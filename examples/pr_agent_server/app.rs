@@ -1297,14 +1297,11 @@ pub(crate) async fn start(
     tunnel: Option<TunnelBuilder>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Running, BoxError> {
-    // The socket's own error names neither the address nor the settings that chose it.
-    let addr = settings.addr;
-    let mut server = Server::bind(addr)
+    // The error names the address, not the settings that chose it.
+    let mut server = Server::bind(settings.addr)
         .await
         .map_err(|err| {
-            format!(
-                "cannot listen on {addr} ({err}): set PORT (and HOST) to an address of this machine that is free"
-            )
+            format!("{err}: set PORT (and HOST) to an address of this machine that is free")
         })?
         .with_graceful_shutdown(stop);
     let tunnel_opened = tunnel.is_some();
