@@ -127,6 +127,7 @@ impl<B> ResponseBody<B> {
 
 impl<B> ResponseBody<B> {
     /// Whether this is the inner service's body (not a body the middleware made).
+    #[cfg(feature = "error")]
     pub(crate) fn is_inner(&self) -> bool {
         matches!(self.kind, Kind::Inner(_))
     }
