@@ -269,43 +269,36 @@ async fn closed_within(conn: &mut TcpStream, limit: Duration) -> bool {
 #[tokio::test]
 async fn a_grpc_connection_that_sends_no_preface_is_closed_and_does_not_hold_up_shutdown() {
     let (_logs, _guard) = Logs::capture();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(tonic_server::serve(
-        listener,
-        async {
-            let _ = stopped.await;
-        },
-        Duration::from_millis(500),
-        Duration::from_millis(500),
-    ));
+    let (addr, stop, server) = start_tonic_server(Duration::from_millis(500)).await;
     let mut silent = TcpStream::connect(addr).await.unwrap();
     let mut partial = TcpStream::connect(addr).await.unwrap();
     partial.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
     let mut preface_only = TcpStream::connect(addr).await.unwrap();
     preface_only.write_all(PREFACE).await.unwrap();
-    let reply = echo::say(
-        addr,
-        tonic::Request::new(echo::Echo {
-            message: "hello".into(),
-        }),
-    )
-    .await
-    .unwrap();
-    assert_eq!(reply.into_inner().message, "hello");
+    echoes(addr, "hello").await;
     assert!(closed_within(&mut silent, Duration::from_secs(30)).await);
     assert!(closed_within(&mut partial, Duration::from_secs(30)).await);
     assert!(closed_within(&mut preface_only, Duration::from_secs(30)).await);
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(30), server)
-        .await
-        .expect("the server stops")
-        .unwrap()
-        .unwrap();
+    stops(stop, server).await;
 
     // A connection that sends nothing, open when the server is told to stop, long before its
     // preface deadline: the server stops all the same.
+    let (addr, stop, server) = start_tonic_server(Duration::from_secs(3600)).await;
+    let mut held = TcpStream::connect(addr).await.unwrap();
+    echoes(addr, "accepted").await;
+    stops(stop, server).await;
+    assert!(closed_within(&mut held, Duration::from_secs(30)).await);
+}
+
+/// The tonic_server example on a free loopback port, with `deadline` for a connection's preface
+/// and for the answer to a ping; its address, what stops it, and its task.
+async fn start_tonic_server(
+    deadline: Duration,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), tower_webhook::BoxError>>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -314,26 +307,36 @@ async fn a_grpc_connection_that_sends_no_preface_is_closed_and_does_not_hold_up_
         async {
             let _ = stopped.await;
         },
-        Duration::from_secs(3600),
-        Duration::from_secs(3600),
+        deadline,
+        deadline,
     ));
-    let mut held = TcpStream::connect(addr).await.unwrap();
+    (addr, stop, server)
+}
+
+/// A call to the server at `addr` is answered.
+async fn echoes(addr: std::net::SocketAddr, message: &str) {
     let reply = echo::say(
         addr,
         tonic::Request::new(echo::Echo {
-            message: "accepted".into(),
+            message: message.into(),
         }),
     )
     .await
     .unwrap();
-    assert_eq!(reply.into_inner().message, "accepted");
+    assert_eq!(reply.into_inner().message, message);
+}
+
+/// Tells the server to stop, and waits for it to.
+async fn stops(
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<Result<(), tower_webhook::BoxError>>,
+) {
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(30), server)
         .await
         .expect("the server stops")
         .unwrap()
         .unwrap();
-    assert!(closed_within(&mut held, Duration::from_secs(30)).await);
 }
 
 /// The hyper_server example says that a client taking more than 10 s to send its request head

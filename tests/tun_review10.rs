@@ -7,16 +7,18 @@
 #[path = "tunnel/support.rs"]
 mod support;
 
+#[path = "common/gated.rs"]
+mod gated;
 #[path = "common/logs.rs"]
 mod logs;
 
-use std::convert::Infallible;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use gated::{gated, next_entered};
 use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -134,7 +136,16 @@ async fn lt_with_a_pool_port(what: PoolPort) -> (std::net::SocketAddr, Arc<Atomi
 /// tunnel lives.
 #[tokio::test]
 async fn a_pool_port_that_greets_and_closes_is_not_reconnected_to_in_a_tight_loop() {
-    let (server, connections) = lt_with_a_pool_port(PoolPort::Greets).await;
+    let opened = reported_lost(PoolPort::Greets, Duration::from_secs(10)).await;
+    // Four slots, each giving up after ten connections closed at once.
+    assert!(opened <= 60, "{opened} pool connections");
+}
+
+/// Opens a tunnel through a localtunnel server whose pool port behaves as `port`, and waits up
+/// to `within` for the tunnel to be reported lost because its connections keep closing; the
+/// number of pool connections opened by then.
+async fn reported_lost(port: PoolPort, within: Duration) -> usize {
+    let (server, connections) = lt_with_a_pool_port(port).await;
     let handle = Tunnel::builder()
         .probe(false)
         .reconnect(false)
@@ -143,15 +154,14 @@ async fn a_pool_port_that_greets_and_closes_is_not_reconnected_to_in_a_tight_loo
         .await
         .unwrap();
     let mut events = handle.events();
-    let down = tokio::time::timeout(Duration::from_secs(10), events.next()).await;
+    let down = tokio::time::timeout(within, events.next()).await;
     let opened = connections.load(Ordering::SeqCst);
     assert!(
         matches!(&down, Ok(Some(TunnelEvent::Down { reason, .. })) if reason.contains("keeps closing")),
         "{down:?} after {opened} pool connections"
     );
-    // Four slots, each giving up after ten connections closed at once.
-    assert!(opened <= 60, "{opened} pool connections");
     handle.close().await;
+    opened
 }
 
 /// With an address upstream, bore pipes each public connection to the local server. When that
@@ -229,44 +239,6 @@ async fn a_session_task_that_panics_is_reported_down_with_its_message() {
         "{down:?}"
     );
     handle.close().await;
-}
-
-/// A service that reports the path of each request reaching it and answers `done` only once
-/// let go (one permit of the returned semaphore per request).
-#[allow(clippy::type_complexity)]
-fn gated() -> (
-    impl tower::Service<
-        Request<Incoming>,
-        Response = Response<Full<Bytes>>,
-        Error = Infallible,
-        Future: Send + 'static,
-    > + Clone
-    + Send
-    + 'static,
-    tokio::sync::mpsc::UnboundedReceiver<String>,
-    Arc<tokio::sync::Semaphore>,
-) {
-    let (entered_tx, entered) = tokio::sync::mpsc::unbounded_channel();
-    let release = Arc::new(tokio::sync::Semaphore::new(0));
-    let app = tower::service_fn({
-        let release = Arc::clone(&release);
-        move |req: Request<Incoming>| {
-            let (entered_tx, release) = (entered_tx.clone(), Arc::clone(&release));
-            async move {
-                entered_tx.send(req.uri().path().to_owned()).unwrap();
-                release.acquire().await.unwrap().forget();
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"done"))))
-            }
-        }
-    });
-    (app, entered, release)
-}
-
-async fn next_entered(entered: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
-    tokio::time::timeout(Duration::from_secs(10), entered.recv())
-        .await
-        .expect("no request reached the service")
-        .unwrap()
 }
 
 /// A delivery through the localtunnel test server to the tunnel `id`.
@@ -354,23 +326,11 @@ async fn a_delivery_through_localtunnel_during_the_drain_is_waited_for() {
 /// long as the tunnel lives.
 #[tokio::test]
 async fn a_pool_connection_closed_unused_after_a_long_round_trip_counts_as_closed_at_once() {
-    let (server, connections) =
-        lt_with_a_pool_port(PoolPort::ClosesAfter(Duration::from_millis(300))).await;
-    let handle = Tunnel::builder()
-        .probe(false)
-        .reconnect(false)
-        .provider(LocalTunnel::new().server(format!("http://{server}")))
-        .start(service())
-        .await
-        .unwrap();
-    let mut events = handle.events();
-    let down = tokio::time::timeout(Duration::from_secs(15), events.next()).await;
-    let opened = connections.load(Ordering::SeqCst);
-    assert!(
-        matches!(&down, Ok(Some(TunnelEvent::Down { reason, .. })) if reason.contains("keeps closing")),
-        "{down:?} after {opened} pool connections"
-    );
-    handle.close().await;
+    reported_lost(
+        PoolPort::ClosesAfter(Duration::from_millis(300)),
+        Duration::from_secs(15),
+    )
+    .await;
 }
 
 /// A tunnel lost while its round-trip probe runs (here cloudflared exits 1.5 s after it
