@@ -1091,12 +1091,18 @@ fn render<B, R: RenderProblem>(
         *response.body_mut() = ResponseBody::empty();
     }
     // Echoed under the header it was read from: another header's value is not an
-    // `x-request-id`, and must not replace the one an inner layer set.
+    // `x-request-id`, and must not replace the one an inner layer set. A gRPC answer has no
+    // renderer: a value already there came from a `tonic::Status`'s metadata (an upstream's
+    // answer, with the upstream's own request id), and is replaced.
     if let Some(id) = &info.request_id {
-        response
-            .headers_mut()
-            .entry(&config.request_id_header)
-            .or_insert_with(|| id.clone());
+        let headers = response.headers_mut();
+        if info.grpc.is_some() {
+            headers.insert(&config.request_id_header, id.clone());
+        } else {
+            headers
+                .entry(&config.request_id_header)
+                .or_insert_with(|| id.clone());
+        }
     }
     response.extensions_mut().insert(problem);
     // Logged by the caller: an outer `WebhookErrorLayer` that sees this problem does not log it
