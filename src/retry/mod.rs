@@ -11,7 +11,12 @@
 //!   request was sent (a refused connection, an unreachable host or network, a reqwest connect
 //!   error, tower's `Overloaded`, anywhere in the error's source chain). A
 //!   timeout, a 502 or 504, or a reset connection may come after the upstream acted, so sending
-//!   again could act twice.
+//!   again could act twice. A client that follows redirects (reqwest does by default) hides
+//!   which hop failed: a refused connection to the host a redirect points to is read as the
+//!   request never sent, though the upstream may have acted before redirecting (a
+//!   `303 See Other` after a `POST`), and the request is sent again. For such calls, build the
+//!   client with redirects off (reqwest's `redirect::Policy::none()`) or send an
+//!   `Idempotency-Key` the upstream honours.
 //! - **gRPC**: a "trailers-only" answer (HTTP 200 with `grpc-status` in the headers) and a
 //!   `tonic::Status` error the upstream answered (one with no transport error as its source)
 //!   are read by their code, as the HTTP status of the same meaning: `UNAVAILABLE` as 503,

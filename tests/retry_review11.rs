@@ -1,0 +1,99 @@
+//! Review of the retry policy, round 11.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tower::{ServiceBuilder, ServiceExt};
+use tower_webhook::retry::RetryPolicy;
+
+/// A loopback port nothing listens on.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A server whose `POST /comments` records a comment and answers `303 See Other` to a host
+/// that refuses connections; its base URL and the count of the comments it recorded.
+async fn posts_then_redirects_to_a_closed_port() -> (String, Arc<AtomicUsize>) {
+    let posted = Arc::new(AtomicUsize::new(0));
+    let seen = posted.clone();
+    let location = format!("http://127.0.0.1:{}/comments/1", closed_port());
+    let app = axum::Router::new().route(
+        "/comments",
+        axum::routing::post(move || {
+            seen.fetch_add(1, Ordering::SeqCst);
+            let location = location.clone();
+            async move { (axum::http::StatusCode::SEE_OTHER, [("location", location)]) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), posted)
+}
+
+macro_rules! redirect_hops_are_not_told_apart {
+    ($name:ident, $reqwest:ident) => {
+        /// What the docs say of a client that follows redirects: the upstream acted on the
+        /// `POST` and redirected to a host that refuses connections; reqwest's connect error
+        /// does not tell that hop from the first, so the policy sends the `POST` again. With
+        /// redirects off, as the docs advise for such calls, the `303` comes back and the
+        /// comment is posted once.
+        #[tokio::test]
+        async fn $name() {
+            use $reqwest as reqwest;
+            let post = |base: &str| {
+                let url: reqwest::Url = format!("{base}/comments").parse().unwrap();
+                let mut req = reqwest::Request::new(reqwest::Method::POST, url);
+                *req.body_mut() = Some(r#"{"body":"LGTM"}"#.into());
+                req
+            };
+            let policy = || {
+                RetryPolicy::new()
+                    .max_retries(2)
+                    .backoff(Duration::from_millis(1), Duration::from_millis(5))
+                    .into_layer()
+            };
+
+            let (base, posted) = posts_then_redirects_to_a_closed_port().await;
+            let following = reqwest::Client::builder().no_proxy().build().unwrap();
+            let err = ServiceBuilder::new()
+                .layer(policy())
+                .service(following)
+                .oneshot(post(&base))
+                .await
+                .unwrap_err();
+            assert!(err.is_connect(), "{err}");
+            assert_eq!(
+                posted.load(Ordering::SeqCst),
+                3,
+                "sent again: the documented limit"
+            );
+
+            let (base, posted) = posts_then_redirects_to_a_closed_port().await;
+            let not_following = reqwest::Client::builder()
+                .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap();
+            let res = ServiceBuilder::new()
+                .layer(policy())
+                .service(not_following)
+                .oneshot(post(&base))
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 303);
+            assert_eq!(posted.load(Ordering::SeqCst), 1, "posted once");
+        }
+    };
+}
+
+redirect_hops_are_not_told_apart!(
+    a_reqwest_client_that_follows_redirects_is_as_documented,
+    reqwest
+);
+redirect_hops_are_not_told_apart!(
+    a_reqwest_0_12_client_that_follows_redirects_is_as_documented,
+    reqwest_0_12
+);
