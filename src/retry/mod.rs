@@ -11,12 +11,13 @@
 //!   request was sent (a refused connection, an unreachable host or network, a reqwest connect
 //!   error, tower's `Overloaded`, anywhere in the error's source chain). A
 //!   timeout, a 502 or 504, or a reset connection may come after the upstream acted, so sending
-//!   again could act twice. A client that follows redirects (reqwest does by default) hides
-//!   which hop failed: a refused connection to the host a redirect points to is read as the
-//!   request never sent, though the upstream may have acted before redirecting (a
-//!   `303 See Other` after a `POST`), and the request is sent again. For such calls, build the
-//!   client with redirects off (reqwest's `redirect::Policy::none()`) or send an
-//!   `Idempotency-Key` the upstream honours.
+//!   again could act twice. A refusal counts only as the answer to the request itself: a 429 or
+//!   503 that a reqwest client got after following a redirect (its URL is not the request's)
+//!   answers another request, the `GET` of a `303 See Other` the upstream may have sent once it
+//!   acted on a `POST`. An error hides which hop failed, though: a refused connection to the
+//!   host a redirect points to is read as the request never sent, and the request is sent
+//!   again. For such calls, build the client with redirects off (reqwest's
+//!   `redirect::Policy::none()`) or send an `Idempotency-Key` the upstream honours.
 //! - **gRPC**: a "trailers-only" answer (HTTP 200 with `grpc-status` in the headers) and a
 //!   `tonic::Status` error the upstream answered (one with no transport error as its source)
 //!   are read by their code, as the HTTP status of the same meaning: `UNAVAILABLE` as 503,
@@ -184,6 +185,21 @@ pub trait RetryRequest: Sized {
     fn is_idempotent(&self) -> bool;
     /// A copy to send again, if the body can be copied.
     fn try_clone(&self) -> Option<Self>;
+    /// The URL it is sent to, when the request knows it (`reqwest::Request` does): told apart
+    /// from [`RetryResponse::url`], it shows an answer a client gave after following a
+    /// redirect. `None` (the default) when unknown.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::retry::RetryRequest;
+    ///
+    /// let req = http::Request::get("/repos/octo/repo").body(String::new()).unwrap();
+    /// assert_eq!(RetryRequest::url(&req), None);
+    /// ```
+    fn url(&self) -> Option<&str> {
+        None
+    }
 }
 
 fn idempotent(method: &Method, headers: &HeaderMap) -> bool {
@@ -236,6 +252,20 @@ pub trait RetryResponse {
     fn status(&self) -> StatusCode;
     /// The headers (for `Retry-After`).
     fn headers(&self) -> &HeaderMap;
+    /// The URL of the request it answers, when the response knows it (`reqwest::Response`
+    /// does: after a redirect, the last one's). An answer to another URL than the request's
+    /// is never read as a refusal of the request. `None` (the default) when unknown.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::retry::RetryResponse;
+    ///
+    /// assert_eq!(RetryResponse::url(&http::Response::new(())), None);
+    /// ```
+    fn url(&self) -> Option<&str> {
+        None
+    }
 }
 
 impl<B> RetryResponse for http::Response<B> {
@@ -284,6 +314,10 @@ macro_rules! reqwest_impls {
             fn try_clone(&self) -> Option<Self> {
                 $reqwest::Request::try_clone(self)
             }
+
+            fn url(&self) -> Option<&str> {
+                Some($reqwest::Request::url(self).as_str())
+            }
         }
 
         impl RetryResponse for $reqwest::Response {
@@ -292,6 +326,9 @@ macro_rules! reqwest_impls {
             }
             fn headers(&self) -> &HeaderMap {
                 $reqwest::Response::headers(self)
+            }
+            fn url(&self) -> Option<&str> {
+                Some($reqwest::Response::url(self).as_str())
             }
         }
 
@@ -329,15 +366,17 @@ fn reqwest_error(err: &(dyn Error + 'static), test: ReqwestTest) -> bool {
     false
 }
 
-/// The status of the answer `err` was made from, when it is a reqwest error (of either
-/// supported version) from `Response::error_for_status`.
+/// The status of the answer `err` was made from, and the URL that answer came from, when it is
+/// a reqwest error (of either supported version) from `Response::error_for_status`.
 #[allow(unused_variables)]
-fn reqwest_status(err: &(dyn Error + 'static)) -> Option<StatusCode> {
+fn reqwest_status<'a>(err: &'a (dyn Error + 'static)) -> Option<(StatusCode, Option<&'a str>)> {
     #[allow(unused_macros)]
     macro_rules! check {
         ($reqwest:ident) => {
             if let Some(err) = err.downcast_ref::<$reqwest::Error>() {
-                return err.status();
+                return err
+                    .status()
+                    .map(|status| (status, err.url().map(|url| url.as_str())));
             }
         };
     }
@@ -346,6 +385,12 @@ fn reqwest_status(err: &(dyn Error + 'static)) -> Option<StatusCode> {
     #[cfg(feature = "reqwest-0-12")]
     check!(reqwest_0_12);
     None
+}
+
+/// Whether an answer from `answered` is one to another request than the one sent to `sent`:
+/// the client followed a redirect. Unknown URLs are the request's.
+fn redirected(sent: Option<&str>, answered: Option<&str>) -> bool {
+    matches!((sent, answered), (Some(sent), Some(answered)) if sent != answered)
 }
 
 /// What [`reqwest_error`] looks for.
@@ -918,8 +963,12 @@ where
                         return None;
                     }
                     let after = retry_after(res.headers());
-                    let refused = status == StatusCode::TOO_MANY_REQUESTS
-                        || (status == StatusCode::SERVICE_UNAVAILABLE && after.is_some());
+                    // A refusal of the request it answers: after a redirect the client
+                    // followed, another request (the `GET` of a `303 See Other` the upstream
+                    // sent once it acted on a `POST`).
+                    let refused = !redirected(RetryRequest::url(req), RetryResponse::url(res))
+                        && (status == StatusCode::TOO_MANY_REQUESTS
+                            || (status == StatusCode::SERVICE_UNAVAILABLE && after.is_some()));
                     (after, refused)
                 }
             }
@@ -931,11 +980,13 @@ where
                 // A reqwest error made from an answer (`error_for_status`) is that answer, read
                 // as the response would be: a 404 is a verdict, a 429 a refusal. Its headers
                 // are gone, so a 503 is not known to carry `Retry-After`.
-                if let Some(status) = chain(err).find_map(reqwest_status) {
+                if let Some((status, answered)) = chain(err).find_map(reqwest_status) {
                     if !self.is_retryable_status(status) {
                         return None;
                     }
-                    (None, status == StatusCode::TOO_MANY_REQUESTS)
+                    let refused = status == StatusCode::TOO_MANY_REQUESTS
+                        && !redirected(RetryRequest::url(req), answered);
+                    (None, refused)
                 } else {
                     let after = match answered_grpc_status(err) {
                         // An error that is the upstream's answer (`PERMISSION_DENIED`,
