@@ -99,15 +99,7 @@ async fn tunnel_settings_without_use_tunnel_are_warned_about() {
         ("TUNNEL_REGION", " "),
     ])
     .unwrap();
-    let app = app::build(&settings).unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = app::start(&settings, app, None, async {
-        let _ = stopped.await;
-    })
-    .await
-    .unwrap();
-    stop.send(()).unwrap();
-    running.wait().await;
+    start_and_stop(&settings).await;
     let text = logs.text();
     let warning = text
         .lines()
@@ -123,15 +115,7 @@ async fn tunnel_settings_without_use_tunnel_are_warned_about() {
     // Without them, no such warning.
     let (logs, _guard) = Logs::capture();
     let settings = harness::lookup(&[("GITHUB_WEBHOOK_SECRET", "s3cret"), ("PORT", "0")]).unwrap();
-    let app = app::build(&settings).unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = app::start(&settings, app, None, async {
-        let _ = stopped.await;
-    })
-    .await
-    .unwrap();
-    stop.send(()).unwrap();
-    running.wait().await;
+    start_and_stop(&settings).await;
     assert!(!logs.text().contains("--use-tunnel"), "{}", logs.text());
 }
 
@@ -476,4 +460,17 @@ fn a_wrong_api_url_is_refused_with_an_example_of_its_provider() {
         assert!(err.starts_with(var), "{err}");
         assert!(err.ends_with(&format!("e.g. {example}")), "{err}");
     }
+}
+
+/// Starts the server with `settings` (no tunnel) and stops it at once: what it logs on the way.
+async fn start_and_stop(settings: &app::Settings) {
+    let app = app::build(settings).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = app::start(settings, app, None, async {
+        let _ = stopped.await;
+    })
+    .await
+    .unwrap();
+    stop.send(()).unwrap();
+    running.wait().await;
 }
