@@ -139,6 +139,10 @@ mod documentation {
     mod circuit_breaker {}
     #[doc = include_str!("../docs/errors.md")]
     mod errors {}
+    #[doc = include_str!("../docs/guide.md")]
+    mod guide {}
+    #[doc = include_str!("../docs/benchmarks.md")]
+    mod benchmarks {}
     #[doc = include_str!("../docs/signature.md")]
     mod signature {}
     #[doc = include_str!("../docs/tunnel.md")]
