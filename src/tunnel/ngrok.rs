@@ -19,6 +19,12 @@ use crate::BoxError;
 /// fails at once so the chain moves on. Each connection of the endpoint is served by the
 /// [`Upstream`], so no local port is needed.
 ///
+/// ngrok's TLS uses rustls's process-wide crypto provider. When none is installed as the
+/// tunnel opens, it installs `aws-lc-rs`'s (rustls cannot choose between the providers this
+/// build holds). An application that installs its own provider must do so before it starts
+/// the tunnel: `CryptoProvider::install_default` fails once one is set, and an `.expect()` on it
+/// then panics.
+///
 /// # Example
 ///
 /// ```no_run
