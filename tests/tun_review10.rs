@@ -35,6 +35,14 @@ fn service() -> Upstream {
     Upstream::service(hello_service(Arc::new(AtomicUsize::new(0))))
 }
 
+/// Why a tunnel through `provider` alone failed to start (it must fail).
+async fn failure_of(provider: impl Provider) -> String {
+    match Tunnel::builder().provider(provider).start(service()).await {
+        Err(TunnelError::AllFailed { attempts }) => attempts[0].reason.clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
 fn fake_cloudflared() -> Option<std::path::PathBuf> {
     support::node_available("fake cloudflared").then(|| {
         std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/tunnel/fake-cloudflared")
@@ -49,21 +57,14 @@ async fn a_cloudflared_that_never_gets_ready_fails_with_its_own_reason() {
     let Some(fake) = fake_cloudflared() else {
         return;
     };
-    let err = Tunnel::builder()
-        .provider(
-            Cloudflared::new()
-                .binary(&fake)
-                .arg("--fake-mode")
-                .arg("never-ready")
-                .startup_timeout(Duration::from_secs(3)),
-        )
-        .start(service())
-        .await
-        .unwrap_err();
-    let TunnelError::AllFailed { attempts } = &err else {
-        panic!("{err}")
-    };
-    let reason = &attempts[0].reason;
+    let reason = failure_of(
+        Cloudflared::new()
+            .binary(&fake)
+            .arg("--fake-mode")
+            .arg("never-ready")
+            .startup_timeout(Duration::from_secs(3)),
+    )
+    .await;
     assert!(!reason.contains("did not start within"), "{reason}");
     assert!(reason.contains("not ready"), "{reason}");
     assert!(reason.contains("/ready answered 503"), "{reason}");
@@ -342,24 +343,17 @@ async fn a_tunnel_lost_during_its_probe_fails_with_why() {
     let Some(fake) = fake_cloudflared() else {
         return;
     };
-    let err = Tunnel::builder()
-        .provider(
-            Cloudflared::new()
-                .binary(&fake)
-                .arg("--fake-mode")
-                .arg("exit-later")
-                // `https://nowhere.localhost`: loopback port 443, where nothing answers.
-                .arg("--fake-hostname")
-                .arg("nowhere.localhost")
-                .domain("localhost"),
-        )
-        .start(service())
-        .await
-        .unwrap_err();
-    let TunnelError::AllFailed { attempts } = &err else {
-        panic!("{err}")
-    };
-    let reason = &attempts[0].reason;
+    let reason = failure_of(
+        Cloudflared::new()
+            .binary(&fake)
+            .arg("--fake-mode")
+            .arg("exit-later")
+            // `https://nowhere.localhost`: loopback port 443, where nothing answers.
+            .arg("--fake-hostname")
+            .arg("nowhere.localhost")
+            .domain("localhost"),
+    )
+    .await;
     assert!(reason.contains("exit status: 7"), "{reason}");
     assert!(reason.contains("connection to the edge lost"), "{reason}");
 }
@@ -448,20 +442,13 @@ async fn an_address_the_server_cannot_listen_on_is_named() {
 #[tokio::test]
 async fn a_silent_ngrok_ingress_fails_with_its_own_reason() {
     let ingress = support::black_hole().await;
-    let err = Tunnel::builder()
-        .provider(
-            Ngrok::new()
-                .authtoken("offline-test-token")
-                .server_addr(ingress.to_string())
-                .startup_timeout(Duration::from_secs(3)),
-        )
-        .start(service())
-        .await
-        .unwrap_err();
-    let TunnelError::AllFailed { attempts } = &err else {
-        panic!("{err}")
-    };
-    let reason = &attempts[0].reason;
+    let reason = failure_of(
+        Ngrok::new()
+            .authtoken("offline-test-token")
+            .server_addr(ingress.to_string())
+            .startup_timeout(Duration::from_secs(3)),
+    )
+    .await;
     assert!(!reason.contains("did not start within"), "{reason}");
     assert!(reason.contains(&ingress.to_string()), "{reason}");
     assert!(reason.contains("did not answer"), "{reason}");
