@@ -23,6 +23,7 @@ mod logs;
 #[allow(dead_code)]
 mod tonic_server;
 
+use harness::hmac_hex;
 use std::time::Duration;
 
 use logs::Logs;
@@ -355,13 +356,6 @@ async fn a_hyper_connection_that_sends_no_request_is_closed() {
     assert!(closed_within(&mut silent, Duration::from_secs(30)).await);
     assert!(closed_within(&mut partial, Duration::from_secs(30)).await);
     assert!(closed_within(&mut preface_only, Duration::from_secs(30)).await);
-}
-
-fn hmac_hex(secret: &str, body: &str) -> String {
-    use hmac::{KeyInit, Mac};
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
 }
 
 /// A GitHub `pull_request` `opened` delivery `id`, signed with `s3cret`: its status.

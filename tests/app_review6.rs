@@ -16,22 +16,16 @@ mod hyper_server;
 #[allow(dead_code)]
 mod load_test;
 
+use harness::hmac_hex;
 use std::time::Duration;
 
 use base64::Engine;
 use harness::{FakeProvider, lookup, serve, settled, start_server, status};
-use hmac::{KeyInit, Mac};
 use http::StatusCode;
 use serde_json::json;
 
 const GH: &str = "gh-secret";
 const BB: &str = "bb-secret";
-
-fn hmac_hex(secret: &str, body: &str) -> String {
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
-}
 
 /// A GitHub `pull_request` `opened` delivery of pull request `pr`, signed with `GH`.
 async fn github_opened(client: &reqwest::Client, base: &str, id: &str, pr: u64) -> StatusCode {

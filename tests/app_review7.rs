@@ -12,16 +12,10 @@ mod app;
 mod harness;
 
 use base64::Engine;
+use harness::hmac_hex;
 use harness::{FakeProvider, lookup, settled, start_server};
-use hmac::{KeyInit, Mac};
 use http::StatusCode;
 use serde_json::{Value, json};
-
-fn hmac_hex(secret: &str, body: &str) -> String {
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
-}
 
 /// Posts `body` to `route` of `base` with `headers`: the answer's status.
 async fn deliver(base: &str, route: &str, headers: &[(&str, String)], body: &str) -> StatusCode {

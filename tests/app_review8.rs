@@ -14,18 +14,12 @@ mod harness;
 #[allow(dead_code)]
 mod load_test;
 
+use harness::hmac_hex;
 use std::time::Duration;
 
 use harness::{FakeProvider, lookup, settled, start_server};
-use hmac::{KeyInit, Mac};
 use http::StatusCode;
 use serde_json::json;
-
-fn hmac_hex(secret: &str, body: &str) -> String {
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
-}
 
 /// `load_test serve` ran plain `axum::serve`, which has no header read timeout: a client that
 /// sent half a request head held its connection for ever (and a few thousand of them every

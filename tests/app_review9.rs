@@ -13,6 +13,7 @@ mod harness;
 #[path = "common/logs.rs"]
 mod logs;
 
+use harness::hmac_hex;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -78,13 +79,6 @@ async fn a_port_in_use_stops_the_server_with_a_message_naming_it() {
     let err = err.to_string();
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
     assert!(err.contains("PORT"), "{err}");
-}
-
-fn hmac_hex(secret: &str, body: &str) -> String {
-    use hmac::{KeyInit, Mac};
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
 }
 
 /// A comment whose request was on its way to the provider when the process exited (the

@@ -12,6 +12,7 @@ mod peers;
 #[path = "tunnel/support.rs"]
 mod support;
 
+use harness::hmac_hex;
 use harness::{serve, status};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,7 +25,6 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use bytes::Bytes;
-use hmac::{KeyInit, Mac};
 use http::StatusCode;
 use serde_json::{Value, json};
 
@@ -139,12 +139,6 @@ async fn start_server(settings: &app::Settings) -> (String, Arc<app::AppState>) 
 
 // ---------------------------------------------------------------------------------------------
 // Deliveries, signed as each provider signs them.
-
-fn hmac_hex(secret: &str, body: &[u8]) -> String {
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
-}
 
 struct Delivery {
     route: &'static str,

@@ -121,3 +121,12 @@ pub(crate) async fn settled(client: &reqwest::Client, base: &str, jobs: u64) -> 
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// The lowercase hex HMAC-SHA256 of `body` under `secret`, as GitHub signs a delivery.
+#[allow(dead_code)] // not every test file signs deliveries
+pub(crate) fn hmac_hex(secret: &str, body: impl AsRef<[u8]>) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body.as_ref());
+    hex::encode(mac.finalize().into_bytes())
+}
