@@ -121,7 +121,7 @@ exec {silent}>&-
 echo "-- pr_agent_server: a second stop signal ends the wait for pending comments"
 port=$(free_port)
 api=$(free_port)   # nothing listens there: the comment keeps failing and stays pending
-env -u GITHUB_WEBHOOK_SECRET PORT=$port GITHUB_API_URL=http://127.0.0.1:$api GITHUB_TOKEN=ci-token \
+env -u GITHUB_WEBHOOK_SECRET PORT=$port GITHUB_API_URL=http://127.0.0.1:$api \
   SHUTDOWN_GRACE_SECS=600 "$bin/pr_agent_server" >"$log/pr2" 2>&1 & server=$!; pids+=($server)
 wait_for "$log/pr2" "expect 401"
 good=$(grep -A1 "expect 202" "$log/pr2" | tail -1 | sed 's/^ *//')

@@ -456,6 +456,41 @@ fn a_wrong_api_url_is_refused_with_an_example_of_its_provider() {
     }
 }
 
+/// Development mode (no webhook secret) prints a signed sample delivery for
+/// `octo-org/hello-world`. With a GitHub token configured, sending it as printed posted a real
+/// comment there as the token's owner. The server now refuses to start and says how to go on;
+/// the API without a token, or a token with a secret, still starts.
+#[test]
+fn development_mode_refuses_a_github_token() {
+    let err = harness::lookup(&[
+        ("GITHUB_API_URL", "https://api.github.com"),
+        ("GITHUB_TOKEN", "ghp_example"),
+    ])
+    .unwrap_err();
+    assert!(
+        err.starts_with("GITHUB_TOKEN is set but no webhook secret is"),
+        "{err}"
+    );
+    assert!(err.contains("set GITHUB_WEBHOOK_SECRET"), "{err}");
+    assert!(!err.contains("ghp_example"), "{err}");
+    // A token without its API URL posts nothing, and other providers' tokens are not used
+    // by the GitHub sample.
+    harness::lookup(&[("GITHUB_TOKEN", "ghp_example")]).unwrap();
+    harness::lookup(&[
+        ("GITLAB_API_URL", "https://gitlab.example.com/api/v4"),
+        ("GITLAB_TOKEN", "glpat-example"),
+    ])
+    .unwrap();
+    harness::lookup(&[("GITHUB_API_URL", "https://api.github.com")]).unwrap();
+    let settings = harness::lookup(&[
+        ("GITHUB_API_URL", "https://api.github.com"),
+        ("GITHUB_TOKEN", "ghp_example"),
+        ("GITHUB_WEBHOOK_SECRET", "s3cret"),
+    ])
+    .unwrap();
+    assert!(settings.apis.contains_key(&app::Forge::GitHub));
+}
+
 /// Starts the server with `settings` (no tunnel) and stops it at once: what it logs on the way.
 async fn start_and_stop(settings: &app::Settings) {
     let app = app::build(settings).unwrap();

@@ -547,6 +547,15 @@ impl Settings {
                 "{needs} GITHUB_WEBHOOK_SECRET, the secret set on the GitHub hook: without it, every delivery of the hook would be refused"
             ));
         }
+        // Development mode prints a signed sample delivery for a public repository: with a
+        // real token, sending it would post a comment there as the token's owner.
+        if generated_github_secret.is_some()
+            && apis
+                .get(&Forge::GitHub)
+                .is_some_and(|api| api.token.is_some())
+        {
+            return Err("GITHUB_TOKEN is set but no webhook secret is: development mode would print a sample delivery that posts a comment to octo-org/hello-world with that token; set GITHUB_WEBHOOK_SECRET to the secret of your hook, or unset GITHUB_TOKEN to try the server without posting".into());
+        }
         let breaker = CircuitBreakerConfig::from_env_with(&lookup).map_err(|e| e.to_string())?;
         let max_pending_comments = number(
             "MAX_PENDING_COMMENTS",

@@ -3,7 +3,7 @@
 //! background, with comments posted back through a circuit breaker and retries.
 //!
 //! ```text
-//! cargo run --example pr_agent_server                 # development mode, prints test commands
+//! cargo run --example pr_agent_server                 # development mode, prints test commands (refused with GITHUB_TOKEN set)
 //! cargo run --example pr_agent_server -- --use-tunnel # plus a public URL (TUNNEL_SERVICE=...)
 //! ```
 //!
