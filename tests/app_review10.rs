@@ -421,6 +421,98 @@ async fn a_delivery_whose_comment_failed_is_processed_when_delivered_again() {
     assert_eq!(fake.received().len(), 3);
 }
 
+/// A Bitbucket Cloud `pullrequest:` delivery `id` of pull request 31, a draft or not, signed
+/// with `s3cret`: its status.
+async fn bitbucket_pr(
+    client: &reqwest::Client,
+    base: &str,
+    event: &str,
+    id: &str,
+    draft: bool,
+) -> http::StatusCode {
+    let body = serde_json::json!({
+        "pullrequest": { "id": 31, "title": "Add a cache", "draft": draft, "state": "OPEN" },
+        "repository": { "full_name": "team/repo" },
+    })
+    .to_string();
+    client
+        .post(format!("{base}/api/v1/bitbucket_webhooks"))
+        .header("content-type", "application/json")
+        .header("x-event-key", event)
+        .header("x-request-uuid", id)
+        .header(
+            "x-hub-signature",
+            format!("sha256={}", hmac_hex("s3cret", &body)),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// Bitbucket Cloud says a draft was published only by an update that shows it no longer a
+/// draft: the server takes the draft from its memory of drafts and comments once. When that
+/// comment failed, the delivery was forgotten (so that delivered again it is processed), but
+/// the draft was not put back: the delivery, delivered again, was processed and asked for no
+/// comment. The draft is remembered again now, and the redelivery gets its comment.
+#[tokio::test]
+async fn a_published_draft_whose_comment_failed_gets_it_when_delivered_again() {
+    let (_logs, _guard) = Logs::capture();
+    let (api, fake) = harness::FakeProvider::start(&[http::StatusCode::NOT_FOUND]).await;
+    let settings = harness::lookup(&[
+        ("BITBUCKET_WEBHOOK_SECRET", "s3cret"),
+        ("BITBUCKET_API_URL", &format!("{api}/2.0")),
+        ("BITBUCKET_TOKEN", "t0ken"),
+    ])
+    .unwrap();
+    let base = harness::start_server(&settings).await;
+    let client = reqwest::Client::new();
+    let created = "{00000000-0000-4000-8000-00000000d001}";
+    let published = "{00000000-0000-4000-8000-00000000d002}";
+    assert_eq!(
+        bitbucket_pr(&client, &base, "pullrequest:created", created, true).await,
+        202
+    );
+    // Published: its comment is refused (404) and given up.
+    assert_eq!(
+        bitbucket_pr(&client, &base, "pullrequest:updated", published, false).await,
+        202
+    );
+    let status = harness::settled(&client, &base, 1).await;
+    assert_eq!(status["comments"]["failed"], 1, "{status}");
+    // Delivered again: the comment of the draft published is posted.
+    assert_eq!(
+        bitbucket_pr(&client, &base, "pullrequest:updated", published, false).await,
+        202
+    );
+    let status = harness::settled(&client, &base, 2).await;
+    assert_eq!(status["comments"]["posted"], 1, "{status}");
+    let received = fake.received();
+    assert_eq!(received.len(), 2, "{received:?}");
+    assert!(
+        received
+            .iter()
+            .all(|(path, ..)| path == "/2.0/repositories/team/repo/pullrequests/31/comments"),
+        "{received:?}"
+    );
+    // Once posted, a later update is only an update.
+    assert_eq!(
+        bitbucket_pr(
+            &client,
+            &base,
+            "pullrequest:updated",
+            "{00000000-0000-4000-8000-00000000d003}",
+            false
+        )
+        .await,
+        202
+    );
+    let status = harness::settled(&client, &base, 2).await;
+    assert_eq!(status["comments"]["posted"], 1, "{status}");
+    assert_eq!(fake.received().len(), 2);
+}
+
 /// `GITLAB_API_URL=gitlab.com/api/v4` (no scheme) stopped the server with "set it to the API's
 /// base URL, e.g. https://api.github.com": GitHub's URL, for every provider, which for GitLab
 /// or Gitea leads to a URL without the `/api/v4` or `/api/v1` every comment needs. The example

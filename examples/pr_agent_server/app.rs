@@ -769,6 +769,9 @@ pub(crate) struct Job {
     pub(crate) secondary_limits: u32,
     /// When the delivery was accepted; the job is given up `COMMENT_MAX_AGE_SECS` later.
     pub(crate) accepted_at: tokio::time::Instant,
+    /// The draft whose publishing this comment announces, taken from the memory of drafts:
+    /// remembered again if the comment fails, for the delivery, delivered again, to get it.
+    pub(crate) draft: Option<drafts::DraftKey>,
 }
 
 /// An API call that posts one comment.
@@ -819,6 +822,11 @@ impl AppState {
     /// redelivery keeps the delivery id, which would otherwise be acknowledged as a duplicate
     /// (for `replay_ttl`, 24 h) and not processed.
     async fn forget_delivery(&self, job: &Job) {
+        // The draft too: its publishing was taken from the memory for this comment, and the
+        // delivery, processed again, finds it there only if it is remembered again.
+        if let Some(draft) = job.draft.clone() {
+            self.drafts.remember(draft);
+        }
         let Some((provider, store)) = self.replay.get(&job.forge) else {
             return;
         };
@@ -1564,6 +1572,7 @@ async fn handle(
         attempts: 0,
         secondary_limits: 0,
         accepted_at: tokio::time::Instant::now(),
+        draft: draft.clone(),
     };
     // A job stays pending until it is done, including while it waits to be tried again, so
     // the bound holds while the provider API is down. Counted before it is queued: the worker

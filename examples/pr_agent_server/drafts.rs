@@ -5,7 +5,8 @@
 //! the edit took away. The three others send an update of the pull request, now not a draft,
 //! and nothing that tells a draft published from any other update of a pull request that was
 //! never one. So the server remembers the open drafts it sees in any event, and comments on the
-//! first update that shows one of them published, once: it is forgotten then. Azure DevOps
+//! first update that shows one of them published, once: it is forgotten then (and remembered
+//! again if that comment fails, for the update delivered again to get it). Azure DevOps
 //! also names the change in the event's message ("... published the pull request"), which
 //! holds for a draft the server did not see.
 //!
