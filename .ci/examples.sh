@@ -108,6 +108,9 @@ kill -0 "$server" 2>/dev/null || { echo "pr_agent_server died with its stdout cl
 expect_status 200 "http://127.0.0.1:$port/"
 stops_cleanly "$server" "pr_agent_server (stdout closed)"
 ! grep -q "panicked" "$log/pr_closed" || { cat "$log/pr_closed"; exit 1; }
+# Its log lines went to stderr once stdout refused them.
+! grep -q "Unable to write" "$log/pr_closed" || { cat "$log/pr_closed"; exit 1; }
+grep -q "draining open connections" "$log/pr_closed" || { cat "$log/pr_closed"; exit 1; }
 
 echo "-- tonic_server: a connection that sends nothing does not hold up its shutdown"
 port=$(free_port)

@@ -548,6 +548,86 @@ fn a_wrong_api_url_is_refused_with_an_example_of_its_provider() {
     }
 }
 
+/// A writer into a buffer shared with the test, whose reader goes away after `room` bytes.
+#[derive(Clone)]
+struct Pipe(std::sync::Arc<std::sync::Mutex<ClosedAfter>>);
+
+impl Pipe {
+    fn new(room: usize) -> Self {
+        Pipe(std::sync::Arc::new(std::sync::Mutex::new(ClosedAfter {
+            room,
+            written: Vec::new(),
+        })))
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().written.clone()).unwrap()
+    }
+}
+
+impl std::io::Write for Pipe {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The server logs to stdout. With its reader gone (`pr_agent_server | head`), every log line
+/// after that was lost, and each one made tracing print "Unable to write an event" to stderr.
+/// The log lines go to stderr from the first one stdout refuses, and to stdout again never.
+#[test]
+fn log_lines_go_to_stderr_once_stdout_is_gone() {
+    let (stdout, stderr) = (Pipe::new(1 << 20), Pipe::new(1 << 20));
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(app::LogOutput::new(stdout.clone(), stderr.clone()))
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        tracing::info!("first line");
+        stdout.0.lock().unwrap().room = 0; // the reader exits
+        tracing::info!("second line");
+        tracing::warn!("third line");
+        stdout.0.lock().unwrap().room = 1 << 20; // a write would succeed again: not tried
+        tracing::info!("fourth line");
+    });
+    let (out, err) = (stdout.text(), stderr.text());
+    assert!(
+        out.contains("first line") && out.lines().count() == 1,
+        "{out}"
+    );
+    assert_eq!(err.lines().count(), 3, "{err}");
+    for (line, text) in err
+        .lines()
+        .zip(["second line", "third line", "fourth line"])
+    {
+        assert!(line.ends_with(text), "{err}");
+    }
+    // Any other failure of stdout is the subscriber's to report, as before.
+    let failing = app::LogOutput::new(FailsWith(std::io::ErrorKind::Other), stderr.clone());
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(failing)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || tracing::info!("fifth line"));
+    assert!(!stderr.text().contains("fifth line"), "{}", stderr.text());
+}
+
+/// A writer that fails every write with `kind`.
+struct FailsWith(std::io::ErrorKind);
+
+impl std::io::Write for FailsWith {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(self.0.into())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Development mode (no webhook secret) prints a signed sample delivery for
 /// `octo-org/hello-world`. With a GitHub token configured, sending it as printed posted a real
 /// comment there as the token's owner. The server now refuses to start and says how to go on;

@@ -1091,6 +1091,65 @@ pub(crate) fn use_tunnel(
     Ok(tunnel)
 }
 
+/// Where the log lines go: `primary` (stdout) until a write there fails because its reader is
+/// gone (the output piped into `head`, which exited), then `fallback` (stderr) for good. Without
+/// it, every line after that was lost, and each one printed "Unable to write an event" to stderr.
+#[derive(Debug)]
+pub(crate) struct LogOutput<P, F> {
+    primary: std::sync::Mutex<P>,
+    fallback: std::sync::Mutex<F>,
+    primary_gone: std::sync::atomic::AtomicBool,
+}
+
+impl<P: std::io::Write, F: std::io::Write> LogOutput<P, F> {
+    pub(crate) fn new(primary: P, fallback: F) -> Self {
+        Self {
+            primary: std::sync::Mutex::new(primary),
+            fallback: std::sync::Mutex::new(fallback),
+            primary_gone: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Writes one formatted log line (tracing hands each event over whole).
+    fn write_line(&self, line: &[u8]) -> std::io::Result<()> {
+        if !self.primary_gone.load(Ordering::Relaxed) {
+            let mut primary = self.primary.lock().unwrap_or_else(|e| e.into_inner());
+            match primary.write_all(line).and_then(|()| primary.flush()) {
+                Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => {
+                    self.primary_gone.store(true, Ordering::Relaxed);
+                }
+                other => return other,
+            }
+        }
+        let mut fallback = self.fallback.lock().unwrap_or_else(|e| e.into_inner());
+        fallback.write_all(line).and_then(|()| fallback.flush())
+    }
+}
+
+/// One event's writer, handed out by [`LogOutput`].
+#[derive(Debug)]
+pub(crate) struct LogLine<'a, P, F>(&'a LogOutput<P, F>);
+
+impl<P: std::io::Write, F: std::io::Write> std::io::Write for LogLine<'_, P, F> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write_line(buf).map(|()| buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a, P: std::io::Write + 'a, F: std::io::Write + 'a> tracing_subscriber::fmt::MakeWriter<'a>
+    for LogOutput<P, F>
+{
+    type Writer = LogLine<'a, P, F>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        LogLine(self)
+    }
+}
+
 /// The log filter of `RUST_LOG` (`value`): `info` when unset or blank. One that does not parse
 /// (a level misspelt after a `=`, a stray bracket) is an error naming the setting, as with the
 /// other settings: taken for `info`, the `debug` logs asked for would silently not be written.

@@ -132,7 +132,10 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(app::LogOutput::new(std::io::stdout(), std::io::stderr()))
+        .init();
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
