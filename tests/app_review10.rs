@@ -367,20 +367,36 @@ async fn github_opened(client: &reqwest::Client, base: &str, id: &str) -> http::
         "repository": { "full_name": "octo/repo" },
     })
     .to_string();
-    client
-        .post(format!("{base}/api/v1/github_webhooks"))
+    let signature = format!("sha256={}", hmac_hex("s3cret", &body));
+    let headers = [
+        ("x-github-event", "pull_request"),
+        ("x-github-delivery", id),
+        ("x-hub-signature-256", &signature),
+    ];
+    post_json(
+        client,
+        &format!("{base}/api/v1/github_webhooks"),
+        &headers,
+        body,
+    )
+    .await
+}
+
+/// POSTs the JSON `body` with `headers` to `url`: the answer's status.
+async fn post_json(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: String,
+) -> http::StatusCode {
+    let mut request = client
+        .post(url)
         .header("content-type", "application/json")
-        .header("x-github-event", "pull_request")
-        .header("x-github-delivery", id)
-        .header(
-            "x-hub-signature-256",
-            format!("sha256={}", hmac_hex("s3cret", &body)),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .status()
+        .body(body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap().status()
 }
 
 /// A comment given up after a `502` is logged "if it is missing, deliver it again from the
@@ -435,20 +451,19 @@ async fn bitbucket_pr(
         "repository": { "full_name": "team/repo" },
     })
     .to_string();
-    client
-        .post(format!("{base}/api/v1/bitbucket_webhooks"))
-        .header("content-type", "application/json")
-        .header("x-event-key", event)
-        .header("x-request-uuid", id)
-        .header(
-            "x-hub-signature",
-            format!("sha256={}", hmac_hex("s3cret", &body)),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .status()
+    let signature = format!("sha256={}", hmac_hex("s3cret", &body));
+    let headers = [
+        ("x-event-key", event),
+        ("x-request-uuid", id),
+        ("x-hub-signature", &signature),
+    ];
+    post_json(
+        client,
+        &format!("{base}/api/v1/bitbucket_webhooks"),
+        &headers,
+        body,
+    )
+    .await
 }
 
 /// Bitbucket Cloud says a draft was published only by an update that shows it no longer a
