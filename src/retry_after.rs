@@ -6,6 +6,10 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderMap, header};
 
 /// `Retry-After` as a delay: delta-seconds or an HTTP date (a date in the past is no delay).
+///
+/// A date is on the server's clock: it is read against the same message's `Date` (RFC 9110,
+/// section 10.2.3: relative to the message's origination), so a server whose clock is off ours
+/// still gets the wait it asked for. Only without a usable `Date` is it read against ours.
 pub(crate) fn parse(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
     if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
@@ -19,10 +23,15 @@ pub(crate) fn parse(headers: &HeaderMap) -> Option<Duration> {
     let Ok(when) = httpdate::parse_http_date(value) else {
         return is_before_1970(value).then_some(Duration::ZERO);
     };
-    Some(
-        when.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
+    let now = origination(headers).unwrap_or_else(SystemTime::now);
+    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// The message's `Date` (its first field), when it is a valid HTTP date `httpdate` can
+/// represent (from 1970): the server's clock when it sent the message.
+fn origination(headers: &HeaderMap) -> Option<SystemTime> {
+    let value = headers.get(header::DATE)?.to_str().ok()?.trim();
+    httpdate::parse_http_date(value).ok()
 }
 
 /// What a gRPC server asks of a client's next attempt with `grpc-retry-pushback-ms`.

@@ -2691,7 +2691,7 @@ fn rate_limit_wait(status: StatusCode, headers: &HeaderMap) -> Option<Duration> 
         |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
     const LONGEST: Duration = Duration::from_secs(3600);
     if let Some(wait) = retry_after(headers) {
-        // A date already past (a clock ahead of the provider's) is no reason to call at once.
+        // A date already past (not after the answer's `Date`) is no reason to call at once.
         return Some(wait.clamp(Duration::from_secs(1), LONGEST));
     }
     if !limited {

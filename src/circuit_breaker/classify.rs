@@ -86,7 +86,9 @@ where
 /// `grpc-status` is not a number, is `Unknown`, as gRPC clients read it: a failure (except for
 /// gRPC-Web, whose trailers travel inside the body).
 ///
-/// On 429 and 503 the upstream's `Retry-After` (seconds or HTTP date), and on gRPC's
+/// On 429 and 503 the upstream's `Retry-After` (seconds, or an HTTP date read against the
+/// response's `Date`, the server's clock, and against the local clock only without a valid
+/// `Date`), and on gRPC's
 /// `RESOURCE_EXHAUSTED` and `UNAVAILABLE` its `grpc-retry-pushback-ms` (in the headers of a
 /// trailers-only answer, or in the trailers), is passed to the breaker, which uses it if
 /// [`honor_retry_after`](super::CircuitBreakerConfig::honor_retry_after) is set.

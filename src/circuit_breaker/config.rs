@@ -673,6 +673,8 @@ impl CircuitBreakerConfig {
 
     /// When a failure that opens the breaker came with an upstream `Retry-After` (on 429 or
     /// 503), stay open at least that long, but never longer than `cap` (at most 24 hours).
+    /// An HTTP date is read against the response's `Date` (both the server's clock), and
+    /// against the local clock only when the response has no valid `Date`.
     /// The failures that open it are those since the last success: a wait asked for before
     /// the upstream answered a call again does not stretch a later opening.
     ///

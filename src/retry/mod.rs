@@ -35,7 +35,10 @@
 //!   `min(cap, base * 2^attempt)`), so clients that failed together do not retry together.
 //! - **`Retry-After`**: when the response carries one (seconds or an HTTP date), the policy
 //!   waits exactly that long, and gives up if it is longer than
-//!   [`max_retry_after`](RetryPolicy::max_retry_after). A wait of zero (`0`, or a date
+//!   [`max_retry_after`](RetryPolicy::max_retry_after). A date is the server's clock: it is
+//!   read against the response's `Date` (RFC 9110 reads it relative to the message's
+//!   origination), so a server whose clock is off ours still gets the wait it asked for; only
+//!   without a valid `Date` is it read against the local clock. A wait of zero (`0`, or a date
 //!   already past) keeps the backoff. [`retry_after`] reads the header the same way for your
 //!   own code.
 //! - **Budget**: a shared [`TpsBudget`] caps retries to a share of the traffic, so retries do
@@ -110,8 +113,11 @@ use crate::BoxError;
 pub use tower::retry::budget::TpsBudget as RetryBudget;
 
 /// The wait a response's `Retry-After` header asks for, as the policy reads it: delta-seconds
-/// or an HTTP date (RFC 9110, section 10.2.3). A date in the past is no wait; delta-seconds too
-/// large for a `u64` are [`Duration::MAX`]. `None` when the header is missing or unreadable.
+/// or an HTTP date (RFC 9110, section 10.2.3). A date is on the server's clock, so it is read
+/// against the same headers' `Date` (the first one) when that is a valid HTTP date, and
+/// against the local clock ([`SystemTime::now`](std::time::SystemTime::now)) only without
+/// one. A date in the past is no wait; delta-seconds too large for a `u64` are
+/// [`Duration::MAX`]. `None` when the header is missing or unreadable.
 ///
 /// Use it to honour a `Retry-After` the policy gave up on or was not asked to retry (a 403
 /// rate limit, a wait longer than [`RetryPolicy::max_retry_after`]).
@@ -135,6 +141,11 @@ pub use tower::retry::budget::TpsBudget as RetryBudget;
 ///
 /// headers.insert("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap());
 /// assert_eq!(retry_after(&headers), Some(Duration::ZERO)); // in the past
+///
+/// // With the server's `Date`, a date is read on the server's clock, whatever ours says.
+/// headers.insert("date", "Wed, 21 Oct 2015 07:27:30 GMT".parse().unwrap());
+/// assert_eq!(retry_after(&headers), Some(Duration::from_secs(30)));
+///
 /// headers.insert("retry-after", "soon".parse().unwrap());
 /// assert_eq!(retry_after(&headers), None);
 /// ```
@@ -1015,8 +1026,9 @@ where
                 );
                 return None;
             }
-            // `Retry-After: 0`, or a date already past (often a clock ahead of the
-            // upstream's), asks for no wait: keep the backoff instead of retrying at once.
+            // `Retry-After: 0`, or a date already past (not after the response's `Date`, or,
+            // without one, a local clock ahead of the upstream's), asks for no wait: keep the
+            // backoff instead of retrying at once.
             Some(after) if !after.is_zero() => after,
             _ => {
                 let max = self.max_delay(self.attempt);
