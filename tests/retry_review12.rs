@@ -203,3 +203,72 @@ fn the_first_date_counts() {
         Some(Duration::from_secs(10))
     );
 }
+
+/// A server on 127.0.0.1 whose `/limited` answers 429 to its first call and 201 after; and the
+/// count of calls.
+async fn limited_server() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hits = Arc::new(AtomicUsize::new(0));
+    let seen = hits.clone();
+    let app = axum::Router::new().route(
+        "/limited",
+        axum::routing::any(move || {
+            let n = seen.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    StatusCode::TOO_MANY_REQUESTS
+                } else {
+                    StatusCode::CREATED
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), hits)
+}
+
+/// Both reqwest versions, the same checks: a `POST` to a URL with a fragment that the upstream
+/// refused with 429 is sent again, as one to the same URL without it. reqwest never sends the
+/// fragment, and the URL of its answer (or of the error `error_for_status` makes of it) has
+/// none: the answer was read as one to another request, after a redirect, and not retried.
+macro_rules! a_fragment_is_not_a_redirect {
+    ($name:ident, $reqwest:ident) => {
+        #[tokio::test]
+        async fn $name() {
+            use $reqwest as reqwest;
+            for error_for_status in [false, true] {
+                let (base, hits) = limited_server().await;
+                let client = reqwest::Client::builder().no_proxy().build().unwrap();
+                let svc = ServiceBuilder::new()
+                    .layer(
+                        RetryPolicy::new()
+                            .backoff(Duration::from_millis(1), Duration::from_millis(5))
+                            .into_layer(),
+                    )
+                    .and_then(move |res: reqwest::Response| async move {
+                        if error_for_status {
+                            res.error_for_status()
+                        } else {
+                            Ok(res)
+                        }
+                    })
+                    .service(client);
+                let url = format!("{base}/limited#new-comment");
+                let mut req = reqwest::Request::new(reqwest::Method::POST, url.parse().unwrap());
+                *req.body_mut() = Some("{}".into());
+                let status = svc.oneshot(req).await.map(|res| res.status());
+                assert_eq!(
+                    status.map_err(|err| err.status()),
+                    Ok(StatusCode::CREATED),
+                    "error_for_status: {error_for_status}"
+                );
+                assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+            }
+        }
+    };
+}
+
+a_fragment_is_not_a_redirect!(a_fragment_is_not_a_redirect_reqwest_0_13, reqwest);
+a_fragment_is_not_a_redirect!(a_fragment_is_not_a_redirect_reqwest_0_12, reqwest_0_12);

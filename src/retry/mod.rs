@@ -399,9 +399,15 @@ fn reqwest_status<'a>(err: &'a (dyn Error + 'static)) -> Option<(StatusCode, Opt
 }
 
 /// Whether an answer from `answered` is one to another request than the one sent to `sent`:
-/// the client followed a redirect. Unknown URLs are the request's.
+/// the client followed a redirect. Unknown URLs are the request's. A fragment is never sent
+/// (reqwest's answers have none): URLs that differ only by theirs name the same request.
 fn redirected(sent: Option<&str>, answered: Option<&str>) -> bool {
-    matches!((sent, answered), (Some(sent), Some(answered)) if sent != answered)
+    matches!((sent, answered), (Some(sent), Some(answered)) if target(sent) != target(answered))
+}
+
+/// `url` without its fragment.
+fn target(url: &str) -> &str {
+    url.split_once('#').map_or(url, |(target, _)| target)
 }
 
 /// What [`reqwest_error`] looks for.
