@@ -114,9 +114,9 @@ pub use tower::retry::budget::TpsBudget as RetryBudget;
 
 /// The wait a response's `Retry-After` header asks for, as the policy reads it: delta-seconds
 /// or an HTTP date (RFC 9110, section 10.2.3). A date is on the server's clock, so it is read
-/// against the same headers' `Date` (the first one) when that is a valid HTTP date, and
-/// against the local clock ([`SystemTime::now`](std::time::SystemTime::now)) only without
-/// one. A date in the past is no wait; delta-seconds too large for a `u64` are
+/// against the same headers' `Date` (the first one) when that is a valid HTTP date from 1970
+/// on, and against the local clock ([`SystemTime::now`](std::time::SystemTime::now)) only
+/// without one. A date in the past is no wait; delta-seconds too large for a `u64` are
 /// [`Duration::MAX`]. `None` when the header is missing or unreadable.
 ///
 /// Use it to honour a `Retry-After` the policy gave up on or was not asked to retry (a 403
