@@ -278,7 +278,9 @@ impl<R> WebhookErrorLayer<R> {
     /// The `WWW-Authenticate` challenge sent with a 401 whose error names none (RFC 9110,
     /// section 15.5.2: a 401 carries at least one). An error's own
     /// [`challenge`](super::HttpError::challenge) comes first; without either, a 401 goes out
-    /// without the header.
+    /// without the header. A `WWW-Authenticate` the inner stack set on its own response (a
+    /// handler's, an inner layer's) is kept as it is, also on a response carrying a [`Problem`]
+    /// that the layer renders again: the layer's is not added beside it.
     ///
     /// # Example
     ///
@@ -869,7 +871,7 @@ fn on_error<B, R: RenderProblem>(
         }
         Outcome::Panic(payload) => panicked(info, &*payload, "handler panicked"),
     };
-    render(problem, info, config, renderer)
+    render(problem, info, config, renderer, true)
 }
 
 /// The problem that answers a panic, logged once with the panic's message and `what` panicked.
@@ -944,7 +946,13 @@ fn rerender<B, R: RenderProblem>(
     if parts.extensions.get::<AlreadyLogged>().is_none() {
         log_problem(&problem, &info, None);
     }
-    let mut rendered = render(problem, &info, config, renderer);
+    // A challenge the inner stack sent (a handler's own, an inner layer's) is the one its
+    // service accepts: kept as it is, and the layer's not added beside it.
+    let challenged = parts.headers.contains_key(header::WWW_AUTHENTICATE);
+    let mut rendered = render(problem, &info, config, renderer, !challenged);
+    if challenged {
+        rendered.headers_mut().remove(header::WWW_AUTHENTICATE);
+    }
     let own: Vec<HeaderName> = rendered.headers().keys().cloned().collect();
     for (name, value) in &parts.headers {
         if !describes_body(name) && !own.contains(name) {
@@ -1007,11 +1015,14 @@ fn error_status(problem: Problem, info: &RequestInfo) -> Problem {
     }
 }
 
+/// Renders `problem`; `challenge`: whether a 401 whose problem names no challenge gets the
+/// layer's (not when the inner stack's response already carries one).
 fn render<B, R: RenderProblem>(
     mut problem: Problem,
     info: &RequestInfo,
     config: &Config,
     renderer: &R,
+    challenge: bool,
 ) -> Response<ResponseBody<B>> {
     if problem.instance().is_none()
         && let Some(id) = info.request_id.as_ref().and_then(as_instance)
@@ -1024,7 +1035,8 @@ fn render<B, R: RenderProblem>(
     if http {
         problem = problem.without_bad_challenge();
     }
-    if problem.status() == StatusCode::UNAUTHORIZED
+    if challenge
+        && problem.status() == StatusCode::UNAUTHORIZED
         && problem.challenge().is_none()
         && let Some(challenge) = &config.challenge
     {
