@@ -771,7 +771,8 @@ where
         let mut this = self.project();
         let outcome = match this.kind.as_mut().project() {
             KindProj::Inner { future } => {
-                let (info, config, renderer) = (&*this.info, this.shared.get(), &*this.renderer);
+                let (info, config, renderer) =
+                    (&mut *this.info, this.shared.get(), &*this.renderer);
                 // The response is mapped inside the closure, so it is written once, in place.
                 match catch_unwind(AssertUnwindSafe(|| match future.poll(cx) {
                     Poll::Pending => Poll::Pending,
@@ -895,7 +896,7 @@ fn panicked(info: &RequestInfo, payload: &(dyn Any + Send), what: &str) -> Probl
 #[inline]
 fn on_response<B, R: RenderProblem>(
     mut response: Response<B>,
-    info: &RequestInfo,
+    info: &mut RequestInfo,
     config: &Config,
     renderer: &R,
 ) -> Response<ResponseBody<B>> {
@@ -907,11 +908,17 @@ fn on_response<B, R: RenderProblem>(
         None => None,
         Some(grpc) => grpc.streamed_by(&response),
     };
+    // The request id goes with the body, for the log line of a failure while it streams: moved,
+    // the future is done with it.
     if response.extensions().is_empty() {
-        return response.map(|body| ResponseBody::inner(body, grpc));
+        let id = info.request_id.take();
+        return response.map(|body| ResponseBody::inner(body, grpc, id));
     }
     match response.extensions_mut().remove::<Problem>() {
-        None => response.map(|body| ResponseBody::inner(body, grpc)),
+        None => {
+            let id = info.request_id.take();
+            response.map(|body| ResponseBody::inner(body, grpc, id))
+        }
         Some(problem) => rerender(problem, response, info, config, renderer),
     }
 }
@@ -1242,9 +1249,12 @@ fn names_a_host(uri: &[u8]) -> bool {
 /// The request id for the log: a UTF-8 id as it is (`to_str` refuses any byte past ASCII), other
 /// bytes past ASCII as U+FFFD.
 fn request_id_str(info: &RequestInfo) -> Cow<'_, str> {
-    info.request_id
-        .as_ref()
-        .map_or(Cow::Borrowed(""), |v| String::from_utf8_lossy(v.as_bytes()))
+    id_str(info.request_id.as_ref())
+}
+
+/// A request id for the log, as [`request_id_str`] writes it (`""` for none).
+pub(super) fn id_str(id: Option<&HeaderValue>) -> Cow<'_, str> {
+    id.map_or(Cow::Borrowed(""), |v| String::from_utf8_lossy(v.as_bytes()))
 }
 
 /// Logs once, at a level that fits the class: 5xx are errors, 404/405 debug, other 4xx warnings.
