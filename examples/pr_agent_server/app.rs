@@ -1299,8 +1299,10 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
                     MakeRequestUuid,
                 ))
                 .layer(PropagateRequestIdLayer::new(x_request_id))
-                .layer(WebhookErrorLayer::new())
+                // Outside the error layer, so that its lines (an error answered, a body that
+                // fails while it streams) are logged inside the request's span.
                 .layer(TraceLayer::new_for_http())
+                .layer(WebhookErrorLayer::new())
                 .layer(tower::timeout::TimeoutLayer::new(settings.request_timeout))
                 // A client that stops sending its body gets 408, before the whole request's
                 // deadline (504) would end it.
