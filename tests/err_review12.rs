@@ -123,6 +123,44 @@ async fn an_inner_401s_own_challenge_is_kept_and_the_layers_only_fills_in() {
     assert_eq!(text.matches("request rejected").count(), 5, "{text}");
 }
 
+/// A 401 the inner stack answered itself without a challenge (a handler's bare
+/// `StatusCode::UNAUTHORIZED`) gets the layer's, as a 401 the layer renders does: a 401 must
+/// carry one (RFC 9110, section 15.5.2). It used to go out without any, though the layer had one
+/// for every 401 that names none. Other statuses, and a layer without a challenge, add nothing.
+#[tokio::test]
+async fn a_passed_through_401_without_a_challenge_gets_the_layers() {
+    let (_logs, _guard) = Logs::capture();
+    let handler = |req: axum::extract::Request| async move {
+        let status = match req.uri().path() {
+            "/forbidden" => StatusCode::FORBIDDEN,
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        Ok::<_, Infallible>((status, "no").into_response())
+    };
+    // Sent without the spaces at its ends, as on the layer's own 401.
+    let with = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new().challenge(format!(" {LAYERS}\t")))
+        .service_fn(handler);
+    let (addr, server) = axum_serve::serve(with).await;
+    let res = get(addr, "/plain").await;
+    assert_eq!(res.status(), 401);
+    assert_eq!(challenges(&res), [LAYERS]);
+    assert_eq!(res.text().await.unwrap(), "no");
+    let res = get(addr, "/forbidden").await;
+    assert_eq!(res.status(), 403);
+    assert!(challenges(&res).is_empty());
+    server.abort();
+
+    let without = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .service_fn(handler);
+    let (addr, server) = axum_serve::serve(without).await;
+    let res = get(addr, "/plain").await;
+    assert_eq!(res.status(), 401);
+    assert!(challenges(&res).is_empty());
+    server.abort();
+}
+
 /// The same through two layers: an inner `WebhookErrorLayer`'s challenge is the inner stack's
 /// own, and an outer layer with another one keeps it. An error the layer renders itself keeps a
 /// challenge its renderer set.

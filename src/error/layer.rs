@@ -278,9 +278,11 @@ impl<R> WebhookErrorLayer<R> {
     /// The `WWW-Authenticate` challenge sent with a 401 whose error names none (RFC 9110,
     /// section 15.5.2: a 401 carries at least one). An error's own
     /// [`challenge`](super::HttpError::challenge) comes first; without either, a 401 goes out
-    /// without the header. A `WWW-Authenticate` the inner stack set on its own response (a
-    /// handler's, an inner layer's) is kept as it is, also on a response carrying a [`Problem`]
-    /// that the layer renders again: the layer's is not added beside it.
+    /// without the header. A 401 the inner stack answered itself (a handler's bare
+    /// `StatusCode::UNAUTHORIZED`) gets it too when it carries no `WWW-Authenticate`. One the
+    /// inner stack set on its own response (a handler's, an inner layer's) is kept as it is,
+    /// also on a response carrying a [`Problem`] that the layer renders again: the layer's is not
+    /// added beside it.
     ///
     /// # Example
     ///
@@ -892,7 +894,8 @@ fn panicked(info: &RequestInfo, payload: &(dyn Any + Send), what: &str) -> Probl
 ///
 /// A 408 or a 413 passed through (axum's `DefaultBodyLimit` answer, tower-http's
 /// `TimeoutLayer` answer, a handler's own status) leaves the connection in the same state as
-/// the layer's own: over HTTP/1.x it says `Connection: close` too.
+/// the layer's own: over HTTP/1.x it says `Connection: close` too. A 401 passed through without
+/// a `WWW-Authenticate` gets the layer's challenge, if it has one, as the layer's own 401 does.
 #[inline]
 fn on_response<B, R: RenderProblem>(
     mut response: Response<B>,
@@ -900,8 +903,13 @@ fn on_response<B, R: RenderProblem>(
     config: &Config,
     renderer: &R,
 ) -> Response<ResponseBody<B>> {
-    if closes(response.status()) && info.http1 {
+    let status = response.status();
+    if closes(status) && info.http1 {
         close_passed_through(response.headers_mut());
+    } else if status == StatusCode::UNAUTHORIZED
+        && let Some(challenge) = &config.challenge
+    {
+        challenge_passed_through(response.headers_mut(), challenge);
     }
     // Only a gRPC request's answer can be a gRPC stream; an HTTP request's costs nothing more.
     let grpc = match info.grpc {
@@ -1151,6 +1159,26 @@ fn close_connection<B>(response: &mut Response<B>, info: &RequestInfo) {
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+}
+
+/// Adds the layer's `challenge` to a 401 made by the inner stack that carries none (RFC 9110,
+/// section 15.5.2: a 401 carries at least one). One the inner stack set is kept as it is.
+#[cold]
+#[inline(never)]
+fn challenge_passed_through(headers: &mut http::HeaderMap, challenge: &str) {
+    if headers.contains_key(header::WWW_AUTHENTICATE) {
+        return;
+    }
+    // Without spaces at its ends, as a problem's challenge is sent: HTTP/2 forbids them.
+    match HeaderValue::from_str(challenge.trim_matches([' ', '\t'])) {
+        Ok(value) => {
+            headers.insert(header::WWW_AUTHENTICATE, value);
+        }
+        Err(_) => tracing::warn!(
+            status = StatusCode::UNAUTHORIZED.as_u16(),
+            "the layer's challenge is not a valid header value; WWW-Authenticate left out"
+        ),
     }
 }
 
