@@ -36,8 +36,9 @@ pub(crate) struct AlreadyLogged;
 /// or 5xx, `Retry-After` ([`Problem::retry_after`]) and `WWW-Authenticate`
 /// ([`Problem::challenge`]) if the renderer did not set them, the request id, and
 /// `Connection: close` on a 408 or a 413 over HTTP/1.x (RFC 9110, sections 15.5.9 and
-/// 15.5.14). A renderer that panics is logged, and the problem answered as [`ProblemJson`]
-/// renders it.
+/// 15.5.14). A `WWW-Authenticate` that the inner stack set on a response carrying the problem
+/// is kept in place of the renderer's. A renderer that panics is logged, and the problem
+/// answered as [`ProblemJson`] renders it.
 ///
 /// # Example
 ///
