@@ -191,11 +191,14 @@ async fn an_inner_layers_challenge_and_a_renderers_are_kept() {
                 .body(Bytes::new())
                 .unwrap()
         });
-    let svc = ServiceBuilder::new()
-        .layer(layer)
-        .service_fn(|_: Request<Full<Bytes>>| async {
-            Err::<Response<Full<Bytes>>, BoxError>(Problem::new(StatusCode::UNAUTHORIZED).into())
-        });
+    let svc =
+        ServiceBuilder::new()
+            .layer(layer.clone())
+            .service_fn(|_: Request<Full<Bytes>>| async {
+                Err::<Response<Full<Bytes>>, BoxError>(
+                    Problem::new(StatusCode::UNAUTHORIZED).into(),
+                )
+            });
     let res = svc.oneshot(Request::new(Full::default())).await.unwrap();
     let got: Vec<_> = res
         .headers()
@@ -203,6 +206,27 @@ async fn an_inner_layers_challenge_and_a_renderers_are_kept() {
         .iter()
         .collect();
     assert_eq!(got, [INNER]);
+    // On a response of the inner stack that carries a problem and its own challenge, that one
+    // is kept in place of the renderer's.
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|_: Request<Full<Bytes>>| async {
+            let mut res = Response::new(Full::<Bytes>::default());
+            *res.status_mut() = StatusCode::UNAUTHORIZED;
+            let signature = http::HeaderValue::from_static("Signature");
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, signature);
+            res.extensions_mut()
+                .insert(Problem::new(StatusCode::UNAUTHORIZED));
+            Ok::<_, Infallible>(res)
+        });
+    let res = svc.oneshot(Request::new(Full::default())).await.unwrap();
+    let got: Vec<_> = res
+        .headers()
+        .get_all(header::WWW_AUTHENTICATE)
+        .iter()
+        .collect();
+    assert_eq!(got, ["Signature"]);
 }
 
 // ---------------------------------------------------------------------------------------------
