@@ -1,6 +1,5 @@
 //! WebhookErrorLayer, twelfth review: an inner service's own `WWW-Authenticate` against the
-//! layer's challenge, the request id on the log line of a body that fails while it streams, and
-//! the layer's log lines inside the request's span.
+//! layer's challenge, and the layer's log lines inside the request's span.
 
 // The example includes its shared `common/shutdown.rs`.
 #![allow(clippy::duplicate_mod)]
@@ -16,8 +15,6 @@ mod failing_body;
 #[path = "common/pr_agent.rs"]
 #[allow(dead_code)]
 mod harness;
-#[path = "common/hyper_one.rs"]
-mod hyper_one;
 #[path = "common/logs.rs"]
 mod logs;
 
@@ -27,9 +24,8 @@ use std::time::Duration;
 use axum::response::IntoResponse;
 use bytes::Bytes;
 use failing_body::Failing;
-use http::{HeaderName, Request, Response, StatusCode, header};
+use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
-use hyper_one::{Http, exchange, serve_one};
 use logs::Logs;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_webhook::error::{Problem, WebhookErrorLayer};
@@ -227,86 +223,6 @@ async fn an_inner_layers_challenge_and_a_renderers_are_kept() {
         .iter()
         .collect();
     assert_eq!(got, ["Signature"]);
-}
-
-// ---------------------------------------------------------------------------------------------
-// The request id on the log line of a body that fails while it streams
-
-/// Sends a GET for `path` with `header: id` over a new HTTP/1.1 connection, and reads until the
-/// server closes it.
-async fn http1_exchange(addr: std::net::SocketAddr, path: &str, header: &str, id: &str) -> String {
-    let request = format!("GET {path} HTTP/1.1\r\nhost: test\r\n{header}: {id}\r\n\r\n");
-    String::from_utf8_lossy(&exchange(addr, request.as_bytes()).await).into_owned()
-}
-
-/// A body that fails or panics after the head went out is logged with the request's id, read
-/// from the configured header, as every other line of the layer is: the line used to carry
-/// none, so it could not be told apart from the other requests' failures.
-#[tokio::test]
-async fn a_body_that_fails_while_it_streams_is_logged_with_the_request_id() {
-    for (path, line) in [
-        ("/error", "the response body failed while it streamed"),
-        ("/panic", "the response body panicked while it streamed"),
-    ] {
-        let (logs, _guard) = Logs::capture();
-        let layer =
-            WebhookErrorLayer::new().request_id_header(HeaderName::from_static("x-delivery"));
-        let app = ServiceBuilder::new().layer(layer).service_fn(
-            |req: Request<hyper::body::Incoming>| async move {
-                let body = match req.uri().path() {
-                    "/panic" => Failing::panic("partial", "the stream's source went away"),
-                    _ => Failing::error("partial", "upstream connection lost"),
-                };
-                Ok::<_, Infallible>(Response::new(body))
-            },
-        );
-        let addr = serve_one(Http::One, app).await;
-        let received = http1_exchange(addr, path, "x-delivery", "dlv-4711").await;
-        assert!(received.starts_with("HTTP/1.1 200 OK\r\n"), "{received}");
-        assert!(received.contains("partial"), "{received}");
-        let text = logs.text();
-        let failed: Vec<_> = text.lines().filter(|l| l.contains(line)).collect();
-        assert_eq!(failed.len(), 1, "{text}");
-        assert!(failed[0].contains("request_id=\"dlv-4711\""), "{text}");
-    }
-}
-
-/// The same for a gRPC stream, which ends with trailers, and for a request without an id
-/// (an empty `request_id`, as the layer's other lines log it).
-#[tokio::test]
-async fn a_grpc_body_failure_is_logged_with_the_request_id() {
-    let (logs, _guard) = Logs::capture();
-    let svc = ServiceBuilder::new()
-        .layer(WebhookErrorLayer::new())
-        .service_fn(|_: Request<Full<Bytes>>| async {
-            let mut res = Response::new(Failing::error("first", "upstream connection lost"));
-            res.headers_mut()
-                .insert("content-type", "application/grpc".parse().unwrap());
-            Ok::<_, Infallible>(res)
-        });
-    let req = Request::builder()
-        .header("content-type", "application/grpc")
-        .header("x-request-id", "grpc-req-3")
-        .body(Full::default())
-        .unwrap();
-    let res = svc.clone().oneshot(req).await.unwrap();
-    let collected = res.into_body().collect().await.unwrap();
-    assert_eq!(collected.trailers().unwrap()["grpc-status"], "13");
-    let req = Request::builder()
-        .header("content-type", "application/grpc")
-        .body(Full::default())
-        .unwrap();
-    let res = svc.oneshot(req).await.unwrap();
-    res.into_body().collect().await.unwrap();
-
-    let text = logs.text();
-    let failed: Vec<_> = text
-        .lines()
-        .filter(|l| l.contains("the response body failed while it streamed"))
-        .collect();
-    assert_eq!(failed.len(), 2, "{text}");
-    assert!(failed[0].contains("request_id=\"grpc-req-3\""), "{text}");
-    assert!(failed[1].contains("request_id=\"\""), "{text}");
 }
 
 // ---------------------------------------------------------------------------------------------

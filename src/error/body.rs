@@ -9,13 +9,13 @@ use std::task::{Context, Poll};
 
 use base64::Engine as _;
 use bytes::{BufMut, Bytes, BytesMut};
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderMap, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
 use pin_project::pin_project;
 
 use super::classify;
 use super::grpc::GrpcCode;
-use super::layer::{ErrorChain, Grpc, id_str, panic_message};
+use super::layer::{ErrorChain, Grpc, panic_message};
 use super::problem::Problem;
 use crate::BoxError;
 
@@ -25,8 +25,7 @@ use crate::BoxError;
 /// The status of a response is sent before its body, so a failure while the body streams can
 /// no longer become an error response. The layer still answers it the way each protocol reads
 /// as a failure, and logs it once (`error`, or `warn` for a gRPC client error), with the error
-/// chain or the panic message and the request id (read from the layer's request-id header, as
-/// its other log lines are):
+/// chain or the panic message:
 ///
 /// - HTTP: the body yields an error ([`BoxError`]), so the server cuts the response short:
 ///   HTTP/2 resets the stream, HTTP/1.1 closes the connection before the body's last chunk or
@@ -55,9 +54,8 @@ use crate::BoxError;
 /// ([`WebhookErrorLayer::recognize`]) are not consulted for a body's errors, only the errors
 /// the layer knows itself.
 ///
-/// Nothing is boxed: on the success path the body is the inner body, a tag, the gRPC protocol
-/// of the stream, if it is one, and the request id for that log line, moved from the response
-/// future rather than copied (88 bytes around a 32-byte `Full<Bytes>`).
+/// Nothing is boxed: on the success path the body is the inner body, a tag and the gRPC
+/// protocol of the stream, if it is one (48 bytes around a 32-byte `Full<Bytes>`).
 ///
 /// [`WebhookErrorLayer::recognize`]: super::WebhookErrorLayer::recognize
 ///
@@ -102,9 +100,6 @@ pub struct ResponseBody<B> {
     body: crate::body::ResponseBody<B>,
     /// The gRPC protocol of the stream the inner body is (`None`: HTTP, or not a gRPC stream).
     grpc: Option<Grpc>,
-    /// The request id, for the log line of a failure: moved here from the response future,
-    /// which is done with it.
-    request_id: Option<HeaderValue>,
 }
 
 impl<B> ResponseBody<B> {
@@ -126,17 +121,15 @@ impl<B> ResponseBody<B> {
     /// # }
     /// ```
     pub fn new(inner: B) -> Self {
-        Self::inner(inner, None, None)
+        Self::inner(inner, None)
     }
 
-    /// Wraps the inner service's body, answering a request of `grpc` (or HTTP, for `None`)
-    /// whose id is `request_id`.
+    /// Wraps the inner service's body, answering a request of `grpc` (or HTTP, for `None`).
     #[inline]
-    pub(super) fn inner(inner: B, grpc: Option<Grpc>, request_id: Option<HeaderValue>) -> Self {
+    pub(super) fn inner(inner: B, grpc: Option<Grpc>) -> Self {
         Self {
             body: crate::body::ResponseBody::new(inner),
             grpc,
-            request_id,
         }
     }
 
@@ -161,7 +154,6 @@ impl<B> ResponseBody<B> {
         Self {
             body: crate::body::ResponseBody::full(bytes),
             grpc: None,
-            request_id: None,
         }
     }
 
@@ -183,7 +175,6 @@ impl<B> ResponseBody<B> {
         Self {
             body: crate::body::ResponseBody::empty(),
             grpc: None,
-            request_id: None,
         }
     }
 }
@@ -229,7 +220,7 @@ where
             Ok(Poll::Ready(Some(Err(err)))) => Failure::Error(err.into()),
             Err(payload) => Failure::Panic(payload),
         };
-        Poll::Ready(Some(fail(body, failure, grpc, this.request_id.as_ref())))
+        Poll::Ready(Some(fail(body, failure, grpc)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -272,50 +263,41 @@ fn fail<B>(
     mut body: Pin<&mut crate::body::ResponseBody<B>>,
     failure: Failure,
     grpc: Option<Grpc>,
-    request_id: Option<&HeaderValue>,
 ) -> Result<Frame<Bytes>, BoxError> {
-    let request_id = id_str(request_id);
-    let request_id = &*request_id;
     // The problem a gRPC caller is told; an HTTP caller gets the error itself.
     let problem = grpc.map(|_| match &failure {
         Failure::Error(err) => catch_unwind(AssertUnwindSafe(|| classify_error(&**err)))
             .unwrap_or_else(|_| {
                 tracing::error!(
-                    request_id,
                     "the response body's error panicked while it was classified; answering Internal"
                 );
                 classify::panicked()
             }),
         Failure::Panic(_) => classify::panicked(),
     });
-    let logged = catch_unwind(AssertUnwindSafe(|| {
-        log(&failure, problem.as_ref(), request_id)
-    }));
+    let logged = catch_unwind(AssertUnwindSafe(|| log(&failure, problem.as_ref())));
     if let Err(payload) = &logged {
         tracing::error!(
             grpc_status = problem.as_ref().map(|p| p.grpc_code() as u16),
-            request_id,
             panic = panic_message(&**payload),
             "the response body failed while it streamed; the response is cut short \
              (its error panicked while it was logged)"
         );
     }
     // Never polled again, and dropped here: a panic in its `Drop` is caught and logged too.
-    drop_logged(request_id, "the response body", || {
+    drop_logged("the response body", || {
         body.set(crate::body::ResponseBody::empty());
     });
     match (grpc, problem) {
         (Some(grpc), Some(problem)) => {
-            drop_logged(request_id, "the response body's error", move || {
-                drop(failure)
-            });
+            drop_logged("the response body's error", move || drop(failure));
             Ok(grpc_end(grpc, &problem))
         }
         _ => Err(match failure {
             Failure::Error(err) if logged.is_ok() => err,
             Failure::Error(err) => {
                 // Its `Display` panics: the server (hyper, axum's `serve`) may display it too.
-                drop_logged(request_id, "the response body's error", move || drop(err));
+                drop_logged("the response body's error", move || drop(err));
                 Box::new(Cut("the response body failed"))
             }
             Failure::Panic(_) => Box::new(Cut("the response body panicked")),
@@ -324,10 +306,9 @@ fn fail<B>(
 }
 
 /// Runs `drop`, logging a panic in it as `what` panicking while it was dropped.
-fn drop_logged(request_id: &str, what: &str, drop: impl FnOnce()) {
+fn drop_logged(what: &str, drop: impl FnOnce()) {
     if let Err(payload) = catch_unwind(AssertUnwindSafe(drop)) {
         tracing::error!(
-            request_id,
             panic = panic_message(&*payload),
             "{what} panicked while it was dropped"
         );
@@ -352,12 +333,11 @@ fn classify_error(err: &(dyn std::error::Error + Send + Sync + 'static)) -> Prob
     problem
 }
 
-fn log(failure: &Failure, problem: Option<&Problem>, request_id: &str) {
+fn log(failure: &Failure, problem: Option<&Problem>) {
     let grpc_status = problem.map(|p| p.grpc_code() as u16);
     match failure {
         Failure::Panic(payload) => tracing::error!(
             grpc_status,
-            request_id,
             panic = panic_message(&**payload),
             "the response body panicked while it streamed; the response is cut short"
         ),
@@ -366,14 +346,12 @@ fn log(failure: &Failure, problem: Option<&Problem>, request_id: &str) {
             if problem.is_some_and(|p| p.status().is_client_error()) {
                 tracing::warn!(
                     grpc_status,
-                    request_id,
                     error,
                     "the response body failed while it streamed; the response is cut short"
                 );
             } else {
                 tracing::error!(
                     grpc_status,
-                    request_id,
                     error,
                     "the response body failed while it streamed; the response is cut short"
                 );

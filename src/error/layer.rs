@@ -774,8 +774,7 @@ where
         let mut this = self.project();
         let outcome = match this.kind.as_mut().project() {
             KindProj::Inner { future } => {
-                let (info, config, renderer) =
-                    (&mut *this.info, this.shared.get(), &*this.renderer);
+                let (info, config, renderer) = (&*this.info, this.shared.get(), &*this.renderer);
                 // The response is mapped inside the closure, so it is written once, in place.
                 match catch_unwind(AssertUnwindSafe(|| match future.poll(cx) {
                     Poll::Pending => Poll::Pending,
@@ -900,7 +899,7 @@ fn panicked(info: &RequestInfo, payload: &(dyn Any + Send), what: &str) -> Probl
 #[inline]
 fn on_response<B, R: RenderProblem>(
     mut response: Response<B>,
-    info: &mut RequestInfo,
+    info: &RequestInfo,
     config: &Config,
     renderer: &R,
 ) -> Response<ResponseBody<B>> {
@@ -917,17 +916,11 @@ fn on_response<B, R: RenderProblem>(
         None => None,
         Some(grpc) => grpc.streamed_by(&response),
     };
-    // The request id goes with the body, for the log line of a failure while it streams: moved,
-    // the future is done with it.
     if response.extensions().is_empty() {
-        let id = info.request_id.take();
-        return response.map(|body| ResponseBody::inner(body, grpc, id));
+        return response.map(|body| ResponseBody::inner(body, grpc));
     }
     match response.extensions_mut().remove::<Problem>() {
-        None => {
-            let id = info.request_id.take();
-            response.map(|body| ResponseBody::inner(body, grpc, id))
-        }
+        None => response.map(|body| ResponseBody::inner(body, grpc)),
         Some(problem) => rerender(problem, response, info, config, renderer),
     }
 }
@@ -1278,12 +1271,9 @@ fn names_a_host(uri: &[u8]) -> bool {
 /// The request id for the log: a UTF-8 id as it is (`to_str` refuses any byte past ASCII), other
 /// bytes past ASCII as U+FFFD.
 fn request_id_str(info: &RequestInfo) -> Cow<'_, str> {
-    id_str(info.request_id.as_ref())
-}
-
-/// A request id for the log, as [`request_id_str`] writes it (`""` for none).
-pub(super) fn id_str(id: Option<&HeaderValue>) -> Cow<'_, str> {
-    id.map_or(Cow::Borrowed(""), |v| String::from_utf8_lossy(v.as_bytes()))
+    info.request_id
+        .as_ref()
+        .map_or(Cow::Borrowed(""), |v| String::from_utf8_lossy(v.as_bytes()))
 }
 
 /// Logs once, at a level that fits the class: 5xx are errors, 404/405 debug, other 4xx warnings.
