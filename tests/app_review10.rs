@@ -690,3 +690,66 @@ async fn start_and_stop(settings: &app::Settings) {
     stop.send(()).unwrap();
     running.wait().await;
 }
+
+/// A Bitbucket Cloud draft published whose comment was answered `502` (the provider may have
+/// posted it, so it is not sent again) was remembered again as a draft, for the update delivered
+/// again to get its comment: but any later update of the pull request (an approval, a push)
+/// then posted that comment too, a second time. The draft is remembered for the delivery
+/// delivered again only now: other updates get no comment, the redelivery gets it.
+#[tokio::test]
+async fn a_published_draft_whose_comment_may_have_been_posted_is_not_commented_on_again() {
+    let (_logs, _guard) = Logs::capture();
+    let (api, fake) = harness::FakeProvider::start(&[http::StatusCode::BAD_GATEWAY]).await;
+    let settings = harness::lookup(&[
+        ("BITBUCKET_WEBHOOK_SECRET", "s3cret"),
+        ("BITBUCKET_API_URL", &format!("{api}/2.0")),
+        ("BITBUCKET_TOKEN", "t0ken"),
+    ])
+    .unwrap();
+    let base = harness::start_server(&settings).await;
+    let client = reqwest::Client::new();
+    let published = "{00000000-0000-4000-8000-00000000e002}";
+    assert_eq!(
+        bitbucket_pr(
+            &client,
+            &base,
+            "pullrequest:created",
+            "{00000000-0000-4000-8000-00000000e001}",
+            true
+        )
+        .await,
+        202
+    );
+    // Published: the provider stores the comment and answers 502; it is not sent again.
+    assert_eq!(
+        bitbucket_pr(&client, &base, "pullrequest:updated", published, false).await,
+        202
+    );
+    let status = harness::settled(&client, &base, 1).await;
+    assert_eq!(status["comments"]["failed"], 1, "{status}");
+    assert_eq!(fake.received().len(), 1);
+    // Later updates of the pull request are only updates: no second comment.
+    for (event, id) in [
+        (
+            "pullrequest:approved",
+            "{00000000-0000-4000-8000-00000000e003}",
+        ),
+        (
+            "pullrequest:updated",
+            "{00000000-0000-4000-8000-00000000e004}",
+        ),
+    ] {
+        assert_eq!(bitbucket_pr(&client, &base, event, id, false).await, 202);
+    }
+    let status = harness::settled(&client, &base, 1).await;
+    assert_eq!(fake.received().len(), 1, "{:?}", fake.received());
+    assert_eq!(status["comments"]["posted"], 0, "{status}");
+    // The update delivered again from the webhook log, as the log says: its comment is posted.
+    assert_eq!(
+        bitbucket_pr(&client, &base, "pullrequest:updated", published, false).await,
+        202
+    );
+    let status = harness::settled(&client, &base, 2).await;
+    assert_eq!(status["comments"]["posted"], 1, "{status}");
+    assert_eq!(fake.received().len(), 2);
+}

@@ -820,12 +820,18 @@ impl AppState {
     /// Forgets that `job`'s delivery was handled, its comment having failed: the logs say to
     /// deliver it again from the provider's webhook log if the comment is missing, and GitHub's
     /// redelivery keeps the delivery id, which would otherwise be acknowledged as a duplicate
-    /// (for `replay_ttl`, 24 h) and not processed.
-    async fn forget_delivery(&self, job: &Job) {
+    /// (for `replay_ttl`, 24 h) and not processed. `maybe_posted`: the provider failed after
+    /// receiving the comment, and may have posted it.
+    async fn forget_delivery(&self, job: &Job, maybe_posted: bool) {
         // The draft too: its publishing was taken from the memory for this comment, and the
-        // delivery, processed again, finds it there only if it is remembered again.
+        // delivery, processed again, finds it there only if it is remembered again. For that
+        // delivery only when the comment may have been posted: the next update of the pull
+        // request would post it again.
         if let Some(draft) = job.draft.clone() {
-            self.drafts.remember(draft);
+            match maybe_posted {
+                true => self.drafts.remember_for_redelivery(draft, &job.delivery),
+                false => self.drafts.remember(draft),
+            }
         }
         let Some((provider, store)) = self.replay.get(&job.forge) else {
             return;
@@ -1617,7 +1623,11 @@ async fn handle(
         tracing::info!(provider = forge.name(), ?event, %delivery, "test notification: no comment");
         return Ok(StatusCode::ACCEPTED);
     }
-    let Some((comment, draft)) = state.drafts.comment_for(forge, event.as_deref(), &payload) else {
+    let Some((comment, draft)) =
+        state
+            .drafts
+            .comment_for(forge, event.as_deref(), &delivery, &payload)
+    else {
         tracing::debug!(provider = forge.name(), ?event, %delivery, "delivery needs no comment");
         return Ok(StatusCode::ACCEPTED);
     };
@@ -2280,7 +2290,11 @@ async fn run_job(
         let (delay, attempted) = match outcome {
             Outcome::Done => break,
             Outcome::Failed => {
-                state.forget_delivery(job).await;
+                state.forget_delivery(job, false).await;
+                break;
+            }
+            Outcome::MaybePosted => {
+                state.forget_delivery(job, true).await;
                 break;
             }
             Outcome::Later { delay, attempted } => {
@@ -2310,7 +2324,7 @@ async fn run_job(
                 "comment given up: the provider API kept failing"
             );
             counters.comments_failed.fetch_add(1, Ordering::Relaxed);
-            state.forget_delivery(job).await;
+            state.forget_delivery(job, false).await;
             break;
         }
         counters.comment_retries.fetch_add(1, Ordering::Relaxed);
@@ -2366,9 +2380,11 @@ impl Drop for Unfinished {
 enum Outcome {
     /// Posted, or logged.
     Done,
-    /// Not posted, or maybe not: refused for good, or given up after a failure that may have
-    /// come once the provider created it (logged, and counted as failed).
+    /// Not posted: refused for good (logged, and counted as failed).
     Failed,
+    /// Maybe not posted: given up after a failure that may have come once the provider created
+    /// it (logged, and counted as failed).
+    MaybePosted,
     /// Try again after `delay` (a capped backoff when `None`). `attempted` is false when the
     /// request never reached the provider's API (an open breaker refused it).
     Later {
@@ -2550,7 +2566,7 @@ async fn post_comment(
         // the comment is missing.
         Ok((status, None, _)) if status.is_server_error() => {
             may_have_been_posted(state, job, &format!("status {}", status.as_u16()));
-            Outcome::Failed
+            Outcome::MaybePosted
         }
         Ok((status, None, _)) if status.is_redirection() => {
             tracing::error!(provider = forge, status = status.as_u16(), target = %job.comment.target, delivery = %job.delivery, "provider API answered the comment with a redirect, not followed: comment not posted; check {} (a URL the server sends elsewhere) and the token (a sign-in page)", job.forge.api_url_var());
@@ -2589,7 +2605,7 @@ async fn post_comment(
                 // have created the comment.
                 None => {
                     may_have_been_posted(state, job, &err.to_string());
-                    Outcome::Failed
+                    Outcome::MaybePosted
                 }
             }
         }

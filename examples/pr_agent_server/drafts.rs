@@ -6,7 +6,8 @@
 //! and nothing that tells a draft published from any other update of a pull request that was
 //! never one. So the server remembers the open drafts it sees in any event, and comments on the
 //! first update that shows one of them published, once: it is forgotten then (and remembered
-//! again if that comment fails, for the update delivered again to get it). Azure DevOps
+//! again if that comment fails, for the update delivered again to get it; when the provider may
+//! have posted it, for that update only, not for the next one). Azure DevOps
 //! also names the change in the event's message ("... published the pull request"), which
 //! holds for a draft the server did not see.
 //!
@@ -47,8 +48,10 @@ pub(crate) struct DraftMemory {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// Each draft and when it was last seen (a counter).
-    seen_at: HashMap<DraftKey, u64>,
+    /// Each draft, when it was last seen (a counter), and the only delivery whose update of it
+    /// gets the comment of a draft published, if any: the one whose comment may have been
+    /// posted, delivered again.
+    seen_at: HashMap<DraftKey, (u64, Option<String>)>,
     /// The same, by when: the first one is the least recently seen.
     by_age: BTreeMap<u64, DraftKey>,
     next: u64,
@@ -69,10 +72,31 @@ impl DraftMemory {
 
     /// Remembers `key` as a draft seen now; past the capacity, the least recently seen goes.
     pub(crate) fn remember(&self, key: DraftKey) {
+        self.remember_for(key, None);
+    }
+
+    /// Remembers `key` as a draft published whose comment may have been posted (the provider
+    /// failed after receiving it): only `delivery`, delivered again, gets that comment; another
+    /// update of the pull request would post it a second time. A draft remembered as such
+    /// meanwhile stays so. No delivery id: nothing to tie it to, it is not remembered.
+    pub(crate) fn remember_for_redelivery(&self, key: DraftKey, delivery: &str) {
+        if delivery == "-"
+            || self
+                .lock()
+                .seen_at
+                .get(&key)
+                .is_some_and(|(_, only)| only.is_none())
+        {
+            return;
+        }
+        self.remember_for(key, Some(delivery.to_owned()));
+    }
+
+    fn remember_for(&self, key: DraftKey, only_for: Option<String>) {
         let mut inner = self.lock();
         let at = inner.next;
         inner.next += 1;
-        if let Some(before) = inner.seen_at.insert(key.clone(), at) {
+        if let Some((before, _)) = inner.seen_at.insert(key.clone(), (at, only_for)) {
             inner.by_age.remove(&before);
         }
         inner.by_age.insert(at, key);
@@ -86,9 +110,22 @@ impl DraftMemory {
 
     /// Forgets `key`; whether it was remembered.
     pub(crate) fn forget(&self, key: &DraftKey) -> bool {
+        self.take(key, None)
+    }
+
+    /// Forgets `key` as published by `delivery`; whether it was remembered as a draft whose
+    /// comment that delivery gets. One kept for the redelivery of another delivery stays.
+    fn take(&self, key: &DraftKey, delivery: Option<&str>) -> bool {
         let mut inner = self.lock();
+        let kept_for_another = match (inner.seen_at.get(key), delivery) {
+            (Some((_, Some(only))), Some(delivery)) => only != delivery,
+            _ => false,
+        };
+        if kept_for_another {
+            return false;
+        }
         match inner.seen_at.remove(key) {
-            Some(at) => {
+            Some((at, _)) => {
                 inner.by_age.remove(&at);
                 true
             }
@@ -99,11 +136,12 @@ impl DraftMemory {
     /// The comment a delivery asks for ([`super::comment_for`]), or else the comment of a
     /// draft published, with the key it took from the memory: remember it again if the
     /// comment cannot be queued, so the provider's next attempt gets it. Updates the memory
-    /// with what the delivery shows.
+    /// with what the delivery (of id `delivery`) shows.
     pub(crate) fn comment_for(
         &self,
         forge: Forge,
         event: Option<&str>,
+        delivery: &str,
         p: &Value,
     ) -> Option<(Comment, Option<DraftKey>)> {
         let stateless = super::comment_for(forge, event, p);
@@ -125,7 +163,7 @@ impl DraftMemory {
                 reveals: true,
                 published,
             } => {
-                let was_draft = self.forget(&key);
+                let was_draft = self.take(&key, Some(delivery));
                 if let Some(c) = stateless {
                     return Some((c, None));
                 }
