@@ -699,7 +699,9 @@ async fn start_and_stop(settings: &app::Settings) {
 #[tokio::test]
 async fn a_published_draft_whose_comment_may_have_been_posted_is_not_commented_on_again() {
     let (_logs, _guard) = Logs::capture();
-    let (api, fake) = harness::FakeProvider::start(&[http::StatusCode::BAD_GATEWAY]).await;
+    let (api, fake) =
+        harness::FakeProvider::start(&[http::StatusCode::BAD_GATEWAY, http::StatusCode::NOT_FOUND])
+            .await;
     let settings = harness::lookup(&[
         ("BITBUCKET_WEBHOOK_SECRET", "s3cret"),
         ("BITBUCKET_API_URL", &format!("{api}/2.0")),
@@ -744,12 +746,33 @@ async fn a_published_draft_whose_comment_may_have_been_posted_is_not_commented_o
     let status = harness::settled(&client, &base, 1).await;
     assert_eq!(fake.received().len(), 1, "{:?}", fake.received());
     assert_eq!(status["comments"]["posted"], 0, "{status}");
-    // The update delivered again from the webhook log, as the log says: its comment is posted.
+    // The update delivered again from the webhook log, as the log says: its comment is
+    // refused (404) this time, and the draft is still kept for that update only.
     assert_eq!(
         bitbucket_pr(&client, &base, "pullrequest:updated", published, false).await,
         202
     );
     let status = harness::settled(&client, &base, 2).await;
+    assert_eq!(status["comments"]["failed"], 2, "{status}");
+    assert_eq!(
+        bitbucket_pr(
+            &client,
+            &base,
+            "pullrequest:approved",
+            "{00000000-0000-4000-8000-00000000e005}",
+            false
+        )
+        .await,
+        202
+    );
+    harness::settled(&client, &base, 2).await;
+    assert_eq!(fake.received().len(), 2, "{:?}", fake.received());
+    // Delivered again once more: posted.
+    assert_eq!(
+        bitbucket_pr(&client, &base, "pullrequest:updated", published, false).await,
+        202
+    );
+    let status = harness::settled(&client, &base, 3).await;
     assert_eq!(status["comments"]["posted"], 1, "{status}");
-    assert_eq!(fake.received().len(), 2);
+    assert_eq!(fake.received().len(), 3);
 }

@@ -770,8 +770,8 @@ pub(crate) struct Job {
     /// When the delivery was accepted; the job is given up `COMMENT_MAX_AGE_SECS` later.
     pub(crate) accepted_at: tokio::time::Instant,
     /// The draft whose publishing this comment announces, taken from the memory of drafts:
-    /// remembered again if the comment fails, for the delivery, delivered again, to get it.
-    pub(crate) draft: Option<drafts::DraftKey>,
+    /// put back if the comment fails, for the delivery, delivered again, to get it.
+    pub(crate) draft: Option<drafts::TakenDraft>,
 }
 
 /// An API call that posts one comment.
@@ -828,10 +828,8 @@ impl AppState {
         // delivery only when the comment may have been posted: the next update of the pull
         // request would post it again.
         if let Some(draft) = job.draft.clone() {
-            match maybe_posted {
-                true => self.drafts.remember_for_redelivery(draft, &job.delivery),
-                false => self.drafts.remember(draft),
-            }
+            self.drafts
+                .put_back(draft, maybe_posted.then_some(job.delivery.as_str()));
         }
         let Some((provider, store)) = self.replay.get(&job.forge) else {
             return;
@@ -1655,7 +1653,7 @@ async fn handle(
         // 2xx (RecordDelivery::AfterSuccess). A draft published is remembered again,
         // for that delivery to get its comment.
         if let Some(draft) = draft.clone() {
-            state.drafts.remember(draft);
+            state.drafts.put_back(draft, None);
         }
         Problem::from_error(&WebhookProcessingError::retryable(
             "comment queue is full",

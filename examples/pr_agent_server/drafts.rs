@@ -26,6 +26,14 @@ use super::{Comment, Forge};
 /// One pull request: its provider, its repository and its id there.
 pub(crate) type DraftKey = (Forge, String, u64);
 
+/// A draft published, taken from the memory for its comment: put back if the comment fails.
+#[derive(Clone, Debug)]
+pub(crate) struct TakenDraft {
+    key: DraftKey,
+    /// The only delivery whose update of it gets the comment, if it was kept for one.
+    only_for: Option<String>,
+}
+
 /// What an event shows of its pull request's draft state.
 #[derive(Debug, PartialEq, Eq)]
 enum Seen {
@@ -75,21 +83,27 @@ impl DraftMemory {
         self.remember_for(key, None);
     }
 
-    /// Remembers `key` as a draft published whose comment may have been posted (the provider
-    /// failed after receiving it): only `delivery`, delivered again, gets that comment; another
-    /// update of the pull request would post it a second time. A draft remembered as such
-    /// meanwhile stays so. No delivery id: nothing to tie it to, it is not remembered.
-    pub(crate) fn remember_for_redelivery(&self, key: DraftKey, delivery: &str) {
-        if delivery == "-"
-            || self
-                .lock()
-                .seen_at
-                .get(&key)
-                .is_some_and(|(_, only)| only.is_none())
-        {
+    /// Puts `taken`, the draft published whose comment failed or could not be queued, back in
+    /// the memory, for the delivery delivered again to get that comment. With `maybe_posted_by`,
+    /// the delivery whose comment the provider may have posted (it failed after receiving it):
+    /// only that delivery, delivered again, gets the comment then, not another update of the
+    /// pull request, which would post it a second time; without a delivery id (`-`), none does.
+    /// A draft seen again meanwhile stays as it is.
+    pub(crate) fn put_back(&self, taken: TakenDraft, maybe_posted_by: Option<&str>) {
+        let only_for = match maybe_posted_by {
+            Some("-") => return,
+            Some(delivery) => Some(delivery.to_owned()),
+            None => taken.only_for,
+        };
+        let seen_again = self
+            .lock()
+            .seen_at
+            .get(&taken.key)
+            .is_some_and(|(_, only)| only.is_none());
+        if only_for.is_some() && seen_again {
             return;
         }
-        self.remember_for(key, Some(delivery.to_owned()));
+        self.remember_for(taken.key, only_for);
     }
 
     fn remember_for(&self, key: DraftKey, only_for: Option<String>) {
@@ -110,20 +124,7 @@ impl DraftMemory {
 
     /// Forgets `key`; whether it was remembered.
     pub(crate) fn forget(&self, key: &DraftKey) -> bool {
-        self.take(key, None)
-    }
-
-    /// Forgets `key` as published by `delivery`; whether it was remembered as a draft whose
-    /// comment that delivery gets. One kept for the redelivery of another delivery stays.
-    fn take(&self, key: &DraftKey, delivery: Option<&str>) -> bool {
         let mut inner = self.lock();
-        let kept_for_another = match (inner.seen_at.get(key), delivery) {
-            (Some((_, Some(only))), Some(delivery)) => only != delivery,
-            _ => false,
-        };
-        if kept_for_another {
-            return false;
-        }
         match inner.seen_at.remove(key) {
             Some((at, _)) => {
                 inner.by_age.remove(&at);
@@ -133,8 +134,24 @@ impl DraftMemory {
         }
     }
 
+    /// Takes `key` out of the memory as published by `delivery`, if it was remembered as a draft
+    /// whose comment that delivery gets. One kept for the redelivery of another delivery stays.
+    fn take(&self, key: &DraftKey, delivery: &str) -> Option<TakenDraft> {
+        let mut inner = self.lock();
+        let (at, only_for) = inner.seen_at.get(key)?.clone();
+        if only_for.as_deref().is_some_and(|only| only != delivery) {
+            return None;
+        }
+        inner.seen_at.remove(key);
+        inner.by_age.remove(&at);
+        Some(TakenDraft {
+            key: key.clone(),
+            only_for,
+        })
+    }
+
     /// The comment a delivery asks for ([`super::comment_for`]), or else the comment of a
-    /// draft published, with the key it took from the memory: remember it again if the
+    /// draft published, with the draft it took from the memory: put it back if the
     /// comment cannot be queued, so the provider's next attempt gets it. Updates the memory
     /// with what the delivery (of id `delivery`) shows.
     pub(crate) fn comment_for(
@@ -143,7 +160,7 @@ impl DraftMemory {
         event: Option<&str>,
         delivery: &str,
         p: &Value,
-    ) -> Option<(Comment, Option<DraftKey>)> {
+    ) -> Option<(Comment, Option<TakenDraft>)> {
         let stateless = super::comment_for(forge, event, p);
         let Some((key, seen)) = observe(forge, event, p) else {
             return stateless.map(|c| (c, None));
@@ -163,15 +180,15 @@ impl DraftMemory {
                 reveals: true,
                 published,
             } => {
-                let was_draft = self.take(&key, Some(delivery));
+                let taken = self.take(&key, delivery);
                 if let Some(c) = stateless {
                     return Some((c, None));
                 }
-                if !(was_draft || published) {
+                if taken.is_none() && !published {
                     return None;
                 }
                 let comment = super::draft_published(forge, p)?;
-                Some((comment, was_draft.then_some(key)))
+                Some((comment, taken))
             }
         }
     }
