@@ -99,6 +99,8 @@ s=json.load(sys.stdin)["deliveries"]
 assert s == {"accepted": 1, "duplicates": 1, "rejected": 1}, s'
 sleep 0.5
 grep -q "no API configured: comment not posted" "$log/pr" || { cat "$log/pr"; exit 1; }
+# Written to a file, the log lines are plain text: no colour codes between a field and its value.
+! grep -q $'\x1b' "$log/pr" || { cat -v "$log/pr"; exit 1; }
 
 echo "-- pr_agent_server with its stdout closed (piped into a reader gone, as into head)"
 port=$(free_port)

@@ -776,3 +776,31 @@ async fn a_published_draft_whose_comment_may_have_been_posted_is_not_commented_o
     assert_eq!(status["comments"]["posted"], 1, "{status}");
     assert_eq!(fake.received().len(), 3);
 }
+
+/// The server wrote its log lines with colours wherever they went: in a file, a pipe or a
+/// container's log, ANSI escape sequences sat between each field's name and its value, so that
+/// searching the log for `delivery=<id>` (the delivery it says to deliver again) found nothing.
+/// The lines are coloured on a terminal only now, and not with `NO_COLOR` set.
+#[test]
+fn log_lines_are_plain_text_unless_written_to_a_terminal() {
+    let no_color = std::ffi::OsStr::new("1");
+    assert!(!app::log_colors(false, None));
+    assert!(!app::log_colors(false, Some(no_color)));
+    assert!(!app::log_colors(true, Some(no_color)));
+    assert!(app::log_colors(true, None));
+    // `NO_COLOR` set but empty asks for nothing (no-color.org).
+    assert!(app::log_colors(true, Some(std::ffi::OsStr::new(""))));
+
+    // Written as the server writes them, to a file or a pipe: the field reads as it is.
+    let (stdout, stderr) = (Pipe::new(1 << 20), Pipe::new(1 << 20));
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(app::log_colors(false, None))
+        .with_writer(app::LogOutput::new(stdout.clone(), stderr.clone()))
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        tracing::error!(delivery = %"r10-d1", "comment not posted");
+    });
+    let out = stdout.text();
+    assert!(out.contains("delivery=r10-d1"), "{out:?}");
+    assert!(!out.contains('\u{1b}'), "{out:?}");
+}

@@ -1154,6 +1154,15 @@ impl<'a, P: std::io::Write + 'a, F: std::io::Write + 'a> tracing_subscriber::fmt
     }
 }
 
+/// Whether the log lines carry colours (ANSI escape sequences): only when stdout, where they
+/// go, is a terminal (`stdout_is_terminal`), and `NO_COLOR` (`no_color`) is unset or empty. In a
+/// file, a pipe or a container's log the sequences would sit between each field's name and its
+/// value, and a search for `delivery=<id>`, the delivery a log line says to deliver again, would
+/// find nothing.
+pub(crate) fn log_colors(stdout_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stdout_is_terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
+}
+
 /// The log filter of `RUST_LOG` (`value`): `info` when unset or blank. One that does not parse
 /// (a level misspelt after a `=`, a stray bracket) is an error naming the setting, as with the
 /// other settings: taken for `info`, the `debug` logs asked for would silently not be written.

@@ -42,7 +42,8 @@
 //! has its token dropped and its pending comments given up, one that accepted new permissions
 //! gets a new token; with `--use-tunnel` its hook is
 //! pointed at each tunnel URL), `RUST_LOG` (default `info`; a filter that
-//! does not parse stops the server). A value out
+//! does not parse stops the server; the log lines are coloured on a terminal only, and not with
+//! `NO_COLOR` set). A value out
 //! of range, or an `*_API_URL` that is not an `http` / `https` base URL without credentials,
 //! stops the server with a message naming the variable; one that cannot be the provider's API is
 //! printed as a warning (a `GITLAB_API_URL`, `GITEA_API_URL` or Bitbucket Cloud URL without its
@@ -133,8 +134,13 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let colors = app::log_colors(
+        std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colors)
         .with_writer(app::LogOutput::new(std::io::stdout(), std::io::stderr()))
         .init();
     match run().await {
