@@ -804,3 +804,71 @@ fn log_lines_are_plain_text_unless_written_to_a_terminal() {
     assert!(out.contains("delivery=r10-d1"), "{out:?}");
     assert!(!out.contains('\u{1b}'), "{out:?}");
 }
+
+/// An Azure DevOps delivery `body`, with the Basic credentials `hooks` / `p4ss`: its status.
+async fn azure_devops(client: &reqwest::Client, base: &str, body: &serde_json::Value) -> u16 {
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD.encode("hooks:p4ss");
+    client
+        .post(format!("{base}/api/v1/azuredevops_webhooks"))
+        .header("content-type", "application/json")
+        .header("authorization", format!("Basic {basic}"))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// The server's comments on Azure DevOps were new threads marked `active` (status 1): with the
+/// branch policy "Check for comment resolution", common on protected branches, every pull
+/// request then had an unresolved thread of the bot's ("Review of ... is queued", the answer to
+/// `/help`) that someone had to resolve by hand before it could be completed. The threads are
+/// created `closed` now (status 4): shown on the pull request, blocking nothing.
+#[tokio::test]
+async fn an_azure_devops_comment_does_not_leave_an_active_thread_blocking_completion() {
+    let (_logs, _guard) = Logs::capture();
+    let (api, fake) = harness::FakeProvider::start(&[]).await;
+    let settings = harness::lookup(&[
+        ("AZURE_DEVOPS_WEBHOOK_USERNAME", "hooks"),
+        ("AZURE_DEVOPS_WEBHOOK_PASSWORD", "p4ss"),
+        ("AZURE_DEVOPS_API_URL", &format!("{api}/org")),
+        ("AZURE_DEVOPS_TOKEN", "pat"),
+    ])
+    .unwrap();
+    let base = harness::start_server(&settings).await;
+    let client = reqwest::Client::new();
+    let repository = serde_json::json!({"id": "repo-guid", "project": {"id": "proj-guid"}});
+    let created = serde_json::json!({
+        "id": "e0000000-0000-4000-8000-000000000001",
+        "subscriptionId": "b0c8a2f1-3d4e-4f5a-9b6c-7d8e9f0a1b2c",
+        "eventType": "git.pullrequest.created",
+        "resource": {"pullRequestId": 7, "title": "Add a cache", "isDraft": false,
+                     "status": "active", "repository": repository},
+    });
+    let command = serde_json::json!({
+        "id": "e0000000-0000-4000-8000-000000000002",
+        "subscriptionId": "b0c8a2f1-3d4e-4f5a-9b6c-7d8e9f0a1b2c",
+        "eventType": "ms.vss-code.git-pullrequest-comment-event",
+        "resource": {
+            "comment": {"id": 3, "content": "/help", "commentType": "text"},
+            "pullRequest": {"pullRequestId": 7, "title": "Add a cache", "status": "active",
+                            "isDraft": false, "repository": repository},
+        },
+    });
+    assert_eq!(azure_devops(&client, &base, &created).await, 202);
+    assert_eq!(azure_devops(&client, &base, &command).await, 202);
+    let status = harness::settled(&client, &base, 2).await;
+    assert_eq!(status["comments"]["posted"], 2, "{status}");
+    let received = fake.received();
+    assert_eq!(received.len(), 2, "{received:?}");
+    for (path, _, body) in &received {
+        assert_eq!(
+            path,
+            "/org/proj-guid/_apis/git/repositories/repo-guid/pullRequests/7/threads?api-version=5.0"
+        );
+        assert_eq!(body["status"], 4, "{body}");
+        assert_eq!(body["comments"][0]["commentType"], 1, "{body}");
+    }
+}

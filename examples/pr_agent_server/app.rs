@@ -2189,7 +2189,9 @@ fn bitbucket_server_comment(pr: &Value, text: String, parent: Option<u64>) -> Op
     })
 }
 
-/// A new comment thread on Azure DevOps pull request `pr`.
+/// A new comment thread on Azure DevOps pull request `pr`, created closed: an active thread
+/// would have to be resolved by hand before a pull request under the branch policy "Check for
+/// comment resolution" could be completed, which nothing the server says calls for.
 fn azure_devops_thread(pr: &Value, text: String) -> Option<Comment> {
     let project = pr["repository"]["project"]["id"].as_str()?;
     let repo = pr["repository"]["id"].as_str()?;
@@ -2200,9 +2202,10 @@ fn azure_devops_thread(pr: &Value, text: String) -> Option<Comment> {
         path: format!(
             "/{project}/_apis/git/repositories/{repo}/pullRequests/{id}/threads?api-version=5.0"
         ),
+        // `commentType` 1 is `text`; `status` 4 is `closed` (1 would be `active`).
         body: json!({
             "comments": [{ "parentCommentId": 0, "content": text, "commentType": 1 }],
-            "status": 1,
+            "status": 4,
         }),
         target: format!("{repo}!{id}"),
     })

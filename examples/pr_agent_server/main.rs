@@ -103,6 +103,10 @@
 //! | Bitbucket Data Center | `pr:comment:added` (answered as a reply) |
 //! | Azure DevOps | `ms.vss-code.git-pullrequest-comment-event` of a new comment (answered in a new thread) |
 //!
+//! On Azure DevOps every comment is a new thread created closed, not active: an active one
+//! would block the completion of a pull request under the branch policy "Check for comment
+//! resolution" until someone resolved it by hand.
+//!
 //! Azure DevOps sends the same event when a comment is edited or deleted: such a comment is
 //! told by its `lastContentUpdatedDate` (later than its `publishedDate`) or its `isDeleted`.
 //!
