@@ -872,3 +872,53 @@ async fn an_azure_devops_comment_does_not_leave_an_active_thread_blocking_comple
         assert_eq!(body["comments"][0]["commentType"], 1, "{body}");
     }
 }
+
+/// Bitbucket Data Center's "Test connection" ping comes unsigned, and is answered `202` without
+/// being verified. `/status` counted each one in `deliveries.accepted`, "verified deliveries
+/// handed to the handler": anyone could send such pings and make the count of accepted
+/// deliveries say what they liked. The unsigned ping is answered as before, and counted as no
+/// delivery now; a signed one is verified and counted as any delivery.
+#[tokio::test]
+async fn an_unsigned_ping_is_not_counted_as_an_accepted_delivery() {
+    let (_logs, _guard) = Logs::capture();
+    let settings = harness::lookup(&[("BITBUCKET_SERVER_WEBHOOK_SECRET", "s3cret")]).unwrap();
+    let base = harness::start_server(&settings).await;
+    let client = reqwest::Client::new();
+    let url = format!("{base}/api/v1/bitbucket_server_webhooks");
+    let ping = serde_json::json!({"test": true}).to_string();
+    for n in 1..=3 {
+        let res = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("x-event-key", "diagnostics:ping")
+            .header("x-request-id", format!("r10-ping-{n}"))
+            .body(ping.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 202);
+    }
+    let status = harness::status(&client, &base).await;
+    assert_eq!(
+        status["deliveries"],
+        serde_json::json!({"accepted": 0, "duplicates": 0, "rejected": 0}),
+        "{status}"
+    );
+    // Signed, it is a delivery, verified and counted.
+    let res = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("x-event-key", "diagnostics:ping")
+        .header("x-request-id", "r10-ping-signed")
+        .header(
+            "x-hub-signature",
+            format!("sha256={}", hmac_hex("s3cret", &ping)),
+        )
+        .body(ping)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let status = harness::status(&client, &base).await;
+    assert_eq!(status["deliveries"]["accepted"], 1, "{status}");
+}

@@ -1546,11 +1546,12 @@ fn with_rotation(
 
 /// Counts what the webhook routes answered to deliveries (`POST`s): 202 accepted, 200 duplicate
 /// (acknowledged by the signature layer without calling the handler), 4xx rejected. A request
-/// with another method (answered 405) is no delivery.
+/// with another method (answered 405), or an unsigned test ping ([`unsigned_ping`], which
+/// anyone can send), is no delivery.
 async fn count(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let delivery = req.method() == Method::POST;
     let res = next.run(req).await;
-    if !delivery {
+    if !delivery || res.extensions().get::<UnsignedPing>().is_some() {
         return res;
     }
     let counter = match res.status() {
@@ -1563,9 +1564,14 @@ async fn count(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
     res
 }
 
+/// Marks the answer to an unsigned test ping: not verified, it is not counted as a delivery.
+#[derive(Clone, Copy, Debug)]
+struct UnsignedPing;
+
 /// Bitbucket Data Center's "Test connection" sends `X-Event-Key: diagnostics:ping` without
 /// `X-Hub-Signature`, even when the webhook has a secret: such a ping is answered `202` at once,
-/// and does nothing. A ping that is signed, and every other delivery, is verified as usual.
+/// and does nothing (nor counts in `/status`). A ping that is signed, and every other delivery,
+/// is verified as usual.
 async fn unsigned_ping(req: Request, next: Next) -> Response {
     let headers = req.headers();
     let mut events = headers.get_all("x-event-key").iter();
@@ -1578,7 +1584,9 @@ async fn unsigned_ping(req: Request, next: Next) -> Response {
             provider = Forge::BitbucketServer.name(),
             "unsigned test connection ping answered"
         );
-        return StatusCode::ACCEPTED.into_response();
+        let mut res = StatusCode::ACCEPTED.into_response();
+        res.extensions_mut().insert(UnsignedPing);
+        return res;
     }
     next.run(req).await
 }

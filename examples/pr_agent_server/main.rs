@@ -112,7 +112,8 @@
 //!
 //! Test deliveries get no comment: GitHub's `ping`, and Bitbucket Data Center's "Test
 //! connection" `diagnostics:ping`, which it sends without `X-Hub-Signature` even when the webhook
-//! has a secret: that one is answered `202` unverified, and does nothing. Azure DevOps' "Test"
+//! has a secret: that one is answered `202` unverified, and does nothing (`/status` counts it as
+//! no delivery). Azure DevOps' "Test"
 //! sends a sample event whose `subscriptionId` is all zeros: it gets no comment either.
 
 mod app;
