@@ -79,11 +79,11 @@
 //! but nothing in it says that the pull request was a draft before. The server remembers the
 //! open drafts it sees in any of their events (at most `MAX_REMEMBERED_DRAFTS`; past that, the
 //! one seen least recently is forgotten) and comments once on the first update that shows one
-//! of them published; if that comment fails, the draft is remembered again, so that the update
+//! of them published. If that comment fails, the draft is remembered again, so that the update
 //! delivered again (or the next one) gets it; if the provider may have posted it (a 502, say),
-//! for that update delivered again only. The memory does not outlive the process: a draft seen before a restart
-//! and not again after it is published without a comment (Azure DevOps' English message still
-//! gets it one). A draft merged, declined or abandoned is forgotten; an abandoned Azure DevOps
+//! only that update delivered again gets it. The memory does not outlive the process: a draft
+//! seen before a restart and not again after it is published without a comment (Azure DevOps'
+//! English message still gets it one). A draft merged, declined or abandoned is forgotten; an abandoned Azure DevOps
 //! pull request reactivated gets nothing. Gitea's draft prefixes are a server setting; the
 //! example knows the default ones.
 //!
