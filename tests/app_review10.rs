@@ -227,6 +227,59 @@ fn an_api_url_of_a_website_or_a_doubled_path_is_warned_about() {
     assert_eq!(settings.api_url_warnings(), Vec::<String>::new());
 }
 
+/// A GitHub Enterprise Server's API is under `/api/v3`, and `AZURE_DEVOPS_API_URL` is the
+/// organization's URL, to which each comment's path adds the project: a GHES URL without its
+/// `/api/v3`, or an Azure DevOps URL with the project in it, failed every comment with nothing
+/// said at startup. Both are warned about now; GitHub.com, GitHub Enterprise Cloud
+/// (`api.<name>.ghe.com`), a GHES URL with `/api/v3`, an organization's URL, and a loopback or
+/// an address (a stand-in, or a proxy) are not.
+#[test]
+fn a_github_enterprise_url_without_api_v3_or_an_azure_devops_project_is_warned_about() {
+    let (_logs, _guard) = Logs::capture();
+    let settings = harness::lookup(&[
+        ("GITHUB_WEBHOOK_SECRET", "gh"),
+        ("GITHUB_API_URL", "https://github.example.com/"),
+        ("GITHUB_TOKEN", "t"),
+        ("AZURE_DEVOPS_API_URL", "https://dev.azure.com/org/project/"),
+        ("AZURE_DEVOPS_TOKEN", "t"),
+    ])
+    .unwrap();
+    let warnings = settings.api_url_warnings();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("GITHUB_API_URL does not end with /api/v3"),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[1].starts_with("AZURE_DEVOPS_API_URL names more than the organization"),
+        "{warnings:?}"
+    );
+    for (github, azure) in [
+        (
+            "https://github.example.com/api/v3/",
+            "https://dev.azure.com/org/",
+        ),
+        ("https://api.octo.ghe.com", "https://dev.azure.com/org"),
+        ("http://127.0.0.1:8080", "https://org.visualstudio.com"),
+        ("http://[::1]:8080", "http://127.0.0.1:8080/org/project"),
+        ("http://localhost:8080", "https://dev.azure.com/org"),
+    ] {
+        let settings = harness::lookup(&[
+            ("GITHUB_WEBHOOK_SECRET", "gh"),
+            ("GITHUB_API_URL", github),
+            ("GITHUB_TOKEN", "t"),
+            ("AZURE_DEVOPS_API_URL", azure),
+            ("AZURE_DEVOPS_TOKEN", "t"),
+        ])
+        .unwrap();
+        assert_eq!(
+            settings.api_url_warnings(),
+            Vec::<String>::new(),
+            "{github} {azure}"
+        );
+    }
+}
+
 /// The HTTP/2 client preface.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 

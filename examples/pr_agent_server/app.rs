@@ -322,9 +322,10 @@ impl Settings {
     }
 
     /// The `*_API_URL`s that cannot be the provider's API, one line each: GitLab's `/api/v4`,
-    /// Gitea's `/api/v1` and Bitbucket Cloud's `/2.0` are part of the base URL; `github.com` and
-    /// `bitbucket.org` are the websites, not the APIs; Bitbucket Data Center's `/rest/api/1.0`
-    /// is in the comment's path already. Every comment would fail (404, or a redirect), and be
+    /// Gitea's `/api/v1`, Bitbucket Cloud's `/2.0` and a GitHub Enterprise Server's `/api/v3`
+    /// are part of the base URL; `github.com` and `bitbucket.org` are the websites, not the
+    /// APIs; Bitbucket Data Center's `/rest/api/1.0` and an Azure DevOps project are in the
+    /// comment's path already. Every comment would fail (404, or a redirect), and be
     /// given up as refused. A warning, not an error: a proxy in front of the API may serve it at
     /// another path.
     pub(crate) fn api_url_warnings(&self) -> Vec<String> {
@@ -343,11 +344,33 @@ impl Settings {
                         "does not end with /api/v1, the path of gitea's API"
                     }
                     Forge::GitHub if website("github.com") => "names the website, not the API",
+                    // GitHub Enterprise Server serves its API under `/api/v3`; GitHub.com and
+                    // GitHub Enterprise Cloud (`api.<name>.ghe.com`) at the root. A loopback or
+                    // an address is taken for a proxy or a stand-in.
+                    Forge::GitHub
+                        if host != "api.github.com"
+                            && !host.ends_with(".ghe.com")
+                            && host != "localhost"
+                            && host
+                                .trim_start_matches('[')
+                                .trim_end_matches(']')
+                                .parse::<IpAddr>()
+                                .is_err()
+                            && !path.ends_with("/api/v3") =>
+                    {
+                        "does not end with /api/v3, the path of a GitHub Enterprise Server's API (https://github.example.com/api/v3)"
+                    }
                     Forge::Bitbucket if website("bitbucket.org") => {
                         "names the website, not the API"
                     }
                     Forge::Bitbucket if host == "api.bitbucket.org" && path != "/2.0" => {
                         "does not end with /2.0, the path of bitbucket's API"
+                    }
+                    // The organization's URL: the comment's path adds the project.
+                    Forge::AzureDevOps
+                        if host == "dev.azure.com" && path.split('/').count() > 2 =>
+                    {
+                        "names more than the organization (a project?), which the comment's path adds"
                     }
                     Forge::BitbucketServer if path.ends_with("/rest/api/1.0") => {
                         "ends with /rest/api/1.0, which the comment's path adds again: set it to the server's base URL"

@@ -47,8 +47,9 @@
 //! of range, or an `*_API_URL` that is not an `http` / `https` base URL without credentials,
 //! stops the server with a message naming the variable; one that cannot be the provider's API is
 //! printed as a warning (a `GITLAB_API_URL`, `GITEA_API_URL` or Bitbucket Cloud URL without its
-//! `/api/v4`, `/api/v1` or `/2.0`, `github.com` or `bitbucket.org` for their APIs, a
-//! `BITBUCKET_SERVER_API_URL` ending with `/rest/api/1.0`). A comment given up is logged at
+//! `/api/v4`, `/api/v1` or `/2.0`, a GitHub Enterprise Server URL without its `/api/v3`,
+//! `github.com` or `bitbucket.org` for their APIs, a `BITBUCKET_SERVER_API_URL` ending with
+//! `/rest/api/1.0`, an `AZURE_DEVOPS_API_URL` naming a project after the organization). A comment given up is logged at
 //! error level and counted in `/status` as `comments.failed`. A comment is never posted twice:
 //! after a failure that may have come once the provider created it (a 500, 502 or 504, a
 //! timeout, a connection lost after the request was sent) it is given up, not sent again; the
