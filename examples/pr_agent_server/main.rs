@@ -24,8 +24,9 @@
 //! `MAX_PENDING_COMMENTS` (1-1048576, default 4096), `COMMENTS_IN_FLIGHT_PER_PROVIDER` (1-256,
 //! default 8: comments posted at once to one provider), `COMMENT_MAX_ATTEMPTS` (1-1000, default
 //! 20: attempts that reach the provider's API before a comment that keeps failing is given up;
-//! within one attempt, a request refused (a 429, a 503 with `Retry-After`) or never sent (no
-//! connection) is sent again up to 3 times, so an attempt is at most 4 requests),
+//! within one attempt, a request refused (a 503 with `Retry-After`, a 429 except GitHub's,
+//! which is waited out as a rate limit) or never sent (no connection) is sent again up to 3
+//! times, so an attempt is at most 4 requests),
 //! `COMMENT_MAX_AGE_SECS` (1-2592000, default 86400: a comment is given up rather than tried
 //! again later than this after its delivery), `MAX_REMEMBERED_DRAFTS` (1-1048576, default
 //! 10000: open drafts remembered, see below), `SHUTDOWN_GRACE_SECS` (0-3600, default 20: at
