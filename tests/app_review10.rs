@@ -280,6 +280,67 @@ fn a_github_enterprise_url_without_api_v3_or_an_azure_devops_project_is_warned_a
     }
 }
 
+/// GitHub's primary rate limit says when it resets (`X-RateLimit-Reset`, seconds since the
+/// epoch on GitHub's clock). The wait was read against the local clock: with GitHub's clock an
+/// hour ahead of ours, a reset two seconds away was waited out for an hour (the longest wait).
+/// It is read against the answer's `Date` now, as `Retry-After` is.
+#[tokio::test]
+async fn a_rate_limit_reset_is_read_against_the_answers_date() {
+    use axum::response::IntoResponse;
+    let (_logs, _guard) = Logs::capture();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    let api = harness::serve(axum::Router::new().fallback(move || {
+        let calls = counted.clone();
+        async move {
+            if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0 {
+                return http::StatusCode::CREATED.into_response();
+            }
+            // GitHub's clock, an hour ahead of ours.
+            let github_now = std::time::SystemTime::now() + Duration::from_secs(3600);
+            let reset = github_now
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                + 2;
+            (
+                http::StatusCode::FORBIDDEN,
+                [
+                    ("date", httpdate::fmt_http_date(github_now)),
+                    ("x-ratelimit-remaining", "0".to_owned()),
+                    ("x-ratelimit-reset", reset.to_string()),
+                ],
+                "API rate limit exceeded",
+            )
+                .into_response()
+        }
+    }))
+    .await;
+    let settings = harness::lookup(&[
+        ("GITHUB_WEBHOOK_SECRET", "s3cret"),
+        ("GITHUB_API_URL", &format!("http://{api}")),
+        ("GITHUB_TOKEN", "t0ken"),
+    ])
+    .unwrap();
+    let base = harness::start_server(&settings).await;
+    let client = reqwest::Client::new();
+    assert_eq!(github_opened(&client, &base, "r10-rate-limited").await, 202);
+    // Posted once the reset has passed: a few seconds, not an hour.
+    let start = std::time::Instant::now();
+    loop {
+        let status = harness::status(&client, &base).await;
+        if status["comments"]["posted"] == 1 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "not posted after the reset: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
 /// The HTTP/2 client preface.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 

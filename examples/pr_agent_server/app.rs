@@ -2737,9 +2737,9 @@ async fn says_secondary_rate_limit(mut res: reqwest::Response) -> bool {
 
 /// How long to wait before posting again when `status` and `headers` say a rate limit was hit
 /// (403 or 429 with `Retry-After`, in seconds or as an HTTP date, or with
-/// `X-RateLimit-Remaining: 0` and `X-RateLimit-Reset`, a minute without the reset) or the API is
-/// down for a while (503 with `Retry-After`, which the retry policy leaves to the caller past
-/// its own cap), from 1 s to an hour. `None` when the headers say no such thing (see
+/// `X-RateLimit-Remaining: 0` and `X-RateLimit-Reset`, read against the answer's `Date`, a
+/// minute without the reset) or the API is down for a while (503 with `Retry-After`, which the
+/// retry policy leaves to the caller past its own cap), from 1 s to an hour. `None` when the headers say no such thing (see
 /// [`status_and_limit`] for GitHub's limits that name no delay).
 fn rate_limit_wait(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
     let limited = status == StatusCode::FORBIDDEN || status == StatusCode::TOO_MANY_REQUESTS;
@@ -2757,7 +2757,12 @@ fn rate_limit_wait(status: StatusCode, headers: &HeaderMap) -> Option<Duration> 
         return None;
     }
     if number("x-ratelimit-remaining") == Some(0) {
-        let now = std::time::SystemTime::now()
+        // The reset is on GitHub's clock: read against the answer's `Date`, as `Retry-After`
+        // is, so that a local clock off GitHub's neither cuts the wait short nor stretches it.
+        let now = headers
+            .get(http::header::DATE)
+            .and_then(|date| httpdate::parse_http_date(date.to_str().ok()?).ok())
+            .unwrap_or_else(std::time::SystemTime::now)
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         let wait = number("x-ratelimit-reset")
