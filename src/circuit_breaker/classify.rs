@@ -589,7 +589,10 @@ impl<B: Body> Body for ResponseBody<B> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        // Not while the answer still waits for its end to be classified: a reader that trusts
+        // `is_end_stream` (hyper's server does) would never poll a body that is empty from the
+        // start, and the call would go unrecorded. Polled, it ends at once and is classified.
+        self.eos.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
