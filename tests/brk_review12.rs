@@ -15,7 +15,7 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper_one::{Http, http2_sender, serve_one};
 use logs::Logs;
-use tower::ServiceBuilder;
+use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_webhook::circuit_breaker::{
     CircuitBreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer, CircuitState,
 };
@@ -61,4 +61,69 @@ async fn an_empty_grpc_answer_without_a_status_served_by_hyper_is_a_failure() {
 
     until(&handle, |h| h.state() == CircuitState::Open).await;
     assert_eq!(handle.state(), CircuitState::Open);
+}
+
+/// An answer of the upstream: its status, then headers.
+fn answer(status: u16, headers: &[(&'static str, &'static str)]) -> Response<Full<Bytes>> {
+    let mut res = Response::builder().status(status);
+    for (name, value) in headers {
+        res = res.header(*name, *value);
+    }
+    res.body(Full::default()).unwrap()
+}
+
+type Headers = &'static [(&'static str, &'static str)];
+
+/// A `429` that is not held against the upstream (the default) still asks for a wait: it must
+/// not end the wait a `503` asked for just before, as a success that asks for nothing does.
+/// With the `http::Response` classifier it did (the reqwest one kept it), so failures that
+/// opened the breaker right after opened it for its open duration, not for the wait the
+/// upstream had asked for twice. The same for gRPC's `RESOURCE_EXHAUSTED` with a pushback.
+#[tokio::test(start_paused = true)]
+async fn a_too_many_requests_answer_keeps_the_wait_the_upstream_asked_for() {
+    let (_logs, _guard) = Logs::capture();
+    let config = CircuitBreakerConfig::default()
+        .consecutive_failures(2)
+        .honor_retry_after(Duration::from_secs(600));
+    let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
+    let svc =
+        ServiceBuilder::new().layer(layer).service_fn(
+            |(status, headers): (u16, Headers)| async move {
+                Ok::<_, BoxError>(answer(status, headers))
+            },
+        );
+    let grpc = |code: &'static str| -> Headers {
+        match code {
+            "14" => &[
+                ("content-type", "application/grpc"),
+                ("grpc-status", "14"),
+                ("grpc-retry-pushback-ms", "120000"),
+            ],
+            _ => &[
+                ("content-type", "application/grpc"),
+                ("grpc-status", "8"),
+                ("grpc-retry-pushback-ms", "120000"),
+            ],
+        }
+    };
+    let http: [(u16, Headers); 2] = [
+        (503, &[("retry-after", "120")]),
+        (429, &[("retry-after", "120")]),
+    ];
+    for [refused, too_many] in [http, [(200, grpc("14")), (200, grpc("8"))]] {
+        handle.reset();
+        for call in [refused, too_many, (500, &[][..]), (500, &[][..])] {
+            svc.clone().oneshot(call).await.unwrap();
+        }
+        let snapshot = handle.snapshot();
+        assert_eq!(snapshot.state, CircuitState::Open);
+        assert_eq!(snapshot.retry_after_ms, Some(120_000), "{too_many:?}");
+
+        // A plain success still ends the wait.
+        handle.reset();
+        for call in [refused, (200, &[][..]), (500, &[][..]), (500, &[][..])] {
+            svc.clone().oneshot(call).await.unwrap();
+        }
+        assert_eq!(handle.snapshot().retry_after_ms, Some(30_000));
+    }
 }

@@ -302,7 +302,7 @@ fn eos_outcome(eos: Eos, trailers: Option<&HeaderMap>) -> (Outcome, Option<Durat
     match trailers {
         Some(trailers) if grpc_status(trailers).is_some() || eos.web => {
             match eos.classify.classify_eos(Some(trailers)) {
-                Ok(()) => (Outcome::Success, None),
+                Ok(()) => (Outcome::Success, success_hint(trailers)),
                 Err(class) => (grpc_outcome(&class), grpc_hint(&class, trailers)),
             }
         }
@@ -348,6 +348,18 @@ fn grpc_hint(class: &GrpcFailureClass, headers: &HeaderMap) -> Option<Duration> 
     }
 }
 
+/// The wait a gRPC status classified as a success asks for: `RESOURCE_EXHAUSTED` (a 429) with
+/// its `grpc-retry-pushback-ms`, unless it is held against the upstream.
+fn success_hint(headers: &HeaderMap) -> Option<Duration> {
+    if grpc_status(headers) != Some(8) {
+        return None;
+    }
+    match grpc_pushback(headers) {
+        Pushback::Wait(after) => Some(after),
+        _ => None,
+    }
+}
+
 impl<B, E: 'static> ClassifyOutcome<Response<B>, E> for DefaultClassifier {
     type Response = Response<ResponseBody<B>>;
 
@@ -377,7 +389,8 @@ impl<B, E: 'static> ClassifyOutcome<Response<B>, E> for DefaultClassifier {
                 }));
             }
             match self.grpc.clone().classify_response(&response) {
-                ClassifiedResponse::Ready(Ok(())) => recorder.record(Outcome::Success),
+                ClassifiedResponse::Ready(Ok(())) => recorder
+                    .record_with_retry_after(Outcome::Success, success_hint(response.headers())),
                 ClassifiedResponse::Ready(Err(class)) => {
                     let outcome = grpc_outcome(&class);
                     recorder
@@ -395,12 +408,10 @@ impl<B, E: 'static> ClassifyOutcome<Response<B>, E> for DefaultClassifier {
                 }
             }
         } else {
+            // A success that asks for a wait (a 429 not held against the upstream) keeps the
+            // wait asked for before, as it does through the reqwest classifier.
             let outcome = self.http_outcome(status);
-            if outcome == Outcome::Success {
-                recorder.record(Outcome::Success);
-            } else {
-                recorder.record_with_retry_after(outcome, hint(status, response.headers()));
-            }
+            recorder.record_with_retry_after(outcome, hint(status, response.headers()));
         }
         Ok(response.map(|body| ResponseBody {
             inner: body,
