@@ -676,7 +676,8 @@ impl CircuitBreakerConfig {
     /// An HTTP date is read against the response's `Date` (both the server's clock), and
     /// against the local clock only when the response has no valid `Date`.
     /// The failures that open it are those since the last success: a wait asked for before
-    /// the upstream answered a call again does not stretch a later opening.
+    /// the upstream answered a call again does not stretch a later opening (a `429` not held
+    /// against the upstream is no such answer: it asks for a wait too, and keeps it).
     ///
     /// # Example
     ///
