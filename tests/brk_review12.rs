@@ -18,7 +18,9 @@ use logs::Logs;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_webhook::circuit_breaker::{
     CircuitBreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer, CircuitState,
+    KeyedCircuitBreakerLayer,
 };
+use tower_webhook::error::WebhookErrorLayer;
 
 /// Waits (at most 10 s) until `done` holds for the breaker's snapshot.
 async fn until(handle: &CircuitBreakerHandle, done: impl Fn(&CircuitBreakerHandle) -> bool) {
@@ -126,4 +128,43 @@ async fn a_too_many_requests_answer_keeps_the_wait_the_upstream_asked_for() {
         }
         assert_eq!(handle.snapshot().retry_after_ms, Some(30_000));
     }
+}
+
+/// A maximum wait in HALF_OPEN past what the breaker can time (such as `Duration::MAX`, meant
+/// as "no limit") was accepted, and every call refused while a probe ran was told to come back
+/// in 34 years (`Retry-After: 1099511598`). It is refused now, like an open duration over a
+/// year; a year is still accepted, and leaving it unset still means no limit.
+#[tokio::test(start_paused = true)]
+async fn a_maximum_half_open_wait_over_a_year_is_refused() {
+    let (_logs, _guard) = Logs::capture();
+    let year = Duration::from_secs(365 * 86_400);
+    for wait in [Duration::MAX, year + Duration::from_millis(1)] {
+        let config = CircuitBreakerConfig::default().max_half_open_wait(wait);
+        let err = CircuitBreakerLayer::new(config.clone()).unwrap_err();
+        assert_eq!(err.setting(), "max_half_open_wait", "{err}");
+        let keyed = KeyedCircuitBreakerLayer::<u8, _>::new(config, 4, |_: &()| 0u8).unwrap_err();
+        assert_eq!(keyed.setting(), "max_half_open_wait");
+    }
+
+    // A year is accepted: a refusal during a probe tells the time left of it.
+    let config = CircuitBreakerConfig::default().max_half_open_wait(year);
+    let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .layer(layer)
+        .service_fn(|req: Request<u32>| async move {
+            if *req.body() == 1 {
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, BoxError>(answer(200, &[]))
+        });
+    handle.transition_to_open().unwrap();
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let probe = tokio::spawn(svc.clone().oneshot(Request::new(1)));
+    tokio::task::yield_now().await;
+    assert_eq!(handle.snapshot().half_open_permits_taken, 1);
+    let res = svc.clone().oneshot(Request::new(2)).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["retry-after"], year.as_secs().to_string());
+    probe.abort();
 }

@@ -67,6 +67,8 @@ pub const MAX_WINDOW_CALLS: u32 = 10_000;
 /// ```
 pub const MAX_BUCKETS: u32 = 1_000;
 const MAX_PROBES: u32 = 4_000;
+/// The longest open duration, and maximum wait in HALF_OPEN.
+const MAX_OPEN: Duration = Duration::from_secs(86_400 * 365);
 /// The longest `honor_retry_after` cap: an upstream asking for more is down for the day.
 const MAX_RETRY_AFTER_CAP: Duration = Duration::from_secs(24 * 3600);
 
@@ -643,7 +645,8 @@ impl CircuitBreakerConfig {
     }
 
     /// Goes back to OPEN when HALF_OPEN has not reached a verdict after `wait` (greater than
-    /// zero: HALF_OPEN would otherwise end before admitting any probe). A probe that answers
+    /// zero: HALF_OPEN would otherwise end before admitting any probe; at most a year, as the
+    /// open duration: leave it unset for no limit). A probe that answers
     /// after `wait` comes too late to close the breaker, and no longer counts against the
     /// probes of the next half-open period: one that never ends does not keep the breaker from
     /// probing again.
@@ -882,6 +885,15 @@ impl CircuitBreakerConfig {
                 "the wait must be greater than zero (leave it unset for no limit)".to_owned(),
             ));
         }
+        if let Some(wait) = self.max_half_open_wait
+            && wait > MAX_OPEN
+        {
+            // A refusal while a probe runs tells the time left of it, as `Retry-After`.
+            return Err(ConfigError::invalid(
+                "max_half_open_wait",
+                format!("the wait is at most one year (leave it unset for no limit), got {wait:?}"),
+            ));
+        }
         if let Some(cap) = self.retry_after_cap
             && cap > MAX_RETRY_AFTER_CAP
         {
@@ -896,7 +908,7 @@ impl CircuitBreakerConfig {
                 "the open duration must be greater than zero".to_owned(),
             ));
         }
-        if self.open_duration.nominal(u32::MAX) > Duration::from_secs(86_400 * 365) {
+        if self.open_duration.nominal(u32::MAX) > MAX_OPEN {
             return Err(ConfigError::invalid(
                 "open_duration",
                 "the open duration must be at most one year".to_owned(),
