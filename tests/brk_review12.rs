@@ -15,7 +15,7 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper_one::{Http, http2_sender, serve_one};
 use logs::Logs;
-use tower::{BoxError, ServiceBuilder, ServiceExt};
+use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 use tower_webhook::circuit_breaker::{
     CircuitBreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer, CircuitState,
     KeyedCircuitBreakerLayer,
@@ -167,4 +167,73 @@ async fn a_maximum_half_open_wait_over_a_year_is_refused() {
     assert_eq!(res.status(), 503);
     assert_eq!(res.headers()["retry-after"], year.as_secs().to_string());
     probe.abort();
+}
+
+/// Counts the clones of a waker still alive.
+struct CountedWake;
+
+impl std::task::Wake for CountedWake {
+    fn wake(self: std::sync::Arc<Self>) {}
+}
+
+/// In backpressure mode, a caller whose `poll_ready` waits for OPEN to end left its waker with
+/// the breaker when it gave up (a request cancelled by its client or a timeout): the breaker
+/// kept every such waker, and the task it wakes, until OPEN ended, and scanned them all at
+/// each new wait. Thousands of cancelled requests during a long OPEN period piled up. A
+/// service that stops waiting (dropped, or ready again) now takes its waker back, and a
+/// transition still wakes those that wait.
+#[tokio::test(start_paused = true)]
+async fn a_caller_that_stops_waiting_for_open_to_end_leaves_no_waker_behind() {
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Waker};
+
+    let (_logs, _guard) = Logs::capture();
+    let (layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+    let layer = layer.with_backpressure();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|n: u32| async move { Ok::<_, BoxError>(answer(200 + n as u16, &[])) });
+    handle.transition_to_open().unwrap();
+
+    // Cancelled callers, each of its own task: each waited, then was dropped.
+    let wakes: Vec<_> = (0..1000).map(|_| Arc::new(CountedWake)).collect();
+    for wake in &wakes {
+        let waker = Waker::from(wake.clone());
+        let mut caller = svc.clone();
+        let polled = Service::poll_ready(&mut caller, &mut Context::from_waker(&waker));
+        assert!(polled.is_pending());
+    }
+    let kept = wakes.iter().filter(|w| Arc::strong_count(w) > 1).count();
+    assert_eq!(kept, 0, "wakers of dropped callers kept");
+
+    // A caller that waits is still woken when OPEN ends early, and then admitted.
+    let mut waiting = svc.clone();
+    let ready = tokio::spawn(async move {
+        waiting.ready().await.unwrap();
+        waiting.call(0).await.unwrap().status()
+    });
+    tokio::task::yield_now().await;
+    assert!(!ready.is_finished());
+    handle.reset();
+    assert_eq!(ready.await.unwrap(), 200);
+
+    // One that stops waiting because OPEN has ended leaves nothing behind either.
+    handle.transition_to_open().unwrap();
+    let mut caller = svc.clone();
+    let wake = Arc::new(CountedWake);
+    let waker = Waker::from(wake.clone());
+    let mut cx = Context::from_waker(&waker);
+    assert!(Service::poll_ready(&mut caller, &mut cx).is_pending());
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert!(matches!(
+        Service::poll_ready(&mut caller, &mut cx),
+        Poll::Ready(Ok(()))
+    ));
+    drop(waker);
+    assert_eq!(
+        Arc::strong_count(&wake),
+        1,
+        "the waker of a caller no longer waiting kept"
+    );
+    drop(caller);
 }

@@ -286,6 +286,7 @@ impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
             backpressure: self.backpressure,
             decision: Decision::Undecided,
             sleep: None,
+            waiter: None,
         }
     }
 }
@@ -334,6 +335,15 @@ pub struct CircuitBreaker<S, C = DefaultClassifier> {
     backpressure: bool,
     decision: Decision,
     sleep: Option<Pin<Box<Sleep>>>,
+    /// Its id among the tasks waiting for OPEN to end (backpressure mode), while it may wait.
+    waiter: Option<u64>,
+}
+
+impl<S, C> Drop for CircuitBreaker<S, C> {
+    fn drop(&mut self) {
+        // A caller that gave up waiting (a cancelled request) takes its waker back.
+        self.core.unpark(&mut self.waiter);
+    }
 }
 
 impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
@@ -345,6 +355,7 @@ impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
             backpressure: self.backpressure,
             decision: Decision::Undecided,
             sleep: None,
+            waiter: None,
         }
     }
 }
@@ -411,6 +422,7 @@ fn poll_ready_with<S, Req>(
     decision: &mut Decision,
     backpressure: bool,
     sleep: &mut Option<Pin<Box<Sleep>>>,
+    waiter: &mut Option<u64>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<(), BoxError>>
 where
@@ -447,7 +459,7 @@ where
                 // Parked first: a transition that ends OPEN early (a reset, a manual move)
                 // wakes this task instead of leaving it asleep until the old deadline.
                 while core.open_until().is_some() {
-                    core.park(cx.waker());
+                    core.park(waiter, cx.waker());
                     let Some(until) = core.open_until() else {
                         break;
                     };
@@ -458,6 +470,7 @@ where
                     }
                     ready!(timer.as_mut().poll(cx));
                 }
+                core.unpark(waiter);
             }
             match core.admit_ahead() {
                 Ok(admission) => admission,
@@ -526,6 +539,7 @@ where
             &mut self.decision,
             self.backpressure,
             &mut self.sleep,
+            &mut self.waiter,
             cx,
         )
     }

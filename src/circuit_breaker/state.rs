@@ -18,6 +18,7 @@
 //! would only replace one success of the ring by another.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -382,8 +383,12 @@ pub(crate) struct Core {
     /// DISABLED, METRICS_ONLY): the probes still running are then calls like any other.
     probes_in_flight: AtomicU64,
     /// Tasks whose `poll_ready` waits for OPEN to end (backpressure mode), woken by the next
-    /// transition: a reset or a manual move ends OPEN before its deadline.
-    parked: Mutex<Vec<Waker>>,
+    /// transition: a reset or a manual move ends OPEN before its deadline. By waiter: a
+    /// service that stops waiting (dropped with a cancelled request, or ready) takes its waker
+    /// back, so wakers of callers that gave up do not pile up while OPEN lasts.
+    parked: Mutex<HashMap<u64, Waker>>,
+    /// The id of the next waiter in `parked`.
+    next_waiter: AtomicU64,
     /// Transition events not told to the listener yet (see [`Told`]).
     told: Mutex<Told>,
     min_calls: u32,
@@ -600,7 +605,8 @@ impl Core {
                 not_permitted: AtomicU64::new(0),
                 reported: AtomicU64::new(0),
                 probes_in_flight: AtomicU64::new(0),
-                parked: Mutex::new(Vec::new()),
+                parked: Mutex::new(HashMap::new()),
+                next_waiter: AtomicU64::new(0),
                 told: Mutex::new(Told {
                     next: 1,
                     waiting: Vec::new(),
@@ -699,27 +705,34 @@ impl Core {
             .then(|| self.deadline_instant(word.deadline_ms))
     }
 
-    /// Wakes `waker` at the next transition. Call it before reading whether OPEN still lasts,
-    /// so a transition in between is not missed.
-    pub(crate) fn park(&self, waker: &Waker) {
-        let mut parked = self
-            .parked
+    fn parked(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waker>> {
+        self.parked
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if !parked.iter().any(|w| w.will_wake(waker)) {
-            parked.push(waker.clone());
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Wakes `waker` at the next transition, as the waker of `waiter` (given an id if it has
+    /// none), replacing the one it left before. Call it before reading whether OPEN still
+    /// lasts, so a transition in between is not missed.
+    pub(crate) fn park(&self, waiter: &mut Option<u64>, waker: &Waker) {
+        let id = *waiter.get_or_insert_with(|| self.next_waiter.fetch_add(1, Ordering::Relaxed));
+        let mut parked = self.parked();
+        if !parked.get(&id).is_some_and(|w| w.will_wake(waker)) {
+            parked.insert(id, waker.clone());
+        }
+    }
+
+    /// Takes back the waker `waiter` left, if any: it no longer waits.
+    pub(crate) fn unpark(&self, waiter: &mut Option<u64>) {
+        if let Some(id) = waiter.take() {
+            self.parked().remove(&id);
         }
     }
 
     /// Wakes every task parked by [`park`](Self::park).
     fn unpark_all(&self) {
-        let parked = std::mem::take(
-            &mut *self
-                .parked
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        );
-        for waker in parked {
+        let parked = std::mem::take(&mut *self.parked());
+        for waker in parked.into_values() {
             waker.wake();
         }
     }
