@@ -36,7 +36,7 @@ async fn until(handle: &CircuitBreakerHandle, done: impl Fn(&CircuitBreakerHandl
 /// a cancelled call), so an upstream (or route) answering only that never opened the breaker.
 #[tokio::test]
 async fn an_empty_grpc_answer_without_a_status_served_by_hyper_is_a_failure() {
-    let (_logs, _guard) = Logs::capture();
+    let (logs, _guard) = Logs::capture();
     let (layer, handle) =
         CircuitBreakerLayer::pair(CircuitBreakerConfig::default().consecutive_failures(1)).unwrap();
     let app =
@@ -63,6 +63,7 @@ async fn an_empty_grpc_answer_without_a_status_served_by_hyper_is_a_failure() {
 
     until(&handle, |h| h.state() == CircuitState::Open).await;
     assert_eq!(handle.state(), CircuitState::Open);
+    assert!(logs.text().contains("circuit breaker opened"), "{}", logs.text());
 }
 
 /// An answer of the upstream: its status, then headers.
