@@ -63,7 +63,11 @@ async fn an_empty_grpc_answer_without_a_status_served_by_hyper_is_a_failure() {
 
     until(&handle, |h| h.state() == CircuitState::Open).await;
     assert_eq!(handle.state(), CircuitState::Open);
-    assert!(logs.text().contains("circuit breaker opened"), "{}", logs.text());
+    assert!(
+        logs.text().contains("circuit breaker opened"),
+        "{}",
+        logs.text()
+    );
 }
 
 /// An answer of the upstream: its status, then headers.
@@ -237,4 +241,40 @@ async fn a_caller_that_stops_waiting_for_open_to_end_leaves_no_waker_behind() {
         "the waker of a caller no longer waiting kept"
     );
     drop(caller);
+}
+
+/// A route behind the breaker that fails with a `Problem` counts as the response the problem
+/// becomes, by its status; a `503` problem with a `Retry-After` (the answer the error layer
+/// makes of it) is such a response, but its wait was left out: with `honor_retry_after`, the
+/// breaker it opened stayed open for its open duration only, while the same `503` returned as
+/// a response kept it open as long as asked.
+#[tokio::test(start_paused = true)]
+async fn a_problem_with_a_retry_after_is_honoured_like_the_response_it_becomes() {
+    use tower_webhook::error::Problem;
+
+    let (_logs, _guard) = Logs::capture();
+    let config = CircuitBreakerConfig::default()
+        .consecutive_failures(1)
+        .honor_retry_after(Duration::from_secs(600));
+    let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .layer(layer)
+        .service_fn(|req: Request<u16>| async move {
+            let status = http::StatusCode::from_u16(*req.body()).unwrap();
+            Err::<Response<Full<Bytes>>, _>(BoxError::from(
+                Problem::new(status).with_retry_after(Duration::from_secs(120)),
+            ))
+        });
+    let res = svc.clone().oneshot(Request::new(503)).await.unwrap();
+    assert_eq!(res.headers()["retry-after"], "120");
+    let snapshot = handle.snapshot();
+    assert_eq!(snapshot.state, CircuitState::Open);
+    assert_eq!(snapshot.retry_after_ms, Some(120_000));
+
+    // As for responses, only a 429 or 503 asks for a wait: a 500 problem opens the breaker
+    // for its open duration.
+    handle.reset();
+    svc.clone().oneshot(Request::new(500)).await.unwrap();
+    assert_eq!(handle.snapshot().retry_after_ms, Some(30_000));
 }

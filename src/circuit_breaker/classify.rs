@@ -246,20 +246,25 @@ impl DefaultClassifier {
     /// The outcome of an error of the inner service: a failure, unless it is a [`Problem`]
     /// (as is, or boxed in a `BoxError`, anywhere in its source chain), which stands for the
     /// response it becomes and is classified by its status, as that response would be: a
-    /// client error is not the upstream failing.
-    fn error_outcome<E: 'static>(&self, err: &E) -> Outcome {
+    /// client error is not the upstream failing. With the wait that response asks for: a 429
+    /// or 503 problem's `Retry-After`.
+    fn error_outcome<E: 'static>(&self, err: &E) -> (Outcome, Option<Duration>) {
         let any: &dyn Any = err;
         let err: &(dyn Error + 'static) = if let Some(problem) = any.downcast_ref::<Problem>() {
             problem
         } else if let Some(boxed) = any.downcast_ref::<BoxError>() {
             &**boxed
         } else {
-            return Outcome::Failure;
+            return (Outcome::Failure, None);
         };
         crate::error_chain::sources(err)
             .find_map(|e| e.downcast_ref::<Problem>())
-            .map_or(Outcome::Failure, |problem| {
-                self.http_outcome(problem.status())
+            .map_or((Outcome::Failure, None), |problem| {
+                let status = problem.status();
+                let after = matches!(status.as_u16(), 429 | 503)
+                    .then(|| problem.retry_after())
+                    .flatten();
+                (self.http_outcome(status), after)
             })
     }
 }
@@ -372,7 +377,8 @@ impl<B, E: 'static> ClassifyOutcome<Response<B>, E> for DefaultClassifier {
         let response = match result {
             Ok(response) => response,
             Err(err) => {
-                recorder.record(self.error_outcome(&err));
+                let (outcome, after) = self.error_outcome(&err);
+                recorder.record_with_retry_after(outcome, after);
                 return Err(err);
             }
         };
@@ -438,7 +444,10 @@ macro_rules! reqwest_classifier {
                         let outcome = self.http_outcome(status);
                         recorder.record_with_retry_after(outcome, hint(status, response.headers()));
                     }
-                    Err(err) => recorder.record(self.error_outcome(err)),
+                    Err(err) => {
+                        let (outcome, after) = self.error_outcome(err);
+                        recorder.record_with_retry_after(outcome, after);
+                    }
                 }
                 result
             }
