@@ -15,7 +15,6 @@ use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{OnceCell, watch};
@@ -94,7 +93,9 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 /// How one connection is served, besides the service.
 struct ConnOptions {
     probes: Arc<Probes>,
-    watcher: Option<Watcher>,
+    /// Fires when the server helper's drain starts; held until the connection is over, so the
+    /// drain waits for it.
+    watcher: Option<watch::Receiver<()>>,
     /// Set for a connection that arrives during the server helper's drain: it serves one
     /// request, and the drain waits for it while it is open.
     late: Option<LateGuard>,
@@ -197,10 +198,13 @@ fn full(bytes: Bytes) -> BoxBody {
 /// Every tunnel connection is served as HTTP/1.1. A connection that does not send the head of a
 /// request within the [header read timeout](Self::header_read_timeout) (30 s by default) is
 /// closed, whether it is new or kept alive after an answer, so idle or stalled clients do not hold
-/// connections and tasks. Requests to [`PROBE_PATH`] that carry a nonce
-/// of a probe in flight in the [`PROBE_HEADER`] header are answered by the tunnel itself: that is
-/// how the round-trip probe proves a public URL reaches this process. All other requests reach
-/// the service or the address unchanged.
+/// connections and tasks. A request answered `101 Switching Protocols` (a WebSocket upgrade)
+/// keeps its connection for the new protocol: the service gets it through
+/// `hyper::upgrade::on`, an address upstream copies its bytes to and from the local server; it
+/// ends, as the others do, when the tunnel closes. Requests to [`PROBE_PATH`] that carry a
+/// nonce of a probe in flight in the [`PROBE_HEADER`] header are answered by the tunnel itself:
+/// that is how the round-trip probe proves a public URL reaches this process. All other
+/// requests reach the service or the address unchanged.
 ///
 /// Providers get an `Upstream` in [`Provider::open`](super::Provider::open) and hand it each
 /// connection they receive with [`serve_connection`](Self::serve_connection). Connections served
@@ -265,6 +269,27 @@ enum Graceful {
     /// Draining: the tunnel stays open until the drain ends, so connections still arrive
     /// through it. Each serves one request and is counted, so the drain waits for it too.
     Draining(Arc<LateConnections>),
+}
+
+/// Tells the connections being watched that the drain started (each then closes once its request
+/// in flight is answered), and waits until they are over. (hyper-util's `GracefulShutdown` does
+/// the same, but cannot watch a connection that may be upgraded.)
+pub(crate) struct GracefulShutdown(watch::Sender<()>);
+
+impl GracefulShutdown {
+    fn new() -> Self {
+        Self(watch::channel(()).0)
+    }
+
+    fn watcher(&self) -> watch::Receiver<()> {
+        self.0.subscribe()
+    }
+
+    /// Starts the graceful shutdown of every connection watched, and waits until they are over.
+    pub(crate) async fn shutdown(self) {
+        self.0.send_replace(());
+        self.0.closed().await;
+    }
 }
 
 /// Connections that arrived during a drain and are still open.
@@ -498,6 +523,17 @@ impl Upstream {
         self.closed.clone()
     }
 
+    /// `io`, boxed; for a scoped copy, it fails once the owner closes (see [`EndsOnClose`]).
+    fn scoped_io<I>(&self, io: I) -> Box<dyn Io>
+    where
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        match &self.closed {
+            Some(closed) => Box::new(EndsOnClose::new(io, closed)),
+            None => Box::new(io),
+        }
+    }
+
     /// Runs `serve` until it ends or, for a scoped copy, until its owner closes.
     async fn until_closed(&self, serve: impl Future<Output = ()>) {
         let Some(closed) = &self.closed else {
@@ -559,10 +595,10 @@ impl Upstream {
     where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let serve = self
-            .inner
-            .serve
-            .serve(Box::new(io), self.options(self.header_read_timeout, false));
+        let serve = self.inner.serve.serve(
+            self.scoped_io(io),
+            self.options(self.header_read_timeout, false),
+        );
         self.until_closed(serve).await;
     }
 
@@ -576,7 +612,7 @@ impl Upstream {
     {
         let mut options = self.options(None, true);
         options.served = Some(served);
-        let serve = self.inner.serve.serve(Box::new(io), options);
+        let serve = self.inner.serve.serve(self.scoped_io(io), options);
         self.until_closed(serve).await;
     }
 
@@ -703,6 +739,100 @@ impl Upstream {
 
     pub(crate) fn probes(&self) -> &Probes {
         &self.inner.probes
+    }
+}
+
+/// A connection served through a scoped upstream, which fails (reads and writes) once the owner
+/// (a tunnel, the server helper) closes. The connection's future ends then anyway; this also
+/// ends a connection hyper handed to the service after `101 Switching Protocols` (a
+/// WebSocket), which lives on in a task of the service's own.
+struct EndsOnClose<T> {
+    inner: T,
+    /// One per direction, so that a reader and a writer in different tasks are both woken.
+    read_closed: Pin<Box<dyn Future<Output = ()> + Send>>,
+    write_closed: Pin<Box<dyn Future<Output = ()> + Send>>,
+    closed: bool,
+}
+
+impl<T> EndsOnClose<T> {
+    fn new(inner: T, closed: &watch::Receiver<()>) -> Self {
+        let owner_closed = |mut closed: watch::Receiver<()>| async move {
+            // A value or a dropped sender: either way the owner closed.
+            let _ = closed.changed().await;
+        };
+        Self {
+            inner,
+            read_closed: Box::pin(owner_closed(closed.clone())),
+            write_closed: Box::pin(owner_closed(closed.clone())),
+            closed: false,
+        }
+    }
+
+    fn check(&mut self, cx: &mut std::task::Context<'_>, read: bool) -> std::io::Result<()> {
+        if !self.closed {
+            let closed = if read {
+                self.read_closed.as_mut()
+            } else {
+                self.write_closed.as_mut()
+            };
+            self.closed = closed.poll(cx).is_ready();
+        }
+        if self.closed {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the tunnel or server closed",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for EndsOnClose<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.check(cx, true)?;
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for EndsOnClose<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.check(cx, false)?;
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.check(cx, false)?;
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -953,8 +1083,19 @@ impl ServeConn for Forward {
                     .map_or("/", |pq| pq.as_str())
                     .to_owned();
                 *request.uri_mut() = format!("http://{addr}{path}").parse()?;
+                // A request that asks for an upgrade (a WebSocket, say) carries hyper's handle
+                // on the public connection's upgrade; taken here, before the request goes on.
+                let public_upgrade = request
+                    .extensions_mut()
+                    .remove::<hyper::upgrade::OnUpgrade>();
                 match client.request(request).await {
-                    Ok(response) => {
+                    Ok(mut response) => {
+                        if response.status() == StatusCode::SWITCHING_PROTOCOLS
+                            && let Some(public_upgrade) = public_upgrade
+                        {
+                            let local_upgrade = hyper::upgrade::on(&mut response);
+                            tokio::spawn(splice_upgraded(public_upgrade, local_upgrade, addr));
+                        }
                         Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()))
                     }
                     Err(err) => {
@@ -969,6 +1110,26 @@ impl ServeConn for Forward {
             }
         });
         Box::pin(serve_http1(io, handler, options))
+    }
+}
+
+/// Copies the bytes of an upgraded connection both ways, once both the public connection and
+/// the one to the local server have switched protocols.
+async fn splice_upgraded(
+    public: hyper::upgrade::OnUpgrade,
+    local: hyper::upgrade::OnUpgrade,
+    addr: SocketAddr,
+) {
+    let (public, local) = match tokio::try_join!(public, local) {
+        Ok(both) => both,
+        Err(err) => {
+            tracing::debug!(%addr, error = %err, "an upgraded tunnel connection could not be taken over");
+            return;
+        }
+    };
+    let (mut public, mut local) = (TokioIo::new(public), TokioIo::new(local));
+    if let Err(err) = tokio::io::copy_bidirectional(&mut public, &mut local).await {
+        tracing::debug!(%addr, error = %err, "upgraded tunnel connection to the local server ended");
     }
 }
 
@@ -992,9 +1153,23 @@ where
     } else {
         builder.header_read_timeout(None);
     }
-    let conn = builder.serve_connection(TokioIo::new(io), handler);
+    // With upgrades: a service that answers `101 Switching Protocols` (a WebSocket, say) gets
+    // the connection, as `axum::serve` gives it.
+    let conn = builder
+        .serve_connection(TokioIo::new(io), handler)
+        .with_upgrades();
+    tokio::pin!(conn);
     let result = match options.watcher {
-        Some(watcher) => watcher.watch(conn).await,
+        // Held until the connection is over: the drain waits for it.
+        Some(mut drain) => tokio::select! {
+            result = conn.as_mut() => result,
+            // The drain started (or its sender is gone): the request in flight, if any, is
+            // answered, then the connection closes.
+            _ = drain.changed() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        },
         None => conn.await,
     };
     if let Err(err) = result {
