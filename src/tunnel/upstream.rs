@@ -612,8 +612,21 @@ impl Upstream {
     {
         let mut options = self.options(None, true);
         options.served = Some(served);
+        // A connection upgraded by a request on it (a WebSocket) is handed to the service, and
+        // still held by the server, which counts it against the client's limit: the slot waits
+        // until the service lets it go before opening another (one opened at once would be
+        // closed by a server at its limit, and the slot given up).
+        let (held, released) = tokio::sync::oneshot::channel::<()>();
+        let io = Held {
+            inner: io,
+            _held: held,
+        };
         let serve = self.inner.serve.serve(self.scoped_io(io), options);
-        self.until_closed(serve).await;
+        self.until_closed(async move {
+            serve.await;
+            let _ = released.await;
+        })
+        .await;
     }
 
     /// Serves a tunnel connection that carries exactly one public TCP connection (bore, TCP
@@ -814,6 +827,59 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for EndsOnClose<T> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
         self.check(cx, false)?;
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A connection that tells, by dropping `_held`, when it is dropped: by hyper, or by the
+/// service it was handed to after an upgrade.
+struct Held<T> {
+    inner: T,
+    _held: tokio::sync::oneshot::Sender<()>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Held<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Held<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
