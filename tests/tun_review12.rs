@@ -390,3 +390,31 @@ async fn upgraded_localtunnel_connections_do_not_wear_down_the_pool() {
         "{seen:?}"
     );
 }
+
+/// `Upstream::serve_connection` serves a connection "until either side closes it", an upgraded
+/// one included: a provider that counts the connections it serves (bore, up to
+/// `BORE_MAX_CONNECTIONS`) would otherwise stop counting one still open.
+#[tokio::test]
+async fn serve_connection_lasts_as_long_as_the_upgraded_connection() {
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let upstream = Upstream::service(EchoUpgrade);
+    let serving = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        upstream.serve_connection(tcp).await;
+    });
+    let (_, echoed, tcp) = upgraded(addr, "localhost").await.unwrap();
+    assert_eq!(echoed, "ping through the upgrade");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !serving.is_finished(),
+        "served no more while the upgraded connection is open"
+    );
+    drop(tcp);
+    tokio::time::timeout(Duration::from_secs(5), serving)
+        .await
+        .expect("served until the upgraded connection closed")
+        .unwrap();
+}

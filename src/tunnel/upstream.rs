@@ -534,6 +534,27 @@ impl Upstream {
         }
     }
 
+    /// Serves `io` until it is over: a connection upgraded by a request on it (a WebSocket) is
+    /// handed to the service, and is over once the service drops it. A provider that counts the
+    /// connections it serves (bore's slots, localtunnel's pool) thus counts it while it is open.
+    /// For a scoped copy, it ends when the owner closes.
+    async fn serve_held<I>(&self, io: I, options: ConnOptions)
+    where
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let (held, released) = tokio::sync::oneshot::channel::<()>();
+        let io = Held {
+            inner: io,
+            _held: held,
+        };
+        let serve = self.inner.serve.serve(self.scoped_io(io), options);
+        self.until_closed(async move {
+            serve.await;
+            let _ = released.await;
+        })
+        .await;
+    }
+
     /// Runs `serve` until it ends or, for a scoped copy, until its owner closes.
     async fn until_closed(&self, serve: impl Future<Output = ()>) {
         let Some(closed) = &self.closed else {
@@ -569,6 +590,8 @@ impl Upstream {
 
     /// Serves one tunnel connection as HTTP/1.1 until either side closes it, or until it sends
     /// no request head within the [header read timeout](Self::header_read_timeout).
+    /// A connection a request upgraded (`101 Switching Protocols`) is handed to the service,
+    /// and this returns once the service has dropped it.
     ///
     /// # Example
     ///
@@ -595,11 +618,8 @@ impl Upstream {
     where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let serve = self.inner.serve.serve(
-            self.scoped_io(io),
-            self.options(self.header_read_timeout, false),
-        );
-        self.until_closed(serve).await;
+        let options = self.options(self.header_read_timeout, false);
+        self.serve_held(io, options).await;
     }
 
     /// Serves a pooled connection that waits, idle, for the tunnel server to hand it requests
@@ -612,21 +632,10 @@ impl Upstream {
     {
         let mut options = self.options(None, true);
         options.served = Some(served);
-        // A connection upgraded by a request on it (a WebSocket) is handed to the service, and
-        // still held by the server, which counts it against the client's limit: the slot waits
-        // until the service lets it go before opening another (one opened at once would be
-        // closed by a server at its limit, and the slot given up).
-        let (held, released) = tokio::sync::oneshot::channel::<()>();
-        let io = Held {
-            inner: io,
-            _held: held,
-        };
-        let serve = self.inner.serve.serve(self.scoped_io(io), options);
-        self.until_closed(async move {
-            serve.await;
-            let _ = released.await;
-        })
-        .await;
+        // An upgraded connection is still held by the server, which counts it against the
+        // client's limit: the slot waits for it before opening another (one opened at once
+        // would be closed by a server at its limit, and the slot given up).
+        self.serve_held(io, options).await;
     }
 
     /// Serves a tunnel connection that carries exactly one public TCP connection (bore, TCP
