@@ -523,17 +523,6 @@ impl Upstream {
         self.closed.clone()
     }
 
-    /// `io`, boxed; for a scoped copy, it fails once the owner closes (see [`EndsOnClose`]).
-    fn scoped_io<I>(&self, io: I) -> Box<dyn Io>
-    where
-        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-    {
-        match &self.closed {
-            Some(closed) => Box::new(EndsOnClose::new(io, closed)),
-            None => Box::new(io),
-        }
-    }
-
     /// Serves `io` until it is over: a connection upgraded by a request on it (a WebSocket) is
     /// handed to the service, and is over once the service drops it. A provider that counts the
     /// connections it serves (bore's slots, localtunnel's pool) thus counts it while it is open.
@@ -543,11 +532,8 @@ impl Upstream {
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let (held, released) = tokio::sync::oneshot::channel::<()>();
-        let io = Held {
-            inner: io,
-            _held: held,
-        };
-        let serve = self.inner.serve.serve(self.scoped_io(io), options);
+        let io = Served::new(io, held, self.closed.as_ref());
+        let serve = self.inner.serve.serve(Box::new(io), options);
         self.until_closed(async move {
             serve.await;
             let _ = released.await;
@@ -764,42 +750,60 @@ impl Upstream {
     }
 }
 
-/// A connection served through a scoped upstream, which fails (reads and writes) once the owner
-/// (a tunnel, the server helper) closes. The connection's future ends then anyway; this also
-/// ends a connection hyper handed to the service after `101 Switching Protocols` (a
-/// WebSocket), which lives on in a task of the service's own.
-struct EndsOnClose<T> {
+/// A connection being served. It tells, by dropping `_held`, when it is dropped: by hyper, or
+/// by the service it was handed to after an upgrade. Served through a scoped upstream, it fails
+/// (reads and writes) once the owner (a tunnel, the server helper) closes. The connection's
+/// future ends then anyway; this also ends a connection hyper handed to the service after
+/// `101 Switching Protocols` (a WebSocket), which lives on in a task of the service's own.
+struct Served<T> {
     inner: T,
+    _held: tokio::sync::oneshot::Sender<()>,
+    /// The owner's close, for a scoped upstream.
+    closing: Option<Closing>,
+}
+
+/// The close of a scoped upstream's owner, as a connection served through it sees it.
+struct Closing {
     /// One per direction, so that a reader and a writer in different tasks are both woken.
-    read_closed: Pin<Box<dyn Future<Output = ()> + Send>>,
-    write_closed: Pin<Box<dyn Future<Output = ()> + Send>>,
+    read: Pin<Box<dyn Future<Output = ()> + Send>>,
+    write: Pin<Box<dyn Future<Output = ()> + Send>>,
     closed: bool,
 }
 
-impl<T> EndsOnClose<T> {
-    fn new(inner: T, closed: &watch::Receiver<()>) -> Self {
+impl<T> Served<T> {
+    fn new(
+        inner: T,
+        held: tokio::sync::oneshot::Sender<()>,
+        closed: Option<&watch::Receiver<()>>,
+    ) -> Self {
         let owner_closed = |mut closed: watch::Receiver<()>| async move {
             // A value or a dropped sender: either way the owner closed.
             let _ = closed.changed().await;
         };
         Self {
             inner,
-            read_closed: Box::pin(owner_closed(closed.clone())),
-            write_closed: Box::pin(owner_closed(closed.clone())),
-            closed: false,
+            _held: held,
+            closing: closed.map(|closed| Closing {
+                read: Box::pin(owner_closed(closed.clone())),
+                write: Box::pin(owner_closed(closed.clone())),
+                closed: false,
+            }),
         }
     }
 
     fn check(&mut self, cx: &mut std::task::Context<'_>, read: bool) -> std::io::Result<()> {
-        if !self.closed {
+        let Some(closing) = &mut self.closing else {
+            return Ok(());
+        };
+        if !closing.closed {
             let closed = if read {
-                self.read_closed.as_mut()
+                closing.read.as_mut()
             } else {
-                self.write_closed.as_mut()
+                closing.write.as_mut()
             };
-            self.closed = closed.poll(cx).is_ready();
+            closing.closed = closed.poll(cx).is_ready();
         }
-        if self.closed {
+        if closing.closed {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::ConnectionAborted,
                 "the tunnel or server closed",
@@ -809,7 +813,7 @@ impl<T> EndsOnClose<T> {
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for EndsOnClose<T> {
+impl<T: AsyncRead + Unpin> AsyncRead for Served<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -820,7 +824,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for EndsOnClose<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for EndsOnClose<T> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Served<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -836,59 +840,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for EndsOnClose<T> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
         self.check(cx, false)?;
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// A connection that tells, by dropping `_held`, when it is dropped: by hyper, or by the
-/// service it was handed to after an upgrade.
-struct Held<T> {
-    inner: T,
-    _held: tokio::sync::oneshot::Sender<()>,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Held<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Held<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
