@@ -140,15 +140,12 @@ fn an_api_url_without_its_path_prefix_is_warned_about() {
         ("BITBUCKET_TOKEN", "t"),
     ])
     .unwrap();
-    let warnings = settings.api_url_warnings();
-    assert_eq!(warnings.len(), 2, "{warnings:?}");
-    assert!(
-        warnings[0].starts_with("GITLAB_API_URL does not end with /api/v4"),
-        "{warnings:?}"
-    );
-    assert!(
-        warnings[1].starts_with("GITEA_API_URL does not end with /api/v1"),
-        "{warnings:?}"
+    warned(
+        &settings,
+        &[
+            "GITLAB_API_URL does not end with /api/v4",
+            "GITEA_API_URL does not end with /api/v1",
+        ],
     );
     let mut out = Vec::new();
     app::announce(&mut out, &settings, "http://127.0.0.1:3000", None).unwrap();
@@ -170,7 +167,17 @@ fn an_api_url_without_its_path_prefix_is_warned_about() {
         ("GITEA_TOKEN", "t"),
     ])
     .unwrap();
-    assert_eq!(settings.api_url_warnings(), Vec::<String>::new());
+    warned(&settings, &[]);
+}
+
+/// Asserts that `settings` warn about their API URLs with lines that start with `expected`, in
+/// order, and with no other.
+fn warned(settings: &app::Settings, expected: &[&str]) {
+    let warnings = settings.api_url_warnings();
+    assert_eq!(warnings.len(), expected.len(), "{warnings:?}");
+    for (warning, start) in warnings.iter().zip(expected) {
+        assert!(warning.starts_with(start), "{warnings:?}");
+    }
 }
 
 /// `GITHUB_API_URL=https://github.com` (the website), `BITBUCKET_API_URL` without its `/2.0`, or
@@ -193,21 +200,13 @@ fn an_api_url_of_a_website_or_a_doubled_path_is_warned_about() {
         ("BITBUCKET_SERVER_TOKEN", "t"),
     ])
     .unwrap();
-    let warnings = settings.api_url_warnings();
-    assert_eq!(warnings.len(), 3, "{warnings:?}");
-    assert!(
-        warnings[0].starts_with(
-            "GITHUB_API_URL names the website, not the API (e.g. https://api.github.com)"
-        ),
-        "{warnings:?}"
-    );
-    assert!(
-        warnings[1].starts_with("BITBUCKET_API_URL does not end with /2.0"),
-        "{warnings:?}"
-    );
-    assert!(
-        warnings[2].starts_with("BITBUCKET_SERVER_API_URL ends with /rest/api/1.0"),
-        "{warnings:?}"
+    warned(
+        &settings,
+        &[
+            "GITHUB_API_URL names the website, not the API (e.g. https://api.github.com)",
+            "BITBUCKET_API_URL does not end with /2.0",
+            "BITBUCKET_SERVER_API_URL ends with /rest/api/1.0",
+        ],
     );
     let settings = harness::lookup(&[
         ("GITHUB_WEBHOOK_SECRET", "gh"),
@@ -224,7 +223,7 @@ fn an_api_url_of_a_website_or_a_doubled_path_is_warned_about() {
         ("AZURE_DEVOPS_TOKEN", "t"),
     ])
     .unwrap();
-    assert_eq!(settings.api_url_warnings(), Vec::<String>::new());
+    warned(&settings, &[]);
 }
 
 /// A GitHub Enterprise Server's API is under `/api/v3`, and `AZURE_DEVOPS_API_URL` is the
@@ -244,15 +243,12 @@ fn a_github_enterprise_url_without_api_v3_or_an_azure_devops_project_is_warned_a
         ("AZURE_DEVOPS_TOKEN", "t"),
     ])
     .unwrap();
-    let warnings = settings.api_url_warnings();
-    assert_eq!(warnings.len(), 2, "{warnings:?}");
-    assert!(
-        warnings[0].starts_with("GITHUB_API_URL does not end with /api/v3"),
-        "{warnings:?}"
-    );
-    assert!(
-        warnings[1].starts_with("AZURE_DEVOPS_API_URL names more than the organization"),
-        "{warnings:?}"
+    warned(
+        &settings,
+        &[
+            "GITHUB_API_URL does not end with /api/v3",
+            "AZURE_DEVOPS_API_URL names more than the organization",
+        ],
     );
     for (github, azure) in [
         (
@@ -272,11 +268,7 @@ fn a_github_enterprise_url_without_api_v3_or_an_azure_devops_project_is_warned_a
             ("AZURE_DEVOPS_TOKEN", "t"),
         ])
         .unwrap();
-        assert_eq!(
-            settings.api_url_warnings(),
-            Vec::<String>::new(),
-            "{github} {azure}"
-        );
+        warned(&settings, &[]);
     }
 }
 
