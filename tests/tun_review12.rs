@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use support::BoreServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tower_webhook::tunnel::{Bore, Server, Tunnel, Upstream};
+use tower_webhook::tunnel::{Bore, Server, Tunnel, TunnelHandle, Upstream};
 
 /// A service that answers an `upgrade: echo` request with 101 and then echoes every byte of
 /// the upgraded connection back; any other request gets 200 "plain".
@@ -185,11 +185,10 @@ async fn the_server_helper_port_carries_an_upgraded_connection() {
         .expect("the server shut down");
 }
 
-/// A service upstream serves each tunnel connection itself: the upgrade works through it.
-#[tokio::test]
-async fn a_service_upstream_carries_an_upgraded_connection_through_bore() {
-    let ip = Ipv4Addr::new(127, 0, 12, 1);
-    let _bore = BoreServer::start(ip, None).await;
+/// A bore server on `ip` and a tunnel through it to [`EchoUpgrade`]: the server (to keep), the
+/// tunnel, its public address and its URL's authority.
+async fn echo_tunnel(ip: Ipv4Addr) -> (BoreServer, TunnelHandle, SocketAddr, String) {
+    let bore = BoreServer::start(ip, None).await;
     let handle = Tunnel::builder()
         .provider(
             Bore::new()
@@ -201,7 +200,16 @@ async fn a_service_upstream_carries_an_upgraded_connection_through_bore() {
         .unwrap();
     let uri: http::Uri = handle.url().parse().unwrap();
     let public = SocketAddr::new(ip.into(), uri.port_u16().unwrap());
-    assert_echoed(upgrade_and_echo(public, uri.authority().unwrap().as_str()).await);
+    let authority = uri.authority().unwrap().to_string();
+    (bore, handle, public, authority)
+}
+
+/// A service upstream serves each tunnel connection itself: the upgrade works through it.
+#[tokio::test]
+async fn a_service_upstream_carries_an_upgraded_connection_through_bore() {
+    let ip = Ipv4Addr::new(127, 0, 12, 1);
+    let (_bore, handle, public, authority) = echo_tunnel(ip).await;
+    assert_echoed(upgrade_and_echo(public, &authority).await);
     handle.close().await;
 }
 
@@ -223,21 +231,8 @@ async fn an_address_upstream_forwards_an_upgraded_connection() {
 #[tokio::test]
 async fn an_upgraded_connection_through_a_tunnel_ends_when_it_closes() {
     let ip = Ipv4Addr::new(127, 0, 12, 2);
-    let _bore = BoreServer::start(ip, None).await;
-    let handle = Tunnel::builder()
-        .provider(
-            Bore::new()
-                .server(ip.to_string())
-                .startup_timeout(Duration::from_secs(5)),
-        )
-        .start(Upstream::service(EchoUpgrade))
-        .await
-        .unwrap();
-    let uri: http::Uri = handle.url().parse().unwrap();
-    let public = SocketAddr::new(ip.into(), uri.port_u16().unwrap());
-    let (head, echoed, tcp) = upgraded(public, uri.authority().unwrap().as_str())
-        .await
-        .unwrap();
+    let (_bore, handle, public, authority) = echo_tunnel(ip).await;
+    let (head, echoed, tcp) = upgraded(public, &authority).await.unwrap();
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert_eq!(echoed, "ping through the upgrade");
     handle.close().await;
