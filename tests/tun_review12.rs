@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use support::BoreServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tower_webhook::tunnel::{Bore, Server, Tunnel, TunnelHandle, Upstream};
+use tower_webhook::tunnel::{Bore, Running, Server, Tunnel, TunnelHandle, Upstream};
 
 /// A service that answers an `upgrade: echo` request with 101 and then echoes every byte of
 /// the upgraded connection back; any other request gets 200 "plain".
@@ -161,10 +161,9 @@ fn assert_echoed(result: Result<(String, String), String>) {
     assert_eq!(echoed, "ping through the upgrade");
 }
 
-/// `Server` (and `tunnel::start`) serve any tower service, as `axum::serve` does: a WebSocket
-/// route answered 101 must get its upgraded connection, not an error.
-#[tokio::test]
-async fn the_server_helper_port_carries_an_upgraded_connection() {
+/// The `Server` helper serving [`EchoUpgrade`] on a loopback port: its address, the sender that
+/// stops it, and the running server.
+async fn echo_server() -> (SocketAddr, tokio::sync::oneshot::Sender<()>, Running) {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = Server::bind((Ipv4Addr::LOCALHOST, 0).into()).await.unwrap();
     let addr = server.local_addr().unwrap();
@@ -175,6 +174,14 @@ async fn the_server_helper_port_carries_an_upgraded_connection() {
         .spawn(EchoUpgrade)
         .await
         .unwrap();
+    (addr, stop, running)
+}
+
+/// `Server` (and `tunnel::start`) serve any tower service, as `axum::serve` does: a WebSocket
+/// route answered 101 must get its upgraded connection, not an error.
+#[tokio::test]
+async fn the_server_helper_port_carries_an_upgraded_connection() {
+    let (addr, stop, running) = echo_server().await;
     assert_echoed(upgrade_and_echo(addr, "localhost").await);
     // Plain requests are still answered.
     let (status, body) = support::get(addr, "localhost", "/").await.unwrap();
@@ -245,16 +252,7 @@ async fn an_upgraded_connection_through_a_tunnel_ends_when_it_closes() {
 /// The server helper's port: its connections end after the drain, upgraded ones too.
 #[tokio::test]
 async fn an_upgraded_connection_on_the_server_port_ends_with_the_server() {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = Server::bind((Ipv4Addr::LOCALHOST, 0).into()).await.unwrap();
-    let addr = server.local_addr().unwrap();
-    let running = server
-        .with_graceful_shutdown(async {
-            stopped.await.ok();
-        })
-        .spawn(EchoUpgrade)
-        .await
-        .unwrap();
+    let (addr, stop, running) = echo_server().await;
     let (_, echoed, tcp) = upgraded(addr, "localhost").await.unwrap();
     assert_eq!(echoed, "ping through the upgrade");
     stop.send(()).unwrap();
