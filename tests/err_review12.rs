@@ -33,9 +33,9 @@ use tower_webhook::error::{Problem, WebhookErrorLayer};
 const INNER: &str = r#"Basic realm="inner""#;
 const LAYERS: &str = r#"Bearer realm="hooks""#;
 
-/// Every `WWW-Authenticate` value of a response.
-fn challenges(res: &reqwest::Response) -> Vec<String> {
-    res.headers()
+/// Every `WWW-Authenticate` value of a response's `headers`.
+fn challenges(headers: &http::HeaderMap) -> Vec<String> {
+    headers
         .get_all(header::WWW_AUTHENTICATE)
         .iter()
         .map(|v| v.to_str().unwrap().to_owned())
@@ -105,14 +105,14 @@ async fn an_inner_401s_own_challenge_is_kept_and_the_layers_only_fills_in() {
     for path in ["/plain", "/problem", "/own"] {
         let res = get(addr, path).await;
         assert_eq!(res.status(), 401, "{path}");
-        assert_eq!(challenges(&res), [INNER], "{path}");
+        assert_eq!(challenges(res.headers()), [INNER], "{path}");
     }
     let res = get(addr, "/problem").await;
     assert_eq!(res.headers()["content-type"], "application/problem+json");
     let res = get(addr, "/two").await;
-    assert_eq!(challenges(&res), [INNER, "Signature"]);
+    assert_eq!(challenges(res.headers()), [INNER, "Signature"]);
     let res = get(addr, "/none").await;
-    assert_eq!(challenges(&res), [LAYERS]);
+    assert_eq!(challenges(res.headers()), [LAYERS]);
     server.abort();
     // Each problem is logged once, as a rejection; nothing else went wrong.
     let text = logs.text();
@@ -140,11 +140,11 @@ async fn a_passed_through_401_without_a_challenge_gets_the_layers() {
     let (addr, server) = axum_serve::serve(with).await;
     let res = get(addr, "/plain").await;
     assert_eq!(res.status(), 401);
-    assert_eq!(challenges(&res), [LAYERS]);
+    assert_eq!(challenges(res.headers()), [LAYERS]);
     assert_eq!(res.text().await.unwrap(), "no");
     let res = get(addr, "/forbidden").await;
     assert_eq!(res.status(), 403);
-    assert!(challenges(&res).is_empty());
+    assert!(challenges(res.headers()).is_empty());
     server.abort();
 
     let without = ServiceBuilder::new()
@@ -153,7 +153,7 @@ async fn a_passed_through_401_without_a_challenge_gets_the_layers() {
     let (addr, server) = axum_serve::serve(without).await;
     let res = get(addr, "/plain").await;
     assert_eq!(res.status(), 401);
-    assert!(challenges(&res).is_empty());
+    assert!(challenges(res.headers()).is_empty());
     server.abort();
 }
 
@@ -171,11 +171,7 @@ async fn an_inner_layers_challenge_and_a_renderers_are_kept() {
         });
     let res = svc.oneshot(Request::new(Full::default())).await.unwrap();
     assert_eq!(res.status(), 401);
-    let got: Vec<_> = res
-        .headers()
-        .get_all(header::WWW_AUTHENTICATE)
-        .iter()
-        .collect();
+    let got = challenges(res.headers());
     assert_eq!(got, [INNER]);
 
     let layer = WebhookErrorLayer::new()
@@ -196,11 +192,7 @@ async fn an_inner_layers_challenge_and_a_renderers_are_kept() {
                 )
             });
     let res = svc.oneshot(Request::new(Full::default())).await.unwrap();
-    let got: Vec<_> = res
-        .headers()
-        .get_all(header::WWW_AUTHENTICATE)
-        .iter()
-        .collect();
+    let got = challenges(res.headers());
     assert_eq!(got, [INNER]);
     // On a response of the inner stack that carries a problem and its own challenge, that one
     // is kept in place of the renderer's.
@@ -217,11 +209,7 @@ async fn an_inner_layers_challenge_and_a_renderers_are_kept() {
             Ok::<_, Infallible>(res)
         });
     let res = svc.oneshot(Request::new(Full::default())).await.unwrap();
-    let got: Vec<_> = res
-        .headers()
-        .get_all(header::WWW_AUTHENTICATE)
-        .iter()
-        .collect();
+    let got = challenges(res.headers());
     assert_eq!(got, ["Signature"]);
 }
 
