@@ -1480,10 +1480,28 @@ fn replay_ttl(shared: &Shared, timestamp: Option<u64>) -> Duration {
         .max(last.checked_sub(now).unwrap_or_default())
 }
 
-/// `Content-Length`, if present and well formed.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let value = headers.get(header::CONTENT_LENGTH)?;
-    std::str::from_utf8(value.as_bytes()).ok()?.parse().ok()
+/// `Content-Length` (its first value), if present and well formed, and whether
+/// `Transfer-Encoding` is present: found by one pass over a small map (webhook requests carry
+/// a few headers) rather than by two hashed lookups.
+fn content_length(headers: &HeaderMap) -> (Option<u64>, bool) {
+    let (length, chunked) = if headers.len() <= scheme::LINEAR_SCAN_MAX {
+        let (mut length, mut chunked) = (None, false);
+        for (name, value) in headers {
+            if *name == header::CONTENT_LENGTH {
+                length = length.or(Some(value));
+            } else if *name == header::TRANSFER_ENCODING {
+                chunked = true;
+            }
+        }
+        (length, chunked)
+    } else {
+        (
+            headers.get(header::CONTENT_LENGTH),
+            headers.contains_key(header::TRANSFER_ENCODING),
+        )
+    };
+    let length = length.and_then(|v| std::str::from_utf8(v.as_bytes()).ok()?.parse().ok());
+    (length, chunked)
 }
 
 /// Logs a rejection once (no secrets, no body) and turns it into an early answer.
@@ -1595,7 +1613,7 @@ where
             },
             shared: self.shared.clone(),
         };
-        let announced = content_length(&parts.headers);
+        let (announced, encoded) = content_length(&parts.headers);
         if announced.is_some_and(|len| len > shared.max_body) {
             return early(E::PayloadTooLarge {
                 limit: shared.max_body,
@@ -1603,7 +1621,7 @@ where
         }
         // The length the body must have once read. With `Transfer-Encoding` the framing is the
         // encoding's and `Content-Length` means nothing (RFC 9112 §6.3).
-        let expected = announced.filter(|_| !parts.headers.contains_key(header::TRANSFER_ENCODING));
+        let expected = announced.filter(|_| !encoded);
         // Within the limit: where buffering stops growing if the body comes in several chunks.
         let hint = announced
             .and_then(|len| usize::try_from(len).ok())
@@ -1926,9 +1944,8 @@ where
                                         }
                                     }
                                     _ => {
-                                        let lookup = match (&shared.replay, verified.delivery_id())
-                                        {
-                                            (Some(store), Some(id)) => {
+                                        let lookup = match replay_target(shared, &verified) {
+                                            Some((store, id)) => {
                                                 let provider = verified.provider();
                                                 Some(match shared.record {
                                                     RecordDelivery::AfterSuccess => {
@@ -1963,17 +1980,41 @@ where
                                                     },
                                                 })
                                             }
-                                            _ => None,
+                                            None => None,
                                         };
                                         let mut req =
                                             Request::from_parts(parts, ReqBody::from(bytes));
                                         req.extensions_mut().insert(verified);
                                         match lookup {
-                                            Some(lookup) => State::Replay {
-                                                lookup,
-                                                req: Some(req),
-                                                inner: Some(inner),
-                                            },
+                                            Some(mut lookup) => {
+                                                // A store that answers at once (the in-memory
+                                                // one) and a new id: straight to the inner
+                                                // service. Any other answer is handled below.
+                                                match Pin::new(&mut lookup).poll(cx) {
+                                                    Poll::Ready(Ok(true)) => {
+                                                        let claim = lookup.claim.take();
+                                                        call_inner(inner, req, claim)
+                                                    }
+                                                    Poll::Ready(outcome) => {
+                                                        lookup.future =
+                                                            Some(ReplayFuture::ready(outcome));
+                                                        State::Replay {
+                                                            lookup,
+                                                            req: Some(req),
+                                                            inner: Some(inner),
+                                                        }
+                                                    }
+                                                    // Polled once: waits for its wake-up.
+                                                    Poll::Pending => {
+                                                        this.state.set(State::Replay {
+                                                            lookup,
+                                                            req: Some(req),
+                                                            inner: Some(inner),
+                                                        });
+                                                        return Poll::Pending;
+                                                    }
+                                                }
+                                            }
                                             None => call_inner(inner, req, None),
                                         }
                                     }
@@ -2344,6 +2385,16 @@ fn with_replay_key<R>(provider: Provider, id: &str, f: impl FnOnce(&str) -> R) -
         }
         None => f(&replay_key(provider, id)),
     }
+}
+
+/// The replay store and the delivery id to record in it, when there are both. Without a store
+/// the id is not read (reading it validates it as UTF-8 again).
+fn replay_target<'a>(
+    shared: &'a Shared,
+    verified: &'a VerifiedWebhook,
+) -> Option<(&'a Arc<dyn ReplayStore>, &'a str)> {
+    let store = shared.replay.as_ref()?;
+    Some((store, verified.delivery_id()?))
 }
 
 fn call_inner<S, ReqBody>(

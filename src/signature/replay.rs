@@ -1,7 +1,7 @@
 //! Replay protection: remembering delivery ids.
 
 use std::cmp::Reverse;
-use std::collections::hash_map::RandomState;
+use std::collections::hash_map::{Entry as MapEntry, RandomState};
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
@@ -614,12 +614,30 @@ impl Table {
     }
 
     /// Marks slot `i`, which is in use, as handled until `expiry`.
+    #[cfg(test)]
     fn settle_at(&mut self, i: usize, expiry: u64) {
         let slot = &mut self.slots[i];
         if slot.expiry & PENDING != 0 {
             self.claims.remove(&slot.fp);
         }
         slot.expiry = expiry & !PENDING;
+    }
+
+    /// If slot `i`, which is in use, is claimed by `token`: marks it as handled until `expiry`
+    /// and answers `Ok` with its previous expiry, else `Err` with its expiry, unchanged. The
+    /// token is looked up once, and removed.
+    fn settle_claim_at(&mut self, i: usize, token: u64, expiry: u64) -> Result<u64, u64> {
+        let slot = &mut self.slots[i];
+        let held = slot.expiry & !PENDING;
+        if slot.expiry & PENDING == 0 {
+            return Err(held);
+        }
+        match self.claims.entry(slot.fp) {
+            MapEntry::Occupied(claim) if *claim.get() == token => drop(claim.remove()),
+            _ => return Err(held),
+        }
+        slot.expiry = expiry & !PENDING;
+        Ok(held)
     }
 
     /// Holds `fp` until `expiry`, as claimed by `claim` if there is one.
@@ -831,8 +849,18 @@ impl MemoryReplayStore {
     }
 
     /// The keyed fingerprint of `key`; never 0 (the empty slot).
+    ///
+    /// SipHash, keyed per store, stays: the store only sees verified deliveries, but a GitHub
+    /// delivery id, like most providers' ids, is not signed, so anyone holding one authentic
+    /// delivery can resend it under ids of their choosing, and each reaches the store. Without
+    /// the key nobody can aim for fingerprints that share their low bits (long probe runs) or
+    /// collide (a later delivery refused as a replay). The key's bytes are hashed alone: `str`'s
+    /// `Hash` adds a terminator byte, a second call into the hasher that one key per hash does
+    /// not need.
     fn fingerprint(&self, key: &str) -> u64 {
-        self.hasher.hash_one(key).max(1)
+        let mut hasher = self.hasher.build_hasher();
+        hasher.write(key.as_bytes());
+        hasher.finish().max(1)
     }
 
     fn now_ms(&self) -> u64 {
@@ -1033,22 +1061,21 @@ impl ReplayStore for MemoryReplayStore {
         let mut entries = self.lock();
         // One probe: the slot is read, then written, by its index.
         let found = entries.table.index(fp);
-        let recorded = match found.map(|i| (i, entries.table.entry_at(i))) {
-            Some((i, held)) if held.claim == Some(token.get()) => {
-                let Entries {
-                    table,
-                    order,
-                    behind,
-                } = &mut *entries;
-                table.settle_at(i, expiry);
+        let Entries {
+            table,
+            order,
+            behind,
+        } = &mut *entries;
+        let recorded = match found.map(|i| table.settle_claim_at(i, token.get(), expiry)) {
+            Some(Ok(held)) => {
                 // An unchanged expiry is queued already: a second entry would never be purged.
-                if held.expiry != expiry {
+                if held != expiry {
                     Self::push_order(table, order, behind, fp, expiry, self.capacity);
                 }
                 true
             }
             // Another delivery's claim, or already handled.
-            Some((_, held)) if held.expiry > now => false,
+            Some(Err(held)) if held > now => false,
             // The claim expired and nobody took the id since: it was handled all the same.
             _ => match self.record(&mut entries, fp, now, expiry, None) {
                 Ok(()) => true,
