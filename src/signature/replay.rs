@@ -944,6 +944,12 @@ impl MemoryReplayStore {
                         behind.push(k, exp);
                         kept += 1;
                         if kept >= order.len() {
+                            // Every refusal queues the claims in `behind` again, and only an
+                            // id that is let in compacts it: bounded here, or each refused id
+                            // would grow it by the store's size until a claim is settled.
+                            if behind.heap.len() > self.capacity.saturating_mul(2) {
+                                Self::compact(table, order, behind);
+                            }
                             return Err(StoreFull {
                                 capacity: self.capacity,
                             });
