@@ -45,7 +45,10 @@ fn a_store_full_of_claims_does_not_grow_with_each_refused_delivery() {
     assert!(claim("github:refused").is_err());
     let before = resident();
     for i in 0..20_000 {
-        assert!(claim(&format!("github:refused-{i}")).is_err(), "full of claims");
+        assert!(
+            claim(&format!("github:refused-{i}")).is_err(),
+            "full of claims"
+        );
     }
     let grown = resident().saturating_sub(before);
     assert!(
@@ -55,4 +58,118 @@ fn a_store_full_of_claims_does_not_grow_with_each_refused_delivery() {
     // Still full of the same claims, and still refusing.
     assert_eq!(store.len(), 256);
     assert!(!claim("github:running-0").unwrap());
+}
+
+const GITHUB_SIG: &str = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+
+/// A GitHub-signed call with delivery id `d-1`, as gRPC (`content_type`) or plain HTTP.
+fn delivery(content_type: Option<&str>) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    let mut req = http::Request::post("/events.Sink/Deliver")
+        .header("x-github-delivery", "d-1")
+        .header("x-hub-signature-256", GITHUB_SIG);
+    if let Some(content_type) = content_type {
+        req = req
+            .header("content-type", content_type)
+            .header("te", "trailers");
+    }
+    req.body(http_body_util::Full::new(bytes::Bytes::from_static(
+        b"Hello, World!",
+    )))
+    .unwrap()
+}
+
+/// Sends a gRPC call twice and a plain HTTP copy once; returns the copies' answers.
+async fn copies_of_one_delivery<S, B>(svc: S) -> Vec<http::Response<B>>
+where
+    S: tower::Service<
+            http::Request<http_body_util::Full<bytes::Bytes>>,
+            Response = http::Response<B>,
+        > + Clone,
+    S::Error: std::fmt::Debug,
+{
+    use tower::ServiceExt;
+    let first = svc
+        .clone()
+        .oneshot(delivery(Some("application/grpc+proto")))
+        .await
+        .unwrap();
+    assert_eq!(first.headers()["grpc-status"], "0");
+    vec![
+        svc.clone()
+            .oneshot(delivery(Some("application/grpc+proto")))
+            .await
+            .unwrap(),
+        svc.oneshot(delivery(None)).await.unwrap(),
+    ]
+}
+
+/// `OnReplay::Acknowledge` answers a copy of a handled delivery "an empty 2xx, so the sender
+/// treats it as delivered". On a gRPC call that answer had neither `grpc-status` nor a gRPC
+/// content type, which a gRPC client takes for a broken call (tonic: an error), so the sender
+/// retried a delivery it had already made, and was "acknowledged" the same way each time. A
+/// gRPC call is now acknowledged as gRPC says: HTTP 200, `grpc-status: 0`, its content type.
+#[tokio::test]
+async fn a_duplicate_grpc_call_is_acknowledged_with_grpc_status_ok() {
+    use bytes::Bytes;
+    use http::{Request, Response, StatusCode};
+    use http_body_util::Full;
+    use std::sync::atomic::AtomicUsize;
+    use tower::ServiceBuilder;
+    use tower_webhook::error::WebhookErrorLayer;
+    use tower_webhook::signature::{OnReplay, SignatureLayer};
+
+    let handled = Arc::new(AtomicUsize::new(0));
+    let handler = |count: Arc<AtomicUsize>| {
+        move |_: Request<Full<Bytes>>| {
+            count.fetch_add(1, Ordering::SeqCst);
+            async {
+                let mut res = Response::new(Full::<Bytes>::default());
+                let headers = res.headers_mut();
+                headers.insert("content-type", "application/grpc+proto".parse().unwrap());
+                headers.insert("grpc-status", "0".parse().unwrap());
+                Ok::<_, std::convert::Infallible>(res)
+            }
+        }
+    };
+    let layer = || {
+        SignatureLayer::github("It's a Secret to Everybody")
+            .unwrap()
+            .on_replay(OnReplay::Acknowledge(StatusCode::ACCEPTED))
+    };
+    let alone = ServiceBuilder::new()
+        .layer(layer())
+        .service_fn(handler(Arc::clone(&handled)));
+    let grpc_and_http = copies_of_one_delivery(alone).await;
+    let (grpc, http) = (&grpc_and_http[0], &grpc_and_http[1]);
+    let behind_error_layer = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .layer(layer())
+        .service_fn(handler(Arc::clone(&handled)));
+    let rendered = copies_of_one_delivery(behind_error_layer).await;
+    let answers = [
+        (grpc.status(), grpc.headers(), http.status(), http.headers()),
+        (
+            rendered[0].status(),
+            rendered[0].headers(),
+            rendered[1].status(),
+            rendered[1].headers(),
+        ),
+    ];
+    for (grpc_status, grpc, http_status, http) in answers {
+        assert_eq!(grpc_status, StatusCode::OK);
+        assert_eq!(
+            grpc.get("grpc-status").map(|v| v.to_str().unwrap()),
+            Some("0"),
+            "{grpc:?}"
+        );
+        assert_eq!(grpc["content-type"], "application/grpc+proto");
+        // An HTTP copy is still acknowledged with the configured status.
+        assert_eq!(http_status, StatusCode::ACCEPTED);
+        assert!(http.get("grpc-status").is_none());
+    }
+    assert_eq!(
+        handled.load(Ordering::SeqCst),
+        2,
+        "each service processed it once"
+    );
 }

@@ -1543,8 +1543,16 @@ fn request_id<'a>(shared: &Shared, headers: &'a HeaderMap) -> std::borrow::Cow<'
         })
 }
 
-/// Answers a duplicate delivery with `status`, without the inner service.
+/// Answers a duplicate delivery with `status`, without the inner service. A gRPC call is
+/// answered as gRPC says a call succeeded: HTTP 200 and `grpc-status: 0`, under its own content
+/// type; an empty 2xx without them is a broken call to a gRPC client, which would send it again.
 fn acknowledge(shared: &Shared, status: StatusCode, key: &str, headers: &HeaderMap) -> Early {
+    let grpc = grpc_content_type(headers);
+    let status = if grpc.is_some() {
+        StatusCode::OK
+    } else {
+        status
+    };
     tracing::info!(
         provider = shared.scheme.provider.as_str(),
         status = status.as_u16(),
@@ -1552,7 +1560,18 @@ fn acknowledge(shared: &Shared, status: StatusCode, key: &str, headers: &HeaderM
         delivery = key,
         "duplicate webhook delivery acknowledged without processing"
     );
-    Early::Acknowledge(status)
+    Early::Acknowledge(status, grpc)
+}
+
+/// The media type of a gRPC or gRPC-web call (`application/grpc`, `application/grpc+proto`,
+/// `application/grpc-web-text`, ...), without parameters.
+fn grpc_content_type(headers: &HeaderMap) -> Option<HeaderValue> {
+    const GRPC: &[u8] = b"application/grpc";
+    let value = headers.get(header::CONTENT_TYPE)?.as_bytes();
+    let media = value.split(|b| *b == b';').next()?.trim_ascii();
+    let (kind, rest) = media.split_at_checked(GRPC.len())?;
+    let grpc = kind.eq_ignore_ascii_case(GRPC) && matches!(rest.first(), None | Some(b'+' | b'-'));
+    grpc.then(|| HeaderValue::from_bytes(media).ok()).flatten()
 }
 
 /// An answer the layer gives without the inner service.
@@ -1560,7 +1579,8 @@ enum Early {
     /// A rejection.
     Problem(Problem),
     Challenge(scheme::Handshake),
-    Acknowledge(StatusCode),
+    /// A duplicate: the status, and the content type of a gRPC call (answered `grpc-status: 0`).
+    Acknowledge(StatusCode, Option<HeaderValue>),
 }
 
 impl Early {
@@ -1580,9 +1600,14 @@ impl Early {
                 );
                 response
             }
-            Early::Acknowledge(status) => {
+            Early::Acknowledge(status, grpc) => {
                 let mut response = Response::new(ResponseBody::empty());
                 *response.status_mut() = status;
+                if let Some(content_type) = grpc {
+                    let headers = response.headers_mut();
+                    headers.insert(header::CONTENT_TYPE, content_type);
+                    headers.insert("grpc-status", HeaderValue::from_static("0"));
+                }
                 response
             }
         }

@@ -73,7 +73,8 @@
 //!
 //! - [`OnReplay::Reject`] (default): 409 with a `replayed-delivery` problem;
 //! - [`OnReplay::Acknowledge`]`(StatusCode::OK)` (or 202): an empty 2xx, and the inner service is
-//!   not called. Providers treat it as delivered, and nothing is processed twice.
+//!   not called. Providers treat it as delivered, and nothing is processed twice. A gRPC call
+//!   (`application/grpc*`) gets what gRPC calls success: 200 with `grpc-status: 0`.
 //!
 //! [`record_delivery`](SignatureLayer::record_delivery) says when an id counts as seen:
 //! [`RecordDelivery::AfterSuccess`] (default) claims it while the inner service runs and releases

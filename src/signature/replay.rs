@@ -394,7 +394,9 @@ pub enum OnReplay {
     #[default]
     Reject,
     /// An empty response with this (2xx) status, without calling the inner service: the
-    /// provider sees success and stops redelivering, and the work is not done twice.
+    /// provider sees success and stops redelivering, and the work is not done twice. A gRPC call
+    /// (`application/grpc*`) is answered 200 with `grpc-status: 0` under its content type,
+    /// which is what success is to a gRPC client.
     ///
     /// With [`RecordDelivery::AfterSuccess`], only copies of a delivery that was handled are
     /// acknowledged: a copy that arrives while the first attempt is still running gets the
