@@ -173,3 +173,57 @@ async fn a_duplicate_grpc_call_is_acknowledged_with_grpc_status_ok() {
         "each service processed it once"
     );
 }
+
+/// With `RecordDelivery::AfterSuccess` (the default) a delivery's id is "kept if the inner
+/// service answers 2xx and released otherwise", so that the sender's retry of a failed delivery
+/// is processed. A gRPC handler that fails answers HTTP 200 with a `grpc-status` other than 0
+/// (tonic sends an error this way, in the headers): the layer took that for a success and kept
+/// the id, and the retry was refused as a replay (or, with `OnReplay::Acknowledge`, answered as
+/// delivered): the delivery was never processed. Such an answer now releases the id.
+#[tokio::test]
+async fn a_grpc_call_that_failed_is_released_for_its_retry() {
+    use bytes::Bytes;
+    use http::{Request, Response};
+    use http_body_util::Full;
+    use std::sync::atomic::AtomicUsize;
+    use tower::{ServiceBuilder, ServiceExt};
+    use tower_webhook::signature::SignatureLayer;
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&calls);
+    let svc = ServiceBuilder::new()
+        .layer(SignatureLayer::github("It's a Secret to Everybody").unwrap())
+        .service_fn(move |_: Request<Full<Bytes>>| {
+            // The first attempt fails (UNAVAILABLE), the retry succeeds.
+            let status = if count.fetch_add(1, Ordering::SeqCst) == 0 {
+                "14"
+            } else {
+                "0"
+            };
+            async move {
+                let mut res = Response::new(Full::<Bytes>::default());
+                let headers = res.headers_mut();
+                headers.insert("content-type", "application/grpc+proto".parse().unwrap());
+                headers.insert("grpc-status", status.parse().unwrap());
+                Ok::<_, std::convert::Infallible>(res)
+            }
+        });
+    let grpc = || delivery(Some("application/grpc+proto"));
+    let failed = svc.clone().oneshot(grpc()).await.unwrap();
+    assert_eq!(failed.headers()["grpc-status"], "14");
+    let retry = svc.clone().oneshot(grpc()).await.unwrap();
+    assert_eq!(
+        retry
+            .headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap()),
+        Some("0"),
+        "the retry of a failed call was refused: {:?}",
+        retry.headers()
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // Handled now: a third copy is a replay.
+    let copy = svc.oneshot(grpc()).await.unwrap();
+    assert_eq!(copy.status(), http::StatusCode::CONFLICT);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}

@@ -1563,6 +1563,15 @@ fn acknowledge(shared: &Shared, status: StatusCode, key: &str, headers: &HeaderM
     Early::Acknowledge(status, grpc)
 }
 
+/// Whether an answer's headers carry a gRPC status other than `OK` (0): a trailers-only answer
+/// to a gRPC call that failed.
+fn grpc_failed(headers: &HeaderMap) -> bool {
+    static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+    headers
+        .get(&GRPC_STATUS)
+        .is_some_and(|status| status.as_bytes() != b"0")
+}
+
 /// The media type of a gRPC or gRPC-web call (`application/grpc`, `application/grpc+proto`,
 /// `application/grpc-web-text`, ...), without parameters.
 fn grpc_content_type(headers: &HeaderMap) -> Option<HeaderValue> {
@@ -2127,12 +2136,16 @@ where
                 }
                 StateProj::Inner { future, claim } => {
                     let result = ready!(future.poll(cx));
-                    let failed = match &result {
-                        Ok(response) => !response.status().is_success(),
-                        Err(_) => true,
-                    };
                     let Some(claim) = claim.take() else {
                         return Poll::Ready(result.map(|r| r.map(ResponseBody::new)));
+                    };
+                    let failed = match &result {
+                        // A gRPC call that failed is answered 200, with its `grpc-status` in the
+                        // headers (trailers-only): not handled either.
+                        Ok(response) => {
+                            !response.status().is_success() || grpc_failed(response.headers())
+                        }
+                        Err(_) => true,
                     };
                     let mut update = if failed {
                         claim.release()

@@ -369,8 +369,9 @@ pub enum RecordDelivery {
     /// redeliveries (GitHub reuses `X-GitHub-Delivery`) are refused as replays.
     AfterVerification,
     /// Claimed when the signature is valid (so concurrent duplicates are refused), kept if the
-    /// inner service answers 2xx and released otherwise (a failure, a panic, an abandoned
-    /// delivery): a provider's retry or redelivery of a failed delivery gets through (default).
+    /// inner service answers 2xx and released otherwise (a failure, a gRPC answer whose headers
+    /// carry a `grpc-status` other than 0, a panic, an abandoned delivery): a provider's retry or
+    /// redelivery of a failed delivery gets through (default).
     #[default]
     AfterSuccess,
 }
