@@ -1028,3 +1028,92 @@ async fn an_unsigned_ping_is_not_counted_as_an_accepted_delivery() {
     let status = harness::status(&client, &base).await;
     assert_eq!(status["deliveries"]["accepted"], 1, "{status}");
 }
+
+/// A GitLab delivery of `event` (`X-Gitlab-Event`) with the token `gl-t0ken`, id `id`: its
+/// status.
+async fn gitlab(
+    client: &reqwest::Client,
+    base: &str,
+    event: &str,
+    id: &str,
+    body: &serde_json::Value,
+) -> http::StatusCode {
+    let headers = [
+        ("x-gitlab-event", event),
+        ("x-gitlab-token", "gl-t0ken"),
+        ("x-gitlab-event-uuid", id),
+        ("idempotency-key", id),
+    ];
+    post_json(
+        client,
+        &format!("{base}/api/v1/gitlab_webhooks"),
+        &headers,
+        body.to_string(),
+    )
+    .await
+}
+
+/// `MAX_PENDING_COMMENTS` bounded the comments of all providers together: while one provider's
+/// API was down (its comments pending for up to `COMMENT_MAX_AGE_SECS`, waiting on its breaker),
+/// they filled the bound, and every other provider's deliveries were answered 503 too, though
+/// their APIs worked (and GitHub does not deliver a refused delivery again by itself). Each
+/// provider has its own bound now: the one down gets 503 past it, the others are served.
+#[tokio::test]
+async fn one_providers_pending_comments_do_not_refuse_another_providers_deliveries() {
+    let (_logs, _guard) = Logs::capture();
+    let (github_api, github_fake) =
+        harness::FakeProvider::start(&[http::StatusCode::SERVICE_UNAVAILABLE; 200]).await;
+    let (gitlab_api, gitlab_fake) = harness::FakeProvider::start(&[]).await;
+    let settings = harness::lookup(&[
+        ("GITHUB_WEBHOOK_SECRET", "s3cret"),
+        ("GITHUB_API_URL", &github_api),
+        ("GITHUB_TOKEN", "t0ken"),
+        ("GITLAB_WEBHOOK_TOKEN", "gl-t0ken"),
+        ("GITLAB_API_URL", &format!("{gitlab_api}/api/v4")),
+        ("GITLAB_TOKEN", "glpat"),
+        ("MAX_PENDING_COMMENTS", "1"),
+    ])
+    .unwrap();
+    let base = harness::start_server(&settings).await;
+    let client = reqwest::Client::new();
+    // GitHub's API is down: its comment stays pending, and fills GitHub's bound.
+    assert_eq!(github_opened(&client, &base, "r10-pending-1").await, 202);
+    let start = std::time::Instant::now();
+    while github_fake.received().is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(10), "no attempt");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(github_opened(&client, &base, "r10-pending-2").await, 503);
+    // GitLab's deliveries are still taken, and their comments posted.
+    let opened = serde_json::json!({
+        "object_kind": "merge_request",
+        "project": {"id": 42},
+        "object_attributes": {"iid": 5, "action": "open", "state": "opened", "title": "Fix"},
+    });
+    assert_eq!(
+        gitlab(
+            &client,
+            &base,
+            "Merge Request Hook",
+            "r10-pending-3",
+            &opened
+        )
+        .await,
+        202
+    );
+    let start = std::time::Instant::now();
+    while gitlab_fake.received().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no GitLab comment"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        gitlab_fake.received()[0].0,
+        "/api/v4/projects/42/merge_requests/5/notes"
+    );
+    let status = harness::status(&client, &base).await;
+    assert_eq!(status["comments"]["jobs"], 2, "{status}");
+    assert_eq!(status["deliveries"]["accepted"], 2, "{status}");
+}

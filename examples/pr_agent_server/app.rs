@@ -199,8 +199,10 @@ pub(crate) struct Settings {
     /// times `MAX_BODY_BYTES` bounds the memory anyone can make the server spend on bodies;
     /// past it, deliveries are answered 503 with `Retry-After`.
     pub(crate) max_concurrent_deliveries: usize,
-    /// Comment jobs that may be pending at once, queued or waiting to be tried again
-    /// (`MAX_PENDING_COMMENTS`, default 4096); past that, deliveries are answered 503.
+    /// Comment jobs of one provider that may be pending at once, queued or waiting to be tried
+    /// again (`MAX_PENDING_COMMENTS`, default 4096); past that, that provider's deliveries are
+    /// answered 503. Each provider has its own bound: one whose API is down for hours, its
+    /// comments waiting, does not get the deliveries of the others refused.
     pub(crate) max_pending_comments: usize,
     /// Comments posted at once to one provider's API (`COMMENTS_IN_FLIGHT_PER_PROVIDER`,
     /// default 8, at most 256). Each provider has its own slots.
@@ -818,7 +820,9 @@ pub(crate) struct AppState {
     /// Each job is `Unfinished` from the moment it is queued: one dropped with the queue is
     /// logged too.
     jobs: mpsc::Sender<Unfinished>,
-    /// Bound on `counters.pending`.
+    /// The pending jobs of each provider (all of them are in `counters.pending`).
+    pending_by_forge: BTreeMap<Forge, AtomicU64>,
+    /// Bound on each of `pending_by_forge`.
     max_pending: u64,
     /// Attempts before a comment is given up.
     max_attempts: u32,
@@ -872,8 +876,9 @@ impl AppState {
         let _ = store.remove(&key).await;
     }
 
-    /// One pending job less: done, given up, or never queued.
-    fn finish_pending(&self) {
+    /// One pending job of `forge` less: done, given up, or never queued.
+    fn finish_pending(&self, forge: Forge) {
+        self.pending_by_forge[&forge].fetch_sub(1, Ordering::AcqRel);
         if self.counters.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.idle.notify_waiters();
         }
@@ -1081,10 +1086,11 @@ impl HookUpdater {
     }
 }
 
-/// How many comment jobs may be pending (queued, in flight, or waiting to be tried again) by
-/// default; past that, deliveries are answered 503 + `Retry-After`: refused, not dropped. A
-/// provider that retries delivers them again later; GitHub does not deliver a failed delivery
-/// again by itself, it stays in the hook's delivery log, marked failed, to be redelivered there.
+/// How many comment jobs of one provider may be pending (queued, in flight, or waiting to be
+/// tried again) by default; past that, its deliveries are answered 503 + `Retry-After`: refused,
+/// not dropped. A provider that retries delivers them again later; GitHub does not deliver a
+/// failed delivery again by itself, it stays in the hook's delivery log, marked failed, to be
+/// redelivered there.
 const QUEUE_CAPACITY: usize = 4096;
 /// Deliveries read at once by default (`MAX_CONCURRENT_DELIVERIES`).
 const MAX_CONCURRENT_DELIVERIES: usize = 64;
@@ -1203,8 +1209,8 @@ pub(crate) fn log_filter(value: Option<&str>) -> Result<tracing_subscriber::EnvF
 /// Builds the router and starts the background worker (on the current tokio runtime).
 pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
     // Every job in the channel is pending, so with at most `max_pending_comments` pending jobs
-    // the channel never refuses one for lack of room.
-    let (tx, rx) = mpsc::channel(settings.max_pending_comments);
+    // per provider the channel never refuses one for lack of room.
+    let (tx, rx) = mpsc::channel(settings.max_pending_comments * Forge::ALL.len());
     let client = api_client()?;
     let mut breakers = BTreeMap::new();
     let mut callers = BTreeMap::new();
@@ -1264,6 +1270,10 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
         counters: Counters::default(),
         breakers,
         jobs: tx,
+        pending_by_forge: Forge::ALL
+            .into_iter()
+            .map(|forge| (forge, AtomicU64::new(0)))
+            .collect(),
         max_pending: settings.max_pending_comments as u64,
         max_attempts: settings.comment_max_attempts,
         max_age: settings.comment_max_age,
@@ -1684,9 +1694,10 @@ async fn handle(
         draft: draft.clone(),
     };
     // A job stays pending until it is done, including while it waits to be tried again, so
-    // the bound holds while the provider API is down. Counted before it is queued: the worker
-    // may finish it before `try_send` returns.
-    let pending = &state.counters.pending;
+    // the bound holds while the provider API is down; each provider has its own, so that one
+    // down for hours does not get the others' deliveries refused. Counted before it is queued:
+    // the worker may finish it before `try_send` returns.
+    let pending = &state.pending_by_forge[&forge];
     let queue_full = || {
         // A provider that retries delivers again later (GitHub does not: its delivery log shows
         // the 503, to redeliver from); the delivery id is released because the answer is not
@@ -1710,6 +1721,7 @@ async fn handle(
     {
         return Err(queue_full());
     }
+    state.counters.pending.fetch_add(1, Ordering::AcqRel);
     match state.jobs.try_send(Unfinished {
         job,
         done: false,
@@ -1723,7 +1735,7 @@ async fn handle(
             // Answered 503, which the provider's delivery log shows: nothing to log here.
             let mut refused = refused.into_inner();
             refused.done = true;
-            state.finish_pending();
+            state.finish_pending(forge);
             Err(queue_full())
         }
     }
@@ -2292,7 +2304,7 @@ async fn worker(
         .collect();
     // Every job gets its own task at once and waits for a slot of its provider there, so a
     // provider whose slots are all taken never holds up the jobs of another. There are at most
-    // `MAX_PENDING_COMMENTS` such tasks: each one is a pending job.
+    // `MAX_PENDING_COMMENTS` such tasks per provider: each one is a pending job.
     while let Some(job) = rx.recv().await {
         let slots = slots[&job.job.forge].clone();
         tokio::spawn(run_job(job, slots, apis.clone(), state.clone()));
@@ -2380,7 +2392,7 @@ async fn run_job(
         }
     }
     run.done = true;
-    state.finish_pending();
+    state.finish_pending(run.job.forge);
 }
 
 /// A comment job, from the moment it is queued until it is done. One dropped before that, in

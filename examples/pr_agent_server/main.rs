@@ -21,9 +21,11 @@
 //! `REQUEST_TIMEOUT_SECS` (1-600, default 10), `MAX_BODY_BYTES` (1 KiB-1 GiB, default 25 MiB),
 //! `MAX_CONCURRENT_DELIVERIES` (1-65536, default 64: deliveries read at once, all providers
 //! together; each is buffered whole before its signature is checked, 503 past it),
-//! `MAX_PENDING_COMMENTS` (1-1048576, default 4096), `COMMENTS_IN_FLIGHT_PER_PROVIDER` (1-256,
-//! default 8: comments posted at once to one provider), `COMMENT_MAX_ATTEMPTS` (1-1000, default
-//! 20: attempts that reach the provider's API before a comment that keeps failing is given up;
+//! `MAX_PENDING_COMMENTS` (1-1048576, default 4096: comments of one provider queued, in flight
+//! or waiting to be tried again, each provider its own; 503 past it),
+//! `COMMENTS_IN_FLIGHT_PER_PROVIDER` (1-256, default 8: comments posted at once to one
+//! provider), `COMMENT_MAX_ATTEMPTS` (1-1000, default 20: attempts that reach the provider's
+//! API before a comment that keeps failing is given up;
 //! within one attempt, a request refused (a 503 with `Retry-After`, a 429 except GitHub's,
 //! which is waited out as a rate limit) or never sent (no connection) is sent again up to 3
 //! times, so an attempt is at most 4 requests),
