@@ -1117,3 +1117,64 @@ async fn one_providers_pending_comments_do_not_refuse_another_providers_deliveri
     assert_eq!(status["comments"]["jobs"], 2, "{status}");
     assert_eq!(status["deliveries"]["accepted"], 2, "{status}");
 }
+
+/// GitLab's payloads flag no bot (the `user.bot` the server looked at is not sent), so a `/review`
+/// by a project or group access token's bot user or a service account (another bot, a CI job)
+/// was answered, against "comments by bots get none", as GitHub's and Bitbucket Cloud's are not.
+/// Those users are told by their usernames now; a person's note is answered as before.
+#[tokio::test]
+async fn a_gitlab_command_by_a_bot_user_gets_no_answer() {
+    let (_logs, _guard) = Logs::capture();
+    let (api, fake) = harness::FakeProvider::start(&[]).await;
+    let settings = harness::lookup(&[
+        ("GITLAB_WEBHOOK_TOKEN", "gl-t0ken"),
+        ("GITLAB_API_URL", &format!("{api}/api/v4")),
+        ("GITLAB_TOKEN", "glpat"),
+    ])
+    .unwrap();
+    let base = harness::start_server(&settings).await;
+    let client = reqwest::Client::new();
+    let note = |username: &str| {
+        serde_json::json!({
+            "object_kind": "note",
+            "event_type": "note",
+            "user": {"id": 9, "name": "Review Bot", "username": username},
+            "project_id": 42,
+            "project": {"id": 42},
+            "object_attributes": {"note": "/review", "noteable_type": "MergeRequest",
+                                  "action": "create", "system": false},
+            "merge_request": {"iid": 5, "title": "Fix"},
+        })
+    };
+    let bots = [
+        "project_42_bot_5f3a9c0e1b2d4e6f8a7b9c0d1e2f3a4b",
+        "project_42_bot",
+        "project_42_bot2",
+        "group_7_bot_0a1b2c3d4e5f",
+        "service_account_6a1b2c3d4e5f",
+        "service_account_group_7_0a1b2c3d",
+    ];
+    for (n, bot) in bots.iter().enumerate() {
+        let id = format!("r10-bot-{n}");
+        assert_eq!(
+            gitlab(&client, &base, "Note Hook", &id, &note(bot)).await,
+            202
+        );
+    }
+    // People, with names like those.
+    for (n, person) in ["alice", "project_manager", "group_7_botanist_x"]
+        .iter()
+        .enumerate()
+    {
+        let id = format!("r10-person-{n}");
+        assert_eq!(
+            gitlab(&client, &base, "Note Hook", &id, &note(person)).await,
+            202
+        );
+    }
+    let status = harness::status(&client, &base).await;
+    assert_eq!(status["deliveries"]["accepted"], 9, "{status}");
+    let status = harness::settled(&client, &base, 3).await;
+    assert_eq!(status["comments"]["posted"], 3, "{status}");
+    assert_eq!(fake.received().len(), 3);
+}

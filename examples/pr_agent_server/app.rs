@@ -2095,7 +2095,7 @@ fn command(forge: Forge, event: Option<&str>, p: &Value) -> Option<Comment> {
             if p["object_kind"] != "note"
                 || attrs["noteable_type"] != "MergeRequest"
                 || flag(&attrs["system"])
-                || flag(&p["user"]["bot"])
+                || gitlab_bot(&p["user"])
                 // Newer servers say `create` or `update`; older ones send new notes only.
                 || attrs["action"].as_str().is_some_and(|action| action != "create")
             {
@@ -2153,6 +2153,29 @@ fn command(forge: Forge, event: Option<&str>, p: &Value) -> Option<Comment> {
             azure_devops_thread(pr, answer)
         }
     }
+}
+
+/// Whether the `user` of a GitLab delivery is a bot. GitLab's payloads carry no flag for it (a
+/// `bot` one is taken if present), but its bot users have usernames no person can have: a
+/// project or group access token's is `project_{id}_bot` or `group_{id}_bot`, followed by a
+/// number or by `_` and a random suffix (by GitLab version), and a service account's starts with
+/// `service_account_`.
+fn gitlab_bot(user: &Value) -> bool {
+    let username = user["username"].as_str().unwrap_or_default();
+    let access_token_bot = ["project_", "group_"].iter().any(|kind| {
+        username.strip_prefix(kind).is_some_and(|rest| {
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            let Some(suffix) = rest[digits..].strip_prefix("_bot") else {
+                return false;
+            };
+            let number = suffix.bytes().all(|b| b.is_ascii_digit());
+            let random = suffix.strip_prefix('_').is_some_and(|random| {
+                !random.is_empty() && random.bytes().all(|b| b.is_ascii_alphanumeric())
+            });
+            digits > 0 && (number || random)
+        })
+    });
+    flag(&user["bot"]) || access_token_bot || username.starts_with("service_account_")
 }
 
 /// Whether an Azure DevOps delivery is the "Test" of a service hook's dialog: a sample event

@@ -98,7 +98,9 @@
 //! A new comment on a pull request whose first non-blank line is a command gets one answer:
 //! `/review`, `/describe`, `/improve`, `/ask <question>` (queued, as the review is) and `/help`
 //! (the list). Other comments, unknown commands (GitLab's own quick actions, other bots'),
-//! edited or deleted comments, comments on issues, system notes and comments by bots get none.
+//! edited or deleted comments, comments on issues, system notes and comments by bots (on GitLab,
+//! whose payloads do not flag them: access token bots and service accounts, told by their
+//! usernames) get none.
 //! No answer starts with `/`, so the server never answers itself.
 //!
 //! | provider | event |
