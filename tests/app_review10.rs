@@ -1178,3 +1178,48 @@ async fn a_gitlab_command_by_a_bot_user_gets_no_answer() {
     assert_eq!(status["comments"]["posted"], 3, "{status}");
     assert_eq!(fake.received().len(), 3);
 }
+
+/// `GITLAB_API_URL` and `GITLAB_TOKEN` set, but the hook's token under another name (the other
+/// providers' `*_WEBHOOK_SECRET`) or not at all: the server started with no GitLab route and
+/// said nothing, and every delivery from GitLab was answered 404. The startup text warns about
+/// an API whose provider has no route now, naming the setting that enables it.
+#[test]
+fn an_api_of_a_provider_without_its_webhook_route_is_warned_about() {
+    let (_logs, _guard) = Logs::capture();
+    let settings = harness::lookup(&[
+        ("GITHUB_WEBHOOK_SECRET", "s3cret"),
+        ("GITLAB_WEBHOOK_SECRET", "misnamed"),
+        ("GITLAB_API_URL", "https://gitlab.com/api/v4"),
+        ("GITLAB_TOKEN", "glpat"),
+        ("AZURE_DEVOPS_API_URL", "https://dev.azure.com/org"),
+        ("AZURE_DEVOPS_TOKEN", "pat"),
+    ])
+    .unwrap();
+    let warnings = settings.warnings();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("GITLAB_API_URL is set without GITLAB_WEBHOOK_TOKEN:"),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[1].starts_with(
+            "AZURE_DEVOPS_API_URL is set without AZURE_DEVOPS_WEBHOOK_USERNAME and AZURE_DEVOPS_WEBHOOK_PASSWORD:"
+        ),
+        "{warnings:?}"
+    );
+    let mut out = Vec::new();
+    app::announce(&mut out, &settings, "http://127.0.0.1:3000", None).unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert!(
+        out.contains("warning: GITLAB_API_URL is set without GITLAB_WEBHOOK_TOKEN"),
+        "{out}"
+    );
+    // With the route, no such warning.
+    let settings = harness::lookup(&[
+        ("GITLAB_WEBHOOK_TOKEN", "gl-t0ken"),
+        ("GITLAB_API_URL", "https://gitlab.com/api/v4"),
+        ("GITLAB_TOKEN", "glpat"),
+    ])
+    .unwrap();
+    assert_eq!(settings.warnings(), Vec::<String>::new());
+}

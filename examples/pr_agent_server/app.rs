@@ -116,6 +116,18 @@ impl Forge {
         }
     }
 
+    /// The setting that enables the provider's webhook route.
+    fn webhook_var(self) -> &'static str {
+        match self {
+            Forge::GitHub => "GITHUB_WEBHOOK_SECRET",
+            Forge::GitLab => "GITLAB_WEBHOOK_TOKEN",
+            Forge::Bitbucket => "BITBUCKET_WEBHOOK_SECRET",
+            Forge::BitbucketServer => "BITBUCKET_SERVER_WEBHOOK_SECRET",
+            Forge::Gitea => "GITEA_WEBHOOK_SECRET",
+            Forge::AzureDevOps => "AZURE_DEVOPS_WEBHOOK_USERNAME and AZURE_DEVOPS_WEBHOOK_PASSWORD",
+        }
+    }
+
     fn token_var(self) -> &'static str {
         match self {
             Forge::GitHub => "GITHUB_TOKEN",
@@ -305,9 +317,11 @@ fn secrets(name: &str, value: Option<String>) -> Result<Option<Vec<String>>, Str
 impl Settings {
     /// What looks like a mistake in these settings without stopping the server, one line each:
     /// an API without its token (GitHub's is not needed with a GitHub App), whose provider
-    /// would refuse every comment.
+    /// would refuse every comment; an API of a provider whose webhook route is not enabled (its
+    /// secret unset, or set under another name), whose deliveries would all be answered 404.
     pub(crate) fn warnings(&self) -> Vec<String> {
-        self.apis
+        let without_token = self
+            .apis
             .iter()
             .filter(|(forge, api)| {
                 api.token.is_none() && !(**forge == Forge::GitHub && self.github_app.is_some())
@@ -319,8 +333,20 @@ impl Settings {
                     forge.token_var(),
                     forge.name()
                 )
-            })
-            .collect()
+            });
+        let without_route = self
+            .apis
+            .keys()
+            .filter(|forge| !self.forges.contains_key(forge))
+            .map(|forge| {
+                format!(
+                    "{} is set without {}: {} has no webhook route, and its deliveries are answered 404",
+                    forge.api_url_var(),
+                    forge.webhook_var(),
+                    forge.name()
+                )
+            });
+        without_token.chain(without_route).collect()
     }
 
     /// The `*_API_URL`s that cannot be the provider's API, one line each: GitLab's `/api/v4`,
