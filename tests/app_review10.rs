@@ -1223,3 +1223,73 @@ fn an_api_of_a_provider_without_its_webhook_route_is_warned_about() {
     .unwrap();
     assert_eq!(settings.warnings(), Vec::<String>::new());
 }
+
+/// Waits until `logs` hold a line with `needle` (at most 10 s): that line.
+async fn logged_line(logs: &Logs, needle: &str) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(line) = logs.text().lines().find(|line| line.contains(needle)) {
+            return line.to_owned();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no line with {needle:?}: {}",
+            logs.text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A comment whose request failed was logged with reqwest's own message alone, "error sending
+/// request for url (...)": nothing said whether the API refused the connection, its name did
+/// not resolve, the request timed out or the connection was lost once the comment was sent,
+/// which is what an operator needs to know (and, for a comment that may have been posted,
+/// whether to deliver it again). The log names the cause now, after that message.
+#[tokio::test]
+async fn a_comment_whose_request_failed_is_logged_with_the_cause() {
+    let (logs, _guard) = Logs::capture();
+    // Nothing listens there: every connection is refused.
+    let refused = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refused_addr = refused.local_addr().unwrap();
+    drop(refused);
+    let settings = harness::lookup(&[
+        ("GITHUB_WEBHOOK_SECRET", "s3cret"),
+        ("GITHUB_API_URL", &format!("http://{refused_addr}")),
+        ("GITHUB_TOKEN", "t0ken"),
+    ])
+    .unwrap();
+    let base = harness::start_server(&settings).await;
+    let client = reqwest::Client::new();
+    assert_eq!(github_opened(&client, &base, "r10-cause-1").await, 202);
+    let line = logged_line(&logs, "provider API unreachable").await;
+    assert!(line.contains("error sending request for url"), "{line}");
+    assert!(line.contains("Connection refused"), "{line}");
+
+    // An API that reads the comment and closes the connection without an answer.
+    let lost = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let lost_addr = lost.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = lost.accept().await else {
+                return;
+            };
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf).await;
+            drop(conn);
+        }
+    });
+    let settings = harness::lookup(&[
+        ("GITHUB_WEBHOOK_SECRET", "s3cret"),
+        ("GITHUB_API_URL", &format!("http://{lost_addr}")),
+        ("GITHUB_TOKEN", "t0ken"),
+    ])
+    .unwrap();
+    let base = harness::start_server(&settings).await;
+    assert_eq!(github_opened(&client, &base, "r10-cause-2").await, 202);
+    let line = logged_line(&logs, "comment not sent again").await;
+    assert!(line.contains("r10-cause-2"), "{line}");
+    assert!(
+        line.contains("connection closed before message completed"),
+        "{line}"
+    );
+}

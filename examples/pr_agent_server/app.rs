@@ -1024,7 +1024,7 @@ impl HookUpdater {
             .clone()
             .oneshot(request)
             .await
-            .map_err(|err| HookError::Transient(err.to_string(), None, false))?;
+            .map_err(|err| HookError::Transient(error_chain(&*err), None, false))?;
         let (status, wait, secondary_limit) = status_and_limit(Forge::GitHub, res).await;
         if status.is_server_error() || wait.is_some() {
             return Err(HookError::Transient(
@@ -2697,7 +2697,7 @@ async fn post_comment(
                     }
                 }
                 None if was_not_sent(err) => {
-                    tracing::warn!(provider = forge, error = %err, "provider API unreachable; comment scheduled again");
+                    tracing::warn!(provider = forge, error = %error_chain(err), "provider API unreachable; comment scheduled again");
                     Outcome::Later {
                         delay: None,
                         attempted: true,
@@ -2706,7 +2706,7 @@ async fn post_comment(
                 // A timeout or a connection lost once the request was sent: the provider may
                 // have created the comment.
                 None => {
-                    may_have_been_posted(state, job, &err.to_string());
+                    may_have_been_posted(state, job, &error_chain(err));
                     Outcome::MaybePosted
                 }
             }
@@ -2728,6 +2728,22 @@ fn may_have_been_posted(state: &AppState, job: &Job, why: &str) {
         .counters
         .comments_failed
         .fetch_add(1, Ordering::Relaxed);
+}
+
+/// `err` and its sources, for the logs: reqwest's own message ("error sending request for url
+/// (...)") says nothing of the cause (a connection refused, a name that does not resolve, a
+/// timeout, a connection lost once the request was sent), which its sources name. A source whose
+/// message the text holds already is left out.
+pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    for source in std::iter::successors(err.source(), |e| e.source()) {
+        let message = source.to_string();
+        if !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+    }
+    text
 }
 
 /// Whether `err` was raised before the comment's request was sent: no connection could be made

@@ -369,7 +369,7 @@ impl InstallationTokens {
                 let err: &(dyn std::error::Error + 'static) = &*err;
                 let open = CircuitOpen::find(err);
                 return Err(TokenError::Transient {
-                    reason: err.to_string(),
+                    reason: super::error_chain(err),
                     wait: open.map(|open| open.retry_after().unwrap_or(Duration::from_secs(1))),
                     attempted: open.is_none(),
                     secondary_limit: false,
