@@ -1293,3 +1293,40 @@ async fn a_comment_whose_request_failed_is_logged_with_the_cause() {
         "{line}"
     );
 }
+
+/// While a provider's API failed, each attempt of a comment was logged "provider API failing;
+/// comment scheduled again" with the provider and the status only: during an outage, a stream
+/// of such lines that said neither which pull request nor which delivery, the one to look up or
+/// deliver again. Each line names the comment's target and delivery now, as the line of a
+/// comment given up does.
+#[tokio::test]
+async fn a_comment_scheduled_again_is_logged_with_its_target_and_delivery() {
+    let (logs, _guard) = Logs::capture();
+    let (api, _fake) = harness::FakeProvider::start(&[http::StatusCode::SERVICE_UNAVAILABLE]).await;
+    let refused = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refused_addr = refused.local_addr().unwrap();
+    drop(refused);
+    let settings = harness::lookup(&[
+        ("GITHUB_WEBHOOK_SECRET", "s3cret"),
+        ("GITHUB_API_URL", &api),
+        ("GITHUB_TOKEN", "t0ken"),
+        ("BITBUCKET_WEBHOOK_SECRET", "s3cret"),
+        ("BITBUCKET_API_URL", &format!("http://{refused_addr}/2.0")),
+        ("BITBUCKET_TOKEN", "t0ken"),
+    ])
+    .unwrap();
+    let base = harness::start_server(&settings).await;
+    let client = reqwest::Client::new();
+    assert_eq!(github_opened(&client, &base, "r10-again-1").await, 202);
+    let line = logged_line(&logs, "provider API failing").await;
+    assert!(line.contains("delivery=r10-again-1"), "{line}");
+    assert!(line.contains("target=octo/repo#7"), "{line}");
+    let id = "{00000000-0000-4000-8000-00000000f001}";
+    assert_eq!(
+        bitbucket_pr(&client, &base, "pullrequest:created", id, false).await,
+        202
+    );
+    let line = logged_line(&logs, "provider API unreachable").await;
+    assert!(line.contains(&format!("delivery={id}")), "{line}");
+    assert!(line.contains("target=team/repo#31"), "{line}");
+}

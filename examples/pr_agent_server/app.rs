@@ -2535,7 +2535,7 @@ async fn installation_token(
             attempted,
             secondary_limit,
         }) => {
-            tracing::warn!(provider = forge, installation = id, error = %reason, "no installation token yet; comment scheduled again");
+            tracing::warn!(provider = forge, installation = id, error = %reason, target = %job.comment.target, delivery = %job.delivery, "no installation token yet; comment scheduled again");
             Err(match secondary_limit {
                 true => Outcome::SecondaryLimit,
                 false => Outcome::Later {
@@ -2612,6 +2612,8 @@ async fn post_comment(
             tracing::warn!(
                 provider = forge,
                 status = status.as_u16(),
+                target = %job.comment.target,
+                delivery = %job.delivery,
                 "GitHub secondary rate limit; comment scheduled again"
             );
             Outcome::SecondaryLimit
@@ -2623,6 +2625,8 @@ async fn post_comment(
                 provider = forge,
                 status = status.as_u16(),
                 ?wait,
+                target = %job.comment.target,
+                delivery = %job.delivery,
                 "provider API asks to wait; comment scheduled again"
             );
             Outcome::Later {
@@ -2640,6 +2644,8 @@ async fn post_comment(
             tracing::warn!(
                 provider = forge,
                 status = status.as_u16(),
+                target = %job.comment.target,
+                delivery = %job.delivery,
                 "provider API failing; comment scheduled again"
             );
             Outcome::Later {
@@ -2655,6 +2661,8 @@ async fn post_comment(
             }
             tracing::warn!(
                 provider = forge,
+                target = %job.comment.target,
+                delivery = %job.delivery,
                 "installation token refused; comment scheduled again with a new one"
             );
             Outcome::Later {
@@ -2690,14 +2698,14 @@ async fn post_comment(
             let err: &(dyn std::error::Error + 'static) = &*err;
             match CircuitOpen::find(err) {
                 Some(open) => {
-                    tracing::debug!(provider = forge, retry_after = ?open.retry_after(), "breaker open; comment waits");
+                    tracing::debug!(provider = forge, retry_after = ?open.retry_after(), target = %job.comment.target, delivery = %job.delivery, "breaker open; comment waits");
                     Outcome::Later {
                         delay: Some(open.retry_after().unwrap_or(Duration::from_secs(1))),
                         attempted: false,
                     }
                 }
                 None if was_not_sent(err) => {
-                    tracing::warn!(provider = forge, error = %error_chain(err), "provider API unreachable; comment scheduled again");
+                    tracing::warn!(provider = forge, error = %error_chain(err), target = %job.comment.target, delivery = %job.delivery, "provider API unreachable; comment scheduled again");
                     Outcome::Later {
                         delay: None,
                         attempted: true,
