@@ -47,6 +47,33 @@ pub trait ClassifyOutcome<Res, E> {
     type Response;
 
     /// Records the outcome of `result` and hands the result on.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower::{BoxError, ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState, ClassifyOutcome, Outcome, Recorder};
+    ///
+    /// #[derive(Clone)]
+    /// struct ErrorsAreFailures;
+    ///
+    /// impl<Res, E> ClassifyOutcome<Res, E> for ErrorsAreFailures {
+    ///     type Response = Res;
+    ///     fn classify(&self, result: Result<Res, E>, recorder: Recorder) -> Result<Res, E> {
+    ///         recorder.record(if result.is_ok() { Outcome::Success } else { Outcome::Failure });
+    ///         result
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let (layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default().consecutive_failures(1)).unwrap();
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(layer.with_classifier(ErrorsAreFailures))
+    ///     .service_fn(|_: ()| async { Err::<(), BoxError>("connection refused".into()) });
+    /// svc.oneshot(()).await.unwrap_err();
+    /// assert_eq!(handle.state(), CircuitState::Open);
+    /// # }
+    /// ```
     fn classify(&self, result: Result<Res, E>, recorder: Recorder) -> Result<Self::Response, E>;
 }
 

@@ -66,6 +66,32 @@ pub trait RenderProblem {
     /// Builds the response for `problem`. Its status should be `problem.status()`; a
     /// response whose status is not 4xx or 5xx (one left at its default `200`) gets
     /// `problem.status()` instead.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http::{Response, StatusCode};
+    /// use tower_webhook::error::{Problem, RenderProblem};
+    ///
+    /// #[derive(Clone)]
+    /// struct PlainText;
+    ///
+    /// impl RenderProblem for PlainText {
+    ///     fn render(&self, problem: &Problem) -> Response<Bytes> {
+    ///         Response::builder()
+    ///             .status(problem.status())
+    ///             .header("content-type", "text/plain")
+    ///             .body(Bytes::from(problem.title().to_owned()))
+    ///             .unwrap()
+    ///     }
+    /// }
+    ///
+    /// let res = PlainText.render(&Problem::new(StatusCode::CONFLICT));
+    /// assert_eq!(res.status(), StatusCode::CONFLICT);
+    /// assert_eq!(&res.body()[..], b"Conflict");
+    /// // WebhookErrorLayer::new().render_with(PlainText) answers HTTP clients this way.
+    /// ```
     fn render(&self, problem: &Problem) -> Response<Bytes>;
 }
 

@@ -297,24 +297,129 @@ pub trait HttpError: std::error::Error + Send + Sync + 'static {
     /// that reports `200`, `202` or `304` with a plain 500, and logs the mistake.
     ///
     /// [`WebhookErrorLayer`]: crate::error::WebhookErrorLayer
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_webhook::error::{HttpError, Problem};
+    ///
+    /// #[derive(Debug, thiserror::Error)]
+    /// #[error("unknown repository {0}")]
+    /// struct UnknownRepository(String);
+    ///
+    /// impl HttpError for UnknownRepository {
+    ///     fn status(&self) -> StatusCode { StatusCode::NOT_FOUND }
+    ///     fn problem_type(&self) -> &str { "urn:example:unknown-repository" }
+    /// }
+    ///
+    /// let err = UnknownRepository("octo/repo".into());
+    /// assert_eq!(err.status(), StatusCode::NOT_FOUND);
+    /// assert_eq!(Problem::from_error(&err).status(), StatusCode::NOT_FOUND);
+    /// ```
     fn status(&self) -> StatusCode;
 
     /// A stable URI naming the kind of problem (RFC 9457 `type`).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_webhook::error::{HttpError, Problem};
+    ///
+    /// #[derive(Debug, thiserror::Error)]
+    /// #[error("unknown repository {0}")]
+    /// struct UnknownRepository(String);
+    ///
+    /// impl HttpError for UnknownRepository {
+    ///     fn status(&self) -> StatusCode { StatusCode::NOT_FOUND }
+    ///     fn problem_type(&self) -> &str { "urn:example:unknown-repository" }
+    /// }
+    ///
+    /// let problem = Problem::from_error(&UnknownRepository("octo/repo".into()));
+    /// assert_eq!(problem.problem_type(), "urn:example:unknown-repository");
+    /// ```
     fn problem_type(&self) -> &str;
 
     /// A short summary that does not change between occurrences (RFC 9457 `title`).
     ///
     /// Defaults to the status code's canonical reason.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_webhook::error::{HttpError, Problem};
+    ///
+    /// #[derive(Debug, thiserror::Error)]
+    /// #[error("unknown repository {0}")]
+    /// struct UnknownRepository(String);
+    ///
+    /// impl HttpError for UnknownRepository {
+    ///     fn status(&self) -> StatusCode { StatusCode::NOT_FOUND }
+    ///     fn problem_type(&self) -> &str { "urn:example:unknown-repository" }
+    /// }
+    ///
+    /// let err = UnknownRepository("octo/repo".into());
+    /// assert_eq!(err.title(), "Not Found"); // the default
+    /// assert_eq!(Problem::from_error(&err).title(), "Not Found");
+    /// ```
     fn title(&self) -> &str {
         self.status().canonical_reason().unwrap_or("Error")
     }
 
     /// An explanation of this occurrence that is safe to show to the client.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::borrow::Cow;
+    /// use http::StatusCode;
+    /// use tower_webhook::error::{HttpError, Problem};
+    ///
+    /// #[derive(Debug, thiserror::Error)]
+    /// #[error("lookup of {0} failed: connection refused by 10.0.0.7")]
+    /// struct UnknownRepository(String);
+    ///
+    /// impl HttpError for UnknownRepository {
+    ///     fn status(&self) -> StatusCode { StatusCode::NOT_FOUND }
+    ///     fn problem_type(&self) -> &str { "urn:example:unknown-repository" }
+    ///     fn detail(&self) -> Option<Cow<'_, str>> {
+    ///         Some(format!("{} is not installed", self.0).into())
+    ///     }
+    /// }
+    ///
+    /// // The client reads the detail, never the Display text.
+    /// let problem = Problem::from_error(&UnknownRepository("octo/repo".into()));
+    /// assert_eq!(problem.detail(), Some("octo/repo is not installed"));
+    /// ```
     fn detail(&self) -> Option<Cow<'_, str>> {
         None
     }
 
     /// How long the client should wait before trying again (`Retry-After`).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use http::StatusCode;
+    /// use tower_webhook::error::{HttpError, Problem};
+    ///
+    /// #[derive(Debug, thiserror::Error)]
+    /// #[error("the review queue is full")]
+    /// struct QueueFull;
+    ///
+    /// impl HttpError for QueueFull {
+    ///     fn status(&self) -> StatusCode { StatusCode::SERVICE_UNAVAILABLE }
+    ///     fn problem_type(&self) -> &str { "urn:example:queue-full" }
+    ///     fn retry_after(&self) -> Option<Duration> { Some(Duration::from_secs(30)) }
+    /// }
+    ///
+    /// let res = Problem::from_error(&QueueFull).to_response::<bytes::Bytes>();
+    /// assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    /// assert_eq!(res.headers()["retry-after"], "30");
+    /// ```
     fn retry_after(&self) -> Option<Duration> {
         None
     }
@@ -323,6 +428,27 @@ pub trait HttpError: std::error::Error + Send + Sync + 'static {
     ///
     /// A 401 must carry one (RFC 9110, section 15.5.2): return it for errors answered 401. The
     /// crate's own signature errors answer `Signature`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::borrow::Cow;
+    /// use http::StatusCode;
+    /// use tower_webhook::error::{HttpError, Problem};
+    ///
+    /// #[derive(Debug, thiserror::Error)]
+    /// #[error("the API token is missing")]
+    /// struct MissingToken;
+    ///
+    /// impl HttpError for MissingToken {
+    ///     fn status(&self) -> StatusCode { StatusCode::UNAUTHORIZED }
+    ///     fn problem_type(&self) -> &str { "urn:example:missing-token" }
+    ///     fn challenge(&self) -> Option<Cow<'_, str>> { Some(r#"Bearer realm="api""#.into()) }
+    /// }
+    ///
+    /// let res = Problem::from_error(&MissingToken).to_response::<bytes::Bytes>();
+    /// assert_eq!(res.headers()["www-authenticate"], r#"Bearer realm="api""#);
+    /// ```
     fn challenge(&self) -> Option<Cow<'_, str>> {
         None
     }
@@ -330,6 +456,26 @@ pub trait HttpError: std::error::Error + Send + Sync + 'static {
     /// The gRPC code used when the request was a gRPC call.
     ///
     /// Defaults to [`GrpcCode::from_http_status`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_webhook::error::{GrpcCode, HttpError, Problem};
+    ///
+    /// #[derive(Debug, thiserror::Error)]
+    /// #[error("the pull request was merged meanwhile")]
+    /// struct AlreadyMerged;
+    ///
+    /// impl HttpError for AlreadyMerged {
+    ///     fn status(&self) -> StatusCode { StatusCode::CONFLICT }
+    ///     fn problem_type(&self) -> &str { "urn:example:already-merged" }
+    ///     // The default would be ALREADY_EXISTS, the code of a 409.
+    ///     fn grpc_code(&self) -> GrpcCode { GrpcCode::Aborted }
+    /// }
+    ///
+    /// assert_eq!(Problem::from_error(&AlreadyMerged).grpc_code(), GrpcCode::Aborted);
+    /// ```
     fn grpc_code(&self) -> GrpcCode {
         GrpcCode::from_http_status(self.status())
     }

@@ -193,8 +193,34 @@ pub struct RetryAllowed;
 /// ```
 pub trait RetryRequest: Sized {
     /// Whether sending it twice has the effect of sending it once.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::retry::RetryRequest;
+    ///
+    /// let put = http::Request::put("/repos/octo/repo/topics").body(String::new()).unwrap();
+    /// assert!(put.is_idempotent());
+    /// let post = http::Request::post("/repos/octo/repo/issues/1/comments").body(String::new()).unwrap();
+    /// assert!(!post.is_idempotent());
+    /// ```
     fn is_idempotent(&self) -> bool;
     /// A copy to send again, if the body can be copied.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::retry::RetryRequest;
+    ///
+    /// let req = http::Request::post("/repos/octo/repo/issues/1/comments")
+    ///     .header("idempotency-key", "comment-42")
+    ///     .body(String::from(r#"{"body":"LGTM"}"#))
+    ///     .unwrap();
+    /// let copy = req.try_clone().unwrap();
+    /// assert_eq!((copy.method(), copy.uri()), (req.method(), req.uri()));
+    /// assert_eq!(copy.headers()["idempotency-key"], "comment-42");
+    /// assert_eq!(copy.body(), req.body());
+    /// ```
     fn try_clone(&self) -> Option<Self>;
     /// The URL it is sent to, when the request knows it (`reqwest::Request` does): told apart
     /// from [`RetryResponse::url`], it shows an answer a client gave after following a
@@ -260,8 +286,28 @@ impl<B: Clone> RetryRequest for http::Request<B> {
 /// ```
 pub trait RetryResponse {
     /// The status.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_webhook::retry::RetryResponse;
+    ///
+    /// let res = http::Response::builder().status(503).body(()).unwrap();
+    /// assert_eq!(RetryResponse::status(&res), StatusCode::SERVICE_UNAVAILABLE);
+    /// ```
     fn status(&self) -> StatusCode;
     /// The headers (for `Retry-After`).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::retry::{RetryResponse, retry_after};
+    ///
+    /// let res = http::Response::builder().status(429).header("retry-after", "10").body(()).unwrap();
+    /// assert_eq!(retry_after(RetryResponse::headers(&res)), Some(Duration::from_secs(10)));
+    /// ```
     fn headers(&self) -> &HeaderMap;
     /// The URL of the request it answers, when the response knows it (`reqwest::Response`
     /// does: after a redirect, the last one's). An answer to another URL than the request's
@@ -304,6 +350,17 @@ impl<B> RetryResponse for http::Response<B> {
 /// ```
 pub trait RetryError {
     /// The error, as a standard error.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower::BoxError;
+    /// use tower_webhook::retry::RetryError;
+    ///
+    /// let err: BoxError = "upstream reset the stream".into();
+    /// assert_eq!(err.as_error().to_string(), "upstream reset the stream");
+    /// assert!(err.as_error().source().is_none());
+    /// ```
     fn as_error(&self) -> &(dyn Error + 'static);
 }
 

@@ -54,10 +54,40 @@ use crate::BoxError;
 pub trait ReplayStore: Send + Sync + 'static {
     /// Records `key` for `ttl`. Resolves to `true` if it was new, `false` if it was already
     /// recorded and not expired.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::signature::{MemoryReplayStore, ReplayStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let store = MemoryReplayStore::new();
+    /// let ttl = Duration::from_secs(24 * 60 * 60);
+    /// assert!(store.insert("github:72d3162e", ttl).await.unwrap()); // new
+    /// assert!(!store.insert("github:72d3162e", ttl).await.unwrap()); // a replay
+    /// # }
+    /// ```
     fn insert(&self, key: &str, ttl: Duration) -> ReplayFuture;
 
     /// Forgets `key` (used when the inner service failed and the provider should be able to
     /// deliver again). Resolves to whether it was present.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::signature::{MemoryReplayStore, ReplayStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let store = MemoryReplayStore::new();
+    /// let ttl = Duration::from_secs(60);
+    /// assert!(store.insert("github:1", ttl).await.unwrap());
+    /// assert!(store.remove("github:1").await.unwrap());
+    /// assert!(!store.remove("github:1").await.unwrap()); // no longer there
+    /// assert!(store.insert("github:1", ttl).await.unwrap()); // new again
+    /// # }
+    /// ```
     fn remove(&self, key: &str) -> ReplayFuture;
 
     /// Like [`insert`](ReplayStore::insert), for a delivery that is still being handled
@@ -77,6 +107,22 @@ pub trait ReplayStore: Send + Sync + 'static {
     ///
     /// The default is `insert`: a store that does not tell claims from completed deliveries
     /// reports every recorded key as completed.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::signature::{ClaimToken, MemoryReplayStore, ReplayStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let store = MemoryReplayStore::new();
+    /// let claim_ttl = Duration::from_secs(300);
+    /// assert!(store.claim("github:1", ClaimToken::unique(), claim_ttl).await.unwrap());
+    /// // A copy that arrives while the first delivery is handled finds the id taken.
+    /// assert!(!store.claim("github:1", ClaimToken::unique(), claim_ttl).await.unwrap());
+    /// assert!(!store.completed("github:1").await.unwrap());
+    /// # }
+    /// ```
     fn claim(&self, key: &str, token: ClaimToken, ttl: Duration) -> ReplayFuture {
         let _ = token;
         self.insert(key, ttl)
@@ -141,6 +187,22 @@ pub trait ReplayStore: Send + Sync + 'static {
 
     /// Whether `key` is recorded as handled: `false` while the delivery that claimed it is still
     /// being handled, or once it was released. The default answers `true`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::signature::{ClaimToken, MemoryReplayStore, ReplayStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let store = MemoryReplayStore::new();
+    /// let token = ClaimToken::unique();
+    /// store.claim("github:1", token, Duration::from_secs(300)).await.unwrap();
+    /// assert!(!store.completed("github:1").await.unwrap()); // in progress
+    /// store.complete("github:1", token, Duration::from_secs(86_400)).await.unwrap();
+    /// assert!(store.completed("github:1").await.unwrap()); // handled
+    /// # }
+    /// ```
     fn completed(&self, key: &str) -> ReplayFuture {
         let _ = key;
         ReplayFuture::ready(Ok(true))

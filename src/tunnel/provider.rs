@@ -66,19 +66,94 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// ```
 pub trait Provider: fmt::Debug + Send + Sync + 'static {
     /// A short name for logs and errors, such as `bore`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::{Bore, LocalTunnel, Provider};
+    ///
+    /// assert_eq!(Provider::name(&Bore::new()), "bore");
+    /// assert_eq!(Provider::name(&LocalTunnel::new()), "localtunnel");
+    /// ```
     fn name(&self) -> &str;
 
     /// The hard limit for [`open`](Provider::open) plus the round-trip probe. Default 15 s.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::tunnel::{Bore, BoxFuture, Provider, Session, Upstream};
+    /// use tower_webhook::BoxError;
+    ///
+    /// #[derive(Debug)]
+    /// struct Static;
+    ///
+    /// impl Provider for Static {
+    ///     fn name(&self) -> &str {
+    ///         "static"
+    ///     }
+    ///     fn open(&self, _upstream: Upstream) -> BoxFuture<'_, Result<Session, BoxError>> {
+    ///         Box::pin(async { Err("not needed here".into()) })
+    ///     }
+    /// }
+    ///
+    /// assert_eq!(Static.startup_timeout(), Duration::from_secs(15)); // the default
+    /// let bore = Bore::new().startup_timeout(Duration::from_secs(20));
+    /// assert_eq!(Provider::startup_timeout(&bore), Duration::from_secs(20));
+    /// ```
     fn startup_timeout(&self) -> Duration {
         Duration::from_secs(15)
     }
 
     /// What the user can do when this provider fails, such as "set TUNNEL_AUTH_TOKEN".
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::{Bore, Provider};
+    ///
+    /// let hint = Provider::hint(&Bore::new().server("bore.example.com")).unwrap();
+    /// assert!(hint.contains("bore.example.com:7835"), "{hint}");
+    /// ```
     fn hint(&self) -> Option<String> {
         None
     }
 
     /// Opens a tunnel whose connections are served by `upstream`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use tower_webhook::tunnel::{BoxFuture, Provider, Session, Upstream};
+    /// use tower_webhook::BoxError;
+    ///
+    /// /// A URL that is already public, such as a port opened on a router.
+    /// #[derive(Debug)]
+    /// struct Static(&'static str);
+    ///
+    /// impl Provider for Static {
+    ///     fn name(&self) -> &str {
+    ///         "static"
+    ///     }
+    ///     fn open(&self, _upstream: Upstream) -> BoxFuture<'_, Result<Session, BoxError>> {
+    ///         let url = self.0;
+    ///         Box::pin(async move {
+    ///             Ok(Session::spawn(url, |mut stop| async move {
+    ///                 stop.stopped().await;
+    ///                 Ok(())
+    ///             }))
+    ///         })
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let upstream = Upstream::address(SocketAddr::from(([127, 0, 0, 1], 3000)));
+    /// let session = Static("https://bot.example.com").open(upstream).await.unwrap();
+    /// assert_eq!(session.url(), "https://bot.example.com");
+    /// # }
+    /// ```
     fn open(&self, upstream: Upstream) -> BoxFuture<'_, Result<Session, BoxError>>;
 }
 
