@@ -128,7 +128,9 @@
 //! # With axum and hyper
 //!
 //! Apply it to the route's `POST` handler with `route_layer`: other routes are not affected, and
-//! another method on the path gets axum's `405` with `Allow: POST` rather than a 401:
+//! another method on the path gets axum's `405` with `Allow: POST` rather than a 401. The
+//! [`VerifiedWebhook`] extractor needs the `axum` feature; without it, take
+//! `Extension<VerifiedWebhook>`:
 //!
 //! ```no_run
 //! use axum::{Json, Router, extract::DefaultBodyLimit, routing::post};
