@@ -5,9 +5,11 @@
 use std::path::{Path, PathBuf};
 
 /// Items of the Rust examples that need a feature off by default, and that feature.
-const NEEDS_FEATURE: [(&str, &str); 4] = [
+const NEEDS_FEATURE: [(&str, &str); 5] = [
     // A handler argument: the extractor is `FromRequestParts` only with the `axum` feature.
     (": VerifiedWebhook", "axum"),
+    // A handler's answer: `Problem` is `IntoResponse` only with the `axum` feature.
+    ("Result<_, Problem>", "axum"),
     ("RedisReplayStore", "redis"),
     ("tower_webhook::tunnel", "tunnel"),
     (".service(reqwest::Client", "reqwest"),

@@ -263,7 +263,7 @@ pub mod types {
 /// Implement it for your own error types and they are rendered by
 /// [`WebhookErrorLayer`](super::WebhookErrorLayer) like the crate's own: register them with
 /// [`WebhookErrorLayer::recognize`](super::WebhookErrorLayer::recognize), or turn them into a
-/// [`Problem`] with `?` in an axum handler that returns `Result<_, Problem>`.
+/// [`Problem`] with `?` in an axum handler that returns `Result<_, Problem>` (feature `axum`).
 ///
 /// Only [`status`](HttpError::status) and [`problem_type`](HttpError::problem_type) are required.
 /// Whatever [`detail`](HttpError::detail) returns is shown to the client, so it must not carry
