@@ -1025,7 +1025,9 @@ impl TunnelHandle {
         self.status.clone()
     }
 
-    /// Every event from now on.
+    /// Every event from now on. The events wait for the receiver in a queue of 64: one that falls
+    /// further behind misses the oldest (logged as a warning with how many); [`watch`](Self::watch)
+    /// always has the latest.
     ///
     /// # Example
     ///
