@@ -39,6 +39,7 @@ ADDR=127.0.0.1:$port "$bin/tonic_server" >"$log/tonic" 2>&1 & server=$!; pids+=(
 wait_for "$log/tonic" "listening"
 ADDR=127.0.0.1:$port timeout 60 "$bin/tonic_client"
 stops_cleanly "$server" tonic_server
+! grep -q $'\x1b' "$log/tonic" || { cat -v "$log/tonic"; exit 1; }   # plain text in a file
 
 echo "-- hyper_server"
 port=$(free_port)
@@ -67,6 +68,7 @@ sig=$(grep -o 'sha256=[0-9a-f]*' <<<"$cmd")
 sleep 0.5
 stops_cleanly "$server" hyper_server
 wait "$upload" || true
+! grep -q $'\x1b' "$log/hyper" || { cat -v "$log/hyper"; exit 1; }
 [ "$(cat "$log/slow_status")" = 202 ] || { echo "in-flight delivery got $(cat "$log/slow_status"): $(cat "$log/slow")"; exit 1; }
 
 echo "-- load_test (layers server, 1 s of load)"

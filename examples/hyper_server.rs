@@ -84,7 +84,14 @@ pub(crate) fn webhook_secret(
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    tracing_subscriber::fmt().with_env_filter("info").init();
+    // Colours only on a terminal, and not with `NO_COLOR`: in a file or a pipe the escape
+    // sequences would sit between each field's name and its value.
+    let colors = std::io::IsTerminal::is_terminal(&std::io::stdout())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_ansi(colors)
+        .init();
     let secret = webhook_secret(std::env::var("GITHUB_WEBHOOK_SECRET"))?;
     let addr: SocketAddr = std::env::var("ADDR")
         .unwrap_or_else(|_| "127.0.0.1:3001".into())

@@ -37,7 +37,14 @@ pub(crate) const KEEPALIVE: Duration = Duration::from_secs(30);
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    tracing_subscriber::fmt().with_env_filter("info").init();
+    // Colours only on a terminal, and not with `NO_COLOR`: in a file or a pipe the escape
+    // sequences would sit between each field's name and its value.
+    let colors = std::io::IsTerminal::is_terminal(&std::io::stdout())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_ansi(colors)
+        .init();
     let addr: SocketAddr = std::env::var("ADDR")
         .unwrap_or_else(|_| "127.0.0.1:50051".into())
         .parse()?;
