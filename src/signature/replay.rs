@@ -504,21 +504,80 @@ pub struct MemoryReplayStore {
     hasher: RandomState,
 }
 
-/// The ids held, by fingerprint, and their insertion order.
+/// The ids held, by fingerprint, and the order in which they go.
 #[derive(Default)]
 struct Entries {
     table: Table,
-    /// Insertion order, for expiry and eviction; may hold stale entries (removed or re-inserted
-    /// keys), recognised by an expiry that differs from the table's.
-    order: VecDeque<(u64, u64)>,
+    /// Ids recorded as handled (by `insert` or `complete`), oldest first: purged once expired,
+    /// and evicted oldest first when room is needed.
+    handled: Queue,
+    /// Claims of deliveries being handled, oldest first: purged once expired, never evicted.
+    /// Apart from `handled`, so that a settled claim's pair is known stale from the small map
+    /// of pending claims (without a read of the table), a store full of claims refuses an id
+    /// without walking them, and claims (`claim_ttl`, shorter than the `replay_ttl` of the ids
+    /// handled before them) do not fall out of order behind handled ids.
+    claims: Queue,
+}
+
+/// Which of [`Entries`]' queues a pair `(fingerprint, expiry)` is in: what it stands for while
+/// the table holds the fingerprint with that expiry, in that state.
+#[derive(Clone, Copy)]
+enum Held {
+    Handled,
+    Claim,
+}
+
+/// Pairs `(fingerprint, expiry)` in the order they were queued. May hold stale pairs (removed,
+/// settled or re-recorded ids), recognised by a table that holds their fingerprint otherwise.
+#[derive(Default)]
+struct Queue {
+    pairs: VecDeque<(u64, u64)>,
     /// What is known of the expiries queued out of order, for purging them.
     behind: Behind,
 }
 
-/// Entries queued out of order: with one TTL (and a clock that does not go back) every entry
-/// expires after those queued before it, so when the front of the queue is live, all are. An
-/// entry with a shorter TTL queued after one with a longer TTL (a claim, whose `claim_ttl` is
-/// shorter than the `replay_ttl` of the ids completed before it; routes with different TTLs
+impl Queue {
+    /// Queues `fp`'s new `expiry`; pairs it replaces are skipped when they come up.
+    #[inline]
+    fn push(&mut self, table: &Table, held: Held, fp: u64, expiry: u64, capacity: usize) {
+        self.pairs.push_back((fp, expiry));
+        self.behind.push(fp, expiry);
+        // Saturating: a capacity above `usize::MAX / 2` means "no practical bound".
+        let bound = capacity.saturating_mul(2);
+        if self.pairs.len() > bound || self.behind.heap.len() > bound {
+            self.compact(table, held);
+        }
+    }
+
+    /// Drops the stale pairs from the whole queue, which bounds its length (and the heap's) by
+    /// the number of ids held, and works `behind` out again from what is left. Expired entries
+    /// stay, purged as usual.
+    #[cold]
+    #[inline(never)]
+    fn compact(&mut self, table: &Table, held: Held) {
+        let mut max = 0;
+        let mut heap = Vec::new();
+        self.pairs.retain(|&(k, exp)| {
+            if !table.holds(held, k, exp) {
+                return false;
+            }
+            if exp < max {
+                heap.push(Reverse((exp, k)));
+            } else {
+                max = exp;
+            }
+            true
+        });
+        self.behind = Behind {
+            max,
+            heap: BinaryHeap::from(heap),
+        };
+    }
+}
+
+/// Pairs queued out of order: with one TTL (and a clock that does not go back) every entry of a
+/// queue expires after those queued before it, so when the front of the queue is live, all are.
+/// An entry with a shorter TTL queued after one with a longer TTL (routes with different TTLs
 /// sharing a store) may expire first, behind a live front: such entries are also kept in a heap
 /// by expiry, so that when the store is full, those that expired are purged before a live entry
 /// is evicted, at the cost of a heap operation each (none for entries queued in order).
@@ -542,9 +601,9 @@ impl Behind {
         }
     }
 
-    /// Purges from `table` the entries queued out of order that expired by `now`; whether any
-    /// was.
-    fn purge(&mut self, table: &mut Table, now: u64) -> bool {
+    /// Purges from `table` the entries of this queue, held as `held`, queued out of order that
+    /// expired by `now`; whether any was.
+    fn purge(&mut self, table: &mut Table, held: Held, now: u64) -> bool {
         let mut purged = false;
         while let Some(&Reverse((exp, k))) = self.heap.peek() {
             if exp > now {
@@ -552,7 +611,7 @@ impl Behind {
             }
             self.heap.pop();
             // Held with this very expiry: the entry itself expired (else the pair is stale).
-            if table.get(k) == Some(exp) {
+            if table.holds(held, k, exp) {
                 table.remove(k);
                 purged = true;
             }
@@ -569,9 +628,17 @@ struct Slot {
     expiry: u64,
 }
 
-/// The tokens of the pending claims, by fingerprint: few (the deliveries being handled), so the
-/// map stays small and in cache while the table's slots stay 16 bytes.
-type Claims = HashMap<u64, u64, BuildHasherDefault<FingerprintHasher>>;
+/// The pending claims, by fingerprint: few (the deliveries being handled), so the map stays small
+/// and in cache while the table's slots stay 16 bytes.
+type Claims = HashMap<u64, Claim, BuildHasherDefault<FingerprintHasher>>;
+
+/// A pending claim's token, and its expiry (the slot's, without [`PENDING`]): kept here too, so
+/// that a pair of the claims queue is known stale or live without a read of the table.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Claim {
+    token: u64,
+    expiry: u64,
+}
 
 /// Fingerprints are keyed hashes already, uniformly spread: they are their own hash.
 #[derive(Default)]
@@ -610,7 +677,7 @@ const PENDING: u64 = 1 << 63;
 ///
 /// Fingerprint and expiry share one 16-byte slot: a lookup touches one cache line, where a map
 /// with separate control bytes and buckets touches two. The tokens of pending claims are kept
-/// aside, in [`Claims`].
+/// aside, in [`Claims`], with their expiries.
 #[derive(Default)]
 struct Table {
     slots: Vec<Slot>,
@@ -645,6 +712,19 @@ impl Table {
         self.index(fp).map(|i| self.entry_at(i))
     }
 
+    /// Whether `fp` is held until `expiry`, as `held`: a queued pair `(fp, expiry)` is the
+    /// entry's own. A claim is answered from [`Claims`] alone.
+    #[inline]
+    fn holds(&self, held: Held, fp: u64, expiry: u64) -> bool {
+        match held {
+            Held::Claim => self.claims.get(&fp).is_some_and(|c| c.expiry == expiry),
+            // `expiry` has no `PENDING` bit: a claim's slot never matches.
+            Held::Handled => self
+                .index(fp)
+                .is_some_and(|i| self.slots[i].expiry == expiry),
+        }
+    }
+
     /// The slot holding `fp`.
     fn index(&self, fp: u64) -> Option<usize> {
         if self.slots.is_empty() {
@@ -657,9 +737,9 @@ impl Table {
     fn entry_at(&self, i: usize) -> Entry {
         let slot = self.slots[i];
         let claim = (slot.expiry & PENDING != 0).then(|| {
-            let token = self.claims.get(&slot.fp).copied();
-            debug_assert!(token.is_some(), "a pending slot has its token");
-            token.unwrap_or_default()
+            let claim = self.claims.get(&slot.fp);
+            debug_assert!(claim.is_some(), "a pending slot has its token");
+            claim.map_or(0, |c| c.token)
         });
         Entry {
             expiry: slot.expiry & !PENDING,
@@ -688,21 +768,20 @@ impl Table {
         slot.expiry = expiry & !PENDING;
     }
 
-    /// If slot `i`, which is in use, is claimed by `token`: marks it as handled until `expiry`
-    /// and answers `Ok` with its previous expiry, else `Err` with its expiry, unchanged. The
-    /// token is looked up once, and removed.
-    fn settle_claim_at(&mut self, i: usize, token: u64, expiry: u64) -> Result<u64, u64> {
+    /// If slot `i`, which is in use, is claimed by `token`: marks it as handled until `expiry`,
+    /// else answers `Err` with its expiry, unchanged. The token is looked up once, and removed.
+    fn settle_claim_at(&mut self, i: usize, token: u64, expiry: u64) -> Result<(), u64> {
         let slot = &mut self.slots[i];
         let held = slot.expiry & !PENDING;
         if slot.expiry & PENDING == 0 {
             return Err(held);
         }
         match self.claims.entry(slot.fp) {
-            MapEntry::Occupied(claim) if *claim.get() == token => drop(claim.remove()),
+            MapEntry::Occupied(claim) if claim.get().token == token => drop(claim.remove()),
             _ => return Err(held),
         }
         slot.expiry = expiry & !PENDING;
-        Ok(held)
+        Ok(())
     }
 
     /// Holds `fp` until `expiry`, as claimed by `claim` if there is one.
@@ -731,7 +810,8 @@ impl Table {
             }
         }
         if let Some(token) = claim {
-            self.claims.insert(fp, token);
+            let expiry = slot.expiry & !PENDING;
+            self.claims.insert(fp, Claim { token, expiry });
         }
     }
 
@@ -964,14 +1044,14 @@ impl MemoryReplayStore {
 
     /// Holds `fp`, which is not held, until `expiry`, making room first.
     ///
-    /// Room is made by purging expired entries, then by evicting the oldest, but never a
-    /// claim in progress (pending and not expired): its delivery is being handled, and a copy
-    /// let in now would be handled twice. Such claims go to the back of the queue. When the
-    /// store holds nothing else, `fp` is refused with [`StoreFull`]: the memory stays bounded,
-    /// and the layer answers 503, so that the provider delivers again later.
+    /// Room is made by purging expired entries, then by evicting the oldest handled id, but
+    /// never a claim in progress (pending and not expired): its delivery is being handled, and a
+    /// copy let in now would be handled twice. When the store holds nothing else, `fp` is
+    /// refused with [`StoreFull`]: the memory stays bounded, and the layer answers 503, so that
+    /// the provider delivers again later.
     ///
-    /// Before a live entry is evicted, expired entries queued behind it (shorter TTLs recorded
-    /// after longer ones) are purged (see [`Behind`]).
+    /// Before a live id is evicted, expired entries queued behind live ones (shorter TTLs
+    /// recorded after longer ones) are purged (see [`Behind`]).
     fn record(
         &self,
         entries: &mut Entries,
@@ -982,99 +1062,55 @@ impl MemoryReplayStore {
     ) -> Result<(), StoreFull> {
         let Entries {
             table,
-            order,
-            behind,
+            handled,
+            claims,
         } = entries;
-        // Claims in progress passed over: once every queued entry has been, none can go.
-        let mut kept = 0;
-        // Purge expired entries at the front, then evict the oldest while full. An entry that is
+        // The pairs of settled claims, and expired claims, leave the front of their queue; the
+        // map of pending claims tells which is which.
+        while let Some(&(k, exp)) = claims.pairs.front() {
+            let pending = table.holds(Held::Claim, k, exp);
+            if pending && exp > now {
+                break;
+            }
+            claims.pairs.pop_front();
+            if pending {
+                table.remove(k);
+            }
+        }
+        // Purge expired ids at the front, then evict the oldest while full. An id that is
         // neither expired nor needed for room ends the loop without a table lookup.
-        while let Some(&(k, exp)) = order.front() {
+        while let Some(&(k, exp)) = handled.pairs.front() {
             if exp > now {
                 if table.len < self.capacity {
                     break;
                 }
-                // A live entry would be evicted: first purge what expired behind it.
-                if behind.purge(table, now) {
-                    kept = 0;
+                // A live id would be evicted: first purge what expired behind live entries.
+                let purged = handled.behind.purge(table, Held::Handled, now);
+                if purged | claims.behind.purge(table, Held::Claim, now) {
                     continue;
                 }
             }
-            order.pop_front();
-            match table.entry(k) {
-                Some(held) if held.expiry == exp => {
-                    if held.claim.is_some() && exp > now {
-                        order.push_back((k, exp));
-                        // Behind newer entries now: it may expire before them.
-                        behind.push(k, exp);
-                        kept += 1;
-                        if kept >= order.len() {
-                            // Every refusal queues the claims in `behind` again, and only an
-                            // id that is let in compacts it: bounded here, or each refused id
-                            // would grow it by the store's size until a claim is settled.
-                            if behind.heap.len() > self.capacity.saturating_mul(2) {
-                                Self::compact(table, order, behind);
-                            }
-                            return Err(StoreFull {
-                                capacity: self.capacity,
-                            });
-                        }
-                    } else {
-                        table.remove(k);
-                    }
-                }
-                // Removed, or queued again with a newer expiry.
-                _ => {}
+            handled.pairs.pop_front();
+            if table.holds(Held::Handled, k, exp) {
+                table.remove(k);
+            }
+        }
+        // Nothing left but claims in progress, and those of them that expired behind live ones.
+        if table.len >= self.capacity {
+            claims.behind.purge(table, Held::Claim, now);
+            if table.len >= self.capacity {
+                return Err(StoreFull {
+                    capacity: self.capacity,
+                });
             }
         }
         table.insert(fp, expiry, claim);
-        Self::push_order(table, order, behind, fp, expiry, self.capacity);
-        Ok(())
-    }
-
-    /// Queues `fp`'s new `expiry` for purging; entries it replaces are skipped when they come up.
-    #[inline]
-    fn push_order(
-        table: &mut Table,
-        order: &mut VecDeque<(u64, u64)>,
-        behind: &mut Behind,
-        fp: u64,
-        expiry: u64,
-        capacity: usize,
-    ) {
-        order.push_back((fp, expiry));
-        behind.push(fp, expiry);
-        // Saturating: a capacity above `usize::MAX / 2` means "no practical bound".
-        let bound = capacity.saturating_mul(2);
-        if order.len() > bound || behind.heap.len() > bound {
-            Self::compact(table, order, behind);
+        if claim.is_some() {
+            claims.push(table, Held::Claim, fp, expiry, self.capacity);
+        } else {
+            handled.push(table, Held::Handled, fp, expiry, self.capacity);
         }
-    }
-
-    /// Drops the stale pairs from the whole queue (those of removed or re-recorded ids), which
-    /// bounds the queue's length (and the heap's) by the number of ids held, and works `behind`
-    /// out again from what is left. Expired entries stay, purged as usual.
-    #[cold]
-    #[inline(never)]
-    fn compact(table: &Table, order: &mut VecDeque<(u64, u64)>, behind: &mut Behind) {
-        let mut max = 0;
-        let mut heap = Vec::new();
-        order.retain(|&(k, exp)| {
-            // Held with this very expiry: the pair is the entry's own.
-            if table.get(k) != Some(exp) {
-                return false;
-            }
-            if exp < max {
-                heap.push(Reverse((exp, k)));
-            } else {
-                max = exp;
-            }
-            true
-        });
-        *behind = Behind {
-            max,
-            heap: BinaryHeap::from(heap),
-        };
+        Ok(())
     }
 }
 
@@ -1132,17 +1168,11 @@ impl ReplayStore for MemoryReplayStore {
         let mut entries = self.lock();
         // One probe: the slot is read, then written, by its index.
         let found = entries.table.index(fp);
-        let Entries {
-            table,
-            order,
-            behind,
-        } = &mut *entries;
+        let Entries { table, handled, .. } = &mut *entries;
         let recorded = match found.map(|i| table.settle_claim_at(i, token.get(), expiry)) {
-            Some(Ok(held)) => {
-                // An unchanged expiry is queued already: a second entry would never be purged.
-                if held != expiry {
-                    Self::push_order(table, order, behind, fp, expiry, self.capacity);
-                }
+            Some(Ok(())) => {
+                // The claim's pair is stale now, dropped when it comes up.
+                handled.push(table, Held::Handled, fp, expiry, self.capacity);
                 true
             }
             // Another delivery's claim, or already handled.
@@ -1736,6 +1766,174 @@ mod tests {
         }
     }
 
+    /// One step of [`store_keeps_claims_by_the_policy`]: an operation on a key, after the clock
+    /// moved on.
+    #[derive(Clone, Debug)]
+    enum Step {
+        Insert { ttl: u64 },
+        Claim { token: u64, ttl: u64 },
+        Complete { token: u64, ttl: u64 },
+        Release { token: u64 },
+        Completed,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            2 => (1u64..40).prop_map(|ttl| Step::Insert { ttl }),
+            4 => (0u64..3, 1u64..12).prop_map(|(token, ttl)| Step::Claim { token, ttl }),
+            3 => (0u64..3, 1u64..40).prop_map(|(token, ttl)| Step::Complete { token, ttl }),
+            1 => (0u64..3).prop_map(|token| Step::Release { token }),
+            1 => Just(Step::Completed),
+        ]
+    }
+
+    proptest! {
+        // Claims and handled ids together against the policy written over plain keys: an id is
+        // new when nothing live holds it; expired entries at the front of their queue go when an
+        // id is recorded; when full, every expired entry goes first, then the oldest handled id; a claim in progress is never evicted, and a store holding nothing
+        // else refuses new ids; a claim is settled by its own token only, even once expired,
+        // unless another took the id; the same ids are held after every step.
+        #[test]
+        fn store_keeps_claims_by_the_policy(
+            steps in proptest::collection::vec((0u64..8, 0u64..4, step()), 1..400),
+            capacity in 1usize..6,
+        ) {
+            let now = Arc::new(AtomicU64::new(1_000_000));
+            let n = now.clone();
+            let store = MemoryReplayStore::with_capacity(capacity)
+                .clock(Clock::from_fn(move || SystemTime::UNIX_EPOCH + Duration::from_millis(n.load(Ordering::SeqCst))));
+            // key -> (expiry, claim token)
+            let mut map: HashMap<u64, (u64, Option<u64>)> = HashMap::new();
+            let (mut handled, mut claims) = (VecDeque::new(), VecDeque::new());
+            for (key, advance, step) in steps {
+                let t = now.fetch_add(advance, Ordering::SeqCst) + advance;
+                let name = format!("github:{key}");
+                let live = map.get(&key).copied().filter(|&(e, _)| e > t);
+                // Makes room as the policy says; whether there is room. Expired entries at the
+                // front of either queue go at once, every expired one when the store is full.
+                let room = |map: &mut HashMap<u64, (u64, Option<u64>)>,
+                            handled: &mut VecDeque<(u64, u64)>,
+                            claims: &mut VecDeque<(u64, u64)>| {
+                    while let Some(&(k, e)) = claims.front() {
+                        let pending = matches!(map.get(&k), Some(&(held, Some(_))) if held == e);
+                        if pending && e > t {
+                            break;
+                        }
+                        claims.pop_front();
+                        if pending {
+                            map.remove(&k);
+                        }
+                    }
+                    while let Some(&(k, e)) = handled.front() {
+                        if e > t {
+                            if map.len() < capacity {
+                                break;
+                            }
+                            if map.values().any(|&(e, _)| e <= t) {
+                                map.retain(|_, (e, _)| *e > t);
+                                continue;
+                            }
+                        }
+                        handled.pop_front();
+                        if map.get(&k) == Some(&(e, None)) {
+                            map.remove(&k);
+                        }
+                    }
+                    if map.len() >= capacity {
+                        map.retain(|_, (e, _)| *e > t);
+                    }
+                    map.len() < capacity
+                };
+                match step {
+                    Step::Insert { ttl } | Step::Claim { ttl, .. } => {
+                        let claim = match step { Step::Claim { token, .. } => Some(token), _ => None };
+                        let expected = if live.is_some() {
+                            Ok(false)
+                        } else if room(&mut map, &mut handled, &mut claims) {
+                            map.insert(key, (t + ttl, claim));
+                            if claim.is_none() {
+                                handled.push_back((key, t + ttl));
+                            } else {
+                                claims.push_back((key, t + ttl));
+                            }
+                            Ok(true)
+                        } else {
+                            Err(())
+                        };
+                        let ttl = Duration::from_millis(ttl);
+                        let got = match claim {
+                            Some(token) => try_block_on(store.claim(&name, ClaimToken::from_u64(token), ttl)),
+                            None => try_block_on(store.insert(&name, ttl)),
+                        };
+                        match got {
+                            Ok(got) => prop_assert_eq!(Ok(got), expected),
+                            Err(e) => {
+                                prop_assert!(e.is::<StoreFull>(), "{e}");
+                                prop_assert_eq!(expected, Err(()));
+                            }
+                        }
+                    }
+                    Step::Complete { token, ttl } => {
+                        let expected = match map.get(&key).copied() {
+                            Some((_, Some(held))) if held == token => {
+                                map.insert(key, (t + ttl, None));
+                                handled.push_back((key, t + ttl));
+                                Ok(true)
+                            }
+                            Some((e, _)) if e > t => Ok(false),
+                            _ => {
+                                if room(&mut map, &mut handled, &mut claims) {
+                                    map.insert(key, (t + ttl, None));
+                                    handled.push_back((key, t + ttl));
+                                    Ok(true)
+                                } else {
+                                    Err(())
+                                }
+                            }
+                        };
+                        let got = try_block_on(store.complete(&name, ClaimToken::from_u64(token), Duration::from_millis(ttl)));
+                        match got {
+                            Ok(got) => prop_assert_eq!(Ok(got), expected),
+                            Err(e) => {
+                                prop_assert!(e.is::<StoreFull>(), "{e}");
+                                prop_assert_eq!(expected, Err(()));
+                            }
+                        }
+                    }
+                    Step::Release { token } => {
+                        let got = block_on(store.release(&name, ClaimToken::from_u64(token)));
+                        match map.get(&key).copied() {
+                            Some((_, Some(held))) if held == token => {
+                                map.remove(&key);
+                                prop_assert!(got, "a claim, even expired, is its holder's to release");
+                            }
+                            _ => prop_assert!(!got, "not this token's claim"),
+                        }
+                    }
+                    Step::Completed => {
+                        let got = block_on(store.completed(&name));
+                        prop_assert_eq!(got, live.is_some_and(|(_, claim)| claim.is_none()));
+                    }
+                }
+                prop_assert!(store.len() <= capacity);
+                let e = store.lock();
+                // The same ids, expired ones included: the store purges them as the policy does.
+                let mut held: Vec<(u64, Option<u64>)> = e
+                    .table
+                    .slots
+                    .iter()
+                    .filter(|s| s.fp != 0)
+                    .map(|s| (s.expiry & !PENDING, e.table.entry(s.fp).and_then(|h| h.claim)))
+                    .collect();
+                let mut want: Vec<(u64, Option<u64>)> = map.values().copied().collect();
+                held.sort_unstable();
+                want.sort_unstable();
+                prop_assert_eq!(held, want, "the same ids");
+                prop_assert_eq!(e.table.claims.len(), e.table.slots.iter().filter(|s| s.fp != 0 && s.expiry & PENDING != 0).count());
+            }
+        }
+    }
+
     fn block_on(future: ReplayFuture) -> bool {
         try_block_on(future).unwrap()
     }
@@ -1759,7 +1957,8 @@ mod tests {
         let e = store.lock();
         assert_eq!(e.table.len, 1_000);
         assert_eq!(e.table.slots.len(), 2_048);
-        assert!(e.order.len() <= 2_000);
+        assert!(e.handled.pairs.len() <= 2_000);
+        assert!(e.claims.pairs.is_empty());
         drop(e);
         // The newest ids are still known, the oldest were evicted.
         assert!(!block_on(
@@ -1925,7 +2124,7 @@ mod tests {
                 "done once"
             );
         }
-        assert_eq!(store.lock().order.len(), 1);
+        assert_eq!(store.lock().handled.pairs.len(), 1);
         assert!(block_on(store.completed("github:a")));
     }
 }
