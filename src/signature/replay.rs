@@ -1294,8 +1294,8 @@ mod redis_store {
         }
 
         /// Connects to `url` (e.g. `redis://127.0.0.1:6379/`) with a reconnecting manager. A lost
-        /// connection is tried again at most every second (redis' default backoff grows to a
-        /// minute), and each attempt gives up after the [default timeout](Self::timeout), so
+        /// connection is tried again at least once a second (redis' default backoff grows to a
+        /// minute between attempts), and each attempt gives up after the [default timeout](Self::timeout), so
         /// deliveries go through again soon after Redis is back.
         ///
         /// A connection that stops answering without being closed (Redis moved to another
