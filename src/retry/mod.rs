@@ -7,11 +7,15 @@
 //!   `DELETE`, a request with an `Idempotency-Key` header, or one carrying the [`RetryAllowed`]
 //!   extension; or every request after [`RetryPolicy::retry_non_idempotent`].
 //! - **Other requests** (a `POST` that creates a comment) only when the failure shows the
-//!   upstream did not act on them: a 429, a 503 with `Retry-After`, or an error raised before the
+//!   upstream did not act on them: a 429, a 503 with `Retry-After`, an error raised before the
 //!   request was sent (a refused connection, an unreachable host or network, a reqwest connect
-//!   error, tower's `Overloaded`, anywhere in the error's source chain). A
-//!   timeout, a 502 or 504, or a reset connection may come after the upstream acted, so sending
-//!   again could act twice. A refusal counts only as the answer to the request itself: a 429 or
+//!   error, tower's `Overloaded`, anywhere in the error's source chain), or an HTTP/2 stream the
+//!   server refused (`RST_STREAM` with `REFUSED_STREAM`, which RFC 9113 section 8.7 says was not
+//!   processed; reqwest retries it a few times by itself, at once, and the policy after that,
+//!   with its backoff). A timeout, a 502 or 504, a reset connection, or a stream reset for
+//!   another reason may come after the upstream acted, so sending again could act twice; so may
+//!   a GOAWAY, whose error does not tell whether the request's stream was past the last one the
+//!   server took. A refusal counts only as the answer to the request itself: a 429 or
 //!   503 that a reqwest client got after following a redirect (its URL is not the request's)
 //!   answers another request, the `GET` of a `303 See Other` the upstream may have sent once it
 //!   acted on a `POST`. An error hides which hop failed, though: a refused connection to the
@@ -335,7 +339,8 @@ impl<B> RetryResponse for http::Response<B> {
 }
 
 /// An error the policy can inspect: a circuit-open rejection, an error raised before the request
-/// was sent, a gRPC status the upstream answered, a reqwest error made from an answer.
+/// was sent, an HTTP/2 stream the server refused, a gRPC status the upstream answered, a reqwest
+/// error made from an answer.
 ///
 /// # Example
 ///
@@ -510,8 +515,58 @@ fn was_not_sent(err: &(dyn Error + 'static)) -> bool {
                     | std::io::ErrorKind::AddrNotAvailable
             )
         });
-        refused || e.is::<tower::load_shed::error::Overloaded>()
+        refused || e.is::<tower::load_shed::error::Overloaded>() || is_refused_stream(e)
     })
+}
+
+/// What the `h2` crate's error says of a stream the peer reset with `REFUSED_STREAM` (its
+/// `Display`: "received" is a reset the peer sent, unlike one h2 detected or the user sent,
+/// then the reason's description).
+const REFUSED_STREAM: &str =
+    "stream error received: refused stream before processing any application logic";
+
+/// Whether `e` is the HTTP/2 error of a stream the server reset with `REFUSED_STREAM`, which
+/// RFC 9113 (section 8.7) says was not processed: the `h2` crate's error, found in the source
+/// chain of reqwest's, hyper's and tonic's errors. It is told by its message, which no other
+/// error has, so that no `h2` dependency is needed; a message h2 would word otherwise is not
+/// read as a refusal, and the request is not sent again. A GOAWAY is not read as one: hyper
+/// can give the connection's GOAWAY error to a request whose stream the server had taken.
+fn is_refused_stream(e: &(dyn Error + 'static)) -> bool {
+    // h2's stream errors have no source; one with a source is another error.
+    e.source().is_none() && {
+        let mut matcher = Matches::new(REFUSED_STREAM);
+        fmt::write(&mut matcher, format_args!("{e}")).is_ok() && matcher.rest == Some("")
+    }
+}
+
+/// A `fmt::Write` that checks, without allocating, that what is written is `expected`:
+/// `rest` is what is still expected, `None` once the output differs.
+struct Matches<'a> {
+    rest: Option<&'a str>,
+}
+
+impl<'a> Matches<'a> {
+    fn new(expected: &'a str) -> Self {
+        Self {
+            rest: Some(expected),
+        }
+    }
+}
+
+impl fmt::Write for Matches<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        match self.rest.and_then(|rest| rest.strip_prefix(s)) {
+            Some(rest) => {
+                self.rest = Some(rest);
+                Ok(())
+            }
+            None => {
+                self.rest = None;
+                // Stop formatting: the message is not the one looked for.
+                Err(fmt::Error)
+            }
+        }
+    }
 }
 
 /// The `grpc-status` of a gRPC "trailers-only" answer (HTTP 200, the status in the headers).
@@ -1123,5 +1178,48 @@ where
         // Every request is kept: even one that is not idempotent is sent again when the
         // upstream refused it.
         req.try_clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error with `message` and, when `with_source`, a source.
+    #[derive(Debug)]
+    struct Message(&'static str, Option<std::io::Error>);
+
+    impl fmt::Display for Message {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            // Written in pieces, as `Display` impls do.
+            for word in self.0.split_inclusive(' ') {
+                f.write_str(word)?;
+            }
+            Ok(())
+        }
+    }
+
+    impl Error for Message {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            self.1.as_ref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn only_h2s_own_refused_stream_message_is_a_refused_stream() {
+        assert!(is_refused_stream(&Message(REFUSED_STREAM, None)));
+        for other in [
+            "stream error received: refused stream before processing any application",
+            "stream error received: refused stream before processing any application logic!",
+            "stream error detected: refused stream before processing any application logic",
+            "stream error sent by user: refused stream before processing any application logic",
+            "stream error received: unexpected internal error encountered",
+            "connection error received: refused stream before processing any application logic",
+            "",
+        ] {
+            assert!(!is_refused_stream(&Message(other, None)), "{other}");
+        }
+        let with_source = Message(REFUSED_STREAM, Some(std::io::Error::other("io")));
+        assert!(!is_refused_stream(&with_source));
     }
 }
