@@ -265,3 +265,42 @@ async fn a_post_reset_after_the_server_read_it_is_not_retried_with_hyper_utils_c
     assert!(res.is_err());
     assert_eq!(seen.lock().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_grpc_call_whose_stream_was_refused_through_tonic() {
+    // A tonic client's call, as a service of `http::Request<()>` (the message) returning
+    // `tonic::Status`: a refused stream is sent again; the server refuses every stream here, so
+    // it sees the call and 2 retries.
+    let (url, seen) = h2_server(vec![Answer::Refuse; 10]).await;
+    let base = url.split("/repos").next().unwrap().to_owned();
+    let channel = tonic::transport::Endpoint::from_shared(base)
+        .unwrap()
+        .connect_lazy();
+    let svc = ServiceBuilder::new()
+        .layer(policy(2).into_layer())
+        .service_fn(move |_: http::Request<()>| {
+            let mut client = tonic::client::Grpc::new(channel.clone());
+            async move {
+                client
+                    .ready()
+                    .await
+                    .map_err(|e| tonic::Status::from_error(e.into()))?;
+                let path = http::uri::PathAndQuery::from_static("/test.Pinger/Ping");
+                client
+                    .unary(
+                        tonic::Request::new(()),
+                        path,
+                        tonic_prost::ProstCodec::<(), ()>::default(),
+                    )
+                    .await
+                    .map(|res| http::Response::new(res.into_inner()))
+            }
+        });
+    let req = http::Request::post("/test.Pinger/Ping").body(()).unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(20), svc.oneshot(req))
+        .await
+        .expect("the call ends");
+    let status = res.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(seen.lock().unwrap().len(), 3, "{status:?}");
+}

@@ -28,8 +28,9 @@
 //!   `DEADLINE_EXCEEDED` as 504, `RESOURCE_EXHAUSTED` as 429 are retried; `NOT_FOUND`,
 //!   `PERMISSION_DENIED`, `INVALID_ARGUMENT`, `INTERNAL` and the other verdicts are not. A gRPC
 //!   call is a `POST`, so it is retried only when marked safe to repeat ([`RetryAllowed`],
-//!   `Idempotency-Key`) or when it was never sent (a refused connection). A `grpc-status` sent in
-//!   the trailers, after a response body, is not seen by the policy. A server's
+//!   `Idempotency-Key`) or when it was never sent (a refused connection, a refused HTTP/2
+//!   stream: tonic's `UNAVAILABLE` keeps the transport error as its source). A `grpc-status`
+//!   sent in the trailers, after a response body, is not seen by the policy. A server's
 //!   `grpc-retry-pushback-ms` (gRPC's `Retry-After`) is honored like `Retry-After`, and a
 //!   negative or unreadable one, which asks the client not to retry, stops the retries.
 //! - **A reqwest error made from an answer** (`Response::error_for_status`) is read by its
