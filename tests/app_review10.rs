@@ -1330,3 +1330,110 @@ async fn a_comment_scheduled_again_is_logged_with_its_target_and_delivery() {
     assert!(line.contains(&format!("delivery={id}")), "{line}");
     assert!(line.contains("target=team/repo#31"), "{line}");
 }
+
+/// A 5xx the server answered itself (here a 503: the provider's pending comments are at their
+/// bound) was logged twice at error level: by the error layer ("request failed", with the
+/// request id) and by tower-http's `TraceLayer` ("response failed", without it), so an operator
+/// counting errors counted each failure twice, and one of the two lines could not be tied to
+/// its request. Each failed request is logged once at error level now, with its request id.
+#[tokio::test]
+async fn a_5xx_answer_is_logged_once_at_error_level_with_its_request_id() {
+    let (logs, _guard) = Logs::capture();
+    let (github_api, github_fake) =
+        harness::FakeProvider::start(&[http::StatusCode::SERVICE_UNAVAILABLE; 200]).await;
+    let settings = harness::lookup(&[
+        ("GITHUB_WEBHOOK_SECRET", "s3cret"),
+        ("GITHUB_API_URL", &github_api),
+        ("GITHUB_TOKEN", "t0ken"),
+        ("MAX_PENDING_COMMENTS", "1"),
+    ])
+    .unwrap();
+    let base = harness::start_server(&settings).await;
+    let client = reqwest::Client::new();
+    // GitHub's API is down: the first comment stays pending and fills the bound.
+    assert_eq!(github_opened(&client, &base, "r14-once-1").await, 202);
+    let start = std::time::Instant::now();
+    while github_fake.received().is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(10), "no attempt");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The second is refused 503; its request id is the one it was sent with.
+    let body = serde_json::json!({
+        "action": "opened",
+        "number": 8,
+        "pull_request": { "number": 8, "title": "Add a cache", "draft": false },
+        "repository": { "full_name": "octo/repo" },
+    })
+    .to_string();
+    let signature = format!("sha256={}", hmac_hex("s3cret", &body));
+    let request_id = "r14-once-request-id";
+    let headers = [
+        ("x-github-event", "pull_request"),
+        ("x-github-delivery", "r14-once-2"),
+        ("x-hub-signature-256", signature.as_str()),
+        ("x-request-id", request_id),
+    ];
+    let status = post_json(
+        &client,
+        &format!("{base}/api/v1/github_webhooks"),
+        &headers,
+        body,
+    )
+    .await;
+    assert_eq!(status, http::StatusCode::SERVICE_UNAVAILABLE);
+    // The answer's lines are written before the client reads it; give the trace's a moment.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let text = logs.text();
+    let errors: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains("ERROR") && line.contains("503"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{text}");
+    assert!(errors[0].contains(request_id), "{text}");
+}
+
+/// A 5xx that no one logged (a handler's own `502`, with no problem in it) is still logged once
+/// at error level by the server's trace layer, now with the request id; a `4xx` is no failure.
+#[tokio::test]
+async fn a_5xx_the_error_layer_passed_through_is_logged_once_with_its_request_id() {
+    use tower::ServiceBuilder;
+    use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+    let (logs, _guard) = Logs::capture();
+    let x_request_id = http::HeaderName::from_static("x-request-id");
+    let router = axum::Router::new()
+        .route(
+            "/bad-gateway",
+            axum::routing::get(|| async { http::StatusCode::BAD_GATEWAY }),
+        )
+        .route(
+            "/conflict",
+            axum::routing::get(|| async { http::StatusCode::CONFLICT }),
+        )
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(
+                    x_request_id.clone(),
+                    MakeRequestUuid,
+                ))
+                .layer(PropagateRequestIdLayer::new(x_request_id))
+                .layer(app::trace_layer())
+                .layer(tower_webhook::error::WebhookErrorLayer::new()),
+        );
+    let base = format!("http://{}", harness::serve(router).await);
+    let client = reqwest::Client::new();
+    for (path, status) in [("/bad-gateway", 502), ("/conflict", 409)] {
+        let res = client
+            .get(format!("{base}{path}"))
+            .header("x-request-id", format!("r14-trace{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), status);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let text = logs.text();
+    let errors: Vec<&str> = text.lines().filter(|line| line.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "{text}");
+    assert!(errors[0].contains("502"), "{text}");
+    assert!(errors[0].contains("r14-trace/bad-gateway"), "{text}");
+}

@@ -22,9 +22,16 @@ use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
+use tower_http::classify::{
+    ClassifiedResponse, ClassifyResponse, MakeClassifier, NeverClassifyEos,
+    ServerErrorsFailureClass,
+};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutBody};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{
+    DefaultMakeSpan, DefaultOnBodyChunk, DefaultOnEos, DefaultOnRequest, DefaultOnResponse,
+    OnFailure, TraceLayer,
+};
 use tower_webhook::circuit_breaker::{
     CircuitBreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer, CircuitOpen,
 };
@@ -1372,8 +1379,10 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
                 ))
                 .layer(PropagateRequestIdLayer::new(x_request_id))
                 // Outside the error layer, so that its lines (an error answered, a body that
-                // fails while it streams) are logged inside the request's span.
-                .layer(TraceLayer::new_for_http())
+                // fails while it streams) are logged inside the request's span. An error the
+                // layer answered is logged there, with the request id and its cause: the trace
+                // logs only a 5xx that no one logged (see `UnloggedServerErrors`).
+                .layer(trace_layer())
                 .layer(WebhookErrorLayer::new())
                 .layer(tower::timeout::TimeoutLayer::new(settings.request_timeout))
                 // A client that stops sending its body gets 408, before the whole request's
@@ -1386,6 +1395,99 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
         state,
         hook_updaters,
     })
+}
+
+/// Which answers `TraceLayer` logs as failed: a 5xx (or an error of the inner service) that the
+/// error layer did not log. One that carries a [`Problem`] was rendered by `WebhookErrorLayer`,
+/// which logged it at error level with the request id and its cause: a second error line
+/// (tower-http's "response failed", without the request id) would count each failure twice.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct UnloggedServerErrors;
+
+/// [`UnloggedServerErrors`] for one request: its id (set by `SetRequestIdLayer`, outside).
+#[derive(Clone)]
+pub(crate) struct TraceClassifier {
+    request_id: Option<HeaderValue>,
+}
+
+/// A failure `TraceLayer` logs: what failed, and the id of the request.
+pub(crate) struct TraceFailure {
+    request_id: Option<HeaderValue>,
+    class: ServerErrorsFailureClass,
+}
+
+/// tower-http's `TraceLayer` as the server uses it: a failure is logged at error level, with
+/// the request id, unless the error layer logged it (see [`UnloggedServerErrors`]).
+pub(crate) fn trace_layer() -> TraceLayer<
+    UnloggedServerErrors,
+    DefaultMakeSpan,
+    DefaultOnRequest,
+    DefaultOnResponse,
+    DefaultOnBodyChunk,
+    DefaultOnEos,
+    LogTraceFailure,
+> {
+    TraceLayer::new(UnloggedServerErrors).on_failure(LogTraceFailure)
+}
+
+/// Logs a [`TraceFailure`]: one error line, with the request id, as the error layer's lines
+/// have it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LogTraceFailure;
+
+impl OnFailure<TraceFailure> for LogTraceFailure {
+    fn on_failure(&mut self, failure: TraceFailure, latency: Duration, _: &tracing::Span) {
+        let request_id = failure
+            .request_id
+            .as_ref()
+            .and_then(|id| id.to_str().ok())
+            .unwrap_or("-");
+        tracing::error!(
+            request_id,
+            classification = %failure.class,
+            latency_ms = latency.as_millis(),
+            "response failed"
+        );
+    }
+}
+
+impl MakeClassifier for UnloggedServerErrors {
+    type Classifier = TraceClassifier;
+    type FailureClass = TraceFailure;
+    type ClassifyEos = NeverClassifyEos<TraceFailure>;
+
+    fn make_classifier<B>(&self, req: &http::Request<B>) -> TraceClassifier {
+        TraceClassifier {
+            request_id: req.headers().get("x-request-id").cloned(),
+        }
+    }
+}
+
+impl ClassifyResponse for TraceClassifier {
+    type FailureClass = TraceFailure;
+    type ClassifyEos = NeverClassifyEos<TraceFailure>;
+
+    fn classify_response<B>(
+        self,
+        res: &http::Response<B>,
+    ) -> ClassifiedResponse<TraceFailure, NeverClassifyEos<TraceFailure>> {
+        let status = res.status();
+        if status.is_server_error() && res.extensions().get::<Problem>().is_none() {
+            ClassifiedResponse::Ready(Err(TraceFailure {
+                request_id: self.request_id,
+                class: ServerErrorsFailureClass::StatusCode(status),
+            }))
+        } else {
+            ClassifiedResponse::Ready(Ok(()))
+        }
+    }
+
+    fn classify_error<E: std::fmt::Display + 'static>(self, error: &E) -> TraceFailure {
+        TraceFailure {
+            request_id: self.request_id,
+            class: ServerErrorsFailureClass::Error(error.to_string()),
+        }
+    }
 }
 
 /// How long a connection to a provider API (TCP and TLS) may take to open. Past it, nothing was
