@@ -118,7 +118,10 @@ impl fmt::Debug for TunnelConfig {
             .field("chain", &self.chain)
             .field("auth_token", &self.auth_token)
             .field("region", &self.region)
-            .field("server", &self.server)
+            .field(
+                "server",
+                &self.server.as_deref().map(super::http::shown_url),
+            )
             .field("secret", &self.secret)
             .finish()
     }

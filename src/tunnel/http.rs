@@ -29,6 +29,38 @@ pub(crate) fn without_user_info(url: &str) -> String {
     }
 }
 
+/// `url` as it may be shown (errors, hints, log lines, `Debug` output): without its user info,
+/// and with the value of each query parameter and the fragment shown as `<redacted>`. No tunnel
+/// server takes a query or a fragment (they are never sent), but a URL copied from elsewhere may
+/// carry a token there; the names of the parameters stay, so the URL is still recognisable.
+pub(crate) fn shown_url(url: &str) -> String {
+    const REDACTED: &str = "<redacted>";
+    let url = without_user_info(url);
+    let (rest, fragment) = match url.split_once('#') {
+        Some((rest, _)) => (rest, true),
+        None => (url.as_str(), false),
+    };
+    let mut shown = match rest.split_once('?') {
+        None => rest.to_owned(),
+        Some((base, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|param| match param.split_once('=') {
+                    Some((name, _)) => format!("{name}={REDACTED}"),
+                    None if param.is_empty() => String::new(),
+                    None => REDACTED.to_owned(),
+                })
+                .collect();
+            format!("{base}?{}", params.join("&"))
+        }
+    };
+    if fragment {
+        shown.push('#');
+        shown.push_str(REDACTED);
+    }
+    shown
+}
+
 /// A parsed `http://` or `https://` base address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct BaseUrl {
@@ -45,6 +77,8 @@ impl BaseUrl {
         if input.is_empty() {
             return Err("the address is empty".into());
         }
+        // The address as the errors below show it: no secret of its query or user info.
+        let shown = shown_url(input);
         let with_scheme = if input.contains("://") {
             input.to_owned()
         } else if default_https {
@@ -54,20 +88,20 @@ impl BaseUrl {
         };
         let uri: Uri = with_scheme
             .parse()
-            .map_err(|err| format!("`{input}` is not a valid address: {err}"))?;
+            .map_err(|err| format!("`{shown}` is not a valid address: {err}"))?;
         let https = match uri.scheme_str() {
             Some("http") => false,
             Some("https") => true,
             other => {
                 return Err(format!(
-                    "`{input}` has scheme {}, expected http or https",
+                    "`{shown}` has scheme {}, expected http or https",
                     other.unwrap_or("(none)")
                 ));
             }
         };
         let host = uri
             .host()
-            .ok_or_else(|| format!("`{input}` has no host"))?
+            .ok_or_else(|| format!("`{shown}` has no host"))?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
@@ -331,6 +365,23 @@ mod tests {
         ] {
             assert_eq!(super::without_user_info(given), kept, "{given}");
         }
+    }
+
+    #[test]
+    fn shown_urls_hide_query_values_fragments_and_user_info() {
+        for (given, shown) in [
+            (
+                "http://u:p@h:1/x?token=abc&region=eu",
+                "http://h:1/x?token=<redacted>&region=<redacted>",
+            ),
+            ("https://h/?abc#frag", "https://h/?<redacted>#<redacted>"),
+            ("h:1?a=&&b", "h:1?a=<redacted>&&<redacted>"),
+            ("https://lt.example.com", "https://lt.example.com"),
+        ] {
+            assert_eq!(super::shown_url(given), shown, "{given}");
+        }
+        let err = BaseUrl::parse("http://h/?token=s3cret x", false).unwrap_err();
+        assert!(!err.contains("s3cret"), "{err}");
     }
 
     #[test]

@@ -101,7 +101,7 @@ struct Registration {
 /// ```
 #[derive(Debug, Clone)]
 pub struct LocalTunnel {
-    server: String,
+    server: ServerUrl,
     subdomain: Option<String>,
     max_connections: usize,
     startup_timeout: Duration,
@@ -112,6 +112,24 @@ pub struct LocalTunnel {
     /// start fails after the server gave it), so a second tunnel opened through the same
     /// provider while the first is up never asks for the first's name.
     ended: Arc<Mutex<VecDeque<EndedName>>>,
+}
+
+/// The server's URL, whose `Debug` output shows the values of its query and its fragment (a
+/// token, say, which no localtunnel server takes) as `<redacted>`.
+#[derive(Clone)]
+struct ServerUrl(String);
+
+impl ServerUrl {
+    /// The URL as errors, hints and log lines may show it.
+    fn shown(&self) -> String {
+        super::http::shown_url(&self.0)
+    }
+}
+
+impl std::fmt::Debug for ServerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.shown(), f)
+    }
 }
 
 /// The subdomain of an ended tunnel, and the tunnel it belongs to.
@@ -226,7 +244,7 @@ impl LocalTunnel {
     /// ```
     pub fn new() -> Self {
         Self {
-            server: LOCALTUNNEL_PUBLIC_SERVER.to_owned(),
+            server: ServerUrl(LOCALTUNNEL_PUBLIC_SERVER.to_owned()),
             subdomain: None,
             max_connections: 10,
             startup_timeout: Duration::from_secs(10),
@@ -238,12 +256,15 @@ impl LocalTunnel {
 
     /// The server's URL (`https://host[:port]` or `http://host[:port]`); a bare `host[:port]`
     /// means `http://host[:port]`. User info (`user:password@`), which localtunnel has no use
-    /// for, is dropped, so that it never shows in errors, hints or `Debug` output.
+    /// for, is dropped, so that it never shows in errors, hints or `Debug` output. A path, a
+    /// query or a fragment is not sent to the server either; errors, hints and `Debug` output
+    /// show the values of the query and the fragment as `<redacted>` (a `?token=...` copied
+    /// with the URL shows as `?token=<redacted>`).
     ///
     /// # Example
     ///
     /// ```
-    /// use tower_webhook::tunnel::{LocalTunnel, Tunnel, TunnelError};
+    /// use tower_webhook::tunnel::{LocalTunnel, Provider, Tunnel, TunnelError};
     ///
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// // A port where no localtunnel server listens.
@@ -256,10 +277,15 @@ impl LocalTunnel {
     ///     .unwrap_err();
     /// let TunnelError::AllFailed { attempts } = err else { panic!("{err}") };
     /// assert!(attempts[0].hint.as_ref().unwrap().contains(&server));
+    ///
+    /// // A token in the query shows nowhere.
+    /// let lt = LocalTunnel::new().server("https://lt.example.com/?token=s3cret");
+    /// assert!(format!("{lt:?}").contains("https://lt.example.com/?token=<redacted>"));
+    /// assert!(!lt.hint().unwrap().contains("s3cret"));
     /// # Ok(()) }
     /// ```
     pub fn server(mut self, server: impl Into<String>) -> Self {
-        self.server = super::http::without_user_info(&server.into());
+        self.server = ServerUrl(super::http::without_user_info(&server.into()));
         self
     }
 
@@ -611,13 +637,13 @@ impl Provider for LocalTunnel {
     fn hint(&self) -> Option<String> {
         Some(format!(
             "check that a localtunnel server answers at {} (TUNNEL_SERVER)",
-            self.server
+            self.server.shown()
         ))
     }
 
     fn open(&self, upstream: Upstream) -> BoxFuture<'_, Result<Session, BoxError>> {
         Box::pin(async move {
-            let base = BaseUrl::parse(&self.server, false)?;
+            let base = BaseUrl::parse(&self.server.0, false)?;
             // The name of a tunnel that ended, taken out so that no other tunnel asks for it at
             // the same time; put back when this attempt ends without a tunnel, however it ends.
             let tunnel = upstream.tunnel_scope();
