@@ -18,7 +18,7 @@ use std::time::Duration;
 use logs::Logs;
 use lt_scripted::ScriptedLt;
 use support::hello_service;
-use tower_webhook::tunnel::{LocalTunnel, Provider, Tunnel, TunnelConfig, Upstream};
+use tower_webhook::tunnel::{LocalTunnel, Provider, Tunnel, TunnelConfig, TunnelEvent, Upstream};
 
 const TOKEN: &str = "lt-TOKEN-r14-5f3a9c";
 const PASSWORD: &str = "lt-PASSWORD-r14-77e1";
@@ -83,6 +83,48 @@ async fn a_token_in_the_localtunnel_server_url_shows_nowhere() {
     }
     let logged = logs.text();
     assert!(logged.contains("tunnel provider failed"), "{logged}");
+    no_secret("the log", &logged);
+}
+
+/// A tunnel whose server went away is re-opened, and each failed round is logged with the
+/// reasons and hints of its attempts: the hint named the server URL, token and all, in a log
+/// line every round for as long as the server was gone. Neither the log nor the events hold it
+/// now.
+#[tokio::test]
+async fn a_token_in_the_localtunnel_server_url_shows_in_no_re_open_log_line() {
+    let (logs, _guard) = Logs::capture();
+    let mut server = support::LtServer::start().await;
+    let handle = Tunnel::builder()
+        .provider(
+            LocalTunnel::new()
+                .server(format!("http://{}/?token={TOKEN}", server.addr))
+                .startup_timeout(Duration::from_secs(3)),
+        )
+        .probe(false)
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200))
+        .start(service())
+        .await
+        .unwrap();
+    let mut events = handle.events();
+    server.kill();
+    let down = tokio::time::timeout(Duration::from_secs(20), events.next())
+        .await
+        .expect("no Down event in time")
+        .expect("the tunnel closed");
+    assert!(matches!(down, TunnelEvent::Down { .. }), "{down:?}");
+    no_secret("the Down event", &format!("{down:?}"));
+    let start = std::time::Instant::now();
+    while !logs.text().contains("tunnel could not be re-opened") {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no failed re-open: {}",
+            logs.text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    handle.close().await;
+    let logged = logs.text();
+    assert!(logged.contains("?token=<redacted>"), "{logged}");
     no_secret("the log", &logged);
 }
 
