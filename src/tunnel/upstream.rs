@@ -1202,9 +1202,13 @@ where
         // hyper's own text names the kind of error only: the cause is its source.
         let error = super::error::chain(&err);
         if err.is_user() {
-            // The service (or its response body) failed: hyper closed the connection without
-            // an answer, and the sender only sees it reset.
-            tracing::warn!(%error, "the service failed a tunnel request; the connection was closed without an answer");
+            // The service failed (no answer went out), or its response body did once the head
+            // was sent (the answer is cut short): hyper closed the connection either way.
+            tracing::warn!(
+                %error,
+                "the service or its response body failed a tunnel request; the connection was \
+                 closed (the sender got no answer, or one cut short)"
+            );
         } else {
             tracing::debug!(%error, "tunnel connection ended with an error");
         }
