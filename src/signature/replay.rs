@@ -1968,6 +1968,27 @@ mod tests {
     }
 
     #[test]
+    fn claims_settled_at_capacity_leave_no_pair_out_of_order() {
+        // Deliveries as the layer records them by default: a claim (`claim_ttl`, shorter than
+        // the `replay_ttl` of the ids handled before it), then its completion, past capacity.
+        let store = MemoryReplayStore::with_capacity(1_000);
+        let (claim_ttl, replay_ttl) = (Duration::from_secs(300), Duration::from_secs(86_400));
+        for i in 0..20_000 {
+            let (key, token) = (format!("github:{i}"), ClaimToken::unique());
+            assert!(block_on(store.claim(&key, token, claim_ttl)));
+            assert!(block_on(store.complete(&key, token, replay_ttl)));
+        }
+        let e = store.lock();
+        assert_eq!(e.table.len, 1_000);
+        assert!(e.table.claims.is_empty());
+        // Nothing went to a heap: no pair was out of order in its queue.
+        assert!(e.handled.behind.heap.is_empty() && e.claims.behind.heap.is_empty());
+        // One pair per id handled; the last claim's (settled) pair only, until the next one.
+        assert_eq!(e.handled.pairs.len(), 1_000);
+        assert!(e.claims.pairs.len() <= 1);
+    }
+
+    #[test]
     fn claims_are_in_progress_until_completed_and_expire_like_ids() {
         let now = Arc::new(AtomicU64::new(1_000_000));
         let n = now.clone();
