@@ -75,7 +75,7 @@
 //! | `circuit-breaker` | `circuit_breaker`: `CircuitBreakerLayer`, keyed breakers | yes |
 //! | `retry` | `retry`: a `tower::retry` policy with backoff | yes |
 //! | `tunnel` | `tunnel`: public URLs through localtunnel, bore, cloudflared | no |
-//! | `axum` | `IntoResponse` for `Problem`, the `VerifiedWebhook` extractor | no |
+//! | `axum` | `IntoResponse` for `Problem`, the `VerifiedWebhook` extractor (axum 0.8) | no |
 //! | `tonic` | `tonic::Status` and `tonic::Code` support | no |
 //! | `reqwest` | classifiers and retries for `reqwest::Client` (reqwest 0.13) | no |
 //! | `reqwest-0-12` | the same for reqwest 0.12 | no |

@@ -88,7 +88,8 @@
 //! `claim_ttl` under a millisecond is refused (a panic when set, as a non-2xx
 //! [`OnReplay::Acknowledge`]). [`RecordDelivery::AfterVerification`] records the id
 //! for good as soon as the signature is valid (at most once, even if the handler fails). Ids are
-//! namespaced by provider.
+//! namespaced by provider. A delivery whose id is a header it left out (GitHub without
+//! `X-GitHub-Delivery`) is verified and handed on, but not deduplicated.
 //!
 //! # Example
 //!
