@@ -1437,3 +1437,161 @@ async fn a_5xx_the_error_layer_passed_through_is_logged_once_with_its_request_id
     assert!(errors[0].contains("502"), "{text}");
     assert!(errors[0].contains("r14-trace/bad-gateway"), "{text}");
 }
+
+/// Set in the child process of
+/// [`the_process_exits_within_the_grace_while_a_comments_host_name_is_being_resolved`].
+const SLOW_DNS_CHILD: &str = "PR_AGENT_SERVER_SLOW_DNS_CHILD";
+
+/// A comment's API host name is resolved by the system resolver on one of tokio's blocking
+/// threads, which cannot be cancelled, and a tokio runtime dropped waits for its blocking
+/// threads: with the resolver's name server not answering, the process stayed alive after
+/// `SHUTDOWN_GRACE_SECS` for as long as the lookup took (10 s with the default `resolv.conf`
+/// options, more with search domains), past a container's stop timeout. It exits within the
+/// grace and a short wait now, after logging the comment left.
+///
+/// The test runs itself again as a child process, as `main` runs the server, in a mount namespace
+/// of its own whose `resolv.conf` names a name server on a loopback address that never answers
+/// (this test's UDP socket). Where it cannot (not Linux, no `unshare`, no right to mount or to
+/// bind port 53), it says so and passes.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_process_exits_within_the_grace_while_a_comments_host_name_is_being_resolved() {
+    use std::io::{BufRead, Read};
+    use std::time::Instant;
+    const NAME: &str =
+        "the_process_exits_within_the_grace_while_a_comments_host_name_is_being_resolved";
+    if std::env::var_os(SLOW_DNS_CHILD).is_some() {
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(std::io::stderr)
+            .init();
+        let left = app::run_to_exit(async {
+            let settings = app::Settings::from_env().unwrap();
+            let app = app::build(&settings).unwrap();
+            let state = app.state.clone();
+            let signals = app::StopSignals::listen().unwrap();
+            let running = app::start(&settings, app, None, signals.nth(1))
+                .await
+                .unwrap();
+            println!("listening on {}", running.local_addr());
+            app::finish(running, &state, settings.shutdown_grace, &signals).await
+        })
+        .unwrap();
+        eprintln!("comments left: {left}");
+        return;
+    }
+
+    // A name server that never answers, on a loopback address of this process's own.
+    let octet = (std::process::id() % 200 + 20) as u8;
+    let Ok(dns) = std::net::UdpSocket::bind((std::net::Ipv4Addr::new(127, 53, octet, 53), 53))
+    else {
+        eprintln!("skipped: cannot bind port 53 on a loopback address");
+        return;
+    };
+    let dns_ip = dns.local_addr().unwrap().ip();
+    let dir = std::env::temp_dir().join(format!("slow-dns-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let resolv = dir.join("resolv.conf");
+    std::fs::write(&resolv, format!("nameserver {dns_ip}\n")).unwrap();
+    let usable = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount --bind "$0" /etc/resolv.conf"#)
+        .arg(&resolv)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !usable {
+        eprintln!("skipped: cannot mount a resolv.conf of its own in a mount namespace");
+        return;
+    }
+
+    let grace = Duration::from_secs(1);
+    let mut child = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount --bind "$0" /etc/resolv.conf && exec "$@""#)
+        .arg(&resolv)
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+        .env(SLOW_DNS_CHILD, "1")
+        .env("PORT", "0")
+        .env("GITHUB_WEBHOOK_SECRET", "s3cret")
+        // Not in /etc/hosts: asked of the name server, which never answers. The lookup gives
+        // up after 30 s (the longest the resolver allows).
+        .env("GITHUB_API_URL", "http://api.github.slow-dns.test")
+        .env("GITHUB_TOKEN", "t")
+        .env("SHUTDOWN_GRACE_SECS", grace.as_secs().to_string())
+        .env("RES_OPTIONS", "timeout:30 attempts:1")
+        .env_remove("LOCALDOMAIN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut stderr = child.stderr.take().unwrap();
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "the child ended early"
+        );
+        // After the test harness's "test ... " on the same line.
+        if let Some((_, addr)) = line.trim().split_once("listening on ") {
+            break addr.to_owned();
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let status = github_opened(
+            &client,
+            &format!("http://{addr}"),
+            "d0000000-0000-4000-8000-000000000001",
+        )
+        .await;
+        assert_eq!(status, http::StatusCode::ACCEPTED);
+        // The comment's post is under way: its host name is being looked up.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    });
+    let asked = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(asked.success());
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if stopped.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = stopped.elapsed();
+    let errors = errors.join().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(dns);
+    let status = status.unwrap_or_else(|| panic!("the child never exited: {errors}"));
+    assert!(status.success(), "{status}: {errors}");
+    // The grace, then a short wait for the runtime's threads: not the 30 s of the lookup.
+    assert!(
+        took < grace + Duration::from_secs(10),
+        "exited {took:?} after SIGTERM: {errors}"
+    );
+    assert!(errors.contains("comments left: 1"), "{errors}");
+    let logged = errors.lines().find(|line| {
+        line.contains("ERROR") && line.contains("d0000000-0000-4000-8000-000000000001")
+    });
+    assert!(logged.is_some(), "the comment left is not logged: {errors}");
+}

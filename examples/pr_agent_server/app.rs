@@ -1581,6 +1581,40 @@ pub(crate) async fn start(
     Ok(running)
 }
 
+/// How long the process waits, once the server is done (after [`finish`]), for the work left on
+/// its runtime: the tasks are dropped at once, each pending comment logged; work on a blocking
+/// thread still running after this is abandoned to the process's exit.
+pub(crate) const EXIT_WAIT: Duration = Duration::from_secs(1);
+
+/// How long the process waits past [`EXIT_WAIT`] for the runtime's threads to log the comments
+/// dropped with their tasks, should there be so many that logging them takes longer.
+const EXIT_LOG_WAIT: Duration = Duration::from_secs(10);
+
+/// Comment jobs not yet dropped, done or not: each one not done is logged when it is dropped.
+static LIVE_JOBS: AtomicU64 = AtomicU64::new(0);
+
+/// Runs `server` (the whole server, up to [`finish`]) on a new multi-thread tokio runtime, and
+/// shuts the runtime down once it is done, within [`EXIT_WAIT`].
+///
+/// The runtime is not just dropped: that waits for its blocking threads, and a comment whose
+/// API host name is being looked up holds one (std's `getaddrinfo`, which nothing can cancel)
+/// for as long as the lookup takes, 10 s or more with a name server that does not answer: the
+/// process stayed alive that long past `SHUTDOWN_GRACE_SECS`.
+pub(crate) fn run_to_exit<F: std::future::Future>(server: F) -> std::io::Result<F::Output> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let out = runtime.block_on(server);
+    runtime.shutdown_timeout(EXIT_WAIT);
+    // The comments dropped with their tasks are logged on the runtime's threads: all of them,
+    // before the process exits.
+    let until = std::time::Instant::now() + EXIT_LOG_WAIT;
+    while LIVE_JOBS.load(Ordering::Acquire) > 0 && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(out)
+}
+
 /// The server's stop signals: Ctrl-C and, on Unix, `SIGTERM`, counted from the moment they are
 /// listened for.
 #[derive(Clone, Debug)]
@@ -1850,11 +1884,7 @@ async fn handle(
         return Err(queue_full());
     }
     state.counters.pending.fetch_add(1, Ordering::AcqRel);
-    match state.jobs.try_send(Unfinished {
-        job,
-        done: false,
-        posting: false,
-    }) {
+    match state.jobs.try_send(Unfinished::new(job)) {
         Ok(()) => {
             state.counters.jobs.fetch_add(1, Ordering::Relaxed);
             Ok(StatusCode::ACCEPTED)
@@ -2558,8 +2588,21 @@ struct Unfinished {
     posting: bool,
 }
 
+impl Unfinished {
+    fn new(job: Job) -> Self {
+        LIVE_JOBS.fetch_add(1, Ordering::AcqRel);
+        Self {
+            job,
+            done: false,
+            posting: false,
+        }
+    }
+}
+
 impl Drop for Unfinished {
     fn drop(&mut self) {
+        // Once logged below, if it is to be.
+        let _live = LiveJob;
         if self.done {
             return;
         }
@@ -2578,6 +2621,15 @@ impl Drop for Unfinished {
             delivery = %self.job.delivery,
             "comment not posted: the server stopped first; deliver it again from the provider's webhook log"
         );
+    }
+}
+
+/// Counts an [`Unfinished`] out of [`LIVE_JOBS`] when dropped.
+struct LiveJob;
+
+impl Drop for LiveJob {
+    fn drop(&mut self) {
+        LIVE_JOBS.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -36,7 +36,8 @@
 //! posted, one waiting out its backoff being tried once more at once; a second Ctrl-C or
 //! `SIGTERM`, even one sent while the open requests are still answered, ends the wait at once;
 //! each one left is logged with its delivery id, as possibly posted if its request was on its
-//! way), `TUNNEL_SERVICE`, `TUNNEL_AUTH_TOKEN`,
+//! way; the process exits a second after that at most, even with a comment's API host name still
+//! being looked up), `TUNNEL_SERVICE`, `TUNNEL_AUTH_TOKEN`,
 //! `TUNNEL_REGION`, `TUNNEL_SERVER`, `TUNNEL_SECRET` (with `--use-tunnel`; without it, those set
 //! are named in a warning), `GITHUB_HOOK_REPOSITORY` + `GITHUB_HOOK_ID`
 //! (with `--use-tunnel`: a repository hook pointed at each tunnel URL; it, like the app below,
@@ -131,8 +132,7 @@ use std::process::ExitCode;
 use app::{Settings, StopSignals};
 use tower_webhook::tunnel::TunnelConfig;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let filter = match std::env::var("RUST_LOG") {
         Ok(value) => app::log_filter(Some(&value)),
         Err(std::env::VarError::NotPresent) => app::log_filter(None),
@@ -156,7 +156,9 @@ async fn main() -> ExitCode {
         .with_ansi(colors)
         .with_writer(app::LogOutput::new(std::io::stdout(), std::io::stderr()))
         .init();
-    match run().await {
+    // A runtime that cannot be built is an error like the others.
+    let out = app::run_to_exit(run()).unwrap_or_else(|err| Err(err.into()));
+    match out {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err}");
