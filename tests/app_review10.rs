@@ -1595,3 +1595,49 @@ fn the_process_exits_within_the_grace_while_a_comments_host_name_is_being_resolv
     });
     assert!(logged.is_some(), "the comment left is not logged: {errors}");
 }
+
+/// A comment waiting on its provider's open breaker at shutdown keeps that wait (the breaker
+/// refuses calls until then): once the open period ends within `SHUTDOWN_GRACE_SECS`, the
+/// comment is sent, and posted if the API is back, before the process exits.
+#[tokio::test]
+async fn a_comment_waiting_on_an_open_breaker_is_posted_when_it_closes_within_the_grace() {
+    let (_logs, _guard) = Logs::capture();
+    let (api, fake) = harness::FakeProvider::start(&[http::StatusCode::SERVICE_UNAVAILABLE]).await;
+    let settings = harness::lookup(&[
+        ("PORT", "0"),
+        ("GITHUB_WEBHOOK_SECRET", "s3cret"),
+        ("GITHUB_API_URL", &api),
+        ("GITHUB_TOKEN", "t"),
+        ("CIRCUIT_BREAKER_FAILURE_THRESHOLD", "1"),
+        ("CIRCUIT_BREAKER_RECOVERY_TIMEOUT", "2"),
+        ("SHUTDOWN_GRACE_SECS", "30"),
+    ])
+    .unwrap();
+    let app = app::build(&settings).unwrap();
+    let state = app.state.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = app::start(&settings, app, None, async {
+        let _ = stopped.await;
+    })
+    .await
+    .unwrap();
+    let base = format!("http://{}", running.local_addr());
+    let client = reqwest::Client::new();
+    let status = github_opened(&client, &base, "e0000000-0000-4000-8000-000000000001").await;
+    assert_eq!(status, http::StatusCode::ACCEPTED);
+    // The 503 opens the breaker: the comment waits for it.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while fake.received().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(state.breakers[&app::Forge::GitHub].state().to_string(), "OPEN");
+    stop.send(()).unwrap();
+    running.wait().await;
+    let left = state.drain_comments(settings.shutdown_grace).await;
+    assert_eq!(left, 0);
+    assert_eq!(fake.received().len(), 2);
+}
