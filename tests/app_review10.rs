@@ -1558,9 +1558,12 @@ fn the_process_exits_within_the_grace_while_a_comments_host_name_is_being_resolv
         )
         .await;
         assert_eq!(status, http::StatusCode::ACCEPTED);
-        // The comment's post is under way: its host name is being looked up.
-        tokio::time::sleep(Duration::from_millis(500)).await;
     });
+    // The comment's post is under way: its host name is being looked up.
+    dns.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut query = [0; 512];
+    let asked = dns.recv_from(&mut query);
+    assert!(asked.is_ok(), "no lookup: {asked:?}");
     let asked = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -1634,7 +1637,10 @@ async fn a_comment_waiting_on_an_open_breaker_is_posted_when_it_closes_within_th
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(state.breakers[&app::Forge::GitHub].state().to_string(), "OPEN");
+    assert_eq!(
+        state.breakers[&app::Forge::GitHub].state().to_string(),
+        "OPEN"
+    );
     stop.send(()).unwrap();
     running.wait().await;
     let left = state.drain_comments(settings.shutdown_grace).await;

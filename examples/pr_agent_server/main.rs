@@ -36,8 +36,8 @@
 //! posted, one waiting out its backoff being tried once more at once; a second Ctrl-C or
 //! `SIGTERM`, even one sent while the open requests are still answered, ends the wait at once;
 //! each one left is logged with its delivery id, as possibly posted if its request was on its
-//! way; the process exits a second after that at most, even with a comment's API host name still
-//! being looked up), `TUNNEL_SERVICE`, `TUNNEL_AUTH_TOKEN`,
+//! way; the process exits a second after that at most, the time to log them aside, even with a
+//! comment's API host name still being looked up), `TUNNEL_SERVICE`, `TUNNEL_AUTH_TOKEN`,
 //! `TUNNEL_REGION`, `TUNNEL_SERVER`, `TUNNEL_SECRET` (with `--use-tunnel`; without it, those set
 //! are named in a warning), `GITHUB_HOOK_REPOSITORY` + `GITHUB_HOOK_ID`
 //! (with `--use-tunnel`: a repository hook pointed at each tunnel URL; it, like the app below,
