@@ -30,6 +30,12 @@ use pin_project::pin_project;
 /// inner service's body, untouched, or a complete body the layer produced itself (a problem
 /// document, a handshake answer).
 ///
+/// With [`RecordDelivery::AfterSuccess`](crate::signature::RecordDelivery::AfterSuccess), the
+/// body of a gRPC call whose status comes in its trailers is watched to its end: the delivery id
+/// is settled in the replay store by the trailers' `grpc-status`, and the trailers (or the end
+/// of a body without them) are handed on once the store has answered. Its frames are otherwise
+/// passed on as they come.
+///
 /// It is generic over the inner body so that nothing is boxed on the success path.
 ///
 /// # Example
@@ -55,6 +61,16 @@ pub struct ResponseBody<B> {
 #[derive(Debug)]
 enum Kind<B> {
     Inner(#[pin] B),
+    /// The inner service's body, the answer of a gRPC call whose status comes in the trailers:
+    /// its delivery id is settled in the replay store when the body ends.
+    #[cfg(feature = "signature")]
+    Grpc {
+        // Declared first, so dropped first: the claim of a body dropped before its end (the
+        // client went away) is released before the inner body goes.
+        settle: Box<crate::signature::SettleAtEnd>,
+        #[pin]
+        body: B,
+    },
     Full(Option<Bytes>),
 }
 
@@ -129,7 +145,24 @@ impl<B> ResponseBody<B> {
     /// Whether this is the inner service's body (not a body the middleware made).
     #[cfg(feature = "error")]
     pub(crate) fn is_inner(&self) -> bool {
-        matches!(self.kind, Kind::Inner(_))
+        match self.kind {
+            Kind::Inner(_) => true,
+            #[cfg(feature = "signature")]
+            Kind::Grpc { .. } => true,
+            Kind::Full(_) => false,
+        }
+    }
+
+    /// Wraps the inner service's body, the streamed answer of a gRPC call: `settle` settles its
+    /// delivery id when the body ends (see [`SettleAtEnd`](crate::signature::SettleAtEnd)).
+    #[cfg(feature = "signature")]
+    pub(crate) fn settled_at_end(body: B, settle: crate::signature::SettleAtEnd) -> Self {
+        Self {
+            kind: Kind::Grpc {
+                settle: Box::new(settle),
+                body,
+            },
+        }
     }
 }
 
@@ -152,6 +185,8 @@ where
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         match self.project().kind.project() {
             KindProj::Inner(inner) => inner.poll_frame(cx),
+            #[cfg(feature = "signature")]
+            KindProj::Grpc { settle, body } => settle.poll_frame(body, cx),
             KindProj::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }
     }
@@ -159,6 +194,9 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Inner(inner) => inner.is_end_stream(),
+            // Not before its ending was seen: hyper would end the stream without polling for it.
+            #[cfg(feature = "signature")]
+            Kind::Grpc { settle, body } => settle.ended() && body.is_end_stream(),
             Kind::Full(bytes) => bytes.is_none(),
         }
     }
@@ -166,6 +204,8 @@ where
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Inner(inner) => inner.size_hint(),
+            #[cfg(feature = "signature")]
+            Kind::Grpc { body, .. } => body.size_hint(),
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }

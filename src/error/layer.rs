@@ -522,7 +522,7 @@ const LINEAR_SCAN_MAX: usize = 24;
 
 /// The gRPC protocol a request speaks, from its `content-type`.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Grpc {
+pub(crate) enum Grpc {
     /// `application/grpc[+codec]`.
     Native,
     /// `application/grpc-web[+codec]`: trailers-only answers work the same, under this type.
@@ -534,7 +534,7 @@ pub(super) enum Grpc {
 impl Grpc {
     /// Media types are case-insensitive (RFC 9110, section 8.3.1).
     #[inline]
-    fn of(content_type: &HeaderValue) -> Option<Self> {
+    pub(crate) fn of(content_type: &HeaderValue) -> Option<Self> {
         fn strip<'a>(s: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
             let (head, rest) = s.split_at_checked(prefix.len())?;
             head.eq_ignore_ascii_case(prefix).then_some(rest)

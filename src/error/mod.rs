@@ -93,7 +93,7 @@ mod processing;
 pub use body::ResponseBody;
 pub use grpc::GrpcCode;
 #[cfg(feature = "signature")]
-pub(crate) use layer::AlreadyLogged;
+pub(crate) use layer::{AlreadyLogged, Grpc};
 pub use layer::{ProblemJson, RenderProblem, ResponseFuture, WebhookError, WebhookErrorLayer};
 #[cfg(all(feature = "circuit-breaker", feature = "tonic"))]
 pub(crate) use problem::pushback_value;

@@ -25,7 +25,7 @@ use super::scheme::{
 use super::secret::{Secret, Secrets};
 use crate::BoxError;
 use crate::body::ResponseBody;
-use crate::error::{AlreadyLogged, Problem};
+use crate::error::{AlreadyLogged, Grpc, Problem};
 
 /// Default body limit: 25 MiB, the largest payload GitHub sends.
 ///
@@ -1572,6 +1572,21 @@ fn grpc_failed(headers: &HeaderMap) -> bool {
         .is_some_and(|status| status.as_bytes() != b"0")
 }
 
+/// Whether an answer to a gRPC call carries the call's status at the end of its body: a `200`
+/// typed as gRPC without `grpc-status` in its head (a streamed answer, or a unary one that is not
+/// trailers-only). Anything else is settled by its head: a trailers-only answer by its
+/// `grpc-status`, another status (a router's `404`, a proxy's `503`) as an HTTP answer.
+fn grpc_status_in_trailers<B>(response: &Response<B>) -> bool {
+    static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+    let headers = response.headers();
+    response.status() == StatusCode::OK
+        && !headers.contains_key(&GRPC_STATUS)
+        && headers
+            .get(header::CONTENT_TYPE)
+            .and_then(Grpc::of)
+            .is_some()
+}
+
 /// The media type of a gRPC or gRPC-web call (`application/grpc`, `application/grpc+proto`,
 /// `application/grpc-web-text`, ...), without parameters.
 fn grpc_content_type(headers: &HeaderMap) -> Option<HeaderValue> {
@@ -1843,6 +1858,8 @@ where
         #[pin]
         future: S::Future,
         claim: Option<Claim>,
+        /// The request is a gRPC call (looked at only when there is a claim).
+        grpc: bool,
     },
     /// The claim of a finished delivery is settled (completed after 2xx, else released) before
     /// the provider sees the answer.
@@ -2134,11 +2151,26 @@ where
                         }),
                     }
                 }
-                StateProj::Inner { future, claim } => {
+                StateProj::Inner {
+                    future,
+                    claim,
+                    grpc,
+                } => {
                     let result = ready!(future.poll(cx));
                     let Some(claim) = claim.take() else {
                         return Poll::Ready(result.map(|r| r.map(ResponseBody::new)));
                     };
+                    if *grpc
+                        && let Ok(response) = &result
+                        && grpc_status_in_trailers(response)
+                    {
+                        // The call's status comes at the end of the body: settled there.
+                        let settle = SettleAtEnd::new(claim, Arc::clone(this.shared));
+                        return Poll::Ready(
+                            result
+                                .map(|r| r.map(|body| ResponseBody::settled_at_end(body, settle))),
+                        );
+                    }
                     let failed = match &result {
                         // A gRPC call that failed is answered 200, with its `grpc-status` in the
                         // headers (trailers-only): not handled either.
@@ -2289,6 +2321,110 @@ impl Drop for Claim {
                 key,
             ));
         }
+    }
+}
+
+/// The claim of a gRPC call whose answer carries its status in the trailers (see
+/// [`ResponseBody`]): settled when the body ends. Trailers with `grpc-status: 0` complete it;
+/// any other status, a body that ends without a status, or a body error release it, and so does
+/// a body dropped before its end (the client went away: [`Claim`]'s `Drop`). The store's update
+/// is finished before the trailers (or the end) are handed on, so that a sender that resends at
+/// once after seeing the status is not refused.
+pub(crate) struct SettleAtEnd {
+    phase: Phase,
+    shared: Arc<Shared>,
+}
+
+enum Phase {
+    /// The body streams, with its claim held.
+    Streaming(Claim),
+    /// The body ended: the store's update runs, then its ending (the trailers, or none) goes on.
+    Updating(Detached, Option<http_body::Frame<Bytes>>),
+    /// Settled: what the body yields goes on as it is.
+    Done,
+}
+
+impl SettleAtEnd {
+    fn new(claim: Claim, shared: Arc<Shared>) -> Self {
+        Self {
+            phase: Phase::Streaming(claim),
+            shared,
+        }
+    }
+
+    /// Whether the body's ending was handed on (the claim is settled).
+    pub(crate) fn ended(&self) -> bool {
+        matches!(self.phase, Phase::Done)
+    }
+
+    /// Polls `body` for its next frame, settling the claim at its ending.
+    pub(crate) fn poll_frame<B>(
+        &mut self,
+        mut body: Pin<&mut B>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, B::Error>>>
+    where
+        B: Body<Data = Bytes>,
+    {
+        loop {
+            match &mut self.phase {
+                Phase::Done => return body.poll_frame(cx),
+                Phase::Updating(update, _) => {
+                    let outcome = ready!(Pin::new(&mut *update).poll(cx));
+                    update.log_failure(&self.shared, outcome);
+                    let Phase::Updating(_, ending) =
+                        std::mem::replace(&mut self.phase, Phase::Done)
+                    else {
+                        unreachable!("in the updating phase")
+                    };
+                    return Poll::Ready(ending.map(Ok));
+                }
+                Phase::Streaming(_) => {
+                    let ending = match ready!(body.as_mut().poll_frame(cx)) {
+                        Some(Ok(frame)) if frame.is_data() => {
+                            return Poll::Ready(Some(Ok(frame)));
+                        }
+                        Some(Ok(frame)) => Some(frame),
+                        None => None,
+                        Some(Err(err)) => {
+                            // The error cannot be held while the store answers (its type is the
+                            // inner body's): the release is started (an in-memory store's is
+                            // done at once) and finished without an owner.
+                            self.phase = Phase::Done;
+                            return Poll::Ready(Some(Err(err)));
+                        }
+                    };
+                    let handled = ending
+                        .as_ref()
+                        .and_then(http_body::Frame::trailers_ref)
+                        .and_then(|trailers| trailers.get("grpc-status"))
+                        .is_some_and(|status| status.as_bytes() == b"0");
+                    let Phase::Streaming(claim) = std::mem::replace(&mut self.phase, Phase::Done)
+                    else {
+                        unreachable!("in the streaming phase")
+                    };
+                    let update = if handled {
+                        claim.complete()
+                    } else {
+                        claim.release()
+                    };
+                    self.phase = Phase::Updating(update, ending);
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Debug for SettleAtEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let phase = match self.phase {
+            Phase::Streaming(_) => "streaming",
+            Phase::Updating(..) => "updating",
+            Phase::Done => "done",
+        };
+        f.debug_struct("SettleAtEnd")
+            .field("phase", &phase)
+            .finish_non_exhaustive()
     }
 }
 
@@ -2443,9 +2579,17 @@ fn call_inner<S, ReqBody>(
 where
     S: Service<Request<ReqBody>>,
 {
+    // Only a claim is settled by the answer: without one the request's type does not matter.
+    let grpc = claim.is_some()
+        && req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(Grpc::of)
+            .is_some();
     State::Inner {
         future: inner.call(req),
         claim,
+        grpc,
     }
 }
 

@@ -78,9 +78,10 @@
 //!
 //! [`record_delivery`](SignatureLayer::record_delivery) says when an id counts as seen:
 //! [`RecordDelivery::AfterSuccess`] (default) claims it while the inner service runs and releases
-//! it again unless that answered 2xx (and, to a gRPC call, no `grpc-status` other than 0 in its
-//! headers), so a provider's retry or redelivery of a failed delivery (GitHub reuses the
-//! delivery id) is processed. A claim lasts at most
+//! it again unless that answered 2xx (and, to a gRPC call, `grpc-status: 0`: a trailers-only
+//! answer's in its headers, a streamed answer's in the trailers that end its body, where the id
+//! is settled before the trailers are handed on), so a provider's retry or redelivery of a failed
+//! delivery (GitHub reuses the delivery id) is processed. A claim lasts at most
 //! [`claim_ttl`](SignatureLayer::claim_ttl) (default 5 minutes), so one left by a process that
 //! died is not held for the whole `replay_ttl`. A claim the store answers with an error (the
 //! delivery gets 503) is released again, in case the store took it all the same, so the retry
@@ -187,6 +188,7 @@ mod secret;
 
 pub use clock::Clock;
 pub use error::{SignatureConfigError, SignatureValidationError};
+pub(crate) use layer::SettleAtEnd;
 pub use layer::{
     DEFAULT_CLAIM_TTL, DEFAULT_MAX_BODY_SIZE, DEFAULT_REPLAY_TTL, DEFAULT_TIMESTAMP_TOLERANCE,
     ResponseFuture, Signature, SignatureLayer, VerifiedWebhook,

@@ -1,0 +1,481 @@
+//! `RecordDelivery::AfterSuccess` on a gRPC call whose status comes in the trailers (a
+//! server-streaming method, a unary answer that is not trailers-only): the delivery id is
+//! settled when the body ends, by the trailers' `grpc-status`, not by the head. Real tonic
+//! servers behind `SignatureLayer` on loopback ports, called by tonic clients.
+
+#[path = "../examples/common/echo.rs"]
+#[allow(dead_code)]
+mod echo;
+#[path = "common/incoming.rs"]
+mod incoming;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use echo::{Echo, codec};
+use http::{Request, Response, StatusCode};
+use tokio::sync::{Semaphore, mpsc};
+use tonic::Status;
+use tower_webhook::body::{RequestBody, ResponseBody};
+use tower_webhook::signature::{
+    ClaimToken, MemoryReplayStore, OnReplay, ReplayFuture, ReplayStore, SignatureLayer,
+};
+
+const SECRET: &str = "It's a Secret to Everybody";
+
+/// A server-streaming method, written by hand: `test.Stream/Watch`. `"ok"` sends `"one"` and
+/// `"two"` and ends (`grpc-status: 0` in the trailers); `"fail"` sends `"one"`, then fails with
+/// `Internal` (13, in the trailers); `"hang"` sends `"one"`, then waits forever and says when
+/// its stream is dropped.
+mod watch {
+    use std::convert::Infallible;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use futures_util::stream::{self, BoxStream, StreamExt};
+    use http::{Request, Response};
+    use tokio::sync::mpsc;
+    use tonic::Status;
+
+    use super::echo::{Echo, codec};
+
+    pub(super) const WATCH: &str = "/test.Stream/Watch";
+
+    #[derive(Clone)]
+    pub(super) struct StreamService {
+        pub(super) dropped: mpsc::UnboundedSender<()>,
+    }
+
+    impl tonic::server::NamedService for StreamService {
+        const NAME: &'static str = "test.Stream";
+    }
+
+    struct Watch(mpsc::UnboundedSender<()>);
+
+    /// Says when it is dropped (with the stream that owns it).
+    struct OnDrop(mpsc::UnboundedSender<()>);
+
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.send(());
+        }
+    }
+
+    fn echo(message: &str) -> Result<Echo, Status> {
+        Ok(Echo {
+            message: message.to_owned(),
+        })
+    }
+
+    impl tonic::server::ServerStreamingService<Echo> for Watch {
+        type Response = Echo;
+        type ResponseStream = BoxStream<'static, Result<Echo, Status>>;
+        type Future = std::future::Ready<Result<tonic::Response<Self::ResponseStream>, Status>>;
+
+        fn call(&mut self, request: tonic::Request<Echo>) -> Self::Future {
+            // Each message is sent once the stream waits (as a stream on its source does).
+            fn waits_once() -> BoxStream<'static, Result<Echo, Status>> {
+                let mut waited = false;
+                stream::poll_fn(move |cx| {
+                    if std::mem::replace(&mut waited, true) {
+                        return Poll::Ready(None);
+                    }
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                })
+                .boxed()
+            }
+            let stream = match request.into_inner().message.as_str() {
+                "ok" => stream::iter([echo("one")])
+                    .chain(waits_once())
+                    .chain(stream::iter([echo("two")]))
+                    .boxed(),
+                "fail" => stream::iter([echo("one")])
+                    .chain(waits_once())
+                    .chain(stream::iter([Err(Status::internal("the source broke"))]))
+                    .boxed(),
+                _ => {
+                    let guard = OnDrop(self.0.clone());
+                    stream::iter([echo("one")])
+                        .chain(stream::poll_fn(move |_| {
+                            let _ = &guard;
+                            Poll::Pending
+                        }))
+                        .boxed()
+                }
+            };
+            std::future::ready(Ok(tonic::Response::new(stream)))
+        }
+    }
+
+    impl tower::Service<Request<tonic::body::Body>> for StreamService {
+        type Response = Response<tonic::body::Body>;
+        type Error = Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: Request<tonic::body::Body>) -> Self::Future {
+            let watch = Watch(self.dropped.clone());
+            Box::pin(async move {
+                let mut grpc = tonic::server::Grpc::new(codec());
+                Ok(grpc.server_streaming(watch, req).await)
+            })
+        }
+    }
+}
+
+/// A tonic server on a loopback port, behind `layer`: how many calls got past the layer (were
+/// processed), and a signal for each `"hang"` stream dropped.
+struct Server {
+    addr: SocketAddr,
+    processed: Arc<AtomicUsize>,
+    dropped: mpsc::UnboundedReceiver<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(layer: SignatureLayer) -> Server {
+    let (addr, incoming) = incoming::loopback().await;
+    let processed = Arc::new(AtomicUsize::new(0));
+    let (tx, dropped) = mpsc::unbounded_channel();
+    let counter = Arc::clone(&processed);
+    // tonic's body cannot be built from bytes: the layer sees a `RequestBody`.
+    let stack = tower::ServiceBuilder::new()
+        .map_request(|req: Request<tonic::body::Body>| req.map(RequestBody::new))
+        .map_response(|res: Response<ResponseBody<tonic::body::Body>>| {
+            res.map(tonic::body::Body::new)
+        })
+        .layer(layer)
+        .map_request(move |req: Request<RequestBody>| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            req.map(tonic::body::Body::new)
+        })
+        .into_inner();
+    let task = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .layer(stack)
+            .add_service(watch::StreamService { dropped: tx })
+            .add_service(echo::EchoService)
+            .serve_with_incoming(incoming)
+            .await
+            .unwrap();
+    });
+    Server {
+        addr,
+        processed,
+        dropped,
+        task,
+    }
+}
+
+impl Server {
+    fn processed(&self) -> usize {
+        self.processed.load(Ordering::SeqCst)
+    }
+
+    async fn client(&self) -> tonic::client::Grpc<tonic::transport::Channel> {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = tonic::client::Grpc::new(channel);
+        client.ready().await.unwrap();
+        client
+    }
+}
+
+/// `message` as GitHub delivery `delivery`, signed over the gRPC frame tonic sends for it (one
+/// uncompressed message: flag, length, protobuf).
+fn signed(message: &str, delivery: &str) -> tonic::Request<Echo> {
+    use prost::Message as _;
+    let echo = Echo {
+        message: message.to_owned(),
+    };
+    let encoded = echo.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&encoded);
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes());
+    let tag = ring::hmac::sign(&key, &frame);
+    let signature: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let mut request = tonic::Request::new(echo);
+    let metadata = request.metadata_mut();
+    metadata.insert("x-github-delivery", delivery.parse().unwrap());
+    metadata.insert(
+        "x-hub-signature-256",
+        format!("sha256={signature}").parse().unwrap(),
+    );
+    request
+}
+
+/// Opens `test.Stream/Watch` with `message` as delivery `delivery`.
+async fn watch(
+    client: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    message: &str,
+    delivery: &str,
+) -> Result<tonic::Streaming<Echo>, Status> {
+    client.ready().await.unwrap();
+    let response = client
+        .server_streaming(
+            signed(message, delivery),
+            http::uri::PathAndQuery::from_static(watch::WATCH),
+            codec(),
+        )
+        .await?;
+    Ok(response.into_inner())
+}
+
+/// Reads a stream to its end: its messages, and its status (`None`: `OK`).
+async fn read_all(stream: &mut tonic::Streaming<Echo>) -> (Vec<String>, Option<Status>) {
+    let mut messages = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("the stream ends")
+        {
+            Ok(Some(echo)) => messages.push(echo.message),
+            Ok(None) => return (messages, None),
+            Err(status) => return (messages, Some(status)),
+        }
+    }
+}
+
+/// The whole call: its messages and status, or the status it was refused with.
+async fn watch_all(
+    client: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    message: &str,
+    delivery: &str,
+) -> Result<(Vec<String>, Option<Status>), Status> {
+    let mut stream = watch(client, message, delivery).await?;
+    Ok(read_all(&mut stream).await)
+}
+
+fn github() -> SignatureLayer {
+    SignatureLayer::github(SECRET).unwrap()
+}
+
+/// A store whose every answer comes later: each operation is pending once before the in-memory
+/// store's answer, and with a gate, `complete` also waits until the test opens it.
+#[derive(Clone)]
+struct Later {
+    inner: Arc<MemoryReplayStore>,
+    gate: Option<Gate>,
+}
+
+#[derive(Clone)]
+struct Gate {
+    started: mpsc::UnboundedSender<()>,
+    open: Arc<Semaphore>,
+}
+
+impl Later {
+    fn new() -> Self {
+        Self {
+            inner: Arc::new(MemoryReplayStore::new()),
+            gate: None,
+        }
+    }
+}
+
+/// Pending once (waking its task at once), then `answer`'s answer.
+fn later(answer: ReplayFuture) -> ReplayFuture {
+    struct PendingOnce(bool);
+    impl Future for PendingOnce {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            if std::mem::replace(&mut self.0, true) {
+                return Poll::Ready(());
+            }
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+    ReplayFuture::new(async move {
+        PendingOnce(false).await;
+        answer.await
+    })
+}
+
+impl ReplayStore for Later {
+    fn insert(&self, key: &str, ttl: Duration) -> ReplayFuture {
+        later(self.inner.insert(key, ttl))
+    }
+    fn remove(&self, key: &str) -> ReplayFuture {
+        later(self.inner.remove(key))
+    }
+    fn claim(&self, key: &str, token: ClaimToken, ttl: Duration) -> ReplayFuture {
+        later(self.inner.claim(key, token, ttl))
+    }
+    fn complete(&self, key: &str, token: ClaimToken, ttl: Duration) -> ReplayFuture {
+        let Some(gate) = self.gate.clone() else {
+            return later(self.inner.complete(key, token, ttl));
+        };
+        let (inner, key) = (Arc::clone(&self.inner), key.to_owned());
+        ReplayFuture::new(async move {
+            let _ = gate.started.send(());
+            gate.open.acquire().await.unwrap().forget();
+            inner.complete(&key, token, ttl).await
+        })
+    }
+    fn release(&self, key: &str, token: ClaimToken) -> ReplayFuture {
+        later(self.inner.release(key, token))
+    }
+    fn completed(&self, key: &str) -> ReplayFuture {
+        later(self.inner.completed(key))
+    }
+    fn tracks_claims(&self) -> bool {
+        true
+    }
+}
+
+/// A streamed call that fails in its trailers (`grpc-status: 13` after a message) was taken as
+/// handled: its id was kept when the head (200, no `grpc-status`) arrived, and the sender's
+/// retry was refused as a replay. Now the id is released when the trailers say the call failed,
+/// before the client sees them: the retry is processed, with the in-memory store and with one
+/// that answers later.
+#[tokio::test]
+async fn a_stream_that_fails_in_its_trailers_is_processed_again() {
+    for layer in [github(), github().replay_store(Later::new())] {
+        let server = serve(layer).await;
+        let mut client = server.client().await;
+        for attempt in 1..=2 {
+            let (messages, status) = watch_all(&mut client, "fail", "s-fail")
+                .await
+                .expect("the call is processed");
+            assert_eq!(messages, ["one"]);
+            let status = status.expect("the call fails");
+            assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+            assert_eq!(server.processed(), attempt);
+        }
+    }
+}
+
+/// A stream that ends with `grpc-status: 0` was handled: a copy is refused as a replay.
+#[tokio::test]
+async fn a_stream_that_succeeds_in_its_trailers_is_kept() {
+    let server = serve(github()).await;
+    let mut client = server.client().await;
+    let (messages, status) = watch_all(&mut client, "ok", "s-ok").await.unwrap();
+    assert_eq!(messages, ["one", "two"]);
+    assert!(status.is_none(), "{status:?}");
+    // Refused (409): tonic reads the problem document as a broken call.
+    let copy = watch_all(&mut client, "ok", "s-ok").await;
+    assert!(matches!(copy, Err(_) | Ok((_, Some(_)))), "{copy:?}");
+    assert_eq!(server.processed(), 1);
+}
+
+/// A client that goes away mid-stream never saw the call succeed: the id is released when the
+/// server drops the body, and the resend is processed.
+#[tokio::test]
+async fn a_stream_the_client_cancels_is_released() {
+    let mut server = serve(github()).await;
+    let mut client = server.client().await;
+    let mut stream = watch(&mut client, "hang", "s-hang").await.unwrap();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.message, "one");
+    drop(stream);
+    // The server drops the body (its claim first, then the handler's stream).
+    tokio::time::timeout(Duration::from_secs(10), server.dropped.recv())
+        .await
+        .expect("the server drops the cancelled stream")
+        .unwrap();
+    let mut again = watch(&mut client, "hang", "s-hang")
+        .await
+        .expect("the resend is processed");
+    assert_eq!(again.message().await.unwrap().unwrap().message, "one");
+    assert_eq!(server.processed(), 2);
+}
+
+/// Unary calls as before: a success (data, then `grpc-status: 0` trailers) is kept, a failure
+/// answered trailers-only (`grpc-status` in the head) is released.
+#[tokio::test]
+async fn unary_calls_are_settled_as_before() {
+    let server = serve(github()).await;
+    let mut client = server.client().await;
+    let mut unary = async |message: &str, delivery: &str| {
+        client.ready().await.unwrap();
+        client
+            .unary(
+                signed(message, delivery),
+                http::uri::PathAndQuery::from_static(echo::SAY),
+                codec(),
+            )
+            .await
+    };
+    let reply = unary("hi", "u-ok").await.unwrap();
+    assert_eq!(reply.into_inner().message, "hi");
+    assert!(unary("hi", "u-ok").await.is_err(), "a copy is refused");
+    assert_eq!(server.processed(), 1);
+
+    for attempt in 1..=2 {
+        let failed = unary("fail", "u-fail").await.unwrap_err();
+        assert_eq!(failed.code(), tonic::Code::Unavailable, "{failed:?}");
+        assert_eq!(server.processed(), 1 + attempt);
+    }
+}
+
+/// With a store that answers later, the trailers wait for the store: a sender that resends at
+/// once after seeing `grpc-status: 0` gets the duplicate's answer (acknowledged here), not a
+/// second run of the handler.
+#[tokio::test]
+async fn the_trailers_wait_for_the_store() {
+    let (started, mut complete_started) = mpsc::unbounded_channel();
+    let open = Arc::new(Semaphore::new(0));
+    let store = Later {
+        inner: Arc::new(MemoryReplayStore::new()),
+        gate: Some(Gate {
+            started,
+            open: Arc::clone(&open),
+        }),
+    };
+    let layer = github()
+        .replay_store(store)
+        .on_replay(OnReplay::Acknowledge(StatusCode::OK));
+    let server = serve(layer).await;
+    let mut client = server.client().await;
+    let mut stream =
+        tokio::time::timeout(Duration::from_secs(10), watch(&mut client, "ok", "s-later"))
+            .await
+            .expect("the head comes")
+            .unwrap();
+    let mut messages = Vec::new();
+    for _ in 0..2 {
+        let message = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("a message comes");
+        messages.push(message.unwrap().unwrap().message);
+    }
+    assert_eq!(messages, ["one", "two"]);
+    tokio::time::timeout(Duration::from_secs(10), complete_started.recv())
+        .await
+        .expect("the id is marked handled at the end of the body")
+        .unwrap();
+    // The store has not answered: the call's status has not been sent.
+    let early = tokio::time::timeout(Duration::from_millis(300), stream.message()).await;
+    assert!(
+        early.is_err(),
+        "the trailers went before the store answered: {early:?}"
+    );
+    open.add_permits(1);
+    let (rest, status) = read_all(&mut stream).await;
+    assert!(rest.is_empty() && status.is_none(), "{rest:?} {status:?}");
+    // At once: the copy is acknowledged (the id is handled), not processed.
+    let (copy, status) = watch_all(&mut client, "ok", "s-later").await.unwrap();
+    assert!(copy.is_empty() && status.is_none(), "{copy:?} {status:?}");
+    assert_eq!(server.processed(), 1);
+}
