@@ -479,3 +479,50 @@ async fn the_trailers_wait_for_the_store() {
     assert!(copy.is_empty() && status.is_none(), "{copy:?} {status:?}");
     assert_eq!(server.processed(), 1);
 }
+
+/// gRPC-web carries the call's status as the last message of the body, not in trailers: its
+/// answers are settled by their head, as before. A successful call whose body ends without
+/// trailers is kept, and a copy is refused.
+#[tokio::test]
+async fn a_grpc_web_answer_is_settled_by_its_head_as_before() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use tower::{ServiceBuilder, ServiceExt};
+
+    let processed = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&processed);
+    let svc = ServiceBuilder::new()
+        .layer(github())
+        .service_fn(move |_: Request<Full<Bytes>>| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async {
+                // One empty message, then the trailer frame (flag 0x80) with `grpc-status:0`.
+                let mut body = vec![0, 0, 0, 0, 0, 0x80, 0, 0, 0, 14];
+                body.extend_from_slice(b"grpc-status:0\n");
+                let mut res = Response::new(Full::new(Bytes::from(body)));
+                res.headers_mut().insert(
+                    "content-type",
+                    "application/grpc-web+proto".parse().unwrap(),
+                );
+                Ok::<_, std::convert::Infallible>(res)
+            }
+        });
+    let call = || {
+        let frame = [0u8, 0, 0, 0, 0];
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes());
+        let tag = ring::hmac::sign(&key, &frame);
+        let signature: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        Request::post("/test.Echo/Say")
+            .header("content-type", "application/grpc-web+proto")
+            .header("x-github-delivery", "w-1")
+            .header("x-hub-signature-256", format!("sha256={signature}"))
+            .body(Full::new(Bytes::copy_from_slice(&frame)))
+            .unwrap()
+    };
+    let first = svc.clone().oneshot(call()).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    first.into_body().collect().await.unwrap();
+    let copy = svc.oneshot(call()).await.unwrap();
+    assert_eq!(copy.status(), StatusCode::CONFLICT);
+    assert_eq!(processed.load(Ordering::SeqCst), 1);
+}

@@ -1572,19 +1572,18 @@ fn grpc_failed(headers: &HeaderMap) -> bool {
         .is_some_and(|status| status.as_bytes() != b"0")
 }
 
-/// Whether an answer to a gRPC call carries the call's status at the end of its body: a `200`
-/// typed as gRPC without `grpc-status` in its head (a streamed answer, or a unary one that is not
-/// trailers-only). Anything else is settled by its head: a trailers-only answer by its
-/// `grpc-status`, another status (a router's `404`, a proxy's `503`) as an HTTP answer.
+/// Whether an answer to a gRPC call carries the call's status in trailers at the end of its
+/// body: a `200` typed as gRPC (`application/grpc[+codec]`) without `grpc-status` in its head (a
+/// streamed answer, or a unary one that is not trailers-only). Anything else is settled by its
+/// head: a trailers-only answer by its `grpc-status`, another status (a router's `404`, a
+/// proxy's `503`) as an HTTP answer, and a gRPC-web answer, whose status is a message of its
+/// body rather than trailers, as before.
 fn grpc_status_in_trailers<B>(response: &Response<B>) -> bool {
     static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
     let headers = response.headers();
     response.status() == StatusCode::OK
         && !headers.contains_key(&GRPC_STATUS)
-        && headers
-            .get(header::CONTENT_TYPE)
-            .and_then(Grpc::of)
-            .is_some()
+        && headers.get(header::CONTENT_TYPE).and_then(Grpc::of) == Some(Grpc::Native)
 }
 
 /// The media type of a gRPC or gRPC-web call (`application/grpc`, `application/grpc+proto`,
@@ -1858,7 +1857,7 @@ where
         #[pin]
         future: S::Future,
         claim: Option<Claim>,
-        /// The request is a gRPC call (looked at only when there is a claim).
+        /// The request is a gRPC call, not gRPC-web (looked at only when there is a claim).
         grpc: bool,
     },
     /// The claim of a finished delivery is settled (completed after 2xx, else released) before
@@ -2581,11 +2580,7 @@ where
 {
     // Only a claim is settled by the answer: without one the request's type does not matter.
     let grpc = claim.is_some()
-        && req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(Grpc::of)
-            .is_some();
+        && req.headers().get(header::CONTENT_TYPE).and_then(Grpc::of) == Some(Grpc::Native);
     State::Inner {
         future: inner.call(req),
         claim,
