@@ -222,10 +222,11 @@ async fn a_get_reset_after_the_server_read_it_is_still_retried() {
     assert_eq!(seen.lock().unwrap().len(), 2);
 }
 
-#[tokio::test]
-async fn a_refused_stream_is_retried_with_hyper_utils_client_too() {
-    // hyper's HTTP/2 error in a `BoxError`, as a service over hyper-util's client returns it.
-    let (url, seen) = h2_server(vec![Answer::Refuse; 2]).await;
+/// Posts the comment to `url` through the policy over hyper-util's HTTP/2 client: hyper's
+/// HTTP/2 error in a `BoxError`, as a service over that client returns it.
+async fn post_with_hyper_util(
+    url: &str,
+) -> Result<http::Response<hyper::body::Incoming>, BoxError> {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
         .build_http::<Full<Bytes>>();
@@ -236,10 +237,15 @@ async fn a_refused_stream_is_retried_with_hyper_utils_client_too() {
     let req = http::Request::post(url)
         .body(Full::new(Bytes::from(COMMENT)))
         .unwrap();
-    let res = tokio::time::timeout(Duration::from_secs(20), svc.oneshot(req))
+    tokio::time::timeout(Duration::from_secs(20), svc.oneshot(req))
         .await
         .expect("the call ends")
-        .unwrap();
+}
+
+#[tokio::test]
+async fn a_refused_stream_is_retried_with_hyper_utils_client_too() {
+    let (url, seen) = h2_server(vec![Answer::Refuse; 2]).await;
+    let res = post_with_hyper_util(&url).await.unwrap();
     assert_eq!(res.status().as_u16(), 201);
     let seen = seen.lock().unwrap();
     assert_eq!(seen.len(), 3, "{seen:?}");
@@ -249,19 +255,7 @@ async fn a_refused_stream_is_retried_with_hyper_utils_client_too() {
 #[tokio::test]
 async fn a_post_reset_after_the_server_read_it_is_not_retried_with_hyper_utils_client() {
     let (url, seen) = h2_server(vec![Answer::ResetAfterRead(Reason::INTERNAL_ERROR)]).await;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .http2_only(true)
-        .build_http::<Full<Bytes>>();
-    let svc = ServiceBuilder::new()
-        .layer(policy(3).into_layer())
-        .map_err(BoxError::from)
-        .service(client);
-    let req = http::Request::post(url)
-        .body(Full::new(Bytes::from(COMMENT)))
-        .unwrap();
-    let res = tokio::time::timeout(Duration::from_secs(20), svc.oneshot(req))
-        .await
-        .expect("the call ends");
+    let res = post_with_hyper_util(&url).await;
     assert!(res.is_err());
     assert_eq!(seen.lock().unwrap().len(), 1);
 }
