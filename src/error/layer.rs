@@ -598,7 +598,7 @@ impl Grpc {
     /// parameters, as the gRPC and gRPC-web protocols type a response (and as tonic-web
     /// answers); clients such as connect-es refuse an answer whose codec is not theirs. A
     /// codec that is not a token is left out.
-    fn content_type(self, sent: Option<&HeaderValue>) -> HeaderValue {
+    pub(crate) fn content_type(self, sent: Option<&HeaderValue>) -> HeaderValue {
         let bare = self.bare();
         let codec = sent.and_then(|sent| {
             let bytes = sent.as_bytes();

@@ -1563,10 +1563,11 @@ fn acknowledge(shared: &Shared, status: StatusCode, key: &str, headers: &HeaderM
     Early::Acknowledge(status, grpc)
 }
 
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
 /// Whether an answer's headers carry a gRPC status other than `OK` (0): a trailers-only answer
 /// to a gRPC call that failed.
 fn grpc_failed(headers: &HeaderMap) -> bool {
-    static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
     headers
         .get(&GRPC_STATUS)
         .is_some_and(|status| status.as_bytes() != b"0")
@@ -1579,22 +1580,18 @@ fn grpc_failed(headers: &HeaderMap) -> bool {
 /// proxy's `503`) as an HTTP answer, and a gRPC-web answer, whose status is a message of its
 /// body rather than trailers, as before.
 fn grpc_status_in_trailers<B>(response: &Response<B>) -> bool {
-    static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
     let headers = response.headers();
     response.status() == StatusCode::OK
         && !headers.contains_key(&GRPC_STATUS)
         && headers.get(header::CONTENT_TYPE).and_then(Grpc::of) == Some(Grpc::Native)
 }
 
-/// The media type of a gRPC or gRPC-web call (`application/grpc`, `application/grpc+proto`,
-/// `application/grpc-web-text`, ...), without parameters.
+/// The content type of an answer to a gRPC or gRPC-web call (`application/grpc`,
+/// `application/grpc+proto`, `application/grpc-web-text`, ...): the call's, without parameters,
+/// as the error layer types its answers.
 fn grpc_content_type(headers: &HeaderMap) -> Option<HeaderValue> {
-    const GRPC: &[u8] = b"application/grpc";
-    let value = headers.get(header::CONTENT_TYPE)?.as_bytes();
-    let media = value.split(|b| *b == b';').next()?.trim_ascii();
-    let (kind, rest) = media.split_at_checked(GRPC.len())?;
-    let grpc = kind.eq_ignore_ascii_case(GRPC) && matches!(rest.first(), None | Some(b'+' | b'-'));
-    grpc.then(|| HeaderValue::from_bytes(media).ok()).flatten()
+    let sent = headers.get(header::CONTENT_TYPE)?;
+    Grpc::of(sent).map(|kind| kind.content_type(Some(sent)))
 }
 
 /// An answer the layer gives without the inner service.

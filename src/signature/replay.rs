@@ -437,9 +437,9 @@ pub enum RecordDelivery {
     ///
     /// A gRPC call (`application/grpc[+codec]`, not gRPC-web) answered `200` under that type
     /// without `grpc-status` in its head (a streamed answer, or a unary one that is not
-    /// trailers-only) is settled when its body ends, before its trailers are handed on: kept if they carry `grpc-status: 0`, released if
-    /// they carry another status, if the body ends without one or fails, or if it is dropped
-    /// before its end (the client went away).
+    /// trailers-only) is settled when its body ends, before its trailers are handed on: kept if
+    /// they carry `grpc-status: 0`, released if they carry another status, if the body ends
+    /// without one or fails, or if it is dropped before its end (the client went away).
     #[default]
     AfterSuccess,
 }
