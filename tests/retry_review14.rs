@@ -4,7 +4,7 @@
 //!
 //! The server is a real HTTP/2 server on 127.0.0.1 (the `h2` crate, which resets each stream
 //! with the reason a test picks) and the clients are real ones speaking HTTP/2 (prior
-//! knowledge): reqwest (0.12, whose HTTP/2 the tests enable) and hyper-util's.
+//! knowledge): reqwest (0.13 and 0.12, whose HTTP/2 the tests enable) and hyper-util's.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -128,15 +128,40 @@ async fn post(client: reqwest_0_12::Client, policy: RetryPolicy, url: &str) -> R
     let res = tokio::time::timeout(Duration::from_secs(20), svc.oneshot(req))
         .await
         .expect("the call ends");
-    res.map(|res| res.status().as_u16()).map_err(|err| {
-        let mut chain = vec![err.to_string()];
-        let mut source = std::error::Error::source(&err);
-        while let Some(e) = source {
-            chain.push(e.to_string());
-            source = e.source();
-        }
-        chain.join(": ")
-    })
+    res.map(|res| res.status().as_u16())
+        .map_err(|err| chain(&err))
+}
+
+/// An error's message and those of its sources, joined.
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut chain = vec![err.to_string()];
+    let mut source = err.source();
+    while let Some(e) = source {
+        chain.push(e.to_string());
+        source = e.source();
+    }
+    chain.join(": ")
+}
+
+/// The same post with reqwest 0.13 (the `reqwest` integration), its own retries turned off.
+async fn post_with_reqwest_0_13(policy: RetryPolicy, url: &str) -> Result<u16, String> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .retry(reqwest::retry::never())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(policy.into_layer())
+        .service(client);
+    let mut req = reqwest::Request::new(reqwest::Method::POST, url.parse().unwrap());
+    *req.body_mut() = Some(reqwest::Body::from(COMMENT));
+    let res = tokio::time::timeout(Duration::from_secs(20), svc.oneshot(req))
+        .await
+        .expect("the call ends");
+    res.map(|res| res.status().as_u16())
+        .map_err(|err| chain(&err))
 }
 
 #[tokio::test]
@@ -220,6 +245,29 @@ async fn a_get_reset_after_the_server_read_it_is_still_retried() {
         .unwrap();
     assert_eq!(res.status().as_u16(), 201);
     assert_eq!(seen.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_refused_stream_is_retried_with_reqwest_0_13_too() {
+    let (url, seen) = h2_server(vec![Answer::Refuse; 2]).await;
+    let status = post_with_reqwest_0_13(policy(3), &url).await;
+    assert_eq!(status, Ok(201), "{:?}", seen.lock().unwrap());
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(
+        seen.iter().filter(|(_, body, _)| body.is_some()).count(),
+        1,
+        "posted once: {seen:?}"
+    );
+    assert_eq!(seen[2].1.as_deref(), Some(COMMENT.as_bytes()));
+}
+
+#[tokio::test]
+async fn a_post_reset_after_the_server_read_it_is_not_retried_with_reqwest_0_13() {
+    let (url, seen) = h2_server(vec![Answer::ResetAfterRead(Reason::INTERNAL_ERROR)]).await;
+    let err = post_with_reqwest_0_13(policy(3), &url).await.unwrap_err();
+    assert!(!err.contains("refused stream"), "{err}");
+    assert_eq!(seen.lock().unwrap().len(), 1, "{err}");
 }
 
 /// Posts the comment to `url` through the policy over hyper-util's HTTP/2 client: hyper's
