@@ -1640,10 +1640,12 @@ impl StopSignals {
 }
 
 /// The end of the server started with `signals.nth(1)` ([`start`]): waits until `running` has
-/// shut down (open requests answered, the tunnel closed), then gives the pending comments
-/// `grace` to be posted. A second stop signal ends that wait at once, including one that came
-/// while the open requests were still being answered. Returns how many comments are still
-/// pending: each one is logged when the runtime goes.
+/// shut down (open requests answered, at most the server's 10 s drain, then the tunnel closed),
+/// then gives the pending comments `grace` to be posted. A second stop signal ends either wait at
+/// once: one that comes while the open requests are still being answered stops waiting for them
+/// (they are dropped with the runtime, their deliveries unanswered, for the provider to deliver
+/// again) and for the pending comments. Returns how many comments are still pending: each one
+/// is logged when the runtime goes.
 pub(crate) async fn finish(
     running: Running,
     state: &AppState,
@@ -1651,7 +1653,19 @@ pub(crate) async fn finish(
     signals: &StopSignals,
 ) -> u64 {
     let again = signals.nth(2);
-    running.wait().await;
+    tokio::pin!(again);
+    tokio::select! {
+        biased;
+        () = running.wait() => {}
+        () = &mut again => {
+            let left = state.counters.pending.load(Ordering::Acquire);
+            tracing::error!(
+                pending = left,
+                "second stop signal: not waiting for the open connections to close, nor for pending comments; each comment left is logged below"
+            );
+            return left;
+        }
+    }
     // No delivery comes in any more: the comments of those answered 202 get their chance,
     // unless a second stop signal says not to wait (the grace may be up to an hour). Nothing
     // pending is nothing to stop waiting for, whatever the signals said.

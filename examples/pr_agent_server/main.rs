@@ -34,9 +34,10 @@
 //! 10000: open drafts remembered, see below), `SHUTDOWN_GRACE_SECS` (0-3600, default 20: at
 //! shutdown, once the connections are closed, how long pending comments still get to be
 //! posted, one waiting out its backoff being tried once more at once; a second Ctrl-C or
-//! `SIGTERM`, even one sent while the open requests are still answered, ends the wait at once;
-//! each one left is logged with its delivery id, as possibly posted if its request was on its
-//! way; the process exits a second after that at most, the time to log them aside, even with a
+//! `SIGTERM` ends the wait at once, and one sent while the open requests are still answered (for
+//! at most 10 s) stops waiting for them too, their deliveries left unanswered for the provider
+//! to deliver again; each comment left is logged with its delivery id, as possibly posted if
+//! its request was on its way; the process exits a second after that at most, the time to log them aside, even with a
 //! comment's API host name still being looked up), `TUNNEL_SERVICE`, `TUNNEL_AUTH_TOKEN`,
 //! `TUNNEL_REGION`, `TUNNEL_SERVER`, `TUNNEL_SECRET` (with `--use-tunnel`; without it, those set
 //! are named in a warning), `GITHUB_HOOK_REPOSITORY` + `GITHUB_HOOK_ID`
@@ -177,8 +178,9 @@ async fn run() -> Result<(), tower::BoxError> {
         true => Some(TunnelConfig::from_env()?.builder()),
         false => None,
     };
-    // Listened for from here on: a second signal, even one that comes while the first one's
-    // open requests are still being answered, ends the wait for pending comments.
+    // Listened for from here on: a second signal ends the wait for pending comments, and one
+    // that comes while the first one's open requests are still being answered, the wait for
+    // them too.
     let signals = StopSignals::listen()?;
     let running = app::start(&settings, app, tunnel, signals.nth(1)).await?;
 
