@@ -14,7 +14,22 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::hmac_hex;
+use base64::Engine;
+use harness::{FakeProvider, hmac_hex, lookup, start_server};
+use http::StatusCode;
+use serde_json::{Value, json};
+
+/// Posts `body` to `route` with `headers`: the status.
+async fn deliver(base: &str, route: &str, headers: &[(&str, String)], body: &str) -> StatusCode {
+    let mut req = reqwest::Client::new()
+        .post(format!("{base}{route}"))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    for (name, value) in headers {
+        req = req.header(*name, value);
+    }
+    req.send().await.unwrap().status()
+}
 
 /// Set in the child process of [`a_second_stop_signal_ends_the_wait_for_open_connections`].
 const SECOND_SIGNAL_CHILD: &str = "PR_AGENT_SERVER_SECOND_SIGNAL_CHILD";
@@ -170,4 +185,194 @@ fn a_second_stop_signal_ends_the_wait_for_open_connections() {
         "the open connection was waited for: {errors}"
     );
     assert!(errors.contains("comments left: 0"), "{errors}");
+}
+
+/// Waits until the server has answered `deliveries` deliveries and has no comment pending, at
+/// most 10 s (the bound only ends a failing test): the requests the fake API received.
+async fn received_after(base: &str, fake: &FakeProvider, deliveries: u64) -> Vec<harness::Received> {
+    let client = reqwest::Client::new();
+    let start = std::time::Instant::now();
+    loop {
+        let s = harness::status(&client, base).await;
+        if s["deliveries"]["accepted"] == deliveries && s["comments"]["pending"] == 0 {
+            return fake.received();
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "not settled: {s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A Bitbucket Data Center `pr:comment:added` as documented, by `user`, saying `text`.
+fn bitbucket_dc_comment(user: &str, comment_id: u64, text: &str) -> String {
+    let who = json!({
+        "name": user, "emailAddress": format!("{user}@example.com"), "id": 7,
+        "displayName": user, "active": true, "slug": user.to_lowercase(), "type": "NORMAL"
+    });
+    let repository = json!({
+        "slug": "repository", "id": 84, "name": "repository", "scmId": "git", "state": "AVAILABLE",
+        "project": {"key": "PROJ", "id": 84, "name": "PROJ", "type": "NORMAL"}
+    });
+    json!({
+        "eventKey": "pr:comment:added",
+        "date": "2017-09-19T11:16:44+1000",
+        "actor": who,
+        "pullRequest": {
+            "id": 9, "version": 3, "title": "Fix the lock", "state": "OPEN", "open": true,
+            "closed": false,
+            "fromRef": {"id": "refs/heads/fix", "repository": repository},
+            "toRef": {"id": "refs/heads/master", "repository": repository},
+        },
+        "comment": {
+            "properties": {"repositoryId": 84}, "id": comment_id, "version": 0, "text": text,
+            "author": who, "createdDate": 1505783804000u64, "updatedDate": 1505783804000u64
+        }
+    })
+    .to_string()
+}
+
+/// Bitbucket Data Center's payloads do not flag a comment posted through the API: a comment by
+/// the user the server comments as (`BITBUCKET_SERVER_BOT_USER`) was answered like anyone's,
+/// so that a command in it, or an answer that quoted one, would be acted on again. It gets no
+/// answer now; the same command by someone else still does.
+#[tokio::test]
+async fn a_bitbucket_data_center_comment_by_the_servers_own_user_gets_no_answer() {
+    let (api, fake) = FakeProvider::start(&[]).await;
+    let settings = lookup(&[
+        ("BITBUCKET_SERVER_WEBHOOK_SECRET", "bbs-secret"),
+        ("BITBUCKET_SERVER_API_URL", &api),
+        ("BITBUCKET_SERVER_TOKEN", "http-access-token"),
+        ("BITBUCKET_SERVER_BOT_USER", " pr-agent "),
+    ])
+    .unwrap();
+    let base = start_server(&settings).await;
+    for (n, user, id) in [(1, "PR-Agent", 62), (2, "alice", 63)] {
+        let body = bitbucket_dc_comment(user, id, "/review");
+        let headers = [
+            ("x-event-key", "pr:comment:added".to_owned()),
+            (
+                "x-request-id",
+                format!("c2d1e0f9-0000-4000-8000-00000000150{n}"),
+            ),
+            (
+                "x-hub-signature",
+                format!("sha256={}", hmac_hex("bbs-secret", &body)),
+            ),
+        ];
+        assert_eq!(
+            deliver(&base, "/api/v1/bitbucket_server_webhooks", &headers, &body).await,
+            StatusCode::ACCEPTED
+        );
+    }
+    let received = received_after(&base, &fake, 2).await;
+    assert_eq!(received.len(), 1, "{received:?}");
+    let (path, _, body) = &received[0];
+    assert_eq!(
+        path,
+        "/rest/api/1.0/projects/PROJ/repos/repository/pull-requests/9/comments"
+    );
+    assert_eq!(body["parent"], json!({"id": 63}), "alice's is answered");
+}
+
+/// An Azure DevOps `ms.vss-code.git-pullrequest-comment-event` as documented: comment
+/// `comment_id` in thread `thread`, a reply to `parent` (0: the comment that starts the thread).
+fn azure_devops_comment(
+    author: Value,
+    thread: u64,
+    comment_id: u64,
+    parent: u64,
+    text: &str,
+) -> Value {
+    let repo = "4bc14d40-c903-45e2-872e-0462c7748079";
+    let api = format!("https://fabrikam.visualstudio.com/DefaultCollection/_apis/git/repositories/{repo}");
+    json!({
+        "subscriptionId": "b0c8a2f1-3d4e-4f5a-9b6c-7d8e9f0a1b2c",
+        "notificationId": 3,
+        "id": format!("af07be1b-f3ad-44c8-a7f1-c4835f{thread:02}{comment_id:04}"),
+        "eventType": "ms.vss-code.git-pullrequest-comment-event",
+        "publisherId": "tfs",
+        "message": {"text": "Jamal Hartnett has commented on a pull request"},
+        "resource": {
+            "comment": {
+                "id": comment_id,
+                "parentCommentId": parent,
+                "author": author,
+                "content": text,
+                "publishedDate": "2024-06-17T16:58:33.123889Z",
+                "lastUpdatedDate": "2024-06-17T16:58:33.123889Z",
+                "lastContentUpdatedDate": "2024-06-17T16:58:33.123889Z",
+                "commentType": "text",
+                "_links": {
+                    "self": {"href": format!("{api}/pullRequests/1/threads/{thread}/comments/{comment_id}")},
+                    "repository": {"href": api},
+                    "threads": {"href": format!("{api}/pullRequests/1/threads/{thread}")}
+                }
+            },
+            "pullRequest": {
+                "repository": {
+                    "id": repo,
+                    "name": "Fabrikam",
+                    "project": {"id": "6ce954b1-ce1f-45d1-b94d-e6bf2464ba2c", "name": "Fabrikam", "state": "wellFormed"}
+                },
+                "pullRequestId": 1,
+                "status": "active",
+                "title": "my first pull request",
+                "isDraft": false
+            }
+        },
+        "resourceVersion": "2.0",
+        "createdDate": "2024-06-17T16:58:34.2879096Z"
+    })
+}
+
+fn jamal() -> Value {
+    json!({
+        "displayName": "Jamal Hartnett",
+        "id": "54d125f7-69f7-4191-904f-c5b96b6261c8",
+        "uniqueName": "fabrikamfiber4@hotmail.com"
+    })
+}
+
+/// Azure DevOps settings with `extra`, against the fake API at `api`.
+fn azure_devops_settings(api: &str, extra: &[(&str, &str)]) -> app::Settings {
+    let mut vars = vec![
+        ("AZURE_DEVOPS_WEBHOOK_USERNAME", "hooks"),
+        ("AZURE_DEVOPS_WEBHOOK_PASSWORD", "p4ss"),
+        ("AZURE_DEVOPS_API_URL", api),
+        ("AZURE_DEVOPS_TOKEN", "pat"),
+    ];
+    vars.extend_from_slice(extra);
+    lookup(&vars).unwrap()
+}
+
+async fn azure_devops(base: &str, body: &Value) -> StatusCode {
+    let basic = base64::engine::general_purpose::STANDARD.encode("hooks:p4ss");
+    let headers = [("authorization", format!("Basic {basic}"))];
+    deliver(base, "/api/v1/azuredevops_webhooks", &headers, &body.to_string()).await
+}
+
+/// With only a personal access token, the server comments as the token's owner, and Azure
+/// DevOps' payloads do not flag a comment posted through the API: a comment by that identity
+/// (`AZURE_DEVOPS_BOT_USER`, its `uniqueName` or its `id`) was answered like anyone's. It gets
+/// no answer now; the same command by someone else still does.
+#[tokio::test]
+async fn an_azure_devops_comment_by_the_servers_own_identity_gets_no_answer() {
+    for own in ["PR-Agent@Fabrikam.example", "0f0e0d0c-1111-4222-8333-944455556666"] {
+        let (api, fake) = FakeProvider::start(&[StatusCode::OK]).await;
+        let base = start_server(&azure_devops_settings(&api, &[("AZURE_DEVOPS_BOT_USER", own)])).await;
+        let bot = json!({
+            "displayName": "PR Agent",
+            "id": "0F0E0D0C-1111-4222-8333-944455556666",
+            "uniqueName": "pr-agent@fabrikam.example"
+        });
+        for body in [
+            azure_devops_comment(bot, 5, 1, 0, "/review"),
+            azure_devops_comment(jamal(), 6, 1, 0, "/describe"),
+        ] {
+            assert_eq!(azure_devops(&base, &body).await, StatusCode::ACCEPTED);
+        }
+        let received = received_after(&base, &fake, 2).await;
+        assert_eq!(received.len(), 1, "{own}: {received:?}");
+        let text = received[0].2["comments"][0]["content"].as_str().unwrap_or("");
+        assert!(text.starts_with("Queued `/describe`"), "{own}: {received:?}");
+    }
 }

@@ -248,6 +248,10 @@ pub(crate) struct Settings {
     pub(crate) github_app: Option<GithubApp>,
     /// Set when no secret was configured and a development secret was made for GitHub.
     pub(crate) generated_github_secret: Option<String>,
+    /// The user the server comments as, per provider whose payloads do not flag the server's
+    /// own comments (`BITBUCKET_SERVER_BOT_USER`, `AZURE_DEVOPS_BOT_USER`): a comment by it
+    /// comes back as a delivery, and is not answered.
+    pub(crate) own_users: BTreeMap<Forge, String>,
     /// The tunnel settings (`TUNNEL_*`) that are set, by name: without `--use-tunnel` they do
     /// nothing, which [`start`] warns about.
     pub(crate) tunnel_settings: Vec<&'static str>,
@@ -297,6 +301,7 @@ impl std::fmt::Debug for Settings {
                 &self.generated_github_secret.as_ref().map(|_| "<redacted>"),
             )
             .field("tunnel_settings", &self.tunnel_settings)
+            .field("own_users", &self.own_users)
             .finish()
     }
 }
@@ -615,6 +620,17 @@ impl Settings {
             return Err("GITHUB_TOKEN is set but no webhook secret is: development mode would print a sample delivery that posts a comment to octo-org/hello-world with that token; set GITHUB_WEBHOOK_SECRET to the secret of your hook, or unset GITHUB_TOKEN to try the server without posting".into());
         }
         let breaker = CircuitBreakerConfig::from_env_with(&lookup).map_err(|e| e.to_string())?;
+        let mut own_users = BTreeMap::new();
+        for (forge, name) in OWN_USER_SETTINGS {
+            let Some(value) = lookup(name) else { continue };
+            let value = value.trim();
+            if value.is_empty() {
+                return Err(format!(
+                    "{name} is set but empty: set it to the user the server comments as, or unset it"
+                ));
+            }
+            own_users.insert(forge, value.to_owned());
+        }
         let max_pending_comments = number(
             "MAX_PENDING_COMMENTS",
             QUEUE_CAPACITY as u64,
@@ -653,9 +669,20 @@ impl Settings {
                 .into_iter()
                 .filter(|name| lookup(name).is_some_and(|value| !value.trim().is_empty()))
                 .collect(),
+            own_users,
         })
     }
 }
+
+/// The settings naming the user the server comments as, for the providers whose payloads do not
+/// flag the server's own comments: Bitbucket Data Center's user name or slug (a personal HTTP
+/// access token's owner, or the bot user of a project or repository token, as its comments
+/// show it), Azure DevOps' identity, its `uniqueName` or `id` (the owner of the personal access
+/// token).
+const OWN_USER_SETTINGS: [(Forge, &str); 2] = [
+    (Forge::BitbucketServer, "BITBUCKET_SERVER_BOT_USER"),
+    (Forge::AzureDevOps, "AZURE_DEVOPS_BOT_USER"),
+];
 
 /// The API token of setting `name`, trimmed as the webhook secrets are (a token read from a
 /// file often ends with a line break); `None` when unset or empty. A token with a character
@@ -874,6 +901,8 @@ pub(crate) struct AppState {
     /// The delivery ids each route has handled, by its signature scheme: a delivery whose
     /// comment failed is forgotten there, so that delivered again it is processed again.
     replay: BTreeMap<Forge, (Provider, Arc<MemoryReplayStore>)>,
+    /// The user the server comments as, per provider ([`Settings::own_users`]).
+    own_users: BTreeMap<Forge, String>,
 }
 
 impl AppState {
@@ -1315,6 +1344,7 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
         drafts: DraftMemory::new(settings.max_remembered_drafts),
         tokens: tokens.clone(),
         replay,
+        own_users: settings.own_users.clone(),
     });
     tokio::spawn(worker(
         rx,
@@ -1847,6 +1877,11 @@ async fn handle(
         tracing::info!(provider = forge.name(), ?event, %delivery, "test notification: no comment");
         return Ok(StatusCode::ACCEPTED);
     }
+    let own = state.own_users.get(&forge);
+    if own.is_some_and(|user| comment_by(forge, event.as_deref(), &payload, user)) {
+        tracing::debug!(provider = forge.name(), ?event, %delivery, "the server's own comment: no answer");
+        return Ok(StatusCode::ACCEPTED);
+    }
     let Some((comment, draft)) =
         state
             .drafts
@@ -2348,6 +2383,30 @@ fn gitlab_bot(user: &Value) -> bool {
         })
     });
     flag(&user["bot"]) || access_token_bot || username.starts_with("service_account_")
+}
+
+/// Whether delivery `p` is a new comment by `user`, the user the server comments as: Bitbucket
+/// Data Center's `pr:comment:added` whose `actor` or `comment.author` has that `name` or `slug`,
+/// Azure DevOps' `ms.vss-code.git-pullrequest-comment-event` whose `resource.comment.author`
+/// has that `uniqueName` or `id`. Neither flags a comment posted through the API, and the
+/// server's own comments come back as deliveries. User names are compared without case, as
+/// both providers take them.
+fn comment_by(forge: Forge, event: Option<&str>, p: &Value, user: &str) -> bool {
+    let is = |v: &Value| v.as_str().is_some_and(|v| v.eq_ignore_ascii_case(user));
+    match forge {
+        Forge::BitbucketServer => {
+            event == Some("pr:comment:added")
+                && [&p["actor"], &p["comment"]["author"]]
+                    .iter()
+                    .any(|who| is(&who["name"]) || is(&who["slug"]))
+        }
+        Forge::AzureDevOps => {
+            let author = &p["resource"]["comment"]["author"];
+            p["eventType"] == "ms.vss-code.git-pullrequest-comment-event"
+                && (is(&author["uniqueName"]) || is(&author["id"]))
+        }
+        _ => false,
+    }
 }
 
 /// Whether an Azure DevOps delivery is the "Test" of a service hook's dialog: a sample event

@@ -16,7 +16,12 @@
 //! system's), `BITBUCKET_USERNAME` (with a Bitbucket Cloud API token or app password in
 //! `BITBUCKET_TOKEN`: the Atlassian account's email, or the Bitbucket username for an app
 //! password; the token is then sent with HTTP Basic authentication, where `BITBUCKET_TOKEN`
-//! alone is an access token sent as `Bearer`; `BITBUCKET_USERNAME` without `BITBUCKET_API_URL` stops the server), `CIRCUIT_BREAKER_FAILURE_THRESHOLD` (at least 1, default 5), `CIRCUIT_BREAKER_RECOVERY_TIMEOUT`
+//! alone is an access token sent as `Bearer`; `BITBUCKET_USERNAME` without `BITBUCKET_API_URL` stops the server),
+//! `BITBUCKET_SERVER_BOT_USER` and `AZURE_DEVOPS_BOT_USER` (the user the server comments as,
+//! whose comments get no answer, see below: on Bitbucket Data Center its user name or slug, the
+//! owner of a personal HTTP access token or the bot user of a project or repository one; on
+//! Azure DevOps its `uniqueName`, as the sign-in name or e-mail address, or its identity `id`,
+//! the owner of the personal access token), `CIRCUIT_BREAKER_FAILURE_THRESHOLD` (at least 1, default 5), `CIRCUIT_BREAKER_RECOVERY_TIMEOUT`
 //! (seconds, more than 0, default 30),
 //! `REQUEST_TIMEOUT_SECS` (1-600, default 10), `MAX_BODY_BYTES` (1 KiB-1 GiB, default 25 MiB),
 //! `MAX_CONCURRENT_DELIVERIES` (1-65536, default 64: deliveries read at once, all providers
@@ -102,7 +107,12 @@
 //! (the list). Other comments, unknown commands (GitLab's own quick actions, other bots'),
 //! edited or deleted comments, comments on issues, system notes and comments by bots (on GitLab,
 //! whose payloads do not flag them: access token bots and service accounts, told by their
-//! usernames) get none.
+//! usernames) get none. Nor do, on Bitbucket Data Center and Azure DevOps, whose payloads flag
+//! no comment posted through the API, the comments of the user the server comments as, when
+//! `BITBUCKET_SERVER_BOT_USER` / `AZURE_DEVOPS_BOT_USER` names it (compared with the comment's
+//! `actor` or `author` `name` or `slug`, and its `author`'s `uniqueName` or `id`, in any case): a
+//! comment of the server comes back as a delivery. With a personal token, that user is a person's
+//! account, whose own commands then get no answer either: give the server an account of its own.
 //! No answer starts with `/`, so the server never answers itself.
 //!
 //! | provider | event |
