@@ -1877,16 +1877,19 @@ async fn handle(
         tracing::info!(provider = forge.name(), ?event, %delivery, "test notification: no comment");
         return Ok(StatusCode::ACCEPTED);
     }
+    let found = state
+        .drafts
+        .comment_for(forge, event.as_deref(), &delivery, &payload);
+    // After the drafts' memory has seen the pull request in it, as in any event.
     let own = state.own_users.get(&forge);
     if own.is_some_and(|user| comment_by(forge, event.as_deref(), &payload, user)) {
+        if let Some((_, Some(draft))) = found {
+            state.drafts.put_back(draft, None);
+        }
         tracing::debug!(provider = forge.name(), ?event, %delivery, "the server's own comment: no answer");
         return Ok(StatusCode::ACCEPTED);
     }
-    let Some((comment, draft)) =
-        state
-            .drafts
-            .comment_for(forge, event.as_deref(), &delivery, &payload)
-    else {
+    let Some((comment, draft)) = found else {
         tracing::debug!(provider = forge.name(), ?event, %delivery, "delivery needs no comment");
         return Ok(StatusCode::ACCEPTED);
     };
