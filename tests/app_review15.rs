@@ -189,7 +189,11 @@ fn a_second_stop_signal_ends_the_wait_for_open_connections() {
 
 /// Waits until the server has answered `deliveries` deliveries and has no comment pending, at
 /// most 10 s (the bound only ends a failing test): the requests the fake API received.
-async fn received_after(base: &str, fake: &FakeProvider, deliveries: u64) -> Vec<harness::Received> {
+async fn received_after(
+    base: &str,
+    fake: &FakeProvider,
+    deliveries: u64,
+) -> Vec<harness::Received> {
     let client = reqwest::Client::new();
     let start = std::time::Instant::now();
     loop {
@@ -197,7 +201,10 @@ async fn received_after(base: &str, fake: &FakeProvider, deliveries: u64) -> Vec
         if s["deliveries"]["accepted"] == deliveries && s["comments"]["pending"] == 0 {
             return fake.received();
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "not settled: {s}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "not settled: {s}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -283,7 +290,9 @@ fn azure_devops_comment(
     text: &str,
 ) -> Value {
     let repo = "4bc14d40-c903-45e2-872e-0462c7748079";
-    let api = format!("https://fabrikam.visualstudio.com/DefaultCollection/_apis/git/repositories/{repo}");
+    let api = format!(
+        "https://fabrikam.visualstudio.com/DefaultCollection/_apis/git/repositories/{repo}"
+    );
     json!({
         "subscriptionId": "b0c8a2f1-3d4e-4f5a-9b6c-7d8e9f0a1b2c",
         "notificationId": 3,
@@ -347,7 +356,13 @@ fn azure_devops_settings(api: &str, extra: &[(&str, &str)]) -> app::Settings {
 async fn azure_devops(base: &str, body: &Value) -> StatusCode {
     let basic = base64::engine::general_purpose::STANDARD.encode("hooks:p4ss");
     let headers = [("authorization", format!("Basic {basic}"))];
-    deliver(base, "/api/v1/azuredevops_webhooks", &headers, &body.to_string()).await
+    deliver(
+        base,
+        "/api/v1/azuredevops_webhooks",
+        &headers,
+        &body.to_string(),
+    )
+    .await
 }
 
 /// With only a personal access token, the server comments as the token's owner, and Azure
@@ -356,9 +371,16 @@ async fn azure_devops(base: &str, body: &Value) -> StatusCode {
 /// no answer now; the same command by someone else still does.
 #[tokio::test]
 async fn an_azure_devops_comment_by_the_servers_own_identity_gets_no_answer() {
-    for own in ["PR-Agent@Fabrikam.example", "0f0e0d0c-1111-4222-8333-944455556666"] {
+    for own in [
+        "PR-Agent@Fabrikam.example",
+        "0f0e0d0c-1111-4222-8333-944455556666",
+    ] {
         let (api, fake) = FakeProvider::start(&[StatusCode::OK]).await;
-        let base = start_server(&azure_devops_settings(&api, &[("AZURE_DEVOPS_BOT_USER", own)])).await;
+        let base = start_server(&azure_devops_settings(
+            &api,
+            &[("AZURE_DEVOPS_BOT_USER", own)],
+        ))
+        .await;
         let bot = json!({
             "displayName": "PR Agent",
             "id": "0F0E0D0C-1111-4222-8333-944455556666",
@@ -372,7 +394,59 @@ async fn an_azure_devops_comment_by_the_servers_own_identity_gets_no_answer() {
         }
         let received = received_after(&base, &fake, 2).await;
         assert_eq!(received.len(), 1, "{own}: {received:?}");
-        let text = received[0].2["comments"][0]["content"].as_str().unwrap_or("");
-        assert!(text.starts_with("Queued `/describe`"), "{own}: {received:?}");
+        let text = received[0].2["comments"][0]["content"]
+            .as_str()
+            .unwrap_or("");
+        assert!(
+            text.starts_with("Queued `/describe`"),
+            "{own}: {received:?}"
+        );
     }
+}
+
+/// A command given as a reply in an existing Azure DevOps thread was answered in a new thread,
+/// away from the conversation. It is answered in the same thread now (`POST
+/// .../threads/{threadId}/comments`, a reply to the command), the thread id read from the
+/// comment's links; a command that starts a thread still gets a new thread, created closed.
+#[tokio::test]
+async fn an_azure_devops_command_given_as_a_reply_is_answered_in_its_thread() {
+    let (api, fake) = FakeProvider::start(&[StatusCode::OK, StatusCode::OK]).await;
+    let base = start_server(&azure_devops_settings(&api, &[])).await;
+    let reply = azure_devops_comment(jamal(), 5, 2, 1, "/ask Why is this lock needed?");
+    assert_eq!(azure_devops(&base, &reply).await, StatusCode::ACCEPTED);
+    let received = received_after(&base, &fake, 1).await;
+    assert_eq!(received.len(), 1, "{received:?}");
+    let (path, headers, body) = &received[0];
+    assert_eq!(
+        path,
+        "/6ce954b1-ce1f-45d1-b94d-e6bf2464ba2c/_apis/git/repositories/4bc14d40-c903-45e2-872e-0462c7748079/pullRequests/1/threads/5/comments?api-version=5.0"
+    );
+    let pat = base64::engine::general_purpose::STANDARD.encode(":pat");
+    assert_eq!(headers["authorization"], format!("Basic {pat}"));
+    assert_eq!(body["parentCommentId"], 2, "{body}");
+    assert_eq!(body["commentType"], 1, "{body}");
+    assert!(
+        body.get("status").is_none(),
+        "the thread's status is left alone: {body}"
+    );
+    assert!(
+        body["content"]
+            .as_str()
+            .unwrap()
+            .contains("Why is this lock needed?"),
+        "{body}"
+    );
+
+    // A command that starts its own thread: a new thread, closed, as before.
+    let top = azure_devops_comment(jamal(), 6, 1, 0, "/review");
+    assert_eq!(azure_devops(&base, &top).await, StatusCode::ACCEPTED);
+    let received = received_after(&base, &fake, 2).await;
+    assert_eq!(received.len(), 2, "{received:?}");
+    let (path, _, body) = &received[1];
+    assert!(
+        path.ends_with("/pullRequests/1/threads?api-version=5.0"),
+        "{path}"
+    );
+    assert_eq!(body["status"], 4, "{body}");
+    assert_eq!(body["comments"][0]["parentCommentId"], 0, "{body}");
 }

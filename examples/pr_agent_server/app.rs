@@ -2360,7 +2360,19 @@ fn command(forge: Forge, event: Option<&str>, p: &Value) -> Option<Comment> {
                 comment["content"].as_str()?,
                 pr["title"].as_str().unwrap_or(""),
             )?;
-            azure_devops_thread(pr, answer)
+            // A reply in a thread is answered in that thread; a comment that starts one
+            // (`parentCommentId` 0) in a new thread, as the others.
+            let reply = comment["parentCommentId"]
+                .as_u64()
+                .is_some_and(|id| id != 0);
+            match (
+                reply,
+                azure_devops_thread_id(comment),
+                comment["id"].as_u64(),
+            ) {
+                (true, Some(thread), Some(id)) => azure_devops_reply(pr, thread, id, answer),
+                _ => azure_devops_thread(pr, answer),
+            }
         }
     }
 }
@@ -2410,6 +2422,17 @@ fn comment_by(forge: Forge, event: Option<&str>, p: &Value, user: &str) -> bool 
         }
         _ => false,
     }
+}
+
+/// The id of the thread of an Azure DevOps pull request comment, from its links:
+/// `_links.threads.href` (`.../pullRequests/{id}/threads/{threadId}`) or `_links.self.href`
+/// (`.../threads/{threadId}/comments/{commentId}`).
+fn azure_devops_thread_id(comment: &Value) -> Option<u64> {
+    ["threads", "self"].iter().find_map(|link| {
+        let href = comment["_links"][link]["href"].as_str()?;
+        let (_, rest) = href.rsplit_once("/threads/")?;
+        rest.split(['/', '?', '#']).next()?.parse().ok()
+    })
 }
 
 /// Whether an Azure DevOps delivery is the "Test" of a service hook's dialog: a sample event
@@ -2507,6 +2530,23 @@ fn azure_devops_thread(pr: &Value, text: String) -> Option<Comment> {
             "comments": [{ "parentCommentId": 0, "content": text, "commentType": 1 }],
             "status": 4,
         }),
+        target: format!("{repo}!{id}"),
+    })
+}
+
+/// A reply to comment `parent` in thread `thread` of Azure DevOps pull request `pr`. The
+/// thread's status is left as it is.
+fn azure_devops_reply(pr: &Value, thread: u64, parent: u64, text: String) -> Option<Comment> {
+    let project = pr["repository"]["project"]["id"].as_str()?;
+    let repo = pr["repository"]["id"].as_str()?;
+    let id = pr["pullRequestId"].as_u64()?;
+    Some(Comment {
+        // The API version of `azure_devops_thread`.
+        path: format!(
+            "/{project}/_apis/git/repositories/{repo}/pullRequests/{id}/threads/{thread}/comments?api-version=5.0"
+        ),
+        // `commentType` 1 is `text`.
+        body: json!({ "parentCommentId": parent, "content": text, "commentType": 1 }),
         target: format!("{repo}!{id}"),
     })
 }

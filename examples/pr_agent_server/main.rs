@@ -121,11 +121,14 @@
 //! | GitLab | Note Hook on a merge request (an internal note, a Confidential Note Hook, is answered with an internal note) |
 //! | Bitbucket Cloud | `pullrequest:comment_created` (answered as a reply) |
 //! | Bitbucket Data Center | `pr:comment:added` (answered as a reply) |
-//! | Azure DevOps | `ms.vss-code.git-pullrequest-comment-event` of a new comment (answered in a new thread) |
+//! | Azure DevOps | `ms.vss-code.git-pullrequest-comment-event` of a new comment (answered in a new thread; a reply in a thread, in that thread) |
 //!
-//! On Azure DevOps every comment is a new thread created closed, not active: an active one
-//! would block the completion of a pull request under the branch policy "Check for comment
-//! resolution" until someone resolved it by hand.
+//! On Azure DevOps every comment the server starts is a new thread created closed, not active:
+//! an active one would block the completion of a pull request under the branch policy "Check
+//! for comment resolution" until someone resolved it by hand. A command given as a reply in an
+//! existing thread (its `parentCommentId` not 0) is answered in that thread instead, as a reply
+//! to it, leaving the thread's status as it is; the thread is the one its `_links` name
+//! (`threads`, or `self`), and a reply whose links name none gets a new thread.
 //!
 //! Azure DevOps sends the same event when a comment is edited or deleted: such a comment is
 //! told by its `lastContentUpdatedDate` (later than its `publishedDate`) or its `isDeleted`.
