@@ -223,10 +223,12 @@ async fn a_bitbucket_data_center_comment_as_documented_is_answered_as_a_reply() 
     );
 }
 
-/// Azure DevOps' documented `ms.vss-code.git-pullrequest-comment-event`: the answer is a new
-/// thread on the pull request, in its repository's project, with the token as a Basic password.
+/// Azure DevOps' documented `ms.vss-code.git-pullrequest-comment-event`, without the comment's
+/// `_links` (so its thread is unknown, although it is a reply): the answer is a new thread on the
+/// pull request, in its repository's project, with the token as a Basic password. A reply whose
+/// links name its thread is answered there (`app_review15`).
 #[tokio::test]
-async fn an_azure_devops_comment_as_documented_is_answered_in_a_new_thread() {
+async fn an_azure_devops_comment_whose_thread_is_unknown_is_answered_in_a_new_thread() {
     let (api, fake) = FakeProvider::start(&[StatusCode::OK]).await;
     let settings = lookup(&[
         ("AZURE_DEVOPS_WEBHOOK_USERNAME", "hooks"),
