@@ -61,19 +61,9 @@ async fn bore_takes_the_host_of_a_shared_server_url_with_a_path() {
 /// is refused) is reported with the probe's reason, not as a bare startup timeout.
 #[tokio::test]
 async fn a_probe_cut_by_the_startup_timeout_keeps_its_reason() {
-    let background = support::Background::new();
-    let mut server = bore_cli::server::Server::new(1024..=65535, None);
-    server.set_bind_addr("127.0.3.2".parse().unwrap());
-    server.set_bind_tunnels("127.0.3.3".parse().unwrap());
-    background.spawn(async move {
-        let _ = server.listen().await;
-    });
-    assert!(
-        support::eventually(Duration::from_secs(2), || {
-            std::net::TcpStream::connect("127.0.3.2:7835").is_ok()
-        })
-        .await
-    );
+    // Owned by this test (another process may hold 127.0.3.2:7835 for a while).
+    let _background =
+        support::start_bore_server([127, 0, 3, 2].into(), [127, 0, 3, 3].into(), None).await;
     let err = Tunnel::builder()
         .provider(
             Bore::new()

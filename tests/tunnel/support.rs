@@ -165,6 +165,12 @@ impl Drop for Background {
 }
 
 /// A real bore server (bore-cli's `Server`) on `ip`, control port 7835.
+///
+/// The control port is fixed, so each test has its own loopback address; another process on
+/// this machine (the same test in a concurrent run of the suite) may still hold it. A server
+/// that could not bind it is none of this test's: connecting to `ip:7835` would reach the other
+/// process's server, which goes away with that test (public ports refused, tunnel connections
+/// cut). So the address is waited for until this server has bound it.
 pub struct BoreServer {
     pub ip: Ipv4Addr,
     background: Background,
@@ -172,26 +178,71 @@ pub struct BoreServer {
 
 impl BoreServer {
     pub async fn start(ip: Ipv4Addr, secret: Option<&str>) -> Self {
-        let background = Background::new();
-        let mut server = bore_cli::server::Server::new(1024..=65535, secret);
-        server.set_bind_addr(IpAddr::V4(ip));
-        server.set_bind_tunnels(IpAddr::V4(ip));
-        background.spawn(async move {
-            if let Err(err) = server.listen().await {
-                eprintln!("bore server stopped: {err}");
-            }
-        });
-        for _ in 0..100 {
-            if TcpStream::connect((ip, 7835)).await.is_ok() {
-                return Self { ip, background };
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("bore server on {ip}:7835 did not start");
+        let background = start_bore_server(ip, ip, secret).await;
+        Self { ip, background }
     }
 
     pub fn kill(&mut self) {
         self.background.kill();
+    }
+}
+
+/// Starts bore-cli's server with its control port on `control:7835` and its public ports on
+/// `tunnels`, once it has bound that control port itself: while another process holds it (a
+/// concurrent run of the same test), the start is retried until it is free (for at most 60 s).
+pub async fn start_bore_server(
+    control: Ipv4Addr,
+    tunnels: Ipv4Addr,
+    secret: Option<&str>,
+) -> Background {
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let background = Background::new();
+        let mut server = bore_cli::server::Server::new(1024..=65535, secret);
+        server.set_bind_addr(IpAddr::V4(control));
+        server.set_bind_tunnels(IpAddr::V4(tunnels));
+        let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+        background.spawn(async move {
+            let mut listen = std::pin::pin!(server.listen());
+            // Its first poll binds the control port, or fails to, before it waits for a
+            // connection.
+            let first =
+                std::future::poll_fn(|cx| std::task::Poll::Ready(listen.as_mut().poll(cx))).await;
+            match first {
+                std::task::Poll::Pending => {
+                    let _ = bound_tx.send(Ok(()));
+                }
+                std::task::Poll::Ready(Ok(())) => return,
+                std::task::Poll::Ready(Err(err)) => {
+                    let in_use = err
+                        .downcast_ref::<std::io::Error>()
+                        .map(std::io::Error::kind)
+                        == Some(std::io::ErrorKind::AddrInUse);
+                    let _ = bound_tx.send(Err((in_use, err.to_string())));
+                    return;
+                }
+            }
+            if let Err(err) = listen.await {
+                eprintln!("bore server stopped: {err}");
+            }
+        });
+        match bound_rx.await.expect("the bore server's task ended") {
+            Ok(()) => {}
+            Err((true, _)) if tokio::time::Instant::now() < give_up => {
+                drop(background);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err((_, err)) => panic!("bore server on {control}:7835 did not start: {err}"),
+        }
+        // Bound: it answers as soon as its task accepts.
+        for _ in 0..100 {
+            if TcpStream::connect((control, 7835)).await.is_ok() {
+                return background;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("bore server on {control}:7835 did not answer");
     }
 }
 
