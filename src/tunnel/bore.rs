@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::Upstream;
-use super::http::{connect, host_for_url};
+use super::http::{connect, host_for_url, without_user_info};
 use super::io::Rewind;
 use super::provider::{BoxFuture, Provider, Session};
 use super::secret::Secret;
@@ -224,11 +224,11 @@ impl Bore {
     /// assert!(bore.hint().unwrap().contains("runs at tunnel.example.com:7835 "));
     /// ```
     pub fn server(mut self, server: impl Into<String>) -> Self {
-        let server = server.into();
-        let server = server.trim();
+        // A password with an unencoded `/`, `?` or `#` in the user info goes whole with it.
+        let server = without_user_info(server.into().trim());
         let (scheme, rest) = match server.split_once("://") {
             Some((scheme, rest)) => (Some(scheme.to_ascii_lowercase()), rest),
-            None => (None, server),
+            None => (None, server.as_str()),
         };
         // The authority alone: a path, query or fragment (a shared TUNNEL_SERVER URL of a
         // localtunnel server may have one) and user info are no part of the host.

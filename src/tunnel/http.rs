@@ -18,15 +18,47 @@ pub(crate) const MAX_BODY: usize = 64 * 1024;
 
 /// `url` without the user info of its authority (`user:password@`), which no tunnel server
 /// takes: a password in it would otherwise reach errors, hints and `Debug` output.
+///
+/// A password with an unencoded `/`, `?` or `#` (`https://user:pa/ss@host`) makes the URL
+/// invalid, and its authority, as RFC 3986 reads it, ends before the `@`: the user info is then
+/// taken to end at the last `@` before the query and fragment (no tunnel server uses a path, so an
+/// `@` there is no part of one), or at the last `@` of the URL when what would be its authority
+/// is no `host[:port]` (`https://user:pa?ss@host`). A part of the password never stays in it.
 pub(crate) fn without_user_info(url: &str) -> String {
     let start = url.find("://").map_or(0, |i| i + 3);
-    let end = url[start..]
-        .find(['/', '?', '#'])
-        .map_or(url.len(), |i| start + i);
-    match url[start..end].rfind('@') {
-        Some(at) => format!("{}{}", &url[..start], &url[start + at + 1..]),
+    let rest = &url[start..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let path_end = rest.find(['?', '#']).unwrap_or(rest.len());
+    let at = rest[..path_end].rfind('@').or_else(|| {
+        (!is_host_and_port(&rest[..authority_end]))
+            .then(|| rest.rfind('@'))
+            .flatten()
+    });
+    match at {
+        Some(at) => format!("{}{}", &url[..start], &rest[at + 1..]),
         None => url.to_owned(),
     }
+}
+
+/// Whether `authority` (no user info) is a `host[:port]` a URL may have: a host of no `:`
+/// (or an IPv6 literal in brackets), with a port of digits if any.
+fn is_host_and_port(authority: &str) -> bool {
+    let port = if let Some(rest) = authority.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((_, "")) => return true,
+            Some((_, tail)) => match tail.strip_prefix(':') {
+                Some(port) => port,
+                None => return false,
+            },
+            None => return false,
+        }
+    } else {
+        match authority.split_once(':') {
+            Some((_, port)) => port,
+            None => return true,
+        }
+    };
+    port.bytes().all(|byte| byte.is_ascii_digit())
 }
 
 /// `url` as it may be shown (errors, hints, log lines, `Debug` output): without its user info,
@@ -360,7 +392,17 @@ mod tests {
             ("https://u:p@lt.example.com", "https://lt.example.com"),
             ("http://u:p@w@127.0.0.1:3000/x", "http://127.0.0.1:3000/x"),
             ("u:p@[::1]:8080", "[::1]:8080"),
-            ("http://h/path@x?q=a@b", "http://h/path@x?q=a@b"),
+            // No tunnel server uses a path: an `@` there ends an unencoded password's `/`.
+            ("https://user:pa/ss@host/x", "https://host/x"),
+            ("https://user:12/ss@host", "https://host"),
+            ("http://h/path@x?q=a@b", "http://x?q=a@b"),
+            // A valid authority keeps the `@` of a query or fragment in its place...
+            ("http://h:1/?mail=a@b", "http://h:1/?mail=a@b"),
+            ("http://[::1]:1#a@b", "http://[::1]:1#a@b"),
+            // ...one that is no `host[:port]` loses everything up to the last `@`.
+            ("https://user:pa?ss@host", "https://host"),
+            ("https://user:pa#s?s@host:1", "https://host:1"),
+            ("user:p#w@[::1]:8080", "[::1]:8080"),
             ("http://h:1", "http://h:1"),
         ] {
             assert_eq!(super::without_user_info(given), kept, "{given}");

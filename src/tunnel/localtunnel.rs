@@ -256,8 +256,12 @@ impl LocalTunnel {
 
     /// The server's URL (`https://host[:port]` or `http://host[:port]`); a bare `host[:port]`
     /// means `http://host[:port]`. User info (`user:password@`), which localtunnel has no use
-    /// for, is dropped, so that it never shows in errors, hints or `Debug` output. A path, a
-    /// query or a fragment is not sent to the server either; errors, hints and `Debug` output
+    /// for, is dropped, so that it never shows in errors, hints or `Debug` output; so is a
+    /// password with an unencoded `/`, `?` or `#` (`https://user:pa/ss@host`, not a valid URL):
+    /// everything up to the last `@` before the query goes (up to the last `@` of all when what
+    /// precedes the first `/`, `?` or `#` is no `host[:port]`), and the server after it is the
+    /// one used. A path, a query or a fragment is not sent to the server either; errors, hints
+    /// and `Debug` output
     /// show the values of the query and the fragment as `<redacted>` (a `?token=...` copied
     /// with the URL shows as `?token=<redacted>`).
     ///
@@ -282,6 +286,10 @@ impl LocalTunnel {
     /// let lt = LocalTunnel::new().server("https://lt.example.com/?token=s3cret");
     /// assert!(format!("{lt:?}").contains("https://lt.example.com/?token=<redacted>"));
     /// assert!(!lt.hint().unwrap().contains("s3cret"));
+    ///
+    /// // Nor does a password with an unencoded `/`.
+    /// let lt = LocalTunnel::new().server("https://bot:pa/ss@lt.example.com");
+    /// assert!(format!("{lt:?}").contains(r#"server: "https://lt.example.com""#));
     /// # Ok(()) }
     /// ```
     pub fn server(mut self, server: impl Into<String>) -> Self {
