@@ -33,8 +33,10 @@ use pin_project::pin_project;
 /// With [`RecordDelivery::AfterSuccess`](crate::signature::RecordDelivery::AfterSuccess), the
 /// body of a gRPC call whose status comes in its trailers is watched to its end: the delivery id
 /// is settled in the replay store by the trailers' `grpc-status`, and the trailers (or the end
-/// of a body without them) are handed on once the store has answered. Its frames are otherwise
-/// passed on as they come.
+/// of a body without them) are handed on once the store has answered. A gRPC-web answer's body
+/// is read as it passes for the trailer frame that ends it, and the data frame that completes
+/// it is handed on once the store has answered. Its frames are otherwise passed on as they
+/// come, unchanged.
 ///
 /// It is generic over the inner body so that nothing is boxed on the success path.
 ///
@@ -61,8 +63,9 @@ pub struct ResponseBody<B> {
 #[derive(Debug)]
 enum Kind<B> {
     Inner(#[pin] B),
-    /// The inner service's body, the answer of a gRPC call whose status comes in the trailers:
-    /// its delivery id is settled in the replay store when the body ends.
+    /// The inner service's body, the answer of a gRPC call whose status comes at the end of the
+    /// body (trailers, or gRPC-web's trailer frame): its delivery id is settled in the replay
+    /// store when the status comes.
     #[cfg(feature = "signature")]
     Grpc {
         // Declared first, so dropped first: the claim of a body dropped before its end (the

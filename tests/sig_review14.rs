@@ -480,11 +480,11 @@ async fn the_trailers_wait_for_the_store() {
     assert_eq!(server.processed(), 1);
 }
 
-/// gRPC-web carries the call's status as the last message of the body, not in trailers: its
-/// answers are settled by their head, as before. A successful call whose body ends without
-/// trailers is kept, and a copy is refused.
+/// gRPC-web carries the call's status in a trailer frame at the end of the body, not in
+/// trailers: a successful call whose body ends without trailers, but with `grpc-status:0` in
+/// its trailer frame, is kept, and a copy is refused.
 #[tokio::test]
-async fn a_grpc_web_answer_is_settled_by_its_head_as_before() {
+async fn a_grpc_web_answer_whose_trailer_frame_says_ok_is_kept() {
     use bytes::Bytes;
     use http_body_util::{BodyExt, Full};
     use tower::{ServiceBuilder, ServiceExt};

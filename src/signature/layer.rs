@@ -16,6 +16,7 @@ use tower_service::Service;
 
 use super::clock::Clock;
 use super::error::{SignatureConfigError, SignatureValidationError as E};
+use super::grpc_web::WebStatus;
 use super::replay::{
     ClaimToken, MemoryReplayStore, OnReplay, RecordDelivery, ReplayFuture, ReplayStore,
 };
@@ -1573,17 +1574,18 @@ fn grpc_failed(headers: &HeaderMap) -> bool {
         .is_some_and(|status| status.as_bytes() != b"0")
 }
 
-/// Whether an answer to a gRPC call carries the call's status in trailers at the end of its
-/// body: a `200` typed as gRPC (`application/grpc[+codec]`) without `grpc-status` in its head (a
-/// streamed answer, or a unary one that is not trailers-only). Anything else is settled by its
-/// head: a trailers-only answer by its `grpc-status`, another status (a router's `404`, a
-/// proxy's `503`) as an HTTP answer, and a gRPC-web answer, whose status is a message of its
-/// body rather than trailers, as before.
-fn grpc_status_in_trailers<B>(response: &Response<B>) -> bool {
+/// The protocol of an answer to a gRPC call that carries the call's status at the end of its
+/// body: a `200` typed as gRPC without `grpc-status` in its head (a streamed answer, or a unary
+/// one that is not trailers-only). Its status is in the trailers (`application/grpc[+codec]`)
+/// or in the trailer frame that ends the body (gRPC-web). Anything else is settled by its head:
+/// a trailers-only answer by its `grpc-status`, another status (a router's `404`, a proxy's
+/// `503`) as an HTTP answer.
+fn grpc_status_at_end<B>(response: &Response<B>) -> Option<Grpc> {
     let headers = response.headers();
-    response.status() == StatusCode::OK
-        && !headers.contains_key(&GRPC_STATUS)
-        && headers.get(header::CONTENT_TYPE).and_then(Grpc::of) == Some(Grpc::Native)
+    if response.status() != StatusCode::OK || headers.contains_key(&GRPC_STATUS) {
+        return None;
+    }
+    headers.get(header::CONTENT_TYPE).and_then(Grpc::of)
 }
 
 /// The content type of an answer to a gRPC or gRPC-web call (`application/grpc`,
@@ -1854,7 +1856,7 @@ where
         #[pin]
         future: S::Future,
         claim: Option<Claim>,
-        /// The request is a gRPC call, not gRPC-web (looked at only when there is a claim).
+        /// The request is a gRPC or gRPC-web call (looked at only when there is a claim).
         grpc: bool,
     },
     /// The claim of a finished delivery is settled (completed after 2xx, else released) before
@@ -2158,10 +2160,10 @@ where
                     };
                     if *grpc
                         && let Ok(response) = &result
-                        && grpc_status_in_trailers(response)
+                        && let Some(kind) = grpc_status_at_end(response)
                     {
                         // The call's status comes at the end of the body: settled there.
-                        let settle = SettleAtEnd::new(claim, Arc::clone(this.shared));
+                        let settle = SettleAtEnd::new(claim, Arc::clone(this.shared), kind);
                         return Poll::Ready(
                             result
                                 .map(|r| r.map(|body| ResponseBody::settled_at_end(body, settle))),
@@ -2320,35 +2322,45 @@ impl Drop for Claim {
     }
 }
 
-/// The claim of a gRPC call whose answer carries its status in the trailers (see
-/// [`ResponseBody`]): settled when the body ends. Trailers with `grpc-status: 0` complete it;
-/// any other status, a body that ends without a status, or a body error release it, and so does
-/// a body dropped before its end (the client went away: [`Claim`]'s `Drop`). The store's update
-/// is finished before the trailers (or the end) are handed on, so that a sender that resends at
-/// once after seeing the status is not refused.
+/// The claim of a gRPC call whose answer carries its status at the end of its body (see
+/// [`ResponseBody`]): settled when the status comes. Trailers with `grpc-status: 0` complete
+/// it (gRPC-web: a trailer frame that says so, read from the body's data as it passes); any
+/// other status, a body that ends without a status (or, gRPC-web, that is not made of frames),
+/// or a body error release it, and so does a body dropped before its end (the client went away:
+/// [`Claim`]'s `Drop`). The store's update is finished before the trailers (or the end, or the
+/// data frame that completes a gRPC-web trailer frame) are handed on, so that a sender that
+/// resends at once after seeing the status is not refused.
 pub(crate) struct SettleAtEnd {
     phase: Phase,
     shared: Arc<Shared>,
+    /// gRPC-web: the reader of the body's frames (`None`: gRPC, whose status is in trailers).
+    web: Option<WebStatus>,
 }
 
 enum Phase {
     /// The body streams, with its claim held.
     Streaming(Claim),
-    /// The body ended: the store's update runs, then its ending (the trailers, or none) goes on.
+    /// The status came: the store's update runs, then the frame that brought it (the trailers,
+    /// the data that ends a gRPC-web trailer frame, or none: the end) goes on.
     Updating(Detached, Option<http_body::Frame<Bytes>>),
     /// Settled: what the body yields goes on as it is.
     Done,
 }
 
 impl SettleAtEnd {
-    fn new(claim: Claim, shared: Arc<Shared>) -> Self {
+    fn new(claim: Claim, shared: Arc<Shared>, kind: Grpc) -> Self {
         Self {
             phase: Phase::Streaming(claim),
             shared,
+            web: match kind {
+                Grpc::Native => None,
+                Grpc::Web => Some(WebStatus::new(false)),
+                Grpc::WebText => Some(WebStatus::new(true)),
+            },
         }
     }
 
-    /// Whether the body's ending was handed on (the claim is settled).
+    /// Whether the frame that settled the claim was handed on.
     pub(crate) fn ended(&self) -> bool {
         matches!(self.phase, Phase::Done)
     }
@@ -2376,12 +2388,31 @@ impl SettleAtEnd {
                     return Poll::Ready(ending.map(Ok));
                 }
                 Phase::Streaming(_) => {
-                    let ending = match ready!(body.as_mut().poll_frame(cx)) {
+                    let (handled, ending) = match ready!(body.as_mut().poll_frame(cx)) {
                         Some(Ok(frame)) if frame.is_data() => {
-                            return Poll::Ready(Some(Ok(frame)));
+                            let Some(web) = &mut self.web else {
+                                return Poll::Ready(Some(Ok(frame)));
+                            };
+                            if let Some(data) = frame.data_ref() {
+                                web.feed(data);
+                            }
+                            match web.verdict() {
+                                None => return Poll::Ready(Some(Ok(frame))),
+                                // The trailer frame is complete (or the body is no gRPC-web):
+                                // settled before the data that says so is handed on.
+                                Some(handled) => (handled, Some(frame)),
+                            }
                         }
-                        Some(Ok(frame)) => Some(frame),
-                        None => None,
+                        // gRPC-web: the status is in the body, not in trailers.
+                        Some(Ok(frame)) => (
+                            self.web.is_none()
+                                && frame
+                                    .trailers_ref()
+                                    .and_then(|trailers| trailers.get(&GRPC_STATUS))
+                                    .is_some_and(|status| status.as_bytes() == b"0"),
+                            Some(frame),
+                        ),
+                        None => (false, None),
                         Some(Err(err)) => {
                             // The error cannot be held while the store answers (its type is the
                             // inner body's): the release is started (an in-memory store's is
@@ -2390,11 +2421,6 @@ impl SettleAtEnd {
                             return Poll::Ready(Some(Err(err)));
                         }
                     };
-                    let handled = ending
-                        .as_ref()
-                        .and_then(http_body::Frame::trailers_ref)
-                        .and_then(|trailers| trailers.get("grpc-status"))
-                        .is_some_and(|status| status.as_bytes() == b"0");
                     let Phase::Streaming(claim) = std::mem::replace(&mut self.phase, Phase::Done)
                     else {
                         unreachable!("in the streaming phase")
@@ -2577,7 +2603,11 @@ where
 {
     // Only a claim is settled by the answer: without one the request's type does not matter.
     let grpc = claim.is_some()
-        && req.headers().get(header::CONTENT_TYPE).and_then(Grpc::of) == Some(Grpc::Native);
+        && req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(Grpc::of)
+            .is_some();
     State::Inner {
         future: inner.call(req),
         claim,

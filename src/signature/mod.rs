@@ -80,9 +80,9 @@
 //! [`RecordDelivery::AfterSuccess`] (default) claims it while the inner service runs and releases
 //! it again unless that answered 2xx (and, to a gRPC call, `grpc-status: 0`: a trailers-only
 //! answer's in its headers, a streamed answer's in the trailers that end its body, where the id
-//! is settled before the trailers are handed on; gRPC-web is settled by its head), so a
-//! provider's retry or redelivery of a failed delivery (GitHub reuses the delivery id) is
-//! processed. A claim lasts at most
+//! is settled before the trailers are handed on; a gRPC-web answer's in the trailer frame that
+//! ends its body, settled before that frame is handed on), so a provider's retry or redelivery
+//! of a failed delivery (GitHub reuses the delivery id) is processed. A claim lasts at most
 //! [`claim_ttl`](SignatureLayer::claim_ttl) (default 5 minutes), so one left by a process that
 //! died is not held for the whole `replay_ttl`. A claim the store answers with an error (the
 //! delivery gets 503) is released again, in case the store took it all the same, so the retry
@@ -182,6 +182,7 @@
 
 mod clock;
 mod error;
+mod grpc_web;
 mod layer;
 mod replay;
 mod scheme;

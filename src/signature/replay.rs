@@ -435,11 +435,17 @@ pub enum RecordDelivery {
     /// carry a `grpc-status` other than 0, a panic, an abandoned delivery): a provider's retry or
     /// redelivery of a failed delivery gets through (default).
     ///
-    /// A gRPC call (`application/grpc[+codec]`, not gRPC-web) answered `200` under that type
-    /// without `grpc-status` in its head (a streamed answer, or a unary one that is not
-    /// trailers-only) is settled when its body ends, before its trailers are handed on: kept if
-    /// they carry `grpc-status: 0`, released if they carry another status, if the body ends
-    /// without one or fails, or if it is dropped before its end (the client went away).
+    /// A gRPC call (`application/grpc[+codec]`) answered `200` under that type without
+    /// `grpc-status` in its head (a streamed answer, or a unary one that is not trailers-only)
+    /// is settled when its body ends, before its trailers are handed on: kept if they carry
+    /// `grpc-status: 0`, released if they carry another status, if the body ends without one or
+    /// fails, or if it is dropped before its end (the client went away). A gRPC-web call
+    /// (`application/grpc-web[+codec]`, `application/grpc-web-text[+codec]`: base64) answered
+    /// so is settled the same way by the trailer frame that ends its body (flag `0x80`, header
+    /// lines such as `grpc-status:0`), read as the body passes (its frames are handed on as
+    /// they are, the one that completes the trailer frame once the store has answered). A body
+    /// that is not gRPC-web frames, data after the trailer frame, or a trailer frame over
+    /// 64 KiB release the id.
     #[default]
     AfterSuccess,
 }
