@@ -428,6 +428,62 @@ mod tests {
         }
     }
 
+    /// Splits `body` at the (sorted, deduplicated) points `cuts` picks, and reads the pieces.
+    fn read_cut(text: bool, body: &[u8], cuts: &[usize]) -> Option<bool> {
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
+        points.sort_unstable();
+        points.dedup();
+        let mut status = WebStatus::new(text);
+        let mut from = 0;
+        for at in points.into_iter().chain([body.len()]) {
+            status.feed(&body[from..at]);
+            from = at;
+        }
+        status.verdict()
+    }
+
+    proptest::proptest! {
+        /// Messages of any size and flags, then a trailer frame: the verdict is its status,
+        /// however the body is cut, binary or base64 (each frame a padded segment, as tonic-web
+        /// sends it, or the whole body at once).
+        #[test]
+        fn any_body_cut_anywhere_is_read_as_it_is(
+            messages in proptest::collection::vec(
+                (0u8..2, proptest::collection::vec(proptest::num::u8::ANY, 0..300)),
+                0..6,
+            ),
+            status in 0u8..20,
+            cuts in proptest::collection::vec(proptest::num::usize::ANY, 0..8),
+            per_frame in proptest::bool::ANY,
+        ) {
+            let trailers = format!("grpc-message:x\r\nGrpc-Status:{status}\r\n");
+            let frames: Vec<Vec<u8>> = messages
+                .iter()
+                .map(|(flag, payload)| frame(*flag, payload))
+                .chain([frame(0x80, trailers.as_bytes())])
+                .collect();
+            let binary = frames.concat();
+            let text = if per_frame {
+                frames.iter().map(|f| STANDARD.encode(f)).collect::<String>()
+            } else {
+                STANDARD.encode(&binary)
+            };
+            let expected = Some(status == 0);
+            proptest::prop_assert_eq!(read_cut(false, &binary, &cuts), expected);
+            proptest::prop_assert_eq!(read_cut(true, text.as_bytes(), &cuts), expected);
+        }
+
+        /// Any bytes, cut anywhere, never panic.
+        #[test]
+        fn any_bytes_never_panic(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+            cuts in proptest::collection::vec(proptest::num::usize::ANY, 0..8),
+        ) {
+            let _ = read_cut(false, &bytes, &cuts);
+            let _ = read_cut(true, &bytes, &cuts);
+        }
+    }
+
     #[test]
     fn grpc_web_text_is_read_split_at_every_byte() {
         let ok = STANDARD.encode(body(b"grpc-status:0\r\n"));
