@@ -11,12 +11,9 @@ mod echo;
 #[path = "common/incoming.rs"]
 mod incoming;
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -29,9 +26,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tonic::Status;
 use tower::Layer as _;
 use tower_webhook::body::{RequestBody, ResponseBody};
-use tower_webhook::signature::{
-    ClaimToken, MemoryReplayStore, OnReplay, ReplayFuture, ReplayStore, SignatureLayer,
-};
+use tower_webhook::signature::{MemoryReplayStore, OnReplay, SignatureLayer};
 
 const SECRET: &str = "It's a Secret to Everybody";
 
@@ -371,79 +366,9 @@ async fn a_grpc_web_text_stream_is_settled_by_its_trailer_frame() {
     assert_eq!(server.processed(), 3);
 }
 
-/// A store whose every answer comes later: each operation is pending once before the in-memory
-/// store's answer, and with a gate, `complete` also waits until the test opens it.
-#[derive(Clone)]
-struct Later {
-    inner: Arc<MemoryReplayStore>,
-    gate: Option<Gate>,
-}
-
-#[derive(Clone)]
-struct Gate {
-    started: mpsc::UnboundedSender<()>,
-    open: Arc<Semaphore>,
-}
-
-impl Later {
-    fn new() -> Self {
-        Self {
-            inner: Arc::new(MemoryReplayStore::new()),
-            gate: None,
-        }
-    }
-}
-
-/// Pending once (waking its task at once), then `answer`'s answer.
-fn later(answer: ReplayFuture) -> ReplayFuture {
-    struct PendingOnce(bool);
-    impl Future for PendingOnce {
-        type Output = ();
-        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-            if std::mem::replace(&mut self.0, true) {
-                return Poll::Ready(());
-            }
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    }
-    ReplayFuture::new(async move {
-        PendingOnce(false).await;
-        answer.await
-    })
-}
-
-impl ReplayStore for Later {
-    fn insert(&self, key: &str, ttl: Duration) -> ReplayFuture {
-        later(self.inner.insert(key, ttl))
-    }
-    fn remove(&self, key: &str) -> ReplayFuture {
-        later(self.inner.remove(key))
-    }
-    fn claim(&self, key: &str, token: ClaimToken, ttl: Duration) -> ReplayFuture {
-        later(self.inner.claim(key, token, ttl))
-    }
-    fn complete(&self, key: &str, token: ClaimToken, ttl: Duration) -> ReplayFuture {
-        let Some(gate) = self.gate.clone() else {
-            return later(self.inner.complete(key, token, ttl));
-        };
-        let (inner, key) = (Arc::clone(&self.inner), key.to_owned());
-        ReplayFuture::new(async move {
-            let _ = gate.started.send(());
-            gate.open.acquire().await.unwrap().forget();
-            inner.complete(&key, token, ttl).await
-        })
-    }
-    fn release(&self, key: &str, token: ClaimToken) -> ReplayFuture {
-        later(self.inner.release(key, token))
-    }
-    fn completed(&self, key: &str) -> ReplayFuture {
-        later(self.inner.completed(key))
-    }
-    fn tracks_claims(&self) -> bool {
-        true
-    }
-}
+#[path = "common/later_store.rs"]
+mod later_store;
+use later_store::{Gate, Later};
 
 /// With a store that answers later, the trailer frame waits for the store: a sender that
 /// resends at once after seeing `grpc-status:0` gets the duplicate's answer (acknowledged
