@@ -680,7 +680,9 @@ impl CircuitBreakerConfig {
     /// against the local clock only when the response has no valid `Date`.
     /// The failures that open it are those since the last success: a wait asked for before
     /// the upstream answered a call again does not stretch a later opening (a `429` not held
-    /// against the upstream is no such answer: it asks for a wait too, and keeps it).
+    /// against the upstream is no such answer: it asks for a wait too, and keeps it; half-open
+    /// probes whose verdict closes the breaker are one, and end the waits their failed probes
+    /// asked for).
     ///
     /// # Example
     ///

@@ -1383,7 +1383,8 @@ impl Core {
                 // how long a later opening should last. (A success after a failure always
                 // gets here: the failure keeps the window, or the run of failures, from the
                 // state in which a success changes nothing.) The probes of a half-open period
-                // are one verdict: a success among them keeps the wait another one asked for;
+                // are one verdict: a success among them keeps the wait another one asked for
+                // until the verdict (one that closes the breaker ends it, see `record_probe`);
                 // so does a success that asks for a wait itself (a 429 not held against the
                 // upstream).
                 self.upstream_until_ms.store(0, Ordering::Release);
@@ -1570,7 +1571,18 @@ impl Core {
                 Some(TripReason::ProbesFailed),
             );
         } else {
-            self.transition(word, CircuitState::Closed, Deadline::NONE, None);
+            // The verdict is the upstream answering again: a wait a failed probe asked for
+            // before it no longer says how long a later opening should last. Only the value
+            // read before the verdict is cleared: a wait asked for since, in CLOSED, stays.
+            let asked = self.upstream_until_ms.load(Ordering::Acquire);
+            if self.transition(word, CircuitState::Closed, Deadline::NONE, None) && asked != 0 {
+                let _ = self.upstream_until_ms.compare_exchange(
+                    asked,
+                    0,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                );
+            }
         }
     }
 
