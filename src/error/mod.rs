@@ -11,7 +11,7 @@
 //! | `Ok(response)` | the response, untouched (but a 408 or a 413 over HTTP/1.x gets `Connection: close`, see below) | the response, untouched |
 //! | `Ok(response)` with a [`Problem`] in its extensions (a handler returned one) | the problem, rendered | trailers-only, code of the problem |
 //! | `Err(`[`Problem`]`)` or any [`HttpError`] registered with [`WebhookErrorLayer::recognize`] | its status | its [`HttpError::grpc_code`] |
-//! | signature rejected | 401 / 413 / 408 / 400 / 409 | `Unauthenticated` / `OutOfRange` / `DeadlineExceeded` / `InvalidArgument` / `AlreadyExists` |
+//! | signature rejected | 401 / 413 / 408 / 400 / 409, or 503 + `Retry-After` when the replay store cannot be reached | `Unauthenticated` / `OutOfRange` / `DeadlineExceeded` / `InvalidArgument` / `AlreadyExists` / `Unavailable` |
 //! | circuit open | 503 + `Retry-After` | `Unavailable` + `grpc-retry-pushback-ms` |
 //! | [`WebhookProcessingError`] | 500, or 503 + `Retry-After` when retryable | `Internal` / `Unavailable` + `grpc-retry-pushback-ms` |
 //! | `tower::timeout::error::Elapsed` | 504 (or 408, see [`WebhookErrorLayer::timeout_status`]) | `DeadlineExceeded` |

@@ -263,7 +263,9 @@ pub mod types {
 /// Implement it for your own error types and they are rendered by
 /// [`WebhookErrorLayer`](super::WebhookErrorLayer) like the crate's own: register them with
 /// [`WebhookErrorLayer::recognize`](super::WebhookErrorLayer::recognize), or turn them into a
-/// [`Problem`] with `?` in an axum handler that returns `Result<_, Problem>` (feature `axum`).
+/// [`Problem`] with [`Problem::from_error`] in a handler that returns `Result<_, Problem>`
+/// (an axum handler, feature `axum`): `.map_err(|err| Problem::from_error(&err))?`. A bare `?`
+/// does not convert them, as `Problem` has no `From` for every `HttpError` (it is one itself).
 ///
 /// Only [`status`](HttpError::status) and [`problem_type`](HttpError::problem_type) are required.
 /// Whatever [`detail`](HttpError::detail) returns is shown to the client, so it must not carry
@@ -289,6 +291,16 @@ pub mod types {
 /// assert_eq!(problem.status(), StatusCode::UNPROCESSABLE_ENTITY);
 /// assert_eq!(problem.title(), "Repository not installed");
 /// assert_eq!(problem.detail(), None); // the Display text is not for clients
+///
+/// // In a handler that returns `Result<_, Problem>`:
+/// fn installation(repo: &str) -> Result<u64, NotInstalled> {
+///     Err(NotInstalled(repo.to_owned()))
+/// }
+/// fn handler(repo: &str) -> Result<String, Problem> {
+///     let id = installation(repo).map_err(|err| Problem::from_error(&err))?;
+///     Ok(format!("installation {id}"))
+/// }
+/// assert_eq!(handler("octo/repo").unwrap_err().status(), StatusCode::UNPROCESSABLE_ENTITY);
 /// ```
 pub trait HttpError: std::error::Error + Send + Sync + 'static {
     /// The HTTP status of the response: a client error (4xx) or a server error (5xx).
