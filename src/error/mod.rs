@@ -8,7 +8,7 @@
 //!
 //! | inner outcome | HTTP caller | gRPC caller (`content-type: application/grpc`, `-web`, `-web-text`, each with an optional `+codec`, in any case) |
 //! |---|---|---|
-//! | `Ok(response)` | the response, untouched (but a 408 or a 413 over HTTP/1.x gets `Connection: close`, see below) | the response, untouched |
+//! | `Ok(response)` | the response, untouched (but a 408 or a 413 over HTTP/1.x gets `Connection: close`, see below, and a 401 without `WWW-Authenticate` gets the layer's [`challenge`](WebhookErrorLayer::challenge), if it has one) | the same |
 //! | `Ok(response)` with a [`Problem`] in its extensions (a handler returned one) | the problem, rendered | trailers-only, code of the problem |
 //! | `Err(`[`Problem`]`)` or any [`HttpError`] registered with [`WebhookErrorLayer::recognize`] | its status | its [`HttpError::grpc_code`] |
 //! | signature rejected | 401 / 413 / 408 / 400 / 409, or 503 + `Retry-After` when the replay store cannot be reached | `Unauthenticated` / `OutOfRange` / `DeadlineExceeded` / `InvalidArgument` / `AlreadyExists` / `Unavailable` |
