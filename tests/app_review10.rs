@@ -1461,23 +1461,7 @@ fn the_process_exits_within_the_grace_while_a_comments_host_name_is_being_resolv
     const NAME: &str =
         "the_process_exits_within_the_grace_while_a_comments_host_name_is_being_resolved";
     if std::env::var_os(SLOW_DNS_CHILD).is_some() {
-        tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(std::io::stderr)
-            .init();
-        let left = app::run_to_exit(async {
-            let settings = app::Settings::from_env().unwrap();
-            let app = app::build(&settings).unwrap();
-            let state = app.state.clone();
-            let signals = app::StopSignals::listen().unwrap();
-            let running = app::start(&settings, app, None, signals.nth(1))
-                .await
-                .unwrap();
-            println!("listening on {}", running.local_addr());
-            app::finish(running, &state, settings.shutdown_grace, &signals).await
-        })
-        .unwrap();
-        eprintln!("comments left: {left}");
+        harness::run_as_child();
         return;
     }
 

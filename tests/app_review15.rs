@@ -15,21 +15,9 @@ mod harness;
 use std::time::Duration;
 
 use base64::Engine;
-use harness::{FakeProvider, hmac_hex, lookup, start_server};
+use harness::{FakeProvider, deliver, hmac_hex, lookup, start_server};
 use http::StatusCode;
 use serde_json::{Value, json};
-
-/// Posts `body` to `route` with `headers`: the status.
-async fn deliver(base: &str, route: &str, headers: &[(&str, String)], body: &str) -> StatusCode {
-    let mut req = reqwest::Client::new()
-        .post(format!("{base}{route}"))
-        .header("content-type", "application/json")
-        .body(body.to_owned());
-    for (name, value) in headers {
-        req = req.header(*name, value);
-    }
-    req.send().await.unwrap().status()
-}
 
 /// Set in the child process of [`a_second_stop_signal_ends_the_wait_for_open_connections`].
 const SECOND_SIGNAL_CHILD: &str = "PR_AGENT_SERVER_SECOND_SIGNAL_CHILD";
@@ -47,23 +35,7 @@ fn a_second_stop_signal_ends_the_wait_for_open_connections() {
     use std::io::{BufRead, Read, Write};
     const NAME: &str = "a_second_stop_signal_ends_the_wait_for_open_connections";
     if std::env::var_os(SECOND_SIGNAL_CHILD).is_some() {
-        tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(std::io::stderr)
-            .init();
-        let left = app::run_to_exit(async {
-            let settings = app::Settings::from_env().unwrap();
-            let app = app::build(&settings).unwrap();
-            let state = app.state.clone();
-            let signals = app::StopSignals::listen().unwrap();
-            let running = app::start(&settings, app, None, signals.nth(1))
-                .await
-                .unwrap();
-            println!("listening on {}", running.local_addr());
-            app::finish(running, &state, settings.shutdown_grace, &signals).await
-        })
-        .unwrap();
-        eprintln!("comments left: {left}");
+        harness::run_as_child();
         return;
     }
 

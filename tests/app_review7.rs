@@ -13,21 +13,9 @@ mod harness;
 
 use base64::Engine;
 use harness::hmac_hex;
-use harness::{FakeProvider, lookup, settled, start_server};
+use harness::{FakeProvider, deliver, lookup, settled, start_server};
 use http::StatusCode;
 use serde_json::{Value, json};
-
-/// Posts `body` to `route` of `base` with `headers`: the answer's status.
-async fn deliver(base: &str, route: &str, headers: &[(&str, String)], body: &str) -> StatusCode {
-    let mut req = reqwest::Client::new()
-        .post(format!("{base}{route}"))
-        .header("content-type", "application/json")
-        .body(body.to_owned());
-    for (name, value) in headers {
-        req = req.header(*name, value);
-    }
-    req.send().await.unwrap().status()
-}
 
 /// The one request the fake API received once the server settled: path, headers, body.
 async fn only_request(base: &str, fake: &FakeProvider) -> harness::Received {

@@ -32,6 +32,48 @@ pub(crate) async fn start_server(settings: &app::Settings) -> String {
     format!("http://{}", serve(app.router).await)
 }
 
+/// Posts `body` (JSON) to `route` of `base` with `headers`: the answer's status.
+#[allow(dead_code)] // not every test file delivers this way
+pub(crate) async fn deliver(
+    base: &str,
+    route: &str,
+    headers: &[(&str, String)],
+    body: &str,
+) -> http::StatusCode {
+    let mut req = reqwest::Client::new()
+        .post(format!("{base}{route}"))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    for (name, value) in headers {
+        req = req.header(*name, value);
+    }
+    req.send().await.unwrap().status()
+}
+
+/// Runs the server from the environment as `main` does, in a test's child process: prints
+/// `listening on {addr}` to stdout once it listens, and `comments left: {n}` to stderr at exit,
+/// its log going to stderr too.
+#[allow(dead_code)] // only the tests that run the server as a process
+pub(crate) fn run_as_child() {
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+    let left = app::run_to_exit(async {
+        let settings = app::Settings::from_env().unwrap();
+        let app = app::build(&settings).unwrap();
+        let state = app.state.clone();
+        let signals = app::StopSignals::listen().unwrap();
+        let running = app::start(&settings, app, None, signals.nth(1))
+            .await
+            .unwrap();
+        println!("listening on {}", running.local_addr());
+        app::finish(running, &state, settings.shutdown_grace, &signals).await
+    })
+    .unwrap();
+    eprintln!("comments left: {left}");
+}
+
 /// The server's `/status` document.
 #[allow(dead_code)] // not every test file reads it
 pub(crate) async fn status(client: &reqwest::Client, base: &str) -> Value {
