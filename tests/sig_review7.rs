@@ -251,7 +251,7 @@ async fn the_store_recovers_after_redis_restarts() {
         .unwrap()
         .timeout(timeout);
     let client = redis::Client::open(url.as_str()).unwrap();
-    let config = redis::aio::ConnectionManagerConfig::new().set_max_delay(1000);
+    let config = redis::aio::ConnectionManagerConfig::new().set_max_delay(Duration::from_secs(1));
     let manager = redis::aio::ConnectionManager::new_with_config(client, config)
         .await
         .unwrap();

@@ -571,6 +571,17 @@ async fn forward(
 /// one after a timeout instead of sending every delivery to the dead one until then.
 #[tokio::test]
 async fn a_connection_that_stops_answering_is_replaced() {
+    replaced_after_a_timeout(Duration::from_millis(300)).await;
+}
+
+/// The store's own timeout decides, also when it is longer than the client library's default
+/// response timeout (500 ms), which would otherwise answer first with an error of its own.
+#[tokio::test]
+async fn a_connection_that_stops_answering_is_replaced_after_a_timeout_over_500_ms() {
+    replaced_after_a_timeout(Duration::from_millis(900)).await;
+}
+
+async fn replaced_after_a_timeout(timeout: Duration) {
     let Some(redis) = redis_server::start().await else {
         return;
     };
@@ -578,7 +589,7 @@ async fn a_connection_that_stops_answering_is_replaced() {
     let store = RedisReplayStore::connect(&proxy.url)
         .await
         .unwrap()
-        .timeout(Duration::from_millis(300));
+        .timeout(timeout);
     let ttl = Duration::from_secs(60);
     assert!(store.insert("github:before", ttl).await.unwrap());
 

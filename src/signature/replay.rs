@@ -1266,22 +1266,25 @@ mod redis_store {
     impl RedisReplayStore {
         /// Uses an existing connection manager. Keys are prefixed with `tower-webhook:replay:`.
         ///
-        /// The manager reconnects on its own schedule: with redis' default backoff it waits up to
-        /// a minute between attempts, so deliveries may be refused (503) for that long after
-        /// Redis is back. [`connect`](Self::connect) tries at least every second; set
-        /// [`set_max_delay`](redis::aio::ConnectionManagerConfig::set_max_delay) for the same
-        /// here. Unlike `connect`, the store does not replace a connection that stops answering.
+        /// The manager reconnects on its own schedule, the one its
+        /// [`ConnectionManagerConfig`](redis::aio::ConnectionManagerConfig) sets: deliveries are
+        /// refused (503) until it is back. [`connect`](Self::connect) tries at least every
+        /// second; set [`set_max_delay`](redis::aio::ConnectionManagerConfig::set_max_delay) for
+        /// the same here. The manager's own response timeout (redis' default: 500 ms) answers
+        /// before the store's [`timeout`](Self::timeout) when it is shorter. Unlike `connect`,
+        /// the store does not replace a connection that stops answering.
         ///
         /// # Example
         ///
         /// ```no_run
         /// use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+        /// use std::time::Duration;
         /// use tower_webhook::signature::{RedisReplayStore, SignatureLayer};
         ///
         /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
         /// let client = redis::Client::open("redis://127.0.0.1:6379/")?;
-        /// // Reconnect at least every second once Redis is back (the default waits up to a minute).
-        /// let config = ConnectionManagerConfig::new().set_max_delay(1000);
+        /// // Reconnect at least every second once Redis is back.
+        /// let config = ConnectionManagerConfig::new().set_max_delay(Duration::from_secs(1));
         /// let conn = ConnectionManager::new_with_config(client, config).await?; // may be shared with the rest of the app
         /// let store = RedisReplayStore::new(conn);
         /// assert!(format!("{store:?}").contains("tower-webhook:replay:"));
@@ -1306,9 +1309,10 @@ mod redis_store {
         }
 
         /// Connects to `url` (e.g. `redis://127.0.0.1:6379/`) with a reconnecting manager. A lost
-        /// connection is tried again at least once a second (redis' default backoff grows to a
-        /// minute between attempts), and each attempt gives up after the [default timeout](Self::timeout), so
-        /// deliveries go through again soon after Redis is back.
+        /// connection is tried again at least once a second, and each attempt gives up after the
+        /// [default timeout](Self::timeout), so deliveries go through again soon after Redis is
+        /// back. Each operation is bounded by the store's [`timeout`](Self::timeout) alone (the
+        /// manager's own response timeout is off).
         ///
         /// A connection that stops answering without being closed (Redis moved to another
         /// address, a NAT or load balancer forgot the flow) is not reported by the system for
@@ -1332,8 +1336,11 @@ mod redis_store {
         pub async fn connect(url: &str) -> Result<Self, redis::RedisError> {
             let client = redis::Client::open(url)?;
             let config = redis::aio::ConnectionManagerConfig::new()
-                .set_max_delay(MAX_RECONNECT_DELAY_MS)
-                .set_connection_timeout(DEFAULT_TIMEOUT);
+                .set_max_delay(MAX_RECONNECT_DELAY)
+                .set_connection_timeout(Some(DEFAULT_TIMEOUT))
+                // The store bounds each operation itself (`timeout`), and knows a timed-out one
+                // for what it is: a connection that may have stopped answering.
+                .set_response_timeout(None);
             let manager =
                 ConnectionManager::new_with_config(client.clone(), config.clone()).await?;
             Ok(Self::with_connection(Connection {
@@ -1416,8 +1423,8 @@ mod redis_store {
         return redis.call('DEL', KEYS[1]) end return 0";
     /// How long one operation may take by default.
     const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
-    /// Longest wait between two attempts to reconnect, in milliseconds.
-    const MAX_RECONNECT_DELAY_MS: u64 = 1000;
+    /// Longest wait between two attempts to reconnect.
+    const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
     /// Timed-out `SET`s whose late answer is waited for at once, per store (and its clones).
     const MAX_LATE_ANSWERS: usize = 1024;
 
