@@ -216,6 +216,21 @@ pub enum SignatureConfigError {
         "environment variable `{0}` is unset, empty or not UTF-8 text: set it to the webhook secret (comma-separated for several)"
     )]
     MissingEnv(String),
+    /// An environment variable read by [`Secrets::from_env_list`](super::Secrets::from_env_list)
+    /// holds an empty item in its comma-separated list: two commas in a row, or one at either
+    /// end.
+    ///
+    /// ```
+    /// use tower_webhook::signature::SignatureConfigError;
+    ///
+    /// // What `Secrets::from_env_list("GITHUB_WEBHOOK_SECRETS")` answers for `new-secret,`.
+    /// let err = SignatureConfigError::EmptyEnvItem("GITHUB_WEBHOOK_SECRETS".into());
+    /// assert!(err.to_string().contains("`GITHUB_WEBHOOK_SECRETS`"));
+    /// ```
+    #[error(
+        "environment variable `{0}` holds an empty item in its comma-separated list of secrets (two commas in a row, or one at either end): remove the extra comma"
+    )]
+    EmptyEnvItem(String),
     /// A Standard Webhooks secret is not `whsec_` followed by base64.
     #[error("Standard Webhooks secret must be base64, optionally prefixed with `whsec_`")]
     InvalidStandardWebhooksSecret,

@@ -1268,8 +1268,8 @@ mod redis_store {
         ///
         /// The manager reconnects on its own schedule, the one its
         /// [`ConnectionManagerConfig`](redis::aio::ConnectionManagerConfig) sets: deliveries are
-        /// refused (503) until it is back. [`connect`](Self::connect) tries at least every
-        /// second; set [`set_max_delay`](redis::aio::ConnectionManagerConfig::set_max_delay) for
+        /// refused (503) until it is back. [`connect`](Self::connect) tries every one to two
+        /// seconds; set [`set_max_delay`](redis::aio::ConnectionManagerConfig::set_max_delay) for
         /// the same here. The manager's own response timeout (redis' default: 500 ms) answers
         /// before the store's [`timeout`](Self::timeout) when it is shorter. Unlike `connect`,
         /// the store does not replace a connection that stops answering.
@@ -1309,10 +1309,18 @@ mod redis_store {
         }
 
         /// Connects to `url` (e.g. `redis://127.0.0.1:6379/`) with a reconnecting manager. A lost
-        /// connection is tried again at least once a second, and each attempt gives up after the
-        /// [default timeout](Self::timeout), so deliveries go through again soon after Redis is
-        /// back. Each operation is bounded by the store's [`timeout`](Self::timeout) alone (the
-        /// manager's own response timeout is off).
+        /// connection is tried again every one to two seconds, and each attempt gives up after
+        /// the [default timeout](Self::timeout) of 2 s, so deliveries go through again soon after
+        /// Redis is back. Each operation is bounded by the store's [`timeout`](Self::timeout)
+        /// alone (the manager's own response timeout is off).
+        ///
+        /// Redis must be reachable when the store is made: after six retries at the same pace
+        /// `connect` fails, within about 7 s when nothing listens on the address (a
+        /// [connection refusal](redis::RedisError::is_connection_refusal)), and within about
+        /// 21 s when something accepts the connection but never answers (a stopped server, a
+        /// proxy without a backend: a [timeout](redis::RedisError::is_timeout)). A replica then
+        /// does not start, rather than refuse every delivery; neither the error nor the store's
+        /// `Debug` shows a password given in `url`.
         ///
         /// A connection that stops answering without being closed (Redis moved to another
         /// address, a NAT or load balancer forgot the flow) is not reported by the system for

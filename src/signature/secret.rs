@@ -191,7 +191,9 @@ impl Secrets {
     /// Reads the environment variable `name` and splits it with [`Secrets::from_list`].
     ///
     /// A missing, non-UTF-8 or empty variable is an error naming the variable: a webhook
-    /// endpoint never starts without a secret.
+    /// endpoint never starts without a secret. So is an empty item (two commas in a row, or one
+    /// at either end, as a rotation that removed a secret may leave):
+    /// [`SignatureConfigError::EmptyEnvItem`]. The value read is wiped from memory once split.
     ///
     /// # Example
     ///
@@ -205,13 +207,24 @@ impl Secrets {
     /// assert!(err.to_string().contains("TOWER_WEBHOOK_EXAMPLE_UNSET"));
     /// ```
     pub fn from_env_list(name: &str) -> Result<Self, SignatureConfigError> {
-        let value = Zeroizing::new(
-            std::env::var(name).map_err(|_| SignatureConfigError::MissingEnv(name.to_owned()))?,
+        let missing = || SignatureConfigError::MissingEnv(name.to_owned());
+        // The bytes as they came, wiped on drop, also when they are not UTF-8 (`env::var` would
+        // hand them back in its error, and drop them unwiped).
+        let raw = Zeroizing::new(
+            std::env::var_os(name)
+                .ok_or_else(missing)?
+                .into_encoded_bytes(),
         );
+        let value = std::str::from_utf8(&raw).map_err(|_| missing())?;
         if value.trim().is_empty() {
-            return Err(SignatureConfigError::MissingEnv(name.to_owned()));
+            return Err(missing());
         }
-        Self::from_list(&value)
+        Self::from_list(value).map_err(|err| match err {
+            SignatureConfigError::EmptySecret => {
+                SignatureConfigError::EmptyEnvItem(name.to_owned())
+            }
+            other => other,
+        })
     }
 
     /// How many secrets there are.
