@@ -1319,8 +1319,8 @@ mod redis_store {
         /// alone (the manager's own response timeout is off).
         ///
         /// Redis must be reachable when the store is made: after six retries at the same pace
-        /// `connect` fails, within about 7 s when nothing listens on the address (a
-        /// [connection refusal](redis::RedisError::is_connection_refusal)), and within about
+        /// `connect` fails, after 4 to 7 s when nothing listens on the address (a
+        /// [connection refusal](redis::RedisError::is_connection_refusal)), and after 18 to
         /// 21 s when something accepts the connection but never answers (a stopped server, a
         /// proxy without a backend: a [timeout](redis::RedisError::is_timeout)). A replica then
         /// does not start, rather than refuse every delivery; neither the error nor the store's
