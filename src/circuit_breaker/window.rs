@@ -284,8 +284,9 @@ impl CountWindow {
 /// between); instead every writer under the new stamp finds counts with an older version and
 /// replaces them in the same compare-and-swap that adds its outcome, so a reset and an
 /// addition never overwrite each other, and a reader never takes the old epoch's counts for
-/// the new one's. A version wraps only after 256 changes of one bucket's stamp while a writer
-/// is stalled between reading the stamp and counting.
+/// the new one's. Every writer reads the stamp again right before its compare-and-swap on the
+/// counts, so a version that wrapped (256 changes of one bucket's stamp while a writer was held
+/// up between claiming and counting) never lets an outcome into a later epoch's counts.
 ///
 /// A bucket whose stamp is not the one expected for its position counts as empty, so buckets
 /// expire by themselves, also across idle gaps of any length. A swept bucket's stamp carries
@@ -425,13 +426,22 @@ impl TimeWindow {
     }
 
     /// Adds an outcome to bucket `index` under stamp `held`. Counts of an earlier stamp are
-    /// replaced, as long as `held` is still the bucket's stamp; false when it is not any more
-    /// (the caller claims the bucket again).
+    /// replaced; either way only while `held` is still the bucket's stamp: false when it is
+    /// not any more (the caller claims the bucket again).
+    ///
+    /// The stamp is read again just before each compare-and-swap, also when the counts carry
+    /// `held`'s version: versions wrap, so after 256 rollovers of the bucket while this writer
+    /// was held up between claiming and counting (a preempted thread, a window of one short
+    /// bucket), counts of that version belong to a later epoch, and the outcome would be
+    /// counted into it.
     fn add(&self, index: usize, held: u64, code: u32) -> bool {
         let version = stamp_version(held);
         let counts = &self.counts[index];
         let mut word = counts.load(Ordering::Acquire);
         loop {
+            if self.stamps[index].load(Ordering::Acquire) != held {
+                return false;
+            }
             let base = if word >> VERSION_SHIFT == version {
                 let base = word & COUNTS_MASK;
                 if (base >> CALLS_SHIFT) & FIELD >= FIELD - 1 {
@@ -443,11 +453,9 @@ impl TimeWindow {
                 } else {
                     base
                 }
-            } else if self.stamps[index].load(Ordering::Acquire) == held {
+            } else {
                 // Counts of an earlier stamp: this outcome starts the bucket afresh.
                 0
-            } else {
-                return false;
             };
             match counts.compare_exchange_weak(
                 word,
@@ -723,6 +731,33 @@ mod tests {
         assert_eq!(window.claim(0, 1, 0, || 1), None);
         assert_eq!(window.read(1, 2 * MS).failures, 2);
         assert_eq!(window.read(1, 2 * MS).calls, 2);
+    }
+
+    /// A writer held up between claiming a bucket and counting, while the bucket rolls over
+    /// 256 times (its stamp's version comes round to the one held), does not count its
+    /// outcome into the bucket's latest epoch: that epoch's counts stay those of its calls.
+    #[test]
+    fn a_writer_held_up_through_256_rollovers_counts_into_no_later_epoch() {
+        let window = TimeWindow::new(MS, 1);
+        window.record(1, CALL, 0, || 1);
+        let held = window.claim(0, 1, 0, || 1).unwrap();
+        for epoch in 1..=256 {
+            window.record(1, CALL, epoch * MS, || 1);
+        }
+        assert_eq!(
+            stamp_version(window.stamps[0].load(Ordering::Relaxed)),
+            stamp_version(held)
+        );
+        assert!(!window.add(0, held, CALL | FAILED));
+        assert_eq!(window.claim(0, 1, 0, || 1), None, "epoch 0 has expired");
+        assert_eq!(
+            window.read(1, 256 * MS),
+            Counts {
+                calls: 1,
+                failures: 0,
+                slow: 0
+            }
+        );
     }
 
     /// Threads that start every epoch together race to roll its bucket over; after each
