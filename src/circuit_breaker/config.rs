@@ -97,6 +97,12 @@ pub enum SlidingWindow {
     Count(u32),
     /// The outcomes of the last `span`, kept in `buckets` buckets that expire one by one
     /// (also across idle gaps: a bucket older than `span` never counts).
+    ///
+    /// Buckets are fixed slices of time of `span / buckets` each, and a bucket leaves the
+    /// window whole: the window holds the current bucket (from its start) and the
+    /// `buckets - 1` before it, so between `span - span / buckets` and `span` of outcomes. With
+    /// a single bucket the window empties at the end of each `span`; more buckets make it
+    /// slide more smoothly (each outcome is counted the same, whatever the number).
     Time {
         /// The length of the window.
         span: Duration,
