@@ -25,7 +25,8 @@
 //!
 //! - **Window**: [`SlidingWindow::Count`] is a true ring of the last N outcomes (the N+1th
 //!   evicts the oldest; 100 successes followed by failures still trip), [`SlidingWindow::Time`]
-//!   is N buckets that expire, also across idle gaps.
+//!   is N buckets that expire, also across idle gaps (each a fixed slice of the span that
+//!   leaves the window whole).
 //! - **Rates**: failure rate and slow-call rate, thresholds inclusive (`>=`), evaluated once the
 //!   window holds [`minimum_calls`](CircuitBreakerConfig::minimum_calls).
 //! - **Consecutive failures**: `n` failures in a row open the breaker (default 5, from
