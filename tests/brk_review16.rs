@@ -76,7 +76,7 @@ fn outcomes_racing_bucket_rollovers_are_each_counted_once() {
                             .now_or_never()
                             .and_then(Result::ok)
                             .and_then(|ready| ready.call(!failing(epoch)).now_or_never());
-                        if !matches!(answered, Some(Ok(ok)) if ok == !failing(epoch)) {
+                        if !matches!(answered, Some(Ok(ok)) if ok != failing(epoch)) {
                             unanswered.fetch_add(1, Ordering::Relaxed);
                         }
                     }
