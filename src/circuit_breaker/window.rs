@@ -286,7 +286,9 @@ impl CountWindow {
 /// addition never overwrite each other, and a reader never takes the old epoch's counts for
 /// the new one's. Every writer reads the stamp again right before its compare-and-swap on the
 /// counts, so a version that wrapped (256 changes of one bucket's stamp while a writer was held
-/// up between claiming and counting) never lets an outcome into a later epoch's counts.
+/// up between claiming and counting) does not let an outcome into a later epoch's counts; only
+/// a stall of 256 rollovers between that read and the compare-and-swap could, and then only
+/// onto counts equal bit for bit to those it read.
 ///
 /// A bucket whose stamp is not the one expected for its position counts as empty, so buckets
 /// expire by themselves, also across idle gaps of any length. A swept bucket's stamp carries
