@@ -12,7 +12,7 @@ mod github_hook;
 use github_hook::{GH_BODY, GH_SECRET, GH_SIG, github};
 
 use std::convert::Infallible;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -79,35 +79,6 @@ fn an_empty_item_in_a_secrets_variable_is_named() {
     assert!(status.success(), "the child run failed: {status}");
 }
 
-/// A `redis-server` on `port` (127.0.0.1) that needs `password`.
-async fn redis_with_password(port: u16, password: &str) -> Option<redis_server::Redis> {
-    let child = Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-        .args([
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--requirepass",
-            password,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn redis-server");
-    let redis = redis_server::Redis { child, port };
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return Some(redis);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    None
-}
-
 /// `delivery` through `layer` to a handler answering 200: the answer's status and whether it
 /// carries `Retry-After`.
 async fn deliver(layer: &SignatureLayer, delivery: &str) -> (StatusCode, bool) {
@@ -131,16 +102,11 @@ async fn deliver(layer: &SignatureLayer, delivery: &str) -> (StatusCode, bool) {
 #[tokio::test]
 async fn a_password_in_the_redis_url_stays_out_of_logs() {
     // Skips as the other Redis tests do where there is no `redis-server`.
-    let Some(probe) = redis_server::start().await else {
+    let password = "hunter2-redis-pw";
+    let Some(mut redis) = redis_server::start_with(&["--requirepass", password]).await else {
         return;
     };
-    let port = probe.port;
-    drop(probe);
-    let password = "hunter2-redis-pw";
-    let mut redis = match redis_with_password(port, password).await {
-        Some(redis) => redis,
-        None => panic!("redis-server with a password did not start"),
-    };
+    let port = redis.port;
     let (logs, _guard) = Logs::capture();
     let url = format!("redis://:{password}@127.0.0.1:{port}/");
     let store = RedisReplayStore::connect(&url)
@@ -161,9 +127,7 @@ async fn a_password_in_the_redis_url_stays_out_of_logs() {
             "{id}"
         );
     }
-    redis = redis_with_password(port, password)
-        .await
-        .expect("redis-server restarts");
+    redis.restart().await;
     let back = Instant::now();
     let mut attempt = 0;
     loop {

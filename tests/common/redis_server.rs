@@ -8,6 +8,8 @@ use std::time::Duration;
 pub(crate) struct Redis {
     pub(crate) child: Child,
     pub(crate) port: u16,
+    /// Arguments beyond the defaults, given again on `restart`.
+    extra: Vec<String>,
 }
 
 #[allow(dead_code)] // not every test file uses each
@@ -22,10 +24,13 @@ impl Redis {
         let _ = self.child.wait();
     }
 
-    /// A new server on the same port.
+    /// A new server on the same port, with the same arguments.
     pub(crate) async fn restart(&mut self) {
         self.kill();
-        let back = spawn(self.port).await.expect("redis-server restarts");
+        let extra = std::mem::take(&mut self.extra);
+        let back = spawn(self.port, extra)
+            .await
+            .expect("redis-server restarts");
         *self = back;
     }
 
@@ -50,6 +55,11 @@ impl Drop for Redis {
 
 /// `None` (the test skips) without `redis-server`, unless `TOWER_WEBHOOK_REQUIRE_INTEROP=1`.
 pub(crate) async fn start() -> Option<Redis> {
+    start_with(&[]).await
+}
+
+/// [`start`] with `extra` arguments for `redis-server` (e.g. `--requirepass`), kept on restart.
+pub(crate) async fn start_with(extra: &[&str]) -> Option<Redis> {
     let found = Command::new("redis-server")
         .arg("--version")
         .stdout(Stdio::null())
@@ -70,14 +80,15 @@ pub(crate) async fn start() -> Option<Redis> {
             .local_addr()
             .unwrap()
             .port();
-        if let Some(redis) = spawn(port).await {
+        let extra = extra.iter().map(|arg| arg.to_string()).collect();
+        if let Some(redis) = spawn(port, extra).await {
             return Some(redis);
         }
     }
     panic!("redis-server did not start");
 }
 
-async fn spawn(port: u16) -> Option<Redis> {
+async fn spawn(port: u16, extra: Vec<String>) -> Option<Redis> {
     let child = Command::new("redis-server")
         .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
         .args([
@@ -88,11 +99,12 @@ async fn spawn(port: u16) -> Option<Redis> {
             "--protected-mode",
             "yes",
         ])
+        .args(&extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn redis-server");
-    let redis = Redis { child, port };
+    let redis = Redis { child, port, extra };
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
