@@ -279,7 +279,7 @@ fn fail<B>(
     if let Err(payload) = &logged {
         tracing::error!(
             grpc_status = problem.as_ref().map(|p| p.grpc_code() as u16),
-            panic = panic_message(&**payload),
+            panic = &*panic_message(&**payload),
             "the response body failed while it streamed; the response is cut short \
              (its error panicked while it was logged)"
         );
@@ -309,7 +309,7 @@ fn fail<B>(
 fn drop_logged(what: &str, drop: impl FnOnce()) {
     if let Err(payload) = catch_unwind(AssertUnwindSafe(drop)) {
         tracing::error!(
-            panic = panic_message(&*payload),
+            panic = &*panic_message(&*payload),
             "{what} panicked while it was dropped"
         );
     }
@@ -338,11 +338,11 @@ fn log(failure: &Failure, problem: Option<&Problem>) {
     match failure {
         Failure::Panic(payload) => tracing::error!(
             grpc_status,
-            panic = panic_message(&**payload),
+            panic = &*panic_message(&**payload),
             "the response body panicked while it streamed; the response is cut short"
         ),
         Failure::Error(err) => {
-            let error = ErrorChain(&**err).to_string();
+            let error = super::redact::redacted(ErrorChain(&**err).to_string());
             if problem.is_some_and(|p| p.status().is_client_error()) {
                 tracing::warn!(
                     grpc_status,

@@ -691,7 +691,7 @@ where
                 Ok(Poll::Ready(Err(err))) => self.ready_error = Some(NotReady::Error(err.into())),
                 // Only the message is kept: the payload is not `Sync`, and the service must be.
                 Err(payload) => {
-                    self.ready_error = Some(NotReady::Panic(panic_message(&*payload).to_owned()));
+                    self.ready_error = Some(NotReady::Panic(panic_message(&*payload).into_owned()));
                 }
             }
         }
@@ -830,7 +830,7 @@ where
                             this.kind.set(Kind::Ready(None));
                         })) {
                             tracing::error!(
-                                panic = panic_message(&*again),
+                                panic = &*panic_message(&*again),
                                 "handler panicked again while its future was dropped"
                             );
                         }
@@ -860,7 +860,7 @@ fn drop_logged(info: &RequestInfo, what: &str, drop: impl FnOnce()) {
     if let Err(payload) = catch_unwind(AssertUnwindSafe(drop)) {
         tracing::error!(
             request_id = &*request_id_str(info),
-            panic = panic_message(&*payload),
+            panic = &*panic_message(&*payload),
             "{what} panicked while it was dropped"
         );
     }
@@ -909,7 +909,7 @@ fn panicked(info: &RequestInfo, payload: &(dyn Any + Send), what: &str) -> Probl
     tracing::error!(
         status = problem.status().as_u16(),
         request_id = &*request_id_str(info),
-        panic = panic_message(payload),
+        panic = &*panic_message(payload),
         "{what}"
     );
     problem
@@ -1100,7 +1100,7 @@ fn render<B, R: RenderProblem>(
                 tracing::error!(
                     status = problem.status().as_u16(),
                     request_id = &*request_id_str(info),
-                    panic = panic_message(&*payload),
+                    panic = &*panic_message(&*payload),
                     "the problem renderer panicked; answering application/problem+json"
                 );
                 problem.to_response()
@@ -1244,8 +1244,10 @@ const MAX_INSTANCE_LEN: usize = 256;
 /// and not longer than [`MAX_INSTANCE_LEN`]. Anything else (spaces, a tab, quotes, a huge value)
 /// is left out of the document; the id is still logged and echoed in its header. So is an id
 /// with an authority (`//host/...`, `https://host/...`): a client resolving the `instance`
-/// would be sent to a host the request named. And so is an id that is not a URI reference,
-/// with a colon in its first segment that ends no scheme (`12:30:00`).
+/// would be sent to a host the request named. So is one under a scheme that browsers resolve
+/// to a host whatever its slashes (`https:evil.example`, see [`REFUSED_SCHEMES`]), or that runs
+/// or embeds what the request sent (`javascript:...`, `data:...`). And so is an id that is not
+/// a URI reference, with a colon in its first segment that ends no scheme (`12:30:00`).
 fn as_instance(id: &HeaderValue) -> Option<&str> {
     const URI_SAFE: &[u8] = b"-._~!$&'()*+,;=:@/?";
     let bytes = id.as_bytes();
@@ -1280,15 +1282,41 @@ fn is_uri_reference(uri: &[u8]) -> bool {
     }
 }
 
+/// Schemes an `instance` may not have. The special schemes of the URL Standard: a WHATWG
+/// parser (a browser, the `url` crate) resolves `https:evil.example` or `http:/evil.example` to
+/// `https://evil.example/` when the base's scheme differs, or when there is no base, whatever
+/// RFC 3986 reads in it. And the schemes whose URIs run or carry content of their own.
+const REFUSED_SCHEMES: [&str; 9] = [
+    "http",
+    "https",
+    "ws",
+    "wss",
+    "ftp",
+    "file",
+    "javascript",
+    "data",
+    "vbscript",
+];
+
 /// Whether the URI reference `uri` has an authority (RFC 3986, section 4.2): it starts with
-/// `//`, or with a scheme followed by `://`.
+/// `//`, or with a scheme followed by `://`; or a scheme of [`REFUSED_SCHEMES`] (in any case),
+/// which a WHATWG parser may resolve to a host without the slashes.
 fn names_a_host(uri: &[u8]) -> bool {
     let scheme_len = uri
         .iter()
         .position(|&b| !(b.is_ascii_alphanumeric() || b"+-.".contains(&b)))
         .filter(|&end| end > 0 && uri[end] == b':' && uri[0].is_ascii_alphabetic());
     let rest = match scheme_len {
-        Some(end) => &uri[end + 1..],
+        Some(end) => {
+            let scheme = &uri[..end];
+            if REFUSED_SCHEMES
+                .iter()
+                .any(|refused| scheme.eq_ignore_ascii_case(refused.as_bytes()))
+            {
+                return true;
+            }
+            &uri[end + 1..]
+        }
         None => uri,
     };
     rest.starts_with(b"//")
@@ -1309,7 +1337,9 @@ fn log_problem(
     err: Option<&(dyn std::error::Error + Send + Sync + 'static)>,
 ) {
     let status = problem.status().as_u16();
-    let error = err.map(|e| ErrorChain(e).to_string()).unwrap_or_default();
+    let error = err
+        .map(|e| super::redact::redacted(ErrorChain(e).to_string()))
+        .unwrap_or_default();
     let request_id = request_id_str(info);
     let request_id = &*request_id;
     let problem_type = problem.problem_type();
@@ -1368,6 +1398,7 @@ impl fmt::Display for ErrorChain<'_> {
     }
 }
 
-pub(super) fn panic_message(payload: &(dyn Any + Send)) -> &str {
-    crate::panic::message(payload).unwrap_or("<non-string panic payload>")
+/// A panic's message for the log, with the credentials of the URLs in it redacted.
+pub(super) fn panic_message(payload: &(dyn Any + Send)) -> Cow<'_, str> {
+    super::redact::redact(crate::panic::message(payload).unwrap_or("<non-string panic payload>"))
 }

@@ -33,7 +33,8 @@
 //! HTTP callers get an RFC 9457 `application/problem+json` body: `type`, `title`, `status`
 //! (always equal to the response status), `detail` (only text meant for clients) and `instance`
 //! (the request id from `x-request-id`, when there is one that a URI can carry as it is, up to
-//! 256 bytes), then the problem's extension members ([`Problem::with_extension`]). A 408 or a
+//! 256 bytes, that sends no reader to a host nor runs: not `https:host`, `//host` or
+//! `javascript:...`), then the problem's extension members ([`Problem::with_extension`]). A 408 or a
 //! 413 over HTTP/1.x also says `Connection: close` (RFC 9110, sections
 //! 15.5.9 and 15.5.14): after a 413 the rest of the refused body is still on the connection,
 //! unread (cut by a length limit, or refused from `Content-Length`), so the connection is not
@@ -50,7 +51,10 @@
 //!
 //! Each error is logged once with `tracing`: 5xx at `error`, 404 and 405 at `debug`, other 4xx at
 //! `warn`, with the status, problem type, request id and the error chain as fields. A panic's
-//! message goes to the log, never to the client. A response body's failure is logged once too, at
+//! message goes to the log, never to the client. The credentials of URLs in an error chain or a
+//! panic message are logged as `<redacted>`: a URL's user info (`user:password@`), and the
+//! values of its query parameters whose names contain `token`, `secret`, `key`, `pass`, `pwd`,
+//! `sig`, `auth` or `credential` (in any case). A response body's failure is logged once too, at
 //! `error` (`warn` for an error a gRPC caller is answered with a client error's code), with the
 //! error chain or the panic message.
 //!
@@ -89,6 +93,7 @@ mod grpc;
 mod layer;
 mod problem;
 mod processing;
+mod redact;
 
 pub use body::ResponseBody;
 pub use grpc::GrpcCode;

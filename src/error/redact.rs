@@ -1,0 +1,155 @@
+//! Credentials in URLs, left out of what the layer logs.
+//!
+//! An error's `Display` often names the URL it failed on (reqwest's `... for url (...)`, a
+//! panic's `unwrap()` of such an error), and that URL may carry credentials: a user and a
+//! password (`https://user:secret@host/`, `redis://:secret@host`), or a token in its query
+//! (`?access_token=...`). The layer logs error chains and panic messages through [`redact`].
+
+use std::borrow::Cow;
+
+/// [`redact`] of an owned `text`, which it returns as it is when there is nothing to redact.
+pub(crate) fn redacted(text: String) -> String {
+    match redact(&text) {
+        Cow::Borrowed(_) => text,
+        Cow::Owned(redacted) => redacted,
+    }
+}
+
+/// What stands in place of a credential.
+const REDACTED: &str = "<redacted>";
+
+/// Parts of query parameter names that say their values are secrets (compared lower-cased).
+const SECRET_PARAMS: [&str; 8] = [
+    "token",
+    "secret",
+    "key",
+    "pass",
+    "pwd",
+    "sig",
+    "auth",
+    "credential",
+];
+
+/// `text` with the credentials of the URLs in it (each `scheme://`) shown as `<redacted>`: the
+/// user info of the authority (`user:password@`, all of it: a token is often the user name),
+/// and the values of query parameters whose names say they are secrets (`token`, `secret`,
+/// `key`, `pass`, `pwd`, `sig`, `auth`, `credential`, in any case and anywhere in the name).
+/// A URL ends at a space, a quote or an angle bracket, as text and `Debug` output write it.
+pub(crate) fn redact(text: &str) -> Cow<'_, str> {
+    if !text.contains("://") {
+        return Cow::Borrowed(text);
+    }
+    let bytes = text.as_bytes();
+    let mut out = String::new();
+    // `text[..copied]` is in `out` already (with its redactions).
+    let mut copied = 0;
+    let mut from = 0;
+    while let Some(found) = text[from..].find("://") {
+        let start = from + found + 3;
+        let url_end = start
+            + bytes[start..]
+                .iter()
+                .position(|&b| ends_url(b))
+                .unwrap_or(bytes.len() - start);
+        let authority_end = start
+            + bytes[start..url_end]
+                .iter()
+                .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+                .unwrap_or(url_end - start);
+        if let Some(at) = bytes[start..authority_end].iter().rposition(|&b| b == b'@') {
+            out.push_str(&text[copied..start]);
+            out.push_str(REDACTED);
+            copied = start + at;
+        }
+        let query = bytes[authority_end..url_end]
+            .iter()
+            .position(|&b| b == b'?')
+            .map(|q| authority_end + q + 1);
+        if let Some(query) = query {
+            let query_end = query
+                + bytes[query..url_end]
+                    .iter()
+                    .position(|&b| b == b'#')
+                    .unwrap_or(url_end - query);
+            let mut param = query;
+            while param < query_end {
+                let end = param
+                    + bytes[param..query_end]
+                        .iter()
+                        .position(|&b| b == b'&')
+                        .unwrap_or(query_end - param);
+                if let Some(eq) = bytes[param..end].iter().position(|&b| b == b'=') {
+                    let value = param + eq + 1;
+                    if value < end && is_secret(&text[param..param + eq]) {
+                        out.push_str(&text[copied..value]);
+                        out.push_str(REDACTED);
+                        copied = end;
+                    }
+                }
+                param = end + 1;
+            }
+        }
+        from = url_end.max(start);
+    }
+    if copied == 0 {
+        return Cow::Borrowed(text);
+    }
+    out.push_str(&text[copied..]);
+    Cow::Owned(out)
+}
+
+/// A byte no URL has as it is, that ends one in text: white space, a quote, an angle bracket.
+fn ends_url(b: u8) -> bool {
+    b.is_ascii_whitespace() || matches!(b, b'"' | b'\'' | b'<' | b'>' | b'`')
+}
+
+/// Whether a query parameter of this name carries a secret.
+fn is_secret(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    SECRET_PARAMS.iter().any(|word| name.contains(word))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn user_info_and_secret_query_values_are_redacted() {
+        let cases = [
+            ("no url here", "no url here"),
+            ("https://host/path?page=2", "https://host/path?page=2"),
+            (
+                "error sending request for url (https://user:hunter2@api.example/v1)",
+                "error sending request for url (https://<redacted>@api.example/v1)",
+            ),
+            (
+                "redis://:hunter2@127.0.0.1:6379/0",
+                "redis://<redacted>@127.0.0.1:6379/0",
+            ),
+            (
+                "https://ghp_TOKEN@github.com/o/r",
+                "https://<redacted>@github.com/o/r",
+            ),
+            ("https://u:p@ss@host/x", "https://<redacted>@host/x"),
+            (
+                "GET https://h/x?page=2&access_token=abc&Api_Key=k#frag failed",
+                "GET https://h/x?page=2&access_token=<redacted>&Api_Key=<redacted>#frag failed",
+            ),
+            (
+                r#"url: "https://h/?sig=s1", other: "http://a:b@c""#,
+                r#"url: "https://h/?sig=<redacted>", other: "http://<redacted>@c""#,
+            ),
+            ("https://host/a@b?token=", "https://host/a@b?token="),
+            (
+                "two: https://a:b@x and ftp://c:d@y/",
+                "two: https://<redacted>@x and ftp://<redacted>@y/",
+            ),
+            ("://", "://"),
+            ("x://@", "x://<redacted>@"),
+            ("https://h/?token=é€ end", "https://h/?token=<redacted> end"),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(redact(text), expected, "{text}");
+        }
+    }
+}
