@@ -40,9 +40,9 @@ pub(crate) fn redact(text: &str) -> Cow<'_, str> {
         return Cow::Borrowed(text);
     }
     let bytes = text.as_bytes();
-    let mut out = String::new();
-    // `text[..copied]` is in `out` already (with its redactions).
-    let mut copied = 0;
+    // The byte ranges to leave out, as found; a URL inside another's query or path
+    // (`?redirect=https://...`) is looked at too, so they may overlap.
+    let mut secrets: Vec<(usize, usize)> = Vec::new();
     let mut from = 0;
     while let Some(found) = text[from..].find("://") {
         let start = from + found + 3;
@@ -57,9 +57,7 @@ pub(crate) fn redact(text: &str) -> Cow<'_, str> {
                 .position(|&b| matches!(b, b'/' | b'?' | b'#'))
                 .unwrap_or(url_end - start);
         if let Some(at) = bytes[start..authority_end].iter().rposition(|&b| b == b'@') {
-            out.push_str(&text[copied..start]);
-            out.push_str(REDACTED);
-            copied = start + at;
+            secrets.push((start, start + at));
         }
         let query = bytes[authority_end..url_end]
             .iter()
@@ -81,18 +79,28 @@ pub(crate) fn redact(text: &str) -> Cow<'_, str> {
                 if let Some(eq) = bytes[param..end].iter().position(|&b| b == b'=') {
                     let value = param + eq + 1;
                     if value < end && is_secret(&text[param..param + eq]) {
-                        out.push_str(&text[copied..value]);
-                        out.push_str(REDACTED);
-                        copied = end;
+                        secrets.push((value, end));
                     }
                 }
                 param = end + 1;
             }
         }
-        from = url_end.max(start);
+        from = start;
     }
-    if copied == 0 {
+    if secrets.is_empty() {
         return Cow::Borrowed(text);
+    }
+    secrets.sort_unstable();
+    let mut out = String::with_capacity(text.len());
+    // `text[..copied]` is in `out` already, with its secrets left out; `out` ends with
+    // `<redacted>`, which stands for a range that overlaps or touches it as well.
+    let mut copied = 0;
+    for (start, end) in secrets {
+        if start > copied {
+            out.push_str(&text[copied..start]);
+            out.push_str(REDACTED);
+        }
+        copied = copied.max(end);
     }
     out.push_str(&text[copied..]);
     Cow::Owned(out)
@@ -145,11 +153,63 @@ mod tests {
                 "two: https://<redacted>@x and ftp://<redacted>@y/",
             ),
             ("://", "://"),
+            (
+                "GET https://h/fetch?url=https://u:pw@x/&page=1",
+                "GET https://h/fetch?url=https://<redacted>@x/&page=1",
+            ),
+            (
+                "https://h/?token=https://u:pw@x/&b=1",
+                "https://h/?token=<redacted>&b=1",
+            ),
             ("x://@", "x://<redacted>@"),
             ("https://h/?token=é€ end", "https://h/?token=<redacted> end"),
         ];
         for (text, expected) in cases {
             assert_eq!(redact(text), expected, "{text}");
+        }
+    }
+
+    /// Any text, URL-like or not (a small alphabet of the bytes the scan looks at, and a
+    /// character past ASCII), is redacted without a panic; a text without a URL is kept as it
+    /// is, and redacting the result again changes nothing more.
+    #[test]
+    fn any_text_is_redacted_without_a_panic() {
+        const PIECES: [&str; 14] = [
+            "://",
+            "@",
+            "/",
+            "?",
+            "&",
+            "=",
+            "#",
+            " ",
+            "\"",
+            "token",
+            "x",
+            "é",
+            ":",
+            "<redacted>",
+        ];
+        // A small linear congruential generator: the same texts on every run.
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..20_000 {
+            let mut text = String::new();
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            let len = (state >> 59) as usize;
+            for _ in 0..len {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1);
+                text.push_str(PIECES[(state >> 33) as usize % PIECES.len()]);
+            }
+            let out = redact(&text);
+            if !text.contains("://") {
+                assert_eq!(out, text);
+            }
+            // Redacting again changes nothing more.
+            assert_eq!(redact(&out), out, "{text}");
         }
     }
 }
