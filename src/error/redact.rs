@@ -34,7 +34,8 @@ const SECRET_PARAMS: [&str; 8] = [
 /// user info of the authority (`user:password@`, all of it: a token is often the user name),
 /// and the values of query parameters whose names say they are secrets (`token`, `secret`,
 /// `key`, `pass`, `pwd`, `sig`, `auth`, `credential`, in any case and anywhere in the name).
-/// A URL ends at a space, a quote or an angle bracket, as text and `Debug` output write it.
+/// A URL ends at a space, a quote or an angle bracket, as text and `Debug` output write it, and
+/// one that follows an opening parenthesis ends at the parenthesis that closes it.
 pub(crate) fn redact(text: &str) -> Cow<'_, str> {
     if !text.contains("://") {
         return Cow::Borrowed(text);
@@ -46,11 +47,30 @@ pub(crate) fn redact(text: &str) -> Cow<'_, str> {
     let mut from = 0;
     while let Some(found) = text[from..].find("://") {
         let start = from + found + 3;
-        let url_end = start
+        let mut url_end = start
             + bytes[start..]
                 .iter()
                 .position(|&b| ends_url(b))
                 .unwrap_or(bytes.len() - start);
+        // A URL in parentheses (reqwest's `for url (...)`) does not take the closing one.
+        let scheme_start = bytes[..from + found]
+            .iter()
+            .rposition(|&b| !(b.is_ascii_alphanumeric() || b"+-.".contains(&b)))
+            .map_or(0, |before| before + 1);
+        if scheme_start > 0 && bytes[scheme_start - 1] == b'(' {
+            let mut depth = 0usize;
+            for (at, &b) in bytes[start..url_end].iter().enumerate() {
+                match b {
+                    b'(' => depth += 1,
+                    b')' if depth == 0 => {
+                        url_end = start + at;
+                        break;
+                    }
+                    b')' => depth -= 1,
+                    _ => {}
+                }
+            }
+        }
         let authority_end = start
             + bytes[start..url_end]
                 .iter()
@@ -131,6 +151,14 @@ mod tests {
                 "error sending request for url (https://<redacted>@api.example/v1)",
             ),
             (
+                "error sending request for url (https://h/v1?access_token=abc): refused",
+                "error sending request for url (https://h/v1?access_token=<redacted>): refused",
+            ),
+            (
+                "(https://h/?q=(a)&key=k)",
+                "(https://h/?q=(a)&key=<redacted>)",
+            ),
+            (
                 "redis://:hunter2@127.0.0.1:6379/0",
                 "redis://<redacted>@127.0.0.1:6379/0",
             ),
@@ -174,8 +202,10 @@ mod tests {
     /// is, and redacting the result again changes nothing more.
     #[test]
     fn any_text_is_redacted_without_a_panic() {
-        const PIECES: [&str; 14] = [
+        const PIECES: [&str; 16] = [
             "://",
+            "(",
+            ")",
             "@",
             "/",
             "?",
