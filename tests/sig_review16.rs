@@ -20,7 +20,10 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use logs::Logs;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_webhook::signature::{RedisReplayStore, Secrets, SignatureConfigError, SignatureLayer};
+use tower_webhook::signature::{
+    ClaimToken, MemoryReplayStore, RedisReplayStore, ReplayFuture, ReplayStore, Secrets,
+    SignatureConfigError, SignatureLayer,
+};
 
 /// Set in the child process the environment test runs itself as.
 const CHILD: &str = "TOWER_WEBHOOK_SIG16_CHILD";
@@ -195,4 +198,71 @@ async fn connect_gives_up_when_redis_is_down_or_silent() {
         .unwrap_err();
     assert!(err.is_timeout(), "{err}");
     silent.abort();
+}
+
+/// A store of the application's own, whose errors name its server's URL with a password, as
+/// client libraries' errors may: claims fail while `claims_fail` is set, and marking a delivery
+/// handled fails always.
+struct TalkativeStore {
+    memory: MemoryReplayStore,
+    claims_fail: bool,
+}
+
+/// What the store's errors say.
+const STORE_ERROR: &str = "connection to redis://replay:s3cret-pw@db.internal:6379/0 refused";
+
+impl ReplayStore for TalkativeStore {
+    fn insert(&self, key: &str, ttl: Duration) -> ReplayFuture {
+        self.memory.insert(key, ttl)
+    }
+    fn remove(&self, key: &str) -> ReplayFuture {
+        self.memory.remove(key)
+    }
+    fn claim(&self, key: &str, token: ClaimToken, ttl: Duration) -> ReplayFuture {
+        if self.claims_fail {
+            return ReplayFuture::ready(Err(STORE_ERROR.into()));
+        }
+        self.memory.claim(key, token, ttl)
+    }
+    fn complete(&self, _key: &str, _token: ClaimToken, _ttl: Duration) -> ReplayFuture {
+        ReplayFuture::ready(Err(STORE_ERROR.into()))
+    }
+    fn release(&self, key: &str, token: ClaimToken) -> ReplayFuture {
+        self.memory.release(key, token)
+    }
+    fn completed(&self, key: &str) -> ReplayFuture {
+        self.memory.completed(key)
+    }
+    fn tracks_claims(&self) -> bool {
+        true
+    }
+}
+
+/// The signature layer logs a replay store's errors with the credentials of the URLs in them
+/// left out: a refused claim (503) and a delivery that could not be marked handled.
+#[tokio::test]
+async fn a_replay_store_error_is_logged_without_the_credentials_of_its_url() {
+    let (logs, _guard) = Logs::capture();
+    for claims_fail in [true, false] {
+        let layer = SignatureLayer::github(GH_SECRET)
+            .unwrap()
+            .replay_store(TalkativeStore {
+                memory: MemoryReplayStore::new(),
+                claims_fail,
+            });
+        let expected = if claims_fail {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        };
+        assert_eq!(deliver(&layer, "talkative").await.0, expected);
+    }
+    let text = logs.text();
+    assert!(!text.contains("s3cret-pw"), "{text}");
+    assert_eq!(
+        text.matches("redis://<redacted>@db.internal:6379/0")
+            .count(),
+        2,
+        "{text}"
+    );
 }

@@ -93,7 +93,7 @@ mod grpc;
 mod layer;
 mod problem;
 mod processing;
-mod redact;
+pub(crate) mod redact;
 
 pub use body::ResponseBody;
 pub use grpc::GrpcCode;

@@ -26,6 +26,7 @@ use super::scheme::{
 use super::secret::{Secret, Secrets};
 use crate::BoxError;
 use crate::body::ResponseBody;
+use crate::error::redact::redacted;
 use crate::error::{AlreadyLogged, Grpc, Problem};
 
 /// Default body limit: 25 MiB, the largest payload GitHub sends.
@@ -1515,8 +1516,10 @@ fn reject(shared: &Shared, err: E, headers: &HeaderMap) -> Early {
         E::Replayed(_) => {
             tracing::info!(provider, status, request_id, reason = %err, "webhook replay refused")
         }
+        // A store's error may name its server's URL, with credentials.
         E::ReplayStore(source) => {
-            tracing::error!(provider, status, request_id, reason = %err, error = %source, "webhook rejected")
+            let error = &*redacted(source.to_string());
+            tracing::error!(provider, status, request_id, reason = %err, error, "webhook rejected")
         }
         // The cause: a body that contradicts its `Content-Length`, a connection reset, an outer
         // limit or timeout. Body errors carry no body bytes and no secret.
@@ -2513,7 +2516,10 @@ impl Settle {
                     tracing::warn!(provider, delivery, "{}", lost)
                 }
             }
-            Err(err) => tracing::error!(provider, delivery, error = %err, "{}", self.failed),
+            Err(err) => {
+                let error = &*redacted(err.to_string());
+                tracing::error!(provider, delivery, error, "{}", self.failed)
+            }
         }
     }
 }
