@@ -9,7 +9,6 @@ mod echo;
 #[path = "common/incoming.rs"]
 mod incoming;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -25,22 +24,9 @@ const SECRET: &str = "It's a Secret to Everybody";
 
 #[path = "common/grpc_watch.rs"]
 mod watch;
+use watch::Server;
 
-/// A tonic server on a loopback port, behind `layer`: how many calls got past the layer (were
-/// processed), and a signal for each `"hang"` stream dropped.
-struct Server {
-    addr: SocketAddr,
-    processed: Arc<AtomicUsize>,
-    dropped: mpsc::UnboundedReceiver<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
+/// A tonic server on a loopback port, behind `layer`.
 async fn serve(layer: SignatureLayer) -> Server {
     let (addr, incoming) = incoming::loopback().await;
     let processed = Arc::new(AtomicUsize::new(0));
@@ -76,10 +62,6 @@ async fn serve(layer: SignatureLayer) -> Server {
 }
 
 impl Server {
-    fn processed(&self) -> usize {
-        self.processed.load(Ordering::SeqCst)
-    }
-
     async fn client(&self) -> tonic::client::Grpc<tonic::transport::Channel> {
         let channel = tonic::transport::Channel::from_shared(format!("http://{}", self.addr))
             .unwrap()

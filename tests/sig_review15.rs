@@ -32,22 +32,10 @@ const SECRET: &str = "It's a Secret to Everybody";
 
 #[path = "common/grpc_watch.rs"]
 mod watch;
+use watch::Server;
 
-/// A tonic server speaking gRPC-web (HTTP/1.1 accepted) on a loopback port, behind `layer`: how
-/// many calls got past the layer (were processed), and a signal for each `"hang"` stream dropped.
-struct Server {
-    addr: SocketAddr,
-    processed: Arc<AtomicUsize>,
-    dropped: mpsc::UnboundedReceiver<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
+/// A tonic server speaking gRPC-web (HTTP/1.1 accepted) on a loopback port, behind
+/// `layer`.
 async fn serve(layer: SignatureLayer) -> Server {
     let (addr, incoming) = incoming::loopback().await;
     let processed = Arc::new(AtomicUsize::new(0));
@@ -95,10 +83,6 @@ type WebClient = tonic::client::Grpc<
 >;
 
 impl Server {
-    fn processed(&self) -> usize {
-        self.processed.load(Ordering::SeqCst)
-    }
-
     /// A tonic client speaking gRPC-web over HTTP/1.1.
     async fn client(&self) -> WebClient {
         let client =

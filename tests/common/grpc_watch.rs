@@ -2,11 +2,15 @@
 //! `RecordDelivery::AfterSuccess` on streamed gRPC answers (`sig_review14`, `sig_review15`).
 //! `"ok"` sends `"one"` and `"two"` and ends (`grpc-status: 0`); `"fail"` sends `"one"`, then
 //! fails with `Internal` (13); `"hang"` sends `"one"`, then waits forever and says when its
-//! stream is dropped. Its test crate has the `echo` module at its root.
+//! stream is dropped. Its test crate has the `echo` module at its root. [`Server`] is what
+//! those tests' servers report.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use futures_util::stream::{self, BoxStream, StreamExt};
@@ -17,6 +21,27 @@ use tonic::Status;
 use crate::echo::{Echo, codec};
 
 pub(crate) const WATCH: &str = "/test.Stream/Watch";
+
+/// A tonic server on a loopback port, behind the layer under test: how many calls got past the
+/// layer (were processed), and a signal for each `"hang"` stream dropped. Aborted on drop.
+pub(crate) struct Server {
+    pub(crate) addr: SocketAddr,
+    pub(crate) processed: Arc<AtomicUsize>,
+    pub(crate) dropped: mpsc::UnboundedReceiver<()>,
+    pub(crate) task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Server {
+    pub(crate) fn processed(&self) -> usize {
+        self.processed.load(Ordering::SeqCst)
+    }
+}
 
 #[derive(Clone)]
 pub(crate) struct StreamService {
