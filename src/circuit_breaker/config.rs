@@ -717,7 +717,8 @@ impl CircuitBreakerConfig {
         self
     }
 
-    /// Calls `listener` for every [`CircuitEvent`] (transitions, rejections, thresholds).
+    /// Calls `listener` for every [`CircuitEvent`] (transitions, rejections, thresholds,
+    /// resets).
     ///
     /// It runs on the caller's task: keep it short and do not block. It is dropped with the
     /// breaker, once the last layer, service and handle of it are gone.

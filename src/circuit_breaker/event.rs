@@ -208,6 +208,15 @@ pub enum CircuitEvent {
         /// Which rule, and the measured value.
         reason: TripReason,
     },
+    /// The breaker was reset through
+    /// [`CircuitBreakerHandle::reset`](super::CircuitBreakerHandle::reset): its windows and
+    /// counters were cleared and it is CLOSED. Told after the `StateTransition` to CLOSED,
+    /// if the breaker was in another state, and also when it was CLOSED already (as
+    /// resilience4j's reset event).
+    Reset {
+        /// The breaker's name.
+        name: std::sync::Arc<str>,
+    },
 }
 
 /// A point-in-time view of a breaker, for a `/status` endpoint or a metrics exporter.

@@ -935,17 +935,26 @@ impl CircuitBreakerHandle {
 
     /// Back to a fresh CLOSED from any state: window, counters and backoff attempts cleared
     /// (`not_permitted_calls` counts since the breaker was created). The listener is told a
-    /// transition to CLOSED unless the breaker was CLOSED already.
+    /// transition to CLOSED unless the breaker was CLOSED already, then
+    /// [`CircuitEvent::Reset`](super::CircuitEvent::Reset) in every case.
     ///
     /// # Example
     ///
     /// ```
+    /// # use std::sync::{Arc, Mutex};
     /// # use http::Response;
     /// # use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
-    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitEvent, CircuitState};
     ///
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let (layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default().consecutive_failures(1)).unwrap();
+    /// let resets = Arc::new(Mutex::new(0));
+    /// let seen = resets.clone();
+    /// let config = CircuitBreakerConfig::default().consecutive_failures(1).on_event(move |event| {
+    ///     if let CircuitEvent::Reset { .. } = event {
+    ///         *seen.lock().unwrap() += 1;
+    ///     }
+    /// });
+    /// let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
     /// # let mut svc = ServiceBuilder::new().layer(layer).service_fn(|status: u16| async move {
     /// #     Ok::<_, BoxError>(Response::builder().status(status).body(()).unwrap())
     /// # });
@@ -955,6 +964,7 @@ impl CircuitBreakerHandle {
     /// handle.reset();
     /// assert_eq!(handle.state(), CircuitState::Closed);
     /// assert_eq!(handle.snapshot().failed_calls, 0);
+    /// assert_eq!(*resets.lock().unwrap(), 1);
     /// # }
     /// ```
     pub fn reset(&self) {

@@ -89,7 +89,7 @@
 //!
 //! # Events and metrics
 //!
-//! Transitions, rejections and thresholds are logged with `tracing` and given to the listener
+//! Transitions, rejections, thresholds and resets are logged with `tracing` and given to the listener
 //! set with [`CircuitBreakerConfig::on_event`]. [`CircuitBreakerHandle::snapshot`] returns a
 //! `serde::Serialize` [`Snapshot`] for a `/status` endpoint.
 //!

@@ -1078,14 +1078,20 @@ impl Core {
         deadline: Deadline,
         reason: Option<TripReason>,
     ) -> bool {
-        self.transition_as(from, to, deadline, reason, false)
+        self.transition_as(from, to, deadline, reason, Cause::Other)
     }
 
     /// Opens a CLOSED breaker because the rule `reason` was exceeded, which is reported first.
     /// Only the call whose transition wins reports it: failures that complete together all
     /// find the rule exceeded, but it is one trip.
     fn trip(&self, from: Word, deadline: Deadline, reason: TripReason) -> bool {
-        self.transition_as(from, CircuitState::Open, deadline, Some(reason), true)
+        self.transition_as(
+            from,
+            CircuitState::Open,
+            deadline,
+            Some(reason),
+            Cause::Trip,
+        )
     }
 
     fn transition_as(
@@ -1094,7 +1100,7 @@ impl Core {
         to: CircuitState,
         deadline: Deadline,
         reason: Option<TripReason>,
-        exceeded: bool,
+        cause: Cause,
     ) -> bool {
         let generation = from.generation.wrapping_add(1) & GEN_MASK as u32;
         let next = pack(to, generation, deadline.ms);
@@ -1105,24 +1111,31 @@ impl Core {
         {
             return false;
         }
-        let exceeded = reason.filter(|_| exceeded);
+        let exceeded = reason.filter(|_| cause == Cause::Trip);
         // Queued at once, so the next generation's event never waits on this one for long.
         self.queue_transition(
             generation,
-            exceeded.map(|reason| CircuitEvent::ThresholdExceeded {
-                name: self.config.name.clone(),
-                reason,
-            }),
-            // A move to the state the breaker is in (a reset of a CLOSED breaker, a manual
-            // move to the current state) starts a new window but changes no state: as in
-            // resilience4j, no transition is told. Its turn is still queued, so the events
-            // after it keep their order.
-            (from.state != to).then(|| CircuitEvent::StateTransition {
-                name: self.config.name.clone(),
-                from: from.state,
-                to,
-                reason,
-            }),
+            [
+                exceeded.map(|reason| CircuitEvent::ThresholdExceeded {
+                    name: self.config.name.clone(),
+                    reason,
+                }),
+                // A move to the state the breaker is in (a reset of a CLOSED breaker, a manual
+                // move to the current state) starts a new window but changes no state: as in
+                // resilience4j, no transition is told. Its turn is still queued, so the events
+                // after it keep their order.
+                (from.state != to).then(|| CircuitEvent::StateTransition {
+                    name: self.config.name.clone(),
+                    from: from.state,
+                    to,
+                    reason,
+                }),
+                // As in resilience4j, a reset is told after its transition, and also when the
+                // breaker was CLOSED already.
+                (cause == Cause::Reset).then(|| CircuitEvent::Reset {
+                    name: self.config.name.clone(),
+                }),
+            ],
         );
         if let Some(reason) = exceeded {
             tracing::debug!(breaker = &*self.config.name, reason = ?reason, "circuit breaker threshold exceeded");
@@ -1183,17 +1196,12 @@ impl Core {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Keeps the event of the transition that started `generation` (and the threshold
-    /// exceeded that caused it, if any; none for a move to the same state) until it is its
-    /// turn.
-    fn queue_transition(
-        &self,
-        generation: u32,
-        exceeded: Option<CircuitEvent>,
-        transition: Option<CircuitEvent>,
-    ) {
+    /// Keeps the events of the transition that started `generation` (the threshold exceeded
+    /// that caused it, if any; the transition, none for a move to the same state; the reset
+    /// that asked for it, if one did) until it is their turn.
+    fn queue_transition(&self, generation: u32, events: [Option<CircuitEvent>; 3]) {
         if self.listener.is_some() {
-            self.told().waiting.push((generation, exceeded, transition));
+            self.told().waiting.push((generation, events));
         }
     }
 
@@ -1229,14 +1237,11 @@ impl Core {
                 std::mem::forget(teller);
                 return;
             };
-            let (_, exceeded, transition) = told.waiting.swap_remove(at);
+            let (_, events) = told.waiting.swap_remove(at);
             told.next = next.wrapping_add(1) & GEN_MASK as u32;
             drop(told);
-            if let Some(exceeded) = exceeded {
-                self.emit(|| exceeded);
-            }
-            if let Some(transition) = transition {
-                self.emit(|| transition);
+            for event in events.into_iter().flatten() {
+                self.emit(|| event);
             }
         }
     }
@@ -1640,7 +1645,14 @@ impl Core {
         loop {
             let word = unpack(self.word.load(Ordering::Acquire));
             self.upstream_until_ms.store(0, Ordering::Relaxed);
-            if self.transition(word, CircuitState::Closed, Deadline::NONE, None) {
+            if self.transition_as(
+                word,
+                CircuitState::Closed,
+                Deadline::NONE,
+                None,
+                Cause::Reset,
+            ) {
+                tracing::info!(breaker = &*self.config.name, "circuit breaker reset");
                 return;
             }
         }
@@ -1888,15 +1900,27 @@ impl Drop for FailOnUnwind<'_> {
     }
 }
 
+/// What asked for a transition, for the events told with it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    /// A rule was exceeded: its `ThresholdExceeded` event comes first.
+    Trip,
+    /// [`Core::reset`]: a `Reset` event comes after the transition.
+    Reset,
+    /// Anything else.
+    Other,
+}
+
 /// Transition events on their way to the listener, told in the order of the generations
 /// their transitions started (see [`Core::tell_transitions`]).
 struct Told {
     /// The generation whose transition is told next.
     next: u32,
     /// Events of transitions that won their compare-and-swap and are not told yet, by
-    /// generation: the threshold exceeded that caused the transition (if any), then the
-    /// transition (none for a move to the state the breaker was in).
-    waiting: Vec<(u32, Option<CircuitEvent>, Option<CircuitEvent>)>,
+    /// generation: the threshold exceeded that caused the transition (if any), the
+    /// transition (none for a move to the state the breaker was in), then the reset that
+    /// asked for it (if one did).
+    waiting: Vec<(u32, [Option<CircuitEvent>; 3])>,
     /// Whether a thread is telling events now.
     telling: bool,
 }

@@ -54,7 +54,8 @@
 //! message goes to the log, never to the client. The credentials of URLs in an error chain or a
 //! panic message are logged as `<redacted>`: a URL's user info (`user:password@`), and the
 //! values of its query parameters whose names contain `token`, `secret`, `key`, `pass`, `pwd`,
-//! `sig`, `auth` or `credential` (in any case). A response body's failure is logged once too, at
+//! `sig`, `auth` or `credential` (in any case), and the token in the path of a Slack, Discord,
+//! Microsoft Teams or Telegram hook URL. A response body's failure is logged once too, at
 //! `error` (`warn` for an error a gRPC caller is answered with a client error's code), with the
 //! error chain or the panic message.
 //!

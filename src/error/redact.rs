@@ -2,8 +2,8 @@
 //!
 //! An error's `Display` often names the URL it failed on (reqwest's `... for url (...)`, a
 //! panic's `unwrap()` of such an error), and that URL may carry credentials: a user and a
-//! password (`https://user:secret@host/`, `redis://:secret@host`), or a token in its query
-//! (`?access_token=...`). The layer logs error chains and panic messages through [`redact`].
+//! password (`https://user:secret@host/`, `redis://:secret@host`), a token in its query
+//! (`?access_token=...`), or a token in its path (a Slack, Discord, Teams or Telegram hook). The layer logs error chains and panic messages through [`redact`].
 
 use std::borrow::Cow;
 
@@ -31,9 +31,11 @@ const SECRET_PARAMS: [&str; 8] = [
 ];
 
 /// `text` with the credentials of the URLs in it (each `scheme://`) shown as `<redacted>`: the
-/// user info of the authority (`user:password@`, all of it: a token is often the user name),
-/// and the values of query parameters whose names say they are secrets (`token`, `secret`,
-/// `key`, `pass`, `pwd`, `sig`, `auth`, `credential`, in any case and anywhere in the name).
+/// user info of the authority (`user:password@`, all of it: a token is often the user name;
+/// also when the password holds an unencoded `/`), the values of query parameters whose names
+/// say they are secrets (`token`, `secret`, `key`, `pass`, `pwd`, `sig`, `auth`, `credential`,
+/// in any case and anywhere in the name), and the path secrets of the hosts in
+/// [`PATH_SECRETS`].
 /// A URL ends at a space, a quote or an angle bracket, as text and `Debug` output write it, and
 /// one that follows an opening parenthesis ends at the parenthesis that closes it.
 pub(crate) fn redact(text: &str) -> Cow<'_, str> {
@@ -76,8 +78,26 @@ pub(crate) fn redact(text: &str) -> Cow<'_, str> {
                 .iter()
                 .position(|&b| matches!(b, b'/' | b'?' | b'#'))
                 .unwrap_or(url_end - start);
+        let path_end = authority_end
+            + bytes[authority_end..url_end]
+                .iter()
+                .position(|&b| matches!(b, b'?' | b'#'))
+                .unwrap_or(url_end - authority_end);
+        let mut host_start = start;
         if let Some(at) = bytes[start..authority_end].iter().rposition(|&b| b == b'@') {
             secrets.push((start, start + at));
+            host_start = start + at + 1;
+        } else if let Some(at) = slash_in_password(bytes, start, authority_end, path_end) {
+            // `https://user:pa/ss@host`: a password with an unencoded `/` ends the authority
+            // early; what follows the colon is no port, and an `@` comes before the query.
+            secrets.push((start, at));
+        }
+        if let Some(range) = path_secret(
+            &text[host_start..authority_end],
+            authority_end,
+            &text[authority_end..path_end],
+        ) {
+            secrets.push(range);
         }
         let query = bytes[authority_end..url_end]
             .iter()
@@ -124,6 +144,90 @@ pub(crate) fn redact(text: &str) -> Cow<'_, str> {
     }
     out.push_str(&text[copied..]);
     Cow::Owned(out)
+}
+
+/// Where the `@` is that ends the user info of a URL whose password holds an unencoded `/`
+/// (`https://user:pa/ss@host/x`), if the URL has that shape: the authority as first read
+/// (`start..authority_end`, up to that `/`) has a colon followed by something other than a port
+/// (digits), and an `@` comes later in the path (`..path_end`). The last such `@` is taken,
+/// as for the authority.
+fn slash_in_password(
+    bytes: &[u8],
+    start: usize,
+    authority_end: usize,
+    path_end: usize,
+) -> Option<usize> {
+    let authority = &bytes[start..authority_end];
+    // An IPv6 host's colons are inside its brackets.
+    let after_host = authority
+        .iter()
+        .rposition(|&b| b == b']')
+        .map_or(0, |b| b + 1);
+    let colon = after_host + authority[after_host..].iter().position(|&b| b == b':')?;
+    let port = &authority[colon + 1..];
+    if port.is_empty() || port.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let at = bytes[authority_end..path_end]
+        .iter()
+        .rposition(|&b| b == b'@')?;
+    Some(authority_end + at)
+}
+
+/// Hosts whose URLs carry a secret in their path, as hooks to post messages to do: the path
+/// after the prefix given is the secret (up to the next `/` when the flag is set), for paths
+/// that start with that prefix. Hosts are compared lower-cased; one that starts with `.` is a
+/// suffix.
+const PATH_SECRETS: [(&str, &str, bool); 7] = [
+    // https://hooks.slack.com/services/T000/B000/XXXX (also /workflows/, /triggers/)
+    ("hooks.slack.com", "/", false),
+    // https://discord.com/api/webhooks/{id}/{token}
+    ("discord.com", "/api/webhooks/", false),
+    ("discordapp.com", "/api/webhooks/", false),
+    ("ptb.discord.com", "/api/webhooks/", false),
+    ("canary.discord.com", "/api/webhooks/", false),
+    // https://api.telegram.org/bot{token}/sendMessage
+    ("api.telegram.org", "/bot", true),
+    // https://xxx.webhook.office.com/webhookb2/{ids}/IncomingWebhook/{ids}
+    (".webhook.office.com", "/", false),
+];
+
+/// The byte range of the secret in the path of a URL to `host` (with its port, if any), whose
+/// path (`path`, up to the query) starts at `path_start`. See [`PATH_SECRETS`].
+fn path_secret(host: &str, path_start: usize, path: &str) -> Option<(usize, usize)> {
+    let host = host.rsplit_once(':').map_or(host, |(name, port)| {
+        if port.bytes().all(|b| b.is_ascii_digit()) {
+            name
+        } else {
+            host
+        }
+    });
+    let host = host.strip_suffix('.').unwrap_or(host);
+    PATH_SECRETS.iter().find_map(|&(known, prefix, segment)| {
+        let matches = match known.strip_prefix('.') {
+            Some(suffix) => ends_with_ignore_case(host, known) || host.eq_ignore_ascii_case(suffix),
+            None => host.eq_ignore_ascii_case(known),
+        };
+        if !matches || path.len() <= prefix.len() || !path.is_char_boundary(prefix.len()) {
+            return None;
+        }
+        if !path[..prefix.len()].eq_ignore_ascii_case(prefix) {
+            return None;
+        }
+        let rest = &path[prefix.len()..];
+        let len = if segment {
+            rest.find('/').unwrap_or(rest.len())
+        } else {
+            rest.len()
+        };
+        (len > 0).then(|| (path_start + prefix.len(), path_start + prefix.len() + len))
+    })
+}
+
+fn ends_with_ignore_case(text: &str, suffix: &str) -> bool {
+    text.len() >= suffix.len()
+        && text.is_char_boundary(text.len() - suffix.len())
+        && text[text.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
 }
 
 /// A byte no URL has as it is, that ends one in text: white space, a quote, an angle bracket.
@@ -191,6 +295,53 @@ mod tests {
             ),
             ("x://@", "x://<redacted>@"),
             ("https://h/?token=é€ end", "https://h/?token=<redacted> end"),
+            // A password with an unencoded `/`.
+            ("https://u:pa/ss@h/x", "https://<redacted>@h/x"),
+            (
+                "https://u:pa/ss@h?token=t",
+                "https://<redacted>@h?token=<redacted>",
+            ),
+            ("https://host:8080/users/@me", "https://host:8080/users/@me"),
+            ("https://host:/a@b", "https://host:/a@b"),
+            ("https://[::1]/a@b", "https://[::1]/a@b"),
+            ("https://[::1]:x/a@b", "https://<redacted>@b"),
+            ("https://host/a:b/c@d", "https://host/a:b/c@d"),
+            ("https://u:pa/ss@h/x?q=@", "https://<redacted>@h/x?q=@"),
+            // Hosts whose paths hold a secret.
+            (
+                "error sending request for url (https://hooks.slack.com/services/T0/B0/XYZ)",
+                "error sending request for url (https://hooks.slack.com/<redacted>)",
+            ),
+            (
+                "https://Discord.com/api/webhooks/123/tok-en?wait=true",
+                "https://Discord.com/api/webhooks/<redacted>?wait=true",
+            ),
+            (
+                "https://api.telegram.org/bot123:ABC/sendMessage",
+                "https://api.telegram.org/bot<redacted>/sendMessage",
+            ),
+            (
+                "https://acme.webhook.office.com:443/webhookb2/a@b/IncomingWebhook/c/d",
+                "https://acme.webhook.office.com:443/<redacted>",
+            ),
+            ("https://hooks.slack.com/", "https://hooks.slack.com/"),
+            (
+                "https://discord.com/api/users/1",
+                "https://discord.com/api/users/1",
+            ),
+            ("https://api.telegram.org/", "https://api.telegram.org/"),
+            (
+                "https://notwebhook.office.com/x",
+                "https://notwebhook.office.com/x",
+            ),
+            (
+                "https://slack.com/api/chat.postMessage",
+                "https://slack.com/api/chat.postMessage",
+            ),
+            (
+                "https://u:p@hooks.slack.com./services/x",
+                "https://<redacted>@hooks.slack.com./<redacted>",
+            ),
         ];
         for (text, expected) in cases {
             assert_eq!(redact(text), expected, "{text}");
@@ -202,8 +353,11 @@ mod tests {
     /// is, and redacting the result again changes nothing more.
     #[test]
     fn any_text_is_redacted_without_a_panic() {
-        const PIECES: [&str; 16] = [
+        const PIECES: [&str; 19] = [
             "://",
+            "hooks.slack.com",
+            "api.telegram.org/bot",
+            "]",
             "(",
             ")",
             "@",
