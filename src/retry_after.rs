@@ -27,6 +27,41 @@ pub(crate) fn parse(headers: &HeaderMap) -> Option<Duration> {
     Some(when.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
+/// The wait until a spent rate-limit quota is renewed, when `headers` say the quota is spent:
+/// `X-RateLimit-Remaining: 0` with `X-RateLimit-Reset` (GitHub's primary rate limit), or
+/// `RateLimit-Remaining: 0` with `RateLimit-Reset` (GitLab's), the reset in UTC epoch seconds.
+/// Like an HTTP date, the reset is on the server's clock, so it is read against the message's
+/// `Date`, and against the local clock only without one.
+///
+/// `None` when the quota is not spent, the reset is unreadable, or it is not after the
+/// message's `Date` (a reset in delta-seconds, as drafts of the IETF `RateLimit` fields write
+/// it, reads as a time long past): nothing then says how long to wait.
+pub(crate) fn rate_limit_reset(headers: &HeaderMap) -> Option<Duration> {
+    const FIELDS: [(&str, &str); 2] = [
+        ("x-ratelimit-remaining", "x-ratelimit-reset"),
+        ("ratelimit-remaining", "ratelimit-reset"),
+    ];
+    let digits = |name: &str| {
+        let value = headers.get(name)?.to_str().ok()?.trim();
+        (!value.is_empty() && value.bytes().all(|b| b.is_ascii_digit())).then_some(value)
+    };
+    FIELDS.into_iter().find_map(|(remaining, reset)| {
+        // `0`, however written (`00`): the quota is spent.
+        if !digits(remaining)?.bytes().all(|b| b == b'0') {
+            return None;
+        }
+        // All digits: only a value past `u64` fails to parse, a time past any wait.
+        let reset = Duration::from_secs(digits(reset)?.parse().unwrap_or(u64::MAX));
+        let now = origination(headers).unwrap_or_else(SystemTime::now);
+        let since_epoch = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        reset
+            .checked_sub(since_epoch)
+            .filter(|wait| !wait.is_zero())
+    })
+}
+
 /// The message's `Date` (its first field), when it is a valid HTTP date `httpdate` can
 /// represent (from 1970): the server's clock when it sent the message.
 fn origination(headers: &HeaderMap) -> Option<SystemTime> {

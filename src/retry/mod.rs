@@ -46,6 +46,14 @@
 //!   without a valid `Date` is it read against the local clock. A wait of zero (`0`, or a date
 //!   already past) keeps the backoff. [`retry_after`] reads the header the same way for your
 //!   own code.
+//! - **A spent rate limit**: a response that says its quota is spent (`X-RateLimit-Remaining:
+//!   0`, as GitHub's primary rate limit answers a 429, or GitLab's `RateLimit-Remaining: 0`)
+//!   and names no wait in `Retry-After` is waited out until its reset (`X-RateLimit-Reset`,
+//!   `RateLimit-Reset`: UTC epoch seconds, read against the response's `Date` like an HTTP
+//!   date), and given up at once when that is longer than `max_retry_after`: sent again within
+//!   the backoff, it would only meet the same limit (GitHub asks clients not to, and may ban
+//!   one that keeps trying). A reset that is unreadable or not after the response's `Date`
+//!   keeps the backoff.
 //! - **Budget**: a shared [`TpsBudget`] caps retries to a share of the traffic, so retries do
 //!   not multiply the load on an upstream that is already struggling.
 //! - **Never a circuit-open rejection**: an error carrying
@@ -102,7 +110,7 @@
 //! # }
 //! ```
 
-use crate::retry_after::{Pushback, grpc_pushback};
+use crate::retry_after::{Pushback, grpc_pushback, rate_limit_reset};
 use std::error::Error;
 use std::fmt;
 use std::sync::Arc;
@@ -781,7 +789,8 @@ impl RetryPolicy {
         self
     }
 
-    /// The longest upstream `Retry-After` the policy waits for; longer ones end the retries.
+    /// The longest upstream `Retry-After` (or rate-limit reset, see the [module docs](self))
+    /// the policy waits for; longer ones end the retries.
     ///
     /// # Example
     ///
@@ -1099,6 +1108,12 @@ where
                     let refused = !redirected(RetryRequest::url(req), RetryResponse::url(res))
                         && (status == StatusCode::TOO_MANY_REQUESTS
                             || (status == StatusCode::SERVICE_UNAVAILABLE && after.is_some()));
+                    // A spent rate-limit quota without a wait in `Retry-After`: trying again
+                    // before it is renewed meets the same limit.
+                    let after = after
+                        .filter(|after| !after.is_zero())
+                        .or_else(|| rate_limit_reset(res.headers()))
+                        .or(after);
                     (after, refused)
                 }
             }
