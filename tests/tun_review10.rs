@@ -2,11 +2,15 @@
 //! fails with what it said rather than a bare timeout; a localtunnel pool port that answers
 //! every connection with bytes that are no request and closes it is not reconnected to in a
 //! tight loop; a public connection through bore to a local server that is down says why in
-//! the log; a session task that panics is reported `Down` with the panic's message.
+//! the log; a session task that panics is reported `Down` with the panic's message; a bore
+//! message of an unknown name is shown escaped; a public URL's credentials stay out of logs
+//! and `Debug` output.
 
 #[path = "tunnel/support.rs"]
 mod support;
 
+#[path = "common/bore_frames.rs"]
+mod bore_frames;
 #[path = "common/gated.rs"]
 mod gated;
 #[path = "common/logs.rs"]
@@ -17,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bore_frames::{read_frame, write_frame};
 use bytes::Bytes;
 use gated::{gated, next_entered};
 use http::{Request, Response};
@@ -452,4 +457,229 @@ async fn a_silent_ngrok_ingress_fails_with_its_own_reason() {
     assert!(!reason.contains("did not start within"), "{reason}");
     assert!(reason.contains(&ingress.to_string()), "{reason}");
     assert!(reason.contains("did not answer"), "{reason}");
+}
+
+/// The name of a message no bore server sends, with what would forge a log line: an escape
+/// sequence that clears a terminal and a line break before a made-up entry.
+const FORGED: &str = "\u{1b}[2J\n2026-12-01T00:00:00Z  INFO tunnel up url=http://forged.example";
+
+/// A bore control port that answers `Hello` with a message named [`FORGED`]: at once when
+/// `first`, else after `Hello(40002)` and a heartbeat.
+async fn bore_sending_forged(first: bool) -> std::net::SocketAddr {
+    let control = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = control.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = control.accept().await {
+            tokio::spawn(async move {
+                let frame = read_frame(&mut stream).await;
+                if frame.as_ref().is_none_or(|f| f.get("Hello").is_none()) {
+                    return;
+                }
+                if !first {
+                    let _ = write_frame(&mut stream, serde_json::json!({ "Hello": 40_002 })).await;
+                    let _ = write_frame(&mut stream, serde_json::json!("Heartbeat")).await;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                let forged = serde_json::Map::from_iter([(FORGED.to_owned(), 1.into())]);
+                let _ = write_frame(&mut stream, forged.into()).await;
+                // Held open: the client ends it.
+                let _ = read_frame(&mut stream).await;
+            });
+        }
+    });
+    addr
+}
+
+fn assert_escaped(reason: &str) {
+    assert!(!reason.contains(['\u{1b}', '\n']), "{reason:?}");
+    assert!(reason.contains("invalid bore frame"), "{reason}");
+    assert!(reason.contains("\\u{1b}[2J\\n2026"), "{reason}");
+}
+
+/// A bore server's frame that is no message bore knows failed the attempt with serde's error,
+/// which quotes the unknown message's name as it was sent: a server could clear the terminal
+/// and forge log lines through the warning and the error that show the reason. It is now
+/// escaped, as the server's own error messages are.
+#[tokio::test]
+async fn an_unknown_bore_message_is_shown_escaped_when_it_fails_the_start() {
+    let (logs, _guard) = logs::Logs::capture();
+    let addr = bore_sending_forged(true).await;
+    let reason = failure_of(
+        Bore::new()
+            .server("127.0.0.1")
+            .control_port(addr.port())
+            .startup_timeout(Duration::from_secs(5)),
+    )
+    .await;
+    assert_escaped(&reason);
+    let logged = logs.text();
+    assert!(logged.contains("invalid bore frame"), "{logged}");
+    assert!(!logged.contains('\u{1b}'), "{logged:?}");
+    assert!(!logged.contains("\n2026-12-01T00:00:00Z"), "{logged:?}");
+}
+
+/// The same frame on an open tunnel ends it (the control connection can no longer be read),
+/// and the `Down` event says why with the name escaped.
+#[tokio::test]
+async fn an_unknown_bore_message_is_shown_escaped_when_it_ends_the_tunnel() {
+    let addr = bore_sending_forged(false).await;
+    let handle = Tunnel::builder()
+        .provider(Bore::new().server("127.0.0.1").control_port(addr.port()))
+        .probe(false)
+        .reconnect(false)
+        .start(service())
+        .await
+        .unwrap();
+    let mut events = handle.events();
+    let down = tokio::time::timeout(Duration::from_secs(5), events.next()).await;
+    let Ok(Some(TunnelEvent::Down { reason, .. })) = down else {
+        panic!("{down:?}")
+    };
+    assert_escaped(&reason);
+    handle.close().await;
+}
+
+/// A provider of one's own whose public URL carries credentials (a tunnel behind basic auth,
+/// a token in the query), as webhook senders accept them. Its session serves the upstream on a
+/// loopback port and ends, as a lost tunnel does, after `lasts`; with `reachable` false the URL
+/// names a port where nothing listens.
+#[derive(Debug)]
+struct WithCredentials {
+    reachable: bool,
+    lasts: Duration,
+}
+
+impl Provider for WithCredentials {
+    fn name(&self) -> &str {
+        "with-credentials"
+    }
+
+    fn startup_timeout(&self) -> Duration {
+        Duration::from_secs(3)
+    }
+
+    fn open(&self, upstream: Upstream) -> BoxFuture<'_, Result<Session, BoxError>> {
+        let (reachable, lasts) = (self.reachable, self.lasts);
+        Box::pin(async move {
+            let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+            let port = match reachable {
+                true => listener.local_addr()?.port(),
+                false => support::closed_port().await,
+            };
+            let url = format!("http://hook:s3cret@127.0.0.1:{port}/?token=t0ken");
+            Ok(Session::spawn(url, move |mut stop| async move {
+                let serving = async {
+                    while let Ok((tcp, _)) = listener.accept().await {
+                        let upstream = upstream.clone();
+                        tokio::spawn(async move { upstream.serve_connection(tcp).await });
+                    }
+                };
+                tokio::select! {
+                    () = stop.stopped() => Ok(()),
+                    () = serving => Ok(()),
+                    () = tokio::time::sleep(lasts) => Err("the relay went away".into()),
+                }
+            }))
+        })
+    }
+}
+
+/// The password and the query token of a provider's public URL were logged as the tunnel came
+/// up and went down, and shown by the `Debug` output of the handle, its events and the
+/// provider's `Session`. They are now left out there; `url()` and the events' fields keep the
+/// URL whole, as the webhook sender needs it.
+#[tokio::test]
+async fn the_credentials_of_a_public_url_stay_out_of_logs_and_debug() {
+    let (logs, _guard) = logs::Logs::capture();
+    let handle = Tunnel::builder()
+        .provider(WithCredentials {
+            reachable: true,
+            lasts: Duration::from_secs(1),
+        })
+        .reconnect(false)
+        .start(service())
+        .await
+        .unwrap();
+    assert!(handle.url().contains("hook:s3cret@"), "{}", handle.url());
+    assert!(handle.url().ends_with("?token=t0ken"), "{}", handle.url());
+    let mut events = handle.events();
+    let shown = format!("{handle:?} {:?}", handle.status());
+    assert!(shown.contains("http://127.0.0.1:"), "{shown}");
+    let down = tokio::time::timeout(Duration::from_secs(5), events.next()).await;
+    let Ok(Some(down @ TunnelEvent::Down { .. })) = down else {
+        panic!("{down:?}")
+    };
+    assert!(down.url().contains("s3cret"), "{down:?}");
+    let shown = format!("{shown} {down:?}");
+    let logged = logs.text();
+    assert!(
+        logged.contains("tunnel up") && logged.contains("tunnel down"),
+        "{logged}"
+    );
+    for secret in ["s3cret", "t0ken"] {
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(!logged.contains(secret), "{logged}");
+    }
+    handle.close().await;
+
+    // The server helper's line naming the tunnel's URL, and its `Running`'s `Debug`.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = Server::bind(std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .await
+        .unwrap()
+        .tunnel(Tunnel::builder().provider(WithCredentials {
+            reachable: true,
+            lasts: Duration::MAX,
+        }))
+        .with_graceful_shutdown(async {
+            let _ = stopped.await;
+        })
+        .spawn(hello_service(Arc::new(AtomicUsize::new(0))))
+        .await
+        .unwrap();
+    assert!(running.tunnel_url().unwrap().contains("s3cret"));
+    let shown = format!("{running:?}");
+    let _ = stop.send(());
+    running.wait().await;
+    let logged = logs.text();
+    assert!(logged.contains("webhooks reach this server"), "{logged}");
+    for secret in ["s3cret", "t0ken"] {
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(!logged.contains(secret), "{logged}");
+    }
+
+    let session = Session::spawn(
+        "https://hook:s3cret@hooks.example.com",
+        |mut stop| async move {
+            stop.stopped().await;
+            Ok(())
+        },
+    );
+    let shown = format!("{session:?}");
+    assert!(
+        shown.contains("hooks.example.com") && !shown.contains("s3cret"),
+        "{shown}"
+    );
+    assert!(session.url().contains("s3cret"));
+}
+
+/// A round-trip probe that fails through such a URL named it whole in the attempt's reason,
+/// the final error and the warning logged.
+#[tokio::test]
+async fn a_failed_probe_names_the_public_url_without_its_credentials() {
+    let (logs, _guard) = logs::Logs::capture();
+    let reason = failure_of(WithCredentials {
+        reachable: false,
+        lasts: Duration::MAX,
+    })
+    .await;
+    assert!(
+        reason.contains("round-trip probe through http://127.0.0.1:"),
+        "{reason}"
+    );
+    let logged = logs.text();
+    for secret in ["s3cret", "t0ken"] {
+        assert!(!reason.contains(secret), "{reason}");
+        assert!(!logged.contains(secret), "{logged}");
+    }
 }

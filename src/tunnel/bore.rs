@@ -604,9 +604,12 @@ impl Frames {
                 if frame.len() > MAX_FRAME {
                     return Err("bore frame longer than 256 bytes".into());
                 }
-                return serde_json::from_slice(&frame)
-                    .map(Some)
-                    .map_err(|err| format!("invalid bore frame: {err}").into());
+                // serde's error quotes what it did not expect (the name of an unknown message)
+                // as it was sent: text from the network, escaped as the server's own messages.
+                return serde_json::from_slice(&frame).map(Some).map_err(|err| {
+                    let err = super::error::from_the_network(&err.to_string());
+                    format!("invalid bore frame: {err}").into()
+                });
             }
             if self.buf.len() > MAX_FRAME {
                 return Err("bore frame longer than 256 bytes".into());

@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::error::{Attempt, chain};
-use super::http::{BaseUrl, get};
+use super::http::{BaseUrl, get, shown_url};
 use super::provider::{Provider, SESSION_STOP_GRACE, Session};
 use super::upstream::{Connections, PROBE_HEADER, PROBE_PATH};
 use super::{TlsRoots, TunnelError, Upstream};
@@ -534,7 +534,7 @@ impl TunnelBuilder {
                         None => timed_out(),
                         Some(Err(err)) => chain(&*err),
                         Some(Ok(verified)) => {
-                            tracing::info!(provider = %name, url = %session.url(), verified, "tunnel up");
+                            tracing::info!(provider = %name, url = %shown_url(session.url()), verified, "tunnel up");
                             return Ok(Opened {
                                 provider: name,
                                 session,
@@ -675,7 +675,8 @@ async fn probe(
         }
         if super::time::due_within(deadline, Instant::now(), PROBE_RETRY) {
             return Err(format!(
-                "the round-trip probe through {url} did not reach this service within {} ms: {last}",
+                "the round-trip probe through {} did not reach this service within {} ms: {last}",
+                shown_url(url),
                 limit.as_millis()
             )
             .into());
@@ -707,8 +708,18 @@ async fn probe(
 ///     verified: true,
 /// };
 /// assert_eq!(describe(&event), "update the webhook URL to https://new-name.loca.lt");
+///
+/// // `Debug` leaves out the credentials of a URL (a provider of your own may give one with a
+/// // password or a token); the fields keep it whole.
+/// let event = TunnelEvent::Up {
+///     provider: "mine".to_owned(),
+///     url: "https://hook:s3cret@hooks.example.com".to_owned(),
+///     verified: false,
+/// };
+/// assert!(!format!("{event:?}").contains("s3cret"));
+/// assert!(event.url().contains("s3cret"));
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TunnelEvent {
     /// The tunnel is open (first start, or re-opened with the same URL).
@@ -747,6 +758,50 @@ pub enum TunnelEvent {
         /// The last URL.
         url: String,
     },
+}
+
+impl fmt::Debug for TunnelEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Up {
+                provider,
+                url,
+                verified,
+            } => f
+                .debug_struct("Up")
+                .field("provider", provider)
+                .field("url", &shown_url(url))
+                .field("verified", verified)
+                .finish(),
+            Self::UrlChanged {
+                provider,
+                old,
+                new,
+                verified,
+            } => f
+                .debug_struct("UrlChanged")
+                .field("provider", provider)
+                .field("old", &shown_url(old))
+                .field("new", &shown_url(new))
+                .field("verified", verified)
+                .finish(),
+            Self::Down {
+                provider,
+                url,
+                reason,
+            } => f
+                .debug_struct("Down")
+                .field("provider", provider)
+                .field("url", &shown_url(url))
+                .field("reason", reason)
+                .finish(),
+            Self::Closed { provider, url } => f
+                .debug_struct("Closed")
+                .field("provider", provider)
+                .field("url", &shown_url(url))
+                .finish(),
+        }
+    }
 }
 
 impl TunnelEvent {
@@ -1281,7 +1336,7 @@ impl Supervisor {
                 }
                 reason = session.ended() => reason,
             };
-            tracing::warn!(%provider, %url, %reason, "tunnel down");
+            tracing::warn!(%provider, url = %shown_url(&url), %reason, "tunnel down");
             self.emit(TunnelEvent::Down {
                 provider: provider.clone(),
                 url: url.clone(),
@@ -1330,7 +1385,7 @@ impl Supervisor {
                     verified: reopened.verified,
                 }
             } else {
-                tracing::info!(old = %url, new = %new_url, "tunnel URL changed");
+                tracing::info!(old = %shown_url(&url), new = %shown_url(&new_url), "tunnel URL changed");
                 TunnelEvent::UrlChanged {
                     provider: reopened.provider.clone(),
                     old: url,

@@ -167,6 +167,10 @@ pub trait Provider: fmt::Debug + Send + Sync + 'static {
 /// [`TunnelHandle`](super::TunnelHandle) watches the task and re-opens the tunnel when it ends
 /// without being asked to.
 ///
+/// A URL may carry credentials (`https://user:password@host`, a token in its query) for the
+/// webhook sender: [`url`](Self::url) gives it whole, while `Debug` output and the tunnel's logs
+/// leave them out.
+///
 /// # Example
 ///
 /// ```
@@ -178,6 +182,13 @@ pub trait Provider: fmt::Debug + Send + Sync + 'static {
 ///     Ok(())
 /// });
 /// assert_eq!(session.url(), "http://127.0.0.1:9");
+///
+/// let session = Session::spawn("https://hook:s3cret@hooks.example.com", |mut stop| async move {
+///     stop.stopped().await;
+///     Ok(())
+/// });
+/// assert!(session.url().contains("s3cret"));
+/// assert!(!format!("{session:?}").contains("s3cret"));
 /// # }
 /// ```
 pub struct Session {
@@ -219,7 +230,7 @@ pub const SESSION_STOP_GRACE: Duration = Duration::from_secs(10);
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Session")
-            .field("url", &self.url)
+            .field("url", &super::http::shown_url(&self.url))
             .finish_non_exhaustive()
     }
 }

@@ -394,7 +394,7 @@ impl Server {
                 };
                 match started {
                     Some(Ok(handle)) => {
-                        tracing::info!(url = %handle.url(), provider = %handle.provider(), "webhooks reach this server at the tunnel URL");
+                        tracing::info!(url = %super::http::shown_url(&handle.url()), provider = %handle.provider(), "webhooks reach this server at the tunnel URL");
                         let status = handle.status_receiver();
                         // The task only ends after taking the handle, unless it was aborted.
                         let _ = tunnel_tx.send(handle);
