@@ -190,6 +190,13 @@ impl TunnelConfig {
                 .map(|v| v.trim().to_owned())
                 .filter(|v| !v.is_empty())
         };
+        // Values that hold a secret: the string read is wiped too, not only the trimmed copy
+        // kept.
+        let get_secret = |name: &str| {
+            let raw = zeroize::Zeroizing::new(lookup(name)?);
+            let value = raw.trim();
+            (!value.is_empty()).then(|| zeroize::Zeroizing::new(value.to_owned()))
+        };
         let chain = match get("TUNNEL_SERVICE") {
             Some(list) => {
                 let mut chain = Vec::new();
@@ -230,13 +237,15 @@ impl TunnelConfig {
         }
         Ok(Self {
             chain,
-            auth_token: get("TUNNEL_AUTH_TOKEN")
-                .or_else(|| get("NGROK_AUTHTOKEN"))
-                .map(Secret::new),
+            auth_token: get_secret("TUNNEL_AUTH_TOKEN")
+                .or_else(|| get_secret("NGROK_AUTHTOKEN"))
+                .map(|mut token| Secret::new(std::mem::take(&mut *token))),
             region: get("TUNNEL_REGION"),
             // No provider uses a URL's user info; a password there stays out of `Debug`.
-            server: get("TUNNEL_SERVER").map(|server| super::http::without_user_info(&server)),
-            secret: get("TUNNEL_SECRET").map(Secret::new),
+            server: get_secret("TUNNEL_SERVER")
+                .map(|server| super::http::without_user_info(&server)),
+            secret: get_secret("TUNNEL_SECRET")
+                .map(|mut secret| Secret::new(std::mem::take(&mut *secret))),
         })
     }
 
