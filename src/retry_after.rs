@@ -36,7 +36,6 @@ pub(crate) fn parse(headers: &HeaderMap) -> Option<Duration> {
 /// `None` when the quota is not spent, the reset is unreadable, or it is not after the
 /// message's `Date` (a reset in delta-seconds, as drafts of the IETF `RateLimit` fields write
 /// it, reads as a time long past): nothing then says how long to wait.
-#[cfg(feature = "retry")]
 pub(crate) fn rate_limit_reset(headers: &HeaderMap) -> Option<Duration> {
     const FIELDS: [(&str, &str); 2] = [
         ("x-ratelimit-remaining", "x-ratelimit-reset"),

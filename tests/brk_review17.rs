@@ -181,3 +181,107 @@ fn resets_racing_transitions_are_each_told_once_and_in_order() {
 fn take_events(seen: &Mutex<Vec<CircuitEvent>>) -> Vec<CircuitEvent> {
     std::mem::take(&mut *seen.lock().unwrap())
 }
+
+/// GitHub answers a spent primary rate limit with a 429 that names no `Retry-After`, only
+/// `X-RateLimit-Remaining: 0` and `X-RateLimit-Reset` (UTC epoch seconds); GitLab with
+/// `RateLimit-*`. A breaker that honours `Retry-After` and holds 429s against the upstream
+/// stays open until that reset (read against the response's `Date`), within its cap; it used
+/// to reopen for probes after its open duration, into the same spent quota.
+#[tokio::test(start_paused = true)]
+async fn a_spent_rate_limit_keeps_the_breaker_open_until_its_reset() {
+    use tower_webhook::circuit_breaker::DefaultClassifier;
+
+    let (_logs, _guard) = Logs::capture();
+    // 2026-12-01T00:00:00Z.
+    const DATE: &str = "Tue, 01 Dec 2026 00:00:00 GMT";
+    const EPOCH: u64 = 1_796_083_200;
+    let cases: [(&[(&str, String)], Option<u64>); 8] = [
+        // GitHub: the reset, 300 s after the response's `Date`.
+        (
+            &[
+                ("x-ratelimit-remaining", "0".into()),
+                ("x-ratelimit-reset", (EPOCH + 300).to_string()),
+            ],
+            Some(300_000),
+        ),
+        // GitLab.
+        (
+            &[
+                ("ratelimit-remaining", "0".into()),
+                ("ratelimit-reset", (EPOCH + 90).to_string()),
+            ],
+            Some(90_000),
+        ),
+        // `Retry-After` comes first.
+        (
+            &[
+                ("retry-after", "120".into()),
+                ("x-ratelimit-remaining", "0".into()),
+                ("x-ratelimit-reset", (EPOCH + 300).to_string()),
+            ],
+            Some(120_000),
+        ),
+        // `Retry-After: 0` lets the reset decide.
+        (
+            &[
+                ("retry-after", "0".into()),
+                ("x-ratelimit-remaining", "0".into()),
+                ("x-ratelimit-reset", (EPOCH + 300).to_string()),
+            ],
+            Some(300_000),
+        ),
+        // The cap.
+        (
+            &[
+                ("x-ratelimit-remaining", "0".into()),
+                ("x-ratelimit-reset", (EPOCH + 7_200).to_string()),
+            ],
+            Some(600_000),
+        ),
+        // Quota not spent, a reset in the past, a delta-seconds reset: the open duration.
+        (
+            &[
+                ("x-ratelimit-remaining", "1".into()),
+                ("x-ratelimit-reset", (EPOCH + 300).to_string()),
+            ],
+            Some(30_000),
+        ),
+        (
+            &[
+                ("x-ratelimit-remaining", "0".into()),
+                ("x-ratelimit-reset", (EPOCH - 5).to_string()),
+            ],
+            Some(30_000),
+        ),
+        (
+            &[
+                ("ratelimit-remaining", "0".into()),
+                ("ratelimit-reset", "60".into()),
+            ],
+            Some(30_000),
+        ),
+    ];
+    for (headers, expected) in cases {
+        let config = CircuitBreakerConfig::default()
+            .consecutive_failures(1)
+            .honor_retry_after(std::time::Duration::from_secs(600));
+        let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
+        let layer =
+            layer.with_classifier(DefaultClassifier::new().too_many_requests_is_failure(true));
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), value.clone()))
+            .collect();
+        let shown = format!("{headers:?}");
+        let svc = ServiceBuilder::new().layer(layer).service_fn(move |_: ()| {
+            let mut res = http::Response::builder().status(429).header("date", DATE);
+            for (name, value) in &headers {
+                res = res.header(name, value);
+            }
+            async move { Ok::<_, BoxError>(res.body(()).unwrap()) }
+        });
+        svc.oneshot(()).await.unwrap();
+        assert_eq!(handle.state(), CircuitState::Open, "{shown}");
+        assert_eq!(handle.snapshot().retry_after_ms, expected, "{shown}");
+    }
+}

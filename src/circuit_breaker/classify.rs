@@ -115,7 +115,9 @@ where
 ///
 /// On 429 and 503 the upstream's `Retry-After` (seconds, or an HTTP date read against the
 /// response's `Date`, the server's clock, and against the local clock only without a valid
-/// `Date`), and on gRPC's
+/// `Date`; without one, or with `0`, the reset of a spent rate-limit quota:
+/// `X-RateLimit-Remaining: 0` with `X-RateLimit-Reset`, or `RateLimit-Remaining: 0` with
+/// `RateLimit-Reset`, UTC epoch seconds read against `Date` too), and on gRPC's
 /// `RESOURCE_EXHAUSTED` and `UNAVAILABLE` its `grpc-retry-pushback-ms` (in the headers of a
 /// trailers-only answer, or in the trailers), is passed to the breaker, which uses it if
 /// [`honor_retry_after`](super::CircuitBreakerConfig::honor_retry_after) is set.
@@ -364,9 +366,14 @@ fn is_grpc(headers: &HeaderMap) -> bool {
 }
 
 fn hint(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
-    matches!(status.as_u16(), 429 | 503)
-        .then(|| crate::retry_after::parse(headers))
-        .flatten()
+    if !matches!(status.as_u16(), 429 | 503) {
+        return None;
+    }
+    // `Retry-After` first; without one (or with `0`), a spent quota's reset.
+    match crate::retry_after::parse(headers) {
+        Some(after) if !after.is_zero() => Some(after),
+        after => crate::retry_after::rate_limit_reset(headers).or(after),
+    }
 }
 
 /// gRPC's `Retry-After`: the `grpc-retry-pushback-ms` of an overloaded server

@@ -683,7 +683,10 @@ impl CircuitBreakerConfig {
     /// When a failure that opens the breaker came with an upstream `Retry-After` (on 429 or
     /// 503), stay open at least that long, but never longer than `cap` (at most 24 hours).
     /// An HTTP date is read against the response's `Date` (both the server's clock), and
-    /// against the local clock only when the response has no valid `Date`.
+    /// against the local clock only when the response has no valid `Date`. Without a
+    /// `Retry-After` (or with `0`), a spent rate-limit quota's reset is the wait:
+    /// `X-RateLimit-Remaining: 0` with `X-RateLimit-Reset` (GitHub), `RateLimit-Remaining: 0`
+    /// with `RateLimit-Reset` (GitLab), in UTC epoch seconds, read against `Date` too.
     /// The failures that open it are those since the last success: a wait asked for before
     /// the upstream answered a call again does not stretch a later opening (a `429` not held
     /// against the upstream is no such answer: it asks for a wait too, and keeps it; half-open
