@@ -195,10 +195,10 @@ async fn a_spent_rate_limit_keeps_the_breaker_open_until_its_reset() {
     // 2026-12-01T00:00:00Z.
     const DATE: &str = "Tue, 01 Dec 2026 00:00:00 GMT";
     const EPOCH: u64 = 1_796_083_200;
-    let cases: [(&[(&str, String)], Option<u64>); 8] = [
+    let cases: [(Headers, Option<u64>); 8] = [
         // GitHub: the reset, 300 s after the response's `Date`.
         (
-            &[
+            vec![
                 ("x-ratelimit-remaining", "0".into()),
                 ("x-ratelimit-reset", (EPOCH + 300).to_string()),
             ],
@@ -206,7 +206,7 @@ async fn a_spent_rate_limit_keeps_the_breaker_open_until_its_reset() {
         ),
         // GitLab.
         (
-            &[
+            vec![
                 ("ratelimit-remaining", "0".into()),
                 ("ratelimit-reset", (EPOCH + 90).to_string()),
             ],
@@ -214,7 +214,7 @@ async fn a_spent_rate_limit_keeps_the_breaker_open_until_its_reset() {
         ),
         // `Retry-After` comes first.
         (
-            &[
+            vec![
                 ("retry-after", "120".into()),
                 ("x-ratelimit-remaining", "0".into()),
                 ("x-ratelimit-reset", (EPOCH + 300).to_string()),
@@ -223,7 +223,7 @@ async fn a_spent_rate_limit_keeps_the_breaker_open_until_its_reset() {
         ),
         // `Retry-After: 0` lets the reset decide.
         (
-            &[
+            vec![
                 ("retry-after", "0".into()),
                 ("x-ratelimit-remaining", "0".into()),
                 ("x-ratelimit-reset", (EPOCH + 300).to_string()),
@@ -232,7 +232,7 @@ async fn a_spent_rate_limit_keeps_the_breaker_open_until_its_reset() {
         ),
         // The cap.
         (
-            &[
+            vec![
                 ("x-ratelimit-remaining", "0".into()),
                 ("x-ratelimit-reset", (EPOCH + 7_200).to_string()),
             ],
@@ -240,21 +240,21 @@ async fn a_spent_rate_limit_keeps_the_breaker_open_until_its_reset() {
         ),
         // Quota not spent, a reset in the past, a delta-seconds reset: the open duration.
         (
-            &[
+            vec![
                 ("x-ratelimit-remaining", "1".into()),
                 ("x-ratelimit-reset", (EPOCH + 300).to_string()),
             ],
             Some(30_000),
         ),
         (
-            &[
+            vec![
                 ("x-ratelimit-remaining", "0".into()),
                 ("x-ratelimit-reset", (EPOCH - 5).to_string()),
             ],
             Some(30_000),
         ),
         (
-            &[
+            vec![
                 ("ratelimit-remaining", "0".into()),
                 ("ratelimit-reset", "60".into()),
             ],
@@ -268,15 +268,11 @@ async fn a_spent_rate_limit_keeps_the_breaker_open_until_its_reset() {
         let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
         let layer =
             layer.with_classifier(DefaultClassifier::new().too_many_requests_is_failure(true));
-        let headers: Vec<(String, String)> = headers
-            .iter()
-            .map(|(name, value)| ((*name).to_owned(), value.clone()))
-            .collect();
         let shown = format!("{headers:?}");
         let svc = ServiceBuilder::new().layer(layer).service_fn(move |_: ()| {
             let mut res = http::Response::builder().status(429).header("date", DATE);
             for (name, value) in &headers {
-                res = res.header(name, value);
+                res = res.header(*name, value.as_str());
             }
             async move { Ok::<_, BoxError>(res.body(()).unwrap()) }
         });
@@ -285,3 +281,6 @@ async fn a_spent_rate_limit_keeps_the_breaker_open_until_its_reset() {
         assert_eq!(handle.snapshot().retry_after_ms, expected, "{shown}");
     }
 }
+
+/// Response headers of a test case.
+type Headers = Vec<(&'static str, String)>;
