@@ -38,7 +38,7 @@ use tower_webhook::circuit_breaker::{
 use tower_webhook::error::{Problem, WebhookErrorLayer, WebhookProcessingError, types};
 use tower_webhook::retry::{RetryPolicy, retry_after};
 use tower_webhook::signature::{
-    MemoryReplayStore, OnReplay, Provider, RecordDelivery, ReplayStore, SignatureLayer,
+    Clock, MemoryReplayStore, OnReplay, Provider, RecordDelivery, ReplayStore, SignatureLayer,
     VerifiedWebhook,
 };
 use tower_webhook::tunnel::{Running, Server, TunnelBuilder, TunnelEvent};
@@ -255,6 +255,9 @@ pub(crate) struct Settings {
     /// The tunnel settings (`TUNNEL_*`) that are set, by name: without `--use-tunnel` they do
     /// nothing, which [`start`] warns about.
     pub(crate) tunnel_settings: Vec<&'static str>,
+    /// The providers whose API token (`GITHUB_TOKEN`, ...) is set without their API's URL:
+    /// their comments are logged, not posted, which [`Settings::warnings`] says.
+    pub(crate) tokens_without_api: Vec<Forge>,
 }
 
 /// The settings of the tunnel `--use-tunnel` opens (read by `TunnelConfig::from_env`).
@@ -301,6 +304,7 @@ impl std::fmt::Debug for Settings {
                 &self.generated_github_secret.as_ref().map(|_| "<redacted>"),
             )
             .field("tunnel_settings", &self.tunnel_settings)
+            .field("tokens_without_api", &self.tokens_without_api)
             .field("own_users", &self.own_users)
             .finish()
     }
@@ -358,7 +362,22 @@ impl Settings {
                     forge.name()
                 )
             });
-        without_token.chain(without_route).collect()
+        // A token alone does not say where the API is (GitHub Enterprise, a self-hosted
+        // GitLab): nothing is posted with it, and the comments are logged.
+        let without_url = self.tokens_without_api.iter().map(|forge| {
+            format!(
+                "{} is set without {}: nothing is posted to {}, its comments are logged; set {} to its API's base URL (e.g. {})",
+                forge.token_var(),
+                forge.api_url_var(),
+                forge.name(),
+                forge.api_url_var(),
+                forge.api_url_example()
+            )
+        });
+        without_token
+            .chain(without_route)
+            .chain(without_url)
+            .collect()
     }
 
     /// The `*_API_URL`s that cannot be the provider's API, one line each: GitLab's `/api/v4`,
@@ -530,27 +549,33 @@ impl Settings {
             generated_github_secret = Some(secret);
         }
         let mut apis = BTreeMap::new();
+        let mut tokens_without_api = Vec::new();
         for forge in Forge::ALL {
-            if let Some(base_url) = lookup(forge.api_url_var()).filter(|u| !u.trim().is_empty()) {
-                let token = api_token(forge.token_var(), lookup(forge.token_var()))?;
-                let username = match forge {
-                    Forge::Bitbucket => {
-                        api_username("BITBUCKET_USERNAME", lookup("BITBUCKET_USERNAME"))?
-                    }
-                    _ => None,
-                };
-                if username.is_some() && token.is_none() {
-                    return Err("BITBUCKET_USERNAME is set without BITBUCKET_TOKEN: set BITBUCKET_TOKEN to the API token (or app password) that goes with it".into());
+            let Some(base_url) = lookup(forge.api_url_var()).filter(|u| !u.trim().is_empty())
+            else {
+                if lookup(forge.token_var()).is_some_and(|token| !token.trim().is_empty()) {
+                    tokens_without_api.push(forge);
                 }
-                apis.insert(
-                    forge,
-                    ApiTarget {
-                        base_url: api_base_url(forge, &base_url)?,
-                        token,
-                        username,
-                    },
-                );
+                continue;
+            };
+            let token = api_token(forge.token_var(), lookup(forge.token_var()))?;
+            let username = match forge {
+                Forge::Bitbucket => {
+                    api_username("BITBUCKET_USERNAME", lookup("BITBUCKET_USERNAME"))?
+                }
+                _ => None,
+            };
+            if username.is_some() && token.is_none() {
+                return Err("BITBUCKET_USERNAME is set without BITBUCKET_TOKEN: set BITBUCKET_TOKEN to the API token (or app password) that goes with it".into());
             }
+            apis.insert(
+                forge,
+                ApiTarget {
+                    base_url: api_base_url(forge, &base_url)?,
+                    token,
+                    username,
+                },
+            );
         }
         // Only Bitbucket Cloud's API takes the username: without its URL, no comment would be
         // posted, and the username never sent.
@@ -670,6 +695,7 @@ impl Settings {
                 .filter(|name| lookup(name).is_some_and(|value| !value.trim().is_empty()))
                 .collect(),
             own_users,
+            tokens_without_api,
         })
     }
 }
@@ -909,7 +935,7 @@ impl AppState {
     /// Forgets that `job`'s delivery was handled, its comment having failed: the logs say to
     /// deliver it again from the provider's webhook log if the comment is missing, and GitHub's
     /// redelivery keeps the delivery id, which would otherwise be acknowledged as a duplicate
-    /// (for `replay_ttl`, 24 h) and not processed. `maybe_posted`: the provider failed after
+    /// (for [`replay_ttl`], 7 days) and not processed. `maybe_posted`: the provider failed after
     /// receiving the comment, and may have posted it.
     async fn forget_delivery(&self, job: &Job, maybe_posted: bool) {
         // The draft too: its publishing was taken from the memory for this comment, and the
@@ -1270,6 +1296,25 @@ pub(crate) fn log_filter(value: Option<&str>) -> Result<tracing_subscriber::EnvF
 
 /// Builds the router and starts the background worker (on the current tokio runtime).
 pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
+    build_with_clock(settings, Clock::system())
+}
+
+/// How long a delivery id is remembered at least: a delivery can be sent again by hand from the
+/// provider's webhook log that long after it came, GitHub's "Redeliver" taking the deliveries of
+/// the last 3 days (7 on GitHub Enterprise Server) with their `X-GitHub-Delivery`. Remembered
+/// only 24 h (the layer's default), a delivery whose comment was posted got it again when
+/// delivered again a day or more later.
+pub(crate) const REDELIVERY_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How long the routes remember a delivery they handled: [`REDELIVERY_WINDOW`], or as long as
+/// its comment may still be tried (`COMMENT_MAX_AGE_SECS`) if that is longer, so that a copy
+/// that comes meanwhile is not processed a second time.
+pub(crate) fn replay_ttl(settings: &Settings) -> Duration {
+    REDELIVERY_WINDOW.max(settings.comment_max_age)
+}
+
+/// [`build`], with the delivery ids remembered by `clock` (tests pass one they move).
+pub(crate) fn build_with_clock(settings: &Settings, clock: Clock) -> Result<App, BoxError> {
     // Every job in the channel is pending, so with at most `max_pending_comments` pending jobs
     // per provider the channel never refuses one for lack of room.
     let (tx, rx) = mpsc::channel(settings.max_pending_comments * Forge::ALL.len());
@@ -1323,8 +1368,10 @@ pub(crate) fn build(settings: &Settings) -> Result<App, BoxError> {
     let mut layers = BTreeMap::new();
     let mut replay = BTreeMap::new();
     for (&forge, verification) in &settings.forges {
-        let store = Arc::new(MemoryReplayStore::new());
-        let layer = signature_layer(forge, verification)?.replay_store(store.clone());
+        let store = Arc::new(MemoryReplayStore::new().clock(clock.clone()));
+        let layer = signature_layer(forge, verification)?
+            .replay_store(store.clone())
+            .replay_ttl(replay_ttl(settings));
         replay.insert(forge, (layer.provider(), store));
         layers.insert(forge, layer);
     }

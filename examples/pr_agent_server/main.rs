@@ -12,7 +12,8 @@
 //! `GITEA_WEBHOOK_SECRET`, `AZURE_DEVOPS_WEBHOOK_USERNAME` / `AZURE_DEVOPS_WEBHOOK_PASSWORD`
 //! (comma-separated values are several secrets, for rotation), `GITHUB_API_URL` +
 //! `GITHUB_TOKEN` (and `GITLAB_`, `BITBUCKET_`, `BITBUCKET_SERVER_`, `GITEA_`, `AZURE_DEVOPS_`
-//! `API_URL` / `TOKEN`; an `https` API is reached over TLS, trusting the public roots and the
+//! `API_URL` / `TOKEN`, no URL having a default: a token set without its URL is named in a
+//! warning, and the provider's comments are logged; an `https` API is reached over TLS, trusting the public roots and the
 //! system's), `BITBUCKET_USERNAME` (with a Bitbucket Cloud API token or app password in
 //! `BITBUCKET_TOKEN`: the Atlassian account's email, or the Bitbucket username for an app
 //! password; the token is then sent with HTTP Basic authentication, where `BITBUCKET_TOKEN`
@@ -67,8 +68,10 @@
 //! timeout, a connection lost after the request was sent) it is given up, not sent again; the
 //! log names its delivery, to deliver again if the comment is missing (a delivery whose comment
 //! failed is no longer remembered as handled: delivered again, with the same id, it is processed
-//! again). A 503, 429 or 408, or no
-//! connection made (none opened within 10 s), is tried again later.
+//! again). A delivery handled is remembered 7 days (GitHub redelivers by hand the deliveries of
+//! the last 3 days, GitHub Enterprise Server of the last 7), or `COMMENT_MAX_AGE_SECS` if
+//! longer: delivered again meanwhile, it is answered `200` and not processed. A 503, 429 or
+//! 408, or no connection made (none opened within 10 s), is tried again later.
 //!
 //! Comments are posted to each provider's API at most `COMMENTS_IN_FLIGHT_PER_PROVIDER` (8) at a
 //! time, with separate slots per provider: a provider that stalls or rate-limits delays only its own comments.
