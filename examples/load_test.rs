@@ -3,13 +3,15 @@
 //!
 //! ```text
 //! load_test serve layers ADDR     # axum + WebhookErrorLayer + SignatureLayer::github, 202 handler
+//!                                 # (no replay store: the bare server has none to compare with)
 //! load_test serve bare ADDR       # axum handler that checks the same HMAC itself
 //! load_test generate URL SECS CONNS [--status URL]
 //! ```
 //!
 //! The generator sends a mix of deliveries signed with `GITHUB_WEBHOOK_SECRET` (trimmed; default
 //! `load-test-secret`, which the servers use too when it is unset): 70 % valid
-//! (fresh delivery ids), 15 % with a bad signature, 15 % duplicates of an earlier valid one.
+//! (fresh delivery ids), 15 % with a bad signature, 15 % duplicates of an earlier valid one
+//! (answered 202 by both servers above, which do not deduplicate; 200 by pr_agent_server).
 //! It prints one JSON line with what it sent and what came back; with `--status` it also
 //! compares the counts with the server's `/status` (pr_agent_server) and fails if an unverified
 //! delivery was processed or a valid one lost.

@@ -76,10 +76,10 @@
 //! | `retry` | `retry`: a `tower::retry` policy with backoff | yes |
 //! | `tunnel` | `tunnel`: public URLs through localtunnel, bore, cloudflared | no |
 //! | `axum` | `IntoResponse` for `Problem`, the `VerifiedWebhook` extractor (axum 0.8) | no |
-//! | `tonic` | `tonic::Status` and `tonic::Code` support | no |
+//! | `tonic` | `tonic::Status` and `tonic::Code` support (tonic 0.14) | no |
 //! | `reqwest` | classifiers and retries for `reqwest::Client` (reqwest 0.13) | no |
 //! | `reqwest-0-12` | the same for reqwest 0.12 | no |
-//! | `redis` | a Redis replay store shared by replicas | no |
+//! | `redis` | a Redis replay store shared by replicas (redis 1) | no |
 //! | `ngrok` | the ngrok tunnel provider | no |
 //! | `full` | all of the above | no |
 #![cfg_attr(docsrs, feature(doc_cfg))]
