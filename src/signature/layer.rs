@@ -566,7 +566,9 @@ impl SignatureLayer {
     }
 
     /// Azure DevOps service hooks with basic authentication: `Authorization: Basic`, compared in
-    /// constant time; delivery id and event from the body's `id` and `eventType`.
+    /// constant time; delivery id and event from the body's `id` and `eventType`. A test sent
+    /// from the service hook's "Test" dialog (the nil `subscriptionId`, a sample `id` that is
+    /// the same on every click) is handed on each time, not deduplicated.
     ///
     /// # Example
     ///
@@ -1972,6 +1974,7 @@ where
                             },
                             Ok(verified) => {
                                 let ttl = replay_ttl(shared, verified.timestamp);
+                                let deduplicate = verified.deduplicate;
                                 let (verified, challenge) =
                                     to_verified(shared.scheme.provider, verified);
                                 let inner = inner.take().expect("inner once");
@@ -1996,7 +1999,9 @@ where
                                         }
                                     }
                                     _ => {
-                                        let lookup = match replay_target(shared, &verified) {
+                                        let target = replay_target(shared, &verified)
+                                            .filter(|_| deduplicate);
+                                        let lookup = match target {
                                             Some((store, id)) => {
                                                 let provider = verified.provider();
                                                 Some(match shared.record {

@@ -91,7 +91,8 @@
 //! [`OnReplay::Acknowledge`]). [`RecordDelivery::AfterVerification`] records the id
 //! for good as soon as the signature is valid (at most once, even if the handler fails). Ids are
 //! namespaced by provider. A delivery whose id is a header it left out (GitHub without
-//! `X-GitHub-Delivery`) is verified and handed on, but not deduplicated.
+//! `X-GitHub-Delivery`) is verified and handed on, but not deduplicated; so is a test from
+//! Azure DevOps' "Test" dialog (nil `subscriptionId`), whose sample `id` is the same each time.
 //!
 //! # Example
 //!

@@ -807,6 +807,9 @@ pub(crate) struct Verified {
     pub(crate) event: Option<Text>,
     /// A handshake to answer instead of calling the inner service.
     pub(crate) challenge: Option<Handshake>,
+    /// Whether the delivery id is recorded in the replay store: not for a test notification
+    /// whose id is a fixed sample (Azure DevOps' "Test" button).
+    pub(crate) deduplicate: bool,
 }
 
 /// Up to this many header values, a header is found by one pass over the map rather than by
@@ -1192,6 +1195,7 @@ impl Scheme {
             delivery_id: None,
             event: None,
             challenge: None,
+            deduplicate: true,
         };
         let json = if self.needs_json() && looks_like_json(body) {
             serde_json::from_slice::<Meta<'_>>(body).ok()
@@ -1243,6 +1247,17 @@ impl Scheme {
             return Err(E::MalformedDelivery(
                 "body is not a JSON event with an `id`",
             ));
+        }
+        // Azure DevOps' "Test" button sends the documented sample event, whose `id` is the same
+        // on every click, under the nil subscription id: deduplicated, a second test would be
+        // refused as a replay of the first.
+        if matches!(self.kind, Kind::Basic)
+            && json
+                .as_ref()
+                .and_then(|m| m.subscription_id.as_deref())
+                .is_some_and(|s| s == AZURE_TEST_SUBSCRIPTION)
+        {
+            verified.deduplicate = false;
         }
         if let Some(m) = json
             .as_ref()
@@ -1382,7 +1397,12 @@ struct Meta<'a> {
     event_type: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "text")]
     challenge: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "subscriptionId", deserialize_with = "text")]
+    subscription_id: Option<Cow<'a, str>>,
 }
+
+/// The subscription id of the events Azure DevOps sends from a service hook's "Test" dialog.
+const AZURE_TEST_SUBSCRIPTION: &str = "00000000-0000-0000-0000-000000000000";
 
 /// A top-level field read as text: a string, or `None` for any other JSON value. The body is
 /// the sender's JSON (Standard Webhooks payloads are any object), so a field of another type
