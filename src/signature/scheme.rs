@@ -1255,7 +1255,7 @@ impl Scheme {
             && json
                 .as_ref()
                 .and_then(|m| m.subscription_id.as_deref())
-                .is_some_and(|s| s == AZURE_TEST_SUBSCRIPTION)
+                .is_some_and(is_nil_uuid)
         {
             verified.deduplicate = false;
         }
@@ -1401,8 +1401,11 @@ struct Meta<'a> {
     subscription_id: Option<Cow<'a, str>>,
 }
 
-/// The subscription id of the events Azure DevOps sends from a service hook's "Test" dialog.
-const AZURE_TEST_SUBSCRIPTION: &str = "00000000-0000-0000-0000-000000000000";
+/// Whether `id` is the nil UUID (`00000000-0000-0000-0000-000000000000`), the subscription id
+/// of the events Azure DevOps sends from a service hook's "Test" dialog.
+fn is_nil_uuid(id: &str) -> bool {
+    id.contains('0') && id.bytes().all(|b| b == b'0' || b == b'-')
+}
 
 /// A top-level field read as text: a string, or `None` for any other JSON value. The body is
 /// the sender's JSON (Standard Webhooks payloads are any object), so a field of another type
