@@ -17,6 +17,7 @@ use tower_http::classify::{
     GrpcErrorsAsFailures, GrpcFailureClass,
 };
 
+use super::error::CircuitOpen;
 use super::state::{FailOnUnwind, Outcome, Recorder};
 
 /// Turns the inner service's result into an [`Outcome`], recorded through the [`Recorder`].
@@ -98,6 +99,8 @@ where
 /// |---|---|
 /// | `Err` from the inner service | failure |
 /// | `Err` that is a [`Problem`](crate::error::Problem) (as is or boxed, anywhere in its source chain) | as the HTTP status it stands for: a 4xx is the caller's mistake, not the upstream failing |
+/// | `Err` that is a [`CircuitOpen`](super::CircuitOpen) of another breaker (boxed, anywhere in its source chain) | neutral: the call was not made |
+/// | `Err` that is a reqwest builder error (`is_builder()`: a URL scheme reqwest does not send) | neutral: the request was not sent |
 /// | HTTP 5xx | failure |
 /// | HTTP 408, 429 | success, or failure if configured |
 /// | other HTTP statuses | success |
@@ -221,8 +224,8 @@ impl DefaultClassifier {
         self
     }
 
-    /// Classifies errors of the inner service with `f` instead of the default (failures, and a
-    /// `Problem` by its status); return [`Outcome::Neutral`] for errors that say nothing about
+    /// Classifies errors of the inner service with `f` instead of the default (failures, a
+    /// `Problem` by its status, another breaker's `CircuitOpen` neutral); return [`Outcome::Neutral`] for errors that say nothing about
     /// the upstream.
     ///
     /// # Example
@@ -276,7 +279,9 @@ impl DefaultClassifier {
     /// (as is, or boxed in a `BoxError`, anywhere in its source chain), which stands for the
     /// response it becomes and is classified by its status, as that response would be: a
     /// client error is not the upstream failing. With the wait that response asks for: a 429
-    /// or 503 problem's `Retry-After`.
+    /// or 503 problem's `Retry-After`. A [`CircuitOpen`] of a breaker nearer the upstream (a
+    /// keyed breaker under a global one, or the other way round) is neutral: that call was not
+    /// made, so it says nothing of the upstream.
     fn error_outcome<E: 'static>(&self, err: &E) -> (Outcome, Option<Duration>) {
         let any: &dyn Any = err;
         let err: &(dyn Error + 'static) = if let Some(problem) = any.downcast_ref::<Problem>() {
@@ -287,14 +292,18 @@ impl DefaultClassifier {
             return (Outcome::Failure, None);
         };
         crate::error_chain::sources(err)
-            .find_map(|e| e.downcast_ref::<Problem>())
-            .map_or((Outcome::Failure, None), |problem| {
+            .find_map(|e| {
+                if e.is::<CircuitOpen>() {
+                    return Some((Outcome::Neutral, None));
+                }
+                let problem = e.downcast_ref::<Problem>()?;
                 let status = problem.status();
                 let after = matches!(status.as_u16(), 429 | 503)
                     .then(|| problem.retry_after())
                     .flatten();
-                (self.http_outcome(status), after)
+                Some((self.http_outcome(status), after))
             })
+            .unwrap_or((Outcome::Failure, None))
     }
 }
 
@@ -479,7 +488,13 @@ macro_rules! reqwest_classifier {
                         recorder.record_with_retry_after(outcome, hint(status, response.headers()));
                     }
                     Err(err) => {
-                        let (outcome, after) = self.error_outcome(err);
+                        let (outcome, after) = if not_sent_by::<$reqwest::Error, E>(err) {
+                            // A builder error (a URL scheme reqwest does not send, a URL that
+                            // is no URI): the request never left, the upstream said nothing.
+                            (Outcome::Neutral, None)
+                        } else {
+                            self.error_outcome(err)
+                        };
                         recorder.record_with_retry_after(outcome, after);
                     }
                 }
@@ -487,6 +502,41 @@ macro_rules! reqwest_classifier {
             }
         }
     };
+}
+
+/// Whether `err` is, or boxes anywhere in its source chain, a reqwest builder error: one
+/// raised before the request was sent (`reqwest::Error::is_builder`).
+#[cfg(any(feature = "reqwest", feature = "reqwest-0-12"))]
+fn not_sent_by<R: ReqwestError, E: 'static>(err: &E) -> bool {
+    let any: &dyn Any = err;
+    if let Some(err) = any.downcast_ref::<R>() {
+        return err.is_builder();
+    }
+    any.downcast_ref::<BoxError>().is_some_and(|boxed| {
+        crate::error_chain::sources(&**boxed)
+            .filter_map(|e| e.downcast_ref::<R>())
+            .any(R::is_builder)
+    })
+}
+
+/// What [`not_sent_by`] asks of a reqwest version's error.
+#[cfg(any(feature = "reqwest", feature = "reqwest-0-12"))]
+trait ReqwestError: Error + 'static {
+    fn is_builder(&self) -> bool;
+}
+
+#[cfg(feature = "reqwest")]
+impl ReqwestError for reqwest::Error {
+    fn is_builder(&self) -> bool {
+        reqwest::Error::is_builder(self)
+    }
+}
+
+#[cfg(feature = "reqwest-0-12")]
+impl ReqwestError for reqwest_0_12::Error {
+    fn is_builder(&self) -> bool {
+        reqwest_0_12::Error::is_builder(self)
+    }
 }
 
 #[cfg(feature = "reqwest")]

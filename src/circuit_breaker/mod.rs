@@ -53,8 +53,9 @@
 //! A [`ClassifyOutcome`] decides. [`DefaultClassifier`] uses tower-http's `classify`: HTTP 5xx
 //! are failures, 4xx successes (408 and 429 configurable); gRPC codes, with `grpc-status` read
 //! from the trailers at the end of the stream; errors of the inner service are failures, except a
-//! [`Problem`](crate::error::Problem), classified by its status as the response it becomes. A
-//! closure `Fn(&Result<Res, E>) -> Outcome` is a classifier too.
+//! [`Problem`](crate::error::Problem), classified by its status as the response it becomes, and
+//! the [`CircuitOpen`] of a breaker nearer the upstream (a keyed breaker under a global one), or a
+//! reqwest builder error, which are neutral: the call was not made. A closure `Fn(&Result<Res, E>) -> Outcome` is a classifier too.
 //!
 //! A call that panics (in the inner service's `call`, in its future, or in a gRPC response body
 //! before its trailers) is a failure, whatever the classifier, as an exception is for
