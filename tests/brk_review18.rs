@@ -42,6 +42,15 @@ fn get(url: &str) -> reqwest::Request {
     reqwest::Request::new(reqwest::Method::GET, url.parse().unwrap())
 }
 
+/// Sends `GET url` through `svc`, which must answer within 10 s.
+async fn send<S>(svc: &mut S, url: &str) -> Result<reqwest::Response, BoxError>
+where
+    S: Service<reqwest::Request, Response = reqwest::Response, Error = BoxError>,
+{
+    let call = svc.ready().await.expect("ready").call(get(url));
+    timeout(call).await.expect("answered within 10 s")
+}
+
 /// The first segment of the path: one breaker per "repository".
 fn per_repo(req: &reqwest::Request) -> String {
     req.url()
@@ -75,15 +84,7 @@ async fn an_open_keyed_breaker_under_a_global_one_does_not_open_the_global_one()
         .service(client);
 
     // One repository fails once: its own breaker opens; the global one counts one failure.
-    let res = timeout(
-        svc.ready()
-            .await
-            .unwrap()
-            .call(get(&format!("{base}/down/x"))),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let res = send(&mut svc, &format!("{base}/down/x")).await.unwrap();
     assert_eq!(res.status(), 503);
     assert_eq!(
         repos.get(&"down".to_owned()).unwrap().state(),
@@ -94,15 +95,7 @@ async fn an_open_keyed_breaker_under_a_global_one_does_not_open_the_global_one()
     // Its breaker refuses the next calls: they are not made, so the global breaker does not
     // hold them against the upstream.
     for _ in 0..5 {
-        let err = timeout(
-            svc.ready()
-                .await
-                .unwrap()
-                .call(get(&format!("{base}/down/x"))),
-        )
-        .await
-        .unwrap()
-        .unwrap_err();
+        let err = send(&mut svc, &format!("{base}/down/x")).await.unwrap_err();
         assert_eq!(
             CircuitOpen::find(&*err).unwrap().state(),
             CircuitState::Open
@@ -115,15 +108,7 @@ async fn an_open_keyed_breaker_under_a_global_one_does_not_open_the_global_one()
     assert_eq!(snapshot.buffered_calls, 1);
 
     // Every other repository is still served.
-    let res = timeout(
-        svc.ready()
-            .await
-            .unwrap()
-            .call(get(&format!("{base}/up/x"))),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let res = send(&mut svc, &format!("{base}/up/x")).await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(global_handle.state(), CircuitState::Closed);
 }
@@ -150,15 +135,9 @@ async fn keyed_breakers_over_an_open_global_one_serve_again_once_it_closes() {
     // The global breaker is opened by hand: every call is refused beneath the keyed ones.
     global_handle.transition_to_forced_open().unwrap();
     for repo in ["a", "b", "a"] {
-        let err = timeout(
-            svc.ready()
-                .await
-                .unwrap()
-                .call(get(&format!("{base}/{repo}/x"))),
-        )
-        .await
-        .unwrap()
-        .unwrap_err();
+        let err = send(&mut svc, &format!("{base}/{repo}/x"))
+            .await
+            .unwrap_err();
         assert_eq!(
             CircuitOpen::find(&*err).unwrap().state(),
             CircuitState::ForcedOpen
@@ -173,15 +152,7 @@ async fn keyed_breakers_over_an_open_global_one_serve_again_once_it_closes() {
     // Closed again: the repositories are served at once, not after their own open duration.
     global_handle.transition_to_closed().unwrap();
     for repo in ["a", "b"] {
-        let res = timeout(
-            svc.ready()
-                .await
-                .unwrap()
-                .call(get(&format!("{base}/{repo}/x"))),
-        )
-        .await
-        .unwrap()
-        .unwrap();
+        let res = send(&mut svc, &format!("{base}/{repo}/x")).await.unwrap();
         assert_eq!(res.status(), 200, "{repo}");
     }
     assert_eq!(hits.load(Ordering::SeqCst), 2);
@@ -213,10 +184,7 @@ async fn a_half_open_probe_refused_beneath_gives_its_permit_back() {
     assert_eq!(outer_handle.state(), CircuitState::HalfOpen);
 
     // The probe is refused by the inner breaker: no verdict, and its permit is free again.
-    let err = timeout(svc.ready().await.unwrap().call(get(&format!("{base}/up"))))
-        .await
-        .unwrap()
-        .unwrap_err();
+    let err = send(&mut svc, &format!("{base}/up")).await.unwrap_err();
     assert_eq!(
         CircuitOpen::find(&*err).unwrap().state(),
         CircuitState::ForcedOpen
@@ -225,10 +193,7 @@ async fn a_half_open_probe_refused_beneath_gives_its_permit_back() {
     assert_eq!(outer_handle.snapshot().half_open_permits_taken, 0);
 
     inner_handle.transition_to_closed().unwrap();
-    let res = timeout(svc.ready().await.unwrap().call(get(&format!("{base}/up"))))
-        .await
-        .unwrap()
-        .unwrap();
+    let res = send(&mut svc, &format!("{base}/up")).await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(outer_handle.state(), CircuitState::Closed);
 }
@@ -255,15 +220,7 @@ async fn a_reqwest_builder_error_is_not_held_against_the_upstream() {
     assert_eq!(snapshot.buffered_calls, 0);
 
     // A real failure still counts.
-    let res = timeout(
-        svc.ready()
-            .await
-            .unwrap()
-            .call(get(&format!("{base}/down"))),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let res = send(&mut svc, &format!("{base}/down")).await.unwrap();
     assert_eq!(res.status(), 503);
     assert_eq!(handle.state(), CircuitState::Open);
     assert_eq!(hits.load(Ordering::SeqCst), 1);
