@@ -27,6 +27,19 @@ pub(crate) fn parse(headers: &HeaderMap) -> Option<Duration> {
     Some(when.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
+/// `after` (a `Retry-After` read by [`parse`]) when it names a wait; without one (none, or
+/// `0`), the wait until a spent rate-limit quota is renewed, if `headers` say it is spent (see
+/// [`rate_limit_reset`]). Shared by the retry policy and the circuit breaker.
+pub(crate) fn or_rate_limit_reset(
+    after: Option<Duration>,
+    headers: &HeaderMap,
+) -> Option<Duration> {
+    match after {
+        Some(after) if !after.is_zero() => Some(after),
+        after => rate_limit_reset(headers).or(after),
+    }
+}
+
 /// The wait until a spent rate-limit quota is renewed, when `headers` say the quota is spent:
 /// `X-RateLimit-Remaining: 0` with `X-RateLimit-Reset` (GitHub's primary rate limit), or
 /// `RateLimit-Remaining: 0` with `RateLimit-Reset` (GitLab's), the reset in UTC epoch seconds.
@@ -36,7 +49,7 @@ pub(crate) fn parse(headers: &HeaderMap) -> Option<Duration> {
 /// `None` when the quota is not spent, the reset is unreadable, or it is not after the
 /// message's `Date` (a reset in delta-seconds, as drafts of the IETF `RateLimit` fields write
 /// it, reads as a time long past): nothing then says how long to wait.
-pub(crate) fn rate_limit_reset(headers: &HeaderMap) -> Option<Duration> {
+fn rate_limit_reset(headers: &HeaderMap) -> Option<Duration> {
     const FIELDS: [(&str, &str); 2] = [
         ("x-ratelimit-remaining", "x-ratelimit-reset"),
         ("ratelimit-remaining", "ratelimit-reset"),

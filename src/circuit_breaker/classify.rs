@@ -378,11 +378,7 @@ fn hint(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
     if !matches!(status.as_u16(), 429 | 503) {
         return None;
     }
-    // `Retry-After` first; without one (or with `0`), a spent quota's reset.
-    match crate::retry_after::parse(headers) {
-        Some(after) if !after.is_zero() => Some(after),
-        after => crate::retry_after::rate_limit_reset(headers).or(after),
-    }
+    crate::retry_after::or_rate_limit_reset(crate::retry_after::parse(headers), headers)
 }
 
 /// gRPC's `Retry-After`: the `grpc-retry-pushback-ms` of an overloaded server

@@ -110,7 +110,7 @@
 //! # }
 //! ```
 
-use crate::retry_after::{Pushback, grpc_pushback, rate_limit_reset};
+use crate::retry_after::{Pushback, grpc_pushback, or_rate_limit_reset};
 use std::error::Error;
 use std::fmt;
 use std::sync::Arc;
@@ -1110,10 +1110,7 @@ where
                             || (status == StatusCode::SERVICE_UNAVAILABLE && after.is_some()));
                     // A spent rate-limit quota without a wait in `Retry-After`: trying again
                     // before it is renewed meets the same limit.
-                    let after = after
-                        .filter(|after| !after.is_zero())
-                        .or_else(|| rate_limit_reset(res.headers()))
-                        .or(after);
+                    let after = or_rate_limit_reset(after, res.headers());
                     (after, refused)
                 }
             }
