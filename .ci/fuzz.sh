@@ -3,7 +3,7 @@
 #
 # With a nightly toolchain: cargo-fuzz (installed here if missing) runs each target in fuzz/
 # under libFuzzer for FUZZ_SECONDS (default 20) seconds. Without nightly: the stable
-# arbitrary-bytes harness (tests/signature_fuzz.rs) runs with FUZZ_CASES (default 20000) cases
+# arbitrary-bytes harness (tests/signature/signature_fuzz.rs) runs with FUZZ_CASES (default 20000) cases
 # per property. Not part of .ci/run (it takes minutes); exits non-zero on any crash.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,9 +34,9 @@ else
     export TOWER_WEBHOOK_FUZZ_CASES="${FUZZ_CASES:-20000}"
     # nextest when it is installed; plain `cargo test` on a machine without it.
     if cargo nextest --version >/dev/null 2>&1; then
-        cargo nextest run --all-features --test signature_fuzz
+        cargo nextest run --all-features --test signature -E 'test(/^signature_fuzz::/)'
     else
-        cargo test --all-features --test signature_fuzz
+        cargo test --all-features --test signature -- signature_fuzz::
     fi
     echo "fuzz: ${TOWER_WEBHOOK_FUZZ_CASES} cases per property, no failure"
 fi

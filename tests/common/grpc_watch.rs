@@ -18,7 +18,7 @@ use http::{Request, Response};
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use crate::echo::{Echo, codec};
+use super::echo::{Echo, codec};
 
 pub(crate) const WATCH: &str = "/test.Stream/Watch";
 

@@ -1,0 +1,46 @@
+//! The pr_agent_server example and the other examples, driven as their users run them.
+//!
+//! One test binary per area: each file below is a module of it.
+
+// Several modules include the same shared helpers (`tests/common`) and examples.
+#![allow(clippy::duplicate_mod)]
+
+// Helpers shared by the modules below, compiled once for the whole binary.
+#[path = "../../examples/pr_agent_server/app.rs"]
+#[allow(dead_code)]
+mod app;
+#[path = "../common/child.rs"]
+mod child;
+#[path = "../../examples/common/echo.rs"]
+#[allow(dead_code)]
+mod echo;
+#[path = "../common/pr_agent.rs"]
+#[allow(dead_code)]
+mod harness;
+#[path = "../../examples/hyper_server.rs"]
+#[allow(dead_code)]
+mod hyper_server;
+#[path = "../../examples/load_test.rs"]
+#[allow(dead_code)]
+mod load_test;
+#[path = "../common/logs.rs"]
+mod logs;
+#[path = "../interop/peers.rs"]
+mod peers;
+#[path = "../tunnel/support.rs"]
+mod support;
+#[path = "../../examples/tonic_server.rs"]
+#[allow(dead_code)]
+mod tonic_server;
+
+mod app_review10;
+mod app_review15;
+mod app_review17;
+mod app_review4;
+mod app_review5;
+mod app_review6;
+mod app_review7;
+mod app_review8;
+mod app_review9;
+mod env_not_utf8;
+mod pr_agent_server;

@@ -1,0 +1,43 @@
+//! WebhookErrorLayer: every error and panic becomes a correct HTTP or gRPC answer.
+//!
+//! One test binary per area: each file below is a module of it.
+
+// Several modules include the same shared helpers (`tests/common`) and examples.
+#![allow(clippy::duplicate_mod)]
+
+// Helpers shared by the modules below, compiled once for the whole binary.
+#[path = "../../examples/pr_agent_server/app.rs"]
+#[allow(dead_code)]
+mod app;
+#[path = "../common/axum_serve.rs"]
+mod axum_serve;
+#[path = "../../examples/common/echo.rs"]
+#[allow(dead_code)]
+mod echo;
+#[path = "../common/failing_body.rs"]
+mod failing_body;
+#[path = "../common/github_hook.rs"]
+mod github_hook;
+#[path = "../common/pr_agent.rs"]
+#[allow(dead_code)]
+mod harness;
+#[path = "../common/hyper_one.rs"]
+mod hyper_one;
+#[path = "../common/incoming.rs"]
+mod incoming;
+#[path = "../common/logs.rs"]
+mod logs;
+
+mod err_body;
+mod err_review11;
+mod err_review12;
+mod err_review16;
+mod err_review17;
+mod err_review3;
+mod err_review4;
+mod err_review5;
+mod err_review6;
+mod err_review7;
+mod err_review8;
+mod error_layer;
+mod tower_http_0_7;

@@ -1,0 +1,24 @@
+//! The retry policy, `Retry-After`, and the reqwest integrations.
+//!
+//! One test binary per area: each file below is a module of it.
+
+// Several modules include the same shared helpers (`tests/common`) and examples.
+#![allow(clippy::duplicate_mod)]
+
+// Helpers shared by the modules below, compiled once for the whole binary.
+#[path = "../common/axum_serve.rs"]
+mod axum_serve;
+#[path = "../../examples/common/echo.rs"]
+#[allow(dead_code)]
+mod echo;
+#[path = "../common/incoming.rs"]
+mod incoming;
+
+mod reqwest_0_12;
+mod retry;
+mod retry_after;
+mod retry_review11;
+mod retry_review12;
+mod retry_review14;
+mod retry_review5;
+mod retry_review8;
