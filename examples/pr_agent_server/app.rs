@@ -4,7 +4,7 @@
 //! API on 127.0.0.1.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -3285,6 +3285,18 @@ fn api_request(
     Ok(req)
 }
 
+/// The URL a client on this machine reaches a server listening at `addr` by: a server bound
+/// to every interface (`HOST=0.0.0.0` or `::`) is reached at the loopback address of the same
+/// family, since 0.0.0.0 is no address to send to (some systems refuse to connect to it).
+pub(crate) fn local_url(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
+}
+
 /// What the server prints once it listens at `local` (and `public`, through a tunnel): its
 /// routes, what looks wrong in `settings`, and in development mode the secret it made up and two
 /// commands to try it with. A write that fails (stdout closed: the output piped into `head`,
@@ -3295,7 +3307,15 @@ pub(crate) fn announce(
     local: &str,
     public: Option<&str>,
 ) -> std::io::Result<()> {
-    writeln!(out, "pr_agent_server listening on {local}")?;
+    if settings.addr.ip().is_unspecified() {
+        writeln!(
+            out,
+            "pr_agent_server listening on every interface (HOST={}), here at {local}",
+            settings.addr.ip()
+        )?;
+    } else {
+        writeln!(out, "pr_agent_server listening on {local}")?;
+    }
     writeln!(out, "  GET  {local}/        health")?;
     writeln!(out, "  GET  {local}/status  breakers and counters")?;
     for forge in settings.forges.keys() {

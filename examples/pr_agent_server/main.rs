@@ -200,7 +200,7 @@ async fn run() -> Result<(), tower::BoxError> {
     let signals = StopSignals::listen()?;
     let running = app::start(&settings, app, tunnel, signals.nth(1)).await?;
 
-    let local = format!("http://{}", running.local_addr());
+    let local = app::local_url(running.local_addr());
     // Written to stdout, which may be closed (the output piped into `head`, say): that ends the
     // printing, not the server.
     let public = running.tunnel_url();

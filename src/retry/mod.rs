@@ -4,18 +4,20 @@
 //! the inner service, or a 408, 429, 502, 503 or 504 response), and only when that is safe:
 //!
 //! - **Idempotent requests**, whatever failed: `GET`, `HEAD`, `OPTIONS`, `TRACE`, `PUT`,
-//!   `DELETE`, a request with an `Idempotency-Key` header, or one carrying the [`RetryAllowed`]
-//!   extension; or every request after [`RetryPolicy::retry_non_idempotent`].
+//!   `DELETE`, a request with a (non-empty) `Idempotency-Key` header, or one carrying the
+//!   [`RetryAllowed`] extension; or every request after
+//!   [`RetryPolicy::retry_non_idempotent`].
 //! - **Other requests** (a `POST` that creates a comment) only when the failure shows the
-//!   upstream did not act on them: a 429, a 503 with `Retry-After`, an error raised before the
-//!   request was sent (a refused connection, an unreachable host or network, a reqwest connect
-//!   error, tower's `Overloaded`, anywhere in the error's source chain), or an HTTP/2 stream the
-//!   server refused (`RST_STREAM` with `REFUSED_STREAM`, which RFC 9113 section 8.7 says was not
-//!   processed; reqwest retries it a few times by itself, at once, and the policy after that,
-//!   with its backoff). A timeout, a 502 or 504, a reset connection, or a stream reset for
-//!   another reason may come after the upstream acted, so sending again could act twice; so may
-//!   a GOAWAY, whose error does not tell whether the request's stream was past the last one the
-//!   server took. A refusal counts only as the answer to the request itself: a 429 or
+//!   upstream did not act on them: a 429, a 408 (the server gave up waiting for the rest of
+//!   the request, which RFC 9110 lets a client repeat), a 503 with `Retry-After`, an error
+//!   raised before the request was sent (a refused connection, an unreachable host or network,
+//!   a reqwest connect error, tower's `Overloaded`, anywhere in the error's source chain), or
+//!   an HTTP/2 stream the server refused (`RST_STREAM` with `REFUSED_STREAM`, which RFC 9113
+//!   section 8.7 says was not processed; reqwest retries it a few times by itself, at once, and
+//!   the policy after that, with its backoff). A timeout, a 502 or 504, a reset connection, or
+//!   a stream reset for another reason may come after the upstream acted, so sending again
+//!   could act twice; so may a GOAWAY, whose error does not tell whether the request's stream
+//!   was past the last one the server took. A refusal counts only as the answer to the request itself: a 429, 408 or
 //!   503 that a reqwest client got after following a redirect (its URL is not the request's)
 //!   answers another request, the `GET` of a `303 See Other` the upstream may have sent once it
 //!   acted on a `POST`. An error hides which hop failed, though: a refused connection to the
@@ -34,8 +36,8 @@
 //!   `grpc-retry-pushback-ms` (gRPC's `Retry-After`) is honored like `Retry-After`, and a
 //!   negative or unreadable one, which asks the client not to retry, stops the retries.
 //! - **A reqwest error made from an answer** (`Response::error_for_status`) is read by its
-//!   status, as the response would be: a 404 is not retried, a 429 is retried whatever the
-//!   method. Its headers are gone, so a 503 counts as one without `Retry-After`.
+//!   status, as the response would be: a 404 is not retried, a 429 or 408 is retried whatever
+//!   the method. Its headers are gone, so a 503 counts as one without `Retry-After`.
 //! - **Backoff**: exponential with full jitter (a random delay between 0 and
 //!   `min(cap, base * 2^attempt)`), so clients that failed together do not retry together.
 //! - **`Retry-After`**: when the response carries one (seconds or an HTTP date), the policy
@@ -256,7 +258,10 @@ fn idempotent(method: &Method, headers: &HeaderMap) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    ) || headers.contains_key("idempotency-key")
+    ) || headers
+        .get_all("idempotency-key")
+        .iter()
+        .any(|key| !key.as_bytes().trim_ascii().is_empty())
 }
 
 impl<B: Clone> RetryRequest for http::Request<B> {
@@ -613,6 +618,13 @@ fn answered_grpc_status(err: &(dyn Error + 'static)) -> Option<(u16, Pushback)> 
 #[cfg(not(feature = "tonic"))]
 fn answered_grpc_status(_: &(dyn Error + 'static)) -> Option<(u16, Pushback)> {
     None
+}
+
+/// Whether `status` says, whatever the headers, that the request it answers was not acted on:
+/// 429 (a rate limit turns a request away before it is processed) and 408 (the server gave up
+/// before it had the whole request; RFC 9110, section 15.5.9, lets the client repeat it).
+fn refuses(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT
 }
 
 /// Whether `err` is one the same request meets again whatever the wait: reqwest refusing to
@@ -1106,7 +1118,7 @@ where
                     // followed, another request (the `GET` of a `303 See Other` the upstream
                     // sent once it acted on a `POST`).
                     let refused = !redirected(RetryRequest::url(req), RetryResponse::url(res))
-                        && (status == StatusCode::TOO_MANY_REQUESTS
+                        && (refuses(status)
                             || (status == StatusCode::SERVICE_UNAVAILABLE && after.is_some()));
                     // A spent rate-limit quota without a wait in `Retry-After`: trying again
                     // before it is renewed meets the same limit.
@@ -1126,8 +1138,7 @@ where
                     if !self.is_retryable_status(status) {
                         return None;
                     }
-                    let refused = status == StatusCode::TOO_MANY_REQUESTS
-                        && !redirected(RetryRequest::url(req), answered);
+                    let refused = refuses(status) && !redirected(RetryRequest::url(req), answered);
                     (None, refused)
                 } else {
                     let after = match answered_grpc_status(err) {

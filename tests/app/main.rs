@@ -2,7 +2,7 @@
 //!
 //! One test binary per area: each file below is a module of it.
 
-// Several modules include the same shared helpers (`tests/common`) and examples.
+// The examples each include their own copy of `examples/common/*.rs`.
 #![allow(clippy::duplicate_mod)]
 
 // Helpers shared by the modules below, compiled once for the whole binary.
@@ -33,6 +33,7 @@ mod support;
 #[allow(dead_code)]
 mod tonic_server;
 
+mod app_any_interface;
 mod app_review10;
 mod app_review15;
 mod app_review17;

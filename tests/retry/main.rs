@@ -2,9 +2,6 @@
 //!
 //! One test binary per area: each file below is a module of it.
 
-// Several modules include the same shared helpers (`tests/common`) and examples.
-#![allow(clippy::duplicate_mod)]
-
 // Helpers shared by the modules below, compiled once for the whole binary.
 #[path = "../common/axum_serve.rs"]
 mod axum_serve;
@@ -17,6 +14,7 @@ mod incoming;
 mod reqwest_0_12;
 mod retry;
 mod retry_after;
+mod retry_refusals;
 mod retry_review11;
 mod retry_review12;
 mod retry_review14;

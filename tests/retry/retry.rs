@@ -192,8 +192,9 @@ async fn retries_only_idempotent_or_explicitly_allowed_requests() {
 
 #[tokio::test(start_paused = true)]
 async fn a_request_the_upstream_did_not_act_on_is_sent_again_whatever_its_method() {
-    // Refusals: the upstream did not act on the POST, so sending it again is safe.
-    for refusal in [(429, None), (429, Some("1")), (503, Some("1"))] {
+    // Refusals: the upstream did not act on the POST, so sending it again is safe. A 408 says
+    // the server gave up before it had the whole request.
+    for refusal in [(429, None), (429, Some("1")), (503, Some("1")), (408, None)] {
         let script = Script::new(&[refusal, (201, None)]);
         let res = run(fast(), &script, post()).await.unwrap();
         assert_eq!(
@@ -203,13 +204,7 @@ async fn a_request_the_upstream_did_not_act_on_is_sent_again_whatever_its_method
         );
     }
     // Failures that may come after the upstream acted: the POST is not sent twice.
-    for failure in [
-        (503, None),
-        (502, None),
-        (504, None),
-        (408, None),
-        (0, None),
-    ] {
+    for failure in [(503, None), (502, None), (504, None), (0, None)] {
         let script = Script::new(&[failure, (201, None)]);
         let res = run(fast(), &script, post()).await;
         assert_eq!(script.count(), 1, "{failure:?}");

@@ -2,9 +2,6 @@
 //!
 //! One test binary per area: each file below is a module of it.
 
-// Several modules include the same shared helpers (`tests/common`) and examples.
-#![allow(clippy::duplicate_mod)]
-
 // Helpers shared by the modules below, compiled once for the whole binary.
 #[path = "../common/bore_frames.rs"]
 mod bore_frames;
