@@ -20,8 +20,9 @@ use crate::BoxError;
 /// [`Upstream`], so no local port is needed.
 ///
 /// ngrok's TLS uses rustls's process-wide crypto provider. When none is installed as the
-/// tunnel opens, it installs `aws-lc-rs`'s (rustls cannot choose between the providers this
-/// build holds). An application that installs its own provider must do so before it starts
+/// tunnel opens, it installs `ring`'s, the provider this crate's TLS uses (rustls cannot choose
+/// by itself when the application's build holds another one too, such as reqwest's
+/// `aws-lc-rs`). An application that installs its own provider must do so before it starts
 /// the tunnel: `CryptoProvider::install_default` fails once one is set, and an `.expect()` on it
 /// then panics.
 ///
@@ -265,14 +266,14 @@ impl Provider for Ngrok {
             let shown = Arc::clone(&token);
             let server_addr = self.server_addr.clone();
             let domain = self.domain.clone();
-            // ngrok's TLS asks rustls for the process-wide crypto provider. With this crate's
-            // own https client (`ring`) and ngrok's dependencies (`aws-lc-rs`) both in the build,
-            // rustls cannot pick one by itself: install ngrok's choice unless the application
-            // already installed one.
-            use tokio_rustls::rustls::crypto::{CryptoProvider, aws_lc_rs};
+            // ngrok's TLS asks rustls for the process-wide crypto provider. With `ring` (this
+            // crate's, and ngrok's as this crate builds it) and another provider in the build
+            // (an application's reqwest brings `aws-lc-rs`), rustls cannot pick one by itself:
+            // install `ring`'s unless the application already installed one.
+            use tokio_rustls::rustls::crypto::{CryptoProvider, ring};
             if CryptoProvider::get_default().is_none() {
                 // Losing a race with another install is fine: then a provider is set.
-                let _ = aws_lc_rs::default_provider().install_default();
+                let _ = ring::default_provider().install_default();
             }
             // A task of its own, so that a panic inside the SDK becomes an error of this attempt;
             // aborted when this attempt is dropped (startup timeout), so that a late connect does
