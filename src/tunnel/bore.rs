@@ -19,6 +19,7 @@ use super::Upstream;
 use super::http::{connect, host_for_url, without_user_info};
 use super::io::Rewind;
 use super::provider::{BoxFuture, Provider, Session};
+use super::reclaim::{Held, Memory};
 use super::secret::Secret;
 use crate::BoxError;
 
@@ -52,6 +53,12 @@ const MAX_FRAME: usize = 256;
 const PROBE_SHARE: u32 = 5;
 /// bore servers send a heartbeat every 500 ms; silence this long means the server is gone.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(8);
+/// How long after a session's end a bore server may still hold its public port: bore-cli's
+/// server lets the port go when a heartbeat to the closed control connection fails, which is
+/// the second one after the close (one every 500 ms), so about a second later.
+const PORT_RELEASE: Duration = Duration::from_millis(1_500);
+/// bore-cli's server's refusal of a `Hello` for a port that is bound already.
+const PORT_IN_USE: &str = "port already in use";
 /// The most public connections one bore tunnel proxies at a time.
 ///
 /// Each `Connection` message of the server opens a TCP connection back to it; past this many
@@ -105,6 +112,22 @@ enum ServerMessage {
 /// no port, fails the attempt: its answer is invalid; so does one that assigns another port than
 /// the [`remote_port`](Self::remote_port) asked for.
 ///
+/// When the session ends (the server restarted, the control connection was lost) and
+/// [`TunnelHandle`](super::TunnelHandle) re-opens it, a tunnel that takes any port (no
+/// [`remote_port`](Self::remote_port) set) asks the server for the port it had, so its URL
+/// usually stays the same. When the server refuses it (another client took it meanwhile, or the
+/// server no longer allows it), a new control connection asks for any port, and the new URL is
+/// reported as [`TunnelEvent::UrlChanged`](super::TunnelEvent::UrlChanged). A bore server keeps
+/// a port until it notices that the control connection that had it is gone, about a second
+/// after that connection closed: a port refused as in use that soon after the session ended is
+/// asked for once more 1.5 s after the end (a server still sending heartbeats into a connection
+/// that was lost on the way may keep the port much longer; the tunnel then gets a new one).
+/// Only the ports of tunnels that ended are asked for again: two tunnels open at once through
+/// one `Bore` (or its clones, which share that memory) keep their own ports. A tunnel being
+/// re-opened asks for its own port; a new tunnel may take the port of one that was closed,
+/// never that of one being re-opened, so two tunnels lost together (a server restart) do not
+/// swap URLs. A [`remote_port`](Self::remote_port) set is the port asked for on every open.
+///
 /// # Example
 ///
 /// ```no_run
@@ -129,6 +152,9 @@ pub struct Bore {
     /// sessions of one tunnel share them, so that connections which outlived a lost control
     /// connection still count in the re-opened session.
     places: Arc<Mutex<Vec<Places>>>,
+    /// The public ports of this provider's tunnels that ended, asked for again when a tunnel
+    /// that takes any port re-opens; a port belongs to its tunnel while that is being re-opened.
+    ended: Memory<u16>,
 }
 
 /// The places for [`BORE_MAX_CONNECTIONS`] connections of one tunnel.
@@ -204,6 +230,7 @@ impl Bore {
             remote_port: 0,
             startup_timeout: Duration::from_secs(10),
             places: Arc::default(),
+            ended: Memory::default(),
         }
     }
 
@@ -287,8 +314,9 @@ impl Bore {
         self
     }
 
-    /// Asks for this public port (default 0: any free port). A server that assigns another port
-    /// fails the attempt: the webhook URL registered with the provider names this one.
+    /// Asks for this public port (default 0: any free port, and on a re-open the port the
+    /// tunnel had first, see [`Bore`]). A server that assigns another port fails the attempt:
+    /// the webhook URL registered with the provider names this one.
     ///
     /// # Example
     ///
@@ -324,18 +352,73 @@ impl Bore {
         self
     }
 
-    async fn open_control(&self) -> Result<(Frames, u16), BoxError> {
+    /// Opens the control connection and asks for the public port: first for `reclaimed`, the
+    /// port of a tunnel that ended, when there is one; when the server refuses it (bore-cli's
+    /// server answers with an `Error` and closes the control connection), a new control
+    /// connection asks for [`remote_port`](Self::remote_port), any port.
+    async fn open_control(&self, reclaimed: Option<&Held<u16>>) -> Result<(Frames, u16), BoxError> {
         // Within the startup timeout, all but the part kept for the probe: a slow server is
         // waited for as long as the configuration allows, and one that does not answer in a
         // short startup timeout fails with its own reason before the chain cuts the attempt off.
         let limit = self.startup_timeout - self.startup_timeout / PROBE_SHARE;
         let deadline = super::time::deadline(Instant::now(), limit);
+        if let Some(reclaimed) = reclaimed {
+            let port = *reclaimed.value();
+            match self.ask_again(port, reclaimed.ended_at(), deadline).await? {
+                Hello::Open(control, port) => return Ok((control, port)),
+                Hello::Refused(message) => {
+                    let message = super::error::from_the_network(&message);
+                    tracing::info!(
+                        port,
+                        reason = %message,
+                        "the bore server refused the tunnel's previous port: asking for any port"
+                    );
+                }
+            }
+        }
+        match self.hello(self.remote_port, deadline).await? {
+            Hello::Open(control, port) => Ok((control, port)),
+            Hello::Refused(message) => {
+                let message = super::error::from_the_network(&message);
+                Err(format!("the bore server refused the tunnel: {message}").into())
+            }
+        }
+    }
+
+    /// Asks for `port`, that of a session that ended at `ended`. A bore server lets a port go
+    /// only once it notices that the control connection that had it is gone: a port refused as
+    /// in use within [`PORT_RELEASE`] of the end is asked for once more when that time is over,
+    /// if the deadline leaves time for it.
+    async fn ask_again(
+        &self,
+        port: u16,
+        ended: Option<Instant>,
+        deadline: Option<Instant>,
+    ) -> Result<Hello, BoxError> {
+        let answer = self.hello(port, deadline).await?;
+        if let Hello::Refused(message) = &answer
+            && message == PORT_IN_USE
+            && let Some(released) = ended.and_then(|ended| ended.checked_add(PORT_RELEASE))
+            && Instant::now() < released
+            && !super::time::due_within(deadline, released, PORT_RELEASE)
+        {
+            tracing::debug!(
+                port,
+                "the bore server still holds the tunnel's previous port: asking again once it \
+                 has let the ended session go"
+            );
+            tokio::time::sleep_until(released).await;
+            return self.hello(port, deadline).await;
+        }
+        Ok(answer)
+    }
+
+    /// Opens a control connection and asks for `port` (0: any), before `deadline`.
+    async fn hello(&self, port: u16, deadline: Option<Instant>) -> Result<Hello, BoxError> {
         let stream = connect(&self.server, self.control_port, left(deadline)).await?;
         let mut control = Frames::new(stream);
         handshake(&mut control, self.secret.as_deref(), deadline).await?;
-        control
-            .send(&ClientMessage::Hello(self.remote_port))
-            .await?;
+        control.send(&ClientMessage::Hello(port)).await?;
         let port = match control.recv_until(deadline).await? {
             // Port 0 is no port: `http://host:0` would be a URL nobody can reach.
             Some(ServerMessage::Hello(0)) => {
@@ -345,7 +428,8 @@ impl Bore {
                 );
             }
             // A port asked for is the URL the provider was given: another one would take the
-            // webhooks nowhere the provider sends them.
+            // webhooks nowhere the provider sends them. (A tunnel's previous port is only asked
+            // for: another one is the tunnel's new URL.)
             Some(ServerMessage::Hello(port))
                 if self.remote_port != 0 && port != self.remote_port =>
             {
@@ -356,18 +440,23 @@ impl Bore {
                 .into());
             }
             Some(ServerMessage::Hello(port)) => port,
-            Some(ServerMessage::Error(message)) => {
-                let message = super::error::from_the_network(&message);
-                return Err(format!("the bore server refused the tunnel: {message}").into());
-            }
+            Some(ServerMessage::Error(message)) => return Ok(Hello::Refused(message)),
             Some(ServerMessage::Challenge(_)) => {
                 return Err("the bore server requires a secret: set TUNNEL_SECRET".into());
             }
             Some(other) => return Err(format!("unexpected first message {other:?}").into()),
             None => return Err("the bore server closed the connection".into()),
         };
-        Ok((control, port))
+        Ok(Hello::Open(control, port))
     }
+}
+
+/// A bore server's answer to a `Hello`.
+enum Hello {
+    /// The control connection, and the public port the server assigned.
+    Open(Frames, u16),
+    /// The server's refusal, as it sent it (text from the network).
+    Refused(String),
 }
 
 fn split_host_port(input: &str) -> Option<(String, u16)> {
@@ -402,7 +491,21 @@ impl Provider for Bore {
 
     fn open(&self, upstream: Upstream) -> BoxFuture<'_, Result<Session, BoxError>> {
         Box::pin(async move {
-            let (control, port) = self.open_control().await?;
+            // A tunnel that takes any port asks for the port it had (else that of a closed
+            // tunnel of this provider), taken out so that no other tunnel asks for it at the
+            // same time; put back when this attempt ends without a tunnel, however it ends.
+            let tunnel = upstream.tunnel_scope();
+            let reclaimed = match self.remote_port {
+                0 => self.ended.reclaim(tunnel.as_ref()),
+                _ => None,
+            };
+            let (control, port) = self.open_control(reclaimed.as_ref()).await?;
+            if let Some(reclaimed) = reclaimed {
+                reclaimed.forget();
+            }
+            // From now on the port the server gave is the one to ask for again, also when the
+            // probe fails.
+            let held = (self.remote_port == 0).then(|| self.ended.hold(port, tunnel));
             let url = format!("http://{}:{port}", host_for_url(&self.server));
             let places = places_for(&self.places, &upstream);
             tracing::info!(%url, "bore tunnel open");
@@ -414,6 +517,7 @@ impl Provider for Bore {
                 upstream,
             });
             Ok(Session::spawn(url, move |mut stop| async move {
+                let _port = held;
                 let mut control = control;
                 let mut connections = JoinSet::new();
                 // Reset only by a message from the server: connection tasks that end do not show

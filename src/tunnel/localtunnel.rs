@@ -1,17 +1,16 @@
 //! The localtunnel provider: a native client of the localtunnel server protocol.
 
-use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Deserialize;
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::http::{BaseUrl, connect, get};
 use super::provider::{BoxFuture, Provider, Session};
+use super::reclaim::Memory;
 use super::{TlsRoots, TunnelError, Upstream};
 use crate::BoxError;
 
@@ -107,11 +106,9 @@ pub struct LocalTunnel {
     startup_timeout: Duration,
     trust_registration_ip: bool,
     tls: TlsRoots,
-    /// The subdomains of this provider's tunnels that ended, most recent last, asked for again
-    /// when a tunnel re-opens. A tunnel's name joins them only when its session ends (or its
-    /// start fails after the server gave it), so a second tunnel opened through the same
-    /// provider while the first is up never asks for the first's name.
-    ended: Arc<Mutex<VecDeque<EndedName>>>,
+    /// The subdomains of this provider's tunnels that ended, asked for again when a tunnel
+    /// re-opens; a name belongs to its tunnel while that is being re-opened.
+    ended: Memory<String>,
 }
 
 /// The server's URL, whose `Debug` output shows the values of its query and its fragment (a
@@ -130,96 +127,6 @@ impl std::fmt::Debug for ServerUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Debug::fmt(&self.shown(), f)
     }
-}
-
-/// The subdomain of an ended tunnel, and the tunnel it belongs to.
-#[derive(Debug)]
-struct EndedName {
-    id: String,
-    /// The tunnel whose session had it ([`Upstream::tunnel_scope`]): while that tunnel is being
-    /// re-opened, the name is its own; once it is closed (or for a session of no tunnel), any
-    /// tunnel of this provider may ask for it.
-    owner: Option<watch::Receiver<()>>,
-}
-
-impl EndedName {
-    fn owned_by(&self, tunnel: Option<&watch::Receiver<()>>) -> bool {
-        matches!((&self.owner, tunnel), (Some(owner), Some(tunnel)) if owner.same_channel(tunnel))
-    }
-
-    /// Whether the tunnel it belongs to is over (closed or dropped), or it belongs to none.
-    fn free(&self) -> bool {
-        self.owner
-            .as_ref()
-            .is_none_or(|owner| owner.has_changed().unwrap_or(true))
-    }
-}
-
-/// Takes out the name `tunnel` should ask for again: its own, else the most recent name of a
-/// tunnel that is over. Never the name of another tunnel that is being re-opened, which asks
-/// for it itself.
-fn reclaim(
-    ended: &Mutex<VecDeque<EndedName>>,
-    tunnel: Option<&watch::Receiver<()>>,
-) -> Option<EndedName> {
-    let mut ended = lock(ended);
-    let at = ended
-        .iter()
-        .rposition(|name| name.owned_by(tunnel))
-        .or_else(|| ended.iter().rposition(EndedName::free))?;
-    ended.remove(at)
-}
-
-/// Takes out the name `tunnel` had when it ended, if it has one: it is being re-opened.
-fn reclaim_own(
-    ended: &Mutex<VecDeque<EndedName>>,
-    tunnel: Option<&watch::Receiver<()>>,
-) -> Option<EndedName> {
-    let mut ended = lock(ended);
-    let at = ended.iter().rposition(|name| name.owned_by(tunnel))?;
-    ended.remove(at)
-}
-
-/// How many subdomains of ended tunnels a [`LocalTunnel`] remembers.
-const REMEMBERED_NAMES: usize = 8;
-
-/// A subdomain to be asked for again once its holder is dropped: the name of an open tunnel,
-/// remembered as ended when its session ends, whichever way; or the name of an ended tunnel,
-/// taken out for one registration and put back unless a tunnel opened (a registration that
-/// failed, or was dropped at the startup timeout or a close, does not forget it).
-struct OpenName {
-    ended: Arc<Mutex<VecDeque<EndedName>>>,
-    name: Option<EndedName>,
-}
-
-impl OpenName {
-    fn name(&self) -> Option<&str> {
-        self.name.as_ref().map(|name| name.id.as_str())
-    }
-
-    /// Lets go of the name without remembering it.
-    fn forget(mut self) {
-        self.name = None;
-    }
-}
-
-impl Drop for OpenName {
-    fn drop(&mut self) {
-        let Some(name) = self.name.take() else {
-            return;
-        };
-        let mut ended = lock(&self.ended);
-        if ended.len() >= REMEMBERED_NAMES {
-            ended.pop_front();
-        }
-        ended.push_back(name);
-    }
-}
-
-fn lock(ended: &Mutex<VecDeque<EndedName>>) -> std::sync::MutexGuard<'_, VecDeque<EndedName>> {
-    ended
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Default for LocalTunnel {
@@ -250,7 +157,7 @@ impl LocalTunnel {
             startup_timeout: Duration::from_secs(10),
             trust_registration_ip: false,
             tls: TlsRoots::new(),
-            ended: Arc::default(),
+            ended: Memory::default(),
         }
     }
 
@@ -657,12 +564,9 @@ impl Provider for LocalTunnel {
             let tunnel = upstream.tunnel_scope();
             // With a configured subdomain, only the tunnel's own last name: it marks a re-open,
             // where a refused subdomain falls back to it rather than failing for ever.
-            let reclaimed = OpenName {
-                ended: Arc::clone(&self.ended),
-                name: match self.subdomain {
-                    Some(_) => reclaim_own(&self.ended, tunnel.as_ref()),
-                    None => reclaim(&self.ended, tunnel.as_ref()),
-                },
+            let reclaimed = match self.subdomain {
+                Some(_) => self.ended.reclaim_own(tunnel.as_ref()),
+                None => self.ended.reclaim(tunnel.as_ref()),
             };
             // The registration may take the startup timeout but the time kept for the first
             // pooled connection: a slow server is waited for, and one that never answers still
@@ -672,7 +576,8 @@ impl Provider for LocalTunnel {
             let kept = pool_connect.min(self.startup_timeout / 2);
             let limit = self.startup_timeout - kept;
             let deadline = super::time::deadline(Instant::now(), limit);
-            let registration = self.register(&base, reclaimed.name(), deadline).await?;
+            let reclaimed_name = reclaimed.as_ref().map(|name| name.value().as_str());
+            let registration = self.register(&base, reclaimed_name, deadline).await?;
             let (Some(id), Some(port), Some(url)) =
                 (registration.id, registration.port, registration.url)
             else {
@@ -681,14 +586,10 @@ impl Provider for LocalTunnel {
             // From now on the name the server gave is the one to ask for again, also when the
             // first connection below fails; unless it is no subdomain (text from the network
             // that no request path may hold), which would fail every re-open.
-            reclaimed.forget();
-            let name = OpenName {
-                ended: Arc::clone(&self.ended),
-                name: is_label(&id).then(|| EndedName {
-                    id: id.clone(),
-                    owner: tunnel,
-                }),
-            };
+            if let Some(reclaimed) = reclaimed {
+                reclaimed.forget();
+            }
+            let name = is_label(&id).then(|| self.ended.hold(id.clone(), tunnel));
             // Text from the network: the tunnel's URL only if it is an http(s) URL with a host
             // (which has no control characters), never raw in an error or a log line.
             if !is_http_url(&url) {

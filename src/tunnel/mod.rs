@@ -63,6 +63,7 @@ mod localtunnel;
 #[cfg(feature = "ngrok")]
 mod ngrok;
 mod provider;
+mod reclaim;
 mod secret;
 mod server;
 mod time;

@@ -22,6 +22,7 @@ mod tun_review10;
 mod tun_review12;
 mod tun_review14;
 mod tun_review15;
+mod tun_review16;
 mod tun_review3;
 mod tun_review4;
 mod tun_review5;

@@ -246,6 +246,34 @@ pub async fn start_bore_server(
     }
 }
 
+/// A TCP relay in front of a bore server's control port that can cut the first connection it
+/// relayed (the control connection) and leave the others alone.
+pub async fn relay_to(ip: Ipv4Addr) -> (u16, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (cut, mut cut_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut client, _)) = listener.accept().await {
+            let mut server = tokio::net::TcpStream::connect((ip, 7835)).await.unwrap();
+            if std::mem::take(&mut first) {
+                let cut_rx = std::mem::replace(&mut cut_rx, tokio::sync::oneshot::channel().1);
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut_rx => {} // both sockets are dropped here
+                    }
+                });
+            } else {
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+            }
+        }
+    });
+    (port, cut)
+}
+
 /// The folder with the npm peers installed by `.ci/tunnel.sh`, or `None` (test skipped) when it
 /// is absent; with `TOWER_WEBHOOK_REQUIRE_INTEROP=1` a missing folder fails the test instead.
 pub fn node_modules(test: &str) -> Option<PathBuf> {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use support::{BoreServer, get_url, hello_service, serve_locally};
+use support::{BoreServer, get_url, hello_service, relay_to, serve_locally};
 use tower_webhook::tunnel::{
     Bore, Server, Tunnel, TunnelError, TunnelEvent, TunnelEvents, Upstream,
 };
@@ -287,34 +287,6 @@ async fn without_reconnect_a_dropped_tunnel_stays_down() {
         events.next().await,
         Some(TunnelEvent::Closed { .. })
     ));
-}
-
-/// A TCP relay in front of a bore server's control port that can cut the first connection it
-/// relayed (the control connection) and leave the others alone.
-async fn relay_to(ip: Ipv4Addr) -> (u16, tokio::sync::oneshot::Sender<()>) {
-    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (cut, mut cut_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let mut first = true;
-        while let Ok((mut client, _)) = listener.accept().await {
-            let mut server = tokio::net::TcpStream::connect((ip, 7835)).await.unwrap();
-            if std::mem::take(&mut first) {
-                let cut_rx = std::mem::replace(&mut cut_rx, tokio::sync::oneshot::channel().1);
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cut_rx => {} // both sockets are dropped here
-                    }
-                });
-            } else {
-                tokio::spawn(async move {
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                });
-            }
-        }
-    });
-    (port, cut)
 }
 
 #[tokio::test]
