@@ -17,6 +17,11 @@ impl Logs {
     pub(crate) fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
         let logs = Self::default();
         let guard = tracing::subscriber::set_default(logs.subscriber());
+        // A callsite first reached on another thread while this subscriber was being set (the
+        // tests of a binary run in parallel) can stay cached as disabled: its interest
+        // was computed before this subscriber existed, and stored after the cache was rebuilt
+        // for it. Rebuilt once more, every callsite known by now sees this subscriber.
+        tracing::callsite::rebuild_interest_cache();
         (logs, guard)
     }
 
