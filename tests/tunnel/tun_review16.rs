@@ -41,6 +41,20 @@ async fn next_event(events: &mut TunnelEvents) -> TunnelEvent {
         .expect("the tunnel closed")
 }
 
+/// Waits for the tunnel's next event, which must be `Up` at `url` again: the re-opened tunnel got
+/// its port back.
+async fn back_at(url: &str, events: &mut TunnelEvents) {
+    assert_eq!(
+        next_event(events).await,
+        TunnelEvent::Up {
+            provider: "bore".into(),
+            url: url.to_owned(),
+            verified: true,
+        },
+        "the re-opened tunnel did not get its port back"
+    );
+}
+
 /// Waits for the `Down` event of `events`.
 async fn down(events: &mut TunnelEvents) {
     let down = next_event(events).await;
@@ -88,16 +102,7 @@ async fn a_bore_tunnel_re_opened_after_a_server_restart_keeps_its_url() {
     kill(&mut server, &[&url]).await;
     down(&mut events).await;
     let _server = BoreServer::start(ip, None).await;
-    let back = next_event(&mut events).await;
-    assert_eq!(
-        back,
-        TunnelEvent::Up {
-            provider: "bore".into(),
-            url: url.clone(),
-            verified: true,
-        },
-        "the re-opened tunnel did not get its port back"
-    );
+    back_at(&url, &mut events).await;
     reaches(&url, "/after", &calls).await;
     handle.close().await;
 }
@@ -120,16 +125,7 @@ async fn a_bore_tunnel_whose_control_connection_is_cut_comes_back_at_its_url() {
 
     cut.send(()).unwrap();
     down(&mut events).await;
-    let back = next_event(&mut events).await;
-    assert_eq!(
-        back,
-        TunnelEvent::Up {
-            provider: "bore".into(),
-            url: url.clone(),
-            verified: true,
-        },
-        "the re-opened tunnel did not get its port back"
-    );
+    back_at(&url, &mut events).await;
     reaches(&url, "/after-the-cut", &calls).await;
     handle.close().await;
 }
