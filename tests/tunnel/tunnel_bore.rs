@@ -124,8 +124,11 @@ async fn a_secret_for_a_server_without_one_is_reported() {
     );
 }
 
+/// A killed server ends the session (`Down`); the tunnel re-opens once a server is back: at its
+/// old URL when the new server gives it its port again (`tun_review16` checks that it does),
+/// else at a new one told as `UrlChanged`.
 #[tokio::test]
-async fn server_killed_gives_down_then_reopens_with_a_new_url() {
+async fn server_killed_gives_down_then_reopens_once_a_server_is_back() {
     let ip = Ipv4Addr::new(127, 0, 0, 6);
     let mut server = BoreServer::start(ip, None).await;
     let handle = Tunnel::builder()
