@@ -10,6 +10,9 @@
 //! Run: `cargo bench --all-features --bench tunnel -- --warm-up-time 1 --measurement-time 3`.
 #![allow(missing_docs, unreachable_pub)]
 
+#[path = "../tests/common/logs.rs"]
+#[allow(dead_code)]
+mod logs;
 #[path = "../tests/tunnel/support.rs"]
 mod support;
 

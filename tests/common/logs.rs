@@ -1,6 +1,22 @@
 //! Log output captured in memory, for tests that check what the crate logs.
+//!
+//! The tests of a binary run in parallel, and tracing caches, per callsite, whether any
+//! subscriber wants its events. A test's own subscriber (set for its thread by
+//! [`Logs::capture`]) is not asked when a callsite is first reached on another thread, or when
+//! it is the only subscriber alive: tracing then asks that thread's subscriber (none), caches
+//! "never", and the test's subscriber misses the event. So before any capture, the binary gets
+//! a global subscriber that wants every callsite, always asking again at each event: the
+//! cached answer is never "never", and the subscriber of the thread the event happens on
+//! decides. It writes nothing unless a test reads [`Logs::global`].
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use tracing::level_filters::LevelFilter;
+use tracing::span::{Attributes, Id, Record};
+use tracing::subscriber::Interest;
+use tracing::{Event, Metadata, Subscriber};
+use tracing_core::span::Current;
 
 /// Captured log output.
 #[derive(Clone, Default)]
@@ -16,13 +32,18 @@ impl Logs {
     #[allow(dead_code)] // not every test file captures this way
     pub(crate) fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
         let logs = Self::default();
-        let guard = tracing::subscriber::set_default(logs.subscriber());
-        // A callsite first reached on another thread while this subscriber was being set (the
-        // tests of a binary run in parallel) can stay cached as disabled: its interest
-        // was computed before this subscriber existed, and stored after the cache was rebuilt
-        // for it. Rebuilt once more, every callsite known by now sees this subscriber.
-        tracing::callsite::rebuild_interest_cache();
+        let guard = set_default(logs.subscriber());
         (logs, guard)
+    }
+
+    /// The INFO and higher lines of every thread of this test binary that no subscriber of
+    /// its own captures, from the first call on. Tests pick out their own lines by what is
+    /// unique to them.
+    #[allow(dead_code)] // not every test binary reads the global log
+    pub(crate) fn global() -> Self {
+        let global = install();
+        global.writing.store(true, Ordering::Release);
+        global.logs.clone()
     }
 
     /// A subscriber that writes every level, without colours, here.
@@ -52,5 +73,107 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
 
     fn make_writer(&'a self) -> Self::Writer {
         self.clone()
+    }
+}
+
+/// Sets `subscriber` as this thread's until the guard is dropped, after the binary's global
+/// subscriber (see the module's documentation).
+#[allow(dead_code)] // not every test binary sets its own subscriber
+pub(crate) fn set_default(
+    subscriber: impl Subscriber + Send + Sync + 'static,
+) -> tracing::subscriber::DefaultGuard {
+    install();
+    let guard = tracing::subscriber::set_default(subscriber);
+    // A callsite reached for the first time on another thread while the global subscriber
+    // was being installed may have been cached with the answer of no subscriber at all.
+    tracing::callsite::rebuild_interest_cache();
+    guard
+}
+
+/// The binary's global subscriber, installed on first use.
+fn install() -> &'static Global {
+    static GLOBAL: OnceLock<&'static Global> = OnceLock::new();
+    GLOBAL.get_or_init(|| {
+        let logs = Logs::default();
+        let global: &'static Global = Box::leak(Box::new(Global {
+            writing: AtomicBool::new(false),
+            logs: logs.clone(),
+        }));
+        let fmt = tracing_subscriber::fmt()
+            .with_writer(logs)
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        tracing::subscriber::set_global_default(Wants { global, fmt })
+            .expect("no other global subscriber in a binary that captures logs");
+        global
+    })
+}
+
+/// What the global subscriber shares with [`Logs::global`].
+struct Global {
+    /// Whether a test reads the global log: until then, the global subscriber writes nothing.
+    writing: AtomicBool,
+    logs: Logs,
+}
+
+/// The global subscriber: wants every callsite, and writes to [`Logs::global`] once read.
+struct Wants<S> {
+    global: &'static Global,
+    fmt: S,
+}
+
+impl<S: Subscriber> Subscriber for Wants<S> {
+    fn register_callsite(&self, _: &'static Metadata<'static>) -> Interest {
+        // Asked again at each event, of the subscriber of the thread the event happens on.
+        Interest::sometimes()
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(LevelFilter::TRACE)
+    }
+
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        self.global.writing.load(Ordering::Acquire) && self.fmt.enabled(metadata)
+    }
+
+    fn new_span(&self, span: &Attributes<'_>) -> Id {
+        self.fmt.new_span(span)
+    }
+
+    fn record(&self, span: &Id, values: &Record<'_>) {
+        self.fmt.record(span, values)
+    }
+
+    fn record_follows_from(&self, span: &Id, follows: &Id) {
+        self.fmt.record_follows_from(span, follows)
+    }
+
+    fn event_enabled(&self, event: &Event<'_>) -> bool {
+        self.fmt.event_enabled(event)
+    }
+
+    fn event(&self, event: &Event<'_>) {
+        self.fmt.event(event)
+    }
+
+    fn enter(&self, span: &Id) {
+        self.fmt.enter(span)
+    }
+
+    fn exit(&self, span: &Id) {
+        self.fmt.exit(span)
+    }
+
+    fn clone_span(&self, id: &Id) -> Id {
+        self.fmt.clone_span(id)
+    }
+
+    fn try_close(&self, id: Id) -> bool {
+        self.fmt.try_close(id)
+    }
+
+    fn current_span(&self) -> Current {
+        self.fmt.current_span()
     }
 }

@@ -1063,19 +1063,34 @@ async fn a_future_that_panics_again_when_dropped_is_still_answered_500() {
 
 mod logging {
     use super::*;
+    use crate::logs::Logs;
+
+    /// Whether a line captured so far contains `text`.
+    fn logs_contain(logs: &Logs, text: &str) -> bool {
+        logs.text().lines().any(|line| line.contains(text))
+    }
+
+    /// Checks the lines captured so far.
+    fn logs_assert(logs: &Logs, check: impl FnOnce(&[&str]) -> Result<(), String>) {
+        let text = logs.text();
+        let lines: Vec<&str> = text.lines().collect();
+        if let Err(why) = check(&lines) {
+            panic!("{why}");
+        }
+    }
 
     /// A challenge that cannot be a header (a line break in it) is left out, never injected,
     /// and the mistake is logged; so is an error that reports a status below 400.
     #[tokio::test]
-    #[tracing_test::traced_test]
     async fn mistakes_of_the_server_itself_are_logged() {
+        let (logs, _guard) = Logs::capture();
         let problem =
             Problem::new(StatusCode::UNAUTHORIZED).with_challenge("Bearer\r\nSet-Cookie: x=1");
         let res = answer_error(WebhookErrorLayer::new(), http_req(), problem.into()).await;
         assert_eq!(res.status(), 401);
         assert!(res.headers().get("www-authenticate").is_none());
         assert!(res.headers().get("set-cookie").is_none());
-        assert!(logs_contain("challenge is not a valid header value"));
+        assert!(logs_contain(&logs, "challenge is not a valid header value"));
 
         let res = answer_error(
             WebhookErrorLayer::new(),
@@ -1084,14 +1099,14 @@ mod logging {
         )
         .await;
         assert_eq!(res.status(), 500);
-        assert!(logs_contain("not an error status"));
+        assert!(logs_contain(&logs, "not an error status"));
     }
 
     /// A challenge that cannot be a header is logged once per response: not once by the
     /// renderer and again by the layer, nor again by an outer layer.
     #[tokio::test]
-    #[tracing_test::traced_test]
     async fn a_bad_challenge_is_logged_once_per_response() {
+        let (logs, _guard) = Logs::capture();
         let problem =
             || Problem::new(StatusCode::UNAUTHORIZED).with_challenge("Bearer\r\nSet-Cookie: x=1");
         let res = answer_error(WebhookErrorLayer::new(), http_req(), problem().into()).await;
@@ -1114,7 +1129,7 @@ mod logging {
         let unauthorized = Problem::new(StatusCode::UNAUTHORIZED).into();
         let res = answer_error(layer, http_req(), unauthorized).await;
         assert!(res.headers().get("www-authenticate").is_none());
-        logs_assert(|lines: &[&str]| {
+        logs_assert(&logs, |lines: &[&str]| {
             match lines
                 .iter()
                 .filter(|l| l.contains("challenge is not a valid header value"))
@@ -1127,8 +1142,8 @@ mod logging {
     }
 
     #[tokio::test]
-    #[tracing_test::traced_test]
     async fn panic_message_goes_to_the_log_not_the_client() {
+        let (logs, _guard) = Logs::capture();
         let svc = ServiceBuilder::new()
             .layer(WebhookErrorLayer::new())
             .service_fn(|_req: Request<Full<Bytes>>| async {
@@ -1140,13 +1155,13 @@ mod logging {
         let res = svc.oneshot(http_req()).await.unwrap();
         let body = res.into_body().collect().await.unwrap().to_bytes();
         assert!(!String::from_utf8_lossy(&body).contains("widget"));
-        assert!(logs_contain("widget 42 exploded"));
-        assert!(logs_contain("ERROR"));
+        assert!(logs_contain(&logs, "widget 42 exploded"));
+        assert!(logs_contain(&logs, "ERROR"));
     }
 
     #[tokio::test]
-    #[tracing_test::traced_test]
     async fn each_error_is_logged_once_at_its_level() {
+        let (logs, _guard) = Logs::capture();
         let rejected = answer_error(
             WebhookErrorLayer::new(),
             http_req(),
@@ -1157,7 +1172,7 @@ mod logging {
         let failed =
             answer_error(WebhookErrorLayer::new(), http_req(), "storage down".into()).await;
         assert_eq!(failed.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        logs_assert(|lines: &[&str]| {
+        logs_assert(&logs, |lines: &[&str]| {
             let rejected: Vec<_> = lines
                 .iter()
                 .filter(|l| l.contains("request rejected"))
@@ -1183,8 +1198,8 @@ mod logging {
     /// A handler's problem has no error chain: its detail (meant for the client) is the reason
     /// the log gives.
     #[tokio::test]
-    #[tracing_test::traced_test]
     async fn a_handlers_problem_is_logged_with_its_detail() {
+        let (logs, _guard) = Logs::capture();
         let svc = ServiceBuilder::new()
             .layer(WebhookErrorLayer::new())
             .service_fn(|_req: Request<Full<Bytes>>| async {
@@ -1196,7 +1211,7 @@ mod logging {
             });
         let res = svc.oneshot(http_req()).await.unwrap();
         assert_eq!(res.status(), 503);
-        logs_assert(|lines: &[&str]| {
+        logs_assert(&logs, |lines: &[&str]| {
             match lines
                 .iter()
                 .filter(|l| l.contains("request failed"))
@@ -1212,8 +1227,8 @@ mod logging {
     /// A layer per route and one for the whole app: the outer layer sees the problem the inner
     /// one rendered and must not log it again.
     #[tokio::test]
-    #[tracing_test::traced_test]
     async fn nested_layers_log_each_error_once() {
+        let (logs, _guard) = Logs::capture();
         let svc = ServiceBuilder::new()
             .layer(WebhookErrorLayer::new())
             .layer(WebhookErrorLayer::new())
@@ -1233,7 +1248,7 @@ mod logging {
         let (status, _, json) = problem_of(svc.oneshot(req).await.unwrap()).await;
         assert_eq!(status, 500);
         assert_eq!(json["type"], types::PANIC);
-        logs_assert(|lines: &[&str]| {
+        logs_assert(&logs, |lines: &[&str]| {
             let failed = lines
                 .iter()
                 .filter(|l| l.contains("request failed"))

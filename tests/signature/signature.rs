@@ -1909,13 +1909,7 @@ fn secrets_never_appear_in_debug_output() {
 
 #[tokio::test]
 async fn reason_goes_to_the_log_once_not_to_the_client() {
-    let logs = Logs::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(logs.clone())
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = Logs::capture();
     let layer = SignatureLayer::github("hunter2-log-secret").unwrap();
     let seen = Seen::default();
     let out = send(

@@ -625,43 +625,9 @@ pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> boo
     check()
 }
 
-/// Captures the log lines of this test binary. The subscriber is global (a thread-local one
-/// loses events when tests on other threads cache callsite interest first); tests pick out
-/// their own lines by what is unique to them.
-#[derive(Clone, Default)]
-pub struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    pub fn global() -> Logs {
-        static LOGS: std::sync::OnceLock<Logs> = std::sync::OnceLock::new();
-        LOGS.get_or_init(|| {
-            let logs = Logs::default();
-            let writer = logs.clone();
-            tracing_subscriber::fmt()
-                .with_writer(move || writer.clone())
-                .with_ansi(false)
-                .with_max_level(tracing::Level::INFO)
-                .try_init()
-                .expect("no other global subscriber");
-            logs
-        })
-        .clone()
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
+/// The log lines of this test binary: see `Logs::global`.
+#[allow(unused_imports)] // the tunnel bench shares this file, and reads no log
+pub(crate) use crate::logs::Logs;
 
 /// Stops a server started with `Server::spawn` and waits until it is done, checking that it
 /// waited through its 10 s drain (a request that never finishes holds it).
