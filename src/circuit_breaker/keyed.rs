@@ -1,5 +1,6 @@
 //! One breaker per key (per host, per repository) behind one layer.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
@@ -444,7 +445,8 @@ impl<K> fmt::Debug for KeyedCircuitBreakerHandle<K> {
 }
 
 impl<K: Hash + Eq + Clone> KeyedCircuitBreakerHandle<K> {
-    /// The handle of `key`'s breaker, if it exists.
+    /// The handle of `key`'s breaker, if it exists. The key may be given in any borrowed form
+    /// of `K`, as for a `HashMap`: a `&str` for `String` keys.
     ///
     /// # Example
     ///
@@ -453,20 +455,28 @@ impl<K: Hash + Eq + Clone> KeyedCircuitBreakerHandle<K> {
     /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitState, KeyedCircuitBreakerLayer};
     ///
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let per_host = |req: &(&'static str, u16)| req.0;
+    /// // One breaker per host, keyed by an owned `String`.
+    /// let per_host = |req: &http::Request<()>| req.uri().host().unwrap_or_default().to_owned();
     /// let (layer, handle) = KeyedCircuitBreakerLayer::pair(CircuitBreakerConfig::default(), 64, per_host).unwrap();
-    /// # let mut svc = ServiceBuilder::new().layer(layer).service_fn(|(_host, status): (&'static str, u16)| async move {
-    /// #     Ok::<_, BoxError>(http::Response::builder().status(status).body(()).unwrap())
+    /// # let mut svc = ServiceBuilder::new().layer(layer).service_fn(|_: http::Request<()>| async move {
+    /// #     Ok::<_, BoxError>(http::Response::new(()))
     /// # });
-    /// svc.ready().await.unwrap().call(("api.github.com", 200)).await.unwrap();
+    /// let call = http::Request::get("https://api.github.com/repos/o/r").body(()).unwrap();
+    /// svc.ready().await.unwrap().call(call).await.unwrap();
     ///
-    /// let github = handle.get(&"api.github.com").unwrap();
+    /// let github = handle.get("api.github.com").unwrap();
     /// assert_eq!(github.name(), "default/api.github.com");
     /// assert_eq!(github.state(), CircuitState::Closed);
-    /// assert!(handle.get(&"bitbucket.org").is_none());
+    /// assert!(handle.get("bitbucket.org").is_none());
+    /// // The owned form works too.
+    /// assert!(handle.get(&String::from("api.github.com")).is_some());
     /// # }
     /// ```
-    pub fn get(&self, key: &K) -> Option<CircuitBreakerHandle> {
+    pub fn get<Q>(&self, key: &Q) -> Option<CircuitBreakerHandle>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let map = self.shared.map.read().unwrap_or_else(|p| p.into_inner());
         map.get(key).map(|core| CircuitBreakerHandle {
             core: Breaker::adopt(Arc::clone(core)),
