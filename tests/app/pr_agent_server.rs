@@ -3809,7 +3809,7 @@ fn max_concurrent_deliveries_is_checked() {
 }
 
 // =============================================================================================
-// Third review: redirects of a provider API, and keys set in the wrong variable.
+// Redirects of a provider API, and keys set in the wrong variable.
 // =============================================================================================
 
 /// A request a redirecting fake API received: method, path, headers.

@@ -1,9 +1,9 @@
 //! A server-streaming gRPC method, written by hand: `test.Stream/Watch`, for the tests of
-//! `RecordDelivery::AfterSuccess` on streamed gRPC answers (`sig_review14`, `sig_review15`).
-//! `"ok"` sends `"one"` and `"two"` and ends (`grpc-status: 0`); `"fail"` sends `"one"`, then
-//! fails with `Internal` (13); `"hang"` sends `"one"`, then waits forever and says when its
-//! stream is dropped. Its test crate has the `echo` module at its root. [`Server`] is what
-//! those tests' servers report.
+//! `RecordDelivery::AfterSuccess` on streamed gRPC answers (`sig_grpc_trailers`,
+//! `sig_grpc_web_trailers`). `"ok"` sends `"one"` and `"two"` and ends (`grpc-status: 0`); `"fail"`
+//! sends `"one"`, then fails with `Internal` (13); `"hang"` sends `"one"`, then waits forever and
+//! says when its stream is dropped. Its test crate has the `echo` module at its root. [`Server`] is
+//! what those tests' servers report.
 
 use std::convert::Infallible;
 use std::future::Future;

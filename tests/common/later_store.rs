@@ -1,5 +1,5 @@
 //! A replay store whose every answer comes later, for the tests of settling a delivery id at
-//! the end of a gRPC body (`sig_review14`, `sig_review15`).
+//! the end of a gRPC body (`sig_grpc_trailers`, `sig_grpc_web_trailers`).
 
 use std::future::Future;
 use std::pin::Pin;

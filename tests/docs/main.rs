@@ -4,9 +4,9 @@
 
 // Helpers shared by the modules below, compiled once for the whole binary.
 
-mod doc_review13;
-mod doc_review14;
-mod doc_review15;
-mod doc_review3;
-mod doc_review4;
-mod doc_review5;
+mod documented_defaults;
+mod documented_statuses;
+mod documented_versions;
+mod feature_gated_examples;
+mod readme_server;
+mod refusal_messages;

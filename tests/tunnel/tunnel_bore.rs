@@ -125,7 +125,7 @@ async fn a_secret_for_a_server_without_one_is_reported() {
 }
 
 /// A killed server ends the session (`Down`); the tunnel re-opens once a server is back: at its
-/// old URL when the new server gives it its port again (`tun_review16` checks that it does),
+/// old URL when the new server gives it its port again (`bore_reopen` checks that it does),
 /// else at a new one told as `UrlChanged`.
 #[tokio::test]
 async fn server_killed_gives_down_then_reopens_once_a_server_is_back() {

@@ -1,0 +1,255 @@
+//! WebhookErrorLayer: what a gRPC caller is told of a `tonic::Status`, and errors that panic when
+//! dropped.
+
+use crate::axum_serve;
+use crate::logs;
+
+use crate::echo;
+use crate::incoming;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use logs::Logs;
+use tower::{BoxError, ServiceBuilder, ServiceExt};
+use tower_webhook::error::{Problem, WebhookErrorLayer};
+
+/// Every test here logs through its own subscriber (see `err_panics_outside_handler.rs` for why).
+fn capture_logs() -> (Logs, tracing::subscriber::DefaultGuard) {
+    Logs::capture()
+}
+
+// ---------------------------------------------------------------------------------------------
+// A tonic::Status's details and metadata
+
+/// Serves `EchoService` on a loopback port behind `WebhookErrorLayer` and a filter that refuses
+/// every call with `refuse()`; returns the result of one unary call from a real tonic client.
+async fn call_refused_with(refuse: fn() -> tonic::Status) -> tonic::Status {
+    use echo::{Echo, EchoService};
+
+    let (addr, incoming) = incoming::loopback().await;
+    let server = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .layer(WebhookErrorLayer::new())
+            .layer(tower::filter::FilterLayer::new(
+                move |_req: Request<tonic::body::Body>| {
+                    Err::<Request<tonic::body::Body>, BoxError>(refuse().into())
+                },
+            ))
+            .add_service(EchoService)
+            .serve_with_incoming(incoming)
+            .await
+            .unwrap();
+    });
+
+    let request = tonic::Request::new(Echo {
+        message: "hello".to_owned(),
+    });
+    let status = echo::say(addr, request).await.unwrap_err();
+    server.abort();
+    status
+}
+
+/// The rich error details (`google.rpc.Status`, sent as `grpc-status-details-bin`) and the
+/// custom metadata of a client error are what its author wrote for the client, and what a
+/// tonic server sends for the same `Status`: the layer dropped both, so a client lost the
+/// field violations of an `InvalidArgument`.
+#[tokio::test]
+async fn a_tonic_client_gets_the_details_and_metadata_of_a_client_error_status() {
+    let (_logs, _guard) = capture_logs();
+    fn invalid() -> tonic::Status {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        metadata.insert("x-invalid-field", "repository".parse().unwrap());
+        metadata.insert_bin(
+            "x-trace-bin",
+            tonic::metadata::MetadataValue::from_bytes(&[0, 1, 2, 255]),
+        );
+        tonic::Status::with_details_and_metadata(
+            tonic::Code::InvalidArgument,
+            "repository is required",
+            Bytes::from_static(b"\x08\x03\x12\x16repository is required"),
+            metadata,
+        )
+    }
+    let status = call_refused_with(invalid).await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert_eq!(status.message(), "repository is required");
+    assert_eq!(
+        status.details(),
+        b"\x08\x03\x12\x16repository is required",
+        "the details reach the client"
+    );
+    assert_eq!(
+        status.metadata().get("x-invalid-field").unwrap(),
+        "repository"
+    );
+    assert_eq!(
+        status
+            .metadata()
+            .get_bin("x-trace-bin")
+            .unwrap()
+            .to_bytes()
+            .unwrap(),
+        &[0, 1, 2, 255][..]
+    );
+}
+
+/// A server error's message is not passed on (it may describe internals), nor are its details
+/// (a `DebugInfo` carries a stack trace) or metadata.
+#[tokio::test]
+async fn a_server_error_status_keeps_its_details_and_metadata_to_itself() {
+    let (_logs, _guard) = capture_logs();
+    fn internal() -> tonic::Status {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        metadata.insert("x-upstream-host", "db-7.internal".parse().unwrap());
+        tonic::Status::with_details_and_metadata(
+            tonic::Code::Internal,
+            "connection refused by db-7.internal",
+            Bytes::from_static(b"stack trace"),
+            metadata,
+        )
+    }
+    let status = call_refused_with(internal).await;
+    assert_eq!(status.code(), tonic::Code::Internal);
+    assert!(!status.message().contains("db-7"));
+    assert!(status.details().is_empty());
+    assert!(status.metadata().get("x-upstream-host").is_none());
+}
+
+/// The metadata cannot replace what the layer answers: the code, the message, the content
+/// type, the wait; nor does an HTTP caller get gRPC metadata as headers.
+#[tokio::test]
+async fn a_status_metadata_does_not_replace_the_answer_s_own_headers() {
+    let (_logs, _guard) = capture_logs();
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .service_fn(|_req: Request<Full<Bytes>>| async {
+            let mut status = tonic::Status::not_found("no such installation");
+            let metadata = status.metadata_mut();
+            metadata.insert("grpc-status", "0".parse().unwrap());
+            metadata.insert("grpc-message", "all good".parse().unwrap());
+            metadata.insert("content-type", "text/html".parse().unwrap());
+            metadata.insert("connection", "keep-alive".parse().unwrap());
+            metadata.insert("x-installation", "42".parse().unwrap());
+            Err::<Response<Full<Bytes>>, BoxError>(status.into())
+        });
+    let grpc = Request::post("/test.Echo/Say")
+        .header("content-type", "application/grpc-web+proto")
+        .body(Full::default())
+        .unwrap();
+    let res = svc.clone().oneshot(grpc).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let headers = res.headers();
+    assert_eq!(headers.get_all("grpc-status").iter().count(), 1);
+    assert_eq!(headers["grpc-status"], "5");
+    assert_eq!(headers.get_all("grpc-message").iter().count(), 1);
+    assert_eq!(headers["grpc-message"], "no such installation");
+    assert_eq!(headers.get_all("content-type").iter().count(), 1);
+    assert_eq!(headers["content-type"], "application/grpc-web+proto");
+    assert!(headers.get("connection").is_none());
+    assert_eq!(headers["x-installation"], "42");
+
+    let res = svc.oneshot(Request::new(Full::default())).await.unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert!(res.headers().get("x-installation").is_none());
+}
+
+// ---------------------------------------------------------------------------------------------
+// A failed call whose future or error panics when dropped
+
+/// A handler's future that fails with a conflict, and whose `Drop` panics (a guard asserting
+/// something the failure left undone).
+struct FailsThenPanicsOnDrop;
+
+impl Future for FailsThenPanicsOnDrop {
+    type Output = Result<Response<Full<Bytes>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Poll::Ready(Err(Problem::new(StatusCode::CONFLICT).into()))
+    }
+}
+
+impl Drop for FailsThenPanicsOnDrop {
+    fn drop(&mut self) {
+        panic!("the transaction guard was dropped without commit or rollback");
+    }
+}
+
+/// An error that wraps a conflict and panics when dropped.
+#[derive(Debug)]
+struct PanicsOnDrop(Problem);
+
+impl std::fmt::Display for PanicsOnDrop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("conflicting update")
+    }
+}
+
+impl std::error::Error for PanicsOnDrop {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        panic!("the error's guard was dropped while still armed");
+    }
+}
+
+/// GETs `/` from `addr`, expecting an answer, not a dropped connection.
+async fn get_status(addr: std::net::SocketAddr) -> StatusCode {
+    let res = reqwest::Client::new()
+        .get(format!("http://{addr}/"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("the server answers instead of dropping the connection");
+    StatusCode::from_u16(res.status().as_u16()).unwrap()
+}
+
+/// The layer answered the error, but the handler's future was dropped later, by the server: a
+/// panic in its `Drop` unwound through the connection task, and the client got no answer.
+#[tokio::test]
+async fn a_failed_future_that_panics_when_dropped_is_still_answered() {
+    let (logs, _guard) = capture_logs();
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .service_fn(|_req: axum::extract::Request| FailsThenPanicsOnDrop);
+    let (addr, server) = axum_serve::serve(svc).await;
+    assert_eq!(get_status(addr).await, StatusCode::CONFLICT);
+    assert_eq!(get_status(addr).await, StatusCode::CONFLICT);
+    server.abort();
+    let text = logs.text();
+    assert!(
+        text.contains("without commit or rollback"),
+        "the panic is logged: {text}"
+    );
+}
+
+/// The same for an error whose own `Drop` panics: the layer dropped it outside its guard.
+#[tokio::test]
+async fn an_error_that_panics_when_dropped_is_still_answered() {
+    let (logs, _guard) = capture_logs();
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .service_fn(|_req: axum::extract::Request| async {
+            Err::<Response<Full<Bytes>>, BoxError>(
+                PanicsOnDrop(Problem::new(StatusCode::CONFLICT)).into(),
+            )
+        });
+    let (addr, server) = axum_serve::serve(svc).await;
+    assert_eq!(get_status(addr).await, StatusCode::CONFLICT);
+    assert_eq!(get_status(addr).await, StatusCode::CONFLICT);
+    server.abort();
+    let text = logs.text();
+    assert!(
+        text.contains("dropped while still armed"),
+        "the panic is logged: {text}"
+    );
+}
