@@ -29,6 +29,7 @@ mod redis_server;
 #[path = "../common/grpc_watch.rs"]
 mod watch;
 
+mod sig_fast_paths;
 mod sig_gitea_form_and_blank_secret;
 mod sig_gitlab_signing_token;
 mod sig_grpc_trailers;
@@ -38,7 +39,6 @@ mod sig_logged_request_ids;
 mod sig_memory_store_sweeps;
 mod sig_memory_store_ttls;
 mod sig_operator_logs;
-mod sig_perf13;
 mod sig_provider_test_buttons;
 mod sig_redis_connect;
 mod sig_redis_timeout;
