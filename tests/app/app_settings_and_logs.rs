@@ -1623,3 +1623,62 @@ async fn a_comment_waiting_on_an_open_breaker_is_posted_when_it_closes_within_th
     assert_eq!(left, 0);
     assert_eq!(fake.received().len(), 2);
 }
+
+/// The example server puts its `TraceLayer` outside `WebhookErrorLayer`: a delivery whose body
+/// trickles in past the request's deadline is answered 504, and the layer's line for it is
+/// inside the request's span. The tracing layer used to be inside the error layer, so that line,
+/// and every other the layer logs, came without the span.
+#[tokio::test]
+async fn the_example_servers_error_lines_are_inside_the_request_span() {
+    /// How the example server's `TraceLayer` names its span.
+    const SPAN: &str = "request{method=";
+
+    let (logs, _guard) = Logs::capture();
+    // A body that keeps trickling in: the body timeout (0.5 s without data) never fires, the
+    // request's deadline (1 s) does, inside the stack.
+    let settings = harness::lookup(&[
+        ("GITHUB_WEBHOOK_SECRET", "s3cret"),
+        ("REQUEST_TIMEOUT_SECS", "1"),
+    ])
+    .unwrap();
+    let addr = harness::serve(app::build(&settings).unwrap().router).await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /api/v1/github_webhooks HTTP/1.1\r\nhost: x\r\nx-github-event: ping\r\n\
+         x-github-delivery: 7a1c\r\nx-hub-signature-256: sha256={}\r\n\
+         content-length: 100\r\n\r\n{{\"zen\":",
+        "0".repeat(64)
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut res = Vec::new();
+    let mut chunk = [0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !String::from_utf8_lossy(&res).contains('}') {
+            tokio::select! {
+                n = stream.read(&mut chunk) => {
+                    let n = n.unwrap();
+                    assert!(n > 0, "closed before the answer");
+                    res.extend_from_slice(&chunk[..n]);
+                }
+                () = tokio::time::sleep(Duration::from_millis(200)) => {
+                    let _ = stream.write_all(b" ").await;
+                }
+            }
+        }
+    })
+    .await
+    .expect("an answer before the client gives up");
+    let res = String::from_utf8_lossy(&res);
+    assert!(res.starts_with("HTTP/1.1 504 "), "{res}");
+
+    let text = logs.text();
+    let failed: Vec<_> = text
+        .lines()
+        .filter(|l| l.contains("request failed") && l.contains("status=504"))
+        .collect();
+    assert_eq!(failed.len(), 1, "{text}");
+    assert!(
+        failed[0].contains(SPAN),
+        "not in the request's span: {text}"
+    );
+}

@@ -3,9 +3,6 @@
 //! One test binary per area: each file below is a module of it.
 
 // Helpers shared by the modules below, compiled once for the whole binary.
-#[path = "../../examples/pr_agent_server/app.rs"]
-#[allow(dead_code)]
-mod app;
 #[path = "../common/axum_serve.rs"]
 mod axum_serve;
 #[path = "../../examples/common/echo.rs"]
@@ -15,9 +12,6 @@ mod echo;
 mod failing_body;
 #[path = "../common/github_hook.rs"]
 mod github_hook;
-#[path = "../common/pr_agent.rs"]
-#[allow(dead_code)]
-mod harness;
 #[path = "../common/hyper_one.rs"]
 mod hyper_one;
 #[path = "../common/incoming.rs"]
