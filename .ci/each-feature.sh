@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 features=$(cargo metadata --no-deps --format-version 1 \
-  | python3 -c 'import json,sys; m=json.load(sys.stdin); print(" ".join(sorted(m["packages"][0]["features"])))')
+  | python3 -c 'import json,sys; m=json.load(sys.stdin); print(" ".join(sorted(next(p for p in m["packages"] if p["name"] == "tower-webhook")["features"])))')
 # Dev-dependencies would unify extra features into the library; check it as users build it.
 cargo check --lib --no-default-features -q
 for feature in $features; do

@@ -1,7 +1,7 @@
 //! Circuit breaker overhead around a ready service, against failsafe and tower-resilience,
 //! measured in the same run.
 //!
-//! `cargo bench --all-features --bench circuit_breaker -- --warm-up-time 1 --measurement-time 3`
+//! `cargo bench -p tower-webhook-benches --bench circuit_breaker -- --warm-up-time 1 --measurement-time 3`
 
 // `criterion_group!` defines an undocumented public function.
 #![allow(missing_docs)]

@@ -9,7 +9,7 @@
 //! - `service_without_layer`: the same request to the same service without the layer.
 //! - `svix`: the `svix` crate verifying a Standard Webhooks signature over the same bytes.
 //!
-//! Run: `cargo bench --all-features --bench signature -- --warm-up-time 1 --measurement-time 3`
+//! Run: `cargo bench -p tower-webhook-benches --bench signature -- --warm-up-time 1 --measurement-time 3`
 
 // `criterion_group!` generates an undocumented `pub fn`.
 #![allow(missing_docs)]

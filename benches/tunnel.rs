@@ -7,7 +7,7 @@
 //! - `start_to_url`: time from `start` to a verified URL (bore and localtunnel), against the
 //!   reference client's time to a remote port (no verification).
 //!
-//! Run: `cargo bench --all-features --bench tunnel -- --warm-up-time 1 --measurement-time 3`.
+//! Run: `cargo bench -p tower-webhook-benches --bench tunnel -- --warm-up-time 1 --measurement-time 3`.
 #![allow(missing_docs, unreachable_pub)]
 
 #[path = "../tests/common/logs.rs"]

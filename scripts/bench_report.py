@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Turns criterion's results into a Markdown table and an SVG chart (no dependencies).
 
-    cargo bench --all-features -- --warm-up-time 1 --measurement-time 3
+    cargo bench -p tower-webhook-benches -- --warm-up-time 1 --measurement-time 3
     python3 scripts/bench_report.py [TARGET_DIR] > table.md    # writes docs/overhead.svg
 
 Each group is drawn on its own scale: the bars compare the functions of one group, measured in
