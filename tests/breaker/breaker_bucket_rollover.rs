@@ -2,7 +2,7 @@
 //! calls.
 
 // Every test logs through its own subscriber, also those that do not read the logs (see
-// `err_panics_outside_handler.rs` for why).
+// `tests/common/logs.rs`).
 use crate::logs;
 
 use std::sync::Barrier;

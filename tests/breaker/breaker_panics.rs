@@ -3,7 +3,7 @@
 //! for resilience4j), whether an outer `WebhookErrorLayer` answers it or the task dies with it.
 
 // Every test logs through its own subscriber, also those that do not read the logs (see
-// `err_panics_outside_handler.rs` for why).
+// `tests/common/logs.rs`).
 use crate::logs;
 
 use std::convert::Infallible;

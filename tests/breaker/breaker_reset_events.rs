@@ -1,6 +1,6 @@
 //! Circuit breaker: `reset()` tells the listener a `Reset` event, in order with transitions.
 
-// Every test logs through its own subscriber (see `err_panics_outside_handler.rs` for why).
+// Every test logs through its own subscriber (see `tests/common/logs.rs`).
 use crate::logs;
 
 use std::sync::{Arc, Barrier, Mutex};

@@ -3,7 +3,7 @@
 //! panic elsewhere records nothing.
 
 // Every test logs through its own subscriber, also those that do not read the logs (see
-// `err_panics_outside_handler.rs` for why).
+// `tests/common/logs.rs`).
 use crate::logs;
 
 use std::panic::AssertUnwindSafe;

@@ -3,7 +3,7 @@
 //! served by hyper.
 
 // Every test logs through its own subscriber, also those that do not read the logs (see
-// `err_panics_outside_handler.rs` for why).
+// `tests/common/logs.rs`).
 use crate::hyper_one;
 use crate::logs;
 

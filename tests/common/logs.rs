@@ -1,13 +1,13 @@
 //! Log output captured in memory, for tests that check what the crate logs.
 //!
 //! The tests of a binary run in parallel, and tracing caches, per callsite, whether any
-//! subscriber wants its events. A test's own subscriber (set for its thread by
-//! [`Logs::capture`]) is not asked when a callsite is first reached on another thread, or when
-//! it is the only subscriber alive: tracing then asks that thread's subscriber (none), caches
-//! "never", and the test's subscriber misses the event. So before any capture, the binary gets
-//! a global subscriber that wants every callsite, always asking again at each event: the
-//! cached answer is never "never", and the subscriber of the thread the event happens on
-//! decides. It writes nothing unless a test reads [`Logs::global`].
+//! subscriber wants its events; while at most one subscriber exists, it asks only the
+//! subscriber of the thread that first reaches the callsite. A callsite first reached on a
+//! thread without a subscriber, while one test captures on its own thread ([`Logs::capture`]),
+//! is then cached as wanted by nobody, and that test misses its events. So before any
+//! capture, the binary gets a global subscriber that wants every callsite and asks again at
+//! each event: no callsite is cached as unwanted, and the subscriber of the thread the event
+//! happens on decides. The global one writes nothing unless a test reads [`Logs::global`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};

@@ -18,7 +18,7 @@ use serde_json::Value;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_webhook::error::{WebhookErrorLayer, types};
 
-/// Every test here logs through its own subscriber (see `err_panics_outside_handler.rs` for why).
+/// Every test here logs through its own subscriber (see `tests/common/logs.rs`).
 fn capture_logs() -> (Logs, tracing::subscriber::DefaultGuard) {
     Logs::capture()
 }

@@ -35,10 +35,9 @@ async fn get(addr: SocketAddr, path: &str) -> (StatusCode, Bytes) {
     (status, res.bytes().await.unwrap())
 }
 
-/// Every test here logs through its own subscriber, also those that do not read the logs: the
-/// tests run on parallel threads of one process and hit the same log callsites, and a callsite
-/// first reached on a thread without a subscriber while another thread installs its own could
-/// be cached as disabled, so the other test would read no logs.
+/// Every test here logs through its own subscriber, also those that do not read the logs. Why a
+/// capture sees every event of its thread, whichever test first reached a log callsite:
+/// `tests/common/logs.rs`.
 fn capture_logs() -> (Logs, tracing::subscriber::DefaultGuard) {
     Logs::capture()
 }

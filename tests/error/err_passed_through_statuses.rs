@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::{BoxError, ServiceBuilder};
 use tower_webhook::error::{Problem, WebhookErrorLayer};
 
-/// Every test here logs through its own subscriber (see `err_panics_outside_handler.rs` for why).
+/// Every test here logs through its own subscriber (see `tests/common/logs.rs`).
 fn capture_logs() -> (Logs, tracing::subscriber::DefaultGuard) {
     Logs::capture()
 }

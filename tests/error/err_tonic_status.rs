@@ -19,7 +19,7 @@ use logs::Logs;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_webhook::error::{Problem, WebhookErrorLayer};
 
-/// Every test here logs through its own subscriber (see `err_panics_outside_handler.rs` for why).
+/// Every test here logs through its own subscriber (see `tests/common/logs.rs`).
 fn capture_logs() -> (Logs, tracing::subscriber::DefaultGuard) {
     Logs::capture()
 }

@@ -1,6 +1,6 @@
 //! What `SignatureLayer` logs about a delivery it answers itself: the request id, so the answer can
 //! be found by it. Every test here logs through its own subscriber (see
-//! `err_panics_outside_handler.rs`).
+//! `tests/common/logs.rs`).
 
 use crate::logs;
 
