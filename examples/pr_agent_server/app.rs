@@ -3297,6 +3297,26 @@ pub(crate) fn local_url(addr: SocketAddr) -> String {
     format!("http://{}", SocketAddr::new(ip, addr.port()))
 }
 
+/// [`announce`] for `running`, at its local URL and its tunnel's: nothing when it is stopping
+/// already, as after a stop signal that came while its tunnel was starting (its routes would
+/// come after "shut down", for a server no longer there).
+pub(crate) fn announce_running(
+    out: &mut impl std::io::Write,
+    settings: &Settings,
+    running: &Running,
+) -> std::io::Result<()> {
+    if running.is_stopping() {
+        return Ok(());
+    }
+    let public = running.tunnel_url();
+    announce(
+        out,
+        settings,
+        &local_url(running.local_addr()),
+        public.as_deref(),
+    )
+}
+
 /// What the server prints once it listens at `local` (and `public`, through a tunnel): its
 /// routes, what looks wrong in `settings`, and in development mode the secret it made up and two
 /// commands to try it with. A write that fails (stdout closed: the output piped into `head`,

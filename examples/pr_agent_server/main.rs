@@ -200,16 +200,9 @@ async fn run() -> Result<(), tower::BoxError> {
     let signals = StopSignals::listen()?;
     let running = app::start(&settings, app, tunnel, signals.nth(1)).await?;
 
-    let local = app::local_url(running.local_addr());
     // Written to stdout, which may be closed (the output piped into `head`, say): that ends the
-    // printing, not the server.
-    let public = running.tunnel_url();
-    if let Err(err) = app::announce(
-        &mut std::io::stdout().lock(),
-        &settings,
-        &local,
-        public.as_deref(),
-    ) {
+    // printing, not the server. Nothing, for a server stopped while its tunnel was starting.
+    if let Err(err) = app::announce_running(&mut std::io::stdout().lock(), &settings, &running) {
         tracing::warn!(error = %err, "cannot print the routes and settings to stdout");
     }
     app::finish(running, &state, settings.shutdown_grace, &signals).await;

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -346,6 +348,8 @@ impl Server {
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         // The port's connections end after the drain, as the tunnel's do when it closes.
         let (serving, local_connections) = upstream.scoped();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let stop_seen = Arc::clone(&stopping);
         let task = tokio::spawn(async move {
             let upstream = serving;
             let mut shutdown = shutdown;
@@ -360,6 +364,9 @@ impl Server {
                 }
             }
             drop(acceptor);
+            // Before the tunnel's start is given up: a `Running` returned for a server that
+            // stopped meanwhile says so.
+            stop_seen.store(true, Ordering::Release);
             let _ = draining_tx.send(());
             tracing::info!("shutting down: draining open connections");
             let drain = async {
@@ -412,6 +419,7 @@ impl Server {
         Ok(Running {
             local_addr,
             tunnel_status,
+            stopping,
             task: abort.returned(task),
         })
     }
@@ -476,6 +484,8 @@ pub struct Running {
     local_addr: SocketAddr,
     /// The tunnel's status, which carries its current URL.
     tunnel_status: Option<tokio::sync::watch::Receiver<TunnelEvent>>,
+    /// Set once the shutdown signal has come.
+    stopping: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
 
@@ -611,6 +621,39 @@ impl Running {
     /// ```
     pub fn tunnel_watch(&self) -> Option<tokio::sync::watch::Receiver<TunnelEvent>> {
         self.tunnel_status.clone()
+    }
+
+    /// Whether the shutdown signal has come: the server no longer accepts connections, and
+    /// drains those still open, or is done. A server whose signal came while its tunnel was
+    /// starting is returned by [`Server::spawn`] already stopping, without a tunnel: there is
+    /// no URL to announce.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::tunnel::Server;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+    /// #     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+    /// # });
+    /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// let running = Server::bind(([127, 0, 0, 1], 0).into())
+    ///     .await?
+    ///     .with_graceful_shutdown(async { stopped.await.ok(); })
+    ///     .spawn(app)
+    ///     .await?;
+    /// assert!(!running.is_stopping());
+    /// stop.send(()).unwrap();
+    /// while !running.is_stopping() {
+    ///     tokio::time::sleep(Duration::from_millis(1)).await;
+    /// }
+    /// running.wait().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 
     /// Waits until the server has shut down (connections drained, tunnel closed).

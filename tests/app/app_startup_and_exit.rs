@@ -182,3 +182,64 @@ fn a_rust_log_that_does_not_parse_stops_the_server() {
         assert_eq!(filter.to_string(), "info", "{unset:?}");
     }
 }
+
+/// The routes are printed for a server that runs, and not for one that a stop signal ended while
+/// its tunnel was starting: they came after "shut down", for a server no longer there.
+#[tokio::test]
+async fn a_server_stopped_while_its_tunnel_starts_is_not_announced() {
+    use tower_webhook::tunnel::{Bore, Tunnel};
+
+    let settings = harness::lookup(&[("PORT", "0"), ("GITHUB_WEBHOOK_SECRET", "s3cret")]).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = app::start(&settings, app::build(&settings).unwrap(), None, async {
+        let _ = stopped.await;
+    })
+    .await
+    .unwrap();
+    assert!(!running.is_stopping());
+    let mut out = Vec::new();
+    app::announce_running(&mut out, &settings, &running).unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert!(out.contains("/api/v1/github_webhooks"), "{out}");
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(15), running.wait())
+        .await
+        .expect("the server stops");
+
+    // A bore server that takes the control connection and never answers: the tunnel's start
+    // waits on it, and the stop signal comes then.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let (connection, _) = silent.accept().await.unwrap();
+        stop.send(()).unwrap();
+        std::future::pending::<()>().await;
+        drop(connection);
+    });
+    let tunnel = Tunnel::builder().provider(Bore::new().server("127.0.0.1").control_port(port));
+    let stopping = async {
+        let _ = stopped.await;
+    };
+    let running = tokio::time::timeout(
+        Duration::from_secs(10),
+        app::start(
+            &settings,
+            app::build(&settings).unwrap(),
+            Some(tunnel),
+            stopping,
+        ),
+    )
+    .await
+    .expect("the tunnel's start is given up at the stop signal")
+    .unwrap();
+    assert!(running.is_stopping());
+    assert_eq!(running.tunnel_url(), None);
+    let mut out = Vec::new();
+    app::announce_running(&mut out, &settings, &running).unwrap();
+    assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+    tokio::time::timeout(Duration::from_secs(15), running.wait())
+        .await
+        .expect("the server stops");
+    server.abort();
+}

@@ -532,6 +532,8 @@ async fn server_helper_shuts_down_while_its_tunnel_is_still_starting() {
     .await
     .expect("spawn waited for the tunnel's whole startup after the shutdown signal")
     .unwrap();
+    // Handed back stopping, without a tunnel: nothing to announce.
+    assert!(running.is_stopping());
     assert_eq!(running.tunnel_url(), None);
     tokio::time::timeout(Duration::from_secs(5), running.wait())
         .await
@@ -569,6 +571,7 @@ async fn server_helper_serves_an_axum_router_locally_and_through_the_tunnel() {
             let _ = stopped.await;
         });
     let running = server.spawn(app).await.unwrap();
+    assert!(!running.is_stopping());
     let url = running.tunnel_url().unwrap();
     assert!(url.starts_with("http://127.0.0.13:"), "{url}");
 
