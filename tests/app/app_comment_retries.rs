@@ -106,7 +106,7 @@ async fn the_load_test_layers_server_answers_another_method_405() {
     let res = client
         .post(format!("{base}/hook"))
         .header("x-github-event", "pull_request")
-        .header("x-github-delivery", "r6-1")
+        .header("x-github-delivery", "delivery-1")
         .body("{}")
         .send()
         .await
@@ -117,7 +117,7 @@ async fn the_load_test_layers_server_answers_another_method_405() {
         .post(format!("{base}/hook"))
         .header("content-type", "application/json")
         .header("x-github-event", "pull_request")
-        .header("x-github-delivery", "r6-2")
+        .header("x-github-delivery", "delivery-2")
         .header("x-hub-signature-256", load_test::sign(&key, b"{}"))
         .body("{}")
         .send()
@@ -364,7 +364,7 @@ async fn the_hyper_server_cuts_off_a_client_that_never_finishes_its_request_head
     let res = reqwest::Client::new()
         .post(format!("http://{addr}/"))
         .header("x-github-event", "pull_request")
-        .header("x-github-delivery", "r6-hyper-1")
+        .header("x-github-delivery", "hyper-1")
         .header(
             "x-hub-signature-256",
             format!("sha256={}", hmac_hex("s3cret", body)),

@@ -31,7 +31,7 @@ async fn the_load_test_servers_cut_off_a_client_that_never_finishes_its_request_
             .post(format!("http://{addr}/hook"))
             .header("content-type", "application/json")
             .header("x-github-event", "pull_request")
-            .header("x-github-delivery", "r8-load-1")
+            .header("x-github-delivery", "load-1")
             .header(
                 "x-hub-signature-256",
                 format!("sha256={}", hmac_hex("s3cret", body)),

@@ -303,7 +303,7 @@ async fn a_rate_limit_reset_is_read_against_the_answers_date() {
     .unwrap();
     let base = harness::start_server(&settings).await;
     let client = reqwest::Client::new();
-    assert_eq!(github_opened(&client, &base, "r10-rate-limited").await, 202);
+    assert_eq!(github_opened(&client, &base, "rate-limited").await, 202);
     // Posted once the reset has passed: a few seconds, not an hour.
     let start = std::time::Instant::now();
     loop {
@@ -512,7 +512,7 @@ async fn a_delivery_whose_comment_failed_is_processed_when_delivered_again() {
     .unwrap();
     let base = harness::start_server(&settings).await;
     let client = reqwest::Client::new();
-    let id = "r10-redelivered";
+    let id = "redelivered";
     // 502: it may have been posted, and is not sent again; the log says to deliver it again.
     assert_eq!(github_opened(&client, &base, id).await, 202);
     let status = harness::settled(&client, &base, 1).await;
@@ -891,10 +891,10 @@ fn log_lines_are_plain_text_unless_written_to_a_terminal() {
         .with_writer(app::LogOutput::new(stdout.clone(), stderr.clone()))
         .finish();
     tracing::subscriber::with_default(subscriber, || {
-        tracing::error!(delivery = %"r10-d1", "comment not posted");
+        tracing::error!(delivery = %"d1", "comment not posted");
     });
     let out = stdout.text();
-    assert!(out.contains("delivery=r10-d1"), "{out:?}");
+    assert!(out.contains("delivery=d1"), "{out:?}");
     assert!(!out.contains('\u{1b}'), "{out:?}");
 }
 
@@ -984,7 +984,7 @@ async fn an_unsigned_ping_is_not_counted_as_an_accepted_delivery() {
             .post(&url)
             .header("content-type", "application/json")
             .header("x-event-key", "diagnostics:ping")
-            .header("x-request-id", format!("r10-ping-{n}"))
+            .header("x-request-id", format!("ping-{n}"))
             .body(ping.clone())
             .send()
             .await
@@ -1002,7 +1002,7 @@ async fn an_unsigned_ping_is_not_counted_as_an_accepted_delivery() {
         .post(&url)
         .header("content-type", "application/json")
         .header("x-event-key", "diagnostics:ping")
-        .header("x-request-id", "r10-ping-signed")
+        .header("x-request-id", "ping-signed")
         .header(
             "x-hub-signature",
             format!("sha256={}", hmac_hex("s3cret", &ping)),
@@ -1064,13 +1064,13 @@ async fn one_providers_pending_comments_do_not_refuse_another_providers_deliveri
     let base = harness::start_server(&settings).await;
     let client = reqwest::Client::new();
     // GitHub's API is down: its comment stays pending, and fills GitHub's bound.
-    assert_eq!(github_opened(&client, &base, "r10-pending-1").await, 202);
+    assert_eq!(github_opened(&client, &base, "pending-1").await, 202);
     let start = std::time::Instant::now();
     while github_fake.received().is_empty() {
         assert!(start.elapsed() < Duration::from_secs(10), "no attempt");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(github_opened(&client, &base, "r10-pending-2").await, 503);
+    assert_eq!(github_opened(&client, &base, "pending-2").await, 503);
     // GitLab's deliveries are still taken, and their comments posted.
     let opened = serde_json::json!({
         "object_kind": "merge_request",
@@ -1078,14 +1078,7 @@ async fn one_providers_pending_comments_do_not_refuse_another_providers_deliveri
         "object_attributes": {"iid": 5, "action": "open", "state": "opened", "title": "Fix"},
     });
     assert_eq!(
-        gitlab(
-            &client,
-            &base,
-            "Merge Request Hook",
-            "r10-pending-3",
-            &opened
-        )
-        .await,
+        gitlab(&client, &base, "Merge Request Hook", "pending-3", &opened).await,
         202
     );
     let start = std::time::Instant::now();
@@ -1142,7 +1135,7 @@ async fn a_gitlab_command_by_a_bot_user_gets_no_answer() {
         "service_account_group_7_0a1b2c3d",
     ];
     for (n, bot) in bots.iter().enumerate() {
-        let id = format!("r10-bot-{n}");
+        let id = format!("bot-{n}");
         assert_eq!(
             gitlab(&client, &base, "Note Hook", &id, &note(bot)).await,
             202
@@ -1153,7 +1146,7 @@ async fn a_gitlab_command_by_a_bot_user_gets_no_answer() {
         .iter()
         .enumerate()
     {
-        let id = format!("r10-person-{n}");
+        let id = format!("person-{n}");
         assert_eq!(
             gitlab(&client, &base, "Note Hook", &id, &note(person)).await,
             202
@@ -1247,7 +1240,7 @@ async fn a_comment_whose_request_failed_is_logged_with_the_cause() {
     .unwrap();
     let base = harness::start_server(&settings).await;
     let client = reqwest::Client::new();
-    assert_eq!(github_opened(&client, &base, "r10-cause-1").await, 202);
+    assert_eq!(github_opened(&client, &base, "cause-1").await, 202);
     let line = logged_line(&logs, "provider API unreachable").await;
     assert!(line.contains("error sending request for url"), "{line}");
     assert!(line.contains("Connection refused"), "{line}");
@@ -1272,9 +1265,9 @@ async fn a_comment_whose_request_failed_is_logged_with_the_cause() {
     ])
     .unwrap();
     let base = harness::start_server(&settings).await;
-    assert_eq!(github_opened(&client, &base, "r10-cause-2").await, 202);
+    assert_eq!(github_opened(&client, &base, "cause-2").await, 202);
     let line = logged_line(&logs, "comment not sent again").await;
-    assert!(line.contains("r10-cause-2"), "{line}");
+    assert!(line.contains("cause-2"), "{line}");
     assert!(
         line.contains("connection closed before message completed"),
         "{line}"
@@ -1304,9 +1297,9 @@ async fn a_comment_scheduled_again_is_logged_with_its_target_and_delivery() {
     .unwrap();
     let base = harness::start_server(&settings).await;
     let client = reqwest::Client::new();
-    assert_eq!(github_opened(&client, &base, "r10-again-1").await, 202);
+    assert_eq!(github_opened(&client, &base, "again-1").await, 202);
     let line = logged_line(&logs, "provider API failing").await;
-    assert!(line.contains("delivery=r10-again-1"), "{line}");
+    assert!(line.contains("delivery=again-1"), "{line}");
     assert!(line.contains("target=octo/repo#7"), "{line}");
     let id = "{00000000-0000-4000-8000-00000000f001}";
     assert_eq!(
@@ -1338,7 +1331,7 @@ async fn a_5xx_answer_is_logged_once_at_error_level_with_its_request_id() {
     let base = harness::start_server(&settings).await;
     let client = reqwest::Client::new();
     // GitHub's API is down: the first comment stays pending and fills the bound.
-    assert_eq!(github_opened(&client, &base, "r14-once-1").await, 202);
+    assert_eq!(github_opened(&client, &base, "once-1").await, 202);
     let start = std::time::Instant::now();
     while github_fake.received().is_empty() {
         assert!(start.elapsed() < Duration::from_secs(10), "no attempt");
@@ -1353,10 +1346,10 @@ async fn a_5xx_answer_is_logged_once_at_error_level_with_its_request_id() {
     })
     .to_string();
     let signature = format!("sha256={}", hmac_hex("s3cret", &body));
-    let request_id = "r14-once-request-id";
+    let request_id = "once-request-id";
     let headers = [
         ("x-github-event", "pull_request"),
-        ("x-github-delivery", "r14-once-2"),
+        ("x-github-delivery", "once-2"),
         ("x-hub-signature-256", signature.as_str()),
         ("x-request-id", request_id),
     ];
@@ -1411,7 +1404,7 @@ async fn a_5xx_the_error_layer_passed_through_is_logged_once_with_its_request_id
     for (path, status) in [("/bad-gateway", 502), ("/conflict", 409)] {
         let res = client
             .get(format!("{base}{path}"))
-            .header("x-request-id", format!("r14-trace{path}"))
+            .header("x-request-id", format!("trace{path}"))
             .send()
             .await
             .unwrap();
@@ -1422,7 +1415,7 @@ async fn a_5xx_the_error_layer_passed_through_is_logged_once_with_its_request_id
     let errors: Vec<&str> = text.lines().filter(|line| line.contains("ERROR")).collect();
     assert_eq!(errors.len(), 1, "{text}");
     assert!(errors[0].contains("502"), "{text}");
-    assert!(errors[0].contains("r14-trace/bad-gateway"), "{text}");
+    assert!(errors[0].contains("trace/bad-gateway"), "{text}");
 }
 
 /// Set in the child process of

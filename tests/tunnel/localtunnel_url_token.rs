@@ -17,8 +17,8 @@ use lt_scripted::ScriptedLt;
 use support::hello_service;
 use tower_webhook::tunnel::{LocalTunnel, Provider, Tunnel, TunnelConfig, TunnelEvent, Upstream};
 
-const TOKEN: &str = "lt-TOKEN-r14-5f3a9c";
-const PASSWORD: &str = "lt-PASSWORD-r14-77e1";
+const TOKEN: &str = "lt-TOKEN-5f3a9c";
+const PASSWORD: &str = "lt-PASSWORD-77e1";
 
 fn service() -> Upstream {
     Upstream::service(hello_service(Arc::new(AtomicUsize::new(0))))

@@ -16,8 +16,8 @@ use support::{closed_port, hello_service};
 use tower_webhook::tunnel::{Bore, LocalTunnel, Provider, Tunnel, TunnelConfig, Upstream};
 
 /// The two halves of each password, around the character that makes the URL invalid.
-const BEFORE: &str = "pwA-r15-3b7d";
-const AFTER: &str = "pwB-r15-91c4";
+const BEFORE: &str = "pwA-3b7d";
+const AFTER: &str = "pwB-91c4";
 
 fn service() -> Upstream {
     Upstream::service(hello_service(Arc::new(AtomicUsize::new(0))))
