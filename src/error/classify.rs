@@ -23,20 +23,46 @@ pub(crate) fn classify(
     timeout_status: StatusCode,
     extra: &[Recognizer],
 ) -> Option<Problem> {
-    // A `tonic::Status` made from another error (the crate's `From<CircuitOpen>`) stands for
-    // it: what it wraps is answered when it is recognised, the status otherwise.
+    // A `tonic::Status` made from another error (the crate's `From<CircuitOpen>`, or what a
+    // tonic client makes of a transport failure) stands for it: what it wraps is answered when
+    // it is recognised, the status otherwise, as a failure of this server's.
     let mut wrapper: Option<Problem> = None;
     // Bounded: a broken `Error` impl can make the chain a cycle.
     for err in chain(error) {
-        if let Some(problem) = classify_one(err, timeout_status, extra) {
-            if wrapper.is_none() && err.source().is_some() && is_tonic_status(err) {
-                wrapper = Some(problem);
-            } else {
-                return Some(problem);
+        if err.source().is_some() && is_tonic_status(err) {
+            if wrapper.is_none() {
+                wrapper = made_from_an_error(err);
             }
+            continue;
+        }
+        if let Some(problem) = classify_one(err, timeout_status, extra) {
+            return Some(problem);
         }
     }
     wrapper
+}
+
+/// The problem for a `tonic::Status` made from an error that nothing recognises: tonic's client
+/// makes one of a transport failure on the way to an upstream (a connection closed under the
+/// call, a stream the upstream reset with `CANCEL` or `ENHANCE_YOUR_CALM`), with the failure as
+/// its `source()`, where a status an upstream or a handler answered has none. The failure is
+/// this server's, not the client's: a code whose HTTP equivalent is a client error (`Cancelled`
+/// is 499, `ResourceExhausted` 429, `PermissionDenied` 403) is answered as 502 / `Unavailable`,
+/// and its message, which describes the transport ("h2 protocol error: ..."), stays in the log.
+#[cfg(feature = "tonic")]
+fn made_from_an_error(err: &(dyn Error + 'static)) -> Option<Problem> {
+    let status = err.downcast_ref::<tonic::Status>()?;
+    let code = GrpcCode::from(status.code());
+    let (status, code) = match code.to_http_status() {
+        status if status.is_client_error() => (StatusCode::BAD_GATEWAY, GrpcCode::Unavailable),
+        status => (status, code),
+    };
+    Some(Problem::from_static(status, types::GRPC_STATUS, "gRPC Error").with_grpc_code(code))
+}
+
+#[cfg(not(feature = "tonic"))]
+fn made_from_an_error(_: &(dyn Error + 'static)) -> Option<Problem> {
+    None
 }
 
 /// `err` and the errors after it, as the layer looks for them: each once, at most
@@ -93,6 +119,19 @@ fn classify_one(
         return Some(
             Problem::from_static(timeout_status, types::TIMEOUT, title)
                 .with_grpc_code(GrpcCode::DeadlineExceeded),
+        );
+    }
+    // A tonic client's deadline (`Endpoint::timeout`, a `grpc-timeout` it sent): the call to an
+    // upstream took too long, whatever `timeout_status` says of the layer's own deadline.
+    #[cfg(feature = "tonic")]
+    if err.is::<tonic::TimeoutExpired>() {
+        return Some(
+            Problem::from_static(
+                StatusCode::GATEWAY_TIMEOUT,
+                types::TIMEOUT,
+                "Gateway Timeout",
+            )
+            .with_grpc_code(GrpcCode::DeadlineExceeded),
         );
     }
     if is_body_timeout(err) {

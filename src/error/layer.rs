@@ -934,7 +934,10 @@ fn on_response<B, R: RenderProblem>(
         close_passed_through(response.headers_mut());
     } else if status == StatusCode::UNAUTHORIZED
         && let Some(challenge) = &config.challenge
+        && response.extensions().get::<Problem>().is_none()
     {
+        // A response that carries a problem gets its challenge when the problem is rendered:
+        // the problem's own first, the layer's only when it names none.
         challenge_passed_through(response.headers_mut(), challenge);
     }
     // Only a gRPC request's answer can be a gRPC stream; an HTTP request's costs nothing more.

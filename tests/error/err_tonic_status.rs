@@ -160,6 +160,156 @@ async fn a_status_metadata_does_not_replace_the_answer_s_own_headers() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// A tonic::Status a tonic client made of its own failure
+
+/// The answer of a service behind the layer that returns `status` as its error: to an HTTP
+/// caller (status, problem document, with `detail` if any) and to a gRPC caller (`grpc-status`,
+/// `grpc-message`).
+async fn answers_to(
+    status: fn() -> tonic::Status,
+) -> (StatusCode, serde_json::Value, String, String) {
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .service_fn(move |_: Request<Full<Bytes>>| async move {
+            Err::<Response<Full<Bytes>>, BoxError>(status().into())
+        });
+    let res = svc
+        .clone()
+        .oneshot(Request::new(Full::default()))
+        .await
+        .unwrap();
+    let http_status = res.status();
+    let body = http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(doc["status"], http_status.as_u16());
+    let grpc = Request::post(echo::SAY)
+        .header("content-type", "application/grpc")
+        .body(Full::default())
+        .unwrap();
+    let res = svc.oneshot(grpc).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let header = |name: &str| {
+        res.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    (
+        http_status,
+        doc,
+        header("grpc-status"),
+        header("grpc-message"),
+    )
+}
+
+/// A handler that passes on the status its own tonic client got when its call to an upstream
+/// ran past the client's deadline (`Endpoint::timeout`): tonic makes it `Cancelled`, "Timeout
+/// expired", with the `TimeoutExpired` as its source. It was answered 499 / `Cancelled` with
+/// "Timeout expired" as the detail, as if the caller had given up; it is the upstream's
+/// timeout, answered like tower's: 504 / `DeadlineExceeded`.
+#[tokio::test]
+async fn an_upstream_call_past_a_tonic_clients_deadline_is_a_gateway_timeout() {
+    use echo::{Echo, EchoService};
+    let (logs, _guard) = capture_logs();
+
+    // The real thing first: a tonic client whose call to a slow upstream times out.
+    let (addr, incoming) = incoming::loopback().await;
+    let upstream = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(EchoService)
+            .serve_with_incoming(incoming)
+            .await
+    });
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .timeout(Duration::from_millis(200))
+        .connect()
+        .await
+        .unwrap();
+    let mut client = tonic::client::Grpc::new(channel);
+    client.ready().await.unwrap();
+    let slow = tonic::Request::new(Echo {
+        message: "slow".to_owned(),
+    });
+    let timed_out = client
+        .unary(
+            slow,
+            http::uri::PathAndQuery::from_static(echo::SAY),
+            echo::codec(),
+        )
+        .await
+        .unwrap_err();
+    upstream.abort();
+    assert_eq!(timed_out.code(), tonic::Code::Cancelled, "{timed_out:?}");
+    assert!(std::error::Error::source(&timed_out).is_some());
+
+    // The same status, answered by the layer.
+    fn timeout() -> tonic::Status {
+        tonic::Status::from_error(Box::new(tonic::TimeoutExpired(())))
+    }
+    assert_eq!(timeout().code(), timed_out.code());
+    assert_eq!(timeout().message(), timed_out.message());
+    let (status, doc, grpc_status, grpc_message) = answers_to(timeout).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(doc["type"], tower_webhook::error::types::TIMEOUT);
+    assert!(doc.get("detail").is_none(), "{doc}");
+    assert_eq!(grpc_status, "4", "DeadlineExceeded");
+    assert!(!grpc_message.contains("Timeout expired"), "{grpc_message}");
+    let text = logs.text();
+    assert!(
+        text.contains("ERROR"),
+        "logged as a failure of the server's: {text}"
+    );
+}
+
+/// A status a tonic client made of a stream the upstream reset (`CANCEL`, `ENHANCE_YOUR_CALM`,
+/// `INADEQUATE_SECURITY`): a transport failure on the way to the upstream, with the h2 error as
+/// its source. Its code was passed on (499 / `Cancelled`, 429 / `ResourceExhausted`, 403 /
+/// `PermissionDenied`) with "h2 protocol error: ..." as the detail and the `grpc-message`, as if
+/// the caller had done something wrong. It is a bad gateway now, with nothing of the transport
+/// in the answer; a status an upstream or a handler answered (no source) is still passed on.
+#[tokio::test]
+async fn a_status_made_of_an_upstreams_reset_stream_is_a_bad_gateway() {
+    let (logs, _guard) = capture_logs();
+    fn cancel() -> tonic::Status {
+        tonic::Status::from_error(Box::new(h2::Error::from(h2::Reason::CANCEL)))
+    }
+    fn calm() -> tonic::Status {
+        tonic::Status::from_error(Box::new(h2::Error::from(h2::Reason::ENHANCE_YOUR_CALM)))
+    }
+    fn security() -> tonic::Status {
+        tonic::Status::from_error(Box::new(h2::Error::from(h2::Reason::INADEQUATE_SECURITY)))
+    }
+    // What tonic makes of them, for the record: codes that would be client errors.
+    assert_eq!(cancel().code(), tonic::Code::Cancelled);
+    assert_eq!(calm().code(), tonic::Code::ResourceExhausted);
+    assert_eq!(security().code(), tonic::Code::PermissionDenied);
+    for made in [cancel, calm, security] {
+        let (status, doc, grpc_status, grpc_message) = answers_to(made).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{doc}");
+        assert!(doc.get("detail").is_none(), "{doc}");
+        assert_eq!(grpc_status, "14", "Unavailable");
+        assert!(!grpc_message.contains("h2"), "{grpc_message}");
+    }
+    // The failure is in the log, at error level, with its message.
+    let text = logs.text();
+    assert!(text.contains("ERROR"), "{text}");
+    assert!(text.contains("h2 protocol error"), "{text}");
+    // A status without a source is an answer: its code and message are passed on.
+    fn answered() -> tonic::Status {
+        tonic::Status::resource_exhausted("quota of the installation spent")
+    }
+    let (status, doc, grpc_status, grpc_message) = answers_to(answered).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(doc["detail"], "quota of the installation spent");
+    assert_eq!(grpc_status, "8");
+    assert_eq!(grpc_message, "quota of the installation spent");
+}
+
+// ---------------------------------------------------------------------------------------------
 // A failed call whose future or error panics when dropped
 
 /// A handler's future that fails with a conflict, and whose `Drop` panics (a guard asserting

@@ -144,6 +144,39 @@ async fn a_passed_through_401_without_a_challenge_gets_the_layers() {
     server.abort();
 }
 
+/// A `Problem` a tower service puts in its 401's extensions, without a `WWW-Authenticate`
+/// header (a hyper handler or a middleware, where axum's `IntoResponse` would have written the
+/// header): the problem's own challenge goes out, and the layer's only for a problem that names
+/// none. The layer's used to be written into the response before the problem was found, and
+/// was then kept as one the inner stack set, so the client was sent a scheme the endpoint does
+/// not accept.
+#[tokio::test]
+async fn a_problem_in_a_responses_extensions_keeps_its_own_challenge() {
+    let (_logs, _guard) = Logs::capture();
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new().challenge(LAYERS))
+        .service_fn(|req: Request<Full<Bytes>>| async move {
+            let mut problem = Problem::new(StatusCode::UNAUTHORIZED);
+            if req.uri().path() == "/named" {
+                problem = problem.with_challenge(INNER);
+            }
+            let mut res = Response::new(Full::<Bytes>::default());
+            *res.status_mut() = StatusCode::UNAUTHORIZED;
+            res.extensions_mut().insert(problem);
+            Ok::<_, Infallible>(res)
+        });
+    for (path, challenge) in [("/named", INNER), ("/unnamed", LAYERS)] {
+        let req = Request::get(path).body(Full::default()).unwrap();
+        let res = svc.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(challenges(res.headers()), [challenge], "{path}");
+        assert_eq!(res.headers()["content-type"], "application/problem+json");
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(doc["status"], 401, "{path}");
+    }
+}
+
 /// The same through two layers: an inner `WebhookErrorLayer`'s challenge is the inner stack's
 /// own, and an outer layer with another one keeps it. An error the layer renders itself keeps a
 /// challenge its renderer set.
