@@ -32,10 +32,10 @@ const SECRET_PARAMS: [&str; 8] = [
 
 /// `text` with the credentials of the URLs in it (each `scheme://`) shown as `<redacted>`: the
 /// user info of the authority (`user:password@`, all of it: a token is often the user name;
-/// also when the password holds an unencoded `/`), the values of query parameters whose names
-/// say they are secrets (`token`, `secret`, `key`, `pass`, `pwd`, `sig`, `auth`, `credential`,
-/// in any case and anywhere in the name), and the path secrets of the hosts in
-/// [`PATH_SECRETS`].
+/// also when the password holds an unencoded `/`, `?` or `#`), the values of query parameters
+/// (and of a fragment's, `#access_token=...`) whose names say they are secrets (`token`,
+/// `secret`, `key`, `pass`, `pwd`, `sig`, `auth`, `credential`, in any case and anywhere in the
+/// name), and the path secrets of the hosts in [`PATH_SECRETS`].
 /// A URL ends at a space, a quote or an angle bracket, as text and `Debug` output write it, and
 /// one that follows an opening parenthesis ends at the parenthesis that closes it.
 pub(crate) fn redact(text: &str) -> Cow<'_, str> {
@@ -87,9 +87,10 @@ pub(crate) fn redact(text: &str) -> Cow<'_, str> {
         if let Some(at) = bytes[start..authority_end].iter().rposition(|&b| b == b'@') {
             secrets.push((start, start + at));
             host_start = start + at + 1;
-        } else if let Some(at) = slash_in_password(bytes, start, authority_end, path_end) {
-            // `https://user:pa/ss@host`: a password with an unencoded `/` ends the authority
-            // early; what follows the colon is no port, and an `@` comes before the query.
+        } else if let Some(at) = delimiter_in_password(bytes, start, authority_end, url_end) {
+            // `https://user:pa/ss@host`, `redis://:pa?ss@host`: a password with an unencoded
+            // `/`, `?` or `#` ends the authority early; what follows the colon is no port, and
+            // an `@` comes later.
             secrets.push((start, at));
         }
         if let Some(range) = path_secret(
@@ -103,27 +104,21 @@ pub(crate) fn redact(text: &str) -> Cow<'_, str> {
             .iter()
             .position(|&b| b == b'?')
             .map(|q| authority_end + q + 1);
-        if let Some(query) = query {
-            let query_end = query
-                + bytes[query..url_end]
-                    .iter()
-                    .position(|&b| b == b'#')
-                    .unwrap_or(url_end - query);
-            let mut param = query;
-            while param < query_end {
-                let end = param
-                    + bytes[param..query_end]
-                        .iter()
-                        .position(|&b| b == b'&')
-                        .unwrap_or(query_end - param);
-                if let Some(eq) = bytes[param..end].iter().position(|&b| b == b'=') {
-                    let value = param + eq + 1;
-                    if value < end && is_secret(&text[param..param + eq]) {
-                        secrets.push((value, end));
-                    }
-                }
-                param = end + 1;
-            }
+        let fragment = bytes[authority_end..url_end]
+            .iter()
+            .position(|&b| b == b'#')
+            .map(|f| authority_end + f + 1);
+        if let Some(query) = query.filter(|&q| fragment.is_none_or(|f| q < f)) {
+            secret_params(
+                text,
+                query,
+                fragment.map_or(url_end, |f| f - 1),
+                &mut secrets,
+            );
+        }
+        // An OAuth implicit grant's `#access_token=...`: a fragment written as parameters.
+        if let Some(fragment) = fragment {
+            secret_params(text, fragment, url_end, &mut secrets);
         }
         from = start;
     }
@@ -146,16 +141,38 @@ pub(crate) fn redact(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// Where the `@` is that ends the user info of a URL whose password holds an unencoded `/`
-/// (`https://user:pa/ss@host/x`), if the URL has that shape: the authority as first read
-/// (`start..authority_end`, up to that `/`) has a colon followed by something other than a port
-/// (digits), and an `@` comes later in the path (`..path_end`). The last such `@` is taken,
-/// as for the authority.
-fn slash_in_password(
+/// The values in `text[from..end]`, read as `&`-separated `name=value` parameters, whose names
+/// say they are secrets, as byte ranges into `secrets`.
+fn secret_params(text: &str, from: usize, end: usize, secrets: &mut Vec<(usize, usize)>) {
+    let bytes = text.as_bytes();
+    let mut param = from;
+    while param < end {
+        let param_end = param
+            + bytes[param..end]
+                .iter()
+                .position(|&b| b == b'&')
+                .unwrap_or(end - param);
+        if let Some(eq) = bytes[param..param_end].iter().position(|&b| b == b'=') {
+            let value = param + eq + 1;
+            if value < param_end && is_secret(&text[param..param + eq]) {
+                secrets.push((value, param_end));
+            }
+        }
+        param = param_end + 1;
+    }
+}
+
+/// Where the `@` is that ends the user info of a URL whose password holds an unencoded `/`, `?`
+/// or `#` (`https://user:pa/ss@host/x`, `redis://:pa?ss@host`), if the URL has that shape: the
+/// authority as first read (`start..authority_end`, up to that character) has a colon followed
+/// by something other than a port (digits), and an `@` comes later (before `url_end`). The
+/// user info ends at the last `@` before the `/` that follows the first one, as the authority's
+/// at its last `@`: an `@` further on is the path's or the query's.
+fn delimiter_in_password(
     bytes: &[u8],
     start: usize,
     authority_end: usize,
-    path_end: usize,
+    url_end: usize,
 ) -> Option<usize> {
     let authority = &bytes[start..authority_end];
     // An IPv6 host's colons are inside its brackets.
@@ -168,9 +185,13 @@ fn slash_in_password(
     if port.is_empty() || port.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let at = bytes[authority_end..path_end]
+    let rest = &bytes[authority_end..url_end];
+    let first = rest.iter().position(|&b| b == b'@')?;
+    let host_end = rest[first..]
         .iter()
-        .rposition(|&b| b == b'@')?;
+        .position(|&b| b == b'/')
+        .map_or(rest.len(), |slash| first + slash);
+    let at = rest[..host_end].iter().rposition(|&b| b == b'@')?;
     Some(authority_end + at)
 }
 
@@ -307,6 +328,25 @@ mod tests {
             ("https://[::1]:x/a@b", "https://<redacted>@b"),
             ("https://host/a:b/c@d", "https://host/a:b/c@d"),
             ("https://u:pa/ss@h/x?q=@", "https://<redacted>@h/x?q=@"),
+            // A password with an unencoded `?` or `#`; an `@` in the path after the host.
+            (
+                "redis://:pa?ss@cache:6379/0",
+                "redis://<redacted>@cache:6379/0",
+            ),
+            ("redis://:pa#ss@cache", "redis://<redacted>@cache"),
+            ("https://u:pa?s@s@h/x@y", "https://<redacted>@h/x@y"),
+            ("https://u:pa/ss@h/x@y", "https://<redacted>@h/x@y"),
+            ("https://h/?q=a@b#c@d", "https://h/?q=a@b#c@d"),
+            // Parameters in a fragment.
+            (
+                "https://h/cb#access_token=t&state=s",
+                "https://h/cb#access_token=<redacted>&state=s",
+            ),
+            (
+                "https://h/?token=a#key=b",
+                "https://h/?token=<redacted>#key=<redacted>",
+            ),
+            ("https://h/#?token=a", "https://h/#?token=<redacted>"),
             // Hosts whose paths hold a secret.
             (
                 "error sending request for url (https://hooks.slack.com/services/T0/B0/XYZ)",

@@ -1,5 +1,5 @@
-//! WebhookErrorLayer: hook URLs whose token is in the path, and passwords with an unencoded
-//! `/`, stay out of the log.
+//! WebhookErrorLayer: hook URLs whose token is in the path, passwords with an unencoded `/`, `?`
+//! or `#`, and tokens in a fragment stay out of the log.
 
 use crate::axum_serve;
 use crate::logs;
@@ -46,6 +46,15 @@ async fn hook_tokens_in_url_paths_and_passwords_with_a_slash_are_not_logged() {
                         "cannot reach https://bot:pw/hunter2@chat.example/api: refused",
                     )
                     .into(),
+                    // Connection strings with a generated password, and an OAuth callback.
+                    "/question" => {
+                        std::io::Error::other("connect redis://:pa?hunter2@cache:6379/0 failed")
+                            .into()
+                    }
+                    "/hash" => "connect postgres://bot:pa#hunter2@db/app failed".into(),
+                    "/fragment" => {
+                        "bad redirect https://app.example/cb#access_token=hunter2&state=s1".into()
+                    }
                     path => {
                         let i: usize = path[1..].parse().unwrap();
                         let err = client
@@ -63,7 +72,17 @@ async fn hook_tokens_in_url_paths_and_passwords_with_a_slash_are_not_logged() {
         });
     let (addr, server) = axum_serve::serve(app).await;
     let http = reqwest::Client::new();
-    for path in ["/0", "/1", "/2", "/3", "/password"] {
+    let paths = [
+        "/0",
+        "/1",
+        "/2",
+        "/3",
+        "/password",
+        "/question",
+        "/hash",
+        "/fragment",
+    ];
+    for path in paths {
         let res = http
             .get(format!("http://{addr}{path}"))
             .timeout(Duration::from_secs(10))
@@ -76,7 +95,11 @@ async fn hook_tokens_in_url_paths_and_passwords_with_a_slash_are_not_logged() {
     server.abort();
 
     let text = logs.text();
-    assert_eq!(text.matches("request failed").count(), 5, "{text}");
+    assert_eq!(
+        text.matches("request failed").count(),
+        paths.len(),
+        "{text}"
+    );
     assert!(!text.contains("hunter2"), "{text}");
     for kept in [
         format!("hooks.slack.com:{port}/<redacted>)"),
@@ -84,6 +107,9 @@ async fn hook_tokens_in_url_paths_and_passwords_with_a_slash_are_not_logged() {
         format!("api.telegram.org:{port}/bot<redacted>/sendMessage)"),
         format!("acme.webhook.office.com:{port}/<redacted>)"),
         "https://<redacted>@chat.example/api: refused".to_owned(),
+        "redis://<redacted>@cache:6379/0 failed".to_owned(),
+        "postgres://<redacted>@db/app failed".to_owned(),
+        "https://app.example/cb#access_token=<redacted>&state=s1".to_owned(),
     ] {
         assert!(text.contains(&kept), "{kept} in {text}");
     }
