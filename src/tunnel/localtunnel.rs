@@ -8,7 +8,7 @@ use serde::Deserialize;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::http::{BaseUrl, connect, get};
+use super::http::{BaseUrl, connect, get, shown_url};
 use super::provider::{BoxFuture, Provider, Session};
 use super::reclaim::Memory;
 use super::{TlsRoots, TunnelError, Upstream};
@@ -119,7 +119,7 @@ struct ServerUrl(String);
 impl ServerUrl {
     /// The URL as errors, hints and log lines may show it.
     fn shown(&self) -> String {
-        super::http::shown_url(&self.0)
+        shown_url(&self.0)
     }
 }
 
@@ -509,7 +509,12 @@ fn public_url(url: &str, base: &BaseUrl) -> String {
         let path = parsed.path_and_query().map_or("", |pq| pq.as_str());
         let path = if path == "/" { "" } else { path };
         let scheme = parsed.scheme_str().unwrap_or("http");
-        return format!("{scheme}://{host}:{}{path}", base.port);
+        // The user info the server gave, if any, is part of the URL it gave.
+        let user_info = parsed
+            .authority()
+            .and_then(|authority| authority.as_str().rsplit_once('@'))
+            .map_or(String::new(), |(user_info, _)| format!("{user_info}@"));
+        return format!("{scheme}://{user_info}{host}:{}{path}", base.port);
     }
     url.to_owned()
 }
@@ -593,7 +598,7 @@ impl Provider for LocalTunnel {
             // Text from the network: the tunnel's URL only if it is an http(s) URL with a host
             // (which has no control characters), never raw in an error or a log line.
             if !is_http_url(&url) {
-                let url = super::error::from_the_network(&url);
+                let url = super::error::from_the_network(&shown_url(&url));
                 return Err(format!(
                     "the localtunnel server answered no http(s) public URL: {url}"
                 )
@@ -622,7 +627,9 @@ impl Provider for LocalTunnel {
                 }
             };
             let shown_id = super::error::from_the_network(&id);
-            tracing::info!(%url, id = %shown_id, connections = size, "localtunnel open");
+            // The URL as the logs show one: its user info and query values left out.
+            let shown = shown_url(&url);
+            tracing::info!(url = %shown, id = %shown_id, connections = size, "localtunnel open");
             Ok(Session::spawn(url, move |mut stop| async move {
                 let _name = name;
                 let mut slots = JoinSet::new();
@@ -862,6 +869,15 @@ mod tests {
         assert_eq!(
             public_url("https://abcde.loca.lt", &hosted),
             "https://abcde.loca.lt"
+        );
+    }
+
+    #[test]
+    fn url_keeps_its_user_info_when_it_gets_the_server_port() {
+        let base = BaseUrl::parse("http://127.0.0.1:8080", false).unwrap();
+        assert_eq!(
+            public_url("http://bot:pw@abcde.localhost/?token=t", &base),
+            "http://bot:pw@abcde.localhost:8080/?token=t"
         );
     }
 

