@@ -316,7 +316,10 @@ impl Bore {
 
     /// Asks for this public port (default 0: any free port, and on a re-open the port the
     /// tunnel had first, see [`Bore`]). A server that assigns another port fails the attempt:
-    /// the webhook URL registered with the provider names this one.
+    /// the webhook URL registered with the provider names this one. One that refuses it as in
+    /// use is asked again 1.5 s later, when the startup timeout leaves the time: a bore server
+    /// holds a port for about a second after the session that had it ended, so a tunnel that
+    /// re-opens, or a process that restarts at once, would lose it otherwise.
     ///
     /// # Example
     ///
@@ -355,7 +358,8 @@ impl Bore {
     /// Opens the control connection and asks for the public port: first for `reclaimed`, the
     /// port of a tunnel that ended, when there is one; when the server refuses it (bore-cli's
     /// server answers with an `Error` and closes the control connection), a new control
-    /// connection asks for [`remote_port`](Self::remote_port), any port.
+    /// connection asks for [`remote_port`](Self::remote_port), any port. A fixed
+    /// `remote_port` refused as in use is asked for once more after [`PORT_RELEASE`].
     async fn open_control(&self, reclaimed: Option<&Held<u16>>) -> Result<(Frames, u16), BoxError> {
         // Within the startup timeout, all but the part kept for the probe: a slow server is
         // waited for as long as the configuration allows, and one that does not answer in a
@@ -376,7 +380,14 @@ impl Bore {
                 }
             }
         }
-        match self.hello(self.remote_port, deadline).await? {
+        // A fixed port refused as in use may be the tunnel's own, still held by the server for
+        // a session that has just ended (a re-open, a restart of the process): asked for once
+        // more when the server has had the time to let that session go.
+        let answer = match self.remote_port {
+            0 => self.hello(0, deadline).await?,
+            port => self.ask_again(port, Some(Instant::now()), deadline).await?,
+        };
+        match answer {
             Hello::Open(control, port) => Ok((control, port)),
             Hello::Refused(message) => {
                 let message = super::error::from_the_network(&message);
@@ -404,8 +415,8 @@ impl Bore {
         {
             tracing::debug!(
                 port,
-                "the bore server still holds the tunnel's previous port: asking again once it \
-                 has let the ended session go"
+                "the bore server still holds the port: asking again once it has let an ended \
+                 session go"
             );
             tokio::time::sleep_until(released).await;
             return self.hello(port, deadline).await;

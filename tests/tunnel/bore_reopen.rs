@@ -130,6 +130,40 @@ async fn a_bore_tunnel_whose_control_connection_is_cut_comes_back_at_its_url() {
     handle.close().await;
 }
 
+/// The same for a tunnel that asks for a fixed port, with a fallback provider: it asked for its
+/// port once, was refused it as in use while the server still held it for the cut session, and
+/// the chain moved on to the fallback, so the URL registered with the provider was gone
+/// (`UrlChanged`). The port is asked for again once the server has let the session go, and the
+/// tunnel comes back at its URL.
+#[tokio::test]
+async fn a_bore_tunnel_with_a_fixed_port_whose_control_connection_is_cut_comes_back_at_its_url() {
+    let (ip, fallback_ip) = (Ipv4Addr::new(127, 0, 0, 65), Ipv4Addr::new(127, 0, 0, 66));
+    let _server = BoreServer::start(ip, None).await;
+    let _fallback = BoreServer::start(fallback_ip, None).await;
+    let port = {
+        let free = std::net::TcpListener::bind((ip, 0)).unwrap();
+        free.local_addr().unwrap().port()
+    };
+    let (relay_port, cut) = relay_to(ip).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handle = Tunnel::builder()
+        .provider(bore_to(ip).control_port(relay_port).remote_port(port))
+        .fallback(bore_to(fallback_ip))
+        .reconnect_backoff(Duration::from_millis(100), Duration::from_millis(100))
+        .start(Upstream::service(hello_service(Arc::clone(&calls))))
+        .await
+        .unwrap();
+    let url = handle.url();
+    assert_eq!(url, format!("http://{ip}:{port}"));
+    let mut events = handle.events();
+
+    cut.send(()).unwrap();
+    down(&mut events).await;
+    back_at(&url, &mut events).await;
+    reaches(&url, "/after-the-cut", &calls).await;
+    handle.close().await;
+}
+
 /// While the server restarts, another program binds the tunnel's public port: the server
 /// refuses it to the re-opened tunnel ("port already in use"), which then asks for any port on
 /// a new control connection, comes back at a new URL told as `UrlChanged`, and logs why at info.
