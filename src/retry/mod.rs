@@ -11,7 +11,9 @@
 //!   upstream did not act on them: a 429, a 408 (the server gave up waiting for the rest of
 //!   the request, which RFC 9110 lets a client repeat), a 503 with `Retry-After`, an error
 //!   raised before the request was sent (a refused connection, an unreachable host or network,
-//!   a reqwest connect error, tower's `Overloaded`, anywhere in the error's source chain), or
+//!   a reqwest connect error, tower's `Overloaded`, anywhere in the error's source chain, but
+//!   not an I/O error that hyper reports on a connection that was open, as Linux reports "no
+//!   route to host" for a peer that went away while the answer was awaited), or
 //!   an HTTP/2 stream the server refused (`RST_STREAM` with `REFUSED_STREAM`, which RFC 9113
 //!   section 8.7 says was not processed; reqwest retries it a few times by itself, at once, and
 //!   the policy after that, with its backoff). A timeout, a 502 or 504, a reset connection, or
@@ -514,21 +516,27 @@ fn chain<'a>(err: &'a (dyn Error + 'static)) -> impl Iterator<Item = &'a (dyn Er
 
 /// Whether `err` was raised before the request left: nothing reached the upstream.
 fn was_not_sent(err: &(dyn Error + 'static)) -> bool {
+    // Set at an error of hyper's: hyper never opens a connection, so an I/O error it wraps came
+    // on one that was open, where the request may have been written already. Linux reports a
+    // connection whose host went away while it waited for the answer as "no route to host".
+    let mut on_open_connection = false;
     chain(err).any(|e| {
         if reqwest_error(e, ReqwestTest::Connect) {
             return true;
         }
+        on_open_connection |= e.is::<hyper::Error>();
         // Kinds a connection attempt fails with, before anything is written: a refused
         // connection, no route to the host or network, no local address to connect from.
-        let refused = e.downcast_ref::<std::io::Error>().is_some_and(|err| {
-            matches!(
-                err.kind(),
-                std::io::ErrorKind::ConnectionRefused
-                    | std::io::ErrorKind::HostUnreachable
-                    | std::io::ErrorKind::NetworkUnreachable
-                    | std::io::ErrorKind::AddrNotAvailable
-            )
-        });
+        let refused = !on_open_connection
+            && e.downcast_ref::<std::io::Error>().is_some_and(|err| {
+                matches!(
+                    err.kind(),
+                    std::io::ErrorKind::ConnectionRefused
+                        | std::io::ErrorKind::HostUnreachable
+                        | std::io::ErrorKind::NetworkUnreachable
+                        | std::io::ErrorKind::AddrNotAvailable
+                )
+            });
         refused || e.is::<tower::load_shed::error::Overloaded>() || is_refused_stream(e)
     })
 }

@@ -15,6 +15,7 @@ mod reqwest_0_12;
 mod retry;
 mod retry_after;
 mod retry_after_dates;
+mod retry_open_connections;
 mod retry_rate_limits;
 mod retry_redirects;
 mod retry_refusals;

@@ -1,0 +1,183 @@
+//! The retry policy: an I/O error on a connection that was open is not taken for one raised
+//! before the request was sent, whatever its kind. Linux reports a connection whose host went
+//! away while the client waited for the answer as "no route to host" (`EHOSTUNREACH`), the
+//! kind a connection attempt to that host fails with; the request had been written, and may
+//! have been acted on.
+//!
+//! The client is hyper-util's real one. Its connections are in memory: a loopback socket cannot
+//! be made to fail with `EHOSTUNREACH`, so each connection takes the request and then fails its
+//! read with that error, as the kernel would. A connection refused on a real loopback port is
+//! still retried.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Uri};
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+use tower::{BoxError, ServiceBuilder, ServiceExt};
+use tower_webhook::retry::RetryPolicy;
+
+/// A connection that takes what the client writes, then fails every read with `kind`, as a
+/// socket whose peer went away does. `written` counts the connections a request was written to.
+struct LostAfterWrite {
+    io: DuplexStream,
+    kind: io::ErrorKind,
+    wrote: bool,
+    written: Arc<AtomicUsize>,
+}
+
+impl AsyncRead for LostAfterWrite {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.wrote {
+            Poll::Ready(Err(self.kind.into()))
+        } else {
+            // Woken by the first write.
+            Poll::Pending
+        }
+    }
+}
+
+impl AsyncWrite for LostAfterWrite {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let written = Pin::new(&mut self.io).poll_write(cx, buf);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) && !self.wrote {
+            self.wrote = true;
+            self.written.fetch_add(1, Ordering::SeqCst);
+            // The read that waits on this connection (the same task) fails now.
+            cx.waker().wake_by_ref();
+        }
+        written
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl Connection for LostAfterWrite {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+/// A `POST` through the policy and hyper-util's client, whose connections fail their reads with
+/// `kind` once the request is written: how many connections the request was written to.
+async fn post_over_lost_connections(kind: io::ErrorKind) -> usize {
+    let written = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&written);
+    // Each connection's other end is kept until the call is over, so writes succeed.
+    let peers = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = Arc::clone(&peers);
+    let connector = tower::service_fn(move |_: Uri| {
+        let (io, peer) = tokio::io::duplex(64 * 1024);
+        kept.lock().unwrap().push(peer);
+        let conn = LostAfterWrite {
+            io,
+            kind,
+            wrote: false,
+            written: Arc::clone(&count),
+        };
+        // hyper-util wants connect futures it can move.
+        Box::pin(async move { Ok::<_, io::Error>(TokioIo::new(conn)) })
+    });
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build(connector);
+    let svc = ServiceBuilder::new()
+        .layer(
+            RetryPolicy::new()
+                .backoff(Duration::from_millis(1), Duration::from_millis(5))
+                .into_layer(),
+        )
+        .map_err(BoxError::from)
+        .service(client);
+    let req = Request::post("http://upstream.test/repos/o/r/issues/1/comments")
+        .body(Full::from("{\"body\":\"LGTM\"}"))
+        .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), svc.oneshot(req))
+        .await
+        .expect("the call ends")
+        .expect_err("no connection answers");
+    // The I/O error is in the chain, under hyper's.
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&*err);
+    let mut found = false;
+    while let Some(e) = source {
+        found |= e
+            .downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == kind);
+        source = e.source();
+    }
+    assert!(found, "{err:?}");
+    written.load(Ordering::SeqCst)
+}
+
+/// A `POST` whose connection fails with "no route to host" or "network unreachable" after the
+/// request was written is not sent again: the upstream may have acted on it (a comment posted
+/// twice). The policy used to read those kinds anywhere in the chain as a connection that never
+/// opened, and sent the `POST` four times.
+#[tokio::test]
+async fn a_post_whose_open_connection_became_unreachable_is_not_sent_again() {
+    for kind in [
+        io::ErrorKind::HostUnreachable,
+        io::ErrorKind::NetworkUnreachable,
+        io::ErrorKind::ConnectionRefused,
+    ] {
+        assert_eq!(post_over_lost_connections(kind).await, 1, "{kind:?}");
+    }
+}
+
+/// A `POST` whose connection could not be opened (a closed loopback port) is still sent again,
+/// through the same client: hyper-util's connect error wraps the refused connection, and hyper's
+/// error is not in its chain.
+#[tokio::test]
+async fn a_post_whose_connection_was_refused_is_still_sent_again() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let connects = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&connects);
+    let http = hyper_util::client::legacy::connect::HttpConnector::new();
+    let connector = tower::service_fn(move |uri: Uri| {
+        count.fetch_add(1, Ordering::SeqCst);
+        let mut http = http.clone();
+        Box::pin(async move { tower::Service::call(&mut http, uri).await })
+    });
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+    let svc = ServiceBuilder::new()
+        .layer(
+            RetryPolicy::new()
+                .max_retries(2)
+                .backoff(Duration::from_millis(1), Duration::from_millis(5))
+                .into_layer(),
+        )
+        .map_err(BoxError::from)
+        .service(client);
+    let req = Request::post(format!("http://127.0.0.1:{port}/comments"))
+        .body(Full::from("{}"))
+        .unwrap();
+    let err = svc.oneshot(req).await.expect_err("nothing listens there");
+    assert!(err.to_string().contains("client error (Connect)"), "{err}");
+    assert_eq!(connects.load(Ordering::SeqCst), 3);
+}
