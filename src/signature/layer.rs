@@ -1552,6 +1552,7 @@ fn request_id<'a>(shared: &Shared, headers: &'a HeaderMap) -> std::borrow::Cow<'
 /// Answers a duplicate delivery with `status`, without the inner service. A gRPC call is
 /// answered as gRPC says a call succeeded: HTTP 200 and `grpc-status: 0`, under its own content
 /// type; an empty 2xx without them is a broken call to a gRPC client, which would send it again.
+/// (No message: a unary call's client reports that as a failure, see `OnReplay::Acknowledge`.)
 fn acknowledge(shared: &Shared, status: StatusCode, key: &str, headers: &HeaderMap) -> Early {
     let grpc = grpc_content_type(headers);
     let status = if grpc.is_some() {

@@ -74,7 +74,9 @@
 //! - [`OnReplay::Reject`] (default): 409 with a `replayed-delivery` problem;
 //! - [`OnReplay::Acknowledge`]`(StatusCode::OK)` (or 202): an empty 2xx, and the inner service is
 //!   not called. Providers treat it as delivered, and nothing is processed twice. A gRPC call
-//!   (`application/grpc*`) gets what gRPC calls success: 200 with `grpc-status: 0`.
+//!   (`application/grpc*`) gets what gRPC calls success: 200 with `grpc-status: 0`, and no
+//!   message, which a unary call's client reports as a failure (use `Reject` for those: it
+//!   answers `ALREADY_EXISTS`).
 //!
 //! [`record_delivery`](SignatureLayer::record_delivery) says when an id counts as seen:
 //! [`RecordDelivery::AfterSuccess`] (default) claims it while the inner service runs and releases

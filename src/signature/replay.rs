@@ -470,8 +470,12 @@ pub enum OnReplay {
     Reject,
     /// An empty response with this (2xx) status, without calling the inner service: the
     /// provider sees success and stops redelivering, and the work is not done twice. A gRPC call
-    /// (`application/grpc*`) is answered 200 with `grpc-status: 0` under its content type,
-    /// which is what success is to a gRPC client.
+    /// (`application/grpc*`) is answered 200 with `grpc-status: 0` under its content type and
+    /// no message: a streaming call that succeeded without a message. A unary call's client
+    /// wants exactly one message, which the layer cannot make for the method, and reports the
+    /// answer as a failure (tonic: `Internal`, "Missing response message."): in front of unary
+    /// methods, use [`Reject`](OnReplay::Reject), whose `ALREADY_EXISTS` tells the client the
+    /// delivery was a copy.
     ///
     /// With [`RecordDelivery::AfterSuccess`], only copies of a delivery that was handled are
     /// acknowledged: a copy that arrives while the first attempt is still running gets the
