@@ -60,6 +60,9 @@ async fn main() -> Result<(), BoxError> {
         .open_duration(OpenDuration::Fixed(Duration::from_millis(500)));
     let (breaker, handle) = CircuitBreakerLayer::pair(config)?;
     // Timeouts, so a hung API counts as a failure instead of holding the call forever.
+    // The process's TLS provider, ring (this example builds reqwest without one of its own,
+    // `rustls-no-provider`).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder()
         .no_proxy()
         .connect_timeout(Duration::from_secs(5))

@@ -1579,6 +1579,9 @@ pub(crate) const API_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// trusting the system's roots (a self-hosted instance behind a private CA) and the public ones
 /// (an image without a CA bundle still reaches github.com).
 pub(crate) fn api_client() -> Result<reqwest::Client, BoxError> {
+    // The process's TLS provider, ring (this example builds reqwest without one of its own,
+    // `rustls-no-provider`); installed once, and a no-op when one is already there.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let public_roots = webpki_root_certs::TLS_SERVER_ROOT_CERTS
         .iter()
         .map(|der| reqwest::Certificate::from_der(der))

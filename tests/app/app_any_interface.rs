@@ -78,7 +78,7 @@ async fn the_printed_commands_name_a_loopback_address_for_host_0_0_0_0() {
         .unwrap();
     let curl = parse_curl(lines.next().unwrap());
     assert!(curl.url.starts_with(&here), "{}", curl.url);
-    let mut req = reqwest::Client::builder()
+    let mut req = crate::client::builder()
         .no_proxy()
         .build()
         .unwrap()

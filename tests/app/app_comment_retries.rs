@@ -98,7 +98,7 @@ fn the_hyper_server_trims_its_secret() {
 async fn the_load_test_layers_server_answers_another_method_405() {
     let router = load_test::router("layers", "s3cret").unwrap();
     let base = format!("http://{}", serve(router).await);
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let res = client.get(format!("{base}/hook")).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(res.headers()["allow"], "POST");
@@ -134,7 +134,7 @@ async fn the_load_test_layers_server_answers_another_method_405() {
 #[tokio::test]
 async fn a_bitbucket_cloud_api_token_is_sent_with_basic_auth_and_the_account_email() {
     let (api, fake) = FakeProvider::start(&[]).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let settings = lookup(&[
         ("BITBUCKET_WEBHOOK_SECRET", BB),
         ("BITBUCKET_API_URL", &api),
@@ -206,7 +206,7 @@ async fn a_comment_answered_502_after_it_was_stored_is_not_posted_twice() {
         StatusCode::GATEWAY_TIMEOUT,
     ] {
         let (api, fake) = FakeProvider::start(&[answer]).await;
-        let client = reqwest::Client::new();
+        let client = crate::client::new();
         let settings = lookup(&[
             ("GITHUB_WEBHOOK_SECRET", GH),
             ("GITHUB_API_URL", &api),
@@ -236,7 +236,7 @@ async fn a_comment_refused_503_or_429_is_still_posted_later() {
         StatusCode::TOO_MANY_REQUESTS,
     ] {
         let (api, fake) = FakeProvider::start(&[answer]).await;
-        let client = reqwest::Client::new();
+        let client = crate::client::new();
         let settings = lookup(&[
             ("GITLAB_WEBHOOK_TOKEN", "gl-token"),
             ("GITLAB_API_URL", &api),
@@ -294,7 +294,7 @@ async fn a_comment_whose_connection_is_lost_after_sending_is_not_posted_twice() 
             });
         }
     });
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let settings = lookup(&[
         ("GITHUB_WEBHOOK_SECRET", GH),
         ("GITHUB_API_URL", &api),
@@ -319,7 +319,7 @@ async fn a_comment_to_an_api_that_refuses_connections_is_tried_again() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let api = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let settings = lookup(&[
         ("GITHUB_WEBHOOK_SECRET", GH),
         ("GITHUB_API_URL", &api),
@@ -361,7 +361,7 @@ async fn the_hyper_server_cuts_off_a_client_that_never_finishes_its_request_head
     ));
     // A delivery is still served.
     let body = r#"{"action":"opened","number":1}"#;
-    let res = reqwest::Client::new()
+    let res = crate::client::new()
         .post(format!("http://{addr}/"))
         .header("x-github-event", "pull_request")
         .header("x-github-delivery", "hyper-1")

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 /// The one request the fake API received once the server settled: path, headers, body.
 async fn only_request(base: &str, fake: &FakeProvider) -> harness::Received {
-    let s = settled(&reqwest::Client::new(), base, 1).await;
+    let s = settled(&crate::client::new(), base, 1).await;
     assert_eq!(s["comments"]["posted"], 1, "{s}");
     let mut received = fake.received();
     assert_eq!(received.len(), 1, "{received:?}");

@@ -56,7 +56,7 @@ async fn a_delivery_sent_again_days_later_is_not_commented_on_twice() {
     };
     let app = app::build_with_clock(&settings, clock).unwrap();
     let base = format!("http://{}", serve(app.router).await);
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let route = "/api/v1/github_webhooks";
     let (headers, body) = github_opened("8d6f3c40-1d2e-11f0-8a4e-5f1c2b3a4d01");
 

@@ -27,7 +27,7 @@ async fn the_load_test_servers_cut_off_a_client_that_never_finishes_its_request_
 
         // A delivery is still served.
         let body = r#"{"action":"opened","number":1}"#;
-        let res = reqwest::Client::new()
+        let res = crate::client::new()
             .post(format!("http://{addr}/hook"))
             .header("content-type", "application/json")
             .header("x-github-event", "pull_request")
@@ -103,7 +103,7 @@ async fn github_api_requests_accept_githubs_media_type() {
     ])
     .unwrap();
     let base = start_server(&settings).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let body = json!({
         "action": "opened",
         "number": 7,

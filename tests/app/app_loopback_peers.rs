@@ -74,7 +74,7 @@ async fn comments_go_to_an_https_api_over_tls() {
     ])
     .unwrap();
     let base = start_server(&settings).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let res = github_pull_request(
         &client,
         &base,
@@ -165,7 +165,7 @@ async fn a_webhook_route_answers_other_methods_405_with_allow() {
     ])
     .unwrap();
     let base = start_server(&settings).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     for route in ["github", "gitlab", "azuredevops"] {
         for method in [
             reqwest::Method::GET,
@@ -260,7 +260,7 @@ async fn a_second_stop_signal_while_requests_are_answered_ends_the_wait_for_comm
         .unwrap();
     let addr = running.local_addr();
     let base = format!("http://{addr}");
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let res = github_pull_request(
         &client,
         &base,
@@ -389,7 +389,7 @@ async fn an_azure_devops_server_2019_takes_the_comment() {
     ])
     .unwrap();
     let base = start_server(&settings).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let body = json!({
         "id": "a4000000-0000-4000-8000-000000000006",
         "eventType": "git.pullrequest.created",

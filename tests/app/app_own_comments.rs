@@ -165,7 +165,7 @@ async fn received_after(
     fake: &FakeProvider,
     deliveries: u64,
 ) -> Vec<harness::Received> {
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let start = std::time::Instant::now();
     loop {
         let s = harness::status(&client, base).await;

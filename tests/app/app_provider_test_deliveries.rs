@@ -26,7 +26,7 @@ fn bbs_signature(body: &str) -> String {
 async fn a_bitbucket_data_center_test_connection_ping_is_answered_without_a_signature() {
     let settings = lookup(&[("BITBUCKET_SERVER_WEBHOOK_SECRET", BBS)]).unwrap();
     let base = start_server(&settings).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let url = format!("{base}/api/v1/bitbucket_server_webhooks");
     let ping = json!({"test": true}).to_string();
 
@@ -114,7 +114,7 @@ async fn a_bitbucket_data_center_test_connection_ping_is_answered_without_a_sign
 async fn a_gitlab_test_delivery_of_a_merged_merge_request_gets_no_comment() {
     let settings = lookup(&[("GITLAB_WEBHOOK_TOKEN", "gl-token")]).unwrap();
     let base = start_server(&settings).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let deliver = |n: u32, action: &str, state: Option<&str>| {
         let mut attrs = json!({"iid": 7, "action": action, "title": "Fix", "draft": false});
         if let Some(state) = state {
@@ -179,7 +179,7 @@ async fn an_azure_devops_test_notification_gets_no_comment() {
     ])
     .unwrap();
     let base = start_server(&settings).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let event = |subscription: &str, id: &str, event: &str| {
         let mut resource = json!({
             "pullRequestId": 1,

@@ -302,7 +302,7 @@ async fn a_rate_limit_reset_is_read_against_the_answers_date() {
     ])
     .unwrap();
     let base = harness::start_server(&settings).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     assert_eq!(github_opened(&client, &base, "rate-limited").await, 202);
     // Posted once the reset has passed: a few seconds, not an hour.
     let start = std::time::Instant::now();
@@ -439,7 +439,7 @@ async fn a_hyper_connection_that_sends_no_request_is_closed() {
     let mut preface_only = TcpStream::connect(addr).await.unwrap();
     preface_only.write_all(PREFACE).await.unwrap();
     // A request is answered as before (unsigned: 401).
-    let res = reqwest::Client::new()
+    let res = crate::client::new()
         .post(format!("http://{addr}/"))
         .body("{}")
         .send()
@@ -511,7 +511,7 @@ async fn a_delivery_whose_comment_failed_is_processed_when_delivered_again() {
     ])
     .unwrap();
     let base = harness::start_server(&settings).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let id = "redelivered";
     // 502: it may have been posted, and is not sent again; the log says to deliver it again.
     assert_eq!(github_opened(&client, &base, id).await, 202);
@@ -575,7 +575,7 @@ async fn a_published_draft_whose_comment_failed_gets_it_when_delivered_again() {
     ])
     .unwrap();
     let base = harness::start_server(&settings).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let created = "{00000000-0000-4000-8000-00000000d001}";
     let published = "{00000000-0000-4000-8000-00000000d002}";
     assert_eq!(
@@ -802,7 +802,7 @@ async fn a_published_draft_whose_comment_may_have_been_posted_is_not_commented_o
     ])
     .unwrap();
     let base = harness::start_server(&settings).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let published = "{00000000-0000-4000-8000-00000000e002}";
     assert_eq!(
         bitbucket_pr(
@@ -931,7 +931,7 @@ async fn an_azure_devops_comment_does_not_leave_an_active_thread_blocking_comple
     ])
     .unwrap();
     let base = harness::start_server(&settings).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let repository = serde_json::json!({"id": "repo-guid", "project": {"id": "proj-guid"}});
     let created = serde_json::json!({
         "id": "e0000000-0000-4000-8000-000000000001",
@@ -976,7 +976,7 @@ async fn an_unsigned_ping_is_not_counted_as_an_accepted_delivery() {
     let (_logs, _guard) = Logs::capture();
     let settings = harness::lookup(&[("BITBUCKET_SERVER_WEBHOOK_SECRET", "s3cret")]).unwrap();
     let base = harness::start_server(&settings).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let url = format!("{base}/api/v1/bitbucket_server_webhooks");
     let ping = serde_json::json!({"test": true}).to_string();
     for n in 1..=3 {
@@ -1062,7 +1062,7 @@ async fn one_providers_pending_comments_do_not_refuse_another_providers_deliveri
     ])
     .unwrap();
     let base = harness::start_server(&settings).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     // GitHub's API is down: its comment stays pending, and fills GitHub's bound.
     assert_eq!(github_opened(&client, &base, "pending-1").await, 202);
     let start = std::time::Instant::now();
@@ -1113,7 +1113,7 @@ async fn a_gitlab_command_by_a_bot_user_gets_no_answer() {
     ])
     .unwrap();
     let base = harness::start_server(&settings).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let note = |username: &str| {
         serde_json::json!({
             "object_kind": "note",
@@ -1239,7 +1239,7 @@ async fn a_comment_whose_request_failed_is_logged_with_the_cause() {
     ])
     .unwrap();
     let base = harness::start_server(&settings).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     assert_eq!(github_opened(&client, &base, "cause-1").await, 202);
     let line = logged_line(&logs, "provider API unreachable").await;
     assert!(line.contains("error sending request for url"), "{line}");
@@ -1296,7 +1296,7 @@ async fn a_comment_scheduled_again_is_logged_with_its_target_and_delivery() {
     ])
     .unwrap();
     let base = harness::start_server(&settings).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     assert_eq!(github_opened(&client, &base, "again-1").await, 202);
     let line = logged_line(&logs, "provider API failing").await;
     assert!(line.contains("delivery=again-1"), "{line}");
@@ -1329,7 +1329,7 @@ async fn a_5xx_answer_is_logged_once_at_error_level_with_its_request_id() {
     ])
     .unwrap();
     let base = harness::start_server(&settings).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     // GitHub's API is down: the first comment stays pending and fills the bound.
     assert_eq!(github_opened(&client, &base, "once-1").await, 202);
     let start = std::time::Instant::now();
@@ -1400,7 +1400,7 @@ async fn a_5xx_the_error_layer_passed_through_is_logged_once_with_its_request_id
                 .layer(tower_webhook::error::WebhookErrorLayer::new()),
         );
     let base = format!("http://{}", harness::serve(router).await);
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     for (path, status) in [("/bad-gateway", 502), ("/conflict", 409)] {
         let res = client
             .get(format!("{base}{path}"))
@@ -1519,7 +1519,7 @@ fn the_process_exits_within_the_grace_while_a_comments_host_name_is_being_resolv
         .build()
         .unwrap();
     runtime.block_on(async {
-        let client = reqwest::Client::new();
+        let client = crate::client::new();
         let status = github_opened(
             &client,
             &format!("http://{addr}"),
@@ -1594,7 +1594,7 @@ async fn a_comment_waiting_on_an_open_breaker_is_posted_when_it_closes_within_th
     .await
     .unwrap();
     let base = format!("http://{}", running.local_addr());
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let status = github_opened(&client, &base, "e0000000-0000-4000-8000-000000000001").await;
     assert_eq!(status, http::StatusCode::ACCEPTED);
     // The 503 opens the breaker: the comment waits for it.

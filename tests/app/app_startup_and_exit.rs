@@ -118,7 +118,7 @@ fn a_comment_on_its_way_when_the_process_exits_is_not_logged_as_not_posted() {
             "repository": { "full_name": "octo/repo" },
         })
         .to_string();
-        let res = reqwest::Client::new()
+        let res = crate::client::new()
             .post(format!("{base}/api/v1/github_webhooks"))
             .header("content-type", "application/json")
             .header("x-github-event", "pull_request")

@@ -11,6 +11,8 @@
 mod app;
 #[path = "../common/child.rs"]
 mod child;
+#[path = "../common/client.rs"]
+mod client;
 #[path = "../../examples/common/echo.rs"]
 #[allow(dead_code)]
 mod echo;

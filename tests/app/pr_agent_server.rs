@@ -299,7 +299,7 @@ fn comment_count(api: &FakeApi) -> usize {
 async fn every_provider_is_accepted_and_processed_exactly_once() {
     let (api_addr, api) = start_fake_api().await;
     let (base, _) = start_server(&settings(api_addr, &[])).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
 
     for (i, forge) in app::Forge::ALL.into_iter().enumerate() {
         let d = delivery(forge, &format!("0b8c7a52-1c0e-4c1f-9a55-00000000000{i}"), 7);
@@ -361,7 +361,7 @@ async fn every_provider_is_accepted_and_processed_exactly_once() {
 async fn bad_deliveries_are_rejected_and_never_processed() {
     let (api_addr, api) = start_fake_api().await;
     let (base, _) = start_server(&settings(api_addr, &[("MAX_BODY_BYTES", "65536")])).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
 
     for forge in app::Forge::ALL {
         // One byte of the body changed after signing.
@@ -436,7 +436,7 @@ async fn failing_api_opens_the_breaker_and_no_comment_is_lost() {
     let (api_addr, api) = start_fake_api().await;
     api.failing.store(true, Ordering::SeqCst);
     let (base, state) = start_server(&settings(api_addr, &[])).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
 
     const N: u64 = 12;
     for pr in 1..=N {
@@ -527,7 +527,7 @@ fn form_body(json: &[u8]) -> Vec<u8> {
 async fn form_encoded_deliveries_are_processed() {
     let (api_addr, api) = start_fake_api().await;
     let (base, _) = start_server(&settings(api_addr, &[])).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
 
     // GitHub signs the form body as sent.
     let json = json!({"action": "opened", "number": 21, "pull_request": {"number": 21, "title": "Form + JSON"}, "repository": {"full_name": "octo/repo"}}).to_string();
@@ -584,7 +584,7 @@ async fn a_rate_limited_comment_is_posted_later_not_dropped() {
     // GitHub answers 403 + `Retry-After` to a client over its rate limit.
     api.rate_limited.store(1, Ordering::SeqCst);
     let (base, _) = start_server(&settings(api_addr, &[])).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
 
     let d = delivery(
         app::Forge::GitHub,
@@ -622,7 +622,7 @@ async fn comment_waits_after_one_attempt(forge: app::Forge, answer: fn() -> Resp
         &[(forge.api_url_var(), provider.as_str())],
     ))
     .await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let d = delivery(forge, id, 6);
     assert_eq!(
         send(&client, &base, &d).await.status(),
@@ -696,7 +696,7 @@ async fn pending_comments_are_bounded_and_the_rest_is_deferred_to_the_provider()
     let (api_addr, api) = start_fake_api().await;
     api.failing.store(true, Ordering::SeqCst);
     let (base, state) = start_server(&settings(api_addr, &[("MAX_PENDING_COMMENTS", "3")])).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
 
     let mut statuses = Vec::new();
     for pr in 1..=5 {
@@ -735,7 +735,7 @@ async fn development_mode_generates_a_secret_and_its_sample_delivery_works() {
     assert_eq!(settings.forges.len(), 1, "only GitHub is enabled");
 
     let (base, _) = start_server(&settings).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let (body, signature) = app::sample_github_delivery(&secret);
     let post = |sig: String, id: &'static str| {
         client
@@ -960,7 +960,7 @@ async fn the_github_hook_follows_the_tunnel_url() {
         &json!({"url": format!("{first}/api/v1/github_webhooks")})
     );
     // What the hook now points at works.
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let d = delivery(app::Forge::GitHub, "hook-0001", 12);
     assert_eq!(
         send(&client, &first, &d).await.status(),
@@ -1032,7 +1032,7 @@ async fn use_tunnel_serves_the_routes_through_a_real_bore_server() {
     let public = running.tunnel_url().expect("a public URL");
     assert!(public.starts_with("http://127.0.0.42:"), "{public}");
 
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let d = delivery(app::Forge::GitHub, "tunnel-0001", 11);
     let res = send(&client, &public, &d).await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);
@@ -1064,7 +1064,7 @@ async fn a_comment_that_keeps_failing_is_given_up_after_max_attempts() {
         ],
     ))
     .await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
 
     let d = delivery(
         app::Forge::GitHub,
@@ -1096,7 +1096,7 @@ async fn a_comment_is_given_up_rather_than_tried_after_its_max_age() {
     // Rate limited with `Retry-After: 1`, for good.
     api.rate_limited.store(usize::MAX, Ordering::SeqCst);
     let (base, state) = start_server(&settings(api_addr, &[("COMMENT_MAX_AGE_SECS", "1")])).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
 
     let d = delivery(
         app::Forge::GitLab,
@@ -1151,7 +1151,7 @@ async fn a_stalled_provider_does_not_hold_up_the_comments_of_another() {
     let github = format!("http://{stalled_addr}");
     let (base, state) =
         start_server(&settings(api_addr, &[("GITHUB_API_URL", github.as_str())])).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
 
     // More GitHub comments than the server ever posts at once, all stuck upstream.
     send_pull_requests(&client, &base, "e3000000", 24).await;
@@ -1195,7 +1195,7 @@ async fn comments_in_flight_per_provider_is_a_setting() {
         ],
     ))
     .await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     send_pull_requests(&client, &base, "e4000000", 5).await;
     eventually("two of GitHub's comments in flight", PATIENCE, || {
         stalled_calls.load(Ordering::SeqCst) == 2
@@ -1222,7 +1222,7 @@ async fn a_comment_pending(
     .await;
     // Nothing pending: no wait.
     assert_eq!(state.drain_comments(Duration::from_secs(60)).await, 0);
-    let res = send(&reqwest::Client::new(), &base, &delivery(forge, id, pr)).await;
+    let res = send(&crate::client::new(), &base, &delivery(forge, id, pr)).await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);
     eventually("a failed attempt", PATIENCE, || {
         api.requests.load(Ordering::SeqCst) >= 1
@@ -1733,7 +1733,7 @@ fn only_new_comments_by_people_on_pull_requests_are_answered() {
 async fn a_command_gets_one_answer_on_every_provider_and_the_answer_gets_none() {
     let (api_addr, api) = start_fake_api().await;
     let (base, state) = start_server(&settings(api_addr, &[])).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let mut sent = 0u32;
     let mut send_comment = async |forge, pr, text: &str| {
         sent += 1;
@@ -1783,7 +1783,7 @@ async fn a_command_gets_one_answer_on_every_provider_and_the_answer_gets_none() 
 async fn bitbucket_data_center_and_gitea_reopened_pull_requests_get_a_comment() {
     let (api_addr, api) = start_fake_api().await;
     let (base, _) = start_server(&settings(api_addr, &[])).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
 
     // Bitbucket Data Center `pr:opened`, signed, with its `X-Request-Id` as the delivery id.
     let d = delivery(
@@ -1841,7 +1841,7 @@ async fn a_delivery_larger_than_axums_default_body_limit_is_accepted() {
     // MAX_BODY_BYTES is 25 MiB by default; axum's extractors stop at 2 MB unless told otherwise.
     let (api_addr, _api) = start_fake_api().await;
     let (base, _) = start_server(&settings(api_addr, &[])).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let padding = "x".repeat(3 << 20);
     let body = json!({"action": "opened", "number": 9, "pull_request": {"number": 9, "title": "Fix", "body": padding}, "repository": {"full_name": "octo/repo"}}).to_string().into_bytes();
     let d = Delivery {
@@ -2469,7 +2469,7 @@ async fn comments_of_app_installations_are_posted_with_installation_tokens() {
     // One comment at a time: one waiting for a token must not hold the slot.
     let (public, gh, base, state) =
         start_as_github_app(&python, &[("COMMENTS_IN_FLIGHT_PER_PROVIDER", "1")]).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let deliver = |installation: Option<u64>, pr: u64| {
         let (client, base) = (client.clone(), base.clone());
         async move {
@@ -2579,7 +2579,7 @@ fn github_times_are_read_as_utc() {
 async fn a_reopened_bitbucket_data_center_pull_request_gets_a_comment() {
     let (api_addr, api) = start_fake_api().await;
     let (base, state) = start_server(&settings(api_addr, &[])).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let pr = |id: u64, draft: bool| json!({"id": id, "title": "Back", "draft": draft, "state": "OPEN", "toRef": {"repository": {"slug": "repo", "project": {"key": "PROJ"}}}});
     for (delivery, id, draft) in [
         ("e5000000-0000-4000-8000-000000000001", 14, false),
@@ -2614,7 +2614,7 @@ async fn a_reopened_bitbucket_data_center_pull_request_gets_a_comment() {
 async fn an_edited_or_deleted_azure_devops_comment_is_not_answered_again() {
     let (api_addr, api) = start_fake_api().await;
     let (base, state) = start_server(&settings(api_addr, &[])).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let event = |id: &str, published: &str, changed: &str, deleted: bool| {
         json!({
             "id": id,
@@ -2697,7 +2697,7 @@ async fn an_edited_or_deleted_azure_devops_comment_is_not_answered_again() {
 async fn a_gitea_pull_request_opened_as_wip_gets_one_comment_when_marked_ready() {
     let (api_addr, api) = start_fake_api().await;
     let (base, state) = start_server(&settings(api_addr, &[])).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let opened = json!({"action": "opened", "number": 17, "pull_request": {"number": 17, "title": "WIP: Fix", "state": "open"}, "repository": {"full_name": "org/repo"}});
     let edited = json!({"action": "edited", "number": 17, "pull_request": {"number": 17, "title": "Fix", "state": "open"}, "changes": {"title": {"from": "WIP: Fix"}}, "repository": {"full_name": "org/repo"}});
     for (id, body) in [
@@ -2769,7 +2769,7 @@ fn bb_comment_path(id: u64) -> String {
 async fn a_bitbucket_cloud_draft_gets_one_comment_when_published() {
     let (api_addr, api) = start_fake_api().await;
     let (base, state) = start_server(&settings(api_addr, &[])).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let mut comment = bb_pr(24, false, "OPEN");
     comment["comment"] = json!({"id": 9, "content": {"raw": "/help"}});
     comment["actor"] = json!({"type": "user"});
@@ -2830,7 +2830,7 @@ async fn a_bitbucket_cloud_draft_gets_one_comment_when_published() {
 async fn remembered_drafts_are_bounded_and_the_least_recently_seen_goes_first() {
     let (api_addr, api) = start_fake_api().await;
     let (base, state) = start_server(&settings(api_addr, &[("MAX_REMEMBERED_DRAFTS", "2")])).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     deliver_all(
         &client,
         &base,
@@ -2868,7 +2868,7 @@ async fn a_published_draft_refused_for_a_full_queue_gets_its_comment_when_delive
         ],
     ))
     .await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let created = signed(
         app::Forge::Bitbucket,
         "f3000000-0000-4000-8000-000000000001",
@@ -2927,7 +2927,7 @@ fn bbs_comment_path(id: u64) -> String {
 async fn a_bitbucket_data_center_draft_gets_one_comment_when_published() {
     let (api_addr, api) = start_fake_api().await;
     let (base, state) = start_server(&settings(api_addr, &[])).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let with_key = |key: &str, mut body: Value| {
         body["eventKey"] = json!(key);
         (key.to_owned(), body)
@@ -2983,7 +2983,7 @@ fn ado_thread_path(id: u64) -> String {
 async fn an_azure_devops_draft_gets_one_comment_when_published() {
     let (api_addr, api) = start_fake_api().await;
     let (base, state) = start_server(&settings(api_addr, &[])).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let (created, updated) = ("git.pullrequest.created", "git.pullrequest.updated");
     let pushed = "Jamal Hartnett updated the source branch of pull request 41";
     deliver_all(
@@ -3116,7 +3116,7 @@ async fn a_suspended_or_uninstalled_installation_drops_its_token_and_asks_for_no
         return;
     };
     let (_, gh, base, state) = start_as_github_app(&python, &[]).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let deliver = |d: Delivery| {
         let (client, base) = (client.clone(), base.clone());
         async move {
@@ -3243,7 +3243,7 @@ async fn an_azure_devops_sign_in_page_is_not_a_comment_posted() {
             &[("AZURE_DEVOPS_API_URL", provider.as_str())],
         ))
         .await;
-        let client = reqwest::Client::new();
+        let client = crate::client::new();
         let d = delivery(app::Forge::AzureDevOps, id, 8);
         assert_eq!(
             send(&client, &base, &d).await.status(),
@@ -3327,7 +3327,7 @@ async fn api_tokens_are_trimmed_and_checked_at_startup() {
         ],
     ))
     .await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     for (i, forge) in app::Forge::ALL.into_iter().enumerate() {
         let d = delivery(forge, &format!("7c000000-0000-4000-8000-00000000000{i}"), 3);
         assert_eq!(
@@ -3401,7 +3401,7 @@ async fn the_azure_devops_user_name_is_trimmed_like_its_password() {
         4,
     );
     assert_eq!(
-        send(&reqwest::Client::new(), &base, &d).await.status(),
+        send(&crate::client::new(), &base, &d).await.status(),
         StatusCode::ACCEPTED
     );
 }
@@ -3500,7 +3500,7 @@ async fn a_secondary_rate_limit_that_persists_is_waited_out_longer_each_time() {
         9,
     );
     assert_eq!(
-        send(&reqwest::Client::new(), &base, &d).await.status(),
+        send(&crate::client::new(), &base, &d).await.status(),
         StatusCode::ACCEPTED
     );
     assert_eq!(state.drain_comments(Duration::from_secs(3600)).await, 0);
@@ -3715,7 +3715,7 @@ async fn a_comment_in_a_long_backoff_is_tried_again_during_the_shutdown_grace() 
         64,
     );
     assert_eq!(
-        send(&reqwest::Client::new(), &base, &d).await.status(),
+        send(&crate::client::new(), &base, &d).await.status(),
         StatusCode::ACCEPTED
     );
     // Ten failed attempts (virtual time): the next one is more than three minutes away.
@@ -3756,7 +3756,7 @@ async fn deliveries_read_at_once_are_bounded() {
         stream.write_all(head.as_bytes()).await.unwrap();
         stalled.push(stream);
     }
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     // Once both are being read, a third is refused (waited for: the server reads the heads at
     // its own pace).
     let mut refused = None;
@@ -3883,7 +3883,7 @@ async fn a_redirected_comment_is_not_taken_for_posted_nor_sent_elsewhere() {
 
     let (api_addr, seen) = start_redirecting_api(elsewhere).await;
     let (base, _) = start_server(&settings(api_addr, &[])).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     for (forge, pr) in [
         (app::Forge::GitHub, 71),
         (app::Forge::GitHub, 72),
@@ -4024,7 +4024,7 @@ fn a_key_in_the_wrong_github_app_variable_is_not_shown() {
 async fn a_gitlab_internal_note_is_answered_with_an_internal_note() {
     let (api_addr, api) = start_fake_api().await;
     let (base, state) = start_server(&settings(api_addr, &[])).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let note = |id: u64, internal: bool, text: &str| json!({"object_kind": "note", "event_type": if internal { "confidential_note" } else { "note" }, "project_id": 42, "user": {"username": "dev"}, "object_attributes": {"id": id, "note": text, "noteable_type": "MergeRequest", "system": false, "action": "create", "internal": internal, "confidential": internal}, "merge_request": {"iid": 81, "title": "Fix"}});
     for (id, internal, event, text) in [
         (
@@ -4072,7 +4072,7 @@ async fn a_gitlab_internal_note_is_answered_with_an_internal_note() {
 async fn a_request_to_no_webhook_route_is_not_counted_as_a_rejected_delivery() {
     let (api_addr, _api) = start_fake_api().await;
     let (base, _) = start_server(&settings(api_addr, &[])).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     for (method, path) in [
         (reqwest::Method::GET, "/wp-login.php"),
         (reqwest::Method::POST, "/api/v1/jenkins_webhooks"),

@@ -63,7 +63,7 @@ fn per_repo(req: &reqwest::Request) -> String {
 #[tokio::test]
 async fn an_open_keyed_breaker_under_a_global_one_does_not_open_the_global_one() {
     let (base, hits) = upstream().await;
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let client = crate::client::builder().no_proxy().build().unwrap();
     let (global, global_handle) = CircuitBreakerLayer::pair(
         CircuitBreakerConfig::default()
             .name("api")
@@ -116,7 +116,7 @@ async fn an_open_keyed_breaker_under_a_global_one_does_not_open_the_global_one()
 #[tokio::test]
 async fn keyed_breakers_over_an_open_global_one_serve_again_once_it_closes() {
     let (base, hits) = upstream().await;
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let client = crate::client::builder().no_proxy().build().unwrap();
     let (keyed, repos) = KeyedCircuitBreakerLayer::pair(
         CircuitBreakerConfig::default()
             .name("repo")
@@ -161,7 +161,7 @@ async fn keyed_breakers_over_an_open_global_one_serve_again_once_it_closes() {
 #[tokio::test]
 async fn a_half_open_probe_refused_beneath_gives_its_permit_back() {
     let (base, _hits) = upstream().await;
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let client = crate::client::builder().no_proxy().build().unwrap();
     let open_for = Duration::from_secs(5);
     let (outer, outer_handle) = CircuitBreakerLayer::pair(
         CircuitBreakerConfig::default()
@@ -201,7 +201,7 @@ async fn a_half_open_probe_refused_beneath_gives_its_permit_back() {
 #[tokio::test]
 async fn a_reqwest_builder_error_is_not_held_against_the_upstream() {
     let (base, hits) = upstream().await;
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let client = crate::client::builder().no_proxy().build().unwrap();
     let (layer, handle) =
         CircuitBreakerLayer::pair(CircuitBreakerConfig::default().consecutive_failures(1)).unwrap();
     let mut svc = ServiceBuilder::new().layer(layer).service(client);

@@ -49,6 +49,7 @@ macro_rules! reqwest_timeouts {
         #[tokio::test]
         async fn $name() {
             use $reqwest as reqwest;
+            crate::client::install_tls();
             let (base, hits) = slow_server().await;
             let client = reqwest::Client::builder()
                 .no_proxy()
@@ -394,6 +395,7 @@ macro_rules! reqwest_retry_after {
         #[tokio::test]
         async fn $name() {
             use $reqwest as reqwest;
+            crate::client::install_tls();
             let base = busy_server().await;
             let client = reqwest::Client::builder().no_proxy().build().unwrap();
             let config = CircuitBreakerConfig::default()

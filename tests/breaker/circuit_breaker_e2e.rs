@@ -77,7 +77,7 @@ async fn pass_open_duration() {
 #[tokio::test]
 async fn reqwest_client_behind_the_breaker() {
     let (base, upstream) = start_axum().await;
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let client = crate::client::builder().no_proxy().build().unwrap();
     let config = CircuitBreakerConfig::default()
         .name("axum-upstream")
         .consecutive_failures(2)
@@ -144,7 +144,7 @@ async fn reqwest_client_behind_the_breaker() {
 #[tokio::test]
 async fn retry_outside_the_breaker_over_reqwest_stops_at_circuit_open() {
     let (base, upstream) = start_axum().await;
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let client = crate::client::builder().no_proxy().build().unwrap();
     client
         .post(format!("{base}/control/fail"))
         .send()

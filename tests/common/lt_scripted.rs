@@ -34,8 +34,11 @@ pub(crate) struct ScriptedLt {
     pub(crate) dropping: Arc<AtomicBool>,
     pub(crate) asked: Arc<Mutex<Vec<String>>>,
     pub(crate) new_id: Arc<Mutex<Option<String>>>,
-    pub(crate) url: Arc<Mutex<Option<fn(&str, u16) -> String>>>,
+    pub(crate) url: Arc<Mutex<Option<UrlOf>>>,
 }
+
+/// The public URL a server answers for a name, given its own port.
+pub(crate) type UrlOf = fn(&str, u16) -> String;
 
 impl ScriptedLt {
     pub(crate) async fn start() -> Self {

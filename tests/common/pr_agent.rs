@@ -40,7 +40,7 @@ pub(crate) async fn deliver(
     headers: &[(&str, String)],
     body: &str,
 ) -> http::StatusCode {
-    let mut req = reqwest::Client::new()
+    let mut req = crate::client::new()
         .post(format!("{base}{route}"))
         .header("content-type", "application/json")
         .body(body.to_owned());

@@ -85,7 +85,7 @@ async fn the_documented_router_answers_other_methods_405_and_verifies_posts() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/webhooks/github", listener.local_addr().unwrap());
     let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
 
     let get = client.get(&url).send().await.unwrap();
     assert_eq!(get.status(), 405);

@@ -3,6 +3,8 @@
 //! One test binary per area: each file below is a module of it.
 
 // Helpers shared by the modules below, compiled once for the whole binary.
+#[path = "../common/client.rs"]
+mod client;
 
 mod documented_defaults;
 mod documented_statuses;

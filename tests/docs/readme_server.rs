@@ -31,7 +31,7 @@ async fn serve(app: Router) -> (SocketAddr, tokio::task::JoinHandle<()>) {
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    crate::client::builder()
         .timeout(Duration::from_secs(20))
         .build()
         .unwrap()

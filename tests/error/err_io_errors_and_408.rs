@@ -46,7 +46,7 @@ async fn a_length_limit_inside_an_io_error_is_413() {
         .service_fn(read_body_as_io);
     let (addr, server) = serve(svc).await;
 
-    let res = reqwest::Client::new()
+    let res = crate::client::new()
         .post(format!("http://{addr}/hook"))
         .body(vec![b'x'; 1024])
         .timeout(Duration::from_secs(10))
@@ -58,7 +58,7 @@ async fn a_length_limit_inside_an_io_error_is_413() {
     assert_eq!(doc["type"], types::PAYLOAD_TOO_LARGE);
 
     // A body within the limit still reaches the handler.
-    let res = reqwest::Client::new()
+    let res = crate::client::new()
         .post(format!("http://{addr}/hook"))
         .body("small")
         .timeout(Duration::from_secs(10))

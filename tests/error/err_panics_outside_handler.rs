@@ -25,7 +25,7 @@ use tower_webhook::error::{HttpError, Problem, WebhookErrorLayer, WebhookProcess
 
 /// GETs `path`, expecting an answer (not a dropped connection): its status and body.
 async fn get(addr: SocketAddr, path: &str) -> (StatusCode, Bytes) {
-    let res = reqwest::Client::new()
+    let res = crate::client::new()
         .get(format!("http://{addr}{path}"))
         .timeout(Duration::from_secs(10))
         .send()
@@ -327,7 +327,7 @@ fn conflict<B: Send + 'static>() -> impl Service<
 async fn a_head_answer_has_the_content_length_of_the_get_answer() {
     let (_logs, _guard) = capture_logs();
     let (addr, server) = serve(conflict::<axum::body::Body>()).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let get = client
         .get(format!("http://{addr}/hook"))
         .send()

@@ -334,7 +334,7 @@ async fn serve_problems() -> std::net::SocketAddr {
 
 /// GETs `path` from `addr` with a request id; the answer's status, content type and document.
 async fn get_problem(addr: std::net::SocketAddr, path: &str) -> (u16, String, Value) {
-    let res = reqwest::Client::new()
+    let res = crate::client::new()
         .get(format!("http://{addr}{path}"))
         .header("x-request-id", "req-7")
         .timeout(Duration::from_secs(10))

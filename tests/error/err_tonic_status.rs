@@ -354,7 +354,7 @@ impl Drop for PanicsOnDrop {
 
 /// GETs `/` from `addr`, expecting an answer, not a dropped connection.
 async fn get_status(addr: std::net::SocketAddr) -> StatusCode {
-    let res = reqwest::Client::new()
+    let res = crate::client::new()
         .get(format!("http://{addr}/"))
         .timeout(Duration::from_secs(10))
         .send()

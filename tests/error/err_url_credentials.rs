@@ -54,7 +54,7 @@ async fn an_id_a_browser_resolves_to_a_host_or_runs_is_no_instance() {
             Ok::<_, Infallible>(Problem::new(StatusCode::CONFLICT).into_response())
         });
     let (addr, server) = axum_serve::serve(app).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let base = reqwest::Url::parse(&format!("http://{addr}/hook")).unwrap();
 
     for id in [
@@ -132,7 +132,7 @@ async fn url_credentials_in_an_error_chain_are_not_logged() {
                         "http://{refused}/v1/comments?page=2&access_token=tok-hunter2&sig=sig-hunter2"
                     );
                     let request = reqwest::Request::new(http::Method::GET, url.parse().unwrap());
-                    let err = reqwest::Client::new()
+                    let err = crate::client::new()
                         .execute(request)
                         .await
                         .expect_err("nothing listens there");
@@ -148,7 +148,7 @@ async fn url_credentials_in_an_error_chain_are_not_logged() {
             Err::<axum::response::Response, _>(err)
         });
     let (addr, server) = axum_serve::serve(app).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     for path in ["/upstream", "/store"] {
         let res = client
             .get(format!("http://{addr}{path}"))
@@ -188,7 +188,7 @@ async fn url_credentials_in_a_panic_message_are_not_logged() {
             Ok::<axum::response::Response, Infallible>(StatusCode::OK.into_response())
         });
     let (addr, server) = axum_serve::serve(app).await;
-    let res = reqwest::Client::new()
+    let res = crate::client::new()
         .get(format!("http://{addr}/hook"))
         .timeout(Duration::from_secs(10))
         .send()

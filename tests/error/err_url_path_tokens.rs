@@ -21,7 +21,7 @@ async fn hook_tokens_in_url_paths_and_passwords_with_a_slash_are_not_logged() {
         listener.local_addr().unwrap()
     };
     let port = refused.port();
-    let client = reqwest::Client::builder()
+    let client = crate::client::builder()
         .resolve("hooks.slack.com", refused)
         .resolve("discord.com", refused)
         .resolve("api.telegram.org", refused)
@@ -71,7 +71,7 @@ async fn hook_tokens_in_url_paths_and_passwords_with_a_slash_are_not_logged() {
             }
         });
     let (addr, server) = axum_serve::serve(app).await;
-    let http = reqwest::Client::new();
+    let http = crate::client::new();
     let paths = [
         "/0",
         "/1",

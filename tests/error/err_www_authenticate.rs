@@ -31,7 +31,7 @@ fn challenges(headers: &http::HeaderMap) -> Vec<String> {
 
 /// GETs `path` from a real server.
 async fn get(addr: std::net::SocketAddr, path: &str) -> reqwest::Response {
-    reqwest::Client::new()
+    crate::client::new()
         .get(format!("http://{addr}{path}"))
         .timeout(Duration::from_secs(10))
         .send()

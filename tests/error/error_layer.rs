@@ -923,7 +923,7 @@ mod axum_router {
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move { axum::serve(listener, router()).await });
 
-        let client = reqwest::Client::new();
+        let client = crate::client::new();
         let res = client
             .post(format!("http://{addr}/review/nope"))
             .send()

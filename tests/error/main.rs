@@ -5,6 +5,8 @@
 // Helpers shared by the modules below, compiled once for the whole binary.
 #[path = "../common/axum_serve.rs"]
 mod axum_serve;
+#[path = "../common/client.rs"]
+mod client;
 #[path = "../../examples/common/echo.rs"]
 #[allow(dead_code)]
 mod echo;

@@ -695,7 +695,7 @@ fn counted_reqwest(
             counted.fetch_add(1, Ordering::SeqCst);
             req
         })
-        .service(reqwest::Client::new());
+        .service(crate::client::new());
     (svc, attempts)
 }
 

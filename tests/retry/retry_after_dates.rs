@@ -61,7 +61,7 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// the final status and the gaps between the requests the server saw.
 async fn get_through_policy(ahead: bool) -> (StatusCode, Vec<Duration>) {
     let (url, hits) = skewed_server(HOUR, ahead, 2).await;
-    let client = reqwest::Client::builder()
+    let client = crate::client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))
         .build()
@@ -115,7 +115,7 @@ async fn breaker_open_duration_reads_retry_after_against_the_servers_date() {
             .consecutive_failures(1)
             .honor_retry_after(Duration::from_secs(600));
         let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
-        let client = reqwest::Client::builder()
+        let client = crate::client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(30))
             .build()
@@ -238,6 +238,7 @@ macro_rules! a_fragment_is_not_a_redirect {
         #[tokio::test]
         async fn $name() {
             use $reqwest as reqwest;
+            crate::client::install_tls();
             for error_for_status in [false, true] {
                 let (base, hits) = limited_server().await;
                 let client = reqwest::Client::builder().no_proxy().build().unwrap();

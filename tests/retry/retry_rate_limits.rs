@@ -81,7 +81,7 @@ fn policy() -> RetryPolicy {
 /// gaps between the requests the server saw.
 async fn post(first: Limited) -> (StatusCode, Vec<Duration>) {
     let (url, hits) = server(first).await;
-    let client = reqwest::Client::builder()
+    let client = crate::client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))
         .build()

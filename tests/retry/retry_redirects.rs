@@ -45,6 +45,7 @@ macro_rules! redirect_hops_are_not_told_apart {
         #[tokio::test]
         async fn $name() {
             use $reqwest as reqwest;
+            crate::client::install_tls();
             let post = |base: &str| {
                 let url: reqwest::Url = format!("{base}/comments").parse().unwrap();
                 let mut req = reqwest::Request::new(reqwest::Method::POST, url);
@@ -138,6 +139,7 @@ macro_rules! a_redirected_answer_is_no_refusal {
         #[tokio::test]
         async fn $name() {
             use $reqwest as reqwest;
+            crate::client::install_tls();
             let (base, posted) = posts_then_redirects_to_a_limited_page().await;
             let client = reqwest::Client::builder().no_proxy().build().unwrap();
             let url: reqwest::Url = format!("{base}/comments").parse().unwrap();

@@ -44,7 +44,7 @@ fn policy() -> RetryPolicy {
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    crate::client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(10))
         .build()

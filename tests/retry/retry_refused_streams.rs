@@ -145,7 +145,7 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> String {
 
 /// The same post with reqwest 0.13 (the `reqwest` integration), its own retries turned off.
 async fn post_with_reqwest_0_13(policy: RetryPolicy, url: &str) -> Result<u16, String> {
-    let client = reqwest::Client::builder()
+    let client = crate::client::builder()
         .no_proxy()
         .http2_prior_knowledge()
         .retry(reqwest::retry::never())

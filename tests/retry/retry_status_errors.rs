@@ -66,6 +66,7 @@ macro_rules! status_errors_are_read_by_their_status {
         #[tokio::test]
         async fn $name() {
             use $reqwest as reqwest;
+            crate::client::install_tls();
             let (base, hits) = server().await;
             let client = reqwest::Client::builder()
                 .no_proxy()

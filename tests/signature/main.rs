@@ -9,6 +9,8 @@ mod axum_serve;
 mod child;
 #[path = "../common/chunks.rs"]
 mod chunks;
+#[path = "../common/client.rs"]
+mod client;
 #[path = "../common/deliver.rs"]
 mod deliver;
 #[path = "../../examples/common/echo.rs"]

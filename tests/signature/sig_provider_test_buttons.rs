@@ -44,7 +44,7 @@ async fn serve(layer: SignatureLayer) -> (SocketAddr, Arc<AtomicUsize>) {
 async fn azure_devops_test_notifications_reach_the_handler_every_time() {
     let layer = SignatureLayer::azure_devops("hooks", "p4ssw0rd").unwrap();
     let (addr, calls) = serve(layer).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let url = format!("http://{addr}/hook");
     const SAMPLE_ID: &str = "2ab4e3d3-b7a6-425e-92b1-5a9982c1269e";
     let event = |subscription: &str, notification: u32| {
@@ -107,7 +107,7 @@ async fn azure_devops_test_notifications_reach_the_handler_every_time() {
 async fn a_bitbucket_data_center_test_connection_is_verified_like_any_delivery() {
     const SECRET: &str = "bitbucket-dc-secret";
     let (addr, calls) = serve(SignatureLayer::bitbucket_data_center(SECRET).unwrap()).await;
-    let client = reqwest::Client::new();
+    let client = crate::client::new();
     let url = format!("http://{addr}/hook");
     let body = r#"{"test": true}"#;
     let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();

@@ -103,7 +103,7 @@ async fn gitea_and_forgejo_get_deliveries_are_named_in_the_log() {
             .route("/hooks/gitea", axum::routing::any(|| async { "handled" }))
             .layer(layer);
         let (addr, server) = axum_serve::serve(app).await;
-        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let client = crate::client::builder().no_proxy().build().unwrap();
         let get = |signature: String| {
             client
                 .get(gitea_get_url(addr, payload))
