@@ -113,37 +113,17 @@ fn classify_one(
         return Some(problem);
     }
     if err.is::<tower::timeout::error::Elapsed>() {
-        // The status's own name: "Gateway Timeout" by default, "Request Timeout" for 408, and
-        // the name of whatever other error status `timeout_status` was given ("Timeout" if none).
-        let title = timeout_status.canonical_reason().unwrap_or("Timeout");
-        return Some(
-            Problem::from_static(timeout_status, types::TIMEOUT, title)
-                .with_grpc_code(GrpcCode::DeadlineExceeded),
-        );
+        return Some(timeout(timeout_status));
     }
     // A tonic client's deadline (`Endpoint::timeout`, a `grpc-timeout` it sent): the call to an
     // upstream took too long, whatever `timeout_status` says of the layer's own deadline.
     #[cfg(feature = "tonic")]
     if err.is::<tonic::TimeoutExpired>() {
-        return Some(
-            Problem::from_static(
-                StatusCode::GATEWAY_TIMEOUT,
-                types::TIMEOUT,
-                "Gateway Timeout",
-            )
-            .with_grpc_code(GrpcCode::DeadlineExceeded),
-        );
+        return Some(timeout(StatusCode::GATEWAY_TIMEOUT));
     }
     if is_body_timeout(err) {
         // The client stopped sending the body (tower-http's `RequestBodyTimeoutLayer`).
-        return Some(
-            Problem::from_static(
-                StatusCode::REQUEST_TIMEOUT,
-                types::TIMEOUT,
-                "Request Timeout",
-            )
-            .with_grpc_code(GrpcCode::DeadlineExceeded),
-        );
+        return Some(timeout(StatusCode::REQUEST_TIMEOUT));
     }
     if err.is::<tower::load_shed::error::Overloaded>() {
         return Some(Problem::from_static(
@@ -191,6 +171,13 @@ fn classify_one(
         return Some(problem);
     }
     extra.iter().find_map(|recognize| recognize(err))
+}
+
+/// The problem for a deadline that passed, answered with `status`, titled with the status's own
+/// name ("Gateway Timeout", "Request Timeout"; "Timeout" for one that has none).
+fn timeout(status: StatusCode) -> Problem {
+    let title = status.canonical_reason().unwrap_or("Timeout");
+    Problem::from_static(status, types::TIMEOUT, title).with_grpc_code(GrpcCode::DeadlineExceeded)
 }
 
 /// The wait in a status's `grpc-retry-pushback-ms`, milliseconds as digits. Anything else
