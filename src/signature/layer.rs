@@ -139,6 +139,9 @@ pub struct VerifiedWebhook {
     event: Option<Text>,
     timestamp: Option<SystemTime>,
     secret_index: Option<usize>,
+    /// The replay key of a delivery without a delivery id whose timestamp is signed: `sig-` and
+    /// the start of its MAC.
+    fingerprint: Option<Text>,
 }
 
 impl VerifiedWebhook {
@@ -249,6 +252,13 @@ impl VerifiedWebhook {
     /// ```
     pub fn secret_index(&self) -> Option<usize> {
         self.secret_index
+    }
+
+    /// What the replay store knows the delivery by: its delivery id, or, for a delivery without
+    /// one whose timestamp is signed, the start of its MAC.
+    fn replay_id(&self) -> Option<&str> {
+        self.delivery_id()
+            .or_else(|| self.fingerprint.as_ref().map(Text::as_str))
     }
 }
 
@@ -1022,7 +1032,8 @@ impl SignatureLayer {
     /// custom scheme with one), an id is remembered at least until its signed timestamp has left
     /// the [`timestamp_tolerance`](Self::timestamp_tolerance) window, however short the
     /// `replay_ttl`: a copy is then refused as a replay or as stale, never let through in
-    /// between.
+    /// between. A delivery without an id whose timestamp is signed (Zoom, a Slack command) is
+    /// recorded by its MAC only that long, whatever the `replay_ttl`: a copy is stale after.
     ///
     /// # Panics
     ///
@@ -1455,6 +1466,7 @@ fn to_verified(
                 // enough to let it through) is reported as absent rather than panicking.
                 .and_then(|t| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(t))),
             secret_index: v.secret_index,
+            fingerprint: v.fingerprint,
         },
         v.challenge,
     )
@@ -1462,8 +1474,10 @@ fn to_verified(
 
 /// How long the id of a delivery signed at `timestamp` (Unix seconds) is remembered: the
 /// `replay_ttl`, and at least until the timestamp has left the window, so that a copy is
-/// refused either as a replay or as stale, never let through in between.
-fn replay_ttl(shared: &Shared, timestamp: Option<u64>) -> Duration {
+/// refused either as a replay or as stale, never let through in between. A delivery known by
+/// its MAC (`fingerprinted`: it has no delivery id) is remembered only that long: no provider
+/// sends it again as it was, and a copy is stale after that.
+fn replay_ttl(shared: &Shared, timestamp: Option<u64>, fingerprinted: bool) -> Duration {
     let Some(timestamp) = timestamp else {
         return shared.replay_ttl;
     };
@@ -1479,9 +1493,12 @@ fn replay_ttl(shared: &Shared, timestamp: Option<u64>) -> Duration {
         .now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
-    shared
-        .replay_ttl
-        .max(last.checked_sub(now).unwrap_or_default())
+    let window = last.checked_sub(now).unwrap_or_default();
+    if fingerprinted {
+        // The store's smallest TTL is 1 ms; a second covers the window's last whole second.
+        return window.max(Duration::from_secs(1));
+    }
+    shared.replay_ttl.max(window)
 }
 
 /// `Content-Length` (its first value), if present and well formed, and whether
@@ -1974,7 +1991,11 @@ where
                                 early: Some(reject(shared, err, &parts.headers)),
                             },
                             Ok(verified) => {
-                                let ttl = replay_ttl(shared, verified.timestamp);
+                                let ttl = replay_ttl(
+                                    shared,
+                                    verified.timestamp,
+                                    verified.delivery_id.is_none(),
+                                );
                                 let deduplicate = verified.deduplicate;
                                 let (verified, challenge) =
                                     to_verified(shared.scheme.provider, verified);
@@ -2573,7 +2594,7 @@ fn replay_key(provider: Provider, id: &str) -> String {
 fn replay_key_of<B>(req: &Request<B>) -> String {
     req.extensions()
         .get::<VerifiedWebhook>()
-        .and_then(|v| Some(replay_key(v.provider(), v.delivery_id()?)))
+        .and_then(|v| Some(replay_key(v.provider(), v.replay_id()?)))
         .unwrap_or_default()
 }
 
@@ -2602,7 +2623,7 @@ fn replay_target<'a>(
     verified: &'a VerifiedWebhook,
 ) -> Option<(&'a Arc<dyn ReplayStore>, &'a str)> {
     let store = shared.replay.as_ref()?;
-    Some((store, verified.delivery_id()?))
+    Some((store, verified.replay_id()?))
 }
 
 fn call_inner<S, ReqBody>(

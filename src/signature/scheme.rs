@@ -810,6 +810,11 @@ pub(crate) struct Verified {
     /// Whether the delivery id is recorded in the replay store: not for a test notification
     /// whose id is a fixed sample (Azure DevOps' "Test" button).
     pub(crate) deduplicate: bool,
+    /// The replay key of a delivery that has a signed timestamp but no delivery id (Zoom, a
+    /// Slack command, a custom scheme without an id header): `sig-` and the first 16 bytes of
+    /// its MAC in hex. A copy sent again inside the window carries the same MAC, however its
+    /// signature header is written (hex in upper case, other signatures beside it).
+    pub(crate) fingerprint: Option<Text>,
 }
 
 /// Up to this many header values, a header is found by one pass over the map rather than by
@@ -1176,7 +1181,7 @@ impl Scheme {
     ) -> Result<Verified, E> {
         let secret_index = match (&self.kind, checked.token_match) {
             (Kind::Unverified, _) => None,
-            (_, Some(index)) => Some(index),
+            (_, Some(index)) => Some((index, None)),
             (
                 Kind::Body {
                     form_payload: true, ..
@@ -1185,9 +1190,17 @@ impl Scheme {
             ) if is_form(headers) => {
                 // Gitea/Forgejo sign the JSON payload, which a form delivery carries URL-encoded.
                 let payload = form_payload(body).ok_or(E::Mismatch)?;
-                Some(match_mac(keys, &checked.sigs, &[], &payload)?)
+                let (index, mac) = match_mac(keys, &checked.sigs, &[], &payload)?;
+                Some((index, Some(mac)))
             }
-            (_, None) => Some(match_mac(keys, &checked.sigs, &checked.prefix, body)?),
+            (_, None) => {
+                let (index, mac) = match_mac(keys, &checked.sigs, &checked.prefix, body)?;
+                Some((index, Some(mac)))
+            }
+        };
+        let (secret_index, mac) = match secret_index {
+            Some((index, mac)) => (Some(index), mac),
+            None => (None, None),
         };
         let mut verified = Verified {
             secret_index,
@@ -1196,6 +1209,7 @@ impl Scheme {
             event: None,
             challenge: None,
             deduplicate: true,
+            fingerprint: None,
         };
         let json = if self.needs_json() && looks_like_json(body) {
             serde_json::from_slice::<Meta<'_>>(body).ok()
@@ -1243,6 +1257,16 @@ impl Scheme {
             Field::Json(_) => json.as_ref().and_then(|m| m.ty.as_deref()).map(Text::new),
             Field::None => None,
         };
+        // Without a delivery id, a signed timestamp makes the MAC unique to this delivery: a
+        // copy inside the window is told by it.
+        if verified.delivery_id.is_none() && verified.timestamp.is_some() {
+            verified.fingerprint = mac.and_then(|mac| {
+                let mut key = [0u8; 4 + 2 * MAC_FINGERPRINT];
+                key[..4].copy_from_slice(b"sig-");
+                hex::encode_to_slice(mac, &mut key[4..]).ok()?;
+                std::str::from_utf8(&key).ok().map(Text::new)
+            });
+        }
         if matches!(self.kind, Kind::Stripe | Kind::Basic) && verified.delivery_id.is_none() {
             return Err(E::MalformedDelivery(
                 "body is not a JSON event with an `id`",
@@ -1684,29 +1708,44 @@ fn tags_equal(a: &[u8], b: &[u8]) -> subtle::Choice {
 }
 
 /// Computes the MAC once per secret and compares it with every candidate in constant time.
-fn match_mac(keys: &Keys, sigs: &Candidates, prefix: &[u8], body: &[u8]) -> Result<usize, E> {
+fn match_mac(
+    keys: &Keys,
+    sigs: &Candidates,
+    prefix: &[u8],
+    body: &[u8],
+) -> Result<(usize, [u8; MAC_FINGERPRINT]), E> {
     fn run<M: Mac + Clone>(
         keys: &[M],
         sigs: &Candidates,
         tag_len: usize,
         prefix: &[u8],
         body: &[u8],
-    ) -> Result<usize, E> {
+    ) -> Result<(usize, [u8; MAC_FINGERPRINT]), E> {
         let mut first = FirstMatch::new();
+        // The start of the MAC of the first secret that matched, chosen in constant time too.
+        let mut fingerprint = [0u8; MAC_FINGERPRINT];
         for (i, key) in keys.iter().enumerate() {
             let mut mac = key.clone();
             mac.update(prefix);
             mac.update(body);
             let tag = mac.finalize().into_bytes();
+            let before = first.found;
+            let mut matched = subtle::Choice::from(0);
             for sig in sigs.iter() {
                 // Lengths are public: a signature of the wrong length never matches.
                 if sig.len() != tag_len {
                     continue;
                 }
-                first.record(i, tags_equal(tag.as_slice(), sig));
+                let eq = tags_equal(tag.as_slice(), sig);
+                first.record(i, eq);
+                matched |= eq;
+            }
+            let take = matched & !before;
+            for (out, byte) in fingerprint.iter_mut().zip(tag.iter()) {
+                out.conditional_assign(byte, take);
             }
         }
-        first.finish()
+        first.finish().map(|index| (index, fingerprint))
     }
     let tag_len = keys.tag_len();
     match keys {
@@ -1716,6 +1755,10 @@ fn match_mac(keys: &Keys, sigs: &Candidates, prefix: &[u8], body: &[u8]) -> Resu
         Keys::Token(_) | Keys::None => Err(E::Mismatch),
     }
 }
+
+/// How many bytes of a MAC make the replay key of a delivery without a delivery id (every MAC
+/// the schemes use is longer: SHA-1's is 20 bytes).
+const MAC_FINGERPRINT: usize = 16;
 
 /// Decodes a Standard Webhooks secret: `whsec_` + base64 (padding optional).
 pub(crate) fn standard_webhooks_key(secret: &Secret) -> Result<Secret, SignatureConfigError> {

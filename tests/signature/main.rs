@@ -47,6 +47,7 @@ mod sig_redis_timeout;
 mod sig_refused_deliveries;
 mod sig_replay_claims_and_ttls;
 mod sig_replay_store_failures;
+mod sig_replays_without_ids;
 mod sig_request_path;
 mod signature;
 mod signature_fuzz;

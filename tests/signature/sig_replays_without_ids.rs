@@ -1,0 +1,245 @@
+//! SignatureLayer: deliveries without a delivery id whose timestamp is signed (Zoom, a Slack
+//! command, a custom scheme with a timestamp header) are told apart by their MAC, so a copy sent
+//! again inside the window is a replay; before, only the window stood in its way.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use hmac::{Hmac, KeyInit, Mac};
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use tower::{BoxError, ServiceBuilder, ServiceExt};
+use tower_webhook::error::WebhookErrorLayer;
+use tower_webhook::signature::{
+    ClaimToken, Clock, CustomScheme, MemoryReplayStore, ReplayFuture, ReplayStore, SignatureLayer,
+    VerifiedWebhook,
+};
+
+/// When the deliveries are signed, and when the layer reads them: 60 s later.
+const SIGNED_AT: u64 = 1_700_000_000;
+const NOW: u64 = SIGNED_AT + 60;
+
+/// A `MemoryReplayStore` that notes the key and TTL of every delivery recorded as handled.
+#[derive(Debug, Default)]
+struct Noting {
+    store: MemoryReplayStore,
+    completed: Arc<Mutex<Vec<(String, Duration)>>>,
+}
+
+impl ReplayStore for Noting {
+    fn insert(&self, key: &str, ttl: Duration) -> ReplayFuture {
+        self.completed.lock().unwrap().push((key.to_owned(), ttl));
+        self.store.insert(key, ttl)
+    }
+    fn remove(&self, key: &str) -> ReplayFuture {
+        self.store.remove(key)
+    }
+    fn claim(&self, key: &str, token: ClaimToken, ttl: Duration) -> ReplayFuture {
+        self.store.claim(key, token, ttl)
+    }
+    fn complete(&self, key: &str, token: ClaimToken, ttl: Duration) -> ReplayFuture {
+        self.completed.lock().unwrap().push((key.to_owned(), ttl));
+        self.store.complete(key, token, ttl)
+    }
+    fn release(&self, key: &str, token: ClaimToken) -> ReplayFuture {
+        self.store.release(key, token)
+    }
+    fn completed(&self, key: &str) -> ReplayFuture {
+        self.store.completed(key)
+    }
+    fn tracks_claims(&self) -> bool {
+        true
+    }
+}
+
+fn hmac_hex(secret: &str, parts: &[&[u8]]) -> String {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    for part in parts {
+        mac.update(part);
+    }
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Sends requests through `layer` (under the error layer) to a handler that counts its calls and
+/// keeps the last `VerifiedWebhook`.
+struct Hooks {
+    layer: SignatureLayer,
+    calls: Arc<AtomicUsize>,
+    last: Arc<Mutex<Option<VerifiedWebhook>>>,
+}
+
+impl Hooks {
+    fn new(layer: SignatureLayer) -> Self {
+        Self {
+            layer,
+            calls: Arc::default(),
+            last: Arc::default(),
+        }
+    }
+
+    async fn send(&self, req: Request<Full<Bytes>>) -> StatusCode {
+        let (calls, last) = (Arc::clone(&self.calls), Arc::clone(&self.last));
+        let svc = ServiceBuilder::new()
+            .layer(WebhookErrorLayer::new())
+            .layer(self.layer.clone())
+            .service_fn(move |req: Request<Full<Bytes>>| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                *last.lock().unwrap() = req.extensions().get::<VerifiedWebhook>().cloned();
+                async { Ok::<_, BoxError>(Response::new(Full::<Bytes>::default())) }
+            });
+        svc.oneshot(req).await.unwrap().status()
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+fn post(headers: &[(&str, &str)], body: &str) -> Request<Full<Bytes>> {
+    let mut req = Request::post("/hook");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    req.body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+        .unwrap()
+}
+
+/// A Zoom event, sent again as it was: processed once, the copy refused as a replay (409), also
+/// with its signature in upper case. Another event signed in the same second is processed. The
+/// MAC is remembered until the timestamp leaves the window (here 241 s more), not for
+/// `replay_ttl` (24 h): a copy is stale after that.
+#[tokio::test]
+async fn a_zoom_event_sent_again_inside_the_window_is_a_replay() {
+    const SECRET: &str = "zoom-secret-token";
+    let store = Noting::default();
+    let noted = Arc::clone(&store.completed);
+    let hooks = Hooks::new(
+        SignatureLayer::zoom(SECRET)
+            .unwrap()
+            .clock(Clock::fixed(UNIX_EPOCH + Duration::from_secs(NOW)))
+            .replay_store(store),
+    );
+    let ts = SIGNED_AT.to_string();
+    let event = |body: &str, upper: bool| {
+        let mac = hmac_hex(SECRET, &[b"v0:", ts.as_bytes(), b":", body.as_bytes()]);
+        let mac = if upper { mac.to_uppercase() } else { mac };
+        post(
+            &[
+                ("x-zm-signature", &format!("v0={mac}")),
+                ("x-zm-request-timestamp", &ts),
+            ],
+            body,
+        )
+    };
+    let started = r#"{"event":"meeting.started","payload":{"object":{"id":"1"}}}"#;
+    let ended = r#"{"event":"meeting.ended","payload":{"object":{"id":"1"}}}"#;
+
+    assert_eq!(hooks.send(event(started, false)).await, StatusCode::OK);
+    let hook = hooks.last.lock().unwrap().clone().unwrap();
+    assert_eq!(hook.delivery_id(), None, "Zoom sends no delivery id");
+    assert_eq!(
+        hooks.send(event(started, false)).await,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(hooks.send(event(started, true)).await, StatusCode::CONFLICT);
+    assert_eq!(hooks.calls(), 1);
+    assert_eq!(hooks.send(event(ended, false)).await, StatusCode::OK);
+    assert_eq!(hooks.calls(), 2);
+
+    let completed = noted.lock().unwrap().clone();
+    assert_eq!(completed.len(), 2, "{completed:?}");
+    let mac = hmac_hex(SECRET, &[b"v0:", ts.as_bytes(), b":", started.as_bytes()]);
+    assert_eq!(completed[0].0, format!("zoom:sig-{}", &mac[..32]));
+    for (_, ttl) in &completed {
+        assert_eq!(*ttl, Duration::from_secs(SIGNED_AT + 300 + 1 - NOW));
+    }
+}
+
+/// A Slack slash command (a form, without an `event_id`) sent again: the copy is a replay. An
+/// Events API event keeps its `event_id` as its key.
+#[tokio::test]
+async fn a_slack_command_sent_again_is_a_replay() {
+    const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
+    let hooks = Hooks::new(
+        SignatureLayer::slack(SECRET)
+            .unwrap()
+            .clock(Clock::fixed(UNIX_EPOCH + Duration::from_secs(NOW))),
+    );
+    let ts = SIGNED_AT.to_string();
+    let signed = |body: &str, content_type: &str| {
+        let mac = hmac_hex(SECRET, &[b"v0:", ts.as_bytes(), b":", body.as_bytes()]);
+        post(
+            &[
+                ("content-type", content_type),
+                ("x-slack-request-timestamp", &ts),
+                ("x-slack-signature", &format!("v0={mac}")),
+            ],
+            body,
+        )
+    };
+    let form = "application/x-www-form-urlencoded";
+    let command = "token=t&team_id=T1&command=%2Fdeploy&text=prod&response_url=x";
+    assert_eq!(hooks.send(signed(command, form)).await, StatusCode::OK);
+    assert_eq!(
+        hooks.send(signed(command, form)).await,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(hooks.calls(), 1);
+
+    let json = "application/json";
+    let event = r#"{"type":"event_callback","event_id":"Ev1","event":{"type":"app_mention"}}"#;
+    assert_eq!(hooks.send(signed(event, json)).await, StatusCode::OK);
+    let hook = hooks.last.lock().unwrap().clone().unwrap();
+    assert_eq!(hook.delivery_id(), Some("Ev1"));
+    assert_eq!(hooks.send(signed(event, json)).await, StatusCode::CONFLICT);
+    assert_eq!(hooks.calls(), 2);
+}
+
+/// A custom scheme: with a timestamp header and no delivery id, a copy is a replay; without a
+/// timestamp, nothing tells a copy from the same payload sent again on purpose (a "ping"), and
+/// both are processed, as before.
+#[tokio::test]
+async fn a_custom_scheme_is_told_by_its_mac_only_when_it_signs_a_timestamp() {
+    const SECRET: &str = "custom-secret";
+    let clock = Clock::fixed(UNIX_EPOCH + Duration::from_secs(NOW));
+    let timed = Hooks::new(
+        SignatureLayer::custom(
+            CustomScheme::new("x-signature")
+                .prefix("sha256=")
+                .timestamp_header("x-timestamp"),
+            SECRET,
+        )
+        .unwrap()
+        .clock(clock.clone()),
+    );
+    let ts = SIGNED_AT.to_string();
+    let body = r#"{"ping":true}"#;
+    let timed_req = || {
+        let mac = hmac_hex(SECRET, &[ts.as_bytes(), b".", body.as_bytes()]);
+        post(
+            &[
+                ("x-timestamp", &ts),
+                ("x-signature", &format!("sha256={mac}")),
+            ],
+            body,
+        )
+    };
+    assert_eq!(timed.send(timed_req()).await, StatusCode::OK);
+    assert_eq!(timed.send(timed_req()).await, StatusCode::CONFLICT);
+    assert_eq!(timed.calls(), 1);
+
+    let untimed = Hooks::new(
+        SignatureLayer::custom(CustomScheme::new("x-signature").prefix("sha256="), SECRET)
+            .unwrap()
+            .clock(clock),
+    );
+    let untimed_req = || {
+        let mac = hmac_hex(SECRET, &[body.as_bytes()]);
+        post(&[("x-signature", &format!("sha256={mac}"))], body)
+    };
+    assert_eq!(untimed.send(untimed_req()).await, StatusCode::OK);
+    assert_eq!(untimed.send(untimed_req()).await, StatusCode::OK);
+    assert_eq!(untimed.calls(), 2);
+}
