@@ -37,6 +37,9 @@ use tower_webhook::circuit_breaker::{
 };
 use tower_webhook::error::{Problem, WebhookErrorLayer, WebhookProcessingError, types};
 use tower_webhook::retry::{RetryPolicy, retry_after};
+// Whether a comment's request failed before it was sent (no connection within
+// `API_CONNECT_TIMEOUT`, a refused one...): then it is sent again later.
+pub(crate) use tower_webhook::retry::was_not_sent;
 use tower_webhook::signature::{
     Clock, MemoryReplayStore, OnReplay, Provider, RecordDelivery, ReplayStore, SignatureLayer,
     VerifiedWebhook,
@@ -3072,25 +3075,6 @@ pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
         }
     }
     text
-}
-
-/// Whether `err` was raised before the comment's request was sent: no connection could be made
-/// (refused, no route, a name that does not resolve, none opened within
-/// [`API_CONNECT_TIMEOUT`]). Nothing reached the provider, so the comment is sent again later.
-pub(crate) fn was_not_sent(err: &(dyn std::error::Error + 'static)) -> bool {
-    std::iter::successors(Some(err), |e| e.source()).any(|e| {
-        e.downcast_ref::<reqwest::Error>()
-            .is_some_and(reqwest::Error::is_connect)
-            || e.downcast_ref::<std::io::Error>().is_some_and(|io| {
-                matches!(
-                    io.kind(),
-                    std::io::ErrorKind::ConnectionRefused
-                        | std::io::ErrorKind::HostUnreachable
-                        | std::io::ErrorKind::NetworkUnreachable
-                        | std::io::ErrorKind::AddrNotAvailable
-                )
-            })
-    })
 }
 
 /// Whether `status` says that `forge` took the comment. Azure DevOps answers a token it does

@@ -8,32 +8,35 @@
 //!   [`RetryAllowed`] extension; or every request after
 //!   [`RetryPolicy::retry_non_idempotent`].
 //! - **Other requests** (a `POST` that creates a comment) only when the failure shows the
-//!   upstream did not act on them: a 429, a 408 (the server gave up waiting for the rest of
-//!   the request, which RFC 9110 lets a client repeat), a 503 with `Retry-After`, an error
-//!   raised before the request was sent (a refused connection, an unreachable host or network,
-//!   a reqwest connect error, tower's `Overloaded`, anywhere in the error's source chain, but
-//!   not an I/O error that hyper reports on a connection that was open, as Linux reports "no
-//!   route to host" for a peer that went away while the answer was awaited), or
-//!   an HTTP/2 stream the server refused (`RST_STREAM` with `REFUSED_STREAM`, which RFC 9113
+//!   upstream did not act on them: a 429, a 408 (the server gave up waiting for the rest of the
+//!   request, which RFC 9110 lets a client repeat), a 503 with `Retry-After`, an error raised
+//!   before the request was sent (a refused connection, an unreachable host or network, a
+//!   connect error of reqwest's, of hyper-util's legacy client or of tonic's channel, whatever
+//!   its cause, a connect timeout included, tower's `Overloaded`, anywhere in the error's
+//!   source chain, but not an I/O error that hyper reports on a connection that was open, as
+//!   Linux reports "no route to host" for a peer that went away while the answer was awaited),
+//!   or an HTTP/2 stream the server refused (`RST_STREAM` with `REFUSED_STREAM`, which RFC 9113
 //!   section 8.7 says was not processed; reqwest retries it a few times by itself, at once, and
-//!   the policy after that, with its backoff). A timeout, a 502 or 504, a reset connection, or
-//!   a stream reset for another reason may come after the upstream acted, so sending again
-//!   could act twice; so may a GOAWAY, whose error does not tell whether the request's stream
-//!   was past the last one the server took. A refusal counts only as the answer to the request
-//!   itself: a 429, 408 or 503 that a reqwest client got after following a redirect (its URL is
-//!   not the request's) answers another request, the `GET` of a `303 See Other` the upstream
-//!   may have sent once it acted on a `POST`. An error hides which hop failed, though: a refused connection to the
-//!   host a redirect points to is read as the request never sent, and the request is sent
-//!   again. For such calls, build the client with redirects off (reqwest's
-//!   `redirect::Policy::none()`) or send an `Idempotency-Key` the upstream honours.
+//!   the policy after that, with its backoff). A timeout once connected, a 502 or 504, a reset
+//!   connection, or a stream reset for another reason may come after the upstream acted, so
+//!   sending again could act twice; so may a GOAWAY, whose error does not tell whether the
+//!   request's stream was past the last one the server took. A refusal counts only as the
+//!   answer to the request itself: a 429, 408 or 503 that a reqwest client got after following
+//!   a redirect (its URL is not the request's) answers another request, the `GET` of a `303 See
+//!   Other` the upstream may have sent once it acted on a `POST`. An error hides which hop
+//!   failed, though: a refused connection to the host a redirect points to is read as the
+//!   request never sent, and the request is sent again. For such calls, build the client with
+//!   redirects off (reqwest's `redirect::Policy::none()`) or send an `Idempotency-Key` the
+//!   upstream honours.
 //! - **gRPC**: a "trailers-only" answer (HTTP 200 with `grpc-status` in the headers) and a
 //!   `tonic::Status` error the upstream answered (one with no transport error as its source)
 //!   are read by their code, as the HTTP status of the same meaning: `UNAVAILABLE` as 503,
 //!   `DEADLINE_EXCEEDED` as 504, `RESOURCE_EXHAUSTED` as 429 are retried; `NOT_FOUND`,
 //!   `PERMISSION_DENIED`, `INVALID_ARGUMENT`, `INTERNAL` and the other verdicts are not. A gRPC
 //!   call is a `POST`, so it is retried only when marked safe to repeat ([`RetryAllowed`],
-//!   `Idempotency-Key`) or when it was never sent (a refused connection, a refused HTTP/2
-//!   stream: tonic's `UNAVAILABLE` keeps the transport error as its source). A `grpc-status`
+//!   `Idempotency-Key`) or when it was never sent (a refused connection, a connect timeout, a
+//!   refused HTTP/2 stream: tonic's `UNAVAILABLE` keeps the transport error as its source). A
+//!   `grpc-status`
 //!   sent in the trailers, after a response body, is not seen by the policy. A server's
 //!   `grpc-retry-pushback-ms` (gRPC's `Retry-After`) is honored like `Retry-After`, and a
 //!   negative or unreadable one, which asks the client not to retry, stops the retries.
@@ -514,14 +517,57 @@ fn chain<'a>(err: &'a (dyn Error + 'static)) -> impl Iterator<Item = &'a (dyn Er
     crate::error_chain::sources(err)
 }
 
-/// Whether `err` was raised before the request left: nothing reached the upstream.
-fn was_not_sent(err: &(dyn Error + 'static)) -> bool {
+/// Whether `err`, an outbound call's error, says that the request never left: nothing reached
+/// the upstream, so sending it again, a `POST` included, cannot make it act twice.
+///
+/// This is the test [`RetryPolicy`] applies to a request it may not repeat otherwise, for code
+/// that keeps its own queue of calls to make again later (a bot's comment, scheduled again when
+/// the provider's API cannot be reached). Anywhere in the error's source chain:
+///
+/// - a connect error: reqwest's (`is_connect`), hyper-util's legacy client's, tonic's
+///   `ConnectError` (with the `tonic` feature), whatever its cause (a connect timeout, a failed
+///   TLS handshake, a name that does not resolve);
+/// - an I/O error a connection attempt fails with (refused, no route to the host or network, no
+///   local address), unless an error of hyper's wraps it: hyper never opens connections, so
+///   such an error came on one that was open, where the request may have been written (Linux
+///   fails the read of a connection whose host went away with "no route to host");
+/// - tower's `Overloaded`, and an HTTP/2 stream the server refused (`REFUSED_STREAM`, which
+///   RFC 9113, section 8.7, says was not processed).
+///
+/// A timeout once connected, a reset connection or stream, or an answer may come after the
+/// upstream acted: `false`.
+///
+/// # Example
+///
+/// ```
+/// use std::io;
+/// use tower_webhook::retry::was_not_sent;
+///
+/// #[derive(Debug)]
+/// struct ApiError(io::Error);
+/// impl std::fmt::Display for ApiError {
+///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+///         f.write_str("could not post the comment")
+///     }
+/// }
+/// impl std::error::Error for ApiError {
+///     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+///         Some(&self.0)
+///     }
+/// }
+///
+/// // Nothing listened: the comment can be posted again later.
+/// assert!(was_not_sent(&ApiError(io::ErrorKind::ConnectionRefused.into())));
+/// // The connection was lost once open: the provider may have posted it.
+/// assert!(!was_not_sent(&ApiError(io::ErrorKind::ConnectionReset.into())));
+/// ```
+pub fn was_not_sent(err: &(dyn Error + 'static)) -> bool {
     // Set at an error of hyper's: hyper never opens a connection, so an I/O error it wraps came
     // on one that was open, where the request may have been written already. Linux reports a
     // connection whose host went away while it waited for the answer as "no route to host".
     let mut on_open_connection = false;
     chain(err).any(|e| {
-        if reqwest_error(e, ReqwestTest::Connect) {
+        if reqwest_error(e, ReqwestTest::Connect) || is_connect_error(e) {
             return true;
         }
         on_open_connection |= e.is::<hyper::Error>();
@@ -541,6 +587,26 @@ fn was_not_sent(err: &(dyn Error + 'static)) -> bool {
     })
 }
 
+/// What an error of hyper-util's legacy client says when it is of the `Connect` kind (its
+/// `Display`: "client error", then the kind's `Debug`).
+const CLIENT_CONNECT_ERROR: &str = "client error (Connect)";
+
+/// Whether `e` says that no connection was had for the request, whatever the cause below it (a
+/// refused connection, a connect timeout, a failed TLS handshake, a DNS failure): hyper-util's
+/// legacy client's `Connect` error (its connector failed, or the pooled connection it waited
+/// for was closed before the request was written to it), or, with the `tonic` feature, tonic's
+/// `ConnectError`, which wraps its channel's connector's failures. hyper-util's is told by its
+/// message, so that no hyper-util dependency is needed; a message worded otherwise is not read
+/// as one, and the request is then judged by what lies below it.
+fn is_connect_error(e: &(dyn Error + 'static)) -> bool {
+    #[cfg(feature = "tonic")]
+    if e.is::<tonic::ConnectError>() {
+        return true;
+    }
+    // The legacy client's connect errors always carry their cause.
+    e.source().is_some() && displays_as(e, CLIENT_CONNECT_ERROR)
+}
+
 /// What the `h2` crate's error says of a stream the peer reset with `REFUSED_STREAM` (its
 /// `Display`: "received" is a reset the peer sent, unlike one h2 detected or the user sent,
 /// then the reason's description).
@@ -555,10 +621,13 @@ const REFUSED_STREAM: &str =
 /// can give the connection's GOAWAY error to a request whose stream the server had taken.
 fn is_refused_stream(e: &(dyn Error + 'static)) -> bool {
     // h2's stream errors have no source; one with a source is another error.
-    e.source().is_none() && {
-        let mut matcher = Matches::new(REFUSED_STREAM);
-        fmt::write(&mut matcher, format_args!("{e}")).is_ok() && matcher.rest == Some("")
-    }
+    e.source().is_none() && displays_as(e, REFUSED_STREAM)
+}
+
+/// Whether the `Display` of `e` is exactly `expected`, checked without allocating.
+fn displays_as(e: &(dyn Error + 'static), expected: &str) -> bool {
+    let mut matcher = Matches::new(expected);
+    fmt::write(&mut matcher, format_args!("{e}")).is_ok() && matcher.rest == Some("")
 }
 
 /// A `fmt::Write` that checks, without allocating, that what is written is `expected`:

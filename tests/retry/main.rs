@@ -17,6 +17,7 @@ mod reqwest_0_12;
 mod retry;
 mod retry_after;
 mod retry_after_dates;
+mod retry_connect_timeouts;
 mod retry_open_connections;
 mod retry_rate_limits;
 mod retry_redirects;
