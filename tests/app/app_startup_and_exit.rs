@@ -5,31 +5,13 @@
 use crate::app;
 use crate::harness;
 use crate::logs;
+use crate::unopened::unopened_address;
 
 use harness::hmac_hex;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use logs::Logs;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-
-/// A listener on 127.0.0.1 that never accepts, its queue full: the kernel drops the next
-/// connection's SYN, so that connection never opens, as with an API host that drops packets
-/// (down, or behind a firewall). Keep the listener and the connections held while in use.
-async fn unopened_address() -> (SocketAddr, TcpListener, Vec<TcpStream>) {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let listener = socket.listen(1).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut held = Vec::new();
-    for _ in 0..16 {
-        match tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr)).await {
-            Ok(conn) => held.push(conn.unwrap()),
-            Err(_) => return (addr, listener, held),
-        }
-    }
-    panic!("the listener's queue never filled");
-}
+use tokio::net::TcpListener;
 
 /// A provider API whose connection never opened ran into the whole request's 30 s deadline,
 /// an error that cannot tell a request never sent from one the provider may have acted on: the

@@ -34,6 +34,8 @@ mod support;
 #[path = "../../examples/tonic_server.rs"]
 #[allow(dead_code)]
 mod tonic_server;
+#[path = "../common/unopened.rs"]
+mod unopened;
 
 mod app_any_interface;
 mod app_comment_retries;

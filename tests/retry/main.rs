@@ -12,6 +12,8 @@ mod client;
 mod echo;
 #[path = "../common/incoming.rs"]
 mod incoming;
+#[path = "../common/unopened.rs"]
+mod unopened;
 
 mod reqwest_0_12;
 mod retry;

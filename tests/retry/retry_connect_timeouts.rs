@@ -17,58 +17,25 @@ use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_webhook::retry::RetryPolicy;
+
+use crate::unopened::unopened_address;
 
 /// Each connect attempt waits this long before the client gives it up.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(100);
 
-/// A loopback listener that takes no more connections: its queue is held by connections it
-/// never accepts, so the kernel drops further attempts. Keep both for the test.
-async fn full_listener() -> (TcpListener, Vec<TcpStream>) {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let listener = socket.listen(0).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut queued = Vec::new();
-    // Linux queues one connection for a backlog of 0; more are tried in case a kernel queues more.
-    for _ in 0..16 {
-        match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
-            Ok(conn) => queued.push(conn.unwrap()),
-            Err(_) => return (listener, queued),
-        }
-    }
-    panic!("the listener's queue never filled");
-}
-
+/// The policy of these tests: 2 retries, so a call never sent is made 3 times.
 fn policy() -> RetryPolicy {
     RetryPolicy::new()
         .max_retries(2)
         .backoff(Duration::from_millis(1), Duration::from_millis(5))
 }
 
-/// Whether an I/O error of `kind` is in the source chain of `err`.
-fn has_io_error(err: &(dyn std::error::Error + 'static), kind: std::io::ErrorKind) -> bool {
-    let mut source = Some(err);
-    while let Some(e) = source {
-        if e.downcast_ref::<std::io::Error>()
-            .is_some_and(|e| e.kind() == kind)
-        {
-            return true;
-        }
-        source = e.source();
-    }
-    false
-}
-
-/// A `POST` whose connection timed out is sent again, through hyper-util's client, up to the
-/// maximum: the connect error says no connection was had, whatever its cause. It used to be
-/// sent once, as only a refused connection or an unreachable host counted as never sent.
-#[tokio::test]
-async fn a_post_whose_connection_timed_out_is_sent_again_with_hyper_utils_client() {
-    let (listener, _queued) = full_listener().await;
-    let port = listener.local_addr().unwrap().port();
+/// A `POST` to `url` through the policy and hyper-util's client with its `HttpConnector`
+/// (connect timeout [`CONNECT_TIMEOUT`]), which fails: its error, and how many connections the
+/// client tried to open.
+pub(crate) async fn post_with_http_connector(url: String) -> (BoxError, usize) {
     let connects = Arc::new(AtomicUsize::new(0));
     let count = Arc::clone(&connects);
     let mut http = HttpConnector::new();
@@ -83,27 +50,70 @@ async fn a_post_whose_connection_timed_out_is_sent_again_with_hyper_utils_client
         .layer(policy().into_layer())
         .map_err(BoxError::from)
         .service(client);
-    let req = Request::post(format!(
-        "http://127.0.0.1:{port}/repos/o/r/issues/1/comments"
-    ))
-    .body(Full::from("{\"body\":\"LGTM\"}"))
-    .unwrap();
+    let req = Request::post(url)
+        .body(Full::from("{\"body\":\"LGTM\"}"))
+        .unwrap();
     let err = tokio::time::timeout(Duration::from_secs(10), svc.oneshot(req))
         .await
         .expect("the call ends")
-        .expect_err("the listener takes no connection");
+        .expect_err("no connection opens");
+    (err, connects.load(Ordering::SeqCst))
+}
+
+/// A unary call to `/test.Pinger/Ping` over `channel`, as a service of `http::Request<()>` (the
+/// message) returning `tonic::Status` would make it; `calls` counts the calls made.
+pub(crate) async fn ping(
+    channel: tonic::transport::Channel,
+    calls: &AtomicUsize,
+) -> Result<http::Response<()>, tonic::Status> {
+    calls.fetch_add(1, Ordering::SeqCst);
+    let mut client = tonic::client::Grpc::new(channel);
+    client
+        .ready()
+        .await
+        .map_err(|e| tonic::Status::from_error(e.into()))?;
+    let path = http::uri::PathAndQuery::from_static("/test.Pinger/Ping");
+    client
+        .unary(
+            tonic::Request::new(()),
+            path,
+            tonic_prost::ProstCodec::<(), ()>::default(),
+        )
+        .await
+        .map(|_| http::Response::new(()))
+}
+
+/// Whether an error for which `test` holds is in the source chain of `err`.
+fn in_chain(
+    err: &(dyn std::error::Error + 'static),
+    test: impl Fn(&(dyn std::error::Error + 'static)) -> bool,
+) -> bool {
+    std::iter::successors(Some(err), |e| e.source()).any(test)
+}
+
+/// A `POST` whose connection timed out is sent again, through hyper-util's client, up to the
+/// maximum: the connect error says no connection was had, whatever its cause. It used to be
+/// sent once, as only a refused connection or an unreachable host counted as never sent.
+#[tokio::test]
+async fn a_post_whose_connection_timed_out_is_sent_again_with_hyper_utils_client() {
+    let (addr, _listener, _held) = unopened_address().await;
+    let (err, connects) =
+        post_with_http_connector(format!("http://{addr}/repos/o/r/issues/1/comments")).await;
     assert_eq!(err.to_string(), "client error (Connect)");
-    assert!(has_io_error(&*err, std::io::ErrorKind::TimedOut), "{err:?}");
-    assert_eq!(connects.load(Ordering::SeqCst), 3);
+    let timed_out = |e: &(dyn std::error::Error + 'static)| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
+    };
+    assert!(in_chain(&*err, timed_out), "{err:?}");
+    assert_eq!(connects, 3);
 }
 
 /// The same through a tonic channel: the call's `UNAVAILABLE` keeps tonic's `ConnectError` in
 /// its source chain, and the call, a `POST`, is made again up to the maximum.
 #[tokio::test]
 async fn a_grpc_call_whose_connection_timed_out_is_made_again_through_tonic() {
-    let (listener, _queued) = full_listener().await;
-    let port = listener.local_addr().unwrap().port();
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+    let (addr, _listener, _held) = unopened_address().await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect_timeout(CONNECT_TIMEOUT)
         .connect_lazy();
@@ -112,42 +122,25 @@ async fn a_grpc_call_whose_connection_timed_out_is_made_again_through_tonic() {
     let svc = ServiceBuilder::new()
         .layer(policy().into_layer())
         .service_fn(move |_: Request<()>| {
-            seen.fetch_add(1, Ordering::SeqCst);
-            let mut client = tonic::client::Grpc::new(channel.clone());
-            async move {
-                client
-                    .ready()
-                    .await
-                    .map_err(|e| tonic::Status::from_error(e.into()))?;
-                let path = http::uri::PathAndQuery::from_static("/test.Pinger/Ping");
-                client
-                    .unary(
-                        tonic::Request::new(()),
-                        path,
-                        tonic_prost::ProstCodec::<(), ()>::default(),
-                    )
-                    .await
-                    .map(|_| http::Response::new(()))
-            }
+            let (channel, seen) = (channel.clone(), Arc::clone(&seen));
+            async move { ping(channel, &seen).await }
         });
     let req = Request::post("/test.Pinger/Ping").body(()).unwrap();
     let status = tokio::time::timeout(Duration::from_secs(10), svc.oneshot(req))
         .await
         .expect("the call ends")
-        .expect_err("the listener takes no connection");
+        .expect_err("no connection opens");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
-    let mut source = std::error::Error::source(&status);
-    let mut connect_error = false;
-    while let Some(e) = source {
-        connect_error |= e.is::<tonic::ConnectError>();
-        source = e.source();
-    }
-    assert!(connect_error, "{status:?}");
+    assert!(
+        in_chain(&status, |e| e.is::<tonic::ConnectError>()),
+        "{status:?}"
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
 
 /// A tonic call answered `UNAVAILABLE` by the upstream itself (no transport error below it) is
-/// still made once: the upstream may have acted on it.
+/// still made once, though its message has the words of a connect error: the upstream may have
+/// acted on it.
 #[tokio::test]
 async fn an_answered_unavailable_is_not_taken_for_a_connect_error() {
     let calls = Arc::new(AtomicUsize::new(0));
@@ -156,7 +149,6 @@ async fn an_answered_unavailable_is_not_taken_for_a_connect_error() {
         .layer(policy().into_layer())
         .service_fn(move |_: Request<()>| {
             seen.fetch_add(1, Ordering::SeqCst);
-            // The words of a connect error, but not its type nor its place in a chain.
             async {
                 Err::<http::Response<()>, _>(tonic::Status::unavailable("client error (Connect)"))
             }

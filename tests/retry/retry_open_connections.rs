@@ -26,6 +26,8 @@ use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_webhook::retry::RetryPolicy;
 
+use crate::retry_connect_timeouts::post_with_http_connector;
+
 /// A connection that takes what the client writes, then fails every read with `kind`, as a
 /// socket whose peer went away does. `written` counts the connections a request was written to.
 struct LostAfterWrite {
@@ -156,28 +158,8 @@ async fn a_post_whose_connection_was_refused_is_still_sent_again() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
-    let connects = Arc::new(AtomicUsize::new(0));
-    let count = Arc::clone(&connects);
-    let http = hyper_util::client::legacy::connect::HttpConnector::new();
-    let connector = tower::service_fn(move |uri: Uri| {
-        count.fetch_add(1, Ordering::SeqCst);
-        let mut http = http.clone();
-        Box::pin(async move { tower::Service::call(&mut http, uri).await })
-    });
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
-    let svc = ServiceBuilder::new()
-        .layer(
-            RetryPolicy::new()
-                .max_retries(2)
-                .backoff(Duration::from_millis(1), Duration::from_millis(5))
-                .into_layer(),
-        )
-        .map_err(BoxError::from)
-        .service(client);
-    let req = Request::post(format!("http://127.0.0.1:{port}/comments"))
-        .body(Full::from("{}"))
-        .unwrap();
-    let err = svc.oneshot(req).await.expect_err("nothing listens there");
+    let (err, connects) =
+        post_with_http_connector(format!("http://127.0.0.1:{port}/comments")).await;
     assert!(err.to_string().contains("client error (Connect)"), "{err}");
-    assert_eq!(connects.load(Ordering::SeqCst), 3);
+    assert_eq!(connects, 3);
 }

@@ -6,6 +6,7 @@
 //! with the reason a test picks) and the clients are real ones speaking HTTP/2 (prior
 //! knowledge): reqwest (0.13 and 0.12, whose HTTP/2 the tests enable) and hyper-util's.
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,6 +15,8 @@ use h2::Reason;
 use http_body_util::Full;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_webhook::retry::RetryPolicy;
+
+use crate::retry_connect_timeouts::ping;
 
 /// What the server does with one stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -318,26 +321,10 @@ async fn a_grpc_call_whose_stream_was_refused_through_tonic() {
     let channel = tonic::transport::Endpoint::from_shared(base)
         .unwrap()
         .connect_lazy();
+    let calls = AtomicUsize::new(0);
     let svc = ServiceBuilder::new()
         .layer(policy(2).into_layer())
-        .service_fn(move |_: http::Request<()>| {
-            let mut client = tonic::client::Grpc::new(channel.clone());
-            async move {
-                client
-                    .ready()
-                    .await
-                    .map_err(|e| tonic::Status::from_error(e.into()))?;
-                let path = http::uri::PathAndQuery::from_static("/test.Pinger/Ping");
-                client
-                    .unary(
-                        tonic::Request::new(()),
-                        path,
-                        tonic_prost::ProstCodec::<(), ()>::default(),
-                    )
-                    .await
-                    .map(|_| http::Response::new(()))
-            }
-        });
+        .service_fn(|_: http::Request<()>| ping(channel.clone(), &calls));
     let req = http::Request::post("/test.Pinger/Ping").body(()).unwrap();
     let res = tokio::time::timeout(Duration::from_secs(20), svc.oneshot(req))
         .await
