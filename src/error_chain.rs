@@ -30,6 +30,24 @@ pub(crate) fn sources<'a>(err: &'a (dyn Error + 'static)) -> Walk<'a> {
     walk(err, |e| e.source())
 }
 
+/// `err` and the errors it is made of, outermost first, each once and at most [`MAX_DEPTH`] of
+/// them: its `source()` chain, except that an `io::Error` made from another error
+/// (`io::Error::other(e)`, a body error read through `AsyncRead`) is followed by that error.
+/// Such an `io::Error` is `e` in disguise: its `source()` skips `e` and goes on to `e`'s own
+/// source, so a walk by `source()` alone never sees `e` (a `CircuitOpen`, or a `hyper::Error`
+/// that says the connection was open). This is the walk for looking errors up by type; the
+/// `source()` walk ([`sources`]) is the one for messages.
+pub(crate) fn links<'a>(err: &'a (dyn Error + 'static)) -> Walk<'a> {
+    walk(err, |e| {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+        {
+            return Some(inner);
+        }
+        e.source()
+    })
+}
+
 /// The iterator of [`walk`].
 pub(crate) struct Walk<'a> {
     next_err: Option<&'a (dyn Error + 'static)>,

@@ -291,7 +291,7 @@ impl DefaultClassifier {
         } else {
             return (Outcome::Failure, None);
         };
-        crate::error_chain::sources(err)
+        crate::error_chain::links(err)
             .find_map(|e| {
                 if e.is::<CircuitOpen>() {
                     return Some((Outcome::Neutral, None));
@@ -509,7 +509,7 @@ fn not_sent_by<R: ReqwestError, E: 'static>(err: &E) -> bool {
         return err.is_builder();
     }
     any.downcast_ref::<BoxError>().is_some_and(|boxed| {
-        crate::error_chain::sources(&**boxed)
+        crate::error_chain::links(&**boxed)
             .filter_map(|e| e.downcast_ref::<R>())
             .any(R::is_builder)
     })

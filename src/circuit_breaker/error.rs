@@ -164,15 +164,18 @@ impl CircuitOpen {
     /// let err = svc.oneshot(()).await.unwrap_err();
     /// assert!(CircuitOpen::is_in(&*err));
     /// assert!(!CircuitOpen::is_in(&std::io::Error::other("connection reset")));
+    /// // Also when an I/O interface wrapped it (`io::Error::other`, whose `source()` skips it).
+    /// assert!(CircuitOpen::is_in(&std::io::Error::other(err)));
     /// # }
     /// ```
     pub fn is_in(error: &(dyn std::error::Error + 'static)) -> bool {
         Self::find(error).is_some()
     }
 
-    /// The `CircuitOpen` in `error`'s `source()` chain, if any. The walk looks at each error
-    /// once and at most 32 of them, so it ends also on a chain a broken `Error` impl made
-    /// cyclic.
+    /// The `CircuitOpen` in `error`'s `source()` chain, if any. An `io::Error` made from
+    /// another error (`io::Error::other(open)`, whose `source()` skips it) is looked into. The
+    /// walk looks at each error once and at most 32 of them, so it ends also on a chain a
+    /// broken `Error` impl made cyclic.
     ///
     /// # Example
     ///
@@ -208,7 +211,7 @@ impl CircuitOpen {
     /// ```
     pub fn find<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a CircuitOpen> {
         // Bounded: a broken `Error` impl can make the chain a cycle.
-        crate::error_chain::sources(error).find_map(|err| err.downcast_ref::<CircuitOpen>())
+        crate::error_chain::links(error).find_map(|err| err.downcast_ref::<CircuitOpen>())
     }
 }
 

@@ -51,8 +51,9 @@ impl<K: Hash + Eq + Clone + fmt::Display> Shared<K> {
             // Forget a breaker that is not in use and protects no caller now. The stored state
             // is read: transitions that time made due (which never lead to CLOSED) would run
             // the listener under this lock.
-            // One CLOSED with no failure on record is forgotten first: forgetting a breaker
-            // that is counting failures would let a failing key that comes and goes never open.
+            // One CLOSED with no failure on record (nor a slow call, under a slow-call rule) is
+            // forgotten first: forgetting a breaker that is counting toward opening would let a
+            // failing or slow key that comes and goes never open.
             // Last, one whose open duration has passed (OPEN past it, or HALF_OPEN waiting for
             // a probe): a key that opened and was never called again must not hold its slot
             // for ever, leaving every new key to share the overflow breaker.
@@ -111,7 +112,8 @@ impl<K: Hash + Eq + Clone + fmt::Display> Shared<K> {
 /// `Display` is part of its breaker's name, which logs, events and snapshots show: key by
 /// something that holds no secret (a host, a repository), never a full URL with its query. When
 /// `max_keys` breakers exist, a new key replaces one that is CLOSED and idle, preferably one with
-/// no failure on record (so a failing key that comes and goes still opens), else an idle one
+/// no failure on record, nor a slow call under a slow-call rule (so a failing or slow key that
+/// comes and goes still opens), else an idle one
 /// whose open duration has passed (OPEN past it, or HALF_OPEN; its key then starts CLOSED again
 /// if it comes back); if there is none, new keys share one overflow breaker (and a warning is logged, once until a new key finds a
 /// slot again). `poll_ready` always polls the inner service (the key is not known before the request); when `call` then rejects, the

@@ -683,13 +683,17 @@ impl Core {
         }
     }
 
-    /// Whether the current generation has recorded a failure (in its window, or a run of
-    /// consecutive failures), read without applying transitions or calling the listener.
+    /// Whether the current generation has recorded what could open it: a failure (in its
+    /// window, or a run of consecutive failures), or, with a slow-call rule, a slow call in its
+    /// window. Read without applying transitions or calling the listener.
     pub(crate) fn has_failures_on_record(&self) -> bool {
         let generation = self.generation();
         let consecutive = self.beacon.consecutive.load(Ordering::Acquire);
-        (consecutive >> 32 == u64::from(generation) && consecutive as u32 > 0)
-            || self.window.read(tag(generation), self.now_nanos()).failures > 0
+        if consecutive >> 32 == u64::from(generation) && consecutive as u32 > 0 {
+            return true;
+        }
+        let counts = self.window.read(tag(generation), self.now_nanos());
+        counts.failures > 0 || (self.config.slow_rate.is_some() && counts.slow > 0)
     }
 
     /// The tag of the current generation, as windows and the half-open word store it.

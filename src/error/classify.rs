@@ -66,21 +66,10 @@ fn made_from_an_error(_: &(dyn Error + 'static)) -> Option<Problem> {
 }
 
 /// `err` and the errors after it, as the layer looks for them: each once, at most
-/// [`MAX_DEPTH`](crate::error_chain::MAX_DEPTH) of them.
+/// [`MAX_DEPTH`](crate::error_chain::MAX_DEPTH) of them, an `io::Error` made from another error
+/// followed by that error.
 pub(crate) fn chain<'a>(err: &'a (dyn Error + 'static)) -> crate::error_chain::Walk<'a> {
-    crate::error_chain::walk(err, next_in_chain)
-}
-
-/// The error after `err` in its chain. An `io::Error` made from another error
-/// (`io::Error::other(e)`, a body error read through `AsyncRead`) is that error in disguise: its
-/// `source()` skips `e` and goes on to `e`'s own source, so `e` is taken from `get_ref`.
-fn next_in_chain<'a>(err: &'a (dyn Error + 'static)) -> Option<&'a (dyn Error + 'static)> {
-    if let Some(io) = err.downcast_ref::<std::io::Error>()
-        && let Some(inner) = io.get_ref()
-    {
-        return Some(inner);
-    }
-    err.source()
+    crate::error_chain::links(err)
 }
 
 #[cfg(feature = "tonic")]

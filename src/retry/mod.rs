@@ -10,24 +10,24 @@
 //! - **Other requests** (a `POST` that creates a comment) only when the failure shows the
 //!   upstream did not act on them: a 429, a 408 (the server gave up waiting for the rest of the
 //!   request, which RFC 9110 lets a client repeat), a 503 with `Retry-After`, an error raised
-//!   before the request was sent (a refused connection, an unreachable host or network, a
-//!   connect error of reqwest's, of hyper-util's legacy client or of tonic's channel, whatever
-//!   its cause, a connect timeout included, tower's `Overloaded`, anywhere in the error's
-//!   source chain, but not an I/O error that hyper reports on a connection that was open, as
-//!   Linux reports "no route to host" for a peer that went away while the answer was awaited),
-//!   or an HTTP/2 stream the server refused (`RST_STREAM` with `REFUSED_STREAM`, which RFC 9113
-//!   section 8.7 says was not processed; reqwest retries it a few times by itself, at once, and
-//!   the policy after that, with its backoff). A timeout once connected, a 502 or 504, a reset
-//!   connection, or a stream reset for another reason may come after the upstream acted, so
-//!   sending again could act twice; so may a GOAWAY, whose error does not tell whether the
-//!   request's stream was past the last one the server took. A refusal counts only as the
-//!   answer to the request itself: a 429, 408 or 503 that a reqwest client got after following
-//!   a redirect (its URL is not the request's) answers another request, the `GET` of a `303 See
-//!   Other` the upstream may have sent once it acted on a `POST`. An error hides which hop
-//!   failed, though: a refused connection to the host a redirect points to is read as the
-//!   request never sent, and the request is sent again. For such calls, build the client with
-//!   redirects off (reqwest's `redirect::Policy::none()`) or send an `Idempotency-Key` the
-//!   upstream honours.
+//!   before the request was sent (a connect error of reqwest's, of hyper-util's legacy client
+//!   or of tonic's channel, whatever its cause, a connect timeout or an unreachable host
+//!   included; a refused connection; tower's `Overloaded`; anywhere in the error's source
+//!   chain, but not an I/O error that hyper reports on a connection that was open, and not "no
+//!   route to host" outside a connect error, as Linux reports it for a peer that went away
+//!   while the answer was awaited too: see [`was_not_sent`]), or an HTTP/2 stream the server
+//!   refused (`RST_STREAM` with `REFUSED_STREAM`, which RFC 9113 section 8.7 says was not
+//!   processed; reqwest retries it a few times by itself, at once, and the policy after that,
+//!   with its backoff). A timeout once connected, a 502 or 504, a reset connection, or a stream
+//!   reset for another reason may come after the upstream acted, so sending again could act
+//!   twice; so may a GOAWAY, whose error does not tell whether the request's stream was past
+//!   the last one the server took. A refusal counts only as the answer to the request itself: a
+//!   429, 408 or 503 that a reqwest client got after following a redirect (its URL is not the
+//!   request's) answers another request, the `GET` of a `303 See Other` the upstream may have
+//!   sent once it acted on a `POST`. An error hides which hop failed, though: a refused
+//!   connection to the host a redirect points to is read as the request never sent, and the
+//!   request is sent again. For such calls, build the client with redirects off (reqwest's
+//!   `redirect::Policy::none()`) or send an `Idempotency-Key` the upstream honours.
 //! - **gRPC**: a "trailers-only" answer (HTTP 200 with `grpc-status` in the headers) and a
 //!   `tonic::Status` error the upstream answered (one with no transport error as its source)
 //!   are read by their code, as the HTTP status of the same meaning: `UNAVAILABLE` as 503,
@@ -511,10 +511,11 @@ impl RetryError for tonic::Status {
     }
 }
 
-/// `err` and its `source()` chain, outermost first, each error once and not past a bound: a
-/// broken `Error` impl can make the chain a cycle.
+/// `err` and the errors it is made of, outermost first, each once and not past a bound (a
+/// broken `Error` impl can make the chain a cycle), an `io::Error` made from another error
+/// (`io::Error::other`) followed by that error, whose type its `source()` would hide.
 fn chain<'a>(err: &'a (dyn Error + 'static)) -> impl Iterator<Item = &'a (dyn Error + 'static)> {
-    crate::error_chain::sources(err)
+    crate::error_chain::links(err)
 }
 
 /// Whether `err`, an outbound call's error, says that the request never left: nothing reached
@@ -527,10 +528,12 @@ fn chain<'a>(err: &'a (dyn Error + 'static)) -> impl Iterator<Item = &'a (dyn Er
 /// - a connect error: reqwest's (`is_connect`), hyper-util's legacy client's, tonic's
 ///   `ConnectError` (with the `tonic` feature), whatever its cause (a connect timeout, a failed
 ///   TLS handshake, a name that does not resolve);
-/// - an I/O error a connection attempt fails with (refused, no route to the host or network, no
-///   local address), unless an error of hyper's wraps it: hyper never opens connections, so
-///   such an error came on one that was open, where the request may have been written (Linux
-///   fails the read of a connection whose host went away with "no route to host");
+/// - an I/O error only a connection attempt fails with (refused, no local address), unless an
+///   error of hyper's wraps it: hyper never opens connections, so such an error came on one
+///   that was open, where the request may have been written. "No route to the host or network"
+///   counts only under a connect error: Linux also fails the read of a connection whose host
+///   went away with it, and a wrapper whose `source()` skips the error it wraps (anyhow's,
+///   thiserror's `transparent`) can hide the hyper error that would tell;
 /// - tower's `Overloaded`, and an HTTP/2 stream the server refused (`REFUSED_STREAM`, which
 ///   RFC 9113, section 8.7, says was not processed).
 ///
@@ -563,24 +566,24 @@ fn chain<'a>(err: &'a (dyn Error + 'static)) -> impl Iterator<Item = &'a (dyn Er
 /// ```
 pub fn was_not_sent(err: &(dyn Error + 'static)) -> bool {
     // Set at an error of hyper's: hyper never opens a connection, so an I/O error it wraps came
-    // on one that was open, where the request may have been written already. Linux reports a
-    // connection whose host went away while it waited for the answer as "no route to host".
+    // on one that was open, where the request may have been written already.
     let mut on_open_connection = false;
     chain(err).any(|e| {
         if reqwest_error(e, ReqwestTest::Connect) || is_connect_error(e) {
             return true;
         }
         on_open_connection |= e.is::<hyper::Error>();
-        // Kinds a connection attempt fails with, before anything is written: a refused
-        // connection, no route to the host or network, no local address to connect from.
+        // Kinds only a connection attempt fails with, before anything is written: a refused
+        // connection (a reset is "refused" only in answer to a SYN), no local address to
+        // connect from. Not "no route to the host or network": Linux fails the read of a
+        // connection whose host went away with those too, and a wrapper whose `source()` skips
+        // the error it wraps (anyhow's, thiserror's `transparent`) can hide the hyper error
+        // that would tell. Under a connect error, above, they count.
         let refused = !on_open_connection
             && e.downcast_ref::<std::io::Error>().is_some_and(|err| {
                 matches!(
                     err.kind(),
-                    std::io::ErrorKind::ConnectionRefused
-                        | std::io::ErrorKind::HostUnreachable
-                        | std::io::ErrorKind::NetworkUnreachable
-                        | std::io::ErrorKind::AddrNotAvailable
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable
                 )
             });
         refused || e.is::<tower::load_shed::error::Overloaded>() || is_refused_stream(e)

@@ -1150,6 +1150,44 @@ async fn a_full_keyed_layer_keeps_the_breaker_that_counts_failures() {
     assert_eq!(handle.len(), 2);
 }
 
+/// The same for a key whose calls are slow, under a slow-call rule: its breaker is counting
+/// toward opening too, and is not the one forgotten. It was taken for an idle one (no failure
+/// on record), so a slow host that came and went never opened.
+#[tokio::test(start_paused = true)]
+async fn a_full_keyed_layer_keeps_the_breaker_that_counts_slow_calls() {
+    let config = CircuitBreakerConfig::default()
+        .sliding_window(SlidingWindow::Count(10))
+        .minimum_calls(5)
+        .slow_call_rate_threshold(50.0, Duration::from_millis(100));
+    let (layer, handle) =
+        KeyedCircuitBreakerLayer::pair(config, 2, |c: &(String, Call)| c.0.clone()).unwrap();
+    let inner = tower::service_fn(|(_, c): (String, Call)| {
+        let mut upstream = Upstream::new();
+        upstream.call(c)
+    });
+    let mut svc = layer.with_classifier(classify as Classifier).layer(inner);
+    for i in 0..5 {
+        let _ = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(("slow".to_owned(), Call::Slow(500)))
+            .await;
+        let _ = svc
+            .ready()
+            .await
+            .unwrap()
+            .call((format!("healthy-{i}"), Call::Ok))
+            .await;
+    }
+    // The slow key's breaker was never forgotten: 5 slow calls of 5 opened it.
+    assert_eq!(
+        handle.get(&"slow".to_owned()).unwrap().state(),
+        CircuitState::Open
+    );
+    assert_eq!(handle.len(), 2);
+}
+
 #[test]
 fn a_listener_may_read_the_keyed_handle_while_a_key_is_replaced() {
     let (done, finished) = std::sync::mpsc::channel();

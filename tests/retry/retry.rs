@@ -214,7 +214,9 @@ async fn a_request_the_upstream_did_not_act_on_is_sent_again_whatever_its_method
         );
     }
 
-    // An error raised before the request left, wrapped in another error: sent again.
+    // An error only a connection attempt fails with, wrapped in another error: sent again.
+    // "No route to the host or network" is not such an error by itself (Linux fails the read of
+    // a connection whose host went away with it too): only under a connect error.
     #[derive(Debug)]
     struct Connect(std::io::Error);
     impl std::fmt::Display for Connect {
@@ -229,8 +231,8 @@ async fn a_request_the_upstream_did_not_act_on_is_sent_again_whatever_its_method
     }
     for (kind, attempts) in [
         (std::io::ErrorKind::ConnectionRefused, 4),
-        (std::io::ErrorKind::HostUnreachable, 4),
-        (std::io::ErrorKind::NetworkUnreachable, 4),
+        (std::io::ErrorKind::HostUnreachable, 1),
+        (std::io::ErrorKind::NetworkUnreachable, 1),
         (std::io::ErrorKind::AddrNotAvailable, 4),
         (std::io::ErrorKind::ConnectionReset, 1),
         (std::io::ErrorKind::TimedOut, 1),
@@ -335,6 +337,33 @@ async fn never_retries_a_circuit_open_rejection() {
     assert!(err.is::<CircuitOpen>());
     assert_eq!(script.count(), 0);
     assert_eq!(started.elapsed(), Duration::ZERO);
+    assert_eq!(handle.snapshot().not_permitted_calls, 1);
+}
+
+/// A rejection an I/O interface wrapped (`io::Error::other`, as a body read through
+/// `AsyncRead` or an app's own `io::Result` carries it) is recognised too: that `io::Error`'s
+/// `source()` skips the rejection, so the policy looks into it. It was retried with backoff.
+#[tokio::test(start_paused = true)]
+async fn never_retries_a_circuit_open_rejection_wrapped_in_an_io_error() {
+    let script = Script::new(&[(200, None)]);
+    let (breaker, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+    handle.transition_to_forced_open().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let err = ServiceBuilder::new()
+        .layer(fast().max_retries(5).into_layer())
+        .map_err(|err: BoxError| -> BoxError {
+            seen.fetch_add(1, Ordering::SeqCst);
+            Box::new(std::io::Error::other(err))
+        })
+        .layer(breaker)
+        .service(script.service())
+        .oneshot(get())
+        .await
+        .unwrap_err();
+    assert!(err.is::<std::io::Error>());
+    assert!(CircuitOpen::is_in(&*err));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert_eq!(handle.snapshot().not_permitted_calls, 1);
 }
 

@@ -163,3 +163,101 @@ async fn a_post_whose_connection_was_refused_is_still_sent_again() {
     assert!(err.to_string().contains("client error (Connect)"), "{err}");
     assert_eq!(connects, 3);
 }
+
+/// An application's error that is the hyper error it wraps, as thiserror's `transparent` (and
+/// anyhow) make one: its `source()` is the hyper error's own, so a walk of the chain never meets
+/// the hyper error itself.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+struct AppError(hyper::Error);
+
+/// A `POST` through the policy and hyper's own HTTP/1 connection client (no pool, no connector:
+/// each attempt opens a connection of its own, which takes the request and then fails its read
+/// with `kind`), whose error is handed on by `wrap`: how many connections the request was
+/// written to.
+async fn post_over_hyper_connections(
+    kind: io::ErrorKind,
+    wrap: fn(hyper::Error) -> BoxError,
+) -> usize {
+    let written = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&written);
+    let svc = ServiceBuilder::new()
+        .layer(
+            RetryPolicy::new()
+                .backoff(Duration::from_millis(1), Duration::from_millis(5))
+                .into_layer(),
+        )
+        .service_fn(move |req: Request<Full<Bytes>>| {
+            let count = Arc::clone(&count);
+            async move {
+                let (io, peer) = tokio::io::duplex(64 * 1024);
+                let conn = LostAfterWrite {
+                    io,
+                    kind,
+                    wrote: false,
+                    written: count,
+                };
+                let (mut send, connection) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(conn))
+                        .await
+                        .map_err(wrap)?;
+                tokio::spawn(connection);
+                let res = send.send_request(req).await.map_err(wrap);
+                drop(peer);
+                res
+            }
+        });
+    let req = Request::post("http://upstream.test/repos/o/r/issues/1/comments")
+        .body(Full::from("{\"body\":\"LGTM\"}"))
+        .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), svc.oneshot(req))
+        .await
+        .expect("the call ends")
+        .expect_err("no connection answers");
+    let found = std::iter::successors(Some(&*err as &(dyn std::error::Error + 'static)), |e| {
+        e.source()
+    })
+    .any(|e| {
+        e.downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == kind)
+    });
+    assert!(found, "{err:?}");
+    written.load(Ordering::SeqCst)
+}
+
+/// "No route to host" on a connection that was open, under an application error that hides
+/// hyper's (its `source()` skips it): the `POST` is not sent again. Outside a connect error, the
+/// policy no longer reads those kinds as a connection never opened; it sent the `POST` four
+/// times.
+#[tokio::test]
+async fn a_post_whose_hyper_error_is_hidden_by_a_transparent_wrapper_is_not_sent_again() {
+    let transparent: fn(hyper::Error) -> BoxError = |e| Box::new(AppError(e));
+    for kind in [
+        io::ErrorKind::HostUnreachable,
+        io::ErrorKind::NetworkUnreachable,
+    ] {
+        assert_eq!(
+            post_over_hyper_connections(kind, transparent).await,
+            1,
+            "{kind:?}"
+        );
+    }
+}
+
+/// The same under `io::Error::other`, whose `source()` skips the hyper error too: the policy
+/// looks into the `io::Error` and finds it, so even a refused read is not taken for a refused
+/// connection.
+#[tokio::test]
+async fn a_post_whose_hyper_error_is_wrapped_in_an_io_error_is_not_sent_again() {
+    let other: fn(hyper::Error) -> BoxError = |e| Box::new(io::Error::other(e));
+    for kind in [
+        io::ErrorKind::HostUnreachable,
+        io::ErrorKind::ConnectionRefused,
+    ] {
+        assert_eq!(
+            post_over_hyper_connections(kind, other).await,
+            1,
+            "{kind:?}"
+        );
+    }
+}
