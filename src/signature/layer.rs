@@ -1030,10 +1030,11 @@ impl SignatureLayer {
     ///
     /// Where the scheme signs a timestamp (Stripe, Slack, Zoom, Twitch, Standard Webhooks, a
     /// custom scheme with one), an id is remembered at least until its signed timestamp has left
-    /// the [`timestamp_tolerance`](Self::timestamp_tolerance) window, however short the
-    /// `replay_ttl`: a copy is then refused as a replay or as stale, never let through in
-    /// between. A delivery without an id whose timestamp is signed (Zoom, a Slack command) is
-    /// recorded by its MAC only that long, whatever the `replay_ttl`: a copy is stale after.
+    /// the [`timestamp_tolerance`](Self::timestamp_tolerance) window, and a minute more (for
+    /// replicas sharing the store whose clocks lag this one's), however short the `replay_ttl`:
+    /// a copy is then refused as a replay or as stale, never let through in between. A delivery
+    /// without an id whose timestamp is signed (Zoom, a Slack command) is recorded by its MAC
+    /// only that long, whatever the `replay_ttl`: a copy is stale after.
     ///
     /// # Panics
     ///
@@ -1472,11 +1473,17 @@ fn to_verified(
     )
 }
 
+/// How much longer than the timestamp window, as this replica's clock reads it, an id is
+/// remembered: replicas sharing a store whose clocks lag this one's by up to this much still
+/// refuse a copy as a replay, where they would still take its timestamp.
+const REPLICA_CLOCK_SKEW: Duration = Duration::from_secs(60);
+
 /// How long the id of a delivery signed at `timestamp` (Unix seconds) is remembered: the
-/// `replay_ttl`, and at least until the timestamp has left the window, so that a copy is
-/// refused either as a replay or as stale, never let through in between. A delivery known by
-/// its MAC (`fingerprinted`: it has no delivery id) is remembered only that long: no provider
-/// sends it again as it was, and a copy is stale after that.
+/// `replay_ttl`, and at least until the timestamp has left the window (with
+/// [`REPLICA_CLOCK_SKEW`] to spare), so that a copy is refused either as a replay or as stale,
+/// never let through in between. A delivery known by its MAC (`fingerprinted`: it has no
+/// delivery id) is remembered only that long: no provider sends it again as it was, and a copy
+/// is stale after that.
 fn replay_ttl(shared: &Shared, timestamp: Option<u64>, fingerprinted: bool) -> Duration {
     let Some(timestamp) = timestamp else {
         return shared.replay_ttl;
@@ -1493,10 +1500,9 @@ fn replay_ttl(shared: &Shared, timestamp: Option<u64>, fingerprinted: bool) -> D
         .now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
-    let window = last.checked_sub(now).unwrap_or_default();
+    let window = last.checked_sub(now).unwrap_or_default() + REPLICA_CLOCK_SKEW;
     if fingerprinted {
-        // The store's smallest TTL is 1 ms; a second covers the window's last whole second.
-        return window.max(Duration::from_secs(1));
+        return window;
     }
     shared.replay_ttl.max(window)
 }

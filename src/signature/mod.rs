@@ -67,10 +67,11 @@
 //! Delivery ids are recorded in a [`ReplayStore`]: a bounded [`MemoryReplayStore`] by default,
 //! `RedisReplayStore` (feature `redis`) to share it between replicas. An id is remembered for
 //! [`replay_ttl`](SignatureLayer::replay_ttl) (default 24 h) and, where a timestamp is signed,
-//! at least until that timestamp has left the window: a copy is refused as a replay or as
-//! stale, never let through in between. A delivery without an id whose timestamp is signed
-//! (Zoom, a Slack command, a custom scheme without an id header) is recorded by its MAC until
-//! the timestamp leaves the window, so a copy sent again as it was is a replay too. A second
+//! at least until that timestamp has left the window, and a minute more (for replicas whose
+//! clocks lag the one that recorded it): a copy is refused as a replay or as stale, never let
+//! through in between. A delivery without an id whose timestamp is signed (Zoom, a Slack
+//! command, a custom scheme without an id header) is recorded by its MAC until the timestamp
+//! leaves the window, and a minute more, so a copy sent again as it was is a replay too. A second
 //! delivery with the same id gets, by
 //! [`on_replay`](SignatureLayer::on_replay):
 //!

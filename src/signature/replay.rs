@@ -428,7 +428,11 @@ impl Future for ReplayFuture {
 pub enum RecordDelivery {
     /// As soon as the signature is valid: a delivery is handed to the inner service at most
     /// once. A delivery whose handler failed is lost: the provider's retries (Stripe, Svix) and
-    /// redeliveries (GitHub reuses `X-GitHub-Delivery`) are refused as replays.
+    /// redeliveries (GitHub reuses `X-GitHub-Delivery`) are refused as replays. So is one whose
+    /// request ended while its id was being recorded (the client went away, an outer timeout
+    /// dropped it) or whose store answered an error after it may have written the id (a
+    /// connection to Redis lost once the command was sent; the delivery is answered 503): the
+    /// id may be recorded though the handler never ran. `AfterSuccess` has neither loss.
     AfterVerification,
     /// Claimed when the signature is valid (so concurrent duplicates are refused), kept if the
     /// inner service answers 2xx and released otherwise (a failure, a gRPC answer whose headers

@@ -108,7 +108,8 @@ fn post(headers: &[(&str, &str)], body: &str) -> Request<Full<Bytes>> {
 
 /// A Zoom event, sent again as it was: processed once, the copy refused as a replay (409), also
 /// with its signature in upper case. Another event signed in the same second is processed. The
-/// MAC is remembered until the timestamp leaves the window (here 241 s more), not for
+/// MAC is remembered until the timestamp leaves the window (here 241 s more, and a minute to
+/// spare for replicas whose clocks lag), not for
 /// `replay_ttl` (24 h): a copy is stale after that.
 #[tokio::test]
 async fn a_zoom_event_sent_again_inside_the_window_is_a_replay() {
@@ -153,7 +154,8 @@ async fn a_zoom_event_sent_again_inside_the_window_is_a_replay() {
     let mac = hmac_hex(SECRET, &[b"v0:", ts.as_bytes(), b":", started.as_bytes()]);
     assert_eq!(completed[0].0, format!("zoom:sig-{}", &mac[..32]));
     for (_, ttl) in &completed {
-        assert_eq!(*ttl, Duration::from_secs(SIGNED_AT + 300 + 1 - NOW));
+        // With a minute to spare for replicas whose clocks lag.
+        assert_eq!(*ttl, Duration::from_secs(SIGNED_AT + 300 + 1 - NOW + 60));
     }
 }
 
@@ -242,4 +244,50 @@ async fn a_custom_scheme_is_told_by_its_mac_only_when_it_signs_a_timestamp() {
     assert_eq!(untimed.send(untimed_req()).await, StatusCode::OK);
     assert_eq!(untimed.send(untimed_req()).await, StatusCode::OK);
     assert_eq!(untimed.calls(), 2);
+}
+
+/// Two replicas share a store; the second one's clock lags the first one's by 30 s. A Zoom event
+/// handled by the first is remembered past the window as the first reads it: sent again to the
+/// second once the first would refuse it as stale, while the second still takes its timestamp,
+/// it is a replay. It was remembered exactly until the first one's window ended, and the copy
+/// was processed again by the second.
+#[tokio::test]
+async fn a_copy_sent_to_a_replica_whose_clock_lags_is_still_a_replay() {
+    const SECRET: &str = "zoom-secret-token";
+    let at = Arc::new(std::sync::atomic::AtomicU64::new(NOW));
+    let (ahead, behind) = (Arc::clone(&at), Arc::clone(&at));
+    let first =
+        Clock::from_fn(move || UNIX_EPOCH + Duration::from_secs(ahead.load(Ordering::SeqCst)));
+    let second = Clock::from_fn(move || {
+        UNIX_EPOCH + Duration::from_secs(behind.load(Ordering::SeqCst) - 30)
+    });
+    // The store counts time as the first replica does.
+    let store = Arc::new(MemoryReplayStore::new().clock(first.clone()));
+    let replica = |clock: Clock| {
+        Hooks::new(
+            SignatureLayer::zoom(SECRET)
+                .unwrap()
+                .clock(clock)
+                .replay_store(Arc::clone(&store)),
+        )
+    };
+    let (one, two) = (replica(first), replica(second));
+    let ts = SIGNED_AT.to_string();
+    let body = r#"{"event":"meeting.started","payload":{"object":{"id":"2"}}}"#;
+    let event = || {
+        let mac = hmac_hex(SECRET, &[b"v0:", ts.as_bytes(), b":", body.as_bytes()]);
+        post(
+            &[
+                ("x-zm-signature", &format!("v0={mac}")),
+                ("x-zm-request-timestamp", &ts),
+            ],
+            body,
+        )
+    };
+    assert_eq!(one.send(event()).await, StatusCode::OK);
+    // Past the window for the first replica (stale there), inside it for the second.
+    at.store(SIGNED_AT + 310, Ordering::SeqCst);
+    assert_eq!(one.send(event()).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(two.send(event()).await, StatusCode::CONFLICT);
+    assert_eq!(one.calls() + two.calls(), 1);
 }
