@@ -314,23 +314,25 @@ impl std::fmt::Debug for Settings {
 }
 
 /// The comma-separated secrets of setting `name`: `None` when it is unset, an error when it is
-/// set but holds none (an empty secret never means "no check").
+/// set but holds none (an empty secret never means "no check"), or when one of its items is
+/// empty (two commas in a row, or one at either end, as a rotation that removed a secret may
+/// leave, or a secret that holds a comma), as `Secrets::from_env_list` refuses them.
 fn secrets(name: &str, value: Option<String>) -> Result<Option<Vec<String>>, String> {
     let Some(value) = value else {
         return Ok(None);
     };
-    let list: Vec<String> = value
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
-    if list.is_empty() {
+    let items: Vec<&str> = value.split(',').map(str::trim).collect();
+    if items.iter().all(|item| item.is_empty()) {
         return Err(format!(
             "{name} is set but empty: set it to the webhook secret (comma-separated for several), or unset it"
         ));
     }
-    Ok(Some(list))
+    if items.iter().any(|item| item.is_empty()) {
+        return Err(format!(
+            "{name} has an empty item (two commas in a row, or one at either end): commas separate the secrets of a rotation, and a secret cannot hold one"
+        ));
+    }
+    Ok(Some(items.into_iter().map(str::to_owned).collect()))
 }
 
 impl Settings {
@@ -2958,7 +2960,11 @@ async fn post_comment(
             }
         }
         // Refused before it was acted on: unavailable (503), over a limit (429), the request
-        // not received whole (408). Sent again later.
+        // not received whole (408). Sent again later. A 503 is what a provider answers while it
+        // is down or in maintenance, before it acts; the retry policy alone does not send a
+        // `POST` again after one without `Retry-After`, as a gateway also answers 503 when its
+        // connection to the backend reset, maybe after the write. Taking it for a refusal here
+        // keeps a provider's downtime from losing comments, at that rare risk.
         Ok((status, None, _))
             if status == StatusCode::SERVICE_UNAVAILABLE
                 || status == StatusCode::TOO_MANY_REQUESTS

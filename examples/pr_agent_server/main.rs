@@ -63,15 +63,21 @@
 //! `/api/v4`, `/api/v1` or `/2.0`, a GitHub Enterprise Server URL without its `/api/v3`,
 //! `github.com` or `bitbucket.org` for their APIs, a `BITBUCKET_SERVER_API_URL` ending with
 //! `/rest/api/1.0`, an `AZURE_DEVOPS_API_URL` naming a project after the organization). A comment given up is logged at
-//! error level and counted in `/status` as `comments.failed`. A comment is never posted twice:
+//! error level and counted in `/status` as `comments.failed`. A comment is not posted twice:
 //! after a failure that may have come once the provider created it (a 500, 502 or 504, a
 //! timeout, a connection lost after the request was sent) it is given up, not sent again; the
 //! log names its delivery, to deliver again if the comment is missing (a delivery whose comment
 //! failed is no longer remembered as handled: delivered again, with the same id, it is processed
 //! again). A delivery handled is remembered 7 days (GitHub redelivers by hand the deliveries of
 //! the last 3 days, GitHub Enterprise Server of the last 7), or `COMMENT_MAX_AGE_SECS` if
-//! longer: delivered again meanwhile, it is answered `200` and not processed. A 503, 429 or
-//! 408, or no connection made (none opened within 10 s), is tried again later.
+//! longer: delivered again meanwhile, it is answered `200` and not processed (the ids are kept
+//! in memory, 100 000 per provider at most, the oldest forgotten first, and not across a
+//! restart: a busier route, or a replicated server, needs a larger or a shared store, such as the
+//! crate's `RedisReplayStore`). A 503, 429 or 408, or no connection made (none opened within
+//! 10 s), is tried again later. A 503 is taken for the provider's refusal, as providers answer
+//! it while down or in maintenance, so that their downtime loses no comment; a gateway in front
+//! of the API that answers 503 for a connection to its backend reset after the write (rare)
+//! would get the comment twice.
 //!
 //! Comments are posted to each provider's API at most `COMMENTS_IN_FLIGHT_PER_PROVIDER` (8) at a
 //! time, with separate slots per provider: a provider that stalls or rate-limits delays only its own comments.

@@ -817,6 +817,11 @@ fn settings_errors_name_the_variable() {
         ("GITHUB_WEBHOOK_SECRET", " , "),
         ("GITLAB_WEBHOOK_TOKEN", ""),
         ("GITEA_WEBHOOK_SECRET", ","),
+        // An empty item among secrets: a rotation that removed one, or a secret with a comma,
+        // which would be split into shorter secrets, each taken alone.
+        ("GITHUB_WEBHOOK_SECRET", "new-secret,,old-secret"),
+        ("GITLAB_WEBHOOK_TOKEN", "gl-token-with-a-comma,"),
+        ("BITBUCKET_WEBHOOK_SECRET", ",bb-secret"),
     ] {
         refused_naming_it(name, value);
     }
