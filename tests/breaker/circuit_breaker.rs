@@ -1114,13 +1114,13 @@ async fn consecutive_failures_still_count_after_a_million_transitions() {
     assert_eq!(handle.state(), CircuitState::Open);
 }
 
-/// When the keyed breaker is full and looks for an idle breaker to forget, it must not run
-/// time-driven transitions (and so the listener) while it holds its key map: a listener that
-/// reads the keyed handle would wait for that map for ever.
-#[tokio::test(start_paused = true)]
-async fn a_full_keyed_layer_keeps_the_breaker_that_counts_failures() {
-    // Two keys at most; a failing key comes back between calls to keys seen once.
-    let config = CircuitBreakerConfig::default().consecutive_failures(5);
+/// Two keys at most: `key` calls `call` five times, each between calls to a key seen once (a
+/// healthy one). The state of `key`'s breaker at the end, and how many breakers there are.
+async fn a_key_that_comes_and_goes(
+    config: CircuitBreakerConfig,
+    key: &str,
+    call: Call,
+) -> (CircuitState, usize) {
     let (layer, handle) =
         KeyedCircuitBreakerLayer::pair(config, 2, |c: &(String, Call)| c.0.clone()).unwrap();
     let inner = tower::service_fn(|(_, c): (String, Call)| {
@@ -1129,25 +1129,24 @@ async fn a_full_keyed_layer_keeps_the_breaker_that_counts_failures() {
     });
     let mut svc = layer.with_classifier(classify as Classifier).layer(inner);
     for i in 0..5 {
-        let _ = svc
-            .ready()
-            .await
-            .unwrap()
-            .call(("failing".to_owned(), Call::Fail))
-            .await;
-        let _ = svc
-            .ready()
-            .await
-            .unwrap()
-            .call((format!("healthy-{i}"), Call::Ok))
-            .await;
+        for (key, call) in [(key.to_owned(), call), (format!("healthy-{i}"), Call::Ok)] {
+            let _ = svc.ready().await.unwrap().call((key, call)).await;
+        }
     }
+    (handle.get(&key.to_owned()).unwrap().state(), handle.len())
+}
+
+/// When the keyed breaker is full and looks for an idle breaker to forget, it must not run
+/// time-driven transitions (and so the listener) while it holds its key map: a listener that
+/// reads the keyed handle would wait for that map for ever.
+#[tokio::test(start_paused = true)]
+async fn a_full_keyed_layer_keeps_the_breaker_that_counts_failures() {
+    let config = CircuitBreakerConfig::default().consecutive_failures(5);
     // The failing key's breaker was never forgotten, so its five failures opened it.
     assert_eq!(
-        handle.get(&"failing".to_owned()).unwrap().state(),
-        CircuitState::Open
+        a_key_that_comes_and_goes(config, "failing", Call::Fail).await,
+        (CircuitState::Open, 2)
     );
-    assert_eq!(handle.len(), 2);
 }
 
 /// The same for a key whose calls are slow, under a slow-call rule: its breaker is counting
@@ -1159,33 +1158,11 @@ async fn a_full_keyed_layer_keeps_the_breaker_that_counts_slow_calls() {
         .sliding_window(SlidingWindow::Count(10))
         .minimum_calls(5)
         .slow_call_rate_threshold(50.0, Duration::from_millis(100));
-    let (layer, handle) =
-        KeyedCircuitBreakerLayer::pair(config, 2, |c: &(String, Call)| c.0.clone()).unwrap();
-    let inner = tower::service_fn(|(_, c): (String, Call)| {
-        let mut upstream = Upstream::new();
-        upstream.call(c)
-    });
-    let mut svc = layer.with_classifier(classify as Classifier).layer(inner);
-    for i in 0..5 {
-        let _ = svc
-            .ready()
-            .await
-            .unwrap()
-            .call(("slow".to_owned(), Call::Slow(500)))
-            .await;
-        let _ = svc
-            .ready()
-            .await
-            .unwrap()
-            .call((format!("healthy-{i}"), Call::Ok))
-            .await;
-    }
-    // The slow key's breaker was never forgotten: 5 slow calls of 5 opened it.
+    // 5 slow calls of 5 opened it.
     assert_eq!(
-        handle.get(&"slow".to_owned()).unwrap().state(),
-        CircuitState::Open
+        a_key_that_comes_and_goes(config, "slow", Call::Slow(500)).await,
+        (CircuitState::Open, 2)
     );
-    assert_eq!(handle.len(), 2);
 }
 
 #[test]
