@@ -83,6 +83,30 @@ impl Connection for LostAfterWrite {
     }
 }
 
+/// Sends a comment `POST` through `svc`, whose connections are lost with `kind` once the
+/// request is written: the call fails, with the I/O error of `kind` in its source chain.
+async fn post_comment_lost<S>(svc: S, kind: io::ErrorKind)
+where
+    S: tower::Service<Request<Full<Bytes>>, Error = BoxError>,
+    S::Response: std::fmt::Debug,
+{
+    let req = Request::post("http://upstream.test/repos/o/r/issues/1/comments")
+        .body(Full::from("{\"body\":\"LGTM\"}"))
+        .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), svc.oneshot(req))
+        .await
+        .expect("the call ends")
+        .expect_err("no connection answers");
+    let found = std::iter::successors(Some(&*err as &(dyn std::error::Error + 'static)), |e| {
+        e.source()
+    })
+    .any(|e| {
+        e.downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == kind)
+    });
+    assert!(found, "{err:?}");
+}
+
 /// A `POST` through the policy and hyper-util's client, whose connections fail their reads with
 /// `kind` once the request is written: how many connections the request was written to.
 async fn post_over_lost_connections(kind: io::ErrorKind) -> usize {
@@ -114,23 +138,7 @@ async fn post_over_lost_connections(kind: io::ErrorKind) -> usize {
         )
         .map_err(BoxError::from)
         .service(client);
-    let req = Request::post("http://upstream.test/repos/o/r/issues/1/comments")
-        .body(Full::from("{\"body\":\"LGTM\"}"))
-        .unwrap();
-    let err = tokio::time::timeout(Duration::from_secs(10), svc.oneshot(req))
-        .await
-        .expect("the call ends")
-        .expect_err("no connection answers");
-    // The I/O error is in the chain, under hyper's.
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&*err);
-    let mut found = false;
-    while let Some(e) = source {
-        found |= e
-            .downcast_ref::<io::Error>()
-            .is_some_and(|e| e.kind() == kind);
-        source = e.source();
-    }
-    assert!(found, "{err:?}");
+    post_comment_lost(svc, kind).await;
     written.load(Ordering::SeqCst)
 }
 
@@ -207,21 +215,7 @@ async fn post_over_hyper_connections(
                 res
             }
         });
-    let req = Request::post("http://upstream.test/repos/o/r/issues/1/comments")
-        .body(Full::from("{\"body\":\"LGTM\"}"))
-        .unwrap();
-    let err = tokio::time::timeout(Duration::from_secs(10), svc.oneshot(req))
-        .await
-        .expect("the call ends")
-        .expect_err("no connection answers");
-    let found = std::iter::successors(Some(&*err as &(dyn std::error::Error + 'static)), |e| {
-        e.source()
-    })
-    .any(|e| {
-        e.downcast_ref::<io::Error>()
-            .is_some_and(|e| e.kind() == kind)
-    });
-    assert!(found, "{err:?}");
+    post_comment_lost(svc, kind).await;
     written.load(Ordering::SeqCst)
 }
 
