@@ -36,10 +36,9 @@
 //!   call is a `POST`, so it is retried only when marked safe to repeat ([`RetryAllowed`],
 //!   `Idempotency-Key`) or when it was never sent (a refused connection, a connect timeout, a
 //!   refused HTTP/2 stream: tonic's `UNAVAILABLE` keeps the transport error as its source). A
-//!   `grpc-status`
-//!   sent in the trailers, after a response body, is not seen by the policy. A server's
-//!   `grpc-retry-pushback-ms` (gRPC's `Retry-After`) is honored like `Retry-After`, and a
-//!   negative or unreadable one, which asks the client not to retry, stops the retries.
+//!   `grpc-status` sent in the trailers, after a response body, is not seen by the policy. A
+//!   server's `grpc-retry-pushback-ms` (gRPC's `Retry-After`) is honored like `Retry-After`,
+//!   and a negative or unreadable one, which asks the client not to retry, stops the retries.
 //! - **A reqwest error made from an answer** (`Response::error_for_status`) is read by its
 //!   status, as the response would be: a 404 is not retried, a 429 or 408 is retried whatever
 //!   the method. Its headers are gone, so a 503 counts as one without `Retry-After`.
