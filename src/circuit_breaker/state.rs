@@ -1465,8 +1465,14 @@ impl Core {
         let recorded = self
             .window
             .record(tag(word.generation), code, now_nanos, || self.current_tag());
-        let Some(counts) = recorded else {
-            return;
+        // An outcome the window does not take (a later bucket or a newer generation owns its
+        // slot: its clock was read before the bucket rolled over) still counts in the run of
+        // failures above, which is this generation's: the run's rule is checked without the
+        // window's (a trip from a generation that has ended fails harmlessly).
+        let counts = match recorded {
+            Some(counts) => counts,
+            None if consecutive > 0 => Counts::default(),
+            None => return,
         };
         let reasons = self.evaluate(counts, consecutive);
         if word.state == CircuitState::Closed {
@@ -2099,5 +2105,37 @@ mod tests {
         );
         core.record_closed(current, CALL, 0);
         assert_eq!(core.beacon.consecutive.load(Ordering::Relaxed), 5 << 32);
+    }
+
+    /// A failure whose clock was read before its bucket rolled over is not counted in the
+    /// window (a later bucket owns the slot), but it is still a failure of the run: when it is
+    /// the one that reaches the threshold, the breaker opens then, not a call later.
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_the_window_refuses_still_completes_a_run() {
+        let core = Breaker::new(
+            CircuitBreakerConfig::default()
+                .sliding_window(SlidingWindow::Time {
+                    span: Duration::from_secs(1),
+                    buckets: 1,
+                })
+                .consecutive_failures(2),
+        );
+        let word = unpack(core.word.load(Ordering::Acquire));
+        assert_eq!(word.state, CircuitState::Closed);
+        // The first failure is recorded at 11 s: the one bucket is the 11th second's.
+        core.record_closed(word, CALL | FAILED, 11_000_000_000);
+        assert_eq!(
+            unpack(core.word.load(Ordering::Acquire)).state,
+            CircuitState::Closed
+        );
+        let counts = core.window.read(tag(word.generation), 11_000_000_000);
+        assert_eq!(counts.failures, 1);
+        // The second read its clock at 10.5 s: the bucket has moved on past it.
+        core.record_closed(word, CALL | FAILED, 10_500_000_000);
+        assert_eq!(
+            unpack(core.word.load(Ordering::Acquire)).state,
+            CircuitState::Open,
+            "two failures in a row"
+        );
     }
 }

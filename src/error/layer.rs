@@ -459,7 +459,7 @@ pub struct WebhookError<S, R = ProblemJson> {
     inner: S,
     shared: Shared,
     renderer: R,
-    ready_error: Option<NotReady>,
+    ready_error: Option<Unanswered>,
 }
 
 impl<S: Clone, R: Clone> Clone for WebhookError<S, R> {
@@ -688,10 +688,13 @@ where
             match catch_unwind(AssertUnwindSafe(|| inner.poll_ready(cx))) {
                 Ok(Poll::Pending) => return Poll::Pending,
                 Ok(Poll::Ready(Ok(()))) => {}
-                Ok(Poll::Ready(Err(err))) => self.ready_error = Some(NotReady::Error(err.into())),
+                Ok(Poll::Ready(Err(err))) => {
+                    self.ready_error = Some(Unanswered::new(NotReady::Error(err.into())));
+                }
                 // Only the message is kept: the payload is not `Sync`, and the service must be.
                 Err(payload) => {
-                    self.ready_error = Some(NotReady::Panic(panic_message(&*payload).into_owned()));
+                    let message = panic_message(&*payload).into_owned();
+                    self.ready_error = Some(Unanswered::new(NotReady::Panic(message)));
                 }
             }
         }
@@ -704,7 +707,7 @@ where
         let shared = self.shared.clone();
         let renderer = self.renderer.clone();
         if let Some(failure) = self.ready_error.take() {
-            let outcome = match failure {
+            let outcome = match failure.answer() {
                 NotReady::Error(err) => Outcome::Error(err),
                 NotReady::Panic(message) => Outcome::Panic(Box::new(message)),
             };
@@ -742,6 +745,56 @@ enum NotReady {
     Error(BoxError),
     /// A panic in the inner service's `poll_ready`, by its message.
     Panic(String),
+}
+
+/// A failure of the inner service's `poll_ready`, held for the request that comes next. One
+/// that no request comes for (the caller went away between `ready` and `call`: a client that
+/// disconnected, a dropped `oneshot`) is logged when the service is dropped, so that it is
+/// never lost unseen.
+struct Unanswered(Option<NotReady>);
+
+impl Unanswered {
+    fn new(failure: NotReady) -> Self {
+        Self(Some(failure))
+    }
+
+    /// The failure, to be answered (and logged) as the next request's.
+    fn answer(mut self) -> NotReady {
+        self.0
+            .take()
+            .expect("a failure is held until it is answered")
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(failure) = self.0.take() {
+            log_unanswered(failure);
+        }
+    }
+}
+
+/// Logs a `poll_ready` failure no request was answered with. The error's own code (its
+/// `Display`, its `Drop`) runs under a guard: a panic in it is logged, not let out of a `Drop`.
+#[cold]
+#[inline(never)]
+fn log_unanswered(failure: NotReady) {
+    const WHAT: &str =
+        "the inner service failed while it was polled ready, and no request came to be answered";
+    let logged = catch_unwind(AssertUnwindSafe(|| match failure {
+        NotReady::Error(err) => {
+            let error = super::redact::redacted(ErrorChain(&*err).to_string());
+            tracing::error!(error, "{WHAT}");
+            drop(err);
+        }
+        NotReady::Panic(message) => tracing::error!(panic = message, "{WHAT}"),
+    }));
+    if let Err(payload) = logged {
+        tracing::error!(
+            panic = &*panic_message(&*payload),
+            "{WHAT}; its error panicked while it was logged or dropped"
+        );
+    }
 }
 
 /// Response future of [`WebhookError`].

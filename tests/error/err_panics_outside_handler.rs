@@ -132,6 +132,80 @@ async fn a_poll_ready_panic_is_logged_and_answered_to_the_next_request_only() {
     assert!(text.contains("req-ready"), "{text}");
 }
 
+/// A service whose `poll_ready` fails with an error (one whose URL carries a credential) or
+/// panics, as `panics` says.
+#[derive(Clone)]
+struct NeverReady {
+    panics: bool,
+}
+
+impl Service<Request<Full<Bytes>>> for NeverReady {
+    type Response = Response<Full<Bytes>>;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<Self::Response, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if self.panics {
+            panic!("upstream pool torn down");
+        }
+        Poll::Ready(Err(
+            "no connection to https://bot:hunter2@db.internal/pool: pool closed".into(),
+        ))
+    }
+
+    fn call(&mut self, _req: Request<Full<Bytes>>) -> Self::Future {
+        std::future::ready(Ok(Response::new(Full::default())))
+    }
+}
+
+/// A `poll_ready` failure is held for the next request; when none comes (the caller went away
+/// between `ready` and `call`), it is logged as the service is dropped, once, with its secret
+/// redacted, instead of vanishing.
+#[tokio::test(flavor = "current_thread")]
+async fn a_poll_ready_failure_no_request_comes_for_is_logged_when_the_service_is_dropped() {
+    for panics in [false, true] {
+        let (logs, _guard) = capture_logs();
+        let mut svc = WebhookErrorLayer::new().layer(NeverReady { panics });
+        svc.ready().await.unwrap();
+        assert_eq!(
+            logs.text(),
+            "",
+            "nothing is logged while the failure can still be answered"
+        );
+        drop(svc);
+        let text = logs.text();
+        let message = if panics {
+            "upstream pool torn down"
+        } else {
+            "pool closed"
+        };
+        assert_eq!(text.matches(message).count(), 1, "{text}");
+        assert!(text.contains("ERROR"), "{text}");
+        assert!(text.contains("no request came"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+}
+
+/// One that a request answers is logged with that request only, not again when the service
+/// is dropped.
+#[tokio::test(flavor = "current_thread")]
+async fn a_poll_ready_failure_that_is_answered_is_not_logged_again_on_drop() {
+    let (logs, _guard) = capture_logs();
+    let mut svc = WebhookErrorLayer::new().layer(NeverReady { panics: false });
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new(Full::default()))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    drop(svc);
+    let text = logs.text();
+    assert_eq!(text.matches("pool closed").count(), 1, "{text}");
+    assert!(!text.contains("no request came"), "{text}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // A panic in the error's own code
 
