@@ -260,6 +260,16 @@ impl VerifiedWebhook {
         self.delivery_id()
             .or_else(|| self.fingerprint.as_ref().map(Text::as_str))
     }
+
+    /// The start of the MAC of a delivery whose id the MAC does not cover (a custom scheme's id
+    /// header) and whose timestamp is signed: recorded beside the id, so that a copy sent again
+    /// under another id, or none, is a replay too.
+    fn replay_also(&self) -> Option<&str> {
+        self.delivery_id
+            .as_ref()
+            .and(self.fingerprint.as_ref())
+            .map(Text::as_str)
+    }
 }
 
 #[cfg(feature = "axum")]
@@ -2002,6 +2012,7 @@ where
                                     verified.timestamp,
                                     verified.delivery_id.is_none(),
                                 );
+                                let timestamp = verified.timestamp;
                                 let deduplicate = verified.deduplicate;
                                 let (verified, challenge) =
                                     to_verified(shared.scheme.provider, verified);
@@ -2029,44 +2040,29 @@ where
                                     _ => {
                                         let target = replay_target(shared, &verified)
                                             .filter(|_| deduplicate);
-                                        let lookup = match target {
-                                            Some((store, id)) => {
-                                                let provider = verified.provider();
-                                                Some(match shared.record {
-                                                    RecordDelivery::AfterSuccess => {
-                                                        let key = replay_key(provider, id);
-                                                        // A store that cannot tell claims from
-                                                        // handled ids records them for good.
-                                                        let claim_ttl = if store.tracks_claims() {
-                                                            shared.claim_ttl.min(ttl)
-                                                        } else {
-                                                            ttl
-                                                        };
-                                                        let token = ClaimToken::unique();
-                                                        Lookup {
-                                                            future: Some(
-                                                                store.claim(&key, token, claim_ttl),
-                                                            ),
-                                                            claim: Some(Claim {
-                                                                store: Arc::clone(store),
-                                                                key: Some(key),
-                                                                token,
-                                                                ttl,
-                                                            }),
-                                                        }
-                                                    }
-                                                    _ => Lookup {
-                                                        future: Some(with_replay_key(
-                                                            provider,
-                                                            id,
-                                                            |key| store.insert(key, ttl),
-                                                        )),
-                                                        claim: None,
-                                                    },
-                                                })
+                                        let lookup = target.map(|(store, id)| {
+                                            let provider = verified.provider();
+                                            let plan = Plan {
+                                                mode: shared.record,
+                                                claim_ttl: shared.claim_ttl,
+                                                ttl,
+                                            };
+                                            match verified.replay_also() {
+                                                None => {
+                                                    Lookup::new(plan.start(store, provider, id))
+                                                }
+                                                // An id the MAC does not cover: the MAC is
+                                                // recorded first, the id once the MAC is new.
+                                                Some(mac) => Lookup::after_mac(
+                                                    store,
+                                                    replay_key(provider, mac),
+                                                    replay_ttl(shared, timestamp, true),
+                                                    plan,
+                                                    provider,
+                                                    id,
+                                                ),
                                             }
-                                            None => None,
-                                        };
+                                        });
                                         let mut req =
                                             Request::from_parts(parts, ReqBody::from(bytes));
                                         req.extensions_mut().insert(verified);
@@ -2249,27 +2245,147 @@ where
 /// finished without its owner and a won claim released (as one the store answered with an error
 /// is, see [`Claim::abandon`]).
 struct Lookup {
+    /// The MAC's record, for a delivery whose id the MAC does not cover: made first; the id is
+    /// looked up only when the MAC is new.
+    mac: Option<MacStage>,
     future: Option<ReplayFuture>,
     claim: Option<Claim>,
+    /// The MAC's record this delivery made: forgotten unless the delivery is handled.
+    record: Option<MacRecord>,
+}
+
+/// How a delivery id is recorded: [`Plan::start`] makes the store's operation.
+#[derive(Clone, Copy)]
+struct Plan {
+    mode: RecordDelivery,
+    claim_ttl: Duration,
+    /// How long a handled id is remembered.
+    ttl: Duration,
+}
+
+impl Plan {
+    /// Claims `id` (in [`RecordDelivery::AfterSuccess`] mode) or records it.
+    fn start(
+        self,
+        store: &Arc<dyn ReplayStore>,
+        provider: Provider,
+        id: &str,
+    ) -> (ReplayFuture, Option<Claim>) {
+        let ttl = self.ttl;
+        match self.mode {
+            RecordDelivery::AfterSuccess => {
+                let key = replay_key(provider, id);
+                // A store that cannot tell claims from handled ids records them for good.
+                let claim_ttl = if store.tracks_claims() {
+                    self.claim_ttl.min(ttl)
+                } else {
+                    ttl
+                };
+                let token = ClaimToken::unique();
+                let future = store.claim(&key, token, claim_ttl);
+                let claim = Claim {
+                    store: Arc::clone(store),
+                    key: Some(key),
+                    token,
+                    ttl,
+                    mac: None,
+                };
+                (future, Some(claim))
+            }
+            _ => (
+                with_replay_key(provider, id, |key| store.insert(key, ttl)),
+                None,
+            ),
+        }
+    }
+}
+
+/// The MAC's record being made, and what to look up once it is.
+struct MacStage {
+    future: ReplayFuture,
+    store: Arc<dyn ReplayStore>,
+    key: String,
+    plan: Plan,
+    provider: Provider,
+    id: String,
+}
+
+impl Lookup {
+    fn new((future, claim): (ReplayFuture, Option<Claim>)) -> Self {
+        Self {
+            mac: None,
+            future: Some(future),
+            claim,
+            record: None,
+        }
+    }
+
+    /// Records the MAC under `key` for `ttl` first, then `id` as `plan` says.
+    fn after_mac(
+        store: &Arc<dyn ReplayStore>,
+        key: String,
+        ttl: Duration,
+        plan: Plan,
+        provider: Provider,
+        id: &str,
+    ) -> Self {
+        Self {
+            mac: Some(MacStage {
+                future: store.insert(&key, ttl),
+                store: Arc::clone(store),
+                key,
+                plan,
+                provider,
+                id: id.to_owned(),
+            }),
+            future: None,
+            claim: None,
+            record: None,
+        }
+    }
 }
 
 impl Future for Lookup {
     type Output = Result<bool, BoxError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(stage) = self.mac.as_mut() {
+            let outcome = ready!(Pin::new(&mut stage.future).poll(cx));
+            let stage = self.mac.take().expect("polled just above");
+            if !matches!(outcome, Ok(true)) {
+                // A copy of a message seen (whatever its id), or a store that failed: the id is
+                // not looked up, and nothing was recorded.
+                return Poll::Ready(outcome);
+            }
+            self.record = Some(MacRecord {
+                store: Arc::clone(&stage.store),
+                key: Some(stage.key),
+            });
+            let (future, claim) = stage.plan.start(&stage.store, stage.provider, &stage.id);
+            self.future = Some(future);
+            self.claim = claim;
+        }
         let Some(future) = self.future.as_mut() else {
             return Poll::Ready(Err("replay lookup polled after completion".into()));
         };
         let outcome = ready!(Pin::new(future).poll(cx));
         self.future = None;
-        if let Some(claim) = self.claim.take() {
+        // Not handled unless the id is new: the MAC's record is then forgotten (dropped).
+        let record = self.record.take().filter(|_| matches!(outcome, Ok(true)));
+        if let Some(mut claim) = self.claim.take() {
             match &outcome {
-                // Ours: held until the answer.
-                Ok(true) => self.claim = Some(claim),
+                // Ours: held until the answer, with the MAC's record.
+                Ok(true) => {
+                    claim.mac = record;
+                    self.claim = Some(claim);
+                }
                 // Not ours: nothing to release.
                 Ok(false) => claim.disown(),
                 Err(_) => claim.abandon(),
             }
+        } else if let Some(record) = record {
+            // Recorded for good, like the id.
+            record.keep();
         }
         Poll::Ready(outcome)
     }
@@ -2277,14 +2393,61 @@ impl Future for Lookup {
 
 impl Drop for Lookup {
     fn drop(&mut self) {
-        if let (Some(future), Some(claim)) = (self.future.take(), self.claim.take()) {
+        if let Some(stage) = self.mac.take() {
+            // Dropped before the id was looked up: the MAC's record, if it was made, is
+            // forgotten once it is.
+            let MacStage {
+                future, store, key, ..
+            } = stage;
             finish_detached(async move {
-                match future.await {
-                    Ok(true) => drop(claim),
-                    Ok(false) => claim.disown(),
-                    Err(_) => claim.abandon(),
+                if let Ok(true) = future.await {
+                    drop(MacRecord {
+                        store,
+                        key: Some(key),
+                    });
                 }
             });
+            return;
+        }
+        let (claim, record) = (self.claim.take(), self.record.take());
+        if let Some(future) = self.future.take()
+            && (claim.is_some() || record.is_some())
+        {
+            finish_detached(async move {
+                let outcome = future.await;
+                if let Some(claim) = claim {
+                    match outcome {
+                        Ok(true) => drop(claim),
+                        Ok(false) => claim.disown(),
+                        Err(_) => claim.abandon(),
+                    }
+                }
+                // The delivery was not handled: the MAC's record is forgotten.
+                drop(record);
+            });
+        }
+    }
+}
+
+/// The record of a delivery's MAC (see [`VerifiedWebhook::replay_also`]), made by this
+/// delivery: removed when dropped, unless kept, so that a delivery that was not handled can be
+/// sent again as it was.
+struct MacRecord {
+    store: Arc<dyn ReplayStore>,
+    key: Option<String>,
+}
+
+impl MacRecord {
+    /// The delivery was handled: the record stays.
+    fn keep(mut self) {
+        self.key = None;
+    }
+}
+
+impl Drop for MacRecord {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            drop(Detached(Some(self.store.remove(&key)), &FORGET_FAILED, key));
         }
     }
 }
@@ -2298,6 +2461,9 @@ struct Claim {
     token: ClaimToken,
     /// How long a handled id is remembered (`replay_ttl`).
     ttl: Duration,
+    /// The record of the delivery's MAC, when its id is not signed: kept if the delivery was
+    /// handled, else forgotten.
+    mac: Option<MacRecord>,
 }
 
 impl Claim {
@@ -2327,6 +2493,9 @@ impl Claim {
 
     /// The delivery was handled: marks the id completed, through a future the caller awaits.
     fn complete(mut self) -> Detached {
+        if let Some(record) = self.mac.take() {
+            record.keep();
+        }
         let key = self.key.take().unwrap_or_default();
         Detached(
             Some(self.store.complete(&key, self.token, self.ttl)),
@@ -2512,6 +2681,11 @@ const RELEASE_FAILED: Settle = Settle {
     lost: Some(
         "the claim on a delivery id was gone when its delivery failed (it expired: is claim_ttl shorter than the handler?, or the store evicted it); another delivery of the id may hold it now, and is left alone",
     ),
+};
+
+const FORGET_FAILED: Settle = Settle {
+    failed: "could not forget the MAC of a delivery that was not handled: the same message sent again is refused as a replay until its timestamp leaves the window",
+    lost: None,
 };
 
 const ABANDON_FAILED: Settle = Settle {

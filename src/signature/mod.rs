@@ -71,8 +71,9 @@
 //! clocks lag the one that recorded it): a copy is refused as a replay or as stale, never let
 //! through in between. A delivery without an id whose timestamp is signed (Zoom, a Slack
 //! command, a custom scheme without an id header) is recorded by its MAC until the timestamp
-//! leaves the window, and a minute more, so a copy sent again as it was is a replay too. A second
-//! delivery with the same id gets, by
+//! leaves the window, and a minute more, so a copy sent again as it was is a replay too; so is a
+//! delivery of a custom scheme whose id header the MAC does not cover, beside its id, so a copy
+//! sent again under another id, or none, is a replay. A second delivery with the same id gets, by
 //! [`on_replay`](SignatureLayer::on_replay):
 //!
 //! - [`OnReplay::Reject`] (default): 409 with a `replayed-delivery` problem;

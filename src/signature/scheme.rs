@@ -318,6 +318,10 @@ impl CustomScheme {
 
     /// A header naming the delivery, used for replay protection.
     ///
+    /// The signature does not cover it: with a [`timestamp_header`](Self::timestamp_header),
+    /// the delivery's MAC is recorded beside its id, so that a copy sent again under another id,
+    /// or none, inside the window is a replay too.
+    ///
     /// # Example
     ///
     /// ```
@@ -811,9 +815,10 @@ pub(crate) struct Verified {
     /// whose id is a fixed sample (Azure DevOps' "Test" button).
     pub(crate) deduplicate: bool,
     /// The replay key of a delivery that has a signed timestamp but no delivery id (Zoom, a
-    /// Slack command, a custom scheme without an id header): `sig-` and the first 16 bytes of
-    /// its MAC in hex. A copy sent again inside the window carries the same MAC, however its
-    /// signature header is written (hex in upper case, other signatures beside it).
+    /// Slack command, a custom scheme without an id header), or an id the MAC does not cover (a
+    /// custom scheme's id header): `sig-` and the first 16 bytes of its MAC in hex. A copy
+    /// sent again inside the window carries the same MAC, however its signature header is
+    /// written (hex in upper case, other signatures beside it).
     pub(crate) fingerprint: Option<Text>,
 }
 
@@ -1258,8 +1263,11 @@ impl Scheme {
             Field::None => None,
         };
         // Without a delivery id, a signed timestamp makes the MAC unique to this delivery: a
-        // copy inside the window is told by it.
-        if verified.delivery_id.is_none() && verified.timestamp.is_some() {
+        // copy inside the window is told by it. So it is with an id the MAC does not cover (a
+        // custom scheme's id header): a copy sent again under another id, or none, is told by
+        // its MAC, and a redelivery with a new timestamp by its id.
+        let unsigned_id = matches!(self.kind, Kind::Body { .. }) && checked.signed_id.is_none();
+        if (verified.delivery_id.is_none() || unsigned_id) && verified.timestamp.is_some() {
             verified.fingerprint = mac.and_then(|mac| {
                 let mut key = [0u8; 4 + 2 * MAC_FINGERPRINT];
                 key[..4].copy_from_slice(b"sig-");

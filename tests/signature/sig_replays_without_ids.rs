@@ -13,8 +13,8 @@ use http_body_util::Full;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_webhook::error::WebhookErrorLayer;
 use tower_webhook::signature::{
-    ClaimToken, Clock, CustomScheme, MemoryReplayStore, ReplayFuture, ReplayStore, SignatureLayer,
-    VerifiedWebhook,
+    ClaimToken, Clock, CustomScheme, MemoryReplayStore, RecordDelivery, ReplayFuture, ReplayStore,
+    SignatureLayer, VerifiedWebhook,
 };
 
 /// When the deliveries are signed, and when the layer reads them: 60 s later.
@@ -244,6 +244,127 @@ async fn a_custom_scheme_is_told_by_its_mac_only_when_it_signs_a_timestamp() {
     assert_eq!(untimed.send(untimed_req()).await, StatusCode::OK);
     assert_eq!(untimed.send(untimed_req()).await, StatusCode::OK);
     assert_eq!(untimed.calls(), 2);
+}
+
+/// A custom scheme that signs a timestamp but not its delivery id header: a copy sent again
+/// under another id, or without one, is a replay (its MAC was seen), and so is a redelivery under
+/// the same id with a new timestamp (its id was seen), in both recording modes. Before, the id
+/// alone was recorded, and a copy under any other id was processed.
+#[tokio::test]
+async fn a_copy_under_another_id_is_a_replay_when_the_mac_does_not_cover_the_id() {
+    const SECRET: &str = "custom-secret";
+    for mode in [
+        RecordDelivery::AfterSuccess,
+        RecordDelivery::AfterVerification,
+    ] {
+        let hooks = Hooks::new(
+            SignatureLayer::custom(
+                CustomScheme::new("x-signature")
+                    .prefix("sha256=")
+                    .timestamp_header("x-timestamp")
+                    .delivery_id_header("x-delivery-id"),
+                SECRET,
+            )
+            .unwrap()
+            .clock(Clock::fixed(UNIX_EPOCH + Duration::from_secs(NOW)))
+            .record_delivery(mode),
+        );
+        let delivery = |id: Option<&str>, signed_at: u64, body: &str| {
+            let ts = signed_at.to_string();
+            let mac = hmac_hex(SECRET, &[ts.as_bytes(), b".", body.as_bytes()]);
+            let sig = format!("sha256={mac}");
+            let mut headers = vec![("x-timestamp", ts.as_str()), ("x-signature", &sig)];
+            headers.extend(id.map(|id| ("x-delivery-id", id)));
+            post(&headers, body)
+        };
+        let body = r#"{"n":1}"#;
+        assert_eq!(
+            hooks.send(delivery(Some("d1"), SIGNED_AT, body)).await,
+            StatusCode::OK
+        );
+        let hook = hooks.last.lock().unwrap().clone().unwrap();
+        assert_eq!(hook.delivery_id(), Some("d1"), "{mode:?}");
+        for id in [Some("d2"), None] {
+            assert_eq!(
+                hooks.send(delivery(id, SIGNED_AT, body)).await,
+                StatusCode::CONFLICT,
+                "{mode:?}: the same message under the id {id:?}"
+            );
+        }
+        assert_eq!(
+            hooks.send(delivery(Some("d1"), SIGNED_AT + 5, body)).await,
+            StatusCode::CONFLICT,
+            "{mode:?}: a redelivery of d1 signed again"
+        );
+        assert_eq!(
+            hooks
+                .send(delivery(Some("d3"), SIGNED_AT, r#"{"n":3}"#))
+                .await,
+            StatusCode::OK,
+            "{mode:?}: another delivery"
+        );
+        assert_eq!(hooks.calls(), 2, "{mode:?}");
+    }
+}
+
+/// A delivery whose handler failed is not remembered, by its id nor by its MAC: the same
+/// message sent again is processed, and once handled, a copy of it is a replay.
+#[tokio::test]
+async fn a_message_whose_handler_failed_can_be_sent_again_as_it_was() {
+    const SECRET: &str = "custom-secret";
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .layer(
+            SignatureLayer::custom(
+                CustomScheme::new("x-signature")
+                    .prefix("sha256=")
+                    .timestamp_header("x-timestamp")
+                    .delivery_id_header("x-delivery-id"),
+                SECRET,
+            )
+            .unwrap()
+            .clock(Clock::fixed(UNIX_EPOCH + Duration::from_secs(NOW))),
+        )
+        .service_fn(move |_req: Request<Full<Bytes>>| {
+            let first = counted.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                if first {
+                    return Err::<Response<Full<Bytes>>, BoxError>("database unavailable".into());
+                }
+                Ok(Response::new(Full::<Bytes>::default()))
+            }
+        });
+    let ts = SIGNED_AT.to_string();
+    let body = r#"{"n":1}"#;
+    let mac = hmac_hex(SECRET, &[ts.as_bytes(), b".", body.as_bytes()]);
+    let sig = format!("sha256={mac}");
+    let delivery = |id: &str| {
+        post(
+            &[
+                ("x-timestamp", &ts),
+                ("x-signature", &sig),
+                ("x-delivery-id", id),
+            ],
+            body,
+        )
+    };
+    let status = |req| {
+        let svc = svc.clone();
+        async move { svc.oneshot(req).await.unwrap().status() }
+    };
+    assert_eq!(
+        status(delivery("d1")).await,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(
+        status(delivery("d1")).await,
+        StatusCode::OK,
+        "sent again as it was"
+    );
+    assert_eq!(status(delivery("d9")).await, StatusCode::CONFLICT);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
 /// Two replicas share a store; the second one's clock lags the first one's by 30 s. A Zoom event
