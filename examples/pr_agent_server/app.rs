@@ -400,6 +400,19 @@ impl Settings {
                 let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
                 let path = url.path().trim_end_matches('/');
                 let website = |site: &str| host == site || host == format!("www.{site}");
+                let address = host.trim_start_matches('[').trim_end_matches(']');
+                let loopback = host == "localhost"
+                    || address.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+                if url.scheme() == "http" && !loopback {
+                    // The token goes with every comment; the public APIs redirect to https,
+                    // which a comment does not follow (it would drop the token or leak it).
+                    return Some(format!(
+                        "{} is plain http: the {} token would cross the network unencrypted, and an API that redirects to https fails every comment; use https (e.g. {})",
+                        forge.api_url_var(),
+                        forge.name(),
+                        forge.api_url_example()
+                    ));
+                }
                 let why = match forge {
                     Forge::GitLab if !path.ends_with("/api/v4") => {
                         "does not end with /api/v4, the path of gitlab's API"
@@ -415,11 +428,7 @@ impl Settings {
                         if host != "api.github.com"
                             && !host.ends_with(".ghe.com")
                             && host != "localhost"
-                            && host
-                                .trim_start_matches('[')
-                                .trim_end_matches(']')
-                                .parse::<IpAddr>()
-                                .is_err()
+                            && address.parse::<IpAddr>().is_err()
                             && !path.ends_with("/api/v3") =>
                     {
                         "does not end with /api/v3, the path of a GitHub Enterprise Server's API (https://github.example.com/api/v3)"
@@ -1366,6 +1375,7 @@ pub(crate) fn build_with_clock(settings: &Settings, clock: Clock) -> Result<App,
             app,
             api.clone(),
             caller.clone(),
+            settings.comments_in_flight_per_provider,
         )))
     });
     // One store per route, as the layer would make by itself, kept to forget a delivery whose

@@ -154,12 +154,17 @@ pub(crate) struct InstallationTokens {
     caller: Caller,
     /// By installation id. The map's lock is held only to find a slot; a slot's lock is held
     /// across its fetch, so that comments waiting for one installation's token fetch it once,
-    /// and a slow fetch holds up no other installation's (nor any comment slot: the worker gets
-    /// the token before it takes one).
+    /// and a slow fetch holds up no other installation's unless every one of `fetches` is
+    /// taken (each for at most the API client's 30 s timeout), nor any comment slot (the worker
+    /// gets the token before it takes one).
     slots: std::sync::Mutex<HashMap<u64, Slot>>,
     /// Installations GitHub said were suspended or uninstalled (`installation` events): no
     /// token is fetched for them, until one is unsuspended. At most `MAX_INSTALLATIONS`.
     gone: std::sync::Mutex<HashMap<u64, Gone>>,
+    /// Fetches at once, of all installations (`COMMENTS_IN_FLIGHT_PER_PROVIDER`): a backlog of
+    /// comments of many installations (after a restart, after GitHub was down) asks GitHub for
+    /// their tokens a few at a time, not all at once into its secondary rate limit.
+    fetches: tokio::sync::Semaphore,
 }
 
 /// Why an installation has no token to be had.
@@ -226,13 +231,20 @@ pub(crate) enum TokenError {
 }
 
 impl InstallationTokens {
-    pub(crate) fn new(app: GithubApp, api: ApiTarget, caller: Caller) -> Self {
+    /// Fetches at most `fetches_at_once` tokens at once (at least one).
+    pub(crate) fn new(
+        app: GithubApp,
+        api: ApiTarget,
+        caller: Caller,
+        fetches_at_once: usize,
+    ) -> Self {
         Self {
             app,
             api,
             caller,
             slots: std::sync::Mutex::new(HashMap::new()),
             gone: std::sync::Mutex::new(HashMap::new()),
+            fetches: tokio::sync::Semaphore::new(fetches_at_once.max(1)),
         }
     }
 
@@ -308,7 +320,11 @@ impl InstallationTokens {
         {
             return Ok(kept.token.clone());
         }
-        let (token, expires_at) = self.fetch(installation).await?;
+        let (token, expires_at) = {
+            // The semaphore is never closed.
+            let _fetching = self.fetches.acquire().await.ok();
+            self.fetch(installation).await?
+        };
         // Suspended or uninstalled while the token was on its way.
         if let Some(why) = self.gone(installation) {
             return Err(refused(why));

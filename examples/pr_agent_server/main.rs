@@ -81,6 +81,7 @@
 //!
 //! Comments are posted to each provider's API at most `COMMENTS_IN_FLIGHT_PER_PROVIDER` (8) at a
 //! time, with separate slots per provider: a provider that stalls or rate-limits delays only its own comments.
+//! A GitHub App's installation tokens are fetched at most as many at once, of all installations.
 //!
 //! # What gets a comment
 //!

@@ -157,6 +157,43 @@ fn an_api_url_without_its_path_prefix_is_warned_about() {
     warned(&settings, &[]);
 }
 
+/// An API URL in plain http sends the provider's token unencrypted with every comment (and
+/// the public APIs answer it with a redirect, which fails every comment): warned about, except
+/// on a loopback address (a local proxy, a stand-in).
+#[test]
+fn an_api_url_in_plain_http_is_warned_about_unless_it_is_a_loopback() {
+    let (_logs, _guard) = Logs::capture();
+    let settings = harness::lookup(&[
+        ("GITLAB_WEBHOOK_TOKEN", "gl"),
+        ("GITLAB_API_URL", "http://gitlab.com/api/v4"),
+        ("GITLAB_TOKEN", "t"),
+        ("GITHUB_WEBHOOK_SECRET", "gh"),
+        ("GITHUB_API_URL", "http://10.0.0.7/api/v3"),
+        ("GITHUB_TOKEN", "t"),
+    ])
+    .unwrap();
+    warned(
+        &settings,
+        &[
+            "GITHUB_API_URL is plain http: the github token would cross the network unencrypted",
+            "GITLAB_API_URL is plain http: the gitlab token would cross the network unencrypted",
+        ],
+    );
+    for loopback in [
+        "http://127.0.0.1:3000/api/v4",
+        "http://localhost:3000/api/v4",
+        "http://[::1]:3000/api/v4",
+    ] {
+        let settings = harness::lookup(&[
+            ("GITLAB_WEBHOOK_TOKEN", "gl"),
+            ("GITLAB_API_URL", loopback),
+            ("GITLAB_TOKEN", "t"),
+        ])
+        .unwrap();
+        warned(&settings, &[]);
+    }
+}
+
 /// Asserts that `settings` warn about their API URLs with lines that start with `expected`, in
 /// order, and with no other.
 fn warned(settings: &app::Settings, expected: &[&str]) {

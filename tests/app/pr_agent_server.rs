@@ -2352,6 +2352,10 @@ struct FakeGithubApp {
     gone: Mutex<Vec<u64>>,
     /// Comments refused.
     refused: AtomicUsize,
+    /// Token requests of installations 1000 to 1999, which take 150 ms: how many are being
+    /// answered, and the most at once.
+    slow_fetches: AtomicUsize,
+    most_slow_fetches: AtomicUsize,
 }
 
 impl FakeGithubApp {
@@ -2394,6 +2398,12 @@ async fn fake_github_app(State(gh): State<Arc<FakeGithubApp>>, req: Request) -> 
         if installation == 500 {
             // GitHub stalls on this one.
             std::future::pending::<()>().await;
+        }
+        if (1000..2000).contains(&installation) {
+            let now = gh.slow_fetches.fetch_add(1, Ordering::SeqCst) + 1;
+            gh.most_slow_fetches.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            gh.slow_fetches.fetch_sub(1, Ordering::SeqCst);
         }
         let requests = gh.token_requests.lock().unwrap();
         let n = requests.iter().filter(|(i, _)| *i == installation).count();
@@ -2542,6 +2552,37 @@ async fn comments_of_app_installations_are_posted_with_installation_tokens() {
     .await;
     deliver(Some(77), 9).await;
     assert_eq!(posted(9).await, "Bearer ghs_77_2");
+}
+
+/// A backlog of comments of many installations (after a restart, after GitHub was down) asks
+/// for their tokens at most `COMMENTS_IN_FLIGHT_PER_PROVIDER` at once: they used to go all at
+/// once (up to `MAX_PENDING_COMMENTS`), into GitHub's secondary rate limit.
+#[tokio::test]
+async fn installation_tokens_are_fetched_a_few_at_a_time() {
+    let Some(python) = peers::python() else {
+        return;
+    };
+    let (_, gh, base, _) =
+        start_as_github_app(&python, &[("COMMENTS_IN_FLIGHT_PER_PROVIDER", "2")]).await;
+    let client = crate::client::new();
+    let deliveries = (1..=8).map(|n| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let res = send(&client, &base, &github_delivery(Some(1000 + n), n)).await;
+            assert_eq!(res.status(), StatusCode::ACCEPTED);
+        }
+    });
+    futures_util::future::join_all(deliveries).await;
+    eventually("the 8 comments", PATIENCE, || {
+        gh.comments.lock().unwrap().len() == 8
+    })
+    .await;
+    for n in 1..=8 {
+        let token = format!("Bearer ghs_{}_1", 1000 + n);
+        assert_eq!(gh.comment_authorization(n), Some(token));
+    }
+    let most = gh.most_slow_fetches.load(Ordering::SeqCst);
+    assert!((1..=2).contains(&most), "{most} token requests at once");
 }
 
 #[test]
