@@ -228,7 +228,11 @@ impl Cloudflared {
         self
     }
 
-    /// Time between SIGINT and SIGKILL when the tunnel closes (default 5 s).
+    /// Time between SIGINT and SIGKILL when the tunnel closes (default 5 s, at most 9 s).
+    ///
+    /// A tunnel gives its session [`SESSION_STOP_GRACE`](super::SESSION_STOP_GRACE) (10 s) to
+    /// close, and cloudflared is killed (and the kill logged) within it: a longer grace is cut
+    /// to 9 s, where it would have been cut short unseen.
     ///
     /// # Example
     ///
@@ -238,9 +242,11 @@ impl Cloudflared {
     ///
     /// let cloudflared = Cloudflared::new().stop_grace(Duration::from_secs(1));
     /// assert!(format!("{cloudflared:?}").contains("stop_grace: 1s"));
+    /// let cloudflared = Cloudflared::new().stop_grace(Duration::from_secs(30));
+    /// assert!(format!("{cloudflared:?}").contains("stop_grace: 9s"));
     /// ```
     pub fn stop_grace(mut self, grace: Duration) -> Self {
-        self.stop_grace = grace;
+        self.stop_grace = grace.min(MAX_STOP_GRACE);
         self
     }
 
@@ -349,7 +355,7 @@ impl Provider for Cloudflared {
                 .spawn()
                 .map_err(|err| format!("could not start {}: {err}", binary.display()))?;
             let stderr = Arc::new(Mutex::new(VecDeque::new()));
-            if let Some(pipe) = child.stderr.take() {
+            let mut reader = child.stderr.take().map(|pipe| {
                 let lines = Arc::clone(&stderr);
                 tokio::spawn(async move {
                     let mut reader = BufReader::new(pipe);
@@ -364,8 +370,8 @@ impl Provider for Cloudflared {
                         }
                         lines.push_back(line);
                     }
-                });
-            }
+                })
+            });
             let last_lines = move || {
                 let lines = stderr
                     .lock()
@@ -374,6 +380,7 @@ impl Provider for Cloudflared {
             };
             let hostname = loop {
                 if let Some(status) = child.try_wait()? {
+                    drain(reader.take()).await;
                     return Err(
                         format!("cloudflared exited with {status}: {}", last_lines()).into(),
                     );
@@ -409,10 +416,14 @@ impl Provider for Cloudflared {
                 tokio::select! {
                     () = stop.stopped() => {
                         terminate(&mut child, grace).await;
+                        if let Some(reader) = reader {
+                            reader.abort();
+                        }
                         Ok(())
                     }
                     status = child.wait() => {
                         let status = status?;
+                        drain(reader).await;
                         Err(format!("cloudflared exited with {status}: {}", last_lines()).into())
                     }
                 }
@@ -534,6 +545,29 @@ async fn next_line<R: AsyncBufRead + Unpin>(
                 buf.pop();
             }
             return Ok(Some(String::from_utf8_lossy(buf).into_owned()));
+        }
+    }
+}
+
+/// The longest [`Cloudflared::stop_grace`]: a second short of the session's own grace, so that
+/// cloudflared is killed by [`terminate`], which logs it, before the session is cut short.
+const MAX_STOP_GRACE: Duration =
+    Duration::from_secs(super::provider::SESSION_STOP_GRACE.as_secs() - 1);
+
+/// How long the lines cloudflared wrote before it exited are waited for, once it has: the exit
+/// and the end of its stderr come in no set order, and its last lines say why it ended.
+const LAST_LINES_WAIT: Duration = Duration::from_millis(500);
+
+/// Lets the stderr reader take the lines written before the exit (it ends with the pipe), for at
+/// most [`LAST_LINES_WAIT`]: a process that cloudflared started, still holding the pipe, keeps it
+/// open. The reader is stopped then.
+async fn drain(reader: Option<tokio::task::JoinHandle<()>>) {
+    if let Some(mut reader) = reader {
+        if tokio::time::timeout(LAST_LINES_WAIT, &mut reader)
+            .await
+            .is_err()
+        {
+            reader.abort();
         }
     }
 }

@@ -15,8 +15,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// How many values of ended tunnels a provider remembers.
+/// How many values of tunnels that are over a provider remembers.
 const REMEMBERED: usize = 8;
+/// How many values a provider remembers at most, those of tunnels being re-opened included: each
+/// such tunnel keeps its own (a server restart ends all of a provider's tunnels at once), up to
+/// this many.
+const REMEMBERED_MAX: usize = 64;
 
 /// The values of a provider's tunnels that ended, most recent last; the provider's clones share
 /// them.
@@ -146,8 +150,14 @@ impl<T> Drop for Held<T> {
         };
         value.at.get_or_insert_with(Instant::now);
         let mut ended = self.memory.lock();
+        // Past `REMEMBERED`, the oldest value of a tunnel that is over makes room; that of a
+        // tunnel being re-opened, which asks for it, only past `REMEMBERED_MAX`.
         if ended.len() >= REMEMBERED {
-            ended.pop_front();
+            match ended.iter().position(Ended::free) {
+                Some(at) => drop(ended.remove(at)),
+                None if ended.len() >= REMEMBERED_MAX => drop(ended.pop_front()),
+                None => {}
+            }
         }
         ended.push_back(value);
     }
@@ -195,5 +205,43 @@ mod tests {
             held.forget();
         }
         assert_eq!(left, [9, 8, 7, 6, 5, 4, 3, 2]);
+    }
+
+    /// More tunnels than `REMEMBERED` end together (a server restart): each one being re-opened
+    /// keeps its own value, and the values of tunnels that are over make room first. Past
+    /// `REMEMBERED_MAX`, the oldest goes.
+    #[test]
+    fn the_values_of_tunnels_being_re_opened_outlast_those_of_tunnels_that_are_over() {
+        let memory = Memory::default();
+        let (over_tx, over) = tokio::sync::watch::channel(());
+        drop(memory.hold(1000u16, Some(over.clone())));
+        drop(over_tx);
+        let live: Vec<_> = (0..12u16)
+            .map(|value| {
+                let (tx, rx) = tokio::sync::watch::channel(());
+                drop(memory.hold(value, Some(rx.clone())));
+                (tx, rx, value)
+            })
+            .collect();
+        for (_tx, rx, value) in &live {
+            let own = memory.reclaim_own(Some(rx)).expect("its own value");
+            assert_eq!(own.value(), value);
+            own.forget();
+        }
+        assert!(
+            memory.reclaim(None).is_none(),
+            "the closed tunnel's made room"
+        );
+
+        let live: Vec<_> = (0..super::REMEMBERED_MAX as u16 + 2)
+            .map(|value| {
+                let (tx, rx) = tokio::sync::watch::channel(());
+                drop(memory.hold(value, Some(rx.clone())));
+                (tx, rx)
+            })
+            .collect();
+        assert!(memory.reclaim_own(Some(&live[0].1)).is_none());
+        assert!(memory.reclaim_own(Some(&live[1].1)).is_none());
+        assert_eq!(*memory.reclaim_own(Some(&live[2].1)).unwrap().value(), 2);
     }
 }

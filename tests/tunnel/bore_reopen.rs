@@ -107,6 +107,36 @@ async fn a_bore_tunnel_re_opened_after_a_server_restart_keeps_its_url() {
     handle.close().await;
 }
 
+/// Ten tunnels through one provider, all ended by one server restart: each re-opened tunnel
+/// gets its own port back. The provider remembered eight ports of ended tunnels, and the ninth
+/// and tenth tunnels came back at new URLs.
+#[tokio::test]
+async fn ten_bore_tunnels_re_opened_after_a_server_restart_all_keep_their_urls() {
+    let ip = Ipv4Addr::new(127, 0, 0, 67);
+    let mut server = BoreServer::start(ip, None).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let bore = bore_to(ip);
+    let mut tunnels = Vec::new();
+    for _ in 0..10 {
+        let handle = start(bore.clone(), &calls, Duration::from_millis(300)).await;
+        let events = handle.events();
+        tunnels.push((handle.url(), events, handle));
+    }
+    let urls: Vec<&str> = tunnels.iter().map(|(url, ..)| url.as_str()).collect();
+    kill(&mut server, &urls).await;
+    for (_, events, _) in &mut tunnels {
+        down(events).await;
+    }
+    let _server = BoreServer::start(ip, None).await;
+    for (url, events, _) in &mut tunnels {
+        back_at(url, events).await;
+    }
+    for (n, (url, _, handle)) in tunnels.into_iter().enumerate() {
+        reaches(&url, &format!("/tunnel-{n}"), &calls).await;
+        handle.close().await;
+    }
+}
+
 /// The control connection is cut while the server runs on (a relay in front of it restarted,
 /// say). bore-cli's server keeps the port until its heartbeats into the cut connection fail,
 /// about a second later, while the tunnel re-opens sooner: the port is refused as in use at

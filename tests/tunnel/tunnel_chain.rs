@@ -419,7 +419,7 @@ async fn cloudflared_failures_are_reported() {
     assert!(text.contains("ERR last words"), "{start}");
     assert!(text.len() < 64 * 1024, "{} bytes", text.len());
 
-    // A tunnel whose process dies later is reported Down, then re-opened.
+    // A tunnel whose process dies later is reported Down, with its last words, then re-opened.
     let handle = Tunnel::builder()
         .probe(false)
         .provider(
@@ -437,8 +437,11 @@ async fn cloudflared_failures_are_reported() {
         .await
         .unwrap()
         .unwrap();
+    // With what it said last, which comes with its exit in no set order.
     assert!(
-        matches!(&down, TunnelEvent::Down { reason, .. } if reason.contains("exit status: 7")),
+        matches!(&down, TunnelEvent::Down { reason, .. }
+            if reason.contains("exit status: 7")
+                && reason.contains("ERR connection to the edge lost")),
         "{down:?}"
     );
     let up = tokio::time::timeout(Duration::from_secs(5), events.next())
