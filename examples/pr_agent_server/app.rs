@@ -930,6 +930,8 @@ pub(crate) struct AppState {
     max_age: Duration,
     /// Notified when the last pending job is done.
     idle: tokio::sync::Notify,
+    /// What each pending job is about, logged when the shutdown's grace starts.
+    unfinished: Arc<Registry>,
     /// Set when the server drains its comments at shutdown: a comment waiting out its own
     /// backoff is then tried once more at once, within the grace.
     draining: watch::Sender<bool>,
@@ -996,6 +998,9 @@ impl AppState {
     /// outlast the grace.
     pub(crate) async fn drain_comments(&self, grace: Duration) -> u64 {
         self.draining.send_replace(true);
+        // Each one now, not only when the grace is over: a process stopped with less time
+        // than the grace (`docker stop` kills after 10 s) never gets there.
+        self.unfinished.log_pending(grace);
         let idle = async {
             loop {
                 // Registered before the check, so a job finishing in between is not missed.
@@ -1402,6 +1407,7 @@ pub(crate) fn build_with_clock(settings: &Settings, clock: Clock) -> Result<App,
         max_attempts: settings.comment_max_attempts,
         max_age: settings.comment_max_age,
         idle: tokio::sync::Notify::new(),
+        unfinished: Arc::default(),
         draining: watch::Sender::new(false),
         drafts: DraftMemory::new(settings.max_remembered_drafts),
         tokens: tokens.clone(),
@@ -2001,7 +2007,7 @@ async fn handle(
         return Err(queue_full());
     }
     state.counters.pending.fetch_add(1, Ordering::AcqRel);
-    match state.jobs.try_send(Unfinished::new(job)) {
+    match state.jobs.try_send(Unfinished::new(job, &state.unfinished)) {
         Ok(()) => {
             state.counters.jobs.fetch_add(1, Ordering::Relaxed);
             Ok(StatusCode::ACCEPTED)
@@ -2767,21 +2773,61 @@ struct Unfinished {
     done: bool,
     /// Its request to the provider's API is on its way.
     posting: bool,
+    /// Where it is known as pending, and by which number.
+    registry: Arc<Registry>,
+    number: u64,
 }
 
 impl Unfinished {
-    fn new(job: Job) -> Self {
+    fn new(job: Job, registry: &Arc<Registry>) -> Self {
         LIVE_JOBS.fetch_add(1, Ordering::AcqRel);
+        let number = registry.add(&job);
         Self {
             job,
             done: false,
             posting: false,
+            registry: Arc::clone(registry),
+            number,
+        }
+    }
+}
+
+/// The pending jobs by number: their provider, delivery and target, for the log.
+#[derive(Debug, Default)]
+struct Registry {
+    jobs: std::sync::Mutex<BTreeMap<u64, (Forge, String, String)>>,
+    next: AtomicU64,
+}
+
+impl Registry {
+    fn add(&self, job: &Job) -> u64 {
+        let number = self.next.fetch_add(1, Ordering::Relaxed);
+        let about = (job.forge, job.delivery.clone(), job.comment.target.clone());
+        self.lock().insert(number, about);
+        number
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, (Forge, String, String)>> {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Logs each pending comment, as the shutdown's grace starts.
+    fn log_pending(&self, grace: Duration) {
+        for (forge, delivery, target) in self.lock().values() {
+            tracing::warn!(
+                provider = forge.name(),
+                %target,
+                %delivery,
+                "comment pending at shutdown: tried for up to SHUTDOWN_GRACE_SECS ({} s); if the process is stopped before it is posted, deliver it again from the provider's webhook log",
+                grace.as_secs()
+            );
         }
     }
 }
 
 impl Drop for Unfinished {
     fn drop(&mut self) {
+        self.registry.lock().remove(&self.number);
         // Once logged below, if it is to be.
         let _live = LiveJob;
         if self.done {
@@ -3043,6 +3089,16 @@ async fn post_comment(
                         attempted: false,
                     }
                 }
+                // Never sent, and no attempt will be: the provider's certificate is refused.
+                None if refused_certificate(err).is_some() => {
+                    let refused = refused_certificate(err).unwrap_or_default();
+                    tracing::error!(provider = forge, error = %error_chain(err), target = %job.comment.target, delivery = %job.delivery, "provider API's TLS certificate refused ({refused}): comment not posted; a self-hosted instance behind a private CA needs that CA in the system's trust store (or SSL_CERT_FILE), and {} must name the host its certificate is for", job.forge.api_url_var());
+                    state
+                        .counters
+                        .comments_failed
+                        .fetch_add(1, Ordering::Relaxed);
+                    Outcome::Failed
+                }
                 None if was_not_sent(err) => {
                     tracing::warn!(provider = forge, error = %error_chain(err), target = %job.comment.target, delivery = %job.delivery, "provider API unreachable; comment scheduled again");
                     Outcome::Later {
@@ -3075,6 +3131,34 @@ fn may_have_been_posted(state: &AppState, job: &Job, why: &str) {
         .counters
         .comments_failed
         .fetch_add(1, Ordering::Relaxed);
+}
+
+/// The refusal of the provider's TLS certificate in `err`'s chain (untrusted, for another name,
+/// expired, or none presented), which no later attempt can mend. rustls' error travels inside
+/// I/O errors (reqwest's inside tokio-rustls'), whose `source` skips what they wrap: each one
+/// is looked into.
+pub(crate) fn refused_certificate(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    // The error itself, or what the I/O errors around it wrap, a few deep.
+    fn unwrapped<'a>(mut e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+        for _ in 0..8 {
+            if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+                return Some(tls);
+            }
+            e = e.downcast_ref::<std::io::Error>()?.get_ref()?;
+        }
+        None
+    }
+    // Bounded: a broken `Error` impl can make the chain a cycle.
+    std::iter::successors(Some(err), |e| e.source())
+        .take(32)
+        .filter_map(unwrapped)
+        .find(|tls| {
+            matches!(
+                tls,
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+            )
+        })
+        .map(ToString::to_string)
 }
 
 /// `err` and its sources, for the logs: reqwest's own message ("error sending request for url

@@ -383,6 +383,12 @@ impl InstallationTokens {
             Ok(res) => res,
             Err(err) => {
                 let err: &(dyn std::error::Error + 'static) = &*err;
+                if let Some(refused) = super::refused_certificate(err) {
+                    return Err(TokenError::Refused(format!(
+                        "GitHub's TLS certificate was refused ({refused}): {}",
+                        super::error_chain(err)
+                    )));
+                }
                 let open = CircuitOpen::find(err);
                 return Err(TokenError::Transient {
                     reason: super::error_chain(err),

@@ -42,7 +42,9 @@
 //! posted, one waiting out its backoff being tried once more at once; a second Ctrl-C or
 //! `SIGTERM` ends the wait at once, and one sent while the open requests are still answered (for
 //! at most 10 s) stops waiting for them too, their deliveries left unanswered for the provider
-//! to deliver again; each comment left is logged with its delivery id, as possibly posted if
+//! to deliver again; each comment pending is logged with its delivery id as the wait starts
+//! (a container needs longer than 10 s plus the grace to stop: `docker stop -t 40`), and each
+//! comment left at its end, as possibly posted if
 //! its request was on its way; the process exits a second after that at most, the time to log them aside, even with a
 //! comment's API host name still being looked up), `TUNNEL_SERVICE`, `TUNNEL_AUTH_TOKEN`,
 //! `TUNNEL_REGION`, `TUNNEL_SERVER`, `TUNNEL_SECRET` (with `--use-tunnel`; without it, those set

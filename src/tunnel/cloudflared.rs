@@ -562,13 +562,12 @@ const LAST_LINES_WAIT: Duration = Duration::from_millis(500);
 /// most [`LAST_LINES_WAIT`]: a process that cloudflared started, still holding the pipe, keeps it
 /// open. The reader is stopped then.
 async fn drain(reader: Option<tokio::task::JoinHandle<()>>) {
-    if let Some(mut reader) = reader {
-        if tokio::time::timeout(LAST_LINES_WAIT, &mut reader)
+    if let Some(mut reader) = reader
+        && tokio::time::timeout(LAST_LINES_WAIT, &mut reader)
             .await
             .is_err()
-        {
-            reader.abort();
-        }
+    {
+        reader.abort();
     }
 }
 

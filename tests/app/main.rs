@@ -47,5 +47,6 @@ mod app_own_comments;
 mod app_provider_test_deliveries;
 mod app_settings_and_logs;
 mod app_startup_and_exit;
+mod app_tls_refused;
 mod env_not_utf8;
 mod pr_agent_server;

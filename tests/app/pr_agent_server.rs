@@ -1256,6 +1256,37 @@ async fn a_pending_comment_is_posted_during_the_shutdown_grace() {
     assert_eq!(comment_count(&api), 1);
 }
 
+/// When the shutdown's grace starts, each pending comment is logged with its delivery: a
+/// process stopped before the grace is over (`docker stop` kills after 10 s, and the grace is
+/// 20 s) used to leave no record of them.
+#[tokio::test]
+async fn pending_comments_are_logged_when_the_shutdown_grace_starts() {
+    let (logs, _guard) = support::Logs::capture();
+    let id = "f4000000-0000-4000-8000-000000000004";
+    let pending = |text: &str| {
+        text.lines()
+            .filter(|line| line.contains("comment pending at shutdown") && line.contains(id))
+            .count()
+    };
+    // Drained once already, for 50 ms: logged then.
+    let (_api, state) = a_comment_pending(app::Forge::GitHub, id, 64).await;
+    assert_eq!(pending(&logs.text()), 1, "{}", logs.text());
+    let draining = tokio::spawn({
+        let state = Arc::clone(&state);
+        async move { state.drain_comments(Duration::from_secs(60)).await }
+    });
+    eventually("the pending comment logged", PATIENCE, || {
+        pending(&logs.text()) == 2
+    })
+    .await;
+    assert!(!draining.is_finished(), "logged as the grace starts");
+    let line = logs.text();
+    let line = line.lines().find(|l| l.contains(id)).unwrap();
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("octo/repo#64"), "{line}");
+    draining.abort();
+}
+
 /// A comment still pending when the process exits is logged with its delivery id.
 #[test]
 fn a_comment_left_at_exit_is_logged_with_its_delivery() {
