@@ -8,29 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use harness::{FakeProvider, deliver, hmac_hex, lookup, serve, settled};
+use harness::{FakeProvider, deliver, github_opened, lookup, serve, settled};
 use http::StatusCode;
 use tower_webhook::signature::Clock;
-
-/// A GitHub `pull_request` `opened` delivery of pull request 21, its headers and body.
-fn github_opened(delivery: &str) -> (Vec<(&'static str, String)>, String) {
-    let body = serde_json::json!({
-        "action": "opened",
-        "number": 21,
-        "pull_request": {"number": 21, "title": "Cache the lookups", "draft": false},
-        "repository": {"full_name": "octo-org/hello-world"},
-    })
-    .to_string();
-    let headers = vec![
-        ("x-github-event", "pull_request".to_owned()),
-        ("x-github-delivery", delivery.to_owned()),
-        (
-            "x-hub-signature-256",
-            format!("sha256={}", hmac_hex("s3cret", &body)),
-        ),
-    ];
-    (headers, body)
-}
 
 /// GitHub's "Redeliver" sends a delivery of the last 3 days again with its `X-GitHub-Delivery`
 /// (GitHub Enterprise Server: of the last 7 days). The routes remembered a delivery for 24 h
@@ -58,7 +38,7 @@ async fn a_delivery_sent_again_days_later_is_not_commented_on_twice() {
     let base = format!("http://{}", serve(app.router).await);
     let client = crate::client::new();
     let route = "/api/v1/github_webhooks";
-    let (headers, body) = github_opened("8d6f3c40-1d2e-11f0-8a4e-5f1c2b3a4d01");
+    let (headers, body) = github_opened("s3cret", "8d6f3c40-1d2e-11f0-8a4e-5f1c2b3a4d01", 21);
 
     assert_eq!(
         deliver(&base, route, &headers, &body).await,

@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use harness::{deliver, hmac_hex, lookup, settled, start_server};
+use harness::{deliver, github_opened, lookup, settled, start_server};
 use http::StatusCode;
 use logs::Logs;
 use tokio::net::TcpListener;
@@ -57,24 +57,7 @@ async fn a_comment_to_an_api_whose_certificate_is_refused_is_given_up_at_once() 
     ])
     .unwrap();
     let base = start_server(&settings).await;
-    let body = serde_json::json!({
-        "action": "opened",
-        "number": 7,
-        "pull_request": {"number": 7, "title": "Pin the CA", "draft": false},
-        "repository": {"full_name": "octo-org/hello-world"},
-    })
-    .to_string();
-    let headers = [
-        ("x-github-event", "pull_request".to_owned()),
-        (
-            "x-github-delivery",
-            "3f0a5c2e-0b1d-4e6f-9a7c-2d4e6f8a0b1c".to_owned(),
-        ),
-        (
-            "x-hub-signature-256",
-            format!("sha256={}", hmac_hex("s3cret", &body)),
-        ),
-    ];
+    let (headers, body) = github_opened("s3cret", "3f0a5c2e-0b1d-4e6f-9a7c-2d4e6f8a0b1c", 7);
     assert_eq!(
         deliver(&base, "/api/v1/github_webhooks", &headers, &body).await,
         StatusCode::ACCEPTED

@@ -172,3 +172,29 @@ pub(crate) fn hmac_hex(secret: &str, body: impl AsRef<[u8]>) -> String {
     mac.update(body.as_ref());
     hex::encode(mac.finalize().into_bytes())
 }
+
+/// A GitHub `pull_request` `opened` delivery `delivery` of pull request `pr` in
+/// `octo-org/hello-world`, signed with `secret`: its headers and body, for [`deliver`].
+#[allow(dead_code)] // not every test file delivers this one
+pub(crate) fn github_opened(
+    secret: &str,
+    delivery: &str,
+    pr: u64,
+) -> (Vec<(&'static str, String)>, String) {
+    let body = serde_json::json!({
+        "action": "opened",
+        "number": pr,
+        "pull_request": {"number": pr, "title": "Cache the lookups", "draft": false},
+        "repository": {"full_name": "octo-org/hello-world"},
+    })
+    .to_string();
+    let headers = vec![
+        ("x-github-event", "pull_request".to_owned()),
+        ("x-github-delivery", delivery.to_owned()),
+        (
+            "x-hub-signature-256",
+            format!("sha256={}", hmac_hex(secret, &body)),
+        ),
+    ];
+    (headers, body)
+}

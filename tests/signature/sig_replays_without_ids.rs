@@ -246,6 +246,20 @@ async fn a_custom_scheme_is_told_by_its_mac_only_when_it_signs_a_timestamp() {
     assert_eq!(untimed.calls(), 2);
 }
 
+/// A custom scheme that signs `<ts>.<body>` (`x-timestamp`) and reads the delivery id from
+/// `x-delivery-id`, which the signature does not cover; its clock reads `NOW`.
+fn unsigned_id_layer(secret: &str) -> SignatureLayer {
+    SignatureLayer::custom(
+        CustomScheme::new("x-signature")
+            .prefix("sha256=")
+            .timestamp_header("x-timestamp")
+            .delivery_id_header("x-delivery-id"),
+        secret,
+    )
+    .unwrap()
+    .clock(Clock::fixed(UNIX_EPOCH + Duration::from_secs(NOW)))
+}
+
 /// A custom scheme that signs a timestamp but not its delivery id header: a copy sent again
 /// under another id, or without one, is a replay (its MAC was seen), and so is a redelivery under
 /// the same id with a new timestamp (its id was seen), in both recording modes. Before, the id
@@ -257,18 +271,7 @@ async fn a_copy_under_another_id_is_a_replay_when_the_mac_does_not_cover_the_id(
         RecordDelivery::AfterSuccess,
         RecordDelivery::AfterVerification,
     ] {
-        let hooks = Hooks::new(
-            SignatureLayer::custom(
-                CustomScheme::new("x-signature")
-                    .prefix("sha256=")
-                    .timestamp_header("x-timestamp")
-                    .delivery_id_header("x-delivery-id"),
-                SECRET,
-            )
-            .unwrap()
-            .clock(Clock::fixed(UNIX_EPOCH + Duration::from_secs(NOW)))
-            .record_delivery(mode),
-        );
+        let hooks = Hooks::new(unsigned_id_layer(SECRET).record_delivery(mode));
         let delivery = |id: Option<&str>, signed_at: u64, body: &str| {
             let ts = signed_at.to_string();
             let mac = hmac_hex(SECRET, &[ts.as_bytes(), b".", body.as_bytes()]);
@@ -316,17 +319,7 @@ async fn a_message_whose_handler_failed_can_be_sent_again_as_it_was() {
     let counted = Arc::clone(&calls);
     let svc = ServiceBuilder::new()
         .layer(WebhookErrorLayer::new())
-        .layer(
-            SignatureLayer::custom(
-                CustomScheme::new("x-signature")
-                    .prefix("sha256=")
-                    .timestamp_header("x-timestamp")
-                    .delivery_id_header("x-delivery-id"),
-                SECRET,
-            )
-            .unwrap()
-            .clock(Clock::fixed(UNIX_EPOCH + Duration::from_secs(NOW))),
-        )
+        .layer(unsigned_id_layer(SECRET))
         .service_fn(move |_req: Request<Full<Bytes>>| {
             let first = counted.fetch_add(1, Ordering::SeqCst) == 0;
             async move {
