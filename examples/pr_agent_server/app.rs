@@ -1668,6 +1668,9 @@ pub(crate) async fn start(
         );
     }
     let running = server.spawn(app.router).await?;
+    if let Some(tokens) = app.state.tokens.clone() {
+        tokio::spawn(async move { tokens.check().await });
+    }
     for updater in app.hook_updaters {
         match running.tunnel_watch() {
             Some(status) => {

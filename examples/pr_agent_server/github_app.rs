@@ -374,6 +374,47 @@ impl InstallationTokens {
         Arc::clone(slots.entry(installation).or_default())
     }
 
+    /// Asks GitHub who the app is (`GET /app`, as the app), once at startup: a wrong
+    /// `GITHUB_APP_ID` (an installation's id, another app's) or a key of another app is refused
+    /// there, and said at once, at error level, rather than at the first comment. Without an
+    /// answer (GitHub unreachable, slow) nothing is concluded: the comments find out.
+    pub(crate) async fn check(&self) {
+        let request = match app_request(&self.app, &self.api, Method::GET, "/app", &json!({})) {
+            Ok(request) => request,
+            Err(err) => {
+                tracing::error!(error = %err, "the GitHub App's token could not be made");
+                return;
+            }
+        };
+        let res = match self.caller.clone().oneshot(request).await {
+            Ok(res) => res,
+            Err(err) => {
+                let err: &(dyn std::error::Error + 'static) = &*err;
+                tracing::debug!(error = %super::error_chain(err), "GitHub not asked about the app at startup");
+                return;
+            }
+        };
+        let status = res.status();
+        if status.is_success() {
+            let answer: Value = res.json().await.unwrap_or_default();
+            let slug = answer["slug"].as_str().unwrap_or_default();
+            tracing::info!(app = slug, "GitHub App credentials accepted by GitHub");
+        } else if matches!(
+            status,
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND
+        ) {
+            tracing::error!(
+                status = status.as_u16(),
+                "GitHub refused the app's credentials: every comment through the app will fail; check that GITHUB_APP_ID is the app's App ID or Client ID (its settings page), not an installation's id, and that the private key is one of that app's"
+            );
+        } else {
+            tracing::debug!(
+                status = status.as_u16(),
+                "GitHub did not say who the app is at startup"
+            );
+        }
+    }
+
     /// `POST /app/installations/{id}/access_tokens`, as the app.
     async fn fetch(&self, installation: u64) -> Result<(String, SystemTime), TokenError> {
         let path = format!("/app/installations/{installation}/access_tokens");

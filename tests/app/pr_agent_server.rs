@@ -2387,6 +2387,8 @@ struct FakeGithubApp {
     /// answered, and the most at once.
     slow_fetches: AtomicUsize,
     most_slow_fetches: AtomicUsize,
+    /// `GET /app` is refused (401), as for a wrong app id or a key of another app.
+    app_refused: AtomicBool,
 }
 
 impl FakeGithubApp {
@@ -2404,6 +2406,15 @@ impl FakeGithubApp {
 async fn fake_github_app(State(gh): State<Arc<FakeGithubApp>>, req: Request) -> Response {
     let path = req.uri().path().to_owned();
     let authorization = req.headers()["authorization"].to_str().unwrap().to_owned();
+    if path == "/app" {
+        assert_eq!(req.method(), http::Method::GET);
+        assert!(authorization.starts_with("Bearer ey"), "{authorization}");
+        if gh.app_refused.load(Ordering::SeqCst) {
+            let message = r#"{"message":"A JSON web token could not be decoded"}"#;
+            return (StatusCode::UNAUTHORIZED, message).into_response();
+        }
+        return axum::Json(json!({"id": 4242, "slug": "review-bot"})).into_response();
+    }
     let installation = path
         .strip_prefix("/app/installations/")
         .and_then(|rest| rest.strip_suffix("/access_tokens"));
@@ -2614,6 +2625,65 @@ async fn installation_tokens_are_fetched_a_few_at_a_time() {
     }
     let most = gh.most_slow_fetches.load(Ordering::SeqCst);
     assert!((1..=2).contains(&most), "{most} token requests at once");
+}
+
+/// At startup, the server asks GitHub who the app is: credentials GitHub refuses (a wrong
+/// `GITHUB_APP_ID`, a key of another app) are said at once, at error level; before, the first
+/// comment found out, and every comment through the app was given up.
+#[tokio::test]
+async fn the_app_credentials_are_checked_with_github_at_startup() {
+    let Some(python) = peers::python() else {
+        return;
+    };
+    let (pkcs1, _, _) = app_key(&python);
+    for refused in [false, true] {
+        let (logs, _guard) = support::Logs::capture();
+        let gh = Arc::new(FakeGithubApp::default());
+        gh.app_refused.store(refused, Ordering::SeqCst);
+        let gh_addr = serve(
+            Router::new()
+                .fallback(fake_github_app)
+                .with_state(gh.clone()),
+        )
+        .await;
+        let (api_addr, _) = start_fake_api().await;
+        let gh_url = format!("http://{gh_addr}");
+        let settings = settings(
+            api_addr,
+            &[
+                ("GITHUB_API_URL", gh_url.as_str()),
+                ("GITHUB_APP_ID", "4242"),
+                ("GITHUB_APP_PRIVATE_KEY", pkcs1.as_str()),
+                ("PORT", "0"),
+            ],
+        );
+        let app = app::build(&settings).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = app::start(&settings, app, None, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+        let said = if refused {
+            "GitHub refused the app's credentials"
+        } else {
+            "GitHub App credentials accepted by GitHub"
+        };
+        eventually(said, PATIENCE, || logs.text().contains(said)).await;
+        let text = logs.text();
+        let line = text.lines().find(|line| line.contains(said)).unwrap();
+        if refused {
+            assert!(
+                line.contains("ERROR") && line.contains("GITHUB_APP_ID"),
+                "{line}"
+            );
+        } else {
+            assert!(line.contains("review-bot"), "{line}");
+        }
+        assert!(!text.contains("BEGIN RSA"), "{text}");
+        drop(stop);
+        running.wait().await;
+    }
 }
 
 #[test]
