@@ -3,7 +3,7 @@
 //! background, with comments posted back through a circuit breaker and retries.
 //!
 //! ```text
-//! cargo run --example pr_agent_server                 # development mode, prints test commands (refused with GITHUB_TOKEN set)
+//! cargo run --example pr_agent_server                 # development mode, prints test commands (refused with GITHUB_API_URL and GITHUB_TOKEN set)
 //! cargo run --example pr_agent_server -- --use-tunnel # plus a public URL (TUNNEL_SERVICE=...)
 //! ```
 //!
@@ -32,8 +32,9 @@
 //! `COMMENTS_IN_FLIGHT_PER_PROVIDER` (1-256, default 8: comments posted at once to one
 //! provider), `COMMENT_MAX_ATTEMPTS` (1-1000, default 20: attempts that reach the provider's
 //! API before a comment that keeps failing is given up;
-//! within one attempt, a request refused (a 503 with `Retry-After`, a 429 except GitHub's,
-//! which is waited out as a rate limit) or never sent (no connection) is sent again up to 3
+//! within one attempt, a request refused (a 408, a 503 with `Retry-After`, a 429 except
+//! GitHub's, which is waited out as a rate limit, a refused HTTP/2 stream) or never sent (no
+//! connection) is sent again up to 3
 //! times, so an attempt is at most 4 requests),
 //! `COMMENT_MAX_AGE_SECS` (1-2592000, default 86400: a comment is given up rather than tried
 //! again later than this after its delivery), `MAX_REMEMBERED_DRAFTS` (1-1048576, default

@@ -75,7 +75,9 @@
 //! until the open duration has passed instead.
 //!
 //! Through [`WebhookErrorLayer`](crate::error::WebhookErrorLayer), a `CircuitOpen` becomes
-//! `503 Service Unavailable` with `Retry-After` and an `application/problem+json` body (type
+//! `503 Service Unavailable` with `Retry-After` when the breaker knows the wait (OPEN, or
+//! HALF_OPEN with a `max_half_open_wait`; none in FORCED_OPEN) and an
+//! `application/problem+json` body (type
 //! [`types::CIRCUIT_OPEN`](crate::error::types::CIRCUIT_OPEN)), or gRPC `Unavailable`; a tonic
 //! client on a breaker-wrapped `Channel` sees `Code::Unavailable` (feature `tonic`).
 //!

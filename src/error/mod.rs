@@ -12,7 +12,7 @@
 //! | `Ok(response)` with a [`Problem`] in its extensions (a handler returned one) | the problem, rendered | trailers-only, code of the problem |
 //! | `Err(`[`Problem`]`)` or any [`HttpError`] registered with [`WebhookErrorLayer::recognize`] | its status | its [`HttpError::grpc_code`] |
 //! | signature rejected | 401 / 413 / 408 / 400 / 409, or 503 + `Retry-After` when the replay store cannot be reached | `Unauthenticated` / `OutOfRange` / `DeadlineExceeded` / `InvalidArgument` / `AlreadyExists` / `Unavailable` |
-//! | circuit open | 503 + `Retry-After` | `Unavailable` + `grpc-retry-pushback-ms` |
+//! | circuit open | 503, with `Retry-After` when the breaker knows the wait (not in FORCED_OPEN) | `Unavailable`, with `grpc-retry-pushback-ms` when the wait is known |
 //! | [`WebhookProcessingError`] | 500, or 503 + `Retry-After` when retryable | `Internal` / `Unavailable` + `grpc-retry-pushback-ms` |
 //! | `tower::timeout::error::Elapsed` | 504 (or 408, see [`WebhookErrorLayer::timeout_status`]) | `DeadlineExceeded` |
 //! | `tower::load_shed::error::Overloaded` | 503 | `Unavailable` |
