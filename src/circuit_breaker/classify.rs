@@ -101,6 +101,7 @@ where
 /// | `Err` that is a [`Problem`](crate::error::Problem) (as is or boxed, anywhere in its source chain) | as the HTTP status it stands for: a 4xx is the caller's mistake, not the upstream failing |
 /// | `Err` that is a [`CircuitOpen`](super::CircuitOpen) of another breaker (boxed, anywhere in its source chain) | neutral: the call was not made |
 /// | `Err` that is a reqwest builder error (`is_builder()`: a URL scheme reqwest does not send) | neutral: the request was not sent |
+/// | `Err` that is a reqwest status error (`error_for_status()`, as is or boxed) | as its HTTP status, like the response it was |
 /// | HTTP 5xx | failure |
 /// | HTTP 408, 429 | success, or failure if configured |
 /// | other HTTP statuses | success |
@@ -484,10 +485,15 @@ macro_rules! reqwest_classifier {
                         recorder.record_with_retry_after(outcome, hint(status, response.headers()));
                     }
                     Err(err) => {
-                        let (outcome, after) = if not_sent_by::<$reqwest::Error, E>(err) {
+                        let reqwest = reqwest_error::<$reqwest::Error, E>(err);
+                        let (outcome, after) = if reqwest.is_some_and(ReqwestError::is_builder) {
                             // A builder error (a URL scheme reqwest does not send, a URL that
                             // is no URI): the request never left, the upstream said nothing.
                             (Outcome::Neutral, None)
+                        } else if let Some(status) = reqwest.and_then(ReqwestError::status) {
+                            // `error_for_status()`: the answer, classified by its status as
+                            // the response would be (a 404 is not the upstream failing).
+                            (self.http_outcome(status), None)
                         } else {
                             self.error_outcome(err)
                         };
@@ -500,25 +506,24 @@ macro_rules! reqwest_classifier {
     };
 }
 
-/// Whether `err` is, or boxes anywhere in its source chain, a reqwest builder error: one
-/// raised before the request was sent (`reqwest::Error::is_builder`).
+/// The reqwest error `err` is, or boxes first in its source chain.
 #[cfg(any(feature = "reqwest", feature = "reqwest-0-12"))]
-fn not_sent_by<R: ReqwestError, E: 'static>(err: &E) -> bool {
+fn reqwest_error<R: ReqwestError, E: 'static>(err: &E) -> Option<&R> {
     let any: &dyn Any = err;
     if let Some(err) = any.downcast_ref::<R>() {
-        return err.is_builder();
+        return Some(err);
     }
-    any.downcast_ref::<BoxError>().is_some_and(|boxed| {
-        crate::error_chain::links(&**boxed)
-            .filter_map(|e| e.downcast_ref::<R>())
-            .any(R::is_builder)
-    })
+    let boxed = any.downcast_ref::<BoxError>()?;
+    crate::error_chain::links(&**boxed).find_map(|e| e.downcast_ref::<R>())
 }
 
-/// What [`not_sent_by`] asks of a reqwest version's error.
+/// What the classifier asks of a reqwest version's error.
 #[cfg(any(feature = "reqwest", feature = "reqwest-0-12"))]
 trait ReqwestError: Error + 'static {
+    /// Raised before the request was sent.
     fn is_builder(&self) -> bool;
+    /// The status of the answer `error_for_status()` turned into this error.
+    fn status(&self) -> Option<StatusCode>;
 }
 
 #[cfg(feature = "reqwest")]
@@ -526,12 +531,20 @@ impl ReqwestError for reqwest::Error {
     fn is_builder(&self) -> bool {
         reqwest::Error::is_builder(self)
     }
+
+    fn status(&self) -> Option<StatusCode> {
+        reqwest::Error::status(self)
+    }
 }
 
 #[cfg(feature = "reqwest-0-12")]
 impl ReqwestError for reqwest_0_12::Error {
     fn is_builder(&self) -> bool {
         reqwest_0_12::Error::is_builder(self)
+    }
+
+    fn status(&self) -> Option<StatusCode> {
+        reqwest_0_12::Error::status(self)
     }
 }
 

@@ -508,7 +508,8 @@ impl CircuitBreakerConfig {
 
     /// Opens when the share of calls slower than `slower_than` is at least `percent`. A call
     /// that takes exactly `slower_than` is not slow; a call is timed from the moment it is made
-    /// (not while the inner service is getting ready) to its outcome.
+    /// (not while the inner service is getting ready) to its outcome. A zero `slower_than` is
+    /// refused by [`validate`](Self::validate): every call would be slow.
     ///
     /// # Example
     ///
@@ -861,6 +862,14 @@ impl CircuitBreakerConfig {
                     format!("a percentage greater than 0 and at most 100, got {rate}"),
                 ));
             }
+        }
+        // Every call takes some time: with no time allowed, every call is slow, every probe too,
+        // and the breaker never closes again.
+        if self.slow_rate.is_some() && self.slow_duration.is_zero() {
+            return Err(ConfigError::invalid(
+                "slow_call_rate_threshold",
+                "the duration above which a call is slow must be greater than zero".to_owned(),
+            ));
         }
         if self.minimum_calls == 0 {
             return Err(ConfigError::invalid(

@@ -52,11 +52,11 @@ impl<K: Hash + Eq + Clone + fmt::Display> Shared<K> {
             // is read: transitions that time made due (which never lead to CLOSED) would run
             // the listener under this lock.
             // One CLOSED with no failure on record (nor a slow call, under a slow-call rule) is
-            // forgotten first: forgetting a breaker that is counting toward opening would let a
+            // forgotten first. Then one whose open duration has passed (OPEN past it, or
+            // HALF_OPEN waiting for a probe): a key that opened and was never called again must
+            // not hold its slot for ever, and forgetting it costs at most the failures that
+            // open it again. Last, one counting toward opening: forgetting it would let a
             // failing or slow key that comes and goes never open.
-            // Last, one whose open duration has passed (OPEN past it, or HALF_OPEN waiting for
-            // a probe): a key that opened and was never called again must not hold its slot
-            // for ever, leaving every new key to share the overflow breaker.
             let mut idle = None;
             let mut failing = None;
             let mut lapsed = None;
@@ -80,7 +80,7 @@ impl<K: Hash + Eq + Clone + fmt::Display> Shared<K> {
                     _ => {}
                 }
             }
-            let idle = idle.or(failing).or(lapsed).cloned();
+            let idle = idle.or(lapsed).or(failing).cloned();
             match idle {
                 Some(idle) => {
                     map.remove(&idle);

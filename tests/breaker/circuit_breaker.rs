@@ -985,6 +985,11 @@ fn config_errors_name_the_setting_or_variable() {
             CircuitBreakerConfig::default().max_half_open_wait(Duration::ZERO),
             "max_half_open_wait",
         ),
+        // Every call would be slow, every probe too: the breaker would never close again.
+        (
+            CircuitBreakerConfig::default().slow_call_rate_threshold(50.0, Duration::ZERO),
+            "slow_call_rate_threshold",
+        ),
     ] {
         assert_eq!(
             CircuitBreakerLayer::new(config).unwrap_err().setting(),
@@ -1163,6 +1168,46 @@ async fn a_full_keyed_layer_keeps_the_breaker_that_counts_slow_calls() {
         a_key_that_comes_and_goes(config, "slow", Call::Slow(500)).await,
         (CircuitState::Open, 2)
     );
+}
+
+/// A full keyed layer whose other slot holds a key that opened long ago (its open duration has
+/// passed, and it was never called again) forgets that one before the key counting failures,
+/// which opens. It forgot the counting one first, so a failing key that came and went beside a
+/// dead one never opened, and the dead one kept its slot.
+#[tokio::test(start_paused = true)]
+async fn a_full_keyed_layer_forgets_a_lapsed_breaker_before_one_that_counts_failures() {
+    let config = CircuitBreakerConfig::default().consecutive_failures(2);
+    let (layer, handle) =
+        KeyedCircuitBreakerLayer::pair(config, 2, |c: &(String, Call)| c.0.clone()).unwrap();
+    let inner = tower::service_fn(|(_, c): (String, Call)| {
+        let mut upstream = Upstream::new();
+        upstream.call(c)
+    });
+    let mut svc = layer.with_classifier(classify as Classifier).layer(inner);
+    let dead = "dead".to_owned();
+    for _ in 0..2 {
+        let _ = svc
+            .ready()
+            .await
+            .unwrap()
+            .call((dead.clone(), Call::Fail))
+            .await;
+    }
+    assert_eq!(handle.get(&dead).unwrap().state(), CircuitState::Open);
+    tokio::time::advance(Duration::from_secs(31)).await;
+    for i in 0..2 {
+        for (key, call) in [
+            ("flaky".to_owned(), Call::Fail),
+            (format!("healthy-{i}"), Call::Ok),
+        ] {
+            let _ = svc.ready().await.unwrap().call((key, call)).await;
+        }
+    }
+    assert_eq!(
+        handle.get(&"flaky".to_owned()).unwrap().state(),
+        CircuitState::Open
+    );
+    assert!(handle.get(&dead).is_none());
 }
 
 #[test]

@@ -29,6 +29,7 @@ mod breaker_half_open_probes;
 mod breaker_panics;
 mod breaker_reset_events;
 mod breaker_stale_retry_after;
+mod breaker_status_errors;
 mod breaker_upstream_waits;
 mod breaker_windows_and_timeouts;
 mod circuit_breaker;
