@@ -43,9 +43,11 @@ stops_cleanly "$server" tonic_server
 
 echo "-- hyper_server"
 port=$(free_port)
-ADDR=127.0.0.1:$port GITHUB_WEBHOOK_SECRET=ci-secret "$bin/hyper_server" >"$log/hyper" 2>&1 & server=$!; pids+=($server)
+# Without GITHUB_WEBHOOK_SECRET: a random secret for the run, printed with a signed command.
+env -u GITHUB_WEBHOOK_SECRET ADDR=127.0.0.1:$port "$bin/hyper_server" >"$log/hyper" 2>&1 & server=$!; pids+=($server)
 wait_for "$log/hyper" "try: curl"
 cmd=$(grep -o "curl .*" "$log/hyper")
+secret=$(sed -n 's/^  GITHUB_WEBHOOK_SECRET=//p' "$log/hyper")
 eval "expect_status 202 -s ${cmd#curl }"
 grep -qx "accepted pull_request delivery 1 (action opened)" "$log/body"
 eval "expect_status 409 -s ${cmd#curl }"   # the same delivery again: a replay
@@ -56,7 +58,7 @@ grep -q '"type":"urn:tower-webhook:problem:invalid-signature"' "$log/body"
 wait_for "$log/hyper" "no signature matches any configured secret"
 # Signed but not JSON (a form-encoded delivery): the sender's fault, 400, not a server error.
 form='payload=%7B%7D'
-sig=$(python3 -c 'import hmac,sys; print(hmac.new(b"ci-secret", sys.argv[1].encode(), "sha256").hexdigest())' "$form")
+sig=$(python3 -c 'import hmac,sys; print(hmac.new(sys.argv[2].encode(), sys.argv[1].encode(), "sha256").hexdigest())' "$form" "$secret")
 expect_status 400 "http://127.0.0.1:$port/" -H 'X-GitHub-Event: push' -H 'X-GitHub-Delivery: 4' \
   -H "X-Hub-Signature-256: sha256=$sig" --data "$form"
 # SIGTERM while a delivery is still being uploaded: it is answered, then the server exits 0.
@@ -70,6 +72,12 @@ stops_cleanly "$server" hyper_server
 wait "$upload" || true
 ! grep -q $'\x1b' "$log/hyper" || { cat -v "$log/hyper"; exit 1; }
 [ "$(cat "$log/slow_status")" = 202 ] || { echo "in-flight delivery got $(cat "$log/slow_status"): $(cat "$log/slow")"; exit 1; }
+# With the hook's secret set, nothing signed with it is printed.
+port=$(free_port)
+ADDR=127.0.0.1:$port GITHUB_WEBHOOK_SECRET=ci-secret "$bin/hyper_server" >"$log/hyper-set" 2>&1 & server=$!; pids+=($server)
+wait_for "$log/hyper-set" "deliveries signed with GITHUB_WEBHOOK_SECRET"
+! grep -q "sha256=\|ci-secret" "$log/hyper-set" || { cat "$log/hyper-set"; exit 1; }
+stops_cleanly "$server" hyper_server
 
 echo "-- load_test (layers server, 1 s of load)"
 port=$(free_port)

@@ -3,13 +3,16 @@
 //! `service_fn` handler.
 //!
 //! ```text
-//! GITHUB_WEBHOOK_SECRET=s3cret cargo run --example hyper_server   # 127.0.0.1:3001 (ADDR)
+//! cargo run --example hyper_server                                # 127.0.0.1:3001 (ADDR)
+//! GITHUB_WEBHOOK_SECRET=s3cret cargo run --example hyper_server   # the hook's secret
 //! ```
 //!
 //! `GITHUB_WEBHOOK_SECRET` (spaces and line breaks around it are dropped, as a secret read from a
-//! file often ends with one) defaults to `development-secret` (with a warning: anyone who reads
-//! this can sign for it), `ADDR` to `127.0.0.1:3001`. It prints a signed `curl` command to try
-//! it with: 202 the first time, 409 when the same delivery id comes again (a replay). Ctrl-C or
+//! file often ends with one); without it, a random secret is made for the run and printed, with
+//! a signed `curl` command to try the server with: 202 the first time, 409 when the same
+//! delivery id comes again (a replay). With the hook's secret set, nothing signed with it is
+//! printed: a log line that held a valid signature would let its readers send that payload
+//! again under fresh delivery ids. `ADDR` defaults to `127.0.0.1:3001`. Ctrl-C or
 //! `SIGTERM` stops it gracefully: requests in flight are answered first (for up to 10 s). A
 //! client that takes more than 10 s to send its request head is cut off too, one that sends
 //! nothing at all included; an HTTP/2 connection that does not answer a ping within 10 s (idle
@@ -60,21 +63,27 @@ async fn handle(req: Request<RequestBody>) -> Result<Response<Full<Bytes>>, BoxE
 }
 
 /// The webhook secret from `GITHUB_WEBHOOK_SECRET`'s value, trimmed (a secret read from a file
-/// often ends with a line break, which GitHub's copy has not: every delivery would be refused);
-/// the development secret when it is unset. One that is empty or not UTF-8 is an error naming
-/// the variable, not taken for unset.
+/// often ends with a line break, which GitHub's copy has not: every delivery would be refused),
+/// and whether it was made up for this run: a random one when the variable is unset (a fixed
+/// one, readable here, would let anyone sign for a server deployed without its secret). One
+/// that is empty or not UTF-8 is an error naming the variable, not taken for unset.
 pub(crate) fn webhook_secret(
     value: Result<String, std::env::VarError>,
-) -> Result<String, BoxError> {
+) -> Result<(String, bool), BoxError> {
     match value {
         Ok(secret) if secret.trim().is_empty() => Err(
             "GITHUB_WEBHOOK_SECRET is set but empty: set it to the hook's secret, or unset it"
                 .into(),
         ),
-        Ok(secret) => Ok(secret.trim().to_owned()),
+        Ok(secret) => Ok((secret.trim().to_owned(), false)),
         Err(std::env::VarError::NotPresent) => {
-            tracing::warn!("GITHUB_WEBHOOK_SECRET is not set: using the public development secret");
-            Ok("development-secret".into())
+            // 244 bits from the operating system's generator.
+            let secret = format!(
+                "dev-{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            );
+            Ok((secret, true))
         }
         Err(std::env::VarError::NotUnicode(_)) => {
             Err("GITHUB_WEBHOOK_SECRET is set to a value that is not UTF-8".into())
@@ -92,7 +101,7 @@ async fn main() -> Result<(), BoxError> {
         .with_env_filter("info")
         .with_ansi(colors)
         .init();
-    let secret = webhook_secret(std::env::var("GITHUB_WEBHOOK_SECRET"))?;
+    let (secret, made_up) = webhook_secret(std::env::var("GITHUB_WEBHOOK_SECRET"))?;
     let addr: SocketAddr = std::env::var("ADDR")
         .unwrap_or_else(|_| "127.0.0.1:3001".into())
         .parse()?;
@@ -101,13 +110,21 @@ async fn main() -> Result<(), BoxError> {
     let addr = listener.local_addr()?;
     let shutdown = shutdown::shutdown_signal()?;
     println!("hyper_server listening on http://{addr}");
-    let body = r#"{"action":"opened","number":1}"#;
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())?;
-    mac.update(body.as_bytes());
-    println!(
-        "try: curl -i http://{addr}/ -H 'X-GitHub-Event: pull_request' -H 'X-GitHub-Delivery: 1' -H 'X-Hub-Signature-256: sha256={}' --data '{body}'",
-        hex::encode(mac.finalize().into_bytes())
-    );
+    if made_up {
+        println!(
+            "GITHUB_WEBHOOK_SECRET is not set: deliveries are verified with a random secret for this run:"
+        );
+        println!("  GITHUB_WEBHOOK_SECRET={secret}");
+        let body = r#"{"action":"opened","number":1}"#;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())?;
+        mac.update(body.as_bytes());
+        println!(
+            "try: curl -i http://{addr}/ -H 'X-GitHub-Event: pull_request' -H 'X-GitHub-Delivery: 1' -H 'X-Hub-Signature-256: sha256={}' --data '{body}'",
+            hex::encode(mac.finalize().into_bytes())
+        );
+    } else {
+        println!("deliveries signed with GITHUB_WEBHOOK_SECRET are taken at http://{addr}/");
+    }
 
     serve(listener, &secret, shutdown, HEAD_TIMEOUT).await
 }

@@ -2,10 +2,12 @@
 //! with each pinned to its own core.
 //!
 //! ```text
-//! load_test serve layers ADDR     # axum + WebhookErrorLayer + SignatureLayer::github, 202 handler
-//!                                 # (no replay store: the bare server has none to compare with)
-//! load_test serve bare ADDR       # axum handler that checks the same HMAC itself
-//! load_test generate URL SECS CONNS [--status URL]
+//! cargo run --release --example load_test -- serve layers ADDR  # axum + WebhookErrorLayer +
+//!     # SignatureLayer::github, 202 handler (no replay store: the bare server has none to
+//!     # compare with)
+//! cargo run --release --example load_test -- serve bare ADDR    # axum handler that checks
+//!     # the same HMAC itself
+//! cargo run --release --example load_test -- generate URL SECS CONNS [--status URL]
 //! ```
 //!
 //! The generator sends a mix of deliveries signed with `GITHUB_WEBHOOK_SECRET` (trimmed; default
@@ -40,15 +42,23 @@ use tower_webhook::signature::SignatureLayer;
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
 /// `GITHUB_WEBHOOK_SECRET`, trimmed as the other examples trim it (a secret read from a file
-/// often ends with a line break), or `load-test-secret` when it is unset or blank.
-fn secret() -> String {
-    secret_from(std::env::var("GITHUB_WEBHOOK_SECRET").ok())
+/// often ends with a line break), or `load-test-secret` when it is unset. One that is blank or
+/// not UTF-8 is an error naming the variable, as `hyper_server`'s: taken for unset, the server
+/// would take deliveries signed with the public default.
+fn secret() -> Result<String, BoxError> {
+    secret_from(std::env::var("GITHUB_WEBHOOK_SECRET"))
 }
 
-pub(crate) fn secret_from(value: Option<String>) -> String {
-    match value.as_deref().map(str::trim) {
-        Some(secret) if !secret.is_empty() => secret.to_owned(),
-        _ => "load-test-secret".into(),
+pub(crate) fn secret_from(value: Result<String, std::env::VarError>) -> Result<String, BoxError> {
+    match value {
+        Ok(secret) if secret.trim().is_empty() => {
+            Err("GITHUB_WEBHOOK_SECRET is set but empty: set it, or unset it".into())
+        }
+        Ok(secret) => Ok(secret.trim().to_owned()),
+        Err(std::env::VarError::NotPresent) => Ok("load-test-secret".into()),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err("GITHUB_WEBHOOK_SECRET is set to a value that is not UTF-8".into())
+        }
     }
 }
 
@@ -75,7 +85,7 @@ fn main() -> Result<(), BoxError> {
 // Servers
 
 async fn serve(mode: &str, addr: &str) -> Result<(), BoxError> {
-    let router = router(mode, &secret())?;
+    let router = router(mode, &secret()?)?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!("serving {mode} on {}", listener.local_addr()?);
     serve_on(listener, router).await
@@ -214,7 +224,7 @@ pub(crate) async fn generate(
     conns: usize,
     status_url: Option<String>,
 ) -> Result<(), BoxError> {
-    let key = HmacSha256::new_from_slice(secret().as_bytes())?;
+    let key = HmacSha256::new_from_slice(secret()?.as_bytes())?;
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(conns)
         .build_http();

@@ -91,7 +91,7 @@ async fn main() -> Result<(), BoxError> {
     };
 
     let mut comments = 0;
-    let mut call = async |label: &str| -> Result<Option<StatusCode>, BoxError> {
+    let mut call = async |label: &str| -> Result<Answer, BoxError> {
         let before = api.hits.load(Ordering::SeqCst);
         comments += 1;
         let result = svc.ready().await?.call(post(&url, comments)).await;
@@ -110,7 +110,11 @@ async fn main() -> Result<(), BoxError> {
             "{label:<28} {outcome:<48} api calls: {hits}  breaker: {}",
             handle.state()
         );
-        Ok(result.ok().map(|r| r.status()))
+        Ok(match &result {
+            Ok(res) => Answer::Status(res.status()),
+            Err(err) if CircuitOpen::find(&**err).is_some() => Answer::CircuitOpen,
+            Err(_) => Answer::Failed,
+        })
     };
 
     println!("-- the API works");
@@ -132,13 +136,15 @@ async fn main() -> Result<(), BoxError> {
     let snapshot = handle.snapshot();
     println!("-- final snapshot: {}", serde_json::to_string(&snapshot)?);
 
-    let ok = first == Some(StatusCode::CREATED)
-        && failing == Some(StatusCode::BAD_GATEWAY)
-        && rejected.is_none()
+    let created = Answer::Status(StatusCode::CREATED);
+    let ok = first == created
+        && failing == Answer::Status(StatusCode::BAD_GATEWAY)
+        // Refused by the open breaker itself, not failed some other way (the API gone, say).
+        && rejected == Answer::CircuitOpen
         && state_while_down == CircuitState::Open
         && untouched
-        && probe == Some(StatusCode::CREATED)
-        && after == Some(StatusCode::CREATED)
+        && probe == created
+        && after == created
         && handle.state() == CircuitState::Closed;
     if ok {
         println!("breaker opened, protected the API, and recovered");
@@ -146,4 +152,15 @@ async fn main() -> Result<(), BoxError> {
     } else {
         Err("the breaker did not behave as expected".into())
     }
+}
+
+/// How a call turned out.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    /// The API answered.
+    Status(StatusCode),
+    /// The breaker refused the call without making it.
+    CircuitOpen,
+    /// Any other failure.
+    Failed,
 }

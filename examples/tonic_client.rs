@@ -1,9 +1,13 @@
 //! CircuitBreakerLayer on a tonic `Channel`: gRPC failures (read from `grpc-status`, in headers
 //! or trailers) open the breaker, and an open breaker answers `UNAVAILABLE` without a request.
 //!
-//! Run `cargo run --example tonic_server` first (or set ADDR, default `127.0.0.1:50051`, to
-//! another echo server). Exits non-zero if the calls did not turn out as printed. The last call
-//! runs into the server's 2 s deadline.
+//! ```text
+//! cargo run --example tonic_server    # in another terminal, first
+//! cargo run --example tonic_client    # ADDR, default 127.0.0.1:50051: another echo server
+//! ```
+//!
+//! Exits non-zero if the calls did not turn out as printed. The last call runs into the
+//! server's 2 s deadline.
 
 #[path = "common/echo.rs"]
 #[allow(dead_code)] // the server half is used by tonic_server

@@ -3298,7 +3298,8 @@ fn app_request(
     Ok(req)
 }
 
-/// A JSON request to `forge`'s API at `path`, with the provider's way of sending the token.
+/// A JSON request to `forge`'s API at `path`, with the provider's way of sending the token; with
+/// no body for a `body` of `null`.
 fn api_request(
     forge: Forge,
     api: &ApiTarget,
@@ -3309,10 +3310,12 @@ fn api_request(
     let url = reqwest::Url::parse(&format!("{}{}", api.base_url, path))?;
     let mut req = reqwest::Request::new(method, url);
     let headers = req.headers_mut();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    if !body.is_null() {
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
     // GitHub documents its own media type for its REST API.
     let accept = match forge {
         Forge::GitHub => "application/vnd.github+json",
@@ -3371,7 +3374,10 @@ fn api_request(
         }
         _ => {}
     }
-    *req.body_mut() = Some(serde_json::to_vec(body)?.into());
+    // `null`: a request without a body (a `GET`).
+    if !body.is_null() {
+        *req.body_mut() = Some(serde_json::to_vec(body)?.into());
+    }
     Ok(req)
 }
 

@@ -155,8 +155,9 @@ pub(crate) struct InstallationTokens {
     /// By installation id. The map's lock is held only to find a slot; a slot's lock is held
     /// across its fetch, so that comments waiting for one installation's token fetch it once,
     /// and a slow fetch holds up no other installation's unless every one of `fetches` is
-    /// taken (each for at most the API client's 30 s timeout), nor any comment slot (the worker
-    /// gets the token before it takes one).
+    /// taken (each for as long as its request takes, the retry policy's included: up to four
+    /// tries of at most 30 s, and the waits a `Retry-After` asks for between them), nor any
+    /// comment slot (the worker gets the token before it takes one).
     slots: std::sync::Mutex<HashMap<u64, Slot>>,
     /// Installations GitHub said were suspended or uninstalled (`installation` events): no
     /// token is fetched for them, until one is unsuspended. At most `MAX_INSTALLATIONS`.
@@ -379,7 +380,7 @@ impl InstallationTokens {
     /// there, and said at once, at error level, rather than at the first comment. Without an
     /// answer (GitHub unreachable, slow) nothing is concluded: the comments find out.
     pub(crate) async fn check(&self) {
-        let request = match app_request(&self.app, &self.api, Method::GET, "/app", &json!({})) {
+        let request = match app_request(&self.app, &self.api, Method::GET, "/app", &Value::Null) {
             Ok(request) => request,
             Err(err) => {
                 tracing::error!(error = %err, "the GitHub App's token could not be made");

@@ -2048,9 +2048,9 @@ where
                                                 ttl,
                                             };
                                             match verified.replay_also() {
-                                                None => {
-                                                    Lookup::new(plan.start(store, provider, id))
-                                                }
+                                                None => Lookup::new(
+                                                    plan.start(store, provider, id, None),
+                                                ),
                                                 // An id the MAC does not cover: the MAC is
                                                 // recorded first, the id once the MAC is new.
                                                 Some(mac) => Lookup::after_mac(
@@ -2107,8 +2107,10 @@ where
                 StateProj::Replay { lookup, req, inner } => {
                     let outcome = ready!(Pin::new(&mut *lookup).poll(cx));
                     let req = req.take().expect("ResponseFuture polled after completion");
-                    // Rebuilt from the request only where it is needed (not on the common path).
-                    let key = || replay_key_of(&req);
+                    // The key found seen: the MAC's, when the MAC was; else the request's id,
+                    // rebuilt from the request only where it is needed (not on the common path).
+                    let seen = lookup.seen.take();
+                    let key = || seen.clone().unwrap_or_else(|| replay_key_of(&req));
                     match outcome {
                         Ok(true) => {
                             // Won: in `AfterSuccess` mode the claim is now held until the answer.
@@ -2252,6 +2254,8 @@ struct Lookup {
     claim: Option<Claim>,
     /// The MAC's record this delivery made: forgotten unless the delivery is handled.
     record: Option<MacRecord>,
+    /// The MAC's key, when it was the MAC that was seen: the key the copy is a replay of.
+    seen: Option<String>,
 }
 
 /// How a delivery id is recorded: [`Plan::start`] makes the store's operation.
@@ -2264,24 +2268,36 @@ struct Plan {
 }
 
 impl Plan {
-    /// Claims `id` (in [`RecordDelivery::AfterSuccess`] mode) or records it.
+    /// Whether ids are claimed while the delivery is handled ([`RecordDelivery::AfterSuccess`]).
+    fn claims(self) -> bool {
+        self.mode == RecordDelivery::AfterSuccess
+    }
+
+    /// How long a claim on a key remembered for `ttl` lasts. A store that cannot tell claims
+    /// from handled ids records them for good.
+    fn claim_ttl(self, store: &dyn ReplayStore, ttl: Duration) -> Duration {
+        if store.tracks_claims() {
+            self.claim_ttl.min(ttl)
+        } else {
+            ttl
+        }
+    }
+
+    /// Claims `id` (in [`RecordDelivery::AfterSuccess`] mode, with `token`, or a new one) or
+    /// records it.
     fn start(
         self,
         store: &Arc<dyn ReplayStore>,
         provider: Provider,
         id: &str,
+        token: Option<ClaimToken>,
     ) -> (ReplayFuture, Option<Claim>) {
         let ttl = self.ttl;
         match self.mode {
             RecordDelivery::AfterSuccess => {
                 let key = replay_key(provider, id);
-                // A store that cannot tell claims from handled ids records them for good.
-                let claim_ttl = if store.tracks_claims() {
-                    self.claim_ttl.min(ttl)
-                } else {
-                    ttl
-                };
-                let token = ClaimToken::unique();
+                let claim_ttl = self.claim_ttl(&**store, ttl);
+                let token = token.unwrap_or_else(ClaimToken::unique);
                 let future = store.claim(&key, token, claim_ttl);
                 let claim = Claim {
                     store: Arc::clone(store),
@@ -2303,8 +2319,8 @@ impl Plan {
 /// The MAC's record being made, and what to look up once it is.
 struct MacStage {
     future: ReplayFuture,
-    store: Arc<dyn ReplayStore>,
-    key: String,
+    /// What the record is, once made.
+    record: MacRecord,
     plan: Plan,
     provider: Provider,
     id: String,
@@ -2317,10 +2333,14 @@ impl Lookup {
             future: Some(future),
             claim,
             record: None,
+            seen: None,
         }
     }
 
-    /// Records the MAC under `key` for `ttl` first, then `id` as `plan` says.
+    /// Records the MAC under `key` for `ttl` first, then `id`, as `plan` says: both claimed
+    /// with one token in [`RecordDelivery::AfterSuccess`] mode (a copy of a delivery in
+    /// progress is one under either key, and is handled once the delivery was), else both
+    /// recorded.
     fn after_mac(
         store: &Arc<dyn ReplayStore>,
         key: String,
@@ -2329,11 +2349,23 @@ impl Lookup {
         provider: Provider,
         id: &str,
     ) -> Self {
+        let (future, token) = if plan.claims() {
+            let token = ClaimToken::unique();
+            let future = store.claim(&key, token, plan.claim_ttl(&**store, ttl));
+            (future, Some(token))
+        } else {
+            (store.insert(&key, ttl), None)
+        };
         Self {
             mac: Some(MacStage {
-                future: store.insert(&key, ttl),
-                store: Arc::clone(store),
-                key,
+                future,
+                record: MacRecord {
+                    store: Arc::clone(store),
+                    key: Some(key),
+                    token,
+                    ttl,
+                    made: false,
+                },
                 plan,
                 provider,
                 id: id.to_owned(),
@@ -2341,6 +2373,7 @@ impl Lookup {
             future: None,
             claim: None,
             record: None,
+            seen: None,
         }
     }
 }
@@ -2351,17 +2384,27 @@ impl Future for Lookup {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if let Some(stage) = self.mac.as_mut() {
             let outcome = ready!(Pin::new(&mut stage.future).poll(cx));
-            let stage = self.mac.take().expect("polled just above");
-            if !matches!(outcome, Ok(true)) {
-                // A copy of a message seen (whatever its id), or a store that failed: the id is
-                // not looked up, and nothing was recorded.
-                return Poll::Ready(outcome);
+            let MacStage {
+                mut record,
+                plan,
+                provider,
+                id,
+                ..
+            } = self.mac.take().expect("polled just above");
+            record.made_by(&outcome);
+            match outcome {
+                Ok(true) => {}
+                // A copy of a message seen (whatever its id): the id is not looked up, and
+                // nothing was recorded.
+                Ok(false) => {
+                    self.seen = record.key.take();
+                    return Poll::Ready(Ok(false));
+                }
+                // The store failed; what it may have made is forgotten (dropped).
+                Err(err) => return Poll::Ready(Err(err)),
             }
-            self.record = Some(MacRecord {
-                store: Arc::clone(&stage.store),
-                key: Some(stage.key),
-            });
-            let (future, claim) = stage.plan.start(&stage.store, stage.provider, &stage.id);
+            let (future, claim) = plan.start(&record.store, provider, &id, record.token);
+            self.record = Some(record);
             self.future = Some(future);
             self.claim = claim;
         }
@@ -2385,7 +2428,7 @@ impl Future for Lookup {
             }
         } else if let Some(record) = record {
             // Recorded for good, like the id.
-            record.keep();
+            drop(record.settle(true));
         }
         Poll::Ready(outcome)
     }
@@ -2397,15 +2440,11 @@ impl Drop for Lookup {
             // Dropped before the id was looked up: the MAC's record, if it was made, is
             // forgotten once it is.
             let MacStage {
-                future, store, key, ..
+                future, mut record, ..
             } = stage;
             finish_detached(async move {
-                if let Ok(true) = future.await {
-                    drop(MacRecord {
-                        store,
-                        key: Some(key),
-                    });
-                }
+                record.made_by(&future.await);
+                drop(record);
             });
             return;
         }
@@ -2429,26 +2468,73 @@ impl Drop for Lookup {
     }
 }
 
-/// The record of a delivery's MAC (see [`VerifiedWebhook::replay_also`]), made by this
-/// delivery: removed when dropped, unless kept, so that a delivery that was not handled can be
-/// sent again as it was.
+/// The record of a delivery's MAC (see [`VerifiedWebhook::replay_also`]): a claim with the
+/// id's token in [`RecordDelivery::AfterSuccess`] mode, else recorded at once. Settled like the
+/// id: completed (or kept) when the delivery was handled, else released (or removed), so that a
+/// delivery that was not handled can be sent again as it was; dropped unsettled, it is
+/// forgotten.
 struct MacRecord {
     store: Arc<dyn ReplayStore>,
     key: Option<String>,
+    /// The claim's token (`None`: recorded for good at once).
+    token: Option<ClaimToken>,
+    /// How long the MAC is remembered once the delivery was handled.
+    ttl: Duration,
+    /// The store made the record (or may have): only then is there something to forget.
+    made: bool,
 }
 
 impl MacRecord {
-    /// The delivery was handled: the record stays.
-    fn keep(mut self) {
-        self.key = None;
+    /// Notes what the store's answer to the record says of it: made (`true`), or maybe made (an
+    /// error) where it can be undone without touching another delivery's record (a claim, by
+    /// its token, in a store that tracks claims; a removal could forget a record made before).
+    fn made_by(&mut self, outcome: &Result<bool, BoxError>) {
+        self.made = match outcome {
+            Ok(made) => *made,
+            Err(_) => self.token.is_some() && self.store.tracks_claims(),
+        };
+    }
+
+    /// The store's operation that settles the record, `handled` or not (`None`: nothing to do),
+    /// with what to log if it fails and the key.
+    fn settle(mut self, handled: bool) -> Option<(ReplayFuture, &'static Settle, String)> {
+        self.settle_now(handled)
+    }
+
+    fn settle_now(&mut self, handled: bool) -> Option<(ReplayFuture, &'static Settle, String)> {
+        let key = self.key.take().filter(|_| self.made)?;
+        let future = match (self.token, handled) {
+            (Some(token), true) => self.store.complete(&key, token, self.ttl),
+            (None, true) => return None,
+            (Some(token), false) => self.store.release(&key, token),
+            (None, false) => self.store.remove(&key),
+        };
+        Some((future, &FORGET_FAILED, key))
     }
 }
 
 impl Drop for MacRecord {
     fn drop(&mut self) {
-        if let Some(key) = self.key.take() {
-            drop(Detached(Some(self.store.remove(&key)), &FORGET_FAILED, key));
+        if let Some((future, settle, key)) = self.settle_now(false) {
+            drop(Detached(Some(future), settle, key));
         }
+    }
+}
+
+/// `first`, then the settling of a MAC's record (`also`), as one operation whose answer is
+/// `first`'s, so that both are done before the provider sees the answer; a failure of `also` is
+/// logged by itself.
+fn and_mac(
+    first: ReplayFuture,
+    also: Option<(ReplayFuture, &'static Settle, String)>,
+) -> ReplayFuture {
+    match also {
+        None => first,
+        Some((also, settle, key)) => ReplayFuture::new(async move {
+            let outcome = first.await;
+            settle.log(None, &key, also.await);
+            outcome
+        }),
     }
 }
 
@@ -2493,12 +2579,13 @@ impl Claim {
 
     /// The delivery was handled: marks the id completed, through a future the caller awaits.
     fn complete(mut self) -> Detached {
-        if let Some(record) = self.mac.take() {
-            record.keep();
-        }
+        let mac = self.mac.take().and_then(|record| record.settle(true));
         let key = self.key.take().unwrap_or_default();
         Detached(
-            Some(self.store.complete(&key, self.token, self.ttl)),
+            Some(and_mac(
+                self.store.complete(&key, self.token, self.ttl),
+                mac,
+            )),
             &COMPLETE_FAILED,
             key,
         )
@@ -2506,9 +2593,10 @@ impl Claim {
 
     /// The delivery failed: releases the id, through a future the caller awaits.
     fn release(mut self) -> Detached {
+        let mac = self.mac.take().and_then(|record| record.settle(false));
         let key = self.key.take().unwrap_or_default();
         Detached(
-            Some(self.store.release(&key, self.token)),
+            Some(and_mac(self.store.release(&key, self.token), mac)),
             &RELEASE_FAILED,
             key,
         )
@@ -2684,7 +2772,7 @@ const RELEASE_FAILED: Settle = Settle {
 };
 
 const FORGET_FAILED: Settle = Settle {
-    failed: "could not forget the MAC of a delivery that was not handled: the same message sent again is refused as a replay until its timestamp leaves the window",
+    failed: "could not settle the record of a delivery's MAC: if the delivery was not handled, the same message sent again is refused as a replay until its claim_ttl or its timestamp's window runs out; if it was, a copy may be refused instead of acknowledged",
     lost: None,
 };
 

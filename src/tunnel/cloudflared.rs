@@ -355,7 +355,7 @@ impl Provider for Cloudflared {
                 .spawn()
                 .map_err(|err| format!("could not start {}: {err}", binary.display()))?;
             let stderr = Arc::new(Mutex::new(VecDeque::new()));
-            let mut reader = child.stderr.take().map(|pipe| {
+            let mut reader = Reader(child.stderr.take().map(|pipe| {
                 let lines = Arc::clone(&stderr);
                 tokio::spawn(async move {
                     let mut reader = BufReader::new(pipe);
@@ -371,7 +371,7 @@ impl Provider for Cloudflared {
                         lines.push_back(line);
                     }
                 })
-            });
+            }));
             let last_lines = move || {
                 let lines = stderr
                     .lock()
@@ -380,7 +380,7 @@ impl Provider for Cloudflared {
             };
             let hostname = loop {
                 if let Some(status) = child.try_wait()? {
-                    drain(reader.take()).await;
+                    reader.drain().await;
                     return Err(
                         format!("cloudflared exited with {status}: {}", last_lines()).into(),
                     );
@@ -416,14 +416,12 @@ impl Provider for Cloudflared {
                 tokio::select! {
                     () = stop.stopped() => {
                         terminate(&mut child, grace).await;
-                        if let Some(reader) = reader {
-                            reader.abort();
-                        }
+                        drop(reader);
                         Ok(())
                     }
                     status = child.wait() => {
                         let status = status?;
-                        drain(reader).await;
+                        reader.drain().await;
                         Err(format!("cloudflared exited with {status}: {}", last_lines()).into())
                     }
                 }
@@ -558,16 +556,27 @@ const MAX_STOP_GRACE: Duration =
 /// and the end of its stderr come in no set order, and its last lines say why it ended.
 const LAST_LINES_WAIT: Duration = Duration::from_millis(500);
 
-/// Lets the stderr reader take the lines written before the exit (it ends with the pipe), for at
-/// most [`LAST_LINES_WAIT`]: a process that cloudflared started, still holding the pipe, keeps it
-/// open. The reader is stopped then.
-async fn drain(reader: Option<tokio::task::JoinHandle<()>>) {
-    if let Some(mut reader) = reader
-        && tokio::time::timeout(LAST_LINES_WAIT, &mut reader)
-            .await
-            .is_err()
-    {
-        reader.abort();
+/// The task that reads cloudflared's stderr; stopped when dropped (a session that ended, an
+/// open that failed or was cut off), as a process cloudflared started may hold the pipe open.
+struct Reader(Option<tokio::task::JoinHandle<()>>);
+
+impl Reader {
+    /// Lets the reader take the lines written before the exit (it ends with the pipe), for at
+    /// most [`LAST_LINES_WAIT`].
+    async fn drain(&mut self) {
+        if let Some(reader) = self.0.as_mut()
+            && tokio::time::timeout(LAST_LINES_WAIT, reader).await.is_ok()
+        {
+            self.0 = None;
+        }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        if let Some(reader) = self.0.take() {
+            reader.abort();
+        }
     }
 }
 

@@ -150,16 +150,18 @@ impl<T> Drop for Held<T> {
         };
         value.at.get_or_insert_with(Instant::now);
         let mut ended = self.memory.lock();
-        // Past `REMEMBERED`, the oldest value of a tunnel that is over makes room; that of a
-        // tunnel being re-opened, which asks for it, only past `REMEMBERED_MAX`.
-        if ended.len() >= REMEMBERED {
-            match ended.iter().position(Ended::free) {
-                Some(at) => drop(ended.remove(at)),
-                None if ended.len() >= REMEMBERED_MAX => drop(ended.pop_front()),
-                None => {}
+        ended.push_back(value);
+        // At most `REMEMBERED` values of tunnels that are over, the oldest going first (tunnels
+        // end over time: those that were being re-opened may be over by now); those of tunnels
+        // being re-opened, which ask for them, go only past `REMEMBERED_MAX` values in all.
+        while ended.iter().filter(|value| value.free()).count() > REMEMBERED {
+            if let Some(at) = ended.iter().position(Ended::free) {
+                ended.remove(at);
             }
         }
-        ended.push_back(value);
+        while ended.len() > REMEMBERED_MAX {
+            ended.pop_front();
+        }
     }
 }
 
@@ -213,9 +215,14 @@ mod tests {
     #[test]
     fn the_values_of_tunnels_being_re_opened_outlast_those_of_tunnels_that_are_over() {
         let memory = Memory::default();
-        let (over_tx, over) = tokio::sync::watch::channel(());
-        drop(memory.hold(1000u16, Some(over.clone())));
-        drop(over_tx);
+        let over: Vec<_> = (100..108u16)
+            .map(|value| {
+                let (tx, rx) = tokio::sync::watch::channel(());
+                drop(memory.hold(value, Some(rx)));
+                tx
+            })
+            .collect();
+        drop(over);
         let live: Vec<_> = (0..12u16)
             .map(|value| {
                 let (tx, rx) = tokio::sync::watch::channel(());
@@ -228,10 +235,31 @@ mod tests {
             assert_eq!(own.value(), value);
             own.forget();
         }
-        assert!(
-            memory.reclaim(None).is_none(),
-            "the closed tunnel's made room"
-        );
+        // The values of tunnels that are over are kept too, as room allows.
+        let mut left = Vec::new();
+        while let Some(held) = memory.reclaim(None) {
+            left.push(*held.value());
+            held.forget();
+        }
+        assert_eq!(left, [107, 106, 105, 104, 103, 102, 101, 100]);
+
+        // Tunnels that were being re-opened and are over now: no more than `REMEMBERED` of
+        // their values stay once another value comes.
+        let ended: Vec<_> = (0..20u16)
+            .map(|value| {
+                let (tx, rx) = tokio::sync::watch::channel(());
+                drop(memory.hold(value, Some(rx)));
+                tx
+            })
+            .collect();
+        drop(ended);
+        drop(memory.hold(20, None));
+        let mut left = Vec::new();
+        while let Some(held) = memory.reclaim(None) {
+            left.push(*held.value());
+            held.forget();
+        }
+        assert_eq!(left, [20, 19, 18, 17, 16, 15, 14, 13]);
 
         let live: Vec<_> = (0..super::REMEMBERED_MAX as u16 + 2)
             .map(|value| {

@@ -74,20 +74,32 @@ async fn bitbucket_created(client: &reqwest::Client, base: &str, id: &str, pr: u
 fn the_hyper_server_trims_its_secret() {
     assert_eq!(
         hyper_server::webhook_secret(Ok("s3cret\n".into())).unwrap(),
-        "s3cret"
+        ("s3cret".to_owned(), false)
     );
     assert_eq!(
         hyper_server::webhook_secret(Ok("  s3cret\r\n".into())).unwrap(),
-        "s3cret"
+        ("s3cret".to_owned(), false)
     );
     assert!(hyper_server::webhook_secret(Ok("\n".into())).is_err());
-    assert_eq!(
-        hyper_server::webhook_secret(Err(std::env::VarError::NotPresent)).unwrap(),
-        "development-secret"
-    );
+    // Unset: a random secret for the run, never a fixed one anyone can read here.
+    let unset = || hyper_server::webhook_secret(Err(std::env::VarError::NotPresent)).unwrap();
+    let (first, made_up) = unset();
+    assert!(made_up);
+    assert!(first.len() >= 64, "{first}");
+    assert_ne!(first, unset().0);
     // The load test's servers and generator read the same variable, the same way.
-    assert_eq!(load_test::secret_from(Some("s3cret\n".into())), "s3cret");
-    assert_eq!(load_test::secret_from(None), "load-test-secret");
+    assert_eq!(
+        load_test::secret_from(Ok("s3cret\n".into())).unwrap(),
+        "s3cret"
+    );
+    assert_eq!(
+        load_test::secret_from(Err(std::env::VarError::NotPresent)).unwrap(),
+        "load-test-secret"
+    );
+    // Set but blank, or not UTF-8: an error, not the public default.
+    assert!(load_test::secret_from(Ok(" \n".into())).is_err());
+    let not_utf8 = std::ffi::OsString::from("x");
+    assert!(load_test::secret_from(Err(std::env::VarError::NotUnicode(not_utf8))).is_err());
 }
 
 /// `load_test serve layers` put `SignatureLayer` over the whole route with

@@ -2409,6 +2409,10 @@ async fn fake_github_app(State(gh): State<Arc<FakeGithubApp>>, req: Request) -> 
     if path == "/app" {
         assert_eq!(req.method(), http::Method::GET);
         assert!(authorization.starts_with("Bearer ey"), "{authorization}");
+        assert!(
+            !req.headers().contains_key("content-type"),
+            "a GET without a body"
+        );
         if gh.app_refused.load(Ordering::SeqCst) {
             let message = r#"{"message":"A JSON web token could not be decoded"}"#;
             return (StatusCode::UNAUTHORIZED, message).into_response();

@@ -13,8 +13,8 @@ use http_body_util::Full;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_webhook::error::WebhookErrorLayer;
 use tower_webhook::signature::{
-    ClaimToken, Clock, CustomScheme, MemoryReplayStore, RecordDelivery, ReplayFuture, ReplayStore,
-    SignatureLayer, VerifiedWebhook,
+    ClaimToken, Clock, CustomScheme, MemoryReplayStore, OnReplay, RecordDelivery, ReplayFuture,
+    ReplayStore, SignatureLayer, VerifiedWebhook,
 };
 
 /// When the deliveries are signed, and when the layer reads them: 60 s later.
@@ -358,6 +358,153 @@ async fn a_message_whose_handler_failed_can_be_sent_again_as_it_was() {
     );
     assert_eq!(status(delivery("d9")).await, StatusCode::CONFLICT);
     assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+/// A `MemoryReplayStore` whose every operation takes effect only once polled a second time, as
+/// a remote store's does: nothing is done before its answer is awaited.
+#[derive(Debug, Default)]
+struct Lazy(Arc<MemoryReplayStore>);
+
+impl Lazy {
+    fn later(
+        &self,
+        op: impl FnOnce(&MemoryReplayStore) -> ReplayFuture + Send + 'static,
+    ) -> ReplayFuture {
+        let store = Arc::clone(&self.0);
+        ReplayFuture::new(async move {
+            tokio::task::yield_now().await;
+            op(&store).await
+        })
+    }
+}
+
+impl ReplayStore for Lazy {
+    fn insert(&self, key: &str, ttl: Duration) -> ReplayFuture {
+        let key = key.to_owned();
+        self.later(move |s| s.insert(&key, ttl))
+    }
+    fn remove(&self, key: &str) -> ReplayFuture {
+        let key = key.to_owned();
+        self.later(move |s| s.remove(&key))
+    }
+    fn claim(&self, key: &str, token: ClaimToken, ttl: Duration) -> ReplayFuture {
+        let key = key.to_owned();
+        self.later(move |s| s.claim(&key, token, ttl))
+    }
+    fn complete(&self, key: &str, token: ClaimToken, ttl: Duration) -> ReplayFuture {
+        let key = key.to_owned();
+        self.later(move |s| s.complete(&key, token, ttl))
+    }
+    fn release(&self, key: &str, token: ClaimToken) -> ReplayFuture {
+        let key = key.to_owned();
+        self.later(move |s| s.release(&key, token))
+    }
+    fn completed(&self, key: &str) -> ReplayFuture {
+        let key = key.to_owned();
+        self.later(move |s| s.completed(&key))
+    }
+    fn tracks_claims(&self) -> bool {
+        true
+    }
+}
+
+/// The same with a store that acts only when its answer is awaited: the record of the MAC is
+/// released before the failed delivery is answered, so the sender's resend, sent at once, is
+/// processed. Its release was left to a task of its own, and the resend could be refused as
+/// a replay of the delivery that was never handled.
+#[tokio::test]
+async fn a_failed_message_sent_again_at_once_is_processed_with_a_store_that_answers_later() {
+    const SECRET: &str = "custom-secret";
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .layer(unsigned_id_layer(SECRET).replay_store(Lazy::default()))
+        .service_fn(move |_req: Request<Full<Bytes>>| {
+            let first = counted.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                if first {
+                    return Err::<Response<Full<Bytes>>, BoxError>("database unavailable".into());
+                }
+                Ok(Response::new(Full::<Bytes>::default()))
+            }
+        });
+    let ts = SIGNED_AT.to_string();
+    let body = r#"{"n":1}"#;
+    let sig = format!(
+        "sha256={}",
+        hmac_hex(SECRET, &[ts.as_bytes(), b".", body.as_bytes()])
+    );
+    let delivery = || {
+        post(
+            &[
+                ("x-timestamp", &ts),
+                ("x-signature", &sig),
+                ("x-delivery-id", "d1"),
+            ],
+            body,
+        )
+    };
+    for expected in [
+        StatusCode::INTERNAL_SERVER_ERROR,
+        StatusCode::OK,
+        StatusCode::CONFLICT,
+    ] {
+        let res = svc.clone().oneshot(delivery()).await.unwrap();
+        assert_eq!(res.status(), expected);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+/// With `OnReplay::Acknowledge`, a copy of such a message is acknowledged once the delivery it
+/// copies was handled, whatever id it comes under (it was refused, the id it came under being
+/// unknown), and refused while that delivery is still in flight, without its id too (it was
+/// acknowledged, the MAC counting as handled at once, and lost if the delivery then failed).
+#[tokio::test]
+async fn a_copy_under_another_id_is_acknowledged_once_the_message_was_handled() {
+    const SECRET: &str = "custom-secret";
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (held, counted) = (Arc::clone(&gate), Arc::clone(&calls));
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .layer(unsigned_id_layer(SECRET).on_replay(OnReplay::Acknowledge(StatusCode::OK)))
+        .service_fn(move |_req: Request<Full<Bytes>>| {
+            let first = counted.fetch_add(1, Ordering::SeqCst) == 0;
+            let held = Arc::clone(&held);
+            async move {
+                if first {
+                    held.notified().await;
+                }
+                Ok::<_, BoxError>(Response::new(Full::<Bytes>::default()))
+            }
+        });
+    let ts = SIGNED_AT.to_string();
+    let body = r#"{"n":1}"#;
+    let mac = hmac_hex(SECRET, &[ts.as_bytes(), b".", body.as_bytes()]);
+    let sig = format!("sha256={mac}");
+    let delivery = |id: Option<&str>| {
+        let mut headers = vec![("x-timestamp", ts.as_str()), ("x-signature", sig.as_str())];
+        headers.extend(id.map(|id| ("x-delivery-id", id)));
+        post(&headers, body)
+    };
+    let first = tokio::spawn(svc.clone().oneshot(delivery(Some("d1"))));
+    while calls.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    let in_flight = svc.clone().oneshot(delivery(None)).await.unwrap();
+    assert_eq!(
+        in_flight.status(),
+        StatusCode::CONFLICT,
+        "the first may still fail"
+    );
+    gate.notify_one();
+    assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::OK);
+    for id in [Some("d2"), None] {
+        let copy = svc.clone().oneshot(delivery(id)).await.unwrap();
+        assert_eq!(copy.status(), StatusCode::OK, "{id:?}");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
 /// Two replicas share a store; the second one's clock lags the first one's by 30 s. A Zoom event
