@@ -2249,11 +2249,11 @@ where
 struct Lookup {
     /// The MAC's record, for a delivery whose id the MAC does not cover: made first; the id is
     /// looked up only when the MAC is new.
-    mac: Option<MacStage>,
+    mac: Option<Box<MacStage>>,
     future: Option<ReplayFuture>,
     claim: Option<Claim>,
     /// The MAC's record this delivery made: forgotten unless the delivery is handled.
-    record: Option<MacRecord>,
+    record: Option<Box<MacRecord>>,
     /// The MAC's key, when it was the MAC that was seen: the key the copy is a replay of.
     seen: Option<String>,
 }
@@ -2357,7 +2357,7 @@ impl Lookup {
             (store.insert(&key, ttl), None)
         };
         Self {
-            mac: Some(MacStage {
+            mac: Some(Box::new(MacStage {
                 future,
                 record: MacRecord {
                     store: Arc::clone(store),
@@ -2369,7 +2369,7 @@ impl Lookup {
                 plan,
                 provider,
                 id: id.to_owned(),
-            }),
+            })),
             future: None,
             claim: None,
             record: None,
@@ -2385,12 +2385,13 @@ impl Future for Lookup {
         if let Some(stage) = self.mac.as_mut() {
             let outcome = ready!(Pin::new(&mut stage.future).poll(cx));
             let MacStage {
-                mut record,
+                record,
                 plan,
                 provider,
                 id,
                 ..
-            } = self.mac.take().expect("polled just above");
+            } = *self.mac.take().expect("polled just above");
+            let mut record = Box::new(record);
             record.made_by(&outcome);
             match outcome {
                 Ok(true) => {}
@@ -2441,7 +2442,7 @@ impl Drop for Lookup {
             // forgotten once it is.
             let MacStage {
                 future, mut record, ..
-            } = stage;
+            } = *stage;
             finish_detached(async move {
                 record.made_by(&future.await);
                 drop(record);
@@ -2549,7 +2550,7 @@ struct Claim {
     ttl: Duration,
     /// The record of the delivery's MAC, when its id is not signed: kept if the delivery was
     /// handled, else forgotten.
-    mac: Option<MacRecord>,
+    mac: Option<Box<MacRecord>>,
 }
 
 impl Claim {
