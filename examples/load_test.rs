@@ -187,6 +187,9 @@ struct Tally {
     duplicates_acked: AtomicU64,
     rejected: AtomicU64,
     other: AtomicU64,
+    /// The first request that failed without an answer, and why: reported, so that a wrong
+    /// port or a server that went away is named rather than counted.
+    first_failure: std::sync::Mutex<Option<String>>,
     valid_not_accepted: AtomicU64,
     invalid_accepted: AtomicU64,
 }
@@ -225,6 +228,13 @@ pub(crate) async fn generate(
     status_url: Option<String>,
 ) -> Result<(), BoxError> {
     let key = HmacSha256::new_from_slice(secret()?.as_bytes())?;
+    // Checked once, before any connection: the client speaks plain HTTP only.
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|err| format!("{url} is not a URL: {err}"))?;
+    if uri.scheme_str() != Some("http") || uri.host().is_none() {
+        return Err(format!("{url} is not an http:// URL with a host").into());
+    }
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(conns)
         .build_http();
@@ -289,13 +299,25 @@ pub(crate) async fn generate(
                 let exchange = async {
                     let res = client.request(req).await?;
                     let status = res.status();
-                    let _ = res.into_body().collect().await;
-                    Ok::<_, hyper_util::client::legacy::Error>(status)
+                    // An answer cut short is no answer.
+                    res.into_body().collect().await?;
+                    Ok::<_, BoxError>(status)
                 };
-                let status = match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
-                    Ok(Ok(status)) => status,
-                    Ok(Err(_)) => StatusCode::BAD_GATEWAY,
-                    Err(_) => StatusCode::GATEWAY_TIMEOUT,
+                let failure = match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+                    Ok(Ok(status)) => Ok(status),
+                    Ok(Err(err)) => Err((StatusCode::BAD_GATEWAY, error_chain(&*err))),
+                    Err(_) => Err((StatusCode::GATEWAY_TIMEOUT, "no answer within 10 s".into())),
+                };
+                let status = match failure {
+                    Ok(status) => status,
+                    Err((status, why)) => {
+                        let mut first = tally
+                            .first_failure
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner());
+                        first.get_or_insert(why);
+                        status
+                    }
                 };
                 let counter = match status {
                     StatusCode::ACCEPTED => &tally.accepted,
@@ -332,6 +354,14 @@ pub(crate) async fn generate(
         "valid_not_accepted": get(&tally.valid_not_accepted),
         "invalid_accepted": get(&tally.invalid_accepted),
     });
+    let first_failure = tally
+        .first_failure
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    if let Some(why) = &first_failure {
+        report["first_failure"] = json!(why);
+    }
     let mut ok = get(&tally.valid_not_accepted) == 0 && get(&tally.invalid_accepted) == 0;
     if let Some(status_url) = status_url {
         // Let the background worker drain, then compare with the server's own counts.
@@ -360,6 +390,23 @@ pub(crate) async fn generate(
     if ok {
         Ok(())
     } else {
-        Err("load test invariants violated (see the report)".into())
+        Err(match first_failure {
+            Some(why) => format!(
+                "load test invariants violated; the first request that got no answer: {why}"
+            ),
+            None => "load test invariants violated (see the report)".to_owned(),
+        }
+        .into())
     }
+}
+
+/// `err` and its sources, `a: b: c`: hyper-util's own message ("client error (Connect)")
+/// does not say what failed.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    for source in std::iter::successors(err.source(), |e| e.source()).take(16) {
+        text.push_str(": ");
+        text.push_str(&source.to_string());
+    }
+    text
 }

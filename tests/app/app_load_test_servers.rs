@@ -174,5 +174,34 @@ async fn the_load_test_generator_ends_when_the_server_stops_answering() {
     )
     .await;
     let result = run.expect("the generator is still waiting after 60 s");
-    assert!(result.is_err(), "a run with no answer passed");
+    let err = result.expect_err("a run with no answer passed").to_string();
+    assert!(err.contains("no answer within 10 s"), "{err}");
+}
+
+/// A generator pointed at the wrong port, or at a URL it cannot use, says why: every failed
+/// connection was counted as an "other" answer, and the run failed with "invariants violated"
+/// alone; a URL that was not one panicked in every task.
+#[tokio::test]
+async fn the_load_test_generator_names_why_its_requests_failed() {
+    // A port nothing listens on.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let err = load_test::generate(&format!("http://{closed}/hook"), 1, 1, None)
+        .await
+        .expect_err("no server")
+        .to_string();
+    assert!(
+        err.contains("the first request that got no answer"),
+        "{err}"
+    );
+    assert!(err.to_lowercase().contains("connect"), "{err}");
+    for url in ["not a url", "https://127.0.0.1:1/hook"] {
+        let err = load_test::generate(url, 1, 1, None)
+            .await
+            .expect_err(url)
+            .to_string();
+        assert!(err.contains(url), "{err}");
+    }
 }
