@@ -1119,6 +1119,26 @@ async fn consecutive_failures_still_count_after_a_million_transitions() {
     assert_eq!(handle.state(), CircuitState::Open);
 }
 
+/// A keyed breaker of two keys at most over the test upstream, keyed by the call's name; and
+/// its handle.
+fn two_keys(
+    config: CircuitBreakerConfig,
+) -> (
+    impl Service<(String, Call), Error = BoxError>,
+    KeyedCircuitBreakerHandle<String>,
+) {
+    let (layer, handle) =
+        KeyedCircuitBreakerLayer::pair(config, 2, |c: &(String, Call)| c.0.clone()).unwrap();
+    let inner = tower::service_fn(|(_, c): (String, Call)| {
+        let mut upstream = Upstream::new();
+        upstream.call(c)
+    });
+    (
+        layer.with_classifier(classify as Classifier).layer(inner),
+        handle,
+    )
+}
+
 /// Two keys at most: `key` calls `call` five times, each between calls to a key seen once (a
 /// healthy one). The state of `key`'s breaker at the end, and how many breakers there are.
 async fn a_key_that_comes_and_goes(
@@ -1126,13 +1146,7 @@ async fn a_key_that_comes_and_goes(
     key: &str,
     call: Call,
 ) -> (CircuitState, usize) {
-    let (layer, handle) =
-        KeyedCircuitBreakerLayer::pair(config, 2, |c: &(String, Call)| c.0.clone()).unwrap();
-    let inner = tower::service_fn(|(_, c): (String, Call)| {
-        let mut upstream = Upstream::new();
-        upstream.call(c)
-    });
-    let mut svc = layer.with_classifier(classify as Classifier).layer(inner);
+    let (mut svc, handle) = two_keys(config);
     for i in 0..5 {
         for (key, call) in [(key.to_owned(), call), (format!("healthy-{i}"), Call::Ok)] {
             let _ = svc.ready().await.unwrap().call((key, call)).await;
@@ -1176,14 +1190,7 @@ async fn a_full_keyed_layer_keeps_the_breaker_that_counts_slow_calls() {
 /// dead one never opened, and the dead one kept its slot.
 #[tokio::test(start_paused = true)]
 async fn a_full_keyed_layer_forgets_a_lapsed_breaker_before_one_that_counts_failures() {
-    let config = CircuitBreakerConfig::default().consecutive_failures(2);
-    let (layer, handle) =
-        KeyedCircuitBreakerLayer::pair(config, 2, |c: &(String, Call)| c.0.clone()).unwrap();
-    let inner = tower::service_fn(|(_, c): (String, Call)| {
-        let mut upstream = Upstream::new();
-        upstream.call(c)
-    });
-    let mut svc = layer.with_classifier(classify as Classifier).layer(inner);
+    let (mut svc, handle) = two_keys(CircuitBreakerConfig::default().consecutive_failures(2));
     let dead = "dead".to_owned();
     for _ in 0..2 {
         let _ = svc

@@ -20,6 +20,8 @@ use tower_webhook::signature::{
 /// When the deliveries are signed, and when the layer reads them: 60 s later.
 const SIGNED_AT: u64 = 1_700_000_000;
 const NOW: u64 = SIGNED_AT + 60;
+/// The secret of the custom schemes.
+const CUSTOM_SECRET: &str = "custom-secret";
 
 /// A `MemoryReplayStore` that notes the key and TTL of every delivery recorded as handled.
 #[derive(Debug, Default)]
@@ -266,15 +268,14 @@ fn unsigned_id_layer(secret: &str) -> SignatureLayer {
 /// alone was recorded, and a copy under any other id was processed.
 #[tokio::test]
 async fn a_copy_under_another_id_is_a_replay_when_the_mac_does_not_cover_the_id() {
-    const SECRET: &str = "custom-secret";
     for mode in [
         RecordDelivery::AfterSuccess,
         RecordDelivery::AfterVerification,
     ] {
-        let hooks = Hooks::new(unsigned_id_layer(SECRET).record_delivery(mode));
+        let hooks = Hooks::new(unsigned_id_layer(CUSTOM_SECRET).record_delivery(mode));
         let delivery = |id: Option<&str>, signed_at: u64, body: &str| {
             let ts = signed_at.to_string();
-            let mac = hmac_hex(SECRET, &[ts.as_bytes(), b".", body.as_bytes()]);
+            let mac = hmac_hex(CUSTOM_SECRET, &[ts.as_bytes(), b".", body.as_bytes()]);
             let sig = format!("sha256={mac}");
             let mut headers = vec![("x-timestamp", ts.as_str()), ("x-signature", &sig)];
             headers.extend(id.map(|id| ("x-delivery-id", id)));
@@ -314,12 +315,17 @@ async fn a_copy_under_another_id_is_a_replay_when_the_mac_does_not_cover_the_id(
 /// message sent again is processed, and once handled, a copy of it is a replay.
 #[tokio::test]
 async fn a_message_whose_handler_failed_can_be_sent_again_as_it_was() {
-    const SECRET: &str = "custom-secret";
+    failed_then_sent_again(unsigned_id_layer(CUSTOM_SECRET)).await;
+}
+
+/// Sends the same message (id `d1`) through `layer` to a handler that fails the first time: a
+/// 500, then, sent again at once, a 200; then, under id `d9`, a replay.
+async fn failed_then_sent_again(layer: SignatureLayer) {
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&calls);
     let svc = ServiceBuilder::new()
         .layer(WebhookErrorLayer::new())
-        .layer(unsigned_id_layer(SECRET))
+        .layer(layer)
         .service_fn(move |_req: Request<Full<Bytes>>| {
             let first = counted.fetch_add(1, Ordering::SeqCst) == 0;
             async move {
@@ -331,8 +337,10 @@ async fn a_message_whose_handler_failed_can_be_sent_again_as_it_was() {
         });
     let ts = SIGNED_AT.to_string();
     let body = r#"{"n":1}"#;
-    let mac = hmac_hex(SECRET, &[ts.as_bytes(), b".", body.as_bytes()]);
-    let sig = format!("sha256={mac}");
+    let sig = format!(
+        "sha256={}",
+        hmac_hex(CUSTOM_SECRET, &[ts.as_bytes(), b".", body.as_bytes()])
+    );
     let delivery = |id: &str| {
         post(
             &[
@@ -343,20 +351,14 @@ async fn a_message_whose_handler_failed_can_be_sent_again_as_it_was() {
             body,
         )
     };
-    let status = |req| {
-        let svc = svc.clone();
-        async move { svc.oneshot(req).await.unwrap().status() }
-    };
-    assert_eq!(
-        status(delivery("d1")).await,
-        StatusCode::INTERNAL_SERVER_ERROR
-    );
-    assert_eq!(
-        status(delivery("d1")).await,
-        StatusCode::OK,
-        "sent again as it was"
-    );
-    assert_eq!(status(delivery("d9")).await, StatusCode::CONFLICT);
+    for (id, expected) in [
+        ("d1", StatusCode::INTERNAL_SERVER_ERROR),
+        ("d1", StatusCode::OK),
+        ("d9", StatusCode::CONFLICT),
+    ] {
+        let res = svc.clone().oneshot(delivery(id)).await.unwrap();
+        assert_eq!(res.status(), expected, "{id}");
+    }
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
@@ -414,46 +416,7 @@ impl ReplayStore for Lazy {
 /// a replay of the delivery that was never handled.
 #[tokio::test]
 async fn a_failed_message_sent_again_at_once_is_processed_with_a_store_that_answers_later() {
-    const SECRET: &str = "custom-secret";
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&calls);
-    let svc = ServiceBuilder::new()
-        .layer(WebhookErrorLayer::new())
-        .layer(unsigned_id_layer(SECRET).replay_store(Lazy::default()))
-        .service_fn(move |_req: Request<Full<Bytes>>| {
-            let first = counted.fetch_add(1, Ordering::SeqCst) == 0;
-            async move {
-                if first {
-                    return Err::<Response<Full<Bytes>>, BoxError>("database unavailable".into());
-                }
-                Ok(Response::new(Full::<Bytes>::default()))
-            }
-        });
-    let ts = SIGNED_AT.to_string();
-    let body = r#"{"n":1}"#;
-    let sig = format!(
-        "sha256={}",
-        hmac_hex(SECRET, &[ts.as_bytes(), b".", body.as_bytes()])
-    );
-    let delivery = || {
-        post(
-            &[
-                ("x-timestamp", &ts),
-                ("x-signature", &sig),
-                ("x-delivery-id", "d1"),
-            ],
-            body,
-        )
-    };
-    for expected in [
-        StatusCode::INTERNAL_SERVER_ERROR,
-        StatusCode::OK,
-        StatusCode::CONFLICT,
-    ] {
-        let res = svc.clone().oneshot(delivery()).await.unwrap();
-        assert_eq!(res.status(), expected);
-    }
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    failed_then_sent_again(unsigned_id_layer(CUSTOM_SECRET).replay_store(Lazy::default())).await;
 }
 
 /// With `OnReplay::Acknowledge`, a copy of such a message is acknowledged once the delivery it
@@ -462,13 +425,12 @@ async fn a_failed_message_sent_again_at_once_is_processed_with_a_store_that_answ
 /// acknowledged, the MAC counting as handled at once, and lost if the delivery then failed).
 #[tokio::test]
 async fn a_copy_under_another_id_is_acknowledged_once_the_message_was_handled() {
-    const SECRET: &str = "custom-secret";
     let gate = Arc::new(tokio::sync::Notify::new());
     let calls = Arc::new(AtomicUsize::new(0));
     let (held, counted) = (Arc::clone(&gate), Arc::clone(&calls));
     let svc = ServiceBuilder::new()
         .layer(WebhookErrorLayer::new())
-        .layer(unsigned_id_layer(SECRET).on_replay(OnReplay::Acknowledge(StatusCode::OK)))
+        .layer(unsigned_id_layer(CUSTOM_SECRET).on_replay(OnReplay::Acknowledge(StatusCode::OK)))
         .service_fn(move |_req: Request<Full<Bytes>>| {
             let first = counted.fetch_add(1, Ordering::SeqCst) == 0;
             let held = Arc::clone(&held);
@@ -481,7 +443,7 @@ async fn a_copy_under_another_id_is_acknowledged_once_the_message_was_handled() 
         });
     let ts = SIGNED_AT.to_string();
     let body = r#"{"n":1}"#;
-    let mac = hmac_hex(SECRET, &[ts.as_bytes(), b".", body.as_bytes()]);
+    let mac = hmac_hex(CUSTOM_SECRET, &[ts.as_bytes(), b".", body.as_bytes()]);
     let sig = format!("sha256={mac}");
     let delivery = |id: Option<&str>| {
         let mut headers = vec![("x-timestamp", ts.as_str()), ("x-signature", sig.as_str())];
