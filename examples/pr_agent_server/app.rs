@@ -385,6 +385,32 @@ impl Settings {
             .collect()
     }
 
+    /// The webhook secrets short enough to be guessed, one line each (of a rotation list, the
+    /// shortest): whoever guesses one signs deliveries the server takes. Not the secret made up
+    /// in development mode.
+    pub(crate) fn secret_warnings(&self) -> Vec<String> {
+        self.forges
+            .iter()
+            .filter(|(forge, _)| {
+                !(**forge == Forge::GitHub && self.generated_github_secret.is_some())
+            })
+            .filter_map(|(forge, verification)| {
+                let (var, secrets) = match verification {
+                    Verification::Secrets(secrets) => (forge.webhook_var(), secrets),
+                    Verification::Basic { passwords, .. } => {
+                        ("AZURE_DEVOPS_WEBHOOK_PASSWORD", passwords)
+                    }
+                };
+                let shortest = secrets.iter().map(|s| s.chars().count()).min()?;
+                (shortest < MIN_SECRET_CHARS).then(|| {
+                    format!(
+                        "{var} holds a secret of {shortest} characters, short enough to be guessed, and whoever guesses it can sign deliveries: use {MIN_SECRET_CHARS} or more random characters (e.g. `openssl rand -hex 32`), in the provider's webhook settings too"
+                    )
+                })
+            })
+            .collect()
+    }
+
     /// The `*_API_URL`s that cannot be the provider's API, one line each: GitLab's `/api/v4`,
     /// Gitea's `/api/v1`, Bitbucket Cloud's `/2.0` and a GitHub Enterprise Server's `/api/v3`
     /// are part of the base URL; `github.com` and `bitbucket.org` are the websites, not the
@@ -1208,6 +1234,8 @@ const MAX_QUEUE_CAPACITY: u64 = 1 << 20;
 const IN_FLIGHT_PER_PROVIDER: usize = 8;
 /// Longest wait between two attempts of a comment when the provider gave no delay.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Webhook secrets shorter than this are warned about at startup.
+const MIN_SECRET_CHARS: usize = 16;
 
 /// Whether the command line (`args`, without the program's name) asks for a tunnel: it holds
 /// `--use-tunnel` or nothing. Any other argument is an error naming it: a misspelt
@@ -2734,9 +2762,7 @@ async fn run_job(
             job.attempts += 1;
         }
         let backoff = delay.is_none();
-        let delay = delay.unwrap_or_else(|| {
-            Duration::from_millis(200u64 << job.attempts.clamp(1, 12)).min(MAX_BACKOFF)
-        });
+        let delay = delay.unwrap_or_else(|| backoff_after(job.attempts));
         let age = job.accepted_at.elapsed();
         if job.attempts >= state.max_attempts || age.saturating_add(delay) > state.max_age {
             tracing::error!(
@@ -2764,6 +2790,15 @@ async fn run_job(
     }
     run.done = true;
     state.finish_pending(run.job.forge);
+}
+
+/// The wait after `attempts` failed attempts when the provider named none: doubling from
+/// 400 ms up to [`MAX_BACKOFF`], and between half of that and all of it ("equal jitter"), so
+/// that the comments an outage held back do not all come back at the same instant.
+pub(crate) fn backoff_after(attempts: u32) -> Duration {
+    let base = Duration::from_millis(200u64 << attempts.clamp(1, 12)).min(MAX_BACKOFF);
+    let half = base / 2;
+    half + half.mul_f64(fastrand::f64())
 }
 
 /// A comment job, from the moment it is queued until it is done. One dropped before that, in
@@ -3447,6 +3482,7 @@ pub(crate) fn announce(
         .warnings()
         .into_iter()
         .chain(settings.api_url_warnings())
+        .chain(settings.secret_warnings())
     {
         writeln!(out, "warning: {warning}")?;
     }

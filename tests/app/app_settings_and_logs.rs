@@ -194,6 +194,70 @@ fn an_api_url_in_plain_http_is_warned_about_unless_it_is_a_loopback() {
     }
 }
 
+/// A webhook secret short enough to be guessed is warned about at startup (the shortest of a
+/// rotation list, an Azure DevOps password too), but not the one development mode makes up.
+#[test]
+fn a_short_webhook_secret_is_warned_about() {
+    let (_logs, _guard) = Logs::capture();
+    let long = "4f1c8e2a9b7d3f60c5e1a8d2b4f7c9e0";
+    let settings = harness::lookup(&[
+        ("GITHUB_WEBHOOK_SECRET", "s3cret"),
+        ("GITLAB_WEBHOOK_TOKEN", &format!("{long},glpat-short")),
+        ("GITEA_WEBHOOK_SECRET", long),
+        ("AZURE_DEVOPS_WEBHOOK_USERNAME", "azure"),
+        ("AZURE_DEVOPS_WEBHOOK_PASSWORD", "hunter2"),
+    ])
+    .unwrap();
+    let warnings = settings.secret_warnings();
+    let starts = [
+        "GITHUB_WEBHOOK_SECRET holds a secret of 6 characters",
+        "GITLAB_WEBHOOK_TOKEN holds a secret of 11 characters",
+        "AZURE_DEVOPS_WEBHOOK_PASSWORD holds a secret of 7 characters",
+    ];
+    assert_eq!(warnings.len(), starts.len(), "{warnings:?}");
+    for start in starts {
+        assert!(
+            warnings.iter().any(|w| w.starts_with(start)),
+            "{warnings:?}"
+        );
+    }
+    let text = warnings.join("\n");
+    assert!(!text.contains("s3cret") && !text.contains("hunter2") && !text.contains("glpat"));
+    let mut out = Vec::new();
+    app::announce(&mut out, &settings, "http://127.0.0.1:3000", None).unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert!(
+        out.contains("warning: GITHUB_WEBHOOK_SECRET holds a secret of 6 characters"),
+        "{out}"
+    );
+
+    // Development mode: the secret it makes up is long, and not the user's to change.
+    let development = harness::lookup(&[]).unwrap();
+    assert_eq!(development.secret_warnings(), Vec::<String>::new());
+}
+
+/// The backoff between a comment's attempts when the provider named no wait doubles from
+/// 400 ms up to 300 s, each wait between half of it and all of it: the comments an outage held
+/// back used to come back all at the same instant.
+#[test]
+fn the_backoff_between_attempts_is_jittered_within_its_bounds() {
+    for attempts in 0..20 {
+        let base =
+            Duration::from_millis(200u64 << attempts.clamp(1, 12)).min(Duration::from_secs(300));
+        let waits: Vec<Duration> = (0..64).map(|_| app::backoff_after(attempts)).collect();
+        for wait in &waits {
+            assert!(
+                *wait >= base / 2 && *wait <= base,
+                "{attempts}: {wait:?} of {base:?}"
+            );
+        }
+        assert!(
+            waits.iter().any(|w| *w != waits[0]),
+            "{attempts}: no jitter"
+        );
+    }
+}
+
 /// Asserts that `settings` warn about their API URLs with lines that start with `expected`, in
 /// order, and with no other.
 fn warned(settings: &app::Settings, expected: &[&str]) {
