@@ -451,9 +451,14 @@ async fn a_copy_under_another_id_is_acknowledged_once_the_message_was_handled() 
         post(&headers, body)
     };
     let first = tokio::spawn(svc.clone().oneshot(delivery(Some("d1"))));
-    while calls.load(Ordering::SeqCst) == 0 {
-        tokio::task::yield_now().await;
-    }
+    let running = async {
+        while calls.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the first delivery reaches its handler");
     let in_flight = svc.clone().oneshot(delivery(None)).await.unwrap();
     assert_eq!(
         in_flight.status(),
