@@ -20,6 +20,8 @@
 
 #[path = "common/preface.rs"]
 mod preface;
+#[path = "common/secret.rs"]
+mod secret;
 #[path = "common/shutdown.rs"]
 mod shutdown;
 
@@ -77,13 +79,7 @@ pub(crate) fn webhook_secret(
         ),
         Ok(secret) => Ok((secret.trim().to_owned(), false)),
         Err(std::env::VarError::NotPresent) => {
-            // 244 bits from the operating system's generator.
-            let secret = format!(
-                "dev-{}{}",
-                uuid::Uuid::new_v4().simple(),
-                uuid::Uuid::new_v4().simple()
-            );
-            Ok((secret, true))
+            Ok((format!("dev-{}", secret::random_secret()), true))
         }
         Err(std::env::VarError::NotUnicode(_)) => {
             Err("GITHUB_WEBHOOK_SECRET is set to a value that is not UTF-8".into())

@@ -50,6 +50,8 @@ use tower_webhook::tunnel::{Running, Server, TunnelBuilder, TunnelEvent};
 pub(crate) mod drafts;
 #[path = "github_app.rs"]
 pub(crate) mod github_app;
+#[path = "../common/secret.rs"]
+mod secret;
 #[path = "../common/shutdown.rs"]
 #[allow(dead_code)] // `shutdown_signal` is the other servers'
 pub(crate) mod shutdown;
@@ -584,7 +586,7 @@ impl Settings {
         }
         let mut generated_github_secret = None;
         if forges.is_empty() {
-            let secret = development_secret();
+            let secret = secret::random_secret();
             forges.insert(Forge::GitHub, Verification::Secrets(vec![secret.clone()]));
             generated_github_secret = Some(secret);
         }
@@ -866,15 +868,6 @@ fn github_app(
     GithubApp::new(&id, &pem)
         .map(Some)
         .map_err(|err| format!("{key_var}: {err}"))
-}
-
-/// A random development secret: 256 bits from the operating system's generator.
-fn development_secret() -> String {
-    format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    )
 }
 
 /// Counters shown by `/status`.
@@ -3119,8 +3112,8 @@ async fn post_comment(
         }
         Err(err) => {
             let err: &(dyn std::error::Error + 'static) = &*err;
-            match CircuitOpen::find(err) {
-                Some(open) => {
+            match (CircuitOpen::find(err), refused_certificate(err)) {
+                (Some(open), _) => {
                     tracing::debug!(provider = forge, retry_after = ?open.retry_after(), target = %job.comment.target, delivery = %job.delivery, "breaker open; comment waits");
                     Outcome::Later {
                         delay: Some(open.retry_after().unwrap_or(Duration::from_secs(1))),
@@ -3128,8 +3121,7 @@ async fn post_comment(
                     }
                 }
                 // Never sent, and no attempt will be: the provider's certificate is refused.
-                None if refused_certificate(err).is_some() => {
-                    let refused = refused_certificate(err).unwrap_or_default();
+                (None, Some(refused)) => {
                     tracing::error!(provider = forge, error = %error_chain(err), target = %job.comment.target, delivery = %job.delivery, "provider API's TLS certificate refused ({refused}): comment not posted; a self-hosted instance behind a private CA needs that CA in the system's trust store (or SSL_CERT_FILE), and {} must name the host its certificate is for", job.forge.api_url_var());
                     state
                         .counters
@@ -3137,7 +3129,7 @@ async fn post_comment(
                         .fetch_add(1, Ordering::Relaxed);
                     Outcome::Failed
                 }
-                None if was_not_sent(err) => {
+                (None, None) if was_not_sent(err) => {
                     tracing::warn!(provider = forge, error = %error_chain(err), target = %job.comment.target, delivery = %job.delivery, "provider API unreachable; comment scheduled again");
                     Outcome::Later {
                         delay: None,
@@ -3146,7 +3138,7 @@ async fn post_comment(
                 }
                 // A timeout or a connection lost once the request was sent: the provider may
                 // have created the comment.
-                None => {
+                (None, None) => {
                     may_have_been_posted(state, job, &error_chain(err));
                     Outcome::MaybePosted
                 }

@@ -154,14 +154,15 @@ impl<T> Drop for Held<T> {
         // At most `REMEMBERED` values of tunnels that are over, the oldest going first (tunnels
         // end over time: those that were being re-opened may be over by now); those of tunnels
         // being re-opened, which ask for them, go only past `REMEMBERED_MAX` values in all.
-        while ended.iter().filter(|value| value.free()).count() > REMEMBERED {
-            if let Some(at) = ended.iter().position(Ended::free) {
-                ended.remove(at);
-            }
-        }
-        while ended.len() > REMEMBERED_MAX {
-            ended.pop_front();
-        }
+        let mut excess = ended.iter().filter(|value| value.free()).count();
+        excess = excess.saturating_sub(REMEMBERED);
+        ended.retain(|value| {
+            let goes = excess > 0 && value.free();
+            excess -= usize::from(goes);
+            !goes
+        });
+        let over = ended.len().saturating_sub(REMEMBERED_MAX);
+        ended.drain(..over);
     }
 }
 
