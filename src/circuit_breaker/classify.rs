@@ -112,8 +112,9 @@ where
 ///
 /// gRPC responses (`content-type: application/grpc*`) are classified from `grpc-status` in
 /// the headers (trailers-only responses) or, when it is not there, from the trailers at the end
-/// of the body: the outcome is recorded when the caller has read the body to its end. A body
-/// dropped before its end is neutral. An answer whose body ends with no `grpc-status`, or whose
+/// of the body: the outcome is recorded when the caller has read the body to its end, and the
+/// call is timed (for the slow-call rule) to the stream's head, so a long-lived stream is not
+/// slow for lasting. A body dropped before its end is neutral. An answer whose body ends with no `grpc-status`, or whose
 /// `grpc-status` is not a number, is `Unknown`, as gRPC clients read it: a failure (except for
 /// gRPC-Web, whose trailers travel inside the body).
 ///
@@ -443,6 +444,10 @@ impl<B, E: 'static> ClassifyOutcome<Response<B>, E> for DefaultClassifier {
                         .record_with_retry_after(outcome, grpc_hint(&class, response.headers()));
                 }
                 ClassifiedResponse::RequiresEos(classify) => {
+                    // The answer has come: reading the stream to its end is the caller's
+                    // time, not the upstream's.
+                    let mut recorder = recorder;
+                    recorder.stop_clock();
                     let eos = Eos {
                         classify,
                         web: is_grpc_web(response.headers()),

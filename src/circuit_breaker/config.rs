@@ -508,8 +508,10 @@ impl CircuitBreakerConfig {
 
     /// Opens when the share of calls slower than `slower_than` is at least `percent`. A call
     /// that takes exactly `slower_than` is not slow; a call is timed from the moment it is made
-    /// (not while the inner service is getting ready) to its outcome. A zero `slower_than` is
-    /// refused by [`validate`](Self::validate): every call would be slow.
+    /// (not while the inner service is getting ready) to its outcome, or to its answer when the
+    /// outcome comes later ([`Recorder::stop_clock`](super::Recorder::stop_clock)): a gRPC
+    /// stream is timed to its head, not to its trailers. A zero `slower_than` is refused by
+    /// [`validate`](Self::validate): every call would be slow.
     ///
     /// # Example
     ///

@@ -535,11 +535,13 @@ impl Refusal {
     }
 }
 
-/// Recorder bits: probe (1) | fast (1) | generation (21) | 40 bits of payload: the start time
-/// in units of 1024 ns (it wraps after 13 days, far beyond any slow-call threshold), or for a
-/// fast recorder, which holds no `Arc`, the core's registry id.
+/// Recorder bits: probe (1) | fast (1) | stopped (1) | generation (21) | 40 bits of payload:
+/// the start time in units of 1024 ns (it wraps after 13 days, far beyond any slow-call
+/// threshold), or once the clock is stopped the call's length in those units, or for a fast
+/// recorder, which holds no `Arc`, the core's registry id.
 const PROBE: u64 = 1 << 63;
 const FAST: u64 = 1 << 62;
+const STOPPED: u64 = 1 << 61;
 const GEN_SHIFT: u32 = 40;
 const PAYLOAD: u64 = (1 << GEN_SHIFT) - 1;
 
@@ -867,7 +869,13 @@ impl Core {
         }
         // The probe's slot is given back however recording ends.
         let _slot = probe.then(|| LeaveProbe(self, generation));
-        self.record(generation, probe, outcome, bits & PAYLOAD, retry_after);
+        self.record(
+            generation,
+            probe,
+            outcome,
+            bits & (STOPPED | PAYLOAD),
+            retry_after,
+        );
     }
 
     /// Whether recording a success of `generation` now would change nothing: the count window
@@ -1349,7 +1357,7 @@ impl Core {
         generation: u32,
         probe: bool,
         outcome: Outcome,
-        start_units: u64,
+        timing: u64,
         upstream_retry_after: Option<Duration>,
     ) {
         if outcome == Outcome::Neutral {
@@ -1369,7 +1377,11 @@ impl Core {
             // call's true length by up to 1023 ns: one unit less is strictly shorter than it.
             // A call is slow only when it took longer than `limit` (resilience4j: "above"),
             // so one that took exactly `limit` never is.
-            let units = (now >> 10).wrapping_sub(start_units) & PAYLOAD;
+            let units = if timing & STOPPED != 0 {
+                timing & PAYLOAD
+            } else {
+                (now >> 10).wrapping_sub(timing) & PAYLOAD
+            };
             units
                 .checked_sub(1)
                 .is_some_and(|shorter| shorter << 10 >= limit)
@@ -1811,6 +1823,58 @@ impl Recorder {
     #[inline]
     pub fn record(self, outcome: Outcome) {
         self.finish(outcome, None);
+    }
+
+    /// Ends the call's time for the slow-call rule now, though its outcome is recorded later:
+    /// the answer has come, and what follows (a stream read to its end for its trailers) is
+    /// the caller's reading, not the upstream's slowness. Called again, or on a recorder of a
+    /// breaker without a slow-call rule, it does nothing.
+    ///
+    /// [`DefaultClassifier`](super::DefaultClassifier) stops the clock when a gRPC stream's
+    /// head arrives: a long-lived stream (a watch) is not slow for lasting.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower::{ServiceBuilder, ServiceExt};
+    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, ClassifyOutcome, Outcome, Recorder};
+    ///
+    /// /// Answers whose outcome is known only later: the time of the answer is what counts.
+    /// #[derive(Clone)]
+    /// struct LaterOutcome;
+    ///
+    /// impl<E> ClassifyOutcome<u32, E> for LaterOutcome {
+    ///     type Response = (u32, Recorder);
+    ///     fn classify(&self, result: Result<u32, E>, mut recorder: Recorder) -> Result<(u32, Recorder), E> {
+    ///         recorder.stop_clock();
+    ///         result.map(|answer| (answer, recorder))
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// let config = CircuitBreakerConfig::default().slow_call_rate_threshold(50.0, Duration::from_secs(1));
+    /// let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(layer.with_classifier(LaterOutcome))
+    ///     .service_fn(|_: ()| async { Ok::<u32, std::io::Error>(7) });
+    /// let (answer, recorder) = svc.oneshot(()).await.unwrap();
+    /// tokio::time::sleep(Duration::from_secs(5)).await; // the caller takes its time
+    /// recorder.record(if answer == 7 { Outcome::Success } else { Outcome::Failure });
+    /// assert_eq!(handle.snapshot().slow_calls, 0);
+    /// # }
+    /// ```
+    #[inline]
+    pub fn stop_clock(&mut self) {
+        if self.bits & (FAST | STOPPED) != 0 {
+            return;
+        }
+        if let Some(core) = &self.core
+            && core.slow_nanos.is_some()
+        {
+            let units = (core.now_nanos() >> 10).wrapping_sub(self.bits & PAYLOAD) & PAYLOAD;
+            self.bits = (self.bits & !PAYLOAD) | STOPPED | units;
+        }
     }
 
     /// Records how the call ended, with the upstream's `Retry-After` (used when this failure

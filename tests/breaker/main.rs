@@ -25,6 +25,7 @@ mod breaker_calls_never_made;
 mod breaker_events_and_snapshot;
 mod breaker_grpc_pushback;
 mod breaker_grpc_status;
+mod breaker_grpc_stream_timing;
 mod breaker_half_open_probes;
 mod breaker_panics;
 mod breaker_reset_events;
