@@ -950,6 +950,17 @@ impl Core {
     /// upstream's `Retry-After`.
     fn open_deadline(&self, now_ms: u64, automatic: bool) -> Deadline {
         let attempt = (self.attempts.load(Ordering::Acquire) as u32).saturating_add(1);
+        self.open_deadline_of(now_ms, attempt, automatic)
+    }
+
+    /// The deadline of a trip from CLOSED: the first opening since the breaker was closed,
+    /// whatever count is stored. The move to CLOSED resets the count after its transition has
+    /// won, so a trip right after it may still read the count of the openings before.
+    fn trip_deadline(&self, now_ms: u64) -> Deadline {
+        self.open_deadline_of(now_ms, 1, true)
+    }
+
+    fn open_deadline_of(&self, now_ms: u64, attempt: u32, automatic: bool) -> Deadline {
         let mut duration = self.config.open_duration.pick(attempt);
         let mut upstream_ms = 0;
         if let Some(cap) = self.config.retry_after_cap {
@@ -1491,7 +1502,7 @@ impl Core {
             let Some(reason) = reasons.into_iter().flatten().next() else {
                 return;
             };
-            let deadline = self.open_deadline(self.now_ms(), true);
+            let deadline = self.trip_deadline(self.now_ms());
             self.trip(word, deadline, reason);
         } else {
             // METRICS_ONLY never opens, so a rule stays exceeded call after call: each rule
@@ -2130,6 +2141,39 @@ mod tests {
         assert_eq!(open.deadline_ms - now, 60_000, "the upstream's Retry-After");
         assert_eq!(core.attempts.load(Ordering::Relaxed) as u32, 1);
         assert_eq!(core.upstream_until_ms.load(Ordering::Relaxed), 0);
+    }
+
+    /// A trip right after a move to CLOSED, before that move has reset the backoff count, is
+    /// still the first opening since the breaker was closed: it opens for the initial
+    /// duration, and the reset that lands after it does not undo its count.
+    #[tokio::test(start_paused = true)]
+    async fn a_trip_before_the_close_resets_the_count_is_a_first_opening() {
+        let core = Breaker::new(
+            CircuitBreakerConfig::default()
+                .consecutive_failures(1)
+                .open_duration(OpenDuration::Backoff {
+                    initial: Duration::from_secs(5),
+                    multiplier: 2.0,
+                    max: Duration::from_secs(300),
+                    jitter: 0.0,
+                }),
+        );
+        // Five openings before, the last move to CLOSED has won its transition, and its
+        // reset of the count has not landed yet.
+        let closed = unpack(core.word.load(Ordering::Acquire));
+        assert_eq!(closed.state, CircuitState::Closed);
+        core.attempts
+            .store((u64::from(closed.generation) << 32) | 5, Ordering::Relaxed);
+
+        let now = core.now_ms();
+        let recorder = core.admit().unwrap_or_else(|_| panic!("closed"));
+        recorder.record(Outcome::Failure);
+        let open = unpack(core.word.load(Ordering::Acquire));
+        assert_eq!(open.state, CircuitState::Open);
+        assert_eq!(open.deadline_ms - now, 5_000, "the initial duration");
+        // The late reset of the move to CLOSED is refused: the count is the trip's.
+        core.set_attempt(closed.generation, 0);
+        assert_eq!(core.attempts.load(Ordering::Relaxed) as u32, 1);
     }
 
     /// A caller that read an older half-open word's generation does not take a permit from,

@@ -24,7 +24,8 @@
 //!   the last one the server took. A refusal counts only as the answer to the request itself: a
 //!   429, 408 or 503 that a reqwest client got after following a redirect (its URL is not the
 //!   request's) answers another request, the `GET` of a `303 See Other` the upstream may have
-//!   sent once it acted on a `POST`. An error hides which hop failed, though: a refused
+//!   sent once it acted on a `POST`. A layer between the policy and the client that rewrites the
+//!   URL (adds an API key to the query) reads the same way: put such layers above the policy. An error hides which hop failed, though: a refused
 //!   connection to the host a redirect points to is read as the request never sent, and the
 //!   request is sent again. For such calls, build the client with redirects off (reqwest's
 //!   `redirect::Policy::none()`) or send an `Idempotency-Key` the upstream honours.

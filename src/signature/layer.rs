@@ -63,6 +63,8 @@ pub const DEFAULT_MAX_BODY_SIZE: u64 = 25 * 1024 * 1024;
 /// assert!(checked_after(late).verify(headers, body).is_err());
 /// ```
 pub const DEFAULT_TIMESTAMP_TOLERANCE: Duration = Duration::from_secs(300);
+/// Twitch's window: its EventSub docs say to refuse a message older than 10 minutes.
+const TWITCH_TIMESTAMP_TOLERANCE: Duration = Duration::from_secs(600);
 /// Default time a delivery id is remembered: 24 hours.
 ///
 /// # Example
@@ -361,7 +363,10 @@ impl SignatureLayer {
                 secrets: prepared,
                 keys,
                 max_body: DEFAULT_MAX_BODY_SIZE,
-                tolerance: DEFAULT_TIMESTAMP_TOLERANCE,
+                tolerance: match provider {
+                    Provider::Twitch => TWITCH_TIMESTAMP_TOLERANCE,
+                    _ => DEFAULT_TIMESTAMP_TOLERANCE,
+                },
                 max_signatures: MAX_SIGNATURES,
                 clock: Clock::system(),
                 replay: Some(Arc::new(MemoryReplayStore::new())),
@@ -693,7 +698,8 @@ impl SignatureLayer {
 
     /// Twitch EventSub: `Twitch-Eventsub-Message-Signature: sha256=<hex>` over
     /// `<message id><timestamp><body>` with `Twitch-Eventsub-Message-Id` and the RFC 3339
-    /// `Twitch-Eventsub-Message-Timestamp` (window applies); delivery id the message id, event
+    /// `Twitch-Eventsub-Message-Timestamp` (window applies: 600 s by default, as Twitch says to
+    /// refuse a message older than 10 minutes); delivery id the message id, event
     /// `Twitch-Eventsub-Subscription-Type`. Answers `webhook_callback_verification` itself.
     ///
     /// # Example
@@ -888,7 +894,8 @@ impl SignatureLayer {
         self
     }
 
-    /// How far a signed timestamp may be from the clock, either way (default 300 s).
+    /// How far a signed timestamp may be from the clock, either way (default 300 s; 600 s for
+    /// Twitch, whose docs give 10 minutes).
     ///
     /// # Example
     ///

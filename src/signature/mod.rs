@@ -17,7 +17,7 @@
 //! | [`stripe`](SignatureLayer::stripe) | `Stripe-Signature: t=..,v1=<hex>[,v1=..]` | `<t>.<body>` | 300 s | body `id` |
 //! | [`slack`](SignatureLayer::slack) | `X-Slack-Signature: v0=<hex>` | `v0:<ts>:<body>` | 300 s | body `event_id` |
 //! | [`zoom`](SignatureLayer::zoom) | `x-zm-signature: v0=<hex>` | `v0:<ts>:<body>` | 300 s | - |
-//! | [`twitch`](SignatureLayer::twitch) | `Twitch-Eventsub-Message-Signature: sha256=<hex>` | `<id><RFC 3339 ts><body>` | 300 s | `Twitch-Eventsub-Message-Id` |
+//! | [`twitch`](SignatureLayer::twitch) | `Twitch-Eventsub-Message-Signature: sha256=<hex>` | `<id><RFC 3339 ts><body>` | 600 s | `Twitch-Eventsub-Message-Id` |
 //! | [`shopify`](SignatureLayer::shopify) | `X-Shopify-Hmac-Sha256: <base64>` | body | - | `X-Shopify-Webhook-Id` |
 //! | [`standard_webhooks`](SignatureLayer::standard_webhooks) | `webhook-signature: v1,<base64> ..` (or `svix-*`) | `<id>.<ts>.<body>` | 300 s | `webhook-id` |
 //! | [`custom`](SignatureLayer::custom) | any, see [`CustomScheme`] | body or `<ts>.<body>` | optional | optional |

@@ -1,17 +1,19 @@
-//! The slow-call rule on gRPC streams, end to end on 127.0.0.1: a real tonic server streams its
-//! answer, a real tonic client reads it through the breaker around its `Channel`. A stream is
-//! timed to its head, when the upstream has answered, not to its trailers: a long-lived stream
-//! is not slow for lasting, and a late head still is.
+//! The slow-call rule on gRPC streams, end to end on 127.0.0.1: tonic's server code streams the
+//! answer over a hyper HTTP/2 connection, and a real tonic client reads it through the breaker
+//! around its `Channel`. A stream is timed to its head, when the upstream has answered, not to
+//! its trailers: a long-lived stream is not slow for lasting, and a late head still is.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::stream::{self, BoxStream, StreamExt};
-use tower::{Service, ServiceBuilder};
+use tonic_prost::ProstCodec;
+use tower::ServiceBuilder;
 use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, Snapshot};
+
+use crate::hyper_one::{Http, serve_one};
 
 /// Above this, a call is slow.
 const SLOW: Duration = Duration::from_millis(300);
@@ -25,13 +27,6 @@ struct Tick {
     head_after_ms: u64,
     #[prost(uint64, tag = "2")]
     lasts_ms: u64,
-}
-
-#[derive(Clone)]
-struct Ticker;
-
-impl tonic::server::NamedService for Ticker {
-    const NAME: &'static str = "test.Ticker";
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -58,31 +53,17 @@ impl tonic::server::ServerStreamingService<Tick> for TickStream {
     }
 }
 
-impl Service<http::Request<tonic::body::Body>> for Ticker {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
-        Box::pin(async move {
-            let mut grpc =
-                tonic::server::Grpc::new(tonic_prost::ProstCodec::<Tick, Tick>::default());
-            Ok(grpc.server_streaming(TickStream, req).await)
-        })
-    }
-}
-
 #[tokio::test]
 async fn a_grpc_stream_is_timed_to_its_head_not_to_its_trailers() {
-    let incoming =
-        tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = incoming.local_addr().unwrap();
-    let router = tonic::transport::Server::builder().add_service(Ticker);
-    let server = tokio::spawn(async move { router.serve_with_incoming(incoming).await.unwrap() });
+    // A hyper HTTP/2 connection whose whole app is the streaming method.
+    let addr = serve_one(
+        Http::Two,
+        tower::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+            let mut grpc = tonic::server::Grpc::new(ProstCodec::<Tick, Tick>::default());
+            Ok::<_, Infallible>(grpc.server_streaming(TickStream, req).await)
+        }),
+    )
+    .await;
 
     let channel = tokio::time::timeout(
         Duration::from_secs(10),
@@ -107,7 +88,7 @@ async fn a_grpc_stream_is_timed_to_its_head_not_to_its_trailers() {
         let read = async {
             client.ready().await.unwrap();
             let path = http::uri::PathAndQuery::from_static(TICK);
-            let codec = tonic_prost::ProstCodec::<Tick, Tick>::default();
+            let codec = ProstCodec::<Tick, Tick>::default();
             let mut stream = client
                 .server_streaming(tonic::Request::new(tick.clone()), path, codec)
                 .await
@@ -147,5 +128,4 @@ async fn a_grpc_stream_is_timed_to_its_head_not_to_its_trailers() {
     .await;
     assert_eq!(snapshot.successful_calls, 2, "{snapshot:?}");
     assert_eq!(snapshot.slow_calls, 1, "a late head is slow: {snapshot:?}");
-    server.abort();
 }

@@ -200,6 +200,63 @@ async fn a_twitch_copy_under_another_message_type_reaches_no_handler() {
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
+/// Twitch's window is its own: its EventSub docs say to refuse a message older than 10
+/// minutes, so one checked 7 minutes after it was signed (past the 5 minutes of the other
+/// providers) is taken, and one past 10 minutes is refused as out of the window, either way.
+#[test]
+fn a_twitch_message_is_taken_for_ten_minutes() {
+    use std::time::UNIX_EPOCH;
+    use tower_webhook::signature::{Clock, SignatureValidationError};
+
+    const SECRET: &str = "twitch-eventsub-secret";
+    // 2023-11-14T22:13:20Z.
+    const SIGNED: u64 = 1_700_000_000;
+    let (id, ts) = (
+        "e7a4b3c2-1d0e-4f5a-8b9c-0d1e2f3a4b5c",
+        "2023-11-14T22:13:20Z",
+    );
+    let body = r#"{"subscription":{"type":"channel.follow"},"event":{"user_id":"1337"}}"#;
+    let signature = format!("sha256={}", hex_hmac(SECRET, &format!("{id}{ts}{body}")));
+    let req = http::Request::post("/twitch")
+        .header("twitch-eventsub-message-id", id)
+        .header("twitch-eventsub-message-timestamp", ts)
+        .header("twitch-eventsub-message-signature", &signature)
+        .header("twitch-eventsub-message-type", "notification")
+        .header("twitch-eventsub-subscription-type", "channel.follow")
+        .body(body)
+        .unwrap();
+    let checked_at = |secs: u64| {
+        SignatureLayer::twitch(SECRET)
+            .unwrap()
+            .clock(Clock::fixed(UNIX_EPOCH + Duration::from_secs(secs)))
+            .verify(req.headers(), body.as_bytes())
+    };
+    for taken in [SIGNED + 420, SIGNED + 600, SIGNED - 600] {
+        assert!(checked_at(taken).is_ok(), "checked at {taken}");
+    }
+    for refused in [SIGNED + 601, SIGNED - 601] {
+        assert!(
+            matches!(
+                checked_at(refused),
+                Err(SignatureValidationError::TimestampOutOfWindow { .. })
+            ),
+            "checked at {refused}"
+        );
+    }
+    // The other providers keep 5 minutes.
+    let stripe = SignatureLayer::stripe("whsec_test")
+        .unwrap()
+        .clock(Clock::fixed(UNIX_EPOCH + Duration::from_secs(SIGNED + 420)));
+    let message = format!("{SIGNED}.{body}");
+    let stripe_signature = format!("t={SIGNED},v1={}", hex_hmac("whsec_test", &message));
+    let mut headers = http::HeaderMap::new();
+    headers.insert("stripe-signature", stripe_signature.parse().unwrap());
+    assert!(matches!(
+        stripe.verify(&headers, body.as_bytes()),
+        Err(SignatureValidationError::TimestampOutOfWindow { .. })
+    ));
+}
+
 /// Reads from `stream` until the head of a response has arrived (at most 5 s).
 async fn response_head(stream: &mut tokio::net::TcpStream) -> String {
     use tokio::io::AsyncReadExt;

@@ -2433,7 +2433,7 @@ async fn twitch_eventsub_notifications_and_verification() {
         "1689761472",
         "2023-07-19T24:00:00Z",
         "2023-07-19T10:11:12+2:00",
-        "2023-07-19T10:05:11Z", // 361 s before the clock
+        "2023-07-19T10:01:11Z", // 601 s before the clock: Twitch's window is 10 minutes
     ];
     for ts in bad_ts {
         assert_refused(
