@@ -469,6 +469,11 @@ impl Settings {
                     }
                     // The organization's URL: the comment's path adds the project.
                     Forge::AzureDevOps
+                        if host == "dev.azure.com" && path.trim_matches('/').is_empty() =>
+                    {
+                        "names no organization, which the comment's path does not add"
+                    }
+                    Forge::AzureDevOps
                         if host == "dev.azure.com" && path.split('/').count() > 2 =>
                     {
                         "names more than the organization (a project?), which the comment's path adds"
@@ -2531,12 +2536,20 @@ fn azure_devops_thread_id(comment: &Value) -> Option<u64> {
 }
 
 /// Whether an Azure DevOps delivery is the "Test" of a service hook's dialog: a sample event
-/// (Jamal Hartnett's pull request in the Fabrikam project) whose subscription id is all zeros,
-/// which no subscription has.
+/// (Jamal Hartnett's pull request in the Fabrikam project). Some carry a subscription id of all
+/// zeros, which no subscription has; others the id of the subscription being saved, so the
+/// sample's repository (`Fabrikam-Fiber-Git`, whose id no organization's repository has) tells
+/// them too.
 fn azure_devops_test(payload: &Value) -> bool {
-    payload["subscriptionId"]
+    const SAMPLE_REPOSITORY: &str = "4bc14d40-c903-45e2-872e-0462c7748079";
+    let zeros = payload["subscriptionId"]
         .as_str()
-        .is_some_and(|id| id.contains('0') && id.bytes().all(|b| b == b'0' || b == b'-'))
+        .is_some_and(|id| id.contains('0') && id.bytes().all(|b| b == b'0' || b == b'-'));
+    let resource = &payload["resource"];
+    let repository = resource["repository"]["id"]
+        .as_str()
+        .or_else(|| resource["pullRequest"]["repository"]["id"].as_str());
+    zeros || repository.is_some_and(|id| id.eq_ignore_ascii_case(SAMPLE_REPOSITORY))
 }
 
 /// Whether an Azure DevOps pull request comment was edited. The service sends the same event

@@ -149,8 +149,9 @@
 //! Test deliveries get no comment: GitHub's `ping`, and Bitbucket Data Center's "Test
 //! connection" `diagnostics:ping`, which it sends without `X-Hub-Signature` even when the webhook
 //! has a secret: that one is answered `202` unverified, and does nothing (`/status` counts it as
-//! no delivery). Azure DevOps' "Test"
-//! sends a sample event whose `subscriptionId` is all zeros: it gets no comment either.
+//! no delivery). Azure DevOps' "Test" sends a sample event (the Fabrikam project's pull
+//! request, whose `subscriptionId` is all zeros or the subscription's own): it gets no comment
+//! either.
 
 mod app;
 

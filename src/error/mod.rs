@@ -55,7 +55,10 @@
 //! panic message are logged as `<redacted>`: a URL's user info (`user:password@`), and the
 //! values of its query parameters whose names contain `token`, `secret`, `key`, `pass`, `pwd`,
 //! `sig`, `auth` or `credential` (in any case), and the token in the path of a Slack, Discord,
-//! Microsoft Teams or Telegram hook URL. A response body's failure is logged once too, at
+//! Microsoft Teams or Telegram hook URL. Rust's panic hook runs before the layer catches a
+//! panic: the default hook prints the message, unredacted, to stderr; a server whose panic
+//! messages may hold credentials installs its own (`std::panic::set_hook`). A response body's
+//! failure is logged once too, at
 //! `error` (`warn` for an error a gRPC caller is answered with a client error's code), with the
 //! error chain or the panic message.
 //!

@@ -197,18 +197,19 @@ fn delimiter_in_password(
 
 /// Hosts whose URLs carry a secret in their path, as hooks to post messages to do: the path
 /// after the prefix given is the secret (up to the next `/` when the flag is set), for paths
-/// that start with that prefix. Hosts are compared lower-cased; one that starts with `.` is a
-/// suffix.
-const PATH_SECRETS: [(&str, &str, bool); 7] = [
+/// that start with that prefix. `v*/` in a prefix stands for an API version segment (`v10/`),
+/// or none. Hosts are compared lower-cased; one that starts with `.` is a suffix.
+const PATH_SECRETS: [(&str, &str, bool); 8] = [
     // https://hooks.slack.com/services/T000/B000/XXXX (also /workflows/, /triggers/)
     ("hooks.slack.com", "/", false),
-    // https://discord.com/api/webhooks/{id}/{token}
-    ("discord.com", "/api/webhooks/", false),
-    ("discordapp.com", "/api/webhooks/", false),
-    ("ptb.discord.com", "/api/webhooks/", false),
-    ("canary.discord.com", "/api/webhooks/", false),
-    // https://api.telegram.org/bot{token}/sendMessage
+    // https://discord.com/api/webhooks/{id}/{token}, or /api/v10/webhooks/ (its clients' form)
+    ("discord.com", "/api/v*/webhooks/", false),
+    ("discordapp.com", "/api/v*/webhooks/", false),
+    ("ptb.discord.com", "/api/v*/webhooks/", false),
+    ("canary.discord.com", "/api/v*/webhooks/", false),
+    // https://api.telegram.org/bot{token}/sendMessage, and its files: /file/bot{token}/{path}
     ("api.telegram.org", "/bot", true),
+    ("api.telegram.org", "/file/bot", true),
     // https://xxx.webhook.office.com/webhookb2/{ids}/IncomingWebhook/{ids}
     (".webhook.office.com", "/", false),
 ];
@@ -229,20 +230,42 @@ fn path_secret(host: &str, path_start: usize, path: &str) -> Option<(usize, usiz
             Some(suffix) => ends_with_ignore_case(host, known) || host.eq_ignore_ascii_case(suffix),
             None => host.eq_ignore_ascii_case(known),
         };
-        if !matches || path.len() <= prefix.len() || !path.is_char_boundary(prefix.len()) {
+        if !matches {
             return None;
         }
-        if !path[..prefix.len()].eq_ignore_ascii_case(prefix) {
-            return None;
-        }
-        let rest = &path[prefix.len()..];
+        let start = prefix_len(path, prefix)?;
+        let rest = &path[start..];
         let len = if segment {
             rest.find('/').unwrap_or(rest.len())
         } else {
             rest.len()
         };
-        (len > 0).then(|| (path_start + prefix.len(), path_start + prefix.len() + len))
+        (len > 0).then(|| (path_start + start, path_start + start + len))
     })
+}
+
+/// The length of the start of `path` that `prefix` (a [`PATH_SECRETS`] prefix) matches, in
+/// any case.
+fn prefix_len(path: &str, prefix: &str) -> Option<usize> {
+    let starts = |at: usize, text: &str| {
+        path.get(at..at + text.len())
+            .is_some_and(|part| part.eq_ignore_ascii_case(text))
+    };
+    let Some((head, tail)) = prefix.split_once("v*/") else {
+        return starts(0, prefix).then_some(prefix.len());
+    };
+    if !starts(0, head) {
+        return None;
+    }
+    let mut at = head.len();
+    let rest = &path.as_bytes()[at..];
+    if matches!(rest.first(), Some(b'v' | b'V')) {
+        let digits = rest[1..].iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits > 0 && rest.get(1 + digits) == Some(&b'/') {
+            at += digits + 2;
+        }
+    }
+    starts(at, tail).then_some(at + tail.len())
 }
 
 fn ends_with_ignore_case(text: &str, suffix: &str) -> bool {
@@ -359,6 +382,30 @@ mod tests {
             (
                 "https://api.telegram.org/bot123:ABC/sendMessage",
                 "https://api.telegram.org/bot<redacted>/sendMessage",
+            ),
+            (
+                "error sending request for url (https://discord.com/api/v10/webhooks/1/SeCrEt)",
+                "error sending request for url (https://discord.com/api/v10/webhooks/<redacted>)",
+            ),
+            (
+                "https://discord.com/API/V9/webhooks/1/tok",
+                "https://discord.com/API/V9/webhooks/<redacted>",
+            ),
+            (
+                "https://api.telegram.org/file/bot123:ABC/photos/file_1.jpg",
+                "https://api.telegram.org/file/bot<redacted>/photos/file_1.jpg",
+            ),
+            (
+                "https://discord.com/api/v10/users/1",
+                "https://discord.com/api/v10/users/1",
+            ),
+            (
+                "https://discord.com/api/vX/webhooks/1/t",
+                "https://discord.com/api/vX/webhooks/1/t",
+            ),
+            (
+                "https://discord.com/api/v10/webhooks/",
+                "https://discord.com/api/v10/webhooks/",
             ),
             (
                 "https://acme.webhook.office.com:443/webhookb2/a@b/IncomingWebhook/c/d",

@@ -448,8 +448,9 @@ pub enum RecordDelivery {
     /// so is settled the same way by the trailer frame that ends its body (flag `0x80`, header
     /// lines such as `grpc-status:0`), read as the body passes (its frames are handed on as
     /// they are, the one that completes the trailer frame once the store has answered). A body
-    /// that is not gRPC-web frames, data after the trailer frame, or a trailer frame over
-    /// 64 KiB release the id.
+    /// that is not gRPC-web frames, data after the trailer frame in the chunk that completes
+    /// it, or a trailer frame over 64 KiB release the id. Chunks after the one that settled it
+    /// are handed on unread.
     #[default]
     AfterSuccess,
 }

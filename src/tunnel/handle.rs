@@ -3,6 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, oneshot, watch};
@@ -207,6 +208,11 @@ impl TunnelBuilder {
     /// public URL and requires the nonce back from this process. An `https://` URL (ngrok,
     /// cloudflared, hosted localtunnel) is probed over TLS, its certificate verified against
     /// [`tls_roots`](Self::tls_roots).
+    ///
+    /// The probe goes to the public URL's scheme, host and port, at a path of its own, without
+    /// the URL's user info, path or query: a provider whose front end asks for those (basic
+    /// credentials, a token in the query, a path prefix it routes by) fails the probe; start
+    /// such a tunnel with the probe off.
     ///
     /// # Example
     ///
@@ -452,12 +458,14 @@ impl TunnelBuilder {
         let (status_tx, status_rx) = watch::channel(first.clone());
         let (events_tx, _) = broadcast::channel(64);
         let (close_tx, close_rx) = oneshot::channel();
+        let no_reconnect = Arc::new(AtomicBool::new(false));
         let supervisor = Supervisor {
             chain,
             upstream,
             connections,
             status: status_tx,
             events: events_tx.clone(),
+            no_reconnect: Arc::clone(&no_reconnect),
         };
         let task = tokio::spawn(supervisor.run(opened, close_rx));
         Ok(TunnelHandle {
@@ -465,6 +473,7 @@ impl TunnelBuilder {
             events: events_tx,
             close: Some(close_tx),
             task: Some(task),
+            no_reconnect,
         })
     }
 
@@ -897,6 +906,8 @@ pub struct TunnelHandle {
     events: broadcast::Sender<TunnelEvent>,
     close: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    /// Set once the tunnel may no longer be re-opened.
+    no_reconnect: Arc<AtomicBool>,
 }
 
 impl TunnelHandle {
@@ -1129,6 +1140,54 @@ impl TunnelHandle {
         }
     }
 
+    /// Keeps the tunnel open, but no longer re-opens it if it drops: for a server that is
+    /// draining, whose deliveries on their way still come through the tunnel, and which must
+    /// not open a new one (at another URL, through a fallback provider) while it stops. A
+    /// re-open already under way finishes; [`close`](Self::close) still ends the tunnel.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use tower_webhook::tunnel::{Tunnel, Upstream};
+    /// # use tower_webhook::tunnel::{BoxFuture, Provider, Session};
+    /// # #[derive(Debug)]
+    /// # struct Loopback;
+    /// # impl Provider for Loopback {
+    /// #     fn name(&self) -> &str { "loopback" }
+    /// #     fn open(&self, upstream: Upstream) -> BoxFuture<'_, Result<Session, tower_webhook::BoxError>> {
+    /// #         Box::pin(async move {
+    /// #             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// #             let url = format!("http://{}", listener.local_addr()?);
+    /// #             Ok(Session::spawn(url, |mut stop| async move {
+    /// #                 loop {
+    /// #                     tokio::select! {
+    /// #                         _ = stop.stopped() => return Ok(()),
+    /// #                         Ok((tcp, _)) = listener.accept() => {
+    /// #                             let upstream = upstream.clone();
+    /// #                             tokio::spawn(async move { upstream.serve_connection(tcp).await });
+    /// #                         }
+    /// #                     }
+    /// #                 }
+    /// #             }))
+    /// #         })
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+    /// #     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+    /// # });
+    /// # let handle = Tunnel::builder().provider(Loopback).start(Upstream::service(app)).await?;
+    /// // The shutdown signal came: the drain begins, the tunnel stays up for it.
+    /// handle.stop_reconnecting();
+    /// assert!(handle.status().is_up());
+    /// // ... the drain ends.
+    /// handle.close().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn stop_reconnecting(&self) {
+        self.no_reconnect.store(true, Ordering::Release);
+    }
+
     /// Closes the tunnel and waits until it is torn down, also when it is being re-opened: a
     /// tunnel whose probe is under way then is closed and waited for too, and so is one whose
     /// probe failed while the next provider is tried.
@@ -1302,6 +1361,8 @@ struct Supervisor {
     connections: Connections,
     status: watch::Sender<TunnelEvent>,
     events: broadcast::Sender<TunnelEvent>,
+    /// See [`TunnelHandle::stop_reconnecting`].
+    no_reconnect: Arc<AtomicBool>,
 }
 
 impl Supervisor {
@@ -1343,7 +1404,7 @@ impl Supervisor {
                 reason,
             });
             drop(session);
-            if !self.chain.reconnect {
+            if !self.chain.reconnect || self.no_reconnect.load(Ordering::Acquire) {
                 let _ = close.await;
                 self.closed(provider, url);
                 return;
@@ -1358,6 +1419,11 @@ impl Supervisor {
                     _ = &mut close => false,
                     () = tokio::time::sleep(delay) => true,
                 };
+                if waited && self.no_reconnect.load(Ordering::Acquire) {
+                    let _ = close.await;
+                    self.closed(provider, url);
+                    return;
+                }
                 // A close during the attempt tears down what it opened before this returns.
                 let result = match waited {
                     true => self.chain.open(&self.upstream, &mut close).await,

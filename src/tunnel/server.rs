@@ -368,6 +368,14 @@ impl Server {
             // stopped meanwhile says so.
             stop_seen.store(true, Ordering::Release);
             let _ = draining_tx.send(());
+            // The tunnel, once it is open (none when not asked for, or given up by the signal
+            // above): it stays up through the drain, for the deliveries on their way, but is not
+            // re-opened if it drops meanwhile (a Ctrl-C that reached the tunnel's own process
+            // too), which could open another at a new URL while the server stops.
+            let tunnel = tunnel_rx.await.ok();
+            if let Some(tunnel) = &tunnel {
+                tunnel.stop_reconnecting();
+            }
             tracing::info!("shutting down: draining open connections");
             let drain = async {
                 if let Some((graceful, late)) = upstream.start_drain() {
@@ -383,8 +391,7 @@ impl Server {
                 );
             }
             local_connections.close();
-            // The tunnel, once it is open (none when not asked for).
-            if let Ok(tunnel) = tunnel_rx.await {
+            if let Some(tunnel) = tunnel {
                 tunnel.close().await;
             }
         });

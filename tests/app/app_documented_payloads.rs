@@ -204,8 +204,9 @@ async fn a_bitbucket_data_center_comment_as_documented_is_answered_as_a_reply() 
     );
 }
 
-/// Azure DevOps' documented `ms.vss-code.git-pullrequest-comment-event`, without the comment's
-/// `_links` (so its thread is unknown, although it is a reply): the answer is a new thread on the
+/// Azure DevOps' documented `ms.vss-code.git-pullrequest-comment-event` (in a repository of
+/// its own: the sample's is the one the "Test" button sends), without the comment's `_links`
+/// (so its thread is unknown, although it is a reply): the answer is a new thread on the
 /// pull request, in its repository's project, with the token as a Basic password. A reply whose
 /// links name its thread is answered there (`app_own_comments`).
 #[tokio::test]
@@ -220,7 +221,7 @@ async fn an_azure_devops_comment_whose_thread_is_unknown_is_answered_in_a_new_th
     .unwrap();
     let base = start_server(&settings).await;
     let repository = json!({
-        "id": "4bc14d40-c903-45e2-872e-0462c7748079",
+        "id": "9f1c7e2a-3b4d-4e5f-8a6b-7c8d9e0f1a2b",
         "name": "Fabrikam",
         "project": {"id": "6ce954b1-ce1f-45d1-b94d-e6bf2464ba2c", "name": "Fabrikam", "state": "wellFormed"}
     });
@@ -263,7 +264,7 @@ async fn an_azure_devops_comment_whose_thread_is_unknown_is_answered_in_a_new_th
     let (path, headers, body) = only_request(&base, &fake).await;
     assert_eq!(
         path,
-        "/6ce954b1-ce1f-45d1-b94d-e6bf2464ba2c/_apis/git/repositories/4bc14d40-c903-45e2-872e-0462c7748079/pullRequests/1/threads?api-version=5.0"
+        "/6ce954b1-ce1f-45d1-b94d-e6bf2464ba2c/_apis/git/repositories/9f1c7e2a-3b4d-4e5f-8a6b-7c8d9e0f1a2b/pullRequests/1/threads?api-version=5.0"
     );
     let pat = base64::engine::general_purpose::STANDARD.encode(":pat");
     assert_eq!(headers["authorization"], format!("Basic {pat}"));

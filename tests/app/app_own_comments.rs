@@ -260,7 +260,7 @@ fn azure_devops_comment(
     parent: u64,
     text: &str,
 ) -> Value {
-    let repo = "4bc14d40-c903-45e2-872e-0462c7748079";
+    let repo = "9f1c7e2a-3b4d-4e5f-8a6b-7c8d9e0f1a2b";
     let api = format!(
         "https://fabrikam.visualstudio.com/DefaultCollection/_apis/git/repositories/{repo}"
     );
@@ -390,7 +390,7 @@ async fn an_azure_devops_command_given_as_a_reply_is_answered_in_its_thread() {
     let (path, headers, body) = &received[0];
     assert_eq!(
         path,
-        "/6ce954b1-ce1f-45d1-b94d-e6bf2464ba2c/_apis/git/repositories/4bc14d40-c903-45e2-872e-0462c7748079/pullRequests/1/threads/5/comments?api-version=5.0"
+        "/6ce954b1-ce1f-45d1-b94d-e6bf2464ba2c/_apis/git/repositories/9f1c7e2a-3b4d-4e5f-8a6b-7c8d9e0f1a2b/pullRequests/1/threads/5/comments?api-version=5.0"
     );
     let pat = base64::engine::general_purpose::STANDARD.encode(":pat");
     assert_eq!(headers["authorization"], format!("Basic {pat}"));

@@ -167,10 +167,11 @@ async fn a_gitlab_test_delivery_of_a_merged_merge_request_gets_no_comment() {
 }
 
 /// Azure DevOps' "Test" button in a service hook's dialog sends a sample event (Jamal
-/// Hartnett's pull request 1 in the Fabrikam project) with the subscription id all zeros: no
-/// subscription has that id. The server posted a comment to that pull request, which the
-/// organization does not have: the comment failed with an error in the log. A test
-/// notification gets no comment now.
+/// Hartnett's pull request 1 in the Fabrikam project), some with the subscription id all zeros
+/// (no subscription has that id), others with the id of the subscription being saved. The
+/// server posted a comment to that pull request, which the organization does not have: the
+/// comment failed with an error in the log. A test notification gets no comment now, told by
+/// its subscription id or by the sample's repository.
 #[tokio::test]
 async fn an_azure_devops_test_notification_gets_no_comment() {
     let settings = lookup(&[
@@ -180,14 +181,15 @@ async fn an_azure_devops_test_notification_gets_no_comment() {
     .unwrap();
     let base = start_server(&settings).await;
     let client = crate::client::new();
-    let event = |subscription: &str, id: &str, event: &str| {
+    let sample = "4bc14d40-c903-45e2-872e-0462c7748079";
+    let event = |subscription: &str, id: &str, event: &str, repository: &str| {
         let mut resource = json!({
             "pullRequestId": 1,
             "title": "my first pull request",
             "status": "active",
             "isDraft": false,
             "repository": {
-                "id": "4bc14d40-c903-45e2-872e-0462c7748079",
+                "id": repository,
                 "project": {"id": "6ce954b1-ce1f-45d1-b94d-e6bf2464ba2c"},
             },
         });
@@ -210,28 +212,60 @@ async fn an_azure_devops_test_notification_gets_no_comment() {
     let zero = "00000000-0000-0000-0000-000000000000";
     let created = "git.pullrequest.created";
     let commented = "ms.vss-code.git-pullrequest-comment-event";
+    let saved = "bed09de0-2579-4ff1-8b19-5582f8d03eba";
+    let real = "b5a1b7e2-4c0e-4a55-9d1c-6f0d2c3a9e01";
+    let ours = "0f3c2a1b-9d8e-4c7b-a6f5-e4d3c2b1a098";
     let cases = [
-        (zero, "2ab4e3d3-b7a6-425e-92b1-5a9982c1269e", created, 0),
-        (zero, "af07be1b-f3ad-44c8-a7f1-c4835f2df06b", commented, 0),
+        (
+            zero,
+            "2ab4e3d3-b7a6-425e-92b1-5a9982c1269e",
+            created,
+            sample,
+            0,
+        ),
+        (
+            zero,
+            "af07be1b-f3ad-44c8-a7f1-c4835f2df06b",
+            commented,
+            sample,
+            0,
+        ),
+        // The sample under the id of the subscription being saved.
+        (
+            saved,
+            "2ab4e3d3-b7a6-425e-92b1-5a9982c1269e",
+            created,
+            sample,
+            0,
+        ),
+        (
+            saved,
+            "af07be1b-f3ad-44c8-a7f1-c4835f2df06b",
+            commented,
+            sample,
+            0,
+        ),
         // A real subscription's events get their comments.
         (
-            "b5a1b7e2-4c0e-4a55-9d1c-6f0d2c3a9e01",
+            real,
             "b5000000-0000-4000-8000-000000000301",
             created,
+            ours,
             1,
         ),
         (
-            "b5a1b7e2-4c0e-4a55-9d1c-6f0d2c3a9e01",
+            real,
             "b5000000-0000-4000-8000-000000000302",
             commented,
+            ours,
             2,
         ),
     ];
-    for (subscription, id, kind, jobs) in cases {
+    for (subscription, id, kind, repository, jobs) in cases {
         let res = client
             .post(format!("{base}/api/v1/azuredevops_webhooks"))
             .basic_auth("azure", Some("pass"))
-            .json(&event(subscription, id, kind))
+            .json(&event(subscription, id, kind, repository))
             .send()
             .await
             .unwrap();

@@ -299,6 +299,100 @@ async fn requests_that_reach_the_tunnel_during_the_drain_finish_too() {
     );
 }
 
+/// A provider whose tunnel drops when the test says so (`drop_now`); counts its opens.
+#[derive(Debug)]
+struct DropsOnCue {
+    opens: Arc<AtomicUsize>,
+    drop_now: Arc<tokio::sync::Notify>,
+}
+
+impl Provider for DropsOnCue {
+    fn name(&self) -> &str {
+        "drops-on-cue"
+    }
+
+    fn open(&self, _upstream: Upstream) -> BoxFuture<'_, Result<Session, BoxError>> {
+        self.opens.fetch_add(1, Ordering::SeqCst);
+        let drop_now = Arc::clone(&self.drop_now);
+        Box::pin(async move {
+            Ok(Session::spawn(
+                "http://127.0.0.1:9",
+                |mut stop| async move {
+                    tokio::select! {
+                        () = stop.stopped() => Ok(()),
+                        () = drop_now.notified() => Err::<(), BoxError>("the tunnel's process was stopped".into()),
+                    }
+                },
+            ))
+        })
+    }
+}
+
+/// A tunnel that drops while the server drains (a Ctrl-C that reached the tunnel's own
+/// process too) is not re-opened: a new tunnel, at another URL or through a fallback, would
+/// outlive nothing and could be announced while the server stops. The server still drains
+/// and stops.
+#[tokio::test]
+async fn a_tunnel_that_drops_during_the_drain_is_not_reopened() {
+    let opens = Arc::new(AtomicUsize::new(0));
+    let drop_now = Arc::new(tokio::sync::Notify::new());
+    let (app, mut entered, release) = gated();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = Server::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .await
+        .unwrap()
+        .tunnel(
+            Tunnel::builder()
+                .provider(DropsOnCue {
+                    opens: Arc::clone(&opens),
+                    drop_now: Arc::clone(&drop_now),
+                })
+                .probe(false)
+                .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(20)),
+        )
+        .with_graceful_shutdown(async {
+            let _ = stop_rx.await;
+        })
+        .spawn(app)
+        .await
+        .unwrap();
+    let status = running.tunnel_watch().unwrap();
+    assert_eq!(opens.load(Ordering::SeqCst), 1);
+
+    // A delivery in the handler keeps the drain going.
+    let mut stream = TcpStream::connect(running.local_addr()).await.unwrap();
+    stream
+        .write_all(b"POST /hook HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(next_entered(&mut entered).await, "/hook");
+    stop_tx.send(()).unwrap();
+    until_refused(running.local_addr()).await;
+
+    drop_now.notify_one();
+    let down = eventually(Duration::from_secs(5), || {
+        matches!(*status.borrow(), TunnelEvent::Down { .. })
+    })
+    .await;
+    assert!(down, "the tunnel did not drop: {:?}", *status.borrow());
+    // Many times the backoff: a re-open would have happened by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        opens.load(Ordering::SeqCst),
+        1,
+        "re-opened during the drain"
+    );
+
+    release.add_permits(1);
+    let answer = read_to_close(stream).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    tokio::time::timeout(Duration::from_secs(10), running.wait())
+        .await
+        .expect("the server did not stop");
+    assert!(matches!(*status.borrow(), TunnelEvent::Closed { .. }));
+    assert_eq!(opens.load(Ordering::SeqCst), 1);
+}
+
 /// Everything the peer sends until it closes the connection (at most 5 s).
 async fn read_to_close(mut stream: TcpStream) -> String {
     let mut buf = Vec::new();
