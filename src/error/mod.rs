@@ -24,6 +24,11 @@
 //! | an error answered as above, whose `Drop` (or that of the future that failed with it) panics | the error's answer; the panic is logged | the error's answer |
 //! | the response body fails or panics after the head was sent (see [`ResponseBody`]) | the response cut short: HTTP/2 resets the stream, HTTP/1.1 closes the connection before the last chunk or the declared length (an HTTP/1.0 answer without `Content-Length` ends at the close, as a complete one would) | a gRPC stream (a `200` typed as the call, without `grpc-status` or `Content-Length` in its head) ends with `grpc-status` trailers: the error's code, `Internal` for a panic or an error that says success (gRPC-web: its trailer frame); any other answer is cut short like HTTP's |
 //!
+//! `LengthLimitError` and `TimeoutError` say the request's body was too large or too slow. A
+//! handler that meets them reading an upstream's answer (`Limited` around a provider's body,
+//! a body timeout on an outbound client) returns another error for it, a [`Problem`] with
+//! status 502 say: the layer would answer 413 or 408, blaming the caller.
+//!
 //! Every error is looked for along its whole `source()` chain, so wrapped errors are still
 //! recognised, also one carried by an `io::Error` (`io::Error::other(e)`, whose `source()`
 //! skips `e`). The walk ends at an error already seen and after 32 errors, so a chain that a

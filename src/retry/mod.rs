@@ -533,7 +533,11 @@ fn chain<'a>(err: &'a (dyn Error + 'static)) -> impl Iterator<Item = &'a (dyn Er
 ///   that was open, where the request may have been written. "No route to the host or network"
 ///   counts only under a connect error: Linux also fails the read of a connection whose host
 ///   went away with it, and a wrapper whose `source()` skips the error it wraps (anyhow's,
-///   thiserror's `transparent`) can hide the hyper error that would tell;
+///   thiserror's `transparent`) can hide the hyper error that would tell. Linux reports
+///   "refused" for an open connection in one case: one that timed out in the kernel (no
+///   answer to its retransmissions, for minutes) after an ICMP port-unreachable, a host that
+///   restarted behind a firewall that rejects. Under such a wrapper, and with no timeout of
+///   the client's own to end the call first, that call counts as not sent;
 /// - tower's `Overloaded`, and an HTTP/2 stream the server refused (`REFUSED_STREAM`, which
 ///   RFC 9113, section 8.7, says was not processed).
 ///
