@@ -13,6 +13,7 @@ use tonic_prost::ProstCodec;
 use tower::ServiceBuilder;
 use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, Snapshot};
 
+use crate::circuit_breaker_e2e::channel_to;
 use crate::hyper_one::{Http, serve_one};
 
 /// Above this, a call is slow.
@@ -65,15 +66,7 @@ async fn a_grpc_stream_is_timed_to_its_head_not_to_its_trailers() {
     )
     .await;
 
-    let channel = tokio::time::timeout(
-        Duration::from_secs(10),
-        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect(),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let channel = channel_to(addr).await;
     // Only the slow-call rule, with room for both calls before it could open.
     let config = CircuitBreakerConfig::default()
         .consecutive_failures(0)

@@ -62,6 +62,18 @@ fn timeout<F: Future>(f: F) -> tokio::time::Timeout<F> {
     tokio::time::timeout(Duration::from_secs(10), f)
 }
 
+/// A tonic channel to the gRPC server at `addr` on loopback, connected (within 10 s).
+pub(crate) async fn channel_to(addr: std::net::SocketAddr) -> tonic::transport::Channel {
+    timeout(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect(),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+}
+
 /// Long enough that no stall of a loaded machine ends it between the trip and the refusal the
 /// tests expect; the tests move the clock past it rather than wait it out.
 const OPEN_FOR: Duration = Duration::from_secs(5);
@@ -241,14 +253,7 @@ async fn tonic_channel_behind_the_breaker_sees_unavailable() {
     let router = tonic::transport::Server::builder().add_service(server.clone());
     tokio::spawn(async move { router.serve_with_incoming(incoming).await.unwrap() });
 
-    let channel = timeout(
-        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect(),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let channel = channel_to(addr).await;
     let config = CircuitBreakerConfig::default()
         .consecutive_failures(2)
         .open_duration(OpenDuration::Fixed(OPEN_FOR));
