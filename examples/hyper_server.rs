@@ -8,7 +8,8 @@
 //! ```
 //!
 //! `GITHUB_WEBHOOK_SECRET` (spaces and line breaks around it are dropped, as a secret read from a
-//! file often ends with one); without it, a random secret is made for the run and printed, with
+//! file often ends with one; a comma-separated list, `new-secret,old-secret`, takes deliveries
+//! signed with any of them while the hook's secret is rotated); without it, a random secret is made for the run and printed, with
 //! a signed `curl` command to try the server with: 202 the first time, 409 when the same
 //! delivery id comes again (a replay). With the hook's secret set, nothing signed with it is
 //! printed: a log line that held a valid signature would let its readers send that payload
@@ -40,7 +41,7 @@ use hyper_util::service::TowerToHyperService;
 use tower::{BoxError, ServiceBuilder};
 use tower_webhook::body::RequestBody;
 use tower_webhook::error::{Problem, WebhookErrorLayer};
-use tower_webhook::signature::{SignatureLayer, VerifiedWebhook};
+use tower_webhook::signature::{Provider, Secrets, SignatureLayer, VerifiedWebhook};
 
 /// Answers a verified delivery: 202 and what was verified.
 async fn handle(req: Request<RequestBody>) -> Result<Response<Full<Bytes>>, BoxError> {
@@ -128,7 +129,8 @@ async fn main() -> Result<(), BoxError> {
 /// How long a client may take to send its request head.
 pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves the webhook stack on `listener`, deliveries signed with `secret`, until `shutdown`
+/// Serves the webhook stack on `listener`, deliveries signed with `secret` (or with any secret
+/// of a comma-separated list), until `shutdown`
 /// completes; then answers the open requests (for up to 10 s). A connection whose request head
 /// has not come within `head_timeout` is closed.
 pub(crate) async fn serve(
@@ -143,7 +145,10 @@ pub(crate) async fn serve(
         .timeout(Duration::from_secs(10))
         // hyper's `Incoming` cannot be rebuilt from bytes: wrap it (nothing is read here).
         .map_request(|req: Request<Incoming>| req.map(RequestBody::new))
-        .layer(SignatureLayer::github(secret.to_owned())?)
+        .layer(SignatureLayer::with_secrets(
+            Provider::GitHub,
+            Secrets::from_list(secret)?,
+        )?)
         .service_fn(handle);
 
     let mut server = auto::Builder::new(TokioExecutor::new());

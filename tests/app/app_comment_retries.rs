@@ -397,6 +397,47 @@ async fn the_hyper_server_cuts_off_a_client_that_never_finishes_its_request_head
     assert!(read.is_ok(), "the connection is still open after 40 s");
 }
 
+/// `GITHUB_WEBHOOK_SECRET` is a comma-separated list while a hook's secret is rotated, as the
+/// guide sets it: the hyper server took the whole list as one secret, and refused every
+/// delivery (401). It takes deliveries signed with either secret now, and no other.
+#[tokio::test]
+async fn the_hyper_server_takes_a_list_of_secrets_while_one_is_rotated() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(hyper_server::serve(
+        listener,
+        "new-secret, old-secret",
+        std::future::pending::<()>(),
+        hyper_server::HEAD_TIMEOUT,
+    ));
+    let body = r#"{"action":"opened","number":1}"#;
+    let client = crate::client::new();
+    for (delivery, secret, status) in [
+        ("rotate-1", "new-secret", StatusCode::ACCEPTED),
+        ("rotate-2", "old-secret", StatusCode::ACCEPTED),
+        (
+            "rotate-3",
+            "new-secret, old-secret",
+            StatusCode::UNAUTHORIZED,
+        ),
+        ("rotate-4", "other-secret", StatusCode::UNAUTHORIZED),
+    ] {
+        let res = client
+            .post(format!("http://{addr}/"))
+            .header("x-github-event", "pull_request")
+            .header("x-github-delivery", delivery)
+            .header(
+                "x-hub-signature-256",
+                format!("sha256={}", hmac_hex(secret, body)),
+            )
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), status, "signed with {secret:?}");
+    }
+}
+
 /// `pr_agent_server` looked for `--use-tunnel` among its arguments and ignored every other: a
 /// misspelt `--use_tunnel` or `--tunnel` started a server on 127.0.0.1 only, which no provider
 /// can reach, and said nothing. Another argument is an error naming it now.
