@@ -7,7 +7,9 @@
 //! ```
 //!
 //! The call `"slow"` runs into the 2 s deadline (`DEADLINE_EXCEEDED`). Ctrl-C or `SIGTERM` stops
-//! the server gracefully: calls in flight are answered first. A connection that has not sent the
+//! the server gracefully: calls in flight are answered first (for up to 10 s; then the
+//! connections still open are closed, one gone silent after its preface included, which would
+//! hold the graceful shutdown until its ping timed out). A connection that has not sent the
 //! HTTP/2 preface within 10 s, or by the time the server stops, is closed: without that, one that
 //! sends nothing would be held forever, and would hold up the graceful shutdown forever too. An
 //! idle connection is pinged every 30 s, and closed if it does not answer within 30 s.
@@ -34,6 +36,8 @@ use tower_webhook::error::WebhookErrorLayer;
 pub(crate) const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often an idle connection is pinged, and how long its answer may take.
 pub(crate) const KEEPALIVE: Duration = Duration::from_secs(30);
+/// How long the calls in flight have to finish once the server is told to stop.
+pub(crate) const GRACE: Duration = Duration::from_secs(10);
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
@@ -56,7 +60,7 @@ async fn main() -> Result<(), BoxError> {
 }
 
 /// Serves the echo service on `listener` until `shutdown` completes, then waits for the calls in
-/// flight. A connection that has not sent the HTTP/2 preface within `preface_timeout`, or when
+/// flight, for up to [`GRACE`]. A connection that has not sent the HTTP/2 preface within `preface_timeout`, or when
 /// `shutdown` completes, is closed; so is one that does not answer a ping within `keepalive`
 /// (an idle connection is pinged every `keepalive`).
 pub(crate) async fn serve(
@@ -69,6 +73,7 @@ pub(crate) async fn serve(
     // before the preface has come (tonic's graceful shutdown would wait for it forever): the
     // deadline is kept on the connection itself, and ends with the server.
     let (stopping, stopped) = tokio::sync::watch::channel(false);
+    let mut grace = stopped.clone();
     let shutdown = async move {
         shutdown.await;
         stopping.send_replace(true);
@@ -83,7 +88,7 @@ pub(crate) async fn serve(
         };
         conn.map(|io| PrefaceDeadline::new(io, deadline))
     });
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         // A peer gone silent after the preface (or gone for good) is found by its pings.
         .http2_keepalive_interval(Some(keepalive))
         .http2_keepalive_timeout(Some(keepalive))
@@ -92,8 +97,18 @@ pub(crate) async fn serve(
         // A deadline for every call: `Elapsed` becomes DEADLINE_EXCEEDED.
         .layer(tower::timeout::TimeoutLayer::new(Duration::from_secs(2)))
         .add_service(echo::EchoService)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(incoming, shutdown);
+    let grace_over = async move {
+        let _ = grace.wait_for(|stopped| *stopped).await;
+        tokio::time::sleep(GRACE).await;
+    };
+    tokio::select! {
+        served = server => served?,
+        () = grace_over => tracing::warn!(
+            "connections still open {} s after the shutdown signal: closing them",
+            GRACE.as_secs()
+        ),
+    }
     Ok(())
 }
 

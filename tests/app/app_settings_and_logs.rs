@@ -455,7 +455,7 @@ async fn closed_within(conn: &mut TcpStream, limit: Duration) -> bool {
 /// waits for the preface before it can close a connection, and tonic waits for every connection
 /// to close. Such a connection is closed once the preface deadline has passed now, or when the
 /// server stops; one that sent the preface and then went silent (no answer to pings) is closed
-/// too. Calls are answered as before.
+/// too, and holds up the shutdown no longer than its grace of 10 s. Calls are answered as before.
 #[tokio::test]
 async fn a_grpc_connection_that_sends_no_preface_is_closed_and_does_not_hold_up_shutdown() {
     let (_logs, _guard) = Logs::capture();
@@ -478,6 +478,23 @@ async fn a_grpc_connection_that_sends_no_preface_is_closed_and_does_not_hold_up_
     echoes(addr, "accepted").await;
     stops(stop, server).await;
     assert!(closed_within(&mut held, Duration::from_secs(30)).await);
+
+    // One that sent its preface and went silent: the graceful shutdown waits for its answer to
+    // a ping, which the keepalive gives an hour. The server stops after its grace all the same
+    // (the example's process then exits, which closes the connection; tonic's connection task
+    // outlives `serve` in this test's runtime).
+    let (addr, stop, server) = start_tonic_server(Duration::from_secs(3600)).await;
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    silent.write_all(PREFACE).await.unwrap();
+    echoes(addr, "accepted").await;
+    let asked = tokio::time::Instant::now();
+    stops(stop, server).await;
+    assert!(
+        asked.elapsed() < tonic_server::GRACE + Duration::from_secs(5),
+        "stopped after {:?}",
+        asked.elapsed()
+    );
+    drop(silent);
 }
 
 /// The tonic_server example on a free loopback port, with `deadline` for a connection's preface
