@@ -114,9 +114,9 @@ where
 /// the headers (trailers-only responses) or, when it is not there, from the trailers at the end
 /// of the body: the outcome is recorded when the caller has read the body to its end, and the
 /// call is timed (for the slow-call rule) to the stream's head, so a long-lived stream is not
-/// slow for lasting. A body dropped before its end is neutral. An answer whose body ends with no `grpc-status`, or whose
-/// `grpc-status` is not a number, is `Unknown`, as gRPC clients read it: a failure (except for
-/// gRPC-Web, whose trailers travel inside the body).
+/// slow for lasting. A body dropped before its end is neutral. An answer whose body ends with
+/// no `grpc-status`, or whose `grpc-status` is not a number, is `Unknown`, as gRPC clients read
+/// it: a failure (except for gRPC-Web, whose trailers travel inside the body).
 ///
 /// On 429 and 503 the upstream's `Retry-After` (seconds, or an HTTP date read against the
 /// response's `Date`, the server's clock, and against the local clock only without a valid

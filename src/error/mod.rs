@@ -26,8 +26,8 @@
 //!
 //! `LengthLimitError` and `TimeoutError` say the request's body was too large or too slow. A
 //! handler that meets them reading an upstream's answer (`Limited` around a provider's body,
-//! a body timeout on an outbound client) returns another error for it, a [`Problem`] with
-//! status 502 say: the layer would answer 413 or 408, blaming the caller.
+//! a body timeout on an outbound client) returns another error for it, such as a [`Problem`]
+//! with status 502: the layer would answer 413 or 408, blaming the caller.
 //!
 //! Every error is looked for along its whole `source()` chain, so wrapped errors are still
 //! recognised, also one carried by an `io::Error` (`io::Error::other(e)`, whose `source()`
@@ -63,9 +63,8 @@
 //! Microsoft Teams or Telegram hook URL. Rust's panic hook runs before the layer catches a
 //! panic: the default hook prints the message, unredacted, to stderr; a server whose panic
 //! messages may hold credentials installs its own (`std::panic::set_hook`). A response body's
-//! failure is logged once too, at
-//! `error` (`warn` for an error a gRPC caller is answered with a client error's code), with the
-//! error chain or the panic message.
+//! failure is logged once too, at `error` (`warn` for an error a gRPC caller is answered with a
+//! client error's code), with the error chain or the panic message.
 //!
 //! # Example
 //!

@@ -25,10 +25,11 @@
 //!   429, 408 or 503 that a reqwest client got after following a redirect (its URL is not the
 //!   request's) answers another request, the `GET` of a `303 See Other` the upstream may have
 //!   sent once it acted on a `POST`. A layer between the policy and the client that rewrites the
-//!   URL (adds an API key to the query) reads the same way: put such layers above the policy. An error hides which hop failed, though: a refused
-//!   connection to the host a redirect points to is read as the request never sent, and the
-//!   request is sent again. For such calls, build the client with redirects off (reqwest's
-//!   `redirect::Policy::none()`) or send an `Idempotency-Key` the upstream honours.
+//!   URL (adds an API key to the query) reads the same way: put such layers above the policy.
+//!   An error hides which hop failed, though: a refused connection to the host a redirect
+//!   points to is read as the request never sent, and the request is sent again. For such
+//!   calls, build the client with redirects off (reqwest's `redirect::Policy::none()`) or send
+//!   an `Idempotency-Key` the upstream honours.
 //! - **gRPC**: a "trailers-only" answer (HTTP 200 with `grpc-status` in the headers) and a
 //!   `tonic::Status` error the upstream answered (one with no transport error as its source)
 //!   are read by their code, as the HTTP status of the same meaning: `UNAVAILABLE` as 503,
