@@ -9,15 +9,15 @@
 //!
 //! `GITHUB_WEBHOOK_SECRET` (spaces and line breaks around it are dropped, as a secret read from a
 //! file often ends with one; a comma-separated list, `new-secret,old-secret`, takes deliveries
-//! signed with any of them while the hook's secret is rotated); without it, a random secret is made for the run and printed, with
-//! a signed `curl` command to try the server with: 202 the first time, 409 when the same
-//! delivery id comes again (a replay). With the hook's secret set, nothing signed with it is
-//! printed: a log line that held a valid signature would let its readers send that payload
-//! again under fresh delivery ids. `ADDR` defaults to `127.0.0.1:3001`. Ctrl-C or
-//! `SIGTERM` stops it gracefully: requests in flight are answered first (for up to 10 s). A
-//! client that takes more than 10 s to send its request head is cut off too, one that sends
-//! nothing at all included; an HTTP/2 connection that does not answer a ping within 10 s (idle
-//! ones are pinged every 10 s) too.
+//! signed with any of them while the hook's secret is rotated); without it, a random secret is made
+//! for the run and printed, with a signed `curl` command to try the server with: 202 the first
+//! time, 409 when the same delivery id comes again (a replay). With the hook's secret set, nothing
+//! signed with it is printed: a log line that held a valid signature would let its readers send
+//! that payload again under fresh delivery ids. `ADDR` defaults to `127.0.0.1:3001`. Ctrl-C or
+//! `SIGTERM` stops it gracefully: requests in flight are answered first (for up to 10 s). A client
+//! that takes more than 10 s to send its request head is cut off too, one that sends nothing at all
+//! included; an HTTP/2 connection that does not answer a ping within 10 s (idle ones are pinged
+//! every 10 s) too.
 
 #[path = "common/preface.rs"]
 mod preface;

@@ -60,9 +60,9 @@ async fn main() -> Result<(), BoxError> {
 }
 
 /// Serves the echo service on `listener` until `shutdown` completes, then waits for the calls in
-/// flight, for up to [`GRACE`]. A connection that has not sent the HTTP/2 preface within `preface_timeout`, or when
-/// `shutdown` completes, is closed; so is one that does not answer a ping within `keepalive`
-/// (an idle connection is pinged every `keepalive`).
+/// flight, for up to [`GRACE`]. A connection that has not sent the HTTP/2 preface within
+/// `preface_timeout`, or when `shutdown` completes, is closed; so is one that does not answer a
+/// ping within `keepalive` (an idle connection is pinged every `keepalive`).
 pub(crate) async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,

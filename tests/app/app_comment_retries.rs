@@ -363,29 +363,12 @@ async fn a_comment_to_an_api_that_refuses_connections_is_tried_again() {
 #[tokio::test]
 async fn the_hyper_server_cuts_off_a_client_that_never_finishes_its_request_head() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(hyper_server::serve(
-        listener,
-        "s3cret",
-        std::future::pending::<()>(),
-        hyper_server::HEAD_TIMEOUT,
-    ));
+    let addr = spawn_hyper_server("s3cret").await;
     // A delivery is still served.
-    let body = r#"{"action":"opened","number":1}"#;
-    let res = crate::client::new()
-        .post(format!("http://{addr}/"))
-        .header("x-github-event", "pull_request")
-        .header("x-github-delivery", "hyper-1")
-        .header(
-            "x-hub-signature-256",
-            format!("sha256={}", hmac_hex("s3cret", body)),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        hyper_delivery(addr, "hyper-1", "s3cret").await,
+        StatusCode::ACCEPTED
+    );
 
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
     conn.write_all(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-GitHub-Event: pull")
@@ -402,16 +385,7 @@ async fn the_hyper_server_cuts_off_a_client_that_never_finishes_its_request_head
 /// delivery (401). It takes deliveries signed with either secret now, and no other.
 #[tokio::test]
 async fn the_hyper_server_takes_a_list_of_secrets_while_one_is_rotated() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(hyper_server::serve(
-        listener,
-        "new-secret, old-secret",
-        std::future::pending::<()>(),
-        hyper_server::HEAD_TIMEOUT,
-    ));
-    let body = r#"{"action":"opened","number":1}"#;
-    let client = crate::client::new();
+    let addr = spawn_hyper_server("new-secret, old-secret").await;
     for (delivery, secret, status) in [
         ("rotate-1", "new-secret", StatusCode::ACCEPTED),
         ("rotate-2", "old-secret", StatusCode::ACCEPTED),
@@ -422,20 +396,40 @@ async fn the_hyper_server_takes_a_list_of_secrets_while_one_is_rotated() {
         ),
         ("rotate-4", "other-secret", StatusCode::UNAUTHORIZED),
     ] {
-        let res = client
-            .post(format!("http://{addr}/"))
-            .header("x-github-event", "pull_request")
-            .header("x-github-delivery", delivery)
-            .header(
-                "x-hub-signature-256",
-                format!("sha256={}", hmac_hex(secret, body)),
-            )
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), status, "signed with {secret:?}");
+        let answered = hyper_delivery(addr, delivery, secret).await;
+        assert_eq!(answered, status, "signed with {secret:?}");
     }
+}
+
+/// The hyper_server example's stack on a free loopback port, with `secret`, until the test ends.
+async fn spawn_hyper_server(secret: &'static str) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(hyper_server::serve(
+        listener,
+        secret,
+        std::future::pending::<()>(),
+        hyper_server::HEAD_TIMEOUT,
+    ));
+    addr
+}
+
+/// The status of a GitHub `pull_request` delivery `delivery`, signed with `secret`, to `addr`.
+async fn hyper_delivery(addr: std::net::SocketAddr, delivery: &str, secret: &str) -> StatusCode {
+    let body = r#"{"action":"opened","number":1}"#;
+    crate::client::new()
+        .post(format!("http://{addr}/"))
+        .header("x-github-event", "pull_request")
+        .header("x-github-delivery", delivery)
+        .header(
+            "x-hub-signature-256",
+            format!("sha256={}", hmac_hex(secret, body)),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
 }
 
 /// `pr_agent_server` looked for `--use-tunnel` among its arguments and ignored every other: a

@@ -317,9 +317,9 @@ fn an_api_url_of_a_website_or_a_doubled_path_is_warned_about() {
 /// A GitHub Enterprise Server's API is under `/api/v3`, and `AZURE_DEVOPS_API_URL` is the
 /// organization's URL, to which each comment's path adds the project: a GHES URL without its
 /// `/api/v3`, or an Azure DevOps URL with the project in it or with no organization, failed every
-/// comment with nothing said at startup. Each is warned about now; GitHub.com, GitHub Enterprise Cloud
-/// (`api.<name>.ghe.com`), a GHES URL with `/api/v3`, an organization's URL, and a loopback or
-/// an address (a stand-in, or a proxy) are not.
+/// comment with nothing said at startup. Each is warned about now; GitHub.com, GitHub Enterprise
+/// Cloud (`api.<name>.ghe.com`), a GHES URL with `/api/v3`, an organization's URL, and a loopback
+/// or an address (a stand-in, or a proxy) are not.
 #[test]
 fn a_github_enterprise_url_without_api_v3_or_an_azure_devops_project_is_warned_about() {
     let (_logs, _guard) = Logs::capture();
