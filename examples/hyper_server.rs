@@ -101,7 +101,8 @@ async fn main() -> Result<(), BoxError> {
     let (secret, made_up) = webhook_secret(std::env::var("GITHUB_WEBHOOK_SECRET"))?;
     let addr: SocketAddr = std::env::var("ADDR")
         .unwrap_or_else(|_| "127.0.0.1:3001".into())
-        .parse()?;
+        .parse()
+        .map_err(|err| format!("ADDR is not an address and port (e.g. 127.0.0.1:3001): {err}"))?;
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;

@@ -75,10 +75,26 @@ fn main() -> Result<(), BoxError> {
                 [] => None,
                 _ => return Err("usage: load_test generate URL SECS CONNS [--status URL]".into()),
             };
-            runtime.block_on(generate(url, secs.parse()?, conns.parse()?, status))
+            let (secs, conns) = run_size(secs, conns)?;
+            runtime.block_on(generate(url, secs, conns, status))
         }
         _ => Err("usage: load_test serve (layers|bare) ADDR | load_test generate URL SECS CONNS [--status URL]".into()),
     }
+}
+
+/// `generate`'s `SECS` and `CONNS`: whole numbers above 0. Zero of either sends nothing, and a
+/// run that sent nothing would report success.
+pub(crate) fn run_size(secs: &str, conns: &str) -> Result<(u64, usize), String> {
+    let positive = |name: &str, value: &str| match value.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!(
+            "{name} must be a whole number above 0, not `{value}`"
+        )),
+    };
+    let secs = positive("SECS", secs)?;
+    let conns = positive("CONNS", conns)?;
+    let conns = usize::try_from(conns).map_err(|_| format!("CONNS is too large: {conns}"))?;
+    Ok((secs, conns))
 }
 
 // ---------------------------------------------------------------------------------------------

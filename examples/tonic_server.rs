@@ -51,7 +51,8 @@ async fn main() -> Result<(), BoxError> {
         .init();
     let addr: SocketAddr = std::env::var("ADDR")
         .unwrap_or_else(|_| "127.0.0.1:50051".into())
-        .parse()?;
+        .parse()
+        .map_err(|err| format!("ADDR is not an address and port (e.g. 127.0.0.1:50051): {err}"))?;
     // Bound and listening for signals before it says so: a client started on that line connects.
     let listener = TcpListener::bind(addr).await?;
     let shutdown = shutdown::shutdown_signal()?;

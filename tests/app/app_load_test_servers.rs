@@ -153,6 +153,24 @@ async fn github_api_requests_accept_githubs_media_type() {
     assert_eq!(headers["accept"], "application/json");
 }
 
+/// `load_test generate URL 0 N` (or `SECS` 0) sent nothing and reported `"ok": true`, and a
+/// count that was not a number failed with a bare `ParseIntError`. Both are refused now, naming
+/// the argument.
+#[test]
+fn the_load_test_generator_refuses_a_run_that_would_send_nothing() {
+    assert_eq!(load_test::run_size("30", "8"), Ok((30, 8)));
+    for (secs, conns, named) in [
+        ("0", "8", "SECS"),
+        ("30", "0", "CONNS"),
+        ("thirty", "8", "SECS"),
+        ("30", "-1", "CONNS"),
+        ("", "8", "SECS"),
+    ] {
+        let err = load_test::run_size(secs, conns).unwrap_err();
+        assert!(err.starts_with(named), "{secs} {conns}: {err}");
+    }
+}
+
 /// `load_test generate` waited for each answer without a bound: a server that stopped answering
 /// (the deadlock a load test is there to find) hung the run for ever, past its length, with no
 /// report. Each answer is waited for 10 s now; the run ends, and fails, reporting it.
