@@ -111,11 +111,11 @@ impl<K: Hash + Eq + Clone + fmt::Display> Shared<K> {
 /// `key` is a closure from the request to the key, for example the URI's host. The key's
 /// `Display` is part of its breaker's name, which logs, events and snapshots show: key by
 /// something that holds no secret (a host, a repository), never a full URL with its query. When
-/// `max_keys` breakers exist, a new key replaces one that is CLOSED and idle, preferably one with
-/// no failure on record, nor a slow call under a slow-call rule (so a failing or slow key that
-/// comes and goes still opens), else an idle one
-/// whose open duration has passed (OPEN past it, or HALF_OPEN; its key then starts CLOSED again
-/// if it comes back); if there is none, new keys share one overflow breaker (and a warning is logged, once until a new key finds a
+/// `max_keys` breakers exist, a new key replaces an idle one: first one that is CLOSED with no
+/// failure on record (nor a slow call under a slow-call rule), else one whose open duration has
+/// passed (OPEN past it, or HALF_OPEN; its key then starts CLOSED again if it comes back), else
+/// one that is CLOSED and counting failures; if there is none, new keys share one overflow
+/// breaker (and a warning is logged, once until a new key finds a
 /// slot again). `poll_ready` always polls the inner service (the key is not known before the request); when `call` then rejects, the
 /// readied inner service is swapped for a fresh clone, so the capacity it reserved (a `Buffer`
 /// slot, a `ConcurrencyLimit` permit) is released at once rather than held by an idle clone.

@@ -55,7 +55,8 @@
 //! from the trailers at the end of the stream; errors of the inner service are failures, except a
 //! [`Problem`](crate::error::Problem), classified by its status as the response it becomes, and
 //! the [`CircuitOpen`] of a breaker nearer the upstream (a keyed breaker under a global one), or a
-//! reqwest builder error, which are neutral: the call was not made. A closure `Fn(&Result<Res, E>) -> Outcome` is a classifier too.
+//! reqwest builder error, which are neutral: the call was not made. A reqwest status error (from
+//! `error_for_status()`) is classified by its status, as the response was. A closure `Fn(&Result<Res, E>) -> Outcome` is a classifier too.
 //!
 //! A call that panics (in the inner service's `call`, in its future, or in a gRPC response body
 //! before its trailers) is a failure, whatever the classifier, as an exception is for

@@ -466,7 +466,12 @@ impl SignatureLayer {
     }
 
     /// GitLab: `X-Gitlab-Token: <token>`, compared in constant time (as SHA-256 digests);
-    /// delivery id `Idempotency-Key` (else `X-Gitlab-Event-UUID`), event `X-Gitlab-Event`.
+    /// delivery id `Idempotency-Key`, event `X-Gitlab-Event`.
+    ///
+    /// `Idempotency-Key` (GitLab 17.4 and later) is the one GitLab keeps on its retries. A
+    /// delivery from an older GitLab has none and is not deduplicated. `X-Gitlab-Event-UUID` is
+    /// not a delivery id: GitLab gives the deliveries of one request to one hook the same value,
+    /// and a retry a new one.
     ///
     /// This is GitLab's secret token. A webhook with a signing token (`whsec_...`) is signed in
     /// the Standard Webhooks format instead: verify it with
@@ -727,7 +732,9 @@ impl SignatureLayer {
     }
 
     /// Shopify: `X-Shopify-Hmac-Sha256: <base64>`; delivery id `X-Shopify-Webhook-Id`, event
-    /// `X-Shopify-Topic`.
+    /// `X-Shopify-Topic`. Shopify's Events deliveries name the same headers without `X-`
+    /// (`Shopify-Hmac-Sha256`, `Shopify-Webhook-Id`, `Shopify-Topic`): they are read too, the
+    /// `X-` name first where a delivery has both.
     ///
     /// # Example
     ///

@@ -10,7 +10,7 @@
 //! | constructor | header | signed message | timestamp | delivery id |
 //! |---|---|---|---|---|
 //! | [`github`](SignatureLayer::github) | `X-Hub-Signature-256: sha256=<hex>` | body | - | `X-GitHub-Delivery` |
-//! | [`gitlab`](SignatureLayer::gitlab) | `X-Gitlab-Token: <token>` | - | - | `Idempotency-Key`, `X-Gitlab-Event-UUID` |
+//! | [`gitlab`](SignatureLayer::gitlab) | `X-Gitlab-Token: <token>` | - | - | `Idempotency-Key` |
 //! | [`bitbucket_cloud`](SignatureLayer::bitbucket_cloud) / [`bitbucket_data_center`](SignatureLayer::bitbucket_data_center) | `X-Hub-Signature: sha256=<hex>` | body | - | `X-Request-UUID` / `X-Request-Id` |
 //! | [`gitea`](SignatureLayer::gitea) / [`forgejo`](SignatureLayer::forgejo) | `X-Gitea-Signature` / `X-Forgejo-Signature: <hex>` | JSON payload (form: decoded `payload`) | - | `X-Gitea-Delivery` / `X-Forgejo-Delivery` |
 //! | [`azure_devops`](SignatureLayer::azure_devops) | `Authorization: Basic` | - | - | body `id` |
@@ -18,7 +18,7 @@
 //! | [`slack`](SignatureLayer::slack) | `X-Slack-Signature: v0=<hex>` | `v0:<ts>:<body>` | 300 s | body `event_id` |
 //! | [`zoom`](SignatureLayer::zoom) | `x-zm-signature: v0=<hex>` | `v0:<ts>:<body>` | 300 s | - |
 //! | [`twitch`](SignatureLayer::twitch) | `Twitch-Eventsub-Message-Signature: sha256=<hex>` | `<id><RFC 3339 ts><body>` | 600 s | `Twitch-Eventsub-Message-Id` |
-//! | [`shopify`](SignatureLayer::shopify) | `X-Shopify-Hmac-Sha256: <base64>` | body | - | `X-Shopify-Webhook-Id` |
+//! | [`shopify`](SignatureLayer::shopify) | `X-Shopify-Hmac-Sha256: <base64>` (or `Shopify-*`) | body | - | `X-Shopify-Webhook-Id` |
 //! | [`standard_webhooks`](SignatureLayer::standard_webhooks) | `webhook-signature: v1,<base64> ..` (or `svix-*`) | `<id>.<ts>.<body>` | 300 s | `webhook-id` |
 //! | [`custom`](SignatureLayer::custom) | any, see [`CustomScheme`] | body or `<ts>.<body>` | optional | optional |
 //!
@@ -61,7 +61,7 @@
 //! # Replay protection
 //!
 //! Signed timestamps (Stripe, Slack, Zoom, Twitch, Standard Webhooks, custom) must be within
-//! [`timestamp_tolerance`](SignatureLayer::timestamp_tolerance) (default 300 s) of the
+//! [`timestamp_tolerance`](SignatureLayer::timestamp_tolerance) (default 300 s, 600 s for Twitch) of the
 //! [`Clock`]: strict digits (strict RFC 3339 for Twitch), compared without overflow.
 //!
 //! Delivery ids are recorded in a [`ReplayStore`]: a bounded [`MemoryReplayStore`] by default,

@@ -382,7 +382,6 @@ mod names {
         GITHUB_EVENT = "x-github-event";
         GITLAB_TOKEN = "x-gitlab-token";
         GITLAB_IDEMPOTENCY = "idempotency-key";
-        GITLAB_UUID = "x-gitlab-event-uuid";
         GITLAB_EVENT = "x-gitlab-event";
         HUB_SIG = "x-hub-signature";
         BB_UUID = "x-request-uuid";
@@ -400,6 +399,9 @@ mod names {
         SHOPIFY_SIG = "x-shopify-hmac-sha256";
         SHOPIFY_ID = "x-shopify-webhook-id";
         SHOPIFY_TOPIC = "x-shopify-topic";
+        SHOPIFY_EVENTS_SIG = "shopify-hmac-sha256";
+        SHOPIFY_EVENTS_ID = "shopify-webhook-id";
+        SHOPIFY_EVENTS_TOPIC = "shopify-topic";
         ZOOM_SIG = "x-zm-signature";
         ZOOM_TS = "x-zm-request-timestamp";
         TWITCH_SIG = "twitch-eventsub-message-signature";
@@ -557,7 +559,7 @@ impl Scheme {
             ),
             Provider::GitLab => (
                 Kind::Token(GITLAB_TOKEN.clone()),
-                Field::Headers(hs(&[&GITLAB_IDEMPOTENCY, &GITLAB_UUID])),
+                Field::Headers(hs(&[&GITLAB_IDEMPOTENCY])),
                 Field::Headers(hs(&[&GITLAB_EVENT])),
             ),
             Provider::BitbucketCloud => (
@@ -616,10 +618,16 @@ impl Scheme {
                 Field::None,
                 Field::None,
             ),
+            // Shopify's Events deliveries name the same headers without `X-`.
             Provider::Shopify => (
-                Self::body(provider, &[&SHOPIFY_SIG], "", Encoding::Base64),
-                Field::Headers(hs(&[&SHOPIFY_ID])),
-                Field::Headers(hs(&[&SHOPIFY_TOPIC])),
+                Self::body(
+                    provider,
+                    &[&SHOPIFY_SIG, &SHOPIFY_EVENTS_SIG],
+                    "",
+                    Encoding::Base64,
+                ),
+                Field::Headers(hs(&[&SHOPIFY_ID, &SHOPIFY_EVENTS_ID])),
+                Field::Headers(hs(&[&SHOPIFY_TOPIC, &SHOPIFY_EVENTS_TOPIC])),
             ),
             Provider::Twitch => (
                 Kind::Twitch,

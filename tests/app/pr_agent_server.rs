@@ -221,6 +221,7 @@ fn signed(forge: app::Forge, id: &str, event: &str, body: Vec<u8>) -> Delivery {
         ],
         GitLab => vec![
             ("x-gitlab-event", event.into()),
+            ("idempotency-key", id.into()),
             ("x-gitlab-event-uuid", id.into()),
             ("x-gitlab-token", GL.into()),
         ],

@@ -115,7 +115,7 @@ async fn replays_and_deliveries_without_an_id_as_the_readme_says() {
         r#"Signature realm="github""#
     );
 
-    // GitLab with neither `Idempotency-Key` nor `X-Gitlab-Event-UUID`: the same.
+    // GitLab without `Idempotency-Key`: the same.
     for token in ["gl-new", "gl-old"] {
         let res = http
             .post(&gitlab)
@@ -128,19 +128,34 @@ async fn replays_and_deliveries_without_an_id_as_the_readme_says() {
         assert_eq!(res.status(), 202);
     }
     assert_eq!(calls.load(Ordering::SeqCst), 5);
-    // With its `X-Gitlab-Event-UUID`, a copy is a replay.
+    // `X-Gitlab-Event-UUID` is no delivery id: GitLab gives the deliveries one request makes to
+    // a hook the same value, so two events with the same one are both handled.
+    for _ in 0..2 {
+        let res = http
+            .post(&gitlab)
+            .header("x-gitlab-token", "gl-new")
+            .header("x-gitlab-event-uuid", "g-0")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 202);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 7);
+    // With its `Idempotency-Key`, kept on GitLab's retries, a copy is a replay.
     for status in [202, 409] {
         let res = http
             .post(&gitlab)
             .header("x-gitlab-token", "gl-new")
-            .header("x-gitlab-event-uuid", "g-1")
+            .header("idempotency-key", "g-1")
+            .header("x-gitlab-event-uuid", format!("g-1-{status}"))
             .body("{}")
             .send()
             .await
             .unwrap();
         assert_eq!(res.status(), status);
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 6);
+    assert_eq!(calls.load(Ordering::SeqCst), 8);
     server.abort();
 
     // `OnReplay::Acknowledge(200)`: the copy gets an empty 200, the handler is not called.

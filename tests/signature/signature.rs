@@ -1538,6 +1538,50 @@ async fn gitlab_token_is_compared_exactly() {
     .await;
 }
 
+/// GitLab's delivery id is `Idempotency-Key`, kept on its retries. `X-Gitlab-Event-UUID` is
+/// shared by the deliveries one request makes to a hook, and new on a retry: not an id.
+#[tokio::test]
+async fn gitlab_deduplicates_on_idempotency_key_only() {
+    let layer = SignatureLayer::gitlab("glpat-webhook-token").unwrap();
+    let seen = Seen::default();
+    let delivery = |event: &str, uuid: &str, key: Option<&str>| {
+        let mut headers = vec![
+            ("x-gitlab-token", "glpat-webhook-token".to_owned()),
+            ("x-gitlab-event", event.to_owned()),
+            ("x-gitlab-event-uuid", uuid.to_owned()),
+        ];
+        if let Some(key) = key {
+            headers.push(("idempotency-key", key.to_owned()));
+        }
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        post(&headers, "{}")
+    };
+    // Two events of one request (same `X-Gitlab-Event-UUID`), from a GitLab without
+    // `Idempotency-Key`: both handled, neither with a delivery id.
+    for event in ["Push Hook", "Merge Request Hook"] {
+        let out = send(&layer, &seen, delivery(event, "uuid-1", None)).await;
+        assert_eq!(out.status, 200, "{event}");
+        let hook = seen.last.lock().unwrap().clone().unwrap().1;
+        assert_eq!(hook.delivery_id(), None, "{event}");
+    }
+    // The same two from GitLab 17.4 or later: each its own key, both handled.
+    for (event, key) in [("Push Hook", "key-1"), ("Merge Request Hook", "key-2")] {
+        let out = send(&layer, &seen, delivery(event, "uuid-2", Some(key))).await;
+        assert_eq!(out.status, 200, "{event}");
+        let hook = seen.last.lock().unwrap().clone().unwrap().1;
+        assert_eq!(hook.delivery_id(), Some(key));
+    }
+    assert_eq!(seen.calls.load(Ordering::SeqCst), 4);
+    // A retry: the same key under a new `X-Gitlab-Event-UUID`, refused as a replay.
+    assert_refused(
+        &layer,
+        delivery("Merge Request Hook", "uuid-3", Some("key-2")),
+        StatusCode::CONFLICT,
+        types::REPLAYED_DELIVERY,
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn azure_devops_basic_credentials() {
     let layer = SignatureLayer::azure_devops("hook", "p4ssw0rd")
@@ -1758,6 +1802,66 @@ async fn bitbucket_gitea_forgejo_shopify_and_custom() {
         types::INVALID_SIGNATURE,
     )
     .await;
+    // Shopify's Events deliveries: the same headers without `X-`.
+    let seen = Seen::default();
+    let events = |sig: &str, id: &str| {
+        post(
+            &[
+                ("shopify-hmac-sha256", sig),
+                ("shopify-topic", "Product"),
+                ("shopify-webhook-id", id),
+            ],
+            &body[..],
+        )
+    };
+    let out = send(&shopify, &seen, events(&b64, "ev-1")).await;
+    assert_eq!(out.status, 200);
+    let hook = seen.last.lock().unwrap().clone().unwrap().1;
+    assert_eq!(hook.event(), Some("Product"));
+    assert_eq!(hook.delivery_id(), Some("ev-1"));
+    assert_refused(
+        &shopify,
+        events(&b64, "ev-1"),
+        StatusCode::CONFLICT,
+        types::REPLAYED_DELIVERY,
+    )
+    .await;
+    let mut tampered = B64.decode(&b64).unwrap();
+    tampered[0] ^= 1;
+    assert_refused(
+        &shopify,
+        events(&B64.encode(tampered), "ev-2"),
+        StatusCode::UNAUTHORIZED,
+        types::INVALID_SIGNATURE,
+    )
+    .await;
+    // Both forms in one delivery: the `X-` one is the one verified.
+    assert_refused(
+        &shopify,
+        post(
+            &[
+                ("x-shopify-hmac-sha256", &hex),
+                ("shopify-hmac-sha256", &b64),
+            ],
+            &body[..],
+        ),
+        StatusCode::UNAUTHORIZED,
+        types::INVALID_SIGNATURE,
+    )
+    .await;
+    let out = send(
+        &shopify,
+        &seen,
+        post(
+            &[
+                ("x-shopify-hmac-sha256", &b64),
+                ("shopify-hmac-sha256", "bm90IGl0"),
+            ],
+            &body[..],
+        ),
+    )
+    .await;
+    assert_eq!(out.status, 200);
 
     // Custom: GitHub's legacy SHA-1 header, and a SHA-512 base64 scheme with a timestamp.
     let legacy = CustomScheme::new("x-hub-signature")
