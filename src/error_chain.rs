@@ -26,6 +26,7 @@ pub(crate) fn walk<'a>(
 
 /// `err` and its `source()` chain, outermost first, each error once and at most
 /// [`MAX_DEPTH`] of them.
+#[cfg(any(feature = "error", feature = "tunnel"))]
 pub(crate) fn sources<'a>(err: &'a (dyn Error + 'static)) -> Walk<'a> {
     walk(err, |e| e.source())
 }
@@ -37,6 +38,7 @@ pub(crate) fn sources<'a>(err: &'a (dyn Error + 'static)) -> Walk<'a> {
 /// source, so a walk by `source()` alone never sees `e` (a `CircuitOpen`, or a `hyper::Error`
 /// that says the connection was open). This is the walk for looking errors up by type; the
 /// `source()` walk ([`sources`]) is the one for messages.
+#[cfg(any(feature = "error", feature = "retry"))]
 pub(crate) fn links<'a>(err: &'a (dyn Error + 'static)) -> Walk<'a> {
     walk(err, |e| {
         if let Some(io) = e.downcast_ref::<std::io::Error>()

@@ -97,6 +97,8 @@ mod error_chain;
 mod grpc_http;
 #[cfg(any(feature = "error", feature = "circuit-breaker", feature = "tunnel"))]
 mod panic;
+#[cfg(any(feature = "error", feature = "tunnel"))]
+mod redact;
 #[cfg(feature = "retry")]
 #[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
 pub mod retry;

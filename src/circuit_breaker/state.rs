@@ -1353,11 +1353,14 @@ impl Core {
         };
         let event = event();
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| listener(&event))) {
-            let message = crate::panic::message(&*panic).unwrap_or("(not a string)");
+            // A listener's panic message may name a URL with its credentials (an `unwrap` of a
+            // failed call to a metrics endpoint): redacted, as the error layer does.
+            let message =
+                crate::redact::redact(crate::panic::message(&*panic).unwrap_or("(not a string)"));
             tracing::error!(
                 breaker = &*self.config.name,
                 event = ?event,
-                panic = message,
+                panic = &*message,
                 "circuit breaker event listener panicked"
             );
         }

@@ -342,7 +342,7 @@ fn log(failure: &Failure, problem: Option<&Problem>) {
             "the response body panicked while it streamed; the response is cut short"
         ),
         Failure::Error(err) => {
-            let error = super::redact::redacted(ErrorChain(&**err).to_string());
+            let error = crate::redact::redacted(ErrorChain(&**err).to_string());
             if problem.is_some_and(|p| p.status().is_client_error()) {
                 tracing::warn!(
                     grpc_status,

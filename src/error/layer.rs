@@ -783,7 +783,7 @@ fn log_unanswered(failure: NotReady) {
         "the inner service failed while it was polled ready, and no request came to be answered";
     let logged = catch_unwind(AssertUnwindSafe(|| match failure {
         NotReady::Error(err) => {
-            let error = super::redact::redacted(ErrorChain(&*err).to_string());
+            let error = crate::redact::redacted(ErrorChain(&*err).to_string());
             tracing::error!(error, "{WHAT}");
             drop(err);
         }
@@ -1394,7 +1394,7 @@ fn log_problem(
 ) {
     let status = problem.status().as_u16();
     let error = err
-        .map(|e| super::redact::redacted(ErrorChain(e).to_string()))
+        .map(|e| crate::redact::redacted(ErrorChain(e).to_string()))
         .unwrap_or_default();
     let request_id = request_id_str(info);
     let request_id = &*request_id;
@@ -1456,5 +1456,5 @@ impl fmt::Display for ErrorChain<'_> {
 
 /// A panic's message for the log, with the credentials of the URLs in it redacted.
 pub(super) fn panic_message(payload: &(dyn Any + Send)) -> Cow<'_, str> {
-    super::redact::redact(crate::panic::message(payload).unwrap_or("<non-string panic payload>"))
+    crate::redact::redact(crate::panic::message(payload).unwrap_or("<non-string panic payload>"))
 }

@@ -101,7 +101,6 @@ mod grpc;
 mod layer;
 mod problem;
 mod processing;
-pub(crate) mod redact;
 
 pub use body::ResponseBody;
 pub use grpc::GrpcCode;

@@ -26,8 +26,8 @@ use super::scheme::{
 use super::secret::{Secret, Secrets};
 use crate::BoxError;
 use crate::body::ResponseBody;
-use crate::error::redact::redacted;
 use crate::error::{AlreadyLogged, Grpc, Problem};
+use crate::redact::redacted;
 
 /// Default body limit: 25 MiB, the largest payload GitHub sends.
 ///

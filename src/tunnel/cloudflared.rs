@@ -346,6 +346,13 @@ impl Provider for Cloudflared {
                 command.arg("--region").arg(region);
             }
             command.args(&self.args);
+            // This crate's own settings are not cloudflared's: cloudflared logs every `TUNNEL_*`
+            // variable when it starts (the ngrok auth token and the bore secret among them), and
+            // reads `TUNNEL_REGION` as its `--region`, which `region` sets when it is one
+            // cloudflared knows.
+            for setting in super::config::SETTINGS {
+                command.env_remove(setting);
+            }
             command
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -361,6 +368,8 @@ impl Provider for Cloudflared {
                     let mut reader = BufReader::new(pipe);
                     let mut buf = Vec::new();
                     while let Ok(Some(line)) = next_line(&mut reader, &mut buf).await {
+                        // Its messages name URLs (an origin, a proxy) that may carry credentials.
+                        let line = crate::redact::redacted(line);
                         tracing::debug!(target: "tower_webhook::tunnel::cloudflared", "{line}");
                         let mut lines = lines
                             .lock()

@@ -6,6 +6,16 @@ use std::str::FromStr;
 use super::secret::Secret;
 use super::{Bore, Cloudflared, LocalTunnel, TunnelBuilder, TunnelError};
 
+/// The environment variables [`TunnelConfig::from_env`] reads.
+pub(crate) const SETTINGS: [&str; 6] = [
+    "TUNNEL_SERVICE",
+    "TUNNEL_AUTH_TOKEN",
+    "NGROK_AUTHTOKEN",
+    "TUNNEL_REGION",
+    "TUNNEL_SERVER",
+    "TUNNEL_SECRET",
+];
+
 /// One kind of provider, as named in `TUNNEL_SERVICE`.
 ///
 /// # Example
@@ -147,14 +157,7 @@ impl TunnelConfig {
     /// ```
     pub fn from_env() -> Result<Self, TunnelError> {
         // A value that is not UTF-8 is named, not taken for unset.
-        for setting in [
-            "TUNNEL_SERVICE",
-            "TUNNEL_AUTH_TOKEN",
-            "NGROK_AUTHTOKEN",
-            "TUNNEL_REGION",
-            "TUNNEL_SERVER",
-            "TUNNEL_SECRET",
-        ] {
+        for setting in SETTINGS {
             if let Err(std::env::VarError::NotUnicode(_)) = std::env::var(setting) {
                 return Err(TunnelError::Config {
                     setting,

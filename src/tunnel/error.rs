@@ -125,7 +125,8 @@ impl From<std::io::Error> for TunnelError {
     }
 }
 
-/// Formats an error with its chain of sources, `outer: inner: innermost`.
+/// Formats an error with its chain of sources, `outer: inner: innermost`, with the credentials
+/// of the URLs it names redacted (a service's reqwest error names the URL it called).
 pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut out = String::new();
     // Bounded: a broken `Error` impl can make the chain a cycle.
@@ -138,7 +139,7 @@ pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
             out.push_str(&text);
         }
     }
-    out
+    crate::redact::redacted(out)
 }
 
 /// Longest part of a server's message shown in an error.

@@ -309,7 +309,7 @@ impl Provider for Ngrok {
                 None => (&mut connect.0).await,
             };
             let (mut session, mut tunnel) = joined
-                .map_err(|err| format!("the ngrok client failed: {err}"))?
+                .map_err(|err| explain(format!("the ngrok client failed: {err}"), shown.expose()))?
                 .map_err(|err| explain(super::error::chain(&*err), shown.expose()))?;
             let url = tunnel.url().to_owned();
             tracing::info!(%url, "ngrok tunnel open");

@@ -295,6 +295,13 @@ async fn a_settlement_cut_short_by_an_outer_timeout_still_lands() {
             "{status}: cut by the timeout"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+        // Settled in the store: completed after the 2xx (a claim left pending would refuse the
+        // redelivery with the same 409), released after the 500.
+        assert_eq!(
+            memory.completed("github:d-slow").await.unwrap(),
+            status == StatusCode::OK,
+            "{status}"
+        );
         // Without the timeout this time, so the redelivery waits for its own settlement.
         let svc = ServiceBuilder::new()
             .layer(layer)

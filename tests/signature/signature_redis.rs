@@ -293,7 +293,7 @@ async fn redis_going_away_fails_closed() {
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(5),
+            started.elapsed() < Duration::from_secs(15),
             "still refused {:?} after Redis came back",
             started.elapsed()
         );

@@ -81,5 +81,6 @@ async fn a_probe_cut_by_the_startup_timeout_keeps_its_reason() {
         reason.contains("could not connect to 127.0.3.2:"),
         "{reason}"
     );
-    assert!(attempts[0].elapsed < Duration::from_millis(700), "{err}");
+    // Ended by the 600 ms startup timeout, not the probe's own 5 s (with room for a loaded CI).
+    assert!(attempts[0].elapsed < Duration::from_secs(3), "{err}");
 }

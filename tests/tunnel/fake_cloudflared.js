@@ -21,6 +21,18 @@ const log = (line) => {
 };
 const mode = opt('--fake-mode') || 'normal';
 log('argv ' + args.join(' '));
+// As cloudflared does at start: every variable whose entry holds `TUNNEL_`, values and all.
+const tunnelEnv = Object.keys(process.env)
+  .filter((name) => (name + '=' + process.env[name]).includes('TUNNEL_'))
+  .sort();
+if (tunnelEnv.length > 0) {
+  console.error('INF Environmental variables map[' +
+    tunnelEnv.map((name) => name + ':' + process.env[name]).join(' ') + ']');
+}
+log('env ' + Object.keys(process.env)
+  .filter((name) => name.startsWith('TUNNEL_') || name.startsWith('NGROK_'))
+  .sort()
+  .join(' '));
 
 if (mode === 'crash') {
   console.error('ERR failed to request quick Tunnel: no network');

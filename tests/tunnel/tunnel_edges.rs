@@ -294,20 +294,27 @@ impl tower_webhook::tunnel::Provider for NeverOpens {
     }
 }
 
-/// Asserts that the server at `addr` answers a request (waiting for its port to open).
+/// Asserts that the server at `addr` answers a request (waiting up to 10 s for its port to
+/// open and its answer).
 async fn assert_served(addr: std::net::SocketAddr) {
-    let mut stream = loop {
-        if let Ok(stream) = tokio::net::TcpStream::connect(addr).await {
-            break stream;
-        }
-        tokio::task::yield_now().await;
+    let served = async {
+        let mut stream = loop {
+            if let Ok(stream) = tokio::net::TcpStream::connect(addr).await {
+                break stream;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer
     };
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+    let answer = tokio::time::timeout(Duration::from_secs(10), served)
         .await
-        .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.unwrap();
+        .unwrap_or_else(|_| panic!("{addr} did not answer within 10 s"));
     assert!(answer.ends_with("ok"), "{answer}");
 }
 

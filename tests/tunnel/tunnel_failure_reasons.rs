@@ -8,6 +8,7 @@
 use crate::support;
 
 use crate::bore_frames;
+use crate::child;
 use crate::gated;
 use crate::logs;
 
@@ -72,6 +73,84 @@ async fn a_cloudflared_that_never_gets_ready_fails_with_its_own_reason() {
         reason.contains("Failed to dial a quic connection"),
         "{reason}"
     );
+}
+
+/// cloudflared logs every `TUNNEL_*` variable it was started with, values and all, and reads
+/// `TUNNEL_REGION` as its `--region`. It is started without this crate's own settings (the
+/// ngrok auth token, the bore secret, an ngrok region), so neither its log nor a failure's
+/// reason shows them; its own `TUNNEL_*` settings still reach it.
+///
+/// The test runs itself again as a child process, with those variables in its environment.
+#[test]
+fn cloudflared_is_started_without_this_crates_settings() {
+    const CHILD: &str = "TOWER_WEBHOOK_CLOUDFLARED_ENV_CHILD";
+    const NAME: &str = "cloudflared_is_started_without_this_crates_settings";
+    const SECRETS: [&str; 2] = ["ngrok-token-0123456789", "bore-secret-0123456789"];
+    let Some(fake) = fake_cloudflared() else {
+        return;
+    };
+    if std::env::var_os(CHILD).is_none() {
+        child::run_one(
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    &child::test_path(module_path!(), NAME),
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(CHILD, "1")
+                .env("TUNNEL_SERVICE", "ngrok,cloudflared")
+                .env("TUNNEL_AUTH_TOKEN", SECRETS[0])
+                .env("NGROK_AUTHTOKEN", SECRETS[0])
+                .env("TUNNEL_REGION", "eu")
+                .env("TUNNEL_SERVER", "bore.example.com")
+                .env("TUNNEL_SECRET", SECRETS[1])
+                .env("TUNNEL_LOGLEVEL", "debug"),
+        );
+        return;
+    }
+    let log = std::env::temp_dir().join(format!(
+        "tower-webhook-cloudflared-env-{}-{}.log",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let reason = runtime.block_on(failure_of(
+        Cloudflared::new()
+            .binary(&fake)
+            .arg("--fake-mode")
+            .arg("crash")
+            .arg("--fake-log")
+            .arg(log.display().to_string()),
+    ));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    // What cloudflared printed is in the reason, without the secrets.
+    assert!(
+        reason.contains("INF Environmental variables map["),
+        "{reason}"
+    );
+    assert!(reason.contains("TUNNEL_LOGLEVEL:debug"), "{reason}");
+    for secret in SECRETS {
+        assert!(!reason.contains(secret), "{reason}");
+        assert!(!text.contains(secret), "{text}");
+    }
+    let env = text.lines().find(|line| line.starts_with("env ")).unwrap();
+    let names: Vec<&str> = env.split_whitespace().skip(1).collect();
+    assert!(names.contains(&"TUNNEL_LOGLEVEL"), "{env}");
+    for setting in [
+        "TUNNEL_SERVICE",
+        "TUNNEL_AUTH_TOKEN",
+        "NGROK_AUTHTOKEN",
+        "TUNNEL_REGION",
+        "TUNNEL_SERVER",
+        "TUNNEL_SECRET",
+    ] {
+        assert!(!names.contains(&setting), "{env}");
+    }
 }
 
 /// What the pool port of [`lt_with_a_pool_port`] does with each connection.
@@ -198,6 +277,46 @@ async fn a_piped_connection_to_a_local_server_that_is_down_is_logged() {
     })
     .await;
     assert!(logged, "{}", logs.text());
+    handle.close().await;
+}
+
+/// A service behind the tunnel that fails (its own call to an API failed, and the error names
+/// the URL with its credentials) is logged with those credentials redacted.
+#[tokio::test]
+async fn a_failing_service_is_logged_without_the_credentials_its_error_names() {
+    let (logs, _guard) = logs::Logs::capture();
+    let ip = Ipv4Addr::new(127, 0, 10, 2);
+    let _server = support::BoreServer::start(ip, None).await;
+    let failing = tower::service_fn(|_req: Request<Incoming>| async {
+        Err::<Response<Full<Bytes>>, BoxError>(
+            "error sending request for url (https://bot:hunter2@api.example/v1?access_token=tok123)"
+                .into(),
+        )
+    });
+    let handle = Tunnel::builder()
+        .provider(Bore::new().server(ip.to_string()))
+        .start(Upstream::service(failing))
+        .await
+        .unwrap();
+    let url = handle.url();
+    let public = url.strip_prefix("http://").unwrap();
+    let mut conn = tokio::net::TcpStream::connect(public).await.unwrap();
+    conn.write_all(b"POST /webhook HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut answer)).await;
+    let logged = support::eventually(Duration::from_secs(5), || {
+        logs.text().lines().any(|line| {
+            line.contains("WARN") && line.contains("the service or its response body failed")
+        })
+    })
+    .await;
+    let text = logs.text();
+    assert!(logged, "{text}");
+    assert!(text.contains("https://<redacted>@api.example/v1"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(!text.contains("tok123"), "{text}");
     handle.close().await;
 }
 

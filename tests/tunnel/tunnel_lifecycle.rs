@@ -671,14 +671,15 @@ async fn a_configured_header_read_timeout_closes_idle_tunnel_connections() {
         .unwrap();
     let url = handle.url();
     let public = url.trim_start_matches("http://").to_owned();
-    // Nothing sent; half a request head sent.
+    // Nothing sent; half a request head sent. The server's timers start when it takes the
+    // connections, after `started`.
+    let started = std::time::Instant::now();
     let silent = TcpStream::connect(&public).await.unwrap();
     let mut partial = TcpStream::connect(&public).await.unwrap();
     partial
         .write_all(b"POST /hook HTTP/1.1\r\nHost: x\r\n")
         .await
         .unwrap();
-    let started = std::time::Instant::now();
     // Closed after 200 ms, not the default 30 s; the bound leaves room for a loaded machine.
     for mut stream in [silent, partial] {
         let mut sink = Vec::new();

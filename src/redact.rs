@@ -3,7 +3,9 @@
 //! An error's `Display` often names the URL it failed on (reqwest's `... for url (...)`, a
 //! panic's `unwrap()` of such an error), and that URL may carry credentials: a user and a
 //! password (`https://user:secret@host/`, `redis://:secret@host`), a token in its query
-//! (`?access_token=...`), or a token in its path (a Slack, Discord, Teams or Telegram hook). The layer logs error chains and panic messages through [`redact`].
+//! (`?access_token=...`), or a token in its path (a Slack, Discord, Teams or Telegram hook). The error layer logs error chains and panic
+//! messages through [`redact`], and the tunnel the errors of the services it serves and what
+//! cloudflared prints.
 
 use std::borrow::Cow;
 
@@ -36,8 +38,9 @@ const SECRET_PARAMS: [&str; 8] = [
 /// (and of a fragment's, `#access_token=...`) whose names say they are secrets (`token`,
 /// `secret`, `key`, `pass`, `pwd`, `sig`, `auth`, `credential`, in any case and anywhere in the
 /// name), and the path secrets of the hosts in [`PATH_SECRETS`].
-/// A URL ends at a space, a quote or an angle bracket, as text and `Debug` output write it, and
-/// one that follows an opening parenthesis ends at the parenthesis that closes it.
+/// A URL ends at a space, a double quote, an angle bracket or a backtick, as text and `Debug`
+/// output write it, and one that follows an opening parenthesis or a single quote ends at the
+/// last closing one before that.
 pub(crate) fn redact(text: &str) -> Cow<'_, str> {
     if !text.contains("://") {
         return Cow::Borrowed(text);
@@ -54,24 +57,23 @@ pub(crate) fn redact(text: &str) -> Cow<'_, str> {
                 .iter()
                 .position(|&b| ends_url(b))
                 .unwrap_or(bytes.len() - start);
-        // A URL in parentheses (reqwest's `for url (...)`) does not take the closing one.
+        // A URL in parentheses (reqwest's `for url (...)`) or in single quotes does not take
+        // the closing one: it ends at the last one before the end found above. Not at the
+        // first: the `url` crate leaves `(`, `)` and `'` unencoded in a password or a query,
+        // and the credentials after such a character must not be taken for text that follows.
         let scheme_start = bytes[..from + found]
             .iter()
             .rposition(|&b| !(b.is_ascii_alphanumeric() || b"+-.".contains(&b)))
             .map_or(0, |before| before + 1);
-        if scheme_start > 0 && bytes[scheme_start - 1] == b'(' {
-            let mut depth = 0usize;
-            for (at, &b) in bytes[start..url_end].iter().enumerate() {
-                match b {
-                    b'(' => depth += 1,
-                    b')' if depth == 0 => {
-                        url_end = start + at;
-                        break;
-                    }
-                    b')' => depth -= 1,
-                    _ => {}
-                }
-            }
+        let closing = match scheme_start.checked_sub(1).map(|before| bytes[before]) {
+            Some(b'(') => Some(b')'),
+            Some(b'\'') => Some(b'\''),
+            _ => None,
+        };
+        if let Some(closing) = closing
+            && let Some(at) = bytes[start..url_end].iter().rposition(|&b| b == closing)
+        {
+            url_end = start + at;
         }
         let authority_end = start
             + bytes[start..url_end]
@@ -274,9 +276,11 @@ fn ends_with_ignore_case(text: &str, suffix: &str) -> bool {
         && text[text.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
 }
 
-/// A byte no URL has as it is, that ends one in text: white space, a quote, an angle bracket.
+/// A byte no URL has as it is, that ends one in text: white space, a double quote, an angle
+/// bracket, a backtick. (A single quote may be in a password or a query, left unencoded by the
+/// `url` crate: a URL in single quotes ends at the last one, see [`redact`].)
 fn ends_url(b: u8) -> bool {
-    b.is_ascii_whitespace() || matches!(b, b'"' | b'\'' | b'<' | b'>' | b'`')
+    b.is_ascii_whitespace() || matches!(b, b'"' | b'<' | b'>' | b'`')
 }
 
 /// Whether a query parameter of this name carries a secret.
@@ -305,6 +309,27 @@ mod tests {
             (
                 "(https://h/?q=(a)&key=k)",
                 "(https://h/?q=(a)&key=<redacted>)",
+            ),
+            // The `url` crate leaves `(`, `)` and `'` unencoded in a password and a query.
+            (
+                "error sending request for url (https://bot:pa)ss@api.example/v1)",
+                "error sending request for url (https://<redacted>@api.example/v1)",
+            ),
+            (
+                "https://bot:it's@api.example/v1",
+                "https://<redacted>@api.example/v1",
+            ),
+            (
+                "connecting to 'https://bot:it's@api.example/v1' failed",
+                "connecting to 'https://<redacted>@api.example/v1' failed",
+            ),
+            (
+                "for url (https://h/v1?access_token=ab)cd): refused",
+                "for url (https://h/v1?access_token=<redacted>): refused",
+            ),
+            (
+                "{'url': 'https://h/x?token=abc', 'n': 1}",
+                "{'url': 'https://h/x?token=<redacted>', 'n': 1}",
             ),
             (
                 "redis://:hunter2@127.0.0.1:6379/0",
@@ -440,8 +465,9 @@ mod tests {
     /// is, and redacting the result again changes nothing more.
     #[test]
     fn any_text_is_redacted_without_a_panic() {
-        const PIECES: [&str; 19] = [
+        const PIECES: [&str; 20] = [
             "://",
+            "'",
             "hooks.slack.com",
             "api.telegram.org/bot",
             "]",
