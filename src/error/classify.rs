@@ -136,10 +136,13 @@ fn classify_one(
                 .with_grpc_code(code);
         // A client error's message is meant for the client; a server error's (a transport
         // failure, "error trying to connect: dns error ...") describes internals.
+        // Redacted, as a log line is: a status passed on from a client of the handler's own
+        // may name the URL that client called, with its credentials.
         if !status.message().is_empty() && problem.status().is_client_error() {
+            let message = crate::redact::redact(status.message()).into_owned();
             problem = problem
-                .with_detail(status.message().to_owned())
-                .with_grpc_message(status.message().to_owned());
+                .with_detail(message.clone())
+                .with_grpc_message(message);
         }
         // So are its rich error details (`grpc-status-details-bin`) and custom metadata, which a
         // tonic server sends with the status; a server error's may describe internals too (a

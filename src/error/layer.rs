@@ -1399,9 +1399,11 @@ fn log_problem(
     let request_id = request_id_str(info);
     let request_id = &*request_id;
     let problem_type = problem.problem_type();
-    // Meant for the client, so safe to log: the reason a handler gave for its problem, which has
-    // no error chain.
-    let detail = problem.detail().unwrap_or_default();
+    // Meant for the client: the reason a handler gave for its problem, or a tonic `Status`'s
+    // message. Redacted all the same, as the error chain is: a `Status` the handler passed on from
+    // a client of its own may name the URL that client called.
+    let detail = crate::redact::redact(problem.detail().unwrap_or_default());
+    let detail = &*detail;
     match status {
         500..=599 => tracing::error!(
             status,

@@ -174,6 +174,42 @@ async fn url_credentials_in_an_error_chain_are_not_logged() {
     assert!(text.contains("redis://<redacted>@127.0.0.1"), "{text}");
 }
 
+/// A tonic `Status` with a client error's code is passed on with its message, as `detail` and
+/// `grpc-message`. One the handler got from a client of its own may name the URL that client
+/// called: the credentials in it reach neither the client nor the log.
+#[tokio::test]
+async fn url_credentials_in_a_tonic_status_message_are_not_passed_on() {
+    let (logs, _guard) = Logs::capture();
+    let app = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .service_fn(|_req: axum::extract::Request| async {
+            Err::<axum::response::Response, BoxError>(
+                tonic::Status::permission_denied(
+                    "GET https://bot:pw-hunter2@git.example/api/v4?private_token=tok-hunter2 \
+                     answered 403",
+                )
+                .into(),
+            )
+        });
+    let (addr, server) = axum_serve::serve(app).await;
+    let res = crate::client::new()
+        .get(format!("http://{addr}/hook"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("the server answers");
+    assert_eq!(res.status(), 403);
+    let doc: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(
+        doc["detail"],
+        "GET https://<redacted>@git.example/api/v4?private_token=<redacted> answered 403"
+    );
+    server.abort();
+    let text = logs.text();
+    assert!(text.contains("request rejected"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
 /// A panic whose message names a URL with credentials (an `unwrap()` of such an error) is
 /// logged without them, and answered 500 without any of it.
 #[tokio::test]
