@@ -3254,17 +3254,43 @@ async fn status_and_limit(
 
 /// Whether a GitHub 403 is a secondary rate limit: its error message says so (the test
 /// octokit's throttling plugin makes). Reads at most 64 KiB of the body.
-async fn says_secondary_rate_limit(mut res: reqwest::Response) -> bool {
-    let mut body = Vec::new();
-    while body.len() < 64 * 1024 {
-        match res.chunk().await {
-            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-            _ => break,
-        }
-    }
+async fn says_secondary_rate_limit(res: reqwest::Response) -> bool {
+    let body = match read_at_most(res, 64 * 1024).await {
+        Ok(body) | Err(Unread::TooLarge(body)) => body,
+        Err(Unread::Failed(_)) => return false,
+    };
     String::from_utf8_lossy(&body)
         .to_ascii_lowercase()
         .contains("secondary rate")
+}
+
+/// Why [`read_at_most`] gave no whole body.
+pub(crate) enum Unread {
+    /// The body goes on past the limit: what was read, the limit's worth and a chunk at most.
+    TooLarge(Vec<u8>),
+    /// Reading it failed.
+    Failed(reqwest::Error),
+}
+
+/// An API answer's body, read whole if it holds at most `limit` bytes: an API (or whatever
+/// answers at its URL) that sends more is not buffered whole.
+pub(crate) async fn read_at_most(
+    mut res: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, Unread> {
+    let mut body = Vec::new();
+    loop {
+        match res.chunk().await {
+            Ok(Some(chunk)) => {
+                body.extend_from_slice(&chunk);
+                if body.len() > limit {
+                    return Err(Unread::TooLarge(body));
+                }
+            }
+            Ok(None) => return Ok(body),
+            Err(err) => return Err(Unread::Failed(err)),
+        }
+    }
 }
 
 /// How long to wait before posting again when `status` and `headers` say a rate limit was hit

@@ -145,6 +145,9 @@ const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
 const ASSUMED_LIFE: Duration = Duration::from_secs(10 * 60);
 /// Installations whose token is kept at once; past that, the one that lapses first goes.
 const MAX_INSTALLATIONS: usize = 4096;
+/// The most of a GitHub answer (the app, an installation token) read: a few KiB are expected;
+/// whatever answers at `GITHUB_API_URL` must not make the server buffer more.
+const ANSWER_LIMIT: usize = 1024 * 1024;
 
 /// The access tokens of a GitHub App's installations: fetched as the app when a comment needs
 /// one, through the GitHub breaker and retry policy, and kept until shortly before they expire.
@@ -397,7 +400,11 @@ impl InstallationTokens {
         };
         let status = res.status();
         if status.is_success() {
-            let answer: Value = res.json().await.unwrap_or_default();
+            let answer: Value = super::read_at_most(res, ANSWER_LIMIT)
+                .await
+                .ok()
+                .and_then(|body| serde_json::from_slice(&body).ok())
+                .unwrap_or_default();
             let slug = answer["slug"].as_str().unwrap_or_default();
             tracing::info!(app = slug, "GitHub App credentials accepted by GitHub");
         } else if matches!(
@@ -442,12 +449,23 @@ impl InstallationTokens {
         };
         let status = res.status();
         if status.is_success() {
-            let answer: Value = res.json().await.map_err(|err| TokenError::Transient {
-                reason: format!("GitHub's token answer could not be read: {err}"),
+            let unreadable = |why: String| TokenError::Transient {
+                reason: format!("GitHub's token answer could not be read: {why}"),
                 wait: None,
                 attempted: true,
                 secondary_limit: false,
-            })?;
+            };
+            let body =
+                super::read_at_most(res, ANSWER_LIMIT)
+                    .await
+                    .map_err(|unread| match unread {
+                        super::Unread::TooLarge(_) => {
+                            unreadable(format!("it is larger than {} KiB", ANSWER_LIMIT / 1024))
+                        }
+                        super::Unread::Failed(err) => unreadable(err.to_string()),
+                    })?;
+            let answer: Value =
+                serde_json::from_slice(&body).map_err(|err| unreadable(err.to_string()))?;
             let token = answer["token"]
                 .as_str()
                 .filter(|token| !token.is_empty())

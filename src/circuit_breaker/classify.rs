@@ -31,17 +31,28 @@ use super::state::{FailOnUnwind, Outcome, Recorder};
 /// # Example
 ///
 /// ```
+/// use std::io::{Error, ErrorKind};
+/// use tower::{ServiceBuilder, ServiceExt};
 /// use tower_webhook::circuit_breaker::{CircuitBreakerLayer, CircuitBreakerConfig, Outcome};
 ///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// // Only timeouts count against the upstream.
-/// let layer = CircuitBreakerLayer::new(CircuitBreakerConfig::default())
-///     .unwrap()
-///     .with_classifier(|result: &Result<u32, std::io::Error>| match result {
-///         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Outcome::Failure,
-///         Err(_) => Outcome::Neutral,
-///         Ok(_) => Outcome::Success,
-///     });
-/// # let _ = layer;
+/// let (layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+/// let layer = layer.with_classifier(|result: &Result<u32, Error>| match result {
+///     Err(e) if e.kind() == ErrorKind::TimedOut => Outcome::Failure,
+///     Err(_) => Outcome::Neutral,
+///     Ok(_) => Outcome::Success,
+/// });
+/// for kind in [ErrorKind::TimedOut, ErrorKind::NotFound] {
+///     let svc = ServiceBuilder::new()
+///         .layer(layer.clone())
+///         .service_fn(move |_: ()| async move { Err::<u32, _>(Error::from(kind)) });
+///     svc.oneshot(()).await.unwrap_err();
+/// }
+/// let snapshot = handle.snapshot();
+/// assert_eq!(snapshot.failed_calls, 1); // the timeout; the other error counts for nothing
+/// assert_eq!(snapshot.successful_calls, 0);
+/// # }
 /// ```
 pub trait ClassifyOutcome<Res, E> {
     /// The response handed to the caller (the inner response, or a wrapper of it).
@@ -130,10 +141,24 @@ where
 /// # Example
 ///
 /// ```
-/// use tower_webhook::circuit_breaker::DefaultClassifier;
+/// use http::{Request, Response, StatusCode};
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, DefaultClassifier};
 ///
-/// let classifier = DefaultClassifier::new().too_many_requests_is_failure(true);
-/// # let _ = classifier;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let (layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+/// let layer = layer.with_classifier(DefaultClassifier::new().too_many_requests_is_failure(true));
+/// for status in [StatusCode::SERVICE_UNAVAILABLE, StatusCode::TOO_MANY_REQUESTS, StatusCode::NOT_FOUND] {
+///     let svc = ServiceBuilder::new().layer(layer.clone()).service_fn(move |_: Request<()>| async move {
+///         let res = Response::builder().status(status).body(String::new()).unwrap();
+///         Ok::<_, std::convert::Infallible>(res)
+///     });
+///     assert_eq!(svc.oneshot(Request::new(())).await.unwrap().status(), status);
+/// }
+/// let snapshot = handle.snapshot();
+/// assert_eq!(snapshot.failed_calls, 2); // the 503, and the 429 as asked
+/// assert_eq!(snapshot.successful_calls, 1); // a 404 is not the upstream failing
+/// # }
 /// ```
 #[derive(Clone, Debug)]
 pub struct DefaultClassifier {
@@ -564,14 +589,34 @@ reqwest_classifier!(reqwest_0_12);
 /// # Example
 ///
 /// ```
-/// use tower::BoxError;
-/// use tower_webhook::circuit_breaker::{DefaultClassifier, Outcome};
+/// use std::time::Duration;
+/// use http::{Request, Response};
+/// use tower::{BoxError, ServiceBuilder, ServiceExt};
+/// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, DefaultClassifier, Outcome};
 ///
-/// // A cancelled call says nothing about the upstream.
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// // A timeout counts against the upstream; any other error says nothing about it.
 /// let classifier = DefaultClassifier::new().with_error_outcome(|err: &BoxError| {
-///     if err.is::<tokio::time::error::Elapsed>() { Outcome::Failure } else { Outcome::Neutral }
+///     if err.is::<tower::timeout::error::Elapsed>() { Outcome::Failure } else { Outcome::Neutral }
 /// });
-/// # let _ = classifier;
+/// let (layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+/// let layer = layer.with_classifier(classifier);
+/// let slow = ServiceBuilder::new()
+///     .layer(layer.clone())
+///     .timeout(Duration::from_secs(1))
+///     .service_fn(|_: Request<()>| async {
+///         tokio::time::sleep(Duration::from_secs(60)).await;
+///         Ok::<_, BoxError>(Response::new(String::new()))
+///     });
+/// slow.oneshot(Request::new(())).await.unwrap_err();
+/// let refused = ServiceBuilder::new()
+///     .layer(layer)
+///     .service_fn(|_: Request<()>| async {
+///         Err::<Response<String>, BoxError>("invalid header value".into())
+///     });
+/// refused.oneshot(Request::new(())).await.unwrap_err();
+/// assert_eq!(handle.snapshot().failed_calls, 1); // the timeout only
+/// # }
 /// ```
 #[derive(Clone, Debug)]
 pub struct ErrorOutcome<C, F> {
@@ -605,11 +650,30 @@ where
 /// # Example
 ///
 /// ```
-/// use http_body::Body;
-/// use tower_webhook::circuit_breaker::ResponseBody;
+/// use bytes::Bytes;
+/// use http::{HeaderMap, Request, Response};
+/// use http_body_util::{BodyExt, Full};
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, ResponseBody};
 ///
-/// fn is_body<B: Body>() {}
-/// is_body::<ResponseBody<http_body_util::Full<bytes::Bytes>>>();
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let (layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+/// let svc = ServiceBuilder::new().layer(layer).service_fn(|_: Request<()>| async {
+///     // A gRPC stream: a message, then trailers that say UNAVAILABLE.
+///     let mut trailers = HeaderMap::new();
+///     trailers.insert("grpc-status", "14".parse().unwrap());
+///     let body = Full::new(Bytes::from_static(b"\0\0\0\0\0"))
+///         .with_trailers(async { Some(Ok(trailers)) });
+///     let res = Response::builder().header("content-type", "application/grpc").body(body).unwrap();
+///     Ok::<_, std::convert::Infallible>(res)
+/// });
+/// let request = Request::builder().header("content-type", "application/grpc").body(()).unwrap();
+/// let body: ResponseBody<_> = svc.oneshot(request).await.unwrap().into_body();
+/// assert_eq!(handle.snapshot().failed_calls, 0); // the head says nothing yet
+/// let trailers = body.collect().await.unwrap().trailers().cloned().unwrap();
+/// assert_eq!(trailers["grpc-status"], "14"); // handed on as they came
+/// assert_eq!(handle.snapshot().failed_calls, 1);
+/// # }
 /// ```
 #[pin_project]
 pub struct ResponseBody<B> {

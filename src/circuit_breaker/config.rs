@@ -317,9 +317,12 @@ impl CircuitBreakerConfig {
     /// ```
     /// use tower_webhook::circuit_breaker::CircuitBreakerConfig;
     ///
-    /// // With neither variable set, the defaults apply.
-    /// let config = CircuitBreakerConfig::from_env_with(|_| None).unwrap();
-    /// assert_eq!(config.consecutive_failure_threshold(), 5);
+    /// let config = CircuitBreakerConfig::from_env().unwrap();
+    /// match std::env::var("CIRCUIT_BREAKER_FAILURE_THRESHOLD") {
+    ///     // Unset, the default applies.
+    ///     Err(_) => assert_eq!(config.consecutive_failure_threshold(), 5),
+    ///     Ok(set) => assert_eq!(config.consecutive_failure_threshold().to_string(), set.trim()),
+    /// }
     /// ```
     pub fn from_env() -> Result<Self, ConfigError> {
         for variable in [ENV_FAILURE_THRESHOLD, ENV_RECOVERY_TIMEOUT] {

@@ -324,12 +324,27 @@ impl<S, K, F: Clone, C: Clone> Layer<S> for KeyedCircuitBreakerLayer<K, F, C> {
 /// # Example
 ///
 /// ```
-/// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, KeyedCircuitBreakerLayer};
+/// use tower::ServiceExt;
+/// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, KeyedCircuitBreakerLayer, Outcome};
 /// use tower_layer::Layer;
 ///
-/// let layer = KeyedCircuitBreakerLayer::<String, _>::new(CircuitBreakerConfig::default(), 16, |r: &String| r.clone()).unwrap();
-/// let svc = layer.layer(tower::service_fn(|r: String| async move { Ok::<_, std::io::Error>(r) }));
-/// # let _ = svc;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let (layer, handles) =
+///     KeyedCircuitBreakerLayer::<String, _>::pair(CircuitBreakerConfig::default(), 16, |r: &String| r.clone())
+///         .unwrap();
+/// // Not HTTP: any error is a failure.
+/// let layer = layer.with_classifier(|result: &Result<String, std::io::Error>| {
+///     if result.is_ok() { Outcome::Success } else { Outcome::Failure }
+/// });
+/// let svc = layer.layer(tower::service_fn(|r: String| async move {
+///     if r == "down.example" { Err(std::io::Error::other("refused")) } else { Ok(r) }
+/// }));
+/// assert_eq!(svc.clone().oneshot("up.example".to_owned()).await.unwrap(), "up.example");
+/// svc.oneshot("down.example".to_owned()).await.unwrap_err();
+/// // One breaker per key, each with its own count.
+/// assert_eq!(handles.get("up.example").unwrap().snapshot().successful_calls, 1);
+/// assert_eq!(handles.get("down.example").unwrap().snapshot().failed_calls, 1);
+/// # }
 /// ```
 pub struct KeyedCircuitBreaker<S, K, F, C = DefaultClassifier> {
     inner: S,

@@ -1749,7 +1749,8 @@ impl Core {
 /// # Example
 ///
 /// ```
-/// use tower_webhook::circuit_breaker::{ClassifyOutcome, Outcome, Recorder};
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, ClassifyOutcome, Outcome, Recorder};
 ///
 /// /// Any `Err` is a failure, any `Ok` a success.
 /// #[derive(Clone)]
@@ -1762,6 +1763,19 @@ impl Core {
 ///         result
 ///     }
 /// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let (layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+/// let layer = layer.with_classifier(ErrorsAreFailures);
+/// for ok in [true, false, false] {
+///     let svc = ServiceBuilder::new().layer(layer.clone()).service_fn(move |_: ()| async move {
+///         if ok { Ok(()) } else { Err(std::io::Error::other("refused")) }
+///     });
+///     let _ = svc.oneshot(()).await;
+/// }
+/// let snapshot = handle.snapshot();
+/// assert_eq!((snapshot.successful_calls, snapshot.failed_calls), (1, 2));
+/// # }
 /// ```
 pub struct Recorder {
     core: Option<Arc<Core>>,

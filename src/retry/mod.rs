@@ -131,6 +131,25 @@ use tower::retry::budget::{Budget, TpsBudget};
 
 use crate::BoxError;
 
+/// A budget of retries for [`RetryPolicy::budget`]: tower's `TpsBudget`, which lets retries be
+/// at most a share of the calls made, over a window, plus a few a second.
+///
+/// # Example
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use tower::retry::budget::Budget;
+/// use tower_webhook::retry::RetryBudget;
+///
+/// // Over 10 s, one retry for every five calls, and none besides.
+/// let budget = Arc::new(RetryBudget::new(Duration::from_secs(10), 0, 0.2));
+/// for _ in 0..5 {
+///     budget.deposit(); // a call made
+/// }
+/// assert!(budget.withdraw()); // a retry
+/// assert!(!budget.withdraw()); // the budget is spent
+/// ```
 pub use tower::retry::budget::TpsBudget as RetryBudget;
 
 /// The wait a response's `Retry-After` header asks for, as the policy reads it: delta-seconds

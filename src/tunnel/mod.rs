@@ -82,4 +82,6 @@ pub use self::ngrok::Ngrok;
 pub use self::provider::{BoxFuture, Provider, SESSION_STOP_GRACE, Session, StopSignal};
 pub use self::server::{Running, Server, start};
 pub use self::tls::TlsRoots;
-pub use self::upstream::{DEFAULT_HEADER_READ_TIMEOUT, PROBE_HEADER, PROBE_PATH, Upstream};
+pub use self::upstream::{
+    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS, PROBE_HEADER, PROBE_PATH, Upstream,
+};

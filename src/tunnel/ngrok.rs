@@ -316,14 +316,25 @@ impl Provider for Ngrok {
             Ok(Session::spawn(url, move |mut stop| async move {
                 let mut connections = JoinSet::new();
                 let result = loop {
+                    // A permit first: past the upstream's connection limit, ngrok holds the next
+                    // connection until one ends.
+                    let next = async {
+                        let permit = upstream.connection_permit().await;
+                        let next = std::future::poll_fn(|cx| {
+                            futures_core::Stream::poll_next(std::pin::Pin::new(&mut tunnel), cx)
+                        })
+                        .await;
+                        (permit, next)
+                    };
                     tokio::select! {
                         () = stop.stopped() => break Ok(()),
-                        next = std::future::poll_fn(|cx| {
-                            futures_core::Stream::poll_next(std::pin::Pin::new(&mut tunnel), cx)
-                        }) => match next {
+                        (permit, next) = next => match next {
                             Some(Ok(conn)) => {
                                 let upstream = upstream.clone();
-                                connections.spawn(async move { upstream.serve_connection(conn).await });
+                                connections.spawn(async move {
+                                    upstream.serve_connection(conn).await;
+                                    drop(permit);
+                                });
                             }
                             Some(Err(err)) => break Err(explain(super::error::chain(&err), shown.expose()).into()),
                             None => break Err("the ngrok endpoint was closed".into()),

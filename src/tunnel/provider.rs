@@ -42,7 +42,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// A provider for a URL that is already public, such as a port opened on a router:
 ///
 /// ```
-/// use tower_webhook::tunnel::{BoxFuture, Provider, Session, Upstream};
+/// use tower_webhook::tunnel::{BoxFuture, Provider, Session, Tunnel, Upstream};
 /// use tower_webhook::BoxError;
 ///
 /// #[derive(Debug)]
@@ -63,6 +63,18 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 ///         })
 ///     }
 /// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// // The router forwards to this machine already: no round trip to prove it here.
+/// let handle = Tunnel::builder()
+///     .probe(false)
+///     .provider(Static("https://hooks.example.org"))
+///     .start(Upstream::address("127.0.0.1:3000".parse().unwrap()))
+///     .await
+///     .unwrap();
+/// assert_eq!(handle.url(), "https://hooks.example.org");
+/// handle.close().await;
+/// # }
 /// ```
 pub trait Provider: fmt::Debug + Send + Sync + 'static {
     /// A short name for logs and errors, such as `bore`.

@@ -16,7 +16,7 @@ use tower_service::Service;
 
 use super::accept::Acceptor;
 use super::provider::BoxFuture;
-use super::upstream::DEFAULT_HEADER_READ_TIMEOUT;
+use super::upstream::{DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS};
 use super::{TunnelBuilder, TunnelConfig, TunnelError, TunnelEvent, TunnelHandle, Upstream};
 use crate::BoxError;
 
@@ -60,6 +60,7 @@ pub struct Server {
     tunnel: Option<TunnelBuilder>,
     shutdown: Option<BoxFuture<'static, ()>>,
     header_read_timeout: Duration,
+    max_connections: usize,
 }
 
 impl fmt::Debug for Server {
@@ -68,6 +69,7 @@ impl fmt::Debug for Server {
             .field("local_addr", &self.listener.local_addr().ok())
             .field("tunnel", &self.tunnel)
             .field("header_read_timeout", &self.header_read_timeout)
+            .field("max_connections", &self.max_connections)
             .finish_non_exhaustive()
     }
 }
@@ -103,6 +105,7 @@ impl Server {
             tunnel: None,
             shutdown: None,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         })
     }
 
@@ -200,6 +203,27 @@ impl Server {
     /// ```
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
         self.header_read_timeout = timeout;
+        self
+    }
+
+    /// How many connections are served at once, local and through the tunnel together
+    /// (default [`DEFAULT_MAX_CONNECTIONS`], 256; at least 1): past it, a new connection waits
+    /// until one ends. See [`Upstream::max_connections`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::tunnel::Server;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let server = Server::bind(([127, 0, 0, 1], 0).into())
+    ///     .await?
+    ///     .max_connections(1024);
+    /// assert!(format!("{server:?}").contains("max_connections: 1024"));
+    /// # Ok(()) }
+    /// ```
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max;
         self
     }
 
@@ -336,6 +360,7 @@ impl Server {
         // Local and tunnel connections alike are watched for the graceful shutdown.
         let upstream = Upstream::service(service)
             .header_read_timeout(self.header_read_timeout)
+            .max_connections(self.max_connections)
             .with_local_addr(callable(local_addr))
             .with_graceful_shutdown();
         let shutdown = self.shutdown.unwrap_or_else(|| Box::pin(stop_signal()));
@@ -354,12 +379,20 @@ impl Server {
             let upstream = serving;
             let mut shutdown = shutdown;
             loop {
+                // A permit first: past the connection limit, new ones wait in the backlog.
+                let next = async {
+                    let permit = upstream.connection_permit().await;
+                    (permit, acceptor.accept().await.0)
+                };
                 tokio::select! {
                     () = &mut shutdown => break,
-                    (stream, _) = acceptor.accept() => {
+                    (permit, stream) = next => {
                         let _ = stream.set_nodelay(true);
                         let upstream = upstream.clone();
-                        tokio::spawn(async move { upstream.serve_connection(stream).await });
+                        tokio::spawn(async move {
+                            upstream.serve_connection(stream).await;
+                            drop(permit);
+                        });
                     }
                 }
             }

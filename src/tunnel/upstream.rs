@@ -17,7 +17,7 @@ use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{OnceCell, watch};
+use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore, watch};
 use tower::ServiceExt;
 use tower_service::Service;
 
@@ -40,6 +40,22 @@ use crate::BoxError;
 /// # Ok(()) }
 /// ```
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many connections an [`Upstream`] serves at once on the ports it accepts on itself, by
+/// default. See [`Upstream::max_connections`].
+///
+/// # Example
+///
+/// ```
+/// use tower_webhook::tunnel::{DEFAULT_MAX_CONNECTIONS, Server};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// assert_eq!(DEFAULT_MAX_CONNECTIONS, 256);
+/// let server = Server::bind(([127, 0, 0, 1], 0).into()).await?;
+/// assert!(format!("{server:?}").contains("max_connections: 256"));
+/// # Ok(()) }
+/// ```
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 
 /// The path of the round-trip probe request. See [`Upstream`].
 ///
@@ -232,10 +248,59 @@ pub struct Upstream {
     inner: Arc<Inner>,
     /// `None`: no header read timeout.
     header_read_timeout: Option<Duration>,
+    /// The connections served at once on the ports accepted on here, shared by the copies.
+    limit: Arc<ConnectionLimit>,
     /// Set on a [scoped](Self::scoped) copy (the one a tunnel hands its providers, the one the
     /// server helper serves its port with): fires, or its sender is dropped, when the owner
     /// closes, and every connection served through that copy ends then.
     closed: Option<watch::Receiver<()>>,
+}
+
+/// A bound on the connections served at once: a connection is accepted only with a permit, held
+/// until it ends, so that past the bound new ones wait in the listener's backlog rather than
+/// each taking a task and a file descriptor.
+struct ConnectionLimit {
+    max: usize,
+    permits: Arc<Semaphore>,
+    /// Whether the bound was reached and said so, since connections last went in freely.
+    full: AtomicBool,
+}
+
+impl ConnectionLimit {
+    fn new(max: usize) -> Self {
+        let max = max.clamp(1, Semaphore::MAX_PERMITS);
+        Self {
+            max,
+            permits: Arc::new(Semaphore::new(max)),
+            full: AtomicBool::new(false),
+        }
+    }
+
+    /// A permit for the next connection, waiting for one to end when `max` are open (said once
+    /// per run of it). Cancel-safe.
+    async fn permit(&self) -> OwnedSemaphorePermit {
+        match Arc::clone(&self.permits).try_acquire_owned() {
+            Ok(permit) => {
+                if self.full.swap(false, Ordering::Relaxed) {
+                    tracing::info!(max = self.max, "accepting connections again");
+                }
+                permit
+            }
+            Err(_) => {
+                if !self.full.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        max = self.max,
+                        "connection limit reached: new connections wait until one ends"
+                    );
+                }
+                // Never closed: the semaphore lives as long as `self`.
+                match Arc::clone(&self.permits).acquire_owned().await {
+                    Ok(permit) => permit,
+                    Err(_) => std::future::pending().await,
+                }
+            }
+        }
+    }
 }
 
 /// Held by the owner of a [scoped](Upstream::scoped) upstream (a tunnel, the server helper):
@@ -465,6 +530,58 @@ impl Upstream {
         self
     }
 
+    /// How many connections are served at once on the ports this upstream accepts on itself:
+    /// the port of [`local_addr`](Self::local_addr) (which cloudflared forwards the public
+    /// requests to), the [`Server`](super::Server) helper's port, and ngrok's connections;
+    /// default [`DEFAULT_MAX_CONNECTIONS`] (256), at least 1.
+    ///
+    /// Past it, a new connection is not accepted until one ends: it waits in the listener's
+    /// backlog (ngrok's, in its session), and a warning is logged once per run of it. Each
+    /// connection takes a task and a file descriptor (two for an address upstream, which opens
+    /// one to the local server), so many clients, or one that opens connections and sends
+    /// requests slowly, cannot use up the process's file descriptors, which the tunnel's own
+    /// connections need too. A connection upgraded to another protocol (a WebSocket) counts
+    /// until it is handed to the service. localtunnel's pool and bore have bounds of their own (32 and
+    /// [`BORE_MAX_CONNECTIONS`](super::BORE_MAX_CONNECTIONS)); connections a custom provider
+    /// hands to [`serve_connection`](Self::serve_connection) are its own to bound.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// use tower_webhook::tunnel::Upstream;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+    /// #     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+    /// # });
+    /// let upstream = Upstream::service(app).max_connections(1);
+    /// let addr = upstream.local_addr().await?;
+    /// let held = tokio::net::TcpStream::connect(addr).await?; // open, says nothing yet
+    /// tokio::time::sleep(Duration::from_millis(100)).await; // served: it holds the one permit
+    /// let mut next = tokio::net::TcpStream::connect(addr).await?; // queued in the backlog
+    /// next.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await?;
+    /// let mut answer = Vec::new();
+    /// let waited = tokio::time::timeout(Duration::from_millis(300), next.read_to_end(&mut answer)).await;
+    /// assert!(waited.is_err(), "not served while the first is open");
+    /// drop(held); // the first ends: the second is served
+    /// tokio::time::timeout(Duration::from_secs(10), next.read_to_end(&mut answer)).await??;
+    /// assert!(answer.ends_with(b"ok"));
+    /// # Ok(()) }
+    /// ```
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.limit = Arc::new(ConnectionLimit::new(max));
+        self
+    }
+
+    /// A permit to serve one more connection accepted here (see
+    /// [`max_connections`](Self::max_connections)): taken before accepting, held until the
+    /// connection ends. Cancel-safe.
+    pub(crate) async fn connection_permit(&self) -> OwnedSemaphorePermit {
+        self.limit.permit().await
+    }
+
     /// A service upstream that is also listening on `addr` already (used by the server helper,
     /// so that providers needing a local port, such as cloudflared, use that one).
     pub(crate) fn with_local_addr(self, addr: SocketAddr) -> Self {
@@ -501,6 +618,7 @@ impl Upstream {
                 graceful: Mutex::new(None),
             }),
             header_read_timeout: Some(DEFAULT_HEADER_READ_TIMEOUT),
+            limit: Arc::new(ConnectionLimit::new(DEFAULT_MAX_CONNECTIONS)),
             closed: None,
         }
     }
@@ -722,9 +840,11 @@ impl Upstream {
                 let serve = Arc::clone(&inner.serve);
                 let probes = Arc::clone(&inner.probes);
                 let header_read_timeout = self.header_read_timeout;
+                let limit = Arc::clone(&self.limit);
                 let task = tokio::spawn(async move {
                     let mut acceptor = Acceptor::new(listener);
                     loop {
+                        let permit = limit.permit().await;
                         let (stream, _) = acceptor.accept().await;
                         let _ = stream.set_nodelay(true);
                         let options = ConnOptions {
@@ -735,7 +855,11 @@ impl Upstream {
                             served: None,
                             late_on_request: None,
                         };
-                        tokio::spawn(serve.serve(Box::new(stream), options));
+                        let served = serve.serve(Box::new(stream), options);
+                        tokio::spawn(async move {
+                            served.await;
+                            drop(permit);
+                        });
                     }
                 });
                 *lock(&inner.local_task) = Some(task.abort_handle());

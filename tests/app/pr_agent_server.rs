@@ -2440,6 +2440,12 @@ async fn fake_github_app(State(gh): State<Arc<FakeGithubApp>>, req: Request) -> 
         if installation == 404 {
             return (StatusCode::NOT_FOUND, r#"{"message":"Not Found"}"#).into_response();
         }
+        if installation == 413 {
+            // Whatever answers there sends more than a token answer could be.
+            let padding = "x".repeat(2 * 1024 * 1024);
+            let body = json!({"token": "ghs_413_huge", "padding": padding});
+            return (StatusCode::CREATED, axum::Json(body)).into_response();
+        }
         let jwt = authorization.strip_prefix("Bearer ").unwrap().to_owned();
         gh.token_requests.lock().unwrap().push((installation, jwt));
         if installation == 500 {
@@ -2599,6 +2605,26 @@ async fn comments_of_app_installations_are_posted_with_installation_tokens() {
     .await;
     deliver(Some(77), 9).await;
     assert_eq!(posted(9).await, "Bearer ghs_77_2");
+}
+
+/// A token answer is read up to 1 MiB: an API (or whatever answers at `GITHUB_API_URL`) that
+/// sends more is not buffered whole, and the comment waits to be tried again.
+#[tokio::test]
+async fn a_token_answer_too_large_is_not_read_whole() {
+    let Some(python) = peers::python() else {
+        return;
+    };
+    let (logs, _guard) = support::Logs::capture();
+    let (_, gh, base, _) = start_as_github_app(&python, &[]).await;
+    let client = crate::client::new();
+    let res = send(&client, &base, &github_delivery(Some(413), 1)).await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    eventually("the refused answer, logged", PATIENCE, || {
+        logs.text()
+            .contains("GitHub's token answer could not be read: it is larger than 1024 KiB")
+    })
+    .await;
+    assert!(gh.comment_authorization(1).is_none());
 }
 
 /// A backlog of comments of many installations (after a restart, after GitHub was down) asks

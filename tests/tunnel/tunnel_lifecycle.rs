@@ -191,6 +191,62 @@ async fn a_tunnel_that_keeps_dropping_is_reopened_with_growing_delays() {
     );
 }
 
+/// Past `max_connections`, the server helper accepts no new connection until one ends: many
+/// idle or slow clients take no more tasks and file descriptors than that. The connection
+/// waiting in the backlog is served as soon as one ends, and the limit is logged once.
+#[tokio::test]
+async fn the_server_helper_serves_at_most_max_connections_at_once() {
+    let (logs, _guard) = Logs::capture();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let running = Server::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .await
+        .unwrap()
+        .max_connections(2)
+        .with_graceful_shutdown(async {
+            let _ = stop_rx.await;
+        })
+        .spawn(hello_service(Arc::clone(&calls)))
+        .await
+        .unwrap();
+    let addr = running.local_addr();
+    // Two connections that send nothing yet: each holds a place.
+    let first = TcpStream::connect(addr).await.unwrap();
+    let _second = TcpStream::connect(addr).await.unwrap();
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    third
+        .write_all(b"GET /third HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let waited =
+        tokio::time::timeout(Duration::from_millis(500), third.read_to_end(&mut answer)).await;
+    assert!(waited.is_err(), "{}", String::from_utf8_lossy(&answer));
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        logs.text().matches("connection limit reached").count(),
+        1,
+        "{}",
+        logs.text()
+    );
+    // One ends: the third is served.
+    drop(first);
+    tokio::time::timeout(Duration::from_secs(10), third.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let _ = stop_tx.send(());
+    tokio::time::timeout(Duration::from_secs(15), running.wait())
+        .await
+        .unwrap();
+}
+
 /// `tunnel::Server` serving `app` through `bore`, until the returned sender fires: the running
 /// server and the tunnel's public `host:port`.
 async fn serve_through<S>(
