@@ -206,9 +206,11 @@ impl Server {
         self
     }
 
-    /// How many connections are served at once, local and through the tunnel together
-    /// (default [`DEFAULT_MAX_CONNECTIONS`], 256; at least 1): past it, a new connection waits
-    /// until one ends. See [`Upstream::max_connections`].
+    /// How many connections are served at once on the server's port (local clients, and the
+    /// public requests cloudflared forwards there) and from ngrok, together (default
+    /// [`DEFAULT_MAX_CONNECTIONS`], 256; at least 1): past it, a new connection waits until one
+    /// ends. bore's and localtunnel's connections have bounds of their own. See
+    /// [`Upstream::max_connections`].
     ///
     /// # Example
     ///
