@@ -110,6 +110,16 @@ async fn an_id_a_browser_resolves_to_a_host_or_runs_is_no_instance() {
 // ---------------------------------------------------------------------------------------------
 // Credentials in URLs stay out of the log
 
+/// `GET /hook` on the server at `addr`.
+async fn get_hook(addr: std::net::SocketAddr) -> reqwest::Response {
+    crate::client::new()
+        .get(format!("http://{addr}/hook"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("the server answers")
+}
+
 /// An error that names the URL it failed on, as a client error does (here, a real reqwest error
 /// from a refused connection to a URL with a token in its query) or as a message does
 /// (`redis://:password@host`), used to be logged with the token and the password in it: the
@@ -192,12 +202,7 @@ async fn url_credentials_in_a_tonic_status_message_are_not_passed_on() {
             )
         });
     let (addr, server) = axum_serve::serve(app).await;
-    let res = crate::client::new()
-        .get(format!("http://{addr}/hook"))
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .expect("the server answers");
+    let res = get_hook(addr).await;
     assert_eq!(res.status(), 403);
     let doc: serde_json::Value = res.json().await.unwrap();
     assert_eq!(
@@ -224,12 +229,7 @@ async fn url_credentials_in_a_panic_message_are_not_logged() {
             Ok::<axum::response::Response, Infallible>(StatusCode::OK.into_response())
         });
     let (addr, server) = axum_serve::serve(app).await;
-    let res = crate::client::new()
-        .get(format!("http://{addr}/hook"))
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .expect("the server answers");
+    let res = get_hook(addr).await;
     assert_eq!(res.status(), 500);
     assert!(!res.text().await.unwrap().contains("hunter2"));
     server.abort();
