@@ -38,9 +38,9 @@ const SECRET_PARAMS: [&str; 8] = [
 /// (and of a fragment's, `#access_token=...`) whose names say they are secrets (`token`,
 /// `secret`, `key`, `pass`, `pwd`, `sig`, `auth`, `credential`, in any case and anywhere in the
 /// name), and the path secrets of the hosts in [`PATH_SECRETS`].
-/// A URL ends at a space, a double quote, an angle bracket or a backtick, as text and `Debug`
-/// output write it, and one that follows an opening parenthesis or a single quote ends at the
-/// last closing one before that.
+/// A URL ends at a space, a double quote or an angle bracket, as text and `Debug` output write
+/// it, and one that follows an opening parenthesis, a single quote or a backtick ends at the
+/// closing one (looked for after the URL's user info, which may hold such a character).
 pub(crate) fn redact(text: &str) -> Cow<'_, str> {
     if !text.contains("://") {
         return Cow::Borrowed(text);
@@ -57,23 +57,20 @@ pub(crate) fn redact(text: &str) -> Cow<'_, str> {
                 .iter()
                 .position(|&b| ends_url(b))
                 .unwrap_or(bytes.len() - start);
-        // A URL in parentheses (reqwest's `for url (...)`) or in single quotes does not take
-        // the closing one: it ends at the last one before the end found above. Not at the
-        // first: the `url` crate leaves `(`, `)` and `'` unencoded in a password or a query,
-        // and the credentials after such a character must not be taken for text that follows.
+        // A URL in parentheses (reqwest's `for url (...)`), single quotes or backticks does not
+        // take the closing one. The `url` crate leaves `(`, `)` and `'` unencoded in a password:
+        // the closing one is looked for after the user info, where the URL has one.
         let scheme_start = bytes[..from + found]
             .iter()
             .rposition(|&b| !(b.is_ascii_alphanumeric() || b"+-.".contains(&b)))
             .map_or(0, |before| before + 1);
-        let closing = match scheme_start.checked_sub(1).map(|before| bytes[before]) {
-            Some(b'(') => Some(b')'),
-            Some(b'\'') => Some(b'\''),
-            _ => None,
-        };
-        if let Some(closing) = closing
-            && let Some(at) = bytes[start..url_end].iter().rposition(|&b| b == closing)
+        if let Some(opener) = scheme_start.checked_sub(1).map(|before| bytes[before])
+            && matches!(opener, b'(' | b'\'' | b'`')
         {
-            url_end = start + at;
+            let after = user_info_end(bytes, start, url_end).map_or(start, |at| at + 1);
+            if let Some(end) = closing(bytes, opener, after, url_end) {
+                url_end = end;
+            }
         }
         let authority_end = start
             + bytes[start..url_end]
@@ -277,10 +274,55 @@ fn ends_with_ignore_case(text: &str, suffix: &str) -> bool {
 }
 
 /// A byte no URL has as it is, that ends one in text: white space, a double quote, an angle
-/// bracket, a backtick. (A single quote may be in a password or a query, left unencoded by the
-/// `url` crate: a URL in single quotes ends at the last one, see [`redact`].)
+/// bracket. (A `'`, a `)` or a backtick may be in a password or a query, left unencoded by the
+/// `url` crate: a URL opened by one ends at the closing one, see [`redact`].)
 fn ends_url(b: u8) -> bool {
-    b.is_ascii_whitespace() || matches!(b, b'"' | b'<' | b'>' | b'`')
+    b.is_ascii_whitespace() || matches!(b, b'"' | b'<' | b'>')
+}
+
+/// Where the `@` is that ends the user info of the URL in `bytes[start..end]`, if it has one: the
+/// last `@` before the `/`, `?` or `#` that follows the first one. An `@` after a `?` or `#`
+/// (a query's, a fragment's) is none, nor one after a `/` unless what comes before that `/` has
+/// a colon (a password with an unencoded `/`).
+fn user_info_end(bytes: &[u8], start: usize, end: usize) -> Option<usize> {
+    let url = &bytes[start..end];
+    let first = url.iter().position(|&b| b == b'@')?;
+    let before = &url[..first];
+    if before.iter().any(|&b| matches!(b, b'?' | b'#')) {
+        return None;
+    }
+    if let Some(slash) = before.iter().position(|&b| b == b'/')
+        && !before[..slash].contains(&b':')
+    {
+        return None;
+    }
+    let host_end = url[first..]
+        .iter()
+        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+        .map_or(url.len(), |delimiter| first + delimiter);
+    let at = url[..host_end].iter().rposition(|&b| b == b'@')?;
+    Some(start + at)
+}
+
+/// Where the URL opened by `opener` (`(`, `'` or a backtick) closes in `bytes[from..end]`: the
+/// first `'` or backtick, or the first `)` that closes no `(` of the URL's own.
+fn closing(bytes: &[u8], opener: u8, from: usize, end: usize) -> Option<usize> {
+    if opener != b'(' {
+        return bytes[from..end]
+            .iter()
+            .position(|&b| b == opener)
+            .map(|at| from + at);
+    }
+    let mut depth = 0usize;
+    for (at, &b) in bytes[from..end].iter().enumerate() {
+        match b {
+            b'(' => depth += 1,
+            b')' if depth == 0 => return Some(from + at),
+            b')' => depth -= 1,
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Whether a query parameter of this name carries a secret.
@@ -310,11 +352,16 @@ mod tests {
                 "(https://h/?q=(a)&key=k)",
                 "(https://h/?q=(a)&key=<redacted>)",
             ),
-            // The `url` crate leaves `(`, `)` and `'` unencoded in a password and a query.
+            // The `url` crate leaves `(`, `)` and `'` unencoded in a password.
             (
                 "error sending request for url (https://bot:pa)ss@api.example/v1)",
                 "error sending request for url (https://<redacted>@api.example/v1)",
             ),
+            (
+                "(https://bot:pa)ss@h/ refused)",
+                "(https://<redacted>@h/ refused)",
+            ),
+            ("(https://bot:pa)ss@h/", "(https://<redacted>@h/"),
             (
                 "https://bot:it's@api.example/v1",
                 "https://<redacted>@api.example/v1",
@@ -324,12 +371,30 @@ mod tests {
                 "connecting to 'https://<redacted>@api.example/v1' failed",
             ),
             (
-                "for url (https://h/v1?access_token=ab)cd): refused",
-                "for url (https://h/v1?access_token=<redacted>): refused",
+                "'https://bot:it's@h/ is down'",
+                "'https://<redacted>@h/ is down'",
             ),
+            ("`https://u:p@h/x`", "`https://<redacted>@h/x`"),
+            (
+                "for url (https://h/x?token=ab`cd)",
+                "for url (https://h/x?token=<redacted>)",
+            ),
+            // Quoted or parenthesized URLs side by side each end at their own closing one.
             (
                 "{'url': 'https://h/x?token=abc', 'n': 1}",
                 "{'url': 'https://h/x?token=<redacted>', 'n': 1}",
+            ),
+            (
+                "[a](https://h/?token=t1),[b](https://h2/?x=1)",
+                "[a](https://h/?token=<redacted>),[b](https://h2/?x=1)",
+            ),
+            (
+                "['https://h/?key=a','https://h2/']",
+                "['https://h/?key=<redacted>','https://h2/']",
+            ),
+            (
+                "(https://h/x?mail=a@b.example) and (https://u:p@h2/)",
+                "(https://h/x?mail=a@b.example) and (https://<redacted>@h2/)",
             ),
             (
                 "redis://:hunter2@127.0.0.1:6379/0",
@@ -465,9 +530,10 @@ mod tests {
     /// is, and redacting the result again changes nothing more.
     #[test]
     fn any_text_is_redacted_without_a_panic() {
-        const PIECES: [&str; 20] = [
+        const PIECES: [&str; 21] = [
             "://",
             "'",
+            "`",
             "hooks.slack.com",
             "api.telegram.org/bot",
             "]",

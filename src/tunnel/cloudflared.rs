@@ -66,6 +66,9 @@ pub struct Cloudflared {
     startup_timeout: Duration,
     stop_grace: Duration,
     domain: String,
+    /// Made by [`TunnelConfig`](super::TunnelConfig): its settings (`TUNNEL_REGION`, an ngrok
+    /// region such as `eu`, among them) are kept from cloudflared, which reads some of them.
+    from_config: bool,
 }
 
 impl fmt::Debug for Cloudflared {
@@ -142,7 +145,15 @@ impl Cloudflared {
             startup_timeout: Duration::from_secs(30),
             stop_grace: Duration::from_secs(5),
             domain: QUICK_TUNNEL_DOMAIN.to_owned(),
+            from_config: false,
         }
+    }
+
+    /// The provider as [`TunnelConfig`](super::TunnelConfig) makes it: started without the
+    /// configuration's settings in its environment.
+    pub(crate) fn made_by_config(mut self) -> Self {
+        self.from_config = true;
+        self
     }
 
     /// The executable: a path, or a bare name looked up on `PATH`.
@@ -346,12 +357,16 @@ impl Provider for Cloudflared {
                 command.arg("--region").arg(region);
             }
             command.args(&self.args);
-            // This crate's own settings are not cloudflared's: cloudflared logs every `TUNNEL_*`
-            // variable when it starts (the ngrok auth token and the bore secret among them), and
-            // reads `TUNNEL_REGION` as its `--region`, which `region` sets when it is one
-            // cloudflared knows.
+            // cloudflared logs every `TUNNEL_*` variable when it starts: the secrets of this
+            // crate's other providers (the ngrok auth token, the bore secret) are kept from it.
+            // So are the other settings of a configuration this provider was made from, which
+            // are not meant for it: cloudflared reads `TUNNEL_REGION` as its `--region`, and an
+            // ngrok region such as `eu` would keep it from starting (`TunnelConfig` gives it
+            // `us`, the one it knows). Otherwise a `TUNNEL_REGION` is taken to be cloudflared's.
             for setting in super::config::SETTINGS {
-                command.env_remove(setting);
+                if self.from_config || super::config::SECRET_SETTINGS.contains(&setting) {
+                    command.env_remove(setting);
+                }
             }
             command
                 .stdin(Stdio::null())

@@ -16,6 +16,10 @@ pub(crate) const SETTINGS: [&str; 6] = [
     "TUNNEL_SECRET",
 ];
 
+/// Those of [`SETTINGS`] that hold secrets.
+pub(crate) const SECRET_SETTINGS: [&str; 3] =
+    ["TUNNEL_AUTH_TOKEN", "NGROK_AUTHTOKEN", "TUNNEL_SECRET"];
+
 /// One kind of provider, as named in `TUNNEL_SERVICE`.
 ///
 /// # Example
@@ -372,7 +376,7 @@ impl TunnelConfig {
                     builder.provider(bore)
                 }
                 ProviderKind::Cloudflared => {
-                    let mut cf = Cloudflared::new();
+                    let mut cf = Cloudflared::new().made_by_config();
                     // cloudflared's one region is `us` (the global network otherwise): an ngrok
                     // region such as `eu` would keep it from starting.
                     match self.region.as_deref() {

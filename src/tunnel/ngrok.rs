@@ -316,26 +316,24 @@ impl Provider for Ngrok {
             Ok(Session::spawn(url, move |mut stop| async move {
                 let mut connections = JoinSet::new();
                 let result = loop {
-                    // A permit first: past the upstream's connection limit, ngrok holds the next
-                    // connection until one ends.
-                    let next = async {
-                        let permit = upstream.connection_permit().await;
-                        let next = std::future::poll_fn(|cx| {
-                            futures_core::Stream::poll_next(std::pin::Pin::new(&mut tunnel), cx)
-                        })
-                        .await;
-                        (permit, next)
-                    };
                     tokio::select! {
                         () = stop.stopped() => break Ok(()),
-                        (permit, next) = next => match next {
-                            Some(Ok(conn)) => {
-                                let upstream = upstream.clone();
-                                connections.spawn(async move {
-                                    upstream.serve_connection(conn).await;
-                                    drop(permit);
-                                });
-                            }
+                        next = std::future::poll_fn(|cx| {
+                            futures_core::Stream::poll_next(std::pin::Pin::new(&mut tunnel), cx)
+                        }) => match next {
+                            // Past the upstream's connection limit, a connection is closed at
+                            // once (ngrok answers 502): left unread, the ones after it would
+                            // fill the session's queues and stall every stream on it.
+                            Some(Ok(conn)) => match upstream.try_connection_permit() {
+                                Some(permit) => {
+                                    let upstream = upstream.clone();
+                                    connections.spawn(async move {
+                                        upstream.serve_connection(conn).await;
+                                        drop(permit);
+                                    });
+                                }
+                                None => drop(conn),
+                            },
                             Some(Err(err)) => break Err(explain(super::error::chain(&err), shown.expose()).into()),
                             None => break Err("the ngrok endpoint was closed".into()),
                         },

@@ -279,25 +279,34 @@ impl ConnectionLimit {
     /// A permit for the next connection, waiting for one to end when `max` are open (said once
     /// per run of it). Cancel-safe.
     async fn permit(&self) -> OwnedSemaphorePermit {
+        match self.try_permit("new connections wait until one ends") {
+            Some(permit) => permit,
+            // Never closed: the semaphore lives as long as `self`.
+            None => match Arc::clone(&self.permits).acquire_owned().await {
+                Ok(permit) => permit,
+                Err(_) => std::future::pending().await,
+            },
+        }
+    }
+
+    /// A permit if one is free; the limit reached is logged once per run of it (`then`: what
+    /// becomes of the connection), a run that ends once half the permits are free again, so
+    /// that a load that hovers at the limit is not logged at every swing.
+    fn try_permit(&self, then: &str) -> Option<OwnedSemaphorePermit> {
         match Arc::clone(&self.permits).try_acquire_owned() {
             Ok(permit) => {
-                if self.full.swap(false, Ordering::Relaxed) {
-                    tracing::info!(max = self.max, "accepting connections again");
+                if self.permits.available_permits() >= self.max / 2
+                    && self.full.swap(false, Ordering::Relaxed)
+                {
+                    tracing::info!(max = self.max, "below the connection limit again");
                 }
-                permit
+                Some(permit)
             }
             Err(_) => {
                 if !self.full.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        max = self.max,
-                        "connection limit reached: new connections wait until one ends"
-                    );
+                    tracing::warn!(max = self.max, "connection limit reached: {then}");
                 }
-                // Never closed: the semaphore lives as long as `self`.
-                match Arc::clone(&self.permits).acquire_owned().await {
-                    Ok(permit) => permit,
-                    Err(_) => std::future::pending().await,
-                }
+                None
             }
         }
     }
@@ -536,12 +545,14 @@ impl Upstream {
     /// default [`DEFAULT_MAX_CONNECTIONS`] (256), at least 1.
     ///
     /// Past it, a new connection is not accepted until one ends: it waits in the listener's
-    /// backlog (ngrok's, in its session), and a warning is logged once per run of it. Each
+    /// backlog, and a warning is logged once per run of it. ngrok's connections cannot wait
+    /// (those left unread would stall the whole session): past the limit, one is closed at once,
+    /// and ngrok answers its client 502. Each
     /// connection takes a task and a file descriptor (two for an address upstream, which opens
     /// one to the local server), so many clients, or one that opens connections and sends
     /// requests slowly, cannot use up the process's file descriptors, which the tunnel's own
     /// connections need too. A connection upgraded to another protocol (a WebSocket) counts
-    /// until it is handed to the service. localtunnel's pool and bore have bounds of their own (32 and
+    /// until it closes. localtunnel's pool and bore have bounds of their own (32 and
     /// [`BORE_MAX_CONNECTIONS`](super::BORE_MAX_CONNECTIONS)); connections a custom provider
     /// hands to [`serve_connection`](Self::serve_connection) are its own to bound.
     ///
@@ -580,6 +591,13 @@ impl Upstream {
     /// connection ends. Cancel-safe.
     pub(crate) async fn connection_permit(&self) -> OwnedSemaphorePermit {
         self.limit.permit().await
+    }
+
+    /// A permit to serve one more connection if one is free, for connections that cannot wait
+    /// (ngrok's: see [`max_connections`](Self::max_connections)).
+    #[cfg_attr(not(feature = "ngrok"), allow(dead_code))]
+    pub(crate) fn try_connection_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.limit.try_permit("new ones are closed at once")
     }
 
     /// A service upstream that is also listening on `addr` already (used by the server helper,
@@ -855,9 +873,13 @@ impl Upstream {
                             served: None,
                             late_on_request: None,
                         };
-                        let served = serve.serve(Box::new(stream), options);
+                        // An upgraded connection (a WebSocket) counts until the service drops it.
+                        let (held, released) = tokio::sync::oneshot::channel::<()>();
+                        let io = Served::new(stream, held, None);
+                        let served = serve.serve(Box::new(io), options);
                         tokio::spawn(async move {
                             served.await;
+                            let _ = released.await;
                             drop(permit);
                         });
                     }

@@ -76,11 +76,14 @@ async fn a_cloudflared_that_never_gets_ready_fails_with_its_own_reason() {
 }
 
 /// cloudflared logs every `TUNNEL_*` variable it was started with, values and all, and reads
-/// `TUNNEL_REGION` as its `--region`. It is started without this crate's own settings (the
-/// ngrok auth token, the bore secret, an ngrok region), so neither its log nor a failure's
-/// reason shows them; its own `TUNNEL_*` settings still reach it.
+/// `TUNNEL_REGION` as its `--region`. It is started without the secrets of this crate's other
+/// providers (the ngrok auth token, the bore secret), so neither its log nor a failure's reason
+/// shows them; made by `TunnelConfig`, also without the configuration's other settings (an
+/// ngrok region). Its own `TUNNEL_*` settings still reach it.
 ///
-/// The test runs itself again as a child process, with those variables in its environment.
+/// The test runs itself again as a child process, with those variables in its environment and
+/// a `cloudflared` on its `PATH` that runs the fake one.
+#[cfg(unix)]
 #[test]
 fn cloudflared_is_started_without_this_crates_settings() {
     const CHILD: &str = "TOWER_WEBHOOK_CLOUDFLARED_ENV_CHILD";
@@ -90,6 +93,30 @@ fn cloudflared_is_started_without_this_crates_settings() {
         return;
     };
     if std::env::var_os(CHILD).is_none() {
+        // A `cloudflared` for `TunnelConfig` to find: the fake, failing at once, logging to the
+        // file the child names in `FAKE_CLOUDFLARED_LOG`.
+        let dir = std::env::temp_dir().join(format!(
+            "tower-webhook-cloudflared-path-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let wrapper = dir.join("cloudflared");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nexec '{}' \"$@\" --fake-mode crash --fake-log \"$FAKE_CLOUDFLARED_LOG\"\n",
+                fake.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = format!(
+            "{}:{}",
+            dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
         child::run_one(
             std::process::Command::new(std::env::current_exe().unwrap())
                 .args([
@@ -99,7 +126,9 @@ fn cloudflared_is_started_without_this_crates_settings() {
                     "--test-threads=1",
                 ])
                 .env(CHILD, "1")
-                .env("TUNNEL_SERVICE", "ngrok,cloudflared")
+                .env("FAKE_CLOUDFLARED_LOG", dir.join("configured.log"))
+                .env("PATH", path)
+                .env("TUNNEL_SERVICE", "cloudflared")
                 .env("TUNNEL_AUTH_TOKEN", SECRETS[0])
                 .env("NGROK_AUTHTOKEN", SECRETS[0])
                 .env("TUNNEL_REGION", "eu")
@@ -107,50 +136,72 @@ fn cloudflared_is_started_without_this_crates_settings() {
                 .env("TUNNEL_SECRET", SECRETS[1])
                 .env("TUNNEL_LOGLEVEL", "debug"),
         );
+        let _ = std::fs::remove_dir_all(&dir);
         return;
     }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // Started through `attempt`, logging to `log`: the names of the `TUNNEL_*`/`NGROK_*`
+    // variables cloudflared got. Neither its log nor the failure's reason holds a secret.
+    let started = |attempt: std::pin::Pin<Box<dyn std::future::Future<Output = Result<_, _>>>>,
+                   log: &std::path::Path| {
+        let reason = match runtime.block_on(attempt) {
+            Err(TunnelError::AllFailed { attempts }) => attempts[0].reason.clone(),
+            other => panic!("{other:?}"),
+        };
+        let text = std::fs::read_to_string(log).unwrap();
+        let _ = std::fs::remove_file(log);
+        for secret in SECRETS {
+            assert!(!reason.contains(secret), "{reason}");
+            assert!(!text.contains(secret), "{text}");
+        }
+        // What cloudflared printed is in the reason.
+        assert!(
+            reason.contains("INF Environmental variables map["),
+            "{reason}"
+        );
+        assert!(reason.contains("TUNNEL_LOGLEVEL:debug"), "{reason}");
+        let env = text.lines().find(|line| line.starts_with("env ")).unwrap();
+        env.split_whitespace()
+            .skip(1)
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+
+    // Made directly: the secrets are kept from it; `TUNNEL_REGION` is taken to be its own.
     let log = std::env::temp_dir().join(format!(
         "tower-webhook-cloudflared-env-{}-{}.log",
         std::process::id(),
         fastrand::u32(..)
     ));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let reason = runtime.block_on(failure_of(
-        Cloudflared::new()
-            .binary(&fake)
-            .arg("--fake-mode")
-            .arg("crash")
-            .arg("--fake-log")
-            .arg(log.display().to_string()),
-    ));
-    let text = std::fs::read_to_string(&log).unwrap();
-    let _ = std::fs::remove_file(&log);
-    // What cloudflared printed is in the reason, without the secrets.
-    assert!(
-        reason.contains("INF Environmental variables map["),
-        "{reason}"
+    let provider = Cloudflared::new()
+        .binary(&fake)
+        .arg("--fake-mode")
+        .arg("crash")
+        .arg("--fake-log")
+        .arg(log.display().to_string());
+    let names = started(
+        Box::pin(Tunnel::builder().provider(provider).start(service())),
+        &log,
     );
-    assert!(reason.contains("TUNNEL_LOGLEVEL:debug"), "{reason}");
-    for secret in SECRETS {
-        assert!(!reason.contains(secret), "{reason}");
-        assert!(!text.contains(secret), "{text}");
-    }
-    let env = text.lines().find(|line| line.starts_with("env ")).unwrap();
-    let names: Vec<&str> = env.split_whitespace().skip(1).collect();
-    assert!(names.contains(&"TUNNEL_LOGLEVEL"), "{env}");
-    for setting in [
-        "TUNNEL_SERVICE",
-        "TUNNEL_AUTH_TOKEN",
-        "NGROK_AUTHTOKEN",
-        "TUNNEL_REGION",
-        "TUNNEL_SERVER",
-        "TUNNEL_SECRET",
-    ] {
-        assert!(!names.contains(&setting), "{env}");
-    }
+    assert_eq!(
+        names,
+        [
+            "TUNNEL_LOGLEVEL",
+            "TUNNEL_REGION",
+            "TUNNEL_SERVER",
+            "TUNNEL_SERVICE"
+        ],
+        "{names:?}"
+    );
+
+    // Made by `TunnelConfig` (`TUNNEL_SERVICE=cloudflared`): none of its settings reach it.
+    let log = std::path::PathBuf::from(std::env::var("FAKE_CLOUDFLARED_LOG").unwrap());
+    let config = tower_webhook::tunnel::TunnelConfig::from_env().unwrap();
+    let names = started(Box::pin(config.builder().start(service())), &log);
+    assert_eq!(names, ["TUNNEL_LOGLEVEL"], "{names:?}");
 }
 
 /// What the pool port of [`lt_with_a_pool_port`] does with each connection.

@@ -232,6 +232,30 @@ async fn an_address_upstream_forwards_an_upgraded_connection() {
     assert_eq!((status, body.as_str()), (200, "plain"));
 }
 
+/// An upgraded connection counts against the connection limit until it closes, not only until
+/// hyper hands it over: with room for one, a request on another connection waits for it.
+#[tokio::test]
+async fn an_upgraded_connection_keeps_its_place_until_it_closes() {
+    let local = serve_with_upgrades().await;
+    let upstream = Upstream::address(local).max_connections(1);
+    let port = upstream.local_addr().await.unwrap();
+    let (head, _, upgraded) = upgraded(port, "localhost").await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let waiting = tokio::spawn(async move { support::get(port, "localhost", "/").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "served beside the upgraded connection"
+    );
+    drop(upgraded);
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!((status, body.as_str()), (200, "plain"));
+}
+
 /// An upgraded connection served through a tunnel ends when the tunnel is closed, as every
 /// connection served through it does: it does not keep a connection to the tunnel server (and
 /// the public client) open after `close()`.
