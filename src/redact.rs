@@ -83,14 +83,12 @@ pub(crate) fn redact(text: &str) -> Cow<'_, str> {
                 .position(|&b| matches!(b, b'?' | b'#'))
                 .unwrap_or(url_end - authority_end);
         let mut host_start = start;
-        if let Some(at) = bytes[start..authority_end].iter().rposition(|&b| b == b'@') {
-            secrets.push((start, start + at));
-            host_start = start + at + 1;
-        } else if let Some(at) = delimiter_in_password(bytes, start, authority_end, url_end) {
-            // `https://user:pa/ss@host`, `redis://:pa?ss@host`: a password with an unencoded
-            // `/`, `?` or `#` ends the authority early; what follows the colon is no port, and
-            // an `@` comes later.
+        if let Some(at) = user_info_end(bytes, start, url_end) {
             secrets.push((start, at));
+            // Past the authority as first read: a password with an unencoded `/`, `?` or `#`.
+            if at < authority_end {
+                host_start = at + 1;
+            }
         }
         if let Some(range) = path_secret(
             &text[host_start..authority_end],
@@ -280,28 +278,20 @@ fn ends_url(b: u8) -> bool {
     b.is_ascii_whitespace() || matches!(b, b'"' | b'<' | b'>')
 }
 
-/// Where the `@` is that ends the user info of the URL in `bytes[start..end]`, if it has one: the
-/// last `@` before the `/`, `?` or `#` that follows the first one. An `@` after a `?` or `#`
-/// (a query's, a fragment's) is none, nor one after a `/` unless what comes before that `/` has
-/// a colon (a password with an unencoded `/`).
+/// Where the `@` is that ends the user info of the URL in `bytes[start..end]`, if it has one:
+/// the authority's last `@`, or, for a password with an unencoded `/`, `?` or `#`
+/// (`https://user:pa/ss@host`, `redis://:pa?ss@host`), the one [`delimiter_in_password`] finds.
 fn user_info_end(bytes: &[u8], start: usize, end: usize) -> Option<usize> {
-    let url = &bytes[start..end];
-    let first = url.iter().position(|&b| b == b'@')?;
-    let before = &url[..first];
-    if before.iter().any(|&b| matches!(b, b'?' | b'#')) {
-        return None;
-    }
-    if let Some(slash) = before.iter().position(|&b| b == b'/')
-        && !before[..slash].contains(&b':')
-    {
-        return None;
-    }
-    let host_end = url[first..]
+    let authority_end = start
+        + bytes[start..end]
+            .iter()
+            .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+            .unwrap_or(end - start);
+    bytes[start..authority_end]
         .iter()
-        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
-        .map_or(url.len(), |delimiter| first + delimiter);
-    let at = url[..host_end].iter().rposition(|&b| b == b'@')?;
-    Some(start + at)
+        .rposition(|&b| b == b'@')
+        .map(|at| start + at)
+        .or_else(|| delimiter_in_password(bytes, start, authority_end, end))
 }
 
 /// Where the URL opened by `opener` (`(`, `'` or a backtick) closes in `bytes[from..end]`: the
