@@ -481,6 +481,10 @@ impl CircuitBreakerConfig {
 
     /// Turns the failure-rate rule off (the consecutive-failures rule still applies).
     ///
+    /// The half-open probes' verdict follows the same rules: with the consecutive-failures rule
+    /// on, one failed probe reopens the breaker; with it off too, failures never do, and only the
+    /// slow-call rule (if set) reopens it.
+    ///
     /// # Example
     ///
     /// ```

@@ -1599,9 +1599,11 @@ impl Core {
         let calls = done as f64;
         let failure_rate = fields[2] as f64 * 100.0 / calls;
         let slow_rate = fields[3] as f64 * 100.0 / calls;
+        // Without a failure rate, a failed probe reopens only if failures open the breaker in
+        // CLOSED too (the consecutive-failures rule): a rule turned off stays off.
         let reopen = match self.config.failure_rate {
             Some(threshold) => failure_rate >= threshold,
-            None => fields[2] > 0,
+            None => self.config.consecutive_failures > 0 && fields[2] > 0,
         } || self.config.slow_rate.is_some_and(|t| slow_rate >= t);
         if reopen {
             let deadline = self.open_deadline(self.now_ms(), true);

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -1699,9 +1700,13 @@ where
     type Error = S::Error;
     type Future = ResponseFuture<S, ReqBody>;
 
+    /// Always ready: the inner service is asked for readiness by the request's future, once
+    /// the delivery is verified (and claimed), so that a request nobody knows to be signed yet
+    /// (its body still on its way) holds none of the inner service's capacity: no permit of a
+    /// concurrency limit, no half-open probe of a circuit breaker.
     #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
@@ -1739,9 +1744,8 @@ where
         {
             value.set_sensitive(true);
         }
-        // The instance that was polled ready goes into the future; a clone stays here.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+        // A clone, polled ready by the future once the delivery is verified.
+        let inner = self.inner.clone();
         ResponseFuture {
             state: State::Collect {
                 body,
@@ -1904,6 +1908,12 @@ where
         status: StatusCode,
         key: String,
         req: Option<Request<ReqBody>>,
+    },
+    /// A verified (and claimed) delivery waits for the inner service to be ready.
+    Readying {
+        inner: Option<S>,
+        req: Option<Request<ReqBody>>,
+        claim: Option<Claim>,
     },
     Inner {
         #[pin]
@@ -2088,7 +2098,7 @@ where
                                                 match Pin::new(&mut lookup).poll(cx) {
                                                     Poll::Ready(Ok(true)) => {
                                                         let claim = lookup.claim.take();
-                                                        call_inner(inner, req, claim)
+                                                        call_inner(inner, req, claim, cx)?
                                                     }
                                                     Poll::Ready(outcome) => {
                                                         lookup.future =
@@ -2110,7 +2120,7 @@ where
                                                     }
                                                 }
                                             }
-                                            None => call_inner(inner, req, None),
+                                            None => call_inner(inner, req, None, cx)?,
                                         }
                                     }
                                 }
@@ -2129,7 +2139,7 @@ where
                         Ok(true) => {
                             // Won: in `AfterSuccess` mode the claim is now held until the answer.
                             let claim = lookup.claim.take();
-                            call_inner(inner.take().expect("inner once"), req, claim)
+                            call_inner(inner.take().expect("inner once"), req, claim, cx)?
                         }
                         Ok(false) => match shared.on_replay {
                             // A copy of a delivery that may still be running: acknowledged only
@@ -2196,6 +2206,25 @@ where
                             Err(err) => reject(shared, E::ReplayStore(err), req.headers()),
                         }),
                     }
+                }
+                StateProj::Readying { inner, req, claim } => {
+                    // Pending until the inner service has room; an error answers the request,
+                    // and releases the claim.
+                    let ready = inner
+                        .as_mut()
+                        .expect("ResponseFuture polled after completion")
+                        .poll_ready(cx);
+                    if let Err(err) = ready!(ready) {
+                        // Not handled: released now, not when the future is dropped.
+                        drop(claim.take());
+                        return Poll::Ready(Err(err));
+                    }
+                    let (inner, req) = (inner.take(), req.take());
+                    call_ready(
+                        inner.expect("inner once"),
+                        req.expect("request once"),
+                        claim.take(),
+                    )
                 }
                 StateProj::Inner {
                     future,
@@ -2621,13 +2650,21 @@ impl Claim {
 impl Drop for Claim {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
-            drop(Detached(
-                Some(self.store.release(&key, self.token)),
-                &RELEASE_FAILED,
-                key,
-            ));
+            // A custom store's panic is logged as its failure, not let out of this `Drop`
+            // (through the server's connection task, or into an abort during another unwind).
+            let (store, token) = (&self.store, self.token);
+            match catch_unwind(AssertUnwindSafe(|| store.release(&key, token))) {
+                Ok(release) => drop(Detached(Some(release), &RELEASE_FAILED, key)),
+                Err(payload) => RELEASE_FAILED.log(None, &key, Err(store_panicked(&*payload))),
+            }
         }
     }
+}
+
+/// A replay store's panic, as the error of the operation that panicked.
+fn store_panicked(payload: &(dyn std::any::Any + Send)) -> BoxError {
+    let message = crate::panic::message(payload).unwrap_or("<non-string panic payload>");
+    format!("the replay store panicked: {message}").into()
 }
 
 /// The claim of a gRPC call whose answer carries its status at the end of its body (see
@@ -2846,14 +2883,31 @@ impl Drop for Detached {
 
 /// Runs `future` to its end without an owner: at once when it is ready (the in-memory store
 /// works synchronously), else as a task on the current tokio runtime.
+///
+/// It runs from a `Drop`: a panic of the store's future is logged, not let out.
 fn finish_detached(future: impl Future<Output = ()> + Send + 'static) {
     let mut future = Box::pin(future);
-    if future
-        .as_mut()
-        .poll(&mut Context::from_waker(std::task::Waker::noop()))
-        .is_ready()
-    {
-        return;
+    let polled = catch_unwind(AssertUnwindSafe(|| {
+        future
+            .as_mut()
+            .poll(&mut Context::from_waker(std::task::Waker::noop()))
+            .is_ready()
+    }));
+    match polled {
+        Ok(true) => return,
+        Ok(false) => {}
+        Err(payload) => {
+            let error = &*redacted(store_panicked(&*payload).to_string());
+            tracing::error!(
+                error,
+                "a replay store operation left to finish on its own panicked; the delivery id it settled may stay claimed until its claim_ttl runs out"
+            );
+            // Not polled again; a panic of its `Drop` is logged too.
+            if catch_unwind(AssertUnwindSafe(move || drop(future))).is_err() {
+                tracing::error!("a replay store operation panicked again while it was dropped");
+            }
+            return;
+        }
     }
     match tokio::runtime::Handle::try_current() {
         Ok(handle) => drop(handle.spawn(future)),
@@ -2909,7 +2963,29 @@ fn replay_target<'a>(
     Some((store, verified.replay_id()?))
 }
 
+/// Hands a verified delivery to `inner` once it is ready: at once if it is, else from
+/// [`State::Readying`]. An error of its readiness is the request's, and releases the claim.
 fn call_inner<S, ReqBody>(
+    mut inner: S,
+    req: Request<ReqBody>,
+    claim: Option<Claim>,
+    cx: &mut Context<'_>,
+) -> Result<State<S, ReqBody>, S::Error>
+where
+    S: Service<Request<ReqBody>>,
+{
+    match inner.poll_ready(cx)? {
+        Poll::Ready(()) => Ok(call_ready(inner, req, claim)),
+        Poll::Pending => Ok(State::Readying {
+            inner: Some(inner),
+            req: Some(req),
+            claim,
+        }),
+    }
+}
+
+/// Calls `inner`, which was polled ready.
+fn call_ready<S, ReqBody>(
     mut inner: S,
     req: Request<ReqBody>,
     claim: Option<Claim>,

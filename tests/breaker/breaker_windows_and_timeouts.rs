@@ -193,6 +193,42 @@ async fn slow_calls_in_a_time_window_trip_the_slow_call_rate() {
     assert_eq!(snapshot.state, CircuitState::Open, "{snapshot:?}");
 }
 
+/// A breaker that only the slow-call rule opens: a failed (fast) probe does not reopen it, as
+/// failures do not open it in CLOSED either; a slow probe does.
+#[tokio::test(start_paused = true)]
+async fn a_rule_turned_off_stays_off_for_the_probes_verdict() {
+    let config = CircuitBreakerConfig::default()
+        .sliding_window(SlidingWindow::Count(1))
+        .without_failure_rate()
+        .slow_call_rate_threshold(50.0, Duration::from_secs(1))
+        .minimum_calls(1)
+        .consecutive_failures(0)
+        .half_open_probes(1);
+    let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
+    let mut svc =
+        ServiceBuilder::new()
+            .layer(layer)
+            .service_fn(|(wait, status): (u64, u16)| async move {
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                Ok::<_, BoxError>(Response::builder().status(status).body(()).unwrap())
+            });
+    for _ in 0..3 {
+        svc.ready().await.unwrap().call((0, 503)).await.unwrap();
+    }
+    assert_eq!(handle.state(), CircuitState::Closed);
+    svc.ready().await.unwrap().call((2_000, 200)).await.unwrap();
+    assert_eq!(handle.state(), CircuitState::Open);
+    handle.transition_to_half_open().unwrap();
+    svc.ready().await.unwrap().call((0, 503)).await.unwrap();
+    assert_eq!(handle.state(), CircuitState::Closed);
+    // The slow rule still judges the probes.
+    svc.ready().await.unwrap().call((2_000, 200)).await.unwrap();
+    assert_eq!(handle.state(), CircuitState::Open);
+    handle.transition_to_half_open().unwrap();
+    svc.ready().await.unwrap().call((2_000, 200)).await.unwrap();
+    assert_eq!(handle.state(), CircuitState::Open);
+}
+
 /// Many tasks on several threads against a failing upstream: one trip, and every refusal is
 /// counted once in the snapshot and told once to the listener.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

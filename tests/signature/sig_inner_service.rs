@@ -4,12 +4,15 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_webhook::signature::SignatureLayer;
+use tower_webhook::signature::{
+    ClaimToken, MemoryReplayStore, ReplayFuture, ReplayStore, SignatureLayer,
+};
 
 const GH_SECRET: &str = "It's a Secret to Everybody";
 const GH_BODY: &[u8] = b"Hello, World!";
@@ -127,22 +130,152 @@ async fn an_inner_error_releases_the_claim_for_the_redelivery() {
 }
 
 #[tokio::test]
-async fn the_instance_polled_ready_is_the_one_called() {
+async fn the_inner_service_is_asked_for_readiness_only_once_a_delivery_is_verified() {
     let (mut svc, mut handle) =
         tower_test::mock::spawn_layer::<Request<Chunks>, Response<Full<Bytes>>, _>(
             SignatureLayer::github(GH_SECRET).unwrap(),
         );
-    handle.allow(1);
+    handle.allow(0);
+    // The layer itself is always ready: the inner service has no room, and is not asked yet.
     assert!(svc.poll_ready().is_ready());
-    // Refused on its headers: the ready inner service stays ready for the next call.
     let unsigned = Request::post("/").body(Chunks::from(Bytes::new())).unwrap();
-    let res = svc.call(unsigned).await.unwrap();
-    assert_eq!(res.status(), 401);
-    let call = tokio::spawn(svc.call(signed(None, "d-ready")));
-    let (req, send) = handle.next_request().await.unwrap();
-    assert_eq!(req.headers()["x-github-delivery"], "d-ready");
-    send.send_response(Response::new(Full::default()));
-    assert_eq!(call.await.unwrap().unwrap().status(), 200);
-    // The clone left behind was not polled: it asks the inner service again.
-    assert!(svc.poll_ready().is_pending());
+    assert_eq!(svc.call(unsigned).await.unwrap().status(), 401);
+    // Verified and claimed, the delivery waits for room.
+    let mut call = std::pin::pin!(svc.call(signed(None, "d-ready")));
+    assert!(futures_util::poll!(call.as_mut()).is_pending());
+    handle.allow(1);
+    let (res, ()) = tokio::join!(call, async {
+        let (req, send) = handle.next_request().await.unwrap();
+        assert_eq!(req.headers()["x-github-delivery"], "d-ready");
+        send.send_response(Response::new(Full::default()));
+    });
+    assert_eq!(res.unwrap().status(), 200);
+    // Handled: the id is recorded.
+    handle.allow(1);
+    let res = svc.call(signed(None, "d-ready")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn an_error_of_the_inner_readiness_answers_the_delivery_and_releases_its_claim() {
+    let (mut svc, mut handle) =
+        tower_test::mock::spawn_layer::<Request<Chunks>, Response<Full<Bytes>>, _>(
+            SignatureLayer::github(GH_SECRET).unwrap(),
+        );
+    handle.allow(0);
+    let mut call = std::pin::pin!(svc.call(signed(None, "d-not-ready")));
+    assert!(futures_util::poll!(call.as_mut()).is_pending());
+    handle.send_error("upstream pool closed");
+    let err = call.await.unwrap_err();
+    assert_eq!(err.to_string(), "upstream pool closed");
+    // Not handled: the provider's redelivery is let in.
+    handle.allow(1);
+    let (res, ()) = tokio::join!(svc.call(signed(None, "d-not-ready")), async {
+        let (_req, send) = handle.next_request().await.unwrap();
+        send.send_response(Response::new(Full::default()));
+    });
+    assert_eq!(res.unwrap().status(), 200);
+}
+
+/// A body that is still on its way: it never ends (or the bytes of a finished one).
+enum Arriving {
+    Never,
+    Done(Chunks),
+}
+
+impl http_body::Body for Arriving {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            Arriving::Never => std::task::Poll::Pending,
+            Arriving::Done(chunks) => std::pin::Pin::new(chunks).poll_frame(cx),
+        }
+    }
+}
+
+impl From<Bytes> for Arriving {
+    fn from(bytes: Bytes) -> Self {
+        Arriving::Done(Chunks::from(bytes))
+    }
+}
+
+#[tokio::test]
+async fn a_request_still_sending_its_body_holds_no_permit_of_an_inner_limit() {
+    let svc = ServiceBuilder::new()
+        .layer(SignatureLayer::github(GH_SECRET).unwrap())
+        .concurrency_limit(1)
+        .service(tower::service_fn(|_req: Request<Arriving>| async {
+            Ok::<_, Infallible>(Response::new(Full::<Bytes>::default()))
+        }));
+    // Headers of a signed delivery (anyone can write them), then a body that never comes.
+    let stalled = Request::post("/github")
+        .header("x-hub-signature-256", GH_SIG)
+        .header("x-github-delivery", "d-stalled")
+        .body(Arriving::Never)
+        .unwrap();
+    let stalled = tokio::spawn(svc.clone().oneshot(stalled));
+    tokio::task::yield_now().await;
+    let (parts, body) = signed(None, "d-signed").into_parts();
+    let delivery = Request::from_parts(parts, Arriving::Done(body));
+    let res = tokio::time::timeout(Duration::from_secs(10), svc.oneshot(delivery))
+        .await
+        .expect("the signed delivery waited for the permit of a request not yet verified");
+    assert_eq!(res.unwrap().status(), 200);
+    assert!(!stalled.is_finished());
+    stalled.abort();
+}
+
+/// A store whose `release` panics, the way a custom store's bug would.
+struct PanicsOnRelease(MemoryReplayStore);
+
+impl ReplayStore for PanicsOnRelease {
+    fn insert(&self, key: &str, ttl: Duration) -> ReplayFuture {
+        self.0.insert(key, ttl)
+    }
+    fn remove(&self, key: &str) -> ReplayFuture {
+        self.0.remove(key)
+    }
+    fn claim(&self, key: &str, token: ClaimToken, ttl: Duration) -> ReplayFuture {
+        self.0.claim(key, token, ttl)
+    }
+    fn complete(&self, key: &str, token: ClaimToken, ttl: Duration) -> ReplayFuture {
+        self.0.complete(key, token, ttl)
+    }
+    fn release(&self, _key: &str, _token: ClaimToken) -> ReplayFuture {
+        panic!("release is broken")
+    }
+    fn completed(&self, key: &str) -> ReplayFuture {
+        self.0.completed(key)
+    }
+    fn tracks_claims(&self) -> bool {
+        true
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_panics_when_a_dropped_delivery_is_released_is_logged_not_unwound() {
+    let (logs, _guard) = crate::logs::Logs::capture();
+    let mut svc = ServiceBuilder::new()
+        .layer(
+            SignatureLayer::github(GH_SECRET)
+                .unwrap()
+                .replay_store(PanicsOnRelease(MemoryReplayStore::new())),
+        )
+        .service(tower::service_fn(|_req: Request<Chunks>| async {
+            std::future::pending::<Result<Response<Full<Bytes>>, Infallible>>().await
+        }));
+    let mut call = Box::pin(svc.ready().await.unwrap().call(signed(None, "d-gone")));
+    // Claimed, and in the handler: then the client goes away.
+    assert!(futures_util::poll!(call.as_mut()).is_pending());
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(call)));
+    assert!(dropped.is_ok(), "the store's panic unwound out of the drop");
+    let logged = logs.text();
+    assert!(
+        logged.contains("the replay store panicked: release is broken"),
+        "{logged}"
+    );
 }

@@ -2220,16 +2220,6 @@ async fn axum_route_layer_with_json_extractor() {
     assert_eq!(app.oneshot(health).await.unwrap().status(), 200);
 }
 
-#[tokio::test]
-async fn readiness_is_forwarded() {
-    let (mut mock, mut handle) =
-        tower_test::mock::spawn_layer::<Request<Full<Bytes>>, Response<Full<Bytes>>, _>(github());
-    handle.allow(0);
-    assert!(mock.poll_ready().is_pending());
-    handle.allow(1);
-    assert!(mock.poll_ready().is_ready());
-}
-
 use crate::chunks;
 use chunks::Chunks;
 
