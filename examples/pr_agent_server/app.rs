@@ -1130,16 +1130,19 @@ impl HookUpdater {
             .oneshot(request)
             .await
             .map_err(|err| HookError::Transient(error_chain(&*err), None, false))?;
-        let (status, wait, secondary_limit) = status_and_limit(Forge::GitHub, res).await;
+        let (status, wait, secondary_limit, says) = status_and_limit(Forge::GitHub, res).await;
         if status.is_server_error() || wait.is_some() {
             return Err(HookError::Transient(
-                format!("GitHub answered {status}"),
+                answered(format!("GitHub answered {status}"), says.as_deref()),
                 wait,
                 secondary_limit,
             ));
         }
         if !status.is_success() {
-            return Err(HookError::Refused(format!("GitHub answered {status}")));
+            return Err(HookError::Refused(answered(
+                format!("GitHub answered {status}"),
+                says.as_deref(),
+            )));
         }
         tracing::info!(hook = %self.target, %url, "GitHub hook now points at the tunnel");
         Ok(())
@@ -2999,6 +3002,22 @@ async fn post_comment(
     // As the app, when the delivery came through one of its installations.
     let as_app;
     let (api, installation) = match installation.zip(apis.tokens.as_ref()) {
+        // The app is set, but this delivery did not come through one of its installations (a
+        // repository or organization webhook with the same secret), and there is no token of
+        // its own: sent without credentials, it could only be refused.
+        None if job.forge == Forge::GitHub && apis.tokens.is_some() && api.token.is_none() => {
+            tracing::error!(
+                provider = forge,
+                target = %job.comment.target,
+                delivery = %job.delivery,
+                "a GitHub delivery that names no installation of the app (a repository or organization webhook's), and GITHUB_TOKEN is not set: comment not posted; set GITHUB_TOKEN to comment on such deliveries"
+            );
+            state
+                .counters
+                .comments_failed
+                .fetch_add(1, Ordering::Relaxed);
+            return Outcome::Failed;
+        }
         None => (api, None),
         Some(((id, token), tokens)) => {
             as_app = ApiTarget {
@@ -3025,7 +3044,7 @@ async fn post_comment(
         Err(err) => Err(err),
     };
     match result {
-        Ok((status, _, _)) if accepted(job.forge, status) => {
+        Ok((status, _, _, _)) if accepted(job.forge, status) => {
             tracing::info!(provider = forge, target = %job.comment.target, delivery = %job.delivery, "comment posted");
             state
                 .counters
@@ -3033,7 +3052,7 @@ async fn post_comment(
                 .fetch_add(1, Ordering::Relaxed);
             Outcome::Done
         }
-        Ok((status, Some(_), true)) => {
+        Ok((status, Some(_), true, _)) => {
             tracing::warn!(
                 provider = forge,
                 status = status.as_u16(),
@@ -3045,7 +3064,7 @@ async fn post_comment(
         }
         // Over a rate limit (GitHub answers 403 or 429), or down for a while (503 with
         // `Retry-After`): wait as long as the provider says.
-        Ok((status, Some(wait), _)) => {
+        Ok((status, Some(wait), _, _)) => {
             tracing::warn!(
                 provider = forge,
                 status = status.as_u16(),
@@ -3065,7 +3084,7 @@ async fn post_comment(
         // `POST` again after one without `Retry-After`, as a gateway also answers 503 when its
         // connection to the backend reset, maybe after the write. Taking it for a refusal here
         // keeps a provider's downtime from losing comments, at that rare risk.
-        Ok((status, None, _))
+        Ok((status, None, _, says))
             if status == StatusCode::SERVICE_UNAVAILABLE
                 || status == StatusCode::TOO_MANY_REQUESTS
                 || status == StatusCode::REQUEST_TIMEOUT =>
@@ -3073,6 +3092,7 @@ async fn post_comment(
             tracing::warn!(
                 provider = forge,
                 status = status.as_u16(),
+                says = says.as_deref(),
                 target = %job.comment.target,
                 delivery = %job.delivery,
                 "provider API failing; comment scheduled again"
@@ -3084,7 +3104,7 @@ async fn post_comment(
         }
         // An installation token GitHub no longer takes (revoked, or the app's permissions
         // changed): fetched again for the next attempt.
-        Ok((StatusCode::UNAUTHORIZED, None, _)) if installation.is_some() => {
+        Ok((StatusCode::UNAUTHORIZED, None, _, _)) if installation.is_some() => {
             if let (Some((id, tokens)), Some(refused)) = (installation, &api.token) {
                 tokens.forget(id, refused).await;
             }
@@ -3103,11 +3123,11 @@ async fn post_comment(
         // gateway that timed out waiting for it, a failure after the write. Posted again, it
         // could show twice, so it is not; the log names the delivery to send again by hand if
         // the comment is missing.
-        Ok((status, None, _)) if status.is_server_error() => {
+        Ok((status, None, _, _)) if status.is_server_error() => {
             may_have_been_posted(state, job, &format!("status {}", status.as_u16()));
             Outcome::MaybePosted
         }
-        Ok((status, None, _)) if status.is_redirection() => {
+        Ok((status, None, _, _)) if status.is_redirection() => {
             tracing::error!(provider = forge, status = status.as_u16(), target = %job.comment.target, delivery = %job.delivery, "provider API answered the comment with a redirect, not followed: comment not posted; check {} (a URL the server sends elsewhere) and the token (a sign-in page)", job.forge.api_url_var());
             state
                 .counters
@@ -3115,8 +3135,10 @@ async fn post_comment(
                 .fetch_add(1, Ordering::Relaxed);
             Outcome::Failed
         }
-        Ok((status, None, _)) => {
-            tracing::error!(provider = forge, status = status.as_u16(), target = %job.comment.target, delivery = %job.delivery, "provider refused the comment");
+        Ok((status, None, _, says)) => {
+            // What the provider says is its own text, not a secret: a missing scope, a
+            // repository the token cannot see, a locked conversation.
+            tracing::error!(provider = forge, status = status.as_u16(), says = says.as_deref(), target = %job.comment.target, delivery = %job.delivery, "provider refused the comment");
             state
                 .counters
                 .comments_failed
@@ -3241,27 +3263,89 @@ const SECONDARY_LIMIT_WAIT: Duration = Duration::from_secs(60);
 async fn status_and_limit(
     forge: Forge,
     res: reqwest::Response,
-) -> (StatusCode, Option<Duration>, bool) {
+) -> (StatusCode, Option<Duration>, bool, Option<String>) {
     let status = res.status();
     let wait = rate_limit_wait(status, res.headers());
-    if wait.is_some() || forge != Forge::GitHub {
-        return (status, wait, false);
+    if wait.is_some() || !status.is_client_error() {
+        return (status, wait, false, None);
     }
-    let unnamed = status == StatusCode::TOO_MANY_REQUESTS
-        || (status == StatusCode::FORBIDDEN && says_secondary_rate_limit(res).await);
-    (status, unnamed.then_some(SECONDARY_LIMIT_WAIT), unnamed)
-}
-
-/// Whether a GitHub 403 is a secondary rate limit: its error message says so (the test
-/// octokit's throttling plugin makes). Reads at most 64 KiB of the body.
-async fn says_secondary_rate_limit(res: reqwest::Response) -> bool {
+    // A refusal: what the provider says about it (a missing scope, a repository the token
+    // cannot see, a locked conversation) is the operator's only clue. At most 64 KiB is read.
     let body = match read_at_most(res, 64 * 1024).await {
         Ok(body) | Err(Unread::TooLarge(body)) => body,
-        Err(Unread::Failed(_)) => return false,
+        Err(Unread::Failed(_)) => Vec::new(),
     };
-    String::from_utf8_lossy(&body)
-        .to_ascii_lowercase()
-        .contains("secondary rate")
+    // A GitHub secondary rate limit names no delay: its error message says what it is (the
+    // test octokit's throttling plugin makes).
+    let unnamed = forge == Forge::GitHub
+        && (status == StatusCode::TOO_MANY_REQUESTS
+            || (status == StatusCode::FORBIDDEN
+                && String::from_utf8_lossy(&body)
+                    .to_ascii_lowercase()
+                    .contains("secondary rate")));
+    (
+        status,
+        unnamed.then_some(SECONDARY_LIMIT_WAIT),
+        unnamed,
+        provider_says(&body),
+    )
+}
+
+/// The longest part of a provider's error message that is logged.
+const SAYS_AT_MOST: usize = 300;
+
+/// What a provider's error answer says, cut to [`SAYS_AT_MOST`] characters: the message of its
+/// JSON error (GitHub, Gitea, Azure DevOps: `message`; GitLab: `message` or
+/// `error_description`; Bitbucket Cloud: `error.message` and `error.detail`; Bitbucket Data
+/// Center: `errors[].message`), else the body's text when it is not JSON. `None` for an empty
+/// body.
+pub(crate) fn provider_says(body: &[u8]) -> Option<String> {
+    fn text(value: &Value) -> Option<String> {
+        match value {
+            Value::Null => None,
+            Value::String(s) if s.trim().is_empty() => None,
+            Value::String(s) => Some(s.trim().to_owned()),
+            // GitLab's validation errors: `{"message": {"note": ["can't be blank"]}}`.
+            other => Some(other.to_string()),
+        }
+    }
+    let says = match serde_json::from_slice::<Value>(body) {
+        Ok(doc) => {
+            let error = &doc["error"];
+            let parts: Vec<String> = [
+                text(&doc["message"]),
+                text(&doc["error_description"]),
+                text(&error["message"]).or_else(|| text(error)),
+                text(&error["detail"]),
+                text(&doc["errors"][0]["message"]),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            if parts.is_empty() {
+                doc.to_string()
+            } else {
+                parts.join(": ")
+            }
+        }
+        Err(_) => String::from_utf8_lossy(body).trim().to_owned(),
+    };
+    if says.is_empty() {
+        return None;
+    }
+    let mut cut: String = says.chars().take(SAYS_AT_MOST).collect();
+    if cut.len() < says.len() {
+        cut.push('…');
+    }
+    Some(cut)
+}
+
+/// `what` (what answered what), and what the answer said, quoted.
+pub(crate) fn answered(what: String, says: Option<&str>) -> String {
+    match says {
+        Some(says) => format!("{what}: {says:?}"),
+        None => what,
+    }
 }
 
 /// Why [`read_at_most`] gave no whole body.

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 use tower_webhook::circuit_breaker::CircuitOpen;
 
-use super::{ApiTarget, Caller, Forge, app_request, status_and_limit};
+use super::{ApiTarget, Caller, Forge, answered, app_request, status_and_limit};
 
 /// How long before `now` a token says it was issued: GitHub advises a minute, for clock drift.
 const ISSUED_BEFORE_SECS: u64 = 60;
@@ -478,8 +478,11 @@ impl InstallationTokens {
                 .unwrap_or_else(|| SystemTime::now() + ASSUMED_LIFE);
             return Ok((token.to_owned(), expires_at));
         }
-        let (status, wait, secondary_limit) = status_and_limit(Forge::GitHub, res).await;
-        let reason = format!("GitHub answered {status} to the installation token request");
+        let (status, wait, secondary_limit, says) = status_and_limit(Forge::GitHub, res).await;
+        let reason = answered(
+            format!("GitHub answered {status} to the installation token request"),
+            says.as_deref(),
+        );
         if status.is_server_error()
             || wait.is_some()
             || status == StatusCode::TOO_MANY_REQUESTS

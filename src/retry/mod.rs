@@ -70,7 +70,9 @@
 //!   does not send, or a redirect loop).
 //! - **Attempts, not time**: at most [`max_retries`](RetryPolicy::max_retries) retries per
 //!   call, each wait at most `cap` or `max_retry_after`; the policy sets no deadline for the
-//!   whole call. For one, put `tower::timeout::TimeoutLayer` outside the retry layer.
+//!   whole call. For one, put `tower::timeout::TimeoutLayer` outside the retry layer; give each
+//!   attempt its own deadline too (the client's timeout, or a `TimeoutLayer` inside the retry
+//!   layer and a circuit breaker): a call cut from outside is dropped, not counted as failed.
 //!
 //! # With a circuit breaker
 //!

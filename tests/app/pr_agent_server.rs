@@ -1096,6 +1096,90 @@ async fn a_comment_that_keeps_failing_is_given_up_after_max_attempts() {
     assert_eq!(s["comments"]["pending"], 0);
 }
 
+/// A refused comment's log says what the provider said about it: a missing permission reads
+/// differently from a repository the token cannot see. Before, only the status was logged.
+#[tokio::test]
+async fn a_refused_comment_is_logged_with_what_the_provider_said() {
+    let (logs, _guard) = support::Logs::capture();
+    let refusing = Router::new().fallback(|| async {
+        (
+            StatusCode::FORBIDDEN,
+            [("content-type", "application/json")],
+            r#"{"message":"Resource not accessible by integration","documentation_url":"https://docs.github.com/rest/issues/comments"}"#,
+        )
+    });
+    let api_addr = serve(refusing).await;
+    let (base, state) = start_server(&settings(api_addr, &[])).await;
+    let client = crate::client::new();
+    let d = delivery(
+        app::Forge::GitHub,
+        "e1000000-0000-4000-8000-00000000000f",
+        3,
+    );
+    assert_eq!(
+        send(&client, &base, &d).await.status(),
+        StatusCode::ACCEPTED
+    );
+    eventually("the comment given up", PATIENCE, || {
+        state.counters.comments_failed.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let text = logs.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("provider refused the comment"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("status=403"), "{line}");
+    assert!(
+        line.contains(r#"says="Resource not accessible by integration""#),
+        "{line}"
+    );
+}
+
+#[test]
+fn what_each_provider_says_in_its_error_answer_is_read() {
+    for (body, says) in [
+        // GitHub, Gitea, Azure DevOps.
+        (
+            r#"{"message":"Not Found","documentation_url":"https://docs.github.com/rest"}"#,
+            "Not Found",
+        ),
+        // GitLab: a scope error, and a validation error.
+        (
+            r#"{"error":"insufficient_scope","error_description":"The request requires higher privileges than provided by the access token."}"#,
+            "The request requires higher privileges than provided by the access token.: insufficient_scope",
+        ),
+        (
+            r#"{"message":{"note":["can't be blank"]}}"#,
+            r#"{"note":["can't be blank"]}"#,
+        ),
+        // Bitbucket Cloud and Data Center.
+        (
+            r#"{"type":"error","error":{"message":"Your credentials lack one or more required privilege scopes.","detail":{"granted":["repository"],"required":["pullrequest:write"]}}}"#,
+            r#"Your credentials lack one or more required privilege scopes.: {"granted":["repository"],"required":["pullrequest:write"]}"#,
+        ),
+        (
+            r#"{"errors":[{"context":null,"message":"You are not permitted to access this resource","exceptionName":"com.atlassian.bitbucket.AuthorisationException"}]}"#,
+            "You are not permitted to access this resource",
+        ),
+        // Not JSON: the text itself.
+        ("  upstream said no\n", "upstream said no"),
+    ] {
+        assert_eq!(
+            app::provider_says(body.as_bytes()).as_deref(),
+            Some(says),
+            "{body}"
+        );
+    }
+    assert_eq!(app::provider_says(b""), None);
+    assert_eq!(app::provider_says(b"  "), None);
+    // Cut, on a character boundary.
+    let long = "é".repeat(1000);
+    let says = app::provider_says(long.as_bytes()).unwrap();
+    assert_eq!(says.chars().count(), 301, "{says}");
+    assert!(says.ends_with('…'));
+}
+
 #[tokio::test]
 async fn a_comment_is_given_up_rather_than_tried_after_its_max_age() {
     let (api_addr, api) = start_fake_api().await;
@@ -2173,6 +2257,50 @@ fn app_hook_updates(api: &FakeApi) -> Vec<(String, Value)> {
             (headers["authorization"].clone(), body.clone())
         })
         .collect()
+}
+
+/// With the app set and no `GITHUB_TOKEN`, a delivery that names no installation (a repository
+/// hook's, with the same secret) has no credentials to comment with: it is logged as such, and
+/// nothing is sent. Before, the comment went out without credentials, and was refused.
+#[tokio::test]
+async fn a_delivery_outside_the_app_without_a_token_is_not_commented_on_unauthenticated() {
+    let Some(python) = peers::python() else {
+        return;
+    };
+    let (logs, _guard) = support::Logs::capture();
+    let (pkcs1, _, _) = app_key(&python);
+    let (api_addr, api) = start_fake_api().await;
+    let one_line = pkcs1.trim_end().replace('\n', "\\n");
+    let (base, state) = start_server(&settings(
+        api_addr,
+        &[
+            ("GITHUB_APP_ID", "123456"),
+            ("GITHUB_APP_PRIVATE_KEY", one_line.as_str()),
+            ("GITHUB_TOKEN", ""),
+        ],
+    ))
+    .await;
+    let client = crate::client::new();
+    let d = delivery(
+        app::Forge::GitHub,
+        "e1000000-0000-4000-8000-00000000001f",
+        5,
+    );
+    assert_eq!(
+        send(&client, &base, &d).await.status(),
+        StatusCode::ACCEPTED
+    );
+    eventually("the comment given up", PATIENCE, || {
+        state.counters.comments_failed.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(comment_count(&api), 0);
+    assert_eq!(api.requests.load(Ordering::SeqCst), 0);
+    let text = logs.text();
+    assert!(
+        text.contains("names no installation of the app") && text.contains("set GITHUB_TOKEN"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
