@@ -175,6 +175,11 @@ impl Probes {
         lock(&self.0).remove(nonce);
     }
 
+    /// Whether a probe is in flight (a tunnel is starting).
+    fn in_flight(&self) -> bool {
+        !lock(&self.0).is_empty()
+    }
+
     /// The answer to a probe request of a probe in flight; `None` for any other request.
     fn answer<B>(&self, request: &Request<B>) -> Option<Response<BoxBody>> {
         if request.uri().path() != PROBE_PATH {
@@ -1034,6 +1039,14 @@ where
     // (No timeout: a timer that never fires in the life of the process.)
     let silence = tokio::time::sleep(header_read_timeout.unwrap_or(super::time::FAR_FUTURE));
     tokio::pin!(silence);
+    // While a probe is in flight, the local server speaking first does not end the wait for the
+    // public side's first bytes at once: through a tunnel server over a real network, the
+    // probe's request comes a round trip after the connection, long after a local greeting
+    // (SMTP's `220`), and would be piped to the local server instead of answered. For at most
+    // `PROBE_GRACE`: a client of such a protocol waits for the greeting.
+    let mut probing = probes.in_flight();
+    let grace = tokio::time::sleep(PROBE_GRACE);
+    tokio::pin!(grace);
     let mut local = None;
     let first = loop {
         match &local {
@@ -1045,10 +1058,11 @@ where
             Some(Ok(stream)) => tokio::select! {
                 read = io.read_buf(&mut head) => break Some(read?),
                 // Readiness only, no read: costs no system call while the client speaks first.
-                spoke = stream.readable() => {
+                spoke = stream.readable(), if !probing => {
                     spoke?;
                     break None;
                 }
+                () = &mut grace, if probing => probing = false,
                 () = &mut silence => return silent_end(header_read_timeout),
             },
             Some(Err(_)) => tokio::select! {
@@ -1148,6 +1162,10 @@ fn silent_end(header_read_timeout: Option<Duration>) -> std::io::Result<()> {
     );
     Ok(())
 }
+
+/// How long a piped connection opened while a probe is in flight waits for the public side's
+/// first bytes when the local server speaks first (see [`pipe`]).
+const PROBE_GRACE: Duration = Duration::from_secs(2);
 
 /// How long a piped connection still carries the public side's bytes after the local server
 /// closed its side.

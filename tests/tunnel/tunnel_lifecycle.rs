@@ -496,6 +496,88 @@ async fn bore_forwards_a_protocol_where_the_local_server_speaks_first() {
     handle.close().await;
 }
 
+/// A TCP relay from `listen` to `to` that hands each chunk coming back from `to` on 100 ms
+/// late: a tunnel server across a real network, where a probe's request reaches the client a
+/// round trip after the connection it comes on.
+async fn slow_return_relay(listen: SocketAddr, to: SocketAddr) -> tokio::task::JoinHandle<()> {
+    let listener = TcpListener::bind(listen).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(server) = TcpStream::connect(to).await else {
+                    return;
+                };
+                let (mut client_rx, mut client_tx) = client.into_split();
+                let (mut server_rx, mut server_tx) = server.into_split();
+                let forth = tokio::io::copy(&mut client_rx, &mut server_tx);
+                let back = async {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = server_rx.read(&mut buf).await.unwrap_or(0);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        if n == 0 || client_tx.write_all(&buf[..n]).await.is_err() {
+                            let _ = client_tx.shutdown().await;
+                            return;
+                        }
+                    }
+                };
+                let _ = tokio::join!(forth, back);
+            });
+        }
+    })
+}
+
+/// The real bore server behind a relay that delays what it sends: the tunnel's probe request
+/// comes long after the local SMTP-like server's greeting. Before, the greeting ended the wait
+/// for the public side at once and the probe was piped to the local server: every start failed.
+#[tokio::test]
+async fn bore_starts_for_a_server_that_speaks_first_when_the_probe_comes_late() {
+    let local = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let local_addr = local.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = local.accept().await {
+            tokio::spawn(async move {
+                let _ = stream.write_all(b"220 ready\r\n").await;
+                let mut line = [0u8; 64];
+                let n = stream.read(&mut line).await.unwrap_or(0);
+                let _ = stream.write_all(&line[..n]).await;
+            });
+        }
+    });
+    // Public ports, and the relay to the control port, on one address; the server's control
+    // port on another.
+    let (public_ip, control_ip) = (Ipv4Addr::new(127, 0, 14, 1), Ipv4Addr::new(127, 0, 14, 2));
+    let _server = support::start_bore_server(control_ip, public_ip, None).await;
+    let relay = slow_return_relay((public_ip, 7835).into(), (control_ip, 7835).into()).await;
+    let handle = Tunnel::builder()
+        .provider(
+            Bore::new()
+                .server(public_ip.to_string())
+                .startup_timeout(Duration::from_secs(10)),
+        )
+        .start(local_addr)
+        .await
+        .expect("the probe was answered");
+    // Not starting any more: the greeting goes through at once, and the rest is piped.
+    let public = handle.url().trim_start_matches("http://").to_owned();
+    let mut stream = TcpStream::connect(&public).await.unwrap();
+    let mut greeting = [0u8; 11];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut greeting))
+        .await
+        .expect("the greeting")
+        .unwrap();
+    assert_eq!(&greeting, b"220 ready\r\n");
+    stream.write_all(b"HELO x\r\n").await.unwrap();
+    let mut echo = [0u8; 8];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echo))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echo, b"HELO x\r\n");
+    handle.close().await;
+    relay.abort();
+}
+
 #[cfg(feature = "ngrok")]
 #[tokio::test]
 async fn an_ngrok_start_that_times_out_leaves_no_connection_behind() {
