@@ -231,6 +231,10 @@ pub(crate) struct Settings {
     /// Comments posted at once to one provider's API (`COMMENTS_IN_FLIGHT_PER_PROVIDER`,
     /// default 8, at most 256). Each provider has its own slots.
     pub(crate) comments_in_flight_per_provider: usize,
+    /// The least time between two GitHub comments (`GITHUB_COMMENT_INTERVAL_MS`, default 1000,
+    /// at most 60000; 0: none): GitHub asks clients that create content to wait at least a
+    /// second between such requests, and meets a burst with a secondary rate limit.
+    pub(crate) github_comment_interval: Duration,
     /// Attempts that reach a provider's API before a comment that keeps failing transiently
     /// is given up (`COMMENT_MAX_ATTEMPTS`, default 20, at most 1000). Calls refused by an
     /// open breaker do not count.
@@ -298,6 +302,7 @@ impl std::fmt::Debug for Settings {
                 "comments_in_flight_per_provider",
                 &self.comments_in_flight_per_provider,
             )
+            .field("github_comment_interval", &self.github_comment_interval)
             .field("comment_max_attempts", &self.comment_max_attempts)
             .field("comment_max_age", &self.comment_max_age)
             .field("shutdown_grace", &self.shutdown_grace)
@@ -726,6 +731,11 @@ impl Settings {
                 IN_FLIGHT_PER_PROVIDER as u64,
                 1..=256,
             )? as usize,
+            github_comment_interval: Duration::from_millis(number(
+                "GITHUB_COMMENT_INTERVAL_MS",
+                1000,
+                0..=60_000,
+            )?),
             comment_max_attempts: number("COMMENT_MAX_ATTEMPTS", 20, 1..=1000)? as u32,
             comment_max_age: Duration::from_secs(number(
                 "COMMENT_MAX_AGE_SECS",
@@ -1372,14 +1382,14 @@ pub(crate) fn build_with_clock(settings: &Settings, clock: Clock) -> Result<App,
     for (&forge, api) in &settings.apis {
         let config = settings.breaker.clone().name(forge.name());
         let (layer, handle) = CircuitBreakerLayer::pair(config)?;
-        let mut retry = RetryPolicy::new()
+        // A 429 is a rate limit of the token (Bitbucket's lasts up to an hour and names no
+        // wait; GitHub's secondary one, a minute): waited out by the comment's job, which holds
+        // back the provider's other comments too (see `Hold`), not sent again within two
+        // seconds.
+        let retry = RetryPolicy::new()
             .max_retries(3)
-            .backoff(Duration::from_millis(100), Duration::from_secs(2));
-        if forge == Forge::GitHub {
-            // A GitHub 429 is a rate limit: without `Retry-After` it is waited out for a minute
-            // (see `post_comment`), not sent again within two seconds.
-            retry = retry.no_retry_on_status(StatusCode::TOO_MANY_REQUESTS);
-        }
+            .backoff(Duration::from_millis(100), Duration::from_secs(2))
+            .no_retry_on_status(StatusCode::TOO_MANY_REQUESTS);
         let svc = ServiceBuilder::new()
             .layer(retry.into_layer())
             .layer(layer)
@@ -1445,7 +1455,15 @@ pub(crate) fn build_with_clock(settings: &Settings, clock: Clock) -> Result<App,
     });
     tokio::spawn(worker(
         rx,
-        Apis { callers, tokens },
+        Apis {
+            callers,
+            tokens,
+            holds: Forge::ALL
+                .into_iter()
+                .map(|forge| (forge, Hold::default()))
+                .collect(),
+            github_comment_interval: settings.github_comment_interval,
+        },
         settings.comments_in_flight_per_provider,
         state.clone(),
     ));
@@ -2731,7 +2749,13 @@ async fn run_job(
     let mut draining = state.draining.subscribe();
     // Whether the shutdown already cut a backoff of this job short: once is enough.
     let mut woken = false;
+    let hold = &apis.holds[&job.forge];
     loop {
+        // Held back by a wait the provider asked of another comment: not an attempt.
+        if let Some(left) = hold.left() {
+            tokio::time::sleep(left).await;
+            continue;
+        }
         // An installation token is had before a slot is taken: comments waiting for a token
         // GitHub is slow to hand out hold no slot of the comments that have theirs.
         let outcome = match installation_token(&apis, &state, job).await {
@@ -2741,6 +2765,13 @@ async fn run_job(
                 let Ok(_slot) = slots.acquire().await else {
                     break;
                 };
+                if job.forge == Forge::GitHub && !apis.github_comment_interval.is_zero() {
+                    tokio::time::sleep_until(hold.turn(apis.github_comment_interval)).await;
+                }
+                // A wait asked while this job waited for its slot or its turn.
+                if hold.left().is_some() {
+                    continue;
+                }
                 // Dropped in between (the process exits), the comment may have been posted.
                 run.posting = true;
                 let outcome = post_comment(&apis, &state, job, token).await;
@@ -2760,11 +2791,17 @@ async fn run_job(
             }
             Outcome::Later { delay, attempted } => {
                 job.secondary_limits = 0;
+                // Asked by the provider (or an open breaker): of every comment to it.
+                if let Some(delay) = delay {
+                    hold.extend(delay);
+                }
                 (delay, attempted)
             }
             Outcome::SecondaryLimit => {
                 job.secondary_limits += 1;
-                (Some(secondary_limit_wait(job.secondary_limits)), true)
+                let wait = secondary_limit_wait(job.secondary_limits);
+                hold.extend(wait);
+                (Some(wait), true)
             }
         };
         if attempted {
@@ -2942,6 +2979,50 @@ struct Apis {
     /// With `GITHUB_APP_*`: the tokens GitHub comments are posted with, for deliveries that came
     /// through an installation of the app.
     tokens: Option<Arc<InstallationTokens>>,
+    /// What every comment job of a provider waits for.
+    holds: BTreeMap<Forge, Hold>,
+    /// `GITHUB_COMMENT_INTERVAL_MS`.
+    github_comment_interval: Duration,
+}
+
+/// What every comment job of one provider waits for. A wait the provider asked of one job (a
+/// rate limit, a 503 with `Retry-After`, an open breaker's time left) holds back all of them: the
+/// limit is the token's or the app's, not the comment's, and each job that tried anyway would
+/// spend an attempt on the same refusal (and GitHub may ban a client that keeps trying while
+/// limited). And GitHub's comments are spaced (`GITHUB_COMMENT_INTERVAL_MS`), as GitHub asks.
+#[derive(Default)]
+struct Hold {
+    /// Not before then.
+    until: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// The earliest the next spaced comment may be sent.
+    next_turn: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Hold {
+    /// Holds every job back for `wait` from now, unless they are held longer already.
+    fn extend(&self, wait: Duration) {
+        let until = tokio::time::Instant::now() + wait;
+        let mut held = self.until.lock().unwrap_or_else(|e| e.into_inner());
+        if held.is_none_or(|held| held < until) {
+            *held = Some(until);
+        }
+    }
+
+    /// How long jobs are still held back, if they are.
+    fn left(&self) -> Option<Duration> {
+        let until = (*self.until.lock().unwrap_or_else(|e| e.into_inner()))?;
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        (!left.is_zero()).then_some(left)
+    }
+
+    /// Takes the next turn to send, `interval` after the one before: when it comes.
+    fn turn(&self, interval: Duration) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        let mut next = self.next_turn.lock().unwrap_or_else(|e| e.into_inner());
+        let at = next.map_or(now, |next| next.max(now));
+        *next = Some(at + interval);
+        at
+    }
 }
 
 /// With `GITHUB_APP_*`, the token of the installation `job`'s delivery came through, if it came

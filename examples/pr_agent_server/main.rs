@@ -30,10 +30,11 @@
 //! `MAX_PENDING_COMMENTS` (1-1048576, default 4096: comments of one provider queued, in flight
 //! or waiting to be tried again, each provider its own; 503 past it),
 //! `COMMENTS_IN_FLIGHT_PER_PROVIDER` (1-256, default 8: comments posted at once to one
-//! provider), `COMMENT_MAX_ATTEMPTS` (1-1000, default 20: attempts that reach the provider's
+//! provider), `GITHUB_COMMENT_INTERVAL_MS` (0-60000, default 1000: the least time between two
+//! GitHub comments, as GitHub asks), `COMMENT_MAX_ATTEMPTS` (1-1000, default 20: attempts that reach the provider's
 //! API before a comment that keeps failing is given up;
-//! within one attempt, a request refused (a 408, a 503 with `Retry-After`, a 429 except
-//! GitHub's, which is waited out as a rate limit, a refused HTTP/2 stream) or never sent (no
+//! within one attempt, a request refused (a 408, a 503 with `Retry-After`, a refused HTTP/2
+//! stream; not a 429, a rate limit, which is waited out) or never sent (no
 //! connection) is sent again up to 3
 //! times, so an attempt is at most 4 requests),
 //! `COMMENT_MAX_AGE_SECS` (1-2592000, default 86400: a comment is given up rather than tried
@@ -84,6 +85,8 @@
 //!
 //! Comments are posted to each provider's API at most `COMMENTS_IN_FLIGHT_PER_PROVIDER` (8) at a
 //! time, with separate slots per provider: a provider that stalls or rate-limits delays only its own comments.
+//! A wait one of them asks for (a rate limit, a `Retry-After`) holds back all of its comments,
+//! without costing them an attempt, and GitHub's comments go a `GITHUB_COMMENT_INTERVAL_MS` apart.
 //! A GitHub App's installation tokens are fetched at most as many at once, of all installations.
 //!
 //! # What gets a comment

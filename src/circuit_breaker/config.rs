@@ -745,6 +745,12 @@ impl CircuitBreakerConfig {
     /// CLOSED breaker, a manual move to the current state) restarts the window but is not a
     /// transition, and is not told (as in resilience4j).
     ///
+    /// Rejections and exceeded thresholds are told at once, by the thread that meets them,
+    /// outside that order: a `Rejected { state: Open, .. }` may reach the listener before the
+    /// transition to OPEN that caused it, while another thread is still telling that one. A
+    /// listener that follows the state reads it from `Rejected::state` or from
+    /// [`StateTransition`](CircuitEvent::StateTransition) events alone.
+    ///
     /// # Example
     ///
     /// ```

@@ -63,7 +63,9 @@
 //!   one that keeps trying). A reset that is unreadable or not after the response's `Date`
 //!   keeps the backoff.
 //! - **Budget**: a shared [`TpsBudget`] caps retries to a share of the traffic, so retries do
-//!   not multiply the load on an upstream that is already struggling.
+//!   not multiply the load on an upstream that is already struggling. A retry is charged when
+//!   it is decided, before its backoff: one whose wait is cut short (the call dropped, an outer
+//!   timeout) or that a circuit breaker inside then refuses still counts against the budget.
 //! - **Never a circuit-open rejection**: an error carrying
 //!   [`CircuitOpen`](crate::circuit_breaker::CircuitOpen) is returned at once, and so is a
 //!   reqwest error the same request meets again (a builder error such as a URL scheme reqwest

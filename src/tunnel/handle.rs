@@ -306,7 +306,11 @@ impl TunnelBuilder {
         Ok(self)
     }
 
-    /// How long the probe may take, within the provider's startup timeout (default 5 s).
+    /// How long the probe may take, within the provider's startup timeout (default 5 s). A
+    /// provider whose URLs take longer to become reachable asks for more with
+    /// [`Provider::probe_timeout`](super::Provider::probe_timeout) (cloudflared: the rest of its
+    /// startup timeout). Failed attempts are repeated after 100 ms, then twice as long each
+    /// time, up to 1 s.
     ///
     /// # Panics
     ///
@@ -515,9 +519,11 @@ impl TunnelBuilder {
                         // Within what is left of the startup timeout, so that a failing probe
                         // ends with its own reason (refused, not trusted, answered 404) rather
                         // than being cut off by the startup deadline with none.
-                        let limit = deadline.map_or(self.probe_timeout, |deadline| {
-                            self.probe_timeout
-                                .min(deadline.saturating_duration_since(Instant::now()))
+                        let wanted = provider
+                            .probe_timeout()
+                            .map_or(self.probe_timeout, |own| own.max(self.probe_timeout));
+                        let limit = deadline.map_or(wanted, |deadline| {
+                            wanted.min(deadline.saturating_duration_since(Instant::now()))
                         });
                         let url = session.url().to_owned();
                         let probing = probe(&url, upstream, limit, &self.tls);
@@ -635,8 +641,12 @@ const BACKOFF_FLOOR: Duration = Duration::from_millis(1);
 /// counts as a failed round, and the delays grow up to at least this.
 const BACKOFF_MAX_FLOOR: Duration = Duration::from_millis(100);
 
-/// The pause between probe attempts.
+/// The first pause between probe attempts; it doubles after each, up to [`PROBE_RETRY_MAX`].
 const PROBE_RETRY: Duration = Duration::from_millis(100);
+
+/// The longest pause between probe attempts: a URL still unreachable after a few seconds (a
+/// new hostname not yet resolved) is asked once a second, not ten times.
+const PROBE_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Sends the round-trip probe through `url` (over TLS for `https://`, trusting `tls`).
 async fn probe(
@@ -663,6 +673,7 @@ async fn probe(
         ("bypass-tunnel-reminder", "1"),
     ];
     let mut last;
+    let mut pause = PROBE_RETRY;
     loop {
         let left = deadline.map_or(limit, |deadline| {
             deadline.saturating_duration_since(Instant::now())
@@ -682,7 +693,7 @@ async fn probe(
             Ok((status, _)) => last = format!("answered {status} without the nonce"),
             Err(err) => last = chain(&*err),
         }
-        if super::time::due_within(deadline, Instant::now(), PROBE_RETRY) {
+        if super::time::due_within(deadline, Instant::now(), pause) {
             return Err(format!(
                 "the round-trip probe through {} did not reach this service within {} ms: {last}",
                 shown_url(url),
@@ -690,7 +701,8 @@ async fn probe(
             )
             .into());
         }
-        tokio::time::sleep(PROBE_RETRY).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(PROBE_RETRY_MAX);
     }
 }
 

@@ -118,6 +118,27 @@ pub trait Provider: fmt::Debug + Send + Sync + 'static {
         Duration::from_secs(15)
     }
 
+    /// How long the round-trip probe of a tunnel this provider opened may take, when that is
+    /// longer than the builder's [`probe_timeout`](super::TunnelBuilder::probe_timeout): for a
+    /// public URL that takes a while to become reachable (a cloudflared quick tunnel's new
+    /// hostname). The probe still ends with the provider's startup timeout. Default `None`: the
+    /// builder's.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::tunnel::{Bore, Cloudflared, Provider};
+    ///
+    /// assert_eq!(Provider::probe_timeout(&Bore::new()), None);
+    /// // A quick tunnel's hostname may take the rest of the startup timeout to resolve.
+    /// let cloudflared = Cloudflared::new().startup_timeout(Duration::from_secs(40));
+    /// assert_eq!(Provider::probe_timeout(&cloudflared), Some(Duration::from_secs(40)));
+    /// ```
+    fn probe_timeout(&self) -> Option<Duration> {
+        None
+    }
+
     /// What the user can do when this provider fails, such as "set TUNNEL_AUTH_TOKEN".
     ///
     /// # Example

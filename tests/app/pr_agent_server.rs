@@ -37,12 +37,29 @@ struct FakeApi {
     /// Requests still to answer as GitHub does when a rate limit is exceeded: 403 with
     /// `Retry-After` and `X-RateLimit-Remaining: 0`.
     rate_limited: AtomicUsize,
+    /// Until then, every request is answered so (with `Retry-After: 2`).
+    limited_until: Mutex<Option<Instant>>,
+    /// When each comment arrived.
+    arrived: Mutex<Vec<Instant>>,
 }
 
 async fn fake_api_handler(State(api): State<Arc<FakeApi>>, req: Request) -> Response {
     api.requests.fetch_add(1, Ordering::SeqCst);
     if api.failing.load(Ordering::SeqCst) {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    let limited = api
+        .limited_until
+        .lock()
+        .unwrap()
+        .is_some_and(|until| Instant::now() < until);
+    if limited {
+        return (
+            StatusCode::FORBIDDEN,
+            [("retry-after", "2"), ("x-ratelimit-remaining", "0")],
+            "API rate limit exceeded.",
+        )
+            .into_response();
     }
     if api
         .rate_limited
@@ -68,6 +85,7 @@ async fn fake_api_handler(State(api): State<Arc<FakeApi>>, req: Request) -> Resp
         .unwrap();
     let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     api.comments.lock().unwrap().push((path, headers, json));
+    api.arrived.lock().unwrap().push(Instant::now());
     StatusCode::CREATED.into_response()
 }
 
@@ -1180,6 +1198,85 @@ fn what_each_provider_says_in_its_error_answer_is_read() {
     assert!(says.ends_with('…'));
 }
 
+/// A rate limit one comment meets holds back the provider's other comments until it ends:
+/// they do not each spend an attempt on the same refusal. Before, each tried and was refused.
+#[tokio::test]
+async fn a_rate_limit_one_comment_meets_holds_back_the_others() {
+    let (api_addr, api) = start_fake_api().await;
+    *api.limited_until.lock().unwrap() = Some(Instant::now() + Duration::from_millis(1500));
+    let (base, state) = start_server(&settings(
+        api_addr,
+        &[
+            ("COMMENTS_IN_FLIGHT_PER_PROVIDER", "1"),
+            ("GITHUB_COMMENT_INTERVAL_MS", "0"),
+        ],
+    ))
+    .await;
+    let client = crate::client::new();
+    for n in 0..3u64 {
+        let d = delivery(
+            app::Forge::GitHub,
+            &format!("e3000000-0000-4000-8000-00000000000{n}"),
+            10 + n,
+        );
+        assert_eq!(
+            send(&client, &base, &d).await.status(),
+            StatusCode::ACCEPTED
+        );
+    }
+    eventually("three comments", PATIENCE, || comment_count(&api) == 3).await;
+    // One refusal, then the three comments after the wait it asked for.
+    assert_eq!(api.requests.load(Ordering::SeqCst), 4);
+    assert_eq!(state.counters.comments_failed.load(Ordering::SeqCst), 0);
+}
+
+/// GitHub's comments are sent a `GITHUB_COMMENT_INTERVAL_MS` apart (a second by default), as
+/// GitHub asks of clients that create content; other providers' are not spaced.
+#[tokio::test]
+async fn github_comments_are_sent_an_interval_apart() {
+    let (api_addr, api) = start_fake_api().await;
+    let (base, _state) = start_server(&settings(
+        api_addr,
+        &[("GITHUB_COMMENT_INTERVAL_MS", "400")],
+    ))
+    .await;
+    let client = crate::client::new();
+    for n in 0..3u64 {
+        let d = delivery(
+            app::Forge::GitHub,
+            &format!("e4000000-0000-4000-8000-00000000000{n}"),
+            20 + n,
+        );
+        assert_eq!(
+            send(&client, &base, &d).await.status(),
+            StatusCode::ACCEPTED
+        );
+    }
+    eventually("three comments", PATIENCE, || comment_count(&api) == 3).await;
+    let arrived = api.arrived.lock().unwrap().clone();
+    for pair in arrived.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(gap >= Duration::from_millis(350), "{gap:?} apart");
+    }
+    // GitLab's are not spaced.
+    api.arrived.lock().unwrap().clear();
+    for n in 0..3u64 {
+        let d = delivery(
+            app::Forge::GitLab,
+            &format!("e5000000-0000-4000-8000-00000000000{n}"),
+            30 + n,
+        );
+        assert_eq!(
+            send(&client, &base, &d).await.status(),
+            StatusCode::ACCEPTED
+        );
+    }
+    eventually("three more comments", PATIENCE, || comment_count(&api) == 6).await;
+    let arrived = api.arrived.lock().unwrap().clone();
+    let spread = arrived[2] - arrived[0];
+    assert!(spread < Duration::from_millis(700), "{spread:?} for three");
+}
+
 #[tokio::test]
 async fn a_comment_is_given_up_rather_than_tried_after_its_max_age() {
     let (api_addr, api) = start_fake_api().await;
@@ -1460,6 +1557,8 @@ fn numeric_settings_refuse_zero_and_absurd_values() {
         ("COMMENT_MAX_ATTEMPTS", "4294967296"),
         ("COMMENTS_IN_FLIGHT_PER_PROVIDER", "0"),
         ("COMMENTS_IN_FLIGHT_PER_PROVIDER", "257"),
+        ("GITHUB_COMMENT_INTERVAL_MS", "60001"),
+        ("GITHUB_COMMENT_INTERVAL_MS", "-1"),
         ("COMMENT_MAX_AGE_SECS", "0"),
         ("COMMENT_MAX_AGE_SECS", "18446744073709551615"),
         ("COMMENT_MAX_AGE_SECS", "-1"),
@@ -1492,6 +1591,7 @@ fn numeric_settings_refuse_zero_and_absurd_values() {
     assert_eq!(defaults.comment_max_attempts, 20);
     assert_eq!(defaults.comment_max_age, Duration::from_secs(24 * 3600));
     assert_eq!(defaults.comments_in_flight_per_provider, 8);
+    assert_eq!(defaults.github_comment_interval, Duration::from_secs(1));
     assert_eq!(defaults.max_remembered_drafts, 10_000);
 }
 

@@ -7,6 +7,9 @@
 //                     forwarded to the origin, as cloudflared forwards the edge's requests) |
 //                     never-ready (/ready answers 503 forever) | noisy-crash (stderr that is
 //                     not UTF-8 and a 1 MiB line, then exits)
+//   --fake-edge-delay MS  proxy mode: the public side answers 530 (Cloudflare's "origin
+//                     unreachable") until MS ms after cloudflared is ready, as a new quick
+//                     tunnel's hostname does for a while
 const http = require('http');
 const fs = require('fs');
 
@@ -54,12 +57,21 @@ if (mode === 'never-ready') {
 const origin = opt('--url');
 const [host, port] = opt('--metrics').split(':');
 let readyPolls = 0;
+// When /ready first answered 200.
+let readySince;
 let hostname = opt('--fake-hostname') || 'fake-quick-tunnel.trycloudflare.com';
 
 // The public side: every request is forwarded to the origin, as cloudflared does.
 const startProxy = (done) => {
   const target = new URL(origin);
+  const edgeDelay = Number(opt('--fake-edge-delay') || 0);
   const proxy = http.createServer((req, res) => {
+    if (readySince === undefined || Date.now() - readySince < edgeDelay) {
+      log('edge 530');
+      res.statusCode = 530;
+      res.end('error code: 1033');
+      return;
+    }
     const forwarded = http.request(
       { host: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers },
       (answer) => {
@@ -98,6 +110,7 @@ const metrics = () => http
         res.statusCode = 503;
         res.end(JSON.stringify({ status: 503, readyConnections: 0 }));
       } else {
+        if (readySince === undefined) readySince = Date.now();
         res.end(JSON.stringify({ status: 200, readyConnections: 4 }));
       }
     } else {

@@ -495,6 +495,51 @@ async fn cloudflared_to_a_local_address_passes_the_probe_and_forwards_requests()
     let _ = std::fs::remove_file(log);
 }
 
+/// A quick tunnel's hostname is unreachable for a while after cloudflared is ready (the edge
+/// answers 530): the probe waits for it within cloudflared's startup timeout, not only the
+/// builder's shorter probe timeout. Before, the start failed after the builder's probe timeout.
+#[tokio::test]
+async fn cloudflared_is_probed_until_its_new_hostname_reaches_it() {
+    let Some(fake) = fake_cloudflared() else {
+        return;
+    };
+    let log = temp_log("cloudflared-slow-edge");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let local = support::serve_locally(hello_service(Arc::clone(&calls))).await;
+    let handle = Tunnel::builder()
+        .probe_timeout(Duration::from_millis(300))
+        .provider(
+            Cloudflared::new()
+                .binary(&fake)
+                .startup_timeout(Duration::from_secs(15))
+                .domain("")
+                .arg("--fake-mode")
+                .arg("proxy")
+                .arg("--fake-edge-delay")
+                .arg("1500")
+                .arg("--fake-log")
+                .arg(log.display().to_string()),
+        )
+        .start(local)
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+    assert!(
+        matches!(handle.status(), TunnelEvent::Up { verified: true, .. }),
+        "{:?}",
+        handle.status()
+    );
+    handle.close().await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let refused = text.matches("edge 530").count();
+    // Tried again while the edge refused, at a growing pace: 100, 200, 400, 800 ms... fit about
+    // 4 to 5 attempts in 1.5 s.
+    assert!(
+        (2..=8).contains(&refused),
+        "{refused} attempts refused: {text}"
+    );
+    let _ = std::fs::remove_file(log);
+}
+
 /// Whether the process `pid` is gone (or only waits to be reaped).
 fn process_gone(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
