@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -923,9 +923,6 @@ pub(crate) struct Job {
     pub(crate) installation: Option<u64>,
     /// Attempts that reached the provider's API so far.
     pub(crate) attempts: u32,
-    /// The last attempts in a row that met a GitHub secondary rate limit naming no delay: each
-    /// one waits twice as long as the one before.
-    pub(crate) secondary_limits: u32,
     /// When the delivery was accepted; the job is given up `COMMENT_MAX_AGE_SECS` later.
     pub(crate) accepted_at: tokio::time::Instant,
     /// The draft whose publishing this comment announces, taken from the memory of drafts:
@@ -979,6 +976,8 @@ pub(crate) struct AppState {
     replay: BTreeMap<Forge, (Provider, Arc<MemoryReplayStore>)>,
     /// The user the server comments as, per provider ([`Settings::own_users`]).
     own_users: BTreeMap<Forge, String>,
+    /// The tasks that point GitHub hooks at the tunnel, and back once it is closed.
+    hooks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl AppState {
@@ -1110,36 +1109,37 @@ enum HookError {
 }
 
 impl HookUpdater {
-    /// `PATCH /repos/{owner}/{repo}/hooks/{id}/config` or `PATCH /app/hook/config` with the new
-    /// URL (the secret and the other settings of the hook are kept).
-    async fn point_to(&self, public: &str) -> Result<(), HookError> {
-        let url = format!("{public}{}", Forge::GitHub.route());
-        let request = match &self.target {
+    /// `<method> /repos/{owner}/{repo}/hooks/{id}/config` or `<method> /app/hook/config`.
+    fn config_request(&self, method: Method, body: &Value) -> Result<reqwest::Request, HookError> {
+        match &self.target {
             HookTarget::Repository(hook) => {
                 let path = format!("/repos/{}/hooks/{}/config", hook.repository, hook.id);
-                api_request(
-                    Forge::GitHub,
-                    &self.api,
-                    Method::PATCH,
-                    &path,
-                    &json!({ "url": url }),
-                )
+                api_request(Forge::GitHub, &self.api, method, &path, body)
             }
-            HookTarget::App(app) => app_request(
-                app,
-                &self.api,
-                Method::PATCH,
-                "/app/hook/config",
-                &json!({ "url": url }),
-            ),
+            HookTarget::App(app) => app_request(app, &self.api, method, "/app/hook/config", body),
         }
-        .map_err(|err| HookError::Refused(err.to_string()))?;
+        .map_err(|err| HookError::Refused(err.to_string()))
+    }
+
+    /// Sends a request about the hook's config: the answer's body (64 KiB at most), or why not.
+    async fn send(&self, request: reqwest::Request) -> Result<Vec<u8>, HookError> {
         let res = self
             .caller
             .clone()
             .oneshot(request)
             .await
             .map_err(|err| HookError::Transient(error_chain(&*err), None, false))?;
+        if res.status().is_success() {
+            return match read_at_most(res, 64 * 1024).await {
+                Ok(body) => Ok(body),
+                Err(Unread::TooLarge(_)) => Err(HookError::Refused(
+                    "GitHub's answer about the hook is larger than 64 KiB".into(),
+                )),
+                Err(Unread::Failed(err)) => {
+                    Err(HookError::Transient(error_chain(&err), None, false))
+                }
+            };
+        }
         let (status, wait, secondary_limit, says) = status_and_limit(Forge::GitHub, res).await;
         if status.is_server_error() || wait.is_some() {
             return Err(HookError::Transient(
@@ -1148,21 +1148,76 @@ impl HookUpdater {
                 secondary_limit,
             ));
         }
-        if !status.is_success() {
-            return Err(HookError::Refused(answered(
-                format!("GitHub answered {status}"),
-                says.as_deref(),
-            )));
-        }
+        Err(HookError::Refused(answered(
+            format!("GitHub answered {status}"),
+            says.as_deref(),
+        )))
+    }
+
+    /// The URL the hook delivers to now (`GET` of its config).
+    async fn current_url(&self) -> Result<String, HookError> {
+        let body = self
+            .send(self.config_request(Method::GET, &Value::Null)?)
+            .await?;
+        serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|config| config["url"].as_str().map(str::to_owned))
+            .ok_or_else(|| HookError::Refused("GitHub's hook config names no URL".into()))
+    }
+
+    /// `PATCH` of the hook's config with `url` (its secret and other settings are kept).
+    async fn set_url(&self, url: &str) -> Result<(), HookError> {
+        let request = self.config_request(Method::PATCH, &json!({ "url": url }))?;
+        self.send(request).await.map(drop)
+    }
+
+    /// Points the hook at the webhook route under the tunnel's URL `public`.
+    async fn point_to(&self, public: &str) -> Result<(), HookError> {
+        let url = format!("{public}{}", Forge::GitHub.route());
+        self.set_url(&url).await?;
         tracing::info!(hook = %self.target, %url, "GitHub hook now points at the tunnel");
         Ok(())
     }
 
-    /// Points the hook at every URL the tunnel opens at, until the tunnel is closed. A failure
+    /// Once the tunnel is closed for good (the server stops): points the hook back at the URL
+    /// it had before it followed the tunnel, so that the deliveries of a hook (or an app) that
+    /// also serves elsewhere do not keep going to a tunnel that is gone. One attempt.
+    async fn point_back(&self, original: &str) {
+        let answer = tokio::time::timeout(POINT_BACK_WAIT, self.set_url(original))
+            .await
+            .unwrap_or_else(|_| {
+                Err(HookError::Transient(
+                    format!("no answer within {} s", POINT_BACK_WAIT.as_secs()),
+                    None,
+                    false,
+                ))
+            });
+        match answer {
+            Ok(()) => tracing::info!(
+                hook = %self.target,
+                url = %without_secrets(original),
+                "GitHub hook pointed back at the URL it had before the tunnel"
+            ),
+            Err(HookError::Transient(err, ..) | HookError::Refused(err)) => tracing::error!(
+                hook = %self.target,
+                url = %without_secrets(original),
+                error = %err,
+                "could not point the GitHub hook back at the URL it had before the tunnel: set it by hand"
+            ),
+        }
+    }
+
+    /// Points the hook at every URL the tunnel opens at, until the tunnel is closed; then back
+    /// at the URL it had before (read before the first update). A failure
     /// worth retrying is tried again after a growing delay (1 s to 1 min), or as long as a
     /// `Retry-After` asks (up to an hour); a GitHub secondary rate limit naming no delay, after
     /// a minute, then twice as long each time it is met again (up to an hour).
     pub(crate) async fn follow(self, mut status: watch::Receiver<TunnelEvent>) {
+        // The URL the hook had before its first update, once read; whether it was asked for.
+        let mut original: Option<String> = None;
+        let mut asked = false;
+        // Whether the hook was pointed at a tunnel URL.
+        let mut moved = false;
         // The URL the hook points at, or was given up for.
         let mut settled: Option<String> = None;
         // A URL whose update failed, and when it may be tried again: a tunnel that drops and
@@ -1173,10 +1228,16 @@ impl HookUpdater {
         // own (see `secondary_limit_wait`), apart from `delay`.
         let mut secondary_limits = 0;
         loop {
-            let url = {
+            let (url, closed) = {
                 let event = status.borrow_and_update();
-                event.is_up().then(|| event.url().to_owned())
+                (
+                    event.is_up().then(|| event.url().to_owned()),
+                    matches!(*event, TunnelEvent::Closed { .. }),
+                )
             };
+            if closed {
+                break;
+            }
             if let Some(url) = url
                 && settled.as_deref() != Some(url.as_str())
                 && pending
@@ -1184,8 +1245,21 @@ impl HookUpdater {
                     .is_none_or(|(failed, at)| *failed != url || tokio::time::Instant::now() >= *at)
             {
                 let (hook, route) = (&self.target, Forge::GitHub.route());
+                if !asked {
+                    asked = true;
+                    match self.current_url().await {
+                        Ok(url) => {
+                            tracing::info!(%hook, url = %without_secrets(&url), "the GitHub hook's URL before the tunnel: pointed back there when the server stops");
+                            original = Some(url);
+                        }
+                        Err(HookError::Transient(err, ..) | HookError::Refused(err)) => {
+                            tracing::warn!(%hook, error = %err, "could not read the GitHub hook's URL: it is not pointed back when the server stops");
+                        }
+                    }
+                }
                 match self.point_to(&url).await {
                     Ok(()) => {
+                        moved = true;
                         settled = Some(url);
                         pending = None;
                         delay = Duration::from_secs(1);
@@ -1217,16 +1291,38 @@ impl HookUpdater {
             // Wake up for the next attempt if one is due later; otherwise only for a change.
             match &pending {
                 Some((_, at)) if *at > tokio::time::Instant::now() => tokio::select! {
-                    changed = status.changed() => if changed.is_err() { return },
+                    changed = status.changed() => if changed.is_err() { break },
                     () = tokio::time::sleep_until(*at) => {}
                 },
                 _ => {
                     if status.changed().await.is_err() {
-                        return;
+                        break;
                     }
                 }
             }
         }
+        // The tunnel is closed for good.
+        if let Some(original) = original.as_deref().filter(|_| moved) {
+            self.point_back(original).await;
+        }
+    }
+}
+
+/// How long the server waits, as it stops, for a hook to be pointed back at its URL from before
+/// the tunnel.
+const POINT_BACK_WAIT: Duration = Duration::from_secs(10);
+
+/// `url` without what may be a secret in it (user info, query, fragment), for the log.
+fn without_secrets(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut url) => {
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.set_query(None);
+            url.set_fragment(None);
+            url.to_string()
+        }
+        Err(_) => "<not a URL>".to_owned(),
     }
 }
 
@@ -1452,17 +1548,16 @@ pub(crate) fn build_with_clock(settings: &Settings, clock: Clock) -> Result<App,
         tokens: tokens.clone(),
         replay,
         own_users: settings.own_users.clone(),
+        hooks: std::sync::Mutex::new(Vec::new()),
     });
     tokio::spawn(worker(
         rx,
         Apis {
             callers,
             tokens,
-            holds: Forge::ALL
-                .into_iter()
-                .map(|forge| (forge, Hold::default()))
-                .collect(),
+            holds: std::sync::Mutex::default(),
             github_comment_interval: settings.github_comment_interval,
+            next_turn: std::sync::Mutex::default(),
         },
         settings.comments_in_flight_per_provider,
         state.clone(),
@@ -1721,7 +1816,12 @@ pub(crate) async fn start(
     for updater in app.hook_updaters {
         match running.tunnel_watch() {
             Some(status) => {
-                tokio::spawn(updater.follow(status));
+                let task = tokio::spawn(updater.follow(status));
+                app.state
+                    .hooks
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(task);
             }
             None => tracing::info!(
                 hook = %updater.target,
@@ -1817,12 +1917,24 @@ pub(crate) async fn finish(
             return left;
         }
     }
+    // The tunnel is closed: the hooks that followed it are pointed back meanwhile (for
+    // `POINT_BACK_WAIT` at most).
+    let hooks = std::mem::take(&mut *state.hooks.lock().unwrap_or_else(|e| e.into_inner()));
+    let pointed_back = async {
+        for hook in hooks {
+            let _ = hook.await;
+        }
+    };
     // No delivery comes in any more: the comments of those answered 202 get their chance,
     // unless a second stop signal says not to wait (the grace may be up to an hour). Nothing
     // pending is nothing to stop waiting for, whatever the signals said.
+    let drained = async {
+        let (left, ()) = tokio::join!(state.drain_comments(grace), pointed_back);
+        left
+    };
     tokio::select! {
         biased;
-        left = state.drain_comments(grace) => {
+        left = drained => {
             if left > 0 {
                 tracing::error!(
                     pending = left,
@@ -2024,7 +2136,6 @@ async fn handle(
         comment,
         installation,
         attempts: 0,
-        secondary_limits: 0,
         accepted_at: tokio::time::Instant::now(),
         draft: draft.clone(),
     };
@@ -2749,38 +2860,78 @@ async fn run_job(
     let mut draining = state.draining.subscribe();
     // Whether the shutdown already cut a backoff of this job short: once is enough.
     let mut woken = false;
-    let hold = &apis.holds[&job.forge];
-    loop {
+    // Waits asked of a comment hold back those sent with the same credential.
+    let hold = apis.hold(
+        job.forge,
+        job.installation.filter(|_| apis.tokens.is_some()),
+    );
+    let spaced = job.forge == Forge::GitHub
+        && !apis.github_comment_interval.is_zero()
+        && apis.callers.contains_key(&Forge::GitHub);
+    'run: loop {
         // Held back by a wait the provider asked of another comment: not an attempt.
         if let Some(left) = hold.left() {
+            if job.accepted_at.elapsed().saturating_add(left) > state.max_age {
+                give_up(
+                    &state,
+                    job,
+                    "its provider asks to wait past COMMENT_MAX_AGE_SECS",
+                )
+                .await;
+                break;
+            }
             tokio::time::sleep(left).await;
             continue;
         }
-        // An installation token is had before a slot is taken: comments waiting for a token
-        // GitHub is slow to hand out hold no slot of the comments that have theirs.
-        let outcome = match installation_token(&apis, &state, job).await {
-            Err(outcome) => outcome,
-            Ok(token) => {
-                // The semaphore is never closed.
-                let Ok(_slot) = slots.acquire().await else {
-                    break;
-                };
-                if job.forge == Forge::GitHub && !apis.github_comment_interval.is_zero() {
-                    tokio::time::sleep_until(hold.turn(apis.github_comment_interval)).await;
-                }
-                // A wait asked while this job waited for its slot or its turn.
-                if hold.left().is_some() {
-                    continue;
-                }
-                // Dropped in between (the process exits), the comment may have been posted.
-                run.posting = true;
-                let outcome = post_comment(&apis, &state, job, token).await;
-                run.posting = false;
-                outcome
+        let outcome = 'attempt: {
+            // An installation token is had before a slot is taken: comments waiting for a token
+            // GitHub is slow to hand out hold no slot of the comments that have theirs.
+            let token = match installation_token(&apis, &state, job).await {
+                Err(outcome) => break 'attempt outcome,
+                Ok(token) => token,
+            };
+            let asked = tokio::time::Instant::now();
+            // The semaphore is never closed.
+            let Ok(_slot) = slots.acquire().await else {
+                break 'run;
+            };
+            if spaced {
+                tokio::time::sleep_until(apis.turn(apis.github_comment_interval)).await;
             }
+            // A wait asked while this job waited for its slot or its turn.
+            if hold.left().is_some() {
+                continue 'run;
+            }
+            // Asked again after a long wait for a slot and a turn, which the token may not
+            // have outlived (the tokens' cache answers at once while one is good).
+            let token = if token.is_some() && asked.elapsed() >= TOKEN_ASKED_AGAIN_AFTER {
+                match installation_token(&apis, &state, job).await {
+                    Err(outcome) => break 'attempt outcome,
+                    Ok(token) => token,
+                }
+            } else {
+                token
+            };
+            if job.accepted_at.elapsed() > state.max_age {
+                give_up(
+                    &state,
+                    job,
+                    "it waited past COMMENT_MAX_AGE_SECS for its turn",
+                )
+                .await;
+                break 'run;
+            }
+            // Dropped in between (the process exits), the comment may have been posted.
+            run.posting = true;
+            let outcome = post_comment(&apis, &state, job, token).await;
+            run.posting = false;
+            outcome
         };
         let (delay, attempted) = match outcome {
-            Outcome::Done => break,
+            Outcome::Done => {
+                hold.secondary_limits.store(0, Ordering::Relaxed);
+                break;
+            }
             Outcome::Failed => {
                 state.forget_delivery(job, false).await;
                 break;
@@ -2790,16 +2941,18 @@ async fn run_job(
                 break;
             }
             Outcome::Later { delay, attempted } => {
-                job.secondary_limits = 0;
-                // Asked by the provider (or an open breaker): of every comment to it.
+                hold.secondary_limits.store(0, Ordering::Relaxed);
+                // Asked by the provider (or an open breaker): of every comment with the same
+                // credential.
                 if let Some(delay) = delay {
                     hold.extend(delay);
                 }
                 (delay, attempted)
             }
             Outcome::SecondaryLimit => {
-                job.secondary_limits += 1;
-                let wait = secondary_limit_wait(job.secondary_limits);
+                // Met again by any comment of the credential, the wait doubles.
+                let met = hold.secondary_limits.fetch_add(1, Ordering::Relaxed) + 1;
+                let wait = secondary_limit_wait(met);
                 hold.extend(wait);
                 (Some(wait), true)
             }
@@ -2811,16 +2964,7 @@ async fn run_job(
         let delay = delay.unwrap_or_else(|| backoff_after(job.attempts));
         let age = job.accepted_at.elapsed();
         if job.attempts >= state.max_attempts || age.saturating_add(delay) > state.max_age {
-            tracing::error!(
-                provider = job.forge.name(),
-                target = %job.comment.target,
-                delivery = %job.delivery,
-                attempts = job.attempts,
-                age_secs = age.as_secs(),
-                "comment given up: the provider API kept failing"
-            );
-            counters.comments_failed.fetch_add(1, Ordering::Relaxed);
-            state.forget_delivery(job, false).await;
+            give_up(&state, job, "the provider API kept failing").await;
             break;
         }
         counters.comment_retries.fetch_add(1, Ordering::Relaxed);
@@ -2837,6 +2981,29 @@ async fn run_job(
     run.done = true;
     state.finish_pending(run.job.forge);
 }
+
+/// Gives `job` up, for `why`: logged, counted as failed, and its delivery forgotten (delivered
+/// again, it is processed again).
+async fn give_up(state: &AppState, job: &mut Job, why: &str) {
+    let age = job.accepted_at.elapsed();
+    tracing::error!(
+        provider = job.forge.name(),
+        target = %job.comment.target,
+        delivery = %job.delivery,
+        attempts = job.attempts,
+        age_secs = age.as_secs(),
+        "comment given up: {why}"
+    );
+    state
+        .counters
+        .comments_failed
+        .fetch_add(1, Ordering::Relaxed);
+    state.forget_delivery(job, false).await;
+}
+
+/// How long a job may wait for a slot and its turn before it asks for its installation token
+/// again.
+const TOKEN_ASKED_AGAIN_AFTER: Duration = Duration::from_secs(60);
 
 /// The wait after `attempts` failed attempts when the provider named none: doubling from
 /// 400 ms up to [`MAX_BACKOFF`], and between half of that and all of it ("equal jitter"), so
@@ -2979,23 +3146,46 @@ struct Apis {
     /// With `GITHUB_APP_*`: the tokens GitHub comments are posted with, for deliveries that came
     /// through an installation of the app.
     tokens: Option<Arc<InstallationTokens>>,
-    /// What every comment job of a provider waits for.
-    holds: BTreeMap<Forge, Hold>,
+    /// What the comment jobs sent with one credential wait for: per provider, and for GitHub
+    /// per installation of the app (`None`: the provider's token).
+    holds: std::sync::Mutex<BTreeMap<(Forge, Option<u64>), Arc<Hold>>>,
     /// `GITHUB_COMMENT_INTERVAL_MS`.
     github_comment_interval: Duration,
+    /// The earliest the next GitHub comment may be sent (one client: the app's or the token's
+    /// user, whose content-creating requests GitHub asks to space).
+    next_turn: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
-/// What every comment job of one provider waits for. A wait the provider asked of one job (a
-/// rate limit, a 503 with `Retry-After`, an open breaker's time left) holds back all of them: the
-/// limit is the token's or the app's, not the comment's, and each job that tried anyway would
+impl Apis {
+    /// The hold of the comments of `forge` sent with `installation`'s token (or the provider's).
+    fn hold(&self, forge: Forge, installation: Option<u64>) -> Arc<Hold> {
+        let mut holds = self.holds.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(holds.entry((forge, installation)).or_default())
+    }
+
+    /// Takes the next turn to send a GitHub comment, `interval` after the one before: when it
+    /// comes.
+    fn turn(&self, interval: Duration) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        let mut next = self.next_turn.lock().unwrap_or_else(|e| e.into_inner());
+        let at = next.map_or(now, |next| next.max(now));
+        *next = Some(at + interval);
+        at
+    }
+}
+
+/// What the comment jobs sent with one credential wait for. A wait the provider asked of one
+/// job (a rate limit, a 503 with `Retry-After`, an open breaker's time left) holds back all of
+/// them: the limit is the credential's, not the comment's, and each job that tried anyway would
 /// spend an attempt on the same refusal (and GitHub may ban a client that keeps trying while
-/// limited). And GitHub's comments are spaced (`GITHUB_COMMENT_INTERVAL_MS`), as GitHub asks.
+/// limited).
 #[derive(Default)]
 struct Hold {
     /// Not before then.
     until: std::sync::Mutex<Option<tokio::time::Instant>>,
-    /// The earliest the next spaced comment may be sent.
-    next_turn: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// GitHub secondary rate limits naming no delay met in a row, by any of the jobs: each one
+    /// waits twice as long as the one before.
+    secondary_limits: AtomicU32,
 }
 
 impl Hold {
@@ -3013,15 +3203,6 @@ impl Hold {
         let until = (*self.until.lock().unwrap_or_else(|e| e.into_inner()))?;
         let left = until.saturating_duration_since(tokio::time::Instant::now());
         (!left.is_zero()).then_some(left)
-    }
-
-    /// Takes the next turn to send, `interval` after the one before: when it comes.
-    fn turn(&self, interval: Duration) -> tokio::time::Instant {
-        let now = tokio::time::Instant::now();
-        let mut next = self.next_turn.lock().unwrap_or_else(|e| e.into_inner());
-        let at = next.map_or(now, |next| next.max(now));
-        *next = Some(at + interval);
-        at
     }
 }
 
@@ -3178,8 +3359,11 @@ async fn post_comment(
                 delivery = %job.delivery,
                 "provider API failing; comment scheduled again"
             );
+            // A 429 that names no wait (Bitbucket's) is the credential's rate limit all the
+            // same: the comment's backoff holds back its other comments too.
             Outcome::Later {
-                delay: None,
+                delay: (status == StatusCode::TOO_MANY_REQUESTS)
+                    .then(|| backoff_after(job.attempts + 1)),
                 attempted: true,
             }
         }
@@ -3377,43 +3561,51 @@ const SAYS_AT_MOST: usize = 300;
 
 /// What a provider's error answer says, cut to [`SAYS_AT_MOST`] characters: the message of its
 /// JSON error (GitHub, Gitea, Azure DevOps: `message`; GitLab: `message` or
-/// `error_description`; Bitbucket Cloud: `error.message` and `error.detail`; Bitbucket Data
-/// Center: `errors[].message`), else the body's text when it is not JSON. `None` for an empty
-/// body.
+/// `error_description` and `error`; Bitbucket Cloud: `error.message` and `error.detail`;
+/// Bitbucket Data Center: `errors[].message`). Only those fields: anything else (an HTML page of
+/// a proxy or a sign-in service, with its links) is told by its size alone. `None` for an
+/// empty body.
 pub(crate) fn provider_says(body: &[u8]) -> Option<String> {
     fn text(value: &Value) -> Option<String> {
         match value {
-            Value::Null => None,
+            Value::Null | Value::Bool(_) | Value::Number(_) => None,
             Value::String(s) if s.trim().is_empty() => None,
             Value::String(s) => Some(s.trim().to_owned()),
             // GitLab's validation errors: `{"message": {"note": ["can't be blank"]}}`.
             other => Some(other.to_string()),
         }
     }
-    let says = match serde_json::from_slice::<Value>(body) {
-        Ok(doc) => {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    let doc = serde_json::from_slice::<Value>(body).ok();
+    let parts: Vec<String> = doc
+        .iter()
+        .flat_map(|doc| {
             let error = &doc["error"];
-            let parts: Vec<String> = [
+            [
                 text(&doc["message"]),
                 text(&doc["error_description"]),
-                text(&error["message"]).or_else(|| text(error)),
+                text(&error["message"]).or_else(|| error.as_str().and_then(|_| text(error))),
                 text(&error["detail"]),
                 text(&doc["errors"][0]["message"]),
             ]
-            .into_iter()
-            .flatten()
-            .collect();
-            if parts.is_empty() {
-                doc.to_string()
+        })
+        .flatten()
+        .collect();
+    let says = if parts.is_empty() {
+        format!(
+            "{} bytes, {}",
+            body.len(),
+            if doc.is_some() {
+                "JSON without a message"
             } else {
-                parts.join(": ")
+                "not JSON"
             }
-        }
-        Err(_) => String::from_utf8_lossy(body).trim().to_owned(),
+        )
+    } else {
+        parts.join(": ")
     };
-    if says.is_empty() {
-        return None;
-    }
     let mut cut: String = says.chars().take(SAYS_AT_MOST).collect();
     if cut.len() < says.len() {
         cut.push('…');

@@ -51,14 +51,15 @@
 //! comment's API host name still being looked up), `TUNNEL_SERVICE`, `TUNNEL_AUTH_TOKEN`,
 //! `TUNNEL_REGION`, `TUNNEL_SERVER`, `TUNNEL_SECRET` (with `--use-tunnel`; without it, those set
 //! are named in a warning), `GITHUB_HOOK_REPOSITORY` + `GITHUB_HOOK_ID`
-//! (with `--use-tunnel`: a repository hook pointed at each tunnel URL; it, like the app below,
+//! (with `--use-tunnel`: a repository hook pointed at each tunnel URL, and back at its URL from
+//! before when the server stops; it, like the app below,
 //! needs `GITHUB_WEBHOOK_SECRET`, the hook's secret), `GITHUB_APP_ID` +
 //! `GITHUB_APP_PRIVATE_KEY` or `GITHUB_APP_PRIVATE_KEY_PATH` (a GitHub App: deliveries that
 //! come through one of its installations are commented on as the app, with that installation's
 //! token; an installation suspended or uninstalled, as the app's `installation` events say,
 //! has its token dropped and its pending comments given up, one that accepted new permissions
 //! gets a new token; with `--use-tunnel` its hook is
-//! pointed at each tunnel URL), `RUST_LOG` (default `info`; a filter that
+//! pointed at each tunnel URL, and back when the server stops), `RUST_LOG` (default `info`; a filter that
 //! does not parse stops the server; the log lines are coloured on a terminal only, and not with
 //! `NO_COLOR` set). A value out
 //! of range, or an `*_API_URL` that is not an `http` / `https` base URL without credentials,
@@ -85,8 +86,9 @@
 //!
 //! Comments are posted to each provider's API at most `COMMENTS_IN_FLIGHT_PER_PROVIDER` (8) at a
 //! time, with separate slots per provider: a provider that stalls or rate-limits delays only its own comments.
-//! A wait one of them asks for (a rate limit, a `Retry-After`) holds back all of its comments,
-//! without costing them an attempt, and GitHub's comments go a `GITHUB_COMMENT_INTERVAL_MS` apart.
+//! A wait one of them asks for (a rate limit, a `Retry-After`) holds back its comments sent with
+//! the same credential (the token, or one installation of the GitHub App), without costing them
+//! an attempt, and GitHub's comments go a `GITHUB_COMMENT_INTERVAL_MS` apart.
 //! A GitHub App's installation tokens are fetched at most as many at once, of all installations.
 //!
 //! # What gets a comment

@@ -1088,8 +1088,9 @@ impl SignatureLayer {
     /// [`replay_ttl`](Self::replay_ttl)). Copies that arrive meanwhile are replays; once the
     /// handler answers 2xx the id is remembered for the `replay_ttl`. A claim whose holder died
     /// (a crash, with a shared store such as Redis) expires after this, so the provider's
-    /// redelivery is processed. Set it above the longest time a handler may take: a handler that
-    /// outlives its claim may run alongside a redelivery's. When it finishes, it leaves the
+    /// redelivery is processed. Set it above the longest time a handler may take, counting the
+    /// wait for the inner service's readiness (an inner concurrency limit's permit): a handler
+    /// that outlives its claim may run alongside a redelivery's. When it finishes, it leaves the
     /// redelivery's claim alone (each claim has its own [`ClaimToken`]) and logs a warning.
     ///
     /// # Panics
@@ -1909,6 +1910,10 @@ where
         key: String,
         req: Option<Request<ReqBody>>,
     },
+    /// The inner service could not take the delivery: its error, answered as is.
+    Failed {
+        error: Option<S::Error>,
+    },
     /// A verified (and claimed) delivery waits for the inner service to be ready.
     Readying {
         inner: Option<S>,
@@ -2098,7 +2103,7 @@ where
                                                 match Pin::new(&mut lookup).poll(cx) {
                                                     Poll::Ready(Ok(true)) => {
                                                         let claim = lookup.claim.take();
-                                                        call_inner(inner, req, claim, cx)?
+                                                        call_inner(inner, req, claim, cx)
                                                     }
                                                     Poll::Ready(outcome) => {
                                                         lookup.future =
@@ -2120,7 +2125,7 @@ where
                                                     }
                                                 }
                                             }
-                                            None => call_inner(inner, req, None, cx)?,
+                                            None => call_inner(inner, req, None, cx),
                                         }
                                     }
                                 }
@@ -2139,7 +2144,7 @@ where
                         Ok(true) => {
                             // Won: in `AfterSuccess` mode the claim is now held until the answer.
                             let claim = lookup.claim.take();
-                            call_inner(inner.take().expect("inner once"), req, claim, cx)?
+                            call_inner(inner.take().expect("inner once"), req, claim, cx)
                         }
                         Ok(false) => match shared.on_replay {
                             // A copy of a delivery that may still be running: acknowledged only
@@ -2215,16 +2220,21 @@ where
                         .expect("ResponseFuture polled after completion")
                         .poll_ready(cx);
                     if let Err(err) = ready!(ready) {
-                        // Not handled: released now, not when the future is dropped.
-                        drop(claim.take());
-                        return Poll::Ready(Err(err));
+                        not_taken(claim.take(), err)
+                    } else {
+                        let (inner, req) = (inner.take(), req.take());
+                        call_ready(
+                            inner.expect("inner once"),
+                            req.expect("request once"),
+                            claim.take(),
+                        )
                     }
-                    let (inner, req) = (inner.take(), req.take());
-                    call_ready(
-                        inner.expect("inner once"),
-                        req.expect("request once"),
-                        claim.take(),
-                    )
+                }
+                StateProj::Failed { error } => {
+                    let error = error
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    return Poll::Ready(Err(error));
                 }
                 StateProj::Inner {
                     future,
@@ -2559,8 +2569,17 @@ impl MacRecord {
 
 impl Drop for MacRecord {
     fn drop(&mut self) {
-        if let Some((future, settle, key)) = self.settle_now(false) {
-            drop(Detached(Some(future), settle, key));
+        // A custom store's panic is logged as its failure, not let out of this `Drop` (see
+        // `Claim`'s).
+        let key = self.key.clone();
+        match catch_unwind(AssertUnwindSafe(|| self.settle_now(false))) {
+            Ok(Some((future, settle, key))) => drop(Detached(Some(future), settle, key)),
+            Ok(None) => {}
+            Err(payload) => FORGET_FAILED.log(
+                None,
+                key.as_deref().unwrap_or_default(),
+                Err(store_panicked(&*payload)),
+            ),
         }
     }
 }
@@ -2970,17 +2989,34 @@ fn call_inner<S, ReqBody>(
     req: Request<ReqBody>,
     claim: Option<Claim>,
     cx: &mut Context<'_>,
-) -> Result<State<S, ReqBody>, S::Error>
+) -> State<S, ReqBody>
 where
     S: Service<Request<ReqBody>>,
 {
-    match inner.poll_ready(cx)? {
-        Poll::Ready(()) => Ok(call_ready(inner, req, claim)),
-        Poll::Pending => Ok(State::Readying {
+    match inner.poll_ready(cx) {
+        Poll::Ready(Ok(())) => call_ready(inner, req, claim),
+        Poll::Ready(Err(err)) => not_taken(claim, err),
+        Poll::Pending => State::Readying {
             inner: Some(inner),
             req: Some(req),
             claim,
-        }),
+        },
+    }
+}
+
+/// The inner service could not take a delivery (its readiness failed): its claim is released
+/// before the error is answered, as after a failed handler, so that a redelivery that comes at
+/// once finds the id free.
+fn not_taken<S, ReqBody>(claim: Option<Claim>, error: S::Error) -> State<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+{
+    match claim {
+        Some(claim) => State::Settled {
+            update: claim.release(),
+            result: Some(Err(error)),
+        },
+        None => State::Failed { error: Some(error) },
     }
 }
 

@@ -322,7 +322,6 @@ impl Provider for Cloudflared {
         self.startup_timeout
     }
 
-    /// Only when the binary is missing: when it ran and failed, its own messages say why.
     /// The rest of the startup timeout: cloudflared says a quick tunnel "may take some time to
     /// be reachable" once it is ready (its new hostname resolves, and the edge routes to it,
     /// seconds later), and its own tests wait 10 s before they use one.
@@ -330,6 +329,7 @@ impl Provider for Cloudflared {
         Some(self.startup_timeout)
     }
 
+    /// Only when the binary is missing: when it ran and failed, its own messages say why.
     fn hint(&self) -> Option<String> {
         self.find_binary()
             .is_err()

@@ -519,12 +519,21 @@ impl TunnelBuilder {
                         // Within what is left of the startup timeout, so that a failing probe
                         // ends with its own reason (refused, not trusted, answered 404) rather
                         // than being cut off by the startup deadline with none.
-                        let wanted = provider
-                            .probe_timeout()
-                            .map_or(self.probe_timeout, |own| own.max(self.probe_timeout));
-                        let limit = deadline.map_or(wanted, |deadline| {
-                            wanted.min(deadline.saturating_duration_since(Instant::now()))
-                        });
+                        // A provider may ask for longer (cloudflared), within its startup
+                        // timeout only: without one (`Duration::MAX`), the builder's bounds it.
+                        // Its probe ends a little before the startup deadline, so that it fails
+                        // with its own reason.
+                        let limit = match (deadline, provider.probe_timeout()) {
+                            (Some(deadline), Some(own)) if own > self.probe_timeout => {
+                                let left = deadline.saturating_duration_since(Instant::now());
+                                own.min(left.saturating_sub(PROBE_MARGIN))
+                                    .max(self.probe_timeout.min(left))
+                            }
+                            (Some(deadline), _) => self
+                                .probe_timeout
+                                .min(deadline.saturating_duration_since(Instant::now())),
+                            (None, _) => self.probe_timeout,
+                        };
                         let url = session.url().to_owned();
                         let probing = probe(&url, upstream, limit, &self.tls);
                         tokio::select! {
@@ -640,6 +649,10 @@ const BACKOFF_FLOOR: Duration = Duration::from_millis(1);
 /// The least maximum reconnect delay: a tunnel re-opened sooner than this after it dropped
 /// counts as a failed round, and the delays grow up to at least this.
 const BACKOFF_MAX_FLOOR: Duration = Duration::from_millis(100);
+
+/// What a probe that takes a provider's longer time leaves of its startup timeout, for its own
+/// reason to be told rather than the startup deadline's.
+const PROBE_MARGIN: Duration = Duration::from_millis(250);
 
 /// The first pause between probe attempts; it doubles after each, up to [`PROBE_RETRY_MAX`].
 const PROBE_RETRY: Duration = Duration::from_millis(100);

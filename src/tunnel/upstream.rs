@@ -1124,11 +1124,17 @@ where
             // does the header read timeout (from the connection's start): the bytes go to the
             // local server, whose own limits then apply, and the connection ends as any piped
             // one does.
+            // While a probe is in flight, a local greeting does not end it either: the rest of
+            // a probe's head may come in a later read (up to `PROBE_GRACE`).
             Ok(stream) => tokio::select! {
                 read = io.read_buf(&mut head) => read?,
-                ready = stream.readable() => {
+                ready = stream.readable(), if !probing => {
                     ready?;
                     break;
+                }
+                () = &mut grace, if probing => {
+                    probing = false;
+                    continue;
                 }
                 () = &mut silence => break,
             },

@@ -37,29 +37,38 @@ struct FakeApi {
     /// Requests still to answer as GitHub does when a rate limit is exceeded: 403 with
     /// `Retry-After` and `X-RateLimit-Remaining: 0`.
     rate_limited: AtomicUsize,
-    /// Until then, every request is answered so (with `Retry-After: 2`).
-    limited_until: Mutex<Option<Instant>>,
+    /// For this long from the first request on, every request is answered with the answer
+    /// (a rate limit); then when it ends.
+    limited_for: Mutex<Option<(Duration, Option<Instant>, fn() -> Response)>>,
     /// When each comment arrived.
     arrived: Mutex<Vec<Instant>>,
 }
 
+/// The URL a fake GitHub says a hook delivers to before it follows the tunnel.
+const HOOK_URL_BEFORE: &str = "https://hooks.example.com/github";
+
+/// A fake GitHub's answer to `GET` of a hook's config.
+fn hook_config() -> Response {
+    axum::Json(json!({"url": HOOK_URL_BEFORE, "content_type": "json", "insecure_ssl": "0"}))
+        .into_response()
+}
+
 async fn fake_api_handler(State(api): State<Arc<FakeApi>>, req: Request) -> Response {
+    if req.method() == http::Method::GET && req.uri().path().ends_with("/config") {
+        return hook_config();
+    }
     api.requests.fetch_add(1, Ordering::SeqCst);
     if api.failing.load(Ordering::SeqCst) {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
-    let limited = api
-        .limited_until
-        .lock()
-        .unwrap()
-        .is_some_and(|until| Instant::now() < until);
-    if limited {
-        return (
-            StatusCode::FORBIDDEN,
-            [("retry-after", "2"), ("x-ratelimit-remaining", "0")],
-            "API rate limit exceeded.",
-        )
-            .into_response();
+    let limited = match &mut *api.limited_for.lock().unwrap() {
+        Some((window, until, answer)) => {
+            (Instant::now() < *until.get_or_insert(Instant::now() + *window)).then_some(*answer)
+        }
+        None => None,
+    };
+    if let Some(answer) = limited {
+        return answer();
     }
     if api
         .rate_limited
@@ -1030,6 +1039,16 @@ async fn start_with_bore(
     ip: std::net::Ipv4Addr,
 ) -> tower_webhook::tunnel::Running {
     let app = app::build(settings).unwrap();
+    start_app_with_bore(settings, app, ip, std::future::pending()).await
+}
+
+/// [`start_with_bore`] with `app`, stopped when `stop` resolves.
+async fn start_app_with_bore(
+    settings: &app::Settings,
+    app: app::App,
+    ip: std::net::Ipv4Addr,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> tower_webhook::tunnel::Running {
     let tunnel = tower_webhook::tunnel::TunnelConfig::from_lookup(|name| match name {
         "TUNNEL_SERVICE" => Some("bore".to_owned()),
         "TUNNEL_SERVER" => Some(ip.to_string()),
@@ -1038,9 +1057,46 @@ async fn start_with_bore(
     .unwrap()
     .builder()
     .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200));
-    app::start(settings, app, Some(tunnel), std::future::pending())
-        .await
-        .unwrap()
+    app::start(settings, app, Some(tunnel), stop).await.unwrap()
+}
+
+/// When the server stops, the GitHub hook that followed its tunnel is pointed back at the URL
+/// it had before, before the process exits.
+#[tokio::test]
+async fn the_github_hook_is_pointed_back_when_the_server_stops() {
+    let ip = std::net::Ipv4Addr::new(127, 0, 0, 45);
+    let _bore = support::BoreServer::start(ip, None).await;
+    let (api_addr, api) = start_fake_api().await;
+    let settings = hook_settings(api_addr);
+    let app = app::build(&settings).unwrap();
+    let state = app.state.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = start_app_with_bore(&settings, app, ip, async {
+        let _ = stopped.await;
+    })
+    .await;
+    let url = running.tunnel_url().unwrap();
+    eventually("the hook points at the tunnel", PATIENCE, || {
+        !hook_updates(&api).is_empty()
+    })
+    .await;
+    stop.send(()).unwrap();
+    let signals = app::StopSignals::listen().unwrap();
+    tokio::time::timeout(
+        PATIENCE,
+        app::finish(running, &state, settings.shutdown_grace, &signals),
+    )
+    .await
+    .expect("the server stops");
+    // Done by the time `finish` returns, the process's last step.
+    let bodies: Vec<Value> = hook_updates(&api).into_iter().map(|(_, _, b)| b).collect();
+    assert_eq!(
+        bodies,
+        [
+            json!({"url": format!("{url}/api/v1/github_webhooks")}),
+            json!({ "url": HOOK_URL_BEFORE }),
+        ]
+    );
 }
 
 /// `--use-tunnel`: the server opens a tunnel through a real bore server (bore-cli's, on a
@@ -1180,8 +1236,12 @@ fn what_each_provider_says_in_its_error_answer_is_read() {
             r#"{"errors":[{"context":null,"message":"You are not permitted to access this resource","exceptionName":"com.atlassian.bitbucket.AuthorisationException"}]}"#,
             "You are not permitted to access this resource",
         ),
-        // Not JSON: the text itself.
-        ("  upstream said no\n", "upstream said no"),
+        // Not JSON, or JSON that names no message: only its size, not what it holds.
+        (
+            "<html><a href=\"https://sso.example.com/s/abc\">sign in</a></html>",
+            "64 bytes, not JSON",
+        ),
+        (r#"{"session":"abc"}"#, "17 bytes, JSON without a message"),
     ] {
         assert_eq!(
             app::provider_says(body.as_bytes()).as_deref(),
@@ -1192,7 +1252,7 @@ fn what_each_provider_says_in_its_error_answer_is_read() {
     assert_eq!(app::provider_says(b""), None);
     assert_eq!(app::provider_says(b"  "), None);
     // Cut, on a character boundary.
-    let long = "é".repeat(1000);
+    let long = serde_json::json!({ "message": "é".repeat(1000) }).to_string();
     let says = app::provider_says(long.as_bytes()).unwrap();
     assert_eq!(says.chars().count(), 301, "{says}");
     assert!(says.ends_with('…'));
@@ -1203,7 +1263,7 @@ fn what_each_provider_says_in_its_error_answer_is_read() {
 #[tokio::test]
 async fn a_rate_limit_one_comment_meets_holds_back_the_others() {
     let (api_addr, api) = start_fake_api().await;
-    *api.limited_until.lock().unwrap() = Some(Instant::now() + Duration::from_millis(1500));
+    *api.limited_for.lock().unwrap() = Some((Duration::from_millis(1500), None, primary_limit));
     let (base, state) = start_server(&settings(
         api_addr,
         &[
@@ -1228,6 +1288,85 @@ async fn a_rate_limit_one_comment_meets_holds_back_the_others() {
     // One refusal, then the three comments after the wait it asked for.
     assert_eq!(api.requests.load(Ordering::SeqCst), 4);
     assert_eq!(state.counters.comments_failed.load(Ordering::SeqCst), 0);
+}
+
+/// GitHub's answer over its primary rate limit, asking for 2 s.
+fn primary_limit() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        [("retry-after", "2"), ("x-ratelimit-remaining", "0")],
+        "API rate limit exceeded.",
+    )
+        .into_response()
+}
+
+/// A 429 that names no wait (Bitbucket's, GitLab's) holds back the provider's other comments
+/// for the backoff of the one that met it; before, they kept sending meanwhile, and were refused.
+#[tokio::test]
+async fn a_429_naming_no_wait_holds_back_the_other_comments_too() {
+    let (api_addr, api) = start_fake_api().await;
+    *api.limited_for.lock().unwrap() = Some((Duration::from_millis(150), None, || {
+        StatusCode::TOO_MANY_REQUESTS.into_response()
+    }));
+    let (base, state) = start_server(&settings(
+        api_addr,
+        &[("COMMENTS_IN_FLIGHT_PER_PROVIDER", "1")],
+    ))
+    .await;
+    let client = crate::client::new();
+    for n in 0..3u64 {
+        let d = delivery(
+            app::Forge::GitLab,
+            &format!("e6000000-0000-4000-8000-00000000000{n}"),
+            40 + n,
+        );
+        assert_eq!(
+            send(&client, &base, &d).await.status(),
+            StatusCode::ACCEPTED
+        );
+    }
+    eventually("three comments", PATIENCE, || comment_count(&api) == 3).await;
+    // One 429 (not sent again within its attempt), then the three comments after its backoff.
+    assert_eq!(api.requests.load(Ordering::SeqCst), 4);
+    assert_eq!(state.counters.comments_failed.load(Ordering::SeqCst), 0);
+}
+
+/// A comment held back by a wait longer than it may still be tried is given up at once, as
+/// the comment that met the wait is, not posted past `COMMENT_MAX_AGE_SECS`.
+#[tokio::test]
+async fn a_comment_held_back_past_its_max_age_is_given_up() {
+    let (api_addr, api) = start_fake_api().await;
+    *api.limited_for.lock().unwrap() = Some((Duration::from_secs(10), None, primary_limit));
+    let (base, state) = start_server(&settings(
+        api_addr,
+        &[
+            ("COMMENTS_IN_FLIGHT_PER_PROVIDER", "1"),
+            ("GITHUB_COMMENT_INTERVAL_MS", "0"),
+            ("COMMENT_MAX_AGE_SECS", "1"),
+        ],
+    ))
+    .await;
+    let client = crate::client::new();
+    for n in 0..2u64 {
+        let d = delivery(
+            app::Forge::GitHub,
+            &format!("e7000000-0000-4000-8000-00000000000{n}"),
+            50 + n,
+        );
+        assert_eq!(
+            send(&client, &base, &d).await.status(),
+            StatusCode::ACCEPTED
+        );
+    }
+    // At once, not when the 2 s wait ends.
+    eventually("both given up", Duration::from_millis(1500), || {
+        state.counters.comments_failed.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    assert_eq!(api.requests.load(Ordering::SeqCst), 1);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(api.requests.load(Ordering::SeqCst), 1);
+    assert_eq!(comment_count(&api), 0);
 }
 
 /// GitHub's comments are sent a `GITHUB_COMMENT_INTERVAL_MS` apart (a second by default), as
@@ -2170,6 +2309,96 @@ fn up_at(url: &str) -> tower_webhook::tunnel::TunnelEvent {
     }
 }
 
+/// The tunnel's `Closed` event, its last URL `url`.
+fn closed_at(url: &str) -> tower_webhook::tunnel::TunnelEvent {
+    tower_webhook::tunnel::TunnelEvent::Closed {
+        provider: "bore".to_owned(),
+        url: url.to_owned(),
+    }
+}
+
+/// A repository hook that followed the tunnel is pointed back at the URL it had before once
+/// the tunnel is closed: a hook that also serves elsewhere (a production app's) does not keep
+/// delivering to a tunnel that is gone. Before, it stayed on the last tunnel URL. A hook whose
+/// URL could not be read is left where it is.
+#[tokio::test]
+async fn a_hook_that_followed_the_tunnel_is_pointed_back_when_it_closes() {
+    let (logs, _guard) = support::Logs::capture();
+    let patched: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let seen = patched.clone();
+    let github = serve(Router::new().fallback(
+        move |method: http::Method, body: axum::body::Bytes| {
+            if method == http::Method::PATCH {
+                seen.lock()
+                    .unwrap()
+                    .push(serde_json::from_slice(&body).unwrap());
+            }
+            async move {
+                match method {
+                    http::Method::GET => hook_config(),
+                    _ => StatusCode::OK.into_response(),
+                }
+            }
+        },
+    ))
+    .await;
+    let tx = follow_hook_at(github).await;
+    eventually("the hook points at the tunnel", PATIENCE, || {
+        patched.lock().unwrap().len() == 1
+    })
+    .await;
+    tx.send(closed_at("http://127.0.0.1:4000")).unwrap();
+    eventually("the hook pointed back", PATIENCE, || {
+        patched.lock().unwrap().len() == 2
+    })
+    .await;
+    assert_eq!(
+        *patched.lock().unwrap(),
+        [
+            json!({"url": "http://127.0.0.1:4000/api/v1/github_webhooks"}),
+            json!({ "url": HOOK_URL_BEFORE }),
+        ]
+    );
+    let text = logs.text();
+    assert!(
+        text.contains("pointed back at the URL it had before"),
+        "{text}"
+    );
+
+    // GitHub does not say where the hook pointed: it stays on the tunnel's URL, with a warning.
+    let patched: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let seen = patched.clone();
+    let github = serve(Router::new().fallback(
+        move |method: http::Method, body: axum::body::Bytes| {
+            if method == http::Method::PATCH {
+                seen.lock()
+                    .unwrap()
+                    .push(serde_json::from_slice(&body).unwrap());
+            }
+            async move {
+                match method {
+                    http::Method::GET => StatusCode::NOT_FOUND.into_response(),
+                    _ => StatusCode::OK.into_response(),
+                }
+            }
+        },
+    ))
+    .await;
+    let tx = follow_hook_at(github).await;
+    eventually("the hook points at the tunnel", PATIENCE, || {
+        patched.lock().unwrap().len() == 1
+    })
+    .await;
+    drop(tx);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(patched.lock().unwrap().len(), 1);
+    let text = logs.text();
+    assert!(
+        text.contains("could not read the GitHub hook's URL: it is not pointed back"),
+        "{text}"
+    );
+}
+
 /// The hook updater of `octo/repo`'s hook 42 on the GitHub API at `github`, following a tunnel
 /// that is up at `http://127.0.0.1:4000`: the sender of the tunnel's status.
 async fn follow_hook_at(
@@ -2212,13 +2441,14 @@ async fn follow_with_first_answer(
 ) {
     let calls = Arc::new(AtomicUsize::new(0));
     let seen = calls.clone();
-    let github = serve(Router::new().fallback(move || {
-        let call = seen.fetch_add(1, Ordering::SeqCst);
+    let github = serve(Router::new().fallback(move |method: http::Method| {
+        // The config read before the first update is not counted.
+        let call = (method != http::Method::GET).then(|| seen.fetch_add(1, Ordering::SeqCst));
         async move {
-            if call == 0 {
-                first()
-            } else {
-                StatusCode::OK.into_response()
+            match call {
+                None => hook_config(),
+                Some(0) => first(),
+                Some(_) => StatusCode::OK.into_response(),
             }
         }
     }))
@@ -2351,11 +2581,8 @@ fn app_hook_updates(api: &FakeApi) -> Vec<(String, Value)> {
         .lock()
         .unwrap()
         .iter()
-        .filter(|(path, _, _)| path == "/app/hook/config")
-        .map(|(_, headers, body)| {
-            assert_eq!(headers[":method"], "PATCH");
-            (headers["authorization"].clone(), body.clone())
-        })
+        .filter(|(path, headers, _)| path == "/app/hook/config" && headers[":method"] == "PATCH")
+        .map(|(_, headers, body)| (headers["authorization"].clone(), body.clone()))
         .collect()
 }
 
@@ -2484,6 +2711,22 @@ async fn the_github_app_hook_follows_the_tunnel_with_tokens_pyjwt_accepts() {
     );
     let jwt = authorization.strip_prefix("Bearer ").unwrap();
     verify_app_jwt(&python, jwt, &public, "123456").unwrap();
+
+    // The tunnel is closed (the server stops): the hook is pointed back where it was.
+    tx.send(closed_at("http://127.0.0.1:4001")).unwrap();
+    eventually("the app hook pointed back", PATIENCE, || {
+        app_hook_updates(&api).len() == 3
+    })
+    .await;
+    let (authorization, body) = app_hook_updates(&api).remove(2);
+    assert_eq!(body, json!({ "url": HOOK_URL_BEFORE }));
+    verify_app_jwt(
+        &python,
+        authorization.strip_prefix("Bearer ").unwrap(),
+        &public,
+        "123456",
+    )
+    .unwrap();
 
     // A PKCS#8 key from a file, with a client id as the issuer.
     let dir = std::env::temp_dir().join(format!("pr-agent-app-key-{}", std::process::id()));
@@ -3932,13 +4175,14 @@ async fn a_hook_update_over_a_persisting_secondary_rate_limit_waits_longer_each_
 async fn hook_update_waits(answer: fn(usize) -> Response, attempts: usize) -> Vec<u64> {
     let seen: Arc<Mutex<Vec<tokio::time::Instant>>> = Arc::default();
     let times = seen.clone();
-    let github = serve(Router::new().fallback(move || {
-        let call = {
+    let github = serve(Router::new().fallback(move |method: http::Method| {
+        // The config read before the first update is not counted.
+        let call = (method != http::Method::GET).then(|| {
             let mut times = times.lock().unwrap();
             times.push(tokio::time::Instant::now());
             times.len()
-        };
-        async move { answer(call) }
+        });
+        async move { call.map_or_else(hook_config, answer) }
     }))
     .await;
     let _tx = follow_hook_at(github).await;
