@@ -3148,7 +3148,7 @@ struct Apis {
     tokens: Option<Arc<InstallationTokens>>,
     /// What the comment jobs sent with one credential wait for: per provider, and for GitHub
     /// per installation of the app (`None`: the provider's token).
-    holds: std::sync::Mutex<BTreeMap<(Forge, Option<u64>), Arc<Hold>>>,
+    holds: std::sync::Mutex<BTreeMap<Credential, Arc<Hold>>>,
     /// `GITHUB_COMMENT_INTERVAL_MS`.
     github_comment_interval: Duration,
     /// The earliest the next GitHub comment may be sent (one client: the app's or the token's
@@ -3173,6 +3173,10 @@ impl Apis {
         at
     }
 }
+
+/// A provider, and for GitHub the installation of the app whose token a comment is sent with
+/// (`None`: the provider's own token).
+type Credential = (Forge, Option<u64>);
 
 /// What the comment jobs sent with one credential wait for. A wait the provider asked of one
 /// job (a rate limit, a 503 with `Retry-After`, an open breaker's time left) holds back all of

@@ -29,6 +29,9 @@ use serde_json::{Value, json};
 /// A comment the fake API received: path, headers, JSON body.
 type Received = (String, HashMap<String, String>, Value);
 
+/// How long a fake API answers a rate limit, when that ends once it began, and the answer.
+type Limit = (Duration, Option<Instant>, fn() -> Response);
+
 #[derive(Default)]
 struct FakeApi {
     comments: Mutex<Vec<Received>>,
@@ -39,7 +42,7 @@ struct FakeApi {
     rate_limited: AtomicUsize,
     /// For this long from the first request on, every request is answered with the answer
     /// (a rate limit); then when it ends.
-    limited_for: Mutex<Option<(Duration, Option<Instant>, fn() -> Response)>>,
+    limited_for: Mutex<Option<Limit>>,
     /// When each comment arrived.
     arrived: Mutex<Vec<Instant>>,
 }
