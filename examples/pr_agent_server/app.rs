@@ -3716,10 +3716,7 @@ fn app_request(
         username: None,
     };
     let mut req = api_request(Forge::GitHub, &without_token, method, path, body)?;
-    let mut value = HeaderValue::from_str(&format!(
-        "Bearer {}",
-        app.jwt(std::time::SystemTime::now())?
-    ))?;
+    let mut value = HeaderValue::from_str(&format!("Bearer {}", app.jwt(app.github_now())?))?;
     value.set_sensitive(true);
     req.headers_mut().insert(http::header::AUTHORIZATION, value);
     Ok(req)

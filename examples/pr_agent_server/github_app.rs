@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -26,11 +27,19 @@ const ISSUED_BEFORE_SECS: u64 = 60;
 /// minutes ahead; 9 minutes after `now` also keeps it within 10 minutes of its stated issue time.
 const EXPIRES_AFTER_SECS: u64 = 9 * 60;
 
+/// How far this machine's clock may be off GitHub's before the app's tokens are dated by
+/// GitHub's clock (as its answers' `Date` tells it), in seconds: within it, a token's minute of
+/// leeway covers the difference.
+const SKEW_TOLERATED_SECS: i64 = 30;
+
 /// A GitHub App: its id (the app id or client id, the token's issuer) and its private key.
 #[derive(Clone)]
 pub(crate) struct GithubApp {
     id: String,
     key: Arc<RsaKeyPair>,
+    /// GitHub's clock minus this machine's, in seconds, once an answer's `Date` said they
+    /// differ by more than [`SKEW_TOLERATED_SECS`]; shared by the clones.
+    skew: Arc<AtomicI64>,
 }
 
 impl std::fmt::Debug for GithubApp {
@@ -59,6 +68,7 @@ impl GithubApp {
         Ok(Self {
             id: id.to_owned(),
             key: Arc::new(key),
+            skew: Arc::default(),
         })
     }
 
@@ -80,6 +90,58 @@ impl GithubApp {
     /// The app's id, as given.
     pub(crate) fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Now, on GitHub's clock as far as its answers told: what the app's tokens are dated by.
+    /// GitHub refuses a token issued in its future or expired in its past, so a machine whose
+    /// clock is off by more than a minute (a VM after a suspend, a host without NTP) would have
+    /// every one refused.
+    pub(crate) fn github_now(&self) -> SystemTime {
+        let skew = self.skew.load(Ordering::Relaxed);
+        let now = SystemTime::now();
+        let by = Duration::from_secs(skew.unsigned_abs());
+        if skew >= 0 {
+            now.checked_add(by).unwrap_or(now)
+        } else {
+            now.checked_sub(by).unwrap_or(now)
+        }
+    }
+
+    /// Learns GitHub's clock from the `Date` of one of its answers. Whether the app's tokens
+    /// are now dated differently: the clocks were found to differ by more than
+    /// [`SKEW_TOLERATED_SECS`] (or to agree again) since the last answer that said so.
+    pub(crate) fn learn_clock(&self, headers: &http::HeaderMap) -> bool {
+        let Some(date) = headers
+            .get(http::header::DATE)
+            .and_then(|date| httpdate::parse_http_date(date.to_str().ok()?).ok())
+        else {
+            return false;
+        };
+        let seconds = |t: SystemTime| match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            Err(_) => 0,
+        };
+        let diff = seconds(date).saturating_sub(seconds(SystemTime::now()));
+        let skew = if diff.abs() > SKEW_TOLERATED_SECS {
+            diff
+        } else {
+            0
+        };
+        let before = self.skew.swap(skew, Ordering::Relaxed);
+        if skew.abs_diff(before) <= SKEW_TOLERATED_SECS.unsigned_abs() {
+            return false;
+        }
+        if skew == 0 {
+            tracing::info!("this machine's clock agrees with GitHub's again");
+        } else {
+            tracing::warn!(
+                skew_secs = skew,
+                "this machine's clock is {} s {} GitHub's (the Date of its answers): the GitHub App's tokens are dated by GitHub's clock; set this machine's clock right (NTP)",
+                skew.unsigned_abs(),
+                if skew > 0 { "behind" } else { "ahead of" }
+            );
+        }
+        true
     }
 
     /// A token that authenticates as the app at `now`, for 10 minutes at most.
@@ -383,6 +445,11 @@ impl InstallationTokens {
     /// there, and said at once, at error level, rather than at the first comment. Without an
     /// answer (GitHub unreachable, slow) nothing is concluded: the comments find out.
     pub(crate) async fn check(&self) {
+        self.check_once(false).await;
+    }
+
+    /// [`check`](Self::check); `again` once it was refused for a clock found off GitHub's.
+    async fn check_once(&self, again: bool) {
         let request = match app_request(&self.app, &self.api, Method::GET, "/app", &Value::Null) {
             Ok(request) => request,
             Err(err) => {
@@ -399,6 +466,11 @@ impl InstallationTokens {
             }
         };
         let status = res.status();
+        let relearned = self.app.learn_clock(res.headers());
+        if status == StatusCode::UNAUTHORIZED && relearned && !again {
+            // Dated by this machine's clock, which GitHub's answer says is off: once more.
+            return Box::pin(self.check_once(true)).await;
+        }
         if status.is_success() {
             let answer: Value = super::read_at_most(res, ANSWER_LIMIT)
                 .await
@@ -448,6 +520,7 @@ impl InstallationTokens {
             }
         };
         let status = res.status();
+        let relearned = self.app.learn_clock(res.headers());
         if status.is_success() {
             let unreadable = |why: String| TokenError::Transient {
                 reason: format!("GitHub's token answer could not be read: {why}"),
@@ -483,8 +556,12 @@ impl InstallationTokens {
             format!("GitHub answered {status} to the installation token request"),
             says.as_deref(),
         );
+        // A token refused when GitHub's answer shows this machine's clock is off: the next one
+        // is dated by GitHub's clock.
+        let clock = status == StatusCode::UNAUTHORIZED && relearned;
         if status.is_server_error()
             || wait.is_some()
+            || clock
             || status == StatusCode::TOO_MANY_REQUESTS
             || status == StatusCode::REQUEST_TIMEOUT
         {

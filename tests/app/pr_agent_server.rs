@@ -2864,6 +2864,11 @@ struct FakeGithubApp {
     most_slow_fetches: AtomicUsize,
     /// `GET /app` is refused (401), as for a wrong app id or a key of another app.
     app_refused: AtomicBool,
+    /// How far GitHub's clock is ahead of this machine's, in seconds: every answer is dated by
+    /// it, and an app token expired on it is refused (401), as GitHub does.
+    clock_ahead: std::sync::atomic::AtomicI64,
+    /// App tokens refused for being expired on GitHub's clock.
+    expired_tokens: AtomicUsize,
 }
 
 impl FakeGithubApp {
@@ -2878,7 +2883,51 @@ impl FakeGithubApp {
     }
 }
 
+/// [`fake_github_app_answer`], on a clock `clock_ahead` seconds ahead of this machine's.
 async fn fake_github_app(State(gh): State<Arc<FakeGithubApp>>, req: Request) -> Response {
+    let ahead = gh.clock_ahead.load(Ordering::SeqCst);
+    let github_now = if ahead >= 0 {
+        std::time::SystemTime::now() + Duration::from_secs(ahead.unsigned_abs())
+    } else {
+        std::time::SystemTime::now() - Duration::from_secs(ahead.unsigned_abs())
+    };
+    let app_token = req.uri().path().starts_with("/app");
+    let expired = app_token && {
+        let authorization = req.headers()["authorization"].to_str().unwrap();
+        let claims = authorization
+            .strip_prefix("Bearer ")
+            .and_then(|jwt| jwt.split('.').nth(1))
+            .and_then(|claims| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(claims)
+                    .ok()
+            })
+            .and_then(|claims| serde_json::from_slice::<Value>(&claims).ok())
+            .unwrap();
+        let now = github_now
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        claims["exp"].as_u64().unwrap() <= now || claims["iat"].as_u64().unwrap() > now + 60
+    };
+    let mut res = if expired {
+        gh.expired_tokens.fetch_add(1, Ordering::SeqCst);
+        (
+            StatusCode::UNAUTHORIZED,
+            r#"{"message":"'Expiration time' claim ('exp') must be a numeric value representing the future time at which the assertion expires"}"#,
+        )
+            .into_response()
+    } else {
+        fake_github_app_answer(gh, req).await
+    };
+    res.headers_mut().insert(
+        http::header::DATE,
+        httpdate::fmt_http_date(github_now).parse().unwrap(),
+    );
+    res
+}
+
+async fn fake_github_app_answer(gh: Arc<FakeGithubApp>, req: Request) -> Response {
     let path = req.uri().path().to_owned();
     let authorization = req.headers()["authorization"].to_str().unwrap().to_owned();
     if path == "/app" {
@@ -3001,6 +3050,58 @@ async fn start_as_github_app(
     env.extend_from_slice(extra);
     let (base, state) = start_server(&settings(api_addr, &env)).await;
     (public, gh, base, state)
+}
+
+/// GitHub's clock is 20 minutes ahead of this machine's: an app token dated by this machine's
+/// clock has expired on GitHub's, and is refused. The server learns GitHub's clock from its
+/// answers' `Date`, says so, and dates the next tokens by it: the comment is posted as the app.
+/// Before, every token request was refused for good, and the log blamed the app id or key.
+#[tokio::test]
+async fn app_tokens_are_dated_by_githubs_clock_when_this_one_is_off() {
+    let Some(python) = peers::python() else {
+        return;
+    };
+    let (logs, _guard) = support::Logs::capture();
+    let (pkcs1, _, _) = app_key(&python);
+    let gh = Arc::new(FakeGithubApp::default());
+    gh.clock_ahead.store(20 * 60, Ordering::SeqCst);
+    let gh_addr = serve(
+        Router::new()
+            .fallback(fake_github_app)
+            .with_state(gh.clone()),
+    )
+    .await;
+    let (api_addr, _) = start_fake_api().await;
+    let gh_url = format!("http://{gh_addr}");
+    let (base, state) = start_server(&settings(
+        api_addr,
+        &[
+            ("GITHUB_API_URL", gh_url.as_str()),
+            ("GITHUB_APP_ID", "4242"),
+            ("GITHUB_APP_PRIVATE_KEY", pkcs1.as_str()),
+        ],
+    ))
+    .await;
+    let client = crate::client::new();
+    let res = send(&client, &base, &github_delivery(Some(7), 88)).await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    eventually("the comment, as the app", PATIENCE, || {
+        gh.comment_authorization(88).is_some()
+    })
+    .await;
+    assert_eq!(
+        gh.comment_authorization(88).unwrap(),
+        "Bearer ghs_7_1",
+        "the installation's token"
+    );
+    // The first token request was refused, dated by this machine's clock; the next one passed.
+    assert_eq!(gh.expired_tokens.load(Ordering::SeqCst), 1);
+    assert_eq!(state.counters.comments_failed.load(Ordering::SeqCst), 0);
+    let text = logs.text();
+    assert!(
+        text.contains("this machine's clock is 1200 s behind GitHub's"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
