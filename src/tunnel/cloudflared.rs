@@ -18,6 +18,10 @@ use super::provider::{BoxFuture, Provider, Session};
 use crate::BoxError;
 
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// How often an open tunnel's `/ready` is asked, at most.
+const READY_POLL: Duration = Duration::from_secs(5);
+/// How long one such request may take.
+const READY_TIMEOUT: Duration = Duration::from_secs(1);
 /// The part of the startup timeout kept for the round-trip probe, as a divisor: cloudflared's
 /// start and readiness share the rest.
 const PROBE_SHARE: u32 = 5;
@@ -65,6 +69,7 @@ pub struct Cloudflared {
     args: Vec<String>,
     startup_timeout: Duration,
     stop_grace: Duration,
+    edge_lost_after: Duration,
     domain: String,
     /// Made by [`TunnelConfig`](super::TunnelConfig): its settings (`TUNNEL_REGION`, an ngrok
     /// region such as `eu`, among them) are kept from cloudflared, which reads some of them.
@@ -79,6 +84,7 @@ impl fmt::Debug for Cloudflared {
             .field("args", &redacted_args(&self.args))
             .field("startup_timeout", &self.startup_timeout)
             .field("stop_grace", &self.stop_grace)
+            .field("edge_lost_after", &self.edge_lost_after)
             .field("domain", &self.domain)
             .finish()
     }
@@ -144,6 +150,7 @@ impl Cloudflared {
             args: Vec::new(),
             startup_timeout: Duration::from_secs(30),
             stop_grace: Duration::from_secs(5),
+            edge_lost_after: Duration::from_secs(30),
             domain: QUICK_TUNNEL_DOMAIN.to_owned(),
             from_config: false,
         }
@@ -258,6 +265,27 @@ impl Cloudflared {
     /// ```
     pub fn stop_grace(mut self, grace: Duration) -> Self {
         self.stop_grace = grace.min(MAX_STOP_GRACE);
+        self
+    }
+
+    /// How long an open tunnel may go without a connection to Cloudflare's edge before it is
+    /// taken for lost (default 30 s). cloudflared that loses every edge connection keeps running
+    /// and retrying while its public URL answers 530; its metrics endpoint's `/ready` then
+    /// answers 503. It is asked every 5 s (or a quarter of this, if shorter); once it has not
+    /// answered 200 for this long, the session ends with that reason (`TunnelEvent::Down`),
+    /// cloudflared is stopped, and the tunnel is re-opened as after any drop.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::tunnel::Cloudflared;
+    ///
+    /// let cloudflared = Cloudflared::new().edge_lost_after(Duration::from_secs(60));
+    /// assert!(format!("{cloudflared:?}").contains("edge_lost_after: 60s"));
+    /// ```
+    pub fn edge_lost_after(mut self, lost_after: Duration) -> Self {
+        self.edge_lost_after = lost_after;
         self
     }
 
@@ -443,17 +471,54 @@ impl Provider for Cloudflared {
             })?;
             tracing::info!(%url, "cloudflared quick tunnel open");
             let grace = self.stop_grace;
+            let lost_after = self.edge_lost_after;
+            let every = (lost_after / 4).clamp(Duration::from_millis(50), READY_POLL);
             Ok(Session::spawn(url, move |mut stop| async move {
-                tokio::select! {
-                    () = stop.stopped() => {
-                        terminate(&mut child, grace).await;
-                        drop(reader);
-                        Ok(())
-                    }
-                    status = child.wait() => {
-                        let status = status?;
-                        reader.drain().await;
-                        Err(format!("cloudflared exited with {status}: {}", last_lines()).into())
+                let mut poll = tokio::time::interval_at(Instant::now() + every, every);
+                poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                // Since when `/ready` has not answered 200.
+                let mut not_ready: Option<(Instant, String)> = None;
+                loop {
+                    tokio::select! {
+                        () = stop.stopped() => {
+                            terminate(&mut child, grace).await;
+                            drop(reader);
+                            return Ok(());
+                        }
+                        status = child.wait() => {
+                            let status = status?;
+                            reader.drain().await;
+                            return Err(
+                                format!("cloudflared exited with {status}: {}", last_lines()).into(),
+                            );
+                        }
+                        _ = poll.tick() => {
+                            let answer = get(&metrics, "/ready", &[], every.min(READY_TIMEOUT), None).await;
+                            let why = match answer {
+                                Ok((status, _)) if status.is_success() => {
+                                    not_ready = None;
+                                    continue;
+                                }
+                                Ok((status, _)) => format!("/ready answered {status}"),
+                                Err(err) => format!(
+                                    "its metrics endpoint did not answer: {}",
+                                    super::error::chain(&*err)
+                                ),
+                            };
+                            let since = not_ready.get_or_insert_with(|| (Instant::now(), String::new()));
+                            since.1 = why;
+                            if since.0.elapsed() >= lost_after {
+                                let reason = format!(
+                                    "cloudflared has had no connection to Cloudflare's edge for {} ms ({}): the public URL does not answer; its last messages: {}",
+                                    since.0.elapsed().as_millis(),
+                                    since.1,
+                                    last_lines()
+                                );
+                                terminate(&mut child, grace).await;
+                                drop(reader);
+                                return Err(reason.into());
+                            }
+                        }
                     }
                 }
             }))

@@ -7,6 +7,8 @@
 //                     forwarded to the origin, as cloudflared forwards the edge's requests) |
 //                     never-ready (/ready answers 503 forever) | noisy-crash (stderr that is
 //                     not UTF-8 and a 1 MiB line, then exits)
+//   --fake-edge-lost-after MS  /ready answers 503 from MS ms after it first answered 200 (the
+//                     edge connections lost; cloudflared keeps running)
 //   --fake-edge-delay MS  proxy mode: the public side answers 530 (Cloudflare's "origin
 //                     unreachable") until MS ms after cloudflared is ready, as a new quick
 //                     tunnel's hostname does for a while
@@ -111,6 +113,13 @@ const metrics = () => http
         res.end(JSON.stringify({ status: 503, readyConnections: 0 }));
       } else {
         if (readySince === undefined) readySince = Date.now();
+        const lostAfter = opt('--fake-edge-lost-after');
+        if (lostAfter !== undefined && Date.now() - readySince >= Number(lostAfter)) {
+          log('edge lost');
+          res.statusCode = 503;
+          res.end(JSON.stringify({ status: 503, readyConnections: 0 }));
+          return;
+        }
         res.end(JSON.stringify({ status: 200, readyConnections: 4 }));
       }
     } else {

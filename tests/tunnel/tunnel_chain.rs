@@ -540,6 +540,54 @@ async fn cloudflared_is_probed_until_its_new_hostname_reaches_it() {
     let _ = std::fs::remove_file(log);
 }
 
+/// cloudflared that loses its edge connections keeps running, and its `/ready` answers 503:
+/// once that lasts `edge_lost_after`, the tunnel is down with that reason, cloudflared is
+/// stopped, and the tunnel re-opens. Before, it stayed `Up` while its URL answered 530.
+#[tokio::test]
+async fn cloudflared_without_an_edge_connection_is_taken_down_and_reopened() {
+    let Some(fake) = fake_cloudflared() else {
+        return;
+    };
+    let log = temp_log("cloudflared-edge-lost");
+    let handle = Tunnel::builder()
+        .probe(false)
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200))
+        .provider(
+            Cloudflared::new()
+                .binary(&fake)
+                .startup_timeout(Duration::from_secs(10))
+                .edge_lost_after(Duration::from_millis(400))
+                .arg("--fake-edge-lost-after")
+                .arg("300")
+                .arg("--fake-log")
+                .arg(log.display().to_string()),
+        )
+        .start(Upstream::address(([127, 0, 0, 1], 9).into()))
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+    let mut events = handle.events();
+    let down = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .expect("the lost edge is noticed")
+        .unwrap();
+    assert!(
+        matches!(&down, TunnelEvent::Down { reason, .. }
+            if reason.contains("no connection to Cloudflare's edge")
+                && reason.contains("/ready answered 503")),
+        "{down:?}"
+    );
+    let up = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(up.is_up(), "{up:?}");
+    handle.close().await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    // The first cloudflared was stopped (SIGINT), not left running.
+    assert!(text.contains("SIGINT"), "{text}");
+    let _ = std::fs::remove_file(log);
+}
+
 /// Whether the process `pid` is gone (or only waits to be reaped).
 fn process_gone(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
