@@ -30,6 +30,8 @@ const MAX_POOL: usize = 32;
 /// A pool slot that fails to reconnect this many times in a row declares the server lost.
 const RECONNECT_ATTEMPTS: u32 = 5;
 const RECONNECT_DELAY: Duration = Duration::from_millis(400);
+/// The part of the startup timeout kept for the round-trip probe, as a divisor.
+const PROBE_SHARE: u32 = 5;
 /// The least time a pooled connection is given to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -310,10 +312,12 @@ impl LocalTunnel {
     }
 
     /// The hard startup limit (default 10 s), covering registration, first connection and
-    /// probe. A slow server's registration answer is waited for within it, all but the time
-    /// kept for the first pooled connection: 3 s, or a quarter of the startup timeout when that
-    /// is longer, and at most half of it (so a short startup timeout still ends with the
-    /// server's own reason). Each pooled connection is given that 3 s or quarter to connect.
+    /// probe. A fifth of it is kept for the round-trip probe. A slow server's registration
+    /// answer is waited for within the rest, all but the time kept for the first pooled
+    /// connection (its host looked up and the connection made): 3 s, or a quarter of the startup
+    /// timeout when that is longer, and at most half of the rest (so a short startup timeout
+    /// still ends with the server's own reason). Each pooled connection is given that 3 s or
+    /// quarter to connect.
     ///
     /// # Example
     ///
@@ -573,13 +577,15 @@ impl Provider for LocalTunnel {
                 Some(_) => self.ended.reclaim_own(tunnel.as_ref()),
                 None => self.ended.reclaim(tunnel.as_ref()),
             };
-            // The registration may take the startup timeout but the time kept for the first
-            // pooled connection: a slow server is waited for, and one that never answers still
-            // fails with its own reason before the chain cuts the attempt off, however short
-            // the startup timeout is.
+            // A fifth of the startup timeout is kept for the round-trip probe. The registration
+            // may take the rest but the time kept for the first pooled connection (the pool
+            // host's name looked up, and the connection made, within it): a slow server is
+            // waited for, and one that never answers still fails with its own reason before the
+            // chain cuts the attempt off, however short the startup timeout is.
             let pool_connect = pool_connect_timeout(self.startup_timeout);
-            let kept = pool_connect.min(self.startup_timeout / 2);
-            let limit = self.startup_timeout - kept;
+            let before_probe = self.startup_timeout - self.startup_timeout / PROBE_SHARE;
+            let kept = pool_connect.min(before_probe / 2);
+            let limit = before_probe - kept;
             let deadline = super::time::deadline(Instant::now(), limit);
             let reclaimed_name = reclaimed.as_ref().map(|name| name.value().as_str());
             let registration = self.register(&base, reclaimed_name, deadline).await?;
@@ -605,6 +611,8 @@ impl Provider for LocalTunnel {
                 .into());
             }
             let url = public_url(&url, &base);
+            // `None`: too far to be a deadline (a startup timeout of `Duration::MAX`).
+            let pool_deadline = super::time::deadline(Instant::now(), kept);
             let (host, ignored) = pool_host(
                 registration.ip.as_deref(),
                 &base,
@@ -617,7 +625,10 @@ impl Provider for LocalTunnel {
                 .unwrap_or(1)
                 .clamp(1, self.max_connections);
             // One connection must work before the tunnel counts as open.
-            let first = match connect(&host, port, kept).await {
+            let left = pool_deadline
+                .map_or(kept, |at| at.saturating_duration_since(Instant::now()))
+                .max(Duration::from_millis(1));
+            let first = match connect(&host, port, left).await {
                 Ok(first) => first,
                 Err(err) => {
                     return Err(match ignored {
