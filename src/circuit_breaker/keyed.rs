@@ -36,11 +36,63 @@ impl<K: Hash + Eq + Clone + fmt::Display> Shared<K> {
         map.get(key).map(Arc::clone)
     }
 
+    /// A breaker of the full `map` to forget for a new key, if one may be.
+    ///
+    /// One not in use, which protects no caller now. The stored state is read: transitions that
+    /// time made due (which never lead to CLOSED) would run the listener under the map's lock.
+    /// One CLOSED with no failure on record (nor a slow call, under a slow-call rule) is
+    /// forgotten first. Then one whose open duration has passed (OPEN past it, or HALF_OPEN
+    /// waiting for a probe): a key that opened and was never called again must not hold its slot
+    /// for ever, and forgetting it costs at most the failures that open it again. Last, one
+    /// counting toward opening: forgetting it would let a failing or slow key that comes and
+    /// goes never open.
+    fn to_forget(map: &HashMap<K, Arc<Core>>) -> Option<&K> {
+        let mut failing = None;
+        let mut lapsed = None;
+        for (key, core) in map.iter() {
+            if Arc::strong_count(core) != 1 {
+                continue;
+            }
+            match core.stored_state() {
+                CircuitState::Closed if !core.has_failures_on_record() => return Some(key),
+                CircuitState::Closed => {
+                    failing.get_or_insert(key);
+                }
+                CircuitState::Open | CircuitState::HalfOpen
+                    if lapsed.is_none() && core.open_lapsed() =>
+                {
+                    lapsed = Some(key);
+                }
+                _ => {}
+            }
+        }
+        lapsed.or(failing)
+    }
+
+    /// The overflow breaker, for a new key while every slot is taken by one that may not be
+    /// forgotten.
+    fn overflow(&self) -> Arc<Core> {
+        if !self.full_told.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                breaker = &*self.config.name,
+                max_keys = self.max_keys,
+                "keyed circuit breaker is full; new keys share the overflow breaker \
+                 (told once until a new key finds a slot again)"
+            );
+        }
+        Arc::clone(&self.overflow)
+    }
+
     fn core_for(&self, key: K) -> Arc<Core> {
         {
             let map = self.map.read().unwrap_or_else(|p| p.into_inner());
             if let Some(core) = map.get(&key) {
                 return Arc::clone(core);
+            }
+            // Full with nothing to forget: the overflow breaker, under the read lock. The
+            // write lock, which every other call waits for, is taken only to change the map.
+            if map.len() >= self.max_keys && Self::to_forget(&map).is_none() {
+                return self.overflow();
             }
         }
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
@@ -48,54 +100,12 @@ impl<K: Hash + Eq + Clone + fmt::Display> Shared<K> {
             return Arc::clone(core);
         }
         if map.len() >= self.max_keys {
-            // Forget a breaker that is not in use and protects no caller now. The stored state
-            // is read: transitions that time made due (which never lead to CLOSED) would run
-            // the listener under this lock.
-            // One CLOSED with no failure on record (nor a slow call, under a slow-call rule) is
-            // forgotten first. Then one whose open duration has passed (OPEN past it, or
-            // HALF_OPEN waiting for a probe): a key that opened and was never called again must
-            // not hold its slot for ever, and forgetting it costs at most the failures that
-            // open it again. Last, one counting toward opening: forgetting it would let a
-            // failing or slow key that comes and goes never open.
-            let mut idle = None;
-            let mut failing = None;
-            let mut lapsed = None;
-            for (key, core) in map.iter() {
-                if Arc::strong_count(core) != 1 {
-                    continue;
-                }
-                match core.stored_state() {
-                    CircuitState::Closed if !core.has_failures_on_record() => {
-                        idle = Some(key);
-                        break;
-                    }
-                    CircuitState::Closed => {
-                        failing.get_or_insert(key);
-                    }
-                    CircuitState::Open | CircuitState::HalfOpen
-                        if lapsed.is_none() && core.open_lapsed() =>
-                    {
-                        lapsed = Some(key);
-                    }
-                    _ => {}
-                }
-            }
-            let idle = idle.or(lapsed).or(failing).cloned();
-            match idle {
+            // Looked for again: the map may have changed since the read lock was let go.
+            match Self::to_forget(&map).cloned() {
                 Some(idle) => {
                     map.remove(&idle);
                 }
-                None => {
-                    if !self.full_told.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(
-                            breaker = &*self.config.name,
-                            max_keys = self.max_keys,
-                            "keyed circuit breaker is full; new keys share the overflow breaker \
-                             (told once until a new key finds a slot again)"
-                        );
-                    }
-                    return Arc::clone(&self.overflow);
-                }
+                None => return self.overflow(),
             }
         }
         self.full_told.store(false, Ordering::Relaxed);
@@ -116,7 +126,8 @@ impl<K: Hash + Eq + Clone + fmt::Display> Shared<K> {
 /// passed (OPEN past it, or HALF_OPEN; its key then starts CLOSED again if it comes back), else
 /// one that is CLOSED and counting failures; if there is none, new keys share one overflow
 /// breaker (and a warning is logged, once until a new key finds a
-/// slot again). `poll_ready` always polls the inner service (the key is not known before the request); when `call` then rejects, the
+/// slot again); a new key that finds every slot so taken goes there under the key map's read
+/// lock, without taking its write lock. `poll_ready` always polls the inner service (the key is not known before the request); when `call` then rejects, the
 /// readied inner service is swapped for a fresh clone, so the capacity it reserved (a `Buffer`
 /// slot, a `ConcurrencyLimit` permit) is released at once rather than held by an idle clone.
 /// A `call` without a `poll_ready` that returned `Ready` is refused with [`CircuitOpen`], told
