@@ -1276,21 +1276,35 @@ async fn a_rate_limit_one_comment_meets_holds_back_the_others() {
     ))
     .await;
     let client = crate::client::new();
-    for n in 0..3u64 {
-        let d = delivery(
-            app::Forge::GitHub,
-            &format!("e3000000-0000-4000-8000-00000000000{n}"),
-            10 + n,
-        );
-        assert_eq!(
-            send(&client, &base, &d).await.status(),
-            StatusCode::ACCEPTED
-        );
-    }
+    send_accepted(
+        &client,
+        &base,
+        app::Forge::GitHub,
+        "e3000000-0000-4000-8000-00000000000",
+        10,
+        3,
+    )
+    .await;
     eventually("three comments", PATIENCE, || comment_count(&api) == 3).await;
     // One refusal, then the three comments after the wait it asked for.
     assert_eq!(api.requests.load(Ordering::SeqCst), 4);
     assert_eq!(state.counters.comments_failed.load(Ordering::SeqCst), 0);
+}
+
+/// Sends `n` deliveries of `forge` to `base`, with ids `{prefix}0`, `{prefix}1`... about pull
+/// requests `pr`, `pr + 1`...; each is answered 202.
+async fn send_accepted(
+    client: &reqwest::Client,
+    base: &str,
+    forge: app::Forge,
+    prefix: &str,
+    pr: u64,
+    n: u64,
+) {
+    for i in 0..n {
+        let d = delivery(forge, &format!("{prefix}{i}"), pr + i);
+        assert_eq!(send(client, base, &d).await.status(), StatusCode::ACCEPTED);
+    }
 }
 
 /// GitHub's answer over its primary rate limit, asking for 2 s.
@@ -1317,17 +1331,15 @@ async fn a_429_naming_no_wait_holds_back_the_other_comments_too() {
     ))
     .await;
     let client = crate::client::new();
-    for n in 0..3u64 {
-        let d = delivery(
-            app::Forge::GitLab,
-            &format!("e6000000-0000-4000-8000-00000000000{n}"),
-            40 + n,
-        );
-        assert_eq!(
-            send(&client, &base, &d).await.status(),
-            StatusCode::ACCEPTED
-        );
-    }
+    send_accepted(
+        &client,
+        &base,
+        app::Forge::GitLab,
+        "e6000000-0000-4000-8000-00000000000",
+        40,
+        3,
+    )
+    .await;
     eventually("three comments", PATIENCE, || comment_count(&api) == 3).await;
     // One 429 (not sent again within its attempt), then the three comments after its backoff.
     assert_eq!(api.requests.load(Ordering::SeqCst), 4);
@@ -1350,17 +1362,15 @@ async fn a_comment_held_back_past_its_max_age_is_given_up() {
     ))
     .await;
     let client = crate::client::new();
-    for n in 0..2u64 {
-        let d = delivery(
-            app::Forge::GitHub,
-            &format!("e7000000-0000-4000-8000-00000000000{n}"),
-            50 + n,
-        );
-        assert_eq!(
-            send(&client, &base, &d).await.status(),
-            StatusCode::ACCEPTED
-        );
-    }
+    send_accepted(
+        &client,
+        &base,
+        app::Forge::GitHub,
+        "e7000000-0000-4000-8000-00000000000",
+        50,
+        2,
+    )
+    .await;
     // At once, not when the 2 s wait ends.
     eventually("both given up", Duration::from_millis(1500), || {
         state.counters.comments_failed.load(Ordering::SeqCst) == 2
@@ -1383,17 +1393,15 @@ async fn github_comments_are_sent_an_interval_apart() {
     ))
     .await;
     let client = crate::client::new();
-    for n in 0..3u64 {
-        let d = delivery(
-            app::Forge::GitHub,
-            &format!("e4000000-0000-4000-8000-00000000000{n}"),
-            20 + n,
-        );
-        assert_eq!(
-            send(&client, &base, &d).await.status(),
-            StatusCode::ACCEPTED
-        );
-    }
+    send_accepted(
+        &client,
+        &base,
+        app::Forge::GitHub,
+        "e4000000-0000-4000-8000-00000000000",
+        20,
+        3,
+    )
+    .await;
     eventually("three comments", PATIENCE, || comment_count(&api) == 3).await;
     let arrived = api.arrived.lock().unwrap().clone();
     for pair in arrived.windows(2) {
@@ -1402,17 +1410,15 @@ async fn github_comments_are_sent_an_interval_apart() {
     }
     // GitLab's are not spaced.
     api.arrived.lock().unwrap().clear();
-    for n in 0..3u64 {
-        let d = delivery(
-            app::Forge::GitLab,
-            &format!("e5000000-0000-4000-8000-00000000000{n}"),
-            30 + n,
-        );
-        assert_eq!(
-            send(&client, &base, &d).await.status(),
-            StatusCode::ACCEPTED
-        );
-    }
+    send_accepted(
+        &client,
+        &base,
+        app::Forge::GitLab,
+        "e5000000-0000-4000-8000-00000000000",
+        30,
+        3,
+    )
+    .await;
     eventually("three more comments", PATIENCE, || comment_count(&api) == 6).await;
     let arrived = api.arrived.lock().unwrap().clone();
     let spread = arrived[2] - arrived[0];

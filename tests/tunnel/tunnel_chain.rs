@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use support::{BoreServer, Logs, black_hole, closed_port, get, get_url, hello_service};
 use tower_webhook::tunnel::{
     Bore, BoxFuture, Cloudflared, LocalTunnel, Ngrok, Provider, ProviderKind, Running, Server,
-    Session, Tunnel, TunnelBuilder, TunnelConfig, TunnelError, TunnelEvent, Upstream,
+    Session, Tunnel, TunnelBuilder, TunnelConfig, TunnelError, TunnelEvent, TunnelHandle, Upstream,
 };
 
 fn service() -> Upstream {
@@ -453,29 +453,32 @@ async fn cloudflared_failures_are_reported() {
     handle.close().await;
 }
 
-/// cloudflared forwards the public requests to the URL it is given. For a local address, that
-/// must still be a port that answers the round-trip probe, or the start always fails.
-#[tokio::test]
-async fn cloudflared_to_a_local_address_passes_the_probe_and_forwards_requests() {
-    let Some(fake) = fake_cloudflared() else {
-        return;
-    };
-    let log = temp_log("cloudflared-proxy");
+/// A tunnel through the fake cloudflared in proxy mode (its URL a loopback port that forwards to
+/// the origin, as the edge does), with `args` of its own and the builder's `probe_timeout`, to
+/// a local hello service: up and verified.
+async fn proxied_cloudflared(
+    fake: &std::path::Path,
+    log: &std::path::Path,
+    probe_timeout: Duration,
+    args: &[&str],
+) -> TunnelHandle {
     let calls = Arc::new(AtomicUsize::new(0));
     let local = support::serve_locally(hello_service(Arc::clone(&calls))).await;
+    let mut cloudflared = Cloudflared::new()
+        .binary(fake)
+        .startup_timeout(Duration::from_secs(15))
+        // The fake's tunnel is a loopback port, not in trycloudflare.com.
+        .domain("")
+        .arg("--fake-mode")
+        .arg("proxy")
+        .arg("--fake-log")
+        .arg(log.display().to_string());
+    for arg in args {
+        cloudflared = cloudflared.arg(*arg);
+    }
     let handle = Tunnel::builder()
-        .probe_timeout(Duration::from_secs(2))
-        .provider(
-            Cloudflared::new()
-                .binary(&fake)
-                .startup_timeout(Duration::from_secs(10))
-                // The fake's tunnel is a loopback port, not in trycloudflare.com.
-                .domain("")
-                .arg("--fake-mode")
-                .arg("proxy")
-                .arg("--fake-log")
-                .arg(log.display().to_string()),
-        )
+        .probe_timeout(probe_timeout)
+        .provider(cloudflared)
         .start(local)
         .await
         .unwrap_or_else(|err| panic!("{err}"));
@@ -484,6 +487,18 @@ async fn cloudflared_to_a_local_address_passes_the_probe_and_forwards_requests()
         "{:?}",
         handle.status()
     );
+    handle
+}
+
+/// cloudflared forwards the public requests to the URL it is given. For a local address, that
+/// must still be a port that answers the round-trip probe, or the start always fails.
+#[tokio::test]
+async fn cloudflared_to_a_local_address_passes_the_probe_and_forwards_requests() {
+    let Some(fake) = fake_cloudflared() else {
+        return;
+    };
+    let log = temp_log("cloudflared-proxy");
+    let handle = proxied_cloudflared(&fake, &log, Duration::from_secs(2), &[]).await;
     let (status, body) = get_url(&handle.url(), "/webhook").await.unwrap();
     assert_eq!(status, 200);
     assert!(body.starts_with("hello from /webhook"), "{body}");
@@ -505,30 +520,13 @@ async fn cloudflared_is_probed_until_its_new_hostname_reaches_it() {
         return;
     };
     let log = temp_log("cloudflared-slow-edge");
-    let calls = Arc::new(AtomicUsize::new(0));
-    let local = support::serve_locally(hello_service(Arc::clone(&calls))).await;
-    let handle = Tunnel::builder()
-        .probe_timeout(Duration::from_millis(300))
-        .provider(
-            Cloudflared::new()
-                .binary(&fake)
-                .startup_timeout(Duration::from_secs(15))
-                .domain("")
-                .arg("--fake-mode")
-                .arg("proxy")
-                .arg("--fake-edge-delay")
-                .arg("1500")
-                .arg("--fake-log")
-                .arg(log.display().to_string()),
-        )
-        .start(local)
-        .await
-        .unwrap_or_else(|err| panic!("{err}"));
-    assert!(
-        matches!(handle.status(), TunnelEvent::Up { verified: true, .. }),
-        "{:?}",
-        handle.status()
-    );
+    let handle = proxied_cloudflared(
+        &fake,
+        &log,
+        Duration::from_millis(300),
+        &["--fake-edge-delay", "1500"],
+    )
+    .await;
     handle.close().await;
     let text = std::fs::read_to_string(&log).unwrap();
     let refused = text.matches("edge 530").count();

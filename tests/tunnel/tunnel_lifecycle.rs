@@ -456,9 +456,9 @@ async fn read_to_close(mut stream: TcpStream) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-#[tokio::test]
-async fn bore_forwards_a_protocol_where_the_local_server_speaks_first() {
-    // An SMTP-like local server greets first; a bore tunnel to an address pipes any protocol.
+/// An SMTP-like local server on loopback: it greets first (`220 ready`), then echoes the
+/// first line it reads.
+async fn greeting_server() -> SocketAddr {
     let local = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
     let local_addr = local.local_addr().unwrap();
     tokio::spawn(async move {
@@ -471,16 +471,16 @@ async fn bore_forwards_a_protocol_where_the_local_server_speaks_first() {
             });
         }
     });
-    let bore = FakeBore::start().await;
-    let handle = Tunnel::builder()
-        .provider(bore.bore())
-        .start(local_addr)
-        .await
-        .unwrap();
-    let public = handle.url().trim_start_matches("http://").to_owned();
+    local_addr
+}
+
+/// Through the tunnel at `url`, [`greeting_server`]'s greeting comes first, and a line sent is
+/// echoed.
+async fn greeted_through(url: &str) {
+    let public = url.trim_start_matches("http://").to_owned();
     let mut stream = TcpStream::connect(&public).await.unwrap();
     let mut greeting = [0u8; 11];
-    let read = tokio::time::timeout(Duration::from_secs(1), stream.read_exact(&mut greeting)).await;
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut greeting)).await;
     assert!(
         matches!(read, Ok(Ok(_))),
         "no greeting through the tunnel: {read:?}"
@@ -488,11 +488,24 @@ async fn bore_forwards_a_protocol_where_the_local_server_speaks_first() {
     assert_eq!(&greeting, b"220 ready\r\n");
     stream.write_all(b"HELO x\r\n").await.unwrap();
     let mut echo = [0u8; 8];
-    tokio::time::timeout(Duration::from_secs(1), stream.read_exact(&mut echo))
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echo))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(&echo, b"HELO x\r\n");
+}
+
+#[tokio::test]
+async fn bore_forwards_a_protocol_where_the_local_server_speaks_first() {
+    // An SMTP-like local server greets first; a bore tunnel to an address pipes any protocol.
+    let local_addr = greeting_server().await;
+    let bore = FakeBore::start().await;
+    let handle = Tunnel::builder()
+        .provider(bore.bore())
+        .start(local_addr)
+        .await
+        .unwrap();
+    greeted_through(&handle.url()).await;
     handle.close().await;
 }
 
@@ -532,18 +545,7 @@ async fn slow_return_relay(listen: SocketAddr, to: SocketAddr) -> tokio::task::J
 /// for the public side at once and the probe was piped to the local server: every start failed.
 #[tokio::test]
 async fn bore_starts_for_a_server_that_speaks_first_when_the_probe_comes_late() {
-    let local = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-    let local_addr = local.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = local.accept().await {
-            tokio::spawn(async move {
-                let _ = stream.write_all(b"220 ready\r\n").await;
-                let mut line = [0u8; 64];
-                let n = stream.read(&mut line).await.unwrap_or(0);
-                let _ = stream.write_all(&line[..n]).await;
-            });
-        }
-    });
+    let local_addr = greeting_server().await;
     // Public ports, and the relay to the control port, on one address; the server's control
     // port on another.
     let (public_ip, control_ip) = (Ipv4Addr::new(127, 0, 14, 1), Ipv4Addr::new(127, 0, 14, 2));
@@ -559,21 +561,7 @@ async fn bore_starts_for_a_server_that_speaks_first_when_the_probe_comes_late() 
         .await
         .expect("the probe was answered");
     // Not starting any more: the greeting goes through at once, and the rest is piped.
-    let public = handle.url().trim_start_matches("http://").to_owned();
-    let mut stream = TcpStream::connect(&public).await.unwrap();
-    let mut greeting = [0u8; 11];
-    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut greeting))
-        .await
-        .expect("the greeting")
-        .unwrap();
-    assert_eq!(&greeting, b"220 ready\r\n");
-    stream.write_all(b"HELO x\r\n").await.unwrap();
-    let mut echo = [0u8; 8];
-    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echo))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&echo, b"HELO x\r\n");
+    greeted_through(&handle.url()).await;
     handle.close().await;
     relay.abort();
 }
