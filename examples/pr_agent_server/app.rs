@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -1123,12 +1123,26 @@ impl HookUpdater {
 
     /// Sends a request about the hook's config: the answer's body (64 KiB at most), or why not.
     async fn send(&self, request: reqwest::Request) -> Result<Vec<u8>, HookError> {
+        // As the app: its token was dated with the skew of now.
+        let dated = match &self.target {
+            HookTarget::App(app) => Some((app, app.skew())),
+            HookTarget::Repository(_) => None,
+        };
         let res = self
             .caller
             .clone()
             .oneshot(request)
             .await
             .map_err(|err| HookError::Transient(error_chain(&*err), None, false))?;
+        if let Some((app, skew)) = dated
+            && app.refused_for_the_clock(res.status(), res.headers(), skew)
+        {
+            return Err(HookError::Transient(
+                "GitHub refused the app's token, dated by a clock its answer shows to be off; the next one is dated by GitHub's".into(),
+                None,
+                false,
+            ));
+        }
         if res.status().is_success() {
             return match read_at_most(res, 64 * 1024).await {
                 Ok(body) => Ok(body),
@@ -1245,15 +1259,21 @@ impl HookUpdater {
                     .is_none_or(|(failed, at)| *failed != url || tokio::time::Instant::now() >= *at)
             {
                 let (hook, route) = (&self.target, Forge::GitHub.route());
-                if !asked {
-                    asked = true;
+                // Read until it is known or refused, as long as the hook was not moved: a
+                // passing failure is tried again with the next update.
+                if !asked && !moved {
                     match self.current_url().await {
                         Ok(url) => {
                             tracing::info!(%hook, url = %without_secrets(&url), "the GitHub hook's URL before the tunnel: pointed back there when the server stops");
                             original = Some(url);
+                            asked = true;
                         }
-                        Err(HookError::Transient(err, ..) | HookError::Refused(err)) => {
+                        Err(HookError::Refused(err)) => {
                             tracing::warn!(%hook, error = %err, "could not read the GitHub hook's URL: it is not pointed back when the server stops");
+                            asked = true;
+                        }
+                        Err(HookError::Transient(err, ..)) => {
+                            tracing::warn!(%hook, error = %err, "could not read the GitHub hook's URL yet: tried again before the next update");
                         }
                     }
                 }
@@ -1312,16 +1332,18 @@ impl HookUpdater {
 /// the tunnel.
 const POINT_BACK_WAIT: Duration = Duration::from_secs(10);
 
-/// `url` without what may be a secret in it (user info, query, fragment), for the log.
+/// `url` as the log shows it: its scheme, host and port only. The rest may be a secret: user
+/// info, a query, and a path that holds a token (a smee.io channel, a `/hooks/<token>` URL).
 fn without_secrets(url: &str) -> String {
     match reqwest::Url::parse(url) {
-        Ok(mut url) => {
-            let _ = url.set_username("");
-            let _ = url.set_password(None);
-            url.set_query(None);
-            url.set_fragment(None);
-            url.to_string()
-        }
+        Ok(url) => match url.port() {
+            Some(port) => format!(
+                "{}://{}:{port}/...",
+                url.scheme(),
+                url.host_str().unwrap_or("")
+            ),
+            None => format!("{}://{}/...", url.scheme(), url.host_str().unwrap_or("")),
+        },
         Err(_) => "<not a URL>".to_owned(),
     }
 }
@@ -1917,12 +1939,25 @@ pub(crate) async fn finish(
             return left;
         }
     }
-    // The tunnel is closed: the hooks that followed it are pointed back meanwhile (for
-    // `POINT_BACK_WAIT` at most).
+    // The tunnel is closed: the hooks that followed it are pointed back meanwhile (within
+    // `POINT_BACK_WAIT` in all).
     let hooks = std::mem::take(&mut *state.hooks.lock().unwrap_or_else(|e| e.into_inner()));
     let pointed_back = async {
-        for hook in hooks {
-            let _ = hook.await;
+        let aborts: Vec<_> = hooks.iter().map(|hook| hook.abort_handle()).collect();
+        // A second more than a hook's own bound, so that a hook that took it says so first.
+        let joined = tokio::time::timeout(POINT_BACK_WAIT + Duration::from_secs(1), async {
+            for hook in hooks {
+                let _ = hook.await;
+            }
+        })
+        .await;
+        if joined.is_err() {
+            // An update still on its way when the tunnel closed took the time.
+            tracing::error!(
+                "a GitHub hook was not pointed back within {} s: set its URL by hand",
+                POINT_BACK_WAIT.as_secs()
+            );
+            aborts.iter().for_each(tokio::task::AbortHandle::abort);
         }
     };
     // No delivery comes in any more: the comments of those answered 202 get their chance,
@@ -2868,6 +2903,8 @@ async fn run_job(
     let spaced = job.forge == Forge::GitHub
         && !apis.github_comment_interval.is_zero()
         && apis.callers.contains_key(&Forge::GitHub);
+    // When the last attempt was sent.
+    let mut sent = tokio::time::Instant::now();
     'run: loop {
         // Held back by a wait the provider asked of another comment: not an attempt.
         if let Some(left) = hold.left() {
@@ -2923,13 +2960,14 @@ async fn run_job(
             }
             // Dropped in between (the process exits), the comment may have been posted.
             run.posting = true;
+            sent = tokio::time::Instant::now();
             let outcome = post_comment(&apis, &state, job, token).await;
             run.posting = false;
             outcome
         };
         let (delay, attempted) = match outcome {
             Outcome::Done => {
-                hold.secondary_limits.store(0, Ordering::Relaxed);
+                hold.no_secondary_limit();
                 break;
             }
             Outcome::Failed => {
@@ -2941,7 +2979,9 @@ async fn run_job(
                 break;
             }
             Outcome::Later { delay, attempted } => {
-                hold.secondary_limits.store(0, Ordering::Relaxed);
+                if attempted {
+                    hold.no_secondary_limit();
+                }
                 // Asked by the provider (or an open breaker): of every comment with the same
                 // credential.
                 if let Some(delay) = delay {
@@ -2951,8 +2991,7 @@ async fn run_job(
             }
             Outcome::SecondaryLimit => {
                 // Met again by any comment of the credential, the wait doubles.
-                let met = hold.secondary_limits.fetch_add(1, Ordering::Relaxed) + 1;
-                let wait = secondary_limit_wait(met);
+                let wait = secondary_limit_wait(hold.secondary_limit(sent));
                 hold.extend(wait);
                 (Some(wait), true)
             }
@@ -3187,9 +3226,10 @@ type Credential = (Forge, Option<u64>);
 struct Hold {
     /// Not before then.
     until: std::sync::Mutex<Option<tokio::time::Instant>>,
-    /// GitHub secondary rate limits naming no delay met in a row, by any of the jobs: each one
-    /// waits twice as long as the one before.
-    secondary_limits: AtomicU32,
+    /// GitHub secondary rate limits naming no delay met in a row, by any of the jobs (each one
+    /// waits twice as long as the one before), and when the last one was met: the answers to
+    /// requests sent before it belong to the same limit, and do not count again.
+    secondary_limits: std::sync::Mutex<(u32, Option<tokio::time::Instant>)>,
 }
 
 impl Hold {
@@ -3200,6 +3240,28 @@ impl Hold {
         if held.is_none_or(|held| held < until) {
             *held = Some(until);
         }
+    }
+
+    /// A secondary rate limit met by a request sent at `sent`: how many were met in a row,
+    /// counting it unless it was sent before the last one was met (the same limit, seen by
+    /// several requests in flight).
+    fn secondary_limit(&self, sent: tokio::time::Instant) -> u32 {
+        let mut met = self
+            .secondary_limits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if met.1.is_none_or(|last| sent >= last) {
+            *met = (met.0 + 1, Some(tokio::time::Instant::now()));
+        }
+        met.0.max(1)
+    }
+
+    /// The provider took a request again: the next secondary limit is a new one.
+    fn no_secondary_limit(&self) {
+        *self
+            .secondary_limits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = (0, None);
     }
 
     /// How long jobs are still held back, if they are.

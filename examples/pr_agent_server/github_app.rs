@@ -32,6 +32,9 @@ const EXPIRES_AFTER_SECS: u64 = 9 * 60;
 /// leeway covers the difference.
 const SKEW_TOLERATED_SECS: i64 = 30;
 
+/// The largest difference between the clocks taken from a `Date`, in seconds: a day.
+const SKEW_BELIEVED_SECS: i64 = 24 * 3600;
+
 /// A GitHub App: its id (the app id or client id, the token's issuer) and its private key.
 #[derive(Clone)]
 pub(crate) struct GithubApp {
@@ -122,12 +125,21 @@ impl GithubApp {
             Err(_) => 0,
         };
         let diff = seconds(date).saturating_sub(seconds(SystemTime::now()));
-        let skew = if diff.abs() > SKEW_TOLERATED_SECS {
+        if diff.abs() > SKEW_BELIEVED_SECS {
+            // No clock is a day off: a `Date` rewritten on the way (a proxy), not GitHub's.
+            return false;
+        }
+        let before = self.skew.load(Ordering::Relaxed);
+        // Taken up past the tolerance, given up only well within it: a skew near the bound
+        // does not flip at every answer.
+        let skew = if diff.abs() > SKEW_TOLERATED_SECS
+            || (before != 0 && diff.abs() > SKEW_TOLERATED_SECS / 2)
+        {
             diff
         } else {
             0
         };
-        let before = self.skew.swap(skew, Ordering::Relaxed);
+        self.skew.store(skew, Ordering::Relaxed);
         if skew.abs_diff(before) <= SKEW_TOLERATED_SECS.unsigned_abs() {
             return false;
         }
@@ -142,6 +154,25 @@ impl GithubApp {
             );
         }
         true
+    }
+
+    /// GitHub's clock minus this machine's, in seconds, as the app's tokens are dated now.
+    pub(crate) fn skew(&self) -> i64 {
+        self.skew.load(Ordering::Relaxed)
+    }
+
+    /// Whether an answer to a request whose token was dated with `skew` was refused for the
+    /// clock: a 401 whose `Date`, or another answer's since, moved the skew by more than the
+    /// tolerance. The next token is dated differently: worth trying again.
+    pub(crate) fn refused_for_the_clock(
+        &self,
+        status: StatusCode,
+        headers: &http::HeaderMap,
+        skew: i64,
+    ) -> bool {
+        self.learn_clock(headers);
+        status == StatusCode::UNAUTHORIZED
+            && self.skew().abs_diff(skew) > SKEW_TOLERATED_SECS.unsigned_abs()
     }
 
     /// A token that authenticates as the app at `now`, for 10 minutes at most.
@@ -381,8 +412,9 @@ impl InstallationTokens {
         if let Some(why) = self.gone(installation) {
             return Err(refused(why));
         }
+        // `expires_at` is on GitHub's clock.
         if let Some(kept) = &*cached
-            && kept.refresh_at > SystemTime::now()
+            && kept.refresh_at > self.app.github_now()
         {
             return Ok(kept.token.clone());
         }
@@ -419,7 +451,7 @@ impl InstallationTokens {
     fn slot(&self, installation: u64) -> Slot {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         if !slots.contains_key(&installation) && slots.len() >= MAX_INSTALLATIONS {
-            let now = SystemTime::now();
+            let now = self.app.github_now();
             // The refresh time of an idle slot (`None`: one in use, being fetched or read).
             let idle = |slot: &Slot| {
                 let cached = slot.try_lock().ok()?;
@@ -450,6 +482,7 @@ impl InstallationTokens {
 
     /// [`check`](Self::check); `again` once it was refused for a clock found off GitHub's.
     async fn check_once(&self, again: bool) {
+        let skew = self.app.skew();
         let request = match app_request(&self.app, &self.api, Method::GET, "/app", &Value::Null) {
             Ok(request) => request,
             Err(err) => {
@@ -466,8 +499,8 @@ impl InstallationTokens {
             }
         };
         let status = res.status();
-        let relearned = self.app.learn_clock(res.headers());
-        if status == StatusCode::UNAUTHORIZED && relearned && !again {
+        let clock = self.app.refused_for_the_clock(status, res.headers(), skew);
+        if clock && !again {
             // Dated by this machine's clock, which GitHub's answer says is off: once more.
             return Box::pin(self.check_once(true)).await;
         }
@@ -498,6 +531,7 @@ impl InstallationTokens {
     /// `POST /app/installations/{id}/access_tokens`, as the app.
     async fn fetch(&self, installation: u64) -> Result<(String, SystemTime), TokenError> {
         let path = format!("/app/installations/{installation}/access_tokens");
+        let skew = self.app.skew();
         let request = app_request(&self.app, &self.api, Method::POST, &path, &json!({}))
             .map_err(|err| TokenError::Refused(err.to_string()))?;
         let res = match self.caller.clone().oneshot(request).await {
@@ -520,7 +554,7 @@ impl InstallationTokens {
             }
         };
         let status = res.status();
-        let relearned = self.app.learn_clock(res.headers());
+        let clock = self.app.refused_for_the_clock(status, res.headers(), skew);
         if status.is_success() {
             let unreadable = |why: String| TokenError::Transient {
                 reason: format!("GitHub's token answer could not be read: {why}"),
@@ -548,7 +582,7 @@ impl InstallationTokens {
             let expires_at = answer["expires_at"]
                 .as_str()
                 .and_then(parse_github_time)
-                .unwrap_or_else(|| SystemTime::now() + ASSUMED_LIFE);
+                .unwrap_or_else(|| self.app.github_now() + ASSUMED_LIFE);
             return Ok((token.to_owned(), expires_at));
         }
         let (status, wait, secondary_limit, says) = status_and_limit(Forge::GitHub, res).await;
@@ -556,9 +590,8 @@ impl InstallationTokens {
             format!("GitHub answered {status} to the installation token request"),
             says.as_deref(),
         );
-        // A token refused when GitHub's answer shows this machine's clock is off: the next one
-        // is dated by GitHub's clock.
-        let clock = status == StatusCode::UNAUTHORIZED && relearned;
+        // A token refused, dated by a clock GitHub's answers have shown to be off since: the
+        // next one is dated by GitHub's clock.
         if status.is_server_error()
             || wait.is_some()
             || clock

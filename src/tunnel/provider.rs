@@ -121,8 +121,9 @@ pub trait Provider: fmt::Debug + Send + Sync + 'static {
     /// How long the round-trip probe of a tunnel this provider opened may take, when that is
     /// longer than the builder's [`probe_timeout`](super::TunnelBuilder::probe_timeout): for a
     /// public URL that takes a while to become reachable (a cloudflared quick tunnel's new
-    /// hostname). The probe still ends with the provider's startup timeout. Default `None`: the
-    /// builder's.
+    /// hostname). The probe still ends with the provider's startup timeout; a provider without
+    /// one (a startup timeout too long for a deadline, such as `Duration::MAX`) gets the
+    /// builder's. Default `None`: the builder's.
     ///
     /// # Example
     ///
