@@ -2932,12 +2932,16 @@ async fn run_job(
             let Ok(_slot) = slots.acquire().await else {
                 break 'run;
             };
-            if spaced {
-                tokio::time::sleep_until(apis.turn(apis.github_comment_interval)).await;
-            }
-            // A wait asked while this job waited for its slot or its turn.
+            // A wait asked while this job waited for its slot, or then for its turn (a turn
+            // is not taken while held).
             if hold.left().is_some() {
                 continue 'run;
+            }
+            if spaced {
+                tokio::time::sleep_until(apis.turn(apis.github_comment_interval)).await;
+                if hold.left().is_some() {
+                    continue 'run;
+                }
             }
             // Asked again after a long wait for a slot and a turn, which the token may not
             // have outlived (the tokens' cache answers at once while one is good).
