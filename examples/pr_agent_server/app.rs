@@ -1259,25 +1259,37 @@ impl HookUpdater {
                     .is_none_or(|(failed, at)| *failed != url || tokio::time::Instant::now() >= *at)
             {
                 let (hook, route) = (&self.target, Forge::GitHub.route());
-                // Read until it is known or refused, as long as the hook was not moved: a
-                // passing failure is tried again with the next update.
-                if !asked && !moved {
+                // Read before the hook is first moved, until it is known or refused: a passing
+                // failure is one of the update, tried again as the update is.
+                let read = if asked {
+                    Ok(())
+                } else {
                     match self.current_url().await {
                         Ok(url) => {
                             tracing::info!(%hook, url = %without_secrets(&url), "the GitHub hook's URL before the tunnel: pointed back there when the server stops");
                             original = Some(url);
                             asked = true;
+                            Ok(())
                         }
                         Err(HookError::Refused(err)) => {
                             tracing::warn!(%hook, error = %err, "could not read the GitHub hook's URL: it is not pointed back when the server stops");
                             asked = true;
+                            Ok(())
                         }
-                        Err(HookError::Transient(err, ..)) => {
-                            tracing::warn!(%hook, error = %err, "could not read the GitHub hook's URL yet: tried again before the next update");
+                        Err(HookError::Transient(err, wait, secondary_limit)) => {
+                            Err(HookError::Transient(
+                                format!("reading its URL first: {err}"),
+                                wait,
+                                secondary_limit,
+                            ))
                         }
                     }
-                }
-                match self.point_to(&url).await {
+                };
+                let updated = match read {
+                    Ok(()) => self.point_to(&url).await,
+                    Err(err) => Err(err),
+                };
+                match updated {
                     Ok(()) => {
                         moved = true;
                         settled = Some(url);

@@ -2411,6 +2411,55 @@ async fn a_hook_that_followed_the_tunnel_is_pointed_back_when_it_closes() {
     );
 }
 
+/// The hook's URL could not be read at first (GitHub answered 503): the hook is not moved yet;
+/// the read and the update are tried again together, and the hook is still pointed back.
+#[tokio::test]
+async fn a_hook_whose_url_could_not_be_read_yet_is_read_again_before_it_moves() {
+    let patched: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let reads = Arc::new(AtomicUsize::new(0));
+    let (seen, read) = (patched.clone(), reads.clone());
+    let github = serve(Router::new().fallback(
+        move |method: http::Method, body: axum::body::Bytes| {
+            // The first attempt's read and its 3 retries are refused.
+            let first_read = method == http::Method::GET && read.fetch_add(1, Ordering::SeqCst) < 4;
+            if method == http::Method::PATCH {
+                seen.lock()
+                    .unwrap()
+                    .push(serde_json::from_slice(&body).unwrap());
+            }
+            async move {
+                match method {
+                    http::Method::GET if first_read => {
+                        StatusCode::SERVICE_UNAVAILABLE.into_response()
+                    }
+                    http::Method::GET => hook_config(),
+                    _ => StatusCode::OK.into_response(),
+                }
+            }
+        },
+    ))
+    .await;
+    let tx = follow_hook_at(github).await;
+    eventually("the hook points at the tunnel", PATIENCE, || {
+        patched.lock().unwrap().len() == 1
+    })
+    .await;
+    assert_eq!(
+        reads.load(Ordering::SeqCst),
+        5,
+        "read again before it moved"
+    );
+    tx.send(closed_at("http://127.0.0.1:4000")).unwrap();
+    eventually("the hook pointed back", PATIENCE, || {
+        patched.lock().unwrap().len() == 2
+    })
+    .await;
+    assert_eq!(
+        patched.lock().unwrap()[1],
+        json!({ "url": HOOK_URL_BEFORE })
+    );
+}
+
 /// The hook updater of `octo/repo`'s hook 42 on the GitHub API at `github`, following a tunnel
 /// that is up at `http://127.0.0.1:4000`: the sender of the tunnel's status.
 async fn follow_hook_at(
