@@ -2326,6 +2326,35 @@ fn closed_at(url: &str) -> tower_webhook::tunnel::TunnelEvent {
     }
 }
 
+/// A fake GitHub for hook updates: the `n`-th `GET` of a hook's config (from 0) is answered
+/// `read(n)`, any other request 200. Its address, the bodies of the `PATCH`es it got, and how
+/// many reads it answered.
+async fn hook_github(
+    read: fn(usize) -> Response,
+) -> (SocketAddr, Arc<Mutex<Vec<Value>>>, Arc<AtomicUsize>) {
+    let patched: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let reads = Arc::new(AtomicUsize::new(0));
+    let (seen, counted) = (patched.clone(), reads.clone());
+    let github = serve(Router::new().fallback(
+        move |method: http::Method, body: axum::body::Bytes| {
+            let answer = match method {
+                http::Method::GET => Some(read(counted.fetch_add(1, Ordering::SeqCst))),
+                _ => {
+                    if method == http::Method::PATCH {
+                        seen.lock()
+                            .unwrap()
+                            .push(serde_json::from_slice(&body).unwrap());
+                    }
+                    None
+                }
+            };
+            async move { answer.unwrap_or_else(|| StatusCode::OK.into_response()) }
+        },
+    ))
+    .await;
+    (github, patched, reads)
+}
+
 /// A repository hook that followed the tunnel is pointed back at the URL it had before once
 /// the tunnel is closed: a hook that also serves elsewhere (a production app's) does not keep
 /// delivering to a tunnel that is gone. Before, it stayed on the last tunnel URL. A hook whose
@@ -2333,24 +2362,7 @@ fn closed_at(url: &str) -> tower_webhook::tunnel::TunnelEvent {
 #[tokio::test]
 async fn a_hook_that_followed_the_tunnel_is_pointed_back_when_it_closes() {
     let (logs, _guard) = support::Logs::capture();
-    let patched: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let seen = patched.clone();
-    let github = serve(Router::new().fallback(
-        move |method: http::Method, body: axum::body::Bytes| {
-            if method == http::Method::PATCH {
-                seen.lock()
-                    .unwrap()
-                    .push(serde_json::from_slice(&body).unwrap());
-            }
-            async move {
-                match method {
-                    http::Method::GET => hook_config(),
-                    _ => StatusCode::OK.into_response(),
-                }
-            }
-        },
-    ))
-    .await;
+    let (github, patched, _) = hook_github(|_| hook_config()).await;
     let tx = follow_hook_at(github).await;
     eventually("the hook points at the tunnel", PATIENCE, || {
         patched.lock().unwrap().len() == 1
@@ -2378,24 +2390,7 @@ async fn a_hook_that_followed_the_tunnel_is_pointed_back_when_it_closes() {
     assert!(!text.contains("hooks.example.com/github"), "{text}");
 
     // GitHub does not say where the hook pointed: it stays on the tunnel's URL, with a warning.
-    let patched: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let seen = patched.clone();
-    let github = serve(Router::new().fallback(
-        move |method: http::Method, body: axum::body::Bytes| {
-            if method == http::Method::PATCH {
-                seen.lock()
-                    .unwrap()
-                    .push(serde_json::from_slice(&body).unwrap());
-            }
-            async move {
-                match method {
-                    http::Method::GET => StatusCode::NOT_FOUND.into_response(),
-                    _ => StatusCode::OK.into_response(),
-                }
-            }
-        },
-    ))
-    .await;
+    let (github, patched, _) = hook_github(|_| StatusCode::NOT_FOUND.into_response()).await;
     let tx = follow_hook_at(github).await;
     eventually("the hook points at the tunnel", PATIENCE, || {
         patched.lock().unwrap().len() == 1
@@ -2415,29 +2410,11 @@ async fn a_hook_that_followed_the_tunnel_is_pointed_back_when_it_closes() {
 /// the read and the update are tried again together, and the hook is still pointed back.
 #[tokio::test]
 async fn a_hook_whose_url_could_not_be_read_yet_is_read_again_before_it_moves() {
-    let patched: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let reads = Arc::new(AtomicUsize::new(0));
-    let (seen, read) = (patched.clone(), reads.clone());
-    let github = serve(Router::new().fallback(
-        move |method: http::Method, body: axum::body::Bytes| {
-            // The first attempt's read and its 3 retries are refused.
-            let first_read = method == http::Method::GET && read.fetch_add(1, Ordering::SeqCst) < 4;
-            if method == http::Method::PATCH {
-                seen.lock()
-                    .unwrap()
-                    .push(serde_json::from_slice(&body).unwrap());
-            }
-            async move {
-                match method {
-                    http::Method::GET if first_read => {
-                        StatusCode::SERVICE_UNAVAILABLE.into_response()
-                    }
-                    http::Method::GET => hook_config(),
-                    _ => StatusCode::OK.into_response(),
-                }
-            }
-        },
-    ))
+    // The first attempt's read and its 3 retries are refused.
+    let (github, patched, reads) = hook_github(|n| match n {
+        0..4 => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        _ => hook_config(),
+    })
     .await;
     let tx = follow_hook_at(github).await;
     eventually("the hook points at the tunnel", PATIENCE, || {
