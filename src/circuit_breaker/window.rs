@@ -572,26 +572,41 @@ mod tests {
     /// sweeping, for several tag periods. Each time they all stop, the aggregate is exactly
     /// what the slots of the current generation add up to: a sweep never erased a counted
     /// outcome, and no stale slot was taken out of (or into) the total.
+    ///
+    /// Except after a recorder stalled, inside one `record`, for most of a tag period of
+    /// transitions: the module's documented limit (its tag may then pass for a current one). The
+    /// transitions here come thousands a millisecond, so a recorder descheduled on a loaded
+    /// machine can meet it; such a round is not judged, and most rounds must be.
     #[test]
     fn sweeps_racing_recorders_keep_the_aggregate_exact() {
         const N: u32 = 8;
+        const ROUNDS: u32 = 6;
         let window = CountWindow::new(N, leaked_agg());
         let generation = AtomicU32::new(0);
         let current = || generation.load(Ordering::Acquire) as u16;
-        for round in 0..6 {
+        let mut judged = 0;
+        for round in 0..ROUNDS {
             let stop = AtomicBool::new(false);
+            let stalled = AtomicBool::new(false);
             std::thread::scope(|scope| {
                 for t in 0..3u32 {
-                    let (window, generation, stop) = (&window, &generation, &stop);
+                    let (window, generation, stop, stalled) =
+                        (&window, &generation, &stop, &stalled);
                     scope.spawn(move || {
                         let mut x = (t + 1).wrapping_mul(0x9E37_79B9) | 1;
                         while !stop.load(Ordering::Relaxed) {
                             x ^= x << 13;
                             x ^= x >> 17;
                             x ^= x << 5;
-                            let tag = generation.load(Ordering::Acquire) as u16;
+                            let before = generation.load(Ordering::Acquire);
                             let code = CALL | (x & (FAILED | SLOW));
-                            window.record(tag, code, || generation.load(Ordering::Acquire) as u16);
+                            window.record(before as u16, code, || {
+                                generation.load(Ordering::Acquire) as u16
+                            });
+                            let after = generation.load(Ordering::Acquire);
+                            if after.wrapping_sub(before) >= (1 << 16) - SWEEP_PERIOD {
+                                stalled.store(true, Ordering::Relaxed);
+                            }
                         }
                     });
                 }
@@ -604,6 +619,10 @@ mod tests {
                 std::thread::sleep(std::time::Duration::from_millis(5));
                 stop.store(true, Ordering::Relaxed);
             });
+            if stalled.load(Ordering::Relaxed) {
+                continue;
+            }
+            judged += 1;
             let tag = current();
             let agg = unpack_agg(window.agg.load(Ordering::Acquire));
             let expected = slot_counts(&window, tag);
@@ -621,6 +640,10 @@ mod tests {
                 assert_eq!(expected, Counts::default(), "round {round}");
             }
         }
+        assert!(
+            judged > ROUNDS / 2,
+            "only {judged} of {ROUNDS} rounds judged"
+        );
     }
 
     /// The same for a time window: once everything stops, the current generation's buckets
