@@ -110,15 +110,15 @@ impl GithubApp {
         }
     }
 
-    /// Learns GitHub's clock from the `Date` of one of its answers. Whether the app's tokens
-    /// are now dated differently: the clocks were found to differ by more than
-    /// [`SKEW_TOLERATED_SECS`] (or to agree again) since the last answer that said so.
-    pub(crate) fn learn_clock(&self, headers: &http::HeaderMap) -> bool {
+    /// Learns GitHub's clock from the `Date` of one of its answers, and says so when the
+    /// clocks were found to differ by more than [`SKEW_TOLERATED_SECS`] (or to agree again)
+    /// since the last answer that said so.
+    fn learn_clock(&self, headers: &http::HeaderMap) {
         let Some(date) = headers
             .get(http::header::DATE)
             .and_then(|date| httpdate::parse_http_date(date.to_str().ok()?).ok())
         else {
-            return false;
+            return;
         };
         let seconds = |t: SystemTime| match t.duration_since(UNIX_EPOCH) {
             Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
@@ -127,7 +127,7 @@ impl GithubApp {
         let diff = seconds(date).saturating_sub(seconds(SystemTime::now()));
         if diff.abs() > SKEW_BELIEVED_SECS {
             // No clock is a day off: a `Date` rewritten on the way (a proxy), not GitHub's.
-            return false;
+            return;
         }
         let before = self.skew.load(Ordering::Relaxed);
         // Taken up past the tolerance, given up only well within it: a skew near the bound
@@ -141,7 +141,7 @@ impl GithubApp {
         };
         self.skew.store(skew, Ordering::Relaxed);
         if skew.abs_diff(before) <= SKEW_TOLERATED_SECS.unsigned_abs() {
-            return false;
+            return;
         }
         if skew == 0 {
             tracing::info!("this machine's clock agrees with GitHub's again");
@@ -153,7 +153,6 @@ impl GithubApp {
                 if skew > 0 { "behind" } else { "ahead of" }
             );
         }
-        true
     }
 
     /// GitHub's clock minus this machine's, in seconds, as the app's tokens are dated now.
