@@ -500,9 +500,9 @@ pub enum OnReplay {
 /// replicas behind a load balancer need a shared store such as `RedisReplayStore` (feature
 /// `redis`).
 ///
-/// An id takes about 60 to 85 bytes, however long it is: the store keeps a 64-bit fingerprint
+/// An id takes about 90 to 125 bytes, however long it is: the store keeps a 64-bit fingerprint
 /// of the key (SipHash, keyed per store), its expiry, and its place in the order of eviction.
-/// At the default capacity that is 6 to 8.5 MB; memory grows with the ids held, up to that.
+/// At the default capacity that is 9 to 12.5 MB; memory grows with the ids held, up to that.
 ///
 /// # Example
 ///
@@ -537,59 +537,71 @@ struct Entries {
     /// and evicted oldest first when room is needed.
     handled: Queue,
     /// Claims of deliveries being handled, oldest first: purged once expired, never evicted.
-    /// Apart from `handled`, so that a settled claim's pair is known stale from the small map
+    /// Apart from `handled`, so that a settled claim's record is known stale from the small map
     /// of pending claims (without a read of the table), a store full of claims refuses an id
     /// without walking them, and claims (`claim_ttl`, shorter than the `replay_ttl` of the ids
     /// handled before them) do not fall out of order behind handled ids.
     claims: Queue,
 }
 
-/// Which of [`Entries`]' queues a pair `(fingerprint, expiry)` is in: what it stands for while
-/// the table holds the fingerprint with that expiry, in that state.
+/// Which of [`Entries`]' queues a [`Record`] is in: what it stands for while the table holds
+/// it, in that state.
 #[derive(Clone, Copy)]
 enum Held {
     Handled,
     Claim,
 }
 
-/// Pairs `(fingerprint, expiry)` in the order they were queued. May hold stale pairs (removed,
-/// settled or re-recorded ids), recognised by a table that holds their fingerprint otherwise.
+/// One record of an id, as queued: its fingerprint, its expiry, and its identity in the table.
+///
+/// The identity (a number the table gives each record) tells the record from an earlier one of
+/// the same id with the same expiry, removed and recorded again in the same millisecond: taken
+/// for the new one, the old record's place in the queue would evict the new one too early.
+#[derive(Clone, Copy)]
+struct Record {
+    fp: u64,
+    expiry: u64,
+    seq: u64,
+}
+
+/// [`Record`]s in the order they were queued. May hold stale ones (removed, settled or
+/// re-recorded ids), recognised by a table that holds their fingerprint otherwise.
 #[derive(Default)]
 struct Queue {
-    pairs: VecDeque<(u64, u64)>,
+    records: VecDeque<Record>,
     /// What is known of the expiries queued out of order, for purging them.
     behind: Behind,
 }
 
 impl Queue {
-    /// Queues `fp`'s new `expiry`; pairs it replaces are skipped when they come up.
+    /// Queues `record`; the records it replaces are skipped when they come up.
     #[inline]
-    fn push(&mut self, table: &Table, held: Held, fp: u64, expiry: u64, capacity: usize) {
-        self.pairs.push_back((fp, expiry));
-        self.behind.push(fp, expiry);
+    fn push(&mut self, table: &Table, held: Held, record: Record, capacity: usize) {
+        self.records.push_back(record);
+        self.behind.push(record);
         // Saturating: a capacity above `usize::MAX / 2` means "no practical bound".
         let bound = capacity.saturating_mul(2);
-        if self.pairs.len() > bound || self.behind.heap.len() > bound {
+        if self.records.len() > bound || self.behind.heap.len() > bound {
             self.compact(table, held);
         }
     }
 
-    /// Drops the stale pairs from the whole queue, which bounds its length (and the heap's) by
-    /// the number of ids held, and works `behind` out again from what is left. Expired entries
-    /// stay, purged as usual.
+    /// Drops the stale records from the whole queue, which bounds its length (and the heap's)
+    /// by the number of ids held, and works `behind` out again from what is left. Expired
+    /// entries stay, purged as usual.
     #[cold]
     #[inline(never)]
     fn compact(&mut self, table: &Table, held: Held) {
         let mut max = 0;
         let mut heap = Vec::new();
-        self.pairs.retain(|&(k, exp)| {
-            if !table.holds(held, k, exp) {
+        self.records.retain(|&record| {
+            if !table.holds(held, record) {
                 return false;
             }
-            if exp < max {
-                heap.push(Reverse((exp, k)));
+            if record.expiry < max {
+                heap.push(Reverse(Behind::key(record)));
             } else {
-                max = exp;
+                max = record.expiry;
             }
             true
         });
@@ -600,7 +612,7 @@ impl Queue {
     }
 }
 
-/// Pairs queued out of order: with one TTL (and a clock that does not go back) every entry of a
+/// Records queued out of order: with one TTL (and a clock that does not go back) every entry of a
 /// queue expires after those queued before it, so when the front of the queue is live, all are.
 /// An entry with a shorter TTL queued after one with a longer TTL (routes with different TTLs
 /// sharing a store) may expire first, behind a live front: such entries are also kept in a heap
@@ -608,21 +620,26 @@ impl Queue {
 /// is evicted, at the cost of a heap operation each (none for entries queued in order).
 #[derive(Default)]
 struct Behind {
-    /// The latest expiry queued in order: a pair queued with an earlier one goes to `heap`.
-    /// Every pair of the queue that is not in `heap` expires no earlier than those before it.
+    /// The latest expiry queued in order: a record queued with an earlier one goes to `heap`.
+    /// Every record of the queue that is not in `heap` expires no earlier than those before it.
     max: u64,
-    /// The pairs `(expiry, fingerprint)` queued out of order, earliest expiry first; may hold
-    /// stale pairs, recognised as in the queue.
-    heap: BinaryHeap<Reverse<(u64, u64)>>,
+    /// The records queued out of order, as `(expiry, fingerprint, identity)`, earliest expiry
+    /// first; may hold stale ones, recognised as in the queue.
+    heap: BinaryHeap<Reverse<(u64, u64, u64)>>,
 }
 
 impl Behind {
+    /// How `heap` orders `record`: by expiry first.
+    fn key(record: Record) -> (u64, u64, u64) {
+        (record.expiry, record.fp, record.seq)
+    }
+
     #[inline]
-    fn push(&mut self, fp: u64, expiry: u64) {
-        if expiry < self.max {
-            self.heap.push(Reverse((expiry, fp)));
+    fn push(&mut self, record: Record) {
+        if record.expiry < self.max {
+            self.heap.push(Reverse(Self::key(record)));
         } else {
-            self.max = expiry;
+            self.max = record.expiry;
         }
     }
 
@@ -630,14 +647,14 @@ impl Behind {
     /// expired by `now`; whether any was.
     fn purge(&mut self, table: &mut Table, held: Held, now: u64) -> bool {
         let mut purged = false;
-        while let Some(&Reverse((exp, k))) = self.heap.peek() {
-            if exp > now {
+        while let Some(&Reverse((expiry, fp, seq))) = self.heap.peek() {
+            if expiry > now {
                 break;
             }
             self.heap.pop();
-            // Held with this very expiry: the entry itself expired (else the pair is stale).
-            if table.holds(held, k, exp) {
-                table.remove(k);
+            // The record itself is held: it expired (else it is stale).
+            if table.holds(held, Record { fp, expiry, seq }) {
+                table.remove(fp);
                 purged = true;
             }
         }
@@ -645,24 +662,25 @@ impl Behind {
     }
 }
 
-/// One slot of [`Table`]: a fingerprint (0 = empty) and its expiry in milliseconds since the
-/// Unix epoch, whose top bit is [`PENDING`].
+/// One slot of [`Table`]: a fingerprint (0 = empty), its expiry in milliseconds since the Unix
+/// epoch, whose top bit is [`PENDING`], and the identity of the record (see [`Record`]).
 #[derive(Clone, Copy, Default)]
 struct Slot {
     fp: u64,
     expiry: u64,
+    seq: u64,
 }
 
 /// The pending claims, by fingerprint: few (the deliveries being handled), so the map stays small
-/// and in cache while the table's slots stay 16 bytes.
+/// and in cache while the table's slots stay 24 bytes.
 type Claims = HashMap<u64, Claim, BuildHasherDefault<FingerprintHasher>>;
 
-/// A pending claim's token, and its expiry (the slot's, without [`PENDING`]): kept here too, so
-/// that a pair of the claims queue is known stale or live without a read of the table.
+/// A pending claim's token, and its record's identity (the slot's): kept here too, so that a
+/// record of the claims queue is known stale or live without a read of the table.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 struct Claim {
     token: u64,
-    expiry: u64,
+    seq: u64,
 }
 
 /// Fingerprints are keyed hashes already, uniformly spread: they are their own hash.
@@ -700,14 +718,16 @@ const PENDING: u64 = 1 << 63;
 /// An open-addressing hash table of fingerprints, linear probing, kept at most half full, with
 /// backward-shift deletion (no tombstones, so probe sequences stay short under constant churn).
 ///
-/// Fingerprint and expiry share one 16-byte slot: a lookup touches one cache line, where a map
-/// with separate control bytes and buckets touches two. The tokens of pending claims are kept
-/// aside, in [`Claims`], with their expiries.
+/// Fingerprint, expiry and identity share one 24-byte slot: a lookup mostly touches one cache
+/// line, where a map with separate control bytes and buckets touches two. The tokens of pending
+/// claims are kept aside, in [`Claims`], with their identities.
 #[derive(Default)]
 struct Table {
     slots: Vec<Slot>,
     len: usize,
     claims: Claims,
+    /// Records made so far: the next one's identity.
+    records: u64,
 }
 
 impl Table {
@@ -737,17 +757,26 @@ impl Table {
         self.index(fp).map(|i| self.entry_at(i))
     }
 
-    /// Whether `fp` is held until `expiry`, as `held`: a queued pair `(fp, expiry)` is the
-    /// entry's own. A claim is answered from [`Claims`] alone.
+    /// Whether `record` is held, as `held`: the queued record is the entry's own. A claim is
+    /// answered from [`Claims`] alone.
     #[inline]
-    fn holds(&self, held: Held, fp: u64, expiry: u64) -> bool {
+    fn holds(&self, held: Held, record: Record) -> bool {
         match held {
-            Held::Claim => self.claims.get(&fp).is_some_and(|c| c.expiry == expiry),
-            // `expiry` has no `PENDING` bit: a claim's slot never matches.
+            Held::Claim => self
+                .claims
+                .get(&record.fp)
+                .is_some_and(|c| c.seq == record.seq),
+            // A settled claim's slot has the identity of its settling: a handled record.
             Held::Handled => self
-                .index(fp)
-                .is_some_and(|i| self.slots[i].expiry == expiry),
+                .index(record.fp)
+                .is_some_and(|i| self.slots[i].seq == record.seq),
         }
+    }
+
+    /// The identity of a new record.
+    fn next_seq(&mut self) -> u64 {
+        self.records += 1;
+        self.records
     }
 
     /// The slot holding `fp`.
@@ -786,17 +815,20 @@ impl Table {
     /// Marks slot `i`, which is in use, as handled until `expiry`.
     #[cfg(test)]
     fn settle_at(&mut self, i: usize, expiry: u64) {
+        let seq = self.next_seq();
         let slot = &mut self.slots[i];
         if slot.expiry & PENDING != 0 {
             self.claims.remove(&slot.fp);
         }
         slot.expiry = expiry & !PENDING;
+        slot.seq = seq;
     }
 
-    /// If slot `i`, which is in use, is claimed by `token`: marks it as handled until `expiry`,
-    /// else answers `Err` with its expiry, unchanged. The token is looked up once, and removed.
-    fn settle_claim_at(&mut self, i: usize, token: u64, expiry: u64) -> Result<(), u64> {
-        let slot = &mut self.slots[i];
+    /// If slot `i`, which is in use, is claimed by `token`: marks it as handled until `expiry`
+    /// and answers the new record, else answers `Err` with its expiry, unchanged. The token is
+    /// looked up once, and removed.
+    fn settle_claim_at(&mut self, i: usize, token: u64, expiry: u64) -> Result<Record, u64> {
+        let slot = self.slots[i];
         let held = slot.expiry & !PENDING;
         if slot.expiry & PENDING == 0 {
             return Err(held);
@@ -805,15 +837,25 @@ impl Table {
             MapEntry::Occupied(claim) if claim.get().token == token => drop(claim.remove()),
             _ => return Err(held),
         }
-        slot.expiry = expiry & !PENDING;
-        Ok(())
+        let record = Record {
+            fp: slot.fp,
+            expiry: expiry & !PENDING,
+            seq: self.next_seq(),
+        };
+        self.slots[i] = Slot {
+            expiry: record.expiry,
+            seq: record.seq,
+            ..slot
+        };
+        Ok(record)
     }
 
-    /// Holds `fp` until `expiry`, as claimed by `claim` if there is one.
-    fn insert(&mut self, fp: u64, expiry: u64, claim: Option<u64>) {
+    /// Holds `fp` until `expiry`, as claimed by `claim` if there is one; answers the record.
+    fn insert(&mut self, fp: u64, expiry: u64, claim: Option<u64>) -> Record {
         if (self.len + 1) * 2 > self.slots.len() {
             self.grow();
         }
+        let seq = self.next_seq();
         let slot = Slot {
             fp,
             expiry: if claim.is_some() {
@@ -821,6 +863,7 @@ impl Table {
             } else {
                 expiry
             },
+            seq,
         };
         match self.find(fp) {
             Ok(i) => {
@@ -835,8 +878,12 @@ impl Table {
             }
         }
         if let Some(token) = claim {
-            let expiry = slot.expiry & !PENDING;
-            self.claims.insert(fp, Claim { token, expiry });
+            self.claims.insert(fp, Claim { token, seq });
+        }
+        Record {
+            fp,
+            expiry: slot.expiry & !PENDING,
+            seq,
         }
     }
 
@@ -1090,22 +1137,22 @@ impl MemoryReplayStore {
             handled,
             claims,
         } = entries;
-        // The pairs of settled claims, and expired claims, leave the front of their queue; the
+        // The records of settled claims, and expired claims, leave the front of their queue; the
         // map of pending claims tells which is which.
-        while let Some(&(k, exp)) = claims.pairs.front() {
-            let pending = table.holds(Held::Claim, k, exp);
-            if pending && exp > now {
+        while let Some(&record) = claims.records.front() {
+            let pending = table.holds(Held::Claim, record);
+            if pending && record.expiry > now {
                 break;
             }
-            claims.pairs.pop_front();
+            claims.records.pop_front();
             if pending {
-                table.remove(k);
+                table.remove(record.fp);
             }
         }
         // Purge expired ids at the front, then evict the oldest while full. An id that is
         // neither expired nor needed for room ends the loop without a table lookup.
-        while let Some(&(k, exp)) = handled.pairs.front() {
-            if exp > now {
+        while let Some(&record) = handled.records.front() {
+            if record.expiry > now {
                 if table.len < self.capacity {
                     break;
                 }
@@ -1115,9 +1162,9 @@ impl MemoryReplayStore {
                     continue;
                 }
             }
-            handled.pairs.pop_front();
-            if table.holds(Held::Handled, k, exp) {
-                table.remove(k);
+            handled.records.pop_front();
+            if table.holds(Held::Handled, record) {
+                table.remove(record.fp);
             }
         }
         // Nothing left but claims in progress, and those of them that expired behind live ones.
@@ -1129,11 +1176,11 @@ impl MemoryReplayStore {
                 });
             }
         }
-        table.insert(fp, expiry, claim);
+        let record = table.insert(fp, expiry, claim);
         if claim.is_some() {
-            claims.push(table, Held::Claim, fp, expiry, self.capacity);
+            claims.push(table, Held::Claim, record, self.capacity);
         } else {
-            handled.push(table, Held::Handled, fp, expiry, self.capacity);
+            handled.push(table, Held::Handled, record, self.capacity);
         }
         Ok(())
     }
@@ -1195,9 +1242,9 @@ impl ReplayStore for MemoryReplayStore {
         let found = entries.table.index(fp);
         let Entries { table, handled, .. } = &mut *entries;
         let recorded = match found.map(|i| table.settle_claim_at(i, token.get(), expiry)) {
-            Some(Ok(())) => {
-                // The claim's pair is stale now, dropped when it comes up.
-                handled.push(table, Held::Handled, fp, expiry, self.capacity);
+            Some(Ok(record)) => {
+                // The claim's record is stale now, dropped when it comes up.
+                handled.push(table, Held::Handled, record, self.capacity);
                 true
             }
             // Another delivery's claim, or already handled.
@@ -1733,7 +1780,8 @@ mod tests {
         // The store against the same policy written over plain keys: expired ids come again,
         // when full every expired id goes first (also those queued behind live ones: TTLs and
         // steps vary, so ids of short TTLs are recorded after ids of long ones), then the oldest,
-        // removed ids come again, never more than `capacity`.
+        // removed ids come again, never more than `capacity`. Each record is told from the
+        // others of its id, also one removed and recorded again with the same expiry.
         //
         // `wide`: a store of about a hundred ids, TTLs of up to 300 steps, so that the queue is
         // long and ids expire behind live ones while it is full.
@@ -1748,52 +1796,54 @@ mod tests {
             let n = now.clone();
             let store = MemoryReplayStore::with_capacity(capacity)
                 .clock(Clock::from_fn(move || SystemTime::UNIX_EPOCH + Duration::from_millis(n.load(Ordering::SeqCst))));
-            let mut map: HashMap<String, u64> = HashMap::new();
-            let mut order: VecDeque<(String, u64)> = VecDeque::new();
-            for (key, advance, ttl, remove) in steps {
+            // key -> (expiry, record), and the records in their order
+            let mut map: HashMap<String, (u64, u64)> = HashMap::new();
+            let mut order: VecDeque<(String, u64, u64)> = VecDeque::new();
+            for (record, (key, advance, ttl, remove)) in steps.into_iter().enumerate() {
+                let record = record as u64;
                 let (ttl, remove) = (ttl * scale, if wide { remove == 0 } else { remove < 4 });
                 let t = now.fetch_add(advance, Ordering::SeqCst) + advance;
                 let key = format!("github:{}", key % keys);
                 if remove {
                     let got = block_on(store.remove(&key));
                     match map.remove(&key) {
-                        Some(e) if e > t => prop_assert!(got, "a live id is held"),
+                        Some((e, _)) if e > t => prop_assert!(got, "a live id is held"),
                         // An expired one the store may have purged already (see below).
                         Some(_) => {}
                         None => prop_assert!(!got, "an id the policy does not hold"),
                     }
                     continue;
                 }
-                let expected = if map.get(&key).is_some_and(|&e| e > t) {
+                let expected = if map.get(&key).is_some_and(|&(e, _)| e > t) {
                     false
                 } else {
-                    while let Some((k, e)) = order.front().cloned() {
+                    while let Some((k, e, r)) = order.front().cloned() {
                         if e > t {
                             if map.len() < capacity {
                                 break;
                             }
-                            if map.values().any(|&e| e <= t) {
-                                // Every expired entry goes; stale pairs stay, skipped when
+                            if map.values().any(|&(e, _)| e <= t) {
+                                // Every expired entry goes; stale records stay, skipped when
                                 // they come up.
-                                map.retain(|_, e| *e > t);
-                                order.retain(|(_, e)| *e > t);
+                                map.retain(|_, (e, _)| *e > t);
+                                order.retain(|(_, e, _)| *e > t);
                                 continue;
                             }
                         }
-                        if map.get(&k) == Some(&e) {
+                        if map.get(&k) == Some(&(e, r)) {
                             map.remove(&k);
                         }
                         order.pop_front();
                     }
-                    map.insert(key.clone(), t + ttl);
-                    order.push_back((key.clone(), t + ttl));
+                    map.insert(key.clone(), (t + ttl, record));
+                    order.push_back((key.clone(), t + ttl, record));
                     true
                 };
                 prop_assert_eq!(block_on(store.insert(&key, Duration::from_millis(ttl))), expected);
                 prop_assert!(store.len() <= capacity);
                 // The same live ids. Which expired ones are still held may differ (they are
-                // purged when reached or when room is needed): the model keeps every stale pair,
-                // where the store drops them when its queue is compacted.
+                // purged when reached or when room is needed): the model keeps every stale
+                // record, where the store drops them when its queue is compacted.
                 let live = store
                     .lock()
                     .table
@@ -1801,7 +1851,7 @@ mod tests {
                     .iter()
                     .filter(|s| s.fp != 0 && s.expiry & !PENDING > t)
                     .count();
-                prop_assert_eq!(live, map.values().filter(|&&e| e > t).count());
+                prop_assert_eq!(live, map.values().filter(|&&(e, _)| e > t).count());
             }
         }
     }
@@ -1830,9 +1880,11 @@ mod tests {
     proptest! {
         // Claims and handled ids together against the policy written over plain keys: an id is
         // new when nothing live holds it; expired entries at the front of their queue go when an
-        // id is recorded; when full, every expired entry goes first, then the oldest handled id; a claim in progress is never evicted, and a store holding nothing
-        // else refuses new ids; a claim is settled by its own token only, even once expired,
-        // unless another took the id; the same ids are held after every step.
+        // id is recorded; when full, every expired entry goes first, then the oldest handled
+        // id; a claim in progress is never evicted, and a store holding nothing else refuses
+        // new ids; a claim is settled by its own token only, even once expired, unless another
+        // took the id; each record is told from the others of its id (a claim released and
+        // taken again with the same expiry); the same ids are held after every step.
         #[test]
         fn store_keeps_claims_by_the_policy(
             steps in proptest::collection::vec((0u64..8, 0u64..4, step()), 1..400),
@@ -1842,20 +1894,25 @@ mod tests {
             let n = now.clone();
             let store = MemoryReplayStore::with_capacity(capacity)
                 .clock(Clock::from_fn(move || SystemTime::UNIX_EPOCH + Duration::from_millis(n.load(Ordering::SeqCst))));
-            // key -> (expiry, claim token)
+            // key -> (expiry, claim token); key -> its record (set with every entry of `map`);
+            // the queues of records (key, expiry, record)
             let mut map: HashMap<u64, (u64, Option<u64>)> = HashMap::new();
+            let mut records: HashMap<u64, u64> = HashMap::new();
             let (mut handled, mut claims) = (VecDeque::new(), VecDeque::new());
-            for (key, advance, step) in steps {
+            for (record, (key, advance, step)) in steps.into_iter().enumerate() {
+                let record = record as u64;
                 let t = now.fetch_add(advance, Ordering::SeqCst) + advance;
                 let name = format!("github:{key}");
                 let live = map.get(&key).copied().filter(|&(e, _)| e > t);
                 // Makes room as the policy says; whether there is room. Expired entries at the
                 // front of either queue go at once, every expired one when the store is full.
                 let room = |map: &mut HashMap<u64, (u64, Option<u64>)>,
-                            handled: &mut VecDeque<(u64, u64)>,
-                            claims: &mut VecDeque<(u64, u64)>| {
-                    while let Some(&(k, e)) = claims.front() {
-                        let pending = matches!(map.get(&k), Some(&(held, Some(_))) if held == e);
+                            records: &HashMap<u64, u64>,
+                            handled: &mut VecDeque<(u64, u64, u64)>,
+                            claims: &mut VecDeque<(u64, u64, u64)>| {
+                    let ours = |k: u64, r: u64| records.get(&k) == Some(&r);
+                    while let Some(&(k, e, r)) = claims.front() {
+                        let pending = ours(k, r) && matches!(map.get(&k), Some(&(held, Some(_))) if held == e);
                         if pending && e > t {
                             break;
                         }
@@ -1864,7 +1921,7 @@ mod tests {
                             map.remove(&k);
                         }
                     }
-                    while let Some(&(k, e)) = handled.front() {
+                    while let Some(&(k, e, r)) = handled.front() {
                         if e > t {
                             if map.len() < capacity {
                                 break;
@@ -1875,7 +1932,7 @@ mod tests {
                             }
                         }
                         handled.pop_front();
-                        if map.get(&k) == Some(&(e, None)) {
+                        if ours(k, r) && map.get(&k) == Some(&(e, None)) {
                             map.remove(&k);
                         }
                     }
@@ -1889,12 +1946,13 @@ mod tests {
                         let claim = match step { Step::Claim { token, .. } => Some(token), _ => None };
                         let expected = if live.is_some() {
                             Ok(false)
-                        } else if room(&mut map, &mut handled, &mut claims) {
+                        } else if room(&mut map, &records, &mut handled, &mut claims) {
                             map.insert(key, (t + ttl, claim));
+                            records.insert(key, record);
                             if claim.is_none() {
-                                handled.push_back((key, t + ttl));
+                                handled.push_back((key, t + ttl, record));
                             } else {
-                                claims.push_back((key, t + ttl));
+                                claims.push_back((key, t + ttl, record));
                             }
                             Ok(true)
                         } else {
@@ -1917,14 +1975,16 @@ mod tests {
                         let expected = match map.get(&key).copied() {
                             Some((_, Some(held))) if held == token => {
                                 map.insert(key, (t + ttl, None));
-                                handled.push_back((key, t + ttl));
+                                records.insert(key, record);
+                                handled.push_back((key, t + ttl, record));
                                 Ok(true)
                             }
                             Some((e, _)) if e > t => Ok(false),
                             _ => {
-                                if room(&mut map, &mut handled, &mut claims) {
+                                if room(&mut map, &records, &mut handled, &mut claims) {
                                     map.insert(key, (t + ttl, None));
-                                    handled.push_back((key, t + ttl));
+                                    records.insert(key, record);
+                                    handled.push_back((key, t + ttl, record));
                                     Ok(true)
                                 } else {
                                     Err(())
@@ -1997,8 +2057,8 @@ mod tests {
         let e = store.lock();
         assert_eq!(e.table.len, 1_000);
         assert_eq!(e.table.slots.len(), 2_048);
-        assert!(e.handled.pairs.len() <= 2_000);
-        assert!(e.claims.pairs.is_empty());
+        assert!(e.handled.records.len() <= 2_000);
+        assert!(e.claims.records.is_empty());
         drop(e);
         // The newest ids are still known, the oldest were evicted.
         assert!(!block_on(
@@ -2007,7 +2067,7 @@ mod tests {
         assert!(block_on(store.insert("github:0", Duration::from_secs(60))));
     }
 
-    /// What the docs say an id costs: about 60 to 85 bytes in the table and the queue, filled to
+    /// What the docs say an id costs: about 90 to 125 bytes in the table and the queue, filled to
     /// the default capacity and churned past it.
     #[test]
     fn an_id_costs_what_the_docs_say() {
@@ -2015,8 +2075,8 @@ mod tests {
         let bytes = |store: &MemoryReplayStore| {
             let e = store.lock();
             (e.table.slots.capacity() * size_of::<Slot>()
-                + e.handled.pairs.capacity() * size_of::<(u64, u64)>()
-                + e.claims.pairs.capacity() * size_of::<(u64, u64)>())
+                + e.handled.records.capacity() * size_of::<Record>()
+                + e.claims.records.capacity() * size_of::<Record>())
                 / DEFAULT_REPLAY_CAPACITY
         };
         for i in 0..3 * DEFAULT_REPLAY_CAPACITY {
@@ -2025,14 +2085,14 @@ mod tests {
             if i + 1 == DEFAULT_REPLAY_CAPACITY {
                 let per_id = bytes(&store);
                 assert!(
-                    (60..=85).contains(&per_id),
+                    (90..=126).contains(&per_id),
                     "{per_id} bytes per id when just full"
                 );
             }
         }
         let per_id = bytes(&store);
         assert!(
-            (60..=85).contains(&per_id),
+            (90..=126).contains(&per_id),
             "{per_id} bytes per id after churn"
         );
     }
@@ -2051,11 +2111,11 @@ mod tests {
         let e = store.lock();
         assert_eq!(e.table.len, 1_000);
         assert!(e.table.claims.is_empty());
-        // Nothing went to a heap: no pair was out of order in its queue.
+        // Nothing went to a heap: no record was out of order in its queue.
         assert!(e.handled.behind.heap.is_empty() && e.claims.behind.heap.is_empty());
-        // One pair per id handled; the last claim's (settled) pair only, until the next one.
-        assert_eq!(e.handled.pairs.len(), 1_000);
-        assert!(e.claims.pairs.len() <= 1);
+        // One record per id handled; the last claim's (settled) one only, until the next one.
+        assert_eq!(e.handled.records.len(), 1_000);
+        assert!(e.claims.records.len() <= 1);
     }
 
     #[test]
@@ -2200,6 +2260,23 @@ mod tests {
     }
 
     #[test]
+    fn an_id_removed_and_recorded_again_is_the_newest() {
+        // A frozen clock: `a`'s two records have the same expiry.
+        let store = MemoryReplayStore::with_capacity(2).clock(Clock::from_fn(|| {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1 << 30)
+        }));
+        let ttl = Duration::from_secs(60);
+        assert!(block_on(store.insert("github:a", ttl)));
+        assert!(block_on(store.insert("github:b", ttl)));
+        assert!(block_on(store.remove("github:a")));
+        assert!(block_on(store.insert("github:a", ttl)));
+        // Full: the oldest record goes, `b`'s, not `a`'s second one.
+        assert!(block_on(store.insert("github:c", ttl)));
+        assert!(!block_on(store.insert("github:a", ttl)), "a is still held");
+        assert!(block_on(store.insert("github:b", ttl)), "b was evicted");
+    }
+
+    #[test]
     fn completing_with_an_unchanged_expiry_queues_nothing() {
         // A frozen clock: the claim and its completions fall in the same millisecond.
         let store = MemoryReplayStore::with_capacity(2).clock(Clock::from_fn(|| {
@@ -2215,7 +2292,7 @@ mod tests {
                 "done once"
             );
         }
-        assert_eq!(store.lock().handled.pairs.len(), 1);
+        assert_eq!(store.lock().handled.records.len(), 1);
         assert!(block_on(store.completed("github:a")));
     }
 }
