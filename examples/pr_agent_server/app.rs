@@ -168,11 +168,9 @@ impl std::fmt::Debug for Verification {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Verification::Secrets(s) => write!(f, "Secrets([{} redacted])", s.len()),
-            Verification::Basic {
-                username,
-                passwords,
-            } => {
-                write!(f, "Basic({username}, [{} redacted])", passwords.len())
+            // The user name is half of the credential: redacted too.
+            Verification::Basic { passwords, .. } => {
+                write!(f, "Basic(user redacted, [{} redacted])", passwords.len())
             }
         }
     }

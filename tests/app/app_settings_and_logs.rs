@@ -204,10 +204,15 @@ fn a_short_webhook_secret_is_warned_about() {
         ("GITHUB_WEBHOOK_SECRET", "s3cret"),
         ("GITLAB_WEBHOOK_TOKEN", &format!("{long},glpat-short")),
         ("GITEA_WEBHOOK_SECRET", long),
-        ("AZURE_DEVOPS_WEBHOOK_USERNAME", "azure"),
+        ("AZURE_DEVOPS_WEBHOOK_USERNAME", "svc-hooks"),
         ("AZURE_DEVOPS_WEBHOOK_PASSWORD", "hunter2"),
     ])
     .unwrap();
+    // The settings' `Debug` shows no part of a credential, the Azure DevOps user name included.
+    let debug = format!("{settings:?}");
+    for secret in ["s3cret", "glpat-short", long, "svc-hooks", "hunter2"] {
+        assert!(!debug.contains(secret), "{secret} in {debug}");
+    }
     let warnings = settings.secret_warnings();
     let starts = [
         "GITHUB_WEBHOOK_SECRET holds a secret of 6 characters",
