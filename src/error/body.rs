@@ -27,7 +27,9 @@ use crate::BoxError;
 /// as a failure, and logs it once (`error`, or `warn` for a gRPC client error), with the error
 /// chain or the panic message:
 ///
-/// - HTTP: the body yields an error ([`BoxError`]), so the server cuts the response short:
+/// - HTTP: the body yields an error ([`BoxError`]: "the response body failed" or "... panicked",
+///   never the inner error, whose text the layer logged with credentials redacted, and which a
+///   tracing layer outside would log as it is), so the server cuts the response short:
 ///   HTTP/2 resets the stream, HTTP/1.1 closes the connection before the body's last chunk or
 ///   its declared length. The client sees an incomplete response, never one that looks
 ///   complete. The other streams of an HTTP/2 connection go on. (An HTTP/1.0 answer without a
@@ -49,8 +51,7 @@ use crate::BoxError;
 /// A panic in the inner body's `poll_frame` is caught: its message goes to the log, never to
 /// the client. The inner body is then dropped (a panic in its `Drop` is caught and logged too)
 /// and never polled again. The error's own code is guarded too: a panic in its `Display` or its
-/// `Drop` is caught and logged, and the stream still ends as above (an HTTP response with an
-/// error of the layer's in place of one that cannot be displayed). The layer's own recognizers
+/// `Drop` is caught and logged, and the stream still ends as above. The layer's own recognizers
 /// ([`WebhookErrorLayer::recognize`]) are not consulted for a body's errors, only the errors
 /// the layer knows itself.
 ///
@@ -87,9 +88,9 @@ use crate::BoxError;
 /// let mut body = res.into_body();
 /// let first = body.frame().await.unwrap().unwrap();
 /// assert_eq!(first.into_data().unwrap(), "partial");
-/// // The error reaches the server, which cuts the response short.
+/// // The error was logged; the server gets one of the layer's, and cuts the response short.
 /// let err = body.frame().await.unwrap().unwrap_err();
-/// assert_eq!(err.to_string(), "upstream connection lost");
+/// assert_eq!(err.to_string(), "the response body failed");
 /// assert!(body.frame().await.is_none());
 /// # }
 /// ```
@@ -238,9 +239,11 @@ enum Failure {
     Panic(Box<dyn Any + Send>),
 }
 
-/// What an HTTP response body yields in place of the inner body's failure, when that cannot be
-/// passed on (a panic, or an error whose `Display` panicked): the server then cuts the response
-/// short.
+/// What an HTTP response body yields in place of the inner body's failure: the server then cuts
+/// the response short. The failure itself was logged (credentials redacted); it is not passed
+/// on, since what the server and the layers outside do with an error (a tracing layer logs its
+/// `Display`) would show it unredacted, and a panic or an error whose `Display` panics cannot be
+/// passed on at all.
 #[derive(Debug)]
 struct Cut(&'static str);
 
@@ -264,7 +267,7 @@ fn fail<B>(
     failure: Failure,
     grpc: Option<Grpc>,
 ) -> Result<Frame<Bytes>, BoxError> {
-    // The problem a gRPC caller is told; an HTTP caller gets the error itself.
+    // The problem a gRPC caller is told; an HTTP caller's server gets a `Cut`.
     let problem = grpc.map(|_| match &failure {
         Failure::Error(err) => catch_unwind(AssertUnwindSafe(|| classify_error(&**err)))
             .unwrap_or_else(|_| {
@@ -294,9 +297,7 @@ fn fail<B>(
             Ok(grpc_end(grpc, &problem))
         }
         _ => Err(match failure {
-            Failure::Error(err) if logged.is_ok() => err,
             Failure::Error(err) => {
-                // Its `Display` panics: the server (hyper, axum's `serve`) may display it too.
                 drop_logged("the response body's error", move || drop(err));
                 Box::new(Cut("the response body failed"))
             }

@@ -500,9 +500,10 @@ pub enum OnReplay {
 /// replicas behind a load balancer need a shared store such as `RedisReplayStore` (feature
 /// `redis`).
 ///
-/// An id takes about 90 to 125 bytes, however long it is: the store keeps a 64-bit fingerprint
-/// of the key (SipHash, keyed per store), its expiry, and its place in the order of eviction.
-/// At the default capacity that is 9 to 12.5 MB; memory grows with the ids held, up to that.
+/// An id takes about 90 to 126 bytes, however long it is: the store keeps a 64-bit fingerprint
+/// of the key (SipHash, keyed per store), its expiry, and its place in the order of eviction,
+/// named by a 64-bit identity. At the default capacity that is 9.4 to 12.6 MB; memory grows
+/// with the ids held, up to that.
 ///
 /// # Example
 ///
@@ -555,8 +556,9 @@ enum Held {
 /// One record of an id, as queued: its fingerprint, its expiry, and its identity in the table.
 ///
 /// The identity (a number the table gives each record) tells the record from an earlier one of
-/// the same id with the same expiry, removed and recorded again in the same millisecond: taken
-/// for the new one, the old record's place in the queue would evict the new one too early.
+/// the same id with the same expiry (removed, and recorded again to expire in the very same
+/// millisecond): taken for the new one, the old record's place in the queue would evict the new
+/// one too early.
 #[derive(Clone, Copy)]
 struct Record {
     fp: u64,
@@ -2067,7 +2069,7 @@ mod tests {
         assert!(block_on(store.insert("github:0", Duration::from_secs(60))));
     }
 
-    /// What the docs say an id costs: about 90 to 125 bytes in the table and the queue, filled to
+    /// What the docs say an id costs: about 90 to 126 bytes in the table and the queue, filled to
     /// the default capacity and churned past it.
     #[test]
     fn an_id_costs_what_the_docs_say() {

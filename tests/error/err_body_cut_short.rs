@@ -262,7 +262,7 @@ async fn a_grpc_request_answered_without_a_grpc_stream_is_cut_short_like_http() 
         // Before the fix, a gRPC-web trailer frame went into an HTML page or a plain-text body,
         // which then ended as if complete.
         let err = last.expect_err(&format!("{request_type} answered {status} {content_type}"));
-        assert_eq!(err.to_string(), "upstream connection lost");
+        assert_eq!(err.to_string(), "the response body failed");
     }
 }
 

@@ -242,3 +242,41 @@ async fn url_credentials_in_a_panic_message_are_not_logged() {
         "{text}"
     );
 }
+
+/// A response body that fails while it streams, its error naming a URL with credentials: the
+/// layer logs it redacted, and what it hands the server and the layers outside (a tracing layer
+/// logs an error body's `Display`) says only that the body failed.
+#[tokio::test]
+async fn a_failing_body_hands_on_no_credentials() {
+    use crate::failing_body::Failing;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let (logs, _guard) = Logs::capture();
+    let svc = ServiceBuilder::new()
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(WebhookErrorLayer::new())
+        .service_fn(|_req: http::Request<http_body_util::Full<bytes::Bytes>>| async move {
+            Ok::<_, BoxError>(http::Response::new(Failing::error(
+                "partial",
+                "error sending request for url \
+                 (https://bot:hunter2@api.example.com/comments?access_token=s3cr3t)",
+            )))
+        });
+    let req = http::Request::get("/hook")
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    let err = res.into_body().collect().await.unwrap_err();
+    assert_eq!(err.to_string(), "the response body failed");
+    let text = logs.text();
+    assert!(
+        text.contains("the response body failed while it streamed"),
+        "{text}"
+    );
+    assert!(text.contains("api.example.com"), "{text}");
+    assert!(
+        !text.contains("hunter2") && !text.contains("s3cr3t"),
+        "{text}"
+    );
+}

@@ -1542,7 +1542,7 @@ async fn the_inner_body_passes_through_with_trailers_hints_and_errors() {
     assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
     assert_eq!(&collected.to_bytes()[..], b"\0\0\0\0\x02hi");
 
-    // An error of the inner body reaches the caller as that error.
+    // An error of the inner body is logged, and the caller gets one that says the body failed.
     let svc = ServiceBuilder::new()
         .layer(WebhookErrorLayer::new())
         .service_fn(|_: Request<Full<Bytes>>| async {
@@ -1559,7 +1559,7 @@ async fn the_inner_body_passes_through_with_trailers_hints_and_errors() {
         .into_body()
         .collect()
         .await;
-    assert_eq!(err.unwrap_err().to_string(), "upstream closed");
+    assert_eq!(err.unwrap_err().to_string(), "the response body failed");
 
     // Hints: exact for a full body, ended for an empty one, and those of the problem document.
     let svc = ServiceBuilder::new()
