@@ -18,7 +18,7 @@
 //! | `tower::load_shed::error::Overloaded` | 503 | `Unavailable` |
 //! | `http_body_util::LengthLimitError` | 413 | `OutOfRange` |
 //! | `tower_http::timeout::TimeoutError` (a body timeout: tower-http's `RequestBodyTimeoutLayer` or `RequestBodyDeadlineLayer`, 0.6 or 0.7) | 408 | `DeadlineExceeded` |
-//! | `tonic::Status` (feature `tonic`) | the [`GrpcCode::to_http_status`] of its code (a status whose source the layer recognises, such as a `CircuitOpen` converted with `From`, is answered as that source), with `Retry-After` when it has a `grpc-retry-pushback-ms` | its own code, and its `grpc-retry-pushback-ms`; its message (URL credentials redacted), details (`grpc-status-details-bin`) and custom metadata only for client errors (4xx) |
+//! | `tonic::Status` (feature `tonic`) | the [`GrpcCode::to_http_status`] of its code (a status whose source the layer recognises, such as a `CircuitOpen` converted with `From`, is answered as that source), with `Retry-After` when it has a `grpc-retry-pushback-ms` | its own code, and its `grpc-retry-pushback-ms`; its message (URL credentials redacted), details (`grpc-status-details-bin`) and custom metadata only for client errors (4xx), less an upstream's response headers (`Set-Cookie`, `Alt-Svc`, `Date`, `Server`, caching headers...) |
 //! | anything else | 500, no detail | `Internal` |
 //! | a panic in `poll_ready`, `call` or the response future (or in the error's own `Display` / [`HttpError`] code) | 500, no detail | `Internal` |
 //! | an error answered as above, whose `Drop` (or that of the future that failed with it) panics | the error's answer; the panic is logged | the error's answer |

@@ -1155,15 +1155,16 @@ fn trim_challenge(challenge: Cow<'static, str>) -> Cow<'static, str> {
 
 impl Problem {
     /// Adds `metadata` to what a gRPC caller is answered, but none of the headers the answer
-    /// sets itself or that gRPC or HTTP/2 reserve: `content-type`, `te`, any `grpc-*` other
-    /// than `grpc-status-details-bin`, connection-specific and framing headers, `Retry-After`
-    /// and `WWW-Authenticate`.
+    /// sets itself or that gRPC or HTTP/2 reserve: `content-*`, `te`, any `grpc-*` other than
+    /// `grpc-status-details-bin`, connection-specific and framing headers, `Retry-After` and
+    /// `WWW-Authenticate`; nor the HTTP headers that describe a response or act on its origin
+    /// rather than the call (`Set-Cookie`, `Alt-Svc`, `Strict-Transport-Security`, `Location`,
+    /// `Date`, `Server`, `Via`, caching headers, `x-envoy-*`): a status that a tonic client made
+    /// of an upstream's answer carries that upstream's response headers as its metadata, and
+    /// they are not this server's to send.
     #[cfg(feature = "tonic")]
     pub(crate) fn with_grpc_metadata(mut self, metadata: http::HeaderMap) -> Self {
-        const RESERVED: [&str; 12] = [
-            "content-type",
-            "content-length",
-            "content-encoding",
+        const RESERVED: [&str; 27] = [
             "te",
             "connection",
             "keep-alive",
@@ -1173,15 +1174,38 @@ impl Problem {
             "trailer",
             "retry-after",
             "www-authenticate",
+            // An upstream's response headers.
+            "set-cookie",
+            "alt-svc",
+            "strict-transport-security",
+            "location",
+            "date",
+            "server",
+            "via",
+            "age",
+            "expires",
+            "cache-control",
+            "pragma",
+            "vary",
+            "etag",
+            "last-modified",
+            "accept-ranges",
+            "x-powered-by",
+            "report-to",
+            "nel",
         ];
+        /// Prefixes of reserved names: the body's description (`content-*`), gRPC's own, and
+        /// a proxy's headers (Envoy adds `x-envoy-upstream-service-time`, say).
+        const RESERVED_PREFIXES: [&str; 3] = ["content-", "grpc-", "x-envoy-"];
         let mut kept = http::HeaderMap::new();
         let mut name = None;
         for (key, value) in metadata {
             // `into_iter` names each header once, before its first value.
             if let Some(key) = key {
-                let reserved = RESERVED.contains(&key.as_str())
-                    || (key.as_str().starts_with("grpc-")
-                        && key.as_str() != "grpc-status-details-bin");
+                let key_name = key.as_str();
+                let reserved = RESERVED.contains(&key_name)
+                    || (RESERVED_PREFIXES.iter().any(|p| key_name.starts_with(p))
+                        && key_name != "grpc-status-details-bin");
                 name = (!reserved).then_some(key);
             }
             if let Some(key) = &name {

@@ -122,7 +122,8 @@ async fn a_server_error_status_keeps_its_details_and_metadata_to_itself() {
 }
 
 /// The metadata cannot replace what the layer answers: the code, the message, the content
-/// type, the wait; nor does an HTTP caller get gRPC metadata as headers.
+/// type, the wait; an upstream's response headers in it are not sent; nor does an HTTP caller
+/// get gRPC metadata as headers.
 #[tokio::test]
 async fn a_status_metadata_does_not_replace_the_answer_s_own_headers() {
     let (_logs, _guard) = capture_logs();
@@ -136,6 +137,21 @@ async fn a_status_metadata_does_not_replace_the_answer_s_own_headers() {
             metadata.insert("content-type", "text/html".parse().unwrap());
             metadata.insert("connection", "keep-alive".parse().unwrap());
             metadata.insert("x-installation", "42".parse().unwrap());
+            // What a status a tonic client made of an upstream's answer carries: that
+            // upstream's response headers, not this server's to send.
+            for (name, value) in [
+                ("set-cookie", "session=upstream; Path=/"),
+                ("alt-svc", "h3=\":443\""),
+                ("strict-transport-security", "max-age=63072000"),
+                ("date", "Wed, 02 Dec 2026 18:00:00 GMT"),
+                ("server", "envoy"),
+                ("via", "1.1 upstream-proxy"),
+                ("cache-control", "no-cache"),
+                ("content-language", "en"),
+                ("x-envoy-upstream-service-time", "12"),
+            ] {
+                metadata.insert(name, value.parse().unwrap());
+            }
             Err::<Response<Full<Bytes>>, BoxError>(status.into())
         });
     let grpc = Request::post("/test.Echo/Say")
@@ -153,6 +169,19 @@ async fn a_status_metadata_does_not_replace_the_answer_s_own_headers() {
     assert_eq!(headers["content-type"], "application/grpc-web+proto");
     assert!(headers.get("connection").is_none());
     assert_eq!(headers["x-installation"], "42");
+    for name in [
+        "set-cookie",
+        "alt-svc",
+        "strict-transport-security",
+        "date",
+        "server",
+        "via",
+        "cache-control",
+        "content-language",
+        "x-envoy-upstream-service-time",
+    ] {
+        assert!(headers.get(name).is_none(), "{name}");
+    }
 
     let res = svc.oneshot(Request::new(Full::default())).await.unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
