@@ -156,9 +156,12 @@ fn classify_one(
             }
         }
         // The wait its author asked of the client (gRPC's server pushback) is passed on: as
-        // `grpc-retry-pushback-ms` to gRPC callers, `Retry-After` to HTTP ones.
-        if let Some(after) = pushback(status.metadata()) {
-            problem = problem.with_retry_after(after);
+        // `grpc-retry-pushback-ms` to gRPC callers, `Retry-After` to HTTP ones; so is a request
+        // not to retry, to gRPC callers.
+        match pushback(status.metadata()) {
+            Some(Pushback::Wait(after)) => problem = problem.with_retry_after(after),
+            Some(Pushback::DoNotRetry) => problem = problem.with_grpc_no_retry(),
+            None => {}
         }
         return Some(problem);
     }
@@ -172,16 +175,31 @@ fn timeout(status: StatusCode) -> Problem {
     Problem::from_static(status, types::TIMEOUT, title).with_grpc_code(GrpcCode::DeadlineExceeded)
 }
 
-/// The wait in a status's `grpc-retry-pushback-ms`, milliseconds as digits. Anything else
-/// (a negative value asks the client not to retry) is no wait to pass on.
+/// What a status's `grpc-retry-pushback-ms` asks of the client (gRPC A6).
 #[cfg(feature = "tonic")]
-fn pushback(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
+enum Pushback {
+    /// Retry after this long: milliseconds as digits.
+    Wait(std::time::Duration),
+    /// Do not retry: a negative value.
+    DoNotRetry,
+}
+
+/// The pushback a status asks for; `None` without one, or for one that is not a whole number.
+#[cfg(feature = "tonic")]
+fn pushback(metadata: &tonic::metadata::MetadataMap) -> Option<Pushback> {
     let value = metadata.get("grpc-retry-pushback-ms")?.as_bytes();
-    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+    let (negative, digits) = match value {
+        [b'-', digits @ ..] => (true, digits),
+        digits => (false, digits),
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let millis = std::str::from_utf8(value).ok()?.parse().unwrap_or(u64::MAX);
-    Some(std::time::Duration::from_millis(millis))
+    if negative {
+        return Some(Pushback::DoNotRetry);
+    }
+    let millis = std::str::from_utf8(digits).ok()?.parse().unwrap_or(u64::MAX);
+    Some(Pushback::Wait(std::time::Duration::from_millis(millis)))
 }
 
 /// The problem for an error nobody recognised: 500 and nothing else.

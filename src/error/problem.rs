@@ -531,6 +531,9 @@ pub struct Problem {
     /// Headers a gRPC caller also gets (a client error `tonic::Status`'s details and custom
     /// metadata), none of them one the answer sets itself.
     grpc_metadata: Option<Box<http::HeaderMap>>,
+    /// A gRPC caller is asked not to retry (a negative `grpc-retry-pushback-ms`, gRPC A6),
+    /// unless the problem has a `retry_after`.
+    grpc_no_retry: bool,
     /// Extension members (RFC 9457, section 3.2), none named like a standard member.
     extensions: Option<Box<serde_json::Map<String, serde_json::Value>>>,
 }
@@ -569,6 +572,7 @@ impl Problem {
             grpc_code: GrpcCode::from_http_status(status),
             grpc_message: None,
             grpc_metadata: None,
+            grpc_no_retry: false,
             extensions: None,
         }
     }
@@ -602,6 +606,7 @@ impl Problem {
             grpc_code: error.grpc_code(),
             grpc_message: None,
             grpc_metadata: None,
+            grpc_no_retry: false,
             extensions: None,
         }
     }
@@ -1137,6 +1142,8 @@ impl Problem {
             headers.insert(header::RETRY_AFTER, retry_after_value(after));
             // What gRPC clients read (gRPC A6, server pushback): they ignore `Retry-After`.
             headers.insert("grpc-retry-pushback-ms", pushback_value(after));
+        } else if self.grpc_no_retry {
+            headers.insert("grpc-retry-pushback-ms", HeaderValue::from_static("-1"));
         }
         response
     }
@@ -1213,6 +1220,14 @@ impl Problem {
             }
         }
         self.grpc_metadata = (!kept.is_empty()).then(|| Box::new(kept));
+        self
+    }
+
+    /// Asks a gRPC caller not to retry (`grpc-retry-pushback-ms: -1`), as the `tonic::Status`
+    /// the problem was made of did; an HTTP caller has no such header.
+    #[cfg(feature = "tonic")]
+    pub(crate) fn with_grpc_no_retry(mut self) -> Self {
+        self.grpc_no_retry = true;
         self
     }
 

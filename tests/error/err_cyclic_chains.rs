@@ -394,7 +394,8 @@ async fn a_tonic_status_keeps_its_pushback() {
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(res.headers()["retry-after"], "3");
 
-    // A negative pushback asks not to retry: no wait is passed on.
+    // A negative pushback asks not to retry: a gRPC caller is asked the same, an HTTP caller
+    // gets no wait.
     let svc = ServiceBuilder::new()
         .layer(WebhookErrorLayer::new())
         .service_fn(|_req: Request<Full<Bytes>>| async {
@@ -404,7 +405,16 @@ async fn a_tonic_status_keeps_its_pushback() {
                 .insert("grpc-retry-pushback-ms", "-1".parse().unwrap());
             Err::<Response<Full<Bytes>>, BoxError>(status.into())
         });
+    let grpc = Request::post("/test.Echo/Say")
+        .header("content-type", "application/grpc")
+        .body(Full::default())
+        .unwrap();
+    let res = svc.clone().oneshot(grpc).await.unwrap();
+    assert_eq!(res.headers()["grpc-status"], "14");
+    assert_eq!(res.headers()["grpc-retry-pushback-ms"], "-1");
+    assert!(res.headers().get("retry-after").is_none());
     let res = svc.oneshot(Request::new(Full::default())).await.unwrap();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(res.headers().get("retry-after").is_none());
+    assert!(res.headers().get("grpc-retry-pushback-ms").is_none());
 }
