@@ -997,7 +997,9 @@ impl SignatureLayer {
     /// use tower_webhook::signature::{MemoryReplayStore, SignatureLayer};
     ///
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// // One store for every route of the process (an `Arc` is a store too).
+    /// // One store for every route of the process (an `Arc` is a store too). Routes of one
+    /// // provider that may receive the same event (two Stripe endpoints) each need their own:
+    /// // a copy to the second would be refused as a replay of the first.
     /// let store = Arc::new(MemoryReplayStore::with_capacity(10_000));
     /// let github = SignatureLayer::github("It's a Secret to Everybody").unwrap().replay_store(store.clone());
     /// let svc = ServiceBuilder::new().layer(github).service_fn(|_: Request<Full<Bytes>>| async {
