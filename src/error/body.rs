@@ -40,7 +40,10 @@ use crate::BoxError;
 ///   `tonic::Status` keeps its own; its message only for a client error), `Internal` for a
 ///   panic, an unknown error or one that says success (a `tonic::Status` whose code is `Ok`, a
 ///   2xx [`Problem`]: never `Ok` for a stream that failed). gRPC-web gets them as its trailer
-///   frame in the body (base64-encoded for `application/grpc-web-text`). This is for a gRPC
+///   frame in the body (base64-encoded for `application/grpc-web-text`), when the body failed
+///   between two messages; one that failed inside a message (a proxied stream cut off) is cut
+///   short like an HTTP response, since the client would read the trailer frame as the rest of
+///   that message. This is for a gRPC
 ///   stream only: the answer to a gRPC request that is a `200` typed as the request
 ///   (`application/grpc...`, `application/grpc-web...`) without `grpc-status` or
 ///   `Content-Length` in its head. Any other answer to it (a router's `404` page, a proxy's
@@ -55,8 +58,8 @@ use crate::BoxError;
 /// ([`WebhookErrorLayer::recognize`]) are not consulted for a body's errors, only the errors
 /// the layer knows itself.
 ///
-/// Nothing is boxed: on the success path the body is the inner body, a tag and the gRPC
-/// protocol of the stream, if it is one (48 bytes around a 32-byte `Full<Bytes>`).
+/// Nothing is boxed: on the success path the body is the inner body, a tag, and the gRPC
+/// protocol of the stream, if it is one, with where a gRPC-web stream is in its messages.
 ///
 /// [`WebhookErrorLayer::recognize`]: super::WebhookErrorLayer::recognize
 ///
@@ -101,6 +104,8 @@ pub struct ResponseBody<B> {
     body: crate::body::ResponseBody<B>,
     /// The gRPC protocol of the stream the inner body is (`None`: HTTP, or not a gRPC stream).
     grpc: Option<Grpc>,
+    /// Where a gRPC-web stream is in its messages.
+    framing: Framing,
 }
 
 impl<B> ResponseBody<B> {
@@ -131,6 +136,7 @@ impl<B> ResponseBody<B> {
         Self {
             body: crate::body::ResponseBody::new(inner),
             grpc,
+            framing: Framing::default(),
         }
     }
 
@@ -155,6 +161,7 @@ impl<B> ResponseBody<B> {
         Self {
             body: crate::body::ResponseBody::full(bytes),
             grpc: None,
+            framing: Framing::default(),
         }
     }
 
@@ -176,6 +183,7 @@ impl<B> ResponseBody<B> {
         Self {
             body: crate::body::ResponseBody::empty(),
             grpc: None,
+            framing: Framing::default(),
         }
     }
 }
@@ -215,12 +223,21 @@ where
         let this = self.project();
         let (mut body, grpc) = (this.body, *this.grpc);
         let failure = match catch_unwind(AssertUnwindSafe(|| body.as_mut().poll_frame(cx))) {
-            Ok(Poll::Ready(Some(Ok(frame)))) => return Poll::Ready(Some(Ok(frame))),
+            Ok(Poll::Ready(Some(Ok(frame)))) => {
+                if let Some(web @ (Grpc::Web | Grpc::WebText)) = grpc
+                    && let Some(data) = frame.data_ref()
+                {
+                    this.framing.follow(web, data);
+                }
+                return Poll::Ready(Some(Ok(frame)));
+            }
             Ok(Poll::Ready(None)) => return Poll::Ready(None),
             Ok(Poll::Pending) => return Poll::Pending,
             Ok(Poll::Ready(Some(Err(err)))) => Failure::Error(err.into()),
             Err(payload) => Failure::Panic(payload),
         };
+        // A gRPC-web stream cut inside a message has no room for a trailer frame.
+        let grpc = grpc.filter(|&g| g == Grpc::Native || this.framing.between_messages());
         Poll::Ready(Some(fail(body, failure, grpc)))
     }
 
@@ -230,6 +247,98 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// Where a gRPC-web stream is in its messages, each a 5-byte prefix (a flag, a 32-bit length)
+/// and that many bytes, so that a failure ends the stream with a trailer frame only between two
+/// messages. `-web-text` is followed through its base64.
+#[derive(Clone, Copy, Default)]
+struct Framing {
+    /// Bytes of the current message still to come.
+    remaining: u32,
+    /// How many bytes of the next message's prefix were seen (0 to 4), and its length so far.
+    prefix: u8,
+    length: u32,
+    /// `-web-text`: the bits of a base64 quantum not yet a byte, and how many (0, 2, 4 or 6).
+    bits: u32,
+    nbits: u8,
+    /// Bytes that are not base64 came: where the stream is is not known.
+    lost: bool,
+}
+
+impl Framing {
+    /// Follows `data`, sent on in a stream of `grpc`.
+    fn follow(&mut self, grpc: Grpc, data: &Bytes) {
+        if grpc == Grpc::WebText {
+            for &c in data.iter() {
+                self.follow_base64(c);
+            }
+        } else {
+            self.follow_bytes(data);
+        }
+    }
+
+    fn follow_bytes(&mut self, mut bytes: &[u8]) {
+        while let Some((&byte, rest)) = bytes.split_first() {
+            if self.remaining > 0 {
+                // The message's bytes are skipped whole.
+                let take = bytes.len().min(self.remaining as usize);
+                self.remaining -= take as u32;
+                bytes = &bytes[take..];
+                continue;
+            }
+            bytes = rest;
+            match self.prefix {
+                // The flag.
+                0 => {
+                    self.prefix = 1;
+                    self.length = 0;
+                }
+                n => {
+                    self.length = (self.length << 8) | u32::from(byte);
+                    self.prefix = n + 1;
+                    if self.prefix == 5 {
+                        self.prefix = 0;
+                        self.remaining = self.length;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One character of base64 (standard alphabet; each segment may end with its padding).
+    fn follow_base64(&mut self, c: u8) {
+        let value = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            // Padding ends the quantum: the bits left over are no byte.
+            b'=' => {
+                self.nbits = 0;
+                self.bits = 0;
+                return;
+            }
+            _ => {
+                self.lost = true;
+                return;
+            }
+        };
+        self.bits = (self.bits << 6) | u32::from(value);
+        self.nbits += 6;
+        if self.nbits >= 8 {
+            self.nbits -= 8;
+            let byte = (self.bits >> self.nbits) as u8;
+            self.bits &= (1 << self.nbits) - 1;
+            self.follow_bytes(&[byte]);
+        }
+    }
+
+    /// Whether the stream is between two messages (and, in base64, between two quanta).
+    fn between_messages(&self) -> bool {
+        !self.lost && self.remaining == 0 && self.prefix == 0 && self.nbits == 0
     }
 }
 

@@ -198,7 +198,10 @@ fn pushback(metadata: &tonic::metadata::MetadataMap) -> Option<Pushback> {
     if negative {
         return Some(Pushback::DoNotRetry);
     }
-    let millis = std::str::from_utf8(digits).ok()?.parse().unwrap_or(u64::MAX);
+    let millis = std::str::from_utf8(digits)
+        .ok()?
+        .parse()
+        .unwrap_or(u64::MAX);
     Some(Pushback::Wait(std::time::Duration::from_millis(millis)))
 }
 

@@ -240,7 +240,7 @@ fn grpc_frame(message: &str) -> Bytes {
 }
 
 /// A hand-written gRPC endpoint behind the layer: it answers every call with one message
-/// (`"first"`), then fails as `then` says.
+/// (`"first"`; in base64 for `-web-text`), then fails as `then` says.
 fn grpc_app(
     then: Then,
 ) -> impl tower::Service<
@@ -254,8 +254,18 @@ fn grpc_app(
     ServiceBuilder::new()
         .layer(WebhookErrorLayer::new())
         .service_fn(move |req: Request<hyper::body::Incoming>| async move {
+            use base64::Engine as _;
             let content_type = req.headers()["content-type"].clone();
-            let mut res = Response::new(then.body(grpc_frame("first")));
+            let first = if content_type
+                .as_bytes()
+                .starts_with(b"application/grpc-web-text")
+            {
+                let text = base64::engine::general_purpose::STANDARD.encode(grpc_frame("first"));
+                Bytes::from(text)
+            } else {
+                grpc_frame("first")
+            };
+            let mut res = Response::new(then.body(first));
             res.headers_mut().insert("content-type", content_type);
             Ok::<_, Infallible>(res)
         })
@@ -491,11 +501,10 @@ async fn grpc_web_text_gets_its_trailer_frame_in_base64() {
     use base64::Engine as _;
     let (_logs, _guard) = Logs::capture();
     let addr = serve_one(Http::One, grpc_app(Then::Timeout)).await;
-    // The endpoint's first message is sent as it is (binary): only the trailer frame is the
-    // layer's, base64-encoded.
+    // The endpoint's first message, in base64, then the layer's trailer frame, in base64.
     let body = grpc_web_call(addr, "application/grpc-web-text").await;
-    let first = grpc_frame("first");
-    assert_eq!(&body[..first.len()], &first[..]);
+    let first = base64::engine::general_purpose::STANDARD.encode(grpc_frame("first"));
+    assert_eq!(&body[..first.len()], first.as_bytes());
     let trailer = base64::engine::general_purpose::STANDARD
         .decode(&body[first.len()..])
         .expect("base64");

@@ -50,8 +50,18 @@ impl Drop for DropPanics {
     }
 }
 
+/// `"first"`, as a gRPC message when `content_type` is a gRPC one.
+fn first(content_type: &str) -> Bytes {
+    if content_type.starts_with("application/grpc") {
+        Bytes::from_static(b"\0\0\0\0\x05first")
+    } else {
+        Bytes::from_static(b"first")
+    }
+}
+
 /// The layer over a handler that answers `status` and `content_type` (and `extra` headers)
-/// with a body that yields `"first"`, then the error `error()` makes.
+/// with a body that yields `"first"` (as a gRPC message for a gRPC type), then the error
+/// `error()` makes.
 async fn answer(
     request_type: Option<&'static str>,
     status: StatusCode,
@@ -62,7 +72,7 @@ async fn answer(
     let svc = ServiceBuilder::new()
         .layer(WebhookErrorLayer::new())
         .service_fn(move |_req: Request<Full<Bytes>>| async move {
-            let mut res = Response::new(Failing::error("first", error()));
+            let mut res = Response::new(Failing::error(first(content_type), error()));
             *res.status_mut() = status;
             res.headers_mut()
                 .insert("content-type", HeaderValue::from_static(content_type));
@@ -87,7 +97,7 @@ async fn after_first(
 ) -> Result<Frame<Bytes>, BoxError> {
     let mut body = res.into_body();
     let first = body.frame().await.unwrap().unwrap();
-    assert_eq!(first.into_data().unwrap(), "first");
+    assert!(first.into_data().unwrap().ends_with(b"first"));
     let last = body.frame().await.expect("a last frame or an error");
     assert!(body.frame().await.is_none(), "the body ends after it");
     last
@@ -327,6 +337,101 @@ async fn http1_a_grpc_web_stream_of_a_declared_length_is_cut_short() {
     .await;
     assert!(received.starts_with("HTTP/1.1 200 OK\r\n"), "{received}");
     assert!(received.ends_with("\r\n\r\nfirst"), "{received}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// A gRPC-web stream that fails inside a message
+
+/// What a gRPC-web stream of `request_type` whose inner body sends `chunk`, then fails, ends
+/// with after that chunk.
+async fn web_stream_ends(
+    request_type: &'static str,
+    chunk: &'static [u8],
+) -> Result<Frame<Bytes>, BoxError> {
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .service_fn(move |_req: Request<Full<Bytes>>| async move {
+            let mut res = Response::new(Failing::error(Bytes::from_static(chunk), "upstream lost"));
+            res.headers_mut()
+                .insert("content-type", HeaderValue::from_static(request_type));
+            Ok::<_, Infallible>(res)
+        });
+    let req = Request::post("/test.Echo/Say")
+        .header("content-type", request_type)
+        .body(Full::default())
+        .unwrap();
+    let mut body = svc.oneshot(req).await.unwrap().into_body();
+    assert_eq!(
+        body.frame().await.unwrap().unwrap().into_data().unwrap(),
+        chunk
+    );
+    let last = body.frame().await.expect("a last frame or an error");
+    assert!(body.frame().await.is_none(), "the body ends after it");
+    last
+}
+
+/// A gRPC-web stream that fails between two messages ends with its trailer frame; one that fails
+/// inside a message (its prefix, or its bytes, cut off; in `-web-text`, inside a base64 quantum)
+/// is cut short like an HTTP response: the client would read a trailer frame as the rest of the
+/// message.
+#[tokio::test]
+async fn a_grpc_web_stream_that_fails_inside_a_message_is_cut_short() {
+    use base64::Engine as _;
+    let (_logs, _guard) = Logs::capture();
+    const WEB: &str = "application/grpc-web+proto";
+    const TEXT: &str = "application/grpc-web-text+proto";
+    // Between messages: two whole ones; in base64, a padded segment (`\0\0\0\0\x05first`).
+    for (request_type, chunk) in [
+        (WEB, &b"\0\0\0\0\x05first\0\0\0\0\0"[..]),
+        (TEXT, &b"AAAAAAVmaXJzdA=="[..]),
+    ] {
+        let last = web_stream_ends(request_type, chunk)
+            .await
+            .expect("a trailer frame");
+        let data = last.into_data().unwrap();
+        let frame = if request_type == TEXT {
+            Bytes::from(
+                base64::engine::general_purpose::STANDARD
+                    .decode(&data)
+                    .unwrap(),
+            )
+        } else {
+            data
+        };
+        assert_eq!(frame[0], 0x80, "{request_type}");
+        assert!(frame[5..].starts_with(b"grpc-status:"), "{request_type}");
+    }
+    // Inside one: a message of 10 bytes with 5 sent, a prefix cut off, the same in base64, and
+    // a whole message in base64 that stops inside a quantum (no padding).
+    let partial = base64::engine::general_purpose::STANDARD.encode(b"\0\0\0\0\x0afirst");
+    let partial: &'static [u8] = Box::leak(partial.into_bytes().into_boxed_slice());
+    for (request_type, chunk) in [
+        (WEB, &b"\0\0\0\0\x0afirst"[..]),
+        (WEB, &b"\0\0\0"[..]),
+        (TEXT, partial),
+        (TEXT, &b"AAAAAAVmaXJzdA"[..]),
+    ] {
+        let err = web_stream_ends(request_type, chunk)
+            .await
+            .expect_err(&format!("{request_type} {chunk:?}"));
+        assert_eq!(err.to_string(), "the response body failed");
+    }
+}
+
+/// Over a real HTTP/1.1 connection, a gRPC-web stream cut inside a message gets no trailer
+/// frame and no last chunk: the client sees the response cut short.
+#[tokio::test]
+async fn http1_a_grpc_web_stream_cut_inside_a_message_is_cut_short() {
+    let (_logs, _guard) = Logs::capture();
+    let received = grpc_web_call_answered_with(
+        &[("content-type", "application/grpc-web+proto")],
+        "\0\0\0\0\nfirst",
+    )
+    .await;
+    assert!(received.starts_with("HTTP/1.1 200 OK\r\n"), "{received}");
+    assert!(received.contains("first"), "{received}");
+    assert!(!received.contains("grpc-status"), "{received}");
+    assert!(!received.ends_with("0\r\n\r\n"), "{received}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -256,13 +256,15 @@ async fn a_failing_body_hands_on_no_credentials() {
     let svc = ServiceBuilder::new()
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .layer(WebhookErrorLayer::new())
-        .service_fn(|_req: http::Request<http_body_util::Full<bytes::Bytes>>| async move {
-            Ok::<_, BoxError>(http::Response::new(Failing::error(
-                "partial",
-                "error sending request for url \
+        .service_fn(
+            |_req: http::Request<http_body_util::Full<bytes::Bytes>>| async move {
+                Ok::<_, BoxError>(http::Response::new(Failing::error(
+                    "partial",
+                    "error sending request for url \
                  (https://bot:hunter2@api.example.com/comments?access_token=s3cr3t)",
-            )))
-        });
+                )))
+            },
+        );
     let req = http::Request::get("/hook")
         .body(http_body_util::Full::default())
         .unwrap();
