@@ -194,7 +194,8 @@ impl std::fmt::Debug for ApiTarget {
         f.debug_struct("ApiTarget")
             .field("base_url", &self.base_url)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .field("username", &self.username)
+            // The other half of the Basic credential: redacted too.
+            .field("username", &self.username.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }

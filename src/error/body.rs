@@ -41,9 +41,10 @@ use crate::BoxError;
 ///   panic, an unknown error or one that says success (a `tonic::Status` whose code is `Ok`, a
 ///   2xx [`Problem`]: never `Ok` for a stream that failed). gRPC-web gets them as its trailer
 ///   frame in the body (base64-encoded for `application/grpc-web-text`), when the body failed
-///   between two messages; one that failed inside a message (a proxied stream cut off) is cut
-///   short like an HTTP response, since the client would read the trailer frame as the rest of
-///   that message. This is for a gRPC
+///   between two messages; one that failed inside a message (a proxied stream cut off), after
+///   its own trailer frame, or whose base64 the layer cannot follow (a character outside the
+///   standard alphabet) is cut short like an HTTP response, and logged as one (`error`): the
+///   client would read the trailer frame as the rest of that message. This is for a gRPC
 ///   stream only: the answer to a gRPC request that is a `200` typed as the request
 ///   (`application/grpc...`, `application/grpc-web...`) without `grpc-status` or
 ///   `Content-Length` in its head. Any other answer to it (a router's `404` page, a proxy's
@@ -252,7 +253,8 @@ where
 
 /// Where a gRPC-web stream is in its messages, each a 5-byte prefix (a flag, a 32-bit length)
 /// and that many bytes, so that a failure ends the stream with a trailer frame only between two
-/// messages. `-web-text` is followed through its base64.
+/// messages, and only before the stream sent its own. `-web-text` is followed through its
+/// base64 (standard alphabet, each segment padded, as gRPC-web servers write it).
 #[derive(Clone, Copy, Default)]
 struct Framing {
     /// Bytes of the current message still to come.
@@ -260,10 +262,16 @@ struct Framing {
     /// How many bytes of the next message's prefix were seen (0 to 4), and its length so far.
     prefix: u8,
     length: u32,
-    /// `-web-text`: the bits of a base64 quantum not yet a byte, and how many (0, 2, 4 or 6).
+    /// `-web-text`: the bits of a base64 quantum not yet a byte, and how many (0, 2, 4 or 6);
+    /// how many characters of the quantum came (0 to 3), and whether its padding began.
     bits: u32,
     nbits: u8,
-    /// Bytes that are not base64 came: where the stream is is not known.
+    chars: u8,
+    padded: bool,
+    /// The stream sent a trailer frame (flag `0x80`): it told its status already.
+    trailed: bool,
+    /// A character outside base64 came (a line break, the URL-safe alphabet's `-` or `_`):
+    /// where the stream is is not known.
     lost: bool,
 }
 
@@ -292,6 +300,7 @@ impl Framing {
             match self.prefix {
                 // The flag.
                 0 => {
+                    self.trailed |= byte & 0x80 != 0;
                     self.prefix = 1;
                     self.length = 0;
                 }
@@ -309,18 +318,25 @@ impl Framing {
 
     /// One character of base64 (standard alphabet; each segment may end with its padding).
     fn follow_base64(&mut self, c: u8) {
+        self.chars = (self.chars + 1) % 4;
         let value = match c {
+            // Padding: the bits left over are no byte, and the quantum ends with its 4th
+            // character.
+            b'=' => {
+                self.nbits = 0;
+                self.bits = 0;
+                self.padded = self.chars != 0;
+                return;
+            }
+            _ if self.padded => {
+                self.lost = true;
+                return;
+            }
             b'A'..=b'Z' => c - b'A',
             b'a'..=b'z' => c - b'a' + 26,
             b'0'..=b'9' => c - b'0' + 52,
             b'+' => 62,
             b'/' => 63,
-            // Padding ends the quantum: the bits left over are no byte.
-            b'=' => {
-                self.nbits = 0;
-                self.bits = 0;
-                return;
-            }
             _ => {
                 self.lost = true;
                 return;
@@ -336,9 +352,10 @@ impl Framing {
         }
     }
 
-    /// Whether the stream is between two messages (and, in base64, between two quanta).
+    /// Whether the stream is between two messages (and, in base64, between two quanta), its
+    /// status not sent.
     fn between_messages(&self) -> bool {
-        !self.lost && self.remaining == 0 && self.prefix == 0 && self.nbits == 0
+        !self.lost && !self.trailed && self.remaining == 0 && self.prefix == 0 && self.chars == 0
     }
 }
 

@@ -180,11 +180,11 @@ fn timeout(status: StatusCode) -> Problem {
 enum Pushback {
     /// Retry after this long: milliseconds as digits.
     Wait(std::time::Duration),
-    /// Do not retry: a negative value.
+    /// Do not retry: a negative value, or one that is no whole number, as gRPC A6 reads them.
     DoNotRetry,
 }
 
-/// The pushback a status asks for; `None` without one, or for one that is not a whole number.
+/// The pushback a status asks for; `None` without one.
 #[cfg(feature = "tonic")]
 fn pushback(metadata: &tonic::metadata::MetadataMap) -> Option<Pushback> {
     let value = metadata.get("grpc-retry-pushback-ms")?.as_bytes();
@@ -193,15 +193,14 @@ fn pushback(metadata: &tonic::metadata::MetadataMap) -> Option<Pushback> {
         digits => (false, digits),
     };
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    if negative {
         return Some(Pushback::DoNotRetry);
     }
-    let millis = std::str::from_utf8(digits)
-        .ok()?
-        .parse()
-        .unwrap_or(u64::MAX);
+    // `-0` is zero: a retry without a wait.
+    if negative && digits.iter().any(|&d| d != b'0') {
+        return Some(Pushback::DoNotRetry);
+    }
+    // Digits only: a number too large for `u64` is a wait as long as can be.
+    let millis = std::str::from_utf8(digits).map_or(u64::MAX, |d| d.parse().unwrap_or(u64::MAX));
     Some(Pushback::Wait(std::time::Duration::from_millis(millis)))
 }
 

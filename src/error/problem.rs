@@ -1171,7 +1171,7 @@ impl Problem {
     /// they are not this server's to send.
     #[cfg(feature = "tonic")]
     pub(crate) fn with_grpc_metadata(mut self, metadata: http::HeaderMap) -> Self {
-        const RESERVED: [&str; 27] = [
+        const RESERVED: [&str; 35] = [
             "te",
             "connection",
             "keep-alive",
@@ -1200,10 +1200,25 @@ impl Problem {
             "x-powered-by",
             "report-to",
             "nel",
+            "clear-site-data",
+            "x-frame-options",
+            "x-content-type-options",
+            "x-xss-protection",
+            "referrer-policy",
+            "permissions-policy",
+            "server-timing",
+            "timing-allow-origin",
         ];
-        /// Prefixes of reserved names: the body's description (`content-*`), gRPC's own, and
-        /// a proxy's headers (Envoy adds `x-envoy-upstream-service-time`, say).
-        const RESERVED_PREFIXES: [&str; 3] = ["content-", "grpc-", "x-envoy-"];
+        /// Prefixes of reserved names: the body's description (`content-*`, which takes in
+        /// `Content-Security-Policy`), gRPC's own, a browser's cross-origin rules, and a
+        /// proxy's headers (Envoy adds `x-envoy-upstream-service-time`, say).
+        const RESERVED_PREFIXES: [&str; 5] = [
+            "content-",
+            "grpc-",
+            "access-control-",
+            "cross-origin-",
+            "x-envoy-",
+        ];
         let mut kept = http::HeaderMap::new();
         let mut name = None;
         for (key, value) in metadata {

@@ -154,8 +154,12 @@ async fn a_bitbucket_cloud_api_token_is_sent_with_basic_auth_and_the_account_ema
         ("BITBUCKET_USERNAME", " dev@example.com\n"),
     ])
     .unwrap();
-    // Neither shown in the settings' `Debug`: the token is redacted.
-    assert!(!format!("{settings:?}").contains("ATATT"));
+    // Neither shown in the settings' `Debug`: the token and the user name are redacted.
+    let debug = format!("{settings:?}");
+    assert!(
+        !debug.contains("ATATT") && !debug.contains("dev@example.com"),
+        "{debug}"
+    );
     let base = start_server(&settings).await;
     assert_eq!(
         bitbucket_created(&client, &base, "{r6000000-0000-4000-8000-000000000001}", 1).await,

@@ -326,17 +326,21 @@ async fn http1_a_grpc_web_request_answered_with_a_page_is_cut_short() {
 #[tokio::test]
 async fn http1_a_grpc_web_stream_of_a_declared_length_is_cut_short() {
     let (_logs, _guard) = Logs::capture();
-    // "first" is 5 bytes, 7 more are declared: fewer than the layer's trailer frame takes.
+    // A whole message of 10 bytes, 2 more declared: fewer than the layer's trailer frame
+    // takes, which the stream, between two messages, would otherwise end with.
     let received = grpc_web_call_answered_with(
         &[
             ("content-type", "application/grpc-web+proto"),
             ("content-length", "12"),
         ],
-        "first",
+        "\0\0\0\0\x05first",
     )
     .await;
     assert!(received.starts_with("HTTP/1.1 200 OK\r\n"), "{received}");
-    assert!(received.ends_with("\r\n\r\nfirst"), "{received}");
+    assert!(
+        received.ends_with("\r\n\r\n\0\0\0\0\x05first"),
+        "{received}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -401,8 +405,10 @@ async fn a_grpc_web_stream_that_fails_inside_a_message_is_cut_short() {
         assert_eq!(frame[0], 0x80, "{request_type}");
         assert!(frame[5..].starts_with(b"grpc-status:"), "{request_type}");
     }
-    // Inside one: a message of 10 bytes with 5 sent, a prefix cut off, the same in base64, and
-    // a whole message in base64 that stops inside a quantum (no padding).
+    // Inside one: a message of 10 bytes with 5 sent, a prefix cut off, the same in base64, a
+    // whole message in base64 that stops inside a quantum (no padding, or half of it). After
+    // the stream's own trailer frame (its status told), and in base64 the layer cannot follow
+    // (a line break), the stream is cut short too.
     let partial = base64::engine::general_purpose::STANDARD.encode(b"\0\0\0\0\x0afirst");
     let partial: &'static [u8] = Box::leak(partial.into_bytes().into_boxed_slice());
     for (request_type, chunk) in [
@@ -410,6 +416,12 @@ async fn a_grpc_web_stream_that_fails_inside_a_message_is_cut_short() {
         (WEB, &b"\0\0\0"[..]),
         (TEXT, partial),
         (TEXT, &b"AAAAAAVmaXJzdA"[..]),
+        (TEXT, &b"AAAAAAVmaXJzdA="[..]),
+        (
+            WEB,
+            &b"\0\0\0\0\x05first\x80\0\0\0\x0fgrpc-status:0\r\n"[..],
+        ),
+        (TEXT, &b"AAAAAAVmaXJzdA==\r\n"[..]),
     ] {
         let err = web_stream_ends(request_type, chunk)
             .await

@@ -417,4 +417,23 @@ async fn a_tonic_status_keeps_its_pushback() {
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(res.headers().get("retry-after").is_none());
     assert!(res.headers().get("grpc-retry-pushback-ms").is_none());
+
+    // One that is no whole number asks the same (gRPC A6); `-0` is a retry without a wait.
+    for (value, told) in [("soon", "-1"), ("-", "-1"), ("-0", "0")] {
+        let svc = ServiceBuilder::new()
+            .layer(WebhookErrorLayer::new())
+            .service_fn(move |_req: Request<Full<Bytes>>| async move {
+                let mut status = tonic::Status::unavailable("busy");
+                status
+                    .metadata_mut()
+                    .insert("grpc-retry-pushback-ms", value.parse().unwrap());
+                Err::<Response<Full<Bytes>>, BoxError>(status.into())
+            });
+        let grpc = Request::post("/test.Echo/Say")
+            .header("content-type", "application/grpc")
+            .body(Full::default())
+            .unwrap();
+        let res = svc.oneshot(grpc).await.unwrap();
+        assert_eq!(res.headers()["grpc-retry-pushback-ms"], told, "{value}");
+    }
 }

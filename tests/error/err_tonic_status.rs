@@ -149,6 +149,8 @@ async fn a_status_metadata_does_not_replace_the_answer_s_own_headers() {
                 ("cache-control", "no-cache"),
                 ("content-language", "en"),
                 ("x-envoy-upstream-service-time", "12"),
+                ("clear-site-data", "\"cookies\""),
+                ("access-control-allow-credentials", "true"),
             ] {
                 metadata.insert(name, value.parse().unwrap());
             }
@@ -179,6 +181,8 @@ async fn a_status_metadata_does_not_replace_the_answer_s_own_headers() {
         "cache-control",
         "content-language",
         "x-envoy-upstream-service-time",
+        "clear-site-data",
+        "access-control-allow-credentials",
     ] {
         assert!(headers.get(name).is_none(), "{name}");
     }
