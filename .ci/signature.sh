@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the signature tests need: redis-server (Debian), the Python peers
+# Installs what the signature tests need: redis-server and openssl (Debian; openssl makes the
+# example's GitHub App keys), the Python peers
 # (standardwebhooks, svix, stripe, slack_sdk; PyJWT with cryptography for the example's GitHub
 # App tokens) in a venv and the npm peer
 # (@octokit/webhooks-methods, with Node.js and npm from Debian when missing), all under
@@ -16,6 +17,11 @@ if ! command -v redis-server >/dev/null 2>&1; then
     apt-get install -y -qq --no-install-recommends redis-server >/dev/null
 fi
 # The Debian package starts a system instance; the tests start their own on a random port.
+if ! command -v openssl >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends openssl >/dev/null
+fi
 
 if [ ! -x "$DEPS/venv/bin/python" ]; then
     # Debian ships `venv` (and `ensurepip`) apart from Python itself.
