@@ -255,25 +255,33 @@ where
 /// and that many bytes, so that a failure ends the stream with a trailer frame only between two
 /// messages, and only before the stream sent its own. `-web-text` is followed through its
 /// base64 (standard alphabet, each segment padded, as gRPC-web servers write it).
+///
+/// Seven bytes of alignment 1: it fits in the padding beside the body's protocol, so that no
+/// response body grows for it (a larger body cost the success path of every HTTP request).
 #[derive(Clone, Copy, Default)]
 struct Framing {
-    /// Bytes of the current message still to come.
-    remaining: u32,
-    /// How many bytes of the next message's prefix were seen (0 to 4), and its length so far.
+    /// Bytes of the current message still to come; while its prefix is read, its length so far
+    /// (big-endian bytes of a `u32`).
+    count: [u8; 4],
+    /// How many bytes of the next message's prefix were seen (0 to 4).
     prefix: u8,
-    length: u32,
-    /// `-web-text`: the bits of a base64 quantum not yet a byte, and how many (0, 2, 4 or 6);
-    /// how many characters of the quantum came (0 to 3), and whether its padding began.
-    bits: u32,
-    nbits: u8,
-    chars: u8,
-    padded: bool,
-    /// The stream sent a trailer frame (flag `0x80`): it told its status already.
-    trailed: bool,
-    /// A character outside base64 came (a line break, the URL-safe alphabet's `-` or `_`):
-    /// where the stream is is not known.
-    lost: bool,
+    /// `-web-text`: the bits of a base64 quantum not yet a byte (at most 6).
+    bits: u8,
+    /// [`NBITS`], [`CHARS`], [`PADDED`], [`TRAILED`] and [`LOST`].
+    flags: u8,
 }
+
+/// In [`Framing::flags`]: how many bits `bits` holds (0, 2, 4 or 6).
+const NBITS: u8 = 0b111;
+/// How many characters of the current base64 quantum came (0 to 3), from bit 3.
+const CHARS: u8 = 0b11 << 3;
+/// The quantum's padding began: only `=` may follow in it.
+const PADDED: u8 = 1 << 5;
+/// The stream sent a trailer frame (flag `0x80`): it told its status already.
+const TRAILED: u8 = 1 << 6;
+/// A character outside base64 came (a line break, the URL-safe alphabet's `-` or `_`): where
+/// the stream is is not known.
+const LOST: u8 = 1 << 7;
 
 impl Framing {
     /// Follows `data`, sent on in a stream of `grpc`.
@@ -288,48 +296,52 @@ impl Framing {
     }
 
     fn follow_bytes(&mut self, mut bytes: &[u8]) {
+        let mut count = u32::from_be_bytes(self.count);
         while let Some((&byte, rest)) = bytes.split_first() {
-            if self.remaining > 0 {
+            if self.prefix == 0 && count > 0 {
                 // The message's bytes are skipped whole.
-                let take = bytes.len().min(self.remaining as usize);
-                self.remaining -= take as u32;
+                let take = bytes.len().min(count as usize);
+                count -= take as u32;
                 bytes = &bytes[take..];
                 continue;
             }
             bytes = rest;
-            match self.prefix {
+            if self.prefix == 0 {
                 // The flag.
-                0 => {
-                    self.trailed |= byte & 0x80 != 0;
-                    self.prefix = 1;
-                    self.length = 0;
+                if byte & 0x80 != 0 {
+                    self.flags |= TRAILED;
                 }
-                n => {
-                    self.length = (self.length << 8) | u32::from(byte);
-                    self.prefix = n + 1;
-                    if self.prefix == 5 {
-                        self.prefix = 0;
-                        self.remaining = self.length;
-                    }
+                self.prefix = 1;
+                count = 0;
+            } else {
+                count = (count << 8) | u32::from(byte);
+                self.prefix += 1;
+                if self.prefix == 5 {
+                    // The length is read: that many bytes of message follow.
+                    self.prefix = 0;
                 }
             }
         }
+        self.count = count.to_be_bytes();
     }
 
     /// One character of base64 (standard alphabet; each segment may end with its padding).
     fn follow_base64(&mut self, c: u8) {
-        self.chars = (self.chars + 1) % 4;
+        let chars = ((self.flags & CHARS) >> 3) + 1;
+        self.flags = (self.flags & !CHARS) | ((chars % 4) << 3);
         let value = match c {
             // Padding: the bits left over are no byte, and the quantum ends with its 4th
             // character.
             b'=' => {
-                self.nbits = 0;
                 self.bits = 0;
-                self.padded = self.chars != 0;
+                self.flags &= !(NBITS | PADDED);
+                if chars % 4 != 0 {
+                    self.flags |= PADDED;
+                }
                 return;
             }
-            _ if self.padded => {
-                self.lost = true;
+            _ if self.flags & PADDED != 0 => {
+                self.flags |= LOST;
                 return;
             }
             b'A'..=b'Z' => c - b'A',
@@ -338,24 +350,26 @@ impl Framing {
             b'+' => 62,
             b'/' => 63,
             _ => {
-                self.lost = true;
+                self.flags |= LOST;
                 return;
             }
         };
-        self.bits = (self.bits << 6) | u32::from(value);
-        self.nbits += 6;
-        if self.nbits >= 8 {
-            self.nbits -= 8;
-            let byte = (self.bits >> self.nbits) as u8;
-            self.bits &= (1 << self.nbits) - 1;
+        let mut bits = (u16::from(self.bits) << 6) | u16::from(value);
+        let mut nbits = (self.flags & NBITS) + 6;
+        if nbits >= 8 {
+            nbits -= 8;
+            let byte = (bits >> nbits) as u8;
+            bits &= (1 << nbits) - 1;
             self.follow_bytes(&[byte]);
         }
+        self.bits = bits as u8;
+        self.flags = (self.flags & !NBITS) | nbits;
     }
 
     /// Whether the stream is between two messages (and, in base64, between two quanta), its
     /// status not sent.
     fn between_messages(&self) -> bool {
-        !self.lost && !self.trailed && self.remaining == 0 && self.prefix == 0 && self.chars == 0
+        self.flags & (LOST | TRAILED | CHARS) == 0 && self.prefix == 0 && self.count == [0; 4]
     }
 }
 
