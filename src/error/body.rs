@@ -335,7 +335,7 @@ impl Framing {
             b'=' => {
                 self.bits = 0;
                 self.flags &= !(NBITS | PADDED);
-                if chars % 4 != 0 {
+                if !chars.is_multiple_of(4) {
                     self.flags |= PADDED;
                 }
                 return;
