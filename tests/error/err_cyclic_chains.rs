@@ -394,32 +394,10 @@ async fn a_tonic_status_keeps_its_pushback() {
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(res.headers()["retry-after"], "3");
 
-    // A negative pushback asks not to retry: a gRPC caller is asked the same, an HTTP caller
-    // gets no wait.
-    let svc = ServiceBuilder::new()
-        .layer(WebhookErrorLayer::new())
-        .service_fn(|_req: Request<Full<Bytes>>| async {
-            let mut status = tonic::Status::unavailable("do not retry");
-            status
-                .metadata_mut()
-                .insert("grpc-retry-pushback-ms", "-1".parse().unwrap());
-            Err::<Response<Full<Bytes>>, BoxError>(status.into())
-        });
-    let grpc = Request::post("/test.Echo/Say")
-        .header("content-type", "application/grpc")
-        .body(Full::default())
-        .unwrap();
-    let res = svc.clone().oneshot(grpc).await.unwrap();
-    assert_eq!(res.headers()["grpc-status"], "14");
-    assert_eq!(res.headers()["grpc-retry-pushback-ms"], "-1");
-    assert!(res.headers().get("retry-after").is_none());
-    let res = svc.oneshot(Request::new(Full::default())).await.unwrap();
-    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(res.headers().get("retry-after").is_none());
-    assert!(res.headers().get("grpc-retry-pushback-ms").is_none());
-
-    // One that is no whole number asks the same (gRPC A6); `-0` is a retry without a wait.
-    for (value, told) in [("soon", "-1"), ("-", "-1"), ("-0", "0")] {
+    // A negative pushback asks not to retry, and so does one that is no whole number (gRPC
+    // A6): a gRPC caller is asked the same, an HTTP caller gets no wait. `-0` is a retry
+    // without a wait.
+    for (value, told) in [("-1", "-1"), ("soon", "-1"), ("-", "-1"), ("-0", "0")] {
         let svc = ServiceBuilder::new()
             .layer(WebhookErrorLayer::new())
             .service_fn(move |_req: Request<Full<Bytes>>| async move {
@@ -433,7 +411,14 @@ async fn a_tonic_status_keeps_its_pushback() {
             .header("content-type", "application/grpc")
             .body(Full::default())
             .unwrap();
-        let res = svc.oneshot(grpc).await.unwrap();
+        let res = svc.clone().oneshot(grpc).await.unwrap();
+        assert_eq!(res.headers()["grpc-status"], "14", "{value}");
         assert_eq!(res.headers()["grpc-retry-pushback-ms"], told, "{value}");
+        let res = svc.oneshot(Request::new(Full::default())).await.unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(res.headers().get("grpc-retry-pushback-ms").is_none());
+        if told == "-1" {
+            assert!(res.headers().get("retry-after").is_none(), "{value}");
+        }
     }
 }
