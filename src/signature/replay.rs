@@ -559,10 +559,12 @@ enum Held {
 /// the same id with the same expiry (removed, and recorded again to expire in the very same
 /// millisecond): taken for the new one, the old record's place in the queue would evict the new
 /// one too early.
-#[derive(Clone, Copy)]
+///
+/// Ordered by expiry first, as [`Behind`]'s heap takes them.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Record {
-    fp: u64,
     expiry: u64,
+    fp: u64,
     seq: u64,
 }
 
@@ -601,7 +603,7 @@ impl Queue {
                 return false;
             }
             if record.expiry < max {
-                heap.push(Reverse(Behind::key(record)));
+                heap.push(Reverse(record));
             } else {
                 max = record.expiry;
             }
@@ -625,21 +627,16 @@ struct Behind {
     /// The latest expiry queued in order: a record queued with an earlier one goes to `heap`.
     /// Every record of the queue that is not in `heap` expires no earlier than those before it.
     max: u64,
-    /// The records queued out of order, as `(expiry, fingerprint, identity)`, earliest expiry
-    /// first; may hold stale ones, recognised as in the queue.
-    heap: BinaryHeap<Reverse<(u64, u64, u64)>>,
+    /// The records queued out of order, earliest expiry first; may hold stale ones, recognised
+    /// as in the queue.
+    heap: BinaryHeap<Reverse<Record>>,
 }
 
 impl Behind {
-    /// How `heap` orders `record`: by expiry first.
-    fn key(record: Record) -> (u64, u64, u64) {
-        (record.expiry, record.fp, record.seq)
-    }
-
     #[inline]
     fn push(&mut self, record: Record) {
         if record.expiry < self.max {
-            self.heap.push(Reverse(Self::key(record)));
+            self.heap.push(Reverse(record));
         } else {
             self.max = record.expiry;
         }
@@ -649,14 +646,14 @@ impl Behind {
     /// expired by `now`; whether any was.
     fn purge(&mut self, table: &mut Table, held: Held, now: u64) -> bool {
         let mut purged = false;
-        while let Some(&Reverse((expiry, fp, seq))) = self.heap.peek() {
-            if expiry > now {
+        while let Some(&Reverse(record)) = self.heap.peek() {
+            if record.expiry > now {
                 break;
             }
             self.heap.pop();
             // The record itself is held: it expired (else it is stale).
-            if table.holds(held, Record { fp, expiry, seq }) {
-                table.remove(fp);
+            if table.holds(held, record) {
+                table.remove(record.fp);
                 purged = true;
             }
         }
