@@ -1501,6 +1501,17 @@ fn to_verified(
     )
 }
 
+/// The signed timestamp, read against the clock again once the body is in. The headers were
+/// checked when they came; a body that came after the window closed (a sender writing a byte
+/// at a time, which no per-frame body timeout notices) may have outlived the replay store's
+/// record of the first copy, and would otherwise be handled a second time.
+fn still_in_window(shared: &Shared, verified: scheme::Verified) -> Result<scheme::Verified, E> {
+    if let Some(timestamp) = verified.timestamp {
+        scheme::check_window(timestamp, shared.clock.now(), shared.tolerance)?;
+    }
+    Ok(verified)
+}
+
 /// How much longer than the timestamp window, as this replica's clock reads it, an id is
 /// remembered: replicas sharing a store whose clocks lag this one's by up to this much still
 /// refuse a copy as a replay, where they would still take its timestamp.
@@ -2009,12 +2020,11 @@ where
                     } else {
                         let bytes = buf.take();
                         let checked = checked.as_ref().expect("checked once");
-                        match shared.scheme.verify_body(
-                            &shared.keys,
-                            checked,
-                            &parts.headers,
-                            &bytes,
-                        ) {
+                        match shared
+                            .scheme
+                            .verify_body(&shared.keys, checked, &parts.headers, &bytes)
+                            .and_then(|verified| still_in_window(shared, verified))
+                        {
                             // A Gitea/Forgejo webhook set to `GET`: authentic, but its payload
                             // is in the query string, which is neither verified nor handed on.
                             // Named as such, not as a wrong secret.

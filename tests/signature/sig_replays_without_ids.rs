@@ -519,3 +519,67 @@ async fn a_copy_sent_to_a_replica_whose_clock_lags_is_still_a_replay() {
     assert_eq!(two.send(event()).await, StatusCode::CONFLICT);
     assert_eq!(one.calls() + two.calls(), 1);
 }
+
+/// A copy whose headers come inside the window but whose body ends after the MAC's record
+/// expired (a client that sends it a byte at a time, slower than any per-frame body timeout
+/// notices) is stale when it is verified: refused (401), not handled a second time. The window
+/// is read again once the body is in.
+#[tokio::test]
+async fn a_copy_whose_body_ends_after_the_window_is_stale() {
+    const SECRET: &str = "zoom-secret-token";
+    let at = Arc::new(std::sync::atomic::AtomicU64::new(NOW));
+    let source = Arc::clone(&at);
+    let clock =
+        Clock::from_fn(move || UNIX_EPOCH + Duration::from_secs(source.load(Ordering::SeqCst)));
+    let layer = SignatureLayer::zoom(SECRET)
+        .unwrap()
+        .clock(clock.clone())
+        .replay_store(MemoryReplayStore::new().clock(clock));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .layer(layer)
+        .service_fn(move |_req: Request<axum::body::Body>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, BoxError>(Response::new(Full::<Bytes>::default())) }
+        });
+    let ts = SIGNED_AT.to_string();
+    let body = r#"{"event":"meeting.started","payload":{"object":{"id":"3"}}}"#;
+    let mac = hmac_hex(SECRET, &[b"v0:", ts.as_bytes(), b":", body.as_bytes()]);
+    let event = |body: axum::body::Body| {
+        Request::post("/hook")
+            .header("x-zm-signature", format!("v0={mac}"))
+            .header("x-zm-request-timestamp", &ts)
+            .body(body)
+            .unwrap()
+    };
+    let first = svc.clone().oneshot(event(axum::body::Body::from(body)));
+    assert_eq!(first.await.unwrap().status(), StatusCode::OK);
+
+    // The copy's headers come a second before the window closes; its body is asked for, and
+    // comes 100 s later, after the MAC's record (kept until the window closed, and a minute
+    // more) expired.
+    at.store(SIGNED_AT + 299, Ordering::SeqCst);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, BoxError>>(1);
+    let (asked, asked_rx) = tokio::sync::oneshot::channel::<()>();
+    let stream = futures_util::stream::unfold((rx, Some(asked)), |(mut rx, asked)| async move {
+        if let Some(asked) = asked {
+            let _ = asked.send(());
+        }
+        rx.recv().await.map(|chunk| (chunk, (rx, None)))
+    });
+    let copy = tokio::spawn(
+        svc.clone()
+            .oneshot(event(axum::body::Body::from_stream(stream))),
+    );
+    asked_rx.await.expect("the copy's body is read");
+    at.store(SIGNED_AT + 400, Ordering::SeqCst);
+    tx.send(Ok(Bytes::from_static(body.as_bytes())))
+        .await
+        .unwrap();
+    drop(tx);
+    let status = copy.await.unwrap().unwrap().status();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
