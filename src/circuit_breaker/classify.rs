@@ -110,9 +110,13 @@ where
 /// |---|---|
 /// | `Err` from the inner service | failure |
 /// | `Err` that is a [`Problem`](crate::error::Problem) (as is or boxed, anywhere in its source chain) | as the HTTP status it stands for: a 4xx is the caller's mistake, not the upstream failing |
-/// | `Err` that is a [`CircuitOpen`](super::CircuitOpen) of another breaker (boxed, anywhere in its source chain) | neutral: the call was not made |
-/// | `Err` that is a reqwest builder error (`is_builder()`: a URL scheme reqwest does not send) | neutral: the request was not sent |
-/// | `Err` that is a reqwest status error (`error_for_status()`, as is or boxed) | as its HTTP status, like the response it was |
+/// | `Err` that is a [`CircuitOpen`](super::CircuitOpen) of another breaker, or a `Problem` made of one (type [`CIRCUIT_OPEN`](crate::error::types::CIRCUIT_OPEN)), boxed, anywhere in its source chain | neutral: the call was not made |
+/// | `Err` that is a reqwest builder error (`is_builder()`: a URL scheme reqwest does not send), as is or boxed, anywhere in its source chain | neutral: the request was not sent |
+/// | `Err` that is a reqwest status error (`error_for_status()`), as is or boxed, anywhere in its source chain | as its HTTP status, like the response it was |
+///
+/// Errors are read the same whatever the response type: the error of a service of
+/// `http::Response`s wrapping a reqwest client is classified as the reqwest service's.
+/// Where several links of the chain say something, the outermost one decides.
 /// | HTTP 5xx | failure |
 /// | HTTP 408, 429 | success, or failure if configured |
 /// | other HTTP statuses | success |
@@ -302,36 +306,93 @@ impl DefaultClassifier {
 }
 
 impl DefaultClassifier {
-    /// The outcome of an error of the inner service: a failure, unless it is a [`Problem`]
-    /// (as is, or boxed in a `BoxError`, anywhere in its source chain), which stands for the
-    /// response it becomes and is classified by its status, as that response would be: a
-    /// client error is not the upstream failing. With the wait that response asks for: a 429
-    /// or 503 problem's `Retry-After`. A [`CircuitOpen`] of a breaker nearer the upstream (a
-    /// keyed breaker under a global one, or the other way round) is neutral: that call was not
-    /// made, so it says nothing of the upstream.
+    /// The outcome of an error of the inner service: a failure, unless a link of its source
+    /// chain (the error as is, or boxed in a `BoxError`) says otherwise, the first one that does:
+    ///
+    /// - a [`Problem`] stands for the response it becomes and is classified by its status, as
+    ///   that response would be (a client error is not the upstream failing), with the wait
+    ///   that response asks for: a 429 or 503 problem's `Retry-After`;
+    /// - a [`CircuitOpen`] of a breaker nearer the upstream (a keyed breaker under a global one,
+    ///   or the other way round), or a problem made of one, is neutral: that call was not made,
+    ///   so it says nothing of the upstream;
+    /// - a reqwest builder error is neutral (the request never left), and a reqwest error made by
+    ///   `error_for_status()` is classified by its status, as the response it was.
     fn error_outcome<E: 'static>(&self, err: &E) -> (Outcome, Option<Duration>) {
-        let any: &dyn Any = err;
-        let err: &(dyn Error + 'static) = if let Some(problem) = any.downcast_ref::<Problem>() {
-            problem
-        } else if let Some(boxed) = any.downcast_ref::<BoxError>() {
-            &**boxed
-        } else {
+        let Some(err) = as_error(err) else {
             return (Outcome::Failure, None);
         };
         crate::error_chain::links(err)
-            .find_map(|e| {
-                if e.is::<CircuitOpen>() {
-                    return Some((Outcome::Neutral, None));
-                }
-                let problem = e.downcast_ref::<Problem>()?;
-                let status = problem.status();
-                let after = matches!(status.as_u16(), 429 | 503)
-                    .then(|| problem.retry_after())
-                    .flatten();
-                Some((self.http_outcome(status), after))
-            })
+            .find_map(|e| self.link_outcome(e))
             .unwrap_or((Outcome::Failure, None))
     }
+
+    /// What one link of an error's source chain says, if anything.
+    fn link_outcome(&self, e: &(dyn Error + 'static)) -> Option<(Outcome, Option<Duration>)> {
+        if e.is::<CircuitOpen>() {
+            return Some((Outcome::Neutral, None));
+        }
+        #[cfg(any(feature = "reqwest", feature = "reqwest-0-12"))]
+        if let Some(outcome) = self.reqwest_outcome(e) {
+            return Some((outcome, None));
+        }
+        let problem = e.downcast_ref::<Problem>()?;
+        if problem.problem_type() == crate::error::types::CIRCUIT_OPEN {
+            return Some((Outcome::Neutral, None));
+        }
+        let status = problem.status();
+        let after = matches!(status.as_u16(), 429 | 503)
+            .then(|| problem.retry_after())
+            .flatten();
+        Some((self.http_outcome(status), after))
+    }
+
+    /// What a reqwest error says: a builder error (a URL scheme reqwest does not send, a URL
+    /// that is no URI) is neutral, the request never left; a status error
+    /// (`error_for_status()`) is the answer, classified by its status as the response would be
+    /// (a 404 is not the upstream failing). Any other says nothing here.
+    #[cfg(any(feature = "reqwest", feature = "reqwest-0-12"))]
+    fn reqwest_outcome(&self, e: &(dyn Error + 'static)) -> Option<Outcome> {
+        fn of<R: ReqwestError>(
+            classifier: &DefaultClassifier,
+            e: &(dyn Error + 'static),
+        ) -> Option<Outcome> {
+            let e = e.downcast_ref::<R>()?;
+            if e.is_builder() {
+                return Some(Outcome::Neutral);
+            }
+            e.status().map(|status| classifier.http_outcome(status))
+        }
+        #[cfg(feature = "reqwest")]
+        if let Some(outcome) = of::<reqwest::Error>(self, e) {
+            return Some(outcome);
+        }
+        #[cfg(feature = "reqwest-0-12")]
+        if let Some(outcome) = of::<reqwest_0_12::Error>(self, e) {
+            return Some(outcome);
+        }
+        None
+    }
+}
+
+/// The error `err` is, as the start of a source chain: a [`Problem`], a `BoxError`'s content,
+/// or a reqwest error; `None` for any other type, which the classifier cannot look into.
+fn as_error<E: 'static>(err: &E) -> Option<&(dyn Error + 'static)> {
+    let any: &dyn Any = err;
+    if let Some(problem) = any.downcast_ref::<Problem>() {
+        return Some(problem);
+    }
+    if let Some(boxed) = any.downcast_ref::<BoxError>() {
+        return Some(&**boxed);
+    }
+    #[cfg(feature = "reqwest")]
+    if let Some(err) = any.downcast_ref::<reqwest::Error>() {
+        return Some(err);
+    }
+    #[cfg(feature = "reqwest-0-12")]
+    if let Some(err) = any.downcast_ref::<reqwest_0_12::Error>() {
+        return Some(err);
+    }
+    None
 }
 
 fn grpc_outcome(class: &GrpcFailureClass) -> Outcome {
@@ -515,18 +576,7 @@ macro_rules! reqwest_classifier {
                         recorder.record_with_retry_after(outcome, hint(status, response.headers()));
                     }
                     Err(err) => {
-                        let reqwest = reqwest_error::<$reqwest::Error, E>(err);
-                        let (outcome, after) = if reqwest.is_some_and(ReqwestError::is_builder) {
-                            // A builder error (a URL scheme reqwest does not send, a URL that
-                            // is no URI): the request never left, the upstream said nothing.
-                            (Outcome::Neutral, None)
-                        } else if let Some(status) = reqwest.and_then(ReqwestError::status) {
-                            // `error_for_status()`: the answer, classified by its status as
-                            // the response would be (a 404 is not the upstream failing).
-                            (self.http_outcome(status), None)
-                        } else {
-                            self.error_outcome(err)
-                        };
+                        let (outcome, after) = self.error_outcome(err);
                         recorder.record_with_retry_after(outcome, after);
                     }
                 }
@@ -534,17 +584,6 @@ macro_rules! reqwest_classifier {
             }
         }
     };
-}
-
-/// The reqwest error `err` is, or boxes first in its source chain.
-#[cfg(any(feature = "reqwest", feature = "reqwest-0-12"))]
-fn reqwest_error<R: ReqwestError, E: 'static>(err: &E) -> Option<&R> {
-    let any: &dyn Any = err;
-    if let Some(err) = any.downcast_ref::<R>() {
-        return Some(err);
-    }
-    let boxed = any.downcast_ref::<BoxError>()?;
-    crate::error_chain::links(&**boxed).find_map(|e| e.downcast_ref::<R>())
 }
 
 /// What the classifier asks of a reqwest version's error.

@@ -281,3 +281,82 @@ async fn a_refusal_beneath_carried_in_a_tonic_status_is_neutral() {
     assert_eq!(outer_handle.state(), CircuitState::Closed);
     assert_eq!(outer_handle.snapshot().buffered_calls, 0);
 }
+
+/// A reqwest client turned into a service of `http` types (a tower stack shared with other
+/// HTTP clients): `http::Response`s, errors boxed. The breaker classifies its errors as the
+/// reqwest service's.
+fn http_client(
+    client: reqwest::Client,
+) -> impl Service<
+    reqwest::Request,
+    Response = http::Response<reqwest::Body>,
+    Error = BoxError,
+    Future = impl Future<Output = Result<http::Response<reqwest::Body>, BoxError>>,
+> + Clone {
+    tower::service_fn(move |req: reqwest::Request| {
+        let client = client.clone();
+        async move {
+            let res = client.execute(req).await?.error_for_status()?;
+            Ok::<_, BoxError>(http::Response::from(res))
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_reqwest_builder_error_of_an_http_service_is_not_held_against_the_upstream() {
+    let (base, hits) = upstream().await;
+    let client = crate::client::builder().no_proxy().build().unwrap();
+    let (layer, handle) =
+        CircuitBreakerLayer::pair(CircuitBreakerConfig::default().consecutive_failures(1)).unwrap();
+    let mut svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(http_client(client));
+
+    let ftp = format!("ftp://{}/file", base.trim_start_matches("http://"));
+    let call = svc.ready().await.unwrap().call(get(&ftp));
+    let err = timeout(call).await.unwrap().unwrap_err();
+    assert!(err.downcast_ref::<reqwest::Error>().unwrap().is_builder());
+    let snapshot = handle.snapshot();
+    assert_eq!(snapshot.state, CircuitState::Closed);
+    assert_eq!(snapshot.buffered_calls, 0);
+
+    // The answers `error_for_status()` made errors count by their status: a 503 is a failure.
+    let call = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(get(&format!("{base}/down")));
+    let err = timeout(call).await.unwrap().unwrap_err();
+    let status = err.downcast_ref::<reqwest::Error>().unwrap().status();
+    assert_eq!(status, Some(StatusCode::SERVICE_UNAVAILABLE));
+    assert_eq!(handle.state(), CircuitState::Open);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_refusal_beneath_carried_in_a_problem_is_neutral() {
+    let (outer, outer_handle) =
+        CircuitBreakerLayer::pair(CircuitBreakerConfig::default().consecutive_failures(1)).unwrap();
+    let (inner, inner_handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+    // A layer beneath the outer breaker answers problems, as a handler's `?` into one does.
+    let mut svc = ServiceBuilder::new()
+        .layer(outer)
+        .map_err(|err: BoxError| match err.downcast::<CircuitOpen>() {
+            Ok(open) => BoxError::from(tower_webhook::error::Problem::from_error(&*open)),
+            Err(other) => other,
+        })
+        .layer(inner)
+        .service_fn(|_: ()| async { Ok::<_, BoxError>(http::Response::new(())) });
+
+    inner_handle.transition_to_forced_open().unwrap();
+    let err = svc.ready().await.unwrap().call(()).await.unwrap_err();
+    let problem = err
+        .downcast_ref::<tower_webhook::error::Problem>()
+        .expect("a Problem");
+    assert_eq!(
+        problem.problem_type(),
+        tower_webhook::error::types::CIRCUIT_OPEN
+    );
+    assert_eq!(outer_handle.state(), CircuitState::Closed);
+    assert_eq!(outer_handle.snapshot().buffered_calls, 0);
+}

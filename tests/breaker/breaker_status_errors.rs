@@ -117,3 +117,36 @@ async fn a_reqwest_0_12_status_error_is_classified_by_its_status() {
         assert_eq!(handle.state(), state, "{status}");
     }
 }
+
+/// The same through a reqwest client turned into a service of `http::Response`s, its errors
+/// boxed: the breaker classifies them as the reqwest service's.
+#[tokio::test]
+async fn a_reqwest_status_error_of_an_http_service_is_classified_by_its_status() {
+    let base = upstream().await;
+    for (status, state) in [(404, CircuitState::Closed), (503, CircuitState::Open)] {
+        let (layer, handle) =
+            CircuitBreakerLayer::pair(CircuitBreakerConfig::default().consecutive_failures(1))
+                .unwrap();
+        let client = crate::client::builder().no_proxy().build().unwrap();
+        let svc = ServiceBuilder::new()
+            .layer(layer)
+            .service_fn(move |req: reqwest::Request| {
+                let client = client.clone();
+                async move {
+                    let res = client.execute(req).await?.error_for_status()?;
+                    Ok::<_, BoxError>(http::Response::from(res))
+                }
+            });
+        let req = reqwest::Request::new(
+            reqwest::Method::GET,
+            format!("{base}/{status}").parse().unwrap(),
+        );
+        let err = tokio::time::timeout(Duration::from_secs(10), svc.oneshot(req))
+            .await
+            .unwrap()
+            .unwrap_err();
+        let err = err.downcast_ref::<reqwest::Error>().unwrap();
+        assert_eq!(err.status().map(|s| s.as_u16()), Some(status));
+        assert_eq!(handle.state(), state, "{status}");
+    }
+}
