@@ -117,8 +117,9 @@ struct ConnOptions {
     late: Option<LateGuard>,
     /// `None`: wait for a request's head as long as the peer keeps the connection.
     header_read_timeout: Option<Duration>,
-    /// Set once the connection carries a request (a localtunnel pooled connection, which is
-    /// used up normally then, however soon it closes).
+    /// Set once the peer starts a request on the connection, whether hyper takes it or not (a
+    /// localtunnel pooled connection, which is used up normally then, however soon it closes:
+    /// after a request, or after a head hyper refused, as one of over 100 headers).
     served: Option<Arc<AtomicBool>>,
     /// Set for a pooled connection that arrives during the server helper's drain: it waits,
     /// idle, and is not waited for; from its first request on, it counts as a late connection
@@ -128,7 +129,6 @@ struct ConnOptions {
 
 /// What a connection notes when a request arrives on it (see [`ConnOptions`]).
 struct OnRequest {
-    served: Option<Arc<AtomicBool>>,
     late: Option<Arc<LateConnections>>,
     /// Held from the first request on, until the connection, and this with it, is dropped.
     entered: Mutex<Option<LateGuard>>,
@@ -137,16 +137,12 @@ struct OnRequest {
 impl OnRequest {
     fn new(options: &ConnOptions) -> Arc<Self> {
         Arc::new(Self {
-            served: options.served.clone(),
             late: options.late_on_request.clone(),
             entered: Mutex::new(None),
         })
     }
 
     fn request(&self) {
-        if let Some(served) = &self.served {
-            served.store(true, Ordering::Relaxed);
-        }
         if let Some(late) = &self.late {
             lock(&self.entered).get_or_insert_with(|| late.enter());
         }
@@ -668,12 +664,13 @@ impl Upstream {
     /// handed to the service, and is over once the service drops it. A provider that counts the
     /// connections it serves (bore's slots, localtunnel's pool) thus counts it while it is open.
     /// For a scoped copy, it ends when the owner closes.
-    async fn serve_held<I>(&self, io: I, options: ConnOptions)
+    async fn serve_held<I>(&self, io: I, mut options: ConnOptions)
     where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let (held, released) = tokio::sync::oneshot::channel::<()>();
-        let io = Served::new(io, held, self.closed.as_ref());
+        let mut io = Served::new(io, held, self.closed.as_ref());
+        io.request_start = options.served.take().map(RequestStart::new);
         let serve = self.inner.serve.serve(Box::new(io), options);
         self.until_closed(async move {
             serve.await;
@@ -751,8 +748,10 @@ impl Upstream {
 
     /// Serves a pooled connection that waits, idle, for the tunnel server to hand it requests
     /// (localtunnel): as [`serve_connection`](Self::serve_connection), without the header read
-    /// timeout. `served` turns true once the connection carries a request (bytes that are no
-    /// request do not count).
+    /// timeout. `served` turns true once the tunnel server starts a request on the connection
+    /// (its first bytes are a method and a request target; bytes that are no request do not
+    /// count), whether hyper takes it or refuses it: a head of over 100 headers gets 431 and
+    /// the connection is closed at once, but a public client sent it all the same.
     pub(crate) async fn serve_pooled_connection<I>(&self, io: I, served: Arc<AtomicBool>)
     where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -911,6 +910,63 @@ struct Served<T> {
     _held: tokio::sync::oneshot::Sender<()>,
     /// The owner's close, for a scoped upstream.
     closing: Option<Closing>,
+    /// Watches the first bytes read, until they tell (see `ConnOptions::served`).
+    request_start: Option<RequestStart>,
+}
+
+/// Tells, from the first bytes a peer sends, whether they start an HTTP/1 request: a method
+/// (capital letters, `-`, `_`), a space, and a request target. Sets its flag if they do.
+struct RequestStart {
+    seen: [u8; Self::DECIDED_BY],
+    len: usize,
+    started: Arc<AtomicBool>,
+}
+
+impl RequestStart {
+    /// The longest method taken (`M-SEARCH`, `PROPPATCH` and the like are far shorter).
+    const MAX_METHOD: usize = 20;
+    /// Enough bytes to decide: a method, its space, and the target's first byte.
+    const DECIDED_BY: usize = Self::MAX_METHOD + 2;
+
+    fn new(started: Arc<AtomicBool>) -> Self {
+        Self {
+            seen: [0; Self::DECIDED_BY],
+            len: 0,
+            started,
+        }
+    }
+
+    /// Takes the next bytes read; `true` once they have told, either way.
+    fn feed(&mut self, bytes: &[u8]) -> bool {
+        let take = bytes.len().min(Self::DECIDED_BY - self.len);
+        self.seen[self.len..self.len + take].copy_from_slice(&bytes[..take]);
+        self.len += take;
+        match Self::verdict(&self.seen[..self.len]) {
+            Some(started) => {
+                if started {
+                    self.started.store(true, Ordering::Relaxed);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether `prefix` starts a request; `None` while it cannot tell yet.
+    fn verdict(prefix: &[u8]) -> Option<bool> {
+        for (i, &b) in prefix.iter().enumerate() {
+            match b {
+                b'A'..=b'Z' | b'-' | b'_' if i < Self::MAX_METHOD => {}
+                b' ' if i > 0 => {
+                    return prefix
+                        .get(i + 1)
+                        .map(|target| !matches!(target, b' ' | b'\r' | b'\n'));
+                }
+                _ => return Some(false),
+            }
+        }
+        None
+    }
 }
 
 /// The close of a scoped upstream's owner, as a connection served through it sees it.
@@ -939,6 +995,7 @@ impl<T> Served<T> {
                 write: Box::pin(owner_closed(closed.clone())),
                 closed: false,
             }),
+            request_start: None,
         }
     }
 
@@ -971,7 +1028,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for Served<T> {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         self.check(cx, true)?;
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Some(start) = &mut self.request_start
+            && start.feed(&buf.filled()[before..])
+        {
+            self.request_start = None;
+        }
+        read
     }
 }
 
@@ -1384,4 +1448,38 @@ where
         }
     }
     drop(options.late);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RequestStart;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Whether `bytes`, read in pieces of `step` bytes, start a request; and whether that was
+    /// told before their end.
+    fn starts(bytes: &[u8], step: usize) -> (bool, bool) {
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut start = RequestStart::new(Arc::clone(&flag));
+        let told = bytes.chunks(step).any(|piece| start.feed(piece));
+        (flag.load(Ordering::Relaxed), told)
+    }
+
+    #[test]
+    fn a_request_line_is_told_from_other_bytes_however_it_is_split() {
+        for step in [1, 2, 5, 64] {
+            assert_eq!(starts(b"GET /hook HTTP/1.1\r\n", step), (true, true));
+            assert_eq!(starts(b"M-SEARCH * HTTP/1.1\r\n", step), (true, true));
+            assert_eq!(starts(b"GET /\xff HTTP/1.1\r\n", step), (true, true));
+            assert_eq!(starts(b"SSH-2.0-OpenSSH_9.6\r\n", step), (false, true));
+            assert_eq!(starts(b"HTTP/1.1 200 OK\r\n", step), (false, true));
+            assert_eq!(starts(b"\x16\x03\x01\x02\x00", step), (false, true));
+            assert_eq!(starts(b" GET / HTTP/1.1", step), (false, true));
+            assert_eq!(starts(b"GET  / HTTP/1.1", step), (false, true));
+            assert_eq!(starts(&[b'A'; 30], step), (false, true));
+            // Not told yet: a method with nothing after it.
+            assert_eq!(starts(b"POST", step), (false, false));
+            assert_eq!(starts(b"POST ", step), (false, false));
+        }
+    }
 }

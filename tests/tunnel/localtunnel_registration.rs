@@ -208,6 +208,55 @@ async fn a_server_accepting_fewer_connections_than_it_advertises_keeps_the_tunne
     server.abort();
 }
 
+/// Public requests the tunnel's HTTP server refuses without calling the service (over 100
+/// headers: 431; a path that is not UTF-8 would be 400), then closes the pooled connection
+/// they came on, quickly. Those connections were used, not refused by the server: a public
+/// client sending such requests over and over must not make the pool give its slots up, and
+/// the tunnel go down as if the server kept closing new connections.
+#[tokio::test]
+async fn requests_the_tunnel_refuses_do_not_take_its_pool_down() {
+    static ANSWERS: lt_fake::Answers = lt_fake::Answers(std::sync::Mutex::new(Vec::new()));
+    const COUNT: usize = 40;
+    let mut request = String::from("GET /hook HTTP/1.1\r\nhost: busy.localhost\r\n");
+    for i in 0..101 {
+        request.push_str(&format!("x-filler-{i}: {i}\r\n"));
+    }
+    request.push_str("\r\n");
+    let (addr, server) = fake_server(
+        |api_port, pool_port| {
+            serde_json::json!({
+                "id": "busy",
+                "port": pool_port,
+                "max_conn_count": 2,
+                "url": format!("http://busy.localhost:{api_port}"),
+            })
+        },
+        Duration::ZERO,
+        Pool::Forward {
+            request: request.leak(),
+            count: COUNT,
+            answers: &ANSWERS,
+        },
+    )
+    .await;
+    let handle = Tunnel::builder()
+        .probe(false)
+        .provider(LocalTunnel::new().server(format!("http://{addr}")))
+        .start(Upstream::address(([127, 0, 0, 1], 9).into()))
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+    let mut events = handle.events();
+    // Ten quick closes in a row per slot made each give up, in about a second.
+    let event = tokio::time::timeout(Duration::from_secs(5), events.next()).await;
+    assert!(event.is_err(), "the tunnel did not stay up: {event:?}");
+    assert!(handle.status().is_up(), "{:?}", handle.status());
+    handle.close().await;
+    server.abort();
+    let answers = ANSWERS.0.lock().unwrap().clone();
+    assert_eq!(answers.len(), COUNT, "{answers:?}");
+    assert!(answers.iter().all(|a| a == "HTTP/1.1 431"), "{answers:?}");
+}
+
 /// A provider for these tests: its first open gives a loopback tunnel that is lost once `lose` is
 /// notified, its second open panics (a provider's bug), later ones give a loopback tunnel.
 #[derive(Debug)]
