@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ngrok::prelude::{EndpointInfo, TunnelBuilder as _};
+use ngrok::session::{ConnectError, IoStream, default_connect};
+use ngrok::tunnel::AcceptError;
 use tokio::task::JoinSet;
 
 use super::Upstream;
@@ -46,6 +48,7 @@ pub struct Ngrok {
     server_addr: Option<String>,
     domain: Option<String>,
     startup_timeout: Duration,
+    reconnect_within: Duration,
 }
 
 impl fmt::Debug for Ngrok {
@@ -55,6 +58,7 @@ impl fmt::Debug for Ngrok {
             .field("server_addr", &self.server_addr)
             .field("domain", &self.domain)
             .field("startup_timeout", &self.startup_timeout)
+            .field("reconnect_within", &self.reconnect_within)
             .finish()
     }
 }
@@ -86,6 +90,7 @@ impl Ngrok {
             server_addr: None,
             domain: None,
             startup_timeout: Duration::from_secs(15),
+            reconnect_within: Duration::from_secs(30),
         }
     }
 
@@ -202,6 +207,117 @@ impl Ngrok {
         self.startup_timeout = timeout;
         self
     }
+
+    /// How long a lost ngrok session may take to come back (default 30 s). The SDK notices a
+    /// lost session when its heartbeats go unanswered (15 s by default), then connects again
+    /// and re-binds the endpoint, keeping its URL. Connections are tried again here, 250 ms
+    /// apart then twice as long each time, up to 4 s, for this long at most; past it (or
+    /// should the session's re-start, sign-in or re-binding fail once connected), the tunnel
+    /// is reported lost ([`TunnelEvent::Down`](super::TunnelEvent::Down)) and the chain opens
+    /// a tunnel again, with its fallbacks. Without this limit the SDK waits 125 s before its
+    /// third attempt and 104 minutes before its fourth, and the tunnel stayed `Up` all that
+    /// time while its URL answered nothing.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_webhook::tunnel::Ngrok;
+    ///
+    /// let ngrok = Ngrok::new().reconnect_within(Duration::from_secs(10));
+    /// assert!(format!("{ngrok:?}").contains("reconnect_within: 10s"));
+    /// ```
+    pub fn reconnect_within(mut self, limit: Duration) -> Self {
+        self.reconnect_within = limit;
+        self
+    }
+}
+
+/// The first wait between two attempts to connect again to ngrok, doubled after each.
+const RECONNECT_FIRST_WAIT: Duration = Duration::from_millis(250);
+
+/// The longest wait between two attempts to connect again to ngrok.
+const RECONNECT_MAX_WAIT: Duration = Duration::from_secs(4);
+
+/// Connects the ngrok session: the first time as the SDK does; after the session was lost,
+/// trying again for [`Ngrok::reconnect_within`] at most, then cancelling the SDK's own
+/// reconnects, whose waits grow fifty-fold each time, so that the tunnel is reported lost.
+#[derive(Clone)]
+struct Reconnect {
+    within: Duration,
+    /// Why the session was given up, for the tunnel's `Down` reason.
+    gave_up: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl Reconnect {
+    async fn connect(
+        self,
+        host: String,
+        port: u16,
+        tls: Arc<tokio_rustls::rustls::ClientConfig>,
+        lost: Option<AcceptError>,
+    ) -> Result<Box<dyn IoStream>, ConnectError> {
+        let connect = || default_connect(host.clone(), port, Arc::clone(&tls), None);
+        let why = match lost {
+            None => return connect().await,
+            // A connection came back, but the session could not be started, signed in to or
+            // its endpoint bound again on it: more of the same is no use.
+            Some(AcceptError::Reconnect(failed)) => format!(
+                "the ngrok session was lost and could not be re-established: {}",
+                super::error::chain(&*failed)
+            ),
+            Some(lost) => {
+                tracing::warn!(error = %super::error::chain(&lost), "the ngrok session was lost; connecting again");
+                match retry_within(self.within, connect).await {
+                    Ok(io) => return Ok(io),
+                    Err(last) => format!(
+                        "the ngrok session was lost and ngrok could not be reached again within {} s: {last}",
+                        self.within.as_secs_f32()
+                    ),
+                }
+            }
+        };
+        *self.gave_up.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        Err(ConnectError::Canceled)
+    }
+}
+
+/// Calls `attempt` until it succeeds, for `within` at most (an attempt that hangs is cut off
+/// then), waiting [`RECONNECT_FIRST_WAIT`] after the first failure and twice as long after each
+/// next one, up to [`RECONNECT_MAX_WAIT`]. The last error's text once the time is up.
+async fn retry_within<T, E, F, Fut>(within: Duration, mut attempt: F) -> Result<T, String>
+where
+    E: std::error::Error + 'static,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let started = tokio::time::Instant::now();
+    let deadline = super::time::bounded(within).map(|within| started + within);
+    let mut wait = RECONNECT_FIRST_WAIT;
+    let mut failed = None;
+    loop {
+        let outcome = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, attempt()).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    let hung = "an attempt got no answer";
+                    return Err(failed.map_or(hung.to_owned(), |f| format!("{f}; then {hung}")));
+                }
+            },
+            None => attempt().await,
+        };
+        let err = match outcome {
+            Ok(done) => return Ok(done),
+            Err(err) => super::error::chain(&err),
+        };
+        failed = Some(err.clone());
+        tracing::debug!(error = %err, "connecting to ngrok again failed");
+        if deadline.is_some_and(|deadline| tokio::time::Instant::now() + wait >= deadline) {
+            return Err(err);
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(RECONNECT_MAX_WAIT);
+    }
 }
 
 /// The part of the startup timeout kept for the round-trip probe, as a divisor: connecting to
@@ -266,6 +382,11 @@ impl Provider for Ngrok {
             let shown = Arc::clone(&token);
             let server_addr = self.server_addr.clone();
             let domain = self.domain.clone();
+            let reconnect = Reconnect {
+                within: self.reconnect_within,
+                gave_up: Arc::default(),
+            };
+            let gave_up = Arc::clone(&reconnect.gave_up);
             // ngrok's TLS asks rustls for the process-wide crypto provider. With `ring` (this
             // crate's, and ngrok's as this crate builds it) and another provider in the build
             // (an application's reqwest brings `aws-lc-rs`), rustls cannot pick one by itself:
@@ -281,6 +402,14 @@ impl Provider for Ngrok {
             let mut connect = AbortOnDrop(tokio::spawn(async move {
                 let mut builder = ngrok::Session::builder();
                 builder.authtoken(token.expose());
+                builder.connector(
+                    move |host: String,
+                          port: u16,
+                          tls: Arc<tokio_rustls::rustls::ClientConfig>,
+                          lost: Option<AcceptError>| {
+                        reconnect.clone().connect(host, port, tls, lost)
+                    },
+                );
                 if let Some(addr) = server_addr {
                     builder.server_addr(addr)?;
                 }
@@ -334,7 +463,13 @@ impl Provider for Ngrok {
                                 }
                                 None => drop(conn),
                             },
-                            Some(Err(err)) => break Err(explain(super::error::chain(&err), shown.expose()).into()),
+                            Some(Err(err)) => {
+                                // Given up on a lost session: why, rather than the SDK's
+                                // "the connect function gave up".
+                                let why = gave_up.lock().unwrap_or_else(|e| e.into_inner()).take();
+                                let why = why.unwrap_or_else(|| super::error::chain(&err));
+                                break Err(explain(why, shown.expose()).into());
+                            }
                             None => break Err("the ngrok endpoint was closed".into()),
                         },
                         Some(_) = connections.join_next() => {}
@@ -363,7 +498,150 @@ impl Provider for Ngrok {
 
 #[cfg(test)]
 mod tests {
-    use super::explain;
+    use super::{Reconnect, explain, retry_within};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    fn refused() -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused")
+    }
+
+    /// An outage shorter than the limit: the attempts go on, further and further apart, until
+    /// one succeeds.
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_session_is_connected_again_within_the_limit() {
+        let calls = AtomicUsize::new(0);
+        let started = Instant::now();
+        let done = retry_within(Duration::from_secs(30), || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move { if n < 4 { Err(refused()) } else { Ok(n) } }
+        })
+        .await;
+        assert_eq!(done, Ok(4));
+        // Waits of 250, 500, 1000 and 2000 ms.
+        assert_eq!(started.elapsed(), Duration::from_millis(3750));
+    }
+
+    /// An outage longer than the limit: the last error once the limit is reached, the waits
+    /// capped at 4 s.
+    #[tokio::test(start_paused = true)]
+    async fn a_session_lost_for_longer_than_the_limit_is_given_up() {
+        let calls = AtomicUsize::new(0);
+        let started = Instant::now();
+        let given_up = retry_within(Duration::from_secs(30), || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err::<(), _>(refused()) }
+        })
+        .await;
+        assert_eq!(given_up, Err("connection refused".to_owned()));
+        let elapsed = started.elapsed();
+        assert!(elapsed <= Duration::from_secs(30), "{elapsed:?}");
+        assert!(elapsed > Duration::from_secs(26), "{elapsed:?}");
+        // 0, .25, .75, 1.75, 3.75, then every 4 s to 27.75.
+        assert_eq!(calls.load(Ordering::SeqCst), 11);
+    }
+
+    /// An attempt that hangs (packets to ngrok dropped) is cut off at the limit.
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_that_hangs_is_cut_off_at_the_limit() {
+        let calls = AtomicUsize::new(0);
+        let started = Instant::now();
+        let given_up = retry_within(Duration::from_secs(10), || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    return Err(refused());
+                }
+                std::future::pending::<Result<(), std::io::Error>>().await
+            }
+        })
+        .await;
+        assert_eq!(
+            given_up,
+            Err("connection refused; then an attempt got no answer".to_owned())
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+    }
+
+    /// A lost session whose ingress refuses connections (a loopback port nothing listens on)
+    /// is given up once the limit is reached, through the SDK's own connect.
+    #[tokio::test]
+    async fn a_lost_session_whose_ingress_refuses_is_given_up() {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let reconnect = Reconnect {
+            within: Duration::from_secs(1),
+            gave_up: Arc::default(),
+        };
+        let lost = ngrok::tunnel::AcceptError::ListenerClosed {
+            message: "heartbeat timed out".into(),
+            error_code: None,
+        };
+        let started = Instant::now();
+        let outcome = reconnect
+            .clone()
+            .connect("127.0.0.1".into(), port, tls(), Some(lost))
+            .await;
+        assert!(matches!(
+            outcome,
+            Err(ngrok::session::ConnectError::Canceled)
+        ));
+        let elapsed = started.elapsed();
+        assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+        let why = reconnect.gave_up.lock().unwrap().clone().unwrap();
+        assert!(
+            why.contains("could not be reached again within 1 s")
+                && why.contains("failed to establish tcp connection"),
+            "{why}"
+        );
+    }
+
+    fn tls() -> Arc<tokio_rustls::rustls::ClientConfig> {
+        Arc::new(
+            tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(
+                tokio_rustls::rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(tokio_rustls::rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+        )
+    }
+
+    /// A session that came back but could not be re-established (its endpoint could not be
+    /// bound again, say) is given up at once, with the reason kept for the tunnel's `Down`.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_re_establishment_cancels_the_reconnects() {
+        let reconnect = Reconnect {
+            within: Duration::from_secs(30),
+            gave_up: Arc::default(),
+        };
+        let failed = Arc::new(ngrok::session::ConnectError::Tcp(refused()));
+        let started = Instant::now();
+        let outcome = reconnect
+            .clone()
+            .connect(
+                "127.0.0.1".into(),
+                9,
+                tls(),
+                Some(ngrok::tunnel::AcceptError::Reconnect(failed)),
+            )
+            .await;
+        assert!(matches!(
+            outcome,
+            Err(ngrok::session::ConnectError::Canceled)
+        ));
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        let why = reconnect.gave_up.lock().unwrap().clone().unwrap();
+        assert!(
+            why.contains("could not be re-established") && why.contains("connection refused"),
+            "{why}"
+        );
+    }
 
     #[test]
     fn a_token_quoted_by_the_service_is_hidden() {
