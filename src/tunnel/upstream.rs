@@ -24,6 +24,11 @@ use tower_service::Service;
 use super::accept::Acceptor;
 use crate::BoxError;
 
+/// How long connecting to an address upstream's local server may take: one whose address drops
+/// connection attempts (a host that is down, a firewall) is given up then, rather than after
+/// the kernel's own limit (about two minutes on Linux).
+const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long a connection served by an [`Upstream`] may take to send the head of a request
 /// (request line and headers), by default. See [`Upstream::header_read_timeout`].
 ///
@@ -436,6 +441,10 @@ impl From<SocketAddr> for Upstream {
 impl Upstream {
     /// Forwards every request to the HTTP server at `addr`.
     ///
+    /// A request the server cannot be reached for gets `502 Bad Gateway`, and a TCP connection
+    /// piped to it is closed; connecting may take 10 s at most (an address that drops
+    /// connection attempts, as a host that is down or a firewall does, is given up then).
+    ///
     /// # Example
     ///
     /// ```
@@ -449,6 +458,7 @@ impl Upstream {
         let client = Client::builder(TokioExecutor::new()).build({
             let mut connector = HttpConnector::new();
             connector.set_nodelay(true);
+            connector.set_connect_timeout(Some(LOCAL_CONNECT_TIMEOUT));
             connector
         });
         Self::from_parts(Some(addr), Arc::new(Forward { addr, client }))
@@ -1095,7 +1105,19 @@ where
     // Connect to the local server while the first bytes arrive. (No TCP_NODELAY on this hop:
     // measured slower with it for one request per connection.) When the local server speaks
     // first (SMTP, SSH, ...), the connection is no probe: forward it at once.
-    let connect = tokio::net::TcpStream::connect(addr);
+    let connect = async move {
+        tokio::time::timeout(LOCAL_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+            .await
+            .unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "connecting to the local server at {addr} took over {} s",
+                        LOCAL_CONNECT_TIMEOUT.as_secs()
+                    ),
+                ))
+            })
+    };
     tokio::pin!(connect);
     // Until either side sends a byte, the connection gets the header read timeout: a public
     // client that says nothing to a local server that says nothing (and has no idle timeout of

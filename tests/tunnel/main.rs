@@ -17,6 +17,8 @@ mod lt_fake;
 mod lt_scripted;
 #[path = "../tunnel/support.rs"]
 mod support;
+#[path = "../common/unopened.rs"]
+mod unopened;
 
 mod bore_reopen;
 mod bore_shared_server_url;

@@ -444,3 +444,45 @@ async fn a_password_in_a_localtunnel_server_url_is_never_shown() {
     .unwrap();
     assert!(!format!("{config:?}").contains("hunter2"), "{config:?}");
 }
+
+/// A local server whose address drops connection attempts (a host that is down, a firewall)
+/// is given up after `LOCAL_CONNECT_TIMEOUT` (10 s), not after the kernel's own limit (two
+/// minutes on Linux): a forwarded request gets its 502 then, and a piped connection is closed.
+#[tokio::test]
+async fn a_local_server_that_drops_connection_attempts_is_given_up_after_10_s() {
+    let (addr, _listener, _held) = crate::unopened::unopened_address().await;
+    let upstream = Upstream::address(addr);
+
+    let forwarded = {
+        let upstream = upstream.clone();
+        async move {
+            let (mut public, tunnel_side) = tokio::io::duplex(4096);
+            tokio::spawn(async move { upstream.serve_connection(tunnel_side).await });
+            public
+                .write_all(b"POST /hook HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}")
+                .await
+                .unwrap();
+            let mut head = [0u8; 12];
+            public.read_exact(&mut head).await.unwrap();
+            head
+        }
+    };
+    let piped = async move {
+        let (mut public, tunnel_side) = tokio::io::duplex(4096);
+        tokio::spawn(async move { upstream.serve_tcp_connection(tunnel_side).await });
+        public.write_all(b"EHLO client\r\n").await.unwrap();
+        let mut rest = Vec::new();
+        let _ = public.read_to_end(&mut rest).await;
+        rest
+    };
+    let started = std::time::Instant::now();
+    let (head, rest) = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(forwarded, piped)
+    })
+    .await
+    .expect("both ended within 20 s");
+    let elapsed = started.elapsed();
+    assert_eq!(&head, b"HTTP/1.1 502");
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(elapsed >= Duration::from_secs(9), "{elapsed:?}");
+}
