@@ -1588,7 +1588,7 @@ pub(crate) fn build_with_clock(settings: &Settings, clock: Clock) -> Result<App,
         Apis {
             callers,
             tokens,
-            holds: std::sync::Mutex::default(),
+            holds: Holds::default(),
             github_comment_interval: settings.github_comment_interval,
             next_turn: std::sync::Mutex::default(),
         },
@@ -2914,8 +2914,8 @@ async fn run_job(
     let spaced = job.forge == Forge::GitHub
         && !apis.github_comment_interval.is_zero()
         && apis.callers.contains_key(&Forge::GitHub);
-    // When the last attempt was sent.
-    let mut sent = tokio::time::Instant::now();
+    // When the last attempt (a token request, a comment) was sent.
+    let mut sent: tokio::time::Instant;
     'run: loop {
         // Held back by a wait the provider asked of another comment: not an attempt.
         if let Some(left) = hold.left() {
@@ -2933,7 +2933,9 @@ async fn run_job(
         }
         let outcome = 'attempt: {
             // An installation token is had before a slot is taken: comments waiting for a token
-            // GitHub is slow to hand out hold no slot of the comments that have theirs.
+            // GitHub is slow to hand out hold no slot of the comments that have theirs. Its
+            // request is an attempt too: a secondary rate limit it meets is a new one.
+            sent = tokio::time::Instant::now();
             let token = match installation_token(&apis, &state, job).await {
                 Err(outcome) => break 'attempt outcome,
                 Ok(token) => token,
@@ -2957,6 +2959,7 @@ async fn run_job(
             // Asked again after a long wait for a slot and a turn, which the token may not
             // have outlived (the tokens' cache answers at once while one is good).
             let token = if token.is_some() && asked.elapsed() >= TOKEN_ASKED_AGAIN_AFTER {
+                sent = tokio::time::Instant::now();
                 match installation_token(&apis, &state, job).await {
                     Err(outcome) => break 'attempt outcome,
                     Ok(token) => token,
@@ -3200,9 +3203,8 @@ struct Apis {
     /// With `GITHUB_APP_*`: the tokens GitHub comments are posted with, for deliveries that came
     /// through an installation of the app.
     tokens: Option<Arc<InstallationTokens>>,
-    /// What the comment jobs sent with one credential wait for: per provider, and for GitHub
-    /// per installation of the app (`None`: the provider's token).
-    holds: std::sync::Mutex<BTreeMap<Credential, Arc<Hold>>>,
+    /// What the comment jobs sent with one credential wait for.
+    holds: Holds,
     /// `GITHUB_COMMENT_INTERVAL_MS`.
     github_comment_interval: Duration,
     /// The earliest the next GitHub comment may be sent (one client: the app's or the token's
@@ -3213,8 +3215,7 @@ struct Apis {
 impl Apis {
     /// The hold of the comments of `forge` sent with `installation`'s token (or the provider's).
     fn hold(&self, forge: Forge, installation: Option<u64>) -> Arc<Hold> {
-        let mut holds = self.holds.lock().unwrap_or_else(|e| e.into_inner());
-        Arc::clone(holds.entry((forge, installation)).or_default())
+        self.holds.get((forge, installation))
     }
 
     /// Takes the next turn to send a GitHub comment, `interval` after the one before: when it
@@ -3231,6 +3232,34 @@ impl Apis {
 /// A provider, and for GitHub the installation of the app whose token a comment is sent with
 /// (`None`: the provider's own token).
 type Credential = (Forge, Option<u64>);
+
+/// The hold of each credential comments are sent with: per provider, and for GitHub per
+/// installation of the app. Once there are many (an app installed on thousands of accounts),
+/// those no job holds and whose wait has lapsed are dropped as new ones come, so that the map
+/// does not keep every installation ever seen.
+#[derive(Default)]
+struct Holds(std::sync::Mutex<BTreeMap<Credential, Arc<Hold>>>);
+
+impl Holds {
+    /// How many holds are kept before the unused ones are dropped.
+    const KEPT: usize = 1024;
+
+    fn get(&self, credential: Credential) -> Arc<Hold> {
+        let mut holds = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if holds.len() >= Self::KEPT && !holds.contains_key(&credential) {
+            // A hold no job has (the map's is the only reference) and that holds nothing back
+            // says nothing a new one would not. (Its count of secondary limits goes with it: no
+            // job is meeting them.)
+            holds.retain(|_, hold| Arc::strong_count(hold) > 1 || hold.left().is_some());
+        }
+        Arc::clone(holds.entry(credential).or_default())
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
 
 /// What the comment jobs sent with one credential wait for. A wait the provider asked of one
 /// job (a rate limit, a 503 with `Retry-After`, an open breaker's time left) holds back all of
@@ -4024,4 +4053,42 @@ pub(crate) fn sample_github_delivery(secret: &str) -> (String, String) {
     mac.update(body.as_bytes());
     let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
     (body, signature)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Forge, Holds};
+    use std::time::Duration;
+
+    /// An app installed on many accounts: the holds of installations with no comment in flight
+    /// and no wait left are dropped once there are `Holds::KEPT` of them; those a job has, or
+    /// that still hold comments back, are kept.
+    #[tokio::test(start_paused = true)]
+    async fn holds_of_installations_done_with_are_dropped() {
+        let holds = Holds::default();
+        let in_flight = holds.get((Forge::GitHub, Some(1)));
+        holds
+            .get((Forge::GitHub, Some(2)))
+            .extend(Duration::from_secs(60));
+        for installation in 3..=Holds::KEPT as u64 {
+            holds.get((Forge::GitHub, Some(installation)));
+        }
+        assert_eq!(holds.len(), Holds::KEPT);
+        holds.get((Forge::GitLab, None));
+        // The two in use, and the new one.
+        assert_eq!(holds.len(), 3);
+        assert!(std::sync::Arc::ptr_eq(
+            &in_flight,
+            &holds.get((Forge::GitHub, Some(1)))
+        ));
+        assert!(holds.get((Forge::GitHub, Some(2))).left().is_some());
+        // Its wait over, the second goes at the next sweep.
+        tokio::time::advance(Duration::from_secs(61)).await;
+        for installation in 10_000..10_000 + Holds::KEPT as u64 {
+            holds.get((Forge::GitHub, Some(installation)));
+        }
+        assert!(holds.len() <= Holds::KEPT, "{}", holds.len());
+        assert!(holds.get((Forge::GitHub, Some(2))).left().is_none());
+        drop(in_flight);
+    }
 }

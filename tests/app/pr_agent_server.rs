@@ -2904,6 +2904,8 @@ struct FakeGithubApp {
     clock_ahead: std::sync::atomic::AtomicI64,
     /// App tokens refused for being expired on GitHub's clock.
     expired_tokens: AtomicUsize,
+    /// When the token requests of installation 429, always over a secondary rate limit, came.
+    secondary_limited: Mutex<Vec<tokio::time::Instant>>,
 }
 
 impl FakeGithubApp {
@@ -2997,6 +2999,11 @@ async fn fake_github_app_answer(gh: Arc<FakeGithubApp>, req: Request) -> Respons
         }
         if installation == 404 {
             return (StatusCode::NOT_FOUND, r#"{"message":"Not Found"}"#).into_response();
+        }
+        if installation == 429 {
+            let now = tokio::time::Instant::now();
+            gh.secondary_limited.lock().unwrap().push(now);
+            return secondary_limit();
         }
         if installation == 413 {
             // Whatever answers there sends more than a token answer could be.
@@ -3234,6 +3241,26 @@ async fn a_token_answer_too_large_is_not_read_whole() {
             .contains("GitHub's token answer could not be read: it is larger than 1024 KiB")
     })
     .await;
+    assert!(gh.comment_authorization(1).is_none());
+}
+
+/// A token request that keeps meeting a secondary rate limit is waited out a minute, then two,
+/// then four, as a comment that does: the limit met by each request is a new one. The time the
+/// request was sent was that of the job's last comment attempt (or its start), before the last
+/// limit was met, so every such limit counted as the one already met: a minute each time.
+#[tokio::test(start_paused = true)]
+async fn a_token_request_over_a_persisting_secondary_rate_limit_waits_longer_each_time() {
+    let Some(python) = peers::python() else {
+        return;
+    };
+    let (_, gh, base, state) = start_as_github_app(&python, &[("COMMENT_MAX_ATTEMPTS", "4")]).await;
+    let res = send(&crate::client::new(), &base, &github_delivery(Some(429), 1)).await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    assert_eq!(state.drain_comments(Duration::from_secs(3600)).await, 0);
+    assert_eq!(state.counters.comments_failed.load(Ordering::SeqCst), 1);
+    let asked = gh.secondary_limited.lock().unwrap().clone();
+    let waits: Vec<u64> = asked.windows(2).map(|w| (w[1] - w[0]).as_secs()).collect();
+    assert_eq!(waits, [60, 120, 240], "{waits:?}");
     assert!(gh.comment_authorization(1).is_none());
 }
 
