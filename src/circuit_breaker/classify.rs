@@ -113,10 +113,6 @@ where
 /// | `Err` that is a [`CircuitOpen`](super::CircuitOpen) of another breaker, or a `Problem` made of one (type [`CIRCUIT_OPEN`](crate::error::types::CIRCUIT_OPEN)), boxed, anywhere in its source chain | neutral: the call was not made |
 /// | `Err` that is a reqwest builder error (`is_builder()`: a URL scheme reqwest does not send), as is or boxed, anywhere in its source chain | neutral: the request was not sent |
 /// | `Err` that is a reqwest status error (`error_for_status()`), as is or boxed, anywhere in its source chain | as its HTTP status, like the response it was |
-///
-/// Errors are read the same whatever the response type: the error of a service of
-/// `http::Response`s wrapping a reqwest client is classified as the reqwest service's.
-/// Where several links of the chain say something, the outermost one decides.
 /// | HTTP 5xx | failure |
 /// | HTTP 408, 429 | success, or failure if configured |
 /// | other HTTP statuses | success |
@@ -124,6 +120,10 @@ where
 /// | gRPC `ResourceExhausted` | like HTTP 429 |
 /// | gRPC `Cancelled` | neutral |
 /// | other gRPC codes | success |
+///
+/// Errors are read the same whatever the response type: the error of a service of
+/// `http::Response`s wrapping a reqwest client is classified as the reqwest service's.
+/// Where several links of an error's source chain say something, the outermost one decides.
 ///
 /// gRPC responses (`content-type: application/grpc*`) are classified from `grpc-status` in
 /// the headers (trailers-only responses) or, when it is not there, from the trailers at the end

@@ -840,9 +840,10 @@ async fn slot(
             .serve_pooled_connection(stream, Arc::clone(&used))
             .await;
         drop(serving);
-        // A connection the server sent anything on was used up normally (it forwarded a public
-        // request with `Connection: close`, or one the tunnel refused and closed the connection
-        // after: more than 100 headers, a path that is not UTF-8), however short it lived.
+        // A connection the server started a request on was used up normally (it forwarded a
+        // public request with `Connection: close`, or one the tunnel refused and closed the
+        // connection after: more than 100 headers, a path that is not UTF-8), however short it
+        // lived.
         if !used.load(Ordering::Relaxed) && opened.elapsed() < CLOSED_AT_ONCE {
             // Closed at once and unused: the server may have dropped this client; do not spin.
             failures += 1;
