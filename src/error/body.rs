@@ -247,7 +247,18 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        let hint = self.body.size_hint();
+        match self.grpc {
+            // A gRPC-web stream's failure ends it with a trailer frame the inner body does not
+            // count: a length declared from its exact size (as hyper does without a
+            // `Content-Length`) would cut that frame short, and end the stream as if complete.
+            Some(Grpc::Web | Grpc::WebText) if hint.exact().is_some() => {
+                let mut open = SizeHint::new();
+                open.set_lower(hint.lower());
+                open
+            }
+            _ => hint,
+        }
     }
 }
 

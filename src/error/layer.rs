@@ -575,9 +575,13 @@ impl Grpc {
     /// `Content-Length` (a proxy passing an upstream's on), which leaves no room for an ending
     /// the body did not count. Anything else (a router's `404` page, a proxy's `503`) is cut
     /// short like any HTTP answer: a trailer frame would corrupt it and end it as if complete.
-    fn streamed_by<B>(self, response: &Response<B>) -> Option<Self> {
+    /// So is native gRPC over HTTP/1.x (`http1`), where trailers are dropped unless the client
+    /// asked for them and the head announced them: the last chunk would then end the stream as
+    /// if complete.
+    fn streamed_by<B>(self, response: &Response<B>, http1: bool) -> Option<Self> {
         let headers = response.headers();
         let grpc = response.status() == StatusCode::OK
+            && !(http1 && self == Self::Native)
             && headers.get(header::CONTENT_TYPE).and_then(Self::of) == Some(self)
             && !headers.contains_key("grpc-status")
             && !headers.contains_key(header::CONTENT_LENGTH);
@@ -996,7 +1000,7 @@ fn on_response<B, R: RenderProblem>(
     // Only a gRPC request's answer can be a gRPC stream; an HTTP request's costs nothing more.
     let grpc = match info.grpc {
         None => None,
-        Some(grpc) => grpc.streamed_by(&response),
+        Some(grpc) => grpc.streamed_by(&response, info.http1),
     };
     if response.extensions().is_empty() {
         return response.map(|body| ResponseBody::inner(body, grpc));

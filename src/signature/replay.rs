@@ -503,7 +503,12 @@ pub enum OnReplay {
 /// An id takes about 90 to 126 bytes, however long it is: the store keeps a 64-bit fingerprint
 /// of the key (SipHash, keyed per store), its expiry, and its place in the order of eviction,
 /// named by a 64-bit identity. At the default capacity that is 9.4 to 12.6 MB; memory grows
-/// with the ids held, up to that.
+/// with the ids held, up to that. The queues that order eviction (one of handled ids, one of
+/// claims, each with a heap of the expiries recorded out of order) may hold up to twice the
+/// capacity in 24-byte records before they are compacted, and keep their room after: a handler
+/// that runs long while many others are handled (its claim holds its queue's front), or ids
+/// recorded with TTLs shorter than those before them, add about 6 MB a queue or heap at the
+/// default capacity, 25 MB at worst.
 ///
 /// # Example
 ///
@@ -1331,7 +1336,13 @@ mod redis_store {
         /// seconds; set [`set_max_delay`](redis::aio::ConnectionManagerConfig::set_max_delay) for
         /// the same here. The manager's own response timeout (redis' default: 500 ms) answers
         /// before the store's [`timeout`](Self::timeout) when it is shorter. Unlike `connect`,
-        /// the store does not replace a connection that stops answering.
+        /// the store does not replace a connection that stops answering. With
+        /// [`RecordDelivery::AfterVerification`](super::RecordDelivery::AfterVerification), a
+        /// delivery id whose `SET` the manager's own timeout gave up on may still be recorded
+        /// by Redis later, and stays so until it expires: the store undoes that only after its
+        /// own timeout, whose late answer it can wait for. (Claims, with the default
+        /// `AfterSuccess`, are released either way.) Set the manager's response timeout longer
+        /// than the store's, or to none, to keep that.
         ///
         /// # Example
         ///

@@ -15,6 +15,8 @@ pub(crate) struct Failing {
     first: Option<Bytes>,
     waited: bool,
     then: Option<Then>,
+    /// The exact size it says it has, if any (as a proxied upstream body of a known length).
+    exact: Option<u64>,
 }
 
 enum Then {
@@ -38,7 +40,14 @@ impl Failing {
             first: Some(first.into()),
             waited: false,
             then: Some(then),
+            exact: None,
         }
+    }
+
+    /// Says it has exactly `size` bytes.
+    pub(crate) fn of_exact_size(mut self, size: u64) -> Self {
+        self.exact = Some(size);
+        self
     }
 }
 
@@ -62,5 +71,12 @@ impl http_body::Body for Failing {
             Some(Then::Panic(message)) => panic!("{message}"),
             None => Poll::Ready(None),
         }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.exact.map_or_else(
+            http_body::SizeHint::default,
+            http_body::SizeHint::with_exact,
+        )
     }
 }

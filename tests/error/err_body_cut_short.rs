@@ -85,6 +85,11 @@ async fn answer(
     let mut req = Request::post("/test.Echo/Say");
     if let Some(request_type) = request_type {
         req = req.header("content-type", request_type);
+        // Native gRPC over HTTP/2, whose trailers end the call (over HTTP/1.x they would be
+        // dropped, and the stream is cut short).
+        if !request_type.starts_with("application/grpc-web") {
+            req = req.version(http::Version::HTTP_2);
+        }
     }
     svc.oneshot(req.body(Full::default()).unwrap())
         .await
@@ -282,25 +287,80 @@ async fn grpc_web_call_answered_with(
     headers: &'static [(&'static str, &'static str)],
     first: &'static str,
 ) -> String {
+    http1_call_answered_with("application/grpc-web+proto", headers, move || {
+        Failing::error(first, "upstream lost")
+    })
+    .await
+}
+
+/// What a gRPC call of `request_type` over a real HTTP/1.1 connection receives when it is
+/// answered with `headers` and the body `body` makes.
+async fn http1_call_answered_with(
+    request_type: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+    body: impl Fn() -> Failing + Clone + Send + 'static,
+) -> String {
     let app = ServiceBuilder::new()
         .layer(WebhookErrorLayer::new())
-        .service_fn(move |_req: Request<hyper::body::Incoming>| async move {
-            let mut res = Response::new(Failing::error(first, "upstream lost"));
-            for (name, value) in headers {
-                res.headers_mut()
-                    .insert(*name, HeaderValue::from_static(value));
+        .service_fn(move |_req: Request<hyper::body::Incoming>| {
+            let body = body.clone();
+            async move {
+                let mut res = Response::new(body());
+                for (name, value) in headers {
+                    res.headers_mut()
+                        .insert(*name, HeaderValue::from_static(value));
+                }
+                Ok::<_, Infallible>(res)
             }
-            Ok::<_, Infallible>(res)
         });
     let addr = serve_one(Http::One, app).await;
-    let received = exchange(
-        addr,
-        b"POST /test.Echo/Say HTTP/1.1\r\nhost: test\r\n\
-          content-type: application/grpc-web+proto\r\ncontent-length: 0\r\n\
-          connection: close\r\n\r\n",
+    let request = format!(
+        "POST /test.Echo/Say HTTP/1.1\r\nhost: test\r\ncontent-type: {request_type}\r\n\
+         content-length: 0\r\nconnection: close\r\n\r\n"
+    );
+    let received = exchange(addr, request.as_bytes()).await;
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+/// Native gRPC over HTTP/1.1 (a client or proxy that speaks it so): hyper drops trailers there
+/// unless the client asked for them, so a stream that fails is cut short (no last chunk), never
+/// ended by the last chunk alone, which reads as a complete response with no status.
+#[tokio::test]
+async fn http1_a_native_grpc_stream_that_fails_is_cut_short() {
+    let (_logs, _guard) = Logs::capture();
+    let received = http1_call_answered_with(
+        "application/grpc",
+        &[("content-type", "application/grpc")],
+        || Failing::error("\0\0\0\0\x05first", "upstream lost"),
     )
     .await;
-    String::from_utf8_lossy(&received).into_owned()
+    assert!(received.starts_with("HTTP/1.1 200 OK\r\n"), "{received}");
+    assert!(received.contains("first"), "{received}");
+    assert!(!received.ends_with("0\r\n\r\n"), "{received}");
+}
+
+/// A gRPC-web answer whose body says its exact length (a proxied upstream body) with no
+/// `Content-Length` header: hyper would declare that length itself, and the trailer frame
+/// ending a failed stream would be cut to it, reading as a complete response. The stream is
+/// sent without a declared length instead, and ends with its whole trailer frame.
+#[tokio::test]
+async fn http1_a_grpc_web_stream_of_an_exact_size_ends_with_its_whole_trailer_frame() {
+    let (_logs, _guard) = Logs::capture();
+    let received = http1_call_answered_with(
+        "application/grpc-web+proto",
+        &[("content-type", "application/grpc-web+proto")],
+        || Failing::error("\0\0\0\0\x05first", "upstream lost").of_exact_size(12),
+    )
+    .await;
+    assert!(received.starts_with("HTTP/1.1 200 OK\r\n"), "{received}");
+    let head = received
+        .split("\r\n\r\n")
+        .next()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(!head.contains("content-length"), "{received}");
+    assert!(received.contains("grpc-status:13"), "{received}");
+    assert!(received.ends_with("0\r\n\r\n"), "{received}");
 }
 
 /// Over a real HTTP/1.1 connection: a gRPC-web request whose answer is an HTML page that fails
