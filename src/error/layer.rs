@@ -1251,13 +1251,13 @@ fn challenge_passed_through(headers: &mut http::HeaderMap, challenge: &str) {
         return;
     }
     // Without spaces at its ends, as a problem's challenge is sent: HTTP/2 forbids them.
-    match HeaderValue::from_str(challenge.trim_matches([' ', '\t'])) {
-        Ok(value) => {
+    match super::problem::challenge_value(challenge.trim_matches([' ', '\t'])) {
+        Some(value) => {
             headers.insert(header::WWW_AUTHENTICATE, value);
         }
-        Err(_) => tracing::warn!(
+        None => tracing::warn!(
             status = StatusCode::UNAUTHORIZED.as_u16(),
-            "the layer's challenge is not a valid header value; WWW-Authenticate left out"
+            "the layer's challenge is empty or not a valid header value; WWW-Authenticate left out"
         ),
     }
 }

@@ -717,8 +717,9 @@ impl Problem {
 
     /// Sets the `WWW-Authenticate` challenge sent with the HTTP response (a 401 must carry one,
     /// RFC 9110, section 15.5.2). Spaces and tabs at its ends are left out. A value that is
-    /// not a valid header value (a line break or another control character in it) is not sent,
-    /// and a warning is logged.
+    /// empty then, or not a valid header value (a line break or another control character in
+    /// it), is not sent, and a warning is logged: `WebhookErrorLayer` sends its own challenge
+    /// in its place, if it has one.
     ///
     /// # Example
     ///
@@ -1254,11 +1255,11 @@ impl Problem {
                 .or_insert_with(|| retry_after_value(after));
         }
         if let Some(challenge) = self.challenge.as_deref() {
-            match HeaderValue::from_str(challenge) {
-                Ok(value) => {
+            match challenge_value(challenge) {
+                Some(value) => {
                     headers.entry(header::WWW_AUTHENTICATE).or_insert(value);
                 }
-                Err(_) => self.warn_bad_challenge(),
+                None => self.warn_bad_challenge(),
             }
         }
     }
@@ -1270,7 +1271,7 @@ impl Problem {
         if self
             .challenge
             .as_deref()
-            .is_some_and(|challenge| HeaderValue::from_str(challenge).is_err())
+            .is_some_and(|challenge| challenge_value(challenge).is_none())
         {
             self.warn_bad_challenge();
             self.challenge = None;
@@ -1278,15 +1279,24 @@ impl Problem {
         self
     }
 
-    /// A line break or another control character: it cannot be a header, and the mistake is
-    /// the server's own.
+    /// Empty, or a line break or another control character: it cannot be a challenge, and the
+    /// mistake is the server's own.
     fn warn_bad_challenge(&self) {
         tracing::warn!(
             status = self.status.as_u16(),
             problem_type = &*self.problem_type,
-            "the problem's challenge is not a valid header value; WWW-Authenticate left out"
+            "the problem's challenge is empty or not a valid header value; WWW-Authenticate left out"
         );
     }
+}
+
+/// `challenge` as a `WWW-Authenticate` value, if it can be one: not empty (a 401 must carry at
+/// least one challenge, RFC 9110, section 15.5.2), and a valid header value.
+pub(crate) fn challenge_value(challenge: &str) -> Option<HeaderValue> {
+    if challenge.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(challenge).ok()
 }
 
 /// `grpc-retry-pushback-ms`: whole milliseconds, rounded up. gRPC clients read it as a 32-bit

@@ -275,3 +275,51 @@ async fn a_tracing_layer_outside_the_error_layer_spans_its_log_lines() {
         );
     }
 }
+
+/// A challenge of only spaces (a realm read from an empty setting) is no challenge: a 401 must
+/// carry at least one (RFC 9110, section 15.5.2), and an empty `WWW-Authenticate` carries none.
+/// A problem's is left out and the layer's takes its place; a layer's own empty one adds
+/// nothing to a 401 that has none. Both are logged.
+#[tokio::test]
+async fn an_empty_challenge_is_left_out_and_the_layers_takes_its_place() {
+    let (logs, _guard) = Logs::capture();
+    let handler = |req: axum::extract::Request| async move {
+        match req.uri().path() {
+            "/problem" => Err::<Response<Full<Bytes>>, BoxError>(
+                Problem::new(StatusCode::UNAUTHORIZED)
+                    .with_challenge(" \t ")
+                    .into(),
+            ),
+            _ => {
+                let mut res = Response::new(Full::new(Bytes::from_static(b"no")));
+                *res.status_mut() = StatusCode::UNAUTHORIZED;
+                Ok(res)
+            }
+        }
+    };
+    let with = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new().challenge(LAYERS))
+        .service_fn(handler);
+    let (addr, server) = axum_serve::serve(with).await;
+    let res = get(addr, "/problem").await;
+    assert_eq!(res.status(), 401);
+    assert_eq!(challenges(res.headers()), [LAYERS]);
+    server.abort();
+
+    let empty = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new().challenge("  "))
+        .service_fn(handler);
+    let (addr, server) = axum_serve::serve(empty).await;
+    for path in ["/problem", "/plain"] {
+        let res = get(addr, path).await;
+        assert_eq!(res.status(), 401, "{path}");
+        assert!(challenges(res.headers()).is_empty(), "{path}");
+    }
+    server.abort();
+    assert!(
+        logs.text()
+            .contains("challenge is empty or not a valid header value"),
+        "{}",
+        logs.text()
+    );
+}

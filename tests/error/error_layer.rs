@@ -1090,7 +1090,10 @@ mod logging {
         assert_eq!(res.status(), 401);
         assert!(res.headers().get("www-authenticate").is_none());
         assert!(res.headers().get("set-cookie").is_none());
-        assert!(logs_contain(&logs, "challenge is not a valid header value"));
+        assert!(logs_contain(
+            &logs,
+            "challenge is empty or not a valid header value"
+        ));
 
         let res = answer_error(
             WebhookErrorLayer::new(),
@@ -1132,7 +1135,7 @@ mod logging {
         logs_assert(&logs, |lines: &[&str]| {
             match lines
                 .iter()
-                .filter(|l| l.contains("challenge is not a valid header value"))
+                .filter(|l| l.contains("challenge is empty or not a valid header value"))
                 .count()
             {
                 4 => Ok(()),
