@@ -421,22 +421,24 @@ fn fail<B>(
     // The problem a gRPC caller is told; an HTTP caller's server gets a `Cut`.
     let problem = grpc.map(|_| match &failure {
         Failure::Error(err) => catch_unwind(AssertUnwindSafe(|| classify_error(&**err)))
-            .unwrap_or_else(|_| {
+            .unwrap_or_else(|payload| {
                 tracing::error!(
                     "the response body's error panicked while it was classified; answering Internal"
                 );
+                crate::panic::dispose(payload);
                 classify::panicked()
             }),
         Failure::Panic(_) => classify::panicked(),
     });
     let logged = catch_unwind(AssertUnwindSafe(|| log(&failure, problem.as_ref())));
-    if let Err(payload) = &logged {
+    if let Err(payload) = logged {
         tracing::error!(
             grpc_status = problem.as_ref().map(|p| p.grpc_code() as u16),
-            panic = &*panic_message(&**payload),
+            panic = &*panic_message(&*payload),
             "the response body failed while it streamed; the response is cut short \
              (its error panicked while it was logged)"
         );
+        crate::panic::dispose(payload);
     }
     // Never polled again, and dropped here: a panic in its `Drop` is caught and logged too.
     drop_logged("the response body", || {
@@ -444,7 +446,10 @@ fn fail<B>(
     });
     match (grpc, problem) {
         (Some(grpc), Some(problem)) => {
-            drop_logged("the response body's error", move || drop(failure));
+            drop_logged("the response body's error", move || match failure {
+                Failure::Error(err) => drop(err),
+                Failure::Panic(payload) => crate::panic::dispose(payload),
+            });
             Ok(grpc_end(grpc, &problem))
         }
         _ => Err(match failure {
@@ -452,7 +457,10 @@ fn fail<B>(
                 drop_logged("the response body's error", move || drop(err));
                 Box::new(Cut("the response body failed"))
             }
-            Failure::Panic(_) => Box::new(Cut("the response body panicked")),
+            Failure::Panic(payload) => {
+                crate::panic::dispose(payload);
+                Box::new(Cut("the response body panicked"))
+            }
         }),
     }
 }
@@ -464,6 +472,7 @@ fn drop_logged(what: &str, drop: impl FnOnce()) {
             panic = &*panic_message(&*payload),
             "{what} panicked while it was dropped"
         );
+        crate::panic::dispose(payload);
     }
 }
 

@@ -698,6 +698,7 @@ where
                 // Only the message is kept: the payload is not `Sync`, and the service must be.
                 Err(payload) => {
                     let message = panic_message(&*payload).into_owned();
+                    crate::panic::dispose(payload);
                     self.ready_error = Some(Unanswered::new(NotReady::Panic(message)));
                 }
             }
@@ -798,6 +799,7 @@ fn log_unanswered(failure: NotReady) {
             panic = &*panic_message(&*payload),
             "{WHAT}; its error panicked while it was logged or dropped"
         );
+        crate::panic::dispose(payload);
     }
 }
 
@@ -890,6 +892,7 @@ where
                                 panic = &*panic_message(&*again),
                                 "handler panicked again while its future was dropped"
                             );
+                            crate::panic::dispose(again);
                         }
                         Outcome::Panic(payload)
                     }
@@ -920,6 +923,7 @@ fn drop_logged(info: &RequestInfo, what: &str, drop: impl FnOnce()) {
             panic = &*panic_message(&*payload),
             "{what} panicked while it was dropped"
         );
+        crate::panic::dispose(payload);
     }
 }
 
@@ -950,25 +954,26 @@ fn on_error<B, R: RenderProblem>(
                 Ok(problem) => problem,
                 Err(payload) => panicked(
                     info,
-                    &*payload,
+                    payload,
                     "the service's error panicked while it was classified or logged",
                 ),
             }
         }
-        Outcome::Panic(payload) => panicked(info, &*payload, "handler panicked"),
+        Outcome::Panic(payload) => panicked(info, payload, "handler panicked"),
     };
     render(problem, info, config, renderer, true)
 }
 
 /// The problem that answers a panic, logged once with the panic's message and `what` panicked.
-fn panicked(info: &RequestInfo, payload: &(dyn Any + Send), what: &str) -> Problem {
+fn panicked(info: &RequestInfo, payload: Box<dyn Any + Send>, what: &str) -> Problem {
     let problem = classify::panicked();
     tracing::error!(
         status = problem.status().as_u16(),
         request_id = &*request_id_str(info),
-        panic = &*panic_message(payload),
+        panic = &*panic_message(&*payload),
         "{what}"
     );
+    crate::panic::dispose(payload);
     problem
 }
 
@@ -1163,6 +1168,7 @@ fn render<B, R: RenderProblem>(
                     panic = &*panic_message(&*payload),
                     "the problem renderer panicked; answering application/problem+json"
                 );
+                crate::panic::dispose(payload);
                 problem.to_response()
             });
         if info.head {

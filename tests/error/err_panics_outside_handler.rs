@@ -473,3 +473,96 @@ async fn a_head_answer_has_the_content_length_of_the_get_answer() {
     assert_eq!(get.into_body().collect().await.unwrap().to_bytes(), body);
     server.abort();
 }
+
+// ---------------------------------------------------------------------------------------------
+// A panic whose payload panics when dropped
+
+/// A panic payload (`std::panic::panic_any`) whose `Drop` panics.
+struct Bomb;
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        panic!("the payload went off");
+    }
+}
+
+/// A service that panics with a [`Bomb`] where `at` says: in `poll_ready`, in `call`, in its
+/// future, or in its response body.
+#[derive(Clone, Copy)]
+struct PanicsWithABomb {
+    at: &'static str,
+}
+
+/// A body that panics with a [`Bomb`] when polled.
+struct BombBody;
+
+impl http_body::Body for BombBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        std::panic::panic_any(Bomb)
+    }
+}
+
+impl Service<Request<Full<Bytes>>> for PanicsWithABomb {
+    type Response = Response<BombBody>;
+    type Error = BoxError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<BombBody>, BoxError>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if self.at == "poll_ready" {
+            std::panic::panic_any(Bomb);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: Request<Full<Bytes>>) -> Self::Future {
+        if self.at == "call" {
+            std::panic::panic_any(Bomb);
+        }
+        let at = self.at;
+        Box::pin(async move {
+            if at == "future" {
+                std::panic::panic_any(Bomb);
+            }
+            Ok(Response::new(BombBody))
+        })
+    }
+}
+
+/// A panic whose payload panics again when it is dropped (`panic_any` of such a type) is
+/// answered like any panic: 500 from `call` or the future, the error answer after `poll_ready`,
+/// a body cut short with an error; the payload's own panic never unwinds out of the layer into
+/// the server's connection task.
+#[tokio::test]
+async fn a_panic_whose_payload_panics_when_dropped_is_still_answered() {
+    let (logs, _guard) = capture_logs();
+    for at in ["poll_ready", "call", "future", "body"] {
+        let svc = WebhookErrorLayer::new().layer(PanicsWithABomb { at });
+        let answered = tokio::spawn(async move {
+            let res = svc.oneshot(Request::new(Full::default())).await.unwrap();
+            let status = res.status();
+            let body = res.into_body().collect().await.map(|_| ());
+            (status, body.is_err())
+        })
+        .await;
+        let (status, body_failed) = answered.unwrap_or_else(|err| panic!("{at}: {err}"));
+        if at == "body" {
+            assert_eq!(status, StatusCode::OK, "{at}");
+            assert!(body_failed, "{at}");
+        } else {
+            assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{at}");
+        }
+    }
+    assert!(
+        logs.text().contains("the payload went off"),
+        "{}",
+        logs.text()
+    );
+}
