@@ -9,7 +9,8 @@
 //!   [`RetryPolicy::retry_non_idempotent`].
 //! - **Other requests** (a `POST` that creates a comment) only when the failure shows the
 //!   upstream did not act on them: a 429, a 408 (the server gave up waiting for the rest of the
-//!   request, which RFC 9110 lets a client repeat), a 503 with `Retry-After`, an error raised
+//!   request, which RFC 9110 lets a client repeat), a 503 with `Retry-After` (which RFC 9110
+//!   says a server answers while it is unable to handle the request), an error raised
 //!   before the request was sent (a connect error of reqwest's, of hyper-util's legacy client
 //!   or of tonic's channel, whatever its cause, a connect timeout or an unreachable host
 //!   included; a refused connection; tower's `Overloaded`; anywhere in the error's source
@@ -26,10 +27,15 @@
 //!   request's) answers another request, the `GET` of a `303 See Other` the upstream may have
 //!   sent once it acted on a `POST`. A layer between the policy and the client that rewrites the
 //!   URL (adds an API key to the query) reads the same way: put such layers above the policy.
+//!   So does one that follows redirects for a client of `http` types (tower-http's
+//!   `FollowRedirectLayer`): the policy cannot tell its answers from the request's, but above
+//!   the policy each hop is a request of its own, the `GET` of a `303` retried as a `GET`.
 //!   An error hides which hop failed, though: a refused connection to the host a redirect
 //!   points to is read as the request never sent, and the request is sent again. For such
 //!   calls, build the client with redirects off (reqwest's `redirect::Policy::none()`) or send
-//!   an `Idempotency-Key` the upstream honours.
+//!   an `Idempotency-Key` the upstream honours. So for an upstream that answers 408 or 503
+//!   after it began to act: tower-http's `TimeoutLayer` answers 408 when a handler runs too
+//!   long, whatever it did by then.
 //! - **gRPC**: a "trailers-only" answer (HTTP 200 with `grpc-status` in the headers) and a
 //!   `tonic::Status` error the upstream answered (one with no transport error as its source)
 //!   are read by their code, as the HTTP status of the same meaning: `UNAVAILABLE` as 503,
@@ -45,7 +51,9 @@
 //!   status, as the response would be: a 404 is not retried, a 429 or 408 is retried whatever
 //!   the method. Its headers are gone, so a 503 counts as one without `Retry-After`.
 //! - **Backoff**: exponential with full jitter (a random delay between 0 and
-//!   `min(cap, base * 2^attempt)`), so clients that failed together do not retry together.
+//!   `min(cap, base * 2^attempt)`), so clients that failed together do not retry together. A
+//!   wait the upstream names (`Retry-After`, a rate limit's reset, `grpc-retry-pushback-ms`)
+//!   is kept exactly, without jitter: clients told the same date retry in the same second.
 //! - **`Retry-After`**: when the response carries one (seconds or an HTTP date), the policy
 //!   waits exactly that long, and gives up if it is longer than
 //!   [`max_retry_after`](RetryPolicy::max_retry_after). A date is the server's clock: it is
@@ -812,7 +820,9 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     /// 3 retries, backoff from 100 ms capped at 10 s, `Retry-After` up to 60 s, statuses 408,
-    /// 429, 502, 503, 504, a budget of 10 retries a second plus 20 % of the calls.
+    /// 429, 502, 503, 504, a budget of 10 retries a second plus 20 % of the calls (tower's
+    /// `TpsBudget` over 10 s: a reserve of 100 retries, which a burst of failures may spend at
+    /// once).
     ///
     /// # Example
     ///
@@ -1307,7 +1317,12 @@ where
         {
             budget.deposit();
         }
-        // Every request is kept: even one that is not idempotent is sent again when the
+        // The last attempt allowed is sent without a copy: nothing could send it again. (A
+        // payload of megabytes would otherwise be copied for nothing, as for `max_retries(0)`.)
+        if self.attempt >= self.max_retries {
+            return None;
+        }
+        // Every other request is kept: even one that is not idempotent is sent again when the
         // upstream refused it.
         req.try_clone()
     }

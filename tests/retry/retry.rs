@@ -793,3 +793,60 @@ async fn a_grpc_retry_pushback_is_honored_and_a_negative_one_stops_retries() {
         }
     }
 }
+
+/// A request body whose copies are counted: a payload of several megabytes is copied for each
+/// attempt that may be sent again, and for no other.
+#[derive(Debug)]
+struct Counted(Arc<AtomicUsize>);
+
+impl Clone for Counted {
+    fn clone(&self) -> Self {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Self(Arc::clone(&self.0))
+    }
+}
+
+/// The request is copied before each attempt that may be retried, so that it can be sent
+/// again; the last attempt allowed (and the only one, with `max_retries(0)`) is sent without a
+/// copy, which nothing could use.
+#[tokio::test(start_paused = true)]
+async fn the_request_is_not_copied_for_an_attempt_that_cannot_be_retried() {
+    for (max_retries, answers, copies) in [
+        (0, &[200][..], 0),
+        (0, &[503][..], 0),
+        (2, &[200][..], 1),
+        (2, &[503, 200][..], 2),
+        (2, &[503, 503, 503][..], 2),
+    ] {
+        let copied = Arc::new(AtomicUsize::new(0));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&calls);
+        let answers = answers.to_vec();
+        let svc = ServiceBuilder::new()
+            .layer(
+                RetryPolicy::new()
+                    .max_retries(max_retries)
+                    .backoff(Duration::from_millis(1), Duration::from_millis(1))
+                    .into_layer(),
+            )
+            .service(tower::service_fn(move |_req: Request<Counted>| {
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                let status = answers[n.min(answers.len() - 1)];
+                async move {
+                    let mut res = Response::new(());
+                    *res.status_mut() = StatusCode::from_u16(status).unwrap();
+                    Ok::<_, BoxError>(res)
+                }
+            }));
+        let req = Request::get("/")
+            .body(Counted(Arc::clone(&copied)))
+            .unwrap();
+        svc.oneshot(req).await.unwrap();
+        assert_eq!(
+            copied.load(Ordering::SeqCst),
+            copies,
+            "max_retries {max_retries}, {} calls",
+            calls.load(Ordering::SeqCst)
+        );
+    }
+}
