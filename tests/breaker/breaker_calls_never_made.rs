@@ -257,23 +257,36 @@ async fn a_reqwest_0_12_builder_error_boxed_by_a_layer_is_not_held_against_the_u
     assert_eq!(handle.state(), CircuitState::Closed);
 }
 
-#[tokio::test]
-async fn a_refusal_beneath_carried_in_a_tonic_status_is_neutral() {
+/// What a call gets through an outer breaker (one failure opens it) over a layer that turns
+/// an inner breaker's refusal into another error with `carried`, the inner breaker forced
+/// open; the outer breaker's handle.
+async fn refused_beneath(
+    carried: fn(CircuitOpen) -> BoxError,
+) -> (
+    BoxError,
+    tower_webhook::circuit_breaker::CircuitBreakerHandle,
+) {
     let (outer, outer_handle) =
         CircuitBreakerLayer::pair(CircuitBreakerConfig::default().consecutive_failures(1)).unwrap();
     let (inner, inner_handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
-    // A layer beneath the outer breaker answers gRPC statuses, as tonic code does.
     let mut svc = ServiceBuilder::new()
         .layer(outer)
-        .map_err(|err: BoxError| match err.downcast::<CircuitOpen>() {
-            Ok(open) => BoxError::from(tonic::Status::from(*open)),
+        .map_err(move |err: BoxError| match err.downcast::<CircuitOpen>() {
+            Ok(open) => carried(*open),
             Err(other) => other,
         })
         .layer(inner)
         .service_fn(|_: ()| async { Ok::<_, BoxError>(http::Response::new(())) });
-
     inner_handle.transition_to_forced_open().unwrap();
     let err = svc.ready().await.unwrap().call(()).await.unwrap_err();
+    (err, outer_handle)
+}
+
+/// A layer beneath the outer breaker answers gRPC statuses, as tonic code does: the refusal it
+/// carries is neutral.
+#[tokio::test]
+async fn a_refusal_beneath_carried_in_a_tonic_status_is_neutral() {
+    let (err, outer_handle) = refused_beneath(|open| tonic::Status::from(open).into()).await;
     let status = err
         .downcast_ref::<tonic::Status>()
         .expect("a tonic::Status");
@@ -333,23 +346,12 @@ async fn a_reqwest_builder_error_of_an_http_service_is_not_held_against_the_upst
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
 
+/// A layer beneath the outer breaker answers problems, as a handler's `?` into one does: a
+/// problem made of the refusal (type `CIRCUIT_OPEN`) is neutral too.
 #[tokio::test]
 async fn a_refusal_beneath_carried_in_a_problem_is_neutral() {
-    let (outer, outer_handle) =
-        CircuitBreakerLayer::pair(CircuitBreakerConfig::default().consecutive_failures(1)).unwrap();
-    let (inner, inner_handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
-    // A layer beneath the outer breaker answers problems, as a handler's `?` into one does.
-    let mut svc = ServiceBuilder::new()
-        .layer(outer)
-        .map_err(|err: BoxError| match err.downcast::<CircuitOpen>() {
-            Ok(open) => BoxError::from(tower_webhook::error::Problem::from_error(&*open)),
-            Err(other) => other,
-        })
-        .layer(inner)
-        .service_fn(|_: ()| async { Ok::<_, BoxError>(http::Response::new(())) });
-
-    inner_handle.transition_to_forced_open().unwrap();
-    let err = svc.ready().await.unwrap().call(()).await.unwrap_err();
+    let (err, outer_handle) =
+        refused_beneath(|open| tower_webhook::error::Problem::from_error(&open).into()).await;
     let problem = err
         .downcast_ref::<tower_webhook::error::Problem>()
         .expect("a Problem");
