@@ -1363,6 +1363,7 @@ impl Core {
                 panic = &*message,
                 "circuit breaker event listener panicked"
             );
+            crate::panic::dispose(panic);
         }
     }
 

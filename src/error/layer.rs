@@ -729,7 +729,13 @@ where
             future: inner.call(req),
         })) {
             Ok(kind) => kind,
-            Err(payload) => Kind::Ready(Some(Outcome::Panic(payload))),
+            // Kept by its message: a payload whose `Drop` panics is let go here, under a guard,
+            // not wherever this future is dropped unpolled.
+            Err(payload) => {
+                let message = panic_message(&*payload).into_owned();
+                crate::panic::dispose(payload);
+                Kind::Ready(Some(Outcome::Panic(Box::new(message))))
+            }
         };
         ResponseFuture {
             kind,

@@ -2587,11 +2587,14 @@ impl Drop for MacRecord {
         match catch_unwind(AssertUnwindSafe(|| self.settle_now(false))) {
             Ok(Some((future, settle, key))) => drop(Detached(Some(future), settle, key)),
             Ok(None) => {}
-            Err(payload) => FORGET_FAILED.log(
-                None,
-                key.as_deref().unwrap_or_default(),
-                Err(store_panicked(&*payload)),
-            ),
+            Err(payload) => {
+                FORGET_FAILED.log(
+                    None,
+                    key.as_deref().unwrap_or_default(),
+                    Err(store_panicked(&*payload)),
+                );
+                crate::panic::dispose(payload);
+            }
         }
     }
 }
@@ -2686,7 +2689,10 @@ impl Drop for Claim {
             let (store, token) = (&self.store, self.token);
             match catch_unwind(AssertUnwindSafe(|| store.release(&key, token))) {
                 Ok(release) => drop(Detached(Some(release), &RELEASE_FAILED, key)),
-                Err(payload) => RELEASE_FAILED.log(None, &key, Err(store_panicked(&*payload))),
+                Err(payload) => {
+                    RELEASE_FAILED.log(None, &key, Err(store_panicked(&*payload)));
+                    crate::panic::dispose(payload);
+                }
             }
         }
     }
@@ -2933,9 +2939,11 @@ fn finish_detached(future: impl Future<Output = ()> + Send + 'static) {
                 error,
                 "a replay store operation left to finish on its own panicked; the delivery id it settled may stay claimed until its claim_ttl runs out"
             );
+            crate::panic::dispose(payload);
             // Not polled again; a panic of its `Drop` is logged too.
-            if catch_unwind(AssertUnwindSafe(move || drop(future))).is_err() {
+            if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(future))) {
                 tracing::error!("a replay store operation panicked again while it was dropped");
+                crate::panic::dispose(again);
             }
             return;
         }

@@ -505,10 +505,10 @@ pub enum OnReplay {
 /// named by a 64-bit identity. At the default capacity that is 9.4 to 12.6 MB; memory grows
 /// with the ids held, up to that. The queues that order eviction (one of handled ids, one of
 /// claims, each with a heap of the expiries recorded out of order) may hold up to twice the
-/// capacity in 24-byte records before they are compacted, and keep their room after: a handler
-/// that runs long while many others are handled (its claim holds its queue's front), or ids
-/// recorded with TTLs shorter than those before them, add about 6 MB a queue or heap at the
-/// default capacity, 25 MB at worst.
+/// capacity in 24-byte records before they are compacted (the queues keep their room after):
+/// a handler that runs long while many others are handled (its claim holds its queue's
+/// front), or ids recorded with TTLs shorter than those before them, add about 6 MB a queue or
+/// heap at the default capacity, 25 MB at worst.
 ///
 /// # Example
 ///

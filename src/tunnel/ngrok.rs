@@ -212,11 +212,11 @@ impl Ngrok {
     /// lost session when its heartbeats go unanswered (15 s by default), then connects again
     /// and re-binds the endpoint, keeping its URL. Connections are tried again here, 250 ms
     /// apart then twice as long each time, up to 4 s, for this long at most; past it (or
-    /// should the session's re-start, sign-in or re-binding fail once connected), the tunnel
-    /// is reported lost ([`TunnelEvent::Down`](super::TunnelEvent::Down)) and the chain opens
-    /// a tunnel again, with its fallbacks. Without this limit the SDK waits 125 s before its
-    /// third attempt and 104 minutes before its fourth, and the tunnel stayed `Up` all that
-    /// time while its URL answered nothing.
+    /// should the session's re-start, sign-in or re-binding fail twice once connected), the
+    /// tunnel is reported lost ([`TunnelEvent::Down`](super::TunnelEvent::Down)) and the chain
+    /// opens a tunnel again, with its fallbacks. Without this limit the SDK's own attempts come
+    /// 50 ms, 2.5 s, 125 s, then 104 minutes apart, and the tunnel stayed `Up` all that time
+    /// while its URL answered nothing.
     ///
     /// # Example
     ///
@@ -247,6 +247,45 @@ struct Reconnect {
     within: Duration,
     /// Why the session was given up, for the tunnel's `Down` reason.
     gave_up: Arc<std::sync::Mutex<Option<String>>>,
+    /// When the session was last lost, and how many times since a connection came back on
+    /// which it could not be re-established.
+    outage: Arc<std::sync::Mutex<(tokio::time::Instant, u32)>>,
+}
+
+/// How many times a lost session may come back without being re-established (started, signed
+/// in to, its endpoint bound again) before it is given up: the SDK calls again 50 ms after the
+/// first such failure, 2.5 s after the second, and 125 s after the third.
+const MAX_REESTABLISH_FAILURES: u32 = 2;
+
+impl Reconnect {
+    fn new(within: Duration) -> Self {
+        Self {
+            within,
+            gave_up: Arc::default(),
+            outage: Arc::new(std::sync::Mutex::new((tokio::time::Instant::now(), 0))),
+        }
+    }
+
+    /// How long the connection may still be tried for after `lost`, or why the session is
+    /// given up.
+    fn time_left(&self, lost: &AcceptError) -> Result<Duration, String> {
+        let mut outage = self.outage.lock().unwrap_or_else(|e| e.into_inner());
+        let AcceptError::Reconnect(failed) = lost else {
+            // Lost anew: the whole limit.
+            *outage = (tokio::time::Instant::now(), 0);
+            return Ok(self.within);
+        };
+        // A connection came back, but the session could not be re-established on it.
+        outage.1 += 1;
+        let left = self.within.saturating_sub(outage.0.elapsed());
+        if outage.1 >= MAX_REESTABLISH_FAILURES || left.is_zero() {
+            return Err(format!(
+                "the ngrok session was lost and could not be re-established: {}",
+                super::error::chain(&**failed)
+            ));
+        }
+        Ok(left)
+    }
 }
 
 impl Reconnect {
@@ -258,24 +297,19 @@ impl Reconnect {
         lost: Option<AcceptError>,
     ) -> Result<Box<dyn IoStream>, ConnectError> {
         let connect = || default_connect(host.clone(), port, Arc::clone(&tls), None);
-        let why = match lost {
-            None => return connect().await,
-            // A connection came back, but the session could not be started, signed in to or
-            // its endpoint bound again on it: more of the same is no use.
-            Some(AcceptError::Reconnect(failed)) => format!(
-                "the ngrok session was lost and could not be re-established: {}",
-                super::error::chain(&*failed)
-            ),
-            Some(lost) => {
-                tracing::warn!(error = %super::error::chain(&lost), "the ngrok session was lost; connecting again");
-                match retry_within(self.within, connect).await {
-                    Ok(io) => return Ok(io),
-                    Err(last) => format!(
-                        "the ngrok session was lost and ngrok could not be reached again within {} s: {last}",
-                        self.within.as_secs_f32()
-                    ),
-                }
-            }
+        let Some(lost) = lost else {
+            return connect().await;
+        };
+        tracing::warn!(error = %super::error::chain(&lost), "the ngrok session was lost; connecting again");
+        let why = match self.time_left(&lost) {
+            Ok(left) => match retry_within(left, connect).await {
+                Ok(io) => return Ok(io),
+                Err(last) => format!(
+                    "the ngrok session was lost and ngrok could not be reached again within {} s: {last}",
+                    self.within.as_secs_f32()
+                ),
+            },
+            Err(why) => why,
         };
         *self.gave_up.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
         Err(ConnectError::Canceled)
@@ -382,10 +416,7 @@ impl Provider for Ngrok {
             let shown = Arc::clone(&token);
             let server_addr = self.server_addr.clone();
             let domain = self.domain.clone();
-            let reconnect = Reconnect {
-                within: self.reconnect_within,
-                gave_up: Arc::default(),
-            };
+            let reconnect = Reconnect::new(self.reconnect_within);
             let gave_up = Arc::clone(&reconnect.gave_up);
             // ngrok's TLS asks rustls for the process-wide crypto provider. With `ring` (this
             // crate's, and ngrok's as this crate builds it) and another provider in the build
@@ -573,10 +604,7 @@ mod tests {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             listener.local_addr().unwrap().port()
         };
-        let reconnect = Reconnect {
-            within: Duration::from_secs(1),
-            gave_up: Arc::default(),
-        };
+        let reconnect = Reconnect::new(Duration::from_secs(1));
         let lost = ngrok::tunnel::AcceptError::ListenerClosed {
             message: "heartbeat timed out".into(),
             error_code: None,
@@ -613,23 +641,42 @@ mod tests {
     }
 
     /// A session that came back but could not be re-established (its endpoint could not be
-    /// bound again, say) is given up at once, with the reason kept for the tunnel's `Down`.
+    /// bound again, say) is tried once more within the limit; the second time, or past the
+    /// limit, it is given up at once, with the reason kept for the tunnel's `Down`. A session
+    /// lost anew gets the whole limit again.
     #[tokio::test(start_paused = true)]
-    async fn a_failed_re_establishment_cancels_the_reconnects() {
-        let reconnect = Reconnect {
-            within: Duration::from_secs(30),
-            gave_up: Arc::default(),
+    async fn a_session_that_cannot_be_re_established_is_given_up() {
+        let reconnect = Reconnect::new(Duration::from_secs(30));
+        let lost = || ngrok::tunnel::AcceptError::ListenerClosed {
+            message: "heartbeat timed out".into(),
+            error_code: None,
         };
-        let failed = Arc::new(ngrok::session::ConnectError::Tcp(refused()));
+        let failed = || {
+            ngrok::tunnel::AcceptError::Reconnect(Arc::new(ngrok::session::ConnectError::Tcp(
+                refused(),
+            )))
+        };
+        assert_eq!(reconnect.time_left(&lost()), Ok(Duration::from_secs(30)));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(reconnect.time_left(&failed()), Ok(Duration::from_secs(25)));
+        let why = reconnect.time_left(&failed()).unwrap_err();
+        assert!(
+            why.contains("could not be re-established") && why.contains("connection refused"),
+            "{why}"
+        );
+        // Lost anew, later: the whole limit; past it, a first failure is given up too.
+        assert_eq!(reconnect.time_left(&lost()), Ok(Duration::from_secs(30)));
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert!(reconnect.time_left(&failed()).is_err());
+
+        // Through the connector: given up at once, the reason kept.
+        let reconnect = Reconnect::new(Duration::from_secs(30));
+        assert!(reconnect.time_left(&lost()).is_ok());
+        assert!(reconnect.time_left(&failed()).is_ok());
         let started = Instant::now();
         let outcome = reconnect
             .clone()
-            .connect(
-                "127.0.0.1".into(),
-                9,
-                tls(),
-                Some(ngrok::tunnel::AcceptError::Reconnect(failed)),
-            )
+            .connect("127.0.0.1".into(), 9, tls(), Some(failed()))
             .await;
         assert!(matches!(
             outcome,
@@ -637,10 +684,7 @@ mod tests {
         ));
         assert_eq!(started.elapsed(), Duration::ZERO);
         let why = reconnect.gave_up.lock().unwrap().clone().unwrap();
-        assert!(
-            why.contains("could not be re-established") && why.contains("connection refused"),
-            "{why}"
-        );
+        assert!(why.contains("could not be re-established"), "{why}");
     }
 
     #[test]

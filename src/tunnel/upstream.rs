@@ -134,6 +134,7 @@ struct ConnOptions {
 
 /// What a connection notes when a request arrives on it (see [`ConnOptions`]).
 struct OnRequest {
+    served: Option<Arc<AtomicBool>>,
     late: Option<Arc<LateConnections>>,
     /// Held from the first request on, until the connection, and this with it, is dropped.
     entered: Mutex<Option<LateGuard>>,
@@ -142,12 +143,16 @@ struct OnRequest {
 impl OnRequest {
     fn new(options: &ConnOptions) -> Arc<Self> {
         Arc::new(Self {
+            served: options.served.clone(),
             late: options.late_on_request.clone(),
             entered: Mutex::new(None),
         })
     }
 
     fn request(&self) {
+        if let Some(served) = &self.served {
+            served.store(true, Ordering::Relaxed);
+        }
         if let Some(late) = &self.late {
             lock(&self.entered).get_or_insert_with(|| late.enter());
         }
@@ -674,13 +679,14 @@ impl Upstream {
     /// handed to the service, and is over once the service drops it. A provider that counts the
     /// connections it serves (bore's slots, localtunnel's pool) thus counts it while it is open.
     /// For a scoped copy, it ends when the owner closes.
-    async fn serve_held<I>(&self, io: I, mut options: ConnOptions)
+    async fn serve_held<I>(&self, io: I, options: ConnOptions)
     where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let (held, released) = tokio::sync::oneshot::channel::<()>();
         let mut io = Served::new(io, held, self.closed.as_ref());
-        io.request_start = options.served.take().map(RequestStart::new);
+        // Told by the bytes (a head hyper refuses counts), and by a request hyper takes.
+        io.request_start = options.served.clone().map(RequestStart::new);
         let serve = self.inner.serve.serve(Box::new(io), options);
         self.until_closed(async move {
             serve.await;
@@ -925,7 +931,8 @@ struct Served<T> {
 }
 
 /// Tells, from the first bytes a peer sends, whether they start an HTTP/1 request: a method
-/// (capital letters, `-`, `_`), a space, and a request target. Sets its flag if they do.
+/// (a token, as HTTP defines one), a space, and a request target, after any empty lines (which
+/// hyper skips). Sets its flag if they do.
 struct RequestStart {
     seen: [u8; Self::DECIDED_BY],
     len: usize,
@@ -947,7 +954,14 @@ impl RequestStart {
     }
 
     /// Takes the next bytes read; `true` once they have told, either way.
-    fn feed(&mut self, bytes: &[u8]) -> bool {
+    fn feed(&mut self, mut bytes: &[u8]) -> bool {
+        if self.len == 0 {
+            let start = bytes
+                .iter()
+                .position(|b| !matches!(b, b'\r' | b'\n'))
+                .unwrap_or(bytes.len());
+            bytes = &bytes[start..];
+        }
         let take = bytes.len().min(Self::DECIDED_BY - self.len);
         self.seen[self.len..self.len + take].copy_from_slice(&bytes[..take]);
         self.len += take;
@@ -966,7 +980,21 @@ impl RequestStart {
     fn verdict(prefix: &[u8]) -> Option<bool> {
         for (i, &b) in prefix.iter().enumerate() {
             match b {
-                b'A'..=b'Z' | b'-' | b'_' if i < Self::MAX_METHOD => {}
+                b'!'
+                | b'#'..=b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'.'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'|'
+                | b'~'
+                | b'0'..=b'9'
+                | b'a'..=b'z'
+                | b'A'..=b'Z'
+                    if i < Self::MAX_METHOD => {}
                 b' ' if i > 0 => {
                     return prefix
                         .get(i + 1)
@@ -1493,6 +1521,9 @@ mod tests {
             assert_eq!(starts(b"GET /hook HTTP/1.1\r\n", step), (true, true));
             assert_eq!(starts(b"M-SEARCH * HTTP/1.1\r\n", step), (true, true));
             assert_eq!(starts(b"GET /\xff HTTP/1.1\r\n", step), (true, true));
+            // Empty lines before it, and a method of any token, as hyper takes them.
+            assert_eq!(starts(b"\r\n\r\nGET / HTTP/1.1\r\n", step), (true, true));
+            assert_eq!(starts(b"get / HTTP/1.1\r\n", step), (true, true));
             assert_eq!(starts(b"SSH-2.0-OpenSSH_9.6\r\n", step), (false, true));
             assert_eq!(starts(b"HTTP/1.1 200 OK\r\n", step), (false, true));
             assert_eq!(starts(b"\x16\x03\x01\x02\x00", step), (false, true));
