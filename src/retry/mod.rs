@@ -25,8 +25,9 @@
 //!   the last one the server took. A refusal counts only as the answer to the request itself: a
 //!   429, 408 or 503 that a reqwest client got after following a redirect (its URL is not the
 //!   request's) answers another request, the `GET` of a `303 See Other` the upstream may have
-//!   sent once it acted on a `POST`. A layer between the policy and the client that rewrites the
-//!   URL (adds an API key to the query) reads the same way: put such layers above the policy.
+//!   sent once it acted on a `POST` (one that redirects back to the request's own URL cannot be
+//!   told). A layer between the policy and the client that rewrites the URL (adds an API key
+//!   to the query) reads the same way: put such layers above the policy.
 //!   So does one that follows redirects for a client of `http` types (tower-http's
 //!   `FollowRedirectLayer`): the policy cannot tell its answers from the request's, but above
 //!   the policy each hop is a request of its own, the `GET` of a `303` retried as a `GET`.
