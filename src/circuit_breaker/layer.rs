@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -507,11 +508,15 @@ where
     S: Service<Req>,
     C: Clone,
 {
-    let mut recorder = recorder;
-    // A panic in the inner service's `call` is the call failing.
-    let unwinding = FailOnUnwind(&mut recorder);
-    let future = inner.call(req);
-    std::mem::forget(unwinding);
+    // A panic in the inner service's `call` is the call failing. (Caught and resumed rather
+    // than guarded by a reference to the recorder, which would keep it out of registers.)
+    let future = match catch_unwind(AssertUnwindSafe(|| inner.call(req))) {
+        Ok(future) => future,
+        Err(payload) => {
+            recorder.record(super::Outcome::Failure);
+            resume_unwind(payload)
+        }
+    };
     ResponseFuture {
         kind: Kind::Called {
             future,

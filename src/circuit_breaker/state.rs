@@ -1986,16 +1986,18 @@ impl Drop for Recorder {
     fn drop(&mut self) {
         // A call dropped before its outcome was recorded was cancelled: nothing is recorded,
         // also when a panic elsewhere (another branch of a `join!`) drops it while unwinding.
-        // A panic of the call itself is recorded as a failure by `FailOnUnwind`.
+        // A panic of the call itself is recorded as a failure (by `FailOnUnwind`, or, in the
+        // inner service's `call`, where the call is made).
         if self.bits & PROBE != 0 {
             self.release();
         }
     }
 }
 
-/// Records a failure with the recorder it guards if a panic unwinds through the inner
-/// service's `call`, or the poll of its future or body, that it guards: a call that panicked
-/// failed, as an exception does for resilience4j. Forgotten when the guarded code returns, so
+/// Records a failure with the recorder it guards if a panic unwinds through the poll of the
+/// inner service's future or body that it guards: a call that panicked failed, as an
+/// exception does for resilience4j. (A panic in the inner service's `call` is caught where the
+/// call is made, and resumed: a guard there would keep the new recorder out of registers.) Forgotten when the guarded code returns, so
 /// it costs nothing then; a recorder dropped by a panic of anything else records nothing.
 pub(crate) struct FailOnUnwind<'a>(pub(crate) &'a mut Recorder);
 
