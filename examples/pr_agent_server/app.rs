@@ -521,13 +521,17 @@ impl Settings {
 
     /// Reads the settings through `lookup` (tests pass a map).
     pub(crate) fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
-        let host: IpAddr = match lookup("HOST") {
+        // An address or a number left empty (`PORT: ${PORT}` in a compose file, the variable
+        // unset) is unset, as the URLs and tokens are: its default. (A secret left empty is
+        // refused instead: it would otherwise turn verification off or make one up.)
+        let setting = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let host: IpAddr = match setting("HOST") {
             Some(h) => h.trim().parse().map_err(|_| {
                 format!("HOST={h:?} is not an IP address (e.g. 127.0.0.1 or 0.0.0.0)")
             })?,
             None => IpAddr::V4(Ipv4Addr::LOCALHOST),
         };
-        let port: u16 = match lookup("PORT") {
+        let port: u16 = match setting("PORT") {
             Some(p) => p
                 .trim()
                 .parse()
@@ -540,7 +544,7 @@ impl Settings {
                       default: u64,
                       range: std::ops::RangeInclusive<u64>|
          -> Result<u64, String> {
-            let Some(v) = lookup(name) else {
+            let Some(v) = setting(name) else {
                 return Ok(default);
             };
             let n: u64 = v
@@ -695,7 +699,7 @@ impl Settings {
         {
             return Err("GITHUB_TOKEN is set but no webhook secret is: development mode would print a sample delivery that posts a comment to octo-org/hello-world with that token; set GITHUB_WEBHOOK_SECRET to the secret of your hook, or unset GITHUB_TOKEN to try the server without posting".into());
         }
-        let breaker = CircuitBreakerConfig::from_env_with(&lookup).map_err(|e| e.to_string())?;
+        let breaker = CircuitBreakerConfig::from_env_with(setting).map_err(|e| e.to_string())?;
         let mut own_users = BTreeMap::new();
         for (forge, name) in OWN_USER_SETTINGS {
             let Some(value) = lookup(name) else { continue };

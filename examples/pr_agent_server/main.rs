@@ -7,7 +7,8 @@
 //! cargo run --example pr_agent_server -- --use-tunnel # plus a public URL (TUNNEL_SERVICE=...)
 //! ```
 //!
-//! Settings (all optional): `HOST`, `PORT`, `GITHUB_WEBHOOK_SECRET`, `GITLAB_WEBHOOK_TOKEN`,
+//! Settings (all optional; an address or a number left empty takes its default, a secret left
+//! empty stops the server): `HOST`, `PORT`, `GITHUB_WEBHOOK_SECRET`, `GITLAB_WEBHOOK_TOKEN`,
 //! `BITBUCKET_WEBHOOK_SECRET`, `BITBUCKET_SERVER_WEBHOOK_SECRET` (Bitbucket Data Center),
 //! `GITEA_WEBHOOK_SECRET`, `AZURE_DEVOPS_WEBHOOK_USERNAME` / `AZURE_DEVOPS_WEBHOOK_PASSWORD`
 //! (comma-separated values are several secrets, for rotation), `GITHUB_API_URL` +
@@ -118,6 +119,12 @@
 //! pull request reactivated gets nothing. Gitea's draft prefixes are a server setting; the
 //! example knows the default ones.
 //!
+//! Point one hook at the server for each repository. Two that both deliver its events (an
+//! organization's hook and the repository's, a GitLab group or system hook and the project's,
+//! the GitHub App and a repository hook while `GITHUB_TOKEN` is set) send each event twice,
+//! under two delivery ids, and it gets two comments: the server tells copies apart by delivery
+//! id only.
+//!
 //! # Commands
 //!
 //! A new comment on a pull request whose first non-blank line is a command gets one answer:
@@ -151,7 +158,8 @@
 //! Azure DevOps sends the same event when a comment is edited or deleted: such a comment is
 //! told by its `lastContentUpdatedDate` (later than its `publishedDate`) or its `isDeleted`.
 //!
-//! Test deliveries get no comment: GitHub's `ping`, and Bitbucket Data Center's "Test
+//! Test deliveries get no comment (but GitLab's "Test" button, which sends a real merge request
+//! as an `open`, see above): GitHub's `ping`, and Bitbucket Data Center's "Test
 //! connection" `diagnostics:ping`, which it sends without `X-Hub-Signature` even when the webhook
 //! has a secret: that one is answered `202` unverified, and does nothing (`/status` counts it as
 //! no delivery). Azure DevOps' "Test" sends a sample event (the Fabrikam project's pull

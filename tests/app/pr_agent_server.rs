@@ -820,6 +820,24 @@ fn host_and_port_are_read_around_spaces_like_the_numbers() {
     assert_eq!(settings.addr.to_string(), "0.0.0.0:8080");
 }
 
+/// An address or a number set but empty (`PORT: ${PORT}` in a compose file, with `PORT` unset)
+/// is unset, as an empty API URL or token is: its default, not a refusal to start.
+#[test]
+fn empty_addresses_and_numbers_take_their_defaults() {
+    let settings = app::Settings::from_lookup(|n| match n {
+        "HOST"
+        | "PORT"
+        | "REQUEST_TIMEOUT_SECS"
+        | "MAX_CONCURRENT_DELIVERIES"
+        | "CIRCUIT_BREAKER_FAILURE_THRESHOLD" => Some(" ".to_owned()),
+        _ => None,
+    })
+    .unwrap();
+    let defaults = app::Settings::from_lookup(|_| None).unwrap();
+    assert_eq!(settings.addr, defaults.addr);
+    assert_eq!(settings.request_timeout, defaults.request_timeout);
+}
+
 /// Settings with only `name` set to `value` are refused, with a message naming `name`.
 fn refused_naming_it(name: &str, value: &str) {
     let err = app::Settings::from_lookup(|n| (n == name).then(|| value.to_owned()))
