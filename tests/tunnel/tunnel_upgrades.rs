@@ -319,7 +319,7 @@ async fn upgraded_localtunnel_connections_do_not_wear_down_the_pool() {
     let Some(modules) = support::node_modules("localtunnel upgrades") else {
         return;
     };
-    let port = support::closed_port().await;
+    let port = support::free_port().await;
     let _server = npm_server(&modules, port, Some(POOL)).await;
     let handle = Tunnel::builder()
         .provider(
