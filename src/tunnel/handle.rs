@@ -1392,8 +1392,10 @@ struct Supervisor {
 
 impl Supervisor {
     fn emit(&self, event: TunnelEvent) {
-        let _ = self.events.send(event.clone());
-        self.status.send_replace(event);
+        // The status first: a listener woken by the event (on another thread) that reads
+        // `status()` or `url()` then finds that event, not the one before.
+        self.status.send_replace(event.clone());
+        let _ = self.events.send(event);
     }
 
     /// The tunnel is closed: ends the connections still open, then reports it.

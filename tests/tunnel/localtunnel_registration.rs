@@ -1,7 +1,8 @@
 //! The tunnel bootstrapper, on loopback against the test peers of `tunnel/support.rs` (a
 //! localtunnel server that speaks the real protocol, bore-cli's server): localtunnel registrations
 //! (the subdomain a re-opened tunnel asks for, a registration URL that is no URL, a slow
-//! registration, fewer connections than advertised) and a provider that panics while re-opening.
+//! registration, fewer connections than advertised, requests the tunnel refuses), a provider that
+//! panics while re-opening, and the status a listener of the events reads.
 
 use crate::lt_fake;
 use crate::support;
@@ -329,5 +330,89 @@ async fn a_provider_that_panics_while_re_opening_fails_that_attempt_only() {
     assert!(back.is_up(), "{back:?}");
     let (status, body) = get_url(&handle.url(), "/back").await.unwrap();
     assert_eq!(status, 200, "{body}");
+    handle.close().await;
+}
+
+/// A provider whose every session gets a new loopback URL and is lost once `lose` is notified.
+#[derive(Debug)]
+struct LostOnDemand {
+    lose: Arc<tokio::sync::Notify>,
+}
+
+impl tower_webhook::tunnel::Provider for LostOnDemand {
+    fn name(&self) -> &str {
+        "fragile"
+    }
+
+    fn open(
+        &self,
+        upstream: Upstream,
+    ) -> tower_webhook::tunnel::BoxFuture<
+        '_,
+        Result<tower_webhook::tunnel::Session, tower_webhook::BoxError>,
+    > {
+        let lose = Arc::clone(&self.lose);
+        Box::pin(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let url = format!("http://{}", listener.local_addr()?);
+            Ok(tower_webhook::tunnel::Session::spawn(
+                url,
+                move |mut stop| async move {
+                    tokio::select! {
+                        () = stop.stopped() => Ok(()),
+                        () = lose.notified() => Err("lost".into()),
+                        _ = async {
+                            while let Ok((tcp, _)) = listener.accept().await {
+                                let upstream = upstream.clone();
+                                tokio::spawn(async move { upstream.serve_connection(tcp).await });
+                            }
+                        } => Ok(()),
+                    }
+                },
+            ))
+        })
+    }
+}
+
+/// `status()` and `url()` are the latest event by the time a listener receives it, on a
+/// runtime whose threads run the listener and the supervisor at once: a listener that
+/// registers the webhook again with `handle.url()` on `UrlChanged` gets the new URL. The event
+/// used to be sent before the status was updated, so such a listener could read the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_is_the_event_a_listener_just_received() {
+    let lose = Arc::new(tokio::sync::Notify::new());
+    let handle = Tunnel::builder()
+        .probe(false)
+        .provider(LostOnDemand {
+            lose: Arc::clone(&lose),
+        })
+        .reconnect_backoff(Duration::from_millis(1), Duration::from_millis(100))
+        .start(Upstream::service(hello_service(Arc::new(
+            AtomicUsize::new(0),
+        ))))
+        .await
+        .unwrap();
+    let mut events = handle.events();
+    for round in 0..30 {
+        lose.notify_one();
+        let down = next_event(&mut events, Duration::from_secs(5)).await;
+        assert!(
+            matches!(down, TunnelEvent::Down { .. }),
+            "{round}: {down:?}"
+        );
+        // Read at once, as a listener does: the status may already be the next event, never
+        // one before this.
+        let status = handle.status();
+        assert!(
+            status == down || matches!(status, TunnelEvent::UrlChanged { .. }),
+            "{round}: received {down:?}, status {status:?}"
+        );
+        let changed = next_event(&mut events, Duration::from_secs(5)).await;
+        let url = handle.url();
+        assert!(
+            matches!(&changed, TunnelEvent::UrlChanged { new, .. } if *new == url),
+            "{round}: received {changed:?}, url {url}"
+        );
+    }
     handle.close().await;
 }
