@@ -258,17 +258,19 @@ async fn requests_the_tunnel_refuses_do_not_take_its_pool_down() {
     assert!(answers.iter().all(|a| a == "HTTP/1.1 431"), "{answers:?}");
 }
 
-/// A provider for these tests: its first open gives a loopback tunnel that is lost once `lose` is
-/// notified, its second open panics (a provider's bug), later ones give a loopback tunnel.
+/// A provider for these tests: loopback tunnels, each on a new port, lost once `lose` is
+/// notified. A `panicky` one is a provider with a bug: its second open panics, and only its
+/// first tunnel can be lost.
 #[derive(Debug)]
-struct PanicsOnSecondOpen {
+struct Loopback {
     opens: AtomicUsize,
     lose: Arc<tokio::sync::Notify>,
+    panicky: bool,
 }
 
-impl tower_webhook::tunnel::Provider for PanicsOnSecondOpen {
+impl tower_webhook::tunnel::Provider for Loopback {
     fn name(&self) -> &str {
-        "panicky"
+        if self.panicky { "panicky" } else { "fragile" }
     }
 
     fn open(
@@ -280,29 +282,44 @@ impl tower_webhook::tunnel::Provider for PanicsOnSecondOpen {
     > {
         let open = self.opens.fetch_add(1, Ordering::SeqCst);
         let lose = Arc::clone(&self.lose);
+        let panicky = self.panicky;
         Box::pin(async move {
-            if open == 1 {
+            if panicky && open == 1 {
                 panic!("a bug in the provider");
             }
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let url = format!("http://{}", listener.local_addr()?);
-            Ok(tower_webhook::tunnel::Session::spawn(
-                url,
-                move |mut stop| async move {
-                    loop {
-                        tokio::select! {
-                            () = stop.stopped() => return Ok(()),
-                            () = lose.notified(), if open == 0 => return Err("lost".into()),
-                            Ok((tcp, _)) = listener.accept() => {
-                                let upstream = upstream.clone();
-                                tokio::spawn(async move { upstream.serve_connection(tcp).await });
-                            }
-                        }
-                    }
-                },
-            ))
+            loopback_session(upstream, (!panicky || open == 0).then_some(lose)).await
         })
     }
+}
+
+/// A loopback tunnel serving `upstream` on a new port, lost once `lose` (if any) is notified.
+async fn loopback_session(
+    upstream: Upstream,
+    lose: Option<Arc<tokio::sync::Notify>>,
+) -> Result<tower_webhook::tunnel::Session, tower_webhook::BoxError> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    Ok(tower_webhook::tunnel::Session::spawn(
+        url,
+        move |mut stop| async move {
+            let lost = async {
+                match &lose {
+                    Some(lose) => lose.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = stop.stopped() => Ok(()),
+                () = lost => Err("lost".into()),
+                () = async {
+                    while let Ok((tcp, _)) = listener.accept().await {
+                        let upstream = upstream.clone();
+                        tokio::spawn(async move { upstream.serve_connection(tcp).await });
+                    }
+                } => Ok(()),
+            }
+        },
+    ))
 }
 
 /// A provider that panics while the tunnel is being re-opened fails that attempt, as an error
@@ -312,9 +329,10 @@ impl tower_webhook::tunnel::Provider for PanicsOnSecondOpen {
 async fn a_provider_that_panics_while_re_opening_fails_that_attempt_only() {
     let lose = Arc::new(tokio::sync::Notify::new());
     let handle = Tunnel::builder()
-        .provider(PanicsOnSecondOpen {
+        .provider(Loopback {
             opens: AtomicUsize::new(0),
             lose: Arc::clone(&lose),
+            panicky: true,
         })
         .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(20))
         .start(Upstream::service(hello_service(Arc::new(
@@ -333,47 +351,6 @@ async fn a_provider_that_panics_while_re_opening_fails_that_attempt_only() {
     handle.close().await;
 }
 
-/// A provider whose every session gets a new loopback URL and is lost once `lose` is notified.
-#[derive(Debug)]
-struct LostOnDemand {
-    lose: Arc<tokio::sync::Notify>,
-}
-
-impl tower_webhook::tunnel::Provider for LostOnDemand {
-    fn name(&self) -> &str {
-        "fragile"
-    }
-
-    fn open(
-        &self,
-        upstream: Upstream,
-    ) -> tower_webhook::tunnel::BoxFuture<
-        '_,
-        Result<tower_webhook::tunnel::Session, tower_webhook::BoxError>,
-    > {
-        let lose = Arc::clone(&self.lose);
-        Box::pin(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let url = format!("http://{}", listener.local_addr()?);
-            Ok(tower_webhook::tunnel::Session::spawn(
-                url,
-                move |mut stop| async move {
-                    tokio::select! {
-                        () = stop.stopped() => Ok(()),
-                        () = lose.notified() => Err("lost".into()),
-                        _ = async {
-                            while let Ok((tcp, _)) = listener.accept().await {
-                                let upstream = upstream.clone();
-                                tokio::spawn(async move { upstream.serve_connection(tcp).await });
-                            }
-                        } => Ok(()),
-                    }
-                },
-            ))
-        })
-    }
-}
-
 /// `status()` and `url()` are the latest event by the time a listener receives it, on a
 /// runtime whose threads run the listener and the supervisor at once: a listener that
 /// registers the webhook again with `handle.url()` on `UrlChanged` gets the new URL. The event
@@ -383,8 +360,10 @@ async fn the_status_is_the_event_a_listener_just_received() {
     let lose = Arc::new(tokio::sync::Notify::new());
     let handle = Tunnel::builder()
         .probe(false)
-        .provider(LostOnDemand {
+        .provider(Loopback {
+            opens: AtomicUsize::new(0),
             lose: Arc::clone(&lose),
+            panicky: false,
         })
         .reconnect_backoff(Duration::from_millis(1), Duration::from_millis(100))
         .start(Upstream::service(hello_service(Arc::new(
