@@ -250,6 +250,8 @@ struct Reconnect {
     /// When the session was last lost, and how many times since a connection came back on
     /// which it could not be re-established.
     outage: Arc<std::sync::Mutex<(tokio::time::Instant, u32)>>,
+    /// The auth token, hidden in what is logged: ngrok's refusal of a sign-in may quote it.
+    token: Arc<Secret>,
 }
 
 /// How many times a lost session may come back without being re-established (started, signed
@@ -258,11 +260,12 @@ struct Reconnect {
 const MAX_REESTABLISH_FAILURES: u32 = 2;
 
 impl Reconnect {
-    fn new(within: Duration) -> Self {
+    fn new(within: Duration, token: Arc<Secret>) -> Self {
         Self {
             within,
             gave_up: Arc::default(),
             outage: Arc::new(std::sync::Mutex::new((tokio::time::Instant::now(), 0))),
+            token,
         }
     }
 
@@ -300,7 +303,8 @@ impl Reconnect {
         let Some(lost) = lost else {
             return connect().await;
         };
-        tracing::warn!(error = %super::error::chain(&lost), "the ngrok session was lost; connecting again");
+        let error = explain(super::error::chain(&lost), self.token.expose());
+        tracing::warn!(%error, "the ngrok session was lost; connecting again");
         let why = match self.time_left(&lost) {
             Ok(left) => match retry_within(left, connect).await {
                 Ok(io) => return Ok(io),
@@ -416,7 +420,7 @@ impl Provider for Ngrok {
             let shown = Arc::clone(&token);
             let server_addr = self.server_addr.clone();
             let domain = self.domain.clone();
-            let reconnect = Reconnect::new(self.reconnect_within);
+            let reconnect = Reconnect::new(self.reconnect_within, Arc::clone(&token));
             let gave_up = Arc::clone(&reconnect.gave_up);
             // ngrok's TLS asks rustls for the process-wide crypto provider. With `ring` (this
             // crate's, and ngrok's as this crate builds it) and another provider in the build
@@ -604,7 +608,7 @@ mod tests {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             listener.local_addr().unwrap().port()
         };
-        let reconnect = Reconnect::new(Duration::from_secs(1));
+        let reconnect = Reconnect::new(Duration::from_secs(1), token());
         let lost = ngrok::tunnel::AcceptError::ListenerClosed {
             message: "heartbeat timed out".into(),
             error_code: None,
@@ -628,6 +632,10 @@ mod tests {
         );
     }
 
+    fn token() -> Arc<super::Secret> {
+        Arc::new(super::Secret::new("2abcEXAMPLEtoken_secret".into()))
+    }
+
     fn tls() -> Arc<tokio_rustls::rustls::ClientConfig> {
         Arc::new(
             tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -646,7 +654,7 @@ mod tests {
     /// lost anew gets the whole limit again.
     #[tokio::test(start_paused = true)]
     async fn a_session_that_cannot_be_re_established_is_given_up() {
-        let reconnect = Reconnect::new(Duration::from_secs(30));
+        let reconnect = Reconnect::new(Duration::from_secs(30), token());
         let lost = || ngrok::tunnel::AcceptError::ListenerClosed {
             message: "heartbeat timed out".into(),
             error_code: None,
@@ -670,7 +678,7 @@ mod tests {
         assert!(reconnect.time_left(&failed()).is_err());
 
         // Through the connector: given up at once, the reason kept.
-        let reconnect = Reconnect::new(Duration::from_secs(30));
+        let reconnect = Reconnect::new(Duration::from_secs(30), token());
         assert!(reconnect.time_left(&lost()).is_ok());
         assert!(reconnect.time_left(&failed()).is_ok());
         let started = Instant::now();
@@ -685,6 +693,54 @@ mod tests {
         assert_eq!(started.elapsed(), Duration::ZERO);
         let why = reconnect.gave_up.lock().unwrap().clone().unwrap();
         assert!(why.contains("could not be re-established"), "{why}");
+    }
+
+    /// Appends what is logged to a shared buffer.
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// ngrok's refusal of a sign-in may quote the auth token: the warning that the session was
+    /// lost hides it.
+    #[tokio::test(start_paused = true)]
+    async fn a_token_quoted_in_why_the_session_was_lost_is_not_logged() {
+        let logs = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Arc::clone(&logs);
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || Captured(Arc::clone(&sink)))
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let refused = || {
+            ngrok::tunnel::AcceptError::Reconnect(Arc::new(ngrok::session::ConnectError::Tcp(
+                std::io::Error::other(
+                    "ERR_NGROK_4018: the authtoken 2abcEXAMPLEtoken_secret is invalid",
+                ),
+            )))
+        };
+        let reconnect = Reconnect::new(Duration::from_secs(30), token());
+        assert!(reconnect.time_left(&refused()).is_ok());
+        let outcome = reconnect
+            .clone()
+            .connect("127.0.0.1".into(), 9, tls(), Some(refused()))
+            .await;
+        assert!(matches!(
+            outcome,
+            Err(ngrok::session::ConnectError::Canceled)
+        ));
+        let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+        assert!(text.contains("the ngrok session was lost"), "{text}");
+        assert!(text.contains("<redacted>"), "{text}");
+        assert!(!text.contains("2abcEXAMPLEtoken_secret"), "{text}");
     }
 
     #[test]
