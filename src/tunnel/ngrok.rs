@@ -609,14 +609,10 @@ mod tests {
             listener.local_addr().unwrap().port()
         };
         let reconnect = Reconnect::new(Duration::from_secs(1), token());
-        let lost = ngrok::tunnel::AcceptError::ListenerClosed {
-            message: "heartbeat timed out".into(),
-            error_code: None,
-        };
         let started = Instant::now();
         let outcome = reconnect
             .clone()
-            .connect("127.0.0.1".into(), port, tls(), Some(lost))
+            .connect("127.0.0.1".into(), port, tls(), Some(lost()))
             .await;
         assert!(matches!(
             outcome,
@@ -630,6 +626,19 @@ mod tests {
                 && why.contains("failed to establish tcp connection"),
             "{why}"
         );
+    }
+
+    /// A session lost, as the SDK tells it when its heartbeats go unanswered.
+    fn lost() -> ngrok::tunnel::AcceptError {
+        ngrok::tunnel::AcceptError::ListenerClosed {
+            message: "heartbeat timed out".into(),
+            error_code: None,
+        }
+    }
+
+    /// A connection back, on which the session could not be re-established for `err`.
+    fn not_re_established(err: std::io::Error) -> ngrok::tunnel::AcceptError {
+        ngrok::tunnel::AcceptError::Reconnect(Arc::new(ngrok::session::ConnectError::Tcp(err)))
     }
 
     fn token() -> Arc<super::Secret> {
@@ -655,15 +664,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_session_that_cannot_be_re_established_is_given_up() {
         let reconnect = Reconnect::new(Duration::from_secs(30), token());
-        let lost = || ngrok::tunnel::AcceptError::ListenerClosed {
-            message: "heartbeat timed out".into(),
-            error_code: None,
-        };
-        let failed = || {
-            ngrok::tunnel::AcceptError::Reconnect(Arc::new(ngrok::session::ConnectError::Tcp(
-                refused(),
-            )))
-        };
+        let failed = || not_re_established(refused());
         assert_eq!(reconnect.time_left(&lost()), Ok(Duration::from_secs(30)));
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(reconnect.time_left(&failed()), Ok(Duration::from_secs(25)));
@@ -721,11 +722,9 @@ mod tests {
             .finish();
         let _guard = tracing::subscriber::set_default(subscriber);
         let refused = || {
-            ngrok::tunnel::AcceptError::Reconnect(Arc::new(ngrok::session::ConnectError::Tcp(
-                std::io::Error::other(
-                    "ERR_NGROK_4018: the authtoken 2abcEXAMPLEtoken_secret is invalid",
-                ),
-            )))
+            not_re_established(std::io::Error::other(
+                "ERR_NGROK_4018: the authtoken 2abcEXAMPLEtoken_secret is invalid",
+            ))
         };
         let reconnect = Reconnect::new(Duration::from_secs(30), token());
         assert!(reconnect.time_left(&refused()).is_ok());
