@@ -202,10 +202,7 @@ async fn the_load_test_generator_ends_when_the_server_stops_answering() {
 #[tokio::test]
 async fn the_load_test_generator_names_why_its_requests_failed() {
     // A port nothing listens on.
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
+    let closed = std::net::SocketAddr::from(([127, 0, 0, 1], crate::unopened::closed_port()));
     let err = load_test::generate(&format!("http://{closed}/hook"), 1, 1, None)
         .await
         .expect_err("no server")

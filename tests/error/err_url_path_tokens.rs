@@ -16,10 +16,7 @@ use tower_webhook::error::WebhookErrorLayer;
 #[tokio::test]
 async fn hook_tokens_in_url_paths_and_passwords_with_a_slash_are_not_logged() {
     let (logs, _guard) = Logs::capture();
-    let refused = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
+    let refused = std::net::SocketAddr::from(([127, 0, 0, 1], crate::unopened::closed_port()));
     let port = refused.port();
     let client = crate::client::builder()
         .resolve("hooks.slack.com", refused)

@@ -20,6 +20,9 @@ mod hyper_one;
 mod incoming;
 #[path = "../common/logs.rs"]
 mod logs;
+#[path = "../common/unopened.rs"]
+#[allow(dead_code)] // `unopened_address`
+mod unopened;
 
 mod err_body;
 mod err_body_cut_short;

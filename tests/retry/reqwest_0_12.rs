@@ -115,10 +115,7 @@ async fn a_reqwest_0_12_post_is_sent_again_only_when_it_was_not_acted_on() {
     assert_eq!(flaky.load(Ordering::SeqCst), 1 + 4);
 
     // A closed port: nothing was sent, so the POST is tried again, up to the maximum.
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let port = crate::unopened::closed_port();
     let attempts = Arc::new(AtomicUsize::new(0));
     let counted = attempts.clone();
     let svc = ServiceBuilder::new()

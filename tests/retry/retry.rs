@@ -257,10 +257,7 @@ async fn a_request_the_upstream_did_not_act_on_is_sent_again_whatever_its_method
 /// up to the maximum.
 #[tokio::test]
 async fn a_reqwest_post_that_could_not_connect_is_tried_again() {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let port = crate::unopened::closed_port();
     let (svc, attempts) = counted_reqwest(2);
     let url = format!("http://127.0.0.1:{port}/comments").parse().unwrap();
     let mut req = reqwest::Request::new(http::Method::POST, url);

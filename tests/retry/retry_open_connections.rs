@@ -162,10 +162,7 @@ async fn a_post_whose_open_connection_became_unreachable_is_not_sent_again() {
 /// error is not in its chain.
 #[tokio::test]
 async fn a_post_whose_connection_was_refused_is_still_sent_again() {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let port = crate::unopened::closed_port();
     let (err, connects) =
         post_with_http_connector(format!("http://127.0.0.1:{port}/comments")).await;
     assert!(err.to_string().contains("client error (Connect)"), "{err}");

@@ -9,11 +9,7 @@ use std::time::Duration;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_webhook::retry::RetryPolicy;
 
-/// A loopback port nothing listens on.
-fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
+use crate::unopened::closed_port;
 
 /// A server whose `POST /comments` records a comment and answers `303 See Other` to a host
 /// that refuses connections; its base URL and the count of the comments it recorded.

@@ -314,20 +314,6 @@ pub fn node_available(test: &str) -> bool {
     false
 }
 
-/// A port on 127.0.0.1 that nothing listens on, and nothing will: it stays bound, without
-/// listening, for the rest of the test run, so a connection to it is refused, and no other
-/// test's listener (one that drops connection attempts, say) can take it meanwhile.
-pub async fn closed_port() -> u16 {
-    static HELD: std::sync::Mutex<Vec<tokio::net::TcpSocket>> = std::sync::Mutex::new(Vec::new());
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket
-        .bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-        .unwrap();
-    let port = socket.local_addr().unwrap().port();
-    HELD.lock().unwrap().push(socket);
-    port
-}
-
 /// A port on 127.0.0.1 free now (bound, then released), for a server the test starts on it.
 pub async fn free_port() -> u16 {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{BoreServer, Logs, black_hole, closed_port, get, get_url, hello_service};
+use crate::unopened::closed_port;
+use support::{BoreServer, Logs, black_hole, get, get_url, hello_service};
 use tower_webhook::tunnel::{
     Bore, BoxFuture, Cloudflared, LocalTunnel, Ngrok, Provider, ProviderKind, Running, Server,
     Session, Tunnel, TunnelBuilder, TunnelConfig, TunnelError, TunnelEvent, TunnelHandle, Upstream,
@@ -28,7 +29,7 @@ async fn falls_back_from_ngrok_and_localtunnel_to_bore() {
     let ngrok_timeout = Duration::from_secs(30);
     let ngrok = Ngrok::new()
         .authtoken("offline-test-token")
-        .server_addr(format!("127.0.0.1:{}", closed_port().await))
+        .server_addr(format!("127.0.0.1:{}", closed_port()))
         .startup_timeout(ngrok_timeout);
     // A localtunnel server that accepts and never answers: its registration wait (320 ms: a
     // fifth of the startup timeout is kept for the probe, half of the rest for the first pooled
@@ -84,7 +85,7 @@ async fn falls_back_from_ngrok_and_localtunnel_to_bore() {
 
 #[tokio::test]
 async fn when_all_fail_the_error_lists_every_reason_and_remedy() {
-    let lt_port = closed_port().await;
+    let lt_port = closed_port();
     let err = Tunnel::builder()
         .provider(Ngrok::new())
         .fallback(Cloudflared::new().binary("cloudflared-not-installed-here"))

@@ -317,7 +317,7 @@ async fn a_piped_connection_to_a_local_server_that_is_down_is_logged() {
     let (logs, _guard) = logs::Logs::capture();
     let ip = Ipv4Addr::new(127, 0, 10, 1);
     let _server = support::BoreServer::start(ip, None).await;
-    let local = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, support::closed_port().await));
+    let local = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, crate::unopened::closed_port()));
     let handle = Tunnel::builder()
         .provider(Bore::new().server(ip.to_string()))
         .start(local)
@@ -534,7 +534,7 @@ async fn a_tunnel_lost_during_its_probe_fails_with_why() {
 /// user after the wrong thing. Without a token, the advice stays.
 #[tokio::test]
 async fn ngrok_with_a_token_is_not_told_to_set_one() {
-    let port = support::closed_port().await;
+    let port = crate::unopened::closed_port();
     let err = Tunnel::builder()
         .provider(
             Ngrok::new()
@@ -730,7 +730,7 @@ impl Provider for WithCredentials {
             let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
             let port = match reachable {
                 true => listener.local_addr()?.port(),
-                false => support::closed_port().await,
+                false => crate::unopened::closed_port(),
             };
             let url = format!("http://hook:s3cret@127.0.0.1:{port}/?token=t0ken");
             Ok(Session::spawn(url, move |mut stop| async move {

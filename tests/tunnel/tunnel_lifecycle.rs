@@ -1040,7 +1040,7 @@ impl Provider for HangingTeardown {
 async fn a_dropped_session_whose_teardown_hangs_is_aborted_after_the_grace() {
     let (held, mut released) = tokio::sync::oneshot::channel::<()>();
     let provider = HangingTeardown {
-        url: format!("http://127.0.0.1:{}", support::closed_port().await),
+        url: format!("http://127.0.0.1:{}", crate::unopened::closed_port()),
         held: Mutex::new(Some(held)),
     };
     // The probe fails, so the chain stops the session in the background, with the close grace

@@ -361,7 +361,7 @@ async fn an_address_upstream_gets_requests_forwarded_and_502_when_it_is_down() {
 
     // Nothing listens on the local address: the tunnel still opens (the probe is answered by
     // the tunnel) and requests get 502.
-    let gone = std::net::SocketAddr::from(([127, 0, 0, 1], support::closed_port().await));
+    let gone = std::net::SocketAddr::from(([127, 0, 0, 1], crate::unopened::closed_port()));
     let handle = Tunnel::builder()
         .provider(LocalTunnel::new().server(format!("http://{}", server.addr)))
         .start(gone)
@@ -511,7 +511,7 @@ impl ScriptedLt {
                         hung.push(stream);
                         continue;
                     }
-                    Registration::ClosedPort => support::closed_port().await,
+                    Registration::ClosedPort => crate::unopened::closed_port(),
                     Registration::Open => {
                         let tunnel = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                         let port = tunnel.local_addr().unwrap().port();

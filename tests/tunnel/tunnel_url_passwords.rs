@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
+use crate::unopened::closed_port;
 use logs::Logs;
-use support::{closed_port, hello_service};
+use support::hello_service;
 use tower_webhook::tunnel::{Bore, LocalTunnel, Provider, Tunnel, TunnelConfig, Upstream};
 
 /// The two halves of each password, around the character that makes the URL invalid.
@@ -42,7 +43,7 @@ fn url_with_password(scheme: &str, separator: char, host: &str) -> String {
 /// server after the `@` is the one tried (nothing listens there: the start fails).
 #[tokio::test]
 async fn a_password_with_a_slash_question_mark_or_hash_shows_nowhere_for_localtunnel() {
-    let port = closed_port().await;
+    let port = closed_port();
     let host = format!("127.0.0.1:{port}");
     for separator in ['/', '?', '#'] {
         let (logs, _guard) = Logs::capture();
@@ -92,7 +93,7 @@ fn a_password_with_a_slash_question_mark_or_hash_in_tunnel_server_shows_nowhere(
 /// showed (and which it tried to connect to); it takes the host after the `@` now.
 #[tokio::test]
 async fn a_password_with_a_slash_question_mark_or_hash_shows_nowhere_for_bore() {
-    let port = closed_port().await;
+    let port = closed_port();
     for separator in ['/', '?', '#'] {
         let (logs, _guard) = Logs::capture();
         let bore = Bore::new()
