@@ -2312,11 +2312,7 @@ fn ready_for_review(forge: Forge, event: Option<&str>, p: &Value) -> Option<Comm
             }
             let repo = p["repository"]["full_name"].as_str()?;
             let number = pr["number"].as_u64().or_else(|| p["number"].as_u64())?;
-            Some(issue_comment(
-                repo,
-                number,
-                text(pr["title"].as_str().unwrap_or("")),
-            ))
+            issue_comment(repo, number, text(pr["title"].as_str().unwrap_or("")))
         }
         Forge::GitLab => {
             let attrs = &p["object_attributes"];
@@ -2407,7 +2403,7 @@ fn ready_for_review(forge: Forge, event: Option<&str>, p: &Value) -> Option<Comm
             }
             let repo = p["repository"]["full_name"].as_str()?;
             let number = p["number"].as_u64().or_else(|| pr["number"].as_u64())?;
-            Some(issue_comment(repo, number, text(title)))
+            issue_comment(repo, number, text(title))
         }
         Forge::AzureDevOps => {
             let r = &p["resource"];
@@ -2580,7 +2576,7 @@ fn command(forge: Forge, event: Option<&str>, p: &Value) -> Option<Comment> {
             let title = issue["title"].as_str().unwrap_or("");
             let answer = answer_to_command(comment["body"].as_str()?, title)?;
             let repo = p["repository"]["full_name"].as_str()?;
-            Some(issue_comment(repo, issue["number"].as_u64()?, answer))
+            issue_comment(repo, issue["number"].as_u64()?, answer)
         }
         Forge::GitLab => {
             let (attrs, mr) = (&p["object_attributes"], &p["merge_request"]);
@@ -2751,13 +2747,46 @@ fn azure_devops_edited(comment: &Value) -> bool {
     }
 }
 
+/// `value`, a name a delivery gives an owner, repository, project or workspace, if it can go
+/// into an API path as it is: ASCII letters, digits, `.`, `_`, `-` and `~` (Bitbucket Data
+/// Center's personal projects), and neither `.` nor `..`. Every provider's names are such names
+/// (its ids too: GUIDs for Azure DevOps). Anything else, `../../admin` or `a#` say, which the URL
+/// parser would resolve or cut into a request on another path, no provider sends: whoever has the
+/// webhook's secret can sign it, though, so such a delivery gets no comment, and a warning.
+fn path_name<'a>(what: &str, value: &'a str) -> Option<&'a str> {
+    let plain = !value.is_empty()
+        && value.len() <= 256
+        && value != "."
+        && value != ".."
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'~'));
+    if !plain {
+        tracing::warn!(
+            name = what,
+            "a signed delivery names {what} no provider would (not a plain name): no comment"
+        );
+    }
+    plain.then_some(value)
+}
+
+/// A repository's `owner/name`, as GitHub, Gitea and Bitbucket Cloud give it (`full_name`), if
+/// both parts are [plain names](path_name).
+fn repository_path(full_name: &str) -> Option<&str> {
+    let (owner, name) = full_name.split_once('/').unwrap_or((full_name, ""));
+    path_name("a repository", owner)?;
+    path_name("a repository", name)?;
+    Some(full_name)
+}
+
 /// A comment on a GitHub or Gitea pull request (their API posts it as an issue comment).
-fn issue_comment(repo: &str, number: u64, text: String) -> Comment {
-    Comment {
+fn issue_comment(repo: &str, number: u64, text: String) -> Option<Comment> {
+    let repo = repository_path(repo)?;
+    Some(Comment {
         path: format!("/repos/{repo}/issues/{number}/comments"),
         body: json!({ "body": text }),
         target: format!("{repo}#{number}"),
-    }
+    })
 }
 
 /// A note on a GitLab merge request.
@@ -2771,7 +2800,7 @@ fn gitlab_note(project: u64, iid: u64, text: String) -> Comment {
 
 /// A comment on the Bitbucket Cloud pull request of delivery `p`, a reply to `parent` if given.
 fn bitbucket_comment(p: &Value, text: String, parent: Option<u64>) -> Option<Comment> {
-    let repo = p["repository"]["full_name"].as_str()?;
+    let repo = repository_path(p["repository"]["full_name"].as_str()?)?;
     let id = p["pullrequest"]["id"].as_u64()?;
     let mut body = json!({ "content": { "raw": text } });
     if let Some(parent) = parent {
@@ -2788,8 +2817,8 @@ fn bitbucket_comment(p: &Value, text: String, parent: Option<u64>) -> Option<Com
 fn bitbucket_server_comment(pr: &Value, text: String, parent: Option<u64>) -> Option<Comment> {
     // The pull request lives in its target repository.
     let repo = &pr["toRef"]["repository"];
-    let project = repo["project"]["key"].as_str()?;
-    let slug = repo["slug"].as_str()?;
+    let project = path_name("a project", repo["project"]["key"].as_str()?)?;
+    let slug = path_name("a repository", repo["slug"].as_str()?)?;
     let id = pr["id"].as_u64()?;
     let mut body = json!({ "text": text });
     if let Some(parent) = parent {
@@ -2802,13 +2831,18 @@ fn bitbucket_server_comment(pr: &Value, text: String, parent: Option<u64>) -> Op
     })
 }
 
+/// The project, repository and id of Azure DevOps pull request `pr`, for the API's paths.
+fn azure_devops_pull_request(pr: &Value) -> Option<(&str, &str, u64)> {
+    let project = path_name("a project", pr["repository"]["project"]["id"].as_str()?)?;
+    let repo = path_name("a repository", pr["repository"]["id"].as_str()?)?;
+    Some((project, repo, pr["pullRequestId"].as_u64()?))
+}
+
 /// A new comment thread on Azure DevOps pull request `pr`, created closed: an active thread
 /// would have to be resolved by hand before a pull request under the branch policy "Check for
 /// comment resolution" could be completed, which nothing the server says calls for.
 fn azure_devops_thread(pr: &Value, text: String) -> Option<Comment> {
-    let project = pr["repository"]["project"]["id"].as_str()?;
-    let repo = pr["repository"]["id"].as_str()?;
-    let id = pr["pullRequestId"].as_u64()?;
+    let (project, repo, id) = azure_devops_pull_request(pr)?;
     Some(Comment {
         // 5.0, the newest version Azure DevOps Server 2019 takes (2020 takes 6.0, 2022 7.0);
         // the service takes them all.
@@ -2827,9 +2861,7 @@ fn azure_devops_thread(pr: &Value, text: String) -> Option<Comment> {
 /// A reply to comment `parent` in thread `thread` of Azure DevOps pull request `pr`. The
 /// thread's status is left as it is.
 fn azure_devops_reply(pr: &Value, thread: u64, parent: u64, text: String) -> Option<Comment> {
-    let project = pr["repository"]["project"]["id"].as_str()?;
-    let repo = pr["repository"]["id"].as_str()?;
-    let id = pr["pullRequestId"].as_u64()?;
+    let (project, repo, id) = azure_devops_pull_request(pr)?;
     Some(Comment {
         // The API version of `azure_devops_thread`.
         path: format!(

@@ -4932,3 +4932,125 @@ async fn a_request_to_no_webhook_route_is_not_counted_as_a_rejected_delivery() {
     );
     assert_eq!(status(&client, &base).await["deliveries"]["rejected"], 1);
 }
+
+/// A signed delivery whose repository, project or workspace is no plain name gets no comment:
+/// the URL parser would have resolved `octo/../../admin/users/x#` into a request on another
+/// path of the API (`/admin/users/x`), with the server's token. Whoever has a webhook's secret
+/// can sign such a delivery; no provider sends one. Names as the providers give them (dots,
+/// underscores, dashes, a Bitbucket Data Center personal project's `~`) still get theirs.
+#[tokio::test]
+async fn deliveries_naming_a_repository_no_provider_would_get_no_comment() {
+    use app::Forge::*;
+    let (api_addr, api) = start_fake_api().await;
+    let (base, state) = start_server(&settings(api_addr, &[])).await;
+    let client = crate::client::new();
+    let mut n = 0u32;
+    // Each delivery of `forge` that names something, with `name` (a JSON string in the body)
+    // replaced by `with`, signed again: how many were answered 202.
+    let mut send_renamed = async |forge: app::Forge, name: &str, with: &str| {
+        let mut accepted = 0;
+        for comment in [false, true] {
+            n += 1;
+            let id = format!("d1000000-0000-4000-8000-{n:012}");
+            let d = match comment {
+                false => delivery(forge, &id, 5),
+                true => comment_delivery(forge, &id, 5, "/review"),
+            };
+            let body = String::from_utf8(d.body).unwrap();
+            let name = serde_json::to_string(name).unwrap();
+            assert!(body.contains(&name), "{name} is not in {body}");
+            let body = body.replace(&name, &serde_json::to_string(with).unwrap());
+            let event = d
+                .headers
+                .iter()
+                .find(|(header, _)| header.ends_with("-event") || *header == "x-event-key")
+                .map_or("-", |(_, event)| event.as_str());
+            let res = send(&client, &base, &signed(forge, &id, event, body.into_bytes())).await;
+            accepted += usize::from(res.status() == StatusCode::ACCEPTED);
+        }
+        accepted
+    };
+    let named = [
+        (GitHub, "octo/repo", "octo/"),
+        (Gitea, "org/repo", "org/"),
+        (Bitbucket, "team/repo", "team/"),
+        (BitbucketServer, "PROJ", ""),
+        (BitbucketServer, "repo", ""),
+        (AzureDevOps, "proj-guid", ""),
+        (AzureDevOps, "repo-guid", ""),
+    ];
+    let mut sent = 0;
+    for (forge, name, owner) in named {
+        for bad in [
+            "../../admin/users/x#",
+            "..",
+            ".",
+            "",
+            "a#",
+            "a?per_page=1",
+            "%2e%2e",
+            "a/b",
+            "a b",
+            "répo",
+            "a\\b",
+        ] {
+            let with = format!("{owner}{bad}");
+            sent += 2;
+            assert_eq!(
+                send_renamed(forge, name, &with).await,
+                2,
+                "{forge:?} {with:?}"
+            );
+        }
+    }
+    // GitHub's, Gitea's and Bitbucket Cloud's owner is checked as its repository is.
+    sent += 2;
+    assert_eq!(send_renamed(GitHub, "octo/repo", "../repo").await, 2);
+    assert_eq!(
+        state.counters.jobs.load(Ordering::SeqCst),
+        0,
+        "{sent} deliveries"
+    );
+    assert_eq!(api.requests.load(Ordering::SeqCst), 0);
+
+    for (forge, name, with, path) in [
+        (
+            GitHub,
+            "octo/repo",
+            "my-org/my.repo_2",
+            "/repos/my-org/my.repo_2/issues/5/comments",
+        ),
+        (
+            Gitea,
+            "org/repo",
+            "a.b/c~d",
+            "/repos/a.b/c~d/issues/5/comments",
+        ),
+        (
+            Bitbucket,
+            "team/repo",
+            "my_team/re.po",
+            "/repositories/my_team/re.po/pullrequests/5/comments",
+        ),
+        (
+            BitbucketServer,
+            "PROJ",
+            "~ADMIN",
+            "/rest/api/1.0/projects/~ADMIN/repos/repo/pull-requests/5/comments",
+        ),
+        (
+            AzureDevOps,
+            "repo-guid",
+            "3411ebc1-d5aa-464f-9615-0b527bc66719",
+            "/proj-guid/_apis/git/repositories/3411ebc1-d5aa-464f-9615-0b527bc66719/pullRequests/5/threads?api-version=5.0",
+        ),
+    ] {
+        let before = comment_count(&api);
+        assert_eq!(send_renamed(forge, name, with).await, 2, "{forge:?} {with}");
+        eventually("two comments", PATIENCE, || comment_count(&api) == before + 2).await;
+        let comments = api.comments.lock().unwrap();
+        for (got, _, _) in &comments[before..] {
+            assert_eq!(got, path, "{forge:?}");
+        }
+    }
+}
