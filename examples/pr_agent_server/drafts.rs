@@ -262,14 +262,17 @@ fn observe(forge: Forge, event: Option<&str>, p: &Value) -> Option<(DraftKey, Se
     }
 }
 
-/// What an event shows: closed, or else a draft or not when the payload says.
+/// What an event shows: closed, or else a draft or not when the payload says, or when it says
+/// the draft was published (Azure DevOps' samples of its events have no `isDraft`: a payload
+/// without it may still say "published").
 fn seen(open: bool, draft: Option<bool>, reveals: bool, published: bool) -> Option<Seen> {
     if !open {
         return Some(Seen::Closed);
     }
-    Some(if draft? {
-        Seen::Draft
-    } else {
-        Seen::Ready { reveals, published }
+    Some(match draft {
+        Some(true) => Seen::Draft,
+        Some(false) => Seen::Ready { reveals, published },
+        None if published => Seen::Ready { reveals, published },
+        None => return None,
     })
 }

@@ -3805,6 +3805,12 @@ fn ado_pr(event: &str, id: u64, draft: bool, status: &str, message: &str) -> Val
     })
 }
 
+/// `event` without its pull request's `isDraft`.
+fn without_is_draft(mut event: Value) -> Value {
+    event["resource"].as_object_mut().unwrap().remove("isDraft");
+    event
+}
+
 fn ado_thread_path(id: u64) -> String {
     format!("/proj-guid/_apis/git/repositories/repo-guid/pullRequests/{id}/threads?api-version=5.0")
 }
@@ -3912,6 +3918,22 @@ async fn an_azure_devops_draft_gets_one_comment_when_published() {
                     "Jamal Hartnett a publié la demande de tirage",
                 ),
             ),
+            // Without `isDraft`, as in the service's samples of its events: the message says
+            // it was published, or it is an update.
+            (
+                "-",
+                without_is_draft(ado_pr(
+                    updated,
+                    46,
+                    false,
+                    "active",
+                    "Jamal Hartnett published the pull request",
+                )),
+            ),
+            (
+                "-",
+                without_is_draft(ado_pr(updated, 47, false, "active", pushed)),
+            ),
         ],
     )
     .await;
@@ -3920,7 +3942,8 @@ async fn an_azure_devops_draft_gets_one_comment_when_published() {
         [
             ado_thread_path(41),
             ado_thread_path(42),
-            ado_thread_path(45)
+            ado_thread_path(45),
+            ado_thread_path(46)
         ]
     );
 }
@@ -4965,7 +4988,12 @@ async fn deliveries_naming_a_repository_no_provider_would_get_no_comment() {
                 .iter()
                 .find(|(header, _)| header.ends_with("-event") || *header == "x-event-key")
                 .map_or("-", |(_, event)| event.as_str());
-            let res = send(&client, &base, &signed(forge, &id, event, body.into_bytes())).await;
+            let res = send(
+                &client,
+                &base,
+                &signed(forge, &id, event, body.into_bytes()),
+            )
+            .await;
             accepted += usize::from(res.status() == StatusCode::ACCEPTED);
         }
         accepted
@@ -5047,7 +5075,10 @@ async fn deliveries_naming_a_repository_no_provider_would_get_no_comment() {
     ] {
         let before = comment_count(&api);
         assert_eq!(send_renamed(forge, name, with).await, 2, "{forge:?} {with}");
-        eventually("two comments", PATIENCE, || comment_count(&api) == before + 2).await;
+        eventually("two comments", PATIENCE, || {
+            comment_count(&api) == before + 2
+        })
+        .await;
         let comments = api.comments.lock().unwrap();
         for (got, _, _) in &comments[before..] {
             assert_eq!(got, path, "{forge:?}");
