@@ -2373,7 +2373,8 @@ fn ready_for_review(forge: Forge, event: Option<&str>, p: &Value) -> Option<Comm
         }
         Forge::BitbucketServer => {
             let pr = &p["pullRequest"];
-            // Data Center, unlike Cloud, reopens a declined pull request.
+            // Data Center, unlike Cloud, reopens a declined pull request, but its list of
+            // webhook events names no reopen: `pr:reopened` is taken should one come.
             if !matches!(event, Some("pr:opened" | "pr:reopened")) || draft(&pr["draft"]) {
                 return None;
             }

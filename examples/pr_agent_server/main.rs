@@ -103,7 +103,7 @@
 //! | GitHub | `pull_request` `opened` / `reopened` (not draft), `ready_for_review` |
 //! | GitLab | Merge Request Hook `open` / `reopen` (not draft, state `opened`: GitLab's "Test" button sends the newest merge request as an `open`, a merged one too), `update` of an open merge request whose `changes.draft` goes from true to false (before GitLab 16.3, whose title loses its `Draft:`, `[Draft]` or `(Draft)` prefix; not a `WIP:`, `[WIP]` or `Draft - ` one, which GitLab 14.0 dropped) |
 //! | Bitbucket Cloud | `pullrequest:created` (not draft); `pullrequest:updated` of an open draft the server saw, now not a draft; Cloud cannot reopen a declined pull request |
-//! | Bitbucket Data Center | `pr:opened` / `pr:reopened` (not draft); the first other event of an open draft the server saw (`pr:modified`, `pr:from_ref_updated`, a review, not a comment) that shows it not a draft |
+//! | Bitbucket Data Center | `pr:opened` (not draft; Data Center's list of events has no reopen, a `pr:reopened` is taken as one should it come); the first other event of an open draft the server saw (`pr:modified`, `pr:from_ref_updated`, a review, not a comment) that shows it not a draft |
 //! | Gitea / Forgejo | `pull_request` `opened` / `reopened` (not draft, no `WIP:` / `[WIP]` title prefix), `edited` of an open pull request whose title loses that prefix |
 //! | Azure DevOps | `git.pullrequest.created` (not draft); `git.pullrequest.updated` of an active pull request, not a draft, that the server saw as a draft or whose message says it "published the pull request" |
 //!
