@@ -398,11 +398,24 @@ impl Provider for Cloudflared {
             // are not meant for it: cloudflared reads `TUNNEL_REGION` as its `--region`, and an
             // ngrok region such as `eu` would keep it from starting (`TunnelConfig` gives it
             // `us`, the one it knows). Otherwise a `TUNNEL_REGION` is taken to be cloudflared's.
+            let kept = |setting: &str| {
+                !(self.from_config || super::config::SECRET_SETTINGS.contains(&setting))
+            };
             for setting in super::config::SETTINGS {
-                if self.from_config || super::config::SECRET_SETTINGS.contains(&setting) {
+                if !kept(setting) {
                     command.env_remove(setting);
                 }
             }
+            // The names of the variables it will list (see `without_values`).
+            let listed = std::env::vars_os()
+                .filter(|(name, value)| {
+                    let (name, value) = (name.to_string_lossy(), value.to_string_lossy());
+                    (name.contains("TUNNEL_") || value.contains("TUNNEL_"))
+                        && (!super::config::SETTINGS.contains(&&*name) || kept(&name))
+                })
+                .map(|(name, _)| name.to_string_lossy().into_owned())
+                .collect::<std::collections::BTreeSet<_>>();
+            let listed = listed.into_iter().collect::<Vec<_>>().join(" ");
             command
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -419,7 +432,7 @@ impl Provider for Cloudflared {
                     let mut buf = Vec::new();
                     while let Ok(Some(line)) = next_line(&mut reader, &mut buf).await {
                         // Its messages name URLs (an origin, a proxy) that may carry credentials.
-                        let line = crate::redact::redacted(line);
+                        let line = crate::redact::redacted(without_values(line, &listed));
                         tracing::debug!(target: "tower_webhook::tunnel::cloudflared", "{line}");
                         let mut lines = lines
                             .lock()
@@ -640,6 +653,21 @@ async fn next_line<R: AsyncBufRead + Unpin>(
             }
             return Ok(Some(String::from_utf8_lossy(buf).into_owned()));
         }
+    }
+}
+
+/// What starts cloudflared's line of the variables whose name or value holds `TUNNEL_`.
+const ENVIRONMENT: &str = "Environmental variables map[";
+
+/// `line`, or, if it is cloudflared's list of variables, the list with their names (`listed`)
+/// alone. cloudflared lists every variable whose name or value holds `TUNNEL_`, values and all
+/// (`INF Environmental variables map[SSH_TUNNEL_PASSWORD:hunter2 TUNNEL_LOGLEVEL:debug]`),
+/// and masks only its own tokens: the line would carry any other secret into the log and into
+/// a failure's reason.
+fn without_values(line: String, listed: &str) -> String {
+    match line.find(ENVIRONMENT) {
+        Some(at) => format!("{}{ENVIRONMENT}{listed}] (values not shown)", &line[..at]),
+        None => line,
     }
 }
 
