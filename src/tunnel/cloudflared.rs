@@ -43,7 +43,9 @@ struct QuickTunnel {
 /// tunnel counts as up once `GET /ready` answers 200. cloudflared is given the loopback port of
 /// [`Upstream::local_addr`] to call, for an address upstream too: that port answers the round-trip
 /// probe and forwards every other request to the address.
-/// On close the process gets SIGINT, then SIGKILL after the [grace period](Self::stop_grace).
+/// On close the process gets SIGINT, then SIGKILL after the [grace period](Self::stop_grace);
+/// cloudflared is told (`--grace-period`) to wait half a second less for the requests in
+/// progress, so that it stops by itself in time.
 ///
 /// # Example
 ///
@@ -387,7 +389,11 @@ impl Provider for Cloudflared {
                 .arg("--url")
                 .arg(format!("http://{local}"))
                 .arg("--metrics")
-                .arg(format!("127.0.0.1:{metrics_port}"));
+                .arg(format!("127.0.0.1:{metrics_port}"))
+                // Its own wait for requests in progress after SIGINT (30 s unless told), ended
+                // before the stop grace is: it stops by itself rather than being killed.
+                .arg("--grace-period")
+                .arg(format!("{}ms", own_grace(self.stop_grace).as_millis()));
             if let Some(region) = &self.region {
                 command.arg("--region").arg(region);
             }
@@ -669,6 +675,12 @@ fn without_values(line: String, listed: &str) -> String {
         Some(at) => format!("{}{ENVIRONMENT}{listed}] (values not shown)", &line[..at]),
         None => line,
     }
+}
+
+/// cloudflared's `--grace-period` for a stop grace of `grace`: half a second shorter, for it to
+/// stop by itself in time, or none (it stops at once) if that leaves none.
+fn own_grace(grace: Duration) -> Duration {
+    grace.saturating_sub(Duration::from_millis(500))
 }
 
 /// The longest [`Cloudflared::stop_grace`]: a second short of the session's own grace, so that

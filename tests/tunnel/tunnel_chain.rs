@@ -300,7 +300,9 @@ async fn cloudflared_quick_tunnel_url_readiness_and_sigint() {
         "{text}"
     );
     assert!(
-        argv.contains("--metrics 127.0.0.1:") && argv.contains("--region us"),
+        argv.contains("--metrics 127.0.0.1:")
+            && argv.contains("--region us")
+            && argv.contains("--grace-period 4500ms"),
         "{text}"
     );
     // The service got a loopback port for cloudflared, and it answers.
