@@ -370,6 +370,12 @@ impl Bore {
             let port = *reclaimed.value();
             match self.ask_again(port, reclaimed.ended_at(), deadline).await? {
                 Hello::Open(control, port) => return Ok((control, port)),
+                // Refused for something else than the port (its secret, say): any port would
+                // be refused the same way.
+                Hello::Refused(message) if !refuses_the_port(&message) => {
+                    let message = super::error::from_the_network(&message);
+                    return Err(format!("the bore server refused the tunnel: {message}").into());
+                }
                 Hello::Refused(message) => {
                     let message = super::error::from_the_network(&message);
                     tracing::info!(
@@ -460,6 +466,13 @@ impl Bore {
         };
         Ok(Hello::Open(control, port))
     }
+}
+
+/// Whether a bore server's refusal of a `Hello` is one of the port asked for (bore-cli's
+/// "port already in use", "client port number not in allowed range", "failed to bind to port",
+/// and "permission denied" for a port below 1024), rather than of the client (its secret).
+fn refuses_the_port(message: &str) -> bool {
+    message.contains("port") || message == "permission denied"
 }
 
 /// A bore server's answer to a `Hello`.
@@ -682,10 +695,14 @@ async fn handshake(
 }
 
 /// bore's challenge answer: lowercase hex of HMAC-SHA256(key = SHA-256(secret), uuid bytes).
+/// The key, as good as the secret to bore, is wiped once used, as the HMAC's state is.
 fn answer(secret: &str, challenge: &Uuid) -> String {
-    let key = Sha256::digest(secret.as_bytes());
+    let mut key = zeroize::Zeroizing::new([0u8; 32]);
+    let mut hasher = Sha256::new();
+    hasher.update(secret.as_bytes());
+    hasher.finalize_into((&mut *key).into());
     let mut mac =
-        <Hmac<Sha256> as KeyInit>::new_from_slice(&key).expect("HMAC takes any key length");
+        <Hmac<Sha256> as KeyInit>::new_from_slice(&*key).expect("HMAC takes any key length");
     mac.update(challenge.as_bytes());
     hex::encode(mac.finalize().into_bytes())
 }

@@ -309,3 +309,39 @@ async fn a_new_bore_tunnel_takes_a_closed_tunnels_port_never_one_being_re_opened
     after.close().await;
     lost.close().await;
 }
+
+/// A server restarted with another secret refuses the re-opened tunnel for its secret: that is
+/// the attempt's reason at once. The refusal was taken for one of the tunnel's previous port,
+/// logged as such, and any port asked for on a second control connection, refused the same way.
+#[tokio::test]
+async fn a_bore_tunnel_refused_for_its_secret_does_not_ask_for_any_port() {
+    let (logs, _guard) = Logs::capture();
+    let ip = Ipv4Addr::new(127, 0, 0, 68);
+    let mut server = BoreServer::start(ip, Some("old-secret")).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handle = start(
+        bore_to(ip).secret("old-secret"),
+        &calls,
+        Duration::from_millis(200),
+    )
+    .await;
+    let url = handle.url();
+    let mut events = handle.events();
+
+    kill(&mut server, &[&url]).await;
+    down(&mut events).await;
+    let _server = BoreServer::start(ip, Some("new-secret")).await;
+    let refused = support::eventually(Duration::from_secs(5), || {
+        logs.text()
+            .lines()
+            .any(|line| line.contains("tunnel provider failed") && line.contains("invalid secret"))
+    })
+    .await;
+    let logged = logs.text();
+    assert!(refused, "no attempt failed for the secret:\n{logged}");
+    assert!(
+        !logged.contains("asking for any port"),
+        "taken for a refusal of the port:\n{logged}"
+    );
+    handle.close().await;
+}
