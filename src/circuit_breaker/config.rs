@@ -71,6 +71,8 @@ const MAX_PROBES: u32 = 4_000;
 const MAX_OPEN: Duration = Duration::from_secs(86_400 * 365);
 /// The longest `honor_retry_after` cap: an upstream asking for more is down for the day.
 const MAX_RETRY_AFTER_CAP: Duration = Duration::from_secs(24 * 3600);
+/// The longest `slow_call_rate_threshold` duration.
+const MAX_SLOW_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 /// How outcomes are kept to compute the failure and slow-call rates.
 ///
@@ -137,7 +139,7 @@ pub enum OpenDuration {
     Fixed(Duration),
     /// `initial * multiplier^(attempt - 1)`, capped at `max`, where `attempt` counts the
     /// openings since the breaker was last closed; then a random `jitter` fraction
-    /// (0.0..=1.0) is taken off, so breakers of many replicas do not probe in step.
+    /// (0.0..1.0) is taken off, so breakers of many replicas do not probe in step.
     Backoff {
         /// The first open duration.
         initial: Duration,
@@ -145,7 +147,8 @@ pub enum OpenDuration {
         multiplier: f64,
         /// The cap.
         max: Duration,
-        /// The fraction of the duration that may randomly be taken off (0.0 = none).
+        /// The fraction of the duration that may randomly be taken off (0.0 = none; less than
+        /// 1.0).
         jitter: f64,
     },
 }
@@ -519,7 +522,8 @@ impl CircuitBreakerConfig {
     /// outcome comes later ([`Recorder::stop_clock`](super::Recorder::stop_clock)): a gRPC
     /// stream is timed to its head, not to its trailers. The clock is read in steps of 1,024 ns,
     /// so a call less than about 2 µs over `slower_than` may not count as slow. A zero
-    /// `slower_than` is refused by [`validate`](Self::validate): every call would be slow.
+    /// `slower_than` is refused by [`validate`](Self::validate) (every call would be slow), and
+    /// so is one over a day.
     ///
     /// # Example
     ///
@@ -887,6 +891,16 @@ impl CircuitBreakerConfig {
                 "the duration above which a call is slow must be greater than zero".to_owned(),
             ));
         }
+        // A call's time is kept in 40 bits of 1024 ns, which wrap after 13 days.
+        if self.slow_rate.is_some() && self.slow_duration > MAX_SLOW_DURATION {
+            return Err(ConfigError::invalid(
+                "slow_call_rate_threshold",
+                format!(
+                    "the duration above which a call is slow is at most one day, got {:?}",
+                    self.slow_duration
+                ),
+            ));
+        }
         if self.minimum_calls == 0 {
             return Err(ConfigError::invalid(
                 "minimum_calls",
@@ -909,10 +923,12 @@ impl CircuitBreakerConfig {
                     format!("the backoff multiplier must be at least 1.0, got {multiplier}"),
                 ));
             }
-            if !(0.0..=1.0).contains(&jitter) {
+            // A jitter of 1.0 could take the whole duration off: the breaker would open for
+            // no time at all (resilience4j refuses a randomization factor of 1 too).
+            if !(0.0..1.0).contains(&jitter) {
                 return Err(ConfigError::invalid(
                     "open_duration",
-                    format!("the jitter must be between 0.0 and 1.0, got {jitter}"),
+                    format!("the jitter must be at least 0.0 and less than 1.0, got {jitter}"),
                 ));
             }
         }

@@ -990,6 +990,22 @@ fn config_errors_name_the_setting_or_variable() {
             CircuitBreakerConfig::default().slow_call_rate_threshold(50.0, Duration::ZERO),
             "slow_call_rate_threshold",
         ),
+        // A call's time is kept for 13 days: one slower than 30 days would never be slow.
+        (
+            CircuitBreakerConfig::default()
+                .slow_call_rate_threshold(50.0, Duration::from_secs(30 * 86_400)),
+            "slow_call_rate_threshold",
+        ),
+        // All of the open duration could be taken off.
+        (
+            CircuitBreakerConfig::default().open_duration(OpenDuration::Backoff {
+                initial: Duration::from_secs(1),
+                multiplier: 2.0,
+                max: Duration::from_secs(60),
+                jitter: 1.0,
+            }),
+            "open_duration",
+        ),
     ] {
         assert_eq!(
             CircuitBreakerLayer::new(config).unwrap_err().setting(),
