@@ -65,6 +65,12 @@
 //! A call dropped before it ends (a cancelled request, or one dropped while a panic of
 //! something else unwinds, such as another branch of a `join!`) records nothing.
 //!
+//! So a timeout belongs below the breaker, nearer the upstream, where its error is the call's
+//! outcome: `ServiceBuilder::new().layer(breaker).timeout(limit)` records each
+//! [`Elapsed`](tower::timeout::error::Elapsed) as a failure (as reqwest's own timeout is). A
+//! timeout above the breaker drops the call: an upstream that never answers then never opens
+//! it, and in HALF_OPEN each probe it drops gives its permit back for another.
+//!
 //! # The tower contract
 //!
 //! An open breaker never returns `Err` from `poll_ready` and never polls the inner service only

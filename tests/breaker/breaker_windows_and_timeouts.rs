@@ -123,6 +123,42 @@ fn by_status() -> impl Service<
     })
 }
 
+/// An upstream that never answers, behind a timeout: below the breaker, each timeout is a
+/// failure and the breaker opens; above it, as the module docs say, a timed-out call is
+/// dropped, and a call dropped records nothing, so the breaker never opens.
+#[tokio::test(start_paused = true)]
+async fn a_timeout_below_the_breaker_is_a_failure_and_one_above_it_is_no_outcome() {
+    let hung =
+        || tower::service_fn(|_: ()| std::future::pending::<Result<Response<()>, BoxError>>());
+    let config = || CircuitBreakerConfig::default().consecutive_failures(3);
+    let limit = Duration::from_secs(10);
+
+    let (layer, handle) = CircuitBreakerLayer::pair(config()).unwrap();
+    let mut below = ServiceBuilder::new()
+        .layer(layer)
+        .timeout(limit)
+        .service(hung());
+    for _ in 0..3 {
+        let err = below.ready().await.unwrap().call(()).await.unwrap_err();
+        assert!(err.is::<tower::timeout::error::Elapsed>(), "{err}");
+    }
+    assert_eq!(handle.state(), CircuitState::Open);
+    let err = below.ready().await.unwrap().call(()).await.unwrap_err();
+    assert!(err.is::<CircuitOpen>(), "{err}");
+
+    let (layer, handle) = CircuitBreakerLayer::pair(config()).unwrap();
+    let mut above = ServiceBuilder::new()
+        .timeout(limit)
+        .layer(layer)
+        .service(hung());
+    for _ in 0..10 {
+        let err = above.ready().await.unwrap().call(()).await.unwrap_err();
+        assert!(err.is::<tower::timeout::error::Elapsed>(), "{err}");
+    }
+    assert_eq!(handle.state(), CircuitState::Closed);
+    assert_eq!(handle.snapshot().buffered_calls, 0);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_count_window_of_one_call_trips_on_its_one_failure() {
     let config = CircuitBreakerConfig::default()
