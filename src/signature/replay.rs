@@ -1303,8 +1303,12 @@ mod redis_store {
     /// Each id is one key, `SET <prefix><provider>:<id> <value> NX PX <ttl>`: atomic, and
     /// expired by Redis itself. The value is `pending:<claim token>` while a delivery that claimed
     /// the id is being handled (for the layer's `claim_ttl` at most), `1` once it was (then for its
-    /// `replay_ttl`). A claim is completed or released by a script that first checks its token,
-    /// so a handler that outlived its claim leaves the next one alone. If Redis cannot be
+    /// `replay_ttl`), and `1:<token>` for an id recorded at once
+    /// ([`RecordDelivery::AfterVerification`](super::RecordDelivery::AfterVerification)). A claim
+    /// is completed or released by a script that first checks its token, so a handler that
+    /// outlived its claim leaves the next one alone; a `SET` that Redis did not answer in time,
+    /// but may carry out later, is deleted again by the same check of its own value, so the
+    /// provider's redelivery is not taken for a replay. If Redis cannot be
     /// reached, or does not answer within [`timeout`](RedisReplayStore::timeout), the delivery is
     /// refused with 503 and `Retry-After` (fail closed), so the provider delivers again later.
     ///
@@ -1336,13 +1340,10 @@ mod redis_store {
         /// seconds; set [`set_max_delay`](redis::aio::ConnectionManagerConfig::set_max_delay) for
         /// the same here. The manager's own response timeout (redis' default: 500 ms) answers
         /// before the store's [`timeout`](Self::timeout) when it is shorter. Unlike `connect`,
-        /// the store does not replace a connection that stops answering. With
-        /// [`RecordDelivery::AfterVerification`](super::RecordDelivery::AfterVerification), a
-        /// delivery id whose `SET` the manager's own timeout gave up on may still be recorded
-        /// by Redis later, and stays so until it expires: the store undoes that only after its
-        /// own timeout, whose late answer it can wait for. (Claims, with the default
-        /// `AfterSuccess`, are released either way.) Set the manager's response timeout longer
-        /// than the store's, or to none, to keep that.
+        /// the store does not replace a connection that stops answering. A `SET` the manager's
+        /// own timeout gave up on is deleted again, as one the store's timeout gave up on is:
+        /// by a command on the same connection, which Redis carries out after it, asked once a
+        /// second until Redis answers.
         ///
         /// # Example
         ///
@@ -1488,8 +1489,13 @@ mod redis_store {
 
     /// The longest TTL sent to Redis: 100 years, in milliseconds.
     const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
-    /// The value of a handled delivery's key.
+    /// The value of a handled delivery's key, once its claim is completed.
     const DONE: &str = "1";
+    /// What starts the value of a delivery's key recorded at once (`insert`): this, then a
+    /// token of that insert alone.
+    const DONE_PREFIX: &str = "1:";
+    /// How often a `SET` given up on is asked to be undone until Redis answers.
+    const UNDO_PACE: Duration = Duration::from_secs(1);
     /// The value of a key claimed by a delivery still being handled: this, then the claim's token.
     const PENDING_PREFIX: &str = "pending:";
     /// `KEYS[1]` holds the claim `ARGV[1]`, or nothing: it becomes `ARGV[2]` for `ARGV[3]` ms.
@@ -1637,7 +1643,22 @@ mod redis_store {
                 let mut answer =
                     Box::pin(async move { set.query_async::<Option<String>>(&mut conn).await });
                 match tokio::time::timeout(timeout, answer.as_mut()).await {
-                    Ok(set) => Ok(set?.is_some()),
+                    Ok(Ok(set)) => Ok(set.is_some()),
+                    // Given up on by the connection itself (its own response timeout, or lost
+                    // once the command was sent): Redis may still carry it out, then the key is
+                    // deleted again, as below. `value` is this call's own, so only its record is.
+                    Ok(Err(err)) if err.is_timeout() || err.is_connection_dropped() => {
+                        if let Ok(permit) = late_answers.try_acquire_owned() {
+                            let late_conns = Arc::clone(&conns);
+                            let ttl = Duration::from_millis(ms);
+                            tokio::spawn(async move {
+                                let _permit = permit;
+                                undo(&key, &value, late_conns, timeout, ttl).await;
+                            });
+                        }
+                        Err(err.into())
+                    }
+                    Ok(Err(err)) => Err(err.into()),
                     Err(_) => {
                         // The delivery is refused, but Redis may still carry the command out
                         // later: the key is then deleted again, or the provider's retry of this
@@ -1666,9 +1687,37 @@ mod redis_store {
         }
     }
 
+    /// Deletes `key` if it holds `value`, the value of a `SET` given up on that Redis may carry
+    /// out later: asked until Redis answers (a command sent on the same connection is carried
+    /// out after the `SET`), once a second, for `ttl` at most, after which the key is gone
+    /// anyway.
+    async fn undo(
+        key: &str,
+        value: &str,
+        conns: Arc<Connection>,
+        timeout: Duration,
+        ttl: Duration,
+    ) {
+        let until = tokio::time::Instant::now() + ttl;
+        loop {
+            match query::<u64>(delete_if(key, value), Arc::clone(&conns), timeout).await {
+                Ok(_) => return,
+                Err(_) if tokio::time::Instant::now() + UNDO_PACE < until => {
+                    tokio::time::sleep(UNDO_PACE).await;
+                }
+                Err(err) => {
+                    tracing::error!(%key, error = %err, "Redis may have recorded a delivery id after the delivery was refused for taking too long, and could not be asked to delete it again: the provider's redelivery is treated as a replay until the id expires");
+                    return;
+                }
+            }
+        }
+    }
+
     impl ReplayStore for RedisReplayStore {
         fn insert(&self, key: &str, ttl: Duration) -> ReplayFuture {
-            self.set_new(key, ttl, DONE.to_owned())
+            // Each insert's own value, for a `SET` given up on to be undone without deleting
+            // another's record of the id.
+            self.set_new(key, ttl, format!("{DONE_PREFIX}{}", ClaimToken::unique()))
         }
 
         fn claim(&self, key: &str, token: ClaimToken, ttl: Duration) -> ReplayFuture {
@@ -1699,7 +1748,11 @@ mod redis_store {
             command.arg(self.key(key));
             let answer = query::<Option<String>>(command, Arc::clone(&self.conn), self.timeout);
             // Anything else is a claim (`pending` alone was one before claims had tokens).
-            ReplayFuture::new(async move { Ok(answer.await?.is_some_and(|v| v == DONE)) })
+            ReplayFuture::new(async move {
+                Ok(answer
+                    .await?
+                    .is_some_and(|v| v == DONE || v.starts_with(DONE_PREFIX)))
+            })
         }
 
         fn remove(&self, key: &str) -> ReplayFuture {

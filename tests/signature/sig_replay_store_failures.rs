@@ -417,3 +417,82 @@ async fn late_commands_leave_the_right_state() {
         409
     );
 }
+
+/// A store made with `RedisReplayStore::new` over a connection manager whose own response
+/// timeout (200 ms here; redis' default is 500 ms) is shorter than the store's: the manager gives
+/// up on the `SET` of an id recorded at verification while Redis is stopped, and Redis carries
+/// it out once it goes on. The id was recorded for its whole TTL, and the provider's retry of
+/// the refused delivery was refused as a replay; the `SET` is deleted again now, and only its
+/// own value: another delivery's record of the same id stays.
+#[tokio::test]
+async fn a_set_the_connection_manager_gave_up_on_is_undone() {
+    let Some(redis) = redis_server::start().await else {
+        return;
+    };
+    let url = redis.url();
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_response_timeout(Some(Duration::from_millis(200)));
+    let manager = redis::aio::ConnectionManager::new_with_config(client.clone(), config)
+        .await
+        .unwrap();
+    let store = RedisReplayStore::new(manager);
+    let layer = SignatureLayer::github(GH_SECRET)
+        .unwrap()
+        .replay_store(store.clone())
+        .record_delivery(RecordDelivery::AfterVerification);
+
+    redis.signal("-STOP");
+    let refused = send(&layer, StatusCode::OK, github("managed-late-set")).await;
+    redis.signal("-CONT");
+    assert_eq!(refused, StatusCode::SERVICE_UNAVAILABLE);
+    let key = "tower-webhook:replay:github:managed-late-set";
+    let mut gone = false;
+    for _ in 0..500 {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !exists {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(gone, "the SET the manager gave up on was not undone");
+    assert_eq!(
+        send(&layer, StatusCode::OK, github("managed-late-set")).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&layer, StatusCode::OK, github("managed-late-set")).await,
+        StatusCode::CONFLICT,
+        "the retry that was handled is recorded"
+    );
+
+    // Another replica's record of an id: the `SET` given up on finds it there, and its undo
+    // leaves it.
+    let key = "tower-webhook:replay:github:recorded-elsewhere";
+    redis::cmd("SET")
+        .arg(key)
+        .arg("1:another-replica")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    redis.signal("-STOP");
+    let given_up = store
+        .insert("github:recorded-elsewhere", Duration::from_secs(60))
+        .await;
+    redis.signal("-CONT");
+    assert!(given_up.is_err(), "{given_up:?}");
+    // The undo is asked at once, and answered once Redis goes on.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let value: Option<String> = redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(value.as_deref(), Some("1:another-replica"));
+}
