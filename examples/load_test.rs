@@ -22,6 +22,9 @@
 //! `hyper_server` does. The generator waits 10 s at most for each answer: one that does not
 //! come counts as `other`, and fails the run.
 
+#[path = "common/preface.rs"]
+mod preface;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -112,7 +115,10 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `router` on `listener`. A client that sends its request head slowly, or never
 /// finishes it, is cut off after 10 s (`axum::serve` sets no such timeout: half a request head
-/// would hold its connection for ever). hyper enforces the timeout only with a timer.
+/// would hold its connection for ever). hyper enforces the timeout only with a timer, and only
+/// once the connection has sent enough to tell HTTP/1 from HTTP/2: until then, a
+/// `PrefaceDeadline` keeps it, so a client that sends nothing is cut off too. An HTTP/2 client
+/// gone silent is found by its pings.
 pub(crate) async fn serve_on(
     listener: tokio::net::TcpListener,
     router: Router,
@@ -126,7 +132,11 @@ pub(crate) async fn serve_on(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
-    server.http2().timer(TokioTimer::new());
+    server
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(HEADER_READ_TIMEOUT)
+        .keep_alive_timeout(HEADER_READ_TIMEOUT);
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -138,6 +148,7 @@ pub(crate) async fn serve_on(
             }
         };
         let svc = TowerToHyperService::new(router.clone());
+        let stream = preface::PrefaceDeadline::new(stream, tokio::time::sleep(HEADER_READ_TIMEOUT));
         let conn = server
             .serve_connection_with_upgrades(TokioIo::new(stream), svc)
             .into_owned();

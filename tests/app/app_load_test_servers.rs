@@ -15,7 +15,7 @@ use serde_json::json;
 /// `load_test serve` ran plain `axum::serve`, which has no header read timeout: a client that
 /// sent half a request head held its connection for ever (and a few thousand of them every
 /// file descriptor). Both servers now close such a connection after 10 s, as `hyper_server`
-/// does, and still answer deliveries.
+/// does, and still answer deliveries; and one that sends nothing at all.
 #[tokio::test]
 async fn the_load_test_servers_cut_off_a_client_that_never_finishes_its_request_head() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -46,13 +46,19 @@ async fn the_load_test_servers_cut_off_a_client_that_never_finishes_its_request_
         conn.write_all(b"POST /hook HTTP/1.1\r\nHost: 127.0.0.1\r\nX-GitHub-Event: pull")
             .await
             .unwrap();
-        // The bound only ends a failing test: the server is due to close it after 10 s.
-        let mut rest = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(40), conn.read_to_end(&mut rest)).await;
-        assert!(
-            read.is_ok(),
-            "{mode}: the connection is still open after 40 s"
-        );
+        // One that sends nothing at all: hyper's own timeout starts only once the connection
+        // has told HTTP/1 from HTTP/2, and it was held for ever.
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // The bound only ends a failing test: the server is due to close both after 10 s.
+        for (what, conn) in [("a partial head", &mut conn), ("nothing", &mut silent)] {
+            let mut rest = Vec::new();
+            let read =
+                tokio::time::timeout(Duration::from_secs(40), conn.read_to_end(&mut rest)).await;
+            assert!(
+                read.is_ok(),
+                "{mode}: the connection that sent {what} is still open after 40 s"
+            );
+        }
     }
 }
 
