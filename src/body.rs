@@ -1,4 +1,4 @@
-//! Bodies: the response body of [`SignatureLayer`](crate::signature::SignatureLayer)'s service,
+//! Bodies: the response body of `SignatureLayer`'s service (feature `signature`),
 //! and a request body for plain hyper. (`WebhookErrorLayer` has its own,
 //! `tower_webhook::error::ResponseBody`, which also guards the inner body while it streams.)
 //!
@@ -26,11 +26,11 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project::pin_project;
 
-/// Response body of [`SignatureLayer`](crate::signature::SignatureLayer)'s service: either the
+/// Response body of `SignatureLayer`'s service (feature `signature`): either the
 /// inner service's body, untouched, or a complete body the layer produced itself (a problem
 /// document, a handshake answer).
 ///
-/// With [`RecordDelivery::AfterSuccess`](crate::signature::RecordDelivery::AfterSuccess), the
+/// With `RecordDelivery::AfterSuccess`, the
 /// body of a gRPC call whose status comes in its trailers is watched to its end: the delivery id
 /// is settled in the replay store by the trailers' `grpc-status`, and the trailers (or the end
 /// of a body without them) are handed on once the store has answered. A gRPC-web answer's body
@@ -216,7 +216,7 @@ where
 
 /// A request body that any body converts into, and that can be built from [`Bytes`].
 ///
-/// [`SignatureLayer`](crate::signature::SignatureLayer) hands the verified bytes on in the
+/// `SignatureLayer` (feature `signature`) hands the verified bytes on in the
 /// request body type it received, so that type must be buildable from `Bytes`. axum's body is;
 /// hyper's `Incoming` is not. Map `Incoming` (or any other body) to `RequestBody` first; it wraps
 /// the body without reading it.

@@ -4,7 +4,7 @@
 //! Azure DevOps and others, and calls their APIs back. `tower-webhook` ships the fragile parts
 //! of such a server once, as [`tower`] layers that fit any hyper, axum or tonic stack:
 //!
-//! - [`error`]: [`WebhookErrorLayer`] turns every error and panic into a correct response: a
+//! - `error`: `WebhookErrorLayer` turns every error and panic into a correct response: a
 //!   real status and an RFC 9457 `application/problem+json` body for HTTP, `grpc-status` for gRPC.
 //! - `signature`: `SignatureLayer` lets only deliveries with a valid signature through (GitHub,
 //!   GitLab, Bitbucket, Gitea/Forgejo, Azure DevOps, Stripe, Slack, Shopify, Standard Webhooks,

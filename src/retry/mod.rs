@@ -34,9 +34,14 @@
 //!   An error hides which hop failed, though: a refused connection to the host a redirect
 //!   points to is read as the request never sent, and the request is sent again. For such
 //!   calls, build the client with redirects off (reqwest's `redirect::Policy::none()`) or send
-//!   an `Idempotency-Key` the upstream honours. So for an upstream that answers 408 or 503
-//!   after it began to act: tower-http's `TimeoutLayer` answers 408 when a handler runs too
-//!   long, whatever it did by then.
+//!   an `Idempotency-Key` the upstream honours.
+//!
+//!   An upstream may answer 408 or 503 after it began to act, though: tower-http's
+//!   `TimeoutLayer` answers 408 when a handler runs too long, whatever the handler did by then,
+//!   and so does this crate's `WebhookErrorLayer` with `timeout_status(408)` over a
+//!   `tower::timeout`. A `POST` to such an upstream is sent again, and may act twice: send it
+//!   with an `Idempotency-Key` the upstream honours, or leave that status out with
+//!   [`RetryPolicy::no_retry_on_status`].
 //! - **gRPC**: a "trailers-only" answer (HTTP 200 with `grpc-status` in the headers) and a
 //!   `tonic::Status` error the upstream answered (one with no transport error as its source)
 //!   are read by their code, as the HTTP status of the same meaning: `UNAVAILABLE` as 503,
@@ -76,7 +81,7 @@
 //!   it is decided, before its backoff: one whose wait is cut short (the call dropped, an outer
 //!   timeout) or that a circuit breaker inside then refuses still counts against the budget.
 //! - **Never a circuit-open rejection**: an error carrying
-//!   [`CircuitOpen`](crate::circuit_breaker::CircuitOpen) is returned at once, and so is a
+//!   `CircuitOpen` (the circuit breaker's refusal, feature `circuit-breaker`) is returned at once, and so is a
 //!   reqwest error the same request meets again (a builder error such as a URL scheme reqwest
 //!   does not send, or a redirect loop).
 //! - **Attempts, not time**: at most [`max_retries`](RetryPolicy::max_retries) retries per

@@ -223,9 +223,9 @@ pub enum SignatureConfigError {
     /// ```
     /// use tower_webhook::signature::SignatureConfigError;
     ///
-    /// // What `Secrets::from_env_list("GITHUB_WEBHOOK_SECRETS")` answers for `new-secret,`.
-    /// let err = SignatureConfigError::EmptyEnvItem("GITHUB_WEBHOOK_SECRETS".into());
-    /// assert!(err.to_string().contains("`GITHUB_WEBHOOK_SECRETS`"));
+    /// // What `Secrets::from_env_list("GITHUB_WEBHOOK_SECRET")` answers for `new-secret,`.
+    /// let err = SignatureConfigError::EmptyEnvItem("GITHUB_WEBHOOK_SECRET".into());
+    /// assert!(err.to_string().contains("`GITHUB_WEBHOOK_SECRET`"));
     /// ```
     #[error(
         "environment variable `{0}` holds an empty item in its comma-separated list of secrets (two commas in a row, or one at either end): remove the extra comma"

@@ -200,8 +200,8 @@ impl Secrets {
     /// ```
     /// use tower_webhook::signature::{Secrets, SignatureConfigError};
     ///
-    /// // At startup, with GITHUB_WEBHOOK_SECRETS="new-secret,old-secret":
-    /// // let layer = SignatureLayer::github_with_secrets(Secrets::from_env_list("GITHUB_WEBHOOK_SECRETS")?)?;
+    /// // At startup, with GITHUB_WEBHOOK_SECRET="new-secret,old-secret":
+    /// // let layer = SignatureLayer::github_with_secrets(Secrets::from_env_list("GITHUB_WEBHOOK_SECRET")?)?;
     /// let err = Secrets::from_env_list("TOWER_WEBHOOK_EXAMPLE_UNSET").unwrap_err();
     /// assert!(matches!(&err, SignatureConfigError::MissingEnv(name) if name == "TOWER_WEBHOOK_EXAMPLE_UNSET"));
     /// assert!(err.to_string().contains("TOWER_WEBHOOK_EXAMPLE_UNSET"));

@@ -35,7 +35,7 @@ pub(crate) const SECRET_SETTINGS: [&str; 3] =
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ProviderKind {
-    /// [`Ngrok`](super::Ngrok) (feature `ngrok`).
+    /// `Ngrok` (feature `ngrok`).
     Ngrok,
     /// [`LocalTunnel`].
     LocalTunnel,

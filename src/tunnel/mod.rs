@@ -4,7 +4,7 @@
 //! a machine without a public address, a tunnel gives it a public URL. This module opens one
 //! through the first provider of a chain that works:
 //!
-//! - [`Ngrok`] (feature `ngrok`): the official `ngrok` crate; tried only with an auth token.
+//! - `Ngrok` (feature `ngrok`): the official `ngrok` crate; tried only with an auth token.
 //! - [`Cloudflared`]: a Cloudflare quick tunnel, when the `cloudflared` binary is on `PATH`.
 //! - [`LocalTunnel`]: a native client of the localtunnel server protocol.
 //! - [`Bore`]: a native client of bore's protocol (plain TCP, with optional secret).
