@@ -29,12 +29,12 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// the local port serves it too. The shutdown signal (Ctrl-C, or `SIGTERM` on Unix as container
 /// runtimes and service managers send it, unless
 /// [`with_graceful_shutdown`](Self::with_graceful_shutdown) sets another) stops accepting on the
-/// local port, lets open requests finish (up to 10 s), then closes the tunnel (a tunnel still
+/// local port (but see below for cloudflared), lets open requests finish (up to 10 s), then closes the tunnel (a tunnel still
 /// starting then is given up at once, without waiting for its providers). The tunnel stays
 /// open while they finish, so deliveries that reach it then are served too, one request per
-/// connection, and waited for within the same 10 s (except through cloudflared, which reaches
-/// the service through the local port: new deliveries through it are refused once the port
-/// stops accepting, and cloudflared answers them 502; its requests in flight finish).
+/// connection, and waited for within the same 10 s. A tunnel that reaches the service through
+/// the local port (cloudflared's) brings them there: the port then keeps accepting through the
+/// drain, one request per connection too.
 /// Connections still open after that, on the local port or through the tunnel, are ended.
 ///
 /// # Example
@@ -381,24 +381,11 @@ impl Server {
             let upstream = serving;
             let mut shutdown = shutdown;
             loop {
-                // A permit first: past the connection limit, new ones wait in the backlog.
-                let next = async {
-                    let permit = upstream.connection_permit().await;
-                    (permit, acceptor.accept().await.0)
-                };
                 tokio::select! {
                     () = &mut shutdown => break,
-                    (permit, stream) = next => {
-                        let _ = stream.set_nodelay(true);
-                        let upstream = upstream.clone();
-                        tokio::spawn(async move {
-                            upstream.serve_connection(stream).await;
-                            drop(permit);
-                        });
-                    }
+                    () = serve_next(&upstream, &mut acceptor) => {}
                 }
             }
-            drop(acceptor);
             // Before the tunnel's start is given up: a `Running` returned for a server that
             // stopped meanwhile says so.
             stop_seen.store(true, Ordering::Release);
@@ -411,6 +398,12 @@ impl Server {
             if let Some(tunnel) = &tunnel {
                 tunnel.stop_reconnecting();
             }
+            // A tunnel that reaches the service through this port (cloudflared's) brings its
+            // deliveries there: the port keeps accepting through the drain, one request per
+            // connection, or they would be refused (and cloudflared answer them 502). Otherwise
+            // it stops accepting now.
+            let mut accepting =
+                (tunnel.is_some() && upstream.local_addr_asked()).then_some(acceptor);
             tracing::info!("shutting down: draining open connections");
             let drain = async {
                 if let Some((graceful, late)) = upstream.start_drain() {
@@ -419,7 +412,20 @@ impl Server {
                     late.closed().await;
                 }
             };
-            if tokio::time::timeout(DRAIN, drain).await.is_err() {
+            let late_deliveries = async {
+                match &mut accepting {
+                    Some(acceptor) => loop {
+                        serve_next(&upstream, acceptor).await;
+                    },
+                    None => std::future::pending().await,
+                }
+            };
+            let drained = tokio::select! {
+                drained = tokio::time::timeout(DRAIN, drain) => drained.is_ok(),
+                never = late_deliveries => never,
+            };
+            drop(accepting);
+            if !drained {
                 tracing::warn!(
                     "connections still open after {} s; closing them",
                     DRAIN.as_secs()
@@ -465,6 +471,19 @@ impl Server {
             task: abort.returned(task),
         })
     }
+}
+
+/// Accepts the next connection and serves it, in a task of its own. A permit first: past the
+/// connection limit, new ones wait in the backlog.
+async fn serve_next(upstream: &Upstream, acceptor: &mut Acceptor) {
+    let permit = upstream.connection_permit().await;
+    let (stream, _) = acceptor.accept().await;
+    let _ = stream.set_nodelay(true);
+    let upstream = upstream.clone();
+    tokio::spawn(async move {
+        upstream.serve_connection(stream).await;
+        drop(permit);
+    });
 }
 
 /// Aborts the server's task when dropped before [`returned`](Self::returned) is called.
@@ -665,7 +684,8 @@ impl Running {
         self.tunnel_status.clone()
     }
 
-    /// Whether the shutdown signal has come: the server no longer accepts connections, and
+    /// Whether the shutdown signal has come: the server no longer accepts connections (unless
+    /// its tunnel reaches it through its port, as cloudflared's does, until the drain ends), and
     /// drains those still open, or is done. A server whose signal came while its tunnel was
     /// starting is returned by [`Server::spawn`] already stopping, without a tunnel: there is
     /// no URL to announce.

@@ -341,6 +341,8 @@ struct Inner {
     serve: Arc<dyn ServeConn>,
     probes: Arc<Probes>,
     local: OnceCell<SocketAddr>,
+    /// Whether `local` was asked for.
+    local_asked: AtomicBool,
     local_task: Mutex<Option<tokio::task::AbortHandle>>,
     /// Set by the server helper: every connection served is watched, tunnel connections
     /// included, so that a graceful shutdown lets their requests finish.
@@ -623,6 +625,12 @@ impl Upstream {
         self
     }
 
+    /// Whether a provider asked for [`local_addr`](Self::local_addr): its tunnel reaches the
+    /// service through that port (cloudflared's does).
+    pub(crate) fn local_addr_asked(&self) -> bool {
+        self.inner.local_asked.load(Ordering::Acquire)
+    }
+
     /// Watches every connection served from now on for a graceful shutdown (used by the server
     /// helper); [`start_drain`](Self::start_drain) starts it.
     pub(crate) fn with_graceful_shutdown(self) -> Self {
@@ -648,6 +656,7 @@ impl Upstream {
                 serve,
                 probes: Arc::new(Probes::default()),
                 local: OnceCell::new(),
+                local_asked: AtomicBool::new(false),
                 local_task: Mutex::new(None),
                 graceful: Mutex::new(None),
             }),
@@ -870,6 +879,7 @@ impl Upstream {
     /// ```
     pub async fn local_addr(&self) -> std::io::Result<SocketAddr> {
         let inner = &self.inner;
+        inner.local_asked.store(true, Ordering::Release);
         inner
             .local
             .get_or_try_init(|| async {

@@ -119,12 +119,6 @@ async fn a_zero_reconnect_backoff_does_not_spin() {
     }
 }
 
-fn fake_cloudflared() -> Option<std::path::PathBuf> {
-    support::node_available("fake cloudflared").then(|| {
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/tunnel/fake-cloudflared")
-    })
-}
-
 /// The URL of a tunnel of the fake cloudflared whose metrics endpoint reports `hostname`
 /// (with `domain` set, if some), or the error of its start.
 async fn cloudflared_reporting(
@@ -157,7 +151,7 @@ async fn cloudflared_reporting(
 /// attempt with a reason that says so, the text shown escaped.
 #[tokio::test]
 async fn cloudflared_reported_hostname_is_checked() {
-    let Some(fake) = fake_cloudflared() else {
+    let Some(fake) = support::fake_cloudflared() else {
         return;
     };
     let mut starts = tokio::task::JoinSet::new();

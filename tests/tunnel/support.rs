@@ -314,6 +314,13 @@ pub fn node_available(test: &str) -> bool {
     false
 }
 
+/// The fake cloudflared (`fake-cloudflared`, run by node), if node is there.
+pub fn fake_cloudflared() -> Option<std::path::PathBuf> {
+    node_available("fake cloudflared").then(|| {
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/tunnel/fake-cloudflared")
+    })
+}
+
 /// A port on 127.0.0.1 free now (bound, then released), for a server the test starts on it.
 pub async fn free_port() -> u16 {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();

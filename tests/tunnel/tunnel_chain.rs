@@ -246,11 +246,6 @@ async fn the_configured_chain_opens_through_bore() {
     handle.close().await;
 }
 
-fn fake_cloudflared() -> Option<PathBuf> {
-    support::node_available("fake cloudflared")
-        .then(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/tunnel/fake-cloudflared"))
-}
-
 fn temp_log(name: &str) -> PathBuf {
     let path = std::env::temp_dir().join(format!(
         "tower-webhook-{name}-{}-{}.log",
@@ -263,7 +258,7 @@ fn temp_log(name: &str) -> PathBuf {
 
 #[tokio::test]
 async fn cloudflared_quick_tunnel_url_readiness_and_sigint() {
-    let Some(fake) = fake_cloudflared() else {
+    let Some(fake) = support::fake_cloudflared() else {
         return;
     };
     let log = temp_log("cloudflared");
@@ -361,7 +356,7 @@ fn cloudflared_debug_hides_secret_arguments() {
 
 #[tokio::test]
 async fn cloudflared_that_ignores_sigint_is_killed_after_the_grace_period() {
-    let Some(fake) = fake_cloudflared() else {
+    let Some(fake) = support::fake_cloudflared() else {
         return;
     };
     let log = temp_log("cloudflared-stubborn");
@@ -403,7 +398,7 @@ async fn cloudflared_failure(fake: &std::path::Path, mode: &str) -> String {
 
 #[tokio::test]
 async fn cloudflared_failures_are_reported() {
-    let Some(fake) = fake_cloudflared() else {
+    let Some(fake) = support::fake_cloudflared() else {
         return;
     };
     let text = cloudflared_failure(&fake, "crash").await;
@@ -497,7 +492,7 @@ async fn proxied_cloudflared(
 /// must still be a port that answers the round-trip probe, or the start always fails.
 #[tokio::test]
 async fn cloudflared_to_a_local_address_passes_the_probe_and_forwards_requests() {
-    let Some(fake) = fake_cloudflared() else {
+    let Some(fake) = support::fake_cloudflared() else {
         return;
     };
     let log = temp_log("cloudflared-proxy");
@@ -519,7 +514,7 @@ async fn cloudflared_to_a_local_address_passes_the_probe_and_forwards_requests()
 /// builder's shorter probe timeout. Before, the start failed after the builder's probe timeout.
 #[tokio::test]
 async fn cloudflared_is_probed_until_its_new_hostname_reaches_it() {
-    let Some(fake) = fake_cloudflared() else {
+    let Some(fake) = support::fake_cloudflared() else {
         return;
     };
     let log = temp_log("cloudflared-slow-edge");
@@ -547,7 +542,7 @@ async fn cloudflared_is_probed_until_its_new_hostname_reaches_it() {
 /// stopped, and the tunnel re-opens. Before, it stayed `Up` while its URL answered 530.
 #[tokio::test]
 async fn cloudflared_without_an_edge_connection_is_taken_down_and_reopened() {
-    let Some(fake) = fake_cloudflared() else {
+    let Some(fake) = support::fake_cloudflared() else {
         return;
     };
     let log = temp_log("cloudflared-edge-lost");
@@ -604,7 +599,7 @@ fn process_gone(pid: u32) -> bool {
 /// ready, 30 s to start) stops the server at once, and the half-started provider with it.
 #[tokio::test]
 async fn server_helper_shuts_down_while_its_tunnel_is_still_starting() {
-    let Some(fake) = fake_cloudflared() else {
+    let Some(fake) = support::fake_cloudflared() else {
         return;
     };
     let log = temp_log("cloudflared-never-ready");
@@ -869,7 +864,7 @@ async fn ngrok_online_with_a_real_token() {
 /// the unspecified address is for listening, and not every system connects to it.
 #[tokio::test]
 async fn server_helper_on_all_interfaces_hands_cloudflared_its_loopback_address() {
-    let Some(fake) = fake_cloudflared() else {
+    let Some(fake) = support::fake_cloudflared() else {
         return;
     };
     let log = temp_log("cloudflared-unspecified");

@@ -44,18 +44,12 @@ async fn failure_of(provider: impl Provider) -> String {
     }
 }
 
-fn fake_cloudflared() -> Option<std::path::PathBuf> {
-    support::node_available("fake cloudflared").then(|| {
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/tunnel/fake-cloudflared")
-    })
-}
-
 /// A cloudflared that runs but never gets ready (it cannot reach Cloudflare's edge, say) fails
 /// the attempt within its startup timeout with what it said and what its metrics endpoint
 /// answered, not with a bare "did not start" that leaves the user guessing.
 #[tokio::test]
 async fn a_cloudflared_that_never_gets_ready_fails_with_its_own_reason() {
-    let Some(fake) = fake_cloudflared() else {
+    let Some(fake) = support::fake_cloudflared() else {
         return;
     };
     let reason = failure_of(
@@ -94,7 +88,7 @@ fn cloudflared_is_started_without_this_crates_settings() {
         "bore-secret-0123456789",
         "ssh-password-0123456789",
     ];
-    let Some(fake) = fake_cloudflared() else {
+    let Some(fake) = support::fake_cloudflared() else {
         return;
     };
     if std::env::var_os(CHILD).is_none() {
@@ -520,7 +514,7 @@ async fn a_pool_connection_closed_unused_after_a_long_round_trip_counts_as_close
 /// nothing of it.
 #[tokio::test]
 async fn a_tunnel_lost_during_its_probe_fails_with_why() {
-    let Some(fake) = fake_cloudflared() else {
+    let Some(fake) = support::fake_cloudflared() else {
         return;
     };
     let reason = failure_of(

@@ -1313,3 +1313,66 @@ async fn closing_after_a_failed_probe_during_a_re_open_waits_for_that_session() 
     )
     .await;
 }
+
+/// cloudflared reaches the service through the server's own port: its deliveries that arrive
+/// during the drain come in there. The port stopped accepting at the shutdown signal, so they
+/// were refused, and cloudflared answered them 502; it keeps accepting through the drain now,
+/// one request per connection, and they are served.
+#[tokio::test]
+async fn deliveries_through_cloudflared_during_the_drain_are_served() {
+    let Some(fake) = support::fake_cloudflared() else {
+        return;
+    };
+    let (app, mut entered, release) = gated();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let cloudflared = tower_webhook::tunnel::Cloudflared::new()
+        .binary(&fake)
+        .startup_timeout(Duration::from_secs(15))
+        // The fake's tunnel is a loopback port (the edge), not in trycloudflare.com.
+        .domain("")
+        .arg("--fake-mode")
+        .arg("proxy");
+    let running = Server::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .await
+        .unwrap()
+        .tunnel(Tunnel::builder().provider(cloudflared))
+        .with_graceful_shutdown(async {
+            let _ = stop_rx.await;
+        })
+        .spawn(app)
+        .await
+        .unwrap();
+    let public = running
+        .tunnel_url()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_owned();
+    let post = |path: &str| {
+        format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .into_bytes()
+    };
+
+    // The fake asks the origin once as it starts.
+    assert_eq!(next_entered(&mut entered).await, "/from-fake-cloudflared");
+    release.add_permits(1);
+
+    // A delivery in the handler keeps the drain going.
+    let mut early = TcpStream::connect(&public).await.unwrap();
+    early.write_all(&post("/early")).await.unwrap();
+    assert_eq!(next_entered(&mut entered).await, "/early");
+    stop_tx.send(()).unwrap();
+    let stopping = eventually(Duration::from_secs(5), || running.is_stopping()).await;
+    assert!(stopping, "the shutdown signal was not taken");
+    let mut late = TcpStream::connect(&public).await.unwrap();
+    late.write_all(&post("/late")).await.unwrap();
+    assert_eq!(next_entered(&mut entered).await, "/late");
+    release.add_permits(2);
+    let (early, late) = (read_to_close(early).await, read_to_close(late).await);
+    assert!(early.starts_with("HTTP/1.1 200 "), "{early}");
+    assert!(late.starts_with("HTTP/1.1 200 "), "{late}");
+    let local = running.local_addr();
+    tokio::time::timeout(Duration::from_secs(20), running.wait())
+        .await
+        .expect("the server did not stop");
+    assert!(TcpStream::connect(local).await.is_err(), "still accepting");
+}
