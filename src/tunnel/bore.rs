@@ -552,7 +552,11 @@ impl Provider for Bore {
                 let mut refused = 0u64;
                 let lost: BoxError = loop {
                     tokio::select! {
-                        () = stop.stopped() => return Ok(()),
+                        () = stop.stopped() => {
+                            // Closed: its connections end before the close returns.
+                            connections.shutdown().await;
+                            return Ok(());
+                        }
                         () = &mut heartbeat => break format!(
                             "no heartbeat from the bore server for {} s",
                             HEARTBEAT_TIMEOUT.as_secs()

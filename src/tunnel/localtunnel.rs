@@ -658,7 +658,11 @@ impl Provider for LocalTunnel {
                 let mut given_up = 0;
                 loop {
                     tokio::select! {
-                        () = stop.stopped() => return Ok(()),
+                        () = stop.stopped() => {
+                            // Closed: its connections end before the close returns.
+                            slots.shutdown().await;
+                            return Ok(());
+                        }
                         ended = slots.join_next() => match ended {
                             // A slot the server keeps refusing while it holds others: the
                             // server accepts fewer connections than it advertised.

@@ -510,8 +510,9 @@ impl Provider for Ngrok {
                         Some(_) = connections.join_next() => {}
                     }
                 };
-                // The connections end with the tunnel, without waiting for the session.
-                drop(connections);
+                // The connections end with the tunnel, without waiting for the session (and
+                // before a close returns).
+                connections.shutdown().await;
                 // The SDK's close waits for the session's RPC lock, which its calls to the ngrok
                 // service (an unlisten, say) hold with no timeout, then for room in the session's
                 // frame queue: bounded, so that neither a close nor the report of a lost endpoint

@@ -355,7 +355,9 @@ impl Session {
         if let Some(mut task) = self.task.take()
             && tokio::time::timeout(grace, &mut task).await.is_err()
         {
+            // Waited for too: it is gone (what it held dropped) once this returns.
             task.abort();
+            let _ = task.await;
         }
     }
 }

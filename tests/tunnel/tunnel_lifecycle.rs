@@ -1376,3 +1376,57 @@ async fn deliveries_through_cloudflared_during_the_drain_are_served() {
         .expect("the server did not stop");
     assert!(TcpStream::connect(local).await.is_err(), "still accepting");
 }
+
+/// Sets its flag when dropped.
+struct SetOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// `close` waits until everything is torn down: a request still in its handler when the tunnel
+/// closes is ended by then. On a multi-thread runtime, a handler busy on another worker when
+/// its connection's task was aborted was dropped only once that work was done, after `close`
+/// had returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_its_handler_is_ended_when_close_returns() {
+    let bore = FakeBore::start().await;
+    let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let flag = Arc::clone(&dropped);
+    let app = tower::service_fn(move |_req: Request<Incoming>| {
+        let guard = SetOnDrop(Arc::clone(&flag));
+        let entered = entered_tx.clone();
+        async move {
+            let _guard = guard;
+            let _ = entered.send(());
+            tokio::task::yield_now().await;
+            // Busy on this worker, as a handler doing blocking work is.
+            std::thread::sleep(Duration::from_millis(300));
+            std::future::pending::<Result<Response<Full<Bytes>>, Infallible>>().await
+        }
+    });
+    let handle = Tunnel::builder()
+        .provider(bore.bore())
+        .probe(false)
+        .start(Upstream::service(app))
+        .await
+        .unwrap();
+    let public = handle.url().trim_start_matches("http://").to_owned();
+    let mut stream = TcpStream::connect(&public).await.unwrap();
+    stream
+        .write_all(b"POST /hook HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), entered.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    handle.close().await;
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "the request was still in its handler when close returned"
+    );
+}
