@@ -29,7 +29,8 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// the local port serves it too. The shutdown signal (Ctrl-C, or `SIGTERM` on Unix as container
 /// runtimes and service managers send it, unless
 /// [`with_graceful_shutdown`](Self::with_graceful_shutdown) sets another) stops accepting on the
-/// local port (but see below for cloudflared), lets open requests finish (up to 10 s), then closes the tunnel (a tunnel still
+/// local port (but see below for cloudflared), lets open requests finish (up to 10 s, or until
+/// a second Ctrl-C or `SIGTERM`), then closes the tunnel (a tunnel still
 /// starting then is given up at once, without waiting for its providers). The tunnel stays
 /// open while they finish, so deliveries that reach it then are served too, one request per
 /// connection, and waited for within the same 10 s. A tunnel that reaches the service through
@@ -365,6 +366,8 @@ impl Server {
             .max_connections(self.max_connections)
             .with_local_addr(callable(local_addr))
             .with_graceful_shutdown();
+        // With Ctrl-C and `SIGTERM`, a second one cuts the drain short.
+        let signals = self.shutdown.is_none();
         let shutdown = self.shutdown.unwrap_or_else(|| Box::pin(stop_signal()));
         // The server accepts before the tunnel opens: a provider that forwards to this port
         // (cloudflared) reaches the service during the tunnel's round-trip probe.
@@ -386,6 +389,13 @@ impl Server {
                     () = serve_next(&upstream, &mut acceptor) => {}
                 }
             }
+            // Listened for from now on, before anything else is awaited.
+            let second_signal = async move {
+                match signals {
+                    true => stop_signal().await,
+                    false => std::future::pending().await,
+                }
+            };
             // Before the tunnel's start is given up: a `Running` returned for a server that
             // stopped meanwhile says so.
             stop_seen.store(true, Ordering::Release);
@@ -423,6 +433,10 @@ impl Server {
             let drained = tokio::select! {
                 drained = tokio::time::timeout(DRAIN, drain) => drained.is_ok(),
                 never = late_deliveries => never,
+                () = second_signal => {
+                    tracing::warn!("a second shutdown signal: closing the open connections now");
+                    true
+                }
             };
             drop(accepting);
             if !drained {

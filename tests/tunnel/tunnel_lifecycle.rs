@@ -1430,3 +1430,70 @@ async fn a_request_in_its_handler_is_ended_when_close_returns() {
         "the request was still in its handler when close returned"
     );
 }
+
+/// Sends `SIGTERM` to this process.
+#[cfg(unix)]
+fn sigterm() {
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &std::process::id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+}
+
+/// With its own stop signals (Ctrl-C, `SIGTERM`), the server drains open requests for up to 10 s
+/// after the first; a second one ends the drain at once, as one pressing Ctrl-C again means it.
+/// The second signal was not listened for, and the drain ran its 10 s. Run alone in a child
+/// process: the signals are the process's.
+#[cfg(unix)]
+#[test]
+fn a_second_stop_signal_cuts_the_drain_short() {
+    const CHILD: &str = "TOWER_WEBHOOK_SECOND_SIGNAL_CHILD";
+    const NAME: &str = "a_second_stop_signal_cuts_the_drain_short";
+    if std::env::var_os(CHILD).is_none() {
+        child::run_one(
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    &child::test_path(module_path!(), NAME),
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(CHILD, "1"),
+        );
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (app, mut entered, _release) = gated();
+        let running = Server::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+            .await
+            .unwrap()
+            .spawn(app)
+            .await
+            .unwrap();
+        let mut held = TcpStream::connect(running.local_addr()).await.unwrap();
+        held.write_all(b"POST /held HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(next_entered(&mut entered).await, "/held");
+
+        sigterm();
+        let stopping = eventually(Duration::from_secs(5), || running.is_stopping()).await;
+        assert!(stopping, "the first signal was not taken");
+        // The request stays in its handler: the drain goes on.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sigterm();
+        let started = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(5), running.wait())
+            .await
+            .expect("the second signal did not end the drain");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let answer = read_to_close(held).await;
+        assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
+    });
+}
