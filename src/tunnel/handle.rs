@@ -483,9 +483,10 @@ impl TunnelBuilder {
 
     /// Tries each provider in turn; the attempts of all failures otherwise, or `None` when
     /// `cancel` completed first. A session opened by then (its probe under way, or failed
-    /// before the provider being tried) is closed, and waited for, before this returns `None`,
-    /// so that closing a tunnel being re-opened waits for its teardown as closing an open one
-    /// does.
+    /// before the provider being tried) is closed, and waited for, before this returns `None`
+    /// or the failures, so that closing a tunnel being re-opened waits for its teardown as
+    /// closing an open one does, and nothing a failed start opened outlives it. The teardowns
+    /// still running when a provider works go with it, for its close to wait for.
     async fn open<C>(
         &self,
         upstream: &Upstream,
@@ -563,6 +564,7 @@ impl TunnelBuilder {
                                 provider: name,
                                 session,
                                 verified,
+                                stopping,
                             });
                         }
                     };
@@ -580,6 +582,9 @@ impl TunnelBuilder {
                 elapsed: started.elapsed(),
             });
         }
+        // Nothing this attempt opened outlives it: a cloudflared whose probe failed is still in
+        // its stop grace, say.
+        stopped(stopping).await;
         Err(Some(attempts))
     }
 
@@ -641,6 +646,9 @@ struct Opened {
     provider: String,
     session: Session,
     verified: bool,
+    /// The teardowns, still running, of the sessions opened before this one whose probe
+    /// failed: a close waits for them too.
+    stopping: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// What the reconnect delays double from after the first round when the minimum is zero.
@@ -1408,6 +1416,7 @@ impl Supervisor {
         let Opened {
             mut provider,
             mut session,
+            stopping: mut teardowns,
             ..
         } = opened;
         // Re-opening rounds since the last tunnel that stayed up: a tunnel that drops soon after
@@ -1419,6 +1428,7 @@ impl Supervisor {
             let reason = tokio::select! {
                 _ = &mut close => {
                     session.close(self.chain.close_grace).await;
+                    stopped(teardowns).await;
                     self.closed(provider, url);
                     return;
                 }
@@ -1431,6 +1441,9 @@ impl Supervisor {
                 reason,
             });
             drop(session);
+            // The earlier teardowns are over by the time the next round starts, or are waited for
+            // here: the list does not grow.
+            stopped(std::mem::take(&mut teardowns)).await;
             if !self.chain.reconnect || self.no_reconnect.load(Ordering::Acquire) {
                 let _ = close.await;
                 self.closed(provider, url);
@@ -1489,6 +1502,7 @@ impl Supervisor {
             self.emit(event);
             provider = reopened.provider;
             session = reopened.session;
+            teardowns = reopened.stopping;
         }
     }
 }

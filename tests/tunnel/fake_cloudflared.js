@@ -9,6 +9,7 @@
 //                     not UTF-8 and a 1 MiB line, then exits)
 //   --fake-edge-lost-after MS  /ready answers 503 from MS ms after it first answered 200 (the
 //                     edge connections lost; cloudflared keeps running)
+//   --fake-ignore-sigint  ignore SIGINT, as stubborn mode does, in any mode
 //   --fake-edge-delay MS  proxy mode: the public side answers 530 (Cloudflare's "origin
 //                     unreachable") until MS ms after cloudflared is ready, as a new quick
 //                     tunnel's hostname does for a while
@@ -137,7 +138,7 @@ log('pid ' + process.pid);
 
 process.on('SIGINT', () => {
   log('SIGINT');
-  if (mode !== 'stubborn') process.exit(0);
+  if (mode !== 'stubborn' && !args.includes('--fake-ignore-sigint')) process.exit(0);
 });
 if (mode === 'exit-later') {
   setTimeout(() => {

@@ -896,3 +896,59 @@ async fn server_helper_on_all_interfaces_hands_cloudflared_its_loopback_address(
     );
     let _ = std::fs::remove_file(log);
 }
+
+/// Whether process `pid` still exists.
+#[cfg(unix)]
+fn alive(pid: &str) -> bool {
+    std::process::Command::new("kill")
+        .args(["-0", pid])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// A cloudflared whose probe failed is stopped while the next provider is tried; when no
+/// provider works, `start` returns once it is gone. `start` returned `AllFailed` while it was
+/// still in its stop grace (this one ignores SIGINT, and is killed after 1 s).
+#[cfg(unix)]
+#[tokio::test]
+async fn a_failed_start_returns_once_a_cloudflared_whose_probe_failed_is_gone() {
+    let Some(fake) = support::fake_cloudflared() else {
+        return;
+    };
+    let log = temp_log("cloudflared-probe-failed");
+    let err = Tunnel::builder()
+        .probe_timeout(Duration::from_millis(300))
+        .provider(
+            Cloudflared::new()
+                .binary(&fake)
+                .startup_timeout(Duration::from_secs(2))
+                .stop_grace(Duration::from_secs(1))
+                // The fake's tunnel is a loopback port (the edge), not in trycloudflare.com; its
+                // edge answers 530 for ten minutes, so the probe fails.
+                .domain("")
+                .arg("--fake-mode")
+                .arg("proxy")
+                .arg("--fake-edge-delay")
+                .arg("600000")
+                .arg("--fake-ignore-sigint")
+                .arg("--fake-log")
+                .arg(log.display().to_string()),
+        )
+        .start(service())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TunnelError::AllFailed { .. }), "{err}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let pid = text
+        .lines()
+        .find_map(|line| line.strip_prefix("pid "))
+        .unwrap_or_else(|| panic!("no pid in {text}"));
+    assert!(text.lines().any(|l| l == "SIGINT"), "{text}");
+    assert!(
+        !alive(pid),
+        "cloudflared still runs after start failed:\n{text}"
+    );
+    let _ = std::fs::remove_file(log);
+}
