@@ -125,6 +125,11 @@
 //! under two delivery ids, and it gets two comments: the server tells copies apart by delivery
 //! id only.
 //!
+//! Running as a GitHub App, the server comments with the token of the installation a delivery
+//! names, and every delivery verified with `GITHUB_WEBHOOK_SECRET` may name one: keep that
+//! secret the App's alone. A repository hook signed with it too (the repository's admins see
+//! its secret) could name another account's installation, and have the App comment there.
+//!
 //! # Commands
 //!
 //! A new comment on a pull request whose first non-blank line is a command gets one answer:
