@@ -224,16 +224,6 @@ async fn a_webhook_route_answers_other_methods_405_with_allow() {
     assert_eq!(deliveries["accepted"], 1, "{deliveries}");
 }
 
-/// Sends `SIGTERM` to this process (the test's own stop signals listen for it).
-#[cfg(unix)]
-fn sigterm() {
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &std::process::id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-}
-
 /// "A second Ctrl-C or `SIGTERM` ends the wait [for pending comments] at once": also a second
 /// signal that comes while the first one's open requests are still being answered. It was
 /// listened for only once they were, so it was lost, and the server waited the whole
@@ -299,7 +289,7 @@ async fn a_second_stop_signal_while_requests_are_answered_ends_the_wait_for_comm
     open.write_all(&body[..10]).await.unwrap();
 
     // The first signal: the server stops taking connections, and waits for the open request.
-    sigterm();
+    crate::support::sigterm();
     tokio::time::timeout(PATIENCE, async {
         while tokio::net::TcpStream::connect(addr).await.is_ok() {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -308,7 +298,7 @@ async fn a_second_stop_signal_while_requests_are_answered_ends_the_wait_for_comm
     .await
     .expect("the server stops listening on SIGTERM");
     // The second one, while the request is still open.
-    sigterm();
+    crate::support::sigterm();
     tokio::time::sleep(Duration::from_millis(200)).await;
     open.write_all(&body[10..]).await.unwrap();
     let mut answer = String::new();

@@ -11,7 +11,6 @@
 use crate::child;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::process::Command;
 
 use tower_webhook::circuit_breaker::CircuitBreakerConfig;
 use tower_webhook::signature::Secrets;
@@ -49,20 +48,19 @@ fn values_that_are_not_utf8_are_named() {
         return;
     }
     child::run_one(
-        Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                &child::test_path(module_path!(), "values_that_are_not_utf8_are_named"),
-                "--nocapture",
-            ])
-            .env(CHILD, "1")
-            .env_remove("CIRCUIT_BREAKER_FAILURE_THRESHOLD")
-            .env(
-                "CIRCUIT_BREAKER_RECOVERY_TIMEOUT",
-                OsStr::from_bytes(b"3\xff0"),
-            )
-            .env("TUNNEL_SECRET", OsStr::from_bytes(b"s\xffcret"))
-            .env("TUNNEL_AUTH_TOKEN", " \n")
-            .env("NGROK_AUTHTOKEN", "\t"),
+        child::alone(
+            module_path!(),
+            "values_that_are_not_utf8_are_named",
+            CHILD,
+            "1",
+        )
+        .env_remove("CIRCUIT_BREAKER_FAILURE_THRESHOLD")
+        .env(
+            "CIRCUIT_BREAKER_RECOVERY_TIMEOUT",
+            OsStr::from_bytes(b"3\xff0"),
+        )
+        .env("TUNNEL_SECRET", OsStr::from_bytes(b"s\xffcret"))
+        .env("TUNNEL_AUTH_TOKEN", " \n")
+        .env("NGROK_AUTHTOKEN", "\t"),
     );
 }

@@ -4450,17 +4450,13 @@ fn a_setting_that_is_not_utf8_is_named_not_taken_for_unset() {
         "GITLAB_TOKEN",
         "CIRCUIT_BREAKER_FAILURE_THRESHOLD",
     ] {
-        let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+        let mut command = child::alone(
+            module_path!(),
+            "a_setting_that_is_not_utf8_is_named_not_taken_for_unset",
+            CHILD,
+            var,
+        );
         command
-            .args([
-                "--exact",
-                &child::test_path(
-                    module_path!(),
-                    "a_setting_that_is_not_utf8_is_named_not_taken_for_unset",
-                ),
-                "--nocapture",
-            ])
-            .env(CHILD, var)
             .env("GITLAB_WEBHOOK_TOKEN", "gitlab-token")
             .env("GITLAB_API_URL", "https://gitlab.example.com/api/v4")
             .env("AZURE_DEVOPS_WEBHOOK_USERNAME", "azure")

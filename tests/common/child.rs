@@ -12,6 +12,23 @@ pub(crate) fn test_path(module: &str, name: &str) -> String {
     }
 }
 
+/// The command that runs the test `name` of `module` (its `module_path!()`) of this binary again,
+/// alone, with `var` set to `value`, for the test to know it is the child: to run with
+/// [`run_one`], once the child's environment is set.
+#[allow(dead_code)] // not every binary runs a test alone
+pub(crate) fn alone(module: &str, name: &str, var: &str, value: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    command
+        .args([
+            "--exact",
+            &test_path(module, name),
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(var, value);
+    command
+}
+
 /// Runs `command` (this binary, told to run one test with `--exact`) to its end and fails the
 /// calling test unless that one test ran and passed: a name that matches nothing passes
 /// vacuously otherwise.

@@ -10,7 +10,6 @@ use crate::github_hook;
 use github_hook::{GH_BODY, GH_SECRET, GH_SIG, github};
 
 use std::convert::Infallible;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -63,22 +62,18 @@ fn an_empty_item_in_a_secrets_variable_is_named() {
         return;
     }
     child::run_one(
-        Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                &child::test_path(
-                    module_path!(),
-                    "an_empty_item_in_a_secrets_variable_is_named",
-                ),
-                "--nocapture",
-            ])
-            .env(CHILD, "1")
-            .env("SIG16_TRAILING", "new-secret,")
-            .env("SIG16_DOUBLE", "new-secret,,old-secret")
-            .env("SIG16_LEADING", " , new-secret")
-            .env_remove("SIG16_UNSET")
-            .env("SIG16_BLANK", " \n")
-            .env("SIG16_ROTATING", format!(" new-secret ,\t{GH_SECRET}\n")),
+        child::alone(
+            module_path!(),
+            "an_empty_item_in_a_secrets_variable_is_named",
+            CHILD,
+            "1",
+        )
+        .env("SIG16_TRAILING", "new-secret,")
+        .env("SIG16_DOUBLE", "new-secret,,old-secret")
+        .env("SIG16_LEADING", " , new-secret")
+        .env_remove("SIG16_UNSET")
+        .env("SIG16_BLANK", " \n")
+        .env("SIG16_ROTATING", format!(" new-secret ,\t{GH_SECRET}\n")),
     );
 }
 

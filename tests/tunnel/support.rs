@@ -314,6 +314,16 @@ pub fn node_available(test: &str) -> bool {
     false
 }
 
+/// Sends `SIGTERM` to this process (for a test whose stop signals listen for it).
+#[cfg(unix)]
+pub fn sigterm() {
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &std::process::id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+}
+
 /// The fake cloudflared (`fake-cloudflared`, run by node), if node is there.
 pub fn fake_cloudflared() -> Option<std::path::PathBuf> {
     node_available("fake cloudflared").then(|| {

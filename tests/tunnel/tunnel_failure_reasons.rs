@@ -117,14 +117,7 @@ fn cloudflared_is_started_without_this_crates_settings() {
             std::env::var("PATH").unwrap_or_default()
         );
         child::run_one(
-            std::process::Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "--exact",
-                    &child::test_path(module_path!(), NAME),
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env(CHILD, "1")
+            child::alone(module_path!(), NAME, CHILD, "1")
                 .env("FAKE_CLOUDFLARED_LOG", dir.join("configured.log"))
                 .env("PATH", path)
                 .env("TUNNEL_SERVICE", "cloudflared")

@@ -247,10 +247,10 @@ async fn the_server_helper_serves_at_most_max_connections_at_once() {
         .unwrap();
 }
 
-/// `tunnel::Server` serving `app` through `bore`, until the returned sender fires: the running
-/// server and the tunnel's public `host:port`.
+/// `tunnel::Server` serving `app` through `provider`, until the returned sender fires: the
+/// running server and the tunnel's public `host:port`.
 async fn serve_through<S>(
-    bore: &FakeBore,
+    provider: impl Provider + 'static,
     app: S,
 ) -> (
     tower_webhook::tunnel::Running,
@@ -268,7 +268,7 @@ where
     let running = Server::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
         .await
         .unwrap()
-        .tunnel(Tunnel::builder().provider(bore.bore()))
+        .tunnel(Tunnel::builder().provider(provider))
         .with_graceful_shutdown(async {
             let _ = stop_rx.await;
         })
@@ -299,7 +299,7 @@ async fn until_refused(addr: SocketAddr) {
 async fn graceful_shutdown_lets_requests_through_the_tunnel_finish() {
     let bore = FakeBore::start().await;
     let (app, mut entered, release) = gated();
-    let (running, public, stop_tx) = serve_through(&bore, app).await;
+    let (running, public, stop_tx) = serve_through(bore.bore(), app).await;
 
     let mut stream = TcpStream::connect(&public).await.unwrap();
     stream
@@ -324,7 +324,7 @@ async fn graceful_shutdown_lets_requests_through_the_tunnel_finish() {
 async fn requests_that_reach_the_tunnel_during_the_drain_finish_too() {
     let bore = FakeBore::start().await;
     let (app, mut entered, release) = gated();
-    let (running, public, stop_tx) = serve_through(&bore, app).await;
+    let (running, public, stop_tx) = serve_through(bore.bore(), app).await;
     let post = |path: &str| {
         format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").into_bytes()
     };
@@ -1329,7 +1329,6 @@ async fn deliveries_through_cloudflared_during_the_drain_are_served() {
         return;
     };
     let (app, mut entered, release) = gated();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let cloudflared = tower_webhook::tunnel::Cloudflared::new()
         .binary(&fake)
         .startup_timeout(Duration::from_secs(15))
@@ -1337,21 +1336,7 @@ async fn deliveries_through_cloudflared_during_the_drain_are_served() {
         .domain("")
         .arg("--fake-mode")
         .arg("proxy");
-    let running = Server::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-        .await
-        .unwrap()
-        .tunnel(Tunnel::builder().provider(cloudflared))
-        .with_graceful_shutdown(async {
-            let _ = stop_rx.await;
-        })
-        .spawn(app)
-        .await
-        .unwrap();
-    let public = running
-        .tunnel_url()
-        .unwrap()
-        .trim_start_matches("http://")
-        .to_owned();
+    let (running, public, stop_tx) = serve_through(cloudflared, app).await;
     let post = |path: &str| {
         format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             .into_bytes()
@@ -1436,16 +1421,6 @@ async fn a_request_in_its_handler_is_ended_when_close_returns() {
     );
 }
 
-/// Sends `SIGTERM` to this process.
-#[cfg(unix)]
-fn sigterm() {
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &std::process::id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-}
-
 /// With its own stop signals (Ctrl-C, `SIGTERM`), the server drains open requests for up to 10 s
 /// after the first; a second one ends the drain at once, as one pressing Ctrl-C again means it.
 /// The second signal was not listened for, and the drain ran its 10 s. Run alone in a child
@@ -1456,16 +1431,7 @@ fn a_second_stop_signal_cuts_the_drain_short() {
     const CHILD: &str = "TOWER_WEBHOOK_SECOND_SIGNAL_CHILD";
     const NAME: &str = "a_second_stop_signal_cuts_the_drain_short";
     if std::env::var_os(CHILD).is_none() {
-        child::run_one(
-            std::process::Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "--exact",
-                    &child::test_path(module_path!(), NAME),
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env(CHILD, "1"),
-        );
+        child::run_one(&mut child::alone(module_path!(), NAME, CHILD, "1"));
         return;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -1487,12 +1453,12 @@ fn a_second_stop_signal_cuts_the_drain_short() {
             .unwrap();
         assert_eq!(next_entered(&mut entered).await, "/held");
 
-        sigterm();
+        support::sigterm();
         let stopping = eventually(Duration::from_secs(5), || running.is_stopping()).await;
         assert!(stopping, "the first signal was not taken");
         // The request stays in its handler: the drain goes on.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        sigterm();
+        support::sigterm();
         let started = std::time::Instant::now();
         tokio::time::timeout(Duration::from_secs(5), running.wait())
             .await
