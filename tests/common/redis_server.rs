@@ -44,6 +44,29 @@ impl Redis {
     }
 }
 
+impl Redis {
+    /// Whether `key` is gone from the server within `within`, asked every 10 ms.
+    pub(crate) async fn gone_within(&self, key: &str, within: std::time::Duration) -> bool {
+        let client = redis::Client::open(self.url().as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let until = tokio::time::Instant::now() + within;
+        loop {
+            let exists: bool = redis::cmd("EXISTS")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            if !exists {
+                return true;
+            }
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+}
+
 impl Drop for Redis {
     fn drop(&mut self) {
         let _ = Command::new("kill")

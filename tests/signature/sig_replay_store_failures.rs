@@ -447,20 +447,12 @@ async fn a_set_the_connection_manager_gave_up_on_is_undone() {
     let refused = send(&layer, StatusCode::OK, github("managed-late-set")).await;
     redis.signal("-CONT");
     assert_eq!(refused, StatusCode::SERVICE_UNAVAILABLE);
-    let key = "tower-webhook:replay:github:managed-late-set";
-    let mut gone = false;
-    for _ in 0..500 {
-        let exists: bool = redis::cmd("EXISTS")
-            .arg(key)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if !exists {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let gone = redis
+        .gone_within(
+            "tower-webhook:replay:github:managed-late-set",
+            Duration::from_secs(5),
+        )
+        .await;
     assert!(gone, "the SET the manager gave up on was not undone");
     assert_eq!(
         send(&layer, StatusCode::OK, github("managed-late-set")).await,
