@@ -10,8 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::task::{JoinHandle, JoinSet};
 use tower_service::Service;
 
 use super::accept::Acceptor;
@@ -383,10 +384,15 @@ impl Server {
         let task = tokio::spawn(async move {
             let upstream = serving;
             let mut shutdown = shutdown;
+            // The local port's connections, so that the server stops only once they are gone.
+            let mut tasks = JoinSet::new();
             loop {
                 tokio::select! {
                     () = &mut shutdown => break,
-                    () = serve_next(&upstream, &mut acceptor) => {}
+                    (permit, stream) = next_connection(&upstream, &mut acceptor) => {
+                        serve(&upstream, &mut tasks, permit, stream);
+                    }
+                    Some(_) = tasks.join_next() => {}
                 }
             }
             // Listened for from now on, before anything else is awaited.
@@ -425,7 +431,8 @@ impl Server {
             let late_deliveries = async {
                 match &mut accepting {
                     Some(acceptor) => loop {
-                        serve_next(&upstream, acceptor).await;
+                        let (permit, stream) = next_connection(&upstream, acceptor).await;
+                        serve(&upstream, &mut tasks, permit, stream);
                     },
                     None => std::future::pending().await,
                 }
@@ -448,6 +455,15 @@ impl Server {
             local_connections.close();
             if let Some(tunnel) = tunnel {
                 tunnel.close().await;
+            }
+            // Told to end above, each at its next step: waited for, so that no handler runs
+            // once the server has stopped (a second at most, then they are aborted).
+            let ended = async { while tasks.join_next().await.is_some() {} };
+            if tokio::time::timeout(Duration::from_secs(1), ended)
+                .await
+                .is_err()
+            {
+                tasks.shutdown().await;
             }
         });
         // This future dropped before it returns (a caller's timeout around it) leaves the caller
@@ -487,14 +503,27 @@ impl Server {
     }
 }
 
-/// Accepts the next connection and serves it, in a task of its own. A permit first: past the
-/// connection limit, new ones wait in the backlog.
-async fn serve_next(upstream: &Upstream, acceptor: &mut Acceptor) {
+/// The next connection, and the permit to serve it. The permit first: past the connection
+/// limit, new ones wait in the backlog.
+async fn next_connection(
+    upstream: &Upstream,
+    acceptor: &mut Acceptor,
+) -> (OwnedSemaphorePermit, TcpStream) {
     let permit = upstream.connection_permit().await;
     let (stream, _) = acceptor.accept().await;
     let _ = stream.set_nodelay(true);
+    (permit, stream)
+}
+
+/// Serves `stream` in a task of `tasks`.
+fn serve(
+    upstream: &Upstream,
+    tasks: &mut JoinSet<()>,
+    permit: OwnedSemaphorePermit,
+    stream: TcpStream,
+) {
     let upstream = upstream.clone();
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         upstream.serve_connection(stream).await;
         drop(permit);
     });

@@ -1367,6 +1367,47 @@ async fn deliveries_through_cloudflared_during_the_drain_are_served() {
     assert!(TcpStream::connect(local).await.is_err(), "still accepting");
 }
 
+/// A service whose handler never answers, and is busy on its worker thread most of the time,
+/// as one doing blocking work is: each request says so on the receiver once it is in; the flag
+/// is set when its handler is dropped.
+#[allow(clippy::type_complexity)]
+fn busy() -> (
+    impl tower::Service<
+        Request<Incoming>,
+        Response = Response<Full<Bytes>>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static,
+    Busy,
+) {
+    let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (entered_tx, entered) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let flag = Arc::clone(&dropped);
+    let app = tower::service_fn(move |_req: Request<Incoming>| {
+        let guard = SetOnDrop(Arc::clone(&flag));
+        let entered = entered_tx.clone();
+        async move {
+            let _guard = guard;
+            let _ = entered.send(());
+            loop {
+                tokio::task::yield_now().await;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    });
+    (app, Busy { entered, dropped })
+}
+
+/// What [`busy`]'s requests tell.
+struct Busy {
+    /// A message per request in its handler.
+    entered: tokio::sync::mpsc::UnboundedReceiver<()>,
+    /// Set once a handler was dropped.
+    dropped: Arc<std::sync::atomic::AtomicBool>,
+}
+
 /// Sets its flag when dropped.
 struct SetOnDrop(Arc<std::sync::atomic::AtomicBool>);
 
@@ -1383,21 +1424,13 @@ impl Drop for SetOnDrop {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_in_its_handler_is_ended_when_close_returns() {
     let bore = FakeBore::start().await;
-    let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let flag = Arc::clone(&dropped);
-    let app = tower::service_fn(move |_req: Request<Incoming>| {
-        let guard = SetOnDrop(Arc::clone(&flag));
-        let entered = entered_tx.clone();
-        async move {
-            let _guard = guard;
-            let _ = entered.send(());
-            tokio::task::yield_now().await;
-            // Busy on this worker, as a handler doing blocking work is.
-            std::thread::sleep(Duration::from_millis(300));
-            std::future::pending::<Result<Response<Full<Bytes>>, Infallible>>().await
-        }
-    });
+    let (
+        app,
+        Busy {
+            mut entered,
+            dropped,
+        },
+    ) = busy();
     let handle = Tunnel::builder()
         .provider(bore.bore())
         .probe(false)
@@ -1423,8 +1456,9 @@ async fn a_request_in_its_handler_is_ended_when_close_returns() {
 
 /// With its own stop signals (Ctrl-C, `SIGTERM`), the server drains open requests for up to 10 s
 /// after the first; a second one ends the drain at once, as one pressing Ctrl-C again means it.
-/// The second signal was not listened for, and the drain ran its 10 s. Run alone in a child
-/// process: the signals are the process's.
+/// The second signal was not listened for, and the drain ran its 10 s. The server has stopped
+/// once no handler runs any more: one busy on another worker ran on after `wait` returned. Run
+/// alone in a child process: the signals are the process's.
 #[cfg(unix)]
 #[test]
 fn a_second_stop_signal_cuts_the_drain_short() {
@@ -1440,7 +1474,13 @@ fn a_second_stop_signal_cuts_the_drain_short() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let (app, mut entered, _release) = gated();
+        let (
+            app,
+            Busy {
+                mut entered,
+                dropped,
+            },
+        ) = busy();
         let running = Server::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
             .await
             .unwrap()
@@ -1451,7 +1491,10 @@ fn a_second_stop_signal_cuts_the_drain_short() {
         held.write_all(b"POST /held HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
             .await
             .unwrap();
-        assert_eq!(next_entered(&mut entered).await, "/held");
+        tokio::time::timeout(Duration::from_secs(5), entered.recv())
+            .await
+            .unwrap()
+            .unwrap();
 
         support::sigterm();
         let stopping = eventually(Duration::from_secs(5), || running.is_stopping()).await;
@@ -1464,6 +1507,11 @@ fn a_second_stop_signal_cuts_the_drain_short() {
             .await
             .expect("the second signal did not end the drain");
         assert!(started.elapsed() < Duration::from_secs(5));
+        // Stopped: no handler runs any more.
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "the request was still in its handler when the server had stopped"
+        );
         let answer = read_to_close(held).await;
         assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
     });
