@@ -242,17 +242,24 @@ where
         Poll::Ready(Some(fail(body, failure, grpc)))
     }
 
+    /// A panic in the inner body's is caught (hyper asks in the connection's task, where it
+    /// would end every stream of the connection): the stream is then not at its end, and the
+    /// next `poll_frame` finds out how the body fails.
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        catch_unwind(AssertUnwindSafe(|| self.body.is_end_stream()))
+            .unwrap_or_else(|payload| asked_in_vain("is_end_stream", payload, false))
     }
 
+    /// As `is_end_stream`, a panic in the inner body's is caught: no size is known then.
     fn size_hint(&self) -> SizeHint {
-        let hint = self.body.size_hint();
+        let hint = catch_unwind(AssertUnwindSafe(|| self.body.size_hint()))
+            .unwrap_or_else(|payload| asked_in_vain("size_hint", payload, SizeHint::new()));
         match self.grpc {
-            // A gRPC-web stream's failure ends it with a trailer frame the inner body does not
-            // count: a length declared from its exact size (as hyper does without a
-            // `Content-Length`) would cut that frame short, and end the stream as if complete.
-            Some(Grpc::Web | Grpc::WebText) if hint.exact().is_some() => {
+            // A gRPC stream's failure ends it with trailers (a trailer frame for gRPC-web) the
+            // inner body does not count: a length declared from its exact size (as hyper does
+            // without a `Content-Length`) would cut gRPC-web's frame short, and end the stream
+            // as if complete, and make HTTP/2 trailers after it a protocol error.
+            Some(_) if hint.exact().is_some() => {
                 let mut open = SizeHint::new();
                 open.set_lower(hint.lower());
                 open
@@ -260,6 +267,16 @@ where
             _ => hint,
         }
     }
+}
+
+/// `answer`, for the inner body's `method` that panicked with `payload`: the panic is logged.
+fn asked_in_vain<T>(method: &str, payload: Box<dyn std::any::Any + Send>, answer: T) -> T {
+    tracing::error!(
+        panic = &*panic_message(&*payload),
+        "the response body panicked in its {method}"
+    );
+    crate::panic::dispose(payload);
+    answer
 }
 
 /// Where a gRPC-web stream is in its messages, each a 5-byte prefix (a flag, a 32-bit length)

@@ -566,3 +566,63 @@ async fn a_panic_whose_payload_panics_when_dropped_is_still_answered() {
         logs.text()
     );
 }
+
+/// A response body whose `size_hint` and `is_end_stream` panic, its frames fine.
+struct HintPanics(Option<Bytes>);
+
+impl http_body::Body for HintPanics {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.take().map(|data| Ok(http_body::Frame::data(data))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        panic!("is_end_stream of a broken body");
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        panic!("size_hint of a broken body");
+    }
+}
+
+/// hyper asks a response body its `size_hint` and `is_end_stream` in the connection's task: a
+/// panic there went through the layer's body and ended the connection (over HTTP/2, every
+/// stream on it) with no answer. It is caught and logged now; the body is then taken as of no
+/// known size, not at its end, and its frames are sent.
+#[tokio::test]
+async fn a_panic_in_the_bodys_size_hint_or_end_of_stream_is_caught() {
+    let (logs, _guard) = capture_logs();
+    let svc =
+        WebhookErrorLayer::new().layer(tower::service_fn(|_req: axum::extract::Request| async {
+            Ok::<_, Infallible>(Response::new(HintPanics(Some(Bytes::from_static(b"sent")))))
+        }));
+    let (addr, server) = serve(svc).await;
+    let (status, body) = get(addr, "/hook").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&body[..], b"sent");
+    let text = logs.text();
+    assert!(
+        text.contains("the response body panicked in its size_hint"),
+        "{text}"
+    );
+    server.abort();
+
+    // Asked directly, through the layer's body.
+    let svc =
+        WebhookErrorLayer::new().layer(tower::service_fn(|_req: Request<Full<Bytes>>| async {
+            Ok::<_, Infallible>(Response::new(HintPanics(None)))
+        }));
+    let res = svc.oneshot(Request::new(Full::default())).await.unwrap();
+    let body = res.into_body();
+    assert!(http_body::Body::size_hint(&body).exact().is_none());
+    assert!(!http_body::Body::is_end_stream(&body));
+    assert!(
+        logs.text()
+            .contains("the response body panicked in its is_end_stream")
+    );
+}
