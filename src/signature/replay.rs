@@ -451,6 +451,14 @@ pub enum RecordDelivery {
     /// that is not gRPC-web frames, data after the trailer frame in the chunk that completes
     /// it, or a trailer frame over 64 KiB release the id. Chunks after the one that settled it
     /// are handed on unread.
+    ///
+    /// An abandoned delivery is released as a failed one is, so that the provider's
+    /// redelivery of a delivery it gave up on (the handler too slow for its timeout, say) is
+    /// handled: the handler may then run for it twice. By the same rule, a sender holding a
+    /// signed delivery (a captured copy, within its timestamp window where one is signed) can
+    /// have it handled again by hanging up before each answer. Keep handlers quick (queue the
+    /// work, answer 2xx), or use `AfterVerification` where a delivery must never be handled
+    /// twice.
     #[default]
     AfterSuccess,
 }
