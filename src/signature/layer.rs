@@ -1539,7 +1539,10 @@ fn replay_ttl(shared: &Shared, timestamp: Option<u64>, fingerprinted: bool) -> D
         .now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
-    let window = last.checked_sub(now).unwrap_or_default() + REPLICA_CLOCK_SKEW;
+    let window = last
+        .checked_sub(now)
+        .unwrap_or_default()
+        .saturating_add(REPLICA_CLOCK_SKEW);
     if fingerprinted {
         return window;
     }

@@ -185,3 +185,35 @@ fn an_azure_devops_credential_with_an_empty_password_is_refused() {
     assert!(SignatureLayer::with_secrets(Provider::AzureDevOps, ["hooks::"]).is_ok());
     assert!(SignatureLayer::with_secrets(Provider::AzureDevOps, [":p4ssw0rd"]).is_ok());
 }
+
+/// A replay TTL reckoned from a signed timestamp far in the future, with a tolerance that takes
+/// it (`Duration::MAX`) and a clock near the epoch (a device whose clock was never set): adding
+/// the replicas' clock skew to the time left in the window overflowed, and the request's future
+/// panicked. It saturates now.
+#[tokio::test]
+async fn a_replay_ttl_from_a_far_timestamp_does_not_overflow() {
+    use http_body_util::Full;
+    use tower::{ServiceBuilder, ServiceExt};
+
+    const SECRET: &str = "whsec_test_secret";
+    let body = r#"{"id":"evt_far","type":"ping"}"#;
+    let ts: u64 = 9_999_999_999_999_999_999;
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(format!("{ts}.{body}").as_bytes());
+    let sig = hex::encode(mac.finalize().into_bytes());
+    let layer = SignatureLayer::stripe(SECRET)
+        .unwrap()
+        .timestamp_tolerance(Duration::MAX)
+        .clock(at(10));
+    let svc = ServiceBuilder::new().layer(layer).service_fn(
+        |_req: http::Request<Full<bytes::Bytes>>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(Full::<bytes::Bytes>::default()))
+        },
+    );
+    let req = http::Request::post("/stripe")
+        .header("stripe-signature", format!("t={ts},v1={sig}"))
+        .body(Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+}
