@@ -1077,7 +1077,8 @@ fn rerender<B, R: RenderProblem>(
 /// Headers that describe a response's body (its representation or its framing): they do not
 /// carry over to the problem body that replaces it.
 fn describes_body(name: &HeaderName) -> bool {
-    const REPRESENTATION: [&str; 7] = [
+    const REPRESENTATION: [&str; 8] = [
+        "accept-ranges",
         "content-digest",
         "content-language",
         "content-location",
@@ -1091,6 +1092,8 @@ fn describes_body(name: &HeaderName) -> bool {
         header::CONTENT_LENGTH,
         header::CONTENT_ENCODING,
         header::CONTENT_RANGE,
+        // An attachment's name: a browser would save the problem document as that file.
+        header::CONTENT_DISPOSITION,
         header::TRANSFER_ENCODING,
         header::ETAG,
         header::LAST_MODIFIED,

@@ -1288,6 +1288,8 @@ async fn problem_responses_keep_what_inner_layers_added() {
                 ("etag", "\"abc\""),
                 ("content-range", "bytes 0-9/10"),
                 ("last-modified", "Sat, 28 Nov 2026 10:00:00 GMT"),
+                ("content-disposition", "attachment; filename=report.bin"),
+                ("accept-ranges", "bytes"),
             ] {
                 res.headers_mut().insert(name, value.parse().unwrap());
             }
@@ -1307,7 +1309,14 @@ async fn problem_responses_keep_what_inner_layers_added() {
         "the problem stays for outer layers"
     );
     assert_eq!(res.headers()["x-extra"], "kept");
-    for name in ["content-encoding", "etag", "content-range", "last-modified"] {
+    for name in [
+        "content-encoding",
+        "etag",
+        "content-range",
+        "last-modified",
+        "content-disposition",
+        "accept-ranges",
+    ] {
         assert!(
             !res.headers().contains_key(name),
             "{name} described the old body"
