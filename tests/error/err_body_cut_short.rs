@@ -363,6 +363,31 @@ async fn http1_a_grpc_web_stream_of_an_exact_size_ends_with_its_whole_trailer_fr
     assert!(received.ends_with("0\r\n\r\n"), "{received}");
 }
 
+/// A native gRPC stream whose body says its exact length: hyper would declare that length as
+/// the stream's `content-length` over HTTP/2, and the trailers that end a failed call after it
+/// would be a protocol error for the client instead of its `grpc-status`. Its length is left
+/// open (at least what the body said).
+#[tokio::test]
+async fn a_native_grpc_stream_of_an_exact_size_reports_no_exact_size() {
+    let svc = ServiceBuilder::new()
+        .layer(WebhookErrorLayer::new())
+        .service_fn(|_req: Request<Full<Bytes>>| async {
+            let body = Failing::error(first("application/grpc"), "upstream lost").of_exact_size(10);
+            let mut res = Response::new(body);
+            res.headers_mut()
+                .insert("content-type", HeaderValue::from_static("application/grpc"));
+            Ok::<_, Infallible>(res)
+        });
+    let req = Request::post("/test.Echo/Say")
+        .header("content-type", "application/grpc")
+        .version(http::Version::HTTP_2)
+        .body(Full::default())
+        .unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    let hint = http_body::Body::size_hint(res.body());
+    assert_eq!((hint.exact(), hint.lower()), (None, 10));
+}
+
 /// Over a real HTTP/1.1 connection: a gRPC-web request whose answer is an HTML page that fails
 /// while it streams gets no last chunk (the page is cut short), and no trailer frame in it.
 #[tokio::test]
