@@ -1601,7 +1601,7 @@ fn reject(shared: &Shared, err: E, headers: &HeaderMap) -> Early {
         Some(_) => problem.with_challenge(shared.challenge.clone()),
         None => problem,
     };
-    Early::Problem(problem)
+    Early::Problem(problem, grpc_content_type(headers))
 }
 
 /// The request id, for the log: as it came, bytes that are not UTF-8 as U+FFFD (`to_str` would
@@ -1669,8 +1669,9 @@ fn grpc_content_type(headers: &HeaderMap) -> Option<HeaderValue> {
 
 /// An answer the layer gives without the inner service.
 enum Early {
-    /// A rejection.
-    Problem(Problem),
+    /// A rejection, and the content type of a gRPC call (answered trailers-only, its
+    /// `grpc-status` the problem's).
+    Problem(Problem, Option<HeaderValue>),
     Challenge(scheme::Handshake),
     /// A duplicate: the status, and the content type of a gRPC call (answered `grpc-status: 0`).
     Acknowledge(StatusCode, Option<HeaderValue>),
@@ -1679,8 +1680,21 @@ enum Early {
 impl Early {
     fn into_response<B>(self) -> Response<ResponseBody<B>> {
         match self {
-            Early::Problem(problem) => {
-                let mut response = problem.to_response::<Bytes>().map(ResponseBody::full);
+            Early::Problem(problem, grpc) => {
+                // A gRPC client reads the call's status, not the HTTP one: answered as the error
+                // layer answers it, so that a layer used without one still tells it.
+                let mut response = match grpc {
+                    Some(content_type) => {
+                        let mut response = problem
+                            .to_grpc_response::<()>()
+                            .map(|()| ResponseBody::empty());
+                        response
+                            .headers_mut()
+                            .insert(header::CONTENT_TYPE, content_type);
+                        response
+                    }
+                    None => problem.to_response::<Bytes>().map(ResponseBody::full),
+                };
                 response.extensions_mut().insert(problem);
                 response.extensions_mut().insert(AlreadyLogged);
                 response

@@ -173,17 +173,12 @@ async fn a_stream_that_succeeds_in_its_trailers_is_kept() {
     let (messages, status) = watch_all(&mut client, "ok", "s-ok").await.unwrap();
     assert_eq!(messages, ["one", "two"]);
     assert!(status.is_none(), "{status:?}");
-    // Refused (409): tonic reads the problem document as a broken call.
+    // Refused as gRPC refuses a call (the 409 of an HTTP answer): `ALREADY_EXISTS`.
     let copy = watch_all(&mut client, "ok", "s-ok").await;
-    // tonic reads the 409's problem document as a message, and says it failed on the 409.
-    let Ok((messages, Some(refused))) = &copy else {
+    let Err(refused) = &copy else {
         panic!("{copy:?}")
     };
-    assert!(messages.is_empty(), "{copy:?}");
-    assert!(
-        refused.message().contains("status: 409 Conflict"),
-        "{refused:?}"
-    );
+    assert_eq!(refused.code(), tonic::Code::AlreadyExists, "{refused:?}");
     assert_eq!(server.processed(), 1);
 }
 
@@ -331,6 +326,42 @@ async fn a_grpc_web_answer_whose_trailer_frame_says_ok_is_kept() {
     assert_eq!(first.status(), StatusCode::OK);
     first.into_body().collect().await.unwrap();
     let copy = svc.oneshot(call()).await.unwrap();
-    assert_eq!(copy.status(), StatusCode::CONFLICT);
+    assert_eq!(copy.status(), StatusCode::OK);
+    assert_eq!(copy.headers()["grpc-status"], "6", "ALREADY_EXISTS");
+    assert_eq!(copy.headers()["content-type"], "application/grpc-web+proto");
     assert_eq!(processed.load(Ordering::SeqCst), 1);
+}
+
+/// A gRPC call the layer refuses, with no `WebhookErrorLayer` around it, is refused as gRPC
+/// refuses a call: HTTP 200, trailers-only, its `grpc-status` the refusal's (`UNAUTHENTICATED`
+/// for a bad signature), under the call's content type. It was a `401` problem document, which a
+/// gRPC client reads as a broken call (tonic: `UNKNOWN`, or a message made of the document).
+#[tokio::test]
+async fn a_refused_grpc_call_is_answered_with_its_grpc_status() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use tower::{ServiceBuilder, ServiceExt};
+
+    let svc = ServiceBuilder::new()
+        .layer(github())
+        .service_fn(|_: Request<Full<Bytes>>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(Full::<Bytes>::default()))
+        });
+    let req = Request::post("/test.Echo/Say")
+        .header("content-type", "application/grpc+proto")
+        .header("x-github-delivery", "g-bad")
+        .header("x-hub-signature-256", format!("sha256={}", "0".repeat(64)))
+        .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
+        .unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["grpc-status"], "16");
+    assert_eq!(res.headers()["content-type"], "application/grpc+proto");
+    assert!(
+        res.extensions()
+            .get::<tower_webhook::error::Problem>()
+            .is_some()
+    );
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert!(body.is_empty(), "{body:?}");
 }
