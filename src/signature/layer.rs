@@ -986,6 +986,11 @@ impl SignatureLayer {
 
     /// Records delivery ids in `store` instead of the default in-memory store.
     ///
+    /// Ids are kept as `<provider>:<id>` (`github:72d3...`, `custom:42`): layers of one
+    /// provider that share a store share its ids. Give routes of one provider whose senders
+    /// differ (two custom schemes, each numbering its deliveries from 1) a store each, or, with
+    /// Redis, a `RedisReplayStore::prefix` each (feature `redis`).
+    ///
     /// # Example
     ///
     /// ```
