@@ -395,6 +395,11 @@ impl Server {
                     Some(_) = tasks.join_next() => {}
                 }
             }
+            // A tunnel that reaches the service through this port (cloudflared's) brings its
+            // deliveries there: the port keeps accepting through the drain, one request per
+            // connection, or they would be refused (and cloudflared answer them 502). Otherwise
+            // it stops accepting now.
+            let mut accepting = upstream.local_addr_asked().then_some(acceptor);
             // Listened for from now on, before anything else is awaited.
             let second_signal = async move {
                 match signals {
@@ -414,12 +419,10 @@ impl Server {
             if let Some(tunnel) = &tunnel {
                 tunnel.stop_reconnecting();
             }
-            // A tunnel that reaches the service through this port (cloudflared's) brings its
-            // deliveries there: the port keeps accepting through the drain, one request per
-            // connection, or they would be refused (and cloudflared answer them 502). Otherwise
-            // it stops accepting now.
-            let mut accepting =
-                (tunnel.is_some() && upstream.local_addr_asked()).then_some(acceptor);
+            if tunnel.is_none() {
+                // No tunnel came of it (its start was given up).
+                accepting = None;
+            }
             tracing::info!("shutting down: draining open connections");
             let drain = async {
                 if let Some((graceful, late)) = upstream.start_drain() {
