@@ -1312,7 +1312,7 @@ mod redis_store {
     /// expired by Redis itself. The value is `pending:<claim token>` while a delivery that claimed
     /// the id is being handled (for the layer's `claim_ttl` at most), `1` once it was (then for its
     /// `replay_ttl`), and `1:<token>` for an id recorded at once
-    /// ([`RecordDelivery::AfterVerification`](super::RecordDelivery::AfterVerification)). A claim
+    /// ([`RecordDelivery::AfterVerification`]). A claim
     /// is completed or released by a script that first checks its token, so a handler that
     /// outlived its claim leaves the next one alone; a `SET` that Redis did not answer in time,
     /// but may carry out later, is deleted again by the same check of its own value, so the
@@ -1504,6 +1504,8 @@ mod redis_store {
     const DONE_PREFIX: &str = "1:";
     /// How often a `SET` given up on is asked to be undone until Redis answers.
     const UNDO_PACE: Duration = Duration::from_secs(1);
+    /// How long a `SET` given up on is asked to be undone at most.
+    const UNDO_LIMIT: Duration = Duration::from_secs(600);
     /// The value of a key claimed by a delivery still being handled: this, then the claim's token.
     const PENDING_PREFIX: &str = "pending:";
     /// `KEYS[1]` holds the claim `ARGV[1]`, or nothing: it becomes `ARGV[2]` for `ARGV[3]` ms.
@@ -1697,8 +1699,8 @@ mod redis_store {
 
     /// Deletes `key` if it holds `value`, the value of a `SET` given up on that Redis may carry
     /// out later: asked until Redis answers (a command sent on the same connection is carried
-    /// out after the `SET`), once a second, for `ttl` at most, after which the key is gone
-    /// anyway.
+    /// out after the `SET`), once a second, for `ttl` (after which the key is gone anyway) or
+    /// [`UNDO_LIMIT`] at most: a task of [`MAX_LATE_ANSWERS`] each, while Redis is away.
     async fn undo(
         key: &str,
         value: &str,
@@ -1706,7 +1708,7 @@ mod redis_store {
         timeout: Duration,
         ttl: Duration,
     ) {
-        let until = tokio::time::Instant::now() + ttl;
+        let until = tokio::time::Instant::now() + ttl.min(UNDO_LIMIT);
         loop {
             match query::<u64>(delete_if(key, value), Arc::clone(&conns), timeout).await {
                 Ok(_) => return,
