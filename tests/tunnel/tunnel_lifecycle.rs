@@ -1408,6 +1408,16 @@ struct Busy {
     dropped: Arc<std::sync::atomic::AtomicBool>,
 }
 
+impl Busy {
+    /// Waits (5 s at most) until the next request is in its handler.
+    async fn entered(&mut self) {
+        tokio::time::timeout(Duration::from_secs(5), self.entered.recv())
+            .await
+            .expect("no request in its handler within 5 s")
+            .expect("the service is gone");
+    }
+}
+
 /// Sets its flag when dropped.
 struct SetOnDrop(Arc<std::sync::atomic::AtomicBool>);
 
@@ -1424,13 +1434,7 @@ impl Drop for SetOnDrop {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_in_its_handler_is_ended_when_close_returns() {
     let bore = FakeBore::start().await;
-    let (
-        app,
-        Busy {
-            mut entered,
-            dropped,
-        },
-    ) = busy();
+    let (app, mut busy) = busy();
     let handle = Tunnel::builder()
         .provider(bore.bore())
         .probe(false)
@@ -1443,13 +1447,10 @@ async fn a_request_in_its_handler_is_ended_when_close_returns() {
         .write_all(b"POST /hook HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
         .await
         .unwrap();
-    tokio::time::timeout(Duration::from_secs(5), entered.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    busy.entered().await;
     handle.close().await;
     assert!(
-        dropped.load(Ordering::SeqCst),
+        busy.dropped.load(Ordering::SeqCst),
         "the request was still in its handler when close returned"
     );
 }
@@ -1474,13 +1475,7 @@ fn a_second_stop_signal_cuts_the_drain_short() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let (
-            app,
-            Busy {
-                mut entered,
-                dropped,
-            },
-        ) = busy();
+        let (app, mut busy) = busy();
         let running = Server::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
             .await
             .unwrap()
@@ -1491,10 +1486,7 @@ fn a_second_stop_signal_cuts_the_drain_short() {
         held.write_all(b"POST /held HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
             .await
             .unwrap();
-        tokio::time::timeout(Duration::from_secs(5), entered.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        busy.entered().await;
 
         support::sigterm();
         let stopping = eventually(Duration::from_secs(5), || running.is_stopping()).await;
@@ -1509,7 +1501,7 @@ fn a_second_stop_signal_cuts_the_drain_short() {
         assert!(started.elapsed() < Duration::from_secs(5));
         // Stopped: no handler runs any more.
         assert!(
-            dropped.load(Ordering::SeqCst),
+            busy.dropped.load(Ordering::SeqCst),
             "the request was still in its handler when the server had stopped"
         );
         let answer = read_to_close(held).await;
