@@ -1997,8 +1997,9 @@ impl Drop for Recorder {
 /// Records a failure with the recorder it guards if a panic unwinds through the poll of the
 /// inner service's future or body that it guards: a call that panicked failed, as an
 /// exception does for resilience4j. (A panic in the inner service's `call` is caught where the
-/// call is made, and resumed: a guard there would keep the new recorder out of registers.) Forgotten when the guarded code returns, so
-/// it costs nothing then; a recorder dropped by a panic of anything else records nothing.
+/// call is made, and resumed: a guard there would keep the new recorder out of registers.)
+/// Forgotten when the guarded code returns, so it costs nothing then; a recorder dropped by a
+/// panic of anything else records nothing.
 pub(crate) struct FailOnUnwind<'a>(pub(crate) &'a mut Recorder);
 
 impl Drop for FailOnUnwind<'_> {
