@@ -1021,6 +1021,10 @@ impl Scheme {
                 let mut ts: Option<&[u8]> = None;
                 for item in value.as_bytes().split(|b| *b == b',') {
                     let item = item.trim_ascii();
+                    // An empty item (a trailing comma) is skipped, as Stripe's SDKs do.
+                    if item.is_empty() {
+                        continue;
+                    }
                     let eq = item
                         .iter()
                         .position(|b| *b == b'=')
@@ -1031,11 +1035,10 @@ impl Scheme {
                             return Err(E::MalformedHeader(name.clone()));
                         }
                         b"t" => {}
-                        b"v1" => {
-                            // Stripe's MAC is always 32 bytes; anything else cannot match.
-                            if val.len() != 64 {
-                                return Err(E::MalformedHeader(name.clone()));
-                            }
+                        // Stripe's MAC is always 32 bytes: a `v1` that is not 64 hex digits
+                        // cannot match, and is skipped as Stripe's SDKs skip it, so that the
+                        // header's other `v1` still count. None usable is refused below.
+                        b"v1" if val.len() == 64 && val.iter().all(u8::is_ascii_hexdigit) => {
                             checked.sigs.push(val, Encoding::Hex, cap, name)?;
                         }
                         // Other schemes (`v0` test signatures, future ones) are ignored.

@@ -1317,6 +1317,18 @@ async fn stripe_signatures() {
     )
     .await;
     assert_eq!(out.status, 200);
+    // As Stripe's SDKs do: an empty item (a trailing comma) is skipped, and a `v1` that is not
+    // 64 hex digits is a signature that cannot match, not a reason to refuse the others.
+    for header in [
+        format!("t={ts},v1={good},"),
+        format!("t={ts},,v1={good}"),
+        format!("t={ts},v1={},v1={good}", &good[..63]),
+        format!("t={ts},v1=,v1={good}"),
+        format!("t={ts},v1={},v1={good}", "z".repeat(64)),
+    ] {
+        let (out, _) = stripe_send(&header, STRIPE_BODY).await;
+        assert_eq!(out.status, 200, "{header}");
+    }
 
     let bad: Vec<(&str, String)> = vec![
         (
@@ -1336,6 +1348,9 @@ async fn stripe_signatures() {
         ("only v0", format!("t={ts},v0={good}")),
         ("negative t", format!("t=-9223372036854775808,v1={good}")),
         ("short v1", format!("t={ts},v1={}", &good[..63])),
+        ("non-hex v1", format!("t={ts},v1={}", "z".repeat(64))),
+        ("empty header", String::new()),
+        ("only commas", ",,".to_owned()),
         ("item without =", format!("t={ts},v1{good}")),
         (
             "nine v1",
