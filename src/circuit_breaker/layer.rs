@@ -312,7 +312,10 @@ pub(crate) enum Decision {
 /// `Buffer` slot, a `ConcurrencyLimit` permit) is reserved for it, and `call` returns a ready
 /// future that fails with [`CircuitOpen`], like `tower::load_shed`. An admitted call keeps its
 /// admission (a half-open probe, its permit) until `call`, or gives it back when the service
-/// is dropped; a clone starts undecided. See the [module docs](super).
+/// is dropped; a clone starts undecided. A call admitted in `poll_ready` is decided again in
+/// `call` if the breaker has moved on since (it opened, or the half-open period ended), so no
+/// call made ready earlier reaches an upstream the breaker has given up on. See the
+/// [module docs](super).
 ///
 /// # Example
 ///
@@ -551,7 +554,9 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        if let Decision::Ready(Admission::Closed(generation)) = self.decision {
+        if let Decision::Ready(Admission::Closed(generation)) = self.decision
+            && self.core.generation() == generation
+        {
             // The common case, read as one word. `Ready(Closed(_))` owns nothing, so it is
             // forgotten rather than passed through the enum's drop glue.
             std::mem::forget(std::mem::replace(&mut self.decision, Decision::Undecided));
@@ -559,9 +564,24 @@ where
             return call_admitted(&mut self.inner, &self.classifier, recorder, req);
         }
         match std::mem::replace(&mut self.decision, Decision::Undecided) {
-            Decision::Ready(admission) => {
+            Decision::Ready(admission) if admission.generation() == self.core.generation() => {
                 let recorder = admission.into_recorder(&self.core);
                 call_admitted(&mut self.inner, &self.classifier, recorder, req)
+            }
+            // Admitted in a generation that has ended since `poll_ready` (the breaker opened,
+            // or a half-open period ended): decided again now, so no call reaches an upstream
+            // the breaker has given up on. A stale probe gives its permit back as it is
+            // dropped here. What the inner service reserved stays with this service for its
+            // next call.
+            Decision::Ready(stale) => {
+                drop(stale);
+                match self.core.admit_ahead() {
+                    Ok(admission) => {
+                        let recorder = admission.into_recorder(&self.core);
+                        call_admitted(&mut self.inner, &self.classifier, recorder, req)
+                    }
+                    Err(refusal) => ResponseFuture::rejected(self.core.refuse(refusal)),
+                }
             }
             Decision::Refused(refusal) => ResponseFuture::rejected(self.core.refuse(refusal)),
             // `call` without a `poll_ready` that returned `Ready`: the inner service is not

@@ -1346,3 +1346,41 @@ async fn a_half_open_refusal_carries_the_time_left_of_the_max_wait() {
         (CircuitState::HalfOpen, None)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_call_readied_before_the_breaker_opened_is_refused() {
+    let (mut svc, handle, upstream) =
+        breaker(CircuitBreakerConfig::default().consecutive_failures(1));
+    // Readied while CLOSED; a clone's failure opens the breaker before the call is made.
+    let ready = svc.ready().await.unwrap();
+    let _ = call(&mut ready.clone(), Call::Fail).await;
+    assert_eq!(handle.state(), CircuitState::Open);
+    let before = upstream.calls.load(Ordering::SeqCst);
+    let refused = open_error(ready.call(Call::Ok).await);
+    assert_eq!(refused.state(), CircuitState::Open);
+    assert_eq!(upstream.calls.load(Ordering::SeqCst), before);
+    assert_eq!(handle.snapshot().not_permitted_calls, 1);
+
+    // A probe readied in a half-open period that has ended is refused too, and gives its
+    // permit back.
+    let (mut svc, handle, upstream) =
+        breaker(CircuitBreakerConfig::default().consecutive_failures(1));
+    let _ = call(&mut svc, Call::Fail).await;
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let ready = svc.ready().await.unwrap();
+    assert_eq!(handle.state(), CircuitState::HalfOpen);
+    handle.transition_to_open().unwrap();
+    let before = upstream.calls.load(Ordering::SeqCst);
+    open_error(ready.call(Call::Ok).await);
+    assert_eq!(upstream.calls.load(Ordering::SeqCst), before);
+
+    // Readied in a generation that ended in a new CLOSED one: the call is made, and counts.
+    let (mut svc, handle, upstream) =
+        breaker(CircuitBreakerConfig::default().consecutive_failures(1));
+    let ready = svc.ready().await.unwrap();
+    handle.transition_to_forced_open().unwrap();
+    handle.transition_to_closed().unwrap();
+    assert!(ready.call(Call::Fail).await.is_err());
+    assert_eq!(upstream.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(handle.state(), CircuitState::Open);
+}
