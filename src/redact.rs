@@ -1,4 +1,4 @@
-//! Credentials in URLs, left out of what the layer logs.
+//! Credentials in URLs, and tokens and keys outside them, left out of what the layer logs.
 //!
 //! An error's `Display` often names the URL it failed on (reqwest's `... for url (...)`, a
 //! panic's `unwrap()` of such an error), and that URL may carry credentials: a user and a
@@ -20,8 +20,10 @@ pub(crate) fn redacted(text: String) -> String {
 /// What stands in place of a credential.
 const REDACTED: &str = "<redacted>";
 
-/// Parts of query parameter names that say their values are secrets (compared lower-cased).
-const SECRET_PARAMS: [&str; 8] = [
+/// Parts of query parameter names that say their values are secrets (compared lower-cased):
+/// also `jwt` (Atlassian Connect's `?jwt=`), `code` (an OAuth authorization code), `hmac`
+/// (Shopify's), `session` and `sid`.
+const SECRET_PARAMS: [&str; 13] = [
     "token",
     "secret",
     "key",
@@ -30,7 +32,46 @@ const SECRET_PARAMS: [&str; 8] = [
     "sig",
     "auth",
     "credential",
+    "jwt",
+    "code",
+    "hmac",
+    "session",
+    "sid",
 ];
+
+/// How many URLs of one text are read one by one. Reading one costs the length of the text
+/// after it (a URL in another's query is read too), so each URL past these is left out whole,
+/// which keeps the cost of a text made of `://` linear in its length.
+const MAX_URLS: usize = 64;
+
+/// Prefixes of tokens that say what they are, wherever they stand: GitHub's, GitLab's,
+/// Slack's, Stripe's and Standard Webhooks' secrets. What follows one (at least
+/// [`MIN_CREDENTIAL`] token characters) is left out; the prefix is kept, to tell which kind
+/// of token it was.
+const TOKEN_PREFIXES: [&str; 18] = [
+    "ghp_",
+    "gho_",
+    "ghu_",
+    "ghs_",
+    "ghr_",
+    "github_pat_",
+    "glpat-",
+    "gldt-",
+    "glrt-",
+    "xoxb-",
+    "xoxp-",
+    "xoxa-",
+    "xapp-",
+    "sk_live_",
+    "sk_test_",
+    "rk_live_",
+    "rk_test_",
+    "whsec_",
+];
+
+/// The shortest credential left out after `Bearer`, `Basic` or a token prefix: shorter ones
+/// are words.
+const MIN_CREDENTIAL: usize = 8;
 
 /// `text` with the credentials of the URLs in it (each `scheme://`) shown as `<redacted>`: the
 /// user info of the authority (`user:password@`, all of it: a token is often the user name;
@@ -40,16 +81,43 @@ const SECRET_PARAMS: [&str; 8] = [
 /// name), and the path secrets of the hosts in [`PATH_SECRETS`].
 /// A URL ends at a space, a double quote or an angle bracket, as text and `Debug` output write
 /// it, and one that follows an opening parenthesis, a single quote or a backtick ends at the
-/// closing one (looked for after the URL's user info, which may hold such a character).
+/// closing one (looked for after the URL's user info, which may hold such a character). Past
+/// [`MAX_URLS`] URLs, each is left out whole.
+///
+/// Outside URLs too: the credential after `Bearer` or `Basic` (in any case; one that reads as a
+/// word, without a digit or a `+/=._-~`, is kept), what follows a token prefix of
+/// [`TOKEN_PREFIXES`] (`ghp_`, `glpat-`, `xoxb-`, `whsec_`...), a JSON Web Token (`eyJ...`),
+/// and the body of a PEM private key.
 pub(crate) fn redact(text: &str) -> Cow<'_, str> {
-    if !text.contains("://") {
-        return Cow::Borrowed(text);
-    }
-    let bytes = text.as_bytes();
     // The byte ranges to leave out, as found; a URL inside another's query or path
     // (`?redirect=https://...`) is looked at too, so they may overlap.
     let mut secrets: Vec<(usize, usize)> = Vec::new();
+    url_secrets(text, &mut secrets);
+    credentials(text, &mut secrets);
+    if secrets.is_empty() {
+        return Cow::Borrowed(text);
+    }
+    secrets.sort_unstable();
+    let mut out = String::with_capacity(text.len());
+    // `text[..copied]` is in `out` already, with its secrets left out; `out` ends with
+    // `<redacted>`, which stands for a range that overlaps or touches it as well.
+    let mut copied = 0;
+    for (start, end) in secrets {
+        if start > copied {
+            out.push_str(&text[copied..start]);
+            out.push_str(REDACTED);
+        }
+        copied = copied.max(end);
+    }
+    out.push_str(&text[copied..]);
+    Cow::Owned(out)
+}
+
+/// The credentials of the URLs in `text`, as byte ranges into `secrets`. See [`redact`].
+fn url_secrets(text: &str, secrets: &mut Vec<(usize, usize)>) {
+    let bytes = text.as_bytes();
     let mut from = 0;
+    let mut urls = 0;
     while let Some(found) = text[from..].find("://") {
         let start = from + found + 3;
         let mut url_end = start
@@ -57,6 +125,12 @@ pub(crate) fn redact(text: &str) -> Cow<'_, str> {
                 .iter()
                 .position(|&b| ends_url(b))
                 .unwrap_or(bytes.len() - start);
+        urls += 1;
+        if urls > MAX_URLS {
+            secrets.push((start, url_end));
+            from = url_end;
+            continue;
+        }
         // A URL in parentheses (reqwest's `for url (...)`), single quotes or backticks does not
         // take the closing one. The `url` crate leaves `(`, `)` and `'` unencoded in a password:
         // the closing one is looked for after the user info, where the URL has one.
@@ -106,36 +180,106 @@ pub(crate) fn redact(text: &str) -> Cow<'_, str> {
             .position(|&b| b == b'#')
             .map(|f| authority_end + f + 1);
         if let Some(query) = query.filter(|&q| fragment.is_none_or(|f| q < f)) {
-            secret_params(
-                text,
-                query,
-                fragment.map_or(url_end, |f| f - 1),
-                &mut secrets,
-            );
+            secret_params(text, query, fragment.map_or(url_end, |f| f - 1), secrets);
         }
         // An OAuth implicit grant's `#access_token=...`: a fragment written as parameters.
         if let Some(fragment) = fragment {
-            secret_params(text, fragment, url_end, &mut secrets);
+            secret_params(text, fragment, url_end, secrets);
         }
         from = start;
     }
-    if secrets.is_empty() {
-        return Cow::Borrowed(text);
-    }
-    secrets.sort_unstable();
-    let mut out = String::with_capacity(text.len());
-    // `text[..copied]` is in `out` already, with its secrets left out; `out` ends with
-    // `<redacted>`, which stands for a range that overlaps or touches it as well.
-    let mut copied = 0;
-    for (start, end) in secrets {
-        if start > copied {
-            out.push_str(&text[copied..start]);
-            out.push_str(REDACTED);
+}
+
+/// The credentials outside URLs in `text`, as byte ranges into `secrets`. See [`redact`].
+fn credentials(text: &str, secrets: &mut Vec<(usize, usize)>) {
+    let bytes = text.as_bytes();
+    let lower = text.to_ascii_lowercase();
+    // `Bearer` and `Basic` credentials, as an `Authorization` header's value writes them.
+    for scheme in ["bearer ", "basic "] {
+        for (at, _) in lower.match_indices(scheme) {
+            if !starts_word(bytes, at) {
+                continue;
+            }
+            let start = at
+                + scheme.len()
+                + bytes[at + scheme.len()..]
+                    .iter()
+                    .take_while(|&&b| b == b' ')
+                    .count();
+            let end = start + token_len(&bytes[start..], is_token68);
+            let credential = &bytes[start..end];
+            if credential.len() >= MIN_CREDENTIAL
+                && credential
+                    .iter()
+                    .any(|b| b.is_ascii_digit() || b"+/=._-~".contains(b))
+            {
+                secrets.push((start, end));
+            }
         }
-        copied = copied.max(end);
     }
-    out.push_str(&text[copied..]);
-    Cow::Owned(out)
+    for prefix in TOKEN_PREFIXES {
+        for (at, _) in lower.match_indices(prefix) {
+            let start = at + prefix.len();
+            let len = token_len(&bytes[start..], |b| {
+                b.is_ascii_alphanumeric() || b"_-".contains(&b)
+            });
+            if starts_word(bytes, at) && len >= MIN_CREDENTIAL {
+                secrets.push((start, start + len));
+            }
+        }
+    }
+    // A JSON Web Token: three base64url parts, the first two not empty, joined by dots.
+    for (at, _) in text.match_indices("eyJ") {
+        if !starts_word(bytes, at) {
+            continue;
+        }
+        let base64url = |b: u8| b.is_ascii_alphanumeric() || b"_-".contains(&b);
+        let mut end = at;
+        let mut parts = 0;
+        loop {
+            let len = token_len(&bytes[end..], base64url);
+            parts += 1;
+            end += len;
+            if parts == 3 || (len == 0 && parts < 3) || bytes.get(end) != Some(&b'.') {
+                break;
+            }
+            end += 1;
+        }
+        if parts == 3 && end > at {
+            secrets.push((at, end));
+        }
+    }
+    // The body of a PEM private key, up to its end line (or the end of the text).
+    for (at, _) in text.match_indices("-----BEGIN ") {
+        let Some(label_end) = text[at + 11..].find("-----").map(|end| at + 11 + end + 5) else {
+            continue;
+        };
+        if !text[at..label_end].contains("PRIVATE KEY") {
+            continue;
+        }
+        let end = text[label_end..]
+            .find("-----END")
+            .map_or(text.len(), |end| label_end + end);
+        if end > label_end {
+            secrets.push((label_end, end));
+        }
+    }
+}
+
+/// Whether `at` starts a word of `bytes`: the byte before it is no letter, digit or `_`.
+fn starts_word(bytes: &[u8], at: usize) -> bool {
+    at == 0 || !(bytes[at - 1].is_ascii_alphanumeric() || bytes[at - 1] == b'_')
+}
+
+/// How many bytes at the start of `bytes` are `token` bytes.
+fn token_len(bytes: &[u8], token: impl Fn(u8) -> bool) -> usize {
+    bytes.iter().take_while(|&&b| token(b)).count()
+}
+
+/// A byte of an HTTP `token68` credential (RFC 9110): letters, digits, `-._~+/`, and the `=`
+/// that pads it.
+fn is_token68(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b)
 }
 
 /// The values in `text[from..end]`, read as `&`-separated `name=value` parameters, whose names
@@ -513,6 +657,109 @@ mod tests {
         for (text, expected) in cases {
             assert_eq!(redact(text), expected, "{text}");
         }
+    }
+
+    #[test]
+    fn credentials_outside_urls_are_redacted() {
+        let cases = [
+            (
+                "upstream said 401 to Authorization: Bearer eyJhbGciOi.eyJzdWIi.c2lnbmF0dXJl",
+                "upstream said 401 to Authorization: Bearer <redacted>",
+            ),
+            (
+                r#"headers: {"authorization": "bearer gho_16C7e42F292c6912E7710c838347Ae178B4a"}"#,
+                r#"headers: {"authorization": "bearer <redacted>"}"#,
+            ),
+            (
+                "Authorization: Basic dXNlcjpodW50ZXIy",
+                "Authorization: Basic <redacted>",
+            ),
+            (
+                "Authorization: basic YWxhZGRpbjpvcGVuc2VzYW1l==",
+                "Authorization: basic <redacted>",
+            ),
+            // English words after "basic" or "bearer" are kept.
+            ("basic authentication failed", "basic authentication failed"),
+            ("the bearer token expired", "the bearer token expired"),
+            ("Bearer", "Bearer"),
+            // Tokens known by their prefix, wherever they are.
+            (
+                "token ghp_16C7e42F292c6912E7710c838347Ae178B4a refused",
+                "token ghp_<redacted> refused",
+            ),
+            (
+                "github_pat_11ABCDEFG0abcdefghijkl_mnopqrstuvwxyz0123456789",
+                "github_pat_<redacted>",
+            ),
+            (
+                "PRIVATE-TOKEN glpat-xxxxxxxxxxxxxxxxxxxx",
+                "PRIVATE-TOKEN glpat-<redacted>",
+            ),
+            ("xoxb-1234-5678-abcdefgh", "xoxb-<redacted>"),
+            (
+                "secret whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                "secret whsec_<redacted>",
+            ),
+            ("sk_live_4eC39HqLyjWDarjtT1zdp7dc", "sk_live_<redacted>"),
+            ("a ghp_ prefix alone", "a ghp_ prefix alone"),
+            ("highp_value", "highp_value"),
+            // A JSON Web Token (Atlassian Connect's `?jwt=`, an App's JWT), also in JSON.
+            (
+                r#"{"jwt":"eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiIxIn0.sig-nature_x"}"#,
+                r#"{"jwt":"<redacted>"}"#,
+            ),
+            ("eyJ alone", "eyJ alone"),
+            // A private key.
+            (
+                "bad key: -----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY----- end",
+                "bad key: -----BEGIN RSA PRIVATE KEY-----<redacted>-----END RSA PRIVATE KEY----- end",
+            ),
+            (
+                "-----BEGIN PRIVATE KEY-----\nMIIE cut short",
+                "-----BEGIN PRIVATE KEY-----<redacted>",
+            ),
+            (
+                "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----",
+                "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----",
+            ),
+            // Query parameters named for tokens beyond the words above.
+            (
+                "https://h/rest/api?jwt=abc&x=1",
+                "https://h/rest/api?jwt=<redacted>&x=1",
+            ),
+            (
+                "https://h/cb?code=abc&state=s",
+                "https://h/cb?code=<redacted>&state=s",
+            ),
+            (
+                "https://shop/x?hmac=ab&shop=s",
+                "https://shop/x?hmac=<redacted>&shop=s",
+            ),
+            (
+                "https://h/?session=s1&sid=s2",
+                "https://h/?session=<redacted>&sid=<redacted>",
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(redact(text), expected, "{text}");
+        }
+    }
+
+    /// A text with more URLs than are read one by one: each past them is left out whole.
+    #[test]
+    fn urls_past_the_cap_are_left_out_whole() {
+        let mut text = "https://h/?page=1 ".repeat(super::MAX_URLS);
+        text.push_str("https://u:p@h/x?page=2 and https://h2/ end");
+        let expected = format!(
+            "{}https://<redacted> and https://<redacted> end",
+            "https://h/?page=1 ".repeat(super::MAX_URLS)
+        );
+        assert_eq!(redact(&text), expected);
+        // One long run of `://` is read in time linear in its length, and all left out.
+        let run = "://".repeat(100_000);
+        let out = redact(&run);
+        assert!(out.len() < 2_000, "{}", out.len());
+        assert!(out.ends_with("://<redacted>"), "{out}");
     }
 
     /// Any text, URL-like or not (a small alphabet of the bytes the scan looks at, and a

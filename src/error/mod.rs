@@ -59,8 +59,10 @@
 //! message goes to the log, never to the client. The credentials of URLs in an error chain or a
 //! panic message are logged as `<redacted>`: a URL's user info (`user:password@`), and the
 //! values of its query parameters whose names contain `token`, `secret`, `key`, `pass`, `pwd`,
-//! `sig`, `auth` or `credential` (in any case), and the token in the path of a Slack, Discord,
-//! Microsoft Teams or Telegram hook URL. Rust's panic hook runs before the layer catches a
+//! `sig`, `auth`, `credential`, `jwt`, `code`, `hmac`, `session` or `sid` (in any case), and the
+//! token in the path of a Slack, Discord, Microsoft Teams or Telegram hook URL; outside URLs, a
+//! `Bearer` or `Basic` credential, a token known by its prefix (`ghp_`, `glpat-`, `xoxb-`,
+//! `sk_live_`, `whsec_`...), a JSON Web Token and a PEM private key's body. Rust's panic hook runs before the layer catches a
 //! panic: the default hook prints the message, unredacted, to stderr; a server whose panic
 //! messages may hold credentials installs its own (`std::panic::set_hook`). A response body's
 //! failure is logged once too, at `error` (`warn` for an error a gRPC caller is answered with a

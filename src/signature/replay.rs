@@ -1580,7 +1580,7 @@ mod redis_store {
                             }
                         }
                         Ok(Err(err)) => {
-                            tracing::warn!(error = %err, "Redis stopped answering, and a new connection failed");
+                            tracing::warn!(error = %crate::redact::redacted(err.to_string()), "Redis stopped answering, and a new connection failed");
                         }
                         Err(_) => {
                             tracing::warn!(
@@ -1686,7 +1686,7 @@ mod redis_store {
                                 // Only the value set here: the key may have expired since.
                                 let del = delete_if(&key, &value);
                                 if let Err(err) = query::<u64>(del, late_conns, timeout).await {
-                                    tracing::error!(%key, error = %err, "Redis recorded a delivery id after the delivery was refused for taking too long, and could not delete it again: the provider's redelivery is treated as a replay until the id expires");
+                                    tracing::error!(%key, error = %crate::redact::redacted(err.to_string()), "Redis recorded a delivery id after the delivery was refused for taking too long, and could not delete it again: the provider's redelivery is treated as a replay until the id expires");
                                 }
                             }
                         });
@@ -1716,7 +1716,7 @@ mod redis_store {
                     tokio::time::sleep(UNDO_PACE).await;
                 }
                 Err(err) => {
-                    tracing::error!(%key, error = %err, "Redis may have recorded a delivery id after the delivery was refused for taking too long, and could not be asked to delete it again: the provider's redelivery is treated as a replay until the id expires");
+                    tracing::error!(%key, error = %crate::redact::redacted(err.to_string()), "Redis may have recorded a delivery id after the delivery was refused for taking too long, and could not be asked to delete it again: the provider's redelivery is treated as a replay until the id expires");
                     return;
                 }
             }
