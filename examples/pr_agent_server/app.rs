@@ -322,7 +322,8 @@ impl std::fmt::Debug for Settings {
 /// The comma-separated secrets of setting `name`: `None` when it is unset, an error when it is
 /// set but holds none (an empty secret never means "no check"), or when one of its items is
 /// empty (two commas in a row, or one at either end, as a rotation that removed a secret may
-/// leave, or a secret that holds a comma), as `Secrets::from_env_list` refuses them.
+/// leave, or a secret that holds a comma), or when a list of several holds one shorter than 8
+/// bytes (a secret split at a comma), as `Secrets::from_env_list` refuses them.
 fn secrets(name: &str, value: Option<String>) -> Result<Option<Vec<String>>, String> {
     let Some(value) = value else {
         return Ok(None);
@@ -336,6 +337,13 @@ fn secrets(name: &str, value: Option<String>) -> Result<Option<Vec<String>>, Str
     if items.iter().any(|item| item.is_empty()) {
         return Err(format!(
             "{name} has an empty item (two commas in a row, or one at either end): commas separate the secrets of a rotation, and a secret cannot hold one"
+        ));
+    }
+    // As `Secrets::from_env_list`: a secret that holds a comma is split at it, and a short
+    // piece would be a secret of its own.
+    if items.len() > 1 && items.iter().any(|item| item.len() < 8) {
+        return Err(format!(
+            "{name} holds a secret shorter than 8 bytes in its comma-separated list: commas separate the secrets of a rotation, so a secret that holds one is split at it, and its short piece would be accepted alone; use secrets of 8 bytes or more, without commas"
         ));
     }
     Ok(Some(items.into_iter().map(str::to_owned).collect()))

@@ -231,6 +231,22 @@ pub enum SignatureConfigError {
         "environment variable `{0}` holds an empty item in its comma-separated list of secrets (two commas in a row, or one at either end): remove the extra comma"
     )]
     EmptyEnvItem(String),
+    /// A comma-separated list of several secrets ([`Secrets::from_list`](super::Secrets::from_list),
+    /// [`Secrets::from_env_list`](super::Secrets::from_env_list)) holds one shorter than 8
+    /// bytes: most likely a secret that holds a comma, split at it, whose short piece would be
+    /// a secret of its own that a sender could guess. Names the list (`the list`, or
+    /// ``environment variable `NAME` ``), never the secrets.
+    ///
+    /// ```
+    /// use tower_webhook::signature::{Secrets, SignatureConfigError};
+    ///
+    /// let err = Secrets::from_list("Zq8!vP2#mR,7").unwrap_err();
+    /// assert!(matches!(err, SignatureConfigError::ShortListItem(_)));
+    /// ```
+    #[error(
+        "{0} holds a secret shorter than 8 bytes in its comma-separated list: commas separate the secrets of a rotation, so a secret that holds one is split at it, and its short piece would be accepted alone; give such a secret with `Secrets::with`, or use secrets of 8 bytes or more"
+    )]
+    ShortListItem(String),
     /// A Standard Webhooks secret is not `whsec_` followed by base64.
     #[error("Standard Webhooks secret must be base64, optionally prefixed with `whsec_`")]
     InvalidStandardWebhooksSecret,

@@ -124,6 +124,9 @@ impl From<Vec<u8>> for Secret {
 #[derive(Clone, Debug, Default)]
 pub struct Secrets(Vec<Secret>);
 
+/// The shortest secret a list of several may hold, in bytes. See [`Secrets::from_list`].
+const MIN_LISTED: usize = 8;
+
 impl Secrets {
     /// No secrets yet.
     ///
@@ -165,6 +168,12 @@ impl Secrets {
 
     /// Splits a comma-separated list (surrounding spaces trimmed), refusing empty items.
     ///
+    /// A secret cannot hold a comma here: it would be split at it, and each piece accepted as
+    /// a secret of its own. So a list of several refuses an item shorter than 8 bytes
+    /// ([`SignatureConfigError::ShortListItem`]), which is what a secret split at a comma near
+    /// its end leaves. A list of one item is never split; give a secret that holds a comma
+    /// with [`Secrets::with`].
+    ///
     /// # Example
     ///
     /// ```
@@ -177,6 +186,11 @@ impl Secrets {
     /// assert!(matches!(err, SignatureConfigError::EmptySecret));
     /// ```
     pub fn from_list(list: &str) -> Result<Self, SignatureConfigError> {
+        Self::split(list, "the list")
+    }
+
+    /// [`Secrets::from_list`], with `source` naming the list in a short item's error.
+    fn split(list: &str, source: &str) -> Result<Self, SignatureConfigError> {
         let mut secrets = Self::new();
         for item in list.split(',') {
             let item = item.trim();
@@ -184,6 +198,9 @@ impl Secrets {
                 return Err(SignatureConfigError::EmptySecret);
             }
             secrets.0.push(Secret::from(item));
+        }
+        if secrets.0.len() > 1 && secrets.0.iter().any(|secret| secret.len() < MIN_LISTED) {
+            return Err(SignatureConfigError::ShortListItem(source.to_owned()));
         }
         Ok(secrets)
     }
@@ -193,7 +210,9 @@ impl Secrets {
     /// A missing, non-UTF-8 or empty variable is an error naming the variable: a webhook
     /// endpoint never starts without a secret. So is an empty item (two commas in a row, or one
     /// at either end, as a rotation that removed a secret may leave):
-    /// [`SignatureConfigError::EmptyEnvItem`]. The value read is wiped from memory once split.
+    /// [`SignatureConfigError::EmptyEnvItem`]. So is a list of several that holds a secret
+    /// shorter than 8 bytes, as a secret split at a comma leaves:
+    /// [`SignatureConfigError::ShortListItem`]. The value read is wiped from memory once split.
     ///
     /// # Example
     ///
@@ -219,7 +238,7 @@ impl Secrets {
         if value.trim().is_empty() {
             return Err(missing());
         }
-        Self::from_list(value).map_err(|err| match err {
+        Self::split(value, &format!("environment variable `{name}`")).map_err(|err| match err {
             SignatureConfigError::EmptySecret => {
                 SignatureConfigError::EmptyEnvItem(name.to_owned())
             }

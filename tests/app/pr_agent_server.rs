@@ -871,6 +871,8 @@ fn settings_errors_name_the_variable() {
         ("GITHUB_WEBHOOK_SECRET", "new-secret,,old-secret"),
         ("GITLAB_WEBHOOK_TOKEN", "gl-token-with-a-comma,"),
         ("BITBUCKET_WEBHOOK_SECRET", ",bb-secret"),
+        // A secret that holds a comma near its end: the short piece would be a secret alone.
+        ("GITEA_WEBHOOK_SECRET", "Zq8!vP2#mR,7"),
     ] {
         refused_naming_it(name, value);
     }

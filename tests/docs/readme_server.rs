@@ -47,7 +47,7 @@ fn readme_app(on_replay: OnReplay, calls: Arc<AtomicUsize>) -> Router {
             .on_replay(on_replay);
     let gitlab = SignatureLayer::with_secrets(
         Provider::GitLab,
-        Secrets::from_list("gl-new, gl-old").unwrap(),
+        Secrets::from_list("gl-token-new, gl-token-old").unwrap(),
     )
     .unwrap()
     .on_replay(on_replay);
@@ -116,7 +116,7 @@ async fn replays_and_deliveries_without_an_id_as_the_readme_says() {
     );
 
     // GitLab without `Idempotency-Key`: the same.
-    for token in ["gl-new", "gl-old"] {
+    for token in ["gl-token-new", "gl-token-old"] {
         let res = http
             .post(&gitlab)
             .header("x-gitlab-token", token)
@@ -133,7 +133,7 @@ async fn replays_and_deliveries_without_an_id_as_the_readme_says() {
     for _ in 0..2 {
         let res = http
             .post(&gitlab)
-            .header("x-gitlab-token", "gl-new")
+            .header("x-gitlab-token", "gl-token-new")
             .header("x-gitlab-event-uuid", "g-0")
             .body("{}")
             .send()
@@ -146,7 +146,7 @@ async fn replays_and_deliveries_without_an_id_as_the_readme_says() {
     for status in [202, 409] {
         let res = http
             .post(&gitlab)
-            .header("x-gitlab-token", "gl-new")
+            .header("x-gitlab-token", "gl-token-new")
             .header("idempotency-key", "g-1")
             .header("x-gitlab-event-uuid", format!("g-1-{status}"))
             .body("{}")

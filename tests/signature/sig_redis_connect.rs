@@ -45,6 +45,12 @@ fn an_empty_item_in_a_secrets_variable_is_named() {
             assert!(text.contains("comma"), "{text}");
             assert!(!text.contains("new-secret") && !text.contains("old-secret"));
         }
+        let err = Secrets::from_env_list("SIG16_SPLIT").unwrap_err();
+        assert!(
+            matches!(&err, SignatureConfigError::ShortListItem(s) if s == "environment variable `SIG16_SPLIT`"),
+            "{err:?}"
+        );
+        assert!(!err.to_string().contains("vP2"), "{err}");
         // Unset and blank variables are still named as such.
         let err = Secrets::from_env_list("SIG16_UNSET").unwrap_err();
         assert!(matches!(&err, SignatureConfigError::MissingEnv(n) if n == "SIG16_UNSET"));
@@ -73,6 +79,7 @@ fn an_empty_item_in_a_secrets_variable_is_named() {
         .env("SIG16_LEADING", " , new-secret")
         .env_remove("SIG16_UNSET")
         .env("SIG16_BLANK", " \n")
+        .env("SIG16_SPLIT", "Zq8!vP2#mR,7")
         .env("SIG16_ROTATING", format!(" new-secret ,\t{GH_SECRET}\n")),
     );
 }

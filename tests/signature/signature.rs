@@ -1993,6 +1993,19 @@ fn empty_or_missing_secrets_are_construction_errors() {
         Secrets::from_list("a,,b"),
         Err(SignatureConfigError::EmptySecret)
     ));
+    // A secret that holds a comma is split at it; a short piece would be a secret of its own,
+    // which a sender could guess: a list of several refuses an item under 8 bytes.
+    let err = Secrets::from_list("Zq8!vP2#mR,7").unwrap_err();
+    assert!(
+        matches!(&err, SignatureConfigError::ShortListItem(source) if source == "the list"),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("comma") && !text.contains("Zq8"), "{text}");
+    assert!(Secrets::from_list("1234567,12345678").is_err());
+    assert_eq!(Secrets::from_list("12345678, 87654321").unwrap().len(), 2);
+    // One secret alone is never split, whatever its length.
+    assert_eq!(Secrets::from_list("short").unwrap().len(), 1);
     let err = Secrets::from_env_list("TOWER_WEBHOOK_TEST_SURELY_UNSET_VARIABLE").unwrap_err();
     assert!(
         err.to_string()

@@ -164,7 +164,7 @@ fn an_azure_devops_credential_with_an_empty_password_is_refused() {
             ),
             "{credential:?}"
         );
-        let secrets = Secrets::from_list(&format!("hooks:p4ssw0rd,{credential}")).unwrap();
+        let secrets = Secrets::new().with("hooks:p4ssw0rd").with(credential);
         assert!(SignatureLayer::with_secrets(Provider::AzureDevOps, secrets).is_err());
     }
     assert!(matches!(
