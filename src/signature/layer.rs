@@ -931,6 +931,10 @@ impl SignatureLayer {
 
     /// Most signatures accepted in one delivery (default and maximum 8; at least 1).
     ///
+    /// Only signatures that could match count: a Stripe `v1` or a Standard Webhooks `v1,`
+    /// entry of the right form. Other entries (`v0`, another version, one that is not hex or
+    /// base64) are skipped, as the providers' libraries skip them.
+    ///
     /// # Example
     ///
     /// ```

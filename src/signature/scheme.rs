@@ -1098,23 +1098,20 @@ impl Scheme {
                     return Err(E::MalformedHeader(id_name.clone()));
                 }
                 let t = parse_timestamp(ts.as_bytes(), ts_name)?;
-                let mut seen = 0usize;
+                // As the reference libraries read it: an entry that is not a `v1` signature
+                // (another version, no comma) is skipped, and so is a `v1` that is not base64,
+                // which cannot match. Only `v1` entries count against the cap.
                 for item in sig
                     .as_bytes()
                     .split(|b| *b == b' ')
                     .filter(|i| !i.is_empty())
                 {
-                    seen += 1;
-                    if seen > cap {
-                        return Err(E::TooManySignatures(cap));
-                    }
-                    let comma = item
-                        .iter()
-                        .position(|b| *b == b',')
-                        .ok_or_else(|| E::MalformedHeader(sig_name.clone()))?;
-                    let (version, val) = (&item[..comma], &item[comma + 1..]);
-                    if version == b"v1" {
-                        checked.sigs.push(val, Encoding::Base64, cap, sig_name)?;
+                    let Some(val) = item.strip_prefix(b"v1,") else {
+                        continue;
+                    };
+                    match checked.sigs.push(val, Encoding::Base64, cap, sig_name) {
+                        Err(E::MalformedHeader(_)) => {}
+                        other => other?,
                     }
                 }
                 if checked.sigs.len() == 0 {

@@ -1097,6 +1097,25 @@ async fn standard_webhooks_reference_vector_is_accepted() {
     ];
     let (out, _) = sw_send(&layer, headers, SW_BODY).await;
     assert_eq!(out.status, 200);
+
+    // As the reference libraries do, an entry that is not a usable `v1` (no comma, not base64,
+    // another version) is skipped, not a reason to refuse the `v1` beside it; only `v1`
+    // entries count against `max_signatures`.
+    let other_versions = ["v1a,abc"; 12].join(" ");
+    for sig in [
+        format!("v1g0hM9SsE {SW_SIG}"),
+        format!("v1,!!!! {SW_SIG}"),
+        format!("{SW_SIG} v1,"),
+        format!("{other_versions} {SW_SIG}"),
+    ] {
+        let (out, _) = sw_send(
+            &sw_layer(),
+            sw_headers(SW_ID, &SW_TS.to_string(), &sig),
+            SW_BODY,
+        )
+        .await;
+        assert_eq!(out.status, 200, "{sig}");
+    }
 }
 
 #[tokio::test]
