@@ -95,6 +95,8 @@ pub mod error;
 mod error_chain;
 #[cfg(any(feature = "error", feature = "retry"))]
 mod grpc_http;
+#[cfg(any(feature = "signature", feature = "circuit-breaker"))]
+mod grpc_web;
 #[cfg(any(feature = "error", feature = "circuit-breaker", feature = "tunnel"))]
 mod panic;
 #[cfg(any(feature = "error", feature = "tunnel"))]

@@ -2,6 +2,7 @@
 
 use crate::BoxError;
 use crate::error::Problem;
+use crate::grpc_web::{WebEnd, WebStatus};
 use crate::retry_after::{Pushback, grpc_pushback};
 use std::any::Any;
 use std::error::Error;
@@ -131,7 +132,10 @@ where
 /// call is timed (for the slow-call rule) to the stream's head, so a long-lived stream is not
 /// slow for lasting. A body dropped before its end is neutral. An answer whose body ends with
 /// no `grpc-status`, or whose `grpc-status` is not a number, is `Unknown`, as gRPC clients read
-/// it: a failure (except for gRPC-Web, whose trailers travel inside the body).
+/// it: a failure. gRPC-Web answers (`application/grpc-web`, base64 `application/grpc-web-text`)
+/// carry their trailers in a trailer frame at the end of the body, read as the body streams
+/// and classified the same way; a body that is not gRPC-Web is a failure, and a compressed
+/// trailer frame, not read, is not held against the upstream.
 ///
 /// On 429 and 503 the upstream's `Retry-After` (seconds, or an HTTP date read against the
 /// response's `Date`, the server's clock, and against the local clock only without a valid
@@ -417,38 +421,54 @@ fn grpc_status(map: &HeaderMap) -> Option<i32> {
 /// How a gRPC answer whose status comes at the end of the stream is classified then.
 struct Eos {
     classify: GrpcEosErrorsAsFailures,
-    /// gRPC-Web, whose trailers travel inside the body, where they cannot be read.
-    web: bool,
+    /// gRPC-Web: the reader of the trailer frame at the end of the body.
+    web: Option<WebStatus>,
 }
 
 /// The outcome of a gRPC answer whose status comes at the end of the stream. gRPC requires
 /// a `grpc-status` there: an answer that ends without a readable one (no trailers, as when a
 /// proxy cuts the stream short, or trailers without the status) is `Unknown` to gRPC clients
-/// (tonic, grpc-go), a failure. gRPC-Web sends its trailers in the body, so an answer with
-/// none there is not held against it.
+/// (tonic, grpc-go), a failure. gRPC-Web sends its trailers in a trailer frame at the end of
+/// the body, read the same way; a body that is not gRPC-Web is a failure too, and a trailer
+/// frame that is not read here (compressed) is not held against the upstream.
 ///
 /// With the outcome comes the server's `grpc-retry-pushback-ms` from the trailers, on the
 /// codes of an overloaded server, as for a trailers-only answer.
 fn eos_outcome(eos: Eos, trailers: Option<&HeaderMap>) -> (Outcome, Option<Duration>) {
+    let from_body;
+    let trailers = match (trailers, &eos.web) {
+        (Some(trailers), _) if grpc_status(trailers).is_some() => Some(trailers),
+        (_, Some(web)) => match web.end() {
+            Some(WebEnd::Trailers(map)) => {
+                from_body = map;
+                Some(&from_body)
+            }
+            Some(WebEnd::Unreadable) => return (Outcome::Success, None),
+            Some(WebEnd::Broken) | None => None,
+        },
+        (trailers, None) => trailers,
+    };
     match trailers {
-        Some(trailers) if grpc_status(trailers).is_some() || eos.web => {
+        Some(trailers) if grpc_status(trailers).is_some() => {
             match eos.classify.classify_eos(Some(trailers)) {
                 Ok(()) => (Outcome::Success, success_hint(trailers)),
                 Err(class) => (grpc_outcome(&class), grpc_hint(&class, trailers)),
             }
         }
-        None if eos.web => (Outcome::Success, None),
         _ => (Outcome::Failure, None),
     }
 }
 
-/// Whether `headers` say gRPC-Web (`application/grpc-web`, `-web-text`, with any codec).
-fn is_grpc_web(headers: &HeaderMap) -> bool {
-    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
-        v.as_bytes()
-            .get(..20)
-            .is_some_and(|p| p.eq_ignore_ascii_case(b"application/grpc-web"))
-    })
+/// The reader of the body's trailer frame when `headers` say gRPC-Web
+/// (`application/grpc-web`, or base64 `application/grpc-web-text`, with any codec).
+fn grpc_web(headers: &HeaderMap) -> Option<WebStatus> {
+    let value = headers.get(header::CONTENT_TYPE)?.as_bytes();
+    let is = |prefix: &[u8]| {
+        value
+            .get(..prefix.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+    };
+    is(b"application/grpc-web").then(|| WebStatus::new(is(b"application/grpc-web-text")))
 }
 
 fn is_grpc(headers: &HeaderMap) -> bool {
@@ -536,7 +556,7 @@ impl<B, E: 'static> ClassifyOutcome<Response<B>, E> for DefaultClassifier {
                     recorder.stop_clock();
                     let eos = Eos {
                         classify,
-                        web: is_grpc_web(response.headers()),
+                        web: grpc_web(response.headers()),
                     };
                     return Ok(response.map(|body| ResponseBody {
                         inner: body,
@@ -782,6 +802,18 @@ impl<B: Body> Body for ResponseBody<B> {
         let frame = std::task::ready!(polled);
         match &frame {
             Some(Ok(frame)) => {
+                // gRPC-Web: the trailer frame read, the call is classified as it comes.
+                if let Some((_, Eos { web: Some(web), .. })) = this.eos
+                    && let Some(data) = frame.data_ref()
+                {
+                    web.feed_buf(data);
+                    if web.end().is_some()
+                        && let Some((recorder, eos)) = this.eos.take()
+                    {
+                        let (outcome, after) = eos_outcome(eos, None);
+                        recorder.record_with_retry_after(outcome, after);
+                    }
+                }
                 if let Some(trailers) = frame.trailers_ref()
                     && let Some((recorder, eos)) = this.eos.take()
                 {
@@ -791,7 +823,8 @@ impl<B: Body> Body for ResponseBody<B> {
                     // The last frame, without trailers: a reader that trusts `is_end_stream`
                     // (hyper does) never polls for the end, so it is classified now.
                     if let Some((recorder, eos)) = this.eos.take() {
-                        recorder.record(eos_outcome(eos, None).0);
+                        let (outcome, after) = eos_outcome(eos, None);
+                        recorder.record_with_retry_after(outcome, after);
                     }
                 }
             }
@@ -802,7 +835,8 @@ impl<B: Body> Body for ResponseBody<B> {
             }
             None => {
                 if let Some((recorder, eos)) = this.eos.take() {
-                    recorder.record(eos_outcome(eos, None).0);
+                    let (outcome, after) = eos_outcome(eos, None);
+                    recorder.record_with_retry_after(outcome, after);
                 }
             }
         }

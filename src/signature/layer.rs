@@ -17,7 +17,6 @@ use tower_service::Service;
 
 use super::clock::Clock;
 use super::error::{SignatureConfigError, SignatureValidationError as E};
-use super::grpc_web::WebStatus;
 use super::replay::{
     ClaimToken, MemoryReplayStore, OnReplay, RecordDelivery, ReplayFuture, ReplayStore,
 };
@@ -28,6 +27,7 @@ use super::secret::{Secret, Secrets};
 use crate::BoxError;
 use crate::body::ResponseBody;
 use crate::error::{AlreadyLogged, Grpc, Problem};
+use crate::grpc_web::WebStatus;
 use crate::redact::redacted;
 
 /// Default body limit: 25 MiB, the largest payload GitHub sends.

@@ -190,7 +190,6 @@
 
 mod clock;
 mod error;
-mod grpc_web;
 mod layer;
 mod replay;
 mod scheme;

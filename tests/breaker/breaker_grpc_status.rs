@@ -23,6 +23,8 @@ struct GrpcReply {
     content_type: Option<&'static str>,
     header_status: Option<&'static str>,
     trailers: Option<Vec<(&'static str, &'static str)>>,
+    /// The body's bytes (one empty gRPC message when unset).
+    body: Option<Vec<u8>>,
 }
 
 fn grpc_breaker() -> (
@@ -49,8 +51,11 @@ fn grpc_breaker() -> (
                 }
                 map
             });
+            let data = reply
+                .body
+                .map_or(Bytes::from_static(b"\0\0\0\0\0"), Bytes::from);
             let mut res = Response::new(TrailerBody {
-                data: Some(Bytes::from_static(b"\0\0\0\0\0")),
+                data: Some(data),
                 trailers,
             });
             let content_type = reply.content_type.unwrap_or("application/grpc");
@@ -133,15 +138,119 @@ async fn a_grpc_answer_without_a_readable_status_is_a_failure() {
     read_grpc(&mut svc, garbled).await;
     let s = handle.snapshot();
     assert_eq!((s.buffered_calls, s.failed_calls), (5, 4), "garbled header");
+}
 
-    // gRPC-Web carries its trailers inside the body: no HTTP trailers is no failure there.
-    let web = GrpcReply {
-        content_type: Some("application/grpc-web+proto"),
+/// A gRPC-Web frame: its flag byte, its length, its payload.
+fn web_frame(flag: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![flag];
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// gRPC-Web carries its status in a trailer frame at the end of the body, which the breaker
+/// reads as the body streams: its `grpc-status` is classified as a gRPC trailer's would be, in
+/// `application/grpc-web` and in base64 `application/grpc-web-text` alike. A body that ends
+/// without a trailer frame, or with one that has no status, is `Unknown` to gRPC-Web clients: a
+/// failure. Such answers all counted as successes, as the trailers in the body went unread.
+#[tokio::test(start_paused = true)]
+async fn a_grpc_web_answer_is_classified_by_its_trailer_frame() {
+    use base64::Engine as _;
+    let message = web_frame(0, b"\x0a\x03one");
+    let with_trailers = |trailers: &[u8]| [message.clone(), web_frame(0x80, trailers)].concat();
+    let text = |bytes: Vec<u8>| {
+        base64::engine::general_purpose::STANDARD
+            .encode(bytes)
+            .into_bytes()
+    };
+    // What the body is, its content type and bytes, and the calls then buffered and failed.
+    type Case = (&'static str, &'static str, Vec<u8>, (u32, u32));
+    let cases: Vec<Case> = vec![
+        (
+            "OK",
+            "application/grpc-web+proto",
+            with_trailers(b"grpc-status:0\r\n"),
+            (1, 0),
+        ),
+        (
+            "UNAVAILABLE",
+            "application/grpc-web",
+            with_trailers(b"grpc-status:14\r\ngrpc-message:down\r\n"),
+            (2, 1),
+        ),
+        (
+            "INTERNAL, as text",
+            "application/grpc-web-text+proto",
+            text(with_trailers(b"Grpc-Status: 13\r\n")),
+            (3, 2),
+        ),
+        (
+            "OK, as text",
+            "application/grpc-web-text",
+            text(with_trailers(b"grpc-status:0\r\n")),
+            (4, 2),
+        ),
+        // CANCELLED says nothing of the upstream.
+        (
+            "CANCELLED",
+            "application/grpc-web",
+            with_trailers(b"grpc-status:1\r\n"),
+            (4, 2),
+        ),
+        (
+            "no trailer frame",
+            "application/grpc-web",
+            message.clone(),
+            (5, 3),
+        ),
+        (
+            "no status in the trailer frame",
+            "application/grpc-web",
+            with_trailers(b"grpc-message:bye\r\n"),
+            (6, 4),
+        ),
+        (
+            "cut inside the trailer frame",
+            "application/grpc-web",
+            with_trailers(b"grpc-status:0\r\n")[..message.len() + 8].to_vec(),
+            (7, 5),
+        ),
+        (
+            "not gRPC-Web",
+            "application/grpc-web",
+            b"<html>oops</html>".to_vec(),
+            (8, 6),
+        ),
+        // Compressed trailers cannot be read here: not held against the upstream.
+        (
+            "compressed trailers",
+            "application/grpc-web",
+            [message.clone(), web_frame(0x81, b"\x1f\x8b")].concat(),
+            (9, 6),
+        ),
+    ];
+    let (mut svc, handle) = grpc_breaker();
+    for (name, content_type, body, expected) in cases {
+        let reply = GrpcReply {
+            content_type: Some(content_type),
+            body: Some(body),
+            ..GrpcReply::default()
+        };
+        read_grpc(&mut svc, reply).await;
+        let s = handle.snapshot();
+        assert_eq!((s.buffered_calls, s.failed_calls), expected, "{name}");
+    }
+
+    // HTTP trailers with a status, as a proxy that speaks gRPC-Web over HTTP/2 may send them.
+    let reply = GrpcReply {
+        content_type: Some("application/grpc-web"),
+        body: Some(message.clone()),
+        trailers: Some(vec![("grpc-status", "14")]),
         ..GrpcReply::default()
     };
-    read_grpc(&mut svc, web).await;
+    read_grpc(&mut svc, reply).await;
     let s = handle.snapshot();
-    assert_eq!((s.buffered_calls, s.failed_calls), (6, 4), "gRPC-Web");
+    assert_eq!((s.buffered_calls, s.failed_calls), (10, 7), "HTTP trailers");
 }
 
 // ---------------------------------------------------------------- wrapped rejections

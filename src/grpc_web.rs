@@ -9,7 +9,12 @@
 //!
 //! [`WebStatus`] reads the frames as the body's chunks come, split anywhere: it skips message
 //! payloads without keeping them, and keeps no more of the trailer frame than the line it is on
-//! (up to a few bytes). Anything it cannot read is a status it does not know.
+//! and the values of its `grpc-status` and `grpc-retry-pushback-ms` (up to a few bytes each).
+//! Anything it cannot read is a status it does not know. The signature layer reads it to settle
+//! a delivery's claim, the circuit breaker to classify the call.
+
+#[cfg(feature = "circuit-breaker")]
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// A trailer frame announced larger than this is not read: the call's status counts as unknown.
 /// (gRPC peers limit metadata to a few KiB.)
@@ -19,6 +24,27 @@ pub(crate) const TRAILER_FRAME_MAX: u32 = 64 * 1024;
 const LINE_MAX: usize = 32;
 
 const NAME: &[u8] = b"grpc-status:";
+const PUSHBACK: &[u8] = b"grpc-retry-pushback-ms:";
+
+/// The longest value kept of a `grpc-status` or `grpc-retry-pushback-ms` line: a status is a
+/// few digits, a pushback at most ten.
+const VALUE_MAX: usize = 12;
+
+/// How a gRPC-web body ended, once it has.
+#[cfg(feature = "circuit-breaker")]
+#[derive(Debug, PartialEq)]
+pub(crate) enum WebEnd {
+    /// The trailer frame was read: its `grpc-status` (when it has one line of it, or several
+    /// that agree; a value that cannot be read is kept as `?`) and `grpc-retry-pushback-ms`,
+    /// as trailers.
+    Trailers(HeaderMap),
+    /// The body is not gRPC-web: a flag byte no frame has, bytes after the trailer frame, or,
+    /// in text mode, something that is not base64.
+    Broken,
+    /// The trailer frame is one that is not read: compressed, or larger than
+    /// [`TRAILER_FRAME_MAX`]; or the body's data came in more pieces than are looked at.
+    Unreadable,
+}
 
 /// The reader of a gRPC-web body: the frames, and for `grpc-web-text` the base64 they are in.
 #[derive(Debug)]
@@ -72,14 +98,57 @@ impl WebStatus {
         self.frames.feed(&out[..n]);
     }
 
+    /// Reads the next bytes of the body, as a [`bytes::Buf`] holds them (in pieces, for a
+    /// chained buffer). A buffer in more pieces than are looked at (16) makes the status
+    /// [`WebEnd::Unreadable`].
+    #[cfg(feature = "circuit-breaker")]
+    pub(crate) fn feed_buf(&mut self, data: &impl bytes::Buf) {
+        let mut pieces = [std::io::IoSlice::new(&[]); 16];
+        let n = data.chunks_vectored(&mut pieces);
+        if pieces[..n].iter().map(|piece| piece.len()).sum::<usize>() < data.remaining() {
+            self.frames = Frames::Unreadable;
+            return;
+        }
+        for piece in &pieces[..n] {
+            self.feed(piece);
+        }
+    }
+
     /// What the body said so far: `Some(true)` once a whole trailer frame with `grpc-status: 0`
     /// (and no other status) was read, `Some(false)` once a trailer frame with any other status
-    /// or none was, or once the body was found broken (bytes after the trailer frame included);
-    /// `None` while the trailer frame has not come.
+    /// or none was, or once the body was found broken or unreadable (bytes after the trailer
+    /// frame included); `None` while the trailer frame has not come.
+    #[cfg(any(feature = "signature", test))]
     pub(crate) fn verdict(&self) -> Option<bool> {
-        match self.frames {
-            Frames::Done(ok) => Some(ok),
-            Frames::Broken => Some(false),
+        match &self.frames {
+            Frames::Done(trailer) => Some(trailer.status.is_some_and(|v| v.bytes() == b"0")),
+            Frames::Broken | Frames::Unreadable => Some(false),
+            _ => None,
+        }
+    }
+
+    /// How the body ended, once the trailer frame was read or the body found broken or
+    /// unreadable; `None` before (also when the body ends without a trailer frame).
+    #[cfg(feature = "circuit-breaker")]
+    pub(crate) fn end(&self) -> Option<WebEnd> {
+        match &self.frames {
+            Frames::Done(trailer) => {
+                let mut map = HeaderMap::new();
+                let pairs = [
+                    (&trailer.status, "grpc-status"),
+                    (&trailer.pushback, "grpc-retry-pushback-ms"),
+                ];
+                for (value, name) in pairs {
+                    if let Some(value) = value {
+                        let value = HeaderValue::from_bytes(value.bytes())
+                            .unwrap_or(HeaderValue::from_static("?"));
+                        map.insert(HeaderName::from_static(name), value);
+                    }
+                }
+                Some(WebEnd::Trailers(map))
+            }
+            Frames::Broken => Some(WebEnd::Broken),
+            Frames::Unreadable => Some(WebEnd::Unreadable),
             _ => None,
         }
     }
@@ -94,10 +163,56 @@ enum Frames {
     Message { left: u32 },
     /// The trailer frame's payload, `left` bytes of it to read.
     Trailer { left: u32, lines: Lines },
-    /// The trailer frame was read: whether it says `grpc-status: 0`.
-    Done(bool),
+    /// The trailer frame was read.
+    Done(Trailer),
     /// Not a gRPC-web body (or bytes after its trailer frame).
     Broken,
+    /// A trailer frame that is not read (compressed, too large).
+    Unreadable,
+}
+
+/// What a trailer frame said.
+#[derive(Debug, Default)]
+struct Trailer {
+    /// Its `grpc-status`: `None` without one; [`Value::UNREADABLE`] for one too long, or
+    /// several that differ.
+    status: Option<Value>,
+    /// Its `grpc-retry-pushback-ms` (the first, if several).
+    pushback: Option<Value>,
+}
+
+/// A short header value, trimmed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Value {
+    bytes: [u8; VALUE_MAX],
+    len: u8,
+}
+
+impl Value {
+    /// A value that cannot be read (not a number to gRPC either).
+    const UNREADABLE: Self = Self {
+        bytes: [b'?'; VALUE_MAX],
+        len: 1,
+    };
+
+    /// `value`, or [`Value::UNREADABLE`] when it is longer than [`VALUE_MAX`].
+    fn new(value: &[u8]) -> Self {
+        let mut bytes = [0; VALUE_MAX];
+        match bytes.get_mut(..value.len()) {
+            Some(kept) => {
+                kept.copy_from_slice(value);
+                Self {
+                    bytes,
+                    len: value.len() as u8,
+                }
+            }
+            None => Self::UNREADABLE,
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
 }
 
 impl Frames {
@@ -119,12 +234,14 @@ impl Frames {
                                 len: 0,
                             },
                             0 | 1 => Self::Message { left: size },
-                            0x80 if size == 0 => Self::Done(false),
+                            0x80 if size == 0 => Self::Done(Trailer::default()),
                             0x80 if size <= TRAILER_FRAME_MAX => Self::Trailer {
                                 left: size,
                                 lines: Lines::default(),
                             },
-                            // Too large to read, compressed trailers, or no frame at all.
+                            // Too large to read, or compressed trailers.
+                            0x80 | 0x81 => Self::Unreadable,
+                            // No frame at all.
                             _ => Self::Broken,
                         };
                     }
@@ -156,21 +273,21 @@ impl Frames {
                     *self = Self::Broken;
                     return;
                 }
+                Self::Unreadable => return,
             }
         }
     }
 }
 
 /// The header lines of a trailer frame: the line being read (its first [`LINE_MAX`] bytes),
-/// and the `grpc-status` values seen.
+/// and what the lines read said.
 #[derive(Debug, Default)]
 struct Lines {
     line: [u8; LINE_MAX],
     len: usize,
     /// The line is longer than what was kept.
     long: bool,
-    ok: bool,
-    other: bool,
+    trailer: Trailer,
 }
 
 impl Lines {
@@ -187,27 +304,33 @@ impl Lines {
 
     fn end_line(&mut self) {
         let line = &self.line[..self.len];
-        if let Some(name) = line.get(..NAME.len())
-            && name.eq_ignore_ascii_case(NAME)
-        {
-            let value = line[NAME.len()..].trim_ascii();
-            if !self.long && value == b"0" {
-                self.ok = true;
-            } else {
-                self.other = true;
-            }
+        let value = |name: &[u8]| {
+            line.get(..name.len())
+                .filter(|start| start.eq_ignore_ascii_case(name))
+                .map(|_| match self.long {
+                    false => Value::new(line[name.len()..].trim_ascii()),
+                    true => Value::UNREADABLE,
+                })
+        };
+        if let Some(status) = value(NAME) {
+            let trailer = &mut self.trailer;
+            trailer.status = Some(match trailer.status {
+                Some(seen) if seen != status => Value::UNREADABLE,
+                _ => status,
+            });
+        } else if let Some(pushback) = value(PUSHBACK) {
+            self.trailer.pushback.get_or_insert(pushback);
         }
         self.len = 0;
         self.long = false;
     }
 
-    /// The frame ended (its last line may have no line break): whether it said
-    /// `grpc-status: 0`, and no other status.
-    fn finish(&mut self) -> bool {
+    /// The frame ended (its last line may have no line break): what it said.
+    fn finish(&mut self) -> Trailer {
         if self.len > 0 || self.long {
             self.end_line();
         }
-        self.ok && !self.other
+        std::mem::take(&mut self.trailer)
     }
 }
 
@@ -331,6 +454,52 @@ mod tests {
         ] {
             assert_eq!(read(false, &[&body(trailers)]), Some(false), "{trailers:?}");
         }
+    }
+
+    /// The trailers the circuit breaker classifies: the status and the pushback as they came,
+    /// `?` for a status it cannot tell.
+    #[test]
+    #[cfg(feature = "circuit-breaker")]
+    fn the_end_is_the_trailer_frame_as_trailers() {
+        let end = |trailers: &[u8]| {
+            let mut status = WebStatus::new(false);
+            status.feed(&body(trailers));
+            match status.end() {
+                Some(WebEnd::Trailers(map)) => {
+                    let get = |name| map.get(name).map(|v| v.to_str().unwrap().to_owned());
+                    (get("grpc-status"), get("grpc-retry-pushback-ms"))
+                }
+                other => panic!("{other:?}"),
+            }
+        };
+        let some = |v: &str| Some(v.to_owned());
+        assert_eq!(
+            end(b"grpc-status: 14\r\ngrpc-retry-pushback-ms: 250\r\n"),
+            (some("14"), some("250"))
+        );
+        assert_eq!(end(b"grpc-message:x\r\n"), (None, None));
+        assert_eq!(
+            end(b"grpc-status:0\r\ngrpc-status:0\r\n"),
+            (some("0"), None)
+        );
+        assert_eq!(
+            end(b"grpc-status:0\r\ngrpc-status:2\r\n"),
+            (some("?"), None)
+        );
+        assert_eq!(end(b"grpc-status:1234567890123\r\n"), (some("?"), None));
+        let mut status = WebStatus::new(false);
+        assert_eq!(status.end(), None);
+        status.feed(&frame(0x81, b"grpc-status:0"));
+        assert_eq!(status.end(), Some(WebEnd::Unreadable));
+        let mut status = WebStatus::new(false);
+        status.feed(b"<html>");
+        assert_eq!(status.end(), Some(WebEnd::Broken));
+        // A chained buffer is read piece by piece.
+        let ok = body(b"grpc-status:0\r\n");
+        let (a, b) = ok.split_at(7);
+        let mut status = WebStatus::new(false);
+        status.feed_buf(&bytes::Buf::chain(a, b));
+        assert_eq!(status.verdict(), Some(true));
     }
 
     #[test]
