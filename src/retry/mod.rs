@@ -81,7 +81,9 @@
 //!   it is decided, before its backoff: one whose wait is cut short (the call dropped, an outer
 //!   timeout) or that a circuit breaker inside then refuses still counts against the budget.
 //! - **Never a circuit-open rejection**: an error carrying
-//!   `CircuitOpen` (the circuit breaker's refusal, feature `circuit-breaker`) is returned at once, and so is a
+//!   `CircuitOpen` (the circuit breaker's refusal, feature `circuit-breaker`) is returned at once,
+//!   and so is the 503 a `WebhookErrorLayer` below the policy answers for it (recognised by the
+//!   `circuit-open` problem in its extensions, not read as a 503 with `Retry-After`), and a
 //!   reqwest error the same request meets again (a builder error such as a URL scheme reqwest
 //!   does not send, or a redirect loop).
 //! - **Attempts, not time**: at most [`max_retries`](RetryPolicy::max_retries) retries per
@@ -97,8 +99,24 @@
 //! - `retry` outside `breaker` (`ServiceBuilder::new().layer(retry).layer(breaker)`): every
 //!   attempt is an outcome for the breaker, and once it opens, the next attempt fails fast
 //!   with `CircuitOpen`, which is not retried. This is the usual order for an outbound client.
+//!   With a breaker in backpressure mode (`with_backpressure`), though, the next attempt does
+//!   not fail: it waits in the breaker's `poll_ready` until the open period ends (30 s by
+//!   default, longer with a backoff or an honoured `Retry-After`), then goes as the half-open
+//!   probe. Bound the whole call with a timeout outside the policy, or keep backpressure for
+//!   callers that mean to wait.
 //! - `breaker` outside `retry`: the breaker sees one outcome per logical call, after retries;
 //!   it opens only when calls keep failing despite retries.
+//!
+//! # Services it wraps
+//!
+//! The inner service's errors must be a [`RetryError`]: `BoxError`, `Infallible` (a service
+//! under `WebhookErrorLayer`), `tonic::Status` (feature `tonic`) or a reqwest error (features
+//! `reqwest`, `reqwest-0-12`). Map the errors of another client into a `BoxError` first: for
+//! hyper-util's legacy `Client` or a tonic `Channel`, `.map_err(BoxError::from)` (tower's
+//! `MapErrLayer`) between the policy and the client keeps their source chains, which the
+//! policy reads. The waits between attempts are tokio timers: run the policy on a tokio
+//! runtime with its time driver enabled (`enable_time`, or `enable_all`), or the first retry
+//! panics.
 //!
 //! The request body must be `Clone` (`Full<Bytes>`, `String`, ...) to be sent again; with
 //! the `reqwest` feature `reqwest::Request` works too (through `try_clone`; reqwest 0.13, or 0.12
@@ -384,6 +402,23 @@ pub trait RetryResponse {
     fn url(&self) -> Option<&str> {
         None
     }
+    /// Whether the response is a circuit breaker's refusal, answered by a layer below the
+    /// policy (`WebhookErrorLayer` turns a `CircuitOpen` into a 503 carrying the
+    /// `circuit-open` [`Problem`](crate::error::Problem) in its extensions, feature `error`).
+    /// Such a response is never retried, as the rejection itself is not. `false` (the
+    /// default) when unknown.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_webhook::retry::RetryResponse;
+    ///
+    /// let res = http::Response::builder().status(503).header("retry-after", "30").body(()).unwrap();
+    /// assert!(!RetryResponse::is_circuit_open(&res));
+    /// ```
+    fn is_circuit_open(&self) -> bool {
+        false
+    }
 }
 
 impl<B> RetryResponse for http::Response<B> {
@@ -392,6 +427,13 @@ impl<B> RetryResponse for http::Response<B> {
     }
     fn headers(&self) -> &HeaderMap {
         http::Response::headers(self)
+    }
+    fn is_circuit_open(&self) -> bool {
+        #[cfg(feature = "error")]
+        if let Some(problem) = self.extensions().get::<crate::error::Problem>() {
+            return problem.problem_type() == crate::error::types::CIRCUIT_OPEN;
+        }
+        false
     }
 }
 
@@ -429,6 +471,14 @@ pub trait RetryError {
 impl RetryError for BoxError {
     fn as_error(&self) -> &(dyn Error + 'static) {
         &**self
+    }
+}
+
+/// The error of a service that never fails, such as one under `WebhookErrorLayer`, which
+/// answers its errors: the policy reads its responses only.
+impl RetryError for std::convert::Infallible {
+    fn as_error(&self) -> &(dyn Error + 'static) {
+        match *self {}
     }
 }
 
@@ -1220,6 +1270,9 @@ where
         let (retry_after, unprocessed) = match result {
             Ok(res) => {
                 let status = res.status();
+                if RetryResponse::is_circuit_open(res) {
+                    return None;
+                }
                 if let Some(code) = trailers_only_grpc_status(status, res.headers()) {
                     // A gRPC answer: retried when its HTTP equivalent would be, but never
                     // taken as a refusal (gRPC has no code that says the call was not acted

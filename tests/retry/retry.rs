@@ -391,6 +391,37 @@ async fn never_retries_a_circuit_open_rejection_turned_into_a_tonic_status() {
     assert_eq!(open.retry_after(), Some(Duration::from_secs(30)));
 }
 
+/// A rejection the error layer below the policy already turned into its answer (a 503 with
+/// `Retry-After` and the `circuit-open` problem) is recognised by that problem, and not sent
+/// again: read as a 503 that says it did nothing, a `POST` went again after the open wait.
+#[tokio::test(start_paused = true)]
+async fn never_retries_a_circuit_open_rejection_the_error_layer_answered() {
+    for request in [post(), get()] {
+        let script = Script::new(&[(200, None)]);
+        let (breaker, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+        handle.transition_to_open().unwrap();
+        let started = Instant::now();
+        let res = ServiceBuilder::new()
+            .layer(
+                fast()
+                    .max_retries(5)
+                    .max_retry_after(Duration::from_secs(60))
+                    .into_layer(),
+            )
+            .layer(tower_webhook::WebhookErrorLayer::new())
+            .layer(breaker)
+            .service(script.service())
+            .oneshot(request)
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(res.headers()["retry-after"], "30");
+        assert_eq!(script.count(), 0);
+        assert_eq!(handle.snapshot().not_permitted_calls, 1, "not retried");
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_empty_budget_stops_retries() {
     let script = Script::new(&[(503, None), (200, None)]);
