@@ -1238,6 +1238,15 @@ impl Scheme {
                 }
                 None => None,
             },
+            // Bitbucket Data Center's id is in `X-Request-Id`, a header proxies add to as
+            // well (one that appends its own): the first, Bitbucket's, is the delivery's. The
+            // id is not signed, so taking it gives a sender nothing it could not set anyway.
+            (Field::Headers(names), None) if matches!(&names[..], [name] if *name == names::BB_REQUEST_ID) => {
+                headers
+                    .get(&names::BB_REQUEST_ID)
+                    .map(|v| validate_id(v.as_bytes()).map(|()| Text::header(v)))
+                    .transpose()?
+            }
             (Field::Headers(names), None) => match first_of(headers, names)
                 .map_err(|_| E::MalformedDelivery("duplicated delivery id header"))?
             {

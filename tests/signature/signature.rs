@@ -1710,6 +1710,27 @@ async fn bitbucket_gitea_forgejo_shopify_and_custom() {
         )
         .await;
     }
+    // Bitbucket Data Center's id travels in `X-Request-Id`, which proxies add to as well: the
+    // first one, Bitbucket's, is the delivery's (a second one got 400).
+    let seen = Seen::default();
+    let sig = format!("sha256={hex}");
+    let out = send(
+        &SignatureLayer::bitbucket_data_center(secret).unwrap(),
+        &seen,
+        post(
+            &[
+                ("x-hub-signature", &sig),
+                ("x-request-id", "bb-1"),
+                ("x-request-id", "proxy-7"),
+                ("x-event-key", "pr:opened"),
+            ],
+            &body[..],
+        ),
+    )
+    .await;
+    assert_eq!(out.status, 200);
+    let hook = seen.last.lock().unwrap().clone().unwrap().1;
+    assert_eq!(hook.delivery_id(), Some("bb-1"));
 
     // Gitea: JSON body, and a form delivery whose decoded `payload` is what is signed.
     let gitea = SignatureLayer::gitea(secret).unwrap();
