@@ -992,6 +992,15 @@ pub(crate) struct AppState {
 }
 
 impl AppState {
+    /// How long a GitHub App installation's suspension, as its `installation` event told,
+    /// holds before a comment asks GitHub for a token again (default 10 minutes).
+    #[cfg_attr(not(test), allow(dead_code))] // set by the tests
+    pub(crate) fn recheck_suspensions_after(&self, after: Duration) {
+        if let Some(tokens) = &self.tokens {
+            tokens.recheck_suspensions_after(after);
+        }
+    }
+
     /// Forgets that `job`'s delivery was handled, its comment having failed: the logs say to
     /// deliver it again from the provider's webhook log if the comment is missing, and GitHub's
     /// redelivery keeps the delivery id, which would otherwise be acknowledged as a duplicate

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -237,6 +237,12 @@ const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
 const ASSUMED_LIFE: Duration = Duration::from_secs(10 * 60);
 /// Installations whose token is kept at once; past that, the one that lapses first goes.
 const MAX_INSTALLATIONS: usize = 4096;
+
+/// How long an installation GitHub said was suspended is taken to be, before a comment of it
+/// asks GitHub for a token again: GitHub does not promise its deliveries' order, and the server
+/// handles several at once, so a `suspend` may be handled after the `unsuspend` that followed
+/// it.
+const SUSPENSION_RECHECK: Duration = Duration::from_secs(10 * 60);
 /// The most of a GitHub answer (the app, an installation token) read: a few KiB are expected;
 /// whatever answers at `GITHUB_API_URL` must not make the server buffer more.
 const ANSWER_LIMIT: usize = 1024 * 1024;
@@ -254,9 +260,13 @@ pub(crate) struct InstallationTokens {
     /// tries of at most 30 s, and the waits a `Retry-After` asks for between them), nor any
     /// comment slot (the worker gets the token before it takes one).
     slots: std::sync::Mutex<HashMap<u64, Slot>>,
-    /// Installations GitHub said were suspended or uninstalled (`installation` events): no
-    /// token is fetched for them, until one is unsuspended. At most `MAX_INSTALLATIONS`.
-    gone: std::sync::Mutex<HashMap<u64, Gone>>,
+    /// Installations GitHub said were suspended or uninstalled (`installation` events), and
+    /// since when: no token is fetched for them, until one is unsuspended, or, for a
+    /// suspension, until `suspension_recheck` has passed and GitHub issues one again. At most
+    /// `MAX_INSTALLATIONS`.
+    gone: std::sync::Mutex<HashMap<u64, (Gone, std::time::Instant)>>,
+    /// [`SUSPENSION_RECHECK`], in milliseconds.
+    suspension_recheck: AtomicU64,
     /// Fetches at once, of all installations (`COMMENTS_IN_FLIGHT_PER_PROVIDER`): a backlog of
     /// comments of many installations (after a restart, after GitHub was down) asks GitHub for
     /// their tokens a few at a time, not all at once into its secondary rate limit.
@@ -340,13 +350,22 @@ impl InstallationTokens {
             caller,
             slots: std::sync::Mutex::new(HashMap::new()),
             gone: std::sync::Mutex::new(HashMap::new()),
+            suspension_recheck: AtomicU64::new(SUSPENSION_RECHECK.as_millis() as u64),
             fetches: tokio::sync::Semaphore::new(fetches_at_once.max(1)),
         }
     }
 
+    /// How long a suspension GitHub told of holds before a comment asks GitHub again
+    /// (default 10 minutes).
+    pub(crate) fn recheck_suspensions_after(&self, after: Duration) {
+        let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        self.suspension_recheck.store(ms, Ordering::Relaxed);
+    }
+
     /// Takes in an `installation` event of `installation` (the app receives them without
     /// subscribing): `deleted` or `suspend` drops its token at once, and its comments are given
-    /// up without asking GitHub for another; `unsuspend` lets them fetch one again;
+    /// up without asking GitHub for another (for a suspension, for `suspension_recheck`, then
+    /// GitHub is asked again); `unsuspend` lets them fetch one again;
     /// `new_permissions_accepted` drops its token, which carries the permissions it was made
     /// with, so the next comment fetches one with the new ones. Other actions change nothing.
     /// Returns what changed, if anything.
@@ -379,7 +398,7 @@ impl InstallationTokens {
                     // Forgetting one costs at most a token request for a comment of it.
                     gone.remove(&any);
                 }
-                gone.insert(installation, why);
+                gone.insert(installation, (why, std::time::Instant::now()));
                 Some(InstallationChange::Gone(why))
             }
             None => {
@@ -389,10 +408,32 @@ impl InstallationTokens {
         }
     }
 
-    /// Whether GitHub said `installation` was suspended or uninstalled.
+    /// Whether GitHub said `installation` was uninstalled, or suspended less than
+    /// `suspension_recheck` ago.
     fn gone(&self, installation: u64) -> Option<Gone> {
         let gone = self.gone.lock().unwrap_or_else(|e| e.into_inner());
-        gone.get(&installation).copied()
+        let &(why, since) = gone.get(&installation)?;
+        let recheck = Duration::from_millis(self.suspension_recheck.load(Ordering::Relaxed));
+        (why == Gone::Deleted || since.elapsed() < recheck).then_some(why)
+    }
+
+    /// What GitHub's answer to a token request says of a suspension it told of earlier, whose
+    /// recheck was due: a token issued, that the installation is back (its `unsuspend` was
+    /// handled first, or missed); a refusal, that it is still suspended, for another while.
+    fn suspension_checked(&self, installation: u64, issued: bool) {
+        let mut gone = self.gone.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((Gone::Suspended, since)) = gone.get_mut(&installation) else {
+            return;
+        };
+        if issued {
+            gone.remove(&installation);
+            tracing::info!(
+                installation,
+                "GitHub issued a token for an installation it said was suspended: it is back (its unsuspend event came first, or was missed)"
+            );
+        } else {
+            *since = std::time::Instant::now();
+        }
     }
 
     /// A token of `installation`, from the cache or fetched now; refused without asking GitHub
@@ -417,11 +458,17 @@ impl InstallationTokens {
         {
             return Ok(kept.token.clone());
         }
-        let (token, expires_at) = {
+        let fetched = {
             // The semaphore is never closed.
             let _fetching = self.fetches.acquire().await.ok();
-            self.fetch(installation).await?
+            self.fetch(installation).await
         };
+        match &fetched {
+            Ok(_) => self.suspension_checked(installation, true),
+            Err(TokenError::Refused(_)) => self.suspension_checked(installation, false),
+            Err(TokenError::Transient { .. }) => {}
+        }
+        let (token, expires_at) = fetched?;
         // Suspended or uninstalled while the token was on its way.
         if let Some(why) = self.gone(installation) {
             return Err(refused(why));

@@ -4056,6 +4056,71 @@ async fn a_suspended_or_uninstalled_installation_drops_its_token_and_asks_for_no
     assert_eq!(state.counters.comments_posted.load(Ordering::SeqCst), 5);
 }
 
+/// GitHub does not promise its deliveries' order, and the server handles several at once: an
+/// `unsuspend` handled before the `suspend` it follows left the installation suspended until
+/// the server restarted, every comment of it given up. A suspension now holds for a while
+/// (10 minutes; none here), after which a comment asks GitHub again: a token issued says the
+/// installation is back, and one refused keeps it suspended for another while.
+#[tokio::test]
+async fn an_installation_suspension_is_checked_with_github_again_after_a_while() {
+    let Some(python) = peers::python() else {
+        return;
+    };
+    let (_, gh, base, state) = start_as_github_app(&python, &[]).await;
+    state.recheck_suspensions_after(Duration::ZERO);
+    let client = crate::client::new();
+    let deliver = |d: Delivery| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            assert_eq!(
+                send(&client, &base, &d).await.status(),
+                StatusCode::ACCEPTED
+            );
+        }
+    };
+    let done = || async {
+        assert_eq!(state.drain_comments(Duration::from_secs(5)).await, 0);
+    };
+    let token_requests = |installation: u64| {
+        let requests = gh.token_requests.lock().unwrap();
+        requests.iter().filter(|(i, _)| *i == installation).count()
+    };
+
+    // Out of order: the unsuspend first, then the suspend that came before it.
+    deliver(installation_delivery(77, "unsuspend")).await;
+    deliver(installation_delivery(77, "suspend")).await;
+    deliver(github_delivery(Some(77), 1)).await;
+    done().await;
+    assert_eq!(token_requests(77), 1, "GitHub asked again");
+    assert_eq!(
+        gh.comment_authorization(1).as_deref(),
+        Some("Bearer ghs_77_1")
+    );
+    // Known back: its token is kept, and no longer asked for.
+    deliver(github_delivery(Some(77), 2)).await;
+    done().await;
+    assert_eq!(token_requests(77), 1);
+    assert_eq!(
+        gh.comment_authorization(2).as_deref(),
+        Some("Bearer ghs_77_1")
+    );
+
+    // Really suspended: GitHub refuses the token, and the comment is given up.
+    gh.gone.lock().unwrap().push(88);
+    deliver(installation_delivery(88, "suspend")).await;
+    deliver(github_delivery(Some(88), 3)).await;
+    done().await;
+    assert_eq!(token_requests(88), 1);
+    assert!(gh.comment_authorization(3).is_none());
+    assert_eq!(state.counters.comments_failed.load(Ordering::SeqCst), 1);
+    // Uninstalled is for good: never asked again.
+    gh.gone.lock().unwrap().push(99);
+    deliver(installation_delivery(99, "deleted")).await;
+    deliver(github_delivery(Some(99), 4)).await;
+    done().await;
+    assert_eq!(token_requests(99), 0);
+}
+
 /// Azure DevOps answers a request whose token it does not take (expired, revoked) with its
 /// sign-in page: a `302` to it, or `203 Non-Authoritative Information` and the page's HTML,
 /// unless the request carries `X-TFS-FedAuthRedirect: Suppress`, which makes it answer `401`
