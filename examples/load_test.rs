@@ -389,7 +389,11 @@ pub(crate) async fn generate(
     if let Some(why) = &first_failure {
         report["first_failure"] = json!(why);
     }
-    let mut ok = get(&tally.valid_not_accepted) == 0 && get(&tally.invalid_accepted) == 0;
+    // An answer other than 202, 200 or 401 (a 5xx, a reset, no answer within 10 s) fails the
+    // run too.
+    let mut ok = get(&tally.valid_not_accepted) == 0
+        && get(&tally.invalid_accepted) == 0
+        && get(&tally.other) == 0;
     if let Some(status_url) = status_url {
         // Let the background worker drain, then compare with the server's own counts.
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -421,7 +425,22 @@ pub(crate) async fn generate(
             Some(why) => format!(
                 "load test invariants violated; the first request that got no answer: {why}"
             ),
-            None => "load test invariants violated (see the report)".to_owned(),
+            None => {
+                let counts = [
+                    (get(&tally.valid_not_accepted), "valid deliveries not accepted"),
+                    (get(&tally.invalid_accepted), "invalid deliveries accepted"),
+                    (get(&tally.other), "answers other than 202, 200 or 401"),
+                ];
+                let what: Vec<String> = counts
+                    .iter()
+                    .filter(|(n, _)| *n > 0)
+                    .map(|(n, what)| format!("{n} {what}"))
+                    .collect();
+                match what.is_empty() {
+                    true => "load test invariants violated (the server's /status disagrees; see the report)".to_owned(),
+                    false => format!("load test invariants violated: {}", what.join(", ")),
+                }
+            }
         }
         .into())
     }

@@ -7,6 +7,8 @@
 #    unverified delivery was processed and no valid one lost; RSS before and after.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A failed run leaves no server or sampler behind, whichever step it failed at.
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 secs=${1:-30}
 conns=${2:-64}
 export GITHUB_WEBHOOK_SECRET=load-test-secret
@@ -27,7 +29,8 @@ for round in 1 2; do
     taskset -c 0 "$bin/load_test" serve "$mode" "127.0.0.1:$p" >/dev/null & server=$!
     wait_port "$p"
     t0=$(cpu_ticks "$server")
-    out=$(taskset -c 1 "$bin/load_test" generate "http://127.0.0.1:$p/hook" "$secs" "$conns")
+    out=$(taskset -c 1 "$bin/load_test" generate "http://127.0.0.1:$p/hook" "$secs" "$conns") \
+      || { echo "round $round, $mode: FAILED   $out"; exit 1; }
     busy=$(( ($(cpu_ticks "$server") - t0) * 100 / $(getconf CLK_TCK) / secs ))
     kill "$server"; wait "$server" 2>/dev/null || true
     rps=$(python3 -c 'import json,sys; print(round(json.loads(sys.argv[1])["requests_per_second"]))' "$out")
@@ -45,7 +48,8 @@ before=$(rss "$server")
 samples=$(mktemp)
 ( for i in $(seq 1 10); do sleep "$(python3 -c "print($secs / 10)")"; printf '%s ' "$(rss "$server" | tr -d ' ')"; done ) > "$samples" 2>/dev/null &
 sampler=$!
-out=$(taskset -c 1 "$bin/load_test" generate "http://127.0.0.1:$p/api/v1/github_webhooks" "$secs" "$conns" --status "http://127.0.0.1:$p/status")
+out=$(taskset -c 1 "$bin/load_test" generate "http://127.0.0.1:$p/api/v1/github_webhooks" "$secs" "$conns" --status "http://127.0.0.1:$p/status") \
+  || { echo "pr_agent_server: FAILED   $out"; exit 1; }
 wait "$sampler" 2>/dev/null || true
 after=$(rss "$server")
 echo "pr_agent_server: RSS during the run: $(cat "$samples")"; rm -f "$samples"

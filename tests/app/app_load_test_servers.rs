@@ -226,3 +226,34 @@ async fn the_load_test_generator_names_why_its_requests_failed() {
         assert!(err.contains(url), "{err}");
     }
 }
+
+/// An answer other than 202, 200 or 401 fails the run, as the generator's docs say: a server
+/// that answered 500 to every forged or duplicate delivery passed, as only valid deliveries
+/// not accepted and invalid ones accepted were counted against it.
+#[tokio::test]
+async fn the_load_test_generator_fails_a_run_with_other_answers() {
+    use axum::response::IntoResponse;
+    // The `layers` server, with its refusals turned into 500s.
+    let router = load_test::router("layers", "load-test-secret")
+        .unwrap()
+        .layer(axum::middleware::map_response(
+            |res: axum::response::Response| async move {
+                match res.status() {
+                    StatusCode::UNAUTHORIZED => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+                    _ => res,
+                }
+            },
+        ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let err = tokio::time::timeout(
+        Duration::from_secs(60),
+        load_test::generate(&format!("http://{addr}/hook"), 1, 2, None),
+    )
+    .await
+    .expect("the run ends")
+    .expect_err("500s passed")
+    .to_string();
+    assert!(err.contains("answers other than 202, 200 or 401"), "{err}");
+}
