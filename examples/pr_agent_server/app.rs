@@ -932,8 +932,11 @@ pub(crate) struct Job {
     /// The GitHub App installation the delivery came through, if any: with `GITHUB_APP_*`,
     /// the comment is posted as the app, with that installation's token.
     pub(crate) installation: Option<u64>,
-    /// Attempts that reached the provider's API so far.
+    /// Attempts that reached the provider's API so far (a rate limit met is not one).
     pub(crate) attempts: u32,
+    /// Rate limits naming no wait met so far (a 429 of Bitbucket's, GitLab's...): the wait
+    /// after each grows with them, as the job's backoff would with its attempts.
+    pub(crate) limits: u32,
     /// When the delivery was accepted; the job is given up `COMMENT_MAX_AGE_SECS` later.
     pub(crate) accepted_at: tokio::time::Instant,
     /// The draft whose publishing this comment announces, taken from the memory of drafts:
@@ -2203,6 +2206,7 @@ async fn handle(
         comment,
         installation,
         attempts: 0,
+        limits: 0,
         accepted_at: tokio::time::Instant::now(),
         draft: draft.clone(),
     };
@@ -3067,6 +3071,13 @@ async fn run_job(
                 hold.extend(wait);
                 (Some(wait), true)
             }
+            Outcome::Limited => {
+                // The credential's limit: the provider's other comments wait too.
+                job.limits += 1;
+                let wait = backoff_after(job.limits);
+                hold.extend(wait);
+                (Some(wait), false)
+            }
         };
         if attempted {
             job.attempts += 1;
@@ -3239,6 +3250,10 @@ enum Outcome {
     /// GitHub's secondary rate limit, naming no delay: try again after a minute, and twice as
     /// long each time it is met again in a row ([`secondary_limit_wait`]).
     SecondaryLimit,
+    /// Another provider's rate limit, naming no wait (a 429 without `Retry-After`: Bitbucket
+    /// Cloud's lasts up to an hour): try again after the job's backoff for the limits it met,
+    /// and not as an attempt, so that the comment is tried until `COMMENT_MAX_AGE_SECS`.
+    Limited,
 }
 
 /// The wait after the `n`th GitHub secondary rate limit in a row that named no delay: "wait
@@ -3524,11 +3539,14 @@ async fn post_comment(
                 "provider API failing; comment scheduled again"
             );
             // A 429 that names no wait (Bitbucket's) is the credential's rate limit all the
-            // same: the comment's backoff holds back its other comments too.
-            Outcome::Later {
-                delay: (status == StatusCode::TOO_MANY_REQUESTS)
-                    .then(|| backoff_after(job.attempts + 1)),
-                attempted: true,
+            // same: waited out, holding back its other comments too, and not an attempt.
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                Outcome::Limited
+            } else {
+                Outcome::Later {
+                    delay: None,
+                    attempted: true,
+                }
             }
         }
         // An installation token GitHub no longer takes (revoked, or the app's permissions
@@ -3705,13 +3723,15 @@ async fn status_and_limit(
         Err(Unread::Failed(_)) => Vec::new(),
     };
     // A GitHub secondary rate limit names no delay: its error message says what it is (the
-    // test octokit's throttling plugin makes).
+    // test octokit's throttling plugin makes). So does a comment GitHub turns away with
+    // `422 Validation Failed`, "was submitted too quickly", which GitHub's staff say to try
+    // again after minutes (cli/cli#4801).
+    let says = || String::from_utf8_lossy(&body).to_ascii_lowercase();
     let unnamed = forge == Forge::GitHub
         && (status == StatusCode::TOO_MANY_REQUESTS
-            || (status == StatusCode::FORBIDDEN
-                && String::from_utf8_lossy(&body)
-                    .to_ascii_lowercase()
-                    .contains("secondary rate")));
+            || (status == StatusCode::FORBIDDEN && says().contains("secondary rate"))
+            || (status == StatusCode::UNPROCESSABLE_ENTITY
+                && says().contains("submitted too quickly")));
     (
         status,
         unnamed.then_some(SECONDARY_LIMIT_WAIT),

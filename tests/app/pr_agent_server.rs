@@ -1366,6 +1366,53 @@ async fn a_429_naming_no_wait_holds_back_the_other_comments_too() {
     assert_eq!(state.counters.comments_failed.load(Ordering::SeqCst), 0);
 }
 
+/// A 429 that names no wait is a rate limit, not a failure: waited out (a backoff that grows
+/// to 5 minutes) until `COMMENT_MAX_AGE_SECS`, not counted against `COMMENT_MAX_ATTEMPTS`.
+/// Bitbucket Cloud's limit lasts up to an hour and names no wait; each 429 counted as an
+/// attempt, and with the default 20 the comments were given up after about half an hour.
+#[tokio::test]
+async fn a_429_naming_no_wait_does_not_count_against_the_attempts() {
+    let (api_addr, api) = start_fake_api().await;
+    *api.limited_for.lock().unwrap() = Some((Duration::from_millis(1200), None, || {
+        StatusCode::TOO_MANY_REQUESTS.into_response()
+    }));
+    let (base, state) = start_server(&settings(api_addr, &[("COMMENT_MAX_ATTEMPTS", "2")])).await;
+    let client = crate::client::new();
+    send_accepted(
+        &client,
+        &base,
+        app::Forge::Bitbucket,
+        "e6100000-0000-4000-8000-00000000000",
+        41,
+        1,
+    )
+    .await;
+    eventually("the comment", PATIENCE, || comment_count(&api) == 1).await;
+    // Refused twice or more within the 1.2 s, then posted.
+    assert!(api.requests.load(Ordering::SeqCst) >= 3);
+    assert_eq!(state.counters.comments_failed.load(Ordering::SeqCst), 0);
+}
+
+/// GitHub also turns comments away with `422 Validation Failed`, "was submitted too quickly",
+/// a secondary limit it documents nowhere else: waited out as one, not a comment refused for
+/// good (with every comment after it meeting the same answer).
+#[tokio::test]
+async fn a_github_comment_submitted_too_quickly_is_waited_out() {
+    comment_waits_after_one_attempt(
+        app::Forge::GitHub,
+        || {
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                [("content-type", "application/json")],
+                r#"{"message":"Validation Failed","errors":[{"resource":"IssueComment","code":"unprocessable","field":"data","message":"was submitted too quickly"}],"documentation_url":"https://docs.github.com/rest/issues/comments#create-an-issue-comment","status":"422"}"#,
+            )
+                .into_response()
+        },
+        "ab000000-0000-4000-8000-000000000422",
+    )
+    .await;
+}
+
 /// A comment held back by a wait longer than it may still be tried is given up at once, as
 /// the comment that met the wait is, not posted past `COMMENT_MAX_AGE_SECS`.
 #[tokio::test]
