@@ -4012,6 +4012,44 @@ fn installation_delivery(id: u64, action: &str) -> Delivery {
     )
 }
 
+/// A server running as a GitHub App, and what its tests ask of it.
+struct AppUnderTest {
+    gh: Arc<FakeGithubApp>,
+    base: String,
+    state: Arc<app::AppState>,
+    client: reqwest::Client,
+}
+
+impl AppUnderTest {
+    async fn start(python: &std::path::Path) -> Self {
+        let (_, gh, base, state) = start_as_github_app(python, &[]).await;
+        let client = crate::client::new();
+        Self {
+            gh,
+            base,
+            state,
+            client,
+        }
+    }
+
+    /// Sends `d`, which is accepted.
+    async fn deliver(&self, d: Delivery) {
+        let status = send(&self.client, &self.base, &d).await.status();
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+
+    /// Waits for the pending comments to be done.
+    async fn done(&self) {
+        assert_eq!(self.state.drain_comments(Duration::from_secs(5)).await, 0);
+    }
+
+    /// The token requests of `installation` so far.
+    fn token_requests(&self, installation: u64) -> usize {
+        let requests = self.gh.token_requests.lock().unwrap();
+        requests.iter().filter(|(i, _)| *i == installation).count()
+    }
+}
+
 /// GitHub tells the app when an installation is suspended or uninstalled: its token is dropped
 /// at once, and a comment still pending for it is given up without asking GitHub for a token it
 /// will refuse. Unsuspended, the installation's comments fetch a new token.
@@ -4020,28 +4058,12 @@ async fn a_suspended_or_uninstalled_installation_drops_its_token_and_asks_for_no
     let Some(python) = peers::python() else {
         return;
     };
-    let (_, gh, base, state) = start_as_github_app(&python, &[]).await;
-    let client = crate::client::new();
-    let deliver = |d: Delivery| {
-        let (client, base) = (client.clone(), base.clone());
-        async move {
-            assert_eq!(
-                send(&client, &base, &d).await.status(),
-                StatusCode::ACCEPTED
-            );
-        }
-    };
-    let done = || async {
-        assert_eq!(state.drain_comments(Duration::from_secs(5)).await, 0);
-    };
-    let token_requests = |installation: u64| {
-        let requests = gh.token_requests.lock().unwrap();
-        requests.iter().filter(|(i, _)| *i == installation).count()
-    };
+    let app = AppUnderTest::start(&python).await;
+    let (gh, state) = (&app.gh, &app.state);
     let failed = || state.counters.comments_failed.load(Ordering::SeqCst);
 
-    deliver(github_delivery(Some(77), 1)).await;
-    done().await;
+    app.deliver(github_delivery(Some(77), 1)).await;
+    app.done().await;
     assert_eq!(
         gh.comment_authorization(1).as_deref(),
         Some("Bearer ghs_77_1")
@@ -4049,53 +4071,54 @@ async fn a_suspended_or_uninstalled_installation_drops_its_token_and_asks_for_no
 
     // Suspended: GitHub refuses the installation's tokens from now on.
     gh.gone.lock().unwrap().push(77);
-    deliver(installation_delivery(77, "suspend")).await;
+    app.deliver(installation_delivery(77, "suspend")).await;
     // A comment of it still pending (its delivery came before) is given up, without a token
     // request and without trying the dropped token.
-    deliver(github_delivery(Some(77), 2)).await;
-    done().await;
+    app.deliver(github_delivery(Some(77), 2)).await;
+    app.done().await;
     assert_eq!(failed(), 1);
-    assert_eq!(token_requests(77), 1, "no token asked for");
+    assert_eq!(app.token_requests(77), 1, "no token asked for");
     assert_eq!(gh.refused.load(Ordering::SeqCst), 0, "no comment tried");
     assert!(gh.comment_authorization(2).is_none());
 
     // Unsuspended: a new token, not the one from before.
     gh.gone.lock().unwrap().clear();
-    deliver(installation_delivery(77, "unsuspend")).await;
-    deliver(github_delivery(Some(77), 3)).await;
-    done().await;
+    app.deliver(installation_delivery(77, "unsuspend")).await;
+    app.deliver(github_delivery(Some(77), 3)).await;
+    app.done().await;
     assert_eq!(
         gh.comment_authorization(3).as_deref(),
         Some("Bearer ghs_77_2")
     );
 
     // Uninstalled: the same, for good.
-    deliver(github_delivery(Some(88), 4)).await;
-    done().await;
+    app.deliver(github_delivery(Some(88), 4)).await;
+    app.done().await;
     assert_eq!(
         gh.comment_authorization(4).as_deref(),
         Some("Bearer ghs_88_1")
     );
     gh.gone.lock().unwrap().push(88);
-    deliver(installation_delivery(88, "deleted")).await;
-    deliver(github_delivery(Some(88), 5)).await;
-    done().await;
+    app.deliver(installation_delivery(88, "deleted")).await;
+    app.deliver(github_delivery(Some(88), 5)).await;
+    app.done().await;
     assert_eq!(failed(), 2);
-    assert_eq!(token_requests(88), 1, "no token asked for");
+    assert_eq!(app.token_requests(88), 1, "no token asked for");
     assert_eq!(gh.refused.load(Ordering::SeqCst), 0, "no comment tried");
 
     // Other installations are not concerned, and other actions change nothing.
-    deliver(installation_delivery(77, "created")).await;
-    deliver(github_delivery(Some(77), 6)).await;
-    done().await;
+    app.deliver(installation_delivery(77, "created")).await;
+    app.deliver(github_delivery(Some(77), 6)).await;
+    app.done().await;
     assert_eq!(
         gh.comment_authorization(6).as_deref(),
         Some("Bearer ghs_77_2")
     );
     // New permissions accepted: the token made with the old ones is dropped.
-    deliver(installation_delivery(77, "new_permissions_accepted")).await;
-    deliver(github_delivery(Some(77), 7)).await;
-    done().await;
+    app.deliver(installation_delivery(77, "new_permissions_accepted"))
+        .await;
+    app.deliver(github_delivery(Some(77), 7)).await;
+    app.done().await;
     assert_eq!(
         gh.comment_authorization(7).as_deref(),
         Some("Bearer ghs_77_3")
@@ -4113,40 +4136,24 @@ async fn an_installation_suspension_is_checked_with_github_again_after_a_while()
     let Some(python) = peers::python() else {
         return;
     };
-    let (_, gh, base, state) = start_as_github_app(&python, &[]).await;
+    let app = AppUnderTest::start(&python).await;
+    let (gh, state) = (&app.gh, &app.state);
     state.recheck_suspensions_after(Duration::ZERO);
-    let client = crate::client::new();
-    let deliver = |d: Delivery| {
-        let (client, base) = (client.clone(), base.clone());
-        async move {
-            assert_eq!(
-                send(&client, &base, &d).await.status(),
-                StatusCode::ACCEPTED
-            );
-        }
-    };
-    let done = || async {
-        assert_eq!(state.drain_comments(Duration::from_secs(5)).await, 0);
-    };
-    let token_requests = |installation: u64| {
-        let requests = gh.token_requests.lock().unwrap();
-        requests.iter().filter(|(i, _)| *i == installation).count()
-    };
 
     // Out of order: the unsuspend first, then the suspend that came before it.
-    deliver(installation_delivery(77, "unsuspend")).await;
-    deliver(installation_delivery(77, "suspend")).await;
-    deliver(github_delivery(Some(77), 1)).await;
-    done().await;
-    assert_eq!(token_requests(77), 1, "GitHub asked again");
+    app.deliver(installation_delivery(77, "unsuspend")).await;
+    app.deliver(installation_delivery(77, "suspend")).await;
+    app.deliver(github_delivery(Some(77), 1)).await;
+    app.done().await;
+    assert_eq!(app.token_requests(77), 1, "GitHub asked again");
     assert_eq!(
         gh.comment_authorization(1).as_deref(),
         Some("Bearer ghs_77_1")
     );
     // Known back: its token is kept, and no longer asked for.
-    deliver(github_delivery(Some(77), 2)).await;
-    done().await;
-    assert_eq!(token_requests(77), 1);
+    app.deliver(github_delivery(Some(77), 2)).await;
+    app.done().await;
+    assert_eq!(app.token_requests(77), 1);
     assert_eq!(
         gh.comment_authorization(2).as_deref(),
         Some("Bearer ghs_77_1")
@@ -4154,18 +4161,18 @@ async fn an_installation_suspension_is_checked_with_github_again_after_a_while()
 
     // Really suspended: GitHub refuses the token, and the comment is given up.
     gh.gone.lock().unwrap().push(88);
-    deliver(installation_delivery(88, "suspend")).await;
-    deliver(github_delivery(Some(88), 3)).await;
-    done().await;
-    assert_eq!(token_requests(88), 1);
+    app.deliver(installation_delivery(88, "suspend")).await;
+    app.deliver(github_delivery(Some(88), 3)).await;
+    app.done().await;
+    assert_eq!(app.token_requests(88), 1);
     assert!(gh.comment_authorization(3).is_none());
     assert_eq!(state.counters.comments_failed.load(Ordering::SeqCst), 1);
     // Uninstalled is for good: never asked again.
     gh.gone.lock().unwrap().push(99);
-    deliver(installation_delivery(99, "deleted")).await;
-    deliver(github_delivery(Some(99), 4)).await;
-    done().await;
-    assert_eq!(token_requests(99), 0);
+    app.deliver(installation_delivery(99, "deleted")).await;
+    app.deliver(github_delivery(Some(99), 4)).await;
+    app.done().await;
+    assert_eq!(app.token_requests(99), 0);
 }
 
 /// Azure DevOps answers a request whose token it does not take (expired, revoked) with its
