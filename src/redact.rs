@@ -102,8 +102,9 @@ pub(crate) fn redact(text: &str) -> Cow<'_, str> {
     // `text[..copied]` is in `out` already, with its secrets left out; `out` ends with
     // `<redacted>`, which stands for a range that overlaps or touches it as well.
     let mut copied = 0;
-    for (start, end) in secrets {
-        if start > copied {
+    for (i, (start, end)) in secrets.into_iter().enumerate() {
+        // The first range, even at the very start of the text, or one past what was left out.
+        if i == 0 || start > copied {
             out.push_str(&text[copied..start]);
             out.push_str(REDACTED);
         }
@@ -191,13 +192,18 @@ fn url_secrets(text: &str, secrets: &mut Vec<(usize, usize)>) {
 }
 
 /// The credentials outside URLs in `text`, as byte ranges into `secrets`. See [`redact`].
+///
+/// Each scan skips the matches inside what it already read, so that a text made of one pattern
+/// over and over (`ghp_ghp_...`, `eyJ-eyJ-...`, `-----BEGIN ` with no end line) costs time
+/// linear in its length.
 fn credentials(text: &str, secrets: &mut Vec<(usize, usize)>) {
     let bytes = text.as_bytes();
     let lower = text.to_ascii_lowercase();
     // `Bearer` and `Basic` credentials, as an `Authorization` header's value writes them.
     for scheme in ["bearer ", "basic "] {
+        let mut read = 0;
         for (at, _) in lower.match_indices(scheme) {
-            if !starts_word(bytes, at) {
+            if at < read || !starts_word(bytes, at) {
                 continue;
             }
             let start = at
@@ -207,6 +213,7 @@ fn credentials(text: &str, secrets: &mut Vec<(usize, usize)>) {
                     .take_while(|&&b| b == b' ')
                     .count();
             let end = start + token_len(&bytes[start..], is_token68);
+            read = end;
             let credential = &bytes[start..end];
             if credential.len() >= MIN_CREDENTIAL
                 && credential
@@ -217,23 +224,28 @@ fn credentials(text: &str, secrets: &mut Vec<(usize, usize)>) {
             }
         }
     }
+    let base64url = |b: u8| b.is_ascii_alphanumeric() || b"_-".contains(&b);
     for prefix in TOKEN_PREFIXES {
+        let mut read = 0;
         for (at, _) in lower.match_indices(prefix) {
+            if at < read || !starts_word(bytes, at) {
+                continue;
+            }
             let start = at + prefix.len();
-            let len = token_len(&bytes[start..], |b| {
-                b.is_ascii_alphanumeric() || b"_-".contains(&b)
-            });
-            if starts_word(bytes, at) && len >= MIN_CREDENTIAL {
+            let len = token_len(&bytes[start..], base64url);
+            read = start + len;
+            if len >= MIN_CREDENTIAL {
                 secrets.push((start, start + len));
             }
         }
     }
-    // A JSON Web Token: three base64url parts, the first two not empty, joined by dots.
+    // A JSON Web Token: three base64url parts, the first two not empty, joined by dots. A
+    // match inside a part already read ends where that part does, and is no more a token.
+    let mut read = 0;
     for (at, _) in text.match_indices("eyJ") {
-        if !starts_word(bytes, at) {
+        if at < read || !starts_word(bytes, at) {
             continue;
         }
-        let base64url = |b: u8| b.is_ascii_alphanumeric() || b"_-".contains(&b);
         let mut end = at;
         let mut parts = 0;
         loop {
@@ -245,21 +257,40 @@ fn credentials(text: &str, secrets: &mut Vec<(usize, usize)>) {
             }
             end += 1;
         }
+        read = end;
         if parts == 3 && end > at {
             secrets.push((at, end));
         }
     }
-    // The body of a PEM private key, up to its end line (or the end of the text).
+    // The body of a PEM private key, up to its end line (or the end of the text). The next end
+    // line is looked for once for all the keys before it.
+    let mut read = 0;
+    let mut next_end: Option<(usize, Option<usize>)> = None;
     for (at, _) in text.match_indices("-----BEGIN ") {
-        let Some(label_end) = text[at + 11..].find("-----").map(|end| at + 11 + end + 5) else {
+        if at < read {
             continue;
+        }
+        let Some(label_end) = text[at + 11..].find("-----").map(|end| at + 11 + end + 5) else {
+            break;
         };
+        read = label_end;
         if !text[at..label_end].contains("PRIVATE KEY") {
             continue;
         }
-        let end = text[label_end..]
-            .find("-----END")
-            .map_or(text.len(), |end| label_end + end);
+        let end_line = match next_end {
+            Some((from, found)) if from <= label_end && found.is_none_or(|e| e >= label_end) => {
+                found
+            }
+            _ => {
+                let found = text[label_end..]
+                    .find("-----END")
+                    .map(|end| label_end + end);
+                next_end = Some((label_end, found));
+                found
+            }
+        };
+        let end = end_line.unwrap_or(text.len());
+        read = end;
         if end > label_end {
             secrets.push((label_end, end));
         }
@@ -271,9 +302,14 @@ fn starts_word(bytes: &[u8], at: usize) -> bool {
     at == 0 || !(bytes[at - 1].is_ascii_alphanumeric() || bytes[at - 1] == b'_')
 }
 
-/// How many bytes at the start of `bytes` are `token` bytes.
+/// How many bytes at the start of `bytes` are `token` bytes, up to a PEM line's `-----`
+/// (which no credential holds, and which a key's body ends at).
 fn token_len(bytes: &[u8], token: impl Fn(u8) -> bool) -> usize {
-    bytes.iter().take_while(|&&b| token(b)).count()
+    bytes
+        .iter()
+        .enumerate()
+        .take_while(|&(at, &b)| token(b) && !(b == b'-' && bytes[at..].starts_with(b"-----")))
+        .count()
 }
 
 /// A byte of an HTTP `token68` credential (RFC 9110): letters, digits, `-._~+/`, and the `=`
@@ -709,6 +745,8 @@ mod tests {
                 r#"{"jwt":"<redacted>"}"#,
             ),
             ("eyJ alone", "eyJ alone"),
+            // At the very start of the text, the secret is marked all the same.
+            ("eyJhbGciOi.eyJzdWIi.c2ln failed", "<redacted> failed"),
             // A private key.
             (
                 "bad key: -----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY----- end",
@@ -755,6 +793,19 @@ mod tests {
             "https://h/?page=1 ".repeat(super::MAX_URLS)
         );
         assert_eq!(redact(&text), expected);
+        // Long runs of one pattern are read in time linear in their length.
+        for (piece, kept) in [
+            ("ghp_", "ghp_"),
+            ("xoxb-", "xoxb-"),
+            ("eyJ-", "eyJ-"),
+            ("bearer ", "bearer "),
+            ("-----BEGIN PRIVATE KEY-----", "-----BEGIN PRIVATE KEY-----"),
+        ] {
+            let text = piece.repeat(200_000 / piece.len());
+            let out = redact(&text);
+            assert!(out.starts_with(kept), "{piece}");
+            assert!(out.len() <= text.len() + 16, "{piece}");
+        }
         // One long run of `://` is read in time linear in its length, and all left out.
         let run = "://".repeat(100_000);
         let out = redact(&run);
@@ -763,12 +814,22 @@ mod tests {
     }
 
     /// Any text, URL-like or not (a small alphabet of the bytes the scan looks at, and a
-    /// character past ASCII), is redacted without a panic; a text without a URL is kept as it
-    /// is, and redacting the result again changes nothing more.
+    /// character past ASCII, and the starts of the credentials looked for outside URLs), is
+    /// redacted without a panic; a text with neither a URL nor such a start is kept as it is,
+    /// and redacting the result again changes nothing more.
     #[test]
     fn any_text_is_redacted_without_a_panic() {
-        const PIECES: [&str; 21] = [
+        // No PEM end line: a key's body then runs to the end of the text, which another
+        // credential that took in its end line (a URL's user info) would make it do on a
+        // second pass, and no more.
+        const PIECES: [&str; 27] = [
             "://",
+            "Bearer ",
+            "basic ",
+            "ghp_",
+            "eyJ",
+            ".",
+            "-----BEGIN PRIVATE KEY-----",
             "'",
             "`",
             "hooks.slack.com",
@@ -805,7 +866,8 @@ mod tests {
                 text.push_str(PIECES[(state >> 33) as usize % PIECES.len()]);
             }
             let out = redact(&text);
-            if !text.contains("://") {
+            let credential = ["Bearer", "basic", "ghp_", "eyJ", "-----BEGIN"];
+            if !text.contains("://") && !credential.iter().any(|c| text.contains(c)) {
                 assert_eq!(out, text);
             }
             // Redacting again changes nothing more.
