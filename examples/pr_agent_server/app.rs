@@ -932,7 +932,7 @@ pub(crate) struct Job {
     /// The GitHub App installation the delivery came through, if any: with `GITHUB_APP_*`,
     /// the comment is posted as the app, with that installation's token.
     pub(crate) installation: Option<u64>,
-    /// Attempts that reached the provider's API so far (a rate limit met is not one).
+    /// Attempts that reached the provider's API so far (a 429 that names no wait is not one).
     pub(crate) attempts: u32,
     /// Rate limits naming no wait met so far (a 429 of Bitbucket's, GitLab's...): the wait
     /// after each grows with them, as the job's backoff would with its attempts.

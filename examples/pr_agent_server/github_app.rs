@@ -417,14 +417,19 @@ impl InstallationTokens {
         (why == Gone::Deleted || since.elapsed() < recheck).then_some(why)
     }
 
-    /// What GitHub's answer to a token request says of a suspension it told of earlier, whose
-    /// recheck was due: a token issued, that the installation is back (its `unsuspend` was
-    /// handled first, or missed); a refusal, that it is still suspended, for another while.
-    fn suspension_checked(&self, installation: u64, issued: bool) {
+    /// What GitHub's answer to a token request says of a suspension it told of before the
+    /// request was decided on (`asked`), whose recheck was due then: a token issued, that the
+    /// installation is back (its `unsuspend` was handled first, or missed); a refusal, that it
+    /// is still suspended, for another while. A suspension told of since is GitHub's newer
+    /// word, and stands.
+    fn suspension_checked(&self, installation: u64, asked: std::time::Instant, issued: bool) {
         let mut gone = self.gone.lock().unwrap_or_else(|e| e.into_inner());
         let Some((Gone::Suspended, since)) = gone.get_mut(&installation) else {
             return;
         };
+        if *since >= asked {
+            return;
+        }
         if issued {
             gone.remove(&installation);
             tracing::info!(
@@ -447,6 +452,7 @@ impl InstallationTokens {
         }
         let slot = self.slot(installation);
         let mut cached = slot.lock().await;
+        let asked = std::time::Instant::now();
         // Suspended or uninstalled while this waited for the slot, which the event took out of
         // the map: its token is not used.
         if let Some(why) = self.gone(installation) {
@@ -464,8 +470,8 @@ impl InstallationTokens {
             self.fetch(installation).await
         };
         match &fetched {
-            Ok(_) => self.suspension_checked(installation, true),
-            Err(TokenError::Refused(_)) => self.suspension_checked(installation, false),
+            Ok(_) => self.suspension_checked(installation, asked, true),
+            Err(TokenError::Refused(_)) => self.suspension_checked(installation, asked, false),
             Err(TokenError::Transient { .. }) => {}
         }
         let (token, expires_at) = fetched?;

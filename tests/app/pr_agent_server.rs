@@ -4175,6 +4175,31 @@ async fn an_installation_suspension_is_checked_with_github_again_after_a_while()
     assert_eq!(app.token_requests(99), 0);
 }
 
+/// A `suspend` that comes while a token is on its way (GitHub takes 150 ms for installation
+/// 1001) is GitHub's newer word: the token that comes is not used, and the suspension stands.
+/// The token's arrival must not be taken for GitHub saying the installation is back.
+#[tokio::test]
+async fn a_suspension_told_while_a_token_is_on_its_way_stands() {
+    let Some(python) = peers::python() else {
+        return;
+    };
+    let app = AppUnderTest::start(&python).await;
+    app.deliver(github_delivery(Some(1001), 1)).await;
+    eventually("the token request", PATIENCE, || {
+        app.token_requests(1001) == 1
+    })
+    .await;
+    app.deliver(installation_delivery(1001, "suspend")).await;
+    app.done().await;
+    assert!(app.gh.comment_authorization(1).is_none());
+    assert_eq!(app.state.counters.comments_failed.load(Ordering::SeqCst), 1);
+    // Still suspended: the next comment asks GitHub for nothing.
+    app.deliver(github_delivery(Some(1001), 2)).await;
+    app.done().await;
+    assert_eq!(app.token_requests(1001), 1);
+    assert_eq!(app.state.counters.comments_failed.load(Ordering::SeqCst), 2);
+}
+
 /// Azure DevOps answers a request whose token it does not take (expired, revoked) with its
 /// sign-in page: a `302` to it, or `203 Non-Authoritative Information` and the page's HTML,
 /// unless the request carries `X-TFS-FedAuthRedirect: Suppress`, which makes it answer `401`
