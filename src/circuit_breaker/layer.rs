@@ -222,7 +222,8 @@ impl<C> CircuitBreakerLayer<C> {
 
     /// Backpressure mode: while OPEN, `poll_ready` returns `Pending` until the open duration
     /// has passed, instead of accepting the call and rejecting it. FORCED_OPEN and a HALF_OPEN
-    /// breaker without free probe permits still reject in `call`. The wait is a
+    /// breaker without free probe permits still reject in `call`, and so does a breaker that
+    /// opened between `poll_ready` and `call`. The wait is a
     /// `tokio::time::Sleep`: it needs a Tokio runtime with the time driver enabled.
     ///
     /// # Example
@@ -314,7 +315,8 @@ pub(crate) enum Decision {
 /// admission (a half-open probe, its permit) until `call`, or gives it back when the service
 /// is dropped; a clone starts undecided. A call admitted in `poll_ready` is decided again in
 /// `call` if the breaker has moved on since (it opened, or the half-open period ended), so no
-/// call made ready earlier reaches an upstream the breaker has given up on. See the
+/// call made ready earlier reaches an upstream the breaker has given up on; what the inner
+/// service reserved when it was polled then stays with this service for its next call. See the
 /// [module docs](super).
 ///
 /// # Example
