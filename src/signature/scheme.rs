@@ -754,7 +754,8 @@ impl Candidates {
     }
 
     /// Adds a decoded signature; a value that is not valid in its encoding or longer than
-    /// any MAC is refused.
+    /// any MAC is refused (before the cap is looked at: one that cannot be a signature does
+    /// not count), and so is one past `cap`.
     fn push(
         &mut self,
         encoded: &[u8],
@@ -762,9 +763,6 @@ impl Candidates {
         cap: usize,
         header: &HeaderName,
     ) -> Result<(), E> {
-        if self.len() >= cap {
-            return Err(E::TooManySignatures(cap));
-        }
         let mut sig = Sig {
             len: 0,
             bytes: [0; MAX_TAG],
@@ -789,6 +787,9 @@ impl Candidates {
             }
         };
         sig.len = n as u8;
+        if self.len() >= cap {
+            return Err(E::TooManySignatures(cap));
+        }
         if self.first.is_none() {
             self.first = Some(sig);
         } else {
@@ -1241,12 +1242,10 @@ impl Scheme {
             // Bitbucket Data Center's id is in `X-Request-Id`, a header proxies add to as
             // well (one that appends its own): the first, Bitbucket's, is the delivery's. The
             // id is not signed, so taking it gives a sender nothing it could not set anyway.
-            (Field::Headers(names), None) if matches!(&names[..], [name] if *name == names::BB_REQUEST_ID) => {
-                headers
-                    .get(&names::BB_REQUEST_ID)
-                    .map(|v| validate_id(v.as_bytes()).map(|()| Text::header(v)))
-                    .transpose()?
-            }
+            (Field::Headers(_), None) if self.provider == Provider::BitbucketDataCenter => headers
+                .get(&names::BB_REQUEST_ID)
+                .map(|v| validate_id(v.as_bytes()).map(|()| Text::header(v)))
+                .transpose()?,
             (Field::Headers(names), None) => match first_of(headers, names)
                 .map_err(|_| E::MalformedDelivery("duplicated delivery id header"))?
             {

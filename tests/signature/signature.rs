@@ -1102,7 +1102,9 @@ async fn standard_webhooks_reference_vector_is_accepted() {
     // another version) is skipped, not a reason to refuse the `v1` beside it; only `v1`
     // entries count against `max_signatures`.
     let other_versions = ["v1a,abc"; 12].join(" ");
+    let eight = [SW_SIG; 8].join(" ");
     for sig in [
+        format!("{eight} v1,!!!!"),
         format!("v1g0hM9SsE {SW_SIG}"),
         format!("v1,!!!! {SW_SIG}"),
         format!("{SW_SIG} v1,"),
@@ -1731,6 +1733,26 @@ async fn bitbucket_gitea_forgejo_shopify_and_custom() {
     assert_eq!(out.status, 200);
     let hook = seen.last.lock().unwrap().clone().unwrap().1;
     assert_eq!(hook.delivery_id(), Some("bb-1"));
+    // A custom scheme whose id is in `X-Request-Id` still refuses two: Bitbucket's rule only.
+    let custom = SignatureLayer::custom(
+        CustomScheme::new("x-sig").delivery_id_header("x-request-id"),
+        secret,
+    )
+    .unwrap();
+    assert_refused(
+        &custom,
+        post(
+            &[
+                ("x-sig", &hex),
+                ("x-request-id", "a"),
+                ("x-request-id", "b"),
+            ],
+            &body[..],
+        ),
+        StatusCode::BAD_REQUEST,
+        types::MALFORMED_DELIVERY,
+    )
+    .await;
 
     // Gitea: JSON body, and a form delivery whose decoded `payload` is what is signed.
     let gitea = SignatureLayer::gitea(secret).unwrap();
