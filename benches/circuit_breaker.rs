@@ -1,5 +1,5 @@
 //! Circuit breaker overhead around a ready service, against failsafe and tower-resilience,
-//! measured in the same run.
+//! measured in the same run; and a keyed breaker's calls when its map of keys is full.
 //!
 //! `cargo bench -p tower-webhook-benches --bench circuit_breaker -- --warm-up-time 1 --measurement-time 3`
 
@@ -180,5 +180,49 @@ fn contended(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, closed, contended);
+/// A keyed breaker whose map is full (10,000 keys) of breakers that each count a failure, so
+/// that none is forgotten before the others: a call with a key it has (`known_key`), and one
+/// with a new key (`new_key`), which looks for the breaker to forget among them all and
+/// replaces it with its own, failing too, so that the map stays as it was.
+fn keyed_full(c: &mut Criterion) {
+    use tower_webhook::circuit_breaker::KeyedCircuitBreakerLayer;
+    const KEYS: u64 = 10_000;
+    let mut group = c.benchmark_group("circuit_breaker_keyed_full");
+    group.throughput(Throughput::Elements(1));
+    let rt = runtime();
+    let config = CircuitBreakerConfig::default()
+        .consecutive_failures(0)
+        .minimum_calls(1_000);
+    let layer = KeyedCircuitBreakerLayer::new(config, KEYS as usize, |key: &u64| *key)
+        .unwrap()
+        .with_classifier(|r: &Result<u64, BoxError>| match r {
+            Ok(_) => Outcome::Success,
+            Err(_) => Outcome::Failure,
+        });
+    let failing =
+        tower::service_fn(|_: u64| std::future::ready(Err::<u64, BoxError>("down".into())));
+    let mut svc = layer.layer(failing);
+    rt.block_on(async {
+        for key in 0..KEYS {
+            let _ = svc.ready().await.unwrap().call(key).await;
+        }
+    });
+    group.bench_function("known_key", |b| {
+        let mut key = 0;
+        b.iter(|| {
+            key = (key + 1) % KEYS;
+            rt.block_on(async { black_box(svc.ready().await.unwrap().call(key).await.is_err()) })
+        })
+    });
+    let mut next = KEYS;
+    group.bench_function("new_key", |b| {
+        b.iter(|| {
+            next += 1;
+            rt.block_on(async { black_box(svc.ready().await.unwrap().call(next).await.is_err()) })
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, closed, contended, keyed_full);
 criterion_main!(benches);

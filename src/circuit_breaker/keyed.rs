@@ -29,6 +29,22 @@ struct Shared<K> {
     full_told: AtomicBool,
 }
 
+/// How readily a keyed breaker is forgotten for a new key of a full map, lower first: 0 CLOSED
+/// with no failure (nor slow call) on record, 1 OPEN past its open duration or HALF_OPEN, 2
+/// CLOSED counting toward opening; `None` for one in use, or in another state. See
+/// `Shared::to_forget`.
+fn forget_rank(core: &Arc<Core>) -> Option<u8> {
+    if Arc::strong_count(core) != 1 {
+        return None;
+    }
+    match core.stored_state() {
+        CircuitState::Closed if !core.has_failures_on_record() => Some(0),
+        CircuitState::Open | CircuitState::HalfOpen if core.open_lapsed() => Some(1),
+        CircuitState::Closed => Some(2),
+        _ => None,
+    }
+}
+
 impl<K: Hash + Eq + Clone + fmt::Display> Shared<K> {
     /// The breaker `key` has, if any: found, never made.
     fn existing(&self, key: &K) -> Option<Arc<Core>> {
@@ -36,7 +52,8 @@ impl<K: Hash + Eq + Clone + fmt::Display> Shared<K> {
         map.get(key).map(Arc::clone)
     }
 
-    /// A breaker of the full `map` to forget for a new key, if one may be.
+    /// A breaker of the full `map` to forget for a new key, if one may be, with its
+    /// [`forget_rank`].
     ///
     /// One not in use, which protects no caller now. The stored state is read: transitions that
     /// time made due (which never lead to CLOSED) would run the listener under the map's lock.
@@ -46,27 +63,16 @@ impl<K: Hash + Eq + Clone + fmt::Display> Shared<K> {
     /// for ever, and forgetting it costs at most the failures that open it again. Last, one
     /// counting toward opening: forgetting it would let a failing or slow key that comes and
     /// goes never open.
-    fn to_forget(map: &HashMap<K, Arc<Core>>) -> Option<&K> {
-        let mut failing = None;
-        let mut lapsed = None;
+    fn to_forget(map: &HashMap<K, Arc<Core>>) -> Option<(&K, u8)> {
+        let mut best: Option<(&K, u8)> = None;
         for (key, core) in map.iter() {
-            if Arc::strong_count(core) != 1 {
-                continue;
-            }
-            match core.stored_state() {
-                CircuitState::Closed if !core.has_failures_on_record() => return Some(key),
-                CircuitState::Closed => {
-                    failing.get_or_insert(key);
-                }
-                CircuitState::Open | CircuitState::HalfOpen
-                    if lapsed.is_none() && core.open_lapsed() =>
-                {
-                    lapsed = Some(key);
-                }
+            match forget_rank(core) {
+                Some(0) => return Some((key, 0)),
+                Some(rank) if best.is_none_or(|(_, seen)| rank < seen) => best = Some((key, rank)),
                 _ => {}
             }
         }
-        lapsed.or(failing)
+        best
     }
 
     /// The overflow breaker, for a new key while every slot is taken by one that may not be
@@ -84,24 +90,37 @@ impl<K: Hash + Eq + Clone + fmt::Display> Shared<K> {
     }
 
     fn core_for(&self, key: K) -> Arc<Core> {
-        {
+        let candidate = {
             let map = self.map.read().unwrap_or_else(|p| p.into_inner());
             if let Some(core) = map.get(&key) {
                 return Arc::clone(core);
             }
-            // Full with nothing to forget: the overflow breaker, under the read lock. The
-            // write lock, which every other call waits for, is taken only to change the map.
-            if map.len() >= self.max_keys && Self::to_forget(&map).is_none() {
-                return self.overflow();
+            // Full: the breaker to forget is looked for under the read lock, which other calls
+            // share. With nothing to forget, the overflow breaker. The write lock, which every
+            // other call waits for, is taken only to change the map.
+            if map.len() >= self.max_keys {
+                match Self::to_forget(&map) {
+                    Some((idle, rank)) => Some((idle.clone(), rank)),
+                    None => return self.overflow(),
+                }
+            } else {
+                None
             }
-        }
+        };
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         if let Some(core) = map.get(&key) {
             return Arc::clone(core);
         }
         if map.len() >= self.max_keys {
-            // Looked for again: the map may have changed since the read lock was let go.
-            match Self::to_forget(&map).cloned() {
+            // The one found, if it is still as ready to be forgotten (the map may have changed
+            // since the read lock was let go); else looked for again.
+            let idle = match candidate {
+                Some((idle, rank)) if map.get(&idle).and_then(forget_rank) == Some(rank) => {
+                    Some(idle)
+                }
+                _ => Self::to_forget(&map).map(|(idle, _)| idle.clone()),
+            };
+            match idle {
                 Some(idle) => {
                     map.remove(&idle);
                 }
@@ -134,7 +153,10 @@ impl<K: Hash + Eq + Clone + fmt::Display> Shared<K> {
 /// by the key's breaker if it has one; it makes no breaker, so it never takes a slot.
 /// Backpressure mode does not exist for keyed breakers. Finding a key's breaker takes a read
 /// lock on the key map (a write lock the first time a key is seen); each breaker itself is
-/// lock-free.
+/// lock-free. A new key in a full map looks among all the keys for the breaker to forget,
+/// under the read lock (the `circuit_breaker_keyed_full` bench: 0.14 to 0.23 ms for 10,000
+/// keys that all count failures), and holds the write lock only to check that one again and
+/// replace it: size `max_keys` for the keys you expect, not far above.
 ///
 /// # Example
 ///
