@@ -26,10 +26,21 @@ use crate::BoxError;
 /// assert_eq!(err.status(), 503);
 /// assert_eq!(err.retry_after(), Some(Duration::from_secs(10)));
 /// ```
-#[derive(Debug)]
 pub struct WebhookProcessingError {
     source: BoxError,
     retry_after: Option<Duration>,
+}
+
+/// The source as the layer logs it: its chain, with credentials redacted (a reqwest error's
+/// `Debug` names the URL it called, query included).
+impl fmt::Debug for WebhookProcessingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let source = crate::redact::redacted(super::layer::ErrorChain(&*self.source).to_string());
+        f.debug_struct("WebhookProcessingError")
+            .field("source", &source)
+            .field("retry_after", &self.retry_after)
+            .finish()
+    }
 }
 
 impl WebhookProcessingError {

@@ -1785,3 +1785,29 @@ async fn instance_of_request_ids(left_out: &[&str], kept: &[&str]) {
         assert_eq!(problem_with_request_id(id).await.1["instance"], id);
     }
 }
+
+/// `WebhookProcessingError` carries the upstream failure a handler met, a reqwest error whose
+/// `Debug` prints the URL it called with its query: `{err:?}` in a handler's own log line, or an
+/// error returned from `main`, printed the token. Its `Debug` shows the source redacted, as the
+/// layer's log does.
+#[test]
+fn a_processing_error_debug_shows_its_source_redacted() {
+    #[derive(Debug)]
+    struct Upstream {
+        url: &'static str,
+    }
+    impl std::fmt::Display for Upstream {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "error sending request for url ({})", self.url)
+        }
+    }
+    impl std::error::Error for Upstream {}
+    let err = WebhookProcessingError::new(Upstream {
+        url: "https://api.example/v1?access_token=hunter2",
+    });
+    let debug = format!("{err:?}");
+    assert!(!debug.contains("hunter2"), "{debug}");
+    assert!(debug.contains("access_token=<redacted>"), "{debug}");
+    let retryable = WebhookProcessingError::retryable("queue full", Duration::from_secs(3));
+    assert!(format!("{retryable:?}").contains("3s"), "{retryable:?}");
+}
