@@ -1682,12 +1682,22 @@ mod redis_store {
                         tokio::spawn(async move {
                             let _permit = permit;
                             let late = Duration::from_millis(ms);
-                            if let Ok(Ok(Some(_))) = tokio::time::timeout(late, answer).await {
-                                // Only the value set here: the key may have expired since.
-                                let del = delete_if(&key, &value);
-                                if let Err(err) = query::<u64>(del, late_conns, timeout).await {
-                                    tracing::error!(%key, error = %crate::redact::redacted(err.to_string()), "Redis recorded a delivery id after the delivery was refused for taking too long, and could not delete it again: the provider's redelivery is treated as a replay until the id expires");
+                            match tokio::time::timeout(late, answer).await {
+                                Ok(Ok(Some(_))) => {
+                                    // Only the value set here: the key may have expired since.
+                                    let del = delete_if(&key, &value);
+                                    if let Err(err) = query::<u64>(del, late_conns, timeout).await {
+                                        tracing::error!(%key, error = %crate::redact::redacted(err.to_string()), "Redis recorded a delivery id after the delivery was refused for taking too long, and could not delete it again: the provider's redelivery is treated as a replay until the id expires");
+                                    }
                                 }
+                                // Given up on by the connection too (its own response timeout,
+                                // or lost): Redis may still carry it out, as above.
+                                Ok(Err(err)) if err.is_timeout() || err.is_connection_dropped() => {
+                                    undo(&key, &value, late_conns, timeout, late).await;
+                                }
+                                // Not set (the key was there), refused, or no answer within the
+                                // TTL, past which the key would be gone anyway.
+                                _ => {}
                             }
                         });
                         Err(conns.timed_out(used, timeout))

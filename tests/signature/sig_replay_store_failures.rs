@@ -488,3 +488,45 @@ async fn a_set_the_connection_manager_gave_up_on_is_undone() {
         .unwrap();
     assert_eq!(value.as_deref(), Some("1:another-replica"));
 }
+
+/// The store gives up first (its timeout, 200 ms, shorter than the manager's, 500 ms), then the
+/// manager gives up too, while Redis is stopped; Redis carries the `SET` out once it goes on.
+/// The late answer is then the manager's timeout, not the `SET`'s: the key was left, and the
+/// provider's retry refused as a replay for the whole TTL. It is undone now, as when the
+/// manager gives up first.
+#[tokio::test]
+async fn a_set_given_up_by_the_store_then_by_the_manager_is_undone() {
+    let Some(redis) = redis_server::start().await else {
+        return;
+    };
+    let client = redis::Client::open(redis.url().as_str()).unwrap();
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_response_timeout(Some(Duration::from_millis(500)));
+    let manager = redis::aio::ConnectionManager::new_with_config(client, config)
+        .await
+        .unwrap();
+    let store = RedisReplayStore::new(manager).timeout(Duration::from_millis(200));
+    let layer = SignatureLayer::github(GH_SECRET)
+        .unwrap()
+        .replay_store(store.clone())
+        .record_delivery(RecordDelivery::AfterVerification);
+
+    redis.signal("-STOP");
+    let refused = send(&layer, StatusCode::OK, github("twice-given-up")).await;
+    // Past the manager's own timeout.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    redis.signal("-CONT");
+    assert_eq!(refused, StatusCode::SERVICE_UNAVAILABLE);
+    let gone = redis
+        .gone_within(
+            "tower-webhook:replay:github:twice-given-up",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(gone, "the SET given up on twice was not undone");
+    recovers(&store, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        send(&layer, StatusCode::OK, github("twice-given-up")).await,
+        StatusCode::OK
+    );
+}
