@@ -2918,3 +2918,22 @@ async fn a_full_memory_store_never_evicts_a_claim_in_progress() {
     assert!(full.claim("x", ClaimToken::unique(), ttl).await.unwrap());
     assert_eq!(full.len(), 2);
 }
+
+/// A delivery without an id whose timestamp is signed (Slack's) is told from its copies by a
+/// part of its MAC; `VerifiedWebhook`'s `Debug` says it has one, without printing it.
+#[test]
+fn verified_webhook_debug_does_not_print_its_mac() {
+    let layer = SignatureLayer::slack(SLACK_SECRET)
+        .unwrap()
+        .clock(at(SLACK_TS + 10));
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-slack-signature", SLACK_SIG.parse().unwrap());
+    headers.insert(
+        "x-slack-request-timestamp",
+        SLACK_TS.to_string().parse().unwrap(),
+    );
+    let hook = layer.verify(&headers, SLACK_BODY.as_bytes()).unwrap();
+    let debug = format!("{hook:?}");
+    assert!(debug.contains("sig-<MAC>"), "{debug}");
+    assert!(!debug.contains(&SLACK_SIG[3..19]), "{debug}");
+}
