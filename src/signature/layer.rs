@@ -157,7 +157,10 @@ impl fmt::Debug for VerifiedWebhook {
             .field("event", &self.event)
             .field("timestamp", &self.timestamp)
             .field("secret_index", &self.secret_index)
-            .field("fingerprint", &self.fingerprint.as_ref().map(|_| "sig-<MAC>"))
+            .field(
+                "fingerprint",
+                &self.fingerprint.as_ref().map(|_| "sig-<MAC>"),
+            )
             .finish()
     }
 }
@@ -2610,11 +2613,12 @@ impl MacRecord {
 
     fn settle_now(&mut self, handled: bool) -> Option<(ReplayFuture, &'static Settle, String)> {
         let key = self.key.take().filter(|_| self.made)?;
+        let store = &self.store;
         let future = match (self.token, handled) {
-            (Some(token), true) => self.store.complete(&key, token, self.ttl),
+            (Some(token), true) => guarded(|| store.complete(&key, token, self.ttl)),
             (None, true) => return None,
-            (Some(token), false) => self.store.release(&key, token),
-            (None, false) => self.store.remove(&key),
+            (Some(token), false) => guarded(|| store.release(&key, token)),
+            (None, false) => guarded(|| store.remove(&key)),
         };
         Some((future, &FORGET_FAILED, key))
     }
@@ -2688,8 +2692,9 @@ impl Claim {
             return self.disown();
         }
         if let Some(key) = self.key.take() {
+            let (store, token) = (&self.store, self.token);
             drop(Detached(
-                Some(self.store.release(&key, self.token)),
+                Some(guarded(|| store.release(&key, token))),
                 &ABANDON_FAILED,
                 key,
             ));
@@ -2697,14 +2702,14 @@ impl Claim {
     }
 
     /// The delivery was handled: marks the id completed, through a future the caller awaits.
+    /// (The key is taken first: a store that panicked would otherwise have the handled id
+    /// released by `Drop`.)
     fn complete(mut self) -> Detached {
-        let mac = self.mac.take().and_then(|record| record.settle(true));
         let key = self.key.take().unwrap_or_default();
+        let mac = self.mac.take().and_then(|record| record.settle(true));
+        let (store, token, ttl) = (&self.store, self.token, self.ttl);
         Detached(
-            Some(and_mac(
-                self.store.complete(&key, self.token, self.ttl),
-                mac,
-            )),
+            Some(and_mac(guarded(|| store.complete(&key, token, ttl)), mac)),
             &COMPLETE_FAILED,
             key,
         )
@@ -2712,10 +2717,11 @@ impl Claim {
 
     /// The delivery failed: releases the id, through a future the caller awaits.
     fn release(mut self) -> Detached {
-        let mac = self.mac.take().and_then(|record| record.settle(false));
         let key = self.key.take().unwrap_or_default();
+        let mac = self.mac.take().and_then(|record| record.settle(false));
+        let (store, token) = (&self.store, self.token);
         Detached(
-            Some(and_mac(self.store.release(&key, self.token), mac)),
+            Some(and_mac(guarded(|| store.release(&key, token)), mac)),
             &RELEASE_FAILED,
             key,
         )
@@ -2735,6 +2741,19 @@ impl Drop for Claim {
                     crate::panic::dispose(payload);
                 }
             }
+        }
+    }
+}
+
+/// The store's operation `op` makes, a panic in making it (a custom store's bug) turned into
+/// the operation's failure, which is logged as any other.
+fn guarded(op: impl FnOnce() -> ReplayFuture) -> ReplayFuture {
+    match catch_unwind(AssertUnwindSafe(op)) {
+        Ok(future) => future,
+        Err(payload) => {
+            let err = store_panicked(&*payload);
+            crate::panic::dispose(payload);
+            ReplayFuture::ready(Err(err))
         }
     }
 }

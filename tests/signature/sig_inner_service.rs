@@ -229,27 +229,34 @@ async fn a_request_still_sending_its_body_holds_no_permit_of_an_inner_limit() {
     stalled.abort();
 }
 
-/// A store whose `release` panics, the way a custom store's bug would.
-struct PanicsOnRelease(MemoryReplayStore);
+/// A store whose `release` or `complete` (the operation named) panics, the way a custom
+/// store's bug would.
+struct PanicsOn(&'static str, MemoryReplayStore);
 
-impl ReplayStore for PanicsOnRelease {
+impl ReplayStore for PanicsOn {
     fn insert(&self, key: &str, ttl: Duration) -> ReplayFuture {
-        self.0.insert(key, ttl)
+        self.1.insert(key, ttl)
     }
     fn remove(&self, key: &str) -> ReplayFuture {
-        self.0.remove(key)
+        self.1.remove(key)
     }
     fn claim(&self, key: &str, token: ClaimToken, ttl: Duration) -> ReplayFuture {
-        self.0.claim(key, token, ttl)
+        self.1.claim(key, token, ttl)
     }
     fn complete(&self, key: &str, token: ClaimToken, ttl: Duration) -> ReplayFuture {
-        self.0.complete(key, token, ttl)
+        if self.0 == "complete" {
+            panic!("complete is broken")
+        }
+        self.1.complete(key, token, ttl)
     }
-    fn release(&self, _key: &str, _token: ClaimToken) -> ReplayFuture {
-        panic!("release is broken")
+    fn release(&self, key: &str, token: ClaimToken) -> ReplayFuture {
+        if self.0 == "release" {
+            panic!("release is broken")
+        }
+        self.1.release(key, token)
     }
     fn completed(&self, key: &str) -> ReplayFuture {
-        self.0.completed(key)
+        self.1.completed(key)
     }
     fn tracks_claims(&self) -> bool {
         true
@@ -263,7 +270,7 @@ async fn a_store_that_panics_when_a_dropped_delivery_is_released_is_logged_not_u
         .layer(
             SignatureLayer::github(GH_SECRET)
                 .unwrap()
-                .replay_store(PanicsOnRelease(MemoryReplayStore::new())),
+                .replay_store(PanicsOn("release", MemoryReplayStore::new())),
         )
         .service(tower::service_fn(|_req: Request<Chunks>| async {
             std::future::pending::<Result<Response<Full<Bytes>>, Infallible>>().await
@@ -276,6 +283,31 @@ async fn a_store_that_panics_when_a_dropped_delivery_is_released_is_logged_not_u
     let logged = logs.text();
     assert!(
         logged.contains("the replay store panicked: release is broken"),
+        "{logged}"
+    );
+}
+
+/// A store whose `complete` panics once the handler answered 2xx: the answer goes out, and the
+/// panic is logged as the store's failure. It unwound out of the response future, and a 2xx the
+/// handler gave became the error layer's 500, or a reset.
+#[tokio::test]
+async fn a_store_that_panics_when_a_handled_delivery_is_completed_is_logged_not_unwound() {
+    let (logs, _guard) = crate::logs::Logs::capture();
+    let svc = ServiceBuilder::new()
+        .layer(
+            SignatureLayer::github(GH_SECRET)
+                .unwrap()
+                .replay_store(PanicsOn("complete", MemoryReplayStore::new())),
+        )
+        .service(tower::service_fn(|_req: Request<Chunks>| async {
+            Ok::<_, Infallible>(Response::new(Full::<Bytes>::default()))
+        }));
+    let answered = tokio::spawn(svc.oneshot(signed(None, "d-handled"))).await;
+    let res = answered.expect("the store's panic unwound out of the response future");
+    assert_eq!(res.unwrap().status(), StatusCode::OK);
+    let logged = logs.text();
+    assert!(
+        logged.contains("the replay store panicked: complete is broken"),
         "{logged}"
     );
 }
