@@ -404,7 +404,7 @@ pub trait RetryResponse {
     }
     /// Whether the response is a circuit breaker's refusal, answered by a layer below the
     /// policy (`WebhookErrorLayer` turns a `CircuitOpen` into a 503 carrying the
-    /// `circuit-open` [`Problem`](crate::error::Problem) in its extensions, feature `error`).
+    /// `circuit-open` `Problem` in its extensions, feature `error`).
     /// Such a response is never retried, as the rejection itself is not. `false` (the
     /// default) when unknown.
     ///
