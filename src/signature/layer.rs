@@ -2492,7 +2492,7 @@ impl Future for Lookup {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if let Some(stage) = self.mac.as_mut() {
-            let outcome = ready!(Pin::new(&mut stage.future).poll(cx));
+            let outcome = ready!(poll_store(&mut stage.future, cx));
             let MacStage {
                 record,
                 plan,
@@ -2521,7 +2521,7 @@ impl Future for Lookup {
         let Some(future) = self.future.as_mut() else {
             return Poll::Ready(Err("replay lookup polled after completion".into()));
         };
-        let outcome = ready!(Pin::new(future).poll(cx));
+        let outcome = ready!(poll_store(future, cx));
         self.future = None;
         // Not handled unless the id is new: the MAC's record is then forgotten (dropped).
         let record = self.record.take().filter(|_| matches!(outcome, Ok(true)));
@@ -2541,6 +2541,19 @@ impl Future for Lookup {
             drop(record.settle(true));
         }
         Poll::Ready(outcome)
+    }
+}
+
+/// Polls a store's `future`. If it panics, a future that fails at once takes its place before
+/// the panic goes on, so that the lookup's `Drop`, which finishes what it holds, never polls the
+/// panicked one again (a custom store's future may not be fused, and could do its work twice).
+fn poll_store(future: &mut ReplayFuture, cx: &mut Context<'_>) -> Poll<Result<bool, BoxError>> {
+    match catch_unwind(AssertUnwindSafe(|| Pin::new(&mut *future).poll(cx))) {
+        Ok(poll) => poll,
+        Err(payload) => {
+            *future = ReplayFuture::ready(Err(store_panicked(&*payload)));
+            std::panic::resume_unwind(payload)
+        }
     }
 }
 

@@ -241,6 +241,9 @@ impl ReplayStore for PanicsOn {
         self.1.remove(key)
     }
     fn claim(&self, key: &str, token: ClaimToken, ttl: Duration) -> ReplayFuture {
+        if self.0 == "claim poll" {
+            return ReplayFuture::new(PanicsWhenFirstPolled);
+        }
         self.1.claim(key, token, ttl)
     }
     fn complete(&self, key: &str, token: ClaimToken, ttl: Duration) -> ReplayFuture {
@@ -309,5 +312,49 @@ async fn a_store_that_panics_when_a_handled_delivery_is_completed_is_logged_not_
     assert!(
         logged.contains("the replay store panicked: complete is broken"),
         "{logged}"
+    );
+}
+
+/// How many times a [`PanicsWhenFirstPolled`] was polled.
+static POLLS: AtomicUsize = AtomicUsize::new(0);
+
+/// A store's future, written by hand, that panics when first polled and would claim the id if
+/// polled again: not fused, as a custom store's may not be.
+struct PanicsWhenFirstPolled;
+
+impl std::future::Future for PanicsWhenFirstPolled {
+    type Output = Result<bool, tower::BoxError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        if POLLS.fetch_add(1, Ordering::SeqCst) == 0 {
+            panic!("the claim is broken");
+        }
+        std::task::Poll::Ready(Ok(true))
+    }
+}
+
+/// A store's future that panicked is not polled again: the lookup that held it polled it once
+/// more as it was dropped, and a future that is not fused could then do its work twice (here,
+/// claim the id after the delivery had failed).
+#[tokio::test]
+async fn a_store_future_that_panicked_is_not_polled_again() {
+    let svc = ServiceBuilder::new()
+        .layer(
+            SignatureLayer::github(GH_SECRET)
+                .unwrap()
+                .replay_store(PanicsOn("claim poll", MemoryReplayStore::new())),
+        )
+        .service(tower::service_fn(|_req: Request<Chunks>| async {
+            Ok::<_, Infallible>(Response::new(Full::<Bytes>::default()))
+        }));
+    let _ = tokio::spawn(svc.oneshot(signed(None, "d-claim-panics"))).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        POLLS.load(Ordering::SeqCst),
+        1,
+        "polled again after its panic"
     );
 }
