@@ -127,6 +127,16 @@ impl WebStatus {
         }
     }
 
+    /// Whether [`end`](Self::end) has something to say: the trailer frame was read, or the body
+    /// found broken or unreadable.
+    #[cfg(feature = "circuit-breaker")]
+    pub(crate) fn ended(&self) -> bool {
+        matches!(
+            self.frames,
+            Frames::Done(_) | Frames::Broken | Frames::Unreadable
+        )
+    }
+
     /// How the body ended, once the trailer frame was read or the body found broken or
     /// unreadable; `None` before (also when the body ends without a trailer frame).
     #[cfg(feature = "circuit-breaker")]

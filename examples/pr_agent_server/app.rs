@@ -41,8 +41,8 @@ use tower_webhook::retry::{RetryPolicy, retry_after};
 // `API_CONNECT_TIMEOUT`, a refused one...): then it is sent again later.
 pub(crate) use tower_webhook::retry::was_not_sent;
 use tower_webhook::signature::{
-    Clock, MemoryReplayStore, OnReplay, Provider, RecordDelivery, ReplayStore, SignatureLayer,
-    VerifiedWebhook,
+    Clock, MemoryReplayStore, OnReplay, Provider, RecordDelivery, ReplayStore, Secrets,
+    SignatureConfigError, SignatureLayer, VerifiedWebhook,
 };
 use tower_webhook::tunnel::{Running, Server, TunnelBuilder, TunnelEvent};
 
@@ -334,19 +334,16 @@ fn secrets(name: &str, value: Option<String>) -> Result<Option<Vec<String>>, Str
             "{name} is set but empty: set it to the webhook secret (comma-separated for several), or unset it"
         ));
     }
-    if items.iter().any(|item| item.is_empty()) {
-        return Err(format!(
-            "{name} has an empty item (two commas in a row, or one at either end): commas separate the secrets of a rotation, and a secret cannot hold one"
-        ));
-    }
-    // As `Secrets::from_env_list`: a secret that holds a comma is split at it, and a short
-    // piece would be a secret of its own.
-    if items.len() > 1 && items.iter().any(|item| item.len() < 8) {
-        return Err(format!(
+    // The library's rules for a list of secrets, with messages that name the setting.
+    match Secrets::from_list(&value) {
+        Ok(_) => Ok(Some(items.into_iter().map(str::to_owned).collect())),
+        Err(SignatureConfigError::ShortListItem(_)) => Err(format!(
             "{name} holds a secret shorter than 8 bytes in its comma-separated list: commas separate the secrets of a rotation, so a secret that holds one is split at it, and its short piece would be accepted alone; use secrets of 8 bytes or more, without commas"
-        ));
+        )),
+        Err(_) => Err(format!(
+            "{name} has an empty item (two commas in a row, or one at either end): commas separate the secrets of a rotation, and a secret cannot hold one"
+        )),
     }
-    Ok(Some(items.into_iter().map(str::to_owned).collect()))
 }
 
 impl Settings {

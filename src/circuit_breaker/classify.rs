@@ -807,7 +807,7 @@ impl<B: Body> Body for ResponseBody<B> {
                     && let Some(data) = frame.data_ref()
                 {
                     web.feed_buf(data);
-                    if web.end().is_some()
+                    if web.ended()
                         && let Some((recorder, eos)) = this.eos.take()
                     {
                         let (outcome, after) = eos_outcome(eos, None);

@@ -514,6 +514,9 @@ enum Kind {
 #[derive(Clone, Debug)]
 enum Field {
     Headers(Vec<HeaderName>),
+    /// A header proxies may add to (one that appends its own `X-Request-Id`): its first value,
+    /// the sender's. For a field the MAC does not cover, which a sender could set anyway.
+    FirstValue(HeaderName),
     /// A top-level string field of a JSON body.
     Json(&'static str),
     None,
@@ -569,7 +572,7 @@ impl Scheme {
             ),
             Provider::BitbucketDataCenter => (
                 Self::body(provider, &[&HUB_SIG], "sha256=", Encoding::Hex),
-                Field::Headers(hs(&[&BB_REQUEST_ID])),
+                Field::FirstValue(names::BB_REQUEST_ID.clone()),
                 Field::Headers(hs(&[&BB_EVENT])),
             ),
             Provider::Gitea | Provider::Forgejo => {
@@ -1239,11 +1242,9 @@ impl Scheme {
                 }
                 None => None,
             },
-            // Bitbucket Data Center's id is in `X-Request-Id`, a header proxies add to as
-            // well (one that appends its own): the first, Bitbucket's, is the delivery's. The
-            // id is not signed, so taking it gives a sender nothing it could not set anyway.
-            (Field::Headers(_), None) if self.provider == Provider::BitbucketDataCenter => headers
-                .get(&names::BB_REQUEST_ID)
+            // Bitbucket Data Center's `X-Request-Id`: the first, Bitbucket's, is the delivery's.
+            (Field::FirstValue(name), None) => headers
+                .get(name)
                 .map(|v| validate_id(v.as_bytes()).map(|()| Text::header(v)))
                 .transpose()?,
             (Field::Headers(names), None) => match first_of(headers, names)
@@ -1271,6 +1272,10 @@ impl Scheme {
                 .flatten()
                 .filter(|(_, v)| v.to_str().is_ok())
                 .map(|(_, v)| Text::header(v)),
+            Field::FirstValue(name) => headers
+                .get(name)
+                .filter(|v| v.to_str().is_ok())
+                .map(Text::header),
             Field::Json("eventType") => json
                 .as_ref()
                 .and_then(|m| m.event_type.as_deref())
