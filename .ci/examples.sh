@@ -9,7 +9,15 @@ cargo build --all-features --examples -q
 bin="${CARGO_TARGET_DIR:-target}/debug/examples"
 log=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+cleanup() {
+  local rc=$?
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # On a failure, what each example printed: the servers' logs say why a client saw what it saw.
+  if [ "$rc" != 0 ]; then
+    for f in "$log"/*; do [ -s "$f" ] && { echo "--- ${f##*/} (last 60 lines)"; tail -n 60 "$f"; }; done
+  fi
+  return "$rc"
+}
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
