@@ -665,29 +665,43 @@ impl CircuitBreakerConfig {
         self
     }
 
-    /// Goes back to OPEN when HALF_OPEN has not reached a verdict after `wait` (greater than
-    /// zero: HALF_OPEN would otherwise end before admitting any probe; at most a year, as the
-    /// open duration: leave it unset for no limit). A probe that answers
-    /// after `wait` comes too late to close the breaker, and no longer counts against the
-    /// probes of the next half-open period: one that never ends does not keep the breaker from
-    /// probing again.
+    /// Goes back to OPEN when HALF_OPEN has not reached a verdict `wait` after its first probe
+    /// (greater than zero: HALF_OPEN would otherwise end before its probe could answer; at most
+    /// a year, as the open duration: leave it unset for no limit). A half-open period that has
+    /// admitted no probe yet (entered by reading the state, or by hand) has nothing to time out:
+    /// its wait starts with its first probe. A probe that answers after `wait` comes too late to
+    /// close the breaker, and no longer counts against the probes of the next half-open period:
+    /// one that never ends does not keep the breaker from probing again. The OPEN period that
+    /// follows is counted from the moment the wait ended, however late a call or a read sees it.
     ///
     /// # Example
     ///
     /// ```
     /// use std::time::Duration;
-    /// use tower_webhook::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState};
+    /// use tower::{BoxError, Layer, Service, ServiceExt};
+    /// use tower_webhook::circuit_breaker::{
+    ///     CircuitBreakerConfig, CircuitBreakerLayer, CircuitState, Outcome,
+    /// };
     ///
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
     /// let config = CircuitBreakerConfig::default().max_half_open_wait(Duration::from_secs(5));
-    /// let (_layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
+    /// let (layer, handle) = CircuitBreakerLayer::pair(config).unwrap();
+    /// // An upstream that never answers.
+    /// let mut svc = layer
+    ///     .with_classifier(|r: &Result<(), BoxError>| match r {
+    ///         Ok(()) => Outcome::Success,
+    ///         Err(_) => Outcome::Failure,
+    ///     })
+    ///     .layer(tower::service_fn(|()| std::future::pending::<Result<(), BoxError>>()));
     /// handle.transition_to_open().unwrap();
     /// tokio::time::advance(Duration::from_secs(30)).await;
+    /// let probe = svc.ready().await.unwrap().call(());
     /// assert_eq!(handle.state(), CircuitState::HalfOpen);
     ///
-    /// // No probe came back within 5 s.
+    /// // The probe did not come back within 5 s.
     /// tokio::time::advance(Duration::from_secs(5)).await;
     /// assert_eq!(handle.state(), CircuitState::Open);
+    /// # drop(probe);
     /// # }
     /// ```
     pub fn max_half_open_wait(mut self, wait: Duration) -> Self {

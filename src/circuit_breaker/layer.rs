@@ -457,7 +457,11 @@ where
     }
     let admission = match std::mem::replace(decision, Decision::Undecided) {
         // Still admitted in the current generation: keep waiting for the inner service.
-        Decision::Waiting(admission) if admission.generation() == core.generation() => admission,
+        Decision::Waiting(admission)
+            if admission.generation() == core.generation_for(&admission) =>
+        {
+            admission
+        }
         // Undecided, refused, or admitted in a generation that has ended: decide again (a
         // stale probe gives its permit back as it is dropped here).
         _ => {
@@ -566,7 +570,9 @@ where
             return call_admitted(&mut self.inner, &self.classifier, recorder, req);
         }
         match std::mem::replace(&mut self.decision, Decision::Undecided) {
-            Decision::Ready(admission) if admission.generation() == self.core.generation() => {
+            Decision::Ready(admission)
+                if admission.generation() == self.core.generation_for(&admission) =>
+            {
                 let recorder = admission.into_recorder(&self.core);
                 call_admitted(&mut self.inner, &self.classifier, recorder, req)
             }

@@ -38,6 +38,11 @@ const GEN_MASK: u64 = (1 << GEN_BITS) - 1;
 const DEADLINE_SHIFT: u32 = STATE_BITS + GEN_BITS;
 const DEADLINE_MAX: u64 = (1 << (64 - DEADLINE_SHIFT)) - 1;
 
+/// The deadline of a HALF_OPEN period under `max_half_open_wait` that has admitted no probe yet:
+/// its wait is counted from its first probe (a period entered by reading the state, or by
+/// hand, has nothing to time out before one).
+const CLOCK_UNSTARTED: u64 = DEADLINE_MAX;
+
 #[inline]
 fn pack(state: CircuitState, generation: u32, deadline_ms: u64) -> u64 {
     (deadline_ms.min(DEADLINE_MAX) << DEADLINE_SHIFT)
@@ -51,6 +56,22 @@ struct Word {
     generation: u32,
     deadline_ms: u64,
     raw: u64,
+}
+
+impl Word {
+    /// When this HALF_OPEN period ends at the latest: `None` without a maximum wait, or before
+    /// its first probe started the wait.
+    fn half_open_until(&self) -> Option<u64> {
+        (self.state == CircuitState::HalfOpen
+            && self.deadline_ms != 0
+            && self.deadline_ms != CLOCK_UNSTARTED)
+            .then_some(self.deadline_ms)
+    }
+
+    /// Whether this is a HALF_OPEN period whose maximum wait has passed at `now_ms`.
+    fn half_open_lapsed(&self, now_ms: u64) -> bool {
+        self.half_open_until().is_some_and(|until| now_ms >= until)
+    }
 }
 
 #[inline]
@@ -198,7 +219,12 @@ fn unregister(id: RegId) {
         && slot.0 & REG_TAG_MASK == id.tag
     {
         slot.1 = Weak::new();
-        reg.free.push(id.index);
+        // A slot is given out again with the next tag, until its tags run out: then it is
+        // retired, so that a recorder still pending for the core it held can never find
+        // another core under the same id.
+        if id.tag != REG_TAG_MASK {
+            reg.free.push(id.index);
+        }
     }
 }
 
@@ -480,6 +506,12 @@ impl Admission {
         }
     }
 
+    /// Whether this admits a half-open probe.
+    #[inline]
+    fn is_probe(&self) -> bool {
+        matches!(self, Admission::Recorded(recorder) if recorder.bits & PROBE != 0)
+    }
+
     /// The recorder of the call, which happens now.
     #[inline]
     pub(crate) fn into_recorder(self, core: &Arc<Core>) -> Recorder {
@@ -528,7 +560,7 @@ impl Refusal {
     fn of(word: Word) -> Self {
         let until_ms = match word.state {
             CircuitState::Open => Some(word.deadline_ms),
-            CircuitState::HalfOpen => (word.deadline_ms != 0).then_some(word.deadline_ms),
+            CircuitState::HalfOpen => word.half_open_until(),
             _ => None,
         };
         Self::new(word.state, until_ms, word.generation)
@@ -816,18 +848,29 @@ impl Core {
                     if now < word.deadline_ms {
                         return Err(Refusal::of(word));
                     }
-                    let deadline = self.half_open_deadline(now);
+                    // This call is the period's first probe: its wait starts now.
+                    let deadline = self.half_open_deadline(now, true);
                     self.transition(word, CircuitState::HalfOpen, deadline, None);
                 }
                 CircuitState::HalfOpen => {
-                    if word.deadline_ms != 0 && self.now_ms() >= word.deadline_ms {
-                        let deadline = self.open_deadline(self.now_ms(), true);
-                        self.transition(
-                            word,
-                            CircuitState::Open,
-                            deadline,
-                            Some(TripReason::HalfOpenTimeout),
+                    if word.deadline_ms == CLOCK_UNSTARTED {
+                        // The first probe of a period entered without one starts its wait. The
+                        // generation stays: no call of this period has been admitted to record.
+                        let started = pack(
+                            CircuitState::HalfOpen,
+                            word.generation,
+                            self.half_open_deadline(self.now_ms(), true).ms,
                         );
+                        let _ = self.word.compare_exchange(
+                            word.raw,
+                            started,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        );
+                        continue;
+                    }
+                    if word.half_open_lapsed(self.now_ms()) {
+                        self.half_open_timed_out(word);
                         continue;
                     }
                     if !self.enter_probe(word.generation) {
@@ -935,14 +978,34 @@ impl Core {
             });
     }
 
-    fn half_open_deadline(&self, now_ms: u64) -> Deadline {
+    /// The deadline of a HALF_OPEN period entered at `now_ms`: none without a maximum wait;
+    /// `probing` when the call entering it is its first probe, which starts the wait; the wait
+    /// starts with the first probe otherwise.
+    fn half_open_deadline(&self, now_ms: u64, probing: bool) -> Deadline {
+        let ms = match self.config.max_half_open_wait {
+            None => 0,
+            Some(_) if !probing => CLOCK_UNSTARTED,
+            Some(wait) => now_ms
+                .saturating_add(Self::ms_of(wait))
+                .clamp(1, CLOCK_UNSTARTED - 1),
+        };
         Deadline {
-            ms: self
-                .config
-                .max_half_open_wait
-                .map_or(0, |wait| now_ms.saturating_add(Self::ms_of(wait)).max(1)),
+            ms,
             ..Deadline::NONE
         }
+    }
+
+    /// Ends the HALF_OPEN period `word` whose maximum wait has passed: OPEN again, from the
+    /// moment the wait ended rather than from whenever this is seen (so when the open duration
+    /// has passed too, the next admission probes at once). False if another thread moved first.
+    fn half_open_timed_out(&self, word: Word) -> bool {
+        let deadline = self.open_deadline(word.deadline_ms, true);
+        self.transition(
+            word,
+            CircuitState::Open,
+            deadline,
+            Some(TripReason::HalfOpenTimeout),
+        )
     }
 
     /// The deadline of a new OPEN period starting now; `automatic` counts it as an attempt.
@@ -1044,9 +1107,12 @@ impl Core {
     #[cold]
     pub(crate) fn reject_unready(&self) -> CircuitOpen {
         let word = unpack(self.word.load(Ordering::Acquire));
-        let until = (matches!(word.state, CircuitState::Open | CircuitState::HalfOpen)
-            && word.deadline_ms > self.now_ms())
-        .then_some(word.deadline_ms);
+        let until = match word.state {
+            CircuitState::Open => Some(word.deadline_ms),
+            CircuitState::HalfOpen => word.half_open_until(),
+            _ => None,
+        }
+        .filter(|&until| until > self.now_ms());
         self.refuse(Refusal::new(word.state, until, word.generation))
     }
 
@@ -1429,7 +1495,7 @@ impl Core {
         let code = CALL | if failed { FAILED } else { 0 } | if slow { SLOW } else { 0 };
         match word.state {
             CircuitState::HalfOpen if probe => {
-                if word.deadline_ms != 0 && self.now_ms() >= word.deadline_ms {
+                if word.half_open_lapsed(self.now_ms()) {
                     // The maximum wait in HALF_OPEN has passed: that period ended without a
                     // verdict, whether or not anyone has looked at the state since, so this
                     // late outcome does not count; the timeout is applied instead.
@@ -1630,6 +1696,16 @@ impl Core {
         }
     }
 
+    /// The generation a decision held since `admission` must still be in: for a probe, once
+    /// the transitions that time made due are applied (its half-open period may have ended at
+    /// its maximum wait with no call to apply that yet).
+    pub(crate) fn generation_for(&self, admission: &Admission) -> u32 {
+        if admission.is_probe() {
+            self.state();
+        }
+        self.generation()
+    }
+
     /// Applies the transitions that are due because time passed (OPEN to HALF_OPEN, HALF_OPEN
     /// to OPEN after the maximum wait), then returns the state.
     pub(crate) fn state(&self) -> CircuitState {
@@ -1638,17 +1714,11 @@ impl Core {
             let now = self.now_ms();
             match word.state {
                 CircuitState::Open if now >= word.deadline_ms => {
-                    let deadline = self.half_open_deadline(now);
+                    let deadline = self.half_open_deadline(now, false);
                     self.transition(word, CircuitState::HalfOpen, deadline, None);
                 }
-                CircuitState::HalfOpen if word.deadline_ms != 0 && now >= word.deadline_ms => {
-                    let deadline = self.open_deadline(now, true);
-                    self.transition(
-                        word,
-                        CircuitState::Open,
-                        deadline,
-                        Some(TripReason::HalfOpenTimeout),
-                    );
+                CircuitState::HalfOpen if word.half_open_lapsed(now) => {
+                    self.half_open_timed_out(word);
                 }
                 state => return state,
             }
@@ -1668,7 +1738,7 @@ impl Core {
             let now = self.now_ms();
             let deadline = match to {
                 CircuitState::Open => self.open_deadline(now, false),
-                CircuitState::HalfOpen => self.half_open_deadline(now),
+                CircuitState::HalfOpen => self.half_open_deadline(now, false),
                 _ => Deadline::NONE,
             };
             let reason = matches!(to, CircuitState::Open | CircuitState::ForcedOpen)
@@ -2072,6 +2142,20 @@ mod tests {
 
     fn failures(core: &Core) -> u32 {
         core.snapshot().failed_calls
+    }
+
+    /// A recorder may outlive its core: the core's id must never be given to another one, or
+    /// a late outcome would be counted there. Ids are reused with a new tag, and a slot whose
+    /// tags have run out is retired rather than given out with a tag it had before.
+    #[test]
+    fn a_registry_id_is_never_given_out_twice() {
+        let first = register(Weak::new());
+        unregister(first);
+        for _ in 0..=REG_TAG_MASK + 1 {
+            let id = register(Weak::new());
+            assert_ne!(id, first, "given out again");
+            unregister(id);
+        }
     }
 
     /// Fast-path recorders carry an id, not the core: they find it from any thread, finish

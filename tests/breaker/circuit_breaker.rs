@@ -706,6 +706,101 @@ async fn max_wait_in_half_open_goes_back_to_open() {
     drop(probe);
 }
 
+/// The wait of a half-open period starts with its first probe: a period entered by reading the
+/// state (a status endpoint) admits the next call as its probe however long nobody called.
+#[tokio::test(start_paused = true)]
+async fn a_half_open_period_read_but_not_probed_waits_for_its_probe() {
+    let config = CircuitBreakerConfig::default()
+        .consecutive_failures(1)
+        .open_duration(OpenDuration::Fixed(Duration::from_secs(10)))
+        .max_half_open_wait(Duration::from_secs(5));
+    let (mut svc, handle, upstream) = breaker(config);
+    let _ = call(&mut svc, Call::Fail).await;
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert_eq!(handle.state(), CircuitState::HalfOpen);
+    tokio::time::advance(Duration::from_secs(100)).await;
+    assert_eq!(
+        handle.state(),
+        CircuitState::HalfOpen,
+        "no probe to time out"
+    );
+    let before = upstream.calls.load(Ordering::SeqCst);
+    call(&mut svc, Call::Ok).await.unwrap();
+    assert_eq!(upstream.calls.load(Ordering::SeqCst), before + 1);
+    assert_eq!(handle.state(), CircuitState::Closed);
+    // A probe's wait is its own: 5 s from the probe, not from when the period was entered.
+    let _ = call(&mut svc, Call::Fail).await;
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert_eq!(handle.state(), CircuitState::HalfOpen);
+    tokio::time::advance(Duration::from_secs(4)).await;
+    let probe = tokio::spawn({
+        let mut svc = svc.clone();
+        async move { call(&mut svc, Call::Gated).await }
+    });
+    tokio::task::yield_now().await;
+    tokio::time::advance(Duration::from_secs(4)).await;
+    assert_eq!(
+        handle.state(),
+        CircuitState::HalfOpen,
+        "4 s into the probe's 5"
+    );
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(handle.state(), CircuitState::Open);
+    probe.abort();
+}
+
+/// A half-open period that timed out is followed by OPEN from the moment its wait ended,
+/// however late anyone sees it: the open duration is not counted again from that moment.
+#[tokio::test(start_paused = true)]
+async fn a_half_open_timeout_seen_late_opens_from_when_it_was_due() {
+    let config = CircuitBreakerConfig::default()
+        .consecutive_failures(1)
+        .open_duration(OpenDuration::Fixed(Duration::from_secs(10)))
+        .max_half_open_wait(Duration::from_secs(5));
+    let (mut svc, handle, upstream) = breaker(config);
+    let _ = call(&mut svc, Call::Fail).await;
+    tokio::time::advance(Duration::from_secs(10)).await;
+    // A probe that hangs: its period ends 5 s later, with nobody looking.
+    let hanging = tokio::spawn({
+        let mut svc = svc.clone();
+        async move { call(&mut svc, Call::Gated).await }
+    });
+    tokio::task::yield_now().await;
+    // 10 s on: OPEN since 5 s, for 5 s more.
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let open = open_error(call(&mut svc, Call::Ok).await);
+    assert_eq!(open.state(), CircuitState::Open);
+    assert_eq!(open.retry_after(), Some(Duration::from_secs(5)));
+    // Long after: that OPEN period is over too, and this call is the next probe.
+    tokio::time::advance(Duration::from_secs(100)).await;
+    let before = upstream.calls.load(Ordering::SeqCst);
+    call(&mut svc, Call::Ok).await.unwrap();
+    assert_eq!(upstream.calls.load(Ordering::SeqCst), before + 1);
+    assert_eq!(handle.state(), CircuitState::Closed);
+    hanging.abort();
+}
+
+/// A probe admitted by `poll_ready` whose half-open period timed out before its `call` (with
+/// nobody applying the timeout in between) is decided again: it does not reach the upstream.
+#[tokio::test(start_paused = true)]
+async fn a_probe_called_after_its_period_timed_out_is_decided_again() {
+    let config = CircuitBreakerConfig::default()
+        .consecutive_failures(1)
+        .open_duration(OpenDuration::Fixed(Duration::from_secs(10)))
+        .max_half_open_wait(Duration::from_secs(5));
+    let (mut svc, handle, upstream) = breaker(config);
+    let _ = call(&mut svc, Call::Fail).await;
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let before = upstream.calls.load(Ordering::SeqCst);
+    let ready = svc.ready().await.unwrap();
+    tokio::time::advance(Duration::from_secs(6)).await;
+    let open = open_error(ready.call(Call::Ok).await);
+    assert_eq!(open.state(), CircuitState::Open);
+    assert_eq!(open.retry_after(), Some(Duration::from_secs(9)));
+    assert_eq!(upstream.calls.load(Ordering::SeqCst), before);
+    assert_eq!(handle.state(), CircuitState::Open);
+}
+
 #[tokio::test(start_paused = true)]
 async fn results_from_an_older_generation_are_ignored() {
     let (mut svc, handle, _) = breaker(CircuitBreakerConfig::default().consecutive_failures(1));
@@ -1092,7 +1187,8 @@ async fn the_window_still_counts_after_a_very_long_outage() {
 }
 
 /// The same with the half-open permit word: a breaker that cycles between OPEN and HALF_OPEN
-/// with nobody calling (a status endpoint reads its state) still admits a probe afterwards.
+/// (each period's probe given up before its call, and the period timed out) still admits a
+/// probe afterwards.
 #[tokio::test(start_paused = true)]
 async fn half_open_still_admits_a_probe_after_a_very_long_idle_outage() {
     let config = CircuitBreakerConfig::default()
@@ -1107,6 +1203,9 @@ async fn half_open_still_admits_a_probe_after_a_very_long_idle_outage() {
     let _ = call(&mut svc, Call::Fail).await;
     for _ in 0..16_385 {
         tokio::time::advance(Duration::from_secs(1)).await;
+        let mut probe = svc.clone();
+        probe.ready().await.unwrap();
+        drop(probe);
         assert_eq!(handle.state(), CircuitState::HalfOpen);
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(handle.state(), CircuitState::Open);
