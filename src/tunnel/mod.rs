@@ -83,5 +83,6 @@ pub use self::provider::{BoxFuture, Provider, SESSION_STOP_GRACE, Session, StopS
 pub use self::server::{Running, Server, start};
 pub use self::tls::TlsRoots;
 pub use self::upstream::{
-    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS, PROBE_HEADER, PROBE_PATH, Upstream,
+    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, PROBE_HEADER,
+    PROBE_PATH, Upstream,
 };

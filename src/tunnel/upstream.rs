@@ -5,7 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,6 +45,21 @@ const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// # Ok(()) }
 /// ```
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a connection piped to an address upstream is kept while neither side sends a byte,
+/// by default. See [`Upstream::idle_timeout`].
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_webhook::tunnel::{DEFAULT_IDLE_TIMEOUT, Upstream};
+///
+/// assert_eq!(DEFAULT_IDLE_TIMEOUT, Duration::from_secs(120));
+/// let upstream = Upstream::address(([127, 0, 0, 1], 3000).into());
+/// assert!(format!("{upstream:?}").contains("idle_timeout: 120s"));
+/// ```
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How many connections an [`Upstream`] serves at once on the ports it accepts on itself, by
 /// default. See [`Upstream::max_connections`].
@@ -259,6 +274,8 @@ pub struct Upstream {
     inner: Arc<Inner>,
     /// `None`: no header read timeout.
     header_read_timeout: Option<Duration>,
+    /// `None`: piped connections are kept however long they stay silent.
+    idle_timeout: Option<Duration>,
     /// The connections served at once on the ports accepted on here, shared by the copies.
     limit: Arc<ConnectionLimit>,
     /// Set on a [scoped](Self::scoped) copy (the one a tunnel hands its providers, the one the
@@ -433,7 +450,12 @@ impl Drop for Inner {
 impl fmt::Debug for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.inner.address {
-            Some(addr) => write!(f, "Upstream(address {addr})"),
+            Some(addr) => write!(
+                f,
+                "Upstream(address {addr}, idle_timeout: {:?})",
+                self.idle_timeout
+                    .map_or_else(|| "none".to_owned(), |t| format!("{t:?}"))
+            ),
             None => f.write_str("Upstream(service)"),
         }
     }
@@ -557,6 +579,52 @@ impl Upstream {
         self
     }
 
+    /// How long a connection piped to an address upstream (see
+    /// [`serve_tcp_connection`](Self::serve_tcp_connection)) is kept while neither side, the
+    /// public client or the local server, sends a byte; default [`DEFAULT_IDLE_TIMEOUT`] (two
+    /// minutes). The local server's own idle timeout closes only its side of a kept-alive
+    /// connection, and a local server without one (plain `axum::serve`) closes nothing: without
+    /// this bound, public clients that send a request, read its answer and stay connected would
+    /// each hold a connection (and a bore connection slot) for as long as they like. Set it
+    /// longer than the silences of the protocols you pipe (a WebSocket's pings, say).
+    /// Connections an upstream serves as HTTP are bounded by the
+    /// [header read timeout](Self::header_read_timeout) instead.
+    ///
+    /// A timeout too long for a deadline (such as `Duration::MAX`) means none.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// use tower_webhook::tunnel::Upstream;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // A local server that greets each connection, then keeps it open and says nothing more.
+    /// let local = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let addr = local.local_addr()?;
+    /// tokio::spawn(async move {
+    ///     let mut held = Vec::new();
+    ///     while let Ok((mut conn, _)) = local.accept().await {
+    ///         let _ = conn.write_all(b"hello\n").await;
+    ///         held.push(conn);
+    ///     }
+    /// });
+    /// let upstream = Upstream::address(addr).idle_timeout(Duration::from_millis(200));
+    /// let (mut public, tunnel_side) = tokio::io::duplex(4096);
+    /// tokio::spawn(async move { upstream.serve_tcp_connection(tunnel_side).await });
+    ///
+    /// // The greeting comes through; 200 ms of silence later, the connection is closed.
+    /// let mut seen = String::new();
+    /// tokio::time::timeout(Duration::from_secs(5), public.read_to_string(&mut seen)).await??;
+    /// assert_eq!(seen, "hello\n");
+    /// # Ok(()) }
+    /// ```
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = super::time::bounded(timeout);
+        self
+    }
+
     /// How many connections are served at once on the ports this upstream accepts on itself:
     /// the port of [`local_addr`](Self::local_addr) (which cloudflared forwards the public
     /// requests to), the [`Server`](super::Server) helper's port, and ngrok's connections;
@@ -661,6 +729,7 @@ impl Upstream {
                 graceful: Mutex::new(None),
             }),
             header_read_timeout: Some(DEFAULT_HEADER_READ_TIMEOUT),
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             limit: Arc::new(ConnectionLimit::new(DEFAULT_MAX_CONNECTIONS)),
             closed: None,
         }
@@ -829,7 +898,11 @@ impl Upstream {
         match self.inner.address {
             Some(addr) => {
                 self.until_closed(async {
-                    if let Err(err) = pipe(io, addr, &self.inner.probes, self.header_read_timeout).await {
+                    let timeouts = PipeTimeouts {
+                        header_read: self.header_read_timeout,
+                        idle: self.idle_timeout,
+                    };
+                    if let Err(err) = pipe(io, addr, &self.inner.probes, timeouts).await {
                         tracing::debug!(%addr, error = %err, "tunnel connection to the local server ended");
                     }
                 })
@@ -1125,16 +1198,25 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Served<T> {
     }
 }
 
+/// The bounds of a piped connection (`None`: none): its first byte, either way, within
+/// `header_read` of its opening; then no silence, both ways, as long as `idle`.
+#[derive(Clone, Copy)]
+struct PipeTimeouts {
+    header_read: Option<Duration>,
+    idle: Option<Duration>,
+}
+
 /// Copies a public connection to `addr`; a probe request that opens it is answered here.
 async fn pipe<I>(
     mut io: I,
     addr: SocketAddr,
     probes: &Probes,
-    header_read_timeout: Option<Duration>,
+    timeouts: PipeTimeouts,
 ) -> std::io::Result<()>
 where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    let header_read_timeout = timeouts.header_read;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const MAX_HEAD: usize = 8 * 1024;
@@ -1201,7 +1283,7 @@ where
         None => connect.await,
     };
     let Some(mut n) = first else {
-        return splice(io, local?).await;
+        return splice(io, local?, timeouts.idle).await;
     };
     if n == 0
         && let Ok(stream) = &local
@@ -1281,7 +1363,7 @@ where
         }
     };
     local.write_all(&head).await?;
-    splice(io, local).await
+    splice(io, local, timeouts.idle).await
 }
 
 /// Ends a piped connection on which neither side sent a byte in time (logged).
@@ -1305,15 +1387,105 @@ const PIPE_LINGER: Duration = Duration::from_secs(5);
 /// local server has closed too (as `copy_bidirectional` does); when the local server closes,
 /// once the public side closes too or [`PIPE_LINGER`] later. A public client that keeps a
 /// connection open and silent would otherwise hold it (and a bore connection slot) for ever, as
-/// the local server's own idle timeout only closes the local side.
-async fn splice<I>(io: I, local: tokio::net::TcpStream) -> std::io::Result<()>
+/// the local server's own idle timeout only closes the local side. Whatever the sides do, it
+/// ends when neither has sent a byte for `idle`.
+async fn splice<I>(
+    io: I,
+    local: tokio::net::TcpStream,
+    idle: Option<Duration>,
+) -> std::io::Result<()>
+where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let activity = Activity::new();
+    let piped = splice_until_closed(io, local, &activity);
+    let Some(idle) = idle else {
+        return piped.await;
+    };
+    tokio::select! {
+        piped = piped => piped,
+        () = activity.silent_for(idle) => {
+            tracing::debug!(?idle, "piped connection ended: neither side sent a byte within the idle timeout");
+            Ok(())
+        }
+    }
+}
+
+/// When either side of a piped connection last sent a byte.
+struct Activity {
+    start: tokio::time::Instant,
+    /// Milliseconds from `start`.
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: tokio::time::Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Completes once no byte has passed for `idle`.
+    async fn silent_for(&self, idle: Duration) {
+        loop {
+            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let due = last + idle;
+            if tokio::time::Instant::now() >= due {
+                return;
+            }
+            tokio::time::sleep_until(due).await;
+        }
+    }
+}
+
+/// A reader that notes in an [`Activity`] when it reads a byte.
+struct Noting<'a, R> {
+    inner: R,
+    activity: &'a Activity,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Noting<'_, R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.touch();
+        }
+        read
+    }
+}
+
+async fn splice_until_closed<I>(
+    io: I,
+    local: tokio::net::TcpStream,
+    activity: &Activity,
+) -> std::io::Result<()>
 where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     use tokio::io::AsyncWriteExt;
 
-    let (mut public_read, mut public_write) = tokio::io::split(io);
-    let (mut local_read, mut local_write) = local.into_split();
+    let (public_read, mut public_write) = tokio::io::split(io);
+    let (local_read, mut local_write) = local.into_split();
+    let mut public_read = Noting {
+        inner: public_read,
+        activity,
+    };
+    let mut local_read = Noting {
+        inner: local_read,
+        activity,
+    };
     let to_local = async {
         tokio::io::copy(&mut public_read, &mut local_write).await?;
         local_write.shutdown().await

@@ -258,6 +258,62 @@ async fn an_address_upstream_carries_any_tcp_protocol_through_bore() {
     handle.close().await;
 }
 
+/// A public client that sends a request, reads its answer and stays connected holds its bore
+/// connection only for the address upstream's idle timeout, even when the local server has no
+/// idle timeout of its own (plain `axum::serve`).
+#[tokio::test]
+async fn a_piped_connection_left_idle_is_closed_after_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let ip = Ipv4Addr::new(127, 0, 0, 18);
+    let _server = BoreServer::start(ip, None).await;
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .unwrap();
+    let local = listener.local_addr().unwrap();
+    let app = axum::Router::new().route("/", axum::routing::get(|| async { "hi" }));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    // One request on the kept-alive connection, its answer read in full.
+    async fn ask(public: &mut tokio::net::TcpStream) {
+        public
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !answer.ends_with(b"hi") {
+            let n = tokio::time::timeout(Duration::from_secs(5), public.read(&mut buf))
+                .await
+                .expect("answered")
+                .unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    for (idle, closed) in [(Duration::from_secs(1), true), (Duration::MAX, false)] {
+        let handle = Tunnel::builder()
+            .provider(bore_to(ip))
+            .start(Upstream::address(local).idle_timeout(idle))
+            .await
+            .unwrap();
+        let url = handle.url();
+        let mut public = tokio::net::TcpStream::connect(url.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        // Bytes reset the clock: two requests 300 ms apart on a 1 s timeout are both served.
+        ask(&mut public).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        ask(&mut public).await;
+        assert_eq!(
+            closed_within(&mut public, Duration::from_secs(3)).await,
+            closed,
+            "idle timeout {idle:?}"
+        );
+        handle.close().await;
+    }
+}
+
 #[tokio::test]
 async fn without_reconnect_a_dropped_tunnel_stays_down() {
     let ip = Ipv4Addr::new(127, 0, 0, 9);
