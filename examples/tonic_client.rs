@@ -27,8 +27,11 @@ async fn main() -> Result<(), BoxError> {
     let addr = std::env::var("ADDR").unwrap_or_else(|_| "127.0.0.1:50051".into());
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_secs(5))
-        // A deadline for every call, so a hung server counts as a failure for the breaker.
-        .timeout(Duration::from_secs(5))
+        // A deadline for every call, so a hung server counts as a failure for the breaker. Longer
+        // than the server's own 2 s: a panic holds its call in the panic hook before the server can
+        // answer, and with `RUST_BACKTRACE` set the first backtrace alone can take seconds to
+        // resolve on a busy machine (the server's deadline cannot cut that short).
+        .timeout(Duration::from_secs(30))
         .connect()
         .await?;
     let config = CircuitBreakerConfig::default()

@@ -1739,11 +1739,14 @@ async fn a_comment_waiting_on_an_open_breaker_is_posted_when_it_closes_within_th
     })
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(
-        state.breakers[&app::Forge::GitHub].state().to_string(),
-        "OPEN"
-    );
+    // Its answer read, the breaker opens.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while state.breakers[&app::Forge::GitHub].state().to_string() != "OPEN" {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the breaker opens");
     stop.send(()).unwrap();
     running.wait().await;
     let left = state.drain_comments(settings.shutdown_grace).await;

@@ -1438,8 +1438,8 @@ async fn a_comment_held_back_past_its_max_age_is_given_up() {
         2,
     )
     .await;
-    // At once, not when the 2 s wait ends.
-    eventually("both given up", Duration::from_millis(1500), || {
+    // At once, not when the 10 s wait ends.
+    eventually("both given up", Duration::from_secs(5), || {
         state.counters.comments_failed.load(Ordering::SeqCst) == 2
     })
     .await;
@@ -1456,7 +1456,7 @@ async fn github_comments_are_sent_an_interval_apart() {
     let (api_addr, api) = start_fake_api().await;
     let (base, _state) = start_server(&settings(
         api_addr,
-        &[("GITHUB_COMMENT_INTERVAL_MS", "400")],
+        &[("GITHUB_COMMENT_INTERVAL_MS", "1000")],
     ))
     .await;
     let client = crate::client::new();
@@ -1473,9 +1473,10 @@ async fn github_comments_are_sent_an_interval_apart() {
     let arrived = api.arrived.lock().unwrap().clone();
     for pair in arrived.windows(2) {
         let gap = pair[1] - pair[0];
-        assert!(gap >= Duration::from_millis(350), "{gap:?} apart");
+        // Sent 1 s apart; they may arrive closer (the first one also opened the connection).
+        assert!(gap >= Duration::from_millis(500), "{gap:?} apart");
     }
-    // GitLab's are not spaced.
+    // GitLab's are not spaced (spaced as GitHub's, three would take 2 s).
     api.arrived.lock().unwrap().clear();
     send_accepted(
         &client,
@@ -1489,7 +1490,7 @@ async fn github_comments_are_sent_an_interval_apart() {
     eventually("three more comments", PATIENCE, || comment_count(&api) == 6).await;
     let arrived = api.arrived.lock().unwrap().clone();
     let spread = arrived[2] - arrived[0];
-    assert!(spread < Duration::from_millis(700), "{spread:?} for three");
+    assert!(spread < Duration::from_millis(1500), "{spread:?} for three");
 }
 
 #[tokio::test]

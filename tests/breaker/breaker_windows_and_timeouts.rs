@@ -35,6 +35,20 @@ async fn slow_server() -> (String, Arc<AtomicUsize>) {
     (format!("http://{addr}"), hits)
 }
 
+/// Waits (up to 10 s) until `n` requests have reached the server, then takes the count: a request
+/// the client gave up on may still be on its way to the handler.
+async fn take_hits(hits: &AtomicUsize, n: usize) -> usize {
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while hits.load(Ordering::SeqCst) < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // Whatever else was sent would have arrived by now too.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    hits.swap(0, Ordering::SeqCst)
+}
+
 fn fast_retry(max_retries: u32) -> tower::retry::RetryLayer<RetryPolicy> {
     RetryPolicy::new()
         .max_retries(max_retries)
@@ -53,7 +67,7 @@ macro_rules! reqwest_timeouts {
             let (base, hits) = slow_server().await;
             let client = reqwest::Client::builder()
                 .no_proxy()
-                .timeout(Duration::from_millis(200))
+                .timeout(Duration::from_secs(1))
                 .build()
                 .unwrap();
 
@@ -73,7 +87,7 @@ macro_rules! reqwest_timeouts {
                 assert!(err.is_timeout(), "{err}");
             }
             assert_eq!(handle.state(), CircuitState::Open);
-            assert_eq!(hits.swap(0, Ordering::SeqCst), 2);
+            assert_eq!(take_hits(&hits, 2).await, 2);
 
             // A GET that timed out is sent again, up to the maximum.
             let svc = ServiceBuilder::new()
@@ -85,7 +99,7 @@ macro_rules! reqwest_timeouts {
             );
             let err = svc.oneshot(req).await.unwrap_err();
             assert!(err.is_timeout(), "{err}");
-            assert_eq!(hits.swap(0, Ordering::SeqCst), 3);
+            assert_eq!(take_hits(&hits, 3).await, 3);
 
             // A POST that timed out may have been acted on: sent once.
             let svc = ServiceBuilder::new().layer(fast_retry(2)).service(client);
@@ -96,7 +110,7 @@ macro_rules! reqwest_timeouts {
             *req.body_mut() = Some("{}".into());
             let err = svc.oneshot(req).await.unwrap_err();
             assert!(err.is_timeout(), "{err}");
-            assert_eq!(hits.load(Ordering::SeqCst), 1);
+            assert_eq!(take_hits(&hits, 1).await, 1);
         }
     };
 }
