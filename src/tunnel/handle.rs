@@ -1406,9 +1406,21 @@ impl Supervisor {
         let _ = self.events.send(event);
     }
 
-    /// The tunnel is closed: ends the connections still open, then reports it.
-    fn closed(&self, provider: String, url: String) {
-        self.connections.close();
+    /// The tunnel is closed: ends the connections still open (those kept from a session that
+    /// lost its tunnel server included) and waits for them, for up to the close grace, then
+    /// reports it.
+    async fn closed(&self, provider: String, url: String) {
+        if !self
+            .connections
+            .close_and_wait(self.chain.close_grace)
+            .await
+        {
+            tracing::warn!(
+                %provider,
+                "tunnel connections still open {} ms after the tunnel closed",
+                self.chain.close_grace.as_millis()
+            );
+        }
         self.emit(TunnelEvent::Closed { provider, url });
     }
 
@@ -1429,7 +1441,7 @@ impl Supervisor {
                 _ = &mut close => {
                     session.close(self.chain.close_grace).await;
                     stopped(teardowns).await;
-                    self.closed(provider, url);
+                    self.closed(provider, url).await;
                     return;
                 }
                 reason = session.ended() => reason,
@@ -1446,7 +1458,7 @@ impl Supervisor {
             stopped(std::mem::take(&mut teardowns)).await;
             if !self.chain.reconnect || self.no_reconnect.load(Ordering::Acquire) {
                 let _ = close.await;
-                self.closed(provider, url);
+                self.closed(provider, url).await;
                 return;
             }
             if up_since.elapsed() >= self.chain.backoff_max {
@@ -1461,7 +1473,7 @@ impl Supervisor {
                 };
                 if waited && self.no_reconnect.load(Ordering::Acquire) {
                     let _ = close.await;
-                    self.closed(provider, url);
+                    self.closed(provider, url).await;
                     return;
                 }
                 // A close during the attempt tears down what it opened before this returns.
@@ -1471,7 +1483,7 @@ impl Supervisor {
                 };
                 match result {
                     Err(None) => {
-                        self.closed(provider, url);
+                        self.closed(provider, url).await;
                         return;
                     }
                     Ok(opened) => break opened,

@@ -282,6 +282,8 @@ pub struct Upstream {
     /// server helper serves its port with): fires, or its sender is dropped, when the owner
     /// closes, and every connection served through that copy ends then.
     closed: Option<watch::Receiver<()>>,
+    /// Set with `closed`: the connections served through this copy (and its clones).
+    open: Option<Arc<OpenConnections>>,
 }
 
 /// A bound on the connections served at once: a connection is accepted only with a permit, held
@@ -344,12 +346,61 @@ impl ConnectionLimit {
 /// closing it (or dropping it) ends every connection served through that copy, those that
 /// outlived the provider session that received them included (bore connections in flight when
 /// the control connection dropped).
-pub(crate) struct Connections(watch::Sender<()>);
+pub(crate) struct Connections {
+    closed: watch::Sender<()>,
+    open: Arc<OpenConnections>,
+}
 
 impl Connections {
     /// Ends the connections (those still open, and any handed over later).
     pub(crate) fn close(&self) {
-        self.0.send_replace(());
+        self.closed.send_replace(());
+    }
+
+    /// Ends the connections, then waits until each has ended (its request's handler dropped),
+    /// for up to `limit`. False if some were still open then.
+    pub(crate) async fn close_and_wait(&self, limit: Duration) -> bool {
+        self.close();
+        tokio::time::timeout(limit, self.open.none()).await.is_ok()
+    }
+}
+
+/// The connections a scoped copy is serving, counted so that closing can wait for them: a
+/// connection's task sees the close at its next step, which may be after the close returned
+/// (its handler running on another thread, the connection kept from a lost control connection).
+#[derive(Default)]
+struct OpenConnections {
+    count: std::sync::atomic::AtomicUsize,
+    ended: tokio::sync::Notify,
+}
+
+impl OpenConnections {
+    fn enter(self: &Arc<Self>) -> OpenConnection {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        OpenConnection(Arc::clone(self))
+    }
+
+    async fn none(&self) {
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            ended.await;
+        }
+    }
+}
+
+/// One connection counted in [`OpenConnections`] until it is dropped.
+struct OpenConnection(Arc<OpenConnections>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.ended.notify_waiters();
+        }
     }
 }
 
@@ -732,6 +783,7 @@ impl Upstream {
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             limit: Arc::new(ConnectionLimit::new(DEFAULT_MAX_CONNECTIONS)),
             closed: None,
+            open: None,
         }
     }
 
@@ -740,11 +792,17 @@ impl Upstream {
     /// port.
     pub(crate) fn scoped(&self) -> (Self, Connections) {
         let (closed_tx, closed_rx) = watch::channel(());
+        let open = Arc::new(OpenConnections::default());
         let upstream = Self {
             closed: Some(closed_rx),
+            open: Some(Arc::clone(&open)),
             ..self.clone()
         };
-        (upstream, Connections(closed_tx))
+        let connections = Connections {
+            closed: closed_tx,
+            open,
+        };
+        (upstream, connections)
     }
 
     /// What tells the tunnel this copy was scoped for from others (`same_channel`), and whether
@@ -775,6 +833,8 @@ impl Upstream {
 
     /// Runs `serve` until it ends or, for a scoped copy, until its owner closes.
     async fn until_closed(&self, serve: impl Future<Output = ()>) {
+        // Counted until `serve` is over or dropped (declared first, dropped last).
+        let _open = self.open.as_ref().map(OpenConnections::enter);
         let Some(closed) = &self.closed else {
             return serve.await;
         };

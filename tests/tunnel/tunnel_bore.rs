@@ -518,6 +518,66 @@ async fn closing_the_tunnel_ends_piped_connections_that_outlived_the_control_con
     );
 }
 
+/// `close` returns once the requests still in their handler are gone, those on connections
+/// kept from a control connection that was lost included: nothing of the tunnel's runs after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_waits_for_requests_that_outlived_the_control_connection() {
+    /// Notes when the handler holding it is dropped.
+    struct Held(Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for Held {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    let ip = Ipv4Addr::new(127, 0, 0, 19);
+    let _server = BoreServer::start(ip, None).await;
+    let (relay_port, cut) = relay_to(ip).await;
+    let started = Arc::new(tokio::sync::Notify::new());
+    let go = Arc::new(tokio::sync::Notify::new());
+    let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let service = {
+        let (started, go, dropped) = (Arc::clone(&started), Arc::clone(&go), Arc::clone(&dropped));
+        tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let (started, go, dropped) =
+                (Arc::clone(&started), Arc::clone(&go), Arc::clone(&dropped));
+            async move {
+                if req.uri().path() == "/hang" {
+                    let _held = Held(dropped);
+                    started.notify_one();
+                    // Busy on its worker thread as the tunnel closes: its task sees the close
+                    // only afterwards.
+                    go.notified().await;
+                    std::thread::sleep(Duration::from_millis(300));
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from_static(b"ok"),
+                )))
+            }
+        })
+    };
+    let handle = Tunnel::builder()
+        .provider(bore_to(ip).control_port(relay_port))
+        .reconnect_backoff(Duration::from_secs(30), Duration::from_secs(30))
+        .start(Upstream::service(service))
+        .await
+        .unwrap();
+    let mut events = handle.events();
+    let _public = hang_request(&handle.url()).await;
+    tokio::time::timeout(Duration::from_secs(5), started.notified())
+        .await
+        .expect("the request reached the service");
+    cut_control(cut, &mut events).await;
+    go.notify_one();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    handle.close().await;
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "a request's handler still ran after close returned"
+    );
+}
+
 #[tokio::test]
 async fn dropping_the_handle_ends_requests_that_outlived_the_control_connection() {
     let ip = Ipv4Addr::new(127, 0, 0, 16);
