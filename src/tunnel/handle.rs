@@ -613,7 +613,9 @@ async fn open_catching(provider: &dyn Provider, upstream: Upstream) -> Result<Se
     use std::panic::{AssertUnwindSafe, catch_unwind};
     let panicked = |payload: Box<dyn std::any::Any + Send>| -> BoxError {
         let message = crate::panic::message(&*payload).unwrap_or("no message");
-        format!("the provider panicked: {message}").into()
+        let err = format!("the provider panicked: {message}").into();
+        crate::panic::dispose(payload);
+        err
     };
     let mut opening =
         catch_unwind(AssertUnwindSafe(|| provider.open(upstream))).map_err(panicked)?;

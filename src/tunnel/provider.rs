@@ -339,10 +339,18 @@ impl Session {
             Ok(Ok(())) => "the tunnel was closed by the remote side".to_owned(),
             Ok(Err(err)) => super::error::chain(&*err),
             // With its message, as a panic in `open` is reported: it is what says which bug.
-            Err(err) if err.is_panic() => match crate::panic::message(&*err.into_panic()) {
-                Some(message) => format!("the tunnel task panicked: {message}"),
-                None => "the tunnel task panicked".to_owned(),
-            },
+            // Redacted as errors are: it may name a URL with its credentials.
+            Err(err) if err.is_panic() => {
+                let payload = err.into_panic();
+                let reason = match crate::panic::message(&*payload) {
+                    Some(message) => {
+                        crate::redact::redacted(format!("the tunnel task panicked: {message}"))
+                    }
+                    None => "the tunnel task panicked".to_owned(),
+                };
+                crate::panic::dispose(payload);
+                reason
+            }
             Err(_) => "the tunnel task was cancelled".to_owned(),
         }
     }

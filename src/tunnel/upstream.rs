@@ -1634,7 +1634,21 @@ impl ServeConn for Forward {
                     .path_and_query()
                     .map_or("/", |pq| pq.as_str())
                     .to_owned();
-                *request.uri_mut() = format!("http://{addr}{path}").parse()?;
+                // A target that names no path (`OPTIONS *`, a `CONNECT` authority) is not
+                // forwarded: scanners send them, and they mean nothing to the local server.
+                let uri = path
+                    .starts_with('/')
+                    .then(|| format!("http://{addr}{path}").parse().ok())
+                    .flatten();
+                let Some(uri) = uri else {
+                    tracing::debug!(target = %super::error::from_the_network(&path), "request target not forwarded");
+                    let mut response = Response::new(full(Bytes::from_static(
+                        b"this request target is not forwarded\n",
+                    )));
+                    *response.status_mut() = StatusCode::BAD_REQUEST;
+                    return Ok(response);
+                };
+                *request.uri_mut() = uri;
                 // A request that asks for an upgrade (a WebSocket, say) carries hyper's handle
                 // on the public connection's upgrade; taken here, before the request goes on.
                 let public_upgrade = request

@@ -486,3 +486,46 @@ async fn a_local_server_that_drops_connection_attempts_is_given_up_after_10_s() 
     assert!(rest.is_empty(), "{rest:?}");
     assert!(elapsed >= Duration::from_secs(9), "{elapsed:?}");
 }
+
+/// `OPTIONS *` (scanners send it) names no path to forward: answered 400 by the tunnel, and the
+/// connection goes on serving.
+#[tokio::test]
+async fn an_asterisk_target_is_answered_400_and_not_forwarded() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 256];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            head.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            head.starts_with(b"GET /after "),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+    });
+    let upstream = Upstream::address(addr);
+    let (mut public, tunnel_side) = tokio::io::duplex(4096);
+    tokio::spawn(async move { upstream.serve_connection(tunnel_side).await });
+
+    public
+        .write_all(b"OPTIONS * HTTP/1.1\r\nhost: x\r\n\r\nGET /after HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answers = String::new();
+    tokio::time::timeout(Duration::from_secs(10), public.read_to_string(&mut answers))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answers.starts_with("HTTP/1.1 400 "), "{answers}");
+    assert!(answers.contains("HTTP/1.1 200 OK"), "{answers}");
+    assert!(answers.ends_with("ok"), "{answers}");
+}

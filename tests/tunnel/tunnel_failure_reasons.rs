@@ -381,7 +381,7 @@ impl Provider for PanicsWhenUp {
         Box::pin(async move {
             Ok(Session::spawn("http://127.0.0.1:9", |_stop| async move {
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                panic!("slot table index 7 out of range");
+                panic!("slot table index 7 out of range for https://api.example/v1?token=s3cret");
             }))
         })
     }
@@ -403,10 +403,46 @@ async fn a_session_task_that_panics_is_reported_down_with_its_message() {
     let down = tokio::time::timeout(Duration::from_secs(5), events.next()).await;
     assert!(
         matches!(&down, Ok(Some(TunnelEvent::Down { reason, .. }))
-            if reason.contains("panicked") && reason.contains("slot table index 7 out of range")),
+            if reason.contains("panicked") && reason.contains("slot table index 7 out of range")
+                && reason.contains("token=<redacted>") && !reason.contains("s3cret")),
         "{down:?}"
     );
     handle.close().await;
+}
+
+/// A provider whose `open` panics (a bug) with a credential in its message.
+#[derive(Debug)]
+struct PanicsInOpen;
+
+impl Provider for PanicsInOpen {
+    fn name(&self) -> &str {
+        "panics-in-open"
+    }
+
+    fn open(&self, _upstream: Upstream) -> BoxFuture<'_, Result<Session, BoxError>> {
+        Box::pin(async move { panic!("no tunnel from https://bot:hunter2@tunnels.example/") })
+    }
+}
+
+/// A panic's message is what names the bug, and is told as the attempt's reason, but the
+/// credentials it names are redacted there as in every other reason.
+#[tokio::test]
+async fn a_panic_in_open_is_told_without_the_credentials_it_names() {
+    let (logs, _guard) = logs::Logs::capture();
+    let err = Tunnel::builder()
+        .reconnect(false)
+        .provider(PanicsInOpen)
+        .start(service())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("panicked"), "{text}");
+    assert!(
+        text.contains("https://<redacted>@tunnels.example/"),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(!logs.text().contains("hunter2"), "{}", logs.text());
 }
 
 /// A delivery through the localtunnel test server to the tunnel `id`.
