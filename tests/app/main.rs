@@ -29,6 +29,9 @@ mod load_test;
 mod logs;
 #[path = "../interop/peers.rs"]
 mod peers;
+#[path = "../common/ports.rs"]
+#[allow(dead_code)] // the tunnel support uses it
+mod ports;
 #[path = "../tunnel/support.rs"]
 mod support;
 #[path = "../../examples/tonic_server.rs"]

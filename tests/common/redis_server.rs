@@ -1,6 +1,5 @@
 //! A real `redis-server` on 127.0.0.1, started for a test and killed on drop.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -98,11 +97,7 @@ pub(crate) async fn start_with(extra: &[&str]) -> Option<Redis> {
         return None;
     }
     for _attempt in 0..5 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::ports::server_port();
         let extra = extra.iter().map(|arg| arg.to_string()).collect();
         if let Some(redis) = spawn(port, extra).await {
             return Some(redis);

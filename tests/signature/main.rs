@@ -26,6 +26,8 @@ mod later_store;
 mod logs;
 #[path = "../interop/peers.rs"]
 mod peers;
+#[path = "../common/ports.rs"]
+mod ports;
 #[path = "../common/redis_server.rs"]
 mod redis_server;
 #[path = "../common/grpc_watch.rs"]

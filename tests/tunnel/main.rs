@@ -15,6 +15,8 @@ mod logs;
 mod lt_fake;
 #[path = "../common/lt_scripted.rs"]
 mod lt_scripted;
+#[path = "../common/ports.rs"]
+mod ports;
 #[path = "../tunnel/support.rs"]
 mod support;
 #[path = "../common/unopened.rs"]

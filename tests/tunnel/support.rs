@@ -331,10 +331,9 @@ pub fn fake_cloudflared() -> Option<std::path::PathBuf> {
     })
 }
 
-/// A port on 127.0.0.1 free now (bound, then released), for a server the test starts on it.
+/// A port on 127.0.0.1 free now, for a server the test starts on it (see `ports`).
 pub async fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-    listener.local_addr().unwrap().port()
+    crate::ports::server_port()
 }
 
 /// A listener that accepts connections and never answers.
