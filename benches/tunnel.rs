@@ -13,6 +13,9 @@
 #[path = "../tests/common/logs.rs"]
 #[allow(dead_code)]
 mod logs;
+#[path = "../tests/common/ports.rs"]
+#[allow(dead_code)]
+mod ports;
 #[path = "../tests/tunnel/support.rs"]
 mod support;
 

@@ -487,8 +487,8 @@ async fn a_local_server_that_drops_connection_attempts_is_given_up_after_10_s() 
     assert!(elapsed >= Duration::from_secs(9), "{elapsed:?}");
 }
 
-/// `OPTIONS *` (scanners send it) names no path to forward: answered 400 by the tunnel, and the
-/// connection goes on serving.
+/// `OPTIONS *` and `CONNECT host:port` (scanners send them) name no path to forward: answered
+/// 400 by the tunnel, and the connection goes on serving.
 #[tokio::test]
 async fn an_asterisk_target_is_answered_400_and_not_forwarded() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -517,7 +517,7 @@ async fn an_asterisk_target_is_answered_400_and_not_forwarded() {
     tokio::spawn(async move { upstream.serve_connection(tunnel_side).await });
 
     public
-        .write_all(b"OPTIONS * HTTP/1.1\r\nhost: x\r\n\r\nGET /after HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .write_all(b"OPTIONS * HTTP/1.1\r\nhost: x\r\n\r\nCONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\nGET /after HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
         .await
         .unwrap();
     let mut answers = String::new();
@@ -526,6 +526,7 @@ async fn an_asterisk_target_is_answered_400_and_not_forwarded() {
         .unwrap()
         .unwrap();
     assert!(answers.starts_with("HTTP/1.1 400 "), "{answers}");
+    assert_eq!(answers.matches("HTTP/1.1 400 ").count(), 2, "{answers}");
     assert!(answers.contains("HTTP/1.1 200 OK"), "{answers}");
     assert!(answers.ends_with("ok"), "{answers}");
 }
