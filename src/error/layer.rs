@@ -714,7 +714,7 @@ where
         if let Some(failure) = self.ready_error.take() {
             let outcome = match failure.answer() {
                 NotReady::Error(err) => Outcome::Error(err),
-                NotReady::Panic(message) => Outcome::Panic(Box::new(message)),
+                NotReady::Panic(message) => Outcome::ReadyPanic(message),
             };
             return ResponseFuture {
                 kind: Kind::Ready(Some(outcome)),
@@ -749,6 +749,8 @@ where
 enum Outcome {
     Error(BoxError),
     Panic(Box<dyn Any + Send>),
+    /// A panic in the inner service's `poll_ready`, by its message, answered to this request.
+    ReadyPanic(String),
 }
 
 /// Why the inner service could not take the next request: answered to that request.
@@ -966,6 +968,13 @@ fn on_error<B, R: RenderProblem>(
             }
         }
         Outcome::Panic(payload) => panicked(info, payload, "handler panicked"),
+        // Not the handler: the service was getting ready for a request, and this one is
+        // answered for it.
+        Outcome::ReadyPanic(message) => panicked(
+            info,
+            Box::new(message),
+            "the service panicked while it got ready for a request",
+        ),
     };
     render(problem, info, config, renderer, true)
 }

@@ -130,6 +130,12 @@ async fn a_poll_ready_panic_is_logged_and_answered_to_the_next_request_only() {
     );
     assert!(text.contains("ERROR"), "{text}");
     assert!(text.contains("req-ready"), "{text}");
+    // Told for what it was: no handler ran.
+    assert!(
+        text.contains("the service panicked while it got ready for a request"),
+        "{text}"
+    );
+    assert!(!text.contains("handler panicked"), "{text}");
 }
 
 /// A service whose `poll_ready` fails with an error (one whose URL carries a credential) or
