@@ -706,10 +706,9 @@ async fn max_wait_in_half_open_goes_back_to_open() {
     drop(probe);
 }
 
-/// The wait of a half-open period starts with its first probe: a period entered by reading the
-/// state (a status endpoint) admits the next call as its probe however long nobody called.
-#[tokio::test(start_paused = true)]
-async fn a_half_open_period_read_but_not_probed_waits_for_its_probe() {
+/// A breaker that opens for 10 s at a failure, with a maximum wait of 5 s in HALF_OPEN: opened,
+/// and its 10 s over.
+async fn open_for_10s_then_half_open_for_5s() -> (Svc, CircuitBreakerHandle, Upstream) {
     let config = CircuitBreakerConfig::default()
         .consecutive_failures(1)
         .open_duration(OpenDuration::Fixed(Duration::from_secs(10)))
@@ -717,6 +716,14 @@ async fn a_half_open_period_read_but_not_probed_waits_for_its_probe() {
     let (mut svc, handle, upstream) = breaker(config);
     let _ = call(&mut svc, Call::Fail).await;
     tokio::time::advance(Duration::from_secs(10)).await;
+    (svc, handle, upstream)
+}
+
+/// The wait of a half-open period starts with its first probe: a period entered by reading the
+/// state (a status endpoint) admits the next call as its probe however long nobody called.
+#[tokio::test(start_paused = true)]
+async fn a_half_open_period_read_but_not_probed_waits_for_its_probe() {
+    let (mut svc, handle, upstream) = open_for_10s_then_half_open_for_5s().await;
     assert_eq!(handle.state(), CircuitState::HalfOpen);
     tokio::time::advance(Duration::from_secs(100)).await;
     assert_eq!(
@@ -753,13 +760,7 @@ async fn a_half_open_period_read_but_not_probed_waits_for_its_probe() {
 /// however late anyone sees it: the open duration is not counted again from that moment.
 #[tokio::test(start_paused = true)]
 async fn a_half_open_timeout_seen_late_opens_from_when_it_was_due() {
-    let config = CircuitBreakerConfig::default()
-        .consecutive_failures(1)
-        .open_duration(OpenDuration::Fixed(Duration::from_secs(10)))
-        .max_half_open_wait(Duration::from_secs(5));
-    let (mut svc, handle, upstream) = breaker(config);
-    let _ = call(&mut svc, Call::Fail).await;
-    tokio::time::advance(Duration::from_secs(10)).await;
+    let (mut svc, handle, upstream) = open_for_10s_then_half_open_for_5s().await;
     // A probe that hangs: its period ends 5 s later, with nobody looking.
     let hanging = tokio::spawn({
         let mut svc = svc.clone();
@@ -784,13 +785,7 @@ async fn a_half_open_timeout_seen_late_opens_from_when_it_was_due() {
 /// nobody applying the timeout in between) is decided again: it does not reach the upstream.
 #[tokio::test(start_paused = true)]
 async fn a_probe_called_after_its_period_timed_out_is_decided_again() {
-    let config = CircuitBreakerConfig::default()
-        .consecutive_failures(1)
-        .open_duration(OpenDuration::Fixed(Duration::from_secs(10)))
-        .max_half_open_wait(Duration::from_secs(5));
-    let (mut svc, handle, upstream) = breaker(config);
-    let _ = call(&mut svc, Call::Fail).await;
-    tokio::time::advance(Duration::from_secs(10)).await;
+    let (mut svc, handle, upstream) = open_for_10s_then_half_open_for_5s().await;
     let before = upstream.calls.load(Ordering::SeqCst);
     let ready = svc.ready().await.unwrap();
     tokio::time::advance(Duration::from_secs(6)).await;

@@ -19,6 +19,18 @@ async fn closing_server() -> std::net::SocketAddr {
     addr
 }
 
+/// Reads a request's head (up to its blank line) from `stream`.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 256];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        head.extend_from_slice(&buf[..n]);
+    }
+    head
+}
+
 /// A public client that connects and never sends a byte must not hold the tunnel connection (one
 /// of bore's `BORE_MAX_CONNECTIONS` slots) forever once the local server has closed its side.
 #[tokio::test(start_paused = true)]
@@ -49,13 +61,7 @@ async fn a_piped_connection_still_forwards_a_request_and_its_answer() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.unwrap();
-        let mut head = Vec::new();
-        let mut buf = [0u8; 256];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = stream.read(&mut buf).await.unwrap();
-            assert!(n > 0);
-            head.extend_from_slice(&buf[..n]);
-        }
+        read_head(&mut stream).await;
         stream
             .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
             .await
@@ -495,13 +501,7 @@ async fn an_asterisk_target_is_answered_400_and_not_forwarded() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.unwrap();
-        let mut head = Vec::new();
-        let mut buf = [0u8; 256];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = stream.read(&mut buf).await.unwrap();
-            assert!(n > 0);
-            head.extend_from_slice(&buf[..n]);
-        }
+        let head = read_head(&mut stream).await;
         assert!(
             head.starts_with(b"GET /after "),
             "{}",
