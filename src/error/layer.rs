@@ -714,7 +714,7 @@ where
         if let Some(failure) = self.ready_error.take() {
             let outcome = match failure.answer() {
                 NotReady::Error(err) => Outcome::Error(err),
-                NotReady::Panic(message) => Outcome::ReadyPanic(message),
+                NotReady::Panic(message) => Outcome::ReadyPanic(Box::new(message)),
             };
             return ResponseFuture {
                 kind: Kind::Ready(Some(outcome)),
@@ -749,8 +749,9 @@ where
 enum Outcome {
     Error(BoxError),
     Panic(Box<dyn Any + Send>),
-    /// A panic in the inner service's `poll_ready`, by its message, answered to this request.
-    ReadyPanic(String),
+    /// A panic in the inner service's `poll_ready` (its message, boxed as a payload is: the
+    /// future stays as small), answered to this request.
+    ReadyPanic(Box<dyn Any + Send>),
 }
 
 /// Why the inner service could not take the next request: answered to that request.
@@ -970,9 +971,9 @@ fn on_error<B, R: RenderProblem>(
         Outcome::Panic(payload) => panicked(info, payload, "handler panicked"),
         // Not the handler: the service was getting ready for a request, and this one is
         // answered for it.
-        Outcome::ReadyPanic(message) => panicked(
+        Outcome::ReadyPanic(payload) => panicked(
             info,
-            Box::new(message),
+            payload,
             "the service panicked while it got ready for a request",
         ),
     };
