@@ -487,6 +487,17 @@ impl Settings {
                     {
                         "names more than the organization (a project?), which the comment's path adds"
                     }
+                    // The older form of an organization's URL names it in the host, and may add
+                    // its one collection.
+                    Forge::AzureDevOps
+                        if host.ends_with(".visualstudio.com")
+                            && !matches!(
+                                path.trim_matches('/').to_ascii_lowercase().as_str(),
+                                "" | "defaultcollection"
+                            ) =>
+                    {
+                        "names more than the organization (a project?), which the comment's path adds"
+                    }
                     Forge::BitbucketServer if path.ends_with("/rest/api/1.0") => {
                         "ends with /rest/api/1.0, which the comment's path adds again: set it to the server's base URL"
                     }
@@ -2605,6 +2616,13 @@ fn command(forge: Forge, event: Option<&str>, p: &Value) -> Option<Comment> {
                 || gitlab_bot(&p["user"])
                 // Newer servers say `create` or `update`; older ones send new notes only.
                 || attrs["action"].as_str().is_some_and(|action| action != "create")
+                // A note told by someone else than its author: GitLab's "Test" of comment
+                // events sends the project's newest note again as if just written by whoever
+                // clicked Test, and an old command would be answered again.
+                || matches!(
+                    (p["user"]["id"].as_u64(), attrs["author_id"].as_u64()),
+                    (Some(user), Some(author)) if user != author
+                )
             {
                 return None;
             }

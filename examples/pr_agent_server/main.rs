@@ -164,7 +164,9 @@
 //! told by its `lastContentUpdatedDate` (later than its `publishedDate`) or its `isDeleted`.
 //!
 //! Test deliveries get no comment (but GitLab's "Test" button, which sends a real merge request
-//! as an `open`, see above): GitHub's `ping`, and Bitbucket Data Center's "Test
+//! as an `open`, see above): GitHub's `ping`; GitLab's "Test" of comment events, which sends the
+//! project's newest note as if just written by whoever clicked Test (a note whose `user` is not
+//! its author gets no answer); and Bitbucket Data Center's "Test
 //! connection" `diagnostics:ping`, which it sends without `X-Hub-Signature` even when the webhook
 //! has a secret: that one is answered `202` unverified, and does nothing (`/status` counts it as
 //! no delivery). Azure DevOps' "Test" sends a sample event (the Fabrikam project's pull

@@ -277,3 +277,54 @@ async fn an_azure_devops_test_notification_gets_no_comment() {
         );
     }
 }
+
+/// GitLab's "Test" of comment events sends the project's newest note again, as if just written
+/// by whoever clicked Test: `user` is them, the note's `author_id` is its author. That note's
+/// command was answered when it was written: it is not answered again. The same note told by
+/// its author is.
+#[tokio::test]
+async fn a_gitlab_test_of_comment_events_answers_no_old_command() {
+    let (api, fake) = harness::FakeProvider::start(&[]).await;
+    let settings = lookup(&[
+        ("GITLAB_WEBHOOK_TOKEN", "gl-token"),
+        ("GITLAB_API_URL", &api),
+        ("GITLAB_TOKEN", "glpat-abc"),
+    ])
+    .unwrap();
+    let base = start_server(&settings).await;
+    let note = |user: u64| {
+        json!({
+            "object_kind": "note",
+            "event_type": "note",
+            "user": {"id": user, "username": format!("user{user}")},
+            "project_id": 5,
+            "object_attributes": {
+                "id": 1244,
+                "note": "/review",
+                "noteable_type": "MergeRequest",
+                "author_id": 1,
+                "system": false,
+                "action": "create"
+            },
+            "merge_request": {"iid": 1, "title": "Fix", "state": "opened"}
+        })
+        .to_string()
+    };
+    for (user, uuid) in [
+        (9, "7a0a4a8e-0000-4000-8000-000000000801"),
+        (1, "7a0a4a8e-0000-4000-8000-000000000802"),
+    ] {
+        let headers = [
+            ("x-gitlab-token", "gl-token".to_owned()),
+            ("x-gitlab-event", "Note Hook".to_owned()),
+            ("idempotency-key", uuid.to_owned()),
+        ];
+        assert_eq!(
+            harness::deliver(&base, "/api/v1/gitlab_webhooks", &headers, &note(user)).await,
+            StatusCode::ACCEPTED
+        );
+    }
+    let s = harness::settled(&crate::client::new(), &base, 1).await;
+    assert_eq!(s["comments"]["posted"], 1, "{s}");
+    assert_eq!(fake.received().len(), 1);
+}

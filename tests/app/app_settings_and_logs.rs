@@ -354,6 +354,23 @@ fn a_github_enterprise_url_without_api_v3_or_an_azure_devops_project_is_warned_a
         .unwrap();
         warned(&settings, &["AZURE_DEVOPS_API_URL names no organization,"]);
     }
+    // The older form names the organization in the host: a project after it (or after its
+    // collection) is warned about too.
+    for project in [
+        "https://fabrikam.visualstudio.com/Fabrikam",
+        "https://fabrikam.visualstudio.com/DefaultCollection/Fabrikam/",
+    ] {
+        let settings = harness::lookup(&[
+            ("GITHUB_WEBHOOK_SECRET", "gh"),
+            ("AZURE_DEVOPS_API_URL", project),
+            ("AZURE_DEVOPS_TOKEN", "t"),
+        ])
+        .unwrap();
+        warned(
+            &settings,
+            &["AZURE_DEVOPS_API_URL names more than the organization"],
+        );
+    }
     for (github, azure) in [
         (
             "https://github.example.com/api/v3/",
@@ -361,6 +378,10 @@ fn a_github_enterprise_url_without_api_v3_or_an_azure_devops_project_is_warned_a
         ),
         ("https://api.octo.ghe.com", "https://dev.azure.com/org"),
         ("http://127.0.0.1:8080", "https://org.visualstudio.com"),
+        (
+            "https://api.github.com",
+            "https://org.visualstudio.com/DefaultCollection/",
+        ),
         ("http://[::1]:8080", "http://127.0.0.1:8080/org/project"),
         ("http://localhost:8080", "https://dev.azure.com/org"),
     ] {

@@ -2217,7 +2217,7 @@ async fn a_command_gets_one_answer_on_every_provider_and_the_answer_gets_none() 
 }
 
 #[tokio::test]
-async fn bitbucket_data_center_and_gitea_reopened_pull_requests_get_a_comment() {
+async fn a_bitbucket_data_center_opened_and_a_gitea_reopened_pull_request_get_a_comment() {
     let (api_addr, api) = start_fake_api().await;
     let (base, _) = start_server(&settings(api_addr, &[])).await;
     let client = crate::client::new();
