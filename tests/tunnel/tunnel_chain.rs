@@ -768,7 +768,7 @@ async fn shut_down(running: Running, stop: tokio::sync::oneshot::Sender<()>) {
 async fn server_helper_serves_a_provider_that_forwards_to_its_port() {
     let (running, stop) = serve_through(
         Tunnel::builder()
-            .probe_timeout(Duration::from_secs(1))
+            .probe_timeout(Duration::from_secs(10))
             .provider(ForwardToLocalPort::default()),
     )
     .await;
