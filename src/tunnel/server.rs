@@ -448,16 +448,40 @@ impl Server {
                     true
                 }
             };
-            drop(accepting);
             if !drained {
                 tracing::warn!(
                     "connections still open after {} s; closing them",
                     DRAIN.as_secs()
                 );
             }
-            local_connections.close();
-            if let Some(tunnel) = tunnel {
-                tunnel.close().await;
+            let close_tunnel = async {
+                if let Some(tunnel) = tunnel {
+                    tunnel.close().await;
+                }
+            };
+            match &mut accepting {
+                // A tunnel that brings its deliveries to this port takes them until it has
+                // stopped (cloudflared, until its edge has let it go, and through its grace
+                // period for the requests it is forwarding): the port keeps accepting them
+                // meanwhile, or they would be refused and answered 502; then it closes.
+                Some(acceptor) => {
+                    let late_deliveries = async {
+                        loop {
+                            let (permit, stream) = next_connection(&upstream, acceptor).await;
+                            serve(&upstream, &mut tasks, permit, stream);
+                        }
+                    };
+                    tokio::select! {
+                        () = close_tunnel => {}
+                        never = late_deliveries => never,
+                    }
+                    drop(accepting);
+                    local_connections.close();
+                }
+                None => {
+                    local_connections.close();
+                    close_tunnel.await;
+                }
             }
             // Told to end above, each at its next step: waited for, so that no handler runs
             // once the server has stopped (a second at most, then they are aborted).

@@ -1373,6 +1373,48 @@ async fn deliveries_through_cloudflared_during_the_drain_are_served() {
     assert!(TcpStream::connect(local).await.is_err(), "still accepting");
 }
 
+/// cloudflared takes deliveries until it has stopped (its edge lets it go, then its grace period
+/// for the requests it forwards): the port stays open until then. It closed as soon as the drain
+/// was over, before cloudflared was told to stop, so a delivery cloudflared took meanwhile was
+/// refused at the port and answered 502. This cloudflared ignores SIGINT, as a real one busy
+/// with its edge does for a while, and is killed after its 3 s stop grace.
+#[tokio::test]
+async fn a_delivery_through_cloudflared_while_it_stops_is_served() {
+    let Some(fake) = support::fake_cloudflared() else {
+        return;
+    };
+    let (app, mut entered, release) = gated();
+    let cloudflared = tower_webhook::tunnel::Cloudflared::new()
+        .binary(&fake)
+        .startup_timeout(Duration::from_secs(15))
+        .stop_grace(Duration::from_secs(3))
+        .domain("")
+        .arg("--fake-mode")
+        .arg("proxy")
+        .arg("--fake-ignore-sigint");
+    let (running, public, stop_tx) = serve_through(cloudflared, app).await;
+    assert_eq!(next_entered(&mut entered).await, "/from-fake-cloudflared");
+    release.add_permits(10);
+
+    // Nothing in flight: the drain is over at once, and cloudflared is being stopped.
+    stop_tx.send(()).unwrap();
+    let stopping = eventually(Duration::from_secs(5), || running.is_stopping()).await;
+    assert!(stopping, "the shutdown signal was not taken");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut late = TcpStream::connect(&public).await.unwrap();
+    late.write_all(b"POST /while-stopping HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_to_close(late).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert_eq!(next_entered(&mut entered).await, "/while-stopping");
+    let local = running.local_addr();
+    tokio::time::timeout(Duration::from_secs(20), running.wait())
+        .await
+        .expect("the server did not stop");
+    assert!(TcpStream::connect(local).await.is_err(), "still accepting");
+}
+
 /// A service whose handler never answers, and is busy on its worker thread most of the time,
 /// as one doing blocking work is: each request says so on the receiver once it is in; the flag
 /// is set when its handler is dropped.
