@@ -1822,6 +1822,9 @@ where
 /// Why a Gitea/Forgejo delivery made with `GET` is refused, for the log.
 const GET_DELIVERY: &str = "delivered with the HTTP method GET, its payload in the query string, which is not verified: set the webhook's HTTP method to POST";
 
+/// Why a verified `GET` or `HEAD` with a query string is refused.
+const GET_WITH_QUERY: &str = "delivered with the HTTP method GET or HEAD and a query string, which the signature does not cover and a form extractor would read instead of the verified body";
+
 /// The first allocation for a body that arrives in several chunks.
 const FIRST_RESERVE: usize = 64 * 1024;
 
@@ -2091,6 +2094,27 @@ where
                             Err(err) => State::Early {
                                 early: Some(reject(shared, err, &parts.headers)),
                             },
+                            // No sender delivers a signed body with `GET`; a form extractor
+                            // (axum's `Form`) reads a `GET`'s query string, not its body: a
+                            // signed body replayed as a `GET` with a query of one's own would
+                            // hand unverified fields to the handler.
+                            Ok(_)
+                                if matches!(
+                                    parts.method,
+                                    http::Method::GET | http::Method::HEAD
+                                ) && parts
+                                    .uri
+                                    .query()
+                                    .is_some_and(|query| !query.is_empty()) =>
+                            {
+                                State::Early {
+                                    early: Some(reject(
+                                        shared,
+                                        E::MalformedDelivery(GET_WITH_QUERY),
+                                        &parts.headers,
+                                    )),
+                                }
+                            }
                             Ok(verified) => {
                                 let ttl = replay_ttl(
                                     shared,
