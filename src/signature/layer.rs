@@ -1086,7 +1086,12 @@ impl SignatureLayer {
     /// custom scheme with one), an id is remembered at least until its signed timestamp has left
     /// the [`timestamp_tolerance`](Self::timestamp_tolerance) window, and a minute more (for
     /// replicas sharing the store whose clocks lag this one's), however short the `replay_ttl`:
-    /// a copy is then refused as a replay or as stale, never let through in between. A delivery
+    /// a copy is then refused as a replay or as stale, never let through in between, as long as
+    /// the store keeps it: a full [`MemoryReplayStore`](super::MemoryReplayStore) forgets its
+    /// oldest ids, and anyone holding one delivery of a scheme whose ids are not signed (GitHub,
+    /// Gitea, Bitbucket, Shopify) can send it again under new ids. Give a route with a signed
+    /// timestamp a store of its own, not one it shares with such a route (the default store is
+    /// the layer's own). A delivery
     /// without an id whose timestamp is signed (Zoom, a Slack command) is recorded by its MAC
     /// only that long, whatever the `replay_ttl`: a copy is stale after.
     ///
