@@ -32,11 +32,12 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// [`with_graceful_shutdown`](Self::with_graceful_shutdown) sets another) stops accepting on the
 /// local port (but see below for cloudflared), lets open requests finish (up to 10 s, or until
 /// a second Ctrl-C or `SIGTERM`), then closes the tunnel (a tunnel still
-/// starting then is given up at once, without waiting for its providers). The tunnel stays
+/// starting then is given up at once, without waiting for its providers; a second signal also
+/// ends the wait for its close). The tunnel stays
 /// open while they finish, so deliveries that reach it then are served too, one request per
 /// connection, and waited for within the same 10 s. A tunnel that reaches the service through
 /// the local port (cloudflared's) brings them there: the port then keeps accepting through the
-/// drain, one request per connection too.
+/// drain, one request per connection too, and until the tunnel has stopped.
 /// Connections still open after that, on the local port or through the tunnel, are ended.
 ///
 /// # Example
@@ -400,13 +401,15 @@ impl Server {
             // connection, or they would be refused (and cloudflared answer them 502). Otherwise
             // it stops accepting now.
             let mut accepting = upstream.local_addr_asked().then_some(acceptor);
-            // Listened for from now on, before anything else is awaited.
+            // Listened for through the drain and the tunnel's close: it cuts either short.
             let second_signal = async move {
                 match signals {
                     true => stop_signal().await,
                     false => std::future::pending().await,
                 }
             };
+            tokio::pin!(second_signal);
+            let mut second_seen = false;
             // Before the tunnel's start is given up: a `Running` returned for a server that
             // stopped meanwhile says so.
             stop_seen.store(true, Ordering::Release);
@@ -443,8 +446,9 @@ impl Server {
             let drained = tokio::select! {
                 drained = tokio::time::timeout(DRAIN, drain) => drained.is_ok(),
                 never = late_deliveries => never,
-                () = second_signal => {
+                () = &mut second_signal => {
                     tracing::warn!("a second shutdown signal: closing the open connections now");
+                    second_seen = true;
                     true
                 }
             };
@@ -454,9 +458,21 @@ impl Server {
                     DRAIN.as_secs()
                 );
             }
+            // Its close may take the tunnel's stop grace: a second signal (the first one if it
+            // came during the drain) gives it up, and the tunnel is dropped, which closes it in
+            // the background.
             let close_tunnel = async {
                 if let Some(tunnel) = tunnel {
-                    tunnel.close().await;
+                    if second_seen {
+                        drop(tunnel);
+                        return;
+                    }
+                    tokio::select! {
+                        () = tunnel.close() => {}
+                        () = &mut second_signal => {
+                            tracing::warn!("a second shutdown signal: not waiting for the tunnel to close");
+                        }
+                    }
                 }
             };
             match &mut accepting {

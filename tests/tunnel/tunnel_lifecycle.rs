@@ -1556,3 +1556,45 @@ fn a_second_stop_signal_cuts_the_drain_short() {
         assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
     });
 }
+
+/// A second stop signal also ends the wait for the tunnel's close, which may take the tunnel's
+/// stop grace (10 s here: this session never ends when told to). It was no longer listened for
+/// once the drain was over. Run alone in a child process: the signals are the process's.
+#[cfg(unix)]
+#[test]
+fn a_second_stop_signal_ends_the_wait_for_the_tunnel_to_close() {
+    const CHILD: &str = "TOWER_WEBHOOK_SECOND_SIGNAL_CLOSE_CHILD";
+    const NAME: &str = "a_second_stop_signal_ends_the_wait_for_the_tunnel_to_close";
+    if std::env::var_os(CHILD).is_none() {
+        child::run_one(&mut child::alone(module_path!(), NAME, CHILD, "1"));
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (held, _released) = tokio::sync::oneshot::channel::<()>();
+        let provider = HangingTeardown {
+            url: "http://127.0.0.1:9".to_owned(),
+            held: Mutex::new(Some(held)),
+        };
+        let running = Server::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+            .await
+            .unwrap()
+            .tunnel(Tunnel::builder().probe(false).provider(provider))
+            .spawn(hello_service(Arc::new(AtomicUsize::new(0))))
+            .await
+            .unwrap();
+        support::sigterm();
+        let stopping = eventually(Duration::from_secs(5), || running.is_stopping()).await;
+        assert!(stopping, "the first signal was not taken");
+        // Nothing to drain: the tunnel is being closed, and its session does not end.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        support::sigterm();
+        tokio::time::timeout(Duration::from_secs(5), running.wait())
+            .await
+            .expect("the second signal did not end the wait for the tunnel's close");
+    });
+}
