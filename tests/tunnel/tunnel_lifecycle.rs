@@ -1503,6 +1503,22 @@ async fn a_request_in_its_handler_is_ended_when_close_returns() {
     );
 }
 
+/// Runs the test `name` again alone in a child process (marked by the variable `marker`), where
+/// it runs `test` on a runtime of two threads: the signals a test sends are the process's.
+#[cfg(unix)]
+fn alone_with_two_threads(name: &str, marker: &str, test: impl std::future::Future<Output = ()>) {
+    if std::env::var_os(marker).is_none() {
+        child::run_one(&mut child::alone(module_path!(), name, marker, "1"));
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(test);
+}
+
 /// With its own stop signals (Ctrl-C, `SIGTERM`), the server drains open requests for up to 10 s
 /// after the first; a second one ends the drain at once, as one pressing Ctrl-C again means it.
 /// The second signal was not listened for, and the drain ran its 10 s. The server has stopped
@@ -1511,50 +1527,43 @@ async fn a_request_in_its_handler_is_ended_when_close_returns() {
 #[cfg(unix)]
 #[test]
 fn a_second_stop_signal_cuts_the_drain_short() {
-    const CHILD: &str = "TOWER_WEBHOOK_SECOND_SIGNAL_CHILD";
-    const NAME: &str = "a_second_stop_signal_cuts_the_drain_short";
-    if std::env::var_os(CHILD).is_none() {
-        child::run_one(&mut child::alone(module_path!(), NAME, CHILD, "1"));
-        return;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let (app, mut busy) = busy();
-        let running = Server::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-            .await
-            .unwrap()
-            .spawn(app)
-            .await
-            .unwrap();
-        let mut held = TcpStream::connect(running.local_addr()).await.unwrap();
-        held.write_all(b"POST /held HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
-            .await
-            .unwrap();
-        busy.entered().await;
+    alone_with_two_threads(
+        "a_second_stop_signal_cuts_the_drain_short",
+        "TOWER_WEBHOOK_SECOND_SIGNAL_CHILD",
+        async {
+            let (app, mut busy) = busy();
+            let running = Server::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+                .await
+                .unwrap()
+                .spawn(app)
+                .await
+                .unwrap();
+            let mut held = TcpStream::connect(running.local_addr()).await.unwrap();
+            held.write_all(b"POST /held HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            busy.entered().await;
 
-        support::sigterm();
-        let stopping = eventually(Duration::from_secs(5), || running.is_stopping()).await;
-        assert!(stopping, "the first signal was not taken");
-        // The request stays in its handler: the drain goes on.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        support::sigterm();
-        let started = std::time::Instant::now();
-        tokio::time::timeout(Duration::from_secs(5), running.wait())
-            .await
-            .expect("the second signal did not end the drain");
-        assert!(started.elapsed() < Duration::from_secs(5));
-        // Stopped: no handler runs any more.
-        assert!(
-            busy.dropped.load(Ordering::SeqCst),
-            "the request was still in its handler when the server had stopped"
-        );
-        let answer = read_to_close(held).await;
-        assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
-    });
+            support::sigterm();
+            let stopping = eventually(Duration::from_secs(5), || running.is_stopping()).await;
+            assert!(stopping, "the first signal was not taken");
+            // The request stays in its handler: the drain goes on.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            support::sigterm();
+            let started = std::time::Instant::now();
+            tokio::time::timeout(Duration::from_secs(5), running.wait())
+                .await
+                .expect("the second signal did not end the drain");
+            assert!(started.elapsed() < Duration::from_secs(5));
+            // Stopped: no handler runs any more.
+            assert!(
+                busy.dropped.load(Ordering::SeqCst),
+                "the request was still in its handler when the server had stopped"
+            );
+            let answer = read_to_close(held).await;
+            assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
+        },
+    );
 }
 
 /// A second stop signal also ends the wait for the tunnel's close, which may take the tunnel's
@@ -1563,38 +1572,31 @@ fn a_second_stop_signal_cuts_the_drain_short() {
 #[cfg(unix)]
 #[test]
 fn a_second_stop_signal_ends_the_wait_for_the_tunnel_to_close() {
-    const CHILD: &str = "TOWER_WEBHOOK_SECOND_SIGNAL_CLOSE_CHILD";
-    const NAME: &str = "a_second_stop_signal_ends_the_wait_for_the_tunnel_to_close";
-    if std::env::var_os(CHILD).is_none() {
-        child::run_one(&mut child::alone(module_path!(), NAME, CHILD, "1"));
-        return;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let (held, _released) = tokio::sync::oneshot::channel::<()>();
-        let provider = HangingTeardown {
-            url: "http://127.0.0.1:9".to_owned(),
-            held: Mutex::new(Some(held)),
-        };
-        let running = Server::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-            .await
-            .unwrap()
-            .tunnel(Tunnel::builder().probe(false).provider(provider))
-            .spawn(hello_service(Arc::new(AtomicUsize::new(0))))
-            .await
-            .unwrap();
-        support::sigterm();
-        let stopping = eventually(Duration::from_secs(5), || running.is_stopping()).await;
-        assert!(stopping, "the first signal was not taken");
-        // Nothing to drain: the tunnel is being closed, and its session does not end.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        support::sigterm();
-        tokio::time::timeout(Duration::from_secs(5), running.wait())
-            .await
-            .expect("the second signal did not end the wait for the tunnel's close");
-    });
+    alone_with_two_threads(
+        "a_second_stop_signal_ends_the_wait_for_the_tunnel_to_close",
+        "TOWER_WEBHOOK_SECOND_SIGNAL_CLOSE_CHILD",
+        async {
+            let (held, _released) = tokio::sync::oneshot::channel::<()>();
+            let provider = HangingTeardown {
+                url: "http://127.0.0.1:9".to_owned(),
+                held: Mutex::new(Some(held)),
+            };
+            let running = Server::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+                .await
+                .unwrap()
+                .tunnel(Tunnel::builder().probe(false).provider(provider))
+                .spawn(hello_service(Arc::new(AtomicUsize::new(0))))
+                .await
+                .unwrap();
+            support::sigterm();
+            let stopping = eventually(Duration::from_secs(5), || running.is_stopping()).await;
+            assert!(stopping, "the first signal was not taken");
+            // Nothing to drain: the tunnel is being closed, and its session does not end.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            support::sigterm();
+            tokio::time::timeout(Duration::from_secs(5), running.wait())
+                .await
+                .expect("the second signal did not end the wait for the tunnel's close");
+        },
+    );
 }
