@@ -1089,7 +1089,7 @@ impl SignatureLayer {
     /// a copy is then refused as a replay or as stale, never let through in between, as long as
     /// the store keeps it: a full [`MemoryReplayStore`](super::MemoryReplayStore) forgets its
     /// oldest ids, and anyone holding one delivery of a scheme whose ids are not signed (GitHub,
-    /// Gitea, Bitbucket, Shopify) can send it again under new ids. Give a route with a signed
+    /// Gitea, Bitbucket, Shopify, GitLab, Azure DevOps) can send it again under new ids. Give a route with a signed
     /// timestamp a store of its own, not one it shares with such a route (the default store is
     /// the layer's own). A delivery
     /// without an id whose timestamp is signed (Zoom, a Slack command) is recorded by its MAC
@@ -1827,8 +1827,8 @@ where
 /// Why a Gitea/Forgejo delivery made with `GET` is refused, for the log.
 const GET_DELIVERY: &str = "delivered with the HTTP method GET, its payload in the query string, which is not verified: set the webhook's HTTP method to POST";
 
-/// Why a verified `GET` or `HEAD` with a query string is refused.
-const GET_WITH_QUERY: &str = "delivered with the HTTP method GET or HEAD and a query string, which the signature does not cover and a form extractor would read instead of the verified body";
+/// Why a verified `GET` with a query string is refused.
+const GET_WITH_QUERY: &str = "delivered with the HTTP method GET and a query string, which the signature does not cover and a form extractor would read instead of the verified body";
 
 /// The first allocation for a body that arrives in several chunks.
 const FIRST_RESERVE: usize = 64 * 1024;
@@ -2104,13 +2104,9 @@ where
                             // signed body replayed as a `GET` with a query of one's own would
                             // hand unverified fields to the handler.
                             Ok(_)
-                                if matches!(
-                                    parts.method,
-                                    http::Method::GET | http::Method::HEAD
-                                ) && parts
-                                    .uri
-                                    .query()
-                                    .is_some_and(|query| !query.is_empty()) =>
+                                if parts.method == http::Method::GET
+                                    && parts.uri.query().is_some_and(|query| !query.is_empty())
+                                    && !shared.scheme.is_unverified() =>
                             {
                                 State::Early {
                                     early: Some(reject(

@@ -33,7 +33,7 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// local port (but see below for cloudflared), lets open requests finish (up to 10 s, or until
 /// a second Ctrl-C or `SIGTERM`), then closes the tunnel (a tunnel still
 /// starting then is given up at once, without waiting for its providers; a second signal also
-/// ends the wait for its close). The tunnel stays
+/// cuts the wait for its close to a second). The tunnel stays
 /// open while they finish, so deliveries that reach it then are served too, one request per
 /// connection, and waited for within the same 10 s. A tunnel that reaches the service through
 /// the local port (cloudflared's) brings them there: the port then keeps accepting through the
@@ -397,9 +397,9 @@ impl Server {
                 }
             }
             // A tunnel that reaches the service through this port (cloudflared's) brings its
-            // deliveries there: the port keeps accepting through the drain, one request per
-            // connection, or they would be refused (and cloudflared answer them 502). Otherwise
-            // it stops accepting now.
+            // deliveries there: the port keeps accepting through the drain and the tunnel's
+            // close, one request per connection, or they would be refused (and cloudflared
+            // answer them 502). Otherwise it stops accepting now.
             let mut accepting = upstream.local_addr_asked().then_some(acceptor);
             // Listened for through the drain and the tunnel's close: it cuts either short.
             let second_signal = async move {
@@ -454,24 +454,30 @@ impl Server {
             };
             if !drained {
                 tracing::warn!(
-                    "connections still open after {} s; closing them",
+                    "connections still open after {} s; closing them (with cloudflared, once it has stopped)",
                     DRAIN.as_secs()
                 );
             }
-            // Its close may take the tunnel's stop grace: a second signal (the first one if it
-            // came during the drain) gives it up, and the tunnel is dropped, which closes it in
+            // Its close may take the tunnel's stop grace: after a second signal (during the
+            // drain, or now) it gets a second more, as the handlers below do, then goes on in
             // the background.
             let close_tunnel = async {
                 if let Some(tunnel) = tunnel {
-                    if second_seen {
-                        drop(tunnel);
-                        return;
-                    }
-                    tokio::select! {
-                        () = tunnel.close() => {}
-                        () = &mut second_signal => {
-                            tracing::warn!("a second shutdown signal: not waiting for the tunnel to close");
+                    let close = tunnel.close();
+                    tokio::pin!(close);
+                    if !second_seen {
+                        tokio::select! {
+                            () = &mut close => return,
+                            () = &mut second_signal => {}
                         }
+                    }
+                    if tokio::time::timeout(Duration::from_secs(1), close)
+                        .await
+                        .is_err()
+                    {
+                        tracing::warn!(
+                            "a second shutdown signal: the tunnel goes on closing in the background"
+                        );
                     }
                 }
             };
@@ -771,7 +777,8 @@ impl Running {
     }
 
     /// Whether the shutdown signal has come: the server no longer accepts connections (unless
-    /// its tunnel reaches it through its port, as cloudflared's does, until the drain ends), and
+    /// its tunnel reaches it through its port, as cloudflared's does, until the tunnel has
+    /// stopped after the drain), and
     /// drains those still open, or is done. A server whose signal came while its tunnel was
     /// starting is returned by [`Server::spawn`] already stopping, without a tunnel: there is
     /// no URL to announce.
