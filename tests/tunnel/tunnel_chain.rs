@@ -923,7 +923,9 @@ async fn a_failed_start_returns_once_a_cloudflared_whose_probe_failed_is_gone() 
         .provider(
             Cloudflared::new()
                 .binary(&fake)
-                .startup_timeout(Duration::from_secs(2))
+                // Node may take seconds to start the fake on a busy machine: the probe fails
+                // soon after it has.
+                .startup_timeout(Duration::from_secs(5))
                 .stop_grace(Duration::from_secs(1))
                 // The fake's tunnel is a loopback port (the edge), not in trycloudflare.com; its
                 // edge answers 530 for ten minutes, so the probe fails.
