@@ -436,16 +436,13 @@ impl Server {
             };
             let late_deliveries = async {
                 match &mut accepting {
-                    Some(acceptor) => loop {
-                        let (permit, stream) = next_connection(&upstream, acceptor).await;
-                        serve(&upstream, &mut tasks, permit, stream);
-                    },
+                    Some(acceptor) => serve_all(&upstream, acceptor, &mut tasks).await,
                     None => std::future::pending().await,
                 }
             };
             let drained = tokio::select! {
                 drained = tokio::time::timeout(DRAIN, drain) => drained.is_ok(),
-                never = late_deliveries => never,
+                never = late_deliveries => match never {},
                 () = &mut second_signal => {
                     tracing::warn!("a second shutdown signal: closing the open connections now");
                     second_seen = true;
@@ -487,15 +484,9 @@ impl Server {
                 // period for the requests it is forwarding): the port keeps accepting them
                 // meanwhile, or they would be refused and answered 502; then it closes.
                 Some(acceptor) => {
-                    let late_deliveries = async {
-                        loop {
-                            let (permit, stream) = next_connection(&upstream, acceptor).await;
-                            serve(&upstream, &mut tasks, permit, stream);
-                        }
-                    };
                     tokio::select! {
                         () = close_tunnel => {}
-                        never = late_deliveries => never,
+                        never = serve_all(&upstream, acceptor, &mut tasks) => match never {},
                     }
                     drop(accepting);
                     local_connections.close();
@@ -562,6 +553,18 @@ async fn next_connection(
     let (stream, _) = acceptor.accept().await;
     let _ = stream.set_nodelay(true);
     (permit, stream)
+}
+
+/// Serves every connection `acceptor` takes, in tasks of `tasks`; never ends.
+async fn serve_all(
+    upstream: &Upstream,
+    acceptor: &mut Acceptor,
+    tasks: &mut JoinSet<()>,
+) -> std::convert::Infallible {
+    loop {
+        let (permit, stream) = next_connection(upstream, acceptor).await;
+        serve(upstream, tasks, permit, stream);
+    }
 }
 
 /// Serves `stream` in a task of `tasks`.

@@ -135,7 +135,7 @@ struct ConnOptions {
     watcher: Option<watch::Receiver<()>>,
     /// Set for a connection that arrives during the server helper's drain: it serves one
     /// request, and the drain waits for it while it is open.
-    late: Option<LateGuard>,
+    late: Option<CountedConnection>,
     /// `None`: wait for a request's head as long as the peer keeps the connection.
     header_read_timeout: Option<Duration>,
     /// Set once the peer starts a request on the connection, whether hyper takes it or not (a
@@ -145,15 +145,15 @@ struct ConnOptions {
     /// Set for a pooled connection that arrives during the server helper's drain: it waits,
     /// idle, and is not waited for; from its first request on, it counts as a late connection
     /// (see `late`) until it closes, which it does after answering.
-    late_on_request: Option<Arc<LateConnections>>,
+    late_on_request: Option<Arc<CountedConnections>>,
 }
 
 /// What a connection notes when a request arrives on it (see [`ConnOptions`]).
 struct OnRequest {
     served: Option<Arc<AtomicBool>>,
-    late: Option<Arc<LateConnections>>,
+    late: Option<Arc<CountedConnections>>,
     /// Held from the first request on, until the connection, and this with it, is dropped.
-    entered: Mutex<Option<LateGuard>>,
+    entered: Mutex<Option<CountedConnection>>,
 }
 
 impl OnRequest {
@@ -284,7 +284,7 @@ pub struct Upstream {
     /// closes, and every connection served through that copy ends then.
     closed: Option<watch::Receiver<()>>,
     /// Set with `closed`: the connections served through this copy (and its clones).
-    open: Option<Arc<OpenConnections>>,
+    open: Option<Arc<CountedConnections>>,
 }
 
 /// A bound on the connections served at once: a connection is accepted only with a permit, held
@@ -349,7 +349,7 @@ impl ConnectionLimit {
 /// the control connection dropped).
 pub(crate) struct Connections {
     closed: watch::Sender<()>,
-    open: Arc<OpenConnections>,
+    open: Arc<CountedConnections>,
 }
 
 impl Connections {
@@ -362,46 +362,9 @@ impl Connections {
     /// for up to `limit`. False if some were still open then.
     pub(crate) async fn close_and_wait(&self, limit: Duration) -> bool {
         self.close();
-        tokio::time::timeout(limit, self.open.none()).await.is_ok()
-    }
-}
-
-/// The connections a scoped copy is serving, counted so that closing can wait for them: a
-/// connection's task sees the close at its next step, which may be after the close returned
-/// (its handler running on another thread, the connection kept from a lost control connection).
-#[derive(Default)]
-struct OpenConnections {
-    count: std::sync::atomic::AtomicUsize,
-    ended: tokio::sync::Notify,
-}
-
-impl OpenConnections {
-    fn enter(self: &Arc<Self>) -> OpenConnection {
-        self.count.fetch_add(1, Ordering::AcqRel);
-        OpenConnection(Arc::clone(self))
-    }
-
-    async fn none(&self) {
-        loop {
-            let ended = self.ended.notified();
-            tokio::pin!(ended);
-            ended.as_mut().enable();
-            if self.count.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            ended.await;
-        }
-    }
-}
-
-/// One connection counted in [`OpenConnections`] until it is dropped.
-struct OpenConnection(Arc<OpenConnections>);
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.ended.notify_waiters();
-        }
+        tokio::time::timeout(limit, self.open.closed())
+            .await
+            .is_ok()
     }
 }
 
@@ -424,7 +387,7 @@ enum Graceful {
     Watching(GracefulShutdown),
     /// Draining: the tunnel stays open until the drain ends, so connections still arrive
     /// through it. Each serves one request and is counted, so the drain waits for it too.
-    Draining(Arc<LateConnections>),
+    Draining(Arc<CountedConnections>),
 }
 
 /// Tells the connections being watched that the drain started (each then closes once its request
@@ -448,20 +411,21 @@ impl GracefulShutdown {
     }
 }
 
-/// Connections that arrived during a drain and are still open.
+/// Connections counted while they are open, so that something can wait until none is: those
+/// that arrived during a drain, and those served through a [scoped](Upstream::scoped) copy.
 #[derive(Default)]
-pub(crate) struct LateConnections {
+pub(crate) struct CountedConnections {
     open: std::sync::atomic::AtomicUsize,
     closed: tokio::sync::Notify,
 }
 
-impl LateConnections {
-    fn enter(self: &Arc<Self>) -> LateGuard {
+impl CountedConnections {
+    fn enter(self: &Arc<Self>) -> CountedConnection {
         self.open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        LateGuard(Arc::clone(self))
+        CountedConnection(Arc::clone(self))
     }
 
-    /// Waits until no late connection is open.
+    /// Waits until no counted connection is open.
     pub(crate) async fn closed(&self) {
         loop {
             let closed = self.closed.notified();
@@ -475,10 +439,10 @@ impl LateConnections {
     }
 }
 
-/// Counts one late connection while it is open.
-struct LateGuard(Arc<LateConnections>);
+/// Counts one connection while it is open.
+struct CountedConnection(Arc<CountedConnections>);
 
-impl Drop for LateGuard {
+impl Drop for CountedConnection {
     fn drop(&mut self) {
         if self
             .0
@@ -758,9 +722,9 @@ impl Upstream {
 
     /// Starts the drain: the caller shuts down the connections being watched and waits for the
     /// late ones, which arrive from now on.
-    pub(crate) fn start_drain(&self) -> Option<(GracefulShutdown, Arc<LateConnections>)> {
+    pub(crate) fn start_drain(&self) -> Option<(GracefulShutdown, Arc<CountedConnections>)> {
         let mut graceful = lock(&self.inner.graceful);
-        let late = Arc::new(LateConnections::default());
+        let late = Arc::new(CountedConnections::default());
         match graceful.replace(Graceful::Draining(Arc::clone(&late)))? {
             Graceful::Watching(shutdown) => Some((shutdown, late)),
             Graceful::Draining(_) => None,
@@ -791,7 +755,7 @@ impl Upstream {
     /// port.
     pub(crate) fn scoped(&self) -> (Self, Connections) {
         let (closed_tx, closed_rx) = watch::channel(());
-        let open = Arc::new(OpenConnections::default());
+        let open = Arc::new(CountedConnections::default());
         let upstream = Self {
             closed: Some(closed_rx),
             open: Some(Arc::clone(&open)),
@@ -833,7 +797,7 @@ impl Upstream {
     /// Runs `serve` until it ends or, for a scoped copy, until its owner closes.
     async fn until_closed(&self, serve: impl Future<Output = ()>) {
         // Counted until `serve` is over or dropped (declared first, dropped last).
-        let _open = self.open.as_ref().map(OpenConnections::enter);
+        let _open = self.open.as_ref().map(CountedConnections::enter);
         let Some(closed) = &self.closed else {
             return serve.await;
         };

@@ -23,14 +23,7 @@ async fn only_request(base: &str, fake: &FakeProvider) -> harness::Received {
 /// request's `iid` in the note's project, with `PRIVATE-TOKEN`.
 #[tokio::test]
 async fn a_gitlab_note_hook_as_documented_is_answered_on_its_merge_request() {
-    let (api, fake) = FakeProvider::start(&[]).await;
-    let settings = lookup(&[
-        ("GITLAB_WEBHOOK_TOKEN", "gl-token"),
-        ("GITLAB_API_URL", &api),
-        ("GITLAB_TOKEN", "glpat-abc"),
-    ])
-    .unwrap();
-    let base = start_server(&settings).await;
+    let (base, fake) = harness::gitlab_server().await;
     let body = json!({
         "object_kind": "note",
         "event_type": "note",

@@ -284,14 +284,7 @@ async fn an_azure_devops_test_notification_gets_no_comment() {
 /// its author is.
 #[tokio::test]
 async fn a_gitlab_test_of_comment_events_answers_no_old_command() {
-    let (api, fake) = harness::FakeProvider::start(&[]).await;
-    let settings = lookup(&[
-        ("GITLAB_WEBHOOK_TOKEN", "gl-token"),
-        ("GITLAB_API_URL", &api),
-        ("GITLAB_TOKEN", "glpat-abc"),
-    ])
-    .unwrap();
-    let base = start_server(&settings).await;
+    let (base, fake) = harness::gitlab_server().await;
     let note = |user: u64| {
         json!({
             "object_kind": "note",

@@ -94,6 +94,20 @@ pub(crate) type Received = (String, HashMap<String, String>, Value);
 /// A fake provider API on 127.0.0.1: stores every request it receives, then answers with the
 /// next status of `answers` (`201 Created` once they are used up). A `5xx` in `answers` is
 /// answered after the comment was stored, as a provider failing after the write does.
+/// A server taking GitLab's deliveries (webhook token `gl-token`) and posting its notes to a
+/// fake GitLab API (token `glpat-abc`): its base URL, and the fake.
+#[allow(dead_code)] // not every test file talks to GitLab
+pub(crate) async fn gitlab_server() -> (String, std::sync::Arc<FakeProvider>) {
+    let (api, fake) = FakeProvider::start(&[]).await;
+    let settings = lookup(&[
+        ("GITLAB_WEBHOOK_TOKEN", "gl-token"),
+        ("GITLAB_API_URL", &api),
+        ("GITLAB_TOKEN", "glpat-abc"),
+    ])
+    .unwrap();
+    (start_server(&settings).await, fake)
+}
+
 #[allow(dead_code)]
 #[derive(Default)]
 pub(crate) struct FakeProvider {

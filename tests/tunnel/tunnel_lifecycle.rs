@@ -1325,23 +1325,31 @@ async fn closing_after_a_failed_probe_during_a_re_open_waits_for_that_session() 
     .await;
 }
 
+/// The fake cloudflared, forwarding its public requests to the server's port; `None` without
+/// node.
+fn proxying_cloudflared() -> Option<tower_webhook::tunnel::Cloudflared> {
+    let fake = support::fake_cloudflared()?;
+    Some(
+        tower_webhook::tunnel::Cloudflared::new()
+            .binary(&fake)
+            .startup_timeout(Duration::from_secs(15))
+            // The fake's tunnel is a loopback port (the edge), not in trycloudflare.com.
+            .domain("")
+            .arg("--fake-mode")
+            .arg("proxy"),
+    )
+}
+
 /// cloudflared reaches the service through the server's own port: its deliveries that arrive
 /// during the drain come in there. The port stopped accepting at the shutdown signal, so they
 /// were refused, and cloudflared answered them 502; it keeps accepting through the drain now,
 /// one request per connection, and they are served.
 #[tokio::test]
 async fn deliveries_through_cloudflared_during_the_drain_are_served() {
-    let Some(fake) = support::fake_cloudflared() else {
+    let Some(cloudflared) = proxying_cloudflared() else {
         return;
     };
     let (app, mut entered, release) = gated();
-    let cloudflared = tower_webhook::tunnel::Cloudflared::new()
-        .binary(&fake)
-        .startup_timeout(Duration::from_secs(15))
-        // The fake's tunnel is a loopback port (the edge), not in trycloudflare.com.
-        .domain("")
-        .arg("--fake-mode")
-        .arg("proxy");
     let (running, public, stop_tx) = serve_through(cloudflared, app).await;
     let post = |path: &str| {
         format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
@@ -1380,18 +1388,13 @@ async fn deliveries_through_cloudflared_during_the_drain_are_served() {
 /// with its edge does for a while, and is killed after its 3 s stop grace.
 #[tokio::test]
 async fn a_delivery_through_cloudflared_while_it_stops_is_served() {
-    let Some(fake) = support::fake_cloudflared() else {
+    let Some(cloudflared) = proxying_cloudflared() else {
         return;
     };
-    let (app, mut entered, release) = gated();
-    let cloudflared = tower_webhook::tunnel::Cloudflared::new()
-        .binary(&fake)
-        .startup_timeout(Duration::from_secs(15))
+    let cloudflared = cloudflared
         .stop_grace(Duration::from_secs(3))
-        .domain("")
-        .arg("--fake-mode")
-        .arg("proxy")
         .arg("--fake-ignore-sigint");
+    let (app, mut entered, release) = gated();
     let (running, public, stop_tx) = serve_through(cloudflared, app).await;
     assert_eq!(next_entered(&mut entered).await, "/from-fake-cloudflared");
     release.add_permits(10);
