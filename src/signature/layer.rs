@@ -1621,9 +1621,11 @@ fn reject(shared: &Shared, err: E, headers: &HeaderMap) -> Early {
             tracing::error!(provider, status, request_id, reason = %err, error, "webhook rejected")
         }
         // The cause: a body that contradicts its `Content-Length`, a connection reset, an outer
-        // limit or timeout. Body errors carry no body bytes and no secret.
+        // limit or timeout; or the error of a body that streams from elsewhere (a proxied
+        // client's), which may name its URL, with credentials.
         E::Body(source) => {
-            tracing::warn!(provider, status, request_id, reason = %err, error = %source, "webhook rejected")
+            let error = &*redacted(source.to_string());
+            tracing::warn!(provider, status, request_id, reason = %err, error, "webhook rejected")
         }
         _ => tracing::warn!(provider, status, request_id, reason = %err, "webhook rejected"),
     }

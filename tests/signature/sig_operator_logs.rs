@@ -4,11 +4,13 @@
 use crate::github_hook;
 use github_hook::{GH_BODY, GH_SECRET, GH_SIG, send};
 
+use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::Full;
+use tower::{ServiceBuilder, ServiceExt};
 use tower_webhook::signature::{
     ClaimToken, MemoryReplayStore, ReplayFuture, ReplayStore, SignatureLayer,
 };
@@ -40,6 +42,36 @@ async fn a_refused_body_is_logged_with_its_cause() {
         "{text}"
     );
     assert!(!text.contains(GH_SECRET), "{text}");
+}
+
+/// A body that streams from elsewhere (a proxied client's response) fails with that client's
+/// error, which names the URL it read, credentials and all: the log has the cause without them.
+#[tokio::test]
+async fn a_failed_body_is_logged_without_the_credentials_its_error_names() {
+    let (logs, _guard) = Logs::capture();
+    let failure = "error decoding response body for url \
+                   (https://bot:pw-s3cret@git.example/hook?access_token=tok-s3cret)";
+    let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+        Ok(Bytes::from_static(&GH_BODY[..4])),
+        Err(std::io::Error::other(failure)),
+    ];
+    let req = Request::post("/github")
+        .header("x-hub-signature-256", GH_SIG)
+        .body(axum::body::Body::from_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(SignatureLayer::github(GH_SECRET).unwrap())
+        .service_fn(|_: Request<axum::body::Body>| async {
+            Ok::<_, Infallible>(Response::new(Full::<Bytes>::default()))
+        });
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let text = logs.text();
+    assert!(text.contains("error decoding response body"), "{text}");
+    assert!(text.contains("git.example/hook"), "{text}");
+    assert!(!text.contains("s3cret"), "{text}");
 }
 
 /// A memory store whose claims cannot be released or completed.
