@@ -3,9 +3,10 @@
 //! An error's `Display` often names the URL it failed on (reqwest's `... for url (...)`, a
 //! panic's `unwrap()` of such an error), and that URL may carry credentials: a user and a
 //! password (`https://user:secret@host/`, `redis://:secret@host`), a token in its query
-//! (`?access_token=...`), or a token in its path (a Slack, Discord, Teams or Telegram hook). The error layer logs error chains and panic
-//! messages through [`redact`], and the tunnel the errors of the services it serves and what
-//! cloudflared prints.
+//! (`?access_token=...`), or a token in its path (a Slack, Discord, Teams or Telegram hook).
+//! An error that prints its request's headers prints their credentials too (`Authorization`,
+//! `X-Gitlab-Token`). The error layer logs error chains and panic messages through
+//! [`redact`], and the tunnel the errors of the services it serves and what cloudflared prints.
 
 use std::borrow::Cow;
 
@@ -85,9 +86,11 @@ const MIN_CREDENTIAL: usize = 8;
 /// [`MAX_URLS`] URLs, each is left out whole.
 ///
 /// Outside URLs too: the credential after `Bearer` or `Basic` (in any case; one that reads as a
-/// word, without a digit or a `+/=._-~`, is kept), what follows a token prefix of
-/// [`TOKEN_PREFIXES`] (`ghp_`, `glpat-`, `xoxb-`, `whsec_`...), a JSON Web Token (`eyJ...`),
-/// and the body of a PEM private key.
+/// short word, without a digit or a `+/=._-~`, is kept, unless it is a `Basic` one that decodes
+/// to `user:password`), the value of a header whose name says it is a credential
+/// (`Authorization`, `Cookie`, `X-Gitlab-Token`, `X-Hub-Signature-256`..., see
+/// [`header_values`]), what follows a token prefix of [`TOKEN_PREFIXES`] (`ghp_`, `glpat-`,
+/// `xoxb-`, `whsec_`...), a JSON Web Token (`eyJ...`), and the body of a PEM private key.
 pub(crate) fn redact(text: &str) -> Cow<'_, str> {
     // The byte ranges to leave out, as found; a URL inside another's query or path
     // (`?redirect=https://...`) is looked at too, so they may overlap.
@@ -216,14 +219,17 @@ fn credentials(text: &str, secrets: &mut Vec<(usize, usize)>) {
             read = end;
             let credential = &bytes[start..end];
             if credential.len() >= MIN_CREDENTIAL
-                && credential
+                && (credential
                     .iter()
                     .any(|b| b.is_ascii_digit() || b"+/=._-~".contains(b))
+                    || credential.len() >= MIN_WORDLIKE_CREDENTIAL
+                    || (scheme == "basic " && decodes_to_user_and_password(credential)))
             {
                 secrets.push((start, end));
             }
         }
     }
+    header_values(text, &lower, secrets);
     let base64url = |b: u8| b.is_ascii_alphanumeric() || b"_-".contains(&b);
     for prefix in TOKEN_PREFIXES {
         let mut read = 0;
@@ -297,6 +303,175 @@ fn credentials(text: &str, secrets: &mut Vec<(usize, usize)>) {
     }
 }
 
+/// The shortest credential after `Bearer` or `Basic` left out even though it reads as a word
+/// (letters only): no word of prose is that long.
+const MIN_WORDLIKE_CREDENTIAL: usize = 20;
+
+/// Whether a `Basic` credential made of letters only is base64 for `user:password`: the text
+/// it decodes to holds a `:`.
+fn decodes_to_user_and_password(credential: &[u8]) -> bool {
+    let data = credential
+        .strip_suffix(b"==")
+        .or_else(|| credential.strip_suffix(b"="))
+        .unwrap_or(credential);
+    let mut acc: u32 = 0;
+    let mut bits = 0;
+    for &b in data {
+        let sextet = match b {
+            b'A'..=b'Z' => b - b'A',
+            b'a'..=b'z' => b - b'a' + 26,
+            b'0'..=b'9' => b - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return false,
+        };
+        acc = ((acc << 6) | u32::from(sextet)) & 0xFFFF;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            if (acc >> bits) & 0xFF == u32::from(b':') {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Parts of header names (and of JSON members' or form fields' names written as `name: value`)
+/// that say their values are credentials, compared lower-cased: a name made of two or more
+/// parts joined by `-` or `_` (`X-Gitlab-Token`, `PRIVATE-TOKEN`, `X-Hub-Signature-256`,
+/// `X-Shopify-Hmac-Sha256`, `client_secret`) with one of these parts.
+const SECRET_NAME_PARTS: [&str; 11] = [
+    "token",
+    "secret",
+    "signature",
+    "hmac",
+    "password",
+    "passwd",
+    "apikey",
+    "auth",
+    "authorization",
+    "credential",
+    "cookie",
+];
+
+/// Authentication schemes that start an `Authorization` value; kept in front of what is left
+/// out, to tell which kind of credential it was.
+const AUTH_SCHEMES: [&str; 7] = [
+    "bearer ",
+    "basic ",
+    "token ",
+    "digest ",
+    "bot ",
+    "negotiate ",
+    "ntlm ",
+];
+
+/// The values of headers whose names say they are credentials (`Authorization`, `Cookie`,
+/// `X-Gitlab-Token`, `PRIVATE-TOKEN`, `X-Hub-Signature-256`... see [`SECRET_NAME_PARTS`]), as
+/// `name: value` writes them (a header line, a header map's `Debug`, JSON with quoted names and
+/// values), as byte ranges into `secrets`: a quoted value up to its closing quote, any other
+/// value up to the end of its line. An authentication scheme in front ([`AUTH_SCHEMES`]) is
+/// kept.
+fn header_values(text: &str, lower: &str, secrets: &mut Vec<(usize, usize)>) {
+    let bytes = text.as_bytes();
+    let name_byte = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+    // Past the value last left out: its colons are the value's.
+    let mut read = 0;
+    for (colon, _) in text.match_indices(':') {
+        if colon < read {
+            continue;
+        }
+        let quote = colon
+            .checked_sub(1)
+            .map(|before| bytes[before])
+            .filter(|b| matches!(b, b'"' | b'\''));
+        let name_end = colon - usize::from(quote.is_some());
+        let name_start = bytes[..name_end]
+            .iter()
+            .rposition(|&b| !name_byte(b))
+            .map_or(0, |before| before + 1);
+        if let Some(quote) = quote
+            && name_start.checked_sub(1).map(|before| bytes[before]) != Some(quote)
+        {
+            continue;
+        }
+        if !secret_name(&lower[name_start..name_end]) {
+            continue;
+        }
+        let mut start = colon
+            + 1
+            + bytes[colon + 1..]
+                .iter()
+                .take_while(|&&b| b == b' ')
+                .count();
+        let value_quote = bytes
+            .get(start)
+            .copied()
+            .filter(|b| matches!(b, b'"' | b'\''));
+        start += usize::from(value_quote.is_some());
+        let end = match value_quote {
+            Some(quote) => closing_quote(bytes, start, quote),
+            None => {
+                start
+                    + bytes[start..]
+                        .iter()
+                        .position(|&b| matches!(b, b'\n' | b'\r'))
+                        .unwrap_or(bytes.len() - start)
+            }
+        };
+        read = end;
+        let value = &lower[start..end];
+        if let Some(scheme) = AUTH_SCHEMES
+            .iter()
+            .find(|scheme| value.starts_with(**scheme))
+        {
+            start += scheme.len()
+                + bytes[start + scheme.len()..end]
+                    .iter()
+                    .take_while(|&&b| b == b' ')
+                    .count();
+        }
+        if end > start {
+            secrets.push((start, end));
+        }
+    }
+}
+
+/// Whether a header named `name` (lower-cased) carries a credential. See [`header_values`].
+fn secret_name(name: &str) -> bool {
+    if matches!(name, "authorization" | "cookie") {
+        return true;
+    }
+    let mut parts = name.split(['-', '_']);
+    let first = parts.next().unwrap_or_default();
+    let mut any = false;
+    let mut previous = first;
+    let mut secret = SECRET_NAME_PARTS.contains(&first);
+    for part in parts {
+        any = true;
+        secret |= SECRET_NAME_PARTS.contains(&part)
+            || (matches!(previous, "api" | "private") && part == "key");
+        previous = part;
+    }
+    any && secret
+}
+
+/// Where the value quoted by `quote` that starts at `from` ends: at the first `quote` not
+/// escaped by a backslash, or at the end of the line (or of the text) if it is not closed.
+fn closing_quote(bytes: &[u8], from: usize, quote: u8) -> usize {
+    let mut at = from;
+    while at < bytes.len() {
+        match bytes[at] {
+            b'\\' => at += 2,
+            b'\n' | b'\r' => return at,
+            b if b == quote => return at,
+            _ => at += 1,
+        }
+    }
+    bytes.len()
+}
+
 /// Whether `at` starts a word of `bytes`: the byte before it is no letter, digit or `_`.
 fn starts_word(bytes: &[u8], at: usize) -> bool {
     at == 0 || !(bytes[at - 1].is_ascii_alphanumeric() || bytes[at - 1] == b'_')
@@ -318,8 +493,8 @@ fn is_token68(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b)
 }
 
-/// The values in `text[from..end]`, read as `&`-separated `name=value` parameters, whose names
-/// say they are secrets, as byte ranges into `secrets`.
+/// The values in `text[from..end]`, read as `&`-separated (or `;`-separated) `name=value`
+/// parameters, whose names say they are secrets, as byte ranges into `secrets`.
 fn secret_params(text: &str, from: usize, end: usize, secrets: &mut Vec<(usize, usize)>) {
     let bytes = text.as_bytes();
     let mut param = from;
@@ -327,7 +502,7 @@ fn secret_params(text: &str, from: usize, end: usize, secrets: &mut Vec<(usize, 
         let param_end = param
             + bytes[param..end]
                 .iter()
-                .position(|&b| b == b'&')
+                .position(|&b| b == b'&' || b == b';')
                 .unwrap_or(end - param);
         if let Some(eq) = bytes[param..param_end].iter().position(|&b| b == b'=') {
             let value = param + eq + 1;
@@ -714,8 +889,53 @@ mod tests {
                 "Authorization: basic YWxhZGRpbjpvcGVuc2VzYW1l==",
                 "Authorization: basic <redacted>",
             ),
+            // A `Basic` credential or a long `Bearer` one, letters only.
+            ("sent Basic dXNlcjpwYXNz", "sent Basic <redacted>"),
+            (
+                "sent bearer abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMN",
+                "sent bearer <redacted>",
+            ),
+            // A header that carries a credential, in any form: its value is left out, after
+            // the scheme of an `Authorization` value.
+            (
+                "Authorization: Bearer abcdefghij\nAccept: */*",
+                "Authorization: Bearer <redacted>\nAccept: */*",
+            ),
+            (
+                "Authorization: token 0123456789abcdef0123456789abcdef01234567",
+                "Authorization: token <redacted>",
+            ),
+            (
+                r#"{"x-gitlab-token": "plain words", "x-gitlab-event": "Note Hook"}"#,
+                r#"{"x-gitlab-token": "<redacted>", "x-gitlab-event": "Note Hook"}"#,
+            ),
+            ("PRIVATE-TOKEN: letters", "PRIVATE-TOKEN: <redacted>"),
+            (
+                "x-hub-signature-256: sha256=0123abcd",
+                "x-hub-signature-256: <redacted>",
+            ),
+            (
+                "X-Shopify-Hmac-Sha256: abc=",
+                "X-Shopify-Hmac-Sha256: <redacted>",
+            ),
+            (
+                r#"Proxy-Authorization: Digest username="u", response="6629fae4""#,
+                "Proxy-Authorization: Digest <redacted>",
+            ),
+            (
+                r#"{'client_secret': 'it\'s', 'x-api-key': 'k'}"#,
+                r#"{'client_secret': '<redacted>', 'x-api-key': '<redacted>'}"#,
+            ),
+            (r#"cookie: "a=b; c=d""#, r#"cookie: "<redacted>""#),
+            // Names that carry none, and prose.
+            (
+                "x-github-delivery: 1-2, idempotency-key: k, at 12:30:45",
+                "x-github-delivery: 1-2, idempotency-key: k, at 12:30:45",
+            ),
+            ("invalid token: expected hex", "invalid token: expected hex"),
             // English words after "basic" or "bearer" are kept.
             ("basic authentication failed", "basic authentication failed"),
+            ("Basic username", "Basic username"),
             ("the bearer token expired", "the bearer token expired"),
             ("Bearer", "Bearer"),
             // Tokens known by their prefix, wherever they are.
@@ -777,6 +997,11 @@ mod tests {
                 "https://h/?session=s1&sid=s2",
                 "https://h/?session=<redacted>&sid=<redacted>",
             ),
+            // Parameters separated by `;`.
+            (
+                "https://h/x?a=1;token=abc;b=2",
+                "https://h/x?a=1;token=<redacted>;b=2",
+            ),
         ];
         for (text, expected) in cases {
             assert_eq!(redact(text), expected, "{text}");
@@ -822,8 +1047,11 @@ mod tests {
         // No PEM end line: a key's body then runs to the end of the text, which another
         // credential that took in its end line (a URL's user info) would make it do on a
         // second pass, and no more.
-        const PIECES: [&str; 27] = [
+        const PIECES: [&str; 30] = [
             "://",
+            "x-gitlab-token",
+            "'",
+            "\n",
             "Bearer ",
             "basic ",
             "ghp_",
@@ -866,7 +1094,14 @@ mod tests {
                 text.push_str(PIECES[(state >> 33) as usize % PIECES.len()]);
             }
             let out = redact(&text);
-            let credential = ["Bearer", "basic", "ghp_", "eyJ", "-----BEGIN"];
+            let credential = [
+                "Bearer",
+                "basic",
+                "ghp_",
+                "eyJ",
+                "-----BEGIN",
+                "x-gitlab-token",
+            ];
             if !text.contains("://") && !credential.iter().any(|c| text.contains(c)) {
                 assert_eq!(out, text);
             }
