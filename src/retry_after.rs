@@ -83,7 +83,7 @@ fn origination(headers: &HeaderMap) -> Option<SystemTime> {
 }
 
 /// What a gRPC server asks of a client's next attempt with `grpc-retry-pushback-ms`.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum Pushback {
     /// No pushback: the policy decides.
     None,

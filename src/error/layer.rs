@@ -945,6 +945,7 @@ fn on_error<B, R: RenderProblem>(
     config: &Config,
     renderer: &R,
 ) -> Response<ResponseBody<B>> {
+    let mut kept = None;
     let problem = match outcome {
         Outcome::Error(err) => {
             // The error's own code runs here (its `Display`, an `HttpError`'s methods, a
@@ -955,12 +956,15 @@ fn on_error<B, R: RenderProblem>(
                     .unwrap_or_else(classify::unknown);
                 let problem = error_status(problem, info);
                 log_problem(&problem, info, Some(&*err));
-                problem
+                (problem, kept_for_retry(&*err))
             }));
             // Its `Drop` too: a panic there is logged, and the error still answered.
             drop_logged(info, "the service's error", move || drop(err));
             match classified {
-                Ok(problem) => problem,
+                Ok((problem, for_retry)) => {
+                    kept = for_retry;
+                    problem
+                }
                 Err(payload) => panicked(
                     info,
                     payload,
@@ -977,7 +981,23 @@ fn on_error<B, R: RenderProblem>(
             "the service panicked while it got ready for a request",
         ),
     };
-    render(problem, info, config, renderer, true)
+    let mut response = render(problem, info, config, renderer, true);
+    if let Some(kept) = kept {
+        response.extensions_mut().insert(kept);
+    }
+    response
+}
+
+/// What a retry policy above the layer reads of an error it answered (with feature `retry`):
+/// the error is gone once answered, and its 500 would not be retried as the error is.
+#[cfg(feature = "retry")]
+fn kept_for_retry(err: &(dyn std::error::Error + 'static)) -> Option<crate::retry::AnsweredError> {
+    Some(crate::retry::AnsweredError::new(err))
+}
+
+#[cfg(not(feature = "retry"))]
+fn kept_for_retry(_: &(dyn std::error::Error + 'static)) -> Option<Infallible> {
+    None
 }
 
 /// The problem that answers a panic, logged once with the panic's message and `what` panicked.

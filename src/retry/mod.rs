@@ -110,7 +110,8 @@
 //! # Services it wraps
 //!
 //! The inner service's errors must be a [`RetryError`]: `BoxError`, `Infallible` (a service
-//! under `WebhookErrorLayer`), `tonic::Status` (feature `tonic`) or a reqwest error (features
+//! under `WebhookErrorLayer`, whose answers to errors are retried as those errors: see
+//! [`AnsweredError`]), `tonic::Status` (feature `tonic`) or a reqwest error (features
 //! `reqwest`, `reqwest-0-12`). Map the errors of another client into a `BoxError` first: for
 //! hyper-util's legacy `Client` or a tonic `Channel`, `.map_err(BoxError::from)` (tower's
 //! `MapErrLayer`) between the policy and the client keeps their source chains, which the
@@ -419,6 +420,139 @@ pub trait RetryResponse {
     fn is_circuit_open(&self) -> bool {
         false
     }
+    /// What a layer below the policy that answers its errors (`WebhookErrorLayer`, feature
+    /// `error`) kept of the error this response answers, if it is such an answer: the policy
+    /// then decides as it would for the error, not by the response's status (a refused
+    /// connection answered as a 500 is retried as the refused connection would be). `None`
+    /// (the default) when unknown.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::io;
+    /// use tower_webhook::retry::{AnsweredError, RetryResponse};
+    ///
+    /// let mut res = http::Response::builder().status(500).body(()).unwrap();
+    /// assert!(RetryResponse::answered_error(&res).is_none());
+    /// let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+    /// res.extensions_mut().insert(AnsweredError::new(&refused));
+    /// assert!(RetryResponse::answered_error(&res).is_some_and(AnsweredError::was_not_sent));
+    /// ```
+    fn answered_error(&self) -> Option<&AnsweredError> {
+        None
+    }
+}
+
+/// What the policy reads of an error that a layer below it answered, kept in the answer's
+/// extensions: `WebhookErrorLayer` keeps it (with feature `retry`) for each error it turns into
+/// a response, so that a [`RetryPolicy`] above it retries the error, not the 500 or the 503 it
+/// became. A layer of your own that answers errors can keep one the same way.
+///
+/// Its `Debug` shows what the policy reads, not the error (whose text may name a URL with
+/// credentials).
+///
+/// # Example
+///
+/// ```
+/// use std::io;
+/// use tower_webhook::retry::AnsweredError;
+///
+/// let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+/// assert!(AnsweredError::new(&refused).was_not_sent());
+/// let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+/// assert!(!AnsweredError::new(&reset).was_not_sent());
+/// ```
+#[derive(Clone)]
+pub struct AnsweredError(Facts);
+
+/// What the policy reads of an error, owned.
+#[derive(Clone)]
+enum Facts {
+    /// Never retried: a circuit-open rejection, or an error the same request meets again.
+    Final,
+    /// A reqwest error made from an answer: its status, and the URL that answered.
+    Answered(StatusCode, Option<Box<str>>),
+    /// Another failure: the gRPC status the upstream answered, if it is one, and whether the
+    /// request was never sent.
+    Failed(Option<(u16, Pushback)>, bool),
+}
+
+/// [`Facts`], borrowed from the error or from an [`AnsweredError`].
+enum ErrorFacts<'a> {
+    Final,
+    Answered(StatusCode, Option<&'a str>),
+    Failed(Option<(u16, Pushback)>, bool),
+}
+
+impl<'a> ErrorFacts<'a> {
+    /// What the policy reads of `err`.
+    fn of(err: &'a (dyn Error + 'static)) -> Self {
+        if is_circuit_open(err) || fails_again(err) {
+            return Self::Final;
+        }
+        if let Some((status, answered)) = chain(err).find_map(reqwest_status) {
+            return Self::Answered(status, answered);
+        }
+        Self::Failed(answered_grpc_status(err), was_not_sent(err))
+    }
+}
+
+impl AnsweredError {
+    /// What the policy reads of `err`, kept.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower::load_shed::error::Overloaded;
+    /// use tower_webhook::retry::AnsweredError;
+    ///
+    /// // A load shedder turns a request away before it is sent.
+    /// assert!(AnsweredError::new(&Overloaded::new()).was_not_sent());
+    /// ```
+    pub fn new(err: &(dyn Error + 'static)) -> Self {
+        Self(match ErrorFacts::of(err) {
+            ErrorFacts::Final => Facts::Final,
+            ErrorFacts::Answered(status, url) => Facts::Answered(status, url.map(Box::from)),
+            ErrorFacts::Failed(grpc, not_sent) => Facts::Failed(grpc, not_sent),
+        })
+    }
+
+    /// Whether the error showed that the request was never sent (see [`was_not_sent`]).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::io;
+    /// use tower_webhook::retry::AnsweredError;
+    ///
+    /// let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+    /// assert!(AnsweredError::new(&refused).was_not_sent());
+    /// ```
+    pub fn was_not_sent(&self) -> bool {
+        matches!(self.0, Facts::Failed(_, true))
+    }
+
+    fn facts(&self) -> ErrorFacts<'_> {
+        match &self.0 {
+            Facts::Final => ErrorFacts::Final,
+            Facts::Answered(status, url) => ErrorFacts::Answered(*status, url.as_deref()),
+            Facts::Failed(grpc, not_sent) => ErrorFacts::Failed(*grpc, *not_sent),
+        }
+    }
+}
+
+impl fmt::Debug for AnsweredError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut debug = f.debug_struct("AnsweredError");
+        match &self.0 {
+            Facts::Final => debug.field("retried", &false),
+            Facts::Answered(status, _) => debug.field("answered", &status.as_u16()),
+            Facts::Failed(grpc, not_sent) => debug
+                .field("grpc_status", &grpc.map(|(code, _)| code))
+                .field("was_not_sent", not_sent),
+        }
+        .finish()
+    }
 }
 
 impl<B> RetryResponse for http::Response<B> {
@@ -434,6 +568,9 @@ impl<B> RetryResponse for http::Response<B> {
             return problem.problem_type() == crate::error::types::CIRCUIT_OPEN;
         }
         false
+    }
+    fn answered_error(&self) -> Option<&AnsweredError> {
+        self.extensions().get()
     }
 }
 
@@ -475,7 +612,8 @@ impl RetryError for BoxError {
 }
 
 /// The error of a service that never fails, such as one under `WebhookErrorLayer`, which
-/// answers its errors: the policy reads its responses only.
+/// answers its errors: the policy reads its responses, and an answered error as the error (see
+/// [`AnsweredError`]).
 impl RetryError for std::convert::Infallible {
     fn as_error(&self) -> &(dyn Error + 'static) {
         match *self {}
@@ -1252,6 +1390,81 @@ impl RetryPolicy {
             .is_some_and(|bit| self.statuses[usize::from(bit / 64)] & (1 << (bit % 64)) != 0)
     }
 
+    /// Whether `res` asks for another attempt: its wait, if it names one, and whether it shows
+    /// the upstream did not act on the request; `None` when it is not retried.
+    fn read_response<Req: RetryRequest, Res: RetryResponse>(
+        &self,
+        req: &Req,
+        res: &Res,
+    ) -> Option<(Option<Duration>, bool)> {
+        let status = res.status();
+        if RetryResponse::is_circuit_open(res) {
+            return None;
+        }
+        if let Some(code) = trailers_only_grpc_status(status, res.headers()) {
+            // A gRPC answer: retried when its HTTP equivalent would be, but never taken as a
+            // refusal (gRPC has no code that says the call was not acted on;
+            // RESOURCE_EXHAUSTED is also a message too large).
+            if !self.is_retryable_status(crate::grpc_http::status_of(code)) {
+                return None;
+            }
+            let after = match grpc_pushback(res.headers()) {
+                Pushback::Wait(after) => Some(after),
+                Pushback::DoNotRetry => return None,
+                Pushback::None => retry_after(res.headers()),
+            };
+            return Some((after, false));
+        }
+        if !self.is_retryable_status(status) {
+            return None;
+        }
+        let after = retry_after(res.headers());
+        // A refusal of the request it answers: after a redirect the client followed, another
+        // request (the `GET` of a `303 See Other` the upstream sent once it acted on a `POST`).
+        let refused = !redirected(RetryRequest::url(req), RetryResponse::url(res))
+            && (refuses(status) || (status == StatusCode::SERVICE_UNAVAILABLE && after.is_some()));
+        // A spent rate-limit quota without a wait in `Retry-After`: trying again before it is
+        // renewed meets the same limit.
+        Some((or_rate_limit_reset(after, res.headers()), refused))
+    }
+
+    /// Whether an error (what `facts` says of it) asks for another attempt, as
+    /// [`read_response`](Self::read_response) tells of a response.
+    fn read_error<Req: RetryRequest>(
+        &self,
+        req: &Req,
+        facts: ErrorFacts<'_>,
+    ) -> Option<(Option<Duration>, bool)> {
+        match facts {
+            ErrorFacts::Final => None,
+            // A reqwest error made from an answer is that answer, read as the response would
+            // be: a 404 is a verdict, a 429 a refusal. Its headers are gone, so a 503 is not
+            // known to carry `Retry-After`.
+            ErrorFacts::Answered(status, answered) => {
+                if !self.is_retryable_status(status) {
+                    return None;
+                }
+                let refused = refuses(status) && !redirected(RetryRequest::url(req), answered);
+                Some((None, refused))
+            }
+            ErrorFacts::Failed(grpc, not_sent) => {
+                let after = match grpc {
+                    // An error that is the upstream's answer (`PERMISSION_DENIED`,
+                    // `NOT_FOUND`) is a verdict, not a failure that may pass next time.
+                    Some((code, _))
+                        if !self.is_retryable_status(crate::grpc_http::status_of(code)) =>
+                    {
+                        return None;
+                    }
+                    Some((_, Pushback::DoNotRetry)) => return None,
+                    Some((_, Pushback::Wait(after))) => Some(after),
+                    Some((_, Pushback::None)) | None => None,
+                };
+                Some((after, not_sent))
+            }
+        }
+    }
+
     fn may_retry<Req: RetryRequest>(&self, req: &Req) -> bool {
         self.any_method || req.is_idempotent()
     }
@@ -1268,71 +1481,12 @@ where
     fn retry(&mut self, req: &mut Req, result: &mut Result<Res, E>) -> Option<Self::Future> {
         // `unprocessed`: the failure shows the upstream did not act on the request.
         let (retry_after, unprocessed) = match result {
-            Ok(res) => {
-                let status = res.status();
-                if RetryResponse::is_circuit_open(res) {
-                    return None;
-                }
-                if let Some(code) = trailers_only_grpc_status(status, res.headers()) {
-                    // A gRPC answer: retried when its HTTP equivalent would be, but never
-                    // taken as a refusal (gRPC has no code that says the call was not acted
-                    // on; RESOURCE_EXHAUSTED is also a message too large).
-                    if !self.is_retryable_status(crate::grpc_http::status_of(code)) {
-                        return None;
-                    }
-                    let after = match grpc_pushback(res.headers()) {
-                        Pushback::Wait(after) => Some(after),
-                        Pushback::DoNotRetry => return None,
-                        Pushback::None => retry_after(res.headers()),
-                    };
-                    (after, false)
-                } else {
-                    if !self.is_retryable_status(status) {
-                        return None;
-                    }
-                    let after = retry_after(res.headers());
-                    // A refusal of the request it answers: after a redirect the client
-                    // followed, another request (the `GET` of a `303 See Other` the upstream
-                    // sent once it acted on a `POST`).
-                    let refused = !redirected(RetryRequest::url(req), RetryResponse::url(res))
-                        && (refuses(status)
-                            || (status == StatusCode::SERVICE_UNAVAILABLE && after.is_some()));
-                    // A spent rate-limit quota without a wait in `Retry-After`: trying again
-                    // before it is renewed meets the same limit.
-                    let after = or_rate_limit_reset(after, res.headers());
-                    (after, refused)
-                }
-            }
-            Err(err) => {
-                let err = err.as_error();
-                if is_circuit_open(err) || fails_again(err) {
-                    return None;
-                }
-                // A reqwest error made from an answer (`error_for_status`) is that answer, read
-                // as the response would be: a 404 is a verdict, a 429 a refusal. Its headers
-                // are gone, so a 503 is not known to carry `Retry-After`.
-                if let Some((status, answered)) = chain(err).find_map(reqwest_status) {
-                    if !self.is_retryable_status(status) {
-                        return None;
-                    }
-                    let refused = refuses(status) && !redirected(RetryRequest::url(req), answered);
-                    (None, refused)
-                } else {
-                    let after = match answered_grpc_status(err) {
-                        // An error that is the upstream's answer (`PERMISSION_DENIED`,
-                        // `NOT_FOUND`) is a verdict, not a failure that may pass next time.
-                        Some((code, _))
-                            if !self.is_retryable_status(crate::grpc_http::status_of(code)) =>
-                        {
-                            return None;
-                        }
-                        Some((_, Pushback::DoNotRetry)) => return None,
-                        Some((_, Pushback::Wait(after))) => Some(after),
-                        Some((_, Pushback::None)) | None => None,
-                    };
-                    (after, was_not_sent(err))
-                }
-            }
+            // An error a layer below answered is read as the error.
+            Ok(res) => match RetryResponse::answered_error(res) {
+                Some(answered) => self.read_error(req, answered.facts())?,
+                None => self.read_response(req, res)?,
+            },
+            Err(err) => self.read_error(req, ErrorFacts::of(err.as_error()))?,
         };
         if self.attempt >= self.max_retries || !(unprocessed || self.may_retry(req)) {
             return None;

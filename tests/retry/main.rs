@@ -20,6 +20,7 @@ mod retry;
 mod retry_after;
 mod retry_after_dates;
 mod retry_connect_timeouts;
+mod retry_error_layer;
 mod retry_open_connections;
 mod retry_rate_limits;
 mod retry_redirects;
