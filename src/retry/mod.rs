@@ -83,9 +83,10 @@
 //! - **Never a circuit-open rejection**: an error carrying
 //!   `CircuitOpen` (the circuit breaker's refusal, feature `circuit-breaker`) is returned at once,
 //!   and so is the 503 a `WebhookErrorLayer` below the policy answers for it (recognised by the
-//!   `circuit-open` problem in its extensions, not read as a 503 with `Retry-After`), and a
-//!   reqwest error the same request meets again (a builder error such as a URL scheme reqwest
-//!   does not send, or a redirect loop).
+//!   `circuit-open` problem in its extensions, not read as a 503 with `Retry-After`), and an
+//!   error the same request meets again (a reqwest builder error such as a URL scheme reqwest
+//!   does not send, or a redirect loop; hyper-util's legacy client refusing a URI that is not
+//!   absolute).
 //! - **Attempts, not time**: at most [`max_retries`](RetryPolicy::max_retries) retries per
 //!   call, each wait at most `cap` or `max_retry_after`; the policy sets no deadline for the
 //!   whole call. For one, put `tower::timeout::TimeoutLayer` outside the retry layer; give each
@@ -938,10 +939,23 @@ fn refuses(status: StatusCode) -> bool {
 }
 
 /// Whether `err` is one the same request meets again whatever the wait: reqwest refusing to
-/// build or send it (a bad URL scheme), or a redirect loop.
+/// build or send it (a bad URL scheme), a redirect loop, or hyper-util's legacy client refusing
+/// to send it (see [`CLIENT_REFUSALS`]).
 fn fails_again(err: &(dyn Error + 'static)) -> bool {
-    chain(err).any(|e| reqwest_error(e, ReqwestTest::FailsAgain))
+    chain(err).any(|e| {
+        reqwest_error(e, ReqwestTest::FailsAgain)
+            || (e.source().is_none() && CLIENT_REFUSALS.iter().any(|m| displays_as(e, m)))
+    })
 }
+
+/// What hyper-util's legacy client's errors say (and hyper-util has no other with these words)
+/// when it refuses a request as it is, before any connection: a URI that is not absolute (a
+/// path alone), or `CONNECT` over HTTP/1.0. They are told by message, as its connect error is
+/// ([`CLIENT_CONNECT_ERROR`]).
+const CLIENT_REFUSALS: [&str; 2] = [
+    "client error (UserAbsoluteUriRequired)",
+    "client error (UserUnsupportedRequestMethod)",
+];
 
 fn is_circuit_open(err: &(dyn Error + 'static)) -> bool {
     chain(err).any(|e| {

@@ -158,3 +158,31 @@ async fn an_answered_unavailable_is_not_taken_for_a_connect_error() {
     assert_eq!(status.code(), tonic::Code::Unavailable);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+/// A request hyper-util's client refuses before any connection (a path with no scheme and host)
+/// is tried once: it would be refused the same way each time, and each retry would take from
+/// the budget that the upstream's real failures share. It was tried four times.
+#[tokio::test]
+async fn a_request_hyper_utils_client_refuses_to_send_is_tried_once() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&calls);
+    let client: Client<_, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let svc = ServiceBuilder::new()
+        .layer(policy().max_retries(3).into_layer())
+        .map_request(move |req: Request<Full<Bytes>>| {
+            count.fetch_add(1, Ordering::SeqCst);
+            req
+        })
+        .map_err(BoxError::from)
+        .service(client);
+    let req = Request::get("/repos/o/r/pulls/1")
+        .body(Full::default())
+        .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), svc.oneshot(req))
+        .await
+        .expect("the call ends")
+        .expect_err("not sent");
+    assert_eq!(err.to_string(), "client error (UserAbsoluteUriRequired)");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
