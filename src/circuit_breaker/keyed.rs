@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::task::{Context, Poll};
 
 use tower_layer::Layer;
@@ -145,8 +145,12 @@ impl<K: Hash + Eq + Clone + fmt::Display> Shared<K> {
 /// passed (OPEN past it, or HALF_OPEN; its key then starts CLOSED again if it comes back), else
 /// one that is CLOSED and counting failures; if there is none, new keys share one overflow
 /// breaker (and a warning is logged, once until a new key finds a
-/// slot again); a new key that finds every slot so taken goes there under the key map's read
-/// lock, without taking its write lock. `poll_ready` always polls the inner service (the key is not known before the request); when `call` then rejects, the
+/// slot again; it is named `<name>:overflow`, the keys' breakers `<name>/<key>`); a new key
+/// that finds every slot so taken goes there under the key map's read lock, without taking its
+/// write lock. Key by what you call (the upstream's host, a repository you serve), not by what
+/// a sender may make up at will: new keys that all fail hold their slots while their breakers
+/// are open, and every further new key then shares the overflow breaker, which opens for them
+/// all. `poll_ready` always polls the inner service (the key is not known before the request); when `call` then rejects, the
 /// readied inner service is swapped for a fresh clone, so the capacity it reserved (a `Buffer`
 /// slot, a `ConcurrencyLimit` permit) is released at once rather than held by an idle clone.
 /// A `call` without a `poll_ready` that returned `Ready` is refused with [`CircuitOpen`], told
@@ -228,7 +232,8 @@ impl<K, F> KeyedCircuitBreakerLayer<K, F> {
         if max_keys == 0 {
             return Err(ConfigError::max_keys());
         }
-        let overflow = Core::new_counted(config.clone().name(format!("{}/overflow", config.name)));
+        // Not `<name>/overflow`, which is also the name of a key `overflow`'s breaker.
+        let overflow = Core::new_counted(config.clone().name(format!("{}:overflow", config.name)));
         Ok(Self {
             shared: Arc::new(Shared {
                 config,
@@ -496,7 +501,8 @@ impl<K> fmt::Debug for KeyedCircuitBreakerHandle<K> {
 
 impl<K: Hash + Eq + Clone> KeyedCircuitBreakerHandle<K> {
     /// The handle of `key`'s breaker, if it exists. The key may be given in any borrowed form
-    /// of `K`, as for a `HashMap`: a `&str` for `String` keys.
+    /// of `K`, as for a `HashMap`: a `&str` for `String` keys. While the handle is kept, the
+    /// breaker counts as in use and is not replaced by a new key: drop it once read.
     ///
     /// # Example
     ///
@@ -553,7 +559,7 @@ impl<K: Hash + Eq + Clone> KeyedCircuitBreakerHandle<K> {
     /// // ...so a second host shares the overflow breaker.
     /// svc.ready().await.unwrap().call(("b.example.com", 200)).await.unwrap();
     /// assert!(handle.get(&"b.example.com").is_none());
-    /// assert_eq!(handle.overflow().name(), "default/overflow");
+    /// assert_eq!(handle.overflow().name(), "default:overflow");
     /// # }
     /// ```
     pub fn overflow(&self) -> CircuitBreakerHandle {
@@ -637,12 +643,17 @@ impl<K: Hash + Eq + Clone> KeyedCircuitBreakerHandle<K> {
     /// # }
     /// ```
     pub fn snapshots(&self) -> Vec<(K, Snapshot)> {
-        let cores: Vec<(K, Arc<Core>)> = {
+        // Held weakly, each upgraded for its own snapshot only: a breaker held counts as in
+        // use, and a new key of a full map would find none to replace while they are read.
+        let cores: Vec<(K, Weak<Core>)> = {
             let map = self.shared.map.read().unwrap_or_else(|p| p.into_inner());
             map.iter()
-                .map(|(k, c)| (k.clone(), Arc::clone(c)))
+                .map(|(k, c)| (k.clone(), Arc::downgrade(c)))
                 .collect()
         };
-        cores.into_iter().map(|(k, c)| (k, c.snapshot())).collect()
+        cores
+            .into_iter()
+            .filter_map(|(k, c)| Some((k, c.upgrade()?.snapshot())))
+            .collect()
     }
 }

@@ -1265,6 +1265,63 @@ async fn a_key_that_comes_and_goes(
     (handle.get(&key.to_owned()).unwrap().state(), handle.len())
 }
 
+/// A key whose call is in flight keeps its breaker, however many new keys come meanwhile: its
+/// outcome, once in, is counted there (and opens it), not lost with a breaker replaced.
+#[tokio::test(start_paused = true)]
+async fn a_key_whose_call_is_in_flight_keeps_its_breaker() {
+    let (mut svc, handle) = two_keys(CircuitBreakerConfig::default().consecutive_failures(1));
+    let slow = "slow".to_owned();
+    let call = svc
+        .ready()
+        .await
+        .unwrap()
+        .call((slow.clone(), Call::FailAfter(1_000)));
+    for i in 0..4 {
+        let key = format!("healthy-{i}");
+        svc.ready()
+            .await
+            .unwrap()
+            .call((key, Call::Ok))
+            .await
+            .unwrap();
+    }
+    assert_eq!(handle.len(), 2);
+    assert!(call.await.is_err());
+    let slow = handle
+        .get(&slow)
+        .expect("kept while its call was in flight");
+    assert_eq!(slow.state(), CircuitState::Open);
+}
+
+/// A key named `overflow` has a breaker of its own, which is not the overflow breaker's name:
+/// events and snapshots told by name keep them apart.
+#[tokio::test(start_paused = true)]
+async fn a_key_named_overflow_is_not_the_overflow_breaker() {
+    let (mut svc, handle) = two_keys(CircuitBreakerConfig::default().consecutive_failures(1));
+    // Both slots hold an open breaker, so a third key shares the overflow breaker.
+    for key in ["a", "overflow"] {
+        let _ = svc
+            .ready()
+            .await
+            .unwrap()
+            .call((key.to_owned(), Call::Fail))
+            .await;
+    }
+    svc.ready()
+        .await
+        .unwrap()
+        .call(("b".to_owned(), Call::Ok))
+        .await
+        .unwrap();
+    let key = handle.get("overflow").unwrap();
+    let overflow = handle.overflow();
+    assert_eq!(key.name(), "default/overflow");
+    assert_eq!(overflow.name(), "default:overflow");
+    assert_eq!(key.state(), CircuitState::Open);
+    assert_eq!(overflow.state(), CircuitState::Closed);
+    assert_eq!(overflow.snapshot().successful_calls, 1);
+}
+
 /// When the keyed breaker is full and looks for an idle breaker to forget, it must not run
 /// time-driven transitions (and so the listener) while it holds its key map: a listener that
 /// reads the keyed handle would wait for that map for ever.
