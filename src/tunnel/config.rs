@@ -160,9 +160,14 @@ impl TunnelConfig {
     /// }
     /// ```
     pub fn from_env() -> Result<Self, TunnelError> {
-        // A value that is not UTF-8 is named, not taken for unset.
+        // A value that is not UTF-8 is named, not taken for unset. Read as bytes, wiped on drop:
+        // some of these are secrets.
         for setting in SETTINGS {
-            if let Err(std::env::VarError::NotUnicode(_)) = std::env::var(setting) {
+            let Some(value) = std::env::var_os(setting) else {
+                continue;
+            };
+            let bytes = zeroize::Zeroizing::new(value.into_encoded_bytes());
+            if std::str::from_utf8(&bytes).is_err() {
                 return Err(TunnelError::Config {
                     setting,
                     message: "the value is not UTF-8 text".to_owned(),

@@ -112,14 +112,17 @@ impl Ngrok {
     pub fn from_env() -> Self {
         // As `TunnelConfig` reads it: trimmed (a token pasted with its newline), and a blank
         // value is unset.
+        // The value as read is wiped on drop, not only the trimmed copy kept.
         let token = ["TUNNEL_AUTH_TOKEN", "NGROK_AUTHTOKEN"]
             .into_iter()
-            .find_map(|name| match std::env::var(name) {
-                Ok(v) => Some(v.trim().to_owned()).filter(|v| !v.is_empty()),
-                Err(std::env::VarError::NotPresent) => None,
-                Err(std::env::VarError::NotUnicode(_)) => {
-                    tracing::warn!(setting = name, "not UTF-8, so not an ngrok token: ignored");
-                    None
+            .find_map(|name| {
+                let raw = zeroize::Zeroizing::new(std::env::var_os(name)?.into_encoded_bytes());
+                match std::str::from_utf8(&raw) {
+                    Ok(v) => Some(v.trim().to_owned()).filter(|v| !v.is_empty()),
+                    Err(_) => {
+                        tracing::warn!(setting = name, "not UTF-8, so not an ngrok token: ignored");
+                        None
+                    }
                 }
             });
         match token {
