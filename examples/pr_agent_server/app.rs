@@ -390,9 +390,20 @@ impl Settings {
                 forge.api_url_example()
             )
         });
+        // Every delivery verified with the GitHub secret may name one of the App's
+        // installations: a repository hook signed with it too makes that secret known to
+        // whoever can set the hook, and lets them have the App comment in any installation.
+        let hook_with_app = (self.github_hook.is_some() && self.github_app.is_some()).then(|| {
+            "GITHUB_HOOK_REPOSITORY is set with GITHUB_APP_ID: the repository hook is verified \
+             with GITHUB_WEBHOOK_SECRET, the App's, whose deliveries may name any of the App's \
+             installations; keep that secret the App's alone, and point only the App's hook at \
+             the server"
+                .to_owned()
+        });
         without_token
             .chain(without_route)
             .chain(without_url)
+            .chain(hook_with_app)
             .collect()
     }
 

@@ -155,6 +155,17 @@ fn a_github_hook_or_app_without_the_webhook_secret_is_refused() {
     }
     let ok = lookup(&[&app[..], &[("GITHUB_WEBHOOK_SECRET", GH)]].concat()).unwrap();
     assert!(ok.github_app.is_some());
+    assert_eq!(ok.warnings(), Vec::<String>::new());
+
+    // A repository hook beside the App is verified with the App's secret: warned about.
+    let secret = [("GITHUB_WEBHOOK_SECRET", GH), ("GITHUB_TOKEN", "t")];
+    let both = lookup(&[&app[..], &hook[..], &secret[..]].concat()).unwrap();
+    let warnings = both.warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("GITHUB_HOOK_REPOSITORY is set with GITHUB_APP_ID"),
+        "{warnings:?}"
+    );
 }
 
 /// A webhook route takes `POST`s only: another method is answered `405` with `Allow: POST`, as
