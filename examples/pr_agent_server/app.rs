@@ -4072,6 +4072,14 @@ pub(crate) fn announce(
         for forge in settings.forges.keys() {
             writeln!(out, "  {public}{}", forge.route())?;
         }
+        if public.starts_with("http://") {
+            writeln!(
+                out,
+                "warning: the tunnel's URL is plain http: deliveries cross the internet \
+                 unencrypted (signatures still keep forged ones out); put an https provider \
+                 first in TUNNEL_SERVICE (ngrok, cloudflared, localtunnel)"
+            )?;
+        }
     }
     for warning in settings
         .warnings()

@@ -39,6 +39,31 @@ impl std::io::Write for ClosedAfter {
     }
 }
 
+/// A tunnel whose URL is plain http (bore's) is warned about where its URLs are printed:
+/// deliveries through it cross the internet unencrypted. An https one is not.
+#[test]
+fn a_plain_http_tunnel_url_is_warned_about() {
+    let settings = harness::lookup(&[("GITHUB_WEBHOOK_SECRET", "s3cret-s3cret-s3cret")]).unwrap();
+    let local = "http://127.0.0.1:3000";
+    for (public, warned) in [
+        ("http://bore.pub:41234", true),
+        ("https://abc.trycloudflare.com", false),
+    ] {
+        let mut out = Vec::new();
+        app::announce(&mut out, &settings, local, Some(public)).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.contains(&format!("  {public}/api/v1/github_webhooks")),
+            "{out}"
+        );
+        assert_eq!(
+            out.contains("warning: the tunnel's URL is plain http"),
+            warned,
+            "{out}"
+        );
+    }
+}
+
 /// The server printed its routes and its development help with `println!`, which panics when
 /// stdout is closed: `pr_agent_server | head -1` killed the server as soon as `head` exited. The
 /// text is written through a writer now, whose error ends the printing, not the server (the
