@@ -676,8 +676,9 @@ impl Running {
         self.local_addr
     }
 
-    /// The tunnel's current public URL, if a tunnel was asked for. It changes when a lost tunnel
-    /// is re-opened at another URL.
+    /// The tunnel's current public URL, if a tunnel was asked for: the last one while the tunnel
+    /// is down (see [`tunnel_watch`](Self::tunnel_watch) to tell). It changes when a lost
+    /// tunnel is re-opened at another URL.
     ///
     /// # Example
     ///
