@@ -7,6 +7,17 @@ command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq cur
 
 cargo build --all-features --examples -q
 bin="${CARGO_TARGET_DIR:-target}/debug/examples"
+# The examples read their settings from the environment: what the machine running this has set
+# (a CI system's GITHUB_API_URL or GITHUB_TOKEN, a RUST_LOG that hides the lines looked for, a
+# proxy that curl would send loopback requests through) must not change what they do.
+for var in $(compgen -e); do
+  case "$var" in
+    GITHUB_*|GITLAB_*|BITBUCKET_*|GITEA_*|AZURE_DEVOPS_*|TUNNEL_*|NGROK_*|CIRCUIT_BREAKER_*|\
+    COMMENT_*|COMMENTS_*|MAX_*|REQUEST_TIMEOUT_SECS|SHUTDOWN_GRACE_SECS|SSL_CERT_FILE|HOST|PORT|\
+    ADDR|RUST_LOG|NO_COLOR|http_proxy|https_proxy|all_proxy|HTTP_PROXY|HTTPS_PROXY|ALL_PROXY)
+      unset "$var" ;;
+  esac
+done
 log=$(mktemp -d)
 pids=()
 cleanup() {
@@ -30,16 +41,21 @@ wait_for() { # file pattern
   for _ in $(seq 1 100); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
   echo "timed out waiting for '$2' in $1:"; cat "$1"; return 1
 }
-stops_cleanly() { # pid name: SIGTERM, then the process must exit 0 within 10 s
+wait_lines() { # file pattern count: until the file has that many lines matching
+  for _ in $(seq 1 100); do [ "$(grep -c "$2" "$1" 2>/dev/null)" -ge "$3" ] && return 0; sleep 0.1; done
+  echo "timed out waiting for $3 lines '$2' in $1:"; cat "$1"; return 1
+}
+stops_cleanly() { # pid name [seconds]: SIGTERM, then the process must exit 0 within 10 s (or seconds)
+  local limit=${3:-10}
   kill -TERM "$1"
-  for _ in $(seq 1 100); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
-  if kill -0 "$1" 2>/dev/null; then echo "$2 still runs 10 s after SIGTERM"; kill -KILL "$1"; return 1; fi
+  for _ in $(seq 1 $((limit * 10))); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$1" 2>/dev/null; then echo "$2 still runs $limit s after SIGTERM"; kill -KILL "$1"; return 1; fi
   local rc=0; wait "$1" || rc=$?
   if [ "$rc" != 0 ]; then echo "$2 did not stop cleanly on SIGTERM (exit $rc)"; return 1; fi
 }
 expect_status() { # expected, curl args...
   local want=$1; shift
-  local got; got=$(curl -s -o "$log/body" -w '%{http_code}' --max-time 10 "$@")
+  local got; got=$(curl -s -o "$log/body" -w '%{http_code}' --max-time 10 "$@") || true
   if [ "$got" != "$want" ]; then echo "expected HTTP $want, got $got: $(cat "$log/body")"; return 1; fi
 }
 
@@ -110,7 +126,7 @@ kill "$server"
 echo "-- pr_agent_server (development mode, the README's first command)"
 port=$(free_port)
 env -u GITHUB_WEBHOOK_SECRET PORT=$port "$bin/pr_agent_server" >"$log/pr" 2>&1 & pids+=($!)
-wait_for "$log/pr" "expect 401"
+wait_lines "$log/pr" '^  curl -i ' 2   # both commands printed, the second one too
 good=$(grep -A1 "expect 202" "$log/pr" | tail -1 | sed 's/^ *//')
 bad=$(grep -A1 "expect 401" "$log/pr" | tail -1 | sed 's/^ *//')
 expect_status 200 "http://127.0.0.1:$port/"
@@ -118,7 +134,7 @@ eval "expect_status 202 ${good#curl -i }"
 eval "expect_status 200 ${good#curl -i }"   # the same delivery again: a duplicate, acknowledged
 eval "expect_status 401 ${bad#curl -i }"
 grep -q '"type":"urn:tower-webhook:problem:invalid-signature"' "$log/body"
-curl -s "http://127.0.0.1:$port/status" | python3 -c '
+curl -s --max-time 10 "http://127.0.0.1:$port/status" | python3 -c '
 import json,sys
 s=json.load(sys.stdin)["deliveries"]
 assert s == {"accepted": 1, "duplicates": 1, "rejected": 1}, s'
@@ -144,7 +160,8 @@ ADDR=127.0.0.1:$port "$bin/tonic_server" >"$log/tonic2" 2>&1 & server=$!; pids+=
 wait_for "$log/tonic2" "listening"
 exec {silent}<>"/dev/tcp/127.0.0.1/$port"   # connected, and sends nothing
 sleep 0.5
-stops_cleanly "$server" "tonic_server (a silent connection open)"
+# Well before the server's own 10 s limits (its preface timeout, its grace) would end it.
+stops_cleanly "$server" "tonic_server (a silent connection open)" 3
 exec {silent}>&-
 
 echo "-- pr_agent_server: a second stop signal ends the wait for pending comments"
@@ -152,7 +169,7 @@ port=$(free_port)
 api=$(free_port)   # nothing listens there: the comment keeps failing and stays pending
 env -u GITHUB_WEBHOOK_SECRET PORT=$port GITHUB_API_URL=http://127.0.0.1:$api \
   SHUTDOWN_GRACE_SECS=600 "$bin/pr_agent_server" >"$log/pr2" 2>&1 & server=$!; pids+=($server)
-wait_for "$log/pr2" "expect 401"
+wait_lines "$log/pr2" '^  curl -i ' 2   # both commands printed, the second one too
 good=$(grep -A1 "expect 202" "$log/pr2" | tail -1 | sed 's/^ *//')
 eval "expect_status 202 ${good#curl -i }"
 kill -TERM "$server"

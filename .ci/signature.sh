@@ -44,9 +44,15 @@ if [ ! -d "$DEPS/node/node_modules/@octokit/webhooks-methods" ]; then
         apt-get update -qq >/dev/null
         apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
     fi
+    # @octokit/webhooks-methods 6 needs Node.js 20 (Debian 12's own is 18).
+    node_major=$(node -p 'process.versions.node.split(".")[0]')
+    if [ "$node_major" -lt 20 ]; then
+        echo "signature: Node.js $(node --version) is too old for @octokit/webhooks-methods 6: install Node.js 20 or later" >&2
+        exit 1
+    fi
     mkdir -p "$DEPS/node"
-    cp .ci/interop/package.json "$DEPS/node/package.json"
-    (cd "$DEPS/node" && npm install --silent --no-audit --no-fund >/dev/null)
+    cp .ci/interop/package.json .ci/interop/package-lock.json "$DEPS/node/"
+    (cd "$DEPS/node" && npm ci --silent --no-audit --no-fund >/dev/null)
 fi
 
 "$DEPS/venv/bin/python" -c 'import standardwebhooks, svix, stripe, slack_sdk, jwt, cryptography'
