@@ -20,8 +20,10 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 /// (gRPC peers limit metadata to a few KiB.)
 pub(crate) const TRAILER_FRAME_MAX: u32 = 64 * 1024;
 
-/// How much of a trailer line is kept: enough for `grpc-status:`, white space and a status.
-const LINE_MAX: usize = 32;
+/// How much of a trailer line is kept: enough for the longer of the two names read
+/// (`grpc-retry-pushback-ms:`), a few bytes of white space, the longest value kept and the
+/// `\r` that ends the line.
+const LINE_MAX: usize = PUSHBACK.len() + VALUE_MAX + 8;
 
 const NAME: &[u8] = b"grpc-status:";
 const PUSHBACK: &[u8] = b"grpc-retry-pushback-ms:";
@@ -291,13 +293,24 @@ impl Frames {
 
 /// The header lines of a trailer frame: the line being read (its first [`LINE_MAX`] bytes),
 /// and what the lines read said.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Lines {
     line: [u8; LINE_MAX],
     len: usize,
     /// The line is longer than what was kept.
     long: bool,
     trailer: Trailer,
+}
+
+impl Default for Lines {
+    fn default() -> Self {
+        Self {
+            line: [0; LINE_MAX],
+            len: 0,
+            long: false,
+            trailer: Trailer::default(),
+        }
+    }
 }
 
 impl Lines {
@@ -486,6 +499,15 @@ mod tests {
         assert_eq!(
             end(b"grpc-status: 14\r\ngrpc-retry-pushback-ms: 250\r\n"),
             (some("14"), some("250"))
+        );
+        // The longest pushback a server sends (`i32::MAX` milliseconds), with white space too.
+        assert_eq!(
+            end(b"grpc-status:14\r\ngrpc-retry-pushback-ms:2147483647\r\n"),
+            (some("14"), some("2147483647"))
+        );
+        assert_eq!(
+            end(b"grpc-status:14\r\ngrpc-retry-pushback-ms: \t 2147483647 \r\n"),
+            (some("14"), some("2147483647"))
         );
         assert_eq!(end(b"grpc-message:x\r\n"), (None, None));
         assert_eq!(
