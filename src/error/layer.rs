@@ -650,9 +650,13 @@ impl RequestInfo {
                 http1,
                 request_id: None,
             };
+            // The first `Content-Type` only, as `get` reads it below (and the signature layer
+            // does): a request does not turn gRPC by a second one.
+            let mut content_type_seen = false;
             for (name, value) in headers {
                 if name == header::CONTENT_TYPE {
-                    if info.grpc.is_none() {
+                    if !content_type_seen {
+                        content_type_seen = true;
                         (info.grpc, info.grpc_type) = Grpc::of_request(value);
                     }
                 } else if info.request_id.is_none() && *name == config.request_id_header {

@@ -450,6 +450,36 @@ async fn grpc_web_callers_get_trailers_only_status_under_their_content_type() {
     }
 }
 
+/// A request is typed by its first `Content-Type`, as `HeaderMap::get` and the signature layer
+/// read it: a second one that says gRPC does not make it a gRPC call, with a few headers (read
+/// in one pass) or many (read by lookups). With a few, it did.
+#[tokio::test]
+async fn only_the_first_content_type_makes_a_grpc_call() {
+    for others in [0, 40] {
+        let mut req = Request::builder()
+            .uri("/pkg.Svc/Method")
+            .header("content-type", "text/plain")
+            .header("content-type", "application/grpc");
+        for i in 0..others {
+            req = req.header(format!("x-other-{i}"), "1");
+        }
+        let err = Problem::new(StatusCode::UNAUTHORIZED).into();
+        let res = answer_error(
+            WebhookErrorLayer::new(),
+            req.body(Full::default()).unwrap(),
+            err,
+        )
+        .await;
+        assert!(res.headers().get("grpc-status").is_none(), "{others}");
+        let (status, _, json) = problem_of(res).await;
+        assert_eq!(
+            (status.as_u16(), &json["status"]),
+            (401, &401.into()),
+            "{others}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn grpc_message_is_percent_encoded() {
     let problem = Problem::new(StatusCode::UNAUTHORIZED).with_detail("firma inválida: 100%\nretry");
