@@ -207,8 +207,15 @@ where
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Inner(inner) => inner.size_hint(),
+            // Never an exact length: over HTTP/1.1 hyper would answer with `Content-Length`,
+            // and drop the body once that many bytes are out, before its trailers (the call's
+            // status, which settles the delivery) were polled.
             #[cfg(feature = "signature")]
-            Kind::Grpc { body, .. } => body.size_hint(),
+            Kind::Grpc { body, .. } => {
+                let mut hint = SizeHint::new();
+                hint.set_lower(body.size_hint().lower());
+                hint
+            }
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }

@@ -365,3 +365,72 @@ async fn a_refused_grpc_call_is_answered_with_its_grpc_status() {
     let body = res.into_body().collect().await.unwrap().to_bytes();
     assert!(body.is_empty(), "{body:?}");
 }
+
+/// A gRPC answer over HTTP/1.1 whose body has a known length and its status in trailers (a
+/// handler's `Full` body `with_trailers`): the delivery is settled by those trailers, kept on
+/// `grpc-status: 0`, and a copy is a replay. The layer passed the body's exact length on, so
+/// hyper answered with `Content-Length`, stopped once that many bytes were out, and dropped
+/// the body before its trailers: the call counted as abandoned, its id was released, and the
+/// copy was processed again.
+#[tokio::test]
+async fn an_http1_answer_of_known_length_is_settled_by_its_trailers() {
+    use bytes::Bytes;
+    use hmac::{KeyInit, Mac};
+    use http_body_util::{BodyExt, Full};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let processed = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&processed);
+    let svc = tower::ServiceBuilder::new()
+        .map_request(|req: Request<hyper::body::Incoming>| req.map(RequestBody::new))
+        .layer(github())
+        .service_fn(move |_: Request<RequestBody>| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async {
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                let body = Full::new(Bytes::from_static(b"\0\0\0\0\0"))
+                    .with_trailers(async move { Some(Ok(trailers)) });
+                let res = Response::builder()
+                    .header("content-type", "application/grpc")
+                    .body(body)
+                    .unwrap();
+                Ok::<_, std::convert::Infallible>(res)
+            }
+        });
+    let server = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let svc = hyper_util::service::TowerToHyperService::new(svc.clone());
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc),
+            );
+        }
+    });
+    let message = b"\0\0\0\0\x04\x0a\x02hi";
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(message);
+    let signature = hex::encode(mac.finalize().into_bytes());
+    for _ in 0..2 {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /echo.Echo/Say HTTP/1.1\r\nhost: test\r\ncontent-type: application/grpc\r\n\
+             te: trailers\r\nconnection: close\r\nx-github-event: push\r\n\
+             x-github-delivery: d-http1\r\nx-hub-signature-256: sha256={signature}\r\n\
+             content-length: {}\r\n\r\n",
+            message.len()
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        tcp.write_all(message).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer))
+            .await
+            .expect("answered")
+            .unwrap();
+        assert!(answer.starts_with(b"HTTP/1.1 "), "{answer:?}");
+    }
+    assert_eq!(processed.load(Ordering::SeqCst), 1, "the copy is a replay");
+    server.abort();
+}
