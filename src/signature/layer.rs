@@ -1712,7 +1712,22 @@ enum Early {
 }
 
 impl Early {
-    fn into_response<B>(self) -> Response<ResponseBody<B>> {
+    /// The answer; to a `HEAD` request (`head`), without its content, which hyper would send
+    /// over HTTP/2 (RFC 9110, section 9.3.2).
+    fn into_response<B>(self, head: bool) -> Response<ResponseBody<B>> {
+        // The headers of the answer to GET, its length included.
+        let content = |mut response: Response<Bytes>| {
+            if head {
+                let len = HeaderValue::from(response.body().len());
+                response
+                    .headers_mut()
+                    .entry(header::CONTENT_LENGTH)
+                    .or_insert(len);
+                response.map(|_| ResponseBody::empty())
+            } else {
+                response.map(ResponseBody::full)
+            }
+        };
         match self {
             Early::Problem(problem, grpc) => {
                 // A gRPC client reads the call's status, not the HTTP one: answered as the error
@@ -1727,19 +1742,19 @@ impl Early {
                             .insert(header::CONTENT_TYPE, content_type);
                         response
                     }
-                    None => problem.to_response::<Bytes>().map(ResponseBody::full),
+                    None => content(problem.to_response::<Bytes>()),
                 };
                 response.extensions_mut().insert(problem);
                 response.extensions_mut().insert(AlreadyLogged);
                 response
             }
             Early::Challenge(handshake) => {
-                let mut response = Response::new(ResponseBody::full(handshake.body));
+                let mut response = Response::new(handshake.body);
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static(handshake.content_type),
                 );
-                response
+                content(response)
             }
             Early::Acknowledge(status, grpc) => {
                 let mut response = Response::new(ResponseBody::empty());
@@ -1777,11 +1792,13 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let shared = &*self.shared;
         let (mut parts, body) = req.into_parts();
+        let head = parts.method == http::Method::HEAD;
         let early = |err| ResponseFuture {
             state: State::Early {
                 early: Some(reject(shared, err, &parts.headers)),
             },
             shared: self.shared.clone(),
+            head,
         };
         let (announced, encoded) = content_length(&parts.headers);
         if announced.is_some_and(|len| len > shared.max_body) {
@@ -1822,6 +1839,7 @@ where
                 inner: Some(inner),
             },
             shared: self.shared.clone(),
+            head,
         }
     }
 }
@@ -1928,6 +1946,8 @@ where
     #[pin]
     state: State<S, ReqBody>,
     shared: Arc<Shared>,
+    /// The request is a `HEAD`: the layer's own answers go without their content.
+    head: bool,
 }
 
 impl<S, ReqBody> fmt::Debug for ResponseFuture<S, ReqBody>
@@ -2019,7 +2039,7 @@ where
                     let early = early
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    return Poll::Ready(Ok(early.into_response()));
+                    return Poll::Ready(Ok(early.into_response(*this.head)));
                 }
                 StateProj::Collect {
                     mut body,

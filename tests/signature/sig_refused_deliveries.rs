@@ -382,3 +382,70 @@ async fn a_verified_get_with_a_query_string_is_refused() {
         logs.text()
     );
 }
+
+/// RFC 9110 §9.3.2: the layer's own answer to a `HEAD` has no content. Over HTTP/2 hyper sends
+/// whatever the body holds, and the client resets the stream on DATA after a HEAD: an unsigned
+/// `HEAD` got its 401 with the problem's JSON, as if it were a `GET`.
+#[tokio::test]
+async fn the_answer_to_a_head_has_no_content_over_http2() {
+    use bytes::Bytes;
+    use http_body_util::BodyExt as _;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let svc = tower::ServiceBuilder::new()
+            .map_request(|req: http::Request<hyper::body::Incoming>| {
+                req.map(tower_webhook::body::RequestBody::new)
+            })
+            .layer(SignatureLayer::github(GH_SECRET).unwrap())
+            .service_fn(|_: http::Request<tower_webhook::body::RequestBody>| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(
+                    http_body_util::Full::<Bytes>::default(),
+                ))
+            });
+        hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .serve_connection(
+                hyper_util::rt::TokioIo::new(stream),
+                hyper_util::service::TowerToHyperService::new(svc),
+            )
+            .await
+    };
+    let client = async move {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut client, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        for (method, content) in [(http::Method::HEAD, false), (http::Method::POST, true)] {
+            let req = http::Request::builder()
+                .method(method.clone())
+                .uri(format!("http://{addr}/github"))
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap();
+            let res = client.send_request(req).await.unwrap();
+            assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{method}");
+            let length: usize = res.headers()["content-length"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let body = res
+                .into_body()
+                .collect()
+                .await
+                .expect("no DATA after a HEAD")
+                .to_bytes();
+            assert_eq!(body.len(), if content { length } else { 0 }, "{method}");
+            assert!(length > 0, "{method}: the length of the answer to GET");
+        }
+    };
+    tokio::select! {
+        _ = server => panic!("the server stopped first"),
+        () = client => {}
+    }
+}
