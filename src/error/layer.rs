@@ -956,11 +956,12 @@ fn on_error<B, R: RenderProblem>(
             // recognizer): a panic in it is answered like a handler's, not let out into the
             // server's connection task.
             let classified = catch_unwind(AssertUnwindSafe(|| {
-                let problem = classify::classify(&*err, config.timeout_status, &config.recognizers)
-                    .unwrap_or_else(classify::unknown);
-                let problem = error_status(problem, info);
+                let recognised =
+                    classify::classify(&*err, config.timeout_status, &config.recognizers);
+                let unknown = recognised.is_none();
+                let problem = error_status(recognised.unwrap_or_else(classify::unknown), info);
                 log_problem(&problem, info, Some(&*err));
-                (problem, kept_for_retry(&*err))
+                (problem, kept_for_retry(&*err, unknown))
             }));
             // Its `Drop` too: a panic there is logged, and the error still answered.
             drop_logged(info, "the service's error", move || drop(err));
@@ -992,15 +993,21 @@ fn on_error<B, R: RenderProblem>(
     response
 }
 
-/// What a retry policy above the layer reads of an error it answered (with feature `retry`):
-/// the error is gone once answered, and its 500 would not be retried as the error is.
+/// What a retry policy above the layer reads of an error it answered (with feature `retry`),
+/// where the answer says less than the error did: an error the layer does not recognise
+/// (`unknown`: its 500 is not retried, the error is) or one that shows the request was never
+/// sent (a load shedder's 503). An answer with a status the error chose is read by it.
 #[cfg(feature = "retry")]
-fn kept_for_retry(err: &(dyn std::error::Error + 'static)) -> Option<crate::retry::AnsweredError> {
-    Some(crate::retry::AnsweredError::new(err))
+fn kept_for_retry(
+    err: &(dyn std::error::Error + 'static),
+    unknown: bool,
+) -> Option<crate::retry::ErrorFacts> {
+    let facts = crate::retry::ErrorFacts::new(err);
+    (unknown || facts.was_not_sent()).then_some(facts)
 }
 
 #[cfg(not(feature = "retry"))]
-fn kept_for_retry(_: &(dyn std::error::Error + 'static)) -> Option<Infallible> {
+fn kept_for_retry(_: &(dyn std::error::Error + 'static), _: bool) -> Option<Infallible> {
     None
 }
 

@@ -86,7 +86,7 @@
 //!   `circuit-open` problem in its extensions, not read as a 503 with `Retry-After`), and an
 //!   error the same request meets again (a reqwest builder error such as a URL scheme reqwest
 //!   does not send, or a redirect loop; hyper-util's legacy client refusing a URI that is not
-//!   absolute).
+//!   absolute, or `CONNECT` over HTTP/1.0).
 //! - **Attempts, not time**: at most [`max_retries`](RetryPolicy::max_retries) retries per
 //!   call, each wait at most `cap` or `max_retry_after`; the policy sets no deadline for the
 //!   whole call. For one, put `tower::timeout::TimeoutLayer` outside the retry layer; give each
@@ -111,8 +111,8 @@
 //! # Services it wraps
 //!
 //! The inner service's errors must be a [`RetryError`]: `BoxError`, `Infallible` (a service
-//! under `WebhookErrorLayer`, whose answers to errors are retried as those errors: see
-//! [`AnsweredError`]), `tonic::Status` (feature `tonic`) or a reqwest error (features
+//! under `WebhookErrorLayer`, whose 500 for an error it does not recognise is retried as that
+//! error: see [`ErrorFacts`]), `tonic::Status` (feature `tonic`) or a reqwest error (features
 //! `reqwest`, `reqwest-0-12`). Map the errors of another client into a `BoxError` first: for
 //! hyper-util's legacy `Client` or a tonic `Channel`, `.map_err(BoxError::from)` (tower's
 //! `MapErrLayer`) between the policy and the client keeps their source chains, which the
@@ -422,32 +422,38 @@ pub trait RetryResponse {
         false
     }
     /// What a layer below the policy that answers its errors (`WebhookErrorLayer`, feature
-    /// `error`) kept of the error this response answers, if it is such an answer: the policy
-    /// then decides as it would for the error, not by the response's status (a refused
-    /// connection answered as a 500 is retried as the refused connection would be). `None`
-    /// (the default) when unknown.
+    /// `error`) kept of the error this response answers, if it kept anything: the policy then
+    /// decides as it would for the error, not by the response's status (a refused connection
+    /// answered as a 500 is retried as the refused connection would be). `None` (the default)
+    /// when unknown.
     ///
     /// # Example
     ///
     /// ```
     /// use std::io;
-    /// use tower_webhook::retry::{AnsweredError, RetryResponse};
+    /// use tower_webhook::retry::{ErrorFacts, RetryResponse};
     ///
     /// let mut res = http::Response::builder().status(500).body(()).unwrap();
     /// assert!(RetryResponse::answered_error(&res).is_none());
     /// let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
-    /// res.extensions_mut().insert(AnsweredError::new(&refused));
-    /// assert!(RetryResponse::answered_error(&res).is_some_and(AnsweredError::was_not_sent));
+    /// res.extensions_mut().insert(ErrorFacts::new(&refused));
+    /// assert!(RetryResponse::answered_error(&res).is_some_and(ErrorFacts::was_not_sent));
     /// ```
-    fn answered_error(&self) -> Option<&AnsweredError> {
+    fn answered_error(&self) -> Option<&ErrorFacts> {
         None
     }
 }
 
 /// What the policy reads of an error that a layer below it answered, kept in the answer's
-/// extensions: `WebhookErrorLayer` keeps it (with feature `retry`) for each error it turns into
-/// a response, so that a [`RetryPolicy`] above it retries the error, not the 500 or the 503 it
-/// became. A layer of your own that answers errors can keep one the same way.
+/// extensions, for the answers whose status says less than the error did.
+///
+/// `WebhookErrorLayer` (with feature `retry`) keeps one for each error it does not recognise
+/// (answered 500: a refused connection, a reset one) and each that shows the request was never
+/// sent (a load shedder's `Overloaded`, answered 503 without `Retry-After`), so that a
+/// [`RetryPolicy`] above it retries those as the errors they were. An error the layer answers
+/// with a status of its own (a `Problem`, an `HttpError`, a timeout's 504) keeps none: its
+/// answer is read by its status and `Retry-After`, as the error's type asked. A layer of your
+/// own that answers errors can keep one the same way.
 ///
 /// Its `Debug` shows what the policy reads, not the error (whose text may name a URL with
 /// credentials).
@@ -456,19 +462,19 @@ pub trait RetryResponse {
 ///
 /// ```
 /// use std::io;
-/// use tower_webhook::retry::AnsweredError;
+/// use tower_webhook::retry::ErrorFacts;
 ///
 /// let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
-/// assert!(AnsweredError::new(&refused).was_not_sent());
+/// assert!(ErrorFacts::new(&refused).was_not_sent());
 /// let reset = io::Error::from(io::ErrorKind::ConnectionReset);
-/// assert!(!AnsweredError::new(&reset).was_not_sent());
+/// assert!(!ErrorFacts::new(&reset).was_not_sent());
 /// ```
 #[derive(Clone)]
-pub struct AnsweredError(Facts);
+pub struct ErrorFacts(Owned);
 
 /// What the policy reads of an error, owned.
 #[derive(Clone)]
-enum Facts {
+enum Owned {
     /// Never retried: a circuit-open rejection, or an error the same request meets again.
     Final,
     /// A reqwest error made from an answer: its status, and the URL that answered.
@@ -478,14 +484,14 @@ enum Facts {
     Failed(Option<(u16, Pushback)>, bool),
 }
 
-/// [`Facts`], borrowed from the error or from an [`AnsweredError`].
-enum ErrorFacts<'a> {
+/// What the policy reads of an error, borrowed from it or from an [`ErrorFacts`].
+enum Facts<'a> {
     Final,
     Answered(StatusCode, Option<&'a str>),
     Failed(Option<(u16, Pushback)>, bool),
 }
 
-impl<'a> ErrorFacts<'a> {
+impl<'a> Facts<'a> {
     /// What the policy reads of `err`.
     fn of(err: &'a (dyn Error + 'static)) -> Self {
         if is_circuit_open(err) || fails_again(err) {
@@ -498,23 +504,23 @@ impl<'a> ErrorFacts<'a> {
     }
 }
 
-impl AnsweredError {
+impl ErrorFacts {
     /// What the policy reads of `err`, kept.
     ///
     /// # Example
     ///
     /// ```
     /// use tower::load_shed::error::Overloaded;
-    /// use tower_webhook::retry::AnsweredError;
+    /// use tower_webhook::retry::ErrorFacts;
     ///
     /// // A load shedder turns a request away before it is sent.
-    /// assert!(AnsweredError::new(&Overloaded::new()).was_not_sent());
+    /// assert!(ErrorFacts::new(&Overloaded::new()).was_not_sent());
     /// ```
     pub fn new(err: &(dyn Error + 'static)) -> Self {
-        Self(match ErrorFacts::of(err) {
-            ErrorFacts::Final => Facts::Final,
-            ErrorFacts::Answered(status, url) => Facts::Answered(status, url.map(Box::from)),
-            ErrorFacts::Failed(grpc, not_sent) => Facts::Failed(grpc, not_sent),
+        Self(match Facts::of(err) {
+            Facts::Final => Owned::Final,
+            Facts::Answered(status, url) => Owned::Answered(status, url.map(Box::from)),
+            Facts::Failed(grpc, not_sent) => Owned::Failed(grpc, not_sent),
         })
     }
 
@@ -524,31 +530,31 @@ impl AnsweredError {
     ///
     /// ```
     /// use std::io;
-    /// use tower_webhook::retry::AnsweredError;
+    /// use tower_webhook::retry::ErrorFacts;
     ///
     /// let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
-    /// assert!(AnsweredError::new(&refused).was_not_sent());
+    /// assert!(ErrorFacts::new(&refused).was_not_sent());
     /// ```
     pub fn was_not_sent(&self) -> bool {
-        matches!(self.0, Facts::Failed(_, true))
+        matches!(self.0, Owned::Failed(_, true))
     }
 
-    fn facts(&self) -> ErrorFacts<'_> {
+    fn facts(&self) -> Facts<'_> {
         match &self.0 {
-            Facts::Final => ErrorFacts::Final,
-            Facts::Answered(status, url) => ErrorFacts::Answered(*status, url.as_deref()),
-            Facts::Failed(grpc, not_sent) => ErrorFacts::Failed(*grpc, *not_sent),
+            Owned::Final => Facts::Final,
+            Owned::Answered(status, url) => Facts::Answered(*status, url.as_deref()),
+            Owned::Failed(grpc, not_sent) => Facts::Failed(*grpc, *not_sent),
         }
     }
 }
 
-impl fmt::Debug for AnsweredError {
+impl fmt::Debug for ErrorFacts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut debug = f.debug_struct("AnsweredError");
+        let mut debug = f.debug_struct("ErrorFacts");
         match &self.0 {
-            Facts::Final => debug.field("retried", &false),
-            Facts::Answered(status, _) => debug.field("answered", &status.as_u16()),
-            Facts::Failed(grpc, not_sent) => debug
+            Owned::Final => debug.field("retried", &false),
+            Owned::Answered(status, _) => debug.field("answered", &status.as_u16()),
+            Owned::Failed(grpc, not_sent) => debug
                 .field("grpc_status", &grpc.map(|(code, _)| code))
                 .field("was_not_sent", not_sent),
         }
@@ -570,7 +576,7 @@ impl<B> RetryResponse for http::Response<B> {
         }
         false
     }
-    fn answered_error(&self) -> Option<&AnsweredError> {
+    fn answered_error(&self) -> Option<&ErrorFacts> {
         self.extensions().get()
     }
 }
@@ -613,8 +619,8 @@ impl RetryError for BoxError {
 }
 
 /// The error of a service that never fails, such as one under `WebhookErrorLayer`, which
-/// answers its errors: the policy reads its responses, and an answered error as the error (see
-/// [`AnsweredError`]).
+/// answers its errors: the policy reads its responses, and an error the layer did not recognise
+/// as that error (see [`ErrorFacts`]).
 impl RetryError for std::convert::Infallible {
     fn as_error(&self) -> &(dyn Error + 'static) {
         match *self {}
@@ -1447,21 +1453,21 @@ impl RetryPolicy {
     fn read_error<Req: RetryRequest>(
         &self,
         req: &Req,
-        facts: ErrorFacts<'_>,
+        facts: Facts<'_>,
     ) -> Option<(Option<Duration>, bool)> {
         match facts {
-            ErrorFacts::Final => None,
+            Facts::Final => None,
             // A reqwest error made from an answer is that answer, read as the response would
             // be: a 404 is a verdict, a 429 a refusal. Its headers are gone, so a 503 is not
             // known to carry `Retry-After`.
-            ErrorFacts::Answered(status, answered) => {
+            Facts::Answered(status, answered) => {
                 if !self.is_retryable_status(status) {
                     return None;
                 }
                 let refused = refuses(status) && !redirected(RetryRequest::url(req), answered);
                 Some((None, refused))
             }
-            ErrorFacts::Failed(grpc, not_sent) => {
+            Facts::Failed(grpc, not_sent) => {
                 let after = match grpc {
                     // An error that is the upstream's answer (`PERMISSION_DENIED`,
                     // `NOT_FOUND`) is a verdict, not a failure that may pass next time.
@@ -1500,7 +1506,7 @@ where
                 Some(answered) => self.read_error(req, answered.facts())?,
                 None => self.read_response(req, res)?,
             },
-            Err(err) => self.read_error(req, ErrorFacts::of(err.as_error()))?,
+            Err(err) => self.read_error(req, Facts::of(err.as_error()))?,
         };
         if self.attempt >= self.max_retries || !(unprocessed || self.may_retry(req)) {
             return None;

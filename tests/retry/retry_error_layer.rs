@@ -17,8 +17,8 @@ use hyper_util::rt::TokioExecutor;
 use tower::load_shed::error::Overloaded;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_webhook::WebhookErrorLayer;
-use tower_webhook::error::types;
-use tower_webhook::retry::{AnsweredError, RetryPolicy};
+use tower_webhook::error::{Problem, WebhookProcessingError, types};
+use tower_webhook::retry::{ErrorFacts, RetryPolicy};
 
 use crate::unopened::closed_port;
 
@@ -67,7 +67,7 @@ async fn a_refused_connection_answered_by_the_error_layer_is_tried_again() {
         .unwrap();
     assert_eq!(connects.load(Ordering::SeqCst), 4);
     assert!(res.status().is_server_error(), "{}", res.status());
-    let answered = res.extensions().get::<AnsweredError>().expect("kept");
+    let answered = res.extensions().get::<ErrorFacts>().expect("kept");
     assert!(answered.was_not_sent(), "{answered:?}");
     let body = res.into_body().collect().await.unwrap().to_bytes();
     let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -111,6 +111,51 @@ async fn the_error_layer_s_answers_are_retried_as_their_errors() {
     );
 }
 
+/// An error the layer answers with a status of its own is read by that status, as any answer:
+/// a `Problem` 404 is a verdict, not retried; a retryable processing error's 503 with
+/// `Retry-After` is a refusal, retried for a `POST` too, after that wait; a timeout's 504 is
+/// not retried once left out with `no_retry_on_status`.
+#[tokio::test(start_paused = true)]
+async fn errors_answered_with_their_own_status_are_read_by_it() {
+    let not_found: fn() -> BoxError = || Problem::new(StatusCode::NOT_FOUND).into();
+    assert_eq!(
+        attempts(Method::GET, not_found).await,
+        (1, StatusCode::NOT_FOUND)
+    );
+    let busy: fn() -> BoxError =
+        || WebhookProcessingError::retryable("busy", Duration::from_secs(2)).into();
+    let started = tokio::time::Instant::now();
+    assert_eq!(
+        attempts(Method::POST, busy).await,
+        (4, StatusCode::SERVICE_UNAVAILABLE)
+    );
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(6),
+        "each wait as asked"
+    );
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&calls);
+    let svc = ServiceBuilder::new()
+        .layer(
+            policy()
+                .no_retry_on_status(StatusCode::GATEWAY_TIMEOUT)
+                .into_layer(),
+        )
+        .layer(WebhookErrorLayer::new())
+        .service_fn(move |_: Request<Full<Bytes>>| {
+            count.fetch_add(1, Ordering::SeqCst);
+            async {
+                Err::<Response<Full<Bytes>>, BoxError>(tower::timeout::error::Elapsed::new().into())
+            }
+        });
+    let res = svc.oneshot(request(Method::GET)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(res.extensions().get::<ErrorFacts>().is_none());
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
 /// Answers that were no error are read as before: a 500 the client answered (no error below
 /// the layer) by its status, which is not retried; a circuit-open rejection is never retried.
 #[tokio::test]
@@ -130,7 +175,7 @@ async fn answers_that_were_no_error_are_read_by_their_status() {
         });
     let res = svc.oneshot(request(Method::GET)).await.unwrap();
     assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
-    assert!(res.extensions().get::<AnsweredError>().is_none());
+    assert!(res.extensions().get::<ErrorFacts>().is_none());
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 
     let (breaker, handle) = tower_webhook::circuit_breaker::CircuitBreakerLayer::pair(
