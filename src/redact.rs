@@ -307,9 +307,12 @@ fn credentials(text: &str, secrets: &mut Vec<(usize, usize)>) {
 /// (letters only): no word of prose is that long.
 const MIN_WORDLIKE_CREDENTIAL: usize = 20;
 
-/// Whether a `Basic` credential made of letters only is base64 for `user:password`: the text
-/// it decodes to holds a `:`.
+/// Whether a `Basic` credential made of letters only is base64 for `user:password`: padded
+/// base64 (a multiple of 4 characters) of a text that holds a `:`.
 fn decodes_to_user_and_password(credential: &[u8]) -> bool {
+    if credential.len() % 4 != 0 {
+        return false;
+    }
     let data = credential
         .strip_suffix(b"==")
         .or_else(|| credential.strip_suffix(b"="))
@@ -370,9 +373,11 @@ const AUTH_SCHEMES: [&str; 7] = [
 /// The values of headers whose names say they are credentials (`Authorization`, `Cookie`,
 /// `X-Gitlab-Token`, `PRIVATE-TOKEN`, `X-Hub-Signature-256`... see [`SECRET_NAME_PARTS`]), as
 /// `name: value` writes them (a header line, a header map's `Debug`, JSON with quoted names and
-/// values), as byte ranges into `secrets`: a quoted value up to its closing quote, any other
-/// value up to the end of its line. An authentication scheme in front ([`AUTH_SCHEMES`]) is
-/// kept.
+/// values), as byte ranges into `secrets`: a quoted value up to its closing quote; any other
+/// value up to the end of its line, or, where the name is one field of several (quoted, or
+/// after a `{`, `(`, `[` or `,`), up to the white space, `,` or closing bracket that ends the
+/// field. An authentication scheme in front ([`AUTH_SCHEMES`]) is kept, and a value that is
+/// only a scheme is no credential.
 fn header_values(text: &str, lower: &str, secrets: &mut Vec<(usize, usize)>) {
     let bytes = text.as_bytes();
     let name_byte = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
@@ -399,6 +404,12 @@ fn header_values(text: &str, lower: &str, secrets: &mut Vec<(usize, usize)>) {
         if !secret_name(&lower[name_start..name_end]) {
             continue;
         }
+        let in_fields = quote.is_some()
+            || bytes[..name_start]
+                .iter()
+                .rev()
+                .find(|&&b| b != b' ')
+                .is_some_and(|b| matches!(b, b'{' | b'(' | b'[' | b','));
         let mut start = colon
             + 1
             + bytes[colon + 1..]
@@ -410,30 +421,42 @@ fn header_values(text: &str, lower: &str, secrets: &mut Vec<(usize, usize)>) {
             .copied()
             .filter(|b| matches!(b, b'"' | b'\''));
         start += usize::from(value_quote.is_some());
+        // The scheme in front of the credential, kept.
+        let scheme = AUTH_SCHEMES
+            .iter()
+            .find(|scheme| lower[start..].starts_with(**scheme))
+            .map_or(0, |scheme| {
+                scheme.len()
+                    + bytes[start + scheme.len()..]
+                        .iter()
+                        .take_while(|&&b| b == b' ')
+                        .count()
+            });
+        let credential = start + scheme;
         let end = match value_quote {
-            Some(quote) => closing_quote(bytes, start, quote),
+            Some(quote) => closing_quote(bytes, start, quote).max(credential),
+            None if in_fields => {
+                credential
+                    + bytes[credential..]
+                        .iter()
+                        .position(|&b| b.is_ascii_whitespace() || b",})]".contains(&b))
+                        .unwrap_or(bytes.len() - credential)
+            }
             None => {
-                start
-                    + bytes[start..]
+                credential
+                    + bytes[credential..]
                         .iter()
                         .position(|&b| matches!(b, b'\n' | b'\r'))
-                        .unwrap_or(bytes.len() - start)
+                        .unwrap_or(bytes.len() - credential)
             }
         };
         read = end;
-        let value = &lower[start..end];
-        if let Some(scheme) = AUTH_SCHEMES
+        // A scheme alone (`Authorization: Basic`) names no credential.
+        let alone = AUTH_SCHEMES
             .iter()
-            .find(|scheme| value.starts_with(**scheme))
-        {
-            start += scheme.len()
-                + bytes[start + scheme.len()..end]
-                    .iter()
-                    .take_while(|&&b| b == b' ')
-                    .count();
-        }
-        if end > start {
-            secrets.push((start, end));
+            .any(|scheme| lower[start..end].trim_end() == scheme.trim_end());
+        if end > credential && !alone {
+            secrets.push((credential, end));
         }
     }
 }
@@ -494,7 +517,8 @@ fn is_token68(b: u8) -> bool {
 }
 
 /// The values in `text[from..end]`, read as `&`-separated (or `;`-separated) `name=value`
-/// parameters, whose names say they are secrets, as byte ranges into `secrets`.
+/// parameters, whose names say they are secrets, as byte ranges into `secrets`. A secret's
+/// value runs to the next `&`: a `;` in it may be the value's own.
 fn secret_params(text: &str, from: usize, end: usize, secrets: &mut Vec<(usize, usize)>) {
     let bytes = text.as_bytes();
     let mut param = from;
@@ -507,7 +531,14 @@ fn secret_params(text: &str, from: usize, end: usize, secrets: &mut Vec<(usize, 
         if let Some(eq) = bytes[param..param_end].iter().position(|&b| b == b'=') {
             let value = param + eq + 1;
             if value < param_end && is_secret(&text[param..param + eq]) {
-                secrets.push((value, param_end));
+                let value_end = value
+                    + bytes[value..end]
+                        .iter()
+                        .position(|&b| b == b'&')
+                        .unwrap_or(end - value);
+                secrets.push((value, value_end));
+                param = value_end + 1;
+                continue;
             }
         }
         param = param_end + 1;
@@ -927,6 +958,30 @@ mod tests {
                 r#"{'client_secret': '<redacted>', 'x-api-key': '<redacted>'}"#,
             ),
             (r#"cookie: "a=b; c=d""#, r#"cookie: "<redacted>""#),
+            // A field of several (a struct's or a map's `Debug`, JSON on one line) ends at the
+            // next field, quoted or not.
+            (
+                r#"headers: {"authorization": Sensitive, "x-request-id": "r-1"}"#,
+                r#"headers: {"authorization": <redacted>, "x-request-id": "r-1"}"#,
+            ),
+            (
+                "Error { kind: Auth, auth_method: None, status: 401 }",
+                "Error { kind: Auth, auth_method: <redacted>, status: 401 }",
+            ),
+            (
+                r#"{"token_count": 5, "status": 500}"#,
+                r#"{"token_count": <redacted>, "status": 500}"#,
+            ),
+            (
+                "{authorization: Bearer abc.def, id: 7}",
+                "{authorization: Bearer <redacted>, id: 7}",
+            ),
+            // A scheme alone is no credential.
+            ("Authorization: Basic", "Authorization: Basic"),
+            (
+                "missing: authorization: Bearer",
+                "missing: authorization: Bearer",
+            ),
             // Names that carry none, and prose.
             (
                 "x-github-delivery: 1-2, idempotency-key: k, at 12:30:45",
@@ -936,6 +991,8 @@ mod tests {
             // English words after "basic" or "bearer" are kept.
             ("basic authentication failed", "basic authentication failed"),
             ("Basic username", "Basic username"),
+            // Letters that decode to a `:`, but are no padded base64.
+            ("basic Overloaded", "basic Overloaded"),
             ("the bearer token expired", "the bearer token expired"),
             ("Bearer", "Bearer"),
             // Tokens known by their prefix, wherever they are.
@@ -997,10 +1054,15 @@ mod tests {
                 "https://h/?session=s1&sid=s2",
                 "https://h/?session=<redacted>&sid=<redacted>",
             ),
-            // Parameters separated by `;`.
+            // Parameters separated by `;`; a secret's value runs to the next `&`, as a `;` in
+            // it may be its own.
             (
                 "https://h/x?a=1;token=abc;b=2",
-                "https://h/x?a=1;token=<redacted>;b=2",
+                "https://h/x?a=1;token=<redacted>",
+            ),
+            (
+                "https://h/x?password=p;ss&a=1",
+                "https://h/x?password=<redacted>&a=1",
             ),
         ];
         for (text, expected) in cases {
