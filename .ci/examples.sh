@@ -42,7 +42,11 @@ wait_for() { # file pattern
   echo "timed out waiting for '$2' in $1:"; cat "$1"; return 1
 }
 wait_lines() { # file pattern count: until the file has that many lines matching
-  for _ in $(seq 1 100); do [ "$(grep -c "$2" "$1" 2>/dev/null)" -ge "$3" ] && return 0; sleep 0.1; done
+  local n
+  for _ in $(seq 1 100); do
+    n=$(grep -c "$2" "$1" 2>/dev/null) || true
+    [ "${n:-0}" -ge "$3" ] && return 0; sleep 0.1
+  done
   echo "timed out waiting for $3 lines '$2' in $1:"; cat "$1"; return 1
 }
 stops_cleanly() { # pid name [seconds]: SIGTERM, then the process must exit 0 within 10 s (or seconds)
@@ -55,8 +59,9 @@ stops_cleanly() { # pid name [seconds]: SIGTERM, then the process must exit 0 wi
 }
 expect_status() { # expected, curl args...
   local want=$1; shift
+  rm -f "$log/body"
   local got; got=$(curl -s -o "$log/body" -w '%{http_code}' --max-time 10 "$@") || true
-  if [ "$got" != "$want" ]; then echo "expected HTTP $want, got $got: $(cat "$log/body")"; return 1; fi
+  if [ "$got" != "$want" ]; then echo "expected HTTP $want, got $got: $(cat "$log/body" 2>/dev/null)"; return 1; fi
 }
 
 echo "-- reqwest_client"

@@ -33,12 +33,16 @@ if [ ! -x "$DEPS/venv/bin/python" ]; then
         python3 -m venv "$DEPS/venv"
     fi
 fi
-if ! "$DEPS/venv/bin/python" -c 'import standardwebhooks, svix, stripe, slack_sdk, jwt, cryptography' >/dev/null 2>&1; then
+# Installed again whenever the pinned versions change, not only when a module is missing.
+if ! cmp -s .ci/interop/requirements.txt "$DEPS/venv/.installed-requirements.txt" \
+    || ! "$DEPS/venv/bin/python" -c 'import standardwebhooks, svix, stripe, slack_sdk, jwt, cryptography' >/dev/null 2>&1; then
     "$DEPS/venv/bin/python" -m pip install -q --disable-pip-version-check \
         -r .ci/interop/requirements.txt
+    cp .ci/interop/requirements.txt "$DEPS/venv/.installed-requirements.txt"
 fi
 
-if [ ! -d "$DEPS/node/node_modules/@octokit/webhooks-methods" ]; then
+if [ ! -d "$DEPS/node/node_modules/@octokit/webhooks-methods" ] \
+    || ! cmp -s .ci/interop/package-lock.json "$DEPS/node/.installed-package-lock.json"; then
     if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq >/dev/null
@@ -53,6 +57,7 @@ if [ ! -d "$DEPS/node/node_modules/@octokit/webhooks-methods" ]; then
     mkdir -p "$DEPS/node"
     cp .ci/interop/package.json .ci/interop/package-lock.json "$DEPS/node/"
     (cd "$DEPS/node" && npm ci --silent --no-audit --no-fund >/dev/null)
+    cp .ci/interop/package-lock.json "$DEPS/node/.installed-package-lock.json"
 fi
 
 "$DEPS/venv/bin/python" -c 'import standardwebhooks, svix, stripe, slack_sdk, jwt, cryptography'

