@@ -3080,10 +3080,9 @@ async fn run_job(
                 state.forget_delivery(job, true).await;
                 break;
             }
+            // A failure is not the provider taking a request again: a secondary limit met
+            // after it is the one met before, and its wait doubles still.
             Outcome::Later { delay, attempted } => {
-                if attempted {
-                    hold.no_secondary_limit();
-                }
                 // Asked by the provider (or an open breaker): of every comment with the same
                 // credential.
                 if let Some(delay) = delay {

@@ -2974,6 +2974,9 @@ struct FakeGithubApp {
     expired_tokens: AtomicUsize,
     /// When the token requests of installation 429, always over a secondary rate limit, came.
     secondary_limited: Mutex<Vec<tokio::time::Instant>>,
+    /// When the token requests of installation 4290 came: over a secondary rate limit, then
+    /// answered 503, in turn.
+    limited_then_unavailable: Mutex<Vec<tokio::time::Instant>>,
 }
 
 impl FakeGithubApp {
@@ -3072,6 +3075,14 @@ async fn fake_github_app_answer(gh: Arc<FakeGithubApp>, req: Request) -> Respons
             let now = tokio::time::Instant::now();
             gh.secondary_limited.lock().unwrap().push(now);
             return secondary_limit();
+        }
+        if installation == 4290 {
+            let mut asked = gh.limited_then_unavailable.lock().unwrap();
+            asked.push(tokio::time::Instant::now());
+            if asked.len() % 2 == 1 {
+                return secondary_limit();
+            }
+            return (StatusCode::SERVICE_UNAVAILABLE, "unavailable").into_response();
         }
         if installation == 413 {
             // Whatever answers there sends more than a token answer could be.
@@ -3330,6 +3341,34 @@ async fn a_token_request_over_a_persisting_secondary_rate_limit_waits_longer_eac
     let waits: Vec<u64> = asked.windows(2).map(|w| (w[1] - w[0]).as_secs()).collect();
     assert_eq!(waits, [60, 120, 240], "{waits:?}");
     assert!(gh.comment_authorization(1).is_none());
+}
+
+/// A failure between two secondary rate limits (GitHub answering 503) is not GitHub taking a
+/// request again: the second limit is the first one still met, and its wait doubles. A 503
+/// counted as a request taken, so the wait started over at a minute.
+#[tokio::test(start_paused = true)]
+async fn a_failure_between_two_secondary_rate_limits_does_not_start_their_waits_over() {
+    let Some(python) = peers::python() else {
+        return;
+    };
+    let (_, gh, base, state) = start_as_github_app(&python, &[("COMMENT_MAX_ATTEMPTS", "4")]).await;
+    let res = send(
+        &crate::client::new(),
+        &base,
+        &github_delivery(Some(4290), 1),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    assert_eq!(state.drain_comments(Duration::from_secs(3600)).await, 0);
+    assert_eq!(state.counters.comments_failed.load(Ordering::SeqCst), 1);
+    let asked = gh.limited_then_unavailable.lock().unwrap().clone();
+    assert_eq!(asked.len(), 4, "limit, 503, limit, 503");
+    // The wait after each limit: a minute, then two.
+    let waits = [
+        (asked[1] - asked[0]).as_secs(),
+        (asked[3] - asked[2]).as_secs(),
+    ];
+    assert_eq!(waits, [60, 120], "{asked:?}");
 }
 
 /// A backlog of comments of many installations (after a restart, after GitHub was down) asks
