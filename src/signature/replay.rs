@@ -132,8 +132,9 @@ pub trait ReplayStore: Send + Sync + 'static {
     /// 2xx): `key` is now recorded as handled for `ttl` from now (the layer's `replay_ttl`).
     ///
     /// Resolves to `true` if it is recorded by this call: the claim was still this token's, or
-    /// it had expired and no other delivery claimed the id since. A claim another delivery holds
-    /// now, or an id already recorded as handled, is left alone (`false`). The default does
+    /// nothing live holds the id any more (this claim expired, and so did any other delivery's
+    /// since). A claim another delivery holds now, or an id already recorded as handled, is left
+    /// alone (`false`). The default does
     /// nothing and answers `true`.
     ///
     /// # Example
@@ -508,9 +509,13 @@ pub enum OnReplay {
 /// replicas behind a load balancer need a shared store such as `RedisReplayStore` (feature
 /// `redis`).
 ///
-/// An id takes about 90 to 126 bytes, however long it is: the store keeps a 64-bit fingerprint
-/// of the key (SipHash, keyed per store), its expiry, and its place in the order of eviction,
-/// named by a 64-bit identity. At the default capacity that is 9.4 to 12.6 MB; memory grows
+/// An id takes about 90 to 126 bytes, however long it is (a claim about 33 more, for its
+/// token): the store keeps a 64-bit fingerprint of the key (SipHash, keyed per store), its
+/// expiry, and its place in the order of eviction, named by a 64-bit identity. Two ids with one
+/// fingerprint would count as one (the second refused as a replay); with a key per store nobody
+/// can aim for that, and by chance it takes some 10^14 ids at the default capacity. Expiries
+/// are read on the system clock (or the layer's `Clock`): a clock stepped forward forgets ids
+/// early. At the default capacity that is 9.4 to 12.6 MB; memory grows
 /// with the ids held, up to that. The queues that order eviction (one of handled ids, one of
 /// claims, each with a heap of the expiries recorded out of order) may hold up to twice the
 /// capacity in 24-byte records before they are compacted (the queues keep their room after):
@@ -1101,11 +1106,12 @@ impl MemoryReplayStore {
         u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// `ttl` from `now`, in the table's milliseconds.
+    /// `ttl` from `now`, in the table's whole milliseconds (`ttl` rounded up: a TTL of a
+    /// fraction of a millisecond is not none).
     fn expiry(now: u64, ttl: Duration) -> u64 {
+        let ttl = u64::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
         // The top bit is the pending mark: expiries stop short of it (292 million years).
-        now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
-            .min(PENDING - 1)
+        now.saturating_add(ttl).min(PENDING - 1)
     }
 
     /// Records `key` for `ttl` unless it is held, as claimed by `claim` if there is one.
@@ -2199,6 +2205,22 @@ mod tests {
         // One record per id handled; the last claim's (settled) one only, until the next one.
         assert_eq!(e.handled.records.len(), 1_000);
         assert!(e.claims.records.len() <= 1);
+    }
+
+    /// A TTL of a fraction of a millisecond is rounded up, not down to none: the id is held
+    /// for that millisecond.
+    #[test]
+    fn a_ttl_under_a_millisecond_is_not_none() {
+        let now = Arc::new(AtomicU64::new(1_000_000));
+        let n = now.clone();
+        let store = MemoryReplayStore::with_capacity(4).clock(Clock::from_fn(move || {
+            SystemTime::UNIX_EPOCH + Duration::from_millis(n.load(Ordering::SeqCst))
+        }));
+        let ttl = Duration::from_micros(900);
+        assert!(block_on(store.insert("github:a", ttl)));
+        assert!(!block_on(store.insert("github:a", ttl)));
+        now.fetch_add(1, Ordering::SeqCst);
+        assert!(block_on(store.insert("github:a", ttl)));
     }
 
     #[test]
