@@ -183,16 +183,21 @@ fn contended(c: &mut Criterion) {
 /// A keyed breaker whose map is full (10,000 keys) of breakers that each count a failure, so
 /// that none is forgotten before the others: a call with a key it has (`known_key`), and one
 /// with a new key (`new_key`), which looks for the breaker to forget among them all and
-/// replaces it with its own, failing too, so that the map stays as it was.
+/// replaces it with its own, failing too, so that the map stays as it was. No rule opens them
+/// (the one they have is a slow-call rule no call meets): the millions of failures `known_key`
+/// counts would open every breaker, and `new_key` would then find none to forget and measure
+/// the way to the overflow breaker instead.
 fn keyed_full(c: &mut Criterion) {
     use tower_webhook::circuit_breaker::KeyedCircuitBreakerLayer;
     const KEYS: u64 = 10_000;
     let mut group = c.benchmark_group("circuit_breaker_keyed_full");
     group.throughput(Throughput::Elements(1));
     let rt = runtime();
+    // The one rule a breaker needs is one no call here meets: an hour-long call.
     let config = CircuitBreakerConfig::default()
         .consecutive_failures(0)
-        .minimum_calls(1_000);
+        .without_failure_rate()
+        .slow_call_rate_threshold(100.0, std::time::Duration::from_secs(3600));
     let layer = KeyedCircuitBreakerLayer::new(config, KEYS as usize, |key: &u64| *key)
         .unwrap()
         .with_classifier(|r: &Result<u64, BoxError>| match r {
