@@ -310,7 +310,7 @@ const MIN_WORDLIKE_CREDENTIAL: usize = 20;
 /// Whether a `Basic` credential made of letters only is base64 for `user:password`: padded
 /// base64 (a multiple of 4 characters) of a text that holds a `:`.
 fn decodes_to_user_and_password(credential: &[u8]) -> bool {
-    if credential.len() % 4 != 0 {
+    if !credential.len().is_multiple_of(4) {
         return false;
     }
     let data = credential
