@@ -17,6 +17,7 @@ use hyper_util::rt::TokioExecutor;
 use tower::load_shed::error::Overloaded;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_webhook::WebhookErrorLayer;
+use tower_webhook::error::ResponseBody;
 use tower_webhook::error::{Problem, WebhookProcessingError, types};
 use tower_webhook::retry::{ErrorFacts, RetryPolicy};
 
@@ -74,20 +75,33 @@ async fn a_refused_connection_answered_by_the_error_layer_is_tried_again() {
     assert_eq!(problem["status"], 500);
 }
 
-/// How many times `method` is sent through the policy, the error layer and a client that fails
-/// each call with `error()`, and the last answer's status.
-async fn attempts(method: Method, error: fn() -> BoxError) -> (usize, StatusCode) {
+type Answer = Result<Response<Full<Bytes>>, BoxError>;
+
+/// How many times `method` is sent through `policy`, the error layer and a client that answers
+/// each call with `answer()`, and the last answer.
+async fn sent_through(
+    policy: RetryPolicy,
+    method: Method,
+    answer: impl Fn() -> Answer + Clone + Send + 'static,
+) -> (usize, Response<ResponseBody<Full<Bytes>>>) {
     let calls = Arc::new(AtomicUsize::new(0));
     let count = Arc::clone(&calls);
     let svc = ServiceBuilder::new()
-        .layer(policy().into_layer())
+        .layer(policy.into_layer())
         .layer(WebhookErrorLayer::new())
         .service_fn(move |_: Request<Full<Bytes>>| {
             count.fetch_add(1, Ordering::SeqCst);
-            async move { Err::<Response<Full<Bytes>>, _>(error()) }
+            std::future::ready(answer())
         });
     let res = svc.oneshot(request(method)).await.unwrap();
-    (calls.load(Ordering::SeqCst), res.status())
+    (calls.load(Ordering::SeqCst), res)
+}
+
+/// How many times `method` is sent through the policy, the error layer and a client that fails
+/// each call with `error()`, and the last answer's status.
+async fn attempts(method: Method, error: fn() -> BoxError) -> (usize, StatusCode) {
+    let (sent, res) = sent_through(policy(), method, move || Err(error())).await;
+    (sent, res.status())
 }
 
 /// Each answered error is retried as the error would be: a reset connection only for a `GET`
@@ -135,48 +149,28 @@ async fn errors_answered_with_their_own_status_are_read_by_it() {
         "each wait as asked"
     );
 
-    let calls = Arc::new(AtomicUsize::new(0));
-    let count = Arc::clone(&calls);
-    let svc = ServiceBuilder::new()
-        .layer(
-            policy()
-                .no_retry_on_status(StatusCode::GATEWAY_TIMEOUT)
-                .into_layer(),
-        )
-        .layer(WebhookErrorLayer::new())
-        .service_fn(move |_: Request<Full<Bytes>>| {
-            count.fetch_add(1, Ordering::SeqCst);
-            async {
-                Err::<Response<Full<Bytes>>, BoxError>(tower::timeout::error::Elapsed::new().into())
-            }
-        });
-    let res = svc.oneshot(request(Method::GET)).await.unwrap();
-    assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+    let (sent, res) = sent_through(
+        policy().no_retry_on_status(StatusCode::GATEWAY_TIMEOUT),
+        Method::GET,
+        || Err(tower::timeout::error::Elapsed::new().into()),
+    )
+    .await;
+    assert_eq!((sent, res.status()), (1, StatusCode::GATEWAY_TIMEOUT));
     assert!(res.extensions().get::<ErrorFacts>().is_none());
-    assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
 /// Answers that were no error are read as before: a 500 the client answered (no error below
 /// the layer) by its status, which is not retried; a circuit-open rejection is never retried.
 #[tokio::test]
 async fn answers_that_were_no_error_are_read_by_their_status() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let count = Arc::clone(&calls);
-    let svc = ServiceBuilder::new()
-        .layer(policy().into_layer())
-        .layer(WebhookErrorLayer::new())
-        .service_fn(move |_: Request<Full<Bytes>>| {
-            count.fetch_add(1, Ordering::SeqCst);
-            async move {
-                let mut res = Response::new(Full::<Bytes>::default());
-                *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-                Ok::<_, BoxError>(res)
-            }
-        });
-    let res = svc.oneshot(request(Method::GET)).await.unwrap();
-    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let (sent, res) = sent_through(policy(), Method::GET, || {
+        let mut res = Response::new(Full::<Bytes>::default());
+        *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        Ok(res)
+    })
+    .await;
+    assert_eq!((sent, res.status()), (1, StatusCode::INTERNAL_SERVER_ERROR));
     assert!(res.extensions().get::<ErrorFacts>().is_none());
-    assert_eq!(calls.load(Ordering::SeqCst), 1);
 
     let (breaker, handle) = tower_webhook::circuit_breaker::CircuitBreakerLayer::pair(
         tower_webhook::circuit_breaker::CircuitBreakerConfig::default(),
