@@ -3040,17 +3040,6 @@ async fn run_job(
                     continue 'run;
                 }
             }
-            // Asked again after a long wait for a slot and a turn, which the token may not
-            // have outlived (the tokens' cache answers at once while one is good).
-            let token = if token.is_some() && asked.elapsed() >= TOKEN_ASKED_AGAIN_AFTER {
-                sent = tokio::time::Instant::now();
-                match installation_token(&apis, &state, job).await {
-                    Err(outcome) => break 'attempt outcome,
-                    Ok(token) => token,
-                }
-            } else {
-                token
-            };
             if job.accepted_at.elapsed() > state.max_age {
                 give_up(
                     &state,
@@ -3060,6 +3049,18 @@ async fn run_job(
                 .await;
                 break 'run;
             }
+            // Looked at again after a long wait for a slot and a turn, which the token may not
+            // have outlived: the one kept if it is still good; else the slot is let go and a
+            // new one asked for without it, as first (GitHub may be slow to hand it out).
+            let token = match token {
+                Some((id, _)) if asked.elapsed() >= TOKEN_ASKED_AGAIN_AFTER => {
+                    match apis.tokens.as_ref().and_then(|tokens| tokens.kept(id)) {
+                        Some(kept) => Some((id, kept)),
+                        None => continue 'run,
+                    }
+                }
+                token => token,
+            };
             // Dropped in between (the process exits), the comment may have been posted.
             run.posting = true;
             sent = tokio::time::Instant::now();
@@ -3578,7 +3579,7 @@ async fn post_comment(
         // changed): fetched again for the next attempt.
         Ok((StatusCode::UNAUTHORIZED, None, _, _)) if installation.is_some() => {
             if let (Some((id, tokens)), Some(refused)) = (installation, &api.token) {
-                tokens.forget(id, refused).await;
+                tokens.forget(id, refused);
             }
             tracing::warn!(
                 provider = forge,

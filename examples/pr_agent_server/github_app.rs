@@ -487,14 +487,38 @@ impl InstallationTokens {
         Ok(token)
     }
 
-    /// Drops the kept token of `installation` if it is still `refused` (GitHub refused it:
-    /// revoked, or the app's permissions changed), so the next comment fetches a new one.
-    pub(crate) async fn forget(&self, installation: u64, refused: &str) {
-        let slot = self.slot(installation);
-        let mut cached = slot.lock().await;
-        if cached.as_ref().is_some_and(|kept| kept.token == refused) {
-            *cached = None;
+    /// The kept token of `installation` if it is still good, without asking GitHub: `None`
+    /// when none is kept, when it lapsed, or while another comment is fetching one (it holds
+    /// the installation's lock), for a comment that holds a slot and must not wait for GitHub.
+    pub(crate) fn kept(&self, installation: u64) -> Option<String> {
+        if self.gone(installation).is_some() {
+            return None;
         }
+        let slot = self.slot(installation);
+        let cached = slot.try_lock().ok()?;
+        cached
+            .as_ref()
+            .filter(|kept| kept.refresh_at > self.app.github_now())
+            .map(|kept| kept.token.clone())
+    }
+
+    /// Drops the kept token of `installation` if it is still `refused` (GitHub refused it:
+    /// revoked, or the app's permissions changed), so the next comment fetches a new one. Not
+    /// waited for: the comment that tells it holds a slot, and the installation's lock may be
+    /// held by a fetch GitHub is slow to answer (which replaces the token anyway).
+    pub(crate) fn forget(&self, installation: u64, refused: &str) {
+        fn drop_if(cached: &mut Option<Cached>, refused: &str) {
+            if cached.as_ref().is_some_and(|kept| kept.token == refused) {
+                *cached = None;
+            }
+        }
+        let slot = self.slot(installation);
+        if let Ok(mut cached) = slot.try_lock() {
+            drop_if(&mut cached, refused);
+            return;
+        }
+        let refused = refused.to_owned();
+        tokio::spawn(async move { drop_if(&mut *slot.lock().await, &refused) });
     }
 
     /// The slot of `installation`, made if needed. Past `MAX_INSTALLATIONS` slots, idle ones

@@ -2977,6 +2977,8 @@ struct FakeGithubApp {
     /// When the token requests of installation 4290 came: over a secondary rate limit, then
     /// answered 503, in turn.
     limited_then_unavailable: Mutex<Vec<tokio::time::Instant>>,
+    /// When the stalled token request of installation 600 came, and each comment.
+    arrivals: Mutex<Vec<(String, tokio::time::Instant)>>,
 }
 
 impl FakeGithubApp {
@@ -3096,6 +3098,21 @@ async fn fake_github_app_answer(gh: Arc<FakeGithubApp>, req: Request) -> Respons
             // GitHub stalls on this one.
             std::future::pending::<()>().await;
         }
+        if installation == 600
+            && gh
+                .token_requests
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(i, _)| *i == 600)
+                .count()
+                > 1
+        {
+            // And on this one, after its first token.
+            let now = tokio::time::Instant::now();
+            gh.arrivals.lock().unwrap().push(("token 600".into(), now));
+            std::future::pending::<()>().await;
+        }
         if (1000..2000).contains(&installation) {
             let now = gh.slow_fetches.fetch_add(1, Ordering::SeqCst) + 1;
             gh.most_slow_fetches.fetch_max(now, Ordering::SeqCst);
@@ -3105,6 +3122,8 @@ async fn fake_github_app_answer(gh: Arc<FakeGithubApp>, req: Request) -> Respons
         let requests = gh.token_requests.lock().unwrap();
         let n = requests.iter().filter(|(i, _)| *i == installation).count();
         let expires_at = match gh.expires_at.lock().unwrap().as_str() {
+            // Installation 600's tokens lapse at once: each serves its comment, none is kept.
+            _ if installation == 600 => "2016-07-11T22:14:10Z".to_owned(),
             "" => "2999-12-31T23:59:59Z".to_owned(),
             set => set.to_owned(),
         };
@@ -3125,6 +3144,12 @@ async fn fake_github_app_answer(gh: Arc<FakeGithubApp>, req: Request) -> Respons
         gh.refused.fetch_add(1, Ordering::SeqCst);
         return (StatusCode::UNAUTHORIZED, r#"{"message":"Bad credentials"}"#).into_response();
     }
+    // Pull requests 71 to 79: GitHub takes 25 s to create their comments.
+    if (71..80).any(|pr| path == format!("/repos/octo/repo/issues/{pr}/comments")) {
+        tokio::time::sleep(Duration::from_secs(25)).await;
+    }
+    let now = tokio::time::Instant::now();
+    gh.arrivals.lock().unwrap().push((path.clone(), now));
     gh.comments.lock().unwrap().push((path, authorization));
     StatusCode::CREATED.into_response()
 }
@@ -3301,6 +3326,58 @@ async fn comments_of_app_installations_are_posted_with_installation_tokens() {
     .await;
     deliver(Some(77), 9).await;
     assert_eq!(posted(9).await, "Bearer ghs_77_2");
+}
+
+/// A comment that waited over a minute for its slot, whose installation's token lapsed
+/// meanwhile, lets the slot go to ask for a new one: GitHub stalls on that request here, and the
+/// comments of other installations still go out at once. It asked while it held the slot (and
+/// its spacing turn), so the stalled request held the only GitHub slot, and every other comment
+/// waited behind it until the API client gave the request up.
+#[tokio::test(start_paused = true)]
+async fn a_token_asked_again_after_a_long_wait_holds_no_slot() {
+    let Some(python) = peers::python() else {
+        return;
+    };
+    let (_, gh, base, _state) = start_as_github_app(
+        &python,
+        &[
+            ("COMMENTS_IN_FLIGHT_PER_PROVIDER", "1"),
+            ("GITHUB_COMMENT_INTERVAL_MS", "0"),
+        ],
+    )
+    .await;
+    let client = crate::client::new();
+    // Three slow comments of installation 77 hold the slot for 75 s; installation 600's comment
+    // waits for it with its first token (which lapses at once, and is not kept), then 77's
+    // comment on pull request 5, with 77's token, which is. (The wait for a
+    // slot is real: this runtime's clock is paused, and moves on when nothing else can.)
+    for (installation, pr) in [(77, 71), (77, 72), (77, 73), (600, 4), (77, 5)] {
+        let res = send(&client, &base, &github_delivery(Some(installation), pr)).await;
+        assert_eq!(res.status(), StatusCode::ACCEPTED);
+        // In that order.
+        tokio::task::yield_now().await;
+    }
+    eventually("comment 5", Duration::from_secs(30), || {
+        gh.comment_authorization(5).is_some()
+    })
+    .await;
+    // Installation 600 asked for a second token (on which GitHub stalls), and posted nothing;
+    // comment 5 went out while that request still hung, not after the API client gave it up
+    // (30 s).
+    let arrivals = gh.arrivals.lock().unwrap().clone();
+    let at = |what: &str| arrivals.iter().find(|(w, _)| w == what).map(|(_, at)| *at);
+    let stalled = at("token 600").expect("asked again");
+    let posted = at("/repos/octo/repo/issues/5/comments").unwrap();
+    assert!(posted - stalled < Duration::from_secs(5), "{arrivals:?}");
+    let asked = gh
+        .token_requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(i, _)| *i == 600)
+        .count();
+    assert_eq!(asked, 2);
+    assert!(gh.comment_authorization(4).is_none());
 }
 
 /// A token answer is read up to 1 MiB: an API (or whatever answers at `GITHUB_API_URL`) that
