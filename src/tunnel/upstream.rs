@@ -150,6 +150,7 @@ struct ConnOptions {
 
 /// What a connection notes when a request arrives on it (see [`ConnOptions`]).
 struct OnRequest {
+    /// Set for a localtunnel pooled connection (see `ConnOptions::served`).
     served: Option<Arc<AtomicBool>>,
     late: Option<Arc<CountedConnections>>,
     /// Held from the first request on, until the connection, and this with it, is dropped.
@@ -171,6 +172,24 @@ impl OnRequest {
         }
         if let Some(late) = &self.late {
             lock(&self.entered).get_or_insert_with(|| late.enter());
+        }
+    }
+
+    /// Closes a pooled connection after the answer to a request that asked for an upgrade
+    /// (`asked_upgrade`) it did not get. The localtunnel server hands such a request the public
+    /// client's socket, raw, and pipes whatever the client sends next, without a timeout of its
+    /// own; a pooled connection waits for heads without one, as the server reads each head
+    /// before it sends it on: a client that asked for an upgrade, was refused and then stayed
+    /// silent held the connection for good, and a few of them every connection of the pool.
+    fn answered<B>(&self, asked_upgrade: bool, response: &mut Response<B>) {
+        if self.served.is_some()
+            && asked_upgrade
+            && response.status() != StatusCode::SWITCHING_PROTOCOLS
+        {
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
         }
     }
 }
@@ -1567,11 +1586,14 @@ where
             on_request.request();
             let answered = probes.answer(&request);
             let service = service.clone();
+            let on_request = Arc::clone(&on_request);
+            let asked_upgrade = request.headers().contains_key(http::header::UPGRADE);
             async move {
                 match answered {
                     Some(response) => Ok(response),
                     None => {
-                        let response = service.oneshot(request).await.map_err(Into::into)?;
+                        let mut response = service.oneshot(request).await.map_err(Into::into)?;
+                        on_request.answered(asked_upgrade, &mut response);
                         Ok::<_, BoxError>(
                             response.map(|body| body.map_err(Into::into).boxed_unsync()),
                         )
@@ -1598,7 +1620,9 @@ impl ServeConn for Forward {
             on_request.request();
             let answered = probes.answer(&request);
             let client = client.clone();
-            async move {
+            let on_request = Arc::clone(&on_request);
+            let asked_upgrade = request.headers().contains_key(http::header::UPGRADE);
+            let forwarded = async move {
                 if let Some(response) = answered {
                     return Ok::<_, BoxError>(response);
                 }
@@ -1609,13 +1633,16 @@ impl ServeConn for Forward {
                     .map_or("/", |pq| pq.as_str())
                     .to_owned();
                 // A target that names no path (`OPTIONS *`, a `CONNECT` authority) is not
-                // forwarded: scanners send them, and they mean nothing to the local server.
-                let uri = request
-                    .uri()
-                    .path_and_query()
-                    .is_some_and(|pq| pq.as_str().starts_with('/'))
-                    .then(|| format!("http://{addr}{path}").parse().ok())
-                    .flatten();
+                // forwarded, nor a `CONNECT` at all (one with a path would go on as a `CONNECT`
+                // to the local server's own address): scanners send them, and they mean nothing
+                // to the local server.
+                let uri = (request.method() != http::Method::CONNECT
+                    && request
+                        .uri()
+                        .path_and_query()
+                        .is_some_and(|pq| pq.as_str().starts_with('/')))
+                .then(|| format!("http://{addr}{path}").parse().ok())
+                .flatten();
                 let Some(uri) = uri else {
                     tracing::debug!(target = %super::error::from_the_network(&path), "request target not forwarded");
                     let mut response = Response::new(full(Bytes::from_static(
@@ -1649,6 +1676,11 @@ impl ServeConn for Forward {
                         Ok(response)
                     }
                 }
+            };
+            async move {
+                let mut response = forwarded.await?;
+                on_request.answered(asked_upgrade, &mut response);
+                Ok::<_, BoxError>(response)
             }
         });
         Box::pin(serve_http1(io, handler, options))

@@ -21,7 +21,8 @@ use tokio::net::TcpStream;
 use tower_webhook::tunnel::{Bore, Running, Server, Tunnel, TunnelHandle, Upstream};
 
 /// A service that answers an `upgrade: echo` request with 101 and then echoes every byte of
-/// the upgraded connection back; any other request gets 200 "plain".
+/// the upgraded connection back; a request for another upgrade gets 404; any other request
+/// gets 200 "plain".
 #[derive(Clone)]
 struct EchoUpgrade;
 
@@ -38,8 +39,14 @@ impl tower::Service<Request<Incoming>> for EchoUpgrade {
     }
 
     fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
-        if request.headers().get(header::UPGRADE).is_none() {
-            return std::future::ready(Ok(Response::new(Full::from("plain"))));
+        match request.headers().get(header::UPGRADE) {
+            None => return std::future::ready(Ok(Response::new(Full::from("plain")))),
+            Some(upgrade) if upgrade != "echo" => {
+                let mut response = Response::new(Full::from("no such upgrade"));
+                *response.status_mut() = StatusCode::NOT_FOUND;
+                return std::future::ready(Ok(response));
+            }
+            Some(_) => {}
         }
         let upgrade = hyper::upgrade::on(&mut request);
         tokio::spawn(async move {
@@ -381,6 +388,76 @@ async fn upgraded_localtunnel_connections_do_not_wear_down_the_pool() {
         ),
         "{seen:?}"
     );
+}
+
+/// A public client that asks for an upgrade the service refuses (404), then stays silent: the
+/// localtunnel server handed it a pooled connection raw, and pipes whatever it sends next
+/// without a timeout. The pooled connection is closed after the refusal, so a few such clients
+/// do not hold the whole pool: a plain request still goes through, and the silent clients see
+/// their connections end. Before, every pooled connection stayed theirs, and deliveries waited.
+#[tokio::test]
+async fn refused_upgrades_do_not_hold_the_localtunnel_pool() {
+    let Some(modules) = support::node_modules("localtunnel refused upgrades") else {
+        return;
+    };
+    let port = support::free_port().await;
+    let _server = npm_server(&modules, port, Some(POOL)).await;
+    let handle = Tunnel::builder()
+        .provider(
+            tower_webhook::tunnel::LocalTunnel::new()
+                .server(format!("http://127.0.0.1:{port}"))
+                .subdomain("refused-upgrades")
+                .unwrap(),
+        )
+        .start(Upstream::service(EchoUpgrade))
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+    let host = format!("refused-upgrades.localhost:{port}");
+    let public: SocketAddr = (Ipv4Addr::LOCALHOST, port).into();
+    let mut silent = Vec::new();
+    for _ in 0..POOL {
+        let mut tcp = TcpStream::connect(public).await.unwrap();
+        let head = format!(
+            "GET /ws HTTP/1.1\r\nhost: {host}\r\nconnection: upgrade\r\nupgrade: nope\r\n\r\n"
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let mut byte = [0u8; 1];
+        while !answer.ends_with(b"\r\n\r\n") {
+            let read = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut byte))
+                .await
+                .expect("answered in time")
+                .unwrap();
+            assert_ne!(
+                read,
+                0,
+                "closed after {:?}",
+                String::from_utf8_lossy(&answer)
+            );
+            answer.push(byte[0]);
+        }
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+        silent.push(tcp);
+    }
+    // A delivery still goes through, on a pooled connection opened again.
+    let (status, body) =
+        tokio::time::timeout(Duration::from_secs(10), support::get(public, &host, "/"))
+            .await
+            .expect("a plain request gets through")
+            .unwrap();
+    assert_eq!((status, body.as_str()), (200, "plain"));
+    // The silent clients' connections ended, once the rest of their answer was sent.
+    for mut tcp in silent {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest)).await;
+        assert!(
+            matches!(read, Ok(Ok(_))),
+            "a refused upgrade's connection stays open: {read:?}"
+        );
+        assert_eq!(String::from_utf8_lossy(&rest), "no such upgrade");
+    }
+    handle.close().await;
 }
 
 /// `Upstream::serve_connection` serves a connection "until either side closes it", an upgraded
