@@ -1457,7 +1457,7 @@ struct Meta<'a> {
 /// Whether `id` is the nil UUID (`00000000-0000-0000-0000-000000000000`), the subscription id
 /// of the events Azure DevOps sends from a service hook's "Test" dialog.
 fn is_nil_uuid(id: &str) -> bool {
-    id.contains('0') && id.bytes().all(|b| b == b'0' || b == b'-')
+    id == "00000000-0000-0000-0000-000000000000"
 }
 
 /// A top-level field read as text: a string, or `None` for any other JSON value. The body is
@@ -1610,16 +1610,19 @@ impl std::fmt::Debug for Text {
 
 /// Whether the media type is `application/x-www-form-urlencoded`, in any case (RFC 9110
 /// §8.3.1), whatever its parameters: as axum's `Form` extractor decides.
+///
+/// Any type that starts like the form one, in any case: axum's `Form` and `RawForm` read a body
+/// whose type merely starts with it (`application/x-www-form-urlencodedx`) as a form. Gitea signs
+/// the same JSON whether it sends it raw or as a form, so a raw body taken here under such a type
+/// would reach a `Form` handler as a form whose fields nobody signed (a `payload=` inside a
+/// comment's text).
 fn is_form(headers: &HeaderMap) -> bool {
+    const FORM: &[u8] = b"application/x-www-form-urlencoded";
     headers.get(http::header::CONTENT_TYPE).is_some_and(|ct| {
-        let media_type = ct
-            .as_bytes()
-            .split(|b| *b == b';')
-            .next()
-            .unwrap_or_default();
-        media_type
-            .trim_ascii()
-            .eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
+        ct.as_bytes()
+            .trim_ascii_start()
+            .get(..FORM.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(FORM))
     })
 }
 

@@ -89,15 +89,24 @@ async fn a_gitea_form_delivery_is_recognised_whatever_the_case_of_its_media_type
                 "{header}, {content_type}"
             );
         }
-        // A media type that only starts like the form one is not a form delivery: the raw body
-        // is what would have to be signed.
+        // A media type that only starts like the form one is read as a form, as axum's `Form`
+        // reads it: the form's payload is what is signed. The JSON itself, signed the same,
+        // sent raw under that type is refused: a `Form` handler would read it as a form, whose
+        // fields (a `payload=` in a comment's text) nobody signed.
         let req = Request::post("/hook")
             .header("content-type", "application/x-www-form-urlencodedx")
             .header(header, &sig)
             .body(Full::new(Bytes::from(form.clone())))
             .unwrap();
+        let (status, _) = send(&layer, req).await;
+        assert_eq!(status, StatusCode::OK, "{header}");
+        let req = Request::post("/hook")
+            .header("content-type", "application/x-www-form-urlencodedx")
+            .header(header, &sig)
+            .body(Full::new(Bytes::from(payload.clone())))
+            .unwrap();
         let (status, seen) = send(&layer, req).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{header}");
+        assert!(status.is_client_error(), "{header}: {status}");
         assert!(seen.lock().unwrap().is_empty());
     }
 }

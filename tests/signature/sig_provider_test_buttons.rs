@@ -87,6 +87,18 @@ async fn azure_devops_test_notifications_reach_the_handler_every_time() {
     assert_eq!(res.status(), StatusCode::CONFLICT);
     assert_eq!(calls.load(Ordering::SeqCst), 4);
 
+    // Only the nil UUID itself marks a test: a subscription id of zeros written otherwise is
+    // deduplicated like any other.
+    for (n, subscription) in ["0", "0-0", "-0"].into_iter().enumerate() {
+        let mut body = event(subscription, 30 + n as u32);
+        body["id"] = format!("4c8b1f9e-0d2a-4c55-8e1f-00000000000{n}").into();
+        let res = send(body.clone()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{subscription}");
+        let res = send(body).await.unwrap();
+        assert_eq!(res.status(), StatusCode::CONFLICT, "{subscription}");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 7);
+
     // A test still needs the credentials.
     let res = client
         .post(&url)
@@ -96,7 +108,7 @@ async fn azure_devops_test_notifications_reach_the_handler_every_time() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(calls.load(Ordering::SeqCst), 4);
+    assert_eq!(calls.load(Ordering::SeqCst), 7);
 }
 
 /// Bitbucket Data Center's "Test connection" (`X-Event-Key: diagnostics:ping`) is verified like
