@@ -103,7 +103,7 @@ async fn a_gitea_form_delivery_is_recognised_whatever_the_case_of_its_media_type
         let req = Request::post("/hook")
             .header("content-type", "application/x-www-form-urlencodedx")
             .header(header, &sig)
-            .body(Full::new(Bytes::from(payload.clone())))
+            .body(Full::new(Bytes::from(payload)))
             .unwrap();
         let (status, seen) = send(&layer, req).await;
         assert!(status.is_client_error(), "{header}: {status}");
