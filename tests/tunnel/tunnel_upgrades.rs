@@ -316,6 +316,29 @@ async fn connected_sockets(port: u16, id: &str) -> Option<u64> {
     json["connected_sockets"].as_u64()
 }
 
+/// The npm localtunnel server on a loopback port, pools of [`POOL`] connections, and a tunnel
+/// through it named `subdomain` to [`EchoUpgrade`]: the server's process, the tunnel, the
+/// server's address and the tunnel's `Host`. `None` without the npm peers.
+async fn echo_localtunnel(
+    subdomain: &str,
+) -> Option<(tokio::process::Child, TunnelHandle, SocketAddr, String)> {
+    let modules = support::node_modules(&format!("localtunnel {subdomain}"))?;
+    let port = support::free_port().await;
+    let server = npm_server(&modules, port, Some(POOL)).await;
+    let handle = Tunnel::builder()
+        .provider(
+            tower_webhook::tunnel::LocalTunnel::new()
+                .server(format!("http://127.0.0.1:{port}"))
+                .subdomain(subdomain)
+                .unwrap(),
+        )
+        .start(Upstream::service(EchoUpgrade))
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+    let host = format!("{subdomain}.localhost:{port}");
+    Some((server, handle, (Ipv4Addr::LOCALHOST, port).into(), host))
+}
+
 /// A localtunnel server hands a WebSocket one of the pooled connections and counts it against
 /// the client's limit until it closes. The pool must not treat it as used up and open another
 /// one at once: the server refuses that one (at its limit), the slot was given up, and with
@@ -323,24 +346,11 @@ async fn connected_sockets(port: u16, id: &str) -> Option<u64> {
 /// connection to end, then opens a new one, and the pool is whole again.
 #[tokio::test]
 async fn upgraded_localtunnel_connections_do_not_wear_down_the_pool() {
-    let Some(modules) = support::node_modules("localtunnel upgrades") else {
+    let Some((_server, handle, public, host)) = echo_localtunnel("upgrades-pool").await else {
         return;
     };
-    let port = support::free_port().await;
-    let _server = npm_server(&modules, port, Some(POOL)).await;
-    let handle = Tunnel::builder()
-        .provider(
-            tower_webhook::tunnel::LocalTunnel::new()
-                .server(format!("http://127.0.0.1:{port}"))
-                .subdomain("upgrades-pool")
-                .unwrap(),
-        )
-        .start(Upstream::service(EchoUpgrade))
-        .await
-        .unwrap_or_else(|err| panic!("{err}"));
+    let port = public.port();
     let mut events = handle.events();
-    let host = format!("upgrades-pool.localhost:{port}");
-    let public: SocketAddr = (Ipv4Addr::LOCALHOST, port).into();
     // Every pooled connection carries a WebSocket, for longer than the slots' retries last.
     let mut open = Vec::new();
     for _ in 0..POOL {
@@ -397,23 +407,9 @@ async fn upgraded_localtunnel_connections_do_not_wear_down_the_pool() {
 /// their connections end. Before, every pooled connection stayed theirs, and deliveries waited.
 #[tokio::test]
 async fn refused_upgrades_do_not_hold_the_localtunnel_pool() {
-    let Some(modules) = support::node_modules("localtunnel refused upgrades") else {
+    let Some((_server, handle, public, host)) = echo_localtunnel("refused-upgrades").await else {
         return;
     };
-    let port = support::free_port().await;
-    let _server = npm_server(&modules, port, Some(POOL)).await;
-    let handle = Tunnel::builder()
-        .provider(
-            tower_webhook::tunnel::LocalTunnel::new()
-                .server(format!("http://127.0.0.1:{port}"))
-                .subdomain("refused-upgrades")
-                .unwrap(),
-        )
-        .start(Upstream::service(EchoUpgrade))
-        .await
-        .unwrap_or_else(|err| panic!("{err}"));
-    let host = format!("refused-upgrades.localhost:{port}");
-    let public: SocketAddr = (Ipv4Addr::LOCALHOST, port).into();
     let mut silent = Vec::new();
     for _ in 0..POOL {
         let mut tcp = TcpStream::connect(public).await.unwrap();
