@@ -494,7 +494,8 @@ async fn a_local_server_that_drops_connection_attempts_is_given_up_after_10_s() 
 }
 
 /// `OPTIONS *` and `CONNECT host:port` (scanners send them) name no path to forward: answered
-/// 400 by the tunnel, and the connection goes on serving.
+/// 400 by the tunnel, and the connection goes on serving. So is a `CONNECT` with a path, which
+/// went on as a `CONNECT` to the local server's own address.
 #[tokio::test]
 async fn an_asterisk_target_is_answered_400_and_not_forwarded() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -517,7 +518,7 @@ async fn an_asterisk_target_is_answered_400_and_not_forwarded() {
     tokio::spawn(async move { upstream.serve_connection(tunnel_side).await });
 
     public
-        .write_all(b"OPTIONS * HTTP/1.1\r\nhost: x\r\n\r\nCONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\nGET /after HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .write_all(b"OPTIONS * HTTP/1.1\r\nhost: x\r\n\r\nCONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\nCONNECT /x HTTP/1.1\r\nhost: x\r\n\r\nGET /after HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
         .await
         .unwrap();
     let mut answers = String::new();
@@ -526,7 +527,7 @@ async fn an_asterisk_target_is_answered_400_and_not_forwarded() {
         .unwrap()
         .unwrap();
     assert!(answers.starts_with("HTTP/1.1 400 "), "{answers}");
-    assert_eq!(answers.matches("HTTP/1.1 400 ").count(), 2, "{answers}");
+    assert_eq!(answers.matches("HTTP/1.1 400 ").count(), 3, "{answers}");
     assert!(answers.contains("HTTP/1.1 200 OK"), "{answers}");
     assert!(answers.ends_with("ok"), "{answers}");
 }
