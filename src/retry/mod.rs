@@ -470,11 +470,11 @@ pub trait RetryResponse {
 /// assert!(!ErrorFacts::new(&reset).was_not_sent());
 /// ```
 #[derive(Clone)]
-pub struct ErrorFacts(Owned);
+pub struct ErrorFacts(Facts);
 
-/// What the policy reads of an error, owned.
+/// What the policy reads of an error.
 #[derive(Clone)]
-enum Owned {
+enum Facts {
     /// Never retried: a circuit-open rejection, or an error the same request meets again.
     Final,
     /// A reqwest error made from an answer: its status, and the URL that answered.
@@ -482,26 +482,6 @@ enum Owned {
     /// Another failure: the gRPC status the upstream answered, if it is one, and whether the
     /// request was never sent.
     Failed(Option<(u16, Pushback)>, bool),
-}
-
-/// What the policy reads of an error, borrowed from it or from an [`ErrorFacts`].
-enum Facts<'a> {
-    Final,
-    Answered(StatusCode, Option<&'a str>),
-    Failed(Option<(u16, Pushback)>, bool),
-}
-
-impl<'a> Facts<'a> {
-    /// What the policy reads of `err`.
-    fn of(err: &'a (dyn Error + 'static)) -> Self {
-        if is_circuit_open(err) || fails_again(err) {
-            return Self::Final;
-        }
-        if let Some((status, answered)) = chain(err).find_map(reqwest_status) {
-            return Self::Answered(status, answered);
-        }
-        Self::Failed(answered_grpc_status(err), was_not_sent(err))
-    }
 }
 
 impl ErrorFacts {
@@ -517,11 +497,13 @@ impl ErrorFacts {
     /// assert!(ErrorFacts::new(&Overloaded::new()).was_not_sent());
     /// ```
     pub fn new(err: &(dyn Error + 'static)) -> Self {
-        Self(match Facts::of(err) {
-            Facts::Final => Owned::Final,
-            Facts::Answered(status, url) => Owned::Answered(status, url.map(Box::from)),
-            Facts::Failed(grpc, not_sent) => Owned::Failed(grpc, not_sent),
-        })
+        if is_circuit_open(err) || fails_again(err) {
+            return Self(Facts::Final);
+        }
+        if let Some((status, answered)) = chain(err).find_map(reqwest_status) {
+            return Self(Facts::Answered(status, answered.map(Box::from)));
+        }
+        Self(Facts::Failed(answered_grpc_status(err), was_not_sent(err)))
     }
 
     /// Whether the error showed that the request was never sent (see [`was_not_sent`]).
@@ -536,15 +518,7 @@ impl ErrorFacts {
     /// assert!(ErrorFacts::new(&refused).was_not_sent());
     /// ```
     pub fn was_not_sent(&self) -> bool {
-        matches!(self.0, Owned::Failed(_, true))
-    }
-
-    fn facts(&self) -> Facts<'_> {
-        match &self.0 {
-            Owned::Final => Facts::Final,
-            Owned::Answered(status, url) => Facts::Answered(*status, url.as_deref()),
-            Owned::Failed(grpc, not_sent) => Facts::Failed(*grpc, *not_sent),
-        }
+        matches!(self.0, Facts::Failed(_, true))
     }
 }
 
@@ -552,9 +526,9 @@ impl fmt::Debug for ErrorFacts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut debug = f.debug_struct("ErrorFacts");
         match &self.0 {
-            Owned::Final => debug.field("retried", &false),
-            Owned::Answered(status, _) => debug.field("answered", &status.as_u16()),
-            Owned::Failed(grpc, not_sent) => debug
+            Facts::Final => debug.field("retried", &false),
+            Facts::Answered(status, _) => debug.field("answered", &status.as_u16()),
+            Facts::Failed(grpc, not_sent) => debug
                 .field("grpc_status", &grpc.map(|(code, _)| code))
                 .field("was_not_sent", not_sent),
         }
@@ -1453,18 +1427,19 @@ impl RetryPolicy {
     fn read_error<Req: RetryRequest>(
         &self,
         req: &Req,
-        facts: Facts<'_>,
+        facts: &ErrorFacts,
     ) -> Option<(Option<Duration>, bool)> {
-        match facts {
+        match facts.0 {
             Facts::Final => None,
             // A reqwest error made from an answer is that answer, read as the response would
             // be: a 404 is a verdict, a 429 a refusal. Its headers are gone, so a 503 is not
             // known to carry `Retry-After`.
-            Facts::Answered(status, answered) => {
+            Facts::Answered(status, ref answered) => {
                 if !self.is_retryable_status(status) {
                     return None;
                 }
-                let refused = refuses(status) && !redirected(RetryRequest::url(req), answered);
+                let refused =
+                    refuses(status) && !redirected(RetryRequest::url(req), answered.as_deref());
                 Some((None, refused))
             }
             Facts::Failed(grpc, not_sent) => {
@@ -1503,10 +1478,10 @@ where
         let (retry_after, unprocessed) = match result {
             // An error a layer below answered is read as the error.
             Ok(res) => match RetryResponse::answered_error(res) {
-                Some(answered) => self.read_error(req, answered.facts())?,
+                Some(answered) => self.read_error(req, answered)?,
                 None => self.read_response(req, res)?,
             },
-            Err(err) => self.read_error(req, Facts::of(err.as_error()))?,
+            Err(err) => self.read_error(req, &ErrorFacts::new(err.as_error()))?,
         };
         if self.attempt >= self.max_retries || !(unprocessed || self.may_retry(req)) {
             return None;

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http::{Request, Uri};
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_webhook::retry::RetryPolicy;
@@ -36,16 +36,9 @@ fn policy() -> RetryPolicy {
 /// (connect timeout [`CONNECT_TIMEOUT`]), which fails: its error, and how many connections the
 /// client tried to open.
 pub(crate) async fn post_with_http_connector(url: String) -> (BoxError, usize) {
-    let connects = Arc::new(AtomicUsize::new(0));
-    let count = Arc::clone(&connects);
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    let connector = tower::service_fn(move |uri: Uri| {
-        count.fetch_add(1, Ordering::SeqCst);
-        let mut http = http.clone();
-        Box::pin(async move { tower::Service::call(&mut http, uri).await })
-    });
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+    let (client, connects) = counting_client(http);
     let svc = ServiceBuilder::new()
         .layer(policy().into_layer())
         .map_err(BoxError::from)
@@ -58,6 +51,26 @@ pub(crate) async fn post_with_http_connector(url: String) -> (BoxError, usize) {
         .expect("the call ends")
         .expect_err("no connection opens");
     (err, connects.load(Ordering::SeqCst))
+}
+
+/// hyper-util's client over `http`, and how many connections it tried to open.
+pub(crate) fn counting_client(
+    http: HttpConnector,
+) -> (
+    Client<impl Connect + Clone + Send + Sync + 'static, Full<Bytes>>,
+    Arc<AtomicUsize>,
+) {
+    let connects = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&connects);
+    let connector = tower::service_fn(move |uri: Uri| {
+        count.fetch_add(1, Ordering::SeqCst);
+        let mut http = http.clone();
+        Box::pin(async move { tower::Service::call(&mut http, uri).await })
+    });
+    (
+        Client::builder(TokioExecutor::new()).build(connector),
+        connects,
+    )
 }
 
 /// A unary call to `/test.Pinger/Ping` over `channel`, as a service of `http::Request<()>` (the

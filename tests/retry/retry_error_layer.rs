@@ -9,11 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use tower::load_shed::error::Overloaded;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_webhook::WebhookErrorLayer;
@@ -21,6 +19,7 @@ use tower_webhook::error::ResponseBody;
 use tower_webhook::error::{Problem, WebhookProcessingError, types};
 use tower_webhook::retry::{ErrorFacts, RetryPolicy};
 
+use crate::retry_connect_timeouts::counting_client;
 use crate::unopened::closed_port;
 
 /// The policy of these tests: 3 retries, so a call retried each time is made 4 times.
@@ -45,15 +44,7 @@ fn request(method: Method) -> Request<Full<Bytes>> {
 #[tokio::test]
 async fn a_refused_connection_answered_by_the_error_layer_is_tried_again() {
     let port = closed_port();
-    let connects = Arc::new(AtomicUsize::new(0));
-    let count = Arc::clone(&connects);
-    let http = HttpConnector::new();
-    let connector = tower::service_fn(move |uri: Uri| {
-        count.fetch_add(1, Ordering::SeqCst);
-        let mut http = http.clone();
-        Box::pin(async move { tower::Service::call(&mut http, uri).await })
-    });
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+    let (client, connects) = counting_client(HttpConnector::new());
     let svc = ServiceBuilder::new()
         .layer(policy().into_layer())
         .layer(WebhookErrorLayer::new())

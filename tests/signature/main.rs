@@ -18,6 +18,8 @@ mod deliver;
 mod echo;
 #[path = "../common/github_hook.rs"]
 mod github_hook;
+#[path = "../common/hyper_one.rs"]
+mod hyper_one;
 #[path = "../common/incoming.rs"]
 mod incoming;
 #[path = "../common/later_store.rs"]

@@ -2,6 +2,7 @@
 //! cannot be undone, Gitea/Forgejo webhooks configured with the HTTP method `GET`, a Twitch copy
 //! under another message type, and the body cap over the wire.
 
+use crate::hyper_one;
 use crate::logs;
 
 use crate::redis_server;
@@ -391,61 +392,38 @@ async fn the_answer_to_a_head_has_no_content_over_http2() {
     use bytes::Bytes;
     use http_body_util::BodyExt as _;
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = async move {
-        let (stream, _) = listener.accept().await.unwrap();
-        let svc = tower::ServiceBuilder::new()
-            .map_request(|req: http::Request<hyper::body::Incoming>| {
-                req.map(tower_webhook::body::RequestBody::new)
-            })
-            .layer(SignatureLayer::github(GH_SECRET).unwrap())
-            .service_fn(|_: http::Request<tower_webhook::body::RequestBody>| async {
-                Ok::<_, std::convert::Infallible>(http::Response::new(
-                    http_body_util::Full::<Bytes>::default(),
-                ))
-            });
-        hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .serve_connection(
-                hyper_util::rt::TokioIo::new(stream),
-                hyper_util::service::TowerToHyperService::new(svc),
-            )
+    let svc = tower::ServiceBuilder::new()
+        .map_request(|req: http::Request<hyper::body::Incoming>| {
+            req.map(tower_webhook::body::RequestBody::new)
+        })
+        .layer(SignatureLayer::github(GH_SECRET).unwrap())
+        .service_fn(|_: http::Request<tower_webhook::body::RequestBody>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(
+                http_body_util::Full::<Bytes>::default(),
+            ))
+        });
+    let addr = hyper_one::serve_one(hyper_one::Http::Two, svc).await;
+    let mut client = hyper_one::http2_sender(addr).await;
+    for (method, content) in [(http::Method::HEAD, false), (http::Method::POST, true)] {
+        let req = http::Request::builder()
+            .method(method.clone())
+            .uri(format!("http://{addr}/github"))
+            .body(http_body_util::Full::default())
+            .unwrap();
+        let res = client.send_request(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{method}");
+        let length: usize = res.headers()["content-length"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let body = res
+            .into_body()
+            .collect()
             .await
-    };
-    let client = async move {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (mut client, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(stream),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
-        for (method, content) in [(http::Method::HEAD, false), (http::Method::POST, true)] {
-            let req = http::Request::builder()
-                .method(method.clone())
-                .uri(format!("http://{addr}/github"))
-                .body(http_body_util::Empty::<Bytes>::new())
-                .unwrap();
-            let res = client.send_request(req).await.unwrap();
-            assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{method}");
-            let length: usize = res.headers()["content-length"]
-                .to_str()
-                .unwrap()
-                .parse()
-                .unwrap();
-            let body = res
-                .into_body()
-                .collect()
-                .await
-                .expect("no DATA after a HEAD")
-                .to_bytes();
-            assert_eq!(body.len(), if content { length } else { 0 }, "{method}");
-            assert!(length > 0, "{method}: the length of the answer to GET");
-        }
-    };
-    tokio::select! {
-        _ = server => panic!("the server stopped first"),
-        () = client => {}
+            .expect("no DATA after a HEAD")
+            .to_bytes();
+        assert_eq!(body.len(), if content { length } else { 0 }, "{method}");
+        assert!(length > 0, "{method}: the length of the answer to GET");
     }
 }
