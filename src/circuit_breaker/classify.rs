@@ -1,7 +1,7 @@
 //! Deciding whether a call succeeded, failed, or says nothing.
 
 use crate::BoxError;
-use crate::error::Problem;
+use crate::error::{Grpc, Problem};
 use crate::grpc_web::{WebEnd, WebStatus};
 use crate::retry_after::{Pushback, grpc_pushback};
 use std::any::Any;
@@ -126,7 +126,7 @@ where
 /// `http::Response`s wrapping a reqwest client is classified as the reqwest service's.
 /// Where several links of an error's source chain say something, the outermost one decides.
 ///
-/// gRPC responses (`content-type: application/grpc*`) are classified from `grpc-status` in
+/// gRPC responses (`content-type: application/grpc`, with any codec) are classified from `grpc-status` in
 /// the headers (trailers-only responses) or, when it is not there, from the trailers at the end
 /// of the body: the outcome is recorded when the caller has read the body to its end, and the
 /// call is timed (for the slow-call rule) to the stream's head, so a long-lived stream is not
@@ -459,27 +459,20 @@ fn eos_outcome(eos: Eos, trailers: Option<&HeaderMap>) -> (Outcome, Option<Durat
     }
 }
 
-/// The reader of the body's trailer frame when `headers` say gRPC-Web
-/// (`application/grpc-web`, or base64 `application/grpc-web-text`, with any codec).
-fn grpc_web(headers: &HeaderMap) -> Option<WebStatus> {
-    let value = headers.get(header::CONTENT_TYPE)?.as_bytes();
-    let is = |prefix: &[u8]| {
-        value
-            .get(..prefix.len())
-            .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
-    };
-    is(b"application/grpc-web").then(|| WebStatus::new(is(b"application/grpc-web-text")))
+/// The gRPC protocol `headers` type a response as (`application/grpc`, `application/grpc-web`,
+/// base64 `application/grpc-web-text`, with any codec), read as the error layer reads it: a
+/// type that merely starts with `application/grpc` (`application/grpcx`) is not gRPC.
+fn grpc_kind(headers: &HeaderMap) -> Option<Grpc> {
+    headers.get(header::CONTENT_TYPE).and_then(Grpc::of)
 }
 
-fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        // Media types are case-insensitive (RFC 9110, section 8.3.1).
-        .is_some_and(|v| {
-            v.as_bytes()
-                .get(..16)
-                .is_some_and(|p| p.eq_ignore_ascii_case(b"application/grpc"))
-        })
+/// The reader of the body's trailer frame for a gRPC-Web answer.
+fn grpc_web(kind: Grpc) -> Option<WebStatus> {
+    match kind {
+        Grpc::Native => None,
+        Grpc::Web => Some(WebStatus::new(false)),
+        Grpc::WebText => Some(WebStatus::new(true)),
+    }
 }
 
 fn hint(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
@@ -530,7 +523,7 @@ impl<B, E: 'static> ClassifyOutcome<Response<B>, E> for DefaultClassifier {
             }
         };
         let status = response.status();
-        if status == StatusCode::OK && is_grpc(response.headers()) {
+        if let Some(kind) = grpc_kind(response.headers()).filter(|_| status == StatusCode::OK) {
             if response.headers().contains_key(GRPC_STATUS)
                 && grpc_status(response.headers()).is_none()
             {
@@ -556,7 +549,7 @@ impl<B, E: 'static> ClassifyOutcome<Response<B>, E> for DefaultClassifier {
                     recorder.stop_clock();
                     let eos = Eos {
                         classify,
-                        web: grpc_web(response.headers()),
+                        web: grpc_web(kind),
                     };
                     return Ok(response.map(|body| ResponseBody {
                         inner: body,

@@ -107,7 +107,9 @@ mod processing;
 pub use body::ResponseBody;
 pub use grpc::GrpcCode;
 #[cfg(feature = "signature")]
-pub(crate) use layer::{AlreadyLogged, Grpc};
+pub(crate) use layer::AlreadyLogged;
+#[cfg(any(feature = "signature", feature = "circuit-breaker"))]
+pub(crate) use layer::Grpc;
 pub use layer::{ProblemJson, RenderProblem, ResponseFuture, WebhookError, WebhookErrorLayer};
 #[cfg(all(feature = "circuit-breaker", feature = "tonic"))]
 pub(crate) use problem::pushback_value;

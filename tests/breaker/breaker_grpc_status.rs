@@ -140,6 +140,31 @@ async fn a_grpc_answer_without_a_readable_status_is_a_failure() {
     assert_eq!((s.buffered_calls, s.failed_calls), (5, 4), "garbled header");
 }
 
+/// A type is gRPC when it is `application/grpc`, `application/grpc-web` or
+/// `application/grpc-web-text`, in any case, with any codec or parameters, as the error layer
+/// reads it: a type that only starts like one (`application/grpcx`) is an HTTP answer, whose 200
+/// is a success without trailers.
+#[tokio::test(start_paused = true)]
+async fn only_grpc_media_types_are_classified_as_grpc() {
+    let (mut svc, handle) = grpc_breaker();
+    for (content_type, failed) in [
+        ("application/grpcx", 0),
+        ("application/grpc-webx", 0),
+        ("application/grpc-gateway", 0),
+        ("APPLICATION/GRPC+proto", 1),
+        ("application/grpc; charset=utf-8", 2),
+        ("Application/Grpc-Web+json", 3),
+    ] {
+        // No trailers: a failure for gRPC (`UNKNOWN`), a success for HTTP.
+        let reply = GrpcReply {
+            content_type: Some(content_type),
+            ..GrpcReply::default()
+        };
+        read_grpc(&mut svc, reply).await;
+        assert_eq!(handle.snapshot().failed_calls, failed, "{content_type}");
+    }
+}
+
 /// A gRPC-Web frame: its flag byte, its length, its payload.
 fn web_frame(flag: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = vec![flag];
