@@ -318,7 +318,9 @@ impl DefaultClassifier {
     ///   that response asks for: a 429 or 503 problem's `Retry-After`;
     /// - a [`CircuitOpen`] of a breaker nearer the upstream (a keyed breaker under a global one,
     ///   or the other way round), or a problem made of one, is neutral: that call was not made,
-    ///   so it says nothing of the upstream;
+    ///   so it says nothing of the upstream; so is tower's `Overloaded`, the refusal of a load
+    ///   shedder beneath the breaker (`.load_shed().concurrency_limit(n)`): a burst of local
+    ///   calls is no upstream failing;
     /// - a reqwest builder error is neutral (the request never left), and a reqwest error made by
     ///   `error_for_status()` is classified by its status, as the response it was.
     fn error_outcome<E: 'static>(&self, err: &E) -> (Outcome, Option<Duration>) {
@@ -332,7 +334,7 @@ impl DefaultClassifier {
 
     /// What one link of an error's source chain says, if anything.
     fn link_outcome(&self, e: &(dyn Error + 'static)) -> Option<(Outcome, Option<Duration>)> {
-        if e.is::<CircuitOpen>() {
+        if e.is::<CircuitOpen>() || e.is::<tower::load_shed::error::Overloaded>() {
             return Some((Outcome::Neutral, None));
         }
         #[cfg(any(feature = "reqwest", feature = "reqwest-0-12"))]

@@ -301,6 +301,10 @@ pub(crate) enum Decision {
     Waiting(Admission),
     /// Admitted, and the inner service is ready.
     Ready(Admission),
+    /// The inner service is ready for a half-open probe, which takes its permit in `call`: a
+    /// service made ready and never called (the services `tower::steer::Steer` readies and does
+    /// not pick, a clone kept idle) holds no permit the other callers need.
+    ReadyProbe,
     /// Refused: `call` fails without touching the inner service.
     Refused(Refusal),
 }
@@ -311,13 +315,16 @@ pub(crate) enum Decision {
 /// is open: a call that will be rejected (OPEN, FORCED_OPEN, HALF_OPEN without a free probe
 /// permit) gets `Ready` without the inner service being polled, so no inner capacity (a
 /// `Buffer` slot, a `ConcurrencyLimit` permit) is reserved for it, and `call` returns a ready
-/// future that fails with [`CircuitOpen`], like `tower::load_shed`. An admitted call keeps its
-/// admission (a half-open probe, its permit) until `call`, or gives it back when the service
-/// is dropped; a clone starts undecided. A call admitted in `poll_ready` is decided again in
-/// `call` if the breaker has moved on since (it opened, or the half-open period ended), so no
-/// call made ready earlier reaches an upstream the breaker has given up on; what the inner
-/// service reserved when it was polled then stays with this service for its next call. See the
-/// [module docs](super).
+/// future that fails with [`CircuitOpen`], like `tower::load_shed`. A half-open probe holds its
+/// permit while `poll_ready` waits for the inner service, and gives it back once that is ready:
+/// `call` takes a permit again, and fails with [`CircuitOpen`] if other calls have taken them
+/// all since, so a service made ready and never called (a clone kept idle, the services
+/// `tower::steer::Steer` readies and does not pick) cannot hold the breaker in HALF_OPEN. A
+/// call admitted in `poll_ready` is decided again in `call` if the breaker has moved on since
+/// (it opened, or the half-open period ended), so no call made ready earlier reaches an
+/// upstream the breaker has given up on. A call refused in `call` leaves what the inner service
+/// reserved when it was polled with this service, for its next call; a clone starts
+/// undecided. See the [module docs](super).
 ///
 /// # Example
 ///
@@ -436,7 +443,7 @@ where
     S::Error: Into<BoxError>,
 {
     match decision {
-        Decision::Ready(_) => return Poll::Ready(Ok(())),
+        Decision::Ready(_) | Decision::ReadyProbe => return Poll::Ready(Ok(())),
         // The common case, CLOSED: one word is decided and kept, and nothing is dropped.
         Decision::Undecided if !backpressure => {
             if let Some(generation) = core.closed_generation() {
@@ -493,7 +500,13 @@ where
     };
     match inner.poll_ready(cx) {
         Poll::Ready(Ok(())) => {
-            *decision = Decision::Ready(admission);
+            // A probe holds its permit while it waits for the inner service (this task polls
+            // on), not once ready: `call` takes one again. Dropped here, it gives it back.
+            *decision = if admission.is_probe() {
+                Decision::ReadyProbe
+            } else {
+                Decision::Ready(admission)
+            };
             Poll::Ready(Ok(()))
         }
         // The admission is dropped with the error: a probe gives its permit back.
@@ -579,9 +592,9 @@ where
             // Admitted in a generation that has ended since `poll_ready` (the breaker opened,
             // or a half-open period ended): decided again now, so no call reaches an upstream
             // the breaker has given up on. A stale probe gives its permit back as it is
-            // dropped here. What the inner service reserved stays with this service for its
-            // next call.
-            Decision::Ready(stale) => {
+            // dropped here. A half-open probe is admitted now. What the inner service
+            // reserved stays with this service for its next call when the call is refused.
+            stale @ (Decision::Ready(_) | Decision::ReadyProbe) => {
                 drop(stale);
                 match self.core.admit_ahead() {
                     Ok(admission) => {

@@ -508,7 +508,7 @@ impl Admission {
 
     /// Whether this admits a half-open probe.
     #[inline]
-    fn is_probe(&self) -> bool {
+    pub(crate) fn is_probe(&self) -> bool {
         matches!(self, Admission::Recorded(recorder) if recorder.bits & PROBE != 0)
     }
 

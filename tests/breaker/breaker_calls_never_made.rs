@@ -1,6 +1,6 @@
 //! Circuit breaker: calls that were never made (another breaker's `CircuitOpen`, a reqwest
-//! builder error) say nothing of the upstream, through real reqwest clients and an axum server
-//! on 127.0.0.1.
+//! builder error, a load shedder's `Overloaded`) say nothing of the upstream, through real reqwest
+//! clients and an axum server on 127.0.0.1.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -361,4 +361,41 @@ async fn a_refusal_beneath_carried_in_a_problem_is_neutral() {
     );
     assert_eq!(outer_handle.state(), CircuitState::Closed);
     assert_eq!(outer_handle.snapshot().buffered_calls, 0);
+}
+
+/// A load shedder beneath the breaker refusing a burst (`Overloaded`: the local concurrency
+/// limit is taken) is no upstream failing: the calls were not made, and the breaker stays
+/// closed. Counted as failures, ten of them opened it while the upstream answered every request
+/// it was sent.
+#[tokio::test]
+async fn a_load_shedders_refusals_beneath_are_not_held_against_the_upstream() {
+    let (base, hits) = upstream().await;
+    let client = crate::client::builder().no_proxy().build().unwrap();
+    let (layer, handle) = CircuitBreakerLayer::pair(CircuitBreakerConfig::default()).unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .load_shed()
+        .concurrency_limit(1)
+        .service(client);
+
+    // This service holds the only slot of the concurrency limit: the others are shed.
+    let mut holder = svc.clone();
+    holder.ready().await.unwrap();
+    for _ in 0..10 {
+        let err = send(&mut svc.clone(), &format!("{base}/up"))
+            .await
+            .unwrap_err();
+        assert!(err.is::<tower::load_shed::error::Overloaded>(), "{err}");
+    }
+    let snapshot = handle.snapshot();
+    assert_eq!(snapshot.state, CircuitState::Closed);
+    assert_eq!(snapshot.buffered_calls, 0);
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+
+    let res = timeout(holder.call(get(&format!("{base}/up"))))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(handle.snapshot().buffered_calls, 1);
 }

@@ -176,3 +176,54 @@ async fn a_probe_of_a_period_ended_by_hand_still_counts_against_the_next() {
     svc.clone().oneshot((0, true)).await.unwrap();
     assert_eq!(handle.state(), CircuitState::Closed);
 }
+
+/// A service made ready in HALF_OPEN and never called (a clone kept idle, a service
+/// `tower::steer::Steer` readied and did not pick) holds no probe permit: the other callers
+/// probe, and their verdict closes the breaker. A permit held from `poll_ready` to a `call`
+/// that never came kept the breaker HALF_OPEN, refusing everything, for as long as the idle
+/// service lived.
+#[tokio::test(start_paused = true)]
+async fn a_service_made_ready_and_never_called_holds_no_probe_permit() {
+    let config = CircuitBreakerConfig::default()
+        .open_duration(OpenDuration::Fixed(Duration::from_secs(1)))
+        .half_open_probes(1);
+    let (svc, handle) = svc(config);
+    handle.transition_to_open().unwrap();
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(handle.state(), CircuitState::HalfOpen);
+
+    let mut idle = svc.clone();
+    idle.ready().await.unwrap();
+    svc.clone().oneshot((1, true)).await.unwrap();
+    assert_eq!(handle.state(), CircuitState::Closed);
+
+    // The idle service's call, when it comes, is decided then: admitted, the breaker closed.
+    idle.call((1, true)).await.unwrap();
+    assert_eq!(handle.snapshot().buffered_calls, 1);
+}
+
+/// With the only permit taken by another call since `poll_ready`, the ready service's call is
+/// refused with `CircuitOpen` and never reaches the upstream; its permit-less readiness did
+/// not let a second probe through.
+#[tokio::test(start_paused = true)]
+async fn a_ready_service_whose_permit_was_taken_since_is_refused_in_call() {
+    let config = CircuitBreakerConfig::default()
+        .open_duration(OpenDuration::Fixed(Duration::from_secs(1)))
+        .half_open_probes(1);
+    let (svc, handle) = svc(config);
+    handle.transition_to_open().unwrap();
+    tokio::time::advance(Duration::from_secs(2)).await;
+
+    let mut first = svc.clone();
+    let mut second = svc.clone();
+    first.ready().await.unwrap();
+    second.ready().await.unwrap();
+    // The first probe is in flight (a 100 ms call) when the second is called.
+    let probe = tokio::spawn(first.call((100, true)));
+    tokio::task::yield_now().await;
+    let refused = second.call((1, true)).await.unwrap_err();
+    assert!(refused.is::<CircuitOpen>(), "{refused}");
+    assert_eq!(handle.state(), CircuitState::HalfOpen);
+    probe.await.unwrap().unwrap();
+    assert_eq!(handle.state(), CircuitState::Closed);
+}

@@ -650,15 +650,16 @@ async fn half_open_rejections_reserve_no_inner_capacity() {
         "held by a rejected call"
     );
 
-    // An admission that is never used gives its probe permit back with the service; a clone
-    // does not copy it.
+    // A probe that is never called gives its permit back; a service made ready holds none (its
+    // call takes one), and a clone copies no reservation.
     drop(probe_call);
     assert_eq!(handle.snapshot().half_open_permits_taken, 0);
     let mut waiting = svc.clone();
     std::future::poll_fn(|cx| waiting.poll_ready(cx))
         .await
         .unwrap();
-    assert_eq!(handle.snapshot().half_open_permits_taken, 1);
+    assert_eq!(handle.snapshot().half_open_permits_taken, 0);
+    assert_eq!(reserved.load(Ordering::SeqCst), 1);
     let mut copy = waiting.clone();
     drop(waiting);
     assert_eq!(handle.snapshot().half_open_permits_taken, 0);
