@@ -31,7 +31,13 @@ pub(crate) fn classify(
     for err in chain(error) {
         if err.source().is_some() && is_tonic_status(err) {
             if wrapper.is_none() {
-                wrapper = made_from_an_error(err);
+                // A status a handler made, with a cause attached for the log
+                // (`Status::set_source`), is an answer like one without.
+                wrapper = if made_by_transport(err) {
+                    made_from_an_error(err)
+                } else {
+                    classify_one(err, timeout_status, extra)
+                };
             }
             continue;
         }
@@ -45,7 +51,8 @@ pub(crate) fn classify(
 /// The problem for a `tonic::Status` made from an error that nothing recognises: tonic's client
 /// makes one of a transport failure on the way to an upstream (a connection closed under the
 /// call, a stream the upstream reset with `CANCEL` or `ENHANCE_YOUR_CALM`), with the failure as
-/// its `source()`, where a status an upstream or a handler answered has none. The failure is
+/// its `source()` (see [`made_by_transport`]), where a status an upstream answered has none,
+/// and one a handler answered none or one of its own. The failure is
 /// this server's, not the client's: a code whose HTTP equivalent is a client error (`Cancelled`
 /// is 499, `ResourceExhausted` 429, `PermissionDenied` 403) is answered as 502 / `Unavailable`,
 /// and its message, which describes the transport ("h2 protocol error: ..."), stays in the log.
@@ -63,6 +70,22 @@ fn made_from_an_error(err: &(dyn Error + 'static)) -> Option<Problem> {
 #[cfg(not(feature = "tonic"))]
 fn made_from_an_error(_: &(dyn Error + 'static)) -> Option<Problem> {
     None
+}
+
+/// Whether `status`, a `tonic::Status` with a source, is what tonic made of a transport
+/// failure: its source is, or wraps, an HTTP/2 or a hyper error (a stream reset with `CANCEL`,
+/// `ENHANCE_YOUR_CALM` or `INADEQUATE_SECURITY`; a connection closed under the call), as tonic
+/// builds such statuses. Any other source is one a handler attached to its own answer.
+#[cfg(feature = "tonic")]
+fn made_by_transport(status: &(dyn Error + 'static)) -> bool {
+    chain(status)
+        .skip(1)
+        .any(|e| e.is::<h2::Error>() || e.is::<hyper::Error>())
+}
+
+#[cfg(not(feature = "tonic"))]
+fn made_by_transport(_: &(dyn Error + 'static)) -> bool {
+    false
 }
 
 /// `err` and the errors after it, as the layer looks for them: each once, at most

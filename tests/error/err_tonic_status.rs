@@ -303,7 +303,8 @@ async fn an_upstream_call_past_a_tonic_clients_deadline_is_a_gateway_timeout() {
 /// its source. Its code was passed on (499 / `Cancelled`, 429 / `ResourceExhausted`, 403 /
 /// `PermissionDenied`) with "h2 protocol error: ..." as the detail and the `grpc-message`, as if
 /// the caller had done something wrong. It is a bad gateway now, with nothing of the transport
-/// in the answer; a status an upstream or a handler answered (no source) is still passed on.
+/// in the answer; a status an upstream or a handler answered (no source, or a cause of the
+/// handler's own) is still passed on.
 #[tokio::test]
 async fn a_status_made_of_an_upstreams_reset_stream_is_a_bad_gateway() {
     let (logs, _guard) = capture_logs();
@@ -340,6 +341,21 @@ async fn a_status_made_of_an_upstreams_reset_stream_is_a_bad_gateway() {
     assert_eq!(doc["detail"], "quota of the installation spent");
     assert_eq!(grpc_status, "8");
     assert_eq!(grpc_message, "quota of the installation spent");
+
+    // Nor is one a handler gave a cause of its own, for its log: a payload that can never be
+    // valid is a 400 / `InvalidArgument`, not a 502 / `Unavailable` its sender retries.
+    fn explained() -> tonic::Status {
+        let mut status = tonic::Status::invalid_argument("the payload has no repository");
+        status.set_source(std::sync::Arc::new(std::io::Error::other(
+            "missing field `repository`",
+        )));
+        status
+    }
+    let (status, doc, grpc_status, grpc_message) = answers_to(explained).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{doc}");
+    assert_eq!(doc["detail"], "the payload has no repository");
+    assert_eq!(grpc_status, "3");
+    assert_eq!(grpc_message, "the payload has no repository");
 }
 
 // ---------------------------------------------------------------------------------------------
