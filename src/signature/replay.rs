@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
+use sync_wrapper::SyncWrapper;
 
 use super::clock::Clock;
 use crate::BoxError;
@@ -348,7 +349,10 @@ pub struct ReplayFuture(Kind);
 
 enum Kind {
     Ready(Option<Result<bool, BoxError>>),
-    Boxed(Pin<Box<dyn Future<Output = Result<bool, BoxError>> + Send>>),
+    /// Only ever reached through `&mut`, so the future need not be `Sync` for this to be: a
+    /// response body that holds one (a gRPC answer settling its claim) stays `Sync`, as
+    /// `BoxBody` asks.
+    Boxed(SyncWrapper<Pin<Box<dyn Future<Output = Result<bool, BoxError>> + Send>>>),
 }
 
 impl ReplayFuture {
@@ -387,7 +391,7 @@ impl ReplayFuture {
     /// # }
     /// ```
     pub fn new(future: impl Future<Output = Result<bool, BoxError>> + Send + 'static) -> Self {
-        Self(Kind::Boxed(Box::pin(future)))
+        Self(Kind::Boxed(SyncWrapper::new(Box::pin(future))))
     }
 }
 
@@ -407,7 +411,7 @@ impl Future for ReplayFuture {
                     .take()
                     .unwrap_or_else(|| Err("ReplayFuture polled after completion".into())),
             ),
-            Kind::Boxed(future) => future.as_mut().poll(cx),
+            Kind::Boxed(future) => future.get_mut().as_mut().poll(cx),
         }
     }
 }

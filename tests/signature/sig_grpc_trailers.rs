@@ -371,7 +371,8 @@ async fn a_refused_grpc_call_is_answered_with_its_grpc_status() {
 /// `grpc-status: 0`, and a copy is a replay. The layer passed the body's exact length on, so
 /// hyper answered with `Content-Length`, stopped once that many bytes were out, and dropped
 /// the body before its trailers: the call counted as abandoned, its id was released, and the
-/// copy was processed again.
+/// copy was processed again. (The answer is served boxed as a `BoxBody`, which it could not be
+/// while the settling body held a future that is not `Sync`.)
 #[tokio::test]
 async fn an_http1_answer_of_known_length_is_settled_by_its_trailers() {
     use bytes::Bytes;
@@ -383,7 +384,11 @@ async fn an_http1_answer_of_known_length_is_settled_by_its_trailers() {
     let addr = listener.local_addr().unwrap();
     let processed = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&processed);
+    // The answer is boxed as a `BoxBody`, which asks for a `Sync` body: the error layer's and
+    // the signature layer's, settling the claim at its end, hold the store's future and are.
     let svc = tower::ServiceBuilder::new()
+        .map_response(|res: Response<_>| res.map(BodyExt::boxed))
+        .layer(tower_webhook::error::WebhookErrorLayer::new())
         .map_request(|req: Request<hyper::body::Incoming>| req.map(RequestBody::new))
         .layer(github())
         .service_fn(move |_: Request<RequestBody>| {
