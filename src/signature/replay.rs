@@ -352,8 +352,11 @@ enum Kind {
     /// Only ever reached through `&mut`, so the future need not be `Sync` for this to be: a
     /// response body that holds one (a gRPC answer settling its claim) stays `Sync`, as
     /// `BoxBody` asks.
-    Boxed(SyncWrapper<Pin<Box<dyn Future<Output = Result<bool, BoxError>> + Send>>>),
+    Boxed(SyncWrapper<BoxedLookup>),
 }
+
+/// A store's boxed operation.
+type BoxedLookup = Pin<Box<dyn Future<Output = Result<bool, BoxError>> + Send>>;
 
 impl ReplayFuture {
     /// A future already resolved to `result`.
