@@ -721,7 +721,7 @@ where
                 NotReady::Panic(message) => Outcome::ReadyPanic(Box::new(message)),
             };
             return ResponseFuture {
-                kind: Kind::Ready(Some(outcome)),
+                kind: Kind::Ready(Held(Some(outcome))),
                 info,
                 shared,
                 renderer,
@@ -738,7 +738,7 @@ where
             Err(payload) => {
                 let message = panic_message(&*payload).into_owned();
                 crate::panic::dispose(payload);
-                Kind::Ready(Some(Outcome::Panic(Box::new(message))))
+                Kind::Ready(Held(Some(Outcome::Panic(Box::new(message)))))
             }
         };
         ResponseFuture {
@@ -850,7 +850,48 @@ enum Kind<F> {
         #[pin]
         future: F,
     },
-    Ready(Option<Outcome>),
+    Ready(Held),
+}
+
+/// The outcome of a call answered without an inner future (a failure of the inner service's
+/// `poll_ready`, a panic in its `call`), held until the response future is polled. One whose
+/// future is dropped unpolled (the client went away first) is logged then, so that it is never
+/// lost unseen.
+struct Held(Option<Outcome>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(outcome) = self.0.take() {
+            log_unpolled(outcome);
+        }
+    }
+}
+
+/// Logs the outcome of a call whose response future was dropped unpolled. The error's own code
+/// (its `Display`, its `Drop`) and a panic payload's drop run under a guard: a panic in them is
+/// logged, not let out of a `Drop`.
+#[cold]
+#[inline(never)]
+fn log_unpolled(outcome: Outcome) {
+    const WHAT: &str = "the inner service failed, and the request was gone before it was answered";
+    let logged = catch_unwind(AssertUnwindSafe(|| match outcome {
+        Outcome::Error(err) => {
+            let error = crate::redact::redacted(ErrorChain(&*err).to_string());
+            tracing::error!(error, "{WHAT}");
+            drop(err);
+        }
+        Outcome::Panic(payload) | Outcome::ReadyPanic(payload) => {
+            tracing::error!(panic = &*panic_message(&*payload), "{WHAT}");
+            crate::panic::dispose(payload);
+        }
+    }));
+    if let Err(payload) = logged {
+        tracing::error!(
+            panic = &*panic_message(&*payload),
+            "{WHAT}; its error panicked while it was logged or dropped"
+        );
+        crate::panic::dispose(payload);
+    }
 }
 
 impl<F, R> fmt::Debug for ResponseFuture<F, R> {
@@ -890,7 +931,7 @@ where
                         let kind = this.kind.as_mut();
                         drop_logged(this.info, "the handler's future", || {
                             let mut kind = kind;
-                            kind.set(Kind::Ready(None));
+                            kind.set(Kind::Ready(Held(None)));
                         });
                         Outcome::Error(err.into())
                     }
@@ -899,7 +940,7 @@ where
                         // may panic as well: that panic is caught too (the slot is still
                         // replaced), and the first one is answered.
                         if let Err(again) = catch_unwind(AssertUnwindSafe(|| {
-                            this.kind.set(Kind::Ready(None));
+                            this.kind.set(Kind::Ready(Held(None)));
                         })) {
                             tracing::error!(
                                 panic = &*panic_message(&*again),
@@ -911,7 +952,7 @@ where
                     }
                 }
             }
-            KindProj::Ready(outcome) => match outcome.take() {
+            KindProj::Ready(held) => match held.0.take() {
                 Some(outcome) => outcome,
                 None => panic!("ResponseFuture polled after completion"),
             },

@@ -192,6 +192,60 @@ async fn a_poll_ready_failure_no_request_comes_for_is_logged_when_the_service_is
     }
 }
 
+/// A failure the next request was given (a `poll_ready` failure, a panic in the inner service's
+/// `call`) is logged when that request's future is dropped before it was polled (the client
+/// went away first), with its secret redacted: it was dropped unseen.
+#[tokio::test(flavor = "current_thread")]
+async fn a_failure_whose_future_is_dropped_unpolled_is_logged() {
+    for panics in [false, true] {
+        let (logs, _guard) = capture_logs();
+        let mut svc = WebhookErrorLayer::new().layer(NeverReady { panics });
+        let future = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::new(Full::default()));
+        assert_eq!(
+            logs.text(),
+            "",
+            "nothing is logged while it can be answered"
+        );
+        drop(future);
+        let text = logs.text();
+        let message = if panics {
+            "upstream pool torn down"
+        } else {
+            "pool closed"
+        };
+        assert_eq!(text.matches(message).count(), 1, "{text}");
+        assert!(text.contains("ERROR"), "{text}");
+        assert!(text.contains("gone before it was answered"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        drop(svc);
+        assert_eq!(logs.text(), text, "logged once");
+    }
+
+    let (logs, _guard) = capture_logs();
+    let mut svc = WebhookErrorLayer::new().layer(tower::service_fn(
+        |_: Request<Full<Bytes>>| -> std::future::Ready<Result<Response<Full<Bytes>>, BoxError>> {
+            panic!("the handler's call panicked")
+        },
+    ));
+    let future = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new(Full::default()));
+    drop(future);
+    let text = logs.text();
+    assert_eq!(
+        text.matches("the handler's call panicked").count(),
+        1,
+        "{text}"
+    );
+    assert!(text.contains("gone before it was answered"), "{text}");
+}
+
 /// One that a request answers is logged with that request only, not again when the service
 /// is dropped.
 #[tokio::test(flavor = "current_thread")]
