@@ -525,7 +525,9 @@ impl<B, E: 'static> ClassifyOutcome<Response<B>, E> for DefaultClassifier {
             }
         };
         let status = response.status();
-        if let Some(kind) = grpc_kind(response.headers()).filter(|_| status == StatusCode::OK) {
+        if status == StatusCode::OK
+            && let Some(kind) = grpc_kind(response.headers())
+        {
             if response.headers().contains_key(GRPC_STATUS)
                 && grpc_status(response.headers()).is_none()
             {
